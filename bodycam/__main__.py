@@ -1,0 +1,5 @@
+"""`python -m bodycam` runs the CLI."""
+
+from bodycam.cli import main
+
+main()

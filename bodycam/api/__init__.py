@@ -1,0 +1,1 @@
+"""HTTP API: S3 event notifications and health."""

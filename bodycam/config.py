@@ -1,0 +1,145 @@
+"""Settings: one pydantic-settings model, BODYCAM_ prefix, nested sections with `__`, fail-fast."""
+
+from __future__ import annotations
+
+import getpass
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class _Section(BaseModel):
+    """A settings section: unknown keys are rejected so a typo never passes silently."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LimitsSettings(_Section):
+    """What an upload may be. Anything outside is refused at ingest with a typed error."""
+
+    max_bytes: int = Field(64 * 1024**3, gt=0, description="largest accepted file, bytes")
+    max_duration_s: float = Field(12 * 3600, gt=0, description="longest accepted video, seconds")
+    min_duration_s: float = Field(0.1, ge=0, description="shortest accepted video, seconds")
+    max_width_px: int = Field(7680, gt=0, description="widest accepted frame, pixels")
+    max_height_px: int = Field(4320, gt=0, description="tallest accepted frame, pixels")
+    min_side_px: int = Field(64, gt=0, description="smallest accepted frame side, pixels")
+    codecs: tuple[str, ...] = Field(
+        ("h264", "hevc", "mpeg4", "vp8", "vp9", "av1", "mjpeg", "prores", "mpeg2video"),
+        description="video codecs accepted at ingest (ffmpeg codec names)",
+    )
+
+
+class JobSettings(_Section):
+    """Durable processing: work units, leases and retries."""
+
+    chunk_s: float = Field(120.0, ge=5, description="length of one work unit (video chunk), seconds")
+    lease_s: float = Field(30.0, ge=2, description="a unit's lease; renewed while its worker lives")
+    heartbeat_s: float = Field(5.0, gt=0, description="how often a live worker renews its lease")
+    max_attempts: int = Field(3, ge=1, le=20, description="failed attempts before quarantine")
+    reap_interval_s: float = Field(5.0, gt=0, description="how often expired leases are looked for")
+    reconcile_interval_s: float = Field(30.0, gt=0, description="how often incoming/ is listed")
+
+    @model_validator(mode="after")
+    def _heartbeat_inside_lease(self) -> JobSettings:
+        if self.heartbeat_s * 2 > self.lease_s:
+            raise ValueError("jobs.heartbeat_s must be at most half of jobs.lease_s")
+        return self
+
+
+class PipelineSettings(_Section):
+    """The face pipeline: scenes, sampling, detection, embedding, tracking."""
+
+    scene_detector: Literal["adaptive", "content"] = Field(
+        "adaptive", description="PySceneDetect detector"
+    )
+    scene_threshold: float = Field(3.0, gt=0, description="adaptive_threshold (content: threshold)")
+    scene_min_len_s: float = Field(0.4, ge=0, description="shortest scene PySceneDetect may cut")
+    scene_width_px: int = Field(256, ge=32, description="width of the decode used for scene cuts")
+    sample_fps: float = Field(5.0, gt=0, le=60, description="frames sampled per second of scene")
+    min_scene_samples: int = Field(3, ge=1, description="frames sampled from even a very short scene")
+    max_frame_side_px: int = Field(1920, ge=320, description="sampled frames are downscaled to this")
+    min_face_px: int = Field(40, ge=12, description="smallest face height detected, pixels")
+    detector_threshold: float = Field(0.95, gt=0, lt=1, description="MTCNN final-stage probability")
+    batch_size: int = Field(16, ge=1, description="frames per detection batch")
+    embedder: Literal["dlib-resnet", "facenet-vggface2"] = Field(
+        "facenet-vggface2", description="face embedder; every stored vector records its model"
+    )
+    facenet_weights: Path | None = Field(None, description="local InceptionResnetV1 vggface2 file")
+    facenet_weights_sha256: str | None = Field(None, description="SHA-256 the weights file must have")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="torch device for models")
+    track_max_gap_s: float = Field(1.0, ge=0, description="longest gap bridged inside a track")
+    track_min_iou: float = Field(0.1, ge=0, le=1, description="box overlap that links detections")
+    track_min_similarity: float = Field(0.5, ge=-1, le=1, description="embedding similarity to link")
+    track_min_detections: int = Field(2, ge=1, description="shorter tracks are dropped as noise")
+    thumbnail_px: int = Field(160, ge=32, description="thumbnail height, pixels")
+
+
+class Settings(BaseSettings):
+    """Everything Bodycam reads from the environment (`BODYCAM_...`, sections with `__`)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="BODYCAM_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    home: Path = Field(Path(".bodycam"), description="embedded stack state and credentials")
+    env: Literal["dev", "production"] = Field("dev", description="production refuses weak secrets")
+    user: str = Field(default_factory=getpass.getuser, description="acting user for the CLI")
+    token: str | None = Field(None, description="API token of the acting user")
+    database_url: str | None = Field(None, description="external Postgres with pgvector")
+    s3_endpoint_url: str | None = Field(None, description="external S3 endpoint")
+    s3_access_key: str | None = None
+    s3_secret_key: str | None = None
+    s3_bucket: str = Field("bodycam-evidence", min_length=3, max_length=63)
+    s3_region: str = "us-east-1"
+    redis_url: str | None = Field(None, description="external Redis broker")
+    api_url: str | None = Field(None, description="where the HTTP API listens, for S3 events")
+    cpu_workers: int = Field(1, ge=0, le=64, description="embedded: CPU queue worker processes")
+    gpu_workers: int = Field(1, ge=0, le=64, description="embedded: GPU queue worker processes")
+    limits: LimitsSettings = LimitsSettings()
+    jobs: JobSettings = JobSettings()
+    pipeline: PipelineSettings = PipelineSettings()
+
+    @model_validator(mode="after")
+    def _production_needs_real_services(self) -> Settings:
+        if self.env == "production":
+            missing = [
+                name
+                for name in ("database_url", "s3_endpoint_url", "redis_url", "s3_secret_key")
+                if not getattr(self, name)
+            ]
+            if missing:
+                raise ValueError(
+                    "production needs external services: set "
+                    + ", ".join(f"BODYCAM_{m.upper()}" for m in missing)
+                )
+            if self.s3_secret_key and len(self.s3_secret_key) < 16:
+                raise ValueError("BODYCAM_S3_SECRET_KEY is too short for production")
+        return self
+
+    @property
+    def home_dir(self) -> Path:
+        """The absolute state directory."""
+        return self.home.expanduser().resolve()
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Settings read once per process."""
+    return Settings()
+
+
+def reload_settings() -> Settings:
+    """Forget cached settings (tests and the CLI's --home change the environment)."""
+    get_settings.cache_clear()
+    return get_settings()
+
+
+def env_for_children(settings: Settings) -> dict[str, str]:
+    """Environment for processes the stack starts: the caller's, plus the resolved home."""
+    env = dict(os.environ)
+    env["BODYCAM_HOME"] = str(settings.home_dir)
+    return env

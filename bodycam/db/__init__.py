@@ -1,0 +1,101 @@
+"""Database access: connections with pgvector registered, and ordered schema migrations."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib import resources
+from typing import Any
+
+import psycopg
+from pgvector.psycopg import register_vector
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from bodycam.errors import TransientError
+
+Conn = psycopg.Connection[dict[str, Any]]
+
+
+@contextmanager
+def connect(url: str) -> Iterator[Conn]:
+    """A connection with dict rows and the vector type registered; commits on success.
+
+    Raises TransientError when the database cannot be reached.
+    """
+    try:
+        conn = psycopg.connect(url, row_factory=dict_row, connect_timeout=10)
+    except psycopg.OperationalError as exc:
+        raise TransientError(f"database unreachable: {exc.__class__.__name__}") from exc
+    try:
+        try:
+            register_vector(conn)
+        except psycopg.ProgrammingError:
+            conn.rollback()  # before the first migration the extension does not exist yet
+        with conn:
+            yield conn
+    finally:
+        conn.close()
+
+
+def _migration_files() -> list[tuple[int, str, str]]:
+    root = resources.files("bodycam.db") / "migrations"
+    out = []
+    for entry in root.iterdir():
+        if entry.name.endswith(".sql"):
+            version = int(entry.name.split("_", 1)[0])
+            out.append((version, entry.name, entry.read_text()))
+    return sorted(out)
+
+
+def migrate(admin_url: str, app_role: tuple[str, str] | None = None) -> list[str]:
+    """Apply pending migrations in order, under an advisory lock; returns the names applied.
+
+    app_role, (name, password), is the least-privileged role the application connects as on
+    the embedded stack: it is created if missing and granted what the application needs.
+    """
+    applied: list[str] = []
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(727001)")
+        try:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " version int PRIMARY KEY, name text NOT NULL,"
+                " applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            done = {r[0] for r in conn.execute("SELECT version FROM schema_migrations")}
+            for version, name, text in _migration_files():
+                if version in done:
+                    continue
+                with conn.transaction():
+                    conn.execute(text)  # type: ignore[arg-type]
+                    conn.execute(
+                        "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
+                        (version, name),
+                    )
+                applied.append(name)
+            if app_role is not None:
+                _grant_app_role(conn, *app_role)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(727001)")
+    return applied
+
+
+def _grant_app_role(conn: psycopg.Connection[tuple[object, ...]], name: str, password: str) -> None:
+    role = sql.Identifier(name)
+    exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)).fetchone()
+    verb = "ALTER" if exists else "CREATE"
+    conn.execute(
+        sql.SQL(verb + " ROLE {} LOGIN PASSWORD {}").format(role, sql.Literal(password))
+    )
+    conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(
+        sql.Identifier(conn.info.dbname), role))
+    conn.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(role))
+    conn.execute(sql.SQL(
+        "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {}").format(role))
+    conn.execute(sql.SQL("GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {}").format(role))
+    conn.execute(sql.SQL("REVOKE ALL ON schema_migrations FROM {}").format(role))
+    conn.execute(sql.SQL("GRANT SELECT ON schema_migrations TO {}").format(role))
+    # The audit log is append-only for the application: no UPDATE, DELETE or TRUNCATE.
+    if conn.execute("SELECT to_regclass('public.audit_log')").fetchone() != (None,):
+        conn.execute(sql.SQL("REVOKE UPDATE, DELETE, TRUNCATE ON audit_log FROM {}").format(role))

@@ -1,0 +1,128 @@
+"""Frozen dataclasses passed between stages; units are in field names (t_s, box_px)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    """What probing a video file found."""
+
+    container: str
+    codec: str
+    width_px: int
+    height_px: int
+    duration_s: float
+    frame_rate: Fraction
+    n_frames: int
+    rotation_deg: int
+    time_base: Fraction
+    start_pts: int
+
+    def as_json(self) -> dict[str, object]:
+        """Plain JSON for the database."""
+        return {
+            "container": self.container,
+            "codec": self.codec,
+            "width_px": self.width_px,
+            "height_px": self.height_px,
+            "duration_s": self.duration_s,
+            "frame_rate": str(self.frame_rate),
+            "n_frames": self.n_frames,
+            "rotation_deg": self.rotation_deg,
+            "time_base": str(self.time_base),
+            "start_pts": self.start_pts,
+        }
+
+
+@dataclass(frozen=True)
+class Scene:
+    """A shot between two cuts: [start, end) in seconds, frames and PTS."""
+
+    index: int
+    start_s: float
+    end_s: float
+    start_frame: int
+    end_frame: int
+    start_pts: int
+    end_pts: int
+
+
+@dataclass(frozen=True)
+class SampledFrame:
+    """A decoded frame chosen by the sampling plan; the image never leaves its worker."""
+
+    frame_index: int
+    pts: int
+    t_s: float
+    scene_index: int
+    image: np.ndarray = field(repr=False, compare=False)  # RGB uint8, H x W x 3
+    scale: float = 1.0  # image pixels per original (display) pixel
+
+
+@dataclass(frozen=True)
+class FaceDetection:
+    """One face found in one sampled frame, in original display pixels."""
+
+    frame_index: int
+    t_s: float
+    scene_index: int
+    box_px: tuple[float, float, float, float]  # x1, y1, x2, y2
+    probability: float
+    landmarks_px: tuple[tuple[float, float], ...]
+    sharpness: float
+    embedding: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def height_px(self) -> float:
+        """Face box height."""
+        return self.box_px[3] - self.box_px[1]
+
+    @property
+    def quality(self) -> float:
+        """Size, sharpness and detector confidence in one number (higher is better)."""
+        size = min(1.0, self.height_px / 160.0)
+        sharp = min(1.0, self.sharpness / 200.0)
+        return float(self.probability * (0.6 * size + 0.4 * sharp))
+
+
+@dataclass(frozen=True)
+class FaceTrack:
+    """Detections of one face linked through one scene."""
+
+    scene_index: int
+    detections: tuple[FaceDetection, ...]
+
+    @property
+    def start_s(self) -> float:
+        """First detection time."""
+        return self.detections[0].t_s
+
+    @property
+    def end_s(self) -> float:
+        """Last detection time."""
+        return self.detections[-1].t_s
+
+    @property
+    def best(self) -> FaceDetection:
+        """The detection of highest quality: the thumbnail source."""
+        return max(self.detections, key=lambda d: d.quality)
+
+    @property
+    def quality(self) -> float:
+        """The best detection's quality."""
+        return self.best.quality
+
+    def representative_embedding(self) -> np.ndarray | None:
+        """Quality-weighted mean of the detection embeddings, re-normalised to unit length."""
+        vecs = [(d.embedding, d.quality) for d in self.detections if d.embedding is not None]
+        if not vecs:
+            return None
+        weights = np.array([max(q, 1e-3) for _, q in vecs], dtype=np.float64)
+        mean = np.average(np.stack([v for v, _ in vecs]).astype(np.float64), axis=0, weights=weights)
+        norm = float(np.linalg.norm(mean))
+        return (mean / norm).astype(np.float32) if norm > 0 else None

@@ -1,0 +1,48 @@
+"""Typed errors: PermanentError is bad input (never retried), TransientError is worth a retry."""
+
+from __future__ import annotations
+
+
+class BodycamError(Exception):
+    """Base of every error Bodycam raises on purpose; the message is shown to the user."""
+
+
+class PermanentError(BodycamError):
+    """The input itself is wrong: retrying cannot help (corrupt file, no face, bad argument)."""
+
+
+class TransientError(BodycamError):
+    """A service or resource failed for now: the work is retried."""
+
+
+class ConfigError(PermanentError):
+    """Settings are missing or invalid."""
+
+
+class InvalidMediaError(PermanentError):
+    """A file is not a video Bodycam accepts; the message names the file and the reason."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"{name}: {reason}")
+        self.name = name
+        self.reason = reason
+
+
+class InvalidInputError(PermanentError):
+    """A command's arguments are wrong or incomplete."""
+
+
+class NotFoundError(PermanentError):
+    """An id names nothing that exists."""
+
+
+class ModelUnavailableError(PermanentError):
+    """A configured model cannot be loaded; the message says how to provide it."""
+
+
+class LeaseLostError(TransientError):
+    """Another worker took over this work unit; this worker's results must not be written."""
+
+
+class StackError(BodycamError):
+    """The embedded stack could not start or stop a service."""

@@ -1,0 +1,229 @@
+"""Evidence ingest with chain of custody: validate, stream once while hashing, record, queue."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import IO
+
+import psycopg
+
+from bodycam import jobs
+from bodycam.context import Context
+from bodycam.domain import MediaInfo
+from bodycam.errors import InvalidInputError, InvalidMediaError, PermanentError
+from bodycam.media.probe import check_is_batch_file, probe
+from bodycam.queue import PROCESS_UNIT
+from bodycam.storage import INCOMING, StoredObject
+
+log = logging.getLogger(__name__)
+_FIELD = re.compile(r"^[\w .:/#@+-]{1,200}$")
+
+
+@dataclass(frozen=True)
+class Custody:
+    """Who brought the evidence in, for which case, from which officer and device."""
+
+    case_id: str
+    officer: str
+    device: str
+    uploader: str
+    recorded_at: datetime | None = None
+    source: str = "cli"
+
+    def __post_init__(self) -> None:
+        for name in ("case_id", "officer", "device", "uploader"):
+            value = getattr(self, name)
+            if not value or not str(value).strip():
+                flag = "--case" if name == "case_id" else f"--{name}"
+                raise InvalidInputError(f"missing {flag}: every video must be bound to a case, "
+                                        "an officer and a device")
+            if not _FIELD.match(str(value)):
+                raise InvalidInputError(f"{name} has characters that are not allowed: {value!r}")
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """The outcome of ingesting one file (the `ingest --json` contract)."""
+
+    video_id: str
+    sha256: str
+    status: str
+    duplicate: bool
+    filename: str
+
+    def as_json(self) -> dict[str, object]:
+        """JSON object printed by the CLI."""
+        return {"video_id": self.video_id, "sha256": self.sha256, "status": self.status,
+                "duplicate": self.duplicate, "filename": self.filename}
+
+
+def parse_recorded_at(text: str | None) -> datetime | None:
+    """An ISO 8601 timestamp, or None; raises InvalidInputError with the expected form."""
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidInputError(
+            f"--recorded-at {text!r} is not ISO 8601 (e.g. 2026-03-14T09:30:00Z)") from None
+
+
+def ingest_file(ctx: Context, name: str, custody: Custody) -> IngestResult:
+    """Ingest one local file. Bad input raises InvalidMediaError and leaves nothing behind."""
+    path = check_is_batch_file(name)
+    info = probe(path, ctx.settings.limits, name=name)
+    with open(path, "rb") as f:
+        return _store_and_record(ctx, f, path.name, info, custody)
+
+
+def _store_and_record(ctx: Context, stream: IO[bytes], filename: str, info: MediaInfo,
+                      custody: Custody) -> IngestResult:
+    store = ctx.store
+    try:
+        staged = store.upload_hashed(stream, ctx.settings.limits.max_bytes)
+    except ValueError as exc:
+        raise InvalidMediaError(filename, str(exc)) from None
+    try:
+        existing = _find(ctx, custody.case_id, staged.sha256)
+        if existing is not None:
+            store.delete(staged.key)
+            return IngestResult(existing[0], staged.sha256, existing[1], True, filename)
+        key = store.promote(staged)
+    except BaseException:
+        if store.exists(staged.key):
+            store.delete(staged.key)
+        raise
+    try:
+        video_id, units = _record(ctx, key, staged, filename, info, custody)
+    except psycopg.errors.UniqueViolation:  # the same file ingested concurrently
+        found = _find(ctx, custody.case_id, staged.sha256)
+        assert found is not None
+        return IngestResult(found[0], staged.sha256, found[1], True, filename)
+    log.info("ingested video %s (%d units)", video_id, len(units))
+    for idx in units:
+        ctx.send(PROCESS_UNIT, video_id, idx)
+    return IngestResult(video_id, staged.sha256, "queued", False, filename)
+
+
+def _find(ctx: Context, case_id: str, sha256: str) -> tuple[str, str] | None:
+    with ctx.db() as conn:
+        row = conn.execute(
+            "SELECT id::text AS id, status FROM videos WHERE case_id = %s AND sha256 = %s",
+            (case_id, sha256),
+        ).fetchone()
+    return (str(row["id"]), str(row["status"])) if row else None
+
+
+def _record(ctx: Context, key: str, staged: StoredObject, filename: str, info: MediaInfo,
+            custody: Custody) -> tuple[str, list[int]]:
+    with ctx.db() as conn:
+        row = conn.execute(
+            "INSERT INTO videos (case_id, sha256, object_key, original_filename, size_bytes,"
+            " container, codec, width_px, height_px, duration_s, media, uploader, officer,"
+            " device, recorded_at, source, stage_times)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
+            " jsonb_build_object('ingested', now())) RETURNING id::text AS id",
+            (custody.case_id, staged.sha256, key, filename, staged.size_bytes, info.container,
+             info.codec, info.width_px, info.height_px, info.duration_s,
+             json.dumps(info.as_json()), custody.uploader, custody.officer, custody.device,
+             custody.recorded_at, custody.source),
+        ).fetchone()
+        assert row is not None
+        video_id = str(row["id"])
+        jobs.create_units(conn, video_id, info.duration_s, ctx.settings.jobs.chunk_s)
+        units = jobs.pending_units(conn, video_id)
+    return video_id, units
+
+
+# --- the incoming/ prefix ------------------------------------------------------------------
+
+def incoming_metadata(ctx: Context, key: str) -> dict[str, str]:
+    """Custody fields of an object in incoming/: its sidecar JSON first, then its tags."""
+    meta = ctx.store.get_tags(key)
+    sidecar = f"{key}.json"
+    if ctx.store.exists(sidecar):
+        try:
+            loaded = json.loads(ctx.store.get_bytes(sidecar))
+        except ValueError:
+            raise InvalidInputError(f"{sidecar}: sidecar is not valid JSON") from None
+        meta.update({str(k): str(v) for k, v in loaded.items() if v is not None})
+    return meta
+
+
+def ingest_incoming(ctx: Context, key: str, etag: str) -> IngestResult | None:
+    """Ingest one object put straight into incoming/ (by an S3 event or the reconciler).
+
+    Each (key, etag) is handled once: the outcome is recorded in incoming_objects, a rejected
+    object stays where it is with its reason, an accepted one moves into the evidence store.
+    """
+    if not key.startswith(INCOMING) or key.endswith(".json") or key.endswith("/"):
+        return None
+    with ctx.db() as conn:
+        claimed = conn.execute(
+            "INSERT INTO incoming_objects (key, etag, state) VALUES (%s, %s, 'working')"
+            " ON CONFLICT (key, etag) DO UPDATE SET state = 'working', updated_at = now()"
+            " WHERE incoming_objects.state = 'working'"
+            " AND incoming_objects.updated_at < now() - interval '10 minutes'"
+            " RETURNING key", (key, etag),
+        ).fetchone()
+    if claimed is None:
+        return None  # already handled, or being handled
+    filename = key[len(INCOMING):].rsplit("/", 1)[-1]
+    try:
+        meta = incoming_metadata(ctx, key)
+        custody = Custody(
+            case_id=meta.get("case", meta.get("case_id", "")),
+            officer=meta.get("officer", ""), device=meta.get("device", ""),
+            uploader=meta.get("uploader", "incoming"),
+            recorded_at=parse_recorded_at(meta.get("recorded_at")), source="incoming",
+        )
+        with tempfile.NamedTemporaryFile(suffix=Path(filename).suffix) as tmp:
+            ctx.store.download_to(key, tmp.name)
+            info = probe(Path(tmp.name), ctx.settings.limits, name=key)
+            with open(tmp.name, "rb") as f:
+                result = _store_and_record(ctx, f, filename, info, custody)
+    except PermanentError as exc:
+        _mark_incoming(ctx, key, etag, "rejected", None, str(exc))
+        log.warning("rejected incoming object %s: %s", key, exc)
+        raise
+    except BaseException:
+        _mark_incoming(ctx, key, etag, "error", None, "transient failure; will retry")
+        raise
+    _mark_incoming(ctx, key, etag, "ingested", result.video_id, None)
+    ctx.store.delete(key)
+    sidecar = f"{key}.json"
+    if ctx.store.exists(sidecar):
+        ctx.store.delete(sidecar)
+    return result
+
+
+def _mark_incoming(ctx: Context, key: str, etag: str, state: str, video_id: str | None,
+                   error: str | None) -> None:
+    with ctx.db() as conn:
+        if state == "error":  # let the reconciler try again
+            conn.execute("DELETE FROM incoming_objects WHERE key = %s AND etag = %s", (key, etag))
+            return
+        conn.execute(
+            "UPDATE incoming_objects SET state = %s, video_id = %s, error = %s,"
+            " updated_at = now() WHERE key = %s AND etag = %s",
+            (state, video_id, error, key, etag),
+        )
+
+
+def unhandled_incoming(ctx: Context) -> list[tuple[str, str]]:
+    """(key, etag) of objects in incoming/ that no event or earlier pass has handled."""
+    listed = [(o.key, o.etag) for o in ctx.store.list(INCOMING)
+              if not o.key.endswith(".json") and not o.key.endswith("/")]
+    if not listed:
+        return []
+    with ctx.db() as conn:
+        seen = {(str(r["key"]), str(r["etag"])) for r in conn.execute(
+            "SELECT key, etag FROM incoming_objects WHERE key = ANY(%s)",
+            ([k for k, _ in listed],)).fetchall()}
+    return [item for item in listed if item not in seen]

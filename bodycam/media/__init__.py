@@ -1,0 +1,1 @@
+"""Media I/O: probing and decoding through FFmpeg (PyAV)."""

@@ -1,0 +1,1 @@
+"""The face pipeline: scenes, sampling, detection, embedding, tracking."""

@@ -1,0 +1,341 @@
+"""Face detection (MTCNN) and embedding (FaceNet, dlib ResNet) behind protocols and a registry.
+
+Each model class declares its name and version, loads lazily once, warms up and works in
+batches; every output records which model made it. facenet-pytorch and dlib shapes stay here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+
+from bodycam.config import PipelineSettings
+from bodycam.domain import FaceDetection, SampledFrame
+from bodycam.errors import ModelUnavailableError
+
+log = logging.getLogger(__name__)
+
+FACENET_URL = ("https://github.com/timesler/facenet-pytorch/releases/download/v2.2.9/"
+               "20180402-114759-vggface2.pt")
+
+
+def torch_device(choice: str) -> str:
+    """'cuda' when asked or when 'auto' finds a GPU, else 'cpu'."""
+    import torch
+
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise ModelUnavailableError("BODYCAM_PIPELINE__DEVICE=cuda but no CUDA device is visible")
+    if choice == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return choice
+
+
+def sha256_file(path: Path) -> str:
+    """SHA-256 of a file, read in blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sharpness(gray: np.ndarray) -> float:
+    """Variance of the Laplacian of a grayscale crop resized to 64 px high (higher: sharper)."""
+    if gray.shape[0] < 3 or gray.shape[1] < 3:
+        return 0.0
+    h = 64
+    rows = np.linspace(0, gray.shape[0] - 1, h).astype(int)
+    cols = np.linspace(0, gray.shape[1] - 1, max(3, int(gray.shape[1] * h / gray.shape[0])))
+    g = gray[rows][:, cols.astype(int)].astype(np.float32)
+    lap = (g[1:-1, :-2] + g[1:-1, 2:] + g[:-2, 1:-1] + g[2:, 1:-1] - 4 * g[1:-1, 1:-1])
+    return float(lap.var())
+
+
+class FaceDetector(Protocol):
+    """Finds faces in frames."""
+
+    name: str
+    version: str
+
+    def load(self) -> None:
+        """Load weights once."""
+
+    def detect(self, frames: Sequence[SampledFrame]) -> list[list[FaceDetection]]:
+        """Faces per frame, boxes in original display pixels."""
+
+
+class FaceEmbedder(Protocol):
+    """Turns aligned faces into L2-normalised vectors."""
+
+    name: str
+    version: str
+    dim: int
+
+    @property
+    def weights_sha256(self) -> str:
+        """SHA-256 of the weights actually loaded."""
+
+    def load(self) -> None:
+        """Load weights once; raises ModelUnavailableError saying how to provide them."""
+
+    def embed(self, image: np.ndarray, faces: Sequence[FaceDetection],
+              scale: float = 1.0) -> np.ndarray:
+        """One unit vector per face (n x dim float32); image is RGB at `scale` x original."""
+
+
+class MtcnnDetector:
+    """facenet-pytorch MTCNN: three cascaded CNNs, five landmarks per face."""
+
+    name = "mtcnn"
+    version = "facenet-pytorch-2.5.3"
+
+    def __init__(self, cfg: PipelineSettings) -> None:
+        self.cfg = cfg
+        self._model: Any = None
+        self._lock = threading.Lock()
+
+    def load(self) -> None:
+        """Load the three networks (weights ship inside facenet-pytorch)."""
+        with self._lock:
+            if self._model is not None:
+                return
+            from facenet_pytorch import MTCNN
+
+            self._model = MTCNN(
+                keep_all=True, min_face_size=20,
+                thresholds=[0.6, 0.7, self.cfg.detector_threshold],
+                device=torch_device(self.cfg.device), select_largest=False,
+            )
+
+    def detect(self, frames: Sequence[SampledFrame]) -> list[list[FaceDetection]]:
+        """Detect faces, frame by frame in batches of equal-size images."""
+        self.load()
+        out: list[list[FaceDetection]] = []
+        for frame in frames:
+            # The network sees the frame scaled so that min_face_px becomes 20 px: faces
+            # below the configured minimum are neither searched for nor paid for.
+            img = frame.image
+            s = min(1.0, 20.0 / (self.cfg.min_face_px * frame.scale))
+            self._model.min_face_size = max(12, int(round(self.cfg.min_face_px * frame.scale * s)))
+            boxes, probs, points = self._model.detect(img, landmarks=True)
+            out.append(self._convert(frame, boxes, probs, points))
+        return out
+
+    def _convert(self, frame: SampledFrame, boxes: Any, probs: Any,
+                 points: Any) -> list[FaceDetection]:
+        if boxes is None:
+            return []
+        found = []
+        h, w = frame.image.shape[:2]
+        gray = frame.image.mean(axis=2) if len(boxes) else None
+        for box, prob, pts in zip(boxes, probs, points, strict=True):
+            x1, y1, x2, y2 = (float(v) for v in box)
+            x1, y1, x2, y2 = max(0.0, x1), max(0.0, y1), min(float(w), x2), min(float(h), y2)
+            if x2 - x1 < 4 or y2 - y1 < 4:
+                continue
+            if (y2 - y1) / frame.scale < self.cfg.min_face_px:
+                continue
+            assert gray is not None
+            crop = gray[int(y1):int(y2), int(x1):int(x2)]
+            inv = 1.0 / frame.scale
+            found.append(FaceDetection(
+                frame_index=frame.frame_index, t_s=frame.t_s, scene_index=frame.scene_index,
+                box_px=(x1 * inv, y1 * inv, x2 * inv, y2 * inv), probability=float(prob),
+                landmarks_px=tuple((float(px) * inv, float(py) * inv) for px, py in pts),
+                sharpness=sharpness(crop),
+            ))
+        return found
+
+
+class DlibResnetEmbedder:
+    """dlib's ResNet face descriptor (128-d); weights ship in face_recognition_models."""
+
+    name = "dlib-resnet"
+    version = "dlib_face_recognition_resnet_model_v1"
+    dim = 128
+
+    def __init__(self, cfg: PipelineSettings) -> None:
+        self.cfg = cfg
+        self._encoder: Any = None
+        self._shapes: Any = None
+        self._sha = ""
+        self._lock = threading.Lock()
+
+    @property
+    def weights_sha256(self) -> str:
+        """SHA-256 of the descriptor network file."""
+        self.load()
+        return self._sha
+
+    @staticmethod
+    def _model_dir() -> Path:
+        import importlib.util
+
+        spec = importlib.util.find_spec("face_recognition_models")
+        if spec is None or not spec.submodule_search_locations:
+            raise ModelUnavailableError(
+                "dlib-resnet needs the face_recognition_models package: "
+                "pip install face_recognition_models dlib-bin")
+        return Path(next(iter(spec.submodule_search_locations))) / "models"
+
+    def load(self) -> None:
+        """Load the 5-point aligner and the descriptor network."""
+        with self._lock:
+            if self._encoder is not None:
+                return
+            import dlib
+
+            # Read the files' paths directly: the package's own helper needs pkg_resources.
+            models = self._model_dir()
+            rec = models / "dlib_face_recognition_resnet_model_v1.dat"
+            self._shapes = dlib.shape_predictor(str(models / "shape_predictor_5_face_landmarks.dat"))
+            self._encoder = dlib.face_recognition_model_v1(str(rec))
+            self._sha = sha256_file(rec)
+
+    def embed(self, image: np.ndarray, faces: Sequence[FaceDetection],
+              scale: float = 1.0) -> np.ndarray:
+        """Align each face with dlib's 5-point model, then describe it."""
+        self.load()
+        if not faces:
+            return np.zeros((0, self.dim), np.float32)
+        import dlib
+
+        shapes = dlib.full_object_detections()
+        for f in faces:
+            x1, y1, x2, y2 = (v * scale for v in f.box_px)
+            shapes.append(self._shapes(image, dlib.rectangle(int(x1), int(y1), int(x2), int(y2))))
+        vecs = np.asarray(self._encoder.compute_face_descriptor(image, shapes, 0), np.float32)
+        return _l2(vecs.reshape(len(faces), self.dim))
+
+
+class FacenetEmbedder:
+    """FaceNet InceptionResnetV1 trained on VGGFace2 (512-d), the production default."""
+
+    name = "facenet-vggface2"
+    version = "20180402-114759"
+    dim = 512
+
+    def __init__(self, cfg: PipelineSettings) -> None:
+        self.cfg = cfg
+        self._model: Any = None
+        self._sha = ""
+        self._device = "cpu"
+        self._lock = threading.Lock()
+
+    @property
+    def weights_sha256(self) -> str:
+        """SHA-256 of the weights file loaded."""
+        self.load()
+        return self._sha
+
+    def _how_to(self, why: str) -> ModelUnavailableError:
+        return ModelUnavailableError(
+            f"FaceNet weights unavailable ({why}). On a connected machine download {FACENET_URL}, "
+            "copy it to this worker, and set BODYCAM_PIPELINE__FACENET_WEIGHTS=/path/to/"
+            "20180402-114759-vggface2.pt and BODYCAM_PIPELINE__FACENET_WEIGHTS_SHA256=<its "
+            "sha256sum>; or choose the offline embedder explicitly with "
+            "BODYCAM_PIPELINE__EMBEDDER=dlib-resnet (see infra/weights/README.md)")
+
+    def load(self) -> None:
+        """Load a configured, hash-checked file, else facenet-pytorch's download and cache."""
+        with self._lock:
+            if self._model is not None:
+                return
+            import torch
+            from facenet_pytorch import InceptionResnetV1
+
+            self._device = torch_device(self.cfg.device)
+            path = self.cfg.facenet_weights
+            if path is not None:
+                if not path.exists():
+                    raise self._how_to(f"{path} does not exist")
+                digest = sha256_file(path)
+                expected = (self.cfg.facenet_weights_sha256 or "").lower()
+                if not expected:
+                    raise self._how_to("BODYCAM_PIPELINE__FACENET_WEIGHTS_SHA256 is not set")
+                if digest != expected:
+                    raise ModelUnavailableError(
+                        f"{path} has SHA-256 {digest}, not the configured {expected}: "
+                        "refusing to load a different model")
+                model = InceptionResnetV1(pretrained=None, classify=False)
+                state = torch.load(path, map_location="cpu", weights_only=True)
+                state = {k: v for k, v in state.items() if not k.startswith("logits.")}
+                model.load_state_dict(state)
+                self._sha = digest
+            else:
+                try:
+                    model = InceptionResnetV1(pretrained="vggface2")
+                except Exception as exc:  # noqa: BLE001 - any download failure ends the same
+                    raise self._how_to(f"download failed: {type(exc).__name__}") from None
+                cache = Path(torch.hub.get_dir()) / "checkpoints" / FACENET_URL.rsplit("/", 1)[1]
+                self._sha = sha256_file(cache) if cache.exists() else "unknown"
+            self._model = model.eval().to(self._device)
+
+    def embed(self, image: np.ndarray, faces: Sequence[FaceDetection],
+              scale: float = 1.0) -> np.ndarray:
+        """Crop each face with a margin, resize to 160 px, standardise, embed."""
+        self.load()
+        if not faces:
+            return np.zeros((0, self.dim), np.float32)
+        import torch
+        import torch.nn.functional as F  # noqa: N812
+
+        crops = []
+        h, w = image.shape[:2]
+        for f in faces:
+            x1, y1, x2, y2 = (v * scale for v in f.box_px)
+            m = 0.1 * max(x2 - x1, y2 - y1)
+            box = [max(0, int(x1 - m)), max(0, int(y1 - m)), min(w, int(x2 + m)),
+                   min(h, int(y2 + m))]
+            crop = torch.from_numpy(np.ascontiguousarray(image[box[1]:box[3], box[0]:box[2]]))
+            crop = crop.permute(2, 0, 1).float().unsqueeze(0)
+            crops.append(F.interpolate(crop, size=(160, 160), mode="area"))
+        batch = (torch.cat(crops) - 127.5) / 128.0
+        with torch.inference_mode():
+            vecs = self._model(batch.to(self._device)).cpu().numpy().astype(np.float32)
+        return _l2(vecs)
+
+
+def _l2(vecs: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vecs, axis=1, keepdims=True)
+    return (vecs / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+class Registry:
+    """Maps configuration to model classes; instances are loaded once per process."""
+
+    embedders: ClassVar[dict[str, type[DlibResnetEmbedder] | type[FacenetEmbedder]]] = {
+        DlibResnetEmbedder.name: DlibResnetEmbedder,
+        FacenetEmbedder.name: FacenetEmbedder,
+    }
+    _cache: ClassVar[dict[tuple[str, PipelineSettings], Any]] = {}
+    _lock: ClassVar[threading.Lock] = threading.Lock()
+
+    @classmethod
+    def embedder(cls, cfg: PipelineSettings) -> FaceEmbedder:
+        """The configured embedder; never a silent substitute."""
+        with cls._lock:
+            key = ("embedder", cfg)
+            if key not in cls._cache:
+                kind = cls.embedders.get(cfg.embedder)
+                if kind is None:
+                    raise ModelUnavailableError(f"unknown embedder {cfg.embedder!r}")
+                cls._cache[key] = kind(cfg)
+            emb: FaceEmbedder = cls._cache[key]
+            return emb
+
+    @classmethod
+    def detector(cls, cfg: PipelineSettings) -> FaceDetector:
+        """The face detector."""
+        with cls._lock:
+            key = ("detector", cfg)
+            if key not in cls._cache:
+                cls._cache[key] = MtcnnDetector(cfg)
+            det: FaceDetector = cls._cache[key]
+            return det

@@ -1,0 +1,186 @@
+"""One decode per chunk shared by scene detection and frame sampling.
+
+Why PyAV (FFmpeg's own libraries) instead of ffmpeg CLI pipes: scene detection must see every
+frame while sampling needs only about 5 per second at full resolution. Decoding once in-process
+lets each frame be scaled small for the scene detector and only the sampled ones be converted to
+RGB, with exact PTS for variable frame rate, and without copying every raw frame through a pipe.
+H.264 must be decoded in full either way (GUIDE: decode touches every frame).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+from bodycam.config import PipelineSettings
+from bodycam.domain import MediaInfo, SampledFrame, Scene
+from bodycam.errors import InvalidMediaError
+from bodycam.pipeline.scenes import SceneCutter
+
+
+def plan_samples(times_s: Sequence[float], sample_fps: float, min_samples: int) -> list[int]:
+    """Which frames of one scene to sample, as indices into `times_s` (seconds, ascending).
+
+    A regular grid at sample_fps anchored on the scene's first frame (PTS-based, so variable
+    frame rate is honoured); a scene too short to give min_samples grid frames gets that many
+    frames evenly spaced instead (or all of them).
+    """
+    if not times_s:
+        return []
+    t0 = times_s[0]
+    step = 1.0 / sample_fps
+    grid: list[int] = []
+    next_t = 0.0
+    for i, t in enumerate(times_s):
+        if t - t0 >= next_t - 1e-6:
+            grid.append(i)
+            next_t = (int((t - t0) / step + 1e-6) + 1) * step
+    if len(grid) >= min_samples:
+        return grid
+    n = min(min_samples, len(times_s))
+    return sorted({round(k * (len(times_s) - 1) / max(n - 1, 1)) for k in range(n)})
+
+
+@dataclass
+class _Pending:
+    index: int
+    pts: int
+    t_s: float
+    frame: av.VideoFrame = field(repr=False)
+
+
+@dataclass
+class ChunkDecoder:
+    """Decode [start_s, end_s) of a video once; yield sampled frames; collect scene cuts.
+
+    Times are seconds from the video's first frame. Chunk edges act as cuts: tracks never
+    cross a chunk, so chunks can be processed by different workers in parallel.
+    """
+
+    path: Path
+    info: MediaInfo
+    start_s: float
+    end_s: float
+    cfg: PipelineSettings
+    progress: Callable[[float], None] = lambda _f: None
+    scenes: list[Scene] = field(default_factory=list)
+    frames_decoded: int = 0
+
+    def __iter__(self) -> Iterator[SampledFrame]:
+        return self._run()
+
+    def _run(self) -> Iterator[SampledFrame]:
+        info, cfg = self.info, self.cfg
+        tb = info.time_base
+        fps = info.frame_rate
+        cutter = SceneCutter(cfg, fps, tb, info.width_px, info.height_px)
+        lag = cutter.lag_frames
+        young_s = cfg.min_scene_samples / cfg.sample_fps
+        scale = min(1.0, cfg.max_frame_side_px / max(info.width_px, info.height_px))
+        det_w = max(2, int(round(info.width_px * scale / 2)) * 2)
+        det_h = max(2, int(round(info.height_px * scale / 2)) * 2)
+
+        window: list[_Pending] = []  # decoded, not yet settled against late cut reports
+        held: list[_Pending] = []  # settled frames of a young scene
+        scene_start: _Pending | None = None
+        scene_times: list[float] = []
+        next_grid = 0.0
+        old = False
+        cut_pts: set[int] = set()
+
+        def rgb(p: _Pending) -> SampledFrame:
+            img = p.frame.to_ndarray(format="rgb24", width=det_w, height=det_h,
+                                     interpolation="BILINEAR")
+            rot = int(p.frame.rotation or info.rotation_deg) % 360
+            if rot:
+                # PyAV reports the display matrix rotation counter-clockwise in degrees.
+                img = np.ascontiguousarray(np.rot90(img, k=rot // 90))
+            return SampledFrame(p.index, p.pts, p.t_s, len(self.scenes), img, scale)
+
+        def close_scene(end: _Pending | None) -> Iterator[SampledFrame]:
+            nonlocal held, scene_start, scene_times, old
+            if scene_start is None:
+                return
+            if not old:
+                times = [h.t_s for h in held]
+                for i in plan_samples(times, cfg.sample_fps, cfg.min_scene_samples):
+                    yield rgb(held[i])
+            last_t = end.t_s if end else min(self.end_s, info.duration_s)
+            self.scenes.append(Scene(
+                index=len(self.scenes), start_s=scene_start.t_s, end_s=last_t,
+                start_frame=scene_start.index,
+                end_frame=end.index if end else _frame_at(last_t, fps),
+                start_pts=scene_start.pts,
+                end_pts=end.pts if end else info.start_pts + int(last_t / tb),
+            ))
+            held, scene_start, scene_times, old = [], None, [], False
+
+        def settle(p: _Pending) -> Iterator[SampledFrame]:
+            nonlocal scene_start, next_grid, old, held
+            if scene_start is not None and p.pts in cut_pts:
+                yield from close_scene(p)
+            if scene_start is None:
+                scene_start, next_grid = p, 0.0
+            rel = p.t_s - scene_start.t_s
+            on_grid = rel >= next_grid - 1e-6
+            if on_grid:
+                next_grid = (int(rel * cfg.sample_fps + 1e-6) + 1) / cfg.sample_fps
+            scene_times.append(p.t_s)
+            if old:
+                if on_grid:
+                    yield rgb(p)
+                return
+            held.append(p)
+            if rel >= young_s:  # the scene is long enough: the grid plan holds, emit it
+                times = [h.t_s for h in held]
+                for i in plan_samples(times, cfg.sample_fps, cfg.min_scene_samples):
+                    yield rgb(held[i])
+                held, old = [], True
+
+        span = max(self.end_s - self.start_s, 1e-6)
+        for p in self._decode():
+            self.frames_decoded += 1
+            for c in cutter.process(p.pts - info.start_pts, p.frame):
+                cut_pts.add(c + info.start_pts)
+            window.append(p)
+            while len(window) > lag:
+                yield from settle(window.pop(0))
+            if self.frames_decoded % 30 == 0:
+                self.progress(min(1.0, (p.t_s - self.start_s) / span))
+        for c in cutter.finish():
+            cut_pts.add(c + info.start_pts)
+        for p in window:
+            yield from settle(p)
+        yield from close_scene(None)
+        self.progress(1.0)
+
+    def _decode(self) -> Iterator[_Pending]:
+        info = self.info
+        tb, fps = info.time_base, info.frame_rate
+        try:
+            with av.open(str(self.path)) as container:
+                stream = container.streams.video[0]
+                stream.thread_type = "AUTO"
+                if self.start_s > 0:
+                    container.seek(info.start_pts + int(self.start_s / tb), stream=stream,
+                                   backward=True, any_frame=False)
+                for frame in container.decode(stream):
+                    if frame.pts is None:
+                        continue
+                    t_s = float((frame.pts - info.start_pts) * tb)
+                    if t_s < self.start_s - 1e-6:
+                        continue
+                    if t_s >= self.end_s - 1e-6 and self.end_s < info.duration_s - 1e-6:
+                        break
+                    yield _Pending(_frame_at(t_s, fps), frame.pts, t_s, frame)
+        except av.FFmpegError as exc:
+            raise InvalidMediaError(self.path.name, f"decoding failed: {exc}") from None
+
+
+def _frame_at(t_s: float, fps: Fraction) -> int:
+    return int(round(t_s * float(fps)))

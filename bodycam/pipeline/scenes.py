@@ -1,0 +1,54 @@
+"""Scene cuts with PySceneDetect on a downscaled copy of each decoded frame."""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import av
+from scenedetect import AdaptiveDetector, ContentDetector, FrameTimecode
+from scenedetect.common import Timecode
+from scenedetect.detector import SceneDetector
+
+from bodycam.config import PipelineSettings
+
+
+class SceneCutter:
+    """Feeds frames to a PySceneDetect detector; returns cut PTS relative to the first frame.
+
+    scenedetect's timecode types stay inside this class: callers see integer PTS only.
+    """
+
+    def __init__(self, cfg: PipelineSettings, fps: Fraction, time_base: Fraction,
+                 width_px: int, height_px: int) -> None:
+        self.fps = fps
+        self.time_base = time_base
+        min_len = max(1, int(round(cfg.scene_min_len_s * float(fps))))
+        self.detector: SceneDetector
+        if cfg.scene_detector == "adaptive":
+            self.detector = AdaptiveDetector(adaptive_threshold=cfg.scene_threshold,
+                                             min_scene_len=min_len)
+            self.lag_frames = self.detector.event_buffer_length + 1
+        else:
+            self.detector = ContentDetector(threshold=cfg.scene_threshold * 9,
+                                            min_scene_len=min_len)
+            self.lag_frames = self.detector.event_buffer_length + min_len + 1
+        self.width = max(16, cfg.scene_width_px // 2 * 2)
+        self.height = max(16, int(math.ceil(height_px * self.width / width_px / 2)) * 2)
+        self._last: FrameTimecode | None = None
+
+    def _tc(self, pts_rel: int) -> FrameTimecode:
+        return FrameTimecode(Timecode(pts=pts_rel, time_base=self.time_base), fps=self.fps)
+
+    def process(self, pts_rel: int, frame: av.VideoFrame) -> list[int]:
+        """Analyse one frame (in presentation order); returns cut PTS found so far."""
+        small = frame.to_ndarray(format="bgr24", width=self.width, height=self.height,
+                                 interpolation="FAST_BILINEAR")
+        self._last = self._tc(pts_rel)
+        return [int(c.pts) for c in self.detector.process_frame(self._last, small)]
+
+    def finish(self) -> list[int]:
+        """Cuts the detector held back until the end."""
+        if self._last is None:
+            return []
+        return [int(c.pts) for c in self.detector.post_process(self._last)]

@@ -1,0 +1,237 @@
+"""Running one work unit for a worker: claim, heartbeat, analyse, store results once."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import tempfile
+import threading
+import uuid
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+from bodycam import jobs
+from bodycam.context import Context
+from bodycam.db import Conn
+from bodycam.domain import MediaInfo
+from bodycam.errors import InvalidMediaError, LeaseLostError, PermanentError
+from bodycam.pipeline.analyze import ChunkResult, analyze_chunk
+from bodycam.pipeline.faces import FaceEmbedder, Registry, sha256_file
+from bodycam.queue import FINALIZE_VIDEO, PROCESS_UNIT
+from bodycam.storage import THUMBNAILS
+
+log = logging.getLogger(__name__)
+TRACK_NS = uuid.UUID("6f1d2a57-3c55-4d7e-9a43-0b5c1f0e2d11")
+
+
+def worker_name() -> str:
+    """host:pid, recorded as a lease owner."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class VideoRow:
+    """What a worker needs to know about a video."""
+
+    video_id: str
+    sha256: str
+    object_key: str
+    filename: str
+    info: MediaInfo
+
+
+def load_video(conn: Conn, video_id: str) -> VideoRow:
+    """Read a video's storage key and probe results."""
+    r = conn.execute(
+        "SELECT id::text AS id, sha256, object_key, original_filename, media FROM videos"
+        " WHERE id = %s", (video_id,)).fetchone()
+    if r is None:
+        raise PermanentError(f"video {video_id} does not exist")
+    m = r["media"]
+    info = MediaInfo(
+        container=m["container"], codec=m["codec"], width_px=m["width_px"],
+        height_px=m["height_px"], duration_s=m["duration_s"],
+        frame_rate=Fraction(m["frame_rate"]), n_frames=m["n_frames"],
+        rotation_deg=m["rotation_deg"], time_base=Fraction(m["time_base"]),
+        start_pts=m["start_pts"])
+    return VideoRow(str(r["id"]), str(r["sha256"]), str(r["object_key"]),
+                    str(r["original_filename"]), info)
+
+
+def local_copy(ctx: Context, video: VideoRow) -> Path:
+    """The original in this worker's cache, verified against its SHA-256 (chain of custody)."""
+    cache = ctx.settings.home_dir / "cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    path = cache / video.sha256
+    if path.exists():
+        return path
+    fd, tmp = tempfile.mkstemp(dir=cache, prefix=".part-")
+    os.close(fd)
+    try:
+        ctx.store.download_to(video.object_key, tmp)
+        digest = sha256_file(Path(tmp))
+        if digest != video.sha256:
+            raise PermanentError(
+                f"video {video.video_id}: stored original has SHA-256 {digest}, "
+                f"recorded {video.sha256}: the evidence object was altered")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+class _Heartbeat(threading.Thread):
+    """Renews the lease while the unit runs; remembers if the lease was lost."""
+
+    def __init__(self, ctx: Context, lease: jobs.Lease) -> None:
+        super().__init__(name="lease-heartbeat", daemon=True)
+        self.ctx, self.lease = ctx, lease
+        self.progress = 0.0
+        self.stage = "decoding"
+        self.lost = False
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        cfg = self.ctx.settings.jobs
+        while not self._stop_event.wait(cfg.heartbeat_s):
+            try:
+                with self.ctx.db() as conn:
+                    jobs.heartbeat(conn, self.lease, cfg.lease_s, self.progress, self.stage)
+            except LeaseLostError:
+                self.lost = True
+                return
+            except Exception:  # noqa: BLE001 - a missed beat is retried on the next tick
+                log.warning("lease heartbeat failed for video %s unit %d",
+                            self.lease.video_id, self.lease.idx)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+
+
+def embedder_for(ctx: Context) -> FaceEmbedder | None:
+    """The configured embedder, or None where policy forbids computing embeddings."""
+    from bodycam import policy
+
+    with ctx.db() as conn:
+        if not policy.embeddings_allowed(conn):
+            return None
+    return Registry.embedder(ctx.settings.pipeline)
+
+
+def run_unit(ctx: Context, video_id: str, idx: int, owner: str | None = None) -> str:
+    """Process one work unit; returns what happened ('done', 'skipped', 'retry', 'failed')."""
+    owner = owner or worker_name()
+    with ctx.db() as conn:
+        lease = jobs.claim(conn, video_id, idx, owner, ctx.settings.jobs.lease_s)
+    if lease is None:
+        log.info("video %s unit %d: not claimable (done or leased): skipped", video_id, idx)
+        return "skipped"
+    beat = _Heartbeat(ctx, lease)
+    beat.start()
+    try:
+        with ctx.db() as conn:
+            video = load_video(conn, video_id)
+        path = local_copy(ctx, video)
+        cfg = ctx.settings.pipeline
+        embedder = embedder_for(ctx)
+        detector = Registry.detector(cfg)
+
+        def progress(fraction: float) -> None:
+            beat.progress = fraction
+            beat.stage = "faces"
+            if beat.lost:
+                raise LeaseLostError(f"video {video_id} unit {idx}: lease lost")
+
+        try:
+            result = analyze_chunk(path, video.info, lease.start_s, lease.end_s, cfg,
+                                   detector, embedder, progress)
+        except InvalidMediaError as exc:
+            raise InvalidMediaError(video.filename, exc.reason) from None
+        last = store_results(ctx, lease, video, result, embedder)
+    except LeaseLostError:
+        log.warning("video %s unit %d: lease lost; results discarded", video_id, idx)
+        return "skipped"
+    except PermanentError as exc:
+        with ctx.db() as conn:
+            jobs.fail(conn, lease, str(exc), True, ctx.settings.jobs.max_attempts)
+        log.warning("video %s unit %d failed: %s", video_id, idx, type(exc).__name__)
+        return "failed"
+    except Exception as exc:  # noqa: BLE001 - transient: recorded and retried
+        with ctx.db() as conn:
+            again = jobs.fail(conn, lease, f"{type(exc).__name__}: {exc}", False,
+                              ctx.settings.jobs.max_attempts)
+        log.warning("video %s unit %d attempt %d failed: %s", video_id, idx, lease.attempt,
+                    type(exc).__name__)
+        if again:
+            ctx.send(PROCESS_UNIT, video_id, idx)
+        return "retry" if again else "failed"
+    finally:
+        beat.stop()
+    if last:
+        ctx.send(FINALIZE_VIDEO, video_id)
+    return "done"
+
+
+def store_results(ctx: Context, lease: jobs.Lease, video: VideoRow, result: ChunkResult,
+                  embedder: FaceEmbedder | None) -> bool:
+    """Write a unit's results in one transaction that replaces any earlier attempt's rows.
+
+    Returns True when this was the video's last unit. Raises LeaseLostError (nothing is
+    written) if the lease was lost meanwhile.
+    """
+    prefix = f"{THUMBNAILS}{video.video_id}/{lease.idx}/"
+    thumbs = {}
+    for tr in result.tracks:
+        key = f"{prefix}{tr.key}.jpg"
+        ctx.store.put_bytes(key, tr.thumbnail_jpeg, "image/jpeg")
+        thumbs[tr.key] = key
+    model = embedder.name if embedder else None
+    version = embedder.version if embedder else None
+    weights = embedder.weights_sha256 if embedder else None
+    with ctx.db() as conn:
+        vid, chunk = video.video_id, lease.idx
+        for table in ("detections", "tracks", "scenes"):
+            conn.execute(f"DELETE FROM {table} WHERE video_id = %s AND chunk_idx = %s",
+                         (vid, chunk))
+        for s in result.scenes:
+            conn.execute(
+                "INSERT INTO scenes (video_id, chunk_idx, scene_idx, start_s, end_s,"
+                " start_frame, end_frame, start_pts, end_pts)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                (vid, chunk, s.index, s.start_s, s.end_s, s.start_frame, s.end_frame,
+                 s.start_pts, s.end_pts))
+        track_ids: dict[int, uuid.UUID] = {}
+        for tr in result.tracks:
+            tid = uuid.uuid5(TRACK_NS, f"{vid}/{chunk}/{tr.key}")
+            track_ids[tr.key] = tid
+            conn.execute(
+                "INSERT INTO tracks (id, video_id, chunk_idx, scene_idx, start_s, end_s,"
+                " n_detections, quality, thumbnail_key, model, model_version, weights_sha256,"
+                " embedding) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                (tid, vid, chunk, tr.track.scene_index, tr.start_s, tr.end_s,
+                 len(tr.track.detections), tr.track.quality, thumbs[tr.key], model, version,
+                 weights, tr.track.representative_embedding()))
+        with conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO detections (video_id, chunk_idx, track_id, scene_idx, frame_index,"
+                " t_s, box_px, landmarks_px, probability, sharpness, quality, model,"
+                " model_version, weights_sha256, embedding)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                [(vid, chunk, track_ids.get(k) if k is not None else None, d.scene_index,
+                  d.frame_index, d.t_s, list(d.box_px),
+                  [c for pt in d.landmarks_px for c in pt], d.probability, d.sharpness,
+                  d.quality, model if d.embedding is not None else None,
+                  version if d.embedding is not None else None,
+                  weights if d.embedding is not None else None, d.embedding)
+                 for k, d in result.detections])
+        return jobs.complete(conn, lease)
+
+
+def finalize_video(ctx: Context, video_id: str) -> None:
+    """Video-level work once every unit is done; idempotent."""
+    with ctx.db() as conn:
+        jobs.finish_video(conn, video_id)
+    log.info("video %s done", video_id)

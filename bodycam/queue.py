@@ -1,0 +1,37 @@
+"""Sending work to Celery by task name: messages carry ids only, never frames or bytes."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from celery import Celery
+
+from bodycam.errors import TransientError
+
+PROCESS_UNIT = "bodycam.process_unit"
+FINALIZE_VIDEO = "bodycam.finalize_video"
+INGEST_OBJECT = "bodycam.ingest_object"
+REAP = "bodycam.reap"
+RECONCILE_INCOMING = "bodycam.reconcile_incoming"
+QUEUE_FOR = {PROCESS_UNIT: "gpu", FINALIZE_VIDEO: "cpu", INGEST_OBJECT: "cpu", REAP: "cpu",
+             RECONCILE_INCOMING: "cpu"}
+
+
+@lru_cache(maxsize=4)
+def client(redis_url: str) -> Celery:
+    """A Celery client for sending only (no result backend: state lives in Postgres)."""
+    app = Celery("bodycam-client", broker=redis_url)
+    app.conf.broker_connection_retry_on_startup = True
+    app.conf.broker_transport_options = {"max_retries": 3}
+    return app
+
+
+def send(redis_url: str, task: str, *args: str | int) -> None:
+    """Queue a task by name; raises TransientError if the broker is unreachable.
+
+    Losing a message loses no work: the reaper re-queues pending units it finds stale.
+    """
+    try:
+        client(redis_url).send_task(task, args=list(args), queue=QUEUE_FOR[task])
+    except Exception as exc:  # kombu raises several types for an unreachable broker
+        raise TransientError(f"broker unreachable: {exc.__class__.__name__}") from exc

@@ -1,0 +1,223 @@
+"""Object store over boto3: originals keyed by SHA-256 and never overwritten, crops, exports."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import IO, Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from bodycam.errors import TransientError
+
+ORIGINALS = "originals/"
+INCOMING = "incoming/"
+STAGING = "staging/"
+THUMBNAILS = "thumbnails/"
+PART_BYTES = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class S3Config:
+    """Where the object store is and how to sign requests."""
+
+    endpoint_url: str | None
+    access_key: str | None
+    secret_key: str | None
+    bucket: str
+    region: str = "us-east-1"
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """An object written by `upload_hashed`: its key, size and SHA-256."""
+
+    key: str
+    size_bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """A listed object."""
+
+    key: str
+    size_bytes: int
+    etag: str
+
+
+def original_key(sha256: str) -> str:
+    """The content-addressed key of an original upload."""
+    return f"{ORIGINALS}{sha256[:2]}/{sha256}"
+
+
+class ObjectStore:
+    """The one way Bodycam talks to S3; boto3 shapes stay inside this class."""
+
+    def __init__(self, cfg: S3Config) -> None:
+        self.cfg = cfg
+        self.bucket = cfg.bucket
+        self._client = boto3.client(
+            "s3",
+            endpoint_url=cfg.endpoint_url,
+            aws_access_key_id=cfg.access_key,
+            aws_secret_access_key=cfg.secret_key,
+            region_name=cfg.region,
+            config=Config(
+                s3={"addressing_style": "path"},
+                retries={"max_attempts": 5, "mode": "standard"},
+                connect_timeout=10,
+                read_timeout=120,
+            ),
+        )
+
+    def ensure_bucket(self) -> None:
+        """Create the bucket if it does not exist."""
+        try:
+            self._client.head_bucket(Bucket=self.bucket)
+        except ClientError:
+            try:
+                self._client.create_bucket(Bucket=self.bucket)
+            except ClientError as exc:
+                if "BucketAlreadyOwnedByYou" not in str(exc):
+                    raise TransientError(f"cannot create bucket {self.bucket}: {exc}") from exc
+
+    def exists(self, key: str) -> bool:
+        """Whether an object exists."""
+        try:
+            self._client.head_object(Bucket=self.bucket, Key=key)
+            return True
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise TransientError(f"cannot read {key}: {exc}") from exc
+
+    def upload_hashed(self, stream: IO[bytes], max_bytes: int) -> StoredObject:
+        """Stream a file once into a staging key while hashing it; returns size and SHA-256.
+
+        The caller moves the object to its content-addressed key with `promote` once the file
+        has been validated, or deletes it with `delete_staging`. Raises ValueError past
+        max_bytes (nothing is left behind then).
+        """
+        key = f"{STAGING}{uuid.uuid4().hex}"
+        digest = hashlib.sha256()
+        size = 0
+        upload_id = self._client.create_multipart_upload(Bucket=self.bucket, Key=key)["UploadId"]
+        parts: list[dict[str, Any]] = []
+        try:
+            while True:
+                chunk = _read_full(stream, PART_BYTES)
+                if not chunk and parts:
+                    break
+                size += len(chunk)
+                if size > max_bytes:
+                    raise ValueError(f"larger than the {max_bytes}-byte limit")
+                digest.update(chunk)
+                number = len(parts) + 1
+                etag = self._client.upload_part(
+                    Bucket=self.bucket, Key=key, PartNumber=number, UploadId=upload_id, Body=chunk
+                )["ETag"]
+                parts.append({"PartNumber": number, "ETag": etag})
+                if len(chunk) < PART_BYTES:
+                    break
+            self._client.complete_multipart_upload(
+                Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+            )
+        except BaseException:
+            self._client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+            raise
+        return StoredObject(key=key, size_bytes=size, sha256=digest.hexdigest())
+
+    def promote(self, staged: StoredObject) -> str:
+        """Move a staged upload to its content-addressed key; an existing original is kept."""
+        key = original_key(staged.sha256)
+        if not self.exists(key):
+            self._client.copy(
+                {"Bucket": self.bucket, "Key": staged.key},
+                self.bucket,
+                key,
+                ExtraArgs={"MetadataDirective": "REPLACE", "Metadata": {"sha256": staged.sha256}},
+            )
+        self.delete(staged.key)
+        return key
+
+    def download_to(self, key: str, path: str) -> None:
+        """Copy an object to a local file."""
+        try:
+            self._client.download_file(self.bucket, key, path)
+        except (ClientError, BotoCoreError) as exc:
+            raise TransientError(f"cannot download {key}: {exc}") from exc
+
+    def open_stream(self, key: str) -> IO[bytes]:
+        """A readable stream of an object's bytes."""
+        body = self._client.get_object(Bucket=self.bucket, Key=key)["Body"]
+        return body  # type: ignore[no-any-return]
+
+    def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
+        """Write a small derived object (thumbnail, export); never used for originals."""
+        if key.startswith(ORIGINALS):
+            raise ValueError("originals are written only by upload_hashed/promote")
+        self._client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type)
+
+    def get_bytes(self, key: str) -> bytes:
+        """Read a small object."""
+        buf = io.BytesIO()
+        self._client.download_fileobj(self.bucket, key, buf)
+        return buf.getvalue()
+
+    def get_tags(self, key: str) -> dict[str, str]:
+        """An object's tags (empty where the store has none)."""
+        try:
+            tags = self._client.get_object_tagging(Bucket=self.bucket, Key=key)["TagSet"]
+        except ClientError:
+            return {}
+        return {t["Key"]: t["Value"] for t in tags}
+
+    def delete(self, key: str) -> None:
+        """Delete a derived or staging object; originals are refused."""
+        if key.startswith(ORIGINALS):
+            raise ValueError("the application never deletes originals")
+        self._client.delete_object(Bucket=self.bucket, Key=key)
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Delete every derived object under a prefix; returns how many."""
+        if prefix.startswith(ORIGINALS) or not prefix:
+            raise ValueError("the application never deletes originals")
+        n = 0
+        for obj in self.list(prefix):
+            self.delete(obj.key)
+            n += 1
+        return n
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        """Every object under a prefix."""
+        paginator = self._client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            for obj in page.get("Contents", []):
+                yield ObjectInfo(key=obj["Key"], size_bytes=int(obj["Size"]),
+                                 etag=str(obj.get("ETag", "")).strip('"'))
+
+    def presigned_url(self, key: str, expires_s: int = 3600) -> str:
+        """A time-limited URL to read an object."""
+        url: str = self._client.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires_s
+        )
+        return url
+
+
+def _read_full(stream: IO[bytes], n: int) -> bytes:
+    """Read up to n bytes, looping over short reads."""
+    chunks: list[bytes] = []
+    left = n
+    while left > 0:
+        chunk = stream.read(left)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)

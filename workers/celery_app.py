@@ -1,0 +1,37 @@
+"""The Celery app: Redis broker, no result backend, ids-only JSON messages, two queues."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from bodycam.config import get_settings
+from bodycam.queue import RECONCILE_INCOMING, REAP
+from bodycam.services import resolve
+
+_settings = get_settings()
+_services = resolve(_settings)
+
+app = Celery("bodycam", broker=_services.redis_url, include=["workers.tasks"])
+app.conf.update(
+    task_serializer="json",
+    accept_content=["json"],
+    task_ignore_result=True,
+    result_backend=None,
+    task_default_queue="cpu",
+    # A unit is acknowledged after it ran; a worker lost mid-task returns it to the queue.
+    # Duplicate deliveries are harmless: a unit is claimed in Postgres with a lease first.
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    worker_prefetch_multiplier=1,
+    broker_connection_retry_on_startup=True,
+    worker_hijack_root_logger=False,
+    beat_schedule={
+        "reap-leases": {"task": REAP, "schedule": _settings.jobs.reap_interval_s,
+                        "options": {"queue": "cpu", "expires": _settings.jobs.reap_interval_s}},
+        "reconcile-incoming": {
+            "task": RECONCILE_INCOMING,
+            "schedule": _settings.jobs.reconcile_interval_s,
+            "options": {"queue": "cpu", "expires": _settings.jobs.reconcile_interval_s},
+        },
+    },
+)

@@ -1,0 +1,70 @@
+"""Thin Celery tasks: ids in, call bodycam, record state in Postgres, enqueue next."""
+
+from __future__ import annotations
+
+import logging
+
+from bodycam import ingest, jobs, processing
+from bodycam.context import Context
+from bodycam.errors import PermanentError
+from bodycam.queue import FINALIZE_VIDEO, INGEST_OBJECT, PROCESS_UNIT, REAP, RECONCILE_INCOMING
+from workers.celery_app import app
+
+log = logging.getLogger(__name__)
+_ctx: Context | None = None
+
+
+def ctx() -> Context:
+    """The worker's context, resolved once per process."""
+    global _ctx
+    if _ctx is None:
+        _ctx = Context.load()
+    return _ctx
+
+
+@app.task(name=PROCESS_UNIT)
+def process_unit(video_id: str, idx: int) -> str:
+    """Process one chunk of a video (gpu queue)."""
+    return processing.run_unit(ctx(), video_id, int(idx))
+
+
+@app.task(name=FINALIZE_VIDEO)
+def finalize_video(video_id: str) -> None:
+    """Video-level work after its last chunk (cpu queue)."""
+    processing.finalize_video(ctx(), video_id)
+
+
+@app.task(name=INGEST_OBJECT)
+def ingest_object(key: str, etag: str) -> str | None:
+    """Ingest an object put into incoming/ (from an S3 event or the reconciler)."""
+    try:
+        result = ingest.ingest_incoming(ctx(), key, etag)
+    except PermanentError:
+        return "rejected"
+    return result.video_id if result else None
+
+
+@app.task(name=REAP)
+def reap() -> int:
+    """Re-queue units whose worker died or whose message was lost; quarantine repeat crashes."""
+    c = ctx()
+    cfg = c.settings.jobs
+    with c.db() as conn:
+        again = jobs.reap(conn, cfg.max_attempts, stale_pending_s=max(60.0, 4 * cfg.lease_s))
+        stuck = jobs.stale_finalizing(conn, stale_s=max(60.0, 4 * cfg.lease_s))
+    for video_id, idx in again:
+        log.info("re-queued video %s unit %d", video_id, idx)
+        c.send(PROCESS_UNIT, video_id, idx)
+    for video_id in stuck:
+        c.send(FINALIZE_VIDEO, video_id)
+    return len(again)
+
+
+@app.task(name=RECONCILE_INCOMING)
+def reconcile_incoming() -> int:
+    """List incoming/ so that an object whose S3 event was lost is still ingested."""
+    c = ctx()
+    found = ingest.unhandled_incoming(c)
+    for key, etag in found:
+        c.send(INGEST_OBJECT, key, etag)
+    return len(found)
