@@ -216,6 +216,47 @@ def retry(video_id: str) -> None:
     err.print(f"video {video_id}: {len(units)} units queued")
 
 
+@app.command()
+def tracks(
+    video_id: str,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """A video's face tracks: time range, detections, quality, thumbnail."""
+    from bodycam.evidence import list_tracks
+
+    ctx = context()
+    with ctx.db() as conn:
+        rows = guarded(lambda: list_tracks(conn, video_id))
+    if as_json:
+        emit_json([r.as_json() for r in rows])
+        return
+    for r in rows:
+        out.print(f"{r.track_id}  {r.start_s:8.2f}-{r.end_s:8.2f}s  {r.n_detections:3} det  "
+                  f"quality {r.quality:.2f}  {r.thumbnail}", highlight=False)
+
+
+@app.command()
+def demo(
+    testdata: Annotated[str, typer.Option(help="folder with video/ (the shared test data)")],
+    case: str = "DEMO-1",
+) -> None:
+    """Start the stack, ingest the sample clips, process them and print what was found."""
+    from bodycam.demo import run_demo
+
+    guarded(lambda: run_demo(settings(), testdata, case, out))
+
+
+@app.command()
+def bench(
+    testdata: Annotated[str, typer.Option(help="the shared test data folder")],
+    clip_s: Annotated[float, typer.Option(help="length of the synthetic 720p30 clip")] = 120.0,
+) -> None:
+    """Measure the face pipeline per stage against the naive baseline; write BENCHMARKS figures."""
+    from bodycam.bench import run_pipeline_bench
+
+    guarded(lambda: run_pipeline_bench(settings(), testdata, clip_s, out))
+
+
 def main() -> None:
     """Console-script entry point."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

@@ -1,0 +1,37 @@
+# Two commands from a fresh clone (Python >= 3.11 and pip only): `make demo` and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export BODYCAM_TESTDATA ?= $(abspath ../shared/testdata)
+# The demo and tests use the offline embedder by name: FaceNet weights cannot be downloaded
+# here, and Bodycam never switches models silently.
+export BODYCAM_PIPELINE__EMBEDDER ?= dlib-resnet
+
+.PHONY: install demo test lint bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[faces,embedded,dev]'
+	# The clip generator and tools expect `ffmpeg` on PATH: use the imageio-ffmpeg binary.
+	ln -sf "$$($(BIN)/python -c 'import imageio_ffmpeg; print(imageio_ffmpeg.get_ffmpeg_exe())')" $(BIN)/ffmpeg
+	touch $@
+
+demo: install
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m bodycam demo --testdata "$(BODYCAM_TESTDATA)"
+
+lint: install
+	$(BIN)/ruff check bodycam workers tests
+	$(BIN)/mypy
+
+test: lint
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q -ra
+
+bench: install
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m bodycam bench --testdata "$(BODYCAM_TESTDATA)"
+
+clean:
+	-$(BIN)/bodycam down
+	rm -rf .bodycam

@@ -1,0 +1,128 @@
+"""Test session: a real embedded stack (Postgres+pgvector, SeaweedFS S3, Redis, Celery workers)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from bodycam.config import Settings, reload_settings
+from bodycam.context import Context
+
+REPO = Path(__file__).resolve().parent.parent
+TESTDATA = Path(os.environ.get("BODYCAM_TESTDATA", REPO.parent / "shared" / "testdata")).resolve()
+TOOLS = TESTDATA.parent / "tools"
+HAMILTON = TESTDATA / "video" / "short_hamilton_clip.mp4"
+FACENET_CLIP = TESTDATA / "video" / "facenet_example.mp4"
+
+# Short leases and fast reaping so that crash recovery is observable within a test.
+STACK_ENV = {
+    "BODYCAM_PIPELINE__EMBEDDER": "dlib-resnet",
+    "BODYCAM_JOBS__LEASE_S": "6",
+    "BODYCAM_JOBS__HEARTBEAT_S": "1",
+    "BODYCAM_JOBS__REAP_INTERVAL_S": "1",
+    "BODYCAM_JOBS__RECONCILE_INTERVAL_S": "2",
+    "BODYCAM_GPU_WORKERS": "2",
+    "BODYCAM_CPU_WORKERS": "1",
+}
+EXTERNAL = ("BODYCAM_DATABASE_URL", "BODYCAM_S3_ENDPOINT_URL", "BODYCAM_REDIS_URL",
+            "BODYCAM_API_URL")
+
+
+@dataclass
+class Cli:
+    """Runs the real `bodycam` command in the test stack's environment."""
+
+    env: dict[str, str]
+
+    def run(self, *args: str, check: bool = False, timeout: float = 600,
+            extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        env = {**self.env, **(extra_env or {})}
+        proc = subprocess.run([sys.executable, "-m", "bodycam", *args], env=env,
+                              capture_output=True, text=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"bodycam {' '.join(args)} failed ({proc.returncode}):\n"
+                                 f"{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def json(self, *args: str, extra_env: dict[str, str] | None = None) -> object:
+        proc = self.run(*args, "--json", check=True, extra_env=extra_env)
+        return json.loads(proc.stdout)
+
+
+@dataclass
+class StackHandle:
+    """The running test stack."""
+
+    home: Path
+    cli: Cli
+    ctx: Context
+
+    def wait_status(self, video_id: str, timeout_s: float = 300) -> dict[str, object]:
+        """Poll `bodycam jobs --json` until the video reaches a terminal status."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for job in self.cli.json("jobs"):  # type: ignore[union-attr]
+                if job["video_id"] == video_id and job["status"] in ("done", "failed",
+                                                                     "quarantined"):
+                    return dict(job)
+            time.sleep(1)
+        raise AssertionError(f"video {video_id} did not finish within {timeout_s}s")
+
+    def counts(self) -> dict[str, int]:
+        """Rows, objects and queued jobs: what bad input must not leave behind."""
+        with self.ctx.db() as conn:
+            videos = conn.execute("SELECT count(*) AS n FROM videos").fetchone()["n"]
+            units = conn.execute("SELECT count(*) AS n FROM work_units").fetchone()["n"]
+        objects = sum(1 for o in self.ctx.store.list("") if not o.key.startswith("incoming/"))
+        return {"videos": videos, "units": units, "objects": objects}
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackHandle]:
+    """Start a real embedded stack in a temporary BODYCAM_HOME for the whole session."""
+    if not TESTDATA.exists():
+        pytest.exit(f"test data not found at {TESTDATA}: set BODYCAM_TESTDATA", returncode=2)
+    home = tmp_path_factory.mktemp("bodycam-home")
+    for key in EXTERNAL:
+        os.environ.pop(key, None)
+    os.environ.update(STACK_ENV)
+    os.environ["BODYCAM_HOME"] = str(home)
+    env = dict(os.environ)
+    cli = Cli(env)
+    up = cli.run("up", timeout=300)
+    if up.returncode != 0:
+        logs = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}"
+                         for p in (home / "logs").glob("*.log"))
+        cli.run("down")
+        pytest.exit(f"bodycam up failed:\n{up.stderr}\n{logs}", returncode=3)
+    settings: Settings = reload_settings()
+    try:
+        yield StackHandle(home=home, cli=cli, ctx=Context.load(settings))
+    finally:
+        cli.run("down", timeout=120)
+
+
+@pytest.fixture(scope="session")
+def make_clip(tmp_path_factory: pytest.TempPathFactory) -> object:
+    """Generate a synthetic body-cam clip with exact truth (cached per arguments)."""
+    cache: dict[tuple[str, ...], tuple[Path, dict[str, object]]] = {}
+    root = tmp_path_factory.mktemp("clips")
+
+    def make(*args: str) -> tuple[Path, dict[str, object]]:
+        if args not in cache:
+            out = root / f"clip{len(cache)}.mp4"
+            subprocess.run([sys.executable, str(TOOLS / "make_bodycam_clip.py"), "--out",
+                            str(out), *args], check=True, capture_output=True, timeout=900)
+            cache[args] = (out, json.loads(out.with_suffix(".json").read_text()))
+        return cache[args]
+
+    return make

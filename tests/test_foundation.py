@@ -1,0 +1,257 @@
+"""Evidence ingest, custody, bad input and durable processing against the real embedded stack."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from bodycam import jobs, queue
+from bodycam.storage import original_key
+from tests.conftest import FACENET_CLIP, HAMILTON, TESTDATA, StackHandle
+
+FFMPEG = shutil.which("ffmpeg")
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_status_reports_every_service_and_the_database_url(stack: StackHandle) -> None:
+    st = stack.cli.json("status")
+    assert isinstance(st, dict)
+    assert st["database_url"].startswith("postgresql://")
+    assert st["services"] == {"postgres": "running", "s3": "running", "redis": "running",
+                              "api": "running", "scheduler": "running"}
+    assert st["workers"] == {"cpu": 1, "gpu": 2}
+    assert set(st["queues"]) == {"cpu", "gpu"}
+    state = stack.home / "stack.json"
+    assert state.stat().st_mode & 0o777 == 0o600
+
+
+def test_second_up_changes_nothing(stack: StackHandle) -> None:
+    before = json.loads((stack.home / "stack.json").read_text())["processes"]
+    stack.cli.run("up", check=True)
+    after = json.loads((stack.home / "stack.json").read_text())["processes"]
+    assert sorted(p["pid"] for p in after) == sorted(p["pid"] for p in before)
+
+
+def test_ingest_keeps_the_sha256_and_custody_and_processes_the_video(stack: StackHandle) -> None:
+    [res] = stack.cli.json("ingest", str(HAMILTON), "--case", "T-SHA", "--officer", "Off. Reyes",
+                           "--device", "CAM-7", "--recorded-at", "2026-03-14T09:30:00Z", "--wait")
+    assert res["sha256"] == sha256(HAMILTON)
+    assert res["duplicate"] is False
+    assert res["status"] == "done"
+    stored = stack.ctx.store.get_bytes(original_key(res["sha256"]))
+    assert hashlib.sha256(stored).hexdigest() == res["sha256"]
+    with stack.ctx.db() as conn:
+        row = conn.execute("SELECT * FROM videos WHERE id = %s", (res["video_id"],)).fetchone()
+    assert row["original_filename"] == "short_hamilton_clip.mp4"
+    assert row["size_bytes"] == HAMILTON.stat().st_size
+    assert (row["container"], row["codec"], row["width_px"], row["height_px"]) == (
+        "mov,mp4,m4a,3gp,3g2,mj2", "h264", 640, 360)
+    assert 9.0 < row["duration_s"] < 9.4
+    assert (row["case_id"], row["officer"], row["device"]) == ("T-SHA", "Off. Reyes", "CAM-7")
+    assert row["recorded_at"].year == 2026 and row["uploader"]
+    assert {"ingested", "processing", "done"} <= set(row["stage_times"])
+
+
+def test_the_same_file_in_the_same_case_is_a_duplicate(stack: StackHandle) -> None:
+    [first] = stack.cli.json("ingest", str(HAMILTON), "--case", "T-DUP", "--officer", "O",
+                             "--device", "D")
+    [again] = stack.cli.json("ingest", str(HAMILTON), "--case", "T-DUP", "--officer", "O",
+                             "--device", "D")
+    assert again["duplicate"] is True and again["video_id"] == first["video_id"]
+    [other] = stack.cli.json("ingest", str(HAMILTON), "--case", "T-DUP-2", "--officer", "O",
+                             "--device", "D")
+    assert other["duplicate"] is False and other["video_id"] != first["video_id"]
+    assert other["sha256"] == first["sha256"]
+
+
+def _bad_files(tmp: Path) -> dict[str, tuple[list[str], dict[str, str], str]]:
+    """name -> (ingest args, extra env, expected reason fragment)."""
+    data = HAMILTON.read_bytes()
+    (tmp / "empty.mp4").write_bytes(b"")
+    (tmp / "notes.mp4").write_text("officer notes, not a video\n" * 20)
+    shutil.copy(TESTDATA / "faces" / "identities" / "p01" / "01.jpg", tmp / "photo.mp4")
+    (tmp / "truncated.mp4").write_bytes(data[: len(data) // 2])
+    corrupt = bytearray(data)
+    corrupt[len(corrupt) - 4000:] = os.urandom(4000)  # the index (moov) is at the end
+    (tmp / "corrupt.mp4").write_bytes(bytes(corrupt))
+    base = ["--case", "T-BAD", "--officer", "O", "--device", "D"]
+    cases = {
+        "empty": ([str(tmp / "empty.mp4"), *base], {}, "empty"),
+        "text": ([str(tmp / "notes.mp4"), *base], {}, "not a readable video"),
+        "image": ([str(tmp / "photo.mp4"), *base], {}, "image"),
+        "truncated": ([str(tmp / "truncated.mp4"), *base], {}, "video"),
+        "corrupt": ([str(tmp / "corrupt.mp4"), *base], {}, "video"),
+        "too-large-frame": ([str(FACENET_CLIP), *base], {"BODYCAM_LIMITS__MAX_WIDTH_PX": "1280"},
+                            "larger than the limit"),
+        "too-long": ([str(HAMILTON), *base], {"BODYCAM_LIMITS__MAX_DURATION_S": "5"},
+                     "longer than the limit"),
+        "url": (["rtsp://camera.local/live", *base], {}, "no live mode"),
+        "missing-case": ([str(HAMILTON), "--officer", "O", "--device", "D"], {}, "--case"),
+        "missing-file": ([str(tmp / "nope.mp4"), *base], {}, "no such file"),
+    }
+    if FFMPEG:
+        subprocess.run([FFMPEG, "-v", "error", "-y", "-f", "lavfi", "-i",
+                        "testsrc=size=320x240:rate=10", "-t", "2", "-c:v", "ffv1",
+                        str(tmp / "lossless.mkv")], check=True)
+        cases["unsupported-codec"] = ([str(tmp / "lossless.mkv"), *base], {}, "unsupported")
+    return cases
+
+
+def test_every_bad_input_is_refused_with_a_reason_and_leaves_nothing(
+        stack: StackHandle, tmp_path: Path) -> None:
+    for name, (args, env, reason) in _bad_files(tmp_path).items():
+        before = stack.counts()
+        proc = stack.cli.run("ingest", *args, extra_env=env)
+        assert proc.returncode != 0, name
+        lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+        assert lines and "error:" in lines[0], (name, proc.stderr)
+        message = " ".join(proc.stderr.split())
+        assert reason.lower() in message.lower(), (name, message)
+        if name not in ("missing-case", "url"):
+            assert Path(args[0]).name in message, (name, message)
+        assert stack.counts() == before, name
+
+
+def test_a_file_put_into_incoming_is_ingested_and_processed(stack: StackHandle) -> None:
+    store = stack.ctx.store
+    key = "incoming/dock-7/hamilton-copy.mp4"
+    store._client.put_object(Bucket=store.bucket, Key=key, Body=HAMILTON.read_bytes(),
+                             Tagging="case=T-INCOMING&officer=Off.%20Diaz&device=CAM-9")
+    video = _wait_for_case(stack, "T-INCOMING")
+    assert stack.wait_status(video["video_id"])["status"] == "done"
+    with stack.ctx.db() as conn:
+        row = conn.execute("SELECT * FROM videos WHERE id = %s", (video["video_id"],)).fetchone()
+    assert (row["officer"], row["device"], row["source"]) == ("Off. Diaz", "CAM-9", "incoming")
+    assert row["sha256"] == sha256(HAMILTON)
+    assert not store.exists(key), "an ingested object leaves incoming/"
+
+
+def test_an_s3_event_notification_queues_the_object(stack: StackHandle) -> None:
+    store = stack.ctx.store
+    key = "incoming/event/facenet.mp4"
+    store._client.put_object(Bucket=store.bucket, Key=key, Body=FACENET_CLIP.read_bytes())
+    store.put_bytes(key + ".json", json.dumps(
+        {"case": "T-EVENT", "officer": "O", "device": "D"}).encode(), "application/json")
+    etag = next(o.etag for o in store.list(key) if o.key == key)
+    api = json.loads((stack.home / "stack.json").read_text())["api_url"]
+    event = {"Records": [{"eventName": "s3:ObjectCreated:Put",
+                          "s3": {"bucket": {"name": store.bucket},
+                                 "object": {"key": key, "eTag": etag}}}]}
+    reply = httpx.post(f"{api}/s3/events", json=event, timeout=10)
+    assert reply.status_code == 200 and reply.json() == {"queued": 1}
+    video = _wait_for_case(stack, "T-EVENT")
+    assert stack.wait_status(video["video_id"])["status"] == "done"
+
+
+def test_an_incoming_object_without_a_case_is_rejected_and_kept(stack: StackHandle) -> None:
+    store = stack.ctx.store
+    key = "incoming/no-case/clip.mp4"
+    store._client.put_object(Bucket=store.bucket, Key=key, Body=HAMILTON.read_bytes())
+    deadline = time.monotonic() + 60
+    row = None
+    while time.monotonic() < deadline:
+        with stack.ctx.db() as conn:
+            row = conn.execute("SELECT state, error FROM incoming_objects WHERE key = %s",
+                               (key,)).fetchone()
+        if row and row["state"] == "rejected":
+            break
+        time.sleep(1)
+    assert row is not None and row["state"] == "rejected" and "--case" in row["error"]
+    assert store.exists(key), "a rejected upload is never deleted"
+
+
+def _wait_for_case(stack: StackHandle, case: str, timeout_s: float = 120) -> dict[str, str]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with stack.ctx.db() as conn:
+            row = conn.execute("SELECT id::text AS video_id FROM videos WHERE case_id = %s",
+                               (case,)).fetchone()
+        if row:
+            return dict(row)
+        time.sleep(1)
+    raise AssertionError(f"nothing was ingested for case {case}")
+
+
+@pytest.mark.slow
+def test_kill_9_of_a_worker_mid_video_still_ends_done_exactly_once(
+        stack: StackHandle, make_clip: object, tmp_path: Path) -> None:
+    clip, _truth = make_clip("--seed", "11", "--duration", "24", "--size", "640x360")  # type: ignore[operator]
+    [res] = stack.cli.json("ingest", str(clip), "--case", "T-KILL", "--officer", "O",
+                           "--device", "D", extra_env={"BODYCAM_JOBS__CHUNK_S": "6"})
+    vid = res["video_id"]
+    victim = None
+    deadline = time.monotonic() + 120
+    while victim is None and time.monotonic() < deadline:
+        with stack.ctx.db() as conn:
+            row = conn.execute(
+                "SELECT idx, lease_owner FROM work_units WHERE video_id = %s AND state ="
+                " 'running' AND progress > 0 ORDER BY idx LIMIT 1", (vid,)).fetchone()
+        if row:
+            victim = (int(row["idx"]), int(str(row["lease_owner"]).rsplit(":", 1)[1]))
+        time.sleep(0.2)
+    assert victim is not None, "no unit started"
+    idx, pid = victim
+    os.kill(pid, signal.SIGKILL)
+    # Replace the killed worker so later tests keep two GPU workers.
+    stack.cli.run("up", check=True)
+    job = stack.wait_status(vid, timeout_s=300)
+    assert job["status"] == "done", job
+    with stack.ctx.db() as conn:
+        units = conn.execute("SELECT idx, state, attempts FROM work_units WHERE video_id = %s"
+                             " ORDER BY idx", (vid,)).fetchall()
+        per_chunk = conn.execute(
+            "SELECT chunk_idx, count(*) AS n, count(DISTINCT (frame_index, box_px)) AS uniq"
+            " FROM detections WHERE video_id = %s GROUP BY chunk_idx", (vid,)).fetchall()
+        scenes = conn.execute("SELECT count(*) AS n FROM scenes WHERE video_id = %s",
+                              (vid,)).fetchone()
+    assert len(units) == 4 and all(u["state"] == "done" for u in units)
+    assert units[idx]["attempts"] >= 2, "the killed unit was retried by another worker"
+    assert all(r["n"] == r["uniq"] for r in per_chunk), "no detection was written twice"
+    assert scenes["n"] >= 4
+
+
+def test_repeated_crashes_quarantine_the_video_with_its_reason(stack: StackHandle) -> None:
+    control = queue.client(stack.ctx.services.redis_url).control
+    deadline = time.monotonic() + 60
+    while len(control.cancel_consumer("gpu", reply=True, timeout=2) or []) < 2:  # park GPU workers
+        assert time.monotonic() < deadline, "GPU workers did not answer"
+    try:
+        [res] = stack.cli.json("ingest", str(HAMILTON), "--case", "T-QUAR", "--officer", "O",
+                               "--device", "D")
+        vid = res["video_id"]
+        # Three workers in a row claim the unit and die: their leases expire, and the live
+        # reaper puts the unit back twice, then quarantines it.
+        for attempt in range(1, 4):
+            with stack.ctx.db() as conn:
+                lease = jobs.claim(conn, vid, 0, f"ghost:{attempt}", lease_s=0.3)
+            assert lease is not None and lease.attempt == attempt
+            expected = "quarantined" if attempt == 3 else "pending"
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                with stack.ctx.db() as conn:
+                    state = conn.execute("SELECT state FROM work_units WHERE video_id = %s",
+                                         (vid,)).fetchone()["state"]
+                if state == expected:
+                    break
+                time.sleep(0.1)
+            assert state == expected
+        [job] = [j for j in stack.cli.json("jobs")  # type: ignore[union-attr]
+                 if j["video_id"] == vid]
+        assert job["status"] == "quarantined"
+        assert "ghost:3" in job["error"] and job["attempts"] == 3
+    finally:
+        control.add_consumer("gpu", reply=True, timeout=5)
+    assert stack.cli.run("retry", vid).returncode == 0
+    assert stack.wait_status(vid)["status"] == "done"
