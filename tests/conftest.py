@@ -126,3 +126,19 @@ def make_clip(tmp_path_factory: pytest.TempPathFactory) -> object:
         return cache[args]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def processed(stack: StackHandle) -> object:
+    """Ingest a file into a case once per session and wait until it is processed."""
+    done: dict[tuple[str, str], str] = {}
+
+    def run(path: Path, case: str) -> str:
+        if (str(path), case) not in done:
+            [res] = stack.cli.json("ingest", str(path), "--case", case, "--officer", "O",
+                                   "--device", "D", "--wait")  # type: ignore[misc]
+            assert res["status"] == "done", res
+            done[(str(path), case)] = res["video_id"]
+        return done[(str(path), case)]
+
+    return run

@@ -1,0 +1,167 @@
+"""The face pipeline with real models on real faces: scenes, sampling, tracks, lineage."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bodycam.config import PipelineSettings
+from bodycam.domain import FaceDetection
+from bodycam.errors import ModelUnavailableError
+from bodycam.pipeline.faces import DlibResnetEmbedder, FacenetEmbedder
+from bodycam.pipeline.frames import plan_samples
+from bodycam.pipeline.tracks import build_tracks
+from tests.conftest import HAMILTON, StackHandle
+
+HAMILTON_CUTS = (0.667, 2.002, 2.736, 7.040)
+
+
+def _det(t: float, box: tuple[float, float, float, float], vec: list[float],
+         scene: int = 0) -> FaceDetection:
+    v = np.asarray(vec, np.float32)
+    return FaceDetection(int(t * 30), t, scene, box, 0.99, (), 100.0, v / np.linalg.norm(v))
+
+
+# --- pure stages ----------------------------------------------------------------------------
+
+def test_sampling_follows_pts_and_gives_short_scenes_a_minimum() -> None:
+    times = [i / 30 for i in range(90)]  # 3 s at 30 fps
+    assert plan_samples(times, 5.0, 3) == list(range(0, 90, 6))
+    assert len(plan_samples(times[:7], 5.0, 3)) == 3  # a 0.2 s scene still gets 3 frames
+    vfr = [0.0, 0.01, 0.02, 0.25, 0.26, 0.5, 0.9, 0.95]
+    assert [vfr[i] for i in plan_samples(vfr, 5.0, 1)] == [0.0, 0.25, 0.5, 0.9]
+
+
+def test_two_faces_in_one_frame_never_share_a_track() -> None:
+    cfg = PipelineSettings(track_min_detections=1)
+    frames = [[_det(t, (100, 100, 200, 200), [1, 0, 0]), _det(t, (120, 100, 220, 200), [1, 0.1, 0])]
+              for t in (0.0, 0.2, 0.4)]
+    tracks = build_tracks(frames, cfg)
+    assert len(tracks) == 2
+    for trk in tracks:
+        assert len({d.t_s for d in trk.detections}) == len(trk.detections)
+
+
+def test_tracks_never_cross_a_scene_cut_and_different_faces_split() -> None:
+    cfg = PipelineSettings(track_min_detections=1)
+    box = (100.0, 100.0, 200.0, 200.0)
+    frames = [[_det(0.0, box, [1, 0, 0])], [_det(0.2, box, [1, 0, 0])],
+              [_det(0.4, box, [1, 0, 0], scene=1)], [_det(0.6, box, [0, 1, 0], scene=1)]]
+    tracks = build_tracks(frames, cfg)
+    assert [len(t.detections) for t in tracks] == [2, 1, 1]
+    assert all(len({d.scene_index for d in t.detections}) == 1 for t in tracks)
+    rep = tracks[0].representative_embedding()
+    assert rep is not None and abs(float(np.linalg.norm(rep)) - 1) < 1e-5
+
+
+def test_facenet_without_weights_says_how_to_provide_them(tmp_path: Path) -> None:
+    missing = PipelineSettings(facenet_weights=tmp_path / "absent.pt",
+                               facenet_weights_sha256="0" * 64)
+    with pytest.raises(ModelUnavailableError, match="BODYCAM_PIPELINE__FACENET_WEIGHTS"):
+        FacenetEmbedder(missing).load()
+    wrong = tmp_path / "other-model.pt"
+    wrong.write_bytes(b"not the vggface2 weights")
+    cfg = PipelineSettings(facenet_weights=wrong, facenet_weights_sha256="0" * 64)
+    with pytest.raises(ModelUnavailableError, match="refusing to load a different model"):
+        FacenetEmbedder(cfg).load()
+
+
+# --- the real pipeline through the stack ----------------------------------------------------
+
+def test_hamilton_close_ups_have_tracks_and_no_track_spans_a_cut(
+        stack: StackHandle, processed: object) -> None:
+    vid = processed(HAMILTON, "T-PIPE")  # type: ignore[operator]
+    tracks = stack.cli.json("tracks", vid)
+    assert isinstance(tracks, list) and tracks
+    for t in tracks:
+        assert set(t) >= {"track_id", "video_id", "start_s", "end_s", "n_detections",
+                          "quality", "thumbnail"}
+        for cut in HAMILTON_CUTS:
+            assert not (t["start_s"] < cut - 0.02 and t["end_s"] > cut + 0.02), (t, cut)
+    p06 = max((min(t["end_s"], 7.04) - max(t["start_s"], 2.74)) for t in tracks)
+    assert p06 >= 0.8 * (7.04 - 2.74), "a track covers p06's close-up"
+    assert any(t["start_s"] >= 0.6 and t["end_s"] <= 2.8 for t in tracks), "p05's close-up"
+    thumb = stack.ctx.store.get_bytes(tracks[0]["thumbnail"])
+    assert thumb[:3] == b"\xff\xd8\xff"  # a JPEG crop in S3
+    with stack.ctx.db() as conn:
+        scenes = conn.execute("SELECT start_s FROM scenes WHERE video_id = %s ORDER BY start_s",
+                              (vid,)).fetchall()
+    assert [round(s["start_s"], 3) for s in scenes][1:] == list(HAMILTON_CUTS)
+
+
+def test_every_embedding_records_its_model_and_is_unit_length(
+        stack: StackHandle, processed: object) -> None:
+    vid = processed(HAMILTON, "T-PIPE")  # type: ignore[operator]
+    expected = DlibResnetEmbedder(PipelineSettings()).weights_sha256
+    with stack.ctx.db() as conn:
+        rows = conn.execute(
+            "SELECT model, model_version, weights_sha256, embedding FROM tracks WHERE video_id = %s"
+            " UNION ALL SELECT model, model_version, weights_sha256, embedding FROM detections"
+            " WHERE video_id = %s AND embedding IS NOT NULL", (vid, vid)).fetchall()
+    assert rows
+    for r in rows:
+        assert (r["model"], r["weights_sha256"]) == ("dlib-resnet", expected)
+        assert r["model_version"]
+        assert abs(float(np.linalg.norm(r["embedding"].to_numpy())) - 1.0) < 1e-3
+
+
+def test_reprocessing_replaces_results_instead_of_duplicating(
+        stack: StackHandle, processed: object) -> None:
+    vid = processed(HAMILTON, "T-PIPE")  # type: ignore[operator]
+
+    def snapshot() -> tuple[int, int, int]:
+        with stack.ctx.db() as conn:
+            return tuple(conn.execute(f"SELECT count(*) AS n FROM {t} WHERE video_id = %s",
+                                      (vid,)).fetchone()["n"]
+                         for t in ("scenes", "tracks", "detections"))  # type: ignore[return-value]
+
+    before = snapshot()
+    assert stack.cli.run("retry", vid).returncode == 0
+    with stack.ctx.db() as conn:
+        conn.execute("UPDATE work_units SET state = 'pending' WHERE video_id = %s", (vid,))
+    from bodycam.queue import PROCESS_UNIT
+    stack.ctx.send(PROCESS_UNIT, vid, 0)
+    assert stack.wait_status(vid)["status"] == "done"
+    assert snapshot() == before
+
+
+@pytest.mark.slow
+def test_synthetic_clip_faces_of_40px_are_covered_and_tracks_are_pure(
+        stack: StackHandle, processed: object, make_clip: object) -> None:
+    clip, truth = make_clip("--seed", "5", "--duration", "30", "--boxes")  # type: ignore[operator]
+    vid = processed(clip, "T-SYNTH")  # type: ignore[operator]
+    fps = float(truth["fps"])
+    boxes = defaultdict(list)
+    for frame, ident, x1, y1, x2, y2 in truth["boxes"]:
+        boxes[int(frame)].append((ident, (x1, y1, x2, y2)))
+    with stack.ctx.db() as conn:
+        dets = conn.execute(
+            "SELECT d.track_id::text AS track_id, d.frame_index, d.box_px, t.start_s, t.end_s"
+            " FROM detections d JOIN tracks t ON t.id = d.track_id WHERE d.video_id = %s",
+            (vid,)).fetchall()
+    from bodycam.pipeline.tracks import iou
+    identities: dict[str, Counter[str]] = defaultdict(Counter)
+    spans: dict[str, tuple[float, float]] = {}
+    for d in dets:
+        spans[d["track_id"]] = (d["start_s"], d["end_s"])
+        best = max(((iou(tuple(d["box_px"]), b), ident) for ident, b in boxes[d["frame_index"]]),
+                   default=(0.0, ""))
+        if best[0] >= 0.3:
+            identities[d["track_id"]][best[1]] += 1
+    mixed = {t: c for t, c in identities.items() if len(c) > 1}
+    assert not mixed, f"tracks mixing identities: {mixed}"
+    track_ident = {t: c.most_common(1)[0][0] for t, c in identities.items()}
+    big = [a for a in truth["appearances"] if a["face_px"][0] >= 40]
+    assert big
+    covered = 0
+    for a in big:
+        overlap = sum(max(0.0, min(e, a["end"]) - max(s, a["start"]))
+                      for t, (s, e) in spans.items() if track_ident.get(t) == a["identity"])
+        covered += overlap >= 0.5 * (a["end"] - a["start"])
+    assert covered / len(big) >= 0.95, f"{covered}/{len(big)} appearances covered"
+    assert fps > 0
+    assert hashlib.sha256(clip.read_bytes()).hexdigest()
