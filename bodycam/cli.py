@@ -72,7 +72,7 @@ def up() -> None:
     guarded(lambda: stack.up(progress=lambda m: err.print(f"  {m}")))
     st = stack.status()
     err.print(f"stack up in {st['home']}: database, S3, broker, "
-              f"{st['workers']} workers")  # type: ignore[index]
+              f"{st['workers']} workers")
 
 
 @app.command()
@@ -255,6 +255,192 @@ def bench(
     from bodycam.bench import run_pipeline_bench
 
     guarded(lambda: run_pipeline_bench(settings(), testdata, clip_s, out))
+
+
+subjects_app = typer.Typer(no_args_is_help=True, help="The watchlist: enrol, list, remove.")
+app.add_typer(subjects_app, name="subjects")
+
+
+def _date(text: str | None, flag: str) -> Any:
+    from datetime import datetime
+
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        fail(f"{flag} {text!r} is not an ISO 8601 date (e.g. 2026-03-14)")
+
+
+@subjects_app.command("enroll")
+def subjects_enroll(
+    name: Annotated[str, typer.Option("--name", help="the person's name")],
+    photo: Annotated[list[str], typer.Option("--photo", help="a photo of the face (repeatable)")],
+    case: Annotated[str | None, typer.Option("--case")] = None,
+    reason: Annotated[str | None, typer.Option("--reason", help="why they are enrolled")] = None,
+    expires: Annotated[str | None, typer.Option("--expires", help="ISO date it lapses")] = None,
+    face: Annotated[int | None, typer.Option("--face", help="face index, largest first")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Enrol a subject for a case; their photos are checked for one usable face."""
+    from bodycam import matching, policy, subjects
+
+    ctx = context()
+    if not case:
+        fail("missing --case: a subject belongs to a case")
+    if not reason:
+        fail("missing --reason: say why this person is enrolled")
+    with ctx.db() as conn:
+        guarded(lambda: policy.require_identify(conn, "enrolment"))
+    sid, notes = guarded(lambda: subjects.enroll(ctx, name, photo, case, reason,
+                                                 ctx.settings.user, _date(expires, "--expires"),
+                                                 face))
+    with ctx.db() as conn:
+        made = matching.match_subject(conn, ctx.settings, sid)
+    for n in notes:
+        err.print(f"note: {n}", highlight=False)
+    if as_json:
+        emit_json({"subject_id": sid, "pending_matches": made})
+    else:
+        out.print(f"subject {sid} enrolled; {made} pending matches to review")
+
+
+@subjects_app.command("list")
+def subjects_list(
+    case: Annotated[str | None, typer.Option("--case")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Active subjects."""
+    from bodycam import subjects
+
+    ctx = context()
+    with ctx.db() as conn:
+        rows = subjects.list_subjects(conn, case)
+    if as_json:
+        emit_json([s.as_json() for s in rows])
+        return
+    for s in rows:
+        out.print(f"{s.subject_id}  case {s.case_id}  {s.name}  ({s.n_faces} photos) "
+                  f"by {s.created_by}: {s.reason}", highlight=False)
+
+
+@subjects_app.command("remove")
+def subjects_remove(subject_id: str) -> None:
+    """Take a subject off the watchlist (their face templates are deleted)."""
+    from bodycam import subjects
+
+    ctx = context()
+    with ctx.db() as conn:
+        guarded(lambda: subjects.remove_subject(conn, subject_id, ctx.settings.user))
+    err.print(f"subject {subject_id} removed")
+
+
+@app.command("search")
+def search_cmd(
+    photo: Annotated[str | None, typer.Option("--photo", help="probe photo")] = None,
+    subject: Annotated[str | None, typer.Option("--subject", help="enrolled subject id")] = None,
+    track: Annotated[str | None, typer.Option("--track", help="start from a stored track")] = None,
+    case: Annotated[str | None, typer.Option("--case", help="case the search is for")] = None,
+    purpose: Annotated[str | None, typer.Option("--purpose", help="why (recorded)")] = None,
+    threshold: Annotated[float | None, typer.Option(help="stricter than the default")] = None,
+    limit: Annotated[int | None, typer.Option(help="most appearances returned")] = None,
+    video: Annotated[str | None, typer.Option("--video", help="only this video")] = None,
+    date_from: Annotated[str | None, typer.Option("--from", help="recorded on/after")] = None,
+    date_to: Annotated[str | None, typer.Option("--to", help="recorded on/before")] = None,
+    face: Annotated[int | None, typer.Option("--face", help="face index in --photo")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Where does this person appear? Ranked leads with similarity, threshold and model."""
+    from bodycam import search as s
+
+    if not case or not case.strip():
+        fail("missing --case: every search is bound to a case")
+    if not purpose or not purpose.strip():
+        fail("missing --purpose: every search records why it was made")
+    if sum(x is not None for x in (photo, subject, track)) != 1:
+        fail("give exactly one of --photo, --subject or --track")
+    ctx = context()
+    filters = s.Filters(video, _date(date_from, "--from"), _date(date_to, "--to"))
+
+    def run() -> s.SearchResult:
+        if photo is not None:
+            q = s.query_from_photo(ctx.settings, photo, face)
+        else:
+            with ctx.db() as conn:
+                q = (s.query_from_subject(conn, ctx.settings, subject) if subject is not None
+                     else s.query_from_track(conn, str(track)))
+        return s.search(ctx, q, case, purpose, ctx.settings.user, threshold, limit, filters)
+
+    result = guarded(run)
+    if result.note:
+        err.print(f"note: {result.note}", highlight=False)
+    if as_json:
+        emit_json(result.as_json())
+        return
+    out.print(f"{len(result.results)} appearances (threshold {result.threshold}, model "
+              f"{result.model}); leads for human review, not identifications", highlight=False)
+    for a in result.results:
+        out.print(f"{a.similarity:.3f}  {a.filename}  {a.start_s:7.2f}-{a.end_s:7.2f}s  "
+                  f"video {a.video_id}  sha256 {a.sha256[:12]}…", highlight=False)
+
+
+@app.command("matches")
+def matches_cmd(
+    status_filter: Annotated[str | None, typer.Option("--status")] = None,
+    case: Annotated[str | None, typer.Option("--case")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Watchlist matches (leads) and their review state."""
+    from bodycam import matching
+
+    ctx = context()
+    with ctx.db() as conn:
+        rows = matching.list_matches(conn, status_filter, case)
+    if as_json:
+        emit_json([m.as_json() for m in rows])
+        return
+    for m in rows:
+        out.print(f"{m.match_id}  {m.status:9} {m.similarity:.3f}  {m.subject_name}  video "
+                  f"{m.video_id} {m.start_s:.1f}-{m.end_s:.1f}s  reviewers {list(m.reviewers)}",
+                  highlight=False)
+
+
+@app.command()
+def review(
+    match_id: str,
+    confirm: Annotated[bool, typer.Option("--confirm")] = False,
+    reject: Annotated[bool, typer.Option("--reject")] = False,
+    note: Annotated[str | None, typer.Option("--note", help="why (recorded)")] = None,
+) -> None:
+    """Confirm or reject a match after looking at it; the reviewer is recorded."""
+    from bodycam import matching
+
+    if confirm == reject:
+        fail("give exactly one of --confirm or --reject")
+    ctx = context()
+    with ctx.db() as conn:
+        status = guarded(lambda: matching.review(conn, match_id, ctx.settings.user, confirm,
+                                                 note or ""))
+    out.print(f"match {match_id}: {status}")
+
+
+@app.command("persons")
+def persons_cmd(
+    case: Annotated[str, typer.Option("--case")],
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Unknown persons in a case: tracks of the same face grouped across videos."""
+    from bodycam import matching
+
+    ctx = context()
+    with ctx.db() as conn:
+        rows = guarded(lambda: matching.persons(conn, ctx.settings, case))
+    if as_json:
+        emit_json([p.as_json() for p in rows])
+        return
+    for p in rows:
+        spans = ", ".join(f"{v[:8]} {s:.1f}-{e:.1f}s" for v, s, e in p.appearances)
+        out.print(f"{p.person_id}  {len(p.track_ids)} tracks: {spans}", highlight=False)
 
 
 def main() -> None:

@@ -36,7 +36,7 @@ class LimitsSettings(_Section):
 class JobSettings(_Section):
     """Durable processing: work units, leases and retries."""
 
-    chunk_s: float = Field(120.0, ge=5, description="length of one work unit (video chunk), seconds")
+    chunk_s: float = Field(120.0, ge=5, description="one work unit (video chunk), seconds")
     lease_s: float = Field(30.0, ge=2, description="a unit's lease; renewed while its worker lives")
     heartbeat_s: float = Field(5.0, gt=0, description="how often a live worker renews its lease")
     max_attempts: int = Field(3, ge=1, le=20, description="failed attempts before quarantine")
@@ -60,8 +60,8 @@ class PipelineSettings(_Section):
     scene_min_len_s: float = Field(0.4, ge=0, description="shortest scene PySceneDetect may cut")
     scene_width_px: int = Field(256, ge=32, description="width of the decode used for scene cuts")
     sample_fps: float = Field(5.0, gt=0, le=60, description="frames sampled per second of scene")
-    min_scene_samples: int = Field(3, ge=1, description="frames sampled from even a very short scene")
-    max_frame_side_px: int = Field(1920, ge=320, description="sampled frames are downscaled to this")
+    min_scene_samples: int = Field(3, ge=1, description="frames from even a very short scene")
+    max_frame_side_px: int = Field(1920, ge=320, description="sampled frames are scaled to this")
     min_face_px: int = Field(40, ge=12, description="smallest face height detected, pixels")
     detector_threshold: float = Field(0.95, gt=0, lt=1, description="MTCNN final-stage probability")
     batch_size: int = Field(16, ge=1, description="frames per detection batch")
@@ -69,13 +69,40 @@ class PipelineSettings(_Section):
         "facenet-vggface2", description="face embedder; every stored vector records its model"
     )
     facenet_weights: Path | None = Field(None, description="local InceptionResnetV1 vggface2 file")
-    facenet_weights_sha256: str | None = Field(None, description="SHA-256 the weights file must have")
+    facenet_weights_sha256: str | None = Field(None, description="SHA-256 the weights must have")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="torch device for models")
     track_max_gap_s: float = Field(1.0, ge=0, description="longest gap bridged inside a track")
     track_min_iou: float = Field(0.1, ge=0, le=1, description="box overlap that links detections")
-    track_min_similarity: float = Field(0.5, ge=-1, le=1, description="embedding similarity to link")
+    track_min_similarity: float = Field(0.5, ge=-1, le=1, description="similarity needed to link")
     track_min_detections: int = Field(2, ge=1, description="shorter tracks are dropped as noise")
     thumbnail_px: int = Field(160, ge=32, description="thumbnail height, pixels")
+
+
+class SearchSettings(_Section):
+    """Face search and matching. Thresholds are cosine similarities of unit vectors."""
+
+    default_threshold: dict[str, float] = Field(
+        {"dlib-resnet": 0.80, "facenet-vggface2": 0.70},
+        description="per-embedder default, calibrated (notebooks/calibration.ipynb)",
+    )
+    threshold_floor: dict[str, float] = Field(
+        {"dlib-resnet": 0.76, "facenet-vggface2": 0.62},
+        description="investigators may raise the threshold, never go below this floor",
+    )
+    exact_scan_max: int = Field(20000, ge=0, description="filtered sets this small: exact scan")
+    ef_search: int = Field(200, ge=10, le=1000, description="HNSW candidate list size")
+    merge_gap_s: float = Field(0.5, ge=0, description="tracks this close merge into one range")
+    enroll_min_face_px: int = Field(60, ge=20, description="smallest face accepted at enrolment")
+    enroll_min_sharpness: float = Field(60.0, ge=0, description="blurrier faces are refused")
+    default_limit: int = Field(20, ge=1, le=1000, description="appearances returned by default")
+
+    @model_validator(mode="after")
+    def _floor_below_default(self) -> SearchSettings:
+        for model, floor in self.threshold_floor.items():
+            default = self.default_threshold.get(model)
+            if default is not None and default < floor:
+                raise ValueError(f"search.default_threshold[{model}] is below its floor {floor}")
+        return self
 
 
 class Settings(BaseSettings):
@@ -102,6 +129,7 @@ class Settings(BaseSettings):
     limits: LimitsSettings = LimitsSettings()
     jobs: JobSettings = JobSettings()
     pipeline: PipelineSettings = PipelineSettings()
+    search: SearchSettings = SearchSettings()
 
     @model_validator(mode="after")
     def _production_needs_real_services(self) -> Settings:

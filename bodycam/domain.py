@@ -123,6 +123,7 @@ class FaceTrack:
         if not vecs:
             return None
         weights = np.array([max(q, 1e-3) for _, q in vecs], dtype=np.float64)
-        mean = np.average(np.stack([v for v, _ in vecs]).astype(np.float64), axis=0, weights=weights)
+        stacked = np.stack([v for v, _ in vecs]).astype(np.float64)
+        mean = np.average(stacked, axis=0, weights=weights)
         norm = float(np.linalg.norm(mean))
         return (mean / norm).astype(np.float32) if norm > 0 else None

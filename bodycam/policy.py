@@ -10,7 +10,7 @@ from bodycam.errors import PermanentError
 PROFILES = ("identify", "redact-only")
 
 
-class PolicyRefusal(PermanentError):
+class PolicyRefusedError(PermanentError):
     """The active policy profile forbids this action."""
 
 
@@ -42,6 +42,6 @@ def embeddings_allowed(conn: Conn) -> bool:
 def require_identify(conn: Conn, action: str) -> None:
     """Refuse face matching actions under the redact-only profile."""
     if current(conn).profile == "redact-only":
-        raise PolicyRefusal(
+        raise PolicyRefusedError(
             f"{action} is disabled: this deployment runs the redact-only policy profile, "
             "under which no face embeddings exist and face matching is not permitted")

@@ -232,6 +232,9 @@ def store_results(ctx: Context, lease: jobs.Lease, video: VideoRow, result: Chun
 
 def finalize_video(ctx: Context, video_id: str) -> None:
     """Video-level work once every unit is done; idempotent."""
+    from bodycam.matching import match_video
+
     with ctx.db() as conn:
+        made = match_video(conn, ctx.settings, video_id)
         jobs.finish_video(conn, video_id)
-    log.info("video %s done", video_id)
+    log.info("video %s done; %d new pending matches", video_id, made)

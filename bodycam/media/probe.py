@@ -89,7 +89,8 @@ def probe(path: Path, limits: LimitsSettings, name: str | None = None) -> MediaI
                        f"{len(pts_list)} are present")
         if duration_s > limits.max_duration_s:
             raise InvalidMediaError(
-                label, f"{duration_s:.0f} s is longer than the limit of {limits.max_duration_s:.0f} s")
+                label,
+                f"{duration_s:.0f} s is longer than the limit of {limits.max_duration_s:.0f} s")
         if duration_s < limits.min_duration_s:
             raise InvalidMediaError(label, f"{duration_s:.3f} s is too short to process")
         rotation = _decode_ends(container, stream, label)

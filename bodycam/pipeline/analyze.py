@@ -6,9 +6,10 @@ import io
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -17,7 +18,7 @@ from bodycam.config import PipelineSettings
 from bodycam.domain import FaceDetection, FaceTrack, MediaInfo, SampledFrame, Scene
 from bodycam.pipeline.faces import FaceDetector, FaceEmbedder
 from bodycam.pipeline.frames import ChunkDecoder
-from bodycam.pipeline.tracks import Tracker
+from bodycam.pipeline.tracks import Tracker, _center_distance, iou
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,107 @@ def _jpeg(img: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+_Found = tuple[list[SampledFrame], list[list[FaceDetection]]] | BaseException | None
+
+# Embedding policy (see EmbedPlanner): a track is re-embedded at least every this many samples
+# (2 s at the default 5 fps), when a detection's quality beats the best embedded one of its
+# track by this factor, and whenever its link is not a clear overlap of at least this IoU.
+EMBED_REFRESH_SAMPLES = 10
+EMBED_QUALITY_GAIN = 1.15
+EMBED_SAFE_IOU = 0.3
+
+
+@dataclass
+class _TrackState:
+    scene_index: int
+    last: FaceDetection
+    best_embedded_q: float
+    since_embedded: int
+
+
+class EmbedPlanner:
+    """Decides which detections need an embedding for the tracker to link them safely.
+
+    The dlib embedder costs about 100 ms per face on CPU, several times the detector's cost
+    per frame, while most samples of a face continue an unambiguous track. A detection is
+    embedded when it may start a track (no live track near it), when its link is ambiguous
+    (several tracks or several detections compete, or the overlap is low), when its track has
+    gone EMBED_REFRESH_SAMPLES samples without one (so a face replaced in place by another
+    cannot stay linked long), and when it is notably better than the track's best embedded
+    detection (so each track's representative embedding comes from its best faces).
+    Otherwise the tracker links it by overlap alone, exactly as it would with the embedding
+    (it cannot compete with anything), and the detection row keeps no vector.
+    """
+
+    def __init__(self, cfg: PipelineSettings) -> None:
+        self.cfg = cfg
+        self._tracks: dict[int, _TrackState] = {}
+
+    def _live(self, t_s: float, scene: int) -> dict[int, _TrackState]:
+        gap = self.cfg.track_max_gap_s
+        self._tracks = {k: st for k, st in self._tracks.items()
+                        if st.scene_index == scene and t_s - st.last.t_s <= gap}
+        return self._tracks
+
+    def plan(self, dets: Sequence[FaceDetection]) -> list[bool]:
+        """Whether each of one frame's detections must be embedded."""
+        if not dets:
+            return []
+        live = self._live(dets[0].t_s, dets[0].scene_index)
+        cands: list[list[tuple[int, float]]] = []
+        by_track: dict[int, int] = {}
+        for d in dets:
+            mine = []
+            for k, st in live.items():
+                overlap = iou(st.last.box_px, d.box_px)
+                if overlap >= self.cfg.track_min_iou or _center_distance(
+                        st.last.box_px, d.box_px) < 1.5:
+                    mine.append((k, overlap))
+                    by_track[k] = by_track.get(k, 0) + 1
+            cands.append(mine)
+        need = []
+        for d, mine in zip(dets, cands, strict=True):
+            if len(mine) != 1:
+                need.append(True)
+                continue
+            k, overlap = mine[0]
+            st = live[k]
+            need.append(by_track[k] > 1 or overlap < EMBED_SAFE_IOU
+                        or st.since_embedded + 1 >= EMBED_REFRESH_SAMPLES
+                        or d.quality > EMBED_QUALITY_GAIN * st.best_embedded_q)
+        return need
+
+    def observe(self, keys: Sequence[int], dets: Sequence[FaceDetection]) -> list[int]:
+        """Record the tracker's links; returns indices of new tracks left without a vector."""
+        missing = []
+        for i, (k, d) in enumerate(zip(keys, dets, strict=True)):
+            st = self._tracks.get(k)
+            has = d.embedding is not None
+            if st is None:
+                self._tracks[k] = _TrackState(d.scene_index, d, d.quality if has else 0.0,
+                                              0 if has else EMBED_REFRESH_SAMPLES)
+                if not has:
+                    missing.append(i)
+                continue
+            st.last = d
+            if has:
+                st.best_embedded_q = max(st.best_embedded_q, d.quality)
+                st.since_embedded = 0
+            else:
+                st.since_embedded += 1
+        return missing
+
+
+def _embed_some(embedder: FaceEmbedder, frame: SampledFrame, dets: list[FaceDetection],
+                which: Sequence[int]) -> None:
+    """Replace dets[i] for i in `which` with a copy carrying its embedding."""
+    if not which:
+        return
+    vecs = embedder.embed(frame.image, [dets[i] for i in which], frame.scale)
+    for i, v in zip(which, vecs, strict=True):
+        dets[i] = replace(dets[i], embedding=v)
+
+
 def analyze_chunk(
     path: Path,
     info: MediaInfo,
@@ -72,67 +174,131 @@ def analyze_chunk(
 ) -> ChunkResult:
     """Run the pipeline over [start_s, end_s) of a video file.
 
-    Decoding runs in a thread beside detection (both release the GIL), handing over batches
-    of sampled frames through a bounded queue. With embedder None (redact-only policy) faces
-    are detected and tracked by overlap alone and no embedding is computed.
+    Three threads overlap, handing over through bounded queues (maxsize 2: a slow stage
+    blocks the one before it, nothing is dropped): decoding with scene detection, face
+    detection, and embedding with tracking (dlib and torch release the GIL). Only the
+    detections the tracker needs are embedded (EmbedPlanner); every track keeps a
+    representative embedding. With embedder None (redact-only policy) faces are detected and
+    tracked by overlap alone and no embedding is computed.
+
+    `stage_s` reports each stage's busy seconds (time blocked on a queue excluded): the
+    stages overlap, so they add up to more than the wall time.
     """
     decoder = ChunkDecoder(path, info, start_s, end_s, cfg, progress=progress)
     batches: queue.Queue[list[SampledFrame] | BaseException | None] = queue.Queue(maxsize=2)
+    found_q: queue.Queue[_Found] = queue.Queue(maxsize=2)
     timing = {"decode": 0.0, "detect": 0.0, "embed": 0.0, "track": 0.0}
+    stop = threading.Event()
+
+    def put(q: queue.Queue[Any], item: Any) -> float:
+        """Blocking put that gives up when the consumer has failed; returns seconds waited."""
+        t0 = time.perf_counter()
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.2)
+                break
+            except queue.Full:
+                continue
+        return time.perf_counter() - t0
 
     def produce() -> None:
         batch: list[SampledFrame] = []
         t0 = time.perf_counter()
+        waited = 0.0
         try:
             for frame in decoder:
+                if stop.is_set():
+                    return
                 batch.append(frame)
                 if len(batch) >= cfg.batch_size:
-                    batches.put(batch)
+                    waited += put(batches, batch)
                     batch = []
             if batch:
-                batches.put(batch)
-            batches.put(None)
+                waited += put(batches, batch)
+            put(batches, None)
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer, re-raised there
-            batches.put(exc)
+            put(batches, exc)
         finally:
-            timing["decode"] = time.perf_counter() - t0
+            timing["decode"] = time.perf_counter() - t0 - waited
 
-    producer = threading.Thread(target=produce, name="decode", daemon=True)
-    producer.start()
     tracker = Tracker(cfg)
+    planner = EmbedPlanner(cfg)
     best: dict[int, tuple[float, np.ndarray]] = {}
     detections: list[tuple[int, FaceDetection]] = []
+    errors: list[BaseException] = []
+
+    def link() -> None:
+        try:
+            while True:
+                got = found_q.get()
+                if got is None:
+                    return
+                if isinstance(got, BaseException):
+                    raise got
+                for frame, found in zip(*got, strict=True):
+                    dets = list(found)
+                    if embedder is not None and dets:
+                        t0 = time.perf_counter()
+                        need = planner.plan(dets)
+                        _embed_some(embedder, frame, dets, [i for i, n in enumerate(need) if n])
+                        timing["embed"] += time.perf_counter() - t0
+                    t0 = time.perf_counter()
+                    keys = tracker.update(dets)
+                    if embedder is not None and dets:
+                        missing = planner.observe(keys, dets)
+                        if missing:  # not expected: the plan foresaw every new track
+                            t1 = time.perf_counter()
+                            _embed_some(embedder, frame, dets, missing)
+                            timing["embed"] += time.perf_counter() - t1
+                    for key, det in zip(keys, dets, strict=True):
+                        detections.append((key, det))
+                        if key not in best or det.quality > best[key][0]:
+                            best[key] = (det.quality, _thumbnail(frame, det, cfg.thumbnail_px))
+                    timing["track"] += time.perf_counter() - t0
+        except BaseException as exc:  # noqa: BLE001 - re-raised by the caller
+            errors.append(exc)
+            stop.set()
+
+    producer = threading.Thread(target=produce, name="decode", daemon=True)
+    linker = threading.Thread(target=link, name="embed-track", daemon=True)
+    producer.start()
+    linker.start()
     sampled = 0
-    while True:
-        item = batches.get()
-        if item is None:
-            break
-        if isinstance(item, BaseException):
-            raise item
-        sampled += len(item)
-        t0 = time.perf_counter()
-        found = detector.detect(item)
-        timing["detect"] += time.perf_counter() - t0
-        for frame, dets in zip(item, found, strict=True):
-            if embedder is not None and dets:
-                t0 = time.perf_counter()
-                vecs = embedder.embed(frame.image, dets, frame.scale)
-                dets = [replace(d, embedding=v) for d, v in zip(dets, vecs, strict=True)]
-                timing["embed"] += time.perf_counter() - t0
+    try:
+        while not errors:
+            item = batches.get()
+            if item is None:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            sampled += len(item)
             t0 = time.perf_counter()
-            keys = tracker.update(dets)
-            for key, det in zip(keys, dets, strict=True):
-                detections.append((key, det))
-                if key not in best or det.quality > best[key][0]:
-                    best[key] = (det.quality, _thumbnail(frame, det, cfg.thumbnail_px))
-            timing["track"] += time.perf_counter() - t0
+            found = detector.detect(item)
+            timing["detect"] += time.perf_counter() - t0
+            put(found_q, (item, found))
+    except BaseException:
+        stop.set()
+        raise
+    finally:
+        put(found_q, None)
+        linker.join()
+    if errors:
+        stop.set()
+        raise errors[0]
     producer.join()
     finished = tracker.finish()
     kept = {k for k, _t in finished}
+    # The tracker holds the detections as first linked; a vector added after linking (a
+    # new track the plan did not foresee) lives in our list, so tracks are rebuilt from it.
+    per_key: dict[int, list[FaceDetection]] = {}
+    for k, d in detections:
+        if k in kept:
+            per_key.setdefault(k, []).append(d)
     half = 0.5 / cfg.sample_fps
     scenes = {s.index: s for s in decoder.scenes}
     tracks = []
     for key, trk in finished:
+        trk = FaceTrack(trk.scene_index, tuple(per_key[key]))
         scene = scenes[trk.scene_index]
         tracks.append(TrackResult(
             key=key, track=trk,

@@ -18,8 +18,12 @@ import numpy as np
 from bodycam.config import PipelineSettings
 from bodycam.domain import FaceDetection, SampledFrame
 from bodycam.errors import ModelUnavailableError
+from bodycam.pipeline.mtcnn import MtcnnCascade
 
 log = logging.getLogger(__name__)
+
+# Share of min_face_px the MTCNN pyramid searches down to (see MtcnnDetector.detect).
+SEARCH_MARGIN = 0.9
 
 FACENET_URL = ("https://github.com/timesler/facenet-pytorch/releases/download/v2.2.9/"
                "20180402-114759-vggface2.pt")
@@ -46,13 +50,18 @@ def sha256_file(path: Path) -> str:
 
 
 def sharpness(gray: np.ndarray) -> float:
-    """Variance of the Laplacian of a grayscale crop resized to 64 px high (higher: sharper)."""
+    """Variance of the Laplacian of a grayscale crop area-resized to 64 px high (higher: sharper).
+
+    Resizing first makes the figure comparable across face sizes: a large blurred face and a
+    small sharp one are told apart.
+    """
+    import cv2
+
     if gray.shape[0] < 3 or gray.shape[1] < 3:
         return 0.0
-    h = 64
-    rows = np.linspace(0, gray.shape[0] - 1, h).astype(int)
-    cols = np.linspace(0, gray.shape[1] - 1, max(3, int(gray.shape[1] * h / gray.shape[0])))
-    g = gray[rows][:, cols.astype(int)].astype(np.float32)
+    width = max(3, round(gray.shape[1] * 64 / gray.shape[0]))
+    g = cv2.resize(np.ascontiguousarray(gray, dtype=np.float32), (width, 64),
+                   interpolation=cv2.INTER_AREA)
     lap = (g[1:-1, :-2] + g[1:-1, 2:] + g[:-2, 1:-1] + g[2:, 1:-1] - 4 * g[1:-1, 1:-1])
     return float(lap.var())
 
@@ -90,7 +99,11 @@ class FaceEmbedder(Protocol):
 
 
 class MtcnnDetector:
-    """facenet-pytorch MTCNN: three cascaded CNNs, five landmarks per face."""
+    """MTCNN (three cascaded CNNs, five landmarks per face) with facenet-pytorch's weights.
+
+    The networks run under our own cascade driver (bodycam.pipeline.mtcnn): same weights,
+    thresholds and suppression as facenet-pytorch's `detect`, about twice as fast on CPU.
+    """
 
     name = "mtcnn"
     version = "facenet-pytorch-2.5.3"
@@ -98,6 +111,7 @@ class MtcnnDetector:
     def __init__(self, cfg: PipelineSettings) -> None:
         self.cfg = cfg
         self._model: Any = None
+        self._cascade: MtcnnCascade | None = None
         self._lock = threading.Lock()
 
     def load(self) -> None:
@@ -107,24 +121,34 @@ class MtcnnDetector:
                 return
             from facenet_pytorch import MTCNN
 
-            self._model = MTCNN(
+            model = MTCNN(
                 keep_all=True, min_face_size=20,
                 thresholds=[0.6, 0.7, self.cfg.detector_threshold],
                 device=torch_device(self.cfg.device), select_largest=False,
             )
+            self._cascade = MtcnnCascade(model.pnet, model.rnet, model.onet, model.thresholds,
+                                         model.factor)
+            self._model = model
 
     def detect(self, frames: Sequence[SampledFrame]) -> list[list[FaceDetection]]:
-        """Detect faces, frame by frame in batches of equal-size images."""
+        """Detect faces in batches of equal-size frames.
+
+        The pyramid starts where min_face_px (in the frame's pixels) becomes PNet's 12 px
+        cell: faces below the configured minimum are neither searched for nor paid for.
+        """
         self.load()
-        out: list[list[FaceDetection]] = []
-        for frame in frames:
-            # The network sees the frame scaled so that min_face_px becomes 20 px: faces
-            # below the configured minimum are neither searched for nor paid for.
-            img = frame.image
-            s = min(1.0, 20.0 / (self.cfg.min_face_px * frame.scale))
-            self._model.min_face_size = max(12, int(round(self.cfg.min_face_px * frame.scale * s)))
-            boxes, probs, points = self._model.detect(img, landmarks=True)
-            out.append(self._convert(frame, boxes, probs, points))
+        assert self._cascade is not None
+        out: list[list[FaceDetection]] = [[] for _ in frames]
+        groups: dict[tuple[tuple[int, ...], float], list[int]] = {}
+        for i, frame in enumerate(frames):
+            groups.setdefault((frame.image.shape, frame.scale), []).append(i)
+        for (_shape, scale), idx in groups.items():
+            # Search a little below the minimum: box regression moves borderline faces by
+            # a few pixels either way, and _convert applies the exact minimum afterwards.
+            min_px = max(12.0, SEARCH_MARGIN * self.cfg.min_face_px * scale)
+            raw = self._cascade.detect([frames[i].image for i in idx], min_px)
+            for i, r in zip(idx, raw, strict=True):
+                out[i] = self._convert(frames[i], r.boxes, r.probs, r.points)
         return out
 
     def _convert(self, frame: SampledFrame, boxes: Any, probs: Any,
@@ -133,7 +157,6 @@ class MtcnnDetector:
             return []
         found = []
         h, w = frame.image.shape[:2]
-        gray = frame.image.mean(axis=2) if len(boxes) else None
         for box, prob, pts in zip(boxes, probs, points, strict=True):
             x1, y1, x2, y2 = (float(v) for v in box)
             x1, y1, x2, y2 = max(0.0, x1), max(0.0, y1), min(float(w), x2), min(float(h), y2)
@@ -141,8 +164,7 @@ class MtcnnDetector:
                 continue
             if (y2 - y1) / frame.scale < self.cfg.min_face_px:
                 continue
-            assert gray is not None
-            crop = gray[int(y1):int(y2), int(x1):int(x2)]
+            crop = frame.image[int(y1):int(y2), int(x1):int(x2)].mean(axis=2)
             inv = 1.0 / frame.scale
             found.append(FaceDetection(
                 frame_index=frame.frame_index, t_s=frame.t_s, scene_index=frame.scene_index,
@@ -194,7 +216,8 @@ class DlibResnetEmbedder:
             # Read the files' paths directly: the package's own helper needs pkg_resources.
             models = self._model_dir()
             rec = models / "dlib_face_recognition_resnet_model_v1.dat"
-            self._shapes = dlib.shape_predictor(str(models / "shape_predictor_5_face_landmarks.dat"))
+            shapes = models / "shape_predictor_5_face_landmarks.dat"
+            self._shapes = dlib.shape_predictor(str(shapes))
             self._encoder = dlib.face_recognition_model_v1(str(rec))
             self._sha = sha256_file(rec)
 

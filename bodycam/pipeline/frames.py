@@ -82,8 +82,8 @@ class ChunkDecoder:
         lag = cutter.lag_frames
         young_s = cfg.min_scene_samples / cfg.sample_fps
         scale = min(1.0, cfg.max_frame_side_px / max(info.width_px, info.height_px))
-        det_w = max(2, int(round(info.width_px * scale / 2)) * 2)
-        det_h = max(2, int(round(info.height_px * scale / 2)) * 2)
+        det_w = max(2, round(info.width_px * scale / 2) * 2)
+        det_h = max(2, round(info.height_px * scale / 2) * 2)
 
         window: list[_Pending] = []  # decoded, not yet settled against late cut reports
         held: list[_Pending] = []  # settled frames of a young scene
@@ -94,8 +94,8 @@ class ChunkDecoder:
         cut_pts: set[int] = set()
 
         def rgb(p: _Pending) -> SampledFrame:
-            img = p.frame.to_ndarray(format="rgb24", width=det_w, height=det_h,
-                                     interpolation="BILINEAR")
+            img: np.ndarray = p.frame.to_ndarray(format="rgb24", width=det_w, height=det_h,
+                                                 interpolation="BILINEAR")
             rot = int(p.frame.rotation or info.rotation_deg) % 360
             if rot:
                 # PyAV reports the display matrix rotation counter-clockwise in degrees.
@@ -183,4 +183,4 @@ class ChunkDecoder:
 
 
 def _frame_at(t_s: float, fps: Fraction) -> int:
-    return int(round(t_s * float(fps)))
+    return round(t_s * float(fps))

@@ -23,7 +23,7 @@ class SceneCutter:
                  width_px: int, height_px: int) -> None:
         self.fps = fps
         self.time_base = time_base
-        min_len = max(1, int(round(cfg.scene_min_len_s * float(fps))))
+        min_len = max(1, round(cfg.scene_min_len_s * float(fps)))
         self.detector: SceneDetector
         if cfg.scene_detector == "adaptive":
             self.detector = AdaptiveDetector(adaptive_threshold=cfg.scene_threshold,
@@ -34,7 +34,7 @@ class SceneCutter:
                                             min_scene_len=min_len)
             self.lag_frames = self.detector.event_buffer_length + min_len + 1
         self.width = max(16, cfg.scene_width_px // 2 * 2)
-        self.height = max(16, int(math.ceil(height_px * self.width / width_px / 2)) * 2)
+        self.height = max(16, math.ceil(height_px * self.width / width_px / 2) * 2)
         self._last: FrameTimecode | None = None
 
     def _tc(self, pts_rel: int) -> FrameTimecode:

@@ -1,0 +1,252 @@
+"""Automatic watchlist matching (pending leads), human review, and unknown-person grouping."""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+
+from bodycam import policy
+from bodycam.config import Settings
+from bodycam.db import Conn
+from bodycam.errors import InvalidInputError, NotFoundError, PermanentError
+from bodycam.search import resolve_threshold
+
+PERSON_NS = uuid.UUID("0c9a8f3e-51b7-4f8e-a0d4-6d2b7f9e1c42")
+
+
+@dataclass(frozen=True)
+class Match:
+    """A lead: a subject's face found in a track, awaiting or after human review."""
+
+    match_id: str
+    subject_id: str
+    subject_name: str
+    track_id: str
+    video_id: str
+    case_id: str
+    start_s: float
+    end_s: float
+    similarity: float
+    threshold: float
+    model: str
+    status: str
+    created_at: datetime
+    reviewers: tuple[str, ...]
+
+    def as_json(self) -> dict[str, object]:
+        """JSON for the CLI and exports."""
+        return {"match_id": self.match_id, "subject_id": self.subject_id,
+                "subject": self.subject_name, "track_id": self.track_id,
+                "video_id": self.video_id, "case": self.case_id,
+                "start_s": round(self.start_s, 3), "end_s": round(self.end_s, 3),
+                "similarity": round(self.similarity, 4), "threshold": self.threshold,
+                "model": self.model, "status": self.status,
+                "created_at": self.created_at.isoformat(), "reviewers": list(self.reviewers)}
+
+
+def _match_pairs(conn: Conn, settings: Settings, subject_ids: list[str], track_sql: str,
+                 params: tuple[object, ...]) -> int:
+    """Compare subjects with tracks exactly and insert pending matches above threshold."""
+    model = settings.pipeline.embedder
+    thr = resolve_threshold(settings, model, None)
+    tracks = conn.execute(track_sql, params).fetchall()
+    if not tracks or not subject_ids:
+        return 0
+    tmat = np.stack([np.asarray(r["embedding"].to_numpy(), np.float32) for r in tracks])
+    made = 0
+    for sid in subject_ids:
+        rows = conn.execute("SELECT embedding FROM subject_faces WHERE subject_id = %s"
+                            " AND model = %s", (sid, model)).fetchall()
+        if not rows:
+            continue
+        smat = np.stack([np.asarray(r["embedding"].to_numpy(), np.float32) for r in rows])
+        sims = np.max(tmat @ smat.T, axis=1)
+        for r, s in zip(tracks, sims, strict=True):
+            if s >= thr:
+                made += conn.execute(
+                    "INSERT INTO matches (subject_id, track_id, video_id, case_id, similarity,"
+                    " threshold, model) VALUES (%s, %s, %s, %s, %s, %s, %s)"
+                    " ON CONFLICT (subject_id, track_id) DO NOTHING",
+                    (sid, r["id"], r["video_id"], r["case_id"], float(s), thr, model),
+                ).rowcount
+    return made
+
+
+_TRACKS = ("SELECT t.id, t.video_id, v.case_id, t.embedding FROM tracks t JOIN videos v"
+           " ON v.id = t.video_id WHERE t.model = %s AND t.embedding IS NOT NULL"
+           " AND t.purged_at IS NULL")
+
+
+def match_video(conn: Conn, settings: Settings, video_id: str) -> int:
+    """After a video is processed: compare its tracks with its case's subjects."""
+    if not policy.embeddings_allowed(conn):
+        return 0
+    row = conn.execute("SELECT case_id FROM videos WHERE id = %s", (video_id,)).fetchone()
+    if row is None:
+        return 0
+    subjects = [str(r["id"]) for r in conn.execute(
+        "SELECT id FROM subjects WHERE case_id = %s AND removed_at IS NULL"
+        " AND (expires_at IS NULL OR expires_at > now())", (row["case_id"],)).fetchall()]
+    return _match_pairs(conn, settings, subjects, _TRACKS + " AND t.video_id = %s",
+                        (settings.pipeline.embedder, video_id))
+
+
+def match_subject(conn: Conn, settings: Settings, subject_id: str) -> int:
+    """After enrolment: compare the new subject with its case's existing tracks."""
+    row = conn.execute("SELECT case_id FROM subjects WHERE id = %s", (subject_id,)).fetchone()
+    if row is None:
+        raise NotFoundError(f"no subject {subject_id}")
+    return _match_pairs(conn, settings, [subject_id], _TRACKS + " AND v.case_id = %s",
+                        (settings.pipeline.embedder, row["case_id"]))
+
+
+def list_matches(conn: Conn, status: str | None = None, case_id: str | None = None,
+                 cases: list[str] | None = None) -> list[Match]:
+    """Matches, newest first; `cases` limits them to the cases a user may see."""
+    rows = conn.execute(
+        "SELECT m.id::text AS id, m.subject_id::text AS sid, s.name, m.track_id::text AS tid,"
+        " m.video_id::text AS vid, m.case_id, t.start_s, t.end_s, m.similarity, m.threshold,"
+        " m.model, m.status, m.created_at,"
+        " COALESCE(array_agg(r.reviewer ORDER BY r.id) FILTER (WHERE r.id IS NOT NULL), '{}')"
+        " AS reviewers FROM matches m JOIN subjects s ON s.id = m.subject_id"
+        " JOIN tracks t ON t.id = m.track_id LEFT JOIN reviews r ON r.match_id = m.id"
+        " WHERE (%s::text IS NULL OR m.status = %s) AND (%s::text IS NULL OR m.case_id = %s)"
+        " AND (%s::text[] IS NULL OR m.case_id = ANY(%s::text[]))"
+        " GROUP BY m.id, s.name, t.start_s, t.end_s ORDER BY m.created_at DESC, m.id",
+        (status, status, case_id, case_id, cases, cases)).fetchall()
+    return [Match(r["id"], r["sid"], r["name"], r["tid"], r["vid"], r["case_id"],
+                  float(r["start_s"]), float(r["end_s"]), float(r["similarity"]),
+                  float(r["threshold"]), r["model"], r["status"], r["created_at"],
+                  tuple(r["reviewers"])) for r in rows]
+
+
+class ReviewRefusedError(PermanentError):
+    """A review that the four-eyes rules do not allow."""
+
+
+def review(conn: Conn, match_id: str, reviewer: str, confirm: bool, note: str) -> str:
+    """Record a reviewer's decision; returns the match's status afterwards.
+
+    A rejection ends the match. A confirmation counts once per reviewer; the match is
+    confirmed when the policy's number of reviewers have confirmed, and the person who
+    enrolled the subject is never enough on their own.
+    """
+    if not note or not note.strip():
+        raise InvalidInputError("missing --note: record why you confirm or reject this match")
+    row = conn.execute(
+        "SELECT m.status, s.created_by FROM matches m JOIN subjects s ON s.id = m.subject_id"
+        " WHERE m.id::text = %s FOR UPDATE OF m", (match_id,)).fetchone()
+    if row is None:
+        raise NotFoundError(f"no match {match_id}")
+    if row["status"] != "pending":
+        raise ReviewRefusedError(f"match {match_id} is already {row['status']}")
+    already = conn.execute("SELECT 1 FROM reviews WHERE match_id = %s AND reviewer = %s",
+                           (match_id, reviewer)).fetchone()
+    if already:
+        raise ReviewRefusedError(f"{reviewer} has already reviewed match {match_id}")
+    needed = policy.current(conn).reviewers_required
+    if confirm and reviewer == row["created_by"]:
+        others = conn.execute(
+            "SELECT count(*) AS n FROM reviews WHERE match_id = %s AND decision = 'confirm'",
+            (match_id,)).fetchone()
+        if others is None or int(others["n"]) < needed:
+            raise ReviewRefusedError(
+                f"{reviewer} enrolled this subject and cannot be the only confirmer: "
+                f"{needed} other reviewer(s) must confirm first")
+    conn.execute("INSERT INTO reviews (match_id, reviewer, decision, note)"
+                 " VALUES (%s, %s, %s, %s)",
+                 (match_id, reviewer, "confirm" if confirm else "reject", note.strip()))
+    if not confirm:
+        status = "rejected"
+    else:
+        n = conn.execute(
+            "SELECT count(*) AS n FROM reviews r JOIN matches m ON m.id = r.match_id"
+            " JOIN subjects s ON s.id = m.subject_id WHERE r.match_id = %s"
+            " AND r.decision = 'confirm' AND r.reviewer <> s.created_by", (match_id,)).fetchone()
+        status = "confirmed" if n is not None and int(n["n"]) >= needed else "pending"
+    if status != "pending":
+        conn.execute("UPDATE matches SET status = %s, decided_at = now() WHERE id::text = %s",
+                     (status, match_id))
+    return status
+
+
+@dataclass(frozen=True)
+class Person:
+    """An unknown person: tracks in one case that are the same face, across videos."""
+
+    person_id: str
+    track_ids: tuple[str, ...]
+    appearances: tuple[tuple[str, float, float], ...]  # (video_id, start_s, end_s)
+    thumbnail: str | None
+
+    def as_json(self) -> dict[str, object]:
+        """JSON for the CLI."""
+        return {"person_id": self.person_id, "n_tracks": len(self.track_ids),
+                "track_ids": list(self.track_ids), "thumbnail": self.thumbnail,
+                "appearances": [{"video_id": v, "start_s": round(s, 3), "end_s": round(e, 3)}
+                                for v, s, e in self.appearances]}
+
+
+def cluster_tracks(vectors: np.ndarray, cannot_link: set[tuple[int, int]], threshold: float
+                   ) -> list[list[int]]:
+    """Complete-linkage grouping: a group's every pair is at least `threshold` similar, and
+    no two tracks seen at the same time in the same video (`cannot_link`) share a group."""
+    n = len(vectors)
+    sims = vectors @ vectors.T if n else np.zeros((0, 0))
+    groups: dict[int, list[int]] = {i: [i] for i in range(n)}
+    owner = list(range(n))
+    pairs = sorted(((float(sims[i, j]), i, j) for i in range(n) for j in range(i + 1, n)
+                    if sims[i, j] >= threshold), reverse=True)
+    for _s, i, j in pairs:
+        gi, gj = owner[i], owner[j]
+        if gi == gj:
+            continue
+        a, b = groups[gi], groups[gj]
+        if any((min(x, y), max(x, y)) in cannot_link for x in a for y in b):
+            continue
+        if float(np.min(sims[np.ix_(a, b)])) < threshold:
+            continue
+        a.extend(b)
+        for x in b:
+            owner[x] = gi
+        del groups[gj]
+    return sorted((sorted(g) for g in groups.values()), key=lambda g: g[0])
+
+
+def persons(conn: Conn, settings: Settings, case_id: str) -> list[Person]:
+    """Group a case's tracks into persons (recomputed from the stored tracks each time)."""
+    policy.require_identify(conn, "persons")
+    model = settings.pipeline.embedder
+    thr = resolve_threshold(settings, model, None)
+    rows = conn.execute(
+        "SELECT t.id::text AS id, t.video_id::text AS vid, t.start_s, t.end_s, t.quality,"
+        " t.thumbnail_key, t.embedding FROM tracks t JOIN videos v ON v.id = t.video_id"
+        " WHERE v.case_id = %s AND t.model = %s AND t.embedding IS NOT NULL"
+        " AND t.purged_at IS NULL ORDER BY t.video_id, t.start_s, t.id",
+        (case_id, model)).fetchall()
+    if not rows:
+        return []
+    vecs = np.stack([np.asarray(r["embedding"].to_numpy(), np.float32) for r in rows])
+    by_video: dict[str, list[int]] = defaultdict(list)
+    for i, r in enumerate(rows):
+        by_video[r["vid"]].append(i)
+    cannot: set[tuple[int, int]] = set()
+    for idx in by_video.values():
+        for a in idx:
+            for b in idx:
+                if a < b and rows[a]["start_s"] < rows[b]["end_s"] and \
+                        rows[b]["start_s"] < rows[a]["end_s"]:
+                    cannot.add((a, b))
+    out = []
+    for group in cluster_tracks(vecs, cannot, thr):
+        members = [rows[i] for i in group]
+        best = max(members, key=lambda r: r["quality"])
+        pid = uuid.uuid5(PERSON_NS, min(r["id"] for r in members))
+        out.append(Person(str(pid), tuple(r["id"] for r in members),
+                          tuple((r["vid"], float(r["start_s"]), float(r["end_s"]))
+                                for r in members), best["thumbnail_key"]))
+    return sorted(out, key=lambda p: -len(p.track_ids))

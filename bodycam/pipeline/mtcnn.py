@@ -1,0 +1,175 @@
+"""A faster MTCNN cascade driver over facenet-pytorch's PNet, RNet and ONet weights.
+
+facenet-pytorch's `detect_face` builds its image pyramid with `interpolate(mode="area")` on the
+full float image (adaptive average pooling, slow on CPU) and cuts every RNet/ONet candidate in
+a Python loop, one `interpolate` per box. This driver keeps the same three networks, thresholds,
+box regression and non-maximum suppression, but:
+
+- builds the pyramid with OpenCV's INTER_AREA resize on uint8 frames (several times faster),
+  starting at the scale where `min_face_px` becomes the 12 px PNet cell, so faces below the
+  configured minimum are never searched for;
+- runs PNet once per pyramid level for the whole batch of frames;
+- cuts the RNet (24x24) and ONet (48x48) candidates with OpenCV on uint8 crops and runs each
+  network once for all candidates of the batch.
+
+Boxes, probabilities and landmarks come back in the input image's pixels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class RawFaces:
+    """One frame's MTCNN output: boxes (n x 4), probabilities (n), landmarks (n x 5 x 2)."""
+
+    boxes: np.ndarray
+    probs: np.ndarray
+    points: np.ndarray
+
+
+class MtcnnCascade:
+    """The three-stage cascade over a batch of equal-size RGB uint8 frames."""
+
+    def __init__(self, pnet: Any, rnet: Any, onet: Any, thresholds: Sequence[float],
+                 factor: float = 0.709) -> None:
+        self.pnet, self.rnet, self.onet = pnet, rnet, onet
+        self.thresholds = tuple(thresholds)
+        self.factor = factor
+
+    def scales(self, height_px: int, width_px: int, min_face_px: float) -> list[float]:
+        """Pyramid scales, as in facenet-pytorch: first maps min_face_px to 12 px."""
+        m = 12.0 / min_face_px
+        minl = min(height_px, width_px) * m
+        out: list[float] = []
+        s = m
+        while minl >= 12:
+            out.append(s)
+            s *= self.factor
+            minl *= self.factor
+        return out
+
+    def detect(self, images: Sequence[np.ndarray], min_face_px: float) -> list[RawFaces]:
+        """Faces in each image (all the same size), in that image's pixels."""
+        import torch
+
+        with torch.inference_mode():
+            return self._detect(images, min_face_px)
+
+    def _detect(self, images: Sequence[np.ndarray], min_face_px: float) -> list[RawFaces]:
+        import cv2
+        import torch
+        from facenet_pytorch.models.utils.detect_face import (
+            batched_nms_numpy,
+            bbreg,
+            generateBoundingBox,
+            rerec,
+        )
+        from torchvision.ops import batched_nms
+
+        n = len(images)
+        h, w = images[0].shape[:2]
+        empty = RawFaces(np.zeros((0, 4), np.float32), np.zeros(0, np.float32),
+                         np.zeros((0, 5, 2), np.float32))
+        if n == 0:
+            return []
+
+        # Stage 1: PNet over the pyramid, one batched call per level. The first level is
+        # an INTER_AREA resize of the frame; each later level is resized from the previous
+        # one (the same area average, at a fraction of the cost).
+        boxes_l, inds_l = [], []
+        levels = list(images)
+        for scale in self.scales(h, w, min_face_px):
+            size = (int(w * scale + 1), int(h * scale + 1))
+            levels = [cv2.resize(img, size, interpolation=cv2.INTER_AREA) for img in levels]
+            x = torch.from_numpy(np.stack(levels)).permute(0, 3, 1, 2).float()
+            x = (x - 127.5) * 0.0078125
+            reg, probs = self.pnet(x)
+            b, i = generateBoundingBox(reg, probs[:, 1], scale, self.thresholds[0])
+            if len(b):
+                pick = batched_nms(b[:, :4], b[:, 4], i, 0.5)
+                boxes_l.append(b[pick])
+                inds_l.append(i[pick])
+        if not boxes_l:
+            return [empty] * n
+        boxes = torch.cat(boxes_l)
+        inds = torch.cat(inds_l)
+        pick = batched_nms(boxes[:, :4], boxes[:, 4], inds, 0.7)
+        boxes, inds = boxes[pick], inds[pick]
+        regw = boxes[:, 2] - boxes[:, 0]
+        regh = boxes[:, 3] - boxes[:, 1]
+        boxes = torch.stack([
+            boxes[:, 0] + boxes[:, 5] * regw, boxes[:, 1] + boxes[:, 6] * regh,
+            boxes[:, 2] + boxes[:, 7] * regw, boxes[:, 3] + boxes[:, 8] * regh, boxes[:, 4],
+        ], dim=1)
+        boxes = rerec(boxes)
+
+        # Stage 2: RNet on 24x24 crops.
+        boxes, inds, crops = self._crops(images, boxes, inds, 24, w, h)
+        if len(boxes):
+            reg, score = self.rnet(crops)
+            keep = score[:, 1] > self.thresholds[1]
+            boxes = torch.cat((boxes[keep, :4], score[keep, 1:2]), dim=1)
+            inds, reg = inds[keep], reg[keep]
+            pick = batched_nms(boxes[:, :4], boxes[:, 4], inds, 0.7)
+            boxes = rerec(bbreg(boxes[pick], reg[pick]))
+            inds = inds[pick]
+
+        # Stage 3: ONet on 48x48 crops: final score, box regression, landmarks.
+        if not len(boxes):
+            return [empty] * n
+        boxes, inds, crops = self._crops(images, boxes, inds, 48, w, h)
+        if not len(boxes):
+            return [empty] * n
+        reg, pts, score = self.onet(crops)
+        keep = score[:, 1] > self.thresholds[2]
+        boxes = torch.cat((boxes[keep, :4], score[keep, 1:2]), dim=1)
+        inds, reg, pts = inds[keep], reg[keep], pts[keep]
+        bw = (boxes[:, 2] - boxes[:, 0] + 1).unsqueeze(1)
+        bh = (boxes[:, 3] - boxes[:, 1] + 1).unsqueeze(1)
+        px = bw * pts[:, :5] + boxes[:, 0:1] - 1
+        py = bh * pts[:, 5:10] + boxes[:, 1:2] - 1
+        points = torch.stack((px, py), dim=2)
+        boxes = bbreg(boxes, reg)
+        pick = batched_nms_numpy(boxes[:, :4], boxes[:, 4], inds, 0.7, "Min")
+        boxes_np = boxes[pick].numpy()
+        points_np = points[pick].numpy()
+        inds_np = inds[pick].numpy()
+        out = []
+        for k in range(n):
+            sel = inds_np == k
+            out.append(RawFaces(boxes_np[sel, :4].astype(np.float32),
+                                boxes_np[sel, 4].astype(np.float32),
+                                points_np[sel].astype(np.float32)))
+        return out
+
+    @staticmethod
+    def _crops(images: Sequence[np.ndarray], boxes: Any, inds: Any, size: int, w: int,
+               h: int) -> tuple[Any, Any, Any]:
+        """Square candidates clipped to the frame (as facenet-pytorch does), area-resized.
+
+        OpenCV's INTER_AREA on the uint8 crop is the same resampling as facenet-pytorch's
+        `interpolate(mode="area")` and, measured here, several times faster than one batched
+        `roi_align` over the float frames (whose cost grows with the box size).
+        """
+        import cv2
+        import torch
+
+        b = boxes[:, :4].trunc().int().numpy()
+        x1 = np.maximum(b[:, 0], 1) - 1
+        y1 = np.maximum(b[:, 1], 1) - 1
+        x2 = np.minimum(b[:, 2], w)
+        y2 = np.minimum(b[:, 3], h)
+        valid = (x2 > x1) & (y2 > y1)
+        idx = inds.numpy()
+        crops = np.stack([cv2.resize(images[idx[k]][y1[k]:y2[k], x1[k]:x2[k]], (size, size),
+                                     interpolation=cv2.INTER_AREA)
+                          for k in np.flatnonzero(valid)] or [np.zeros((size, size, 3), np.uint8)])
+        keep = torch.from_numpy(valid)
+        x = torch.from_numpy(crops[:int(valid.sum())]).permute(0, 3, 1, 2).float()
+        return boxes[keep], inds[keep], (x - 127.5) * 0.0078125

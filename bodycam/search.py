@@ -1,0 +1,245 @@
+""""Where does this person appear": candidates from pgvector, exact re-rank, time ranges."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import numpy as np
+from pgvector import Vector
+
+from bodycam import policy
+from bodycam.config import Settings
+from bodycam.context import Context
+from bodycam.db import Conn
+from bodycam.errors import InvalidInputError, NotFoundError
+from bodycam.subjects import face_from_photo, get_subject, subject_vectors
+
+DIMS = {"dlib-resnet": 128, "facenet-vggface2": 512}
+
+
+@dataclass(frozen=True)
+class Query:
+    """What is searched for: unit vectors of one model and a fingerprint for the record."""
+
+    kind: str
+    vectors: list[np.ndarray] = field(repr=False)
+    model: str
+    fingerprint: str
+    note: str | None = None
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Optional limits on where to look."""
+
+    video_id: str | None = None
+    date_from: datetime | None = None
+    date_to: datetime | None = None
+
+    def as_json(self) -> dict[str, str | None]:
+        """For the search record."""
+        return {"video_id": self.video_id,
+                "from": self.date_from.isoformat() if self.date_from else None,
+                "to": self.date_to.isoformat() if self.date_to else None}
+
+
+@dataclass(frozen=True)
+class Appearance:
+    """Tracks of the person in one video merged into one time range (the --json contract)."""
+
+    video_id: str
+    filename: str
+    sha256: str
+    start_s: float
+    end_s: float
+    similarity: float
+    track_ids: tuple[str, ...]
+    thumbnail: str | None
+
+    def as_json(self) -> dict[str, object]:
+        """JSON object for the CLI."""
+        return {"video_id": self.video_id, "filename": self.filename, "sha256": self.sha256,
+                "start_s": round(self.start_s, 3), "end_s": round(self.end_s, 3),
+                "similarity": round(self.similarity, 4), "track_ids": list(self.track_ids),
+                "thumbnail": self.thumbnail}
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """Ranked leads, with the threshold and model that produced them."""
+
+    search_id: str
+    results: list[Appearance]
+    threshold: float
+    model: str
+    note: str | None = None
+
+    def as_json(self) -> dict[str, object]:
+        """The `search --json` contract."""
+        return {"search_id": self.search_id, "results": [a.as_json() for a in self.results],
+                "threshold": self.threshold, "model": self.model}
+
+
+def resolve_threshold(settings: Settings, model: str, requested: float | None) -> float:
+    """The configured default, or a requested value that may not go below the floor."""
+    default = settings.search.default_threshold.get(model)
+    floor = settings.search.threshold_floor.get(model)
+    if default is None or floor is None:
+        raise InvalidInputError(f"no calibrated threshold for model {model}: calibrate it first "
+                                "(python -m bodycam.calibration) and set BODYCAM_SEARCH__...")
+    if requested is None:
+        return default
+    if requested < floor:
+        raise InvalidInputError(
+            f"--threshold {requested} is below the floor {floor} for {model}: thresholds can be "
+            "raised to be stricter, never lowered below the calibrated floor")
+    if requested > 1.0:
+        raise InvalidInputError("--threshold is a cosine similarity: at most 1.0")
+    return requested
+
+
+def query_from_photo(settings: Settings, path: str, face: int | None = None) -> Query:
+    """Embed the face of a probe photo with the configured embedder."""
+    pf = face_from_photo(settings, path, face)
+    return Query("photo", [pf.embedding], pf.model, f"sha256:{pf.sha256}", pf.note)
+
+
+def query_from_subject(conn: Conn, settings: Settings, subject_id: str) -> Query:
+    """A subject's enrolment vectors for the configured embedder."""
+    get_subject(conn, subject_id)
+    model = settings.pipeline.embedder
+    vecs = subject_vectors(conn, subject_id, model)
+    if not vecs:
+        raise InvalidInputError(f"subject {subject_id} has no {model} enrolment: re-enrol them")
+    return Query("subject", vecs, model, f"subject:{subject_id}")
+
+
+def query_from_track(conn: Conn, track_id: str) -> Query:
+    """A stored track's representative vector (any model it was made with)."""
+    row = conn.execute("SELECT model, embedding FROM tracks WHERE id::text = %s"
+                       " AND embedding IS NOT NULL AND purged_at IS NULL",
+                       (track_id,)).fetchone()
+    if row is None:
+        raise NotFoundError(f"no track {track_id} with an embedding")
+    return Query("track", [np.asarray(row["embedding"].to_numpy(), np.float32)],
+                 str(row["model"]), f"track:{track_id}")
+
+
+def candidate_tracks(conn: Conn, settings: Settings, query: Query, case_id: str,
+                     filters: Filters, k: int) -> list[tuple[str, float]]:
+    """(track_id, exact cosine similarity) of the k nearest tracks, best first.
+
+    Small filtered sets are scanned exactly; larger ones use the model's HNSW index with an
+    iterative scan so that a WHERE filter never starves the result. Candidates are then
+    re-ranked exactly with the stored vectors.
+    """
+    dim = DIMS.get(query.model)
+    if dim is None:
+        raise InvalidInputError(f"unknown model {query.model}")
+    where = ("t.model = %(model)s AND t.embedding IS NOT NULL AND t.purged_at IS NULL"
+             " AND v.case_id = %(case)s"
+             " AND (%(video)s::uuid IS NULL OR v.id = %(video)s::uuid)"
+             " AND (%(from)s::timestamptz IS NULL OR"
+             "      COALESCE(v.recorded_at, v.ingested_at) >= %(from)s::timestamptz)"
+             " AND (%(to)s::timestamptz IS NULL OR"
+             "      COALESCE(v.recorded_at, v.ingested_at) <= %(to)s::timestamptz)")
+    params: dict[str, object] = {"model": query.model, "case": case_id,
+                                 "video": filters.video_id, "from": filters.date_from,
+                                 "to": filters.date_to, "k": k}
+    n = conn.execute(f"SELECT count(*) AS n FROM tracks t JOIN videos v ON v.id = t.video_id"
+                     f" WHERE {where}", params).fetchone()
+    exact = n is not None and int(n["n"]) <= settings.search.exact_scan_max
+    if not exact:
+        conn.execute(f"SET LOCAL hnsw.ef_search = {int(settings.search.ef_search)}")
+        conn.execute("SET LOCAL hnsw.iterative_scan = strict_order")
+    # `+ 0` keeps the planner off the approximate index for the exact scan.
+    order = f"(t.embedding::vector({dim}) <=> %(q)s::vector({dim}))" + (" + 0" if exact else "")
+    found: dict[str, np.ndarray] = {}
+    for vec in query.vectors:
+        params["q"] = Vector(vec)
+        rows = conn.execute(
+            f"SELECT t.id::text AS id, t.embedding FROM tracks t JOIN videos v ON v.id ="
+            f" t.video_id WHERE {where} ORDER BY {order} LIMIT %(k)s", params).fetchall()
+        for r in rows:
+            found[r["id"]] = np.asarray(r["embedding"].to_numpy(), np.float32)
+    if not found:
+        return []
+    ids = list(found)
+    mat = np.stack([found[i] for i in ids])
+    sims = np.max(mat @ np.stack(query.vectors).T, axis=1)
+    order_idx = np.argsort(-sims)
+    return [(ids[i], float(sims[i])) for i in order_idx[:k]]
+
+
+def appearances(conn: Conn, scored: list[tuple[str, float]], merge_gap_s: float
+                ) -> list[Appearance]:
+    """Merge a person's tracks that touch or overlap in one video into time ranges."""
+    if not scored:
+        return []
+    sim = dict(scored)
+    rows = conn.execute(
+        "SELECT t.id::text AS id, t.video_id::text AS video_id, t.start_s, t.end_s,"
+        " t.thumbnail_key, v.original_filename, v.sha256 FROM tracks t JOIN videos v"
+        " ON v.id = t.video_id WHERE t.id::text = ANY(%s) ORDER BY t.video_id, t.start_s",
+        ([i for i, _ in scored],)).fetchall()
+    by_video: dict[str, list[dict[str, object]]] = defaultdict(list)
+    for r in rows:
+        by_video[r["video_id"]].append(r)
+    out: list[Appearance] = []
+    for vid, tracks in by_video.items():
+        group: list[dict[str, object]] = []
+        end = -1.0
+
+        def flush(group: list[dict[str, object]], vid: str = vid) -> None:
+            best = max(group, key=lambda g: sim[str(g["id"])])
+            out.append(Appearance(
+                video_id=vid, filename=str(best["original_filename"]), sha256=str(best["sha256"]),
+                start_s=min(float(g["start_s"]) for g in group),  # type: ignore[arg-type]
+                end_s=max(float(g["end_s"]) for g in group),  # type: ignore[arg-type]
+                similarity=sim[str(best["id"])],
+                track_ids=tuple(str(g["id"]) for g in group),
+                thumbnail=str(best["thumbnail_key"]) if best["thumbnail_key"] else None))
+
+        for t in tracks:
+            start, stop = float(t["start_s"]), float(t["end_s"])  # type: ignore[arg-type]
+            if group and start > end + merge_gap_s:
+                flush(group)
+                group = []
+            end = max(end, stop) if group else stop
+            group.append(t)
+        if group:
+            flush(group)
+    return sorted(out, key=lambda a: (-a.similarity, a.video_id, a.start_s))
+
+
+def search(ctx: Context, query: Query, case_id: str, purpose: str, actor: str,
+           threshold: float | None = None, limit: int | None = None,
+           filters: Filters | None = None) -> SearchResult:
+    """Run and record one search bound to a case and a purpose."""
+    if not case_id or not case_id.strip():
+        raise InvalidInputError("missing --case: every search is bound to a case")
+    if not purpose or not purpose.strip():
+        raise InvalidInputError("missing --purpose: say why you are searching")
+    filters = filters or Filters()
+    thr = resolve_threshold(ctx.settings, query.model, threshold)
+    lim = limit or ctx.settings.search.default_limit
+    with ctx.db() as conn:
+        policy.require_identify(conn, "search")
+        scored = candidate_tracks(conn, ctx.settings, query, case_id.strip(), filters,
+                                  k=max(200, lim * 20))
+        kept = [(tid, s) for tid, s in scored if s >= thr]
+        results = appearances(conn, kept, ctx.settings.search.merge_gap_s)[:lim]
+        track_ids = [t for a in results for t in a.track_ids]
+        row = conn.execute(
+            "INSERT INTO searches (actor, case_id, purpose, query_kind, query_fingerprint,"
+            " threshold, model, filters, result_track_ids, result_count)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s::uuid[], %s) RETURNING id::text AS id",
+            (actor, case_id.strip(), purpose.strip(), query.kind,
+             query.fingerprint, thr, query.model,
+             json.dumps(filters.as_json()), track_ids, len(results))).fetchone()
+        assert row is not None
+    return SearchResult(str(row["id"]), results, thr, query.model, query.note)
+

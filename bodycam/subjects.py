@@ -1,0 +1,199 @@
+"""Watchlist subjects: enrolment from photos with face-quality checks, listing, removal."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from bodycam.config import Settings
+from bodycam.context import Context
+from bodycam.db import Conn
+from bodycam.domain import FaceDetection, SampledFrame
+from bodycam.errors import InvalidInputError, NotFoundError, PermanentError
+from bodycam.pipeline.faces import FaceEmbedder, Registry
+from bodycam.storage import StoredObject
+
+MAX_PHOTO_SIDE_PX = 1920
+
+
+class PhotoRefusedError(PermanentError):
+    """A photo cannot serve as a face query or enrolment; the message says why."""
+
+
+@dataclass(frozen=True)
+class PhotoFace:
+    """The face chosen in a photo, with its embedding and how it was chosen."""
+
+    embedding: np.ndarray = field(repr=False)
+    detection: FaceDetection
+    face_index: int
+    n_faces: int
+    sha256: str
+    note: str | None
+    model: str
+    model_version: str
+    weights_sha256: str
+
+
+def load_photo(data: bytes, name: str) -> np.ndarray:
+    """Decode an image (EXIF rotation applied) to RGB; raises PhotoRefusedError if it is not one."""
+    try:
+        img = ImageOps.exif_transpose(Image.open(io.BytesIO(data)))
+        return np.asarray(img.convert("RGB"))
+    except (UnidentifiedImageError, OSError, ValueError):
+        raise PhotoRefusedError(f"{name}: not a readable image (use a JPEG or PNG photo)") from None
+
+
+def face_from_photo(settings: Settings, path: str, face: int | None = None,
+                    embedder: FaceEmbedder | None = None) -> PhotoFace:
+    """Detect, check and embed the face of a photo.
+
+    The largest face is used unless `face` picks another (faces are numbered largest first).
+    Raises PhotoRefusedError when there is no face, or it is too small or too blurred.
+    """
+    name = Path(path).name
+    try:
+        data = Path(path).read_bytes()
+    except OSError:
+        raise PhotoRefusedError(f"{name}: cannot read the file") from None
+    image = load_photo(data, name)
+    scale = min(1.0, MAX_PHOTO_SIDE_PX / max(image.shape[:2]))
+    if scale < 1.0:
+        image = np.asarray(Image.fromarray(image).resize(
+            (int(image.shape[1] * scale), int(image.shape[0] * scale)), Image.Resampling.LANCZOS))
+    cfg, scfg = settings.pipeline, settings.search
+    detector = Registry.detector(cfg.model_copy(update={"min_face_px": 20}))
+    frame = SampledFrame(0, 0, 0.0, 0, image, scale)
+    faces = sorted(detector.detect([frame])[0], key=lambda d: -d.height_px)
+    if not faces:
+        raise PhotoRefusedError(
+            f"no face found in {name}: use a frontal photo with the face at least "
+            f"{scfg.enroll_min_face_px} px tall")
+    if face is not None and not 0 <= face < len(faces):
+        raise InvalidInputError(f"--face {face}: {name} has {len(faces)} faces (0 to "
+                                f"{len(faces) - 1}, largest first)")
+    index = face if face is not None else 0
+    chosen = faces[index]
+    if chosen.height_px < scfg.enroll_min_face_px:
+        raise PhotoRefusedError(
+            f"the face in {name} is {chosen.height_px:.0f} px tall, below the "
+            f"{scfg.enroll_min_face_px} px needed: use a closer or larger photo")
+    if chosen.sharpness < scfg.enroll_min_sharpness:
+        raise PhotoRefusedError(
+            f"the face in {name} is too blurred (sharpness {chosen.sharpness:.0f},"
+            f" minimum {scfg.enroll_min_sharpness:.0f}): use a sharper photo")
+    note = None
+    if len(faces) > 1 and face is None:
+        note = (f"{name} shows {len(faces)} faces: using the largest (index 0); "
+                "pass --face INDEX to choose another")
+    emb = embedder or Registry.embedder(cfg)
+    vec = emb.embed(image, [chosen], scale)[0]
+    return PhotoFace(vec, chosen, index, len(faces), hashlib.sha256(data).hexdigest(), note,
+                     emb.name, emb.version, emb.weights_sha256)
+
+
+@dataclass(frozen=True)
+class Subject:
+    """A watchlist entry."""
+
+    subject_id: str
+    case_id: str
+    name: str
+    reason: str
+    created_by: str
+    created_at: datetime
+    expires_at: datetime | None
+    n_faces: int
+
+    def as_json(self) -> dict[str, object]:
+        """JSON for the CLI."""
+        return {"subject_id": self.subject_id, "case": self.case_id, "name": self.name,
+                "reason": self.reason, "created_by": self.created_by,
+                "created_at": self.created_at.isoformat(),
+                "expires_at": self.expires_at.isoformat() if self.expires_at else None,
+                "faces": self.n_faces}
+
+
+def enroll(ctx: Context, name: str, photos: list[str], case_id: str, reason: str, actor: str,
+           expires_at: datetime | None = None, face: int | None = None
+           ) -> tuple[str, list[str]]:
+    """Enrol a subject from one or more photos; returns (subject_id, notes).
+
+    Every photo is checked before anything is stored; the photos are kept in the object
+    store by SHA-256 as the record of what was enrolled.
+    """
+    if not case_id.strip():
+        raise InvalidInputError("missing --case: a subject belongs to a case")
+    if not reason.strip():
+        raise InvalidInputError("missing --reason: say why this person is enrolled")
+    if not name.strip():
+        raise InvalidInputError("missing --name")
+    if not photos:
+        raise InvalidInputError("at least one --photo is needed")
+    faces = [face_from_photo(ctx.settings, p, face) for p in photos]
+    keys = []
+    for p in photos:
+        with open(p, "rb") as f:
+            staged: StoredObject = ctx.store.upload_hashed(f, ctx.settings.limits.max_bytes)
+        keys.append(ctx.store.promote(staged))
+    with ctx.db() as conn:
+        row = conn.execute(
+            "INSERT INTO subjects (case_id, name, reason, created_by, expires_at)"
+            " VALUES (%s, %s, %s, %s, %s) RETURNING id::text AS id",
+            (case_id.strip(), name.strip(), reason.strip(), actor, expires_at)).fetchone()
+        assert row is not None
+        sid = str(row["id"])
+        for pf, key in zip(faces, keys, strict=True):
+            conn.execute(
+                "INSERT INTO subject_faces (subject_id, photo_sha256, photo_key, face_index,"
+                " box_px, quality, model, model_version, weights_sha256, embedding)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                (sid, pf.sha256, key, pf.face_index, list(pf.detection.box_px),
+                 pf.detection.quality, pf.model, pf.model_version, pf.weights_sha256,
+                 pf.embedding))
+    return sid, [f.note for f in faces if f.note]
+
+
+def list_subjects(conn: Conn, case_id: str | None = None) -> list[Subject]:
+    """Active subjects (not removed, not expired), optionally of one case."""
+    rows = conn.execute(
+        "SELECT s.id::text AS id, s.case_id, s.name, s.reason, s.created_by, s.created_at,"
+        " s.expires_at, count(f.id) AS n FROM subjects s LEFT JOIN subject_faces f"
+        " ON f.subject_id = s.id WHERE s.removed_at IS NULL"
+        " AND (s.expires_at IS NULL OR s.expires_at > now())"
+        " AND (%s::text IS NULL OR s.case_id = %s) GROUP BY s.id ORDER BY s.created_at",
+        (case_id, case_id)).fetchall()
+    return [Subject(r["id"], r["case_id"], r["name"], r["reason"], r["created_by"],
+                    r["created_at"], r["expires_at"], int(r["n"])) for r in rows]
+
+
+def get_subject(conn: Conn, subject_id: str) -> Subject:
+    """One active subject; raises NotFoundError."""
+    for s in list_subjects(conn):
+        if s.subject_id == subject_id:
+            return s
+    raise NotFoundError(f"no active subject {subject_id}")
+
+
+def remove_subject(conn: Conn, subject_id: str, actor: str) -> None:
+    """Take a subject off the watchlist; its biometric templates are deleted, the record kept."""
+    get_subject(conn, subject_id)
+    conn.execute("UPDATE subjects SET removed_at = now(), removed_by = %s WHERE id = %s",
+                 (actor, subject_id))
+    conn.execute("DELETE FROM subject_faces WHERE subject_id = %s", (subject_id,))
+    conn.execute("DELETE FROM matches WHERE subject_id = %s AND status = 'pending'",
+                 (subject_id,))
+
+
+def subject_vectors(conn: Conn, subject_id: str, model: str) -> list[np.ndarray]:
+    """A subject's enrolment vectors for one model."""
+    rows = conn.execute(
+        "SELECT embedding FROM subject_faces WHERE subject_id = %s AND model = %s",
+        (subject_id, model)).fetchall()
+    return [np.asarray(r["embedding"].to_numpy(), np.float32) for r in rows]
