@@ -5,7 +5,7 @@ from __future__ import annotations
 from celery import Celery
 
 from bodycam.config import get_settings
-from bodycam.queue import RECONCILE_INCOMING, REAP
+from bodycam.queue import REAP, RECONCILE_INCOMING
 from bodycam.services import resolve
 
 _settings = get_settings()
