@@ -56,6 +56,44 @@ def context() -> Any:
     return guarded(lambda: Context.load(settings()))
 
 
+def authorize(ctx: Any, action: str, case: str | None = None) -> Any:
+    """Authenticate the acting user and check their role for the action (refusals audited)."""
+    from bodycam import accounts
+
+    name, token = ctx.credentials()
+
+    def check() -> Any:
+        with ctx.db() as conn:
+            user = accounts.authenticate(conn, name, token)
+            accounts.require(conn, ctx.audit_key, user, action, case)
+            return user
+
+    return guarded(check)
+
+
+def refusable(ctx: Any, user: Any, action: str, fn: Callable[[], T]) -> T:
+    """Run fn; a policy or four-eyes refusal is audited before the one-line error."""
+    from bodycam.matching import ReviewRefusedError
+    from bodycam.policy import PolicyRefusedError
+
+    try:
+        return fn()
+    except (PolicyRefusedError, ReviewRefusedError) as exc:
+        ctx.audit(user.name, "refused", {"attempted": action, "reason": str(exc)})
+        fail(str(exc))
+    except BodycamError as exc:
+        fail(str(exc))
+
+
+def case_of(ctx: Any, table: str, key: str) -> str | None:
+    """The case a video, subject or match belongs to (None when the id is unknown)."""
+    column = {"videos": "id", "subjects": "id", "matches": "id"}[table]
+    with ctx.db() as conn:
+        row = conn.execute(f"SELECT case_id FROM {table} WHERE {column}::text = %s",
+                           (key,)).fetchone()
+    return str(row["case_id"]) if row else None
+
+
 def emit_json(data: object) -> None:
     """JSON on stdout, nothing else."""
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
@@ -133,11 +171,11 @@ def ingest(
 
     if not case or not case.strip():
         fail("missing --case: every video must be bound to a case number")
-    s = settings()
-    custody = guarded(lambda: Custody(case_id=case.strip(), officer=officer or "",
-                                      device=device or "", uploader=s.user,
-                                      recorded_at=parse_recorded_at(recorded_at)))
     ctx = context()
+    user = authorize(ctx, "ingest")
+    custody = guarded(lambda: Custody(case_id=case.strip(), officer=officer or "",
+                                      device=device or "", uploader=user.name,
+                                      recorded_at=parse_recorded_at(recorded_at)))
     results = []
     failures = 0
     for name in files:
@@ -145,6 +183,8 @@ def ingest(
             res = ingest_file(ctx, name, custody)
         except BodycamError as exc:
             err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            ctx.audit(user.name, "ingest.rejected", {"file": name, "case": custody.case_id,
+                                                     "reason": str(exc)})
             failures += 1
             continue
         results.append(res)
@@ -190,6 +230,7 @@ def jobs_cmd(
     from bodycam import jobs
 
     ctx = context()
+    authorize(ctx, "jobs")
     with ctx.db() as conn:
         rows = jobs.list_jobs(conn, status_filter)
     if as_json:
@@ -203,14 +244,16 @@ def jobs_cmd(
 @app.command()
 def retry(video_id: str) -> None:
     """Queue a failed or quarantined video again."""
-    from bodycam import jobs
+    from bodycam import audit, jobs
     from bodycam.queue import PROCESS_UNIT
 
     ctx = context()
+    user = authorize(ctx, "retry")
     with ctx.db() as conn:
         if conn.execute("SELECT 1 FROM videos WHERE id::text = %s", (video_id,)).fetchone() is None:
             fail(f"no video {video_id}")
         units = jobs.retry_video(conn, video_id)
+        audit.append(conn, ctx.audit_key, user.name, "retry", {"video_id": video_id})
     for idx in units:
         ctx.send(PROCESS_UNIT, video_id, idx)
     err.print(f"video {video_id}: {len(units)} units queued")
@@ -225,6 +268,7 @@ def tracks(
     from bodycam.evidence import list_tracks
 
     ctx = context()
+    authorize(ctx, "tracks", case_of(ctx, "videos", video_id))
     with ctx.db() as conn:
         rows = guarded(lambda: list_tracks(conn, video_id))
     if as_json:
@@ -290,11 +334,15 @@ def subjects_enroll(
         fail("missing --case: a subject belongs to a case")
     if not reason:
         fail("missing --reason: say why this person is enrolled")
-    with ctx.db() as conn:
-        guarded(lambda: policy.require_identify(conn, "enrolment"))
+    user = authorize(ctx, "subjects.enroll", case)
+
+    def check_policy() -> None:
+        with ctx.db() as conn:
+            policy.require_identify(conn, "enrolment")
+
+    refusable(ctx, user, "subjects.enroll", check_policy)
     sid, notes = guarded(lambda: subjects.enroll(ctx, name, photo, case, reason,
-                                                 ctx.settings.user, _date(expires, "--expires"),
-                                                 face))
+                                                 user.name, _date(expires, "--expires"), face))
     with ctx.db() as conn:
         made = matching.match_subject(conn, ctx.settings, sid)
     for n in notes:
@@ -311,11 +359,14 @@ def subjects_list(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Active subjects."""
-    from bodycam import subjects
+    from bodycam import accounts, subjects
 
     ctx = context()
+    user = authorize(ctx, "subjects.list", case)
     with ctx.db() as conn:
-        rows = subjects.list_subjects(conn, case)
+        visible = accounts.visible_cases(conn, user)
+        rows = [s for s in subjects.list_subjects(conn, case)
+                if visible is None or s.case_id in visible]
     if as_json:
         emit_json([s.as_json() for s in rows])
         return
@@ -330,8 +381,9 @@ def subjects_remove(subject_id: str) -> None:
     from bodycam import subjects
 
     ctx = context()
+    user = authorize(ctx, "subjects.remove", case_of(ctx, "subjects", subject_id))
     with ctx.db() as conn:
-        guarded(lambda: subjects.remove_subject(conn, subject_id, ctx.settings.user))
+        guarded(lambda: subjects.remove_subject(conn, ctx.audit_key, subject_id, user.name))
     err.print(f"subject {subject_id} removed")
 
 
@@ -360,6 +412,7 @@ def search_cmd(
     if sum(x is not None for x in (photo, subject, track)) != 1:
         fail("give exactly one of --photo, --subject or --track")
     ctx = context()
+    user = authorize(ctx, "search", case)
     filters = s.Filters(video, _date(date_from, "--from"), _date(date_to, "--to"))
 
     def run() -> s.SearchResult:
@@ -369,9 +422,9 @@ def search_cmd(
             with ctx.db() as conn:
                 q = (s.query_from_subject(conn, ctx.settings, subject) if subject is not None
                      else s.query_from_track(conn, str(track)))
-        return s.search(ctx, q, case, purpose, ctx.settings.user, threshold, limit, filters)
+        return s.search(ctx, q, case, purpose, user.name, threshold, limit, filters)
 
-    result = guarded(run)
+    result = refusable(ctx, user, "search", run)
     if result.note:
         err.print(f"note: {result.note}", highlight=False)
     if as_json:
@@ -384,18 +437,27 @@ def search_cmd(
                   f"video {a.video_id}  sha256 {a.sha256[:12]}…", highlight=False)
 
 
-@app.command("matches")
+matches_app = typer.Typer(help="Watchlist matches (leads): list and export.")
+app.add_typer(matches_app, name="matches")
+
+
+@matches_app.callback(invoke_without_command=True)
 def matches_cmd(
+    tctx: typer.Context,
     status_filter: Annotated[str | None, typer.Option("--status")] = None,
     case: Annotated[str | None, typer.Option("--case")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Watchlist matches (leads) and their review state."""
-    from bodycam import matching
+    from bodycam import accounts, matching
 
+    if tctx.invoked_subcommand is not None:
+        return
     ctx = context()
+    user = authorize(ctx, "matches", case)
     with ctx.db() as conn:
-        rows = matching.list_matches(conn, status_filter, case)
+        rows = matching.list_matches(conn, status_filter, case,
+                                     accounts.visible_cases(conn, user))
     if as_json:
         emit_json([m.as_json() for m in rows])
         return
@@ -418,9 +480,14 @@ def review(
     if confirm == reject:
         fail("give exactly one of --confirm or --reject")
     ctx = context()
-    with ctx.db() as conn:
-        status = guarded(lambda: matching.review(conn, match_id, ctx.settings.user, confirm,
-                                                 note or ""))
+    user = authorize(ctx, "review", case_of(ctx, "matches", match_id))
+
+    def run() -> str:
+        with ctx.db() as conn:
+            return matching.review(conn, ctx.audit_key, match_id, user.name, confirm,
+                                   note or "")
+
+    status = refusable(ctx, user, "review", run)
     out.print(f"match {match_id}: {status}")
 
 
@@ -433,14 +500,280 @@ def persons_cmd(
     from bodycam import matching
 
     ctx = context()
-    with ctx.db() as conn:
-        rows = guarded(lambda: matching.persons(conn, ctx.settings, case))
+    user = authorize(ctx, "persons", case)
+
+    def run() -> list[Any]:
+        with ctx.db() as conn:
+            return matching.persons(conn, ctx.settings, case)
+
+    rows = refusable(ctx, user, "persons", run)
     if as_json:
         emit_json([p.as_json() for p in rows])
         return
     for p in rows:
         spans = ", ".join(f"{v[:8]} {s:.1f}-{e:.1f}s" for v, s, e in p.appearances)
         out.print(f"{p.person_id}  {len(p.track_ids)} tracks: {spans}", highlight=False)
+
+
+@subjects_app.command("approve")
+def subjects_approve(subject_id: str) -> None:
+    """Approve an enrolment (supervisor; where the policy requires approval)."""
+    from bodycam import matching, subjects
+
+    ctx = context()
+    user = authorize(ctx, "subjects.approve", case_of(ctx, "subjects", subject_id))
+    with ctx.db() as conn:
+        guarded(lambda: subjects.approve_subject(conn, ctx.audit_key, subject_id, user.name))
+        made = matching.match_subject(conn, ctx.settings, subject_id)
+    out.print(f"subject {subject_id} approved; {made} pending matches to review")
+
+
+@matches_app.command("export")
+def matches_export(
+    output: Annotated[str, typer.Option("-o", "--output", help="file to write")],
+    fmt: Annotated[str, typer.Option("--format", help="jsonl or csv")] = "jsonl",
+    status_filter: Annotated[str | None, typer.Option("--status")] = None,
+    case: Annotated[str | None, typer.Option("--case")] = None,
+) -> None:
+    """Export matches and reviews with a manifest (rows, SHA-256, audit chain head)."""
+    from pathlib import Path
+
+    from bodycam.exports import export_matches
+
+    ctx = context()
+    user = authorize(ctx, "matches.export")
+    m = guarded(lambda: export_matches(ctx, user.name, fmt, Path(output), status_filter, case))
+    err.print(f"wrote {m['rows']} matches to {output} (sha256 {m['sha256']}); "
+              f"manifest {output}.manifest.json")
+
+
+audit_app = typer.Typer(no_args_is_help=True, help="The tamper-evident audit log.")
+app.add_typer(audit_app, name="audit")
+
+
+@audit_app.command("verify")
+def audit_verify() -> None:
+    """Check the whole chain; exit 0 with the row count only when it is intact."""
+    from bodycam import audit
+
+    ctx = context()
+    authorize(ctx, "audit.verify")
+    with ctx.db() as conn:
+        verdict = audit.verify(conn, ctx.audit_key, audit.read_anchor(ctx.store))
+    if not verdict.ok:
+        fail(f"audit log NOT intact: first bad row {verdict.first_bad_id}: {verdict.reason}")
+    out.print(f"audit log intact: {verdict.count} rows")
+
+
+@audit_app.command("export")
+def audit_export(
+    output: Annotated[str, typer.Option("-o", "--output", help="file to write")],
+    fmt: Annotated[str, typer.Option("--format", help="jsonl or csv")] = "jsonl",
+    date_from: Annotated[str | None, typer.Option("--from")] = None,
+    date_to: Annotated[str | None, typer.Option("--to")] = None,
+) -> None:
+    """Export the audit log with a manifest (rows, SHA-256, chain head)."""
+    from pathlib import Path
+
+    from bodycam.exports import export_audit
+
+    ctx = context()
+    user = authorize(ctx, "audit.export")
+    m = guarded(lambda: export_audit(ctx, user.name, fmt, Path(output),
+                                     _date(date_from, "--from"), _date(date_to, "--to")))
+    err.print(f"wrote {m['rows']} audit rows to {output} (sha256 {m['sha256']}); "
+              f"manifest {output}.manifest.json")
+
+
+@audit_app.command("verify-export")
+def audit_verify_export(path: str) -> None:
+    """Check an export offline against its manifest (needs no database): any change fails."""
+    from pathlib import Path
+
+    from bodycam import audit
+
+    if not Path(path).is_file():
+        fail(f"{path}: no such file")
+    verdict = guarded(lambda: audit.verify_export(Path(path)))
+    if not verdict.ok:
+        where = f" (row {verdict.first_bad_id})" if verdict.first_bad_id else ""
+        fail(f"{path}: export NOT intact{where}: {verdict.reason}")
+    out.print(f"{path}: intact, {verdict.count} rows match the manifest")
+
+
+users_app = typer.Typer(no_args_is_help=True, help="Accounts and roles (admin).")
+app.add_typer(users_app, name="users")
+
+
+@users_app.command("add")
+def users_add(
+    name: str,
+    role: Annotated[list[str], typer.Option("--role", help="clerk, investigator, supervisor, "
+                                                           "auditor or admin (repeatable)")],
+) -> None:
+    """Create an account; its API token is printed once and only its hash is stored."""
+    from bodycam import accounts
+
+    ctx = context()
+    user = authorize(ctx, "users")
+    with ctx.db() as conn:
+        token = guarded(lambda: accounts.create_user(conn, ctx.audit_key, name, role,
+                                                     user.name))
+    err.print(f"user {name} created with roles {', '.join(sorted(set(role)))}; "
+              "token (shown once, store it safely):")
+    sys.stdout.write(token + "\n")
+
+
+@users_app.command("list")
+def users_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Accounts, roles, state and assigned cases."""
+    from bodycam import accounts
+
+    ctx = context()
+    authorize(ctx, "users")
+    with ctx.db() as conn:
+        rows = accounts.list_users(conn)
+    if as_json:
+        emit_json(rows)
+        return
+    for r in rows:
+        state = "disabled" if r["disabled"] else "active"
+        out.print(f"{r['name']:16} {state:8} {', '.join(r['roles'])}  cases: "  # type: ignore[arg-type]
+                  f"{', '.join(r['cases']) or '-'}", highlight=False)  # type: ignore[arg-type]
+
+
+@users_app.command("disable")
+def users_disable(name: str) -> None:
+    """Disable an account (the bootstrap `operator` too, once named accounts exist)."""
+    from bodycam import accounts
+
+    ctx = context()
+    user = authorize(ctx, "users")
+    with ctx.db() as conn:
+        guarded(lambda: accounts.disable_user(conn, ctx.audit_key, name, user.name))
+    err.print(f"user {name} disabled")
+
+
+@users_app.command("assign")
+def users_assign(name: str, case: Annotated[str, typer.Option("--case")]) -> None:
+    """Assign a case to an account (investigators see only their cases)."""
+    from bodycam import accounts
+
+    ctx = context()
+    user = authorize(ctx, "cases.assign")
+    with ctx.db() as conn:
+        guarded(lambda: accounts.assign_case(conn, ctx.audit_key, name, case, user.name))
+    err.print(f"{name} assigned to case {case}")
+
+
+cases_app = typer.Typer(no_args_is_help=True, help="Legal holds on cases.")
+app.add_typer(cases_app, name="cases")
+
+
+@cases_app.command("hold")
+def cases_hold(case: str, reason: Annotated[str, typer.Option("--reason")]) -> None:
+    """Put a case on legal hold: its biometric data is kept past the retention period."""
+    from bodycam import audit
+
+    ctx = context()
+    user = authorize(ctx, "cases.hold")
+    with ctx.db() as conn:
+        conn.execute("INSERT INTO held_cases (case_id, held_by, reason) VALUES (%s, %s, %s)"
+                     " ON CONFLICT (case_id) DO NOTHING", (case, user.name, reason))
+        audit.append(conn, ctx.audit_key, user.name, "case.hold", {"case": case,
+                                                                   "reason": reason})
+    err.print(f"case {case} on hold")
+
+
+@cases_app.command("release")
+def cases_release(case: str, reason: Annotated[str, typer.Option("--reason")]) -> None:
+    """Lift a legal hold."""
+    from bodycam import audit
+
+    ctx = context()
+    user = authorize(ctx, "cases.hold")
+    with ctx.db() as conn:
+        conn.execute("DELETE FROM held_cases WHERE case_id = %s", (case,))
+        audit.append(conn, ctx.audit_key, user.name, "case.release", {"case": case,
+                                                                      "reason": reason})
+    err.print(f"case {case} released")
+
+
+policy_app = typer.Typer(no_args_is_help=True, help="Policy profiles (admin).")
+app.add_typer(policy_app, name="policy")
+
+
+@policy_app.command("show")
+def policy_show(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """The policy in force."""
+    from bodycam import policy
+
+    ctx = context()
+    with ctx.db() as conn:
+        current = policy.current(conn)
+    if as_json:
+        emit_json(current.as_json())
+    else:
+        out.print(current.as_json())
+
+
+@policy_app.command("set")
+def policy_set(
+    reason: Annotated[str, typer.Option("--reason", help="why (recorded)")],
+    profile: Annotated[str | None, typer.Option(help="identify, identify-eu or redact-only")
+                       ] = None,
+    reviewers: Annotated[int | None, typer.Option(help="confirmations needed per match")] = None,
+    retention_days: Annotated[int | None, typer.Option(help="bystander data kept, days")] = None,
+) -> None:
+    """Change the policy profile or its parameters (admin, with a recorded reason)."""
+    from bodycam import policy
+
+    ctx = context()
+    user = authorize(ctx, "policy.set")
+    with ctx.db() as conn:
+        new = guarded(lambda: policy.change(conn, ctx.audit_key, user.name, reason, profile,
+                                            reviewers, retention_days))
+    out.print(f"policy now {new.as_json()}")
+
+
+thresholds_app = typer.Typer(no_args_is_help=True, help="Match thresholds (supervisor).")
+app.add_typer(thresholds_app, name="thresholds")
+
+
+@thresholds_app.command("set")
+def thresholds_set(
+    model: Annotated[str, typer.Option("--model")],
+    default: Annotated[float, typer.Option("--default")],
+    floor: Annotated[float, typer.Option("--floor")],
+    reason: Annotated[str, typer.Option("--reason")],
+) -> None:
+    """Record a supervisor-approved change of a model's default threshold and floor."""
+    from bodycam import audit
+
+    if not 0 < floor <= default <= 1:
+        fail("need 0 < --floor <= --default <= 1 (cosine similarity)")
+    ctx = context()
+    user = authorize(ctx, "thresholds.set")
+    with ctx.db() as conn:
+        conn.execute("INSERT INTO thresholds (model, default_threshold, floor, changed_by,"
+                     " reason) VALUES (%s, %s, %s, %s, %s)",
+                     (model, default, floor, user.name, reason))
+        audit.append(conn, ctx.audit_key, user.name, "threshold.change",
+                     {"model": model, "default": default, "floor": floor, "reason": reason})
+    out.print(f"{model}: default {default}, floor {floor}")
+
+
+@app.command()
+def purge(dry_run: Annotated[bool, typer.Option("--dry-run")] = False) -> None:
+    """Remove expired bystander embeddings and crops (originals are never touched)."""
+    from bodycam.retention import purge as run
+
+    ctx = context()
+    user = authorize(ctx, "purge")
+    plan = guarded(lambda: run(ctx, user.name, dry_run))
+    verb = "would purge" if dry_run else "purged"
+    out.print(f"{verb} {plan.tracks} tracks, {plan.detections} detection embeddings, "
+              f"{plan.thumbnails} thumbnails (older than {plan.retention_days} days)")
 
 
 def main() -> None:

@@ -1,7 +1,8 @@
-"""The resolved runtime of one process: settings, service locations, store and database."""
+"""The resolved runtime of one process: settings, service locations, store, database, user."""
 
 from __future__ import annotations
 
+import os
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
@@ -10,6 +11,8 @@ from bodycam.config import Settings, get_settings
 from bodycam.db import Conn, connect
 from bodycam.services import Services, resolve
 from bodycam.storage import ObjectStore
+
+OPERATOR_TOKEN = "operator.token"
 
 
 @dataclass
@@ -33,10 +36,38 @@ class Context:
             self._store = ObjectStore(self.services.s3)
         return self._store
 
+    @property
+    def audit_key(self) -> str:
+        """The key that seals audit rows."""
+        return self.services.audit_key
+
     def db(self) -> AbstractContextManager[Conn]:
-        """A database connection (one transaction; commits on success)."""
-        return connect(self.services.database_url)
+        """A database connection (one transaction; commits on success, then anchors any
+        audit rows it wrote)."""
+        from bodycam import audit
+
+        return connect(self.services.database_url,
+                       after_commit=lambda conn: audit.anchor_after_commit(
+                           conn, self.store, self.audit_key))
+
+    def audit(self, actor: str, action: str, details: dict[str, object]) -> None:
+        """Record an event in its own transaction (for events with no other database write)."""
+        from bodycam import audit
+
+        with self.db() as conn:
+            audit.append(conn, self.audit_key, actor, action, details)
 
     def send(self, task: str, *args: str | int) -> None:
         """Queue a task by name with id arguments."""
         queue.send(self.services.redis_url, task, *args)
+
+    def credentials(self) -> tuple[str, str | None]:
+        """(user, token) the CLI acts with: BODYCAM_USER + BODYCAM_TOKEN, else the embedded
+        stack's bootstrap operator when no credentials are given."""
+        if self.settings.token:
+            return self.settings.user, self.settings.token
+        explicit = os.environ.get("BODYCAM_USER")
+        token_file = self.settings.home_dir / OPERATOR_TOKEN
+        if token_file.exists() and explicit in (None, "", "operator"):
+            return "operator", token_file.read_text().strip()
+        return self.settings.user, None

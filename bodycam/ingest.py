@@ -13,7 +13,7 @@ from typing import IO
 
 import psycopg
 
-from bodycam import jobs
+from bodycam import audit, jobs
 from bodycam.context import Context
 from bodycam.domain import MediaInfo
 from bodycam.errors import InvalidInputError, InvalidMediaError, PermanentError
@@ -93,6 +93,9 @@ def _store_and_record(ctx: Context, stream: IO[bytes], filename: str, info: Medi
         existing = _find(ctx, custody.case_id, staged.sha256)
         if existing is not None:
             store.delete(staged.key)
+            ctx.audit(custody.uploader, "ingest.duplicate",
+                      {"video_id": existing[0], "case": custody.case_id,
+                       "sha256": staged.sha256, "filename": filename})
             return IngestResult(existing[0], staged.sha256, existing[1], True, filename)
         key = store.promote(staged)
     except BaseException:
@@ -137,6 +140,11 @@ def _record(ctx: Context, key: str, staged: StoredObject, filename: str, info: M
         assert row is not None
         video_id = str(row["id"])
         jobs.create_units(conn, video_id, info.duration_s, ctx.settings.jobs.chunk_s)
+        audit.append(conn, ctx.audit_key, custody.uploader, "ingest", {
+            "video_id": video_id, "case": custody.case_id, "sha256": staged.sha256,
+            "filename": filename, "size_bytes": staged.size_bytes, "officer": custody.officer,
+            "device": custody.device, "source": custody.source,
+            "recorded_at": custody.recorded_at.isoformat() if custody.recorded_at else None})
         units = jobs.pending_units(conn, video_id)
     return video_id, units
 
@@ -190,6 +198,7 @@ def ingest_incoming(ctx: Context, key: str, etag: str) -> IngestResult | None:
                 result = _store_and_record(ctx, f, filename, info, custody)
     except PermanentError as exc:
         _mark_incoming(ctx, key, etag, "rejected", None, str(exc))
+        ctx.audit("system:incoming", "ingest.rejected", {"object": key, "reason": str(exc)})
         log.warning("rejected incoming object %s: %s", key, exc)
         raise
     except BaseException:

@@ -13,6 +13,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
+from bodycam import audit
 from bodycam.db import Conn
 from bodycam.errors import LeaseLostError
 
@@ -145,7 +146,8 @@ def complete(conn: Conn, lease: Lease) -> bool:
     return last
 
 
-def fail(conn: Conn, lease: Lease, error: str, permanent: bool, max_attempts: int) -> bool:
+def fail(conn: Conn, key: str, lease: Lease, error: str, permanent: bool,
+         max_attempts: int) -> bool:
     """Record a failed attempt; returns True when the unit should be queued again.
 
     A permanent error fails the video at once; a transient one is retried until max_attempts,
@@ -169,11 +171,13 @@ def fail(conn: Conn, lease: Lease, error: str, permanent: bool, max_attempts: in
         conn.execute("UPDATE videos SET error = %s, updated_at = now() WHERE id = %s",
                      (error[:2000], lease.video_id))
         return True
-    _end_video(conn, lease.video_id, state, f"unit {lease.idx}: {error}")
+    _end_video(conn, key, lease.video_id, state, f"unit {lease.idx}: {error}")
     return False
 
 
-def _end_video(conn: Conn, video_id: str, status: str, error: str) -> None:
+def _end_video(conn: Conn, key: str, video_id: str, status: str, error: str) -> None:
+    audit.append(conn, key, "system:worker", f"processing.{status}",
+                 {"video_id": video_id, "error": error[:500]})
     conn.execute(
         "UPDATE videos SET status = %s, error = %s, stage = %s,"
         " stage_times = stage_times || jsonb_build_object(%s::text, now()), updated_at = now()"
@@ -188,7 +192,8 @@ def _end_video(conn: Conn, video_id: str, status: str, error: str) -> None:
     )
 
 
-def reap(conn: Conn, max_attempts: int, stale_pending_s: float) -> list[tuple[str, int]]:
+def reap(conn: Conn, key: str, max_attempts: int, stale_pending_s: float
+         ) -> list[tuple[str, int]]:
     """Recover units whose worker died (lease expired) or whose message was lost.
 
     Returns (video_id, idx) pairs to queue again. A unit whose lease expired max_attempts
@@ -206,7 +211,7 @@ def reap(conn: Conn, max_attempts: int, stale_pending_s: float) -> list[tuple[st
             conn.execute(
                 "UPDATE work_units SET state = 'quarantined', last_error = %s, lease_until = NULL,"
                 " updated_at = now() WHERE video_id = %s AND idx = %s", (reason, vid, idx))
-            _end_video(conn, vid, "quarantined",
+            _end_video(conn, key, vid, "quarantined",
                        f"unit {idx}: {max_attempts} attempts failed; last: {reason}")
         else:
             conn.execute(
@@ -223,8 +228,12 @@ def reap(conn: Conn, max_attempts: int, stale_pending_s: float) -> list[tuple[st
     return again
 
 
-def finish_video(conn: Conn, video_id: str) -> None:
+def finish_video(conn: Conn, key: str, video_id: str, details: dict[str, object]) -> None:
     """Mark a video done once every unit is done and finalization has run."""
+    row = conn.execute("SELECT status FROM videos WHERE id = %s", (video_id,)).fetchone()
+    if row is None or row["status"] != "processing":
+        return
+    audit.append(conn, key, "system:worker", "processing.done", {"video_id": video_id, **details})
     conn.execute(
         "UPDATE videos SET status = 'done', stage = 'done', progress = 1, error = NULL,"
         " stage_times = stage_times || jsonb_build_object('done', now()), updated_at = now()"

@@ -9,11 +9,11 @@ from datetime import datetime
 
 import numpy as np
 
-from bodycam import policy
+from bodycam import audit, policy
 from bodycam.config import Settings
 from bodycam.db import Conn
 from bodycam.errors import InvalidInputError, NotFoundError, PermanentError
-from bodycam.search import resolve_threshold
+from bodycam.search import best_subjects, case_gallery, resolve_threshold
 
 PERSON_NS = uuid.UUID("0c9a8f3e-51b7-4f8e-a0d4-6d2b7f9e1c42")
 
@@ -50,28 +50,38 @@ class Match:
 
 def _match_pairs(conn: Conn, settings: Settings, subject_ids: list[str], track_sql: str,
                  params: tuple[object, ...]) -> int:
-    """Compare subjects with tracks exactly and insert pending matches above threshold."""
+    """Identify tracks among their case's subjects and insert pending matches.
+
+    A track becomes a lead for one of `subject_ids` only when that subject is the case's
+    best-matching enrolled subject for it (open-set identification, see
+    search.best_subjects) and the similarity reaches the threshold: a poor face that
+    resembles many people is not put in front of reviewers once per subject.
+    """
     model = settings.pipeline.embedder
-    thr = resolve_threshold(settings, model, None)
+    thr = resolve_threshold(settings, model, None, conn)
     tracks = conn.execute(track_sql, params).fetchall()
     if not tracks or not subject_ids:
         return 0
-    tmat = np.stack([np.asarray(r["embedding"].to_numpy(), np.float32) for r in tracks])
+    wanted = set(subject_ids)
+    by_case = defaultdict(list)
+    for r in tracks:
+        by_case[str(r["case_id"])].append(r)
     made = 0
-    for sid in subject_ids:
-        rows = conn.execute("SELECT embedding FROM subject_faces WHERE subject_id = %s"
-                            " AND model = %s", (sid, model)).fetchall()
-        if not rows:
+    for case_id, rows in by_case.items():
+        gallery = case_gallery(conn, case_id, model)
+        if not wanted & set(gallery):
             continue
-        smat = np.stack([np.asarray(r["embedding"].to_numpy(), np.float32) for r in rows])
-        sims = np.max(tmat @ smat.T, axis=1)
-        for r, s in zip(tracks, sims, strict=True):
-            if s >= thr:
+        tmat = np.stack([np.asarray(r["embedding"].to_numpy(), np.float32)
+                         for r in rows])
+        for r, best in zip(rows, best_subjects(tmat, gallery), strict=True):
+            for sid, sim in best.items():
+                if sid not in wanted or sim < thr:
+                    continue
                 made += conn.execute(
                     "INSERT INTO matches (subject_id, track_id, video_id, case_id, similarity,"
                     " threshold, model) VALUES (%s, %s, %s, %s, %s, %s, %s)"
                     " ON CONFLICT (subject_id, track_id) DO NOTHING",
-                    (sid, r["id"], r["video_id"], r["case_id"], float(s), thr, model),
+                    (sid, r["id"], r["video_id"], case_id, sim, thr, model),
                 ).rowcount
     return made
 
@@ -90,16 +100,20 @@ def match_video(conn: Conn, settings: Settings, video_id: str) -> int:
         return 0
     subjects = [str(r["id"]) for r in conn.execute(
         "SELECT id FROM subjects WHERE case_id = %s AND removed_at IS NULL"
-        " AND (expires_at IS NULL OR expires_at > now())", (row["case_id"],)).fetchall()]
+        " AND approved_at IS NOT NULL AND (expires_at IS NULL OR expires_at > now())",
+        (row["case_id"],)).fetchall()]
     return _match_pairs(conn, settings, subjects, _TRACKS + " AND t.video_id = %s",
                         (settings.pipeline.embedder, video_id))
 
 
 def match_subject(conn: Conn, settings: Settings, subject_id: str) -> int:
     """After enrolment: compare the new subject with its case's existing tracks."""
-    row = conn.execute("SELECT case_id FROM subjects WHERE id = %s", (subject_id,)).fetchone()
+    row = conn.execute("SELECT case_id, approved_at FROM subjects WHERE id = %s",
+                       (subject_id,)).fetchone()
     if row is None:
         raise NotFoundError(f"no subject {subject_id}")
+    if row["approved_at"] is None:
+        return 0  # awaiting a supervisor's approval
     return _match_pairs(conn, settings, [subject_id], _TRACKS + " AND v.case_id = %s",
                         (settings.pipeline.embedder, row["case_id"]))
 
@@ -128,7 +142,8 @@ class ReviewRefusedError(PermanentError):
     """A review that the four-eyes rules do not allow."""
 
 
-def review(conn: Conn, match_id: str, reviewer: str, confirm: bool, note: str) -> str:
+def review(conn: Conn, key: str, match_id: str, reviewer: str, confirm: bool, note: str
+           ) -> str:
     """Record a reviewer's decision; returns the match's status afterwards.
 
     A rejection ends the match. A confirmation counts once per reviewer; the match is
@@ -160,6 +175,9 @@ def review(conn: Conn, match_id: str, reviewer: str, confirm: bool, note: str) -
     conn.execute("INSERT INTO reviews (match_id, reviewer, decision, note)"
                  " VALUES (%s, %s, %s, %s)",
                  (match_id, reviewer, "confirm" if confirm else "reject", note.strip()))
+    audit.append(conn, key, reviewer, "review", {
+        "match_id": match_id, "decision": "confirm" if confirm else "reject",
+        "note": note.strip()})
     if not confirm:
         status = "rejected"
     else:
@@ -221,7 +239,7 @@ def persons(conn: Conn, settings: Settings, case_id: str) -> list[Person]:
     """Group a case's tracks into persons (recomputed from the stored tracks each time)."""
     policy.require_identify(conn, "persons")
     model = settings.pipeline.embedder
-    thr = resolve_threshold(settings, model, None)
+    thr = resolve_threshold(settings, model, None, conn)
     rows = conn.execute(
         "SELECT t.id::text AS id, t.video_id::text AS vid, t.start_s, t.end_s, t.quality,"
         " t.thumbnail_key, t.embedding FROM tracks t JOIN videos v ON v.id = t.video_id"

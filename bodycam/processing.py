@@ -156,12 +156,12 @@ def run_unit(ctx: Context, video_id: str, idx: int, owner: str | None = None) ->
         return "skipped"
     except PermanentError as exc:
         with ctx.db() as conn:
-            jobs.fail(conn, lease, str(exc), True, ctx.settings.jobs.max_attempts)
+            jobs.fail(conn, ctx.audit_key, lease, str(exc), True, ctx.settings.jobs.max_attempts)
         log.warning("video %s unit %d failed: %s", video_id, idx, type(exc).__name__)
         return "failed"
     except Exception as exc:  # noqa: BLE001 - transient: recorded and retried
         with ctx.db() as conn:
-            again = jobs.fail(conn, lease, f"{type(exc).__name__}: {exc}", False,
+            again = jobs.fail(conn, ctx.audit_key, lease, f"{type(exc).__name__}: {exc}", False,
                               ctx.settings.jobs.max_attempts)
         log.warning("video %s unit %d attempt %d failed: %s", video_id, idx, lease.attempt,
                     type(exc).__name__)
@@ -236,5 +236,8 @@ def finalize_video(ctx: Context, video_id: str) -> None:
 
     with ctx.db() as conn:
         made = match_video(conn, ctx.settings, video_id)
-        jobs.finish_video(conn, video_id)
+        n = conn.execute("SELECT count(*) AS n FROM tracks WHERE video_id = %s",
+                         (video_id,)).fetchone()
+        jobs.finish_video(conn, ctx.audit_key, video_id,
+                          {"tracks": int(n["n"]) if n else 0, "new_matches": made})
     log.info("video %s done; %d new pending matches", video_id, made)

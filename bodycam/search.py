@@ -10,7 +10,7 @@ from datetime import datetime
 import numpy as np
 from pgvector import Vector
 
-from bodycam import policy
+from bodycam import audit, policy
 from bodycam.config import Settings
 from bodycam.context import Context
 from bodycam.db import Conn
@@ -29,6 +29,7 @@ class Query:
     model: str
     fingerprint: str
     note: str | None = None
+    subject_id: str | None = None  # set for subject searches: open-set identification
 
 
 @dataclass(frozen=True)
@@ -83,10 +84,20 @@ class SearchResult:
                 "threshold": self.threshold, "model": self.model}
 
 
-def resolve_threshold(settings: Settings, model: str, requested: float | None) -> float:
-    """The configured default, or a requested value that may not go below the floor."""
+def resolve_threshold(settings: Settings, model: str, requested: float | None,
+                      conn: Conn | None = None) -> float:
+    """The default, or a requested value that may not go below the floor.
+
+    A supervisor-approved change recorded in the database (`bodycam thresholds set`) takes
+    precedence over the configured values.
+    """
     default = settings.search.default_threshold.get(model)
     floor = settings.search.threshold_floor.get(model)
+    if conn is not None:
+        row = conn.execute("SELECT default_threshold, floor FROM thresholds WHERE model = %s"
+                           " ORDER BY id DESC LIMIT 1", (model,)).fetchone()
+        if row is not None:
+            default, floor = float(row["default_threshold"]), float(row["floor"])
     if default is None or floor is None:
         raise InvalidInputError(f"no calibrated threshold for model {model}: calibrate it first "
                                 "(python -m bodycam.calibration) and set BODYCAM_SEARCH__...")
@@ -114,7 +125,7 @@ def query_from_subject(conn: Conn, settings: Settings, subject_id: str) -> Query
     vecs = subject_vectors(conn, subject_id, model)
     if not vecs:
         raise InvalidInputError(f"subject {subject_id} has no {model} enrolment: re-enrol them")
-    return Query("subject", vecs, model, f"subject:{subject_id}")
+    return Query("subject", vecs, model, f"subject:{subject_id}", subject_id=subject_id)
 
 
 def query_from_track(conn: Conn, track_id: str) -> Query:
@@ -174,6 +185,63 @@ def candidate_tracks(conn: Conn, settings: Settings, query: Query, case_id: str,
     return [(ids[i], float(sims[i])) for i in order_idx[:k]]
 
 
+# Scores this close count as a tie: a track is a lead for every subject that ties for best
+# (the same person enrolled twice in a case must not lose their tracks to the duplicate).
+RANK1_TIE = 1e-4
+
+
+def case_gallery(conn: Conn, case_id: str, model: str) -> dict[str, np.ndarray]:
+    """Enrolment vectors (one row per photo) of each active, approved subject of a case."""
+    rows = conn.execute(
+        "SELECT f.subject_id::text AS sid, f.embedding FROM subject_faces f JOIN subjects s"
+        " ON s.id = f.subject_id WHERE s.case_id = %s AND f.model = %s"
+        " AND s.removed_at IS NULL AND s.approved_at IS NOT NULL"
+        " AND (s.expires_at IS NULL OR s.expires_at > now())", (case_id, model)).fetchall()
+    by_subject: dict[str, list[np.ndarray]] = defaultdict(list)
+    for r in rows:
+        by_subject[str(r["sid"])].append(np.asarray(r["embedding"].to_numpy(), np.float32))
+    return {sid: np.stack(v) for sid, v in by_subject.items()}
+
+
+def best_subjects(track_vectors: np.ndarray, gallery: dict[str, np.ndarray]
+                  ) -> list[dict[str, float]]:
+    """Open-set identification: for each track, the enrolled subject(s) that explain it best.
+
+    A subject's score is its best photo's cosine similarity. Returns, per track, the subjects
+    tying for the top score (usually one) with that score; the caller applies the threshold.
+
+    Why: dlib places poor faces (profiles, small or blurred ones) close to many people at
+    once. A close profile of one person scored 0.90 against another's enrolment photo, above
+    genuine scores of some 40 px faces, so no single threshold gives both recall and
+    precision. Such a face is still nearer to its own subject than to the other enrolled
+    ones, so a track is a lead only for the subject that matches it best; the threshold then
+    decides whether it is anyone enrolled at all.
+    """
+    if not gallery or len(track_vectors) == 0:
+        return [{} for _ in range(len(track_vectors))]
+    sids = list(gallery)
+    scores = np.stack([np.max(track_vectors @ gallery[s].T, axis=1) for s in sids], axis=1)
+    top = np.max(scores, axis=1)
+    return [{sids[j]: float(row[j]) for j in np.flatnonzero(row >= best - RANK1_TIE)}
+            for row, best in zip(scores, top, strict=True)]
+
+
+def only_best_subject(conn: Conn, query: Query, case_id: str,
+                      scored: list[tuple[str, float]]) -> list[tuple[str, float]]:
+    """Of a subject search's tracks, those for which the subject is the best-matching one
+    among the case's enrolled subjects (see best_subjects)."""
+    if query.subject_id is None or not scored:
+        return scored
+    gallery = case_gallery(conn, case_id, query.model)
+    gallery[query.subject_id] = np.stack(query.vectors)
+    rows = conn.execute("SELECT id::text AS id, embedding FROM tracks WHERE id::text = ANY(%s)",
+                        ([t for t, _ in scored],)).fetchall()
+    vecs = {str(r["id"]): np.asarray(r["embedding"].to_numpy(), np.float32) for r in rows}
+    present = [(t, s) for t, s in scored if t in vecs]
+    best = best_subjects(np.stack([vecs[t] for t, _ in present]), gallery) if present else []
+    return [(t, s) for (t, s), b in zip(present, best, strict=True) if query.subject_id in b]
+
+
 def appearances(conn: Conn, scored: list[tuple[str, float]], merge_gap_s: float
                 ) -> list[Appearance]:
     """Merge a person's tracks that touch or overlap in one video into time ranges."""
@@ -224,13 +292,14 @@ def search(ctx: Context, query: Query, case_id: str, purpose: str, actor: str,
     if not purpose or not purpose.strip():
         raise InvalidInputError("missing --purpose: say why you are searching")
     filters = filters or Filters()
-    thr = resolve_threshold(ctx.settings, query.model, threshold)
     lim = limit or ctx.settings.search.default_limit
     with ctx.db() as conn:
         policy.require_identify(conn, "search")
+        thr = resolve_threshold(ctx.settings, query.model, threshold, conn)
         scored = candidate_tracks(conn, ctx.settings, query, case_id.strip(), filters,
                                   k=max(200, lim * 20))
         kept = [(tid, s) for tid, s in scored if s >= thr]
+        kept = only_best_subject(conn, query, case_id.strip(), kept)
         results = appearances(conn, kept, ctx.settings.search.merge_gap_s)[:lim]
         track_ids = [t for a in results for t in a.track_ids]
         row = conn.execute(
@@ -241,5 +310,11 @@ def search(ctx: Context, query: Query, case_id: str, purpose: str, actor: str,
              query.fingerprint, thr, query.model,
              json.dumps(filters.as_json()), track_ids, len(results))).fetchone()
         assert row is not None
+        audit.append(conn, ctx.audit_key, actor, "search", {
+            "search_id": str(row["id"]), "case": case_id.strip(), "purpose": purpose.strip(),
+            "query": query.kind, "query_fingerprint": query.fingerprint, "threshold": thr,
+            "model": query.model, "filters": filters.as_json(), "result_count": len(results),
+            "result_track_ids": track_ids,
+            "result_video_ids": sorted({a.video_id for a in results})})
     return SearchResult(str(row["id"]), results, thr, query.model, query.note)
 

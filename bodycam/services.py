@@ -22,6 +22,7 @@ class Services:
     s3: S3Config
     redis_url: str
     api_url: str | None
+    audit_key: str
 
 
 def state_path(settings: Settings) -> Path:
@@ -69,7 +70,8 @@ def resolve(settings: Settings) -> Services:
     )
     redis_url = pick(settings.redis_url, "redis_url", "Redis broker")
     api_url = settings.api_url or _str(state.get("api_url"))
-    return Services(database_url, admin, s3, redis_url, api_url)
+    audit_key = pick(settings.audit_key, "audit_key", "audit key")
+    return Services(database_url, admin, s3, redis_url, api_url, audit_key)
 
 
 def _str(value: object) -> str | None:

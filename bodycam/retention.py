@@ -1,0 +1,64 @@
+"""Retention: bystanders' biometric data (embeddings and face crops) expires; originals stay."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bodycam import audit, policy
+from bodycam.context import Context
+
+
+@dataclass(frozen=True)
+class PurgePlan:
+    """What a purge removes (or would remove, on a dry run)."""
+
+    retention_days: int
+    tracks: int
+    detections: int
+    thumbnails: int
+    dry_run: bool
+
+    def as_json(self) -> dict[str, object]:
+        """JSON for the CLI and the audit log."""
+        return {"retention_days": self.retention_days, "tracks": self.tracks,
+                "detections": self.detections, "thumbnails": self.thumbnails,
+                "dry_run": self.dry_run}
+
+
+# Tracks past the period that match no subject and whose case is not on legal hold.
+_EXPIRED = (
+    "SELECT t.id, t.thumbnail_key FROM tracks t JOIN videos v ON v.id = t.video_id"
+    " WHERE t.purged_at IS NULL AND t.created_at < now() - make_interval(days => %s)"
+    " AND NOT EXISTS (SELECT 1 FROM matches m WHERE m.track_id = t.id)"
+    " AND NOT EXISTS (SELECT 1 FROM held_cases h WHERE h.case_id = v.case_id)")
+# Detections that joined no track, past the period, outside held cases.
+_LOOSE = (
+    " FROM videos v WHERE v.id = d.video_id AND d.track_id IS NULL"
+    " AND d.embedding IS NOT NULL AND v.ingested_at < now() - make_interval(days => %s)"
+    " AND NOT EXISTS (SELECT 1 FROM held_cases h WHERE h.case_id = v.case_id)")
+
+
+def purge(ctx: Context, actor: str, dry_run: bool) -> PurgePlan:
+    """Remove expired embeddings and crops per the policy period; every purge is audited."""
+    with ctx.db() as conn:
+        days = policy.current(conn).retention_days
+        expired = conn.execute(_EXPIRED + " FOR UPDATE OF t", (days,)).fetchall()
+        ids = [r["id"] for r in expired]
+        loose = conn.execute("SELECT count(*) AS n FROM detections d WHERE EXISTS (SELECT 1"
+                             + _LOOSE + ")", (days,)).fetchone()
+        n_det = conn.execute("SELECT count(*) AS n FROM detections WHERE track_id = ANY(%s)"
+                             " AND embedding IS NOT NULL", (ids,)).fetchone()
+        thumbs = [str(r["thumbnail_key"]) for r in expired if r["thumbnail_key"]]
+        plan = PurgePlan(days, len(ids), int(n_det["n"] if n_det else 0) +
+                         int(loose["n"] if loose else 0), len(thumbs), dry_run)
+        if not dry_run:
+            conn.execute("UPDATE tracks SET embedding = NULL, thumbnail_key = NULL,"
+                         " purged_at = now() WHERE id = ANY(%s)", (ids,))
+            conn.execute("UPDATE detections SET embedding = NULL WHERE track_id = ANY(%s)",
+                         (ids,))
+            conn.execute("UPDATE detections d SET embedding = NULL" + _LOOSE, (days,))
+        audit.append(conn, ctx.audit_key, actor, "purge", plan.as_json())
+    if not dry_run:
+        for key in thumbs:  # after the commit: a failed delete leaves an orphan, not a ghost
+            ctx.store.delete(key)
+    return plan

@@ -1,0 +1,317 @@
+"""Accounts and roles, the tamper-evident audit log, exports, retention and policy profiles."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from bodycam import audit
+from bodycam.accounts import PERMISSIONS, ROLES
+from bodycam.config import Settings
+from tests.conftest import FACENET_CLIP, HAMILTON, TESTDATA, StackHandle
+
+ZERO = "00000000-0000-0000-0000-000000000000"
+CASE = "T-ROLES"
+P06 = TESTDATA / "faces" / "identities" / "p06" / "01.png"
+
+
+@pytest.fixture(scope="module")
+def accounts(stack: StackHandle) -> dict[str, dict[str, str]]:
+    """One account per role (investigators assigned to CASE); name -> env to act as it."""
+    envs = {}
+    for role in ROLES:
+        name = f"user-{role}"
+        token = stack.cli.run("users", "add", name, "--role", role, check=True).stdout.strip()
+        envs[role] = {"BODYCAM_USER": name, "BODYCAM_TOKEN": token}
+    stack.cli.run("users", "assign", "user-investigator", "--case", CASE, check=True)
+    return envs
+
+
+def admin_conn(stack: StackHandle) -> psycopg.Connection[tuple[object, ...]]:
+    """A database superuser connection: the attacker in the tamper tests."""
+    url = json.loads((stack.home / "stack.json").read_text())["admin_database_url"]
+    return psycopg.connect(url, autocommit=True)
+
+
+def verify(stack: StackHandle) -> tuple[int, str]:
+    proc = stack.cli.run("audit", "verify")
+    return proc.returncode, " ".join((proc.stdout + proc.stderr).split())
+
+
+def commands(tmp: Path) -> dict[str, list[str]]:
+    """Action -> a cheap command line that performs it (no heavy work when allowed)."""
+    s = Settings().search
+    return {
+        "ingest": ["ingest", str(tmp / "absent.mp4"), "--case", CASE, "--officer", "O",
+                   "--device", "D"],
+        "jobs": ["jobs", "--json"],
+        "retry": ["retry", ZERO],
+        "tracks": ["tracks", ZERO],
+        "subjects.enroll": ["subjects", "enroll", "--name", "N", "--photo", str(tmp / "x.jpg"),
+                            "--case", CASE, "--reason", "r"],
+        "subjects.list": ["subjects", "list", "--json"],
+        "subjects.remove": ["subjects", "remove", ZERO],
+        "subjects.approve": ["subjects", "approve", ZERO],
+        "search": ["search", "--photo", str(tmp / "x.jpg"), "--case", CASE, "--purpose", "p"],
+        "matches": ["matches", "--json"],
+        "review": ["review", ZERO, "--confirm", "--note", "n"],
+        "persons": ["persons", "--case", CASE, "--json"],
+        "thresholds.set": ["thresholds", "set", "--model", "dlib-resnet", "--default",
+                           str(s.default_threshold["dlib-resnet"]), "--floor",
+                           str(s.threshold_floor["dlib-resnet"]), "--reason", "unchanged"],
+        "cases.hold": ["cases", "hold", "T-ROLES-HOLD", "--reason", "r"],
+        "cases.assign": ["users", "assign", "user-clerk", "--case", "T-ROLES-2"],
+        "audit.verify": ["audit", "verify"],
+        "audit.export": ["audit", "export", "--format", "jsonl", "-o", str(tmp / "a.jsonl")],
+        "matches.export": ["matches", "export", "--format", "csv", "-o", str(tmp / "m.csv")],
+        "users": ["users", "list", "--json"],
+        "policy.set": ["policy", "set", "--retention-days", "30", "--reason", "unchanged"],
+        "purge": ["purge", "--dry-run"],
+    }
+
+
+def test_every_command_is_checked_against_every_role(
+        stack: StackHandle, accounts: dict[str, dict[str, str]], tmp_path: Path) -> None:
+    cmds = commands(tmp_path)
+    assert set(cmds) == set(PERMISSIONS), "every permission is exercised"
+    for role, env in accounts.items():
+        for action, argv in cmds.items():
+            proc = stack.cli.run(*argv, extra_env=env)
+            text = " ".join(proc.stderr.split())
+            if role in PERMISSIONS[action]:
+                assert "refused:" not in text, (role, action, text)
+            else:
+                assert proc.returncode != 0, (role, action)
+                needed = " or ".join(PERMISSIONS[action])
+                assert f"needs the {needed} role" in text, (role, action, text)
+    exported = tmp_path / "all.jsonl"
+    stack.cli.run("audit", "export", "--format", "jsonl", "-o", str(exported), check=True)
+    refused = [json.loads(line) for line in exported.read_text().splitlines()]
+    refused = [r for r in refused if r["action"] == "refused"]
+    assert any(r["actor"] == "user-auditor" and r["details"]["attempted"] == "search"
+               for r in refused), "the auditor's refused search is on record"
+
+
+def test_investigators_see_only_cases_assigned_to_them(
+        stack: StackHandle, accounts: dict[str, dict[str, str]]) -> None:
+    env = accounts["investigator"]
+    proc = stack.cli.run("search", "--photo", str(P06), "--case", "T-OTHER", "--purpose", "p",
+                         extra_env=env)
+    assert proc.returncode != 0 and "not assigned to case T-OTHER" in proc.stderr
+    ok = stack.cli.run("search", "--photo", str(P06), "--case", CASE, "--purpose", "p",
+                       "--json", extra_env=env)
+    assert ok.returncode == 0, ok.stderr
+
+
+def test_tokens_are_stored_only_as_hashes_and_disabled_accounts_are_refused(
+        stack: StackHandle) -> None:
+    token = stack.cli.run("users", "add", "temp-clerk", "--role", "clerk",
+                          check=True).stdout.strip()
+    with stack.ctx.db() as conn:
+        row = conn.execute("SELECT token_sha256 FROM users WHERE name = 'temp-clerk'").fetchone()
+    assert row["token_sha256"] != token and token not in json.dumps(row)
+    env = {"BODYCAM_USER": "temp-clerk", "BODYCAM_TOKEN": token}
+    assert stack.cli.run("jobs", "--json", extra_env=env).returncode == 0
+    bad = stack.cli.run("jobs", extra_env={**env, "BODYCAM_TOKEN": token + "x"})
+    assert bad.returncode != 0 and "invalid credentials" in bad.stderr
+    stack.cli.run("users", "disable", "temp-clerk", check=True)
+    gone = stack.cli.run("jobs", extra_env=env)
+    assert gone.returncode != 0 and "disabled" in gone.stderr
+
+
+def test_a_search_is_audited_with_case_purpose_threshold_model_and_results(
+        stack: StackHandle, processed: object, tmp_path: Path) -> None:
+    vid = processed(HAMILTON, "T-AUDIT")  # type: ignore[operator]
+    res = stack.cli.json("search", "--photo", str(P06), "--case", "T-AUDIT", "--purpose",
+                         "robbery 2026-118 suspect check")
+    assert isinstance(res, dict)
+    out = tmp_path / "audit.jsonl"
+    stack.cli.run("audit", "export", "--format", "jsonl", "-o", str(out), check=True)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    [row] = [r for r in rows if r["action"] == "search"
+             and r["details"]["purpose"] == "robbery 2026-118 suspect check"]
+    d = row["details"]
+    assert d["case"] == "T-AUDIT" and d["threshold"] == res["threshold"]
+    assert d["model"] == res["model"] and d["query_fingerprint"].startswith("sha256:")
+    assert d["result_track_ids"] == [t for a in res["results"] for t in a["track_ids"]]
+    assert any(r["action"] == "ingest" and r["details"]["video_id"] == vid for r in rows)
+    assert any(r["action"] == "processing.done" and r["details"]["video_id"] == vid
+               for r in rows)
+    assert stack.cli.run("audit", "verify-export", str(out)).returncode == 0
+
+
+def test_the_application_role_cannot_change_or_delete_audit_rows(stack: StackHandle) -> None:
+    with stack.ctx.db() as conn:
+        assert conn.execute("SELECT count(*) AS n FROM audit_log").fetchone()["n"] > 0
+    for statement in ("UPDATE audit_log SET actor = 'x' WHERE id = 1",
+                      "DELETE FROM audit_log WHERE id = 1", "TRUNCATE audit_log"):
+        with pytest.raises(psycopg.errors.InsufficientPrivilege), stack.ctx.db() as conn:
+            conn.execute(statement)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def tamperable(stack: StackHandle) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
+    """A superuser connection with triggers bypassed; the chain must be intact afterwards."""
+    code, text = verify(stack)
+    assert code == 0, text
+    conn = admin_conn(stack)
+    conn.execute("SET session_replication_role = replica")
+    yield conn
+    conn.close()
+    code, text = verify(stack)
+    assert code == 0, f"restored log verifies again: {text}"
+
+
+def _row(conn: psycopg.Connection[tuple[object, ...]], rid: int) -> tuple[object, ...]:
+    row = conn.execute("SELECT id, at, actor, action, details::text, prev_hash, hash, seal"
+                       " FROM audit_log WHERE id = %s", (rid,)).fetchone()
+    assert row is not None
+    return row
+
+
+def _restore(conn: psycopg.Connection[tuple[object, ...]], row: tuple[object, ...]) -> None:
+    conn.execute("INSERT INTO audit_log (id, at, actor, action, details, prev_hash, hash, seal)"
+                 " VALUES (%s, %s, %s, %s, %s::jsonb, %s, %s, %s)", row)
+
+
+def test_a_row_changed_in_sql_is_caught_and_named(
+        stack: StackHandle, tamperable: psycopg.Connection[tuple[object, ...]]) -> None:
+    original = _row(tamperable, 3)
+    tamperable.execute("UPDATE audit_log SET details = details || '{\"case\": \"forged\"}'"
+                       " WHERE id = 3")
+    code, text = verify(stack)
+    assert code != 0 and "first bad row 3" in text and "changed" in text
+    tamperable.execute("DELETE FROM audit_log WHERE id = 3")
+    _restore(tamperable, original)
+
+
+def test_a_row_deleted_in_sql_is_caught_and_named(
+        stack: StackHandle, tamperable: psycopg.Connection[tuple[object, ...]]) -> None:
+    middle = _row(tamperable, 2)
+    tamperable.execute("DELETE FROM audit_log WHERE id = 2")
+    code, text = verify(stack)
+    assert code != 0 and "first bad row 2" in text
+    _restore(tamperable, middle)
+    last_id = tamperable.execute("SELECT max(id) FROM audit_log").fetchone()[0]  # type: ignore[index]
+    last = _row(tamperable, int(last_id))  # type: ignore[arg-type]
+    tamperable.execute("DELETE FROM audit_log WHERE id = %s", (last_id,))
+    code, text = verify(stack)
+    assert code != 0 and "deleted" in text, "removing the newest row is caught by the anchor"
+    _restore(tamperable, last)
+
+
+def test_a_row_inserted_in_sql_is_caught_even_with_a_recomputed_hash(
+        stack: StackHandle, tamperable: psycopg.Connection[tuple[object, ...]]) -> None:
+    last_id, prev = tamperable.execute(
+        "SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1").fetchone()  # type: ignore[misc]
+    from datetime import UTC, datetime
+    at = datetime.now(UTC)
+    details = {"case": "T-AUDIT", "purpose": "never happened"}
+    digest = audit.row_hash(last_id + 1, at, "intruder", "search", details, prev)
+    tamperable.execute(
+        "INSERT INTO audit_log (id, at, actor, action, details, prev_hash, hash, seal)"
+        " VALUES (%s, %s, 'intruder', 'search', %s, %s, %s, %s)",
+        (last_id + 1, at, json.dumps(details), prev, digest, "0" * 64))
+    code, text = verify(stack)
+    assert code != 0 and f"first bad row {last_id + 1}" in text and "seal" in text
+    tamperable.execute("DELETE FROM audit_log WHERE id = %s", (last_id + 1,))
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_a_single_changed_byte_in_an_export_is_detected(
+        stack: StackHandle, tmp_path: Path, fmt: str) -> None:
+    out = tmp_path / f"audit.{fmt}"
+    stack.cli.run("audit", "export", "--format", fmt, "-o", str(out), check=True)
+    manifest = json.loads((tmp_path / f"audit.{fmt}.manifest.json").read_text())
+    assert manifest["rows"] > 0 and len(manifest["sha256"]) == 64 and manifest["chain_head"]
+    assert stack.cli.run("audit", "verify-export", str(out)).returncode == 0
+    data = bytearray(out.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    out.write_bytes(bytes(data))
+    proc = stack.cli.run("audit", "verify-export", str(out))
+    assert proc.returncode != 0 and "NOT intact" in proc.stderr
+
+
+def test_purge_removes_exactly_what_the_retention_policy_allows(
+        stack: StackHandle, processed: object) -> None:
+    free = processed(HAMILTON, "T-PURGE-FREE")  # type: ignore[operator]
+    held = processed(HAMILTON, "T-PURGE-HELD")  # type: ignore[operator]
+    matched = processed(HAMILTON, "T-PURGE-MATCH")  # type: ignore[operator]
+    stack.cli.run("cases", "hold", "T-PURGE-HELD", "--reason", "court order 7", check=True)
+    stack.cli.run("subjects", "enroll", "--name", "p06", "--photo", str(P06), "--case",
+                  "T-PURGE-MATCH", "--reason", "retention test", check=True)
+    vids = (free, held, matched)
+    with stack.ctx.db() as conn:
+        conn.execute("UPDATE tracks SET created_at = now() - interval '40 days'"
+                     " WHERE video_id = ANY(%s::uuid[])", (list(vids),))
+        conn.execute("UPDATE videos SET ingested_at = now() - interval '40 days'"
+                     " WHERE id = ANY(%s::uuid[])", (list(vids),))
+        matched_tracks = {r["track_id"] for r in conn.execute(
+            "SELECT track_id::text AS track_id FROM matches WHERE video_id = %s",
+            (matched,)).fetchall()}
+        before = {r["id"]: r for r in conn.execute(
+            "SELECT id::text AS id, video_id::text AS video_id, thumbnail_key FROM tracks"
+            " WHERE video_id = ANY(%s::uuid[])", (list(vids),)).fetchall()}
+    assert matched_tracks, "the enrolled subject matched some tracks"
+    dry = stack.cli.run("purge", "--dry-run", check=True).stdout
+    expected = [t for t in before.values() if t["video_id"] == free or
+                (t["video_id"] == matched and t["id"] not in matched_tracks)]
+    assert f"would purge {len(expected)} tracks" in " ".join(dry.split())
+    stack.cli.run("purge", check=True)
+    with stack.ctx.db() as conn:
+        after = {r["id"]: r for r in conn.execute(
+            "SELECT id::text AS id, embedding IS NULL AS gone, purged_at, thumbnail_key"
+            " FROM tracks WHERE video_id = ANY(%s::uuid[])", (list(vids),)).fetchall()}
+        loose = conn.execute(
+            "SELECT count(*) AS n FROM detections WHERE video_id = %s AND embedding IS NOT NULL",
+            (free,)).fetchone()["n"]
+        sha = conn.execute("SELECT object_key FROM videos WHERE id = %s",
+                           (free,)).fetchone()["object_key"]
+    purged = {tid for tid, r in after.items() if r["gone"]}
+    assert purged == {t["id"] for t in expected}
+    assert loose == 0
+    for tid in purged:
+        assert not stack.ctx.store.exists(before[tid]["thumbnail_key"])
+    for tid in set(after) - purged:
+        assert stack.ctx.store.exists(after[tid]["thumbnail_key"])
+    assert stack.ctx.store.exists(sha), "originals are never touched"
+
+
+def test_redact_only_stores_no_embeddings_and_refuses_face_matching(
+        stack: StackHandle) -> None:
+    stack.cli.run("policy", "set", "--profile", "redact-only", "--reason",
+                  "jurisdiction bans face matching", check=True)
+    try:
+        [res] = stack.cli.json("ingest", str(FACENET_CLIP), "--case", "T-REDACT", "--officer",
+                               "O", "--device", "D", "--wait")
+        assert res["status"] == "done"
+        with stack.ctx.db() as conn:
+            counts = conn.execute(
+                "SELECT (SELECT count(*) FROM tracks WHERE video_id = %(v)s) AS tracks,"
+                " (SELECT count(*) FROM tracks WHERE video_id = %(v)s AND embedding IS NOT NULL)"
+                " AS t_emb, (SELECT count(*) FROM detections WHERE video_id = %(v)s AND"
+                " embedding IS NOT NULL) AS d_emb", {"v": res["video_id"]}).fetchone()
+        assert counts["tracks"] > 0, "faces are still found and tracked (for redaction)"
+        assert counts["t_emb"] == 0 and counts["d_emb"] == 0
+        for argv in (["search", "--photo", str(P06), "--case", "T-REDACT", "--purpose", "p"],
+                     ["subjects", "enroll", "--name", "n", "--photo", str(P06), "--case",
+                      "T-REDACT", "--reason", "r"],
+                     ["persons", "--case", "T-REDACT"]):
+            proc = stack.cli.run(*argv)
+            assert proc.returncode != 0 and "redact-only" in proc.stderr, argv
+    finally:
+        stack.cli.run("policy", "set", "--profile", "identify", "--reason", "test over",
+                      check=True)
+
+
+def test_a_policy_change_needs_an_admin_and_a_reason(
+        stack: StackHandle, accounts: dict[str, dict[str, str]]) -> None:
+    proc = stack.cli.run("policy", "set", "--profile", "redact-only", "--reason", "x",
+                         extra_env=accounts["supervisor"])
+    assert proc.returncode != 0 and "needs the admin role" in proc.stderr
+    proc = stack.cli.run("policy", "set", "--profile", "identify", "--reason", " ")
+    assert proc.returncode != 0 and "reason" in proc.stderr
