@@ -14,7 +14,9 @@ from bodycam.context import Context
 from bodycam.errors import InvalidInputError
 from bodycam.evidence import list_tracks
 from bodycam.ingest import Custody, ingest_file
+from bodycam.search import search
 from bodycam.stack import Stack
+from bodycam.subjects import enroll
 
 TERMINAL = ("done", "failed", "quarantined")
 
@@ -27,10 +29,11 @@ def run_demo(settings: Settings, testdata: str, case: str, out: Console) -> None
     out.print(f"[bold]1. Starting the embedded stack[/bold] in {settings.home_dir}")
     Stack(settings).up(progress=lambda m: out.print(f"   {m}"))
     ctx = Context.load(settings)
+    actor = ctx.credentials()[0]
     out.print(f"[bold]2. Ingesting {len(videos)} clips[/bold] into case {case} "
               f"(embedder: {settings.pipeline.embedder})")
     custody = Custody(case_id=case, officer="demo-officer", device="demo-cam-01",
-                      uploader=settings.user)
+                      uploader=actor)
     results = [ingest_file(ctx, str(v), custody) for v in videos]
     for r in results:
         dup = " (duplicate: already ingested)" if r.duplicate else ""
@@ -58,5 +61,33 @@ def run_demo(settings: Settings, testdata: str, case: str, out: Console) -> None
             table.add_row(t.track_id[:8], f"{t.start_s:.2f}", f"{t.end_s:.2f}",
                           str(t.n_detections), f"{t.quality:.2f}")
         out.print(table)
+    _demo_search(ctx, testdata, case, actor, out)
     out.print(f"Stack still running: `bodycam status`, `bodycam jobs`, `bodycam down` "
               f"(BODYCAM_HOME={settings.home_dir}).")
+
+
+def _demo_search(ctx: Context, testdata: str, case: str, actor: str, out: Console) -> None:
+    """Enrol p06 from an enrolment photo (never shown in the clips) and ask where they appear."""
+    from bodycam.search import query_from_subject
+
+    photo = Path(testdata, "faces", "identities", "p06", "01.png")
+    if not photo.exists():
+        return
+    out.print("[bold]5. Where does this person appear?[/bold] (enrolment photo p06/01, "
+              "search bound to the case with a recorded purpose)")
+    with ctx.db() as conn:
+        row = conn.execute("SELECT id::text AS id FROM subjects WHERE case_id = %s AND name = %s"
+                           " AND removed_at IS NULL", (case, "p06 (demo)")).fetchone()
+    sid = str(row["id"]) if row else enroll(ctx, "p06 (demo)", [str(photo)], case,
+                                            "demo enrolment", actor)[0]
+    with ctx.db() as conn:
+        query = query_from_subject(conn, ctx.settings, sid)
+    result = search(ctx, query, case, "demo: show where the enrolled person appears", actor)
+    table = Table(title=f"leads for human review (threshold {result.threshold}, "
+                        f"model {result.model})")
+    for col in ("similarity", "video", "from s", "to s", "tracks"):
+        table.add_column(col)
+    for a in result.results:
+        table.add_row(f"{a.similarity:.3f}", a.filename, f"{a.start_s:.2f}", f"{a.end_s:.2f}",
+                      str(len(a.track_ids)))
+    out.print(table)
