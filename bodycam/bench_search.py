@@ -83,6 +83,12 @@ class Synthetic:
         per_case = n_videos // n_cases
         # videos are numbered case-major: case c owns videos [c*per_case, (c+1)*per_case)
         self.video = self.case * per_case + rng.integers(0, per_case, n)
+        # Stored in video order, as the pipeline writes them (a video's tracks commit together):
+        # a case's tracks then sit on few heap pages, not one page each.
+        order = np.argsort(self.video, kind="stable")
+        self.vectors = self.vectors[order]
+        self.identity, self.case, self.video = (self.identity[order], self.case[order],
+                                                self.video[order])
 
     def sample(self, identities: np.ndarray) -> np.ndarray:
         """New noisy unit samples of the given identities (also how queries are made)."""
@@ -165,13 +171,18 @@ def load_tracks(conn: psycopg.Connection[Any], data: Synthetic, model: str,
 
 
 def build_index(conn: psycopg.Connection[Any], model: str, maintenance_work_mem: str,
-                workers: int) -> float:
-    """Create the migration's HNSW index of one model. Returns seconds taken."""
+                workers: int, m: int = 16, ef_construction: int = 64) -> float:
+    """Create the migration's HNSW index of one model (optionally with other build
+    parameters than pgvector's defaults m=16, ef_construction=64). Returns seconds taken."""
     name = INDEX_FOR_MODEL[model]
+    stmt = _index_sql()[name]
+    if (m, ef_construction) != (16, 64):
+        stmt = stmt.replace(" WHERE ", f" WITH (m = {int(m)}, ef_construction ="
+                                       f" {int(ef_construction)}) WHERE ")
     conn.execute(f"SET maintenance_work_mem = '{maintenance_work_mem}'")
     conn.execute(f"SET max_parallel_maintenance_workers = {int(workers)}")
     t0 = time.perf_counter()
-    conn.execute(_index_sql()[name])
+    conn.execute(stmt)
     return time.perf_counter() - t0
 
 
@@ -264,9 +275,12 @@ def machine_facts() -> dict[str, object]:
 # --- the run ---------------------------------------------------------------------------------
 
 def run_dim(stack_state: dict[str, object], admin_url: str, app_url: str, dim: int, n: int,
-            n_queries: int, args: argparse.Namespace, log: Callable[[str], None]
-            ) -> dict[str, object]:
-    """Load, index and measure one dimension. Returns the result record."""
+            n_queries: int, args: argparse.Namespace, log: Callable[[str], None],
+            save: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """Load, index and measure one dimension; `save` gets the record after each measurement.
+
+    Returns the result record.
+    """
     model = MODEL_FOR_DIM[dim]
     log(f"[{dim}-d] generating {n} vectors")
     t0 = time.perf_counter()
@@ -284,7 +298,8 @@ def run_dim(stack_state: dict[str, object], admin_url: str, app_url: str, dim: i
         copy_s = load_tracks(conn, data, model, log)
         log(f"[{dim}-d] copied in {copy_s:.0f} s; building HNSW")
         load_before = os.getloadavg()
-        build_s = build_index(conn, model, args.maintenance_work_mem, args.build_workers)
+        build_s = build_index(conn, model, args.maintenance_work_mem, args.build_workers,
+                              args.m, args.ef_construction)
         log(f"[{dim}-d] index built in {build_s:.0f} s")
         for other, name in INDEX_FOR_MODEL.items():  # the schema keeps both indexes
             if other != model:
@@ -309,17 +324,34 @@ def run_dim(stack_state: dict[str, object], admin_url: str, app_url: str, dim: i
     truth = data.exact_top(queries, 10)
     plan = _plan(app_url, model, dim, queries[0])
     log(plan)
-    unfiltered = []
+    record: dict[str, Any] = {
+        "dim": dim, "model": model, "n": n, "queries": n_queries,
+        "identities": len(data.centres), "cases": args.cases, "videos": args.videos,
+        "postgres": versions[0], "pgvector": versions[1], "shared_buffers": versions[2],
+        "work_mem": versions[3], "hnsw_m": args.m, "hnsw_ef_construction": args.ef_construction,
+        "maintenance_work_mem": args.maintenance_work_mem,
+        "max_parallel_maintenance_workers": args.build_workers,
+        "copy_s": round(copy_s, 1), "build_s": round(build_s, 1), "vacuum_s": round(vacuum_s, 1),
+        "index_size": size[0], "table_size": size[1],
+        "load_avg_before_build": [round(x, 2) for x in load_before],
+        "load_avg_after_build": [round(x, 2) for x in load_during_build],
+        "plan": plan, "unfiltered": [], "filtered": [],
+        "machine": machine_facts(), "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
     for ef in args.ef:
         r = measure_unfiltered(app_url, data, model, queries, truth, ef)
         log(f"[{dim}-d] unfiltered {r}")
-        unfiltered.append(r)
+        record["unfiltered"].append(r)
+        save(record)
 
     # Filtered: queries are new samples of people who appear in the benchmark case.
     in_case = data.case == 0
     case_ids = data.identity[data.rng.choice(np.flatnonzero(in_case), n_queries)]
     fq = data.sample(case_ids)
     ftruth = data.exact_top(fq, 10, in_case)
+    record["case_tracks"] = int(in_case.sum())
+    record["case_selectivity"] = round(float(in_case.mean()), 4)
     defaults = SearchSettings()
     variants: list[tuple[str, SearchSettings, int]] = [
         ("configured defaults, k=10", defaults, 10),
@@ -329,29 +361,17 @@ def run_dim(stack_state: dict[str, object], admin_url: str, app_url: str, dim: i
     for ef in args.ef:
         variants.append((f"HNSW forced, ef_search={ef}, k=10",
                          defaults.model_copy(update={"exact_scan_max": 0, "ef_search": ef}), 10))
-    filtered = []
+    if args.skip_filtered:
+        variants = []
     base = Settings(home=args.home)
     for label, ss, k in variants:
         s = base.model_copy(update={"search": ss})
         r = measure_filtered(app_url, s, data, model, fq, ftruth, k)
         log(f"[{dim}-d] filtered {label}: {r}")
-        filtered.append({"label": label, **r})
+        record["filtered"].append({"label": label, **r})
+        save(record)
 
-    return {
-        "dim": dim, "model": model, "n": n, "queries": n_queries,
-        "identities": len(data.centres), "cases": args.cases, "videos": args.videos,
-        "case_tracks": int(in_case.sum()), "case_selectivity": round(float(in_case.mean()), 4),
-        "postgres": versions[0], "pgvector": versions[1], "shared_buffers": versions[2],
-        "work_mem": versions[3], "hnsw_m": 16, "hnsw_ef_construction": 64,
-        "maintenance_work_mem": args.maintenance_work_mem,
-        "max_parallel_maintenance_workers": args.build_workers,
-        "copy_s": round(copy_s, 1), "build_s": round(build_s, 1), "vacuum_s": round(vacuum_s, 1),
-        "index_size": size[0], "table_size": size[1],
-        "load_avg_before_build": [round(x, 2) for x in load_before],
-        "load_avg_after_build": [round(x, 2) for x in load_during_build],
-        "plan": plan, "unfiltered": unfiltered, "filtered": filtered,
-        "machine": machine_facts(), "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
+    return record
 
 
 # --- BENCHMARKS.md ---------------------------------------------------------------------------
@@ -375,12 +395,15 @@ def render_section(results: list[dict[str, Any]]) -> str:
             " `python -m bodycam.bench_search --home /tmp/bench --n N --dims D`.",
             "",
         ]
-    for r in sorted(results, key=lambda x: x["dim"]):
+    for r in sorted(results, key=lambda x: (x["dim"], -x["n"], x["hnsw_ef_construction"])):
         lines += [
-            f"### {r['dim']}-d ({r['model']}), N = {r['n']:,} tracks",
+            f"### {r['dim']}-d ({r['model']}), N = {r['n']:,} tracks, HNSW m={r['hnsw_m']},"
+            f" ef_construction={r['hnsw_ef_construction']}",
             "",
-            f"- HNSW m={r['hnsw_m']}, ef_construction={r['hnsw_ef_construction']} (pgvector"
-            f" defaults, the migration's partial expression index); maintenance_work_mem"
+            "- The migration's partial expression index"
+            + (" (pgvector's default build parameters)"
+               if (r["hnsw_m"], r["hnsw_ef_construction"]) == (16, 64)
+               else " with non-default build parameters") + "; maintenance_work_mem"
             f" {r['maintenance_work_mem']}, max_parallel_maintenance_workers"
             f" {r['max_parallel_maintenance_workers']}.",
             f"- COPY {r['copy_s']:.0f} s; index build {r['build_s']:.0f} s"
@@ -442,6 +465,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--maintenance-work-mem", default="6GB")
     p.add_argument("--build-workers", type=int, default=1,
                    help="max_parallel_maintenance_workers for the HNSW build")
+    p.add_argument("--m", type=int, default=16, help="HNSW m (migration: pgvector default 16)")
+    p.add_argument("--ef-construction", type=int, default=64,
+                   help="HNSW ef_construction (migration: pgvector default 64)")
+    p.add_argument("--skip-filtered", action="store_true", help="only the unfiltered sweep")
+    p.add_argument("--tag", default="", help="suffix of the result file (variants of one dim)")
     p.add_argument("--nice", type=int, default=10, help="Postgres niceness while loading")
     p.add_argument("--results", type=Path, help="where result JSON goes (default HOME/results)")
     p.add_argument("--write-md", type=Path, help="render all results into this markdown file")
@@ -468,10 +496,13 @@ def main(argv: list[str] | None = None) -> None:
             if dim not in MODEL_FOR_DIM:
                 raise SystemExit(f"--dims: {dim} is not an embedder dimension"
                                  f" {sorted(DIMS.values())}")
-            res = run_dim(state, svc.admin_database_url, svc.database_url, dim, args.n,
-                          args.queries, args, log)
-            out = results_dir / f"search-{dim}.json"
-            out.write_text(json.dumps(res, indent=2))
+            out = results_dir / f"search-{dim}{args.tag}.json"
+
+            def save(rec: dict[str, Any], out: Path = out) -> None:
+                out.write_text(json.dumps(rec, indent=2))
+
+            run_dim(state, svc.admin_database_url, svc.database_url, dim, args.n,
+                    args.queries, args, log, save)
             log(f"wrote {out}")
             if args.write_md:
                 _render(results_dir, args.write_md)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from bodycam import queue
 from bodycam.config import Settings, get_settings
@@ -71,3 +72,9 @@ class Context:
         if token_file.exists() and explicit in (None, "", "operator"):
             return "operator", token_file.read_text().strip()
         return self.settings.user, None
+
+
+@lru_cache(maxsize=1)
+def shared() -> Context:
+    """The process-wide context of a long-running edge (worker, API), resolved on first use."""
+    return Context.load()

@@ -5,21 +5,13 @@ from __future__ import annotations
 import logging
 
 from bodycam import ingest, jobs, processing
-from bodycam.context import Context
+from bodycam.context import shared
 from bodycam.errors import PermanentError
 from bodycam.queue import FINALIZE_VIDEO, INGEST_OBJECT, PROCESS_UNIT, REAP, RECONCILE_INCOMING
 from workers.celery_app import app
 
 log = logging.getLogger(__name__)
-_ctx: Context | None = None
-
-
-def ctx() -> Context:
-    """The worker's context, resolved once per process."""
-    global _ctx
-    if _ctx is None:
-        _ctx = Context.load()
-    return _ctx
+ctx = shared
 
 
 @app.task(name=PROCESS_UNIT)

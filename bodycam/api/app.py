@@ -9,21 +9,13 @@ from urllib.parse import unquote_plus
 from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel
 
-from bodycam.context import Context
+from bodycam.context import shared
 from bodycam.queue import INGEST_OBJECT
 from bodycam.storage import INCOMING
 
 log = logging.getLogger(__name__)
 app = FastAPI(title="Bodycam", version="0.1.0")
-_ctx: Context | None = None
-
-
-def ctx() -> Context:
-    """The API's context, resolved on first use."""
-    global _ctx
-    if _ctx is None:
-        _ctx = Context.load()
-    return _ctx
+ctx = shared
 
 
 class EventAccepted(BaseModel):
