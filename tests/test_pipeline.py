@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
+import subprocess
 from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from bodycam.config import PipelineSettings
+from bodycam.config import LimitsSettings, PipelineSettings
 from bodycam.domain import FaceDetection
 from bodycam.errors import ModelUnavailableError
-from bodycam.pipeline.faces import DlibResnetEmbedder, FacenetEmbedder
-from bodycam.pipeline.frames import plan_samples
+from bodycam.media.probe import probe
+from bodycam.pipeline.faces import DlibResnetEmbedder, FacenetEmbedder, Registry
+from bodycam.pipeline.frames import ChunkDecoder, plan_samples
 from bodycam.pipeline.tracks import build_tracks
 from tests.conftest import HAMILTON, StackHandle
 
@@ -165,3 +168,21 @@ def test_synthetic_clip_faces_of_40px_are_covered_and_tracks_are_pure(
     assert covered / len(big) >= 0.95, f"{covered}/{len(big)} appearances covered"
     assert fps > 0
     assert hashlib.sha256(clip.read_bytes()).hexdigest()
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg on PATH")
+def test_rotation_metadata_is_honoured_so_faces_come_out_upright(tmp_path: Path) -> None:
+    """A phone-style file: pixels stored sideways plus a display rotation that undoes it."""
+    ffmpeg = str(shutil.which("ffmpeg"))
+    sideways, tagged = tmp_path / "sideways.mp4", tmp_path / "tagged.mp4"
+    subprocess.run([ffmpeg, "-v", "error", "-y", "-i", str(HAMILTON), "-t", "6", "-vf",
+                    "transpose=1", "-c:v", "libx264", "-crf", "20", str(sideways)], check=True)
+    subprocess.run([ffmpeg, "-v", "error", "-y", "-display_rotation", "90", "-i", str(sideways),
+                    "-c", "copy", str(tagged)], check=True)
+    cfg = PipelineSettings(embedder="dlib-resnet")
+    info = probe(tagged, LimitsSettings())
+    assert info.rotation_deg == 90 and (info.width_px, info.height_px) == (360, 640)
+    frames = list(ChunkDecoder(tagged, info, 3.0, 4.0, cfg))
+    assert frames and frames[0].image.shape[:2] == (360, 640), "displayed upright, landscape"
+    found = Registry.detector(cfg).detect(frames)
+    assert sum(len(f) for f in found) >= len(frames) - 1, "p06's upright face is found"
