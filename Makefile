@@ -27,7 +27,9 @@ lint: install
 	$(BIN)/mypy
 
 test: lint
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q -ra
+	# A private basetemp: the stack's data lives there, and pytest prunes old shared ones.
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q -ra \
+		--basetemp="$$(mktemp -d /tmp/bodycam-tests.XXXXXX)"
 
 bench: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m bodycam bench --testdata "$(BODYCAM_TESTDATA)"

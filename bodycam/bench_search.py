@@ -359,7 +359,7 @@ def run_dim(stack_state: dict[str, object], admin_url: str, app_url: str, dim: i
         ("exact scan forced, k=10", defaults.model_copy(update={"exact_scan_max": 10**9}), 10),
     ]
     for ef in args.ef:
-        variants.append((f"HNSW forced, ef_search={ef}, k=10",
+        variants.append((f"HNSW path (exact_scan_max=0; planner decides), ef_search={ef}, k=10",
                          defaults.model_copy(update={"exact_scan_max": 0, "ef_search": ef}), 10))
     if args.skip_filtered:
         variants = []
@@ -376,8 +376,8 @@ def run_dim(stack_state: dict[str, object], admin_url: str, app_url: str, dim: i
 
 # --- BENCHMARKS.md ---------------------------------------------------------------------------
 
-def render_section(results: list[dict[str, Any]]) -> str:
-    """The search-bench section of BENCHMARKS.md, markers included."""
+def render_section(results: list[dict[str, Any]], notes: str = "") -> str:
+    """The search-bench section of BENCHMARKS.md, markers included; notes go after the intro."""
     lines = [MD_START, "## Search speed (pgvector HNSW)", ""]
     if results:
         m = results[0]["machine"]
@@ -395,6 +395,8 @@ def render_section(results: list[dict[str, Any]]) -> str:
             " `python -m bodycam.bench_search --home /tmp/bench --n N --dims D`.",
             "",
         ]
+    if notes.strip():
+        lines += [notes.strip(), ""]
     for r in sorted(results, key=lambda x: (x["dim"], -x["n"], x["hnsw_ef_construction"])):
         lines += [
             f"### {r['dim']}-d ({r['model']}), N = {r['n']:,} tracks, HNSW m={r['hnsw_m']},"
@@ -472,7 +474,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tag", default="", help="suffix of the result file (variants of one dim)")
     p.add_argument("--nice", type=int, default=10, help="Postgres niceness while loading")
     p.add_argument("--results", type=Path, help="where result JSON goes (default HOME/results)")
-    p.add_argument("--write-md", type=Path, help="render all results into this markdown file")
+    p.add_argument("--write-md", type=Path,
+                   help="render all results (and RESULTS/notes.md) into this markdown file")
     p.add_argument("--no-run", action="store_true", help="only render (--write-md)")
     args = p.parse_args(argv)
     args.ef = [int(x) for x in args.ef.split(",")]
@@ -511,8 +514,10 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _render(results_dir: Path, md: Path) -> None:
+    """Render every result file in results_dir (and its notes.md) into md's section."""
     results = [json.loads(f.read_text()) for f in sorted(results_dir.glob("search-*.json"))]
-    write_section(md, render_section(results))
+    notes = results_dir / "notes.md"
+    write_section(md, render_section(results, notes.read_text() if notes.exists() else ""))
 
 
 if __name__ == "__main__":

@@ -81,15 +81,18 @@ class PipelineSettings(_Section):
 class SearchSettings(_Section):
     """Face search and matching. Thresholds are cosine similarities of unit vectors."""
 
-    # dlib-resnet: 0.93 keeps 98.7% of the time of 40 px+ faces on synthetic body-cam clips
-    # (recall falls at 0.94) while rejecting strangers, who score up to about 0.90; the floor
-    # 0.92 is where impostor photo pairs reach 1% FMR (notebooks/calibration_dlib-resnet.json).
+    # dlib-resnet: with subject searches restricted to each track's best-matching enrolled
+    # subject (search.best_subjects), 0.93 keeps 98.7% of the time of 40 px+ faces on synthetic
+    # body-cam clips (recall falls at 0.94) and rejects unenrolled faces, which scored up to
+    # about 0.90 on real footage; the floor 0.92 gives 0.34% FMR on photo pairs and is dlib's own
+    # 0.6 rule (docs/thresholds.md, notebooks/calibration_dlib-resnet.json). FaceNet has no
+    # default until calibrated where its weights are: searches and matching refuse until then.
     default_threshold: dict[str, float] = Field(
-        {"dlib-resnet": 0.93, "facenet-vggface2": 0.70},
+        {"dlib-resnet": 0.93},
         description="per-embedder default, calibrated (notebooks/calibration.ipynb)",
     )
     threshold_floor: dict[str, float] = Field(
-        {"dlib-resnet": 0.92, "facenet-vggface2": 0.62},
+        {"dlib-resnet": 0.92},
         description="investigators may raise the threshold, never go below this floor",
     )
     exact_scan_max: int = Field(20000, ge=0, description="filtered sets this small: exact scan")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from bodycam.db import Conn
 from bodycam.errors import InvalidInputError, NotFoundError, PermanentError
 from bodycam.search import best_subjects, case_gallery, resolve_threshold
 
+log = logging.getLogger(__name__)
 PERSON_NS = uuid.UUID("0c9a8f3e-51b7-4f8e-a0d4-6d2b7f9e1c42")
 
 
@@ -58,9 +60,14 @@ def _match_pairs(conn: Conn, settings: Settings, subject_ids: list[str], track_s
     resembles many people is not put in front of reviewers once per subject.
     """
     model = settings.pipeline.embedder
-    thr = resolve_threshold(settings, model, None, conn)
     tracks = conn.execute(track_sql, params).fetchall()
     if not tracks or not subject_ids:
+        return 0
+    try:
+        thr = resolve_threshold(settings, model, None, conn)
+    except InvalidInputError:
+        # No calibrated threshold for this model yet: no automatic leads rather than guesses.
+        log.warning("no calibrated threshold for %s: automatic matching skipped", model)
         return 0
     wanted = set(subject_ids)
     by_case = defaultdict(list)

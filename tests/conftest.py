@@ -22,11 +22,12 @@ TOOLS = TESTDATA.parent / "tools"
 HAMILTON = TESTDATA / "video" / "short_hamilton_clip.mp4"
 FACENET_CLIP = TESTDATA / "video" / "facenet_example.mp4"
 
-# Short leases and fast reaping so that crash recovery is observable within a test.
+# Short leases and fast reaping so that crash recovery is observable within a test; the lease
+# still leaves room for a heartbeat delayed by a loaded 2-core machine.
 STACK_ENV = {
     "BODYCAM_PIPELINE__EMBEDDER": "dlib-resnet",
-    "BODYCAM_JOBS__LEASE_S": "6",
-    "BODYCAM_JOBS__HEARTBEAT_S": "1",
+    "BODYCAM_JOBS__LEASE_S": "15",
+    "BODYCAM_JOBS__HEARTBEAT_S": "2",
     "BODYCAM_JOBS__REAP_INTERVAL_S": "1",
     "BODYCAM_JOBS__RECONCILE_INTERVAL_S": "2",
     "BODYCAM_GPU_WORKERS": "2",

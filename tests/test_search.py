@@ -59,6 +59,24 @@ def _covers_close_up(start_s: float, end_s: float) -> bool:
     return abs(start_s - P06_CLOSE_UP[0]) < 0.15 and abs(end_s - P06_CLOSE_UP[1]) < 0.15
 
 
+# --- open-set identification (pure) --------------------------------------------------------
+
+def _unit(*v: float) -> np.ndarray:
+    a = np.asarray(v, np.float32)
+    return a / np.linalg.norm(a)
+
+
+def test_a_track_is_a_lead_only_for_the_enrolled_subject_it_resembles_most() -> None:
+    gallery = {"a": np.stack([_unit(1, 0, 0), _unit(1, 0.2, 0)]), "b": np.stack([_unit(0, 1, 0)]),
+               "a-again": np.stack([_unit(1, 0, 0)])}
+    tracks = np.stack([_unit(1, 0.05, 0), _unit(0.2, 1, 0.1), _unit(0, 0.1, 1)])
+    best = search.best_subjects(tracks, gallery)
+    assert set(best[0]) == {"a", "a-again"}, "a duplicate enrolment ties and keeps its leads"
+    assert list(best[1]) == ["b"] and best[1]["b"] > 0.9
+    assert list(best[2]) == ["b"] and best[2]["b"] < 0.1, "the caller's threshold decides"
+    assert search.best_subjects(tracks, {}) == [{}, {}, {}]
+
+
 # --- search --------------------------------------------------------------------------------
 
 def test_p06_enrolled_from_one_photo_is_found_first_in_the_hamilton_close_up(
