@@ -49,6 +49,11 @@ class ManagedProcess:
             return False
 
 
+def _shared_buffers_mb() -> int:
+    """A quarter of the machine's memory, between 128 MB and 8 GB."""
+    return int(min(8192, max(128, psutil.virtual_memory().total // 4 // 2**20)))
+
+
 def _package_dir(name: str) -> Path:
     """Where an installed package lives, without importing it (some warn or are slow)."""
     import importlib.util
@@ -276,7 +281,10 @@ class Stack:
         proc = self._spawn(
             "postgres",
             [str(self._pg_bin() / "postgres"), "-D", str(pgdata), "-h", "127.0.0.1",
-             "-p", str(port), "-k", str(sock)],
+             "-p", str(port), "-k", str(sock),
+             # Postgres's 128 MB default cannot hold an HNSW index of a million 512-d tracks.
+             "-c", f"shared_buffers={_shared_buffers_mb()}MB",
+             "-c", f"effective_cache_size={psutil.virtual_memory().total // 2 // 2**20}MB"],
             marker=str(pgdata),
             user=user,
         )
