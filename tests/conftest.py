@@ -83,9 +83,10 @@ class StackHandle:
         with self.ctx.db() as conn:
             videos = conn.execute("SELECT count(*) AS n FROM videos").fetchone()["n"]
             units = conn.execute("SELECT count(*) AS n FROM work_units").fetchone()["n"]
-        # incoming/ is the docks' drop zone; audit/ holds the audit log's anchor.
+        # Evidence objects only: thumbnails and the audit anchor are written in the background
+        # by processing of earlier uploads.
         objects = sum(1 for o in self.ctx.store.list("")
-                      if not o.key.startswith(("incoming/", "audit/")))
+                      if o.key.startswith(("originals/", "staging/")))
         return {"videos": videos, "units": units, "objects": objects}
 
 

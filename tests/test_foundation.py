@@ -187,25 +187,31 @@ def _wait_for_case(stack: StackHandle, case: str, timeout_s: float = 120) -> dic
 @pytest.mark.slow
 def test_kill_9_of_a_worker_mid_video_still_ends_done_exactly_once(
         stack: StackHandle, make_clip: object, tmp_path: Path) -> None:
-    clip, _truth = make_clip("--seed", "11", "--duration", "24", "--size", "640x360")  # type: ignore[operator]
+    clip, _truth = make_clip("--seed", "11", "--duration", "36", "--size", "640x360")  # type: ignore[operator]
     [res] = stack.cli.json("ingest", str(clip), "--case", "T-KILL", "--officer", "O",
-                           "--device", "D", extra_env={"BODYCAM_JOBS__CHUNK_S": "6"})
+                           "--device", "D", extra_env={"BODYCAM_JOBS__CHUNK_S": "9"})
     vid = res["video_id"]
     victim = None
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 180
     while victim is None and time.monotonic() < deadline:
         with stack.ctx.db() as conn:
             row = conn.execute(
                 "SELECT idx, lease_owner FROM work_units WHERE video_id = %s AND state ="
-                " 'running' AND progress > 0 ORDER BY idx LIMIT 1", (vid,)).fetchone()
+                " 'running' AND progress BETWEEN 0.01 AND 0.7 ORDER BY idx LIMIT 1",
+                (vid,)).fetchone()
         if row:
-            victim = (int(row["idx"]), int(str(row["lease_owner"]).rsplit(":", 1)[1]))
-        time.sleep(0.2)
-    assert victim is not None, "no unit started"
-    idx, pid = victim
-    os.kill(pid, signal.SIGKILL)
-    # Replace the killed worker so later tests keep two GPU workers.
-    stack.cli.run("up", check=True)
+            owner = str(row["lease_owner"])
+            os.kill(int(owner.rsplit(":", 1)[1]), signal.SIGKILL)
+            with stack.ctx.db() as conn:
+                after = conn.execute("SELECT state, lease_owner FROM work_units WHERE"
+                                     " video_id = %s AND idx = %s", (vid, row["idx"])).fetchone()
+            # The worker is dead either way; count it only if it died holding the unit.
+            if after["state"] == "running" and after["lease_owner"] == owner:
+                victim = int(row["idx"])
+            stack.cli.run("up", check=True)  # replace the killed worker
+        time.sleep(0.1)
+    assert victim is not None, "no worker was killed while holding a unit"
+    idx = victim
     job = stack.wait_status(vid, timeout_s=300)
     assert job["status"] == "done", job
     with stack.ctx.db() as conn:
@@ -216,7 +222,7 @@ def test_kill_9_of_a_worker_mid_video_still_ends_done_exactly_once(
             " FROM detections WHERE video_id = %s GROUP BY chunk_idx", (vid,)).fetchall()
         scenes = conn.execute("SELECT count(*) AS n FROM scenes WHERE video_id = %s",
                               (vid,)).fetchone()
-    assert len(units) == 4 and all(u["state"] == "done" for u in units)
+    assert len(units) >= 4 and all(u["state"] == "done" for u in units)
     assert units[idx]["attempts"] >= 2, "the killed unit was retried by another worker"
     assert all(r["n"] == r["uniq"] for r in per_chunk), "no detection was written twice"
     assert scenes["n"] >= 4

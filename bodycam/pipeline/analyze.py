@@ -184,7 +184,9 @@ def analyze_chunk(
     `stage_s` reports each stage's busy seconds (time blocked on a queue excluded): the
     stages overlap, so they add up to more than the wall time.
     """
-    decoder = ChunkDecoder(path, info, start_s, end_s, cfg, progress=progress)
+    # Progress follows detection, not decoding: the decoder runs ahead by up to two batches.
+    decoder = ChunkDecoder(path, info, start_s, end_s, cfg)
+    span = max(end_s - start_s, 1e-6)
     batches: queue.Queue[list[SampledFrame] | BaseException | None] = queue.Queue(maxsize=2)
     found_q: queue.Queue[_Found] = queue.Queue(maxsize=2)
     timing = {"decode": 0.0, "detect": 0.0, "embed": 0.0, "track": 0.0}
@@ -276,6 +278,7 @@ def analyze_chunk(
             found = detector.detect(item)
             timing["detect"] += time.perf_counter() - t0
             put(found_q, (item, found))
+            progress(min(0.99, (item[-1].t_s - start_s) / span))
     except BaseException:
         stop.set()
         raise
