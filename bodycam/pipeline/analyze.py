@@ -18,7 +18,7 @@ from bodycam.config import PipelineSettings
 from bodycam.domain import FaceDetection, FaceTrack, MediaInfo, SampledFrame, Scene
 from bodycam.pipeline.faces import FaceDetector, FaceEmbedder
 from bodycam.pipeline.frames import ChunkDecoder
-from bodycam.pipeline.tracks import Tracker, _center_distance, iou
+from bodycam.pipeline.tracks import Tracker, center_distance, iou
 
 
 @dataclass(frozen=True)
@@ -114,7 +114,7 @@ class EmbedPlanner:
             mine = []
             for k, st in live.items():
                 overlap = iou(st.last.box_px, d.box_px)
-                if overlap >= self.cfg.track_min_iou or _center_distance(
+                if overlap >= self.cfg.track_min_iou or center_distance(
                         st.last.box_px, d.box_px) < 1.5:
                     mine.append((k, overlap))
                     by_track[k] = by_track.get(k, 0) + 1

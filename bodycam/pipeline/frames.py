@@ -9,7 +9,7 @@ H.264 must be decoded in full either way (GUIDE: decode touches every frame).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -67,7 +67,6 @@ class ChunkDecoder:
     start_s: float
     end_s: float
     cfg: PipelineSettings
-    progress: Callable[[float], None] = lambda _f: None
     scenes: list[Scene] = field(default_factory=list)
     frames_decoded: int = 0
 
@@ -88,7 +87,6 @@ class ChunkDecoder:
         window: list[_Pending] = []  # decoded, not yet settled against late cut reports
         held: list[_Pending] = []  # settled frames of a young scene
         scene_start: _Pending | None = None
-        scene_times: list[float] = []
         next_grid = 0.0
         old = False
         cut_pts: set[int] = set()
@@ -103,7 +101,7 @@ class ChunkDecoder:
             return SampledFrame(p.index, p.pts, p.t_s, len(self.scenes), img, scale)
 
         def close_scene(end: _Pending | None) -> Iterator[SampledFrame]:
-            nonlocal held, scene_start, scene_times, old
+            nonlocal held, scene_start, old
             if scene_start is None:
                 return
             if not old:
@@ -118,7 +116,7 @@ class ChunkDecoder:
                 start_pts=scene_start.pts,
                 end_pts=end.pts if end else info.start_pts + int(last_t / tb),
             ))
-            held, scene_start, scene_times, old = [], None, [], False
+            held, scene_start, old = [], None, False
 
         def settle(p: _Pending) -> Iterator[SampledFrame]:
             nonlocal scene_start, next_grid, old, held
@@ -130,7 +128,6 @@ class ChunkDecoder:
             on_grid = rel >= next_grid - 1e-6
             if on_grid:
                 next_grid = (int(rel * cfg.sample_fps + 1e-6) + 1) / cfg.sample_fps
-            scene_times.append(p.t_s)
             if old:
                 if on_grid:
                     yield rgb(p)
@@ -142,7 +139,6 @@ class ChunkDecoder:
                     yield rgb(held[i])
                 held, old = [], True
 
-        span = max(self.end_s - self.start_s, 1e-6)
         for p in self._decode():
             self.frames_decoded += 1
             for c in cutter.process(p.pts - info.start_pts, p.frame):
@@ -150,14 +146,11 @@ class ChunkDecoder:
             window.append(p)
             while len(window) > lag:
                 yield from settle(window.pop(0))
-            if self.frames_decoded % 30 == 0:
-                self.progress(min(1.0, (p.t_s - self.start_s) / span))
         for c in cutter.finish():
             cut_pts.add(c + info.start_pts)
         for p in window:
             yield from settle(p)
         yield from close_scene(None)
-        self.progress(1.0)
 
     def _decode(self) -> Iterator[_Pending]:
         info = self.info

@@ -20,7 +20,7 @@ def iou(a: tuple[float, float, float, float], b: tuple[float, float, float, floa
     return inter / union if union > 0 else 0.0
 
 
-def _center_distance(a: tuple[float, float, float, float],
+def center_distance(a: tuple[float, float, float, float],
                      b: tuple[float, float, float, float]) -> float:
     """Distance between box centres in units of the larger box height."""
     ca = ((a[0] + a[2]) / 2, (a[1] + a[3]) / 2)
@@ -103,7 +103,7 @@ class Tracker:
         sim = trk.similarity(det)
         if sim is not None and sim < cfg.track_min_similarity:
             return None  # a different face, however close the boxes are
-        near = _center_distance(last.box_px, det.box_px) < 1.5
+        near = center_distance(last.box_px, det.box_px) < 1.5
         if overlap >= cfg.track_min_iou:
             return overlap + (sim if sim is not None else 0.0)
         if sim is not None and sim >= cfg.track_min_similarity + 0.15 and near:
