@@ -252,6 +252,8 @@ class Stack:
             user = "pgserver"
             entry = ensure_user_exists(user)
             assert entry is not None
+            # The account must reach the binaries and the data even inside a 0700 checkout.
+            ensure_prefix_permissions(self._pg_bin())
             ensure_folder_permissions(self._pg_bin().parent, 0o555)
             pgdata.mkdir(parents=True, exist_ok=True)
             ensure_prefix_permissions(pgdata)
