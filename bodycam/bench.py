@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from rich.console import Console
@@ -133,18 +134,30 @@ def synthetic_clip(settings: Settings, testdata: str, clip_s: float, out: Consol
     return path
 
 
-def naive_baseline(path: Path, seconds: float,
-                   embedder: FaceEmbedder) -> tuple[float, dict[str, float], int]:
+def naive_baseline(path: Path, seconds: float, embedder: FaceEmbedder,
+                   torch_threads: int) -> tuple[float, dict[str, float], int]:
     """facenet-pytorch's README recipe on the first `seconds` of a clip.
 
     Every frame decoded to full-resolution RGB, MTCNN(keep_all=True) with default settings
-    on every frame, every face embedded with the same embedder. Returns (video seconds
-    covered, seconds per stage, faces found).
+    on every frame, every face embedded with the same embedder. It runs with torch's default
+    thread count (`torch_threads`, read before our detector changed it). Returns (video
+    seconds covered, seconds per stage, faces found).
     """
-    import av
+    import torch
     from facenet_pytorch import MTCNN
 
-    mtcnn = MTCNN(keep_all=True)
+    ours = torch.get_num_threads()
+    torch.set_num_threads(torch_threads)
+    try:
+        return _naive_loop(path, seconds, embedder, MTCNN(keep_all=True))
+    finally:
+        torch.set_num_threads(ours)
+
+
+def _naive_loop(path: Path, seconds: float, embedder: FaceEmbedder,
+                mtcnn: Any) -> tuple[float, dict[str, float], int]:
+    import av
+
     stage = {"decode": 0.0, "detect": 0.0, "embed": 0.0}
     faces = 0
     t_last = 0.0
@@ -181,8 +194,10 @@ def naive_baseline(path: Path, seconds: float,
     return t_last + frame_s, stage, faces
 
 
-def bench_clip(settings: Settings, path: Path, out: Console) -> ClipFigures:
-    """Our pipeline on one whole clip, then the baseline on its first BASELINE_S seconds."""
+def bench_clip(settings: Settings, path: Path, out: Console,
+               torch_threads: int) -> ClipFigures:
+    """Our pipeline on one whole clip, then the baseline on its first BASELINE_S seconds
+    (with torch's default `torch_threads`)."""
     cfg = settings.pipeline
     info = probe(path, settings.limits)
     detector = Registry.detector(cfg)
@@ -199,7 +214,7 @@ def bench_clip(settings: Settings, path: Path, out: Console) -> ClipFigures:
     wall = time.perf_counter() - t0
     out.print(f"   ... {wall:.1f} s; now the naive baseline on the first {BASELINE_S:g} s ...")
     base_s, base_stage, base_faces = naive_baseline(path, min(BASELINE_S, info.duration_s),
-                                                    embedder)
+                                                    embedder, torch_threads)
     return ClipFigures(
         name=path.name, info=info, wall_s=wall, stage_s=dict(result.stage_s),
         frames_decoded=result.frames_decoded, frames_sampled=result.frames_sampled,
@@ -238,8 +253,9 @@ def _markdown(facts: dict[str, str], figs: list[ClipFigures], embedder: str,
             f"| {f.tracks} |")
     lines += [
         "",
-        "Stage seconds are each stage's busy time; decoding, detection and embedding run in "
-        "parallel threads, so they add up to more than the wall time.",
+        "Stage seconds are each stage's busy time (detection: summed over the batches it runs "
+        "in parallel; embedding: waiting for dlib's child processes included); the stages run "
+        "in parallel, so they add up to more than the wall time.",
         "",
         f"Naive baseline (facenet-pytorch README: decode every frame, `MTCNN(keep_all=True)` "
         f"on every full-resolution frame, embed every face with `{embedder}`), timed on the "
@@ -283,6 +299,7 @@ def run_pipeline_bench(settings: Settings, testdata: str, clip_s: float, out: Co
     if not example.exists():
         raise InvalidInputError(f"{example} not found: pass --testdata with the shared test data")
     facts = machine_facts()
+    default_threads = int(facts["torch threads"])
     facts_table = Table(title="Machine")
     facts_table.add_column("fact")
     facts_table.add_column("value")
@@ -290,7 +307,13 @@ def run_pipeline_bench(settings: Settings, testdata: str, clip_s: float, out: Co
         facts_table.add_row(k, v)
     out.print(facts_table)
     clip = synthetic_clip(settings, testdata, clip_s, out)
-    figs = [bench_clip(settings, p, out) for p in (clip, example)]
+    figs = [bench_clip(settings, p, out, default_threads) for p in (clip, example)]
+    import torch
+
+    detector = Registry.detector(settings.pipeline)
+    facts["torch threads"] = (f"{default_threads} by default; the pipeline's detector runs"
+                              f" {detector.concurrency} batches at a time with"
+                              f" {torch.get_num_threads()} each")
     table = Table(title=f"Face pipeline (embedder {settings.pipeline.embedder})")
     for col in ("clip", "video s", "wall s", "x real time", "decode s", "detect s", "embed s",
                 "track s", "embedded/dets", "tracks", "baseline s (est.)", "speed-up"):

@@ -64,7 +64,12 @@ class PipelineSettings(_Section):
     max_frame_side_px: int = Field(1920, ge=320, description="sampled frames are scaled to this")
     min_face_px: int = Field(40, ge=12, description="smallest face height detected, pixels")
     detector_threshold: float = Field(0.95, gt=0, lt=1, description="MTCNN final-stage probability")
-    batch_size: int = Field(16, ge=1, description="frames per detection batch")
+    # 8 measured best on the 2-core CPU (BENCHMARKS.md): with 16, a short clip's first batch
+    # kept one detection thread busy while the other had nothing; a GPU may want more.
+    batch_size: int = Field(8, ge=1, description="frames per detection batch")
+    detect_threads: int = Field(
+        0, ge=0, le=64, description="detection batches in parallel on CPU (0: auto, 2 on 2+ cores)"
+    )
     embedder: Literal["dlib-resnet", "facenet-vggface2"] = Field(
         "facenet-vggface2", description="face embedder; every stored vector records its model"
     )

@@ -14,6 +14,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from bodycam.errors import TransientError
+from bodycam.streams import read_full
 
 ORIGINALS = "originals/"
 INCOMING = "incoming/"
@@ -111,7 +112,7 @@ class ObjectStore:
         parts: list[dict[str, Any]] = []
         try:
             while True:
-                chunk = _read_full(stream, PART_BYTES)
+                chunk = read_full(stream, PART_BYTES)
                 if not chunk and parts:
                     break
                 size += len(chunk)
@@ -208,16 +209,3 @@ class ObjectStore:
             "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires_s
         )
         return url
-
-
-def _read_full(stream: IO[bytes], n: int) -> bytes:
-    """Read up to n bytes, looping over short reads."""
-    chunks: list[bytes] = []
-    left = n
-    while left > 0:
-        chunk = stream.read(left)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        left -= len(chunk)
-    return b"".join(chunks)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import subprocess
+import threading
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -15,10 +17,16 @@ from bodycam.config import LimitsSettings, PipelineSettings
 from bodycam.domain import FaceDetection
 from bodycam.errors import ModelUnavailableError
 from bodycam.media.probe import probe
-from bodycam.pipeline.faces import DlibResnetEmbedder, FacenetEmbedder, Registry
+from bodycam.pipeline.analyze import ChunkResult, analyze_chunk
+from bodycam.pipeline.faces import (
+    DlibResnetEmbedder,
+    FacenetEmbedder,
+    MtcnnDetector,
+    Registry,
+)
 from bodycam.pipeline.frames import ChunkDecoder, plan_samples
 from bodycam.pipeline.tracks import build_tracks
-from tests.conftest import HAMILTON, StackHandle
+from tests.conftest import HAMILTON, TESTDATA, StackHandle
 
 HAMILTON_CUTS = (0.667, 2.002, 2.736, 7.040)
 
@@ -74,6 +82,70 @@ def test_facenet_without_weights_says_how_to_provide_them(tmp_path: Path) -> Non
 
 
 # --- the real pipeline through the stack ----------------------------------------------------
+
+def test_dlib_descriptors_from_the_child_process_equal_dlib_in_process() -> None:
+    """The network runs in a child process (dlib holds the GIL); the vectors must not change."""
+    import dlib
+    from PIL import Image
+
+    rel, entry = next((k, v) for k, v in json.loads((TESTDATA / "faces.json").read_text()).items()
+                      if len(v["faces"]) >= 2)
+    image = np.asarray(Image.open(TESTDATA / rel).convert("RGB"))
+    boxes = [tuple(float(int(x)) for x in f[:4]) for f in entry["faces"][:3]]
+    emb = DlibResnetEmbedder(PipelineSettings(embedder="dlib-resnet"))
+    got = emb.embed(image, [FaceDetection(0, 0.0, 0, b, 0.99, (), 100.0) for b in boxes])
+    models = DlibResnetEmbedder._model_dir()
+    aligner = dlib.shape_predictor(str(models / "shape_predictor_5_face_landmarks.dat"))
+    net = dlib.face_recognition_model_v1(str(models / "dlib_face_recognition_resnet_model_v1.dat"))
+    shapes = dlib.full_object_detections()
+    for b in boxes:
+        shapes.append(aligner(image, dlib.rectangle(*(int(v) for v in b))))
+    want = np.asarray(net.compute_face_descriptor(image, shapes, 0), np.float32)
+    want /= np.linalg.norm(want, axis=1, keepdims=True)
+    assert got.shape == (len(boxes), 128)
+    assert np.array_equal(got, want)
+
+
+def test_a_descriptor_process_dying_mid_request_fails_that_request_only() -> None:
+    rel, entry = next(iter(json.loads((TESTDATA / "faces.json").read_text()).items()))
+    from PIL import Image
+
+    image = np.asarray(Image.open(TESTDATA / rel).convert("RGB"))
+    face = FaceDetection(0, 0.0, 0, tuple(float(x) for x in entry["faces"][0][:4]), 0.99, (), 1.0)
+    emb = DlibResnetEmbedder(PipelineSettings(embedder="dlib-resnet"))
+    first = emb.embed(image, [face])
+    proc = emb._net.children[0]._proc  # type: ignore[union-attr]
+    assert proc is not None
+    killer = threading.Timer(0.3, proc.kill)
+    killer.start()
+    with pytest.raises(ModelUnavailableError, match="died mid-request"):
+        emb.embed(image, [face] * 40)  # ~4 s of work: the kill lands while it runs
+    killer.join()
+    assert np.array_equal(emb.embed(image, [face]), first), "a new process serves the next call"
+
+
+def test_parallel_detection_hands_batches_to_the_tracker_in_frame_order() -> None:
+    info = probe(HAMILTON, LimitsSettings())
+    runs = []
+    for threads in (1, 3):
+        cfg = PipelineSettings(embedder="dlib-resnet", detect_threads=threads, batch_size=4)
+        detector = MtcnnDetector(cfg)
+        assert detector.concurrency == threads
+        res = analyze_chunk(HAMILTON, info, 0.0, 8.0, cfg, detector, Registry.embedder(cfg))
+        runs.append(res)
+    one, three = runs
+    assert [d.frame_index for _k, d in three.detections] == sorted(
+        d.frame_index for _k, d in three.detections)
+    # Torch's thread count differs between the runs (cores / concurrency), so boxes may differ
+    # in the last float bits; which faces, in which frames and tracks, must not.
+    def linked(res: ChunkResult) -> list[tuple[int | None, int, tuple[float, ...]]]:
+        return [(k, d.frame_index, tuple(round(v, 1) for v in d.box_px))
+                for k, d in res.detections]
+
+    assert linked(one) == linked(three)
+    spans = [[(t.start_s, t.end_s) for t in r.tracks] for r in runs]
+    assert spans[0] == spans[1] and spans[0]
+
 
 def test_hamilton_close_ups_have_tracks_and_no_track_spans_a_cut(
         stack: StackHandle, processed: object) -> None:

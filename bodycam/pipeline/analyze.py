@@ -6,7 +6,9 @@ import io
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -174,9 +176,11 @@ def analyze_chunk(
 ) -> ChunkResult:
     """Run the pipeline over [start_s, end_s) of a video file.
 
-    Three threads overlap, handing over through bounded queues (maxsize 2: a slow stage
-    blocks the one before it, nothing is dropped): decoding with scene detection, face
-    detection, and embedding with tracking (dlib and torch release the GIL). Only the
+    The stages overlap, handing over through bounded queues (maxsize 2: a slow stage blocks
+    the one before it, nothing is dropped): a thread decodes and cuts scenes, the detector
+    runs `detector.concurrency` batches at a time (torch releases the GIL), and a thread
+    embeds and tracks (dlib's network runs in child processes, since dlib holds the GIL;
+    results reach the tracker in frame order). Only the
     detections the tracker needs are embedded (EmbedPlanner); every track keeps a
     representative embedding. With embedder None (redact-only policy) faces are detected and
     tracked by overlap alone and no embedding is computed.
@@ -266,6 +270,24 @@ def analyze_chunk(
     producer.start()
     linker.start()
     sampled = 0
+    timing_lock = threading.Lock()
+
+    def detect(frames: list[SampledFrame]) -> list[list[FaceDetection]]:
+        t0 = time.perf_counter()
+        found = detector.detect(frames)
+        with timing_lock:
+            timing["detect"] += time.perf_counter() - t0
+        return found
+
+    def hand_over(done: tuple[list[SampledFrame], Future[list[list[FaceDetection]]]]) -> None:
+        frames, fut = done
+        put(found_q, (frames, fut.result()))
+        progress(min(0.99, (frames[-1].t_s - start_s) / span))
+
+    # Detection batches run `detector.concurrency` at a time; results go to the linker in
+    # frame order, which tracking needs.
+    in_flight: deque[tuple[list[SampledFrame], Future[list[list[FaceDetection]]]]] = deque()
+    pool = ThreadPoolExecutor(max_workers=detector.concurrency, thread_name_prefix="detect")
     try:
         while not errors:
             item = batches.get()
@@ -274,15 +296,16 @@ def analyze_chunk(
             if isinstance(item, BaseException):
                 raise item
             sampled += len(item)
-            t0 = time.perf_counter()
-            found = detector.detect(item)
-            timing["detect"] += time.perf_counter() - t0
-            put(found_q, (item, found))
-            progress(min(0.99, (item[-1].t_s - start_s) / span))
+            in_flight.append((item, pool.submit(detect, item)))
+            while len(in_flight) >= detector.concurrency and not errors:
+                hand_over(in_flight.popleft())
+        while in_flight and not errors:
+            hand_over(in_flight.popleft())
     except BaseException:
         stop.set()
         raise
     finally:
+        pool.shutdown(wait=True, cancel_futures=True)
         put(found_q, None)
         linker.join()
     if errors:

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import subprocess
+import sys
 import threading
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -18,7 +22,9 @@ import numpy as np
 from bodycam.config import PipelineSettings
 from bodycam.domain import FaceDetection, SampledFrame
 from bodycam.errors import ModelUnavailableError
+from bodycam.pipeline import dlib_child
 from bodycam.pipeline.mtcnn import MtcnnCascade
+from bodycam.streams import read_full
 
 log = logging.getLogger(__name__)
 
@@ -72,11 +78,15 @@ class FaceDetector(Protocol):
     name: str
     version: str
 
+    @property
+    def concurrency(self) -> int:
+        """How many batches may be detected at once (threads calling detect)."""
+
     def load(self) -> None:
         """Load weights once."""
 
     def detect(self, frames: Sequence[SampledFrame]) -> list[list[FaceDetection]]:
-        """Faces per frame, boxes in original display pixels."""
+        """Faces per frame, boxes in original display pixels; safe to call from threads."""
 
 
 class FaceEmbedder(Protocol):
@@ -113,18 +123,37 @@ class MtcnnDetector:
         self._model: Any = None
         self._cascade: MtcnnCascade | None = None
         self._lock = threading.Lock()
+        self._concurrency = 1
+
+    @property
+    def concurrency(self) -> int:
+        """Parallel detection batches: 1 on a GPU; on CPU `detect_threads` (auto: 2 with 2+
+        cores), each batch's torch ops then get an equal share of the cores (see load)."""
+        self.load()
+        return self._concurrency
 
     def load(self) -> None:
-        """Load the three networks (weights ship inside facenet-pytorch)."""
+        """Load the three networks (weights ship inside facenet-pytorch).
+
+        On CPU this sets torch's intra-op threads to cores / concurrency for the process:
+        one batch per core keeps both cores of a small machine busy while decoding and
+        embedding run beside it (torch's own threads idle-spin between PNet's small ops).
+        """
         with self._lock:
             if self._model is not None:
                 return
+            import torch
             from facenet_pytorch import MTCNN
 
+            device = torch_device(self.cfg.device)
+            if device == "cpu":
+                cores = os.cpu_count() or 1
+                self._concurrency = self.cfg.detect_threads or max(1, min(2, cores))
+                torch.set_num_threads(max(1, cores // self._concurrency))
             model = MTCNN(
                 keep_all=True, min_face_size=20,
                 thresholds=[0.6, 0.7, self.cfg.detector_threshold],
-                device=torch_device(self.cfg.device), select_largest=False,
+                device=device, select_largest=False,
             )
             self._cascade = MtcnnCascade(model.pnet, model.rnet, model.onet, model.thresholds,
                                          model.factor)
@@ -175,8 +204,132 @@ class MtcnnDetector:
         return found
 
 
+class _DescriptorProcess:
+    """One child running the dlib descriptor network (bodycam.pipeline.dlib_child: why).
+
+    Started on first use, restarted on the next request after it died, ended with its
+    parent (it exits at EOF on its stdin). Callers serialise access (_DescriptorPool).
+    """
+
+    def __init__(self, model_file: Path) -> None:
+        self.model_file = model_file
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._finalizer: weakref.finalize | None = None
+
+    def _start(self) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bodycam.pipeline.dlib_child", str(self.model_file)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
+        assert proc.stdout is not None
+        if proc.stdout.read(1) != dlib_child.READY:
+            code = proc.wait(timeout=30)
+            raise ModelUnavailableError(
+                f"the dlib descriptor process could not load {self.model_file.name} "
+                f"(exit code {code}; its error is in this process's stderr)")
+        self._finalizer = weakref.finalize(self, _stop_child, proc)
+        return proc
+
+    def start(self) -> None:
+        """Start the child unless it is running."""
+        if self._proc is None or self._proc.poll() is not None:
+            self._proc = self._start()
+
+    def send(self, chips: np.ndarray) -> bool:
+        """Write one request (n x 150 x 150 x 3 uint8); False if the child has died.
+
+        The child reads a whole request before working on it, so sends to several children
+        never wait on each other's work."""
+        self.start()
+        assert self._proc is not None and self._proc.stdin is not None
+        try:
+            self._proc.stdin.write(dlib_child.COUNT.pack(len(chips)))
+            self._proc.stdin.write(chips.tobytes())
+            self._proc.stdin.flush()
+        except OSError:  # BrokenPipeError included
+            return False
+        return True
+
+    def receive(self, n: int) -> np.ndarray:
+        """The answer to the request just sent (n x 128 float32)."""
+        assert self._proc is not None and self._proc.stdout is not None
+        try:
+            raw = read_full(self._proc.stdout, n * dlib_child.DIM * 4)
+        except OSError:
+            raw = b""
+        if len(raw) < n * dlib_child.DIM * 4:
+            code = self._proc.poll()
+            self.close()
+            raise ModelUnavailableError(
+                f"the dlib descriptor process died mid-request (exit code {code})")
+        return np.frombuffer(raw, np.float32).reshape(n, dlib_child.DIM).copy()
+
+    def close(self) -> None:
+        """Stop the child now (it would stop with this process anyway)."""
+        if self._finalizer is not None:
+            self._finalizer()  # runs once: closes stdin, reaps
+        self._proc = None
+
+
+class _DescriptorPool:
+    """Descriptor children, one per core up to two: a frame's faces are split between them.
+
+    On a small machine the pipeline is CPU-bound and one child keeps up; a crowd (dozens of
+    faces in a frame) or a photo gallery is described twice as fast by two. Requests from
+    several threads are serialised.
+    """
+
+    def __init__(self, model_file: Path) -> None:
+        n = max(1, min(2, os.cpu_count() or 1))
+        self.children = [_DescriptorProcess(model_file) for _ in range(n)]
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        """Start every child now (each loads the network: load errors surface here)."""
+        with self._lock:
+            for child in self.children:
+                child.start()
+
+    def describe(self, chips: Sequence[np.ndarray]) -> np.ndarray:
+        """Descriptors (n x 128, float32) of aligned 150x150 RGB chips, in order."""
+        batch = np.ascontiguousarray(np.stack(chips), dtype=np.uint8)
+        parts = [p for p in np.array_split(batch, min(len(self.children), len(batch))) if len(p)]
+        with self._lock:
+            sent = [child.send(part) for child, part in zip(self.children, parts, strict=False)]
+            out, failure = [], None
+            for child, part, ok in zip(self.children, parts, sent, strict=False):
+                try:
+                    if not ok:
+                        child.close()
+                        raise ModelUnavailableError(
+                            "the dlib descriptor process died mid-request (broken pipe)")
+                    out.append(child.receive(len(part)))
+                except ModelUnavailableError as exc:
+                    failure = failure or exc  # keep reading the others: their pipes stay in step
+        if failure is not None:
+            raise failure
+        return np.concatenate(out)
+
+
+def _stop_child(proc: subprocess.Popen[bytes]) -> None:
+    """Close the child's stdin (it exits at EOF) and reap it; kill it if it lingers."""
+    try:
+        if proc.stdin is not None:
+            proc.stdin.close()
+        proc.wait(timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        proc.kill()
+        proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()
+
+
 class DlibResnetEmbedder:
-    """dlib's ResNet face descriptor (128-d); weights ship in face_recognition_models."""
+    """dlib's ResNet face descriptor (128-d); weights ship in face_recognition_models.
+
+    Faces are aligned here with dlib's 5-point model into 150x150 chips (dlib's own
+    `get_face_chip`, padding 0.25, as `compute_face_descriptor` does); the network runs in a
+    child process because dlib holds the GIL while it runs (see dlib_child).
+    """
 
     name = "dlib-resnet"
     version = "dlib_face_recognition_resnet_model_v1"
@@ -184,15 +337,16 @@ class DlibResnetEmbedder:
 
     def __init__(self, cfg: PipelineSettings) -> None:
         self.cfg = cfg
-        self._encoder: Any = None
+        self._net: _DescriptorPool | None = None
         self._shapes: Any = None
         self._sha = ""
         self._lock = threading.Lock()
 
     @property
     def weights_sha256(self) -> str:
-        """SHA-256 of the descriptor network file."""
-        self.load()
+        """SHA-256 of the descriptor network file (no process is started for it)."""
+        with self._lock:
+            self._load_files()
         return self._sha
 
     @staticmethod
@@ -206,35 +360,46 @@ class DlibResnetEmbedder:
                 "pip install face_recognition_models dlib-bin")
         return Path(next(iter(spec.submodule_search_locations))) / "models"
 
-    def load(self) -> None:
-        """Load the 5-point aligner and the descriptor network."""
-        with self._lock:
-            if self._encoder is not None:
-                return
+    def _load_files(self) -> Path:
+        """The aligner loaded and the network file hashed (under self._lock); its path."""
+        models = self._model_dir()
+        rec = models / "dlib_face_recognition_resnet_model_v1.dat"
+        if self._shapes is None:
             import dlib
 
             # Read the files' paths directly: the package's own helper needs pkg_resources.
-            models = self._model_dir()
-            rec = models / "dlib_face_recognition_resnet_model_v1.dat"
-            shapes = models / "shape_predictor_5_face_landmarks.dat"
-            self._shapes = dlib.shape_predictor(str(shapes))
-            self._encoder = dlib.face_recognition_model_v1(str(rec))
+            if not rec.exists():
+                raise ModelUnavailableError(f"{rec} is missing: reinstall face_recognition_models")
             self._sha = sha256_file(rec)
+            self._shapes = dlib.shape_predictor(
+                str(models / "shape_predictor_5_face_landmarks.dat"))
+        return rec
+
+    def load(self) -> None:
+        """Load the 5-point aligner; hash the descriptor network and start its processes."""
+        with self._lock:
+            if self._net is not None:
+                return
+            net = _DescriptorPool(self._load_files())
+            net.start()
+            self._net = net
 
     def embed(self, image: np.ndarray, faces: Sequence[FaceDetection],
               scale: float = 1.0) -> np.ndarray:
         """Align each face with dlib's 5-point model, then describe it."""
         self.load()
+        assert self._net is not None
         if not faces:
             return np.zeros((0, self.dim), np.float32)
         import dlib
 
-        shapes = dlib.full_object_detections()
+        chips = []
         for f in faces:
             x1, y1, x2, y2 = (v * scale for v in f.box_px)
-            shapes.append(self._shapes(image, dlib.rectangle(int(x1), int(y1), int(x2), int(y2))))
-        vecs = np.asarray(self._encoder.compute_face_descriptor(image, shapes, 0), np.float32)
-        return _l2(vecs.reshape(len(faces), self.dim))
+            shape = self._shapes(image, dlib.rectangle(int(x1), int(y1), int(x2), int(y2)))
+            chips.append(dlib.get_face_chip(image, shape, dlib_child.CHIP_PX,
+                                            dlib_child.CHIP_PADDING))
+        return _l2(self._net.describe(chips))
 
 
 class FacenetEmbedder:

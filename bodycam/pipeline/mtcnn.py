@@ -12,6 +12,11 @@ box regression and non-maximum suppression, but:
 - cuts the RNet (24x24) and ONet (48x48) candidates with OpenCV on uint8 crops and runs each
   network once for all candidates of the batch.
 
+The networks run on whichever device their weights are on (CUDA when present); candidate
+boxes are handled on the CPU between stages. Inputs are permuted from N x H x W x C arrays,
+so on CPU they are already channels-last in memory, the layout torch's CPU convolutions and
+pooling run fastest in.
+
 Boxes, probabilities and landmarks come back in the input image's pixels.
 """
 
@@ -39,8 +44,16 @@ class MtcnnCascade:
     def __init__(self, pnet: Any, rnet: Any, onet: Any, thresholds: Sequence[float],
                  factor: float = 0.709) -> None:
         self.pnet, self.rnet, self.onet = pnet, rnet, onet
+        self.device = next(pnet.parameters()).device
         self.thresholds = tuple(thresholds)
         self.factor = factor
+
+    def _input(self, batch: np.ndarray) -> Any:
+        """uint8 N x H x W x 3 -> the networks' normalised float input on their device."""
+        import torch
+
+        x = torch.from_numpy(batch).to(self.device).permute(0, 3, 1, 2).float()
+        return (x - 127.5) * 0.0078125
 
     def scales(self, height_px: int, width_px: int, min_face_px: float) -> list[float]:
         """Pyramid scales, as in facenet-pytorch: first maps min_face_px to 12 px."""
@@ -87,9 +100,7 @@ class MtcnnCascade:
         for scale in self.scales(h, w, min_face_px):
             size = (int(w * scale + 1), int(h * scale + 1))
             levels = [cv2.resize(img, size, interpolation=cv2.INTER_AREA) for img in levels]
-            x = torch.from_numpy(np.stack(levels)).permute(0, 3, 1, 2).float()
-            x = (x - 127.5) * 0.0078125
-            reg, probs = self.pnet(x)
+            reg, probs = (t.cpu() for t in self.pnet(self._input(np.stack(levels))))
             b, i = generateBoundingBox(reg, probs[:, 1], scale, self.thresholds[0])
             if len(b):
                 pick = batched_nms(b[:, :4], b[:, 4], i, 0.5)
@@ -112,7 +123,7 @@ class MtcnnCascade:
         # Stage 2: RNet on 24x24 crops.
         boxes, inds, crops = self._crops(images, boxes, inds, 24, w, h)
         if len(boxes):
-            reg, score = self.rnet(crops)
+            reg, score = (t.cpu() for t in self.rnet(self._input(crops)))
             keep = score[:, 1] > self.thresholds[1]
             boxes = torch.cat((boxes[keep, :4], score[keep, 1:2]), dim=1)
             inds, reg = inds[keep], reg[keep]
@@ -126,7 +137,7 @@ class MtcnnCascade:
         boxes, inds, crops = self._crops(images, boxes, inds, 48, w, h)
         if not len(boxes):
             return [empty] * n
-        reg, pts, score = self.onet(crops)
+        reg, pts, score = (t.cpu() for t in self.onet(self._input(crops)))
         keep = score[:, 1] > self.thresholds[2]
         boxes = torch.cat((boxes[keep, :4], score[keep, 1:2]), dim=1)
         inds, reg, pts = inds[keep], reg[keep], pts[keep]
@@ -150,7 +161,7 @@ class MtcnnCascade:
 
     @staticmethod
     def _crops(images: Sequence[np.ndarray], boxes: Any, inds: Any, size: int, w: int,
-               h: int) -> tuple[Any, Any, Any]:
+               h: int) -> tuple[Any, Any, np.ndarray]:
         """Square candidates clipped to the frame (as facenet-pytorch does), area-resized.
 
         OpenCV's INTER_AREA on the uint8 crop is the same resampling as facenet-pytorch's
@@ -171,5 +182,4 @@ class MtcnnCascade:
                                      interpolation=cv2.INTER_AREA)
                           for k in np.flatnonzero(valid)] or [np.zeros((size, size, 3), np.uint8)])
         keep = torch.from_numpy(valid)
-        x = torch.from_numpy(crops[:int(valid.sum())]).permute(0, 3, 1, 2).float()
-        return boxes[keep], inds[keep], (x - 127.5) * 0.0078125
+        return boxes[keep], inds[keep], crops[:int(valid.sum())]
