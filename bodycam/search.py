@@ -144,8 +144,10 @@ def candidate_tracks(conn: Conn, settings: Settings, query: Query, case_id: str,
     """(track_id, exact cosine similarity) of the k nearest tracks, best first.
 
     Small filtered sets are scanned exactly; larger ones use the model's HNSW index with an
-    iterative scan so that a WHERE filter never starves the result. Candidates are then
-    re-ranked exactly with the stored vectors.
+    iterative scan so that a WHERE filter never starves the result. Every candidate's
+    similarity is then computed exactly from its stored vector (in Postgres, so vectors never
+    cross the wire: 400 512-d vectors as text cost more than the search) and the candidates
+    of all query vectors are re-ranked by it.
     """
     dim = DIMS.get(query.model)
     if dim is None:
@@ -166,23 +168,20 @@ def candidate_tracks(conn: Conn, settings: Settings, query: Query, case_id: str,
     if not exact:
         conn.execute(f"SET LOCAL hnsw.ef_search = {int(settings.search.ef_search)}")
         conn.execute("SET LOCAL hnsw.iterative_scan = strict_order")
+    distance = f"(t.embedding::vector({dim}) <=> %(q)s::vector({dim}))"
     # `+ 0` keeps the planner off the approximate index for the exact scan.
-    order = f"(t.embedding::vector({dim}) <=> %(q)s::vector({dim}))" + (" + 0" if exact else "")
-    found: dict[str, np.ndarray] = {}
+    order = distance + (" + 0" if exact else "")
+    best: dict[str, float] = {}
     for vec in query.vectors:
         params["q"] = Vector(vec)
         rows = conn.execute(
-            f"SELECT t.id::text AS id, t.embedding FROM tracks t JOIN videos v ON v.id ="
-            f" t.video_id WHERE {where} ORDER BY {order} LIMIT %(k)s", params).fetchall()
+            f"SELECT t.id::text AS id, 1 - {distance} AS sim FROM tracks t JOIN videos v"
+            f" ON v.id = t.video_id WHERE {where} ORDER BY {order} LIMIT %(k)s",
+            params).fetchall()
         for r in rows:
-            found[r["id"]] = np.asarray(r["embedding"].to_numpy(), np.float32)
-    if not found:
-        return []
-    ids = list(found)
-    mat = np.stack([found[i] for i in ids])
-    sims = np.max(mat @ np.stack(query.vectors).T, axis=1)
-    order_idx = np.argsort(-sims)
-    return [(ids[i], float(sims[i])) for i in order_idx[:k]]
+            best[r["id"]] = max(best.get(r["id"], -1.0), float(r["sim"]))
+    ranked = sorted(best.items(), key=lambda item: -item[1])
+    return ranked[:k]
 
 
 # Scores this close count as a tie: a track is a lead for every subject that ties for best

@@ -101,6 +101,32 @@ def test_p06_enrolled_from_one_photo_is_found_first_in_the_hamilton_close_up(
     assert _covers_close_up(by_photo["results"][0]["start_s"], by_photo["results"][0]["end_s"])
 
 
+def test_both_candidate_paths_return_the_cases_nearest_tracks_with_exact_similarity(
+        stack: StackHandle, hamilton: tuple[str, str], processed: object) -> None:
+    """The same clip in another case puts identical vectors beside the case's own in the
+    index: the case filter must drop them without losing any of the case's neighbours, on the
+    exact scan and on the HNSW path (iterative scan), with each similarity computed exactly."""
+    processed(HAMILTON, "T-SEARCH-OTHER")  # type: ignore[operator]
+    query = search.query_from_photo(stack.ctx.settings, str(P06))
+    with stack.ctx.db() as conn:
+        rows = conn.execute(
+            "SELECT t.id::text AS id, t.embedding FROM tracks t JOIN videos v ON v.id ="
+            " t.video_id WHERE v.case_id = %s AND t.model = %s AND t.embedding IS NOT NULL",
+            (HAM_CASE, query.model)).fetchall()
+        ids = [r["id"] for r in rows]
+        sims = np.stack([r["embedding"].to_numpy() for r in rows]) @ query.vectors[0]
+        k = min(5, len(ids))
+        want = [ids[i] for i in np.argsort(-sims)[:k]]
+        for exact_scan_max in (10**9, 0):
+            settings = stack.ctx.settings.model_copy(update={
+                "search": stack.ctx.settings.search.model_copy(
+                    update={"exact_scan_max": exact_scan_max})})
+            got = search.candidate_tracks(conn, settings, query, HAM_CASE, search.Filters(), k)
+            assert [tid for tid, _s in got] == want, exact_scan_max
+            for tid, sim in got:
+                assert abs(sim - float(sims[ids.index(tid)])) < 1e-5
+
+
 def test_search_refuses_a_missing_case_or_purpose_and_a_threshold_below_the_floor(
         stack: StackHandle) -> None:
     base = ["search", "--photo", str(P06)]
