@@ -126,10 +126,25 @@ def video_uuid(v: int) -> uuid.UUID:
 # --- loading ---------------------------------------------------------------------------------
 
 def _index_sql() -> dict[str, str]:
-    """The migration's CREATE INDEX statement for each HNSW index, by index name."""
-    text = (resources.files("bodycam.db") / "migrations" / "001_evidence_jobs.sql").read_text()
-    found = re.findall(r"(CREATE INDEX (tracks_hnsw_\w+) ON tracks\s+USING hnsw[^;]+);", text)
-    return {name: " ".join(stmt.split()) for stmt, name in found}
+    """The migrations' latest CREATE INDEX statement for each HNSW index, by index name."""
+    out: dict[str, str] = {}
+    folder = resources.files("bodycam.db") / "migrations"
+    for path in sorted((p for p in folder.iterdir() if p.name.endswith(".sql")),
+                       key=lambda p: p.name):
+        found = re.findall(r"(CREATE INDEX (tracks_hnsw_\w+) ON tracks\s+USING hnsw[^;]+);",
+                           path.read_text())
+        out.update({name: " ".join(stmt.split()) for stmt, name in found})
+    return out
+
+
+def _build_params(stmt: str) -> tuple[int, int]:
+    """(m, ef_construction) of a CREATE INDEX statement; pgvector's defaults when absent."""
+    m = re.search(r"\bm = (\d+)", stmt)
+    ef = re.search(r"\bef_construction = (\d+)", stmt)
+    return (int(m.group(1)) if m else 16, int(ef.group(1)) if ef else 64)
+
+
+MIGRATION_M, MIGRATION_EF_CONSTRUCTION = _build_params(_index_sql()["tracks_hnsw_dlib"])
 
 
 def load_videos(conn: psycopg.Connection[Any], n_cases: int, n_videos: int) -> None:
@@ -171,14 +186,13 @@ def load_tracks(conn: psycopg.Connection[Any], data: Synthetic, model: str,
 
 
 def build_index(conn: psycopg.Connection[Any], model: str, maintenance_work_mem: str,
-                workers: int, m: int = 16, ef_construction: int = 64) -> float:
-    """Create the migration's HNSW index of one model (optionally with other build
-    parameters than pgvector's defaults m=16, ef_construction=64). Returns seconds taken."""
+                workers: int, m: int, ef_construction: int) -> float:
+    """Create the migrations' HNSW index of one model with these build parameters (the
+    migrations' own unless the bench is told otherwise). Returns seconds taken."""
     name = INDEX_FOR_MODEL[model]
-    stmt = _index_sql()[name]
-    if (m, ef_construction) != (16, 64):
-        stmt = stmt.replace(" WHERE ", f" WITH (m = {int(m)}, ef_construction ="
-                                       f" {int(ef_construction)}) WHERE ")
+    stmt = re.sub(r" WITH \([^)]*\)", "", _index_sql()[name])
+    stmt = stmt.replace(" WHERE ", f" WITH (m = {int(m)}, ef_construction ="
+                                   f" {int(ef_construction)}) WHERE ")
     conn.execute(f"SET maintenance_work_mem = '{maintenance_work_mem}'")
     conn.execute(f"SET max_parallel_maintenance_workers = {int(workers)}")
     t0 = time.perf_counter()
@@ -274,12 +288,28 @@ def machine_facts() -> dict[str, object]:
 
 # --- the run ---------------------------------------------------------------------------------
 
+def _check_reusable(conn: psycopg.Connection[Any], model: str, n: int, m: int,
+                    ef_construction: int) -> None:
+    """--reuse: the table must hold exactly this run's tracks, indexed with its parameters."""
+    row = conn.execute("SELECT count(*) FROM tracks WHERE model = %s", (model,)).fetchone()
+    opts = conn.execute("SELECT reloptions FROM pg_class WHERE relname = %s",
+                        (INDEX_FOR_MODEL[model],)).fetchone()
+    have = dict(o.split("=", 1) for o in ((opts[0] if opts else None) or []))
+    built = (int(have.get("m", 16)), int(have.get("ef_construction", 64)))
+    if row is None or row[0] != n or opts is None or built != (m, ef_construction):
+        raise SystemExit(f"--reuse: the bench stack does not hold {n} {model} tracks indexed"
+                         f" with m={m}, ef_construction={ef_construction}; run without --reuse")
+
+
 def run_dim(stack_state: dict[str, object], admin_url: str, app_url: str, dim: int, n: int,
             n_queries: int, args: argparse.Namespace, log: Callable[[str], None],
-            save: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+            save: Callable[[dict[str, Any]], None],
+            previous: dict[str, Any] | None = None) -> dict[str, Any]:
     """Load, index and measure one dimension; `save` gets the record after each measurement.
 
-    Returns the result record.
+    With `previous` (the saved record of the run that loaded this stack, --reuse), the tracks
+    and index already in the stack are measured again instead; the vectors are regenerated
+    from the seed for the ground truth. Returns the result record.
     """
     model = MODEL_FOR_DIM[dim]
     log(f"[{dim}-d] generating {n} vectors")
@@ -290,24 +320,31 @@ def run_dim(stack_state: dict[str, object], admin_url: str, app_url: str, dim: i
                   if p["name"] == "postgres")
     with niced(pg_pid, args.nice), psycopg.connect(admin_url, autocommit=True) as conn:
         register_vector(conn)
-        conn.execute("SET synchronous_commit = off")
-        for name in INDEX_FOR_MODEL.values():
-            conn.execute(f"DROP INDEX IF EXISTS {name}")
-        load_videos(conn, args.cases, args.videos)
-        log(f"[{dim}-d] copying tracks")
-        copy_s = load_tracks(conn, data, model, log)
-        log(f"[{dim}-d] copied in {copy_s:.0f} s; building HNSW")
-        load_before = os.getloadavg()
-        build_s = build_index(conn, model, args.maintenance_work_mem, args.build_workers,
-                              args.m, args.ef_construction)
-        log(f"[{dim}-d] index built in {build_s:.0f} s")
-        for other, name in INDEX_FOR_MODEL.items():  # the schema keeps both indexes
-            if other != model:
-                conn.execute(_index_sql()[name])
-        t1 = time.perf_counter()
-        conn.execute("VACUUM ANALYZE videos")
-        conn.execute("VACUUM ANALYZE tracks")
-        vacuum_s = time.perf_counter() - t1
+        if previous is not None:
+            _check_reusable(conn, model, n, args.m, args.ef_construction)
+            log(f"[{dim}-d] reusing the loaded tracks and index (built {previous['measured_at']})")
+            copy_s, build_s, vacuum_s = (float(previous[k]) for k in ("copy_s", "build_s",
+                                                                       "vacuum_s"))
+            load_before = tuple(previous["load_avg_before_build"])
+        else:
+            conn.execute("SET synchronous_commit = off")
+            for name in INDEX_FOR_MODEL.values():
+                conn.execute(f"DROP INDEX IF EXISTS {name}")
+            load_videos(conn, args.cases, args.videos)
+            log(f"[{dim}-d] copying tracks")
+            copy_s = load_tracks(conn, data, model, log)
+            log(f"[{dim}-d] copied in {copy_s:.0f} s; building HNSW")
+            load_before = os.getloadavg()
+            build_s = build_index(conn, model, args.maintenance_work_mem, args.build_workers,
+                                  args.m, args.ef_construction)
+            log(f"[{dim}-d] index built in {build_s:.0f} s")
+            for other, name in INDEX_FOR_MODEL.items():  # the schema keeps both indexes
+                if other != model:
+                    conn.execute(_index_sql()[name])
+            t1 = time.perf_counter()
+            conn.execute("VACUUM ANALYZE videos")
+            conn.execute("VACUUM ANALYZE tracks")
+            vacuum_s = time.perf_counter() - t1
         size = conn.execute("SELECT pg_size_pretty(pg_relation_size(%s::regclass)),"
                             " pg_size_pretty(pg_total_relation_size('tracks'))",
                             (INDEX_FOR_MODEL[model],)).fetchone()
@@ -316,7 +353,8 @@ def run_dim(stack_state: dict[str, object], admin_url: str, app_url: str, dim: i
             " WHERE extname = 'vector'), current_setting('shared_buffers'),"
             " current_setting('work_mem')").fetchone()
     assert size is not None and versions is not None
-    load_during_build = os.getloadavg()
+    load_during_build = (tuple(previous["load_avg_after_build"]) if previous is not None
+                         else os.getloadavg())
 
     ids = data.rng.integers(0, len(data.centres), n_queries)
     queries = data.sample(ids)
@@ -329,14 +367,19 @@ def run_dim(stack_state: dict[str, object], admin_url: str, app_url: str, dim: i
         "identities": len(data.centres), "cases": args.cases, "videos": args.videos,
         "postgres": versions[0], "pgvector": versions[1], "shared_buffers": versions[2],
         "work_mem": versions[3], "hnsw_m": args.m, "hnsw_ef_construction": args.ef_construction,
-        "maintenance_work_mem": args.maintenance_work_mem,
-        "max_parallel_maintenance_workers": args.build_workers,
+        # How the index was built: by the loading run when reused.
+        "maintenance_work_mem": (previous or {}).get("maintenance_work_mem",
+                                                     args.maintenance_work_mem),
+        "max_parallel_maintenance_workers": (previous or {}).get(
+            "max_parallel_maintenance_workers", args.build_workers),
         "copy_s": round(copy_s, 1), "build_s": round(build_s, 1), "vacuum_s": round(vacuum_s, 1),
         "index_size": size[0], "table_size": size[1],
         "load_avg_before_build": [round(x, 2) for x in load_before],
         "load_avg_after_build": [round(x, 2) for x in load_during_build],
         "plan": plan, "unfiltered": [], "filtered": [],
         "machine": machine_facts(), "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "built_at": (previous or {}).get("built_at", previous["measured_at"] if previous
+                                         else datetime.now(UTC).isoformat(timespec="seconds")),
     }
 
     for ef in args.ef:
@@ -385,7 +428,8 @@ def render_section(results: list[dict[str, Any]], notes: str = "") -> str:
             f"Machine: {m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB RAM, shared with other"
             " test runs (load averages below). "
             f"PostgreSQL {results[0]['postgres']} + pgvector {results[0]['pgvector']} from the"
-            f" embedded stack (shared_buffers {results[0]['shared_buffers']}, untuned).",
+            f" embedded stack (shared_buffers {results[0]['shared_buffers']}: the embedded"
+            " default, a quarter of RAM).",
             "",
             "Data: synthetic clustered unit vectors (identities around 200 look-alike groups,"
             " cosine ~0.5 between look-alikes, ~0.8 between two tracks of one person, ~10 tracks"
@@ -402,10 +446,13 @@ def render_section(results: list[dict[str, Any]], notes: str = "") -> str:
             f"### {r['dim']}-d ({r['model']}), N = {r['n']:,} tracks, HNSW m={r['hnsw_m']},"
             f" ef_construction={r['hnsw_ef_construction']}",
             "",
-            "- The migration's partial expression index"
-            + (" (pgvector's default build parameters)"
+            "- The migrations' partial expression index, built with"
+            + (" the shipped parameters (migration 006)"
+               if (r["hnsw_m"], r["hnsw_ef_construction"])
+               == (MIGRATION_M, MIGRATION_EF_CONSTRUCTION)
+               else " pgvector's default parameters (before migration 006)"
                if (r["hnsw_m"], r["hnsw_ef_construction"]) == (16, 64)
-               else " with non-default build parameters") + "; maintenance_work_mem"
+               else " other parameters than the shipped ones") + "; maintenance_work_mem"
             f" {r['maintenance_work_mem']}, max_parallel_maintenance_workers"
             f" {r['max_parallel_maintenance_workers']}.",
             f"- COPY {r['copy_s']:.0f} s; index build {r['build_s']:.0f} s"
@@ -467,10 +514,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--maintenance-work-mem", default="6GB")
     p.add_argument("--build-workers", type=int, default=1,
                    help="max_parallel_maintenance_workers for the HNSW build")
-    p.add_argument("--m", type=int, default=16, help="HNSW m (migration: pgvector default 16)")
-    p.add_argument("--ef-construction", type=int, default=64,
-                   help="HNSW ef_construction (migration: pgvector default 64)")
+    p.add_argument("--m", type=int, default=MIGRATION_M,
+                   help=f"HNSW m (migrations: {MIGRATION_M})")
+    p.add_argument("--ef-construction", type=int, default=MIGRATION_EF_CONSTRUCTION,
+                   help=f"HNSW ef_construction (migrations: {MIGRATION_EF_CONSTRUCTION})")
     p.add_argument("--skip-filtered", action="store_true", help="only the unfiltered sweep")
+    p.add_argument("--reuse", action="store_true",
+                   help="measure the tracks and index already loaded by the run that wrote"
+                        " this dim's result file (same --n/--m/--ef-construction/--tag)")
     p.add_argument("--tag", default="", help="suffix of the result file (variants of one dim)")
     p.add_argument("--nice", type=int, default=10, help="Postgres niceness while loading")
     p.add_argument("--results", type=Path, help="where result JSON goes (default HOME/results)")
@@ -504,8 +555,13 @@ def main(argv: list[str] | None = None) -> None:
             def save(rec: dict[str, Any], out: Path = out) -> None:
                 out.write_text(json.dumps(rec, indent=2))
 
+            previous = None
+            if args.reuse:
+                if not out.exists():
+                    raise SystemExit(f"--reuse: {out} (the loading run's record) is missing")
+                previous = json.loads(out.read_text())
             run_dim(state, svc.admin_database_url, svc.database_url, dim, args.n,
-                    args.queries, args, log, save)
+                    args.queries, args, log, save, previous)
             log(f"wrote {out}")
             if args.write_md:
                 _render(results_dir, args.write_md)
