@@ -294,17 +294,24 @@ class _DescriptorPool:
         batch = np.ascontiguousarray(np.stack(chips), dtype=np.uint8)
         parts = [p for p in np.array_split(batch, min(len(self.children), len(batch))) if len(p)]
         with self._lock:
-            sent = [child.send(part) for child, part in zip(self.children, parts, strict=False)]
-            out, failure = [], None
-            for child, part, ok in zip(self.children, parts, sent, strict=False):
-                try:
-                    if not ok:
-                        child.close()
-                        raise ModelUnavailableError(
-                            "the dlib descriptor process died mid-request (broken pipe)")
-                    out.append(child.receive(len(part)))
-                except ModelUnavailableError as exc:
-                    failure = failure or exc  # keep reading the others: their pipes stay in step
+            try:
+                sent = [child.send(part)
+                        for child, part in zip(self.children, parts, strict=False)]
+                out, failure = [], None
+                for child, part, ok in zip(self.children, parts, sent, strict=False):
+                    try:
+                        if not ok:
+                            child.close()
+                            raise ModelUnavailableError(
+                                "the dlib descriptor process died mid-request (broken pipe)")
+                        out.append(child.receive(len(part)))
+                    except ModelUnavailableError as exc:
+                        failure = failure or exc  # read the others: their pipes stay in step
+            except BaseException:
+                # A child may hold an answer nobody will read: start them all afresh.
+                for child in self.children:
+                    child.close()
+                raise
         if failure is not None:
             raise failure
         return np.concatenate(out)
