@@ -378,8 +378,6 @@ def run_dim(stack_state: dict[str, object], admin_url: str, app_url: str, dim: i
         "load_avg_after_build": [round(x, 2) for x in load_during_build],
         "plan": plan, "unfiltered": [], "filtered": [],
         "machine": machine_facts(), "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "built_at": (previous or {}).get("built_at", previous["measured_at"] if previous
-                                         else datetime.now(UTC).isoformat(timespec="seconds")),
     }
 
     for ef in args.ef:
