@@ -64,6 +64,8 @@ def _jpeg(img: np.ndarray) -> bytes:
 
 
 _Found = tuple[list[SampledFrame], list[list[FaceDetection]]] | BaseException | None
+_STOPPED = object()  # what a queue read returns once the pipeline has been told to stop
+_POLL_S = 0.2
 
 # Embedding policy (see EmbedPlanner): a track is re-embedded at least every this many samples
 # (2 s at the default 5 fps), when a detection's quality beats the best embedded one of its
@@ -196,16 +198,29 @@ def analyze_chunk(
     timing = {"decode": 0.0, "detect": 0.0, "embed": 0.0, "track": 0.0}
     stop = threading.Event()
 
+    # Every hand-over polls `stop`, both ways: once any stage fails (or the lease is lost)
+    # no put and no get blocks for ever, even though the end-of-work sentinel of a stage
+    # that gave up is never delivered. A worker hung on a queue would keep renewing its
+    # lease while doing nothing (GUIDE: pitfalls).
     def put(q: queue.Queue[Any], item: Any) -> float:
-        """Blocking put that gives up when the consumer has failed; returns seconds waited."""
+        """Blocking put that gives up once `stop` is set; returns seconds waited."""
         t0 = time.perf_counter()
         while not stop.is_set():
             try:
-                q.put(item, timeout=0.2)
+                q.put(item, timeout=_POLL_S)
                 break
             except queue.Full:
                 continue
         return time.perf_counter() - t0
+
+    def take(q: queue.Queue[Any]) -> Any:
+        """Blocking get that returns _STOPPED once `stop` is set and nothing is queued."""
+        while True:
+            try:
+                return q.get(timeout=_POLL_S)
+            except queue.Empty:
+                if stop.is_set():
+                    return _STOPPED
 
     def produce() -> None:
         batch: list[SampledFrame] = []
@@ -235,9 +250,9 @@ def analyze_chunk(
 
     def link() -> None:
         try:
-            while True:
-                got = found_q.get()
-                if got is None:
+            while not stop.is_set():
+                got = take(found_q)
+                if got is None or got is _STOPPED:
                     return
                 if isinstance(got, BaseException):
                     raise got
@@ -290,8 +305,8 @@ def analyze_chunk(
     pool = ThreadPoolExecutor(max_workers=detector.concurrency, thread_name_prefix="detect")
     try:
         while not errors:
-            item = batches.get()
-            if item is None:
+            item = take(batches)
+            if item is None or item is _STOPPED:
                 break
             if isinstance(item, BaseException):
                 raise item
@@ -311,6 +326,8 @@ def analyze_chunk(
     if errors:
         stop.set()
         raise errors[0]
+    if stop.is_set():  # not expected: a stage gave up without saying why
+        raise RuntimeError("the pipeline stopped before the end of the chunk")
     producer.join()
     finished = tracker.finish()
     kept = {k for k, _t in finished}
