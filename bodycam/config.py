@@ -40,6 +40,17 @@ class JobSettings(_Section):
     lease_s: float = Field(30.0, ge=2, description="a unit's lease; renewed while its worker lives")
     heartbeat_s: float = Field(5.0, gt=0, description="how often a live worker renews its lease")
     max_attempts: int = Field(3, ge=1, le=20, description="failed attempts before quarantine")
+    retry_base_s: float = Field(
+        2.0, gt=0, le=600, description="first wait before a failed unit runs again; doubles "
+        "with each failure (with jitter), up to retry_max_s")
+    retry_max_s: float = Field(300.0, gt=0, le=3600, description="longest wait between retries")
+    max_service_failures: int = Field(
+        12, ge=1, le=100, description="failures of a service (S3, Redis, Postgres, a model's "
+        "process) a unit may meet before it is quarantined; they back off and do not count "
+        "toward max_attempts (12 waits span about 30 minutes of outage)")
+    stall_s: float = Field(
+        600.0, ge=10, description="a running unit whose progress has not moved for this long "
+        "stops renewing its lease, so the reaper gives it to another worker")
     reap_interval_s: float = Field(5.0, gt=0, description="how often expired leases are looked for")
     reconcile_interval_s: float = Field(30.0, gt=0, description="how often incoming/ is listed")
 

@@ -36,8 +36,12 @@ class NotFoundError(PermanentError):
     """An id names nothing that exists."""
 
 
-class ModelUnavailableError(PermanentError):
-    """A configured model cannot be loaded; the message says how to provide it."""
+class ModelUnavailableError(TransientError):
+    """A configured model cannot be loaded or its process died; the message says what to do.
+
+    Not a PermanentError: the evidence is not at fault. A worker retries with backoff and,
+    if the model stays unavailable, quarantines the video with this reason for an operator.
+    """
 
 
 class LeaseLostError(TransientError):

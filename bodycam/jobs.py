@@ -4,16 +4,24 @@ The broker only carries (video_id, unit index). A unit is claimed with a lease t
 worker renews the lease; results are committed together with `complete`, which succeeds only
 while the token still holds, so a duplicate delivery or a worker that lost its lease never
 writes results twice. Expired leases are reaped and the unit is re-queued, up to max_attempts.
+
+A unit that failed waits before it runs again (`not_before`, exponential backoff with jitter),
+and only the reaper queues it again once the wait is over, so a duplicate message cannot skip
+the wait. Failures of a service (S3, Redis, Postgres, a model's process) have a budget of their
+own: an outage of seconds or minutes never spends the attempts that quarantine a video.
 """
 
 from __future__ import annotations
 
+import enum
 import math
+import random
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
 from bodycam import audit
+from bodycam.config import JobSettings
 from bodycam.db import Conn
 from bodycam.errors import LeaseLostError
 
@@ -76,12 +84,13 @@ def pending_units(conn: Conn, video_id: str) -> list[int]:
 
 
 def claim(conn: Conn, video_id: str, idx: int, owner: str, lease_s: float) -> Lease | None:
-    """Take a pending unit; None when it is done, quarantined or leased by a live worker."""
+    """Take a pending unit; None when it is done, quarantined, leased, or waiting to retry."""
     row = conn.execute(
         "UPDATE work_units SET state = 'running', attempts = attempts + 1, lease_owner = %s,"
         " lease_token = gen_random_uuid(), lease_until = now() + make_interval(secs => %s),"
         " updated_at = now()"
         " WHERE video_id = %s AND idx = %s AND state = 'pending'"
+        " AND (not_before IS NULL OR not_before <= now())"
         " RETURNING lease_token, attempts, start_s, end_s",
         (owner, lease_s, video_id, idx),
     ).fetchone()
@@ -146,33 +155,66 @@ def complete(conn: Conn, lease: Lease) -> bool:
     return last
 
 
-def fail(conn: Conn, key: str, lease: Lease, error: str, permanent: bool,
-         max_attempts: int) -> bool:
-    """Record a failed attempt; returns True when the unit should be queued again.
+class Failure(enum.Enum):
+    """How a unit's attempt failed, which decides what happens next."""
 
-    A permanent error fails the video at once; a transient one is retried until max_attempts,
-    after which the video is quarantined with the reason.
+    PERMANENT = "permanent"  # the input is bad: the video fails at once
+    SERVICE = "service"  # a service or a model's process failed: back off, own budget
+    ERROR = "error"  # anything else: back off, counts toward max_attempts
+
+
+def backoff_s(n: int, cfg: JobSettings) -> float:
+    """The wait before retry number n (1, 2, ...): base doubled each time, capped, jittered.
+
+    "Equal jitter": half the capped exponential is kept and the other half drawn at random,
+    so workers that failed together (an outage) do not all come back at the same instant.
     """
-    if permanent:
-        state = "failed"
-    elif lease.attempt >= max_attempts:
-        state = "quarantined"
-    else:
-        state = "pending"
+    full = min(cfg.retry_max_s, cfg.retry_base_s * 2.0 ** max(0, n - 1))
+    return full / 2 + random.uniform(0, full / 2)
+
+
+def fail(conn: Conn, key: str, lease: Lease, error: str, kind: Failure,
+         cfg: JobSettings) -> str:
+    """Record a failed attempt and release the unit; returns its new state.
+
+    PERMANENT fails the video at once. SERVICE gives the attempt back and counts a service
+    failure instead; ERROR counts the attempt. Either waits (backoff_s) before the reaper
+    queues the unit again, and quarantines the video when its budget is spent. Returns
+    'lost' when another worker owns the unit now (nothing is changed).
+    """
     row = conn.execute(
-        "UPDATE work_units SET state = %s, last_error = %s, lease_until = NULL, updated_at = now()"
-        " WHERE video_id = %s AND idx = %s AND lease_token = %s AND state = 'running'"
-        " RETURNING idx",
-        (state, error[:2000], lease.video_id, lease.idx, lease.token),
+        "SELECT attempts, service_failures FROM work_units WHERE video_id = %s AND idx = %s"
+        " AND lease_token = %s AND state = 'running' FOR UPDATE",
+        (lease.video_id, lease.idx, lease.token),
     ).fetchone()
     if row is None:
-        return False  # someone else owns the unit now
+        return "lost"
+    attempts, service = int(row["attempts"]), int(row["service_failures"])
+    if kind is Failure.PERMANENT:
+        state, wait = "failed", 0.0
+    elif kind is Failure.SERVICE:
+        attempts, service = max(0, attempts - 1), service + 1
+        state = "quarantined" if service >= cfg.max_service_failures else "pending"
+        wait = backoff_s(service, cfg)
+    else:
+        state = "quarantined" if attempts >= cfg.max_attempts else "pending"
+        wait = backoff_s(attempts, cfg)
+    conn.execute(
+        "UPDATE work_units SET state = %s, attempts = %s, service_failures = %s,"
+        " last_error = %s, lease_until = NULL, lease_token = NULL,"
+        " not_before = CASE WHEN %s = 'pending' THEN now() + make_interval(secs => %s) END,"
+        " updated_at = now() WHERE video_id = %s AND idx = %s",
+        (state, attempts, service, error[:2000], state, wait, lease.video_id, lease.idx),
+    )
     if state == "pending":
         conn.execute("UPDATE videos SET error = %s, updated_at = now() WHERE id = %s",
                      (error[:2000], lease.video_id))
-        return True
-    _end_video(conn, key, lease.video_id, state, f"unit {lease.idx}: {error}")
-    return False
+        return state
+    why = error if state == "failed" else (
+        f"{service} service failures" if kind is Failure.SERVICE
+        else f"{attempts} attempts failed") + f"; last: {error}"
+    _end_video(conn, key, lease.video_id, state, f"unit {lease.idx}: {why}")
+    return state
 
 
 def _end_video(conn: Conn, key: str, video_id: str, status: str, error: str) -> None:
@@ -192,40 +234,47 @@ def _end_video(conn: Conn, key: str, video_id: str, status: str, error: str) -> 
     )
 
 
-def reap(conn: Conn, key: str, max_attempts: int, stale_pending_s: float
+def reap(conn: Conn, key: str, cfg: JobSettings, stale_pending_s: float
          ) -> list[tuple[str, int]]:
-    """Recover units whose worker died (lease expired) or whose message was lost.
+    """Recover units whose worker died (lease expired), whose wait is over, or whose message
+    was lost.
 
     Returns (video_id, idx) pairs to queue again. A unit whose lease expired max_attempts
-    times is quarantined, and its video with it.
+    times is quarantined, and its video with it; otherwise it waits (backoff_s) like any
+    failed attempt and is queued by a later call.
     """
     expired = conn.execute(
         "SELECT video_id::text AS video_id, idx, attempts, lease_owner FROM work_units"
         " WHERE state = 'running' AND lease_until < now() FOR UPDATE SKIP LOCKED"
     ).fetchall()
-    again: list[tuple[str, int]] = []
     for r in expired:
         vid, idx = str(r["video_id"]), int(r["idx"])
         reason = f"worker {r['lease_owner']} stopped renewing its lease (attempt {r['attempts']})"
-        if int(r["attempts"]) >= max_attempts:
+        if int(r["attempts"]) >= cfg.max_attempts:
             conn.execute(
                 "UPDATE work_units SET state = 'quarantined', last_error = %s, lease_until = NULL,"
-                " updated_at = now() WHERE video_id = %s AND idx = %s", (reason, vid, idx))
+                " lease_token = NULL, updated_at = now() WHERE video_id = %s AND idx = %s",
+                (reason, vid, idx))
             _end_video(conn, key, vid, "quarantined",
-                       f"unit {idx}: {max_attempts} attempts failed; last: {reason}")
+                       f"unit {idx}: {cfg.max_attempts} attempts failed; last: {reason}")
         else:
             conn.execute(
                 "UPDATE work_units SET state = 'pending', last_error = %s, lease_until = NULL,"
-                " updated_at = now() WHERE video_id = %s AND idx = %s", (reason, vid, idx))
-            again.append((vid, idx))
+                " lease_token = NULL, not_before = now() + make_interval(secs => %s),"
+                " updated_at = now() WHERE video_id = %s AND idx = %s",
+                (reason, backoff_s(int(r["attempts"]), cfg), vid, idx))
+    due = conn.execute(
+        "UPDATE work_units SET not_before = NULL, updated_at = now()"
+        " WHERE state = 'pending' AND not_before <= now()"
+        " RETURNING video_id::text AS video_id, idx",
+    ).fetchall()
     stale = conn.execute(
         "UPDATE work_units SET updated_at = now() WHERE state = 'pending'"
-        " AND updated_at < now() - make_interval(secs => %s)"
+        " AND not_before IS NULL AND updated_at < now() - make_interval(secs => %s)"
         " RETURNING video_id::text AS video_id, idx",
         (stale_pending_s,),
     ).fetchall()
-    again += [(str(r["video_id"]), int(r["idx"])) for r in stale]
-    return again
+    return [(str(r["video_id"]), int(r["idx"])) for r in (*due, *stale)]
 
 
 def finish_video(conn: Conn, key: str, video_id: str, details: dict[str, object]) -> None:
@@ -274,8 +323,9 @@ def list_jobs(conn: Conn, status: str | None = None, limit: int = 500) -> list[J
 def retry_video(conn: Conn, video_id: str) -> list[int]:
     """Queue a failed or quarantined video again from its unfinished units; returns them."""
     conn.execute(
-        "UPDATE work_units SET state = 'pending', attempts = 0, lease_token = NULL,"
-        " lease_until = NULL, updated_at = now() WHERE video_id = %s AND state <> 'done'",
+        "UPDATE work_units SET state = 'pending', attempts = 0, service_failures = 0,"
+        " lease_token = NULL, lease_until = NULL, not_before = NULL, updated_at = now()"
+        " WHERE video_id = %s AND state <> 'done'",
         (video_id,),
     )
     conn.execute(

@@ -7,19 +7,23 @@ import os
 import socket
 import tempfile
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
+import kombu.exceptions
+import psycopg
+
 from bodycam import jobs
 from bodycam.context import Context
 from bodycam.db import Conn
 from bodycam.domain import MediaInfo
-from bodycam.errors import InvalidMediaError, LeaseLostError, PermanentError
+from bodycam.errors import InvalidMediaError, LeaseLostError, PermanentError, TransientError
 from bodycam.pipeline.analyze import ChunkResult, analyze_chunk
 from bodycam.pipeline.faces import FaceEmbedder, Registry, sha256_file
-from bodycam.queue import FINALIZE_VIDEO, PROCESS_UNIT
+from bodycam.queue import FINALIZE_VIDEO
 from bodycam.storage import THUMBNAILS
 
 log = logging.getLogger(__name__)
@@ -84,22 +88,43 @@ def local_copy(ctx: Context, video: VideoRow) -> Path:
 
 
 class _Heartbeat(threading.Thread):
-    """Renews the lease while the unit runs; remembers if the lease was lost."""
+    """Renews the lease while the unit makes progress; remembers if the lease was lost.
+
+    A unit whose progress has not moved for jobs.stall_s is taken as hung: the beat stops
+    renewing, so the lease runs out and the reaper gives the unit to another worker, instead
+    of a stuck worker holding it for ever while its heartbeat says it is alive.
+    """
 
     def __init__(self, ctx: Context, lease: jobs.Lease) -> None:
         super().__init__(name="lease-heartbeat", daemon=True)
         self.ctx, self.lease = ctx, lease
-        self.progress = 0.0
+        self._progress = 0.0
+        self._moved_at = time.monotonic()
         self.stage = "decoding"
         self.lost = False
         self._stop_event = threading.Event()
 
+    @property
+    def progress(self) -> float:
+        """The fraction of the unit done."""
+        return self._progress
+
+    @progress.setter
+    def progress(self, fraction: float) -> None:
+        self._progress = fraction
+        self._moved_at = time.monotonic()
+
     def run(self) -> None:
         cfg = self.ctx.settings.jobs
         while not self._stop_event.wait(cfg.heartbeat_s):
+            if time.monotonic() - self._moved_at > cfg.stall_s:
+                log.error("video %s unit %d: no progress for %.0f s; lease left to expire",
+                          self.lease.video_id, self.lease.idx, cfg.stall_s)
+                self.lost = True
+                return
             try:
                 with self.ctx.db() as conn:
-                    jobs.heartbeat(conn, self.lease, cfg.lease_s, self.progress, self.stage)
+                    jobs.heartbeat(conn, self.lease, cfg.lease_s, self._progress, self.stage)
             except LeaseLostError:
                 self.lost = True
                 return
@@ -109,6 +134,21 @@ class _Heartbeat(threading.Thread):
 
     def stop(self) -> None:
         self._stop_event.set()
+
+
+def failure_kind(exc: BaseException) -> jobs.Failure:
+    """Whether an attempt failed on its input, on a service, or otherwise.
+
+    Services raise TransientError where Bodycam wraps them (storage, queue, connections,
+    model processes); a database connection lost mid-statement (a backend killed, a restart)
+    and the broker's own errors surface as their libraries' types.
+    """
+    if isinstance(exc, PermanentError):
+        return jobs.Failure.PERMANENT
+    if isinstance(exc, TransientError | psycopg.OperationalError | psycopg.InterfaceError
+                  | kombu.exceptions.OperationalError | ConnectionError | TimeoutError):
+        return jobs.Failure.SERVICE
+    return jobs.Failure.ERROR
 
 
 def embedder_for(ctx: Context) -> FaceEmbedder | None:
@@ -154,20 +194,19 @@ def run_unit(ctx: Context, video_id: str, idx: int, owner: str | None = None) ->
     except LeaseLostError:
         log.warning("video %s unit %d: lease lost; results discarded", video_id, idx)
         return "skipped"
-    except PermanentError as exc:
-        with ctx.db() as conn:
-            jobs.fail(conn, ctx.audit_key, lease, str(exc), True, ctx.settings.jobs.max_attempts)
-        log.warning("video %s unit %d failed: %s", video_id, idx, type(exc).__name__)
-        return "failed"
-    except Exception as exc:  # noqa: BLE001 - transient: recorded and retried
-        with ctx.db() as conn:
-            again = jobs.fail(conn, ctx.audit_key, lease, f"{type(exc).__name__}: {exc}", False,
-                              ctx.settings.jobs.max_attempts)
-        log.warning("video %s unit %d attempt %d failed: %s", video_id, idx, lease.attempt,
-                    type(exc).__name__)
-        if again:
-            ctx.send(PROCESS_UNIT, video_id, idx)
-        return "retry" if again else "failed"
+    except Exception as exc:  # noqa: BLE001 - every failure releases the unit
+        kind = failure_kind(exc)
+        error = str(exc) if kind is jobs.Failure.PERMANENT else f"{type(exc).__name__}: {exc}"
+        try:
+            with ctx.db() as conn:
+                state = jobs.fail(conn, ctx.audit_key, lease, error, kind, ctx.settings.jobs)
+        except Exception:
+            log.exception("video %s unit %d: could not record its failure; the lease will "
+                          "expire and the unit be re-queued", video_id, idx)
+            return "retry"
+        log.warning("video %s unit %d attempt %d failed (%s, %s): unit %s", video_id, idx,
+                    lease.attempt, kind.value, type(exc).__name__, state)
+        return {"pending": "retry", "lost": "skipped"}.get(state, "failed")
     finally:
         beat.stop()
     if last:

@@ -238,10 +238,16 @@ def test_repeated_crashes_quarantine_the_video_with_its_reason(stack: StackHandl
                                "--device", "D")
         vid = res["video_id"]
         # Three workers in a row claim the unit and die: their leases expire, and the live
-        # reaper puts the unit back twice, then quarantines it.
+        # reaper puts the unit back twice (each time after a backoff wait, during which it
+        # cannot be claimed), then quarantines it.
         for attempt in range(1, 4):
-            with stack.ctx.db() as conn:
-                lease = jobs.claim(conn, vid, 0, f"ghost:{attempt}", lease_s=0.3)
+            deadline = time.monotonic() + 30
+            while True:
+                with stack.ctx.db() as conn:
+                    lease = jobs.claim(conn, vid, 0, f"ghost:{attempt}", lease_s=0.3)
+                if lease is not None or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
             assert lease is not None and lease.attempt == attempt
             expected = "quarantined" if attempt == 3 else "pending"
             deadline = time.monotonic() + 30

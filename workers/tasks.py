@@ -42,8 +42,7 @@ def reap() -> int:
     c = ctx()
     cfg = c.settings.jobs
     with c.db() as conn:
-        again = jobs.reap(conn, c.audit_key, cfg.max_attempts,
-                          stale_pending_s=max(60.0, 4 * cfg.lease_s))
+        again = jobs.reap(conn, c.audit_key, cfg, stale_pending_s=max(60.0, 4 * cfg.lease_s))
         stuck = jobs.stale_finalizing(conn, stale_s=max(60.0, 4 * cfg.lease_s))
     for video_id, idx in again:
         log.info("re-queued video %s unit %d", video_id, idx)
