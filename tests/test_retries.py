@@ -1,0 +1,117 @@
+"""Failed work units back off before they run again; outages do not spend the quarantine budget."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from bodycam import jobs, queue
+from bodycam.config import JobSettings
+from bodycam.errors import ModelUnavailableError, TransientError
+from bodycam.processing import failure_kind
+from tests.conftest import HAMILTON, StackHandle
+
+
+def test_backoff_doubles_with_jitter_and_is_capped() -> None:
+    cfg = JobSettings(retry_base_s=2, retry_max_s=30)
+    for n, full in ((1, 2), (2, 4), (3, 8), (4, 16), (5, 30), (9, 30)):
+        waits = [jobs.backoff_s(n, cfg) for _ in range(200)]
+        assert all(full / 2 <= w <= full for w in waits), (n, min(waits), max(waits))
+        assert max(waits) - min(waits) > full / 10, "jittered, not fixed"
+
+
+def test_failures_are_classified_by_who_is_at_fault() -> None:
+    import psycopg
+
+    assert failure_kind(ModelUnavailableError("dlib child died")) is jobs.Failure.SERVICE
+    assert failure_kind(TransientError("S3 unreachable")) is jobs.Failure.SERVICE
+    assert failure_kind(psycopg.OperationalError("terminating connection")) is jobs.Failure.SERVICE
+    assert failure_kind(ValueError("bug")) is jobs.Failure.ERROR
+    from bodycam.errors import InvalidMediaError
+    assert failure_kind(InvalidMediaError("a.mp4", "corrupt")) is jobs.Failure.PERMANENT
+
+
+@pytest.fixture
+def parked_video(stack: StackHandle) -> Iterator[str]:
+    """A video whose unit no real worker takes (GPU consumers parked) for ghost claims."""
+    control = queue.client(stack.ctx.services.redis_url).control
+    deadline = time.monotonic() + 60
+    while len(control.cancel_consumer("gpu", reply=True, timeout=2) or []) < 2:
+        assert time.monotonic() < deadline, "GPU workers did not answer"
+    try:
+        [res] = stack.cli.json("ingest", str(HAMILTON), "--case", f"T-RETRY-{time.time_ns()}",
+                               "--officer", "O", "--device", "D")  # type: ignore[misc]
+        yield str(res["video_id"])
+    finally:
+        control.add_consumer("gpu", reply=True, timeout=5)
+
+
+def _unit(stack: StackHandle, vid: str) -> dict[str, object]:
+    with stack.ctx.db() as conn:
+        return dict(conn.execute(
+            "SELECT state, attempts, service_failures, not_before > now() AS waiting"
+            " FROM work_units WHERE video_id = %s AND idx = 0", (vid,)).fetchone())
+
+
+def test_a_service_outage_backs_off_without_spending_attempts_and_then_quarantines(
+        stack: StackHandle, parked_video: str) -> None:
+    vid = parked_video
+    cfg = JobSettings(retry_base_s=30, retry_max_s=60, max_attempts=3, max_service_failures=5)
+    for n in range(1, 6):
+        with stack.ctx.db() as conn:
+            conn.execute("UPDATE work_units SET not_before = NULL WHERE video_id = %s", (vid,))
+            lease = jobs.claim(conn, vid, 0, f"ghost:{n}", lease_s=60)
+        assert lease is not None, f"claim {n}"
+        with stack.ctx.db() as conn:
+            state = jobs.fail(conn, stack.ctx.audit_key, lease, "TransientError: S3 down",
+                              jobs.Failure.SERVICE, cfg)
+        unit = _unit(stack, vid)
+        if n < 5:
+            assert state == "pending" and unit["waiting"] is True
+            assert unit["attempts"] == 0 and unit["service_failures"] == n
+            with stack.ctx.db() as conn:  # the wait holds even against a duplicate message
+                assert jobs.claim(conn, vid, 0, "eager", lease_s=60) is None
+    assert state == "quarantined"
+    [job] = [j for j in stack.cli.json("jobs")  # type: ignore[union-attr]
+             if j["video_id"] == vid]
+    assert job["status"] == "quarantined" and "5 service failures" in job["error"]
+
+
+def test_other_errors_count_attempts_and_quarantine_at_the_limit(
+        stack: StackHandle, parked_video: str) -> None:
+    vid = parked_video
+    cfg = JobSettings(retry_base_s=30, retry_max_s=60, max_attempts=2)
+    states = []
+    for n in range(1, 3):
+        with stack.ctx.db() as conn:
+            conn.execute("UPDATE work_units SET not_before = NULL WHERE video_id = %s", (vid,))
+            lease = jobs.claim(conn, vid, 0, f"ghost:{n}", lease_s=60)
+        assert lease is not None and lease.attempt == n
+        with stack.ctx.db() as conn:
+            states.append(jobs.fail(conn, stack.ctx.audit_key, lease, "ValueError: bug",
+                                    jobs.Failure.ERROR, cfg))
+    assert states == ["pending", "quarantined"]
+    # A stale lease cannot fail the unit again: the token is gone.
+    with stack.ctx.db() as conn:
+        assert jobs.fail(conn, stack.ctx.audit_key, lease, "late", jobs.Failure.ERROR,
+                         cfg) == "lost"
+
+
+def test_the_reaper_queues_a_unit_once_its_wait_is_over(
+        stack: StackHandle, parked_video: str) -> None:
+    vid = parked_video
+    with stack.ctx.db() as conn:
+        lease = jobs.claim(conn, vid, 0, "ghost:due", lease_s=60)
+    assert lease is not None
+    cfg = JobSettings(retry_base_s=8, retry_max_s=8)
+    with stack.ctx.db() as conn:
+        assert jobs.fail(conn, stack.ctx.audit_key, lease, "TransientError: S3 down",
+                         jobs.Failure.SERVICE, cfg) == "pending"
+    t0 = time.monotonic()
+    assert _unit(stack, vid)["waiting"] is True
+    control = queue.client(stack.ctx.services.redis_url).control
+    control.add_consumer("gpu", reply=True, timeout=5)
+    assert stack.wait_status(vid)["status"] == "done"
+    assert time.monotonic() - t0 >= 3.5, "not run again before its wait (4-8 s) was over"
