@@ -1,4 +1,4 @@
-"""The pipeline ends on every path: a failing stage, a lost lease or a dead model process never hangs it."""
+"""The pipeline ends on every path: a failed stage, a lost lease or a dead model process."""
 
 from __future__ import annotations
 
@@ -6,8 +6,6 @@ import shutil
 import threading
 import time
 from pathlib import Path
-
-import pytest
 
 from bodycam.config import LimitsSettings, PipelineSettings
 from bodycam.errors import InvalidMediaError, LeaseLostError, ModelUnavailableError, TransientError
