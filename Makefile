@@ -7,7 +7,7 @@ export BODYCAM_TESTDATA ?= $(abspath ../shared/testdata)
 # here, and Bodycam never switches models silently.
 export BODYCAM_PIPELINE__EMBEDDER ?= dlib-resnet
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench faults clean
 
 install: $(VENV)/.installed
 
@@ -33,6 +33,11 @@ test: lint
 
 bench: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m bodycam bench --testdata "$(BODYCAM_TESTDATA)"
+
+# The long fault-injection run (RELIABILITY.md): 42 faults, six of each kind, about 30 min.
+faults: install
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m bodycam.faults --faults 42 --clips 3 \
+		--clip-s 40 --seed 11 --out faults-report.json
 
 clean:
 	-$(BIN)/bodycam down
