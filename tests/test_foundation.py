@@ -149,7 +149,9 @@ def test_an_s3_event_notification_queues_the_object(stack: StackHandle) -> None:
     event = {"Records": [{"eventName": "s3:ObjectCreated:Put",
                           "s3": {"bucket": {"name": store.bucket},
                                  "object": {"key": key, "eTag": etag}}}]}
-    reply = httpx.post(f"{api}/s3/events", json=event, timeout=10)
+    token = stack.cli.run("events-token", check=True).stdout.strip()
+    reply = httpx.post(f"{api}/s3/events", json=event, timeout=10,
+                       headers={"Authorization": f"Bearer {token}"})
     assert reply.status_code == 200 and reply.json() == {"queued": 1}
     video = _wait_for_case(stack, "T-EVENT")
     assert stack.wait_status(video["video_id"])["status"] == "done"
