@@ -30,9 +30,11 @@ def events_token(context: Context) -> str:
     """The bearer token the S3 notifier must send (`Authorization: Bearer TOKEN`).
 
     Derived from the audit key that `bodycam up` generates (or BODYCAM_AUDIT_KEY), so the
-    server needs no other secret; `bodycam events-token` prints it for the notifier's
-    configuration (MinIO: MINIO_NOTIFY_WEBHOOK_AUTH_TOKEN; SeaweedFS webhook: bearer_token).
-    The embedded stack does not send notifications: its reconciler lists incoming/.
+    server needs no other secret; `bodycam events-token` (admin) prints it for the notifier:
+    MinIO sends `Authorization: Bearer TOKEN` when MINIO_NOTIFY_WEBHOOK_AUTH_TOKEN_<ID> is
+    set. SeaweedFS's filer webhook (notification.toml `bearer_token`) sends the same header
+    but its own payload, not the S3 event JSON: with SeaweedFS, as on the embedded stack,
+    the reconciler (celery beat) lists incoming/ instead.
     """
     return derive_key(context.audit_key, "s3 event notifications")
 
