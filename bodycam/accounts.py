@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
+from typing import NoReturn
 
 from bodycam import audit
 from bodycam.db import Conn
@@ -107,17 +108,33 @@ def list_users(conn: Conn) -> list[dict[str, object]]:
              "cases": list(r["cases"])} for r in rows]
 
 
-def authenticate(conn: Conn, name: str, token: str | None) -> User:
-    """The account for a name and token; raises AccessDeniedError otherwise."""
+def authenticate(conn: Conn, key: str, name: str, token: str | None) -> User:
+    """The account for a name and token; raises AccessDeniedError otherwise.
+
+    Every failed attempt is audited (the claimed name and why, never the token) and
+    committed before the error is raised.
+    """
     if not token:
+        _login_failed(conn, key, name, "no token given")
         raise AccessDeniedError(f"no credentials for {name}: set BODYCAM_USER and BODYCAM_TOKEN")
     row = conn.execute("SELECT name, roles, token_sha256, disabled_at FROM users"
                        " WHERE name = %s", (name,)).fetchone()
-    if row is None or not hmac.compare_digest(str(row["token_sha256"]), token_hash(token)):
+    # Compare against a dummy hash for unknown names too: the timing does not say which.
+    stored = str(row["token_sha256"]) if row else token_hash("")
+    if not hmac.compare_digest(stored, token_hash(token)) or row is None:
+        _login_failed(conn, key, name, "invalid credentials")
         raise AccessDeniedError(f"invalid credentials for {name}")
     if row["disabled_at"] is not None:
+        _login_failed(conn, key, name, "account disabled")
         raise AccessDeniedError(f"account {name} is disabled")
     return User(str(row["name"]), tuple(row["roles"]))
+
+
+def _login_failed(conn: Conn, key: str, name: str, reason: str) -> None:
+    # The claimed name is attacker-chosen text: kept short, recorded as a claim, not an actor.
+    audit.append(conn, key, "anonymous", "login.failed",
+                 {"claimed_user": name[:64], "reason": reason})
+    conn.commit()
 
 
 def require(conn: Conn, key: str, user: User, action: str, case_id: str | None = None) -> None:
@@ -132,13 +149,62 @@ def require(conn: Conn, key: str, user: User, action: str, case_id: str | None =
                case_id)
 
 
-def refuse(conn: Conn, key: str, user: User, action: str, reason: str,
-           case_id: str | None) -> None:
+def refuse(conn: Conn, key: str, user: User | str, action: str, reason: str,
+           case_id: str | None) -> NoReturn:
     """Audit a refused attempt, commit it, and raise AccessDeniedError."""
-    audit.append(conn, key, user.name, "refused", {"attempted": action, "reason": reason,
-                                                   "case": case_id})
+    name = user.name if isinstance(user, User) else user
+    audit.append(conn, key, name, "refused", {"attempted": action, "reason": reason,
+                                              "case": case_id})
     conn.commit()
     raise AccessDeniedError(f"refused: {reason}")
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Who acts and on which case: every id a user passes is resolved inside this case, and
+    an id from any other case is refused (and the refusal audited) where it is resolved."""
+
+    actor: str
+    case_id: str
+    audit_key: str
+
+    def require(self, conn: Conn, action: str, kind: str, object_id: str,
+                found_case: str | None) -> None:
+        """Refuse (audited) unless the object (`kind` `object_id`, found in `found_case`)
+        belongs to this case; raise NotFoundError when the id names nothing."""
+        if found_case is None:
+            raise NotFoundError(f"no {kind} {object_id}")
+        if found_case != self.case_id:
+            refuse(conn, self.audit_key, self.actor, action,
+                   f"{kind} {object_id} is not in case {self.case_id}", self.case_id)
+
+
+def require_visible(conn: Conn, key: str, user: User, action: str, kind: str,
+                    object_id: str, found_case: str | None) -> str:
+    """The case of an object the user names by id, when they may see it; otherwise the
+    attempt is refused and audited. Raises NotFoundError when the id names nothing."""
+    if found_case is None:
+        raise NotFoundError(f"no {kind} {object_id}")
+    if not can_see_case(conn, user, found_case):
+        # The audit row names the object's case for the auditor; the message does not.
+        refuse(conn, key, user, action, f"{kind} {object_id} is in a case {user.name} is not"
+                                        " assigned to", found_case)
+    return found_case
+
+
+CASE_OF = {
+    "video": "SELECT case_id FROM videos WHERE id::text = %s",
+    "subject": "SELECT case_id FROM subjects WHERE id::text = %s",
+    "match": "SELECT case_id FROM matches WHERE id::text = %s",
+    "track": "SELECT v.case_id FROM tracks t JOIN videos v ON v.id = t.video_id"
+             " WHERE t.id::text = %s",
+}
+
+
+def case_of(conn: Conn, kind: str, object_id: str) -> str | None:
+    """The case a video, subject, match or track belongs to (None when the id is unknown)."""
+    row = conn.execute(CASE_OF[kind], (object_id,)).fetchone()
+    return str(row["case_id"]) if row else None
 
 
 def can_see_case(conn: Conn, user: User, case_id: str) -> bool:

@@ -3,9 +3,28 @@
 Each row's `hash` is SHA-256 over its canonical content (id, at, actor, action, details) and
 the previous row's hash, so anyone can re-check a chain, offline too. Each row's `seal` is an
 HMAC of its hash with a key the database never holds: a database superuser who edits a row
-and recomputes the chain still cannot forge the seals. After every commit the head (last id
-and hash) is written outside the database, to the object store, which exposes rows deleted
-from the end of the log.
+and recomputes the chain still cannot forge the seals.
+
+Rows deleted from the end of the log leave a valid chain behind, so the head is recorded in
+two places the verifier cross-checks, neither of which can be rolled back by replaying an
+older state:
+
+- **Object store anchors, one object per row id** (`audit/anchors/<id, 12 digits>.json`),
+  written after every commit and never overwritten or deleted by the application. Each holds
+  the row's id and hash, sealed with the audit key. The verifier lists the anchors above the
+  log's last row: a validly sealed one means rows were deleted from the end (putting back an
+  older anchor cannot hide a newer one, because the newer object is still there); an anchor
+  whose seal is wrong is reported as forged and ignored for the head, so a bogus anchor with
+  a huge id never stops valid anchoring (anchoring writes its own object and reads nothing).
+- **A database high-water mark** (`audit_head`, one row, updated in the same transaction as
+  every append; a trigger lets it only move forward). An attacker must roll back both this row
+  and every later anchor object to hide a deletion.
+
+Exports carry a manifest signed with HMAC-SHA-256 under an export key derived from the audit
+key (`export_key`); the manifest names the first and last rows (id and hash) of the exported
+range of the live chain, so removing rows and recomputing the chain and the file's digest
+breaks the signature. CSV cells that a spreadsheet would run as a formula are prefixed with
+`'` (and a leading `'` is doubled), which the verifier undoes before re-checking row hashes.
 """
 
 from __future__ import annotations
@@ -17,7 +36,7 @@ import io
 import json
 import weakref
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,7 +45,9 @@ from bodycam.db import Conn
 from bodycam.errors import InvalidInputError, TransientError
 
 GENESIS = "0" * 64
-ANCHOR_KEY = "audit/head.json"
+ANCHOR_PREFIX = "audit/anchors/"
+LEGACY_ANCHOR_KEY = "audit/head.json"  # the single, overwritable anchor of earlier versions
+_ID_DIGITS = 12
 _LOCK = 727002
 _pending: weakref.WeakKeyDictionary[Conn, tuple[int, str]] = weakref.WeakKeyDictionary()
 
@@ -86,32 +107,85 @@ def append(conn: Conn, key: str, actor: str, action: str, details: dict[str, Any
         "INSERT INTO audit_log (id, at, actor, action, details, prev_hash, hash, seal)"
         " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
         (row_id, at, actor, action, json.dumps(details), prev, digest, seal(key, digest)))
+    # The high-water mark moves in the same transaction (its trigger refuses to go back).
+    conn.execute("INSERT INTO audit_head (last_id, last_hash) VALUES (%s, %s)"
+                 " ON CONFLICT (singleton) DO UPDATE SET last_id = excluded.last_id,"
+                 " last_hash = excluded.last_hash", (row_id, digest))
     _pending[conn] = (row_id, digest)
     return AuditRow(row_id, at, actor, action, details, prev, digest)
 
 
+def anchor_key(row_id: int) -> str:
+    """The object that anchors row `row_id` (zero-padded so keys sort by id)."""
+    return f"{ANCHOR_PREFIX}{row_id:0{_ID_DIGITS}d}.json"
+
+
+def anchor_seal(key: str, row_id: int, hash_hex: str) -> str:
+    """The seal of an anchor object."""
+    return seal(key, f"anchor:{row_id}:{hash_hex}")
+
+
 def anchor_after_commit(conn: Conn, store: Any, key: str) -> None:
-    """Write the committed head outside the database (called after commit)."""
+    """Write the committed head outside the database (called after commit).
+
+    One new object per row id: nothing is read first, so no existing object (forged or
+    not) can stop it, and nothing is overwritten, so no older state can be put back over it.
+    """
     head = _pending.pop(conn, None)
     if head is None:
         return
-    current = read_anchor(store)
-    if current and int(current["id"]) >= head[0]:
-        return  # a later head was anchored already
-    body = {"id": head[0], "hash": head[1], "seal": seal(key, f"anchor:{head[0]}:{head[1]}")}
+    body = {"id": head[0], "hash": head[1], "seal": anchor_seal(key, head[0], head[1])}
     try:
-        store.put_bytes(ANCHOR_KEY, json.dumps(body).encode(), "application/json")
+        store.put_bytes(anchor_key(head[0]), json.dumps(body).encode(), "application/json")
     except Exception as exc:
         raise TransientError(f"audit row {head[0]} committed but its anchor failed: "
                              f"{type(exc).__name__}") from exc
 
 
-def read_anchor(store: Any) -> dict[str, Any] | None:
-    """The last anchored head, if any."""
-    if not store.exists(ANCHOR_KEY):
-        return None
-    loaded: dict[str, Any] = json.loads(store.get_bytes(ANCHOR_KEY))
-    return loaded
+@dataclass(frozen=True)
+class Anchor:
+    """An anchor object as found in the store."""
+
+    object_key: str
+    id: int
+    hash: str
+    valid: bool  # its seal checks out with the audit key
+
+
+def _anchor_keys_above(store: Any, row_id: int) -> Iterator[str]:
+    """Keys of anchor objects whose id is above `row_id`.
+
+    Keys are fixed-width digits, so "greater than" is a set of key prefixes: at each digit
+    position, the same leading digits followed by any larger digit (at most 9 per position;
+    most listings are empty). This reads only what lies above the log's end however long
+    the log is.
+    """
+    digits = f"{max(row_id, 0):0{_ID_DIGITS}d}"
+    for i, ch in enumerate(digits):
+        for d in range(int(ch) + 1, 10):
+            for obj in store.list(f"{ANCHOR_PREFIX}{digits[:i]}{d}"):
+                yield obj.key
+
+
+def _load_anchor(store: Any, object_key: str, key: str) -> Anchor:
+    try:
+        body = json.loads(store.get_bytes(object_key))
+        aid, digest, sealed = int(body["id"]), str(body["hash"]), str(body.get("seal", ""))
+    except (ValueError, KeyError, TypeError):
+        return Anchor(object_key, -1, "", False)
+    named = object_key == LEGACY_ANCHOR_KEY or object_key == anchor_key(aid)
+    valid = named and hmac.compare_digest(anchor_seal(key, aid, digest), sealed)
+    return Anchor(object_key, aid, digest, valid)
+
+
+def anchors_above(store: Any, key: str, row_id: int) -> list[Anchor]:
+    """Anchor objects (valid or forged) that claim a row above `row_id`, by id."""
+    found = [_load_anchor(store, k, key) for k in _anchor_keys_above(store, row_id)]
+    if store.exists(LEGACY_ANCHOR_KEY):
+        legacy = _load_anchor(store, LEGACY_ANCHOR_KEY, key)
+        if legacy.id > row_id or not legacy.valid:
+            found.append(legacy)
+    return sorted(found, key=lambda a: a.id)
 
 
 @dataclass(frozen=True)
@@ -122,14 +196,15 @@ class Verdict:
     count: int
     first_bad_id: int | None = None
     reason: str | None = None
+    notes: tuple[str, ...] = field(default=())
 
 
-def verify(conn: Conn, key: str, anchor: dict[str, Any] | None) -> Verdict:
-    """Walk the whole log: ids contiguous, links, hashes, seals, and the external anchor."""
+def verify(conn: Conn, key: str, store: Any | None) -> Verdict:
+    """Walk the whole log (ids contiguous, links, hashes, seals), then cross-check its end
+    with the database high-water mark and the object store anchors (see the module doc)."""
     prev = GENESIS
     expected_id = 1
     count = 0
-    last_hash = GENESIS
     with conn.cursor(name="audit_verify") as cur:
         cur.itersize = 2000
         cur.execute("SELECT id, at, actor, action, details, prev_hash, hash, seal"
@@ -149,23 +224,49 @@ def verify(conn: Conn, key: str, anchor: dict[str, Any] | None) -> Verdict:
             if not hmac.compare_digest(seal(key, digest), str(r["seal"])):
                 return Verdict(False, count, rid, f"row {rid} has an invalid seal: written or"
                                                   " rewritten outside the application")
-            prev = last_hash = digest
+            prev = digest
             expected_id += 1
             count += 1
-    if anchor is not None:
-        aid = int(anchor["id"])
-        if not hmac.compare_digest(seal(key, f"anchor:{aid}:{anchor['hash']}"),
-                                   str(anchor.get("seal", ""))):
-            return Verdict(False, count, aid, "the external anchor has an invalid seal")
-        if aid > count:
+    # The head and the anchors are read after the walk: a row committed meanwhile is above
+    # `count` but present, and is checked by the next verification, not reported as deleted.
+    head = conn.execute("SELECT last_id, last_hash FROM audit_head").fetchone()
+    if head is not None:
+        hid = int(head["last_id"])
+        if hid > count and _live_hash(conn, hid) != head["last_hash"]:
             return Verdict(False, count, count + 1,
-                           f"rows {count + 1}..{aid} are missing: the anchored head is row {aid}"
-                           " but the log ends earlier (deleted)")
-        row = conn.execute("SELECT hash FROM audit_log WHERE id = %s", (aid,)).fetchone()
-        if row is None or row["hash"] != anchor["hash"]:
-            return Verdict(False, count, aid, f"row {aid} differs from the anchored head")
-    del last_hash
+                           f"rows {count + 1}..{hid} are missing: the database high-water mark"
+                           f" is row {hid} but the log ends earlier (deleted)")
+        if hid == count and head["last_hash"] != prev:
+            return Verdict(False, count, hid, f"row {hid} differs from the database"
+                                              " high-water mark")
+    elif count:
+        return Verdict(False, count, None, "the database high-water mark is missing: deleted")
+    if store is None:
+        return Verdict(True, count)
+    above = anchors_above(store, key, count)
+    deleted = [a for a in above if a.valid and _live_hash(conn, a.id) != a.hash]
+    if deleted:
+        top = deleted[-1]
+        return Verdict(False, count, count + 1,
+                       f"rows {count + 1}..{top.id} are missing: {top.object_key} anchors row"
+                       f" {top.id} but the log ends earlier (deleted)")
+    if count and store.exists(anchor_key(count)):
+        own = _load_anchor(store, anchor_key(count), key)
+        if own.valid and own.hash != prev:
+            return Verdict(False, count, count, f"row {count} differs from its anchor")
+    forged = [a for a in above if not a.valid]
+    if forged:
+        names = ", ".join(a.object_key for a in forged[:5])
+        return Verdict(False, count, None,
+                       f"{len(forged)} anchor object(s) with an invalid seal, written outside"
+                       f" the application (forged): {names}; the rows themselves verify")
     return Verdict(True, count)
+
+
+def _live_hash(conn: Conn, row_id: int) -> str | None:
+    """The hash of a row as committed now (None when there is no such row)."""
+    row = conn.execute("SELECT hash FROM audit_log WHERE id = %s", (row_id,)).fetchone()
+    return str(row["hash"]) if row else None
 
 
 def rows(conn: Conn, date_from: datetime | None = None, date_to: datetime | None = None
@@ -183,6 +284,20 @@ def rows(conn: Conn, date_from: datetime | None = None, date_to: datetime | None
 
 
 CSV_COLUMNS = ("id", "at", "actor", "action", "details", "prev_hash", "hash")
+# A spreadsheet runs a cell starting with one of these as a formula (OWASP: CSV injection).
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: object) -> str:
+    """A CSV cell that no spreadsheet evaluates: `'` before a formula start (and before a
+    leading `'`, so that `csv_value` undoes it exactly)."""
+    text = "" if value is None else str(value)
+    return "'" + text if text.startswith((*_FORMULA_START, "'")) else text
+
+
+def csv_value(cell: str) -> str:
+    """The value a `csv_cell` was made from."""
+    return cell[1:] if cell.startswith("'") else cell
 
 
 def _serialise(records: Iterable[dict[str, Any]], fmt: str, columns: tuple[str, ...]) -> bytes:
@@ -194,22 +309,44 @@ def _serialise(records: Iterable[dict[str, Any]], fmt: str, columns: tuple[str, 
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(columns)
         for r in records:
-            w.writerow([json.dumps(r[c], sort_keys=True, separators=(",", ":"),
-                                   ensure_ascii=False) if isinstance(r[c], dict | list)
-                        else r[c] for c in columns])
+            w.writerow([csv_cell(json.dumps(r[c], sort_keys=True, separators=(",", ":"),
+                                            ensure_ascii=False)
+                                 if isinstance(r[c], dict | list) else r[c])
+                        for c in columns])
         return buf.getvalue().encode()
     raise InvalidInputError(f"--format {fmt}: use jsonl or csv")
 
 
+def derive_key(audit_key: str, purpose: str) -> str:
+    """A key for one purpose, derived one-way from the audit key (HMAC-SHA-256 as a PRF):
+    holding it reveals neither the audit key nor the keys of other purposes."""
+    return hmac.new(audit_key.encode(), f"bodycam {purpose} v1".encode(),
+                    hashlib.sha256).hexdigest()
+
+
+def export_key(audit_key: str) -> str:
+    """The key that signs export manifests; auditors can be given it (`bodycam audit
+    export-key`) to verify exports offline without receiving the audit key itself."""
+    return derive_key(audit_key, "export manifest signing")
+
+
+def _manifest_signature(signing_key: str, manifest: dict[str, Any]) -> str:
+    body = {k: v for k, v in manifest.items() if k != "signature"}
+    data = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hmac.new(signing_key.encode(), data.encode(), hashlib.sha256).hexdigest()
+
+
 def write_export(path: Path, kind: str, fmt: str, records: list[dict[str, Any]],
                  columns: tuple[str, ...], head: dict[str, Any] | None,
-                 extra: dict[str, Any]) -> dict[str, Any]:
-    """Write an export and its manifest (`FILE.manifest.json`); returns the manifest."""
+                 extra: dict[str, Any], signing_key: str) -> dict[str, Any]:
+    """Write an export and its signed manifest (`FILE.manifest.json`); returns the manifest."""
     data = _serialise(records, fmt, columns)
     path.write_bytes(data)
     manifest = {"kind": kind, "format": fmt, "file": path.name, "rows": len(records),
                 "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data),
-                "chain_head": head, "columns": list(columns), **extra}
+                "chain_head": head, "columns": list(columns), **extra,
+                "signature_alg": "HMAC-SHA256(export key)"}
+    manifest["signature"] = _manifest_signature(signing_key, manifest)
     manifest_path(path).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest
 
@@ -219,16 +356,33 @@ def manifest_path(path: Path) -> Path:
     return path.with_name(path.name + ".manifest.json")
 
 
-def verify_export(path: Path) -> Verdict:
-    """Check an export offline against its manifest: bytes, row count, and for audit
-    exports every row's hash and link. Any changed byte fails."""
+def read_manifest(path: Path) -> dict[str, Any]:
+    """An export's manifest; raises InvalidInputError when it is missing or not JSON."""
     mpath = manifest_path(path)
     if not mpath.exists():
-        return Verdict(False, 0, None, f"no manifest beside the export ({mpath.name})")
+        raise InvalidInputError(f"no manifest beside the export ({mpath.name})")
     try:
-        manifest = json.loads(mpath.read_text())
+        loaded = json.loads(mpath.read_text())
     except ValueError:
-        return Verdict(False, 0, None, "the manifest is not valid JSON")
+        raise InvalidInputError("the manifest is not valid JSON") from None
+    if not isinstance(loaded, dict):
+        raise InvalidInputError("the manifest is not a JSON object")
+    return loaded
+
+
+def verify_export(path: Path, signing_key: str) -> Verdict:
+    """Check an export offline: the manifest's signature (export key), the file's bytes and
+    row count, and for audit exports every row's hash and link, contiguous ids, and the
+    first and last rows named by the signed manifest. Any changed byte fails."""
+    try:
+        manifest = read_manifest(path)
+    except InvalidInputError as exc:
+        return Verdict(False, 0, None, str(exc))
+    if not hmac.compare_digest(_manifest_signature(signing_key, manifest),
+                               str(manifest.get("signature", ""))):
+        return Verdict(False, 0, None, "the manifest's signature does not verify with the"
+                                       " export key: the manifest was written or changed"
+                                       " outside the application")
     data = path.read_bytes()
     if hashlib.sha256(data).hexdigest() != manifest.get("sha256"):
         return Verdict(False, 0, None, "the file's SHA-256 differs from the manifest: altered")
@@ -236,19 +390,51 @@ def verify_export(path: Path) -> Verdict:
     if len(records) != manifest.get("rows"):
         return Verdict(False, len(records), None, "row count differs from the manifest")
     if manifest.get("kind") == "audit":
-        prev: str | None = None
-        for r in records:
-            rid = int(r["id"])
-            if prev is not None and r["prev_hash"] != prev:
-                return Verdict(False, len(records), rid, f"row {rid} does not link to the previous")
-            if row_hash(rid, r["at"], r["actor"], r["action"], r["details"],
-                        r["prev_hash"]) != r["hash"]:
-                return Verdict(False, len(records), rid, f"row {rid} does not match its hash")
-            prev = r["hash"]
-        head = manifest.get("last_row")
-        if records and head and (head["id"], head["hash"]) != (int(records[-1]["id"]), prev):
-            return Verdict(False, len(records), None, "the last row differs from the manifest")
+        return _verify_audit_rows(records, manifest)
     return Verdict(True, len(records))
+
+
+def _verify_audit_rows(records: list[dict[str, Any]], manifest: dict[str, Any]) -> Verdict:
+    n = len(records)
+    first, last = manifest.get("first_row"), manifest.get("last_row")
+    if not records:
+        ok = first is None and last is None
+        return Verdict(ok, 0, None, None if ok else "the manifest names rows the file lacks")
+    if not isinstance(first, dict) or not isinstance(last, dict):
+        return Verdict(False, n, None, "the manifest does not name the first and last rows")
+    prev: str | None = None
+    expected = int(first["id"])
+    for r in records:
+        rid = int(r["id"])
+        if rid != expected:
+            return Verdict(False, n, expected, f"row {expected} is missing from the export")
+        link = first.get("prev_hash") if prev is None else prev
+        if r["prev_hash"] != link:
+            return Verdict(False, n, rid, f"row {rid} does not link to the previous")
+        if row_hash(rid, r["at"], r["actor"], r["action"], r["details"],
+                    r["prev_hash"]) != r["hash"]:
+            return Verdict(False, n, rid, f"row {rid} does not match its hash")
+        prev = r["hash"]
+        expected += 1
+    if (int(records[0]["id"]), records[0]["hash"]) != (int(first["id"]), first.get("hash")):
+        return Verdict(False, n, None, "the first row differs from the manifest")
+    if (int(records[-1]["id"]), prev) != (int(last["id"]), last.get("hash")):
+        return Verdict(False, n, None, "the last row differs from the manifest")
+    return Verdict(True, n)
+
+
+def check_live(conn: Conn, manifest: dict[str, Any]) -> str | None:
+    """Whether an audit export's first and last rows are rows of the live chain, with the
+    same hashes; returns the reason when not."""
+    for end in ("first_row", "last_row"):
+        row = manifest.get(end)
+        if not isinstance(row, dict):
+            continue
+        live = conn.execute("SELECT hash FROM audit_log WHERE id = %s",
+                            (int(row["id"]),)).fetchone()
+        if live is None or live["hash"] != row.get("hash"):
+            return f"the export's {end.replace('_', ' ')} ({row['id']}) is not in the live log"
+    return None
 
 
 def _parse(data: bytes, fmt: str, columns: tuple[str, ...]) -> list[dict[str, Any]]:
@@ -260,7 +446,7 @@ def _parse(data: bytes, fmt: str, columns: tuple[str, ...]) -> list[dict[str, An
         raise InvalidInputError("the CSV header differs from the manifest's columns")
     out = []
     for rec in reader:
-        row: dict[str, Any] = dict(zip(columns, rec, strict=True))
+        row: dict[str, Any] = dict(zip(columns, (csv_value(c) for c in rec), strict=True))
         if "details" in row:
             row["details"] = json.loads(row["details"])
         out.append(row)

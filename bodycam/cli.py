@@ -64,7 +64,7 @@ def authorize(ctx: Any, action: str, case: str | None = None) -> Any:
 
     def check() -> Any:
         with ctx.db() as conn:
-            user = accounts.authenticate(conn, name, token)
+            user = accounts.authenticate(conn, ctx.audit_key, name, token)
             accounts.require(conn, ctx.audit_key, user, action, case)
             return user
 
@@ -144,6 +144,17 @@ def migrate() -> None:
     ctx = context()
     applied = guarded(lambda: run(ctx.services.admin_database_url))
     err.print(f"applied {len(applied)} migrations" if applied else "schema is up to date")
+
+
+@app.command("events-token")
+def events_token_cmd() -> None:
+    """Print the bearer token the S3 notifier must send to POST /s3/events (admin)."""
+    from bodycam.api.app import events_token
+
+    ctx = context()
+    user = authorize(ctx, "users")
+    ctx.audit(user.name, "events.token", {})
+    sys.stdout.write(events_token(ctx) + "\n")
 
 
 @app.command()
@@ -359,14 +370,16 @@ def subjects_list(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Active subjects."""
-    from bodycam import accounts, subjects
+    from bodycam import subjects
 
     ctx = context()
     user = authorize(ctx, "subjects.list", case)
-    with ctx.db() as conn:
-        visible = accounts.visible_cases(conn, user)
-        rows = [s for s in subjects.list_subjects(conn, case)
-                if visible is None or s.case_id in visible]
+
+    def run() -> list[Any]:
+        with ctx.db() as conn:
+            return subjects.view_subjects(conn, ctx.audit_key, user, case)
+
+    rows = guarded(run)
     if as_json:
         emit_json([s.as_json() for s in rows])
         return
@@ -381,9 +394,9 @@ def subjects_remove(subject_id: str) -> None:
     from bodycam import subjects
 
     ctx = context()
-    user = authorize(ctx, "subjects.remove", case_of(ctx, "subjects", subject_id))
+    user = authorize(ctx, "subjects.remove")
     with ctx.db() as conn:
-        guarded(lambda: subjects.remove_subject(conn, ctx.audit_key, subject_id, user.name))
+        guarded(lambda: subjects.remove_subject(conn, ctx.audit_key, subject_id, user))
     err.print(f"subject {subject_id} removed")
 
 
@@ -409,20 +422,13 @@ def search_cmd(
         fail("missing --case: every search is bound to a case")
     if not purpose or not purpose.strip():
         fail("missing --purpose: every search records why it was made")
-    if sum(x is not None for x in (photo, subject, track)) != 1:
-        fail("give exactly one of --photo, --subject or --track")
+    probe = guarded(lambda: s.Probe(photo, face, subject, track))
     ctx = context()
     user = authorize(ctx, "search", case)
     filters = s.Filters(video, _date(date_from, "--from"), _date(date_to, "--to"))
 
     def run() -> s.SearchResult:
-        if photo is not None:
-            q = s.query_from_photo(ctx.settings, photo, face)
-        else:
-            with ctx.db() as conn:
-                q = (s.query_from_subject(conn, ctx.settings, subject) if subject is not None
-                     else s.query_from_track(conn, str(track)))
-        return s.search(ctx, q, case, purpose, user.name, threshold, limit, filters)
+        return s.search(ctx, probe, case, purpose, user.name, threshold, limit, filters)
 
     result = refusable(ctx, user, "search", run)
     if result.note:
@@ -449,15 +455,18 @@ def matches_cmd(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Watchlist matches (leads) and their review state."""
-    from bodycam import accounts, matching
+    from bodycam import matching
 
     if tctx.invoked_subcommand is not None:
         return
     ctx = context()
     user = authorize(ctx, "matches", case)
-    with ctx.db() as conn:
-        rows = matching.list_matches(conn, status_filter, case,
-                                     accounts.visible_cases(conn, user))
+
+    def run() -> list[Any]:
+        with ctx.db() as conn:
+            return matching.view_matches(conn, ctx.audit_key, user, status_filter, case)
+
+    rows = guarded(run)
     if as_json:
         emit_json([m.as_json() for m in rows])
         return
@@ -480,12 +489,11 @@ def review(
     if confirm == reject:
         fail("give exactly one of --confirm or --reject")
     ctx = context()
-    user = authorize(ctx, "review", case_of(ctx, "matches", match_id))
+    user = authorize(ctx, "review")
 
     def run() -> str:
         with ctx.db() as conn:
-            return matching.review(conn, ctx.audit_key, match_id, user.name, confirm,
-                                   note or "")
+            return matching.review(conn, ctx.audit_key, match_id, user, confirm, note or "")
 
     status = refusable(ctx, user, "review", run)
     out.print(f"match {match_id}: {status}")
@@ -494,9 +502,11 @@ def review(
 @app.command("persons")
 def persons_cmd(
     case: Annotated[str, typer.Option("--case")],
+    purpose: Annotated[str | None, typer.Option("--purpose", help="why (recorded)")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Unknown persons in a case: tracks of the same face grouped across videos."""
+    """Unknown persons in a case: tracks of the same face grouped across videos (audited,
+    with the purpose)."""
     from bodycam import matching
 
     ctx = context()
@@ -504,7 +514,8 @@ def persons_cmd(
 
     def run() -> list[Any]:
         with ctx.db() as conn:
-            return matching.persons(conn, ctx.settings, case)
+            return matching.persons(conn, ctx.audit_key, ctx.settings, case, purpose or "",
+                                    user.name)
 
     rows = refusable(ctx, user, "persons", run)
     if as_json:
@@ -521,10 +532,14 @@ def subjects_approve(subject_id: str) -> None:
     from bodycam import matching, subjects
 
     ctx = context()
-    user = authorize(ctx, "subjects.approve", case_of(ctx, "subjects", subject_id))
-    with ctx.db() as conn:
-        guarded(lambda: subjects.approve_subject(conn, ctx.audit_key, subject_id, user.name))
-        made = matching.match_subject(conn, ctx.settings, subject_id)
+    user = authorize(ctx, "subjects.approve")
+
+    def run() -> int:
+        with ctx.db() as conn:
+            subjects.approve_subject(conn, ctx.audit_key, subject_id, user)
+            return matching.match_subject(conn, ctx.settings, subject_id)
+
+    made = refusable(ctx, user, "subjects.approve", run)
     out.print(f"subject {subject_id} approved; {made} pending matches to review")
 
 
@@ -559,7 +574,7 @@ def audit_verify() -> None:
     ctx = context()
     authorize(ctx, "audit.verify")
     with ctx.db() as conn:
-        verdict = audit.verify(conn, ctx.audit_key, audit.read_anchor(ctx.store))
+        verdict = audit.verify(conn, ctx.audit_key, ctx.store)
     if not verdict.ok:
         fail(f"audit log NOT intact: first bad row {verdict.first_bad_id}: {verdict.reason}")
     out.print(f"audit log intact: {verdict.count} rows")
@@ -586,19 +601,61 @@ def audit_export(
 
 
 @audit_app.command("verify-export")
-def audit_verify_export(path: str) -> None:
-    """Check an export offline against its manifest (needs no database): any change fails."""
+def audit_verify_export(
+    path: str,
+    key_file: Annotated[str | None, typer.Option(
+        "--key-file", help="file holding the export key (`bodycam audit export-key`); "
+                           "default: derived from this installation's audit key")] = None,
+) -> None:
+    """Check an export against its signed manifest (offline with --key-file): any change,
+    removed row or re-computed chain fails. Where the database is reachable, the export's
+    first and last rows are also checked against the live log."""
     from pathlib import Path
 
     from bodycam import audit
+    from bodycam.context import Context
 
     if not Path(path).is_file():
         fail(f"{path}: no such file")
-    verdict = guarded(lambda: audit.verify_export(Path(path)))
+    live: Any = None
+    if key_file is not None:
+        try:
+            key = Path(key_file).read_text().strip()
+        except OSError as exc:
+            fail(f"{key_file}: cannot read the export key ({exc.strerror})")
+    else:
+        try:
+            live = Context.load(settings())
+            key = audit.export_key(live.audit_key)
+        except BodycamError:
+            fail("no export key: pass --key-file with the key from `bodycam audit export-key`"
+                 " (no audit key is configured here)")
+    verdict = guarded(lambda: audit.verify_export(Path(path), key))
     if not verdict.ok:
         where = f" (row {verdict.first_bad_id})" if verdict.first_bad_id else ""
         fail(f"{path}: export NOT intact{where}: {verdict.reason}")
-    out.print(f"{path}: intact, {verdict.count} rows match the manifest")
+    manifest = audit.read_manifest(Path(path))
+    if live is not None and manifest.get("kind") == "audit":
+        def check() -> str | None:
+            with live.db() as conn:
+                return audit.check_live(conn, manifest)
+
+        problem = guarded(check)
+        if problem:
+            fail(f"{path}: export NOT intact: {problem}")
+    out.print(f"{path}: intact, {verdict.count} rows match the signed manifest")
+
+
+@audit_app.command("export-key")
+def audit_export_key() -> None:
+    """Print the key that verifies export manifests (give it to whoever checks exports
+    offline; it is derived from, and does not reveal, the audit key)."""
+    from bodycam import audit
+
+    ctx = context()
+    user = authorize(ctx, "audit.export")
+    ctx.audit(user.name, "audit.export_key", {})
+    sys.stdout.write(audit.export_key(ctx.audit_key) + "\n")
 
 
 users_app = typer.Typer(no_args_is_help=True, help="Accounts and roles (admin).")
@@ -748,18 +805,13 @@ def thresholds_set(
     reason: Annotated[str, typer.Option("--reason")],
 ) -> None:
     """Record a supervisor-approved change of a model's default threshold and floor."""
-    from bodycam import audit
+    from bodycam.search import set_thresholds
 
-    if not 0 < floor <= default <= 1:
-        fail("need 0 < --floor <= --default <= 1 (cosine similarity)")
     ctx = context()
     user = authorize(ctx, "thresholds.set")
     with ctx.db() as conn:
-        conn.execute("INSERT INTO thresholds (model, default_threshold, floor, changed_by,"
-                     " reason) VALUES (%s, %s, %s, %s, %s)",
-                     (model, default, floor, user.name, reason))
-        audit.append(conn, ctx.audit_key, user.name, "threshold.change",
-                     {"model": model, "default": default, "floor": floor, "reason": reason})
+        guarded(lambda: set_thresholds(conn, ctx.audit_key, ctx.settings, user.name, model,
+                                       default, floor, reason))
     out.print(f"{model}: default {default}, floor {floor}")
 
 

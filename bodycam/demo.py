@@ -68,7 +68,7 @@ def run_demo(settings: Settings, testdata: str, case: str, out: Console) -> None
 
 def _demo_search(ctx: Context, testdata: str, case: str, actor: str, out: Console) -> None:
     """Enrol p06 from an enrolment photo (never shown in the clips) and ask where they appear."""
-    from bodycam.search import query_from_subject
+    from bodycam.search import Probe
 
     photo = Path(testdata, "faces", "identities", "p06", "01.png")
     if not photo.exists():
@@ -80,9 +80,8 @@ def _demo_search(ctx: Context, testdata: str, case: str, actor: str, out: Consol
                            " AND removed_at IS NULL", (case, "p06 (demo)")).fetchone()
     sid = str(row["id"]) if row else enroll(ctx, "p06 (demo)", [str(photo)], case,
                                             "demo enrolment", actor)[0]
-    with ctx.db() as conn:
-        query = query_from_subject(conn, ctx.settings, sid)
-    result = search(ctx, query, case, "demo: show where the enrolled person appears", actor)
+    result = search(ctx, Probe(subject_id=sid), case,
+                    "demo: show where the enrolled person appears", actor)
     table = Table(title=f"leads for human review (threshold {result.threshold}, "
                         f"model {result.model})")
     for col in ("similarity", "video", "from s", "to s", "tracks"):

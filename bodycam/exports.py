@@ -1,4 +1,4 @@
-"""Exports for auditors and courts: audit log and matches, each with a verifiable manifest."""
+"""Exports for auditors and courts: audit log and matches, each with a signed manifest."""
 
 from __future__ import annotations
 
@@ -27,13 +27,17 @@ def export_audit(ctx: Context, actor: str, fmt: str, path: Path,
     """Write the audit log (optionally a time window) and its manifest; the export is audited."""
     with ctx.db() as conn:
         records = [r.as_json() for r in audit.rows(conn, date_from, date_to)]
+    # The exported range's ends in the live chain, signed with the manifest: rows removed
+    # from the file (and the chain recomputed) no longer reach them.
+    first = ({"id": records[0]["id"], "hash": records[0]["hash"],
+              "prev_hash": records[0]["prev_hash"]} if records else None)
     last = {"id": records[-1]["id"], "hash": records[-1]["hash"]} if records else None
     manifest = audit.write_export(
         path, "audit", fmt, records, audit.CSV_COLUMNS, _head(ctx),
-        {"first_row": records[0]["id"] if records else None, "last_row": last,
+        {"first_row": first, "last_row": last,
          "from": date_from.isoformat() if date_from else None,
          "to": date_to.isoformat() if date_to else None, "exported_by": actor,
-         "exported_at": datetime.now(UTC).isoformat()})
+         "exported_at": datetime.now(UTC).isoformat()}, audit.export_key(ctx.audit_key))
     ctx.audit(actor, "export", {"kind": "audit", "format": fmt, "rows": manifest["rows"],
                                 "sha256": manifest["sha256"], "from": manifest["from"],
                                 "to": manifest["to"]})
@@ -49,7 +53,7 @@ def export_matches(ctx: Context, actor: str, fmt: str, path: Path, status: str |
     manifest = audit.write_export(
         path, "matches", fmt, records, MATCH_COLUMNS, _head(ctx),
         {"status": status, "case": case_id, "exported_by": actor,
-         "exported_at": datetime.now(UTC).isoformat()})
+         "exported_at": datetime.now(UTC).isoformat()}, audit.export_key(ctx.audit_key))
     ctx.audit(actor, "export", {"kind": "matches", "format": fmt, "rows": manifest["rows"],
                                 "sha256": manifest["sha256"], "case": case_id})
     return manifest

@@ -151,44 +151,84 @@ def _record(ctx: Context, key: str, staged: StoredObject, filename: str, info: M
 
 # --- the incoming/ prefix ------------------------------------------------------------------
 
+INCOMING_ACTOR = "system:incoming"  # who ingests what arrives in incoming/ (nobody verified)
+MAX_SIDECAR_BYTES = 64 * 1024
+MAX_INCOMING_ATTEMPTS = 5  # unexpected failures of one object before it is given up
+
+
 def incoming_metadata(ctx: Context, key: str) -> dict[str, str]:
-    """Custody fields of an object in incoming/: its sidecar JSON first, then its tags."""
+    """Custody fields of an object in incoming/: its sidecar JSON first, then its tags.
+
+    Raises InvalidInputError (permanent: the object is rejected once, kept, never retried)
+    when the sidecar is too large, not valid JSON, or not a JSON object of plain values.
+    """
     meta = ctx.store.get_tags(key)
     sidecar = f"{key}.json"
-    if ctx.store.exists(sidecar):
+    found = next((o for o in ctx.store.list(sidecar) if o.key == sidecar), None)
+    if found is not None:
+        if found.size_bytes > MAX_SIDECAR_BYTES:
+            raise InvalidInputError(f"{sidecar}: sidecar is {found.size_bytes} bytes, more than"
+                                    f" {MAX_SIDECAR_BYTES}")
         try:
             loaded = json.loads(ctx.store.get_bytes(sidecar))
         except ValueError:
             raise InvalidInputError(f"{sidecar}: sidecar is not valid JSON") from None
+        if not isinstance(loaded, dict):
+            raise InvalidInputError(f"{sidecar}: sidecar must be a JSON object of custody fields"
+                                    f" (case, officer, device), not a {type(loaded).__name__}")
+        bad = sorted(str(k) for k, v in loaded.items()
+                     if v is not None and not isinstance(v, str | int | float | bool))
+        if bad:
+            raise InvalidInputError(f"{sidecar}: sidecar fields must be plain values, not lists"
+                                    f" or objects ({', '.join(bad)[:200]})")
         meta.update({str(k): str(v) for k, v in loaded.items() if v is not None})
     return meta
+
+
+def _current_etag(ctx: Context, key: str) -> str | None:
+    return next((o.etag for o in ctx.store.list(key) if o.key == key), None)
 
 
 def ingest_incoming(ctx: Context, key: str, etag: str) -> IngestResult | None:
     """Ingest one object put straight into incoming/ (by an S3 event or the reconciler).
 
-    Each (key, etag) is handled once: the outcome is recorded in incoming_objects, a rejected
-    object stays where it is with its reason, an accepted one moves into the evidence store.
+    Only an object that exists now with that etag is handled (a forged or stale request does
+    nothing and records nothing). Each (key, etag) is handled once: the outcome is recorded in
+    incoming_objects, a rejected object stays where it is with its reason and is not retried,
+    an accepted one moves into the evidence store. An unexpected failure is retried by the
+    reconciler at most MAX_INCOMING_ATTEMPTS times, then rejected with its reason.
+
+    Nobody authenticated the upload, so the audit actor is `system:incoming`; an `uploader`
+    named in the sidecar or tags is recorded only as an unverified claim.
     """
     if not key.startswith(INCOMING) or key.endswith(".json") or key.endswith("/"):
         return None
+    if _current_etag(ctx, key) != etag:
+        log.info("incoming object %s: no such object with that etag now; nothing to do", key)
+        return None
     with ctx.db() as conn:
         claimed = conn.execute(
-            "INSERT INTO incoming_objects (key, etag, state) VALUES (%s, %s, 'working')"
-            " ON CONFLICT (key, etag) DO UPDATE SET state = 'working', updated_at = now()"
-            " WHERE incoming_objects.state = 'working'"
-            " AND incoming_objects.updated_at < now() - interval '10 minutes'"
-            " RETURNING key", (key, etag),
+            "INSERT INTO incoming_objects (key, etag, state, attempts)"
+            " VALUES (%s, %s, 'working', 1)"
+            " ON CONFLICT (key, etag) DO UPDATE SET state = 'working', updated_at = now(),"
+            " attempts = incoming_objects.attempts + 1"
+            " WHERE (incoming_objects.state = 'working'"
+            "        AND incoming_objects.updated_at < now() - interval '10 minutes')"
+            " OR incoming_objects.state = 'error'"
+            " RETURNING attempts", (key, etag),
         ).fetchone()
     if claimed is None:
         return None  # already handled, or being handled
+    attempts = int(claimed["attempts"])
     filename = key[len(INCOMING):].rsplit("/", 1)[-1]
+    claimed_uploader: str | None = None
     try:
         meta = incoming_metadata(ctx, key)
+        claimed_uploader = meta.get("uploader")
         custody = Custody(
             case_id=meta.get("case", meta.get("case_id", "")),
             officer=meta.get("officer", ""), device=meta.get("device", ""),
-            uploader=meta.get("uploader", "incoming"),
+            uploader=INCOMING_ACTOR,
             recorded_at=parse_recorded_at(meta.get("recorded_at")), source="incoming",
         )
         with tempfile.NamedTemporaryFile(suffix=Path(filename).suffix) as tmp:
@@ -197,14 +237,22 @@ def ingest_incoming(ctx: Context, key: str, etag: str) -> IngestResult | None:
             with open(tmp.name, "rb") as f:
                 result = _store_and_record(ctx, f, filename, info, custody)
     except PermanentError as exc:
-        _mark_incoming(ctx, key, etag, "rejected", None, str(exc))
-        ctx.audit("system:incoming", "ingest.rejected", {"object": key, "reason": str(exc)})
-        log.warning("rejected incoming object %s: %s", key, exc)
+        _reject_incoming(ctx, key, etag, str(exc))
         raise
-    except BaseException:
-        _mark_incoming(ctx, key, etag, "error", None, "transient failure; will retry")
+    except BaseException as exc:
+        if attempts >= MAX_INCOMING_ATTEMPTS:
+            _reject_incoming(ctx, key, etag, f"gave up after {attempts} attempts: last failure"
+                                             f" {type(exc).__name__}")
+        else:
+            _mark_incoming(ctx, key, etag, "error", None,
+                           f"attempt {attempts}: {type(exc).__name__}; will retry")
         raise
     _mark_incoming(ctx, key, etag, "ingested", result.video_id, None)
+    ctx.audit(INCOMING_ACTOR, "ingest.incoming", {
+        "video_id": result.video_id, "object": key, "etag": etag,
+        "duplicate": result.duplicate,
+        "claimed_uploader": claimed_uploader[:200] if claimed_uploader else None,
+        "claim_verified": False})
     ctx.store.delete(key)
     sidecar = f"{key}.json"
     if ctx.store.exists(sidecar):
@@ -212,12 +260,16 @@ def ingest_incoming(ctx: Context, key: str, etag: str) -> IngestResult | None:
     return result
 
 
+def _reject_incoming(ctx: Context, key: str, etag: str, reason: str) -> None:
+    _mark_incoming(ctx, key, etag, "rejected", None, reason)
+    ctx.audit(INCOMING_ACTOR, "ingest.rejected", {"object": key, "etag": etag,
+                                                  "reason": reason})
+    log.warning("rejected incoming object %s: %s", key, reason)
+
+
 def _mark_incoming(ctx: Context, key: str, etag: str, state: str, video_id: str | None,
                    error: str | None) -> None:
     with ctx.db() as conn:
-        if state == "error":  # let the reconciler try again
-            conn.execute("DELETE FROM incoming_objects WHERE key = %s AND etag = %s", (key, etag))
-            return
         conn.execute(
             "UPDATE incoming_objects SET state = %s, video_id = %s, error = %s,"
             " updated_at = now() WHERE key = %s AND etag = %s",
@@ -226,13 +278,14 @@ def _mark_incoming(ctx: Context, key: str, etag: str, state: str, video_id: str 
 
 
 def unhandled_incoming(ctx: Context) -> list[tuple[str, str]]:
-    """(key, etag) of objects in incoming/ that no event or earlier pass has handled."""
+    """(key, etag) of objects in incoming/ that no event or earlier pass has handled, and of
+    those whose earlier attempts failed unexpectedly (state `error`: retried, bounded)."""
     listed = [(o.key, o.etag) for o in ctx.store.list(INCOMING)
               if not o.key.endswith(".json") and not o.key.endswith("/")]
     if not listed:
         return []
     with ctx.db() as conn:
         seen = {(str(r["key"]), str(r["etag"])) for r in conn.execute(
-            "SELECT key, etag FROM incoming_objects WHERE key = ANY(%s)",
+            "SELECT key, etag FROM incoming_objects WHERE key = ANY(%s) AND state <> 'error'",
             ([k for k, _ in listed],)).fetchall()}
     return [item for item in listed if item not in seen]

@@ -11,6 +11,7 @@ from datetime import datetime
 import numpy as np
 
 from bodycam import audit, policy
+from bodycam.accounts import User, case_of, require, require_visible, visible_cases
 from bodycam.config import Settings
 from bodycam.db import Conn
 from bodycam.errors import InvalidInputError, NotFoundError, PermanentError
@@ -114,7 +115,10 @@ def match_video(conn: Conn, settings: Settings, video_id: str) -> int:
 
 
 def match_subject(conn: Conn, settings: Settings, subject_id: str) -> int:
-    """After enrolment: compare the new subject with its case's existing tracks."""
+    """After enrolment or approval: compare the subject with its case's existing tracks
+    (never under the redact-only profile, whatever the caller)."""
+    if not policy.embeddings_allowed(conn):
+        return 0
     row = conn.execute("SELECT case_id, approved_at FROM subjects WHERE id = %s",
                        (subject_id,)).fetchone()
     if row is None:
@@ -145,20 +149,37 @@ def list_matches(conn: Conn, status: str | None = None, case_id: str | None = No
                   tuple(r["reviewers"])) for r in rows]
 
 
+def view_matches(conn: Conn, key: str, user: User, status: str | None = None,
+                 case_id: str | None = None) -> list[Match]:
+    """The matches a user may see (their cases only), and an audit row saying who looked at
+    which watchlist leads."""
+    require(conn, key, user, "matches", case_id)  # role, and the case when one is named
+    rows = list_matches(conn, status, case_id, visible_cases(conn, user))
+    audit.append(conn, key, user.name, "matches.list", {
+        "case": case_id, "status": status, "count": len(rows),
+        "match_ids": [m.match_id for m in rows]})
+    return rows
+
+
 class ReviewRefusedError(PermanentError):
     """A review that the four-eyes rules do not allow."""
 
 
-def review(conn: Conn, key: str, match_id: str, reviewer: str, confirm: bool, note: str
+def review(conn: Conn, key: str, match_id: str, user: User, confirm: bool, note: str
            ) -> str:
     """Record a reviewer's decision; returns the match's status afterwards.
 
-    A rejection ends the match. A confirmation counts once per reviewer; the match is
-    confirmed when the policy's number of reviewers have confirmed, and the person who
-    enrolled the subject is never enough on their own.
+    Only a match of a case the reviewer may see (others are refused and audited), and not
+    under the redact-only profile. A rejection ends the match. A confirmation counts once
+    per reviewer; the match is confirmed when the policy's number of reviewers have
+    confirmed, and the person who enrolled the subject is never enough on their own.
     """
     if not note or not note.strip():
         raise InvalidInputError("missing --note: record why you confirm or reject this match")
+    require_visible(conn, key, user, "review", "match", match_id,
+                    case_of(conn, "match", match_id))
+    policy.require_identify(conn, "match review")
+    reviewer = user.name
     row = conn.execute(
         "SELECT m.status, s.created_by FROM matches m JOIN subjects s ON s.id = m.subject_id"
         " WHERE m.id::text = %s FOR UPDATE OF m", (match_id,)).fetchone()
@@ -242,9 +263,24 @@ def cluster_tracks(vectors: np.ndarray, cannot_link: set[tuple[int, int]], thres
     return sorted((sorted(g) for g in groups.values()), key=lambda g: g[0])
 
 
-def persons(conn: Conn, settings: Settings, case_id: str) -> list[Person]:
-    """Group a case's tracks into persons (recomputed from the stored tracks each time)."""
+def persons(conn: Conn, key: str, settings: Settings, case_id: str, purpose: str,
+            actor: str) -> list[Person]:
+    """Group a case's tracks into persons (recomputed from the stored tracks each time).
+
+    Grouping faces across videos is biometric processing like a search: it needs a purpose
+    and is audited with what it returned.
+    """
+    if not purpose or not purpose.strip():
+        raise InvalidInputError("missing --purpose: say why you are grouping this case's faces")
     policy.require_identify(conn, "persons")
+    found = _persons(conn, settings, case_id)
+    audit.append(conn, key, actor, "persons", {
+        "case": case_id, "purpose": purpose.strip(), "persons": len(found),
+        "track_ids": [t for p in found for t in p.track_ids]})
+    return found
+
+
+def _persons(conn: Conn, settings: Settings, case_id: str) -> list[Person]:
     model = settings.pipeline.embedder
     thr = resolve_threshold(settings, model, None, conn)
     rows = conn.execute(

@@ -29,49 +29,92 @@ class Policy:
     reviewers_required: int = 1
     retention_days: int = 30
     enrolment_approval: bool = False
+    reviewers_explicit: bool = False  # set by an admin, kept across profile switches
 
     def as_json(self) -> dict[str, object]:
         """JSON for the CLI and the audit log."""
         return {"profile": self.profile, "reviewers_required": self.reviewers_required,
                 "retention_days": self.retention_days,
-                "enrolment_approval": self.enrolment_approval}
+                "enrolment_approval": self.enrolment_approval,
+                "reviewers_explicit": self.reviewers_explicit}
 
 
 def current(conn: Conn) -> Policy:
     """The active policy (defaults before any change is recorded)."""
     row = conn.execute(
-        "SELECT profile, reviewers_required, retention_days, enrolment_approval FROM policy"
-        " ORDER BY id DESC LIMIT 1").fetchone()
+        "SELECT profile, reviewers_required, retention_days, enrolment_approval,"
+        " reviewers_explicit FROM policy ORDER BY id DESC LIMIT 1").fetchone()
     if row is None:
         return Policy()
     return Policy(str(row["profile"]), int(row["reviewers_required"]),
-                  int(row["retention_days"]), bool(row["enrolment_approval"]))
+                  int(row["retention_days"]), bool(row["enrolment_approval"]),
+                  bool(row["reviewers_explicit"]))
 
 
 def change(conn: Conn, key: str, by: str, reason: str, profile: str | None = None,
            reviewers: int | None = None, retention_days: int | None = None) -> Policy:
-    """Record a policy change (admins only, checked by the caller) with its reason."""
+    """Record a policy change (admins only, checked by the caller) with its reason.
+
+    A profile switch brings the profile's defaults, except for a reviewer count an admin
+    set explicitly (`--reviewers`): that is kept as it is until an admin changes it.
+    Switching to redact-only purges every stored face embedding and enrolment template in the
+    same transaction, audited with the counts; from then on the database
+    refuses to store new ones (migration 007).
+    """
     if not reason or not reason.strip():
         raise InvalidInputError("missing --reason: a policy change must say why")
+    if reviewers is not None and not 1 <= reviewers <= 5:
+        raise InvalidInputError(f"--reviewers {reviewers}: between 1 and 5")
+    if retention_days is not None and retention_days < 1:
+        raise InvalidInputError(f"--retention-days {retention_days}: at least 1")
     old = current(conn)
     name = profile or old.profile
     if name not in PROFILES:
         raise InvalidInputError(f"unknown profile {name}: choose from {', '.join(PROFILES)}")
     default_reviewers, approval = PROFILES[name]
+    if reviewers is not None:
+        count, explicit = reviewers, True
+    elif profile and not old.reviewers_explicit:
+        count, explicit = default_reviewers, False
+    else:
+        count, explicit = old.reviewers_required, old.reviewers_explicit
     new = Policy(
         profile=name,
-        reviewers_required=reviewers if reviewers is not None else (
-            default_reviewers if profile else old.reviewers_required),
+        reviewers_required=count,
         retention_days=retention_days if retention_days is not None else old.retention_days,
         enrolment_approval=approval if profile else old.enrolment_approval,
+        reviewers_explicit=explicit,
     )
+    if new.profile == "redact-only":
+        # Wait for transactions writing embeddings to finish, so that none commits one after
+        # the purge; writers that start later see redact-only and their embeddings are dropped.
+        conn.execute("LOCK TABLE tracks, detections, subject_faces IN SHARE ROW EXCLUSIVE MODE")
     conn.execute("INSERT INTO policy (profile, reviewers_required, retention_days,"
-                 " enrolment_approval, changed_by, reason) VALUES (%s, %s, %s, %s, %s, %s)",
+                 " enrolment_approval, reviewers_explicit, changed_by, reason)"
+                 " VALUES (%s, %s, %s, %s, %s, %s, %s)",
                  (new.profile, new.reviewers_required, new.retention_days,
-                  new.enrolment_approval, by, reason.strip()))
+                  new.enrolment_approval, new.reviewers_explicit, by, reason.strip()))
     audit.append(conn, key, by, "policy.change", {"from": old.as_json(), "to": new.as_json(),
                                                    "reason": reason.strip()})
+    if new.profile == "redact-only":
+        purged = purge_biometrics(conn)
+        audit.append(conn, key, by, "policy.purge_biometrics",
+                     {**purged, "reason": "the redact-only profile allows no face embeddings"})
     return new
+
+
+def purge_biometrics(conn: Conn) -> dict[str, int]:
+    """Delete every face embedding and enrolment template, and the pending matches that can
+    no longer be reviewed; returns how many of each (originals, crops and decided matches
+    stay: they are evidence, not templates)."""
+    tracks = conn.execute("UPDATE tracks SET embedding = NULL WHERE embedding IS NOT NULL"
+                          ).rowcount
+    detections = conn.execute("UPDATE detections SET embedding = NULL"
+                              " WHERE embedding IS NOT NULL").rowcount
+    templates = conn.execute("DELETE FROM subject_faces").rowcount
+    pending = conn.execute("DELETE FROM matches WHERE status = 'pending'").rowcount
+    return {"track_embeddings": tracks, "detection_embeddings": detections,
+            "subject_templates": templates, "pending_matches": pending}
 
 
 def embeddings_allowed(conn: Conn) -> bool:

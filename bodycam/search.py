@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -11,6 +12,7 @@ import numpy as np
 from pgvector import Vector
 
 from bodycam import audit, policy
+from bodycam.accounts import Scope, case_of
 from bodycam.config import Settings
 from bodycam.context import Context
 from bodycam.db import Conn
@@ -30,6 +32,23 @@ class Query:
     fingerprint: str
     note: str | None = None
     subject_id: str | None = None  # set for subject searches: open-set identification
+    track_id: str | None = None  # set for track searches
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What a user searches with, as given: a photo (and face index), an enrolled subject's
+    id or a stored track's id. `search` checks the policy and the threshold before any
+    face in a photo is detected or embedded, and resolves ids only inside the search's case."""
+
+    photo: str | None = None
+    face: int | None = None
+    subject_id: str | None = None
+    track_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if sum(x is not None for x in (self.photo, self.subject_id, self.track_id)) != 1:
+            raise InvalidInputError("give exactly one of --photo, --subject or --track")
 
 
 @dataclass(frozen=True)
@@ -84,32 +103,73 @@ class SearchResult:
                 "threshold": self.threshold, "model": self.model}
 
 
+def check_similarity(value: float, flag: str) -> float:
+    """A finite cosine similarity in [-1, 1]; raises InvalidInputError otherwise (NaN and
+    infinities compare false with every bound, so they are refused by name first)."""
+    if not math.isfinite(value):
+        raise InvalidInputError(f"{flag} {value} is not a number: give a cosine similarity"
+                                " between the floor and 1.0")
+    if not -1.0 <= value <= 1.0:
+        raise InvalidInputError(f"{flag} {value} is a cosine similarity: between -1.0 and 1.0")
+    return value
+
+
 def resolve_threshold(settings: Settings, model: str, requested: float | None,
                       conn: Conn | None = None) -> float:
     """The default, or a requested value that may not go below the floor.
 
     A supervisor-approved change recorded in the database (`bodycam thresholds set`) takes
-    precedence over the configured values.
+    precedence over the configured values, but never goes below the calibrated floor
+    (configured per model, measured in docs/thresholds.md).
     """
     default = settings.search.default_threshold.get(model)
-    floor = settings.search.threshold_floor.get(model)
+    calibrated = floor = settings.search.threshold_floor.get(model)
     if conn is not None:
         row = conn.execute("SELECT default_threshold, floor FROM thresholds WHERE model = %s"
                            " ORDER BY id DESC LIMIT 1", (model,)).fetchone()
         if row is not None:
             default, floor = float(row["default_threshold"]), float(row["floor"])
+            if calibrated is not None:
+                floor, default = max(floor, calibrated), max(default, calibrated)
     if default is None or floor is None:
         raise InvalidInputError(f"no calibrated threshold for model {model}: calibrate it first "
                                 "(python -m bodycam.calibration) and set BODYCAM_SEARCH__...")
     if requested is None:
         return default
+    check_similarity(requested, "--threshold")
     if requested < floor:
         raise InvalidInputError(
             f"--threshold {requested} is below the floor {floor} for {model}: thresholds can be "
             "raised to be stricter, never lowered below the calibrated floor")
-    if requested > 1.0:
-        raise InvalidInputError("--threshold is a cosine similarity: at most 1.0")
     return requested
+
+
+def set_thresholds(conn: Conn, key: str, settings: Settings, actor: str, model: str,
+                   default: float, floor: float, reason: str) -> None:
+    """Record a supervisor-approved default and floor for a model (role checked by the
+    caller). Neither may go below the model's calibrated floor; the change is audited."""
+    if model not in DIMS:
+        raise InvalidInputError(f"unknown model {model}: choose from {', '.join(DIMS)}")
+    check_similarity(default, "--default")
+    check_similarity(floor, "--floor")
+    if not reason or not reason.strip():
+        raise InvalidInputError("missing --reason: a threshold change must say why")
+    if not 0 < floor <= default <= 1:
+        raise InvalidInputError("need 0 < --floor <= --default <= 1 (cosine similarity)")
+    calibrated = settings.search.threshold_floor.get(model)
+    if calibrated is None:
+        raise InvalidInputError(f"no calibrated floor for model {model}: calibrate it first "
+                                "(python -m bodycam.calibration, docs/thresholds.md)")
+    if floor < calibrated:
+        raise InvalidInputError(
+            f"--floor {floor} is below the calibrated floor {calibrated} for {model} "
+            "(docs/thresholds.md): a floor can be raised, never lowered below calibration")
+    conn.execute("INSERT INTO thresholds (model, default_threshold, floor, changed_by,"
+                 " reason) VALUES (%s, %s, %s, %s, %s)",
+                 (model, default, floor, actor, reason.strip()))
+    audit.append(conn, key, actor, "threshold.change",
+                 {"model": model, "default": default, "floor": floor,
+                  "calibrated_floor": calibrated, "reason": reason.strip()})
 
 
 def query_from_photo(settings: Settings, path: str, face: int | None = None) -> Query:
@@ -118,8 +178,10 @@ def query_from_photo(settings: Settings, path: str, face: int | None = None) -> 
     return Query("photo", [pf.embedding], pf.model, f"sha256:{pf.sha256}", pf.note)
 
 
-def query_from_subject(conn: Conn, settings: Settings, subject_id: str) -> Query:
-    """A subject's enrolment vectors for the configured embedder."""
+def query_from_subject(conn: Conn, settings: Settings, subject_id: str, scope: Scope) -> Query:
+    """A subject's enrolment vectors for the configured embedder; only a subject of the
+    scope's case (any other is refused and the refusal audited)."""
+    scope.require(conn, "search", "subject", subject_id, case_of(conn, "subject", subject_id))
     get_subject(conn, subject_id)
     model = settings.pipeline.embedder
     vecs = subject_vectors(conn, subject_id, model)
@@ -128,15 +190,17 @@ def query_from_subject(conn: Conn, settings: Settings, subject_id: str) -> Query
     return Query("subject", vecs, model, f"subject:{subject_id}", subject_id=subject_id)
 
 
-def query_from_track(conn: Conn, track_id: str) -> Query:
-    """A stored track's representative vector (any model it was made with)."""
+def query_from_track(conn: Conn, track_id: str, scope: Scope) -> Query:
+    """A stored track's representative vector (any model it was made with); only a track of
+    the scope's case (any other is refused and the refusal audited)."""
+    scope.require(conn, "search", "track", track_id, case_of(conn, "track", track_id))
     row = conn.execute("SELECT model, embedding FROM tracks WHERE id::text = %s"
                        " AND embedding IS NOT NULL AND purged_at IS NULL",
                        (track_id,)).fetchone()
     if row is None:
         raise NotFoundError(f"no track {track_id} with an embedding")
     return Query("track", [np.asarray(row["embedding"].to_numpy(), np.float32)],
-                 str(row["model"]), f"track:{track_id}")
+                 str(row["model"]), f"track:{track_id}", track_id=track_id)
 
 
 def candidate_tracks(conn: Conn, settings: Settings, query: Query, case_id: str,
@@ -282,38 +346,71 @@ def appearances(conn: Conn, scored: list[tuple[str, float]], merge_gap_s: float
     return sorted(out, key=lambda a: (-a.similarity, a.video_id, a.start_s))
 
 
-def search(ctx: Context, query: Query, case_id: str, purpose: str, actor: str,
+def search(ctx: Context, probe: Probe | Query, case_id: str, purpose: str, actor: str,
            threshold: float | None = None, limit: int | None = None,
            filters: Filters | None = None) -> SearchResult:
-    """Run and record one search bound to a case and a purpose."""
+    """Run and record one search bound to a case and a purpose.
+
+    In order: the case and purpose are required; the policy must allow identification and a
+    requested threshold must be valid *before* any face is detected or embedded; every id
+    (subject, track, video filter) must belong to the case, else the attempt is refused and
+    audited; then the search runs and is recorded with its results.
+    """
     if not case_id or not case_id.strip():
         raise InvalidInputError("missing --case: every search is bound to a case")
     if not purpose or not purpose.strip():
         raise InvalidInputError("missing --purpose: say why you are searching")
+    case = case_id.strip()
+    scope = Scope(actor, case, ctx.audit_key)
     filters = filters or Filters()
     lim = limit or ctx.settings.search.default_limit
+    if lim < 1:
+        raise InvalidInputError(f"--limit {lim}: give at least 1")
+    query = probe if isinstance(probe, Query) else None
+    with ctx.db() as conn:
+        policy.require_identify(conn, "search")
+        if filters.video_id is not None:
+            scope.require(conn, "search", "video", filters.video_id,
+                          case_of(conn, "video", filters.video_id))
+        if query is None and isinstance(probe, Probe) and probe.photo is not None:
+            resolve_threshold(ctx.settings, ctx.settings.pipeline.embedder, threshold, conn)
+        elif query is None and isinstance(probe, Probe):
+            query = (query_from_subject(conn, ctx.settings, probe.subject_id, scope)
+                     if probe.subject_id is not None
+                     else query_from_track(conn, str(probe.track_id), scope))
+    if query is None:
+        assert isinstance(probe, Probe) and probe.photo is not None
+        query = query_from_photo(ctx.settings, probe.photo, probe.face)
     with ctx.db() as conn:
         policy.require_identify(conn, "search")
         thr = resolve_threshold(ctx.settings, query.model, threshold, conn)
-        scored = candidate_tracks(conn, ctx.settings, query, case_id.strip(), filters,
+        if query.subject_id is not None:
+            scope.require(conn, "search", "subject", query.subject_id,
+                          case_of(conn, "subject", query.subject_id))
+        if query.track_id is not None:
+            scope.require(conn, "search", "track", query.track_id,
+                          case_of(conn, "track", query.track_id))
+        if filters.video_id is not None:
+            scope.require(conn, "search", "video", filters.video_id,
+                          case_of(conn, "video", filters.video_id))
+        scored = candidate_tracks(conn, ctx.settings, query, case, filters,
                                   k=max(200, lim * 20))
         kept = [(tid, s) for tid, s in scored if s >= thr]
-        kept = only_best_subject(conn, query, case_id.strip(), kept)
+        kept = only_best_subject(conn, query, case, kept)
         results = appearances(conn, kept, ctx.settings.search.merge_gap_s)[:lim]
         track_ids = [t for a in results for t in a.track_ids]
         row = conn.execute(
             "INSERT INTO searches (actor, case_id, purpose, query_kind, query_fingerprint,"
             " threshold, model, filters, result_track_ids, result_count)"
             " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s::uuid[], %s) RETURNING id::text AS id",
-            (actor, case_id.strip(), purpose.strip(), query.kind,
+            (actor, case, purpose.strip(), query.kind,
              query.fingerprint, thr, query.model,
              json.dumps(filters.as_json()), track_ids, len(results))).fetchone()
         assert row is not None
         audit.append(conn, ctx.audit_key, actor, "search", {
-            "search_id": str(row["id"]), "case": case_id.strip(), "purpose": purpose.strip(),
+            "search_id": str(row["id"]), "case": case, "purpose": purpose.strip(),
             "query": query.kind, "query_fingerprint": query.fingerprint, "threshold": thr,
             "model": query.model, "filters": filters.as_json(), "result_count": len(results),
             "result_track_ids": track_ids,
             "result_video_ids": sorted({a.video_id for a in results})})
     return SearchResult(str(row["id"]), results, thr, query.model, query.note)
-

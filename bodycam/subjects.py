@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from bodycam import audit, policy
+from bodycam.accounts import User, case_of, require, require_visible, visible_cases
 from bodycam.config import Settings
 from bodycam.context import Context
 from bodycam.db import Conn
@@ -137,6 +138,8 @@ def enroll(ctx: Context, name: str, photos: list[str], case_id: str, reason: str
         raise InvalidInputError("missing --name")
     if not photos:
         raise InvalidInputError("at least one --photo is needed")
+    with ctx.db() as conn:  # before any face is detected or embedded
+        policy.require_identify(conn, "enrolment")
     faces = [face_from_photo(ctx.settings, p, face) for p in photos]
     keys = []
     for p in photos:
@@ -190,8 +193,23 @@ def get_subject(conn: Conn, subject_id: str) -> Subject:
     raise NotFoundError(f"no active subject {subject_id}")
 
 
-def remove_subject(conn: Conn, key: str, subject_id: str, actor: str) -> None:
-    """Take a subject off the watchlist; its biometric templates are deleted, the record kept."""
+def view_subjects(conn: Conn, key: str, user: User, case_id: str | None = None
+                  ) -> list[Subject]:
+    """The watchlist a user may see (their cases only), and an audit row saying who looked."""
+    require(conn, key, user, "subjects.list", case_id)  # role, and the case when one is named
+    visible = visible_cases(conn, user)
+    rows = [s for s in list_subjects(conn, case_id) if visible is None or s.case_id in visible]
+    audit.append(conn, key, user.name, "subjects.list", {
+        "case": case_id, "count": len(rows), "subject_ids": [s.subject_id for s in rows]})
+    return rows
+
+
+def remove_subject(conn: Conn, key: str, subject_id: str, user: User) -> None:
+    """Take a subject off the watchlist; its biometric templates are deleted, the record kept.
+    Only a subject of a case the user may see (others are refused and audited)."""
+    require_visible(conn, key, user, "subjects.remove", "subject", subject_id,
+                    case_of(conn, "subject", subject_id))
+    actor = user.name
     subject = get_subject(conn, subject_id)
     audit.append(conn, key, actor, "subject.remove",
                  {"subject_id": subject_id, "case": subject.case_id})
@@ -202,8 +220,13 @@ def remove_subject(conn: Conn, key: str, subject_id: str, actor: str) -> None:
                  (subject_id,))
 
 
-def approve_subject(conn: Conn, key: str, subject_id: str, actor: str) -> None:
-    """A supervisor approves an enrolment (never their own); matching may then start."""
+def approve_subject(conn: Conn, key: str, subject_id: str, user: User) -> None:
+    """A supervisor approves an enrolment (never their own); matching may then start.
+    Not under the redact-only profile; only a subject of a case the user may see."""
+    require_visible(conn, key, user, "subjects.approve", "subject", subject_id,
+                    case_of(conn, "subject", subject_id))
+    policy.require_identify(conn, "enrolment approval")
+    actor = user.name
     row = conn.execute("SELECT created_by, approved_at FROM subjects WHERE id::text = %s"
                        " AND removed_at IS NULL", (subject_id,)).fetchone()
     if row is None:

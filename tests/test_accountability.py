@@ -59,7 +59,7 @@ def commands(tmp: Path) -> dict[str, list[str]]:
         "search": ["search", "--photo", str(tmp / "x.jpg"), "--case", CASE, "--purpose", "p"],
         "matches": ["matches", "--json"],
         "review": ["review", ZERO, "--confirm", "--note", "n"],
-        "persons": ["persons", "--case", CASE, "--json"],
+        "persons": ["persons", "--case", CASE, "--purpose", "p", "--json"],
         "thresholds.set": ["thresholds", "set", "--model", "dlib-resnet", "--default",
                            str(s.default_threshold["dlib-resnet"]), "--floor",
                            str(s.threshold_floor["dlib-resnet"]), "--reason", "unchanged"],
@@ -300,7 +300,7 @@ def test_redact_only_stores_no_embeddings_and_refuses_face_matching(
         for argv in (["search", "--photo", str(P06), "--case", "T-REDACT", "--purpose", "p"],
                      ["subjects", "enroll", "--name", "n", "--photo", str(P06), "--case",
                       "T-REDACT", "--reason", "r"],
-                     ["persons", "--case", "T-REDACT"]):
+                     ["persons", "--case", "T-REDACT", "--purpose", "p"]):
             proc = stack.cli.run(*argv)
             assert proc.returncode != 0 and "redact-only" in proc.stderr, argv
     finally:

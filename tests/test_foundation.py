@@ -140,6 +140,7 @@ def test_a_file_put_into_incoming_is_ingested_and_processed(stack: StackHandle) 
 
 def test_an_s3_event_notification_queues_the_object(stack: StackHandle) -> None:
     store = stack.ctx.store
+    token = stack.cli.run("events-token", check=True).stdout.strip()
     key = "incoming/event/facenet.mp4"
     store._client.put_object(Bucket=store.bucket, Key=key, Body=FACENET_CLIP.read_bytes())
     store.put_bytes(key + ".json", json.dumps(
@@ -149,7 +150,8 @@ def test_an_s3_event_notification_queues_the_object(stack: StackHandle) -> None:
     event = {"Records": [{"eventName": "s3:ObjectCreated:Put",
                           "s3": {"bucket": {"name": store.bucket},
                                  "object": {"key": key, "eTag": etag}}}]}
-    reply = httpx.post(f"{api}/s3/events", json=event, timeout=10)
+    reply = httpx.post(f"{api}/s3/events", json=event, timeout=10,
+                       headers={"Authorization": f"Bearer {token}"})
     assert reply.status_code == 200 and reply.json() == {"queued": 1}
     video = _wait_for_case(stack, "T-EVENT")
     assert stack.wait_status(video["video_id"])["status"] == "done"

@@ -200,7 +200,7 @@ def test_persons_groups_every_track_once_and_never_joins_faces_seen_at_the_same_
     tracks = stack.cli.json("tracks", vid)
     assert isinstance(tracks, list)
     span = {t["track_id"]: (float(t["start_s"]), float(t["end_s"])) for t in tracks}
-    people = stack.cli.json("persons", "--case", HAM_CASE)
+    people = stack.cli.json("persons", "--case", HAM_CASE, "--purpose", "who else is there")
     assert isinstance(people, list) and people
     grouped = [t for p in people for t in p["track_ids"]]
     assert sorted(grouped) == sorted(span), "every track belongs to exactly one person"
@@ -283,9 +283,8 @@ def test_every_enrolled_identity_is_found_in_synthetic_clips_with_recall_and_pre
     found = tallied = returned = correct = 0.0
     report, absent_hits = [], []
     for ident, sid in sids.items():
-        with stack.ctx.db() as conn:
-            query = search.query_from_subject(conn, stack.ctx.settings, sid)
-        res = search.search(stack.ctx, query, case, "quality test", "enroller", limit=1000)
+        res = search.search(stack.ctx, search.Probe(subject_id=sid), case, "quality test",
+                            "enroller", limit=1000)
         got: dict[str, Intervals] = defaultdict(list)
         for a in res.results:
             got[a.video_id].append((a.start_s, a.end_s))
