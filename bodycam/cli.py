@@ -259,7 +259,7 @@ def retry(video_id: str) -> None:
     from bodycam.queue import PROCESS_UNIT
 
     ctx = context()
-    user = authorize(ctx, "retry")
+    user = authorize(ctx, "retry", case_of(ctx, "videos", video_id))
     with ctx.db() as conn:
         if conn.execute("SELECT 1 FROM videos WHERE id::text = %s", (video_id,)).fetchone() is None:
             fail(f"no video {video_id}")

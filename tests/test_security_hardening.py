@@ -154,6 +154,24 @@ def test_matches_and_subjects_of_another_case_cannot_be_reviewed_removed_or_list
     assert isinstance(subjects, list) and all(s["case"] == CASE_A for s in subjects)
 
 
+def test_tracks_and_retry_of_a_video_in_another_case_are_refused(
+        stack: StackHandle, users: dict[str, dict[str, str]], case_b: dict[str, str]) -> None:
+    clerk = env_of(stack, "sec-clerk", "clerk")
+    stack.cli.run("users", "assign", "sec-clerk", "--case", CASE_A, check=True)
+    refused_before = len(audit_rows(stack, "refused"))
+    proc = stack.cli.run("tracks", case_b["video"], "--json", extra_env=users["inv"])
+    assert proc.returncode != 0 and "not assigned" in one_line(proc) and not proc.stdout
+    proc = stack.cli.run("retry", case_b["video"], extra_env=clerk)
+    assert proc.returncode != 0 and "not assigned" in one_line(proc)
+    refused = audit_rows(stack, "refused")[refused_before:]
+    assert [r["details"]["attempted"] for r in refused] == [  # type: ignore[index]
+        "tracks", "retry"]
+    assert not [r for r in audit_rows(stack, "retry")
+                if r["details"]["video_id"] == case_b["video"]]  # type: ignore[index]
+    # The rule is the case, not the command: an account that sees every case may.
+    assert stack.cli.run("tracks", case_b["video"], "--json").returncode == 0
+
+
 # --- auditing of reads and failed logins -------------------------------------------------
 
 def test_failed_logins_listings_and_person_grouping_are_audited(
