@@ -27,6 +27,7 @@ import json
 import os
 import random
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -266,21 +267,29 @@ class FaultRun:
         """Wait for work in flight, inject `kind`, wait until that work is done again."""
         deadline = time.monotonic() + RECOVERY_LIMIT_S
         while True:
-            self.feed()
-            units = self.running_units()
-            fresh = [u for u in units if f"{u['video_id']}/{u['idx']}" not in self.hit]
-            pick = [u for u in (fresh or units) if float(u["progress"]) > 0.05]
-            if pick:
-                break
             if time.monotonic() > deadline:
                 raise TimeoutError("no unit in flight to aim a fault at")
-            time.sleep(0.2)
-        unit = self.rng.choice(pick)
-        in_flight = [f"{u['video_id']}/{u['idx']}" for u in units]
-        self.hit.update(in_flight)
-        t = time.monotonic()
-        fault = Fault(kind, "", round(t - self.t0, 1), units=in_flight)
-        fault.target = self.inject(kind, unit)
+            self.feed()
+            units = self.running_units()
+            live = {f"{socket.gethostname()}:{p['pid']}" for p in self.state()["processes"]
+                    if Path(f"/proc/{p['pid']}").exists()}
+            # A unit still leased by a worker that is gone (restarted) is not a target.
+            units = [u for u in units if u["lease_owner"] in live]
+            fresh = [u for u in units if f"{u['video_id']}/{u['idx']}" not in self.hit]
+            pick = [u for u in (fresh or units) if float(u["progress"]) > 0.05]
+            if not pick:
+                time.sleep(0.2)
+                continue
+            unit = self.rng.choice(pick)
+            in_flight = [f"{u['video_id']}/{u['idx']}" for u in units]
+            t = time.monotonic()
+            fault = Fault(kind, "", round(t - self.t0, 1), units=in_flight)
+            try:
+                fault.target = self.inject(kind, unit)
+            except (LookupError, ProcessLookupError):  # its worker ended meanwhile: aim again
+                continue
+            self.hit.update(in_flight)
+            break
         while time.monotonic() - t < RECOVERY_LIMIT_S:
             states = self.unit_states(in_flight)
             if all(s == "done" for s in states.values()):
