@@ -782,6 +782,29 @@ def purge(dry_run: Annotated[bool, typer.Option("--dry-run")] = False) -> None:
               f"{plan.thumbnails} thumbnails (older than {plan.retention_days} days)")
 
 
+@app.command()
+def fixity(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Re-hash every stored original and derivative against its recorded SHA-256 now; each
+    mismatch is audited. Exit 1 when any object changed or is missing."""
+    from bodycam.fixity import run
+
+    ctx = context()
+    user = authorize(ctx, "audit.verify")
+    report = guarded(lambda: run(ctx, user.name))
+    if as_json:
+        emit_json(report.as_json())
+    else:
+        for m in report.mismatches:
+            found = m.actual_sha256 or "missing"
+            out.print(f"MISMATCH {m.kind} {m.key} (video {m.video_id}): recorded "
+                      f"{m.expected_sha256}, stored {found}", highlight=False)
+        out.print(f"fixity {'ok' if report.ok else 'FAILED'}: {report.originals} originals, "
+                  f"{report.derivatives} derivatives, {len(report.mismatches)} mismatches",
+                  highlight=False)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
 def main() -> None:
     """Console-script entry point."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

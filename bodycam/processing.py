@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
-from bodycam import jobs
+from bodycam import fixity, jobs
 from bodycam.context import Context
 from bodycam.db import Conn
 from bodycam.domain import MediaInfo
@@ -216,6 +216,7 @@ def store_results(ctx: Context, lease: jobs.Lease, video: VideoRow, result: Chun
                  s.start_pts, s.end_pts))
         track_ids: dict[int, uuid.UUID] = {}
         for tr in result.tracks:
+            fixity.record(conn, thumbs[tr.key], tr.thumbnail_jpeg)  # for later re-hashing
             tid = uuid.uuid5(TRACK_NS, f"{vid}/{chunk}/{tr.key}")
             track_ids[tr.key] = tid
             conn.execute(

@@ -210,6 +210,23 @@ class ObjectStore:
         return body
 
     @_guarded
+    def sha256_of(self, key: str) -> tuple[str, int] | None:
+        """Re-read an object and hash it: (SHA-256, size), or None when it does not exist."""
+        try:
+            body = self._client.get_object(Bucket=self.bucket, Key=key)["Body"]
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+        digest = hashlib.sha256()
+        size = 0
+        with contextlib.closing(body):
+            while chunk := body.read(PART_BYTES):
+                digest.update(chunk)
+                size += len(chunk)
+        return digest.hexdigest(), size
+
+    @_guarded
     def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
         """Write a small derived object (thumbnail, export); never used for originals."""
         if key.startswith(ORIGINALS):
