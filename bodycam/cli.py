@@ -797,10 +797,10 @@ def fixity(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
         for m in report.mismatches:
             found = m.actual_sha256 or "missing"
             out.print(f"MISMATCH {m.kind} {m.key} (video {m.video_id}): recorded "
-                      f"{m.expected_sha256}, stored {found}", highlight=False)
+                      f"{m.expected_sha256}, stored {found}", highlight=False, soft_wrap=True)
         out.print(f"fixity {'ok' if report.ok else 'FAILED'}: {report.originals} originals, "
                   f"{report.derivatives} derivatives, {len(report.mismatches)} mismatches",
-                  highlight=False)
+                  highlight=False, soft_wrap=True)
     if not report.ok:
         raise typer.Exit(1)
 

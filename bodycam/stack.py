@@ -13,6 +13,7 @@ import secrets
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -27,6 +28,7 @@ from bodycam.errors import StackError
 
 PG_SUPERUSER = "postgres"
 PG_USER = "pgserver"  # the account postgres runs as when the stack runs as root
+PG_NS_DATADIR = "/tmp/pgdata"  # its data directory, as postgres sees it then (own mounts)
 APP_ROLE = "bodycam_app"
 DATABASE = "bodycam"
 # App processes and the backing services they hold connections to: when a service restarts,
@@ -233,6 +235,7 @@ class Stack:
         app_role = None if s.database_url else (APP_ROLE, str(state["pg_app_password"]))
         migrate(services.admin_database_url, app_role=app_role)
         ObjectStore(services.s3).ensure_bucket()
+        _make_private(self.home / "s3data")  # volumes the bucket created (see _s3_gateway)
         self._bootstrap_operator()
 
         def started(p: ManagedProcess) -> None:
@@ -319,31 +322,22 @@ class Stack:
             ensure_prefix_permissions(self._pg_bin())
             ensure_folder_permissions(self._pg_bin().parent, 0o555)
             os.chown(pgdata, entry.pw_uid, entry.pw_gid)
-            # The home stays 0700: the data directory is bind-mounted over the home's path in
-            # a mount namespace private to postgres, so the account never traverses the home.
-            prefix = [sys.executable, "-m", "bodycam.stack", "as-pg-user", str(pgdata),
-                      str(self.home), "--"]
-            datadir = self.home
+            # The home stays 0700: postgres sees its data directory at PG_NS_DATADIR in a mount
+            # namespace of its own, so the account never traverses the home.
+            prefix = [sys.executable, "-m", "bodycam.stack", "as-pg-user", str(pgdata), "--"]
+            datadir = Path(PG_NS_DATADIR)
             sockets = ["-c", "unix_socket_directories="]
         else:
             (self.run_dir / "pg").mkdir(parents=True, exist_ok=True)
         if not (pgdata / "PG_VERSION").exists():
-            import tempfile
-
             su_password = secrets.token_urlsafe(24)
-            with tempfile.TemporaryDirectory(prefix="bodycam-initdb-") as tmp:
-                pwfile = Path(tmp) / "pw"
-                _write_secret(pwfile, su_password)
-                if prefix:  # readable by the postgres account only
-                    owner = pgdata.stat()
-                    for path in (Path(tmp), pwfile):
-                        os.chown(path, owner.st_uid, owner.st_gid)
-                done = subprocess.run(
-                    [*prefix, str(self._pg_bin() / "initdb"), "-D", str(datadir),
-                     "-U", PG_SUPERUSER, "--auth=scram-sha-256", "--encoding=UTF8",
-                     "--locale=C", f"--pwfile={pwfile}"],
-                    capture_output=True,
-                )
+            # The password goes through a pipe: no file holds it, not even for a moment.
+            done = subprocess.run(
+                [*prefix, str(self._pg_bin() / "initdb"), "-D", str(datadir),
+                 "-U", PG_SUPERUSER, "--auth=scram-sha-256", "--encoding=UTF8",
+                 "--locale=C", "--pwfile=/dev/stdin"],
+                input=su_password.encode(), capture_output=True,
+            )
             if done.returncode != 0:
                 raise StackError("initdb failed: " + done.stderr.decode(errors="replace")[-2000:])
             state["pg_superuser_password"] = su_password
@@ -357,7 +351,7 @@ class Stack:
              # Postgres's 128 MB default cannot hold an HNSW index of a million 512-d tracks.
              "-c", f"shared_buffers={_shared_buffers_mb()}MB",
              "-c", f"effective_cache_size={psutil.virtual_memory().total // 2 // 2**20}MB"],
-            marker=f"-D {datadir} -h 127.0.0.1",
+            marker=f"-D {datadir} -h 127.0.0.1 -p {port} ",
         )
         _wait_port(port, 60, "Postgres", log)
         su = f"postgresql://{PG_SUPERUSER}:{state['pg_superuser_password']}@127.0.0.1:{port}"
@@ -402,7 +396,7 @@ class Stack:
             "-master.volumeSizeLimitMB=1024", "-volume.max=0"]
         port = _stable_port(state, "s3")
         proc = self._spawn("s3", [sys.executable, "-m", "bodycam.stack", "s3-gateway",
-                                  str(port), str(sock), "--", *weed_argv],
+                                  str(port), str(sock), str(data), "--", *weed_argv],
                            marker=f"s3-gateway {port} {sock}")
         _wait_port(port, 60, "SeaweedFS S3", self.log_dir / "s3.log")
         state["s3_endpoint_url"] = f"http://127.0.0.1:{port}"
@@ -512,7 +506,8 @@ def _service_urls(state: dict[str, object]) -> dict[str, object]:
 
 
 def _make_private(home: Path) -> None:
-    """The home 0700 and what is already in it owner-only (homes made by older versions)."""
+    """A directory 0700 and everything in it owner-only (homes made by older versions, files
+    a service writes with its own mode)."""
     home.chmod(0o700)
     for root, dirs, files in os.walk(home):
         for d in dirs:
@@ -585,23 +580,35 @@ def _libc_call(name: str, *args: object) -> None:
         raise OSError(err, f"{name}: {os.strerror(err)}")
 
 
-def _as_pg_user(pgdata: str, at: str, argv: list[str]) -> None:
-    """Exec argv as the postgres account with pgdata bind-mounted over `at` (root only).
+def _as_pg_user(pgdata: str, argv: list[str]) -> None:
+    """Exec argv as the postgres account with pgdata mounted at PG_NS_DATADIR (root only).
 
-    The mount lives in a mount namespace of its own, so nothing else sees it, and the account
-    reaches its data without any directory above it being opened to other users.
+    The mounts live in a mount namespace of their own (a private /tmp holding a bind mount of
+    the data directory), so the account reaches its data without any directory above it (the
+    0700 home, a 0700 temporary directory) being opened to other users.
     """
     import pwd
 
     clone_newns, ms_bind, ms_rec, ms_private = 0x00020000, 4096, 16384, 1 << 18
     _libc_call("unshare", clone_newns)
     _libc_call("mount", None, b"/", None, ms_rec | ms_private, None)
-    _libc_call("mount", pgdata.encode(), at.encode(), None, ms_bind, None)
+    data = os.open(pgdata, os.O_PATH | os.O_DIRECTORY)
+    _libc_call("mount", b"tmpfs", b"/tmp", b"tmpfs", 0, b"mode=0755")
+    os.mkdir(PG_NS_DATADIR, 0o700)
+    _libc_call("mount", f"/proc/self/fd/{data}".encode(), PG_NS_DATADIR.encode(), None,
+               ms_bind, None)
+    os.close(data)
     entry = pwd.getpwnam(PG_USER)
+    if stat.S_ISFIFO(os.fstat(0).st_mode):  # initdb reads the password from this pipe
+        os.fchown(0, entry.pw_uid, entry.pw_gid)
     os.setgroups([])
     os.setgid(entry.pw_gid)
     os.setuid(entry.pw_uid)
-    os.chdir(at)
+    # After setuid the process is not dumpable, which would forbid it /dev/stdin (a pipe).
+    import ctypes
+
+    ctypes.CDLL(None).prctl(4, 1)  # PR_SET_DUMPABLE
+    os.chdir(PG_NS_DATADIR)
     os.execv(argv[0], argv)
 
 
@@ -634,11 +641,12 @@ def _netns_exec(keep: str, argv: list[str]) -> None:
     os.execv(argv[0], argv)
 
 
-def _s3_gateway(port: int, sock: str, argv: list[str]) -> None:
+def _s3_gateway(port: int, sock: str, data: str, argv: list[str]) -> None:
     """Run SeaweedFS in a private network namespace; forward 127.0.0.1:port to its S3 socket.
 
     Exits when SeaweedFS exits (so `up` sees the service dead and restarts it); SIGTERM stops
-    SeaweedFS first.
+    SeaweedFS first. SeaweedFS writes each volume's .vif file 0644 whatever the umask: they are
+    made owner-only as they appear.
     """
     import asyncio
 
@@ -674,9 +682,14 @@ def _s3_gateway(port: int, sock: str, argv: list[str]) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         server = await asyncio.start_server(handle, "127.0.0.1", port, reuse_address=True)
+        ticks = 0
         while not stop.is_set() and child.poll() is None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.5)
+            ticks += 1
+            if ticks % 10 == 0:
+                with contextlib.suppress(OSError):
+                    _make_private(Path(data))
         server.close()
         if child.poll() is None:
             child.terminate()
@@ -697,11 +710,11 @@ def main(args: list[str]) -> None:
     sep = rest.index("--")
     opts, argv = rest[:sep], rest[sep + 1:]
     if cmd == "as-pg-user":
-        _as_pg_user(opts[0], opts[1], argv)
+        _as_pg_user(opts[0], argv)
     elif cmd == "netns-exec":
         _netns_exec(opts[0], argv)
     elif cmd == "s3-gateway":
-        _s3_gateway(int(opts[0]), opts[1], argv)
+        _s3_gateway(int(opts[0]), opts[1], opts[2], argv)
     else:
         raise SystemExit(f"unknown helper {cmd}")
 
