@@ -674,7 +674,8 @@ def _s3_gateway(port: int, sock: str, data: str, argv: list[str]) -> None:
         except OSError:
             writer.close()  # SeaweedFS not listening yet: the client sees a closed connection
             return
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        with contextlib.suppress(asyncio.CancelledError):  # connections open at shutdown
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
 
     async def main() -> int:
         loop = asyncio.get_running_loop()
@@ -692,9 +693,12 @@ def _s3_gateway(port: int, sock: str, data: str, argv: list[str]) -> None:
                     _make_private(Path(data))
         server.close()
         if child.poll() is None:
+            # SeaweedFS takes 15 s and more to stop on SIGTERM (it waits on its own metadata
+            # subscribers). Its clients are stopped first and what it wrote is in the page
+            # cache, so a SIGKILL after a short grace loses nothing.
             child.terminate()
             try:
-                child.wait(15)
+                child.wait(5)
             except subprocess.TimeoutExpired:
                 child.kill()
         return child.wait()
