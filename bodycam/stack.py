@@ -17,7 +17,7 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -353,9 +353,11 @@ class Stack:
              "-c", f"effective_cache_size={psutil.virtual_memory().total // 2 // 2**20}MB"],
             marker=f"-D {datadir} -h 127.0.0.1 -p {port} ",
         )
-        _wait_port(port, 60, "Postgres", log)
         su = f"postgresql://{PG_SUPERUSER}:{state['pg_superuser_password']}@127.0.0.1:{port}"
-        _ensure_database(su)
+        with self._reaped_on_failure(proc):
+            _wait_port(port, 60, "Postgres", log)
+            # After a crash Postgres opens its port before its recovery ends: wait for it.
+            _ensure_database(su, 120, log)
         state["admin_database_url"] = f"{su}/{DATABASE}"
         state["database_url"] = (
             f"postgresql://{APP_ROLE}:{state['pg_app_password']}@127.0.0.1:{port}/{DATABASE}"
@@ -398,9 +400,10 @@ class Stack:
         proc = self._spawn("s3", [sys.executable, "-m", "bodycam.stack", "s3-gateway",
                                   str(port), str(sock), str(data), "--", *weed_argv],
                            marker=f"s3-gateway {port} {sock}")
-        _wait_port(port, 60, "SeaweedFS S3", self.log_dir / "s3.log")
         state["s3_endpoint_url"] = f"http://127.0.0.1:{port}"
-        _wait_s3_ready(state)
+        with self._reaped_on_failure(proc):
+            _wait_port(port, 60, "SeaweedFS S3", self.log_dir / "s3.log")
+            _wait_s3_ready(state)
         return proc
 
     def _start_redis(self, state: dict[str, object]) -> ManagedProcess:
@@ -419,9 +422,19 @@ class Stack:
         )
         # redis-server rewrites its process title to "redis-server HOST:PORT".
         proc = self._spawn("redis", [binary, str(conf)], marker=f"127.0.0.1:{port}")
-        _wait_port(port, 30, "Redis", self.log_dir / "redis.log")
+        with self._reaped_on_failure(proc):
+            _wait_port(port, 30, "Redis", self.log_dir / "redis.log")
         state["redis_url"] = f"redis://:{state['redis_password']}@127.0.0.1:{port}/0"
         return proc
+
+    @contextlib.contextmanager
+    def _reaped_on_failure(self, proc: ManagedProcess) -> Iterator[None]:
+        """Stop a just-started service if it never became ready: `up` leaves no orphan."""
+        try:
+            yield
+        except BaseException:
+            self._stop([proc])
+            raise
 
     def _stop(self, procs: list[ManagedProcess],
               progress: Callable[[str], None] = lambda _m: None) -> list[str]:
@@ -529,12 +542,25 @@ def _wait_gone(procs: list[ManagedProcess], timeout_s: float) -> None:
             os.kill(p.pid, signal.SIGKILL)
 
 
-def _ensure_database(superuser_url: str) -> None:
+def _ensure_database(superuser_url: str, timeout_s: float, log: Path) -> None:
+    """Create the database once Postgres accepts connections (crash recovery may come first)."""
     import psycopg
 
-    with psycopg.connect(f"{superuser_url}/postgres", autocommit=True) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,)).fetchone():
-            conn.execute(f"CREATE DATABASE {DATABASE}")
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with psycopg.connect(f"{superuser_url}/postgres", autocommit=True,
+                                 connect_timeout=5) as conn:
+                if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s",
+                                    (DATABASE,)).fetchone():
+                    conn.execute(f"CREATE DATABASE {DATABASE}")
+                return
+        except psycopg.OperationalError as exc:
+            if time.monotonic() > deadline:
+                tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+                raise StackError(f"Postgres did not accept connections within {timeout_s:.0f}s"
+                                 f" ({type(exc).__name__}); log tail:\n{tail}") from exc
+            time.sleep(0.5)
 
 
 def _wait_s3_ready(state: dict[str, object]) -> None:

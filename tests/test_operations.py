@@ -256,14 +256,14 @@ def test_ingest_during_an_s3_outage_prints_one_line_and_leaves_nothing(
     assert not list(ops.ctx.store.list("staging/"))
 
 
-@pytest.mark.parametrize("service", ["redis", "s3"])
+@pytest.mark.parametrize("service", ["redis", "s3", "postgres"])
 def test_up_after_a_service_was_killed_heals_the_stack_and_processing_resumes(
         ops: StackHandle, service: str) -> None:
-    url_key = {"redis": "redis_url", "s3": "s3_endpoint_url"}[service]
+    url_key = {"redis": "redis_url", "s3": "s3_endpoint_url", "postgres": "database_url"}[service]
     url = _state(ops)[url_key]
     apps_before = {n: _pid(ops, n) for n in ("api", "beat", "worker-cpu-1", "worker-gpu-1")}
     victim = _weed(ops) if service == "s3" else psutil.Process(_pid(ops, service))
-    victim.kill()  # SIGKILL: SeaweedFS itself, or Redis
+    victim.kill()  # SIGKILL: SeaweedFS itself, Redis, or the Postgres postmaster
     _wait(lambda: _status(ops)[1]["services"][service] == "stopped", 20,  # type: ignore[index]
           f"status did not report {service} stopped")
     code, st = _status(ops)
