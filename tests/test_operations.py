@@ -115,7 +115,10 @@ def _admin_s3(ops: StackHandle, secret: str | None = None) -> object:
 
 def _as_nobody(code: str) -> subprocess.CompletedProcess[str]:
     """Run Python code as an unprivileged local account (another user of the machine)."""
-    return subprocess.run([SYSTEM_PYTHON, "-c", code], user=NOBODY, group="nogroup",
+    import pwd
+
+    return subprocess.run([SYSTEM_PYTHON, "-c", code], user=NOBODY,
+                          group=pwd.getpwnam(NOBODY).pw_gid,
                           capture_output=True, text=True, timeout=60, cwd="/")
 
 
