@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from bodycam.config import Settings, get_settings
-from bodycam.errors import BodycamError
+from bodycam.errors import BodycamError, TransientError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Bodycam: batch body-camera footage in, auditable face evidence out.")
@@ -109,6 +109,9 @@ def up() -> None:
     stack = Stack(settings())
     guarded(lambda: stack.up(progress=lambda m: err.print(f"  {m}")))
     st = stack.status()
+    if not st["ok"]:
+        fail(f"stack in {st['home']} is not fully up: {st['services']}, "
+             f"{st['workers']} workers: see its logs/")
     err.print(f"stack up in {st['home']}: database, S3, broker, "
               f"{st['workers']} workers")
 
@@ -125,15 +128,17 @@ def down() -> None:
 @app.command()
 def status(as_json: Annotated[bool, typer.Option("--json", help="machine-readable")] = False
            ) -> None:
-    """Each service's state, URLs, worker counts and queue depths."""
+    """Each service's state, URLs, worker counts and queue depths; exit 1 unless all are up."""
     from bodycam.stack import Stack
 
     st = Stack(settings()).status()
     if as_json:
         emit_json(st)
-        return
-    for key, value in st.items():
-        out.print(f"{key:16} {value}", highlight=False)
+    else:
+        for key, value in st.items():
+            out.print(f"{key:16} {value}", highlight=False)
+    if not st["ok"]:
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -194,8 +199,9 @@ def ingest(
             res = ingest_file(ctx, name, custody)
         except BodycamError as exc:
             err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
-            ctx.audit(user.name, "ingest.rejected", {"file": name, "case": custody.case_id,
-                                                     "reason": str(exc)})
+            if not isinstance(exc, TransientError):  # an outage rejects no evidence
+                rejected = {"file": name, "case": custody.case_id, "reason": str(exc)}
+                guarded(lambda: ctx.audit(user.name, "ingest.rejected", rejected))  # noqa: B023
             failures += 1
             continue
         results.append(res)
@@ -826,6 +832,29 @@ def purge(dry_run: Annotated[bool, typer.Option("--dry-run")] = False) -> None:
     verb = "would purge" if dry_run else "purged"
     out.print(f"{verb} {plan.tracks} tracks, {plan.detections} detection embeddings, "
               f"{plan.thumbnails} thumbnails (older than {plan.retention_days} days)")
+
+
+@app.command()
+def fixity(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Re-hash every stored original and derivative against its recorded SHA-256 now; each
+    mismatch is audited. Exit 1 when any object changed or is missing."""
+    from bodycam.fixity import run
+
+    ctx = context()
+    user = authorize(ctx, "audit.verify")
+    report = guarded(lambda: run(ctx, user.name))
+    if as_json:
+        emit_json(report.as_json())
+    else:
+        for m in report.mismatches:
+            found = m.actual_sha256 or "missing"
+            out.print(f"MISMATCH {m.kind} {m.key} (video {m.video_id}): recorded "
+                      f"{m.expected_sha256}, stored {found}", highlight=False, soft_wrap=True)
+        out.print(f"fixity {'ok' if report.ok else 'FAILED'}: {report.originals} originals, "
+                  f"{report.derivatives} derivatives, {len(report.mismatches)} mismatches",
+                  highlight=False, soft_wrap=True)
+    if not report.ok:
+        raise typer.Exit(1)
 
 
 def main() -> None:

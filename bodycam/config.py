@@ -53,6 +53,13 @@ class JobSettings(_Section):
         "stops renewing its lease, so the reaper gives it to another worker")
     reap_interval_s: float = Field(5.0, gt=0, description="how often expired leases are looked for")
     reconcile_interval_s: float = Field(30.0, gt=0, description="how often incoming/ is listed")
+    cache_max_bytes: int = Field(
+        20 * 1024**3, ge=0,
+        description="a worker's local cache of originals, bytes; least recently used files are "
+                    "evicted past it, never one a running unit uses (0: keep none once done)")
+    fixity_interval_s: float = Field(
+        24 * 3600.0, gt=0,
+        description="how often stored originals and derivatives are re-hashed (fixity check)")
 
     @model_validator(mode="after")
     def _heartbeat_inside_lease(self) -> JobSettings:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 
 from bodycam import queue
 from bodycam.config import Settings, get_settings
 from bodycam.db import Conn, connect
+from bodycam.errors import TransientError
 from bodycam.services import Services, resolve
 from bodycam.storage import ObjectStore
 
@@ -47,9 +49,25 @@ class Context:
         audit rows it wrote)."""
         from bodycam import audit
 
-        return connect(self.services.database_url,
-                       after_commit=lambda conn: audit.anchor_after_commit(
-                           conn, self.store, self.audit_key))
+        return self._connected(connect(self.services.database_url,
+                                       after_commit=lambda conn: audit.anchor_after_commit(
+                                           conn, self.store, self.audit_key)))
+
+    @contextmanager
+    def _connected(self, cm: AbstractContextManager[Conn]) -> Iterator[Conn]:
+        with ExitStack() as stack:
+            try:
+                conn = stack.enter_context(cm)
+            except TransientError as exc:
+                raise TransientError(f"{exc}: {self.remedy('database_url')}") from exc
+            yield conn
+
+    def remedy(self, setting: str) -> str:
+        """What an operator does about an unreachable service: start the embedded stack, or
+        check the external service's setting."""
+        if getattr(self.settings, setting, None):
+            return f"check that it runs and BODYCAM_{setting.upper()}, then retry"
+        return f"start it with `bodycam up` (home {self.settings.home_dir}), then retry"
 
     def audit(self, actor: str, action: str, details: dict[str, object]) -> None:
         """Record an event in its own transaction (for events with no other database write)."""
@@ -60,7 +78,10 @@ class Context:
 
     def send(self, task: str, *args: str | int) -> None:
         """Queue a task by name with id arguments."""
-        queue.send(self.services.redis_url, task, *args)
+        try:
+            queue.send(self.services.redis_url, task, *args)
+        except TransientError as exc:
+            raise TransientError(f"{exc}: {self.remedy('redis_url')}") from exc
 
     def credentials(self) -> tuple[str, str | None]:
         """(user, token) the CLI acts with: BODYCAM_USER + BODYCAM_TOKEN, else the embedded

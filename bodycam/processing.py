@@ -16,7 +16,7 @@ from pathlib import Path
 import kombu.exceptions
 import psycopg
 
-from bodycam import jobs
+from bodycam import fixity, jobs
 from bodycam.context import Context
 from bodycam.db import Conn
 from bodycam.domain import MediaInfo
@@ -65,13 +65,19 @@ def load_video(conn: Conn, video_id: str) -> VideoRow:
 
 
 def local_copy(ctx: Context, video: VideoRow) -> Path:
-    """The original in this worker's cache, verified against its SHA-256 (chain of custody)."""
-    cache = ctx.settings.home_dir / "cache"
-    cache.mkdir(parents=True, exist_ok=True)
+    """The original in this worker's cache, verified against its SHA-256 (chain of custody).
+
+    The cache is bounded (jobs.cache_max_bytes): after a download the least recently used
+    originals are evicted, never one that a running unit (of any worker) is processing.
+    """
+    from bodycam import cache as originals
+
+    cache = originals.cache_dir(ctx.settings.home_dir)
     path = cache / video.sha256
     if path.exists():
+        originals.touch(path)
         return path
-    fd, tmp = tempfile.mkstemp(dir=cache, prefix=".part-")
+    fd, tmp = tempfile.mkstemp(dir=cache, prefix=originals.PART_PREFIX)
     os.close(fd)
     try:
         ctx.store.download_to(video.object_key, tmp)
@@ -84,6 +90,11 @@ def local_copy(ctx: Context, video: VideoRow) -> Path:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+    with ctx.db() as conn:
+        running = {str(r["sha256"]) for r in conn.execute(
+            "SELECT DISTINCT v.sha256 FROM work_units u JOIN videos v ON v.id = u.video_id"
+            " WHERE u.state = 'running' AND u.lease_until > now()").fetchall()}
+    originals.evict(cache, ctx.settings.jobs.cache_max_bytes, running | {video.sha256})
     return path
 
 
@@ -244,6 +255,7 @@ def store_results(ctx: Context, lease: jobs.Lease, video: VideoRow, result: Chun
                  s.start_pts, s.end_pts))
         track_ids: dict[int, uuid.UUID] = {}
         for tr in result.tracks:
+            fixity.record(conn, thumbs[tr.key], tr.thumbnail_jpeg)  # for later re-hashing
             tid = uuid.uuid5(TRACK_NS, f"{vid}/{chunk}/{tr.key}")
             track_ids[tr.key] = tid
             conn.execute(

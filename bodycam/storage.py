@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import io
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, Any, ParamSpec, TypeVar
 
 import boto3
 from botocore.config import Config
@@ -52,6 +54,44 @@ class ObjectInfo:
     etag: str
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _unreachable(endpoint: str | None, exc: Exception) -> TransientError | None:
+    """A TransientError naming the store and what to do, for errors of a store that is down
+    or failing (connection refused or reset, timeouts, 5xx); None for anything else."""
+    if isinstance(exc, ClientError):
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        if status < 500:
+            return None
+        what = f"answered HTTP {status}"
+    elif isinstance(exc, BotoCoreError):
+        what = f"unreachable ({type(exc).__name__})"
+    else:
+        return None
+    return TransientError(f"object store (S3) at {endpoint} {what}: start it (`bodycam up` for "
+                          "the embedded stack) or check BODYCAM_S3_ENDPOINT_URL, then retry")
+
+
+def _guarded(fn: Callable[P, R]) -> Callable[P, R]:
+    """Turn a failing store into a TransientError with one clean line (no boto3 traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except (BotoCoreError, ClientError) as exc:
+            store = args[0]
+            assert isinstance(store, ObjectStore)
+            mapped = _unreachable(store.cfg.endpoint_url, exc)
+            if mapped is None:
+                raise
+            raise mapped from exc
+
+    return wrapper
+
+
 def original_key(sha256: str) -> str:
     """The content-addressed key of an original upload."""
     return f"{ORIGINALS}{sha256[:2]}/{sha256}"
@@ -77,6 +117,7 @@ class ObjectStore:
             ),
         )
 
+    @_guarded
     def ensure_bucket(self) -> None:
         """Create the bucket if it does not exist."""
         try:
@@ -88,6 +129,7 @@ class ObjectStore:
                 if "BucketAlreadyOwnedByYou" not in str(exc):
                     raise TransientError(f"cannot create bucket {self.bucket}: {exc}") from exc
 
+    @_guarded
     def exists(self, key: str) -> bool:
         """Whether an object exists."""
         try:
@@ -98,6 +140,7 @@ class ObjectStore:
                 return False
             raise TransientError(f"cannot read {key}: {exc}") from exc
 
+    @_guarded
     def upload_hashed(self, stream: IO[bytes], max_bytes: int) -> StoredObject:
         """Stream a file once into a staging key while hashing it; returns size and SHA-256.
 
@@ -130,10 +173,15 @@ class ObjectStore:
                 Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
             )
         except BaseException:
-            self._client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+            # A store that fails the abort too cleans unfinished uploads itself; the error that
+            # matters is the one that interrupted the upload.
+            with contextlib.suppress(BotoCoreError, ClientError):
+                self._client.abort_multipart_upload(Bucket=self.bucket, Key=key,
+                                                    UploadId=upload_id)
             raise
         return StoredObject(key=key, size_bytes=size, sha256=digest.hexdigest())
 
+    @_guarded
     def promote(self, staged: StoredObject) -> str:
         """Move a staged upload to its content-addressed key; an existing original is kept."""
         key = original_key(staged.sha256)
@@ -147,6 +195,7 @@ class ObjectStore:
         self.delete(staged.key)
         return key
 
+    @_guarded
     def download_to(self, key: str, path: str) -> None:
         """Copy an object to a local file."""
         try:
@@ -154,23 +203,44 @@ class ObjectStore:
         except (ClientError, BotoCoreError) as exc:
             raise TransientError(f"cannot download {key}: {exc}") from exc
 
+    @_guarded
     def open_stream(self, key: str) -> IO[bytes]:
         """A readable stream of an object's bytes."""
         body = self._client.get_object(Bucket=self.bucket, Key=key)["Body"]
         return body
 
+    @_guarded
+    def sha256_of(self, key: str) -> tuple[str, int] | None:
+        """Re-read an object and hash it: (SHA-256, size), or None when it does not exist."""
+        try:
+            body = self._client.get_object(Bucket=self.bucket, Key=key)["Body"]
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+        digest = hashlib.sha256()
+        size = 0
+        with contextlib.closing(body):
+            while chunk := body.read(PART_BYTES):
+                digest.update(chunk)
+                size += len(chunk)
+        return digest.hexdigest(), size
+
+    @_guarded
     def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
         """Write a small derived object (thumbnail, export); never used for originals."""
         if key.startswith(ORIGINALS):
             raise ValueError("originals are written only by upload_hashed/promote")
         self._client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type)
 
+    @_guarded
     def get_bytes(self, key: str) -> bytes:
         """Read a small object."""
         buf = io.BytesIO()
         self._client.download_fileobj(self.bucket, key, buf)
         return buf.getvalue()
 
+    @_guarded
     def get_tags(self, key: str) -> dict[str, str]:
         """An object's tags (empty where the store has none)."""
         try:
@@ -179,12 +249,14 @@ class ObjectStore:
             return {}
         return {t["Key"]: t["Value"] for t in tags}
 
+    @_guarded
     def delete(self, key: str) -> None:
         """Delete a derived or staging object; originals are refused."""
         if key.startswith(ORIGINALS):
             raise ValueError("the application never deletes originals")
         self._client.delete_object(Bucket=self.bucket, Key=key)
 
+    @_guarded
     def delete_prefix(self, prefix: str) -> int:
         """Delete every derived object under a prefix; returns how many."""
         if prefix.startswith(ORIGINALS) or not prefix:
@@ -198,11 +270,18 @@ class ObjectStore:
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         """Every object under a prefix."""
         paginator = self._client.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
-            for obj in page.get("Contents", []):
-                yield ObjectInfo(key=obj["Key"], size_bytes=int(obj["Size"]),
-                                 etag=str(obj.get("ETag", "")).strip('"'))
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+                for obj in page.get("Contents", []):
+                    yield ObjectInfo(key=obj["Key"], size_bytes=int(obj["Size"]),
+                                     etag=str(obj.get("ETag", "")).strip('"'))
+        except (BotoCoreError, ClientError) as exc:
+            mapped = _unreachable(self.cfg.endpoint_url, exc)
+            if mapped is None:
+                raise
+            raise mapped from exc
 
+    @_guarded
     def presigned_url(self, key: str, expires_s: int = 3600) -> str:
         """A time-limited URL to read an object."""
         url: str = self._client.generate_presigned_url(

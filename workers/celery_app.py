@@ -5,6 +5,7 @@ from __future__ import annotations
 from celery import Celery
 
 from bodycam.config import get_settings
+from bodycam.fixity import FIXITY_TASK
 from bodycam.queue import REAP, RECONCILE_INCOMING
 from bodycam.services import resolve
 
@@ -33,5 +34,7 @@ app.conf.update(
             "schedule": _settings.jobs.reconcile_interval_s,
             "options": {"queue": "cpu", "expires": _settings.jobs.reconcile_interval_s},
         },
+        "fixity": {"task": FIXITY_TASK, "schedule": _settings.jobs.fixity_interval_s,
+                   "options": {"queue": "cpu", "expires": _settings.jobs.fixity_interval_s}},
     },
 )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from bodycam import ingest, jobs, processing
+from bodycam import fixity, ingest, jobs, processing
 from bodycam.context import shared
 from bodycam.errors import PermanentError
 from bodycam.queue import FINALIZE_VIDEO, INGEST_OBJECT, PROCESS_UNIT, REAP, RECONCILE_INCOMING
@@ -60,3 +60,9 @@ def reconcile_incoming() -> int:
     for key, etag in found:
         c.send(INGEST_OBJECT, key, etag)
     return len(found)
+
+
+@app.task(name=fixity.FIXITY_TASK)
+def fixity_check() -> int:
+    """Re-hash stored originals and derivatives; mismatches are audited (cpu queue)."""
+    return len(fixity.run(ctx(), fixity.SCHEDULED_ACTOR).mismatches)

@@ -1,0 +1,130 @@
+"""Fixity: re-hash stored originals and derivatives against their recorded SHA-256, and audit."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+
+from bodycam import audit
+from bodycam.context import Context
+from bodycam.db import Conn
+from bodycam.storage import original_key
+
+log = logging.getLogger(__name__)
+FIXITY_TASK = "bodycam.fixity"
+SCHEDULED_ACTOR = "system:fixity"
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    """A stored object whose bytes no longer have the SHA-256 recorded when it was written."""
+
+    key: str
+    kind: str  # "original" or "derivative"
+    video_id: str
+    expected_sha256: str
+    actual_sha256: str | None  # None: the object is missing
+
+    def as_json(self) -> dict[str, object]:
+        """JSON for the CLI and the audit row (ids and hashes only)."""
+        return {"key": self.key, "kind": self.kind, "video_id": self.video_id,
+                "expected_sha256": self.expected_sha256, "actual_sha256": self.actual_sha256,
+                "missing": self.actual_sha256 is None}
+
+
+@dataclass(frozen=True)
+class FixityReport:
+    """One fixity run: what was re-hashed and what did not match."""
+
+    originals: int
+    derivatives: int
+    baselined: int
+    bytes_hashed: int
+    duration_s: float
+    mismatches: list[Mismatch] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """Whether every object matched its recorded hash."""
+        return not self.mismatches
+
+    def summary(self) -> dict[str, object]:
+        """Counts for the `fixity.ok` / `fixity.failed` audit row."""
+        return {"originals": self.originals, "derivatives": self.derivatives,
+                "baselined": self.baselined, "bytes_hashed": self.bytes_hashed,
+                "mismatches": len(self.mismatches), "duration_s": round(self.duration_s, 3)}
+
+    def as_json(self) -> dict[str, object]:
+        """JSON for `bodycam fixity --json`."""
+        return {"ok": self.ok, **self.summary(),
+                "mismatched": [m.as_json() for m in self.mismatches]}
+
+
+def record(conn: Conn, key: str, data: bytes) -> None:
+    """Record the SHA-256 of a derived object as it is written (in the writer's transaction);
+    writing the key again replaces its hash, since the new bytes are the ones to keep."""
+    conn.execute(
+        "INSERT INTO object_hashes (key, sha256, size_bytes) VALUES (%s, %s, %s)"
+        " ON CONFLICT (key) DO UPDATE SET sha256 = excluded.sha256,"
+        " size_bytes = excluded.size_bytes, written_at = now()",
+        (key, hashlib.sha256(data).hexdigest(), len(data)))
+
+
+def run(ctx: Context, actor: str) -> FixityReport:
+    """Re-hash every original (against videos.sha256) and every referenced derivative (against
+    object_hashes); audit each mismatch (`fixity.mismatch`) and the run (`fixity.ok` or
+    `fixity.failed`).
+
+    A derivative written before hashes were recorded gets its current hash as a baseline.
+    Raises TransientError when the database or the store is unreachable (nothing is audited).
+    """
+    started = time.monotonic()
+    with ctx.db() as conn:
+        videos = conn.execute(
+            "SELECT id::text AS id, sha256, object_key FROM videos ORDER BY ingested_at, id"
+        ).fetchall()
+        derived = conn.execute(
+            "SELECT t.thumbnail_key AS key, t.video_id::text AS video_id, h.sha256"
+            " FROM tracks t LEFT JOIN object_hashes h ON h.key = t.thumbnail_key"
+            " WHERE t.thumbnail_key IS NOT NULL ORDER BY t.thumbnail_key").fetchall()
+    mismatches: list[Mismatch] = []
+    hashed = 0
+    seen: dict[str, tuple[str, int] | None] = {}  # one file ingested into several cases
+    for v in videos:
+        key = str(v["object_key"] or original_key(str(v["sha256"])))
+        if key not in seen:
+            got = seen[key] = ctx.store.sha256_of(key)
+            hashed += got[1] if got else 0
+        found = seen[key]
+        if found is None or found[0] != v["sha256"]:
+            mismatches.append(Mismatch(key, "original", str(v["id"]), str(v["sha256"]),
+                                       found[0] if found else None))
+    baseline: list[tuple[str, str, int]] = []
+    for d in derived:
+        found = ctx.store.sha256_of(str(d["key"]))
+        hashed += found[1] if found else 0
+        if d["sha256"] is None:
+            if found is not None:
+                baseline.append((str(d["key"]), found[0], found[1]))
+            continue
+        if found is None or found[0] != d["sha256"]:
+            mismatches.append(Mismatch(str(d["key"]), "derivative", str(d["video_id"]),
+                                       str(d["sha256"]), found[0] if found else None))
+    report = FixityReport(len(videos), len(derived), len(baseline), hashed,
+                          time.monotonic() - started, mismatches)
+    with ctx.db() as conn:
+        for key, sha, size in baseline:
+            conn.execute("INSERT INTO object_hashes (key, sha256, size_bytes)"
+                         " VALUES (%s, %s, %s) ON CONFLICT (key) DO NOTHING", (key, sha, size))
+        for m in mismatches:
+            audit.append(conn, ctx.audit_key, actor, "fixity.mismatch", m.as_json())
+        audit.append(conn, ctx.audit_key, actor, "fixity.ok" if report.ok else "fixity.failed",
+                     report.summary())
+    for m in mismatches:
+        log.error("fixity: %s %s of video %s does not match its recorded SHA-256", m.kind,
+                  m.key, m.video_id)
+    log.info("fixity: %d originals, %d derivatives, %d mismatches in %.1fs", report.originals,
+             report.derivatives, len(mismatches), report.duration_s)
+    return report

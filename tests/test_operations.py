@@ -1,0 +1,412 @@
+"""Operations of the embedded stack: store exposure, privacy of the home, outages, cache, fixity."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import psutil
+import psycopg
+import pytest
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from bodycam import cache
+from bodycam.config import Settings
+from bodycam.context import Context
+from bodycam.storage import original_key
+from tests.conftest import EXTERNAL, HAMILTON, TESTDATA, Cli, StackHandle
+
+# A stack of this module's own: its tests kill services, flip stored bytes and run the fixity
+# job every few seconds, which must not disturb the session's shared stack.
+OPS_ENV = {
+    "BODYCAM_PIPELINE__EMBEDDER": "dlib-resnet",
+    "BODYCAM_JOBS__LEASE_S": "15",
+    "BODYCAM_JOBS__HEARTBEAT_S": "2",
+    "BODYCAM_JOBS__REAP_INTERVAL_S": "1",
+    "BODYCAM_JOBS__RECONCILE_INTERVAL_S": "2",
+    "BODYCAM_JOBS__FIXITY_INTERVAL_S": "5",
+    "BODYCAM_GPU_WORKERS": "1",
+    "BODYCAM_CPU_WORKERS": "1",
+}
+NOBODY = "nobody"
+# Another account runs the system's interpreter: the venv may sit in a directory it cannot open.
+SYSTEM_PYTHON = shutil.which("python3", path="/usr/bin:/bin") or sys.executable
+
+
+def _settings(env: dict[str, str]) -> Settings:
+    saved = dict(os.environ)
+    try:
+        os.environ.clear()
+        os.environ.update(env)
+        return Settings()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+@pytest.fixture(scope="module")
+def ops(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackHandle]:
+    """A real embedded stack in its own BODYCAM_HOME for this module."""
+    if not TESTDATA.exists():
+        pytest.exit(f"test data not found at {TESTDATA}: set BODYCAM_TESTDATA", returncode=2)
+    home = tmp_path_factory.mktemp("ops-home")
+    env = {k: v for k, v in os.environ.items() if k not in EXTERNAL}
+    env.update(OPS_ENV)
+    env["BODYCAM_HOME"] = str(home)
+    cli = Cli(env)
+    up = cli.run("up", timeout=300)
+    if up.returncode != 0:
+        cli.run("down")
+        pytest.fail(f"bodycam up failed:\n{up.stderr}")
+    try:
+        yield StackHandle(home=home, cli=cli, ctx=Context.load(_settings(env)))
+    finally:
+        cli.run("down", timeout=120)
+
+
+def _state(ops: StackHandle) -> dict[str, object]:
+    loaded: dict[str, object] = json.loads((ops.home / "stack.json").read_text())
+    return loaded
+
+
+def _pid(ops: StackHandle, name: str) -> int:
+    [pid] = [int(p["pid"]) for p in _state(ops)["processes"]  # type: ignore[attr-defined]
+             if p["name"] == name]
+    return pid
+
+
+def _status(ops: StackHandle) -> tuple[int, dict[str, object]]:
+    proc = ops.cli.run("status", "--json")
+    return proc.returncode, json.loads(proc.stdout)
+
+
+def _ingest(ops: StackHandle, case: str) -> dict[str, object]:
+    [res] = ops.cli.json("ingest", str(HAMILTON), "--case", case, "--officer", "O",  # type: ignore[misc]
+                         "--device", "D", "--wait")
+    return dict(res)
+
+
+def _weed(ops: StackHandle) -> psutil.Process:
+    [weed] = [c for c in psutil.Process(_pid(ops, "s3")).children(recursive=True)
+              if c.name() == "weed"]
+    return weed
+
+
+def _admin_s3(ops: StackHandle, secret: str | None = None) -> object:
+    s3 = ops.ctx.services.s3
+    return boto3.client(
+        "s3", endpoint_url=s3.endpoint_url, aws_access_key_id=s3.access_key,
+        aws_secret_access_key=secret or s3.secret_key, region_name=s3.region,
+        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}))
+
+
+def _as_nobody(code: str) -> subprocess.CompletedProcess[str]:
+    """Run Python code as an unprivileged local account (another user of the machine)."""
+    import pwd
+
+    return subprocess.run([SYSTEM_PYTHON, "-c", code], user=NOBODY,
+                          group=pwd.getpwnam(NOBODY).pw_gid,
+                          capture_output=True, text=True, timeout=60, cwd="/")
+
+
+def _http(method: str, url: str, body: bytes | None = None) -> int | str:
+    """The HTTP status of a request, or the reason no connection was made."""
+    req = urllib.request.Request(url, data=body, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except (urllib.error.URLError, OSError) as exc:
+        return f"no connection: {exc}"
+
+
+def _wait(predicate: object, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"{what} within {timeout_s}s")
+
+
+# --- the evidence store is reachable only through S3 with keys -------------------------------
+
+def test_seaweedfs_internal_servers_cannot_be_reached_from_the_machine(
+        ops: StackHandle) -> None:
+    sha = str(_ingest(ops, "OPS-EXPOSE")["sha256"])
+    weed = _weed(ops)
+    flags = dict(a.lstrip("-").split("=", 1) for a in weed.cmdline()[2:] if "=" in a)
+    internal = {k: int(v) for k, v in flags.items() if k.endswith((".port", ".port.grpc"))}
+    assert {"master.port", "volume.port", "filer.port", "master.port.grpc",
+            "volume.port.grpc", "filer.port.grpc"} <= set(internal)
+    bucket = ops.ctx.services.s3.bucket
+    okey = original_key(sha)
+    # Every request an attacker would make against the internal servers, on every port.
+    attempts = [("GET", "/"), ("GET", f"/buckets/{bucket}/?pretty=y"),
+                ("GET", f"/buckets/{bucket}/{okey}"), ("GET", "/dir/assign"),
+                ("PUT", f"/buckets/{bucket}/audit/head.json"),
+                ("POST", f"/buckets/{bucket}/{okey}"),
+                ("DELETE", f"/buckets/{bucket}/{okey}"),
+                ("DELETE", f"/buckets/{bucket}/audit/head.json"),
+                ("GET", f"/col/delete?collection={bucket}")]
+    for name, port in internal.items():
+        for method, path in attempts:
+            got = _http(method, f"http://127.0.0.1:{port}{path}", b"x" if method != "GET"
+                        else None)
+            assert isinstance(got, str), f"{name} {port} answered {method} {path}: {got}"
+    # The servers live in network and mount namespaces of their own, and no socket of the
+    # SeaweedFS process is listening in this machine's network namespace.
+    for ns in ("net", "mnt"):
+        assert os.readlink(f"/proc/{weed.pid}/ns/{ns}") != os.readlink(f"/proc/self/ns/{ns}")
+    ours = {c.laddr.port for c in psutil.net_connections("inet")
+            if c.status == psutil.CONN_LISTEN and c.pid in {weed.pid, _pid(ops, "s3")}}
+    assert ours == {int(str(ops.ctx.services.s3.endpoint_url).rsplit(":", 1)[1])}
+    # The unix sockets (S3 and filer) are in the 0700 run dir: another account cannot use them.
+    for sock in ("s3.sock", "filer.sock"):
+        path = ops.home / "run" / sock
+        assert path.exists()
+        tried = _as_nobody(
+            "import socket; s = socket.socket(socket.AF_UNIX); "
+            f"s.connect({str(path)!r}); s.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n'); "
+            "print(s.recv(100))")
+        assert tried.returncode != 0 and "PermissionError" in tried.stderr, tried
+    # The evidence is untouched.
+    stored = ops.ctx.store.sha256_of(okey)
+    assert stored is not None and stored[0] == sha
+
+
+def test_the_s3_gateway_refuses_every_request_without_the_keys(ops: StackHandle) -> None:
+    sha = str(_ingest(ops, "OPS-S3KEYS")["sha256"])
+    base = f"{ops.ctx.services.s3.endpoint_url}/{ops.ctx.services.s3.bucket}"
+    okey = original_key(sha)
+    head_before = ops.ctx.store.get_bytes("audit/head.json")
+    for method, path in [("GET", "/"), ("GET", f"/{okey}"), ("PUT", "/audit/head.json"),
+                         ("PUT", f"/{okey}"), ("DELETE", f"/{okey}"),
+                         ("DELETE", "/audit/head.json")]:
+        got = _http(method, base + path, b"{}" if method == "PUT" else None)
+        assert got in (401, 403), f"anonymous {method} {path}: {got}"
+    forged = _admin_s3(ops, secret="not-the-secret-key-000000000000")
+    for call in (lambda: forged.list_objects_v2(Bucket=ops.ctx.services.s3.bucket),  # type: ignore[attr-defined]
+                 lambda: forged.delete_object(Bucket=ops.ctx.services.s3.bucket,  # type: ignore[attr-defined]
+                                              Key=okey)):
+        with pytest.raises(ClientError):
+            call()
+    # Nothing changed, and with the keys the store works.
+    assert ops.ctx.store.get_bytes("audit/head.json") == head_before
+    stored = ops.ctx.store.sha256_of(okey)
+    assert stored is not None and stored[0] == sha
+
+
+# --- the home is private ---------------------------------------------------------------------
+
+def test_the_home_is_0700_and_everything_the_stack_wrote_is_owner_only(
+        ops: StackHandle) -> None:
+    res = _ingest(ops, "OPS-PERMS")
+    assert res["status"] == "done"
+    assert (ops.home / "cache" / str(res["sha256"])).exists()
+    assert ops.home.stat().st_mode & 0o777 == 0o700
+    loose = []
+    for root, dirs, files in os.walk(ops.home):
+        for name in dirs + files:
+            path = Path(root, name)
+            st = path.lstat()
+            if st.st_mode & 0o077:
+                loose.append(f"{oct(st.st_mode & 0o777)} {path}")
+    assert not loose, "\n".join(loose[:20])
+    checked = {p.name for p in ops.home.iterdir()}
+    assert {"stack.json", "operator.token", "logs", "cache", "pgdata", "s3data", "redis",
+            "run"} <= checked
+    # Another account of the machine can neither list the home nor read what is in it.
+    tried = _as_nobody(f"import os; print(os.listdir({str(ops.home)!r}))")
+    assert tried.returncode != 0 and "PermissionError" in tried.stderr
+    tried = _as_nobody(f"print(open({str(ops.home / 'stack.json')!r}).read())")
+    assert tried.returncode != 0 and "PermissionError" in tried.stderr
+
+
+# --- outages ---------------------------------------------------------------------------------
+
+def test_ingest_during_an_s3_outage_prints_one_line_and_leaves_nothing(
+        ops: StackHandle) -> None:
+    before = ops.counts()
+    os.kill(_pid(ops, "s3"), signal.SIGKILL)
+    _wait(lambda: _status(ops)[1]["services"]["s3"] == "stopped", 20,  # type: ignore[index]
+          "status did not report S3 stopped")
+    try:
+        proc = ops.cli.run("ingest", str(HAMILTON), "--case", "OPS-OUTAGE", "--officer", "O",
+                           "--device", "D")
+        assert proc.returncode == 1
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1, proc.stderr
+        assert "object store (S3)" in lines[0] and "bodycam up" in lines[0]
+        assert "Traceback" not in proc.stderr + proc.stdout
+    finally:
+        ops.cli.run("up", check=True, timeout=300)
+    assert ops.counts() == before
+    assert not list(ops.ctx.store.list("staging/"))
+
+
+@pytest.mark.parametrize("service", ["redis", "s3", "postgres"])
+def test_up_after_a_service_was_killed_heals_the_stack_and_processing_resumes(
+        ops: StackHandle, service: str) -> None:
+    url_key = {"redis": "redis_url", "s3": "s3_endpoint_url", "postgres": "database_url"}[service]
+    url = _state(ops)[url_key]
+    apps_before = {n: _pid(ops, n) for n in ("api", "beat", "worker-cpu-1", "worker-gpu-1")}
+    victim = _weed(ops) if service == "s3" else psutil.Process(_pid(ops, service))
+    victim.kill()  # SIGKILL: SeaweedFS itself, Redis, or the Postgres postmaster
+    _wait(lambda: _status(ops)[1]["services"][service] == "stopped", 20,  # type: ignore[index]
+          f"status did not report {service} stopped")
+    code, st = _status(ops)
+    assert code == 1 and st["ok"] is False
+    up = ops.cli.run("up", timeout=300)
+    assert up.returncode == 0, up.stderr
+    code, st = _status(ops)
+    assert code == 0 and st["ok"] is True, st
+    assert set(st["services"].values()) == {"running"}  # type: ignore[attr-defined]
+    # The service is back where every process expects it, and its dependents were restarted.
+    assert _state(ops)[url_key] == url
+    assert all(_pid(ops, n) != pid for n, pid in apps_before.items())
+    res = _ingest(ops, f"OPS-AFTER-{service.upper()}")
+    assert res["status"] == "done"
+
+
+# --- the worker's cache of originals ---------------------------------------------------------
+
+def _cached(root: Path, name: str, size: int, age_s: float) -> Path:
+    path = root / name
+    path.write_bytes(b"v" * size)
+    t = time.time() - age_s
+    os.utime(path, (t, t))
+    return path
+
+
+def test_cache_eviction_removes_least_recently_used_originals_but_never_one_in_use(
+        tmp_path: Path) -> None:
+    root = cache.cache_dir(tmp_path)
+    shas = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(5)]
+    oldest_in_use = _cached(root, shas[0], 100, age_s=5000)
+    old = _cached(root, shas[1], 100, age_s=4000)
+    middle = _cached(root, shas[2], 100, age_s=3000)
+    recent = _cached(root, shas[3], 100, age_s=2000)
+    just_used = _cached(root, shas[4], 100, age_s=1)
+    partial = _cached(root, cache.PART_PREFIX + "x", 100, age_s=9000)
+    removed = cache.evict(root, 250, in_use={shas[0]})
+    assert removed == [shas[1], shas[2], shas[3]]
+    assert oldest_in_use.exists() and just_used.exists() and partial.exists()
+    assert not old.exists() and not middle.exists() and not recent.exists()
+    # Touching a file makes it recent: it outlives an older one.
+    a = _cached(root, shas[1], 100, age_s=4000)
+    b = _cached(root, shas[2], 100, age_s=3000)
+    cache.touch(a)
+    assert cache.evict(root, 250, in_use={shas[0]}, grace_s=0) == [shas[2], shas[4]]
+    assert a.exists() and not b.exists()
+
+
+def test_processing_bounds_the_cache_and_a_purge_removes_the_cached_original(
+        ops: StackHandle) -> None:
+    res = _ingest(ops, "OPS-CACHE")
+    sha, video_id = str(res["sha256"]), str(res["video_id"])
+    cached = ops.home / "cache" / sha
+    assert cached.exists()
+    assert hashlib.sha256(cached.read_bytes()).hexdigest() == sha
+    # The tracks expire: backdate them past the retention period, then purge.
+    with psycopg.connect(ops.ctx.services.admin_database_url, autocommit=True) as conn:
+        conn.execute("UPDATE tracks SET created_at = now() - interval '400 days'"
+                     " WHERE video_id = %s", (video_id,))
+    purged = ops.cli.run("purge", check=True)
+    assert "purged" in purged.stdout
+    assert not cached.exists()
+    assert ops.ctx.store.sha256_of(original_key(sha)) is not None  # the evidence stays
+
+
+# --- fixity ----------------------------------------------------------------------------------
+
+def _audit_rows(ops: StackHandle, action: str) -> list[dict[str, object]]:
+    with ops.ctx.db() as conn:
+        return [dict(r) for r in conn.execute(
+            "SELECT id, actor, details FROM audit_log WHERE action = %s ORDER BY id",
+            (action,)).fetchall()]
+
+
+def test_fixity_reports_and_audits_a_flipped_byte_in_an_original_and_a_thumbnail(
+        ops: StackHandle) -> None:
+    res = _ingest(ops, "OPS-FIXITY")
+    sha = str(res["sha256"])
+    clean = ops.cli.run("fixity", "--json")
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    assert json.loads(clean.stdout)["ok"] is True
+    with ops.ctx.db() as conn:
+        thumb = str(conn.execute("SELECT thumbnail_key FROM tracks WHERE video_id = %s"
+                                 " AND thumbnail_key IS NOT NULL LIMIT 1",
+                                 (res["video_id"],)).fetchone()["thumbnail_key"])
+    admin = _admin_s3(ops)
+    bucket = ops.ctx.services.s3.bucket
+    okey = original_key(sha)
+    saved = {k: ops.ctx.store.get_bytes(k) for k in (okey, thumb)}
+    flipped: dict[str, str] = {}
+    try:
+        for key, data in saved.items():
+            bad = bytearray(data)
+            bad[len(bad) // 2] ^= 0x01
+            admin.put_object(Bucket=bucket, Key=key, Body=bytes(bad))  # type: ignore[attr-defined]
+            flipped[key] = hashlib.sha256(bad).hexdigest()
+        since = max([int(r["id"]) for r in _audit_rows(ops, "fixity.mismatch")], default=0)
+        proc = ops.cli.run("fixity", "--json")
+        assert proc.returncode == 1
+        report = json.loads(proc.stdout)
+        assert report["ok"] is False
+        got = {m["key"]: m for m in report["mismatched"]}
+        assert got[okey]["expected_sha256"] == sha
+        assert got[okey]["actual_sha256"] == flipped[okey]
+        assert got[thumb]["expected_sha256"] == hashlib.sha256(saved[thumb]).hexdigest()
+        assert got[thumb]["actual_sha256"] == flipped[thumb]
+        audited = {str(r["details"]["key"]): r for r in _audit_rows(ops, "fixity.mismatch")  # type: ignore[index]
+                   if int(r["id"]) > since and r["actor"] == "operator"}
+        assert audited[okey]["details"]["actual_sha256"] == flipped[okey]  # type: ignore[index]
+        assert audited[okey]["details"]["expected_sha256"] == sha  # type: ignore[index]
+        assert audited[thumb]["details"]["actual_sha256"] == flipped[thumb]  # type: ignore[index]
+        text = ops.cli.run("fixity")
+        assert text.returncode == 1 and f"MISMATCH original {okey}" in text.stdout
+    finally:
+        for key, data in saved.items():
+            admin.put_object(Bucket=bucket, Key=key, Body=data)  # type: ignore[attr-defined]
+    again = ops.cli.run("fixity", "--json")
+    assert again.returncode == 0 and json.loads(again.stdout)["ok"] is True
+    verified = ops.cli.run("audit", "verify")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def test_the_scheduler_runs_fixity_and_audits_each_run(ops: StackHandle) -> None:
+    before = len([r for r in _audit_rows(ops, "fixity.ok") if r["actor"] == "system:fixity"])
+    _wait(lambda: len([r for r in _audit_rows(ops, "fixity.ok")
+                       if r["actor"] == "system:fixity"]) > before, 60,
+          "no scheduled fixity run was audited")
+    [last] = [r for r in _audit_rows(ops, "fixity.ok") if r["actor"] == "system:fixity"][-1:]
+    assert int(last["details"]["originals"]) >= 1  # type: ignore[index]
+
+
+def test_a_port_another_process_took_is_not_reused() -> None:
+    from bodycam.stack import _stable_port
+
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        state: dict[str, object] = {"ports": {"redis": taken}}
+        port = _stable_port(state, "redis")
+    assert port != taken and state["ports"] == {"redis": port}
+    free = {"ports": {"redis": port}}
+    assert _stable_port(free, "redis") == port  # type: ignore[arg-type]
