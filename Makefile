@@ -7,7 +7,7 @@ export BODYCAM_TESTDATA ?= $(abspath ../shared/testdata)
 # here, and Bodycam never switches models silently.
 export BODYCAM_PIPELINE__EMBEDDER ?= dlib-resnet
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench hostile clean
 
 install: $(VENV)/.installed
 
@@ -33,6 +33,18 @@ test: lint
 
 bench: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m bodycam bench --testdata "$(BODYCAM_TESTDATA)"
+
+# The whole hostile-media corpus (seeded, ~370 files) through `bodycam ingest` against a fresh
+# stack in a temporary home; the summary (counts by category, max time and RSS, reasons) is
+# written to hostile-summary.json. Exits non-zero when any file breaks the contract.
+HOSTILE_SEED ?= 1
+hostile: install
+	@home="$$(mktemp -d /tmp/bodycam-hostile.XXXXXX)"; \
+	export BODYCAM_HOME="$$home" PATH="$(abspath $(BIN)):$$PATH"; \
+	$(BIN)/python -m bodycam up || exit 1; \
+	$(BIN)/python -m bodycam.hostile generate --seed $(HOSTILE_SEED) --out "$$home/corpus" && \
+	$(BIN)/python -m bodycam.hostile run --corpus "$$home/corpus" --summary hostile-summary.json; \
+	rc=$$?; $(BIN)/python -m bodycam down; rm -rf "$$home"; exit $$rc
 
 clean:
 	-$(BIN)/bodycam down

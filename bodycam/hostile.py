@@ -659,7 +659,7 @@ def _jobs(env: dict[str, str]) -> list[dict[str, Any]]:
 
 def run_corpus(corpus: Path, env: dict[str, str] | None = None,
                only: Callable[[Item], bool] | None = None,
-               wait_s: float = 600) -> dict[str, Any]:
+               wait_s: float = 600, progress: bool = False) -> dict[str, Any]:
     """Ingest every item of a generated corpus through `bodycam ingest`; check the contract.
 
     Needs a running stack (BODYCAM_HOME in env). Returns the summary (also per-item outcomes).
@@ -676,7 +676,9 @@ def run_corpus(corpus: Path, env: dict[str, str] | None = None,
     ctx = Context.load(reload_settings())
     outcomes: list[Outcome] = []
     accepted: dict[str, tuple[Outcome, str]] = {}
-    for item in items:
+    for n, item in enumerate(items, 1):
+        if progress:
+            print(f"[{n}/{len(items)}] {item.path!a}", file=sys.stderr, flush=True)
         target = item.args_path if item.args_path is not None else str(corpus / item.path)
         before = _evidence_counts(ctx)
         cmd = [sys.executable, "-m", "bodycam", "ingest", "--case", CASE, "--officer", "O",
@@ -787,7 +789,7 @@ def main(argv: list[str] | None = None) -> int:
         items = generate(args.out, args.seed, args.count)
         print(f"{len(items)} files in {args.out} (seed {args.seed})")
         return 0
-    summary = run_corpus(args.corpus)
+    summary = run_corpus(args.corpus, progress=True)
     args.summary.write_text(json.dumps(summary, indent=1))
     brief = {k: v for k, v in summary.items() if k != "outcomes"}
     print(json.dumps(brief, indent=1))
