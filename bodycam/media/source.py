@@ -23,7 +23,7 @@ import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -88,6 +88,7 @@ def open_options(limits: LimitsSettings) -> dict[str, str]:
         "format_whitelist": ",".join(limits.containers),
         "codec_whitelist": _decoder_names(tuple(limits.codecs)),
         "max_pixels": str(limits.max_pixels),  # for the decoders stream-info probing opens
+        "threads": "1",  # stream-info probing decodes on the calling thread
     }
 
 
@@ -99,17 +100,39 @@ def decoder_options(limits: LimitsSettings) -> dict[str, str]:
 
 @dataclass
 class OpenVideo:
-    """An opened video: its container, its first video stream and FFmpeg's error log lines."""
+    """An opened video: its container and first video stream, and how to explain a failure."""
 
+    path: Path
     container: av.container.InputContainer
     stream: av.VideoStream
     label: str
     limits: LimitsSettings
-    ffmpeg_log: list[tuple[int, str, str]] = field(default_factory=list)
 
-    def refusal(self, exc: av.FFmpegError, what: str) -> InvalidMediaError:
-        """The clean error for an FFmpeg failure, naming the frame-size bound when it was hit."""
-        for _level, _name, message in reversed(self.ffmpeg_log[-50:]):
+    def refusal(self, exc: av.FFmpegError, what: str,
+                start_pts: int | None = None) -> InvalidMediaError:
+        """The clean error for an FFmpeg failure, naming the frame-size bound when it was hit.
+
+        FFmpeg says why only in its log, and its log cannot stay on while frame threads run
+        (PyAV's log callback takes the GIL from FFmpeg's threads, which deadlocks a decode
+        that holds it). So the failing stretch is decoded again on one thread with the log
+        captured; the frame-size bound still holds, so nothing large is allocated.
+        """
+        level = av.logging.get_level()
+        av.logging.set_level(av.logging.ERROR)
+        try:
+            with av.logging.Capture(local=True) as logs:
+                try:
+                    with open_video(self.path, self.limits, self.label, threads=1) as again:
+                        if start_pts is not None:
+                            again.container.seek(start_pts, stream=again.stream,
+                                                 backward=True, any_frame=False)
+                        for _frame in again.container.decode(again.stream):
+                            pass
+                except (av.FFmpegError, InvalidMediaError):
+                    pass
+        finally:
+            av.logging.set_level(level)
+        for _level, _name, message in reversed(logs[-50:]):
             found = _PIXELS.search(message)
             if found:
                 return InvalidMediaError(
@@ -123,12 +146,13 @@ _PIXELS = re.compile(r"Picture size (\d+)x(\d+) (?:exceeds|is invalid)")
 
 
 @contextmanager
-def open_video(path: Path, limits: LimitsSettings, label: str) -> Iterator[OpenVideo]:
+def open_video(path: Path, limits: LimitsSettings, label: str, threads: int | None = None
+               ) -> Iterator[OpenVideo]:
     """Open a local video file for decoding its first video stream; closes it on exit.
 
     Raises InvalidMediaError (permanent) when the file is not an accepted container, has no
-    video stream, or its codec or frame size is outside the limits. FFmpeg's error lines are
-    captured (never printed) so that a refusal can say why.
+    video stream, or its codec or frame size is outside the limits. `threads` 1 decodes on
+    the calling thread only.
     """
     with open(path, "rb") as f:
         head = f.read(SNIFF_BYTES)
@@ -136,26 +160,22 @@ def open_video(path: Path, limits: LimitsSettings, label: str) -> Iterator[OpenV
     if what is not None:
         raise InvalidMediaError(label, f"not a readable video: {what}")
     url = "file:" + os.path.abspath(path)
-    level = av.logging.get_level()
-    av.logging.set_level(av.logging.ERROR)
     try:
-        with av.logging.Capture(local=False) as logs:
-            try:
-                container = av.open(url, options=open_options(limits), metadata_errors="ignore")
-            except av.ArgumentError:
-                raise InvalidMediaError(
-                    label, "not an accepted video container (accepted: "
-                           f"{', '.join(limits.containers)})") from None
-            except (av.FFmpegError, UnicodeDecodeError) as exc:
-                raise InvalidMediaError(
-                    label, f"not a readable video container ({why(exc)})") from None
-            try:
-                yield OpenVideo(container, _video_stream(container, limits, label), label,
-                                limits, logs)
-            finally:
-                container.close()
+        container = av.open(url, options=open_options(limits), metadata_errors="ignore")
+    except av.ArgumentError:
+        raise InvalidMediaError(
+            label, "not an accepted video container (accepted: "
+                   f"{', '.join(limits.containers)})") from None
+    except (av.FFmpegError, UnicodeDecodeError) as exc:
+        raise InvalidMediaError(
+            label, f"not a readable video container ({why(exc)})") from None
+    try:
+        stream = _video_stream(container, limits, label)
+        if threads is not None:
+            stream.codec_context.thread_count = threads
+        yield OpenVideo(path, container, stream, label, limits)
     finally:
-        av.logging.set_level(level)
+        container.close()
 
 
 def _video_stream(container: av.container.InputContainer, limits: LimitsSettings,

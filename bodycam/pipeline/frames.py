@@ -183,7 +183,8 @@ class ChunkDecoder:
                         break
                     yield _Pending(_frame_at(t_s, fps), frame.pts, t_s, frame)
             except av.FFmpegError as exc:
-                raise media.refusal(exc, "decoding failed") from None
+                start = info.start_pts + int(self.start_s / tb) if self.start_s > 0 else None
+                raise media.refusal(exc, "decoding failed", start) from None
 
 
 def _frame_at(t_s: float, fps: Fraction) -> int:
