@@ -312,10 +312,8 @@ def _bombs(c: Corpus, base: bytes) -> None:
           _patch_box_field(base, "mvhd", 24, ">I", 0x7FFFFFFF))
     c.add("bombs/mdhd_timescale.mp4", "bomb", "mdhd timescale 1 (seconds become days)",
           "either", _patch_box_field(base, "mdhd", 20, ">I", 1))
-    long_path = c.add("bombs/long_still.mp4", "bomb", "one frame, 100 hours long", "refused")
-    _ff("-f", "lavfi", "-i", "color=c=blue:size=160x120:rate=1", "-frames:v", "2",
-        "-vf", "setpts=N*360000/TB", "-fps_mode", "passthrough", "-c:v", "libx264",
-        str(long_path))
+    c.add("bombs/long_still.mp4", "bomb", "stts: every frame lasts 2^31 ticks (days)",
+          "refused", _patch_box_field(base, "stts", 20, ">I", 0x7FFFFFFF))
     dense = c.add("bombs/dense_fps.mp4", "bomb", "1000 frames per second for 3 s", "either")
     _ff(*_src("64x64", 1000, 3.0), "-c:v", "libx264", "-preset", "ultrafast", str(dense))
     sizes = c.add("bombs/huge_dims.mkv", "bomb", "16384x64 frames (over the width limit)",
@@ -327,7 +325,11 @@ def _bombs(c: Corpus, base: bytes) -> None:
 def _playlists(c: Corpus, seed: Path, canary: dict[str, str]) -> None:
     fifo, clip = canary["fifo"], canary["file"]
     targets = {"fifo": fifo, "file": clip, "url": "http://127.0.0.1:9/x.mp4",
-               "fileurl": f"file:{clip}", "rel": "../canary/canary.fifo"}
+               "fileurl": f"file:{clip}", "rel": "../canary/canary.fifo",
+               "relfile": "../canary/canary.mp4", "sibling": "canary-sibling.mp4"}
+    # a plain name in the playlist's own folder: what FFmpeg's concat "safe" mode still allows
+    (c.root / "playlists").mkdir(exist_ok=True)
+    shutil.copy(clip, c.root / "playlists" / "canary-sibling.mp4")
     for tname, target in targets.items():
         hls = (f"#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:1\n#EXTINF:1.0,\n{target}\n"
                "#EXT-X-ENDLIST\n")
