@@ -446,10 +446,10 @@ def _valid_variants(c: Corpus) -> None:
         path = c.add(f"valid/{name}", "valid-variant", note, expect)
         pix = extra or ["-pix_fmt", "yuv420p"]
         _ff(*_src(size, 15, 1.0), *pix, "-c:v", "libx264", str(path))
-    vfr = c.add("valid/vfr.mp4", "valid-variant", "variable frame rate", "done")
-    _ff(*_src("192x144", 30, 2.0), "-vf", "setpts='if(lt(N,20),N*3000,N*1500+30000)'",
-        "-fps_mode", "vfr", "-video_track_timescale", "90000", "-pix_fmt", "yuv420p",
-        "-c:v", "libx264", str(vfr))
+    vfr = c.add("valid/vfr.mp4", "valid-variant", "variable frame rate (30 then 10 fps)",
+                "done")
+    _ff(*_src("192x144", 30, 2.0), "-vf", "select='lt(n\\,30)+not(mod(n\\,3))'",
+        "-fps_mode", "vfr", "-pix_fmt", "yuv420p", "-c:v", "libx264", str(vfr))
     for deg in (90, 180, 270):
         tmp = c.root / "work" / f"r{deg}.mp4"
         _ff(*_src("192x144", 15, 1.0), "-pix_fmt", "yuv420p", "-c:v", "libx264", str(tmp))
@@ -677,10 +677,10 @@ def run_corpus(corpus: Path, env: dict[str, str] | None = None,
         items = [i for i in items if only(i)]
     ctx = Context.load(reload_settings())
     outcomes: list[Outcome] = []
-    accepted: dict[str, tuple[Outcome, str]] = {}
+    accepted: dict[str, list[Outcome]] = defaultdict(list)
     for n, item in enumerate(items, 1):
         if progress:
-            print(f"[{n}/{len(items)}] {item.path!a}", file=sys.stderr, flush=True)
+            print(f"[{n}/{len(items)}] {item.path!a:.120}", file=sys.stderr, flush=True)
         target = item.args_path if item.args_path is not None else str(corpus / item.path)
         before = _evidence_counts(ctx)
         cmd = [sys.executable, "-m", "bodycam", "ingest", "--case", CASE, "--officer", "O",
@@ -704,11 +704,7 @@ def run_corpus(corpus: Path, env: dict[str, str] | None = None,
             o = Outcome(item.path, item.category, item.expect, "accepted", secs, rss, "",
                         problems)
             outcomes.append(o)
-            if not res["duplicate"]:
-                accepted[res["video_id"]] = (o, res["sha256"])
-            else:
-                o.outcome = "done" if res["status"] == "done" else "accepted"
-                accepted.setdefault(res["video_id"], (o, res["sha256"]))
+            accepted[res["video_id"]].append(o)
             continue
         problems += clean_line_problems(err)
         if _evidence_counts(ctx) != before:
@@ -721,19 +717,20 @@ def run_corpus(corpus: Path, env: dict[str, str] | None = None,
     while pending and time.monotonic() < deadline:
         for job in _jobs(env):
             if job["video_id"] in pending and job["status"] in ("done", "failed", "quarantined"):
-                o, _sha = accepted[job["video_id"]]
-                o.outcome = job["status"]
-                if job["status"] != "done":
-                    o.reason = str(job.get("error") or "")
-                    if o.expect == "done":
-                        o.problems.append(f"valid file ended {job['status']}: {o.reason}")
-                    if job["status"] == "quarantined":
-                        o.problems.append("quarantined (crashed a worker) instead of a "
-                                          "clean permanent error")
+                for o in accepted[job["video_id"]]:
+                    o.outcome = job["status"]
+                    if job["status"] != "done":
+                        o.reason = str(job.get("error") or "")
+                        if o.expect == "done":
+                            o.problems.append(f"valid file ended {job['status']}: {o.reason}")
+                        if job["status"] == "quarantined":
+                            o.problems.append("quarantined (crashed a worker) instead of a "
+                                              "clean permanent error")
                 pending.discard(job["video_id"])
         time.sleep(1)
     for vid in pending:
-        accepted[vid][0].problems.append("did not finish processing")
+        for o in accepted[vid]:
+            o.problems.append("did not finish processing")
     for o in outcomes:
         if o.expect == "done" and o.outcome != "done":
             o.problems.append(f"expected done, got {o.outcome}")

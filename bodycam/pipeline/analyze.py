@@ -306,7 +306,14 @@ def analyze_chunk(
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-        put(found_q, None)
+        # The end-of-work sentinel goes in on every path: `put` gives up once `stop` is set
+        # (a decode error), and the linker would then wait on its queue for ever.
+        while linker.is_alive():
+            try:
+                found_q.put(None, timeout=0.2)
+                break
+            except queue.Full:
+                continue
         linker.join()
     if errors:
         stop.set()
