@@ -27,7 +27,7 @@ def probe(path: Path, limits: LimitsSettings, name: str | None = None) -> MediaI
         raise InvalidMediaError(label, f"{size} bytes is over the limit of {limits.max_bytes}")
     with open_video(path, limits, label) as media:
         container, stream = media.container, media.stream
-        codec = stream.codec_context.name
+        codec = stream.codec_context.codec.canonical_name
         fmt = container.format.name
         width, height = stream.codec_context.width, stream.codec_context.height
         time_base = stream.time_base or Fraction(1, 90000)

@@ -19,6 +19,7 @@ decoded from its own bytes only, so every open here:
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Iterator
@@ -67,13 +68,16 @@ def describe_bytes(head: bytes) -> str | None:
 
 @lru_cache(maxsize=8)
 def _decoder_names(codecs: tuple[str, ...]) -> str:
-    """The accepted codecs as decoder names (FFmpeg matches `codec_whitelist` on decoders)."""
+    """Every decoder of the accepted codecs (FFmpeg matches `codec_whitelist` on decoder
+    names: AV1 may be decoded by `libdav1d`)."""
     names = set(codecs)
-    for name in codecs:
+    for name in av.codecs_available:
         try:
-            names.add(av.codec.Codec(name, "r").name)
+            codec = av.codec.Codec(name, "r")
         except (ValueError, av.FFmpegError):
             continue
+        if codec.type == "video" and codec.canonical_name in codecs:
+            names.add(codec.name)
     return ",".join(sorted(names))
 
 
@@ -117,6 +121,7 @@ class OpenVideo:
         that holds it). So the failing stretch is decoded again on one thread with the log
         captured; the frame-size bound still holds, so nothing large is allocated.
         """
+        self.container.close()  # its decoder threads must be gone before the log is on
         level = av.logging.get_level()
         av.logging.set_level(av.logging.ERROR)
         try:
@@ -142,6 +147,9 @@ class OpenVideo:
         return InvalidMediaError(self.label, f"{what} ({why(exc)})")
 
 
+# FFmpeg lines that PyAV hands to Python logging after a capture has ended go nowhere by
+# default: without a handler Python would print them to stderr under the CLI's one error line.
+logging.getLogger("libav").addHandler(logging.NullHandler())
 _PIXELS = re.compile(r"Picture size (\d+)x(\d+) (?:exceeds|is invalid)")
 
 
@@ -187,8 +195,9 @@ def _video_stream(container: av.container.InputContainer, limits: LimitsSettings
         raise InvalidMediaError(label, f"no video stream in this {fmt.split(',')[0]} file")
     stream = container.streams.video[0]
     ctx = stream.codec_context
-    if ctx is None or ctx.name not in limits.codecs:
-        name = ctx.name if ctx is not None else "unknown"
+    # The codec's canonical name (`av1`), not its decoder's (`libdav1d`).
+    name = ctx.codec.canonical_name if ctx is not None else "unknown"
+    if ctx is None or name not in limits.codecs:
         raise InvalidMediaError(
             label, f"unsupported video codec '{name}' (accepted: {', '.join(limits.codecs)})")
     check_size(ctx.width, ctx.height, limits, label)
