@@ -7,7 +7,7 @@ export BODYCAM_TESTDATA ?= $(abspath ../shared/testdata)
 # here, and Bodycam never switches models silently.
 export BODYCAM_PIPELINE__EMBEDDER ?= dlib-resnet
 
-.PHONY: install demo test lint bench faults clean
+.PHONY: install demo test lint bench hostile faults clean
 
 install: $(VENV)/.installed
 
@@ -38,6 +38,18 @@ bench: install
 faults: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m bodycam.faults --faults 42 --clips 3 \
 		--clip-s 40 --seed 11 --out faults-report.json
+
+# The whole hostile-media corpus (seeded, ~370 files) through `bodycam ingest` against a fresh
+# stack in a temporary home; the summary (counts by category, max time and RSS, reasons) is
+# written to hostile-summary.json. Exits non-zero when any file breaks the contract.
+HOSTILE_SEED ?= 1
+hostile: install
+	@home="$$(mktemp -d /tmp/bodycam-hostile.XXXXXX)"; \
+	export BODYCAM_HOME="$$home" PATH="$(abspath $(BIN)):$$PATH"; \
+	$(BIN)/python -m bodycam up || exit 1; \
+	$(BIN)/python -m bodycam.hostile generate --seed $(HOSTILE_SEED) --out "$$home/corpus" && \
+	$(BIN)/python -m bodycam.hostile run --corpus "$$home/corpus" --summary hostile-summary.json; \
+	rc=$$?; $(BIN)/python -m bodycam down; rm -rf "$$home"; exit $$rc
 
 clean:
 	-$(BIN)/bodycam down

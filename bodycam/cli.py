@@ -25,9 +25,20 @@ T = TypeVar("T")
 TERMINAL = ("done", "failed", "quarantined")
 
 
+def error_line(message: str) -> None:
+    """Print `error: message` as one line: control characters and terminal escapes in the
+    message are shown escaped and rich markup in it (e.g. from a file name) is not applied."""
+    from rich.text import Text
+
+    from bodycam.media.files import printable
+
+    err.print(Text.assemble(("error:", "red"), " ", printable(str(message))),
+              markup=False, highlight=False, soft_wrap=True, crop=False)
+
+
 def fail(message: str, code: int = 1) -> NoReturn:
     """Print a one-line error and exit non-zero."""
-    err.print(f"[red]error:[/red] {message}", markup=True, highlight=False, soft_wrap=True)
+    error_line(message)
     raise typer.Exit(code)
 
 
@@ -192,26 +203,32 @@ def ingest(
     custody = guarded(lambda: Custody(case_id=case.strip(), officer=officer or "",
                                       device=device or "", uploader=user.name,
                                       recorded_at=parse_recorded_at(recorded_at)))
+    from bodycam.media.files import printable, safe_name
+
     results = []
     failures = 0
     for name in files:
         try:
             res = ingest_file(ctx, name, custody)
         except BodycamError as exc:
-            err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            error_line(str(exc))
             if not isinstance(exc, TransientError):  # an outage rejects no evidence
-                rejected = {"file": name, "case": custody.case_id, "reason": str(exc)}
+                rejected = {"file": safe_name(name), "case": custody.case_id,
+                            "reason": printable(str(exc))}
                 guarded(lambda: ctx.audit(user.name, "ingest.rejected", rejected))  # noqa: B023
             failures += 1
             continue
         results.append(res)
         if not as_json:
             dup = " (already ingested in this case)" if res.duplicate else ""
-            err.print(f"{name}: video {res.video_id} sha256 {res.sha256[:16]}… {res.status}{dup}")
+            err.print(f"{safe_name(name)}: video {res.video_id} sha256 {res.sha256[:16]}… "
+                      f"{res.status}{dup}", markup=False, highlight=False, soft_wrap=True)
     final = {r.video_id: r.status for r in results}
     if wait and results:
-        final = _wait_for(ctx, [r.video_id for r in results],
-                          {r.video_id: r.filename for r in results}, quiet=as_json)
+        from rich.markup import escape
+
+        final = _wait_for(ctx, [r.video_id for r in results],  # bar labels are rich markup
+                          {r.video_id: escape(r.filename) for r in results}, quiet=as_json)
     if as_json:
         emit_json([{**r.as_json(), "status": final.get(r.video_id, r.status)} for r in results])
     if failures:

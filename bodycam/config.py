@@ -27,10 +27,31 @@ class LimitsSettings(_Section):
     max_width_px: int = Field(7680, gt=0, description="widest accepted frame, pixels")
     max_height_px: int = Field(4320, gt=0, description="tallest accepted frame, pixels")
     min_side_px: int = Field(64, gt=0, description="smallest accepted frame side, pixels")
+    max_pixels: int = Field(
+        7680 * 4320, gt=0,
+        description="most pixels in one frame; every decoded frame is checked, and FFmpeg "
+                    "refuses to allocate a larger picture")
+    containers: tuple[str, ...] = Field(
+        ("mov", "matroska", "avi", "mpegts"),
+        description="accepted containers (FFmpeg demuxer names; `mov` covers MP4, `matroska` "
+                    "WebM). Playlists and scripts (HLS, DASH, concat, SDP) are never accepted: "
+                    "they make FFmpeg read other files",
+    )
+
     codecs: tuple[str, ...] = Field(
         ("h264", "hevc", "mpeg4", "vp8", "vp9", "av1", "mjpeg", "prores", "mpeg2video"),
         description="video codecs accepted at ingest (ffmpeg codec names)",
     )
+
+    @model_validator(mode="after")
+    def _no_following_demuxers(self) -> LimitsSettings:
+        following = {"concat", "hls", "applehttp", "dash", "sdp", "rtsp", "rtp", "image2",
+                     "tee", "data", "lavfi"}
+        bad = sorted(set(self.containers) & following)
+        if bad:
+            raise ValueError(f"limits.containers may not include {', '.join(bad)}: these "
+                             "demuxers read other files or URLs")
+        return self
 
 
 class JobSettings(_Section):

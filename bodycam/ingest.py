@@ -16,8 +16,9 @@ import psycopg
 from bodycam import audit, jobs
 from bodycam.context import Context
 from bodycam.domain import MediaInfo
-from bodycam.errors import InvalidInputError, InvalidMediaError, PermanentError
-from bodycam.media.probe import check_is_batch_file, probe
+from bodycam.errors import InvalidInputError, InvalidMediaError, PermanentError, TransientError
+from bodycam.media.files import private_copy, safe_name
+from bodycam.media.probe import probe
 from bodycam.queue import PROCESS_UNIT
 from bodycam.storage import INCOMING, StoredObject
 
@@ -75,21 +76,31 @@ def parse_recorded_at(text: str | None) -> datetime | None:
 
 
 def ingest_file(ctx: Context, name: str, custody: Custody) -> IngestResult:
-    """Ingest one local file. Bad input raises InvalidMediaError and leaves nothing behind."""
-    path = check_is_batch_file(name)
-    info = probe(path, ctx.settings.limits, name=name)
-    with open(path, "rb") as f:
-        return _store_and_record(ctx, f, path.name, info, custody)
+    """Ingest one local file. Bad input raises InvalidMediaError and leaves nothing behind.
+
+    The file is read once, into a private copy, while it is hashed; that copy is probed and
+    uploaded, so the bytes recorded are the bytes validated even if the path changes meanwhile.
+    """
+    limits = ctx.settings.limits
+    label = safe_name(name)
+    with private_copy(name, limits.max_bytes) as copy:
+        info = probe(copy.path, limits, name=label)
+        with open(copy.path, "rb") as f:
+            return _store_and_record(ctx, f, safe_name(Path(name).name), info, custody,
+                                     expect_sha256=copy.sha256)
 
 
 def _store_and_record(ctx: Context, stream: IO[bytes], filename: str, info: MediaInfo,
-                      custody: Custody) -> IngestResult:
+                      custody: Custody, expect_sha256: str | None = None) -> IngestResult:
     store = ctx.store
     try:
         staged = store.upload_hashed(stream, ctx.settings.limits.max_bytes)
     except ValueError as exc:
         raise InvalidMediaError(filename, str(exc)) from None
     try:
+        if expect_sha256 is not None and staged.sha256 != expect_sha256:
+            raise TransientError(f"{filename}: the private copy changed during upload "
+                                 f"(SHA-256 {staged.sha256}, copied {expect_sha256})")
         existing = _find(ctx, custody.case_id, staged.sha256)
         if existing is not None:
             store.delete(staged.key)

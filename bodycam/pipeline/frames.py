@@ -17,9 +17,9 @@ from pathlib import Path
 import av
 import numpy as np
 
-from bodycam.config import PipelineSettings
+from bodycam.config import LimitsSettings, PipelineSettings, get_settings
 from bodycam.domain import MediaInfo, SampledFrame, Scene
-from bodycam.errors import InvalidMediaError
+from bodycam.media.source import check_frame, open_video
 from bodycam.pipeline.scenes import SceneCutter
 
 
@@ -67,6 +67,7 @@ class ChunkDecoder:
     start_s: float
     end_s: float
     cfg: PipelineSettings
+    limits: LimitsSettings | None = None  # None: the configured limits
     scenes: list[Scene] = field(default_factory=list)
     frames_decoded: int = 0
 
@@ -153,16 +154,26 @@ class ChunkDecoder:
         yield from close_scene(None)
 
     def _decode(self) -> Iterator[_Pending]:
+        """Decode the chunk through the shared opener; every frame's size is checked.
+
+        The frame size must stay the one validated at ingest: a stream that grows mid-way is
+        refused here (FFmpeg itself refuses pictures over `max_pixels` before allocating
+        them), permanently, with the time of the change.
+        """
         info = self.info
         tb, fps = info.time_base, info.frame_rate
-        try:
-            with av.open(str(self.path)) as container:
-                stream = container.streams.video[0]
+        limits = self.limits if self.limits is not None else get_settings().limits
+        label = self.path.name
+        expected = (info.width_px, info.height_px)
+        with open_video(self.path, limits, label) as media:
+            container, stream = media.container, media.stream
+            try:
                 stream.thread_type = "AUTO"
                 if self.start_s > 0:
                     container.seek(info.start_pts + int(self.start_s / tb), stream=stream,
                                    backward=True, any_frame=False)
                 for frame in container.decode(stream):
+                    check_frame(frame, expected, limits, label)
                     if frame.pts is None:
                         continue
                     t_s = float((frame.pts - info.start_pts) * tb)
@@ -171,8 +182,9 @@ class ChunkDecoder:
                     if t_s >= self.end_s - 1e-6 and self.end_s < info.duration_s - 1e-6:
                         break
                     yield _Pending(_frame_at(t_s, fps), frame.pts, t_s, frame)
-        except av.FFmpegError as exc:
-            raise InvalidMediaError(self.path.name, f"decoding failed: {exc}") from None
+            except av.FFmpegError as exc:
+                start = info.start_pts + int(self.start_s / tb) if self.start_s > 0 else None
+                raise media.refusal(exc, "decoding failed", start) from None
 
 
 def _frame_at(t_s: float, fps: Fraction) -> int:

@@ -1,0 +1,235 @@
+"""The one way Bodycam opens media: a local file, allowed containers and codecs, bounded frames.
+
+FFmpeg opens much more than files: `concat:` and `http:` names, ffconcat scripts, HLS and DASH
+playlists and SDP descriptions all make it read other paths or URLs. An evidence file must be
+decoded from its own bytes only, so every open here:
+
+- names the file as an absolute `file:` URL and allows only the `file` protocol
+  (`protocol_whitelist`), so a name like `concat:a.mp4` is a literal file name and no nested
+  open can reach a network or another protocol;
+- allows only real video containers (`format_whitelist`, checked by libavformat right after it
+  has sniffed the format and before the demuxer reads the header), and checks the opened
+  format's name again;
+- allows only the accepted codecs (`codec_whitelist`, for the decoders stream-info probing opens
+  and for ours) and bounds every picture a decoder may allocate (`max_pixels`), so a stream that
+  changes to a huge resolution mid-way is refused by FFmpeg before it allocates the frame;
+- and `check_frame` refuses, in Python, any decoded frame whose size differs from the size that
+  was validated at ingest.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import av
+import av.container
+import av.logging
+
+from bodycam.config import LimitsSettings
+from bodycam.errors import InvalidMediaError
+
+# First bytes of inputs that FFmpeg would follow to other files or URLs, or that are plainly
+# not video: named so the refusal says what the file is. The format allow-list is what
+# enforces the rule; this only gives the reason a name.
+_SIGNATURES: tuple[tuple[bytes, str], ...] = (
+    (b"#EXTM3U", "an HLS playlist (it names other files or URLs)"),
+    (b"ffconcat", "an FFmpeg concat script (it names other files)"),
+    (b"<?xml", "an XML document (e.g. a DASH manifest)"),
+    (b"<MPD", "a DASH manifest (it names other files or URLs)"),
+    (b"v=0", "an SDP session description (it names network streams)"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"\x89PNG", "a PNG image"),
+    (b"GIF8", "a GIF image"),
+    (b"%PDF", "a PDF document"),
+    (b"PK\x03\x04", "a zip archive"),
+)
+SNIFF_BYTES = 64
+
+
+def describe_bytes(head: bytes) -> str | None:
+    """What the first bytes of a file say it is when it is not a video container, or None."""
+    stripped = head.lstrip(b"\xef\xbb\xbf \t\r\n")
+    for magic, what in _SIGNATURES:
+        if stripped.startswith(magic):
+            return what
+    if head and all(32 <= b < 127 or b in b"\t\r\n" for b in head):
+        if b"file " in head or b"file\t" in head:  # a concat script without its header line
+            return "an FFmpeg concat script (it names other files)"
+        return "a text file"
+    return None
+
+
+@lru_cache(maxsize=8)
+def _decoder_names(codecs: tuple[str, ...]) -> str:
+    """Every decoder of the accepted codecs (FFmpeg matches `codec_whitelist` on decoder
+    names: AV1 may be decoded by `libdav1d`)."""
+    names = set(codecs)
+    for name in av.codecs_available:
+        try:
+            codec = av.codec.Codec(name, "r")
+        except (ValueError, av.FFmpegError):
+            continue
+        if codec.type == "video" and codec.canonical_name in codecs:
+            names.add(codec.name)
+    return ",".join(sorted(names))
+
+
+def _format_ok(format_name: str, limits: LimitsSettings) -> bool:
+    return any(part in limits.containers for part in format_name.split(","))
+
+
+def open_options(limits: LimitsSettings) -> dict[str, str]:
+    """AVFormatContext options of every open: file protocol, accepted containers and codecs."""
+    return {
+        "protocol_whitelist": "file",
+        "format_whitelist": ",".join(limits.containers),
+        "codec_whitelist": _decoder_names(tuple(limits.codecs)),
+        "max_pixels": str(limits.max_pixels),  # for the decoders stream-info probing opens
+        "threads": "1",  # stream-info probing decodes on the calling thread
+    }
+
+
+def decoder_options(limits: LimitsSettings) -> dict[str, str]:
+    """AVCodecContext options of our decoders: accepted codecs only, bounded picture size."""
+    return {"codec_whitelist": _decoder_names(tuple(limits.codecs)),
+            "max_pixels": str(limits.max_pixels)}
+
+
+@dataclass
+class OpenVideo:
+    """An opened video: its container and first video stream, and how to explain a failure."""
+
+    path: Path
+    container: av.container.InputContainer
+    stream: av.VideoStream
+    label: str
+    limits: LimitsSettings
+
+    def refusal(self, exc: av.FFmpegError, what: str,
+                start_pts: int | None = None) -> InvalidMediaError:
+        """The clean error for an FFmpeg failure, naming the frame-size bound when it was hit.
+
+        FFmpeg says why only in its log, and its log cannot stay on while frame threads run
+        (PyAV's log callback takes the GIL from FFmpeg's threads, which deadlocks a decode
+        that holds it). So the failing stretch is decoded again on one thread with the log
+        captured; the frame-size bound still holds, so nothing large is allocated.
+        """
+        self.container.close()  # its decoder threads must be gone before the log is on
+        level = av.logging.get_level()
+        av.logging.set_level(av.logging.ERROR)
+        try:
+            with av.logging.Capture(local=True) as logs:
+                try:
+                    with open_video(self.path, self.limits, self.label, threads=1) as again:
+                        if start_pts is not None:
+                            again.container.seek(start_pts, stream=again.stream,
+                                                 backward=True, any_frame=False)
+                        for _frame in again.container.decode(again.stream):
+                            pass
+                except (av.FFmpegError, InvalidMediaError):
+                    pass
+        finally:
+            av.logging.set_level(level)
+        for _level, _name, message in reversed(logs[-50:]):
+            found = _PIXELS.search(message)
+            if found:
+                return InvalidMediaError(
+                    self.label, f"a frame is {found[1]}x{found[2]}, over the limit of "
+                                f"{self.limits.max_pixels} pixels (the resolution changes "
+                                "mid-stream): refused before decoding it")
+        return InvalidMediaError(self.label, f"{what} ({why(exc)})")
+
+
+# FFmpeg lines that PyAV hands to Python logging after a capture has ended go nowhere by
+# default: without a handler Python would print them to stderr under the CLI's one error line.
+logging.getLogger("libav").addHandler(logging.NullHandler())
+_PIXELS = re.compile(r"Picture size (\d+)x(\d+) (?:exceeds|is invalid)")
+
+
+@contextmanager
+def open_video(path: Path, limits: LimitsSettings, label: str, threads: int | None = None
+               ) -> Iterator[OpenVideo]:
+    """Open a local video file for decoding its first video stream; closes it on exit.
+
+    Raises InvalidMediaError (permanent) when the file is not an accepted container, has no
+    video stream, or its codec or frame size is outside the limits. `threads` 1 decodes on
+    the calling thread only.
+    """
+    with open(path, "rb") as f:
+        head = f.read(SNIFF_BYTES)
+    what = describe_bytes(head)
+    if what is not None:
+        raise InvalidMediaError(label, f"not a readable video: {what}")
+    url = "file:" + os.path.abspath(path)
+    try:
+        container = av.open(url, options=open_options(limits), metadata_errors="ignore")
+    except av.ArgumentError:
+        raise InvalidMediaError(
+            label, "not an accepted video container (accepted: "
+                   f"{', '.join(limits.containers)})") from None
+    except (av.FFmpegError, UnicodeDecodeError) as exc:
+        raise InvalidMediaError(
+            label, f"not a readable video container ({why(exc)})") from None
+    try:
+        stream = _video_stream(container, limits, label)
+        if threads is not None:
+            stream.codec_context.thread_count = threads
+        yield OpenVideo(path, container, stream, label, limits)
+    finally:
+        container.close()
+
+
+def _video_stream(container: av.container.InputContainer, limits: LimitsSettings,
+                  label: str) -> av.VideoStream:
+    fmt = container.format.name
+    if not _format_ok(fmt, limits):  # libavformat enforces this; a second look is cheap
+        raise InvalidMediaError(label, f"container '{fmt}' is not accepted")
+    if not container.streams.video:
+        raise InvalidMediaError(label, f"no video stream in this {fmt.split(',')[0]} file")
+    stream = container.streams.video[0]
+    ctx = stream.codec_context
+    # The codec's canonical name (`av1`), not its decoder's (`libdav1d`).
+    name = ctx.codec.canonical_name if ctx is not None else "unknown"
+    if ctx is None or name not in limits.codecs:
+        raise InvalidMediaError(
+            label, f"unsupported video codec '{name}' (accepted: {', '.join(limits.codecs)})")
+    check_size(ctx.width, ctx.height, limits, label)
+    ctx.options = decoder_options(limits)
+    return stream
+
+
+def check_size(width: int, height: int, limits: LimitsSettings, label: str) -> None:
+    """Refuse a frame size outside the limits (per side and in total pixels)."""
+    if width > limits.max_width_px or height > limits.max_height_px \
+            or width * height > limits.max_pixels:
+        raise InvalidMediaError(
+            label, f"{width}x{height} is larger than the limit "
+                   f"{limits.max_width_px}x{limits.max_height_px}")
+    if min(width, height) < limits.min_side_px:
+        raise InvalidMediaError(label, f"{width}x{height} is too small to hold faces")
+
+
+def check_frame(frame: av.VideoFrame, expected: tuple[int, int], limits: LimitsSettings,
+                label: str) -> None:
+    """Refuse a decoded frame whose size is not the validated one (a mid-stream change)."""
+    size = (frame.width, frame.height)
+    if size != expected:
+        t = f" at {float(frame.time):.2f} s" if frame.time is not None else ""
+        check_size(frame.width, frame.height, limits, label)
+        raise InvalidMediaError(
+            label, f"the frame size changes from {expected[0]}x{expected[1]} to "
+                   f"{size[0]}x{size[1]}{t}: videos that change resolution are not accepted")
+
+
+def why(exc: BaseException) -> str:
+    """A short reason from an FFmpeg error, without the file name it quotes."""
+    text = str(exc).split(":")[0] if isinstance(exc, av.FFmpegError) else type(exc).__name__
+    text = text.split("]")[-1]  # drop a leading "[Errno N]"
+    return text.strip() or type(exc).__name__
