@@ -24,6 +24,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from bodycam import cache
+from bodycam.audit import ANCHOR_PREFIX
 from bodycam.config import Settings
 from bodycam.context import Context
 from bodycam.storage import original_key
@@ -158,10 +159,10 @@ def test_seaweedfs_internal_servers_cannot_be_reached_from_the_machine(
     # Every request an attacker would make against the internal servers, on every port.
     attempts = [("GET", "/"), ("GET", f"/buckets/{bucket}/?pretty=y"),
                 ("GET", f"/buckets/{bucket}/{okey}"), ("GET", "/dir/assign"),
-                ("PUT", f"/buckets/{bucket}/audit/head.json"),
+                ("PUT", f"/buckets/{bucket}/{ANCHOR_PREFIX}000000000001.json"),
                 ("POST", f"/buckets/{bucket}/{okey}"),
                 ("DELETE", f"/buckets/{bucket}/{okey}"),
-                ("DELETE", f"/buckets/{bucket}/audit/head.json"),
+                ("DELETE", f"/buckets/{bucket}/{ANCHOR_PREFIX}000000000001.json"),
                 ("GET", f"/col/delete?collection={bucket}")]
     for name, port in internal.items():
         for method, path in attempts:
@@ -193,10 +194,11 @@ def test_the_s3_gateway_refuses_every_request_without_the_keys(ops: StackHandle)
     sha = str(_ingest(ops, "OPS-S3KEYS")["sha256"])
     base = f"{ops.ctx.services.s3.endpoint_url}/{ops.ctx.services.s3.bucket}"
     okey = original_key(sha)
-    head_before = ops.ctx.store.get_bytes("audit/head.json")
-    for method, path in [("GET", "/"), ("GET", f"/{okey}"), ("PUT", "/audit/head.json"),
+    anchor = max(o.key for o in ops.ctx.store.list(ANCHOR_PREFIX))  # the latest audit anchor
+    anchor_before = ops.ctx.store.get_bytes(anchor)
+    for method, path in [("GET", "/"), ("GET", f"/{okey}"), ("PUT", f"/{anchor}"),
                          ("PUT", f"/{okey}"), ("DELETE", f"/{okey}"),
-                         ("DELETE", "/audit/head.json")]:
+                         ("DELETE", f"/{anchor}")]:
         got = _http(method, base + path, b"{}" if method == "PUT" else None)
         assert got in (401, 403), f"anonymous {method} {path}: {got}"
     forged = _admin_s3(ops, secret="not-the-secret-key-000000000000")
@@ -206,7 +208,7 @@ def test_the_s3_gateway_refuses_every_request_without_the_keys(ops: StackHandle)
         with pytest.raises(ClientError):
             call()
     # Nothing changed, and with the keys the store works.
-    assert ops.ctx.store.get_bytes("audit/head.json") == head_before
+    assert ops.ctx.store.get_bytes(anchor) == anchor_before
     stored = ops.ctx.store.sha256_of(okey)
     assert stored is not None and stored[0] == sha
 
