@@ -624,9 +624,9 @@ def clean_line_problems(stderr: str) -> list[str]:
     return problems
 
 
-def _worker_peak_rss(home: str) -> int:
-    """The highest VmHWM of this stack's processes (Celery workers included), bytes."""
-    peak = 0
+def _worker_pids(home: str) -> list[str]:
+    """The Celery processes of the stack in this home."""
+    pids = []
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
@@ -636,11 +636,27 @@ def _worker_peak_rss(home: str) -> int:
                 continue
             if b"celery" not in Path(f"/proc/{pid}/cmdline").read_bytes():
                 continue
+        except OSError:
+            continue
+        pids.append(pid)
+    return pids
+
+
+def _reset_worker_peak_rss(home: str) -> None:
+    """Start the workers' peak RSS afresh, so it speaks of this run only (clear_refs 5)."""
+    for pid in _worker_pids(home):
+        with contextlib.suppress(OSError):
+            Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
+def _worker_peak_rss(home: str) -> int:
+    """The highest VmHWM of this stack's Celery processes since the run began, bytes."""
+    peak = 0
+    for pid in _worker_pids(home):
+        with contextlib.suppress(OSError):
             for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                 if line.startswith("VmHWM:"):
                     peak = max(peak, int(line.split()[1]) * 1024)
-        except OSError:
-            continue
     return peak
 
 
@@ -676,6 +692,7 @@ def run_corpus(corpus: Path, env: dict[str, str] | None = None,
     if only:
         items = [i for i in items if only(i)]
     ctx = Context.load(reload_settings())
+    _reset_worker_peak_rss(env.get("BODYCAM_HOME", ""))
     outcomes: list[Outcome] = []
     accepted: dict[str, list[Outcome]] = defaultdict(list)
     for n, item in enumerate(items, 1):

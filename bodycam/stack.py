@@ -342,6 +342,7 @@ class Stack:
                 raise StackError("initdb failed: " + done.stderr.decode(errors="replace")[-2000:])
             state["pg_superuser_password"] = su_password
             state["pg_app_password"] = secrets.token_urlsafe(24)
+        _clear_stale_postmaster_pid(pgdata)
         port = _stable_port(state, "postgres")
         log = self.log_dir / "postgres.log"
         proc = self._spawn(
@@ -596,6 +597,27 @@ def _queue_depths(redis_url: str) -> dict[str, int | None]:
 
 
 # --- helpers the stack runs as separate processes (python -m bodycam.stack ...) -----------------
+
+def _clear_stale_postmaster_pid(pgdata: Path) -> None:
+    """Remove the lock file of a postmaster that was killed and never reaped.
+
+    Postgres refuses to start while the PID in postmaster.pid exists, and a postmaster killed
+    with SIGKILL stays a zombie until its parent reaps it; the stack's processes outlive the
+    `bodycam up` that started them, so that parent may be an init that does not reap. A dead or
+    zombie PID cannot hold the data directory, so its lock is stale.
+    """
+    lock = pgdata / "postmaster.pid"
+    try:
+        pid = int(lock.read_text().split("\n", 1)[0])
+    except (OSError, ValueError):
+        return
+    try:
+        alive = psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        alive = False
+    if not alive:
+        lock.unlink(missing_ok=True)
+
 
 def _libc_call(name: str, *args: object) -> None:
     import ctypes
