@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -153,9 +154,9 @@ def test_the_application_role_cannot_change_or_delete_audit_rows(stack: StackHan
             conn.execute(statement)  # type: ignore[arg-type]
 
 
-@pytest.fixture
-def tamperable(stack: StackHandle) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
-    """A superuser connection with triggers bypassed; the chain must be intact afterwards."""
+@contextmanager
+def tampering(stack: StackHandle) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
+    """A superuser connection with triggers bypassed; the chain is intact before and after."""
     code, text = verify(stack)
     assert code == 0, text
     conn = admin_conn(stack)
@@ -164,6 +165,13 @@ def tamperable(stack: StackHandle) -> Iterator[psycopg.Connection[tuple[object, 
     conn.close()
     code, text = verify(stack)
     assert code == 0, f"restored log verifies again: {text}"
+
+
+@pytest.fixture
+def tamperable(stack: StackHandle) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
+    """A superuser connection with triggers bypassed; the chain must be intact afterwards."""
+    with tampering(stack) as conn:
+        yield conn
 
 
 def _row(conn: psycopg.Connection[tuple[object, ...]], rid: int) -> tuple[object, ...]:

@@ -18,7 +18,7 @@ from bodycam import audit, search
 from bodycam.accounts import AccessDeniedError, Scope
 from bodycam.config import Settings
 from tests.conftest import HAMILTON, TESTDATA, StackHandle
-from tests.test_accountability import admin_conn, verify
+from tests.test_accountability import tampering, verify
 
 P06 = TESTDATA / "faces" / "identities" / "p06" / "01.png"
 CASE_A = "T-SEC-A"  # the investigator's case
@@ -321,14 +321,8 @@ def test_a_bad_sidecar_is_rejected_once_with_its_reason_kept_and_not_retried(
 def attacker(stack: StackHandle) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
     """A database superuser with triggers off, and an intact, idle log before and after."""
     wait_idle(stack)
-    code, text = verify(stack)
-    assert code == 0, text
-    conn = admin_conn(stack)
-    conn.execute("SET session_replication_role = replica")
-    yield conn
-    conn.close()
-    code, text = verify(stack)
-    assert code == 0, f"the restored log verifies again: {text}"
+    with tampering(stack) as conn:
+        yield conn
 
 
 def _tail(conn: psycopg.Connection[tuple[object, ...]], n: int) -> list[tuple[object, ...]]:
