@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import hashlib
-import hmac
-import secrets
+import re
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import NoReturn
 
 from bodycam import audit
@@ -40,10 +40,15 @@ PERMISSIONS: dict[str, tuple[str, ...]] = {
     "purge": ("admin",),
 }
 SEE_ALL_CASES = ("supervisor", "admin")
+NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
 
 
 class AccessDeniedError(PermanentError):
     """The acting user may not do this; the message names the role needed."""
+
+
+class ConflictError(InvalidInputError):
+    """The thing to create exists already (HTTP 409)."""
 
 
 @dataclass(frozen=True)
@@ -63,17 +68,24 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def create_user(conn: Conn, key: str, name: str, roles: list[str], by: str) -> str:
-    """Create an account; returns its API token, which is shown once and never stored."""
+def create_user(conn: Conn, key: str, name: str, roles: list[str], by: str,
+                token_days: int = 365) -> str:
+    """Create an account; returns its API token (an account token in `api_tokens`, valid for
+    token_days), which is shown once: only its hash is stored."""
+    from bodycam import auth
+
     bad = [r for r in roles if r not in ROLES]
     if bad or not roles:
         raise InvalidInputError(f"unknown role {', '.join(bad) or '(none)'}: "
                                 f"choose from {', '.join(ROLES)}")
     if conn.execute("SELECT 1 FROM users WHERE name = %s", (name,)).fetchone():
-        raise InvalidInputError(f"user {name} already exists")
-    token = "bct_" + secrets.token_urlsafe(32)
-    conn.execute("INSERT INTO users (name, roles, token_sha256, created_by)"
-                 " VALUES (%s, %s, %s, %s)", (name, sorted(set(roles)), token_hash(token), by))
+        raise ConflictError(f"user {name} already exists")
+    if not NAME.match(name):
+        raise InvalidInputError(f"user name {name[:64]!r} is not allowed: use 1 to 64 letters,"
+                                " digits and . _ @ -")
+    conn.execute("INSERT INTO users (name, roles, created_by) VALUES (%s, %s, %s)",
+                 (name, sorted(set(roles)), by))
+    token, _ = auth.issue(conn, name, "account", timedelta(days=token_days), by)
     audit.append(conn, key, by, "user.create", {"user": name, "roles": sorted(set(roles))})
     return token
 
@@ -84,7 +96,10 @@ def disable_user(conn: Conn, key: str, name: str, by: str) -> None:
                        " AND disabled_at IS NULL RETURNING name", (name,)).fetchone()
     if row is None:
         raise NotFoundError(f"no active user {name}")
-    audit.append(conn, key, by, "user.disable", {"user": name})
+    from bodycam import auth
+
+    revoked = auth.revoke_all(conn, name)
+    audit.append(conn, key, by, "user.disable", {"user": name, "tokens_revoked": revoked})
 
 
 def assign_case(conn: Conn, key: str, name: str, case_id: str, by: str) -> None:
@@ -109,32 +124,18 @@ def list_users(conn: Conn) -> list[dict[str, object]]:
 
 
 def authenticate(conn: Conn, key: str, name: str, token: str | None) -> User:
-    """The account for a name and token; raises AccessDeniedError otherwise.
+    """The account for a name and token (an account or session token of that account);
+    raises AccessDeniedError otherwise. Every failed attempt is audited (the claimed name and
+    why, never the token) and committed before the error is raised (bodycam.auth)."""
+    from bodycam import auth
 
-    Every failed attempt is audited (the claimed name and why, never the token) and
-    committed before the error is raised.
-    """
     if not token:
-        _login_failed(conn, key, name, "no token given")
+        auth.login_failed(conn, key, name, "no token given")
         raise AccessDeniedError(f"no credentials for {name}: set BODYCAM_USER and BODYCAM_TOKEN")
-    row = conn.execute("SELECT name, roles, token_sha256, disabled_at FROM users"
-                       " WHERE name = %s", (name,)).fetchone()
-    # Compare against a dummy hash for unknown names too: the timing does not say which.
-    stored = str(row["token_sha256"]) if row else token_hash("")
-    if not hmac.compare_digest(stored, token_hash(token)) or row is None:
-        _login_failed(conn, key, name, "invalid credentials")
-        raise AccessDeniedError(f"invalid credentials for {name}")
-    if row["disabled_at"] is not None:
-        _login_failed(conn, key, name, "account disabled")
-        raise AccessDeniedError(f"account {name} is disabled")
-    return User(str(row["name"]), tuple(row["roles"]))
-
-
-def _login_failed(conn: Conn, key: str, name: str, reason: str) -> None:
-    # The claimed name is attacker-chosen text: kept short, recorded as a claim, not an actor.
-    audit.append(conn, key, "anonymous", "login.failed",
-                 {"claimed_user": name[:64], "reason": reason})
-    conn.commit()
+    try:
+        return auth.authenticate(conn, key, token, name).user
+    except auth.UnauthenticatedError as exc:
+        raise AccessDeniedError(str(exc)) from None
 
 
 def require(conn: Conn, key: str, user: User, action: str, case_id: str | None = None) -> None:

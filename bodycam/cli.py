@@ -174,8 +174,8 @@ def events_token_cmd() -> None:
 
 
 @app.command()
-def api(host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Serve the HTTP API (S3 event notifications, health)."""
+def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Serve the HTTP API (every action, S3 event notifications, health)."""
     import uvicorn
 
     uvicorn.run("bodycam.api.app:app", host=host, port=port, log_level="warning")

@@ -155,6 +155,29 @@ class SearchSettings(_Section):
         return self
 
 
+class AuthSettings(_Section):
+    """Bearer tokens of the HTTP API and the limits on failed logins."""
+
+    session_ttl_s: int = Field(12 * 3600, ge=60, le=30 * 24 * 3600,
+                               description="a session token from `bodycam login` lasts this long")
+    account_token_days: int = Field(365, ge=1, le=3650,
+                                    description="an account's API token expires after this")
+    max_failures: int = Field(10, ge=1, le=10000, description="failed authentications allowed "
+                              "per client address and per claimed name within failure_window_s")
+    failure_window_s: float = Field(60.0, gt=0, le=86400,
+                                    description="window of the failed-authentication limit")
+
+
+class ServerSettings(_Section):
+    """The HTTP server: where uploads are spooled while they stream in."""
+
+    upload_dir: Path | None = Field(None, description="private folder for uploads in flight "
+                                    "(default: HOME/uploads, created 0700)")
+    export_dir: Path | None = Field(None, description="private folder for exports made through "
+                                    "the API (default: HOME/exports, created 0700)")
+    sse_poll_s: float = Field(0.5, gt=0, le=30, description="job progress poll interval (SSE)")
+
+
 class Settings(BaseSettings):
     """Everything Bodycam reads from the environment (`BODYCAM_...`, sections with `__`)."""
 
@@ -181,6 +204,8 @@ class Settings(BaseSettings):
     jobs: JobSettings = JobSettings()
     pipeline: PipelineSettings = PipelineSettings()
     search: SearchSettings = SearchSettings()
+    auth: AuthSettings = AuthSettings()
+    server: ServerSettings = ServerSettings()
 
     @model_validator(mode="after")
     def _production_needs_real_services(self) -> Settings:

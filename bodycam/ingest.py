@@ -90,6 +90,21 @@ def ingest_file(ctx: Context, name: str, custody: Custody) -> IngestResult:
                                      expect_sha256=copy.sha256)
 
 
+def ingest_private(ctx: Context, path: Path, filename: str, custody: Custody,
+                   sha256: str | None = None) -> IngestResult:
+    """Ingest a file that is already private to this process (an upload the server spooled
+    into a 0600 file while hashing it), without copying it again.
+
+    `filename` is the client's name for it (recorded, escaped); `sha256`, when given, is what
+    the spooled bytes hashed to, checked again as they are stored. Bad input raises
+    InvalidMediaError and leaves nothing behind; the caller deletes the file.
+    """
+    label = safe_name(Path(filename).name) or "upload"
+    info = probe(path, ctx.settings.limits, name=label)
+    with open(path, "rb") as f:
+        return _store_and_record(ctx, f, label, info, custody, expect_sha256=sha256)
+
+
 def _store_and_record(ctx: Context, stream: IO[bytes], filename: str, info: MediaInfo,
                       custody: Custody, expect_sha256: str | None = None) -> IngestResult:
     store = ctx.store

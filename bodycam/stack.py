@@ -251,9 +251,9 @@ class Stack:
             self._save(state)
             api = self._spawn(
                 "api",
-                [sys.executable, "-m", "bodycam", "api", "--host", "127.0.0.1",
+                [sys.executable, "-m", "bodycam", "serve", "--host", "127.0.0.1",
                  "--port", str(port)],
-                marker="bodycam api",
+                marker="bodycam serve",
             )
             started(api)
             _wait_port(port, 60, "API", self.log_dir / "api.log")

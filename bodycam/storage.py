@@ -204,9 +204,13 @@ class ObjectStore:
             raise TransientError(f"cannot download {key}: {exc}") from exc
 
     @_guarded
-    def open_stream(self, key: str) -> IO[bytes]:
-        """A readable stream of an object's bytes."""
-        body = self._client.get_object(Bucket=self.bucket, Key=key)["Body"]
+    def open_stream(self, key: str, first: int | None = None, last: int | None = None
+                    ) -> IO[bytes]:
+        """A readable stream of an object's bytes (only bytes first..last, inclusive, when
+        given: an HTTP range request served without reading the rest)."""
+        extra = {"Range": f"bytes={first}-{'' if last is None else last}"} \
+            if first is not None else {}
+        body = self._client.get_object(Bucket=self.bucket, Key=key, **extra)["Body"]
         return body
 
     @_guarded

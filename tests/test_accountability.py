@@ -113,8 +113,9 @@ def test_tokens_are_stored_only_as_hashes_and_disabled_accounts_are_refused(
     token = stack.cli.run("users", "add", "temp-clerk", "--role", "clerk",
                           check=True).stdout.strip()
     with stack.ctx.db() as conn:
-        row = conn.execute("SELECT token_sha256 FROM users WHERE name = 'temp-clerk'").fetchone()
-    assert row["token_sha256"] != token and token not in json.dumps(row)
+        row = conn.execute("SELECT sha256 FROM api_tokens WHERE user_name = 'temp-clerk'"
+                           ).fetchone()
+    assert row["sha256"] != token and token not in json.dumps(row)
     env = {"BODYCAM_USER": "temp-clerk", "BODYCAM_TOKEN": token}
     assert stack.cli.run("jobs", "--json", extra_env=env).returncode == 0
     bad = stack.cli.run("jobs", extra_env={**env, "BODYCAM_TOKEN": token + "x"})

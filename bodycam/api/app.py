@@ -1,99 +1,50 @@
-"""FastAPI app: accepts authenticated S3 event notifications (AWS/MinIO JSON) for incoming/."""
+"""The Bodycam server: FastAPI app factory; routes are thin adapters over bodycam.actions."""
 
 from __future__ import annotations
 
-import hmac
-import logging
-from typing import Annotated, Any
-from urllib.parse import unquote_plus
+from fastapi import APIRouter, FastAPI
+from fastapi.responses import HTMLResponse
 
-from fastapi import FastAPI, Header, HTTPException
-from pydantic import BaseModel
+from bodycam.api import problems, routes_auth, routes_videos, s3events
+from bodycam.api.s3events import events_token
+from bodycam.api.schemas import Health
+from bodycam.context import shared
 
-from bodycam.audit import derive_key
-from bodycam.context import Context, shared
-from bodycam.queue import INGEST_OBJECT
-from bodycam.storage import INCOMING
+__all__ = ["app", "create_app", "events_token"]
 
-log = logging.getLogger(__name__)
-app = FastAPI(title="Bodycam", version="0.1.0")
-ctx = shared
-
-
-class EventAccepted(BaseModel):
-    """How many objects of the notification were queued for ingest."""
-
-    queued: int
+PLACEHOLDER = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Bodycam</title></head>
+<body><h1>Bodycam server</h1>
+<p>Bodycam server: the web app comes with the next release; API docs at
+<a href="/docs">/docs</a> (schema: <a href="/openapi.json">/openapi.json</a>).</p>
+</body></html>
+"""
 
 
-def events_token(context: Context) -> str:
-    """The bearer token the S3 notifier must send (`Authorization: Bearer TOKEN`).
+def create_app() -> FastAPI:
+    """A new app with every router and the problem+json error handlers."""
+    api = FastAPI(title="Bodycam", version="1.0.0",
+                  description="Batch body-camera footage in, auditable face evidence out. "
+                              "Bearer tokens; errors are RFC 7807 problem documents.")
+    problems.install(api)
+    for module in _routers():
+        api.include_router(module)
 
-    Derived from the audit key that `bodycam up` generates (or BODYCAM_AUDIT_KEY), so the
-    server needs no other secret; `bodycam events-token` (admin) prints it for the notifier:
-    MinIO sends `Authorization: Bearer TOKEN` when MINIO_NOTIFY_WEBHOOK_AUTH_TOKEN_<ID> is
-    set. SeaweedFS's filer webhook (notification.toml `bearer_token`) sends the same header
-    but its own payload, not the S3 event JSON: with SeaweedFS, as on the embedded stack,
-    the reconciler (celery beat) lists incoming/ instead.
-    """
-    return derive_key(context.audit_key, "s3 event notifications")
+    @api.get("/healthz", response_model=Health, tags=["meta"], summary="Liveness")
+    def healthz() -> Health:
+        """The process answers and its settings resolve."""
+        shared()
+        return Health(status="ok")
 
+    @api.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def index() -> HTMLResponse:
+        return HTMLResponse(PLACEHOLDER)
 
-def _authorised(authorization: str | None) -> bool:
-    if not authorization:
-        return False
-    scheme, _, token = authorization.strip().partition(" ")
-    given = token.strip() if scheme.lower() == "bearer" else authorization.strip()
-    return hmac.compare_digest(given.encode(), events_token(ctx()).encode())
-
-
-@app.get("/healthz")
-def healthz() -> dict[str, str]:
-    """Liveness: the process answers and its settings resolve."""
-    ctx()
-    return {"status": "ok"}
+    return api
 
 
-@app.post("/s3/events", response_model=EventAccepted)
-def s3_events(payload: dict[str, Any],
-              authorization: Annotated[str | None, Header()] = None) -> EventAccepted:
-    """Queue ingest of each created object under incoming/ named by an S3 event notification.
+def _routers() -> list[APIRouter]:
+    return [routes_auth.router, routes_videos.router, s3events.router]
 
-    Only with the notifier's bearer token (compared in constant time). Accepts the AWS S3 /
-    MinIO event JSON (`Records[].s3.bucket.name`, `.object.key`, `.object.eTag`). A record
-    is acted on only when it names the configured bucket, a key under incoming/, and an
-    object that exists now with that etag; anything else is ignored, so a forged or stale
-    record queues nothing and writes nothing. A lost event is caught by the reconciler.
-    """
-    if not _authorised(authorization):
-        log.warning("S3 event refused: missing or invalid bearer token")
-        raise HTTPException(status_code=401, detail="missing or invalid bearer token",
-                            headers={"WWW-Authenticate": "Bearer"})
-    records = payload.get("Records")
-    if not isinstance(records, list):
-        raise HTTPException(status_code=422, detail="expected an S3 event with a Records array")
-    c = ctx()
-    queued = 0
-    for rec in records:
-        try:
-            event = str(rec.get("eventName", ""))
-            bucket = str(rec["s3"]["bucket"]["name"])
-            obj = rec["s3"]["object"]
-            key = unquote_plus(str(obj["key"]))
-        except (KeyError, TypeError, AttributeError):
-            raise HTTPException(status_code=422, detail="record without s3.bucket.name and"
-                                                        " s3.object.key") from None
-        if "ObjectCreated" not in event:
-            continue
-        if bucket != c.services.s3.bucket:
-            continue
-        if not key.startswith(INCOMING) or key.endswith((".json", "/")):
-            continue
-        claimed = str(obj.get("eTag") or obj.get("etag") or "").strip('"')
-        etag = next((o.etag for o in c.store.list(key) if o.key == key), "")
-        if not etag or (claimed and claimed != etag):
-            continue  # no such object (now), or another version than the event names
-        c.send(INGEST_OBJECT, key, etag)
-        queued += 1
-    log.info("S3 event: %d objects queued", queued)
-    return EventAccepted(queued=queued)
+
+app = create_app()

@@ -1,0 +1,24 @@
+"""Helpers shared by the actions: audited policy / four-eyes refusals."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from bodycam.accounts import User
+from bodycam.context import Context
+from bodycam.matching import ReviewRefusedError
+from bodycam.policy import PolicyRefusedError
+
+REFUSALS = (PolicyRefusedError, ReviewRefusedError)
+
+
+@contextmanager
+def refusals_audited(ctx: Context, user: User, action: str) -> Iterator[None]:
+    """Audit (`refused`, with the reason) a policy or four-eyes refusal raised inside, in its
+    own transaction because the action's own transaction is rolled back; then re-raise."""
+    try:
+        yield
+    except REFUSALS as exc:
+        ctx.audit(user.name, "refused", {"attempted": action, "reason": str(exc)})
+        raise

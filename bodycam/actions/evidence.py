@@ -1,0 +1,165 @@
+"""Evidence actions: ingest an upload, jobs, retry, tracks, originals and thumbnails."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from bodycam import accounts, audit, jobs
+from bodycam.accounts import User, case_of, require, require_visible
+from bodycam.context import Context
+from bodycam.db import Conn
+from bodycam.errors import BodycamError, InvalidInputError, NotFoundError, TransientError
+from bodycam.evidence import TrackRow, list_tracks
+from bodycam.ingest import Custody, IngestResult, ingest_private, parse_recorded_at
+from bodycam.media.files import printable, safe_name
+from bodycam.queue import PROCESS_UNIT
+
+TERMINAL = ("done", "failed", "quarantined")
+_JOB_SQL = (
+    "SELECT v.id::text AS video_id, v.case_id, v.original_filename, v.status, v.stage,"
+    " v.progress, GREATEST(v.attempts, COALESCE(max(u.attempts), 0)) AS attempts,"
+    " COALESCE(v.error, max(u.last_error)) AS error, v.updated_at"
+    " FROM videos v LEFT JOIN work_units u ON u.video_id = v.id"
+    " WHERE v.id::text = %s GROUP BY v.id")
+
+
+def custody_for(user: User, case: str | None, officer: str | None, device: str | None,
+                recorded_at: str | None, source: str = "api") -> Custody:
+    """The chain-of-custody record of an upload by this user; raises InvalidInputError."""
+    if not case or not case.strip():
+        raise InvalidInputError("missing --case: every video must be bound to a case number")
+    return Custody(case_id=case.strip(), officer=officer or "", device=device or "",
+                   uploader=user.name, recorded_at=parse_recorded_at(recorded_at),
+                   source=source)
+
+
+def authorize_ingest(ctx: Context, user: User) -> None:
+    """Refuse (audited) unless the user may ingest; checked before any byte is read."""
+    with ctx.db() as conn:
+        require(conn, ctx.audit_key, user, "ingest")
+
+
+def ingest_upload(ctx: Context, user: User, path: Path, filename: str, custody: Custody,
+                  sha256: str | None = None) -> IngestResult:
+    """Ingest a spooled private file (role checked); a rejected file is audited
+    (`ingest.rejected`, file, case and reason) and leaves nothing stored."""
+    authorize_ingest(ctx, user)
+    try:
+        return ingest_private(ctx, path, filename, custody, sha256)
+    except BodycamError as exc:
+        if not isinstance(exc, TransientError):  # an outage rejects no evidence
+            reject(ctx, user, filename, custody.case_id, str(exc))
+        raise
+
+
+def reject(ctx: Context, user: User, filename: str, case: str | None, reason: str) -> None:
+    """Audit a refused upload (`ingest.rejected`): the file name, case and reason, escaped."""
+    ctx.audit(user.name, "ingest.rejected", {"file": safe_name(filename), "case": case,
+                                             "reason": printable(reason)})
+
+
+def _video_case(conn: Conn, key: str, user: User, action: str, video_id: str,
+                uploader_may: bool) -> str:
+    """The case of a video the user may act on: role first, then the case (or, where
+    `uploader_may`, their own upload); refusals audited, unknown ids NotFoundError."""
+    require(conn, key, user, action)
+    row = conn.execute("SELECT case_id, uploader FROM videos WHERE id::text = %s",
+                       (video_id,)).fetchone()
+    if row is None:
+        raise NotFoundError(f"no video {video_id}")
+    if uploader_may and row["uploader"] == user.name:
+        return str(row["case_id"])
+    return require_visible(conn, key, user, action, "video", video_id, str(row["case_id"]))
+
+
+def list_jobs(ctx: Context, user: User, status: str | None = None,
+              video_id: str | None = None) -> list[jobs.JobRow]:
+    """Jobs of the cases the user sees (and of the videos they uploaded), newest first."""
+    with ctx.db() as conn:
+        require(conn, ctx.audit_key, user, "jobs")
+        rows = jobs.list_jobs(conn, status, limit=100_000)
+        visible = accounts.visible_cases(conn, user)
+        if visible is not None:
+            own = {str(r["id"]) for r in conn.execute(
+                "SELECT id::text AS id FROM videos WHERE uploader = %s", (user.name,))}
+            rows = [r for r in rows if r.case_id in visible or r.video_id in own]
+    if video_id is not None:
+        rows = [r for r in rows if r.video_id == video_id]
+    return rows
+
+
+def job_row(conn: Conn, video_id: str) -> jobs.JobRow:
+    """One video's job row (the `jobs --json` item)."""
+    r = conn.execute(_JOB_SQL, (video_id,)).fetchone()
+    if r is None:
+        raise NotFoundError(f"no video {video_id}")
+    return jobs.JobRow(str(r["video_id"]), str(r["case_id"]), str(r["original_filename"]),
+                       str(r["status"]), str(r["stage"]), float(r["progress"]),
+                       int(r["attempts"]), r["error"], r["updated_at"])
+
+
+def get_video(ctx: Context, user: User, video_id: str) -> jobs.JobRow:
+    """A video's job row, for a user with a jobs role who may see its case (or uploaded it)."""
+    with ctx.db() as conn:
+        _video_case(conn, ctx.audit_key, user, "jobs", video_id, uploader_may=True)
+        return job_row(conn, video_id)
+
+
+def retry(ctx: Context, user: User, video_id: str) -> dict[str, object]:
+    """Queue a failed or quarantined video again; audited (`retry`)."""
+    with ctx.db() as conn:
+        require(conn, ctx.audit_key, user, "retry", case_of(conn, "video", video_id))
+        if case_of(conn, "video", video_id) is None:
+            raise NotFoundError(f"no video {video_id}")
+        units = jobs.retry_video(conn, video_id)
+        audit.append(conn, ctx.audit_key, user.name, "retry", {"video_id": video_id})
+    for idx in units:
+        ctx.send(PROCESS_UNIT, video_id, idx)
+    return {"video_id": video_id, "units_queued": len(units)}
+
+
+def tracks(ctx: Context, user: User, video_id: str) -> list[TrackRow]:
+    """A video's face tracks (investigator of the video's case)."""
+    with ctx.db() as conn:
+        require(conn, ctx.audit_key, user, "tracks", case_of(conn, "video", video_id))
+        return list_tracks(conn, video_id)
+
+
+@dataclass(frozen=True)
+class Original:
+    """Where a video's original is stored and what the client should call it."""
+
+    video_id: str
+    key: str
+    size_bytes: int
+    filename: str
+    sha256: str
+
+
+def original(ctx: Context, user: User, video_id: str, byte_range: str | None = None
+             ) -> Original:
+    """The stored original of a video (investigator of its case); each access is audited
+    (`video.original`, with the range asked for)."""
+    with ctx.db() as conn:
+        case = _video_case(conn, ctx.audit_key, user, "tracks", video_id, uploader_may=False)
+        row = conn.execute("SELECT object_key, size_bytes, original_filename, sha256"
+                           " FROM videos WHERE id::text = %s", (video_id,)).fetchone()
+        assert row is not None
+        audit.append(conn, ctx.audit_key, user.name, "video.original",
+                     {"video_id": video_id, "case": case, "range": byte_range})
+    return Original(video_id, str(row["object_key"]), int(row["size_bytes"]),
+                    str(row["original_filename"]), str(row["sha256"]))
+
+
+def thumbnail(ctx: Context, user: User, track_id: str) -> bytes:
+    """A track's thumbnail JPEG (investigator of the track's case)."""
+    with ctx.db() as conn:
+        require(conn, ctx.audit_key, user, "tracks")
+        require_visible(conn, ctx.audit_key, user, "tracks", "track", track_id,
+                        case_of(conn, "track", track_id))
+        row = conn.execute("SELECT thumbnail_key FROM tracks WHERE id::text = %s",
+                           (track_id,)).fetchone()
+    if row is None or not row["thumbnail_key"]:
+        raise NotFoundError(f"track {track_id} has no thumbnail (purged or not made)")
+    return ctx.store.get_bytes(str(row["thumbnail_key"]))

@@ -1,0 +1,106 @@
+"""Request dependencies: the context, the bearer-token account, pagination."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Header, Query, Request
+from fastapi.concurrency import run_in_threadpool
+
+from bodycam import auth
+from bodycam.accounts import User
+from bodycam.auth import FailureLimiter, UnauthenticatedError
+from bodycam.context import Context, shared
+
+_limiter: FailureLimiter | None = None
+
+
+def context() -> Context:
+    """The server's process-wide context (settings, services, audit key)."""
+    return shared()
+
+
+def limiter() -> FailureLimiter:
+    """The process's failed-authentication limiter (in-process: see FailureLimiter)."""
+    global _limiter
+    if _limiter is None:
+        cfg = shared().settings.auth
+        _limiter = FailureLimiter(cfg.max_failures, cfg.failure_window_s)
+    return _limiter
+
+
+def client_of(request: Request) -> str:
+    """The client's address (the peer; a proxy in front must be trusted to say more)."""
+    return request.client.host if request.client else "unknown"
+
+
+def limit_keys(client: str, claimed: str | None) -> tuple[str, ...]:
+    """What failed authentications are counted against: the address and the claimed name."""
+    keys = [f"client:{client}"]
+    if claimed:
+        keys.append(f"name:{claimed[:64]}")
+    return tuple(keys)
+
+
+def authenticate(ctx: Context, client: str, token: str | None, claimed: str | None
+                 ) -> auth.Session:
+    """Authenticate a bearer token, rate-limited per client and claimed name (429); every
+    failure is audited and counted."""
+    keys = limit_keys(client, claimed)
+    limiter().check(*keys)
+    try:
+        with ctx.db() as conn:
+            return auth.authenticate(conn, ctx.audit_key, token, claimed, client)
+    except UnauthenticatedError:
+        limiter().failed(*keys)
+        raise
+
+
+def bearer(authorization: str | None) -> str | None:
+    """The token of an `Authorization: Bearer TOKEN` header."""
+    if not authorization:
+        return None
+    scheme, _, token = authorization.strip().partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
+
+
+async def session(request: Request,
+                  authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+                  x_bodycam_user: Annotated[str | None, Header(
+                      description="who the caller claims to be (optional)")] = None,
+                  ) -> auth.Session:
+    """The authenticated token of the request (401 otherwise)."""
+    return await run_in_threadpool(authenticate, context(), client_of(request),
+                                   bearer(authorization), x_bodycam_user)
+
+
+async def current_user(s: Annotated[auth.Session, Depends(session)]) -> User:
+    """The acting account."""
+    return s.user
+
+
+@dataclass(frozen=True)
+class Page:
+    """limit/offset of a list route."""
+
+    limit: int
+    offset: int
+
+
+def page(limit: Annotated[int, Query(ge=1, le=1000, description="items per page")] = 100,
+         offset: Annotated[int, Query(ge=0, description="items to skip")] = 0) -> Page:
+    """Pagination parameters."""
+    return Page(limit, offset)
+
+
+def paginate(items: list[dict[str, object]], p: Page) -> dict[str, object]:
+    """`{"items", "next_offset"}` of one page of a list."""
+    chunk = items[p.offset:p.offset + p.limit]
+    more = p.offset + p.limit < len(items)
+    return {"items": chunk, "next_offset": p.offset + p.limit if more else None}
+
+
+UserDep = Annotated[User, Depends(current_user)]
+SessionDep = Annotated[auth.Session, Depends(session)]
+PageDep = Annotated[Page, Depends(page)]

@@ -1,0 +1,123 @@
+"""RFC 7807 problem documents for every error the server returns."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from bodycam.accounts import AccessDeniedError, ConflictError
+from bodycam.auth import RateLimitedError, UnauthenticatedError
+from bodycam.errors import BodycamError, NotFoundError, PermanentError, TransientError
+from bodycam.matching import ReviewRefusedError
+from bodycam.policy import PolicyRefusedError
+
+log = logging.getLogger(__name__)
+PROBLEM_JSON = "application/problem+json"
+BASE = "https://bodycam.invalid/problems/"
+SLUGS = {400: ("bad-request", "Bad request"), 401: ("unauthenticated", "Unauthenticated"),
+         403: ("forbidden", "Forbidden"), 404: ("not-found", "Not found"),
+         405: ("method-not-allowed", "Method not allowed"), 409: ("conflict", "Conflict"),
+         413: ("too-large", "Too large"), 415: ("unsupported-media-type", "Unsupported type"),
+         416: ("range-not-satisfiable", "Range not satisfiable"),
+         422: ("invalid-input", "Invalid input"), 429: ("rate-limited", "Too many requests"),
+         500: ("internal", "Internal error"), 503: ("unavailable", "Service unavailable")}
+
+
+class Problem(BaseModel):
+    """An RFC 7807 problem document; `detail` is the one-line message the CLI prints."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+
+
+class ProblemError(Exception):
+    """Raised by routes for an HTTP error that no library error expresses."""
+
+    def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.headers = headers or {}
+
+
+def problem(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    """A problem+json response."""
+    slug, title = SLUGS.get(status, ("error", "Error"))
+    body = {"type": BASE + slug, "title": title, "status": status, "detail": detail}
+    return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_JSON)
+
+
+def status_of(exc: BodycamError) -> int:
+    """The HTTP status of a library error."""
+    if isinstance(exc, UnauthenticatedError):
+        return 401
+    if isinstance(exc, AccessDeniedError | PolicyRefusedError | ReviewRefusedError):
+        return 403
+    if isinstance(exc, NotFoundError):
+        return 404
+    if isinstance(exc, ConflictError):
+        return 409
+    if isinstance(exc, RateLimitedError):
+        return 429
+    if isinstance(exc, TransientError):
+        return 503
+    if isinstance(exc, PermanentError):
+        return 422
+    return 500
+
+
+def _validation_detail(exc: RequestValidationError) -> str:
+    first: dict[str, Any] = exc.errors()[0] if exc.errors() else {}
+    where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "request"
+    return f"invalid {where}: {first.get('msg', 'invalid value')}"
+
+
+def install(app: FastAPI) -> None:
+    """Make every error of the app a problem document."""
+
+    @app.exception_handler(BodycamError)
+    async def _bodycam(_: Request, exc: BodycamError) -> JSONResponse:
+        status = status_of(exc)
+        headers: dict[str, str] = {}
+        if status == 401:
+            headers["WWW-Authenticate"] = "Bearer"
+        if isinstance(exc, RateLimitedError):
+            headers["Retry-After"] = str(exc.retry_after_s)
+        if status == 500:
+            log.error("unexpected %s", type(exc).__name__)
+            return problem(500, "internal error")
+        return problem(status, str(exc), headers)
+
+    @app.exception_handler(ProblemError)
+    async def _problem(_: Request, exc: ProblemError) -> JSONResponse:
+        return problem(exc.status, exc.detail, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return problem(422, _validation_detail(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        detail = exc.detail if isinstance(exc.detail, str) else SLUGS.get(
+            exc.status_code, ("", "error"))[1]
+        if exc.status_code == 404 and detail == "Not Found":
+            detail = "no such route"
+        return problem(exc.status_code, detail, dict(exc.headers or {}))
+
+    @app.exception_handler(Exception)
+    async def _internal(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled %s", type(exc).__name__)
+        return problem(500, "internal error")
+
+
+PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": Problem, "description": SLUGS[code][1],
+           "content": {PROBLEM_JSON: {}}} for code in (401, 403, 404, 422)}

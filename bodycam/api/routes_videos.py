@@ -1,0 +1,198 @@
+"""Routes: upload, jobs, job progress (SSE), retry, tracks, originals and thumbnails."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import AsyncIterator, Iterator
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from bodycam.actions import evidence
+from bodycam.api.deps import PageDep, UserDep, context, paginate
+from bodycam.api.problems import PROBLEM_RESPONSES, ProblemError
+from bodycam.api.schemas import IngestOut, JobOut, PageOf, RetryOut, TrackOut
+from bodycam.api.uploads import spool
+from bodycam.errors import BodycamError
+
+router = APIRouter(prefix="/api/v1", tags=["videos"], responses=PROBLEM_RESPONSES)
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
+READ_BYTES = 1 << 20
+
+
+@router.post("/videos", status_code=201, response_model=IngestOut,
+             summary="Upload a video (streamed) and queue it for processing",
+             responses={200: {"model": IngestOut, "description": "the same bytes are already in "
+                              "this case: the existing video, `duplicate: true`"},
+                        413: {"description": "over limits.max_bytes"}},
+             openapi_extra={"requestBody": {"required": True, "content": {
+                 "application/octet-stream": {"schema": {"type": "string",
+                                                         "format": "binary"}}}}})
+async def upload(request: Request, user: UserDep,
+                 case: Annotated[str | None, Query(description="case number (required)")] = None,
+                 officer: Annotated[str | None, Query()] = None,
+                 device: Annotated[str | None, Query()] = None,
+                 recorded_at: Annotated[str | None, Query(description="ISO 8601")] = None,
+                 filename: Annotated[str | None, Query(max_length=1000)] = None,
+                 x_content_sha256: Annotated[str | None, Header(
+                     description="SHA-256 of the body; a mismatch stores nothing")] = None,
+                 ) -> Response:
+    """The body is the raw file. It is streamed to a private file while hashed (memory stays
+    flat for multi-GB files), checked against `X-Content-SHA256` when sent, then probed and
+    stored with its chain of custody. Bad media: 422 and nothing stored."""
+    ctx = context()
+    name = filename or "upload"
+    await run_in_threadpool(evidence.authorize_ingest, ctx, user)
+    custody = evidence.custody_for(user, case, officer, device, recorded_at)
+    limit = ctx.settings.limits.max_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ProblemError(413, f"upload is larger than limits.max_bytes ({limit} bytes):"
+                                " nothing was stored")
+    if x_content_sha256 is not None and not _SHA256.match(x_content_sha256.strip()):
+        raise ProblemError(422, "X-Content-SHA256 must be 64 hex digits")
+    try:
+        spooled = await spool(request.stream(), ctx.settings, limit, x_content_sha256)
+    except ProblemError as exc:
+        await run_in_threadpool(evidence.reject, ctx, user, name, custody.case_id, exc.detail)
+        raise
+    try:
+        result = await run_in_threadpool(evidence.ingest_upload, ctx, user, spooled.path, name,
+                                         custody, spooled.sha256)
+    finally:
+        spooled.path.unlink(missing_ok=True)
+    return JSONResponse(result.as_json(), status_code=200 if result.duplicate else 201)
+
+
+@router.get("/jobs", response_model=PageOf[JobOut], summary="Jobs of the cases the caller sees")
+async def jobs(user: UserDep, p: PageDep,
+               status: Annotated[str | None, Query()] = None,
+               video_id: Annotated[str | None, Query()] = None) -> dict[str, object]:
+    """Paginated `jobs --json` items, newest first."""
+    rows = await run_in_threadpool(evidence.list_jobs, context(), user, status, video_id)
+    return paginate([r.as_json() for r in rows], p)
+
+
+@router.get("/videos/{video_id}", response_model=JobOut, summary="A video's job row")
+async def video(video_id: str, user: UserDep) -> dict[str, object]:
+    """Status, stage, progress, attempts and error of one video."""
+    return (await run_in_threadpool(evidence.get_video, context(), user, video_id)).as_json()
+
+
+@router.get("/videos/{video_id}/events", summary="Job progress as server-sent events",
+            response_class=StreamingResponse,
+            responses={200: {"content": {"text/event-stream": {}},
+                             "description": "`event: progress` with the job row as data on "
+                                            "every change, until a terminal status"}})
+async def events(video_id: str, user: UserDep, request: Request) -> StreamingResponse:
+    """Polls the jobs table; sends the row whenever it changes; ends after `done`, `failed`
+    or `quarantined`."""
+    ctx = context()
+    first = await run_in_threadpool(evidence.get_video, ctx, user, video_id)
+
+    async def stream() -> AsyncIterator[str]:
+        row, last = first, ""
+        while True:
+            data = json.dumps(row.as_json())
+            if data != last:
+                yield f"event: progress\ndata: {data}\n\n"
+                last = data
+            if row.status in evidence.TERMINAL or await request.is_disconnected():
+                return
+            await asyncio.sleep(ctx.settings.server.sse_poll_s)
+            try:
+                row = await run_in_threadpool(_row, video_id)
+            except BodycamError as exc:
+                yield f"event: error\ndata: {json.dumps({'detail': str(exc)})}\n\n"
+                return
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+
+def _row(video_id: str) -> evidence.jobs.JobRow:
+    with context().db() as conn:
+        return evidence.job_row(conn, video_id)
+
+
+@router.post("/videos/{video_id}/retry", response_model=RetryOut,
+             summary="Queue a failed or quarantined video again")
+async def retry(video_id: str, user: UserDep) -> dict[str, object]:
+    """Its unfinished units are queued again; audited."""
+    return await run_in_threadpool(evidence.retry, context(), user, video_id)
+
+
+@router.get("/videos/{video_id}/tracks", response_model=PageOf[TrackOut],
+            summary="A video's face tracks")
+async def tracks(video_id: str, user: UserDep, p: PageDep) -> dict[str, object]:
+    """Paginated `tracks --json` items in time order."""
+    rows = await run_in_threadpool(evidence.tracks, context(), user, video_id)
+    return paginate([r.as_json() for r in rows], p)
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """(first, last) of a single `bytes=` range, None for the whole file; 416 when it cannot
+    be satisfied."""
+    if header is None:
+        return None
+    m = _RANGE.match(header.strip())
+    if m is None or (not m.group(1) and not m.group(2)):
+        raise ProblemError(416, f"unsupported range {header[:100]!r}: give one bytes=FIRST-LAST",
+                           {"Content-Range": f"bytes */{size}"})
+    if not m.group(1):  # the last N bytes
+        n = int(m.group(2))
+        first, last = max(0, size - n), size - 1
+    else:
+        first = int(m.group(1))
+        last = min(int(m.group(2)), size - 1) if m.group(2) else size - 1
+    if first >= size or last < first:
+        raise ProblemError(416, f"range {header[:100]!r} is outside the file ({size} bytes)",
+                           {"Content-Range": f"bytes */{size}"})
+    return first, last
+
+
+@router.get("/videos/{video_id}/original", summary="The stored original (HTTP ranges)",
+            response_class=StreamingResponse,
+            responses={200: {"content": {"application/octet-stream": {}}},
+                       206: {"description": "the range asked for"},
+                       416: {"description": "range not satisfiable"}})
+async def original(video_id: str, user: UserDep,
+                   range_: Annotated[str | None, Header(alias="range")] = None
+                   ) -> StreamingResponse:
+    """The evidence file as ingested, after the case check; each access is audited."""
+    ctx = context()
+    found = await run_in_threadpool(evidence.original, ctx, user, video_id, range_)
+    span = parse_range(range_, found.size_bytes)
+    first, last = span if span is not None else (0, found.size_bytes - 1)
+    body = await run_in_threadpool(ctx.store.open_stream, found.key,
+                                   first if span is not None else None,
+                                   last if span is not None else None)
+
+    def chunks() -> Iterator[bytes]:
+        try:
+            while data := body.read(READ_BYTES):
+                yield data
+        finally:
+            body.close()
+
+    quoted = re.sub(r"[^\w.-]", "_", found.filename)[:200] or "original"
+    headers = {"Accept-Ranges": "bytes", "Content-Length": str(last - first + 1),
+               "Cache-Control": "no-store", "ETag": f'"{found.sha256}"',
+               "Content-Disposition": f'attachment; filename="{quoted}"'}
+    if span is not None:
+        headers["Content-Range"] = f"bytes {first}-{last}/{found.size_bytes}"
+    return StreamingResponse(chunks(), status_code=206 if span is not None else 200,
+                             media_type="application/octet-stream", headers=headers)
+
+
+@router.get("/tracks/{track_id}/thumbnail", summary="A track's thumbnail (JPEG)",
+            response_class=Response, responses={200: {"content": {"image/jpeg": {}}}})
+async def thumbnail(track_id: str, user: UserDep) -> Response:
+    """The face crop of a track, never cached (`Cache-Control: no-store`)."""
+    data = await run_in_threadpool(evidence.thumbnail, context(), user, track_id)
+    return Response(data, media_type="image/jpeg", headers={"Cache-Control": "no-store"})

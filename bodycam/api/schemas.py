@@ -1,0 +1,326 @@
+"""API schemas: the JSON bodies of requests and responses (separate from tables)."""
+
+from __future__ import annotations
+
+from typing import Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+T = TypeVar("T")
+
+
+class Body(BaseModel):
+    """A request body: unknown fields are refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Out(BaseModel):
+    """A response body: the fields documented, plus any the library adds."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class PageOf(BaseModel, Generic[T]):
+    """One page of a list; follow `next_offset` until it is null."""
+
+    items: list[T]
+    next_offset: int | None
+
+
+class LoginIn(Body):
+    """An account's name and its API token."""
+
+    user: str = Field(min_length=1, max_length=64)
+    token: str = Field(min_length=1, max_length=512)
+
+
+class SessionOut(Out):
+    """A session token (shown once) and whose it is."""
+
+    token: str
+    user: str
+    roles: list[str]
+    expires_at: str
+
+
+class MeOut(Out):
+    """The caller's account."""
+
+    user: str
+    roles: list[str]
+    cases: list[str] | None = Field(description="the cases the caller sees; null: all")
+    expires_at: str
+
+
+class LogoutOut(Out):
+    """The token used is revoked."""
+
+    user: str
+    revoked: bool
+
+
+class IngestOut(Out):
+    """The `ingest --json` item."""
+
+    video_id: str
+    sha256: str
+    status: str
+    duplicate: bool
+    filename: str
+
+
+class JobOut(Out):
+    """The `jobs --json` item."""
+
+    video_id: str
+    status: str
+    stage: str
+    attempts: int
+    error: str | None
+    progress: float
+    case: str
+    filename: str
+    updated_at: str
+
+
+class RetryOut(Out):
+    """Units queued again."""
+
+    video_id: str
+    units_queued: int
+
+
+class TrackOut(Out):
+    """The `tracks --json` item."""
+
+    track_id: str
+    video_id: str
+    start_s: float
+    end_s: float
+    n_detections: int
+    quality: float
+    thumbnail: str | None
+    model: str | None
+
+
+class EnrolOut(Out):
+    """An enrolled subject and the pending matches it made."""
+
+    subject_id: str
+    pending_matches: int
+    notes: list[str] = []
+
+
+class SubjectOut(Out):
+    """The `subjects list --json` item."""
+
+    subject_id: str
+    case: str
+    name: str
+
+
+class RemovedOut(Out):
+    """A subject taken off the watchlist."""
+
+    subject_id: str
+    removed: bool
+
+
+class ApprovedOut(Out):
+    """An approved enrolment and the pending matches it made."""
+
+    subject_id: str
+    pending_matches: int
+
+
+class SearchOut(Out):
+    """The `search --json` object (plus `note` when there is one)."""
+
+    search_id: str
+    results: list[dict[str, Any]]
+    threshold: float
+    model: str
+
+
+class MatchOut(Out):
+    """The `matches --json` item."""
+
+    match_id: str
+    status: str
+    similarity: float
+
+
+class ReviewIn(Body):
+    """A reviewer's decision and why."""
+
+    decision: Literal["confirm", "reject"]
+    note: str = ""
+
+
+class ReviewOut(Out):
+    """The match's status after the review."""
+
+    match_id: str
+    status: str
+
+
+class PersonOut(Out):
+    """The `persons --json` item."""
+
+    person_id: str
+
+
+class MatchesExportIn(Body):
+    """What matches to export."""
+
+    format: Literal["jsonl", "csv"] = "jsonl"
+    status: str | None = None
+    case: str | None = None
+
+
+class AuditExportIn(Body):
+    """The audit rows to export (a time window)."""
+
+    format: Literal["jsonl", "csv"] = "jsonl"
+    from_: str | None = Field(None, alias="from")
+    to: str | None = None
+
+
+class ExportOut(Out):
+    """An export made on the server: fetch it and its manifest by id."""
+
+    export_id: str
+    manifest: dict[str, Any]
+
+
+class VerifyOut(Out):
+    """The audit chain's verdict."""
+
+    ok: bool
+    count: int
+    first_bad_id: int | None
+    reason: str | None
+
+
+class KeyOut(Out):
+    """A key or token shown to an authorised caller (the access is audited)."""
+
+    key: str | None = None
+    token: str | None = None
+
+
+class CheckLiveIn(Body):
+    """An audit export's manifest to check against the live log."""
+
+    manifest: dict[str, Any]
+
+
+class CheckLiveOut(Out):
+    """Null when the export's ends are in the live chain; else why not."""
+
+    problem: str | None
+
+
+class AuditRowOut(Out):
+    """One audit row."""
+
+    id: int
+    at: str
+    actor: str
+    action: str
+    details: dict[str, Any]
+
+
+class UserIn(Body):
+    """A new account."""
+
+    name: str = Field(min_length=1, max_length=64)
+    roles: list[str] = Field(min_length=1)
+
+
+class UserCreatedOut(Out):
+    """The new account and its API token (shown once)."""
+
+    name: str
+    roles: list[str]
+    token: str
+
+
+class UserOut(Out):
+    """The `users list --json` item (never a token)."""
+
+    name: str
+    roles: list[str]
+    disabled: bool
+    cases: list[str]
+
+
+class DisabledOut(Out):
+    """A disabled account (its tokens are revoked)."""
+
+    name: str
+    disabled: bool
+
+
+class AssignIn(Body):
+    """The case to assign."""
+
+    case: str = Field(min_length=1, max_length=200)
+
+
+class AssignOut(Out):
+    """An account assigned to a case."""
+
+    name: str
+    case: str
+
+
+class ReasonIn(Body):
+    """Why (recorded)."""
+
+    reason: str = Field(min_length=1, max_length=2000)
+
+
+class HoldOut(Out):
+    """A case's legal hold state."""
+
+    case: str
+    held: bool
+
+
+class PolicyIn(Body):
+    """A policy change and why."""
+
+    reason: str = Field(min_length=1, max_length=2000)
+    profile: str | None = None
+    reviewers: int | None = None
+    retention_days: int | None = None
+
+
+class ThresholdsIn(Body):
+    """A model's new default threshold and floor, and why."""
+
+    default: float
+    floor: float
+    reason: str = ""
+
+
+class ThresholdsOut(Out):
+    """A model's thresholds in force."""
+
+    model: str
+    default: float
+    floor: float
+
+
+class PurgeIn(Body):
+    """Whether to only plan the purge."""
+
+    dry_run: bool = False
+
+
+class Health(Out):
+    """Liveness."""
+
+    status: str

@@ -1,0 +1,93 @@
+"""Streaming uploads: the body goes to a private 0600 file while it is hashed, never to memory."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastapi.concurrency import run_in_threadpool
+
+from bodycam.api.problems import ProblemError
+from bodycam.config import Settings
+
+FLUSH_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class Spooled:
+    """A spooled upload: its private path, SHA-256 and size."""
+
+    path: Path
+    sha256: str
+    size_bytes: int
+
+
+def upload_dir(settings: Settings) -> Path:
+    """The private folder uploads are spooled into (0700, created on first use)."""
+    folder = settings.server.upload_dir or settings.home_dir / "uploads"
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(folder, 0o700)
+    return folder
+
+
+def new_private_file(folder: Path) -> tuple[int, Path]:
+    """A new empty file only this process's user can read (O_EXCL, 0600)."""
+    for _ in range(10):
+        path = folder / f"upload-{os.urandom(12).hex()}.part"
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0),
+                         0o600)
+        except FileExistsError:
+            continue
+        return fd, path
+    raise OSError("cannot create a private upload file")
+
+
+async def spool(chunks: AsyncIterator[bytes], settings: Settings, max_bytes: int,
+                expected_sha256: str | None) -> Spooled:
+    """Write the body to a private file chunk by chunk while hashing it.
+
+    Over max_bytes: 413 while streaming. A digest that differs from `expected_sha256`: 422.
+    The file is removed on every failure; on success the caller removes it.
+    """
+    fd, path = await run_in_threadpool(new_private_file, upload_dir(settings))
+    digest = hashlib.sha256()
+    size = 0
+    buf = bytearray()
+    ok = False
+    try:
+        async for chunk in chunks:
+            size += len(chunk)
+            if size > max_bytes:
+                raise ProblemError(413, f"upload is larger than limits.max_bytes ({max_bytes}"
+                                        " bytes): nothing was stored")
+            digest.update(chunk)
+            buf += chunk
+            if len(buf) >= FLUSH_BYTES:
+                data = bytes(buf)
+                buf.clear()
+                await run_in_threadpool(_write_all, fd, data)
+        if buf:
+            await run_in_threadpool(_write_all, fd, bytes(buf))
+        got = digest.hexdigest()
+        if size == 0:
+            raise ProblemError(422, "empty upload: send the video file as the request body")
+        if expected_sha256 is not None and got != expected_sha256.strip().lower():
+            raise ProblemError(422, f"upload SHA-256 {got} does not match X-Content-SHA256 "
+                                    f"{expected_sha256.strip()[:64]}: nothing was stored")
+        ok = True
+        return Spooled(path, got, size)
+    finally:
+        os.close(fd)
+        if not ok:
+            path.unlink(missing_ok=True)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]

@@ -1,0 +1,220 @@
+"""Bearer tokens of the HTTP API: issue, authenticate, revoke, log in; failures audited and limited.
+
+Only SHA-256 hashes of tokens are stored (table `api_tokens`); a token is looked up by its hash
+and the stored hash is compared again with hmac.compare_digest. Account tokens are printed once
+by `users add` and expire after `auth.account_token_days`; session tokens come from `login` and
+expire after `auth.session_ttl_s`. Disabling an account revokes all of its tokens.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from bodycam import audit
+from bodycam.accounts import User, token_hash
+from bodycam.config import AuthSettings
+from bodycam.db import Conn
+from bodycam.errors import BodycamError, PermanentError
+
+TOKEN_PREFIX = "bct_"
+KINDS = ("account", "session")
+
+
+class UnauthenticatedError(PermanentError):
+    """No token, or one that is unknown, expired, revoked or of a disabled account (HTTP 401)."""
+
+
+class RateLimitedError(BodycamError):
+    """Too many failed authentications from one client or for one name (HTTP 429)."""
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+@dataclass(frozen=True)
+class Session:
+    """An authenticated bearer token: the account and the token's id, kind and expiry."""
+
+    user: User
+    token_id: str
+    kind: str
+    expires_at: datetime
+
+    def as_json(self) -> dict[str, object]:
+        """What `GET /auth/me` and the login answer show about the token."""
+        return {"user": self.user.name, "roles": list(self.user.roles),
+                "expires_at": self.expires_at.isoformat()}
+
+
+def new_token() -> str:
+    """A fresh random token (256 bits)."""
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def issue(conn: Conn, user_name: str, kind: str, ttl: timedelta, by: str) -> tuple[str, datetime]:
+    """Store the hash of a new token of `kind` for the account; returns (token, expires_at).
+
+    The token itself is returned once and never stored.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown token kind {kind}")
+    token = new_token()
+    row = conn.execute(
+        "INSERT INTO api_tokens (user_name, sha256, kind, expires_at, created_by)"
+        " VALUES (%s, %s, %s, now() + %s, %s) RETURNING expires_at",
+        (user_name, token_hash(token), kind, ttl, by)).fetchone()
+    assert row is not None
+    return token, row["expires_at"]
+
+
+def account_ttl(cfg: AuthSettings) -> timedelta:
+    """How long an account token lives."""
+    return timedelta(days=cfg.account_token_days)
+
+
+def authenticate(conn: Conn, key: str, token: str | None, claimed: str | None = None,
+                 client: str | None = None) -> Session:
+    """The account and token behind a bearer token; raises UnauthenticatedError otherwise.
+
+    `claimed` (the X-Bodycam-User header, or the name given at login) must be the token's
+    account: a token of another account is refused like a wrong one. Every failure is audited
+    (`login.failed`, the claimed name and why, never the token) and committed before raising.
+    """
+    name = (claimed or "").strip()
+    if not token:
+        login_failed(conn, key, name or "(none)", "no token given", client)
+        raise UnauthenticatedError("no credentials: send Authorization: Bearer TOKEN")
+    digest = token_hash(token.strip())
+    row = conn.execute(
+        "SELECT t.id::text AS id, t.sha256, t.kind, t.expires_at, t.revoked_at,"
+        " t.expires_at <= now() AS expired, u.name, u.roles, u.disabled_at"
+        " FROM api_tokens t JOIN users u ON u.name = t.user_name WHERE t.sha256 = %s",
+        (digest,)).fetchone()
+    # Compare the stored hash again in constant time (and a dummy when none was found).
+    stored = str(row["sha256"]) if row else token_hash("")
+    label = name or (str(row["name"]) if row else "(unknown)")
+    if row is None or not hmac.compare_digest(stored, digest) or (name and name != row["name"]):
+        login_failed(conn, key, label, "invalid credentials", client)
+        raise UnauthenticatedError(f"invalid credentials for {label}")
+    if row["disabled_at"] is not None:
+        login_failed(conn, key, label, "account disabled", client)
+        raise UnauthenticatedError(f"account {label} is disabled")
+    if row["revoked_at"] is not None:
+        login_failed(conn, key, label, "token revoked", client)
+        raise UnauthenticatedError(f"token of {label} was revoked: log in again")
+    if row["expired"]:
+        login_failed(conn, key, label, "token expired", client)
+        raise UnauthenticatedError(f"token of {label} has expired: log in again")
+    return Session(User(str(row["name"]), tuple(row["roles"])), str(row["id"]),
+                   str(row["kind"]), row["expires_at"])
+
+
+def login_failed(conn: Conn, key: str, name: str, reason: str, client: str | None = None
+                 ) -> None:
+    """Audit a failed authentication (claimed name and reason, never the token) and commit."""
+    # The claimed name is attacker-chosen text: kept short, recorded as a claim, not an actor.
+    details: dict[str, object] = {"claimed_user": name[:64], "reason": reason}
+    if client:
+        details["client"] = client[:64]
+    audit.append(conn, key, "anonymous", "login.failed", details)
+    conn.commit()
+
+
+def login(conn: Conn, key: str, cfg: AuthSettings, name: str, token: str,
+          client: str | None = None) -> tuple[str, Session]:
+    """Exchange an account's token for a session token; returns (session token, session).
+
+    Audited (`login`, with the session token's id). A session token may not make another one:
+    only account tokens log in, so a stolen session cannot be extended.
+    """
+    found = authenticate(conn, key, token, name, client)
+    if found.kind != "account":
+        login_failed(conn, key, name, "a session token cannot log in", client)
+        raise UnauthenticatedError(f"log in with the account token of {name}, not a session")
+    session, expires = issue(conn, found.user.name, "session",
+                             timedelta(seconds=cfg.session_ttl_s), found.user.name)
+    row = conn.execute("SELECT id::text AS id FROM api_tokens WHERE sha256 = %s",
+                       (token_hash(session),)).fetchone()
+    assert row is not None
+    audit.append(conn, key, found.user.name, "login", {"token_id": row["id"],
+                                                       "expires_at": expires.isoformat()})
+    return session, Session(found.user, str(row["id"]), "session", expires)
+
+
+def revoke(conn: Conn, key: str, token_id: str, by: str) -> None:
+    """Revoke one token (logout); audited."""
+    conn.execute("UPDATE api_tokens SET revoked_at = now() WHERE id::text = %s"
+                 " AND revoked_at IS NULL", (token_id,))
+    audit.append(conn, key, by, "logout", {"token_id": token_id})
+
+
+def revoke_all(conn: Conn, user_name: str) -> int:
+    """Revoke every live token of an account (it is being disabled); returns how many."""
+    rows = conn.execute("UPDATE api_tokens SET revoked_at = now() WHERE user_name = %s"
+                        " AND revoked_at IS NULL RETURNING id", (user_name,)).fetchall()
+    return len(rows)
+
+
+class FailureLimiter:
+    """Sliding-window count of failed authentications per key (client address, claimed name).
+
+    In-process: each server process keeps its own counts and they are lost on restart, so with
+    N server processes an attacker gets N times the allowance; put a shared limiter (e.g. at the
+    reverse proxy or in Redis) in front of a multi-process deployment.
+    """
+
+    def __init__(self, max_failures: int, window_s: float) -> None:
+        self.max_failures = max_failures
+        self.window_s = window_s
+        self._failures: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def _live(self, key: str, now: float) -> deque[float]:
+        q = self._failures.setdefault(key, deque())
+        while q and q[0] <= now - self.window_s:
+            q.popleft()
+        return q
+
+    def check(self, *keys: str) -> None:
+        """Raise RateLimitedError when any key has used up its failures in the window."""
+        now = time.monotonic()
+        with self._lock:
+            for key in keys:
+                q = self._live(key, now)
+                if len(q) >= self.max_failures:
+                    wait = max(1, int(q[0] + self.window_s - now + 0.999))
+                    if not q:
+                        self._failures.pop(key, None)
+                    raise RateLimitedError(
+                        f"too many failed logins ({len(q)} in {self.window_s:.0f} s): "
+                        f"try again in {wait} s", wait)
+            for key in keys:
+                if not self._failures.get(key):
+                    self._failures.pop(key, None)
+
+    def failed(self, *keys: str) -> None:
+        """Count one failure against each key."""
+        now = time.monotonic()
+        with self._lock:
+            for key in keys:
+                self._live(key, now).append(now)
+            if len(self._failures) > 100_000:  # bound memory under a spray of names
+                for k in [k for k, q in self._failures.items() if not q][:50_000]:
+                    del self._failures[k]
+
+    def reset(self) -> None:
+        """Forget all counts."""
+        with self._lock:
+            self._failures.clear()
+
+
+def now_utc() -> datetime:
+    """The current time, timezone-aware."""
+    return datetime.now(UTC)
