@@ -5,6 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -383,3 +386,80 @@ def test_search_and_enrolment_take_photos_as_multipart_and_keep_the_cli_messages
                           data={"name": "X", "case": "T-SRV", "reason": "r"},
                           files={"photo": ("notes.png", b"not an image", "image/png")})
     assert_problem(notface, 422, "notes.png: not a readable image")
+
+
+# --- a second server with small limits, on the same stack -----------------------------------
+
+@pytest.fixture(scope="module")
+def strict_server(stack: StackHandle, server: Server) -> Iterator[Server]:
+    """`bodycam serve` started by hand on the stack with a 200 kB upload limit and a client
+    failure limit of 3 (the stack's own server keeps the defaults)."""
+    port = free_port()
+    env = {**stack.cli.env, "BODYCAM_LIMITS__MAX_BYTES": "200000",
+           "BODYCAM_AUTH__MAX_CLIENT_FAILURES": "3", "BODYCAM_AUTH__FAILURE_WINDOW_S": "30"}
+    proc = subprocess.Popen([sys.executable, "-m", "bodycam", "serve", "--host", "127.0.0.1",
+                             "--port", str(port)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(url + "/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"bodycam serve did not start: {proc.stderr}")
+            time.sleep(0.3)
+        yield Server(url, server.token, server.http)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_an_upload_over_the_limit_is_refused_while_streaming_and_leaves_nothing(
+        strict_server: Server, stack: StackHandle) -> None:
+    before = stack.counts()
+    body = HAMILTON.read_bytes()  # 614 kB, over the 200 kB limit
+    sent = 0
+
+    def chunks() -> Iterator[bytes]:
+        nonlocal sent
+        for i in range(0, len(body), 65536):
+            sent += 65536
+            yield body[i:i + 65536]
+
+    try:
+        r = strict_server.call("POST", "/api/v1/videos", strict_server.token,
+                               params={"case": "T-SRV-BIG", "officer": "O", "device": "D"},
+                               content=chunks())
+        assert_problem(r, 413, "limits.max_bytes")
+    except httpx.TransportError:
+        pass  # the server answered and closed before the client finished sending
+    assert stack.counts() == before
+    assert not list((stack.home / "uploads").iterdir())
+    # Declared too large up front: refused before a byte of the body is read.
+    declared = strict_server.call("POST", "/api/v1/videos", strict_server.token,
+                                  params={"case": "T-SRV-BIG", "officer": "O", "device": "D"},
+                                  content=body)
+    assert_problem(declared, 413, "nothing was stored")
+    assert stack.counts() == before
+
+
+def test_a_client_address_is_limited_across_claimed_names(strict_server: Server) -> None:
+    for i in range(3):
+        assert_problem(strict_server.call("GET", "/api/v1/jobs", f"bct_wrong{i}",
+                                          headers={"X-Bodycam-User": f"spray{i}"}), 401)
+    limited = strict_server.call("GET", "/api/v1/jobs", "bct_wrong", headers={
+        "X-Bodycam-User": "spray-new"})
+    assert_problem(limited, 429, "this client")
+    assert int(limited.headers["retry-after"]) <= 30
+    # Even the right token waits: the limiter answers before any token is looked up.
+    assert_problem(strict_server.op("GET", "/api/v1/jobs"), 429)
