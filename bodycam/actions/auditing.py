@@ -79,7 +79,9 @@ def _new_export(ctx: Context, user: User, fmt: str) -> tuple[str, Path]:
     export_id = str(uuid.uuid4())
     folder = export_dir(ctx) / export_id
     folder.mkdir(mode=0o700)
-    (folder / OWNER).write_text(json.dumps({"user": user.name}))
+    fd = os.open(folder / OWNER, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps({"user": user.name}))
     return export_id, folder / f"export.{fmt}"
 
 
@@ -90,6 +92,7 @@ def make_matches_export(ctx: Context, user: User, fmt: str, status: str | None,
         require(conn, ctx.audit_key, user, "matches.export")
     export_id, path = _new_export(ctx, user, fmt)
     manifest = export_matches(ctx, user.name, fmt, path, status, case)
+    _owner_only(path.parent)
     return {"export_id": export_id, "manifest": manifest}
 
 
@@ -101,7 +104,13 @@ def make_audit_export(ctx: Context, user: User, fmt: str, date_from: str | None,
         require(conn, ctx.audit_key, user, "audit.export")
     export_id, path = _new_export(ctx, user, fmt)
     manifest = export_audit(ctx, user.name, fmt, path, start, end)
+    _owner_only(path.parent)
     return {"export_id": export_id, "manifest": manifest}
+
+
+def _owner_only(folder: Path) -> None:
+    for p in folder.iterdir():
+        os.chmod(p, 0o600)
 
 
 @dataclass(frozen=True)
