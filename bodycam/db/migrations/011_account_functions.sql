@@ -195,3 +195,23 @@ REVOKE ALL ON FUNCTION bodycam_audited(bigint, text[]), bodycam_current_audit_id
     bodycam_case_assign(bigint, text, text, text), bodycam_case_unassign(bigint, text, text),
     bodycam_token_issue(bigint, uuid, text, text, text, timestamptz, text),
     bodycam_token_revoke(bigint, uuid) FROM PUBLIC;
+
+-- A deployment whose application role already exists (infra/postgres/init.sql creates
+-- bodycam_app with default privileges that grant it writes on every new table): take those
+-- writes back here, and let it call the functions. The embedded stack's role gets the same
+-- from bodycam.db._grant_app_role on every `up`.
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'bodycam_app')
+            AND current_user <> 'bodycam_app' THEN
+        REVOKE INSERT, UPDATE, DELETE, TRUNCATE
+            ON users, case_assignments, api_tokens, account_changes FROM bodycam_app;
+        GRANT SELECT ON users, case_assignments, api_tokens, account_changes TO bodycam_app;
+        GRANT EXECUTE ON FUNCTION bodycam_user_create(bigint, text, text[], text),
+            bodycam_user_set_roles(bigint, text, text[]), bodycam_user_disable(bigint, text),
+            bodycam_case_assign(bigint, text, text, text),
+            bodycam_case_unassign(bigint, text, text),
+            bodycam_token_issue(bigint, uuid, text, text, text, timestamptz, text),
+            bodycam_token_revoke(bigint, uuid) TO bodycam_app;
+    END IF;
+END $$;
