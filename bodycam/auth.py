@@ -15,7 +15,7 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from bodycam import audit
 from bodycam.accounts import User, token_hash
@@ -154,58 +154,57 @@ def revoke(conn: Conn, key: str, token_id: str, by: str) -> None:
 
 
 class FailureLimiter:
-    """Sliding-window count of failed authentications per key (client address, claimed name).
+    """Sliding-window count of failed authentications per claimed name and per client address.
 
-    In-process: each server process keeps its own counts and they are lost on restart, so with
-    N server processes an attacker gets N times the allowance; put a shared limiter (e.g. at the
-    reverse proxy or in Redis) in front of a multi-process deployment.
+    A name is blocked after `max_per_name` failures within `window_s`, a client address after
+    `max_per_client` (higher: several people may share an address); while blocked, attempts
+    are answered 429 before any token is looked at. In-process: each server process keeps its
+    own counts and they are lost on restart, so with N server processes an attacker gets N
+    times the allowance; put a shared limiter (at the reverse proxy, or in Redis) in front of
+    a multi-process deployment.
     """
 
-    def __init__(self, max_failures: int, window_s: float) -> None:
-        self.max_failures = max_failures
+    def __init__(self, max_per_name: int, max_per_client: int, window_s: float) -> None:
+        self.limits = {"name": max_per_name, "client": max_per_client}
         self.window_s = window_s
-        self._failures: dict[str, deque[float]] = {}
+        self._failures: dict[tuple[str, str], deque[float]] = {}
         self._lock = threading.Lock()
 
-    def _live(self, key: str, now: float) -> deque[float]:
+    @staticmethod
+    def _keys(client: str | None, name: str | None) -> list[tuple[str, str]]:
+        keys = [("client", client)] if client else []
+        if name:
+            keys.append(("name", name[:64]))
+        return keys
+
+    def _live(self, key: tuple[str, str], now: float) -> deque[float]:
         q = self._failures.setdefault(key, deque())
         while q and q[0] <= now - self.window_s:
             q.popleft()
         return q
 
-    def check(self, *keys: str) -> None:
-        """Raise RateLimitedError when any key has used up its failures in the window."""
+    def check(self, client: str | None, name: str | None) -> None:
+        """Raise RateLimitedError when the client or the name has used up its failures."""
         now = time.monotonic()
         with self._lock:
-            for key in keys:
+            for key in self._keys(client, name):
                 q = self._live(key, now)
-                if len(q) >= self.max_failures:
+                if len(q) >= self.limits[key[0]]:
                     wait = max(1, int(q[0] + self.window_s - now + 0.999))
-                    if not q:
-                        self._failures.pop(key, None)
+                    who = "this client" if key[0] == "client" else key[1]
                     raise RateLimitedError(
-                        f"too many failed logins ({len(q)} in {self.window_s:.0f} s): "
-                        f"try again in {wait} s", wait)
-            for key in keys:
-                if not self._failures.get(key):
-                    self._failures.pop(key, None)
+                        f"too many failed logins for {who} ({len(q)} in "
+                        f"{self.window_s:.0f} s): try again in {wait} s", wait)
+                if not q:
+                    del self._failures[key]
 
-    def failed(self, *keys: str) -> None:
-        """Count one failure against each key."""
+    def failed(self, client: str | None, name: str | None) -> None:
+        """Count one failure against the client and the name."""
         now = time.monotonic()
         with self._lock:
-            for key in keys:
-                self._live(key, now).append(now)
             if len(self._failures) > 100_000:  # bound memory under a spray of names
-                for k in [k for k, q in self._failures.items() if not q][:50_000]:
+                for k in [k for k, q in self._failures.items()
+                          if not q or q[-1] <= now - self.window_s]:
                     del self._failures[k]
-
-    def reset(self) -> None:
-        """Forget all counts."""
-        with self._lock:
-            self._failures.clear()
-
-
-def now_utc() -> datetime:
-    """The current time, timezone-aware."""
-    return datetime.now(UTC)
+            for key in self._keys(client, name):
+                self._live(key, now).append(now)

@@ -163,7 +163,9 @@ class AuthSettings(_Section):
     account_token_days: int = Field(365, ge=1, le=3650,
                                     description="an account's API token expires after this")
     max_failures: int = Field(10, ge=1, le=10000, description="failed authentications allowed "
-                              "per client address and per claimed name within failure_window_s")
+                              "per claimed name within failure_window_s (then 429)")
+    max_client_failures: int = Field(100, ge=1, le=100000, description="failed authentications "
+                                     "allowed per client address within failure_window_s")
     failure_window_s: float = Field(60.0, gt=0, le=86400,
                                     description="window of the failed-authentication limit")
 

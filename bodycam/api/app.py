@@ -5,7 +5,15 @@ from __future__ import annotations
 from fastapi import APIRouter, FastAPI
 from fastapi.responses import HTMLResponse
 
-from bodycam.api import problems, routes_auth, routes_videos, s3events
+from bodycam.api import (
+    problems,
+    routes_audit,
+    routes_auth,
+    routes_governance,
+    routes_videos,
+    routes_watchlist,
+    s3events,
+)
 from bodycam.api.s3events import events_token
 from bodycam.api.schemas import Health
 from bodycam.context import shared
@@ -44,7 +52,8 @@ def create_app() -> FastAPI:
 
 
 def _routers() -> list[APIRouter]:
-    return [routes_auth.router, routes_videos.router, s3events.router]
+    return [routes_auth.router, routes_videos.router, routes_watchlist.router,
+            routes_audit.router, routes_governance.router, s3events.router]
 
 
 app = create_app()

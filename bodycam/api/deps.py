@@ -26,7 +26,8 @@ def limiter() -> FailureLimiter:
     global _limiter
     if _limiter is None:
         cfg = shared().settings.auth
-        _limiter = FailureLimiter(cfg.max_failures, cfg.failure_window_s)
+        _limiter = FailureLimiter(cfg.max_failures, cfg.max_client_failures,
+                                  cfg.failure_window_s)
     return _limiter
 
 
@@ -35,25 +36,18 @@ def client_of(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
-def limit_keys(client: str, claimed: str | None) -> tuple[str, ...]:
-    """What failed authentications are counted against: the address and the claimed name."""
-    keys = [f"client:{client}"]
-    if claimed:
-        keys.append(f"name:{claimed[:64]}")
-    return tuple(keys)
-
-
 def authenticate(ctx: Context, client: str, token: str | None, claimed: str | None
                  ) -> auth.Session:
-    """Authenticate a bearer token, rate-limited per client and claimed name (429); every
-    failure is audited and counted."""
-    keys = limit_keys(client, claimed)
-    limiter().check(*keys)
+    """Authenticate a bearer token, rate-limited per client and claimed name (429). Every
+    failure is audited; those with a token are counted (a request that sends none guesses
+    nothing, so it is audited but not counted)."""
+    limiter().check(client, claimed)
     try:
         with ctx.db() as conn:
             return auth.authenticate(conn, ctx.audit_key, token, claimed, client)
     except UnauthenticatedError:
-        limiter().failed(*keys)
+        if token:
+            limiter().failed(client, claimed)
         raise
 
 

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 
 from bodycam.actions import sessions
-from bodycam.api.deps import SessionDep, UserDep, client_of, context, limit_keys, limiter
+from bodycam.api.deps import SessionDep, UserDep, client_of, context, limiter
 from bodycam.api.problems import PROBLEM_RESPONSES
 from bodycam.api.schemas import LoginIn, LogoutOut, MeOut, SessionOut
 from bodycam.auth import UnauthenticatedError
@@ -20,12 +20,11 @@ async def login(body: LoginIn, request: Request) -> dict[str, object]:
     """A session token that expires after `auth.session_ttl_s` (default 12 h). Failures are
     audited (`login.failed`) and rate-limited per client address and per name (429)."""
     client = client_of(request)
-    keys = limit_keys(client, body.user)
-    limiter().check(*keys)
+    limiter().check(client, body.user)
     try:
         return await run_in_threadpool(sessions.login, context(), body.user, body.token, client)
     except UnauthenticatedError:
-        limiter().failed(*keys)
+        limiter().failed(client, body.user)
         raise
 
 

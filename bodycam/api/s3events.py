@@ -10,8 +10,8 @@ from urllib.parse import unquote_plus
 from fastapi import APIRouter, Header
 from pydantic import BaseModel
 
+from bodycam.actions.governance import notifier_token
 from bodycam.api.problems import ProblemError
-from bodycam.audit import derive_key
 from bodycam.context import Context, shared
 from bodycam.queue import INGEST_OBJECT
 from bodycam.storage import INCOMING
@@ -27,16 +27,8 @@ class EventAccepted(BaseModel):
 
 
 def events_token(context: Context) -> str:
-    """The bearer token the S3 notifier must send (`Authorization: Bearer TOKEN`).
-
-    Derived from the audit key that `bodycam up` generates (or BODYCAM_AUDIT_KEY), so the
-    server needs no other secret; `GET /api/v1/events-token` (admin, audited) returns it for
-    the notifier: MinIO sends `Authorization: Bearer TOKEN` when
-    MINIO_NOTIFY_WEBHOOK_AUTH_TOKEN_<ID> is set. SeaweedFS's filer webhook (notification.toml
-    `bearer_token`) sends the same header but its own payload, not the S3 event JSON: with
-    SeaweedFS, as on the embedded stack, the reconciler (celery beat) lists incoming/ instead.
-    """
-    return derive_key(context.audit_key, "s3 event notifications")
+    """The bearer token the S3 notifier must send (see actions.governance.notifier_token)."""
+    return notifier_token(context)
 
 
 def _authorised(authorization: str | None) -> bool:

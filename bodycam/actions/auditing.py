@@ -1,0 +1,139 @@
+"""Audit actions: verify the chain, list rows, exports with signed manifests, the export key."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bodycam import audit
+from bodycam.accounts import User, refuse, require
+from bodycam.actions.watchlist import parse_date
+from bodycam.context import Context
+from bodycam.errors import InvalidInputError, NotFoundError
+from bodycam.exports import export_audit, export_matches
+
+FORMATS = ("jsonl", "csv")
+OWNER = "owner.json"
+
+
+def verify(ctx: Context, user: User) -> dict[str, object]:
+    """Check the whole audit chain (auditor)."""
+    with ctx.db() as conn:
+        require(conn, ctx.audit_key, user, "audit.verify")
+        v = audit.verify(conn, ctx.audit_key, ctx.store)
+    return {"ok": v.ok, "count": v.count, "first_bad_id": v.first_bad_id, "reason": v.reason}
+
+
+def export_key(ctx: Context, user: User) -> str:
+    """The key that verifies export manifests (auditor); each reveal is audited."""
+    with ctx.db() as conn:
+        require(conn, ctx.audit_key, user, "audit.export")
+        audit.append(conn, ctx.audit_key, user.name, "audit.export_key", {})
+    return audit.export_key(ctx.audit_key)
+
+
+def check_live(ctx: Context, user: User, manifest: dict[str, Any]) -> str | None:
+    """Whether an audit export's first and last rows are in the live chain (auditor)."""
+    with ctx.db() as conn:
+        require(conn, ctx.audit_key, user, "audit.verify")
+        return audit.check_live(conn, manifest)
+
+
+def rows(ctx: Context, user: User, limit: int, offset: int, actor: str | None = None,
+         action: str | None = None, case: str | None = None, date_from: str | None = None,
+         date_to: str | None = None) -> tuple[list[dict[str, Any]], bool]:
+    """A page of audit rows (auditor), oldest first, with whether more follow."""
+    start, end = parse_date(date_from, "--from"), parse_date(date_to, "--to")
+    with ctx.db() as conn:
+        require(conn, ctx.audit_key, user, "audit.export")
+        found = conn.execute(
+            "SELECT id, at, actor, action, details, prev_hash, hash FROM audit_log"
+            " WHERE (%(actor)s::text IS NULL OR actor = %(actor)s)"
+            " AND (%(action)s::text IS NULL OR action = %(action)s)"
+            " AND (%(case)s::text IS NULL OR details->>'case' = %(case)s)"
+            " AND (%(from)s::timestamptz IS NULL OR at >= %(from)s)"
+            " AND (%(to)s::timestamptz IS NULL OR at <= %(to)s)"
+            " ORDER BY id LIMIT %(limit)s OFFSET %(offset)s",
+            {"actor": actor, "action": action, "case": case, "from": start, "to": end,
+             "limit": limit + 1, "offset": offset}).fetchall()
+    out = [audit.AuditRow(int(r["id"]), r["at"], r["actor"], r["action"], r["details"],
+                          r["prev_hash"], r["hash"]).as_json() for r in found[:limit]]
+    return out, len(found) > limit
+
+
+def export_dir(ctx: Context) -> Path:
+    """The private folder exports made through the server are written to (0700)."""
+    folder = ctx.settings.server.export_dir or ctx.settings.home_dir / "exports"
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(folder, 0o700)
+    return folder
+
+
+def _new_export(ctx: Context, user: User, fmt: str) -> tuple[str, Path]:
+    if fmt not in FORMATS:
+        raise InvalidInputError(f"--format {fmt}: choose jsonl or csv")
+    export_id = str(uuid.uuid4())
+    folder = export_dir(ctx) / export_id
+    folder.mkdir(mode=0o700)
+    (folder / OWNER).write_text(json.dumps({"user": user.name}))
+    return export_id, folder / f"export.{fmt}"
+
+
+def make_matches_export(ctx: Context, user: User, fmt: str, status: str | None,
+                        case: str | None) -> dict[str, object]:
+    """Export matches with a signed manifest on the server (auditor); audited (`export`)."""
+    with ctx.db() as conn:
+        require(conn, ctx.audit_key, user, "matches.export")
+    export_id, path = _new_export(ctx, user, fmt)
+    manifest = export_matches(ctx, user.name, fmt, path, status, case)
+    return {"export_id": export_id, "manifest": manifest}
+
+
+def make_audit_export(ctx: Context, user: User, fmt: str, date_from: str | None,
+                      date_to: str | None) -> dict[str, object]:
+    """Export the audit log (a window) with a signed manifest (auditor); audited."""
+    start, end = parse_date(date_from, "--from"), parse_date(date_to, "--to")
+    with ctx.db() as conn:
+        require(conn, ctx.audit_key, user, "audit.export")
+    export_id, path = _new_export(ctx, user, fmt)
+    manifest = export_audit(ctx, user.name, fmt, path, start, end)
+    return {"export_id": export_id, "manifest": manifest}
+
+
+@dataclass(frozen=True)
+class ExportFile:
+    """An export's file on the server."""
+
+    path: Path
+    media_type: str
+
+
+def export_file(ctx: Context, user: User, export_id: str, manifest: bool) -> ExportFile:
+    """An export or its manifest, only to the account that made it (others refused, audited)."""
+    with ctx.db() as conn:
+        require(conn, ctx.audit_key, user, "audit.export")
+        try:
+            folder = export_dir(ctx) / str(uuid.UUID(export_id))
+        except ValueError:
+            raise NotFoundError(f"no export {export_id[:64]}") from None
+        owner_file = folder / OWNER
+        if not owner_file.is_file():
+            raise NotFoundError(f"no export {export_id}")
+        if json.loads(owner_file.read_text()).get("user") != user.name:
+            refuse(conn, ctx.audit_key, user, "audit.export",
+                   f"export {export_id} was made by another account", None)
+        files = [p for p in folder.iterdir() if p.name.startswith("export.")
+                 and not p.name.endswith(".manifest.json")]
+        if not files:
+            raise NotFoundError(f"no export {export_id}")
+        data = files[0]
+        if manifest:
+            return ExportFile(audit.manifest_path(data), "application/json")
+        audit.append(conn, ctx.audit_key, user.name, "export.download",
+                     {"export_id": export_id})
+    kind = "text/csv" if data.suffix == ".csv" else "application/x-ndjson"
+    return ExportFile(data, kind)

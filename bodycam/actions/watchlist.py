@@ -1,0 +1,119 @@
+"""Watchlist actions: enrol, list, remove and approve subjects; search; matches; review; persons."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from bodycam import matching, policy, subjects
+from bodycam import search as s
+from bodycam.accounts import User, require
+from bodycam.actions._common import refusals_audited
+from bodycam.context import Context
+from bodycam.errors import InvalidInputError
+from bodycam.matching import Match, Person
+from bodycam.subjects import Subject
+
+
+def parse_date(text: str | None, flag: str) -> datetime | None:
+    """An ISO 8601 date or time, or None; InvalidInputError naming the flag otherwise."""
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidInputError(f"{flag} {text!r} is not an ISO 8601 date (e.g. 2026-03-14)"
+                                ) from None
+
+
+def enroll(ctx: Context, user: User, name: str, photos: list[str], case: str | None,
+           reason: str | None, expires: str | None = None, face: int | None = None
+           ) -> dict[str, object]:
+    """Enrol a subject in a case (investigator of the case) from photo files private to the
+    server, then match it against the case's tracks; audited (`subject.enroll`)."""
+    if not case:
+        raise InvalidInputError("missing --case: a subject belongs to a case")
+    if not reason:
+        raise InvalidInputError("missing --reason: say why this person is enrolled")
+    expires_at = parse_date(expires, "--expires")
+    with ctx.db() as conn:
+        require(conn, ctx.audit_key, user, "subjects.enroll", case)
+    with refusals_audited(ctx, user, "subjects.enroll"):
+        with ctx.db() as conn:
+            policy.require_identify(conn, "enrolment")
+        sid, notes = subjects.enroll(ctx, name, photos, case, reason, user.name, expires_at,
+                                     face)
+    with ctx.db() as conn:
+        made = matching.match_subject(conn, ctx.settings, sid)
+    return {"subject_id": sid, "pending_matches": made, "notes": notes}
+
+
+def list_subjects(ctx: Context, user: User, case: str | None = None) -> list[Subject]:
+    """Active subjects of the cases the user sees; audited (`subjects.list`)."""
+    with ctx.db() as conn:
+        return subjects.view_subjects(conn, ctx.audit_key, user, case)
+
+
+def remove_subject(ctx: Context, user: User, subject_id: str) -> dict[str, object]:
+    """Take a subject off the watchlist (its templates deleted); audited."""
+    with ctx.db() as conn:
+        require(conn, ctx.audit_key, user, "subjects.remove")
+        subjects.remove_subject(conn, ctx.audit_key, subject_id, user)
+    return {"subject_id": subject_id, "removed": True}
+
+
+def approve_subject(ctx: Context, user: User, subject_id: str) -> dict[str, object]:
+    """A supervisor approves an enrolment (never their own); matching then runs."""
+    with ctx.db() as conn:
+        require(conn, ctx.audit_key, user, "subjects.approve")
+    with refusals_audited(ctx, user, "subjects.approve"), ctx.db() as conn:
+        subjects.approve_subject(conn, ctx.audit_key, subject_id, user)
+        made = matching.match_subject(conn, ctx.settings, subject_id)
+    return {"subject_id": subject_id, "pending_matches": made}
+
+
+def search(ctx: Context, user: User, case: str | None, purpose: str | None,
+           photo: str | None = None, subject: str | None = None, track: str | None = None,
+           threshold: float | None = None, limit: int | None = None,
+           video: str | None = None, date_from: str | None = None, date_to: str | None = None,
+           face: int | None = None) -> s.SearchResult:
+    """Where does this person appear, in one case, for a recorded purpose (investigator of
+    the case); every id must belong to the case; audited (`search`)."""
+    if not case or not case.strip():
+        raise InvalidInputError("missing --case: every search is bound to a case")
+    if not purpose or not purpose.strip():
+        raise InvalidInputError("missing --purpose: every search records why it was made")
+    probe = s.Probe(photo, face, subject, track)
+    filters = s.Filters(video, parse_date(date_from, "--from"), parse_date(date_to, "--to"))
+    with ctx.db() as conn:
+        require(conn, ctx.audit_key, user, "search", case)
+    with refusals_audited(ctx, user, "search"):
+        return s.search(ctx, probe, case, purpose, user.name, threshold, limit, filters)
+
+
+def matches(ctx: Context, user: User, status: str | None = None, case: str | None = None
+            ) -> list[Match]:
+    """Watchlist matches of the cases the user sees; audited (`matches.list`)."""
+    with ctx.db() as conn:
+        return matching.view_matches(conn, ctx.audit_key, user, status, case)
+
+
+def review(ctx: Context, user: User, match_id: str, decision: str, note: str
+           ) -> dict[str, object]:
+    """Confirm or reject a match of a case the reviewer sees (four-eyes rules); audited."""
+    if decision not in ("confirm", "reject"):
+        raise InvalidInputError("give exactly one of --confirm or --reject")
+    with ctx.db() as conn:
+        require(conn, ctx.audit_key, user, "review")
+    with refusals_audited(ctx, user, "review"), ctx.db() as conn:
+        status = matching.review(conn, ctx.audit_key, match_id, user, decision == "confirm",
+                                 note or "")
+    return {"match_id": match_id, "status": status}
+
+
+def persons(ctx: Context, user: User, case: str, purpose: str | None) -> list[Person]:
+    """Unknown persons of a case (investigator of the case), with a recorded purpose."""
+    with ctx.db() as conn:
+        require(conn, ctx.audit_key, user, "persons", case)
+    with refusals_audited(ctx, user, "persons"), ctx.db() as conn:
+        return matching.persons(conn, ctx.audit_key, ctx.settings, case, purpose or "",
+                                user.name)

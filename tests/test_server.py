@@ -1,0 +1,465 @@
+"""The HTTP server on the real stack: tokens, problem bodies, uploads, SSE, pages, ranges."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from bodycam.auth import FailureLimiter, RateLimitedError
+from tests.conftest import HAMILTON, TESTDATA, StackHandle
+
+PROBLEM = "application/problem+json"
+P06 = TESTDATA / "faces" / "identities" / "p06" / "01.png"
+
+
+@dataclass
+class Server:
+    """The stack's server, its operator token and a client."""
+
+    url: str
+    token: str
+    http: httpx.Client
+
+    def call(self, method: str, path: str, token: str | None = None,
+             **kwargs: object) -> httpx.Response:
+        headers = dict(kwargs.pop("headers", {}) or {})  # type: ignore[call-overload]
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        return self.http.request(method, self.url + path, headers=headers,
+                                 **kwargs)  # type: ignore[arg-type]
+
+    def op(self, method: str, path: str, **kwargs: object) -> httpx.Response:
+        return self.call(method, path, self.token, **kwargs)
+
+    def account(self, roles: list[str], cases: tuple[str, ...] = ()) -> tuple[str, str]:
+        """A new account (name, token) with these roles and case assignments."""
+        name = f"srv-{roles[0]}-{secrets.token_hex(3)}"
+        made = self.op("POST", "/api/v1/users", json={"name": name, "roles": roles})
+        assert made.status_code == 201, made.text
+        for case in cases:
+            assert self.op("POST", f"/api/v1/users/{name}/cases",
+                           json={"case": case}).status_code == 200
+        return name, str(made.json()["token"])
+
+
+@pytest.fixture(scope="module")
+def server(stack: StackHandle) -> Iterator[Server]:
+    state = json.loads((stack.home / "stack.json").read_text())
+    token = (stack.home / "operator.token").read_text().strip()
+    with httpx.Client(timeout=120) as http:
+        yield Server(str(state["api_url"]), token, http)
+
+
+def assert_problem(r: httpx.Response, status: int, *needles: str) -> dict[str, object]:
+    assert r.status_code == status, (r.status_code, r.text)
+    assert r.headers["content-type"].startswith(PROBLEM), r.headers
+    body = r.json()
+    assert set(body) == {"type", "title", "status", "detail"}, body
+    assert body["status"] == status and str(body["type"]).startswith(
+        "https://bodycam.invalid/problems/")
+    for needle in needles:
+        assert needle in str(body["detail"]), body
+    return dict(body)
+
+
+def audit_rows(stack: StackHandle, action: str, since_id: int = 0) -> list[dict[str, object]]:
+    with stack.ctx.db() as conn:
+        rows = conn.execute("SELECT id, actor, details FROM audit_log WHERE action = %s"
+                            " AND id > %s ORDER BY id", (action, since_id)).fetchall()
+    return [dict(r) for r in rows]
+
+
+def last_audit_id(stack: StackHandle) -> int:
+    with stack.ctx.db() as conn:
+        return int(conn.execute("SELECT COALESCE(max(id), 0) AS n FROM audit_log"
+                                ).fetchone()["n"])
+
+
+# --- tokens ---------------------------------------------------------------------------------
+
+def test_a_login_gives_a_session_token_that_works_and_logout_revokes_it(server: Server) -> None:
+    r = server.call("POST", "/api/v1/auth/login", json={"user": "operator",
+                                                        "token": server.token})
+    assert r.status_code == 200, r.text
+    session = r.json()
+    assert session["user"] == "operator" and session["token"] != server.token
+    me = server.call("GET", "/api/v1/auth/me", session["token"]).json()
+    assert me["user"] == "operator" and me["kind"] == "session" and me["cases"] is None
+    # A session cannot mint another session, so a stolen one cannot be extended.
+    again = server.call("POST", "/api/v1/auth/login", json={"user": "operator",
+                                                            "token": session["token"]})
+    assert_problem(again, 401, "account token")
+    assert server.call("POST", "/api/v1/auth/logout", session["token"]).status_code == 200
+    gone = server.call("GET", "/api/v1/auth/me", session["token"])
+    assert_problem(gone, 401, "revoked")
+    assert gone.headers["www-authenticate"] == "Bearer"
+    # The account token itself is untouched by the session's logout.
+    assert server.op("GET", "/api/v1/auth/me").json()["kind"] == "account"
+
+
+def test_anonymous_wrong_expired_and_other_accounts_tokens_get_401(
+        server: Server, stack: StackHandle) -> None:
+    assert_problem(server.call("GET", "/api/v1/jobs"), 401, "no credentials")
+    assert_problem(server.call("GET", "/api/v1/jobs", server.token + "x"), 401,
+                   "invalid credentials")
+    assert_problem(server.call("GET", "/api/v1/jobs", headers={"Authorization": server.token}),
+                   401)
+    name, token = server.account(["clerk"])
+    assert server.call("GET", "/api/v1/jobs", token).status_code == 200
+    # A token presented under another account's name is refused like a wrong one.
+    claimed = server.call("GET", "/api/v1/jobs", token, headers={"X-Bodycam-User": "operator"})
+    assert_problem(claimed, 401, "invalid credentials for operator")
+    with stack.ctx.db() as conn:
+        conn.execute("UPDATE api_tokens SET created_at = now() - interval '2 days',"
+                     " expires_at = now() - interval '1 second' WHERE user_name = %s", (name,))
+    assert_problem(server.call("GET", "/api/v1/jobs", token), 401, "expired")
+
+
+def test_disabling_an_account_revokes_its_account_and_session_tokens(server: Server) -> None:
+    name, token = server.account(["clerk"])
+    session = server.call("POST", "/api/v1/auth/login",
+                          json={"user": name, "token": token}).json()["token"]
+    assert server.call("GET", "/api/v1/jobs", session).status_code == 200
+    assert server.op("POST", f"/api/v1/users/{name}/disable").json() == {
+        "name": name, "disabled": True}
+    assert_problem(server.call("GET", "/api/v1/jobs", token), 401, "disabled")
+    assert_problem(server.call("GET", "/api/v1/jobs", session), 401, "disabled")
+    assert_problem(server.call("POST", "/api/v1/auth/login",
+                               json={"user": name, "token": token}), 401, "disabled")
+    # Only admins disable accounts: a clerk's attempt is a 403 naming the role needed.
+    _, clerk = server.account(["clerk"])
+    assert_problem(server.call("POST", "/api/v1/users/operator/disable", clerk), 403,
+                   "`users` needs the admin role")
+
+
+def test_wrong_tokens_are_audited_without_the_token_and_a_name_is_limited_to_429(
+        server: Server, stack: StackHandle) -> None:
+    name, token = server.account(["clerk"])
+    before = last_audit_id(stack)
+    wrong = [f"bct_{secrets.token_urlsafe(32)}" for _ in range(10)]
+    for w in wrong:
+        assert_problem(server.call("POST", "/api/v1/auth/login",
+                                   json={"user": name, "token": w}), 401)
+    limited = server.call("POST", "/api/v1/auth/login", json={"user": name, "token": token})
+    assert_problem(limited, 429, "too many failed logins")
+    assert 1 <= int(limited.headers["retry-after"]) <= 60
+    # Blocked before any lookup: the right token of that name is refused too, also as a
+    # bearer token claimed under that name; other accounts are not locked out.
+    assert_problem(server.call("GET", "/api/v1/jobs", token, headers={"X-Bodycam-User": name}),
+                   429)
+    assert server.op("GET", "/api/v1/auth/me").status_code == 200
+    rows = [r for r in audit_rows(stack, "login.failed", before)
+            if r["details"]["claimed_user"] == name]  # type: ignore[index]
+    assert len(rows) == 10 and all(r["actor"] == "anonymous" for r in rows)
+    text = json.dumps(rows)
+    assert not any(w in text for w in wrong) and token not in text
+    assert all(r["details"]["reason"] == "invalid credentials" for r in rows)  # type: ignore[index]
+
+
+def test_the_failure_limiter_blocks_a_client_across_names_and_forgets_after_the_window(
+        ) -> None:
+    limiter = FailureLimiter(max_per_name=100, max_per_client=3, window_s=0.5)
+    for i in range(3):
+        limiter.check("10.0.0.1", f"name{i}")
+        limiter.failed("10.0.0.1", f"name{i}")
+    with pytest.raises(RateLimitedError) as caught:
+        limiter.check("10.0.0.1", "a-fresh-name")
+    assert caught.value.retry_after_s >= 1
+    limiter.check("10.0.0.2", "a-fresh-name")  # another client is not blocked
+    time.sleep(0.6)
+    limiter.check("10.0.0.1", "a-fresh-name")  # the window has passed
+
+
+def test_tokens_are_stored_only_as_sha256_hashes(server: Server, stack: StackHandle) -> None:
+    name, token = server.account(["auditor"])
+    with stack.ctx.db() as conn:
+        rows = conn.execute("SELECT * FROM api_tokens WHERE user_name = %s", (name,)).fetchall()
+        cols = {r["column_name"] for r in conn.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'users'")}
+    assert [r["sha256"] for r in rows] == [hashlib.sha256(token.encode()).hexdigest()]
+    assert token not in json.dumps(rows, default=str) and "token_sha256" not in cols
+
+
+# --- errors, schema, pages ------------------------------------------------------------------
+
+def test_every_error_is_a_problem_document(server: Server) -> None:
+    assert_problem(server.op("GET", "/api/v1/no-such-route"), 404)
+    assert_problem(server.op("GET", "/api/v1/videos/00000000-0000-0000-0000-000000000000"),
+                   404, "no video")
+    assert_problem(server.op("GET", "/api/v1/jobs", params={"limit": 0}), 422, "limit")
+    assert_problem(server.op("POST", "/api/v1/users", json={"name": "x"}), 422, "roles")
+    assert_problem(server.op("POST", "/api/v1/users", json={"name": "x", "roles": ["clerk"],
+                                                            "token": "mine"}), 422)
+    assert_problem(server.op("DELETE", "/api/v1/jobs"), 405)
+    _, clerk = server.account(["clerk"])
+    assert_problem(server.call("POST", "/api/v1/search", clerk,
+                               data={"case": "T-SRV", "purpose": "p",
+                                     "subject": "00000000-0000-0000-0000-000000000000"}), 403,
+                   "refused: `search` needs the investigator role")
+
+
+def test_openapi_lists_the_routes_and_the_root_serves_a_placeholder(server: Server) -> None:
+    paths = server.call("GET", "/openapi.json").json()["paths"]
+    for prefix in ("/api/v1/videos", "/api/v1/search", "/api/v1/subjects", "/api/v1/matches",
+                   "/api/v1/audit"):
+        assert any(p.startswith(prefix) for p in paths), prefix
+    assert "application/octet-stream" in json.dumps(paths["/api/v1/videos"]["post"])
+    page = server.call("GET", "/")
+    assert page.status_code == 200 and "web app comes with the next release" in page.text
+    assert server.call("GET", "/docs").status_code == 200
+    assert server.call("GET", "/healthz").json() == {"status": "ok"}
+
+
+# --- uploads, SSE, ranges, thumbnails -------------------------------------------------------
+
+def upload(server: Server, token: str, data: bytes | Path, case: str,
+           sha256: str | None = None, filename: str = "clip.mp4") -> httpx.Response:
+    headers = {"Content-Type": "application/octet-stream"}
+    if sha256 is not None:
+        headers["X-Content-SHA256"] = sha256
+    body = data.read_bytes() if isinstance(data, Path) else data
+
+    def chunks() -> Iterator[bytes]:  # streamed, as a client with a large file sends it
+        for i in range(0, len(body), 65536):
+            yield body[i:i + 65536]
+
+    return server.call("POST", "/api/v1/videos", token, headers=headers, content=chunks(),
+                       params={"case": case, "officer": "O", "device": "D",
+                               "filename": filename})
+
+
+def test_a_digest_mismatch_or_bad_media_stores_nothing_and_is_audited(
+        server: Server, stack: StackHandle) -> None:
+    before, mark = stack.counts(), last_audit_id(stack)
+    wrong = hashlib.sha256(b"other bytes").hexdigest()
+    r = upload(server, server.token, HAMILTON, "T-SRV-BAD", sha256=wrong)
+    assert_problem(r, 422, "does not match X-Content-SHA256", "nothing was stored")
+    assert_problem(upload(server, server.token, b"not a video at all", "T-SRV-BAD"), 422,
+                   "clip.mp4")
+    assert_problem(upload(server, server.token, HAMILTON, ""), 422, "missing --case")
+    _, investigator = server.account(["investigator"], ("T-SRV-BAD",))
+    assert_problem(upload(server, investigator, HAMILTON, "T-SRV-BAD"), 403,
+                   "`ingest` needs the clerk role")
+    assert stack.counts() == before
+    assert not list((stack.home / "uploads").iterdir()), "no spooled upload is left behind"
+    rejected = audit_rows(stack, "ingest.rejected", mark)
+    assert [r["details"]["case"] for r in rejected] == ["T-SRV-BAD", "T-SRV-BAD"]  # type: ignore[index]
+
+
+@pytest.fixture(scope="module")
+def served_video(server: Server) -> tuple[str, dict[str, object]]:
+    """Hamilton uploaded with its digest into T-SRV; (video id, upload answer)."""
+    digest = hashlib.sha256(HAMILTON.read_bytes()).hexdigest()
+    r = upload(server, server.token, HAMILTON, "T-SRV", sha256=digest, filename="ham.mp4")
+    assert r.status_code in (200, 201), r.text
+    return str(r.json()["video_id"]), dict(r.json())
+
+
+def test_an_upload_streams_in_and_its_progress_streams_out_until_done(
+        server: Server, stack: StackHandle, served_video: tuple[str, dict[str, object]]) -> None:
+    video_id, answer = served_video
+    assert answer["sha256"] == hashlib.sha256(HAMILTON.read_bytes()).hexdigest()
+    assert answer["filename"] == "ham.mp4"
+    events: list[dict[str, object]] = []
+    with server.http.stream("GET", f"{server.url}/api/v1/videos/{video_id}/events",
+                            headers={"Authorization": f"Bearer {server.token}"},
+                            timeout=300) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith(
+            "text/event-stream")
+        kind = None
+        for line in r.iter_lines():
+            if line.startswith("event: "):
+                kind = line[7:]
+            elif line.startswith("data: "):
+                assert kind == "progress"
+                events.append(json.loads(line[6:]))
+    assert events and events[-1]["status"] == "done", events[-1:]
+    assert all(e["video_id"] == video_id for e in events)
+    assert len({json.dumps(e) for e in events}) == len(events), "only changes are sent"
+    # The same bytes again in the same case: the existing video, flagged duplicate, no copy.
+    before = stack.counts()
+    again = upload(server, server.token, HAMILTON, "T-SRV")
+    assert again.status_code == 200 and again.json()["duplicate"] is True
+    assert again.json()["video_id"] == video_id and stack.counts() == before
+
+
+def test_lists_are_paginated_with_next_offset(
+        server: Server, served_video: tuple[str, dict[str, object]]) -> None:
+    upload(server, server.token, HAMILTON, "T-SRV-PAGE")  # a second job at least
+    everything = server.op("GET", "/api/v1/jobs", params={"limit": 1000}).json()
+    assert everything["next_offset"] is None and len(everything["items"]) >= 2
+    seen, offset = [], 0
+    while offset is not None:
+        page = server.op("GET", "/api/v1/jobs", params={"limit": 1, "offset": offset}).json()
+        assert len(page["items"]) == 1
+        seen += [j["video_id"] for j in page["items"]]
+        offset = page["next_offset"]
+    assert seen == [j["video_id"] for j in everything["items"]]
+
+
+def test_an_original_is_served_with_ranges_only_inside_the_case(
+        server: Server, served_video: tuple[str, dict[str, object]]) -> None:
+    video_id, _ = served_video
+    data = HAMILTON.read_bytes()
+    path = f"/api/v1/videos/{video_id}/original"
+    _, investigator = server.account(["investigator"], ("T-SRV",))
+    part = server.call("GET", path, investigator, headers={"Range": "bytes=100-1123"})
+    assert part.status_code == 206 and part.content == data[100:1124]
+    assert part.headers["content-range"] == f"bytes 100-1123/{len(data)}"
+    tail = server.call("GET", path, investigator, headers={"Range": "bytes=-500"})
+    assert tail.status_code == 206 and tail.content == data[-500:]
+    whole = server.call("GET", path, investigator)
+    assert whole.status_code == 200 and hashlib.sha256(whole.content).hexdigest() == \
+        hashlib.sha256(data).hexdigest()
+    assert_problem(server.call("GET", path, investigator,
+                               headers={"Range": f"bytes={len(data)}-"}), 416)
+    _, outsider = server.account(["investigator"], ("T-SRV-ELSEWHERE",))
+    assert_problem(server.call("GET", path, outsider, headers={"Range": "bytes=0-9"}), 403,
+                   "not assigned")
+    _, clerk = server.account(["clerk"], ("T-SRV",))
+    assert_problem(server.call("GET", path, clerk), 403, "investigator")
+
+
+def test_a_thumbnail_is_never_cached_and_only_shown_inside_the_case(
+        server: Server, served_video: tuple[str, dict[str, object]]) -> None:
+    video_id, _ = served_video
+    _, investigator = server.account(["investigator"], ("T-SRV",))
+    tracks = server.call("GET", f"/api/v1/videos/{video_id}/tracks", investigator,
+                         params={"limit": 1})
+    assert tracks.status_code == 200, tracks.text
+    [track] = tracks.json()["items"]
+    path = f"/api/v1/tracks/{track['track_id']}/thumbnail"
+    r = server.call("GET", path, investigator)
+    assert r.status_code == 200 and r.headers["cache-control"] == "no-store"
+    assert r.headers["content-type"] == "image/jpeg" and r.content[:3] == b"\xff\xd8\xff"
+    _, outsider = server.account(["investigator"], ("T-SRV-ELSEWHERE",))
+    assert_problem(server.call("GET", path, outsider), 403, "not assigned")
+    assert_problem(server.call("GET", f"/api/v1/videos/{video_id}/tracks", outsider), 403,
+                   "not assigned to case T-SRV")
+
+
+def test_an_export_is_served_only_to_the_account_that_made_it(server: Server) -> None:
+    _, alice = server.account(["auditor"])
+    _, bob = server.account(["auditor"])
+    made = server.call("POST", "/api/v1/exports/audit", alice, json={"format": "jsonl"})
+    assert made.status_code == 201, made.text
+    export_id, manifest = made.json()["export_id"], made.json()["manifest"]
+    got = server.call("GET", f"/api/v1/exports/{export_id}", alice)
+    assert got.status_code == 200 and hashlib.sha256(got.content).hexdigest() == \
+        manifest["sha256"]
+    signed = server.call("GET", f"/api/v1/exports/{export_id}/manifest", alice).json()
+    assert signed["signature"] == manifest["signature"]
+    assert_problem(server.call("GET", f"/api/v1/exports/{export_id}", bob), 403,
+                   "made by another account")
+    assert_problem(server.call("GET", f"/api/v1/exports/{export_id}/manifest", bob), 403)
+    assert_problem(server.call("GET", "/api/v1/exports/not-an-id", alice), 404)
+
+
+def test_search_and_enrolment_take_photos_as_multipart_and_keep_the_cli_messages(
+        server: Server, served_video: tuple[str, dict[str, object]]) -> None:
+    name, investigator = server.account(["investigator"], ("T-SRV",))
+    missing = server.call("POST", "/api/v1/search", investigator, data={"case": "T-SRV"})
+    assert_problem(missing, 422, "missing --purpose")
+    with P06.open("rb") as f:
+        found = server.call("POST", "/api/v1/search", investigator,
+                            data={"case": "T-SRV", "purpose": "server test"},
+                            files={"photo": ("p06.png", f, "image/png")})
+    assert found.status_code == 200, found.text
+    assert {"search_id", "results", "threshold", "model"} <= set(found.json())
+    with P06.open("rb") as f:
+        other = server.call("POST", "/api/v1/search", investigator,
+                            data={"case": "T-SRV-ELSEWHERE", "purpose": "p"},
+                            files={"photo": ("p06.png", f, "image/png")})
+    assert_problem(other, 403, f"{name} is not assigned to case T-SRV-ELSEWHERE")
+    notface = server.call("POST", "/api/v1/subjects", investigator,
+                          data={"name": "X", "case": "T-SRV", "reason": "r"},
+                          files={"photo": ("notes.png", b"not an image", "image/png")})
+    assert_problem(notface, 422, "notes.png: not a readable image")
+
+
+# --- a second server with small limits, on the same stack -----------------------------------
+
+@pytest.fixture(scope="module")
+def strict_server(stack: StackHandle, server: Server) -> Iterator[Server]:
+    """`bodycam serve` started by hand on the stack with a 200 kB upload limit and a client
+    failure limit of 3 (the stack's own server keeps the defaults)."""
+    port = free_port()
+    env = {**stack.cli.env, "BODYCAM_LIMITS__MAX_BYTES": "200000",
+           "BODYCAM_AUTH__MAX_CLIENT_FAILURES": "3", "BODYCAM_AUTH__FAILURE_WINDOW_S": "30"}
+    proc = subprocess.Popen([sys.executable, "-m", "bodycam", "serve", "--host", "127.0.0.1",
+                             "--port", str(port)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(url + "/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"bodycam serve did not start: {proc.stderr}")
+            time.sleep(0.3)
+        yield Server(url, server.token, server.http)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_an_upload_over_the_limit_is_refused_while_streaming_and_leaves_nothing(
+        strict_server: Server, stack: StackHandle) -> None:
+    before = stack.counts()
+    body = HAMILTON.read_bytes()  # 614 kB, over the 200 kB limit
+    sent = 0
+
+    def chunks() -> Iterator[bytes]:
+        nonlocal sent
+        for i in range(0, len(body), 65536):
+            sent += 65536
+            yield body[i:i + 65536]
+
+    try:
+        r = strict_server.call("POST", "/api/v1/videos", strict_server.token,
+                               params={"case": "T-SRV-BIG", "officer": "O", "device": "D"},
+                               content=chunks())
+        assert_problem(r, 413, "limits.max_bytes")
+    except httpx.TransportError:
+        pass  # the server answered and closed before the client finished sending
+    assert stack.counts() == before
+    assert not list((stack.home / "uploads").iterdir())
+    # Declared too large up front: refused before a byte of the body is read.
+    declared = strict_server.call("POST", "/api/v1/videos", strict_server.token,
+                                  params={"case": "T-SRV-BIG", "officer": "O", "device": "D"},
+                                  content=body)
+    assert_problem(declared, 413, "nothing was stored")
+    assert stack.counts() == before
+
+
+def test_a_client_address_is_limited_across_claimed_names(strict_server: Server) -> None:
+    for i in range(3):
+        assert_problem(strict_server.call("GET", "/api/v1/jobs", f"bct_wrong{i}",
+                                          headers={"X-Bodycam-User": f"spray{i}"}), 401)
+    limited = strict_server.call("GET", "/api/v1/jobs", "bct_wrong", headers={
+        "X-Bodycam-User": "spray-new"})
+    assert_problem(limited, 429, "this client")
+    assert int(limited.headers["retry-after"]) <= 30
+    # Even the right token waits: the limiter answers before any token is looked up.
+    assert_problem(strict_server.op("GET", "/api/v1/jobs"), 429)
