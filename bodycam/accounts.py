@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import NoReturn
 
 from bodycam import audit
@@ -88,9 +88,8 @@ def create_user(conn: Conn, key: str, name: str, roles: list[str], by: str,
     row = audit.append(conn, key, by, "user.create", {"user": name, "roles": sorted(set(roles))})
     conn.execute("SELECT bodycam_user_create(%s::bigint, %s::text, %s::text[], %s::text)",
                  (row.id, name, sorted(set(roles)), by))
-    token = auth.issue(conn, row.id, name, "account", auth.now_utc() + timedelta(days=token_days),
-                       by)
-    return token
+    expires = datetime.now(UTC) + timedelta(days=token_days)
+    return auth.issue(conn, row.id, name, "account", expires, by)
 
 
 def set_roles(conn: Conn, key: str, name: str, roles: list[str], by: str) -> None:

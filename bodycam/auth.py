@@ -15,7 +15,7 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from bodycam import audit
 from bodycam.accounts import User, token_hash
@@ -140,7 +140,7 @@ def login(conn: Conn, key: str, cfg: AuthSettings, name: str, token: str,
         login_failed(conn, key, name, "a session token cannot log in", client)
         raise UnauthenticatedError(f"log in with the account token of {name}, not a session")
     token_id = str(uuid.uuid4())
-    expires = now_utc() + timedelta(seconds=cfg.session_ttl_s)
+    expires = datetime.now(UTC) + timedelta(seconds=cfg.session_ttl_s)
     row = audit.append(conn, key, found.user.name, "login", {"token_id": token_id,
                                                              "expires_at": expires.isoformat()})
     session = issue(conn, row.id, found.user.name, "session", expires, found.user.name, token_id)
