@@ -169,14 +169,19 @@ class Stack:
         self.secrets_dir = secrets_dir(self.home)
 
     # --- state -----------------------------------------------------------------------------
-    def state(self) -> dict[str, object]:
-        """The recorded state (URLs, processes) with the secrets of secrets/*.json; a home
-        written by an earlier version (everything in stack.json) reads the same."""
+    def state(self, admin: bool = False) -> dict[str, object]:
+        """The recorded state (URLs, processes) with the server's secrets, and with the
+        superuser's only when `admin` (`up`); a home written by an earlier version (everything
+        in stack.json) reads the same."""
         state: dict[str, object] = {}
-        for path in (self.state_file, self.secrets_dir / SERVER_SECRETS,
-                     self.secrets_dir / ADMIN_SECRETS):
+        paths = [self.state_file, self.secrets_dir / SERVER_SECRETS]
+        if admin:
+            paths.append(self.secrets_dir / ADMIN_SECRETS)
+        for path in paths:
             if path.exists():
                 state.update(json.loads(path.read_text()))
+        if not admin:
+            state = {k: v for k, v in state.items() if k not in ADMIN_KEYS}
         return state
 
     def _save(self, state: dict[str, object]) -> None:
@@ -188,8 +193,13 @@ class Stack:
         _private_dir(self.secrets_dir)
 
         secret = ADMIN_KEYS | SERVER_KEYS
-        parts = {self.secrets_dir / ADMIN_SECRETS: {k: v for k, v in state.items()
-                                                    if k in ADMIN_KEYS},
+        admin = {k: v for k, v in state.items() if k in ADMIN_KEYS}
+        if not admin and not (self.secrets_dir / ADMIN_SECRETS).exists():
+            # A home of an earlier version saved by `down` or `status`: move the superuser's
+            # secrets out of its stack.json rather than lose them.
+            legacy = json.loads(self.state_file.read_text()) if self.state_file.exists() else {}
+            admin = {k: v for k, v in legacy.items() if k in ADMIN_KEYS}
+        parts = {self.secrets_dir / ADMIN_SECRETS: admin,
                  self.secrets_dir / SERVER_SECRETS: {k: v for k, v in state.items()
                                                      if k in SERVER_KEYS}}
         for path, part in parts.items():
@@ -243,7 +253,7 @@ class Stack:
         os.umask(0o077)
         self.home.mkdir(parents=True, exist_ok=True)
         _make_private(self.home)
-        state = self.state()
+        state = self.state(admin=True)
         running = {p.name: p for p in self.processes() if p.alive()}
         s = self.settings
 

@@ -137,22 +137,33 @@ def test_the_home_is_0700_and_its_files_0600_though_up_ran_under_umask_0(
 def test_up_moves_the_secrets_of_a_home_made_by_the_previous_version_out_of_stack_json(
         tb: StackHandle) -> None:
     stack = Stack(tb.ctx.settings)
-    state = stack.state()
-    # The previous version's layout: every secret in stack.json, no secrets/, no client.json.
-    legacy = {**state, "app_services": {k: state.get(k) for k in
-                                        ("database_url", "s3_endpoint_url", "redis_url")}}
-    (tb.home / "stack.json").write_text(json.dumps(legacy))
-    for name in ("secrets/server.json", "secrets/admin.json", "client.json"):
-        (tb.home / name).unlink()
-    (tb.home / "secrets").rmdir()
+    state = stack.state(admin=True)
+    assert "admin_database_url" not in stack.state()  # only `up` asks for it
+
+    def make_legacy() -> None:
+        # The previous version's layout: every secret in stack.json, no secrets/ or client.json.
+        legacy = {**state, "app_services": {k: state.get(k) for k in
+                                            ("database_url", "s3_endpoint_url", "redis_url")}}
+        (tb.home / "stack.json").write_text(json.dumps(legacy))
+        for name in ("secrets/server.json", "secrets/admin.json", "client.json"):
+            (tb.home / name).unlink()
+        (tb.home / "secrets").rmdir()
+
+    make_legacy()
     # Until `up` runs, the old home still resolves (the CLI keeps working).
     assert tb.cli.run("users", "list", "--json").returncode == 0
+    # A save without the superuser's secrets in hand (as `down` does) moves them, not loses them.
+    stack._save(stack.state())
+    assert json.loads((tb.home / "secrets" / "admin.json").read_text()) == {
+        k: state[k] for k in ("admin_database_url", "pg_superuser_password")}
+    assert "admin_database_url" not in (tb.home / "stack.json").read_text()
+    make_legacy()
     up = tb.cli.run("up", timeout=300)
     assert up.returncode == 0, up.stderr
     public = json.loads((tb.home / "stack.json").read_text())
     assert not {"admin_database_url", "pg_superuser_password", "database_url", "audit_key",
                 "s3_secret_key", "redis_url", "redis_password"} & set(public)
-    assert Stack(tb.ctx.settings).state() | {"app_services": None, "processes": None} == (
+    assert Stack(tb.ctx.settings).state(admin=True) | {"app_services": None, "processes": None} == (
         state | {"app_services": None, "processes": None})
     assert (tb.home / "secrets").stat().st_mode & 0o777 == 0o700
     # The app processes started with the old layout were restarted into the new one.
