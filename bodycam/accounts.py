@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import NoReturn
 
 from bodycam import audit
@@ -83,32 +83,60 @@ def create_user(conn: Conn, key: str, name: str, roles: list[str], by: str,
     if not NAME.match(name):
         raise InvalidInputError(f"user name {name[:64]!r} is not allowed: use 1 to 64 letters,"
                                 " digits and . _ @ -")
-    conn.execute("INSERT INTO users (name, roles, created_by) VALUES (%s, %s, %s)",
-                 (name, sorted(set(roles)), by))
-    token, _ = auth.issue(conn, name, "account", timedelta(days=token_days), by)
-    audit.append(conn, key, by, "user.create", {"user": name, "roles": sorted(set(roles))})
-    return token
+    # The sealed audit row first: the database function that makes the change refuses
+    # unless this transaction appended it (migration 011), and journals the change with it.
+    row = audit.append(conn, key, by, "user.create", {"user": name, "roles": sorted(set(roles))})
+    conn.execute("SELECT bodycam_user_create(%s::bigint, %s::text, %s::text[], %s::text)",
+                 (row.id, name, sorted(set(roles)), by))
+    expires = datetime.now(UTC) + timedelta(days=token_days)
+    return auth.issue(conn, row.id, name, "account", expires, by)
+
+
+def set_roles(conn: Conn, key: str, name: str, roles: list[str], by: str) -> None:
+    """Replace an account's roles; audited (`user.roles`)."""
+    bad = [r for r in roles if r not in ROLES]
+    if bad or not roles:
+        raise InvalidInputError(f"unknown role {', '.join(bad) or '(none)'}: "
+                                f"choose from {', '.join(ROLES)}")
+    if not conn.execute("SELECT 1 FROM users WHERE name = %s", (name,)).fetchone():
+        raise NotFoundError(f"no user {name}")
+    row = audit.append(conn, key, by, "user.roles", {"user": name, "roles": sorted(set(roles))})
+    conn.execute("SELECT bodycam_user_set_roles(%s::bigint, %s::text, %s::text[])",
+                 (row.id, name, sorted(set(roles))))
 
 
 def disable_user(conn: Conn, key: str, name: str, by: str) -> None:
-    """Disable an account (its token stops working); the record stays."""
-    row = conn.execute("UPDATE users SET disabled_at = now() WHERE name = %s"
-                       " AND disabled_at IS NULL RETURNING name", (name,)).fetchone()
-    if row is None:
+    """Disable an account and revoke its tokens; the record stays."""
+    if not conn.execute("SELECT 1 FROM users WHERE name = %s AND disabled_at IS NULL",
+                        (name,)).fetchone():
         raise NotFoundError(f"no active user {name}")
-    from bodycam import auth
-
-    revoked = auth.revoke_all(conn, name)
-    audit.append(conn, key, by, "user.disable", {"user": name, "tokens_revoked": revoked})
+    live = conn.execute("SELECT count(*) AS n FROM api_tokens WHERE user_name = %s"
+                        " AND revoked_at IS NULL", (name,)).fetchone()
+    row = audit.append(conn, key, by, "user.disable",
+                       {"user": name, "tokens_revoked": int(live["n"]) if live else 0})
+    revoked = conn.execute("SELECT bodycam_user_disable(%s::bigint, %s::text) AS n",
+                           (row.id, name)).fetchone()
+    if revoked is None or int(revoked["n"]) < 0:  # disabled meanwhile: the audit row goes too
+        raise NotFoundError(f"no active user {name}")
 
 
 def assign_case(conn: Conn, key: str, name: str, case_id: str, by: str) -> None:
     """Let an investigator see a case."""
     if not conn.execute("SELECT 1 FROM users WHERE name = %s", (name,)).fetchone():
         raise NotFoundError(f"no user {name}")
-    conn.execute("INSERT INTO case_assignments (user_name, case_id, assigned_by)"
-                 " VALUES (%s, %s, %s) ON CONFLICT DO NOTHING", (name, case_id, by))
-    audit.append(conn, key, by, "case.assign", {"user": name, "case": case_id})
+    row = audit.append(conn, key, by, "case.assign", {"user": name, "case": case_id})
+    conn.execute("SELECT bodycam_case_assign(%s::bigint, %s::text, %s::text, %s::text)",
+                 (row.id, name, case_id, by))
+
+
+def unassign_case(conn: Conn, key: str, name: str, case_id: str, by: str) -> None:
+    """Take a case away from an account."""
+    if not conn.execute("SELECT 1 FROM case_assignments WHERE user_name = %s AND case_id = %s",
+                        (name, case_id)).fetchone():
+        raise NotFoundError(f"user {name} is not assigned to case {case_id}")
+    row = audit.append(conn, key, by, "case.unassign", {"user": name, "case": case_id})
+    conn.execute("SELECT bodycam_case_unassign(%s::bigint, %s::text, %s::text)",
+                 (row.id, name, case_id))
 
 
 def list_users(conn: Conn) -> list[dict[str, object]]:

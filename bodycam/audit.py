@@ -201,7 +201,34 @@ class Verdict:
 
 def verify(conn: Conn, key: str, store: Any | None) -> Verdict:
     """Walk the whole log (ids contiguous, links, hashes, seals), then cross-check its end
-    with the database high-water mark and the object store anchors (see the module doc)."""
+    with the database high-water mark and the object store anchors (see the module doc),
+    then check that every journalled account change was made through the audited path."""
+    verdict = _verify_chain(conn, key, store)
+    if not verdict.ok:
+        return verdict
+    bad = unaudited_account_changes(conn)
+    if bad:
+        first = bad[0]
+        return Verdict(False, verdict.count, None,
+                       f"{len(bad)} account change(s) with no audit row, made outside the"
+                       f" audited path: change {first['id']} ({first['action']} of"
+                       f" {first['details'].get('user')}, by {first['actor']}, at"
+                       f" {_ts(first['at'])})", verdict.notes)
+    return verdict
+
+
+def unaudited_account_changes(conn: Conn) -> list[dict[str, Any]]:
+    """Rows of the account_changes journal (migration 011) whose change was not backed by an
+    audit row of this log: made directly in the database, not through the audited functions."""
+    if conn.execute("SELECT to_regclass('public.account_changes') AS t").fetchone() == {"t": None}:
+        return []
+    return [dict(r) for r in conn.execute(
+        "SELECT c.id, c.at, c.actor, c.action, c.details FROM account_changes c"
+        " LEFT JOIN audit_log a ON a.id = c.audit_id WHERE a.id IS NULL ORDER BY c.id"
+        " LIMIT 100").fetchall()]
+
+
+def _verify_chain(conn: Conn, key: str, store: Any | None) -> Verdict:
     prev = GENESIS
     expected_id = 1
     count = 0

@@ -12,9 +12,10 @@ import hmac
 import secrets
 import threading
 import time
+import uuid
 from collections import deque
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from bodycam import audit
 from bodycam.accounts import User, token_hash
@@ -58,20 +59,20 @@ def new_token() -> str:
     return TOKEN_PREFIX + secrets.token_urlsafe(32)
 
 
-def issue(conn: Conn, user_name: str, kind: str, ttl: timedelta, by: str) -> tuple[str, datetime]:
-    """Store the hash of a new token of `kind` for the account; returns (token, expires_at).
-
-    The token itself is returned once and never stored.
+def issue(conn: Conn, audit_id: int, user_name: str, kind: str, expires_at: datetime, by: str,
+          token_id: str | None = None) -> str:
+    """Store the hash of a new token of `kind` for the account; returns the token, which is
+    returned once and never stored. `audit_id` is the audit row this transaction appended for
+    it (`user.create` or `login`): the database function refuses without one (migration 011).
     """
     if kind not in KINDS:
         raise ValueError(f"unknown token kind {kind}")
     token = new_token()
-    row = conn.execute(
-        "INSERT INTO api_tokens (user_name, sha256, kind, expires_at, created_by)"
-        " VALUES (%s, %s, %s, now() + %s, %s) RETURNING expires_at",
-        (user_name, token_hash(token), kind, ttl, by)).fetchone()
-    assert row is not None
-    return token, row["expires_at"]
+    conn.execute("SELECT bodycam_token_issue(%s::bigint, %s::uuid, %s::text, %s::text, %s::text,"
+                 " %s::timestamptz, %s::text)",
+                 (audit_id, token_id or str(uuid.uuid4()), user_name, token_hash(token), kind,
+                  expires_at, by))
+    return token
 
 
 def account_ttl(cfg: AuthSettings) -> timedelta:
@@ -138,28 +139,18 @@ def login(conn: Conn, key: str, cfg: AuthSettings, name: str, token: str,
     if found.kind != "account":
         login_failed(conn, key, name, "a session token cannot log in", client)
         raise UnauthenticatedError(f"log in with the account token of {name}, not a session")
-    session, expires = issue(conn, found.user.name, "session",
-                             timedelta(seconds=cfg.session_ttl_s), found.user.name)
-    row = conn.execute("SELECT id::text AS id FROM api_tokens WHERE sha256 = %s",
-                       (token_hash(session),)).fetchone()
-    assert row is not None
-    audit.append(conn, key, found.user.name, "login", {"token_id": row["id"],
-                                                       "expires_at": expires.isoformat()})
-    return session, Session(found.user, str(row["id"]), "session", expires)
+    token_id = str(uuid.uuid4())
+    expires = datetime.now(UTC) + timedelta(seconds=cfg.session_ttl_s)
+    row = audit.append(conn, key, found.user.name, "login", {"token_id": token_id,
+                                                             "expires_at": expires.isoformat()})
+    session = issue(conn, row.id, found.user.name, "session", expires, found.user.name, token_id)
+    return session, Session(found.user, token_id, "session", expires)
 
 
 def revoke(conn: Conn, key: str, token_id: str, by: str) -> None:
     """Revoke one token (logout); audited."""
-    conn.execute("UPDATE api_tokens SET revoked_at = now() WHERE id::text = %s"
-                 " AND revoked_at IS NULL", (token_id,))
-    audit.append(conn, key, by, "logout", {"token_id": token_id})
-
-
-def revoke_all(conn: Conn, user_name: str) -> int:
-    """Revoke every live token of an account (it is being disabled); returns how many."""
-    rows = conn.execute("UPDATE api_tokens SET revoked_at = now() WHERE user_name = %s"
-                        " AND revoked_at IS NULL RETURNING id", (user_name,)).fetchall()
-    return len(rows)
+    row = audit.append(conn, key, by, "logout", {"token_id": token_id})
+    conn.execute("SELECT bodycam_token_revoke(%s::bigint, %s::uuid)", (row.id, token_id))
 
 
 class FailureLimiter:

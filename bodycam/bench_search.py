@@ -37,7 +37,7 @@ from pgvector.psycopg import register_vector
 from bodycam.config import SearchSettings, Settings
 from bodycam.db import connect
 from bodycam.search import DIMS, Filters, Query, candidate_tracks
-from bodycam.services import resolve
+from bodycam.services import admin_database_url, resolve
 from bodycam.stack import Stack
 
 MODEL_FOR_DIM = {dim: model for model, dim in DIMS.items()}
@@ -558,7 +558,7 @@ def main(argv: list[str] | None = None) -> None:
                 if not out.exists():
                     raise SystemExit(f"--reuse: {out} (the loading run's record) is missing")
                 previous = json.loads(out.read_text())
-            run_dim(state, svc.admin_database_url, svc.database_url, dim, args.n,
+            run_dim(state, admin_database_url(settings), svc.database_url, dim, args.n,
                     args.queries, args, log, save, previous)
             log(f"wrote {out}")
             if args.write_md:

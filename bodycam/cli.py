@@ -156,9 +156,10 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="machine-readabl
 def migrate() -> None:
     """Apply database migrations (production: run once before starting workers)."""
     from bodycam.db import migrate as run
+    from bodycam.services import admin_database_url
 
     ctx = context()
-    applied = guarded(lambda: run(ctx.services.admin_database_url))
+    applied = guarded(lambda: run(admin_database_url(ctx.settings)))
     err.print(f"applied {len(applied)} migrations" if applied else "schema is up to date")
 
 

@@ -105,7 +105,7 @@ class FaultRun:
         return proc
 
     def state(self) -> dict[str, Any]:
-        """The stack's recorded state (URLs, credentials, processes)."""
+        """The stack's recorded non-secret state (ports, URLs without passwords, processes)."""
         loaded: dict[str, Any] = json.loads((self.home / "stack.json").read_text())
         return loaded
 
@@ -119,7 +119,9 @@ class FaultRun:
     @contextmanager
     def db(self) -> Iterator[psycopg.Connection[dict[str, Any]]]:
         """A superuser connection to this run's database (read-mostly checks)."""
-        with psycopg.connect(self.state()["admin_database_url"], row_factory=dict_row,
+        from bodycam.services import home_admin_url
+
+        with psycopg.connect(home_admin_url(self.home), row_factory=dict_row,
                              autocommit=True, connect_timeout=10) as conn:
             yield conn
 

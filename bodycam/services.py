@@ -1,4 +1,15 @@
-"""Where the services are: external settings win, else the embedded stack's state file."""
+"""Where the services are: external settings win, else the embedded stack's files in its home.
+
+The embedded stack's home keeps each secret with the processes that need it (all 0600, in
+0700 directories):
+
+- `stack.json`: non-secret state (ports, pids, URLs without passwords);
+- `client.json`: `{"url": ...}`, the server's address for clients (no secret);
+- `secrets/server.json`: what the server and the workers use (the application's database
+  URL, S3 keys, Redis URL, audit key);
+- `secrets/admin.json`: the database superuser URL, alone; read only by `up`, `migrate` and
+  `down` (`admin_database_url`), never by `resolve`, and hidden from the server and workers.
+"""
 
 from __future__ import annotations
 
@@ -11,14 +22,21 @@ from bodycam.errors import ConfigError
 from bodycam.storage import S3Config
 
 STATE_FILE = "stack.json"
+CLIENT_FILE = "client.json"
+SECRETS_DIR = "secrets"
+SERVER_SECRETS = "server.json"
+ADMIN_SECRETS = "admin.json"
+# Which state keys live in which secrets file (everything else is in stack.json).
+ADMIN_KEYS = frozenset({"admin_database_url", "pg_superuser_password"})
+SERVER_KEYS = frozenset({"database_url", "pg_app_password", "s3_access_key", "s3_secret_key",
+                         "redis_password", "redis_url", "audit_key"})
 
 
 @dataclass(frozen=True)
 class Services:
-    """Resolved connection details for one process."""
+    """Resolved connection details for one process (never the database superuser's)."""
 
     database_url: str
-    admin_database_url: str
     s3: S3Config
     redis_url: str
     api_url: str | None
@@ -26,17 +44,54 @@ class Services:
 
 
 def state_path(settings: Settings) -> Path:
-    """The embedded stack's state file (mode 0600: it holds generated credentials)."""
+    """The embedded stack's non-secret state file."""
     return settings.home_dir / STATE_FILE
 
 
-def read_state(settings: Settings) -> dict[str, object]:
-    """The embedded stack's state, or an empty dict before the first `bodycam up`."""
-    path = state_path(settings)
+def secrets_dir(home: Path) -> Path:
+    """The 0700 folder of a home's secrets files."""
+    return home / SECRETS_DIR
+
+
+def _load(path: Path) -> dict[str, object]:
     if not path.exists():
         return {}
-    loaded: dict[str, object] = json.loads(path.read_text())
-    return loaded
+    loaded = json.loads(path.read_text())
+    return loaded if isinstance(loaded, dict) else {}
+
+
+def read_state(settings: Settings) -> dict[str, object]:
+    """The stack's non-secret state and the server's secrets (what the files this process can
+    read hold), or an empty dict before the first `bodycam up`. Never the superuser URL: a home
+    written by an earlier version (secrets in stack.json) has it dropped here."""
+    home = settings.home_dir
+    state = {k: v for k, v in _load(home / STATE_FILE).items() if k not in ADMIN_KEYS}
+    try:
+        server = _load(secrets_dir(home) / SERVER_SECRETS)
+    except PermissionError:
+        server = {}
+    state.update({k: v for k, v in server.items() if k in SERVER_KEYS})
+    return state
+
+
+def admin_database_url(settings: Settings) -> str:
+    """The database superuser URL (external BODYCAM_DATABASE_URL first): for `up`, `migrate`
+    and `down` only. Raises ConfigError when there is none."""
+    if settings.database_url:
+        return settings.database_url
+    return home_admin_url(settings.home_dir)
+
+
+def home_admin_url(home: Path) -> str:
+    """The embedded stack's superuser URL from its home (secrets/admin.json)."""
+    url = _load(secrets_dir(home) / ADMIN_SECRETS).get("admin_database_url")
+    if not isinstance(url, str) or not url:
+        # A home from before the split keeps it in stack.json until the next `up` moves it.
+        url = _load(home / STATE_FILE).get("admin_database_url")
+    if isinstance(url, str) and url:
+        return url
+    raise ConfigError(f"no database administrator URL: run `bodycam up` (home {home}) as the "
+                      "account that owns it, or set BODYCAM_DATABASE_URL")
 
 
 def resolve(settings: Settings) -> Services:
@@ -58,7 +113,6 @@ def resolve(settings: Settings) -> Services:
         )
 
     database_url = pick(settings.database_url, "database_url", "database")
-    admin = settings.database_url or str(state.get("admin_database_url") or database_url)
     s3_endpoint = pick(settings.s3_endpoint_url, "s3_endpoint_url", "S3 endpoint")
     external_s3 = settings.s3_endpoint_url is not None
     s3 = S3Config(
@@ -71,7 +125,7 @@ def resolve(settings: Settings) -> Services:
     redis_url = pick(settings.redis_url, "redis_url", "Redis broker")
     api_url = settings.api_url or _str(state.get("api_url"))
     audit_key = pick(settings.audit_key, "audit_key", "audit key")
-    return Services(database_url, admin, s3, redis_url, api_url, audit_key)
+    return Services(database_url, s3, redis_url, api_url, audit_key)
 
 
 def _str(value: object) -> str | None:

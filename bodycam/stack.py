@@ -25,6 +25,15 @@ import psutil
 
 from bodycam.config import Settings, env_for_children
 from bodycam.errors import StackError
+from bodycam.services import (
+    ADMIN_KEYS,
+    ADMIN_SECRETS,
+    CLIENT_FILE,
+    SERVER_KEYS,
+    SERVER_SECRETS,
+    STATE_FILE,
+    secrets_dir,
+)
 
 PG_SUPERUSER = "postgres"
 PG_USER = "pgserver"  # the account postgres runs as when the stack runs as root
@@ -125,10 +134,21 @@ def _wait_port(port: int, timeout_s: float, what: str, log: Path) -> None:
 
 
 def _write_secret(path: Path, data: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    """Write a file 0600 whatever the umask, replacing any older one atomically."""
+    _private_dir(path.parent)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
+        os.fchmod(f.fileno(), 0o600)
         f.write(data)
-    path.chmod(0o600)
+    os.replace(tmp, path)
+
+
+def _private_dir(path: Path) -> None:
+    """A directory 0700 whatever the umask (created if missing)."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path.chmod(0o700)
 
 
 def _venv_bin(name: str) -> str | None:
@@ -145,19 +165,50 @@ class Stack:
         self.home = settings.home_dir
         self.run_dir = self.home / "run"
         self.log_dir = self.home / "logs"
-        self.state_file = self.home / "stack.json"
+        self.state_file = self.home / STATE_FILE
+        self.secrets_dir = secrets_dir(self.home)
 
     # --- state -----------------------------------------------------------------------------
-    def state(self) -> dict[str, object]:
-        """The recorded state (credentials, URLs, processes)."""
-        if not self.state_file.exists():
-            return {}
-        loaded: dict[str, object] = json.loads(self.state_file.read_text())
-        return loaded
+    def state(self, admin: bool = False) -> dict[str, object]:
+        """The recorded state (URLs, processes) with the server's secrets, and with the
+        superuser's only when `admin` (`up`); a home written by an earlier version (everything
+        in stack.json) reads the same."""
+        state: dict[str, object] = {}
+        paths = [self.state_file, self.secrets_dir / SERVER_SECRETS]
+        if admin:
+            paths.append(self.secrets_dir / ADMIN_SECRETS)
+        for path in paths:
+            if path.exists():
+                state.update(json.loads(path.read_text()))
+        if not admin:
+            state = {k: v for k, v in state.items() if k not in ADMIN_KEYS}
+        return state
 
     def _save(self, state: dict[str, object]) -> None:
-        self.home.mkdir(parents=True, exist_ok=True)
-        _write_secret(self.state_file, json.dumps(state, indent=2, sort_keys=True))
+        """Write each part of the state where it belongs (see bodycam.services): the superuser
+        URL alone in secrets/admin.json, the server's secrets in secrets/server.json, the rest
+        in stack.json, the server's address in client.json. Secrets left in a stack.json by
+        an earlier version are removed from it here."""
+        _private_dir(self.home)
+        _private_dir(self.secrets_dir)
+
+        secret = ADMIN_KEYS | SERVER_KEYS
+        admin = {k: v for k, v in state.items() if k in ADMIN_KEYS}
+        if not admin and not (self.secrets_dir / ADMIN_SECRETS).exists():
+            # A home of an earlier version saved by `down` or `status`: move the superuser's
+            # secrets out of its stack.json rather than lose them.
+            legacy = json.loads(self.state_file.read_text()) if self.state_file.exists() else {}
+            admin = {k: v for k, v in legacy.items() if k in ADMIN_KEYS}
+        parts = {self.secrets_dir / ADMIN_SECRETS: admin,
+                 self.secrets_dir / SERVER_SECRETS: {k: v for k, v in state.items()
+                                                     if k in SERVER_KEYS}}
+        for path, part in parts.items():
+            if part:
+                _write_secret(path, json.dumps(part, indent=2, sort_keys=True))
+        public = {k: v for k, v in state.items() if k not in secret}
+        _write_secret(self.state_file, json.dumps(public, indent=2, sort_keys=True))
+        if isinstance(state.get("api_url"), str):
+            _write_secret(self.home / CLIENT_FILE, json.dumps({"url": state["api_url"]}) + "\n")
 
     def processes(self) -> list[ManagedProcess]:
         """Processes this home's `up` started."""
@@ -166,9 +217,16 @@ class Stack:
         return [ManagedProcess(**p) for p in raw]
 
     def _spawn(
-        self, name: str, argv: list[str], marker: str, user: str | None = None
+        self, name: str, argv: list[str], marker: str, user: str | None = None,
+        app: bool = False,
     ) -> ManagedProcess:
-        self.log_dir.mkdir(parents=True, exist_ok=True)
+        """Start a process; an `app` process (server, scheduler, worker) runs through
+        `app-exec`, which hides the superuser URL from it (see _app_exec)."""
+        _private_dir(self.log_dir)
+        if app:
+            unshare = [] if os.geteuid() == 0 else ["unshare", "--user", "--map-root-user", "--"]
+            argv = [*unshare, sys.executable, "-m", "bodycam.stack", "app-exec", str(self.home),
+                    "--", *argv]
         log = self.log_dir / f"{name}.log"
         with open(log, "ab") as out:
             proc = subprocess.Popen(
@@ -195,7 +253,7 @@ class Stack:
         os.umask(0o077)
         self.home.mkdir(parents=True, exist_ok=True)
         _make_private(self.home)
-        state = self.state()
+        state = self.state(admin=True)
         running = {p.name: p for p in self.processes() if p.alive()}
         s = self.settings
 
@@ -227,13 +285,13 @@ class Stack:
 
         # Services are up: migrate, create the bucket, then start the app processes.
         from bodycam.db import migrate
-        from bodycam.services import resolve
+        from bodycam.services import admin_database_url, resolve
         from bodycam.storage import ObjectStore
 
         services = resolve(s)
         progress("applying migrations")
         app_role = None if s.database_url else (APP_ROLE, str(state["pg_app_password"]))
-        migrate(services.admin_database_url, app_role=app_role)
+        migrate(admin_database_url(s), app_role=app_role)
         ObjectStore(services.s3).ensure_bucket()
         _make_private(self.home / "s3data")  # volumes the bucket created (see _s3_gateway)
         self._bootstrap_operator()
@@ -253,7 +311,7 @@ class Stack:
                 "api",
                 [sys.executable, "-m", "bodycam", "serve", "--host", "127.0.0.1",
                  "--port", str(port)],
-                marker="bodycam serve",
+                marker="bodycam serve", app=True,
             )
             started(api)
             _wait_port(port, 60, "API", self.log_dir / "api.log")
@@ -270,7 +328,7 @@ class Stack:
                         name,
                         [*celery, "worker", "-Q", queue, *pool, "-n", f"{name}@%h",
                          "--loglevel", "INFO", "--without-gossip", "--without-mingle"],
-                        marker=f"{name}@",
+                        marker=f"{name}@", app=True,
                     )
                 )
         if "beat" not in running:
@@ -280,7 +338,7 @@ class Stack:
                     "beat",
                     [*celery, "beat", "--loglevel", "INFO",
                      "-s", str(self.run_dir / "beat-schedule")],
-                    marker="workers.celery_app beat",
+                    marker="workers.celery_app beat", app=True,
                 )
             )
         self._save(state)
@@ -505,18 +563,33 @@ class Stack:
             out["error"] = str(exc)
             out["database_url"] = None
             return out
-        out["database_url"] = svc.database_url
+        out["database_url"] = _redacted(svc.database_url)
         out["s3_endpoint_url"] = svc.s3.endpoint_url
         out["s3_bucket"] = svc.s3.bucket
-        out["redis_url"] = svc.redis_url
+        out["redis_url"] = _redacted(svc.redis_url)
         out["api_url"] = svc.api_url
         out["queues"] = _queue_depths(svc.redis_url)
         return out
 
 
-def _service_urls(state: dict[str, object]) -> dict[str, object]:
-    """The service locations app processes were started with (a change means restart them)."""
-    return {k: state.get(k) for k in ("database_url", "s3_endpoint_url", "redis_url")}
+def _service_urls(state: dict[str, object]) -> str:
+    """A digest of the service locations (and credentials) app processes were started with:
+    a change means restart them. A digest, so that stack.json holds no password."""
+    import hashlib
+
+    urls = {k: state.get(k) for k in ("database_url", "s3_endpoint_url", "redis_url")}
+    return hashlib.sha256(json.dumps(urls, sort_keys=True).encode()).hexdigest()
+
+
+def _redacted(url: str) -> str:
+    """A URL without its password (status output)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return urlunsplit(parts._replace(netloc=user + parts.netloc.rsplit("@", 1)[1]))
 
 
 def _make_private(home: Path) -> None:
@@ -660,6 +733,46 @@ def _as_pg_user(pgdata: str, argv: list[str]) -> None:
     os.execv(argv[0], argv)
 
 
+# Capabilities an app process gives up for good (bounding set): with them it could unmount
+# the view of secrets/ it was given, or reach other processes' files through /proc/PID/root.
+_CAP_SYS_PTRACE, _CAP_SYS_ADMIN, _PR_CAPBSET_DROP = 19, 21, 24
+
+
+def _app_exec(home: str, argv: list[str]) -> None:
+    """Exec an app process (server, scheduler, worker) that cannot obtain the superuser URL.
+
+    In a mount namespace of its own, HOME/secrets is replaced by a private read-only tmpfs
+    that holds only server.json (what the server and workers need: application database URL,
+    S3 keys, Redis URL, audit key); admin.json is not there. The process then drops
+    CAP_SYS_ADMIN and CAP_SYS_PTRACE from its bounding set, so it can neither undo the mount
+    nor read the home through another process's /proc/PID/root. A non-root stack runs this in
+    a user namespace of its own (`unshare --user --map-root-user`), which works the same way.
+    """
+    import ctypes
+
+    secrets = Path(home) / "secrets"
+    server_file = secrets / SERVER_SECRETS
+    server = server_file.read_bytes() if server_file.exists() else None
+    clone_newns, ms_rec, ms_private = 0x00020000, 16384, 1 << 18
+    ms_rdonly, ms_nosuid, ms_nodev, ms_noexec, ms_remount = 1, 2, 4, 8, 32
+    flags = ms_nosuid | ms_nodev | ms_noexec
+    _libc_call("unshare", clone_newns)
+    _libc_call("mount", None, b"/", None, ms_rec | ms_private, None)
+    secrets.mkdir(mode=0o700, exist_ok=True)
+    _libc_call("mount", b"tmpfs", str(secrets).encode(), b"tmpfs", flags, b"mode=0700,size=64k")
+    if server is not None:
+        fd = os.open(server_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(server)
+    _libc_call("mount", None, str(secrets).encode(), None, ms_remount | ms_rdonly | flags, None)
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in (_CAP_SYS_ADMIN, _CAP_SYS_PTRACE):
+        if libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"dropping capability {cap}: {os.strerror(err)}")
+    os.execv(argv[0], argv)
+
+
 def _netns_exec(keep: str, argv: list[str]) -> None:
     """Inside fresh network and mount namespaces: bring loopback up, give the process a /tmp
     of its own (SeaweedFS puts gRPC unix sockets there, which would reach past the network
@@ -763,6 +876,8 @@ def main(args: list[str]) -> None:
     opts, argv = rest[:sep], rest[sep + 1:]
     if cmd == "as-pg-user":
         _as_pg_user(opts[0], argv)
+    elif cmd == "app-exec":
+        _app_exec(opts[0], argv)
     elif cmd == "netns-exec":
         _netns_exec(opts[0], argv)
     elif cmd == "s3-gateway":

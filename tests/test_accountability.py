@@ -13,6 +13,7 @@ import pytest
 from bodycam import audit
 from bodycam.accounts import PERMISSIONS, ROLES
 from bodycam.config import Settings
+from bodycam.services import home_admin_url
 from tests.conftest import FACENET_CLIP, HAMILTON, TESTDATA, StackHandle
 
 ZERO = "00000000-0000-0000-0000-000000000000"
@@ -34,7 +35,7 @@ def accounts(stack: StackHandle) -> dict[str, dict[str, str]]:
 
 def admin_conn(stack: StackHandle) -> psycopg.Connection[tuple[object, ...]]:
     """A database superuser connection: the attacker in the tamper tests."""
-    url = json.loads((stack.home / "stack.json").read_text())["admin_database_url"]
+    url = home_admin_url(stack.home)
     return psycopg.connect(url, autocommit=True)
 
 

@@ -27,6 +27,7 @@ from bodycam import cache
 from bodycam.audit import ANCHOR_PREFIX
 from bodycam.config import Settings
 from bodycam.context import Context
+from bodycam.services import home_admin_url
 from bodycam.storage import original_key
 from tests.conftest import EXTERNAL, HAMILTON, TESTDATA, Cli, StackHandle
 
@@ -79,7 +80,9 @@ def ops(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackHandle]:
 
 
 def _state(ops: StackHandle) -> dict[str, object]:
+    """The stack's state with the server's secrets (service URLs)."""
     loaded: dict[str, object] = json.loads((ops.home / "stack.json").read_text())
+    loaded.update(json.loads((ops.home / "secrets" / "server.json").read_text()))
     return loaded
 
 
@@ -230,13 +233,15 @@ def test_the_home_is_0700_and_everything_the_stack_wrote_is_owner_only(
                 loose.append(f"{oct(st.st_mode & 0o777)} {path}")
     assert not loose, "\n".join(loose[:20])
     checked = {p.name for p in ops.home.iterdir()}
-    assert {"stack.json", "operator.token", "logs", "cache", "pgdata", "s3data", "redis",
-            "run"} <= checked
+    assert {"stack.json", "client.json", "secrets", "operator.token", "logs", "cache", "pgdata",
+            "s3data", "redis", "run"} <= checked
+    assert {p.name for p in (ops.home / "secrets").iterdir()} == {"admin.json", "server.json"}
     # Another account of the machine can neither list the home nor read what is in it.
     tried = _as_nobody(f"import os; print(os.listdir({str(ops.home)!r}))")
     assert tried.returncode != 0 and "PermissionError" in tried.stderr
-    tried = _as_nobody(f"print(open({str(ops.home / 'stack.json')!r}).read())")
-    assert tried.returncode != 0 and "PermissionError" in tried.stderr
+    for name in ("stack.json", "secrets/server.json", "secrets/admin.json"):
+        tried = _as_nobody(f"print(open({str(ops.home / name)!r}).read())")
+        assert tried.returncode != 0 and "PermissionError" in tried.stderr
 
 
 # --- outages ---------------------------------------------------------------------------------
@@ -325,7 +330,7 @@ def test_processing_bounds_the_cache_and_a_purge_removes_the_cached_original(
     assert cached.exists()
     assert hashlib.sha256(cached.read_bytes()).hexdigest() == sha
     # The tracks expire: backdate them past the retention period, then purge.
-    with psycopg.connect(ops.ctx.services.admin_database_url, autocommit=True) as conn:
+    with psycopg.connect(home_admin_url(ops.home), autocommit=True) as conn:
         conn.execute("UPDATE tracks SET created_at = now() - interval '400 days'"
                      " WHERE video_id = %s", (video_id,))
     purged = ops.cli.run("purge", check=True)

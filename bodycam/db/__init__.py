@@ -103,3 +103,26 @@ def _grant_app_role(conn: psycopg.Connection[tuple[object, ...]], name: str, pas
     # The audit log is append-only for the application: no UPDATE, DELETE or TRUNCATE.
     if conn.execute("SELECT to_regclass('public.audit_log')").fetchone() != (None,):
         conn.execute(sql.SQL("REVOKE UPDATE, DELETE, TRUNCATE ON audit_log FROM {}").format(role))
+    # Accounts, case assignments and tokens change only through the audited functions of
+    # migration 011 (which journal every change in account_changes).
+    for table in ACCOUNT_TABLES:
+        if conn.execute("SELECT to_regclass(%s)", (f"public.{table}",)).fetchone() != (None,):
+            conn.execute(sql.SQL("REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON {} FROM {}")
+                         .format(sql.Identifier(table), role))
+    for signature in ACCOUNT_FUNCTIONS:
+        name = signature.split("(", 1)[0]
+        if conn.execute("SELECT 1 FROM pg_proc WHERE proname = %s", (name,)).fetchone():
+            conn.execute(sql.SQL("GRANT EXECUTE ON FUNCTION " + signature + " TO {}")
+                         .format(role))
+
+
+ACCOUNT_TABLES = ("users", "case_assignments", "api_tokens", "account_changes")
+ACCOUNT_FUNCTIONS = (
+    "bodycam_user_create(bigint, text, text[], text)",
+    "bodycam_user_set_roles(bigint, text, text[])",
+    "bodycam_user_disable(bigint, text)",
+    "bodycam_case_assign(bigint, text, text, text)",
+    "bodycam_case_unassign(bigint, text, text)",
+    "bodycam_token_issue(bigint, uuid, text, text, text, timestamptz, text)",
+    "bodycam_token_revoke(bigint, uuid)",
+)

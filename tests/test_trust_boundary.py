@@ -1,0 +1,383 @@
+"""Trust boundary: secrets stay with the stack; accounts change only through audited functions."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import psycopg
+import pytest
+
+from bodycam import accounts, audit
+from bodycam.context import Context
+from bodycam.services import home_admin_url
+from bodycam.stack import Stack
+from tests.conftest import EXTERNAL, TESTDATA, Cli, StackHandle
+from tests.test_operations import OPS_ENV, _as_nobody, _settings
+
+# A stack of this module's own: the last test changes accounts behind the application's back,
+# which leaves `audit verify` failing for good (the journal is append-only).
+CASE = "TB-1"
+OTHER = "TB-2"
+
+
+@pytest.fixture(scope="module")
+def tb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackHandle]:
+    """A real embedded stack in its own BODYCAM_HOME, started under a permissive umask."""
+    if not TESTDATA.exists():
+        pytest.exit(f"test data not found at {TESTDATA}: set BODYCAM_TESTDATA", returncode=2)
+    home = tmp_path_factory.mktemp("tb-home")
+    home.chmod(0o755)  # `up` must tighten it whoever made it
+    env = {k: v for k, v in os.environ.items() if k not in EXTERNAL}
+    env.update(OPS_ENV)
+    env["BODYCAM_GPU_WORKERS"] = "1"
+    env["BODYCAM_HOME"] = str(home)
+    cli = Cli(env)
+    old = os.umask(0)  # children inherit it: whatever the umask, files must end up 0600
+    try:
+        up = cli.run("up", timeout=300)
+    finally:
+        os.umask(old)
+    if up.returncode != 0:
+        cli.run("down")
+        pytest.fail(f"bodycam up failed:\n{up.stderr}")
+    try:
+        yield StackHandle(home=home, cli=cli, ctx=Context.load(_settings(env)))
+    finally:
+        cli.run("down", timeout=120)
+
+
+def _secrets(tb: StackHandle) -> dict[str, str]:
+    """Every secret value the stack generated, by name."""
+    out: dict[str, str] = {}
+    for name in ("server.json", "admin.json"):
+        for k, v in json.loads((tb.home / "secrets" / name).read_text()).items():
+            out[k] = str(v)
+    out["operator_token"] = (tb.home / "operator.token").read_text().strip()
+    return out
+
+
+def _app_conn(tb: StackHandle) -> psycopg.Connection[tuple[object, ...]]:
+    """A connection as the application's role: the database URL the server and workers use."""
+    return psycopg.connect(tb.ctx.services.database_url, autocommit=True)
+
+
+def _journal(tb: StackHandle, since: int = 0) -> list[dict[str, object]]:
+    with psycopg.connect(home_admin_url(tb.home)) as conn:
+        cur = conn.execute("SELECT c.id, c.actor, c.action, c.details, c.audit_id, a.action"
+                           " FROM account_changes c LEFT JOIN audit_log a ON a.id = c.audit_id"
+                           " WHERE c.id > %s ORDER BY c.id", (since,))
+        return [{"id": r[0], "actor": r[1], "action": r[2], "details": r[3], "audit_id": r[4],
+                 "audit_action": r[5]} for r in cur.fetchall()]
+
+
+def _last_change(tb: StackHandle) -> int:
+    rows = _journal(tb)
+    return int(rows[-1]["id"]) if rows else 0  # type: ignore[call-overload]
+
+
+# --- who holds which secret ------------------------------------------------------------------
+
+def test_each_secret_lives_in_one_file_and_the_audit_key_never_beside_the_superuser_url(
+        tb: StackHandle) -> None:
+    home = tb.home
+    admin = json.loads((home / "secrets" / "admin.json").read_text())
+    server = json.loads((home / "secrets" / "server.json").read_text())
+    assert set(admin) == {"admin_database_url", "pg_superuser_password"}
+    assert "audit_key" in server and "admin_database_url" not in server
+    assert json.loads((home / "client.json").read_text()) == {
+        "url": json.loads((home / "stack.json").read_text())["api_url"]}
+    secrets = _secrets(tb)
+    for public in ("stack.json", "client.json"):
+        text = (home / public).read_text()
+        leaked = [k for k, v in secrets.items() if len(v) >= 8 and v in text]
+        assert not leaked, f"{public} holds {leaked}"
+    # `status --json` prints URLs without their passwords.
+    status = tb.cli.run("status", "--json")
+    leaked = [k for k, v in secrets.items() if len(v) >= 8 and v in status.stdout]
+    assert status.returncode == 0 and not leaked, leaked
+    # The superuser URL is not one the library's resolution ever hands out.
+    assert tb.ctx.services.database_url != secrets["admin_database_url"]
+    assert secrets["admin_database_url"] not in repr(tb.ctx.services)
+
+
+def test_the_home_is_0700_and_its_files_0600_though_up_ran_under_umask_0(
+        tb: StackHandle) -> None:
+    loose = []
+    for root, dirs, files in os.walk(tb.home):
+        for name in dirs + files:
+            path = Path(root, name)
+            st = path.lstat()
+            if path.is_symlink():
+                continue
+            want = 0o700 if path.is_dir() else 0o600
+            if st.st_mode & 0o077 or (path.parent.name == "secrets" and
+                                      st.st_mode & 0o777 != want):
+                loose.append(f"{oct(st.st_mode & 0o777)} {path}")
+    assert tb.home.stat().st_mode & 0o777 == 0o700
+    assert (tb.home / "secrets").stat().st_mode & 0o777 == 0o700
+    assert not loose, "\n".join(loose[:20])
+    # Saving the state again under a permissive umask keeps every file 0600.
+    stack = Stack(tb.ctx.settings)
+    old = os.umask(0)
+    try:
+        stack._save(stack.state())
+    finally:
+        os.umask(old)
+    for name in ("stack.json", "client.json", "secrets/server.json", "secrets/admin.json"):
+        assert (tb.home / name).stat().st_mode & 0o777 == 0o600, name
+
+
+def test_up_moves_the_secrets_of_a_home_made_by_the_previous_version_out_of_stack_json(
+        tb: StackHandle) -> None:
+    stack = Stack(tb.ctx.settings)
+    state = stack.state(admin=True)
+    assert "admin_database_url" not in stack.state()  # only `up` asks for it
+
+    def make_legacy() -> None:
+        # The previous version's layout: every secret in stack.json, no secrets/ or client.json.
+        legacy = {**state, "app_services": {k: state.get(k) for k in
+                                            ("database_url", "s3_endpoint_url", "redis_url")}}
+        (tb.home / "stack.json").write_text(json.dumps(legacy))
+        for name in ("secrets/server.json", "secrets/admin.json", "client.json"):
+            (tb.home / name).unlink()
+        (tb.home / "secrets").rmdir()
+
+    make_legacy()
+    # Until `up` runs, the old home still resolves (the CLI keeps working).
+    assert tb.cli.run("users", "list", "--json").returncode == 0
+    # A save without the superuser's secrets in hand (as `down` does) moves them, not loses them.
+    stack._save(stack.state())
+    assert json.loads((tb.home / "secrets" / "admin.json").read_text()) == {
+        k: state[k] for k in ("admin_database_url", "pg_superuser_password")}
+    assert "admin_database_url" not in (tb.home / "stack.json").read_text()
+    make_legacy()
+    up = tb.cli.run("up", timeout=300)
+    assert up.returncode == 0, up.stderr
+    public = json.loads((tb.home / "stack.json").read_text())
+    assert not {"admin_database_url", "pg_superuser_password", "database_url", "audit_key",
+                "s3_secret_key", "redis_url", "redis_password"} & set(public)
+    assert Stack(tb.ctx.settings).state(admin=True) | {"app_services": None, "processes": None} == (
+        state | {"app_services": None, "processes": None})
+    assert (tb.home / "secrets").stat().st_mode & 0o777 == 0o700
+    # The app processes started with the old layout were restarted into the new one.
+    for name, pid in _app_pids(tb).items():
+        seen = Path(f"/proc/{pid}/root") / str(tb.home).lstrip("/") / "secrets"
+        assert sorted(p.name for p in seen.iterdir()) == ["server.json"], name
+    assert tb.cli.run("users", "list", "--json").returncode == 0
+    assert tb.cli.run("audit", "verify").returncode == 0
+
+
+def test_another_os_user_holding_only_url_and_token_finds_no_secret_in_the_home(
+        tb: StackHandle) -> None:
+    # The old bypass: a process with the CLI's environment resolves every secret from the home
+    # (Context.load()). As another account of the machine, nothing in the home can be read.
+    home = tb.home
+    probe = (
+        "import json, os, sys\n"
+        f"home = {str(home)!r}\n"
+        "found = []\n"
+        "for rel in ('', 'secrets'):\n"
+        "    try: found.append(('list', rel, os.listdir(os.path.join(home, rel))))\n"
+        "    except PermissionError: pass\n"
+        "for rel in ('stack.json', 'client.json', 'operator.token', 'secrets/server.json',\n"
+        "            'secrets/admin.json', 'run/redis.conf', 'run/s3-identities.json'):\n"
+        "    try: found.append(('read', rel, open(os.path.join(home, rel)).read()))\n"
+        "    except PermissionError: pass\n"
+        "print(json.dumps(found))\n")
+    tried = _as_nobody(probe)
+    assert tried.returncode == 0, tried.stderr
+    assert json.loads(tried.stdout) == []
+    # The same probe as the owner does find them: the probe itself can fail.
+    mine = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          check=True)
+    assert len(json.loads(mine.stdout)) >= 7
+
+
+def _app_pids(tb: StackHandle) -> dict[str, int]:
+    """The server's, scheduler's and workers' pids, once each has left `app-exec` (`up` does
+    not wait for that) and runs its own program."""
+    procs = json.loads((tb.home / "stack.json").read_text())["processes"]
+    pids = {p["name"]: int(p["pid"]) for p in procs
+            if p["name"] in ("api", "beat") or p["name"].startswith("worker-")}
+    deadline = time.monotonic() + 60
+    while any("app-exec" in psutil.Process(pid).cmdline() for pid in pids.values()):
+        assert time.monotonic() < deadline, "an app process never left app-exec"
+        time.sleep(0.2)
+    return pids
+
+
+def test_server_and_workers_cannot_obtain_the_superuser_url(tb: StackHandle) -> None:
+    secrets = _secrets(tb)
+    admin_secrets = (secrets["admin_database_url"], secrets["pg_superuser_password"])
+    pids = _app_pids(tb)
+    assert {"api", "beat", "worker-cpu-1", "worker-gpu-1"} <= set(pids)
+    for name, pid in pids.items():
+        proc = psutil.Process(pid)
+        env = Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace")
+        assert not any(s in env for s in admin_secrets), name
+        # Its view of the home's secrets: server.json only, read-only.
+        seen = Path(f"/proc/{pid}/root") / str(tb.home).lstrip("/") / "secrets"
+        assert sorted(p.name for p in seen.iterdir()) == ["server.json"], name
+        capbnd = int(next(line.split()[1] for line in Path(f"/proc/{pid}/status").read_text()
+                          .splitlines() if line.startswith("CapBnd:")), 16)
+        assert not capbnd & (1 << 21) and not capbnd & (1 << 19), f"{name}: {capbnd:x}"
+        assert proc.is_running()
+    # Try to break it the way a compromised worker would: from inside the same confinement,
+    # read the file, unmount the view, remount it writable, go through another process's root.
+    redis_pid = json.loads((tb.home / "stack.json").read_text())["processes"]
+    [redis_pid] = [p["pid"] for p in redis_pid if p["name"] == "redis"]
+    admin = tb.home / "secrets" / "admin.json"
+    attack = (
+        "import ctypes, json, os, subprocess\n"
+        "out = {}\n"
+        f"admin = {str(admin)!r}\n"
+        f"secrets = {str(admin.parent)!r}\n"
+        "def attempt(name, fn):\n"
+        "    try: out[name] = fn()\n"
+        "    except Exception as exc: out[name] = 'refused: ' + type(exc).__name__\n"
+        "attempt('read', lambda: open(admin).read())\n"
+        "attempt('server', lambda: 'server.json' in os.listdir(secrets) and 'visible')\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "def umount():\n"
+        "    if libc.umount2(secrets.encode(), 2) != 0:\n"
+        "        raise OSError(ctypes.get_errno(), 'umount')\n"
+        "    return open(admin).read()\n"
+        "attempt('umount', umount)\n"
+        "attempt('via_proc', lambda: open("
+        f"'/proc/{redis_pid}/root' + admin).read())\n"
+        "attempt('write', lambda: open(secrets + '/x', 'w').write('x'))\n"
+        "print(json.dumps(out))\n")
+    got = subprocess.run(
+        [sys.executable, "-m", "bodycam.stack", "app-exec", str(tb.home), "--",
+         sys.executable, "-c", attack], capture_output=True, text=True, timeout=60,
+        cwd=tb.home, env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
+    assert got.returncode == 0, got.stderr
+    result = json.loads(got.stdout)
+    assert result["server"] == "visible"
+    for name in ("read", "umount", "via_proc", "write"):
+        assert str(result[name]).startswith("refused"), (name, result[name])
+    # Outside the confinement the file is there: the attempts above were real.
+    assert "admin_database_url" in admin.read_text()
+
+
+# --- accounts change only through the audited functions --------------------------------------
+
+def test_the_app_role_is_refused_every_direct_write_to_accounts_and_the_journal(
+        tb: StackHandle) -> None:
+    tb.cli.run("users", "add", "tb-inv", "--role", "investigator", check=True)
+    before = _last_change(tb)
+    attempts = [
+        "INSERT INTO users (name, roles, created_by) VALUES ('mallory', '{admin}', 'mallory')",
+        "UPDATE users SET roles = '{admin}' WHERE name = 'tb-inv'",
+        "UPDATE users SET disabled_at = now() WHERE name = 'operator'",
+        "DELETE FROM users WHERE name = 'tb-inv'",
+        f"INSERT INTO case_assignments (user_name, case_id, assigned_by)"
+        f" VALUES ('tb-inv', '{OTHER}', 'tb-inv')",
+        "DELETE FROM case_assignments",
+        "TRUNCATE case_assignments",
+        "UPDATE api_tokens SET expires_at = now() + interval '100 years'",
+        "INSERT INTO api_tokens (user_name, sha256, kind, expires_at, created_by) VALUES"
+        " ('tb-inv', repeat('a', 64), 'account', now() + interval '1 day', 'x')",
+        "INSERT INTO account_changes (actor, action, details) VALUES ('x', 'y', '{}')",
+        "DELETE FROM account_changes",
+    ]
+    for statement in attempts:
+        with _app_conn(tb) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(statement)
+    # The functions refuse a call that no audit row of this transaction backs: none, an old
+    # row of the right action, or a row of another action.
+    with psycopg.connect(home_admin_url(tb.home)) as su:
+        old = su.execute("SELECT max(id) FROM audit_log WHERE action = 'user.create'"
+                         ).fetchone()
+        assert old is not None and old[0] is not None
+    calls = [("SELECT bodycam_user_set_roles(NULL, 'tb-inv', '{admin}')", ()),
+             ("SELECT bodycam_user_set_roles(%s, 'tb-inv', '{admin}')", (old[0],)),
+             ("SELECT bodycam_user_create(%s, 'mallory', '{admin}', 'x')", (old[0] + 10**6,)),
+             ("SELECT bodycam_case_assign(%s, 'tb-inv', %s, 'x')", (old[0], OTHER))]
+    for call, args in calls:
+        with _app_conn(tb) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege,
+                                                  match="account change refused"):
+            conn.execute(call, args)
+    # An audit row of another action does not back a role change (the transaction fails).
+    with pytest.raises(psycopg.errors.InsufficientPrivilege), tb.ctx.db() as conn:
+        row = audit.append(conn, tb.ctx.audit_key, "tb-test", "case.assign",
+                           {"user": "tb-inv", "case": OTHER})
+        conn.execute("SELECT bodycam_user_set_roles(%s, 'tb-inv', '{admin}')", (row.id,))
+    # Nothing changed and nothing was journalled.
+    users = {u["name"]: u for u in json.loads(tb.cli.run("users", "list", "--json",
+                                                         check=True).stdout)}
+    assert "mallory" not in users and users["tb-inv"]["roles"] == ["investigator"]
+    assert users["tb-inv"]["cases"] == [] and not users["operator"]["disabled"]
+    assert _last_change(tb) == before
+    verified = tb.cli.run("audit", "verify")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def test_the_audited_functions_change_accounts_and_leave_journal_and_audit_rows(
+        tb: StackHandle) -> None:
+    before = _last_change(tb)
+    token = tb.cli.run("users", "add", "tb-clerk", "--role", "clerk", check=True).stdout.strip()
+    tb.cli.run("users", "assign", "tb-clerk", "--case", CASE, check=True)
+    with tb.ctx.db() as conn:
+        accounts.set_roles(conn, tb.ctx.audit_key, "tb-clerk", ["clerk", "investigator"],
+                           "tb-test")
+    env = {"BODYCAM_USER": "tb-clerk", "BODYCAM_TOKEN": token}
+    assert tb.cli.run("jobs", "--json", extra_env=env).returncode == 0
+    tb.cli.run("users", "disable", "tb-clerk", check=True)
+    assert tb.cli.run("jobs", "--json", extra_env=env).returncode != 0
+    changes = _journal(tb, before)
+    got = [(c["action"], c["audit_action"]) for c in changes]
+    assert got == [("users.insert", "user.create"), ("api_tokens.insert", "user.create"),
+                   ("case_assignments.insert", "case.assign"),
+                   ("users.update", "user.roles"),
+                   ("users.update", "user.disable"), ("api_tokens.update", "user.disable")]
+    assert all(c["details"]["user"] == "tb-clerk" for c in changes)  # type: ignore[index]
+    assert [c["actor"] for c in changes] == ["operator"] * 3 + ["tb-test"] + ["operator"] * 2
+    assert changes[3]["details"]["roles"] == ["clerk", "investigator"]  # type: ignore[index]
+    assert changes[-1]["details"]["revoked"] is True  # type: ignore[index]
+    # No token or hash reaches the journal.
+    assert token not in json.dumps([c["details"] for c in changes])
+    assert accounts.token_hash(token) not in json.dumps([c["details"] for c in changes])
+    verified = tb.cli.run("audit", "verify")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def test_bad_account_input_is_refused_with_one_line_and_leaves_no_row(tb: StackHandle) -> None:
+    before = _last_change(tb)
+    for args in (["users", "add", "tb-bad", "--role", "sheriff"],
+                 ["users", "assign", "nobody-here", "--case", CASE],
+                 ["users", "disable", "nobody-here"]):
+        proc = tb.cli.run(*args)
+        assert proc.returncode != 0 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert "Traceback" not in proc.stderr
+    assert _last_change(tb) == before
+
+
+def test_a_change_made_as_superuser_behind_the_apps_back_makes_audit_verify_fail(
+        tb: StackHandle) -> None:
+    tb.cli.run("users", "add", "tb-sneak", "--role", "clerk", check=True)
+    assert tb.cli.run("audit", "verify").returncode == 0
+    with psycopg.connect(home_admin_url(tb.home), autocommit=True) as su:
+        su.execute("UPDATE users SET roles = '{admin,clerk}' WHERE name = 'tb-sneak'")
+        su.execute("INSERT INTO case_assignments (user_name, case_id, assigned_by)"
+                   " VALUES ('tb-sneak', %s, 'tb-sneak')", (OTHER,))
+        # Pointing the journal at an existing audit row does not help either: it is not a
+        # row of this transaction.
+        su.execute("SELECT set_config('bodycam.audit_id', (SELECT max(id) FROM audit_log)::text,"
+                   " false)")
+        su.execute("UPDATE users SET disabled_at = now() WHERE name = 'tb-sneak'")
+    sneaked = [c for c in _journal(tb) if c["audit_id"] is None]
+    assert [c["action"] for c in sneaked] == ["users.update", "case_assignments.insert",
+                                             "users.update"]
+    assert {c["actor"] for c in sneaked} == {"db:postgres"}
+    proc = tb.cli.run("audit", "verify")
+    text = " ".join((proc.stdout + proc.stderr).split())
+    assert proc.returncode == 1, text
+    assert "3 account change(s) with no audit row" in text and "tb-sneak" in text
