@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import Callable
 from typing import Annotated, Any, NoReturn, TypeVar
+from urllib.parse import quote
 
 import typer
 from pydantic import ValidationError
@@ -341,36 +342,21 @@ def jobs_cmd(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Videos with status, stage, progress, attempts and error."""
-    from bodycam import jobs
-
-    ctx = context()
-    authorize(ctx, "jobs")
-    with ctx.db() as conn:
-        rows = jobs.list_jobs(conn, status_filter)
+    rows = client_call(lambda c: c.pages("/api/v1/jobs", status=status_filter))
     if as_json:
-        emit_json([r.as_json() for r in rows])
+        emit_json(rows)
         return
     for r in rows:
-        out.print(f"{r.video_id}  {r.status:11} {r.stage:10} {r.progress * 100:5.1f}%  "
-                  f"attempts {r.attempts}  {r.filename}  {r.error or ''}", highlight=False)
+        out.print(f"{r['video_id']}  {r['status']:11} {r['stage']:10} "
+                  f"{r['progress'] * 100:5.1f}%  attempts {r['attempts']}  {r['filename']}  "
+                  f"{r['error'] or ''}", highlight=False)
 
 
 @app.command()
 def retry(video_id: str) -> None:
     """Queue a failed or quarantined video again."""
-    from bodycam import audit, jobs
-    from bodycam.queue import PROCESS_UNIT
-
-    ctx = context()
-    user = authorize(ctx, "retry", case_of(ctx, "videos", video_id))
-    with ctx.db() as conn:
-        if conn.execute("SELECT 1 FROM videos WHERE id::text = %s", (video_id,)).fetchone() is None:
-            fail(f"no video {video_id}")
-        units = jobs.retry_video(conn, video_id)
-        audit.append(conn, ctx.audit_key, user.name, "retry", {"video_id": video_id})
-    for idx in units:
-        ctx.send(PROCESS_UNIT, video_id, idx)
-    err.print(f"video {video_id}: {len(units)} units queued")
+    res = client_call(lambda c: c.post(f"/api/v1/videos/{quote(video_id, safe='')}/retry"))
+    err.print(f"video {video_id}: {res['units_queued']} units queued")
 
 
 @app.command()
@@ -379,18 +365,14 @@ def tracks(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """A video's face tracks: time range, detections, quality, thumbnail."""
-    from bodycam.evidence import list_tracks
-
-    ctx = context()
-    authorize(ctx, "tracks", case_of(ctx, "videos", video_id))
-    with ctx.db() as conn:
-        rows = guarded(lambda: list_tracks(conn, video_id))
+    rows = client_call(lambda c: c.pages(f"/api/v1/videos/{quote(video_id, safe='')}/tracks"))
     if as_json:
-        emit_json([r.as_json() for r in rows])
+        emit_json(rows)
         return
     for r in rows:
-        out.print(f"{r.track_id}  {r.start_s:8.2f}-{r.end_s:8.2f}s  {r.n_detections:3} det  "
-                  f"quality {r.quality:.2f}  {r.thumbnail}", highlight=False)
+        out.print(f"{r['track_id']}  {r['start_s']:8.2f}-{r['end_s']:8.2f}s  "
+                  f"{r['n_detections']:3} det  quality {r['quality']:.2f}  {r['thumbnail']}",
+                  highlight=False)
 
 
 @app.command()
@@ -787,19 +769,14 @@ def users_add(
 @users_app.command("list")
 def users_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Accounts, roles, state and assigned cases."""
-    from bodycam import accounts
-
-    ctx = context()
-    authorize(ctx, "users")
-    with ctx.db() as conn:
-        rows = accounts.list_users(conn)
+    rows = client_call(lambda c: c.pages("/api/v1/users"))
     if as_json:
         emit_json(rows)
         return
     for r in rows:
         state = "disabled" if r["disabled"] else "active"
-        out.print(f"{r['name']:16} {state:8} {', '.join(r['roles'])}  cases: "  # type: ignore[arg-type]
-                  f"{', '.join(r['cases']) or '-'}", highlight=False)  # type: ignore[arg-type]
+        out.print(f"{r['name']:16} {state:8} {', '.join(r['roles'])}  cases: "
+                  f"{', '.join(r['cases']) or '-'}", highlight=False)
 
 
 @users_app.command("disable")
@@ -866,15 +843,11 @@ app.add_typer(policy_app, name="policy")
 @policy_app.command("show")
 def policy_show(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """The policy in force."""
-    from bodycam import policy
-
-    ctx = context()
-    with ctx.db() as conn:
-        current = policy.current(conn)
+    current = client_call(lambda c: c.get("/api/v1/policy"))
     if as_json:
-        emit_json(current.as_json())
+        emit_json(current)
     else:
-        out.print(current.as_json())
+        out.print(current)
 
 
 @policy_app.command("set")
