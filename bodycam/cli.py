@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from bodycam.config import Settings, get_settings
-from bodycam.errors import BodycamError, TransientError
+from bodycam.errors import BodycamError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Bodycam: batch body-camera footage in, auditable face evidence out.")
@@ -275,63 +275,90 @@ def ingest(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Store videos with chain of custody (SHA-256, who, what, when) and queue processing."""
-    from bodycam.ingest import Custody, ingest_file, parse_recorded_at
+    from bodycam.client import Client
+    from bodycam.ingest import parse_recorded_at
 
     if not case or not case.strip():
         fail("missing --case: every video must be bound to a case number")
-    ctx = context()
-    user = authorize(ctx, "ingest")
-    custody = guarded(lambda: Custody(case_id=case.strip(), officer=officer or "",
-                                      device=device or "", uploader=user.name,
-                                      recorded_at=parse_recorded_at(recorded_at)))
-    from bodycam.media.files import printable, safe_name
+    guarded(lambda: parse_recorded_at(recorded_at))
+    client = guarded(lambda: Client.connect())
+    try:
+        _ingest(client, files, case.strip(), officer, device, recorded_at, wait, as_json)
+    finally:
+        client.close()
 
-    results = []
+
+def _upload_one(client: Any, name: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Refuse what is not a local regular file, hash it in one pass, stream it up."""
+    import os
+    from pathlib import Path
+
+    from bodycam.client import sha256_of
+    from bodycam.errors import InvalidMediaError
+    from bodycam.media.files import _why_os, check_is_batch_file, safe_name
+
+    path = check_is_batch_file(name)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise InvalidMediaError(safe_name(name), _why_os(exc)) from None
+    with os.fdopen(fd, "rb") as f:
+        digest, size = sha256_of(f)
+        if size == 0:  # needs no server: the same line the server's probe gives
+            raise InvalidMediaError(safe_name(name), "empty file (0 bytes)")
+        return dict(client.upload("/api/v1/videos", f, digest, **params,
+                                  filename=safe_name(Path(name).name)))
+
+
+def _ingest(client: Any, files: list[str], case: str, officer: str | None,
+            device: str | None, recorded_at: str | None, wait: bool, as_json: bool) -> None:
+    from bodycam.media.files import safe_name
+
+    params = {"case": case, "officer": officer, "device": device, "recorded_at": recorded_at}
+    results: list[dict[str, Any]] = []
     failures = 0
     for name in files:
         try:
-            res = ingest_file(ctx, name, custody)
+            res = _upload_one(client, name, params)
         except BodycamError as exc:
             error_line(str(exc))
-            if not isinstance(exc, TransientError):  # an outage rejects no evidence
-                rejected = {"file": safe_name(name), "case": custody.case_id,
-                            "reason": printable(str(exc))}
-                guarded(lambda: ctx.audit(user.name, "ingest.rejected", rejected))  # noqa: B023
             failures += 1
             continue
         results.append(res)
         if not as_json:
-            dup = " (already ingested in this case)" if res.duplicate else ""
-            err.print(f"{safe_name(name)}: video {res.video_id} sha256 {res.sha256[:16]}… "
-                      f"{res.status}{dup}", markup=False, highlight=False, soft_wrap=True)
-    final = {r.video_id: r.status for r in results}
+            dup = " (already ingested in this case)" if res["duplicate"] else ""
+            err.print(f"{safe_name(name)}: video {res['video_id']} sha256 "
+                      f"{res['sha256'][:16]}… {res['status']}{dup}",
+                      markup=False, highlight=False, soft_wrap=True)
+    final = {r["video_id"]: r["status"] for r in results}
     if wait and results:
         from rich.markup import escape
 
-        final = _wait_for(ctx, [r.video_id for r in results],  # bar labels are rich markup
-                          {r.video_id: escape(r.filename) for r in results}, quiet=as_json)
+        final = guarded(lambda: _wait_for(  # bar labels are rich markup
+            client, [r["video_id"] for r in results],
+            {r["video_id"]: escape(r["filename"]) for r in results}, quiet=as_json))
     if as_json:
-        emit_json([{**r.as_json(), "status": final.get(r.video_id, r.status)} for r in results])
+        emit_json([{**r, "status": final.get(r["video_id"], r["status"])} for r in results])
     if failures:
         raise typer.Exit(1)
 
 
-def _wait_for(ctx: Any, video_ids: list[str], names: dict[str, str], quiet: bool
+def _wait_for(client: Any, video_ids: list[str], names: dict[str, str], quiet: bool
               ) -> dict[str, str]:
-    """Poll job state until every video ends; rich progress bars per file on stderr."""
-    from bodycam import jobs
-
+    """Poll each video's job row on the server until every one ends; rich progress bars
+    per file on stderr."""
     final: dict[str, str] = {}
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[stage]}"),
                   TimeElapsedColumn(), console=err, disable=quiet) as bars:
         tasks = {v: bars.add_task(names[v], total=1.0, stage="queued") for v in video_ids}
         while len(final) < len(video_ids):
-            with ctx.db() as conn:
-                rows = {j.video_id: j for j in jobs.list_jobs(conn) if j.video_id in tasks}
-            for vid, job in rows.items():
-                bars.update(tasks[vid], completed=job.progress, stage=job.stage)
-                if job.status in TERMINAL:
-                    final[vid] = job.status
+            for vid in video_ids:
+                if vid in final:
+                    continue
+                job = client.get(f"/api/v1/videos/{vid}")
+                bars.update(tasks[vid], completed=job["progress"], stage=job["stage"])
+                if job["status"] in TERMINAL:
+                    final[vid] = job["status"]
             time.sleep(0.5)
     return final
 
