@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import Callable
 from typing import Annotated, Any, NoReturn, TypeVar
+from urllib.parse import quote
 
 import typer
 from pydantic import ValidationError
@@ -15,7 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from bodycam.config import Settings, get_settings
-from bodycam.errors import BodycamError, TransientError
+from bodycam.errors import BodycamError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Bodycam: batch body-camera footage in, auditable face evidence out.")
@@ -182,6 +183,86 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
     uvicorn.run("bodycam.api.app:app", host=host, port=port, log_level="warning")
 
 
+# --- the session with the server --------------------------------------------------------------
+
+def client_call(fn: Callable[[Any], T], url: str | None = None) -> T:
+    """Run fn with a client of the resolved server; typed errors become one line, exit 1."""
+    from bodycam.client import Client
+
+    c = guarded(lambda: Client.connect(url))
+    try:
+        return guarded(lambda: fn(c))
+    finally:
+        c.close()
+
+
+@app.command()
+def login(
+    url: Annotated[str | None, typer.Option("--url", help="server (default: BODYCAM_URL)")] = None,
+    user: Annotated[str | None, typer.Option("--user", help="account name")] = None,
+) -> None:
+    """Log in with your account token (BODYCAM_TOKEN, else prompted); the session is stored
+    0600 in your config dir."""
+    import getpass
+    import os
+
+    from bodycam.client import Client, Target, resolve, write_credentials
+
+    name = user or os.environ.get("BODYCAM_USER") or getpass.getuser()
+    token = os.environ.get("BODYCAM_TOKEN")
+    if not token:
+        token = (getpass.getpass(f"token for {name}: ") if sys.stdin.isatty()
+                 else sys.stdin.readline()).strip()
+    if not token:
+        fail("no token: set BODYCAM_TOKEN or type the account's token")
+    target = guarded(lambda: resolve(url))
+    c = Client(Target(target.url, None, None))
+    try:
+        session = guarded(lambda: c.post("/api/v1/auth/login", {"user": name, "token": token}))
+    finally:
+        c.close()
+    path = write_credentials({"url": target.url, "user": session["user"],
+                              "token": session["token"], "expires_at": session["expires_at"]})
+    err.print(f"logged in to {target.url} as {session['user']} "
+              f"({', '.join(session.get('roles', []))}); session until {session['expires_at']}"
+              f" stored in {path}", markup=False, highlight=False, soft_wrap=True)
+
+
+@app.command()
+def logout() -> None:
+    """Revoke the stored session on the server and delete it here."""
+    from bodycam.client import Client, Target, delete_credentials, read_credentials
+
+    creds = read_credentials()
+    if not creds or not creds.get("token"):
+        fail("not logged in")
+    c = Client(Target(str(creds["url"]), str(creds["token"]), None))
+    try:
+        c.post("/api/v1/auth/logout")
+    except BodycamError as exc:
+        from bodycam.client import UnauthenticatedError
+
+        if not isinstance(exc, UnauthenticatedError):  # an expired session is gone anyway
+            delete_credentials()
+            fail(f"{exc} (the local session was deleted)")
+    finally:
+        c.close()
+    delete_credentials()
+    err.print(f"logged out of {creds['url']}")
+
+
+@app.command()
+def whoami(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """The account the CLI acts as, its roles and cases."""
+    me = client_call(lambda c: c.get("/api/v1/auth/me"))
+    if as_json:
+        emit_json(me)
+        return
+    cases = "all" if me.get("cases") is None else (", ".join(me["cases"]) or "-")
+    out.print(f"{me['user']}  roles: {', '.join(me['roles'])}  cases: {cases}  "
+              f"session until {me.get('expires_at') or '-'}", highlight=False)
+
+
 # --- evidence -------------------------------------------------------------------------------
 
 @app.command()
@@ -195,63 +276,90 @@ def ingest(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Store videos with chain of custody (SHA-256, who, what, when) and queue processing."""
-    from bodycam.ingest import Custody, ingest_file, parse_recorded_at
+    from bodycam.client import Client
+    from bodycam.ingest import parse_recorded_at
 
     if not case or not case.strip():
         fail("missing --case: every video must be bound to a case number")
-    ctx = context()
-    user = authorize(ctx, "ingest")
-    custody = guarded(lambda: Custody(case_id=case.strip(), officer=officer or "",
-                                      device=device or "", uploader=user.name,
-                                      recorded_at=parse_recorded_at(recorded_at)))
-    from bodycam.media.files import printable, safe_name
+    guarded(lambda: parse_recorded_at(recorded_at))
+    client = guarded(lambda: Client.connect())
+    try:
+        _ingest(client, files, case.strip(), officer, device, recorded_at, wait, as_json)
+    finally:
+        client.close()
 
-    results = []
+
+def _upload_one(client: Any, name: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Refuse what is not a local regular file, hash it in one pass, stream it up."""
+    import os
+    from pathlib import Path
+
+    from bodycam.client import sha256_of
+    from bodycam.errors import InvalidMediaError
+    from bodycam.media.files import _why_os, check_is_batch_file, safe_name
+
+    path = check_is_batch_file(name)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise InvalidMediaError(safe_name(name), _why_os(exc)) from None
+    with os.fdopen(fd, "rb") as f:
+        digest, size = sha256_of(f)
+        if size == 0:  # needs no server: the same line the server's probe gives
+            raise InvalidMediaError(safe_name(name), "empty file (0 bytes)")
+        return dict(client.upload("/api/v1/videos", f, digest, **params,
+                                  filename=safe_name(Path(name).name)))
+
+
+def _ingest(client: Any, files: list[str], case: str, officer: str | None,
+            device: str | None, recorded_at: str | None, wait: bool, as_json: bool) -> None:
+    from bodycam.media.files import safe_name
+
+    params = {"case": case, "officer": officer, "device": device, "recorded_at": recorded_at}
+    results: list[dict[str, Any]] = []
     failures = 0
     for name in files:
         try:
-            res = ingest_file(ctx, name, custody)
+            res = _upload_one(client, name, params)
         except BodycamError as exc:
             error_line(str(exc))
-            if not isinstance(exc, TransientError):  # an outage rejects no evidence
-                rejected = {"file": safe_name(name), "case": custody.case_id,
-                            "reason": printable(str(exc))}
-                guarded(lambda: ctx.audit(user.name, "ingest.rejected", rejected))  # noqa: B023
             failures += 1
             continue
         results.append(res)
         if not as_json:
-            dup = " (already ingested in this case)" if res.duplicate else ""
-            err.print(f"{safe_name(name)}: video {res.video_id} sha256 {res.sha256[:16]}… "
-                      f"{res.status}{dup}", markup=False, highlight=False, soft_wrap=True)
-    final = {r.video_id: r.status for r in results}
+            dup = " (already ingested in this case)" if res["duplicate"] else ""
+            err.print(f"{safe_name(name)}: video {res['video_id']} sha256 "
+                      f"{res['sha256'][:16]}… {res['status']}{dup}",
+                      markup=False, highlight=False, soft_wrap=True)
+    final = {r["video_id"]: r["status"] for r in results}
     if wait and results:
         from rich.markup import escape
 
-        final = _wait_for(ctx, [r.video_id for r in results],  # bar labels are rich markup
-                          {r.video_id: escape(r.filename) for r in results}, quiet=as_json)
+        final = guarded(lambda: _wait_for(  # bar labels are rich markup
+            client, [r["video_id"] for r in results],
+            {r["video_id"]: escape(r["filename"]) for r in results}, quiet=as_json))
     if as_json:
-        emit_json([{**r.as_json(), "status": final.get(r.video_id, r.status)} for r in results])
+        emit_json([{**r, "status": final.get(r["video_id"], r["status"])} for r in results])
     if failures:
         raise typer.Exit(1)
 
 
-def _wait_for(ctx: Any, video_ids: list[str], names: dict[str, str], quiet: bool
+def _wait_for(client: Any, video_ids: list[str], names: dict[str, str], quiet: bool
               ) -> dict[str, str]:
-    """Poll job state until every video ends; rich progress bars per file on stderr."""
-    from bodycam import jobs
-
+    """Poll each video's job row on the server until every one ends; rich progress bars
+    per file on stderr."""
     final: dict[str, str] = {}
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[stage]}"),
                   TimeElapsedColumn(), console=err, disable=quiet) as bars:
         tasks = {v: bars.add_task(names[v], total=1.0, stage="queued") for v in video_ids}
         while len(final) < len(video_ids):
-            with ctx.db() as conn:
-                rows = {j.video_id: j for j in jobs.list_jobs(conn) if j.video_id in tasks}
-            for vid, job in rows.items():
-                bars.update(tasks[vid], completed=job.progress, stage=job.stage)
-                if job.status in TERMINAL:
-                    final[vid] = job.status
+            for vid in video_ids:
+                if vid in final:
+                    continue
+                job = client.get(f"/api/v1/videos/{vid}")
+                bars.update(tasks[vid], completed=job["progress"], stage=job["stage"])
+                if job["status"] in TERMINAL:
+                    final[vid] = job["status"]
             time.sleep(0.5)
     return final
 
@@ -262,36 +370,21 @@ def jobs_cmd(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Videos with status, stage, progress, attempts and error."""
-    from bodycam import jobs
-
-    ctx = context()
-    authorize(ctx, "jobs")
-    with ctx.db() as conn:
-        rows = jobs.list_jobs(conn, status_filter)
+    rows = client_call(lambda c: c.pages("/api/v1/jobs", status=status_filter))
     if as_json:
-        emit_json([r.as_json() for r in rows])
+        emit_json(rows)
         return
     for r in rows:
-        out.print(f"{r.video_id}  {r.status:11} {r.stage:10} {r.progress * 100:5.1f}%  "
-                  f"attempts {r.attempts}  {r.filename}  {r.error or ''}", highlight=False)
+        out.print(f"{r['video_id']}  {r['status']:11} {r['stage']:10} "
+                  f"{r['progress'] * 100:5.1f}%  attempts {r['attempts']}  {r['filename']}  "
+                  f"{r['error'] or ''}", highlight=False)
 
 
 @app.command()
 def retry(video_id: str) -> None:
     """Queue a failed or quarantined video again."""
-    from bodycam import audit, jobs
-    from bodycam.queue import PROCESS_UNIT
-
-    ctx = context()
-    user = authorize(ctx, "retry", case_of(ctx, "videos", video_id))
-    with ctx.db() as conn:
-        if conn.execute("SELECT 1 FROM videos WHERE id::text = %s", (video_id,)).fetchone() is None:
-            fail(f"no video {video_id}")
-        units = jobs.retry_video(conn, video_id)
-        audit.append(conn, ctx.audit_key, user.name, "retry", {"video_id": video_id})
-    for idx in units:
-        ctx.send(PROCESS_UNIT, video_id, idx)
-    err.print(f"video {video_id}: {len(units)} units queued")
+    res = client_call(lambda c: c.post(f"/api/v1/videos/{quote(video_id, safe='')}/retry"))
+    err.print(f"video {video_id}: {res['units_queued']} units queued")
 
 
 @app.command()
@@ -300,18 +393,14 @@ def tracks(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """A video's face tracks: time range, detections, quality, thumbnail."""
-    from bodycam.evidence import list_tracks
-
-    ctx = context()
-    authorize(ctx, "tracks", case_of(ctx, "videos", video_id))
-    with ctx.db() as conn:
-        rows = guarded(lambda: list_tracks(conn, video_id))
+    rows = client_call(lambda c: c.pages(f"/api/v1/videos/{quote(video_id, safe='')}/tracks"))
     if as_json:
-        emit_json([r.as_json() for r in rows])
+        emit_json(rows)
         return
     for r in rows:
-        out.print(f"{r.track_id}  {r.start_s:8.2f}-{r.end_s:8.2f}s  {r.n_detections:3} det  "
-                  f"quality {r.quality:.2f}  {r.thumbnail}", highlight=False)
+        out.print(f"{r['track_id']}  {r['start_s']:8.2f}-{r['end_s']:8.2f}s  "
+                  f"{r['n_detections']:3} det  quality {r['quality']:.2f}  {r['thumbnail']}",
+                  highlight=False)
 
 
 @app.command()
@@ -708,19 +797,14 @@ def users_add(
 @users_app.command("list")
 def users_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Accounts, roles, state and assigned cases."""
-    from bodycam import accounts
-
-    ctx = context()
-    authorize(ctx, "users")
-    with ctx.db() as conn:
-        rows = accounts.list_users(conn)
+    rows = client_call(lambda c: c.pages("/api/v1/users"))
     if as_json:
         emit_json(rows)
         return
     for r in rows:
         state = "disabled" if r["disabled"] else "active"
-        out.print(f"{r['name']:16} {state:8} {', '.join(r['roles'])}  cases: "  # type: ignore[arg-type]
-                  f"{', '.join(r['cases']) or '-'}", highlight=False)  # type: ignore[arg-type]
+        out.print(f"{r['name']:16} {state:8} {', '.join(r['roles'])}  cases: "
+                  f"{', '.join(r['cases']) or '-'}", highlight=False)
 
 
 @users_app.command("disable")
@@ -787,15 +871,11 @@ app.add_typer(policy_app, name="policy")
 @policy_app.command("show")
 def policy_show(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """The policy in force."""
-    from bodycam import policy
-
-    ctx = context()
-    with ctx.db() as conn:
-        current = policy.current(conn)
+    current = client_call(lambda c: c.get("/api/v1/policy"))
     if as_json:
-        emit_json(current.as_json())
+        emit_json(current)
     else:
-        out.print(current.as_json())
+        out.print(current)
 
 
 @policy_app.command("set")

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,6 +115,36 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackHandle]:
         yield StackHandle(home=home, cli=cli, ctx=Context.load(settings))
     finally:
         cli.run("down", timeout=120)
+
+
+@contextmanager
+def serve_with(stack: StackHandle, env: dict[str, str]) -> Iterator[dict[str, str]]:
+    """A second `bodycam serve` on the test stack with extra settings (server-side limits
+    and job sizes are the server's, not the CLI's); yields the CLI env that points at it."""
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "bodycam", "serve", "--host", "127.0.0.1",
+                             "--port", str(port)], env={**stack.cli.env, **env},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(url + "/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"bodycam serve with {env} did not start")
+            time.sleep(0.3)
+        yield {"BODYCAM_URL": url}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ import pytest
 
 from bodycam import jobs, queue
 from bodycam.storage import original_key
-from tests.conftest import FACENET_CLIP, HAMILTON, TESTDATA, StackHandle
+from tests.conftest import FACENET_CLIP, HAMILTON, TESTDATA, StackHandle, serve_with
 
 FFMPEG = shutil.which("ffmpeg")
 
@@ -113,7 +113,11 @@ def test_every_bad_input_is_refused_with_a_reason_and_leaves_nothing(
         stack: StackHandle, tmp_path: Path) -> None:
     for name, (args, env, reason) in _bad_files(tmp_path).items():
         before = stack.counts()
-        proc = stack.cli.run("ingest", *args, extra_env=env)
+        if env:  # limits are the server's: a second server with them
+            with serve_with(stack, env) as at:
+                proc = stack.cli.run("ingest", *args, extra_env=at)
+        else:
+            proc = stack.cli.run("ingest", *args)
         assert proc.returncode != 0, name
         lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
         assert lines and "error:" in lines[0], (name, proc.stderr)
@@ -190,8 +194,9 @@ def _wait_for_case(stack: StackHandle, case: str, timeout_s: float = 120) -> dic
 def test_kill_9_of_a_worker_mid_video_still_ends_done_exactly_once(
         stack: StackHandle, make_clip: object, tmp_path: Path) -> None:
     clip, _truth = make_clip("--seed", "11", "--duration", "36", "--size", "640x360")  # type: ignore[operator]
-    [res] = stack.cli.json("ingest", str(clip), "--case", "T-KILL", "--officer", "O",
-                           "--device", "D", extra_env={"BODYCAM_JOBS__CHUNK_S": "9"})
+    with serve_with(stack, {"BODYCAM_JOBS__CHUNK_S": "9"}) as at:  # units are cut at ingest
+        [res] = stack.cli.json("ingest", str(clip), "--case", "T-KILL", "--officer", "O",
+                               "--device", "D", extra_env=at)
     vid = res["video_id"]
     victim = None
     deadline = time.monotonic() + 180
