@@ -1,0 +1,309 @@
+"""HTTP client of the Bodycam server: URL + bearer token in, JSON or typed errors out."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+
+from bodycam.errors import (
+    BodycamError,
+    InvalidInputError,
+    NotFoundError,
+    PermanentError,
+    TransientError,
+)
+
+OPERATOR_TOKEN = "operator.token"
+CLIENT_FILE = "client.json"
+CHUNK_BYTES = 1 << 20
+NO_SERVER = ("no server: set BODYCAM_URL (or run `bodycam up`) and log in with "
+             "`bodycam login`")
+
+
+class ServerError(BodycamError):
+    """The server answered with an RFC 7807 problem; `detail` is the one-line message."""
+
+    def __init__(self, detail: str, status: int = 500, slug: str = "internal") -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.status = status
+        self.slug = slug
+
+
+class UnauthenticatedError(ServerError, PermanentError):
+    """401: no, unknown, expired or revoked token."""
+
+
+class ForbiddenError(ServerError, PermanentError):
+    """403: the role, case, policy or four-eyes rule refuses the action."""
+
+
+class ServerNotFoundError(ServerError, NotFoundError):
+    """404: the id names nothing the caller may see."""
+
+
+class ServerInvalidError(ServerError, InvalidInputError):
+    """409, 413 or 422: the request itself is wrong."""
+
+
+class ServerUnavailableError(ServerError, TransientError):
+    """429, 503 or an unreachable server: retry later."""
+
+
+def _problem_class(status: int) -> type[ServerError]:
+    if status == 401:
+        return UnauthenticatedError
+    if status == 403:
+        return ForbiddenError
+    if status == 404:
+        return ServerNotFoundError
+    if status in (409, 413, 422, 400):
+        return ServerInvalidError
+    if status in (429, 502, 503, 504):
+        return ServerUnavailableError
+    return ServerError
+
+
+def config_dir() -> Path:
+    """`$XDG_CONFIG_HOME/bodycam` (default `~/.config/bodycam`)."""
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "bodycam"
+
+
+def credentials_path() -> Path:
+    """Where `bodycam login` keeps the session."""
+    return config_dir() / "credentials.json"
+
+
+def read_credentials() -> dict[str, Any] | None:
+    """The stored session, or None when there is none (or it is unreadable)."""
+    try:
+        data = json.loads(credentials_path().read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def write_credentials(data: dict[str, Any]) -> Path:
+    """Store the session atomically: dir 0700, file created 0600 before any byte is written."""
+    folder = config_dir()
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(folder, 0o700)
+    fd, tmp = tempfile.mkstemp(prefix=".credentials-", dir=folder)  # mkstemp: mode 0600
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, credentials_path())
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return credentials_path()
+
+
+def delete_credentials() -> bool:
+    """Remove the stored session; whether there was one."""
+    try:
+        credentials_path().unlink()
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _home() -> Path:
+    return Path(os.environ.get("BODYCAM_HOME") or ".bodycam").expanduser()
+
+
+def _home_url() -> str | None:
+    """The embedded stack's server URL from BODYCAM_HOME/client.json (no secret in it)."""
+    try:
+        data = json.loads((_home() / CLIENT_FILE).read_text())
+    except (OSError, ValueError):
+        data = None
+    if isinstance(data, dict) and data.get("url"):
+        return str(data["url"])
+    # Until every stack writes client.json: the one public key of stack.json, nothing else.
+    try:
+        state = json.loads((_home() / "stack.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return str(state["api_url"]) if isinstance(state, dict) and state.get("api_url") else None
+
+
+@dataclass(frozen=True)
+class Target:
+    """Which server to talk to, with which token, claiming which account."""
+
+    url: str
+    token: str | None
+    user: str | None
+
+
+def resolve(url: str | None = None) -> Target:
+    """URL: argument, BODYCAM_URL, the credentials file, BODYCAM_HOME/client.json. Token:
+    BODYCAM_TOKEN, the credentials file (only for its own URL), else the readable bootstrap
+    `operator.token` when BODYCAM_USER is unset or `operator`. Raises InvalidInputError when
+    no server is named anywhere."""
+    creds = read_credentials() or {}
+    user = os.environ.get("BODYCAM_USER") or None
+    found = url or os.environ.get("BODYCAM_URL") or creds.get("url") or _home_url()
+    if not found:
+        raise InvalidInputError(NO_SERVER)
+    found = str(found).rstrip("/")
+    token = os.environ.get("BODYCAM_TOKEN") or None
+    if token is None and creds.get("token") and str(creds.get("url", "")).rstrip("/") == found \
+            and user in (None, creds.get("user")):
+        token = str(creds["token"])
+        user = user or (str(creds["user"]) if creds.get("user") else None)
+    if token is None and user in (None, "operator"):
+        try:
+            token = (_home() / OPERATOR_TOKEN).read_text().strip() or None
+        except OSError:
+            token = None
+    return Target(found, token, user)
+
+
+class Client:
+    """A session with the server: every call sends the bearer token; errors become typed."""
+
+    def __init__(self, target: Target, timeout_s: float = 600.0) -> None:
+        self.target = target
+        headers = {"Accept": "application/json"}
+        if target.token:
+            headers["Authorization"] = f"Bearer {target.token}"
+        if target.user:
+            headers["X-Bodycam-User"] = target.user
+        self._http = httpx.Client(base_url=target.url, headers=headers,
+                                  timeout=httpx.Timeout(timeout_s, connect=10.0))
+
+    @classmethod
+    def connect(cls, url: str | None = None) -> Client:
+        """A client for the resolved server and token."""
+        return cls(resolve(url))
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._http.close()
+
+    def _unreachable(self, exc: Exception) -> ServerUnavailableError:
+        return ServerUnavailableError(
+            f"cannot reach the Bodycam server at {self.target.url} ({type(exc).__name__}): "
+            "start it with `bodycam up`, or check BODYCAM_URL", 503, "unreachable")
+
+    def _check(self, resp: httpx.Response) -> httpx.Response:
+        if resp.status_code < 400:
+            return resp
+        detail = ""
+        slug = "internal"
+        try:
+            body = json.loads(resp.read())
+            detail = str(body.get("detail") or body.get("title") or "")
+            slug = str(body.get("type", "")).rsplit("/", 1)[-1] or slug
+        except (ValueError, AttributeError):
+            pass
+        if not detail:
+            detail = f"the server answered {resp.status_code} {resp.reason_phrase}"
+        raise _problem_class(resp.status_code)(detail, resp.status_code, slug)
+
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """One call; problems raise ServerError subclasses carrying `detail`."""
+        try:
+            resp = self._http.request(method, path, **kwargs)
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError,
+                httpx.ReadError) as exc:
+            raise self._unreachable(exc) from None
+        return self._check(resp)
+
+    def json(self, method: str, path: str, **kwargs: Any) -> Any:
+        """The JSON body of one call."""
+        return self.request(method, path, **kwargs).json()
+
+    def get(self, path: str, **params: Any) -> Any:
+        """GET with query parameters (None values dropped)."""
+        return self.json("GET", path, params=_clean(params))
+
+    def post(self, path: str, body: dict[str, Any] | None = None, **params: Any) -> Any:
+        """POST a JSON body."""
+        return self.json("POST", path, json=body or {}, params=_clean(params))
+
+    def put(self, path: str, body: dict[str, Any]) -> Any:
+        """PUT a JSON body."""
+        return self.json("PUT", path, json=body)
+
+    def delete(self, path: str) -> Any:
+        """DELETE."""
+        return self.json("DELETE", path)
+
+    def pages(self, path: str, **params: Any) -> list[Any]:
+        """Every item of a paginated list, following `next_offset` to the end."""
+        items: list[Any] = []
+        offset: int | None = 0
+        while offset is not None:
+            page = self.get(path, **params, offset=offset, limit=1000)
+            items.extend(page["items"])
+            offset = page.get("next_offset")
+        return items
+
+    def upload(self, path: str, stream: IO[bytes], sha256: str, **params: Any) -> Any:
+        """POST a file's bytes streamed from an open file (never read whole), with the
+        SHA-256 computed beforehand so that the server can refuse a changed body."""
+        def body() -> Iterator[bytes]:
+            while chunk := stream.read(CHUNK_BYTES):
+                yield chunk
+
+        return self.json("POST", path, content=body(), params=_clean(params),
+                         headers={"Content-Type": "application/octet-stream",
+                                  "X-Content-SHA256": sha256})
+
+    def multipart(self, path: str, fields: dict[str, Any], photos: list[str]) -> Any:
+        """POST a multipart form with photo files (opened, streamed by httpx)."""
+        handles = []
+        try:
+            files = []
+            for p in photos:
+                f = open(p, "rb")  # noqa: SIM115 - closed below
+                handles.append(f)
+                files.append(("photo", (Path(p).name, f, "application/octet-stream")))
+            return self.json("POST", path, data={k: str(v) for k, v in _clean(fields).items()},
+                             files=files or None)
+        finally:
+            for f in handles:
+                f.close()
+
+    def download(self, path: str, dest: Path) -> int:
+        """Stream a file to dest; the byte count."""
+        size = 0
+        try:
+            with self._http.stream("GET", path) as resp:
+                self._check(resp)
+                with open(dest, "wb") as f:
+                    for chunk in resp.iter_bytes(CHUNK_BYTES):
+                        f.write(chunk)
+                        size += len(chunk)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise self._unreachable(exc) from None
+        return size
+
+
+def _clean(params: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in params.items() if v is not None}
+
+
+def sha256_of(f: IO[bytes]) -> tuple[str, int]:
+    """SHA-256 and size of an open file in one streaming pass; rewinds it after."""
+    digest = hashlib.sha256()
+    size = 0
+    while chunk := f.read(CHUNK_BYTES):
+        digest.update(chunk)
+        size += len(chunk)
+    f.seek(0)
+    return digest.hexdigest(), size

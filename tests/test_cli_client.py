@@ -1,0 +1,114 @@
+"""The CLI as a client of the server: login/logout/whoami, clean errors, URL + token only."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat
+from pathlib import Path
+
+from tests.conftest import StackHandle
+
+
+def _server_url(stack: StackHandle) -> str:
+    client = stack.home / "client.json"
+    if client.exists():
+        return str(json.loads(client.read_text())["url"])
+    return str(json.loads((stack.home / "stack.json").read_text())["api_url"])
+
+
+def _account(stack: StackHandle, name: str, role: str) -> str:
+    proc = stack.cli.run("users", "add", name, "--role", role, check=True)
+    return proc.stdout.strip()
+
+
+def _client_env(stack: StackHandle, tmp: Path, **extra: str) -> dict[str, str]:
+    """An environment with no BODYCAM_HOME and a private config dir."""
+    env = {k: v for k, v in stack.cli.env.items() if not k.startswith("BODYCAM_")}
+    env["XDG_CONFIG_HOME"] = str(tmp / "config")
+    env["HOME"] = str(tmp)
+    env.update(extra)
+    return env
+
+
+def _run(stack: StackHandle, env: dict[str, str], *args: str,
+         stdin: str | None = None) -> tuple[int, str, str]:
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "bodycam", *args], env=env, input=stdin,
+                          capture_output=True, text=True, timeout=120, cwd=env["HOME"])
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def test_login_stores_a_0600_session_whoami_uses_it_and_logout_revokes_it(
+        stack: StackHandle, tmp_path: Path) -> None:
+    token = _account(stack, "cli-ann", "investigator")
+    env = _client_env(stack, tmp_path)
+    url = _server_url(stack)
+    rc, _, errs = _run(stack, env, "login", "--url", url, "--user", "cli-ann", stdin=token + "\n")
+    assert rc == 0, errs
+    creds = tmp_path / "config" / "bodycam" / "credentials.json"
+    assert stat.S_IMODE(creds.stat().st_mode) == 0o600
+    assert stat.S_IMODE(creds.parent.stat().st_mode) == 0o700
+    stored = json.loads(creds.read_text())
+    assert stored["user"] == "cli-ann" and stored["url"] == url
+    assert stored["token"] != token, "a session token, not the account token"
+    rc, out, errs = _run(stack, env, "whoami", "--json")
+    assert rc == 0, errs
+    me = json.loads(out)
+    assert me["user"] == "cli-ann" and me["roles"] == ["investigator"]
+    rc, _, errs = _run(stack, env, "logout")
+    assert rc == 0, errs
+    assert not creds.exists()
+    # the revoked session no longer works, even when someone kept a copy of it
+    rc, _, errs = _run(stack, {**env, "BODYCAM_URL": url, "BODYCAM_TOKEN": stored["token"]},
+                       "whoami")
+    assert rc == 1 and errs.startswith("error:") and len(errs.strip().splitlines()) == 1
+
+
+def test_a_wrong_token_at_login_is_refused_and_stores_nothing(
+        stack: StackHandle, tmp_path: Path) -> None:
+    _account(stack, "cli-bob", "clerk")
+    env = _client_env(stack, tmp_path)
+    rc, _, errs = _run(stack, env, "login", "--url", _server_url(stack), "--user", "cli-bob",
+                       stdin="bct_not-the-token\n")
+    assert rc == 1 and errs.startswith("error:") and len(errs.strip().splitlines()) == 1
+    assert not (tmp_path / "config" / "bodycam" / "credentials.json").exists()
+
+
+def test_an_unreachable_server_gives_one_line_naming_the_url_and_what_to_do(
+        stack: StackHandle, tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    url = f"http://127.0.0.1:{port}"
+    env = _client_env(stack, tmp_path, BODYCAM_URL=url, BODYCAM_TOKEN="bct_x")
+    rc, out, errs = _run(stack, env, "whoami")
+    lines = errs.strip().splitlines()
+    assert rc == 1 and out == "" and len(lines) == 1, errs
+    assert lines[0].startswith("error:") and url in lines[0] and "bodycam up" in lines[0]
+
+
+def test_no_server_named_anywhere_says_how_to_name_one(
+        stack: StackHandle, tmp_path: Path) -> None:
+    rc, _, errs = _run(stack, _client_env(stack, tmp_path), "whoami")
+    assert rc == 1 and errs.strip() == (
+        "error: no server: set BODYCAM_URL (or run `bodycam up`) and log in with "
+        "`bodycam login`")
+
+
+def test_the_cli_works_with_only_url_and_token_and_no_stack_home(
+        stack: StackHandle, tmp_path: Path) -> None:
+    token = _account(stack, "cli-aud", "auditor")
+    env = _client_env(stack, tmp_path, BODYCAM_URL=_server_url(stack), BODYCAM_TOKEN=token,
+                      BODYCAM_USER="cli-aud")
+    assert "BODYCAM_HOME" not in env and not (tmp_path / ".bodycam").exists()
+    rc, out, errs = _run(stack, env, "whoami", "--json")
+    assert rc == 0, errs
+    assert json.loads(out)["user"] == "cli-aud"
+    # claiming another account with this token is refused like a wrong token
+    rc, _, errs = _run(stack, {**env, "BODYCAM_USER": "operator"}, "whoami")
+    assert rc == 1 and errs.startswith("error:")
+    assert os.environ.get("BODYCAM_HOME"), "the session stack itself keeps its home"
