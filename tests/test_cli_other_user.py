@@ -140,6 +140,8 @@ def test_a_clerk_as_another_os_user_ingests_and_lists_jobs_and_cannot_search(
 
 def test_the_other_user_reaches_no_secret_of_the_stack_and_no_database(
         stack: StackHandle, client_home: Path) -> None:
+    # Not only the folders above it: the home itself shuts other accounts out.
+    assert stack.home.stat().st_mode & 0o077 == 0, oct(stack.home.stat().st_mode)
     files = [p for p in stack.home.rglob("*") if p.is_file()][:200]
     assert files, "the home has files"
     secrets_text = [str(v) for k, v in json.loads((stack.home / "stack.json").read_text()).items()
