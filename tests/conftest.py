@@ -178,3 +178,18 @@ def processed(stack: StackHandle) -> object:
         return done[(str(path), case)]
 
     return run
+
+
+@pytest.fixture(scope="session")
+def api_url(stack: StackHandle) -> str:
+    """The server's base URL: client.json (no secret), else the stack state's api_url."""
+    client = stack.home / "client.json"
+    if client.exists():
+        return str(json.loads(client.read_text())["url"])
+    return str(json.loads((stack.home / "stack.json").read_text())["api_url"])
+
+
+@pytest.fixture(scope="session")
+def operator_token(stack: StackHandle) -> str:
+    """The bootstrap operator's token (every role), from the stack's home."""
+    return (stack.home / "operator.token").read_text().strip()

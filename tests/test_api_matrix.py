@@ -1,0 +1,433 @@
+"""Every route x every role (401, 403 naming the role, allowed) and case isolation of every id."""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import httpx
+import pytest
+
+from bodycam.accounts import PERMISSIONS, ROLES
+from tests.conftest import HAMILTON, TESTDATA, StackHandle
+
+CASE_A = "T-API-A"  # every role account is assigned here
+CASE_B = "T-API-B"  # nobody's case but the operator's
+CASE_C = "T-API-C"  # holds and releases
+P06 = TESTDATA / "faces" / "identities" / "p06" / "01.png"
+B_NAME = "Bravo-Secret-Subject"
+ANY, PUBLIC, NOTIFIER = "any", "public", "notifier"
+PROBLEM = "application/problem+json"
+
+
+@dataclass
+class Req:
+    """One HTTP request; `token` replaces the acting role's token when set."""
+
+    method: str
+    path: str
+    params: dict[str, str] | None = None
+    json: object = None
+    data: dict[str, str] | None = None
+    files: list[tuple[str, tuple[str, bytes, str]]] | None = None
+    content: bytes | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    token: str | None = None
+
+
+@dataclass
+class World:
+    """The accounts and the objects of case A and case B."""
+
+    stack: StackHandle
+    http: httpx.Client
+    url: str
+    op: str
+    tokens: dict[str, str]
+    names: dict[str, str]
+    a: dict[str, str]
+    b: dict[str, str]
+
+    def send(self, req: Req, token: str | None, anonymous: bool = False) -> httpx.Response:
+        """Send as `token` (the request's own token wins), or with none when anonymous."""
+        headers = dict(req.headers)
+        token = None if anonymous else (req.token or token)
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        return self.http.request(req.method, self.url + req.path, params=req.params,
+                                 json=req.json, data=req.data, files=req.files,
+                                 content=req.content, headers=headers)
+
+    def as_op(self, method: str, path: str, **kw: object) -> httpx.Response:
+        r = self.send(Req(method, path, **kw), self.op)  # type: ignore[arg-type]
+        assert r.status_code < 300, (method, path, r.status_code, r.text)
+        return r
+
+    def subject(self, case: str, name: str) -> str:
+        r = self.as_op("POST", "/api/v1/subjects",
+                       data={"name": name, "case": case, "reason": "matrix"},
+                       files=[("photo", ("p06.png", P06.read_bytes(), "image/png"))])
+        return str(r.json()["subject_id"])
+
+    def user(self, *roles: str) -> str:
+        name = f"mx-tmp-{secrets.token_hex(4)}"
+        self.as_op("POST", "/api/v1/users", json={"name": name, "roles": list(roles)})
+        return name
+
+    def refused(self, actor: str) -> int:
+        with self.stack.ctx.db() as conn:
+            return int(conn.execute("SELECT count(*) AS n FROM audit_log WHERE action ="
+                                    " 'refused' AND actor = %s", (actor,)).fetchone()["n"])
+
+
+def _photo() -> list[tuple[str, tuple[str, bytes, str]]]:
+    return [("photo", ("p.png", P06.read_bytes(), "image/png"))]
+
+
+def _logout(w: World, role: str, fresh: bool) -> Req:
+    # A session token of its own, so that logging out does not revoke the role's token.
+    tok = w.tokens.get(role, w.op)
+    r = w.send(Req("POST", "/api/v1/auth/login",
+                   json={"user": w.names.get(role, "operator"), "token": tok}), None)
+    assert r.status_code == 200, r.text
+    return Req("POST", "/api/v1/auth/logout", token=str(r.json()["token"]) if fresh else None)
+
+
+def _remove(w: World, role: str, fresh: bool) -> Req:
+    sid = w.subject(CASE_A, f"mx-rm-{secrets.token_hex(3)}") if fresh else w.a["victim"]
+    return Req("DELETE", f"/api/v1/subjects/{sid}")
+
+
+def _review(w: World, role: str, fresh: bool) -> Req:
+    mid = w.a[f"match-{role}"] if fresh and f"match-{role}" in w.a else w.a["match"]
+    return Req("POST", f"/api/v1/matches/{mid}/review",
+               json={"decision": "reject", "note": f"matrix {role}"})
+
+
+def _policy(w: World, role: str, fresh: bool) -> Req:
+    cur = w.as_op("GET", "/api/v1/policy").json()
+    return Req("PUT", "/api/v1/policy",
+               json={"reason": "matrix", "retention_days": cur["retention_days"]})
+
+
+def _check_live(w: World, role: str, fresh: bool) -> Req:
+    return Req("POST", "/api/v1/audit/check-live", json={"manifest": w.a["manifest"]})
+
+
+Make = Callable[[World, str, bool], Req]
+
+
+@dataclass(frozen=True)
+class Route:
+    """A row of the matrix: the route, who may call it, how to call it."""
+
+    method: str
+    template: str
+    roles: tuple[str, ...] | str
+    make: Make
+
+
+def _r(method: str, template: str, roles: str | tuple[str, ...], make: Make) -> Route:
+    return Route(method, template, PERMISSIONS[roles] if isinstance(roles, str)
+                 and roles in PERMISSIONS else roles, make)
+
+
+V = "/api/v1"
+MATRIX: list[Route] = [
+    _r("POST", V + "/auth/login", PUBLIC, lambda w, r, f: Req(
+        "POST", V + "/auth/login", json={"user": w.names.get(r, "operator"),
+                                          "token": w.tokens.get(r, w.op)})),
+    _r("POST", V + "/auth/logout", ANY, _logout),
+    _r("GET", V + "/auth/me", ANY, lambda w, r, f: Req("GET", V + "/auth/me")),
+    _r("POST", V + "/videos", "ingest", lambda w, r, f: Req(
+        "POST", V + "/videos", params={"case": CASE_A, "officer": "O", "device": "D",
+                                       "filename": "h.mp4"},
+        content=HAMILTON.read_bytes(), headers={"Content-Type": "application/octet-stream"})),
+    _r("GET", V + "/jobs", "jobs", lambda w, r, f: Req("GET", V + "/jobs")),
+    _r("GET", V + "/videos/{}", "jobs", lambda w, r, f: Req("GET", f"{V}/videos/{w.a['video']}")),
+    _r("GET", V + "/videos/{}/events", "jobs",
+       lambda w, r, f: Req("GET", f"{V}/videos/{w.a['video']}/events")),
+    _r("POST", V + "/videos/{}/retry", "retry",
+       lambda w, r, f: Req("POST", f"{V}/videos/{w.a['video']}/retry")),
+    _r("GET", V + "/videos/{}/tracks", "tracks",
+       lambda w, r, f: Req("GET", f"{V}/videos/{w.a['video']}/tracks")),
+    _r("GET", V + "/videos/{}/original", "tracks", lambda w, r, f: Req(
+        "GET", f"{V}/videos/{w.a['video']}/original", headers={"Range": "bytes=0-99"})),
+    _r("GET", V + "/tracks/{}/thumbnail", "tracks",
+       lambda w, r, f: Req("GET", f"{V}/tracks/{w.a['track']}/thumbnail")),
+    _r("POST", V + "/subjects", "subjects.enroll", lambda w, r, f: Req(
+        "POST", V + "/subjects", data={"name": f"mx-en-{r}", "case": CASE_A, "reason": "m"},
+        files=_photo())),
+    _r("GET", V + "/subjects", "subjects.list",
+       lambda w, r, f: Req("GET", V + "/subjects", params={"case": CASE_A})),
+    _r("DELETE", V + "/subjects/{}", "subjects.remove", _remove),
+    _r("POST", V + "/subjects/{}/approve", "subjects.approve",
+       lambda w, r, f: Req("POST", f"{V}/subjects/{w.a['subject']}/approve")),
+    _r("POST", V + "/search", "search", lambda w, r, f: Req(
+        "POST", V + "/search", data={"case": CASE_A, "purpose": "matrix",
+                                     "subject": w.a["subject"]})),
+    _r("GET", V + "/matches", "matches",
+       lambda w, r, f: Req("GET", V + "/matches", params={"case": CASE_A})),
+    _r("POST", V + "/matches/{}/review", "review", _review),
+    _r("GET", V + "/persons", "persons", lambda w, r, f: Req(
+        "GET", V + "/persons", params={"case": CASE_A, "purpose": "matrix"})),
+    _r("POST", V + "/exports/matches", "matches.export", lambda w, r, f: Req(
+        "POST", V + "/exports/matches", json={"format": "jsonl", "case": CASE_A})),
+    _r("POST", V + "/exports/audit", "audit.export", lambda w, r, f: Req(
+        "POST", V + "/exports/audit", json={"format": "jsonl"})),
+    _r("GET", V + "/exports/{}", "audit.export",
+       lambda w, r, f: Req("GET", f"{V}/exports/{w.a['export']}")),
+    _r("GET", V + "/exports/{}/manifest", "audit.export",
+       lambda w, r, f: Req("GET", f"{V}/exports/{w.a['export']}/manifest")),
+    _r("POST", V + "/audit/verify", "audit.verify",
+       lambda w, r, f: Req("POST", V + "/audit/verify")),
+    _r("GET", V + "/audit/export-key", "audit.export",
+       lambda w, r, f: Req("GET", V + "/audit/export-key")),
+    _r("POST", V + "/audit/check-live", "audit.verify", _check_live),
+    _r("GET", V + "/audit", "audit.export",
+       lambda w, r, f: Req("GET", V + "/audit", params={"limit": "5"})),
+    _r("POST", V + "/users", "users", lambda w, r, f: Req(
+        "POST", V + "/users", json={"name": f"mx-new-{secrets.token_hex(4)}",
+                                    "roles": ["clerk"]})),
+    _r("GET", V + "/users", "users", lambda w, r, f: Req("GET", V + "/users")),
+    _r("POST", V + "/users/{}/disable", "users",
+       lambda w, r, f: Req("POST", f"{V}/users/{w.user('clerk') if f else w.names['clerk']}"
+                           "/disable")),
+    _r("POST", V + "/users/{}/cases", "cases.assign", lambda w, r, f: Req(
+        "POST", f"{V}/users/{w.names['investigator']}/cases", json={"case": CASE_C})),
+    _r("POST", V + "/cases/{}/hold", "cases.hold",
+       lambda w, r, f: Req("POST", f"{V}/cases/{CASE_C}/hold", json={"reason": "matrix"})),
+    _r("POST", V + "/cases/{}/release", "cases.hold",
+       lambda w, r, f: Req("POST", f"{V}/cases/{CASE_C}/release", json={"reason": "matrix"})),
+    _r("GET", V + "/policy", ANY, lambda w, r, f: Req("GET", V + "/policy")),
+    _r("PUT", V + "/policy", "policy.set", _policy),
+    _r("PUT", V + "/thresholds/{}", "thresholds.set", lambda w, r, f: Req(
+        "PUT", V + "/thresholds/dlib-resnet",
+        json={"default": 0.93, "floor": 0.92, "reason": "matrix: unchanged"})),
+    _r("POST", V + "/purge", "purge", lambda w, r, f: Req("POST", V + "/purge",
+                                                         json={"dry_run": True})),
+    _r("POST", V + "/fixity", ("auditor",), lambda w, r, f: Req("POST", V + "/fixity")),
+    _r("GET", V + "/events-token", ("admin",), lambda w, r, f: Req("GET", V + "/events-token")),
+    _r("POST", "/s3/events", NOTIFIER,
+       lambda w, r, f: Req("POST", "/s3/events", json={"Records": []})),
+    _r("GET", "/healthz", PUBLIC, lambda w, r, f: Req("GET", "/healthz")),
+    _r("GET", "/", PUBLIC, lambda w, r, f: Req("GET", "/")),
+]
+NOT_IN_SCHEMA = {("GET", "/")}  # the web page is not an API operation
+
+
+def _key(method: str, template: str) -> tuple[str, str]:
+    return method.upper(), re.sub(r"\{[^}]*\}", "{}", template)
+
+
+def _wait_done(w: World, vid: str, timeout_s: float = 600) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        st = w.as_op("GET", f"{V}/videos/{vid}").json()["status"]
+        if st in ("done", "failed", "quarantined"):
+            assert st == "done", st
+            return
+        time.sleep(1)
+    raise AssertionError(f"video {vid} not processed in {timeout_s}s")
+
+
+@pytest.fixture(scope="module")
+def world(stack: StackHandle, api_url: str, operator_token: str) -> Iterator[World]:
+    with httpx.Client(timeout=600) as http:
+        w = World(stack, http, api_url, operator_token, {}, {}, {}, {})
+        for role in ROLES:
+            name = f"mx-{role}-{secrets.token_hex(3)}"
+            r = w.as_op("POST", V + "/users", json={"name": name, "roles": [role]})
+            w.tokens[role], w.names[role] = str(r.json()["token"]), name
+            w.as_op("POST", f"{V}/users/{name}/cases", json={"case": CASE_A})
+        # p06 on both watchlists (twice in A: a match per reviewer), then the clip in both cases.
+        w.a["subject"] = w.subject(CASE_A, "Alpha-Subject")
+        w.a["subject2"] = w.subject(CASE_A, "Alpha-Subject-2")
+        w.b["subject"] = w.subject(CASE_B, B_NAME)
+        for case, objs in ((CASE_A, w.a), (CASE_B, w.b)):
+            r = w.as_op("POST", V + "/videos", params={"case": case, "officer": "O",
+                                                       "device": "D", "filename": "h.mp4"},
+                        content=HAMILTON.read_bytes(),
+                        headers={"Content-Type": "application/octet-stream"})
+            objs["video"] = str(r.json()["video_id"])
+        for objs in (w.a, w.b):
+            _wait_done(w, objs["video"])
+        w.a["victim"] = w.subject(CASE_A, "Alpha-Victim")
+        with stack.ctx.db() as conn:
+            for case, objs in ((CASE_A, w.a), (CASE_B, w.b)):
+                t = conn.execute("SELECT id::text AS id FROM tracks WHERE video_id = %s AND"
+                                 " embedding IS NOT NULL LIMIT 1", (objs["video"],)).fetchone()
+                ms = conn.execute("SELECT m.id::text AS id FROM matches m JOIN subjects s"
+                                  " ON s.id = m.subject_id WHERE s.case_id = %s ORDER BY m.id",
+                                  (case,)).fetchall()
+                assert t is not None and ms, f"case {case}: tracks and a p06 match"
+                objs["track"], objs["match"] = t["id"], ms[0]["id"]
+                for role, m in zip(("investigator", "supervisor"), ms[1:], strict=False):
+                    objs[f"match-{role}"] = m["id"]
+        # An export of the matrix auditor, and one of another auditor (case-B-like: not theirs).
+        r = w.send(Req("POST", V + "/exports/matches", json={"format": "jsonl",
+                                                              "case": CASE_A}),
+                   w.tokens["auditor"])
+        assert r.status_code == 201, r.text
+        w.a["export"], w.a["manifest"] = str(r.json()["export_id"]), r.json()["manifest"]
+        r = w.as_op("POST", V + "/exports/matches", json={"format": "jsonl", "case": CASE_B})
+        w.b["export"] = str(r.json()["export_id"])
+        yield w
+
+
+def test_the_matrix_has_a_row_for_every_operation_of_the_openapi_schema(api_url: str) -> None:
+    spec = httpx.get(api_url + "/openapi.json", timeout=30).json()
+    served = {_key(m, p) for p, ops in spec["paths"].items() for m in ops
+              if m in ("get", "post", "put", "delete", "patch")}
+    table = {_key(r.method, r.template) for r in MATRIX}
+    assert not served - table, f"routes without a matrix row: {sorted(served - table)}"
+    assert not table - served - NOT_IN_SCHEMA, f"contract routes not served: {table - served}"
+    assert len(table) == len(MATRIX), "one row per route"
+
+
+def _problem(r: httpx.Response, status: int) -> dict[str, object]:
+    assert r.status_code == status, (r.request.method, r.request.url, r.status_code, r.text)
+    assert r.headers["content-type"].startswith(PROBLEM), r.headers
+    body = dict(r.json())
+    assert body["status"] == status and "detail" in body, body
+    return body
+
+
+def test_every_route_refuses_an_anonymous_call_with_401_problem(world: World) -> None:
+    for route in MATRIX:
+        req = route.make(world, "clerk", False)
+        r = world.send(req, None, anonymous=True)
+        if route.roles == PUBLIC:
+            assert r.status_code not in (401, 403), (route.template, r.status_code, r.text)
+            continue
+        _problem(r, 401)
+        assert r.headers.get("www-authenticate", "").lower().startswith("bearer"), route
+
+
+def test_a_wrong_or_claimed_other_token_is_401_and_audited_without_the_token(
+        world: World) -> None:
+    bogus = "bct_" + secrets.token_urlsafe(32)
+    _problem(world.send(Req("GET", V + "/auth/me"), bogus), 401)
+    # A valid token of another account than the one claimed is refused like a wrong one.
+    _problem(world.send(Req("GET", V + "/auth/me",
+                            headers={"X-Bodycam-User": world.names["admin"]}),
+                        world.tokens["clerk"]), 401)
+    with world.stack.ctx.db() as conn:
+        rows = conn.execute("SELECT details::text AS d FROM audit_log WHERE action ="
+                            " 'login.failed' ORDER BY id DESC LIMIT 5").fetchall()
+    assert rows, "failed logins are audited"
+    assert all(bogus not in r["d"] and world.tokens["clerk"] not in r["d"] for r in rows)
+
+
+def test_every_route_refuses_each_role_it_does_not_allow_with_403_naming_the_role(
+        world: World) -> None:
+    failures: list[str] = []
+    for route in MATRIX:
+        if route.roles in (PUBLIC, ANY):
+            continue
+        allowed = () if route.roles == NOTIFIER else route.roles
+        for role in ROLES:
+            if role in allowed:
+                continue
+            before = world.refused(world.names[role])
+            r = world.send(route.make(world, role, False), world.tokens[role])
+            where = f"{route.method} {route.template} as {role}"
+            if route.roles == NOTIFIER:  # an account's token is not the notifier's
+                if r.status_code not in (401, 403):
+                    failures.append(f"{where}: {r.status_code}")
+                continue
+            if r.status_code != 403:
+                failures.append(f"{where}: {r.status_code} {r.text[:200]}")
+                continue
+            detail = str(r.json().get("detail", ""))
+            if not all(a in detail for a in allowed) or "needs" not in detail:
+                failures.append(f"{where}: detail does not name {allowed}: {detail}")
+            if world.refused(world.names[role]) <= before:
+                failures.append(f"{where}: no `refused` audit row")
+    assert not failures, "\n".join(failures)
+
+
+def test_every_route_lets_each_role_it_allows_through(world: World) -> None:
+    failures: list[str] = []
+    for route in MATRIX:
+        if route.roles in (PUBLIC, NOTIFIER):
+            continue
+        roles = ROLES if route.roles == ANY else route.roles
+        for role in roles:
+            r = world.send(route.make(world, role, True), world.tokens[role])
+            if r.status_code in (401, 403) or r.status_code >= 500:
+                failures.append(f"{route.method} {route.template} as {role}: "
+                                f"{r.status_code} {r.text[:200]}")
+    assert not failures, "\n".join(failures)
+
+
+def _leaks(w: World, text: str) -> list[str]:
+    return [v for k, v in w.b.items() if v in text and k != "export"] + (
+        [B_NAME] if B_NAME in text else [])
+
+
+def _isolated(w: World, role: str, req: Req, what: str, failures: list[str]) -> None:
+    name = w.names[role]
+    before = w.refused(name)
+    r = w.send(req, w.tokens[role])
+    body = r.text
+    # The id the caller sent may be echoed; nothing else of case B may be.
+    sent = {v for v in w.b.values() if v in (req.path + str(req.data) + str(req.params))}
+    leaked = [x for x in _leaks(w, body) if x not in sent]
+    if r.status_code not in (403, 404):
+        failures.append(f"{what} as {role}: {r.status_code} {body[:200]}")
+    elif leaked:
+        failures.append(f"{what} as {role}: leaks {leaked}")
+    elif w.refused(name) <= before:
+        failures.append(f"{what} as {role}: {r.status_code} without a `refused` audit row")
+
+
+def test_ids_of_another_case_are_refused_on_every_object_kind_and_audited(world: World) -> None:
+    b, f = world.b, []  # type: ignore[var-annotated]
+    failures: list[str] = f
+    inv = "investigator"
+    for what, req in [
+        ("video tracks", Req("GET", f"{V}/videos/{b['video']}/tracks")),
+        ("video original", Req("GET", f"{V}/videos/{b['video']}/original")),
+        ("thumbnail", Req("GET", f"{V}/tracks/{b['track']}/thumbnail")),
+        ("search subject", Req("POST", V + "/search", data={
+            "case": CASE_A, "purpose": "probe", "subject": b["subject"]})),
+        ("search track", Req("POST", V + "/search", data={
+            "case": CASE_A, "purpose": "probe", "track": b["track"]})),
+        ("search video", Req("POST", V + "/search", data={
+            "case": CASE_A, "purpose": "probe", "video": b["video"]}, files=_photo())),
+        ("search case B", Req("POST", V + "/search", data={
+            "case": CASE_B, "purpose": "probe", "subject": b["subject"]})),
+        ("subject remove", Req("DELETE", f"{V}/subjects/{b['subject']}")),
+        ("subjects of B", Req("GET", V + "/subjects", params={"case": CASE_B})),
+        ("match review", Req("POST", f"{V}/matches/{b['match']}/review",
+                             json={"decision": "confirm", "note": "probe"})),
+        ("matches of B", Req("GET", V + "/matches", params={"case": CASE_B})),
+        ("persons of B", Req("GET", V + "/persons", params={"case": CASE_B, "purpose": "p"})),
+    ]:
+        _isolated(world, inv, req, what, failures)
+    for what, req in [
+        ("video row", Req("GET", f"{V}/videos/{b['video']}")),
+        ("video events", Req("GET", f"{V}/videos/{b['video']}/events")),
+        ("video retry", Req("POST", f"{V}/videos/{b['video']}/retry")),
+    ]:
+        _isolated(world, "clerk", req, what, failures)
+    for what, req in [("export of another auditor", Req("GET", f"{V}/exports/{b['export']}")),
+                      ("manifest of another auditor",
+                       Req("GET", f"{V}/exports/{b['export']}/manifest"))]:
+        r = world.send(req, world.tokens["auditor"])
+        if r.status_code not in (403, 404) or B_NAME in r.text:
+            failures.append(f"{what}: {r.status_code} {r.text[:200]}")
+    # Lists without a case filter show nothing of case B.
+    for role, path in [(inv, V + "/matches"), (inv, V + "/subjects"), ("clerk", V + "/jobs")]:
+        r = world.send(Req("GET", path), world.tokens[role])
+        if r.status_code == 200 and _leaks(world, r.text):
+            failures.append(f"{path} as {role} lists case B: {_leaks(world, r.text)}")
+    # The same ids work in their own case (the refusals above are about the case).
+    ok = world.send(Req("POST", V + "/search", data={"case": CASE_B, "purpose": "own case",
+                                                     "subject": b["subject"]}), world.op)
+    assert ok.status_code == 200 and ok.json()["results"], ok.text
+    assert not failures, "\n".join(failures)

@@ -1,0 +1,168 @@
+"""The CLI run by another OS user with only a URL and a token: its role, its cases, no secret."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import secrets
+import shutil
+import subprocess
+import sysconfig
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import HAMILTON, REPO, TESTDATA, StackHandle
+
+USER = "nobody"
+SYSTEM_PYTHON = shutil.which("python3", path="/usr/bin:/bin")
+CASE_A, CASE_B = "T-CLI-A", "T-CLI-B"
+P06 = TESTDATA / "faces" / "identities" / "p06" / "01.png"
+
+
+def _reachable(path: Path) -> bool:
+    """Whether the other user can traverse every folder down to path."""
+    return all(os.stat(p).st_mode & 0o001 for p in [*reversed(path.parents), path]
+               if p.is_dir())
+
+
+@pytest.fixture(scope="module")
+def client_home() -> Iterator[Path]:
+    """A private HOME (config dir for `bodycam login`) owned by the other user."""
+    if str(REPO).startswith("/root"):
+        pytest.skip(f"the repository lives under /root ({REPO}): {USER} cannot import it")
+    if SYSTEM_PYTHON is None:
+        pytest.skip("no system python3 the other user can execute")
+    home = Path(tempfile.mkdtemp(prefix="bc-client-", dir="/tmp"))
+    pw = pwd.getpwnam(USER)
+    os.chown(home, pw.pw_uid, pw.pw_gid)
+    yield home
+    shutil.rmtree(home, ignore_errors=True)
+
+
+def _site_packages() -> str:
+    # The venv's interpreter lives under /root (unreadable to others): the other user runs
+    # the system python 3.11 (same ABI) with the venv's packages and the repository on its path.
+    return sysconfig.get_paths()["purelib"]
+
+
+def _as_other(home: Path, argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    assert _reachable(REPO) and _reachable(Path(_site_packages())), "repo/venv not reachable"
+    pw = pwd.getpwnam(USER)
+    full = {"PATH": "/usr/bin:/bin", "HOME": str(home), "LANG": "C.UTF-8",
+            "PYTHONPATH": f"{REPO}:{_site_packages()}", **env}
+    return subprocess.run([str(SYSTEM_PYTHON), *argv], user=pw.pw_uid, group=pw.pw_gid,
+                          env=full, cwd=str(home), capture_output=True, text=True, timeout=300,
+                          stdin=subprocess.DEVNULL)
+
+
+def _cli(home: Path, url: str, token: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return _as_other(home, ["-m", "bodycam", *args], {"BODYCAM_URL": url, "BODYCAM_TOKEN": token})
+
+
+@pytest.fixture(scope="module")
+def accounts(stack: StackHandle, api_url: str, operator_token: str) -> dict[str, str]:
+    """Tokens of an investigator and a clerk on case A, and the videos of A and B."""
+    op = {"Authorization": f"Bearer {operator_token}"}
+    out: dict[str, str] = {}
+    with httpx.Client(timeout=300, headers=op) as http:
+        for role in ("investigator", "clerk"):
+            name = f"cli-{role}-{secrets.token_hex(3)}"
+            r = http.post(api_url + "/api/v1/users", json={"name": name, "roles": [role]})
+            assert r.status_code == 201, r.text
+            out[role] = str(r.json()["token"])
+            assert http.post(f"{api_url}/api/v1/users/{name}/cases",
+                             json={"case": CASE_A}).status_code == 200
+        for case in (CASE_A, CASE_B):
+            r = http.post(api_url + "/api/v1/videos", content=HAMILTON.read_bytes(),
+                          params={"case": case, "officer": "O", "device": "D",
+                                  "filename": "h.mp4"},
+                          headers={"Content-Type": "application/octet-stream"})
+            assert r.status_code in (200, 201), r.text
+            out[case] = str(r.json()["video_id"])
+        deadline = time.monotonic() + 600
+        for case in (CASE_A, CASE_B):
+            while http.get(f"{api_url}/api/v1/videos/{out[case]}").json()["status"] not in (
+                    "done", "failed", "quarantined"):
+                assert time.monotonic() < deadline, "clip not processed"
+                time.sleep(1)
+    return out
+
+
+def _one_line_error(proc: subprocess.CompletedProcess[str], *needles: str) -> None:
+    err = proc.stderr.strip()
+    assert proc.returncode != 0, (proc.stdout, err)
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    for n in needles:
+        assert n in err, err
+
+
+def test_an_investigator_as_another_os_user_does_exactly_what_the_role_allows(
+        stack: StackHandle, api_url: str, accounts: dict[str, str], client_home: Path) -> None:
+    tok = accounts["investigator"]
+    me = _cli(client_home, api_url, tok, "whoami")
+    assert me.returncode == 0 and "investigator" in me.stdout + me.stderr, me
+    found = _cli(client_home, api_url, tok, "search", "--case", CASE_A, "--purpose", "cli test",
+                 "--photo", str(P06), "--json")
+    assert found.returncode == 0, found.stderr
+    assert json.loads(found.stdout)["results"], "p06 is found in case A"
+    tracks = _cli(client_home, api_url, tok, "tracks", accounts[CASE_A], "--json")
+    assert tracks.returncode == 0 and json.loads(tracks.stdout), tracks.stderr
+    # Breaking it: another case, another role's commands.
+    _one_line_error(_cli(client_home, api_url, tok, "search", "--case", CASE_B, "--purpose",
+                         "probe", "--photo", str(P06)), CASE_B)
+    _one_line_error(_cli(client_home, api_url, tok, "tracks", accounts[CASE_B]))
+    _one_line_error(_cli(client_home, api_url, tok, "users", "list"), "admin")
+    _one_line_error(_cli(client_home, api_url, tok, "jobs"), "clerk")
+    _one_line_error(_cli(client_home, api_url, tok, "audit", "verify"), "auditor")
+    _one_line_error(_cli(client_home, api_url, "bct_" + secrets.token_urlsafe(32), "whoami"))
+
+
+def test_a_clerk_as_another_os_user_ingests_and_lists_jobs_and_cannot_search(
+        stack: StackHandle, api_url: str, accounts: dict[str, str], client_home: Path) -> None:
+    tok = accounts["clerk"]
+    jobs = _cli(client_home, api_url, tok, "jobs", "--json")
+    assert jobs.returncode == 0, jobs.stderr
+    ids = {j["video_id"] for j in json.loads(jobs.stdout)}
+    assert accounts[CASE_A] in ids and accounts[CASE_B] not in ids, ids
+    ing = _cli(client_home, api_url, tok, "ingest", str(HAMILTON), "--case", CASE_A,
+               "--officer", "O", "--device", "D", "--json")
+    assert ing.returncode == 0, ing.stderr
+    assert json.loads(ing.stdout)[0]["video_id"] == accounts[CASE_A], ing.stdout
+    _one_line_error(_cli(client_home, api_url, tok, "search", "--case", CASE_A, "--purpose",
+                         "probe", "--photo", str(P06)), "investigator")
+
+
+def test_the_other_user_reaches_no_secret_of_the_stack_and_no_database(
+        stack: StackHandle, client_home: Path) -> None:
+    # Not only the folders above it: the home itself shuts other accounts out.
+    assert stack.home.stat().st_mode & 0o077 == 0, oct(stack.home.stat().st_mode)
+    files = [p for p in stack.home.rglob("*") if p.is_file()][:200]
+    assert files, "the home has files"
+    secrets_text = [str(v) for k, v in json.loads((stack.home / "stack.json").read_text()).items()
+                    if isinstance(v, str) and any(s in k for s in ("password", "key", "url"))]
+    code = ("import json, sys\n"
+            "opened = []\n"
+            f"for p in {[str(f) for f in files]!r}:\n"
+            "    try:\n"
+            "        open(p, 'rb').read(1); opened.append(p)\n"
+            "    except OSError:\n"
+            "        pass\n"
+            "print(json.dumps(opened))\n"
+            "try:\n"
+            "    from bodycam.context import Context\n"
+            "    ctx = Context.load()\n"
+            "    print('LOADED', ctx.audit_key)\n"
+            "except Exception as exc:\n"
+            "    print('REFUSED', type(exc).__name__)\n")
+    proc = _as_other(client_home, ["-c", code], {"BODYCAM_HOME": str(stack.home)})
+    lines = proc.stdout.strip().splitlines()
+    assert lines and json.loads(lines[0]) == [], f"readable by {USER}: {lines[:1]} {proc.stderr}"
+    assert "LOADED" not in proc.stdout and "REFUSED" in proc.stdout, proc.stdout + proc.stderr
+    for s in secrets_text:
+        assert s not in proc.stdout + proc.stderr, "a secret reached the other user"

@@ -1,0 +1,119 @@
+"""A 2 GB upload keeps the server's memory flat and, not being a video, leaves nothing behind."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psutil
+
+from bodycam.stack import Stack
+from tests.conftest import HAMILTON, StackHandle
+
+TOTAL = 2 * 1024**3
+CHUNK = 1024**2
+MAX_GROWTH_KB = 150 * 1024
+
+
+def _api_pids(stack: StackHandle) -> list[int]:
+    [api] = [p for p in Stack(stack.ctx.settings).processes() if p.name == "api"]
+    proc = psutil.Process(api.pid)
+    return [proc.pid] + [c.pid for c in proc.children(recursive=True)]
+
+
+def _status_kb(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} for {pid}")
+
+
+def _body() -> Iterator[bytes]:
+    # Generated chunk by chunk, never held whole: a repeated pattern that is no video.
+    block = (b"not a video " * (CHUNK // 12 + 1))[:CHUNK]
+    for _ in range(TOTAL // CHUNK):
+        yield block
+
+
+def _big_files(*roots: Path) -> set[str]:
+    found: set[str] = set()
+    for root in roots:
+        for dirpath, _dirs, files in os.walk(root):
+            if any(part in dirpath for part in ("s3data", "pgdata", "postgres")):
+                continue
+            for f in files:
+                p = Path(dirpath) / f
+                try:
+                    if p.stat().st_size >= 64 * 1024**2:
+                        found.add(str(p))
+                except OSError:
+                    continue
+    return found
+
+
+def test_a_2gb_upload_keeps_server_memory_flat_is_refused_cleanly_and_leaves_nothing(
+        stack: StackHandle, api_url: str, operator_token: str) -> None:
+    with httpx.Client(timeout=900) as http:
+        r = http.post(api_url + "/api/v1/users", json={"name": f"up-{secrets.token_hex(3)}",
+                                                       "roles": ["clerk"]},
+                      headers={"Authorization": f"Bearer {operator_token}"})
+        assert r.status_code == 201, r.text
+        clerk = str(r.json()["token"])
+        pids = _api_pids(stack)
+        for pid in pids:
+            Path(f"/proc/{pid}/clear_refs").write_text("5")  # VmHWM := current RSS
+        base = {pid: _status_kb(pid, "VmRSS") for pid in pids}
+        before = stack.counts()
+        big_before = _big_files(stack.home, Path(tempfile.gettempdir()))
+        t0 = time.monotonic()
+        r = http.post(api_url + "/api/v1/videos", content=_body(),
+                      params={"case": "T-UP-BIG", "officer": "O", "device": "D",
+                              "filename": "big.mp4"},
+                      headers={"Authorization": f"Bearer {clerk}",
+                               "Content-Type": "application/octet-stream"})
+        took = time.monotonic() - t0
+        growth = {pid: _status_kb(pid, "VmHWM") - base[pid] for pid in pids}
+        print(f"2 GB upload: {took:.1f} s, api peak RSS growth {growth} kB")
+        assert r.status_code == 422, (r.status_code, r.text)
+        assert r.headers["content-type"].startswith("application/problem+json")
+        assert len(str(r.json()["detail"]).splitlines()) == 1
+        assert max(growth.values()) < MAX_GROWTH_KB, f"server RSS grew {growth} kB"
+        assert stack.counts() == before, "no video row, staging object or job is left"
+        assert _big_files(stack.home, Path(tempfile.gettempdir())) <= big_before, \
+            "no spooled upload is left on disk"
+        uploads = stack.home / "uploads"
+        assert not uploads.exists() or not any(uploads.iterdir()), list(uploads.iterdir())
+
+
+def test_a_wrong_content_digest_stores_nothing_and_the_right_one_stores_the_video(
+        stack: StackHandle, api_url: str, operator_token: str) -> None:
+    data = HAMILTON.read_bytes()
+    case = f"T-UP-SHA-{secrets.token_hex(3)}"
+    with httpx.Client(timeout=300) as http:
+        r = http.post(api_url + "/api/v1/users", json={"name": f"up-{secrets.token_hex(3)}",
+                                                       "roles": ["clerk"]},
+                      headers={"Authorization": f"Bearer {operator_token}"})
+        clerk = str(r.json()["token"])
+
+        def put(digest: str) -> httpx.Response:
+            return http.post(api_url + "/api/v1/videos", content=data,
+                             params={"case": case, "officer": "O", "device": "D",
+                                     "filename": "h.mp4"},
+                             headers={"Authorization": f"Bearer {clerk}",
+                                      "Content-Type": "application/octet-stream",
+                                      "X-Content-SHA256": digest})
+
+        before = stack.counts()
+        wrong = put(hashlib.sha256(data + b"x").hexdigest())
+        assert wrong.status_code == 422, wrong.text
+        assert "sha" in str(wrong.json()["detail"]).lower(), wrong.text
+        assert stack.counts() == before, "a digest mismatch stores nothing"
+        right = put(hashlib.sha256(data).hexdigest())
+        assert right.status_code == 201, right.text
+        assert right.json()["sha256"] == hashlib.sha256(data).hexdigest()
