@@ -529,31 +529,37 @@ def search_cmd(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Where does this person appear? Ranked leads with similarity, threshold and model."""
+    from pathlib import Path
+
     from bodycam import search as s
 
     if not case or not case.strip():
         fail("missing --case: every search is bound to a case")
     if not purpose or not purpose.strip():
         fail("missing --purpose: every search records why it was made")
-    probe = guarded(lambda: s.Probe(photo, face, subject, track))
-    ctx = context()
-    user = authorize(ctx, "search", case)
-    filters = s.Filters(video, _date(date_from, "--from"), _date(date_to, "--to"))
-
-    def run() -> s.SearchResult:
-        return s.search(ctx, probe, case, purpose, user.name, threshold, limit, filters)
-
-    result = refusable(ctx, user, "search", run)
-    if result.note:
-        err.print(f"note: {result.note}", highlight=False)
+    guarded(lambda: s.Probe(photo, face, subject, track))
+    if photo is not None and not Path(photo).is_file():
+        fail(f"{photo}: no such file")
+    _date(date_from, "--from")
+    _date(date_to, "--to")
+    fields = {"case": case, "purpose": purpose, "subject": subject, "track": track,
+              "threshold": threshold, "limit": limit, "video": video, "from": date_from,
+              "to": date_to, "face": face}
+    result = client_call(lambda c: c.multipart("/api/v1/search", fields,
+                                               [photo] if photo else []))
+    note = result.pop("note", None)
+    if note:
+        err.print(f"note: {note}", highlight=False)
     if as_json:
-        emit_json(result.as_json())
+        emit_json(result)
         return
-    out.print(f"{len(result.results)} appearances (threshold {result.threshold}, model "
-              f"{result.model}); leads for human review, not identifications", highlight=False)
-    for a in result.results:
-        out.print(f"{a.similarity:.3f}  {a.filename}  {a.start_s:7.2f}-{a.end_s:7.2f}s  "
-                  f"video {a.video_id}  sha256 {a.sha256[:12]}…", highlight=False)
+    out.print(f"{len(result['results'])} appearances (threshold {result['threshold']}, model "
+              f"{result['model']}); leads for human review, not identifications",
+              highlight=False)
+    for a in result["results"]:
+        out.print(f"{a['similarity']:.3f}  {a['filename']}  {a['start_s']:7.2f}-"
+                  f"{a['end_s']:7.2f}s  video {a['video_id']}  sha256 {a['sha256'][:12]}…",
+                  highlight=False)
 
 
 matches_app = typer.Typer(help="Watchlist matches (leads): list and export.")
@@ -682,15 +688,11 @@ app.add_typer(audit_app, name="audit")
 @audit_app.command("verify")
 def audit_verify() -> None:
     """Check the whole chain; exit 0 with the row count only when it is intact."""
-    from bodycam import audit
-
-    ctx = context()
-    authorize(ctx, "audit.verify")
-    with ctx.db() as conn:
-        verdict = audit.verify(conn, ctx.audit_key, ctx.store)
-    if not verdict.ok:
-        fail(f"audit log NOT intact: first bad row {verdict.first_bad_id}: {verdict.reason}")
-    out.print(f"audit log intact: {verdict.count} rows")
+    verdict = client_call(lambda c: c.post("/api/v1/audit/verify"))
+    if not verdict["ok"]:
+        fail(f"audit log NOT intact: first bad row {verdict['first_bad_id']}: "
+             f"{verdict['reason']}")
+    out.print(f"audit log intact: {verdict['count']} rows")
 
 
 @audit_app.command("export")

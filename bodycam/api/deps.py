@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Header, Query, Request
+from fastapi import Depends, Header, Query, Request, Security
 from fastapi.concurrency import run_in_threadpool
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from bodycam import auth
 from bodycam.accounts import User
@@ -51,22 +52,20 @@ def authenticate(ctx: Context, client: str, token: str | None, claimed: str | No
         raise
 
 
-def bearer(authorization: str | None) -> str | None:
-    """The token of an `Authorization: Bearer TOKEN` header."""
-    if not authorization:
-        return None
-    scheme, _, token = authorization.strip().partition(" ")
-    return token.strip() or None if scheme.lower() == "bearer" else None
+BEARER = HTTPBearer(auto_error=False, scheme_name="bearer",
+                    description="an account's API token or a session token from /auth/login")
 
 
 async def session(request: Request,
-                  authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+                  credentials: Annotated[HTTPAuthorizationCredentials | None,
+                                         Security(BEARER)] = None,
                   x_bodycam_user: Annotated[str | None, Header(
                       description="who the caller claims to be (optional)")] = None,
                   ) -> auth.Session:
     """The authenticated token of the request (401 otherwise)."""
     return await run_in_threadpool(authenticate, context(), client_of(request),
-                                   bearer(authorization), x_bodycam_user)
+                                   credentials.credentials.strip() or None
+                                   if credentials else None, x_bodycam_user)
 
 
 async def current_user(s: Annotated[auth.Session, Depends(session)]) -> User:
