@@ -5,9 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,7 +16,7 @@ import pytest
 
 from bodycam.auth import FailureLimiter, RateLimitedError
 from bodycam.services import home_admin_url
-from tests.conftest import HAMILTON, TESTDATA, StackHandle
+from tests.conftest import HAMILTON, TESTDATA, StackHandle, serve_with
 
 PROBLEM = "application/problem+json"
 P06 = TESTDATA / "faces" / "identities" / "p06" / "01.png"
@@ -399,34 +396,10 @@ def test_search_and_enrolment_take_photos_as_multipart_and_keep_the_cli_messages
 def strict_server(stack: StackHandle, server: Server) -> Iterator[Server]:
     """`bodycam serve` started by hand on the stack with a 200 kB upload limit and a client
     failure limit of 3 (the stack's own server keeps the defaults)."""
-    port = free_port()
-    env = {**stack.cli.env, "BODYCAM_LIMITS__MAX_BYTES": "200000",
-           "BODYCAM_AUTH__MAX_CLIENT_FAILURES": "3", "BODYCAM_AUTH__FAILURE_WINDOW_S": "30"}
-    proc = subprocess.Popen([sys.executable, "-m", "bodycam", "serve", "--host", "127.0.0.1",
-                             "--port", str(port)], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(url + "/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"bodycam serve did not start: {proc.stderr}")
-            time.sleep(0.3)
-        yield Server(url, server.token, server.http)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    with serve_with(stack, {"BODYCAM_LIMITS__MAX_BYTES": "200000",
+                            "BODYCAM_AUTH__MAX_CLIENT_FAILURES": "3",
+                            "BODYCAM_AUTH__FAILURE_WINDOW_S": "30"}) as env:
+        yield Server(env["BODYCAM_URL"], server.token, server.http)
 
 
 def test_an_upload_over_the_limit_is_refused_while_streaming_and_leaves_nothing(
