@@ -1,0 +1,2 @@
+// Investigator: cases, search by photo, subject or track, unknown persons, enrolment.
+import { api, esc, flash } from "/static/app.js";

@@ -1,0 +1,2 @@
+// Review: pending matches confirmed or rejected with a note.
+import { api, esc, flash } from "/static/app.js";
