@@ -215,6 +215,8 @@ MATRIX: list[Route] = [
        lambda w, r, f: Req("POST", "/s3/events", json={"Records": []})),
     _r("GET", "/healthz", PUBLIC, lambda w, r, f: Req("GET", "/healthz")),
     _r("GET", "/", PUBLIC, lambda w, r, f: Req("GET", "/")),
+    _r("GET", V + "/subjects/{}/photo", "subjects.list",
+       lambda w, r, f: Req("GET", f"{V}/subjects/{w.a['subject']}/photo")),
 ]
 NOT_IN_SCHEMA = {("GET", "/")}  # the web page is not an API operation
 
@@ -407,6 +409,7 @@ def test_ids_of_another_case_are_refused_on_every_object_kind_and_audited(world:
                              json={"decision": "confirm", "note": "probe"})),
         ("matches of B", Req("GET", V + "/matches", params={"case": CASE_B})),
         ("persons of B", Req("GET", V + "/persons", params={"case": CASE_B, "purpose": "p"})),
+        ("subject photo", Req("GET", f"{V}/subjects/{b['subject']}/photo")),
     ]:
         _isolated(world, inv, req, what, failures)
     for what, req in [

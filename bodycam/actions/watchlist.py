@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import io
 from datetime import datetime
 
-from bodycam import matching, policy, subjects
+from PIL import Image, ImageOps
+
+from bodycam import audit, matching, policy, subjects
 from bodycam import search as s
-from bodycam.accounts import User, require
+from bodycam.accounts import User, case_of, require, require_visible
 from bodycam.actions._common import refusals_audited
 from bodycam.context import Context
-from bodycam.errors import InvalidInputError
+from bodycam.errors import InvalidInputError, NotFoundError
 from bodycam.matching import Match, Person
 from bodycam.subjects import Subject
 
@@ -117,3 +120,53 @@ def persons(ctx: Context, user: User, case: str, purpose: str | None) -> list[Pe
     with refusals_audited(ctx, user, "persons"), ctx.db() as conn:
         return matching.persons(conn, ctx.audit_key, ctx.settings, case, purpose or "",
                                 user.name)
+
+
+def match_items(ctx: Context, user: User, status: str | None = None, case: str | None = None
+                ) -> list[dict[str, object]]:
+    """The `matches --json` items of the cases the user sees (audited as `matches.list`),
+    each with what its reviewer must know: who enrolled the subject (`enrolled_by`), the
+    reviewers the policy requires, and, while pending, how many more confirmations by someone
+    other than the enroller it needs (`confirmations_missing`)."""
+    with ctx.db() as conn:
+        rows = matching.view_matches(conn, ctx.audit_key, user, status, case)
+        needed = policy.current(conn).reviewers_required
+        ids = [m.match_id for m in rows]
+        info = {str(r["id"]): r for r in conn.execute(
+            "SELECT m.id::text AS id, s.created_by, count(r.id) FILTER (WHERE"
+            " r.decision = 'confirm' AND r.reviewer <> s.created_by) AS n FROM matches m"
+            " JOIN subjects s ON s.id = m.subject_id LEFT JOIN reviews r ON r.match_id = m.id"
+            " WHERE m.id::text = ANY(%s::text[]) GROUP BY m.id, s.created_by",
+            (ids,)).fetchall()} if ids else {}
+    out = []
+    for m in rows:
+        row = info.get(m.match_id)
+        done = int(row["n"]) if row else 0
+        out.append({**m.as_json(), "enrolled_by": row["created_by"] if row else None,
+                    "reviewers_required": needed,
+                    "confirmations_missing": max(0, needed - done)
+                    if m.status == "pending" else 0})
+    return out
+
+
+def subject_photo(ctx: Context, user: User, subject_id: str) -> bytes:
+    """A subject's first enrolment photo as a JPEG (EXIF dropped, at most 640 px a side), for
+    an investigator or supervisor of the subject's case; audited (`subject.photo`)."""
+    with ctx.db() as conn:
+        require(conn, ctx.audit_key, user, "subjects.list")
+        require_visible(conn, ctx.audit_key, user, "subjects.list", "subject", subject_id,
+                        case_of(conn, "subject", subject_id))
+        row = conn.execute(
+            "SELECT f.photo_key, f.photo_sha256 FROM subject_faces f JOIN subjects s"
+            " ON s.id = f.subject_id WHERE s.id::text = %s AND s.removed_at IS NULL"
+            " ORDER BY f.id LIMIT 1", (subject_id,)).fetchone()
+        if row is None:
+            raise NotFoundError(f"subject {subject_id} has no enrolment photo (removed)")
+        audit.append(conn, ctx.audit_key, user.name, "subject.photo", {
+            "subject_id": subject_id, "photo_sha256": row["photo_sha256"]})
+    data = ctx.store.get_bytes(str(row["photo_key"]))
+    img = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
+    img.thumbnail((640, 640))
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=90)
+    return buf.getvalue()

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Query, UploadFile
+from fastapi import APIRouter, File, Form, Query, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
 from bodycam.actions import watchlist
@@ -143,9 +143,10 @@ def search(user: UserDep,
             summary="Watchlist matches of the cases the caller sees")
 async def matches(user: UserDep, p: PageDep, status: Annotated[str | None, Query()] = None,
                   case: Annotated[str | None, Query()] = None) -> dict[str, object]:
-    """Paginated `matches --json` items; audited."""
-    rows = await run_in_threadpool(watchlist.matches, context(), user, status, case)
-    return paginate([r.as_json() for r in rows], p)
+    """Paginated `matches --json` items, each with `enrolled_by`, `reviewers_required` and
+    `confirmations_missing` (by others than the enroller); audited."""
+    rows = await run_in_threadpool(watchlist.match_items, context(), user, status, case)
+    return paginate(rows, p)
 
 
 @router.post("/matches/{match_id}/review", response_model=ReviewOut,
@@ -163,3 +164,12 @@ async def persons(user: UserDep, p: PageDep, case: Annotated[str, Query()],
     """Paginated `persons --json` items; needs a purpose; audited."""
     rows = await run_in_threadpool(watchlist.persons, context(), user, case, purpose)
     return paginate([r.as_json() for r in rows], p)
+
+
+@router.get("/subjects/{subject_id}/photo", summary="A subject's enrolment photo (JPEG)",
+            response_class=Response, responses={200: {"content": {"image/jpeg": {}}}})
+async def subject_photo(subject_id: str, user: UserDep) -> Response:
+    """The first enrolment photo, re-encoded without its metadata, for an investigator or
+    supervisor of the subject's case; audited; never cached (`Cache-Control: no-store`)."""
+    data = await run_in_threadpool(watchlist.subject_photo, context(), user, subject_id)
+    return Response(data, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
