@@ -146,8 +146,12 @@ def test_a_second_investigator_confirms_with_a_note_and_the_match_leaves_the_que
     expect(item.get_by_role("alert")).to_contain_text("Write a note first")
     assert _status(stack, m["match_id"]) == "pending"
     note = f"matches the custody photo <i>{secrets.token_hex(2)}</i>"
-    item.get_by_label("Note (required): why you confirm or reject this match").fill(note)
-    item.get_by_role("button", name="Confirm match").click()
+    box = item.get_by_label("Note (required): why you confirm or reject this match")
+    box.fill(note)
+    # By keyboard: from the note, the next stop is the Confirm button.
+    box.press("Tab")
+    expect(item.get_by_role("button", name="Confirm match")).to_be_focused()
+    page.keyboard.press("Enter")
     expect(item).to_have_count(0, timeout=30_000)
     expect(page.locator("#flash")).to_contain_text("confirmed")
     assert _status(stack, m["match_id"]) == "confirmed"

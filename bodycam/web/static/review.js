@@ -81,15 +81,31 @@ function item(m, i) {
     });
   }
   const video = el.querySelector("video");
+  video.addEventListener("error", () => {
+    const p = document.createElement("p");
+    p.className = "muted";
+    p.textContent = "Clip not available to your account.";
+    video.replaceWith(p);
+  });
   video.addEventListener("loadedmetadata", () => {
     if (video.currentTime < m.start_s) video.currentTime = Number(m.start_s);
   });
   el.querySelector(".facts").style.flex = "1";
-  el.querySelector("form.decide").addEventListener("submit", (ev) => decide(ev, m, el));
+  const form = el.querySelector("form.decide");
+  if (m.reviewers.includes(me)) {
+    // The server counts one decision per reviewer: say so instead of offering a second one.
+    const p = document.createElement("p");
+    p.className = "ok";
+    p.textContent = `You confirmed this match already; it waits for ${m.confirmations_missing} ` +
+      "more reviewer(s).";
+    form.replaceWith(p);
+  } else {
+    form.addEventListener("submit", (ev) => decide(ev, m));
+  }
   return el;
 }
 
-async function decide(ev, m, el) {
+async function decide(ev, m) {
   ev.preventDefault();
   const form = ev.target;
   const decision = ev.submitter?.value;
