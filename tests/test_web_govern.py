@@ -67,7 +67,7 @@ def test_an_admin_creates_an_account_whose_token_shown_once_signs_in_then_assign
     # Assign a case through the page.
     case = f"T-WEB-GOV-{secrets.token_hex(2)}"
     page.get_by_label("Account", exact=True).select_option(name)
-    page.get_by_label("Case").fill(case)
+    page.get_by_label("Case", exact=True).fill(case)
     page.get_by_role("button", name="Assign case").click()
     expect(page.locator(f'#accounts tr[data-user="{name}"]')).to_contain_text(case)
     users = {u["name"]: u for u in _api("GET", api_url + V + "/users",
@@ -140,7 +140,7 @@ def test_an_admin_switches_the_policy_and_back_with_reasons_after_a_redact_only_
     # Redact-only is warned about, and not sent without the explicit confirmation.
     warning = page.locator("#pol-warning")
     expect(warning).to_be_hidden()
-    page.get_by_label("Profile").select_option("redact-only")
+    page.get_by_label("Profile", exact=True).select_option("redact-only")
     expect(warning).to_be_visible()
     expect(warning).to_contain_text("permanently deletes every stored face embedding")
     shot(page, "admin-policy")
@@ -151,7 +151,7 @@ def test_an_admin_switches_the_policy_and_back_with_reasons_after_a_redact_only_
     # A switch and back, each with its reason.
     try:
         for profile in (other, before["profile"]):
-            page.get_by_label("Profile").select_option(profile)
+            page.get_by_label("Profile", exact=True).select_option(profile)
             expect(warning).to_be_hidden()
             page.get_by_label("Reason").fill(f"web test: to {profile}")
             page.get_by_role("button", name="Change policy").click()

@@ -57,11 +57,10 @@ async function loadRows() {
     <td class="mono">${esc(details(r.details))}</td></tr>`).join("")
     || '<tr><td colspan="5" class="muted">No rows match these filters.</td></tr>';
   $("range").textContent = page.items.length ? `(${offset + 1}–${offset + page.items.length})` : "";
-  const prev = $("prev"), next = $("next");
-  prev.hidden = offset === 0;
-  prev.href = link(f, Math.max(0, offset - PAGE));
-  next.hidden = page.next_offset === null || page.next_offset === undefined;
-  if (!next.hidden) next.href = link(f, page.next_offset);
+  // Only the links that lead somewhere (.button sets display, which would beat `hidden`).
+  const more = page.next_offset !== null && page.next_offset !== undefined;
+  $("pager").innerHTML = (offset > 0 ? `<a id="prev" class="button secondary" href="${esc(link(f, Math.max(0, offset - PAGE)))}">Previous page</a>` : "")
+    + (more ? `<a id="next" class="button secondary" href="${esc(link(f, page.next_offset))}">Next page</a>` : "");
 }
 
 // ---- exports ----
