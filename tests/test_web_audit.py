@@ -32,7 +32,7 @@ def test_an_auditor_sees_the_chain_intact_and_filters_the_log_by_action(
     aud = make_account(api_url, operator_token, ["auditor"])
     while not _api("GET", api_url + V + "/audit", aud.token,  # more than one page of rows
                    params={"limit": "1", "offset": "60"}).json()["items"]:
-        _api("POST", f"{api_url}{V}/cases/T-WEB-AUD-PAD/hold", operator_token,
+        _api("POST", f"{api_url}{V}/cases/T-WEB-AUD-PAD/release", operator_token,
              json={"reason": "padding"})
     verdict = _api("POST", api_url + V + "/audit/verify", aud.token).json()
     assert verdict["ok"], verdict
@@ -68,6 +68,7 @@ def test_an_auditor_sees_the_chain_intact_and_filters_the_log_by_action(
                 params={"action": "case.hold", "limit": "50"}).json()["items"]
     expect(rows).to_have_count(len(want))
     assert set(rows.locator(".action").all_inner_texts()) == {"case.hold"}
+    expect(page.locator("#chain")).to_contain_text("Audit log intact")
     shot(page, "auditor-log")
     # A filter nothing matches says so; a bad date gets the server's line.
     page.get_by_label("Actor").fill(f"nobody-{secrets.token_hex(3)}")
