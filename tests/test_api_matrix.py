@@ -117,6 +117,13 @@ def _check_live(w: World, role: str, fresh: bool) -> Req:
     return Req("POST", "/api/v1/audit/check-live", json={"manifest": w.a["manifest"]})
 
 
+def _unassign(w: World, role: str, fresh: bool) -> Req:
+    name = w.user("clerk") if fresh else w.names["investigator"]
+    if fresh:
+        w.as_op("POST", f"{V}/users/{name}/cases", json={"case": CASE_C})
+    return Req("DELETE", f"{V}/users/{name}/cases/{CASE_C if fresh else CASE_A}")
+
+
 Make = Callable[[World, str, bool], Req]
 
 
@@ -217,6 +224,9 @@ MATRIX: list[Route] = [
     _r("GET", "/", PUBLIC, lambda w, r, f: Req("GET", "/")),
     _r("GET", V + "/subjects/{}/photo", "subjects.list",
        lambda w, r, f: Req("GET", f"{V}/subjects/{w.a['subject']}/photo")),
+    _r("DELETE", V + "/users/{}/cases/{}", "cases.assign", _unassign),
+    _r("GET", V + "/cases", "cases.assign", lambda w, r, f: Req("GET", V + "/cases")),
+    _r("GET", V + "/thresholds", ANY, lambda w, r, f: Req("GET", V + "/thresholds")),
 ]
 NOT_IN_SCHEMA = {("GET", "/")}  # the web page is not an API operation
 

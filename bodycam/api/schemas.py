@@ -314,6 +314,29 @@ class ThresholdsOut(Out):
     floor: float
 
 
+class ThresholdsNowOut(Out):
+    """A model's thresholds in force, its calibrated floor and the last recorded change."""
+
+    model: str
+    default: float | None
+    floor: float | None
+    calibrated_floor: float | None
+    changed_by: str | None
+    reason: str | None
+    changed_at: str | None
+
+
+class CaseOut(Out):
+    """A case: the accounts assigned to it and its legal hold."""
+
+    case: str
+    users: list[str]
+    held: bool
+    held_by: str | None
+    hold_reason: str | None
+    held_at: str | None
+
+
 class PurgeIn(Body):
     """Whether to only plan the purge."""
 
