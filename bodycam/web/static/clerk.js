@@ -151,7 +151,8 @@ async function uploadAll(form) {
   const files = [...form.querySelector("#up-files").files];
   const list = document.getElementById("uploads");
   document.getElementById("uploads-empty").hidden = true;
-  const rows = files.map((f) => { const li = fileRow(f); list.prepend(li); return li; });
+  const rows = files.map(fileRow);
+  list.prepend(...rows);  // this batch on top, in the order chosen
   const submit = form.querySelector("#up-submit");
   submit.disabled = true;
   let stored = 0;
@@ -237,6 +238,7 @@ async function refresh() {
     `${shown.length} video${shown.length === 1 ? "" : "s"}` +
     (shown.length > PAGE_SIZE ? `, showing ${offset + 1}-${offset + slice.length}` : "") +
     (running ? `; ${running} still queued or processing (refreshed every ${POLL_MS / 1000} s).` : ".");
+  document.getElementById("jobs-pager").hidden = shown.length <= PAGE_SIZE;
   document.getElementById("jobs-prev").disabled = offset === 0;
   document.getElementById("jobs-next").disabled = offset + PAGE_SIZE >= shown.length;
   if (running) timer = setTimeout(refresh, POLL_MS);
