@@ -24,6 +24,9 @@ DONE_WITHIN_MS = 360_000
 # Retrying needs the case: a clerk sees the videos they uploaded, but acts on assigned cases.
 CASE = f"WEB-CLERK-{secrets.token_hex(3)}"
 RETRY_CASE = f"WEB-RETRY-{secrets.token_hex(3)}"
+# File names come from users: shown as text, never parsed as markup (the CSP would also block
+# the handler; the text comparisons are what catch a missing esc()).
+MARKUP = "<img src=x onerror=window.pwned=1>"
 
 
 @dataclass
@@ -35,6 +38,7 @@ class Upload:
     rows: dict[str, dict[str, str | None]]
     progress: dict[str, str | None]
     not_video: Path
+    ran_markup: bool
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +54,8 @@ def _row(page: Page, name: str) -> dict[str, str | None]:
             else None,
             "duplicate": li.locator(".duplicate").all_inner_texts()[0]
             if li.locator(".duplicate").count() else None,
-            "outcome": li.locator(".outcome").inner_text()}
+            "outcome": li.locator(".outcome").inner_text(),
+            "name": li.locator("strong").inner_text()}
 
 
 def _fill(page: Page, case: str, officer: str = "Off. Reyes #4411",
@@ -65,7 +70,7 @@ def uploaded(browser: Browser, api_url: str, clerk: Account,
              tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upload]:
     """HAMILTON and a text file named .mp4, chosen together and uploaded through the page."""
     folder = tmp_path_factory.mktemp("clerk-files")
-    not_video = folder / "notes-not-a-video.mp4"
+    not_video = folder / f"{MARKUP}notes-not-a-video.mp4"
     not_video.write_text("interview notes, typed up; this is not a video\n" * 40)
     case = CASE
     ctx = browser.new_context(viewport={"width": 1280, "height": 720})
@@ -85,7 +90,8 @@ def uploaded(browser: Browser, api_url: str, clerk: Account,
         progress = {name: page.get_by_label(f"Upload of {name}").get_attribute("value")
                     for name in rows}
         shot(page, "clerk-upload")
-        yield Upload(clerk, case, rows, progress, not_video)
+        ran = page.evaluate("window.pwned !== undefined")
+        yield Upload(clerk, case, rows, progress, not_video, ran)
     finally:
         ctx.close()
 
@@ -116,6 +122,7 @@ def test_a_clerk_uploads_two_files_the_video_is_stored_with_its_sha256_and_the_o
     assert again.status_code == 422
     assert refused["outcome"] == "Refused: " + again.json()["detail"]
     assert "\n" not in str(refused["outcome"]), "one clean line"
+    assert str(refused["name"]) == uploaded.not_video.name and not uploaded.ran_markup
 
 
 def test_uploading_the_same_clip_again_to_the_case_shows_it_as_a_duplicate(
@@ -254,7 +261,7 @@ def test_a_quarantined_video_has_a_retry_button_that_queues_it_and_a_stale_one_s
     auth = {"Authorization": f"Bearer {clerk.token}"}
     r = httpx.post(f"{api_url}/api/v1/videos", content=HAMILTON.read_bytes(), headers=auth,
                    params={"case": case, "officer": "O", "device": "D",
-                           "filename": HAMILTON.name}, timeout=120)
+                           "filename": MARKUP + HAMILTON.name}, timeout=120)
     assert r.status_code == 201, r.text
     vid = r.json()["video_id"]
     _quarantine(stack, vid, "ValueError: decoder state lost")
@@ -281,7 +288,9 @@ def test_a_quarantined_video_has_a_retry_button_that_queues_it_and_a_stale_one_s
     row.get_by_role("button", name="Retry").focus()
     page.keyboard.press("Enter")
     expect(page.locator("#flash")).to_have_class("ok")
-    expect(page.locator("#flash")).to_contain_text(f"{HAMILTON.name} is queued again")
+    expect(page.locator("#flash")).to_contain_text(f"{MARKUP}{HAMILTON.name} is queued again")
+    expect(row.locator("td.mono")).to_have_text(MARKUP + HAMILTON.name)
+    assert page.evaluate("window.pwned === undefined"), "the name was not run as markup"
     expect(row).to_have_attribute("data-status", "queued")
     with stack.ctx.db() as conn:
         retries = conn.execute("SELECT count(*) AS n FROM audit_log WHERE action = 'retry'"
