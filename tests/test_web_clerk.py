@@ -81,9 +81,9 @@ def uploaded(browser: Browser, api_url: str, clerk: Account,
         page.wait_for_url(api_url + "/app/upload")
         _fill(page, case)
         page.get_by_label("Recorded at").fill("2026-03-14T09:30:00")
-        page.get_by_label("Video files").set_input_files([str(HAMILTON), str(not_video)])
+        page.get_by_label("Video files").set_input_files([str(not_video), str(HAMILTON)])
         page.get_by_role("button", name="Upload").click()
-        for name in (HAMILTON.name, not_video.name):
+        for name in (not_video.name, HAMILTON.name):  # the refusal does not stop the next
             expect(page.locator(f'li.upload[data-file="{name}"]')).to_have_attribute(
                 "data-state", re.compile("stored|refused"), timeout=120_000)
         rows = {name: _row(page, name) for name in (HAMILTON.name, not_video.name)}
