@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime
+from pathlib import Path
 
 from bodycam import matching, policy, subjects
 from bodycam import search as s
@@ -88,6 +90,34 @@ def search(ctx: Context, user: User, case: str | None, purpose: str | None,
         require(conn, ctx.audit_key, user, "search", case)
     with refusals_audited(ctx, user, "search"):
         return s.search(ctx, probe, case, purpose, user.name, threshold, limit, filters)
+
+
+def photo_faces(ctx: Context, user: User, case: str | None, path: str | None
+                ) -> dict[str, object]:
+    """The faces of a probe photo, largest first with the index `search` and `enroll` take as
+    `face` (investigator of the case; nothing is stored); audited (`photo.faces`)."""
+    if not case or not case.strip():
+        raise InvalidInputError("missing --case: every search is bound to a case")
+    with ctx.db() as conn:
+        require(conn, ctx.audit_key, user, "search", case.strip())
+    if path is None:
+        raise InvalidInputError("missing --photo: send the probe photo as file `photo`")
+    with refusals_audited(ctx, user, "search"):
+        with ctx.db() as conn:
+            policy.require_identify(conn, "face detection")
+        data, image, _scale, found = subjects.detect_faces(ctx.settings, path)
+    faces = [{"index": i, "box": [round(d.box_px[0], 1), round(d.box_px[1], 1),
+                                  round(d.box_px[2] - d.box_px[0], 1),
+                                  round(d.box_px[3] - d.box_px[1], 1)],
+              "height_px": round(d.height_px, 1), "probability": round(d.probability, 3)}
+             for i, d in enumerate(found)]
+    sha = hashlib.sha256(data).hexdigest()
+    ctx.audit(user.name, "photo.faces", {"case": case.strip(), "photo_sha256": sha,
+                                         "faces": len(faces)})
+    width = image.shape[1] / _scale
+    height = image.shape[0] / _scale
+    return {"photo": Path(path).name, "photo_sha256": sha, "width": round(width),
+            "height": round(height), "faces": faces}
 
 
 def matches(ctx: Context, user: User, status: str | None = None, case: str | None = None
