@@ -120,6 +120,25 @@ def photo_faces(ctx: Context, user: User, case: str | None, path: str | None
             "height": round(height), "faces": faces}
 
 
+def case_videos(ctx: Context, user: User, case: str) -> list[dict[str, object]]:
+    """The videos of a case with their duration and processing state (investigator of the
+    case), newest first; refusals audited."""
+    with ctx.db() as conn:
+        require(conn, ctx.audit_key, user, "tracks", case)
+        rows = conn.execute(
+            "SELECT v.id::text AS video_id, v.original_filename, v.duration_s, v.status,"
+            " v.stage, v.progress, v.recorded_at, v.ingested_at, v.officer, v.device,"
+            " (SELECT count(*) FROM tracks t WHERE t.video_id = v.id AND t.purged_at IS NULL)"
+            " AS n_tracks FROM videos v WHERE v.case_id = %s ORDER BY v.ingested_at DESC",
+            (case,)).fetchall()
+    return [{"video_id": r["video_id"], "case": case, "filename": r["original_filename"],
+             "duration_s": round(float(r["duration_s"]), 3), "status": r["status"],
+             "stage": r["stage"], "progress": round(float(r["progress"]), 3),
+             "recorded_at": r["recorded_at"].isoformat() if r["recorded_at"] else None,
+             "ingested_at": r["ingested_at"].isoformat(), "officer": r["officer"],
+             "device": r["device"], "tracks": int(r["n_tracks"])} for r in rows]
+
+
 def matches(ctx: Context, user: User, status: str | None = None, case: str | None = None
             ) -> list[Match]:
     """Watchlist matches of the cases the user sees; audited (`matches.list`)."""

@@ -18,6 +18,7 @@ from bodycam.api.deps import PageDep, UserDep, context, paginate
 from bodycam.api.problems import PROBLEM_RESPONSES, ProblemError
 from bodycam.api.schemas import (
     ApprovedOut,
+    CaseVideoOut,
     EnrolOut,
     MatchOut,
     PageOf,
@@ -149,6 +150,14 @@ def photo_faces(user: UserDep, case: Annotated[str | None, Form()] = None,
     search and enrolment take; same detector; nothing is stored; audited (`photo.faces`)."""
     with _photos([photo] if photo is not None else []) as paths:
         return watchlist.photo_faces(context(), user, case, paths[0] if paths else None)
+
+
+@router.get("/cases/{case}/videos", response_model=PageOf[CaseVideoOut],
+            summary="The videos of a case, with duration and state (investigator)")
+async def case_videos(case: str, user: UserDep, p: PageDep) -> dict[str, object]:
+    """Paginated, newest first; investigator of the case."""
+    rows = await run_in_threadpool(watchlist.case_videos, context(), user, case)
+    return paginate(rows, p)
 
 
 @router.get("/matches", response_model=PageOf[MatchOut],

@@ -181,6 +181,16 @@ class PhotoFacesOut(Out):
     faces: list[FaceBoxOut]
 
 
+class CaseVideoOut(Out):
+    """A video of a case as an investigator sees it."""
+
+    video_id: str
+    filename: str
+    duration_s: float
+    status: str
+    tracks: int
+
+
 class PersonOut(Out):
     """The `persons --json` item."""
 
