@@ -291,7 +291,6 @@ function initSearch() {
 async function initCase() {
   const form = $("#case-form");
   const caseIn = $("#case");
-  const me = await offerCases();
   form.addEventListener("submit", (ev) => {
     ev.preventDefault();
     if (!required([[caseIn, "Case"]])) return;
@@ -299,6 +298,7 @@ async function initCase() {
     history.replaceState(null, "", `?case=${encodeURIComponent(c)}`);
     openCase(c);
   });
+  const me = await offerCases();
   if (caseIn.value.trim()) openCase(caseIn.value.trim());
   else if (me && Array.isArray(me.cases) && !me.cases.length) flash("You are not assigned to any case yet.", "warn");
 }
@@ -369,7 +369,7 @@ async function openCase(c) {
 async function initPersons() {
   const form = $("#persons-form");
   const caseIn = $("#case");
-  await offerCases();
+  offerCases();
   form.addEventListener("submit", async (ev) => {
     ev.preventDefault();
     if (!required([[caseIn, "Case"], [$("#purpose"), "Purpose"]])) return;
@@ -415,7 +415,7 @@ async function initPersons() {
 // ---------------------------------------------------------------- enrol
 async function initEnrol() {
   const form = $("#enrol-form");
-  await offerCases();
+  offerCases();
   form.addEventListener("submit", async (ev) => {
     ev.preventDefault();
     const photos = $("#photos");
