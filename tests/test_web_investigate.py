@@ -223,6 +223,8 @@ def test_the_case_page_lists_the_cases_videos_subjects_and_pending_matches(
     assert page.url.endswith(f"?case={CASE}")
     link = page.get_by_role("link", name="Search in this case")
     assert link.get_attribute("href") == f"/app/search?case={CASE}"
+    page.wait_for_function("() => [...document.querySelectorAll('#case-matches img.thumb')]"
+                           ".every(i => i.complete && i.naturalWidth > 0)")
     shot(page, "investigator-case")
     page.get_by_label("Case").fill(OTHER)
     page.get_by_role("button", name="Open case").click()

@@ -41,7 +41,6 @@ function thumbImg(trackId, alt) {
   const img = document.createElement("img");
   img.className = "thumb";
   img.alt = alt;
-  img.loading = "lazy";
   img.src = `/api/v1/tracks/${encodeURIComponent(trackId)}/thumbnail`;
   return img;
 }
