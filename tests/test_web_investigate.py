@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -230,6 +231,27 @@ def test_the_case_page_lists_the_cases_videos_subjects_and_pending_matches(
     page.get_by_role("button", name="Open case").click()
     page.locator("#case-videos .error").wait_for()
     assert f"not assigned to case {OTHER}" in page.locator("#case-videos").inner_text()
+
+
+def test_a_subjects_search_link_on_the_case_page_searches_by_that_subject(
+        page: Page, world: World) -> None:
+    [subject] = [s for s in world.api("GET", "/subjects", params={"case": CASE}).json()["items"]
+                 if s["name"] == NAME]
+    expected = world.api("POST", "/search", data={"case": CASE, "purpose": "expected",
+                                                  "subject": subject["subject_id"]}).json()
+    sign_in(page, world.url, world.inv)
+    page.goto(f"{world.url}/app/case?case={CASE}")
+    row = page.locator("#case-subjects tr", has_text=NAME)
+    row.get_by_role("link", name="Search").click()
+    page.wait_for_url(re.compile(r"/app/search\?case="))
+    assert page.get_by_role("radio", name="Enrolled subject").is_checked()
+    page.wait_for_function("id => document.getElementById('subject').value === id",
+                           arg=subject["subject_id"])
+    page.get_by_label("Purpose").fill("web test: by subject")
+    page.get_by_role("button", name="Search", exact=True).click()
+    page.locator("#results").wait_for()
+    assert page.locator(".timeline .mark").count() == len(expected["results"]) >= 1
+    assert f"Threshold {expected['threshold']}" in page.locator("#results-meta").inner_text()
 
 
 def test_the_persons_page_needs_a_purpose_and_shows_each_group_as_face_thumbnails(
