@@ -155,6 +155,8 @@ def test_a_group_photo_shows_a_face_picker_whose_choice_is_the_face_searched(
     picker.wait_for()
     boxes = picker.get_by_role("button")
     assert boxes.count() == len(faces["faces"])
+    src = page.locator("#picker-img").get_attribute("src") or ""
+    assert src.startswith("blob:"), "the photo is shown from the browser, not sent back"
     assert "faces" in _flash(page)
     # Keyboard: the largest face has the focus; Tab reaches the next one.
     assert page.evaluate("document.activeElement.dataset.index") == "0"
