@@ -176,6 +176,10 @@ MATRIX: list[Route] = [
     _r("POST", V + "/search", "search", lambda w, r, f: Req(
         "POST", V + "/search", data={"case": CASE_A, "purpose": "matrix",
                                      "subject": w.a["subject"]})),
+    _r("POST", V + "/photos/faces", "search", lambda w, r, f: Req(
+        "POST", V + "/photos/faces", data={"case": CASE_A}, files=_photo())),
+    _r("GET", V + "/cases/{}/videos", "tracks",
+       lambda w, r, f: Req("GET", f"{V}/cases/{CASE_A}/videos")),
     _r("GET", V + "/matches", "matches",
        lambda w, r, f: Req("GET", V + "/matches", params={"case": CASE_A})),
     _r("POST", V + "/matches/{}/review", "review", _review),
@@ -413,6 +417,9 @@ def test_ids_of_another_case_are_refused_on_every_object_kind_and_audited(world:
             "case": CASE_A, "purpose": "probe", "video": b["video"]}, files=_photo())),
         ("search case B", Req("POST", V + "/search", data={
             "case": CASE_B, "purpose": "probe", "subject": b["subject"]})),
+        ("photo faces case B", Req("POST", V + "/photos/faces", data={"case": CASE_B},
+                                   files=_photo())),
+        ("videos of B", Req("GET", f"{V}/cases/{CASE_B}/videos")),
         ("subject remove", Req("DELETE", f"{V}/subjects/{b['subject']}")),
         ("subjects of B", Req("GET", V + "/subjects", params={"case": CASE_B})),
         ("match review", Req("POST", f"{V}/matches/{b['match']}/review",

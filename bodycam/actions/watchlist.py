@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 from datetime import datetime
+from pathlib import Path
 
 from PIL import Image, ImageOps
 
@@ -91,6 +93,53 @@ def search(ctx: Context, user: User, case: str | None, purpose: str | None,
         require(conn, ctx.audit_key, user, "search", case)
     with refusals_audited(ctx, user, "search"):
         return s.search(ctx, probe, case, purpose, user.name, threshold, limit, filters)
+
+
+def photo_faces(ctx: Context, user: User, case: str | None, path: str | None
+                ) -> dict[str, object]:
+    """The faces of a probe photo, largest first with the index `search` and `enroll` take as
+    `face` (investigator of the case; nothing is stored); audited (`photo.faces`)."""
+    if not case or not case.strip():
+        raise InvalidInputError("missing --case: every search is bound to a case")
+    with ctx.db() as conn:
+        require(conn, ctx.audit_key, user, "search", case.strip())
+    if path is None:
+        raise InvalidInputError("missing --photo: send the probe photo as file `photo`")
+    with refusals_audited(ctx, user, "search"):
+        with ctx.db() as conn:
+            policy.require_identify(conn, "face detection")
+        data, image, _scale, found = subjects.detect_faces(ctx.settings, path)
+    faces = [{"index": i, "box": [round(d.box_px[0], 1), round(d.box_px[1], 1),
+                                  round(d.box_px[2] - d.box_px[0], 1),
+                                  round(d.box_px[3] - d.box_px[1], 1)],
+              "height_px": round(d.height_px, 1), "probability": round(d.probability, 3)}
+             for i, d in enumerate(found)]
+    sha = hashlib.sha256(data).hexdigest()
+    ctx.audit(user.name, "photo.faces", {"case": case.strip(), "photo_sha256": sha,
+                                         "faces": len(faces)})
+    width = image.shape[1] / _scale
+    height = image.shape[0] / _scale
+    return {"photo": Path(path).name, "photo_sha256": sha, "width": round(width),
+            "height": round(height), "faces": faces}
+
+
+def case_videos(ctx: Context, user: User, case: str) -> list[dict[str, object]]:
+    """The videos of a case with their duration and processing state (investigator of the
+    case), newest first; refusals audited."""
+    with ctx.db() as conn:
+        require(conn, ctx.audit_key, user, "tracks", case)
+        rows = conn.execute(
+            "SELECT v.id::text AS video_id, v.original_filename, v.duration_s, v.status,"
+            " v.stage, v.progress, v.recorded_at, v.ingested_at, v.officer, v.device,"
+            " (SELECT count(*) FROM tracks t WHERE t.video_id = v.id AND t.purged_at IS NULL)"
+            " AS n_tracks FROM videos v WHERE v.case_id = %s ORDER BY v.ingested_at DESC",
+            (case,)).fetchall()
+    return [{"video_id": r["video_id"], "case": case, "filename": r["original_filename"],
+             "duration_s": round(float(r["duration_s"]), 3), "status": r["status"],
+             "stage": r["stage"], "progress": round(float(r["progress"]), 3),
+             "recorded_at": r["recorded_at"].isoformat() if r["recorded_at"] else None,
+             "ingested_at": r["ingested_at"].isoformat(), "officer": r["officer"],
+             "device": r["device"], "tracks": int(r["n_tracks"])} for r in rows]
 
 
 def matches(ctx: Context, user: User, status: str | None = None, case: str | None = None

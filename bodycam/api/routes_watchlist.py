@@ -1,4 +1,4 @@
-"""Routes: subjects (enrol, list, remove, approve), search, matches, review, persons."""
+"""Routes: subjects (enrol, list, remove, approve), search, photo faces, review, persons."""
 
 from __future__ import annotations
 
@@ -18,10 +18,12 @@ from bodycam.api.deps import PageDep, UserDep, context, paginate
 from bodycam.api.problems import PROBLEM_RESPONSES, ProblemError
 from bodycam.api.schemas import (
     ApprovedOut,
+    CaseVideoOut,
     EnrolOut,
     MatchOut,
     PageOf,
     PersonOut,
+    PhotoFacesOut,
     RemovedOut,
     ReviewIn,
     ReviewOut,
@@ -137,6 +139,25 @@ def search(user: UserDep,
     if result.note:
         out["note"] = result.note
     return out
+
+
+@router.post("/photos/faces", response_model=PhotoFacesOut,
+             summary="The faces of a probe photo, to choose one (`face`)")
+def photo_faces(user: UserDep, case: Annotated[str | None, Form()] = None,
+                photo: Annotated[UploadFile | None, File(description="probe photo")] = None,
+                ) -> dict[str, object]:
+    """Boxes `[x, y, w, h]` in the photo's pixels, largest first: `index` is the `face` that
+    search and enrolment take; same detector; nothing is stored; audited (`photo.faces`)."""
+    with _photos([photo] if photo is not None else []) as paths:
+        return watchlist.photo_faces(context(), user, case, paths[0] if paths else None)
+
+
+@router.get("/cases/{case}/videos", response_model=PageOf[CaseVideoOut],
+            summary="The videos of a case, with duration and state (investigator)")
+async def case_videos(case: str, user: UserDep, p: PageDep) -> dict[str, object]:
+    """Paginated, newest first; investigator of the case."""
+    rows = await run_in_threadpool(watchlist.case_videos, context(), user, case)
+    return paginate(rows, p)
 
 
 @router.get("/matches", response_model=PageOf[MatchOut],

@@ -165,6 +165,32 @@ class ReviewOut(Out):
     status: str
 
 
+class FaceBoxOut(Out):
+    """One face of a photo: its `face` index (largest first) and box `[x, y, w, h]`."""
+
+    index: int
+    box: list[float]
+
+
+class PhotoFacesOut(Out):
+    """The faces found in a probe photo (nothing stored)."""
+
+    photo_sha256: str
+    width: int
+    height: int
+    faces: list[FaceBoxOut]
+
+
+class CaseVideoOut(Out):
+    """A video of a case as an investigator sees it."""
+
+    video_id: str
+    filename: str
+    duration_s: float
+    status: str
+    tracks: int
+
+
 class PersonOut(Out):
     """The `persons --json` item."""
 
