@@ -451,30 +451,25 @@ def subjects_enroll(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Enrol a subject for a case; their photos are checked for one usable face."""
-    from bodycam import matching, policy, subjects
+    from pathlib import Path
 
-    ctx = context()
     if not case:
         fail("missing --case: a subject belongs to a case")
     if not reason:
         fail("missing --reason: say why this person is enrolled")
-    user = authorize(ctx, "subjects.enroll", case)
-
-    def check_policy() -> None:
-        with ctx.db() as conn:
-            policy.require_identify(conn, "enrolment")
-
-    refusable(ctx, user, "subjects.enroll", check_policy)
-    sid, notes = guarded(lambda: subjects.enroll(ctx, name, photo, case, reason,
-                                                 user.name, _date(expires, "--expires"), face))
-    with ctx.db() as conn:
-        made = matching.match_subject(conn, ctx.settings, sid)
-    for n in notes:
+    _date(expires, "--expires")
+    for p in photo:  # the server's line for an unreadable photo, without a round trip
+        if not Path(p).is_file():
+            fail(f"{Path(p).name}: cannot read the file")
+    fields = {"name": name, "case": case, "reason": reason, "expires": expires, "face": face}
+    res = client_call(lambda c: c.multipart("/api/v1/subjects", fields, photo))
+    for n in res.get("notes", []):
         err.print(f"note: {n}", highlight=False)
     if as_json:
-        emit_json({"subject_id": sid, "pending_matches": made})
+        emit_json({"subject_id": res["subject_id"], "pending_matches": res["pending_matches"]})
     else:
-        out.print(f"subject {sid} enrolled; {made} pending matches to review")
+        out.print(f"subject {res['subject_id']} enrolled; {res['pending_matches']} pending "
+                  "matches to review")
 
 
 @subjects_app.command("list")
@@ -483,33 +478,19 @@ def subjects_list(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Active subjects."""
-    from bodycam import subjects
-
-    ctx = context()
-    user = authorize(ctx, "subjects.list", case)
-
-    def run() -> list[Any]:
-        with ctx.db() as conn:
-            return subjects.view_subjects(conn, ctx.audit_key, user, case)
-
-    rows = guarded(run)
+    rows = client_call(lambda c: c.pages("/api/v1/subjects", case=case))
     if as_json:
-        emit_json([s.as_json() for s in rows])
+        emit_json(rows)
         return
     for s in rows:
-        out.print(f"{s.subject_id}  case {s.case_id}  {s.name}  ({s.n_faces} photos) "
-                  f"by {s.created_by}: {s.reason}", highlight=False)
+        out.print(f"{s['subject_id']}  case {s['case']}  {s['name']}  ({s['faces']} photos) "
+                  f"by {s['created_by']}: {s['reason']}", highlight=False)
 
 
 @subjects_app.command("remove")
 def subjects_remove(subject_id: str) -> None:
     """Take a subject off the watchlist (their face templates are deleted)."""
-    from bodycam import subjects
-
-    ctx = context()
-    user = authorize(ctx, "subjects.remove")
-    with ctx.db() as conn:
-        guarded(lambda: subjects.remove_subject(conn, ctx.audit_key, subject_id, user))
+    client_call(lambda c: c.delete(f"/api/v1/subjects/{quote(subject_id, safe='')}"))
     err.print(f"subject {subject_id} removed")
 
 
@@ -574,25 +555,16 @@ def matches_cmd(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Watchlist matches (leads) and their review state."""
-    from bodycam import matching
-
     if tctx.invoked_subcommand is not None:
         return
-    ctx = context()
-    user = authorize(ctx, "matches", case)
-
-    def run() -> list[Any]:
-        with ctx.db() as conn:
-            return matching.view_matches(conn, ctx.audit_key, user, status_filter, case)
-
-    rows = guarded(run)
+    rows = client_call(lambda c: c.pages("/api/v1/matches", status=status_filter, case=case))
     if as_json:
-        emit_json([m.as_json() for m in rows])
+        emit_json(rows)
         return
     for m in rows:
-        out.print(f"{m.match_id}  {m.status:9} {m.similarity:.3f}  {m.subject_name}  video "
-                  f"{m.video_id} {m.start_s:.1f}-{m.end_s:.1f}s  reviewers {list(m.reviewers)}",
-                  highlight=False)
+        out.print(f"{m['match_id']}  {m['status']:9} {m['similarity']:.3f}  {m['subject']}  "
+                  f"video {m['video_id']} {m['start_s']:.1f}-{m['end_s']:.1f}s  reviewers "
+                  f"{list(m['reviewers'])}", highlight=False)
 
 
 @app.command()
@@ -603,19 +575,12 @@ def review(
     note: Annotated[str | None, typer.Option("--note", help="why (recorded)")] = None,
 ) -> None:
     """Confirm or reject a match after looking at it; the reviewer is recorded."""
-    from bodycam import matching
-
     if confirm == reject:
         fail("give exactly one of --confirm or --reject")
-    ctx = context()
-    user = authorize(ctx, "review")
-
-    def run() -> str:
-        with ctx.db() as conn:
-            return matching.review(conn, ctx.audit_key, match_id, user, confirm, note or "")
-
-    status = refusable(ctx, user, "review", run)
-    out.print(f"match {match_id}: {status}")
+    body = {"decision": "confirm" if confirm else "reject", "note": note or ""}
+    res = client_call(lambda c: c.post(f"/api/v1/matches/{quote(match_id, safe='')}/review",
+                                       body))
+    out.print(f"match {match_id}: {res['status']}")
 
 
 @app.command("persons")
@@ -626,40 +591,22 @@ def persons_cmd(
 ) -> None:
     """Unknown persons in a case: tracks of the same face grouped across videos (audited,
     with the purpose)."""
-    from bodycam import matching
-
-    ctx = context()
-    user = authorize(ctx, "persons", case)
-
-    def run() -> list[Any]:
-        with ctx.db() as conn:
-            return matching.persons(conn, ctx.audit_key, ctx.settings, case, purpose or "",
-                                    user.name)
-
-    rows = refusable(ctx, user, "persons", run)
+    rows = client_call(lambda c: c.pages("/api/v1/persons", case=case, purpose=purpose))
     if as_json:
-        emit_json([p.as_json() for p in rows])
+        emit_json(rows)
         return
     for p in rows:
-        spans = ", ".join(f"{v[:8]} {s:.1f}-{e:.1f}s" for v, s, e in p.appearances)
-        out.print(f"{p.person_id}  {len(p.track_ids)} tracks: {spans}", highlight=False)
+        spans = ", ".join(f"{a['video_id'][:8]} {a['start_s']:.1f}-{a['end_s']:.1f}s"
+                          for a in p["appearances"])
+        out.print(f"{p['person_id']}  {len(p['track_ids'])} tracks: {spans}", highlight=False)
 
 
 @subjects_app.command("approve")
 def subjects_approve(subject_id: str) -> None:
     """Approve an enrolment (supervisor; where the policy requires approval)."""
-    from bodycam import matching, subjects
-
-    ctx = context()
-    user = authorize(ctx, "subjects.approve")
-
-    def run() -> int:
-        with ctx.db() as conn:
-            subjects.approve_subject(conn, ctx.audit_key, subject_id, user)
-            return matching.match_subject(conn, ctx.settings, subject_id)
-
-    made = refusable(ctx, user, "subjects.approve", run)
-    out.print(f"subject {subject_id} approved; {made} pending matches to review")
+    res = client_call(lambda c: c.post(f"/api/v1/subjects/{quote(subject_id, safe='')}/approve"))
+    out.print(f"subject {subject_id} approved; {res['pending_matches']} pending matches to "
+              "review")
 
 
 @matches_app.command("export")
@@ -670,15 +617,31 @@ def matches_export(
     case: Annotated[str | None, typer.Option("--case")] = None,
 ) -> None:
     """Export matches and reviews with a manifest (rows, SHA-256, audit chain head)."""
-    from pathlib import Path
-
-    from bodycam.exports import export_matches
-
-    ctx = context()
-    user = authorize(ctx, "matches.export")
-    m = guarded(lambda: export_matches(ctx, user.name, fmt, Path(output), status_filter, case))
+    m = _export("/api/v1/exports/matches", output, fmt,
+                {"format": fmt, "status": status_filter, "case": case})
     err.print(f"wrote {m['rows']} matches to {output} (sha256 {m['sha256']}); "
               f"manifest {output}.manifest.json")
+
+
+def _export(route: str, output: str, fmt: str, body: dict[str, Any]) -> dict[str, Any]:
+    """Have the server write an export, then fetch the file and its signed manifest beside
+    `output`; the manifest."""
+    from pathlib import Path
+
+    from bodycam.audit import manifest_path
+
+    if fmt not in ("jsonl", "csv"):
+        fail(f"--format {fmt}: choose jsonl or csv")
+    dest = Path(output)
+
+    def run(c: Any) -> dict[str, Any]:
+        made = c.post(route, {k: v for k, v in body.items() if v is not None})
+        eid = quote(str(made["export_id"]), safe="")
+        c.download(f"/api/v1/exports/{eid}", dest)
+        c.download(f"/api/v1/exports/{eid}/manifest", manifest_path(dest))
+        return dict(made["manifest"])
+
+    return client_call(run)
 
 
 audit_app = typer.Typer(no_args_is_help=True, help="The tamper-evident audit log.")
