@@ -666,14 +666,10 @@ def audit_export(
     date_to: Annotated[str | None, typer.Option("--to")] = None,
 ) -> None:
     """Export the audit log with a manifest (rows, SHA-256, chain head)."""
-    from pathlib import Path
-
-    from bodycam.exports import export_audit
-
-    ctx = context()
-    user = authorize(ctx, "audit.export")
-    m = guarded(lambda: export_audit(ctx, user.name, fmt, Path(output),
-                                     _date(date_from, "--from"), _date(date_to, "--to")))
+    _date(date_from, "--from")
+    _date(date_to, "--to")
+    m = _export("/api/v1/exports/audit", output, fmt,
+                {"format": fmt, "from": date_from, "to": date_to})
     err.print(f"wrote {m['rows']} audit rows to {output} (sha256 {m['sha256']}); "
               f"manifest {output}.manifest.json")
 
@@ -683,15 +679,15 @@ def audit_verify_export(
     path: str,
     key_file: Annotated[str | None, typer.Option(
         "--key-file", help="file holding the export key (`bodycam audit export-key`); "
-                           "default: derived from this installation's audit key")] = None,
+                           "default: asked of the server (auditor)")] = None,
 ) -> None:
     """Check an export against its signed manifest (offline with --key-file): any change,
-    removed row or re-computed chain fails. Where the database is reachable, the export's
-    first and last rows are also checked against the live log."""
+    removed row or re-computed chain fails. Without --key-file the key comes from the server,
+    which also checks an audit export's first and last rows against the live log."""
     from pathlib import Path
 
     from bodycam import audit
-    from bodycam.context import Context
+    from bodycam.client import Client
 
     if not Path(path).is_file():
         fail(f"{path}: no such file")
@@ -703,24 +699,27 @@ def audit_verify_export(
             fail(f"{key_file}: cannot read the export key ({exc.strerror})")
     else:
         try:
-            live = Context.load(settings())
-            key = audit.export_key(live.audit_key)
-        except BodycamError:
+            live = Client.connect()
+            key = str(live.get("/api/v1/audit/export-key")["key"])
+        except BodycamError as exc:
+            if live is not None:
+                live.close()
             fail("no export key: pass --key-file with the key from `bodycam audit export-key`"
-                 " (no audit key is configured here)")
-    verdict = guarded(lambda: audit.verify_export(Path(path), key))
-    if not verdict.ok:
-        where = f" (row {verdict.first_bad_id})" if verdict.first_bad_id else ""
-        fail(f"{path}: export NOT intact{where}: {verdict.reason}")
-    manifest = audit.read_manifest(Path(path))
-    if live is not None and manifest.get("kind") == "audit":
-        def check() -> str | None:
-            with live.db() as conn:
-                return audit.check_live(conn, manifest)
-
-        problem = guarded(check)
-        if problem:
-            fail(f"{path}: export NOT intact: {problem}")
+                 f" ({exc})")
+    try:
+        verdict = guarded(lambda: audit.verify_export(Path(path), key))
+        if not verdict.ok:
+            where = f" (row {verdict.first_bad_id})" if verdict.first_bad_id else ""
+            fail(f"{path}: export NOT intact{where}: {verdict.reason}")
+        manifest = audit.read_manifest(Path(path))
+        if live is not None and manifest.get("kind") == "audit":
+            found = guarded(lambda: live.post("/api/v1/audit/check-live",
+                                              {"manifest": manifest}))
+            if found.get("problem"):
+                fail(f"{path}: export NOT intact: {found['problem']}")
+    finally:
+        if live is not None:
+            live.close()
     out.print(f"{path}: intact, {verdict.count} rows match the signed manifest")
 
 
@@ -728,12 +727,8 @@ def audit_verify_export(
 def audit_export_key() -> None:
     """Print the key that verifies export manifests (give it to whoever checks exports
     offline; it is derived from, and does not reveal, the audit key)."""
-    from bodycam import audit
-
-    ctx = context()
-    user = authorize(ctx, "audit.export")
-    ctx.audit(user.name, "audit.export_key", {})
-    sys.stdout.write(audit.export_key(ctx.audit_key) + "\n")
+    res = client_call(lambda c: c.get("/api/v1/audit/export-key"))
+    sys.stdout.write(str(res["key"]) + "\n")
 
 
 users_app = typer.Typer(no_args_is_help=True, help="Accounts and roles (admin).")
