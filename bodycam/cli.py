@@ -167,12 +167,8 @@ def migrate() -> None:
 @app.command("events-token")
 def events_token_cmd() -> None:
     """Print the bearer token the S3 notifier must send to POST /s3/events (admin)."""
-    from bodycam.api.app import events_token
-
-    ctx = context()
-    user = authorize(ctx, "users")
-    ctx.audit(user.name, "events.token", {})
-    sys.stdout.write(events_token(ctx) + "\n")
+    res = client_call(lambda c: c.get("/api/v1/events-token"))
+    sys.stdout.write(str(res["token"]) + "\n")
 
 
 @app.command()
@@ -742,16 +738,10 @@ def users_add(
                                                            "auditor or admin (repeatable)")],
 ) -> None:
     """Create an account; its API token is printed once and only its hash is stored."""
-    from bodycam import accounts
-
-    ctx = context()
-    user = authorize(ctx, "users")
-    with ctx.db() as conn:
-        token = guarded(lambda: accounts.create_user(conn, ctx.audit_key, name, role,
-                                                     user.name))
+    res = client_call(lambda c: c.post("/api/v1/users", {"name": name, "roles": role}))
     err.print(f"user {name} created with roles {', '.join(sorted(set(role)))}; "
               "token (shown once, store it safely):")
-    sys.stdout.write(token + "\n")
+    sys.stdout.write(str(res["token"]) + "\n")
 
 
 @users_app.command("list")
@@ -770,24 +760,15 @@ def users_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None
 @users_app.command("disable")
 def users_disable(name: str) -> None:
     """Disable an account (the bootstrap `operator` too, once named accounts exist)."""
-    from bodycam import accounts
-
-    ctx = context()
-    user = authorize(ctx, "users")
-    with ctx.db() as conn:
-        guarded(lambda: accounts.disable_user(conn, ctx.audit_key, name, user.name))
+    client_call(lambda c: c.post(f"/api/v1/users/{quote(name, safe='')}/disable"))
     err.print(f"user {name} disabled")
 
 
 @users_app.command("assign")
 def users_assign(name: str, case: Annotated[str, typer.Option("--case")]) -> None:
     """Assign a case to an account (investigators see only their cases)."""
-    from bodycam import accounts
-
-    ctx = context()
-    user = authorize(ctx, "cases.assign")
-    with ctx.db() as conn:
-        guarded(lambda: accounts.assign_case(conn, ctx.audit_key, name, case, user.name))
+    client_call(lambda c: c.post(f"/api/v1/users/{quote(name, safe='')}/cases",
+                                 {"case": case}))
     err.print(f"{name} assigned to case {case}")
 
 
@@ -798,29 +779,16 @@ app.add_typer(cases_app, name="cases")
 @cases_app.command("hold")
 def cases_hold(case: str, reason: Annotated[str, typer.Option("--reason")]) -> None:
     """Put a case on legal hold: its biometric data is kept past the retention period."""
-    from bodycam import audit
-
-    ctx = context()
-    user = authorize(ctx, "cases.hold")
-    with ctx.db() as conn:
-        conn.execute("INSERT INTO held_cases (case_id, held_by, reason) VALUES (%s, %s, %s)"
-                     " ON CONFLICT (case_id) DO NOTHING", (case, user.name, reason))
-        audit.append(conn, ctx.audit_key, user.name, "case.hold", {"case": case,
-                                                                   "reason": reason})
+    client_call(lambda c: c.post(f"/api/v1/cases/{quote(case, safe='')}/hold",
+                                 {"reason": reason}))
     err.print(f"case {case} on hold")
 
 
 @cases_app.command("release")
 def cases_release(case: str, reason: Annotated[str, typer.Option("--reason")]) -> None:
     """Lift a legal hold."""
-    from bodycam import audit
-
-    ctx = context()
-    user = authorize(ctx, "cases.hold")
-    with ctx.db() as conn:
-        conn.execute("DELETE FROM held_cases WHERE case_id = %s", (case,))
-        audit.append(conn, ctx.audit_key, user.name, "case.release", {"case": case,
-                                                                      "reason": reason})
+    client_call(lambda c: c.post(f"/api/v1/cases/{quote(case, safe='')}/release",
+                                 {"reason": reason}))
     err.print(f"case {case} released")
 
 
@@ -847,14 +815,10 @@ def policy_set(
     retention_days: Annotated[int | None, typer.Option(help="bystander data kept, days")] = None,
 ) -> None:
     """Change the policy profile or its parameters (admin, with a recorded reason)."""
-    from bodycam import policy
-
-    ctx = context()
-    user = authorize(ctx, "policy.set")
-    with ctx.db() as conn:
-        new = guarded(lambda: policy.change(conn, ctx.audit_key, user.name, reason, profile,
-                                            reviewers, retention_days))
-    out.print(f"policy now {new.as_json()}")
+    body = {"reason": reason, "profile": profile, "reviewers": reviewers,
+            "retention_days": retention_days}
+    new = client_call(lambda c: c.put("/api/v1/policy", body))
+    out.print(f"policy now {new}")
 
 
 thresholds_app = typer.Typer(no_args_is_help=True, help="Match thresholds (supervisor).")
@@ -869,49 +833,36 @@ def thresholds_set(
     reason: Annotated[str, typer.Option("--reason")],
 ) -> None:
     """Record a supervisor-approved change of a model's default threshold and floor."""
-    from bodycam.search import set_thresholds
-
-    ctx = context()
-    user = authorize(ctx, "thresholds.set")
-    with ctx.db() as conn:
-        guarded(lambda: set_thresholds(conn, ctx.audit_key, ctx.settings, user.name, model,
-                                       default, floor, reason))
+    client_call(lambda c: c.put(f"/api/v1/thresholds/{quote(model, safe='')}",
+                                {"default": default, "floor": floor, "reason": reason}))
     out.print(f"{model}: default {default}, floor {floor}")
 
 
 @app.command()
 def purge(dry_run: Annotated[bool, typer.Option("--dry-run")] = False) -> None:
     """Remove expired bystander embeddings and crops (originals are never touched)."""
-    from bodycam.retention import purge as run
-
-    ctx = context()
-    user = authorize(ctx, "purge")
-    plan = guarded(lambda: run(ctx, user.name, dry_run))
+    plan = client_call(lambda c: c.post("/api/v1/purge", {"dry_run": dry_run}))
     verb = "would purge" if dry_run else "purged"
-    out.print(f"{verb} {plan.tracks} tracks, {plan.detections} detection embeddings, "
-              f"{plan.thumbnails} thumbnails (older than {plan.retention_days} days)")
+    out.print(f"{verb} {plan['tracks']} tracks, {plan['detections']} detection embeddings, "
+              f"{plan['thumbnails']} thumbnails (older than {plan['retention_days']} days)")
 
 
 @app.command()
 def fixity(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Re-hash every stored original and derivative against its recorded SHA-256 now; each
     mismatch is audited. Exit 1 when any object changed or is missing."""
-    from bodycam.fixity import run
-
-    ctx = context()
-    user = authorize(ctx, "audit.verify")
-    report = guarded(lambda: run(ctx, user.name))
+    report = client_call(lambda c: c.post("/api/v1/fixity"))
     if as_json:
-        emit_json(report.as_json())
+        emit_json(report)
     else:
-        for m in report.mismatches:
-            found = m.actual_sha256 or "missing"
-            out.print(f"MISMATCH {m.kind} {m.key} (video {m.video_id}): recorded "
-                      f"{m.expected_sha256}, stored {found}", highlight=False, soft_wrap=True)
-        out.print(f"fixity {'ok' if report.ok else 'FAILED'}: {report.originals} originals, "
-                  f"{report.derivatives} derivatives, {len(report.mismatches)} mismatches",
-                  highlight=False, soft_wrap=True)
-    if not report.ok:
+        for m in report["mismatched"]:
+            found = m["actual_sha256"] or "missing"
+            out.print(f"MISMATCH {m['kind']} {m['key']} (video {m['video_id']}): recorded "
+                      f"{m['expected_sha256']}, stored {found}", highlight=False, soft_wrap=True)
+        out.print(f"fixity {'ok' if report['ok'] else 'FAILED'}: {report['originals']} "
+                  f"originals, {report['derivatives']} derivatives, "
+                  f"{len(report['mismatched'])} mismatches", highlight=False, soft_wrap=True)
+    if not report["ok"]:
         raise typer.Exit(1)
 
 
