@@ -68,44 +68,6 @@ def context() -> Any:
     return guarded(lambda: Context.load(settings()))
 
 
-def authorize(ctx: Any, action: str, case: str | None = None) -> Any:
-    """Authenticate the acting user and check their role for the action (refusals audited)."""
-    from bodycam import accounts
-
-    name, token = ctx.credentials()
-
-    def check() -> Any:
-        with ctx.db() as conn:
-            user = accounts.authenticate(conn, ctx.audit_key, name, token)
-            accounts.require(conn, ctx.audit_key, user, action, case)
-            return user
-
-    return guarded(check)
-
-
-def refusable(ctx: Any, user: Any, action: str, fn: Callable[[], T]) -> T:
-    """Run fn; a policy or four-eyes refusal is audited before the one-line error."""
-    from bodycam.matching import ReviewRefusedError
-    from bodycam.policy import PolicyRefusedError
-
-    try:
-        return fn()
-    except (PolicyRefusedError, ReviewRefusedError) as exc:
-        ctx.audit(user.name, "refused", {"attempted": action, "reason": str(exc)})
-        fail(str(exc))
-    except BodycamError as exc:
-        fail(str(exc))
-
-
-def case_of(ctx: Any, table: str, key: str) -> str | None:
-    """The case a video, subject or match belongs to (None when the id is unknown)."""
-    column = {"videos": "id", "subjects": "id", "matches": "id"}[table]
-    with ctx.db() as conn:
-        row = conn.execute(f"SELECT case_id FROM {table} WHERE {column}::text = %s",
-                           (key,)).fetchone()
-    return str(row["case_id"]) if row else None
-
-
 def emit_json(data: object) -> None:
     """JSON on stdout, nothing else."""
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -29,7 +30,10 @@ def run_demo(settings: Settings, testdata: str, case: str, out: Console) -> None
     out.print(f"[bold]1. Starting the embedded stack[/bold] in {settings.home_dir}")
     Stack(settings).up(progress=lambda m: out.print(f"   {m}"))
     ctx = Context.load(settings)
-    actor = ctx.credentials()[0]
+    # The demo acts on the stack it just started, as its bootstrap operator unless an
+    # account was named with a token.
+    named = settings.token or os.environ.get("BODYCAM_USER") not in (None, "", "operator")
+    actor = settings.user if named else "operator"
     out.print(f"[bold]2. Ingesting {len(videos)} clips[/bold] into case {case} "
               f"(embedder: {settings.pipeline.embedder})")
     custody = Custody(case_id=case, officer="demo-officer", device="demo-cam-01",
