@@ -13,8 +13,10 @@ from bodycam.cli.base import (
     client_call,
     emit_json,
     err,
+    fail,
     out,
 )
+from bodycam.errors import BodycamError
 
 users_app = typer.Typer(no_args_is_help=True, help="Accounts and roles (admin).")
 app.add_typer(users_app, name="users")
@@ -122,6 +124,16 @@ def thresholds_set(
     reason: Annotated[str, typer.Option("--reason")],
 ) -> None:
     """Record a supervisor-approved change of a model's default threshold and floor."""
+    import math
+
+    from bodycam.search import check_similarity
+
+    for value, flag in ((default, "--default"), (floor, "--floor")):
+        if not math.isfinite(value):  # JSON cannot carry it: the server's line, said here
+            try:
+                check_similarity(value, flag)
+            except BodycamError as exc:
+                fail(str(exc))
     client_call(lambda c: c.put(f"/api/v1/thresholds/{quote(model, safe='')}",
                                 {"default": default, "floor": floor, "reason": reason}))
     out.print(f"{model}: default {default}, floor {floor}")
