@@ -106,6 +106,7 @@ def export_to(route: str, output: str, fmt: str, body: dict[str, Any]) -> dict[s
     from pathlib import Path
 
     from bodycam.audit import manifest_path
+    from bodycam.errors import InvalidInputError
 
     if fmt not in ("jsonl", "csv"):
         fail(f"--format {fmt}: choose jsonl or csv")
@@ -114,8 +115,16 @@ def export_to(route: str, output: str, fmt: str, body: dict[str, Any]) -> dict[s
     def run(c: Any) -> dict[str, Any]:
         made = c.post(route, {k: v for k, v in body.items() if v is not None})
         eid = quote(str(made["export_id"]), safe="")
-        c.download(f"/api/v1/exports/{eid}", dest)
-        c.download(f"/api/v1/exports/{eid}/manifest", manifest_path(dest))
+        try:
+            c.download(f"/api/v1/exports/{eid}", dest)
+            c.download(f"/api/v1/exports/{eid}/manifest", manifest_path(dest))
+        except OSError as exc:
+            raise InvalidInputError(f"{output}: cannot write the export "
+                                    f"({exc.strerror or type(exc).__name__})") from None
+        except BaseException:  # a half-fetched export is no export
+            dest.unlink(missing_ok=True)
+            manifest_path(dest).unlink(missing_ok=True)
+            raise
         return dict(made["manifest"])
 
     return client_call(run)

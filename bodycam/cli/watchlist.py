@@ -34,6 +34,7 @@ def subjects_enroll(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Enrol a subject for a case; their photos are checked for one usable face."""
+    import os
     from pathlib import Path
 
     if not case:
@@ -42,7 +43,7 @@ def subjects_enroll(
         fail("missing --reason: say why this person is enrolled")
     date_option(expires, "--expires")
     for p in photo:  # the server's line for an unreadable photo, without a round trip
-        if not Path(p).is_file():
+        if not Path(p).is_file() or not os.access(p, os.R_OK):
             fail(f"{Path(p).name}: cannot read the file")
     fields = {"name": name, "case": case, "reason": reason, "expires": expires, "face": face}
     res = client_call(lambda c: c.multipart("/api/v1/subjects", fields, photo))
