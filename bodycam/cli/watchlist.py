@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import quote
 
 import typer
@@ -42,10 +42,35 @@ def subjects_enroll(
     if not reason:
         fail("missing --reason: say why this person is enrolled")
     date_option(expires, "--expires")
-    for p in photo:  # the server's line for an unreadable photo, without a round trip
-        if not Path(p).is_file() or not os.access(p, os.R_OK):
-            fail(f"{Path(p).name}: cannot read the file")
     fields = {"name": name, "case": case, "reason": reason, "expires": expires, "face": face}
+    unreadable = [p for p in photo if not Path(p).is_file() or not os.access(p, os.R_OK)]
+    if unreadable:
+        # The server checks role, case and policy before any photo: it gets an empty stand-in
+        # (refused there as no image, nothing stored), and a refusal names the rule first.
+        import tempfile
+
+        from bodycam.client import ForbiddenError, ServerUnavailableError, UnauthenticatedError
+        from bodycam.errors import BodycamError
+
+        with tempfile.TemporaryDirectory() as tmp:
+            sent = []
+            for i, p in enumerate(photo):
+                if p in unreadable:
+                    stand_in = Path(tmp, str(i), Path(p).name or "photo")
+                    stand_in.parent.mkdir()
+                    stand_in.write_bytes(b"")
+                    p = str(stand_in)
+                sent.append(p)
+            def probe(c: Any) -> None:
+                try:
+                    c.multipart("/api/v1/subjects", fields, sent)
+                except (ForbiddenError, UnauthenticatedError, ServerUnavailableError):
+                    raise
+                except BodycamError:  # the stand-in itself was refused: say why locally
+                    return
+
+            client_call(probe)
+        fail(f"{Path(unreadable[0]).name}: cannot read the file")
     res = client_call(lambda c: c.multipart("/api/v1/subjects", fields, photo))
     for n in res.get("notes", []):
         err.print(f"note: {n}", highlight=False)
