@@ -45,10 +45,14 @@ def verify(stack: StackHandle) -> tuple[int, str]:
 
 
 def commands(tmp: Path) -> dict[str, list[str]]:
-    """Action -> a cheap command line that performs it (no heavy work when allowed)."""
+    """Action -> a cheap command line that performs it (no heavy work when allowed). The
+    files exist (the CLI refuses a missing file itself, before any server), but are not
+    media: the server checks the role first, then refuses the content."""
     s = Settings().search
+    (tmp / "x.jpg").write_bytes(b"not a photo")
+    (tmp / "x.mp4").write_bytes(b"not a video")
     return {
-        "ingest": ["ingest", str(tmp / "absent.mp4"), "--case", CASE, "--officer", "O",
+        "ingest": ["ingest", str(tmp / "x.mp4"), "--case", CASE, "--officer", "O",
                    "--device", "D"],
         "jobs": ["jobs", "--json"],
         "retry": ["retry", ZERO],
