@@ -128,3 +128,40 @@ def export_to(route: str, output: str, fmt: str, body: dict[str, Any]) -> dict[s
         return dict(made["manifest"])
 
     return client_call(run)
+
+
+def photos_or_server_refusal(route: str, fields: dict[str, Any], photos: list[str]) -> None:
+    """Photos the client cannot read are refused here, but only after the server has had its
+    say on role, case and policy: it gets an empty stand-in for each (refused there as no
+    image, nothing stored), so the rule is named first and the file's problem second."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    from bodycam.client import ForbiddenError, ServerUnavailableError, UnauthenticatedError
+
+    unreadable = [p for p in photos if not Path(p).is_file() or not os.access(p, os.R_OK)]
+    if not unreadable:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        sent = []
+        for i, p in enumerate(photos):
+            if p in unreadable:
+                stand_in = Path(tmp, str(i), Path(p).name or "photo")
+                stand_in.parent.mkdir()
+                stand_in.write_bytes(b"")
+                p = str(stand_in)
+            sent.append(p)
+
+        def probe(c: Any) -> None:
+            try:
+                c.multipart(route, fields, sent)
+            except (ForbiddenError, UnauthenticatedError, ServerUnavailableError):
+                raise
+            except BodycamError:  # the stand-in itself was refused: the file's problem is next
+                return
+
+        client_call(probe)
+    missing = unreadable[0]
+    fail(f"{missing}: no such file" if not Path(missing).exists()
+         else f"{Path(missing).name}: cannot read the file")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 from urllib.parse import quote
 
 import typer
@@ -17,6 +17,7 @@ from bodycam.cli.base import (
     fail,
     guarded,
     out,
+    photos_or_server_refusal,
 )
 
 subjects_app = typer.Typer(no_args_is_help=True, help="The watchlist: enrol, list, remove.")
@@ -34,43 +35,13 @@ def subjects_enroll(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Enrol a subject for a case; their photos are checked for one usable face."""
-    import os
-    from pathlib import Path
-
     if not case:
         fail("missing --case: a subject belongs to a case")
     if not reason:
         fail("missing --reason: say why this person is enrolled")
     date_option(expires, "--expires")
     fields = {"name": name, "case": case, "reason": reason, "expires": expires, "face": face}
-    unreadable = [p for p in photo if not Path(p).is_file() or not os.access(p, os.R_OK)]
-    if unreadable:
-        # The server checks role, case and policy before any photo: it gets an empty stand-in
-        # (refused there as no image, nothing stored), and a refusal names the rule first.
-        import tempfile
-
-        from bodycam.client import ForbiddenError, ServerUnavailableError, UnauthenticatedError
-        from bodycam.errors import BodycamError
-
-        with tempfile.TemporaryDirectory() as tmp:
-            sent = []
-            for i, p in enumerate(photo):
-                if p in unreadable:
-                    stand_in = Path(tmp, str(i), Path(p).name or "photo")
-                    stand_in.parent.mkdir()
-                    stand_in.write_bytes(b"")
-                    p = str(stand_in)
-                sent.append(p)
-            def probe(c: Any) -> None:
-                try:
-                    c.multipart("/api/v1/subjects", fields, sent)
-                except (ForbiddenError, UnauthenticatedError, ServerUnavailableError):
-                    raise
-                except BodycamError:  # the stand-in itself was refused: say why locally
-                    return
-
-            client_call(probe)
-        fail(f"{Path(unreadable[0]).name}: cannot read the file")
+    photos_or_server_refusal("/api/v1/subjects", fields, photo)
     res = client_call(lambda c: c.multipart("/api/v1/subjects", fields, photo))
     for n in res.get("notes", []):
         err.print(f"note: {n}", highlight=False)
@@ -127,7 +98,6 @@ def search_cmd(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Where does this person appear? Ranked leads with similarity, threshold and model."""
-    from pathlib import Path
 
     from bodycam import search as s
 
@@ -136,13 +106,13 @@ def search_cmd(
     if not purpose or not purpose.strip():
         fail("missing --purpose: every search records why it was made")
     guarded(lambda: s.Probe(photo, face, subject, track))
-    if photo is not None and not Path(photo).is_file():
-        fail(f"{photo}: no such file")
     date_option(date_from, "--from")
     date_option(date_to, "--to")
     fields = {"case": case, "purpose": purpose, "subject": subject, "track": track,
               "threshold": threshold, "limit": limit, "video": video, "from": date_from,
               "to": date_to, "face": face}
+    if photo is not None:
+        photos_or_server_refusal("/api/v1/search", fields, [photo])
     result = client_call(lambda c: c.multipart("/api/v1/search", fields,
                                                [photo] if photo else []))
     note = result.pop("note", None)
