@@ -10,7 +10,7 @@ from typing import NoReturn
 
 from bodycam import audit
 from bodycam.db import Conn
-from bodycam.errors import InvalidInputError, NotFoundError, PermanentError
+from bodycam.errors import ConflictError, InvalidInputError, NotFoundError, PermanentError
 
 ROLES = ("clerk", "investigator", "supervisor", "auditor", "admin")
 OPERATOR = "operator"
@@ -45,10 +45,6 @@ NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
 
 class AccessDeniedError(PermanentError):
     """The acting user may not do this; the message names the role needed."""
-
-
-class ConflictError(InvalidInputError):
-    """The thing to create exists already (HTTP 409)."""
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,11 @@ class InvalidInputError(PermanentError):
     """A command's arguments are wrong or incomplete."""
 
 
+class ConflictError(InvalidInputError):
+    """The request clashes with the current state: the thing exists already, or is not in a
+    state the action applies to (HTTP 409)."""
+
+
 class NotFoundError(PermanentError):
     """An id names nothing that exists."""
 

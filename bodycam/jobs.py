@@ -23,7 +23,7 @@ from datetime import datetime
 from bodycam import audit
 from bodycam.config import JobSettings
 from bodycam.db import Conn
-from bodycam.errors import LeaseLostError
+from bodycam.errors import ConflictError, LeaseLostError, NotFoundError
 
 
 @dataclass(frozen=True)
@@ -321,7 +321,16 @@ def list_jobs(conn: Conn, status: str | None = None, limit: int = 500) -> list[J
 
 
 def retry_video(conn: Conn, video_id: str) -> list[int]:
-    """Queue a failed or quarantined video again from its unfinished units; returns them."""
+    """Queue a failed or quarantined video again from its unfinished units; returns them.
+    Any other video is refused: a queued or processing one is already on its way, and
+    re-queueing a done one (every unit done) would leave it queued with nothing to run."""
+    row = conn.execute("SELECT status FROM videos WHERE id = %s FOR UPDATE",
+                       (video_id,)).fetchone()
+    if row is None:
+        raise NotFoundError(f"no video {video_id}")
+    if row["status"] not in ("failed", "quarantined"):
+        raise ConflictError(f"video {video_id} is {row['status']}: only a failed or "
+                            "quarantined video can be retried")
     conn.execute(
         "UPDATE work_units SET state = 'pending', attempts = 0, service_failures = 0,"
         " lease_token = NULL, lease_until = NULL, not_before = NULL, updated_at = now()"

@@ -431,3 +431,16 @@ def test_ids_of_another_case_are_refused_on_every_object_kind_and_audited(world:
                                                      "subject": b["subject"]}), world.op)
     assert ok.status_code == 200 and ok.json()["results"], ok.text
     assert not failures, "\n".join(failures)
+
+
+def test_a_retry_of_a_video_that_did_not_fail_is_refused_and_leaves_it_as_it_was(
+        world: World) -> None:
+    """A done video re-queued with every unit done would wait forever as `queued`."""
+    vid = world.a["video"]
+    before = world.send(Req("GET", f"{V}/videos/{vid}"), world.op).json()
+    assert before["status"] == "done", before
+    r = world.send(Req("POST", f"{V}/videos/{vid}/retry"), world.tokens["clerk"])
+    body = _problem(r, 409)
+    assert "done" in str(body["detail"]) and "failed or quarantined" in str(body["detail"])
+    after = world.send(Req("GET", f"{V}/videos/{vid}"), world.op).json()
+    assert after["status"] == "done" and after["attempts"] == before["attempts"], after

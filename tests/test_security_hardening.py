@@ -53,13 +53,15 @@ def one_line(proc: object) -> str:
 def wait_idle(stack: StackHandle, timeout_s: float = 300) -> None:
     """Until no video is being processed (their audit rows would race the tamper tests)."""
     deadline = time.monotonic() + timeout_s
+    busy: list[object] = []
     while time.monotonic() < deadline:
         jobs = stack.cli.json("jobs")
         assert isinstance(jobs, list)
-        if all(j["status"] in ("done", "failed", "quarantined") for j in jobs):
+        busy = [j for j in jobs if j["status"] not in ("done", "failed", "quarantined")]
+        if not busy:
             return
         time.sleep(1)
-    raise AssertionError("processing did not settle")
+    raise AssertionError(f"processing did not settle: {busy}")
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,15 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from bodycam.accounts import AccessDeniedError, ConflictError
+from bodycam.accounts import AccessDeniedError
 from bodycam.auth import RateLimitedError, UnauthenticatedError
-from bodycam.errors import BodycamError, NotFoundError, PermanentError, TransientError
+from bodycam.errors import (
+    BodycamError,
+    ConflictError,
+    NotFoundError,
+    PermanentError,
+    TransientError,
+)
 from bodycam.matching import ReviewRefusedError
 from bodycam.policy import PolicyRefusedError
 
