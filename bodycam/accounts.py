@@ -148,21 +148,6 @@ def list_users(conn: Conn) -> list[dict[str, object]]:
              "cases": list(r["cases"])} for r in rows]
 
 
-def authenticate(conn: Conn, key: str, name: str, token: str | None) -> User:
-    """The account for a name and token (an account or session token of that account);
-    raises AccessDeniedError otherwise. Every failed attempt is audited (the claimed name and
-    why, never the token) and committed before the error is raised (bodycam.auth)."""
-    from bodycam import auth
-
-    if not token:
-        auth.login_failed(conn, key, name, "no token given")
-        raise AccessDeniedError(f"no credentials for {name}: set BODYCAM_USER and BODYCAM_TOKEN")
-    try:
-        return auth.authenticate(conn, key, token, name).user
-    except auth.UnauthenticatedError as exc:
-        raise AccessDeniedError(str(exc)) from None
-
-
 def require(conn: Conn, key: str, user: User, action: str, case_id: str | None = None) -> None:
     """Refuse (and audit the refusal) unless the user's roles allow the action on the case."""
     allowed = PERMISSIONS[action]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -82,17 +81,6 @@ class Context:
             queue.send(self.services.redis_url, task, *args)
         except TransientError as exc:
             raise TransientError(f"{exc}: {self.remedy('redis_url')}") from exc
-
-    def credentials(self) -> tuple[str, str | None]:
-        """(user, token) the CLI acts with: BODYCAM_USER + BODYCAM_TOKEN, else the embedded
-        stack's bootstrap operator when no credentials are given."""
-        if self.settings.token:
-            return self.settings.user, self.settings.token
-        explicit = os.environ.get("BODYCAM_USER")
-        token_file = self.settings.home_dir / OPERATOR_TOKEN
-        if token_file.exists() and explicit in (None, "", "operator"):
-            return "operator", token_file.read_text().strip()
-        return self.settings.user, None
 
 
 @lru_cache(maxsize=1)

@@ -166,3 +166,72 @@ def test_the_other_user_reaches_no_secret_of_the_stack_and_no_database(
     assert "LOADED" not in proc.stdout and "REFUSED" in proc.stdout, proc.stdout + proc.stderr
     for s in secrets_text:
         assert s not in proc.stdout + proc.stderr, "a secret reached the other user"
+
+
+def test_the_watchlist_and_governance_commands_of_another_os_user_go_through_the_server(
+        stack: StackHandle, api_url: str, operator_token: str, accounts: dict[str, str],
+        client_home: Path) -> None:
+    tok = accounts["investigator"]
+    enrolled = _cli(client_home, api_url, tok, "subjects", "enroll", "--name", "cli subject",
+                    "--photo", str(P06), "--case", CASE_A, "--reason", "cli test", "--json")
+    assert enrolled.returncode == 0, enrolled.stderr
+    sid = json.loads(enrolled.stdout)["subject_id"]
+    assert set(json.loads(enrolled.stdout)) == {"subject_id", "pending_matches"}
+    listed = _cli(client_home, api_url, tok, "subjects", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    rows = json.loads(listed.stdout)
+    assert sid in {r["subject_id"] for r in rows} and {r["case"] for r in rows} == {CASE_A}
+    matches = _cli(client_home, api_url, tok, "matches", "--json")
+    assert matches.returncode == 0, matches.stderr
+    assert {m["case"] for m in json.loads(matches.stdout)} <= {CASE_A}
+    persons = _cli(client_home, api_url, tok, "persons", "--case", CASE_A, "--purpose", "p",
+                   "--json")
+    assert persons.returncode == 0 and isinstance(json.loads(persons.stdout), list), persons
+    # Breaking it: the other case, and every command of another role.
+    _one_line_error(_cli(client_home, api_url, tok, "subjects", "enroll", "--name", "n",
+                         "--photo", str(P06), "--case", CASE_B, "--reason", "r"), CASE_B)
+    _one_line_error(_cli(client_home, api_url, tok, "persons", "--case", CASE_B, "--purpose",
+                         "p"), CASE_B)
+    out = client_home / "m.jsonl"
+    for argv, role in ((["subjects", "approve", sid], "supervisor"),
+                       (["matches", "export", "-o", str(out)], "auditor"),
+                       (["audit", "export", "-o", str(out)], "auditor"),
+                       (["audit", "export-key"], "auditor"),
+                       (["users", "add", "intruder", "--role", "admin"], "admin"),
+                       (["users", "disable", "operator"], "admin"),
+                       (["users", "assign", "cli-x", "--case", CASE_B], "supervisor"),
+                       (["cases", "hold", CASE_A, "--reason", "r"], "supervisor"),
+                       (["cases", "release", CASE_A, "--reason", "r"], "supervisor"),
+                       (["policy", "set", "--reason", "r", "--reviewers", "2"], "admin"),
+                       (["thresholds", "set", "--model", "dlib-resnet", "--default", "0.9",
+                         "--floor", "0.8", "--reason", "r"], "supervisor"),
+                       (["purge", "--dry-run"], "admin"),
+                       (["fixity"], "auditor"),
+                       (["events-token"], "admin")):
+        _one_line_error(_cli(client_home, api_url, tok, *argv), role)
+    assert not out.exists(), "a refused export leaves no file"
+    removed = _cli(client_home, api_url, tok, "subjects", "remove", sid)
+    assert removed.returncode == 0 and "removed" in removed.stderr, removed.stderr
+    # An auditor (same OS user, only URL + token) exports, fetches the key and verifies.
+    with httpx.Client(timeout=60, headers={"Authorization": f"Bearer {operator_token}"}) as h:
+        r = h.post(api_url + "/api/v1/users",
+                   json={"name": f"cli-auditor-{secrets.token_hex(3)}", "roles": ["auditor"]})
+        assert r.status_code == 201, r.text
+        aud = str(r.json()["token"])
+    made = _cli(client_home, api_url, aud, "audit", "export", "-o", str(out))
+    assert made.returncode == 0 and "audit rows" in made.stderr, made.stderr
+    assert out.is_file() and (client_home / "m.jsonl.manifest.json").is_file()
+    checked = _cli(client_home, api_url, aud, "audit", "verify-export", str(out))
+    assert checked.returncode == 0 and "intact" in checked.stdout, checked.stderr
+    key = _cli(client_home, api_url, aud, "audit", "export-key")
+    assert key.returncode == 0 and len(key.stdout.strip()) >= 32, key.stderr
+    (client_home / "k").write_text(key.stdout)
+    offline = _as_other(client_home, ["-m", "bodycam", "audit", "verify-export", str(out),
+                                      "--key-file", str(client_home / "k")], {})
+    assert offline.returncode == 0 and "intact" in offline.stdout, offline.stderr
+    out.write_bytes(out.read_bytes().replace(b"}\n", b"} \n", 1))
+    _one_line_error(_cli(client_home, api_url, aud, "audit", "verify-export", str(out)),
+                    "NOT intact")
+    fix = _cli(client_home, api_url, aud, "fixity", "--json")
+    report = json.loads(fix.stdout)
+    assert fix.returncode == (0 if report["ok"] else 1) and report["originals"] >= 2, report

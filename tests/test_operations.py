@@ -59,17 +59,23 @@ def _settings(env: dict[str, str]) -> Settings:
         os.environ.update(saved)
 
 
-@pytest.fixture(scope="module")
-def ops(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackHandle]:
-    """A real embedded stack in its own BODYCAM_HOME for this module."""
+def own_stack(home: Path, extra: dict[str, str] | None = None,
+              umask: int | None = None) -> Iterator[StackHandle]:
+    """A real embedded stack in its own BODYCAM_HOME (the operations settings plus `extra`),
+    started under `umask` when given, and stopped after."""
     if not TESTDATA.exists():
         pytest.exit(f"test data not found at {TESTDATA}: set BODYCAM_TESTDATA", returncode=2)
-    home = tmp_path_factory.mktemp("ops-home")
     env = {k: v for k, v in os.environ.items() if k not in EXTERNAL}
     env.update(OPS_ENV)
+    env.update(extra or {})
     env["BODYCAM_HOME"] = str(home)
     cli = Cli(env)
-    up = cli.run("up", timeout=300)
+    old = os.umask(umask) if umask is not None else None  # children inherit it
+    try:
+        up = cli.run("up", timeout=300)
+    finally:
+        if old is not None:
+            os.umask(old)
     if up.returncode != 0:
         cli.run("down")
         pytest.fail(f"bodycam up failed:\n{up.stderr}")
@@ -77,6 +83,12 @@ def ops(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackHandle]:
         yield StackHandle(home=home, cli=cli, ctx=Context.load(_settings(env)))
     finally:
         cli.run("down", timeout=120)
+
+
+@pytest.fixture(scope="module")
+def ops(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackHandle]:
+    """A real embedded stack in its own BODYCAM_HOME for this module."""
+    yield from own_stack(tmp_path_factory.mktemp("ops-home"))
 
 
 def _state(ops: StackHandle) -> dict[str, object]:

@@ -15,11 +15,10 @@ import psycopg
 import pytest
 
 from bodycam import accounts, audit
-from bodycam.context import Context
 from bodycam.services import home_admin_url
 from bodycam.stack import Stack
-from tests.conftest import EXTERNAL, TESTDATA, Cli, StackHandle
-from tests.test_operations import OPS_ENV, _as_nobody, _settings
+from tests.conftest import StackHandle
+from tests.test_operations import _as_nobody, own_stack
 
 # A stack of this module's own: the last test changes accounts behind the application's back,
 # which leaves `audit verify` failing for good (the journal is append-only).
@@ -30,27 +29,10 @@ OTHER = "TB-2"
 @pytest.fixture(scope="module")
 def tb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackHandle]:
     """A real embedded stack in its own BODYCAM_HOME, started under a permissive umask."""
-    if not TESTDATA.exists():
-        pytest.exit(f"test data not found at {TESTDATA}: set BODYCAM_TESTDATA", returncode=2)
     home = tmp_path_factory.mktemp("tb-home")
     home.chmod(0o755)  # `up` must tighten it whoever made it
-    env = {k: v for k, v in os.environ.items() if k not in EXTERNAL}
-    env.update(OPS_ENV)
-    env["BODYCAM_GPU_WORKERS"] = "1"
-    env["BODYCAM_HOME"] = str(home)
-    cli = Cli(env)
-    old = os.umask(0)  # children inherit it: whatever the umask, files must end up 0600
-    try:
-        up = cli.run("up", timeout=300)
-    finally:
-        os.umask(old)
-    if up.returncode != 0:
-        cli.run("down")
-        pytest.fail(f"bodycam up failed:\n{up.stderr}")
-    try:
-        yield StackHandle(home=home, cli=cli, ctx=Context.load(_settings(env)))
-    finally:
-        cli.run("down", timeout=120)
+    # Whatever the umask (children inherit it), the home's files must end up 0600.
+    yield from own_stack(home, {"BODYCAM_GPU_WORKERS": "1"}, umask=0)
 
 
 def _secrets(tb: StackHandle) -> dict[str, str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,22 +89,25 @@ def _new_export(ctx: Context, user: User, fmt: str) -> tuple[str, Path]:
 def make_matches_export(ctx: Context, user: User, fmt: str, status: str | None,
                         case: str | None) -> dict[str, object]:
     """Export matches with a signed manifest on the server (auditor); audited (`export`)."""
-    with ctx.db() as conn:
-        require(conn, ctx.audit_key, user, "matches.export")
-    export_id, path = _new_export(ctx, user, fmt)
-    manifest = export_matches(ctx, user.name, fmt, path, status, case)
-    _owner_only(path.parent)
-    return {"export_id": export_id, "manifest": manifest}
+    return _export(ctx, user, "matches.export", fmt,
+                   lambda path: export_matches(ctx, user.name, fmt, path, status, case))
 
 
 def make_audit_export(ctx: Context, user: User, fmt: str, date_from: str | None,
                       date_to: str | None) -> dict[str, object]:
     """Export the audit log (a window) with a signed manifest (auditor); audited."""
     start, end = parse_date(date_from, "--from"), parse_date(date_to, "--to")
+    return _export(ctx, user, "audit.export", fmt,
+                   lambda path: export_audit(ctx, user.name, fmt, path, start, end))
+
+
+def _export(ctx: Context, user: User, action: str, fmt: str,
+            write: Callable[[Path], dict[str, Any]]) -> dict[str, object]:
+    """Check the role, write the export and its manifest into a new owner-only folder."""
     with ctx.db() as conn:
-        require(conn, ctx.audit_key, user, "audit.export")
+        require(conn, ctx.audit_key, user, action)
     export_id, path = _new_export(ctx, user, fmt)
-    manifest = export_audit(ctx, user.name, fmt, path, start, end)
+    manifest = write(path)
     _owner_only(path.parent)
     return {"export_id": export_id, "manifest": manifest}
 

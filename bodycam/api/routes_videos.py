@@ -15,9 +15,10 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from bodycam.actions import evidence
 from bodycam.api.deps import PageDep, UserDep, context, paginate
 from bodycam.api.problems import PROBLEM_RESPONSES, ProblemError
-from bodycam.api.schemas import IngestOut, JobOut, PageOf, RetryOut, TrackOut
+from bodycam.api.schemas import IngestOut, JobOut, PageOf, RetryOut
 from bodycam.api.uploads import spool
 from bodycam.errors import BodycamError
+from bodycam.evidence import TrackRow
 
 router = APIRouter(prefix="/api/v1", tags=["videos"], responses=PROBLEM_RESPONSES)
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
@@ -127,7 +128,7 @@ async def retry(video_id: str, user: UserDep) -> dict[str, object]:
     return await run_in_threadpool(evidence.retry, context(), user, video_id)
 
 
-@router.get("/videos/{video_id}/tracks", response_model=PageOf[TrackOut],
+@router.get("/videos/{video_id}/tracks", response_model=PageOf[TrackRow],
             summary="A video's face tracks")
 async def tracks(video_id: str, user: UserDep, p: PageDep) -> dict[str, object]:
     """Paginated `tracks --json` items in time order."""

@@ -91,19 +91,6 @@ class RetryOut(Out):
     units_queued: int
 
 
-class TrackOut(Out):
-    """The `tracks --json` item."""
-
-    track_id: str
-    video_id: str
-    start_s: float
-    end_s: float
-    n_detections: int
-    quality: float
-    thumbnail: str | None
-    model: str | None
-
-
 class EnrolOut(Out):
     """An enrolled subject and the pending matches it made."""
 

@@ -1,0 +1,167 @@
+"""Shared pieces of the `bodycam` command: the app, consoles, one-line errors, server calls."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from typing import Any, NoReturn, TypeVar
+from urllib.parse import quote
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+
+from bodycam.config import Settings, get_settings
+from bodycam.errors import BodycamError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Bodycam: batch body-camera footage in, auditable face evidence out.")
+
+
+err = Console(stderr=True)
+
+
+out = Console()
+
+
+T = TypeVar("T")
+
+
+TERMINAL = ("done", "failed", "quarantined")
+
+
+def error_line(message: str) -> None:
+    """Print `error: message` as one line: control characters and terminal escapes in the
+    message are shown escaped and rich markup in it (e.g. from a file name) is not applied."""
+    from rich.text import Text
+
+    from bodycam.media.files import printable
+
+    err.print(Text.assemble(("error:", "red"), " ", printable(str(message))),
+              markup=False, highlight=False, soft_wrap=True, crop=False)
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """Print a one-line error and exit non-zero."""
+    error_line(message)
+    raise typer.Exit(code)
+
+
+def settings() -> Settings:
+    """Settings, or a clear error naming the bad variable."""
+    try:
+        return get_settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = "BODYCAM_" + "__".join(str(p).upper() for p in first["loc"])
+        fail(f"invalid setting {where}: {first['msg']}")
+
+
+def guarded(fn: Callable[[], T]) -> T:
+    """Run fn, turning Bodycam's typed errors into one-line messages and exit code 1."""
+    try:
+        return fn()
+    except BodycamError as exc:
+        fail(str(exc))
+
+
+def context() -> Any:
+    """The resolved runtime context."""
+    from bodycam.context import Context
+
+    return guarded(lambda: Context.load(settings()))
+
+
+def emit_json(data: object) -> None:
+    """JSON on stdout, nothing else."""
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def client_call(fn: Callable[[Any], T], url: str | None = None) -> T:
+    """Run fn with a client of the resolved server; typed errors become one line, exit 1."""
+    from bodycam.client import Client
+
+    c = guarded(lambda: Client.connect(url))
+    try:
+        return guarded(lambda: fn(c))
+    finally:
+        c.close()
+
+
+def date_option(text: str | None, flag: str) -> Any:
+    from datetime import datetime
+
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        fail(f"{flag} {text!r} is not an ISO 8601 date (e.g. 2026-03-14)")
+
+
+def export_to(route: str, output: str, fmt: str, body: dict[str, Any]) -> dict[str, Any]:
+    """Have the server write an export, then fetch the file and its signed manifest beside
+    `output`; the manifest."""
+    from pathlib import Path
+
+    from bodycam.audit import manifest_path
+    from bodycam.errors import InvalidInputError
+
+    if fmt not in ("jsonl", "csv"):
+        fail(f"--format {fmt}: choose jsonl or csv")
+    dest = Path(output)
+
+    def run(c: Any) -> dict[str, Any]:
+        made = c.post(route, {k: v for k, v in body.items() if v is not None})
+        eid = quote(str(made["export_id"]), safe="")
+        try:
+            c.download(f"/api/v1/exports/{eid}", dest)
+            c.download(f"/api/v1/exports/{eid}/manifest", manifest_path(dest))
+        except OSError as exc:
+            raise InvalidInputError(f"{output}: cannot write the export "
+                                    f"({exc.strerror or type(exc).__name__})") from None
+        except BaseException:  # a half-fetched export is no export
+            dest.unlink(missing_ok=True)
+            manifest_path(dest).unlink(missing_ok=True)
+            raise
+        return dict(made["manifest"])
+
+    return client_call(run)
+
+
+def photos_or_server_refusal(route: str, fields: dict[str, Any], photos: list[str]) -> None:
+    """Photos the client cannot read are refused here, but only after the server has had its
+    say on role, case and policy: it gets an empty stand-in for each (refused there as no
+    image, nothing stored), so the rule is named first and the file's problem second."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    from bodycam.client import ForbiddenError, ServerUnavailableError, UnauthenticatedError
+
+    unreadable = [p for p in photos if not Path(p).is_file() or not os.access(p, os.R_OK)]
+    if not unreadable:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        sent = []
+        for i, p in enumerate(photos):
+            if p in unreadable:
+                stand_in = Path(tmp, str(i), Path(p).name or "photo")
+                stand_in.parent.mkdir()
+                stand_in.write_bytes(b"")
+                p = str(stand_in)
+            sent.append(p)
+
+        def probe(c: Any) -> None:
+            try:
+                c.multipart(route, fields, sent)
+            except (ForbiddenError, UnauthenticatedError, ServerUnavailableError):
+                raise
+            except BodycamError:  # the stand-in itself was refused: the file's problem is next
+                return
+
+        client_call(probe)
+    missing = unreadable[0]
+    fail(f"{missing}: no such file" if not Path(missing).exists()
+         else f"{Path(missing).name}: cannot read the file")

@@ -1,0 +1,174 @@
+"""Governance commands through the server: users, cases, policy, thresholds, purge, fixity."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+from urllib.parse import quote
+
+import typer
+
+from bodycam.cli.base import (
+    app,
+    client_call,
+    emit_json,
+    err,
+    fail,
+    out,
+)
+from bodycam.errors import BodycamError
+
+users_app = typer.Typer(no_args_is_help=True, help="Accounts and roles (admin).")
+app.add_typer(users_app, name="users")
+
+
+@users_app.command("add")
+def users_add(
+    name: str,
+    role: Annotated[list[str], typer.Option("--role", help="clerk, investigator, supervisor, "
+                                                           "auditor or admin (repeatable)")],
+) -> None:
+    """Create an account; its API token is printed once and only its hash is stored."""
+    res = client_call(lambda c: c.post("/api/v1/users", {"name": name, "roles": role}))
+    err.print(f"user {name} created with roles {', '.join(sorted(set(role)))}; "
+              "token (shown once, store it safely):")
+    sys.stdout.write(str(res["token"]) + "\n")
+
+
+@users_app.command("list")
+def users_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Accounts, roles, state and assigned cases."""
+    rows = client_call(lambda c: c.pages("/api/v1/users"))
+    if as_json:
+        emit_json(rows)
+        return
+    for r in rows:
+        state = "disabled" if r["disabled"] else "active"
+        out.print(f"{r['name']:16} {state:8} {', '.join(r['roles'])}  cases: "
+                  f"{', '.join(r['cases']) or '-'}", highlight=False)
+
+
+@users_app.command("disable")
+def users_disable(name: str) -> None:
+    """Disable an account (the bootstrap `operator` too, once named accounts exist)."""
+    client_call(lambda c: c.post(f"/api/v1/users/{quote(name, safe='')}/disable"))
+    err.print(f"user {name} disabled")
+
+
+@users_app.command("assign")
+def users_assign(name: str, case: Annotated[str, typer.Option("--case")]) -> None:
+    """Assign a case to an account (investigators see only their cases)."""
+    client_call(lambda c: c.post(f"/api/v1/users/{quote(name, safe='')}/cases",
+                                 {"case": case}))
+    err.print(f"{name} assigned to case {case}")
+
+
+cases_app = typer.Typer(no_args_is_help=True, help="Legal holds on cases.")
+app.add_typer(cases_app, name="cases")
+
+
+@cases_app.command("hold")
+def cases_hold(case: str, reason: Annotated[str, typer.Option("--reason")]) -> None:
+    """Put a case on legal hold: its biometric data is kept past the retention period."""
+    client_call(lambda c: c.post(f"/api/v1/cases/{quote(case, safe='')}/hold",
+                                 {"reason": reason}))
+    err.print(f"case {case} on hold")
+
+
+@cases_app.command("release")
+def cases_release(case: str, reason: Annotated[str, typer.Option("--reason")]) -> None:
+    """Lift a legal hold."""
+    client_call(lambda c: c.post(f"/api/v1/cases/{quote(case, safe='')}/release",
+                                 {"reason": reason}))
+    err.print(f"case {case} released")
+
+
+policy_app = typer.Typer(no_args_is_help=True, help="Policy profiles (admin).")
+app.add_typer(policy_app, name="policy")
+
+
+@policy_app.command("show")
+def policy_show(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """The policy in force."""
+    current = client_call(lambda c: c.get("/api/v1/policy"))
+    if as_json:
+        emit_json(current)
+    else:
+        out.print(current)
+
+
+@policy_app.command("set")
+def policy_set(
+    reason: Annotated[str, typer.Option("--reason", help="why (recorded)")],
+    profile: Annotated[str | None, typer.Option(help="identify, identify-eu or redact-only")
+                       ] = None,
+    reviewers: Annotated[int | None, typer.Option(help="confirmations needed per match")] = None,
+    retention_days: Annotated[int | None, typer.Option(help="bystander data kept, days")] = None,
+) -> None:
+    """Change the policy profile or its parameters (admin, with a recorded reason)."""
+    body = {"reason": reason, "profile": profile, "reviewers": reviewers,
+            "retention_days": retention_days}
+    new = client_call(lambda c: c.put("/api/v1/policy", body))
+    out.print(f"policy now {new}")
+
+
+thresholds_app = typer.Typer(no_args_is_help=True, help="Match thresholds (supervisor).")
+app.add_typer(thresholds_app, name="thresholds")
+
+
+@thresholds_app.command("set")
+def thresholds_set(
+    model: Annotated[str, typer.Option("--model")],
+    default: Annotated[float, typer.Option("--default")],
+    floor: Annotated[float, typer.Option("--floor")],
+    reason: Annotated[str, typer.Option("--reason")],
+) -> None:
+    """Record a supervisor-approved change of a model's default threshold and floor."""
+    import math
+
+    from bodycam.search import check_similarity
+
+    for value, flag in ((default, "--default"), (floor, "--floor")):
+        if not math.isfinite(value):  # JSON cannot carry it: the server's line, said here
+            try:
+                check_similarity(value, flag)
+            except BodycamError as exc:
+                fail(str(exc))
+    client_call(lambda c: c.put(f"/api/v1/thresholds/{quote(model, safe='')}",
+                                {"default": default, "floor": floor, "reason": reason}))
+    out.print(f"{model}: default {default}, floor {floor}")
+
+
+@app.command()
+def purge(dry_run: Annotated[bool, typer.Option("--dry-run")] = False) -> None:
+    """Remove expired bystander embeddings and crops (originals are never touched)."""
+    plan = client_call(lambda c: c.post("/api/v1/purge", {"dry_run": dry_run}))
+    verb = "would purge" if dry_run else "purged"
+    out.print(f"{verb} {plan['tracks']} tracks, {plan['detections']} detection embeddings, "
+              f"{plan['thumbnails']} thumbnails (older than {plan['retention_days']} days)")
+
+
+@app.command()
+def fixity(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Re-hash every stored original and derivative against its recorded SHA-256 now; each
+    mismatch is audited. Exit 1 when any object changed or is missing."""
+    report = client_call(lambda c: c.post("/api/v1/fixity"))
+    if as_json:
+        emit_json(report)
+    else:
+        for m in report["mismatched"]:
+            found = m["actual_sha256"] or "missing"
+            out.print(f"MISMATCH {m['kind']} {m['key']} (video {m['video_id']}): recorded "
+                      f"{m['expected_sha256']}, stored {found}", highlight=False, soft_wrap=True)
+        out.print(f"fixity {'ok' if report['ok'] else 'FAILED'}: {report['originals']} "
+                  f"originals, {report['derivatives']} derivatives, "
+                  f"{len(report['mismatched'])} mismatches", highlight=False, soft_wrap=True)
+    if not report["ok"]:
+        raise typer.Exit(1)
+
+
+@app.command("events-token")
+def events_token_cmd() -> None:
+    """Print the bearer token the S3 notifier must send to POST /s3/events (admin)."""
+    res = client_call(lambda c: c.get("/api/v1/events-token"))
+    sys.stdout.write(str(res["token"]) + "\n")

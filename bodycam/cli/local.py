@@ -1,0 +1,99 @@
+"""Commands that manage the embedded stack here: up, down, status, migrate, serve, demo, bench."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from bodycam.cli.base import (
+    app,
+    context,
+    emit_json,
+    err,
+    fail,
+    guarded,
+    out,
+    settings,
+)
+
+
+@app.command()
+def up() -> None:
+    """Start the embedded stack (Postgres+pgvector, S3, Redis, workers, API) on loopback."""
+    from bodycam.stack import Stack
+
+    stack = Stack(settings())
+    guarded(lambda: stack.up(progress=lambda m: err.print(f"  {m}")))
+    st = stack.status()
+    if not st["ok"]:
+        fail(f"stack in {st['home']} is not fully up: {st['services']}, "
+             f"{st['workers']} workers: see its logs/")
+    err.print(f"stack up in {st['home']}: database, S3, broker, "
+              f"{st['workers']} workers")
+
+
+@app.command()
+def down() -> None:
+    """Stop what `bodycam up` started in this BODYCAM_HOME (external services are untouched)."""
+    from bodycam.stack import Stack
+
+    stopped = Stack(settings()).down(progress=lambda m: err.print(f"  {m}"))
+    err.print(f"stopped {len(stopped)} processes" if stopped else "nothing was running")
+
+
+@app.command()
+def status(as_json: Annotated[bool, typer.Option("--json", help="machine-readable")] = False
+           ) -> None:
+    """Each service's state, URLs, worker counts and queue depths; exit 1 unless all are up."""
+    from bodycam.stack import Stack
+
+    st = Stack(settings()).status()
+    if as_json:
+        emit_json(st)
+    else:
+        for key, value in st.items():
+            out.print(f"{key:16} {value}", highlight=False)
+    if not st["ok"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+def migrate() -> None:
+    """Apply database migrations (production: run once before starting workers)."""
+    from bodycam.db import migrate as run
+    from bodycam.services import admin_database_url
+
+    ctx = context()
+    applied = guarded(lambda: run(admin_database_url(ctx.settings)))
+    err.print(f"applied {len(applied)} migrations" if applied else "schema is up to date")
+
+
+@app.command()
+def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Serve the HTTP API (every action, S3 event notifications, health)."""
+    import uvicorn
+
+    uvicorn.run("bodycam.api.app:app", host=host, port=port, log_level="warning")
+
+
+@app.command()
+def demo(
+    testdata: Annotated[str, typer.Option(help="folder with video/ (the shared test data)")],
+    case: str = "DEMO-1",
+) -> None:
+    """Start the stack, ingest the sample clips, process them and print what was found."""
+    from bodycam.demo import run_demo
+
+    guarded(lambda: run_demo(settings(), testdata, case, out))
+
+
+@app.command()
+def bench(
+    testdata: Annotated[str, typer.Option(help="the shared test data folder")],
+    clip_s: Annotated[float, typer.Option(help="length of the synthetic 720p30 clip")] = 120.0,
+) -> None:
+    """Measure the face pipeline per stage against the naive baseline; write BENCHMARKS figures."""
+    from bodycam.bench import run_pipeline_bench
+
+    guarded(lambda: run_pipeline_bench(settings(), testdata, clip_s, out))
