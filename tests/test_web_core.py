@@ -115,3 +115,46 @@ def test_signing_out_revokes_the_session_on_the_server(
     assert page.url == api_url + "/", "back to the login page"
 
 
+
+
+def test_every_page_labels_its_controls_describes_its_images_and_fits_1280x720(
+        page: Page, api_url: str, operator_token: str) -> None:
+    """Accessibility basics on every page, as the operator (every role opens every page)."""
+    from bodycam.web.pages import PAGES
+
+    op = make_account(api_url, operator_token,
+                      ["clerk", "investigator", "supervisor", "auditor", "admin"])
+    sign_in(page, api_url, op)
+    problems: list[str] = []
+    for p in ["", *(f"/{pg.path}" for pg in PAGES)]:
+        resp = page.goto(f"{api_url}/app{p}")
+        assert resp is not None and resp.status == 200, p
+        page.wait_for_load_state("networkidle")
+        found = page.evaluate("""() => {
+            const out = [];
+            for (const el of document.querySelectorAll('input, select, textarea')) {
+                if (el.type === 'hidden' || el.offsetParent === null) continue;
+                const named = (el.labels && el.labels.length) || el.getAttribute('aria-label')
+                    || el.getAttribute('aria-labelledby');
+                if (!named) out.push('unlabelled ' + el.tagName + '#' + (el.id || el.name));
+            }
+            for (const el of document.querySelectorAll('img')) {
+                if (!el.hasAttribute('alt')) out.push('img without alt ' + el.src);
+            }
+            for (const el of document.querySelectorAll('button, a[href]')) {
+                const name = el.innerText || el.getAttribute('aria-label')
+                    || el.getAttribute('title') || '';
+                if (el.offsetParent !== null && !name.trim())
+                    out.push('nameless ' + el.outerHTML.slice(0, 80));
+            }
+            if (document.querySelectorAll('h1').length !== 1) out.push('h1 count');
+            if (document.documentElement.scrollWidth > window.innerWidth)
+                out.push('scrolls sideways');
+            return out;
+        }""")
+        problems += [f"/app{p}: {f}" for f in found]
+    assert not problems, "\n".join(problems)
+    # Keyboard: the first Tab reaches the skip link, which moves focus to the content.
+    page.goto(f"{api_url}/app/search")
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.textContent") == "Skip to content"
