@@ -195,11 +195,16 @@ def test_reprocessing_replaces_results_instead_of_duplicating(
                          for t in ("scenes", "tracks", "detections"))  # type: ignore[return-value]
 
     before = snapshot()
-    assert stack.cli.run("retry", vid).returncode == 0
+    # A done video is not re-queued (nothing would run it)...
+    refused = stack.cli.run("retry", vid)
+    assert refused.returncode != 0 and "only a failed or quarantined" in refused.stderr
+    # ...but one whose first unit failed after its results were written is: the unit runs
+    # again and replaces its rows.
     with stack.ctx.db() as conn:
-        conn.execute("UPDATE work_units SET state = 'pending' WHERE video_id = %s", (vid,))
-    from bodycam.queue import PROCESS_UNIT
-    stack.ctx.send(PROCESS_UNIT, vid, 0)
+        conn.execute("UPDATE work_units SET state = 'failed' WHERE video_id = %s AND idx = 0",
+                     (vid,))
+        conn.execute("UPDATE videos SET status = 'failed' WHERE id = %s", (vid,))
+    assert stack.cli.run("retry", vid).returncode == 0
     assert stack.wait_status(vid)["status"] == "done"
     assert snapshot() == before
 
