@@ -7,7 +7,7 @@ export BODYCAM_TESTDATA ?= $(abspath ../shared/testdata)
 # here, and Bodycam never switches models silently.
 export BODYCAM_PIPELINE__EMBEDDER ?= dlib-resnet
 
-.PHONY: install demo test lint bench hostile faults clean
+.PHONY: install browser demo test lint bench hostile faults clean
 
 install: $(VENV)/.installed
 
@@ -26,7 +26,13 @@ lint: install
 	$(BIN)/ruff check bodycam workers tests
 	$(BIN)/mypy
 
-test: lint
+# The web-app tests drive Debian's chromium with Playwright (its own browser download cannot
+# work offline); installed here when missing (CI runs as root).
+browser:
+	command -v chromium >/dev/null 2>&1 || (apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
+
+test: lint browser
 	# A private basetemp: the stack's data lives there, and pytest prunes old shared ones.
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q -ra \
 		--basetemp="$$(mktemp -d /tmp/bodycam-tests.XXXXXX)"

@@ -20,7 +20,8 @@ PERMISSIONS: dict[str, tuple[str, ...]] = {
     "ingest": ("clerk",),
     "jobs": ("clerk", "supervisor", "admin"),
     "retry": ("clerk", "supervisor"),
-    "tracks": ("investigator",),
+    # Tracks, thumbnails and originals: supervisors review matches, so they see the footage.
+    "tracks": ("investigator", "supervisor"),
     "subjects.enroll": ("investigator",),
     "subjects.list": ("investigator", "supervisor"),
     "subjects.remove": ("investigator", "supervisor"),

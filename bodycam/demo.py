@@ -61,6 +61,8 @@ def run_demo(settings: Settings, testdata: str, case: str, out: Console) -> None
                               str(t["n_detections"]), f"{t['quality']:.2f}")
             out.print(table)
         _demo_search(client, testdata, case, out)
+        out.print(f"[bold]Web app:[/bold] {client.target.url}/ (sign in as {me['user']}; the "
+                  f"bootstrap operator's token is in {settings.home_dir}/operator.token)")
         out.print(f"Stack still running: `bodycam status`, `bodycam jobs`, `bodycam down` "
                   f"(BODYCAM_HOME={settings.home_dir}).")
     finally:

@@ -52,13 +52,10 @@ def load_photo(data: bytes, name: str) -> np.ndarray:
         raise PhotoRefusedError(f"{name}: not a readable image (use a JPEG or PNG photo)") from None
 
 
-def face_from_photo(settings: Settings, path: str, face: int | None = None,
-                    embedder: FaceEmbedder | None = None) -> PhotoFace:
-    """Detect, check and embed the face of a photo.
-
-    The largest face is used unless `face` picks another (faces are numbered largest first).
-    Raises PhotoRefusedError when there is no face, or it is too small or too blurred.
-    """
+def detect_faces(settings: Settings, path: str
+                 ) -> tuple[bytes, np.ndarray, float, list[FaceDetection]]:
+    """Read and decode a photo and detect its faces, largest first (the order of `face`
+    indexes everywhere): (bytes, image as detected, scale, faces in original pixels)."""
     name = Path(path).name
     try:
         data = Path(path).read_bytes()
@@ -69,10 +66,21 @@ def face_from_photo(settings: Settings, path: str, face: int | None = None,
     if scale < 1.0:
         image = np.asarray(Image.fromarray(image).resize(
             (int(image.shape[1] * scale), int(image.shape[0] * scale)), Image.Resampling.LANCZOS))
-    cfg, scfg = settings.pipeline, settings.search
-    detector = Registry.detector(cfg.model_copy(update={"min_face_px": 20}))
+    detector = Registry.detector(settings.pipeline.model_copy(update={"min_face_px": 20}))
     frame = SampledFrame(0, 0, 0.0, 0, image, scale)
-    faces = sorted(detector.detect([frame])[0], key=lambda d: -d.height_px)
+    return data, image, scale, sorted(detector.detect([frame])[0], key=lambda d: -d.height_px)
+
+
+def face_from_photo(settings: Settings, path: str, face: int | None = None,
+                    embedder: FaceEmbedder | None = None) -> PhotoFace:
+    """Detect, check and embed the face of a photo.
+
+    The largest face is used unless `face` picks another (faces are numbered largest first).
+    Raises PhotoRefusedError when there is no face, or it is too small or too blurred.
+    """
+    name = Path(path).name
+    data, image, scale, faces = detect_faces(settings, path)
+    cfg, scfg = settings.pipeline, settings.search
     if not faces:
         raise PhotoRefusedError(
             f"no face found in {name}: use a frontal photo with the face at least "

@@ -193,3 +193,7 @@ def api_url(stack: StackHandle) -> str:
 def operator_token(stack: StackHandle) -> str:
     """The bootstrap operator's token (every role), from the stack's home."""
     return (stack.home / "operator.token").read_text().strip()
+
+
+# The browser fixtures (headless Debian chromium driven by Playwright) for the web-app tests.
+from tests.web import browser, page  # noqa: E402, F401

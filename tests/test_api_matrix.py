@@ -117,6 +117,13 @@ def _check_live(w: World, role: str, fresh: bool) -> Req:
     return Req("POST", "/api/v1/audit/check-live", json={"manifest": w.a["manifest"]})
 
 
+def _unassign(w: World, role: str, fresh: bool) -> Req:
+    name = w.user("clerk") if fresh else w.names["investigator"]
+    if fresh:
+        w.as_op("POST", f"{V}/users/{name}/cases", json={"case": CASE_C})
+    return Req("DELETE", f"{V}/users/{name}/cases/{CASE_C if fresh else CASE_A}")
+
+
 Make = Callable[[World, str, bool], Req]
 
 
@@ -169,6 +176,10 @@ MATRIX: list[Route] = [
     _r("POST", V + "/search", "search", lambda w, r, f: Req(
         "POST", V + "/search", data={"case": CASE_A, "purpose": "matrix",
                                      "subject": w.a["subject"]})),
+    _r("POST", V + "/photos/faces", "search", lambda w, r, f: Req(
+        "POST", V + "/photos/faces", data={"case": CASE_A}, files=_photo())),
+    _r("GET", V + "/cases/{}/videos", "tracks",
+       lambda w, r, f: Req("GET", f"{V}/cases/{CASE_A}/videos")),
     _r("GET", V + "/matches", "matches",
        lambda w, r, f: Req("GET", V + "/matches", params={"case": CASE_A})),
     _r("POST", V + "/matches/{}/review", "review", _review),
@@ -215,6 +226,11 @@ MATRIX: list[Route] = [
        lambda w, r, f: Req("POST", "/s3/events", json={"Records": []})),
     _r("GET", "/healthz", PUBLIC, lambda w, r, f: Req("GET", "/healthz")),
     _r("GET", "/", PUBLIC, lambda w, r, f: Req("GET", "/")),
+    _r("GET", V + "/subjects/{}/photo", "subjects.list",
+       lambda w, r, f: Req("GET", f"{V}/subjects/{w.a['subject']}/photo")),
+    _r("DELETE", V + "/users/{}/cases/{}", "cases.assign", _unassign),
+    _r("GET", V + "/cases", "cases.assign", lambda w, r, f: Req("GET", V + "/cases")),
+    _r("GET", V + "/thresholds", ANY, lambda w, r, f: Req("GET", V + "/thresholds")),
 ]
 NOT_IN_SCHEMA = {("GET", "/")}  # the web page is not an API operation
 
@@ -401,12 +417,16 @@ def test_ids_of_another_case_are_refused_on_every_object_kind_and_audited(world:
             "case": CASE_A, "purpose": "probe", "video": b["video"]}, files=_photo())),
         ("search case B", Req("POST", V + "/search", data={
             "case": CASE_B, "purpose": "probe", "subject": b["subject"]})),
+        ("photo faces case B", Req("POST", V + "/photos/faces", data={"case": CASE_B},
+                                   files=_photo())),
+        ("videos of B", Req("GET", f"{V}/cases/{CASE_B}/videos")),
         ("subject remove", Req("DELETE", f"{V}/subjects/{b['subject']}")),
         ("subjects of B", Req("GET", V + "/subjects", params={"case": CASE_B})),
         ("match review", Req("POST", f"{V}/matches/{b['match']}/review",
                              json={"decision": "confirm", "note": "probe"})),
         ("matches of B", Req("GET", V + "/matches", params={"case": CASE_B})),
         ("persons of B", Req("GET", V + "/persons", params={"case": CASE_B, "purpose": "p"})),
+        ("subject photo", Req("GET", f"{V}/subjects/{b['subject']}/photo")),
     ]:
         _isolated(world, inv, req, what, failures)
     for what, req in [

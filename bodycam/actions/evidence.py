@@ -107,11 +107,11 @@ def get_video(ctx: Context, user: User, video_id: str) -> jobs.JobRow:
 
 
 def retry(ctx: Context, user: User, video_id: str) -> dict[str, object]:
-    """Queue a failed or quarantined video again; audited (`retry`)."""
+    """Queue a failed or quarantined video again (the role, and the case or one's own
+    upload); audited (`retry`)."""
     with ctx.db() as conn:
-        require(conn, ctx.audit_key, user, "retry", case_of(conn, "video", video_id))
-        if case_of(conn, "video", video_id) is None:
-            raise NotFoundError(f"no video {video_id}")
+        # The uploader may retry their own upload, as they may follow its job.
+        _video_case(conn, ctx.audit_key, user, "retry", video_id, uploader_may=True)
         units = jobs.retry_video(conn, video_id)
         audit.append(conn, ctx.audit_key, user.name, "retry", {"video_id": video_id})
     for idx in units:

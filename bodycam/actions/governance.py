@@ -6,7 +6,7 @@ from bodycam import accounts, audit, fixity, policy, retention
 from bodycam.accounts import User, require
 from bodycam.context import Context
 from bodycam.errors import InvalidInputError
-from bodycam.search import set_thresholds
+from bodycam.search import DIMS, set_thresholds
 
 
 def create_user(ctx: Context, user: User, name: str, roles: list[str]) -> dict[str, object]:
@@ -41,6 +41,33 @@ def assign_case(ctx: Context, user: User, name: str, case: str) -> dict[str, obj
         require(conn, ctx.audit_key, user, "cases.assign")
         accounts.assign_case(conn, ctx.audit_key, name, case.strip(), user.name)
     return {"name": name, "case": case.strip()}
+
+
+def unassign_case(ctx: Context, user: User, name: str, case: str) -> dict[str, object]:
+    """Take a case away from an account (supervisor, admin); audited (`case.unassign`)."""
+    with ctx.db() as conn:
+        require(conn, ctx.audit_key, user, "cases.assign")
+        accounts.unassign_case(conn, ctx.audit_key, name, case, user.name)
+    return {"name": name, "case": case}
+
+
+def list_cases(ctx: Context, user: User) -> list[dict[str, object]]:
+    """Every case known (assigned, held, or holding footage or subjects) with its assigned
+    accounts and hold (supervisor, admin: they see every case)."""
+    with ctx.db() as conn:
+        require(conn, ctx.audit_key, user, "cases.assign")
+        rows = conn.execute(
+            "WITH c AS (SELECT case_id FROM case_assignments UNION SELECT case_id FROM"
+            " held_cases UNION SELECT case_id FROM videos UNION SELECT case_id FROM subjects)"
+            " SELECT c.case_id, h.held_by, h.held_at, h.reason,"
+            " COALESCE(array_agg(a.user_name ORDER BY a.user_name)"
+            " FILTER (WHERE a.user_name IS NOT NULL), '{}') AS users"
+            " FROM c LEFT JOIN held_cases h ON h.case_id = c.case_id"
+            " LEFT JOIN case_assignments a ON a.case_id = c.case_id"
+            " GROUP BY c.case_id, h.held_by, h.held_at, h.reason ORDER BY c.case_id").fetchall()
+    return [{"case": r["case_id"], "users": list(r["users"]), "held": r["held_by"] is not None,
+             "held_by": r["held_by"], "hold_reason": r["reason"],
+             "held_at": r["held_at"].isoformat() if r["held_at"] else None} for r in rows]
 
 
 def hold_case(ctx: Context, user: User, case: str, reason: str) -> dict[str, object]:
@@ -82,6 +109,33 @@ def set_policy(ctx: Context, user: User, reason: str, profile: str | None = None
         require(conn, ctx.audit_key, user, "policy.set")
         return policy.change(conn, ctx.audit_key, user.name, reason, profile, reviewers,
                              retention_days).as_json()
+
+
+def list_thresholds(ctx: Context, user: User) -> list[dict[str, object]]:
+    """Each model's thresholds in force: configured, calibrated floor, and the last recorded
+    supervisor change with who made it and why (any account, like the policy)."""
+    search = ctx.settings.search
+    with ctx.db() as conn:
+        found = {str(r["model"]): r for r in conn.execute(
+            "SELECT DISTINCT ON (model) model, default_threshold, floor, changed_by, reason,"
+            " changed_at FROM thresholds ORDER BY model, id DESC").fetchall()}
+    out: list[dict[str, object]] = []
+    for model in DIMS:
+        calibrated = search.threshold_floor.get(model)
+        default, floor = search.default_threshold.get(model), calibrated
+        row = found.get(model)
+        if row is not None:
+            # Stored as float4: rounded back to the value the supervisor gave.
+            default, floor = round(float(row["default_threshold"]), 6), round(
+                float(row["floor"]), 6)
+            if calibrated is not None:
+                floor, default = max(floor, calibrated), max(default, calibrated)
+        out.append({"model": model, "default": default, "floor": floor,
+                    "calibrated_floor": calibrated,
+                    "changed_by": row["changed_by"] if row else None,
+                    "reason": row["reason"] if row else None,
+                    "changed_at": row["changed_at"].isoformat() if row else None})
+    return out
 
 
 def change_thresholds(ctx: Context, user: User, model: str, default: float, floor: float,

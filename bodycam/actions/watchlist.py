@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 from datetime import datetime
+from pathlib import Path
 
-from bodycam import matching, policy, subjects
+from PIL import Image, ImageOps
+
+from bodycam import audit, matching, policy, subjects
 from bodycam import search as s
-from bodycam.accounts import User, require
+from bodycam.accounts import User, case_of, require, require_visible
 from bodycam.actions._common import refusals_audited
 from bodycam.context import Context
-from bodycam.errors import InvalidInputError
+from bodycam.errors import InvalidInputError, NotFoundError
 from bodycam.matching import Match, Person
 from bodycam.subjects import Subject
 
@@ -90,6 +95,53 @@ def search(ctx: Context, user: User, case: str | None, purpose: str | None,
         return s.search(ctx, probe, case, purpose, user.name, threshold, limit, filters)
 
 
+def photo_faces(ctx: Context, user: User, case: str | None, path: str | None
+                ) -> dict[str, object]:
+    """The faces of a probe photo, largest first with the index `search` and `enroll` take as
+    `face` (investigator of the case; nothing is stored); audited (`photo.faces`)."""
+    if not case or not case.strip():
+        raise InvalidInputError("missing --case: every search is bound to a case")
+    with ctx.db() as conn:
+        require(conn, ctx.audit_key, user, "search", case.strip())
+    if path is None:
+        raise InvalidInputError("missing --photo: send the probe photo as file `photo`")
+    with refusals_audited(ctx, user, "search"):
+        with ctx.db() as conn:
+            policy.require_identify(conn, "face detection")
+        data, image, _scale, found = subjects.detect_faces(ctx.settings, path)
+    faces = [{"index": i, "box": [round(d.box_px[0], 1), round(d.box_px[1], 1),
+                                  round(d.box_px[2] - d.box_px[0], 1),
+                                  round(d.box_px[3] - d.box_px[1], 1)],
+              "height_px": round(d.height_px, 1), "probability": round(d.probability, 3)}
+             for i, d in enumerate(found)]
+    sha = hashlib.sha256(data).hexdigest()
+    ctx.audit(user.name, "photo.faces", {"case": case.strip(), "photo_sha256": sha,
+                                         "faces": len(faces)})
+    width = image.shape[1] / _scale
+    height = image.shape[0] / _scale
+    return {"photo": Path(path).name, "photo_sha256": sha, "width": round(width),
+            "height": round(height), "faces": faces}
+
+
+def case_videos(ctx: Context, user: User, case: str) -> list[dict[str, object]]:
+    """The videos of a case with their duration and processing state (investigator of the
+    case), newest first; refusals audited."""
+    with ctx.db() as conn:
+        require(conn, ctx.audit_key, user, "tracks", case)
+        rows = conn.execute(
+            "SELECT v.id::text AS video_id, v.original_filename, v.duration_s, v.status,"
+            " v.stage, v.progress, v.recorded_at, v.ingested_at, v.officer, v.device,"
+            " (SELECT count(*) FROM tracks t WHERE t.video_id = v.id AND t.purged_at IS NULL)"
+            " AS n_tracks FROM videos v WHERE v.case_id = %s ORDER BY v.ingested_at DESC",
+            (case,)).fetchall()
+    return [{"video_id": r["video_id"], "case": case, "filename": r["original_filename"],
+             "duration_s": round(float(r["duration_s"]), 3), "status": r["status"],
+             "stage": r["stage"], "progress": round(float(r["progress"]), 3),
+             "recorded_at": r["recorded_at"].isoformat() if r["recorded_at"] else None,
+             "ingested_at": r["ingested_at"].isoformat(), "officer": r["officer"],
+             "device": r["device"], "tracks": int(r["n_tracks"])} for r in rows]
+
+
 def matches(ctx: Context, user: User, status: str | None = None, case: str | None = None
             ) -> list[Match]:
     """Watchlist matches of the cases the user sees; audited (`matches.list`)."""
@@ -117,3 +169,53 @@ def persons(ctx: Context, user: User, case: str, purpose: str | None) -> list[Pe
     with refusals_audited(ctx, user, "persons"), ctx.db() as conn:
         return matching.persons(conn, ctx.audit_key, ctx.settings, case, purpose or "",
                                 user.name)
+
+
+def match_items(ctx: Context, user: User, status: str | None = None, case: str | None = None
+                ) -> list[dict[str, object]]:
+    """The `matches --json` items of the cases the user sees (audited as `matches.list`),
+    each with what its reviewer must know: who enrolled the subject (`enrolled_by`), the
+    reviewers the policy requires, and, while pending, how many more confirmations by someone
+    other than the enroller it needs (`confirmations_missing`)."""
+    with ctx.db() as conn:
+        rows = matching.view_matches(conn, ctx.audit_key, user, status, case)
+        needed = policy.current(conn).reviewers_required
+        ids = [m.match_id for m in rows]
+        info = {str(r["id"]): r for r in conn.execute(
+            "SELECT m.id::text AS id, s.created_by, count(r.id) FILTER (WHERE"
+            " r.decision = 'confirm' AND r.reviewer <> s.created_by) AS n FROM matches m"
+            " JOIN subjects s ON s.id = m.subject_id LEFT JOIN reviews r ON r.match_id = m.id"
+            " WHERE m.id::text = ANY(%s::text[]) GROUP BY m.id, s.created_by",
+            (ids,)).fetchall()} if ids else {}
+    out = []
+    for m in rows:
+        row = info.get(m.match_id)
+        done = int(row["n"]) if row else 0
+        out.append({**m.as_json(), "enrolled_by": row["created_by"] if row else None,
+                    "reviewers_required": needed,
+                    "confirmations_missing": max(0, needed - done)
+                    if m.status == "pending" else 0})
+    return out
+
+
+def subject_photo(ctx: Context, user: User, subject_id: str) -> bytes:
+    """A subject's first enrolment photo as a JPEG (EXIF dropped, at most 640 px a side), for
+    an investigator or supervisor of the subject's case; audited (`subject.photo`)."""
+    with ctx.db() as conn:
+        require(conn, ctx.audit_key, user, "subjects.list")
+        require_visible(conn, ctx.audit_key, user, "subjects.list", "subject", subject_id,
+                        case_of(conn, "subject", subject_id))
+        row = conn.execute(
+            "SELECT f.photo_key, f.photo_sha256 FROM subject_faces f JOIN subjects s"
+            " ON s.id = f.subject_id WHERE s.id::text = %s AND s.removed_at IS NULL"
+            " ORDER BY f.id LIMIT 1", (subject_id,)).fetchone()
+        if row is None:
+            raise NotFoundError(f"subject {subject_id} has no enrolment photo (removed)")
+        audit.append(conn, ctx.audit_key, user.name, "subject.photo", {
+            "subject_id": subject_id, "photo_sha256": row["photo_sha256"]})
+    data = ctx.store.get_bytes(str(row["photo_key"]))
+    img = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
+    img.thumbnail((640, 640))
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=90)
+    return buf.getvalue()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, FastAPI
-from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
 
 from bodycam.api import (
     problems,
@@ -17,17 +17,10 @@ from bodycam.api import (
 from bodycam.api.s3events import events_token
 from bodycam.api.schemas import Health
 from bodycam.context import shared
+from bodycam.web import routes as web_routes
+from bodycam.web.core import HERE as WEB
 
 __all__ = ["app", "create_app", "events_token"]
-
-PLACEHOLDER = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Bodycam</title></head>
-<body><h1>Bodycam server</h1>
-<p>Bodycam server: the web app comes with the next release; API docs at
-<a href="/docs">/docs</a> (schema: <a href="/openapi.json">/openapi.json</a>).</p>
-</body></html>
-"""
-
 
 def create_app() -> FastAPI:
     """A new app with every router and the problem+json error handlers."""
@@ -44,10 +37,8 @@ def create_app() -> FastAPI:
         shared()
         return Health(status="ok")
 
-    @api.get("/", response_class=HTMLResponse, include_in_schema=False)
-    def index() -> HTMLResponse:
-        return HTMLResponse(PLACEHOLDER)
-
+    api.include_router(web_routes.router)
+    api.mount("/static", StaticFiles(directory=str(WEB / "static")), name="static")
     return api
 
 

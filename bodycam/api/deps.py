@@ -1,4 +1,5 @@
-"""Request dependencies: the context, the bearer-token account, pagination."""
+"""Request dependencies: the context, the account of the bearer token or session cookie,
+pagination."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from bodycam import auth
-from bodycam.accounts import User
+from bodycam.accounts import AccessDeniedError, User
 from bodycam.auth import FailureLimiter, UnauthenticatedError
 from bodycam.context import Context, shared
 
@@ -62,10 +63,20 @@ async def session(request: Request,
                   x_bodycam_user: Annotated[str | None, Header(
                       description="who the caller claims to be (optional)")] = None,
                   ) -> auth.Session:
-    """The authenticated token of the request (401 otherwise)."""
-    return await run_in_threadpool(authenticate, context(), client_of(request),
-                                   credentials.credentials.strip() or None
-                                   if credentials else None, x_bodycam_user)
+    """The authenticated token of the request (401 otherwise): the bearer token, else the web
+    app's session cookie. A cookie is sent by the browser on its own, so every call that
+    changes something with it must also carry the session's CSRF token (403 otherwise)."""
+    from bodycam.web.core import CSRF_HEADER, SAFE_METHODS, csrf_ok, session_of
+
+    token = credentials.credentials.strip() or None if credentials else None
+    cookie = session_of(request) if credentials is None else None
+    s = await run_in_threadpool(authenticate, context(), client_of(request), token or cookie,
+                                x_bodycam_user)
+    if cookie is not None and request.method not in SAFE_METHODS \
+            and not csrf_ok(cookie, request.headers.get(CSRF_HEADER)):
+        raise AccessDeniedError(f"refused: a change made with the session cookie needs the "
+                                f"{CSRF_HEADER} header of its page")
+    return s
 
 
 async def current_user(s: Annotated[auth.Session, Depends(session)]) -> User:

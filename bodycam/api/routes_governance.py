@@ -12,6 +12,7 @@ from bodycam.api.problems import PROBLEM_RESPONSES
 from bodycam.api.schemas import (
     AssignIn,
     AssignOut,
+    CaseOut,
     DisabledOut,
     HoldOut,
     KeyOut,
@@ -20,6 +21,7 @@ from bodycam.api.schemas import (
     PurgeIn,
     ReasonIn,
     ThresholdsIn,
+    ThresholdsNowOut,
     ThresholdsOut,
     UserCreatedOut,
     UserIn,
@@ -57,6 +59,20 @@ async def users_assign(name: str, body: AssignIn, user: UserDep) -> dict[str, ob
     return await run_in_threadpool(governance.assign_case, context(), user, name, body.case)
 
 
+@router.delete("/users/{name}/cases/{case}", response_model=AssignOut,
+               summary="Take a case away from an account")
+async def users_unassign(name: str, case: str, user: UserDep) -> dict[str, object]:
+    """The account no longer sees the case; audited (`case.unassign`)."""
+    return await run_in_threadpool(governance.unassign_case, context(), user, name, case)
+
+
+@router.get("/cases", response_model=PageOf[CaseOut],
+            summary="Cases with their assigned accounts and legal holds")
+async def cases_list(user: UserDep, p: PageDep) -> dict[str, object]:
+    """Every case assigned, held, or holding footage or subjects (supervisor, admin)."""
+    return paginate(await run_in_threadpool(governance.list_cases, context(), user), p)
+
+
 @router.post("/cases/{case}/hold", response_model=HoldOut, summary="Put a case on legal hold")
 async def hold(case: str, body: ReasonIn, user: UserDep) -> dict[str, object]:
     """Its biometric data is kept past the retention period; audited."""
@@ -81,6 +97,13 @@ async def policy_set(body: PolicyIn, user: UserDep) -> dict[str, object]:
     """The new policy; audited."""
     return await run_in_threadpool(governance.set_policy, context(), user, body.reason,
                                    body.profile, body.reviewers, body.retention_days)
+
+
+@router.get("/thresholds", response_model=list[ThresholdsNowOut],
+            summary="Each model's thresholds in force")
+async def thresholds_list(user: UserDep) -> list[dict[str, object]]:
+    """Default, floor, calibrated floor and the last recorded change (who, when, why)."""
+    return await run_in_threadpool(governance.list_thresholds, context(), user)
 
 
 @router.put("/thresholds/{model}", response_model=ThresholdsOut,

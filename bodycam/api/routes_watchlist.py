@@ -1,4 +1,4 @@
-"""Routes: subjects (enrol, list, remove, approve), search, matches, review, persons."""
+"""Routes: subjects (enrol, list, remove, approve), search, photo faces, review, persons."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Query, UploadFile
+from fastapi import APIRouter, File, Form, Query, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
 from bodycam.actions import watchlist
@@ -18,10 +18,12 @@ from bodycam.api.deps import PageDep, UserDep, context, paginate
 from bodycam.api.problems import PROBLEM_RESPONSES, ProblemError
 from bodycam.api.schemas import (
     ApprovedOut,
+    CaseVideoOut,
     EnrolOut,
     MatchOut,
     PageOf,
     PersonOut,
+    PhotoFacesOut,
     RemovedOut,
     ReviewIn,
     ReviewOut,
@@ -139,13 +141,33 @@ def search(user: UserDep,
     return out
 
 
+@router.post("/photos/faces", response_model=PhotoFacesOut,
+             summary="The faces of a probe photo, to choose one (`face`)")
+def photo_faces(user: UserDep, case: Annotated[str | None, Form()] = None,
+                photo: Annotated[UploadFile | None, File(description="probe photo")] = None,
+                ) -> dict[str, object]:
+    """Boxes `[x, y, w, h]` in the photo's pixels, largest first: `index` is the `face` that
+    search and enrolment take; same detector; nothing is stored; audited (`photo.faces`)."""
+    with _photos([photo] if photo is not None else []) as paths:
+        return watchlist.photo_faces(context(), user, case, paths[0] if paths else None)
+
+
+@router.get("/cases/{case}/videos", response_model=PageOf[CaseVideoOut],
+            summary="The videos of a case, with duration and state (investigator)")
+async def case_videos(case: str, user: UserDep, p: PageDep) -> dict[str, object]:
+    """Paginated, newest first; investigator of the case."""
+    rows = await run_in_threadpool(watchlist.case_videos, context(), user, case)
+    return paginate(rows, p)
+
+
 @router.get("/matches", response_model=PageOf[MatchOut],
             summary="Watchlist matches of the cases the caller sees")
 async def matches(user: UserDep, p: PageDep, status: Annotated[str | None, Query()] = None,
                   case: Annotated[str | None, Query()] = None) -> dict[str, object]:
-    """Paginated `matches --json` items; audited."""
-    rows = await run_in_threadpool(watchlist.matches, context(), user, status, case)
-    return paginate([r.as_json() for r in rows], p)
+    """Paginated `matches --json` items, each with `enrolled_by`, `reviewers_required` and
+    `confirmations_missing` (by others than the enroller); audited."""
+    rows = await run_in_threadpool(watchlist.match_items, context(), user, status, case)
+    return paginate(rows, p)
 
 
 @router.post("/matches/{match_id}/review", response_model=ReviewOut,
@@ -163,3 +185,12 @@ async def persons(user: UserDep, p: PageDep, case: Annotated[str, Query()],
     """Paginated `persons --json` items; needs a purpose; audited."""
     rows = await run_in_threadpool(watchlist.persons, context(), user, case, purpose)
     return paginate([r.as_json() for r in rows], p)
+
+
+@router.get("/subjects/{subject_id}/photo", summary="A subject's enrolment photo (JPEG)",
+            response_class=Response, responses={200: {"content": {"image/jpeg": {}}}})
+async def subject_photo(subject_id: str, user: UserDep) -> Response:
+    """The first enrolment photo, re-encoded without its metadata, for an investigator or
+    supervisor of the subject's case; audited; never cached (`Cache-Control: no-store`)."""
+    data = await run_in_threadpool(watchlist.subject_photo, context(), user, subject_id)
+    return Response(data, media_type="image/jpeg", headers={"Cache-Control": "no-store"})

@@ -152,6 +152,32 @@ class ReviewOut(Out):
     status: str
 
 
+class FaceBoxOut(Out):
+    """One face of a photo: its `face` index (largest first) and box `[x, y, w, h]`."""
+
+    index: int
+    box: list[float]
+
+
+class PhotoFacesOut(Out):
+    """The faces found in a probe photo (nothing stored)."""
+
+    photo_sha256: str
+    width: int
+    height: int
+    faces: list[FaceBoxOut]
+
+
+class CaseVideoOut(Out):
+    """A video of a case as an investigator sees it."""
+
+    video_id: str
+    filename: str
+    duration_s: float
+    status: str
+    tracks: int
+
+
 class PersonOut(Out):
     """The `persons --json` item."""
 
@@ -299,6 +325,29 @@ class ThresholdsOut(Out):
     model: str
     default: float
     floor: float
+
+
+class ThresholdsNowOut(Out):
+    """A model's thresholds in force, its calibrated floor and the last recorded change."""
+
+    model: str
+    default: float | None
+    floor: float | None
+    calibrated_floor: float | None
+    changed_by: str | None
+    reason: str | None
+    changed_at: str | None
+
+
+class CaseOut(Out):
+    """A case: the accounts assigned to it and its legal hold."""
+
+    case: str
+    users: list[str]
+    held: bool
+    held_by: str | None
+    hold_reason: str | None
+    held_at: str | None
 
 
 class PurgeIn(Body):

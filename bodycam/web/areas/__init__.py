@@ -1,0 +1,1 @@
+"""The web app's areas: clerk, investigate, review, govern, audit."""

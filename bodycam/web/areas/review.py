@@ -1,0 +1,9 @@
+"""Review: pending matches confirmed or rejected with a note."""
+
+from __future__ import annotations
+
+from bodycam.web.core import Page
+
+PAGES = [
+    Page("review", "Review", "review", "review/review.html", "review.js"),
+]

@@ -1,0 +1,9 @@
+"""Every page of the web app, by area (each area's module lists its own)."""
+
+from __future__ import annotations
+
+from bodycam.web.areas import audit, clerk, govern, investigate, review
+from bodycam.web.core import Page
+
+PAGES: list[Page] = [*clerk.PAGES, *investigate.PAGES, *review.PAGES, *govern.PAGES,
+                     *audit.PAGES]

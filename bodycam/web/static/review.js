@@ -1,0 +1,159 @@
+// Review: pending matches confirmed or rejected with a note; the four-eyes rule shown per item.
+import { api, ApiError, esc, flash, pages, seconds } from "/static/app.js";
+
+const queue = document.getElementById("queue");
+const summary = document.getElementById("summary");
+const me = queue.dataset.user;
+const caseInput = document.getElementById("case");
+
+// The four-eyes rule as it applies to this reviewer and this match (the server enforces it).
+function fourEyes(m) {
+  const missing = m.confirmations_missing;
+  const more = `${missing} more reviewer(s) needed`;
+  if (m.enrolled_by && m.enrolled_by === me) {
+    return `You enrolled this subject: your confirmation cannot be the only one; ${missing} ` +
+      `more reviewer(s) other than you needed.`;
+  }
+  const who = m.enrolled_by ? `Enrolled by ${m.enrolled_by}` : "Enroller unknown";
+  return `${who}: the enroller cannot be the only confirmer. The policy requires ` +
+    `${m.reviewers_required} confirmation(s) by others than the enroller; ${more}.`;
+}
+
+function item(m, i) {
+  const el = document.createElement("article");
+  el.className = "card review-item";
+  el.dataset.match = m.match_id;
+  el.setAttribute("aria-labelledby", `h-${i}`);
+  const sim = Number(m.similarity), thr = Number(m.threshold);
+  const cmp = sim >= thr ? "≥" : "<";
+  const reviewers = m.reviewers.length ? m.reviewers.join(", ") : "none yet";
+  el.innerHTML = `
+    <h2 id="h-${i}">${esc(m.subject)} <small class="muted">case ${esc(m.case)}</small></h2>
+    <div class="row">
+      <figure>
+        <img class="thumb big" data-role="photo" alt="Enrolment photo of ${esc(m.subject)}"
+             src="/api/v1/subjects/${encodeURIComponent(m.subject_id)}/photo">
+        <figcaption>Enrolment photo</figcaption>
+      </figure>
+      <figure>
+        <img class="thumb big" data-role="crop" alt="Best face crop of the track in the footage"
+             src="/api/v1/tracks/${encodeURIComponent(m.track_id)}/thumbnail">
+        <figcaption>Face in the footage</figcaption>
+      </figure>
+      <figure>
+        <video controls preload="metadata" width="320" data-start="${esc(m.start_s)}"
+               aria-label="Clip of the footage from ${esc(seconds(m.start_s))}"
+               src="/api/v1/videos/${encodeURIComponent(m.video_id)}/original#t=${esc(m.start_s)}"></video>
+        <figcaption>Clip ${esc(seconds(m.start_s))}–${esc(seconds(m.end_s))}</figcaption>
+      </figure>
+      <div class="facts">
+        <p class="similarity"><strong>${esc(sim.toFixed(2))} ${cmp} threshold ${esc(thr.toFixed(2))}</strong>
+          <span class="muted">(${esc(m.model)})</span></p>
+        <div class="progress simbar" role="img"
+             aria-label="similarity ${esc(sim.toFixed(2))} against threshold ${esc(thr.toFixed(2))}">
+          <span></span><i class="thr"></i></div>
+        <p>Reviewers so far: <span class="reviewers">${esc(reviewers)}</span></p>
+        <p class="foureyes warn">${esc(fourEyes(m))}</p>
+      </div>
+    </div>
+    <form class="decide" novalidate>
+      <label for="note-${i}">Note (required): why you confirm or reject this match</label>
+      <textarea id="note-${i}" name="note" rows="2" required aria-required="true"
+                aria-describedby="err-${i}"></textarea>
+      <p id="err-${i}" class="error" role="alert"></p>
+      <button type="submit" name="decision" value="confirm">Confirm match</button>
+      <button type="submit" name="decision" value="reject" class="secondary">Reject match</button>
+    </form>`;
+  // Sizes through the CSSOM: the page's CSP allows no inline style.
+  const bar = el.querySelector(".simbar");
+  Object.assign(bar.style, { position: "relative", height: "14px", maxWidth: "320px" });
+  bar.querySelector("span").style.width = `${Math.max(0, Math.min(1, sim)) * 100}%`;
+  Object.assign(bar.querySelector(".thr").style, {
+    position: "absolute", top: "0", bottom: "0", width: "3px", background: "#1a1a1a",
+    left: `${Math.max(0, Math.min(1, thr)) * 100}%` });
+  for (const img of el.querySelectorAll("img.big")) {
+    Object.assign(img.style, { width: "180px", height: "180px", objectFit: "contain" });
+    img.addEventListener("error", () => {
+      const p = document.createElement("p");
+      p.className = "muted";
+      p.textContent = "Image not available to your account (or removed).";
+      img.replaceWith(p);
+    });
+  }
+  const video = el.querySelector("video");
+  video.addEventListener("error", () => {
+    const p = document.createElement("p");
+    p.className = "muted";
+    p.textContent = "Clip not available to your account.";
+    video.replaceWith(p);
+  });
+  video.addEventListener("loadedmetadata", () => {
+    if (video.currentTime < m.start_s) video.currentTime = Number(m.start_s);
+  });
+  el.querySelector(".facts").style.flex = "1";
+  const form = el.querySelector("form.decide");
+  if (m.reviewers.includes(me)) {
+    // The server counts one decision per reviewer: say so instead of offering a second one.
+    const p = document.createElement("p");
+    p.className = "ok";
+    p.textContent = `You confirmed this match already; it waits for ${m.confirmations_missing} ` +
+      "more reviewer(s).";
+    form.replaceWith(p);
+  } else {
+    form.addEventListener("submit", (ev) => decide(ev, m));
+  }
+  return el;
+}
+
+async function decide(ev, m) {
+  ev.preventDefault();
+  const form = ev.target;
+  const decision = ev.submitter?.value;
+  const note = form.note.value.trim();
+  const err = form.querySelector(".error");
+  err.textContent = "";
+  if (!note) {
+    err.textContent = "Write a note first: every confirmation or rejection records why.";
+    form.note.focus();
+    return;
+  }
+  for (const b of form.querySelectorAll("button")) b.disabled = true;
+  try {
+    const out = await api("POST", `/matches/${encodeURIComponent(m.match_id)}/review`,
+                          { decision, note });
+    if (out.status === "pending") {
+      flash(`Your confirmation of ${m.subject} is recorded; the match still needs another reviewer.`, "ok");
+    } else {
+      flash(`Match of ${m.subject} ${out.status}.`, "ok");
+    }
+    await load();
+  } catch (exc) {
+    err.textContent = exc instanceof ApiError ? `Refused by the server: ${exc.message}` : String(exc);
+    for (const b of form.querySelectorAll("button")) b.disabled = false;
+    form.note.focus();
+  }
+}
+
+async function load() {
+  const wanted = caseInput.value.trim();
+  summary.textContent = "Loading the queue…";
+  try {
+    const items = await pages("/matches", { status: "pending", case: wanted });
+    queue.replaceChildren(...items.map(item));
+    summary.textContent = items.length
+      ? `${items.length} pending match(es)${wanted ? ` in case ${wanted}` : ""}.`
+      : `No pending matches${wanted ? ` in case ${wanted}` : " in your cases"}.`;
+  } catch (exc) {
+    queue.replaceChildren();
+    summary.textContent = "";
+    flash(exc.message, "error");
+  }
+}
+
+document.getElementById("filter").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  const q = new URLSearchParams(caseInput.value.trim() ? { case: caseInput.value.trim() } : {});
+  history.replaceState(null, "", `${location.pathname}${q.size ? `?${q}` : ""}`);
+  load();
+});
+load();
