@@ -211,14 +211,15 @@ def test_every_error_is_a_problem_document(server: Server) -> None:
                    "refused: `search` needs the investigator role")
 
 
-def test_openapi_lists_the_routes_and_the_root_serves_a_placeholder(server: Server) -> None:
+def test_openapi_lists_the_routes_and_the_root_serves_the_login_page(server: Server) -> None:
     paths = server.call("GET", "/openapi.json").json()["paths"]
     for prefix in ("/api/v1/videos", "/api/v1/search", "/api/v1/subjects", "/api/v1/matches",
                    "/api/v1/audit"):
         assert any(p.startswith(prefix) for p in paths), prefix
     assert "application/octet-stream" in json.dumps(paths["/api/v1/videos"]["post"])
     page = server.call("GET", "/")
-    assert page.status_code == 200 and "web app comes with the next release" in page.text
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert 'action="/login"' in page.text and 'name="token"' in page.text
     assert server.call("GET", "/docs").status_code == 200
     assert server.call("GET", "/healthz").json() == {"status": "ok"}
 
