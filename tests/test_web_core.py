@@ -115,8 +115,6 @@ def test_signing_out_revokes_the_session_on_the_server(
     assert page.url == api_url + "/", "back to the login page"
 
 
-
-
 def test_every_page_labels_its_controls_describes_its_images_and_fits_1280x720(
         page: Page, api_url: str, operator_token: str) -> None:
     """Accessibility basics on every page, as the operator (every role opens every page)."""
