@@ -7,7 +7,7 @@ export BODYCAM_TESTDATA ?= $(abspath ../shared/testdata)
 # here, and Bodycam never switches models silently.
 export BODYCAM_PIPELINE__EMBEDDER ?= dlib-resnet
 
-.PHONY: install browser demo test lint bench hostile faults clean
+.PHONY: install browser demo test lint bench eval hostile faults clean
 
 install: $(VENV)/.installed
 
@@ -39,6 +39,15 @@ test: lint browser
 
 bench: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m bodycam bench --testdata "$(BODYCAM_TESTDATA)"
+
+# Recognition on unseen footage (issue 12): generated clips of the TEST split (seeds 7000-7999;
+# tuning seeds are 5000-5999), on a temporary stack, with the plain reference measured beside;
+# writes eval-report.json and the recognition section of BENCHMARKS.md.
+EVAL_SEEDS ?= 7000-7029
+EVAL_CLIP_S ?= 20
+eval: install
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m bodycam.evaluate $(EVAL_SEEDS) --split test \
+		--clip-s $(EVAL_CLIP_S) --out eval-report.json --benchmarks BENCHMARKS.md
 
 # The long fault-injection run (RELIABILITY.md): 42 faults, six of each kind, about 30 min.
 faults: install

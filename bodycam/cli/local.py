@@ -1,4 +1,5 @@
-"""Commands that manage the embedded stack here: up, down, status, migrate, serve, demo, bench."""
+"""Commands that manage the embedded stack here: up, down, status, migrate, serve, demo, bench,
+eval."""
 
 from __future__ import annotations
 
@@ -97,3 +98,14 @@ def bench(
     from bodycam.bench import run_pipeline_bench
 
     guarded(lambda: run_pipeline_bench(settings(), testdata, clip_s, out))
+
+
+@app.command(name="eval", context_settings={"allow_extra_args": True,
+                                            "ignore_unknown_options": True,
+                                            "help_option_names": []})
+def eval_cmd(ctx: typer.Context) -> None:
+    """Recognition on generated clips, on a temporary stack: `bodycam eval 7000-7029 --out
+    eval.json [--benchmarks BENCHMARKS.md]` (all options: `bodycam eval --help`)."""
+    from bodycam.evaluate import main
+
+    raise typer.Exit(main(list(ctx.args)))
