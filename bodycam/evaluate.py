@@ -27,6 +27,10 @@ identity when within dlib's distance 0.6 (on raw descriptors; cosine 0.92 on the
 the wrapper returns, docs/thresholds.md), no tracking; each detection stands for its sample
 interval. It is scored the same way.
 
+A track search runs once for each clip a person appears in, from their longest track there
+that holds no other identity (none: the search counts as returning nothing), and is scored
+over every clip of the case like the others.
+
 Tracks are checked too: each stored detection is matched to the truth box of its frame (IoU
 >= 0.3); a track mixes identities when two identities each own at least two of its
 detections; coverage is the share of truth time (faces >= 40 px) inside tracks of that
@@ -635,8 +639,9 @@ def evaluate(h: Harness, seeds: list[int], split: str, clip_s: float, cache: Pat
                 continue
             mine = [(t["ids"][ident], tid) for tid, t in tracks.items()
                     if t["video_id"] == vid and t["identity"] == ident and not t["mixed"]]
-            if not mine:
-                continue  # no track of this person to search with: their misses count above
+            if not mine:  # no track of this person to search with: all of them is missed
+                record("track", ident, {})
+                continue
             r = search.search(h.ctx, search.Probe(track_id=max(mine)[1]), case, "evaluation",
                               ACTOR, limit=1000)
             thresholds["track"] = r.threshold
@@ -661,7 +666,7 @@ def evaluate(h: Harness, seeds: list[int], split: str, clip_s: float, cache: Pat
         got_ref = {vid: reference_ranges(path_of[vid], named, embedder, mtcnn, REFERENCE_COSINE)
                    for vid in clips}
         thresholds["reference"] = REFERENCE_COSINE
-        for ident in present:
+        for ident in (i for i in present if i in sids):  # as subject searches: enrolled
             record("reference", ident, {vid: got.get(ident, []) for vid, got in got_ref.items()})
         ref_s = time.perf_counter() - t_ref
         log(f"reference in {ref_s:.0f} s")
