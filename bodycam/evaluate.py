@@ -210,6 +210,24 @@ def score_ranges(returned: Intervals, truth: Intervals, visible: Intervals,
     return t
 
 
+def score_checked(returned: Intervals, right: Intervals, truth: Intervals,
+                  mask: Intervals | None) -> Tally:
+    """Face-checked scoring: `returned` is the time of every returned track (or detection),
+    `right` the part of it whose faces are the person's (matched to their truth boxes). Recall
+    is of truth time inside `right`; precision is the share of returned time that is right; a
+    false range is a returned piece with no right time in it."""
+    ret, ok = union(returned), union(right)
+    t = Tally(truth_s=measure(truth), covered_s=measure(intersect(union(truth), ok)))
+    if mask is None:
+        return t
+    pieces = intersect(ret, union(mask))
+    t.returned_s = measure(pieces)
+    t.wrong_s = measure(subtract(pieces, ok))
+    t.ranges = len(pieces)
+    t.false_ranges = sum(1 for q in pieces if not intersect([q], ok))
+    return t
+
+
 # --- clips and their conditions --------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -378,9 +396,14 @@ class ClipTruth:
 
 
 def score_search(tallies: dict[str, Tally], returned: dict[str, Intervals],
-                 clips: dict[str, ClipTruth], ident: str, tolerance_s: float) -> None:
+                 clips: dict[str, ClipTruth], ident: str, tolerance_s: float,
+                 checked: tuple[dict[str, Tally], dict[str, Intervals],
+                                dict[str, Intervals]] | None = None) -> None:
     """Add one search's returned ranges (by video id) for `ident` to the per-condition
-    tallies, over every clip of the case (a range in a clip without the person is wrong)."""
+    tallies, over every clip of the case (a range in a clip without the person is wrong).
+
+    `checked`: (tallies, returned track time, the part of it that is the person's faces) for
+    the face-checked figures."""
     for vid, clip in clips.items():
         truth = clip.truth_by_condition(ident)
         masks = clip.masks()
@@ -388,6 +411,10 @@ def score_search(tallies: dict[str, Tally], returned: dict[str, Intervals],
         for cond in CONDITIONS:
             tallies[cond].add(score_ranges(got, truth[cond], clip.visible.get(ident, []),
                                            masks[cond], tolerance_s))
+            if checked is not None:
+                ct, spans, right = checked
+                ct[cond].add(score_checked(spans.get(vid, []), right.get(vid, []),
+                                           truth[cond], masks[cond]))
 
 
 # --- the stack -------------------------------------------------------------------------------
@@ -500,9 +527,11 @@ def track_report(tracks: dict[str, dict[str, Any]], clips: dict[str, ClipTruth]
 
 # --- the reference ---------------------------------------------------------------------------
 
-def reference_ranges(path: Path, gallery: dict[str, np.ndarray], embedder: Any, mtcnn: Any,
-                     cosine: float) -> dict[str, Intervals]:
-    """The plain per-detection reference on one clip: identity -> returned time."""
+def reference_ranges(path: Path, clip: ClipTruth, gallery: dict[str, np.ndarray], embedder: Any,
+                     mtcnn: Any, cosine: float) -> tuple[dict[str, Intervals],
+                                                         dict[str, Intervals]]:
+    """The plain per-detection reference on one clip: identity -> returned time, and
+    identity -> the part of it whose detection is that person's face (truth box IoU)."""
     import av
     from PIL import Image
 
@@ -510,6 +539,7 @@ def reference_ranges(path: Path, gallery: dict[str, np.ndarray], embedder: Any, 
 
     names = list(gallery)
     out: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    right: dict[str, list[tuple[float, float]]] = defaultdict(list)
     half = 0.5 / REFERENCE_FPS
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
@@ -531,12 +561,15 @@ def reference_ranges(path: Path, gallery: dict[str, np.ndarray], embedder: Any, 
                                               float(b[2]) / scale, float(b[3]) / scale),
                                   1.0, (), 0.0) for b in boxes]
             vecs = embedder.embed(small, dets, scale)
-            for v in vecs:
+            for d, v in zip(dets, vecs, strict=True):
                 scores = [float(np.max(gallery[n] @ v)) for n in names]
                 j = int(np.argmax(scores))
                 if scores[j] >= cosine:
                     out[names[j]].append((t_s - half, t_s + half))
-    return {k: union(v) for k, v in out.items()}
+                    if any(who == names[j] and _iou(d.box_px, tb) >= IOU_MATCH
+                           for who, tb in clip.boxes.get(i, [])):
+                        right[names[j]].append((t_s - half, t_s + half))
+    return ({k: union(v) for k, v in out.items()}, {k: union(v) for k, v in right.items()})
 
 
 # --- the run ---------------------------------------------------------------------------------
@@ -602,37 +635,51 @@ def evaluate(h: Harness, seeds: list[int], split: str, clip_s: float, cache: Pat
     present = sorted({i for c in clips.values() for i in c.identities()})
     paths = [p for p in PATHS if reference or p != "reference"]
     tallies = {p: {c: Tally() for c in CONDITIONS} for p in paths}
+    checked = {p: {c: Tally() for c in CONDITIONS} for p in paths}
     per_clip = {p: {s: Tally() for s in seeds} for p in paths}
     thresholds: dict[str, float] = {}
 
-    def record(path: str, ident: str, returned: dict[str, Intervals]) -> None:
-        score_search(tallies[path], returned, clips, ident, tolerance_s)
+    def record(path: str, ident: str, returned: dict[str, Intervals],
+               spans: dict[str, Intervals], right: dict[str, Intervals]) -> None:
+        score_search(tallies[path], returned, clips, ident, tolerance_s,
+                     (checked[path], spans, right))
         for vid, clip in clips.items():
             one: dict[str, Tally] = {c: Tally() for c in CONDITIONS}
             score_search(one, {vid: returned.get(vid, [])}, {vid: clip}, ident, tolerance_s)
             per_clip[path][clip.spec.seed].add(one["all"])
 
-    def ranges(result: Any) -> dict[str, Intervals]:
-        got: dict[str, list[tuple[float, float]]] = defaultdict(list)
-        for a in result.results:
-            got[a.video_id].append((a.start_s, a.end_s))
-        return {v: union(r) for v, r in got.items()}
-
     with h.ctx.db() as conn:
         tracks = track_identities(conn, clips)
+
+    def scored(path: str, ident: str, result: Any) -> None:
+        """The appearance ranges of a result; its tracks' time, and the part of it that is
+        tracks of the person (face-checked)."""
+        got: dict[str, list[tuple[float, float]]] = defaultdict(list)
+        spans: dict[str, list[tuple[float, float]]] = defaultdict(list)
+        right: dict[str, list[tuple[float, float]]] = defaultdict(list)
+        for a in result.results:
+            got[a.video_id].append((a.start_s, a.end_s))
+            for tid in a.track_ids:
+                t = tracks.get(tid)
+                if t is None:
+                    continue
+                spans[a.video_id].append((t["start_s"], t["end_s"]))
+                if t["identity"] == ident:
+                    right[a.video_id].append((t["start_s"], t["end_s"]))
+        thresholds[path] = result.threshold
+        record(path, ident, {v: union(r) for v, r in got.items()},
+               {v: union(r) for v, r in spans.items()}, {v: union(r) for v, r in right.items()})
     searches = 0
     for ident in present:
         photo = str(testdata / enroll_photos[ident])
         r = search.search(h.ctx, search.Probe(photo=photo), case, "evaluation", ACTOR,
                           limit=1000)
-        thresholds["photo"] = r.threshold
-        record("photo", ident, ranges(r))
+        scored("photo", ident, r)
         searches += 1
         if ident in sids:
             r = search.search(h.ctx, search.Probe(subject_id=sids[ident]), case, "evaluation",
                               ACTOR, limit=1000)
-            thresholds["subject"] = r.threshold
-            record("subject", ident, ranges(r))
+            scored("subject", ident, r)
             searches += 1
         for vid, clip in clips.items():
             if ident not in clip.identities():
@@ -640,12 +687,11 @@ def evaluate(h: Harness, seeds: list[int], split: str, clip_s: float, cache: Pat
             mine = [(t["ids"][ident], tid) for tid, t in tracks.items()
                     if t["video_id"] == vid and t["identity"] == ident and not t["mixed"]]
             if not mine:  # no track of this person to search with: all of them is missed
-                record("track", ident, {})
+                record("track", ident, {}, {}, {})
                 continue
             r = search.search(h.ctx, search.Probe(track_id=max(mine)[1]), case, "evaluation",
                               ACTOR, limit=1000)
-            thresholds["track"] = r.threshold
-            record("track", ident, ranges(r))
+            scored("track", ident, r)
             searches += 1
     log(f"{searches} searches for {len(present)} identities")
 
@@ -663,11 +709,13 @@ def evaluate(h: Harness, seeds: list[int], split: str, clip_s: float, cache: Pat
         embedder = Registry.embedder(h.ctx.settings.pipeline)
         mtcnn = MTCNN(keep_all=True)
         path_of = {by_name[p.name]["video_id"]: p for p, _ in made}
-        got_ref = {vid: reference_ranges(path_of[vid], named, embedder, mtcnn, REFERENCE_COSINE)
-                   for vid in clips}
+        got_ref = {vid: reference_ranges(path_of[vid], clips[vid], named, embedder, mtcnn,
+                                         REFERENCE_COSINE) for vid in clips}
         thresholds["reference"] = REFERENCE_COSINE
         for ident in (i for i in present if i in sids):  # as subject searches: enrolled
-            record("reference", ident, {vid: got.get(ident, []) for vid, got in got_ref.items()})
+            ret = {vid: got.get(ident, []) for vid, (got, _) in got_ref.items()}
+            record("reference", ident, ret, ret,
+                   {vid: ok.get(ident, []) for vid, (_, ok) in got_ref.items()})
         ref_s = time.perf_counter() - t_ref
         log(f"reference in {ref_s:.0f} s")
 
@@ -686,6 +734,7 @@ def evaluate(h: Harness, seeds: list[int], split: str, clip_s: float, cache: Pat
         "enrolled": len(sids), "enrol_refused": refused, "identities_present": present,
         "not_enrolled": off_list,
         "paths": {p: {c: t.figures() for c, t in tallies[p].items()} for p in paths},
+        "face_checked": {p: {c: t.figures() for c, t in checked[p].items()} for p in paths},
         "per_clip": {p: {str(s): t.figures() for s, t in per_clip[p].items()} for p in paths},
         "tracks": track_report(tracks, clips),
         "seconds": {"total": round(time.perf_counter() - t_start, 1),
@@ -742,6 +791,16 @@ def render_section(rep: dict[str, Any]) -> str:
                      f" {_pct(a['precision'])}{_ci(a['precision_ci95'])} |"
                      f" {a['false_ranges']} / {a['ranges']} | {a['truth_s']:.1f} |"
                      f" {a['returned_s']:.1f} |")
+    lines += ["", "Face-checked (a returned track, or reference detection, counts only when its"
+              " faces are the person's, matched to the truth boxes; returned time is the"
+              " tracks' own time):", "",
+              "| path | recall | precision | false ranges / ranges | returned s |",
+              "|---|---|---|---|---:|"]
+    for p, by in rep.get("face_checked", {}).items():
+        a = by["all"]
+        lines.append(f"| {p} | {_pct(a['recall'])}{_ci(a['recall_ci95'])} |"
+                     f" {_pct(a['precision'])}{_ci(a['precision_ci95'])} |"
+                     f" {a['false_ranges']} / {a['ranges']} | {a['returned_s']:.1f} |")
     lines += ["", "By condition (recall / precision; size conditions have no precision: a wrong"
               " lead has no truth face size):", "",
               "| condition | truth s | " + " | ".join(rep["paths"]) + " |",
