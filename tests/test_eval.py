@@ -112,14 +112,19 @@ def test_truth_conditions_from_a_hand_made_truth_file() -> None:
 # seeds, printed by the harness).
 CI_SEEDS = [7004, 7010]
 CI_CLIP_S = 12.0
-# Floors at what this split measured when the harness was written, minus a small margin, so
-# a regression shows. They are NOT the targets (recall >= 0.95, precision >= 0.99 for
-# photo and subject searches): those are not met yet, and this test says where things stand.
+# Floors at what this split measured when the harness was written (2026-12-01, on the tracker
+# of main at 3492994), minus a small margin, so that a regression shows: (recall, precision)
+# of time, and the same face-checked. Measured: photo and subject 0.538 / 1.000 (checked
+# 0.533 / 1.000), track 0.626 / 0.686 (0.622 / 0.685), reference 0.921 / 1.000; the night,
+# tilted, fisheye clip 7010 is where the searches fail (photo recall 0.160 there, the
+# reference 0.924; one of its tracks mixes two people). These are NOT the targets
+# (recall >= 0.95 and precision >= 0.99 for photo and subject searches): those are not met
+# yet. Raise the floors when recognition improves; never lower them to make a change pass.
 FLOORS = {
-    "photo": (0.0, 0.0),
-    "subject": (0.0, 0.0),
-    "track": (0.0, 0.0),
-    "reference": (0.0, 0.0),
+    "photo": {"time": (0.50, 0.97), "checked": (0.50, 0.97)},
+    "subject": {"time": (0.50, 0.97), "checked": (0.50, 0.97)},
+    "track": {"time": (0.58, 0.64), "checked": (0.58, 0.64)},
+    "reference": {"time": (0.88, 0.97), "checked": (0.88, 0.97)},
 }
 
 
@@ -136,12 +141,21 @@ def test_harness_on_a_small_test_split(stack: StackHandle,
     assert rep["identities_present"] and rep["enrolled"] >= len(rep["identities_present"])
     # The thresholds the searches used are reported with the figures.
     assert set(rep["thresholds"]) == {"photo", "subject", "track", "reference"}
-    for path, (recall, precision) in FLOORS.items():
-        a = rep["face_checked"][path]["all"]
-        assert a["truth_s"] > 10, f"{path}: the clips should show faces of 40 px or more"
-        assert a["recall"] >= recall, f"{path} recall {a['recall']} < {recall}"
-        assert a["precision"] >= precision, f"{path} precision {a['precision']} < {precision}"
+    for path, floors in FLOORS.items():
+        for kind, (recall, precision) in floors.items():
+            a = rep["paths" if kind == "time" else "face_checked"][path]["all"]
+            assert a["truth_s"] > 10, f"{path}: the clips should show faces of 40 px or more"
+            assert a["recall"] >= recall, f"{path} {kind} recall {a['recall']} < {recall}"
+            assert a["precision"] >= precision, (f"{path} {kind} precision {a['precision']}"
+                                                 f" < {precision}")
+        # Every condition that holds in the split is reported with an interval.
+        for cond in ("day", "night", "tilt", "fisheye", "plain", "small", "large"):
+            f = rep["paths"][path][cond]
+            assert f["truth_s"] > 0 and f["recall_ci95"][0] <= f["recall"] <= f["recall_ci95"][1]
+        assert rep["paths"][path]["profile"]["recall"] is None  # the truth has no yaw
     tracks = rep["tracks"]
-    assert tracks["tracks"] > 0 and tracks["coverage"] >= 0.0
+    # Tracks covered 0.897 of the truth time; 1 of 7 mixed two identities (purity 0.910).
+    assert tracks["tracks"] > 0 and tracks["coverage"] >= 0.85
+    assert 0 < tracks["purity"] <= 1
     # The clips are in the cache for the next run, keyed by seed and settings.
     assert len(list(Path(cache).glob("eval-70*.mp4"))) == 2
