@@ -75,6 +75,7 @@ PATHS = ("photo", "subject", "track", "reference")
 CONDITIONS = ("all", "day", "night", "tilt", "fisheye", "plain", "small", "large", "profile")
 REFERENCE_COSINE = 0.92  # dlib's 0.6 on raw descriptors (length ~1.5), docs/thresholds.md
 REFERENCE_WIDTH = 640
+FULL_RUN_CLIPS = 30
 REFERENCE_FPS = 5.0
 IOU_MATCH = 0.3
 CASE_PREFIX = "EVAL"
@@ -780,8 +781,16 @@ def render_section(rep: dict[str, Any]) -> str:
         f" {rep['min_face_px']:g} px or more are shown; precision of the returned time (the"
         " person visible at any size, with"
         f" {rep['tolerance_s']:g} s of tolerance at range ends). Brackets: Wilson 95% over 0.2-s"
-        " units (correlated within an appearance: a lower bound on the uncertainty).",
+        " units (correlated within an appearance: a lower bound on the uncertainty)."
+        " Photo and subject searches run once per person over the whole case; a track search"
+        " once per clip a person appears in (from their longest single-identity track), so its"
+        " truth time counts a person once per such clip.",
         "",
+    ]
+    if len(rep["seeds"]) < FULL_RUN_CLIPS:
+        lines += [f"**A small run:** issue 12 asks for at least {FULL_RUN_CLIPS} test clips"
+                  f" (`make eval`); these figures come from {len(rep['seeds'])}.", ""]
+    lines += [
         "| path | recall | precision | false ranges / ranges | truth s | returned s |",
         "|---|---|---|---|---:|---:|",
     ]
