@@ -777,7 +777,8 @@ def render_section(rep: dict[str, Any]) -> str:
         + (f", {len(rep['not_enrolled'])} shown but not enrolled" if rep.get("not_enrolled")
            else "") + ". Thresholds (cosine): "
         + ", ".join(f"{k} {v:g}" for k, v in sorted(thr.items()))
-        + " (reference: dlib's 0.6 on raw descriptors). Recall is of the time faces of"
+        + (" (reference: dlib's 0.6 on raw descriptors)" if "reference" in thr else "")
+        + ". Recall is of the time faces of"
         f" {rep['min_face_px']:g} px or more are shown; precision of the returned time (the"
         " person visible at any size, with"
         f" {rep['tolerance_s']:g} s of tolerance at range ends). Brackets: Wilson 95% over 0.2-s"
