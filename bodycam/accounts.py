@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import NoReturn
 
 from bodycam import audit
-from bodycam.db import Conn
+from bodycam.db import Conn, uid
 from bodycam.errors import ConflictError, InvalidInputError, NotFoundError, PermanentError
 
 ROLES = ("clerk", "investigator", "supervisor", "auditor", "admin")
@@ -204,17 +204,17 @@ def require_visible(conn: Conn, key: str, user: User, action: str, kind: str,
 
 
 CASE_OF = {
-    "video": "SELECT case_id FROM videos WHERE id::text = %s",
-    "subject": "SELECT case_id FROM subjects WHERE id::text = %s",
-    "match": "SELECT case_id FROM matches WHERE id::text = %s",
+    "video": "SELECT case_id FROM videos WHERE id = %s",
+    "subject": "SELECT case_id FROM subjects WHERE id = %s",
+    "match": "SELECT case_id FROM matches WHERE id = %s",
     "track": "SELECT v.case_id FROM tracks t JOIN videos v ON v.id = t.video_id"
-             " WHERE t.id::text = %s",
+             " WHERE t.id = %s",
 }
 
 
 def case_of(conn: Conn, kind: str, object_id: str) -> str | None:
     """The case a video, subject, match or track belongs to (None when the id is unknown)."""
-    row = conn.execute(CASE_OF[kind], (object_id,)).fetchone()
+    row = conn.execute(CASE_OF[kind], (uid(object_id),)).fetchone()
     return str(row["case_id"]) if row else None
 
 

@@ -257,7 +257,7 @@ def measure_filtered(url: str, settings: Settings, data: Synthetic, model: str,
             found = candidate_tracks(conn, settings, query, BENCH_CASE, Filters(), k=k)
             lat.append(time.perf_counter() - t0)
             conn.commit()  # ends the transaction, as search() does, so SET LOCAL resets
-            rec.append(len({track_index(tid) for tid, _ in found[:10]} & t) / 10)
+            rec.append(len({track_index(c.track_id) for c in found[:10]} & t) / 10)
     return {"k": k, "ef_search": settings.search.ef_search,
             "exact_scan_max": settings.search.exact_scan_max, **_summary(lat, rec)}
 

@@ -117,9 +117,42 @@ class PipelineSettings(_Section):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="torch device for models")
     track_max_gap_s: float = Field(1.0, ge=0, description="longest gap bridged inside a track")
     track_min_iou: float = Field(0.1, ge=0, le=1, description="box overlap that links detections")
-    track_min_similarity: float = Field(0.5, ge=-1, le=1, description="similarity needed to link")
+    # Link gates are on each embedder's own scale: dlib's ResNet puts different people at
+    # 0.80-0.90 cosine similarity where FaceNet puts them below 0.4, so one number cannot serve
+    # both (with FaceNet's 0.5 under dlib, tracks ran from one person into another at cuts the
+    # scene detector missed). dlib's values: the eval harness's tuning seeds (docs/thresholds.md).
+    track_min_similarity: dict[str, float] = Field(
+        {"dlib-resnet": 0.87, "facenet-vggface2": 0.5},
+        description="per-embedder similarity a detection needs to join an overlapping track",
+    )
+    track_relink_similarity: dict[str, float] = Field(
+        {"dlib-resnet": 0.94, "facenet-vggface2": 0.65},
+        description="per-embedder similarity that bridges a jump or gap without box overlap",
+    )
+    track_max_size_ratio: float = Field(
+        1.6, ge=1, description="a face this many times larger or smaller never continues a track"
+    )
     track_min_detections: int = Field(2, ge=1, description="shorter tracks are dropped as noise")
     thumbnail_px: int = Field(160, ge=32, description="thumbnail height, pixels")
+
+    @model_validator(mode="after")
+    def _link_gates_for_embedder(self) -> PipelineSettings:
+        for name, gates in (("track_min_similarity", self.track_min_similarity),
+                            ("track_relink_similarity", self.track_relink_similarity)):
+            if self.embedder not in gates:
+                raise ValueError(f"pipeline.{name} has no value for embedder {self.embedder}")
+            if any(not -1 <= v <= 1 for v in gates.values()):
+                raise ValueError(f"pipeline.{name} values must lie in [-1, 1]")
+        join, relink = self.link_similarity()
+        if relink < join:
+            raise ValueError(
+                "pipeline.track_relink_similarity must not be below track_min_similarity")
+        return self
+
+    def link_similarity(self) -> tuple[float, float]:
+        """(join, relink) similarity gates of the tracker for the configured embedder."""
+        return (self.track_min_similarity[self.embedder],
+                self.track_relink_similarity[self.embedder])
 
 
 class SearchSettings(_Section):

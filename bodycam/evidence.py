@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bodycam.db import Conn
+from bodycam.db import Conn, uid
 from bodycam.errors import NotFoundError
 
 
@@ -31,12 +31,12 @@ class TrackRow:
 
 def list_tracks(conn: Conn, video_id: str) -> list[TrackRow]:
     """A video's tracks in time order; raises NotFoundError for an unknown video."""
-    if conn.execute("SELECT 1 FROM videos WHERE id::text = %s", (video_id,)).fetchone() is None:
+    if conn.execute("SELECT 1 FROM videos WHERE id = %s", (uid(video_id),)).fetchone() is None:
         raise NotFoundError(f"no video {video_id}")
     rows = conn.execute(
         "SELECT id::text AS id, video_id::text AS video_id, start_s, end_s, n_detections,"
-        " quality, thumbnail_key, model FROM tracks WHERE video_id::text = %s"
-        " ORDER BY start_s, id", (video_id,)).fetchall()
+        " quality, thumbnail_key, model FROM tracks WHERE video_id = %s"
+        " ORDER BY start_s, id", (uid(video_id),)).fetchall()
     return [TrackRow(r["id"], r["video_id"], float(r["start_s"]), float(r["end_s"]),
                      int(r["n_detections"]), float(r["quality"]), r["thumbnail_key"], r["model"])
             for r in rows]

@@ -13,7 +13,7 @@ import numpy as np
 from bodycam import audit, policy
 from bodycam.accounts import User, case_of, require, require_visible, visible_cases
 from bodycam.config import Settings
-from bodycam.db import Conn
+from bodycam.db import Conn, uid
 from bodycam.errors import InvalidInputError, NotFoundError, PermanentError
 from bodycam.search import best_subjects, case_gallery, resolve_threshold
 
@@ -182,7 +182,7 @@ def review(conn: Conn, key: str, match_id: str, user: User, confirm: bool, note:
     reviewer = user.name
     row = conn.execute(
         "SELECT m.status, s.created_by FROM matches m JOIN subjects s ON s.id = m.subject_id"
-        " WHERE m.id::text = %s FOR UPDATE OF m", (match_id,)).fetchone()
+        " WHERE m.id = %s FOR UPDATE OF m", (uid(match_id),)).fetchone()
     if row is None:
         raise NotFoundError(f"no match {match_id}")
     if row["status"] != "pending":
@@ -215,8 +215,8 @@ def review(conn: Conn, key: str, match_id: str, user: User, confirm: bool, note:
             " AND r.decision = 'confirm' AND r.reviewer <> s.created_by", (match_id,)).fetchone()
         status = "confirmed" if n is not None and int(n["n"]) >= needed else "pending"
     if status != "pending":
-        conn.execute("UPDATE matches SET status = %s, decided_at = now() WHERE id::text = %s",
-                     (status, match_id))
+        conn.execute("UPDATE matches SET status = %s, decided_at = now() WHERE id = %s",
+                     (status, uid(match_id)))
     return status
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -15,7 +16,7 @@ from bodycam import audit, policy
 from bodycam.accounts import Scope, case_of
 from bodycam.config import Settings
 from bodycam.context import Context
-from bodycam.db import Conn
+from bodycam.db import Conn, uid
 from bodycam.errors import InvalidInputError, NotFoundError
 from bodycam.subjects import face_from_photo, get_subject, subject_vectors
 
@@ -78,13 +79,14 @@ class Appearance:
     similarity: float
     track_ids: tuple[str, ...]
     thumbnail: str | None
+    quality: float = 0.0  # of the best-matching track: size, sharpness, confidence (0-1)
 
     def as_json(self) -> dict[str, object]:
         """JSON object for the CLI."""
         return {"video_id": self.video_id, "filename": self.filename, "sha256": self.sha256,
                 "start_s": round(self.start_s, 3), "end_s": round(self.end_s, 3),
-                "similarity": round(self.similarity, 4), "track_ids": list(self.track_ids),
-                "thumbnail": self.thumbnail}
+                "similarity": round(self.similarity, 4), "quality": round(self.quality, 3),
+                "track_ids": list(self.track_ids), "thumbnail": self.thumbnail}
 
 
 @dataclass(frozen=True)
@@ -194,24 +196,42 @@ def query_from_track(conn: Conn, track_id: str, scope: Scope) -> Query:
     """A stored track's representative vector (any model it was made with); only a track of
     the scope's case (any other is refused and the refusal audited)."""
     scope.require(conn, "search", "track", track_id, case_of(conn, "track", track_id))
-    row = conn.execute("SELECT model, embedding FROM tracks WHERE id::text = %s"
+    row = conn.execute("SELECT model, embedding FROM tracks WHERE id = %s"
                        " AND embedding IS NOT NULL AND purged_at IS NULL",
-                       (track_id,)).fetchone()
+                       (uid(track_id),)).fetchone()
     if row is None:
         raise NotFoundError(f"no track {track_id} with an embedding")
     return Query("track", [np.asarray(row["embedding"].to_numpy(), np.float32)],
                  str(row["model"]), f"track:{track_id}", track_id=track_id)
 
 
+@dataclass(frozen=True)
+class Candidate:
+    """One candidate track as read once: what ranking, the open-set rule and time ranges need."""
+
+    track_id: str
+    similarity: float  # exact cosine similarity to the query (the best of its vectors)
+    video_id: str
+    start_s: float
+    end_s: float
+    thumbnail: str | None
+    filename: str
+    sha256: str
+    quality: float
+    rival: float | None = None  # best similarity to another enrolled subject (subject search)
+
+
 def candidate_tracks(conn: Conn, settings: Settings, query: Query, case_id: str,
-                     filters: Filters, k: int) -> list[tuple[str, float]]:
-    """(track_id, exact cosine similarity) of the k nearest tracks, best first.
+                     filters: Filters, k: int, rivals: Sequence[np.ndarray] = ()
+                     ) -> list[Candidate]:
+    """The k nearest tracks, best first, each row read once with its exact similarity.
 
     Small filtered sets are scanned exactly; larger ones use the model's HNSW index with an
-    iterative scan so that a WHERE filter never starves the result. Every candidate's
-    similarity is then computed exactly from its stored vector (in Postgres, so vectors never
-    cross the wire: 400 512-d vectors as text cost more than the search) and the candidates
-    of all query vectors are re-ranked by it.
+    iterative scan so that a WHERE filter never starves the result. The similarity is
+    computed once per row, in Postgres (vectors never cross the wire: 400 512-d vectors as
+    text cost more than the search), and the candidates of all query vectors are re-ranked
+    by it. With `rivals` (other enrolled subjects' vectors), each candidate also carries its
+    best similarity to any of them, computed on the k rows only.
     """
     dim = DIMS.get(query.model)
     if dim is None:
@@ -223,9 +243,12 @@ def candidate_tracks(conn: Conn, settings: Settings, query: Query, case_id: str,
              "      COALESCE(v.recorded_at, v.ingested_at) >= %(from)s::timestamptz)"
              " AND (%(to)s::timestamptz IS NULL OR"
              "      COALESCE(v.recorded_at, v.ingested_at) <= %(to)s::timestamptz)")
-    params: dict[str, object] = {"model": query.model, "case": case_id,
-                                 "video": filters.video_id, "from": filters.date_from,
-                                 "to": filters.date_to, "k": k}
+    video = uid(filters.video_id) if filters.video_id is not None else None
+    if filters.video_id is not None and video is None:
+        return []  # not a video id: nothing can match
+    params: dict[str, object] = {"model": query.model, "case": case_id, "video": video,
+                                 "from": filters.date_from, "to": filters.date_to, "k": k,
+                                 "rivals": [Vector(r).to_text() for r in rivals] or None}
     n = conn.execute(f"SELECT count(*) AS n FROM tracks t JOIN videos v ON v.id = t.video_id"
                      f" WHERE {where}", params).fetchone()
     exact = n is not None and int(n["n"]) <= settings.search.exact_scan_max
@@ -233,19 +256,35 @@ def candidate_tracks(conn: Conn, settings: Settings, query: Query, case_id: str,
         conn.execute(f"SET LOCAL hnsw.ef_search = {int(settings.search.ef_search)}")
         conn.execute("SET LOCAL hnsw.iterative_scan = strict_order")
     distance = f"(t.embedding::vector({dim}) <=> %(q)s::vector({dim}))"
-    # `+ 0` keeps the planner off the approximate index for the exact scan.
-    order = distance + (" + 0" if exact else "")
-    best: dict[str, float] = {}
+    cols = ("t.id, t.video_id, t.start_s, t.end_s, t.thumbnail_key, t.quality, t.embedding,"
+            " v.original_filename, v.sha256")
+    if exact:
+        # OFFSET 0 fences the scan off from the ORDER BY, so the planner cannot answer it
+        # from the approximate index, and the distance is still computed once per row.
+        near = (f"SELECT * FROM (SELECT {cols}, {distance} AS d FROM tracks t JOIN videos v"
+                f" ON v.id = t.video_id WHERE {where} OFFSET 0) s ORDER BY d LIMIT %(k)s")
+    else:
+        near = (f"SELECT {cols}, {distance} AS d FROM tracks t JOIN videos v"
+                f" ON v.id = t.video_id WHERE {where} ORDER BY {distance} LIMIT %(k)s")
+    rival = (f"(SELECT max(1 - (c.embedding::vector({dim}) <=> r::vector({dim})))"
+             " FROM unnest(%(rivals)s::text[]) r)")
+    best: dict[str, Candidate] = {}
     for vec in query.vectors:
         params["q"] = Vector(vec)
         rows = conn.execute(
-            f"SELECT t.id::text AS id, 1 - {distance} AS sim FROM tracks t JOIN videos v"
-            f" ON v.id = t.video_id WHERE {where} ORDER BY {order} LIMIT %(k)s",
-            params).fetchall()
+            f"SELECT c.id::text AS id, 1 - c.d AS sim, c.video_id::text AS video_id,"
+            f" c.start_s, c.end_s, c.thumbnail_key, c.quality, c.original_filename, c.sha256,"
+            f" {rival} AS rival FROM ({near}) c", params).fetchall()
         for r in rows:
-            best[r["id"]] = max(best.get(r["id"], -1.0), float(r["sim"]))
-    ranked = sorted(best.items(), key=lambda item: -item[1])
-    return ranked[:k]
+            sim = float(r["sim"])
+            if r["id"] in best and best[r["id"]].similarity >= sim:
+                continue
+            best[r["id"]] = Candidate(
+                str(r["id"]), sim, str(r["video_id"]), float(r["start_s"]), float(r["end_s"]),
+                str(r["thumbnail_key"]) if r["thumbnail_key"] else None,
+                str(r["original_filename"]), str(r["sha256"]), float(r["quality"]),
+                None if r["rival"] is None else float(r["rival"]))
+    return sorted(best.values(), key=lambda c: -c.similarity)[:k]
 
 
 # Scores this close count as a tie: a track is a lead for every subject that ties for best
@@ -289,57 +328,46 @@ def best_subjects(track_vectors: np.ndarray, gallery: dict[str, np.ndarray]
             for row, best in zip(scores, top, strict=True)]
 
 
-def only_best_subject(conn: Conn, query: Query, case_id: str,
-                      scored: list[tuple[str, float]]) -> list[tuple[str, float]]:
-    """Of a subject search's tracks, those for which the subject is the best-matching one
-    among the case's enrolled subjects (see best_subjects)."""
-    if query.subject_id is None or not scored:
-        return scored
-    gallery = case_gallery(conn, case_id, query.model)
-    gallery[query.subject_id] = np.stack(query.vectors)
-    rows = conn.execute("SELECT id::text AS id, embedding FROM tracks WHERE id::text = ANY(%s)",
-                        ([t for t, _ in scored],)).fetchall()
-    vecs = {str(r["id"]): np.asarray(r["embedding"].to_numpy(), np.float32) for r in rows}
-    present = [(t, s) for t, s in scored if t in vecs]
-    best = best_subjects(np.stack([vecs[t] for t, _ in present]), gallery) if present else []
-    return [(t, s) for (t, s), b in zip(present, best, strict=True) if query.subject_id in b]
-
-
-def appearances(conn: Conn, scored: list[tuple[str, float]], merge_gap_s: float
-                ) -> list[Appearance]:
-    """Merge a person's tracks that touch or overlap in one video into time ranges."""
-    if not scored:
+def rival_vectors(conn: Conn, query: Query, case_id: str) -> list[np.ndarray]:
+    """For a subject search, the enrolment vectors of the case's other subjects: a track is
+    a lead only when the subject matches it at least as well as any of them (best_subjects'
+    rule, applied in candidate_tracks)."""
+    if query.subject_id is None:
         return []
-    sim = dict(scored)
-    rows = conn.execute(
-        "SELECT t.id::text AS id, t.video_id::text AS video_id, t.start_s, t.end_s,"
-        " t.thumbnail_key, v.original_filename, v.sha256 FROM tracks t JOIN videos v"
-        " ON v.id = t.video_id WHERE t.id::text = ANY(%s) ORDER BY t.video_id, t.start_s",
-        ([i for i, _ in scored],)).fetchall()
-    by_video: dict[str, list[dict[str, object]]] = defaultdict(list)
-    for r in rows:
-        by_video[r["video_id"]].append(r)
+    gallery = case_gallery(conn, case_id, query.model)
+    gallery.pop(query.subject_id, None)
+    return [v for vecs in gallery.values() for v in vecs]
+
+
+def leads(cands: Sequence[Candidate], threshold: float) -> list[Candidate]:
+    """Candidates at or above the threshold that no other enrolled subject explains better."""
+    return [c for c in cands if c.similarity >= threshold
+            and (c.rival is None or c.similarity >= c.rival - RANK1_TIE)]
+
+
+def appearances(cands: Sequence[Candidate], merge_gap_s: float) -> list[Appearance]:
+    """Merge a person's tracks that touch or overlap in one video into time ranges."""
+    by_video: dict[str, list[Candidate]] = defaultdict(list)
+    for c in sorted(cands, key=lambda c: (c.video_id, c.start_s)):
+        by_video[c.video_id].append(c)
     out: list[Appearance] = []
     for vid, tracks in by_video.items():
-        group: list[dict[str, object]] = []
+        group: list[Candidate] = []
         end = -1.0
 
-        def flush(group: list[dict[str, object]], vid: str = vid) -> None:
-            best = max(group, key=lambda g: sim[str(g["id"])])
+        def flush(group: list[Candidate], vid: str = vid) -> None:
+            best = max(group, key=lambda g: g.similarity)
             out.append(Appearance(
-                video_id=vid, filename=str(best["original_filename"]), sha256=str(best["sha256"]),
-                start_s=min(float(g["start_s"]) for g in group),  # type: ignore[arg-type]
-                end_s=max(float(g["end_s"]) for g in group),  # type: ignore[arg-type]
-                similarity=sim[str(best["id"])],
-                track_ids=tuple(str(g["id"]) for g in group),
-                thumbnail=str(best["thumbnail_key"]) if best["thumbnail_key"] else None))
+                video_id=vid, filename=best.filename, sha256=best.sha256,
+                start_s=min(g.start_s for g in group), end_s=max(g.end_s for g in group),
+                similarity=best.similarity, track_ids=tuple(g.track_id for g in group),
+                thumbnail=best.thumbnail, quality=best.quality))
 
         for t in tracks:
-            start, stop = float(t["start_s"]), float(t["end_s"])  # type: ignore[arg-type]
-            if group and start > end + merge_gap_s:
+            if group and t.start_s > end + merge_gap_s:
                 flush(group)
                 group = []
-            end = max(end, stop) if group else stop
+            end = max(end, t.end_s) if group else t.end_s
             group.append(t)
         if group:
             flush(group)
@@ -393,11 +421,9 @@ def search(ctx: Context, probe: Probe | Query, case_id: str, purpose: str, actor
         if filters.video_id is not None:
             scope.require(conn, "search", "video", filters.video_id,
                           case_of(conn, "video", filters.video_id))
-        scored = candidate_tracks(conn, ctx.settings, query, case, filters,
-                                  k=max(200, lim * 20))
-        kept = [(tid, s) for tid, s in scored if s >= thr]
-        kept = only_best_subject(conn, query, case, kept)
-        results = appearances(conn, kept, ctx.settings.search.merge_gap_s)[:lim]
+        cands = candidate_tracks(conn, ctx.settings, query, case, filters,
+                                 k=max(200, lim * 20), rivals=rival_vectors(conn, query, case))
+        results = appearances(leads(cands, thr), ctx.settings.search.merge_gap_s)[:lim]
         track_ids = [t for a in results for t in a.track_ids]
         row = conn.execute(
             "INSERT INTO searches (actor, case_id, purpose, query_kind, query_fingerprint,"

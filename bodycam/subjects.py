@@ -15,7 +15,7 @@ from bodycam import audit, policy
 from bodycam.accounts import User, case_of, require, require_visible, visible_cases
 from bodycam.config import Settings
 from bodycam.context import Context
-from bodycam.db import Conn
+from bodycam.db import Conn, uid
 from bodycam.domain import FaceDetection, SampledFrame
 from bodycam.errors import InvalidInputError, NotFoundError, PermanentError
 from bodycam.pipeline.faces import FaceEmbedder, Registry
@@ -235,16 +235,16 @@ def approve_subject(conn: Conn, key: str, subject_id: str, user: User) -> None:
                     case_of(conn, "subject", subject_id))
     policy.require_identify(conn, "enrolment approval")
     actor = user.name
-    row = conn.execute("SELECT created_by, approved_at FROM subjects WHERE id::text = %s"
-                       " AND removed_at IS NULL", (subject_id,)).fetchone()
+    row = conn.execute("SELECT created_by, approved_at FROM subjects WHERE id = %s"
+                       " AND removed_at IS NULL", (uid(subject_id),)).fetchone()
     if row is None:
         raise NotFoundError(f"no active subject {subject_id}")
     if row["approved_at"] is not None:
         raise InvalidInputError(f"subject {subject_id} is already approved")
     if row["created_by"] == actor:
         raise InvalidInputError("an enrolment must be approved by someone other than its author")
-    conn.execute("UPDATE subjects SET approved_by = %s, approved_at = now() WHERE id::text = %s",
-                 (actor, subject_id))
+    conn.execute("UPDATE subjects SET approved_by = %s, approved_at = now() WHERE id = %s",
+                 (actor, uid(subject_id)))
     audit.append(conn, key, actor, "subject.approve", {"subject_id": subject_id})
 
 

@@ -69,6 +69,36 @@ def test_tracks_never_cross_a_scene_cut_and_different_faces_split() -> None:
     assert rep is not None and abs(float(np.linalg.norm(rep)) - 1) < 1e-5
 
 
+def test_link_gates_are_on_the_embedders_own_scale() -> None:
+    # cosine 0.85: two different people for dlib (they sit at 0.80-0.90), one person for FaceNet
+    box = (100.0, 100.0, 200.0, 200.0)
+    frames = [[_det(0.0, box, [1, 0, 0])], [_det(0.2, box, [0.85, 0.5268, 0])]]
+    dlib = PipelineSettings(embedder="dlib-resnet", track_min_detections=1)
+    facenet = PipelineSettings(embedder="facenet-vggface2", track_min_detections=1)
+    assert [len(t.detections) for t in build_tracks(frames, dlib)] == [1, 1]
+    assert [len(t.detections) for t in build_tracks(frames, facenet)] == [2]
+    assert dlib.link_similarity() == (0.87, 0.94)
+    # the same person a little further along still joins under dlib
+    same = [[_det(0.0, box, [1, 0, 0])], [_det(0.2, box, [0.95, 0.3122, 0])]]
+    assert [len(t.detections) for t in build_tracks(same, dlib)] == [2]
+    with pytest.raises(ValueError, match="no value for embedder"):
+        PipelineSettings(embedder="dlib-resnet", track_min_similarity={"facenet-vggface2": 0.5})
+    with pytest.raises(ValueError, match="must not be below"):
+        PipelineSettings(embedder="dlib-resnet", track_relink_similarity={"dlib-resnet": 0.8})
+
+
+def test_a_face_that_jumps_in_size_starts_a_new_track() -> None:
+    # another person in the same place (a missed cut), with an embedding too close to tell
+    cfg = PipelineSettings(embedder="dlib-resnet", track_min_detections=1)
+    small, grown, doubled = (100.0, 100.0, 200.0, 200.0), (90.0, 90.0, 220.0, 220.0), \
+        (50.0, 50.0, 250.0, 250.0)
+    same = [1.0, 0.0, 0.0]
+    assert [len(t.detections) for t in build_tracks(
+        [[_det(0.0, small, same)], [_det(0.2, grown, same)]], cfg)] == [2]  # 1.3x: walking closer
+    assert [len(t.detections) for t in build_tracks(
+        [[_det(0.0, small, same)], [_det(0.2, doubled, same)]], cfg)] == [1, 1]
+
+
 def test_facenet_without_weights_says_how_to_provide_them(tmp_path: Path) -> None:
     missing = PipelineSettings(facenet_weights=tmp_path / "absent.pt",
                                facenet_weights_sha256="0" * 64)

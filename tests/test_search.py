@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from bodycam import search, subjects
+from bodycam import db, search, subjects
 from bodycam.config import Settings
 from tests.conftest import HAMILTON, TESTDATA, StackHandle
 
@@ -77,6 +77,28 @@ def test_a_track_is_a_lead_only_for_the_enrolled_subject_it_resembles_most() -> 
     assert search.best_subjects(tracks, {}) == [{}, {}, {}]
 
 
+def test_leads_keep_what_reaches_the_threshold_and_no_other_subject_explains_better() -> None:
+    def cand(tid: str, sim: float, rival: float | None, start: float = 0.0) -> search.Candidate:
+        return search.Candidate(tid, sim, "v1", start, start + 1, None, "f.mp4", "ab", 0.5, rival)
+    got = search.leads([cand("own", 0.95, 0.90), cand("tie", 0.95, 0.95 + 5e-5),
+                        cand("other", 0.95, 0.96), cand("low", 0.91, None),
+                        cand("photo", 0.94, None)], 0.93)
+    assert [c.track_id for c in got] == ["own", "tie", "photo"]
+    # tracks of one video that touch merge into one range carrying the best track's figures
+    merged = search.appearances([cand("a", 0.94, None, 0.0), cand("b", 0.97, None, 1.2),
+                                 cand("c", 0.95, None, 9.0)], merge_gap_s=0.5)
+    assert [(a.start_s, a.end_s, a.similarity, a.track_ids) for a in merged] == [
+        (0.0, 2.2, 0.97, ("a", "b")), (9.0, 10.0, 0.95, ("c",))]
+
+
+def test_ids_become_uuid_parameters_and_malformed_ones_match_nothing() -> None:
+    u = "1b4e28ba-2fa1-11d2-883f-0016d3cca427"
+    assert str(db.uid(u)) == u and str(db.uid(f" {u.upper()} ")) == u
+    for bad in ("", "x", "1' OR '1'='1", u + "0", None):
+        assert db.uid(bad) is None
+    assert [str(x) for x in db.uids([u, "nope", u])] == [u, u]
+
+
 # --- search --------------------------------------------------------------------------------
 
 def test_p06_enrolled_from_one_photo_is_found_first_in_the_hamilton_close_up(
@@ -122,9 +144,9 @@ def test_both_candidate_paths_return_the_cases_nearest_tracks_with_exact_similar
                 "search": stack.ctx.settings.search.model_copy(
                     update={"exact_scan_max": exact_scan_max})})
             got = search.candidate_tracks(conn, settings, query, HAM_CASE, search.Filters(), k)
-            assert [tid for tid, _s in got] == want, exact_scan_max
-            for tid, sim in got:
-                assert abs(sim - float(sims[ids.index(tid)])) < 1e-5
+            assert [c.track_id for c in got] == want, exact_scan_max
+            for c in got:
+                assert abs(c.similarity - float(sims[ids.index(c.track_id)])) < 1e-5
 
 
 def test_search_refuses_a_missing_case_or_purpose_and_a_threshold_below_the_floor(

@@ -199,6 +199,8 @@ def test_every_error_is_a_problem_document(server: Server) -> None:
     assert_problem(server.op("GET", "/api/v1/no-such-route"), 404)
     assert_problem(server.op("GET", "/api/v1/videos/00000000-0000-0000-0000-000000000000"),
                    404, "no video")
+    for bad in ("not-a-uuid", "1'%20OR%20'1'='1"):  # malformed ids are unknown ones, not 500s
+        assert_problem(server.op("GET", f"/api/v1/videos/{bad}"), 404, "no video")
     assert_problem(server.op("GET", "/api/v1/jobs", params={"limit": 0}), 422, "limit")
     assert_problem(server.op("POST", "/api/v1/users", json={"name": "x"}), 422, "roles")
     assert_problem(server.op("POST", "/api/v1/users", json={"name": "x", "roles": ["clerk"],

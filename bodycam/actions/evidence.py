@@ -8,7 +8,7 @@ from pathlib import Path
 from bodycam import accounts, audit, jobs
 from bodycam.accounts import User, case_of, require, require_visible
 from bodycam.context import Context
-from bodycam.db import Conn
+from bodycam.db import Conn, uid
 from bodycam.errors import BodycamError, InvalidInputError, NotFoundError, TransientError
 from bodycam.evidence import TrackRow, list_tracks
 from bodycam.ingest import Custody, IngestResult, ingest_private, parse_recorded_at
@@ -21,7 +21,7 @@ _JOB_SQL = (
     " v.progress, GREATEST(v.attempts, COALESCE(max(u.attempts), 0)) AS attempts,"
     " COALESCE(v.error, max(u.last_error)) AS error, v.updated_at"
     " FROM videos v LEFT JOIN work_units u ON u.video_id = v.id"
-    " WHERE v.id::text = %s GROUP BY v.id")
+    " WHERE v.id = %s GROUP BY v.id")
 
 
 def custody_for(user: User, case: str | None, officer: str | None, device: str | None,
@@ -64,8 +64,8 @@ def _video_case(conn: Conn, key: str, user: User, action: str, video_id: str,
     """The case of a video the user may act on: role first, then the case (or, where
     `uploader_may`, their own upload); refusals audited, unknown ids NotFoundError."""
     require(conn, key, user, action)
-    row = conn.execute("SELECT case_id, uploader FROM videos WHERE id::text = %s",
-                       (video_id,)).fetchone()
+    row = conn.execute("SELECT case_id, uploader FROM videos WHERE id = %s",
+                       (uid(video_id),)).fetchone()
     if row is None:
         raise NotFoundError(f"no video {video_id}")
     if uploader_may and row["uploader"] == user.name:
@@ -91,7 +91,7 @@ def list_jobs(ctx: Context, user: User, status: str | None = None,
 
 def job_row(conn: Conn, video_id: str) -> jobs.JobRow:
     """One video's job row (the `jobs --json` item)."""
-    r = conn.execute(_JOB_SQL, (video_id,)).fetchone()
+    r = conn.execute(_JOB_SQL, (uid(video_id),)).fetchone()
     if r is None:
         raise NotFoundError(f"no video {video_id}")
     return jobs.JobRow(str(r["video_id"]), str(r["case_id"]), str(r["original_filename"]),
@@ -144,7 +144,7 @@ def original(ctx: Context, user: User, video_id: str, byte_range: str | None = N
     with ctx.db() as conn:
         case = _video_case(conn, ctx.audit_key, user, "tracks", video_id, uploader_may=False)
         row = conn.execute("SELECT object_key, size_bytes, original_filename, sha256"
-                           " FROM videos WHERE id::text = %s", (video_id,)).fetchone()
+                           " FROM videos WHERE id = %s", (uid(video_id),)).fetchone()
         assert row is not None
         audit.append(conn, ctx.audit_key, user.name, "video.original",
                      {"video_id": video_id, "case": case, "range": byte_range})
@@ -158,8 +158,8 @@ def thumbnail(ctx: Context, user: User, track_id: str) -> bytes:
         require(conn, ctx.audit_key, user, "tracks")
         require_visible(conn, ctx.audit_key, user, "tracks", "track", track_id,
                         case_of(conn, "track", track_id))
-        row = conn.execute("SELECT thumbnail_key FROM tracks WHERE id::text = %s",
-                           (track_id,)).fetchone()
+        row = conn.execute("SELECT thumbnail_key FROM tracks WHERE id = %s",
+                           (uid(track_id),)).fetchone()
     if row is None or not row["thumbnail_key"]:
         raise NotFoundError(f"track {track_id} has no thumbnail (purged or not made)")
     return ctx.store.get_bytes(str(row["thumbnail_key"]))

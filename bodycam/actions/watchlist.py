@@ -14,6 +14,7 @@ from bodycam import search as s
 from bodycam.accounts import User, case_of, require, require_visible
 from bodycam.actions._common import refusals_audited
 from bodycam.context import Context
+from bodycam.db import uid, uids
 from bodycam.errors import InvalidInputError, NotFoundError
 from bodycam.matching import Match, Person
 from bodycam.subjects import Subject
@@ -185,8 +186,8 @@ def match_items(ctx: Context, user: User, status: str | None = None, case: str |
             "SELECT m.id::text AS id, s.created_by, count(r.id) FILTER (WHERE"
             " r.decision = 'confirm' AND r.reviewer <> s.created_by) AS n FROM matches m"
             " JOIN subjects s ON s.id = m.subject_id LEFT JOIN reviews r ON r.match_id = m.id"
-            " WHERE m.id::text = ANY(%s::text[]) GROUP BY m.id, s.created_by",
-            (ids,)).fetchall()} if ids else {}
+            " WHERE m.id = ANY(%s) GROUP BY m.id, s.created_by",
+            (uids(ids),)).fetchall()} if ids else {}
     out = []
     for m in rows:
         row = info.get(m.match_id)
@@ -207,8 +208,8 @@ def subject_photo(ctx: Context, user: User, subject_id: str) -> bytes:
                         case_of(conn, "subject", subject_id))
         row = conn.execute(
             "SELECT f.photo_key, f.photo_sha256 FROM subject_faces f JOIN subjects s"
-            " ON s.id = f.subject_id WHERE s.id::text = %s AND s.removed_at IS NULL"
-            " ORDER BY f.id LIMIT 1", (subject_id,)).fetchone()
+            " ON s.id = f.subject_id WHERE s.id = %s AND s.removed_at IS NULL"
+            " ORDER BY f.id LIMIT 1", (uid(subject_id),)).fetchone()
         if row is None:
             raise NotFoundError(f"subject {subject_id} has no enrolment photo (removed)")
         audit.append(conn, ctx.audit_key, user.name, "subject.photo", {

@@ -125,8 +125,9 @@ def search_cmd(
               f"{result['model']}); leads for human review, not identifications",
               highlight=False)
     for a in result["results"]:
-        out.print(f"{a['similarity']:.3f}  {a['filename']}  {a['start_s']:7.2f}-"
-                  f"{a['end_s']:7.2f}s  video {a['video_id']}  sha256 {a['sha256'][:12]}…",
+        out.print(f"{a['similarity']:.3f}  quality {a['quality']:.2f}  {a['filename']}  "
+                  f"{a['start_s']:7.2f}-{a['end_s']:7.2f}s  video {a['video_id']}  "
+                  f"sha256 {a['sha256'][:12]}…",
                   highlight=False)
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import uuid
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from importlib import resources
 from typing import Any
@@ -15,6 +16,23 @@ from psycopg.rows import dict_row
 from bodycam.errors import TransientError
 
 Conn = psycopg.Connection[dict[str, Any]]
+
+
+def uid(value: object) -> uuid.UUID | None:
+    """An id as a uuid query parameter, so that `WHERE id = %s` uses the uuid indexes
+    (`id::text = %s` cannot). Text that is not a uuid becomes None, which matches no row:
+    an unknown or malformed id still reads as not found, never as a database error."""
+    if isinstance(value, uuid.UUID):
+        return value
+    try:
+        return uuid.UUID(str(value).strip())
+    except ValueError:
+        return None
+
+
+def uids(values: Iterable[object]) -> list[uuid.UUID]:
+    """Ids as a uuid[] parameter for `id = ANY(%s)`; malformed ones are left out."""
+    return [u for u in map(uid, values) if u is not None]
 
 
 @contextmanager

@@ -20,7 +20,7 @@ from bodycam.config import PipelineSettings
 from bodycam.domain import FaceDetection, FaceTrack, MediaInfo, SampledFrame, Scene
 from bodycam.pipeline.faces import FaceDetector, FaceEmbedder
 from bodycam.pipeline.frames import ChunkDecoder
-from bodycam.pipeline.tracks import Tracker, center_distance, iou
+from bodycam.pipeline.tracks import Tracker, center_distance, iou, size_ratio
 
 
 @dataclass(frozen=True)
@@ -69,10 +69,12 @@ _POLL_S = 0.2
 
 # Embedding policy (see EmbedPlanner): a track is re-embedded at least every this many samples
 # (2 s at the default 5 fps), when a detection's quality beats the best embedded one of its
-# track by this factor, and whenever its link is not a clear overlap of at least this IoU.
+# track by this factor, whenever its link is not a clear overlap of at least this IoU, and
+# whenever its face height changed by more than this factor since the track's last sample.
 EMBED_REFRESH_SAMPLES = 10
 EMBED_QUALITY_GAIN = 1.15
 EMBED_SAFE_IOU = 0.3
+EMBED_SAFE_SIZE_RATIO = 1.25
 
 
 @dataclass
@@ -131,6 +133,7 @@ class EmbedPlanner:
             k, overlap = mine[0]
             st = live[k]
             need.append(by_track[k] > 1 or overlap < EMBED_SAFE_IOU
+                        or size_ratio(st.last.box_px, d.box_px) > EMBED_SAFE_SIZE_RATIO
                         or st.since_embedded + 1 >= EMBED_REFRESH_SAMPLES
                         or d.quality > EMBED_QUALITY_GAIN * st.best_embedded_q)
         return need

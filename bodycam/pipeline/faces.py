@@ -509,14 +509,15 @@ class Registry:
         DlibResnetEmbedder.name: DlibResnetEmbedder,
         FacenetEmbedder.name: FacenetEmbedder,
     }
-    _cache: ClassVar[dict[tuple[str, PipelineSettings], Any]] = {}
+    # Keyed by the settings' JSON: PipelineSettings holds dicts, so it is not hashable.
+    _cache: ClassVar[dict[tuple[str, str], Any]] = {}
     _lock: ClassVar[threading.Lock] = threading.Lock()
 
     @classmethod
     def embedder(cls, cfg: PipelineSettings) -> FaceEmbedder:
         """The configured embedder; never a silent substitute."""
         with cls._lock:
-            key = ("embedder", cfg)
+            key = ("embedder", cfg.model_dump_json())
             if key not in cls._cache:
                 kind = cls.embedders.get(cfg.embedder)
                 if kind is None:
@@ -529,7 +530,7 @@ class Registry:
     def detector(cls, cfg: PipelineSettings) -> FaceDetector:
         """The face detector."""
         with cls._lock:
-            key = ("detector", cfg)
+            key = ("detector", cfg.model_dump_json())
             if key not in cls._cache:
                 cls._cache[key] = MtcnnDetector(cfg)
             det: FaceDetector = cls._cache[key]

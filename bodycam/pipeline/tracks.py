@@ -29,6 +29,13 @@ def center_distance(a: tuple[float, float, float, float],
     return float(np.hypot(ca[0] - cb[0], ca[1] - cb[1]) / h)
 
 
+def size_ratio(a: tuple[float, float, float, float],
+               b: tuple[float, float, float, float]) -> float:
+    """How many times taller the larger of two boxes is (1.0: the same height)."""
+    ha, hb = max(a[3] - a[1], 1.0), max(b[3] - b[1], 1.0)
+    return max(ha, hb) / min(ha, hb)
+
+
 @dataclass
 class _Active:
     key: int
@@ -53,12 +60,16 @@ class Tracker:
 
     A detection joins the active track of the same scene whose last box overlaps it enough
     (or, across a short gap, whose face is very similar and near) and whose face is similar
-    enough. Assignment is greedy by score and one-to-one, so two faces of one frame never
-    share a track. A scene change closes every track.
+    enough (PipelineSettings.link_similarity: the gates are on the embedder's own scale) and
+    about as large (a face that suddenly doubles in size is another person in the same place,
+    typically at a cut the scene detector missed). Assignment is greedy by score and
+    one-to-one, so two faces of one frame never share a track. A scene change closes every
+    track.
     """
 
     def __init__(self, cfg: PipelineSettings) -> None:
         self.cfg = cfg
+        self._join, self._relink = cfg.link_similarity()
         self._active: list[_Active] = []
         self._done: list[_Active] = []
         self._next = 0
@@ -99,14 +110,16 @@ class Tracker:
         cfg = self.cfg
         if det.t_s <= last.t_s:
             return None
+        if size_ratio(last.box_px, det.box_px) > cfg.track_max_size_ratio:
+            return None
         overlap = iou(last.box_px, det.box_px)
         sim = trk.similarity(det)
-        if sim is not None and sim < cfg.track_min_similarity:
+        if sim is not None and sim < self._join:
             return None  # a different face, however close the boxes are
         near = center_distance(last.box_px, det.box_px) < 1.5
         if overlap >= cfg.track_min_iou:
             return overlap + (sim if sim is not None else 0.0)
-        if sim is not None and sim >= cfg.track_min_similarity + 0.15 and near:
+        if sim is not None and sim >= self._relink and near:
             return sim - 0.5  # fast motion or a short occlusion: rank below overlapping links
         return None
 

@@ -249,7 +249,7 @@ function initSearch() {
       li.className = "tile";
       if (a.track_ids.length) li.appendChild(thumbImg(a.track_ids[0], `Face at ${range(a)}`));
       const p = document.createElement("p");
-      p.textContent = `${range(a)} · similarity ${a.similarity.toFixed(3)} (threshold ${result.threshold})`;
+      p.textContent = `${range(a)} · similarity ${a.similarity.toFixed(3)} (threshold ${result.threshold}) · track quality ${a.quality.toFixed(2)}`;
       li.appendChild(p);
       const t = document.createElement("p");
       t.className = "muted mono";
