@@ -64,6 +64,8 @@ from typing import Any
 
 import numpy as np
 
+from bodycam.db import uids
+
 Intervals = list[tuple[float, float]]
 
 TUNING_SEEDS = range(5000, 6000)
@@ -479,8 +481,8 @@ def track_identities(conn: Any, clips: dict[str, ClipTruth]
     rows = conn.execute(
         "SELECT t.id::text AS tid, t.video_id::text AS vid, t.start_s, t.end_s,"
         " d.frame_index, d.box_px FROM tracks t JOIN detections d ON d.track_id = t.id"
-        " WHERE t.video_id::text = ANY(%s) AND t.embedding IS NOT NULL",
-        (list(clips),)).fetchall()
+        " WHERE t.video_id = ANY(%s) AND t.embedding IS NOT NULL",
+        (uids(clips),)).fetchall()
     out: dict[str, dict[str, Any]] = {}
     for r in rows:
         tr = out.setdefault(r["tid"], {"video_id": r["vid"], "start_s": float(r["start_s"]),
