@@ -134,6 +134,13 @@ def test_dlib_descriptors_from_the_child_process_equal_dlib_in_process() -> None
     want /= np.linalg.norm(want, axis=1, keepdims=True)
     assert got.shape == (len(boxes), 128)
     assert np.array_equal(got, want)
+    # A strided frame (PyAV pads the rows of e.g. 854-px-wide video) gives the same vectors.
+    padded = np.zeros((image.shape[0], image.shape[1] + 10, 3), np.uint8)
+    padded[:, :image.shape[1]] = image
+    strided = padded[:, :image.shape[1]]
+    assert not strided.flags["C_CONTIGUOUS"]
+    dets = [FaceDetection(0, 0.0, 0, b, 0.99, (), 100.0) for b in boxes]
+    assert np.array_equal(emb.embed(strided, dets), got)
 
 
 def test_a_descriptor_process_dying_mid_request_fails_that_request_only() -> None:

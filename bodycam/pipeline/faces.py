@@ -400,6 +400,9 @@ class DlibResnetEmbedder:
             return np.zeros((0, self.dim), np.float32)
         import dlib
 
+        # dlib takes only C-contiguous arrays: PyAV hands back frames whose rows are padded
+        # (an 854-px-wide frame is a strided view), and dlib raised TypeError on them.
+        image = np.ascontiguousarray(image)
         chips = []
         for f in faces:
             x1, y1, x2, y2 = (v * scale for v in f.box_px)
