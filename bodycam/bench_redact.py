@@ -303,7 +303,8 @@ def leakage(original: Sequence[np.ndarray], output: Sequence[np.ndarray],
       new, e.g. a face the detector only found after redaction, or a false positive);
     - `truth` (per frame, the faces known to be there): how many the detector finds in the
       original and how many in the output, by bucket (faces that must stay visible excluded);
-    - `kept` (per frame, boxes that must stay visible): how many are still found.
+    - `kept` (per frame, boxes that must stay visible): how many are still found (and found
+      in the original); the original's faces at those places are left out of the leaks.
     """
     n = min(len(original), len(output))
     by_size = {label: {"original": 0, "leaked": 0} for _, _, label in BUCKETS}
@@ -313,7 +314,10 @@ def leakage(original: Sequence[np.ndarray], output: Sequence[np.ndarray],
     for i in range(n):
         orig, out = original[i], output[i]
         leaked_h: list[float] = []
+        keep = kept[i] if kept is not None and i < len(kept) else ()
         for d in orig:
+            if any(iou(d[:4], k) >= MATCH_IOU for k in keep):
+                continue  # a face that must stay visible is no leak
             h = float(d[3] - d[1])
             row = by_size[bucket_of(h)]
             row["original"] += 1
@@ -338,13 +342,15 @@ def leakage(original: Sequence[np.ndarray], output: Sequence[np.ndarray],
     if truth is not None:
         res["truth"] = _truth_counts(original, output, truth, kept, n)
     if kept is not None:
-        total_k = found_k = 0
+        total_k = found_k = found_o = 0
         for i in range(min(n, len(kept))):
             for box in kept[i]:
                 total_k += 1
                 found_k += _found(box, output[i])
-        res["kept"] = {"boxes": total_k, "found": found_k,
-                       "share": found_k / total_k if total_k else None}
+                found_o += _found(box, original[i])
+        res["kept"] = {"boxes": total_k, "found": found_k, "found_original": found_o,
+                       "share": found_k / total_k if total_k else None,
+                       "share_of_found_original": found_k / found_o if found_o else None}
     return res
 
 
@@ -489,6 +495,22 @@ class TempStack:
         finally:
             shutil.rmtree(self.home, ignore_errors=True)
 
+    def plan(self, video_id: str) -> dict[str, Any]:
+        """The newest stored redaction plan of a video (tracks of per-frame boxes)."""
+        code = ("import json,sys\n"
+                "from bodycam.config import reload_settings\n"
+                "from bodycam.context import Context\n"
+                "ctx = Context.load(reload_settings())\n"
+                "with ctx.db() as conn:\n"
+                "    row = conn.execute('SELECT plan FROM redaction_plans WHERE video_id = %s'\n"
+                "                       ' ORDER BY version DESC LIMIT 1', (sys.argv[1],))"
+                ".fetchone()\n"
+                "print(json.dumps(row['plan']))\n")
+        proc = subprocess.run([sys.executable, "-c", code, video_id], env=self.env,
+                              capture_output=True, text=True, timeout=300, check=True)
+        plan: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+        return plan
+
     def wait_done(self, video_id: str, timeout_s: float = PROCESS_TIMEOUT_S) -> dict[str, Any]:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -500,9 +522,14 @@ class TempStack:
         raise TimeoutError(f"video {video_id} not processed in {timeout_s:.0f} s")
 
 
-def run_bodycam(stack: TempStack, src: Path, dst: Path, case: str,
-                keep_tracks: Sequence[str] = ()) -> dict[str, Any]:
-    """Ingest, wait for processing, redact; times each step."""
+def run_bodycam(stack: TempStack, src: Path, dst: Path, case: str, frames: int,
+                keep: bool = True) -> dict[str, Any]:
+    """Ingest, wait for processing, redact (hide everyone); times each step.
+
+    With `keep`, renders a second derivative from the same plan keeping the plan track with
+    the most detections, and returns that track's boxes per frame (`kept_boxes`) and the
+    second output's path (`kept_output`) for the kept-track check.
+    """
     t0 = time.perf_counter()
     res = json.loads(stack.bodycam("ingest", "--case", case, "--officer", "BENCH", "--device",
                                    "BENCH", "--json", "--", str(src)))[0]
@@ -511,13 +538,33 @@ def run_bodycam(stack: TempStack, src: Path, dst: Path, case: str,
     t1 = time.perf_counter()
     if job["status"] != "done":
         raise RuntimeError(f"processing ended {job['status']}: {job.get('error')}")
-    keep_args = [a for t in keep_tracks for a in ("--keep-track", t)]
-    red = json.loads(stack.bodycam("redact", video_id, *keep_args, "-o", str(dst), "--json"))
+    red = json.loads(stack.bodycam("redact", video_id, "-o", str(dst), "--json"))
     t2 = time.perf_counter()
-    return {"wall_s": t2 - t0, "ingest_process_s": t1 - t0, "redact_s": t2 - t1,
-            "video_id": video_id, "derivative": red,
-            "settings": "bodycam redact defaults (hide everyone)"
-                        + (f", keep tracks {list(keep_tracks)}" if keep_tracks else "")}
+    run: dict[str, Any] = {
+        "wall_s": t2 - t0, "ingest_process_s": t1 - t0, "redact_s": t2 - t1,
+        "video_id": video_id, "derivative": red,
+        "settings": "`bodycam redact` defaults (hide everyone, blur); wall time = ingest + "
+                    "processing + redact (the plan is computed on the first redact)"}
+    if not keep:
+        return run
+    plan = stack.plan(video_id)
+    tracks = sorted(plan.get("tracks", []), key=lambda t: len(t["detections"]), reverse=True)
+    if not tracks:
+        return run
+    track = tracks[0]
+    kept_dst = dst.with_name(dst.stem + ".kept.mp4")
+    t3 = time.perf_counter()
+    stack.bodycam("redact", video_id, "--keep-track", track["id"], "--keep-reason",
+                  "benchmark: kept track check", "--keep-basis", "consent of the person shown",
+                  "-o", str(kept_dst), "--json")
+    kept_boxes: list[list[Box]] = [[] for _ in range(frames)]
+    for d in track["detections"]:
+        if 0 <= int(d[0]) < frames:
+            kept_boxes[int(d[0])].append((float(d[1]), float(d[2]), float(d[3]), float(d[4])))
+    run.update(kept_track=track["id"], kept_render_s=time.perf_counter() - t3,
+               kept_output=str(kept_dst), kept_boxes=kept_boxes,
+               plan_tracks=len(plan.get("tracks", [])), plan_params=plan.get("params"))
+    return run
 
 
 # --- the run ----------------------------------------------------------------------------------
@@ -585,7 +632,8 @@ def bench(clips: Sequence[Clip], methods: Sequence[str], scanners: Sequence[Scan
                         run = run_mtcnn_blur(clip.path, dst, naive)
                     else:
                         assert stack is not None
-                        run = run_bodycam(stack, clip.path, dst, case="REDBENCH-1")
+                        run = run_bodycam(stack, clip.path, dst, "REDBENCH-1",
+                                          clip.info.frames)
                 except (subprocess.SubprocessError, RuntimeError, TimeoutError, OSError) as exc:
                     entry["methods"][method] = {"error": str(exc)[-800:]}
                     log(f"  {method} failed: {exc}")
@@ -597,6 +645,14 @@ def bench(clips: Sequence[Clip], methods: Sequence[str], scanners: Sequence[Scan
                 for sc in scanners:
                     out_scan = scan_video(dst, sc, work / "scans")
                     run["leakage"][sc.key] = leakage(orig_scans[sc.key], out_scan, truth)
+                kept_boxes = run.pop("kept_boxes", None)
+                if kept_boxes is not None:
+                    kept_scan = scan_video(Path(run["kept_output"]), scanners[0],
+                                           work / "scans")
+                    k = leakage(orig_scans[scanners[0].key], kept_scan, truth, kept=kept_boxes)
+                    run["kept_check"] = {"scanner": scanners[0].key, **k["kept"],
+                                         "other_faces_leaked": k["faces_leaked"],
+                                         "other_faces": k["faces_original"]}
                 log(f"  {method}: {run['wall_s']:.1f} s ({run['x_real_time']:.2f}x real time)"
                     f", leaks {[v['faces_leaked'] for v in run['leakage'].values()]}")
                 entry["methods"][method] = run
