@@ -22,6 +22,8 @@ PERMISSIONS: dict[str, tuple[str, ...]] = {
     "retry": ("clerk", "supervisor"),
     # Tracks, thumbnails and originals: supervisors review matches, so they see the footage.
     "tracks": ("investigator", "supervisor"),
+    # Redacted derivatives for release: those who see the footage prepare them.
+    "redact": ("investigator", "supervisor"),
     "subjects.enroll": ("investigator",),
     "subjects.list": ("investigator", "supervisor"),
     "subjects.remove": ("investigator", "supervisor"),
@@ -209,6 +211,7 @@ CASE_OF = {
     "match": "SELECT case_id FROM matches WHERE id::text = %s",
     "track": "SELECT v.case_id FROM tracks t JOIN videos v ON v.id = t.video_id"
              " WHERE t.id::text = %s",
+    "redaction": "SELECT case_id FROM redactions WHERE id::text = %s",
 }
 
 

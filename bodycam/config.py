@@ -122,6 +122,43 @@ class PipelineSettings(_Section):
     thumbnail_px: int = Field(160, ge=32, description="thumbnail height, pixels")
 
 
+class RedactionSettings(_Section):
+    """Redaction for release: dense detection, box padding, masking and the legal bases."""
+
+    # Every 2nd frame: with boxes interpolated between detections and carried a few frames
+    # past each track's ends, no face of 40 px+ was found by CenterFace in the output of the
+    # test clips (tests/test_redaction.py); every frame costs twice as much.
+    detect_every_frames: int = Field(2, ge=1, le=10, description="detect on every Nth frame")
+    min_face_px: int = Field(20, ge=12, description="smallest face height detected, pixels")
+    detector_threshold: float = Field(
+        0.9, gt=0, lt=1, description="MTCNN final-stage probability (lower than for search: "
+        "a missed face leaks, a false positive only hides a patch)")
+    pad: float = Field(0.3, ge=0, le=2, description="box grown by this share of its size per side")
+    lead_frames: int = Field(4, ge=0, le=60, description="frames covered before a track starts")
+    tail_frames: int = Field(4, ge=0, le=60, description="frames covered after a track ends")
+    low_confidence: float = Field(
+        0.97, gt=0, le=1, description="detections below this probability are listed for a "
+        "person to look at")
+    blocks: int = Field(5, ge=2, le=16, description="mask resolution: blocks across a box")
+    crf: int = Field(18, ge=0, le=51, description="x264 quality of the rendered derivative")
+    legal_bases: tuple[str, ...] = Field(
+        ("privacy of third parties", "privacy of a victim or witness", "protection of a minor",
+         "ongoing investigation", "officer safety", "consent of the person shown",
+         "requester shown", "public interest", "false positive: not a face"),
+        description="the legal bases a redaction choice may cite")
+    default_reason: str = Field("face of a person not cleared for release",
+                                description="reason recorded for faces hidden by default")
+    default_legal_basis: str = Field("privacy of third parties",
+                                     description="legal basis for faces hidden by default")
+
+    @model_validator(mode="after")
+    def _default_basis_listed(self) -> RedactionSettings:
+        if self.default_legal_basis not in self.legal_bases:
+            raise ValueError("redaction.default_legal_basis must be one of "
+                             "redaction.legal_bases")
+        return self
+
+
 class SearchSettings(_Section):
     """Face search and matching. Thresholds are cosine similarities of unit vectors."""
 
@@ -206,6 +243,7 @@ class Settings(BaseSettings):
     jobs: JobSettings = JobSettings()
     pipeline: PipelineSettings = PipelineSettings()
     search: SearchSettings = SearchSettings()
+    redaction: RedactionSettings = RedactionSettings()
     auth: AuthSettings = AuthSettings()
     server: ServerSettings = ServerSettings()
 

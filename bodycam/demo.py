@@ -1,5 +1,6 @@
 """The one-command demo: stack up, then as a client of its server: upload the sample clips,
-follow the jobs, print the tracks, enrol a subject and ask where they appear."""
+follow the jobs, print the tracks, enrol a subject, ask where they appear, and write one
+redacted clip with its report."""
 
 from __future__ import annotations
 
@@ -61,6 +62,8 @@ def run_demo(settings: Settings, testdata: str, case: str, out: Console) -> None
                               str(t["n_detections"]), f"{t['quality']:.2f}")
             out.print(table)
         _demo_search(client, testdata, case, out)
+        sizes = {v.name: v.stat().st_size for v in videos}
+        _demo_redact(client, settings, results, sizes, out)
         out.print(f"[bold]Web app:[/bold] {client.target.url}/ (sign in as {me['user']}; the "
                   f"bootstrap operator's token is in {settings.home_dir}/operator.token)")
         out.print(f"Stack still running: `bodycam status`, `bodycam jobs`, `bodycam down` "
@@ -101,3 +104,29 @@ def _demo_search(client: Client, testdata: str, case: str, out: Console) -> None
         table.add_row(f"{a['similarity']:.3f}", a["filename"], f"{a['start_s']:.2f}",
                       f"{a['end_s']:.2f}", str(len(a["track_ids"])))
     out.print(table)
+
+
+def _demo_redact(client: Client, settings: Settings, results: list[dict[str, Any]],
+                 sizes: dict[str, int], out: Console) -> None:
+    """Redact the smallest clip (every face hidden) and print where it and its report are."""
+    from bodycam.cli.redaction import redact_to
+
+    done = [r for r in results
+            if client.get(f"/api/v1/videos/{quote(r['video_id'], safe='')}")["status"] == "done"]
+    if not done:
+        return
+    pick = min(done, key=lambda r: sizes.get(r["filename"], 0))
+    dest = settings.home_dir / "redacted" / f"{pick['video_id']}.mp4"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    out.print(f"[bold]6. Redaction for release[/bold] of {pick['filename']} (every face hidden;"
+              " the plan is computed once, then re-rendered without models)")
+    t0 = time.monotonic()
+    made, files = redact_to(client, pick["video_id"], {}, dest)
+    report = made["report"]
+    out.print(f"   {len(report['redacted_regions'])} regions hidden in {report['frames']} "
+              f"frames, {len(report['low_confidence_frames'])} low-confidence frames to check, "
+              f"{time.monotonic() - t0:.1f}s")
+    out.print(f"   derivative {made['derivative_id']} sha256 {made['sha256'][:16]}… "
+              f"(original {made['original_sha256'][:16]}…)")
+    out.print(f"   redacted clip: {dest}")
+    out.print(f"   report: {files['report']}, {files['pdf']}, {files['sheet']}")

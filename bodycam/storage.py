@@ -22,6 +22,7 @@ ORIGINALS = "originals/"
 INCOMING = "incoming/"
 STAGING = "staging/"
 THUMBNAILS = "thumbnails/"
+REDACTIONS = "redactions/"
 PART_BYTES = 16 * 1024 * 1024
 
 
@@ -236,6 +237,14 @@ class ObjectStore:
         if key.startswith(ORIGINALS):
             raise ValueError("originals are written only by upload_hashed/promote")
         self._client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type)
+
+    @_guarded
+    def put_file(self, key: str, path: str, content_type: str) -> None:
+        """Write a derived file (a redacted video) in parts; never used for originals."""
+        if key.startswith(ORIGINALS):
+            raise ValueError("originals are written only by upload_hashed/promote")
+        self._client.upload_file(path, self.bucket, key,
+                                 ExtraArgs={"ContentType": content_type})
 
     @_guarded
     def get_bytes(self, key: str) -> bytes:

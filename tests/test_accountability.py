@@ -77,6 +77,7 @@ def commands(tmp: Path) -> dict[str, list[str]]:
         "users": ["users", "list", "--json"],
         "policy.set": ["policy", "set", "--retention-days", "30", "--reason", "unchanged"],
         "purge": ["purge", "--dry-run"],
+        "redact": ["redact", ZERO, "-o", str(tmp / "r.mp4")],
     }
 
 

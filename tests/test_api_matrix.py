@@ -21,6 +21,7 @@ P06 = TESTDATA / "faces" / "identities" / "p06" / "01.png"
 B_NAME = "Bravo-Secret-Subject"
 ANY, PUBLIC, NOTIFIER = "any", "public", "notifier"
 PROBLEM = "application/problem+json"
+ZERO_ID = "00000000-0000-0000-0000-000000000000"
 
 
 @dataclass
@@ -231,6 +232,17 @@ MATRIX: list[Route] = [
     _r("DELETE", V + "/users/{}/cases/{}", "cases.assign", _unassign),
     _r("GET", V + "/cases", "cases.assign", lambda w, r, f: Req("GET", V + "/cases")),
     _r("GET", V + "/thresholds", ANY, lambda w, r, f: Req("GET", V + "/thresholds")),
+    # Allowed roles get 422 (an unlisted legal basis is refused before any work) or 404 (no
+    # such derivative): the role and case checks come first (tests/test_redaction.py renders).
+    _r("POST", V + "/videos/{}/redactions", "redact", lambda w, r, f: Req(
+        "POST", f"{V}/videos/{w.a['video']}/redactions",
+        json={"keep_tracks": [{"id": "P1", "legal_basis": "matrix: not a listed basis"}]})),
+    _r("GET", V + "/redactions/{}", "redact",
+       lambda w, r, f: Req("GET", f"{V}/redactions/{ZERO_ID}")),
+    _r("POST", V + "/redactions/{}/verify", "redact",
+       lambda w, r, f: Req("POST", f"{V}/redactions/{ZERO_ID}/verify")),
+    _r("GET", V + "/redactions/{}/{}", "redact",
+       lambda w, r, f: Req("GET", f"{V}/redactions/{ZERO_ID}/video")),
 ]
 NOT_IN_SCHEMA = {("GET", "/")}  # the web page is not an API operation
 
@@ -427,6 +439,7 @@ def test_ids_of_another_case_are_refused_on_every_object_kind_and_audited(world:
         ("matches of B", Req("GET", V + "/matches", params={"case": CASE_B})),
         ("persons of B", Req("GET", V + "/persons", params={"case": CASE_B, "purpose": "p"})),
         ("subject photo", Req("GET", f"{V}/subjects/{b['subject']}/photo")),
+        ("video redaction", Req("POST", f"{V}/videos/{b['video']}/redactions", json={})),
     ]:
         _isolated(world, inv, req, what, failures)
     for what, req in [

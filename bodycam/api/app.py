@@ -10,6 +10,7 @@ from bodycam.api import (
     routes_audit,
     routes_auth,
     routes_governance,
+    routes_redaction,
     routes_videos,
     routes_watchlist,
     s3events,
@@ -44,7 +45,8 @@ def create_app() -> FastAPI:
 
 def _routers() -> list[APIRouter]:
     return [routes_auth.router, routes_videos.router, routes_watchlist.router,
-            routes_audit.router, routes_governance.router, s3events.router]
+            routes_audit.router, routes_governance.router, routes_redaction.router,
+            s3events.router]
 
 
 app = create_app()

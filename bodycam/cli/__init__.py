@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import logging
 
-from bodycam.cli import audit_log, evidence, governance, local, session, watchlist
+from bodycam.cli import (
+    audit_log,
+    evidence,
+    governance,
+    local,
+    redaction,
+    session,
+    watchlist,
+)
 from bodycam.cli.base import app
 
 __all__ = ["app", "main"]
-_COMMANDS = (local, session, evidence, watchlist, audit_log, governance)  # registered on import
+# registered on import
+_COMMANDS = (local, session, evidence, watchlist, audit_log, governance, redaction)
 
 
 def main() -> None:

@@ -1,0 +1,373 @@
+"""Redaction actions: the per-video plan (computed once), renders, derivatives and downloads."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+import threading
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bodycam import audit, fixity
+from bodycam.accounts import User, case_of, require, require_visible
+from bodycam.context import Context
+from bodycam.db import Conn
+from bodycam.errors import ConflictError, InvalidInputError, NotFoundError
+from bodycam.pipeline.faces import Registry, sha256_file
+from bodycam.redaction import (
+    ALGORITHM,
+    AUDIO,
+    STYLES,
+    Choices,
+    Decision,
+    ManualRegion,
+    Plan,
+    build_report,
+    check_basis,
+    compute_plan,
+    contact_sheet,
+    dense_pipeline,
+    pdf_report,
+    render,
+    report_lines,
+)
+from bodycam.storage import REDACTIONS
+
+_plan_locks: dict[str, threading.Lock] = {}
+_plan_locks_guard = threading.Lock()
+KEEP_REASON = "shown at the reviewer's decision"
+KEEP_BASIS = "public interest"
+REMOVE_REASON = "not a face"
+REMOVE_BASIS = "false positive: not a face"
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One kept or removed track (a plan track id `P3` or a `bodycam tracks` id), or a
+    kept subject, with why."""
+
+    target: str
+    reason: str | None = None
+    legal_basis: str | None = None
+
+
+@dataclass(frozen=True)
+class RegionIn:
+    """A manual region as asked for."""
+
+    box_px: tuple[float, float, float, float]
+    start_s: float
+    end_s: float
+    reason: str
+    legal_basis: str
+
+
+@dataclass(frozen=True)
+class RedactRequest:
+    """What a reviewer asks for; every track not kept or removed is hidden."""
+
+    keep_tracks: tuple[Choice, ...] = ()
+    keep_subjects: tuple[Choice, ...] = ()
+    remove_tracks: tuple[Choice, ...] = ()
+    regions: tuple[RegionIn, ...] = ()
+    style: str = "blur"
+    audio: str = "keep"
+    mute_ranges: tuple[tuple[float, float], ...] = ()
+
+
+def _lock_for(video_id: str) -> threading.Lock:
+    with _plan_locks_guard:
+        return _plan_locks.setdefault(video_id, threading.Lock())
+
+
+def _check_request(ctx: Context, req: RedactRequest) -> None:
+    """Refuse a request whose choices lack a reason or cite an unlisted legal basis."""
+    red = ctx.settings.redaction
+    if req.style not in STYLES:
+        raise InvalidInputError(f"style {req.style[:20]!r}: choose {', '.join(STYLES)}")
+    if req.audio not in AUDIO:
+        raise InvalidInputError(f"audio {req.audio[:20]!r}: choose {', '.join(AUDIO)}")
+    if req.mute_ranges and req.audio != "mute-ranges":
+        raise InvalidInputError("mute ranges need audio mode mute-ranges")
+    for a, b in req.mute_ranges:
+        if not 0 <= a < b:
+            raise InvalidInputError(f"mute range {a}-{b}: give START < END, seconds")
+    for c in req.keep_tracks + req.keep_subjects:
+        check_basis(red, c.legal_basis or KEEP_BASIS, c.reason or KEEP_REASON, f"keep {c.target}")
+    for c in req.remove_tracks:
+        check_basis(red, c.legal_basis or REMOVE_BASIS, c.reason or REMOVE_REASON,
+                    f"remove {c.target}")
+    for r in req.regions:
+        x1, y1, x2, y2 = r.box_px
+        if not (0 <= x1 < x2 and 0 <= y1 < y2) or not 0 <= r.start_s <= r.end_s:
+            raise InvalidInputError("a manual region needs box x1<x2, y1<y2 (pixels, >= 0) and "
+                                    "0 <= start_s <= end_s")
+        check_basis(red, r.legal_basis, r.reason, "manual region")
+
+
+def load_plan(conn: Conn, video_id: str) -> Plan | None:
+    """The newest stored plan of a video made by the current algorithm, or None."""
+    row = conn.execute("SELECT version, plan FROM redaction_plans WHERE video_id = %s AND"
+                       " algorithm = %s ORDER BY version DESC LIMIT 1",
+                       (video_id, ALGORITHM)).fetchone()
+    return Plan.from_json(row["plan"], int(row["version"])) if row else None
+
+
+def ensure_plan(ctx: Context, user: User, video_id: str) -> Plan:
+    """The video's plan: the stored one, or computed now (once; concurrent requests for the
+    same video in this server wait for the first) and stored as the next version; audited
+    (`redaction.plan`). No embedding is computed for it in any policy profile."""
+    from bodycam.processing import load_video, local_copy
+
+    with _lock_for(video_id):
+        with ctx.db() as conn:
+            found = load_plan(conn, video_id)
+            if found is not None:
+                return found
+            video = load_video(conn, video_id)
+            stored = [(str(r["track_id"]), int(r["frame_index"]),
+                       tuple(float(v) for v in r["box_px"]))
+                      for r in conn.execute(
+                          "SELECT track_id::text AS track_id, frame_index, box_px FROM"
+                          " detections WHERE video_id = %s AND track_id IS NOT NULL",
+                          (video_id,)).fetchall()]
+        path = local_copy(ctx, video)
+        red = ctx.settings.redaction
+        cfg = dense_pipeline(ctx.settings.pipeline, red, video.info)
+        plan = compute_plan(path, video.info, video_id, video.sha256, cfg, red,
+                            Registry.detector(cfg), stored)  # type: ignore[arg-type]
+        with ctx.db() as conn:
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"plan:{video_id}",))
+            row = conn.execute("SELECT COALESCE(max(version), 0) + 1 AS v FROM redaction_plans"
+                               " WHERE video_id = %s", (video_id,)).fetchone()
+            version = int(row["v"]) if row else 1
+            conn.execute("INSERT INTO redaction_plans (video_id, version, algorithm,"
+                         " original_sha256, plan, created_by) VALUES (%s, %s, %s, %s, %s, %s)",
+                         (video_id, version, ALGORITHM, video.sha256,
+                          json.dumps(plan.as_json()), user.name))
+            audit.append(conn, ctx.audit_key, user.name, "redaction.plan",
+                         {"video_id": video_id, "version": version, "algorithm": ALGORITHM,
+                          "tracks": len(plan.tracks),
+                          "frames_detected": plan.params["frames_detected"]})
+        return Plan.from_json(plan.as_json(), version)
+
+
+def _resolve_tracks(conn: Conn, plan: Plan, video_id: str, target: str, what: str
+                    ) -> list[str]:
+    """Plan track ids for a plan id (`P3`) or a stored track id of this video."""
+    if plan.track(target) is not None:
+        return [target]
+    found = [t.id for t in plan.tracks if target in t.db_track_ids]
+    if found:
+        return found
+    row = conn.execute("SELECT video_id::text AS v FROM tracks WHERE id::text = %s",
+                       (target,)).fetchone()
+    if row is None or row["v"] != video_id:
+        raise InvalidInputError(f"{what} {target[:40]}: no such track in video {video_id}")
+    raise InvalidInputError(f"{what} {target[:40]}: the track's face was not found by the "
+                            "redaction plan; add a manual region instead")
+
+
+def _subject_tracks(conn: Conn, key: str, user: User, plan: Plan, video_id: str,
+                    subject_id: str) -> list[str]:
+    """Plan tracks of a subject: its confirmed matches in this video (case checked)."""
+    require_visible(conn, key, user, "redact", "subject", subject_id,
+                    case_of(conn, "subject", subject_id))
+    rows = conn.execute("SELECT track_id::text AS t FROM matches WHERE subject_id::text = %s"
+                        " AND video_id::text = %s AND status = 'confirmed'",
+                        (subject_id, video_id)).fetchall()
+    ids = {t.id for r in rows for t in plan.tracks if r["t"] in t.db_track_ids}
+    if not ids:
+        raise InvalidInputError(f"subject {subject_id}: no confirmed match of theirs in video "
+                                f"{video_id} is in the redaction plan; keep tracks by id")
+    return sorted(ids)
+
+
+def _choices(conn: Conn, key: str, user: User, plan: Plan, video_id: str,
+             req: RedactRequest) -> Choices:
+    def decision(c: Choice, reason: str, basis: str) -> Decision:
+        return Decision(c.reason or reason, c.legal_basis or basis, user.name)
+
+    keep: dict[str, Decision] = {}
+    for c in req.keep_tracks:
+        for tid in _resolve_tracks(conn, plan, video_id, c.target, "keep track"):
+            keep[tid] = decision(c, KEEP_REASON, KEEP_BASIS)
+    for c in req.keep_subjects:
+        for tid in _subject_tracks(conn, key, user, plan, video_id, c.target):
+            keep[tid] = decision(c, KEEP_REASON, KEEP_BASIS)
+    remove: dict[str, Decision] = {}
+    for c in req.remove_tracks:
+        for tid in _resolve_tracks(conn, plan, video_id, c.target, "remove track"):
+            remove[tid] = decision(c, REMOVE_REASON, REMOVE_BASIS)
+    regions = tuple(ManualRegion(r.box_px, r.start_s, r.end_s,
+                                 Decision(r.reason, r.legal_basis, user.name))
+                    for r in req.regions)
+    return Choices(keep=keep, remove=remove, regions=regions,
+                   style=req.style, audio=req.audio,  # type: ignore[arg-type]
+                   mute_ranges=req.mute_ranges)
+
+
+def _settings_json(req: RedactRequest, choices: Choices) -> dict[str, Any]:
+    return {"style": req.style, "audio": req.audio,
+            "mute_ranges": [list(r) for r in req.mute_ranges],
+            "keep_tracks": sorted(choices.keep), "remove_tracks": sorted(choices.remove),
+            "keep_subjects": [c.target for c in req.keep_subjects],
+            "manual_regions": len(choices.regions)}
+
+
+def redact(ctx: Context, user: User, video_id: str, req: RedactRequest) -> dict[str, Any]:
+    """Render a redacted derivative of a processed video (redact role, the video's case).
+
+    The plan is computed on the first request and reused after; the render runs no model.
+    The derivative, its report (JSON, PDF, contact sheet) are stored under their own keys;
+    the derivative's and the original's SHA-256, the plan version, the settings and the
+    reviewer are recorded with a sealed audit row (`redaction.create`) in one transaction.
+    The original is only read (and its SHA-256 verified on the way).
+    """
+    from bodycam.processing import load_video, local_copy
+
+    with ctx.db() as conn:
+        require(conn, ctx.audit_key, user, "redact")
+        case = require_visible(conn, ctx.audit_key, user, "redact", "video", video_id,
+                               case_of(conn, "video", video_id))
+        _check_request(ctx, req)
+        status = conn.execute("SELECT status FROM videos WHERE id::text = %s",
+                              (video_id,)).fetchone()
+        if status is None or status["status"] != "done":
+            raise ConflictError(f"video {video_id} is {status['status'] if status else '?'}: "
+                                "it can be redacted once processed (status done)")
+    plan = ensure_plan(ctx, user, video_id)
+    with ctx.db() as conn:
+        choices = _choices(conn, ctx.audit_key, user, plan, video_id, req)
+        video = load_video(conn, video_id)
+    red = ctx.settings.redaction
+    derivative_id = str(uuid.uuid4())
+    prefix = f"{REDACTIONS}{video_id}/{derivative_id}"
+    keys = {"video": f"{prefix}.mp4", "report": f"{prefix}/report.json",
+            "pdf": f"{prefix}/report.pdf", "sheet": f"{prefix}/contact-sheet.jpg"}
+    settings = _settings_json(req, choices)
+    src = local_copy(ctx, video)
+    with tempfile.TemporaryDirectory(prefix="redact-") as tmp:
+        out = Path(tmp) / "redacted.mp4"
+        result = render(src, video.info, plan, choices, out, ctx.settings.limits, red)
+        sha256 = sha256_file(out)
+        size = out.stat().st_size
+        ctx.store.put_file(keys["video"], str(out), "video/mp4")
+    head = {"derivative_id": derivative_id, "video_id": video_id, "case": case,
+            "original_sha256": video.sha256, "sha256": sha256, "size_bytes": size,
+            "reviewer": user.name, "created_at": datetime.now(UTC).isoformat(),
+            "settings": settings, "rendered_frames": result.n_frames,
+            "masked_boxes": result.masked_boxes}
+    auto = Decision(red.default_reason, red.default_legal_basis,
+                    f"automatic (hide everyone), accepted by {user.name}")
+    report = build_report(plan, choices, auto, head)
+    sheet = contact_sheet(result.sheet)
+    pdf = pdf_report(report_lines(report), sheet)
+    report_bytes = json.dumps(report, indent=2).encode()
+    ctx.store.put_bytes(keys["report"], report_bytes, "application/json")
+    ctx.store.put_bytes(keys["pdf"], pdf, "application/pdf")
+    ctx.store.put_bytes(keys["sheet"], sheet, "image/jpeg")
+    with ctx.db() as conn:
+        row = audit.append(conn, ctx.audit_key, user.name, "redaction.create", {
+            "derivative_id": derivative_id, "video_id": video_id, "case": case,
+            "sha256": sha256, "original_sha256": video.sha256, "plan_version": plan.version,
+            "algorithm": ALGORITHM, "settings": settings, "reviewer": user.name,
+            "object_key": keys["video"],
+            "report_sha256": hashlib.sha256(report_bytes).hexdigest(),
+            "redacted_regions": len(report["redacted_regions"]),
+            "kept_tracks": [k["track"] for k in report["kept_tracks"]]})
+        conn.execute(
+            "INSERT INTO redactions (id, video_id, case_id, plan_version, object_key, sha256,"
+            " size_bytes, original_sha256, settings, report_key, pdf_key, sheet_key, reviewer,"
+            " audit_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            (derivative_id, video_id, case, plan.version, keys["video"], sha256, size,
+             video.sha256, json.dumps(settings), keys["report"], keys["pdf"], keys["sheet"],
+             user.name, row.id))
+        for name in ("report", "pdf", "sheet"):
+            data = {"report": report_bytes, "pdf": pdf, "sheet": sheet}[name]
+            fixity.record(conn, keys[name], data)
+        conn.execute("INSERT INTO object_hashes (key, sha256, size_bytes) VALUES (%s, %s, %s)"
+                     " ON CONFLICT (key) DO NOTHING", (keys["video"], sha256, size))
+    return {"derivative_id": derivative_id, "sha256": sha256,
+            "original_sha256": video.sha256, "report": report}
+
+
+@dataclass(frozen=True)
+class Derivative:
+    """A stored redacted derivative and its custody record."""
+
+    derivative_id: str
+    video_id: str
+    case_id: str
+    plan_version: int
+    sha256: str
+    size_bytes: int
+    original_sha256: str
+    settings: dict[str, Any]
+    reviewer: str
+    created_at: datetime
+    keys: dict[str, str]
+    audit_id: int
+
+    def as_json(self) -> dict[str, Any]:
+        """The record, without storage keys."""
+        return {"derivative_id": self.derivative_id, "video_id": self.video_id,
+                "case": self.case_id, "plan_version": self.plan_version, "sha256": self.sha256,
+                "size_bytes": self.size_bytes, "original_sha256": self.original_sha256,
+                "settings": self.settings, "reviewer": self.reviewer,
+                "created_at": self.created_at.isoformat(), "audit_id": self.audit_id}
+
+
+PARTS = {"video": "object_key", "report": "report_key", "pdf": "pdf_key", "sheet": "sheet_key"}
+
+
+def derivative(ctx: Context, user: User, derivative_id: str, part: str | None = None
+               ) -> Derivative:
+    """A derivative's record (redact role, its case); fetching a part (`video`, `report`,
+    `pdf`, `sheet`) is audited (`redaction.download`)."""
+    with ctx.db() as conn:
+        require(conn, ctx.audit_key, user, "redact")
+        try:
+            uuid.UUID(derivative_id)
+        except ValueError:
+            raise NotFoundError(f"no redaction {derivative_id[:40]}") from None
+        case = require_visible(conn, ctx.audit_key, user, "redact", "redaction", derivative_id,
+                               case_of(conn, "redaction", derivative_id))
+        r = conn.execute("SELECT * FROM redactions WHERE id = %s", (derivative_id,)).fetchone()
+        assert r is not None
+        if part is not None:
+            audit.append(conn, ctx.audit_key, user.name, "redaction.download",
+                         {"derivative_id": derivative_id, "case": case, "part": part})
+    return Derivative(str(r["id"]), str(r["video_id"]), str(r["case_id"]),
+                      int(r["plan_version"]), str(r["sha256"]), int(r["size_bytes"]),
+                      str(r["original_sha256"]), dict(r["settings"]), str(r["reviewer"]),
+                      r["created_at"], {k: str(r[c]) for k, c in PARTS.items()},
+                      int(r["audit_id"]))
+
+
+def verify(ctx: Context, user: User, derivative_id: str) -> dict[str, Any]:
+    """Re-hash the stored derivative and check its lineage against the audit row that sealed
+    it: the hashes, the plan version and the original's recorded SHA-256."""
+    d = derivative(ctx, user, derivative_id)
+    stored = ctx.store.sha256_of(d.keys["video"])
+    with ctx.db() as conn:
+        row = conn.execute("SELECT details FROM audit_log WHERE id = %s AND action ="
+                           " 'redaction.create'", (d.audit_id,)).fetchone()
+        original = conn.execute("SELECT sha256 FROM videos WHERE id = %s",
+                                (d.video_id,)).fetchone()
+        plan = conn.execute("SELECT 1 FROM redaction_plans WHERE video_id = %s AND"
+                            " version = %s", (d.video_id, d.plan_version)).fetchone()
+    details = dict(row["details"]) if row else {}
+    checks = {
+        "stored_sha256": stored is not None and stored[0] == d.sha256,
+        "audit_row": bool(details) and details.get("sha256") == d.sha256
+        and details.get("original_sha256") == d.original_sha256
+        and details.get("plan_version") == d.plan_version,
+        "original": original is not None and str(original["sha256"]) == d.original_sha256,
+        "plan": plan is not None,
+    }
+    return {"derivative_id": derivative_id, "ok": all(checks.values()), "checks": checks}

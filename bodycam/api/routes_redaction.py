@@ -1,0 +1,156 @@
+"""Routes: redacted derivatives for release (render from the plan, record, download, verify)."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response, StreamingResponse
+from pydantic import Field
+
+from bodycam.actions import redaction
+from bodycam.api.deps import UserDep, context
+from bodycam.api.problems import PROBLEM_RESPONSES
+from bodycam.api.schemas import Body, Out
+
+router = APIRouter(prefix="/api/v1", tags=["redaction"], responses=PROBLEM_RESPONSES)
+READ_BYTES = 1 << 20
+
+
+class ChoiceIn(Body):
+    """A kept or removed track (plan id `P3` or a `tracks` id), or a kept subject, with why;
+    reason and legal basis default to the server's (`keep`: public interest, `remove`: false
+    positive)."""
+
+    id: str = Field(min_length=1, max_length=100)
+    reason: str | None = Field(None, max_length=500)
+    legal_basis: str | None = Field(None, max_length=200)
+
+
+class RegionBody(Body):
+    """A box (x1, y1, x2, y2 in the original's display pixels) hidden from start_s to end_s."""
+
+    box_px: tuple[float, float, float, float]
+    start_s: float = Field(ge=0)
+    end_s: float = Field(ge=0)
+    reason: str = Field(min_length=1, max_length=500)
+    legal_basis: str = Field(min_length=1, max_length=200)
+
+
+class RedactIn(Body):
+    """Every face is hidden except the tracks and subjects kept; manual regions are added
+    and false positives removed, each with a reason and a legal basis from the configured
+    list (`redaction.legal_bases`)."""
+
+    keep_tracks: list[ChoiceIn] = Field(default_factory=list, max_length=1000)
+    keep_subjects: list[ChoiceIn] = Field(default_factory=list, max_length=100)
+    remove_tracks: list[ChoiceIn] = Field(default_factory=list, max_length=1000)
+    regions: list[RegionBody] = Field(default_factory=list, max_length=1000)
+    style: str = Field("blur", description="blur (default), pixelate or box")
+    audio: str = Field("keep", description="keep, strip or mute-ranges")
+    mute_ranges: list[tuple[float, float]] = Field(default_factory=list, max_length=1000)
+
+
+class RedactOut(Out):
+    """The derivative's id and hashes, and the report (regions, kept tracks, low-confidence
+    frames, custody head)."""
+
+    derivative_id: str
+    sha256: str
+    original_sha256: str
+    report: dict[str, Any]
+
+
+class DerivativeOut(Out):
+    """A derivative's custody record."""
+
+    derivative_id: str
+    video_id: str
+    case: str
+    plan_version: int
+    sha256: str
+    original_sha256: str
+    reviewer: str
+
+
+class VerifyOut(Out):
+    """Whether the stored derivative and its lineage check out, per check."""
+
+    derivative_id: str
+    ok: bool
+    checks: dict[str, bool]
+
+
+def _request(body: RedactIn) -> redaction.RedactRequest:
+    def choices(items: list[ChoiceIn]) -> tuple[redaction.Choice, ...]:
+        return tuple(redaction.Choice(c.id, c.reason, c.legal_basis) for c in items)
+
+    return redaction.RedactRequest(
+        keep_tracks=choices(body.keep_tracks), keep_subjects=choices(body.keep_subjects),
+        remove_tracks=choices(body.remove_tracks),
+        regions=tuple(redaction.RegionIn(r.box_px, r.start_s, r.end_s, r.reason, r.legal_basis)
+                      for r in body.regions),
+        style=body.style, audio=body.audio, mute_ranges=tuple(body.mute_ranges))
+
+
+@router.post("/videos/{video_id}/redactions", status_code=201, response_model=RedactOut,
+             summary="Render a redacted derivative of a processed video")
+async def create(video_id: str, body: RedactIn, user: UserDep) -> dict[str, Any]:
+    """The plan (every face region in every frame) is computed on the first request for the
+    video and stored; renders reuse it without running a model. The derivative, its report,
+    PDF and contact sheet are stored under their own keys and recorded with the reviewer,
+    the settings, the plan version and both SHA-256s in a sealed audit row."""
+    return await run_in_threadpool(redaction.redact, context(), user, video_id, _request(body))
+
+
+@router.get("/redactions/{derivative_id}", response_model=DerivativeOut,
+            summary="A redacted derivative's custody record")
+async def record(derivative_id: str, user: UserDep) -> dict[str, Any]:
+    """Case checked like the video's own."""
+    d = await run_in_threadpool(redaction.derivative, context(), user, derivative_id)
+    return d.as_json()
+
+
+@router.post("/redactions/{derivative_id}/verify", response_model=VerifyOut,
+             summary="Re-hash a derivative and check its lineage")
+async def verify(derivative_id: str, user: UserDep) -> dict[str, Any]:
+    """The stored bytes against the recorded SHA-256; the sealed audit row, the original and
+    the plan version against the record."""
+    return await run_in_threadpool(redaction.verify, context(), user, derivative_id)
+
+
+MEDIA = {"video": "video/mp4", "report": "application/json", "pdf": "application/pdf",
+         "sheet": "image/jpeg"}
+NAMES = {"video": "redacted.mp4", "report": "report.json", "pdf": "report.pdf",
+         "sheet": "contact-sheet.jpg"}
+
+
+@router.get("/redactions/{derivative_id}/{part}", summary="Download a derivative or its report",
+            response_class=StreamingResponse,
+            responses={200: {"content": {m: {} for m in MEDIA.values()}}})
+async def download(derivative_id: str, user: UserDep,
+                   part: Annotated[str, Path(pattern="^(video|report|pdf|sheet)$",
+                                             description="video, report, pdf or sheet")],
+                   ) -> Response:
+    """The redacted MP4 (`video`), the report as JSON (`report`), PDF (`pdf`) or the contact
+    sheet (`sheet`); case checked and each download audited."""
+    ctx = context()
+    d = await run_in_threadpool(redaction.derivative, ctx, user, derivative_id, part)
+    body = await run_in_threadpool(ctx.store.open_stream, d.keys[part], None, None)
+
+    def chunks() -> Iterator[bytes]:
+        try:
+            while data := body.read(READ_BYTES):
+                yield data
+        finally:
+            body.close()
+
+    name = re.sub(r"[^\w.-]", "_", f"{d.derivative_id}-{NAMES[part]}")
+    headers = {"Cache-Control": "no-store", "Content-Disposition": f'attachment; filename="{name}"'}
+    if part == "video":
+        headers["ETag"] = json.dumps(d.sha256)
+    return StreamingResponse(chunks(), media_type=MEDIA[part], headers=headers)

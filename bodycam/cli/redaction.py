@@ -1,0 +1,121 @@
+"""`bodycam redact`: a redacted derivative for release, rendered by the server from its plan."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import quote
+
+import typer
+
+from bodycam.cli.base import app, client_call, emit_json, err, fail
+
+
+def _region(text: str, reason: str | None, basis: str | None) -> dict[str, Any]:
+    """`X1,Y1,X2,Y2@START-END` (pixels, seconds) as the API's region."""
+    try:
+        box_s, span = text.split("@", 1)
+        box = [float(v) for v in box_s.split(",")]
+        start, end = (float(v) for v in span.split("-", 1))
+    except ValueError:
+        fail(f"--region {text!r}: give X1,Y1,X2,Y2@START-END (pixels, seconds)")
+    if len(box) != 4:
+        fail(f"--region {text!r}: the box needs four numbers X1,Y1,X2,Y2")
+    if not reason or not basis:
+        fail("--region needs --region-reason and --region-basis (a configured legal basis)")
+    return {"box_px": box, "start_s": start, "end_s": end, "reason": reason,
+            "legal_basis": basis}
+
+
+def _span(text: str) -> list[float]:
+    try:
+        a, b = (float(v) for v in text.split("-", 1))
+    except ValueError:
+        fail(f"--mute {text!r}: give START-END in seconds")
+    return [a, b]
+
+
+def redact_to(c: Any, video_id: str, body: dict[str, Any], dest: Path
+              ) -> tuple[dict[str, Any], dict[str, Path]]:
+    """Ask the server for a derivative, download it to dest (kept only when its SHA-256 is
+    the one the server recorded) and its report beside it; (the server's answer, files)."""
+    from bodycam.client import sha256_of
+    from bodycam.errors import InvalidInputError
+
+    stem = dest.with_suffix("")
+    files = {"report": Path(f"{stem}.report.json"), "pdf": Path(f"{stem}.report.pdf"),
+             "sheet": Path(f"{stem}.contact.jpg")}
+    made = c.post(f"/api/v1/videos/{quote(video_id, safe='')}/redactions", body)
+    did = quote(str(made["derivative_id"]), safe="")
+    part = dest.with_name(dest.name + ".part")
+    try:
+        c.download(f"/api/v1/redactions/{did}/video", part)
+        with open(part, "rb") as f:
+            digest, _size = sha256_of(f)
+        if digest != made["sha256"]:
+            raise InvalidInputError(f"the downloaded derivative has SHA-256 {digest}, the "
+                                    f"server recorded {made['sha256']}: not kept")
+        part.replace(dest)
+        for name, path in files.items():
+            c.download(f"/api/v1/redactions/{did}/{name}", path)
+    except OSError as exc:
+        raise InvalidInputError(f"{dest}: cannot write ({exc.strerror or exc})") from None
+    finally:
+        part.unlink(missing_ok=True)
+    return dict(made), files
+
+
+@app.command()
+def redact(
+    video_id: str,
+    output: Annotated[str, typer.Option("-o", "--output", help="the redacted MP4 to write")],
+    keep_track: Annotated[list[str] | None, typer.Option(
+        "--keep-track", help="a track left visible (plan id P3 or a `tracks` id)")] = None,
+    keep_subject: Annotated[list[str] | None, typer.Option(
+        "--keep-subject", help="a subject left visible (their confirmed matches)")] = None,
+    remove_track: Annotated[list[str] | None, typer.Option(
+        "--remove-track", help="a false positive: not hidden")] = None,
+    keep_reason: Annotated[str | None, typer.Option(help="why the kept faces are shown")] = None,
+    keep_basis: Annotated[str | None, typer.Option(help="legal basis for showing them")] = None,
+    remove_reason: Annotated[str | None, typer.Option(help="why the removed are no faces")
+                             ] = None,
+    region: Annotated[list[str] | None, typer.Option(
+        "--region", help="hide X1,Y1,X2,Y2@START-END (pixels, seconds)")] = None,
+    region_reason: Annotated[str | None, typer.Option(help="why the regions are hidden")] = None,
+    region_basis: Annotated[str | None, typer.Option(help="legal basis for the regions")] = None,
+    style: Annotated[str, typer.Option(help="blur, pixelate or box")] = "blur",
+    audio: Annotated[str, typer.Option(help="keep, strip or mute-ranges")] = "keep",
+    mute: Annotated[list[str] | None, typer.Option(
+        "--mute", help="with --audio mute-ranges: START-END seconds")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Hide every face except those kept; write the MP4 and its report (JSON, PDF, contact
+    sheet) beside it. The original is never changed."""
+    dest = Path(output)
+    if dest.exists() and dest.is_dir():
+        fail(f"{output}: is a directory; give the MP4 file to write")
+    body = {
+        "keep_tracks": [{"id": t, "reason": keep_reason, "legal_basis": keep_basis}
+                        for t in keep_track or []],
+        "keep_subjects": [{"id": s, "reason": keep_reason, "legal_basis": keep_basis}
+                          for s in keep_subject or []],
+        "remove_tracks": [{"id": t, "reason": remove_reason} for t in remove_track or []],
+        "regions": [_region(r, region_reason, region_basis) for r in region or []],
+        "style": style, "audio": audio, "mute_ranges": [_span(m) for m in mute or []],
+    }
+    made, files = client_call(lambda c: redact_to(c, video_id, body, dest))
+    report = made["report"]
+    summary = {"json": str(files["report"]), "pdf": str(files["pdf"]),
+               "contact_sheet": str(files["sheet"]),
+               "redacted_regions": len(report["redacted_regions"]),
+               "kept_tracks": [k["track"] for k in report["kept_tracks"]],
+               "low_confidence_frames": len(report["low_confidence_frames"]),
+               "plan_version": report["plan_version"]}
+    if as_json:
+        emit_json({"derivative_id": made["derivative_id"], "sha256": made["sha256"],
+                   "original_sha256": made["original_sha256"], "report": summary})
+        return
+    err.print(f"{dest}: derivative {made['derivative_id']} sha256 {made['sha256'][:16]}… "
+              f"({summary['redacted_regions']} regions hidden, kept "
+              f"{', '.join(summary['kept_tracks']) or 'none'}); report {files['report']}, "
+              f"{files['pdf']}, {files['sheet']}", markup=False, highlight=False, soft_wrap=True)

