@@ -78,3 +78,11 @@ def test_benchmarks_section_is_replaced_not_duplicated(tmp_path: Path) -> None:
     text = md.read_text()
     assert text.count(br.MD_START) == 1 and "run 2" in text and "run 1" not in text
     assert "kept" in text
+
+
+def test_kept_track_boxes_are_interpolated_between_detections() -> None:
+    dets = [[2, 0, 0, 10, 10, 0.99], [4, 10, 0, 20, 10, 0.99], [5, 0, 0, 4, 4, 0.98]]
+    boxes = br.interpolate_track(dets, 8)
+    assert boxes[:2] == [[], []] and boxes[6:] == [[], []]
+    assert boxes[2] == [(0, 0, 10, 10)] and boxes[3] == [(5, 0, 15, 10)]
+    assert boxes[4] == [(10, 0, 20, 10)] and boxes[5] == [(0, 0, 4, 4)]
