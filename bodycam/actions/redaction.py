@@ -371,3 +371,32 @@ def verify(ctx: Context, user: User, derivative_id: str) -> dict[str, Any]:
         "plan": plan is not None,
     }
     return {"derivative_id": derivative_id, "ok": all(checks.values()), "checks": checks}
+
+
+def plan_summary(ctx: Context, user: User, video_id: str) -> dict[str, Any]:
+    """The video's plan for a reviewer (redact role, its case): tracks with their frames,
+    times and stored track ids, low-confidence frames and the legal bases to choose from.
+    Computed (and audited) on first use, like a render's."""
+    with ctx.db() as conn:
+        require(conn, ctx.audit_key, user, "redact")
+        require_visible(conn, ctx.audit_key, user, "redact", "video", video_id,
+                        case_of(conn, "video", video_id))
+        status = conn.execute("SELECT status FROM videos WHERE id::text = %s",
+                              (video_id,)).fetchone()
+        if status is None or status["status"] != "done":
+            raise ConflictError(f"video {video_id} is {status['status'] if status else '?'}: "
+                                "it can be redacted once processed (status done)")
+    plan = ensure_plan(ctx, user, video_id)
+    red = ctx.settings.redaction
+    return {"video_id": video_id, "version": plan.version, "algorithm": ALGORITHM,
+            "frame_rate": str(plan.frame_rate), "n_frames": plan.n_frames,
+            "width_px": plan.width_px, "height_px": plan.height_px,
+            "duration_s": plan.duration_s, "legal_bases": list(red.legal_bases),
+            "default_legal_basis": red.default_legal_basis,
+            "low_confidence_frames": plan.low_confidence_frames(),
+            "tracks": [{"id": t.id, "scene": t.scene, "first_frame": t.first_frame,
+                        "last_frame": t.last_frame, "start_s": plan.time_s(t.first_frame),
+                        "end_s": plan.time_s(t.last_frame), "detections": len(t.detections),
+                        "db_track_ids": list(t.db_track_ids),
+                        "min_probability": round(min(d[5] for d in t.detections), 4)}
+                       for t in plan.tracks]}

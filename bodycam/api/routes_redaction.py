@@ -97,6 +97,26 @@ def _request(body: RedactIn) -> redaction.RedactRequest:
         style=body.style, audio=body.audio, mute_ranges=tuple(body.mute_ranges))
 
 
+class PlanOut(Out):
+    """A video's redaction plan for review: its tracks, low-confidence frames and the legal
+    bases to choose from."""
+
+    video_id: str
+    version: int
+    n_frames: int
+    duration_s: float
+    tracks: list[dict[str, Any]]
+    legal_bases: list[str]
+
+
+@router.get("/videos/{video_id}/redaction-plan", response_model=PlanOut,
+            summary="A video's redaction plan (computed on first use)")
+async def plan(video_id: str, user: UserDep) -> dict[str, Any]:
+    """Every face track the plan found (plan id, frames, times, the `tracks` ids it overlaps),
+    for choosing what to keep; computed and stored on the first request."""
+    return await run_in_threadpool(redaction.plan_summary, context(), user, video_id)
+
+
 @router.post("/videos/{video_id}/redactions", status_code=201, response_model=RedactOut,
              summary="Render a redacted derivative of a processed video")
 async def create(video_id: str, body: RedactIn, user: UserDep) -> dict[str, Any]:

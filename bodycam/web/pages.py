@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from bodycam.web.areas import audit, clerk, govern, investigate, review
+from bodycam.web.areas import audit, clerk, govern, investigate, redact, review
 from bodycam.web.core import Page
 
-PAGES: list[Page] = [*clerk.PAGES, *investigate.PAGES, *review.PAGES, *govern.PAGES,
-                     *audit.PAGES]
+PAGES: list[Page] = [*clerk.PAGES, *investigate.PAGES, *review.PAGES, *redact.PAGES,
+                     *govern.PAGES, *audit.PAGES]

@@ -1,0 +1,116 @@
+// Redaction: the plan's tracks on a timeline with keep/hide toggles and thumbnails, manual
+// boxes, a render through the API and its preview (contact sheet, video) and report.
+import { api, ApiError, esc, flash, seconds } from "/static/app.js";
+
+const form = document.getElementById("pick");
+const videoInput = document.getElementById("video");
+const summary = document.getElementById("summary");
+const planEl = document.getElementById("plan");
+const tracksEl = document.getElementById("tracks");
+const regionsEl = document.getElementById("regions");
+const regions = [];
+let plan = null;
+
+function options(select, bases, chosen) {
+  select.innerHTML = bases.map((b) =>
+    `<option value="${esc(b)}"${b === chosen ? " selected" : ""}>${esc(b)}</option>`).join("");
+}
+
+function row(t, i) {
+  const el = document.createElement("div");
+  el.className = "card track-row";
+  el.setAttribute("role", "listitem");
+  el.dataset.track = t.id;
+  const thumb = t.db_track_ids.length
+    ? `<img class="thumb" alt="Face of track ${esc(t.id)}" src="/api/v1/tracks/${encodeURIComponent(t.db_track_ids[0])}/thumbnail">`
+    : `<span class="muted">no thumbnail</span>`;
+  el.innerHTML = `
+    <input type="checkbox" id="keep-${i}" data-track="${esc(t.id)}">
+    <label for="keep-${i}">Keep ${esc(t.id)} visible</label>
+    ${thumb}
+    <span class="bar" role="img" aria-label="${esc(t.id)} from ${esc(seconds(t.start_s))} to ${esc(seconds(t.end_s))}"><span></span></span>
+    <span class="muted">${esc(seconds(t.start_s))}–${esc(seconds(t.end_s))}, ${esc(t.detections)} detections,
+      lowest confidence ${esc(t.min_probability)}</span>`;
+  const bar = el.querySelector(".bar");
+  Object.assign(bar.style, { display: "inline-block", position: "relative", width: "320px",
+                             height: "12px", background: "#ddd", verticalAlign: "middle" });
+  const d = plan.duration_s || 1;
+  Object.assign(bar.querySelector("span").style, {
+    position: "absolute", top: "0", bottom: "0", background: "#b00020",
+    left: `${(t.start_s / d) * 100}%`, width: `${Math.max(0.5, ((t.end_s - t.start_s) / d) * 100)}%` });
+  for (const img of el.querySelectorAll("img")) {
+    Object.assign(img.style, { width: "48px", height: "48px", objectFit: "cover" });
+  }
+  el.querySelector("input").addEventListener("change", (ev) => {
+    el.querySelector(".bar span").style.background = ev.target.checked ? "#2e7d32" : "#b00020";
+  });
+  return el;
+}
+
+async function load(videoId) {
+  summary.textContent = "Loading the plan (computed once per video: this can take a while)…";
+  try {
+    plan = await api("GET", `/videos/${encodeURIComponent(videoId)}/redaction-plan`);
+  } catch (e) {
+    summary.textContent = "";
+    flash(e instanceof ApiError ? e.message : String(e), "error");
+    return;
+  }
+  summary.textContent = `Plan version ${plan.version}: ${plan.tracks.length} face track(s) in ` +
+    `${plan.n_frames} frames; ${plan.low_confidence_frames.length} low-confidence frame(s) to check.`;
+  document.getElementById("player").src = `/api/v1/videos/${encodeURIComponent(videoId)}/original`;
+  tracksEl.replaceChildren(...plan.tracks.map(row));
+  options(document.getElementById("keep-basis"), plan.legal_bases, "public interest");
+  options(document.getElementById("r-basis"), plan.legal_bases, plan.default_legal_basis);
+  planEl.hidden = false;
+}
+
+form.addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  if (videoInput.value.trim()) load(videoInput.value.trim());
+});
+
+document.getElementById("region").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  const v = (id) => document.getElementById(id).value;
+  const r = { box_px: [v("r-x1"), v("r-y1"), v("r-x2"), v("r-y2")].map(Number),
+              start_s: Number(v("r-start")), end_s: Number(v("r-end")),
+              reason: v("r-reason"), legal_basis: v("r-basis") };
+  regions.push(r);
+  const li = document.createElement("li");
+  li.textContent = `box ${r.box_px.join(",")} from ${r.start_s} s to ${r.end_s} s: ${r.reason} [${r.legal_basis}]`;
+  regionsEl.append(li);
+});
+
+document.getElementById("render").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const kept = [...tracksEl.querySelectorAll("input[type=checkbox]:checked")].map((c) => c.dataset.track);
+  const reason = document.getElementById("keep-reason").value;
+  const basis = document.getElementById("keep-basis").value;
+  const body = { keep_tracks: kept.map((id) => ({ id, reason, legal_basis: basis })),
+                 regions, style: document.getElementById("style").value,
+                 audio: document.getElementById("audio").value };
+  flash("Rendering…");
+  let made;
+  try {
+    made = await api("POST", `/videos/${encodeURIComponent(plan.video_id)}/redactions`, body);
+  } catch (e) {
+    flash(e instanceof ApiError ? e.message : String(e), "error");
+    return;
+  }
+  flash(`Derivative ${made.derivative_id} rendered.`);
+  const base = `/api/v1/redactions/${encodeURIComponent(made.derivative_id)}`;
+  const r = made.report;
+  document.getElementById("result-facts").textContent =
+    `SHA-256 ${made.sha256} (original ${made.original_sha256}); ` +
+    `${r.redacted_regions.length} region(s) hidden; kept: ${r.kept_tracks.map((k) => k.track).join(", ") || "none"}.`;
+  const sheet = document.getElementById("sheet");
+  sheet.src = `${base}/sheet`;
+  Object.assign(sheet.style, { maxWidth: "100%" });
+  document.getElementById("redacted").src = `${base}/video`;
+  document.getElementById("report-json").href = `${base}/report`;
+  document.getElementById("report-pdf").href = `${base}/pdf`;
+  document.getElementById("result").hidden = false;
+});
+
+if (videoInput.value.trim()) load(videoInput.value.trim());

@@ -1,0 +1,62 @@
+"""The redaction screen in a real browser: the plan's tracks with thumbnails on a timeline, a
+kept track and a manual box, the render's preview and report; other cases refused."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from typing import Any
+
+import httpx
+from playwright.sync_api import Page, expect
+
+from tests.web import make_account, shot, sign_in
+
+V = "/api/v1"
+
+
+def test_a_reviewer_keeps_a_track_adds_a_box_renders_and_sees_the_preview_and_report(
+        page: Page, api_url: str, operator_token: str, processed: Any,
+        make_clip: Any) -> None:
+    case = f"web-redact-{secrets.token_hex(3)}"
+    inv = make_account(api_url, operator_token, ["investigator"], (case,))
+    outsider = make_account(api_url, operator_token, ["investigator"],
+                            (f"other-{secrets.token_hex(3)}",))
+    path, _truth = make_clip("--seed", "11", "--duration", "4", "--size", "960x540",
+                             "--min-scene", "1.5", "--max-scene", "3", "--boxes")
+    vid = str(processed(path, case))
+    r = httpx.get(f"{api_url}{V}/videos/{vid}/redaction-plan", timeout=600,
+                  headers={"Authorization": f"Bearer {outsider.token}"})
+    assert r.status_code == 403, "another case's investigator sees no plan"
+    sign_in(page, api_url, inv)
+    page.goto(f"{api_url}/app/redact?video={vid}")
+    rows = page.locator("#tracks .track-row")
+    expect(rows.first).to_be_visible(timeout=600_000)
+    n = rows.count()
+    assert n >= 2, n
+    expect(page.locator("#tracks img").first).to_have_attribute(
+        "alt", re.compile(r"^Face of track P\d+$"))
+    assert page.locator("#summary").inner_text().startswith("Plan version")
+    keep = rows.nth(1).get_attribute("data-track")
+    rows.nth(1).get_by_role("checkbox").check()
+    for field, value in (("r-x1", "10"), ("r-y1", "10"), ("r-x2", "200"), ("r-y2", "120"),
+                         ("r-start", "0"), ("r-end", "1.5"), ("r-reason", "a licence plate")):
+        page.locator(f"#{field}").fill(value)
+    page.get_by_role("button", name="Add box").click()
+    expect(page.locator("#regions li")).to_have_count(1)
+    page.get_by_role("button", name="Render redacted video").click()
+    expect(page.locator("#result")).to_be_visible(timeout=600_000)
+    page.wait_for_function("document.getElementById('sheet').naturalWidth > 0")
+    shot(page, "redact")
+    href = page.locator("#report-json").get_attribute("href")
+    assert href is not None and href.endswith("/report")
+    report = httpx.get(api_url + href, timeout=60,
+                       headers={"Authorization": f"Bearer {inv.token}"}).json()
+    assert [k["track"] for k in report["kept_tracks"]] == [keep]
+    assert report["kept_tracks"][0]["decided_by"] == inv.name
+    manual = [x for x in report["redacted_regions"] if x["kind"] == "manual"]
+    assert manual and manual[0]["reason"] == "a licence plate"
+    # Breaking it: the outsider's session cannot fetch this derivative.
+    r = httpx.get(api_url + href, timeout=60,
+                  headers={"Authorization": f"Bearer {outsider.token}"})
+    assert r.status_code == 403
