@@ -7,7 +7,7 @@ export BODYCAM_TESTDATA ?= $(abspath ../shared/testdata)
 # here, and Bodycam never switches models silently.
 export BODYCAM_PIPELINE__EMBEDDER ?= dlib-resnet
 
-.PHONY: install browser demo test lint bench eval hostile faults clean
+.PHONY: install browser demo test lint bench eval bench-redact hostile faults clean
 
 install: $(VENV)/.installed
 
@@ -48,6 +48,20 @@ EVAL_CLIP_S ?= 20
 eval: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m bodycam.evaluate $(EVAL_SEEDS) --split test \
 		--clip-s $(EVAL_CLIP_S) --out eval-report.json --benchmarks BENCHMARKS.md
+
+# The redaction benchmark (issue 13): `bodycam redact` (through a temporary stack), `deface` and
+# a naive per-frame MTCNN blur on the same clips in one run (generated 720p30 and 1080p30 clips
+# with known boxes, plus the shared real clips); leakage by independent detectors scanning every
+# frame, and x real time. Writes redact-bench.json and the redact-bench section of BENCHMARKS.md.
+# Arguments: REDACT_BENCH_ARGS (see `python -m bodycam.bench_redact --help`).
+REDACT_BENCH_ARGS ?=
+$(VENV)/.bench-installed: $(VENV)/.installed
+	$(BIN)/pip install -q -e '.[faces,embedded,dev,bench]'
+	touch $@
+
+bench-redact: install $(VENV)/.bench-installed
+	PATH="$(abspath $(BIN)):$$PATH" TF_CPP_MIN_LOG_LEVEL=3 $(BIN)/python -m bodycam.bench_redact \
+		--testdata "$(BODYCAM_TESTDATA)" --out redact-bench.json --benchmarks $(REDACT_BENCH_ARGS)
 
 # The long fault-injection run (RELIABILITY.md): 42 faults, six of each kind, about 30 min.
 faults: install
