@@ -18,6 +18,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from bodycam.benchmarks_md import replace_section
 from bodycam.config import Settings
 from bodycam.domain import FaceDetection, MediaInfo, SampledFrame
 from bodycam.errors import InvalidInputError
@@ -276,15 +277,8 @@ def _markdown(facts: dict[str, str], figs: list[ClipFigures], embedder: str,
 
 
 def write_benchmarks(section: str, path: Path) -> None:
-    """Replace the pipeline section of BENCHMARKS.md between its markers, keeping the rest."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if MARK_START in text and MARK_END in text:
-        head, rest = text.split(MARK_START, 1)
-        tail = rest.split(MARK_END, 1)[1]
-        text = head + section + tail
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.write_text(text)
+    """Replace (or append) only the pipeline section of BENCHMARKS.md."""
+    replace_section(path, section, MARK_START, MARK_END)
 
 
 def run_pipeline_bench(settings: Settings, testdata: str, clip_s: float, out: Console) -> None:

@@ -44,6 +44,8 @@ from typing import Any
 
 import numpy as np
 
+from bodycam.benchmarks_md import replace_section
+
 REPO = Path(__file__).resolve().parent.parent
 MD_START = "<!-- redact-bench:start -->"
 MD_END = "<!-- redact-bench:end -->"
@@ -821,14 +823,8 @@ def _first_runs(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def write_benchmarks(section: str, path: Path) -> None:
-    """Replace (or append) only the redact-bench section; the rest of the file is kept."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if MD_START in text and MD_END in text:
-        head, rest = text.split(MD_START, 1)
-        text = head + section + rest.split(MD_END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.write_text(text)
+    """Replace (or append) only the redact-bench section of BENCHMARKS.md."""
+    replace_section(path, section, MD_START, MD_END)
 
 
 # --- CLI --------------------------------------------------------------------------------------

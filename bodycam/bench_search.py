@@ -34,6 +34,7 @@ import numpy as np
 import psycopg
 from pgvector.psycopg import register_vector
 
+from bodycam.benchmarks_md import replace_section
 from bodycam.config import SearchSettings, Settings
 from bodycam.db import connect
 from bodycam.search import DIMS, Filters, Query, candidate_tracks
@@ -485,15 +486,8 @@ def render_section(results: list[dict[str, Any]], notes: str = "") -> str:
 
 
 def write_section(path: Path, section: str) -> None:
-    """Replace (or append) only the search-bench section; the rest of the file is kept."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if MD_START in text and MD_END in text:
-        head, rest = text.split(MD_START, 1)
-        _, tail = rest.split(MD_END, 1)
-        text = head + section + tail
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.write_text(text)
+    """Replace (or append) only the search-bench section of BENCHMARKS.md."""
+    replace_section(path, section, MD_START, MD_END)
 
 
 # --- entry point -----------------------------------------------------------------------------

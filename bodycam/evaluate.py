@@ -64,6 +64,7 @@ from typing import Any
 
 import numpy as np
 
+from bodycam.benchmarks_md import replace_section
 from bodycam.db import uids
 
 Intervals = list[tuple[float, float]]
@@ -843,15 +844,8 @@ def render_section(rep: dict[str, Any]) -> str:
 
 
 def write_section(path: Path, section: str) -> None:
-    """Replace (or append) only the recognition-eval section; the rest of the file is kept."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if MD_START in text and MD_END in text:
-        head, rest = text.split(MD_START, 1)
-        _, tail = rest.split(MD_END, 1)
-        text = head + section + tail
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.write_text(text)
+    """Replace (or append) only the recognition-eval section of BENCHMARKS.md."""
+    replace_section(path, section, MD_START, MD_END)
 
 
 # --- entry point -----------------------------------------------------------------------------
