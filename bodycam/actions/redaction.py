@@ -219,6 +219,20 @@ def _settings_json(req: RedactRequest, choices: Choices) -> dict[str, Any]:
             "manual_regions": len(choices.regions)}
 
 
+def _processed_video(conn: Conn, key: str, user: User, video_id: str) -> str:
+    """The case of a video the user may redact (redact role, its case; refusals audited),
+    once it has been processed; raises ConflictError before that."""
+    require(conn, key, user, "redact")
+    case = require_visible(conn, key, user, "redact", "video", video_id,
+                           case_of(conn, "video", video_id))
+    status = conn.execute("SELECT status FROM videos WHERE id = %s",
+                          (uid(video_id),)).fetchone()
+    if status is None or status["status"] != "done":
+        raise ConflictError(f"video {video_id} is {status['status'] if status else '?'}: "
+                            "it can be redacted once processed (status done)")
+    return case
+
+
 def redact(ctx: Context, user: User, video_id: str, req: RedactRequest) -> dict[str, Any]:
     """Render a redacted derivative of a processed video (redact role, the video's case).
 
@@ -231,15 +245,8 @@ def redact(ctx: Context, user: User, video_id: str, req: RedactRequest) -> dict[
     from bodycam.processing import load_video, local_copy
 
     with ctx.db() as conn:
-        require(conn, ctx.audit_key, user, "redact")
-        case = require_visible(conn, ctx.audit_key, user, "redact", "video", video_id,
-                               case_of(conn, "video", video_id))
+        case = _processed_video(conn, ctx.audit_key, user, video_id)
         _check_request(ctx, req)
-        status = conn.execute("SELECT status FROM videos WHERE id = %s",
-                              (uid(video_id),)).fetchone()
-        if status is None or status["status"] != "done":
-            raise ConflictError(f"video {video_id} is {status['status'] if status else '?'}: "
-                                "it can be redacted once processed (status done)")
     plan = ensure_plan(ctx, user, video_id)
     with ctx.db() as conn:
         choices = _choices(conn, ctx.audit_key, user, plan, video_id, req)
@@ -376,14 +383,7 @@ def plan_summary(ctx: Context, user: User, video_id: str) -> dict[str, Any]:
     times and stored track ids, low-confidence frames and the legal bases to choose from.
     Computed (and audited) on first use, like a render's."""
     with ctx.db() as conn:
-        require(conn, ctx.audit_key, user, "redact")
-        require_visible(conn, ctx.audit_key, user, "redact", "video", video_id,
-                        case_of(conn, "video", video_id))
-        status = conn.execute("SELECT status FROM videos WHERE id = %s",
-                              (uid(video_id),)).fetchone()
-        if status is None or status["status"] != "done":
-            raise ConflictError(f"video {video_id} is {status['status'] if status else '?'}: "
-                                "it can be redacted once processed (status done)")
+        _processed_video(conn, ctx.audit_key, user, video_id)
     plan = ensure_plan(ctx, user, video_id)
     red = ctx.settings.redaction
     return {"video_id": video_id, "version": plan.version, "algorithm": ALGORITHM,
