@@ -3,8 +3,9 @@ pagination."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Annotated
+from typing import IO, Annotated
 
 from fastapi import Depends, Header, Query, Request, Security
 from fastapi.concurrency import run_in_threadpool
@@ -108,3 +109,15 @@ def paginate(items: list[dict[str, object]], p: Page) -> dict[str, object]:
 UserDep = Annotated[User, Depends(current_user)]
 SessionDep = Annotated[auth.Session, Depends(session)]
 PageDep = Annotated[Page, Depends(page)]
+
+
+READ_BYTES = 1 << 20
+
+
+def chunks(body: IO[bytes]) -> Iterator[bytes]:
+    """A stored object's body as a streamed response's chunks; closed when done."""
+    try:
+        while data := body.read(READ_BYTES):
+            yield data
+    finally:
+        body.close()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path
@@ -13,12 +12,11 @@ from fastapi.responses import Response, StreamingResponse
 from pydantic import Field
 
 from bodycam.actions import redaction
-from bodycam.api.deps import UserDep, context
+from bodycam.api.deps import UserDep, chunks, context
 from bodycam.api.problems import PROBLEM_RESPONSES
 from bodycam.api.schemas import Body, Out
 
 router = APIRouter(prefix="/api/v1", tags=["redaction"], responses=PROBLEM_RESPONSES)
-READ_BYTES = 1 << 20
 
 
 class ChoiceIn(Body):
@@ -162,15 +160,8 @@ async def download(derivative_id: str, user: UserDep,
     d = await run_in_threadpool(redaction.derivative, ctx, user, derivative_id, part)
     body = await run_in_threadpool(ctx.store.open_stream, d.keys[part], None, None)
 
-    def chunks() -> Iterator[bytes]:
-        try:
-            while data := body.read(READ_BYTES):
-                yield data
-        finally:
-            body.close()
-
     name = re.sub(r"[^\w.-]", "_", f"{d.derivative_id}-{NAMES[part]}")
     headers = {"Cache-Control": "no-store", "Content-Disposition": f'attachment; filename="{name}"'}
     if part == "video":
         headers["ETag"] = json.dumps(d.sha256)
-    return StreamingResponse(chunks(), media_type=MEDIA[part], headers=headers)
+    return StreamingResponse(chunks(body), media_type=MEDIA[part], headers=headers)

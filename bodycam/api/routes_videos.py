@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response
@@ -13,7 +13,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from bodycam.actions import evidence
-from bodycam.api.deps import PageDep, UserDep, context, paginate
+from bodycam.api.deps import PageDep, UserDep, chunks, context, paginate
 from bodycam.api.problems import PROBLEM_RESPONSES, ProblemError
 from bodycam.api.schemas import IngestOut, JobOut, PageOf, RetryOut
 from bodycam.api.uploads import spool
@@ -23,7 +23,6 @@ from bodycam.evidence import TrackRow
 router = APIRouter(prefix="/api/v1", tags=["videos"], responses=PROBLEM_RESPONSES)
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
-READ_BYTES = 1 << 20
 
 
 @router.post("/videos", status_code=201, response_model=IngestOut,
@@ -174,20 +173,13 @@ async def original(video_id: str, user: UserDep,
                                    first if span is not None else None,
                                    last if span is not None else None)
 
-    def chunks() -> Iterator[bytes]:
-        try:
-            while data := body.read(READ_BYTES):
-                yield data
-        finally:
-            body.close()
-
     quoted = re.sub(r"[^\w.-]", "_", found.filename)[:200] or "original"
     headers = {"Accept-Ranges": "bytes", "Content-Length": str(last - first + 1),
                "Cache-Control": "no-store", "ETag": f'"{found.sha256}"',
                "Content-Disposition": f'attachment; filename="{quoted}"'}
     if span is not None:
         headers["Content-Range"] = f"bytes {first}-{last}/{found.size_bytes}"
-    return StreamingResponse(chunks(), status_code=206 if span is not None else 200,
+    return StreamingResponse(chunks(body), status_code=206 if span is not None else 200,
                              media_type="application/octet-stream", headers=headers)
 
 
