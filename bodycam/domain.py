@@ -76,6 +76,7 @@ class FaceDetection:
     landmarks_px: tuple[tuple[float, float], ...]
     sharpness: float
     embedding: np.ndarray | None = field(default=None, repr=False, compare=False)
+    detector: str = "mtcnn"  # the model that found it (a redaction plan merges several)
 
     @property
     def height_px(self) -> float:

@@ -1,11 +1,12 @@
 """Redaction for release: a per-video plan of every face region in every frame, and renders.
 
 The plan is computed once per video (dense detection: every `detect_every_frames`th frame,
-MTCNN with a low threshold and a small minimum face, tracked by overlap alone so that no
-embedding is ever computed for it) and stored; each render re-reads it without running a
-model. Between two detections of a track its box is interpolated, every box is padded, and a
-track is covered `lead_frames` before its first detection and `tail_frames` after its last,
-so a face does not flash through at a cut, an entry or an exit.
+MTCNN with a low threshold and a small minimum face and CenterFace, their boxes merged, tracked
+by overlap alone so that no embedding is ever computed for it) and stored; each render
+re-reads it without running a model. Between two detections of a track its box is
+interpolated, every box is padded, and a track is covered `lead_frames` before its first
+detection and `tail_frames` after its last, so a face does not flash through at a cut, an
+entry or an exit.
 
 Masks are irreversible: the box is reduced to a handful of blocks (`blocks` across), so at
 most a few dozen colour values of the face survive, then smoothed (`blur`) or shown as blocks
@@ -37,8 +38,10 @@ from bodycam.media.source import check_frame, open_video
 from bodycam.pipeline.faces import FaceDetector
 from bodycam.pipeline.tracks import iou
 
-ALGORITHM = "dense-mtcnn-overlap-tracks/1"
+ALGORITHM = "dense-union-overlap-tracks/2"
 Box = tuple[float, float, float, float]
+# One detection of a plan track: frame, x1, y1, x2, y2, probability, detector name.
+PlanDetection = tuple[int, float, float, float, float, float, str]
 Style = Literal["blur", "pixelate", "box"]
 Audio = Literal["keep", "strip", "mute-ranges"]
 STYLES: tuple[str, ...] = ("blur", "pixelate", "box")
@@ -48,11 +51,11 @@ CONTACT_FRAMES = 12
 
 @dataclass(frozen=True)
 class PlanTrack:
-    """One face followed through a scene: its detections as (frame, x1, y1, x2, y2, prob)."""
+    """One face followed through a scene: its detections (PlanDetection)."""
 
     id: str
     scene: int
-    detections: tuple[tuple[int, float, float, float, float, float], ...]
+    detections: tuple[PlanDetection, ...]
     db_track_ids: tuple[str, ...] = ()
 
     @property
@@ -68,7 +71,7 @@ class PlanTrack:
     def as_json(self) -> dict[str, Any]:
         """Plain JSON for the stored plan."""
         return {"id": self.id, "scene": self.scene, "db_track_ids": list(self.db_track_ids),
-                "detections": [[d[0], *(round(v, 1) for v in d[1:5]), round(d[5], 4)]
+                "detections": [[d[0], *(round(v, 1) for v in d[1:5]), round(d[5], 4), d[6]]
                                for d in self.detections]}
 
 
@@ -100,8 +103,8 @@ class Plan:
         """The stored form back."""
         tracks = tuple(PlanTrack(
             t["id"], int(t["scene"]),
-            tuple((int(d[0]), float(d[1]), float(d[2]), float(d[3]), float(d[4]), float(d[5]))
-                  for d in t["detections"]),
+            tuple((int(d[0]), float(d[1]), float(d[2]), float(d[3]), float(d[4]), float(d[5]),
+                   str(d[6])) for d in t["detections"]),
             tuple(t.get("db_track_ids", ()))) for t in data["tracks"])
         return cls(str(data["video_id"]), str(data["original_sha256"]),
                    Fraction(data["frame_rate"]), int(data["n_frames"]), int(data["width_px"]),
@@ -116,10 +119,14 @@ class Plan:
         """Seconds from the first frame."""
         return round(frame / float(self.frame_rate), 3)
 
+    def low_confidence(self, d: PlanDetection) -> bool:
+        """Whether a detection scored under its own detector's low-confidence line (each
+        detector has its own scale)."""
+        return d[5] < float(self.params["low_confidence"].get(d[6], 1.0))
+
     def low_confidence_frames(self) -> list[int]:
-        """Frames where a detection's probability was under the plan's low_confidence line."""
-        line = float(self.params["low_confidence"])
-        return sorted({d[0] for t in self.tracks for d in t.detections if d[5] < line})
+        """Frames holding a detection under its detector's low-confidence line."""
+        return sorted({d[0] for t in self.tracks for d in t.detections if self.low_confidence(d)})
 
 
 # -- computing the plan -------------------------------------------------------------------
@@ -145,14 +152,15 @@ def compute_plan(path: Path, info: MediaInfo, video_id: str, sha256: str,
     from bodycam.pipeline.analyze import analyze_chunk
 
     result = analyze_chunk(path, info, 0.0, info.duration_s, cfg, detector, None)
-    by_key: dict[int, list[tuple[int, float, float, float, float, float]]] = {}
+    by_key: dict[int, list[PlanDetection]] = {}
     scene_of: dict[int, int] = {}
     loose = 0
     for key, det in result.detections:
         if key is None:  # not expected with track_min_detections 1; covered all the same
             loose += 1
             key = -loose
-        by_key.setdefault(key, []).append((det.frame_index, *det.box_px, det.probability))
+        by_key.setdefault(key, []).append((det.frame_index, *det.box_px, det.probability,
+                                           det.detector))
         scene_of[key] = det.scene_index
     stored_at: dict[int, list[tuple[str, Box]]] = {}
     for tid, frame, box in stored:
@@ -170,9 +178,13 @@ def compute_plan(path: Path, info: MediaInfo, video_id: str, sha256: str,
         tracks.append(PlanTrack(f"P{n}", scene_of[key], tuple(dets), tuple(sorted(votes))))
     params = {"detect_every_frames": red.detect_every_frames, "min_face_px": red.min_face_px,
               "detector": {"name": detector.name, "version": detector.version,
-                           "threshold": red.detector_threshold},
+                           "threshold": red.detector_threshold,
+                           "centerface_threshold": red.centerface_threshold,
+                           "centerface_width_px": red.centerface_width_px},
               "pad": red.pad, "lead_frames": red.lead_frames, "tail_frames": red.tail_frames,
-              "low_confidence": red.low_confidence, "frames_decoded": result.frames_decoded,
+              "low_confidence": {"mtcnn": red.low_confidence,
+                                 "centerface": red.centerface_low_confidence},
+              "frames_decoded": result.frames_decoded,
               "frames_detected": result.frames_sampled,
               "scenes": [[s.start_frame, s.end_frame] for s in result.scenes]}
     return Plan(video_id, sha256, info.frame_rate, info.n_frames, info.width_px,
@@ -235,21 +247,27 @@ def _pad(box: Box, pad: float, w: int, h: int) -> tuple[int, int, int, int]:
             min(w, math.ceil(x2 + dx)), min(h, math.ceil(y2 + dy)))
 
 
+def _box(d: PlanDetection) -> Box:
+    return d[1], d[2], d[3], d[4]
+
+
 def track_boxes(plan: Plan, track: PlanTrack) -> Iterator[tuple[int, tuple[int, int, int, int]]]:
     """(frame, padded box) for every frame the track covers, lead and tail included."""
     p = plan.params
     pad, lead, tail = float(p["pad"]), int(p["lead_frames"]), int(p["tail_frames"])
     dets = track.detections
     last_frame = max(plan.n_frames, track.last_frame + 1) - 1
+    w, h = plan.width_px, plan.height_px
     for f in range(max(0, track.first_frame - lead), track.first_frame):
-        yield f, _pad(dets[0][1:5], pad, plan.width_px, plan.height_px)
+        yield f, _pad(_box(dets[0]), pad, w, h)
     for a, b in itertools.pairwise(dets):
+        ba, bb = _box(a), _box(b)
         for f in range(a[0], b[0]):
             k = (f - a[0]) / max(1, b[0] - a[0])
-            box = tuple(a[i] + k * (b[i] - a[i]) for i in range(1, 5))
-            yield f, _pad(box, pad, plan.width_px, plan.height_px)  # type: ignore[arg-type]
+            yield f, _pad((ba[0] + k * (bb[0] - ba[0]), ba[1] + k * (bb[1] - ba[1]),
+                           ba[2] + k * (bb[2] - ba[2]), ba[3] + k * (bb[3] - ba[3])), pad, w, h)
     for f in range(track.last_frame, min(last_frame, track.last_frame + tail) + 1):
-        yield f, _pad(dets[-1][1:5], pad, plan.width_px, plan.height_px)
+        yield f, _pad(_box(dets[-1]), pad, w, h)
 
 
 @dataclass(frozen=True)

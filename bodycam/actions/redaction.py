@@ -17,7 +17,8 @@ from bodycam.accounts import User, case_of, require, require_visible
 from bodycam.context import Context
 from bodycam.db import Conn, uid
 from bodycam.errors import ConflictError, InvalidInputError, NotFoundError
-from bodycam.pipeline.faces import Registry, sha256_file
+from bodycam.pipeline.centerface import plan_detector
+from bodycam.pipeline.faces import sha256_file
 from bodycam.redaction import (
     ALGORITHM,
     AUDIO,
@@ -130,7 +131,8 @@ def ensure_plan(ctx: Context, user: User, video_id: str) -> Plan:
                 return found
             video = load_video(conn, video_id)
             stored = [(str(r["track_id"]), int(r["frame_index"]),
-                       tuple(float(v) for v in r["box_px"]))
+                       (float(r["box_px"][0]), float(r["box_px"][1]), float(r["box_px"][2]),
+                        float(r["box_px"][3])))
                       for r in conn.execute(
                           "SELECT track_id::text AS track_id, frame_index, box_px FROM"
                           " detections WHERE video_id = %s AND track_id IS NOT NULL",
@@ -139,7 +141,7 @@ def ensure_plan(ctx: Context, user: User, video_id: str) -> Plan:
         red = ctx.settings.redaction
         cfg = dense_pipeline(ctx.settings.pipeline, red, video.info)
         plan = compute_plan(path, video.info, video_id, video.sha256, cfg, red,
-                            Registry.detector(cfg), stored)  # type: ignore[arg-type]
+                            plan_detector(cfg, red), stored)
         with ctx.db() as conn:
             conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"plan:{video_id}",))
             row = conn.execute("SELECT COALESCE(max(version), 0) + 1 AS v FROM redaction_plans"
@@ -396,5 +398,8 @@ def plan_summary(ctx: Context, user: User, video_id: str) -> dict[str, Any]:
                         "last_frame": t.last_frame, "start_s": plan.time_s(t.first_frame),
                         "end_s": plan.time_s(t.last_frame), "detections": len(t.detections),
                         "db_track_ids": list(t.db_track_ids),
-                        "min_probability": round(min(d[5] for d in t.detections), 4)}
+                        "min_probability": round(min(d[5] for d in t.detections), 4),
+                        "detectors": sorted({d[6] for d in t.detections}),
+                        "low_confidence_detections": sum(plan.low_confidence(d)
+                                                         for d in t.detections)}
                        for t in plan.tracks]}

@@ -199,7 +199,7 @@ class MtcnnDetector:
                 frame_index=frame.frame_index, t_s=frame.t_s, scene_index=frame.scene_index,
                 box_px=(x1 * inv, y1 * inv, x2 * inv, y2 * inv), probability=float(prob),
                 landmarks_px=tuple((float(px) * inv, float(py) * inv) for px, py in pts),
-                sharpness=sharpness(crop),
+                sharpness=sharpness(crop), detector=self.name,
             ))
         return found
 

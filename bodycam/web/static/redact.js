@@ -29,8 +29,8 @@ function row(t, i) {
     <label for="keep-${i}">Keep ${esc(t.id)} visible</label>
     ${thumb}
     <span class="bar" role="img" aria-label="${esc(t.id)} from ${esc(seconds(t.start_s))} to ${esc(seconds(t.end_s))}"><span></span></span>
-    <span class="muted">${esc(seconds(t.start_s))}–${esc(seconds(t.end_s))}, ${esc(t.detections)} detections,
-      lowest confidence ${esc(t.min_probability)}</span>`;
+    <span class="muted">${esc(seconds(t.start_s))}–${esc(seconds(t.end_s))}, ${esc(t.detections)} detections
+      (${esc((t.detectors || []).join(", "))}), ${esc(t.low_confidence_detections)} of low confidence</span>`;
   const bar = el.querySelector(".bar");
   Object.assign(bar.style, { display: "inline-block", position: "relative", width: "320px",
                              height: "12px", background: "#ddd", verticalAlign: "middle" });
