@@ -40,7 +40,7 @@ WORKER_HOSTS = ("host1", "host2")
 SERVICES_ENV = {**STACK_ENV, "BODYCAM_JOBS__CHUNK_S": "5", "BODYCAM_GPU_WORKERS": "0",
                 "BODYCAM_CPU_WORKERS": "0"}
 N_VIDEOS = 6
-FINISH_LIMIT_S = 420.0
+FINISH_LIMIT_S = 300.0
 
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -54,11 +54,15 @@ def _netns_usable() -> str | None:
         return "needs root (ip netns, veth links, a bridge)"
     if shutil.which("ip") is None or shutil.which("unshare") is None:
         return "needs iproute2 (`ip`) and util-linux (`unshare`)"
-    probe = f"bcprobe{os.getpid()}"
+    probe = f"bcprobe{os.getpid() % 100000}"
     made = _ip("netns", "add", probe, check=False)
     if made.returncode != 0:
         return f"`ip netns add` failed: {made.stderr.strip()}"
     _ip("netns", "del", probe, check=False)
+    made = _ip("link", "add", probe, "type", "bridge", check=False)
+    if made.returncode != 0:
+        return f"`ip link add ... type bridge` failed: {made.stderr.strip()}"
+    _ip("link", "del", probe, check=False)
     return None
 
 
