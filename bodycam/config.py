@@ -278,7 +278,8 @@ class Settings(BaseSettings):
         IPv4Address("127.0.0.1"),
         description="embedded: the address Postgres, S3, Redis and the API listen on and are "
                     "handed out at; a private address lets workers on other hosts reach them "
-                    "(default loopback: this machine only)")
+                    "(default loopback: this machine only). Running services keep theirs: "
+                    "`bodycam down` then `up` to move them")
     cpu_workers: int = Field(1, ge=0, le=64, description="embedded: CPU queue worker processes")
     gpu_workers: int = Field(1, ge=0, le=64, description="embedded: GPU queue worker processes")
     limits: LimitsSettings = LimitsSettings()
