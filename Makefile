@@ -7,7 +7,7 @@ export BODYCAM_TESTDATA ?= $(abspath ../shared/testdata)
 # here, and Bodycam never switches models silently.
 export BODYCAM_PIPELINE__EMBEDDER ?= dlib-resnet
 
-.PHONY: install browser demo test lint bench eval bench-redact hostile faults clean
+.PHONY: install browser netns demo test lint bench eval bench-redact hostile faults hosts clean
 
 install: $(VENV)/.installed
 
@@ -32,7 +32,13 @@ browser:
 	command -v chromium >/dev/null 2>&1 || (apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
 
-test: lint browser
+# The several-hosts test (tests/test_hosts.py) builds network namespaces with iproute2's `ip`;
+# installed here when missing (CI runs as root; without root the test is skipped).
+netns:
+	command -v ip >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || (apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 >/dev/null)
+
+test: lint browser netns
 	# A private basetemp: the stack's data lives there, and pytest prunes old shared ones.
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q -ra \
 		--basetemp="$$(mktemp -d /tmp/bodycam-tests.XXXXXX)"
@@ -62,6 +68,12 @@ $(VENV)/.bench-installed: $(VENV)/.installed
 bench-redact: install $(VENV)/.bench-installed
 	PATH="$(abspath $(BIN)):$$PATH" TF_CPP_MIN_LOG_LEVEL=3 $(BIN)/python -m bodycam.bench_redact \
 		--testdata "$(BODYCAM_TESTDATA)" --out redact-bench.json --benchmarks $(REDACT_BENCH_ARGS)
+
+# Several hosts alone (about 85 s; also part of `make test`): services in one network
+# namespace, two worker hosts in others over veth links, one host cut off and killed mid-run.
+hosts: install netns
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q -s -ra -m hosts tests/test_hosts.py \
+		--basetemp="$$(mktemp -d /tmp/bodycam-hosts.XXXXXX)"
 
 # The long fault-injection run (RELIABILITY.md): 42 faults, six of each kind, about 30 min.
 faults: install

