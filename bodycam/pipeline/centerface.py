@@ -17,6 +17,8 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from bodycam.config import PipelineSettings, RedactionSettings
 from bodycam.domain import FaceDetection, SampledFrame
 from bodycam.errors import ModelUnavailableError
@@ -68,16 +70,24 @@ class CenterFaceDetector:
             net = nets[(w, h)] = CenterFace(self._onnx_path, in_shape=(w, h), backend="opencv")
         return net
 
+    def raw(self, img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """CenterFace's output on an RGB image: n x 5 (x1, y1, x2, y2, score) and n x 10
+        landmarks, in the image's pixels."""
+        self.load()
+        h, w = img.shape[:2]
+        k = min(1.0, self.max_width_px / w)
+        in_w, in_h = max(32, round(w * k)), max(32, round(h * k))
+        dets, lms = self._net(in_w, in_h)(img, threshold=self.threshold)
+        return (np.asarray(dets, dtype=np.float32).reshape(-1, 5),
+                np.asarray(lms, dtype=np.float32).reshape(-1, 10))
+
     def detect(self, frames: Sequence[SampledFrame]) -> list[list[FaceDetection]]:
         """Faces per frame, boxes in original display pixels."""
-        self.load()
         out: list[list[FaceDetection]] = []
         for frame in frames:
             img = frame.image
             h, w = img.shape[:2]
-            k = min(1.0, self.max_width_px / w)
-            in_w, in_h = max(32, round(w * k)), max(32, round(h * k))
-            dets, lms = self._net(in_w, in_h)(img, threshold=self.threshold)
+            dets, lms = self.raw(img)
             found = []
             inv = 1.0 / frame.scale
             for det, lm in zip(dets, lms, strict=True):
