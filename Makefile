@@ -53,7 +53,8 @@ EVAL_SEEDS ?= 7000-7029
 EVAL_CLIP_S ?= 20
 eval: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m bodycam.evaluate $(EVAL_SEEDS) --split test \
-		--clip-s $(EVAL_CLIP_S) --out eval-report.json --benchmarks BENCHMARKS.md
+		--clip-s $(EVAL_CLIP_S) --out eval-report.json --benchmarks BENCHMARKS.md \
+		--thresholds docs/thresholds.md
 
 # The redaction benchmark (issue 13): `bodycam redact` (through a temporary stack), `deface` and
 # a naive per-frame MTCNN blur on the same clips in one run (generated 720p30 and 1080p30 clips

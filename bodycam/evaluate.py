@@ -85,6 +85,8 @@ CASE_PREFIX = "EVAL"
 ACTOR = "evaluator"
 MD_START = "<!-- recognition-eval:start -->"
 MD_END = "<!-- recognition-eval:end -->"
+CALIB_START = "<!-- calibration-by-condition:start -->"
+CALIB_END = "<!-- calibration-by-condition:end -->"
 EXTERNAL = ("BODYCAM_DATABASE_URL", "BODYCAM_S3_ENDPOINT_URL", "BODYCAM_REDIS_URL",
             "BODYCAM_API_URL", "BODYCAM_URL")
 
@@ -481,14 +483,17 @@ def track_identities(conn: Any, clips: dict[str, ClipTruth]
     """Per stored track of the clips: video, time, and truth identities of its detections."""
     rows = conn.execute(
         "SELECT t.id::text AS tid, t.video_id::text AS vid, t.start_s, t.end_s,"
-        " d.frame_index, d.box_px FROM tracks t JOIN detections d ON d.track_id = t.id"
+        " d.frame_index, d.box_px, d.t_s FROM tracks t JOIN detections d ON d.track_id = t.id"
         " WHERE t.video_id = ANY(%s) AND t.embedding IS NOT NULL",
         (uids(clips),)).fetchall()
     out: dict[str, dict[str, Any]] = {}
     for r in rows:
         tr = out.setdefault(r["tid"], {"video_id": r["vid"], "start_s": float(r["start_s"]),
-                                       "end_s": float(r["end_s"]), "ids": Counter()})
+                                       "end_s": float(r["end_s"]), "ids": Counter(),
+                                       "heights": [], "times": []})
         box = tuple(float(v) for v in r["box_px"])
+        tr["heights"].append(box[3] - box[1])
+        tr["times"].append(float(r["t_s"]))
         best, who = IOU_MATCH, None
         for ident, tb in clips[r["vid"]].boxes.get(int(r["frame_index"]), []):
             iou = _iou(box, tb)
@@ -527,6 +532,54 @@ def track_report(tracks: dict[str, dict[str, Any]], clips: dict[str, ClipTruth]
                                                       round(truth_s / UNIT_S))],
         "truth_s": round(truth_s, 2), "covered_s": round(covered_s, 2),
     }
+
+
+# --- calibration -----------------------------------------------------------------------------
+
+CALIBRATION_CONDITIONS = ("all", "day", "night", "frontal", "tilted", "small", "large")
+
+
+def track_conditions(track: dict[str, Any], clip: ClipTruth) -> set[str]:
+    """The calibration conditions a track falls in: day or night (most of its detections),
+    frontal or tilted (the clip's head tilt), small or large (its median face height)."""
+    night = sum(1 for t in track["times"] if any(a <= t <= b for a, b in clip.night))
+    small = float(np.median(track["heights"])) < SMALL_FACE_PX
+    return {"all", "night" if 2 * night > len(track["times"]) else "day",
+            "tilted" if clip.spec.tilt > 0 else "frontal", "small" if small else "large"}
+
+
+def calibration(tracks: dict[str, dict[str, Any]], vectors: dict[str, np.ndarray],
+                clips: dict[str, ClipTruth], gallery: dict[str, np.ndarray],
+                threshold: float) -> dict[str, Any]:
+    """False-match and false-non-match rates at `threshold`, per condition, over pairs of a
+    single-identity track (its stored vector) and an enrolled identity (its best photo):
+    genuine when the track is that identity, impostor otherwise. A track of someone not
+    enrolled gives impostor pairs only."""
+    rows: dict[str, dict[str, int]] = {c: {"genuine": 0, "false_non_match": 0, "impostor": 0,
+                                           "false_match": 0} for c in CALIBRATION_CONDITIONS}
+    for tid, t in tracks.items():
+        vec = vectors.get(tid)
+        if vec is None or t["identity"] is None or t["mixed"]:
+            continue
+        conds = track_conditions(t, clips[t["video_id"]])
+        for ident, photos in gallery.items():
+            sim = float(np.max(photos @ vec))
+            for c in conds:
+                if ident == t["identity"]:
+                    rows[c]["genuine"] += 1
+                    rows[c]["false_non_match"] += sim < threshold
+                else:
+                    rows[c]["impostor"] += 1
+                    rows[c]["false_match"] += sim >= threshold
+    out: dict[str, Any] = {"threshold": threshold, "conditions": {}}
+    for c, r in rows.items():
+        out["conditions"][c] = {
+            **r,
+            "fnmr": r["false_non_match"] / r["genuine"] if r["genuine"] else None,
+            "fnmr_ci95": [round(x, 4) for x in wilson(r["false_non_match"], r["genuine"])],
+            "fmr": r["false_match"] / r["impostor"] if r["impostor"] else None,
+            "fmr_ci95": [round(x, 4) for x in wilson(r["false_match"], r["impostor"])]}
+    return out
 
 
 # --- the reference ---------------------------------------------------------------------------
@@ -652,8 +705,17 @@ def evaluate(h: Harness, seeds: list[int], split: str, clip_s: float, cache: Pat
             score_search(one, {vid: returned.get(vid, [])}, {vid: clip}, ident, tolerance_s)
             per_clip[path][clip.spec.seed].add(one["all"])
 
+    model = h.ctx.settings.pipeline.embedder
     with h.ctx.db() as conn:
         tracks = track_identities(conn, clips)
+        vectors = {str(r["tid"]): np.asarray(r["embedding"].to_numpy(), np.float32)
+                   for r in conn.execute(
+                       "SELECT id::text AS tid, embedding FROM tracks WHERE video_id = ANY(%s)"
+                       " AND embedding IS NOT NULL", (uids(clips),)).fetchall()}
+        enrolled = search.case_gallery(conn, case, model)
+    named_gallery = {ident: enrolled[sid] for ident, sid in sids.items() if sid in enrolled}
+    calib = calibration(tracks, vectors, clips, named_gallery,
+                        h.ctx.settings.search.default_threshold[model])
 
     def scored(path: str, ident: str, result: Any) -> None:
         """The appearance ranges of a result; its tracks' time, and the part of it that is
@@ -741,6 +803,7 @@ def evaluate(h: Harness, seeds: list[int], split: str, clip_s: float, cache: Pat
         "face_checked": {p: {c: t.figures() for c, t in checked[p].items()} for p in paths},
         "per_clip": {p: {str(s): t.figures() for s, t in per_clip[p].items()} for p in paths},
         "tracks": track_report(tracks, clips),
+        "calibration": calib,
         "seconds": {"total": round(time.perf_counter() - t_start, 1),
                     "ingest_and_processing": round(ingest_s, 1), "reference": round(ref_s, 1)},
         "video_seeds": {vid: s for vid, s in seed_of.items()},
@@ -823,6 +886,7 @@ def render_section(rep: dict[str, Any]) -> str:
         cells = [f"{_pct(by[c]['recall'])} / {_pct(by[c]['precision'])}"
                  for by in rep["paths"].values()]
         lines.append(f"| {c} | {first['truth_s']:.1f} | " + " | ".join(cells) + " |")
+    lines += ["", *calibration_lines(rep)]
     tr = rep["tracks"]
     lines += ["", f"Tracks: {tr['tracks']} tracks, {tr['mixed_tracks']} mixing two identities;"
               f" detection purity {tr['purity']:.3f}; tracks cover {_pct(tr['coverage'])}"
@@ -841,6 +905,35 @@ def render_section(rep: dict[str, Any]) -> str:
                      + " | ".join(cells) + " |")
     lines += ["", MD_END]
     return "\n".join(lines)
+
+
+def calibration_lines(rep: dict[str, Any]) -> list[str]:
+    """The per-condition false-match / false-non-match table of a report."""
+    cal = rep.get("calibration")
+    if not cal:
+        return []
+    lines = [f"Calibration by condition at the default threshold ({cal['threshold']:g}, cosine):"
+             " pairs of a single-identity track (its stored vector) and an enrolled identity"
+             " (its photo); genuine when the track is that person. FNMR: genuine pairs under the"
+             " threshold; FMR: impostor pairs at or above it. Day or night by most of a track's"
+             " detections, tilted when the clip's heads tilt, small when its median face is"
+             f" under {SMALL_FACE_PX:g} px. Brackets: Wilson 95%.", "",
+             "| condition | genuine pairs | FNMR | impostor pairs | FMR |",
+             "|---|---:|---|---:|---|"]
+    for c, r in cal["conditions"].items():
+        lines.append(f"| {c} | {r['genuine']} | {_pct(r['fnmr'])}{_ci(r['fnmr_ci95'])} |"
+                     f" {r['impostor']} | {_pct(r['fmr'])}{_ci(r['fmr_ci95'])} |")
+    return lines
+
+
+def calibration_section(rep: dict[str, Any]) -> str:
+    """The section of docs/thresholds.md with the same table, and where it was measured."""
+    return "\n".join([
+        CALIB_START, "## False match and false non-match by condition (`bodycam eval`)", "",
+        f"Measured {rep['measured_at']} by `python -m bodycam.evaluate` on the {rep['split']}"
+        f" split (seeds {seed_text(rep['seeds'])}, {len(rep['seeds'])} generated clips of"
+        f" {rep['clip_s']:g} s), embedder `{rep['model']}`; written by its `--thresholds`"
+        " option.", "", *calibration_lines(rep), "", CALIB_END])
 
 
 def write_section(path: Path, section: str) -> None:
@@ -865,6 +958,8 @@ def main(argv: list[str] | None = None) -> int:
                    default=Path(os.environ.get("BODYCAM_TESTDATA", "../shared/testdata")))
     p.add_argument("--out", type=Path, default=Path("eval-report.json"))
     p.add_argument("--benchmarks", type=Path, help="write the section into this BENCHMARKS.md")
+    p.add_argument("--thresholds", type=Path,
+                   help="write the calibration-by-condition section into this docs/thresholds.md")
     p.add_argument("--tolerance-s", type=float, default=0.1,
                    help="a returned range may overhang the truth this much")
     p.add_argument("--no-reference", action="store_true", help="skip the plain reference")
@@ -876,8 +971,8 @@ def main(argv: list[str] | None = None) -> int:
         split = split_of(seeds, args.split)
     except ValueError as exc:
         p.error(str(exc))
-    if args.benchmarks and split != "test":
-        p.error("--benchmarks takes test-split figures only (seeds 7000-7999)")
+    if (args.benchmarks or args.thresholds) and split != "test":
+        p.error("--benchmarks and --thresholds take test-split figures only (seeds 7000-7999)")
 
     def log(msg: str) -> None:
         print(f"{datetime.now():%H:%M:%S} {msg}", file=sys.stderr, flush=True)
@@ -891,6 +986,8 @@ def main(argv: list[str] | None = None) -> int:
     print(render_section(rep))
     if args.benchmarks:
         write_section(args.benchmarks, render_section(rep))
+    if args.thresholds:
+        replace_section(args.thresholds, calibration_section(rep), CALIB_START, CALIB_END)
     return 0
 
 
