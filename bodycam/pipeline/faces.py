@@ -413,7 +413,11 @@ class DlibResnetEmbedder:
 
 
 class FacenetEmbedder:
-    """FaceNet InceptionResnetV1 trained on VGGFace2 (512-d), the production default."""
+    """FaceNet InceptionResnetV1 trained on VGGFace2 (512-d), the production default.
+
+    On CUDA the network runs in fp16 (half the memory traffic, tensor cores); on CPU in fp32.
+    Vectors come back as float32 either way.
+    """
 
     name = "facenet-vggface2"
     version = "20180402-114759"
@@ -424,7 +428,34 @@ class FacenetEmbedder:
         self._model: Any = None
         self._sha = ""
         self._device = "cpu"
+        self._half = False
+        self._untrained = False
         self._lock = threading.Lock()
+
+    @classmethod
+    def untrained(cls, cfg: PipelineSettings) -> FacenetEmbedder:
+        """The same network and code path with random weights, for timing only.
+
+        For benchmarks on machines the weights cannot reach (speed does not depend on the
+        weights' values). Its vectors identify nobody: its version says so, and every output
+        records the version.
+        """
+        emb = cls(cfg)
+        emb.version = "untrained-random-weights"
+        emb._untrained = True
+        return emb
+
+    @property
+    def device(self) -> str:
+        """The torch device the network runs on ('cpu' or 'cuda'), once loaded."""
+        self.load()
+        return self._device
+
+    @property
+    def dtype(self) -> str:
+        """'float16' on CUDA, 'float32' on CPU, once loaded."""
+        self.load()
+        return "float16" if self._half else "float32"
 
     @property
     def weights_sha256(self) -> str:
@@ -450,7 +481,10 @@ class FacenetEmbedder:
 
             self._device = torch_device(self.cfg.device)
             path = self.cfg.facenet_weights
-            if path is not None:
+            if self._untrained:
+                model = InceptionResnetV1(pretrained=None, classify=False)
+                self._sha = "untrained"
+            elif path is not None:
                 if not path.exists():
                     raise self._how_to(f"{path} does not exist")
                 digest = sha256_file(path)
@@ -473,7 +507,10 @@ class FacenetEmbedder:
                     raise self._how_to(f"download failed: {type(exc).__name__}") from None
                 cache = Path(torch.hub.get_dir()) / "checkpoints" / FACENET_URL.rsplit("/", 1)[1]
                 self._sha = sha256_file(cache) if cache.exists() else "unknown"
-            self._model = model.eval().to(self._device)
+            model = model.eval().to(self._device)
+            # fp16 on the GPU only: CPU convolutions gain nothing from it.
+            self._half = self._device != "cpu"
+            self._model = model.half() if self._half else model
 
     def embed(self, image: np.ndarray, faces: Sequence[FaceDetection],
               scale: float = 1.0) -> np.ndarray:
@@ -496,7 +533,8 @@ class FacenetEmbedder:
             crops.append(F.interpolate(crop, size=(160, 160), mode="area"))
         batch = (torch.cat(crops) - 127.5) / 128.0
         with torch.inference_mode():
-            vecs = self._model(batch.to(self._device)).cpu().numpy().astype(np.float32)
+            x = batch.to(self._device, torch.float16 if self._half else torch.float32)
+            vecs = self._model(x).float().cpu().numpy()
         return _l2(vecs)
 
 
