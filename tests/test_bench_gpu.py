@@ -1,0 +1,71 @@
+"""The GPU worker benchmark's CPU fallback: the same code, on a short generated clip."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from bodycam import bench_gpu
+
+
+def test_gpu_bench_cpu_fallback_times_every_stage_and_finds_the_faces(
+        make_clip: object, tmp_path: Path) -> None:
+    # 2 s at 10 fps, one face of 80-200 px in most frames (seed 5; the same clip as the
+    # redaction bench test, so a session generates it once): 10 sampled frames.
+    clip, truth = make_clip("--seed", "5", "--duration", "2", "--size", "960x540",  # type: ignore[operator]
+                            "--fps", "10", "--boxes")
+    md = tmp_path / "BENCHMARKS.md"
+    md.write_text("# Benchmarks\n\nkept\n")
+    out = tmp_path / "gpu-bench.json"
+    rc = bench_gpu.main(["--device", "cpu", "--video", str(clip), "--seconds", "4",
+                         "--chunks", "1,2", "--min-stage-s", "0", "--out", str(out),
+                         "--benchmarks", str(md)])
+    assert rc == 0
+    report = json.loads(out.read_text())
+
+    assert report["device"] == "cpu" and report["device_name"]
+    assert report["embedder"] == {
+        "name": "facenet-vggface2", "version": "untrained-random-weights", "dtype": "float32",
+        "weights": report["embedder"]["weights"]}
+    assert "random weights" in report["embedder"]["weights"]
+    st = report["stages"]
+    assert st["decode"]["frames"] == 20 and st["decode"]["sampled"] == st["detect"]["frames"] == 10
+    for stage in ("decode", "detect", "embed"):
+        assert st[stage]["frames_per_s"] > 0 and st[stage]["x_real_time"] > 0
+    # The generated truth has a face in most frames: the detector must find them, and not
+    # many more than there are.
+    frames_with_truth = len({b[0] for b in truth["boxes"]})
+    assert frames_with_truth >= 10
+    assert st["detect"]["frames_with_faces"] >= 7
+    assert st["detect"]["faces"] <= 2 * st["detect"]["frames"]
+    assert st["embed"]["faces"] == st["detect"]["faces"] and st["embed"]["faces_per_s"] > 0
+
+    # End to end: the pipeline itself, 1 then 2 work units at a time, each the whole clip.
+    e2e = {r["chunks"]: r for r in report["end_to_end"]}
+    assert set(e2e) == {1, 2}
+    for r in e2e.values():
+        assert r["units"] == 2 and r["video_s"] == pytest.approx(2 * 2.0, abs=0.2)
+        assert r["x_real_time"] > 0 and r["frames_decoded"] == 40
+        assert r["detections"] >= 14 and r["embedded"] >= 2 and r["tracks"] >= 2
+    # Units run concurrently produce what they produce one at a time.
+    assert e2e[1]["detections"] == e2e[2]["detections"]
+    assert report["best_x_real_time"] == max(r["x_real_time"] for r in e2e.values())
+
+    text = md.read_text()
+    assert text.startswith("# Benchmarks\n\nkept\n")
+    assert bench_gpu.MD_START in text and bench_gpu.MD_END in text
+    assert "**cpu**" in text and "No GPU figures yet" in text
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
+def test_gpu_bench_asked_for_cuda_without_a_gpu_says_so(
+        make_clip: object, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    clip, _truth = make_clip("--seed", "5", "--duration", "2", "--size", "960x540",  # type: ignore[operator]
+                             "--fps", "10", "--boxes")
+    out = tmp_path / "gpu-bench.json"
+    assert bench_gpu.main(["--device", "cuda", "--video", str(clip), "--out", str(out)]) == 2
+    assert "no CUDA device is visible" in capsys.readouterr().err
+    assert not out.exists()
