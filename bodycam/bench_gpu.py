@@ -210,11 +210,14 @@ def measure_end_to_end(path: Path, info: MediaInfo, cfg: PipelineSettings,
 def run_bench(video: Path, device: str, seconds: float, chunks: Sequence[int],
               batch_size: int | None = None, min_stage_s: float = 2.0,
               budget_s: float = 120.0, settings: Settings | None = None,
-              log: Callable[[str], None] = print) -> dict[str, Any]:
+              log: Callable[[str], None] = print,
+              save: Callable[[dict[str, Any]], None] = lambda _r: None) -> dict[str, Any]:
     """The whole benchmark on one clip; returns the report (plain JSON types).
 
     device: 'auto', 'cpu' or 'cuda' ('cuda' without a GPU raises ModelUnavailableError).
     seconds: video seconds through the end-to-end pipeline per `chunks` setting.
+    save: called with the report so far after the stages and after each end-to-end run, so
+    that a run cut short by a time limit still leaves its figures.
     """
     import torch
 
@@ -235,15 +238,8 @@ def run_bench(video: Path, device: str, seconds: float, chunks: Sequence[int],
     stages = measure_stages(video, info, cfg, detector, embedder, chosen, min_stage_s)
     for k, v in stages.items():
         log(f"  {k}: {v.get('frames_per_s', 0):.1f} frames/s, {v['x_real_time']:.1f}x real time")
-    e2e = []
-    for n in chunks:
-        log(f"end to end, {n} work unit(s) at a time, {seconds:g} s of video ...")
-        e2e.append(measure_end_to_end(video, info, cfg, detector, embedder, chosen, n,
-                                      seconds, budget_s))
-        log(f"  {e2e[-1]['x_real_time']:.1f}x real time ({e2e[-1]['video_s']:.0f} s of video "
-            f"in {e2e[-1]['wall_s']:.1f} s)")
-    best = max((r["x_real_time"] for r in e2e), default=0.0)
-    return {
+    e2e: list[dict[str, Any]] = []
+    report = {
         "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "device": chosen, "device_name": name,
         "torch": torch.__version__, "cuda": torch.version.cuda if chosen == "cuda" else None,
@@ -256,9 +252,19 @@ def run_bench(video: Path, device: str, seconds: float, chunks: Sequence[int],
         "detector": {"name": detector.name, "version": detector.version},
         "embedder": {"name": embedder.name, "version": embedder.version,
                      "dtype": embedder.dtype, "weights": weights},
-        "stages": stages, "end_to_end": e2e, "best_x_real_time": best,
+        "stages": stages, "end_to_end": e2e, "best_x_real_time": 0.0,
         "target_x_real_time": TARGET_X_REAL_TIME,
     }
+    save(report)
+    for n in chunks:
+        log(f"end to end, {n} work unit(s) at a time, {seconds:g} s of video ...")
+        e2e.append(measure_end_to_end(video, info, cfg, detector, embedder, chosen, n,
+                                      seconds, budget_s))
+        report["best_x_real_time"] = max(r["x_real_time"] for r in e2e)
+        log(f"  {e2e[-1]['x_real_time']:.1f}x real time ({e2e[-1]['video_s']:.0f} s of video "
+            f"in {e2e[-1]['wall_s']:.1f} s)")
+        save(report)
+    return report
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -328,7 +334,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bodycam.bench_gpu", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    ap.add_argument("--video", type=Path, required=True, help="the clip (e.g. 1080p30)")
+    ap.add_argument("--video", type=Path, default=None, help="the clip (e.g. 1080p30)")
     ap.add_argument("--seconds", type=float, default=120.0,
                     help="video seconds through the end-to-end run, per --chunks setting")
     ap.add_argument("--chunks", default="1",
@@ -342,19 +348,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("gpu-bench.json"))
     ap.add_argument("--benchmarks", nargs="?", const=REPO / "BENCHMARKS.md", type=Path,
                     default=None, help="write the section into BENCHMARKS.md (or FILE)")
+    ap.add_argument("--from-report", type=Path, default=None, metavar="JSON",
+                    help="only write the BENCHMARKS.md section of a saved report (e.g. one "
+                         "brought back from a GPU machine)")
     args = ap.parse_args(argv)
-    if not args.video.exists():
+    if args.from_report is not None:
+        section = markdown(json.loads(args.from_report.read_text()))
+        target = args.benchmarks or REPO / "BENCHMARKS.md"
+        replace_section(target, section, MD_START, MD_END)
+        print(f"wrote {target}")
+        return 0
+    if args.video is None or not args.video.exists():
         print(f"{args.video} not found: `make bench-gpu-prepare` makes the 1080p30 clip",
               file=sys.stderr)
         return 2
     chunks = [int(c) for c in str(args.chunks).split(",") if c.strip()]
+    def save(report: dict[str, Any]) -> None:
+        tmp = args.out.with_name(args.out.name + ".part")
+        tmp.write_text(json.dumps(report, indent=2) + "\n")
+        tmp.replace(args.out)
+
     try:
         report = run_bench(args.video, args.device, args.seconds, chunks, args.batch_size,
-                           args.min_stage_s, args.budget_s)
+                           args.min_stage_s, args.budget_s, save=save)
     except ModelUnavailableError as exc:
         print(f"bench-gpu: {exc}", file=sys.stderr)
         return 2
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
     section = markdown(report)
     print(section)
     print(f"wrote {args.out}")
