@@ -7,7 +7,8 @@ export BODYCAM_TESTDATA ?= $(abspath ../shared/testdata)
 # here, and Bodycam never switches models silently.
 export BODYCAM_PIPELINE__EMBEDDER ?= dlib-resnet
 
-.PHONY: install browser netns demo test lint bench eval bench-redact hostile faults hosts clean
+.PHONY: install browser netns demo test lint bench eval bench-redact bench-gpu-prepare bench-gpu hostile \
+	faults hosts clean
 
 install: $(VENV)/.installed
 
@@ -69,6 +70,34 @@ $(VENV)/.bench-installed: $(VENV)/.installed
 bench-redact: install $(VENV)/.bench-installed
 	PATH="$(abspath $(BIN)):$$PATH" TF_CPP_MIN_LOG_LEVEL=3 $(BIN)/python -m bodycam.bench_redact \
 		--testdata "$(BODYCAM_TESTDATA)" --out redact-bench.json --benchmarks $(REDACT_BENCH_ARGS)
+
+# The GPU worker benchmark (issue 14), prepared here and run in one go on a GPU machine that can
+# download nothing. `make bench-gpu-prepare` (here, with PyPI): the cp312 x86-64 wheels that
+# machine's Python lacks (at the versions installed here) into .whl/, and a 10 s 1080p30 clip
+# into .gpubench/ (about 40 MB together, both ignored by git). There, from the repository root
+# with both folders beside it, one line: `sh infra/bench-gpu.sh` (installs the wheels into
+# /tmp/bodycam-site, runs `python -m bodycam.bench_gpu --device cuda`, writes gpu-bench.json,
+# gpu-bench.log and BENCHMARKS.md into $$OUT; stops itself inside 8 minutes). Bring
+# gpu-bench.json back and `python -m bodycam.bench_gpu --from-report gpu-bench.json --benchmarks`.
+# `make bench-gpu` runs the same script here, on the GPU if torch sees one, else on the CPU.
+GPU_WHEELS := av pydantic pydantic-core pydantic-settings python-dotenv annotated-types \
+	typing-inspection typing-extensions scenedetect-headless platformdirs facenet-pytorch
+GPU_CLIP := .gpubench/bodycam-1080p30-10s.mp4
+bench-gpu-prepare: install
+	$(BIN)/python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+		--implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+		--platform manylinux2014_x86_64 -d .whl $$($(BIN)/python -c 'import sys; \
+		from importlib.metadata import version; print(" ".join(f"{n}=={version(n)}" \
+		for n in sys.argv[1:]))' $(GPU_WHEELS))
+	mkdir -p .gpubench
+	test -f $(GPU_CLIP) || PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python \
+		"$(BODYCAM_TESTDATA)/../tools/make_bodycam_clip.py" --out $(GPU_CLIP) --seed 3 \
+		--duration 10 --size 1920x1080 --fps 30 --crf 28
+	du -sh .whl .gpubench
+
+bench-gpu: install
+	test -f $(GPU_CLIP) || $(MAKE) bench-gpu-prepare
+	PYTHON=$(BIN)/python BENCH_GPU_WHEELS=0 BENCH_GPU_DEVICE=auto sh infra/bench-gpu.sh
 
 # Several hosts alone (about 85 s; also part of `make test`): services in one network
 # namespace, two worker hosts in others over veth links, one host cut off and killed mid-run.

@@ -1,0 +1,41 @@
+#!/bin/sh
+# The GPU worker benchmark in one go on a bare GPU machine with no network (issue 14).
+#
+# Prepared here with `make bench-gpu-prepare` (the wheels that machine lacks into .whl/, a
+# 10 s 1080p30 clip into .gpubench/); there, from the repository root with .whl and .gpubench
+# beside it:   sh infra/bench-gpu.sh
+# It installs the wheels into /tmp/bodycam-site (never into the machine's own Python), runs
+# `python -m bodycam.bench_gpu --device cuda` on the clip, and writes gpu-bench.json,
+# gpu-bench.log and BENCHMARKS.md (this repository's, with the GPU section replaced) into
+# $OUT (default: the current folder). Stops itself after BENCH_GPU_LIMIT_S (default 420 s) so
+# that everything, install included, ends inside 8 minutes; the JSON is saved after every step.
+# Bring the report back and write it here with:
+#   python -m bodycam.bench_gpu --from-report gpu-bench.json --benchmarks
+set -eu
+cd "$(dirname "$0")/.."
+OUT="${OUT:-$PWD}"
+PY="${PYTHON:-python3}"
+CLIP="${BENCH_GPU_CLIP:-.gpubench/bodycam-1080p30-10s.mp4}"
+SITE=/tmp/bodycam-site
+# BENCH_GPU_WHEELS=0 skips the install (a machine that has the packages; the wheels are cp312).
+if [ "${BENCH_GPU_WHEELS:-1}" != 0 ] && ls .whl/*.whl >/dev/null 2>&1; then
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target "$SITE" .whl/*.whl
+    export PYTHONPATH="$SITE:$PWD"
+else
+    export PYTHONPATH="$PWD"
+fi
+[ -f "$OUT/BENCHMARKS.md" ] || cp BENCHMARKS.md "$OUT/BENCHMARKS.md"
+command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L || true
+export PYTHONUNBUFFERED=1
+set +e
+# shellcheck disable=SC2086  # BENCH_GPU_ARGS is a list of options
+timeout "${BENCH_GPU_LIMIT_S:-420}" "$PY" -m bodycam.bench_gpu --device "${BENCH_GPU_DEVICE:-cuda}" \
+    --video "$CLIP" --seconds "${BENCH_GPU_SECONDS:-600}" --chunks "${BENCH_GPU_CHUNKS:-1,4,8}" \
+    --min-stage-s "${BENCH_GPU_MIN_STAGE_S:-3}" --budget-s "${BENCH_GPU_BUDGET_S:-60}" \
+    --out "$OUT/gpu-bench.json" --benchmarks "$OUT/BENCHMARKS.md" ${BENCH_GPU_ARGS:-} \
+    >"$OUT/gpu-bench.log" 2>&1
+rc=$?
+cat "$OUT/gpu-bench.log"
+[ "$rc" = 124 ] && echo "bench-gpu: stopped at ${BENCH_GPU_LIMIT_S:-420} s; $OUT/gpu-bench.json holds what was measured"
+exit "$rc"
