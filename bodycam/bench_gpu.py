@@ -95,8 +95,9 @@ def make_models(cfg: PipelineSettings) -> tuple[MtcnnDetector, FacenetEmbedder, 
         embedder, weights = emb, f"vggface2 weights (SHA-256 {emb.weights_sha256[:12]}...)"
     else:
         embedder = FacenetEmbedder.untrained(cfg)
-        weights = ("random weights: the vggface2 file cannot reach this machine; the timing "
-                   "is the same network's, its vectors identify nobody")
+        weights = ("random weights (no vggface2 file configured: it cannot travel to a GPU "
+                   "machine that downloads nothing); speed does not depend on the weights' "
+                   "values, the vectors identify nobody")
     detector.load()
     embedder.load()
     return detector, embedder, weights
@@ -222,6 +223,7 @@ def run_bench(video: Path, device: str, seconds: float, chunks: Sequence[int],
     import torch
 
     settings = settings or Settings()
+    load_before = round(os.getloadavg()[0], 2)
     chosen = torch_device(device)
     update: dict[str, Any] = {"device": chosen, "embedder": "facenet-vggface2"}
     if batch_size:
@@ -244,6 +246,7 @@ def run_bench(video: Path, device: str, seconds: float, chunks: Sequence[int],
         "device": chosen, "device_name": name,
         "torch": torch.__version__, "cuda": torch.version.cuda if chosen == "cuda" else None,
         "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "load_avg_before": load_before,
         "video": {"name": video.name, "width_px": info.width_px, "height_px": info.height_px,
                   "fps": float(info.frame_rate), "duration_s": info.duration_s},
         "config": {"sample_fps": cfg.sample_fps, "batch_size": cfg.batch_size,
@@ -281,13 +284,20 @@ def markdown(report: dict[str, Any]) -> str:
         f"{v['duration_s']:.1f} s. Sample rate {cfg['sample_fps']:g} fps, batch size "
         f"{cfg['batch_size']}, min face {cfg['min_face_px']} px. Embedder "
         f"`{report['embedder']['name']}` in {report['embedder']['dtype']}, "
-        f"{report['embedder']['weights']}.",
+        f"{report['embedder']['weights']}. {report['cores']} cores, load average "
+        f"{report.get('load_avg_before', 'unrecorded')} before the run.",
+        "",
+        "Reproduce: `make bench-gpu-prepare` on a machine with PyPI (wheels into .whl/, the "
+        "clip into .gpubench/), then on the GPU machine, from the repository root with both "
+        "folders: `sh infra/bench-gpu.sh` (report into $OUT, under 8 minutes); bring "
+        "gpu-bench.json back and `python -m bodycam.bench_gpu --from-report gpu-bench.json "
+        "--benchmarks`.",
         "",
     ]
     if report["device"] != "cuda":
         lines += [
-            "**No GPU figures yet: these are the CPU fallback of the same code.** Run the "
-            "command below on a GPU machine to replace them.",
+            "**The GPU figures are unmeasured: no GPU was available to this run.** These are "
+            "the CPU fallback of the same code.",
             "",
         ]
     lines += [

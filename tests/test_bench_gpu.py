@@ -57,7 +57,7 @@ def test_gpu_bench_cpu_fallback_times_every_stage_and_finds_the_faces(
     text = md.read_text()
     assert text.startswith("# Benchmarks\n\nkept\n")
     assert bench_gpu.MD_START in text and bench_gpu.MD_END in text
-    assert "**cpu**" in text and "No GPU figures yet" in text
+    assert "**cpu**" in text and "The GPU figures are unmeasured" in text
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
