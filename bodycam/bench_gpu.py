@@ -191,14 +191,50 @@ def measure_end_to_end(path: Path, info: MediaInfo, cfg: PipelineSettings,
             fut.result()
     _sync(device)
     wall = time.perf_counter() - t0
-    video_s = len(results) * info.duration_s
+    out: dict[str, Any] = {"processes": 1, "chunks": chunks, "wall_s": wall,
+                           **_summary(results, info)}
+    out["x_real_time"] = out["video_s"] / wall if wall > 0 else 0.0
+    return out
+
+
+def _process_worker(video: str, cfg_json: str, units: Any, deadline: Any, ready: Any,
+                    start: Any, results: Any) -> None:
+    """One worker process (as one `--pool solo` GPU worker): its own models, units one at a time.
+
+    Runs in a spawned process (CUDA cannot be forked): loads and warms up, says it is ready,
+    waits for the start, then takes units from the shared counter until none are left or the
+    deadline has passed; puts one summary (plain numbers) on `results`.
+    """
+    try:
+        cfg = PipelineSettings.model_validate_json(cfg_json)
+        path = Path(video)
+        info = probe(path, Settings().limits)
+        detector, embedder, _w = make_models(cfg)
+        warm_up(detector, embedder, info, cfg)
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which raises
+        ready.put(f"{type(exc).__name__}: {exc}")
+        return
+    ready.put("")
+    start.wait()
+    done: list[Any] = []
+    while True:
+        with units.get_lock():
+            if units.value <= 0 or (done and time.time() > deadline.value):
+                break
+            units.value -= 1
+        done.append(analyze_chunk(path, info, 0.0, info.duration_s, cfg, detector, embedder))
+    _sync(cfg.device)
+    results.put(_summary(done, info))
+
+
+def _summary(results: Sequence[Any], info: MediaInfo) -> dict[str, Any]:
+    """Plain counts over finished ChunkResults."""
     stage_s: dict[str, float] = {}
     for r in results:
         for k, v in r.stage_s.items():
             stage_s[k] = stage_s.get(k, 0.0) + v
     return {
-        "chunks": chunks, "units": len(results), "video_s": video_s, "wall_s": wall,
-        "x_real_time": video_s / wall if wall > 0 else 0.0,
+        "units": len(results), "video_s": len(results) * info.duration_s,
         "frames_decoded": sum(r.frames_decoded for r in results),
         "frames_sampled": sum(r.frames_sampled for r in results),
         "detections": sum(len(r.detections) for r in results),
@@ -208,15 +244,59 @@ def measure_end_to_end(path: Path, info: MediaInfo, cfg: PipelineSettings,
     }
 
 
+def measure_processes(path: Path, info: MediaInfo, cfg: PipelineSettings, processes: int,
+                      seconds: float, budget_s: float) -> dict[str, Any]:
+    """analyze_chunk over the clip as work units in `processes` worker processes sharing the
+    device, each one unit at a time (the deployment: several `--pool solo` GPU workers on one
+    host). Timed from a common start once every process has loaded its models."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    units = ctx.Value("i", max(1, math.ceil(seconds / info.duration_s - 1e-9)))
+    deadline = ctx.Value("d", 0.0)
+    ready, results = ctx.Queue(), ctx.Queue()
+    start = ctx.Event()
+    procs = [ctx.Process(target=_process_worker, daemon=True,
+                         args=(str(path), cfg.model_dump_json(), units, deadline, ready, start,
+                               results)) for _ in range(processes)]
+    for p in procs:
+        p.start()
+    try:
+        errors = [e for e in (ready.get(timeout=600) for _ in procs) if e]
+        if errors:
+            raise RuntimeError(f"a worker process failed to start: {errors[0]}")
+        t0 = time.perf_counter()
+        deadline.value = time.time() + budget_s
+        start.set()
+        parts = [results.get(timeout=budget_s + 900) for _ in procs]
+        wall = time.perf_counter() - t0
+    finally:
+        for p in procs:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.kill()
+    out: dict[str, Any] = {"processes": processes, "chunks": 1, "wall_s": wall}
+    for k in ("units", "video_s", "frames_decoded", "frames_sampled", "detections", "embedded",
+              "tracks"):
+        out[k] = sum(part[k] for part in parts)
+    out["stage_busy_s"] = {k: sum(part["stage_busy_s"].get(k, 0.0) for part in parts)
+                           for k in ("decode", "detect", "embed", "track")}
+    out["x_real_time"] = out["video_s"] / wall if wall > 0 else 0.0
+    return out
+
+
 def run_bench(video: Path, device: str, seconds: float, chunks: Sequence[int],
-              batch_size: int | None = None, min_stage_s: float = 2.0,
+              batch_size: int | None = None, processes: Sequence[int] = (),
+              min_stage_s: float = 2.0,
               budget_s: float = 120.0, settings: Settings | None = None,
               log: Callable[[str], None] = print,
               save: Callable[[dict[str, Any]], None] = lambda _r: None) -> dict[str, Any]:
     """The whole benchmark on one clip; returns the report (plain JSON types).
 
     device: 'auto', 'cpu' or 'cuda' ('cuda' without a GPU raises ModelUnavailableError).
-    seconds: video seconds through the end-to-end pipeline per `chunks` setting.
+    seconds: video seconds through the end-to-end pipeline per `chunks` or `processes` setting.
+    chunks: work units at a time in this process (threads), one end-to-end run each.
+    processes: worker processes (each one unit at a time), one end-to-end run each.
     save: called with the report so far after the stages and after each end-to-end run, so
     that a run cut short by a time limit still leaves its figures.
     """
@@ -263,6 +343,14 @@ def run_bench(video: Path, device: str, seconds: float, chunks: Sequence[int],
         log(f"end to end, {n} work unit(s) at a time, {seconds:g} s of video ...")
         e2e.append(measure_end_to_end(video, info, cfg, detector, embedder, chosen, n,
                                       seconds, budget_s))
+        report["best_x_real_time"] = max(r["x_real_time"] for r in e2e)
+        log(f"  {e2e[-1]['x_real_time']:.1f}x real time ({e2e[-1]['video_s']:.0f} s of video "
+            f"in {e2e[-1]['wall_s']:.1f} s)")
+        save(report)
+    for n in processes:
+        log(f"end to end, {n} worker processes, one unit at a time each, {seconds:g} s of "
+            "video ...")
+        e2e.append(measure_processes(video, info, cfg, n, seconds, budget_s))
         report["best_x_real_time"] = max(r["x_real_time"] for r in e2e)
         log(f"  {e2e[-1]['x_real_time']:.1f}x real time ({e2e[-1]['video_s']:.0f} s of video "
             f"in {e2e[-1]['wall_s']:.1f} s)")
@@ -319,16 +407,17 @@ def markdown(report: dict[str, Any]) -> str:
         f"{st['embed']['x_real_time']:.1f} |",
         "",
         "End to end (`analyze_chunk`, the pipeline itself; the clip as separate work units, "
-        "N at a time in one process sharing the device):",
+        "sharing the device: N at a time in one process (threads), or N worker processes "
+        "taking one at a time each, as several `--pool solo` GPU workers on one host would):",
         "",
-        "| units at a time | units | video s | wall s | x real time | detections (embedded) "
-        "| tracks |",
-        "|---:|---:|---:|---:|---:|---|---:|",
+        "| processes x units at a time | units | video s | wall s | x real time "
+        "| detections (embedded) | tracks |",
+        "|---|---:|---:|---:|---:|---|---:|",
     ]
     for r in report["end_to_end"]:
-        lines.append(f"| {r['chunks']} | {r['units']} | {r['video_s']:.0f} | {r['wall_s']:.1f} "
-                     f"| {r['x_real_time']:.1f} | {r['detections']} ({r['embedded']}) "
-                     f"| {r['tracks']} |")
+        lines.append(f"| {r.get('processes', 1)} x {r['chunks']} | {r['units']} "
+                     f"| {r['video_s']:.0f} | {r['wall_s']:.1f} | {r['x_real_time']:.1f} "
+                     f"| {r['detections']} ({r['embedded']}) | {r['tracks']} |")
     lines += [
         "",
         f"Best: **{report['best_x_real_time']:.1f}x real time** on this device; target "
@@ -349,6 +438,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="video seconds through the end-to-end run, per --chunks setting")
     ap.add_argument("--chunks", default="1",
                     help="work units at a time in the end-to-end run, comma list, e.g. 1,4,8")
+    ap.add_argument("--processes", default="",
+                    help="worker processes in further end-to-end runs, comma list, e.g. 2,4")
     ap.add_argument("--batch-size", type=int, default=None,
                     help="frames per detection batch (default: the configured one)")
     ap.add_argument("--min-stage-s", type=float, default=2.0,
@@ -373,6 +464,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     chunks = [int(c) for c in str(args.chunks).split(",") if c.strip()]
+    processes = [int(c) for c in str(args.processes).split(",") if c.strip()]
     def save(report: dict[str, Any]) -> None:
         tmp = args.out.with_name(args.out.name + ".part")
         tmp.write_text(json.dumps(report, indent=2) + "\n")
@@ -380,7 +472,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         report = run_bench(args.video, args.device, args.seconds, chunks, args.batch_size,
-                           args.min_stage_s, args.budget_s, save=save)
+                           processes, args.min_stage_s, args.budget_s, save=save)
     except ModelUnavailableError as exc:
         print(f"bench-gpu: {exc}", file=sys.stderr)
         return 2

@@ -21,8 +21,8 @@ def test_gpu_bench_cpu_fallback_times_every_stage_and_finds_the_faces(
     md.write_text("# Benchmarks\n\nkept\n")
     out = tmp_path / "gpu-bench.json"
     rc = bench_gpu.main(["--device", "cpu", "--video", str(clip), "--seconds", "4",
-                         "--chunks", "1,2", "--min-stage-s", "0", "--out", str(out),
-                         "--benchmarks", str(md)])
+                         "--chunks", "1,2", "--processes", "2", "--min-stage-s", "0",
+                         "--out", str(out), "--benchmarks", str(md)])
     assert rc == 0
     report = json.loads(out.read_text())
 
@@ -43,15 +43,16 @@ def test_gpu_bench_cpu_fallback_times_every_stage_and_finds_the_faces(
     assert st["detect"]["faces"] <= 2 * st["detect"]["frames"]
     assert st["embed"]["faces"] == st["detect"]["faces"] and st["embed"]["faces_per_s"] > 0
 
-    # End to end: the pipeline itself, 1 then 2 work units at a time, each the whole clip.
-    e2e = {r["chunks"]: r for r in report["end_to_end"]}
-    assert set(e2e) == {1, 2}
+    # End to end: the pipeline itself, 1 then 2 work units at a time in this process, then
+    # 2 worker processes; each unit is the whole clip.
+    e2e = {(r["processes"], r["chunks"]): r for r in report["end_to_end"]}
+    assert set(e2e) == {(1, 1), (1, 2), (2, 1)}
     for r in e2e.values():
         assert r["units"] == 2 and r["video_s"] == pytest.approx(2 * 2.0, abs=0.2)
         assert r["x_real_time"] > 0 and r["frames_decoded"] == 40
         assert r["detections"] >= 14 and r["embedded"] >= 2 and r["tracks"] >= 2
     # Units run concurrently produce what they produce one at a time.
-    assert e2e[1]["detections"] == e2e[2]["detections"]
+    assert e2e[1, 1]["detections"] == e2e[1, 2]["detections"] == e2e[2, 1]["detections"]
     assert report["best_x_real_time"] == max(r["x_real_time"] for r in e2e.values())
 
     text = md.read_text()
