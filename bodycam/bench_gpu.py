@@ -262,7 +262,7 @@ def measure_processes(path: Path, info: MediaInfo, cfg: PipelineSettings, proces
     for p in procs:
         p.start()
     try:
-        errors = [e for e in (ready.get(timeout=600) for _ in procs) if e]
+        errors = [e for e in (ready.get(timeout=180) for _ in procs) if e]
         if errors:
             raise RuntimeError(f"a worker process failed to start: {errors[0]}")
         t0 = time.perf_counter()
