@@ -73,9 +73,10 @@ bench-redact: install $(VENV)/.bench-installed
 
 # The GPU worker benchmark (issue 14), prepared here and run in one go on a GPU machine that can
 # download nothing. `make bench-gpu-prepare` (here, with PyPI): the cp312 x86-64 wheels that
-# machine's Python lacks (at the versions installed here) into .whl/, and a 10 s 1080p30 clip
-# into .gpubench/ (about 40 MB together, both ignored by git). There, from the repository root
-# with both folders beside it, one line: `sh infra/bench-gpu.sh` (installs the wheels into
+# machine's Python lacks (at the versions installed here) into .gpubench/wheels/, and a 10 s
+# 1080p30 clip into .gpubench/ (about 40 MB, ignored by git; its own folder, so no other
+# task's wheels mix in). There, from the repository root with .gpubench/ carried along, one
+# line: `sh infra/bench-gpu.sh` (installs the wheels into
 # /tmp/bodycam-site, runs `python -m bodycam.bench_gpu --device cuda`, writes gpu-bench.json,
 # gpu-bench.log and BENCHMARKS.md into $$OUT; stops itself inside 8 minutes). Bring
 # gpu-bench.json back and `python -m bodycam.bench_gpu --from-report gpu-bench.json --benchmarks`.
@@ -86,14 +87,14 @@ GPU_CLIP := .gpubench/bodycam-1080p30-10s.mp4
 bench-gpu-prepare: install
 	$(BIN)/python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
 		--implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
-		--platform manylinux2014_x86_64 -d .whl $$($(BIN)/python -c 'import sys; \
+		--platform manylinux2014_x86_64 -d .gpubench/wheels $$($(BIN)/python -c 'import sys; \
 		from importlib.metadata import version; print(" ".join(f"{n}=={version(n)}" \
 		for n in sys.argv[1:]))' $(GPU_WHEELS))
 	mkdir -p .gpubench
 	test -f $(GPU_CLIP) || PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python \
 		"$(BODYCAM_TESTDATA)/../tools/make_bodycam_clip.py" --out $(GPU_CLIP) --seed 3 \
 		--duration 10 --size 1920x1080 --fps 30 --crf 28
-	du -sh .whl .gpubench
+	du -sh .gpubench
 
 bench-gpu: install
 	test -f $(GPU_CLIP) || $(MAKE) bench-gpu-prepare

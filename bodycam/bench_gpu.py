@@ -375,9 +375,10 @@ def markdown(report: dict[str, Any]) -> str:
         f"{report['embedder']['weights']}. {report['cores']} cores, load average "
         f"{report.get('load_avg_before', 'unrecorded')} before the run.",
         "",
-        "Reproduce: `make bench-gpu-prepare` on a machine with PyPI (wheels into .whl/, the "
-        "clip into .gpubench/), then on the GPU machine, from the repository root with both "
-        "folders: `sh infra/bench-gpu.sh` (report into $OUT, under 8 minutes); bring "
+        "Reproduce: `make bench-gpu-prepare` on a machine with PyPI (the wheels the GPU "
+        "machine lacks and the clip into .gpubench/), then on the GPU machine, from the "
+        "repository root with .gpubench/ beside it: `sh infra/bench-gpu.sh` (report into "
+        "$OUT, under 8 minutes); bring "
         "gpu-bench.json back and `python -m bodycam.bench_gpu --from-report gpu-bench.json "
         "--benchmarks`.",
         "",
