@@ -84,8 +84,9 @@ def device_name(device: str) -> str:
 
 
 def make_models(cfg: PipelineSettings) -> tuple[MtcnnDetector, FacenetEmbedder, str]:
-    """The pipeline's detector and FaceNet embedder on cfg.device, loaded and warmed up.
+    """The pipeline's detector and FaceNet embedder on cfg.device, loaded (not warmed up).
 
+    FaceNet with the configured vggface2 file when there is one, else with random weights.
     Returns them with a note on the embedder's weights."""
     detector = Registry.detector(cfg)
     assert isinstance(detector, MtcnnDetector)
