@@ -557,13 +557,21 @@ def calibration(tracks: dict[str, dict[str, Any]], vectors: dict[str, np.ndarray
     enrolled gives impostor pairs only."""
     rows: dict[str, dict[str, int]] = {c: {"genuine": 0, "false_non_match": 0, "impostor": 0,
                                            "false_match": 0} for c in CALIBRATION_CONDITIONS}
+    pairs: list[dict[str, Any]] = []  # per track: its best genuine and impostor scores
     for tid, t in tracks.items():
         vec = vectors.get(tid)
         if vec is None or t["identity"] is None or t["mixed"]:
             continue
         conds = track_conditions(t, clips[t["video_id"]])
+        pair: dict[str, Any] = {"track_id": tid, "conditions": sorted(conds - {"all"}),
+                                "median_face_px": round(float(np.median(t["heights"])), 1),
+                                "genuine": None, "impostor_max": None}
+        pairs.append(pair)
         for ident, photos in gallery.items():
             sim = float(np.max(photos @ vec))
+            kind = "genuine" if ident == t["identity"] else "impostor_max"
+            if pair[kind] is None or sim > pair[kind]:
+                pair[kind] = round(sim, 4)
             for c in conds:
                 if ident == t["identity"]:
                     rows[c]["genuine"] += 1
@@ -571,7 +579,7 @@ def calibration(tracks: dict[str, dict[str, Any]], vectors: dict[str, np.ndarray
                 else:
                     rows[c]["impostor"] += 1
                     rows[c]["false_match"] += sim >= threshold
-    out: dict[str, Any] = {"threshold": threshold, "conditions": {}}
+    out: dict[str, Any] = {"threshold": threshold, "conditions": {}, "pairs": pairs}
     for c, r in rows.items():
         out["conditions"][c] = {
             **r,
