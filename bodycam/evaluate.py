@@ -539,11 +539,11 @@ def track_report(tracks: dict[str, dict[str, Any]], clips: dict[str, ClipTruth]
 CALIBRATION_CONDITIONS = ("all", "day", "night", "frontal", "tilted", "small", "large")
 
 
-def track_conditions(track: dict[str, Any], clip: ClipTruth) -> set[str]:
+def track_conditions(track: dict[str, Any], clip: ClipTruth, median_px: float) -> set[str]:
     """The calibration conditions a track falls in: day or night (most of its detections),
     frontal or tilted (the clip's head tilt), small or large (its median face height)."""
     night = sum(1 for t in track["times"] if any(a <= t <= b for a, b in clip.night))
-    small = float(np.median(track["heights"])) < SMALL_FACE_PX
+    small = median_px < SMALL_FACE_PX
     return {"all", "night" if 2 * night > len(track["times"]) else "day",
             "tilted" if clip.spec.tilt > 0 else "frontal", "small" if small else "large"}
 
@@ -562,9 +562,10 @@ def calibration(tracks: dict[str, dict[str, Any]], vectors: dict[str, np.ndarray
         vec = vectors.get(tid)
         if vec is None or t["identity"] is None or t["mixed"]:
             continue
-        conds = track_conditions(t, clips[t["video_id"]])
+        median_px = float(np.median(t["heights"]))
+        conds = track_conditions(t, clips[t["video_id"]], median_px)
         pair: dict[str, Any] = {"track_id": tid, "conditions": sorted(conds - {"all"}),
-                                "median_face_px": round(float(np.median(t["heights"])), 1),
+                                "median_face_px": round(median_px, 1),
                                 "genuine": None, "impostor_max": None}
         pairs.append(pair)
         for ident, photos in gallery.items():

