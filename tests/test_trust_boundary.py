@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import subprocess
 import sys
 import time
@@ -16,7 +17,7 @@ import pytest
 
 from bodycam import accounts, audit
 from bodycam.services import home_admin_url
-from bodycam.stack import Stack
+from bodycam.stack import Stack, _OwnerOnlyWatch
 from tests.conftest import StackHandle
 from tests.test_operations import _as_nobody, own_stack
 
@@ -114,6 +115,28 @@ def test_the_home_is_0700_and_its_files_0600_though_up_ran_under_umask_0(
         os.umask(old)
     for name in ("stack.json", "client.json", "secrets/server.json", "secrets/admin.json"):
         assert (tb.home / name).stat().st_mode & 0o777 == 0o600, name
+
+
+def test_a_file_a_service_chmods_0644_in_a_watched_directory_is_made_owner_only_at_once(
+        tmp_path: Path) -> None:
+    """The mechanism behind SeaweedFS' .vif files (it chmods them 0644 whatever the umask)."""
+    watch = _OwnerOnlyWatch(tmp_path)
+    assert watch.fd >= 0, "inotify unavailable"
+    try:
+        path = tmp_path / "bucket_1.vif"
+        for mode in (0o644, 0o664, 0o604):
+            path.write_text("{}")
+            path.chmod(mode)
+            ready, _, _ = select.select([watch.fd], [], [], 5)
+            assert ready, "no inotify event"
+            watch.handle()
+            assert path.stat().st_mode & 0o777 == mode & 0o700, oct(mode)
+        (tmp_path / "sub").mkdir(mode=0o755)
+        select.select([watch.fd], [], [], 5)
+        watch.handle()
+        assert (tmp_path / "sub").stat().st_mode & 0o777 == 0o700
+    finally:
+        os.close(watch.fd)
 
 
 def test_up_moves_the_secrets_of_a_home_made_by_the_previous_version_out_of_stack_json(
