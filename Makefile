@@ -2,7 +2,11 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-export BODYCAM_TESTDATA ?= $(abspath ../shared/testdata)
+# The shared test data beside the checkout, else beside the repository it was cloned from (a
+# clone made elsewhere, e.g. in `mktemp -d`); BODYCAM_TESTDATA overrides both.
+export BODYCAM_TESTDATA ?= $(or $(wildcard $(abspath ../shared/testdata)),$(wildcard $(abspath \
+	$(shell git config --get remote.origin.url 2>/dev/null)/../shared/testdata)),$(abspath \
+	../shared/testdata))
 # The demo and tests use the offline embedder by name: FaceNet weights cannot be downloaded
 # here, and Bodycam never switches models silently.
 export BODYCAM_PIPELINE__EMBEDDER ?= dlib-resnet
