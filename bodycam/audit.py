@@ -115,6 +115,11 @@ def append(conn: Conn, key: str, actor: str, action: str, details: dict[str, Any
     return AuditRow(row_id, at, actor, action, details, prev, digest)
 
 
+def forget_pending(conn: Conn) -> None:
+    """The transaction that appended rows on `conn` was rolled back: nothing to anchor."""
+    _pending.pop(conn, None)
+
+
 def anchor_key(row_id: int) -> str:
     """The object that anchors row `row_id` (zero-padded so keys sort by id)."""
     return f"{ANCHOR_PREFIX}{row_id:0{_ID_DIGITS}d}.json"

@@ -37,7 +37,7 @@ from pgvector.psycopg import register_vector
 from bodycam.benchmarks_md import replace_section
 from bodycam.config import SearchSettings, Settings
 from bodycam.context import Context
-from bodycam.db import connect
+from bodycam.db import Pool, connect
 from bodycam.search import DIMS, Filters, Query, candidate_tracks, search
 from bodycam.services import admin_database_url, resolve
 from bodycam.stack import Stack
@@ -368,9 +368,11 @@ def run_dim(stack_state: dict[str, object], admin_url: str, app_url: str, dim: i
             copy_s = load_tracks(conn, data, model, log)
             log(f"[{dim}-d] copied in {copy_s:.0f} s; building HNSW")
             load_before = os.getloadavg()
-            build_s = build_index(conn, model, args.maintenance_work_mem, args.build_workers,
-                                  args.m, args.ef_construction)
-            log(f"[{dim}-d] index built in {build_s:.0f} s")
+            build_s = 0.0
+            if not args.no_hnsw:
+                build_s = build_index(conn, model, args.maintenance_work_mem,
+                                      args.build_workers, args.m, args.ef_construction)
+                log(f"[{dim}-d] index built in {build_s:.0f} s")
             for other, name in INDEX_FOR_MODEL.items():  # the schema keeps both indexes
                 if other != model:
                     conn.execute(_index_sql()[name])
@@ -378,8 +380,8 @@ def run_dim(stack_state: dict[str, object], admin_url: str, app_url: str, dim: i
             conn.execute("VACUUM ANALYZE videos")
             conn.execute("VACUUM ANALYZE tracks")
             vacuum_s = time.perf_counter() - t1
-        size = conn.execute("SELECT pg_size_pretty(pg_relation_size(%s::regclass)),"
-                            " pg_size_pretty(pg_total_relation_size('tracks'))",
+        size = conn.execute("SELECT COALESCE(pg_size_pretty(pg_relation_size(to_regclass(%s))),"
+                            " 'none'), pg_size_pretty(pg_total_relation_size('tracks'))",
                             (INDEX_FOR_MODEL[model],)).fetchone()
         versions = conn.execute(
             "SELECT current_setting('server_version'), (SELECT extversion FROM pg_extension"
@@ -413,7 +415,8 @@ def run_dim(stack_state: dict[str, object], admin_url: str, app_url: str, dim: i
         "machine": machine_facts(), "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 
-    for ef in args.ef:
+    record["hnsw"] = not args.no_hnsw
+    for ef in [] if args.no_hnsw else args.ef:
         r = measure_unfiltered(app_url, data, model, queries, truth, ef)
         log(f"[{dim}-d] unfiltered {r}")
         record["unfiltered"].append(r)
@@ -432,7 +435,7 @@ def run_dim(stack_state: dict[str, object], admin_url: str, app_url: str, dim: i
         ("configured defaults, k=400 (what search() asks)", defaults, 400),
         ("exact scan forced, k=10", defaults.model_copy(update={"exact_scan_max": 10**9}), 10),
     ]
-    for ef in args.ef:
+    for ef in [] if args.no_hnsw else args.ef:
         variants.append((f"HNSW path (exact_scan_max=0; planner decides), ef_search={ef}, k=10",
                          defaults.model_copy(update={"exact_scan_max": 0, "ef_search": ef}), 10))
     if args.skip_filtered:
@@ -449,11 +452,19 @@ def run_dim(stack_state: dict[str, object], admin_url: str, app_url: str, dim: i
         # own settings lower it so that the threshold can be each query's 10th similarity.
         s = base.model_copy(update={"search": defaults.model_copy(update={
             "threshold_floor": {model: -1.0}, "default_threshold": {model: 0.0}})})
-        ctx = Context(settings=s, services=resolve(s))
-        e2e = measure_search(ctx, data, model, fq, ftruth)
-        log(f"[{dim}-d] search() end to end: {e2e}")
-        record["search_end_to_end"] = e2e
-        save(record)
+        svc = resolve(s)
+        record["search_end_to_end"] = []
+        for label, pool in (("new connection", None),
+                            ("pooled", Pool(svc.database_url, s.server.db_idle_connections))):
+            try:
+                e2e = measure_search(Context(settings=s, services=svc, pool=pool), data,
+                                     model, fq, ftruth)
+            finally:
+                if pool is not None:
+                    pool.close()
+            log(f"[{dim}-d] search() end to end, {label}: {e2e}")
+            record["search_end_to_end"].append({"connections": label, **e2e})
+            save(record)
 
     return record
 
@@ -527,6 +538,41 @@ def render_section(results: list[dict[str, Any]], notes: str = "") -> str:
     return "\n".join(lines)
 
 
+E2E_START = "<!-- search-e2e:start -->"
+E2E_END = "<!-- search-e2e:end -->"
+
+
+def render_e2e_section(results: list[dict[str, Any]], notes: str = "") -> str:
+    """The `search()` end-to-end section of BENCHMARKS.md, markers included."""
+    lines = [E2E_START, "## Search end to end (`search()`)", ""]
+    if notes.strip():
+        lines += [notes.strip(), ""]
+    lines += [
+        "`search()` as the API server runs it for a track query in one case: policy check,"
+        " candidates (count, then the exact scan or the HNSW index), leads and time ranges,"
+        " the `searches` row, the sealed audit row and its anchor object in S3. Each query's"
+        " threshold is its 10th exact similarity, so recall@10 counts the exact top 10 among"
+        " the returned tracks. `pooled`: the server's kept connections"
+        " (server.db_idle_connections); `new connection`: one login per transaction, the"
+        " baseline, measured in the same run. Reproduce with"
+        " `python -m bodycam.bench_search --home /tmp/bench --n N --dims D --write-e2e-md"
+        " BENCHMARKS.md`.",
+        "",
+        "| N | dim | case tracks | connections | p50 ms | p95 ms | recall@10 | candidates p50 ms"
+        " | the rest p50 ms | load avg | measured |",
+        "|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in sorted(results, key=lambda x: (x["n"], x["dim"])):
+        for e in r.get("search_end_to_end", []):
+            lines.append(
+                f"| {r['n']:,} | {r['dim']} | {r['case_tracks']:,} | {e['connections']} |"
+                f" {e['p50_ms']} | {e['p95_ms']} | {e['recall_at_10']:.3f} |"
+                f" {e['parts_ms']['candidates_p50']} | {e['parts_ms']['rest_p50']} |"
+                f" {e['load_avg_1m']} | {r['measured_at'][:16]} |")
+    lines += ["", E2E_END]
+    return "\n".join(lines)
+
+
 def write_section(path: Path, section: str) -> None:
     """Replace (or append) only the search-bench section of BENCHMARKS.md."""
     replace_section(path, section, MD_START, MD_END)
@@ -553,6 +599,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--ef-construction", type=int, default=MIGRATION_EF_CONSTRUCTION,
                    help=f"HNSW ef_construction (migrations: {MIGRATION_EF_CONSTRUCTION})")
     p.add_argument("--skip-filtered", action="store_true", help="only the unfiltered sweep")
+    p.add_argument("--no-hnsw", action="store_true",
+                   help="build no HNSW index: case-bound searches of cases within"
+                        " search.exact_scan_max need none (the 10M design)")
     p.add_argument("--reuse", action="store_true",
                    help="measure the tracks and index already loaded by the run that wrote"
                         " this dim's result file (same --n/--m/--ef-construction/--tag)")
@@ -561,6 +610,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--results", type=Path, help="where result JSON goes (default HOME/results)")
     p.add_argument("--write-md", type=Path,
                    help="render all results (and RESULTS/notes.md) into this markdown file")
+    p.add_argument("--write-e2e-md", type=Path,
+                   help="render the search() end-to-end figures of all results into this file")
     p.add_argument("--no-run", action="store_true", help="only render (--write-md)")
     args = p.parse_args(argv)
     args.ef = [int(x) for x in args.ef.split(",")]
@@ -597,17 +648,22 @@ def main(argv: list[str] | None = None) -> None:
             run_dim(state, admin_database_url(settings), svc.database_url, dim, args.n,
                     args.queries, args, log, save, previous)
             log(f"wrote {out}")
-            if args.write_md:
-                _render(results_dir, args.write_md)
-    elif args.write_md:
-        _render(results_dir, args.write_md)
+            _render(results_dir, args.write_md, args.write_e2e_md)
+    else:
+        _render(results_dir, args.write_md, args.write_e2e_md)
 
 
-def _render(results_dir: Path, md: Path) -> None:
-    """Render every result file in results_dir (and its notes.md) into md's section."""
+def _render(results_dir: Path, md: Path | None, e2e_md: Path | None) -> None:
+    """Render every result file in results_dir (and its notes.md, e2e-notes.md) into the
+    files' sections."""
     results = [json.loads(f.read_text()) for f in sorted(results_dir.glob("search-*.json"))]
-    notes = results_dir / "notes.md"
-    write_section(md, render_section(results, notes.read_text() if notes.exists() else ""))
+    if md is not None:
+        notes = results_dir / "notes.md"
+        write_section(md, render_section(results, notes.read_text() if notes.exists() else ""))
+    if e2e_md is not None:
+        notes = results_dir / "e2e-notes.md"
+        replace_section(e2e_md, render_e2e_section(
+            results, notes.read_text() if notes.exists() else ""), E2E_START, E2E_END)
 
 
 if __name__ == "__main__":

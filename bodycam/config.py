@@ -263,13 +263,16 @@ class AuthSettings(_Section):
 
 
 class ServerSettings(_Section):
-    """The HTTP server: where uploads are spooled while they stream in."""
+    """The HTTP server: where uploads are spooled while they stream in, its connections."""
 
     upload_dir: Path | None = Field(None, description="private folder for uploads in flight "
                                     "(default: HOME/uploads, created 0700)")
     export_dir: Path | None = Field(None, description="private folder for exports made through "
                                     "the API (default: HOME/exports, created 0700)")
     sse_poll_s: float = Field(0.5, gt=0, le=30, description="job progress poll interval (SSE)")
+    db_idle_connections: int = Field(
+        8, ge=0, le=100, description="database connections the server keeps open for reuse "
+        "(a new one costs a login; 0: one per request)")
 
 
 class Settings(BaseSettings):

@@ -9,7 +9,7 @@ from functools import lru_cache
 
 from bodycam import queue
 from bodycam.config import Settings, get_settings
-from bodycam.db import Conn, connect
+from bodycam.db import Conn, Pool, connect
 from bodycam.errors import TransientError
 from bodycam.services import Services, resolve
 from bodycam.storage import ObjectStore
@@ -24,6 +24,7 @@ class Context:
     settings: Settings
     services: Services
     _store: ObjectStore | None = field(default=None, repr=False)
+    pool: Pool | None = field(default=None, repr=False)  # a long-running server's connections
 
     @classmethod
     def load(cls, settings: Settings | None = None) -> Context:
@@ -50,7 +51,8 @@ class Context:
 
         return self._connected(connect(self.services.database_url,
                                        after_commit=lambda conn: audit.anchor_after_commit(
-                                           conn, self.store, self.audit_key)))
+                                           conn, self.store, self.audit_key), pool=self.pool,
+                                       after_rollback=audit.forget_pending))
 
     @contextmanager
     def _connected(self, cm: AbstractContextManager[Conn]) -> Iterator[Conn]:
@@ -85,5 +87,10 @@ class Context:
 
 @lru_cache(maxsize=1)
 def shared() -> Context:
-    """The process-wide context of a long-running edge (worker, API), resolved on first use."""
-    return Context.load()
+    """The process-wide context of the API server, resolved on first use; it keeps idle
+    database connections for reuse (server.db_idle_connections)."""
+    ctx = Context.load()
+    idle = ctx.settings.server.db_idle_connections
+    if idle:
+        ctx.pool = Pool(ctx.services.database_url, idle)
+    return ctx

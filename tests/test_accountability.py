@@ -13,6 +13,8 @@ import pytest
 from bodycam import audit
 from bodycam.accounts import PERMISSIONS, ROLES
 from bodycam.config import Settings
+from bodycam.context import Context
+from bodycam.db import Pool
 from bodycam.services import home_admin_url
 from tests.conftest import FACENET_CLIP, HAMILTON, TESTDATA, StackHandle
 
@@ -330,3 +332,41 @@ def test_a_policy_change_needs_an_admin_and_a_reason(
     assert proc.returncode != 0 and "needs the admin role" in proc.stderr
     proc = stack.cli.run("policy", "set", "--profile", "identify", "--reason", " ")
     assert proc.returncode != 0 and "reason" in proc.stderr
+
+
+def test_the_servers_pooled_connections_are_reused_checked_and_never_anchor_a_rollback(
+        stack: StackHandle) -> None:
+    """The API server keeps idle connections (server.db_idle_connections): each is reused,
+    a dead one is replaced without failing the request, one left mid-transaction is not
+    kept, and a rolled-back audit row is never anchored by the next transaction."""
+    pool = Pool(stack.ctx.services.database_url, 2)
+    ctx = Context(settings=stack.ctx.settings, services=stack.ctx.services, pool=pool)
+
+    def backend() -> int:
+        with ctx.db() as conn:
+            return int(conn.execute("SELECT pg_backend_pid() AS p").fetchone()["p"])
+
+    try:
+        first = backend()
+        assert backend() == first  # reused, not a new login
+
+        with pytest.raises(RuntimeError), ctx.db() as conn:
+            audit.append(conn, ctx.audit_key, "tester", "pool-rollback", {})
+            assert conn in audit._pending
+            raise RuntimeError("abort after an audit row")
+        assert conn not in audit._pending  # nothing of it is left to anchor
+        assert backend() == first  # rolled back and idle: kept
+
+        with psycopg.connect(home_admin_url(stack.home), autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (first,))
+        second = backend()  # the dead one is dropped, a new one made; no error
+        assert second != first
+
+        with pytest.raises(psycopg.Error), ctx.db() as conn:  # broken: closed, not kept
+            conn.execute("SELECT 1")
+            conn.pgconn.finish()
+        assert backend() != second
+        with ctx.db() as conn:
+            assert audit.verify(conn, ctx.audit_key, ctx.store).ok
+    finally:
+        pool.close()

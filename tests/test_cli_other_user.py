@@ -25,17 +25,9 @@ CASE_A, CASE_B = "T-CLI-A", "T-CLI-B"
 P06 = TESTDATA / "faces" / "identities" / "p06" / "01.png"
 
 
-def _reachable(path: Path) -> bool:
-    """Whether the other user can traverse every folder down to path."""
-    return all(os.stat(p).st_mode & 0o001 for p in [*reversed(path.parents), path]
-               if p.is_dir())
-
-
 @pytest.fixture(scope="module")
 def client_home() -> Iterator[Path]:
     """A private HOME (config dir for `bodycam login`) owned by the other user."""
-    if str(REPO).startswith("/root"):
-        pytest.skip(f"the repository lives under /root ({REPO}): {USER} cannot import it")
     if SYSTEM_PYTHON is None:
         pytest.skip("no system python3 the other user can execute")
     home = Path(tempfile.mkdtemp(prefix="bc-client-", dir="/tmp"))
@@ -46,19 +38,32 @@ def client_home() -> Iterator[Path]:
 
 
 def _site_packages() -> str:
-    # The venv's interpreter lives under /root (unreadable to others): the other user runs
-    # the system python 3.11 (same ABI) with the venv's packages and the repository on its path.
+    # The venv's interpreter may live where the other user cannot go (under /root, in a 0700
+    # clone): it runs the system python 3.11 (same ABI) with the venv's packages.
     return sysconfig.get_paths()["purelib"]
 
 
 def _as_other(home: Path, argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    assert _reachable(REPO) and _reachable(Path(_site_packages())), "repo/venv not reachable"
+    """Run the system python as the other user with the repository and the venv's packages
+    on its path. They are bound (read-only) into its HOME in a mount namespace of its own,
+    so it reaches them wherever the checkout lives (under /root, in a 0700 clone made by
+    mktemp -d) and no folder above them is opened to anyone."""
     pw = pwd.getpwnam(USER)
+    code, site = home / ".code", home / ".code-site"
+    for target in (code / "bodycam", site):  # the package only: the checkout may be 0700
+        target.mkdir(mode=0o755, parents=True, exist_ok=True)
+    code.chmod(0o755)
     full = {"PATH": "/usr/bin:/bin", "HOME": str(home), "LANG": "C.UTF-8",
-            "PYTHONPATH": f"{REPO}:{_site_packages()}", **env}
-    return subprocess.run([str(SYSTEM_PYTHON), *argv], user=pw.pw_uid, group=pw.pw_gid,
-                          env=full, cwd=str(home), capture_output=True, text=True, timeout=300,
-                          stdin=subprocess.DEVNULL)
+            "PYTHONPATH": f"{code}:{site}", **env}
+    bind_then_run = ('mount --bind -o ro "$1" "$2" && mount --bind -o ro "$3" "$4" && shift 4'
+                     ' && exec setpriv --reuid="$UID_OTHER" --regid="$GID_OTHER"'
+                     ' --clear-groups -- "$@"')
+    return subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", bind_then_run,
+         "sh", str(REPO / "bodycam"), str(code / "bodycam"), _site_packages(), str(site),
+         str(SYSTEM_PYTHON), *argv],
+        env={**full, "UID_OTHER": str(pw.pw_uid), "GID_OTHER": str(pw.pw_gid)},
+        cwd=str(home), capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
 
 
 def _cli(home: Path, url: str, token: str, *args: str) -> subprocess.CompletedProcess[str]:

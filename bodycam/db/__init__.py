@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from importlib import resources
 from typing import Any
 
@@ -35,28 +36,99 @@ def uids(values: Iterable[object]) -> list[uuid.UUID]:
     return [u for u in map(uid, values) if u is not None]
 
 
-@contextmanager
-def connect(url: str, after_commit: Callable[[Conn], None] | None = None) -> Iterator[Conn]:
-    """A connection with dict rows and the vector type registered; commits on success.
-
-    after_commit runs once the transaction has committed (e.g. to anchor the audit log's
-    head outside the database). Raises TransientError when the database cannot be reached.
-    """
+def _open(url: str) -> Conn:
+    """A new connection with dict rows and the vector type registered, idle."""
     try:
         conn = psycopg.connect(url, row_factory=dict_row, connect_timeout=10)
     except psycopg.OperationalError as exc:
         raise TransientError(f"database unreachable: {exc.__class__.__name__}") from exc
     try:
+        register_vector(conn)
+        conn.commit()
+    except psycopg.ProgrammingError:
+        conn.rollback()  # before the first migration the extension does not exist yet
+    return conn
+
+
+class Pool:
+    """Idle connections kept for reuse by a long-running process (the API server).
+
+    A new connection costs a TCP handshake, a SCRAM login, a backend process and a type
+    lookup: several milliseconds, more than a case-bound search's query. A connection goes
+    back only when it is idle and healthy (no transaction, not broken); one taken out is
+    checked with an empty query first, so a database restart costs no request: dead ones
+    are dropped and, with none left, a new connection is made exactly as without the pool
+    (an unreachable database still fails at once with TransientError).
+    """
+
+    def __init__(self, url: str, max_idle: int) -> None:
+        self.url, self.max_idle = url, max_idle
+        self._idle: list[Conn] = []
+        self._lock = threading.Lock()
+
+    def take(self) -> Conn:
+        """An idle live connection, or a new one."""
+        while True:
+            with self._lock:
+                conn = self._idle.pop() if self._idle else None
+            if conn is None:
+                return _open(self.url)
+            try:
+                conn.autocommit = True
+                conn.execute("")
+                conn.autocommit = False
+                return conn
+            except psycopg.Error:
+                conn.close()
+
+    def give(self, conn: Conn) -> None:
+        """Keep a connection for reuse if it is idle and healthy, else close it."""
+        healthy = (not conn.closed
+                   and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE)
+        with self._lock:
+            if healthy and len(self._idle) < self.max_idle:
+                self._idle.append(conn)
+                return
+        conn.close()
+
+    def close(self) -> None:
+        """Close every idle connection."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+
+@contextmanager
+def connect(url: str, after_commit: Callable[[Conn], None] | None = None,
+            pool: Pool | None = None, after_rollback: Callable[[Conn], None] | None = None
+            ) -> Iterator[Conn]:
+    """A connection with dict rows and the vector type registered: one transaction, committed
+    on success and rolled back on error; from `pool` when given, and given back after.
+
+    after_commit runs once the transaction has committed (e.g. to anchor the audit log's
+    head outside the database), after_rollback once it was rolled back (to forget what it
+    would have anchored: a pooled connection lives on). Raises TransientError when the
+    database cannot be reached.
+    """
+    conn = pool.take() if pool is not None else _open(url)
+    try:
         try:
-            register_vector(conn)
-        except psycopg.ProgrammingError:
-            conn.rollback()  # before the first migration the extension does not exist yet
-        with conn:
             yield conn
+            conn.commit()
+        except BaseException:
+            with suppress(psycopg.Error):  # a broken connection: the error above tells more
+                conn.rollback()
+            if after_rollback is not None:
+                after_rollback(conn)
+            raise
         if after_commit is not None:
             after_commit(conn)
     finally:
-        conn.close()
+        if pool is not None:
+            pool.give(conn)
+        else:
+            conn.close()
 
 
 def _migration_files() -> list[tuple[int, str, str]]:
