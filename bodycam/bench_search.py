@@ -558,17 +558,19 @@ def render_e2e_section(results: list[dict[str, Any]], notes: str = "") -> str:
         " `python -m bodycam.bench_search --home /tmp/bench --n N --dims D --write-e2e-md"
         " BENCHMARKS.md`.",
         "",
-        "| N | dim | case tracks | connections | p50 ms | p95 ms | recall@10 | candidates p50 ms"
-        " | the rest p50 ms | load avg | measured |",
-        "|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---|",
+        "| measured | N | dim | HNSW index | case tracks | connections | p50 ms | p95 ms |"
+        " recall@10 | candidates p50 ms | the rest p50 ms | load avg |",
+        "|---|---:|---:|---|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for r in sorted(results, key=lambda x: (x["n"], x["dim"])):
+    for r in sorted(results, key=lambda x: str(x["measured_at"])):
         for e in r.get("search_end_to_end", []):
             lines.append(
-                f"| {r['n']:,} | {r['dim']} | {r['case_tracks']:,} | {e['connections']} |"
+                f"| {r['measured_at'][:16]} | {r['n']:,} | {r['dim']} |"
+                f" {'built' if r.get('hnsw', True) else 'none'} | {r['case_tracks']:,} |"
+                f" {e['connections']} |"
                 f" {e['p50_ms']} | {e['p95_ms']} | {e['recall_at_10']:.3f} |"
                 f" {e['parts_ms']['candidates_p50']} | {e['parts_ms']['rest_p50']} |"
-                f" {e['load_avg_1m']} | {r['measured_at'][:16]} |")
+                f" {e['load_avg_1m']} |")
     lines += ["", E2E_END]
     return "\n".join(lines)
 
