@@ -39,7 +39,10 @@ def uids(values: Iterable[object]) -> list[uuid.UUID]:
 def _open(url: str) -> Conn:
     """A new connection with dict rows and the vector type registered, idle."""
     try:
-        conn = psycopg.connect(url, row_factory=dict_row, connect_timeout=10)
+        # tcp_user_timeout: data the server does not acknowledge within 10 s (a host cut off,
+        # no reset) fails the connection instead of blocking (a pooled one's check included).
+        conn = psycopg.connect(url, row_factory=dict_row, connect_timeout=10,
+                               tcp_user_timeout=10_000)
     except psycopg.OperationalError as exc:
         raise TransientError(f"database unreachable: {exc.__class__.__name__}") from exc
     try:
