@@ -617,19 +617,20 @@ def _redacted(url: str) -> str:
     return urlunsplit(parts._replace(netloc=user + parts.netloc.rsplit("@", 1)[1]))
 
 
+def _owner_only(path: Path) -> None:
+    """Take the group and other bits off a file or directory (links are left alone)."""
+    mode = path.lstat().st_mode
+    if mode & 0o077 and (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+        path.chmod(mode & 0o700)
+
+
 def _make_private(home: Path) -> None:
     """A directory 0700 and everything in it owner-only (homes made by older versions, files
     a service writes with its own mode)."""
     home.chmod(0o700)
     for root, dirs, files in os.walk(home):
-        for d in dirs:
-            p = Path(root, d)
-            if not p.is_symlink():
-                p.chmod(p.stat().st_mode & 0o700)
-        for f in files:
-            p = Path(root, f)
-            if p.is_file() and not p.is_symlink():
-                p.chmod(p.stat().st_mode & 0o700)
+        for name in dirs + files:
+            _owner_only(Path(root, name))
 
 
 def _wait_gone(procs: list[ManagedProcess], timeout_s: float) -> None:
@@ -886,11 +887,8 @@ class _OwnerOnlyWatch:
             name = buf[at + self._HEADER.size:at + self._HEADER.size + size].rstrip(b"\0")
             at += self._HEADER.size + size
             if name:
-                path = self.directory / os.fsdecode(name)
-                with contextlib.suppress(OSError):
-                    mode = path.lstat().st_mode
-                    if mode & 0o077 and not stat.S_ISLNK(mode):
-                        path.chmod(mode & 0o700)
+                with contextlib.suppress(OSError):  # gone again, or not ours
+                    _owner_only(self.directory / os.fsdecode(name))
 
 
 def _s3_gateway(port: int, sock: str, data: str, host: str, argv: list[str]) -> None:
