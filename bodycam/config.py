@@ -233,6 +233,11 @@ class SearchSettings(_Section):
     )
     exact_scan_max: int = Field(20000, ge=0, description="filtered sets this small: exact scan")
     ef_search: int = Field(200, ge=10, le=1000, description="HNSW candidate list size")
+    vector_cache_mb: int = Field(
+        512, ge=0, description="the API server's checked copy of searched cases' vectors"
+                               " (bodycam/case_vectors.py); 0: every search scans")
+    vector_cache_idle_s: float = Field(
+        900.0, gt=0, description="a case's copy unused this long is dropped from memory")
     merge_gap_s: float = Field(0.5, ge=0, description="tracks this close merge into one range")
     enroll_min_face_px: int = Field(60, ge=20, description="smallest face accepted at enrolment")
     enroll_min_sharpness: float = Field(60.0, ge=0, description="blurrier faces are refused")

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from bodycam import queue
+from bodycam.case_vectors import CaseVectors
 from bodycam.config import Settings, get_settings
 from bodycam.db import Conn, Pool, connect
 from bodycam.errors import TransientError
@@ -25,6 +26,7 @@ class Context:
     services: Services
     _store: ObjectStore | None = field(default=None, repr=False)
     pool: Pool | None = field(default=None, repr=False)  # a long-running server's connections
+    vectors: CaseVectors | None = field(default=None, repr=False)  # the server's, see shared()
 
     @classmethod
     def load(cls, settings: Settings | None = None) -> Context:
@@ -88,9 +90,13 @@ class Context:
 @lru_cache(maxsize=1)
 def shared() -> Context:
     """The process-wide context of the API server, resolved on first use; it keeps idle
-    database connections for reuse (server.db_idle_connections)."""
+    database connections for reuse (server.db_idle_connections) and a checked copy of
+    searched cases' track vectors (search.vector_cache_mb)."""
     ctx = Context.load()
     idle = ctx.settings.server.db_idle_connections
     if idle:
         ctx.pool = Pool(ctx.services.database_url, idle)
+    cache_mb = ctx.settings.search.vector_cache_mb
+    if cache_mb:
+        ctx.vectors = CaseVectors(cache_mb << 20, ctx.settings.search.vector_cache_idle_s)
     return ctx

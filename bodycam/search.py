@@ -14,6 +14,7 @@ from pgvector import Vector
 
 from bodycam import audit, policy
 from bodycam.accounts import Scope, case_of
+from bodycam.case_vectors import FINGERPRINT_SQL, CaseVectors
 from bodycam.config import Settings
 from bodycam.context import Context
 from bodycam.db import Conn, uid
@@ -222,16 +223,21 @@ class Candidate:
 
 
 def candidate_tracks(conn: Conn, settings: Settings, query: Query, case_id: str,
-                     filters: Filters, k: int, rivals: Sequence[np.ndarray] = ()
+                     filters: Filters, k: int, rivals: Sequence[np.ndarray] = (),
+                     cache: CaseVectors | None = None, floor: float | None = None
                      ) -> list[Candidate]:
-    """The k nearest tracks, best first, each row read once with its exact similarity.
+    """The k nearest tracks, best first, each with its exact similarity computed by Postgres.
 
-    Small filtered sets are scanned exactly; larger ones use the model's HNSW index with an
-    iterative scan so that a WHERE filter never starves the result. The similarity is
-    computed once per row, in Postgres (vectors never cross the wire: 400 512-d vectors as
-    text cost more than the search), and the candidates of all query vectors are re-ranked
-    by it. With `rivals` (other enrolled subjects' vectors), each candidate also carries its
-    best similarity to any of them, computed on the k rows only.
+    Small filtered sets are searched exactly: from the server's checked copy of the case's
+    vectors (`cache`, bodycam/case_vectors.py) when the search has no video or date filter,
+    else by a scan that reads each row once and computes its distance once. Larger sets use
+    the model's HNSW index with an iterative scan so that a WHERE filter never starves the
+    result. Vectors never cross the wire per search (400 512-d vectors as text cost more than
+    the search). The candidates of all query vectors are re-ranked by their best similarity.
+    With `rivals` (other enrolled subjects' vectors), each candidate also carries its best
+    similarity to any of them, computed on the k rows only. With `floor`, candidates below
+    that similarity may be left out (the caller has no use for them): the cached path then
+    reads only the rows that can reach it.
     """
     dim = DIMS.get(query.model)
     if dim is None:
@@ -248,43 +254,65 @@ def candidate_tracks(conn: Conn, settings: Settings, query: Query, case_id: str,
         return []  # not a video id: nothing can match
     params: dict[str, object] = {"model": query.model, "case": case_id, "video": video,
                                  "from": filters.date_from, "to": filters.date_to, "k": k,
-                                 "rivals": [Vector(r).to_text() for r in rivals] or None}
-    n = conn.execute(f"SELECT count(*) AS n FROM tracks t JOIN videos v ON v.id = t.video_id"
-                     f" WHERE {where}", params).fetchone()
-    exact = n is not None and int(n["n"]) <= settings.search.exact_scan_max
-    if not exact:
-        conn.execute(f"SET LOCAL hnsw.ef_search = {int(settings.search.ef_search)}")
-        conn.execute("SET LOCAL hnsw.iterative_scan = strict_order")
-    distance = f"(t.embedding::vector({dim}) <=> %(q)s::vector({dim}))"
-    cols = ("t.id, t.video_id, t.start_s, t.end_s, t.thumbnail_key, t.quality, t.embedding,"
-            " v.original_filename, v.sha256")
-    if exact:
-        # OFFSET 0 fences the scan off from the ORDER BY, so the planner cannot answer it
-        # from the approximate index, and the distance is still computed once per row.
-        near = (f"SELECT * FROM (SELECT {cols}, {distance} AS d FROM tracks t JOIN videos v"
-                f" ON v.id = t.video_id WHERE {where} OFFSET 0) s ORDER BY d LIMIT %(k)s")
-    else:
-        near = (f"SELECT {cols}, {distance} AS d FROM tracks t JOIN videos v"
-                f" ON v.id = t.video_id WHERE {where} ORDER BY {distance} LIMIT %(k)s")
-    rival = (f"(SELECT max(1 - (c.embedding::vector({dim}) <=> r::vector({dim})))"
-             " FROM unnest(%(rivals)s::text[]) r)")
-    best: dict[str, Candidate] = {}
-    for vec in query.vectors:
-        params["q"] = Vector(vec)
+                                 "rivals": [Vector(r).to_text() for r in rivals] or None,
+                                 "qs": [Vector(v).to_text() for v in query.vectors]}
+    fp = conn.execute(f"{FINGERPRINT_SQL} FROM tracks t JOIN videos v ON v.id = t.video_id"
+                      f" WHERE {where}", params).fetchone()
+    assert fp is not None
+    exact = int(fp["n"]) <= settings.search.exact_scan_max
+    unfiltered = video is None and filters.date_from is None and filters.date_to is None
+    # Each chosen row's similarity: the best over the query vectors; its rival similarity:
+    # the best over the other subjects' vectors. The vectors are parsed once per statement
+    # (the CTE), not once per row.
+    vecs = (f"WITH qv AS MATERIALIZED (SELECT %(qs)s::text[]::vector({dim})[] AS qs,"
+            f" %(rivals)s::text[]::vector({dim})[] AS rs)")
+    sim = "(SELECT max(1 - (t.embedding <=> x)) FROM unnest(qv.qs) x)"
+    rival = "(SELECT max(1 - (t.embedding <=> x)) FROM unnest(qv.rs) x)"
+    cols = ("t.id::text AS id, t.video_id::text AS video_id, t.start_s, t.end_s,"
+            " t.thumbnail_key, t.quality, v.original_filename, v.sha256")
+    matrix = (cache.matrix(conn, case_id, query.model, dim, where, params,
+                           (int(fp["n"]), int(fp["s"]), int(fp["x"])))
+              if cache is not None and exact and unfiltered else None)
+    if matrix is not None:
+        # Margins (16 places over k, 1e-3 under the floor) absorb float32 rounding at the
+        # edges; Postgres re-scores the chosen rows (same filters) and the best k are kept.
+        params["ids"] = matrix.top(np.stack(query.vectors), k + 16,
+                                   -1.0 if floor is None else floor - 1e-3)
         rows = conn.execute(
-            f"SELECT c.id::text AS id, 1 - c.d AS sim, c.video_id::text AS video_id,"
-            f" c.start_s, c.end_s, c.thumbnail_key, c.quality, c.original_filename, c.sha256,"
-            f" {rival} AS rival FROM ({near}) c", params).fetchall()
-        for r in rows:
-            sim = float(r["sim"])
-            if r["id"] in best and best[r["id"]].similarity >= sim:
-                continue
-            best[r["id"]] = Candidate(
-                str(r["id"]), sim, str(r["video_id"]), float(r["start_s"]), float(r["end_s"]),
-                str(r["thumbnail_key"]) if r["thumbnail_key"] else None,
-                str(r["original_filename"]), str(r["sha256"]), float(r["quality"]),
-                None if r["rival"] is None else float(r["rival"]))
-    return sorted(best.values(), key=lambda c: -c.similarity)[:k]
+            f"{vecs} SELECT {cols}, {sim} AS sim, {rival} AS rival FROM qv,"
+            f" unnest(%(ids)s::uuid[]) c(id) JOIN tracks t ON t.id = c.id"
+            f" JOIN videos v ON v.id = t.video_id WHERE {where}",
+            params).fetchall()
+    else:
+        if not exact:
+            conn.execute(f"SET LOCAL hnsw.ef_search = {int(settings.search.ef_search)}")
+            conn.execute("SET LOCAL hnsw.iterative_scan = strict_order")
+        rows = []
+        for vec in query.vectors:
+            params["q"] = Vector(vec)
+            distance = f"(t.embedding::vector({dim}) <=> %(q)s::vector({dim}))"
+            if exact:
+                # Only (id, distance) is carried through the scan and the top-k sort; OFFSET 0
+                # fences the scan off from the ORDER BY, so the planner cannot answer it from
+                # the approximate index.
+                near = (f"SELECT id FROM (SELECT t.id, t.embedding <=> %(q)s::vector AS d"
+                        f" FROM tracks t JOIN videos v ON v.id = t.video_id WHERE {where}"
+                        f" OFFSET 0) s ORDER BY d LIMIT %(k)s")
+            else:
+                near = (f"SELECT t.id FROM tracks t JOIN videos v ON v.id = t.video_id"
+                        f" WHERE {where} ORDER BY {distance} LIMIT %(k)s")
+            rows += conn.execute(
+                f"{vecs} SELECT {cols}, {sim} AS sim, {rival} AS rival FROM qv, ({near}) c"
+                f" JOIN tracks t ON t.id = c.id JOIN videos v ON v.id = t.video_id",
+                params).fetchall()
+    best: dict[str, Candidate] = {}
+    for r in rows:
+        best[str(r["id"])] = Candidate(
+            str(r["id"]), float(r["sim"]), str(r["video_id"]), float(r["start_s"]),
+            float(r["end_s"]), str(r["thumbnail_key"]) if r["thumbnail_key"] else None,
+            str(r["original_filename"]), str(r["sha256"]), float(r["quality"]),
+            None if r["rival"] is None else float(r["rival"]))
+    return sorted(best.values(), key=lambda c: (-c.similarity, c.track_id))[:k]
 
 
 # Scores this close count as a tie: a track is a lead for every subject that ties for best
@@ -395,20 +423,22 @@ def search(ctx: Context, probe: Probe | Query, case_id: str, purpose: str, actor
     if lim < 1:
         raise InvalidInputError(f"--limit {lim}: give at least 1")
     query = probe if isinstance(probe, Query) else None
-    with ctx.db() as conn:
-        policy.require_identify(conn, "search")
-        if filters.video_id is not None:
-            scope.require(conn, "search", "video", filters.video_id,
-                          case_of(conn, "video", filters.video_id))
-        if query is None and isinstance(probe, Probe) and probe.photo is not None:
-            resolve_threshold(ctx.settings, ctx.settings.pipeline.embedder, threshold, conn)
-        elif query is None and isinstance(probe, Probe):
-            query = (query_from_subject(conn, ctx.settings, probe.subject_id, scope)
-                     if probe.subject_id is not None
-                     else query_from_track(conn, str(probe.track_id), scope))
-    if query is None:
-        assert isinstance(probe, Probe) and probe.photo is not None
-        query = query_from_photo(ctx.settings, probe.photo, probe.face)
+    if query is None:  # a probe: checked before any face is detected or vector read
+        assert isinstance(probe, Probe)
+        with ctx.db() as conn:
+            policy.require_identify(conn, "search")
+            if filters.video_id is not None:
+                scope.require(conn, "search", "video", filters.video_id,
+                              case_of(conn, "video", filters.video_id))
+            if probe.photo is not None:
+                resolve_threshold(ctx.settings, ctx.settings.pipeline.embedder, threshold, conn)
+            else:
+                query = (query_from_subject(conn, ctx.settings, probe.subject_id, scope)
+                         if probe.subject_id is not None
+                         else query_from_track(conn, str(probe.track_id), scope))
+        if query is None:
+            assert probe.photo is not None
+            query = query_from_photo(ctx.settings, probe.photo, probe.face)
     with ctx.db() as conn:
         policy.require_identify(conn, "search")
         thr = resolve_threshold(ctx.settings, query.model, threshold, conn)
@@ -422,7 +452,8 @@ def search(ctx: Context, probe: Probe | Query, case_id: str, purpose: str, actor
             scope.require(conn, "search", "video", filters.video_id,
                           case_of(conn, "video", filters.video_id))
         cands = candidate_tracks(conn, ctx.settings, query, case, filters,
-                                 k=max(200, lim * 20), rivals=rival_vectors(conn, query, case))
+                                 k=max(200, lim * 20), rivals=rival_vectors(conn, query, case),
+                                 cache=ctx.vectors, floor=thr)
         results = appearances(leads(cands, thr), ctx.settings.search.merge_gap_s)[:lim]
         track_ids = [t for a in results for t in a.track_ids]
         row = conn.execute(

@@ -8,9 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pgvector import Vector
 from PIL import Image, ImageFilter
 
 from bodycam import db, search, subjects
+from bodycam.case_vectors import CaseMatrix, CaseVectors
 from bodycam.config import Settings
 from tests.conftest import HAMILTON, TESTDATA, StackHandle
 
@@ -139,14 +141,74 @@ def test_both_candidate_paths_return_the_cases_nearest_tracks_with_exact_similar
         sims = np.stack([r["embedding"].to_numpy() for r in rows]) @ query.vectors[0]
         k = min(5, len(ids))
         want = [ids[i] for i in np.argsort(-sims)[:k]]
-        for exact_scan_max in (10**9, 0):
+        cache = CaseVectors(64 << 20, 60)
+        for exact_scan_max, kept in ((10**9, None), (0, None), (10**9, cache), (10**9, cache)):
             settings = stack.ctx.settings.model_copy(update={
                 "search": stack.ctx.settings.search.model_copy(
                     update={"exact_scan_max": exact_scan_max})})
-            got = search.candidate_tracks(conn, settings, query, HAM_CASE, search.Filters(), k)
-            assert [c.track_id for c in got] == want, exact_scan_max
+            got = search.candidate_tracks(conn, settings, query, HAM_CASE, search.Filters(), k,
+                                          cache=kept)
+            assert [c.track_id for c in got] == want, (exact_scan_max, kept)
             for c in got:
                 assert abs(c.similarity - float(sims[ids.index(c.track_id)])) < 1e-5
+        assert cache.loads == 1, "the second cached search reads no vector again"
+
+
+class _UndoError(Exception):
+    """Raised to roll a test's changes back."""
+
+
+def test_the_servers_copy_of_a_cases_vectors_is_checked_before_every_search(
+        stack: StackHandle, hamilton: tuple[str, str], processed: object) -> None:
+    """The copy never decides alone: a track purged, erased or added after the copy was made
+    is seen at once, and a copy poisoned with another case's track (same vector, the case's
+    true fingerprint) still returns only this case's rows, with Postgres' similarity."""
+    processed(HAMILTON, "T-SEARCH-OTHER")  # type: ignore[operator]
+    query = search.query_from_photo(stack.ctx.settings, str(P06))
+    settings, f = stack.ctx.settings, search.Filters()
+    cache = CaseVectors(64 << 20, 60)
+
+    def nearest(conn: db.Conn, kept: CaseVectors | None = cache, k: int = 5) -> list[str]:
+        return [c.track_id for c in search.candidate_tracks(conn, settings, query, HAM_CASE,
+                                                            f, k, cache=kept)]
+
+    with stack.ctx.db() as conn:
+        first = nearest(conn)
+        assert first == nearest(conn, None) and cache.loads == 1
+    for change in ("UPDATE tracks SET purged_at = now() WHERE id = %s",
+                   "UPDATE tracks SET embedding = NULL WHERE id = %s"):
+        with pytest.raises(_UndoError), stack.ctx.db() as conn:
+            conn.execute(change, (first[0],))
+            got = nearest(conn)
+            assert first[0] not in got and got == nearest(conn, None), change
+            raise _UndoError
+    with pytest.raises(_UndoError), stack.ctx.db() as conn:  # a new track: the copy is reloaded
+        new = conn.execute(
+            "INSERT INTO tracks (video_id, chunk_idx, scene_idx, start_s, end_s, n_detections,"
+            " quality, model, model_version, weights_sha256, embedding) SELECT video_id,"
+            " chunk_idx, scene_idx, start_s, end_s, n_detections, quality, model,"
+            " model_version, weights_sha256, %s FROM tracks WHERE id = %s RETURNING id::text",
+            (Vector(query.vectors[0]), first[0])).fetchone()
+        assert nearest(conn)[0] == new["id"]  # type: ignore[index]
+        raise _UndoError
+    with stack.ctx.db() as conn:
+        assert nearest(conn) == first, "the rolled-back changes are gone from the copy too"
+        loads = cache.loads
+        # Poison the copy: another case's track with the query's own vector, under this
+        # case's true fingerprint, so that the copy passes its check.
+        other = conn.execute(
+            "SELECT t.id::text AS id FROM tracks t JOIN videos v ON v.id = t.video_id"
+            " WHERE v.case_id = 'T-SEARCH-OTHER' AND t.embedding IS NOT NULL LIMIT 1"
+        ).fetchone()["id"]
+        [(key, (m, used))] = cache._entries.items()
+        q = query.vectors[0] / np.linalg.norm(query.vectors[0])
+        cache._entries[key] = (CaseMatrix(m.fingerprint, [*m.ids, other],
+                                          np.vstack([m.vectors, q[None, :]])), used)
+        got = nearest(conn)
+        assert other not in got and got == first and cache.loads == loads
+    small = CaseVectors(1024, 60)  # too small for the case: the scan answers
+    with stack.ctx.db() as conn:
+        assert nearest(conn, small) == first and small.loads == 0
 
 
 def test_search_refuses_a_missing_case_or_purpose_and_a_threshold_below_the_floor(
