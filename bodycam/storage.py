@@ -98,6 +98,22 @@ def original_key(sha256: str) -> str:
     return f"{ORIGINALS}{sha256[:2]}/{sha256}"
 
 
+# botocore asks the server for "100 Continue" before it sends any file-like body, one more
+# round trip per PutObject (about 2 ms of a 4.6 ms anchor write on the embedded stack). The
+# handshake saves sending a large body the server would refuse; below this size it is
+# dropped and the body goes with the headers.
+SMALL_PUT = 1 << 20
+
+
+def _no_continue_for_small_bodies(params: dict[str, Any], **_: Any) -> None:
+    body = params.get("body")
+    size = len(body) if isinstance(body, bytes | bytearray) else None
+    if size is None and isinstance(body, io.BytesIO):
+        size = body.getbuffer().nbytes
+    if size is not None and size < SMALL_PUT:
+        params.get("headers", {}).pop("Expect", None)
+
+
 class ObjectStore:
     """The one way Bodycam talks to S3; boto3 shapes stay inside this class."""
 
@@ -117,6 +133,8 @@ class ObjectStore:
                 read_timeout=120,
             ),
         )
+        self._client.meta.events.register_last("before-call.s3",
+                                               _no_continue_for_small_bodies)
 
     @_guarded
     def ensure_bucket(self) -> None:

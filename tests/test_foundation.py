@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from bodycam import jobs, queue
-from bodycam.storage import original_key
+from bodycam.storage import SMALL_PUT, original_key
 from tests.conftest import FACENET_CLIP, HAMILTON, TESTDATA, StackHandle, serve_with
 
 FFMPEG = shutil.which("ffmpeg")
@@ -159,6 +159,30 @@ def test_an_s3_event_notification_queues_the_object(stack: StackHandle) -> None:
     assert reply.status_code == 200 and reply.json() == {"queued": 1}
     video = _wait_for_case(stack, "T-EVENT")
     assert stack.wait_status(video["video_id"])["status"] == "done"
+
+
+def test_small_objects_are_written_without_a_100_continue_round_trip(
+        stack: StackHandle) -> None:
+    """A small object (thumbnail, audit anchor) goes in one request; a large body keeps the
+    handshake; both arrive intact and signed."""
+    store = stack.ctx.store
+    seen: list[str | None] = []
+
+    def record(request: object, **_: object) -> None:
+        seen.append(request.headers.get("Expect"))  # type: ignore[attr-defined]
+
+    store._client.meta.events.register("before-send.s3.PutObject", record)
+    try:
+        small, large = b'{"id": 1}', os.urandom(SMALL_PUT + 1)
+        store.put_bytes("tmp/small.json", small, "application/json")
+        store.put_bytes("tmp/large.bin", large, "application/octet-stream")
+    finally:
+        store._client.meta.events.unregister("before-send.s3.PutObject", record)
+    assert seen == [None, b"100-continue"], seen
+    assert store.get_bytes("tmp/small.json") == small
+    assert store.get_bytes("tmp/large.bin") == large
+    for key in ("tmp/small.json", "tmp/large.bin"):
+        store.delete(key)
 
 
 def test_an_incoming_object_without_a_case_is_rejected_and_kept(stack: StackHandle) -> None:
