@@ -232,8 +232,9 @@ def candidate_tracks(conn: Conn, settings: Settings, query: Query, case_id: str,
     vectors (`cache`, bodycam/case_vectors.py) when the search has no video or date filter,
     else by a scan that reads each row once and computes its distance once. Larger sets use
     the model's HNSW index with an iterative scan so that a WHERE filter never starves the
-    result. Vectors never cross the wire per search (400 512-d vectors as text cost more than
-    the search). The candidates of all query vectors are re-ranked by their best similarity.
+    result. A search sends no track vector over the wire (400 512-d vectors as text cost more
+    than the search); the copy reads the case's once per change. The candidates of all
+    query vectors are re-ranked by their best similarity.
     With `rivals` (other enrolled subjects' vectors), each candidate also carries its best
     similarity to any of them, computed on the k rows only. With `floor`, candidates below
     that similarity may be left out (the caller has no use for them): the cached path then
