@@ -17,8 +17,8 @@ A track's vector is never rewritten in place. The rows a search returns are re-r
 re-scored by Postgres with the same filters, so a copy can only choose which rows are read.
 
 Vectors are biometric data. The copy lives only in the server's memory, and only up to
-`search.vector_cache_mb`. A copy unused for `search.vector_cache_idle_s` is dropped. No worker
-or CLI process holds one.
+`search.vector_cache_mb`. A copy unused for `search.vector_cache_idle_s` is dropped, by a
+sweep that runs whether or not searches come. No worker or CLI process holds one.
 """
 
 from __future__ import annotations
@@ -73,11 +73,24 @@ class CaseVectors:
         self.idle_s = idle_s
         self._lock = threading.Lock()
         self._entries: OrderedDict[tuple[str, str], tuple[CaseMatrix, float]] = OrderedDict()
+        self._sweeper: threading.Thread | None = None
         self.loads = 0  # how many times a case was read into memory (tests, benchmarks)
 
     def _drop_idle(self, now: float) -> None:
         for key in [k for k, (_, used) in self._entries.items() if now - used > self.idle_s]:
             del self._entries[key]
+
+    def _sweep(self) -> None:
+        """Drop idle copies even when no search comes (a daemon thread, started with the
+        first copy kept): vectors do not outstay `idle_s` by more than a minute."""
+        while True:
+            time.sleep(min(60.0, self.idle_s / 2))
+            with self._lock:
+                self._drop_idle(time.monotonic())
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
 
     def matrix(self, conn: Conn, case_id: str, model: str, dim: int, where: str,
                params: dict[str, object], fingerprint: Fingerprint) -> CaseMatrix | None:
@@ -123,6 +136,10 @@ class CaseVectors:
         if found != fingerprint:
             return m
         with self._lock:
+            if self._sweeper is None:
+                self._sweeper = threading.Thread(target=self._sweep, name="case-vectors-sweep",
+                                                 daemon=True)
+                self._sweeper.start()
             self._entries[key] = (m, now)
             total = sum(e.nbytes for e, _ in self._entries.values())
             while total > self.max_bytes and len(self._entries) > 1:

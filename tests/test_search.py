@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -209,6 +210,27 @@ def test_the_servers_copy_of_a_cases_vectors_is_checked_before_every_search(
     small = CaseVectors(1024, 60)  # too small for the case: the scan answers
     with stack.ctx.db() as conn:
         assert nearest(conn, small) == first and small.loads == 0
+
+
+def test_the_copy_holds_what_its_budget_allows_and_drops_idle_cases_unasked(
+        stack: StackHandle, hamilton: tuple[str, str], processed: object) -> None:
+    """Least recently used out beyond the budget; idle copies leave memory with no search."""
+    processed(HAMILTON, "T-SEARCH-OTHER")  # type: ignore[operator]
+    query = search.query_from_photo(stack.ctx.settings, str(P06))
+    one = CaseVectors(64 << 20, 60)
+    with stack.ctx.db() as conn:
+        search.candidate_tracks(conn, stack.ctx.settings, query, HAM_CASE, search.Filters(), 5,
+                                cache=one)
+        [(m, _)] = one._entries.values()
+        budget = CaseVectors(m.nbytes + m.nbytes // 2, 0.6)  # room for one case, not two
+        for case in (HAM_CASE, "T-SEARCH-OTHER"):
+            search.candidate_tracks(conn, stack.ctx.settings, query, case, search.Filters(), 5,
+                                    cache=budget)
+        assert list(budget._entries) == [("T-SEARCH-OTHER", query.model)]
+    deadline = time.monotonic() + 5
+    while len(budget) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(budget) == 0, "an idle case's vectors stayed in memory"
 
 
 def test_search_refuses_a_missing_case_or_purpose_and_a_threshold_below_the_floor(
