@@ -99,9 +99,9 @@ def original_key(sha256: str) -> str:
 
 
 # botocore asks the server for "100 Continue" before it sends any file-like body, one more
-# round trip per PutObject (about 2 ms of a 4.6 ms anchor write on the embedded stack). The
-# handshake saves sending a large body the server would refuse; below this size it is
-# dropped and the body goes with the headers.
+# round trip per PutObject (an anchor write took 4.1 ms with it, 3.3 ms without, p50 on the
+# embedded stack). The handshake saves sending a large body the server would refuse; below
+# this size it is dropped and the body goes with the headers.
 SMALL_PUT = 1 << 20
 
 
