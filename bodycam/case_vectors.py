@@ -115,9 +115,7 @@ class CaseVectors:
         # float32s) and the ids as 16 bytes each, concatenated in the same order, with the
         # fingerprint of exactly the rows read.
         row = conn.execute(
-            f"SELECT count(*) AS n, COALESCE(sum(uuid_hash_extended(t.id, 0)), 0) AS s,"
-            f" COALESCE(bit_xor(uuid_hash_extended(t.id, 0)), 0) AS x,"
-            f" string_agg(uuid_send(t.id), ''::bytea ORDER BY t.id) AS ids,"
+            f"{FINGERPRINT_SQL}, string_agg(uuid_send(t.id), ''::bytea ORDER BY t.id) AS ids,"
             f" string_agg(vector_send(t.embedding::vector({dim})), ''::bytea ORDER BY t.id)"
             f" AS vecs FROM tracks t JOIN videos v ON v.id = t.video_id WHERE {where}",
             params).fetchone()
@@ -146,11 +144,6 @@ class CaseVectors:
                 _, (old, _) = self._entries.popitem(last=False)
                 total -= old.nbytes
         return m
-
-    def clear(self) -> None:
-        """Drop every copy."""
-        with self._lock:
-            self._entries.clear()
 
 
 # Read with the same FROM and WHERE as the search; the index-only scan of tracks_searchable
