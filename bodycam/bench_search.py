@@ -35,7 +35,6 @@ import psycopg
 from pgvector.psycopg import register_vector
 
 from bodycam.benchmarks_md import replace_section
-from bodycam.case_vectors import CaseVectors
 from bodycam.config import SearchSettings, Settings
 from bodycam.context import Context
 from bodycam.db import Pool, connect
@@ -482,19 +481,16 @@ def run_dim(stack_state: dict[str, object], admin_url: str, app_url: str, dim: i
             "threshold_floor": {model: -1.0}, "default_threshold": {model: 0.0}})})
         svc = resolve(s)
         record["search_end_to_end"] = []
-        cache_bytes = s.search.vector_cache_mb << 20
-        for label, pool, cache in (
-                ("new connection", None, None),
-                ("pooled", Pool(svc.database_url, s.server.db_idle_connections), None),
-                ("server (pooled, vector cache)",
-                 Pool(svc.database_url, s.server.db_idle_connections),
-                 CaseVectors(cache_bytes, s.search.vector_cache_idle_s))):
+        for label, ctx in (
+                ("new connection", Context(settings=s, services=svc)),
+                ("pooled", Context(settings=s, services=svc,
+                                   pool=Pool(svc.database_url, s.server.db_idle_connections))),
+                ("server (pooled, vector cache)", Context.server(s))):
             try:
-                e2e = measure_search(Context(settings=s, services=svc, pool=pool,
-                                             vectors=cache), data, model, fq, ftruth)
+                e2e = measure_search(ctx, data, model, fq, ftruth)
             finally:
-                if pool is not None:
-                    pool.close()
+                if ctx.pool is not None:
+                    ctx.pool.close()
             log(f"[{dim}-d] search() end to end, {label}: {e2e}")
             record["search_end_to_end"].append({"connections": label, **e2e})
             save(record)

@@ -36,6 +36,11 @@ from bodycam.db import Conn
 Fingerprint = tuple[int, int, int]  # count, sum and xor of uuid_hash_extended(id, 0)
 
 
+def held_bytes(tracks: int, dim: int) -> int:
+    """Memory a copy of `tracks` vectors takes: float32s and about 40 bytes per id."""
+    return tracks * (4 * dim + 40)
+
+
 @dataclass(frozen=True)
 class CaseMatrix:
     """One case's searchable tracks of one model: ids and unit-normalised vectors (rows)."""
@@ -46,8 +51,8 @@ class CaseMatrix:
 
     @property
     def nbytes(self) -> int:
-        """Memory held (vectors and ids, about 40 bytes per id)."""
-        return int(self.vectors.nbytes) + 40 * len(self.ids)
+        """Memory held (vectors and ids)."""
+        return held_bytes(len(self.ids), self.vectors.shape[1])
 
     def top(self, queries: np.ndarray, k: int, floor: float = -1.0) -> list[str]:
         """The ids among the k most similar to each query vector (rows of `queries`), less
@@ -109,7 +114,7 @@ class CaseVectors:
                 self._entries.move_to_end(key)
                 return hit[0]
             self._entries.pop(key, None)  # stale: never kept past a change
-        if fingerprint[0] * (dim * 4 + 40) > self.max_bytes:
+        if held_bytes(fingerprint[0], dim) > self.max_bytes:
             return None
         # One row: the vectors in pgvector's binary form (2+2 header bytes, then big-endian
         # float32s) and the ids as 16 bytes each, concatenated in the same order, with the

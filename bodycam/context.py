@@ -34,6 +34,20 @@ class Context:
         s = settings or get_settings()
         return cls(settings=s, services=resolve(s))
 
+    @classmethod
+    def server(cls, settings: Settings | None = None) -> Context:
+        """What a long-running API server holds: kept database connections
+        (server.db_idle_connections) and the checked copy of searched cases' vectors
+        (search.vector_cache_mb), each when its setting is not 0."""
+        ctx = cls.load(settings)
+        idle = ctx.settings.server.db_idle_connections
+        if idle:
+            ctx.pool = Pool(ctx.services.database_url, idle)
+        cache_mb = ctx.settings.search.vector_cache_mb
+        if cache_mb:
+            ctx.vectors = CaseVectors(cache_mb << 20, ctx.settings.search.vector_cache_idle_s)
+        return ctx
+
     @property
     def store(self) -> ObjectStore:
         """The object store client, created once."""
@@ -92,11 +106,4 @@ def shared() -> Context:
     """The process-wide context of the API server, resolved on first use; it keeps idle
     database connections for reuse (server.db_idle_connections) and a checked copy of
     searched cases' track vectors (search.vector_cache_mb)."""
-    ctx = Context.load()
-    idle = ctx.settings.server.db_idle_connections
-    if idle:
-        ctx.pool = Pool(ctx.services.database_url, idle)
-    cache_mb = ctx.settings.search.vector_cache_mb
-    if cache_mb:
-        ctx.vectors = CaseVectors(cache_mb << 20, ctx.settings.search.vector_cache_idle_s)
-    return ctx
+    return Context.server()

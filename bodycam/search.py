@@ -257,11 +257,14 @@ def candidate_tracks(conn: Conn, settings: Settings, query: Query, case_id: str,
                                  "from": filters.date_from, "to": filters.date_to, "k": k,
                                  "rivals": [Vector(r).to_text() for r in rivals] or None,
                                  "qs": [Vector(v).to_text() for v in query.vectors]}
-    fp = conn.execute(f"{FINGERPRINT_SQL} FROM tracks t JOIN videos v ON v.id = t.video_id"
-                      f" WHERE {where}", params).fetchone()
+    # The copy needs the case's fingerprint; every other path only its count.
+    copyable = (cache is not None and video is None and filters.date_from is None
+                and filters.date_to is None)
+    fp = conn.execute(f"{FINGERPRINT_SQL if copyable else 'SELECT count(*) AS n'}"
+                      f" FROM tracks t JOIN videos v ON v.id = t.video_id WHERE {where}",
+                      params).fetchone()
     assert fp is not None
     exact = int(fp["n"]) <= settings.search.exact_scan_max
-    unfiltered = video is None and filters.date_from is None and filters.date_to is None
     # Each chosen row's similarity: the best over the query vectors; its rival similarity:
     # the best over the other subjects' vectors. The vectors are parsed once per statement
     # (the CTE), not once per row.
@@ -273,7 +276,7 @@ def candidate_tracks(conn: Conn, settings: Settings, query: Query, case_id: str,
             " t.thumbnail_key, t.quality, v.original_filename, v.sha256")
     matrix = (cache.matrix(conn, case_id, query.model, dim, where, params,
                            (int(fp["n"]), int(fp["s"]), int(fp["x"])))
-              if cache is not None and exact and unfiltered else None)
+              if cache is not None and copyable and exact else None)
     if matrix is not None:
         # Margins (16 places over k, 1e-3 under the floor) absorb float32 rounding at the
         # edges; Postgres re-scores the chosen rows (same filters) and the best k are kept.
@@ -291,7 +294,6 @@ def candidate_tracks(conn: Conn, settings: Settings, query: Query, case_id: str,
         rows = []
         for vec in query.vectors:
             params["q"] = Vector(vec)
-            distance = f"(t.embedding::vector({dim}) <=> %(q)s::vector({dim}))"
             if exact:
                 # Only (id, distance) is carried through the scan and the top-k sort; OFFSET 0
                 # fences the scan off from the ORDER BY, so the planner cannot answer it from
@@ -301,7 +303,8 @@ def candidate_tracks(conn: Conn, settings: Settings, query: Query, case_id: str,
                         f" OFFSET 0) s ORDER BY d LIMIT %(k)s")
             else:
                 near = (f"SELECT t.id FROM tracks t JOIN videos v ON v.id = t.video_id"
-                        f" WHERE {where} ORDER BY {distance} LIMIT %(k)s")
+                        f" WHERE {where} ORDER BY (t.embedding::vector({dim})"
+                        f" <=> %(q)s::vector({dim})) LIMIT %(k)s")
             rows += conn.execute(
                 f"{vecs} SELECT {cols}, {sim} AS sim, {rival} AS rival FROM qv, ({near}) c"
                 f" JOIN tracks t ON t.id = c.id JOIN videos v ON v.id = t.video_id",

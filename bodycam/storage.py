@@ -14,6 +14,7 @@ from typing import IO, Any, ParamSpec, TypeVar
 import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
+from botocore.utils import determine_content_length
 
 from bodycam.errors import TransientError
 from bodycam.streams import read_full
@@ -106,10 +107,7 @@ SMALL_PUT = 1 << 20
 
 
 def _no_continue_for_small_bodies(params: dict[str, Any], **_: Any) -> None:
-    body = params.get("body")
-    size = len(body) if isinstance(body, bytes | bytearray) else None
-    if size is None and isinstance(body, io.BytesIO):
-        size = body.getbuffer().nbytes
+    size = determine_content_length(params.get("body"))
     if size is not None and size < SMALL_PUT:
         params.get("headers", {}).pop("Expect", None)
 
