@@ -573,14 +573,41 @@ def _canary_open(fifo: str) -> bool:
     return True
 
 
+# The peak RSS the kernel reports for a child includes the memory it had before exec: with
+# vfork (what subprocess uses) that is its parent's, so a 2 GB test process made every
+# ingest look 2 GB big. This small process forks and execs the command itself, so the
+# command's own peak is measured, and writes it (KiB) to the descriptor it is given.
+_PEAK_RSS_SHIM = """
+import os, signal, sys
+fd = int(sys.argv[1])
+pid = os.fork()
+if pid == 0:
+    os.close(fd)
+    os.execvp(sys.argv[2], sys.argv[2:])
+_, status, usage = os.wait4(pid, 0)
+os.write(fd, str(usage.ru_maxrss).encode())
+if os.WIFSIGNALED(status):
+    try:
+        signal.signal(os.WTERMSIG(status), signal.SIG_DFL)
+    except (OSError, ValueError):
+        pass  # SIGKILL and SIGSTOP keep their default
+    os.kill(os.getpid(), os.WTERMSIG(status))
+sys.exit(os.WEXITSTATUS(status))
+"""
+
+
 def run_ingest(cmd: list[str], env: dict[str, str], timeout_s: float, fifo: str | None
                ) -> tuple[int, str, str, float, int, bool]:
     """Run one ingest; returns (rc, stdout, stderr, seconds, peak RSS bytes, canary seen)."""
     import tempfile
 
+    read_end, write_end = os.pipe()
     with tempfile.TemporaryFile() as so, tempfile.TemporaryFile() as se:
         t0 = time.monotonic()
-        proc = subprocess.Popen(cmd, env=env, stdout=so, stderr=se, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen([sys.executable, "-c", _PEAK_RSS_SHIM, str(write_end), *cmd],
+                                env=env, stdout=so, stderr=se, stdin=subprocess.DEVNULL,
+                                pass_fds=(write_end,), start_new_session=True)
+        os.close(write_end)
         seen = False
         killed = threading.Event()
 
@@ -591,22 +618,25 @@ def run_ingest(cmd: list[str], env: dict[str, str], timeout_s: float, fifo: str 
                     seen = True
                 if time.monotonic() - t0 > timeout_s:
                     killed.set()
-                    proc.kill()
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(proc.pid, 9)  # the command and the shim
                     return
                 time.sleep(0.05)
 
         watcher = threading.Thread(target=watch, daemon=True)
         watcher.start()
-        _pid, status, usage = os.wait4(proc.pid, 0)
+        _pid, status, _usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
         seconds = time.monotonic() - t0
         killed.set()
         watcher.join()
+        with os.fdopen(read_end, "rb") as peak:
+            kib = int(peak.read() or b"0")
         so.seek(0)
         se.seek(0)
         return (124 if seconds > timeout_s else proc.returncode,
                 so.read().decode("utf-8", "replace"), se.read().decode("utf-8", "replace"),
-                seconds, usage.ru_maxrss * 1024, seen)
+                seconds, kib * 1024, seen)
 
 
 def clean_line_problems(stderr: str) -> list[str]:
