@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psutil
 
@@ -38,6 +39,9 @@ from bodycam.services import (
     STATE_FILE,
     secrets_dir,
 )
+
+if TYPE_CHECKING:
+    from bodycam.storage import ObjectStore
 
 PG_SUPERUSER = "postgres"
 PG_USER = "pgserver"  # the account postgres runs as when the stack runs as root
@@ -182,6 +186,22 @@ def _private_dir(path: Path) -> None:
     path.chmod(0o700)
 
 
+WEED_VOLUME_MB = 1024
+S3_PROBE_KEY = "system/write-probe"
+WEED_MIN_SLOTS = 32
+WEED_RESERVE_MB = 512
+
+
+def _weed_volume_slots(data: Path) -> int:
+    """How many volumes the embedded store may create. SeaweedFS' own `-volume.max=0` divides
+    the free disk by the volume size once, at start: on a disk that is busy at that moment it
+    allows none, and every put then fails with "Not enough data nodes found". Volumes are sparse
+    files, so a slot costs nothing until written: a floor of WEED_MIN_SLOTS, more where the disk
+    has room for them."""
+    free_mb = shutil.disk_usage(data).free // (1024 * 1024)
+    return max(WEED_MIN_SLOTS, int(free_mb // WEED_VOLUME_MB))
+
+
 def _venv_bin(name: str) -> str | None:
     """A console script installed beside this interpreter (weed, celery), else on PATH."""
     candidate = Path(sys.executable).parent / name
@@ -289,20 +309,26 @@ class Stack:
         running = {p.name: p for p in self.processes() if p.alive()}
         s = self.settings
 
+        def started(p: ManagedProcess) -> ManagedProcess:
+            # Saved at once: a later process that fails to start must not leave this one
+            # running where `down` cannot see it.
+            running[p.name] = p
+            state["processes"] = [q.__dict__ for q in running.values()]
+            self._save(state)
+            return p
+
         restarted: list[ManagedProcess] = []
         if not s.database_url and "postgres" not in running:
             progress("starting Postgres + pgvector")
-            restarted.append(self._start_postgres(state))
+            restarted.append(started(self._start_postgres(state)))
         if not s.s3_endpoint_url and "s3" not in running:
             progress("starting SeaweedFS S3")
-            restarted.append(self._start_seaweed(state))
+            restarted.append(started(self._start_seaweed(state)))
         if not s.redis_url and "redis" not in running:
             progress("starting Redis")
-            restarted.append(self._start_redis(state))
+            restarted.append(started(self._start_redis(state)))
         if not s.audit_key and "audit_key" not in state:
             state["audit_key"] = secrets.token_urlsafe(32)
-        for p in restarted:
-            running[p.name] = p
         stale = [p for name, p in running.items()
                  if name.startswith(APP_PREFIXES)
                  and (restarted or state.get("app_services") != _service_urls(state))]
@@ -315,23 +341,21 @@ class Stack:
         state["processes"] = [p.__dict__ for p in running.values()]
         self._save(state)
 
-        # Services are up: migrate, create the bucket, then start the app processes.
+        # Services are up: create the bucket, migrate, then start the app processes.
         from bodycam.db import migrate
         from bodycam.services import admin_database_url, resolve
         from bodycam.storage import ObjectStore
 
         services = resolve(s)
-        progress("applying migrations")
+        store = ObjectStore(services.s3)
+        store.ensure_bucket()
+        if not s.s3_endpoint_url:
+            _wait_s3_writable(store, self.home / "s3data")
+        progress("applying migrations")  # they write audit rows, anchored in the store
         app_role = None if s.database_url else (APP_ROLE, str(state["pg_app_password"]))
         migrate(admin_database_url(s), app_role=app_role)
-        ObjectStore(services.s3).ensure_bucket()
         _make_private(self.home / "s3data")  # volumes the bucket created (see _s3_gateway)
         self._bootstrap_operator()
-
-        def started(p: ManagedProcess) -> None:
-            running[p.name] = p
-            state["processes"] = [q.__dict__ for q in running.values()]
-            self._save(state)
 
         state["app_services"] = _service_urls(state)
         if "api" not in running:
@@ -456,6 +480,11 @@ class Stack:
                              "internal servers in a private network namespace")
         data = self.home / "s3data"
         data.mkdir(parents=True, exist_ok=True)
+        free_mb = shutil.disk_usage(data).free // 2**20
+        if free_mb < 2 * WEED_RESERVE_MB:
+            raise StackError(f"only {free_mb} MiB free under {data}: the embedded S3 store "
+                             f"needs {2 * WEED_RESERVE_MB} MiB and stops storing at "
+                             f"{WEED_RESERVE_MB} MiB")
         if "s3_access_key" not in state:
             state["s3_access_key"] = "bodycam-" + secrets.token_hex(6)
             state["s3_secret_key"] = secrets.token_urlsafe(30)
@@ -478,7 +507,11 @@ class Stack:
             "-filer", "-s3", "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.config={cfg}",
             # Their unix sockets would default to /tmp, outside the namespace: keep them private.
             f"-s3.localSocket={sock}", f"-filer.localSocket={self.run_dir / 'filer.sock'}",
-            "-master.volumeSizeLimitMB=1024", "-volume.max=0"]
+            f"-master.volumeSizeLimitMB={WEED_VOLUME_MB}",
+            f"-volume.max={_weed_volume_slots(data)}",
+            # SeaweedFS' default reserve is 1% of the disk (2.5 GB of a 250 GB disk), under which
+            # it stores nothing; a fixed reserve does not grow with the disk.
+            f"-volume.minFreeSpace={WEED_RESERVE_MB}MiB"]
         port = _stable_port(state, "s3", self.host)
         proc = self._spawn("s3", [sys.executable, "-m", "bodycam.stack", "s3-gateway",
                                   str(port), str(sock), str(data), self.host, "--", *weed_argv],
@@ -683,6 +716,25 @@ def _wait_s3_ready(state: dict[str, object]) -> None:
             if time.monotonic() > deadline:
                 raise StackError(f"SeaweedFS S3 not ready: {exc}") from exc
             time.sleep(0.5)
+
+
+def _wait_s3_writable(store: ObjectStore, data: Path, timeout_s: float = 90) -> None:
+    """The embedded store lists buckets before its volume server has joined its master; until
+    then, and on a disk it judges full, every put fails. Wait for a probe object to be written,
+    else stop with one line that names the reason and the free disk."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            # Not empty: SeaweedFS keeps an empty object in its filer, on no volume.
+            store.put_bytes(S3_PROBE_KEY, secrets.token_bytes(4096), "application/octet-stream")
+            store.delete(S3_PROBE_KEY)
+            return
+        except Exception as exc:
+            if time.monotonic() > deadline:
+                free = shutil.disk_usage(data).free / 2**30
+                raise StackError(f"SeaweedFS S3 stores nothing after {timeout_s:.0f} s "
+                                 f"({free:.1f} GiB free under {data}): {exc}") from exc
+            time.sleep(1)
 
 
 def _queue_depths(redis_url: str) -> dict[str, int | None]:

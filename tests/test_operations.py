@@ -429,3 +429,36 @@ def test_a_port_another_process_took_is_not_reused() -> None:
     assert port != taken and state["ports"] == {"redis": port}
     free = {"ports": {"redis": port}}
     assert _stable_port(free, "redis") == port  # type: ignore[arg-type]
+
+
+def test_up_on_a_nearly_full_disk_says_so_in_one_line_and_down_stops_what_it_started(
+        tmp_path: Path) -> None:
+    """SeaweedFS stores nothing on a disk under its reserve: `up` must say so before it waits
+    minutes on a store that cannot write, and a service it started before must stay in the
+    state, where `down` stops it."""
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400m", "tmpfs", str(small)], check=True)
+    try:
+        env = {k: v for k, v in os.environ.items() if k not in EXTERNAL}
+        env.update(OPS_ENV)
+        env["BODYCAM_HOME"] = str(small / "home")
+        cli = Cli(env)
+        try:
+            up = cli.run("up", timeout=120)
+            pids = [int(p["pid"]) for p in json.loads(
+                (small / "home" / "stack.json").read_text())["processes"]]
+        finally:
+            cli.run("down", timeout=120)
+        assert up.returncode != 0
+        [line] = [x for x in up.stderr.splitlines() if x.startswith("error")]
+        assert line.startswith("error: only ") and "MiB free under" in line, line
+        assert up.stderr.strip().endswith(line)
+        assert pids, "the Postgres that up started is not in the state"
+        deadline = time.monotonic() + 30
+        while any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+                  for p in pids):
+            assert time.monotonic() < deadline, "down left a process of the failed up running"
+            time.sleep(0.5)
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)
