@@ -43,10 +43,12 @@ netns:
 	command -v ip >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || (apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 >/dev/null)
 
+# A private basetemp: the stacks' data live there (about 0.5 GB), and pytest prunes old shared
+# ones. Removed after a green run, kept after a red one for its logs.
 test: lint browser netns
-	# A private basetemp: the stack's data lives there, and pytest prunes old shared ones.
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q -ra \
-		--basetemp="$$(mktemp -d /tmp/bodycam-tests.XXXXXX)"
+	@base="$$(mktemp -d /tmp/bodycam-tests.XXXXXX)" && \
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q -ra --basetemp="$$base" && \
+	rm -rf "$$base"
 
 bench: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m bodycam bench --testdata "$(BODYCAM_TESTDATA)"
