@@ -193,11 +193,10 @@ WEED_RESERVE_MB = 512
 
 
 def _weed_volume_slots(data: Path) -> int:
-    """How many volumes the embedded store may create. SeaweedFS' own `-volume.max=0` divides
-    the free disk by the volume size once, at start: on a disk that is busy at that moment it
-    allows none, and every put then fails with "Not enough data nodes found". Volumes are sparse
-    files, so a slot costs nothing until written: a floor of WEED_MIN_SLOTS, more where the disk
-    has room for them."""
+    """How many volumes the embedded store may create: one per volume size of free disk, as
+    SeaweedFS' own `-volume.max=0` would count at start, but never under WEED_MIN_SLOTS, so
+    the count does not hang on what else fills the disk at that moment. Volumes are sparse
+    files: a slot costs nothing until written; the reserve (WEED_RESERVE_MB) guards the disk."""
     free_mb = shutil.disk_usage(data).free // (1024 * 1024)
     return max(WEED_MIN_SLOTS, int(free_mb // WEED_VOLUME_MB))
 
