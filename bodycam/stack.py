@@ -192,13 +192,19 @@ WEED_MIN_SLOTS = 32
 WEED_RESERVE_MB = 512
 
 
+def _free_mib(path: Path) -> int:
+    """Free MiB on the disk of `path`, or of its nearest existing parent."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return shutil.disk_usage(path).free // 2**20
+
+
 def _weed_volume_slots(data: Path) -> int:
     """How many volumes the embedded store may create: one per volume size of free disk, as
     SeaweedFS' own `-volume.max=0` would count at start, but never under WEED_MIN_SLOTS, so
     the count does not hang on what else fills the disk at that moment. Volumes are sparse
     files: a slot costs nothing until written; the reserve (WEED_RESERVE_MB) guards the disk."""
-    free_mb = shutil.disk_usage(data).free // (1024 * 1024)
-    return max(WEED_MIN_SLOTS, int(free_mb // WEED_VOLUME_MB))
+    return max(WEED_MIN_SLOTS, _free_mib(data) // WEED_VOLUME_MB)
 
 
 def _venv_bin(name: str) -> str | None:
@@ -479,7 +485,7 @@ class Stack:
                              "internal servers in a private network namespace")
         data = self.home / "s3data"
         data.mkdir(parents=True, exist_ok=True)
-        free_mb = shutil.disk_usage(data).free // 2**20
+        free_mb = _free_mib(data)
         if free_mb < 2 * WEED_RESERVE_MB:
             raise StackError(f"only {free_mb} MiB free under {data}: the embedded S3 store "
                              f"needs {2 * WEED_RESERVE_MB} MiB and stops storing at "
@@ -614,6 +620,11 @@ class Stack:
         wanted = {"cpu": s.cpu_workers, "gpu": s.gpu_workers}
         out["ok"] = (all(v in ("running", "external") for v in services.values())
                      and workers == wanted)
+        if not s.s3_endpoint_url:
+            # The embedded store stops storing under its reserve: say so before it does.
+            free_mib = _free_mib(self.home / "s3data")
+            out["disk"] = {"free_mib": free_mib, "store_stops_at_mib": WEED_RESERVE_MB}
+            out["ok"] = bool(out["ok"]) and free_mib >= 2 * WEED_RESERVE_MB
         try:
             svc = resolve(s)
         except Exception as exc:  # noqa: BLE001 - status reports, it does not fail

@@ -33,6 +33,8 @@ def test_status_reports_every_service_and_the_database_url(stack: StackHandle) -
                               "api": "running", "scheduler": "running"}
     assert st["workers"] == {"cpu": 1, "gpu": 2}
     assert set(st["queues"]) == {"cpu", "gpu"}
+    assert st["disk"]["store_stops_at_mib"] == 512
+    assert st["disk"]["free_mib"] >= 2 * 512 and st["ok"] is True
     state = stack.home / "stack.json"
     assert state.stat().st_mode & 0o777 == 0o600
 

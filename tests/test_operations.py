@@ -448,6 +448,7 @@ def test_up_on_a_nearly_full_disk_says_so_in_one_line_and_down_stops_what_it_sta
             up = cli.run("up", timeout=120)
             pids = [int(p["pid"]) for p in json.loads(
                 (small / "home" / "stack.json").read_text())["processes"]]
+            status = cli.run("status", "--json")
         finally:
             cli.run("down", timeout=120)
         assert up.returncode != 0
@@ -455,6 +456,9 @@ def test_up_on_a_nearly_full_disk_says_so_in_one_line_and_down_stops_what_it_sta
         assert line.startswith("error: only ") and "MiB free under" in line, line
         assert up.stderr.strip().endswith(line)
         assert pids, "the Postgres that up started is not in the state"
+        st = json.loads(status.stdout)
+        assert status.returncode == 1 and st["ok"] is False
+        assert st["disk"]["free_mib"] < 1024 and st["services"]["postgres"] == "running"
         deadline = time.monotonic() + 30
         while any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
                   for p in pids):
