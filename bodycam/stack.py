@@ -741,9 +741,8 @@ def _wait_s3_writable(store: ObjectStore, data: Path, timeout_s: float = 90) -> 
             return
         except Exception as exc:
             if time.monotonic() > deadline:
-                free = shutil.disk_usage(data).free / 2**30
                 raise StackError(f"SeaweedFS S3 stores nothing after {timeout_s:.0f} s "
-                                 f"({free:.1f} GiB free under {data}): {exc}") from exc
+                                 f"({_free_mib(data)} MiB free under {data}): {exc}") from exc
             time.sleep(1)
 
 
