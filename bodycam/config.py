@@ -107,6 +107,12 @@ class PipelineSettings(_Section):
     # to 0.950 (faces of 40-79 px: 0.757 to 0.883), precision 0.943 to 0.947, track coverage
     # 0.939 to 0.986; processing took about a third longer.
     min_face_px: int = Field(32, ge=12, description="smallest face height detected, pixels")
+    # The pyramid's finest level (faces from 0.9 x min_face_px to 1.41 times that, 29-41 px by
+    # default) holds half of PNet's pixels: it runs on every Nth sampled frame, the coarser
+    # levels on every one. A small face is then seen 5/N times a second, still inside
+    # track_max_gap_s.
+    finest_level_every: int = Field(
+        2, ge=1, le=10, description="the detector's finest pyramid level runs on every Nth sample")
     detector_threshold: float = Field(0.95, gt=0, lt=1, description="MTCNN final-stage probability")
     # 8 measured best on the 2-core CPU (BENCHMARKS.md): with 16, a short clip's first batch
     # kept one detection thread busy while the other had nothing; a GPU may want more.

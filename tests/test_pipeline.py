@@ -19,6 +19,7 @@ from bodycam.errors import ModelUnavailableError
 from bodycam.media.probe import probe
 from bodycam.pipeline.analyze import ChunkResult, analyze_chunk
 from bodycam.pipeline.faces import (
+    SEARCH_MARGIN,
     DlibResnetEmbedder,
     FacenetEmbedder,
     MtcnnDetector,
@@ -244,6 +245,70 @@ def test_reprocessing_replaces_results_instead_of_duplicating(
     assert stack.cli.run("retry", vid).returncode == 0
     assert stack.wait_status(vid)["status"] == "done"
     assert snapshot() == before
+
+
+def _face_on_canvas(heights: tuple[int, ...]) -> np.ndarray:
+    """A 1280x720 grey frame with one identity photo's face pasted at each height."""
+    import cv2
+    from PIL import Image
+
+    rel, entry = next((k, v) for k, v in json.loads((TESTDATA / "faces.json").read_text()).items()
+                      if len(v["faces"]) == 1)
+    photo = np.asarray(Image.open(TESTDATA / rel).convert("RGB"))
+    x1, y1, x2, y2 = (int(v) for v in entry["faces"][0][:4])
+    h, w = y2 - y1, x2 - x1
+    crop = photo[max(0, y1 - h // 2):y2 + h // 2, max(0, x1 - w // 2):x2 + w // 2]
+    canvas = np.full((720, 1280, 3), 120, np.uint8)
+    for k, face_h in enumerate(heights):
+        s = face_h / h
+        part = cv2.resize(crop, (int(crop.shape[1] * s), int(crop.shape[0] * s)),
+                          interpolation=cv2.INTER_AREA)
+        x, y = 100 + 500 * k, 150
+        canvas[y:y + part.shape[0], x:x + part.shape[1]] = part
+    return canvas
+
+
+def test_the_finest_pyramid_level_runs_on_every_nth_sample_and_faces_are_still_found() -> None:
+    """finest_level_every=2 (the default): the pyramid level of the smallest faces, half of
+    PNet's pixels, runs on every second sample of the video's time; the coarser levels still
+    find those faces (PNet tolerates a level's scale). Redaction's dense settings run it on
+    every frame, and a still photo (t 0) is always due."""
+    from bodycam.config import RedactionSettings
+    from bodycam.domain import SampledFrame
+    from bodycam.redaction import dense_pipeline
+
+    canvas = _face_on_canvas((36, 140))
+    frames = [SampledFrame(6 * k, 6 * k, k / 5, 0, canvas, 1.0) for k in range(4)]
+    cfg = PipelineSettings(embedder="dlib-resnet")
+    assert cfg.finest_level_every == 2
+
+    def run(cfg: PipelineSettings, frames: list[SampledFrame]
+            ) -> tuple[list[int], list[list[int]]]:
+        """The batch sizes PNet saw at the finest level, and the face heights found."""
+        det = MtcnnDetector(cfg)
+        det.load()
+        cascade = det._cascade
+        assert cascade is not None
+        pnet, shapes = cascade.pnet, []
+
+        def spy(x: object) -> object:
+            shapes.append(tuple(x.shape))  # type: ignore[attr-defined]
+            return pnet(x)
+
+        cascade.pnet = spy
+        found = det.detect(frames)
+        finest = int(1280 * 12 / (SEARCH_MARGIN * cfg.min_face_px) + 1)  # its width
+        return ([s[0] for s in shapes if s[3] == finest],
+                [sorted(round(d.height_px) for d in f) for f in found])
+
+    batches, found = run(cfg, frames)
+    assert batches == [2], "samples 0 and 2 of 4 run the finest level"
+    assert all(len(f) == 2 and 30 <= f[0] <= 40 for f in found), found
+    assert run(cfg.model_copy(update={"finest_level_every": 1}), frames) == ([4], found)
+    assert run(cfg, frames[1:2])[0] == [], "a lone sample that is not due skips the level"
+    assert run(cfg, [frames[0]])[0] == [1], "a still photo (t 0) is due"
+    dense = dense_pipeline(cfg, RedactionSettings(), probe(HAMILTON, LimitsSettings()))
+    assert dense.finest_level_every == 1, "redaction looks for every face in every frame"
 
 
 @pytest.mark.slow

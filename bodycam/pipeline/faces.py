@@ -163,7 +163,9 @@ class MtcnnDetector:
         """Detect faces in batches of equal-size frames.
 
         The pyramid starts where min_face_px (in the frame's pixels) becomes PNet's 12 px
-        cell: faces below the configured minimum are neither searched for nor paid for.
+        cell: faces below the configured minimum are neither searched for nor paid for. Its
+        finest level runs on the samples due for it (`finest_level_every`, counted in samples
+        of the video's time: every frame of a still photo is due).
         """
         self.load()
         assert self._cascade is not None
@@ -175,7 +177,9 @@ class MtcnnDetector:
             # Search a little below the minimum: box regression moves borderline faces by
             # a few pixels either way, and _convert applies the exact minimum afterwards.
             min_px = max(12.0, SEARCH_MARGIN * self.cfg.min_face_px * scale)
-            raw = self._cascade.detect([frames[i].image for i in idx], min_px)
+            every = self.cfg.finest_level_every
+            finest = [round(frames[i].t_s * self.cfg.sample_fps) % every == 0 for i in idx]
+            raw = self._cascade.detect([frames[i].image for i in idx], min_px, finest)
             for i, r in zip(idx, raw, strict=True):
                 out[i] = self._convert(frames[i], r.boxes, r.probs, r.points)
         return out

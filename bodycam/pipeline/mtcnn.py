@@ -71,14 +71,20 @@ class MtcnnCascade:
             minl *= self.factor
         return out
 
-    def detect(self, images: Sequence[np.ndarray], min_face_px: float) -> list[RawFaces]:
-        """Faces in each image (all the same size), in that image's pixels."""
+    def detect(self, images: Sequence[np.ndarray], min_face_px: float,
+               finest: Sequence[bool] | None = None) -> list[RawFaces]:
+        """Faces in each image (all the same size), in that image's pixels.
+
+        With `finest`, the pyramid's first level (faces from min_face_px to 1/factor times
+        that) runs only on the images marked True; the others start one level coarser.
+        """
         import torch
 
         with torch.inference_mode():
-            return self._detect(images, min_face_px)
+            return self._detect(images, min_face_px, finest)
 
-    def _detect(self, images: Sequence[np.ndarray], min_face_px: float) -> list[RawFaces]:
+    def _detect(self, images: Sequence[np.ndarray], min_face_px: float,
+                finest: Sequence[bool] | None = None) -> list[RawFaces]:
         import cv2
         import torch
         from facenet_pytorch.models.utils.detect_face import (
@@ -101,11 +107,17 @@ class MtcnnCascade:
         # one (the same area average, at a fraction of the cost).
         boxes_l, inds_l = [], []
         levels = list(images)
-        for scale in self.scales(h, w, min_face_px):
+        for level, scale in enumerate(self.scales(h, w, min_face_px)):
             size = (int(w * scale + 1), int(h * scale + 1))
             levels = [cv2.resize(img, size, interpolation=cv2.INTER_AREA) for img in levels]
-            reg, probs = (t.cpu() for t in self.pnet(self._input(np.stack(levels))))
+            run = (np.arange(n) if level > 0 or finest is None
+                   else np.flatnonzero(np.asarray(finest, bool)))
+            if not len(run):
+                continue
+            reg, probs = (t.cpu() for t in self.pnet(self._input(np.stack(
+                [levels[k] for k in run]))))
             b, i = generateBoundingBox(reg, probs[:, 1], scale, self.thresholds[0])
+            i = torch.from_numpy(run)[i]  # back to indices into `images`
             if len(b):
                 pick = batched_nms(b[:, :4], b[:, 4], i, 0.5)
                 boxes_l.append(b[pick])
