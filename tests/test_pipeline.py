@@ -6,6 +6,7 @@ import hashlib
 import json
 import shutil
 import subprocess
+import sys
 import threading
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -309,6 +310,41 @@ def test_the_finest_pyramid_level_runs_on_every_nth_sample_and_faces_are_still_f
     assert run(cfg, [frames[0]])[0] == [1], "a still photo (t 0) is due"
     dense = dense_pipeline(cfg, RedactionSettings(), probe(HAMILTON, LimitsSettings()))
     assert dense.finest_level_every == 1, "redaction looks for every face in every frame"
+
+
+_HEAP_PROBE = """
+import sys
+from bodycam.config import LimitsSettings, PipelineSettings
+from bodycam.media.probe import probe
+from bodycam.pipeline.analyze import analyze_chunk
+from bodycam.pipeline.faces import MtcnnDetector, Registry
+from bodycam.processing import release_free_heap
+from pathlib import Path
+
+def rss_mib():
+    return next(int(ln.split()[1]) for ln in open("/proc/self/status")
+                if ln.startswith("VmRSS")) // 1024
+
+clip = Path(sys.argv[1])
+cfg = PipelineSettings(embedder="dlib-resnet")
+info = probe(clip, LimitsSettings())
+analyze_chunk(clip, info, 0.0, info.duration_s, cfg, MtcnnDetector(cfg), Registry.embedder(cfg))
+before = rss_mib()
+ok = release_free_heap()
+print(before, rss_mib(), ok)
+"""
+
+
+def test_what_an_analysis_freed_goes_back_to_the_system() -> None:
+    """glibc keeps freed frame buffers and activations in its arenas: a worker that outlives
+    many videos held them for good (1.8 GB after six clips, 0.9 GB trimmed). Workers call
+    release_free_heap after every task; here a fresh process analyses a real clip and must
+    hand back at least 100 MiB (measured: 1065 -> 870 MiB)."""
+    proc = subprocess.run([sys.executable, "-c", _HEAP_PROBE, str(HAMILTON)],
+                          capture_output=True, text=True, timeout=300, check=True)
+    before, after, ok = proc.stdout.split()[-3:]
+    assert ok == "True", "glibc's malloc_trim was not found"
+    assert int(after) <= int(before) - 100, (before, after)
 
 
 @pytest.mark.slow

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import Celery
+from celery.signals import task_postrun
 
 from bodycam.config import get_settings
 from bodycam.fixity import FIXITY_TASK
+from bodycam.processing import release_free_heap
 from bodycam.queue import REAP, RECONCILE_INCOMING
 from bodycam.services import resolve
 
@@ -38,3 +42,9 @@ app.conf.update(
                    "options": {"queue": "cpu", "expires": _settings.jobs.fixity_interval_s}},
     },
 )
+
+
+@task_postrun.connect
+def _after_task(**_: Any) -> None:
+    """A worker outlives many videos: what a task freed goes back to the system."""
+    release_free_heap()
