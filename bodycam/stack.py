@@ -190,6 +190,8 @@ WEED_VOLUME_MB = 1024
 S3_PROBE_KEY = "system/write-probe"
 WEED_MIN_SLOTS = 32
 WEED_RESERVE_MB = 512
+# Free disk `up` requires and under which `status` is not ok: twice the store's reserve.
+WEED_NEEDS_MB = 2 * WEED_RESERVE_MB
 
 
 def _free_mib(path: Path) -> int:
@@ -486,9 +488,9 @@ class Stack:
         data = self.home / "s3data"
         data.mkdir(parents=True, exist_ok=True)
         free_mb = _free_mib(data)
-        if free_mb < 2 * WEED_RESERVE_MB:
+        if free_mb < WEED_NEEDS_MB:
             raise StackError(f"only {free_mb} MiB free under {data}: the embedded S3 store "
-                             f"needs {2 * WEED_RESERVE_MB} MiB and stops storing at "
+                             f"needs {WEED_NEEDS_MB} MiB and stops storing at "
                              f"{WEED_RESERVE_MB} MiB")
         if "s3_access_key" not in state:
             state["s3_access_key"] = "bodycam-" + secrets.token_hex(6)
@@ -624,7 +626,7 @@ class Stack:
             # The embedded store stops storing under its reserve: say so before it does.
             free_mib = _free_mib(self.home / "s3data")
             out["disk"] = {"free_mib": free_mib, "store_stops_at_mib": WEED_RESERVE_MB}
-            out["ok"] = bool(out["ok"]) and free_mib >= 2 * WEED_RESERVE_MB
+            out["ok"] = bool(out["ok"]) and free_mib >= WEED_NEEDS_MB
         try:
             svc = resolve(s)
         except Exception as exc:  # noqa: BLE001 - status reports, it does not fail
