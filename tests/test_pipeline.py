@@ -321,9 +321,9 @@ from bodycam.pipeline.faces import MtcnnDetector, Registry
 from bodycam.processing import release_free_heap
 from pathlib import Path
 
-def rss_mib():
+def rss_mib():  # anonymous memory only: the heap; mapped files are not what is at stake
     return next(int(ln.split()[1]) for ln in open("/proc/self/status")
-                if ln.startswith("VmRSS")) // 1024
+                if ln.startswith("RssAnon")) // 1024
 
 clip = Path(sys.argv[1])
 cfg = PipelineSettings(embedder="dlib-resnet")
@@ -339,12 +339,14 @@ def test_what_an_analysis_freed_goes_back_to_the_system() -> None:
     """glibc keeps freed frame buffers and activations in its arenas: a worker that outlives
     many videos held them for good (1.8 GB after six clips, 0.9 GB trimmed). Workers call
     release_free_heap after every task; here a fresh process analyses a real clip and must
-    hand back at least 100 MiB (measured: 1065 -> 870 MiB)."""
+    hand back at least 40 MiB. Without the trim nothing comes back; with it, measured here
+    120-200 MiB of anonymous memory and in one CI run 92 MiB (a 100-MiB bound failed there:
+    how much of the freed heap is resident varies from run to run)."""
     proc = subprocess.run([sys.executable, "-c", _HEAP_PROBE, str(HAMILTON)],
                           capture_output=True, text=True, timeout=300, check=True)
     before, after, ok = proc.stdout.split()[-3:]
     assert ok == "True", "glibc's malloc_trim was not found"
-    assert int(after) <= int(before) - 100, (before, after)
+    assert int(after) <= int(before) - 40, (before, after)
 
 
 @pytest.mark.slow
