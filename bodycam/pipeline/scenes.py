@@ -66,7 +66,9 @@ def small_bgr(frame: av.VideoFrame, width: int, height: int) -> np.ndarray:
     and V planes is now area-averaged to the small size in place (about 0.7 ms) and only the
     small picture converted to BGR. Other pixel formats keep swscale.
     """
-    if frame.format.name not in _I420 or width % 2 or height % 2:
+    if (frame.format.name not in _I420 or width % 2 or height % 2
+            or any(pl.line_size < pl.width or pl.buffer_size != pl.line_size * pl.height
+                   for pl in frame.planes)):
         return frame.to_ndarray(format="bgr24", width=width, height=height,
                                 interpolation="FAST_BILINEAR")
     i420 = np.empty((height * 3 // 2, width), np.uint8)
