@@ -263,15 +263,19 @@ def reap(conn: Conn, key: str, cfg: JobSettings, stale_pending_s: float
                 " lease_token = NULL, not_before = now() + make_interval(secs => %s),"
                 " updated_at = now() WHERE video_id = %s AND idx = %s",
                 (reason, backoff_s(int(r["attempts"]), cfg), vid, idx))
+    # Rows another session locks are skipped, not waited for: that session may be a lost
+    # host's, alive on the server until its connection is found dead (infra/DEPLOY.md).
     due = conn.execute(
         "UPDATE work_units SET not_before = NULL, updated_at = now()"
-        " WHERE state = 'pending' AND not_before <= now()"
+        " WHERE (video_id, idx) IN (SELECT video_id, idx FROM work_units"
+        " WHERE state = 'pending' AND not_before <= now() FOR UPDATE SKIP LOCKED)"
         " RETURNING video_id::text AS video_id, idx",
     ).fetchall()
     stale = conn.execute(
-        "UPDATE work_units SET updated_at = now() WHERE state = 'pending'"
+        "UPDATE work_units SET updated_at = now()"
+        " WHERE (video_id, idx) IN (SELECT video_id, idx FROM work_units WHERE state = 'pending'"
         " AND not_before IS NULL AND updated_at < now() - make_interval(secs => %s)"
-        " RETURNING video_id::text AS video_id, idx",
+        " FOR UPDATE SKIP LOCKED) RETURNING video_id::text AS video_id, idx",
         (stale_pending_s,),
     ).fetchall()
     return [(str(r["video_id"]), int(r["idx"])) for r in (*due, *stale)]

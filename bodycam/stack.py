@@ -462,9 +462,11 @@ class Stack:
              "-c", f"shared_buffers={_shared_buffers_mb()}MB",
              "-c", f"effective_cache_size={psutil.virtual_memory().total // 2 // 2**20}MB",
              # A worker host lost with its link (power, network) leaves a backend that may
-             # hold a unit's row lock: probe idle clients so it is dropped within a minute.
+             # hold a unit's row lock or the audit chain's lock: probe idle clients, and drop
+             # one whose reply stays unacknowledged (keepalive never probes a connection with
+             # data in flight), so either goes within a minute, not Linux's 15-min retry limit.
              "-c", "tcp_keepalives_idle=30", "-c", "tcp_keepalives_interval=10",
-             "-c", "tcp_keepalives_count=3"],
+             "-c", "tcp_keepalives_count=3", "-c", "tcp_user_timeout=20000"],
             marker=f"-D {datadir} -h {self.host} -p {port} ",
         )
         su = f"postgresql://{PG_SUPERUSER}:{state['pg_superuser_password']}@{self.host}:{port}"

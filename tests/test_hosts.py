@@ -209,7 +209,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     env = {**base, **SERVICES_ENV, "BODYCAM_HOME": str(home)}
     cli = Cli(env)
     try:
-        net.create({"services": 1, **{h: 11 + i for i, h in enumerate(WORKER_HOSTS)}})
+        net.create({"services": 1, **{h: 11 + i for i, h in enumerate(WORKER_HOSTS)},
+                    "lost": 21})
         services_ip = net.addresses["services"]
         up = subprocess.run(["ip", "netns", "exec", net.namespaces["services"], sys.executable,
                              "-m", "bodycam", "up"], env={**env, "BODYCAM_BIND_HOST": services_ip},
@@ -258,6 +259,22 @@ def _tracks(c: Cluster, video_id: str) -> list[tuple[object, ...]]:
             " round(end_s::numeric, 3) AS e, n_detections FROM tracks WHERE video_id = %s"
             " ORDER BY 1, 2, 3, 4, 5", (video_id,)).fetchall()
     return [tuple(r.values()) for r in rows]
+
+
+def _diagnosis(c: Cluster, video_ids: list[str]) -> str:
+    """What a stalled run looks like: units, the database's sessions and waits, worker logs."""
+    lines = [json.dumps(u, default=str) for u in _units(c, video_ids)]
+    with c.db() as conn:
+        lines += [json.dumps(r, default=str) for r in conn.execute(
+            "SELECT pid, client_addr::text AS client, state, wait_event_type, wait_event,"
+            " round(extract(epoch FROM now() - xact_start)) AS xact_s,"
+            " pg_blocking_pids(pid) AS blocked_by, left(query, 100) AS query"
+            " FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).fetchall()]
+    for log in sorted((c.home.parent / "host-logs").glob("*.log")):
+        tail = log.read_bytes()[-3000:].decode(errors="replace")
+        lines += [f"--- {log.name}", tail]
+    return "\n".join(lines)
 
 
 def test_a_worker_host_killed_mid_run_loses_nothing_and_duplicates_nothing(
@@ -313,7 +330,8 @@ def test_a_worker_host_killed_mid_run_loses_nothing_and_duplicates_nothing(
                 (videos,)).fetchall()}
         if all(s in ("done", "failed", "quarantined") for s in statuses.values()):
             break
-        assert time.monotonic() - t_kill < FINISH_LIMIT_S, f"not finished: {statuses}"
+        if time.monotonic() - t_kill >= FINISH_LIMIT_S:
+            raise AssertionError(f"not finished: {statuses}\n{_diagnosis(c, videos)}")
         time.sleep(0.5)
     finished_s = time.monotonic() - t_kill
 
@@ -368,3 +386,50 @@ def test_a_worker_host_killed_mid_run_loses_nothing_and_duplicates_nothing(
                       "recovered_s": round(recovered_s or -1, 1),
                       "finished_after_kill_s": round(finished_s, 1),
                       "total_s": round(time.monotonic() - t_start, 1)}))
+
+
+def test_a_host_lost_while_the_database_answers_it_releases_its_locks(cluster: Cluster) -> None:
+    """A client host lost while Postgres was still working on its statement: the reply goes
+    out to a dead link and is never acknowledged. TCP keepalive never probes a connection with
+    data in flight, so without a limit on unacknowledged data the backend, idle in its
+    transaction, keeps its locks for Linux's retransmission limit (about 15 min), and every
+    worker that needs them (a unit's row, the audit chain's lock) waits that long."""
+    c = cluster
+    lock = 7_717_717
+    script = ("import sys, psycopg\n"
+              "conn = psycopg.connect(sys.argv[1])\n"
+              "conn.execute('SELECT pg_advisory_xact_lock(%s)', (int(sys.argv[2]),))\n"
+              "conn.execute('SELECT pg_sleep(3) -- held by the lost host')\n"
+              "conn.execute('SELECT pg_sleep(600)')\n")
+    out = c.home.parent / "host-logs" / "lost.log"
+    out.parent.mkdir(exist_ok=True)
+    with open(out, "ab") as log:
+        subprocess.Popen(["ip", "netns", "exec", c.net.namespaces["lost"], sys.executable, "-c",
+                          script, c.worker_env["BODYCAM_DATABASE_URL"], str(lock)],
+                         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                         env=c.worker_env, start_new_session=True)
+    backend = None
+    deadline = time.monotonic() + 60
+    while backend is None:
+        assert time.monotonic() < deadline, out.read_text()
+        with c.db() as conn:
+            row = conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE state = 'active'"
+                " AND query LIKE '%%held by the lost host' AND pid <> pg_backend_pid()"
+            ).fetchone()
+        backend = row and int(row["pid"])
+        time.sleep(0.1)
+    _ip("link", "set", c.net.links["lost"], "down")  # before its reply: it is never acked
+    assert c.net.kill("lost") >= 1
+    t_lost = time.monotonic()
+    while True:
+        with c.db() as conn:
+            alive = conn.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s",
+                                 (backend,)).fetchone()
+            if alive is None:
+                got = conn.execute("SELECT pg_try_advisory_lock(%s) AS got", (lock,)).fetchone()
+                assert got is not None and got["got"]
+                break
+        assert time.monotonic() - t_lost < 90, "the lost host's backend still holds its lock"
+        time.sleep(1)
+    print(json.dumps({"lost_backend_gone_after_s": round(time.monotonic() - t_lost, 1)}))

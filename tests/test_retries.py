@@ -115,3 +115,30 @@ def test_the_reaper_queues_a_unit_once_its_wait_is_over(
     control.add_consumer("gpu", reply=True, timeout=5)
     assert stack.wait_status(vid)["status"] == "done"
     assert time.monotonic() - t0 >= 3.5, "not run again before its wait (4-8 s) was over"
+
+
+def test_the_reaper_skips_a_unit_another_session_locks_instead_of_waiting(
+        stack: StackHandle, parked_video: str) -> None:
+    """A lost host's backend can hold a pending unit's row lock (it died mid-claim) until its
+    connection is found dead; the reaper must not wait behind it, or no lease is reaped."""
+    vid = parked_video
+    cfg = JobSettings()
+    with stack.ctx.db() as holder, stack.ctx.db() as conn:
+        holder.execute("UPDATE work_units SET not_before = now() - interval '1 s'"
+                       " WHERE video_id = %s", (vid,))
+        holder.commit()
+        holder.execute("SELECT 1 FROM work_units WHERE video_id = %s FOR UPDATE", (vid,))
+        conn.execute("SET lock_timeout = '3s'")  # waiting would raise LockNotAvailable
+        t0 = time.monotonic()
+        again = jobs.reap(conn, stack.ctx.audit_key, cfg, stale_pending_s=0)
+        conn.rollback()
+        assert time.monotonic() - t0 < 2.5
+        assert (vid, 0) not in again
+        holder.rollback()
+        for _ in range(3):  # the stack's own reaper may hold the row for a moment
+            again = jobs.reap(conn, stack.ctx.audit_key, cfg, stale_pending_s=0)
+            conn.rollback()
+            if (vid, 0) in again:
+                break
+            time.sleep(0.5)
+    assert (vid, 0) in again, "not reaped once free"
