@@ -11,7 +11,7 @@ export BODYCAM_TESTDATA ?= $(or $(wildcard $(abspath ../shared/testdata)),$(wild
 # here, and Bodycam never switches models silently.
 export BODYCAM_PIPELINE__EMBEDDER ?= dlib-resnet
 
-.PHONY: install browser netns demo test lint bench eval bench-redact bench-gpu-prepare bench-gpu hostile \
+.PHONY: install browser netns demo test lint bench bench-e2e eval bench-redact bench-gpu-prepare bench-gpu hostile \
 	faults hosts clean
 
 install: $(VENV)/.installed
@@ -52,6 +52,15 @@ test: lint browser netns
 
 bench: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m bodycam bench --testdata "$(BODYCAM_TESTDATA)"
+
+# End to end on unseen clips (issue 14, part 1): speed seeds (9000-9999), a 720p30 and a harsh
+# 1080p30 clip each, every clip ingested alone into a temporary stack and timed to `done`, the
+# plain reference timed on the same clip; writes e2e-bench.json and its BENCHMARKS.md section.
+E2E_SEEDS ?= 9000-9001
+E2E_CLIP_S ?= 45
+bench-e2e: install
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m bodycam.bench_e2e $(E2E_SEEDS) \
+		--clip-s $(E2E_CLIP_S) --out e2e-bench.json --benchmarks BENCHMARKS.md
 
 # Recognition on unseen footage (issue 12): generated clips of the TEST split (seeds 7000-7999;
 # tuning seeds are 5000-5999), on a temporary stack, with the plain reference measured beside;

@@ -99,7 +99,8 @@ def claim(conn: Conn, video_id: str, idx: int, owner: str, lease_s: float) -> Le
     conn.execute(
         "UPDATE videos SET status = 'processing', attempts = GREATEST(attempts, %s),"
         " stage = CASE WHEN stage = 'queued' THEN 'decoding' ELSE stage END,"
-        " stage_times = stage_times || jsonb_build_object('processing', now()),"
+        " stage_times = stage_times || jsonb_build_object('processing',"
+        " COALESCE(stage_times->'processing', to_jsonb(now()))),"  # its first claim
         " updated_at = now() WHERE id = %s AND status IN ('queued', 'processing')",
         (row["attempts"], video_id),
     )

@@ -142,3 +142,22 @@ def test_the_reaper_skips_a_unit_another_session_locks_instead_of_waiting(
                 break
             time.sleep(0.5)
     assert (vid, 0) in again, "not reaped once free"
+
+
+def test_processing_time_is_the_first_claim_not_the_last(
+        stack: StackHandle, parked_video: str) -> None:
+    """`stage_times.processing` says when processing began: a later attempt keeps it."""
+    vid = parked_video
+    cfg = JobSettings(retry_base_s=30, retry_max_s=60)
+    stamps = []
+    for n in (1, 2):
+        with stack.ctx.db() as conn:
+            conn.execute("UPDATE work_units SET not_before = NULL WHERE video_id = %s", (vid,))
+            lease = jobs.claim(conn, vid, 0, f"ghost:{n}", lease_s=60)
+            assert lease is not None
+            stamps.append(conn.execute("SELECT stage_times->>'processing' AS t FROM videos"
+                                       " WHERE id = %s", (vid,)).fetchone()["t"])
+            assert jobs.fail(conn, stack.ctx.audit_key, lease, "TransientError: S3 down",
+                             jobs.Failure.SERVICE, cfg) == "pending"
+        time.sleep(0.05)
+    assert stamps[0] is not None and stamps[1] == stamps[0]
