@@ -115,8 +115,9 @@ bench-gpu: install
 	test -f $(GPU_CLIP) || $(MAKE) bench-gpu-prepare
 	PYTHON=$(BIN)/python BENCH_GPU_WHEELS=0 BENCH_GPU_DEVICE=auto sh infra/bench-gpu.sh
 
-# Several hosts alone (about 85 s; also part of `make test`): services in one network
-# namespace, two worker hosts in others over veth links, one host cut off and killed mid-run.
+# Several hosts alone (about 90-130 s; also part of `make test`): services in one network
+# namespace, two worker hosts in others over veth links, one host cut off and killed mid-run;
+# then a database client cut off while Postgres answers it must lose its locks within a minute.
 hosts: install netns
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q -s -ra -m hosts tests/test_hosts.py \
 		--basetemp="$$(mktemp -d /tmp/bodycam-hosts.XXXXXX)"

@@ -204,7 +204,8 @@ def render_section(rep: dict[str, Any]) -> str:
         "| units | tracks | reference s | reference x real time |",
         "|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in rep["clips"]:
-        cond = (f"seed {c['seed']} {c['size']}, up to {c['max_people']} people, tilt "
+        people = "1 person" if c["max_people"] == 1 else f"{c['max_people']} people"
+        cond = (f"seed {c['seed']} {c['size']}, up to {people}, tilt "
                 f"{c['tilt']:g}, night {c['night_prob']:g}, fisheye {c['fisheye']:g}, "
                 f"crf {c['crf']}")
         lines.append(

@@ -5,8 +5,9 @@ private address: Postgres, SeaweedFS S3, Redis, the API and the scheduler, no wo
 "worker host" namespaces, each with a hostname of its own, run the Celery workers that `up`
 would run (`bodycam.stack.worker_argv`), configured by the BODYCAM_* settings a compose or
 Kubernetes worker gets, and reach the services only over veth links to a bridge. The test
-itself sits on the bridge as an operator's machine would. Needs root and `ip netns`; skipped
-otherwise. Run alone with `make hosts` or `pytest -m hosts`.
+itself sits on the bridge as an operator's machine would. A fourth namespace, "lost", holds a
+plain database client that is cut off while Postgres answers it. Needs root and `ip netns`;
+skipped otherwise. Run alone with `make hosts` or `pytest -m hosts`.
 """
 
 from __future__ import annotations
