@@ -118,10 +118,14 @@ def heartbeat(conn: Conn, lease: Lease, lease_s: float, progress: float, stage: 
     ).fetchone()
     if row is None:
         raise LeaseLostError(f"video {lease.video_id} unit {lease.idx}: lease lost")
+    # The video's progress is shown, not relied on: a beat skips it while another session
+    # holds the row (a unit finishing, or a lost host's backend not yet dropped), so the
+    # lease is renewed without waiting behind that lock.
     conn.execute(
         "UPDATE videos SET stage = %s, progress = (SELECT avg(CASE WHEN state = 'done' THEN 1"
         " ELSE progress END) FROM work_units WHERE video_id = %s), updated_at = now()"
-        " WHERE id = %s AND status = 'processing'",
+        " WHERE id = (SELECT id FROM videos WHERE id = %s AND status = 'processing'"
+        " FOR UPDATE SKIP LOCKED)",
         (stage, lease.video_id, lease.video_id),
     )
 

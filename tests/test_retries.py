@@ -161,3 +161,26 @@ def test_processing_time_is_the_first_claim_not_the_last(
                              jobs.Failure.SERVICE, cfg) == "pending"
         time.sleep(0.05)
     assert stamps[0] is not None and stamps[1] == stamps[0]
+
+
+def test_a_heartbeat_renews_its_lease_while_another_session_holds_the_video_row(
+        stack: StackHandle, parked_video: str) -> None:
+    """The video row is shared by its units (and may be held by a lost host's backend until
+    Postgres drops it): the lease must not wait behind it, or a live unit is given away."""
+    vid = parked_video
+    with stack.ctx.db() as conn:
+        conn.execute("UPDATE work_units SET not_before = NULL WHERE video_id = %s", (vid,))
+        lease = jobs.claim(conn, vid, 0, "ghost:beat", lease_s=5)
+    assert lease is not None
+    with stack.ctx.db() as holder, stack.ctx.db() as conn:
+        holder.execute("SELECT 1 FROM videos WHERE id = %s FOR UPDATE", (vid,))
+        conn.execute("SET lock_timeout = '3s'")  # waiting would raise LockNotAvailable
+        jobs.heartbeat(conn, lease, 600, 0.5, "faces")
+        conn.commit()
+        row = conn.execute("SELECT lease_until > now() + interval '500 s' AS renewed, progress"
+                           " FROM work_units WHERE video_id = %s AND idx = 0", (vid,)).fetchone()
+        holder.rollback()
+    assert row["renewed"] and row["progress"] == pytest.approx(0.5)
+    with stack.ctx.db() as conn:  # released: give the unit back for the fixture's teardown
+        jobs.fail(conn, stack.ctx.audit_key, lease, "TransientError: test", jobs.Failure.SERVICE,
+                  JobSettings(retry_base_s=1, retry_max_s=1))
