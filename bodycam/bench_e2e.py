@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
-import sys
 import time
 import uuid
 from dataclasses import dataclass, replace
@@ -40,9 +38,11 @@ from bodycam.evaluate import (
     ClipSpec,
     ClipTruth,
     Harness,
+    add_clip_arguments,
     draw_conditions,
     generate,
     generator,
+    log,
     parse_seeds,
     reference_ranges,
     temporary_stack,
@@ -136,7 +136,7 @@ def run_clip(h: Harness, path: Path, case: str) -> tuple[str, dict[str, Any], fl
 
 
 def bench(h: Harness, seeds: list[int], clip_s: float, cache: Path, testdata: Path,
-          warmup: Path, log: Any = print) -> dict[str, Any]:
+          warmup: Path) -> dict[str, Any]:
     """Generate, process and time every clip, then time the reference on each."""
     from facenet_pytorch import MTCNN
 
@@ -223,13 +223,7 @@ def main(argv: list[str] | None = None) -> int:
                                 description=(__doc__ or "").split("\n")[0])
     p.add_argument("seeds", nargs="*", default=["9000-9001"],
                    help="speed seeds or ranges (9000-9999), two clips each; default 9000-9001")
-    p.add_argument("--clip-s", type=float, default=45.0, help="seconds per clip")
-    p.add_argument("--cache", type=Path, default=Path(".bodycam/speed-clips"),
-                   help="generated clips, keyed by seed and settings")
-    p.add_argument("--testdata", type=Path,
-                   default=Path(os.environ.get("BODYCAM_TESTDATA", "../shared/testdata")))
-    p.add_argument("--out", type=Path, default=Path("e2e-bench.json"))
-    p.add_argument("--benchmarks", type=Path, help="write the section into this BENCHMARKS.md")
+    add_clip_arguments(p, 45.0, ".bodycam/speed-clips", "e2e-bench.json")
     args = p.parse_args(argv)
     try:
         seeds = parse_seeds(args.seeds)
@@ -242,11 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     if not warmup.exists():
         p.error(f"{warmup} not found: pass --testdata with the shared test data")
 
-    def log(msg: str) -> None:
-        print(f"{datetime.now():%H:%M:%S} {msg}", file=sys.stderr, flush=True)
-
     with temporary_stack(log) as h:
-        rep = bench(h, seeds, args.clip_s, args.cache.resolve(), testdata, warmup, log)
+        rep = bench(h, seeds, args.clip_s, args.cache.resolve(), testdata, warmup)
     args.out.write_text(json.dumps(rep, indent=1))
     log(f"wrote {args.out}")
     section = render_section(rep)

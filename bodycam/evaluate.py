@@ -952,6 +952,22 @@ def write_section(path: Path, section: str) -> None:
 
 # --- entry point -----------------------------------------------------------------------------
 
+def add_clip_arguments(p: argparse.ArgumentParser, clip_s: float, cache: str, out: str) -> None:
+    """The options every run over generated clips takes (`make eval`, `make bench-e2e`)."""
+    p.add_argument("--clip-s", type=float, default=clip_s, help="seconds per clip")
+    p.add_argument("--cache", type=Path, default=Path(cache),
+                   help="generated clips, keyed by seed and settings")
+    p.add_argument("--testdata", type=Path,
+                   default=Path(os.environ.get("BODYCAM_TESTDATA", "../shared/testdata")))
+    p.add_argument("--out", type=Path, default=Path(out))
+    p.add_argument("--benchmarks", type=Path, help="write the section into this BENCHMARKS.md")
+
+
+def log(msg: str) -> None:
+    """A progress line on stderr, with the time of day."""
+    print(f"{datetime.now():%H:%M:%S} {msg}", file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, run the evaluation on a temporary stack, write the report."""
     p = argparse.ArgumentParser(prog="python -m bodycam.evaluate",
@@ -960,13 +976,7 @@ def main(argv: list[str] | None = None) -> int:
                    " (tuning)")
     p.add_argument("--split", choices=("test", "tuning"),
                    help="the split the seeds must belong to (refused otherwise)")
-    p.add_argument("--clip-s", type=float, default=20.0, help="seconds per clip")
-    p.add_argument("--cache", type=Path, default=Path(".bodycam/eval-clips"),
-                   help="generated clips, keyed by seed and settings")
-    p.add_argument("--testdata", type=Path,
-                   default=Path(os.environ.get("BODYCAM_TESTDATA", "../shared/testdata")))
-    p.add_argument("--out", type=Path, default=Path("eval-report.json"))
-    p.add_argument("--benchmarks", type=Path, help="write the section into this BENCHMARKS.md")
+    add_clip_arguments(p, 20.0, ".bodycam/eval-clips", "eval-report.json")
     p.add_argument("--thresholds", type=Path,
                    help="write the calibration-by-condition section into this docs/thresholds.md")
     p.add_argument("--tolerance-s", type=float, default=0.1,
@@ -982,9 +992,6 @@ def main(argv: list[str] | None = None) -> int:
         p.error(str(exc))
     if (args.benchmarks or args.thresholds) and split != "test":
         p.error("--benchmarks and --thresholds take test-split figures only (seeds 7000-7999)")
-
-    def log(msg: str) -> None:
-        print(f"{datetime.now():%H:%M:%S} {msg}", file=sys.stderr, flush=True)
 
     with temporary_stack(log) as h:
         rep = evaluate(h, seeds, split, args.clip_s, args.cache.resolve(),
