@@ -23,8 +23,8 @@ def test_speed_seeds_give_a_720p_and_a_harsh_1080p_clip_and_no_other_seeds_run()
 
 def test_the_report_reads_total_time_against_the_reference() -> None:
     spec = e2e.specs_for(9000, 45)[1]
-    run = e2e.ClipRun("c.mp4", spec, 45.0, total_s=30.0, ingest_s=1.5, queued_s=0.5,
-                      processing_s=28.0, units=1, tracks=7, reference_s=60.0)
+    run = e2e.ClipRun("c.mp4", spec, 45.0, ingest_s=1.5, queued_s=0.5, processing_s=28.0,
+                      units=1, tracks=7, reference_s=60.0)
     assert run.x_real_time == pytest.approx(1.5) and run.reference_x == pytest.approx(0.75)
     rep = {"measured_at": "2026-12-02T12:00:00+00:00", "clip_s": 45.0, "seeds": [9000],
            "model": "dlib-resnet", "chunk_s": 120.0, "machine": {"CPU": "x", "cores": "2"},
