@@ -184,3 +184,34 @@ def test_a_heartbeat_renews_its_lease_while_another_session_holds_the_video_row(
     with stack.ctx.db() as conn:  # released: give the unit back for the fixture's teardown
         jobs.fail(conn, stack.ctx.audit_key, lease, "TransientError: test", jobs.Failure.SERVICE,
                   JobSettings(retry_base_s=1, retry_max_s=1))
+
+
+def test_a_claim_cut_off_by_a_killed_backend_is_queued_again_without_the_reaper(
+        stack: StackHandle, parked_video: str) -> None:
+    """A unit's claim whose database backend dies fails before any row can record it: the
+    task must be queued again after the units' backoff, not left to the reaper's stale
+    re-send a minute on (the long fault run's slowest Postgres recovery, 69.7 s)."""
+    vid = parked_video
+    control = queue.client(stack.ctx.services.redis_url).control
+    with stack.ctx.db() as holder:
+        holder.execute("SELECT 1 FROM work_units WHERE video_id = %s FOR UPDATE", (vid,))
+        control.add_consumer("gpu", reply=True, timeout=5)
+        deadline, pid = time.monotonic() + 30, None
+        while pid is None:  # a worker's claim, waiting behind the lock
+            assert time.monotonic() < deadline, "no worker tried to claim the unit"
+            time.sleep(0.1)
+            with stack.ctx.db() as conn:  # a new snapshot of pg_stat_activity each time
+                row = conn.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                    " AND query LIKE 'UPDATE work_units SET state = ''running''%%'").fetchone()
+                pid = row["pid"] if row else None
+        with stack.ctx.db() as conn:
+            assert conn.execute("SELECT pg_terminate_backend(%s) AS ok", (pid,)
+                                ).fetchone()["ok"]
+        holder.rollback()
+    killed = time.monotonic()
+    while _unit(stack, vid)["attempts"] == 0:
+        assert time.monotonic() - killed < 30, "the unit was not claimed again within 30 s"
+        time.sleep(0.2)
+    assert stack.wait_status(vid)["status"] == "done"
+    assert _unit(stack, vid)["attempts"] == 1, "the cut-off claim counted as an attempt"

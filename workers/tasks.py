@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import TypeVar
+
+from celery import Task
 
 from bodycam import fixity, ingest, jobs, processing
 from bodycam.context import shared
@@ -12,18 +16,43 @@ from workers.celery_app import app
 
 log = logging.getLogger(__name__)
 ctx = shared
+T = TypeVar("T")
 
 
-@app.task(name=PROCESS_UNIT)
-def process_unit(video_id: str, idx: int) -> str:
+def _retried(task: Task, what: str, work: Callable[[], T]) -> T:
+    """Run work; a service's failure where nothing could record it (a unit's claim whose
+    database backend was killed, a finalization cut off) queues the task again after the
+    units' backoff, instead of leaving the work to the reaper's stale re-send a minute on.
+
+    Both tasks are idempotent (a unit is claimed with a lease, a video finishes once), and
+    the reaper stays the backstop: for a lost retry message, or past max_service_failures.
+    """
+    try:
+        return work()
+    except Exception as exc:
+        if processing.failure_kind(exc) is not jobs.Failure.SERVICE:
+            raise
+        cfg = ctx().settings.jobs
+        n = task.request.retries + 1
+        wait = jobs.backoff_s(n, cfg)
+        log.warning("%s: %s; queued again in %.1f s (retry %d)", what, type(exc).__name__,
+                    wait, n)
+        raise task.retry(exc=exc, countdown=wait, max_retries=cfg.max_service_failures
+                         ) from None
+
+
+@app.task(name=PROCESS_UNIT, bind=True)
+def process_unit(self: Task, video_id: str, idx: int) -> str:
     """Process one chunk of a video (gpu queue)."""
-    return processing.run_unit(ctx(), video_id, int(idx))
+    return _retried(self, f"video {video_id} unit {idx}",
+                    lambda: processing.run_unit(ctx(), video_id, int(idx)))
 
 
-@app.task(name=FINALIZE_VIDEO)
-def finalize_video(video_id: str) -> None:
+@app.task(name=FINALIZE_VIDEO, bind=True)
+def finalize_video(self: Task, video_id: str) -> None:
     """Video-level work after its last chunk (cpu queue)."""
-    processing.finalize_video(ctx(), video_id)
+    _retried(self, f"video {video_id} finalize",
+             lambda: processing.finalize_video(ctx(), video_id))
 
 
 @app.task(name=INGEST_OBJECT)
