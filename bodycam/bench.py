@@ -255,8 +255,7 @@ def _markdown(facts: dict[str, str], figs: list[ClipFigures], embedder: str,
     lines += [
         "",
         "Stage seconds are each stage's busy time (detection: summed over the batches it runs "
-        "in parallel; embedding: waiting for dlib's child processes included); the stages run "
-        "in parallel, so they add up to more than the wall time.",
+        "in parallel); the stages run in parallel, so they add up to more than the wall time.",
         "",
         f"Naive baseline (facenet-pytorch README: decode every frame, `MTCNN(keep_all=True)` "
         f"on every full-resolution frame, embed every face with `{embedder}`), timed on the "

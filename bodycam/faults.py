@@ -7,7 +7,6 @@ while it injects faults one at a time into work in flight:
 
 - kill-worker: SIGKILL of the worker holding a running unit, then `bodycam up` restarts it as a
   process supervisor (systemd, compose `restart:`) would;
-- kill-dlib-child: SIGKILL of one of that worker's dlib descriptor processes;
 - stop-past-lease: SIGSTOP of that worker for longer than its lease, then SIGCONT;
 - term-worker: SIGTERM (warm shutdown) of that worker, then `bodycam up`;
 - kill-pg-backend: pg_terminate_backend of every connection of the application role;
@@ -44,8 +43,8 @@ from psycopg.rows import dict_row
 
 from bodycam.stack import APP_ROLE
 
-KINDS = ("kill-worker", "kill-dlib-child", "stop-past-lease", "term-worker", "kill-pg-backend",
-         "restart-redis", "restart-s3")
+KINDS = ("kill-worker", "stop-past-lease", "term-worker", "kill-pg-backend", "restart-redis",
+         "restart-s3")
 # Short leases make recovery observable in minutes; the heartbeat keeps a 5x margin.
 STACK_ENV = {
     "BODYCAM_PIPELINE__EMBEDDER": "dlib-resnet",
@@ -194,21 +193,6 @@ class FaultRun:
                 return str(p["name"]), pid
         raise LookupError(f"lease owner {owner} is not a process of this stack")
 
-    def _dlib_children(self, pid: int) -> list[int]:
-        found = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                stat = (entry / "stat").read_text()
-                cmd = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            if ppid == pid and b"bodycam.pipeline.dlib_child" in cmd:
-                found.append(int(entry.name))
-        return found
-
     def inject(self, kind: str, unit: dict[str, Any]) -> str:
         """Inject one fault aimed at the worker running `unit`; returns what was hit."""
         name, pid = self._worker_of(str(unit["lease_owner"]))
@@ -218,12 +202,6 @@ class FaultRun:
             _wait_dead(pid)
             self.up()
             return name
-        if kind == "kill-dlib-child":
-            children = self._dlib_children(pid)
-            if not children:
-                raise LookupError(f"{name} has no descriptor process")
-            os.kill(children[0], signal.SIGKILL)
-            return f"{name} dlib child"
         if kind == "stop-past-lease":
             os.kill(pid, signal.SIGSTOP)
             time.sleep(lease_s + 4)

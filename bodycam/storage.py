@@ -17,7 +17,6 @@ from botocore.exceptions import BotoCoreError, ClientError
 from botocore.utils import determine_content_length
 
 from bodycam.errors import TransientError
-from bodycam.streams import read_full
 
 ORIGINALS = "originals/"
 INCOMING = "incoming/"
@@ -25,6 +24,19 @@ STAGING = "staging/"
 THUMBNAILS = "thumbnails/"
 REDACTIONS = "redactions/"
 PART_BYTES = 16 * 1024 * 1024
+
+
+def read_full(stream: IO[bytes], n: int) -> bytes:
+    """Read n bytes, looping over short reads; fewer only at the end of the stream."""
+    chunks: list[bytes] = []
+    left = n
+    while left > 0:
+        chunk = stream.read(left)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,6 @@ import json
 import shutil
 import subprocess
 import sys
-import threading
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -142,8 +141,9 @@ def test_facenet_without_weights_says_how_to_provide_them(tmp_path: Path) -> Non
 
 # --- the real pipeline through the stack ----------------------------------------------------
 
-def test_dlib_descriptors_from_the_child_process_equal_dlib_in_process() -> None:
-    """The network runs in a child process (dlib holds the GIL); the vectors must not change."""
+def test_dlib_descriptors_on_torch_equal_dlibs_own() -> None:
+    """The network runs on torch with dlib's weights; the vectors must be dlib's own, to float
+    rounding."""
     import dlib
     from PIL import Image
 
@@ -162,7 +162,9 @@ def test_dlib_descriptors_from_the_child_process_equal_dlib_in_process() -> None
     want = np.asarray(net.compute_face_descriptor(image, shapes, 0), np.float32)
     want /= np.linalg.norm(want, axis=1, keepdims=True)
     assert got.shape == (len(boxes), 128)
-    assert np.array_equal(got, want)
+    assert np.abs(got - want).max() < 1e-5
+    others = want @ want.T - np.eye(len(boxes))
+    assert (got * want).sum(axis=1).min() > 1 - 1e-6 > others.max(), "each face is its own"
     # A strided frame (PyAV pads the rows of e.g. 854-px-wide video) gives the same vectors.
     padded = np.zeros((image.shape[0], image.shape[1] + 10, 3), np.uint8)
     padded[:, :image.shape[1]] = image
@@ -172,22 +174,18 @@ def test_dlib_descriptors_from_the_child_process_equal_dlib_in_process() -> None
     assert np.array_equal(emb.embed(strided, dets), got)
 
 
-def test_a_descriptor_process_dying_mid_request_fails_that_request_only() -> None:
-    rel, entry = next(iter(json.loads((TESTDATA / "faces.json").read_text()).items()))
-    from PIL import Image
+def test_a_descriptor_file_that_is_not_dlibs_network_is_refused(tmp_path: Path) -> None:
+    from bodycam.pipeline.dlib_resnet import read_weights
 
-    image = np.asarray(Image.open(TESTDATA / rel).convert("RGB"))
-    face = FaceDetection(0, 0.0, 0, tuple(float(x) for x in entry["faces"][0][:4]), 0.99, (), 1.0)
-    emb = DlibResnetEmbedder(PipelineSettings(embedder="dlib-resnet"))
-    first = emb.embed(image, [face])
-    proc = emb._net.children[0]._proc  # type: ignore[union-attr]
-    assert proc is not None
-    killer = threading.Timer(0.3, proc.kill)
-    killer.start()
-    with pytest.raises(ModelUnavailableError, match="died mid-request"):
-        emb.embed(image, [face] * 40)  # ~4 s of work: the kill lands while it runs
-    killer.join()
-    assert np.array_equal(emb.embed(image, [face]), first), "a new process serves the next call"
+    real = DlibResnetEmbedder._model_dir() / "dlib_face_recognition_resnet_model_v1.dat"
+    assert len(read_weights(real).convs) == 29
+    data = real.read_bytes()
+    for name, body in (("cut.dat", data[:len(data) // 2]), ("empty.dat", b""),
+                       ("other.dat", (DlibResnetEmbedder._model_dir()
+                                      / "shape_predictor_5_face_landmarks.dat").read_bytes())):
+        (tmp_path / name).write_bytes(body)
+        with pytest.raises(ModelUnavailableError, match="not dlib's face descriptor network"):
+            read_weights(tmp_path / name)
 
 
 def test_parallel_detection_hands_batches_to_the_tracker_in_frame_order() -> None:

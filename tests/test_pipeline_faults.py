@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import shutil
 import threading
-import time
 from pathlib import Path
 
 from bodycam.config import LimitsSettings, PipelineSettings
-from bodycam.errors import InvalidMediaError, LeaseLostError, ModelUnavailableError, TransientError
+from bodycam.errors import InvalidMediaError, LeaseLostError
 from bodycam.media.probe import probe
 from bodycam.pipeline.analyze import ChunkResult, analyze_chunk
 from bodycam.pipeline.faces import MtcnnDetector, Registry
@@ -66,35 +65,6 @@ def test_a_decode_error_while_processing_ends_the_chunk_with_its_reason(tmp_path
     assert isinstance(got, InvalidMediaError | ChunkResult), got
     if isinstance(got, ChunkResult):  # FFmpeg may end a truncated stream quietly
         assert got.frames_decoded < info.n_frames
-
-
-def test_a_descriptor_process_killed_mid_chunk_fails_the_chunk_as_retryable(tmp_path: Path) -> None:
-    info = probe(HAMILTON, LimitsSettings())
-    cfg = _cfg()
-    embedder = Registry.embedder(cfg)
-    embedder.load()
-    stop = threading.Event()
-
-    def killer() -> None:  # kill the children again and again until the chunk gives up
-        while not stop.wait(0.3):
-            for child in embedder._net.children:  # type: ignore[attr-defined]
-                proc = child._proc
-                if proc is not None and proc.poll() is None:
-                    proc.kill()
-
-    k = threading.Thread(target=killer, daemon=True)
-    k.start()
-    t0 = time.monotonic()
-    try:
-        got = _run(lambda: analyze_chunk(HAMILTON, info, 0.0, info.duration_s, cfg,
-                                         MtcnnDetector(cfg), embedder))
-    finally:
-        stop.set()
-        k.join()
-    assert isinstance(got, ModelUnavailableError), got
-    # Retryable, not a verdict on the evidence: the worker backs off and tries again.
-    assert isinstance(got, TransientError)
-    assert time.monotonic() - t0 < ENDS_WITHIN_S
 
 
 def test_the_chunk_still_processes_after_a_failed_one(tmp_path: Path) -> None:

@@ -9,10 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import subprocess
-import sys
 import threading
-import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -22,9 +19,8 @@ import numpy as np
 from bodycam.config import PipelineSettings
 from bodycam.domain import FaceDetection, SampledFrame
 from bodycam.errors import ModelUnavailableError
-from bodycam.pipeline import dlib_child
+from bodycam.pipeline.dlib_resnet import CHIP_PADDING, CHIP_PX, DescriptorNet, read_weights
 from bodycam.pipeline.mtcnn import MtcnnCascade
-from bodycam.streams import read_full
 
 log = logging.getLogger(__name__)
 
@@ -208,138 +204,13 @@ class MtcnnDetector:
         return found
 
 
-class _DescriptorProcess:
-    """One child running the dlib descriptor network (bodycam.pipeline.dlib_child: why).
-
-    Started on first use, restarted on the next request after it died, ended with its
-    parent (it exits at EOF on its stdin). Callers serialise access (_DescriptorPool).
-    """
-
-    def __init__(self, model_file: Path) -> None:
-        self.model_file = model_file
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._finalizer: weakref.finalize | None = None
-
-    def _start(self) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "bodycam.pipeline.dlib_child", str(self.model_file)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
-        assert proc.stdout is not None
-        if proc.stdout.read(1) != dlib_child.READY:
-            code = proc.wait(timeout=30)
-            raise ModelUnavailableError(
-                f"the dlib descriptor process could not load {self.model_file.name} "
-                f"(exit code {code}; its error is in this process's stderr)")
-        self._finalizer = weakref.finalize(self, _stop_child, proc)
-        return proc
-
-    def start(self) -> None:
-        """Start the child unless it is running."""
-        if self._proc is None or self._proc.poll() is not None:
-            self._proc = self._start()
-
-    def send(self, chips: np.ndarray) -> bool:
-        """Write one request (n x 150 x 150 x 3 uint8); False if the child has died.
-
-        The child reads a whole request before working on it, so sends to several children
-        never wait on each other's work."""
-        self.start()
-        assert self._proc is not None and self._proc.stdin is not None
-        try:
-            self._proc.stdin.write(dlib_child.COUNT.pack(len(chips)))
-            self._proc.stdin.write(chips.tobytes())
-            self._proc.stdin.flush()
-        except OSError:  # BrokenPipeError included
-            return False
-        return True
-
-    def receive(self, n: int) -> np.ndarray:
-        """The answer to the request just sent (n x 128 float32)."""
-        assert self._proc is not None and self._proc.stdout is not None
-        try:
-            raw = read_full(self._proc.stdout, n * dlib_child.DIM * 4)
-        except OSError:
-            raw = b""
-        if len(raw) < n * dlib_child.DIM * 4:
-            code = self._proc.poll()
-            self.close()
-            raise ModelUnavailableError(
-                f"the dlib descriptor process died mid-request (exit code {code})")
-        return np.frombuffer(raw, np.float32).reshape(n, dlib_child.DIM).copy()
-
-    def close(self) -> None:
-        """Stop the child now (it would stop with this process anyway)."""
-        if self._finalizer is not None:
-            self._finalizer()  # runs once: closes stdin, reaps
-        self._proc = None
-
-
-class _DescriptorPool:
-    """Descriptor children, one per core up to two: a frame's faces are split between them.
-
-    On a small machine the pipeline is CPU-bound and one child keeps up; a crowd (dozens of
-    faces in a frame) or a photo gallery is described twice as fast by two. Requests from
-    several threads are serialised.
-    """
-
-    def __init__(self, model_file: Path) -> None:
-        n = max(1, min(2, os.cpu_count() or 1))
-        self.children = [_DescriptorProcess(model_file) for _ in range(n)]
-        self._lock = threading.Lock()
-
-    def start(self) -> None:
-        """Start every child now (each loads the network: load errors surface here)."""
-        with self._lock:
-            for child in self.children:
-                child.start()
-
-    def describe(self, chips: Sequence[np.ndarray]) -> np.ndarray:
-        """Descriptors (n x 128, float32) of aligned 150x150 RGB chips, in order."""
-        batch = np.ascontiguousarray(np.stack(chips), dtype=np.uint8)
-        parts = [p for p in np.array_split(batch, min(len(self.children), len(batch))) if len(p)]
-        with self._lock:
-            try:
-                sent = [child.send(part)
-                        for child, part in zip(self.children, parts, strict=False)]
-                out, failure = [], None
-                for child, part, ok in zip(self.children, parts, sent, strict=False):
-                    try:
-                        if not ok:
-                            child.close()
-                            raise ModelUnavailableError(
-                                "the dlib descriptor process died mid-request (broken pipe)")
-                        out.append(child.receive(len(part)))
-                    except ModelUnavailableError as exc:
-                        failure = failure or exc  # read the others: their pipes stay in step
-            except BaseException:
-                # A child may hold an answer nobody will read: start them all afresh.
-                for child in self.children:
-                    child.close()
-                raise
-        if failure is not None:
-            raise failure
-        return np.concatenate(out)
-
-
-def _stop_child(proc: subprocess.Popen[bytes]) -> None:
-    """Close the child's stdin (it exits at EOF) and reap it; kill it if it lingers."""
-    try:
-        if proc.stdin is not None:
-            proc.stdin.close()
-        proc.wait(timeout=5)
-    except (OSError, subprocess.TimeoutExpired):
-        proc.kill()
-        proc.wait()
-    if proc.stdout is not None:
-        proc.stdout.close()
-
-
 class DlibResnetEmbedder:
     """dlib's ResNet face descriptor (128-d); weights ship in face_recognition_models.
 
     Faces are aligned here with dlib's 5-point model into 150x150 chips (dlib's own
-    `get_face_chip`, padding 0.25, as `compute_face_descriptor` does); the network runs in a
-    child process because dlib holds the GIL while it runs (see dlib_child).
+    `get_face_chip`, padding 0.25, as `compute_face_descriptor` does); the network runs on
+    torch with dlib's weights, in this process (see dlib_resnet: why, and how it equals
+    dlib's own).
     """
 
     name = "dlib-resnet"
@@ -348,14 +219,14 @@ class DlibResnetEmbedder:
 
     def __init__(self, cfg: PipelineSettings) -> None:
         self.cfg = cfg
-        self._net: _DescriptorPool | None = None
+        self._net: DescriptorNet | None = None
         self._shapes: Any = None
         self._sha = ""
         self._lock = threading.Lock()
 
     @property
     def weights_sha256(self) -> str:
-        """SHA-256 of the descriptor network file (no process is started for it)."""
+        """SHA-256 of the descriptor network file (the network is not loaded for it)."""
         with self._lock:
             self._load_files()
         return self._sha
@@ -387,13 +258,10 @@ class DlibResnetEmbedder:
         return rec
 
     def load(self) -> None:
-        """Load the 5-point aligner; hash the descriptor network and start its processes."""
+        """Load the 5-point aligner; hash the descriptor network's file and read its weights."""
         with self._lock:
-            if self._net is not None:
-                return
-            net = _DescriptorPool(self._load_files())
-            net.start()
-            self._net = net
+            if self._net is None:
+                self._net = DescriptorNet(read_weights(self._load_files()))
 
     def embed(self, image: np.ndarray, faces: Sequence[FaceDetection],
               scale: float = 1.0) -> np.ndarray:
@@ -411,9 +279,8 @@ class DlibResnetEmbedder:
         for f in faces:
             x1, y1, x2, y2 = (v * scale for v in f.box_px)
             shape = self._shapes(image, dlib.rectangle(int(x1), int(y1), int(x2), int(y2)))
-            chips.append(dlib.get_face_chip(image, shape, dlib_child.CHIP_PX,
-                                            dlib_child.CHIP_PADDING))
-        return _l2(self._net.describe(chips))
+            chips.append(dlib.get_face_chip(image, shape, CHIP_PX, CHIP_PADDING))
+        return _l2(self._net.describe(np.stack(chips)))
 
 
 class FacenetEmbedder:
