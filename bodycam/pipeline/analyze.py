@@ -184,10 +184,10 @@ def analyze_chunk(
     The stages overlap, handing over through bounded queues (maxsize 2: a slow stage blocks
     the one before it, nothing is dropped): a thread decodes and cuts scenes, the detector
     runs `detector.concurrency` batches at a time (torch releases the GIL), and a thread
-    embeds and tracks (results reach the tracker in frame order). Only the
-    detections the tracker needs are embedded (EmbedPlanner); every track keeps a
-    representative embedding. With embedder None (redact-only policy) faces are detected and
-    tracked by overlap alone and no embedding is computed.
+    embeds and tracks (results reach the tracker in frame order). Only the detections the
+    tracker needs are embedded (EmbedPlanner); every track keeps a representative embedding.
+    With embedder None (redact-only policy) faces are detected and tracked by overlap alone
+    and no embedding is computed.
 
     `stage_s` reports each stage's busy seconds (time blocked on a queue excluded): the
     stages overlap, so they add up to more than the wall time.

@@ -42,8 +42,9 @@ from bodycam.errors import ModelUnavailableError
 CHIP_PX = 150  # the network's input: aligned face chips of 150 x 150 RGB pixels
 CHIP_PADDING = 0.25  # dlib's `get_face_chip` padding for this network
 BATCH = 32  # chips per forward pass: a crowd's activations stay under about 100 MB
-# One residual level: (output channels, whether its first block halves the size, blocks).
-LEVELS = ((32, False, 3), (64, True, 4), (128, True, 3), (256, True, 3), (256, True, 1))
+# The residual levels, input first: (whether the first block halves the size, blocks). Their
+# channels (32, 64, 128, 256, 256) come with the weights.
+LEVELS = ((False, 3), (True, 4), (True, 3), (True, 3), (True, 1))
 _LAYER = re.compile(rb"\x01([\x04-\x15])(input_rgb_image_sized|con_4|affine_|relu_|max_pool_2"
                     rb"|avg_pool_2|add_prev_|fc_2)")
 
@@ -128,7 +129,7 @@ def _layers(data: bytes) -> list[tuple[str, Any]]:
 
 def _expected() -> list[str]:
     kinds = ["input_rgb_image_sized", "con_4", "affine_", "relu_", "max_pool_2"]
-    for _, down, blocks in LEVELS:
+    for down, blocks in LEVELS:
         for b in range(blocks):
             kinds += ["con_4", "affine_", "relu_", "con_4", "affine_"]
             kinds += ["avg_pool_2"] if down and b == 0 else []
@@ -186,11 +187,10 @@ class DescriptorNet:
     def __init__(self, weights: Weights) -> None:
         import torch
 
-        self.torch = torch
         self.convs = [(torch.from_numpy(w), torch.from_numpy(b), s) for w, b, s in weights.convs]
         self.fc = torch.from_numpy(weights.fc)
         self.means = torch.tensor(weights.means, dtype=torch.float32).view(1, 3, 1, 1)
-        self.blocks = [down and b == 0 for _, down, blocks in LEVELS for b in range(blocks)]
+        self.blocks = [down and b == 0 for down, blocks in LEVELS for b in range(blocks)]
 
     def describe(self, chips: np.ndarray) -> np.ndarray:
         """Raw descriptors (n x 128 float32) of n x 150 x 150 x 3 uint8 RGB chips."""
@@ -198,10 +198,10 @@ class DescriptorNet:
         return np.concatenate(parts) if parts else np.zeros((0, 128), np.float32)
 
     def _forward(self, chips: np.ndarray) -> np.ndarray:
-        torch = self.torch
+        import torch
+
         f = torch.nn.functional
-        x = torch.from_numpy(np.array(chips, np.uint8)).permute(0, 3, 1, 2).float()  # a copy:
-        # torch wants writable memory, and a request arrives as a read-only buffer
+        x = torch.from_numpy(np.ascontiguousarray(chips, np.uint8)).permute(0, 3, 1, 2).float()
         with torch.inference_mode():
             x = (x - self.means) / 256.0
             w, b, s = self.convs[0]
