@@ -98,7 +98,8 @@ class PipelineSettings(_Section):
     )
     scene_threshold: float = Field(3.0, gt=0, description="adaptive_threshold (content: threshold)")
     scene_min_len_s: float = Field(0.4, ge=0, description="shortest scene PySceneDetect may cut")
-    scene_width_px: int = Field(256, ge=32, description="width of the decode used for scene cuts")
+    scene_width_px: int = Field(
+        256, ge=32, description="widest picture for scene cuts (the frame over a whole factor)")
     sample_fps: float = Field(5.0, gt=0, le=60, description="frames sampled per second of scene")
     min_scene_samples: int = Field(3, ge=1, description="frames from even a very short scene")
     max_frame_side_px: int = Field(1920, ge=320, description="sampled frames are scaled to this")

@@ -11,6 +11,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import av
+import cv2
 import numpy as np
 import pytest
 
@@ -27,7 +28,7 @@ from bodycam.pipeline.faces import (
     Registry,
 )
 from bodycam.pipeline.frames import ChunkDecoder, plan_samples
-from bodycam.pipeline.scenes import small_bgr
+from bodycam.pipeline.scenes import scene_size, small_bgr
 from bodycam.pipeline.tracks import build_tracks
 from tests.conftest import HAMILTON, TESTDATA, StackHandle
 
@@ -47,15 +48,24 @@ def _det(t: float, box: tuple[float, float, float, float], vec: list[float],
 def test_scene_frames_are_scaled_plane_by_plane_and_other_formats_keep_swscale() -> None:
     """The scene detector's small BGR frame: 4:2:0 frames are area-scaled per plane with
     OpenCV, the same picture as swscale's area scaling to within rounding (swapped or
-    misaligned planes would be far off); any other pixel format goes through swscale."""
+    misaligned planes would be far off), also where a whole factor leaves out edge pixels
+    (640x360 over 3 is 212x120, 4 columns left out); any other pixel format goes through
+    swscale."""
+    assert scene_size(640, 360, 256) == (212, 120)
+    assert scene_size(1920, 1080, 256) == (240, 134)
+    assert scene_size(1280, 720, 256) == (256, 144)
     with av.open(str(HAMILTON)) as container:
         frames = [f for i, f in zip(range(60), container.decode(video=0), strict=False)
                   if i % 15 == 7]
     assert frames and frames[0].format.name == "yuv420p"
     for f in frames:
-        for w, h in ((256, 144), (256, 146), (96, 54)):
+        full = f.to_ndarray(format="bgr24")
+        for w, h in ((256, 144), (256, 146), (96, 54), (212, 120), (320, 180)):
             mine = small_bgr(f, w, h).astype(int)
-            ref = f.to_ndarray(format="bgr24", width=w, height=h, interpolation="AREA")
+            k = 640 // w
+            ref = (cv2.resize(full[:h * k, :w * k], (w, h), interpolation=cv2.INTER_AREA)
+                   if 640 % w < 2 * k and 360 // h == k else
+                   f.to_ndarray(format="bgr24", width=w, height=h, interpolation="AREA"))
             assert mine.shape == ref.shape == (h, w, 3)
             per_channel = np.abs(mine - ref.astype(int)).mean(axis=(0, 1))
             assert per_channel.max() < 2.5, (w, h, per_channel)

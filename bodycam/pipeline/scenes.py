@@ -35,8 +35,7 @@ class SceneCutter:
             self.detector = ContentDetector(threshold=cfg.scene_threshold * 9,
                                             min_scene_len=min_len)
             self.lag_frames = self.detector.event_buffer_length + min_len + 1
-        self.width = max(16, cfg.scene_width_px // 2 * 2)
-        self.height = max(16, math.ceil(height_px * self.width / width_px / 2) * 2)
+        self.width, self.height = scene_size(width_px, height_px, cfg.scene_width_px)
         self._last: FrameTimecode | None = None
 
     def _tc(self, pts_rel: int) -> FrameTimecode:
@@ -55,6 +54,17 @@ class SceneCutter:
         return [int(c.pts) for c in self.detector.post_process(self._last)]
 
 
+def scene_size(width_px: int, height_px: int, max_width_px: int) -> tuple[int, int]:
+    """The scene detector's picture: the frame divided by the smallest whole factor that makes
+    it at most max_width_px wide, in even sizes (1920x1080 -> 240x134, 1280x720 -> 256x144).
+
+    A whole factor lets small_bgr average exact pixel blocks (OpenCV's fast area path: 1.6
+    against 0.44 ms for a 1080p luma plane); at most a few edge rows and columns are left out.
+    """
+    k = max(1, math.ceil(width_px / max_width_px))
+    return max(16, width_px // (2 * k) * 2), max(16, height_px // (2 * k) * 2)
+
+
 # 8-bit 4:2:0 planar, the layout of nearly all camera H.264: scaled plane by plane.
 _I420 = frozenset({"yuv420p", "yuvj420p"})
 
@@ -64,7 +74,9 @@ def small_bgr(frame: av.VideoFrame, width: int, height: int) -> np.ndarray:
 
     swscale took about 2 ms a 720p frame for this, more than decoding it: each of the Y, U
     and V planes is now area-averaged to the small size in place (about 0.8 ms) and only the
-    small picture converted to BGR. Other pixel formats keep swscale.
+    small picture converted to BGR. Where the frame is a whole multiple of the small size but
+    for fewer than two blocks of rows or columns (see scene_size), those are left out so
+    each small pixel averages an exact block of pixels. Other pixel formats keep swscale.
     """
     if (frame.format.name not in _I420 or width % 2 or height % 2
             or any(pl.line_size < pl.width or pl.buffer_size != pl.line_size * pl.height
@@ -78,8 +90,12 @@ def small_bgr(frame: av.VideoFrame, width: int, height: int) -> np.ndarray:
     start = 0
     for plane, (w, h) in zip(frame.planes, sizes, strict=True):
         pixels = np.frombuffer(memoryview(plane), np.uint8).reshape(plane.height, plane.line_size)
+        k = plane.width // w
+        whole = k >= 1 and plane.height // h == k and plane.width - w * k < 2 * k \
+            and plane.height - h * k < 2 * k
+        src = pixels[:h * k, :w * k] if whole else pixels[:, :plane.width]
         dst = flat[start:start + w * h].reshape(h, w)
-        cv2.resize(pixels[:, :plane.width], (w, h), dst=dst, interpolation=cv2.INTER_AREA)
+        cv2.resize(src, (w, h), dst=dst, interpolation=cv2.INTER_AREA)
         start += w * h
     bgr: np.ndarray = cv2.cvtColor(i420, cv2.COLOR_YUV2BGR_I420)
     return bgr
