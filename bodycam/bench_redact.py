@@ -29,7 +29,6 @@ redact-bench section of BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -48,6 +47,7 @@ from typing import Any
 import numpy as np
 
 from bodycam.benchmarks_md import replace_section
+from bodycam.storage import sha256_file
 
 REPO = Path(__file__).resolve().parent.parent
 MD_START = "<!-- redact-bench:start -->"
@@ -240,14 +240,6 @@ class BlazeFaceScanner:
 
 
 Scanner = CenterFaceScanner | BlazeFaceScanner
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def scan_video(path: Path, scanner: Scanner, cache: Path | None = None) -> list[np.ndarray]:

@@ -694,7 +694,7 @@ def _evidence_counts(ctx: Any) -> tuple[int, int, int]:
     with ctx.db() as conn:
         videos = conn.execute("SELECT count(*) AS n FROM videos").fetchone()["n"]
         units = conn.execute("SELECT count(*) AS n FROM work_units").fetchone()["n"]
-    objects = sum(1 for o in ctx.store.list("") if o.key.startswith(("originals/", "staging/")))
+    objects = sum(1 for o in ctx.store.list("") if o.key.startswith("originals/"))
     return int(videos), int(units), objects
 
 

@@ -9,18 +9,17 @@ import tempfile
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import IO
 
 import psycopg
 
 from bodycam import audit, jobs
 from bodycam.context import Context
 from bodycam.domain import MediaInfo
-from bodycam.errors import InvalidInputError, InvalidMediaError, PermanentError, TransientError
+from bodycam.errors import InvalidInputError, InvalidMediaError, PermanentError
 from bodycam.media.files import private_copy, safe_name
 from bodycam.media.probe import probe
 from bodycam.queue import PROCESS_UNIT
-from bodycam.storage import INCOMING, StoredObject
+from bodycam.storage import INCOMING, StoredObject, sha256_file
 
 log = logging.getLogger(__name__)
 _FIELD = re.compile(r"^[\w .:/#@+-]{1,200}$")
@@ -85,9 +84,8 @@ def ingest_file(ctx: Context, name: str, custody: Custody) -> IngestResult:
     label = safe_name(name)
     with private_copy(name, limits.max_bytes) as copy:
         info = probe(copy.path, limits, name=label)
-        with open(copy.path, "rb") as f:
-            return _store_and_record(ctx, f, safe_name(Path(name).name), info, custody,
-                                     expect_sha256=copy.sha256)
+        return _store_and_record(ctx, copy.path, copy.sha256, safe_name(Path(name).name), info,
+                                 custody)
 
 
 def ingest_private(ctx: Context, path: Path, filename: str, custody: Custody,
@@ -96,48 +94,40 @@ def ingest_private(ctx: Context, path: Path, filename: str, custody: Custody,
     into a 0600 file while hashing it), without copying it again.
 
     `filename` is the client's name for it (recorded, escaped); `sha256`, when given, is what
-    the spooled bytes hashed to, checked again as they are stored. Bad input raises
-    InvalidMediaError and leaves nothing behind; the caller deletes the file.
+    the spooled bytes hashed to (else they are hashed here); the stored bytes must hash to it
+    too. Bad input raises InvalidMediaError and leaves nothing behind; the caller deletes the
+    file.
     """
     label = safe_name(Path(filename).name) or "upload"
     info = probe(path, ctx.settings.limits, name=label)
-    with open(path, "rb") as f:
-        return _store_and_record(ctx, f, label, info, custody, expect_sha256=sha256)
+    return _store_and_record(ctx, path, sha256 or sha256_file(path), label, info, custody)
 
 
-def _store_and_record(ctx: Context, stream: IO[bytes], filename: str, info: MediaInfo,
-                      custody: Custody, expect_sha256: str | None = None) -> IngestResult:
-    store = ctx.store
+def _store_and_record(ctx: Context, path: Path, sha256: str, filename: str, info: MediaInfo,
+                      custody: Custody) -> IngestResult:
+    """Record a validated private file that hashed to `sha256`, storing it first unless this
+    case has it already (then the duplicate is audited and nothing is written)."""
+    existing = _find(ctx, custody.case_id, sha256)
+    if existing is not None:
+        ctx.audit(custody.uploader, "ingest.duplicate",
+                  {"video_id": existing[0], "case": custody.case_id, "sha256": sha256,
+                   "filename": filename})
+        return IngestResult(existing[0], sha256, existing[1], True, filename)
     try:
-        staged = store.upload_hashed(stream, ctx.settings.limits.max_bytes)
+        with open(path, "rb") as f:
+            stored = ctx.store.put_original(f, sha256, ctx.settings.limits.max_bytes)
     except ValueError as exc:
         raise InvalidMediaError(filename, str(exc)) from None
     try:
-        if expect_sha256 is not None and staged.sha256 != expect_sha256:
-            raise TransientError(f"{filename}: the private copy changed during upload "
-                                 f"(SHA-256 {staged.sha256}, copied {expect_sha256})")
-        existing = _find(ctx, custody.case_id, staged.sha256)
-        if existing is not None:
-            store.delete(staged.key)
-            ctx.audit(custody.uploader, "ingest.duplicate",
-                      {"video_id": existing[0], "case": custody.case_id,
-                       "sha256": staged.sha256, "filename": filename})
-            return IngestResult(existing[0], staged.sha256, existing[1], True, filename)
-        key = store.promote(staged)
-    except BaseException:
-        if store.exists(staged.key):
-            store.delete(staged.key)
-        raise
-    try:
-        video_id, units = _record(ctx, key, staged, filename, info, custody)
+        video_id, units = _record(ctx, stored, filename, info, custody)
     except psycopg.errors.UniqueViolation:  # the same file ingested concurrently
-        found = _find(ctx, custody.case_id, staged.sha256)
+        found = _find(ctx, custody.case_id, sha256)
         assert found is not None
-        return IngestResult(found[0], staged.sha256, found[1], True, filename)
+        return IngestResult(found[0], sha256, found[1], True, filename)
     log.info("ingested video %s (%d units)", video_id, len(units))
     for idx in units:
         ctx.send(PROCESS_UNIT, video_id, idx)
-    return IngestResult(video_id, staged.sha256, "queued", False, filename)
+    return IngestResult(video_id, sha256, "queued", False, filename)
 
 
 def _find(ctx: Context, case_id: str, sha256: str) -> tuple[str, str] | None:
@@ -149,7 +139,7 @@ def _find(ctx: Context, case_id: str, sha256: str) -> tuple[str, str] | None:
     return (str(row["id"]), str(row["status"])) if row else None
 
 
-def _record(ctx: Context, key: str, staged: StoredObject, filename: str, info: MediaInfo,
+def _record(ctx: Context, stored: StoredObject, filename: str, info: MediaInfo,
             custody: Custody) -> tuple[str, list[int]]:
     with ctx.db() as conn:
         row = conn.execute(
@@ -158,8 +148,8 @@ def _record(ctx: Context, key: str, staged: StoredObject, filename: str, info: M
             " device, recorded_at, source, stage_times)"
             " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
             " jsonb_build_object('ingested', now())) RETURNING id::text AS id",
-            (custody.case_id, staged.sha256, key, filename, staged.size_bytes, info.container,
-             info.codec, info.width_px, info.height_px, info.duration_s,
+            (custody.case_id, stored.sha256, stored.key, filename, stored.size_bytes,
+             info.container, info.codec, info.width_px, info.height_px, info.duration_s,
              json.dumps(info.as_json()), custody.uploader, custody.officer, custody.device,
              custody.recorded_at, custody.source),
         ).fetchone()
@@ -167,8 +157,8 @@ def _record(ctx: Context, key: str, staged: StoredObject, filename: str, info: M
         video_id = str(row["id"])
         jobs.create_units(conn, video_id, info.duration_s, ctx.settings.jobs.chunk_s)
         audit.append(conn, ctx.audit_key, custody.uploader, "ingest", {
-            "video_id": video_id, "case": custody.case_id, "sha256": staged.sha256,
-            "filename": filename, "size_bytes": staged.size_bytes, "officer": custody.officer,
+            "video_id": video_id, "case": custody.case_id, "sha256": stored.sha256,
+            "filename": filename, "size_bytes": stored.size_bytes, "officer": custody.officer,
             "device": custody.device, "source": custody.source,
             "recorded_at": custody.recorded_at.isoformat() if custody.recorded_at else None})
         units = jobs.pending_units(conn, video_id)
@@ -260,8 +250,8 @@ def ingest_incoming(ctx: Context, key: str, etag: str) -> IngestResult | None:
         with tempfile.NamedTemporaryFile(suffix=Path(filename).suffix) as tmp:
             ctx.store.download_to(key, tmp.name)
             info = probe(Path(tmp.name), ctx.settings.limits, name=key)
-            with open(tmp.name, "rb") as f:
-                result = _store_and_record(ctx, f, filename, info, custody)
+            result = _store_and_record(ctx, Path(tmp.name), sha256_file(tmp.name), filename,
+                                       info, custody)
     except PermanentError as exc:
         _reject_incoming(ctx, key, etag, str(exc))
         raise

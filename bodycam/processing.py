@@ -24,9 +24,9 @@ from bodycam.db import Conn
 from bodycam.domain import MediaInfo
 from bodycam.errors import InvalidMediaError, LeaseLostError, PermanentError, TransientError
 from bodycam.pipeline.analyze import ChunkResult, analyze_chunk
-from bodycam.pipeline.faces import FaceEmbedder, Registry, sha256_file
+from bodycam.pipeline.faces import FaceEmbedder, Registry
 from bodycam.queue import FINALIZE_VIDEO
-from bodycam.storage import THUMBNAILS
+from bodycam.storage import THUMBNAILS, sha256_file
 
 log = logging.getLogger(__name__)
 TRACK_NS = uuid.UUID("6f1d2a57-3c55-4d7e-9a43-0b5c1f0e2d11")

@@ -6,9 +6,10 @@ import contextlib
 import functools
 import hashlib
 import io
-import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO, Any, ParamSpec, TypeVar
 
 import boto3
@@ -20,10 +21,12 @@ from bodycam.errors import TransientError
 
 ORIGINALS = "originals/"
 INCOMING = "incoming/"
-STAGING = "staging/"
 THUMBNAILS = "thumbnails/"
 REDACTIONS = "redactions/"
 PART_BYTES = 16 * 1024 * 1024
+# Parts of one original sent at once: on the embedded stack a 111 MB file took 0.90 s one part
+# at a time and 0.74 s four at a time (uploads only: the file was hashed beforehand).
+UPLOAD_THREADS = 4
 
 
 def read_full(stream: IO[bytes], n: int) -> bytes:
@@ -52,7 +55,7 @@ class S3Config:
 
 @dataclass(frozen=True)
 class StoredObject:
-    """An object written by `upload_hashed`: its key, size and SHA-256."""
+    """An original stored by `put_original`: its key, size and SHA-256."""
 
     key: str
     size_bytes: int
@@ -104,6 +107,15 @@ def _guarded(fn: Callable[P, R]) -> Callable[P, R]:
             raise mapped from exc
 
     return wrapper
+
+
+def sha256_file(path: str | Path) -> str:
+    """SHA-256 of a file, read in blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def original_key(sha256: str) -> str:
@@ -161,68 +173,75 @@ class ObjectStore:
     @_guarded
     def exists(self, key: str) -> bool:
         """Whether an object exists."""
-        try:
-            self._client.head_object(Bucket=self.bucket, Key=key)
-            return True
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                return False
-            raise TransientError(f"cannot read {key}: {exc}") from exc
+        return self._size(key) is not None
 
     @_guarded
-    def upload_hashed(self, stream: IO[bytes], max_bytes: int) -> StoredObject:
-        """Stream a file once into a staging key while hashing it; returns size and SHA-256.
+    def put_original(self, stream: IO[bytes], sha256: str, max_bytes: int) -> StoredObject:
+        """Store a file at its content-addressed key, once; an original already there is kept.
 
-        The caller moves the object to its content-addressed key with `promote` once the file
-        has been validated, or deletes it with `delete_staging`. Raises ValueError past
-        max_bytes (nothing is left behind then).
+        The caller hashed the file (`sha256_file`). Its bytes are hashed again as they are
+        sent, in parts, UPLOAD_THREADS at a time, and the multipart upload is completed only
+        when they hash to `sha256`: until then nothing is visible, so nothing stands under
+        originals/ that is not the bytes its key names. Otherwise the upload is aborted and
+        TransientError raised (the file changed), or ValueError past max_bytes.
         """
-        key = f"{STAGING}{uuid.uuid4().hex}"
+        key = original_key(sha256)
+        size = self._size(key)
+        if size is not None:
+            return StoredObject(key=key, size_bytes=size, sha256=sha256)
         digest = hashlib.sha256()
         size = 0
-        upload_id = self._client.create_multipart_upload(Bucket=self.bucket, Key=key)["UploadId"]
-        parts: list[dict[str, Any]] = []
+        upload_id = self._client.create_multipart_upload(
+            Bucket=self.bucket, Key=key, Metadata={"sha256": sha256})["UploadId"]
+        sent: list[Future[dict[str, Any]]] = []
+        pool = ThreadPoolExecutor(UPLOAD_THREADS, thread_name_prefix="s3-part")
         try:
             while True:
                 chunk = read_full(stream, PART_BYTES)
-                if not chunk and parts:
+                if not chunk and sent:
                     break
                 size += len(chunk)
                 if size > max_bytes:
                     raise ValueError(f"larger than the {max_bytes}-byte limit")
                 digest.update(chunk)
-                number = len(parts) + 1
-                etag = self._client.upload_part(
-                    Bucket=self.bucket, Key=key, PartNumber=number, UploadId=upload_id, Body=chunk
-                )["ETag"]
-                parts.append({"PartNumber": number, "ETag": etag})
+                if len(sent) >= UPLOAD_THREADS:  # at most this many parts held in memory
+                    sent[-UPLOAD_THREADS].result()
+                sent.append(pool.submit(self._part, key, upload_id, len(sent) + 1, chunk))
                 if len(chunk) < PART_BYTES:
                     break
+            parts = [f.result() for f in sent]
+            if digest.hexdigest() != sha256:
+                raise TransientError(f"the file changed while it was stored (SHA-256 "
+                                     f"{digest.hexdigest()}, expected {sha256})")
             self._client.complete_multipart_upload(
                 Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
             )
         except BaseException:
+            for f in sent:
+                f.cancel()
+            pool.shutdown(wait=True)
             # A store that fails the abort too cleans unfinished uploads itself; the error that
             # matters is the one that interrupted the upload.
             with contextlib.suppress(BotoCoreError, ClientError):
                 self._client.abort_multipart_upload(Bucket=self.bucket, Key=key,
                                                     UploadId=upload_id)
             raise
-        return StoredObject(key=key, size_bytes=size, sha256=digest.hexdigest())
+        pool.shutdown(wait=True)
+        return StoredObject(key=key, size_bytes=size, sha256=sha256)
 
-    @_guarded
-    def promote(self, staged: StoredObject) -> str:
-        """Move a staged upload to its content-addressed key; an existing original is kept."""
-        key = original_key(staged.sha256)
-        if not self.exists(key):
-            self._client.copy(
-                {"Bucket": self.bucket, "Key": staged.key},
-                self.bucket,
-                key,
-                ExtraArgs={"MetadataDirective": "REPLACE", "Metadata": {"sha256": staged.sha256}},
-            )
-        self.delete(staged.key)
-        return key
+    def _part(self, key: str, upload_id: str, number: int, body: bytes) -> dict[str, Any]:
+        etag = self._client.upload_part(Bucket=self.bucket, Key=key, PartNumber=number,
+                                        UploadId=upload_id, Body=body)["ETag"]
+        return {"PartNumber": number, "ETag": etag}
+
+    def _size(self, key: str) -> int | None:
+        """An object's size, or None when it does not exist."""
+        try:
+            return int(self._client.head_object(Bucket=self.bucket, Key=key)["ContentLength"])
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise TransientError(f"cannot read {key}: {exc}") from exc
 
     @_guarded
     def download_to(self, key: str, path: str) -> None:
@@ -263,14 +282,14 @@ class ObjectStore:
     def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
         """Write a small derived object (thumbnail, export); never used for originals."""
         if key.startswith(ORIGINALS):
-            raise ValueError("originals are written only by upload_hashed/promote")
+            raise ValueError("originals are written only by put_original")
         self._client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type)
 
     @_guarded
     def put_file(self, key: str, path: str, content_type: str) -> None:
         """Write a derived file (a redacted video) in parts; never used for originals."""
         if key.startswith(ORIGINALS):
-            raise ValueError("originals are written only by upload_hashed/promote")
+            raise ValueError("originals are written only by put_original")
         self._client.upload_file(path, self.bucket, key,
                                  ExtraArgs={"ContentType": content_type})
 
@@ -292,7 +311,7 @@ class ObjectStore:
 
     @_guarded
     def delete(self, key: str) -> None:
-        """Delete a derived or staging object; originals are refused."""
+        """Delete a derived or incoming object; originals are refused."""
         if key.startswith(ORIGINALS):
             raise ValueError("the application never deletes originals")
         self._client.delete_object(Bucket=self.bucket, Key=key)

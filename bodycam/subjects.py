@@ -19,7 +19,7 @@ from bodycam.db import Conn, uid
 from bodycam.domain import FaceDetection, SampledFrame
 from bodycam.errors import InvalidInputError, NotFoundError, PermanentError
 from bodycam.pipeline.faces import FaceEmbedder, Registry
-from bodycam.storage import StoredObject
+from bodycam.storage import sha256_file
 
 MAX_PHOTO_SIDE_PX = 1920
 
@@ -152,8 +152,8 @@ def enroll(ctx: Context, name: str, photos: list[str], case_id: str, reason: str
     keys = []
     for p in photos:
         with open(p, "rb") as f:
-            staged: StoredObject = ctx.store.upload_hashed(f, ctx.settings.limits.max_bytes)
-        keys.append(ctx.store.promote(staged))
+            stored = ctx.store.put_original(f, sha256_file(p), ctx.settings.limits.max_bytes)
+        keys.append(stored.key)
     with ctx.db() as conn:
         # Under a profile that requires it, a supervisor approves before any matching.
         approved = not policy.current(conn).enrolment_approval

@@ -88,7 +88,7 @@ class StackHandle:
         # Evidence objects only: thumbnails and the audit anchor are written in the background
         # by processing of earlier uploads.
         objects = sum(1 for o in self.ctx.store.list("")
-                      if o.key.startswith(("originals/", "staging/")))
+                      if o.key.startswith("originals/"))
         return {"videos": videos, "units": units, "objects": objects}
 
 

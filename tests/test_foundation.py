@@ -15,7 +15,8 @@ import httpx
 import pytest
 
 from bodycam import jobs, queue
-from bodycam.storage import SMALL_PUT, original_key
+from bodycam.errors import TransientError
+from bodycam.storage import PART_BYTES, SMALL_PUT, original_key
 from tests.conftest import FACENET_CLIP, HAMILTON, TESTDATA, StackHandle, serve_with
 
 FFMPEG = shutil.which("ffmpeg")
@@ -76,6 +77,48 @@ def test_the_same_file_in_the_same_case_is_a_duplicate(stack: StackHandle) -> No
                              "--device", "D")
     assert other["duplicate"] is False and other["video_id"] != first["video_id"]
     assert other["sha256"] == first["sha256"]
+
+
+def test_an_original_is_stored_only_as_the_bytes_its_key_names(
+        stack: StackHandle, tmp_path: Path) -> None:
+    """put_original sends a file in parts, several at once, and completes the upload only when
+    the bytes sent hash to the key's SHA-256: a file that changed since it was hashed, or one
+    over the size limit, leaves nothing under originals/. An original already stored is
+    neither written again nor replaced."""
+    store = stack.ctx.store
+    sent: list[int] = []
+
+    def record(params: dict[str, object], **_: object) -> None:
+        sent.append(int(params["PartNumber"]))  # type: ignore[call-overload]
+
+    data = os.urandom(3 * PART_BYTES + 12345)  # four parts
+    path = tmp_path / "clip.bin"
+    path.write_bytes(data)
+    digest = hashlib.sha256(data).hexdigest()
+    before = stack.counts()["objects"]
+    lied = hashlib.sha256(b"another file").hexdigest()
+    with path.open("rb") as f, pytest.raises(TransientError, match="changed"):
+        store.put_original(f, lied, 10 * PART_BYTES)
+    with path.open("rb") as f, pytest.raises(ValueError, match="limit"):
+        store.put_original(f, digest, 2 * PART_BYTES)
+    assert not store.exists(original_key(lied)) and not store.exists(original_key(digest))
+    assert stack.counts()["objects"] == before
+    store._client.meta.events.register("provide-client-params.s3.UploadPart", record)
+    try:
+        with path.open("rb") as f:
+            stored = store.put_original(f, digest, 10 * PART_BYTES)
+        assert sorted(sent) == [1, 2, 3, 4]
+        assert (stored.key, stored.size_bytes) == (original_key(digest), len(data))
+        assert store.get_bytes(stored.key) == data
+        sent.clear()
+        path.write_bytes(b"x" * 10)  # the key is trusted only for what is already stored
+        with path.open("rb") as f:
+            again = store.put_original(f, digest, 10 * PART_BYTES)
+        assert again == stored and sent == [], "an original is never sent twice"
+    finally:
+        store._client.meta.events.unregister("provide-client-params.s3.UploadPart", record)
+    assert store.get_bytes(stored.key) == data
+    assert stack.counts()["objects"] == before + 1
 
 
 def _bad_files(tmp: Path) -> dict[str, tuple[list[str], dict[str, str], str]]:

@@ -84,7 +84,7 @@ def test_a_2gb_upload_keeps_server_memory_flat_is_refused_cleanly_and_leaves_not
         assert r.headers["content-type"].startswith("application/problem+json")
         assert len(str(r.json()["detail"]).splitlines()) == 1
         assert max(growth.values()) < MAX_GROWTH_KB, f"server RSS grew {growth} kB"
-        assert stack.counts() == before, "no video row, staging object or job is left"
+        assert stack.counts() == before, "no video row, original or job is left"
         assert _big_files(stack.home, Path(tempfile.gettempdir())) <= big_before, \
             "no spooled upload is left on disk"
         uploads = stack.home / "uploads"

@@ -18,7 +18,6 @@ from bodycam.context import Context
 from bodycam.db import Conn, uid
 from bodycam.errors import ConflictError, InvalidInputError, NotFoundError
 from bodycam.pipeline.centerface import plan_detector
-from bodycam.pipeline.faces import sha256_file
 from bodycam.redaction import (
     ALGORITHM,
     AUDIO,
@@ -36,7 +35,7 @@ from bodycam.redaction import (
     render,
     report_lines,
 )
-from bodycam.storage import REDACTIONS
+from bodycam.storage import REDACTIONS, sha256_file
 
 _plan_locks: dict[str, threading.Lock] = {}
 _plan_locks_guard = threading.Lock()

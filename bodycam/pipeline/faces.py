@@ -6,7 +6,6 @@ batches; every output records which model made it. facenet-pytorch and dlib shap
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import threading
@@ -21,6 +20,7 @@ from bodycam.domain import FaceDetection, SampledFrame
 from bodycam.errors import ModelUnavailableError
 from bodycam.pipeline.dlib_resnet import CHIP_PADDING, CHIP_PX, DescriptorNet, read_weights
 from bodycam.pipeline.mtcnn import MtcnnCascade
+from bodycam.storage import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -40,15 +40,6 @@ def torch_device(choice: str) -> str:
     if choice == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return choice
-
-
-def sha256_file(path: Path) -> str:
-    """SHA-256 of a file, read in blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def sharpness(gray: np.ndarray) -> float:
