@@ -273,7 +273,7 @@ def test_kill_9_of_a_worker_mid_video_still_ends_done_exactly_once(
         with stack.ctx.db() as conn:
             row = conn.execute(
                 "SELECT idx, lease_owner FROM work_units WHERE video_id = %s AND state ="
-                " 'running' AND progress BETWEEN 0.01 AND 0.7 ORDER BY idx LIMIT 1",
+                " 'running' AND progress < 0.7 ORDER BY idx LIMIT 1",
                 (vid,)).fetchone()
         if row:
             owner = str(row["lease_owner"])
