@@ -8,6 +8,7 @@ import os
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 PART_PREFIX = ".part-"
@@ -20,6 +21,28 @@ def cache_dir(home: Path) -> Path:
     path = home / "cache"
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     return path
+
+
+def adopt(cache: Path, path: Path, sha256: str) -> bool:
+    """Make a private file that hashed to `sha256` the cached original of that SHA-256, by a
+    hard link (no copy: False where the cache is on another file system, or it is cached
+    already). Ingest does this for each upload it stored, so that a worker sharing this home
+    finds the original without downloading it again."""
+    target = cache / sha256
+    if target.exists():
+        return False
+    try:
+        os.link(path, target)
+    except OSError:
+        return False
+    return True
+
+
+def running_originals(conn: Any) -> set[str]:
+    """SHA-256 of the originals that running units (of any worker) are processing."""
+    return {str(r["sha256"]) for r in conn.execute(
+        "SELECT DISTINCT v.sha256 FROM work_units u JOIN videos v ON v.id = u.video_id"
+        " WHERE u.state = 'running' AND u.lease_until > now()").fetchall()}
 
 
 def touch(path: Path) -> None:

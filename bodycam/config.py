@@ -79,6 +79,10 @@ class JobSettings(_Section):
         20 * 1024**3, ge=0,
         description="a worker's local cache of originals, bytes; least recently used files are "
                     "evicted past it, never one a running unit uses (0: keep none once done)")
+    cache_uploads: bool = Field(
+        True, description="ingest hard-links each upload it stored into its home's cache of "
+                          "originals (no copy; same file system only): a worker sharing that "
+                          "home, as on the embedded stack, then need not download it")
     fixity_interval_s: float = Field(
         24 * 3600.0, gt=0,
         description="how often stored originals and derivatives are re-hashed (fixity check)")

@@ -15,11 +15,12 @@ import psycopg
 from bodycam import audit, jobs
 from bodycam.context import Context
 from bodycam.domain import MediaInfo
-from bodycam.errors import InvalidInputError, InvalidMediaError, PermanentError
+from bodycam.errors import InvalidInputError, InvalidMediaError, PermanentError, TransientError
 from bodycam.media.files import private_copy, safe_name
 from bodycam.media.probe import probe
 from bodycam.queue import PROCESS_UNIT
-from bodycam.storage import INCOMING, StoredObject, sha256_file
+from bodycam.storage import INCOMING, OriginalUpload, StoredObject, sha256_file
+from bodycam.timeparse import parse_recorded_at
 
 log = logging.getLogger(__name__)
 _FIELD = re.compile(r"^[\w .:/#@+-]{1,200}$")
@@ -63,17 +64,6 @@ class IngestResult:
                 "duplicate": self.duplicate, "filename": self.filename}
 
 
-def parse_recorded_at(text: str | None) -> datetime | None:
-    """An ISO 8601 timestamp, or None; raises InvalidInputError with the expected form."""
-    if not text:
-        return None
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise InvalidInputError(
-            f"--recorded-at {text!r} is not ISO 8601 (e.g. 2026-03-14T09:30:00Z)") from None
-
-
 def ingest_file(ctx: Context, name: str, custody: Custody) -> IngestResult:
     """Ingest one local file. Bad input raises InvalidMediaError and leaves nothing behind.
 
@@ -89,35 +79,69 @@ def ingest_file(ctx: Context, name: str, custody: Custody) -> IngestResult:
 
 
 def ingest_private(ctx: Context, path: Path, filename: str, custody: Custody,
-                   sha256: str | None = None) -> IngestResult:
+                   sha256: str | None = None, sent: OriginalUpload | None = None
+                   ) -> IngestResult:
     """Ingest a file that is already private to this process (an upload the server spooled
     into a 0600 file while hashing it), without copying it again.
 
     `filename` is the client's name for it (recorded, escaped); `sha256`, when given, is what
     the spooled bytes hashed to (else they are hashed here); the stored bytes must hash to it
-    too. Bad input raises InvalidMediaError and leaves nothing behind; the caller deletes the
-    file.
+    too. `sent` is the same bytes already sent to the store while they arrived (see
+    `begin_upload`): completed only once the file is probed and found new to the case,
+    aborted otherwise. Bad input raises InvalidMediaError and leaves nothing behind; the
+    caller deletes the file.
     """
     label = safe_name(Path(filename).name) or "upload"
-    info = probe(path, ctx.settings.limits, name=label)
-    return _store_and_record(ctx, path, sha256 or sha256_file(path), label, info, custody)
+    try:
+        info = probe(path, ctx.settings.limits, name=label)
+        return _store_and_record(ctx, path, sha256 or sha256_file(path), label, info, custody,
+                                 sent)
+    finally:
+        if sent is not None:
+            sent.abort()  # a no-op once completed
+
+
+def begin_upload(ctx: Context, case_id: str, sha256: str) -> OriginalUpload | None:
+    """Begin sending an upload that declares `sha256` to the store while it arrives, so that
+    storing it overlaps its transfer (`ingest_private` completes or aborts it). None when the
+    case holds those bytes already (nothing need be sent) or the store cannot begin one now
+    (the file is then stored once received, or refused there with the store's error)."""
+    if _find(ctx, case_id, sha256) is not None:
+        return None
+    try:
+        return ctx.store.begin_original(sha256, ctx.settings.limits.max_bytes)
+    except TransientError as exc:
+        log.warning("cannot stream an upload to the store (%s); it is stored once received",
+                    type(exc).__name__)
+        return None
 
 
 def _store_and_record(ctx: Context, path: Path, sha256: str, filename: str, info: MediaInfo,
-                      custody: Custody) -> IngestResult:
+                      custody: Custody, sent: OriginalUpload | None = None) -> IngestResult:
     """Record a validated private file that hashed to `sha256`, storing it first unless this
-    case has it already (then the duplicate is audited and nothing is written)."""
+    case has it already (then the duplicate is audited and nothing is written). With `sent`
+    (these bytes, already sent while they arrived), storing is completing that upload."""
     existing = _find(ctx, custody.case_id, sha256)
     if existing is not None:
         ctx.audit(custody.uploader, "ingest.duplicate",
                   {"video_id": existing[0], "case": custody.case_id, "sha256": sha256,
                    "filename": filename})
         return IngestResult(existing[0], sha256, existing[1], True, filename)
+    stored = None
+    if sent is not None and sent.sha256 == sha256:
+        try:
+            stored = sent.finish()
+        except TransientError as exc:  # stored from the file below, or refused there
+            log.warning("completing a streamed upload failed (%s); storing it again",
+                        type(exc).__name__)
     try:
-        with open(path, "rb") as f:
-            stored = ctx.store.put_original(f, sha256, ctx.settings.limits.max_bytes)
+        if stored is None:
+            with open(path, "rb") as f:
+                stored = ctx.store.put_original(f, sha256, ctx.settings.limits.max_bytes)
     except ValueError as exc:
         raise InvalidMediaError(filename, str(exc)) from None
+    if ctx.settings.jobs.cache_uploads:
+        _cache_upload(ctx, path, sha256)
     try:
         video_id, units = _record(ctx, stored, filename, info, custody)
     except psycopg.errors.UniqueViolation:  # the same file ingested concurrently
@@ -128,6 +152,18 @@ def _store_and_record(ctx: Context, path: Path, sha256: str, filename: str, info
     for idx in units:
         ctx.send(PROCESS_UNIT, video_id, idx)
     return IngestResult(video_id, sha256, "queued", False, filename)
+
+
+def _cache_upload(ctx: Context, path: Path, sha256: str) -> None:
+    """Link the stored upload into this home's cache of originals (see jobs.cache_uploads),
+    then keep the cache inside its budget as a worker would."""
+    from bodycam import cache as originals
+
+    folder = originals.cache_dir(ctx.settings.home_dir)
+    if originals.adopt(folder, path, sha256):
+        with ctx.db() as conn:
+            running = originals.running_originals(conn)
+        originals.evict(folder, ctx.settings.jobs.cache_max_bytes, running | {sha256})
 
 
 def _find(ctx: Context, case_id: str, sha256: str) -> tuple[str, str] | None:

@@ -93,7 +93,9 @@ def load_video(conn: Conn, video_id: str) -> VideoRow:
 
 
 def local_copy(ctx: Context, video: VideoRow) -> Path:
-    """The original in this worker's cache, verified against its SHA-256 (chain of custody).
+    """The original in this worker's cache, verified against its SHA-256 (chain of custody):
+    linked there by ingest when the worker shares its home (jobs.cache_uploads; hashed as it
+    arrived), else downloaded and hashed here.
 
     The cache is bounded (jobs.cache_max_bytes): after a download the least recently used
     originals are evicted, never one that a running unit (of any worker) is processing.
@@ -107,6 +109,7 @@ def local_copy(ctx: Context, video: VideoRow) -> Path:
         return path
     fd, tmp = tempfile.mkstemp(dir=cache, prefix=originals.PART_PREFIX)
     os.close(fd)
+    t0 = time.perf_counter()
     try:
         ctx.store.download_to(video.object_key, tmp)
         digest = sha256_file(Path(tmp))
@@ -118,10 +121,10 @@ def local_copy(ctx: Context, video: VideoRow) -> Path:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+    log.info("video %s: original downloaded and verified in %.2f s", video.video_id,
+             time.perf_counter() - t0)
     with ctx.db() as conn:
-        running = {str(r["sha256"]) for r in conn.execute(
-            "SELECT DISTINCT v.sha256 FROM work_units u JOIN videos v ON v.id = u.video_id"
-            " WHERE u.state = 'running' AND u.lease_until > now()").fetchall()}
+        running = originals.running_originals(conn)
     originals.evict(cache, ctx.settings.jobs.cache_max_bytes, running | {video.sha256})
     return path
 
@@ -211,9 +214,11 @@ def run_unit(ctx: Context, video_id: str, idx: int, owner: str | None = None) ->
     beat = _Heartbeat(ctx, lease)
     beat.start()
     try:
+        t0 = time.perf_counter()
         with ctx.db() as conn:
             video = load_video(conn, video_id)
         path = local_copy(ctx, video)
+        t_copy = time.perf_counter()
         cfg = ctx.settings.pipeline
         embedder = embedder_for(ctx)
         detector = Registry.detector(cfg)
@@ -229,7 +234,14 @@ def run_unit(ctx: Context, video_id: str, idx: int, owner: str | None = None) ->
                                    detector, embedder, progress)
         except InvalidMediaError as exc:
             raise InvalidMediaError(video.filename, exc.reason) from None
+        t_analyzed = time.perf_counter()
         last = store_results(ctx, lease, video, result, embedder)
+        log.info("video %s unit %d: original %.2f s, analysis %.2f s (%d frames decoded, %d "
+                 "sampled, %d tracks; busy s: %s), results stored %.2f s", video_id, idx,
+                 t_copy - t0, t_analyzed - t_copy, result.frames_decoded, result.frames_sampled,
+                 len(result.tracks),
+                 " ".join(f"{k} {v:.2f}" for k, v in result.stage_s.items()),
+                 time.perf_counter() - t_analyzed)
     except LeaseLostError:
         log.warning("video %s unit %d: lease lost; results discarded", video_id, idx)
         return "skipped"
@@ -313,10 +325,12 @@ def finalize_video(ctx: Context, video_id: str) -> None:
     """Video-level work once every unit is done; idempotent."""
     from bodycam.matching import match_video
 
+    t0 = time.perf_counter()
     with ctx.db() as conn:
         made = match_video(conn, ctx.settings, video_id)
         n = conn.execute("SELECT count(*) AS n FROM tracks WHERE video_id = %s",
                          (video_id,)).fetchone()
         jobs.finish_video(conn, ctx.audit_key, video_id,
                           {"tracks": int(n["n"]) if n else 0, "new_matches": made})
-    log.info("video %s done; %d new pending matches", video_id, made)
+    log.info("video %s done; %d new pending matches; finalized in %.2f s", video_id, made,
+             time.perf_counter() - t0)

@@ -179,55 +179,25 @@ class ObjectStore:
     def put_original(self, stream: IO[bytes], sha256: str, max_bytes: int) -> StoredObject:
         """Store a file at its content-addressed key, once; an original already there is kept.
 
-        The caller hashed the file (`sha256_file`). Its bytes are hashed again as they are
-        sent, in parts, UPLOAD_THREADS at a time, and the multipart upload is completed only
-        when they hash to `sha256`: until then nothing is visible, so nothing stands under
-        originals/ that is not the bytes its key names. Otherwise the upload is aborted and
-        TransientError raised (the file changed), or ValueError past max_bytes.
+        The caller hashed the file (`sha256_file`). The stream is sent through an
+        OriginalUpload (see there): nothing becomes visible unless the bytes sent hash to
+        `sha256`; otherwise TransientError (the file changed), or ValueError past max_bytes.
         """
-        key = original_key(sha256)
-        size = self._size(key)
-        if size is not None:
-            return StoredObject(key=key, size_bytes=size, sha256=sha256)
-        digest = hashlib.sha256()
-        size = 0
-        upload_id = self._client.create_multipart_upload(
-            Bucket=self.bucket, Key=key, Metadata={"sha256": sha256})["UploadId"]
-        sent: list[Future[dict[str, Any]]] = []
-        pool = ThreadPoolExecutor(UPLOAD_THREADS, thread_name_prefix="s3-part")
+        upload = self.begin_original(sha256, max_bytes)
+        if upload.already_stored:
+            return upload.finish()
         try:
-            while True:
-                chunk = read_full(stream, PART_BYTES)
-                if not chunk and sent:
-                    break
-                size += len(chunk)
-                if size > max_bytes:
-                    raise ValueError(f"larger than the {max_bytes}-byte limit")
-                digest.update(chunk)
-                if len(sent) >= UPLOAD_THREADS:  # at most this many parts held in memory
-                    sent[-UPLOAD_THREADS].result()
-                sent.append(pool.submit(self._part, key, upload_id, len(sent) + 1, chunk))
-                if len(chunk) < PART_BYTES:
-                    break
-            parts = [f.result() for f in sent]
-            if digest.hexdigest() != sha256:
-                raise TransientError(f"the file changed while it was stored (SHA-256 "
-                                     f"{digest.hexdigest()}, expected {sha256})")
-            self._client.complete_multipart_upload(
-                Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
-            )
+            while chunk := read_full(stream, PART_BYTES):
+                upload.write(chunk)
+            return upload.finish()
         except BaseException:
-            for f in sent:
-                f.cancel()
-            pool.shutdown(wait=True)
-            # A store that fails the abort too cleans unfinished uploads itself; the error that
-            # matters is the one that interrupted the upload.
-            with contextlib.suppress(BotoCoreError, ClientError):
-                self._client.abort_multipart_upload(Bucket=self.bucket, Key=key,
-                                                    UploadId=upload_id)
+            upload.abort()
             raise
-        pool.shutdown(wait=True)
-        return StoredObject(key=key, size_bytes=size, sha256=sha256)
+
+    @_guarded
+    def begin_original(self, sha256: str, max_bytes: int) -> OriginalUpload:
+        """An upload of the original that should hash to `sha256`, fed as its bytes arrive."""
+        return OriginalUpload(self, sha256, max_bytes)
 
     def _part(self, key: str, upload_id: str, number: int, body: bytes) -> dict[str, Any]:
         etag = self._client.upload_part(Bucket=self.bucket, Key=key, PartNumber=number,
@@ -342,9 +312,144 @@ class ObjectStore:
             raise mapped from exc
 
     @_guarded
+    def unfinished_uploads(self, prefix: str = ORIGINALS) -> tuple[str, ...]:
+        """Keys under a prefix with a multipart upload begun and neither completed nor
+        aborted (parts the store holds that no object shows)."""
+        resp = self._client.list_multipart_uploads(Bucket=self.bucket, Prefix=prefix)
+        return tuple(str(u["Key"]) for u in resp.get("Uploads", []))
+
+    @_guarded
     def presigned_url(self, key: str, expires_s: int = 3600) -> str:
         """A time-limited URL to read an object."""
         url: str = self._client.generate_presigned_url(
             "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires_s
         )
         return url
+
+
+def _store_errors(fn: Callable[P, R]) -> Callable[P, R]:
+    """_guarded for OriginalUpload's methods (the store is its `store`)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except (BotoCoreError, ClientError) as exc:
+            upload = args[0]
+            assert isinstance(upload, OriginalUpload)
+            mapped = _unreachable(upload.store.cfg.endpoint_url, exc)
+            if mapped is None:
+                raise
+            raise mapped from exc
+
+    return wrapper
+
+
+class OriginalUpload:
+    """An original sent to originals/<sha256> in parts while its bytes arrive.
+
+    The bytes are hashed as they are written and sent PART_BYTES at a time, UPLOAD_THREADS
+    parts at once (at most that many held in memory). `finish` completes the multipart upload
+    only when they hash to the key's SHA-256: until then nothing is visible, so nothing
+    stands under originals/ that is not the bytes its key names. `abort` (after any failure,
+    or when the caller refuses the file) leaves nothing behind. An original already stored
+    is neither sent nor replaced: `finish` returns it (its bytes were checked when stored).
+
+    One writer at a time; `write` blocks while UPLOAD_THREADS parts are still in flight.
+    """
+
+    def __init__(self, store: ObjectStore, sha256: str, max_bytes: int) -> None:
+        self.store = store
+        self.sha256 = sha256
+        self.key = original_key(sha256)
+        self.max_bytes = max_bytes
+        self.size = 0
+        self._digest = hashlib.sha256()
+        self._buf = bytearray()
+        self._sent: list[Future[dict[str, Any]]] = []
+        self._pool: ThreadPoolExecutor | None = None
+        self._upload_id: str | None = None
+        self._done = False
+        self._stored_size = store._size(self.key)
+        if self._stored_size is None:
+            self._upload_id = store._client.create_multipart_upload(
+                Bucket=store.bucket, Key=self.key, Metadata={"sha256": sha256})["UploadId"]
+            self._pool = ThreadPoolExecutor(UPLOAD_THREADS, thread_name_prefix="s3-part")
+
+    @property
+    def already_stored(self) -> bool:
+        """Whether the original was in the store before this upload began."""
+        return self._stored_size is not None
+
+    @_store_errors
+    def write(self, data: bytes) -> None:
+        """Hash and queue the next bytes; ValueError once they pass max_bytes."""
+        if self._done:
+            raise RuntimeError("write after finish or abort")
+        self.size += len(data)
+        if self.size > self.max_bytes:
+            raise ValueError(f"larger than the {self.max_bytes}-byte limit")
+        self._digest.update(data)
+        if self._upload_id is None:
+            return
+        self._buf += data
+        while len(self._buf) >= PART_BYTES:
+            self._send(bytes(self._buf[:PART_BYTES]))
+            del self._buf[:PART_BYTES]
+
+    def _send(self, part: bytes) -> None:
+        assert self._pool is not None and self._upload_id is not None
+        if len(self._sent) >= UPLOAD_THREADS:  # at most this many parts held in memory
+            self._sent[-UPLOAD_THREADS].result()
+        self._sent.append(self._pool.submit(self.store._part, self.key, self._upload_id,
+                                            len(self._sent) + 1, part))
+
+    @_store_errors
+    def finish(self) -> StoredObject:
+        """Complete the upload if the bytes written hash to the key's SHA-256; TransientError
+        (and nothing stored) if not."""
+        if self._done:
+            raise RuntimeError("finish after finish or abort")
+        if self._upload_id is None:  # stored before: those bytes were checked then
+            self._done = True
+            assert self._stored_size is not None
+            return StoredObject(key=self.key, size_bytes=self._stored_size, sha256=self.sha256)
+        got = self._digest.hexdigest()
+        if got != self.sha256:
+            self.abort()
+            raise TransientError(f"the file changed while it was stored (SHA-256 {got}, "
+                                 f"expected {self.sha256})")
+        try:
+            if self._buf or not self._sent:  # the last part (an empty file: one empty part)
+                self._send(bytes(self._buf))
+                self._buf.clear()
+            parts = [f.result() for f in self._sent]
+            self.store._client.complete_multipart_upload(
+                Bucket=self.store.bucket, Key=self.key, UploadId=self._upload_id,
+                MultipartUpload={"Parts": parts})
+        except BaseException:
+            self.abort()
+            raise
+        self._close()
+        return StoredObject(key=self.key, size_bytes=self.size, sha256=self.sha256)
+
+    def abort(self) -> None:
+        """Drop the upload (idempotent): parts in flight are cancelled or awaited, and the
+        multipart upload aborted. A store that fails the abort too cleans unfinished uploads
+        itself; the error that matters is the one that led here."""
+        if self._done:
+            return
+        upload_id = self._upload_id
+        self._close()
+        if upload_id is not None:
+            with contextlib.suppress(BotoCoreError, ClientError):
+                self.store._client.abort_multipart_upload(Bucket=self.store.bucket,
+                                                          Key=self.key, UploadId=upload_id)
+
+    def _close(self) -> None:
+        self._done = True
+        self._buf.clear()
+        for f in self._sent:
+            f.cancel()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)

@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from bodycam import jobs, queue
+from bodycam.api.uploads import Tee
 from bodycam.errors import TransientError
 from bodycam.storage import PART_BYTES, SMALL_PUT, original_key
 from tests.conftest import FACENET_CLIP, HAMILTON, TESTDATA, StackHandle, serve_with
@@ -119,6 +120,43 @@ def test_an_original_is_stored_only_as_the_bytes_its_key_names(
         store._client.meta.events.unregister("provide-client-params.s3.UploadPart", record)
     assert store.get_bytes(stored.key) == data
     assert stack.counts()["objects"] == before + 1
+    assert store.unfinished_uploads() == (), "every failed upload was aborted"
+
+
+def test_an_upload_streamed_as_it_arrives_sends_parts_before_it_ends_and_a_failure_drops_it(
+        stack: StackHandle) -> None:
+    """begin_original sends whole parts while bytes are still being written (the server's
+    Tee feeds it from the arriving body); finish completes it. A Tee whose upload fails
+    drops it, aborted, so the spooled file is stored the ordinary way afterwards."""
+    store = stack.ctx.store
+    sent: list[int] = []
+
+    def record(params: dict[str, object], **_: object) -> None:
+        sent.append(int(params["PartNumber"]))  # type: ignore[call-overload]
+
+    data = os.urandom(2 * PART_BYTES + 7)
+    digest = hashlib.sha256(data).hexdigest()
+    store._client.meta.events.register("provide-client-params.s3.UploadPart", record)
+    try:
+        upload = store.begin_original(digest, 10 * PART_BYTES)
+        upload.write(data[:PART_BYTES + 5])
+        upload.write(data[PART_BYTES + 5:2 * PART_BYTES + 3])
+        deadline = time.monotonic() + 30
+        while len(sent) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sorted(sent) == [1, 2], "whole parts go out before the end"
+        assert not store.exists(original_key(digest)), "nothing is visible before finish"
+        upload.write(data[2 * PART_BYTES + 3:])
+        stored = upload.finish()
+    finally:
+        store._client.meta.events.unregister("provide-client-params.s3.UploadPart", record)
+    assert sorted(sent) == [1, 2, 3] and stored.size_bytes == len(data)
+    assert store.get_bytes(stored.key) == data
+
+    other = os.urandom(64)
+    tee = Tee(store.begin_original(hashlib.sha256(other).hexdigest(), 32))
+    tee.write(other)  # past this upload's limit: it fails, and the Tee lets it go
+    assert tee.upload is None and store.unfinished_uploads() == ()
 
 
 def _bad_files(tmp: Path) -> dict[str, tuple[list[str], dict[str, str], str]]:

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import secrets
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import imageio_ffmpeg
 import psycopg
 import pytest
 
 from bodycam.auth import FailureLimiter, RateLimitedError
 from bodycam.services import home_admin_url
+from bodycam.storage import PART_BYTES, original_key
 from tests.conftest import HAMILTON, TESTDATA, StackHandle, serve_with
 
 PROBLEM = "application/problem+json"
@@ -260,6 +264,40 @@ def test_a_digest_mismatch_or_bad_media_stores_nothing_and_is_audited(
     assert not list((stack.home / "uploads").iterdir()), "no spooled upload is left behind"
     rejected = audit_rows(stack, "ingest.rejected", mark)
     assert [r["details"]["case"] for r in rejected] == ["T-SRV-BAD", "T-SRV-BAD"]  # type: ignore[index]
+
+
+def test_a_declared_digest_sends_the_body_to_the_store_as_it_arrives_but_only_a_video_lands(
+        server: Server, stack: StackHandle, tmp_path: Path) -> None:
+    """With X-Content-SHA256 the body goes to the store while it arrives; that upload is
+    completed only once the body hashed to the digest and passed the probe. Bytes that are
+    not a video, longer than a part (so parts were sent), leave no object and no unfinished
+    upload. A new video is stored, and linked into the home's cache of originals before the
+    answer, so the worker that processes it downloads nothing."""
+    store = stack.ctx.store
+    before = stack.counts()
+    junk = os.urandom(PART_BYTES + 4096)
+    junk_sha = hashlib.sha256(junk).hexdigest()
+    assert_problem(upload(server, server.token, junk, "T-SRV-TEE", sha256=junk_sha), 422,
+                   "clip.mp4")
+    assert not store.exists(original_key(junk_sha)) and store.unfinished_uploads() == ()
+    assert stack.counts() == before and not (stack.home / "cache" / junk_sha).exists()
+
+    fresh = tmp_path / "fresh.mp4"  # Hamilton's frames in bytes no test stored before
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-loglevel", "error", "-i", str(HAMILTON),
+                    "-c", "copy", "-metadata", f"title={secrets.token_hex(8)}", str(fresh)],
+                   check=True, timeout=60)
+    data = fresh.read_bytes()
+    sha = hashlib.sha256(data).hexdigest()
+    r = upload(server, server.token, fresh, "T-SRV-TEE", sha256=sha)
+    assert r.status_code == 201, r.text
+    cached = stack.home / "cache" / sha
+    assert cached.exists() and hashlib.sha256(cached.read_bytes()).hexdigest() == sha
+    assert store.get_bytes(original_key(sha)) == data and store.unfinished_uploads() == ()
+    video_id = str(r.json()["video_id"])
+    assert stack.wait_status(video_id)["status"] == "done"
+    logs = "".join(p.read_text() for p in (stack.home / "logs").glob("worker-*.log"))
+    assert f"video {video_id} unit 0: original" in logs
+    assert f"video {video_id}: original downloaded" not in logs
 
 
 @pytest.fixture(scope="module")

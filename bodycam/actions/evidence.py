@@ -11,9 +11,12 @@ from bodycam.context import Context
 from bodycam.db import Conn, uid
 from bodycam.errors import BodycamError, InvalidInputError, NotFoundError, TransientError
 from bodycam.evidence import TrackRow, list_tracks
-from bodycam.ingest import Custody, IngestResult, ingest_private, parse_recorded_at
+from bodycam.ingest import Custody, IngestResult, ingest_private
+from bodycam.ingest import begin_upload as begin_upload  # the upload route's, re-exported
 from bodycam.media.files import printable, safe_name
 from bodycam.queue import PROCESS_UNIT
+from bodycam.storage import OriginalUpload
+from bodycam.timeparse import parse_recorded_at
 
 TERMINAL = ("done", "failed", "quarantined")
 _JOB_SQL = (
@@ -41,12 +44,19 @@ def authorize_ingest(ctx: Context, user: User) -> None:
 
 
 def ingest_upload(ctx: Context, user: User, path: Path, filename: str, custody: Custody,
-                  sha256: str | None = None) -> IngestResult:
+                  sha256: str | None = None, sent: OriginalUpload | None = None
+                  ) -> IngestResult:
     """Ingest a spooled private file (role checked); a rejected file is audited
-    (`ingest.rejected`, file, case and reason) and leaves nothing stored."""
-    authorize_ingest(ctx, user)
+    (`ingest.rejected`, file, case and reason) and leaves nothing stored. `sent`: the
+    upload that sent its bytes to the store while they arrived (completed or aborted here)."""
     try:
-        return ingest_private(ctx, path, filename, custody, sha256)
+        authorize_ingest(ctx, user)
+    except BaseException:
+        if sent is not None:
+            sent.abort()
+        raise
+    try:
+        return ingest_private(ctx, path, filename, custody, sha256, sent)
     except BodycamError as exc:
         if not isinstance(exc, TransientError):  # an outage rejects no evidence
             reject(ctx, user, filename, custody.case_id, str(exc))

@@ -16,7 +16,7 @@ from bodycam.actions import evidence
 from bodycam.api.deps import PageDep, UserDep, chunks, context, paginate
 from bodycam.api.problems import PROBLEM_RESPONSES, ProblemError
 from bodycam.api.schemas import IngestOut, JobOut, PageOf, RetryOut
-from bodycam.api.uploads import spool
+from bodycam.api.uploads import Tee, spool
 from bodycam.errors import BodycamError
 from bodycam.evidence import TrackRow
 
@@ -56,16 +56,28 @@ async def upload(request: Request, user: UserDep,
                                 " nothing was stored")
     if x_content_sha256 is not None and not _SHA256.match(x_content_sha256.strip()):
         raise ProblemError(422, "X-Content-SHA256 must be 64 hex digits")
+    # With the SHA-256 declared up front, the body goes to the store while it arrives; the
+    # upload is completed only once the body hashed to it and passed the probe.
+    sent = (await run_in_threadpool(evidence.begin_upload, ctx, custody.case_id,
+                                    x_content_sha256.strip().lower())
+            if x_content_sha256 is not None else None)
+    tee = Tee(sent) if sent is not None else None
     try:
-        spooled = await spool(request.stream(), ctx.settings, limit, x_content_sha256)
-    except ProblemError as exc:
-        await run_in_threadpool(evidence.reject, ctx, user, name, custody.case_id, exc.detail)
-        raise
-    try:
-        result = await run_in_threadpool(evidence.ingest_upload, ctx, user, spooled.path, name,
-                                         custody, spooled.sha256)
+        try:
+            spooled = await spool(request.stream(), ctx.settings, limit, x_content_sha256, tee)
+        except ProblemError as exc:
+            await run_in_threadpool(evidence.reject, ctx, user, name, custody.case_id,
+                                    exc.detail)
+            raise
+        try:
+            result = await run_in_threadpool(
+                evidence.ingest_upload, ctx, user, spooled.path, name, custody, spooled.sha256,
+                tee.upload if tee is not None else None)
+        finally:
+            spooled.path.unlink(missing_ok=True)
     finally:
-        spooled.path.unlink(missing_ok=True)
+        if tee is not None and tee.upload is not None:
+            await run_in_threadpool(tee.upload.abort)  # a no-op once completed
     return JSONResponse(result.as_json(), status_code=200 if result.duplicate else 201)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -12,6 +13,9 @@ from fastapi.concurrency import run_in_threadpool
 
 from bodycam.api.problems import ProblemError
 from bodycam.config import Settings
+from bodycam.storage import OriginalUpload
+
+log = logging.getLogger(__name__)
 
 FLUSH_BYTES = 1 << 20
 
@@ -46,9 +50,33 @@ def new_private_file(folder: Path) -> tuple[int, Path]:
     raise OSError("cannot create a private upload file")
 
 
+class Tee:
+    """Sends the body to the object store while it is spooled (an OriginalUpload begun for
+    the SHA-256 the client declared), so that storing the original overlaps its arrival.
+
+    Best effort: if the store fails meanwhile, the upload is dropped (`upload` becomes None)
+    and the spooled file is stored afterwards as it would have been without it.
+    """
+
+    def __init__(self, upload: OriginalUpload) -> None:
+        self.upload: OriginalUpload | None = upload
+
+    def write(self, data: bytes) -> None:
+        if self.upload is None:
+            return
+        try:
+            self.upload.write(data)
+        except Exception as exc:  # noqa: BLE001 - the spooled file is stored instead
+            log.warning("streaming an upload to the store failed (%s); it is stored once "
+                        "received", type(exc).__name__)
+            self.upload.abort()
+            self.upload = None
+
+
 async def spool(chunks: AsyncIterator[bytes], settings: Settings, max_bytes: int,
-                expected_sha256: str | None) -> Spooled:
-    """Write the body to a private file chunk by chunk while hashing it.
+                expected_sha256: str | None, tee: Tee | None = None) -> Spooled:
+    """Write the body to a private file chunk by chunk while hashing it (and, with `tee`,
+    while sending it to the object store).
 
     Over max_bytes: 413 while streaming. A digest that differs from `expected_sha256`: 422.
     The file is removed on every failure; on success the caller removes it.
@@ -69,9 +97,9 @@ async def spool(chunks: AsyncIterator[bytes], settings: Settings, max_bytes: int
             if len(buf) >= FLUSH_BYTES:
                 data = bytes(buf)
                 buf.clear()
-                await run_in_threadpool(_write_all, fd, data)
+                await run_in_threadpool(_write_all, fd, data, tee)
         if buf:
-            await run_in_threadpool(_write_all, fd, bytes(buf))
+            await run_in_threadpool(_write_all, fd, bytes(buf), tee)
         got = digest.hexdigest()
         if size == 0:
             raise ProblemError(422, "empty upload: send the video file as the request body")
@@ -86,8 +114,10 @@ async def spool(chunks: AsyncIterator[bytes], settings: Settings, max_bytes: int
             path.unlink(missing_ok=True)
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _write_all(fd: int, data: bytes, tee: Tee | None) -> None:
     view = memoryview(data)
     while view:
         n = os.write(fd, view)
         view = view[n:]
+    if tee is not None:
+        tee.write(data)

@@ -35,7 +35,7 @@ def ingest(
 ) -> None:
     """Store videos with chain of custody (SHA-256, who, what, when) and queue processing."""
     from bodycam.client import Client
-    from bodycam.ingest import parse_recorded_at
+    from bodycam.timeparse import parse_recorded_at
 
     if not case or not case.strip():
         fail("missing --case: every video must be bound to a case number")
