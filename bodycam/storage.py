@@ -23,9 +23,13 @@ ORIGINALS = "originals/"
 INCOMING = "incoming/"
 THUMBNAILS = "thumbnails/"
 REDACTIONS = "redactions/"
-PART_BYTES = 16 * 1024 * 1024
+# 8 MiB parts: with 16 MiB ones a 2 GB upload streamed to the store as it arrived grew the
+# server's peak memory by 165 MB (8 MiB: 87 MB; tests/test_upload_memory.py allows 150).
+# An upload larger than MAX_PARTS parts of this size uses larger parts.
+PART_BYTES = 8 * 1024 * 1024
+MAX_PARTS = 10_000  # S3's limit on the parts of one multipart upload
 # Parts of one original sent at once: on the embedded stack a 111 MB file took 0.90 s one part
-# at a time and 0.74 s four at a time (uploads only: the file was hashed beforehand).
+# at a time and 0.74 s four at a time (16 MiB parts; the file was hashed beforehand).
 UPLOAD_THREADS = 4
 
 
@@ -348,7 +352,7 @@ def _store_errors(fn: Callable[P, R]) -> Callable[P, R]:
 class OriginalUpload:
     """An original sent to originals/<sha256> in parts while its bytes arrive.
 
-    The bytes are hashed as they are written and sent PART_BYTES at a time, UPLOAD_THREADS
+    The bytes are hashed as they are written and sent a part at a time, UPLOAD_THREADS
     parts at once (at most that many held in memory). `finish` completes the multipart upload
     only when they hash to the key's SHA-256: until then nothing is visible, so nothing
     stands under originals/ that is not the bytes its key names. `abort` (after any failure,
@@ -363,9 +367,11 @@ class OriginalUpload:
         self.sha256 = sha256
         self.key = original_key(sha256)
         self.max_bytes = max_bytes
+        self.part_bytes = max(PART_BYTES, -(-max_bytes // MAX_PARTS))
         self.size = 0
         self._digest = hashlib.sha256()
-        self._buf = bytearray()
+        self._pending: list[bytes] = []  # written, not yet sent: less than a part
+        self._pending_len = 0
         self._sent: list[Future[dict[str, Any]]] = []
         self._pool: ThreadPoolExecutor | None = None
         self._upload_id: str | None = None
@@ -392,10 +398,17 @@ class OriginalUpload:
         self._digest.update(data)
         if self._upload_id is None:
             return
-        self._buf += data
-        while len(self._buf) >= PART_BYTES:
-            self._send(bytes(self._buf[:PART_BYTES]))
-            del self._buf[:PART_BYTES]
+        self._pending.append(data)
+        self._pending_len += len(data)
+        part = self.part_bytes
+        if self._pending_len >= part:  # blocks arrive far smaller than a part
+            joined = b"".join(self._pending)
+            self._pending, self._pending_len = [], 0
+            for at in range(0, len(joined) - part + 1, part):
+                self._send(joined if len(joined) == part else joined[at:at + part])
+            rest = len(joined) % part
+            if rest:
+                self._pending, self._pending_len = [joined[-rest:]], rest
 
     def _send(self, part: bytes) -> None:
         assert self._pool is not None and self._upload_id is not None
@@ -420,9 +433,9 @@ class OriginalUpload:
             raise TransientError(f"the file changed while it was stored (SHA-256 {got}, "
                                  f"expected {self.sha256})")
         try:
-            if self._buf or not self._sent:  # the last part (an empty file: one empty part)
-                self._send(bytes(self._buf))
-                self._buf.clear()
+            if self._pending_len or not self._sent:  # the last part (an empty file: one)
+                self._send(b"".join(self._pending))
+                self._pending, self._pending_len = [], 0
             parts = [f.result() for f in self._sent]
             self.store._client.complete_multipart_upload(
                 Bucket=self.store.bucket, Key=self.key, UploadId=self._upload_id,
@@ -448,7 +461,7 @@ class OriginalUpload:
 
     def _close(self) -> None:
         self._done = True
-        self._buf.clear()
+        self._pending, self._pending_len = [], 0
         for f in self._sent:
             f.cancel()
         if self._pool is not None:

@@ -1,4 +1,5 @@
-"""A 2 GB upload keeps the server's memory flat and, not being a video, leaves nothing behind."""
+"""A 2 GB upload keeps the server's memory flat and, not being a video, leaves nothing behind
+(neither a spooled file nor, its digest declared, an upload streamed to the store)."""
 
 from __future__ import annotations
 
@@ -71,12 +72,18 @@ def test_a_2gb_upload_keeps_server_memory_flat_is_refused_cleanly_and_leaves_not
         base = {pid: _status_kb(pid, "VmRSS") for pid in pids}
         before = stack.counts()
         big_before = _big_files(stack.home, Path(tempfile.gettempdir()))
+        # The digest declared, as the CLI does: the body is also sent to the object store as
+        # it arrives, a few parts at a time, and that upload is aborted when the probe fails.
+        digest = hashlib.sha256()
+        for block in _body():
+            digest.update(block)
         t0 = time.monotonic()
         r = http.post(api_url + "/api/v1/videos", content=_body(),
                       params={"case": "T-UP-BIG", "officer": "O", "device": "D",
                               "filename": "big.mp4"},
                       headers={"Authorization": f"Bearer {clerk}",
-                               "Content-Type": "application/octet-stream"})
+                               "Content-Type": "application/octet-stream",
+                               "X-Content-SHA256": digest.hexdigest()})
         took = time.monotonic() - t0
         growth = {pid: _status_kb(pid, "VmHWM") - base[pid] for pid in pids}
         print(f"2 GB upload: {took:.1f} s, api peak RSS growth {growth} kB")
@@ -85,6 +92,7 @@ def test_a_2gb_upload_keeps_server_memory_flat_is_refused_cleanly_and_leaves_not
         assert len(str(r.json()["detail"]).splitlines()) == 1
         assert max(growth.values()) < MAX_GROWTH_KB, f"server RSS grew {growth} kB"
         assert stack.counts() == before, "no video row, original or job is left"
+        assert stack.ctx.store.unfinished_uploads() == (), "the streamed upload was aborted"
         assert _big_files(stack.home, Path(tempfile.gettempdir())) <= big_before, \
             "no spooled upload is left on disk"
         uploads = stack.home / "uploads"
