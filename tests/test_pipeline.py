@@ -389,6 +389,48 @@ def test_detections_do_not_depend_on_how_the_networks_calls_are_cut() -> None:
                                atol=1e-5)
 
 
+def test_pnets_pooling_on_cpu_gives_torchs_max_pooling_to_the_bit() -> None:
+    """On CPU PNet pools with elementwise maxima instead of torch's max pooling (which also
+    computes indices nobody reads). Every shape parity, ties, negative infinities and NaN give
+    what `MaxPool2d(2, 2, ceil_mode=True)` gives, in the channels-last layout; and PNet's
+    outputs on a real 1080p pyramid level are the same to the bit with either."""
+    import torch
+
+    from bodycam.pipeline.mtcnn import ceil_max_pool_2x2
+
+    det = MtcnnDetector(PipelineSettings(embedder="dlib-resnet"))
+    det.load()
+    assert det._cascade is not None
+    pnet = det._cascade.pnet
+    assert type(pnet.pool1).__name__ == "CeilMaxPool2x2", "the CPU cascade uses it"
+    ours, theirs = ceil_max_pool_2x2(), torch.nn.MaxPool2d(2, 2, ceil_mode=True)
+    gen = torch.Generator().manual_seed(7)
+    for h, w in ((8, 10), (9, 10), (8, 11), (9, 11), (1, 1), (2, 3), (449, 799)):
+        x = torch.randn((2, 10, h, w), generator=gen).contiguous(
+            memory_format=torch.channels_last)
+        x[0, 0, 0, :] = 0.5  # ties
+        x[1, 1, :, -1] = float("-inf")
+        x[1, 2, -1, -1] = float("nan")
+        got, want = ours(x), theirs(x)
+        assert got.shape == want.shape
+        assert got.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(got.isnan(), want.isnan()), (h, w)
+        assert torch.equal(got.nan_to_num(), want.nan_to_num()), (h, w)
+
+    with av.open(str(TESTDATA / "video" / "facenet_example.mp4")) as container:
+        rgb = next(container.decode(video=0)).to_ndarray(format="rgb24")
+    level = cv2.resize(rgb, (801, 451), interpolation=cv2.INTER_AREA)
+    x = det._cascade._input(level[None])
+    with torch.inference_mode():
+        got = pnet(x)
+        pnet.pool1 = theirs
+        try:
+            want = pnet(x)
+        finally:
+            pnet.pool1 = ours
+    assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
+
+
 _HEAP_PROBE = """
 import sys
 from bodycam.config import LimitsSettings, PipelineSettings

@@ -37,6 +37,41 @@ CPU_PIXELS_PER_CALL = 1 << 16
 GPU_PIXELS_PER_CALL = 1 << 22
 
 
+def ceil_max_pool_2x2() -> Any:
+    """`MaxPool2d(2, 2, ceil_mode=True)` (PNet's only pooling) as three elementwise maxima of
+    strided views, written into a channels-last output.
+
+    The same values to the bit (a maximum picks one of its inputs). torch's CPU max pooling
+    also computes the index of every maximum, which this network never reads: on PNet's
+    first layer for an 801x451 input it took 4.5 ms against 1.5 ms for this, and PNet as a
+    whole 12% less time over a 1080p pyramid (one thread).
+    """
+    import torch
+
+    class CeilMaxPool2x2(torch.nn.Module):
+        def forward(self, x: Any) -> Any:
+            n, c, h, w = x.shape
+            h2, w2 = h // 2, w // 2
+            out = torch.empty((n, c, h - h2, w - w2), dtype=x.dtype, device=x.device,
+                              memory_format=torch.channels_last)
+            even = x[:, :, :2 * h2, :2 * w2]
+            core = out[:, :, :h2, :w2]
+            torch.maximum(even[:, :, 0::2, 0::2], even[:, :, 0::2, 1::2], out=core)
+            torch.maximum(core, even[:, :, 1::2, 0::2], out=core)
+            torch.maximum(core, even[:, :, 1::2, 1::2], out=core)
+            if h % 2:  # ceil mode: a last window of one row
+                row = x[:, :, h - 1, :2 * w2]
+                torch.maximum(row[:, :, 0::2], row[:, :, 1::2], out=out[:, :, h2, :w2])
+            if w % 2:  # and of one column
+                col = x[:, :, :2 * h2, w - 1]
+                torch.maximum(col[:, :, 0::2], col[:, :, 1::2], out=out[:, :, :h2, w2])
+            if h % 2 and w % 2:
+                out[:, :, h2, w2] = x[:, :, h - 1, w - 1]
+            return out
+
+    return CeilMaxPool2x2()
+
+
 @dataclass(frozen=True)
 class RawFaces:
     """One frame's MTCNN output: boxes (n x 4), probabilities (n), landmarks (n x 5 x 2)."""
@@ -55,6 +90,8 @@ class MtcnnCascade:
         self.device = next(pnet.parameters()).device
         self.pixels_per_call = (CPU_PIXELS_PER_CALL if self.device.type == "cpu"
                                 else GPU_PIXELS_PER_CALL)
+        if self.device.type == "cpu":
+            pnet.pool1 = ceil_max_pool_2x2()
         self.thresholds = tuple(thresholds)
         self.factor = factor
 
