@@ -96,14 +96,17 @@ def _unreachable(endpoint: str | None, exc: Exception) -> TransientError | None:
 
 
 def _guarded(fn: Callable[P, R]) -> Callable[P, R]:
-    """Turn a failing store into a TransientError with one clean line (no boto3 traceback)."""
+    """Turn a failing store into a TransientError with one clean line (no boto3 traceback).
+
+    For the methods of an ObjectStore, or of an object whose `store` is one (OriginalUpload).
+    """
 
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return fn(*args, **kwargs)
         except (BotoCoreError, ClientError) as exc:
-            store = args[0]
+            store = getattr(args[0], "store", args[0])
             assert isinstance(store, ObjectStore)
             mapped = _unreachable(store.cfg.endpoint_url, exc)
             if mapped is None:
@@ -331,24 +334,6 @@ class ObjectStore:
         return url
 
 
-def _store_errors(fn: Callable[P, R]) -> Callable[P, R]:
-    """_guarded for OriginalUpload's methods (the store is its `store`)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return fn(*args, **kwargs)
-        except (BotoCoreError, ClientError) as exc:
-            upload = args[0]
-            assert isinstance(upload, OriginalUpload)
-            mapped = _unreachable(upload.store.cfg.endpoint_url, exc)
-            if mapped is None:
-                raise
-            raise mapped from exc
-
-    return wrapper
-
-
 class OriginalUpload:
     """An original sent to originals/<sha256> in parts while its bytes arrive.
 
@@ -387,7 +372,7 @@ class OriginalUpload:
         """Whether the original was in the store before this upload began."""
         return self._stored_size is not None
 
-    @_store_errors
+    @_guarded
     def write(self, data: bytes) -> None:
         """Hash and queue the next bytes; ValueError once they pass max_bytes."""
         if self._done:
@@ -417,7 +402,7 @@ class OriginalUpload:
         self._sent.append(self._pool.submit(self.store._part, self.key, self._upload_id,
                                             len(self._sent) + 1, part))
 
-    @_store_errors
+    @_guarded
     def finish(self) -> StoredObject:
         """Complete the upload if the bytes written hash to the key's SHA-256; TransientError
         (and nothing stored) if not."""
