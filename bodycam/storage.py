@@ -387,13 +387,13 @@ class OriginalUpload:
         self._pending_len += len(data)
         part = self.part_bytes
         if self._pending_len >= part:  # blocks arrive far smaller than a part
+            # Neither the join of one block nor a slice of all of it copies (CPython).
             joined = b"".join(self._pending)
-            self._pending, self._pending_len = [], 0
-            for at in range(0, len(joined) - part + 1, part):
-                self._send(joined if len(joined) == part else joined[at:at + part])
-            rest = len(joined) % part
-            if rest:
-                self._pending, self._pending_len = [joined[-rest:]], rest
+            whole = len(joined) - len(joined) % part
+            for at in range(0, whole, part):
+                self._send(joined[at:at + part])
+            self._pending = [joined[whole:]] if whole < len(joined) else []
+            self._pending_len = len(joined) - whole
 
     def _send(self, part: bytes) -> None:
         assert self._pool is not None and self._upload_id is not None
