@@ -392,8 +392,8 @@ class OriginalUpload:
             whole = len(joined) - len(joined) % part
             for at in range(0, whole, part):
                 self._send(joined[at:at + part])
-            self._pending = [joined[whole:]] if whole < len(joined) else []
-            self._pending_len = len(joined) - whole
+            rest = joined[whole:]
+            self._pending, self._pending_len = ([rest] if rest else []), len(rest)
 
     def _send(self, part: bytes) -> None:
         assert self._pool is not None and self._upload_id is not None
