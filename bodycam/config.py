@@ -113,11 +113,13 @@ class PipelineSettings(_Section):
     # 0.939 to 0.986; processing took about a third longer.
     min_face_px: int = Field(32, ge=12, description="smallest face height detected, pixels")
     # The pyramid's finest level (faces from 0.9 x min_face_px to 1.41 times that, 29-41 px by
-    # default) holds half of PNet's pixels: it runs on every Nth sampled frame, the coarser
-    # levels on every one. A small face is then seen 5/N times a second, still inside
-    # track_max_gap_s.
-    finest_level_every: int = Field(
-        2, ge=1, le=10, description="the detector's finest pyramid level runs on every Nth sample")
+    # default) holds half of PNet's pixels. Whole frames, with it, are scanned on every Nth
+    # sampled frame; on CPU a sample between two scans is searched only around the faces they
+    # found (MtcnnDetector.detect), others whole from the next level up. A small face is then
+    # seen 5/N times a second, still inside track_max_gap_s.
+    scan_every: int = Field(
+        2, ge=1, le=10,
+        description="whole-frame face scans on every Nth sample; between them, around faces")
     detector_threshold: float = Field(0.95, gt=0, lt=1, description="MTCNN final-stage probability")
     # 8 measured best on the 2-core CPU (BENCHMARKS.md): with 16, a short clip's first batch
     # kept one detection thread busy while the other had nothing; a GPU may want more.

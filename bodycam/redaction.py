@@ -138,7 +138,7 @@ def dense_pipeline(cfg: PipelineSettings, red: RedactionSettings, info: MediaInf
     return cfg.model_copy(update={
         "sample_fps": min(60.0, fps / red.detect_every_frames),
         "min_face_px": red.min_face_px, "detector_threshold": red.detector_threshold,
-        "track_min_detections": 1, "min_scene_samples": 1, "finest_level_every": 1})
+        "track_min_detections": 1, "min_scene_samples": 1, "scan_every": 1})
 
 
 def compute_plan(path: Path, info: MediaInfo, video_id: str, sha256: str,

@@ -28,6 +28,7 @@ from bodycam.pipeline.faces import (
     Registry,
 )
 from bodycam.pipeline.frames import ChunkDecoder, plan_samples
+from bodycam.pipeline.mtcnn import search_regions
 from bodycam.pipeline.scenes import scene_size, small_bgr
 from bodycam.pipeline.tracks import build_tracks
 from tests.conftest import HAMILTON, TESTDATA, StackHandle
@@ -306,47 +307,88 @@ def _face_on_canvas(heights: tuple[int, ...]) -> np.ndarray:
     return canvas
 
 
-def test_the_finest_pyramid_level_runs_on_every_nth_sample_and_faces_are_still_found() -> None:
-    """finest_level_every=2 (the default): the pyramid level of the smallest faces, half of
-    PNet's pixels, runs on every second sample of the video's time; the coarser levels still
-    find those faces (PNet tolerates a level's scale). Redaction's dense settings run it on
-    every frame, and a still photo (t 0) is always due."""
+def test_whole_frames_are_scanned_on_every_nth_sample_and_between_only_around_faces() -> None:
+    """scan_every=2 (the default): every second sample of the video's time is scanned whole,
+    with the pyramid level of the smallest faces (half of PNet's pixels); a sample between
+    two scans of its scene is searched only around the faces they found, and still finds
+    those faces where they moved. A face only that sample shows is not found on it, which
+    proves the whole frame was not searched; it is found where scans are whole: every
+    frame with scan_every 1 (redaction's dense settings), next to a scene cut, alone."""
     from bodycam.config import RedactionSettings
     from bodycam.domain import SampledFrame
     from bodycam.redaction import dense_pipeline
 
-    canvas = _face_on_canvas((36, 140))
-    frames = [SampledFrame(6 * k, 6 * k, k / 5, 0, canvas, 1.0) for k in range(4)]
-    cfg = PipelineSettings(embedder="dlib-resnet")
-    assert cfg.finest_level_every == 2
+    two = _face_on_canvas((36, 140))
+    three = _face_on_canvas((36, 140, 80))  # a third face, 80 px high, far from the others
+    moved = np.roll(two, 25, axis=1)  # both faces 25 px to the right
 
-    def run(cfg: PipelineSettings, frames: list[SampledFrame]
-            ) -> tuple[int, list[list[int]]]:
-        """How many images PNet saw at the finest level, and the face heights found."""
+    def frames(images: list[np.ndarray], scenes: list[int] | None = None
+               ) -> list[SampledFrame]:
+        return [SampledFrame(6 * k, 6 * k, k / 5, (scenes or [0] * len(images))[k], img, 1.0)
+                for k, img in enumerate(images)]
+
+    cfg = PipelineSettings(embedder="dlib-resnet")
+    assert cfg.scan_every == 2
+
+    def run(cfg: PipelineSettings, batch: list[SampledFrame]
+            ) -> tuple[int, int, list[list[int]]]:
+        """Images PNet saw whole at the finest and at the next level, and the face heights
+        found on each sample."""
         det = MtcnnDetector(cfg)
         det.load()
         cascade = det._cascade
         assert cascade is not None
-        pnet, shapes = cascade.pnet, []
+        pnet, widths = cascade.pnet, []
 
         def spy(x: object) -> object:
-            shapes.append(tuple(x.shape))  # type: ignore[attr-defined]
+            widths.extend([x.shape[3]] * x.shape[0])  # type: ignore[attr-defined]
             return pnet(x)
 
         cascade.pnet = spy
-        found = det.detect(frames)
-        finest = int(1280 * 12 / (SEARCH_MARGIN * cfg.min_face_px) + 1)  # its width
-        return (sum(s[0] for s in shapes if s[3] == finest),
+        found = det.detect(batch)
+        first, second = (int(1280 * s + 1) for s in cascade.scales(
+            720, 1280, SEARCH_MARGIN * cfg.min_face_px)[:2])
+        return (widths.count(first), widths.count(second),
                 [sorted(round(d.height_px) for d in f) for f in found])
 
-    batches, found = run(cfg, frames)
-    assert batches == 2, "samples 0 and 2 of 4 run the finest level"
-    assert all(len(f) == 2 and 30 <= f[0] <= 40 for f in found), found
-    assert run(cfg.model_copy(update={"finest_level_every": 1}), frames) == (4, found)
-    assert run(cfg, frames[1:2])[0] == 0, "a lone sample that is not due skips the level"
-    assert run(cfg, [frames[0]])[0] == 1, "a still photo (t 0) is due"
+    def small_and_large(heights: list[int]) -> bool:
+        return len(heights) == 2 and 30 <= heights[0] <= 40 and 130 <= heights[1] <= 150
+
+    batch = frames([two, three, two, moved, two])
+    finest, second, found = run(cfg, batch)
+    assert (finest, second) == (3, 3), "samples 1 and 3 are never scanned whole"
+    assert all(small_and_large(f) for f in found), found
+    finest, second, found = run(cfg.model_copy(update={"scan_every": 1}), batch)
+    assert (finest, second, len(found[1])) == (5, 5, 3)
+
+    # Around known faces, the regions find what a whole scan from the same level finds:
+    # PNet's windows are cut from the whole pyramid level at even offsets, so only float
+    # rounding differs (RNet and ONet see batches of another size).
+    det = MtcnnDetector(cfg)
+    det.load()
+    cascade = det._cascade
+    assert cascade is not None
+    min_px = SEARCH_MARGIN * cfg.min_face_px
+    known = cascade.detect([two], min_px)[0].boxes
+    regions = search_regions(known, 1280, 720)
+    assert len(regions) == 2
+    for img in (two, moved, three):
+        scan = cascade.detect([img], min_px, [False])[0]
+        near = cascade.detect([img], min_px, [False], [regions])[0]
+        inside = [k for k, b in enumerate(scan.boxes)
+                  if any(r[0] <= b[0] and r[1] <= b[1] and b[2] <= r[2] and b[3] <= r[3]
+                         for r in regions)]
+        assert len(inside) == 2 and len(near.boxes) == 2
+        assert np.allclose(near.boxes, scan.boxes[inside], rtol=0, atol=1e-3)
+        assert np.allclose(near.points, scan.points[inside], rtol=0, atol=1e-3)
+
+    finest, second, found = run(cfg, frames([two, three, two], scenes=[0, 0, 1]))
+    assert (finest, second) == (2, 3), "next to a cut a sample is scanned whole"
+    assert len(found[1]) == 3, found
+    assert run(cfg, batch[1:2])[:2] == (0, 1), "a lone sample not due is scanned whole"
+    assert run(cfg, batch[:1])[:2] == (1, 1), "a still photo (t 0) is due"
     dense = dense_pipeline(cfg, RedactionSettings(), probe(HAMILTON, LimitsSettings()))
-    assert dense.finest_level_every == 1, "redaction looks for every face in every frame"
+    assert dense.scan_every == 1, "redaction looks for every face in every frame"
 
 
 def test_detections_do_not_depend_on_how_the_networks_calls_are_cut() -> None:

@@ -19,7 +19,7 @@ from bodycam.config import PipelineSettings
 from bodycam.domain import FaceDetection, SampledFrame
 from bodycam.errors import ModelUnavailableError
 from bodycam.pipeline.dlib_resnet import CHIP_PADDING, CHIP_PX, DescriptorNet, read_weights
-from bodycam.pipeline.mtcnn import MtcnnCascade
+from bodycam.pipeline.mtcnn import NO_FACES, MtcnnCascade, RawFaces, search_regions
 from bodycam.storage import sha256_file
 
 log = logging.getLogger(__name__)
@@ -95,6 +95,27 @@ class FaceEmbedder(Protocol):
         """One unit vector per face (n x dim float32); image is RGB at `scale` x original."""
 
 
+def scan_plan(scenes: Sequence[int], due: Sequence[bool]) -> list[tuple[int, int] | None]:
+    """How each sample of a batch (in time order) is searched: None where the whole frame
+    is scanned, else the two samples around whose faces it is searched.
+
+    Samples `due` a whole scan get one, with the pyramid's finest level. A sample between
+    two of them of its own scene, the nearest before and after it in the batch, is searched
+    only around the faces those found. Any other sample (the first or last of a batch, or
+    next to a scene cut) is scanned whole without the finest level.
+    """
+    out: list[tuple[int, int] | None] = []
+    for j, scene in enumerate(scenes):
+        before = next((k for k in range(j - 1, -1, -1) if due[k]), None)
+        after = next((k for k in range(j + 1, len(due)) if due[k]), None)
+        if due[j] or before is None or after is None or not (
+                scenes[before] == scene == scenes[after]):
+            out.append(None)
+        else:
+            out.append((before, after))
+    return out
+
+
 class MtcnnDetector:
     """MTCNN (three cascaded CNNs, five landmarks per face) with facenet-pytorch's weights.
 
@@ -150,9 +171,14 @@ class MtcnnDetector:
         """Detect faces in batches of equal-size frames.
 
         The pyramid starts where min_face_px (in the frame's pixels) becomes PNet's 12 px
-        cell: faces below the configured minimum are neither searched for nor paid for. Its
-        finest level runs on the samples due for it (`finest_level_every`, counted in samples
-        of the video's time: every frame of a still photo is due).
+        cell: faces below the configured minimum are neither searched for nor paid for.
+        Whole frames, with that finest level, are scanned on the samples due for it
+        (`scan_every`, counted in samples of the video's time: every frame of a still photo
+        is due). On CPU a sample between two such scans of its scene is searched, from the
+        next level up as any sample not due, only around the faces they found (scan_plan,
+        search_regions): there it finds what a whole scan finds. A face that appears between
+        two scans is found from the sample after, and that scan's regions find it on the
+        sample before. Redaction scans every frame (scan_every 1).
         """
         self.load()
         assert self._cascade is not None
@@ -164,9 +190,30 @@ class MtcnnDetector:
             # Search a little below the minimum: box regression moves borderline faces by
             # a few pixels either way, and _convert applies the exact minimum afterwards.
             min_px = max(12.0, SEARCH_MARGIN * self.cfg.min_face_px * scale)
-            every = self.cfg.finest_level_every
-            finest = [round(frames[i].t_s * self.cfg.sample_fps) % every == 0 for i in idx]
-            raw = self._cascade.detect([frames[i].image for i in idx], min_px, finest)
+            every = self.cfg.scan_every
+            due = [round(frames[i].t_s * self.cfg.sample_fps) % every == 0 for i in idx]
+            # On a GPU whole batches are cheap and many small calls are not: scan them all.
+            plan = (scan_plan([frames[i].scene_index for i in idx], due)
+                    if self._cascade.device.type == "cpu" else [None] * len(idx))
+            whole = [j for j, p in enumerate(plan) if p is None]
+            between = [j for j, p in enumerate(plan) if p is not None]
+            raw: list[RawFaces] = [NO_FACES] * len(idx)
+            found = self._cascade.detect([frames[idx[j]].image for j in whole], min_px,
+                                         [due[j] for j in whole])
+            for j, r in zip(whole, found, strict=True):
+                raw[j] = r
+            if between:
+                regions = []
+                for j in between:
+                    near = plan[j]
+                    assert near is not None
+                    h, w = frames[idx[j]].image.shape[:2]
+                    regions.append(search_regions(
+                        np.concatenate([raw[k].boxes for k in near]), w, h))
+                found = self._cascade.detect([frames[idx[j]].image for j in between], min_px,
+                                             [False] * len(between), regions)
+                for j, r in zip(between, found, strict=True):
+                    raw[j] = r
             for i, r in zip(idx, raw, strict=True):
                 out[i] = self._convert(frames[i], r.boxes, r.probs, r.points)
         return out

@@ -11,6 +11,8 @@ box regression and non-maximum suppression, but:
 - runs PNet per pyramid level over the batch of frames, and cuts the RNet (24x24) and ONet
   (48x48) candidates of the whole batch with OpenCV on uint8 crops, each network in calls
   sized for the device (small on CPU, where they stay in cache; large on a GPU).
+- can run PNet only on windows of each level around faces already known (found on nearby
+  samples), with the outputs a whole level gives there (see `detect`).
 
 The networks run on whichever device their weights are on (CUDA when present); candidate
 boxes are handled on the CPU between stages. Inputs are permuted from N x H x W x C arrays,
@@ -22,6 +24,7 @@ Boxes, probabilities and landmarks come back in the input image's pixels.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +38,71 @@ import numpy as np
 # outputs are the same. On a GPU, large calls keep it busy; the bound is its memory.
 CPU_PIXELS_PER_CALL = 1 << 16
 GPU_PIXELS_PER_CALL = 1 << 22
+
+# How far around a face found on a nearby sample search_regions looks, in face sizes on
+# every side (a face of 60 px: a region of 180 x 180 px).
+REGION_MARGIN = 1.0
+
+
+Regions = list[tuple[float, float, float, float]]  # (x1, y1, x2, y2) in an image's pixels
+
+
+def search_regions(boxes: np.ndarray, width: int, height: int,
+                   margin: float = REGION_MARGIN) -> Regions:
+    """Where to look for faces near `boxes` (n x 4+, pixels): each box widened by `margin`
+    times its size on every side and clipped to the image, overlapping regions merged."""
+    regions: Regions = []
+    for x1, y1, x2, y2 in boxes[:, :4].tolist():
+        s = max(x2 - x1, y2 - y1)
+        r = (max(0.0, x1 - margin * s), max(0.0, y1 - margin * s),
+             min(float(width), x2 + margin * s), min(float(height), y2 + margin * s))
+        k = 0
+        while k < len(regions):  # merge r with every region it overlaps, transitively
+            o = regions[k]
+            if o[0] < r[2] and r[0] < o[2] and o[1] < r[3] and r[1] < o[3]:
+                r = (min(o[0], r[0]), min(o[1], r[1]), max(o[2], r[2]), max(o[3], r[3]))
+                del regions[k]
+                k = 0
+            else:
+                k += 1
+        regions.append(r)
+    return regions
+
+
+def level_windows(regions: Regions, width: int, height: int,
+                  size: tuple[int, int]) -> list[tuple[int, int, int, int]]:
+    """`regions` of a width x height image as windows (x0, y0, x1, y1) of its pyramid level
+    of `size`: widened to even offsets and sizes (PNet's stride), at least PNet's 12 px."""
+    lw, lh = size
+    out = []
+    for x1, y1, x2, y2 in regions:
+        x0 = math.floor(x1 * lw / width) // 2 * 2
+        y0 = math.floor(y1 * lh / height) // 2 * 2
+        xe = min(lw, -(-math.ceil(x2 * lw / width) // 2) * 2)
+        ye = min(lh, -(-math.ceil(y2 * lh / height) // 2) * 2)
+        if xe - x0 >= 12 and ye - y0 >= 12:
+            out.append((x0, y0, xe, ye))
+    return out
+
+
+def pnet_cells(reg: Any, probs: Any, scale: float, threshold: float,
+               offset: tuple[int, int] = (0, 0)) -> tuple[Any, Any]:
+    """PNet's output cells over `threshold` as candidate boxes in the image's pixels (n x 9:
+    box, score, regression) and the index of each one's input, as facenet-pytorch's
+    `generateBoundingBox` computes them; `offset` is that of the input's output cells
+    within its whole level (a window cut at even pixel offsets x0, y0: x0 / 2, y0 / 2)."""
+    import torch
+
+    reg = reg.permute(1, 0, 2, 3)
+    mask = probs >= threshold
+    mask_inds = mask.nonzero()
+    score = probs[mask]
+    reg = reg[:, mask].permute(1, 0)
+    cells = mask_inds[:, 1:].flip(1) + torch.tensor(offset, dtype=mask_inds.dtype)
+    cells = cells.type(reg.dtype)
+    q1 = ((2 * cells + 1) / scale).floor()
+    q2 = ((2 * cells + 12) / scale).floor()
+    return torch.cat([q1, q2, score.unsqueeze(1), reg], dim=1), mask_inds[:, 0]
 
 
 def ceil_max_pool_2x2() -> Any:
@@ -81,6 +149,10 @@ class RawFaces:
     points: np.ndarray
 
 
+NO_FACES = RawFaces(np.zeros((0, 4), np.float32), np.zeros(0, np.float32),
+                     np.zeros((0, 5, 2), np.float32))
+
+
 class MtcnnCascade:
     """The three-stage cascade over a batch of equal-size RGB uint8 frames."""
 
@@ -115,35 +187,34 @@ class MtcnnCascade:
         return out
 
     def detect(self, images: Sequence[np.ndarray], min_face_px: float,
-               finest: Sequence[bool] | None = None) -> list[RawFaces]:
+               finest: Sequence[bool] | None = None,
+               regions: Sequence[Regions | None] | None = None) -> list[RawFaces]:
         """Faces in each image (all the same size), in that image's pixels.
 
         With `finest`, the pyramid's first level (faces from min_face_px to 1/factor times
         that) runs only on the images marked True; the others start one level coarser.
+        With `regions`, PNet sees only those parts of an image that has some (see
+        search_regions), cut from each pyramid level at even offsets: PNet has no padding
+        and a stride of two, so its outputs there are those of the whole level, and the
+        faces found in a region are the ones a whole scan finds there.
         """
         import torch
 
         with torch.inference_mode():
-            return self._detect(images, min_face_px, finest)
+            return self._detect(images, min_face_px, finest, regions)
 
     def _detect(self, images: Sequence[np.ndarray], min_face_px: float,
-                finest: Sequence[bool] | None = None) -> list[RawFaces]:
+                finest: Sequence[bool] | None = None,
+                regions: Sequence[Regions | None] | None = None) -> list[RawFaces]:
         import cv2
         import torch
-        from facenet_pytorch.models.utils.detect_face import (
-            batched_nms_numpy,
-            bbreg,
-            generateBoundingBox,
-            rerec,
-        )
+        from facenet_pytorch.models.utils.detect_face import batched_nms_numpy, bbreg, rerec
         from torchvision.ops import batched_nms
 
         n = len(images)
-        h, w = images[0].shape[:2]
-        empty = RawFaces(np.zeros((0, 4), np.float32), np.zeros(0, np.float32),
-                         np.zeros((0, 5, 2), np.float32))
         if n == 0:
             return []
+        h, w = images[0].shape[:2]
 
         # Stage 1: PNet over the pyramid, one batched call per level. The first level is
         # an INTER_AREA resize of the frame; each later level is resized from the previous
@@ -153,19 +224,32 @@ class MtcnnCascade:
         for level, scale in enumerate(self.scales(h, w, min_face_px)):
             size = (int(w * scale + 1), int(h * scale + 1))
             levels = [cv2.resize(img, size, interpolation=cv2.INTER_AREA) for img in levels]
-            run = (np.arange(n) if level > 0 or finest is None
-                   else np.flatnonzero(np.asarray(finest, bool)))
-            if not len(run):
+            run: list[int] = (list(range(n)) if level > 0 or finest is None
+                              else np.flatnonzero(np.asarray(finest, bool)).tolist())
+            parts = [None if regions is None else regions[k] for k in run]
+            whole = [k for k, part in zip(run, parts, strict=True) if part is None]
+            found: list[tuple[Any, Any]] = []
+            if whole:
+                reg, probs = self._sliced(self.pnet, np.stack([levels[k] for k in whole]))
+                b, i = pnet_cells(reg, probs[:, 1], scale, self.thresholds[0])
+                found.append((b, torch.from_numpy(np.asarray(whole))[i]))
+            for k, part in zip(run, parts, strict=True):
+                for x0, y0, x1, y1 in level_windows(part or [], w, h, size):
+                    cut = np.ascontiguousarray(levels[k][y0:y1, x0:x1])[None]
+                    reg, probs = self._sliced(self.pnet, cut)
+                    b, _ = pnet_cells(reg, probs[:, 1], scale, self.thresholds[0],
+                                      (x0 // 2, y0 // 2))
+                    found.append((b, torch.full((len(b),), k, dtype=torch.int64)))
+            if not found:
                 continue
-            reg, probs = self._sliced(self.pnet, np.stack([levels[k] for k in run]))
-            b, i = generateBoundingBox(reg, probs[:, 1], scale, self.thresholds[0])
-            i = torch.from_numpy(run)[i]  # back to indices into `images`
+            b = torch.cat([f[0] for f in found])
+            i = torch.cat([f[1] for f in found])
             if len(b):
                 pick = batched_nms(b[:, :4], b[:, 4], i, 0.5)
                 boxes_l.append(b[pick])
                 inds_l.append(i[pick])
         if not boxes_l:
-            return [empty] * n
+            return [NO_FACES] * n
         boxes = torch.cat(boxes_l)
         inds = torch.cat(inds_l)
         pick = batched_nms(boxes[:, :4], boxes[:, 4], inds, 0.7)
@@ -191,10 +275,10 @@ class MtcnnCascade:
 
         # Stage 3: ONet on 48x48 crops: final score, box regression, landmarks.
         if not len(boxes):
-            return [empty] * n
+            return [NO_FACES] * n
         boxes, inds, crops = self._crops(images, boxes, inds, 48, w, h)
         if not len(boxes):
-            return [empty] * n
+            return [NO_FACES] * n
         reg, pts, score = self._sliced(self.onet, crops)
         keep = score[:, 1] > self.thresholds[2]
         boxes = torch.cat((boxes[keep, :4], score[keep, 1:2]), dim=1)
