@@ -186,7 +186,7 @@ class MtcnnDetector:
         groups: dict[tuple[tuple[int, ...], float], list[int]] = {}
         for i, frame in enumerate(frames):
             groups.setdefault((frame.image.shape, frame.scale), []).append(i)
-        for (_shape, scale), idx in groups.items():
+        for (shape, scale), idx in groups.items():
             # Search a little below the minimum: box regression moves borderline faces by
             # a few pixels either way, and _convert applies the exact minimum afterwards.
             min_px = max(12.0, SEARCH_MARGIN * self.cfg.min_face_px * scale)
@@ -196,23 +196,19 @@ class MtcnnDetector:
             plan = (scan_plan([frames[i].scene_index for i in idx], due)
                     if self._cascade.device.type == "cpu" else [None] * len(idx))
             whole = [j for j, p in enumerate(plan) if p is None]
-            between = [j for j, p in enumerate(plan) if p is not None]
+            between = [(j, p) for j, p in enumerate(plan) if p is not None]
             raw: list[RawFaces] = [NO_FACES] * len(idx)
             found = self._cascade.detect([frames[idx[j]].image for j in whole], min_px,
                                          [due[j] for j in whole])
             for j, r in zip(whole, found, strict=True):
                 raw[j] = r
             if between:
-                regions = []
-                for j in between:
-                    near = plan[j]
-                    assert near is not None
-                    h, w = frames[idx[j]].image.shape[:2]
-                    regions.append(search_regions(
-                        np.concatenate([raw[k].boxes for k in near]), w, h))
-                found = self._cascade.detect([frames[idx[j]].image for j in between], min_px,
-                                             [False] * len(between), regions)
-                for j, r in zip(between, found, strict=True):
+                h, w = shape[:2]
+                regions = [search_regions(np.concatenate([raw[k].boxes for k in p]), w, h)
+                           for _j, p in between]
+                found = self._cascade.detect([frames[idx[j]].image for j, _p in between],
+                                             min_px, [False] * len(between), regions)
+                for (j, _p), r in zip(between, found, strict=True):
                     raw[j] = r
             for i, r in zip(idx, raw, strict=True):
                 out[i] = self._convert(frames[i], r.boxes, r.probs, r.points)
