@@ -176,9 +176,11 @@ class MtcnnDetector:
         (`scan_every`, counted in samples of the video's time: every frame of a still photo
         is due). On CPU a sample between two such scans of its scene is searched, from the
         next level up as any sample not due, only around the faces they found (scan_plan,
-        search_regions): there it finds what a whole scan finds. A face that appears between
+        search_regions): near them it finds what a whole scan finds. A face that appears between
         two scans is found from the sample after, and that scan's regions find it on the
-        sample before. Redaction scans every frame (scan_every 1).
+        sample before. A face that neither scan found (the detector misses one now and then)
+        is not looked for between them; that is why batch edges stay whole scans (measured,
+        BENCHMARKS.md). Redaction scans every frame (scan_every 1).
         """
         self.load()
         assert self._cascade is not None
