@@ -19,7 +19,7 @@ from bodycam.config import PipelineSettings
 from bodycam.domain import FaceDetection, SampledFrame
 from bodycam.errors import ModelUnavailableError
 from bodycam.pipeline.dlib_resnet import CHIP_PADDING, CHIP_PX, DescriptorNet, read_weights
-from bodycam.pipeline.mtcnn import NO_FACES, MtcnnCascade, RawFaces, search_regions
+from bodycam.pipeline.mtcnn import MtcnnCascade, search_regions
 from bodycam.storage import sha256_file
 
 log = logging.getLogger(__name__)
@@ -198,22 +198,19 @@ class MtcnnDetector:
             plan = (scan_plan([frames[i].scene_index for i in idx], due)
                     if self._cascade.device.type == "cpu" else [None] * len(idx))
             whole = [j for j, p in enumerate(plan) if p is None]
-            between = [(j, p) for j, p in enumerate(plan) if p is not None]
-            raw: list[RawFaces] = [NO_FACES] * len(idx)
-            found = self._cascade.detect([frames[idx[j]].image for j in whole], min_px,
-                                         [due[j] for j in whole])
-            for j, r in zip(whole, found, strict=True):
-                raw[j] = r
+            raw = dict(zip(whole, self._cascade.detect(
+                [frames[idx[j]].image for j in whole], min_px, [due[j] for j in whole]),
+                strict=True))
+            between = {j: p for j, p in enumerate(plan) if p is not None}
             if between:
                 h, w = shape[:2]
                 regions = [search_regions(np.concatenate([raw[k].boxes for k in p]), w, h)
-                           for _j, p in between]
-                found = self._cascade.detect([frames[idx[j]].image for j, _p in between],
-                                             min_px, [False] * len(between), regions)
-                for (j, _p), r in zip(between, found, strict=True):
-                    raw[j] = r
-            for i, r in zip(idx, raw, strict=True):
-                out[i] = self._convert(frames[i], r.boxes, r.probs, r.points)
+                           for p in between.values()]
+                raw.update(zip(between, self._cascade.detect(
+                    [frames[idx[j]].image for j in between], min_px, [False] * len(between),
+                    regions), strict=True))
+            for j, i in enumerate(idx):
+                out[i] = self._convert(frames[i], raw[j].boxes, raw[j].probs, raw[j].points)
         return out
 
     def _convert(self, frame: SampledFrame, boxes: Any, probs: Any,
