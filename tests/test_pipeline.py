@@ -473,6 +473,51 @@ def test_pnets_pooling_on_cpu_gives_torchs_max_pooling_to_the_bit() -> None:
     assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
 
 
+
+def test_pnets_first_prelu_on_cpu_gives_torchs_prelu_to_the_bit() -> None:
+    """On CPU PNet's first PReLU (ten channels) runs over whole channels-last rows with its
+    weights repeated along them. Every value is what torch's PReLU gives (negative, zero,
+    negative zero, infinities, NaN), for odd and even sizes and a batch; an input that is not
+    channels-last goes to torch's PReLU; and PNet's outputs on a real 1080p pyramid level and
+    on a window cut from it are the same to the bit with either."""
+    import torch
+
+    from bodycam.pipeline.mtcnn import row_prelu
+
+    det = MtcnnDetector(PipelineSettings(embedder="dlib-resnet"))
+    det.load()
+    assert det._cascade is not None
+    pnet = det._cascade.pnet
+    ours = pnet.prelu1
+    assert type(ours).__name__ == "RowPReLU", "the CPU cascade uses it"
+    weight = ours.weight
+    gen = torch.Generator().manual_seed(11)
+    for n, h, w in ((1, 1, 1), (2, 3, 5), (1, 449, 799), (3, 12, 12)):
+        x = torch.randn((n, 10, h, w), generator=gen)
+        x.view(-1)[:4] = torch.tensor([0.0, -0.0, float("-inf"), float("nan")])
+        for layout in (torch.channels_last, torch.contiguous_format):
+            xi = x.contiguous(memory_format=layout)
+            got, want = row_prelu(weight)(xi), torch.prelu(xi, weight)
+            assert got.shape == want.shape
+            assert torch.equal(got.isnan(), want.isnan()), (n, h, w, layout)
+            assert torch.equal(got.nan_to_num(), want.nan_to_num()), (n, h, w, layout)
+            assert torch.equal(got.signbit(), want.signbit()), (n, h, w, layout)
+
+    with av.open(str(TESTDATA / "video" / "facenet_example.mp4")) as container:
+        rgb = next(container.decode(video=0)).to_ndarray(format="rgb24")
+    level = cv2.resize(rgb, (801, 451), interpolation=cv2.INTER_AREA)
+    for image in (level, np.ascontiguousarray(level[100:250, 300:514])):
+        x = det._cascade._input(image[None])
+        with torch.inference_mode():
+            got = pnet(x)
+            pnet.prelu1 = torch.nn.PReLU(10)
+            pnet.prelu1.weight = weight
+            try:
+                want = pnet(x)
+            finally:
+                pnet.prelu1 = ours
+        assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
+
 _HEAP_PROBE = """
 import sys
 from bodycam.config import LimitsSettings, PipelineSettings

@@ -140,6 +140,34 @@ def ceil_max_pool_2x2() -> Any:
     return CeilMaxPool2x2()
 
 
+def row_prelu(weight: Any) -> Any:
+    """`PReLU` over a channels-last input, each image row taken as one vector of width x
+    channels values with the weights repeated across it.
+
+    The same operation on every value (x if x > 0 else weight * x), so the same values to
+    the bit. torch's CPU PReLU walks the channels innermost, in steps of eight: PNet's first
+    layer has ten channels, so most of its work ran in the scalar remainder. Measured on that
+    layer for an 801x451 input: 1.0 against 4.1-4.8 ms, PNet as a whole 16.2 against 19.0 ms
+    (one thread). Inputs not channels-last go to torch's PReLU as they are.
+    """
+    import torch
+
+    class RowPReLU(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = weight
+
+        def forward(self, x: Any) -> Any:
+            n, c, h, w = x.shape
+            nhwc = x.permute(0, 2, 3, 1)
+            if not nhwc.is_contiguous():
+                return torch.prelu(x, self.weight)
+            out = torch.prelu(nhwc.reshape(n * h, w * c), self.weight.repeat(w))
+            return out.view(n, h, w, c).permute(0, 3, 1, 2)
+
+    return RowPReLU()
+
+
 @dataclass(frozen=True)
 class RawFaces:
     """One frame's MTCNN output: boxes (n x 4), probabilities (n), landmarks (n x 5 x 2)."""
@@ -164,6 +192,7 @@ class MtcnnCascade:
                                 else GPU_PIXELS_PER_CALL)
         if self.device.type == "cpu":
             pnet.pool1 = ceil_max_pool_2x2()
+            pnet.prelu1 = row_prelu(pnet.prelu1.weight)
         self.thresholds = tuple(thresholds)
         self.factor = factor
 
