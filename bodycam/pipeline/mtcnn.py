@@ -13,6 +13,8 @@ box regression and non-maximum suppression, but:
   sized for the device (small on CPU, where they stay in cache; large on a GPU).
 - can run PNet only on windows of each level around faces already known (found on nearby
   samples), with the outputs a whole level gives there (see `detect`).
+- on CPU, gives PNet a pooling layer and a first PReLU that compute the same values to the
+  bit in less time (`ceil_max_pool_2x2`, `row_prelu`).
 
 The networks run on whichever device their weights are on (CUDA when present); candidate
 boxes are handled on the CPU between stages. Inputs are permuted from N x H x W x C arrays,
