@@ -480,11 +480,15 @@ def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
 
 def track_identities(conn: Any, clips: dict[str, ClipTruth]
                      ) -> dict[str, dict[str, Any]]:
-    """Per stored track of the clips: video, time, and truth identities of its detections."""
+    """Per stored track of the clips: video, time, and truth identities of its detections.
+
+    A track's identity is the person most of its detections show; on a tie, the one it shows
+    first (its detections are read in time order, so the choice is the same in every run)."""
     rows = conn.execute(
         "SELECT t.id::text AS tid, t.video_id::text AS vid, t.start_s, t.end_s,"
         " d.frame_index, d.box_px, d.t_s FROM tracks t JOIN detections d ON d.track_id = t.id"
-        " WHERE t.video_id = ANY(%s) AND t.embedding IS NOT NULL",
+        " WHERE t.video_id = ANY(%s) AND t.embedding IS NOT NULL"
+        " ORDER BY t.start_s, t.end_s, t.id, d.t_s",
         (uids(clips),)).fetchall()
     out: dict[str, dict[str, Any]] = {}
     for r in rows:
@@ -507,6 +511,16 @@ def track_identities(conn: Any, clips: dict[str, ClipTruth]
         tr["mixed"] = sum(1 for _, n in named if n >= 2) >= 2
     return out
 
+
+
+def probe_track(tracks: dict[str, dict[str, Any]], video_id: str, ident: str) -> str | None:
+    """The track a track search for `ident` in a video starts from: of that person's tracks
+    there that are not mixed, the one with most of their detections, and on a tie the one
+    that starts first. (Track ids are random UUIDs: a tie broken by id picked another probe,
+    and so other figures, from run to run.)"""
+    mine = [(t["ids"][ident], -t["start_s"], tid) for tid, t in tracks.items()
+            if t["video_id"] == video_id and t["identity"] == ident and not t["mixed"]]
+    return max(mine)[2] if mine else None
 
 def track_report(tracks: dict[str, dict[str, Any]], clips: dict[str, ClipTruth]
                  ) -> dict[str, Any]:
@@ -759,12 +773,11 @@ def evaluate(h: Harness, seeds: list[int], split: str, clip_s: float, cache: Pat
         for vid, clip in clips.items():
             if ident not in clip.identities():
                 continue
-            mine = [(t["ids"][ident], tid) for tid, t in tracks.items()
-                    if t["video_id"] == vid and t["identity"] == ident and not t["mixed"]]
-            if not mine:  # no track of this person to search with: all of them is missed
+            probe = probe_track(tracks, vid, ident)
+            if probe is None:  # no track of this person to search with: all of them is missed
                 record("track", ident, {}, {}, {})
                 continue
-            r = search.search(h.ctx, search.Probe(track_id=max(mine)[1]), case, "evaluation",
+            r = search.search(h.ctx, search.Probe(track_id=probe), case, "evaluation",
                               ACTOR, limit=1000)
             scored("track", ident, r)
             searches += 1

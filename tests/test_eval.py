@@ -59,6 +59,30 @@ def test_face_checked_scoring_counts_only_the_persons_own_tracks() -> None:
     assert ev.score_checked(spans, right, truth, None).returned_s == 0
 
 
+
+def test_the_track_search_probe_does_not_depend_on_random_track_ids() -> None:
+    """A track search starts from the person's unmixed track with most of their detections;
+    on a tie, from the one that starts first, whatever the (random) track ids."""
+    from collections import Counter
+
+    def track(vid: str, start: float, ids: dict[str | None, int], identity: str | None,
+              mixed: bool = False) -> dict[str, object]:
+        return {"video_id": vid, "start_s": start, "ids": Counter(ids), "identity": identity,
+                "mixed": mixed}
+
+    for first, second in (("0f", "f0"), ("f0", "0f")):  # either id order
+        tracks = {
+            second: track("v1", 5.0, {"ann": 9}, "ann"),
+            first: track("v1", 1.0, {"ann": 9, None: 3}, "ann"),
+            "ff": track("v1", 0.0, {"ann": 12, "bob": 11}, "ann", mixed=True),
+            "fe": track("v2", 0.0, {"ann": 30}, "ann"),
+            "fd": track("v1", 0.0, {"bob": 20, "ann": 2}, "bob"),
+        }
+        assert ev.probe_track(tracks, "v1", "ann") == first
+    tracks["fc"] = track("v1", 7.0, {"ann": 10}, "ann")
+    assert ev.probe_track(tracks, "v1", "ann") == "fc", "most detections first"
+    assert ev.probe_track(tracks, "v1", "cy") is None
+
 def test_wilson_interval_against_hand_computed_values() -> None:
     lo, hi = ev.wilson(8, 10)
     assert (lo, hi) == (pytest.approx(0.4902, abs=1e-4), pytest.approx(0.9433, abs=1e-4))
