@@ -512,7 +512,6 @@ def track_identities(conn: Any, clips: dict[str, ClipTruth]
     return out
 
 
-
 def probe_track(tracks: dict[str, dict[str, Any]], video_id: str, ident: str) -> str | None:
     """The track a track search for `ident` in a video starts from: of that person's tracks
     there that are not mixed, the one with most of their detections, and on a tie the one
@@ -521,6 +520,7 @@ def probe_track(tracks: dict[str, dict[str, Any]], video_id: str, ident: str) ->
     mine = [(t["ids"][ident], -t["start_s"], tid) for tid, t in tracks.items()
             if t["video_id"] == video_id and t["identity"] == ident and not t["mixed"]]
     return max(mine)[2] if mine else None
+
 
 def track_report(tracks: dict[str, dict[str, Any]], clips: dict[str, ClipTruth]
                  ) -> dict[str, Any]:
