@@ -28,7 +28,7 @@ from bodycam.pipeline.faces import (
     Registry,
 )
 from bodycam.pipeline.frames import ChunkDecoder, plan_samples
-from bodycam.pipeline.mtcnn import search_regions
+from bodycam.pipeline.mtcnn import MtcnnCascade, search_regions
 from bodycam.pipeline.scenes import scene_size, small_bgr
 from bodycam.pipeline.tracks import build_tracks
 from tests.conftest import HAMILTON, TESTDATA, StackHandle
@@ -431,6 +431,17 @@ def test_detections_do_not_depend_on_how_the_networks_calls_are_cut() -> None:
                                atol=1e-5)
 
 
+def _cpu_cascade_and_level() -> tuple[MtcnnCascade, np.ndarray]:
+    """The CPU cascade as the detector loads it, and a real frame at the 801x451 size of a
+    1080p pyramid's first level."""
+    det = MtcnnDetector(PipelineSettings(embedder="dlib-resnet"))
+    det.load()
+    assert det._cascade is not None
+    with av.open(str(TESTDATA / "video" / "facenet_example.mp4")) as container:
+        rgb = next(container.decode(video=0)).to_ndarray(format="rgb24")
+    return det._cascade, cv2.resize(rgb, (801, 451), interpolation=cv2.INTER_AREA)
+
+
 def test_pnets_pooling_on_cpu_gives_torchs_max_pooling_to_the_bit() -> None:
     """On CPU PNet pools with elementwise maxima instead of torch's max pooling (which also
     computes indices nobody reads). Every shape parity, ties, negative infinities and NaN give
@@ -440,10 +451,8 @@ def test_pnets_pooling_on_cpu_gives_torchs_max_pooling_to_the_bit() -> None:
 
     from bodycam.pipeline.mtcnn import ceil_max_pool_2x2
 
-    det = MtcnnDetector(PipelineSettings(embedder="dlib-resnet"))
-    det.load()
-    assert det._cascade is not None
-    pnet = det._cascade.pnet
+    cascade, level = _cpu_cascade_and_level()
+    pnet = cascade.pnet
     assert type(pnet.pool1).__name__ == "CeilMaxPool2x2", "the CPU cascade uses it"
     ours, theirs = ceil_max_pool_2x2(), torch.nn.MaxPool2d(2, 2, ceil_mode=True)
     gen = torch.Generator().manual_seed(7)
@@ -459,10 +468,7 @@ def test_pnets_pooling_on_cpu_gives_torchs_max_pooling_to_the_bit() -> None:
         assert torch.equal(got.isnan(), want.isnan()), (h, w)
         assert torch.equal(got.nan_to_num(), want.nan_to_num()), (h, w)
 
-    with av.open(str(TESTDATA / "video" / "facenet_example.mp4")) as container:
-        rgb = next(container.decode(video=0)).to_ndarray(format="rgb24")
-    level = cv2.resize(rgb, (801, 451), interpolation=cv2.INTER_AREA)
-    x = det._cascade._input(level[None])
+    x = cascade._input(level[None])
     with torch.inference_mode():
         got = pnet(x)
         pnet.pool1 = theirs
@@ -484,10 +490,8 @@ def test_pnets_first_prelu_on_cpu_gives_torchs_prelu_to_the_bit() -> None:
 
     from bodycam.pipeline.mtcnn import row_prelu
 
-    det = MtcnnDetector(PipelineSettings(embedder="dlib-resnet"))
-    det.load()
-    assert det._cascade is not None
-    pnet = det._cascade.pnet
+    cascade, level = _cpu_cascade_and_level()
+    pnet = cascade.pnet
     ours = pnet.prelu1
     assert type(ours).__name__ == "RowPReLU", "the CPU cascade uses it"
     weight = ours.weight
@@ -503,11 +507,8 @@ def test_pnets_first_prelu_on_cpu_gives_torchs_prelu_to_the_bit() -> None:
             assert torch.equal(got.nan_to_num(), want.nan_to_num()), (n, h, w, layout)
             assert torch.equal(got.signbit(), want.signbit()), (n, h, w, layout)
 
-    with av.open(str(TESTDATA / "video" / "facenet_example.mp4")) as container:
-        rgb = next(container.decode(video=0)).to_ndarray(format="rgb24")
-    level = cv2.resize(rgb, (801, 451), interpolation=cv2.INTER_AREA)
     for image in (level, np.ascontiguousarray(level[100:250, 300:514])):
-        x = det._cascade._input(image[None])
+        x = cascade._input(image[None])
         with torch.inference_mode():
             got = pnet(x)
             pnet.prelu1 = torch.nn.PReLU(10)
