@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from bodycam import audit
 from bodycam.accounts import User, token_hash
 from bodycam.config import AuthSettings
-from bodycam.db import Conn
+from bodycam.db import Conn, uid
 from bodycam.errors import BodycamError, PermanentError
 
 TOKEN_PREFIX = "bct_"
@@ -115,6 +115,22 @@ def authenticate(conn: Conn, key: str, token: str | None, claimed: str | None = 
         raise UnauthenticatedError(f"token of {label} has expired: log in again")
     return Session(User(str(row["name"]), tuple(row["roles"])), str(row["id"]),
                    str(row["kind"]), row["expires_at"])
+
+
+def still_valid(conn: Conn, session: Session) -> User:
+    """The account of an authenticated token as it stands now, with its roles of now.
+
+    For a response that outlives the check of its request (an event stream): once the token
+    is revoked or expires or the account is disabled, a new request is refused, and so is
+    this (UnauthenticatedError). Not audited as a failed login: the token was valid."""
+    row = conn.execute(
+        "SELECT u.name, u.roles FROM api_tokens t JOIN users u ON u.name = t.user_name"
+        " WHERE t.id = %s AND t.revoked_at IS NULL AND t.expires_at > now()"
+        " AND u.disabled_at IS NULL", (uid(session.token_id),)).fetchone()
+    if row is None:
+        raise UnauthenticatedError(
+            f"the token of {session.user.name} is no longer valid: log in again")
+    return User(str(row["name"]), tuple(row["roles"]))
 
 
 def login_failed(conn: Conn, key: str, name: str, reason: str, client: str | None = None

@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import imageio_ffmpeg
@@ -336,6 +337,80 @@ def test_an_upload_streams_in_and_its_progress_streams_out_until_done(
     assert again.status_code == 200 and again.json()["duplicate"] is True
     assert again.json()["video_id"] == video_id and stack.counts() == before
 
+
+
+def _stream_until_it_ends(server: Server, token: str, video_id: str,
+                          then: object) -> list[tuple[str, dict[str, object]]]:
+    """(event, data) of a video's progress stream; `then()` runs after the first event."""
+    got: list[tuple[str, dict[str, object]]] = []
+    with server.http.stream("GET", f"{server.url}/api/v1/videos/{video_id}/events",
+                            headers={"Authorization": f"Bearer {token}"}, timeout=30) as r:
+        assert r.status_code == 200, r.read()
+        kind = ""
+        for line in r.iter_lines():
+            if line.startswith("event: "):
+                kind = line[7:]
+            elif line.startswith("data: "):
+                got.append((kind, json.loads(line[6:])))
+                if len(got) == 1:
+                    then()  # type: ignore[operator]
+    return got
+
+
+def test_a_progress_stream_ends_once_a_new_request_would_be_refused(
+        server: Server, stack: StackHandle, served_video: tuple[str, dict[str, object]]) -> None:
+    """The stream's request was checked once; its caller is checked again at every poll, so
+    a logout, or the loss of the video's case, ends it (with an audited refusal) rather than
+    letting it follow the job on."""
+    video_id, _ = served_video
+    with stack.ctx.db() as conn:  # a job still running, so that the stream stays open
+        conn.execute("UPDATE videos SET status = 'processing' WHERE id = %s", (video_id,))
+    try:
+        session = server.call("POST", "/api/v1/auth/login", json={
+            "user": "operator", "token": server.token}).json()["token"]
+        got = _stream_until_it_ends(server, session, video_id, lambda: server.call(
+            "POST", "/api/v1/auth/logout", session).raise_for_status())
+        assert [k for k, _ in got] == ["progress", "error"], got
+        assert got[0][1]["status"] == "processing" and "no longer valid" in str(got[1][1])
+
+        name, clerk = server.account(["clerk"], ("T-SRV",))
+        since = last_audit_id(stack)
+        got = _stream_until_it_ends(server, clerk, video_id, lambda: server.op(
+            "DELETE", f"/api/v1/users/{name}/cases/T-SRV").raise_for_status())
+        assert [k for k, _ in got] == ["progress", "error"], got
+        assert "not assigned" in str(got[1][1])
+        assert [r["actor"] for r in audit_rows(stack, "refused", since)] == [name]
+    finally:
+        with stack.ctx.db() as conn:
+            conn.execute("UPDATE videos SET status = 'done' WHERE id = %s", (video_id,))
+
+
+def test_a_case_number_with_a_slash_is_listed_held_released_and_unassigned(
+        server: Server) -> None:
+    """Case numbers may hold "/" (2024/00123). Clients send it as %2F, which the server
+    decodes before routing: the routes that name a case in the path must still match."""
+    case = f"T-SRV/{secrets.token_hex(3)}"
+    quoted = quote(case, safe="")
+    name, investigator = server.account(["investigator"], (case,))
+    videos = server.call("GET", f"/api/v1/cases/{quoted}/videos", investigator)
+    assert videos.status_code == 200 and videos.json() == {"items": [], "next_offset": None}
+    held = server.op("POST", f"/api/v1/cases/{quoted}/hold", json={"reason": "litigation"})
+    assert held.status_code == 200 and held.json() == {"case": case, "held": True}
+    [listed] = [c for c in server.op("GET", "/api/v1/cases", params={"limit": 1000}
+                                     ).json()["items"] if c["case"] == case]
+    assert listed["held"] and listed["users"] == [name], listed
+    released = server.op("POST", f"/api/v1/cases/{quoted}/release", json={"reason": "over"})
+    assert released.status_code == 200 and released.json() == {"case": case, "held": False}
+    gone = server.op("DELETE", f"/api/v1/users/{name}/cases/{quoted}")
+    assert gone.status_code == 200 and gone.json() == {"name": name, "case": case}
+    assert_problem(server.call("GET", f"/api/v1/cases/{quoted}/videos", investigator), 403,
+                   "not assigned")
+    # The rest of the path still decides the route: a case named like a route's tail.
+    odd = "T-SRV/hold"
+    assert server.op("POST", f"/api/v1/cases/{quote(odd, safe='')}/hold",
+                     json={"reason": "r"}).json() == {"case": odd, "held": True}
+    assert server.op("POST", f"/api/v1/cases/{quote(odd, safe='')}/release",
+                     json={"reason": "r"}).json() == {"case": odd, "held": False}
 
 def test_lists_are_paginated_with_next_offset(
         server: Server, served_video: tuple[str, dict[str, object]]) -> None:

@@ -59,7 +59,7 @@ async def users_assign(name: str, body: AssignIn, user: UserDep) -> dict[str, ob
     return await run_in_threadpool(governance.assign_case, context(), user, name, body.case)
 
 
-@router.delete("/users/{name}/cases/{case}", response_model=AssignOut,
+@router.delete("/users/{name}/cases/{case:path}", response_model=AssignOut,
                summary="Take a case away from an account")
 async def users_unassign(name: str, case: str, user: UserDep) -> dict[str, object]:
     """The account no longer sees the case; audited (`case.unassign`)."""
@@ -73,13 +73,13 @@ async def cases_list(user: UserDep, p: PageDep) -> dict[str, object]:
     return paginate(await run_in_threadpool(governance.list_cases, context(), user), p)
 
 
-@router.post("/cases/{case}/hold", response_model=HoldOut, summary="Put a case on legal hold")
+@router.post("/cases/{case:path}/hold", response_model=HoldOut, summary="Put a case on legal hold")
 async def hold(case: str, body: ReasonIn, user: UserDep) -> dict[str, object]:
     """Its biometric data is kept past the retention period; audited."""
     return await run_in_threadpool(governance.hold_case, context(), user, case, body.reason)
 
 
-@router.post("/cases/{case}/release", response_model=HoldOut, summary="Lift a legal hold")
+@router.post("/cases/{case:path}/release", response_model=HoldOut, summary="Lift a legal hold")
 async def release(case: str, body: ReasonIn, user: UserDep) -> dict[str, object]:
     """Audited with the reason."""
     return await run_in_threadpool(governance.release_case, context(), user, case,

@@ -12,8 +12,9 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from bodycam import auth
 from bodycam.actions import evidence
-from bodycam.api.deps import PageDep, UserDep, chunks, context, paginate
+from bodycam.api.deps import PageDep, SessionDep, UserDep, chunks, context, paginate
 from bodycam.api.problems import PROBLEM_RESPONSES, ProblemError
 from bodycam.api.schemas import IngestOut, JobOut, PageOf, RetryOut
 from bodycam.api.uploads import Tee, spool
@@ -101,11 +102,12 @@ async def video(video_id: str, user: UserDep) -> dict[str, object]:
             responses={200: {"content": {"text/event-stream": {}},
                              "description": "`event: progress` with the job row as data on "
                                             "every change, until a terminal status"}})
-async def events(video_id: str, user: UserDep, request: Request) -> StreamingResponse:
+async def events(video_id: str, s: SessionDep, request: Request) -> StreamingResponse:
     """Polls the jobs table; sends the row whenever it changes; ends after `done`, `failed`
-    or `quarantined`."""
+    or `quarantined`. Every poll checks the caller again (see _recheck): the stream ends with
+    `event: error` once a new request would be refused."""
     ctx = context()
-    first = await run_in_threadpool(evidence.get_video, ctx, user, video_id)
+    first = await run_in_threadpool(evidence.get_video, ctx, s.user, video_id)
 
     async def stream() -> AsyncIterator[str]:
         row, last = first, ""
@@ -118,7 +120,7 @@ async def events(video_id: str, user: UserDep, request: Request) -> StreamingRes
                 return
             await asyncio.sleep(ctx.settings.server.sse_poll_s)
             try:
-                row = await run_in_threadpool(_row, video_id)
+                row = await run_in_threadpool(_recheck, s, video_id)
             except BodycamError as exc:
                 yield f"event: error\ndata: {json.dumps({'detail': str(exc)})}\n\n"
                 return
@@ -127,9 +129,14 @@ async def events(video_id: str, user: UserDep, request: Request) -> StreamingRes
                              headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
 
-def _row(video_id: str) -> evidence.jobs.JobRow:
-    with context().db() as conn:
-        return evidence.job_row(conn, video_id)
+def _recheck(s: auth.Session, video_id: str) -> evidence.jobs.JobRow:
+    """The video's job row for the stream's caller as they stand now. A stream outlives the
+    check of its request, so each poll reads the token and account again (revoked, expired or
+    disabled: refused) and checks the role and case again (a refusal is audited)."""
+    ctx = context()
+    with ctx.db() as conn:
+        user = auth.still_valid(conn, s)
+    return evidence.get_video(ctx, user, video_id)
 
 
 @router.post("/videos/{video_id}/retry", response_model=RetryOut,

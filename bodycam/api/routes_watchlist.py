@@ -152,7 +152,7 @@ def photo_faces(user: UserDep, case: Annotated[str | None, Form()] = None,
         return watchlist.photo_faces(context(), user, case, paths[0] if paths else None)
 
 
-@router.get("/cases/{case}/videos", response_model=PageOf[CaseVideoOut],
+@router.get("/cases/{case:path}/videos", response_model=PageOf[CaseVideoOut],
             summary="The videos of a case, with duration and state (investigator)")
 async def case_videos(case: str, user: UserDep, p: PageDep) -> dict[str, object]:
     """Paginated, newest first; investigator of the case."""
