@@ -14,7 +14,7 @@ from bodycam import audit, policy
 from bodycam.accounts import User, case_of, require, require_visible, visible_cases
 from bodycam.config import Settings
 from bodycam.db import Conn, uid
-from bodycam.errors import InvalidInputError, NotFoundError, PermanentError
+from bodycam.errors import InvalidInputError, NotFoundError
 from bodycam.search import best_subjects, case_gallery, resolve_threshold
 
 log = logging.getLogger(__name__)
@@ -161,10 +161,6 @@ def view_matches(conn: Conn, key: str, user: User, status: str | None = None,
     return rows
 
 
-class ReviewRefusedError(PermanentError):
-    """A review that the four-eyes rules do not allow."""
-
-
 def review(conn: Conn, key: str, match_id: str, user: User, confirm: bool, note: str
            ) -> str:
     """Record a reviewer's decision; returns the match's status afterwards.
@@ -186,18 +182,18 @@ def review(conn: Conn, key: str, match_id: str, user: User, confirm: bool, note:
     if row is None:
         raise NotFoundError(f"no match {match_id}")
     if row["status"] != "pending":
-        raise ReviewRefusedError(f"match {match_id} is already {row['status']}")
+        raise policy.ReviewRefusedError(f"match {match_id} is already {row['status']}")
     already = conn.execute("SELECT 1 FROM reviews WHERE match_id = %s AND reviewer = %s",
                            (match_id, reviewer)).fetchone()
     if already:
-        raise ReviewRefusedError(f"{reviewer} has already reviewed match {match_id}")
+        raise policy.ReviewRefusedError(f"{reviewer} has already reviewed match {match_id}")
     needed = policy.current(conn).reviewers_required
     if confirm and reviewer == row["created_by"]:
         others = conn.execute(
             "SELECT count(*) AS n FROM reviews WHERE match_id = %s AND decision = 'confirm'",
             (match_id,)).fetchone()
         if others is None or int(others["n"]) < needed:
-            raise ReviewRefusedError(
+            raise policy.ReviewRefusedError(
                 f"{reviewer} enrolled this subject and cannot be the only confirmer: "
                 f"{needed} other reviewer(s) must confirm first")
     conn.execute("INSERT INTO reviews (match_id, reviewer, decision, note)"

@@ -21,6 +21,11 @@ class PolicyRefusedError(PermanentError):
     """The active policy profile forbids this action."""
 
 
+class ReviewRefusedError(PermanentError):
+    """A review or an approval that the four-eyes rules do not allow (a match confirmed by
+    its subject's enroller, a reviewer twice, an enrolment approved by its author)."""
+
+
 @dataclass(frozen=True)
 class Policy:
     """The active profile and its parameters."""

@@ -242,7 +242,8 @@ def approve_subject(conn: Conn, key: str, subject_id: str, user: User) -> None:
     if row["approved_at"] is not None:
         raise InvalidInputError(f"subject {subject_id} is already approved")
     if row["created_by"] == actor:
-        raise InvalidInputError("an enrolment must be approved by someone other than its author")
+        raise policy.ReviewRefusedError(
+            "an enrolment must be approved by someone other than its author")
     conn.execute("UPDATE subjects SET approved_by = %s, approved_at = now() WHERE id = %s",
                  (actor, uid(subject_id)))
     audit.append(conn, key, actor, "subject.approve", {"subject_id": subject_id})

@@ -574,6 +574,14 @@ def test_redact_only_purges_every_template_refuses_approval_and_face_processing(
                              "--case", CASE_B, "--reason", "awaits approval")
     assert isinstance(pending, dict) and pending["pending_matches"] == 0
     sid = str(pending["subject_id"])
+    # Its author holds the supervisor role too (the operator holds every role): four eyes
+    # still refuse, 403 like every refusal, and the attempt is audited.
+    own = stack.cli.run("subjects", "approve", sid)
+    assert own.returncode != 0 and "other than its author" in one_line(own), one_line(own)
+    [refused] = audit_rows(stack, "refused")[-1:]
+    assert refused["actor"] == "operator" and refused["details"] == {  # type: ignore[comparison-overlap]
+        "attempted": "subjects.approve",
+        "reason": "an enrolment must be approved by someone other than its author"}
     wait_idle(stack)
     with stack.ctx.db() as conn:
         before = conn.execute(

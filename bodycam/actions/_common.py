@@ -7,8 +7,7 @@ from contextlib import contextmanager
 
 from bodycam.accounts import User
 from bodycam.context import Context
-from bodycam.matching import ReviewRefusedError
-from bodycam.policy import PolicyRefusedError
+from bodycam.policy import PolicyRefusedError, ReviewRefusedError
 
 REFUSALS = (PolicyRefusedError, ReviewRefusedError)
 

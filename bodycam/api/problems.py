@@ -20,8 +20,7 @@ from bodycam.errors import (
     PermanentError,
     TransientError,
 )
-from bodycam.matching import ReviewRefusedError
-from bodycam.policy import PolicyRefusedError
+from bodycam.policy import PolicyRefusedError, ReviewRefusedError
 
 log = logging.getLogger(__name__)
 PROBLEM_JSON = "application/problem+json"
