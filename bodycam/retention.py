@@ -1,4 +1,5 @@
-"""Retention: bystanders' biometric data (embeddings and face crops) expires; originals stay."""
+"""Retention: bystanders' biometric data (embeddings and face crops) expires, and so do the
+templates of watchlist entries past their own expiry date; originals stay."""
 
 from __future__ import annotations
 
@@ -16,12 +17,15 @@ class PurgePlan:
     tracks: int
     detections: int
     thumbnails: int
+    subjects: int  # watchlist entries lapsed (past their expiry date)
+    subject_templates: int
     dry_run: bool
 
     def as_json(self) -> dict[str, object]:
         """JSON for the CLI and the audit log."""
         return {"retention_days": self.retention_days, "tracks": self.tracks,
                 "detections": self.detections, "thumbnails": self.thumbnails,
+                "subjects": self.subjects, "subject_templates": self.subject_templates,
                 "dry_run": self.dry_run}
 
 
@@ -36,6 +40,12 @@ _LOOSE = (
     " FROM videos v WHERE v.id = d.video_id AND d.track_id IS NULL"
     " AND d.embedding IS NOT NULL AND v.ingested_at < now() - make_interval(days => %s)"
     " AND NOT EXISTS (SELECT 1 FROM held_cases h WHERE h.case_id = v.case_id)")
+# Watchlist entries past the expiry date they were enrolled with, outside held cases. Matching
+# and search already ignore them; a purge removes them as `subjects remove` does (templates
+# deleted, pending matches dropped, the record kept).
+_LAPSED = (
+    "SELECT s.id FROM subjects s WHERE s.removed_at IS NULL AND s.expires_at <= now()"
+    " AND NOT EXISTS (SELECT 1 FROM held_cases h WHERE h.case_id = s.case_id)")
 
 
 def purge(ctx: Context, actor: str, dry_run: bool) -> PurgePlan:
@@ -53,9 +63,18 @@ def purge(ctx: Context, actor: str, dry_run: bool) -> PurgePlan:
             str(r["sha256"]) for r in conn.execute(
                 "SELECT sha256 FROM videos WHERE id IN (SELECT d.video_id FROM detections d"
                 " WHERE EXISTS (SELECT 1" + _LOOSE + "))", (days,)).fetchall()}
+        lapsed = [r["id"] for r in conn.execute(_LAPSED + " FOR UPDATE OF s").fetchall()]
+        templates = conn.execute("SELECT count(*) AS n FROM subject_faces"
+                                 " WHERE subject_id = ANY(%s)", (lapsed,)).fetchone()
         plan = PurgePlan(days, len(ids), int(n_det["n"] if n_det else 0) +
-                         int(loose["n"] if loose else 0), len(thumbs), dry_run)
+                         int(loose["n"] if loose else 0), len(thumbs), len(lapsed),
+                         int(templates["n"] if templates else 0), dry_run)
         if not dry_run:
+            conn.execute("UPDATE subjects SET removed_at = now(), removed_by = %s"
+                         " WHERE id = ANY(%s)", (actor, lapsed))
+            conn.execute("DELETE FROM subject_faces WHERE subject_id = ANY(%s)", (lapsed,))
+            conn.execute("DELETE FROM matches WHERE subject_id = ANY(%s) AND status = 'pending'",
+                         (lapsed,))
             conn.execute("UPDATE tracks SET embedding = NULL, thumbnail_key = NULL,"
                          " purged_at = now() WHERE id = ANY(%s)", (ids,))
             conn.execute("UPDATE detections SET embedding = NULL WHERE track_id = ANY(%s)",

@@ -262,7 +262,16 @@ def test_purge_removes_exactly_what_the_retention_policy_allows(
     stack.cli.run("subjects", "enroll", "--name", "p06", "--photo", str(P06), "--case",
                   "T-PURGE-MATCH", "--reason", "retention test", check=True)
     vids = (free, held, matched)
+    # Watchlist entries enrolled with an expiry date, now past: one in a case on hold.
+    stack.cli.run("cases", "hold", "T-PURGE-LAPSED-HELD", "--reason", "court order 8",
+                  check=True)
+    lapsed, lapsed_held = (str(stack.cli.json(
+        "subjects", "enroll", "--name", "p06", "--photo", str(P06), "--case", case,
+        "--reason", "lapses", "--expires", "2099-01-01")["subject_id"])  # type: ignore[index]
+        for case in ("T-PURGE-LAPSED", "T-PURGE-LAPSED-HELD"))
     with stack.ctx.db() as conn:
+        conn.execute("UPDATE subjects SET expires_at = now() - interval '1 day'"
+                     " WHERE id = ANY(%s::uuid[])", ([lapsed, lapsed_held],))
         conn.execute("UPDATE tracks SET created_at = now() - interval '40 days'"
                      " WHERE video_id = ANY(%s::uuid[])", (list(vids),))
         conn.execute("UPDATE videos SET ingested_at = now() - interval '40 days'"
@@ -278,7 +287,20 @@ def test_purge_removes_exactly_what_the_retention_policy_allows(
     expected = [t for t in before.values() if t["video_id"] == free or
                 (t["video_id"] == matched and t["id"] not in matched_tracks)]
     assert f"would purge {len(expected)} tracks" in " ".join(dry.split())
+    assert "1 lapsed watchlist entries (1 templates)" in " ".join(dry.split()), dry
     stack.cli.run("purge", check=True)
+    with stack.ctx.db() as conn:
+        faces = {sid: conn.execute(
+            "SELECT count(*) AS n FROM subject_faces f JOIN subjects s ON s.id = f.subject_id"
+            " WHERE s.id = %s", (sid,)).fetchone()["n"] for sid in (lapsed, lapsed_held)}
+        removed = {str(r["id"]) for r in conn.execute(
+            "SELECT id FROM subjects WHERE id = ANY(%s::uuid[]) AND removed_at IS NOT NULL",
+            ([lapsed, lapsed_held],)).fetchall()}
+        live = conn.execute("SELECT count(*) AS n FROM subject_faces f JOIN subjects s"
+                            " ON s.id = f.subject_id WHERE s.case_id = 'T-PURGE-MATCH'"
+                            ).fetchone()["n"]
+    assert faces == {lapsed: 0, lapsed_held: 1} and removed == {lapsed}, (faces, removed)
+    assert live == 1, "an entry with no expiry date keeps its template"
     with stack.ctx.db() as conn:
         after = {r["id"]: r for r in conn.execute(
             "SELECT id::text AS id, embedding IS NULL AS gone, purged_at, thumbnail_key"

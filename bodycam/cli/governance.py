@@ -141,11 +141,14 @@ def thresholds_set(
 
 @app.command()
 def purge(dry_run: Annotated[bool, typer.Option("--dry-run")] = False) -> None:
-    """Remove expired bystander embeddings and crops (originals are never touched)."""
+    """Remove expired bystander embeddings and crops, and lapsed watchlist entries' templates
+    (originals are never touched)."""
     plan = client_call(lambda c: c.post("/api/v1/purge", {"dry_run": dry_run}))
     verb = "would purge" if dry_run else "purged"
     out.print(f"{verb} {plan['tracks']} tracks, {plan['detections']} detection embeddings, "
-              f"{plan['thumbnails']} thumbnails (older than {plan['retention_days']} days)")
+              f"{plan['thumbnails']} thumbnails (older than {plan['retention_days']} days), "
+              f"{plan['subjects']} lapsed watchlist entries ({plan['subject_templates']} "
+              f"templates)")
 
 
 @app.command()
