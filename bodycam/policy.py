@@ -22,8 +22,9 @@ class PolicyRefusedError(PermanentError):
 
 
 class ReviewRefusedError(PermanentError):
-    """A review or an approval that the four-eyes rules do not allow (a match confirmed by
-    its subject's enroller, a reviewer twice, an enrolment approved by its author)."""
+    """A review or an approval the four-eyes rules do not allow: a match already decided,
+    reviewed twice by one reviewer or confirmed by its subject's enroller alone; an enrolment
+    approved by its author."""
 
 
 @dataclass(frozen=True)

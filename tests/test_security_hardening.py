@@ -579,7 +579,8 @@ def test_redact_only_purges_every_template_refuses_approval_and_face_processing(
     own = stack.cli.run("subjects", "approve", sid)
     assert own.returncode != 0 and "other than its author" in one_line(own), one_line(own)
     [refused] = audit_rows(stack, "refused")[-1:]
-    assert refused["actor"] == "operator" and refused["details"] == {  # type: ignore[comparison-overlap]
+    assert refused["actor"] == "operator", refused
+    assert refused["details"] == {  # type: ignore[comparison-overlap]
         "attempted": "subjects.approve",
         "reason": "an enrolment must be approved by someone other than its author"}
     wait_idle(stack)
