@@ -182,10 +182,16 @@ def query_from_photo(settings: Settings, path: str, face: int | None = None) -> 
 
 
 def query_from_subject(conn: Conn, settings: Settings, subject_id: str, scope: Scope) -> Query:
-    """A subject's enrolment vectors for the configured embedder; only a subject of the
-    scope's case (any other is refused and the refusal audited)."""
+    """A subject's enrolment vectors for the configured embedder; only an approved subject of
+    the scope's case (any other is refused and the refusal audited)."""
     scope.require(conn, "search", "subject", subject_id, case_of(conn, "subject", subject_id))
     get_subject(conn, subject_id)
+    row = conn.execute("SELECT approved_at FROM subjects WHERE id = %s",
+                       (uid(subject_id),)).fetchone()
+    if row is None or row["approved_at"] is None:  # as matching and the gallery: not yet used
+        raise policy.PolicyRefusedError(
+            f"subject {subject_id} awaits a supervisor's approval: an enrolment is searched "
+            f"for and matched only once approved")
     model = settings.pipeline.embedder
     vecs = subject_vectors(conn, subject_id, model)
     if not vecs:

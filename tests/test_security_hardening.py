@@ -583,6 +583,12 @@ def test_redact_only_purges_every_template_refuses_approval_and_face_processing(
     assert refused["details"] == {  # type: ignore[comparison-overlap]
         "attempted": "subjects.approve",
         "reason": "an enrolment must be approved by someone other than its author"}
+    # Nor is the pending enrolment searched for, as it is not matched, until it is approved.
+    early = stack.cli.run("search", "--subject", sid, "--case", CASE_B, "--purpose", "too soon")
+    assert early.returncode != 0 and "awaits a supervisor's approval" in one_line(early)
+    [refused] = audit_rows(stack, "refused")[-1:]
+    details = dict(refused["details"])  # type: ignore[call-overload]
+    assert details["attempted"] == "search" and "approval" in details["reason"], details
     wait_idle(stack)
     with stack.ctx.db() as conn:
         before = conn.execute(
