@@ -339,6 +339,33 @@ def test_an_upload_streams_in_and_its_progress_streams_out_until_done(
 
 
 
+
+def test_a_duplicate_names_its_video_only_to_who_may_follow_it(
+        server: Server, stack: StackHandle, served_video: tuple[str, dict[str, object]],
+        tmp_path: Path) -> None:
+    """A clerk may upload into any case; of a case they cannot see, a duplicate tells them
+    only that the case holds those bytes, not its video's id or state."""
+    video_id, _ = served_video  # in T-SRV, uploaded by the operator
+    before, since = stack.counts(), last_audit_id(stack)
+    stranger, outsider = server.account(["clerk"], ("T-SRV-ELSEWHERE",))
+    assert_problem(upload(server, outsider, HAMILTON, "T-SRV"), 409,
+                   "case T-SRV already holds these bytes", "nothing was stored")
+    assert stack.counts() == before
+    assert [r["actor"] for r in audit_rows(stack, "ingest.duplicate", since)] == [stranger]
+    _, insider = server.account(["clerk"], ("T-SRV",))
+    seen = upload(server, insider, HAMILTON, "T-SRV")
+    assert seen.status_code == 200 and seen.json()["video_id"] == video_id
+    # One's own upload, in a case one cannot see, is named again: one may follow it.
+    own = tmp_path / "own.mp4"
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-loglevel", "error", "-i", str(HAMILTON),
+                    "-c", "copy", "-metadata", f"title={secrets.token_hex(8)}", str(own)],
+                   check=True, timeout=60)
+    first = upload(server, outsider, own, "T-SRV-OWN")
+    assert first.status_code == 201, first.text
+    again = upload(server, outsider, own, "T-SRV-OWN")
+    assert again.status_code == 200 and again.json()["video_id"] == first.json()["video_id"]
+    assert stack.wait_status(str(first.json()["video_id"]))["status"] == "done"
+
 def _stream_until_it_ends(server: Server, token: str, video_id: str,
                           then: object) -> list[tuple[str, dict[str, object]]]:
     """(event, data) of a video's progress stream; `then()` runs after the first event."""

@@ -9,7 +9,13 @@ from bodycam import accounts, audit, jobs
 from bodycam.accounts import User, case_of, require, require_visible
 from bodycam.context import Context
 from bodycam.db import Conn, uid
-from bodycam.errors import BodycamError, InvalidInputError, NotFoundError, TransientError
+from bodycam.errors import (
+    BodycamError,
+    ConflictError,
+    InvalidInputError,
+    NotFoundError,
+    TransientError,
+)
 from bodycam.evidence import TrackRow, list_tracks
 from bodycam.ingest import Custody, IngestResult, ingest_private
 from bodycam.ingest import begin_upload as begin_upload  # the upload route's, re-exported
@@ -56,11 +62,31 @@ def ingest_upload(ctx: Context, user: User, path: Path, filename: str, custody: 
             sent.abort()
         raise
     try:
-        return ingest_private(ctx, path, filename, custody, sha256, sent)
+        result = ingest_private(ctx, path, filename, custody, sha256, sent)
     except BodycamError as exc:
         if not isinstance(exc, TransientError):  # an outage rejects no evidence
             reject(ctx, user, filename, custody.case_id, str(exc))
         raise
+    if result.duplicate:
+        _may_follow_duplicate(ctx, user, result.video_id, custody.case_id)
+    return result
+
+
+def _may_follow_duplicate(ctx: Context, user: User, video_id: str, case: str) -> None:
+    """A duplicate's answer names the video its case already holds, and that video's state:
+    only for an account that may follow that video (the case is visible to it, or the video
+    is its own upload). An intake clerk may upload into any case, but of a case they cannot
+    see they learn only that it holds these bytes (409; the attempt is audited as
+    `ingest.duplicate`)."""
+    with ctx.db() as conn:
+        visible = accounts.visible_cases(conn, user)
+        if visible is None or case in visible:
+            return
+        row = conn.execute("SELECT uploader FROM videos WHERE id = %s",
+                           (uid(video_id),)).fetchone()
+    if row is None or row["uploader"] != user.name:
+        raise ConflictError(f"case {printable(case)} already holds these bytes, uploaded by "
+                            f"another account: nothing was stored")
 
 
 def reject(ctx: Context, user: User, filename: str, case: str | None, reason: str) -> None:
