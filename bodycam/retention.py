@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bodycam import audit, cache, policy
+from bodycam import audit, cache, policy, subjects
 from bodycam.context import Context
 
 
@@ -41,8 +41,7 @@ _LOOSE = (
     " AND d.embedding IS NOT NULL AND v.ingested_at < now() - make_interval(days => %s)"
     " AND NOT EXISTS (SELECT 1 FROM held_cases h WHERE h.case_id = v.case_id)")
 # Watchlist entries past the expiry date they were enrolled with, outside held cases. Matching
-# and search already ignore them; a purge removes them as `subjects remove` does (templates
-# deleted, pending matches dropped, the record kept).
+# and search already ignore them; a purge retires them as `subjects remove` does.
 _LAPSED = (
     "SELECT s.id FROM subjects s WHERE s.removed_at IS NULL AND s.expires_at <= now()"
     " AND NOT EXISTS (SELECT 1 FROM held_cases h WHERE h.case_id = s.case_id)")
@@ -70,11 +69,7 @@ def purge(ctx: Context, actor: str, dry_run: bool) -> PurgePlan:
                          int(loose["n"] if loose else 0), len(thumbs), len(lapsed),
                          int(templates["n"] if templates else 0), dry_run)
         if not dry_run:
-            conn.execute("UPDATE subjects SET removed_at = now(), removed_by = %s"
-                         " WHERE id = ANY(%s)", (actor, lapsed))
-            conn.execute("DELETE FROM subject_faces WHERE subject_id = ANY(%s)", (lapsed,))
-            conn.execute("DELETE FROM matches WHERE subject_id = ANY(%s) AND status = 'pending'",
-                         (lapsed,))
+            subjects.retire(conn, lapsed, actor)
             conn.execute("UPDATE tracks SET embedding = NULL, thumbnail_key = NULL,"
                          " purged_at = now() WHERE id = ANY(%s)", (ids,))
             conn.execute("UPDATE detections SET embedding = NULL WHERE track_id = ANY(%s)",

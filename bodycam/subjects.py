@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -15,7 +16,7 @@ from bodycam import audit, policy
 from bodycam.accounts import User, case_of, require, require_visible, visible_cases
 from bodycam.config import Settings
 from bodycam.context import Context
-from bodycam.db import Conn, uid
+from bodycam.db import Conn, uid, uids
 from bodycam.domain import FaceDetection, SampledFrame
 from bodycam.errors import InvalidInputError, NotFoundError, PermanentError
 from bodycam.pipeline.faces import FaceEmbedder, Registry
@@ -221,11 +222,19 @@ def remove_subject(conn: Conn, key: str, subject_id: str, user: User) -> None:
     subject = get_subject(conn, subject_id)
     audit.append(conn, key, actor, "subject.remove",
                  {"subject_id": subject_id, "case": subject.case_id})
-    conn.execute("UPDATE subjects SET removed_at = now(), removed_by = %s WHERE id = %s",
-                 (actor, subject_id))
-    conn.execute("DELETE FROM subject_faces WHERE subject_id = %s", (subject_id,))
-    conn.execute("DELETE FROM matches WHERE subject_id = %s AND status = 'pending'",
-                 (subject_id,))
+    retire(conn, [subject_id], actor)
+
+
+def retire(conn: Conn, subject_ids: Sequence[object], actor: str) -> None:
+    """Take subjects off the watchlist (on removal, or by a purge once lapsed): the record
+    stays, marked removed; their biometric templates are deleted and their pending matches
+    dropped. The caller audits."""
+    ids = uids(subject_ids)
+    conn.execute("UPDATE subjects SET removed_at = now(), removed_by = %s WHERE id = ANY(%s)",
+                 (actor, ids))
+    conn.execute("DELETE FROM subject_faces WHERE subject_id = ANY(%s)", (ids,))
+    conn.execute("DELETE FROM matches WHERE subject_id = ANY(%s) AND status = 'pending'",
+                 (ids,))
 
 
 def approve_subject(conn: Conn, key: str, subject_id: str, user: User) -> None:
