@@ -8,7 +8,7 @@ import os
 import secrets
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -338,8 +338,6 @@ def test_an_upload_streams_in_and_its_progress_streams_out_until_done(
     assert again.json()["video_id"] == video_id and stack.counts() == before
 
 
-
-
 def test_a_duplicate_names_its_video_only_to_who_may_follow_it(
         server: Server, stack: StackHandle, served_video: tuple[str, dict[str, object]],
         tmp_path: Path) -> None:
@@ -366,8 +364,9 @@ def test_a_duplicate_names_its_video_only_to_who_may_follow_it(
     assert again.status_code == 200 and again.json()["video_id"] == first.json()["video_id"]
     assert stack.wait_status(str(first.json()["video_id"]))["status"] == "done"
 
+
 def _stream_until_it_ends(server: Server, token: str, video_id: str,
-                          then: object) -> list[tuple[str, dict[str, object]]]:
+                          then: Callable[[], object]) -> list[tuple[str, dict[str, object]]]:
     """(event, data) of a video's progress stream; `then()` runs after the first event."""
     got: list[tuple[str, dict[str, object]]] = []
     with server.http.stream("GET", f"{server.url}/api/v1/videos/{video_id}/events",
@@ -380,7 +379,7 @@ def _stream_until_it_ends(server: Server, token: str, video_id: str,
             elif line.startswith("data: "):
                 got.append((kind, json.loads(line[6:])))
                 if len(got) == 1:
-                    then()  # type: ignore[operator]
+                    then()
     return got
 
 
@@ -438,6 +437,7 @@ def test_a_case_number_with_a_slash_is_listed_held_released_and_unassigned(
                      json={"reason": "r"}).json() == {"case": odd, "held": True}
     assert server.op("POST", f"/api/v1/cases/{quote(odd, safe='')}/release",
                      json={"reason": "r"}).json() == {"case": odd, "held": False}
+
 
 def test_lists_are_paginated_with_next_offset(
         server: Server, served_video: tuple[str, dict[str, object]]) -> None:
