@@ -95,7 +95,7 @@ def test_wilson_interval_against_hand_computed_values() -> None:
                                                                       abs_tol=0.01)
 
 
-def test_seeds_and_splits_are_kept_apart() -> None:
+def test_seeds_and_splits_are_kept_apart(capsys: pytest.CaptureFixture[str]) -> None:
     assert ev.parse_seeds(["7000-7002", "7010,7001"]) == [7000, 7001, 7002, 7010]
     assert ev.split_of([7000, 7999]) == "test"
     assert ev.split_of([5000], "tuning") == "tuning"
@@ -110,6 +110,17 @@ def test_seeds_and_splits_are_kept_apart() -> None:
     # Conditions come from the seed alone.
     assert ev.draw_conditions(7001, 12) == ev.draw_conditions(7001, 12)
     assert len({ev.draw_conditions(s, 12) for s in range(7000, 7020)}) == 20
+    # Harsh draws too, and they go past the harness's own range on every clip.
+    harsh = [ev.draw_harsh(s, 12) for s in range(7000, 7020)]
+    assert harsh == [ev.draw_harsh(s, 12) for s in range(7000, 7020)]
+    assert all(c.max_people >= 3 and c.tilt >= 20 and c.night_prob >= 0.5
+               and c.fisheye >= 0.35 and c.crf >= 28 for c in harsh)
+    assert {c.fps for c in harsh} > {30}
+    # ... and never reach the recognition section or the calibration.
+    for out in (["--benchmarks", "BENCHMARKS.md"], ["--thresholds", "docs/thresholds.md"]):
+        with pytest.raises(SystemExit):
+            ev.main(["7000", "--conditions", "harsh", *out])
+        assert "the harness's own conditions only" in capsys.readouterr().err
 
 
 def test_truth_conditions_from_a_hand_made_truth_file() -> None:
