@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 
 from bodycam.benchmarks_md import replace_section
-from bodycam.storage import sha256_file
+from bodycam.media.files import sha256_file
 
 REPO = Path(__file__).resolve().parent.parent
 MD_START = "<!-- redact-bench:start -->"

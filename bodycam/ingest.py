@@ -16,10 +16,10 @@ from bodycam import audit, jobs
 from bodycam.context import Context
 from bodycam.domain import MediaInfo
 from bodycam.errors import InvalidInputError, InvalidMediaError, PermanentError, TransientError
-from bodycam.media.files import private_copy, safe_name
+from bodycam.media.files import private_copy, safe_name, sha256_file
 from bodycam.media.probe import probe
 from bodycam.queue import PROCESS_UNIT
-from bodycam.storage import INCOMING, OriginalUpload, StoredObject, sha256_file
+from bodycam.storage import INCOMING, OriginalUpload, StoredObject
 from bodycam.timeparse import parse_recorded_at
 
 log = logging.getLogger(__name__)

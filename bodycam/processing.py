@@ -23,10 +23,11 @@ from bodycam.context import Context
 from bodycam.db import Conn
 from bodycam.domain import MediaInfo
 from bodycam.errors import InvalidMediaError, LeaseLostError, PermanentError, TransientError
+from bodycam.media.files import sha256_file
 from bodycam.pipeline.analyze import ChunkResult, analyze_chunk
 from bodycam.pipeline.faces import FaceEmbedder, Registry
 from bodycam.queue import FINALIZE_VIDEO
-from bodycam.storage import THUMBNAILS, sha256_file
+from bodycam.storage import THUMBNAILS
 
 log = logging.getLogger(__name__)
 TRACK_NS = uuid.UUID("6f1d2a57-3c55-4d7e-9a43-0b5c1f0e2d11")

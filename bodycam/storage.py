@@ -9,7 +9,6 @@ import io
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import IO, Any, ParamSpec, TypeVar
 
 import boto3
@@ -114,15 +113,6 @@ def _guarded(fn: Callable[P, R]) -> Callable[P, R]:
             raise mapped from exc
 
     return wrapper
-
-
-def sha256_file(path: str | Path) -> str:
-    """SHA-256 of a file, read in blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def original_key(sha256: str) -> str:

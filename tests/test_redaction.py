@@ -16,6 +16,7 @@ import httpx
 import numpy as np
 import pytest
 
+from bodycam.media.files import sha256_file
 from bodycam.pipeline.tracks import iou
 from bodycam.redaction import (
     Choices,
@@ -25,7 +26,6 @@ from bodycam.redaction import (
     PlanTrack,
     frame_regions,
 )
-from bodycam.storage import sha256_file
 from tests.conftest import StackHandle
 
 CASE_A, CASE_B, CASE_RO = "T-RED-A", "T-RED-B", "T-RED-RO"

@@ -17,6 +17,7 @@ from bodycam.accounts import User, case_of, require, require_visible
 from bodycam.context import Context
 from bodycam.db import Conn, uid
 from bodycam.errors import ConflictError, InvalidInputError, NotFoundError
+from bodycam.media.files import sha256_file
 from bodycam.pipeline.centerface import plan_detector
 from bodycam.redaction import (
     ALGORITHM,
@@ -35,7 +36,7 @@ from bodycam.redaction import (
     render,
     report_lines,
 )
-from bodycam.storage import REDACTIONS, sha256_file
+from bodycam.storage import REDACTIONS
 
 _plan_locks: dict[str, threading.Lock] = {}
 _plan_locks_guard = threading.Lock()

@@ -27,6 +27,16 @@ STREAM_PREFIXES = ("rtsp://", "rtmp://", "rtp://", "udp://", "tcp://", "srt://",
 COPY_BYTES = 1 << 20
 
 
+def sha256_file(path: str | Path) -> str:
+    """SHA-256 of a file, read in blocks (here, not in storage: the pipeline hashes its model
+    files and must import without boto3, e.g. on a GPU machine that has only torch)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def printable(text: str, max_chars: int | None = None) -> str:
     """Text as one printable line: control characters, terminal escapes, newlines and bytes
     that are not UTF-8 are written as Python escapes (`\\x1b`, `\\n`, `\\udcff`); the rest

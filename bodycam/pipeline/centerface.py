@@ -22,9 +22,9 @@ import numpy as np
 from bodycam.config import PipelineSettings, RedactionSettings
 from bodycam.domain import FaceDetection, SampledFrame
 from bodycam.errors import ModelUnavailableError
+from bodycam.media.files import sha256_file
 from bodycam.pipeline.faces import FaceDetector, Registry, sharpness
 from bodycam.pipeline.tracks import iou
-from bodycam.storage import sha256_file
 
 
 class CenterFaceDetector:

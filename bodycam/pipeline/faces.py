@@ -18,9 +18,9 @@ import numpy as np
 from bodycam.config import PipelineSettings
 from bodycam.domain import FaceDetection, SampledFrame
 from bodycam.errors import ModelUnavailableError
+from bodycam.media.files import sha256_file
 from bodycam.pipeline.dlib_resnet import CHIP_PADDING, CHIP_PX, DescriptorNet, read_weights
 from bodycam.pipeline.mtcnn import MtcnnCascade, search_regions
-from bodycam.storage import sha256_file
 
 log = logging.getLogger(__name__)
 
