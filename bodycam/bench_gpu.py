@@ -2,8 +2,9 @@
 
 Measures, on `--device cuda` (or the CPU fallback of the same code):
 
-- decode: host decode with PyAV through the pipeline's ChunkDecoder (every frame decoded, as
-  H.264 requires, scene cuts on a small copy, only the sampled frames converted to RGB);
+- decode: PyAV through the pipeline's ChunkDecoder, on the CPU or on the GPU's decoder (NVDEC,
+  `--decode-device cuda`; frames copied back to the host); every frame decoded, as H.264
+  requires, scene cuts on a small copy, only the sampled frames converted to RGB;
 - detect: the pipeline's MtcnnDetector (our batched MtcnnCascade) on those sampled frames,
   `batch_size` frames per call, the networks on the chosen device;
 - embed: FacenetEmbedder on every face found (fp16 on CUDA, fp32 on CPU), one batch per
@@ -39,6 +40,7 @@ from bodycam.config import PipelineSettings, Settings
 from bodycam.domain import FaceDetection, MediaInfo, SampledFrame
 from bodycam.errors import ModelUnavailableError
 from bodycam.media.probe import probe
+from bodycam.media.source import hardware_decoding
 from bodycam.pipeline.analyze import analyze_chunk
 from bodycam.pipeline.faces import FacenetEmbedder, MtcnnDetector, Registry, torch_device
 from bodycam.pipeline.frames import ChunkDecoder
@@ -288,6 +290,7 @@ def measure_processes(path: Path, info: MediaInfo, cfg: PipelineSettings, proces
 
 def run_bench(video: Path, device: str, seconds: float, chunks: Sequence[int],
               batch_size: int | None = None, processes: Sequence[int] = (),
+              decode_device: str | None = None,
               min_stage_s: float = 2.0,
               budget_s: float = 120.0, settings: Settings | None = None,
               log: Callable[[str], None] = print,
@@ -295,6 +298,8 @@ def run_bench(video: Path, device: str, seconds: float, chunks: Sequence[int],
     """The whole benchmark on one clip; returns the report (plain JSON types).
 
     device: 'auto', 'cpu' or 'cuda' ('cuda' without a GPU raises ModelUnavailableError).
+    decode_device: 'cpu' or 'cuda' (NVDEC where usable, else the CPU; the report says which
+    decoded); None: the configured one.
     seconds: video seconds through the end-to-end pipeline per `chunks` or `processes` setting.
     chunks: work units at a time in this process (threads), one end-to-end run each.
     processes: worker processes (each one unit at a time), one end-to-end run each.
@@ -309,11 +314,16 @@ def run_bench(video: Path, device: str, seconds: float, chunks: Sequence[int],
     update: dict[str, Any] = {"device": chosen, "embedder": "facenet-vggface2"}
     if batch_size:
         update["batch_size"] = batch_size
+    if decode_device:
+        update["decode_device"] = decode_device
     cfg = settings.pipeline.model_copy(update=update)
+    decoded_on = ("cuda" if cfg.decode_device == "cuda" and hardware_decoding("cuda")
+                  else "cpu")
     info = probe(video, settings.limits)
     name = device_name(chosen)
-    log(f"device {chosen} ({name}); {video.name}: {info.width_px}x{info.height_px} "
-        f"{float(info.frame_rate):.2f} fps {info.duration_s:.1f} s")
+    log(f"device {chosen} ({name}), decoding on {decoded_on}; {video.name}: "
+        f"{info.width_px}x{info.height_px} {float(info.frame_rate):.2f} fps "
+        f"{info.duration_s:.1f} s")
     t0 = time.perf_counter()
     detector, embedder, weights = make_models(cfg)
     warm_up(detector, embedder, info, cfg)
@@ -330,6 +340,7 @@ def run_bench(video: Path, device: str, seconds: float, chunks: Sequence[int],
         "load_avg_before": load_before,
         "video": {"name": video.name, "width_px": info.width_px, "height_px": info.height_px,
                   "fps": float(info.frame_rate), "duration_s": info.duration_s},
+        "decode_device": decoded_on,
         "config": {"sample_fps": cfg.sample_fps, "batch_size": cfg.batch_size,
                    "max_frame_side_px": cfg.max_frame_side_px, "min_face_px": cfg.min_face_px,
                    "min_stage_s": min_stage_s, "budget_s": budget_s},
@@ -362,6 +373,8 @@ def run_bench(video: Path, device: str, seconds: float, chunks: Sequence[int],
 def markdown(report: dict[str, Any]) -> str:
     """The gpu-bench section of BENCHMARKS.md, markers included."""
     v, st, cfg = report["video"], report["stages"], report["config"]
+    decoder = ("NVDEC on the GPU, frames copied to the host"
+               if report.get("decode_device") == "cuda" else "PyAV on the host CPU")
     lines = [
         MD_START,
         "## GPU worker (`sh infra/bench-gpu.sh`)",
@@ -396,7 +409,7 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         "| stage | work | seconds | frames/s | x real time alone |",
         "|---|---|---:|---:|---:|",
-        f"| decode (PyAV on the host, scene cuts, sampled frames to RGB) | "
+        f"| decode ({decoder}, scene cuts, sampled frames to RGB) | "
         f"{st['decode']['frames']} frames ({st['decode']['sampled']} sampled) | "
         f"{st['decode']['seconds']:.2f} | {st['decode']['frames_per_s']:.1f} | "
         f"{st['decode']['x_real_time']:.1f} |",
@@ -442,6 +455,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="work units at a time in the end-to-end run, comma list, e.g. 1,4,8")
     ap.add_argument("--processes", default="",
                     help="worker processes in further end-to-end runs, comma list, e.g. 2,4")
+    ap.add_argument("--decode-device", choices=("cpu", "cuda"), default=None,
+                    help="where video is decoded (default: the configured decode_device)")
     ap.add_argument("--batch-size", type=int, default=None,
                     help="frames per detection batch (default: the configured one)")
     ap.add_argument("--min-stage-s", type=float, default=2.0,
@@ -474,7 +489,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         report = run_bench(args.video, args.device, args.seconds, chunks, args.batch_size,
-                           processes, args.min_stage_s, args.budget_s, save=save)
+                           processes, args.decode_device, args.min_stage_s, args.budget_s,
+                           save=save)
     except ModelUnavailableError as exc:
         print(f"bench-gpu: {exc}", file=sys.stderr)
         return 2

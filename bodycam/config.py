@@ -133,6 +133,14 @@ class PipelineSettings(_Section):
     facenet_weights: Path | None = Field(None, description="local InceptionResnetV1 vggface2 file")
     facenet_weights_sha256: str | None = Field(None, description="SHA-256 the weights must have")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="torch device for models")
+    # H.264 decoding is exact (every conformant decoder gives the same pixels), so where video
+    # is decoded changes the speed, not the result. 'cuda': NVDEC through FFmpeg's hwaccel,
+    # each frame copied back to the host for scene cuts and sampling. On an H200 it gave the
+    # CPU decoder's scenes and sampled pixels exactly but was slower, alone and with 16 worker
+    # processes (BENCHMARKS.md, GPU worker): the CPU stays the default.
+    decode_device: Literal["cpu", "cuda"] = Field(
+        "cpu", description="where video is decoded: 'cuda' uses the GPU's decoder (NVDEC) and "
+                           "decodes on the CPU, with one warning, where none is usable")
     track_max_gap_s: float = Field(1.0, ge=0, description="longest gap bridged inside a track")
     track_min_iou: float = Field(0.1, ge=0, le=1, description="box overlap that links detections")
     # Link gates are on each embedder's own scale: dlib's ResNet puts different people at

@@ -9,8 +9,9 @@
 # gpu-bench.log and BENCHMARKS.md (this repository's, with the GPU section replaced) into
 # $OUT (default: the current folder). End to end it runs the clip as work units (up to
 # BENCH_GPU_SECONDS of video, starting none after BENCH_GPU_BUDGET_S) 1 and 4 at a time in one
-# process, then in 4 and 8 worker processes sharing the GPU (BENCH_GPU_CHUNKS and
-# BENCH_GPU_PROCESSES change the lists; an empty one skips its runs). Stops itself after
+# process, then in 4, 8 and 16 worker processes sharing the GPU (BENCH_GPU_CHUNKS and
+# BENCH_GPU_PROCESSES change the lists; an empty one skips its runs; BENCH_GPU_DECODE=cuda
+# decodes with NVDEC instead of the host CPU, exact but slower here). Stops itself after
 # BENCH_GPU_LIMIT_S (default 420 s) so that everything, install included, ends inside 8
 # minutes; the JSON is saved after every step.
 # Bring the report back and write it here with:
@@ -36,7 +37,8 @@ set +e
 # shellcheck disable=SC2086  # BENCH_GPU_ARGS is a list of options
 timeout "${BENCH_GPU_LIMIT_S:-420}" "$PY" -m bodycam.bench_gpu --device "${BENCH_GPU_DEVICE:-cuda}" \
     --video "$CLIP" --seconds "${BENCH_GPU_SECONDS:-1800}" --chunks "${BENCH_GPU_CHUNKS-1,4}" \
-    --processes "${BENCH_GPU_PROCESSES-4,8}" --min-stage-s "${BENCH_GPU_MIN_STAGE_S:-3}" \
+    --processes "${BENCH_GPU_PROCESSES-4,8,16}" --min-stage-s "${BENCH_GPU_MIN_STAGE_S:-3}" \
+    --decode-device "${BENCH_GPU_DECODE:-cpu}" \
     --budget-s "${BENCH_GPU_BUDGET_S:-45}" \
     --out "$OUT/gpu-bench.json" --benchmarks "$OUT/BENCHMARKS.md" ${BENCH_GPU_ARGS:-} \
     >"$OUT/gpu-bench.log" 2>&1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from bodycam.config import LimitsSettings, PipelineSettings
 from bodycam.domain import FaceDetection
 from bodycam.errors import ModelUnavailableError
 from bodycam.media.probe import probe
+from bodycam.media.source import hardware_decoding
 from bodycam.pipeline.analyze import ChunkResult, analyze_chunk
 from bodycam.pipeline.faces import (
     SEARCH_MARGIN,
@@ -50,8 +52,8 @@ def test_scene_frames_are_scaled_plane_by_plane_and_other_formats_keep_swscale()
     """The scene detector's small BGR frame: 4:2:0 frames are area-scaled per plane with
     OpenCV, the same picture as swscale's area scaling to within rounding (swapped or
     misaligned planes would be far off), also where a whole factor leaves out edge pixels
-    (640x360 over 3 is 212x120, 4 columns left out); any other pixel format goes through
-    swscale."""
+    (640x360 over 3 is 212x120, 4 columns left out); NV12 gives the planar frame's picture
+    exactly; any other pixel format goes through swscale."""
     assert scene_size(640, 360, 256) == (212, 120)
     assert scene_size(1920, 1080, 256) == (240, 134)
     assert scene_size(1280, 720, 256) == (256, 144)
@@ -70,12 +72,40 @@ def test_scene_frames_are_scaled_plane_by_plane_and_other_formats_keep_swscale()
             assert mine.shape == ref.shape == (h, w, 3)
             per_channel = np.abs(mine - ref.astype(int)).mean(axis=(0, 1))
             assert per_channel.max() < 2.5, (w, h, per_channel)
-        for fmt in ("yuv444p", "nv12", "rgb24"):
+        # NV12 (the GPU decoder's layout) holds the same pixels: the same small picture.
+        assert np.array_equal(small_bgr(f.reformat(format="nv12"), 256, 144),
+                              small_bgr(f, 256, 144))
+        for fmt in ("yuv444p", "rgb24"):
             other = f.reformat(format=fmt)
             assert np.array_equal(
                 small_bgr(other, 256, 144),
                 other.to_ndarray(format="bgr24", width=256, height=144,
                                  interpolation="FAST_BILINEAR"))
+
+
+def test_gpu_decoding_gives_the_cpu_decoders_frames_or_decodes_on_the_cpu_with_a_warning(
+        make_clip: object, caplog: pytest.LogCaptureFixture) -> None:
+    """decode_device 'cuda' (NVDEC): the same scenes and the same sampled pixels as the CPU
+    decoder, bit for bit; where no GPU decoder is usable (this machine), one warning and the
+    CPU decoder. On a GPU machine this compares NVDEC's frames with FFmpeg's own."""
+    clip, _truth = make_clip("--seed", "5", "--duration", "2", "--size", "960x540",  # type: ignore[operator]
+                             "--fps", "10", "--boxes")
+    info = probe(clip, LimitsSettings())
+    hardware_decoding.cache_clear()
+    got = {}
+    with caplog.at_level(logging.WARNING, logger="bodycam.media.source"):
+        for device in ("cpu", "cuda", "cuda"):
+            dec = ChunkDecoder(clip, info, 0.0, info.duration_s,
+                               PipelineSettings(decode_device=device), LimitsSettings())
+            got[device] = ([(f.frame_index, f.t_s, f.image) for f in dec], dec.scenes,
+                           dec.frames_decoded)
+    (cpu_frames, cpu_scenes, cpu_n), (gpu_frames, gpu_scenes, gpu_n) = got["cpu"], got["cuda"]
+    assert cpu_n == gpu_n == 20 and len(cpu_frames) == len(gpu_frames) == 10
+    assert gpu_scenes == cpu_scenes
+    for (i, t, a), (j, u, b) in zip(cpu_frames, gpu_frames, strict=True):
+        assert (i, t) == (j, u) and np.array_equal(a, b), (i, t)
+    warned = [r for r in caplog.records if "decoding on the CPU" in r.getMessage()]
+    assert len(warned) == (0 if hardware_decoding("cuda") else 1)
 
 
 def test_sampling_follows_pts_and_gives_short_scenes_a_minimum() -> None:

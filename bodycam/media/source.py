@@ -25,12 +25,13 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 import av
 import av.container
 import av.logging
+from av.codec.hwaccel import HWAccel
 
 from bodycam.config import LimitsSettings
 from bodycam.errors import InvalidMediaError
@@ -150,18 +151,38 @@ class OpenVideo:
 # FFmpeg lines that PyAV hands to Python logging after a capture has ended go nowhere by
 # default: without a handler Python would print them to stderr under the CLI's one error line.
 logging.getLogger("libav").addHandler(logging.NullHandler())
+log = logging.getLogger(__name__)
 _PIXELS = re.compile(r"Picture size (\d+)x(\d+) (?:exceeds|is invalid)")
 
 
+@cache
+def hardware_decoding(device_type: str) -> bool:
+    """Whether FFmpeg can open a `device_type` decoding device here (once per process).
+
+    Where it cannot (no GPU, no driver), decoding stays on the CPU, with one warning."""
+    try:
+        HWAccel(device_type=device_type, allow_software_fallback=True).create(
+            av.Codec("h264", "r"))
+    except (av.FFmpegError, OSError, ValueError) as exc:
+        log.warning("no %s video decoder is usable here (%s): decoding on the CPU",
+                    device_type, why(exc))
+        return False
+    return True
+
+
 @contextmanager
-def open_video(path: Path, limits: LimitsSettings, label: str, threads: int | None = None
-               ) -> Iterator[OpenVideo]:
+def open_video(path: Path, limits: LimitsSettings, label: str, threads: int | None = None,
+               hw_device: str | None = None) -> Iterator[OpenVideo]:
     """Open a local video file for decoding its first video stream; closes it on exit.
 
     Raises InvalidMediaError (permanent) when the file is not an accepted container, has no
     video stream, or its codec or frame size is outside the limits. `threads` 1 decodes on
-    the calling thread only.
+    the calling thread only. `hw_device` ('cuda') decodes on that device where FFmpeg can
+    (frames come back to the host as usual), else on the CPU: a stream the device's decoder
+    cannot take falls back inside FFmpeg.
     """
+    hwaccel = (HWAccel(device_type=hw_device, allow_software_fallback=True)
+               if hw_device is not None and hardware_decoding(hw_device) else None)
     with open(path, "rb") as f:
         head = f.read(SNIFF_BYTES)
     what = describe_bytes(head)
@@ -169,7 +190,8 @@ def open_video(path: Path, limits: LimitsSettings, label: str, threads: int | No
         raise InvalidMediaError(label, f"not a readable video: {what}")
     url = "file:" + os.path.abspath(path)
     try:
-        container = av.open(url, options=open_options(limits), metadata_errors="ignore")
+        container = av.open(url, options=open_options(limits), metadata_errors="ignore",
+                            hwaccel=hwaccel)
     except av.ArgumentError:
         raise InvalidMediaError(
             label, "not an accepted video container (accepted: "

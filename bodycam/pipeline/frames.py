@@ -19,7 +19,7 @@ import numpy as np
 
 from bodycam.config import LimitsSettings, PipelineSettings, get_settings
 from bodycam.domain import MediaInfo, SampledFrame, Scene
-from bodycam.media.source import check_frame, open_video
+from bodycam.media.source import check_frame, hardware_decoding, open_video
 from bodycam.pipeline.scenes import SceneCutter
 
 
@@ -93,10 +93,15 @@ class ChunkDecoder:
         cut_pts: set[int] = set()
 
         def rgb(p: _Pending) -> SampledFrame:
+            # NV12, the GPU decoder's layout, is first made planar (a lossless copy): swscale
+            # converts NV12 to RGB along another path, up to 30 levels away from the RGB of the
+            # planar frame the CPU decoder gives for the same pixels.
+            frame = p.frame.reformat(format="yuv420p") if p.frame.format.name == "nv12" \
+                else p.frame
             # Unscaled, swscale's plain conversion (the same pixels at a third of the cost).
-            img: np.ndarray = (p.frame.to_ndarray(format="rgb24") if scale == 1.0 else
-                               p.frame.to_ndarray(format="rgb24", width=det_w, height=det_h,
-                                                  interpolation="BILINEAR"))
+            img: np.ndarray = (frame.to_ndarray(format="rgb24") if scale == 1.0 else
+                               frame.to_ndarray(format="rgb24", width=det_w, height=det_h,
+                                                interpolation="BILINEAR"))
             rot = int(p.frame.rotation or info.rotation_deg) % 360
             if rot:
                 # PyAV reports the display matrix rotation counter-clockwise in degrees.
@@ -167,10 +172,13 @@ class ChunkDecoder:
         limits = self.limits if self.limits is not None else get_settings().limits
         label = self.path.name
         expected = (info.width_px, info.height_px)
-        with open_video(self.path, limits, label) as media:
+        hw = (self.cfg.decode_device if self.cfg.decode_device != "cpu"
+              and hardware_decoding(self.cfg.decode_device) else None)
+        with open_video(self.path, limits, label, hw_device=hw) as media:
             container, stream = media.container, media.stream
             try:
-                stream.thread_type = "AUTO"
+                if hw is None:  # frame threads for the CPU decoder; NVDEC has its own engines
+                    stream.thread_type = "AUTO"
                 if self.start_s > 0:
                     container.seek(info.start_pts + int(self.start_s / tb), stream=stream,
                                    backward=True, any_frame=False)

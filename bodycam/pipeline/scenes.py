@@ -78,7 +78,8 @@ def small_bgr(frame: av.VideoFrame, width: int, height: int) -> np.ndarray:
     for fewer than two blocks of rows or columns (see scene_size), those are left out so
     each small pixel averages an exact block of pixels. Other pixel formats keep swscale.
     """
-    if (frame.format.name not in _I420 or width % 2 or height % 2
+    fmt = frame.format.name
+    if ((fmt not in _I420 and fmt != "nv12") or width % 2 or height % 2
             or any(pl.line_size < pl.width or pl.buffer_size != pl.line_size * pl.height
                    for pl in frame.planes)):
         return frame.to_ndarray(format="bgr24", width=width, height=height,
@@ -86,16 +87,35 @@ def small_bgr(frame: av.VideoFrame, width: int, height: int) -> np.ndarray:
     i420 = np.empty((height * 3 // 2, width), np.uint8)
     flat = i420.reshape(-1)
     cw, ch = width // 2, height // 2
-    sizes = ((width, height), (cw, ch), (cw, ch))
-    start = 0
-    for plane, (w, h) in zip(frame.planes, sizes, strict=True):
-        pixels = np.frombuffer(memoryview(plane), np.uint8).reshape(plane.height, plane.line_size)
-        k = plane.width // w
-        whole = k >= 1 and plane.height // h == k and plane.width - w * k < 2 * k \
-            and plane.height - h * k < 2 * k
-        src = pixels[:h * k, :w * k] if whole else pixels[:, :plane.width]
-        dst = flat[start:start + w * h].reshape(h, w)
-        cv2.resize(src, (w, h), dst=dst, interpolation=cv2.INTER_AREA)
-        start += w * h
+    if fmt == "nv12":  # the GPU decoder's layout: U and V interleaved in one plane
+        y, uv = frame.planes
+        pixels = np.frombuffer(memoryview(uv), np.uint8).reshape(uv.height, uv.line_size)
+        both = pixels[:, :uv.width * 2].reshape(uv.height, uv.width, 2)
+        u_plane, v_plane = flat[width * height:].reshape(2, ch, cw)
+        _area(np.frombuffer(memoryview(y), np.uint8).reshape(y.height, y.line_size), y.width,
+              flat[:width * height].reshape(height, width))
+        # Each one alone, as planar frames' U and V (OpenCV rounds two channels differently).
+        _area(np.ascontiguousarray(both[..., 0]), uv.width, u_plane)
+        _area(np.ascontiguousarray(both[..., 1]), uv.width, v_plane)
+    else:
+        start = 0
+        for plane, (w, h) in zip(frame.planes, ((width, height), (cw, ch), (cw, ch)),
+                                 strict=True):
+            pixels = np.frombuffer(memoryview(plane), np.uint8).reshape(plane.height,
+                                                                        plane.line_size)
+            _area(pixels, plane.width, flat[start:start + w * h].reshape(h, w))
+            start += w * h
     bgr: np.ndarray = cv2.cvtColor(i420, cv2.COLOR_YUV2BGR_I420)
     return bgr
+
+
+def _area(pixels: np.ndarray, width: int, dst: np.ndarray) -> None:
+    """Area-average a plane (rows of `width` pixels, padded rows allowed) into dst's size, over
+    exact blocks of k x k pixels where the plane is a whole multiple of dst but for fewer
+    than two blocks of rows or columns."""
+    h, w = dst.shape[:2]
+    k = width // w
+    whole = (k >= 1 and pixels.shape[0] // h == k and width - w * k < 2 * k
+             and pixels.shape[0] - h * k < 2 * k)
+    src = pixels[:h * k, :w * k] if whole else pixels[:, :width]
+    cv2.resize(src, (w, h), dst=dst, interpolation=cv2.INTER_AREA)
