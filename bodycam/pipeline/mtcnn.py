@@ -17,15 +17,22 @@ box regression and non-maximum suppression, but:
   bit in less time (`ceil_max_pool_2x2`, `row_prelu`).
 
 The networks run on whichever device their weights are on (CUDA when present); candidate
-boxes are handled on the CPU between stages. Inputs are permuted from N x H x W x C arrays,
-so on CPU they are already channels-last in memory, the layout torch's CPU convolutions and
-pooling run fastest in.
+boxes are handled on the CPU between stages. On a GPU the frames are uploaded once a batch and
+the pyramid levels are resampled there (`device_resize`, `area_resize`: OpenCV's INTER_AREA
+weights as two matrix products): on an H200, OpenCV's resizes on the host took 70% of the
+detector's time and left the GPU idle (BENCHMARKS.md). The levels match OpenCV's to within one
+level on a few pixels in a million, and the same faces are found (tests/test_pipeline.py).
+The RNet and ONet crops stay on the host: resampled on the device (`roi_align`), they moved
+boxes by 0.4% of the face's height at the median and lost faces near the threshold. Inputs
+are permuted from N x H x W x C arrays, so on CPU they are already channels-last in memory,
+the layout torch's CPU convolutions and pooling run fastest in.
 
 Boxes, probabilities and landmarks come back in the input image's pixels.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -105,6 +112,47 @@ def pnet_cells(reg: Any, probs: Any, scale: float, threshold: float,
     q1 = ((2 * cells + 1) / scale).floor()
     q2 = ((2 * cells + 12) / scale).floor()
     return torch.cat([q1, q2, score.unsqueeze(1), reg], dim=1), mask_inds[:, 0]
+
+
+def area_weights(src: int, dst: int) -> np.ndarray:
+    """The dst x src matrix of OpenCV's INTER_AREA downscaling along one axis: each output
+    pixel the average of the input span it covers, pixels cut by the span's ends weighted by
+    the part inside (OpenCV's computeResizeAreaTab)."""
+    scale = src / dst
+    out = np.zeros((dst, src), np.float64)
+    for d in range(dst):
+        f1 = d * scale
+        f2 = f1 + scale
+        cell = min(scale, src - f1)
+        s2 = min(math.floor(f2), src - 1)
+        s1 = min(math.ceil(f1), s2)
+        if s1 - f1 > 1e-3:
+            out[d, s1 - 1] = (s1 - f1) / cell
+        out[d, s1:s2] = 1.0 / cell
+        if f2 - s2 > 1e-3:
+            out[d, s2] = min(f2 - s2, 1.0, cell) / cell
+    return out
+
+
+def area_resize(x: Any, size: tuple[int, int]) -> Any:
+    """N x C x H x W pixel values (float, on any device) resized down to size (width,
+    height) as OpenCV's INTER_AREA resizes uint8 images: the same weights, two matrix
+    products, rounded to whole levels (halves up, as OpenCV's whole-factor path does). Float
+    sums in another order can round a value next to a half the other way: on random 1080p
+    frames, 4 pixels in a million differ by one level."""
+    import torch
+
+    wy = _area_weights_on(x.shape[2], size[1], str(x.device))
+    wx = _area_weights_on(x.shape[3], size[0], str(x.device)).T
+    return torch.matmul(torch.matmul(wy, x), wx).add_(0.5).floor_()
+
+
+@functools.lru_cache(maxsize=32)
+def _area_weights_on(src: int, dst: int, device: str) -> Any:
+    """area_weights as float32 on a torch device, kept for the next batch of that size."""
+    import torch
+
+    return torch.from_numpy(area_weights(src, dst).astype(np.float32)).to(device)
 
 
 def ceil_max_pool_2x2() -> Any:
@@ -187,9 +235,13 @@ class MtcnnCascade:
     """The three-stage cascade over a batch of equal-size RGB uint8 frames."""
 
     def __init__(self, pnet: Any, rnet: Any, onet: Any, thresholds: Sequence[float],
-                 factor: float = 0.709) -> None:
+                 factor: float = 0.709, device_resize: bool | None = None) -> None:
         self.pnet, self.rnet, self.onet = pnet, rnet, onet
         self.device = next(pnet.parameters()).device
+        # Pyramid levels resampled by torch on the networks' device (None: on a GPU), else by
+        # OpenCV on the host (the fastest on CPU).
+        self.device_resize = (self.device.type != "cpu" if device_resize is None
+                              else device_resize)
         self.pixels_per_call = (CPU_PIXELS_PER_CALL if self.device.type == "cpu"
                                 else GPU_PIXELS_PER_CALL)
         if self.device.type == "cpu":
@@ -198,11 +250,13 @@ class MtcnnCascade:
         self.thresholds = tuple(thresholds)
         self.factor = factor
 
-    def _input(self, batch: np.ndarray) -> Any:
-        """uint8 N x H x W x 3 -> the networks' normalised float input on their device."""
+    def _input(self, batch: Any) -> Any:
+        """uint8 N x H x W x 3 (or pixel values N x 3 x H x W already on the device) -> the
+        networks' normalised float input on their device."""
         import torch
 
-        x = torch.from_numpy(batch).to(self.device).permute(0, 3, 1, 2).float()
+        x = (torch.from_numpy(batch).to(self.device).permute(0, 3, 1, 2).float()
+             if isinstance(batch, np.ndarray) else batch)
         return (x - 127.5) * 0.0078125
 
     def scales(self, height_px: int, width_px: int, min_face_px: float) -> list[float]:
@@ -252,16 +306,25 @@ class MtcnnCascade:
         # one (the same area average, at a fraction of the cost).
         boxes_l, inds_l = [], []
         levels = list(images)
+        # On the device: the frames go up once, each level is resampled from the previous one
+        # there, as OpenCV does it on the host.
+        on_device = self.device_resize and regions is None
+        level_t = (torch.from_numpy(np.stack(images)).to(self.device).permute(0, 3, 1, 2)
+                   .float() if on_device else None)
         for level, scale in enumerate(self.scales(h, w, min_face_px)):
             size = (int(w * scale + 1), int(h * scale + 1))
-            levels = [cv2.resize(img, size, interpolation=cv2.INTER_AREA) for img in levels]
+            if level_t is not None:
+                level_t = area_resize(level_t, size)
+            else:
+                levels = [cv2.resize(img, size, interpolation=cv2.INTER_AREA) for img in levels]
             run: list[int] = (list(range(n)) if level > 0 or finest is None
                               else np.flatnonzero(np.asarray(finest, bool)).tolist())
             parts = [None if regions is None else regions[k] for k in run]
             whole = [k for k, part in zip(run, parts, strict=True) if part is None]
             found: list[tuple[Any, Any]] = []
             if whole:
-                reg, probs = self._sliced(self.pnet, np.stack([levels[k] for k in whole]))
+                reg, probs = self._sliced(self.pnet, level_t[whole] if level_t is not None
+                                          else np.stack([levels[k] for k in whole]))
                 b, i = pnet_cells(reg, probs[:, 1], scale, self.thresholds[0])
                 found.append((b, torch.from_numpy(np.asarray(whole))[i]))
             for k, part in zip(run, parts, strict=True):
@@ -332,16 +395,19 @@ class MtcnnCascade:
                                 points_np[sel].astype(np.float32)))
         return out
 
-    def _sliced(self, net: Any, batch: np.ndarray) -> tuple[Any, ...]:
-        """`net` over a uint8 N x H x W x 3 batch in calls of at most `pixels_per_call` input
-        pixels (at least one image a call), outputs joined on the CPU.
+    def _sliced(self, net: Any, batch: Any) -> tuple[Any, ...]:
+        """`net` over a uint8 N x H x W x 3 batch (or an N x 3 x H x W one on the device) in
+        calls of at most `pixels_per_call` input pixels (at least one image a call), outputs
+        joined on the CPU.
 
         Besides speed on CPU (see CPU_PIXELS_PER_CALL), this bounds memory: a batch of 1080p
         frames with faces from 32 px gives tens of thousands of PNet candidates, and RNet
         over all of them at once held about 80 MB of activations per frame in the batch."""
         import torch
 
-        step = max(1, self.pixels_per_call // (batch.shape[1] * batch.shape[2]))
+        pixels = (batch.shape[1] * batch.shape[2] if isinstance(batch, np.ndarray)
+                  else batch.shape[2] * batch.shape[3])
+        step = max(1, self.pixels_per_call // pixels)
         outs = [net(self._input(batch[k:k + step])) for k in range(0, len(batch), step)]
         return tuple(torch.cat([o[j] for o in outs]).cpu() for j in range(len(outs[0])))
 
