@@ -20,13 +20,15 @@ class TrackRow:
     quality: float
     thumbnail: str | None
     model: str | None
+    computed_on: str | None  # the decoder and each model's device and precision
 
     def as_json(self) -> dict[str, object]:
         """JSON object for the CLI."""
         return {"track_id": self.track_id, "video_id": self.video_id,
                 "start_s": round(self.start_s, 3), "end_s": round(self.end_s, 3),
                 "n_detections": self.n_detections, "quality": round(self.quality, 4),
-                "thumbnail": self.thumbnail, "model": self.model}
+                "thumbnail": self.thumbnail, "model": self.model,
+                "computed_on": self.computed_on}
 
 
 def list_tracks(conn: Conn, video_id: str) -> list[TrackRow]:
@@ -34,9 +36,11 @@ def list_tracks(conn: Conn, video_id: str) -> list[TrackRow]:
     if conn.execute("SELECT 1 FROM videos WHERE id = %s", (uid(video_id),)).fetchone() is None:
         raise NotFoundError(f"no video {video_id}")
     rows = conn.execute(
-        "SELECT id::text AS id, video_id::text AS video_id, start_s, end_s, n_detections,"
-        " quality, thumbnail_key, model FROM tracks WHERE video_id = %s"
-        " ORDER BY start_s, id", (uid(video_id),)).fetchall()
+        "SELECT t.id::text AS id, t.video_id::text AS video_id, t.start_s, t.end_s,"
+        " t.n_detections, t.quality, t.thumbnail_key, t.model, u.computed_on FROM tracks t"
+        " LEFT JOIN work_units u ON u.video_id = t.video_id AND u.idx = t.chunk_idx"
+        " WHERE t.video_id = %s ORDER BY t.start_s, t.id", (uid(video_id),)).fetchall()
     return [TrackRow(r["id"], r["video_id"], float(r["start_s"]), float(r["end_s"]),
-                     int(r["n_detections"]), float(r["quality"]), r["thumbnail_key"], r["model"])
+                     int(r["n_detections"]), float(r["quality"]), r["thumbnail_key"], r["model"],
+                     r["computed_on"])
             for r in rows]

@@ -130,17 +130,18 @@ def heartbeat(conn: Conn, lease: Lease, lease_s: float, progress: float, stage: 
     )
 
 
-def complete(conn: Conn, lease: Lease) -> bool:
-    """Mark the unit done inside the caller's results transaction.
+def complete(conn: Conn, lease: Lease, computed_on: str) -> bool:
+    """Mark the unit done inside the caller's results transaction, with what computed its
+    results (`computed_on`, e.g. 'decode cpu; detect mtcnn on cuda float32; ...').
 
     Returns True when this was the video's last unit. Raises LeaseLostError (the caller's
     transaction then rolls back, so nothing is written twice) if the lease no longer holds.
     """
     row = conn.execute(
         "UPDATE work_units SET state = 'done', progress = 1, lease_until = NULL,"
-        " last_error = NULL, updated_at = now() WHERE video_id = %s AND idx = %s"
-        " AND lease_token = %s AND state = 'running' RETURNING idx",
-        (lease.video_id, lease.idx, lease.token),
+        " last_error = NULL, computed_on = %s, updated_at = now() WHERE video_id = %s"
+        " AND idx = %s AND lease_token = %s AND state = 'running' RETURNING idx",
+        (computed_on, lease.video_id, lease.idx, lease.token),
     ).fetchone()
     if row is None:
         raise LeaseLostError(f"video {lease.video_id} unit {lease.idx}: lease lost before commit")

@@ -25,7 +25,7 @@ from bodycam.domain import MediaInfo
 from bodycam.errors import InvalidMediaError, LeaseLostError, PermanentError, TransientError
 from bodycam.media.files import sha256_file
 from bodycam.pipeline.analyze import ChunkResult, analyze_chunk
-from bodycam.pipeline.faces import FaceEmbedder, Registry
+from bodycam.pipeline.faces import FaceDetector, FaceEmbedder, Registry
 from bodycam.queue import FINALIZE_VIDEO
 from bodycam.storage import THUMBNAILS
 
@@ -236,7 +236,8 @@ def run_unit(ctx: Context, video_id: str, idx: int, owner: str | None = None) ->
         except InvalidMediaError as exc:
             raise InvalidMediaError(video.filename, exc.reason) from None
         t_analyzed = time.perf_counter()
-        last = store_results(ctx, lease, video, result, embedder)
+        last = store_results(ctx, lease, video, result, embedder,
+                             computed_on(result, detector, embedder))
         log.info("video %s unit %d: original %.2f s, analysis %.2f s (%d frames decoded, %d "
                  "sampled, %d tracks; busy s: %s), results stored %.2f s", video_id, idx,
                  t_copy - t0, t_analyzed - t_copy, result.frames_decoded, result.frames_sampled,
@@ -266,9 +267,19 @@ def run_unit(ctx: Context, video_id: str, idx: int, owner: str | None = None) ->
     return "done"
 
 
+def computed_on(result: ChunkResult, detector: FaceDetector,
+                embedder: FaceEmbedder | None) -> str:
+    """What computed a unit's results, recorded with them: the decoder, and each model's
+    device and precision (a GPU worker's FaceNet vectors are fp16 ones)."""
+    embedded = (f"embed {embedder.name} on {embedder.compute}" if embedder is not None
+                else "no embedding")
+    return f"decode {result.decoded_on}; detect {detector.name} on {detector.compute}; {embedded}"
+
+
 def store_results(ctx: Context, lease: jobs.Lease, video: VideoRow, result: ChunkResult,
-                  embedder: FaceEmbedder | None) -> bool:
-    """Write a unit's results in one transaction that replaces any earlier attempt's rows.
+                  embedder: FaceEmbedder | None, computed: str) -> bool:
+    """Write a unit's results in one transaction that replaces any earlier attempt's rows,
+    with what computed them (`computed`, on the unit).
 
     Returns True when this was the video's last unit. Raises LeaseLostError (nothing is
     written) if the lease was lost meanwhile.
@@ -319,7 +330,7 @@ def store_results(ctx: Context, lease: jobs.Lease, video: VideoRow, result: Chun
                   version if d.embedding is not None else None,
                   weights if d.embedding is not None else None, d.embedding)
                  for k, d in result.detections])
-        return jobs.complete(conn, lease)
+        return jobs.complete(conn, lease, computed)
 
 
 def finalize_video(ctx: Context, video_id: str) -> None:

@@ -261,6 +261,9 @@ def test_hamilton_close_ups_have_tracks_and_no_track_spans_a_cut(
     for t in tracks:
         assert set(t) >= {"track_id", "video_id", "start_s", "end_s", "n_detections",
                           "quality", "thumbnail"}
+        # Every result says what computed it: here the CPU decoder and both models on the CPU.
+        assert t["computed_on"] == (f"decode cpu; detect mtcnn on cpu float32; "
+                                    f"embed {t['model']} on cpu float32"), t
         for cut in HAMILTON_CUTS:
             assert not (t["start_s"] < cut - 0.02 and t["end_s"] > cut + 0.02), (t, cut)
     p06 = max((min(t["end_s"], 7.04) - max(t["start_s"], 2.74)) for t in tracks)

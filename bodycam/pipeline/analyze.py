@@ -44,6 +44,7 @@ class ChunkResult:
     frames_decoded: int = 0
     frames_sampled: int = 0
     stage_s: dict[str, float] = field(default_factory=dict)
+    decoded_on: str = "cpu"  # 'cuda' where NVDEC decoded it (decode_device)
 
 
 def _thumbnail(frame: SampledFrame, det: FaceDetection, height_px: int) -> np.ndarray:
@@ -355,4 +356,5 @@ def analyze_chunk(
         scenes=decoder.scenes, tracks=tracks,
         detections=[(k if k in kept else None, d) for k, d in detections],
         frames_decoded=decoder.frames_decoded, frames_sampled=sampled, stage_s=timing,
+        decoded_on=decoder.decoded_on,
     )

@@ -41,6 +41,11 @@ class CenterFaceDetector:
         self._lock = threading.Lock()
 
     @property
+    def compute(self) -> str:
+        """OpenCV's DNN module on the CPU."""
+        return "cpu float32"
+
+    @property
     def concurrency(self) -> int:
         """Batches at once: each thread has its own network."""
         return 2
@@ -116,6 +121,11 @@ class UnionDetector:
         self.same_face_iou = same_face_iou
         self.name = "+".join(d.name for d in self.detectors)
         self.version = "+".join(d.version for d in self.detectors)  # complete after load
+
+    @property
+    def compute(self) -> str:
+        """Each member's, joined as the name is."""
+        return "+".join(d.compute for d in self.detectors)
 
     @property
     def concurrency(self) -> int:

@@ -66,6 +66,10 @@ class FaceDetector(Protocol):
     version: str
 
     @property
+    def compute(self) -> str:
+        """What the model runs on and in what precision, e.g. 'cuda float32' (once loaded)."""
+
+    @property
     def concurrency(self) -> int:
         """How many batches may be detected at once (threads calling detect)."""
 
@@ -82,6 +86,10 @@ class FaceEmbedder(Protocol):
     name: str
     version: str
     dim: int
+
+    @property
+    def compute(self) -> str:
+        """What the model runs on and in what precision, e.g. 'cuda float16' (once loaded)."""
 
     @property
     def weights_sha256(self) -> str:
@@ -132,6 +140,13 @@ class MtcnnDetector:
         self._cascade: MtcnnCascade | None = None
         self._lock = threading.Lock()
         self._concurrency = 1
+
+    @property
+    def compute(self) -> str:
+        """'cpu float32' or 'cuda float32' (its pyramid then resampled there too)."""
+        self.load()
+        assert self._cascade is not None
+        return f"{self._cascade.device.type} float32"
 
     @property
     def concurrency(self) -> int:
@@ -258,6 +273,11 @@ class DlibResnetEmbedder:
         self._lock = threading.Lock()
 
     @property
+    def compute(self) -> str:
+        """Always 'cpu float32': dlib's network runs on torch on the CPU, as dlib's own."""
+        return "cpu float32"
+
+    @property
     def weights_sha256(self) -> str:
         """SHA-256 of the descriptor network file (the network is not loaded for it)."""
         with self._lock:
@@ -354,6 +374,12 @@ class FacenetEmbedder:
         """The torch device the network runs on ('cpu' or 'cuda'), once loaded."""
         self.load()
         return self._device
+
+    @property
+    def compute(self) -> str:
+        """The device and precision, e.g. 'cuda float16' (fp16 on a GPU only)."""
+        self.load()
+        return f"{self._device} {self.dtype}"
 
     @property
     def dtype(self) -> str:

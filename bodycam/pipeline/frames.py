@@ -70,6 +70,7 @@ class ChunkDecoder:
     limits: LimitsSettings | None = None  # None: the configured limits
     scenes: list[Scene] = field(default_factory=list)
     frames_decoded: int = 0
+    decoded_on: str = "cpu"  # 'cuda' once NVDEC decodes it (decode_device, where usable)
 
     def __iter__(self) -> Iterator[SampledFrame]:
         return self._run()
@@ -174,6 +175,7 @@ class ChunkDecoder:
         expected = (info.width_px, info.height_px)
         hw = (self.cfg.decode_device if self.cfg.decode_device != "cpu"
               and hardware_decoding(self.cfg.decode_device) else None)
+        self.decoded_on = hw or "cpu"
         with open_video(self.path, limits, label, hw_device=hw) as media:
             container, stream = media.container, media.stream
             try:
