@@ -491,6 +491,11 @@ def test_the_pyramid_resampled_on_the_device_finds_the_faces_opencv_finds() -> N
         assert diff.max() <= 1 and (diff > 0).mean() < 1e-4, ((h, w), (dh, dw))
         if h % dh == 0 and w % dw == 0:
             assert diff.max() == 0
+    # A first level one pixel larger than the frame (faces down to 12 px) is bilinear.
+    img = rng.integers(0, 256, (100, 160, 3), np.uint8)
+    grown = area_resize(torch.from_numpy(img).permute(2, 0, 1)[None].float(), (161, 101))
+    ref = cv2.resize(img, (161, 101), interpolation=cv2.INTER_AREA).astype(int)
+    assert np.abs(grown[0].permute(1, 2, 0).numpy().astype(int) - ref).max() <= 2
 
     det = MtcnnDetector(PipelineSettings(embedder="dlib-resnet"))
     det.load()

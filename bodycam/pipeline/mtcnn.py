@@ -139,9 +139,15 @@ def area_resize(x: Any, size: tuple[int, int]) -> Any:
     height) as OpenCV's INTER_AREA resizes uint8 images: the same weights, two matrix
     products, rounded to whole levels (halves up, as OpenCV's whole-factor path does). Float
     sums in another order can round a value next to a half the other way: on random 1080p
-    frames, 4 pixels in a million differ by one level."""
+    frames, 4 pixels in a million differ by one level. A size larger than the input (a
+    pyramid whose first level is the frame plus a pixel) is bilinear, as INTER_AREA's
+    enlarging is, but not to OpenCV's fixed-point rounding."""
     import torch
 
+    if size[0] > x.shape[3] or size[1] > x.shape[2]:
+        import torch.nn.functional as F  # noqa: N812
+
+        return F.interpolate(x, size=(size[1], size[0]), mode="bilinear").round_()
     wy = _area_weights_on(x.shape[2], size[1], str(x.device))
     wx = _area_weights_on(x.shape[3], size[0], str(x.device)).T
     return torch.matmul(torch.matmul(wy, x), wx).add_(0.5).floor_()
