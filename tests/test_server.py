@@ -477,9 +477,11 @@ def test_an_original_is_served_with_ranges_only_inside_the_case(
 
 
 def test_a_thumbnail_is_never_cached_and_only_shown_inside_the_case(
-        server: Server, served_video: tuple[str, dict[str, object]]) -> None:
+        stack: StackHandle, server: Server, served_video: tuple[str, dict[str, object]]
+) -> None:
     video_id, _ = served_video
-    _, investigator = server.account(["investigator"], ("T-SRV",))
+    since = last_audit_id(stack)
+    name, investigator = server.account(["investigator"], ("T-SRV",))
     tracks = server.call("GET", f"/api/v1/videos/{video_id}/tracks", investigator,
                          params={"limit": 1})
     assert tracks.status_code == 200, tracks.text
@@ -492,6 +494,9 @@ def test_a_thumbnail_is_never_cached_and_only_shown_inside_the_case(
     assert_problem(server.call("GET", path, outsider), 403, "not assigned")
     assert_problem(server.call("GET", f"/api/v1/videos/{video_id}/tracks", outsider), 403,
                    "not assigned to case T-SRV")
+    # A face picture served is audited with its case; the refused one is not served.
+    served = [(r["actor"], r["details"]) for r in audit_rows(stack, "track.thumbnail", since)]
+    assert served == [(name, {"track_id": track["track_id"], "case": "T-SRV"})]
 
 
 def test_an_export_is_served_only_to_the_account_that_made_it(server: Server) -> None:

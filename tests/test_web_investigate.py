@@ -137,6 +137,10 @@ def test_a_photo_search_shows_a_timeline_with_threshold_and_model_and_a_mark_pla
     assert 206 in ranges, f"the original is served by range requests: {ranges}"
     opened = _audit(stack, "video.original", world.inv.name)
     assert any(d["video_id"] == world.video and d["range"] for d in opened)
+    # Each face picture shown was audited, with its case: who looked at whose face.
+    shown = {d["track_id"] for d in _audit(stack, "track.thumbnail", world.inv.name)
+             if d["case"] == CASE}
+    assert {t for a in expected["results"] for t in a["track_ids"]} & shown
     shot(page, "investigator-search")
 
 

@@ -189,13 +189,16 @@ def original(ctx: Context, user: User, video_id: str, byte_range: str | None = N
 
 
 def thumbnail(ctx: Context, user: User, track_id: str) -> bytes:
-    """A track's thumbnail JPEG (investigator of the track's case)."""
+    """A track's thumbnail JPEG (investigator of the track's case): a picture of someone's
+    face, so each one served is audited (`track.thumbnail`), as each read of an original is."""
     with ctx.db() as conn:
         require(conn, ctx.audit_key, user, "tracks")
-        require_visible(conn, ctx.audit_key, user, "tracks", "track", track_id,
-                        case_of(conn, "track", track_id))
+        case = require_visible(conn, ctx.audit_key, user, "tracks", "track", track_id,
+                               case_of(conn, "track", track_id))
         row = conn.execute("SELECT thumbnail_key FROM tracks WHERE id = %s",
                            (uid(track_id),)).fetchone()
-    if row is None or not row["thumbnail_key"]:
-        raise NotFoundError(f"track {track_id} has no thumbnail (purged or not made)")
+        if row is None or not row["thumbnail_key"]:
+            raise NotFoundError(f"track {track_id} has no thumbnail (purged or not made)")
+        audit.append(conn, ctx.audit_key, user.name, "track.thumbnail",
+                     {"track_id": track_id, "case": case})
     return ctx.store.get_bytes(str(row["thumbnail_key"]))
