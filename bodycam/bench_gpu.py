@@ -40,7 +40,6 @@ from bodycam.config import PipelineSettings, Settings
 from bodycam.domain import FaceDetection, MediaInfo, SampledFrame
 from bodycam.errors import ModelUnavailableError
 from bodycam.media.probe import probe
-from bodycam.media.source import hardware_decoding
 from bodycam.pipeline.analyze import analyze_chunk
 from bodycam.pipeline.faces import FacenetEmbedder, MtcnnDetector, Registry, torch_device
 from bodycam.pipeline.frames import ChunkDecoder
@@ -126,11 +125,11 @@ def measure_stages(path: Path, info: MediaInfo, cfg: PipelineSettings, detector:
     """Each stage alone, one thread, over the whole clip; each repeated for at least min_s."""
     video_s = info.duration_s
 
-    def decode() -> tuple[list[SampledFrame], int]:
+    def decode() -> tuple[list[SampledFrame], int, str]:
         dec = ChunkDecoder(path, info, 0.0, info.duration_s, cfg)
-        return list(dec), dec.frames_decoded
+        return list(dec), dec.frames_decoded, dec.decoded_on
 
-    dec_s, dec_rounds, (frames, decoded) = _repeat(decode, device, min_s)
+    dec_s, dec_rounds, (frames, decoded, decoded_on) = _repeat(decode, device, min_s)
 
     def detect() -> list[list[FaceDetection]]:
         out: list[list[FaceDetection]] = []
@@ -151,7 +150,8 @@ def measure_stages(path: Path, info: MediaInfo, cfg: PipelineSettings, detector:
         return n / s if s > 0 else 0.0
 
     return {
-        "decode": {"frames": decoded, "sampled": len(frames), "seconds": dec_s,
+        "decode": {"decoded_on": decoded_on, "frames": decoded, "sampled": len(frames),
+                   "seconds": dec_s,
                    "rounds": dec_rounds, "frames_per_s": rate(decoded, dec_s),
                    "x_real_time": rate(video_s, dec_s)},
         "detect": {"frames": len(frames), "faces": n_faces, "frames_with_faces": len(with_faces),
@@ -317,11 +317,9 @@ def run_bench(video: Path, device: str, seconds: float, chunks: Sequence[int],
     if decode_device:
         update["decode_device"] = decode_device
     cfg = settings.pipeline.model_copy(update=update)
-    decoded_on = ("cuda" if cfg.decode_device == "cuda" and hardware_decoding("cuda")
-                  else "cpu")
     info = probe(video, settings.limits)
     name = device_name(chosen)
-    log(f"device {chosen} ({name}), decoding on {decoded_on}; {video.name}: "
+    log(f"device {chosen} ({name}); {video.name}: "
         f"{info.width_px}x{info.height_px} {float(info.frame_rate):.2f} fps "
         f"{info.duration_s:.1f} s")
     t0 = time.perf_counter()
@@ -329,6 +327,7 @@ def run_bench(video: Path, device: str, seconds: float, chunks: Sequence[int],
     warm_up(detector, embedder, info, cfg)
     log(f"models loaded and warmed up in {time.perf_counter() - t0:.1f} s; stages alone ...")
     stages = measure_stages(video, info, cfg, detector, embedder, chosen, min_stage_s)
+    log(f"  decoding on {stages['decode']['decoded_on']}")
     for k, v in stages.items():
         log(f"  {k}: {v.get('frames_per_s', 0):.1f} frames/s, {v['x_real_time']:.1f}x real time")
     e2e: list[dict[str, Any]] = []
@@ -340,7 +339,7 @@ def run_bench(video: Path, device: str, seconds: float, chunks: Sequence[int],
         "load_avg_before": load_before,
         "video": {"name": video.name, "width_px": info.width_px, "height_px": info.height_px,
                   "fps": float(info.frame_rate), "duration_s": info.duration_s},
-        "decode_device": decoded_on,
+        "decode_device": stages["decode"]["decoded_on"],
         "config": {"sample_fps": cfg.sample_fps, "batch_size": cfg.batch_size,
                    "max_frame_side_px": cfg.max_frame_side_px, "min_face_px": cfg.min_face_px,
                    "min_stage_s": min_stage_s, "budget_s": budget_s},

@@ -112,6 +112,7 @@ class OpenVideo:
     stream: av.VideoStream
     label: str
     limits: LimitsSettings
+    decoded_on: str = "cpu"  # the hardware decoder's device ('cuda') where one decodes it
 
     def refusal(self, exc: av.FFmpegError, what: str,
                 start_pts: int | None = None) -> InvalidMediaError:
@@ -203,7 +204,8 @@ def open_video(path: Path, limits: LimitsSettings, label: str, threads: int | No
         stream = _video_stream(container, limits, label)
         if threads is not None:
             stream.codec_context.thread_count = threads
-        yield OpenVideo(path, container, stream, label, limits)
+        yield OpenVideo(path, container, stream, label, limits,
+                        hw_device if hw_device is not None and hwaccel is not None else "cpu")
     finally:
         container.close()
 

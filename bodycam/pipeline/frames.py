@@ -19,7 +19,7 @@ import numpy as np
 
 from bodycam.config import LimitsSettings, PipelineSettings, get_settings
 from bodycam.domain import MediaInfo, SampledFrame, Scene
-from bodycam.media.source import check_frame, hardware_decoding, open_video
+from bodycam.media.source import check_frame, open_video
 from bodycam.pipeline.scenes import SceneCutter
 
 
@@ -173,13 +173,12 @@ class ChunkDecoder:
         limits = self.limits if self.limits is not None else get_settings().limits
         label = self.path.name
         expected = (info.width_px, info.height_px)
-        hw = (self.cfg.decode_device if self.cfg.decode_device != "cpu"
-              and hardware_decoding(self.cfg.decode_device) else None)
-        self.decoded_on = hw or "cpu"
+        hw = self.cfg.decode_device if self.cfg.decode_device != "cpu" else None
         with open_video(self.path, limits, label, hw_device=hw) as media:
             container, stream = media.container, media.stream
+            self.decoded_on = media.decoded_on
             try:
-                if hw is None:  # frame threads for the CPU decoder; NVDEC has its own engines
+                if media.decoded_on == "cpu":  # frame threads; NVDEC has its own engines
                     stream.thread_type = "AUTO"
                 if self.start_s > 0:
                     container.seek(info.start_pts + int(self.start_s / tb), stream=stream,
