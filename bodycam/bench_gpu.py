@@ -7,9 +7,10 @@ Measures, on `--device cuda` (or the CPU fallback of the same code):
   requires, scene cuts on a small copy, only the sampled frames converted to RGB;
 - detect: the pipeline's MtcnnDetector (our batched MtcnnCascade) on those sampled frames,
   `batch_size` frames per call, the networks on the chosen device;
-- embed: FacenetEmbedder on every face found (fp16 on CUDA, fp32 on CPU), one batch per
-  frame as the pipeline calls it; with random weights unless FaceNet's weights are configured
-  (BODYCAM_PIPELINE__FACENET_WEIGHTS): speed does not depend on the weights' values;
+- embed: FacenetEmbedder on every face found (fp16 on CUDA, fp32 on CPU), one call per
+  detection batch (the faces of its frames), as the pipeline calls it; with random weights
+  unless FaceNet's weights are configured (BODYCAM_PIPELINE__FACENET_WEIGHTS): speed does
+  not depend on the weights' values;
 - end to end: `analyze_chunk`, the pipeline itself, on the clip as separate work units,
   1 or more at a time in one process sharing the device (as a GPU worker with several chunks
   in hand would), reported as seconds of video per second of wall time (x real time).
@@ -116,7 +117,7 @@ def warm_up(detector: MtcnnDetector, embedder: FacenetEmbedder, info: MediaInfo,
     detector.detect(frames[:1])
     detector.detect(frames)
     face = FaceDetection(0, 0.0, 0, (10.0, 10.0, 110.0, 130.0), 0.99, (), 0.0)
-    for n in (1, 4, 16):
+    for n in (1, 4, 16, 32):
         embedder.embed(frames[0].image, [face] * n, scale)
 
 
@@ -142,7 +143,14 @@ def measure_stages(path: Path, info: MediaInfo, cfg: PipelineSettings, detector:
     n_faces = sum(len(d) for _f, d in with_faces)
 
     def embed() -> int:
-        return sum(len(embedder.embed(f.image, d, f.scale)) for f, d in with_faces)
+        n = 0
+        for i in range(0, len(frames), cfg.batch_size):
+            part = [(f.image, d, f.scale) for f, d in zip(frames[i:i + cfg.batch_size],
+                                                          found[i:i + cfg.batch_size],
+                                                          strict=True) if d]
+            if part:
+                n += sum(len(v) for v in embedder.embed_frames(part))
+        return n
 
     emb_s, emb_rounds, _ = _repeat(embed, device, min_s)
 

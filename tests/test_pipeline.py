@@ -9,7 +9,9 @@ import shutil
 import subprocess
 import sys
 from collections import Counter, defaultdict
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import av
 import cv2
@@ -22,7 +24,7 @@ from bodycam.domain import FaceDetection
 from bodycam.errors import ModelUnavailableError
 from bodycam.media.probe import probe
 from bodycam.media.source import hardware_decoding
-from bodycam.pipeline.analyze import ChunkResult, analyze_chunk
+from bodycam.pipeline.analyze import ChunkResult, EmbedPlanner, analyze_chunk
 from bodycam.pipeline.faces import (
     SEARCH_MARGIN,
     DlibResnetEmbedder,
@@ -33,7 +35,7 @@ from bodycam.pipeline.faces import (
 from bodycam.pipeline.frames import ChunkDecoder, plan_samples
 from bodycam.pipeline.mtcnn import MtcnnCascade, area_resize, search_regions
 from bodycam.pipeline.scenes import scene_size, small_bgr
-from bodycam.pipeline.tracks import build_tracks
+from bodycam.pipeline.tracks import Tracker, build_tracks
 from tests.conftest import HAMILTON, TESTDATA, StackHandle
 
 # The clip's hard cuts, checked frame by frame. The scene detector may add a cut where the
@@ -169,6 +171,78 @@ def test_a_face_that_jumps_in_size_starts_a_new_track() -> None:
         [[_det(0.0, small, same)], [_det(0.2, doubled, same)]], cfg)] == [1, 1]
 
 
+def test_the_embedding_forecast_is_the_plan_and_leaves_the_planner_as_it_was() -> None:
+    """EmbedPlanner.forecast says what plan will ask of a batch, before its links exist."""
+    cfg = PipelineSettings(embedder="dlib-resnet")
+    # Two faces walking apart, a third appearing at 0.8 s, one leaving at 1.4 s; every
+    # detection has a vector here (the tracker gets what it is given).
+    frames = []
+    for i in range(12):
+        t = 0.2 * i
+        dets = [_det(t, (100 + 4 * i, 100, 200 + 4 * i, 200), [1, 0, 0])]
+        if t < 1.4:
+            dets.append(_det(t, (600 - 4 * i, 120, 690 - 4 * i, 210), [0, 1, 0]))
+        if t >= 0.8:
+            dets.append(_det(t, (1000, 300, 1060 + i, 360 + i), [0, 0, 1]))
+        frames.append(dets)
+    planner, tracker = EmbedPlanner(cfg), Tracker(cfg)
+    plain = [[replace(d, embedding=None) for d in dets] for dets in frames]
+    ahead = planner.forecast(plain[:6])
+    assert planner.forecast(plain[:6]) == ahead, "forecasting changed the planner"
+    asked = []
+    for i, dets in enumerate(frames):
+        if i == 6:
+            ahead += planner.forecast(plain[6:])
+        need = planner.plan(plain[i])
+        asked.append(need)
+        got = [d if n else plain[i][j] for j, (d, n) in enumerate(zip(dets, need, strict=True))]
+        assert planner.observe(tracker.update(got), got) == []
+    assert ahead == asked
+    assert asked[0] == [True, True] and asked[4][2] is True, "new tracks are embedded"
+    assert not all(n for need in asked for n in need), "unambiguous links are not"
+    # Where the tracker links otherwise than guessed, the forecast and the plan may differ,
+    # but the forecast never changes what the planner asks: it works on a copy.
+    crossed = [[replace(d, box_px=(100.0, 100.0, 200.0, 200.0))
+                for d in dets] for dets in plain[6:8]]
+    before = planner.plan(crossed[0])
+    planner.forecast(crossed)
+    assert planner.plan(crossed[0]) == before
+
+
+def test_batched_embedding_gives_what_embedding_frame_by_frame_gives() -> None:
+    """The linker embeds each detection batch's expected needs in one call; replaying the
+    plan frame by frame must ask for exactly the vectors the chunk kept, and link alike."""
+    cfg = PipelineSettings(embedder="dlib-resnet", batch_size=8)
+
+    calls: list[int] = []  # faces per network call
+
+    class Counting(DlibResnetEmbedder):
+        def embed_frames(self, frames: Any) -> list[np.ndarray]:
+            out = super().embed_frames(frames)
+            calls.append(sum(len(v) for v in out))
+            return out
+
+    emb = Counting(cfg)
+    info = probe(HAMILTON, LimitsSettings())
+    res = analyze_chunk(HAMILTON, info, 0.0, info.duration_s, cfg, MtcnnDetector(cfg), emb)
+    by_frame: dict[int, list[tuple[int | None, FaceDetection]]] = defaultdict(list)
+    for k, d in res.detections:
+        by_frame[d.frame_index].append((k, d))
+    planner, tracker = EmbedPlanner(cfg), Tracker(cfg)
+    for fi in sorted(by_frame):
+        kept = [d for _k, d in by_frame[fi]]
+        need = planner.plan([replace(d, embedding=None) for d in kept])
+        assert need == [d.embedding is not None for d in kept], fi
+        keys = tracker.update(kept)
+        assert planner.observe(keys, kept) == []
+        assert [k for k, _d in by_frame[fi]] == [k if k in {t.key for t in res.tracks}
+                                                  else None for k in keys], fi
+    embedded = sum(d.embedding is not None for _k, d in res.detections)
+    assert embedded > 0 and sum(calls) == embedded, "nothing embedded twice or wasted"
+    batches = -(-res.frames_sampled // cfg.batch_size)
+    assert len(calls) <= batches < embedded, (calls, batches)
+
+
 def test_facenet_without_weights_says_how_to_provide_them(tmp_path: Path) -> None:
     missing = PipelineSettings(facenet_weights=tmp_path / "absent.pt",
                                facenet_weights_sha256="0" * 64)
@@ -214,6 +288,12 @@ def test_dlib_descriptors_on_torch_equal_dlibs_own() -> None:
     assert not strided.flags["C_CONTIGUOUS"]
     dets = [FaceDetection(0, 0.0, 0, b, 0.99, (), 100.0) for b in boxes]
     assert np.array_equal(emb.embed(strided, dets), got)
+    # Several frames' faces in one call (a frame without faces among them) come back per
+    # frame, each vector as the face's own.
+    per_frame = emb.embed_frames([(strided, dets[:1], 1.0), (image, [], 1.0),
+                                  (image, dets[1:], 1.0)])
+    assert [len(v) for v in per_frame] == [1, 0, len(dets) - 1]
+    assert np.abs(np.concatenate(per_frame) - got).max() < 1e-6
 
 
 def test_a_descriptor_file_that_is_not_dlibs_network_is_refused(tmp_path: Path) -> None:

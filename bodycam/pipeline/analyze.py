@@ -139,12 +139,55 @@ class EmbedPlanner:
                         or d.quality > EMBED_QUALITY_GAIN * st.best_embedded_q)
         return need
 
+    def forecast(self, frames: Sequence[Sequence[FaceDetection]]) -> list[list[bool]]:
+        """What `plan` is expected to ask of each of several consecutive frames, so that their
+        vectors can be computed in one call; the planner is left as it was.
+
+        Each frame's links are guessed as the tracker makes them where no vector decides:
+        greedily by overlap, one to one, among the candidates `plan` weighs; a detection
+        left over starts a track. Where the tracker links otherwise, the guess costs a
+        vector computed and not used, or one computed later on its own: never a result.
+        """
+        saved = self._tracks
+        self._tracks = {k: replace(st) for k, st in saved.items()}
+        fresh = -1  # guessed new tracks take negative keys: the tracker's are never negative
+        out = []
+        try:
+            for dets in frames:
+                need = self.plan(dets)
+                out.append(need)
+                if not dets:
+                    continue
+                pairs = sorted(
+                    ((iou(st.last.box_px, d.box_px), k, i)
+                     for k, st in self._tracks.items() for i, d in enumerate(dets)
+                     if iou(st.last.box_px, d.box_px) >= self.cfg.track_min_iou
+                     or center_distance(st.last.box_px, d.box_px) < 1.5),
+                    key=lambda p: p[0], reverse=True)
+                keys: list[int | None] = [None] * len(dets)
+                used: set[int] = set()
+                for _overlap, k, i in pairs:
+                    if k not in used and keys[i] is None:
+                        used.add(k)
+                        keys[i] = k
+                for i in range(len(dets)):
+                    if keys[i] is None:
+                        keys[i] = fresh
+                        fresh -= 1
+                self._record([k for k in keys if k is not None], dets, need)
+        finally:
+            self._tracks = saved
+        return out
+
     def observe(self, keys: Sequence[int], dets: Sequence[FaceDetection]) -> list[int]:
         """Record the tracker's links; returns indices of new tracks left without a vector."""
+        return self._record(keys, dets, [d.embedding is not None for d in dets])
+
+    def _record(self, keys: Sequence[int], dets: Sequence[FaceDetection],
+                embedded: Sequence[bool]) -> list[int]:
         missing = []
-        for i, (k, d) in enumerate(zip(keys, dets, strict=True)):
+        for i, (k, d, has) in enumerate(zip(keys, dets, embedded, strict=True)):
             st = self._tracks.get(k)
-            has = d.embedding is not None
             if st is None:
                 self._tracks[k] = _TrackState(d.scene_index, d, d.quality if has else 0.0,
                                               0 if has else EMBED_REFRESH_SAMPLES)
@@ -160,14 +203,33 @@ class EmbedPlanner:
         return missing
 
 
+def _embed_ahead(embedder: FaceEmbedder, frames: Sequence[SampledFrame],
+                 found: Sequence[list[FaceDetection]],
+                 planner: EmbedPlanner) -> list[dict[int, np.ndarray]]:
+    """The vectors `planner` is expected to ask for over a batch of frames, in one call;
+    per frame, by detection index."""
+    ahead = planner.forecast(found)
+    which = [[i for i, n in enumerate(need) if n] for need in ahead]
+    todo = [(j, w) for j, w in enumerate(which) if w]
+    if not todo:
+        return [{} for _f in frames]
+    vecs = embedder.embed_frames([(frames[j].image, [found[j][i] for i in w], frames[j].scale)
+                                  for j, w in todo])
+    ready: list[dict[int, np.ndarray]] = [{} for _f in frames]
+    for (j, w), v in zip(todo, vecs, strict=True):
+        ready[j] = dict(zip(w, v, strict=True))
+    return ready
+
+
 def _embed_some(embedder: FaceEmbedder, frame: SampledFrame, dets: list[FaceDetection],
-                which: Sequence[int]) -> None:
-    """Replace dets[i] for i in `which` with a copy carrying its embedding."""
-    if not which:
-        return
-    vecs = embedder.embed(frame.image, [dets[i] for i in which], frame.scale)
-    for i, v in zip(which, vecs, strict=True):
-        dets[i] = replace(dets[i], embedding=v)
+                which: Sequence[int], ready: dict[int, np.ndarray]) -> None:
+    """Replace dets[i] for i in `which` with a copy carrying its embedding: from `ready`
+    where it was computed ahead, the others in one call."""
+    late = [i for i in which if i not in ready]
+    vecs = dict(zip(late, embedder.embed(frame.image, [dets[i] for i in late], frame.scale),
+                    strict=True)) if late else {}
+    for i in which:
+        dets[i] = replace(dets[i], embedding=ready[i] if i in ready else vecs[i])
 
 
 def analyze_chunk(
@@ -187,6 +249,9 @@ def analyze_chunk(
     runs `detector.concurrency` batches at a time (torch releases the GIL), and a thread
     embeds and tracks (results reach the tracker in frame order). Only the detections the
     tracker needs are embedded (EmbedPlanner); every track keeps a representative embedding.
+    Those a detection batch is expected to need are embedded in one call before it is
+    tracked (EmbedPlanner.forecast), a detection the forecast missed on its own; vectors
+    computed and not asked for are dropped, so the results are those of one call per face.
     With embedder None (redact-only policy) faces are detected and tracked by overlap alone
     and no embedding is computed.
 
@@ -259,12 +324,18 @@ def analyze_chunk(
                     return
                 if isinstance(got, BaseException):
                     raise got
-                for frame, found in zip(*got, strict=True):
-                    dets = list(found)
+                frames, found = got[0], [list(f) for f in got[1]]
+                ready: list[dict[int, np.ndarray]] = [{} for _f in frames]
+                if embedder is not None:
+                    t0 = time.perf_counter()
+                    ready = _embed_ahead(embedder, frames, found, planner)
+                    timing["embed"] += time.perf_counter() - t0
+                for frame, dets, pre in zip(frames, found, ready, strict=True):
                     if embedder is not None and dets:
                         t0 = time.perf_counter()
                         need = planner.plan(dets)
-                        _embed_some(embedder, frame, dets, [i for i, n in enumerate(need) if n])
+                        _embed_some(embedder, frame, dets,
+                                    [i for i, n in enumerate(need) if n], pre)
                         timing["embed"] += time.perf_counter() - t0
                     t0 = time.perf_counter()
                     keys = tracker.update(dets)
@@ -272,7 +343,7 @@ def analyze_chunk(
                         missing = planner.observe(keys, dets)
                         if missing:  # not expected: the plan foresaw every new track
                             t1 = time.perf_counter()
-                            _embed_some(embedder, frame, dets, missing)
+                            _embed_some(embedder, frame, dets, missing, {})
                             timing["embed"] += time.perf_counter() - t1
                     for key, det in zip(keys, dets, strict=True):
                         detections.append((key, det))

@@ -27,6 +27,10 @@ log = logging.getLogger(__name__)
 # Share of min_face_px the MTCNN pyramid searches down to (see MtcnnDetector.detect).
 SEARCH_MARGIN = 0.9
 
+# One frame's share of an embedding call: the RGB image, its faces, and the image's scale
+# against the original (the faces' boxes are in original pixels).
+FrameFaces = tuple[np.ndarray, Sequence[FaceDetection], float]
+
 FACENET_URL = ("https://github.com/timesler/facenet-pytorch/releases/download/v2.2.9/"
                "20180402-114759-vggface2.pt")
 
@@ -101,6 +105,10 @@ class FaceEmbedder(Protocol):
     def embed(self, image: np.ndarray, faces: Sequence[FaceDetection],
               scale: float = 1.0) -> np.ndarray:
         """One unit vector per face (n x dim float32); image is RGB at `scale` x original."""
+
+    def embed_frames(self, frames: Sequence[FrameFaces]) -> list[np.ndarray]:
+        """`embed` for the faces of several frames at once (one network call): a vector
+        array per (image, faces, scale), in order."""
 
 
 def scan_plan(scenes: Sequence[int], due: Sequence[bool]) -> list[tuple[int, int] | None]:
@@ -319,21 +327,28 @@ class DlibResnetEmbedder:
     def embed(self, image: np.ndarray, faces: Sequence[FaceDetection],
               scale: float = 1.0) -> np.ndarray:
         """Align each face with dlib's 5-point model, then describe it."""
+        return self.embed_frames([(image, faces, scale)])[0]
+
+    def embed_frames(self, frames: Sequence[FrameFaces]) -> list[np.ndarray]:
+        """Align every face of every frame, then describe them all in one network call."""
         self.load()
         assert self._net is not None
-        if not faces:
-            return np.zeros((0, self.dim), np.float32)
         import dlib
 
-        # dlib takes only C-contiguous arrays: PyAV hands back frames whose rows are padded
-        # (an 854-px-wide frame is a strided view), and dlib raised TypeError on them.
-        image = np.ascontiguousarray(image)
         chips = []
-        for f in faces:
-            x1, y1, x2, y2 = (v * scale for v in f.box_px)
-            shape = self._shapes(image, dlib.rectangle(int(x1), int(y1), int(x2), int(y2)))
-            chips.append(dlib.get_face_chip(image, shape, CHIP_PX, CHIP_PADDING))
-        return _l2(self._net.describe(np.stack(chips)))
+        for image, faces, scale in frames:
+            if not faces:
+                continue
+            # dlib takes only C-contiguous arrays: PyAV hands back frames whose rows are
+            # padded (an 854-px-wide frame is a strided view), and dlib raised TypeError.
+            image = np.ascontiguousarray(image)
+            for f in faces:
+                x1, y1, x2, y2 = (v * scale for v in f.box_px)
+                shape = self._shapes(image, dlib.rectangle(int(x1), int(y1), int(x2), int(y2)))
+                chips.append(dlib.get_face_chip(image, shape, CHIP_PX, CHIP_PADDING))
+        vecs = (_l2(self._net.describe(np.stack(chips))) if chips
+                else np.zeros((0, self.dim), np.float32))
+        return _split(vecs, frames)
 
 
 class FacenetEmbedder:
@@ -445,27 +460,43 @@ class FacenetEmbedder:
     def embed(self, image: np.ndarray, faces: Sequence[FaceDetection],
               scale: float = 1.0) -> np.ndarray:
         """Crop each face with a margin, resize to 160 px, standardise, embed."""
+        return self.embed_frames([(image, faces, scale)])[0]
+
+    def embed_frames(self, frames: Sequence[FrameFaces]) -> list[np.ndarray]:
+        """Every face of every frame cropped and resized, then embedded in one network call
+        (one upload and one download: on a GPU the per-call cost dominates small batches)."""
         self.load()
-        if not faces:
-            return np.zeros((0, self.dim), np.float32)
         import torch
         import torch.nn.functional as F  # noqa: N812
 
         crops = []
-        h, w = image.shape[:2]
-        for f in faces:
-            x1, y1, x2, y2 = (v * scale for v in f.box_px)
-            m = 0.1 * max(x2 - x1, y2 - y1)
-            box = [max(0, int(x1 - m)), max(0, int(y1 - m)), min(w, int(x2 + m)),
-                   min(h, int(y2 + m))]
-            crop = torch.from_numpy(np.ascontiguousarray(image[box[1]:box[3], box[0]:box[2]]))
-            crop = crop.permute(2, 0, 1).float().unsqueeze(0)
-            crops.append(F.interpolate(crop, size=(160, 160), mode="area"))
+        for image, faces, scale in frames:
+            h, w = image.shape[:2]
+            for f in faces:
+                x1, y1, x2, y2 = (v * scale for v in f.box_px)
+                m = 0.1 * max(x2 - x1, y2 - y1)
+                box = [max(0, int(x1 - m)), max(0, int(y1 - m)), min(w, int(x2 + m)),
+                       min(h, int(y2 + m))]
+                crop = torch.from_numpy(
+                    np.ascontiguousarray(image[box[1]:box[3], box[0]:box[2]]))
+                crop = crop.permute(2, 0, 1).float().unsqueeze(0)
+                crops.append(F.interpolate(crop, size=(160, 160), mode="area"))
+        if not crops:
+            return _split(np.zeros((0, self.dim), np.float32), frames)
         batch = (torch.cat(crops) - 127.5) / 128.0
         with torch.inference_mode():
             x = batch.to(self._device, torch.float16 if self._half else torch.float32)
             vecs = self._model(x).float().cpu().numpy()
-        return _l2(vecs)
+        return _split(_l2(vecs), frames)
+
+
+def _split(vecs: np.ndarray, frames: Sequence[FrameFaces]) -> list[np.ndarray]:
+    """The rows of one embedding call, handed back per frame."""
+    out, at = [], 0
+    for _image, faces, _scale in frames:
+        out.append(vecs[at:at + len(faces)])
+        at += len(faces)
+    return out
 
 
 def _l2(vecs: np.ndarray) -> np.ndarray:
