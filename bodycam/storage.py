@@ -6,6 +6,7 @@ import contextlib
 import functools
 import hashlib
 import io
+import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -22,6 +23,9 @@ ORIGINALS = "originals/"
 INCOMING = "incoming/"
 THUMBNAILS = "thumbnails/"
 REDACTIONS = "redactions/"
+# Where the bytes of an original that is stored already are sent, to be dropped: a multipart
+# upload there is never completed, so no object ever stands under it (see OriginalUpload).
+RESENT = "resent/"
 # 8 MiB parts: with 16 MiB ones a 2 GB upload streamed to the store as it arrived grew the
 # server's peak memory by 165 MB (8 MiB: 87 MB; tests/test_upload_memory.py allows 150).
 # An upload larger than MAX_PARTS parts of this size uses larger parts.
@@ -181,8 +185,6 @@ class ObjectStore:
         `sha256`; otherwise TransientError (the file changed), or ValueError past max_bytes.
         """
         upload = self.begin_original(sha256, max_bytes)
-        if upload.already_stored:
-            return upload.finish()
         try:
             while chunk := read_full(stream, PART_BYTES):
                 upload.write(chunk)
@@ -309,9 +311,9 @@ class ObjectStore:
             raise mapped from exc
 
     @_guarded
-    def unfinished_uploads(self, prefix: str = ORIGINALS) -> tuple[str, ...]:
-        """Keys under a prefix with a multipart upload begun and neither completed nor
-        aborted (parts the store holds that no object shows)."""
+    def unfinished_uploads(self, prefix: str = "") -> tuple[str, ...]:
+        """Keys (under a prefix; all by default) with a multipart upload begun and neither
+        completed nor aborted (parts the store holds that no object shows)."""
         resp = self._client.list_multipart_uploads(Bucket=self.bucket, Prefix=prefix)
         return tuple(str(u["Key"]) for u in resp.get("Uploads", []))
 
@@ -331,8 +333,13 @@ class OriginalUpload:
     parts at once (at most that many held in memory). `finish` completes the multipart upload
     only when they hash to the key's SHA-256: until then nothing is visible, so nothing
     stands under originals/ that is not the bytes its key names. `abort` (after any failure,
-    or when the caller refuses the file) leaves nothing behind. An original already stored
-    is neither sent nor replaced: `finish` returns it (its bytes were checked when stored).
+    or when the caller refuses the file) leaves nothing behind.
+
+    An original already stored is not replaced, but its bytes are sent all the same, to a
+    multipart upload under RESENT/ that `finish` drops once they hashed to the key (its
+    bytes were checked when it was stored). An upload of bytes some other case holds thus
+    takes as long as any other: were it quicker, any uploader could tell by the clock what
+    the store holds, and with a declared SHA-256 without even having the bytes.
 
     One writer at a time; `write` blocks while UPLOAD_THREADS parts are still in flight.
     """
@@ -348,19 +355,13 @@ class OriginalUpload:
         self._pending: list[bytes] = []  # written, not yet sent: less than a part
         self._pending_len = 0
         self._sent: list[Future[dict[str, Any]]] = []
-        self._pool: ThreadPoolExecutor | None = None
-        self._upload_id: str | None = None
         self._done = False
         self._stored_size = store._size(self.key)
-        if self._stored_size is None:
-            self._upload_id = store._client.create_multipart_upload(
-                Bucket=store.bucket, Key=self.key, Metadata={"sha256": sha256})["UploadId"]
-            self._pool = ThreadPoolExecutor(UPLOAD_THREADS, thread_name_prefix="s3-part")
-
-    @property
-    def already_stored(self) -> bool:
-        """Whether the original was in the store before this upload began."""
-        return self._stored_size is not None
+        self._send_key = (self.key if self._stored_size is None
+                          else f"{RESENT}{sha256}-{uuid.uuid4().hex}")
+        self._upload_id: str = store._client.create_multipart_upload(
+            Bucket=store.bucket, Key=self._send_key, Metadata={"sha256": sha256})["UploadId"]
+        self._pool = ThreadPoolExecutor(UPLOAD_THREADS, thread_name_prefix="s3-part")
 
     @_guarded
     def write(self, data: bytes) -> None:
@@ -371,8 +372,6 @@ class OriginalUpload:
         if self.size > self.max_bytes:
             raise ValueError(f"larger than the {self.max_bytes}-byte limit")
         self._digest.update(data)
-        if self._upload_id is None:
-            return
         self._pending.append(data)
         self._pending_len += len(data)
         part = self.part_bytes
@@ -386,11 +385,10 @@ class OriginalUpload:
             self._pending, self._pending_len = ([rest] if rest else []), len(rest)
 
     def _send(self, part: bytes) -> None:
-        assert self._pool is not None and self._upload_id is not None
         if len(self._sent) >= UPLOAD_THREADS:  # at most this many parts held in memory
             self._sent[-UPLOAD_THREADS].result()
-        self._sent.append(self._pool.submit(self.store._part, self.key, self._upload_id,
-                                            len(self._sent) + 1, part))
+        self._sent.append(self._pool.submit(self.store._part, self._send_key,
+                                            self._upload_id, len(self._sent) + 1, part))
 
     @_guarded
     def finish(self) -> StoredObject:
@@ -398,10 +396,6 @@ class OriginalUpload:
         (and nothing stored) if not."""
         if self._done:
             raise RuntimeError("finish after finish or abort")
-        if self._upload_id is None:  # stored before: those bytes were checked then
-            self._done = True
-            assert self._stored_size is not None
-            return StoredObject(key=self.key, size_bytes=self._stored_size, sha256=self.sha256)
         got = self._digest.hexdigest()
         if got != self.sha256:
             self.abort()
@@ -412,6 +406,10 @@ class OriginalUpload:
                 self._send(b"".join(self._pending))
                 self._pending, self._pending_len = [], 0
             parts = [f.result() for f in self._sent]
+            if self._stored_size is not None:  # stored before: these bytes are dropped
+                self.abort()
+                return StoredObject(key=self.key, size_bytes=self._stored_size,
+                                    sha256=self.sha256)
             self.store._client.complete_multipart_upload(
                 Bucket=self.store.bucket, Key=self.key, UploadId=self._upload_id,
                 MultipartUpload={"Parts": parts})
@@ -427,17 +425,15 @@ class OriginalUpload:
         itself; the error that matters is the one that led here."""
         if self._done:
             return
-        upload_id = self._upload_id
         self._close()
-        if upload_id is not None:
-            with contextlib.suppress(BotoCoreError, ClientError):
-                self.store._client.abort_multipart_upload(Bucket=self.store.bucket,
-                                                          Key=self.key, UploadId=upload_id)
+        with contextlib.suppress(BotoCoreError, ClientError):
+            self.store._client.abort_multipart_upload(Bucket=self.store.bucket,
+                                                      Key=self._send_key,
+                                                      UploadId=self._upload_id)
 
     def _close(self) -> None:
         self._done = True
         self._pending, self._pending_len = [], 0
         for f in self._sent:
             f.cancel()
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
+        self._pool.shutdown(wait=True)
