@@ -101,6 +101,32 @@ def test_a_change_with_the_cookie_needs_the_pages_csrf_token(
     assert r.status_code == 404
 
 
+def test_the_cookie_acts_only_for_the_apps_own_pages_and_the_users_own_requests(
+        page: Page, api_url: str, operator_token: str) -> None:
+    """SameSite=Strict keeps another site's requests from carrying the cookie in a current
+    browser; the server also ignores the cookie on any request whose fetch metadata says
+    another site (or a sibling host) made it, reads included (each read of a face is audited
+    as its viewer's)."""
+    inv = make_account(api_url, operator_token, ["investigator"])
+    sign_in(page, api_url, inv)
+    assert page.evaluate("fetch('/api/v1/auth/me').then(r => r.status)") == 200, \
+        "the app's own pages send same-origin"
+    [cookie] = [c for c in page.context.cookies() if c["name"] == "bodycam_session"]
+    jar = {"bodycam_session": cookie["value"]}
+    for site, status in (("cross-site", 401), ("same-site", 401), ("Cross-Site", 401),
+                         ("same-origin", 200), ("none", 200), (None, 200)):
+        headers = {} if site is None else {"Sec-Fetch-Site": site}
+        r = httpx.get(api_url + "/api/v1/auth/me", cookies=jar, headers=headers, timeout=30)
+        assert r.status_code == status, (site, r.status_code)
+    r = httpx.get(api_url + "/app/search", cookies=jar, headers={"Sec-Fetch-Site": "cross-site"},
+                  timeout=30, follow_redirects=False)
+    assert r.status_code in (302, 303, 307) or "Sign in" in r.text, "a page asks to sign in"
+    # A bearer token is not sent by a browser on its own: fetch metadata does not matter.
+    r = httpx.get(api_url + "/api/v1/auth/me", headers={
+        "Authorization": f"Bearer {inv.token}", "Sec-Fetch-Site": "cross-site"}, timeout=30)
+    assert r.status_code == 200
+
+
 def test_signing_out_revokes_the_session_on_the_server(
         page: Page, api_url: str, operator_token: str) -> None:
     aud = make_account(api_url, operator_token, ["auditor"])

@@ -22,6 +22,9 @@ LOGIN_COOKIE = "bodycam_login"
 CSRF_HEADER = "X-CSRF-Token"
 CSRF_FIELD = "csrf"
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+# Fetch metadata (Sec-Fetch-Site, sent by every current browser): the only requests the cookie
+# acts for are the app's own pages' and those the user made (a typed address, a bookmark).
+COOKIE_FETCH_SITES = ("same-origin", "none")
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=str(HERE / "templates"))
 
@@ -89,7 +92,17 @@ async def audited_refusal(ctx: Any, user: User, page: Page) -> str | None:
 
 
 def session_of(request: Request) -> str | None:
-    """The session token in the request's cookie, if any."""
+    """The session token in the request's cookie, if any, unless another site (or a sibling
+    host of this one) made the request.
+
+    SameSite=Strict keeps the browser from sending the cookie with another site's requests;
+    this holds where it did send it (an older browser, a sibling host that shares the site).
+    Reads matter too: a thumbnail or an original read is audited as its viewer's, so another
+    site's `<img>` must not make the browser read faces in its user's name.
+    """
+    site = request.headers.get("sec-fetch-site")
+    if site is not None and site.strip().lower() not in COOKIE_FETCH_SITES:
+        return None
     return request.cookies.get(SESSION_COOKIE) or None
 
 
