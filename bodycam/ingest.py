@@ -101,13 +101,15 @@ def ingest_private(ctx: Context, path: Path, filename: str, custody: Custody,
             sent.abort()  # a no-op once completed
 
 
-def begin_upload(ctx: Context, case_id: str, sha256: str) -> OriginalUpload | None:
+def begin_upload(ctx: Context, sha256: str) -> OriginalUpload | None:
     """Begin sending an upload that declares `sha256` to the store while it arrives, so that
     storing it overlaps its transfer (`ingest_private` completes or aborts it). None when the
-    case holds those bytes already (nothing need be sent) or the store cannot begin one now
-    (the file is then stored once received, or refused there with the store's error)."""
-    if _find(ctx, case_id, sha256) is not None:
-        return None
+    store cannot begin one now (the file is then stored once received, or refused there with
+    the store's error).
+
+    It is begun whatever the store or the case holds, so that the upload takes as long either
+    way: a declared digest answered sooner when a case held it would tell an uploader who
+    may not see that case, by the clock, what it holds, without their having the bytes."""
     try:
         return ctx.store.begin_original(sha256, ctx.settings.limits.max_bytes)
     except TransientError as exc:

@@ -59,7 +59,7 @@ async def upload(request: Request, user: UserDep,
         raise ProblemError(422, "X-Content-SHA256 must be 64 hex digits")
     # With the SHA-256 declared up front, the body goes to the store while it arrives; the
     # upload is completed only once the body hashed to it and passed the probe.
-    sent = (await run_in_threadpool(evidence.begin_upload, ctx, custody.case_id,
+    sent = (await run_in_threadpool(evidence.begin_upload, ctx,
                                     x_content_sha256.strip().lower())
             if x_content_sha256 is not None else None)
     tee = Tee(sent) if sent is not None else None
