@@ -243,6 +243,26 @@ def test_batched_embedding_gives_what_embedding_frame_by_frame_gives() -> None:
     assert len(calls) <= batches < embedded, (calls, batches)
 
 
+def test_a_vector_the_forecast_missed_is_computed_and_one_it_foresaw_is_reused() -> None:
+    from PIL import Image
+
+    from bodycam.domain import SampledFrame
+    from bodycam.pipeline.analyze import _embed_some
+
+    rel, entry = next((k, v) for k, v in json.loads((TESTDATA / "faces.json").read_text()).items()
+                      if len(v["faces"]) >= 2)
+    image = np.asarray(Image.open(TESTDATA / rel).convert("RGB"))
+    boxes = [[float(int(x)) for x in f[:4]] for f in entry["faces"][:2]]
+    dets = [FaceDetection(0, 0.0, 0, (b[0], b[1], b[2], b[3]), 0.99, (), 100.0) for b in boxes]
+    emb = DlibResnetEmbedder(PipelineSettings(embedder="dlib-resnet"))
+    own = emb.embed(image, dets)
+    foreseen = own[0].copy()
+    got = list(dets)
+    _embed_some(emb, SampledFrame(0, 0, 0.0, 0, image, 1.0), got, [0, 1], {0: foreseen})
+    assert got[0].embedding is foreseen, "the vector computed ahead is the one kept"
+    assert got[1].embedding is not None and np.abs(got[1].embedding - own[1]).max() < 1e-6
+
+
 def test_facenet_without_weights_says_how_to_provide_them(tmp_path: Path) -> None:
     missing = PipelineSettings(facenet_weights=tmp_path / "absent.pt",
                                facenet_weights_sha256="0" * 64)
