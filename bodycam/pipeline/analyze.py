@@ -112,8 +112,13 @@ class EmbedPlanner:
 
     def plan(self, dets: Sequence[FaceDetection]) -> list[bool]:
         """Whether each of one frame's detections must be embedded."""
+        return self._plan(dets)[0]
+
+    def _plan(self, dets: Sequence[FaceDetection]
+              ) -> tuple[list[bool], list[list[tuple[int, float]]]]:
+        """`plan`, with each detection's candidate tracks (key, overlap) it was made from."""
         if not dets:
-            return []
+            return [], []
         live = self._live(dets[0].t_s, dets[0].scene_index)
         cands: list[list[tuple[int, float]]] = []
         by_track: dict[int, int] = {}
@@ -137,7 +142,7 @@ class EmbedPlanner:
                         or size_ratio(st.last.box_px, d.box_px) > EMBED_SAFE_SIZE_RATIO
                         or st.since_embedded + 1 >= EMBED_REFRESH_SAMPLES
                         or d.quality > EMBED_QUALITY_GAIN * st.best_embedded_q)
-        return need
+        return need, cands
 
     def forecast(self, frames: Sequence[Sequence[FaceDetection]]) -> list[list[bool]]:
         """What `plan` is expected to ask of each of several consecutive frames, so that their
@@ -154,16 +159,12 @@ class EmbedPlanner:
         out = []
         try:
             for dets in frames:
-                need = self.plan(dets)
+                need, cands = self._plan(dets)
                 out.append(need)
                 if not dets:
                     continue
-                pairs = sorted(
-                    ((iou(st.last.box_px, d.box_px), k, i)
-                     for k, st in self._tracks.items() for i, d in enumerate(dets)
-                     if iou(st.last.box_px, d.box_px) >= self.cfg.track_min_iou
-                     or center_distance(st.last.box_px, d.box_px) < 1.5),
-                    key=lambda p: p[0], reverse=True)
+                pairs = sorted(((overlap, k, i) for i, mine in enumerate(cands)
+                                for k, overlap in mine), key=lambda p: p[0], reverse=True)
                 keys: list[int | None] = [None] * len(dets)
                 used: set[int] = set()
                 for _overlap, k, i in pairs:
@@ -208,16 +209,14 @@ def _embed_ahead(embedder: FaceEmbedder, frames: Sequence[SampledFrame],
                  planner: EmbedPlanner) -> list[dict[int, np.ndarray]]:
     """The vectors `planner` is expected to ask for over a batch of frames, in one call;
     per frame, by detection index."""
-    ahead = planner.forecast(found)
-    which = [[i for i, n in enumerate(need) if n] for need in ahead]
-    todo = [(j, w) for j, w in enumerate(which) if w]
-    if not todo:
-        return [{} for _f in frames]
-    vecs = embedder.embed_frames([(frames[j].image, [found[j][i] for i in w], frames[j].scale)
-                                  for j, w in todo])
+    todo = [(j, w) for j, need in enumerate(planner.forecast(found))
+            if (w := [i for i, n in enumerate(need) if n])]
     ready: list[dict[int, np.ndarray]] = [{} for _f in frames]
-    for (j, w), v in zip(todo, vecs, strict=True):
-        ready[j] = dict(zip(w, v, strict=True))
+    if todo:
+        vecs = embedder.embed_frames([(frames[j].image, [found[j][i] for i in w],
+                                       frames[j].scale) for j, w in todo])
+        for (j, w), v in zip(todo, vecs, strict=True):
+            ready[j] = dict(zip(w, v, strict=True))
     return ready
 
 
