@@ -15,6 +15,10 @@ Measures, on `--device cuda` (or the CPU fallback of the same code):
   1 or more at a time in one process sharing the device (as a GPU worker with several chunks
   in hand would), reported as seconds of video per second of wall time (x real time).
 
+Each stage's host CPU is reported too, and from it the most x real time the host's cores
+allow were the device never the limit: on the first GPU run the host, not the GPU, was what
+stopped more worker processes from helping.
+
 Each stage alone is timed in one thread and reported as frames/s and as the x real time it
 could sustain by itself. The device, its name and the embedder's dtype are recorded with
 every report. Run on a GPU machine with `sh infra/bench-gpu.sh` (see BENCHMARKS.md).
@@ -59,19 +63,23 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _repeat(fn: Callable[[], Any], device: str, min_s: float) -> tuple[float, int, Any]:
+def _repeat(fn: Callable[[], Any], device: str, min_s: float
+            ) -> tuple[float, float, int, Any]:
     """Run fn until at least min_s seconds have passed (at least once).
 
-    Returns (seconds per round, rounds, the last round's result)."""
-    rounds, total, result = 0, 0.0, None
+    Returns (seconds per round, host CPU seconds per round, rounds, the last round's
+    result). The CPU is this process's, every thread of it (torch's and OpenCV's pools,
+    FFmpeg's decoding threads): what the stage costs the host's cores."""
+    rounds, total, cpu, result = 0, 0.0, 0.0, None
     while rounds == 0 or total < min_s:
         _sync(device)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         result = fn()
         _sync(device)
         total += time.perf_counter() - t0
+        cpu += time.process_time() - c0
         rounds += 1
-    return total / rounds, rounds, result
+    return total / rounds, cpu / rounds, rounds, result
 
 
 def device_name(device: str) -> str:
@@ -130,7 +138,7 @@ def measure_stages(path: Path, info: MediaInfo, cfg: PipelineSettings, detector:
         dec = ChunkDecoder(path, info, 0.0, info.duration_s, cfg)
         return list(dec), dec.frames_decoded, dec.decoded_on
 
-    dec_s, dec_rounds, (frames, decoded, decoded_on) = _repeat(decode, device, min_s)
+    dec_s, dec_cpu, dec_rounds, (frames, decoded, decoded_on) = _repeat(decode, device, min_s)
 
     def detect() -> list[list[FaceDetection]]:
         out: list[list[FaceDetection]] = []
@@ -138,7 +146,7 @@ def measure_stages(path: Path, info: MediaInfo, cfg: PipelineSettings, detector:
             out += detector.detect(frames[i:i + cfg.batch_size])
         return out
 
-    det_s, det_rounds, found = _repeat(detect, device, min_s)
+    det_s, det_cpu, det_rounds, found = _repeat(detect, device, min_s)
     with_faces = [(f, d) for f, d in zip(frames, found, strict=True) if d]
     n_faces = sum(len(d) for _f, d in with_faces)
 
@@ -152,25 +160,33 @@ def measure_stages(path: Path, info: MediaInfo, cfg: PipelineSettings, detector:
                 n += sum(len(v) for v in embedder.embed_frames(part))
         return n
 
-    emb_s, emb_rounds, _ = _repeat(embed, device, min_s)
+    emb_s, emb_cpu, emb_rounds, _ = _repeat(embed, device, min_s)
 
     def rate(n: float, s: float) -> float:
         return n / s if s > 0 else 0.0
 
     return {
         "decode": {"decoded_on": decoded_on, "frames": decoded, "sampled": len(frames),
-                   "seconds": dec_s,
+                   "seconds": dec_s, "cpu_s": dec_cpu,
                    "rounds": dec_rounds, "frames_per_s": rate(decoded, dec_s),
                    "x_real_time": rate(video_s, dec_s)},
         "detect": {"frames": len(frames), "faces": n_faces, "frames_with_faces": len(with_faces),
-                   "seconds": det_s, "rounds": det_rounds,
+                   "seconds": det_s, "cpu_s": det_cpu, "rounds": det_rounds,
                    "frames_per_s": rate(len(frames), det_s),
                    "x_real_time": rate(video_s, det_s)},
         "embed": {"faces": n_faces, "frames": len(with_faces), "seconds": emb_s,
-                  "rounds": emb_rounds, "faces_per_s": rate(n_faces, emb_s),
+                  "cpu_s": emb_cpu, "rounds": emb_rounds, "faces_per_s": rate(n_faces, emb_s),
                   "frames_per_s": rate(len(with_faces), emb_s),
                   "x_real_time": rate(video_s, emb_s)},
     }
+
+
+def host_ceiling(stages: dict[str, Any], video_s: float, cores: int) -> float:
+    """The most x real time the host's cores allow at the stages' CPU cost (each stage's
+    host CPU seconds per second of video, summed), were the device never the limit: where a
+    GPU worker's host stops scaling however many processes share the GPU."""
+    cpu = sum(stages[k].get("cpu_s", 0.0) for k in ("decode", "detect", "embed"))
+    return cores * video_s / cpu if cpu > 0 else 0.0
 
 
 def measure_end_to_end(path: Path, info: MediaInfo, cfg: PipelineSettings,
@@ -184,7 +200,7 @@ def measure_end_to_end(path: Path, info: MediaInfo, cfg: PipelineSettings,
     todo = [units]
     results: list[Any] = []
     _sync(device)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     deadline = t0 + budget_s
 
     def worker() -> None:
@@ -203,7 +219,7 @@ def measure_end_to_end(path: Path, info: MediaInfo, cfg: PipelineSettings,
     _sync(device)
     wall = time.perf_counter() - t0
     out: dict[str, Any] = {"processes": 1, "chunks": chunks, "wall_s": wall,
-                           **_summary(results, info)}
+                           **_summary(results, info), "cpu_s": time.process_time() - c0}
     out["x_real_time"] = out["video_s"] / wall if wall > 0 else 0.0
     return out
 
@@ -227,6 +243,7 @@ def _process_worker(video: str, cfg_json: str, units: Any, deadline: Any, ready:
         return
     ready.put("")
     start.wait()
+    c0 = time.process_time()
     done: list[Any] = []
     while True:
         with units.get_lock():
@@ -235,7 +252,7 @@ def _process_worker(video: str, cfg_json: str, units: Any, deadline: Any, ready:
             units.value -= 1
         done.append(analyze_chunk(path, info, 0.0, info.duration_s, cfg, detector, embedder))
     _sync(cfg.device)
-    results.put(_summary(done, info))
+    results.put({**_summary(done, info), "cpu_s": time.process_time() - c0})
 
 
 def _summary(results: Sequence[Any], info: MediaInfo) -> dict[str, Any]:
@@ -288,7 +305,7 @@ def measure_processes(path: Path, info: MediaInfo, cfg: PipelineSettings, proces
                 p.kill()
     out: dict[str, Any] = {"processes": processes, "chunks": 1, "wall_s": wall}
     for k in ("units", "video_s", "frames_decoded", "frames_sampled", "detections", "embedded",
-              "tracks"):
+              "tracks", "cpu_s"):
         out[k] = sum(part[k] for part in parts)
     out["stage_busy_s"] = {k: sum(part["stage_busy_s"].get(k, 0.0) for part in parts)
                            for k in ("decode", "detect", "embed", "track")}
@@ -337,7 +354,10 @@ def run_bench(video: Path, device: str, seconds: float, chunks: Sequence[int],
     stages = measure_stages(video, info, cfg, detector, embedder, chosen, min_stage_s)
     log(f"  decoding on {stages['decode']['decoded_on']}")
     for k, v in stages.items():
-        log(f"  {k}: {v.get('frames_per_s', 0):.1f} frames/s, {v['x_real_time']:.1f}x real time")
+        log(f"  {k}: {v.get('frames_per_s', 0):.1f} frames/s, {v['x_real_time']:.1f}x real time, "
+            f"host CPU {v['cpu_s']:.2f} s")
+    ceiling = host_ceiling(stages, info.duration_s, os.cpu_count() or 1)
+    log(f"  the host's {os.cpu_count()} cores allow at most {ceiling:.1f}x real time")
     e2e: list[dict[str, Any]] = []
     report = {
         "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -354,7 +374,8 @@ def run_bench(video: Path, device: str, seconds: float, chunks: Sequence[int],
         "detector": {"name": detector.name, "version": detector.version},
         "embedder": {"name": embedder.name, "version": embedder.version,
                      "dtype": embedder.dtype, "weights": weights},
-        "stages": stages, "end_to_end": e2e, "best_x_real_time": 0.0,
+        "stages": stages, "host_ceiling_x_real_time": ceiling,
+        "end_to_end": e2e, "best_x_real_time": 0.0,
         "target_x_real_time": TARGET_X_REAL_TIME,
     }
     save(report)
@@ -414,32 +435,46 @@ def markdown(report: dict[str, Any]) -> str:
         f"Each stage alone (one thread, the whole clip, repeated until it ran at least "
         f"{cfg['min_stage_s']:g} s; x real time alone: the clip's seconds over the stage's):",
         "",
-        "| stage | work | seconds | frames/s | x real time alone |",
-        "|---|---|---:|---:|---:|",
+        "| stage | work | seconds | host CPU s | frames/s | x real time alone |",
+        "|---|---|---:|---:|---:|---:|",
         f"| decode ({decoder}, scene cuts, sampled frames to RGB) | "
         f"{st['decode']['frames']} frames ({st['decode']['sampled']} sampled) | "
-        f"{st['decode']['seconds']:.2f} | {st['decode']['frames_per_s']:.1f} | "
-        f"{st['decode']['x_real_time']:.1f} |",
+        f"{st['decode']['seconds']:.2f} | {_num(st['decode'].get('cpu_s'))} | "
+        f"{st['decode']['frames_per_s']:.1f} | {st['decode']['x_real_time']:.1f} |",
         f"| detect (batched MTCNN) | {st['detect']['frames']} sampled frames, "
         f"{st['detect']['faces']} faces | {st['detect']['seconds']:.2f} | "
+        f"{_num(st['detect'].get('cpu_s'))} | "
         f"{st['detect']['frames_per_s']:.1f} | {st['detect']['x_real_time']:.1f} |",
         f"| embed (FaceNet, every face) | {st['embed']['faces']} faces in "
         f"{st['embed']['frames']} frames ({st['embed']['faces_per_s']:.1f} faces/s) | "
-        f"{st['embed']['seconds']:.2f} | {st['embed']['frames_per_s']:.1f} | "
-        f"{st['embed']['x_real_time']:.1f} |",
+        f"{st['embed']['seconds']:.2f} | {_num(st['embed'].get('cpu_s'))} | "
+        f"{st['embed']['frames_per_s']:.1f} | {st['embed']['x_real_time']:.1f} |",
         "",
+    ]
+    if report.get("host_ceiling_x_real_time"):
+        lines += [
+            f"Host CPU: every thread of the process (torch's, OpenCV's and FFmpeg's) over one "
+            f"round. At these costs the host's {report['cores']} cores allow at most "
+            f"**{report['host_ceiling_x_real_time']:.1f}x real time**, however many worker "
+            "processes share the device.",
+            "",
+        ]
+    lines += [
         "End to end (`analyze_chunk`, the pipeline itself; the clip as separate work units, "
         "sharing the device: N at a time in one process (threads), or N worker processes "
-        "taking one at a time each, as several `--pool solo` GPU workers on one host would):",
+        "taking one at a time each, as several `--pool solo` GPU workers on one host would; "
+        "host cores busy: the CPU seconds of those processes over the wall time):",
         "",
         "| processes x units at a time | units | video s | wall s | x real time "
-        "| detections (embedded) | tracks |",
-        "|---|---:|---:|---:|---:|---|---:|",
+        "| host cores busy | detections (embedded) | tracks |",
+        "|---|---:|---:|---:|---:|---:|---|---:|",
     ]
     for r in report["end_to_end"]:
+        busy = r["cpu_s"] / r["wall_s"] if "cpu_s" in r and r["wall_s"] > 0 else None
         lines.append(f"| {r.get('processes', 1)} x {r['chunks']} | {r['units']} "
                      f"| {r['video_s']:.0f} | {r['wall_s']:.1f} | {r['x_real_time']:.1f} "
-                     f"| {r['detections']} ({r['embedded']}) | {r['tracks']} |")
+                     f"| {_num(busy, 1)} | {r['detections']} ({r['embedded']}) "
+                     f"| {r['tracks']} |")
     lines += [
         "",
         f"Best: **{report['best_x_real_time']:.1f}x real time** on this device; target "
@@ -448,6 +483,11 @@ def markdown(report: dict[str, Any]) -> str:
         MD_END,
     ]
     return "\n".join(lines)
+
+
+def _num(value: float | None, digits: int = 2) -> str:
+    """A figure for a table, or "n/a" where a report from before it was measured lacks it."""
+    return "n/a" if value is None else f"{value:.{digits}f}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -37,6 +37,11 @@ def test_gpu_bench_cpu_fallback_times_every_stage_and_finds_the_faces(
     assert st["decode"]["frames"] == 20 and st["decode"]["sampled"] == st["detect"]["frames"] == 10
     for stage in ("decode", "detect", "embed"):
         assert st[stage]["frames_per_s"] > 0 and st[stage]["x_real_time"] > 0
+        assert st[stage]["cpu_s"] > 0
+    # The host's ceiling: its cores over the stages' CPU per second of video.
+    cpu = sum(st[k]["cpu_s"] for k in ("decode", "detect", "embed"))
+    assert report["host_ceiling_x_real_time"] == pytest.approx(report["cores"] * 2.0 / cpu,
+                                                               rel=0.05)
     # The generated truth has a face in most frames: the detector must find them, and not
     # many more than there are.
     frames_with_truth = len({b[0] for b in truth["boxes"]})
@@ -53,6 +58,7 @@ def test_gpu_bench_cpu_fallback_times_every_stage_and_finds_the_faces(
         assert r["units"] == 2 and r["video_s"] == pytest.approx(2 * 2.0, abs=0.2)
         assert r["x_real_time"] > 0 and r["frames_decoded"] == 40
         assert r["detections"] >= 14 and r["embedded"] >= 2 and r["tracks"] >= 2
+        assert r["cpu_s"] > 0
     # Units run concurrently produce what they produce one at a time.
     assert e2e[1, 1]["detections"] == e2e[1, 2]["detections"] == e2e[2, 1]["detections"]
     assert report["best_x_real_time"] == max(r["x_real_time"] for r in e2e.values())
@@ -61,6 +67,35 @@ def test_gpu_bench_cpu_fallback_times_every_stage_and_finds_the_faces(
     assert text.startswith("# Benchmarks\n\nkept\n")
     assert bench_gpu.MD_START in text and bench_gpu.MD_END in text
     assert "**cpu**" in text and "The GPU figures are unmeasured" in text
+    assert "| host CPU s |" in text and "host cores busy" in text
+    assert f"{report['host_ceiling_x_real_time']:.1f}x real time**" in text
+
+
+def test_a_report_from_before_host_cpu_was_measured_still_renders(tmp_path: Path) -> None:
+    """The H200 report of 2026-12-04 has no CPU figures: its section renders them n/a."""
+    report = {
+        "measured_at": "2026-12-04 15:53 UTC", "device": "cuda", "device_name": "H200",
+        "torch": "2.11.0", "cuda": "13.0", "cores": 16, "load_avg_before": 0.2,
+        "video": {"name": "c.mp4", "width_px": 1920, "height_px": 1080, "fps": 30.0,
+                  "duration_s": 10.0},
+        "decode_device": "cpu",
+        "config": {"sample_fps": 5.0, "batch_size": 8, "max_frame_side_px": 1920,
+                   "min_face_px": 32, "min_stage_s": 3, "budget_s": 30},
+        "embedder": {"name": "facenet-vggface2", "dtype": "float16", "weights": "random"},
+        "stages": {"decode": {"frames": 300, "sampled": 51, "seconds": 0.96,
+                              "frames_per_s": 312.9, "x_real_time": 10.4},
+                   "detect": {"frames": 51, "faces": 111, "seconds": 1.97,
+                              "frames_per_s": 25.9, "x_real_time": 5.1},
+                   "embed": {"faces": 111, "frames": 51, "seconds": 0.92, "faces_per_s": 120.1,
+                             "frames_per_s": 55.2, "x_real_time": 10.8}},
+        "end_to_end": [{"processes": 16, "chunks": 1, "units": 80, "video_s": 800.0,
+                        "wall_s": 32.6, "x_real_time": 24.5, "detections": 8880,
+                        "embedded": 3840, "tracks": 400}],
+        "best_x_real_time": 24.5, "target_x_real_time": 150.0,
+    }
+    text = bench_gpu.markdown(report)
+    assert "| 0.96 | n/a | 312.9 |" in text and "| 24.5 | n/a |" in text
+    assert "cores allow" not in text
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
