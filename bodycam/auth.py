@@ -133,13 +133,22 @@ def still_valid(conn: Conn, session: Session) -> User:
     return User(str(row["name"]), tuple(row["roles"]))
 
 
+_CONTROLS = dict.fromkeys([*range(32), 127], "\ufffd")
+
+
+def _printable(text: str) -> str:
+    return text.translate(_CONTROLS)
+
+
 def login_failed(conn: Conn, key: str, name: str, reason: str, client: str | None = None
                  ) -> None:
     """Audit a failed authentication (claimed name and reason, never the token) and commit."""
-    # The claimed name is attacker-chosen text: kept short, recorded as a claim, not an actor.
-    details: dict[str, object] = {"claimed_user": name[:64], "reason": reason}
+    # The claimed name is attacker-chosen text: kept short, recorded as a claim, not an actor,
+    # with control characters shown as U+FFFD (a NUL cannot be stored, and then neither the
+    # row nor the failure's count would be).
+    details: dict[str, object] = {"claimed_user": _printable(name[:64]), "reason": reason}
     if client:
-        details["client"] = client[:64]
+        details["client"] = _printable(client[:64])
     audit.append(conn, key, "anonymous", "login.failed", details)
     conn.commit()
 

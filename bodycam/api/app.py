@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, Depends, FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from bodycam.api import (
@@ -15,6 +15,7 @@ from bodycam.api import (
     routes_watchlist,
     s3events,
 )
+from bodycam.api.deps import refuse_nul
 from bodycam.api.s3events import events_token
 from bodycam.api.schemas import Health
 from bodycam.context import shared
@@ -27,7 +28,8 @@ def create_app() -> FastAPI:
     """A new app with every router and the problem+json error handlers."""
     api = FastAPI(title="Bodycam", version="1.0.0",
                   description="Batch body-camera footage in, auditable face evidence out. "
-                              "Bearer tokens; errors are RFC 7807 problem documents.")
+                              "Bearer tokens; errors are RFC 7807 problem documents.",
+                  dependencies=[Depends(refuse_nul)])
     problems.install(api)
     for module in _routers():
         api.include_router(module)

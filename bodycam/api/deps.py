@@ -13,6 +13,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from bodycam import auth
 from bodycam.accounts import AccessDeniedError, User
+from bodycam.api.problems import ProblemError
+from bodycam.api.schemas import NUL
 from bodycam.auth import FailureLimiter, UnauthenticatedError
 from bodycam.context import Context, shared
 
@@ -32,6 +34,24 @@ def limiter() -> FailureLimiter:
         _limiter = FailureLimiter(cfg.max_failures, cfg.max_client_failures,
                                   cfg.failure_window_s)
     return _limiter
+
+
+async def refuse_nul(request: Request) -> None:
+    """Every route's first dependency: a path or query with a NUL character (`%00`) is
+    refused (400) before anything else runs.
+
+    PostgreSQL cannot store NUL in text, so such a value used to fail deep inside a case
+    check or an audit row: a 500, with the refusal (or the failed login) unaudited. JSON
+    bodies are checked by their schema (`schemas.Body`); a form field reaching the database
+    with one is refused by the problem handler (400) as a last resort."""
+    if NUL in request.scope["path"]:
+        where = "path"
+    elif any(NUL in k or NUL in v for k, v in request.query_params.multi_items()):
+        where = "query"
+    else:
+        return
+    raise ProblemError(400, f"the request's {where} holds a NUL character (%00), which no "
+                            "field accepts")
 
 
 def client_of(request: Request) -> str:

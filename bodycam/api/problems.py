@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -116,6 +117,15 @@ def install(app: FastAPI) -> None:
         if exc.status_code == 404 and detail == "Not Found":
             detail = "no such route"
         return problem(exc.status_code, detail, dict(exc.headers or {}))
+
+    @app.exception_handler(psycopg.DataError)
+    async def _data(_: Request, exc: psycopg.DataError) -> JSONResponse:
+        # Text PostgreSQL cannot hold (a NUL character) that no earlier check caught: the
+        # request's fault, not the server's (see deps.refuse_nul).
+        if "NUL" in str(exc) or exc.sqlstate == "22P05":
+            return problem(400, "a value holds a NUL character, which no field accepts")
+        log.exception("unhandled %s", type(exc).__name__)
+        return problem(500, "internal error")
 
     @app.exception_handler(Exception)
     async def _internal(_: Request, exc: Exception) -> JSONResponse:

@@ -17,6 +17,7 @@ from bodycam.actions import watchlist
 from bodycam.api.deps import PageDep, UserDep, context, paginate
 from bodycam.api.problems import PROBLEM_RESPONSES, ProblemError
 from bodycam.api.schemas import (
+    TEXT_MAX,
     ApprovedOut,
     CaseVideoOut,
     EnrolOut,
@@ -79,10 +80,11 @@ def _photos(photos: list[UploadFile]) -> Iterator[list[str]]:
 
 @router.post("/subjects", status_code=201, response_model=EnrolOut,
              summary="Enrol a subject in a case from photos")
-def enroll(user: UserDep, name: Annotated[str, Form()], photo: Annotated[list[UploadFile],
-           File(description="a photo of the face (repeatable)")],
-           case: Annotated[str | None, Form()] = None,
-           reason: Annotated[str | None, Form()] = None,
+def enroll(user: UserDep, name: Annotated[str, Form(max_length=TEXT_MAX)],
+           photo: Annotated[list[UploadFile],
+                            File(description="a photo of the face (repeatable)")],
+           case: Annotated[str | None, Form(max_length=TEXT_MAX)] = None,
+           reason: Annotated[str | None, Form(max_length=TEXT_MAX)] = None,
            expires: Annotated[str | None, Form(description="ISO date it lapses")] = None,
            face: Annotated[int | None, Form(description="face index, largest first")] = None,
            ) -> dict[str, object]:
@@ -117,8 +119,8 @@ async def approve(subject_id: str, user: UserDep) -> dict[str, object]:
 
 @router.post("/search", response_model=SearchOut, summary="Where does this person appear?")
 def search(user: UserDep,
-           case: Annotated[str | None, Form()] = None,
-           purpose: Annotated[str | None, Form()] = None,
+           case: Annotated[str | None, Form(max_length=TEXT_MAX)] = None,
+           purpose: Annotated[str | None, Form(max_length=TEXT_MAX)] = None,
            subject: Annotated[str | None, Form()] = None,
            track: Annotated[str | None, Form()] = None,
            threshold: Annotated[float | None, Form()] = None,
@@ -181,7 +183,8 @@ async def review(match_id: str, body: ReviewIn, user: UserDep) -> dict[str, obje
 @router.get("/persons", response_model=PageOf[PersonOut],
             summary="Unknown persons of a case, grouped across videos")
 async def persons(user: UserDep, p: PageDep, case: Annotated[str, Query()],
-                  purpose: Annotated[str | None, Query()] = None) -> dict[str, object]:
+                  purpose: Annotated[str | None, Query(max_length=TEXT_MAX)] = None,
+                  ) -> dict[str, object]:
     """Paginated `persons --json` items; needs a purpose; audited."""
     rows = await run_in_threadpool(watchlist.persons, context(), user, case, purpose)
     return paginate([r.as_json() for r in rows], p)

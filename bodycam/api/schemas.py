@@ -4,15 +4,36 @@ from __future__ import annotations
 
 from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 T = TypeVar("T")
+NUL = "\x00"
+TEXT_MAX = 2000  # characters of a free-text field (a reason, a note, a purpose) at most
+
+
+def has_nul(value: object) -> bool:
+    """Whether a parsed JSON value holds a NUL character in any string, key or item."""
+    if isinstance(value, str):
+        return NUL in value
+    if isinstance(value, dict):
+        return any(has_nul(k) or has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(has_nul(v) for v in value)
+    return False
 
 
 class Body(BaseModel):
-    """A request body: unknown fields are refused."""
+    """A request body: unknown fields are refused, text is at most 2,000 characters unless
+    a field says otherwise, and no string holds a NUL character (PostgreSQL stores none)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", str_max_length=TEXT_MAX)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nul(cls, data: Any) -> Any:
+        if has_nul(data):
+            raise ValueError("a string holds a NUL character (\\u0000), which no field accepts")
+        return data
 
 
 class Out(BaseModel):
@@ -142,7 +163,7 @@ class ReviewIn(Body):
     """A reviewer's decision and why."""
 
     decision: Literal["confirm", "reject"]
-    note: str = ""
+    note: str = Field("", max_length=TEXT_MAX)
 
 
 class ReviewOut(Out):
@@ -292,7 +313,7 @@ class AssignOut(Out):
 class ReasonIn(Body):
     """Why (recorded)."""
 
-    reason: str = Field(min_length=1, max_length=2000)
+    reason: str = Field(min_length=1, max_length=TEXT_MAX)
 
 
 class HoldOut(Out):
@@ -305,7 +326,7 @@ class HoldOut(Out):
 class PolicyIn(Body):
     """A policy change and why."""
 
-    reason: str = Field(min_length=1, max_length=2000)
+    reason: str = Field(min_length=1, max_length=TEXT_MAX)
     profile: str | None = None
     reviewers: int | None = None
     retention_days: int | None = None
@@ -316,7 +337,7 @@ class ThresholdsIn(Body):
 
     default: float
     floor: float
-    reason: str = ""
+    reason: str = Field("", max_length=TEXT_MAX)
 
 
 class ThresholdsOut(Out):
