@@ -224,8 +224,10 @@ def fail(conn: Conn, key: str, lease: Lease, error: str, kind: Failure,
 
 
 def _end_video(conn: Conn, key: str, video_id: str, status: str, error: str) -> None:
+    row = conn.execute("SELECT case_id FROM videos WHERE id = %s", (video_id,)).fetchone()
     audit.append(conn, key, "system:worker", f"processing.{status}",
-                 {"video_id": video_id, "error": error[:500]})
+                 {"video_id": video_id, "case": row["case_id"] if row else None,
+                  "error": error[:500]})
     conn.execute(
         "UPDATE videos SET status = %s, error = %s, stage = %s,"
         " stage_times = stage_times || jsonb_build_object(%s::text, now()), updated_at = now()"
@@ -289,10 +291,12 @@ def reap(conn: Conn, key: str, cfg: JobSettings, stale_pending_s: float
 
 def finish_video(conn: Conn, key: str, video_id: str, details: dict[str, object]) -> None:
     """Mark a video done once every unit is done and finalization has run."""
-    row = conn.execute("SELECT status FROM videos WHERE id = %s", (video_id,)).fetchone()
+    row = conn.execute("SELECT status, case_id FROM videos WHERE id = %s",
+                       (video_id,)).fetchone()
     if row is None or row["status"] != "processing":
         return
-    audit.append(conn, key, "system:worker", "processing.done", {"video_id": video_id, **details})
+    audit.append(conn, key, "system:worker", "processing.done",
+                 {"video_id": video_id, "case": row["case_id"], **details})
     conn.execute(
         "UPDATE videos SET status = 'done', stage = 'done', progress = 1, error = NULL,"
         " stage_times = stage_times || jsonb_build_object('done', now()), updated_at = now()"

@@ -172,8 +172,8 @@ def review(conn: Conn, key: str, match_id: str, user: User, confirm: bool, note:
     """
     if not note or not note.strip():
         raise InvalidInputError("missing --note: record why you confirm or reject this match")
-    require_visible(conn, key, user, "review", "match", match_id,
-                    case_of(conn, "match", match_id))
+    case = require_visible(conn, key, user, "review", "match", match_id,
+                           case_of(conn, "match", match_id))
     policy.require_identify(conn, "match review")
     reviewer = user.name
     row = conn.execute(
@@ -200,7 +200,7 @@ def review(conn: Conn, key: str, match_id: str, user: User, confirm: bool, note:
                  " VALUES (%s, %s, %s, %s)",
                  (match_id, reviewer, "confirm" if confirm else "reject", note.strip()))
     audit.append(conn, key, reviewer, "review", {
-        "match_id": match_id, "decision": "confirm" if confirm else "reject",
+        "match_id": match_id, "case": case, "decision": "confirm" if confirm else "reject",
         "note": note.strip()})
     if not confirm:
         status = "rejected"

@@ -240,8 +240,8 @@ def retire(conn: Conn, subject_ids: Sequence[object], actor: str) -> None:
 def approve_subject(conn: Conn, key: str, subject_id: str, user: User) -> None:
     """A supervisor approves an enrolment (never their own); matching may then start.
     Not under the redact-only profile; only a subject of a case the user may see."""
-    require_visible(conn, key, user, "subjects.approve", "subject", subject_id,
-                    case_of(conn, "subject", subject_id))
+    case = require_visible(conn, key, user, "subjects.approve", "subject", subject_id,
+                           case_of(conn, "subject", subject_id))
     policy.require_identify(conn, "enrolment approval")
     actor = user.name
     row = conn.execute("SELECT created_by, approved_at FROM subjects WHERE id = %s"
@@ -255,7 +255,7 @@ def approve_subject(conn: Conn, key: str, subject_id: str, user: User) -> None:
             "an enrolment must be approved by someone other than its author")
     conn.execute("UPDATE subjects SET approved_by = %s, approved_at = now() WHERE id = %s",
                  (actor, uid(subject_id)))
-    audit.append(conn, key, actor, "subject.approve", {"subject_id": subject_id})
+    audit.append(conn, key, actor, "subject.approve", {"subject_id": subject_id, "case": case})
 
 
 def subject_vectors(conn: Conn, subject_id: str, model: str) -> list[np.ndarray]:

@@ -396,7 +396,7 @@ def test_every_route_lets_each_role_it_allows_through(world: World) -> None:
 
 def _leaks(w: World, text: str) -> list[str]:
     return [v for k, v in w.b.items() if v in text and k != "export"] + (
-        [B_NAME] if B_NAME in text else [])
+        [B_NAME] if B_NAME in text else []) + ([CASE_B] if CASE_B in text else [])
 
 
 def _isolated(w: World, role: str, req: Req, what: str, failures: list[str]) -> None:
@@ -405,7 +405,8 @@ def _isolated(w: World, role: str, req: Req, what: str, failures: list[str]) -> 
     r = w.send(req, w.tokens[role])
     body = r.text
     # The id the caller sent may be echoed; nothing else of case B may be.
-    sent = {v for v in w.b.values() if v in (req.path + str(req.data) + str(req.params))}
+    sent = {v for v in (*w.b.values(), CASE_B) if v in (req.path + str(req.data)
+                                                       + str(req.params))}
     leaked = [x for x in _leaks(w, body) if x not in sent]
     if r.status_code not in (403, 404):
         failures.append(f"{what} as {role}: {r.status_code} {body[:200]}")
@@ -479,3 +480,90 @@ def test_a_retry_of_a_video_that_did_not_fail_is_refused_and_leaves_it_as_it_was
     assert "done" in str(body["detail"]) and "failed or quarantined" in str(body["detail"])
     after = world.send(Req("GET", f"{V}/videos/{vid}"), world.op).json()
     assert after["status"] == "done" and after["attempts"] == before["attempts"], after
+
+
+def test_a_nul_character_is_refused_in_one_line_wherever_it_comes_from(world: World) -> None:
+    """PostgreSQL stores no NUL character. One in a path, a query, a JSON body or a form field
+    used to fail deep in a case check or an audit row: a 500, the refusal unaudited, and a
+    failed login neither audited nor counted by the limiter."""
+    inv, b = world.tokens["investigator"], world.b
+    for req, status, token in [
+        (Req("GET", f"{V}/cases/{CASE_B}%00/videos"), 400, inv),
+        (Req("GET", f"{V}/videos/{b['video']}%00/tracks"), 400, inv),
+        (Req("GET", V + "/subjects", params={"case": CASE_B + "\x00"}), 400, inv),
+        (Req("GET", V + "/persons", params={"case": CASE_A, "purpose": "p\x00"}), 400, inv),
+        (Req("GET", V + "/audit", params={"actor": "x\x00"}), 400, world.tokens["auditor"]),
+        (Req("POST", f"{V}/matches/{b['match']}/review",
+             json={"decision": "confirm", "note": "a\x00b"}), 422, inv),
+        (Req("POST", V + "/auth/login", json={"user": world.names["investigator"] + "\x00",
+                                              "token": "bct_" + secrets.token_urlsafe(8)}),
+         422, None),
+        # A form field: refused where the database meets it, as a request's fault.
+        (Req("POST", V + "/search", data={"case": CASE_B + "\x00", "purpose": "probe",
+                                          "subject": b["subject"]}), 400, inv),
+    ]:
+        r = world.send(req, token, anonymous=token is None)
+        assert "NUL" in str(_problem(r, status)["detail"]), (req.path, r.text)
+    # The web sign-in form: a claimed name with a NUL is a failed login like any other,
+    # audited (the character shown as U+FFFD) and counted.
+    page = world.http.get(world.url + "/")
+    nonce = page.cookies["bodycam_login"]
+    name = f"nul-{secrets.token_hex(3)}"
+    r = world.http.post(world.url + "/login", data={"user": name + "\x00", "token": "bct_x",
+                                                   "csrf": nonce},
+                        cookies={"bodycam_login": nonce})
+    assert r.status_code == 401, r.text[:300]
+    with world.stack.ctx.db() as conn:
+        row = conn.execute("SELECT details FROM audit_log WHERE action = 'login.failed'"
+                           " AND details->>'claimed_user' = %s", (name + "\ufffd",)).fetchone()
+    assert row is not None and row["details"]["reason"] == "invalid credentials"
+
+
+def test_free_text_that_reaches_the_audit_log_is_bounded(world: World) -> None:
+    """A 20-MB review note used to be stored, and a 5-MB threshold reason served to every
+    account: every free-text field is at most 2,000 characters."""
+    long = "x" * 2001
+    for req, token, field_name in [
+        (Req("POST", f"{V}/matches/{world.a['match']}/review",
+             json={"decision": "reject", "note": long}), world.tokens["investigator"], "note"),
+        (Req("PUT", V + "/thresholds/dlib-resnet",
+             json={"default": 0.93, "floor": 0.92, "reason": long}),
+         world.tokens["supervisor"], "reason"),
+        (Req("POST", f"{V}/cases/{CASE_C}/hold", json={"reason": long}),
+         world.tokens["supervisor"], "reason"),
+        (Req("POST", V + "/search", data={"case": CASE_A, "purpose": long,
+                                          "subject": world.a["subject"]}),
+         world.tokens["investigator"], "purpose"),
+    ]:
+        r = world.send(req, token)
+        assert field_name in str(_problem(r, 422)["detail"]), (req.path, r.text[:300])
+
+
+def test_every_audit_row_about_an_object_of_a_case_names_the_case(world: World) -> None:
+    """The auditor's case filter reads each row's `case`: views of an enrolment photo,
+    approvals, reviews and the worker's rows once went without it, so a question like "who
+    looked at faces of case B" missed them."""
+    sid = world.send(Req("POST", V + "/subjects", data={
+        "name": f"mx-audit-{secrets.token_hex(3)}", "case": CASE_A, "reason": "audit"},
+        files=_photo()), world.tokens["investigator"]).json()["subject_id"]
+    assert world.send(Req("GET", f"{V}/subjects/{sid}/photo"),
+                      world.tokens["investigator"]).status_code == 200
+    with world.stack.ctx.db() as conn:  # enrolment matched the subject against case A
+        mid = conn.execute("SELECT id::text AS id FROM matches WHERE subject_id = %s LIMIT 1",
+                           (sid,)).fetchone()["id"]
+    assert world.send(Req("POST", f"{V}/matches/{mid}/review",
+                          json={"decision": "reject", "note": "audit"}),
+                      world.tokens["investigator"]).status_code == 200
+    with world.stack.ctx.db() as conn:
+        missing = conn.execute(
+            "SELECT action, count(*) AS n FROM audit_log WHERE details ?| array['video_id',"
+            " 'subject_id', 'match_id', 'track_id', 'derivative_id']"
+            " AND details->>'case' IS NULL GROUP BY action").fetchall()
+        actions = {r["action"] for r in conn.execute(
+            "SELECT DISTINCT action FROM audit_log WHERE details->>'case' = %s",
+            (CASE_A,)).fetchall()}
+    assert not missing, [(r["action"], r["n"]) for r in missing]
+    assert {"subject.photo", "review", "processing.done"} <= actions, actions
+    r = world.send(Req("GET", V + "/audit", params={"case": CASE_A, "action": "subject.photo"}),
+                   world.tokens["auditor"])
+    assert r.status_code == 200 and any(sid in str(i) for i in r.json()["items"]), r.text[:300]

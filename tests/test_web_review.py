@@ -156,7 +156,8 @@ def test_a_second_investigator_confirms_with_a_note_and_the_match_leaves_the_que
     expect(page.locator("#flash")).to_contain_text("confirmed")
     assert _status(stack, m["match_id"]) == "confirmed"
     rows = _audit(stack, queue.second.name, "review")
-    assert {"match_id": m["match_id"], "decision": "confirm", "note": note} in rows, rows
+    assert {"match_id": m["match_id"], "case": queue.case, "decision": "confirm",
+            "note": note} in rows, rows
     # The API queue no longer lists it either.
     r = httpx.get(api_url + V + "/matches", params={"case": queue.case, "status": "pending"},
                   headers=_h(queue.second), timeout=60)

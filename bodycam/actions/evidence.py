@@ -147,9 +147,10 @@ def retry(ctx: Context, user: User, video_id: str) -> dict[str, object]:
     upload); audited (`retry`)."""
     with ctx.db() as conn:
         # The uploader may retry their own upload, as they may follow its job.
-        _video_case(conn, ctx.audit_key, user, "retry", video_id, uploader_may=True)
+        case = _video_case(conn, ctx.audit_key, user, "retry", video_id, uploader_may=True)
         units = jobs.retry_video(conn, video_id)
-        audit.append(conn, ctx.audit_key, user.name, "retry", {"video_id": video_id})
+        audit.append(conn, ctx.audit_key, user.name, "retry", {"video_id": video_id,
+                                                                "case": case})
     for idx in units:
         ctx.send(PROCESS_UNIT, video_id, idx)
     return {"video_id": video_id, "units_queued": len(units)}
@@ -158,7 +159,7 @@ def retry(ctx: Context, user: User, video_id: str) -> dict[str, object]:
 def tracks(ctx: Context, user: User, video_id: str) -> list[TrackRow]:
     """A video's face tracks (investigator of the video's case)."""
     with ctx.db() as conn:
-        require(conn, ctx.audit_key, user, "tracks", case_of(conn, "video", video_id))
+        _video_case(conn, ctx.audit_key, user, "tracks", video_id, uploader_may=False)
         return list_tracks(conn, video_id)
 
 

@@ -152,7 +152,8 @@ def ensure_plan(ctx: Context, user: User, video_id: str) -> Plan:
                          (video_id, version, ALGORITHM, video.sha256,
                           json.dumps(plan.as_json()), user.name))
             audit.append(conn, ctx.audit_key, user.name, "redaction.plan",
-                         {"video_id": video_id, "version": version, "algorithm": ALGORITHM,
+                         {"video_id": video_id, "case": case_of(conn, "video", video_id),
+                          "version": version, "algorithm": ALGORITHM,
                           "tracks": len(plan.tracks),
                           "frames_detected": plan.params["frames_detected"]})
         return Plan.from_json(plan.as_json(), version)

@@ -204,8 +204,8 @@ def subject_photo(ctx: Context, user: User, subject_id: str) -> bytes:
     an investigator or supervisor of the subject's case; audited (`subject.photo`)."""
     with ctx.db() as conn:
         require(conn, ctx.audit_key, user, "subjects.list")
-        require_visible(conn, ctx.audit_key, user, "subjects.list", "subject", subject_id,
-                        case_of(conn, "subject", subject_id))
+        case = require_visible(conn, ctx.audit_key, user, "subjects.list", "subject",
+                               subject_id, case_of(conn, "subject", subject_id))
         row = conn.execute(
             "SELECT f.photo_key, f.photo_sha256 FROM subject_faces f JOIN subjects s"
             " ON s.id = f.subject_id WHERE s.id = %s AND s.removed_at IS NULL"
@@ -213,7 +213,7 @@ def subject_photo(ctx: Context, user: User, subject_id: str) -> bytes:
         if row is None:
             raise NotFoundError(f"subject {subject_id} has no enrolment photo (removed)")
         audit.append(conn, ctx.audit_key, user.name, "subject.photo", {
-            "subject_id": subject_id, "photo_sha256": row["photo_sha256"]})
+            "subject_id": subject_id, "case": case, "photo_sha256": row["photo_sha256"]})
     data = ctx.store.get_bytes(str(row["photo_key"]))
     img = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
     img.thumbnail((640, 640))
