@@ -325,7 +325,7 @@ def list_jobs(conn: Conn, status: str | None = None, limit: int = 500) -> list[J
         " COALESCE(v.error, max(u.last_error)) AS error, v.updated_at"
         " FROM videos v LEFT JOIN work_units u ON u.video_id = v.id"
         " WHERE (%s::text IS NULL OR v.status = %s) GROUP BY v.id"
-        " ORDER BY v.ingested_at DESC LIMIT %s",
+        " ORDER BY v.ingested_at DESC, v.id LIMIT %s",
         (status, status, limit),
     ).fetchall()
     return [JobRow(str(r["video_id"]), str(r["case_id"]), str(r["original_filename"]),

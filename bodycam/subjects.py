@@ -188,7 +188,7 @@ def list_subjects(conn: Conn, case_id: str | None = None) -> list[Subject]:
         " s.expires_at, count(f.id) AS n FROM subjects s LEFT JOIN subject_faces f"
         " ON f.subject_id = s.id WHERE s.removed_at IS NULL"
         " AND (s.expires_at IS NULL OR s.expires_at > now())"
-        " AND (%s::text IS NULL OR s.case_id = %s) GROUP BY s.id ORDER BY s.created_at",
+        " AND (%s::text IS NULL OR s.case_id = %s) GROUP BY s.id ORDER BY s.created_at, s.id",
         (case_id, case_id)).fetchall()
     return [Subject(r["id"], r["case_id"], r["name"], r["reason"], r["created_by"],
                     r["created_at"], r["expires_at"], int(r["n"])) for r in rows]

@@ -133,7 +133,7 @@ def case_videos(ctx: Context, user: User, case: str) -> list[dict[str, object]]:
             "SELECT v.id::text AS video_id, v.original_filename, v.duration_s, v.status,"
             " v.stage, v.progress, v.recorded_at, v.ingested_at, v.officer, v.device,"
             " (SELECT count(*) FROM tracks t WHERE t.video_id = v.id AND t.purged_at IS NULL)"
-            " AS n_tracks FROM videos v WHERE v.case_id = %s ORDER BY v.ingested_at DESC",
+            " AS n_tracks FROM videos v WHERE v.case_id = %s ORDER BY v.ingested_at DESC, v.id",
             (case,)).fetchall()
     return [{"video_id": r["video_id"], "case": case, "filename": r["original_filename"],
              "duration_s": round(float(r["duration_s"]), 3), "status": r["status"],
