@@ -118,6 +118,10 @@ def test_the_cookie_acts_only_for_the_apps_own_pages_and_the_users_own_requests(
         headers = {} if site is None else {"Sec-Fetch-Site": site}
         r = httpx.get(api_url + "/api/v1/auth/me", cookies=jar, headers=headers, timeout=30)
         assert r.status_code == status, (site, r.status_code)
+    # The header twice (no browser sends it so): every value must allow the cookie.
+    r = httpx.get(api_url + "/api/v1/auth/me", cookies=jar, timeout=30,
+                  headers=[("Sec-Fetch-Site", "same-origin"), ("Sec-Fetch-Site", "cross-site")])
+    assert r.status_code == 401
     r = httpx.get(api_url + "/app/search", cookies=jar, headers={"Sec-Fetch-Site": "cross-site"},
                   timeout=30, follow_redirects=False)
     assert r.status_code in (302, 303, 307) or "Sign in" in r.text, "a page asks to sign in"

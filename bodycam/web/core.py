@@ -100,8 +100,9 @@ def session_of(request: Request) -> str | None:
     Reads matter too: a thumbnail or an original read is audited as its viewer's, so another
     site's `<img>` must not make the browser read faces in its user's name.
     """
-    site = request.headers.get("sec-fetch-site")
-    if site is not None and site.strip().lower() not in COOKIE_FETCH_SITES:
+    # Every value, should a request carry the header twice (no browser does).
+    if any(site.strip().lower() not in COOKIE_FETCH_SITES
+           for site in request.headers.getlist("sec-fetch-site")):
         return None
     return request.cookies.get(SESSION_COOKIE) or None
 
