@@ -2,17 +2,32 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 from bodycam.errors import InvalidInputError
 
+# The instants a typed time may name. Postgres stores far wider ones than Python reads back:
+# an expiry of 9999-12-31T23:59:59-14:00 (year 10000 in UTC) was stored, and every later read
+# of the subjects failed; a recording time in 1 BC broke its case's video list.
+EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
+LATEST = datetime(3000, 1, 1, tzinfo=UTC)
 
-def parse_recorded_at(text: str | None) -> datetime | None:
-    """An ISO 8601 timestamp, or None; raises InvalidInputError with the expected form."""
+
+def parse_when(text: str | None, flag: str, example: str = "2026-03-14") -> datetime | None:
+    """An ISO 8601 date or time from 1900 to 3000, or None; InvalidInputError naming the flag
+    and the expected form otherwise. A time without a zone is taken as UTC for the range."""
     if not text:
         return None
     try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        raise InvalidInputError(
-            f"--recorded-at {text!r} is not ISO 8601 (e.g. 2026-03-14T09:30:00Z)") from None
+        raise InvalidInputError(f"{flag} {text!r} is not an ISO 8601 date (e.g. {example})"
+                                ) from None
+    if not EARLIEST <= (when if when.tzinfo else when.replace(tzinfo=UTC)) < LATEST:
+        raise InvalidInputError(f"{flag} {text!r} is not between the years 1900 and 3000")
+    return when
+
+
+def parse_recorded_at(text: str | None) -> datetime | None:
+    """When footage was recorded (ISO 8601), or None; InvalidInputError otherwise."""
+    return parse_when(text, "--recorded-at", "2026-03-14T09:30:00Z")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-from datetime import datetime
 from pathlib import Path
 
 from PIL import Image, ImageOps
@@ -18,17 +17,7 @@ from bodycam.db import uid, uids
 from bodycam.errors import InvalidInputError, NotFoundError
 from bodycam.matching import Match, Person
 from bodycam.subjects import Subject
-
-
-def parse_date(text: str | None, flag: str) -> datetime | None:
-    """An ISO 8601 date or time, or None; InvalidInputError naming the flag otherwise."""
-    if not text:
-        return None
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise InvalidInputError(f"{flag} {text!r} is not an ISO 8601 date (e.g. 2026-03-14)"
-                                ) from None
+from bodycam.timeparse import parse_when
 
 
 def enroll(ctx: Context, user: User, name: str, photos: list[str], case: str | None,
@@ -40,7 +29,7 @@ def enroll(ctx: Context, user: User, name: str, photos: list[str], case: str | N
         raise InvalidInputError("missing --case: a subject belongs to a case")
     if not reason:
         raise InvalidInputError("missing --reason: say why this person is enrolled")
-    expires_at = parse_date(expires, "--expires")
+    expires_at = parse_when(expires, "--expires")
     with ctx.db() as conn:
         require(conn, ctx.audit_key, user, "subjects.enroll", case)
     with refusals_audited(ctx, user, "subjects.enroll"):
@@ -89,7 +78,7 @@ def search(ctx: Context, user: User, case: str | None, purpose: str | None,
     if not purpose or not purpose.strip():
         raise InvalidInputError("missing --purpose: every search records why it was made")
     probe = s.Probe(photo, face, subject, track)
-    filters = s.Filters(video, parse_date(date_from, "--from"), parse_date(date_to, "--to"))
+    filters = s.Filters(video, parse_when(date_from, "--from"), parse_when(date_to, "--to"))
     with ctx.db() as conn:
         require(conn, ctx.audit_key, user, "search", case)
     with refusals_audited(ctx, user, "search"):

@@ -90,14 +90,10 @@ def client_call(fn: Callable[[Any], T], url: str | None = None) -> T:
 
 
 def date_option(text: str | None, flag: str) -> Any:
-    from datetime import datetime
+    """A typed date checked before the server is asked (the server checks it again)."""
+    from bodycam.timeparse import parse_when
 
-    if not text:
-        return None
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        fail(f"{flag} {text!r} is not an ISO 8601 date (e.g. 2026-03-14)")
+    return guarded(lambda: parse_when(text, flag))
 
 
 def export_to(route: str, output: str, fmt: str, body: dict[str, Any]) -> dict[str, Any]:
