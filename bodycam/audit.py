@@ -457,14 +457,26 @@ def _verify_audit_rows(records: list[dict[str, Any]], manifest: dict[str, Any]) 
 
 def check_live(conn: Conn, manifest: dict[str, Any]) -> str | None:
     """Whether an audit export's first and last rows are rows of the live chain, with the
-    same hashes; returns the reason when not."""
-    for end in ("first_row", "last_row"):
-        row = manifest.get(end)
-        if not isinstance(row, dict):
-            continue
-        live = conn.execute("SELECT hash FROM audit_log WHERE id = %s",
-                            (int(row["id"]),)).fetchone()
-        if live is None or live["hash"] != row.get("hash"):
+    same hashes; returns the reason when not.
+
+    Only an audit export's manifest is checked (InvalidInputError otherwise): one that names
+    both ends, each by a row id and a hash, or neither (an export of no rows, which holds
+    nothing to compare). Anything else once passed as "no problem": `{}`, one end alone, an
+    id of 1.9 or true."""
+    if manifest.get("kind") != "audit":
+        raise InvalidInputError("not the manifest of an audit export (kind must be audit)")
+    ends = {end: manifest.get(end) for end in ("first_row", "last_row")}
+    if all(row is None for row in ends.values()):
+        return None
+    for end, row in ends.items():
+        if not (isinstance(row, dict) and type(row.get("id")) is int
+                and 0 < row["id"] < 2 ** 63 and isinstance(row.get("hash"), str)):
+            raise InvalidInputError(f"the manifest's {end} must name a row: its id (a whole "
+                                    "number) and its hash")
+    for end, row in ends.items():
+        assert row is not None  # checked above
+        live = conn.execute("SELECT hash FROM audit_log WHERE id = %s", (row["id"],)).fetchone()
+        if live is None or live["hash"] != row["hash"]:
             return f"the export's {end.replace('_', ' ')} ({row['id']}) is not in the live log"
     return None
 
