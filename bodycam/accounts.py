@@ -119,6 +119,22 @@ def disable_user(conn: Conn, key: str, name: str, by: str) -> None:
         raise NotFoundError(f"no active user {name}")
 
 
+CASE_NUMBER = re.compile(r"^[\w .:/#@+-]{1,200}$")
+
+
+def case_number(text: str | None) -> str:
+    """A case number as ingest and assignment take it: trimmed, 1 to 200 letters, digits,
+    spaces and `. : / # @ + - _`, and not only dots (`.` and `..` cannot be named in a route's
+    path, so such a case could be assigned but never held, released or unassigned)."""
+    case = (text or "").strip()
+    if not case:
+        raise InvalidInputError("missing --case: name the case number")
+    if not CASE_NUMBER.match(case) or set(case) == {"."}:
+        raise InvalidInputError(f"case {case!r} is not a case number: use letters, digits, "
+                                "spaces and . : / # @ + - _")
+    return case
+
+
 def assign_case(conn: Conn, key: str, name: str, case_id: str, by: str) -> None:
     """Let an investigator see a case."""
     if not conn.execute("SELECT 1 FROM users WHERE name = %s", (name,)).fetchone():

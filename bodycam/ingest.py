@@ -13,6 +13,7 @@ from pathlib import Path
 import psycopg
 
 from bodycam import audit, jobs
+from bodycam.accounts import case_number
 from bodycam.context import Context
 from bodycam.domain import MediaInfo
 from bodycam.errors import InvalidInputError, InvalidMediaError, PermanentError, TransientError
@@ -44,7 +45,9 @@ class Custody:
                 flag = "--case" if name == "case_id" else f"--{name}"
                 raise InvalidInputError(f"missing {flag}: every video must be bound to a case, "
                                         "an officer and a device")
-            if not _FIELD.match(str(value)):
+            if name == "case_id":
+                case_number(str(value))
+            elif not _FIELD.match(str(value)):
                 raise InvalidInputError(f"{name} has characters that are not allowed: {value!r}")
 
 

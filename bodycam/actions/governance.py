@@ -35,12 +35,11 @@ def disable_user(ctx: Context, user: User, name: str) -> dict[str, object]:
 
 def assign_case(ctx: Context, user: User, name: str, case: str) -> dict[str, object]:
     """Let an account see a case (supervisor, admin); audited."""
-    if not case or not case.strip():
-        raise InvalidInputError("missing --case")
+    case = accounts.case_number(case)
     with ctx.db() as conn:
         require(conn, ctx.audit_key, user, "cases.assign")
-        accounts.assign_case(conn, ctx.audit_key, name, case.strip(), user.name)
-    return {"name": name, "case": case.strip()}
+        accounts.assign_case(conn, ctx.audit_key, name, case, user.name)
+    return {"name": name, "case": case}
 
 
 def unassign_case(ctx: Context, user: User, name: str, case: str) -> dict[str, object]:
