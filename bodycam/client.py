@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import os
 import tempfile
@@ -10,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -151,25 +153,48 @@ class Target:
 def resolve(url: str | None = None) -> Target:
     """URL: argument, BODYCAM_URL, the credentials file, BODYCAM_HOME/client.json. Token:
     BODYCAM_TOKEN, the credentials file (only for its own URL), else the readable bootstrap
-    `operator.token` when BODYCAM_USER is unset or `operator`. Raises InvalidInputError when
-    no server is named anywhere."""
+    `operator.token` when BODYCAM_USER is unset or `operator` and the server is this home's
+    stack or on this machine. Raises InvalidInputError when no server is named anywhere, and
+    for a plain http:// server elsewhere (a token would cross the network in clear text)
+    unless BODYCAM_INSECURE_HTTP=1."""
     creds = read_credentials() or {}
     user = os.environ.get("BODYCAM_USER") or None
-    found = url or os.environ.get("BODYCAM_URL") or creds.get("url") or _home_url()
+    home_url = _home_url()
+    found = url or os.environ.get("BODYCAM_URL") or creds.get("url") or home_url
     if not found:
         raise InvalidInputError(NO_SERVER)
     found = str(found).rstrip("/")
+    local = (home_url is not None and home_url.rstrip("/") == found) or _on_this_machine(found)
+    if not local and urlsplit(found).scheme == "http" \
+            and os.environ.get("BODYCAM_INSECURE_HTTP") != "1":
+        # Every call sends a token (login sends the account's).
+        raise InvalidInputError(f"refusing to send a token in clear text to {found}: use "
+                                "https://, or set BODYCAM_INSECURE_HTTP=1 on a network you "
+                                "trust")
     token = os.environ.get("BODYCAM_TOKEN") or None
     if token is None and creds.get("token") and str(creds.get("url", "")).rstrip("/") == found \
             and user in (None, creds.get("user")):
         token = str(creds["token"])
         user = user or (str(creds["user"]) if creds.get("user") else None)
-    if token is None and user in (None, "operator"):
+    # The bootstrap operator's token is for this home's own stack (or another server on this
+    # machine), never for a server elsewhere.
+    if token is None and user in (None, "operator") and local:
         try:
             token = (_home() / OPERATOR_TOKEN).read_text().strip() or None
         except OSError:
             token = None
     return Target(found, token, user)
+
+
+def _on_this_machine(url: str) -> bool:
+    """Whether a URL names this machine (localhost or a loopback address)."""
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class Client:

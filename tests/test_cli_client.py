@@ -8,6 +8,8 @@ import socket
 import stat
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import StackHandle
 
 
@@ -112,3 +114,30 @@ def test_the_cli_works_with_only_url_and_token_and_no_stack_home(
     rc, _, errs = _run(stack, {**env, "BODYCAM_USER": "operator"}, "whoami")
     assert rc == 1 and errs.startswith("error:")
     assert os.environ.get("BODYCAM_HOME"), "the session stack itself keeps its home"
+
+
+def test_a_token_never_crosses_the_network_in_clear_text_nor_leaves_for_another_server(
+        stack: StackHandle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI sent whatever token it had to any BODYCAM_URL, plain http:// to another host
+    included, and with no login the stack's bootstrap operator token (every role)."""
+    env = _client_env(stack, tmp_path, BODYCAM_URL="http://bodycam.example.invalid:8080",
+                      BODYCAM_TOKEN="bct_not-to-be-sent")
+    for args in (["whoami"], ["login", "--user", "ann"]):
+        rc, out, errs = _run(stack, env, *args)
+        lines = errs.strip().splitlines()
+        assert rc == 1 and out == "" and len(lines) == 1, errs
+        assert "refusing to send a token in clear text to http://bodycam.example.invalid" \
+            in lines[0] and "bct_not-to-be-sent" not in errs
+    # The operator token of a home goes to its own stack (or this machine) only.
+    from bodycam.client import resolve
+
+    monkeypatch.setenv("BODYCAM_HOME", str(stack.home))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    for name in ("BODYCAM_TOKEN", "BODYCAM_USER", "BODYCAM_URL"):
+        monkeypatch.delenv(name, raising=False)
+    operator = (stack.home / "operator.token").read_text().strip()
+    assert resolve().token == operator
+    assert resolve("http://127.0.0.1:9").token == operator
+    assert resolve("https://bodycam.example.invalid").token is None
+    monkeypatch.setenv("BODYCAM_INSECURE_HTTP", "1")  # a network the user trusts
+    assert resolve("http://bodycam.example.invalid").token is None
