@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, FastAPI
 from fastapi.staticfiles import StaticFiles
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bodycam.api import (
     problems,
@@ -24,12 +26,41 @@ from bodycam.web.core import HERE as WEB
 
 __all__ = ["app", "create_app", "events_token"]
 
+class ResponseHeaders:
+    """Headers every response gets unless its route set them: `nosniff` (no browser reads a
+    JSON answer or a stored file as a script or a page), and on the API `no-store` (its
+    answers carry session tokens and case data that no cache should keep)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        api = str(scope["path"]).startswith("/api/")
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                headers.setdefault("X-Content-Type-Options", "nosniff")
+                if api:
+                    headers.setdefault("Cache-Control", "no-store")
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
+
+
 def create_app() -> FastAPI:
     """A new app with every router and the problem+json error handlers."""
     api = FastAPI(title="Bodycam", version="1.0.0",
                   description="Batch body-camera footage in, auditable face evidence out. "
                               "Bearer tokens; errors are RFC 7807 problem documents.",
-                  dependencies=[Depends(refuse_nul)])
+                  dependencies=[Depends(refuse_nul)],
+                  # No Swagger UI or ReDoc pages: FastAPI's load their scripts from a CDN into
+                  # this origin, where a script could act with a signed-in user's cookie.
+                  # The contract is /openapi.json, for any OpenAPI viewer.
+                  docs_url=None, redoc_url=None)
     problems.install(api)
     for module in _routers():
         api.include_router(module)
@@ -40,6 +71,7 @@ def create_app() -> FastAPI:
         shared()
         return Health(status="ok")
 
+    api.add_middleware(ResponseHeaders)
     api.include_router(web_routes.router)
     api.mount("/static", StaticFiles(directory=str(WEB / "static")), name="static")
     return api

@@ -105,6 +105,9 @@ async def current_user(s: Annotated[auth.Session, Depends(session)]) -> User:
     return s.user
 
 
+MAX_OFFSET = 1_000_000_000  # a larger one overflowed the database's OFFSET (a 500)
+
+
 @dataclass(frozen=True)
 class Page:
     """limit/offset of a list route."""
@@ -114,7 +117,8 @@ class Page:
 
 
 def page(limit: Annotated[int, Query(ge=1, le=1000, description="items per page")] = 100,
-         offset: Annotated[int, Query(ge=0, description="items to skip")] = 0) -> Page:
+         offset: Annotated[int, Query(ge=0, le=MAX_OFFSET, description="items to skip")] = 0
+         ) -> Page:
     """Pagination parameters."""
     return Page(limit, offset)
 

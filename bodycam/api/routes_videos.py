@@ -23,6 +23,11 @@ from bodycam.evidence import TrackRow
 
 router = APIRouter(prefix="/api/v1", tags=["videos"], responses=PROBLEM_RESPONSES)
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+# Progress streams one account may hold open in this server process at once. Each open
+# stream polls the database through the server's worker threads: 1,500 streams of one
+# account slowed every other user's requests (/healthz included) to 5-7 s.
+MAX_STREAMS_PER_ACCOUNT = 8
+_streams: dict[str, int] = {}
 _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 
 
@@ -108,22 +113,35 @@ async def events(video_id: str, s: SessionDep, request: Request) -> StreamingRes
     `event: error` once a new request would be refused."""
     ctx = context()
     first = await run_in_threadpool(evidence.get_video, ctx, s.user, video_id)
+    name = s.user.name
+    if _streams.get(name, 0) >= MAX_STREAMS_PER_ACCOUNT:
+        raise ProblemError(429, f"{name} already has {MAX_STREAMS_PER_ACCOUNT} progress "
+                                "streams open: close one, or poll GET /videos/{id}",
+                           {"Retry-After": "1"})
 
     async def stream() -> AsyncIterator[str]:
-        row, last = first, ""
-        while True:
-            data = json.dumps(row.as_json())
-            if data != last:
-                yield f"event: progress\ndata: {data}\n\n"
-                last = data
-            if row.status in evidence.TERMINAL or await request.is_disconnected():
-                return
-            await asyncio.sleep(ctx.settings.server.sse_poll_s)
-            try:
-                row = await run_in_threadpool(_recheck, s, video_id)
-            except BodycamError as exc:
-                yield f"event: error\ndata: {json.dumps({'detail': str(exc)})}\n\n"
-                return
+        # Counted while it runs (one event loop: no lock needed); a stream whose response
+        # never started is never counted.
+        _streams[name] = _streams.get(name, 0) + 1
+        try:
+            row, last = first, ""
+            while True:
+                data = json.dumps(row.as_json())
+                if data != last:
+                    yield f"event: progress\ndata: {data}\n\n"
+                    last = data
+                if row.status in evidence.TERMINAL or await request.is_disconnected():
+                    return
+                await asyncio.sleep(ctx.settings.server.sse_poll_s)
+                try:
+                    row = await run_in_threadpool(_recheck, s, video_id)
+                except BodycamError as exc:
+                    yield f"event: error\ndata: {json.dumps({'detail': str(exc)})}\n\n"
+                    return
+        finally:
+            _streams[name] -= 1
+            if not _streams[name]:
+                del _streams[name]
 
     return StreamingResponse(stream(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})

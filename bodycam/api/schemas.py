@@ -24,9 +24,10 @@ def has_nul(value: object) -> bool:
 
 class Body(BaseModel):
     """A request body: unknown fields are refused, text is at most 2,000 characters unless
-    a field says otherwise, and no string holds a NUL character (PostgreSQL stores none)."""
+    a field says otherwise, no string holds a NUL character (PostgreSQL stores none), and
+    every number is finite (an end time of 1e309 overflowed where it was used)."""
 
-    model_config = ConfigDict(extra="forbid", str_max_length=TEXT_MAX)
+    model_config = ConfigDict(extra="forbid", str_max_length=TEXT_MAX, allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod
