@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 
 from bodycam.benchmarks_md import replace_section
+from bodycam.evaluate import generator
 from bodycam.media.files import sha256_file
 
 REPO = Path(__file__).resolve().parent.parent
@@ -387,10 +388,6 @@ class Clip:
     path: Path
     truth: Path | None
     info: VideoInfo
-
-
-def clip_tool(testdata: Path) -> Path:
-    return testdata.resolve().parent / "tools" / "make_bodycam_clip.py"
 
 
 def generate_clip(tool: Path, out_dir: Path, size: str, seed: int, duration_s: float,
@@ -880,7 +877,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ap.error("no independent detector available")
 
     clips: list[Clip] = []
-    tool = clip_tool(args.testdata)
+    tool = generator(args.testdata)
     for spec in args.clip or ([] if args.video else DEFAULT_CLIPS):
         size, _, seed = spec.partition(":")
         log(f"generating {size} seed {seed or 1} ({args.duration:g} s) ...")

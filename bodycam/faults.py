@@ -41,6 +41,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
+from bodycam.evaluate import generator
 from bodycam.stack import APP_ROLE
 
 KINDS = ("kill-worker", "stop-past-lease", "term-worker", "kill-pg-backend", "restart-redis",
@@ -135,7 +136,7 @@ class FaultRun:
     # --- work ------------------------------------------------------------------------------
     def make_corpus(self, n: int, duration_s: float, out: Path) -> list[Path]:
         """n seeded clips (720p, up to 3 people, tilted heads) with the shared generator."""
-        tool = self.testdata.parent / "tools" / "make_bodycam_clip.py"
+        tool = generator(self.testdata)
         clips = []
         for i in range(n):
             path = out / f"clip{i}.mp4"
@@ -422,6 +423,7 @@ def main() -> None:
     kinds = tuple(k for k in args.kinds.split(",") if k)
     if unknown := set(kinds) - set(KINDS):
         ap.error(f"unknown fault kinds {sorted(unknown)}: choose from {', '.join(KINDS)}")
+    generator(args.testdata)  # one line, before a stack starts, when the generator is missing
     report = run(args.faults, args.clips, args.clip_s, args.seed, args.testdata.resolve(),
                  kinds=kinds, keep=args.keep)
     text = json.dumps(report, indent=2)
