@@ -238,6 +238,11 @@ def test_s3_events_need_the_notifier_token_and_only_real_incoming_objects_are_qu
     auth = {"Authorization": f"Bearer {token}"}
     reply = httpx.post(url, json=fake, headers=auth, timeout=10)
     assert reply.status_code == 200 and reply.json() == {"queued": 0}, "no such objects"
+    # Thousands of records in one notification cost a store listing each: refused whole.
+    flood = {"Records": [_event(store.bucket, f"incoming/fake/{i}.mp4", f"etag{i}")
+                         for i in range(101)]}
+    reply = httpx.post(url, json=flood, headers=auth, timeout=10)
+    assert reply.status_code == 413 and "at most 100 records" in reply.json()["detail"]
     # A real object: under another bucket's name, or with another etag, is not queued either.
     key = "incoming/sec/claimed.mp4"
     store.put_bytes(key + ".json", json.dumps(
@@ -247,6 +252,10 @@ def test_s3_events_need_the_notifier_token_and_only_real_incoming_objects_are_qu
     etag = next(o.etag for o in store.list(key) if o.key == key)
     reply = httpx.post(url, json={"Records": [_event(store.bucket, key, etag)]}, headers=auth,
                        timeout=10)
+    assert reply.json() == {"queued": 1}
+    # The same object named twice more in one notification: queued once.
+    reply = httpx.post(url, json={"Records": [_event(store.bucket, key, etag)] * 2},
+                       headers=auth, timeout=10)
     assert reply.json() == {"queued": 1}
     # Under another bucket's name, with another etag, or outside incoming/: nothing queued.
     for rec in (_event("other-bucket", key, etag), _event(store.bucket, key, "0" * 32),

@@ -19,6 +19,10 @@ from bodycam.storage import INCOMING
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["s3 events"])
 
+# AWS S3 and MinIO send one record per notification; a few more is tolerated, thousands are not
+# (each record costs a listing of the store).
+MAX_RECORDS = 100
+
 
 class EventAccepted(BaseModel):
     """How many objects of the notification were queued for ingest."""
@@ -56,8 +60,12 @@ def s3_events(payload: dict[str, Any],
     records = payload.get("Records")
     if not isinstance(records, list):
         raise ProblemError(422, "expected an S3 event with a Records array")
+    if len(records) > MAX_RECORDS:
+        raise ProblemError(413, f"at most {MAX_RECORDS} records per notification,"
+                                f" this one has {len(records)}")
     c = shared()
     queued = 0
+    seen: set[str] = set()
     for rec in records:
         try:
             event = str(rec.get("eventName", ""))
@@ -72,6 +80,9 @@ def s3_events(payload: dict[str, Any],
             continue
         if not key.startswith(INCOMING) or key.endswith((".json", "/")):
             continue
+        if key in seen:
+            continue  # the object is listed once per notification, however often it is named
+        seen.add(key)
         claimed = str(obj.get("eTag") or obj.get("etag") or "").strip('"')
         etag = next((o.etag for o in c.store.list(key) if o.key == key), "")
         if not etag or (claimed and claimed != etag):
