@@ -83,6 +83,9 @@ class JobSettings(_Section):
         True, description="ingest hard-links each upload it stored into its home's cache of "
                           "originals (no copy; same file system only): a worker sharing that "
                           "home, as on the embedded stack, then need not download it")
+    purge_interval_s: float = Field(
+        3600.0, gt=0, description="how often the scheduler purges expired biometric data "
+                                  "(bystanders' embeddings and crops, lapsed watchlist entries)")
     fixity_interval_s: float = Field(
         24 * 3600.0, gt=0,
         description="how often stored originals and derivatives are re-hashed (fixity check)")

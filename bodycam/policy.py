@@ -17,6 +17,11 @@ PROFILES: dict[str, tuple[int, bool]] = {
 }
 
 
+# A century: more than any retention law asks, and far inside Postgres' date range (a value of
+# 100,000,000 days was stored, and every later purge failed with "timestamp out of range").
+MAX_RETENTION_DAYS = 36_500
+
+
 class PolicyRefusedError(PermanentError):
     """The active policy profile forbids this action."""
 
@@ -71,8 +76,9 @@ def change(conn: Conn, key: str, by: str, reason: str, profile: str | None = Non
         raise InvalidInputError("missing --reason: a policy change must say why")
     if reviewers is not None and not 1 <= reviewers <= 5:
         raise InvalidInputError(f"--reviewers {reviewers}: between 1 and 5")
-    if retention_days is not None and retention_days < 1:
-        raise InvalidInputError(f"--retention-days {retention_days}: at least 1")
+    if retention_days is not None and not 1 <= retention_days <= MAX_RETENTION_DAYS:
+        raise InvalidInputError(
+            f"--retention-days {retention_days}: between 1 and {MAX_RETENTION_DAYS}")
     old = current(conn)
     name = profile or old.profile
     if name not in PROFILES:

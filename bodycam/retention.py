@@ -8,6 +8,9 @@ from dataclasses import dataclass
 from bodycam import audit, cache, policy, subjects
 from bodycam.context import Context
 
+PURGE_TASK = "bodycam.purge"
+SCHEDULED_ACTOR = "system:retention"
+
 
 @dataclass(frozen=True)
 class PurgePlan:
@@ -28,12 +31,20 @@ class PurgePlan:
                 "subjects": self.subjects, "subject_templates": self.subject_templates,
                 "dry_run": self.dry_run}
 
+    @property
+    def empty(self) -> bool:
+        """Whether the purge removes nothing."""
+        return not (self.tracks or self.detections or self.thumbnails or self.subjects
+                    or self.subject_templates)
 
-# Tracks past the period that match no subject and whose case is not on legal hold.
+
+# Tracks past the period that no pending or confirmed match names (a rejected match is a
+# bystander's: it keeps nothing) and whose case is not on legal hold.
 _EXPIRED = (
     "SELECT t.id, t.thumbnail_key, v.sha256 FROM tracks t JOIN videos v ON v.id = t.video_id"
     " WHERE t.purged_at IS NULL AND t.created_at < now() - make_interval(days => %s)"
-    " AND NOT EXISTS (SELECT 1 FROM matches m WHERE m.track_id = t.id)"
+    " AND NOT EXISTS (SELECT 1 FROM matches m WHERE m.track_id = t.id"
+    " AND m.status <> 'rejected')"
     " AND NOT EXISTS (SELECT 1 FROM held_cases h WHERE h.case_id = v.case_id)")
 # Detections that joined no track, past the period, outside held cases.
 _LOOSE = (
@@ -47,9 +58,13 @@ _LAPSED = (
     " AND NOT EXISTS (SELECT 1 FROM held_cases h WHERE h.case_id = s.case_id)")
 
 
-def purge(ctx: Context, actor: str, dry_run: bool) -> PurgePlan:
-    """Remove expired embeddings and crops per the policy period; every purge is audited."""
+def purge(ctx: Context, actor: str, dry_run: bool, audit_empty: bool = True) -> PurgePlan:
+    """Remove expired embeddings and crops per the policy period; every purge is audited
+    (the scheduler's, run every jobs.purge_interval_s, only when it removes something)."""
     with ctx.db() as conn:
+        # Holds are read under a lock that a hold or release waits on: a hold placed while a
+        # purge runs is recorded after it (and audited after it), never answered and ignored.
+        conn.execute("LOCK TABLE held_cases IN SHARE MODE")
         days = policy.current(conn).retention_days
         expired = conn.execute(_EXPIRED + " FOR UPDATE OF t", (days,)).fetchall()
         ids = [r["id"] for r in expired]
@@ -75,7 +90,8 @@ def purge(ctx: Context, actor: str, dry_run: bool) -> PurgePlan:
             conn.execute("UPDATE detections SET embedding = NULL WHERE track_id = ANY(%s)",
                          (ids,))
             conn.execute("UPDATE detections d SET embedding = NULL" + _LOOSE, (days,))
-        audit.append(conn, ctx.audit_key, actor, "purge", plan.as_json())
+        if audit_empty or not plan.empty:
+            audit.append(conn, ctx.audit_key, actor, "purge", plan.as_json())
     if not dry_run:
         for key in thumbs:  # after the commit: a failed delete leaves an orphan, not a ghost
             ctx.store.delete(key)

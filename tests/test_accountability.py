@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -10,7 +12,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from bodycam import audit
+from bodycam import audit, queue, retention
 from bodycam.accounts import PERMISSIONS, ROLES
 from bodycam.config import Settings
 from bodycam.context import Context
@@ -320,6 +322,126 @@ def test_purge_removes_exactly_what_the_retention_policy_allows(
     assert stack.ctx.store.exists(sha), "originals are never touched"
 
 
+def _backdate(stack: StackHandle, video_id: str) -> list[str]:
+    """Age a video's tracks past the retention period; returns their ids."""
+    with stack.ctx.db() as conn:
+        conn.execute("UPDATE tracks SET created_at = now() - interval '40 days'"
+                     " WHERE video_id = %s", (video_id,))
+        conn.execute("UPDATE videos SET ingested_at = now() - interval '40 days'"
+                     " WHERE id = %s", (video_id,))
+        return [str(r["id"]) for r in conn.execute(
+            "SELECT id::text AS id FROM tracks WHERE video_id = %s", (video_id,)).fetchall()]
+
+
+def _purged(stack: StackHandle, track_ids: list[str]) -> set[str]:
+    with stack.ctx.db() as conn:
+        return {str(r["id"]) for r in conn.execute(
+            "SELECT id::text AS id FROM tracks WHERE id = ANY(%s::uuid[])"
+            " AND purged_at IS NOT NULL AND embedding IS NULL", (track_ids,)).fetchall()}
+
+
+def test_the_scheduler_purges_and_a_rejected_match_keeps_nothing(
+        stack: StackHandle, processed: object) -> None:
+    case = "T-PURGE-REJECT"
+    video = processed(HAMILTON, case)  # type: ignore[operator]
+    stack.cli.run("subjects", "enroll", "--name", "p06", "--photo", str(P06), "--case", case,
+                  "--reason", "retention test", check=True)
+    with stack.ctx.db() as conn:
+        matches = [(str(r["id"]), str(r["track_id"])) for r in conn.execute(
+            "SELECT id::text AS id, track_id::text AS track_id FROM matches"
+            " WHERE video_id = %s ORDER BY id", (video,)).fetchall()]
+    assert len(matches) >= 2, "p06 matched at least two tracks"
+    (rejected, rejected_track), (_, pending_track) = matches[0], matches[1]
+    stack.cli.run("review", rejected, "--reject", "--note", "not the same person", check=True)
+    tracks = _backdate(stack, video)
+    with stack.ctx.db() as conn:
+        last = conn.execute("SELECT max(id) AS n FROM audit_log").fetchone()["n"]
+    # What the scheduler sends every jobs.purge_interval_s, sent now.
+    queue.client(stack.ctx.services.redis_url).send_task(retention.PURGE_TASK, queue="cpu")
+    deadline = time.monotonic() + 60
+    while rejected_track not in _purged(stack, tracks) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    purged = _purged(stack, tracks)
+    assert rejected_track in purged, "a rejected lead is a bystander: it expires"
+    assert pending_track not in purged, "a lead awaiting review is kept"
+    assert purged == set(tracks) - {t for _, t in matches[1:]}
+    with stack.ctx.db() as conn:
+        rows = conn.execute("SELECT actor, details FROM audit_log WHERE id > %s AND"
+                            " action = 'purge'", (last,)).fetchall()
+    assert [r["actor"] for r in rows] == [retention.SCHEDULED_ACTOR]
+    assert rows[0]["details"]["tracks"] >= len(purged)
+    # A scheduled purge that removes nothing leaves no audit row; an admin's always does.
+    retention.purge(stack.ctx, retention.SCHEDULED_ACTOR, dry_run=False, audit_empty=False)
+    with stack.ctx.db() as conn:
+        assert conn.execute("SELECT count(*) AS n FROM audit_log WHERE id > %s AND"
+                            " action = 'purge'", (last,)).fetchone()["n"] == 1
+
+
+def test_a_hold_placed_while_a_purge_runs_waits_for_it_and_is_never_ignored(
+        stack: StackHandle, processed: object) -> None:
+    case = "T-PURGE-RACE"
+    video = processed(HAMILTON, case)  # type: ignore[operator]
+    tracks = _backdate(stack, video)
+    blocker = admin_conn(stack)
+    blocker.autocommit = False
+    blocker.execute("SELECT 1 FROM tracks WHERE id = %s FOR UPDATE", (tracks[0],))
+    results: dict[str, int] = {}
+
+    def run(name: str, *argv: str) -> threading.Thread:
+        t = threading.Thread(target=lambda: results.__setitem__(
+            name, stack.cli.run(*argv).returncode), daemon=True)
+        t.start()
+        return t
+
+    def purge_waits() -> bool:
+        # Another connection: pg_stat_activity is a snapshot for the rest of a transaction.
+        with admin_conn(stack) as probe:
+            row = probe.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                " AND query LIKE %s", ("%FOR UPDATE OF t%",)).fetchone()
+        return bool(row and row[0])
+
+    try:
+        purging = run("purge", "purge")
+        deadline = time.monotonic() + 60
+        while not purge_waits() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert purge_waits(), "the purge reached the locked track"
+        holding = run("hold", "cases", "hold", case, "--reason", "court order 9")
+        holding.join(4)
+        assert holding.is_alive(), "a hold waits for the purge that is running"
+    finally:
+        blocker.rollback()
+        blocker.close()
+    purging.join(60)
+    holding.join(60)
+    assert results == {"purge": 0, "hold": 0}, results
+    with stack.ctx.db() as conn:
+        order = [str(r["action"]) for r in conn.execute(
+            "SELECT action FROM audit_log WHERE action IN ('purge', 'case.hold')"
+            " ORDER BY id DESC LIMIT 2").fetchall()]
+    # The log tells what happened: the purge ran first, the hold protects what came after.
+    assert order == ["case.hold", "purge"]
+    assert _purged(stack, tracks) == set(tracks)
+    stack.cli.run("cases", "release", case, "--reason", "test over", check=True)
+
+
+def test_a_hold_names_its_case_as_ingest_does(stack: StackHandle, processed: object) -> None:
+    case = "T-PURGE-SPACE"
+    video = processed(HAMILTON, case)  # type: ignore[operator]
+    stack.cli.run("cases", "hold", f" {case} ", "--reason", "court order 10", check=True)
+    try:
+        tracks = _backdate(stack, video)
+        stack.cli.run("purge", check=True)
+        assert not _purged(stack, tracks), "the hold with spaces held the case"
+        proc = stack.cli.run("cases", "hold", "<b>x</b>", "--reason", "r")
+        assert proc.returncode != 0 and "not a case number" in proc.stderr
+    finally:
+        stack.cli.run("cases", "release", f"{case} ", "--reason", "test over", check=True)
+    stack.cli.run("purge", check=True)
+    assert _purged(stack, tracks) == set(tracks), "released: the case expires"
+
+
 def test_redact_only_stores_no_embeddings_and_refuses_face_matching(
         stack: StackHandle) -> None:
     stack.cli.run("policy", "set", "--profile", "redact-only", "--reason",
@@ -354,6 +476,10 @@ def test_a_policy_change_needs_an_admin_and_a_reason(
     assert proc.returncode != 0 and "needs the admin role" in proc.stderr
     proc = stack.cli.run("policy", "set", "--profile", "identify", "--reason", " ")
     assert proc.returncode != 0 and "reason" in proc.stderr
+    # Stored, 100,000,000 days made every later purge fail ("timestamp out of range").
+    proc = stack.cli.run("policy", "set", "--retention-days", "100000000", "--reason", "r")
+    assert proc.returncode != 0 and "between 1 and 36500" in proc.stderr
+    assert stack.cli.run("purge", "--dry-run").returncode == 0
 
 
 def test_the_servers_pooled_connections_are_reused_checked_and_never_anchor_a_rollback(

@@ -11,6 +11,7 @@ from bodycam.config import get_settings
 from bodycam.fixity import FIXITY_TASK
 from bodycam.processing import release_free_heap
 from bodycam.queue import REAP, RECONCILE_INCOMING
+from bodycam.retention import PURGE_TASK
 from bodycam.services import resolve
 
 _settings = get_settings()
@@ -38,6 +39,8 @@ app.conf.update(
             "schedule": _settings.jobs.reconcile_interval_s,
             "options": {"queue": "cpu", "expires": _settings.jobs.reconcile_interval_s},
         },
+        "purge": {"task": PURGE_TASK, "schedule": _settings.jobs.purge_interval_s,
+                  "options": {"queue": "cpu", "expires": _settings.jobs.purge_interval_s}},
         "fixity": {"task": FIXITY_TASK, "schedule": _settings.jobs.fixity_interval_s,
                    "options": {"queue": "cpu", "expires": _settings.jobs.fixity_interval_s}},
     },

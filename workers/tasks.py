@@ -8,7 +8,7 @@ from typing import TypeVar
 
 from celery import Task
 
-from bodycam import fixity, ingest, jobs, processing
+from bodycam import fixity, ingest, jobs, processing, retention
 from bodycam.context import shared
 from bodycam.errors import PermanentError
 from bodycam.queue import FINALIZE_VIDEO, INGEST_OBJECT, PROCESS_UNIT, REAP, RECONCILE_INCOMING
@@ -89,6 +89,14 @@ def reconcile_incoming() -> int:
     for key, etag in found:
         c.send(INGEST_OBJECT, key, etag)
     return len(found)
+
+
+@app.task(name=retention.PURGE_TASK)
+def scheduled_purge() -> int:
+    """Expire bystanders' biometric data and lapsed watchlist entries on schedule (cpu queue):
+    the policy's retention holds without an admin running `bodycam purge`."""
+    return retention.purge(ctx(), retention.SCHEDULED_ACTOR, dry_run=False,
+                           audit_empty=False).tracks
 
 
 @app.task(name=fixity.FIXITY_TASK)

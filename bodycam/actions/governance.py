@@ -73,6 +73,7 @@ def hold_case(ctx: Context, user: User, case: str, reason: str) -> dict[str, obj
     """Put a case on legal hold (supervisor, admin): its biometric data outlives retention."""
     if not reason or not reason.strip():
         raise InvalidInputError("missing --reason: a legal hold must say why")
+    case = accounts.case_number(case)
     with ctx.db() as conn:
         require(conn, ctx.audit_key, user, "cases.hold")
         conn.execute("INSERT INTO held_cases (case_id, held_by, reason) VALUES (%s, %s, %s)"
@@ -86,6 +87,7 @@ def release_case(ctx: Context, user: User, case: str, reason: str) -> dict[str, 
     """Lift a legal hold (supervisor, admin); audited."""
     if not reason or not reason.strip():
         raise InvalidInputError("missing --reason: lifting a legal hold must say why")
+    case = accounts.case_number(case)
     with ctx.db() as conn:
         require(conn, ctx.audit_key, user, "cases.hold")
         conn.execute("DELETE FROM held_cases WHERE case_id = %s", (case,))
