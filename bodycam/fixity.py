@@ -73,8 +73,9 @@ def record(conn: Conn, key: str, data: bytes) -> None:
 
 
 def run(ctx: Context, actor: str) -> FixityReport:
-    """Re-hash every original (against videos.sha256) and every referenced derivative (against
-    object_hashes); audit each mismatch (`fixity.mismatch`) and the run (`fixity.ok` or
+    """Re-hash every original (against videos.sha256) and every referenced derivative (track
+    thumbnails; redacted videos, their reports, PDFs and contact sheets) against
+    object_hashes; audit each mismatch (`fixity.mismatch`) and the run (`fixity.ok` or
     `fixity.failed`).
 
     A derivative written before hashes were recorded gets its current hash as a baseline.
@@ -88,7 +89,11 @@ def run(ctx: Context, actor: str) -> FixityReport:
         derived = conn.execute(
             "SELECT t.thumbnail_key AS key, t.video_id::text AS video_id, h.sha256"
             " FROM tracks t LEFT JOIN object_hashes h ON h.key = t.thumbnail_key"
-            " WHERE t.thumbnail_key IS NOT NULL ORDER BY t.thumbnail_key").fetchall()
+            " WHERE t.thumbnail_key IS NOT NULL"
+            " UNION ALL SELECT k.key, r.video_id::text, h.sha256 FROM redactions r"
+            " CROSS JOIN LATERAL (VALUES (r.object_key), (r.report_key), (r.pdf_key),"
+            " (r.sheet_key)) AS k (key) LEFT JOIN object_hashes h ON h.key = k.key"
+            " ORDER BY key").fetchall()
     mismatches: list[Mismatch] = []
     hashed = 0
     seen: dict[str, tuple[str, int] | None] = {}  # one file ingested into several cases

@@ -272,9 +272,36 @@ def test_the_derivative_hash_and_lineage_verify_and_tampering_is_found(
         try:
             bad = http.post(f"/api/v1/redactions/{did}/verify").json()
             assert not bad["ok"] and not bad["checks"]["stored_sha256"], bad
+            # ... nor are they served (the web app downloads through this route), and the
+            # scheduled fixity check finds them.
+            served = http.get(f"/api/v1/redactions/{did}/video")
+            assert served.status_code == 409 and "not served" in served.json()["detail"]
+            assert b"0123456789" not in served.content
+            proc = stack.cli.run("fixity", "--json")
+            fix = json.loads(proc.stdout)
+            assert proc.returncode != 0 and key in {m["key"] for m in fix["mismatched"]}
         finally:
             stack.ctx.store.put_bytes(key, original, "video/mp4")
         assert http.post(f"/api/v1/redactions/{did}/verify").json()["ok"]
+        assert http.get(f"/api/v1/redactions/{did}/video").content == original
+        # The report's PDF: the same for each part of the release.
+        with stack.ctx.db() as conn:
+            pdf_key = conn.execute("SELECT pdf_key FROM redactions WHERE id = %s",
+                                   (did,)).fetchone()["pdf_key"]
+        pdf = stack.ctx.store.get_bytes(pdf_key)
+        stack.ctx.store.put_bytes(pdf_key, pdf.replace(b"%PDF", b"%PDX", 1), "application/pdf")
+        try:
+            bad = http.post(f"/api/v1/redactions/{did}/verify").json()
+            assert not bad["ok"] and not bad["checks"]["pdf"] and bad["checks"]["report"], bad
+            assert http.get(f"/api/v1/redactions/{did}/pdf").status_code == 409
+        finally:
+            stack.ctx.store.put_bytes(pdf_key, pdf, "application/pdf")
+        assert http.post(f"/api/v1/redactions/{did}/verify").json()["ok"]
+        with stack.ctx.db() as conn:
+            audited = conn.execute("SELECT details FROM audit_log WHERE action ="
+                                   " 'fixity.mismatch' AND details->>'derivative_id' = %s",
+                                   (did,)).fetchall()
+        assert {r["details"]["part"] for r in audited} == {"video", "pdf"}
 
 
 def test_a_user_of_another_case_can_neither_redact_nor_download(

@@ -322,6 +322,7 @@ class Derivative:
     created_at: datetime
     keys: dict[str, str]
     audit_id: int
+    hashes: dict[str, str | None]  # part -> the SHA-256 recorded when it was written
 
     def as_json(self) -> dict[str, Any]:
         """The record, without storage keys."""
@@ -347,14 +348,40 @@ def derivative(ctx: Context, user: User, derivative_id: str, part: str | None = 
                                case_of(conn, "redaction", derivative_id))
         r = conn.execute("SELECT * FROM redactions WHERE id = %s", (derivative_id,)).fetchone()
         assert r is not None
+        keys = {k: str(r[c]) for k, c in PARTS.items()}
+        recorded = {str(h["key"]): str(h["sha256"]) for h in conn.execute(
+            "SELECT key, sha256 FROM object_hashes WHERE key = ANY(%s)",
+            (list(keys.values()),)).fetchall()}
         if part is not None:
             audit.append(conn, ctx.audit_key, user.name, "redaction.download",
                          {"derivative_id": derivative_id, "case": case, "part": part})
     return Derivative(str(r["id"]), str(r["video_id"]), str(r["case_id"]),
                       int(r["plan_version"]), str(r["sha256"]), int(r["size_bytes"]),
                       str(r["original_sha256"]), dict(r["settings"]), str(r["reviewer"]),
-                      r["created_at"], {k: str(r[c]) for k, c in PARTS.items()},
-                      int(r["audit_id"]))
+                      r["created_at"], keys, int(r["audit_id"]),
+                      {**{k: recorded.get(key) for k, key in keys.items()},
+                       "video": str(r["sha256"])})
+
+
+def check_stored(ctx: Context, user: User, d: Derivative, part: str) -> None:
+    """Re-hash a part before it is served: bytes that no longer have the SHA-256 recorded when
+    they were written are not released (ConflictError), and the mismatch is audited as the
+    fixity check audits it. A part written before hashes were recorded is served as it is."""
+    expected = d.hashes.get(part)
+    if expected is None:
+        return
+    found = ctx.store.sha256_of(d.keys[part])
+    if found is not None and found[0] == expected:
+        return
+    mismatch = fixity.Mismatch(d.keys[part], "derivative", d.video_id, expected,
+                               found[0] if found else None)
+    with ctx.db() as conn:
+        audit.append(conn, ctx.audit_key, user.name, "fixity.mismatch",
+                     {**mismatch.as_json(), "derivative_id": d.derivative_id,
+                      "case": d.case_id, "part": part})
+    raise ConflictError(f"redaction {d.derivative_id}: the stored {part} no longer matches the "
+                        "SHA-256 recorded when it was written; it is not served (audited; "
+                        "render the redaction again)")
 
 
 def verify(ctx: Context, user: User, derivative_id: str) -> dict[str, Any]:
@@ -362,6 +389,7 @@ def verify(ctx: Context, user: User, derivative_id: str) -> dict[str, Any]:
     it: the hashes, the plan version and the original's recorded SHA-256."""
     d = derivative(ctx, user, derivative_id)
     stored = ctx.store.sha256_of(d.keys["video"])
+    parts = {part: ctx.store.sha256_of(d.keys[part]) for part in ("report", "pdf", "sheet")}
     with ctx.db() as conn:
         row = conn.execute("SELECT details FROM audit_log WHERE id = %s AND action ="
                            " 'redaction.create'", (d.audit_id,)).fetchone()
@@ -377,6 +405,8 @@ def verify(ctx: Context, user: User, derivative_id: str) -> dict[str, Any]:
         and details.get("plan_version") == d.plan_version,
         "original": original is not None and str(original["sha256"]) == d.original_sha256,
         "plan": plan is not None,
+        **{part: found is not None and found[0] == d.hashes[part]
+           for part, found in parts.items()},
     }
     return {"derivative_id": derivative_id, "ok": all(checks.values()), "checks": checks}
 

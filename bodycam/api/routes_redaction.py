@@ -158,6 +158,7 @@ async def download(derivative_id: str, user: UserDep,
     sheet (`sheet`); case checked and each download audited."""
     ctx = context()
     d = await run_in_threadpool(redaction.derivative, ctx, user, derivative_id, part)
+    await run_in_threadpool(redaction.check_stored, ctx, user, d, part)
     body = await run_in_threadpool(ctx.store.open_stream, d.keys[part], None, None)
 
     name = re.sub(r"[^\w.-]", "_", f"{d.derivative_id}-{NAMES[part]}")
