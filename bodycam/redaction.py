@@ -423,8 +423,10 @@ def _encoder(src: Path, out: Path, w: int, h: int, fps: Fraction, choices: Choic
     else:
         cmd += ["-i", str(src), "-map", "0:v:0", "-map", "1:a:0?", "-c:a", "aac", "-b:a", "128k"]
         if choices.audio == "mute-ranges" and choices.mute_ranges:
-            spans = "+".join(f"between(t,{a:.3f},{b:.3f})" for a, b in choices.mute_ranges)
-            cmd += ["-af", f"volume=enable='{spans}':volume=0"]
+            # Per sample, not per audio frame: a frame's switch (1,024 samples, 23 ms at
+            # 44.1 kHz and 128 ms at 8 kHz) left the start of each range audible.
+            spans = "+".join(f"between(t,{a:.4f},{b:.4f})" for a, b in choices.mute_ranges)
+            cmd += ["-af", f"aeval='val(ch)*not({spans})':c=same"]
     cmd += ["-c:v", "libx264", "-preset", "veryfast", "-crf", str(crf), "-pix_fmt", "yuv420p",
             "-movflags", "+faststart", "-f", "mp4", str(out)]
     return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,

@@ -7,7 +7,10 @@ refused."""
 from __future__ import annotations
 
 import json
+import subprocess
+import tempfile
 from collections.abc import Callable
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,8 @@ from bodycam.redaction import (
     ManualRegion,
     Plan,
     PlanTrack,
+    _encoder,
+    _ffmpeg,
     frame_regions,
 )
 from tests.conftest import StackHandle
@@ -152,6 +157,38 @@ def hide_all(stack: StackHandle, video: str, users: dict[str, dict[str, str]],
     return out, made
 
 
+@pytest.mark.parametrize("rate", [44100, 8000])
+def test_a_muted_range_is_silent_from_its_first_sample(tmp_path: Path, rate: int) -> None:
+    # A steady tone; AAC frames are 1,024 samples (23 ms at 44.1 kHz, 128 ms at 8 kHz): a
+    # filter enabled per frame left the start of a range audible.
+    src, out = tmp_path / "tone.mp4", tmp_path / "muted.mp4"
+    subprocess.run([_ffmpeg(), "-loglevel", "error", "-y", "-f", "lavfi", "-i",
+                    "color=gray:size=64x48:rate=10:duration=3", "-f", "lavfi", "-i",
+                    f"sine=frequency=440:sample_rate={rate}:duration=3", "-c:v", "libx264",
+                    "-c:a", "aac", "-shortest", str(src)], check=True)
+    ranges = ((1.0, 2.0), (2.43, 2.61))
+    with tempfile.TemporaryFile() as errors:
+        proc = _encoder(src, out, 64, 48, Fraction(10), Choices(
+            audio="mute-ranges", mute_ranges=ranges), 23, errors)
+        assert proc.stdin is not None
+        for _ in range(30):
+            proc.stdin.write(bytes(64 * 48 * 3))
+        proc.stdin.close()
+        assert proc.wait(60) == 0
+    with av.open(str(out)) as media:
+        chunks = [(float(f.time or 0), f.to_ndarray().mean(axis=0))
+                  for f in media.decode(audio=0)]
+        rate_out = media.streams.audio[0].rate
+    t0 = chunks[0][0]
+    samples = np.concatenate([c for _, c in chunks])
+    t = t0 + np.arange(len(samples)) / rate_out
+    loud = float(np.abs(samples[(t > 0.3) & (t < 0.8)]).max())
+    assert loud > 0.1, "the tone is heard outside the ranges"
+    for a, b in ranges:
+        inside = np.abs(samples[(t >= a) & (t < b)])
+        assert float(inside.max()) < 0.02 * loud, (a, b, float(inside.max()), loud)
+
+
 def test_every_face_is_hidden_in_every_frame_and_the_video_keeps_its_frames(
         clip: tuple[Path, dict[str, Any]], hide_all: tuple[Path, dict[str, Any]]) -> None:
     src, truth = clip
@@ -243,6 +280,16 @@ def test_a_kept_track_stays_visible_and_a_manual_region_hides_what_it_covers(
                         "--keep-basis", "because I say so", extra_env=users["a"])
     assert bad.returncode != 0 and "legal basis" in bad.stderr
     assert not (tmp_path / "bad.mp4").exists()
+    # A region outside the frame (was a 500 drawing the contact sheet) or after the end (was
+    # accepted and covered nothing): one line each, nothing rendered.
+    for spec, why in ((f"{truth['width'] + 10},0,{truth['width'] + 50},40@0-1", "outside"),
+                      ("0,0,40,40@9000-9001", "the video ends at")):
+        bad = stack.cli.run("redact", video, "-o", str(tmp_path / "bad.mp4"), "--region", spec,
+                            "--region-reason", "r", "--region-basis",
+                            "privacy of third parties", extra_env=users["a"])
+        assert bad.returncode != 0 and why in bad.stderr, bad.stderr
+        assert len(bad.stderr.strip().splitlines()) == 1
+        assert not (tmp_path / "bad.mp4").exists()
 
 
 def test_the_derivative_hash_and_lineage_verify_and_tampering_is_found(

@@ -206,6 +206,19 @@ def _choices(conn: Conn, key: str, user: User, plan: Plan, video_id: str,
     for c in req.remove_tracks:
         for tid in _resolve_tracks(conn, plan, video_id, c.target, "remove track"):
             remove[tid] = decision(c, REMOVE_REASON, REMOVE_BASIS)
+    for r in req.regions:  # the request's own checks passed; now against this video
+        x1, y1, x2, y2 = r.box_px
+        if x1 >= plan.width_px or y1 >= plan.height_px:
+            raise InvalidInputError(
+                f"manual region {x1:g},{y1:g},{x2:g},{y2:g}: outside the video's"
+                f" {plan.width_px}x{plan.height_px} frame")
+        if r.start_s >= plan.duration_s:
+            raise InvalidInputError(f"manual region from {r.start_s:g} s: the video ends at"
+                                    f" {plan.duration_s:.2f} s")
+    for a, _b in req.mute_ranges:
+        if a >= plan.duration_s:
+            raise InvalidInputError(f"mute range from {a:g} s: the video ends at"
+                                    f" {plan.duration_s:.2f} s")
     regions = tuple(ManualRegion(r.box_px, r.start_s, r.end_s,
                                  Decision(r.reason, r.legal_basis, user.name))
                     for r in req.regions)
