@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from bodycam import audit
 from bodycam.db import Conn
@@ -115,10 +116,19 @@ def change(conn: Conn, key: str, by: str, reason: str, profile: str | None = Non
     return new
 
 
-def purge_biometrics(conn: Conn) -> dict[str, int]:
+def purge_biometrics(conn: Conn) -> dict[str, Any]:
     """Delete every face embedding and enrolment template, and the pending matches that can
     no longer be reviewed; returns how many of each (originals, crops and decided matches
-    stay: they are evidence, not templates)."""
+    stay: they are evidence, not templates).
+
+    Cases on legal hold lose theirs too: a ban on face matching leaves no template anywhere,
+    and a hold keeps the evidence (the originals, from which a later lawful profile can
+    compute them again). The audit row names each held case that had some."""
+    held = [str(r["case_id"]) for r in conn.execute(
+        "SELECT h.case_id FROM held_cases h WHERE EXISTS (SELECT 1 FROM tracks t JOIN videos v"
+        " ON v.id = t.video_id WHERE v.case_id = h.case_id AND t.embedding IS NOT NULL)"
+        " OR EXISTS (SELECT 1 FROM subject_faces f JOIN subjects s ON s.id = f.subject_id"
+        " WHERE s.case_id = h.case_id) ORDER BY h.case_id").fetchall()]
     tracks = conn.execute("UPDATE tracks SET embedding = NULL WHERE embedding IS NOT NULL"
                           ).rowcount
     detections = conn.execute("UPDATE detections SET embedding = NULL"
@@ -126,7 +136,8 @@ def purge_biometrics(conn: Conn) -> dict[str, int]:
     templates = conn.execute("DELETE FROM subject_faces").rowcount
     pending = conn.execute("DELETE FROM matches WHERE status = 'pending'").rowcount
     return {"track_embeddings": tracks, "detection_embeddings": detections,
-            "subject_templates": templates, "pending_matches": pending}
+            "subject_templates": templates, "pending_matches": pending,
+            "held_cases_purged": held}
 
 
 def embeddings_allowed(conn: Conn) -> bool:

@@ -582,6 +582,10 @@ def test_odd_values_get_one_clean_line_and_are_not_stored(world: World) -> None:
             "name": "mx-far", "case": CASE_A, "reason": "r",
             "expires": "9999-12-31T23:59:59-14:00"}, files=_photo()), inv, 422,
          "between the years 1900 and 3000"),
+        # An expiry already past was stored: an entry that lapsed before it could match.
+        ("past expiry", Req("POST", V + "/subjects", data={
+            "name": "mx-past", "case": CASE_A, "reason": "r", "expires": "2020-01-01"},
+            files=_photo()), inv, 422, "already past"),
         # A recording time in 1 BC broke its case's video list.
         ("early recording", Req("POST", V + "/videos", params={
             "case": CASE_C, "officer": "O", "device": "D", "filename": "h.mp4",
@@ -615,7 +619,7 @@ def test_odd_values_get_one_clean_line_and_are_not_stored(world: World) -> None:
         r = world.send(req, token)
         assert says in str(_problem(r, status)["detail"]), (what, r.text[:300])
     with world.stack.ctx.db() as conn:
-        assert conn.execute("SELECT count(*) AS n FROM subjects WHERE name = 'mx-far'"
+        assert conn.execute("SELECT count(*) AS n FROM subjects WHERE name IN ('mx-far', 'mx-past')"
                             ).fetchone()["n"] == 0
         assert conn.execute("SELECT count(*) AS n FROM case_assignments WHERE case_id IN"
                             " ('..', '<b>A</b>')").fetchone()["n"] == 0

@@ -606,11 +606,16 @@ def test_redact_only_purges_every_template_refuses_approval_and_face_processing(
             " (SELECT count(*) FROM subject_faces) AS f,"
             " (SELECT count(*) FROM matches WHERE status = 'pending') AS m").fetchone()
     assert before["t"] > 0 and before["f"] > 0
+    stack.cli.run("cases", "hold", CASE_B, "--reason", "court order", check=True)
     try:
         stack.cli.run("policy", "set", "--profile", "redact-only", "--reason",
                       "jurisdiction bans face matching", check=True)
         [purge] = audit_rows(stack, "policy.purge_biometrics")[-1:]
-        assert purge["details"] == {  # type: ignore[comparison-overlap]
+        details = dict(purge["details"])  # type: ignore[call-overload]
+        # A held case loses its templates too (the ban leaves none; the hold keeps the
+        # originals), and the row says so by name.
+        assert CASE_B in details.pop("held_cases_purged"), purge
+        assert details == {
             "track_embeddings": before["t"], "detection_embeddings": before["d"],
             "subject_templates": before["f"], "pending_matches": before["m"],
             "reason": "the redact-only profile allows no face embeddings"}
@@ -650,6 +655,7 @@ def test_redact_only_purges_every_template_refuses_approval_and_face_processing(
     finally:
         stack.cli.run("policy", "set", "--profile", "identify", "--reason", "test over",
                       check=True)
+        stack.cli.run("cases", "release", CASE_B, "--reason", "test over", check=True)
     # Back under identify, approving the subject finds no template to match with.
     approved = stack.cli.run("subjects", "approve", sid, extra_env=users["sup"])
     assert approved.returncode == 0 and "0 pending matches" in approved.stdout
