@@ -184,7 +184,7 @@ def refuse(conn: Conn, key: str, user: User | str, action: str, reason: str,
     name = user.name if isinstance(user, User) else user
     audit.append(conn, key, name, "refused", {"attempted": action, "reason": reason,
                                               "case": case_id})
-    conn.commit()
+    audit.commit(conn)
     raise AccessDeniedError(f"refused: {reason}")
 
 

@@ -34,6 +34,7 @@ import hashlib
 import hmac
 import io
 import json
+import logging
 import weakref
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -44,12 +45,16 @@ from typing import Any
 from bodycam.db import Conn
 from bodycam.errors import InvalidInputError, TransientError
 
+log = logging.getLogger(__name__)
+
 GENESIS = "0" * 64
 ANCHOR_PREFIX = "audit/anchors/"
 LEGACY_ANCHOR_KEY = "audit/head.json"  # the single, overwritable anchor of earlier versions
 _ID_DIGITS = 12
 _LOCK = 727002
 _pending: weakref.WeakKeyDictionary[Conn, tuple[int, str]] = weakref.WeakKeyDictionary()
+# Rows committed mid-block by `commit`, anchored when the block ends.
+_committed: weakref.WeakKeyDictionary[Conn, tuple[int, str]] = weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True)
@@ -115,9 +120,28 @@ def append(conn: Conn, key: str, actor: str, action: str, details: dict[str, Any
     return AuditRow(row_id, at, actor, action, details, prev, digest)
 
 
-def forget_pending(conn: Conn) -> None:
-    """The transaction that appended rows on `conn` was rolled back: nothing to anchor."""
+def commit(conn: Conn) -> None:
+    """Commit what was appended so far, in the middle of a `Context.db` block whose request
+    then fails (a refusal, a failed login): its rows stand, and they are anchored when the
+    block ends, however it ends. A plain `conn.commit()` there left them unanchored: the
+    rollback that followed the error forgot them, so deleting them went unnoticed."""
+    conn.commit()
+    if (head := _pending.pop(conn, None)) is not None:
+        _committed[conn] = head
+
+
+def after_rollback(conn: Conn, store: Any, key: str) -> None:
+    """The transaction on `conn` was rolled back: its own rows are gone, nothing of them is
+    anchored; rows committed earlier in the block (see `commit`) are anchored now. A failed
+    anchor is logged, not raised, so the block's own error is the one the caller sees."""
     _pending.pop(conn, None)
+    head = _committed.pop(conn, None)
+    if head is None:
+        return
+    try:
+        _write_anchor(store, key, head)
+    except TransientError as exc:
+        log.error("%s", exc)
 
 
 def anchor_key(row_id: int) -> str:
@@ -136,9 +160,12 @@ def anchor_after_commit(conn: Conn, store: Any, key: str) -> None:
     One new object per row id: nothing is read first, so no existing object (forged or
     not) can stop it, and nothing is overwritten, so no older state can be put back over it.
     """
-    head = _pending.pop(conn, None)
-    if head is None:
-        return
+    heads = [h for h in (_committed.pop(conn, None), _pending.pop(conn, None)) if h]
+    if heads:
+        _write_anchor(store, key, max(heads))
+
+
+def _write_anchor(store: Any, key: str, head: tuple[int, str]) -> None:
     body = {"id": head[0], "hash": head[1], "seal": anchor_seal(key, head[0], head[1])}
     try:
         store.put_bytes(anchor_key(head[0]), json.dumps(body).encode(), "application/json")

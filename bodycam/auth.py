@@ -150,7 +150,7 @@ def login_failed(conn: Conn, key: str, name: str, reason: str, client: str | Non
     if client:
         details["client"] = _printable(client[:64])
     audit.append(conn, key, "anonymous", "login.failed", details)
-    conn.commit()
+    audit.commit(conn)
 
 
 def login(conn: Conn, key: str, cfg: AuthSettings, name: str, token: str,

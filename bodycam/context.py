@@ -68,7 +68,8 @@ class Context:
         return self._connected(connect(self.services.database_url,
                                        after_commit=lambda conn: audit.anchor_after_commit(
                                            conn, self.store, self.audit_key), pool=self.pool,
-                                       after_rollback=audit.forget_pending))
+                                       after_rollback=lambda conn: audit.after_rollback(
+                                           conn, self.store, self.audit_key)))
 
     @contextmanager
     def _connected(self, cm: AbstractContextManager[Conn]) -> Iterator[Conn]:

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import psycopg
 import pytest
 
@@ -221,6 +222,38 @@ def test_a_row_deleted_in_sql_is_caught_and_named(
     code, text = verify(stack)
     assert code != 0 and "deleted" in text, "removing the newest row is caught by the anchor"
     _restore(tamperable, last)
+
+
+def test_a_refusal_and_a_failed_login_are_anchored_so_deleting_them_is_caught(
+        stack: StackHandle, accounts: dict[str, dict[str, str]], api_url: str,
+        tamperable: psycopg.Connection[tuple[object, ...]]) -> None:
+    # These two are committed before their request fails; their anchors were never written,
+    # so deleting them (and moving the high-water mark back) passed `audit verify`.
+    refused = stack.cli.run("purge", "--dry-run", extra_env=accounts["clerk"])
+    assert refused.returncode != 0 and "needs the admin role" in refused.stderr
+    login = httpx.post(f"{api_url}/api/v1/auth/login", timeout=30,
+                       json={"user": "user-clerk", "token": "not-the-token"})
+    assert login.status_code == 401
+    ids = [int(r[0]) for r in tamperable.execute(  # type: ignore[call-overload]
+        "SELECT id FROM audit_log WHERE action IN ('refused', 'login.failed')"
+        " ORDER BY id DESC LIMIT 2").fetchall()]
+    top = int(tamperable.execute("SELECT max(id) FROM audit_log").fetchone()[0])  # type: ignore[index,arg-type]
+    assert max(ids) == top, "nothing else was audited since"
+    for rid in ids:
+        assert stack.ctx.store.exists(audit.anchor_key(rid)), f"row {rid} is anchored"
+    first = min(ids)
+    saved = [_row(tamperable, rid) for rid in range(first, top + 1)]
+    head = tamperable.execute("SELECT last_id, last_hash FROM audit_head").fetchone()
+    before = _row(tamperable, first - 1)
+    tamperable.execute("DELETE FROM audit_log WHERE id >= %s", (first,))
+    tamperable.execute("UPDATE audit_head SET last_id = %s, last_hash = %s",
+                       (first - 1, before[6]))
+    code, text = verify(stack)
+    assert code != 0 and "missing" in text, text
+    tamperable.execute("DELETE FROM audit_log WHERE id >= %s", (first,))  # verify's own rows
+    for row in saved:
+        _restore(tamperable, row)
+    tamperable.execute("UPDATE audit_head SET last_id = %s, last_hash = %s", head)
 
 
 def test_a_row_inserted_in_sql_is_caught_even_with_a_recomputed_hash(
