@@ -127,10 +127,7 @@ def _store_and_record(ctx: Context, path: Path, sha256: str, filename: str, info
     (these bytes, already sent while they arrived), storing is completing that upload."""
     existing = _find(ctx, custody.case_id, sha256)
     if existing is not None:
-        ctx.audit(custody.uploader, "ingest.duplicate",
-                  {"video_id": existing[0], "case": custody.case_id, "sha256": sha256,
-                   "filename": filename})
-        return IngestResult(existing[0], sha256, existing[1], True, filename)
+        return _duplicate(ctx, existing, sha256, filename, custody)
     stored = None
     if sent is not None and sent.sha256 == sha256:
         try:
@@ -151,11 +148,27 @@ def _store_and_record(ctx: Context, path: Path, sha256: str, filename: str, info
     except psycopg.errors.UniqueViolation:  # the same file ingested concurrently
         found = _find(ctx, custody.case_id, sha256)
         assert found is not None
-        return IngestResult(found[0], sha256, found[1], True, filename)
+        return _duplicate(ctx, found, sha256, filename, custody)
     log.info("ingested video %s (%d units)", video_id, len(units))
-    for idx in units:
-        ctx.send(PROCESS_UNIT, video_id, idx)
+    try:
+        for idx in units:
+            ctx.send(PROCESS_UNIT, video_id, idx)
+    except TransientError as exc:
+        # Recorded, stored and audited: the answer must not say otherwise. The reaper sends
+        # pending units it finds unsent once the broker is back.
+        log.warning("video %s recorded; queueing its units failed (%s): the reaper queues"
+                    " them", video_id, exc)
     return IngestResult(video_id, sha256, "queued", False, filename)
+
+
+def _duplicate(ctx: Context, existing: tuple[str, str], sha256: str, filename: str,
+               custody: Custody) -> IngestResult:
+    """The case has these bytes already: audited, nothing written (also for the loser of two
+    concurrent uploads, which was answered without an audit row)."""
+    ctx.audit(custody.uploader, "ingest.duplicate",
+              {"video_id": existing[0], "case": custody.case_id, "sha256": sha256,
+               "filename": filename})
+    return IngestResult(existing[0], sha256, existing[1], True, filename)
 
 
 def _cache_upload(ctx: Context, path: Path, sha256: str) -> None:
