@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from bodycam.errors import InvalidInputError
 
@@ -15,7 +15,8 @@ LATEST = datetime(3000, 1, 1, tzinfo=UTC)
 
 def parse_when(text: str | None, flag: str, example: str = "2026-03-14") -> datetime | None:
     """An ISO 8601 date or time from 1900 to 3000, or None; InvalidInputError naming the flag
-    and the expected form otherwise. A time without a zone is taken as UTC for the range."""
+    and the expected form otherwise. A time without a zone is UTC (it was left to the
+    database's zone, which shifted a period on a database not in UTC)."""
     if not text:
         return None
     try:
@@ -23,8 +24,19 @@ def parse_when(text: str | None, flag: str, example: str = "2026-03-14") -> date
     except ValueError:
         raise InvalidInputError(f"{flag} {text!r} is not an ISO 8601 date (e.g. {example})"
                                 ) from None
-    if not EARLIEST <= (when if when.tzinfo else when.replace(tzinfo=UTC)) < LATEST:
+    when = when if when.tzinfo else when.replace(tzinfo=UTC)
+    if not EARLIEST <= when < LATEST:
         raise InvalidInputError(f"{flag} {text!r} is not between the years 1900 and 3000")
+    return when
+
+
+def parse_until(text: str | None, flag: str = "--to") -> datetime | None:
+    """The inclusive end of a period: a date alone means the whole of that day (UTC), so
+    `--from 2026-12-05 --to 2026-12-05` is that day; it was its first instant, and an export
+    of that day had no rows)."""
+    when = parse_when(text, flag)
+    if when is not None and text is not None and len(text.strip()) == len("2026-12-05"):
+        when += timedelta(days=1, microseconds=-1)
     return when
 
 

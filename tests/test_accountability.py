@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -19,6 +20,7 @@ from bodycam.config import Settings
 from bodycam.context import Context
 from bodycam.db import Pool
 from bodycam.services import home_admin_url
+from bodycam.timeparse import parse_until, parse_when
 from tests.conftest import FACENET_CLIP, HAMILTON, TESTDATA, StackHandle
 
 ZERO = "00000000-0000-0000-0000-000000000000"
@@ -260,7 +262,6 @@ def test_a_row_inserted_in_sql_is_caught_even_with_a_recomputed_hash(
         stack: StackHandle, tamperable: psycopg.Connection[tuple[object, ...]]) -> None:
     last_id, prev = tamperable.execute(
         "SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1").fetchone()  # type: ignore[misc]
-    from datetime import UTC, datetime
     at = datetime.now(UTC)
     details = {"case": "T-AUDIT", "purpose": "never happened"}
     digest = audit.row_hash(last_id + 1, at, "intruder", "search", details, prev)
@@ -271,6 +272,24 @@ def test_a_row_inserted_in_sql_is_caught_even_with_a_recomputed_hash(
     code, text = verify(stack)
     assert code != 0 and f"first bad row {last_id + 1}" in text and "seal" in text
     tamperable.execute("DELETE FROM audit_log WHERE id = %s", (last_id + 1,))
+
+
+def test_a_period_named_by_dates_holds_the_whole_of_its_last_day(
+        stack: StackHandle, tmp_path: Path) -> None:
+    # `--to 2026-12-05` meant that day's first instant: an export of one day had no rows, and
+    # its signed manifest verified. A time without a zone was the database's, not UTC.
+    assert parse_until("2026-12-05") == datetime(2026, 12, 5, 23, 59, 59, 999999, tzinfo=UTC)
+    assert parse_until("2026-12-05T10:00") == datetime(2026, 12, 5, 10, tzinfo=UTC)
+    assert parse_when("2026-12-05T10:00", "--from") == datetime(2026, 12, 5, 10, tzinfo=UTC)
+    with stack.ctx.db() as conn:
+        last = conn.execute("SELECT at FROM audit_log ORDER BY id DESC LIMIT 1").fetchone()["at"]
+    day = last.astimezone(UTC).date().isoformat()
+    out = tmp_path / "day.jsonl"
+    stack.cli.run("audit", "export", "--from", day, "--to", day, "-o", str(out), check=True)
+    manifest = json.loads((tmp_path / "day.jsonl.manifest.json").read_text())
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert manifest["rows"] == len(rows) > 0
+    assert all(r["at"].startswith(day) for r in rows), {r["at"][:10] for r in rows}
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "csv"])

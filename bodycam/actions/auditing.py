@@ -15,7 +15,7 @@ from bodycam.accounts import User, refuse, require
 from bodycam.context import Context
 from bodycam.errors import InvalidInputError, NotFoundError
 from bodycam.exports import export_audit, export_matches
-from bodycam.timeparse import parse_when
+from bodycam.timeparse import parse_until, parse_when
 
 FORMATS = ("jsonl", "csv")
 OWNER = "owner.json"
@@ -48,7 +48,7 @@ def rows(ctx: Context, user: User, limit: int, offset: int, actor: str | None = 
          action: str | None = None, case: str | None = None, date_from: str | None = None,
          date_to: str | None = None) -> tuple[list[dict[str, Any]], bool]:
     """A page of audit rows (auditor), oldest first, with whether more follow."""
-    start, end = parse_when(date_from, "--from"), parse_when(date_to, "--to")
+    start, end = parse_when(date_from, "--from"), parse_until(date_to)
     with ctx.db() as conn:
         require(conn, ctx.audit_key, user, "audit.export")
         found = conn.execute(
@@ -96,7 +96,7 @@ def make_matches_export(ctx: Context, user: User, fmt: str, status: str | None,
 def make_audit_export(ctx: Context, user: User, fmt: str, date_from: str | None,
                       date_to: str | None) -> dict[str, object]:
     """Export the audit log (a window) with a signed manifest (auditor); audited."""
-    start, end = parse_when(date_from, "--from"), parse_when(date_to, "--to")
+    start, end = parse_when(date_from, "--from"), parse_until(date_to)
     return _export(ctx, user, "audit.export", fmt,
                    lambda path: export_audit(ctx, user.name, fmt, path, start, end))
 

@@ -18,7 +18,7 @@ from bodycam.db import uid, uids
 from bodycam.errors import InvalidInputError, NotFoundError
 from bodycam.matching import Match, Person
 from bodycam.subjects import Subject
-from bodycam.timeparse import parse_when
+from bodycam.timeparse import parse_until, parse_when
 
 
 def enroll(ctx: Context, user: User, name: str, photos: list[str], case: str | None,
@@ -83,7 +83,7 @@ def search(ctx: Context, user: User, case: str | None, purpose: str | None,
     if not purpose or not purpose.strip():
         raise InvalidInputError("missing --purpose: every search records why it was made")
     probe = s.Probe(photo, face, subject, track)
-    filters = s.Filters(video, parse_when(date_from, "--from"), parse_when(date_to, "--to"))
+    filters = s.Filters(video, parse_when(date_from, "--from"), parse_until(date_to))
     with ctx.db() as conn:
         require(conn, ctx.audit_key, user, "search", case)
     with refusals_audited(ctx, user, "search"):
