@@ -363,6 +363,31 @@ def test_concurrent_uploads_of_the_same_bytes_make_one_video_and_audit_every_dup
     assert len(audit_rows(stack, "ingest.duplicate", since)) == 3
 
 
+def test_an_upload_whose_account_is_disabled_while_it_streams_is_refused_and_stores_nothing(
+        server: Server, stack: StackHandle) -> None:
+    name, token = server.account(["clerk"], ())
+    body = HAMILTON.read_bytes()
+    before, since = stack.counts(), last_audit_id(stack)
+
+    def chunks() -> Iterator[bytes]:  # half the body, then the account goes, then the rest
+        half = len(body) // 2
+        for i in range(0, half, 65536):
+            yield body[i:min(i + 65536, half)]
+        stack.cli.run("users", "disable", name, check=True)
+        for i in range(half, len(body), 65536):
+            yield body[i:i + 65536]
+
+    r = server.call("POST", "/api/v1/videos", token, content=chunks(),
+                    headers={"Content-Type": "application/octet-stream"},
+                    params={"case": "T-SRV-GONE", "officer": "O", "device": "D",
+                            "filename": "gone.mp4"})
+    assert_problem(r, 401, "no longer valid")
+    assert stack.counts() == before, "nothing stored"
+    [rejected] = audit_rows(stack, "ingest.rejected", since)
+    assert rejected["actor"] == name and "no longer valid" in str(rejected["details"])
+    assert not audit_rows(stack, "ingest", since)
+
+
 def test_a_duplicate_names_its_video_only_to_who_may_follow_it(
         server: Server, stack: StackHandle, served_video: tuple[str, dict[str, object]],
         tmp_path: Path) -> None:

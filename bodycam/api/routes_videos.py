@@ -13,11 +13,13 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from bodycam import auth
+from bodycam.accounts import User
 from bodycam.actions import evidence
 from bodycam.api.deps import PageDep, SessionDep, UserDep, chunks, context, paginate
 from bodycam.api.problems import PROBLEM_RESPONSES, ProblemError
 from bodycam.api.schemas import IngestOut, JobOut, PageOf, RetryOut
 from bodycam.api.uploads import Tee, spool
+from bodycam.auth import UnauthenticatedError
 from bodycam.errors import BodycamError
 from bodycam.evidence import TrackRow
 
@@ -39,7 +41,7 @@ _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
              openapi_extra={"requestBody": {"required": True, "content": {
                  "application/octet-stream": {"schema": {"type": "string",
                                                          "format": "binary"}}}}})
-async def upload(request: Request, user: UserDep,
+async def upload(request: Request, user: UserDep, s: SessionDep,
                  case: Annotated[str | None, Query(description="case number (required)")] = None,
                  officer: Annotated[str | None, Query()] = None,
                  device: Annotated[str | None, Query()] = None,
@@ -76,6 +78,15 @@ async def upload(request: Request, user: UserDep,
                                     exc.detail)
             raise
         try:
+            # The body may take minutes: the account and token are checked again as they
+            # stand now (an upload finished and was ingested 8 s after its account was
+            # disabled and its token revoked).
+            try:
+                user = await run_in_threadpool(_account_now, s)
+            except UnauthenticatedError as exc:
+                await run_in_threadpool(evidence.reject, ctx, user, name, custody.case_id,
+                                        str(exc))
+                raise
             result = await run_in_threadpool(
                 evidence.ingest_upload, ctx, user, spooled.path, name, custody, spooled.sha256,
                 tee.upload if tee is not None else None)
@@ -85,6 +96,11 @@ async def upload(request: Request, user: UserDep,
         if tee is not None and tee.upload is not None:
             await run_in_threadpool(tee.upload.abort)  # a no-op once completed
     return JSONResponse(result.as_json(), status_code=200 if result.duplicate else 201)
+
+
+def _account_now(s: auth.Session) -> User:
+    with context().db() as conn:
+        return auth.still_valid(conn, s)
 
 
 @router.get("/jobs", response_model=PageOf[JobOut], summary="Jobs of the cases the caller sees")
