@@ -299,6 +299,9 @@ class ServerSettings(_Section):
     export_dir: Path | None = Field(None, description="private folder for exports made through "
                                     "the API (default: HOME/exports, created 0700)")
     sse_poll_s: float = Field(0.5, gt=0, le=30, description="job progress poll interval (SSE)")
+    upload_idle_s: float = Field(
+        60.0, gt=0, le=3600, description="an upload that sends no byte for this long is "
+        "dropped (408): a stalled client no longer holds a connection and its buffers")
     db_idle_connections: int = Field(
         8, ge=0, le=100, description="database connections the server keeps open for reuse "
         "(a new one costs a login; 0: one per request)")

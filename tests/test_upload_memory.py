@@ -125,3 +125,55 @@ def test_a_wrong_content_digest_stores_nothing_and_the_right_one_stores_the_vide
         right = put(hashlib.sha256(data).hexdigest())
         assert right.status_code == 201, right.text
         assert right.json()["sha256"] == hashlib.sha256(data).hexdigest()
+
+
+def test_a_stalled_upload_is_dropped_a_full_disk_is_one_line_and_orphans_are_swept(
+        stack: StackHandle, operator_token: str, tmp_path: Path) -> None:
+    import json
+    import socket
+    from urllib.parse import urlsplit
+
+    import pytest
+
+    from bodycam.api.problems import ProblemError
+    from bodycam.api.uploads import _write_all
+    from tests.conftest import serve_with
+
+    # A full disk while spooling was a 500: now one line (507) naming the cause. /dev/full
+    # answers every write with ENOSPC.
+    with open("/dev/full", "wb") as full, pytest.raises(ProblemError) as refused:
+        _write_all(full.fileno(), b"x" * 4096, None)
+    assert refused.value.status == 507 and "no space left" in refused.value.detail
+    spool = tmp_path / "spool"
+    spool.mkdir(mode=0o700)
+    orphan, live = spool / "upload-orphan.part", spool / "upload-live.part"
+    for f in (orphan, live):
+        f.write_bytes(b"footage of a server that was killed")
+    old = time.time() - 7200
+    os.utime(orphan, (old, old))
+    env = {"BODYCAM_SERVER__UPLOAD_IDLE_S": "2", "BODYCAM_SERVER__UPLOAD_DIR": str(spool)}
+    with serve_with(stack, env) as cli_env:
+        url = urlsplit(cli_env["BODYCAM_URL"])
+        before = stack.counts()
+        data = HAMILTON.read_bytes()
+        head = (f"POST /api/v1/videos?case=T-UP-STALL&officer=O&device=D&filename=s.mp4"
+                f" HTTP/1.1\r\nHost: {url.netloc}\r\nAuthorization: Bearer {operator_token}"
+                f"\r\nContent-Type: application/octet-stream\r\nContent-Length: {len(data)}"
+                "\r\n\r\n").encode()
+        with socket.create_connection((url.hostname, url.port), timeout=30) as sock:
+            sock.sendall(head + data[: len(data) // 2])  # then nothing: a stalled client
+            started = time.monotonic()
+            answer = b""
+            while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+                got = sock.recv(65536)
+                if not got:
+                    break
+                answer += got
+        waited = time.monotonic() - started
+        status = answer.split(b"\r\n", 1)[0]
+        assert b" 408 " in status, answer[:300]
+        detail = json.loads(answer.split(b"\r\n\r\n", 1)[1])["detail"]
+        assert "no byte of the upload arrived for 2 s" in detail and waited < 20
+        assert stack.counts() == before, "nothing stored"
+        assert not orphan.exists() and live.exists(), "only the spool file nobody writes"
+        assert [p.name for p in spool.iterdir()] == [live.name]

@@ -28,11 +28,13 @@ PROBLEM_JSON = "application/problem+json"
 BASE = "https://bodycam.invalid/problems/"
 SLUGS = {400: ("bad-request", "Bad request"), 401: ("unauthenticated", "Unauthenticated"),
          403: ("forbidden", "Forbidden"), 404: ("not-found", "Not found"),
-         405: ("method-not-allowed", "Method not allowed"), 409: ("conflict", "Conflict"),
+         405: ("method-not-allowed", "Method not allowed"),
+         408: ("request-timeout", "Request timeout"), 409: ("conflict", "Conflict"),
          413: ("too-large", "Too large"), 415: ("unsupported-media-type", "Unsupported type"),
          416: ("range-not-satisfiable", "Range not satisfiable"),
          422: ("invalid-input", "Invalid input"), 429: ("rate-limited", "Too many requests"),
-         500: ("internal", "Internal error"), 503: ("unavailable", "Service unavailable")}
+         500: ("internal", "Internal error"), 503: ("unavailable", "Service unavailable"),
+         507: ("insufficient-storage", "Insufficient storage")}
 
 
 class Problem(BaseModel):

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import errno
 import hashlib
 import logging
 import os
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,12 +33,32 @@ class Spooled:
     size_bytes: int
 
 
+# A spool file untouched this long belongs to no live upload (one that stalls is dropped
+# after server.upload_idle_s): a server killed mid-upload left it, and the next upload sweeps
+# it away. It holds footage nobody recorded.
+ORPHAN_PART_S = 3600.0
+
+
 def upload_dir(settings: Settings) -> Path:
     """The private folder uploads are spooled into (0700, created on first use)."""
     folder = settings.server.upload_dir or settings.home_dir / "uploads"
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(folder, 0o700)
     return folder
+
+
+def sweep_orphans(folder: Path, older_than_s: float = ORPHAN_PART_S) -> int:
+    """Remove spool files no upload has written to for `older_than_s`; returns how many."""
+    cutoff = time.time() - older_than_s
+    removed = 0
+    for path in folder.glob("upload-*.part"):
+        with contextlib.suppress(FileNotFoundError):
+            if path.stat().st_mtime < cutoff:
+                path.unlink()
+                removed += 1
+    if removed:
+        log.warning("removed %d spooled upload file(s) left by a server that stopped", removed)
+    return removed
 
 
 def new_private_file(folder: Path) -> tuple[int, Path]:
@@ -81,13 +105,24 @@ async def spool(chunks: AsyncIterator[bytes], settings: Settings, max_bytes: int
     Over max_bytes: 413 while streaming. A digest that differs from `expected_sha256`: 422.
     The file is removed on every failure; on success the caller removes it.
     """
-    fd, path = await run_in_threadpool(new_private_file, upload_dir(settings))
+    folder = upload_dir(settings)
+    await run_in_threadpool(sweep_orphans, folder)
+    fd, path = await run_in_threadpool(new_private_file, folder)
     digest = hashlib.sha256()
     size = 0
     buf = bytearray()
     ok = False
+    idle = settings.server.upload_idle_s
+    it = aiter(chunks)
     try:
-        async for chunk in chunks:
+        while True:
+            try:
+                chunk = await asyncio.wait_for(anext(it), timeout=idle)
+            except StopAsyncIteration:
+                break
+            except TimeoutError:
+                raise ProblemError(408, f"no byte of the upload arrived for {idle:g} s: it was"
+                                        " dropped and nothing was stored") from None
             size += len(chunk)
             if size > max_bytes:
                 raise ProblemError(413, f"upload is larger than limits.max_bytes ({max_bytes}"
@@ -116,8 +151,15 @@ async def spool(chunks: AsyncIterator[bytes], settings: Settings, max_bytes: int
 
 def _write_all(fd: int, data: bytes, tee: Tee | None) -> None:
     view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
+    try:
+        while view:
+            n = os.write(fd, view)
+            view = view[n:]
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise ProblemError(507, "the server has no space left to receive this upload:"
+                                    " nothing was stored; an operator must free space in"
+                                    " its upload folder") from None
+        raise
     if tee is not None:
         tee.write(data)
