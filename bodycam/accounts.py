@@ -119,19 +119,22 @@ def disable_user(conn: Conn, key: str, name: str, by: str) -> None:
         raise NotFoundError(f"no active user {name}")
 
 
-CASE_NUMBER = re.compile(r"^[\w .:/#@+-]{1,200}$")
+# ASCII only: full-width or Devanagari digits and Cyrillic look-alikes were taken as new case
+# numbers, so "２０２６/119" filed footage beside case 2026/119, not in it.
+CASE_NUMBER = re.compile(r"^[A-Za-z0-9 .:/#@+_-]{1,200}$")
 
 
 def case_number(text: str | None) -> str:
-    """A case number as ingest and assignment take it: trimmed, 1 to 200 letters, digits,
-    spaces and `. : / # @ + - _`, and not only dots (`.` and `..` cannot be named in a route's
-    path, so such a case could be assigned but never held, released or unassigned)."""
+    """A case number as ingest and assignment take it: trimmed, 1 to 200 ASCII letters,
+    digits, spaces and `. : / # @ + - _`, and not only dots (`.` and `..` cannot be named in
+    a route's path, so such a case could be assigned but never held, released or
+    unassigned)."""
     case = (text or "").strip()
     if not case:
         raise InvalidInputError("missing --case: name the case number")
     if not CASE_NUMBER.match(case) or set(case) == {"."}:
-        raise InvalidInputError(f"case {case!r} is not a case number: use letters, digits, "
-                                "spaces and . : / # @ + - _")
+        raise InvalidInputError(f"case {case!r} is not a case number: use ASCII letters, "
+                                "digits, spaces and . : / # @ + - _")
     return case
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime
@@ -12,7 +13,7 @@ from pathlib import Path
 import psycopg
 
 from bodycam import audit, jobs
-from bodycam.accounts import CASE_NUMBER, case_number
+from bodycam.accounts import case_number
 from bodycam.context import Context
 from bodycam.domain import MediaInfo
 from bodycam.errors import InvalidInputError, InvalidMediaError, PermanentError, TransientError
@@ -23,7 +24,8 @@ from bodycam.storage import INCOMING, OriginalUpload, StoredObject
 from bodycam.timeparse import parse_recorded_at
 
 log = logging.getLogger(__name__)
-_FIELD = CASE_NUMBER  # officer and device: the characters of a case number
+# Officer and device: a case number's characters, in any script (officers' names are).
+_FIELD = re.compile(r"^[\w .:/#@+-]{1,200}$")
 
 
 @dataclass(frozen=True)

@@ -611,6 +611,12 @@ def test_odd_values_get_one_clean_line_and_are_not_stored(world: World) -> None:
             "kind": "audit", "first_row": {"hash": "x"}, "last_row": {"id": 1, "hash": "x"}}}),
          aud, 422, "first_row must name a row"),
         # `..` could be assigned and then never held, released or unassigned.
+        # Full-width digits made a second case beside 2026/119, not that case.
+        ("look-alike case", Req("POST", V + "/videos", params={
+            "case": "\uff12\uff10\uff12\uff16/119", "officer": "O", "device": "D",
+            "filename": "h.mp4"}, content=HAMILTON.read_bytes(),
+            headers={"Content-Type": "application/octet-stream"}), world.tokens["clerk"], 422,
+         "ASCII letters"),
         ("dot case", Req("POST", f"{V}/users/{world.names['clerk']}/cases",
                          json={"case": ".."}), sup, 422, "not a case number"),
         ("markup case", Req("POST", f"{V}/users/{world.names['clerk']}/cases",
