@@ -51,9 +51,13 @@ class Match:
                 "created_at": self.created_at.isoformat(), "reviewers": list(self.reviewers)}
 
 
-def _match_pairs(conn: Conn, settings: Settings, subject_ids: list[str], track_sql: str,
-                 params: tuple[object, ...]) -> int:
-    """Identify tracks among their case's subjects and insert pending matches.
+SYSTEM_ACTOR = "system:matching"  # who puts automatic leads before reviewers
+
+def _match_pairs(conn: Conn, settings: Settings, key: str, cause: dict[str, str],
+                 subject_ids: list[str], track_sql: str, params: tuple[object, ...]) -> int:
+    """Identify tracks among their case's subjects and insert pending matches; the new
+    matches are audited by id (`matches.create`, per case, with `cause`: the video processed
+    or the subject enrolled or approved), so every lead put before a reviewer is on record.
 
     A track becomes a lead for one of `subject_ids` only when that subject is the case's
     best-matching enrolled subject for it (open-set identification, see
@@ -76,6 +80,7 @@ def _match_pairs(conn: Conn, settings: Settings, subject_ids: list[str], track_s
         by_case[str(r["case_id"])].append(r)
     made = 0
     for case_id, rows in by_case.items():
+        new: list[str] = []
         gallery = case_gallery(conn, case_id, model)
         if not wanted & set(gallery):
             continue
@@ -85,12 +90,19 @@ def _match_pairs(conn: Conn, settings: Settings, subject_ids: list[str], track_s
             for sid, sim in best.items():
                 if sid not in wanted or sim < thr:
                     continue
-                made += conn.execute(
+                row = conn.execute(
                     "INSERT INTO matches (subject_id, track_id, video_id, case_id, similarity,"
                     " threshold, model) VALUES (%s, %s, %s, %s, %s, %s, %s)"
-                    " ON CONFLICT (subject_id, track_id) DO NOTHING",
+                    " ON CONFLICT (subject_id, track_id) DO NOTHING RETURNING id::text AS id",
                     (sid, r["id"], r["video_id"], case_id, sim, thr, model),
-                ).rowcount
+                ).fetchone()
+                if row is not None:
+                    new.append(str(row["id"]))
+        if new:
+            audit.append(conn, key, SYSTEM_ACTOR, "matches.create",
+                         {**cause, "case": case_id, "match_ids": new, "threshold": thr,
+                          "model": model})
+            made += len(new)
     return made
 
 
@@ -99,7 +111,7 @@ _TRACKS = ("SELECT t.id, t.video_id, v.case_id, t.embedding FROM tracks t JOIN v
            " AND t.purged_at IS NULL")
 
 
-def match_video(conn: Conn, settings: Settings, video_id: str) -> int:
+def match_video(conn: Conn, settings: Settings, key: str, video_id: str) -> int:
     """After a video is processed: compare its tracks with its case's subjects."""
     if not policy.embeddings_allowed(conn):
         return 0
@@ -110,11 +122,11 @@ def match_video(conn: Conn, settings: Settings, video_id: str) -> int:
         "SELECT id FROM subjects WHERE case_id = %s AND removed_at IS NULL"
         " AND approved_at IS NOT NULL AND (expires_at IS NULL OR expires_at > now())",
         (row["case_id"],)).fetchall()]
-    return _match_pairs(conn, settings, subjects, _TRACKS + " AND t.video_id = %s",
-                        (settings.pipeline.embedder, video_id))
+    return _match_pairs(conn, settings, key, {"video_id": video_id}, subjects,
+                        _TRACKS + " AND t.video_id = %s", (settings.pipeline.embedder, video_id))
 
 
-def match_subject(conn: Conn, settings: Settings, subject_id: str) -> int:
+def match_subject(conn: Conn, settings: Settings, key: str, subject_id: str) -> int:
     """After enrolment or approval: compare the subject with its case's existing tracks
     (never under the redact-only profile, whatever the caller)."""
     if not policy.embeddings_allowed(conn):
@@ -125,7 +137,8 @@ def match_subject(conn: Conn, settings: Settings, subject_id: str) -> int:
         raise NotFoundError(f"no subject {subject_id}")
     if row["approved_at"] is None:
         return 0  # awaiting a supervisor's approval
-    return _match_pairs(conn, settings, [subject_id], _TRACKS + " AND v.case_id = %s",
+    return _match_pairs(conn, settings, key, {"subject_id": subject_id}, [subject_id],
+                        _TRACKS + " AND v.case_id = %s",
                         (settings.pipeline.embedder, row["case_id"]))
 
 

@@ -339,7 +339,7 @@ def finalize_video(ctx: Context, video_id: str) -> None:
 
     t0 = time.perf_counter()
     with ctx.db() as conn:
-        made = match_video(conn, ctx.settings, video_id)
+        made = match_video(conn, ctx.settings, ctx.audit_key, video_id)
         n = conn.execute("SELECT count(*) AS n FROM tracks WHERE video_id = %s",
                          (video_id,)).fetchone()
         jobs.finish_video(conn, ctx.audit_key, video_id,

@@ -260,6 +260,14 @@ def test_processing_a_video_creates_pending_matches_for_the_enrolled_subject(
     assert all(m["video_id"] == vid for m in found)
     assert any(_covers_close_up(float(m["start_s"]), float(m["end_s"]))  # type: ignore[arg-type]
                and m["status"] == "pending" for m in found), found
+    # Every lead put before a reviewer is on record, by id, with what made it.
+    with stack.ctx.db() as conn:
+        rows = conn.execute("SELECT actor, details FROM audit_log WHERE action ="
+                            " 'matches.create' AND details->>'case' = %s", (HAM_CASE,)).fetchall()
+    recorded = {m for r in rows for m in r["details"]["match_ids"]}
+    assert {str(m["match_id"]) for m in found} <= recorded
+    assert {r["actor"] for r in rows} == {"system:matching"}
+    assert any(r["details"].get("video_id") == vid for r in rows), rows
 
 
 def test_the_enroller_alone_cannot_confirm_a_match_but_a_second_reviewer_can(
@@ -289,6 +297,10 @@ def test_enrolling_after_processing_matches_existing_tracks_and_a_rejection_clos
     match = next(m for m in matches_of(stack, HAM_CASE, sid)
                  if _covers_close_up(float(m["start_s"]), float(m["end_s"])))  # type: ignore[arg-type]
     assert match["status"] == "pending"
+    with stack.ctx.db() as conn:
+        [row] = conn.execute("SELECT details FROM audit_log WHERE action = 'matches.create'"
+                             " AND details->>'subject_id' = %s", (sid,)).fetchall()
+    assert str(match["match_id"]) in row["details"]["match_ids"]
     rejected = stack.cli.run("review", str(match["match_id"]), "--reject", "--note",
                              "duplicate enrolment")
     assert rejected.returncode == 0, rejected.stderr

@@ -43,7 +43,7 @@ def enroll(ctx: Context, user: User, name: str, photos: list[str], case: str | N
         sid, notes = subjects.enroll(ctx, name, photos, case, reason, user.name, expires_at,
                                      face)
     with ctx.db() as conn:
-        made = matching.match_subject(conn, ctx.settings, sid)
+        made = matching.match_subject(conn, ctx.settings, ctx.audit_key, sid)
     return {"subject_id": sid, "pending_matches": made, "notes": notes}
 
 
@@ -67,7 +67,7 @@ def approve_subject(ctx: Context, user: User, subject_id: str) -> dict[str, obje
         require(conn, ctx.audit_key, user, "subjects.approve")
     with refusals_audited(ctx, user, "subjects.approve"), ctx.db() as conn:
         subjects.approve_subject(conn, ctx.audit_key, subject_id, user)
-        made = matching.match_subject(conn, ctx.settings, subject_id)
+        made = matching.match_subject(conn, ctx.settings, ctx.audit_key, subject_id)
     return {"subject_id": subject_id, "pending_matches": made}
 
 
