@@ -168,8 +168,26 @@ def anchor_after_commit(conn: Conn, store: Any, key: str) -> None:
     not) can stop it, and nothing is overwritten, so no older state can be put back over it.
     """
     heads = [h for h in (_committed.pop(conn, None), _pending.pop(conn, None)) if h]
-    if heads:
+    if not heads:
+        return
+    try:
         _write_anchor(store, key, max(heads))
+    except TransientError as exc:
+        # The action is committed: answering 503 told the user it failed, and their retry
+        # was then refused as already done. Until the store is back the row is covered by the
+        # chain alone; the next action's anchor, or the scheduler's (anchor_head), covers it.
+        log.error("%s; it is anchored once the object store answers again", exc)
+
+
+def anchor_head(conn: Conn, store: Any, key: str) -> bool:
+    """Anchor the log's last row if no anchor object names it yet (the scheduler's backstop
+    for an anchor that failed while the object store was down); True when one was written."""
+    last = conn.execute("SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1").fetchone()
+    if last is None or store.exists(anchor_key(int(last["id"]))):
+        return False
+    _write_anchor(store, key, (int(last["id"]), str(last["hash"])))
+    log.warning("audit row %d anchored by the scheduler", int(last["id"]))
+    return True
 
 
 def _write_anchor(store: Any, key: str, head: tuple[int, str]) -> None:

@@ -303,6 +303,14 @@ def test_up_after_a_service_was_killed_heals_the_stack_and_processing_resumes(
                              "--officer", "O", "--device", "D")
         assert res["status"] == "queued" and not res["duplicate"], res
         early = str(res["video_id"])
+    anchored = None
+    if service == "s3":
+        # Committed with the object store down: the answer says done (it was 503, and a
+        # retry was refused as done already), and the row is anchored once the store is back.
+        made = ops.cli.run("users", "add", "ops-during-s3", "--role", "clerk")
+        assert made.returncode == 0, made.stderr
+        with ops.ctx.db() as conn:
+            anchored = int(conn.execute("SELECT max(id) AS n FROM audit_log").fetchone()["n"])
     up = ops.cli.run("up", timeout=300)
     assert up.returncode == 0, up.stderr
     code, st = _status(ops)
@@ -311,6 +319,12 @@ def test_up_after_a_service_was_killed_heals_the_stack_and_processing_resumes(
     # The service is back where every process expects it, and its dependents were restarted.
     assert _state(ops)[url_key] == url
     assert all(_pid(ops, n) != pid for n, pid in apps_before.items())
+    if anchored is not None:  # before any other action could anchor a later row
+        def top_anchor() -> int:
+            return max((int(o.key[len(ANCHOR_PREFIX):].split(".")[0])
+                        for o in ops.ctx.store.list(ANCHOR_PREFIX)), default=0)
+        _wait(lambda: top_anchor() >= anchored, 120,
+              "the row committed while the store was down was anchored by the scheduler")
     res = _ingest(ops, f"OPS-AFTER-{service.upper()}")
     assert res["status"] == "done"
     if early is not None:
