@@ -298,6 +298,9 @@ class ServerSettings(_Section):
                                     "(default: HOME/uploads, created 0700)")
     export_dir: Path | None = Field(None, description="private folder for exports made through "
                                     "the API (default: HOME/exports, created 0700)")
+    export_keep_days: int = Field(
+        7, ge=1, le=3650, description="exports made through the server are deleted after "
+        "this many days (swept when the next is made); their audit rows stay")
     sse_poll_s: float = Field(0.5, gt=0, le=30, description="job progress poll interval (SSE)")
     upload_idle_s: float = Field(
         60.0, gt=0, le=3600, description="an upload that sends no byte for this long is "

@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import IO, Any, ParamSpec, TypeVar
 
 import boto3
@@ -316,6 +317,22 @@ class ObjectStore:
         completed nor aborted (parts the store holds that no object shows)."""
         resp = self._client.list_multipart_uploads(Bucket=self.bucket, Prefix=prefix)
         return tuple(str(u["Key"]) for u in resp.get("Uploads", []))
+
+    @_guarded
+    def abort_stale_uploads(self, older_than_s: float) -> int:
+        """Abort multipart uploads begun more than `older_than_s` ago and never completed (a
+        server killed mid-upload, or an abort that failed while the store was down): their
+        parts are footage no object shows. Returns how many."""
+        cutoff = datetime.now(UTC) - timedelta(seconds=older_than_s)
+        resp = self._client.list_multipart_uploads(Bucket=self.bucket)
+        aborted = 0
+        for u in resp.get("Uploads", []):
+            began = u.get("Initiated")
+            if isinstance(began, datetime) and began < cutoff:
+                self._client.abort_multipart_upload(Bucket=self.bucket, Key=u["Key"],
+                                                    UploadId=u["UploadId"])
+                aborted += 1
+        return aborted
 
     @_guarded
     def presigned_url(self, key: str, expires_s: int = 3600) -> str:

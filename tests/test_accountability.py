@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -292,6 +293,23 @@ def test_a_period_named_by_dates_holds_the_whole_of_its_last_day(
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert manifest["rows"] == len(rows) > 0
     assert all(r["at"].startswith(day) for r in rows), {r["at"][:10] for r in rows}
+
+
+def test_exports_older_than_their_keep_days_are_swept_when_the_next_is_made(
+        stack: StackHandle, tmp_path: Path) -> None:
+    # Server-side exports hold subject names and purposes; they were never deleted.
+    folder = stack.home / "exports"
+    stack.cli.run("matches", "export", "--format", "jsonl", "-o", str(tmp_path / "a.jsonl"),
+                  check=True)
+    made = {p.name: p for p in folder.iterdir()}
+    assert made
+    old = time.time() - 8 * 86400
+    for p in made.values():
+        os.utime(p / "owner.json", (old, old))
+    stack.cli.run("matches", "export", "--format", "jsonl", "-o", str(tmp_path / "b.jsonl"),
+                  check=True)
+    left = {p.name for p in folder.iterdir()}
+    assert left and not left & set(made), (left, set(made))
 
 
 def test_whoever_holds_the_export_key_cannot_sign_a_shortened_export(

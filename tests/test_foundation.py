@@ -128,6 +128,20 @@ def test_an_original_is_stored_only_as_the_bytes_its_key_names(
     assert store.unfinished_uploads() == (), "every failed upload was aborted"
 
 
+def test_a_multipart_upload_left_unfinished_is_aborted_once_stale(stack: StackHandle) -> None:
+    # A server killed mid-upload, or an abort that failed while the store was down, left
+    # parts of footage that no object shows, for good.
+    store = stack.ctx.store
+    key = "originals/" + "0" * 64 + ".part-test"
+    store._client.create_multipart_upload(Bucket=store.bucket, Key=key)
+    assert key in store.unfinished_uploads()
+    assert store.abort_stale_uploads(older_than_s=3600) == 0, "a recent one is left alone"
+    assert key in store.unfinished_uploads()
+    time.sleep(1.5)
+    assert store.abort_stale_uploads(older_than_s=1) == 1
+    assert key not in store.unfinished_uploads()
+
+
 def test_an_upload_streamed_as_it_arrives_sends_parts_before_it_ends_and_a_failure_drops_it(
         stack: StackHandle) -> None:
     """begin_original sends whole parts while bytes are still being written (the server's

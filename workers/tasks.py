@@ -15,6 +15,7 @@ from bodycam.queue import FINALIZE_VIDEO, INGEST_OBJECT, PROCESS_UNIT, REAP, REC
 from workers.celery_app import app
 
 log = logging.getLogger(__name__)
+STALE_UPLOAD_S = 86400.0  # an upload of an original takes minutes; a day is abandoned
 ctx = shared
 T = TypeVar("T")
 
@@ -98,8 +99,12 @@ def reconcile_incoming() -> int:
 def scheduled_purge() -> int:
     """Expire bystanders' biometric data and lapsed watchlist entries on schedule (cpu queue):
     the policy's retention holds without an admin running `bodycam purge`."""
-    return retention.purge(ctx(), retention.SCHEDULED_ACTOR, dry_run=False,
-                           audit_empty=False).tracks
+    c = ctx()
+    plan = retention.purge(c, retention.SCHEDULED_ACTOR, dry_run=False, audit_empty=False)
+    # And multipart uploads of originals begun a day ago and never completed or aborted.
+    if aborted := c.store.abort_stale_uploads(STALE_UPLOAD_S):
+        log.warning("aborted %d multipart uploads left unfinished", aborted)
+    return plan.tracks
 
 
 @app.task(name=fixity.FIXITY_TASK)

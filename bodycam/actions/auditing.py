@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shutil
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,6 +19,8 @@ from bodycam.context import Context
 from bodycam.errors import InvalidInputError, NotFoundError
 from bodycam.exports import export_audit, export_matches
 from bodycam.timeparse import parse_until, parse_when
+
+log = logging.getLogger(__name__)
 
 FORMATS = ("jsonl", "csv")
 OWNER = "owner.json"
@@ -74,9 +79,30 @@ def export_dir(ctx: Context) -> Path:
     return folder
 
 
+def sweep_exports(ctx: Context) -> int:
+    """Remove exports older than server.export_keep_days (they hold subject names and
+    search purposes, outside retention); run before each new export; returns how many. The
+    audit rows that record them stay, and whoever made one keeps their downloaded copy."""
+    cutoff = time.time() - ctx.settings.server.export_keep_days * 86400
+    removed = 0
+    for folder in export_dir(ctx).iterdir():
+        owner = folder / OWNER
+        try:
+            if owner.is_file() and owner.stat().st_mtime < cutoff:
+                shutil.rmtree(folder)
+                removed += 1
+        except FileNotFoundError:
+            continue
+    if removed:
+        log.info("removed %d exports older than %d days", removed,
+                 ctx.settings.server.export_keep_days)
+    return removed
+
+
 def _new_export(ctx: Context, user: User, fmt: str) -> tuple[str, Path]:
     if fmt not in FORMATS:
         raise InvalidInputError(f"--format {fmt}: choose jsonl or csv")
+    sweep_exports(ctx)  # here, where exports live: the server's host
     export_id = str(uuid.uuid4())
     folder = export_dir(ctx) / export_id
     folder.mkdir(mode=0o700)
