@@ -32,8 +32,8 @@ def parse_when(text: str | None, flag: str, example: str = "2026-03-14") -> date
 
 def parse_until(text: str | None, flag: str = "--to") -> datetime | None:
     """The inclusive end of a period: a date alone means the whole of that day (UTC), so
-    `--from 2026-12-05 --to 2026-12-05` is that day; it was its first instant, and an export
-    of that day had no rows)."""
+    `--from 2026-12-05 --to 2026-12-05` is that day (it was the day's first instant, and an
+    export of that day had no rows)."""
     when = parse_when(text, flag)
     if when is not None and text is not None and len(text.strip()) == len("2026-12-05"):
         when += timedelta(days=1, microseconds=-1)

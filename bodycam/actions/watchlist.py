@@ -31,8 +31,7 @@ def enroll(ctx: Context, user: User, name: str, photos: list[str], case: str | N
     if not reason:
         raise InvalidInputError("missing --reason: say why this person is enrolled")
     expires_at = parse_when(expires, "--expires")
-    if expires_at is not None and (expires_at if expires_at.tzinfo else expires_at.replace(
-            tzinfo=UTC)) <= datetime.now(UTC):
+    if expires_at is not None and expires_at <= datetime.now(UTC):
         raise InvalidInputError(f"--expires {expires}: already past; an entry would lapse "
                                 "before it could match")
     with ctx.db() as conn:

@@ -100,7 +100,7 @@ def audit_verify_export(
 
 @audit_app.command("export-key")
 def audit_export_key() -> None:
-    """Print the key that verifies export manifests (give it to whoever checks exports
-    offline; it is derived from, and does not reveal, the audit key)."""
+    """Print the key that verifies export manifests: the Ed25519 public key of the server's
+    signing key (give it to whoever checks exports offline; it cannot sign one)."""
     res = client_call(lambda c: c.get("/api/v1/audit/export-key"))
     sys.stdout.write(str(res["key"]) + "\n")
