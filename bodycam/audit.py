@@ -139,16 +139,11 @@ def commit(conn: Conn) -> None:
 
 def after_rollback(conn: Conn, store: Any, key: str) -> None:
     """The transaction on `conn` was rolled back: its own rows are gone, nothing of them is
-    anchored; rows committed earlier in the block (see `commit`) are anchored now. A failed
-    anchor is logged, not raised, so the block's own error is the one the caller sees."""
+    anchored; rows committed earlier in the block (see `commit`) are anchored now (a failed
+    anchor is logged, so the block's own error is the one the caller sees)."""
     _pending.pop(conn, None)
-    head = _committed.pop(conn, None)
-    if head is None:
-        return
-    try:
-        _write_anchor(store, key, head)
-    except TransientError as exc:
-        log.error("%s", exc)
+    if (head := _committed.pop(conn, None)) is not None:
+        _anchor_or_log(store, key, head)
 
 
 def anchor_key(row_id: int) -> str:
@@ -168,14 +163,18 @@ def anchor_after_commit(conn: Conn, store: Any, key: str) -> None:
     not) can stop it, and nothing is overwritten, so no older state can be put back over it.
     """
     heads = [h for h in (_committed.pop(conn, None), _pending.pop(conn, None)) if h]
-    if not heads:
-        return
+    if heads:
+        _anchor_or_log(store, key, max(heads))
+
+
+def _anchor_or_log(store: Any, key: str, head: tuple[int, str]) -> None:
+    """Anchor a committed row; a failure is logged, not raised. The action is committed:
+    answering 503 told the user it failed, and their retry was then refused as done already.
+    Until the store is back the row is covered by the chain alone; the next action's anchor,
+    or the scheduler's (anchor_head), covers it."""
     try:
-        _write_anchor(store, key, max(heads))
+        _write_anchor(store, key, head)
     except TransientError as exc:
-        # The action is committed: answering 503 told the user it failed, and their retry
-        # was then refused as already done. Until the store is back the row is covered by the
-        # chain alone; the next action's anchor, or the scheduler's (anchor_head), covers it.
         log.error("%s; it is anchored once the object store answers again", exc)
 
 

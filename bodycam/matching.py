@@ -53,6 +53,7 @@ class Match:
 
 SYSTEM_ACTOR = "system:matching"  # who puts automatic leads before reviewers
 
+
 def _match_pairs(conn: Conn, settings: Settings, key: str, cause: dict[str, str],
                  subject_ids: list[str], track_sql: str, params: tuple[object, ...]) -> int:
     """Identify tracks among their case's subjects and insert pending matches; the new
