@@ -179,10 +179,18 @@ def _anchor_or_log(store: Any, key: str, head: tuple[int, str]) -> None:
 
 
 def anchor_head(conn: Conn, store: Any, key: str) -> bool:
-    """Anchor the log's last row if no anchor object names it yet (the scheduler's backstop
-    for an anchor that failed while the object store was down); True when one was written."""
-    last = conn.execute("SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1").fetchone()
+    """Anchor the log's last row if no anchor object names it yet and its seal is valid (the
+    scheduler's backstop for an anchor that failed while the object store was down); True
+    when one was written."""
+    last = conn.execute("SELECT id, hash, seal FROM audit_log ORDER BY id DESC LIMIT 1"
+                        ).fetchone()
     if last is None or store.exists(anchor_key(int(last["id"]))):
+        return False
+    if not hmac.compare_digest(seal(key, str(last["hash"])), str(last["seal"])):
+        # Not written by the application (one inserted in the database): anchoring it would
+        # vouch for it, and deleting it afterwards would then look like a lost row.
+        log.error("audit row %d has no valid seal: not anchored; run `bodycam audit verify`",
+                  int(last["id"]))
         return False
     _write_anchor(store, key, (int(last["id"]), str(last["hash"])))
     log.warning("audit row %d anchored by the scheduler", int(last["id"]))
