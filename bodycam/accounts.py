@@ -41,6 +41,7 @@ PERMISSIONS: dict[str, tuple[str, ...]] = {
     "users": ("admin",),
     "policy.set": ("admin",),
     "purge": ("admin",),
+    "reprocess": ("admin",),
 }
 SEE_ALL_CASES = ("supervisor", "admin")
 NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")

@@ -334,6 +334,43 @@ def list_jobs(conn: Conn, status: str | None = None, limit: int = 500) -> list[J
             for r in rows]
 
 
+NO_EMBEDDING = "no embedding"  # how `computed_on` ends for a unit analysed under redact-only
+
+
+def requeue_unembedded(conn: Conn) -> dict[tuple[str, str], list[int]]:
+    """Queue again the units of done videos whose faces have no embeddings because of the
+    redact-only profile (analysed under it, or stored before it and emptied by the switch),
+    so that they can be searched; returns them by (video, case).
+
+    Left alone: a unit whose tracks carry a match (re-analysis replaces a unit's tracks, and
+    a decided match is a record), and a unit with a track retention purged (its bystanders'
+    data expired; nothing brings it back). Videos still in work finish as they are."""
+    rows = conn.execute(
+        "SELECT u.video_id::text AS video_id, v.case_id, u.idx FROM work_units u"
+        " JOIN videos v ON v.id = u.video_id"
+        " WHERE v.status = 'done' AND u.state = 'done'"
+        " AND (u.computed_on LIKE %s OR EXISTS (SELECT 1 FROM detections d"  # emptied:
+        " WHERE d.video_id = u.video_id AND d.chunk_idx = u.idx AND d.track_id IS NOT NULL"
+        " AND d.model IS NOT NULL AND d.embedding IS NULL))"  # a model named, no vector
+        " AND NOT EXISTS (SELECT 1 FROM tracks t WHERE t.video_id = u.video_id"
+        " AND t.chunk_idx = u.idx AND (t.purged_at IS NOT NULL"
+        " OR EXISTS (SELECT 1 FROM matches m WHERE m.track_id = t.id)))"
+        " ORDER BY v.ingested_at, v.id, u.idx FOR UPDATE OF v, u",
+        (f"%; {NO_EMBEDDING}",)).fetchall()
+    units: dict[tuple[str, str], list[int]] = {}
+    for r in rows:
+        units.setdefault((str(r["video_id"]), str(r["case_id"])), []).append(int(r["idx"]))
+    for (video_id, _), idxs in units.items():
+        conn.execute(
+            "UPDATE work_units SET state = 'pending', attempts = 0, service_failures = 0,"
+            " lease_token = NULL, lease_until = NULL, not_before = NULL, updated_at = now()"
+            " WHERE video_id = %s AND idx = ANY(%s)", (video_id, idxs))
+        conn.execute(
+            "UPDATE videos SET status = 'queued', stage = 'queued', progress = 0, error = NULL,"
+            " attempts = 0, updated_at = now() WHERE id = %s", (video_id,))
+    return units
+
+
 def retry_video(conn: Conn, video_id: str) -> list[int]:
     """Queue a failed or quarantined video again from its unfinished units; returns them.
     Any other video is refused: a queued or processing one is already on its way, and

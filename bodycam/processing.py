@@ -272,7 +272,7 @@ def computed_on(result: ChunkResult, detector: FaceDetector,
     """What computed a unit's results, recorded with them: the decoder, and each model's
     device and precision (a GPU worker's FaceNet vectors are fp16 ones)."""
     embedded = (f"embed {embedder.name} on {embedder.compute}" if embedder is not None
-                else "no embedding")
+                else jobs.NO_EMBEDDING)
     return f"decode {result.decoded_on}; detect {detector.name} on {detector.compute}; {embedded}"
 
 

@@ -87,6 +87,7 @@ def commands(tmp: Path) -> dict[str, list[str]]:
         "users": ["users", "list", "--json"],
         "policy.set": ["policy", "set", "--retention-days", "30", "--reason", "unchanged"],
         "purge": ["purge", "--dry-run"],
+        "reprocess": ["reprocess", "--reason", "matrix"],
         "redact": ["redact", ZERO, "-o", str(tmp / "r.mp4")],
     }
 
@@ -571,9 +572,47 @@ def test_redact_only_stores_no_embeddings_and_refuses_face_matching(
                      ["persons", "--case", "T-REDACT", "--purpose", "p"]):
             proc = stack.cli.run(*argv)
             assert proc.returncode != 0 and "redact-only" in proc.stderr, argv
+        proc = stack.cli.run("reprocess", "--reason", "r")
+        assert proc.returncode != 0 and "redact-only" in proc.stderr
     finally:
         stack.cli.run("policy", "set", "--profile", "identify", "--reason", "test over",
                       check=True)
+    # Back under identify, the footage stored meanwhile, and that stored before whose
+    # embeddings the switch deleted, is analysed again on an admin's word, so that its faces
+    # can be searched; done once, it is not queued again.
+    proc = stack.cli.run("reprocess", "--reason", " ")
+    assert proc.returncode != 0 and "reason" in proc.stderr
+    done = stack.cli.run("reprocess", "--reason", "the ban was lifted", check=True).stdout
+    assert f"{res['video_id']}  case T-REDACT  1 units queued" in done, done
+    queued = [line.split()[0] for line in done.splitlines() if "units queued" in line
+              and "case" in line]
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        jobs = {j["video_id"]: j["status"] for j in stack.cli.json("jobs", "--json")}
+        if all(jobs[v] == "done" for v in queued):
+            break
+        time.sleep(1)
+    assert all(jobs[v] == "done" for v in queued), jobs
+    with stack.ctx.db() as conn:
+        again = conn.execute(
+            "SELECT count(*) AS tracks, count(embedding) AS t_emb, min(model) AS model"
+            " FROM tracks WHERE video_id = %s", (res["video_id"],)).fetchone()
+        unit = conn.execute("SELECT computed_on FROM work_units WHERE video_id = %s",
+                            (res["video_id"],)).fetchone()
+        empty = conn.execute(
+            "SELECT count(*) AS n FROM tracks t WHERE t.video_id = ANY(%s::uuid[])"
+            " AND t.embedding IS NULL AND NOT EXISTS (SELECT 1 FROM matches m"
+            " WHERE m.track_id = t.id)", (queued,)).fetchone()
+        row = conn.execute("SELECT actor, details FROM audit_log WHERE action = 'reprocess'"
+                           " ORDER BY id DESC LIMIT 1").fetchone()
+    assert again["tracks"] > 0 and again["t_emb"] == again["tracks"], again
+    assert again["model"] == "dlib-resnet" and "embed dlib-resnet" in unit["computed_on"]
+    assert empty["n"] == 0, "every unmatched track queued again has its embedding back"
+    assert row["actor"] == "operator" and row["details"]["reason"] == "the ban was lifted"
+    assert {"video_id": res["video_id"], "case": "T-REDACT", "units": 1} in (
+        row["details"]["videos"])
+    assert "0 videos, 0 units queued" in stack.cli.run(
+        "reprocess", "--reason", "again", check=True).stdout
 
 
 def test_a_policy_change_needs_an_admin_and_a_reason(

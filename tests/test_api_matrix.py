@@ -222,6 +222,8 @@ MATRIX: list[Route] = [
         json={"default": 0.93, "floor": 0.92, "reason": "matrix: unchanged"})),
     _r("POST", V + "/purge", "purge", lambda w, r, f: Req("POST", V + "/purge",
                                                          json={"dry_run": True})),
+    _r("POST", V + "/reprocess", "reprocess",
+       lambda w, r, f: Req("POST", V + "/reprocess", json={"reason": "matrix"})),
     _r("POST", V + "/fixity", ("auditor",), lambda w, r, f: Req("POST", V + "/fixity")),
     _r("GET", V + "/events-token", ("admin",), lambda w, r, f: Req("GET", V + "/events-token")),
     _r("POST", "/s3/events", NOTIFIER,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 from typing import Any
 
@@ -166,6 +167,12 @@ def test_an_admin_switches_the_policy_and_back_with_reasons_after_a_redact_only_
     assert [(c["to"]["profile"], c["reason"]) for c in changes] == [
         (other, f"web test: to {other}"),
         (before["profile"], f"web test: to {before['profile']}")]
+    # Footage with no embeddings is analysed again on the admin's word, with the reason.
+    page.get_by_label("Why (recorded in the audit log)").fill("web test: the ban was lifted")
+    page.get_by_role("button", name="Analyse again").click()
+    expect(page.locator("#flash")).to_contain_text(re.compile(r"^\d+ videos queued again"))
+    [again] = _audit(stack, "reprocess", admin.name)
+    assert again["reason"] == "web test: the ban was lifted"
 
 
 def test_a_supervisor_sets_a_threshold_with_a_reason_and_an_invalid_one_gets_the_servers_line(

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from bodycam import accounts, audit, fixity, policy, retention
+from bodycam import accounts, audit, fixity, jobs, policy, retention
 from bodycam.accounts import User, require
 from bodycam.context import Context
 from bodycam.errors import InvalidInputError
+from bodycam.queue import PROCESS_UNIT
 from bodycam.search import DIMS, set_thresholds
 
 
@@ -154,6 +155,26 @@ def purge(ctx: Context, user: User, dry_run: bool) -> dict[str, object]:
     with ctx.db() as conn:
         require(conn, ctx.audit_key, user, "purge")
     return retention.purge(ctx, user.name, dry_run).as_json()
+
+
+def reprocess(ctx: Context, user: User, reason: str) -> dict[str, object]:
+    """Queue again every done video analysed without embeddings (stored while the redact-only
+    profile was in force), so that its faces can be searched and matched (admin, with a
+    reason; not under redact-only); audited (`reprocess`, with each video and its case)."""
+    if not reason or not reason.strip():
+        raise InvalidInputError("missing --reason: re-analysing footage must say why")
+    with ctx.db() as conn:
+        require(conn, ctx.audit_key, user, "reprocess")
+        policy.require_identify(conn, "reprocess")
+        units = jobs.requeue_unembedded(conn)
+        videos = [{"video_id": v, "case": case, "units": len(idx)}
+                  for (v, case), idx in units.items()]
+        audit.append(conn, ctx.audit_key, user.name, "reprocess",
+                     {"reason": reason.strip(), "videos": videos})
+    for (video_id, _), idxs in units.items():
+        for idx in idxs:
+            ctx.send(PROCESS_UNIT, video_id, idx)
+    return {"videos": videos, "units_queued": sum(len(i) for i in units.values())}
 
 
 def run_fixity(ctx: Context, user: User) -> dict[str, object]:

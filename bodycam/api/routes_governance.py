@@ -20,6 +20,7 @@ from bodycam.api.schemas import (
     PolicyIn,
     PurgeIn,
     ReasonIn,
+    ReprocessOut,
     ThresholdsIn,
     ThresholdsNowOut,
     ThresholdsOut,
@@ -118,6 +119,14 @@ async def thresholds(model: str, body: ThresholdsIn, user: UserDep) -> dict[str,
 async def purge(body: PurgeIn, user: UserDep) -> dict[str, object]:
     """The purge plan (what was, or would be, removed); originals are never touched."""
     return await run_in_threadpool(governance.purge, context(), user, body.dry_run)
+
+
+@router.post("/reprocess", response_model=ReprocessOut,
+             summary="Analyse again the footage stored under redact-only (admin, with a reason)")
+async def reprocess(body: ReasonIn, user: UserDep) -> dict[str, object]:
+    """Every done video analysed without embeddings is queued again, so that its faces can be
+    searched; refused under redact-only; audited with each video and its case."""
+    return await run_in_threadpool(governance.reprocess, context(), user, body.reason)
 
 
 @router.post("/fixity", summary="Re-hash every stored original and derivative (auditor)")

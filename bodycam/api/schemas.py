@@ -113,6 +113,21 @@ class RetryOut(Out):
     units_queued: int
 
 
+class ReprocessedVideo(Out):
+    """A video queued again, its case, and how many of its units."""
+
+    video_id: str
+    case: str
+    units: int
+
+
+class ReprocessOut(Out):
+    """The videos queued again for analysis with embeddings."""
+
+    videos: list[ReprocessedVideo]
+    units_queued: int
+
+
 class EnrolOut(Out):
     """An enrolled subject and the pending matches it made."""
 

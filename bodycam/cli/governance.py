@@ -152,6 +152,20 @@ def purge(dry_run: Annotated[bool, typer.Option("--dry-run")] = False) -> None:
 
 
 @app.command()
+def reprocess(
+    reason: Annotated[str, typer.Option("--reason", help="why (recorded)")],
+) -> None:
+    """Analyse again every done video stored while the redact-only profile was in force (its
+    faces were tracked without embeddings), so that searches find them (admin)."""
+    res = client_call(lambda c: c.post("/api/v1/reprocess", {"reason": reason}))
+    for v in res["videos"]:
+        out.print(f"{v['video_id']}  case {v['case']}  {v['units']} units queued",
+                  highlight=False)
+    out.print(f"{len(res['videos'])} videos, {res['units_queued']} units queued",
+              highlight=False)
+
+
+@app.command()
 def fixity(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Re-hash every stored original and derivative against its recorded SHA-256 now; each
     mismatch is audited. Exit 1 when any object changed or is missing."""

@@ -185,6 +185,13 @@ function initPolicy() {
     const out = await change(() => api("PUT", "/policy", body), (o) => `Policy is now ${o.profile}.`);
     if (out) { f.reason.value = ""; f.reviewers.value = ""; f.retention_days.value = ""; $("pol-confirm").checked = false; loadPolicy(); }
   });
+  $("reprocess-form").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    okFlash();
+    const out = await change(() => api("POST", "/reprocess", { reason: ev.target.reason.value }),
+      (o) => `${o.videos.length} videos queued again (${o.units_queued} units).`);
+    if (out) ev.target.reset();
+  });
 }
 
 if ($("accounts")) initAccounts();
