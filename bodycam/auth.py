@@ -208,11 +208,15 @@ class FailureLimiter:
             q.popleft()
         return q
 
-    def check(self, client: str | None, name: str | None) -> None:
-        """Raise RateLimitedError when the client or the name has used up its failures."""
+    def reserve(self, client: str | None, name: str | None) -> float:
+        """Count an attempt as a failure before it is checked, and return its stamp for
+        `release` once it succeeds; RateLimitedError when the client or the name has used up
+        its failures. (Counted only after failing, 60 guesses sent at once were all checked
+        against a limit of 10.)"""
         now = time.monotonic()
         with self._lock:
-            for key in self._keys(client, name):
+            keys = self._keys(client, name)
+            for key in keys:
                 q = self._live(key, now)
                 if len(q) >= self.limits[key[0]]:
                     wait = max(1, int(q[0] + self.window_s - now + 0.999))
@@ -220,16 +224,20 @@ class FailureLimiter:
                     raise RateLimitedError(
                         f"too many failed logins for {who} ({len(q)} in "
                         f"{self.window_s:.0f} s): try again in {wait} s", wait)
-                if not q:
-                    del self._failures[key]
-
-    def failed(self, client: str | None, name: str | None) -> None:
-        """Count one failure against the client and the name."""
-        now = time.monotonic()
-        with self._lock:
             if len(self._failures) > 100_000:  # bound memory under a spray of names
                 for k in [k for k, q in self._failures.items()
                           if not q or q[-1] <= now - self.window_s]:
                     del self._failures[k]
-            for key in self._keys(client, name):
+            for key in keys:
                 self._live(key, now).append(now)
+        return now
+
+    def release(self, client: str | None, name: str | None, stamp: float) -> None:
+        """Forget a reserved attempt that did not fail."""
+        with self._lock:
+            for key in self._keys(client, name):
+                q = self._failures.get(key)
+                if q is not None and stamp in q:
+                    q.remove(stamp)
+                    if not q:
+                        del self._failures[key]

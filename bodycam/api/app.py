@@ -29,7 +29,12 @@ __all__ = ["app", "create_app", "events_token"]
 class ResponseHeaders:
     """Headers every response gets unless its route set them: `nosniff` (no browser reads a
     JSON answer or a stored file as a script or a page), and on the API `no-store` (its
-    answers carry session tokens and case data that no cache should keep)."""
+    answers carry session tokens and case data that no cache should keep).
+
+    Also the answer to an error no handler knows: a 500 problem document with those headers,
+    logged once, on a connection that stays open. (Starlette's own handler for `Exception`
+    sits outside every middleware: its 500 had neither header, and it raised the error again,
+    so the server dropped the client's keep-alive connection.)"""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -40,15 +45,24 @@ class ResponseHeaders:
             return
         api = str(scope["path"]).startswith("/api/")
 
+        started = False
+
         async def with_headers(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 headers = MutableHeaders(scope=message)
                 headers.setdefault("X-Content-Type-Options", "nosniff")
                 if api:
                     headers.setdefault("Cache-Control", "no-store")
             await send(message)
 
-        await self.app(scope, receive, with_headers)
+        try:
+            await self.app(scope, receive, with_headers)
+        except Exception as exc:
+            if started:  # part of an answer is out: nothing else can be said
+                raise
+            await problems.internal(exc)(scope, receive, with_headers)
 
 
 def create_app() -> FastAPI:

@@ -63,6 +63,13 @@ def problem(status: int, detail: str, headers: dict[str, str] | None = None) -> 
     return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_JSON)
 
 
+def internal(exc: BaseException) -> JSONResponse:
+    """The answer to an error no handler knows, logged with its traceback (the middleware in
+    bodycam.api.app gives it, inside the one that sets every response's headers)."""
+    log.error("unhandled %s", type(exc).__name__, exc_info=exc)
+    return problem(500, "internal error")
+
+
 def status_of(exc: BodycamError) -> int:
     """The HTTP status of a library error."""
     if isinstance(exc, UnauthenticatedError):
@@ -120,19 +127,31 @@ def install(app: FastAPI) -> None:
             detail = "no such route"
         return problem(exc.status_code, detail, dict(exc.headers or {}))
 
+    @app.exception_handler(psycopg.errors.TransactionRollback)
+    async def _collided(_: Request, exc: psycopg.errors.TransactionRollback) -> JSONResponse:
+        # Postgres undid this transaction to end a deadlock (or a serialization failure) with
+        # a concurrent one: nothing of it is stored, and sent again it will run alone.
+        log.warning("request undone by the database: %s", type(exc).__name__)
+        return problem(503, "the request collided with a concurrent change and was undone: "
+                            "send it again", {"Retry-After": "1"})
+
+    @app.exception_handler(psycopg.errors.RaiseException)
+    async def _raised(_: Request, exc: psycopg.errors.RaiseException) -> JSONResponse:
+        # The database's own guard (migration 007) when the profile switched to redact-only
+        # while an enrolment ran: the same refusal the enrolment gives once the switch is in.
+        if "redact-only policy forbids" in str(exc):
+            return problem(403, "enrolment is disabled: this deployment switched to the "
+                                "redact-only policy profile while the request ran; nothing "
+                                "was stored")
+        return internal(exc)
+
     @app.exception_handler(psycopg.DataError)
     async def _data(_: Request, exc: psycopg.DataError) -> JSONResponse:
         # Text PostgreSQL cannot hold (a NUL character) that no earlier check caught: the
         # request's fault, not the server's (see deps.refuse_nul).
         if "NUL" in str(exc) or exc.sqlstate == "22P05":
             return problem(400, "a value holds a NUL character, which no field accepts")
-        log.exception("unhandled %s", type(exc).__name__)
-        return problem(500, "internal error")
-
-    @app.exception_handler(Exception)
-    async def _internal(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled %s", type(exc).__name__)
-        return problem(500, "internal error")
+        return internal(exc)
 
 
 PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {

@@ -20,12 +20,16 @@ async def login(body: LoginIn, request: Request) -> dict[str, object]:
     """A session token that expires after `auth.session_ttl_s` (default 12 h). Failures are
     audited (`login.failed`) and rate-limited per client address and per name (429)."""
     client = client_of(request)
-    limiter().check(client, body.user)
+    stamp = limiter().reserve(client, body.user)
+    failed = False
     try:
         return await run_in_threadpool(sessions.login, context(), body.user, body.token, client)
     except UnauthenticatedError:
-        limiter().failed(client, body.user)
+        failed = True  # counted: its reservation stays
         raise
+    finally:
+        if not failed:
+            limiter().release(client, body.user, stamp)
 
 
 @router.post("/logout", response_model=LogoutOut, summary="Revoke the bearer token")

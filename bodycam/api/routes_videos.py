@@ -24,7 +24,7 @@ from bodycam.errors import BodycamError
 from bodycam.evidence import TrackRow
 
 router = APIRouter(prefix="/api/v1", tags=["videos"], responses=PROBLEM_RESPONSES)
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_RANGE = re.compile(r"^bytes=(\d{0,19})-(\d{0,19})$")  # 19 digits: any size there is
 # Progress streams one account may hold open in this server process at once. Each open
 # stream polls the database through the server's worker threads: 1,500 streams of one
 # account slowed every other user's requests (/healthz included) to 5-7 s.

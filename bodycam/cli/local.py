@@ -75,7 +75,13 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
     """Serve the HTTP API (every action, S3 event notifications, health)."""
     import uvicorn
 
-    uvicorn.run("bodycam.api.app:app", host=host, port=port, log_level="warning")
+    from bodycam.config import get_settings
+
+    proxies = get_settings().server.trusted_proxies.strip()
+    # uvicorn believes X-Forwarded-For from 127.0.0.1 by default: any local process could
+    # then name any client in the audit log and spend another address's failed logins.
+    uvicorn.run("bodycam.api.app:app", host=host, port=port, log_level="warning",
+                proxy_headers=bool(proxies), forwarded_allow_ips=proxies or None)
 
 
 @app.command()
