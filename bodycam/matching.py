@@ -10,7 +10,7 @@ from datetime import datetime
 
 import numpy as np
 
-from bodycam import audit, policy
+from bodycam import audit, policy, text
 from bodycam.accounts import User, case_of, require, require_visible, visible_cases
 from bodycam.config import Settings
 from bodycam.db import Conn, uid
@@ -50,6 +50,8 @@ class Match:
                 "model": self.model, "status": self.status,
                 "created_at": self.created_at.isoformat(), "reviewers": list(self.reviewers)}
 
+
+STATUSES = ("pending", "confirmed", "rejected")  # of a match
 
 SYSTEM_ACTOR = "system:matching"  # who puts automatic leads before reviewers
 
@@ -146,6 +148,8 @@ def match_subject(conn: Conn, settings: Settings, key: str, subject_id: str) -> 
 def list_matches(conn: Conn, status: str | None = None, case_id: str | None = None,
                  cases: list[str] | None = None) -> list[Match]:
     """Matches, newest first; `cases` limits them to the cases a user may see."""
+    if status is not None and status not in STATUSES:
+        raise InvalidInputError(f"--status {status[:40]!r}: choose from {', '.join(STATUSES)}")
     rows = conn.execute(
         "SELECT m.id::text AS id, m.subject_id::text AS sid, s.name, m.track_id::text AS tid,"
         " m.video_id::text AS vid, m.case_id, t.start_s, t.end_s, m.similarity, m.threshold,"
@@ -155,6 +159,8 @@ def list_matches(conn: Conn, status: str | None = None, case_id: str | None = No
         " JOIN tracks t ON t.id = m.track_id LEFT JOIN reviews r ON r.match_id = m.id"
         " WHERE (%s::text IS NULL OR m.status = %s) AND (%s::text IS NULL OR m.case_id = %s)"
         " AND (%s::text[] IS NULL OR m.case_id = ANY(%s::text[]))"
+        # A lapsed entry's leads are no longer pending, as a removed one's (deleted) are not.
+        " AND (m.status <> 'pending' OR s.expires_at IS NULL OR s.expires_at > now())"
         " GROUP BY m.id, s.name, t.start_s, t.end_s ORDER BY m.created_at DESC, m.id",
         (status, status, case_id, case_id, cases, cases)).fetchall()
     return [Match(r["id"], r["sid"], r["name"], r["tid"], r["vid"], r["case_id"],
@@ -164,15 +170,19 @@ def list_matches(conn: Conn, status: str | None = None, case_id: str | None = No
 
 
 def view_matches(conn: Conn, key: str, user: User, status: str | None = None,
-                 case_id: str | None = None) -> list[Match]:
-    """The matches a user may see (their cases only), and an audit row saying who looked at
-    which watchlist leads."""
+                 case_id: str | None = None, offset: int = 0, limit: int | None = None
+                 ) -> tuple[list[Match], int]:
+    """One page of the matches a user may see (their cases only) and how many there are,
+    with an audit row saying who was shown which watchlist leads: that page's. (Each page
+    used to record every lead the user could see: listing N leads page by page wrote N^2
+    ids, and claimed leads were shown that were not.)"""
     require(conn, key, user, "matches", case_id)  # role, and the case when one is named
     rows = list_matches(conn, status, case_id, visible_cases(conn, user))
+    shown = rows[offset:offset + limit if limit is not None else None]
     audit.append(conn, key, user.name, "matches.list", {
-        "case": case_id, "status": status, "count": len(rows),
-        "match_ids": [m.match_id for m in rows]})
-    return rows
+        "case": case_id, "status": status, "count": len(rows), "offset": offset,
+        "match_ids": [m.match_id for m in shown]})
+    return shown, len(rows)
 
 
 def review(conn: Conn, key: str, match_id: str, user: User, confirm: bool, note: str
@@ -184,19 +194,23 @@ def review(conn: Conn, key: str, match_id: str, user: User, confirm: bool, note:
     per reviewer; the match is confirmed when the policy's number of reviewers have
     confirmed, and the person who enrolled the subject is never enough on their own.
     """
-    if not note or not note.strip():
-        raise InvalidInputError("missing --note: record why you confirm or reject this match")
+    note = text.required(note, "--note", "record why you confirm or reject this match")
     case = require_visible(conn, key, user, "review", "match", match_id,
                            case_of(conn, "match", match_id))
     policy.require_identify(conn, "match review")
     reviewer = user.name
     row = conn.execute(
-        "SELECT m.status, s.created_by FROM matches m JOIN subjects s ON s.id = m.subject_id"
+        "SELECT m.status, s.created_by, s.expires_at, s.expires_at <= now() AS lapsed"
+        " FROM matches m JOIN subjects s ON s.id = m.subject_id"
         " WHERE m.id = %s FOR UPDATE OF m", (uid(match_id),)).fetchone()
     if row is None:
         raise NotFoundError(f"no match {match_id}")
     if row["status"] != "pending":
         raise policy.ReviewRefusedError(f"match {match_id} is already {row['status']}")
+    if row["lapsed"]:  # its legal basis ended: the lead goes as a removed entry's do
+        raise policy.ReviewRefusedError(
+            f"match {match_id}: its watchlist entry lapsed at {row['expires_at'].isoformat()}"
+            " and its leads can no longer be decided")
     already = conn.execute("SELECT 1 FROM reviews WHERE match_id = %s AND reviewer = %s",
                            (match_id, reviewer)).fetchone()
     if already:
@@ -212,10 +226,10 @@ def review(conn: Conn, key: str, match_id: str, user: User, confirm: bool, note:
                 f"{needed} other reviewer(s) must confirm first")
     conn.execute("INSERT INTO reviews (match_id, reviewer, decision, note)"
                  " VALUES (%s, %s, %s, %s)",
-                 (match_id, reviewer, "confirm" if confirm else "reject", note.strip()))
+                 (match_id, reviewer, "confirm" if confirm else "reject", note))
     audit.append(conn, key, reviewer, "review", {
         "match_id": match_id, "case": case, "decision": "confirm" if confirm else "reject",
-        "note": note.strip()})
+        "note": note})
     if not confirm:
         status = "rejected"
     else:
@@ -274,20 +288,22 @@ def cluster_tracks(vectors: np.ndarray, cannot_link: set[tuple[int, int]], thres
 
 
 def persons(conn: Conn, key: str, settings: Settings, case_id: str, purpose: str,
-            actor: str) -> list[Person]:
-    """Group a case's tracks into persons (recomputed from the stored tracks each time).
+            actor: str, offset: int = 0, limit: int | None = None
+            ) -> tuple[list[Person], int]:
+    """One page of a case's tracks grouped into persons (recomputed from the stored tracks
+    each time) and how many persons there are.
 
     Grouping faces across videos is biometric processing like a search: it needs a purpose
-    and is audited with what it returned.
+    and is audited with what it returned (the page's tracks).
     """
-    if not purpose or not purpose.strip():
-        raise InvalidInputError("missing --purpose: say why you are grouping this case's faces")
+    purpose = text.required(purpose, "--purpose", "say why you are grouping this case's faces")
     policy.require_identify(conn, "persons")
     found = _persons(conn, settings, case_id)
+    shown = found[offset:offset + limit if limit is not None else None]
     audit.append(conn, key, actor, "persons", {
-        "case": case_id, "purpose": purpose.strip(), "persons": len(found),
-        "track_ids": [t for p in found for t in p.track_ids]})
-    return found
+        "case": case_id, "purpose": purpose, "persons": len(found), "offset": offset,
+        "track_ids": [t for p in shown for t in p.track_ids]})
+    return shown, len(found)
 
 
 def _persons(conn: Conn, settings: Settings, case_id: str) -> list[Person]:
@@ -297,7 +313,10 @@ def _persons(conn: Conn, settings: Settings, case_id: str) -> list[Person]:
         "SELECT t.id::text AS id, t.video_id::text AS vid, t.start_s, t.end_s, t.quality,"
         " t.thumbnail_key, t.embedding FROM tracks t JOIN videos v ON v.id = t.video_id"
         " WHERE v.case_id = %s AND t.model = %s AND t.embedding IS NOT NULL"
-        " AND t.purged_at IS NULL ORDER BY t.video_id, t.start_s, t.id",
+        " AND t.purged_at IS NULL"
+        # Unknown: a track a reviewer confirmed as a watchlist entry's is known.
+        " AND NOT EXISTS (SELECT 1 FROM matches m WHERE m.track_id = t.id"
+        " AND m.status = 'confirmed') ORDER BY t.video_id, t.start_s, t.id",
         (case_id, model)).fetchall()
     if not rows:
         return []

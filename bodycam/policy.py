@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from bodycam import audit
+from bodycam import audit, text
 from bodycam.db import Conn
 from bodycam.errors import InvalidInputError, PermanentError
 
@@ -73,8 +73,7 @@ def change(conn: Conn, key: str, by: str, reason: str, profile: str | None = Non
     same transaction, audited with the counts; from then on the database
     refuses to store new ones (migration 007).
     """
-    if not reason or not reason.strip():
-        raise InvalidInputError("missing --reason: a policy change must say why")
+    reason = text.required(reason, "--reason", "a policy change must say why")
     if reviewers is not None and not 1 <= reviewers <= 5:
         raise InvalidInputError(f"--reviewers {reviewers}: between 1 and 5")
     if retention_days is not None and not 1 <= retention_days <= MAX_RETENTION_DAYS:
@@ -106,9 +105,9 @@ def change(conn: Conn, key: str, by: str, reason: str, profile: str | None = Non
                  " enrolment_approval, reviewers_explicit, changed_by, reason)"
                  " VALUES (%s, %s, %s, %s, %s, %s, %s)",
                  (new.profile, new.reviewers_required, new.retention_days,
-                  new.enrolment_approval, new.reviewers_explicit, by, reason.strip()))
+                  new.enrolment_approval, new.reviewers_explicit, by, reason))
     audit.append(conn, key, by, "policy.change", {"from": old.as_json(), "to": new.as_json(),
-                                                   "reason": reason.strip()})
+                                                   "reason": reason})
     if new.profile == "redact-only":
         purged = purge_biometrics(conn)
         audit.append(conn, key, by, "policy.purge_biometrics",

@@ -31,6 +31,7 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image, ImageDraw
 
+from bodycam import text
 from bodycam.config import LimitsSettings, PipelineSettings, RedactionSettings
 from bodycam.domain import MediaInfo
 from bodycam.errors import InvalidInputError, PermanentError
@@ -231,8 +232,7 @@ class Choices:
 
 def check_basis(red: RedactionSettings, legal_basis: str, reason: str, what: str) -> None:
     """Refuse a choice without a reason or with a legal basis outside the configured list."""
-    if not reason or not reason.strip():
-        raise InvalidInputError(f"{what}: give a reason")
+    text.required(reason, f"the reason for {what}", "give one")
     if legal_basis not in red.legal_bases:
         raise InvalidInputError(f"{what}: legal basis {legal_basis[:80]!r} is not in the "
                                 f"configured list: {'; '.join(red.legal_bases)}")

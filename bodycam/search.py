@@ -21,6 +21,8 @@ from bodycam.db import Conn, uid
 from bodycam.errors import InvalidInputError, NotFoundError
 from bodycam.subjects import face_from_photo, get_subject, subject_vectors
 
+MAX_LIMIT = 1000  # appearances one search returns at most (a page of a list: 1000)
+
 DIMS = {"dlib-resnet": 128, "facenet-vggface2": 512}
 
 
@@ -429,9 +431,9 @@ def search(ctx: Context, probe: Probe | Query, case_id: str, purpose: str, actor
     case = case_id.strip()
     scope = Scope(actor, case, ctx.audit_key)
     filters = filters or Filters()
-    lim = limit or ctx.settings.search.default_limit
-    if lim < 1:
-        raise InvalidInputError(f"--limit {lim}: give at least 1")
+    lim = limit if limit is not None else ctx.settings.search.default_limit
+    if not 1 <= lim <= MAX_LIMIT:
+        raise InvalidInputError(f"--limit {lim}: between 1 and {MAX_LIMIT}")
     query = probe if isinstance(probe, Query) else None
     if query is None:  # a probe: checked before any face is detected or vector read
         assert isinstance(probe, Probe)

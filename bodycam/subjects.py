@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -23,6 +24,15 @@ from bodycam.media.files import sha256_file
 from bodycam.pipeline.faces import FaceEmbedder, Registry
 
 MAX_PHOTO_SIDE_PX = 1920
+# A photo's pixels at most (a 48-Mpx phone photo passes): it is decoded whole before it is
+# scaled to MAX_PHOTO_SIDE_PX, three bytes a pixel and a copy or two.
+MAX_PHOTO_PIXELS = 50_000_000
+# What a photo may be: the formats the messages and the web form name, and no other of
+# Pillow's decoders (EPS would run Ghostscript where it is installed).
+PHOTO_FORMATS = ("JPEG", "PNG", "WEBP")
+# Photos decoded at full size at once, per process: at most 50 Mpx each (about 150 MB and
+# its copies), whatever the number of requests.
+_DECODING = threading.BoundedSemaphore(2)
 
 
 class PhotoRefusedError(PermanentError):
@@ -44,13 +54,48 @@ class PhotoFace:
     weights_sha256: str
 
 
-def load_photo(data: bytes, name: str) -> np.ndarray:
-    """Decode an image (EXIF rotation applied) to RGB; raises PhotoRefusedError if it is not one."""
+def open_photo(data: bytes, name: str) -> Image.Image:
+    """Open an image without decoding its pixels; raises PhotoRefusedError if it is not one
+    or its header claims more than MAX_PHOTO_PIXELS (a few kB of PNG can claim gigabytes)."""
     try:
-        img = ImageOps.exif_transpose(Image.open(io.BytesIO(data)))
-        return np.asarray(img.convert("RGB"))
+        img = Image.open(io.BytesIO(data), formats=PHOTO_FORMATS)
+    except Image.DecompressionBombError:
+        raise PhotoRefusedError(f"{name}: the image claims more than {MAX_PHOTO_PIXELS:,}"
+                                " pixels: send a smaller photo") from None
     except (UnidentifiedImageError, OSError, ValueError):
-        raise PhotoRefusedError(f"{name}: not a readable image (use a JPEG or PNG photo)") from None
+        raise PhotoRefusedError(f"{name}: not a readable image (use a JPEG, PNG or WebP photo)"
+                                ) from None
+    w, h = img.size
+    if w * h > MAX_PHOTO_PIXELS:
+        raise PhotoRefusedError(f"{name}: the image is {w}x{h} pixels, over the limit of "
+                                f"{MAX_PHOTO_PIXELS:,}: send a smaller photo")
+    return img
+
+
+def load_photo(data: bytes, name: str) -> np.ndarray:
+    """Decode an image (EXIF rotation applied, its first frame) to RGB; raises
+    PhotoRefusedError if it is not one."""
+    img = open_photo(data, name)
+    try:
+        img = ImageOps.exif_transpose(img)
+        if img.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit grey: its top 8 bits
+            # (Pillow's own conversion clips at 255: a photo's face went white.)
+            img = Image.fromarray((np.asarray(img, dtype=np.uint32) >> 8).astype(np.uint8))
+        return np.asarray(img.convert("RGB"))
+    except (OSError, ValueError):
+        raise PhotoRefusedError(f"{name}: not a readable image (use a JPEG, PNG or WebP photo)"
+                                ) from None
+
+
+def preview_jpeg(data: bytes, name: str, side_px: int) -> bytes:
+    """A photo as a JPEG of at most side_px a side, upright, without its metadata."""
+    with _DECODING:
+        img = open_photo(data, name)
+        img.thumbnail((side_px, side_px))  # a JPEG is decoded at a fraction of its size
+        img = ImageOps.exif_transpose(img).convert("RGB")
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", quality=90)
+        return buf.getvalue()
 
 
 def detect_faces(settings: Settings, path: str
@@ -62,11 +107,13 @@ def detect_faces(settings: Settings, path: str
         data = Path(path).read_bytes()
     except OSError:
         raise PhotoRefusedError(f"{name}: cannot read the file") from None
-    image = load_photo(data, name)
-    scale = min(1.0, MAX_PHOTO_SIDE_PX / max(image.shape[:2]))
-    if scale < 1.0:
-        image = np.asarray(Image.fromarray(image).resize(
-            (int(image.shape[1] * scale), int(image.shape[0] * scale)), Image.Resampling.LANCZOS))
+    with _DECODING:  # a photo's full size is held only while it is scaled down
+        image = load_photo(data, name)
+        scale = min(1.0, MAX_PHOTO_SIDE_PX / max(image.shape[:2]))
+        if scale < 1.0:
+            image = np.asarray(Image.fromarray(image).resize(
+                (int(image.shape[1] * scale), int(image.shape[0] * scale)),
+                Image.Resampling.LANCZOS))
     detector = Registry.detector(settings.pipeline.model_copy(update={"min_face_px": 20}))
     frame = SampledFrame(0, 0, 0.0, 0, image, scale)
     return data, image, scale, sorted(detector.detect([frame])[0], key=lambda d: -d.height_px)

@@ -598,6 +598,17 @@ def test_odd_values_get_one_clean_line_and_are_not_stored(world: World) -> None:
          "between the years 1900 and 3000"),
         ("huge offset", Req("GET", V + "/audit", params={"offset": "9" * 20}), aud, 422,
          "offset"),
+        # A huge search limit with a video filter overflowed the candidate query (500); 0
+        # meant the default. A search returns at most a list page's 1000.
+        ("huge search limit", Req("POST", V + "/search", data={
+            "case": CASE_A, "purpose": "matrix", "subject": world.a["subject"],
+            "video": world.a["video"], "limit": str(2**62)}), inv, 422,
+         "between 1 and 1000"),
+        ("zero search limit", Req("POST", V + "/search", data={
+            "case": CASE_A, "purpose": "matrix", "subject": world.a["subject"],
+            "limit": "0"}), inv, 422, "--limit 0: between 1 and 1000"),
+        ("unknown match status", Req("GET", V + "/matches", params={"status": "bogus"}), sup,
+         422, "choose from pending, confirmed, rejected"),
         ("endless region", Req("POST", f"{V}/videos/{world.a['video']}/redactions",
                                content=region, headers={"Content-Type": "application/json"}),
          inv, 422, "end_s"),
@@ -631,6 +642,29 @@ def test_odd_values_get_one_clean_line_and_are_not_stored(world: World) -> None:
                             ).fetchone()["n"] == 0
         assert conn.execute("SELECT count(*) AS n FROM case_assignments WHERE case_id IN"
                             " ('..', '<b>A</b>')").fetchone()["n"] == 0
+
+
+def test_a_page_of_leads_or_persons_is_audited_with_that_pages_ids(world: World) -> None:
+    """Each page used to record every lead the caller could see: listing N leads page by page
+    wrote N^2 ids, and said leads were shown that were not."""
+    inv = world.tokens["investigator"]
+    for path, params, action, ids_of in (
+            ("/matches", {"case": CASE_A}, "matches.list", lambda i: [i["match_id"]]),
+            ("/persons", {"case": CASE_A, "purpose": "matrix: page"}, "persons",
+             lambda i: i["track_ids"])):
+        r = world.send(Req("GET", V + path, params={**params, "limit": "1", "offset": "1"}),
+                       inv)
+        assert r.status_code == 200, r.text
+        [item] = r.json()["items"]
+        with world.stack.ctx.db() as conn:
+            row = conn.execute("SELECT details FROM audit_log WHERE action = %s"
+                               " ORDER BY id DESC LIMIT 1", (action,)).fetchone()
+        details = row["details"]
+        total = details["count" if action == "matches.list" else "persons"]
+        assert total >= 3, "the case has more than this page"
+        assert details["offset"] == 1 and r.json()["next_offset"] == 2
+        assert details["match_ids" if action == "matches.list" else "track_ids"] == \
+            ids_of(item), details
 
 
 def test_no_response_is_sniffed_and_no_api_answer_is_stored_by_a_cache(world: World) -> None:

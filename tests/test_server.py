@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import secrets
+import struct
 import subprocess
+import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -16,8 +20,10 @@ from urllib.parse import quote
 
 import httpx
 import imageio_ffmpeg
+import numpy as np
 import psycopg
 import pytest
+from PIL import Image
 
 from bodycam.auth import FailureLimiter, RateLimitedError
 from bodycam.services import home_admin_url
@@ -156,9 +162,10 @@ def test_wrong_tokens_are_audited_without_the_token_and_a_name_is_limited_to_429
     name, token = server.account(["clerk"])
     before = last_audit_id(stack)
     wrong = [f"bct_{secrets.token_urlsafe(32)}" for _ in range(10)]
-    for w in wrong:
+    for w in wrong:  # a local process naming another client: believed by default until 12-05
         assert_problem(server.call("POST", "/api/v1/auth/login",
-                                   json={"user": name, "token": w}), 401)
+                                   json={"user": name, "token": w},
+                                   headers={"X-Forwarded-For": "203.0.113.77"}), 401)
     limited = server.call("POST", "/api/v1/auth/login", json={"user": name, "token": token})
     assert_problem(limited, 429, "too many failed logins")
     assert 1 <= int(limited.headers["retry-after"]) <= 60
@@ -170,6 +177,7 @@ def test_wrong_tokens_are_audited_without_the_token_and_a_name_is_limited_to_429
     rows = [r for r in audit_rows(stack, "login.failed", before)
             if r["details"]["claimed_user"] == name]  # type: ignore[index]
     assert len(rows) == 10 and all(r["actor"] == "anonymous" for r in rows)
+    assert {r["details"]["client"] for r in rows} == {"127.0.0.1"}, "the peer, not the header"  # type: ignore[index]
     text = json.dumps(rows)
     assert not any(w in text for w in wrong) and token not in text
     assert all(r["details"]["reason"] == "invalid credentials" for r in rows)  # type: ignore[index]
@@ -178,15 +186,36 @@ def test_wrong_tokens_are_audited_without_the_token_and_a_name_is_limited_to_429
 def test_the_failure_limiter_blocks_a_client_across_names_and_forgets_after_the_window(
         ) -> None:
     limiter = FailureLimiter(max_per_name=100, max_per_client=3, window_s=0.5)
+    ok = limiter.reserve("10.0.0.1", "right")
+    limiter.release("10.0.0.1", "right", ok)  # an attempt that succeeded is not counted
     for i in range(3):
-        limiter.check("10.0.0.1", f"name{i}")
-        limiter.failed("10.0.0.1", f"name{i}")
+        limiter.reserve("10.0.0.1", f"name{i}")  # failed: the reservation stays
     with pytest.raises(RateLimitedError) as caught:
-        limiter.check("10.0.0.1", "a-fresh-name")
+        limiter.reserve("10.0.0.1", "a-fresh-name")
     assert caught.value.retry_after_s >= 1
-    limiter.check("10.0.0.2", "a-fresh-name")  # another client is not blocked
+    limiter.reserve("10.0.0.2", "a-fresh-name")  # another client is not blocked
     time.sleep(0.6)
-    limiter.check("10.0.0.1", "a-fresh-name")  # the window has passed
+    limiter.reserve("10.0.0.1", "a-fresh-name")  # the window has passed
+
+
+def test_the_failure_limiter_counts_attempts_in_flight() -> None:
+    """60 wrong logins sent at once were all checked against a limit of 10: each was counted
+    only after it had failed."""
+    limiter = FailureLimiter(max_per_name=10, max_per_client=1000, window_s=60)
+    barrier = threading.Barrier(30)
+
+    def guess(i: int) -> bool:
+        barrier.wait()
+        try:
+            limiter.reserve(f"10.0.1.{i}", "aud2")
+        except RateLimitedError:
+            return False
+        time.sleep(0.05)  # the token check, during which the others arrive
+        return True
+
+    with ThreadPoolExecutor(30) as pool:
+        checked = list(pool.map(guess, range(30)))
+    assert sum(checked) == 10, sum(checked)
 
 
 def test_tokens_are_stored_only_as_sha256_hashes(server: Server, stack: StackHandle) -> None:
@@ -519,6 +548,9 @@ def test_an_original_is_served_with_ranges_only_inside_the_case(
         hashlib.sha256(data).hexdigest()
     assert_problem(server.call("GET", path, investigator,
                                headers={"Range": f"bytes={len(data)}-"}), 416)
+    for huge in ("1" * 5000 + "-", "-" + "1" * 5000, "0-" + "1" * 4301):  # were 500s
+        assert_problem(server.call("GET", path, investigator,
+                                   headers={"Range": f"bytes={huge}"}), 416, "unsupported range")
     _, outsider = server.account(["investigator"], ("T-SRV-ELSEWHERE",))
     assert_problem(server.call("GET", path, outsider, headers={"Range": "bytes=0-9"}), 403,
                    "not assigned")
@@ -588,6 +620,76 @@ def test_search_and_enrolment_take_photos_as_multipart_and_keep_the_cli_messages
                           data={"name": "X", "case": "T-SRV", "reason": "r"},
                           files={"photo": ("notes.png", b"not an image", "image/png")})
     assert_problem(notface, 422, "notes.png: not a readable image")
+    # Images whose header claims more pixels than a photo has are refused before any pixel
+    # is decoded: a 12-kB PNG of 10,000 x 10,000 cost the server 1.7 GB; 30,000 x 30,000 was
+    # a 500 (Pillow's own bomb check). A few bytes of header stand for them here.
+    for side, field, route, data in (
+            (10_000, "photo", "/api/v1/photos/faces", {"case": "T-SRV"}),
+            (30_000, "photo", "/api/v1/search", {"case": "T-SRV", "purpose": "p"}),
+            (10_000, "photo", "/api/v1/subjects", {"name": "X", "case": "T-SRV",
+                                                   "reason": "r"})):
+        bomb = server.call("POST", route, investigator, data=data,
+                           files={field: ("bomb.png", _png_header(side, side), "image/png")})
+        if side == 30_000:
+            assert_problem(bomb, 422, "bomb.png: the image claims more than 50,000,000 pixels")
+        else:
+            assert_problem(bomb, 422, f"bomb.png: the image is {side}x{side} pixels, over the"
+                           " limit of 50,000,000")
+
+
+def test_an_error_no_handler_knows_is_a_500_with_every_header_on_a_connection_kept_open(
+        server: Server, stack: StackHandle) -> None:
+    """A failure the server has no answer for (here a table renamed under it) is one problem
+    document with `nosniff` and `no-store`, and the client's connection serves the next
+    request: Starlette's own 500 had neither header and made the server drop the connection."""
+    ok = server.op("GET", "/api/v1/thresholds")
+    assert ok.status_code == 200
+    api_log = stack.home / "logs" / "api.log"
+    dropped = api_log.read_text(errors="replace").count("Exception in ASGI application")
+    with psycopg.connect(home_admin_url(stack.home), autocommit=True) as admin:
+        admin.execute("ALTER TABLE thresholds RENAME TO thresholds_gone")
+        try:
+            failed = server.op("GET", "/api/v1/thresholds")
+        finally:
+            admin.execute("ALTER TABLE thresholds_gone RENAME TO thresholds")
+    assert_problem(failed, 500, "internal error")
+    assert failed.headers["x-content-type-options"] == "nosniff"
+    assert failed.headers["cache-control"] == "no-store"
+    assert "thresholds_gone" not in failed.text, "no internal detail is shown"
+    again = server.op("GET", "/api/v1/thresholds")  # on the same pooled connection
+    assert again.status_code == 200, again.text
+    text = api_log.read_text(errors="replace")
+    assert text.count("Exception in ASGI application") == dropped, "raised again: dropped"
+    assert text.count("unhandled UndefinedTable") >= 1, "logged once, by name"
+
+
+def test_a_photo_is_a_jpeg_png_or_webp_and_a_16_bit_one_keeps_its_face(
+        server: Server) -> None:
+    """Every Pillow decoder used to read probe and enrolment photos (EPS runs Ghostscript
+    where it is installed); and a 16-bit grey PNG came out white: "no face found"."""
+    _, investigator = server.account(["investigator"], ("T-SRV",))
+    grey = Image.open(P06).convert("L")
+    for fmt in ("GIF", "TIFF", "BMP"):
+        buf = io.BytesIO()
+        grey.save(buf, fmt)
+        refused = server.call("POST", "/api/v1/photos/faces", investigator,
+                              data={"case": "T-SRV"},
+                              files={"photo": (f"p06.{fmt.lower()}", buf.getvalue(),
+                                               "image/png")})
+        assert_problem(refused, 422, "not a readable image (use a JPEG, PNG or WebP photo)")
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(grey).astype(np.uint16) * 257).save(buf, "PNG")
+    found = server.call("POST", "/api/v1/photos/faces", investigator, data={"case": "T-SRV"},
+                        files={"photo": ("p06-16bit.png", buf.getvalue(), "image/png")})
+    assert found.status_code == 200 and found.json()["faces"], found.text
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG's signature and header chunk claiming width x height (1-bit grey), no pixels."""
+    ihdr = b"IHDR" + struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + ihdr
+            + struct.pack(">I", zlib.crc32(ihdr)) + struct.pack(">I", 0) + b"IEND"
+            + struct.pack(">I", zlib.crc32(b"IEND")))
 
 
 # --- a second server with small limits, on the same stack -----------------------------------

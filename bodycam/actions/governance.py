@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bodycam import accounts, audit, fixity, jobs, policy, retention
+from bodycam import accounts, audit, fixity, jobs, policy, retention, text
 from bodycam.accounts import User, require
 from bodycam.context import Context
 from bodycam.errors import InvalidInputError
@@ -161,8 +161,7 @@ def reprocess(ctx: Context, user: User, reason: str) -> dict[str, object]:
     """Queue again every done video analysed without embeddings (stored while the redact-only
     profile was in force), so that its faces can be searched and matched (admin, with a
     reason; not under redact-only); audited (`reprocess`, with each video and its case)."""
-    if not reason or not reason.strip():
-        raise InvalidInputError("missing --reason: re-analysing footage must say why")
+    reason = text.required(reason, "--reason", "re-analysing footage must say why")
     with ctx.db() as conn:
         require(conn, ctx.audit_key, user, "reprocess")
         policy.require_identify(conn, "reprocess")
@@ -170,7 +169,7 @@ def reprocess(ctx: Context, user: User, reason: str) -> dict[str, object]:
         videos = [{"video_id": v, "case": case, "units": len(idx)}
                   for (v, case), idx in units.items()]
         audit.append(conn, ctx.audit_key, user.name, "reprocess",
-                     {"reason": reason.strip(), "videos": videos})
+                     {"reason": reason, "videos": videos})
     for (video_id, _), idxs in units.items():
         for idx in idxs:
             ctx.send(PROCESS_UNIT, video_id, idx)

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-import io
 from datetime import UTC, datetime
 from pathlib import Path
-
-from PIL import Image, ImageOps
 
 from bodycam import audit, matching, policy, subjects
 from bodycam import search as s
@@ -16,7 +13,7 @@ from bodycam.actions._common import refusals_audited
 from bodycam.context import Context
 from bodycam.db import uid, uids
 from bodycam.errors import InvalidInputError, NotFoundError
-from bodycam.matching import Match, Person
+from bodycam.matching import Person
 from bodycam.subjects import Subject
 from bodycam.timeparse import parse_until, parse_when
 
@@ -136,13 +133,6 @@ def case_videos(ctx: Context, user: User, case: str) -> list[dict[str, object]]:
              "device": r["device"], "tracks": int(r["n_tracks"])} for r in rows]
 
 
-def matches(ctx: Context, user: User, status: str | None = None, case: str | None = None
-            ) -> list[Match]:
-    """Watchlist matches of the cases the user sees; audited (`matches.list`)."""
-    with ctx.db() as conn:
-        return matching.view_matches(conn, ctx.audit_key, user, status, case)
-
-
 def review(ctx: Context, user: User, match_id: str, decision: str, note: str
            ) -> dict[str, object]:
     """Confirm or reject a match of a case the reviewer sees (four-eyes rules); audited."""
@@ -156,23 +146,28 @@ def review(ctx: Context, user: User, match_id: str, decision: str, note: str
     return {"match_id": match_id, "status": status}
 
 
-def persons(ctx: Context, user: User, case: str, purpose: str | None) -> list[Person]:
-    """Unknown persons of a case (investigator of the case), with a recorded purpose."""
+def persons(ctx: Context, user: User, case: str, purpose: str | None, offset: int = 0,
+            limit: int | None = None) -> tuple[list[Person], int]:
+    """A page of the unknown persons of a case (investigator of the case), with a recorded
+    purpose, and how many there are."""
     with ctx.db() as conn:
         require(conn, ctx.audit_key, user, "persons", case)
     with refusals_audited(ctx, user, "persons"), ctx.db() as conn:
         return matching.persons(conn, ctx.audit_key, ctx.settings, case, purpose or "",
-                                user.name)
+                                user.name, offset, limit)
 
 
-def match_items(ctx: Context, user: User, status: str | None = None, case: str | None = None
-                ) -> list[dict[str, object]]:
-    """The `matches --json` items of the cases the user sees (audited as `matches.list`),
+def match_items(ctx: Context, user: User, status: str | None = None, case: str | None = None,
+                offset: int = 0, limit: int | None = None
+                ) -> tuple[list[dict[str, object]], int]:
+    """A page of the `matches --json` items of the cases the user sees (audited as
+    `matches.list`, that page's ids) and how many there are,
     each with what its reviewer must know: who enrolled the subject (`enrolled_by`), the
     reviewers the policy requires, and, while pending, how many more confirmations by someone
     other than the enroller it needs (`confirmations_missing`)."""
     with ctx.db() as conn:
-        rows = matching.view_matches(conn, ctx.audit_key, user, status, case)
+        rows, total = matching.view_matches(conn, ctx.audit_key, user, status, case, offset,
+                                            limit)
         needed = policy.current(conn).reviewers_required
         ids = [m.match_id for m in rows]
         info = {str(r["id"]): r for r in conn.execute(
@@ -189,7 +184,7 @@ def match_items(ctx: Context, user: User, status: str | None = None, case: str |
                     "reviewers_required": needed,
                     "confirmations_missing": max(0, needed - done)
                     if m.status == "pending" else 0})
-    return out
+    return out, total
 
 
 def subject_photo(ctx: Context, user: User, subject_id: str) -> bytes:
@@ -202,14 +197,12 @@ def subject_photo(ctx: Context, user: User, subject_id: str) -> bytes:
         row = conn.execute(
             "SELECT f.photo_key, f.photo_sha256 FROM subject_faces f JOIN subjects s"
             " ON s.id = f.subject_id WHERE s.id = %s AND s.removed_at IS NULL"
+            " AND (s.expires_at IS NULL OR s.expires_at > now())"
             " ORDER BY f.id LIMIT 1", (uid(subject_id),)).fetchone()
         if row is None:
-            raise NotFoundError(f"subject {subject_id} has no enrolment photo (removed)")
+            raise NotFoundError(f"subject {subject_id} has no enrolment photo (removed or"
+                                " lapsed)")
         audit.append(conn, ctx.audit_key, user.name, "subject.photo", {
             "subject_id": subject_id, "case": case, "photo_sha256": row["photo_sha256"]})
     data = ctx.store.get_bytes(str(row["photo_key"]))
-    img = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
-    img.thumbnail((640, 640))
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=90)
-    return buf.getvalue()
+    return subjects.preview_jpeg(data, "the enrolment photo", 640)

@@ -64,14 +64,17 @@ def authenticate(ctx: Context, client: str, token: str | None, claimed: str | No
     """Authenticate a bearer token, rate-limited per client and claimed name (429). Every
     failure is audited; those with a token are counted (a request that sends none guesses
     nothing, so it is audited but not counted)."""
-    limiter().check(client, claimed)
+    stamp = limiter().reserve(client, claimed)
+    failed = False
     try:
         with ctx.db() as conn:
             return auth.authenticate(conn, ctx.audit_key, token, claimed, client)
     except UnauthenticatedError:
-        if token:
-            limiter().failed(client, claimed)
+        failed = bool(token)  # counted (its reservation stays) when it guessed a token
         raise
+    finally:
+        if not failed:
+            limiter().release(client, claimed, stamp)
 
 
 BEARER = HTTPBearer(auto_error=False, scheme_name="bearer",
@@ -125,9 +128,13 @@ def page(limit: Annotated[int, Query(ge=1, le=1000, description="items per page"
 
 def paginate(items: list[dict[str, object]], p: Page) -> dict[str, object]:
     """`{"items", "next_offset"}` of one page of a list."""
-    chunk = items[p.offset:p.offset + p.limit]
-    more = p.offset + p.limit < len(items)
-    return {"items": chunk, "next_offset": p.offset + p.limit if more else None}
+    return page_of(items[p.offset:p.offset + p.limit], len(items), p)
+
+
+def page_of(items: list[dict[str, object]], total: int, p: Page) -> dict[str, object]:
+    """`{"items", "next_offset"}` of a page an action cut itself (it audits what it shows)."""
+    more = p.offset + p.limit < total
+    return {"items": items, "next_offset": p.offset + p.limit if more else None}
 
 
 UserDep = Annotated[User, Depends(current_user)]

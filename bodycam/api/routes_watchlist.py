@@ -14,7 +14,7 @@ from fastapi import APIRouter, File, Form, Query, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
 from bodycam.actions import watchlist
-from bodycam.api.deps import PageDep, UserDep, context, paginate
+from bodycam.api.deps import PageDep, UserDep, context, page_of, paginate
 from bodycam.api.problems import PROBLEM_RESPONSES, ProblemError
 from bodycam.api.schemas import (
     TEXT_MAX,
@@ -168,8 +168,9 @@ async def matches(user: UserDep, p: PageDep, status: Annotated[str | None, Query
                   case: Annotated[str | None, Query()] = None) -> dict[str, object]:
     """Paginated `matches --json` items, each with `enrolled_by`, `reviewers_required` and
     `confirmations_missing` (by others than the enroller); audited."""
-    rows = await run_in_threadpool(watchlist.match_items, context(), user, status, case)
-    return paginate(rows, p)
+    rows, total = await run_in_threadpool(watchlist.match_items, context(), user, status, case,
+                                          p.offset, p.limit)
+    return page_of(rows, total, p)
 
 
 @router.post("/matches/{match_id}/review", response_model=ReviewOut,
@@ -186,8 +187,9 @@ async def persons(user: UserDep, p: PageDep, case: Annotated[str, Query()],
                   purpose: Annotated[str | None, Query(max_length=TEXT_MAX)] = None,
                   ) -> dict[str, object]:
     """Paginated `persons --json` items; needs a purpose; audited."""
-    rows = await run_in_threadpool(watchlist.persons, context(), user, case, purpose)
-    return paginate([r.as_json() for r in rows], p)
+    rows, total = await run_in_threadpool(watchlist.persons, context(), user, case, purpose,
+                                          p.offset, p.limit)
+    return page_of([r.as_json() for r in rows], total, p)
 
 
 @router.get("/subjects/{subject_id}/photo", summary="A subject's enrolment photo (JPEG)",
