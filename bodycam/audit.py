@@ -418,19 +418,20 @@ def derive_key(audit_key: str, purpose: str) -> str:
 SIGNATURE_ALG = "Ed25519"
 
 
-def _export_signer(audit_key: str) -> Ed25519PrivateKey:
-    """The private key that signs export manifests: derived from the audit key, so only the
-    server that holds the audit key can sign."""
-    seed = bytes.fromhex(derive_key(audit_key, "export manifest signing ed25519"))
+def _export_signer(signing_key: str) -> Ed25519PrivateKey:
+    """The private key that signs export manifests, derived from the export signing key: a
+    secret of the server's alone. (Until 2026-12-05 it was derived from the audit key, which
+    every worker host holds to seal its rows: a worker host could re-sign a shortened export.)"""
+    seed = bytes.fromhex(derive_key(signing_key, "export manifest signing ed25519"))
     return Ed25519PrivateKey.from_private_bytes(seed)
 
 
-def export_key(audit_key: str) -> str:
+def export_key(signing_key: str) -> str:
     """The public key (Ed25519, hex) that verifies export manifests: auditors and courts are
     given it (`bodycam audit export-key`) to verify exports offline, and it cannot sign one.
     (Until 2026-12-05 manifests carried an HMAC whose key verifiers were given, and with it
     they could re-sign an export from which they had dropped rows.)"""
-    public = _export_signer(audit_key).public_key()
+    public = _export_signer(signing_key).public_key()
     return public.public_bytes(Encoding.Raw, PublicFormat.Raw).hex()
 
 
@@ -442,7 +443,7 @@ def _manifest_bytes(manifest: dict[str, Any]) -> bytes:
 
 def write_export(path: Path, kind: str, fmt: str, records: list[dict[str, Any]],
                  columns: tuple[str, ...], head: dict[str, Any] | None,
-                 extra: dict[str, Any], audit_key: str) -> dict[str, Any]:
+                 extra: dict[str, Any], signing_key: str) -> dict[str, Any]:
     """Write an export and its signed manifest (`FILE.manifest.json`); returns the manifest."""
     data = _serialise(records, fmt, columns)
     path.write_bytes(data)
@@ -450,7 +451,7 @@ def write_export(path: Path, kind: str, fmt: str, records: list[dict[str, Any]],
                 "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data),
                 "chain_head": head, "columns": list(columns), **extra,
                 "signature_alg": SIGNATURE_ALG}
-    manifest["signature"] = _export_signer(audit_key).sign(_manifest_bytes(manifest)).hex()
+    manifest["signature"] = _export_signer(signing_key).sign(_manifest_bytes(manifest)).hex()
     manifest_path(path).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest
 

@@ -308,6 +308,10 @@ class ServerSettings(_Section):
     db_idle_connections: int = Field(
         8, ge=0, le=100, description="database connections the server keeps open for reuse "
         "(a new one costs a login; 0: one per request)")
+    trusted_proxies: str = Field(
+        "", max_length=1000, description="addresses of the reverse proxies whose "
+        "X-Forwarded-For the server believes, comma-separated (default none: the client is "
+        "the peer, and no local process can forge the address in the audit log)")
 
 
 class Settings(BaseSettings):
@@ -330,6 +334,9 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(None, description="external Redis broker")
     api_url: str | None = Field(None, description="where the HTTP API listens, for S3 events")
     audit_key: str | None = Field(None, description="HMAC key sealing audit rows (not in the DB)")
+    export_signing_key: str | None = Field(
+        None, description="the server's alone: the secret export manifests are signed with "
+                          "(an Ed25519 key derived from it); workers never hold it")
     bind_host: IPv4Address = Field(
         IPv4Address("127.0.0.1"),
         description="embedded: the address Postgres, S3, Redis and the API listen on and are "
@@ -360,7 +367,9 @@ class Settings(BaseSettings):
                     "production needs external services: set "
                     + ", ".join(f"BODYCAM_{m.upper()}" for m in missing)
                 )
-            for name in ("s3_secret_key", "audit_key"):
+            for name in ("s3_secret_key", "audit_key", "export_signing_key"):
+                if name == "export_signing_key" and not self.export_signing_key:
+                    continue  # workers run without it; the server refuses exports without it
                 value = getattr(self, name) or ""
                 if len(value) < 16 or value.lower().startswith(("change-me", "changeme")):
                     raise ValueError(f"BODYCAM_{name.upper()} is a placeholder or too short "

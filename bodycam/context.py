@@ -11,7 +11,7 @@ from bodycam import queue
 from bodycam.case_vectors import CaseVectors
 from bodycam.config import Settings, get_settings
 from bodycam.db import Conn, Pool, connect
-from bodycam.errors import TransientError
+from bodycam.errors import ConfigError, TransientError
 from bodycam.services import Services, resolve
 from bodycam.storage import ObjectStore
 
@@ -59,6 +59,15 @@ class Context:
     def audit_key(self) -> str:
         """The key that seals audit rows."""
         return self.services.audit_key
+
+    @property
+    def export_signing_key(self) -> str:
+        """The server's secret that export manifests are signed with; ConfigError where it is
+        not held (a worker never needs it)."""
+        if not self.services.export_signing_key:
+            raise ConfigError("no export signing key: set BODYCAM_EXPORT_SIGNING_KEY on the "
+                              "server (its alone), or run `bodycam up`")
+        return self.services.export_signing_key
 
     def db(self) -> AbstractContextManager[Conn]:
         """A database connection (one transaction; commits on success, then anchors any

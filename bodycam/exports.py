@@ -37,7 +37,7 @@ def export_audit(ctx: Context, actor: str, fmt: str, path: Path,
         {"first_row": first, "last_row": last,
          "from": date_from.isoformat() if date_from else None,
          "to": date_to.isoformat() if date_to else None, "exported_by": actor,
-         "exported_at": datetime.now(UTC).isoformat()}, ctx.audit_key)
+         "exported_at": datetime.now(UTC).isoformat()}, ctx.export_signing_key)
     ctx.audit(actor, "export", {"kind": "audit", "format": fmt, "rows": manifest["rows"],
                                 "sha256": manifest["sha256"], "from": manifest["from"],
                                 "to": manifest["to"]})
@@ -53,7 +53,7 @@ def export_matches(ctx: Context, actor: str, fmt: str, path: Path, status: str |
     manifest = audit.write_export(
         path, "matches", fmt, records, MATCH_COLUMNS, _head(ctx),
         {"status": status, "case": case_id, "exported_by": actor,
-         "exported_at": datetime.now(UTC).isoformat()}, ctx.audit_key)
+         "exported_at": datetime.now(UTC).isoformat()}, ctx.export_signing_key)
     ctx.audit(actor, "export", {"kind": "matches", "format": fmt, "rows": manifest["rows"],
                                 "sha256": manifest["sha256"], "case": case_id})
     return manifest

@@ -29,7 +29,8 @@ ADMIN_SECRETS = "admin.json"
 # Which state keys live in which secrets file (everything else is in stack.json).
 ADMIN_KEYS = frozenset({"admin_database_url", "pg_superuser_password"})
 SERVER_KEYS = frozenset({"database_url", "pg_app_password", "s3_access_key", "s3_secret_key",
-                         "redis_password", "redis_url", "audit_key"})
+                         "redis_password", "redis_url", "audit_key",
+                         "export_signing_key"})
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class Services:
     redis_url: str
     api_url: str | None
     audit_key: str
+    export_signing_key: str | None = None  # the server's alone (exports); None elsewhere
 
 
 def state_path(settings: Settings) -> Path:
@@ -125,7 +127,8 @@ def resolve(settings: Settings) -> Services:
     redis_url = pick(settings.redis_url, "redis_url", "Redis broker")
     api_url = settings.api_url or _str(state.get("api_url"))
     audit_key = pick(settings.audit_key, "audit_key", "audit key")
-    return Services(database_url, s3, redis_url, api_url, audit_key)
+    signing = settings.export_signing_key or _str(state.get("export_signing_key")) or None
+    return Services(database_url, s3, redis_url, api_url, audit_key, signing)
 
 
 def _str(value: object) -> str | None:

@@ -49,10 +49,14 @@ PG_NS_DATADIR = "/tmp/pgdata"  # its data directory, as postgres sees it then (o
 PG_NS_INSTALL = "/tmp/pginstall"  # and its binaries, so no directory above them is opened
 APP_ROLE = "bodycam_app"
 DATABASE = "bodycam"
+# Clients of the stack's Postgres prove the password by SCRAM and never send it: another
+# account listening on the port after a crash asked for it in clear text and got it.
+SCRAM_ONLY = "require_auth=scram-sha-256"
 # App processes and the backing services they hold connections to: when a service restarts,
 # whatever depends on it restarts too (a worker must never keep a dead broker's URL).
 APP_PREFIXES = ("api", "beat", "worker-")
 SERVICES = ("postgres", "s3", "redis")
+SERVICE_DIRS = ("pgdata", "redis", "s3data")  # in the home: the services' data, theirs alone
 # SeaweedFS' internal servers (master, volume, filer and their gRPC ports) listen only inside a
 # private network namespace: no process outside it can reach them, so none can list, read,
 # overwrite or delete evidence without the S3 keys. The S3 gateway's unix socket (in the 0700
@@ -315,6 +319,16 @@ class Stack:
         state = self.state(admin=True)
         running = {p.name: p for p in self.processes() if p.alive()}
         s = self.settings
+        # The model is chosen when the stack starts, never by whatever environment heals it:
+        # a heal from a shell without BODYCAM_PIPELINE__EMBEDDER restarted the server with
+        # FaceNet in place of the workers' dlib-resnet.
+        chosen, model = state.get("embedder"), s.pipeline.embedder
+        if chosen is not None and chosen != model:
+            raise StackError(
+                f"this stack runs the embedder {chosen}, and this environment selects {model}: "
+                f"set BODYCAM_PIPELINE__EMBEDDER={chosen} to heal it, or `bodycam down` first "
+                "to change the model (it is never switched silently)")
+        state["embedder"] = model
 
         def started(p: ManagedProcess) -> ManagedProcess:
             # Saved at once: a later process that fails to start must not leave this one
@@ -336,6 +350,8 @@ class Stack:
             restarted.append(started(self._start_redis(state)))
         if not s.audit_key and "audit_key" not in state:
             state["audit_key"] = secrets.token_urlsafe(32)
+        if not s.export_signing_key and "export_signing_key" not in state:
+            state["export_signing_key"] = secrets.token_urlsafe(32)
         stale = [p for name, p in running.items()
                  if name.startswith(APP_PREFIXES)
                  and (restarted or state.get("app_services") != _service_urls(state))]
@@ -474,10 +490,9 @@ class Stack:
             _wait_port(port, 60, "Postgres", log, self.host)
             # After a crash Postgres opens its port before its recovery ends: wait for it.
             _ensure_database(su, 120, log)
-        state["admin_database_url"] = f"{su}/{DATABASE}"
-        state["database_url"] = (
-            f"postgresql://{APP_ROLE}:{state['pg_app_password']}@{self.host}:{port}/{DATABASE}"
-        )
+        state["admin_database_url"] = f"{su}/{DATABASE}?{SCRAM_ONLY}"
+        state["database_url"] = (f"postgresql://{APP_ROLE}:{state['pg_app_password']}@"
+                                 f"{self.host}:{port}/{DATABASE}?{SCRAM_ONLY}")
         return proc
 
     def _start_seaweed(self, state: dict[str, object]) -> ManagedProcess:
@@ -586,6 +601,7 @@ class Stack:
         state = self.state()
         if state:
             state["processes"] = []
+            state.pop("embedder", None)  # the next `up` chooses it again
             self._save(state)
         return stopped
 
@@ -696,7 +712,7 @@ def _ensure_database(superuser_url: str, timeout_s: float, log: Path) -> None:
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            with psycopg.connect(f"{superuser_url}/postgres", autocommit=True,
+            with psycopg.connect(f"{superuser_url}/postgres?{SCRAM_ONLY}", autocommit=True,
                                  connect_timeout=5) as conn:
                 if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s",
                                     (DATABASE,)).fetchone():
@@ -866,7 +882,9 @@ def _app_exec(home: str, argv: list[str]) -> None:
 
     In a mount namespace of its own, HOME/secrets is replaced by a private read-only tmpfs
     that holds only server.json (what the server and workers need: application database URL,
-    S3 keys, Redis URL, audit key); admin.json is not there. The process then drops
+    S3 keys, Redis URL, audit key); admin.json is not there. The services' data directories
+    (SERVICE_DIRS: Postgres's, with its pg_hba.conf, Redis's, SeaweedFS's) are hidden the same
+    way, empty and read-only. The process then drops
     CAP_SYS_ADMIN and CAP_SYS_PTRACE from its bounding set, so it can neither undo the mount
     nor read the home through another process's /proc/PID/root. A non-root stack runs this in
     a user namespace of its own (`unshare --user --map-root-user`), which works the same way.
@@ -888,6 +906,13 @@ def _app_exec(home: str, argv: list[str]) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(server)
     _libc_call("mount", None, str(secrets).encode(), None, ms_remount | ms_rdonly | flags, None)
+    # The services' own files: the app reaches them over their ports only. Root's
+    # DAC_OVERRIDE would otherwise let it add a `trust` line to pg_hba.conf and reload.
+    for name in SERVICE_DIRS:
+        data = Path(home) / name
+        if data.is_dir():
+            _libc_call("mount", b"tmpfs", str(data).encode(), b"tmpfs", flags | ms_rdonly,
+                       b"mode=0500,size=4k")
     libc = ctypes.CDLL(None, use_errno=True)
     for cap in (_CAP_SYS_ADMIN, _CAP_SYS_PTRACE):
         if libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:

@@ -346,6 +346,17 @@ def test_whoever_holds_the_export_key_cannot_sign_a_shortened_export(
         assert not verdict.ok and "sign" in str(verdict.reason), (alg, verdict)
         proc = stack.cli.run("audit", "verify-export", str(out))
         assert proc.returncode != 0 and "NOT intact" in proc.stderr
+    # Nor a worker host, which holds the audit key to seal its rows: the signing key used
+    # to be derived from it, and a worker host re-signed a shortened export that verified.
+    signer = audit._export_signer(stack.ctx.audit_key)
+    body = {k: v for k, v in manifest.items() if k != "signature"}
+    manifest["signature"] = signer.sign(json.dumps(
+        body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()).hex()
+    audit.manifest_path(out).write_text(json.dumps(manifest))
+    verdict = audit.verify_export(out, key)
+    assert not verdict.ok and "sign" in str(verdict.reason), verdict
+    assert key == audit.export_key(stack.ctx.export_signing_key) != audit.export_key(
+        stack.ctx.audit_key)
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "csv"])
@@ -446,6 +457,34 @@ def _purged(stack: StackHandle, track_ids: list[str]) -> set[str]:
         return {str(r["id"]) for r in conn.execute(
             "SELECT id::text AS id FROM tracks WHERE id = ANY(%s::uuid[])"
             " AND purged_at IS NOT NULL AND embedding IS NULL", (track_ids,)).fetchall()}
+
+
+def test_a_lapsed_entrys_leads_are_no_longer_pending_nor_decided(
+        stack: StackHandle, processed: object, accounts: dict[str, dict[str, str]]) -> None:
+    """An entry lapses on its expiry date: its pending leads went on being listed and could
+    be confirmed (making the track a confirmed match's, kept for good) until the next purge.
+    Now they go at once, as a removed entry's do."""
+    case = "T-LAPSE"
+    processed(HAMILTON, case)  # type: ignore[operator]
+    sid = str(stack.cli.json("subjects", "enroll", "--name", "p06", "--photo", str(P06),
+                             "--case", case, "--reason", "lapse test", "--expires",
+                             "2099-01-01")["subject_id"])  # type: ignore[index]
+    pending = [m for m in stack.cli.json("matches", "--case", case, "--status", "pending")
+               if m["subject_id"] == sid]
+    assert pending, "p06 matched"
+    with stack.ctx.db() as conn:
+        conn.execute("UPDATE subjects SET expires_at = now() - interval '1 minute'"
+                     " WHERE id = %s", (sid,))
+    assert not [m for m in stack.cli.json("matches", "--case", case, "--status", "pending")
+                if m["subject_id"] == sid], "a lapsed entry's leads are not listed as pending"
+    for decision in ("--confirm", "--reject"):
+        proc = stack.cli.run("review", pending[0]["match_id"], decision, "--note", "late",
+                             extra_env=accounts["supervisor"])
+        assert proc.returncode != 0 and "lapsed" in proc.stderr, proc.stderr
+    with stack.ctx.db() as conn:
+        row = conn.execute("SELECT status FROM matches WHERE id = %s",
+                           (pending[0]["match_id"],)).fetchone()
+    assert row["status"] == "pending", "nothing decided; the next purge deletes it"
 
 
 def test_the_scheduler_purges_and_a_rejected_match_keeps_nothing(

@@ -342,6 +342,20 @@ def _cached(root: Path, name: str, size: int, age_s: float) -> Path:
     return path
 
 
+def test_up_from_an_environment_with_another_model_refuses_to_heal_with_it(
+        ops: StackHandle) -> None:
+    """A heal from a shell without BODYCAM_PIPELINE__EMBEDDER restarted the server with the
+    production default (FaceNet) beside workers running dlib-resnet: a silent model switch."""
+    apps = {n: _pid(ops, n) for n in ("api", "worker-cpu-1")}
+    proc = ops.cli.run("up", extra_env={"BODYCAM_PIPELINE__EMBEDDER": "facenet-vggface2"},
+                       timeout=120)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "runs the embedder dlib-resnet" in proc.stderr and "never switched silently" in \
+        proc.stderr, proc.stderr
+    assert {n: _pid(ops, n) for n in apps} == apps, "nothing was restarted"
+    ops.cli.run("up", check=True, timeout=120)  # the stack's own model: a no-op
+
+
 def test_cache_eviction_removes_least_recently_used_originals_but_never_one_in_use(
         tmp_path: Path) -> None:
     root = cache.cache_dir(tmp_path)

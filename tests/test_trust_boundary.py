@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 import os
 import select
+import socket
+import struct
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -290,6 +293,11 @@ def test_server_and_workers_cannot_obtain_the_superuser_url(tb: StackHandle) -> 
         "attempt('via_proc', lambda: open("
         f"'/proc/{redis_pid}/root' + admin).read())\n"
         "attempt('write', lambda: open(secrets + '/x', 'w').write('x'))\n"
+        # Root's DAC_OVERRIDE wrote a `trust` line into pg_hba.conf and became the superuser.
+        f"pgdata = {str(tb.home / 'pgdata')!r}\n"
+        "attempt('pg_hba', lambda: open(pgdata + '/pg_hba.conf', 'a').write('# x'))\n"
+        "attempt('pg_list', lambda: os.listdir(pgdata) and 'listed')\n"
+        f"attempt('redis_dir', lambda: os.listdir({str(tb.home / 'redis')!r}) and 'listed')\n"
         "print(json.dumps(out))\n")
     got = subprocess.run(
         [sys.executable, "-m", "bodycam.stack", "app-exec", str(tb.home), "--",
@@ -298,10 +306,52 @@ def test_server_and_workers_cannot_obtain_the_superuser_url(tb: StackHandle) -> 
     assert got.returncode == 0, got.stderr
     result = json.loads(got.stdout)
     assert result["server"] == "visible"
-    for name in ("read", "umount", "via_proc", "write"):
+    for name in ("read", "umount", "via_proc", "write", "pg_hba"):
         assert str(result[name]).startswith("refused"), (name, result[name])
+    assert result["pg_list"] == [] and result["redis_dir"] == [], "hidden: empty"
+    assert "pg_hba.conf" in os.listdir(tb.home / "pgdata"), "there outside the confinement"
     # Outside the confinement the file is there: the attempts above were real.
     assert "admin_database_url" in admin.read_text()
+
+
+def test_the_stacks_database_clients_never_send_a_password_in_clear(tb: StackHandle) -> None:
+    """Another account listening on Postgres's port after a crash asked the server and the
+    workers for a cleartext password, and got the application role's."""
+    secrets = _secrets(tb)
+    with socket.socket() as fake:
+        fake.bind(("127.0.0.1", 0))
+        fake.listen(4)
+        got: list[bytes] = []
+
+        def serve() -> None:
+            conn, _ = fake.accept()
+            with conn:
+                while True:  # "no" to TLS and GSS encryption requests, then the startup
+                    m = conn.recv(65536)
+                    if len(m) == 8 and struct.unpack(">I", m[4:])[0] in (80877103, 80877104):
+                        conn.sendall(b"N")
+                        continue
+                    break
+                conn.sendall(b"R" + struct.pack(">II", 8, 3))  # AuthenticationCleartextPassword
+                conn.settimeout(5)
+                try:
+                    got.append(conn.recv(65536))
+                except OSError:
+                    got.append(b"")
+
+        for name in ("database_url", "admin_database_url"):
+            got.clear()
+            server = threading.Thread(target=serve)
+            server.start()
+            url = secrets[name].replace(
+                secrets[name].split("@", 1)[1].split("/", 1)[0],
+                f"127.0.0.1:{fake.getsockname()[1]}")
+            with pytest.raises(psycopg.OperationalError, match="cleartext"):
+                psycopg.connect(url, connect_timeout=5).close()
+            server.join(10)
+            assert not any(secrets["pg_app_password"].encode() in g
+                           or secrets["pg_superuser_password"].encode() in g for g in got)
+            assert not any(g.startswith(b"p") for g in got), "no password message was sent"
 
 
 # --- accounts change only through the audited functions --------------------------------------

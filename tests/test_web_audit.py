@@ -91,7 +91,7 @@ def test_an_auditor_exports_the_audit_log_and_matches_and_both_verify_with_their
         page: Page, api_url: str, operator_token: str, stack: StackHandle,
         tmp_path: Path) -> None:
     aud = make_account(api_url, operator_token, ["auditor"])
-    key = audit.export_key(stack.ctx.audit_key)
+    key = audit.export_key(stack.ctx.export_signing_key)
     sign_in(page, api_url, aud)
     page.goto(api_url + "/app/exports")
     page.get_by_role("button", name="Export audit log").click()

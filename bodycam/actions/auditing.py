@@ -39,7 +39,7 @@ def export_key(ctx: Context, user: User) -> str:
     with ctx.db() as conn:
         require(conn, ctx.audit_key, user, "audit.export")
         audit.append(conn, ctx.audit_key, user.name, "audit.export_key", {})
-    return audit.export_key(ctx.audit_key)
+    return audit.export_key(ctx.export_signing_key)
 
 
 def check_live(ctx: Context, user: User, manifest: dict[str, Any]) -> str | None:
