@@ -60,6 +60,20 @@ class ServerUnavailableError(ServerError, TransientError):
     """429, 503 or an unreachable server: retry later."""
 
 
+class MalformedAnswerError(ServerError, PermanentError):
+    """The server's answer lacks a field the client reads, or is not the shape it expects."""
+
+
+class Answer(dict[str, Any]):
+    """A JSON object the server sent: reading a field it lacks raises MalformedAnswerError
+    (one line), not KeyError, wherever the CLI reads it."""
+
+    def __missing__(self, key: str) -> Any:
+        raise MalformedAnswerError(f"malformed answer from the server: no {key!r} field (a "
+                                   "server of another version, or not a Bodycam server?)",
+                                   502, "malformed")
+
+
 def _problem_class(status: int) -> type[ServerError]:
     if status == 401:
         return UnauthenticatedError
@@ -249,8 +263,14 @@ class Client:
         return self._check(resp)
 
     def json(self, method: str, path: str, **kwargs: Any) -> Any:
-        """The JSON body of one call."""
-        return self.request(method, path, **kwargs).json()
+        """The JSON body of one call; its objects are `Answer`s."""
+        resp = self.request(method, path, **kwargs)
+        try:
+            return resp.json(object_hook=Answer)
+        except ValueError:
+            raise MalformedAnswerError("malformed answer from the server: not JSON (is "
+                                       f"{self.target.url} a Bodycam server?)", 502,
+                                       "malformed") from None
 
     def get(self, path: str, **params: Any) -> Any:
         """GET with query parameters (None values dropped)."""
@@ -274,6 +294,10 @@ class Client:
         offset: int | None = 0
         while offset is not None:
             page = self.get(path, **params, offset=offset, limit=1000)
+            if not isinstance(page, dict) or not isinstance(page["items"], list) \
+                    or not all(isinstance(i, dict) for i in page["items"]):
+                raise MalformedAnswerError("malformed answer from the server: not a list of "
+                                           "objects", 502, "malformed")
             items.extend(page["items"])
             offset = page.get("next_offset")
         return items

@@ -141,3 +141,98 @@ def test_a_token_never_crosses_the_network_in_clear_text_nor_leaves_for_another_
     assert resolve("https://bodycam.example.invalid").token is None
     monkeypatch.setenv("BODYCAM_INSECURE_HTTP", "1")  # a network the user trusts
     assert resolve("http://bodycam.example.invalid").token is None
+
+
+HOSTILE = "Eve\x1b]0;T\x07\x1b[2J[link=https://evil.example/]x[/link]"
+HOSTILE_REASON = "warrant \x1b[8mhidden\x1b[0m [bold red]RED[/] :smile:"
+
+
+def _inert(text: str, *hostile: str) -> None:
+    """Each hostile string shows as printable text: no ESC or BEL byte reaches the terminal,
+    and rich markup and emoji codes stay as typed."""
+    from bodycam.media.files import printable
+
+    assert "\x1b" not in text and "\x07" not in text, repr(text)
+    for h in hostile:
+        assert printable(h) in text, (h, text)
+
+
+def test_server_text_with_terminal_escapes_and_markup_is_printed_inert(
+        stack: StackHandle, tmp_path: Path) -> None:
+    """A subject's name and reason stored with OSC/CSI escapes and rich markup reached the
+    lister's terminal raw (window title set, screen cleared, a hyperlink made from
+    `[link=...]`): they must print as text, even on a terminal that takes colour."""
+    from tests.conftest import TESTDATA
+
+    case = "CLI-ESC-1"
+    photo = TESTDATA / "faces" / "identities" / "p06" / "01.png"
+    sid = str(stack.cli.json("subjects", "enroll", "--name", "plain", "--photo", str(photo),
+                             "--case", case, "--reason", "plain")["subject_id"])  # type: ignore[index]
+    with stack.ctx.db() as conn:  # as stored by another client, or before any server check
+        conn.execute("UPDATE subjects SET name = %s, reason = %s WHERE id = %s",
+                     (HOSTILE, HOSTILE_REASON, sid))
+    proc = stack.cli.run("subjects", "list", "--case", case, extra_env={"FORCE_COLOR": "1"})
+    assert proc.returncode == 0, proc.stderr
+    _inert(proc.stdout, HOSTILE, HOSTILE_REASON)
+    assert sid in proc.stdout
+
+
+class _FakeServer:
+    """A hostile or broken server on loopback: answers each GET path with a fixed JSON body."""
+
+    def __init__(self, answers: dict[str, object]) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                body = json.dumps(answers.get(self.path.split("?")[0], {})).encode()
+                self.send_response(200 if self.path.split("?")[0] in answers else 404)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_a_hostile_or_broken_server_gets_inert_text_and_one_error_line(
+        stack: StackHandle, tmp_path: Path) -> None:
+    """Strings a server sends are never terminal escapes or markup, and an answer missing a
+    field (or with items that are not objects) ends in one error line, not a traceback."""
+    fake = _FakeServer({
+        "/api/v1/auth/me": {"user": HOSTILE, "roles": [HOSTILE_REASON], "cases": [HOSTILE]},
+        "/api/v1/jobs": {"items": [{"video_id": HOSTILE, "status": "done", "stage": HOSTILE,
+                                    "progress": 1.0, "attempts": 1, "filename": HOSTILE,
+                                    "error": HOSTILE_REASON}], "next_offset": None},
+        "/api/v1/subjects": {"items": [{"subject_id": "s1", "case": "C", "name": "n",
+                                        "faces": 1, "created_by": "x"}], "next_offset": None},
+        "/api/v1/videos/v1/tracks": {"items": ["not an object"], "next_offset": None},
+        "/api/v1/users": {"no_items": []},
+    })
+    try:
+        env = _client_env(stack, tmp_path, BODYCAM_URL=fake.url, BODYCAM_TOKEN="bct_x",
+                          FORCE_COLOR="1")
+        for args in (["whoami"], ["jobs"]):
+            rc, out, errs = _run(stack, env, *args)
+            assert rc == 0, errs
+            _inert(out, HOSTILE, HOSTILE_REASON)
+        for args, why in ((["subjects", "list"], "no 'reason' field"),
+                          (["tracks", "v1"], "not a list of objects"),
+                          (["users", "list"], "no 'items' field")):
+            rc, out, errs = _run(stack, {**env, "FORCE_COLOR": ""}, *args)
+            lines = errs.strip().splitlines()
+            assert rc == 1 and out == "" and len(lines) == 1, errs
+            assert lines[0].startswith("error:") and "malformed answer" in lines[0] \
+                and why in lines[0], lines[0]
+    finally:
+        fake.close()

@@ -45,7 +45,7 @@ def users_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None
     for r in rows:
         state = "disabled" if r["disabled"] else "active"
         out.print(f"{r['name']:16} {state:8} {', '.join(r['roles'])}  cases: "
-                  f"{', '.join(r['cases']) or '-'}", highlight=False)
+                  f"{', '.join(r['cases']) or '-'}")
 
 
 @users_app.command("disable")
@@ -159,10 +159,8 @@ def reprocess(
     faces were tracked without embeddings), so that searches find them (admin)."""
     res = client_call(lambda c: c.post("/api/v1/reprocess", {"reason": reason}))
     for v in res["videos"]:
-        out.print(f"{v['video_id']}  case {v['case']}  {v['units']} units queued",
-                  highlight=False)
-    out.print(f"{len(res['videos'])} videos, {res['units_queued']} units queued",
-              highlight=False)
+        out.print(f"{v['video_id']}  case {v['case']}  {v['units']} units queued")
+    out.print(f"{len(res['videos'])} videos, {res['units_queued']} units queued")
 
 
 @app.command()
@@ -176,10 +174,10 @@ def fixity(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
         for m in report["mismatched"]:
             found = m["actual_sha256"] or "missing"
             out.print(f"MISMATCH {m['kind']} {m['key']} (video {m['video_id']}): recorded "
-                      f"{m['expected_sha256']}, stored {found}", highlight=False, soft_wrap=True)
+                      f"{m['expected_sha256']}, stored {found}")
         out.print(f"fixity {'ok' if report['ok'] else 'FAILED'}: {report['originals']} "
                   f"originals, {report['derivatives']} derivatives, "
-                  f"{len(report['mismatched'])} mismatches", highlight=False, soft_wrap=True)
+                  f"{len(report['mismatched'])} mismatches")
     if not report["ok"]:
         raise typer.Exit(1)
 
