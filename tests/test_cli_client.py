@@ -184,8 +184,12 @@ class _FakeServer:
         import threading
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+        self.tokens: list[str] = []  # the Authorization header of each request
+        tokens = self.tokens
+
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
+                tokens.append(self.headers.get("Authorization", ""))
                 body = json.dumps(answers.get(self.path.split("?")[0], {})).encode()
                 self.send_response(200 if self.path.split("?")[0] in answers else 404)
                 self.send_header("Content-Type", "application/json")
@@ -236,3 +240,97 @@ def test_a_hostile_or_broken_server_gets_inert_text_and_one_error_line(
                 and why in lines[0], lines[0]
     finally:
         fake.close()
+
+
+def _plant_home(where: Path, url: str, mode: int, uid: int | None = None) -> Path:
+    """A `.bodycam` with client.json naming `url` and an operator.token, as another account
+    (or a cloned repository) could leave it in a working directory."""
+    home = where / ".bodycam"
+    home.mkdir(parents=True)
+    (home / "client.json").write_text(json.dumps({"url": url}))
+    (home / "operator.token").write_text("bct_PLANTED\n")
+    home.chmod(mode)
+    if uid is not None:
+        os.chown(home, uid, -1)
+    return home
+
+
+def test_a_stack_home_another_account_could_have_planted_is_refused(
+        stack: StackHandle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A `.bodycam/client.json` planted in the working directory redirected the CLI, counted
+    as "this home's stack" (lifting the plain-http refusal) and got BODYCAM_TOKEN; its
+    operator.token made the caller act as the planter's account."""
+    import pwd
+
+    from bodycam.client import resolve
+    from bodycam.errors import InvalidInputError
+
+    fake = _FakeServer({"/api/v1/auth/me": {"user": "eve", "roles": ["admin"], "cases": None}})
+    try:
+        # An open home (the planter's or the caller's own): whoami with the caller's token.
+        planted = _plant_home(tmp_path, fake.url, 0o755)
+        env = _client_env(stack, tmp_path, BODYCAM_TOKEN="bct_VICTIM")
+        rc, out, errs = _run(stack, env, "whoami")
+        lines = errs.strip().splitlines()
+        assert rc == 1 and out == "" and len(lines) == 1, errs
+        assert lines[0].startswith(f"error: {planted}: open to other accounts (mode 0755;")
+        assert "bct_" not in errs
+        # with a server named but no token, its operator.token is not taken either
+        rc, _, errs = _run(stack, {**env, "BODYCAM_TOKEN": "", "BODYCAM_URL": fake.url},
+                           "whoami")
+        assert rc == 1 and "open to other accounts" in errs
+        assert fake.tokens == [], "a planted home reached the server"
+        # Every way of opening it to others, and a home of another uid though 0700.
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+        for name in ("BODYCAM_HOME", "BODYCAM_TOKEN", "BODYCAM_USER", "BODYCAM_URL"):
+            monkeypatch.delenv(name, raising=False)
+        for mode in (0o750, 0o705, 0o701, 0o770):
+            planted.chmod(mode)
+            with pytest.raises(InvalidInputError, match=f"mode {mode:04o}"):
+                resolve()
+        planted.chmod(0o700)
+        os.chown(planted, pwd.getpwnam("nobody").pw_uid, -1)
+        with pytest.raises(InvalidInputError, match=r"owned by another account \(uid \d+\)"):
+            resolve(fake.url)
+        # a link to a private home of another account is that account's home
+        os.chown(planted, os.geteuid(), -1)
+        other = _plant_home(tmp_path / "other", fake.url, 0o700,
+                            uid=pwd.getpwnam("nobody").pw_uid)
+        monkeypatch.setenv("BODYCAM_HOME", str(tmp_path / "link"))
+        (tmp_path / "link").symlink_to(other)
+        with pytest.raises(InvalidInputError, match="owned by another account"):
+            resolve()
+        # The caller's own private home is used: its URL and its operator token.
+        monkeypatch.delenv("BODYCAM_HOME")
+        assert resolve() == resolve(fake.url)
+        assert resolve().token == "bct_PLANTED" and resolve().url == fake.url
+        rc, out, errs = _run(stack, {**env, "BODYCAM_TOKEN": ""}, "whoami")
+        assert rc == 0 and out.startswith("eve"), errs
+        assert fake.tokens == ["Bearer bct_PLANTED"]
+    finally:
+        fake.close()
+
+
+def test_a_homes_plain_http_url_elsewhere_never_gets_a_token(
+        stack: StackHandle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The plain-http rule is about the URL: a client.json naming another host over http://
+    is refused like BODYCAM_URL, even in the caller's own private home."""
+    from bodycam.client import resolve
+    from bodycam.errors import InvalidInputError
+
+    _plant_home(tmp_path, "http://10.77.0.2:8080", 0o700)
+    env = _client_env(stack, tmp_path, BODYCAM_TOKEN="bct_VICTIM")
+    for token in ("bct_VICTIM", ""):  # the caller's token, or the home's operator token
+        rc, out, errs = _run(stack, {**env, "BODYCAM_TOKEN": token}, "whoami")
+        lines = errs.strip().splitlines()
+        assert rc == 1 and out == "" and len(lines) == 1, errs
+        assert "refusing to send a token in clear text to http://10.77.0.2:8080" in lines[0]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    for name in ("BODYCAM_HOME", "BODYCAM_TOKEN", "BODYCAM_USER", "BODYCAM_URL"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(InvalidInputError, match="clear text"):
+        resolve()
+    monkeypatch.setenv("BODYCAM_INSECURE_HTTP", "1")  # a network the user trusts
+    assert resolve().token == "bct_PLANTED", "the home's own stack on a trusted network"
