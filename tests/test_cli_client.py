@@ -222,14 +222,18 @@ def test_a_hostile_or_broken_server_gets_inert_text_and_one_error_line(
                                         "faces": 1, "created_by": "x"}], "next_offset": None},
         "/api/v1/videos/v1/tracks": {"items": ["not an object"], "next_offset": None},
         "/api/v1/users": {"no_items": []},
+        "/api/v1/audit/export-key": {"key": HOSTILE},
+        "/api/v1/events-token": {"token": HOSTILE},
     })
     try:
         env = _client_env(stack, tmp_path, BODYCAM_URL=fake.url, BODYCAM_TOKEN="bct_x",
                           FORCE_COLOR="1")
-        for args in (["whoami"], ["jobs"]):
+        both = (HOSTILE, HOSTILE_REASON)
+        for args, shown in ((["whoami"], both), (["jobs"], both),
+                            (["audit", "export-key"], both[:1]), (["events-token"], both[:1])):
             rc, out, errs = _run(stack, env, *args)
             assert rc == 0, errs
-            _inert(out, HOSTILE, HOSTILE_REASON)
+            _inert(out, *shown)
         for args, why in ((["subjects", "list"], "no 'reason' field"),
                           (["tracks", "v1"], "not a list of objects"),
                           (["users", "list"], "no 'items' field")):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Annotated
 from urllib.parse import quote
 
@@ -32,7 +31,7 @@ def users_add(
     res = client_call(lambda c: c.post("/api/v1/users", {"name": name, "roles": role}))
     err.print(f"user {name} created with roles {', '.join(sorted(set(role)))}; "
               "token (shown once, store it safely):")
-    sys.stdout.write(str(res["token"]) + "\n")
+    out.print(str(res["token"]))
 
 
 @users_app.command("list")
@@ -186,4 +185,4 @@ def fixity(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
 def events_token_cmd() -> None:
     """Print the bearer token the S3 notifier must send to POST /s3/events (admin)."""
     res = client_call(lambda c: c.get("/api/v1/events-token"))
-    sys.stdout.write(str(res["token"]) + "\n")
+    out.print(str(res["token"]))
