@@ -6,6 +6,7 @@ import hashlib
 import ipaddress
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -58,6 +59,20 @@ class ServerInvalidError(ServerError, InvalidInputError):
 
 class ServerUnavailableError(ServerError, TransientError):
     """429, 503 or an unreachable server: retry later."""
+
+
+class MalformedAnswerError(ServerError, PermanentError):
+    """The server's answer lacks a field the client reads, or is not the shape it expects."""
+
+
+class Answer(dict[str, Any]):
+    """A JSON object the server sent: reading a field it lacks raises MalformedAnswerError
+    (one line), not KeyError, wherever the CLI reads it."""
+
+    def __missing__(self, key: str) -> Any:
+        raise MalformedAnswerError(f"malformed answer from the server: no {key!r} field (a "
+                                   "server of another version, or not a Bodycam server?)",
+                                   502, "malformed")
 
 
 def _problem_class(status: int) -> type[ServerError]:
@@ -125,20 +140,60 @@ def _home() -> Path:
     return Path(os.environ.get("BODYCAM_HOME") or ".bodycam").expanduser()
 
 
-def _home_url() -> str | None:
-    """The embedded stack's server URL from BODYCAM_HOME/client.json (no secret in it)."""
+@dataclass(frozen=True)
+class StackHome:
+    """What the CLI takes from this account's stack home: the server URL of its client.json
+    (no secret in it) and the bootstrap operator's token."""
+
+    url: str | None
+    operator_token: str | None
+
+
+def stack_home() -> StackHome:
+    """BODYCAM_HOME (default `.bodycam` in the working directory), read only when it is this
+    account's own and private (0700, as `up` makes it): a home another account could have
+    made or changed would name its server and its token. Nothing when there is no home.
+    Raises InvalidInputError naming the home and why it is not used."""
+    home = _home().absolute()
+    refuse = (f"refusing to use {home}/{CLIENT_FILE} and {OPERATOR_TOKEN}: set BODYCAM_HOME "
+              "to your own stack's home, or BODYCAM_URL")
+    try:  # one open directory, checked and read: it cannot be swapped in between
+        fd = os.open(home, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return StackHome(None, None)
+    except OSError as exc:
+        raise InvalidInputError(f"{home}: {exc.strerror or type(exc).__name__}; "
+                                f"{refuse}") from None
     try:
-        data = json.loads((_home() / CLIENT_FILE).read_text())
-    except (OSError, ValueError):
-        data = None
-    if isinstance(data, dict) and data.get("url"):
-        return str(data["url"])
-    # Until every stack writes client.json: the one public key of stack.json, nothing else.
-    try:
-        state = json.loads((_home() / "stack.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return str(state["api_url"]) if isinstance(state, dict) and state.get("api_url") else None
+        st = os.fstat(fd)
+        if st.st_uid != os.geteuid():
+            raise InvalidInputError(f"{home}: owned by another account (uid {st.st_uid}); "
+                                    f"{refuse}")
+        if st.st_mode & 0o077:
+            raise InvalidInputError(f"{home}: open to other accounts (mode "
+                                    f"{stat.S_IMODE(st.st_mode):04o}; `bodycam up` makes it "
+                                    f"0700); {refuse}")
+
+        def read(name: str) -> str | None:
+            try:
+                with os.fdopen(os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=fd)) as f:
+                    return f.read()
+            except (OSError, ValueError):
+                return None
+
+        token = (read(OPERATOR_TOKEN) or "").strip() or None
+        for name, key in ((CLIENT_FILE, "url"),
+                          # a stack that predates client.json: stack.json's one public key
+                          ("stack.json", "api_url")):
+            try:
+                data = json.loads(read(name) or "")
+            except ValueError:
+                continue
+            if isinstance(data, dict) and data.get(key):
+                return StackHome(str(data[key]), token)
+        return StackHome(None, token)
+    finally:
+        os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -151,21 +206,24 @@ class Target:
 
 
 def resolve(url: str | None = None) -> Target:
-    """URL: argument, BODYCAM_URL, the credentials file, BODYCAM_HOME/client.json. Token:
-    BODYCAM_TOKEN, the credentials file (only for its own URL), else the readable bootstrap
+    """URL: argument, BODYCAM_URL, the credentials file, the stack home's client.json. Token:
+    BODYCAM_TOKEN, the credentials file (only for its own URL), else the bootstrap
     `operator.token` when BODYCAM_USER is unset or `operator` and the server is this home's
-    stack or on this machine. Raises InvalidInputError when no server is named anywhere, and
-    for a plain http:// server elsewhere (a token would cross the network in clear text)
-    unless BODYCAM_INSECURE_HTTP=1."""
+    stack or on this machine. The home is read only when needed, and only when private to
+    this account (`stack_home`). Raises InvalidInputError when no server is named anywhere,
+    and for a plain http:// server not on this machine, wherever its URL came from (a token
+    would cross the network in clear text), unless BODYCAM_INSECURE_HTTP=1."""
     creds = read_credentials() or {}
     user = os.environ.get("BODYCAM_USER") or None
-    home_url = _home_url()
-    found = url or os.environ.get("BODYCAM_URL") or creds.get("url") or home_url
+    home: StackHome | None = None
+    found = url or os.environ.get("BODYCAM_URL") or creds.get("url")
+    if not found:
+        home = stack_home()
+        found = home.url
     if not found:
         raise InvalidInputError(NO_SERVER)
     found = str(found).rstrip("/")
-    local = (home_url is not None and home_url.rstrip("/") == found) or _on_this_machine(found)
-    if not local and urlsplit(found).scheme == "http" \
+    if urlsplit(found).scheme == "http" and not _on_this_machine(found) \
             and os.environ.get("BODYCAM_INSECURE_HTTP") != "1":
         # Every call sends a token (login sends the account's).
         raise InvalidInputError(f"refusing to send a token in clear text to {found}: use "
@@ -178,11 +236,11 @@ def resolve(url: str | None = None) -> Target:
         user = user or (str(creds["user"]) if creds.get("user") else None)
     # The bootstrap operator's token is for this home's own stack (or another server on this
     # machine), never for a server elsewhere.
-    if token is None and user in (None, "operator") and local:
-        try:
-            token = (_home() / OPERATOR_TOKEN).read_text().strip() or None
-        except OSError:
-            token = None
+    if token is None and user in (None, "operator"):
+        if home is None:
+            home = stack_home()
+        if (home.url is not None and home.url.rstrip("/") == found) or _on_this_machine(found):
+            token = home.operator_token
     return Target(found, token, user)
 
 
@@ -249,8 +307,14 @@ class Client:
         return self._check(resp)
 
     def json(self, method: str, path: str, **kwargs: Any) -> Any:
-        """The JSON body of one call."""
-        return self.request(method, path, **kwargs).json()
+        """The JSON body of one call; its objects are `Answer`s."""
+        resp = self.request(method, path, **kwargs)
+        try:
+            return resp.json(object_hook=Answer)
+        except ValueError:
+            raise MalformedAnswerError("malformed answer from the server: not JSON (is "
+                                       f"{self.target.url} a Bodycam server?)", 502,
+                                       "malformed") from None
 
     def get(self, path: str, **params: Any) -> Any:
         """GET with query parameters (None values dropped)."""
@@ -274,6 +338,10 @@ class Client:
         offset: int | None = 0
         while offset is not None:
             page = self.get(path, **params, offset=offset, limit=1000)
+            if not isinstance(page, dict) or not isinstance(page["items"], list) \
+                    or not all(isinstance(i, dict) for i in page["items"]):
+                raise MalformedAnswerError("malformed answer from the server: not a list of "
+                                           "objects", 502, "malformed")
             items.extend(page["items"])
             offset = page.get("next_offset")
         return items

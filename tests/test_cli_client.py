@@ -141,3 +141,200 @@ def test_a_token_never_crosses_the_network_in_clear_text_nor_leaves_for_another_
     assert resolve("https://bodycam.example.invalid").token is None
     monkeypatch.setenv("BODYCAM_INSECURE_HTTP", "1")  # a network the user trusts
     assert resolve("http://bodycam.example.invalid").token is None
+
+
+HOSTILE = "Eve\x1b]0;T\x07\x1b[2J[link=https://evil.example/]x[/link]"
+HOSTILE_REASON = "warrant \x1b[8mhidden\x1b[0m [bold red]RED[/] :smile:"
+
+
+def _inert(text: str, *hostile: str) -> None:
+    """Each hostile string shows as printable text: no ESC or BEL byte reaches the terminal,
+    and rich markup and emoji codes stay as typed."""
+    from bodycam.media.files import printable
+
+    assert "\x1b" not in text and "\x07" not in text, repr(text)
+    for h in hostile:
+        assert printable(h) in text, (h, text)
+
+
+def test_server_text_with_terminal_escapes_and_markup_is_printed_inert(
+        stack: StackHandle, tmp_path: Path) -> None:
+    """A subject's name and reason stored with OSC/CSI escapes and rich markup reached the
+    lister's terminal raw (window title set, screen cleared, a hyperlink made from
+    `[link=...]`): they must print as text, even on a terminal that takes colour."""
+    from tests.conftest import TESTDATA
+
+    case = "CLI-ESC-1"
+    photo = TESTDATA / "faces" / "identities" / "p06" / "01.png"
+    sid = str(stack.cli.json("subjects", "enroll", "--name", "plain", "--photo", str(photo),
+                             "--case", case, "--reason", "plain")["subject_id"])  # type: ignore[index]
+    with stack.ctx.db() as conn:  # as stored by another client, or before any server check
+        conn.execute("UPDATE subjects SET name = %s, reason = %s WHERE id = %s",
+                     (HOSTILE, HOSTILE_REASON, sid))
+    proc = stack.cli.run("subjects", "list", "--case", case, extra_env={"FORCE_COLOR": "1"})
+    assert proc.returncode == 0, proc.stderr
+    _inert(proc.stdout, HOSTILE, HOSTILE_REASON)
+    assert sid in proc.stdout
+
+
+class _FakeServer:
+    """A hostile or broken server on loopback: answers each GET path with a fixed JSON body."""
+
+    def __init__(self, answers: dict[str, object]) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.tokens: list[str] = []  # the Authorization header of each request
+        tokens = self.tokens
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                tokens.append(self.headers.get("Authorization", ""))
+                body = json.dumps(answers.get(self.path.split("?")[0], {})).encode()
+                self.send_response(200 if self.path.split("?")[0] in answers else 404)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_a_hostile_or_broken_server_gets_inert_text_and_one_error_line(
+        stack: StackHandle, tmp_path: Path) -> None:
+    """Strings a server sends are never terminal escapes or markup, and an answer missing a
+    field (or with items that are not objects) ends in one error line, not a traceback."""
+    fake = _FakeServer({
+        "/api/v1/auth/me": {"user": HOSTILE, "roles": [HOSTILE_REASON], "cases": [HOSTILE]},
+        "/api/v1/jobs": {"items": [{"video_id": HOSTILE, "status": "done", "stage": HOSTILE,
+                                    "progress": 1.0, "attempts": 1, "filename": HOSTILE,
+                                    "error": HOSTILE_REASON}], "next_offset": None},
+        "/api/v1/subjects": {"items": [{"subject_id": "s1", "case": "C", "name": "n",
+                                        "faces": 1, "created_by": "x"}], "next_offset": None},
+        "/api/v1/videos/v1/tracks": {"items": ["not an object"], "next_offset": None},
+        "/api/v1/users": {"no_items": []},
+        "/api/v1/audit/export-key": {"key": HOSTILE},
+        "/api/v1/events-token": {"token": HOSTILE},
+    })
+    try:
+        env = _client_env(stack, tmp_path, BODYCAM_URL=fake.url, BODYCAM_TOKEN="bct_x",
+                          FORCE_COLOR="1")
+        both = (HOSTILE, HOSTILE_REASON)
+        for args, shown in ((["whoami"], both), (["jobs"], both),
+                            (["audit", "export-key"], both[:1]), (["events-token"], both[:1])):
+            rc, out, errs = _run(stack, env, *args)
+            assert rc == 0, errs
+            _inert(out, *shown)
+        for args, why in ((["subjects", "list"], "no 'reason' field"),
+                          (["tracks", "v1"], "not a list of objects"),
+                          (["users", "list"], "no 'items' field")):
+            rc, out, errs = _run(stack, {**env, "FORCE_COLOR": ""}, *args)
+            lines = errs.strip().splitlines()
+            assert rc == 1 and out == "" and len(lines) == 1, errs
+            assert lines[0].startswith("error:") and "malformed answer" in lines[0] \
+                and why in lines[0], lines[0]
+    finally:
+        fake.close()
+
+
+def _plant_home(where: Path, url: str, mode: int, uid: int | None = None) -> Path:
+    """A `.bodycam` with client.json naming `url` and an operator.token, as another account
+    (or a cloned repository) could leave it in a working directory."""
+    home = where / ".bodycam"
+    home.mkdir(parents=True)
+    (home / "client.json").write_text(json.dumps({"url": url}))
+    (home / "operator.token").write_text("bct_PLANTED\n")
+    home.chmod(mode)
+    if uid is not None:
+        os.chown(home, uid, -1)
+    return home
+
+
+def test_a_stack_home_another_account_could_have_planted_is_refused(
+        stack: StackHandle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A `.bodycam/client.json` planted in the working directory redirected the CLI, counted
+    as "this home's stack" (lifting the plain-http refusal) and got BODYCAM_TOKEN; its
+    operator.token made the caller act as the planter's account."""
+    import pwd
+
+    from bodycam.client import resolve
+    from bodycam.errors import InvalidInputError
+
+    fake = _FakeServer({"/api/v1/auth/me": {"user": "eve", "roles": ["admin"], "cases": None}})
+    try:
+        # An open home (the planter's or the caller's own): whoami with the caller's token.
+        planted = _plant_home(tmp_path, fake.url, 0o755)
+        env = _client_env(stack, tmp_path, BODYCAM_TOKEN="bct_VICTIM")
+        rc, out, errs = _run(stack, env, "whoami")
+        lines = errs.strip().splitlines()
+        assert rc == 1 and out == "" and len(lines) == 1, errs
+        assert lines[0].startswith(f"error: {planted}: open to other accounts (mode 0755;")
+        assert "bct_" not in errs
+        # with a server named but no token, its operator.token is not taken either
+        rc, _, errs = _run(stack, {**env, "BODYCAM_TOKEN": "", "BODYCAM_URL": fake.url},
+                           "whoami")
+        assert rc == 1 and "open to other accounts" in errs
+        assert fake.tokens == [], "a planted home reached the server"
+        # Every way of opening it to others, and a home of another uid though 0700.
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+        for name in ("BODYCAM_HOME", "BODYCAM_TOKEN", "BODYCAM_USER", "BODYCAM_URL"):
+            monkeypatch.delenv(name, raising=False)
+        for mode in (0o750, 0o705, 0o701, 0o770):
+            planted.chmod(mode)
+            with pytest.raises(InvalidInputError, match=f"mode {mode:04o}"):
+                resolve()
+        planted.chmod(0o700)
+        os.chown(planted, pwd.getpwnam("nobody").pw_uid, -1)
+        with pytest.raises(InvalidInputError, match=r"owned by another account \(uid \d+\)"):
+            resolve(fake.url)
+        # a link to a private home of another account is that account's home
+        os.chown(planted, os.geteuid(), -1)
+        other = _plant_home(tmp_path / "other", fake.url, 0o700,
+                            uid=pwd.getpwnam("nobody").pw_uid)
+        monkeypatch.setenv("BODYCAM_HOME", str(tmp_path / "link"))
+        (tmp_path / "link").symlink_to(other)
+        with pytest.raises(InvalidInputError, match="owned by another account"):
+            resolve()
+        # The caller's own private home is used: its URL and its operator token.
+        monkeypatch.delenv("BODYCAM_HOME")
+        assert resolve() == resolve(fake.url)
+        assert resolve().token == "bct_PLANTED" and resolve().url == fake.url
+        rc, out, errs = _run(stack, {**env, "BODYCAM_TOKEN": ""}, "whoami")
+        assert rc == 0 and out.startswith("eve"), errs
+        assert fake.tokens == ["Bearer bct_PLANTED"]
+    finally:
+        fake.close()
+
+
+def test_a_homes_plain_http_url_elsewhere_never_gets_a_token(
+        stack: StackHandle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The plain-http rule is about the URL: a client.json naming another host over http://
+    is refused like BODYCAM_URL, even in the caller's own private home."""
+    from bodycam.client import resolve
+    from bodycam.errors import InvalidInputError
+
+    _plant_home(tmp_path, "http://10.77.0.2:8080", 0o700)
+    env = _client_env(stack, tmp_path, BODYCAM_TOKEN="bct_VICTIM")
+    for token in ("bct_VICTIM", ""):  # the caller's token, or the home's operator token
+        rc, out, errs = _run(stack, {**env, "BODYCAM_TOKEN": token}, "whoami")
+        lines = errs.strip().splitlines()
+        assert rc == 1 and out == "" and len(lines) == 1, errs
+        assert "refusing to send a token in clear text to http://10.77.0.2:8080" in lines[0]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    for name in ("BODYCAM_HOME", "BODYCAM_TOKEN", "BODYCAM_USER", "BODYCAM_URL"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(InvalidInputError, match="clear text"):
+        resolve()
+    monkeypatch.setenv("BODYCAM_INSECURE_HTTP", "1")  # a network the user trusts
+    assert resolve().token == "bct_PLANTED", "the home's own stack on a trusted network"

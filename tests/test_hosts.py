@@ -208,7 +208,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     base.update({"BODYCAM_PIPELINE__EMBEDDER": STACK_ENV["BODYCAM_PIPELINE__EMBEDDER"],
                  "NO_PROXY": "*"})
     env = {**base, **SERVICES_ENV, "BODYCAM_HOME": str(home)}
-    cli = Cli(env)
+    # The CLI reaches the server at its private address over plain http: a trusted network.
+    cli = Cli({**env, "BODYCAM_INSECURE_HTTP": "1"})
     try:
         net.create({"services": 1, **{h: 11 + i for i, h in enumerate(WORKER_HOSTS)},
                     "lost": 21})

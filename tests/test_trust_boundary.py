@@ -356,6 +356,37 @@ def test_the_stacks_database_clients_never_send_a_password_in_clear(tb: StackHan
 
 # --- accounts change only through the audited functions --------------------------------------
 
+def test_the_broker_password_reconfigures_nothing_and_jobs_still_run(
+        tb: StackHandle, tmp_path: Path) -> None:
+    """Whoever holds the Redis password (every worker host does) could `CONFIG SET dir` +
+    `SAVE` a file anywhere as the stack's OS account (root), `MODULE LOAD` code, or make the
+    broker a replica of their own server. Those commands must not exist for any client,
+    whatever their case, while Celery's own traffic still carries a job to the end."""
+    import redis
+
+    from tests.conftest import HAMILTON
+
+    r = redis.Redis.from_url(_secrets(tb)["redis_url"], socket_timeout=10)
+    assert r.ping()
+    attempts = [("CONFIG", "GET", "dir"), ("config", "set", "dir", str(tmp_path)),
+                ("Config", "Set", "dbfilename", "proof"), ("SAVE",), ("BGSAVE",),
+                ("BGREWRITEAOF",), ("MODULE", "LOAD", str(tmp_path / "x.so")),
+                ("module", "list"), ("DEBUG", "SLEEP", "0"), ("debug", "segfault"),
+                ("REPLICAOF", "127.0.0.1", "9"), ("SLAVEOF", "127.0.0.1", "9"), ("SYNC",),
+                ("PSYNC", "?", "-1"), ("MIGRATE", "127.0.0.1", "9", "k", "0", "1000"),
+                ("ACL", "SETUSER", "eve", "on", ">pw", "+@all"), ("ACL", "LIST"),
+                ("MONITOR",), ("SHUTDOWN", "NOSAVE")]
+    for cmd in attempts:
+        with pytest.raises(redis.ResponseError, match="unknown command"):
+            r.execute_command(*cmd)
+    assert r.ping(), "the broker is still up"
+    assert list(tmp_path.iterdir()) == [], "nothing written where a client asked"
+    assert "rename-command CONFIG" in (tb.home / "run" / "redis.conf").read_text()
+    [res] = tb.cli.json("ingest", str(HAMILTON), "--case", CASE, "--officer", "O",
+                        "--device", "D")  # type: ignore[misc]
+    assert tb.wait_status(str(res["video_id"]))["status"] == "done"
+
+
 def test_the_app_role_is_refused_every_direct_write_to_accounts_and_the_journal(
         tb: StackHandle) -> None:
     tb.cli.run("users", "add", "tb-inv", "--role", "investigator", check=True)

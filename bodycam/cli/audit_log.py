@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Annotated, Any
 
 import typer
@@ -103,4 +102,4 @@ def audit_export_key() -> None:
     """Print the key that verifies export manifests: the Ed25519 public key of the server's
     signing key (give it to whoever checks exports offline; it cannot sign one)."""
     res = client_call(lambda c: c.get("/api/v1/audit/export-key"))
-    sys.stdout.write(str(res["key"]) + "\n")
+    out.print(str(res["key"]))

@@ -19,10 +19,28 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Bodycam: batch body-camera footage in, auditable face evidence out.")
 
 
-err = Console(stderr=True)
+class PlainConsole(Console):
+    """A console for lines that carry server text (names, reasons, errors, file names): every
+    str argument is shown through `printable()`, so control characters and terminal escapes are
+    written out rather than sent to the terminal, and none is read as rich markup or emoji
+    codes (`[link=...]` stays text). A line is never wrapped by rich (one record, one line).
+    Rich objects (Text, tables, progress) pass unchanged."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(markup=False, emoji=False, highlight=False, soft_wrap=True,
+                         **kwargs)
+
+    def print(self, *objects: Any, **kwargs: Any) -> None:
+        from bodycam.media.files import printable
+
+        kwargs.update(markup=False, emoji=False)
+        super().print(*(printable(o) if isinstance(o, str) else o for o in objects), **kwargs)
 
 
-out = Console()
+err = PlainConsole(stderr=True)
+
+
+out = PlainConsole()
 
 
 T = TypeVar("T")
@@ -38,8 +56,7 @@ def error_line(message: str) -> None:
 
     from bodycam.media.files import printable
 
-    err.print(Text.assemble(("error:", "red"), " ", printable(str(message))),
-              markup=False, highlight=False, soft_wrap=True, crop=False)
+    err.print(Text.assemble(("error:", "red"), " ", printable(str(message))))
 
 
 def fail(message: str, code: int = 1) -> NoReturn:

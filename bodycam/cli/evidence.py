@@ -87,15 +87,12 @@ def _ingest(client: Any, files: list[str], case: str, officer: str | None,
         if not as_json:
             dup = " (already ingested in this case)" if res["duplicate"] else ""
             err.print(f"{safe_name(name)}: video {res['video_id']} sha256 "
-                      f"{res['sha256'][:16]}… {res['status']}{dup}",
-                      markup=False, highlight=False, soft_wrap=True)
+                      f"{res['sha256'][:16]}… {res['status']}{dup}")
     final = {r["video_id"]: r["status"] for r in results}
     if wait and results:
-        from rich.markup import escape
-
-        final = guarded(lambda: _wait_for(  # bar labels are rich markup
+        final = guarded(lambda: _wait_for(
             client, [r["video_id"] for r in results],
-            {r["video_id"]: escape(r["filename"]) for r in results}, quiet=as_json))
+            {r["video_id"]: str(r["filename"]) for r in results}, quiet=as_json))
     if as_json:
         emit_json([{**r, "status": final.get(r["video_id"], r["status"])} for r in results])
     if failures:
@@ -105,17 +102,22 @@ def _ingest(client: Any, files: list[str], case: str, officer: str | None,
 def _wait_for(client: Any, video_ids: list[str], names: dict[str, str], quiet: bool
               ) -> dict[str, str]:
     """Poll each video's job row on the server until every one ends; rich progress bars
-    per file on stderr."""
+    per file on stderr. Labels are server text: printable, never read as markup."""
+    from bodycam.media.files import printable
+
     final: dict[str, str] = {}
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[stage]}"),
+    with Progress(TextColumn("{task.description}", markup=False), BarColumn(),
+                  TextColumn("{task.fields[stage]}", markup=False),
                   TimeElapsedColumn(), console=err, disable=quiet) as bars:
-        tasks = {v: bars.add_task(names[v], total=1.0, stage="queued") for v in video_ids}
+        tasks = {v: bars.add_task(printable(names[v]), total=1.0, stage="queued")
+                 for v in video_ids}
         while len(final) < len(video_ids):
             for vid in video_ids:
                 if vid in final:
                     continue
                 job = client.get(f"/api/v1/videos/{vid}")
-                bars.update(tasks[vid], completed=job["progress"], stage=job["stage"])
+                bars.update(tasks[vid], completed=job["progress"],
+                            stage=printable(str(job["stage"])))
                 if job["status"] in TERMINAL:
                     final[vid] = job["status"]
             time.sleep(0.5)
@@ -135,7 +137,7 @@ def jobs_cmd(
     for r in rows:
         out.print(f"{r['video_id']}  {r['status']:11} {r['stage']:10} "
                   f"{r['progress'] * 100:5.1f}%  attempts {r['attempts']}  {r['filename']}  "
-                  f"{r['error'] or ''}", highlight=False)
+                  f"{r['error'] or ''}")
 
 
 @app.command()
@@ -157,5 +159,4 @@ def tracks(
         return
     for r in rows:
         out.print(f"{r['track_id']}  {r['start_s']:8.2f}-{r['end_s']:8.2f}s  "
-                  f"{r['n_detections']:3} det  quality {r['quality']:.2f}  {r['thumbnail']}",
-                  highlight=False)
+                  f"{r['n_detections']:3} det  quality {r['quality']:.2f}  {r['thumbnail']}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Annotated
 from urllib.parse import quote
 
@@ -32,7 +31,7 @@ def users_add(
     res = client_call(lambda c: c.post("/api/v1/users", {"name": name, "roles": role}))
     err.print(f"user {name} created with roles {', '.join(sorted(set(role)))}; "
               "token (shown once, store it safely):")
-    sys.stdout.write(str(res["token"]) + "\n")
+    out.print(str(res["token"]))
 
 
 @users_app.command("list")
@@ -45,7 +44,7 @@ def users_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None
     for r in rows:
         state = "disabled" if r["disabled"] else "active"
         out.print(f"{r['name']:16} {state:8} {', '.join(r['roles'])}  cases: "
-                  f"{', '.join(r['cases']) or '-'}", highlight=False)
+                  f"{', '.join(r['cases']) or '-'}")
 
 
 @users_app.command("disable")
@@ -159,10 +158,8 @@ def reprocess(
     faces were tracked without embeddings), so that searches find them (admin)."""
     res = client_call(lambda c: c.post("/api/v1/reprocess", {"reason": reason}))
     for v in res["videos"]:
-        out.print(f"{v['video_id']}  case {v['case']}  {v['units']} units queued",
-                  highlight=False)
-    out.print(f"{len(res['videos'])} videos, {res['units_queued']} units queued",
-              highlight=False)
+        out.print(f"{v['video_id']}  case {v['case']}  {v['units']} units queued")
+    out.print(f"{len(res['videos'])} videos, {res['units_queued']} units queued")
 
 
 @app.command()
@@ -176,10 +173,10 @@ def fixity(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
         for m in report["mismatched"]:
             found = m["actual_sha256"] or "missing"
             out.print(f"MISMATCH {m['kind']} {m['key']} (video {m['video_id']}): recorded "
-                      f"{m['expected_sha256']}, stored {found}", highlight=False, soft_wrap=True)
+                      f"{m['expected_sha256']}, stored {found}")
         out.print(f"fixity {'ok' if report['ok'] else 'FAILED'}: {report['originals']} "
                   f"originals, {report['derivatives']} derivatives, "
-                  f"{len(report['mismatched'])} mismatches", highlight=False, soft_wrap=True)
+                  f"{len(report['mismatched'])} mismatches")
     if not report["ok"]:
         raise typer.Exit(1)
 
@@ -188,4 +185,4 @@ def fixity(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
 def events_token_cmd() -> None:
     """Print the bearer token the S3 notifier must send to POST /s3/events (admin)."""
     res = client_call(lambda c: c.get("/api/v1/events-token"))
-    sys.stdout.write(str(res["token"]) + "\n")
+    out.print(str(res["token"]))

@@ -54,7 +54,7 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="machine-readabl
         emit_json(st)
     else:
         for key, value in st.items():
-            out.print(f"{key:16} {value}", highlight=False)
+            out.print(f"{key:16} {value}")
     if not st["ok"]:
         raise typer.Exit(1)
 

@@ -118,4 +118,4 @@ def redact(
     err.print(f"{dest}: derivative {made['derivative_id']} sha256 {made['sha256'][:16]}… "
               f"({summary['redacted_regions']} regions hidden, kept "
               f"{', '.join(summary['kept_tracks']) or 'none'}); report {files['report']}, "
-              f"{files['pdf']}, {files['sheet']}", markup=False, highlight=False, soft_wrap=True)
+              f"{files['pdf']}, {files['sheet']}")

@@ -48,7 +48,7 @@ def login(
                               "token": session["token"], "expires_at": session["expires_at"]})
     err.print(f"logged in to {target.url} as {session['user']} "
               f"({', '.join(session.get('roles', []))}); session until {session['expires_at']}"
-              f" stored in {path}", markup=False, highlight=False, soft_wrap=True)
+              f" stored in {path}")
 
 
 @app.command()
@@ -83,4 +83,4 @@ def whoami(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
         return
     cases = "all" if me.get("cases") is None else (", ".join(me["cases"]) or "-")
     out.print(f"{me['user']}  roles: {', '.join(me['roles'])}  cases: {cases}  "
-              f"session until {me.get('expires_at') or '-'}", highlight=False)
+              f"session until {me.get('expires_at') or '-'}")

@@ -44,7 +44,7 @@ def subjects_enroll(
     photos_or_server_refusal("/api/v1/subjects", fields, photo)
     res = client_call(lambda c: c.multipart("/api/v1/subjects", fields, photo))
     for n in res.get("notes", []):
-        err.print(f"note: {n}", highlight=False)
+        err.print(f"note: {n}")
     if as_json:
         emit_json({"subject_id": res["subject_id"], "pending_matches": res["pending_matches"]})
     else:
@@ -64,7 +64,7 @@ def subjects_list(
         return
     for s in rows:
         out.print(f"{s['subject_id']}  case {s['case']}  {s['name']}  ({s['faces']} photos) "
-                  f"by {s['created_by']}: {s['reason']}", highlight=False)
+                  f"by {s['created_by']}: {s['reason']}")
 
 
 @subjects_app.command("remove")
@@ -117,18 +117,16 @@ def search_cmd(
                                                [photo] if photo else []))
     note = result.pop("note", None)
     if note:
-        err.print(f"note: {note}", highlight=False)
+        err.print(f"note: {note}")
     if as_json:
         emit_json(result)
         return
     out.print(f"{len(result['results'])} appearances (threshold {result['threshold']}, model "
-              f"{result['model']}); leads for human review, not identifications",
-              highlight=False)
+              f"{result['model']}); leads for human review, not identifications")
     for a in result["results"]:
         out.print(f"{a['similarity']:.3f}  quality {a['quality']:.2f}  {a['filename']}  "
                   f"{a['start_s']:7.2f}-{a['end_s']:7.2f}s  video {a['video_id']}  "
-                  f"sha256 {a['sha256'][:12]}…",
-                  highlight=False)
+                  f"sha256 {a['sha256'][:12]}…")
 
 
 matches_app = typer.Typer(help="Watchlist matches (leads): list and export.")
@@ -152,7 +150,7 @@ def matches_cmd(
     for m in rows:
         out.print(f"{m['match_id']}  {m['status']:9} {m['similarity']:.3f}  {m['subject']}  "
                   f"video {m['video_id']} {m['start_s']:.1f}-{m['end_s']:.1f}s  reviewers "
-                  f"{list(m['reviewers'])}", highlight=False)
+                  f"{list(m['reviewers'])}")
 
 
 @matches_app.command("export")
@@ -200,4 +198,4 @@ def persons_cmd(
     for p in rows:
         spans = ", ".join(f"{a['video_id'][:8]} {a['start_s']:.1f}-{a['end_s']:.1f}s"
                           for a in p["appearances"])
-        out.print(f"{p['person_id']}  {len(p['track_ids'])} tracks: {spans}", highlight=False)
+        out.print(f"{p['person_id']}  {len(p['track_ids'])} tracks: {spans}")
