@@ -143,10 +143,12 @@ def _home() -> Path:
 @dataclass(frozen=True)
 class StackHome:
     """What the CLI takes from this account's stack home: the server URL of its client.json
-    (no secret in it) and the bootstrap operator's token."""
+    (no secret in it), the server's unix socket in the home, and the bootstrap operator's
+    token."""
 
     url: str | None
     operator_token: str | None
+    socket: str | None = None
 
 
 def stack_home() -> StackHome:
@@ -190,7 +192,12 @@ def stack_home() -> StackHome:
             except ValueError:
                 continue
             if isinstance(data, dict) and data.get(key):
-                return StackHome(str(data[key]), token)
+                sock = data.get("socket") if name == CLIENT_FILE else None
+                path = None
+                if isinstance(sock, str) and sock and not Path(sock).is_absolute() \
+                        and ".." not in Path(sock).parts:  # in the home, nowhere else
+                    path = str(home / sock)
+                return StackHome(str(data[key]), token, path)
         return StackHome(None, token)
     finally:
         os.close(fd)
@@ -203,6 +210,7 @@ class Target:
     url: str
     token: str | None
     user: str | None
+    socket: str | None = None  # the home stack's unix socket: no other account can listen there
 
 
 def resolve(url: str | None = None) -> Target:
@@ -236,12 +244,16 @@ def resolve(url: str | None = None) -> Target:
         user = user or (str(creds["user"]) if creds.get("user") else None)
     # The bootstrap operator's token is for this home's own stack (or another server on this
     # machine), never for a server elsewhere.
-    if token is None and user in (None, "operator"):
-        if home is None:
-            home = stack_home()
-        if (home.url is not None and home.url.rstrip("/") == found) or _on_this_machine(found):
-            token = home.operator_token
-    return Target(found, token, user)
+    if home is None and token is None and user in (None, "operator"):
+        home = stack_home()
+    ours = home is not None and home.url is not None and home.url.rstrip("/") == found
+    # To this home's stack through its socket where it has one: a loopback port is no
+    # identity (another account can listen on it once the server stops); a socket in the
+    # 0700 home is. To another server on this machine only from a home without one.
+    if token is None and user in (None, "operator") and home is not None and (
+            ours or (_on_this_machine(found) and home.socket is None)):
+        token = home.operator_token
+    return Target(found, token, user, home.socket if ours and home is not None else None)
 
 
 def _on_this_machine(url: str) -> bool:
@@ -265,7 +277,8 @@ class Client:
             headers["Authorization"] = f"Bearer {target.token}"
         if target.user:
             headers["X-Bodycam-User"] = target.user
-        self._http = httpx.Client(base_url=target.url, headers=headers,
+        transport = httpx.HTTPTransport(uds=target.socket) if target.socket else None
+        self._http = httpx.Client(base_url=target.url, headers=headers, transport=transport,
                                   timeout=httpx.Timeout(timeout_s, connect=10.0))
 
     @classmethod

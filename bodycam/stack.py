@@ -56,6 +56,9 @@ SCRAM_ONLY = "require_auth=scram-sha-256"
 # whatever depends on it restarts too (a worker must never keep a dead broker's URL).
 APP_PREFIXES = ("api", "beat", "worker-")
 SERVICES = ("postgres", "s3", "redis")
+# The server's unix socket, in the 0700 home: the operator's CLI talks to its own stack there,
+# since another account can listen on a loopback port the server has let go (a crash, `down`).
+API_SOCKET = "run/api.sock"
 SERVICE_DIRS = ("pgdata", "redis", "s3data")  # in the home: the services' data, theirs alone
 # Redis commands no client of the stack sends (Celery/kombu use lists, sets, pub/sub and
 # PING): with them the broker password would be worth the stack's OS account, root included
@@ -279,7 +282,9 @@ class Stack:
         public = {k: v for k, v in state.items() if k not in secret}
         _write_secret(self.state_file, json.dumps(public, indent=2, sort_keys=True))
         if isinstance(state.get("api_url"), str):
-            _write_secret(self.home / CLIENT_FILE, json.dumps({"url": state["api_url"]}) + "\n")
+            client = {"url": state["api_url"], **(
+                {"socket": state["api_socket"]} if state.get("api_socket") else {})}
+            _write_secret(self.home / CLIENT_FILE, json.dumps(client) + "\n")
 
     def processes(self) -> list[ManagedProcess]:
         """Processes this home's `up` started."""
@@ -394,10 +399,12 @@ class Stack:
             port = _stable_port(state, "api", self.host)
             state["api_url"] = f"http://{self.host}:{port}"
             self._save(state)
+            state["api_socket"] = API_SOCKET
+            _private_dir((self.home / API_SOCKET).parent)
             api = self._spawn(
                 "api",
                 [sys.executable, "-m", "bodycam", "serve", "--host", self.host,
-                 "--port", str(port)],
+                 "--port", str(port), "--socket", str(self.home / API_SOCKET)],
                 marker="bodycam serve", app=True,
             )
             started(api)

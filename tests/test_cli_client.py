@@ -316,6 +316,37 @@ def test_a_stack_home_another_account_could_have_planted_is_refused(
         fake.close()
 
 
+def test_the_operator_token_goes_through_the_homes_socket_not_whatever_has_the_port(
+        stack: StackHandle, tmp_path: Path) -> None:
+    """Another account listening on the server's loopback port after a crash (or `down`)
+    received the operator's token, which is every role's. The CLI now talks to its home's
+    stack through the server's unix socket in the 0700 home, where no other account can
+    listen."""
+    real = stack.home / "run" / "api.sock"
+    assert stat.S_IMODE(real.stat().st_mode) == 0o600 and real.is_socket()
+    assert json.loads((stack.home / "client.json").read_text())["socket"] == "run/api.sock"
+    squatter = _FakeServer({"/api/v1/auth/me": {"user": "eve", "roles": [], "cases": None}})
+    try:
+        home = _plant_home(tmp_path, squatter.url, 0o700)  # the squatter has the port
+        (home / "client.json").write_text(json.dumps({"url": squatter.url,
+                                                      "socket": "run/api.sock"}))
+        (home / "operator.token").write_text((stack.home / "operator.token").read_text())
+        (home / "run").mkdir(mode=0o700)
+        (home / "run" / "api.sock").symlink_to(real)
+        env = {k: v for k, v in _client_env(stack, tmp_path).items()
+               if k not in ("BODYCAM_TOKEN", "BODYCAM_URL")}
+        rc, out, errs = _run(stack, env, "whoami")
+        assert rc == 0 and out.startswith("operator"), errs
+        # The server gone: the CLI says so, and the port's listener still gets nothing.
+        (home / "run" / "api.sock").unlink()
+        (home / "run" / "api.sock").symlink_to(tmp_path / "no-such.sock")
+        rc, out, errs = _run(stack, env, "whoami")
+        assert rc == 1 and "cannot reach the Bodycam server" in errs, errs
+        assert squatter.tokens == [], "the port's listener got a request"
+    finally:
+        squatter.close()
+
+
 def test_a_homes_plain_http_url_elsewhere_never_gets_a_token(
         stack: StackHandle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The plain-http rule is about the URL: a client.json naming another host over http://

@@ -3,6 +3,8 @@ eval."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -71,8 +73,13 @@ def migrate() -> None:
 
 
 @app.command()
-def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
+def serve(host: str = "127.0.0.1", port: int = 8000,
+          unix_socket: Annotated[str | None, typer.Option(
+              "--socket", help="also answer on this unix socket (0600), for this account's "
+                               "CLI")] = None) -> None:
     """Serve the HTTP API (every action, S3 event notifications, health)."""
+    import socket
+
     import uvicorn
 
     from bodycam.config import get_settings
@@ -80,8 +87,21 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
     proxies = get_settings().server.trusted_proxies.strip()
     # uvicorn believes X-Forwarded-For from 127.0.0.1 by default: any local process could
     # then name any client in the audit log and spend another address's failed logins.
-    uvicorn.run("bodycam.api.app:app", host=host, port=port, log_level="warning",
-                proxy_headers=bool(proxies), forwarded_allow_ips=proxies or None)
+    config = uvicorn.Config("bodycam.api.app:app", host=host, port=port, log_level="warning",
+                            proxy_headers=bool(proxies), forwarded_allow_ips=proxies or None)
+    sockets = [config.bind_socket()]
+    if unix_socket:
+        path = Path(unix_socket)
+        path.unlink(missing_ok=True)
+        uds = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)  # 0600 from its first moment
+        try:
+            uds.bind(str(path))
+        finally:
+            os.umask(old)
+        uds.listen(config.backlog)
+        sockets.append(uds)
+    uvicorn.Server(config).run(sockets=sockets)
 
 
 @app.command()
