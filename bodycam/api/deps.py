@@ -55,8 +55,9 @@ async def refuse_nul(request: Request) -> None:
 
 
 def client_of(request: Request) -> str:
-    """The client's address (the peer; a proxy in front must be trusted to say more)."""
-    return request.client.host if request.client else "unknown"
+    """The client's address (the peer; a proxy in front must be trusted to say more), or the
+    stack's unix socket (which only the stack's account can reach)."""
+    return request.client.host if request.client else "unix socket"
 
 
 def authenticate(ctx: Context, client: str, token: str | None, claimed: str | None
