@@ -1,0 +1,174 @@
+"""Two requests at once: one change wins and is audited once, the other gets the answer it
+would get afterwards; a search or an enrolment never completes after its right was taken."""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from urllib.parse import quote
+
+import httpx
+import pytest
+
+from bodycam import audit
+from bodycam.db import Conn
+from tests.conftest import TESTDATA, StackHandle
+
+P06 = TESTDATA / "faces" / "identities" / "p06" / "01.png"
+V = "/api/v1"
+CASE = "T-RACE"
+
+
+class Api:
+    """The server, called as one account or another."""
+
+    def __init__(self, url: str, tokens: dict[str, str]) -> None:
+        self.url, self.tokens = url, tokens
+
+    def call(self, who: str, method: str, path: str, **kw: object) -> httpx.Response:
+        return httpx.request(method, self.url + V + path, timeout=300,  # type: ignore[arg-type]
+                             headers={"Authorization": f"Bearer {self.tokens[who]}"}, **kw)
+
+    def add(self, who: str, *roles: str, case: str | None = None) -> str:
+        """A new account with a unique name; returns the name (its token kept)."""
+        name = f"race-{who}-{secrets.token_hex(3)}"
+        r = self.call("op", "POST", "/users", json={"name": name, "roles": list(roles)})
+        assert r.status_code == 201, r.text
+        self.tokens[name] = str(r.json()["token"])
+        if case is not None:
+            r = self.call("op", "POST", f"/users/{name}/cases", json={"case": case})
+            assert r.status_code == 200, r.text
+        return name
+
+    def enroll(self, who: str, case: str = CASE) -> httpx.Response:
+        return self.call(who, "POST", "/subjects", data={"name": "P06", "case": case,
+                                                         "reason": "race test"},
+                         files={"photo": ("p06.png", P06.read_bytes(), "image/png")})
+
+    def search(self, who: str, case: str = CASE, subject: str | None = None
+               ) -> httpx.Response:
+        data = {"case": case, "purpose": "race test"}
+        if subject is not None:
+            return self.call(who, "POST", "/search", data={**data, "subject": subject})
+        return self.call(who, "POST", "/search", data=data,
+                         files={"photo": ("p06.png", P06.read_bytes(), "image/png")})
+
+
+@pytest.fixture(scope="module")
+def api(stack: StackHandle, api_url: str, operator_token: str) -> Api:
+    return Api(api_url, {"op": operator_token})
+
+
+def _waiting(stack: StackHandle) -> int:
+    """Backends waiting for a lock (the audit log's, or a row another one has written)."""
+    with stack.ctx.db() as conn:
+        row = conn.execute("SELECT count(DISTINCT pid) AS n FROM pg_locks"
+                           " WHERE NOT granted").fetchone()
+    return int(row["n"]) if row else 0
+
+
+@contextmanager
+def window(stack: StackHandle, act: Callable[[Conn], object] | None = None
+           ) -> Iterator[Callable[[int], None]]:
+    """A transaction holding the audit log's lock (after `act`, an audited change made in it)
+    until the block ends, then committed: requests started inside the block run up to their
+    first wait for it. Yields `wait(n)`: until n backends wait."""
+    def wait(n: int) -> None:
+        deadline = time.monotonic() + 120
+        while _waiting(stack) < n:
+            assert time.monotonic() < deadline, f"{n} requests did not reach a lock"
+            time.sleep(0.1)
+        time.sleep(0.3)  # nothing else to wait for: they stay waiting
+
+    with stack.ctx.db() as conn:
+        audit.lock(conn)
+        if act is not None:
+            act(conn)
+        yield wait
+
+
+class _Call(threading.Thread):
+    """A request running in a thread."""
+
+    def __init__(self, call: Callable[[], httpx.Response]) -> None:
+        super().__init__(daemon=True)
+        self.call = call
+        self.response: httpx.Response | None = None
+
+    def run(self) -> None:
+        self.response = self.call()
+
+
+def _start(call: Callable[[], httpx.Response]) -> _Call:
+    t = _Call(call)
+    t.start()
+    return t
+
+
+def each(who: list[str], call: Callable[[str], httpx.Response]) -> list[_Call]:
+    """The same request by each account, all started at once."""
+    return [_start(lambda w=w: call(w)) for w in who]  # type: ignore[misc]
+
+
+def answers(threads: list[_Call]) -> list[tuple[int, str]]:
+    """(status, problem detail) of each finished request, sorted."""
+    out = []
+    for t in threads:
+        t.join(300)
+        assert t.response is not None, "the request finished"
+        r = t.response
+        out.append((r.status_code, r.json().get("detail", "") if r.status_code >= 300 else ""))
+    return sorted(out)
+
+
+def rows(stack: StackHandle, action: str, key: str, value: str) -> list[dict[str, object]]:
+    with stack.ctx.db() as conn:
+        found = conn.execute("SELECT id, actor, details FROM audit_log WHERE action = %s"
+                             " AND details ->> %s = %s ORDER BY id",
+                             (action, key, value)).fetchall()
+    return [dict(r) for r in found]
+
+
+# --- two changes at once: one winner --------------------------------------------------------
+
+def test_the_same_account_created_twice_at_once_is_created_once_and_the_other_told_so(
+        stack: StackHandle, api: Api) -> None:
+    name = f"race-twin-{secrets.token_hex(3)}"
+    body = {"name": name, "roles": ["clerk"]}
+    with window(stack) as wait:
+        calls = each(["op", "op"], lambda w: api.call(w, "POST", "/users", json=body))
+        wait(2)
+    got = answers(calls)
+    assert got == [(201, ""), (409, f"user {name} already exists")], got
+    assert len(rows(stack, "user.create", "user", name)) == 1
+    again = api.call("op", "POST", "/users", json=body)
+    assert again.status_code == 409 and again.json()["detail"] == f"user {name} already exists"
+
+
+def test_two_unassignments_at_once_remove_and_audit_once(stack: StackHandle, api: Api) -> None:
+    inv = api.add("unassign", "investigator", case=CASE)
+    admins = [api.add(f"admin{i}", "admin") for i in (1, 2)]
+    path = f"/users/{inv}/cases/{quote(CASE, safe='')}"
+    with window(stack) as wait:
+        calls = each(admins, lambda a: api.call(a, "DELETE", path))
+        wait(2)
+    got = answers(calls)
+    assert got == [(200, ""), (404, f"user {inv} is not assigned to case {CASE}")], got
+    [row] = rows(stack, "case.unassign", "user", inv)
+    assert row["actor"] in admins
+    assert api.call(admins[0], "DELETE", path).status_code == 404
+    assert len(rows(stack, "case.unassign", "user", inv)) == 1
+
+
+def test_an_assignment_that_exists_is_refused_and_not_audited_again(
+        stack: StackHandle, api: Api) -> None:
+    inv = api.add("assign", "investigator", case=CASE)
+    r = api.call("op", "POST", f"/users/{inv}/cases", json={"case": CASE})
+    assert r.status_code == 409 and r.json()["detail"] == \
+        f"user {inv} is already assigned to case {CASE}", r.text
+    assert len(rows(stack, "case.assign", "user", inv)) == 1
+    other = api.call("op", "POST", f"/users/{inv}/cases", json={"case": CASE + "-2"})
+    assert other.status_code == 200, "another case is assigned"
