@@ -172,3 +172,35 @@ def test_an_assignment_that_exists_is_refused_and_not_audited_again(
     assert len(rows(stack, "case.assign", "user", inv)) == 1
     other = api.call("op", "POST", f"/users/{inv}/cases", json={"case": CASE + "-2"})
     assert other.status_code == 200, "another case is assigned"
+
+
+def test_a_case_is_held_and_released_once_and_a_second_hold_names_the_first(
+        stack: StackHandle, api: Api) -> None:
+    case = f"T-RACE-HOLD-{secrets.token_hex(2)}"
+    sups = [api.add(f"sup{i}", "supervisor") for i in (1, 2)]
+    hold = f"/cases/{case}/hold"
+    with window(stack) as wait:
+        calls = each(sups, lambda s: api.call(s, "POST", hold, json={"reason": f"order {s}"}))
+        wait(2)
+    got = answers(calls)
+    [held] = rows(stack, "case.hold", "case", case)
+    first = str(held["actor"])
+    assert got == [(200, ""), (409, f"case {case} is already on hold (by {first}, reason "
+                                    f"'order {first}')")], got
+    assert held["details"] == {"case": case, "reason": f"order {first}"}  # type: ignore[comparison-overlap]
+    listed = {c["case"]: c for c in api.call("op", "GET", "/cases").json()["items"]}
+    assert listed[case]["held_by"] == first and listed[case]["hold_reason"] == f"order {first}"
+    # A hold and a release of a case in the other state say so and leave no audit row.
+    again = api.call(sups[0], "POST", hold, json={"reason": "another order"})
+    assert again.status_code == 409 and f"already on hold (by {first}" in again.json()["detail"]
+    release = f"/cases/{case}/release"
+    with window(stack) as wait:
+        calls = each(sups, lambda s: api.call(s, "POST", release, json={"reason": "over"}))
+        wait(2)
+    assert answers(calls) == [(200, ""), (409, f"case {case} is not on hold")]
+    never = api.call("op", "POST", "/cases/T-RACE-NEVER-HELD/release", json={"reason": "x"})
+    assert never.status_code == 409 and never.json()["detail"] == \
+        "case T-RACE-NEVER-HELD is not on hold"
+    assert len(rows(stack, "case.hold", "case", case)) == 1
+    assert len(rows(stack, "case.release", "case", case)) == 1
+    assert not rows(stack, "case.release", "case", "T-RACE-NEVER-HELD")
