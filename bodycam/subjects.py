@@ -219,6 +219,7 @@ def remove_subject(conn: Conn, key: str, subject_id: str, user: User) -> None:
     require_visible(conn, key, user, "subjects.remove", "subject", subject_id,
                     case_of(conn, "subject", subject_id))
     actor = user.name
+    audit.lock(conn)  # of two removals at once, the second finds it removed (audit.lock)
     subject = get_subject(conn, subject_id)
     audit.append(conn, key, actor, "subject.remove",
                  {"subject_id": subject_id, "case": subject.case_id})
@@ -244,6 +245,7 @@ def approve_subject(conn: Conn, key: str, subject_id: str, user: User) -> None:
                            case_of(conn, "subject", subject_id))
     policy.require_identify(conn, "enrolment approval")
     actor = user.name
+    audit.lock(conn)  # of two approvals at once, the second finds it approved (audit.lock)
     row = conn.execute("SELECT created_by, approved_at FROM subjects WHERE id = %s"
                        " AND removed_at IS NULL", (uid(subject_id),)).fetchone()
     if row is None:

@@ -204,3 +204,50 @@ def test_a_case_is_held_and_released_once_and_a_second_hold_names_the_first(
     assert len(rows(stack, "case.hold", "case", case)) == 1
     assert len(rows(stack, "case.release", "case", case)) == 1
     assert not rows(stack, "case.release", "case", "T-RACE-NEVER-HELD")
+
+
+def test_a_subject_removed_twice_at_once_is_removed_and_audited_once(
+        stack: StackHandle, api: Api) -> None:
+    inv = api.add("remove", "investigator", case=CASE)
+    sup = api.add("remove-sup", "supervisor")
+    r = api.enroll(inv)
+    assert r.status_code == 201, r.text
+    sid = str(r.json()["subject_id"])
+    with window(stack) as wait:
+        calls = each([inv, sup], lambda w: api.call(w, "DELETE", f"/subjects/{sid}"))
+        wait(2)
+    assert answers(calls) == [(200, ""), (404, f"no active subject {sid}")]
+    assert len(rows(stack, "subject.remove", "subject_id", sid)) == 1
+    assert api.call(sup, "DELETE", f"/subjects/{sid}").status_code == 404
+
+
+@pytest.fixture
+def approval_required(stack: StackHandle, api: Api) -> Iterator[None]:
+    before = api.call("op", "GET", "/policy").json()
+    r = api.call("op", "PUT", "/policy", json={"profile": "identify-eu", "reason": "race test"})
+    assert r.status_code == 200, r.text
+    yield
+    back = {"profile": before["profile"], "reason": "race test over"}
+    if before["reviewers_explicit"]:
+        back["reviewers"] = before["reviewers_required"]
+    r = api.call("op", "PUT", "/policy", json=back)
+    assert r.status_code == 200, r.text
+
+
+def test_two_supervisors_approving_at_once_record_one_approval_by_its_approver(
+        stack: StackHandle, api: Api, approval_required: None) -> None:
+    inv = api.add("approve", "investigator", case=CASE)
+    sups = [api.add(f"approver{i}", "supervisor") for i in (1, 2)]
+    r = api.enroll(inv)
+    assert r.status_code == 201, r.text
+    sid = str(r.json()["subject_id"])
+    with window(stack) as wait:
+        calls = each(sups, lambda s: api.call(s, "POST", f"/subjects/{sid}/approve"))
+        wait(2)
+    got = answers(calls)
+    assert [c for c, _ in got] == [200, 422] and \
+        got[1][1] == f"subject {sid} is already approved", got
+    [row] = rows(stack, "subject.approve", "subject_id", sid)
+    with stack.ctx.db() as conn:
+        got = conn.execute("SELECT approved_by FROM subjects WHERE id = %s", (sid,)).fetchone()
+    assert got is not None and got["approved_by"] == row["actor"]
