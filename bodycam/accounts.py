@@ -189,6 +189,27 @@ def require(conn: Conn, key: str, user: User, action: str, case_id: str | None =
                case_id)
 
 
+def require_now(conn: Conn, key: str, name: str, action: str, case_id: str | None = None
+                ) -> User:
+    """`require` again, for an action about to store its result: call it first in the
+    transaction that writes the result and its audit row. The account (disabled or not, its
+    roles) and its case are read as they stand now, under the audit log's lock, which a
+    disabling, a role change or an unassignment holds until it commits: one committed while
+    the request ran refuses the action, and one made later waits until the action has
+    committed. Raises UnauthenticatedError (disabled, as a new request would be answered) or
+    AccessDeniedError (audited)."""
+    from bodycam.auth import UnauthenticatedError
+
+    audit.lock(conn)
+    row = conn.execute("SELECT roles FROM users WHERE name = %s AND disabled_at IS NULL",
+                       (name,)).fetchone()
+    if row is None:
+        raise UnauthenticatedError(f"account {name} is disabled")
+    user = User(name, tuple(row["roles"]))
+    require(conn, key, user, action, case_id)
+    return user
+
+
 def refuse(conn: Conn, key: str, user: User | str, action: str, reason: str,
            case_id: str | None) -> NoReturn:
     """Audit a refused attempt, commit it, and raise AccessDeniedError."""

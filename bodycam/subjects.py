@@ -13,7 +13,14 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from bodycam import audit, policy
-from bodycam.accounts import User, case_of, require, require_visible, visible_cases
+from bodycam.accounts import (
+    User,
+    case_of,
+    require,
+    require_now,
+    require_visible,
+    visible_cases,
+)
 from bodycam.config import Settings
 from bodycam.context import Context
 from bodycam.db import Conn, uid, uids
@@ -131,14 +138,18 @@ class Subject:
                 "faces": self.n_faces}
 
 
-def enroll(ctx: Context, name: str, photos: list[str], case_id: str, reason: str, actor: str,
-           expires_at: datetime | None = None, face: int | None = None
+def enroll(ctx: Context, name: str, photos: list[str], case_id: str, reason: str,
+           by: User | str, expires_at: datetime | None = None, face: int | None = None
            ) -> tuple[str, list[str]]:
-    """Enrol a subject from one or more photos; returns (subject_id, notes).
+    """Enrol a subject from one or more photos, by an account (`by` a User) or a tool acting
+    under its own name; returns (subject_id, notes).
 
     Every photo is checked before anything is stored; the photos are kept in the object
-    store by SHA-256 as the record of what was enrolled.
+    store by SHA-256 as the record of what was enrolled. An account is checked again in the
+    transaction that stores the subject (`accounts.require_now`): one disabled or taken off
+    the case while the photos were processed stores nothing.
     """
+    actor = by.name if isinstance(by, User) else by
     if not case_id.strip():
         raise InvalidInputError("missing --case: a subject belongs to a case")
     if not reason.strip():
@@ -156,6 +167,8 @@ def enroll(ctx: Context, name: str, photos: list[str], case_id: str, reason: str
             stored = ctx.store.put_original(f, sha256_file(p), ctx.settings.limits.max_bytes)
         keys.append(stored.key)
     with ctx.db() as conn:
+        if isinstance(by, User):
+            require_now(conn, ctx.audit_key, actor, "subjects.enroll", case_id.strip())
         # Under a profile that requires it, a supervisor approves before any matching.
         approved = not policy.current(conn).enrolment_approval
         row = conn.execute(

@@ -13,7 +13,8 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from bodycam import audit
+from bodycam import accounts, audit, subjects
+from bodycam.accounts import User
 from bodycam.db import Conn
 from tests.conftest import TESTDATA, StackHandle
 
@@ -251,3 +252,69 @@ def test_two_supervisors_approving_at_once_record_one_approval_by_its_approver(
     with stack.ctx.db() as conn:
         got = conn.execute("SELECT approved_by FROM subjects WHERE id = %s", (sid,)).fetchone()
     assert got is not None and got["approved_by"] == row["actor"]
+
+
+# --- a right taken while a search or an enrolment runs --------------------------------------
+
+def _recorded(stack: StackHandle, actor: str) -> tuple[int, list[str]]:
+    with stack.ctx.db() as conn:
+        n = conn.execute("SELECT count(*) AS n FROM searches WHERE actor = %s",
+                         (actor,)).fetchone()
+        acts = [str(r["action"]) for r in conn.execute(
+            "SELECT action FROM audit_log WHERE actor = %s ORDER BY id", (actor,)).fetchall()]
+    return int(n["n"]) if n else 0, acts
+
+
+def test_a_search_whose_account_is_disabled_meanwhile_is_refused_and_stores_nothing(
+        stack: StackHandle, api: Api) -> None:
+    inv = api.add("search-disabled", "investigator", case=CASE)
+    key = stack.ctx.audit_key
+    with window(stack, lambda c: accounts.disable_user(c, key, inv, "race-admin")) as wait:
+        call = _start(lambda: api.search(inv))
+        wait(1)
+    assert answers([call]) == [(401, f"account {inv} is disabled")]
+    assert _recorded(stack, inv) == (0, [])
+
+
+def test_a_search_whose_case_is_taken_away_meanwhile_is_refused_and_stores_nothing(
+        stack: StackHandle, api: Api) -> None:
+    inv = api.add("search-unassigned", "investigator", case=CASE)
+    key = stack.ctx.audit_key
+    with window(stack, lambda c: accounts.unassign_case(c, key, inv, CASE, "race-admin")) \
+            as wait:
+        call = _start(lambda: api.search(inv))
+        wait(1)
+    assert answers([call]) == [(403, f"refused: {inv} is not assigned to case {CASE}")]
+    assert _recorded(stack, inv) == (0, ["refused"])
+
+
+def test_an_enrolment_whose_case_is_taken_away_meanwhile_is_refused_and_stores_nothing(
+        stack: StackHandle, api: Api) -> None:
+    inv = api.add("enrol-unassigned", "investigator", case=CASE)
+    key = stack.ctx.audit_key
+    with window(stack, lambda c: accounts.unassign_case(c, key, inv, CASE, "race-admin")) \
+            as wait:
+        call = _start(lambda: api.enroll(inv))
+        wait(1)
+    assert answers([call]) == [(403, f"refused: {inv} is not assigned to case {CASE}")]
+    assert _recorded(stack, inv) == (0, ["refused"])
+    with stack.ctx.db() as conn:
+        assert conn.execute("SELECT 1 FROM subjects WHERE created_by = %s",
+                            (inv,)).fetchone() is None
+
+
+def test_a_search_by_a_subject_removed_meanwhile_answers_as_after_the_removal(
+        stack: StackHandle, api: Api) -> None:
+    inv = api.add("search-removed", "investigator", case=CASE)
+    r = api.enroll(inv)
+    assert r.status_code == 201, r.text
+    sid = str(r.json()["subject_id"])
+    assert api.search(inv, subject=sid).status_code == 200, "searchable while on the list"
+    sup = User("race-supervisor", ("supervisor",))
+    key = stack.ctx.audit_key
+    with window(stack, lambda c: subjects.remove_subject(c, key, sid, sup)) as wait:
+        call = _start(lambda: api.search(inv, subject=sid))
+        wait(1)
+    assert answers([call]) == [(404, f"no active subject {sid}")]
+    assert _recorded(stack, inv)[0] == 1, "only the search made before the removal"
+
