@@ -78,11 +78,15 @@ def create_user(conn: Conn, key: str, name: str, roles: list[str], by: str,
     if bad or not roles:
         raise InvalidInputError(f"unknown role {', '.join(bad) or '(none)'}: "
                                 f"choose from {', '.join(ROLES)}")
-    if conn.execute("SELECT 1 FROM users WHERE name = %s", (name,)).fetchone():
-        raise ConflictError(f"user {name} already exists")
     if not NAME.match(name):
         raise InvalidInputError(f"user name {name[:64]!r} is not allowed: use 1 to 64 letters,"
                                 " digits and . _ @ -")
+    # Every account change checks the state it depends on under the audit log's lock, which
+    # every other account change holds until it commits: of two at once, one wins and the
+    # other gets the sequential answer (here 409, not the primary key's violation).
+    audit.lock(conn)
+    if conn.execute("SELECT 1 FROM users WHERE name = %s", (name,)).fetchone():
+        raise ConflictError(f"user {name} already exists")
     # The sealed audit row first: the database function that makes the change refuses
     # unless this transaction appended it (migration 011), and journals the change with it.
     row = audit.append(conn, key, by, "user.create", {"user": name, "roles": sorted(set(roles))})
@@ -98,6 +102,7 @@ def set_roles(conn: Conn, key: str, name: str, roles: list[str], by: str) -> Non
     if bad or not roles:
         raise InvalidInputError(f"unknown role {', '.join(bad) or '(none)'}: "
                                 f"choose from {', '.join(ROLES)}")
+    audit.lock(conn)
     if not conn.execute("SELECT 1 FROM users WHERE name = %s", (name,)).fetchone():
         raise NotFoundError(f"no user {name}")
     row = audit.append(conn, key, by, "user.roles", {"user": name, "roles": sorted(set(roles))})
@@ -107,6 +112,7 @@ def set_roles(conn: Conn, key: str, name: str, roles: list[str], by: str) -> Non
 
 def disable_user(conn: Conn, key: str, name: str, by: str) -> None:
     """Disable an account and revoke its tokens; the record stays."""
+    audit.lock(conn)
     if not conn.execute("SELECT 1 FROM users WHERE name = %s AND disabled_at IS NULL",
                         (name,)).fetchone():
         raise NotFoundError(f"no active user {name}")
@@ -114,10 +120,7 @@ def disable_user(conn: Conn, key: str, name: str, by: str) -> None:
                         " AND revoked_at IS NULL", (name,)).fetchone()
     row = audit.append(conn, key, by, "user.disable",
                        {"user": name, "tokens_revoked": int(live["n"]) if live else 0})
-    revoked = conn.execute("SELECT bodycam_user_disable(%s::bigint, %s::text) AS n",
-                           (row.id, name)).fetchone()
-    if revoked is None or int(revoked["n"]) < 0:  # disabled meanwhile: the audit row goes too
-        raise NotFoundError(f"no active user {name}")
+    conn.execute("SELECT bodycam_user_disable(%s::bigint, %s::text)", (row.id, name))
 
 
 # ASCII only: full-width or Devanagari digits and Cyrillic look-alikes were taken as new case
@@ -140,9 +143,13 @@ def case_number(text: str | None) -> str:
 
 
 def assign_case(conn: Conn, key: str, name: str, case_id: str, by: str) -> None:
-    """Let an investigator see a case."""
+    """Let an investigator see a case; raises ConflictError (unaudited) when the account has
+    it already."""
+    audit.lock(conn)
     if not conn.execute("SELECT 1 FROM users WHERE name = %s", (name,)).fetchone():
         raise NotFoundError(f"no user {name}")
+    if _assigned(conn, name, case_id):
+        raise ConflictError(f"user {name} is already assigned to case {case_id}")
     row = audit.append(conn, key, by, "case.assign", {"user": name, "case": case_id})
     conn.execute("SELECT bodycam_case_assign(%s::bigint, %s::text, %s::text, %s::text)",
                  (row.id, name, case_id, by))
@@ -150,8 +157,8 @@ def assign_case(conn: Conn, key: str, name: str, case_id: str, by: str) -> None:
 
 def unassign_case(conn: Conn, key: str, name: str, case_id: str, by: str) -> None:
     """Take a case away from an account."""
-    if not conn.execute("SELECT 1 FROM case_assignments WHERE user_name = %s AND case_id = %s",
-                        (name, case_id)).fetchone():
+    audit.lock(conn)
+    if not _assigned(conn, name, case_id):
         raise NotFoundError(f"user {name} is not assigned to case {case_id}")
     row = audit.append(conn, key, by, "case.unassign", {"user": name, "case": case_id})
     conn.execute("SELECT bodycam_case_unassign(%s::bigint, %s::text, %s::text)",
@@ -180,6 +187,27 @@ def require(conn: Conn, key: str, user: User, action: str, case_id: str | None =
     if case_id is not None and not can_see_case(conn, user, case_id):
         refuse(conn, key, user, action, f"{user.name} is not assigned to case {case_id}",
                case_id)
+
+
+def require_now(conn: Conn, key: str, name: str, action: str, case_id: str | None = None
+                ) -> User:
+    """`require` again, for an action about to store its result: call it first in the
+    transaction that writes the result and its audit row. The account (disabled or not, its
+    roles) and its case are read as they stand now, under the audit log's lock, which a
+    disabling, a role change or an unassignment holds until it commits: one committed while
+    the request ran refuses the action, and one made later waits until the action has
+    committed. Raises UnauthenticatedError (disabled, as a new request would be answered) or
+    AccessDeniedError (audited)."""
+    from bodycam.auth import UnauthenticatedError
+
+    audit.lock(conn)
+    row = conn.execute("SELECT roles FROM users WHERE name = %s AND disabled_at IS NULL",
+                       (name,)).fetchone()
+    if row is None:
+        raise UnauthenticatedError(f"account {name} is disabled")
+    user = User(name, tuple(row["roles"]))
+    require(conn, key, user, action, case_id)
+    return user
 
 
 def refuse(conn: Conn, key: str, user: User | str, action: str, reason: str,
@@ -243,10 +271,12 @@ def case_of(conn: Conn, kind: str, object_id: str) -> str | None:
 
 def can_see_case(conn: Conn, user: User, case_id: str) -> bool:
     """Supervisors and admins see every case; others only the cases assigned to them."""
-    if any(user.has(r) for r in SEE_ALL_CASES):
-        return True
+    return any(user.has(r) for r in SEE_ALL_CASES) or _assigned(conn, user.name, case_id)
+
+
+def _assigned(conn: Conn, name: str, case_id: str) -> bool:
     return conn.execute("SELECT 1 FROM case_assignments WHERE user_name = %s AND case_id = %s",
-                        (user.name, case_id)).fetchone() is not None
+                        (name, case_id)).fetchone() is not None
 
 
 def visible_cases(conn: Conn, user: User) -> list[str] | None:

@@ -105,11 +105,26 @@ def seal(key: str, hash_hex: str) -> str:
     return hmac.new(key.encode(), hash_hex.encode(), hashlib.sha256).hexdigest()
 
 
+def lock(conn: Conn) -> None:
+    """Take the audit log's lock until the caller's transaction ends (`append` takes it too).
+
+    Every audited change holds it from its audit row to its commit (the account functions of
+    migration 011 refuse to run without it), so state read after taking it stays as read
+    until this transaction ends: an action whose answer depends on state that other audited
+    actions change (an account, an assignment, a subject) takes this first, then reads that
+    state, acts and appends. Two such actions at once then give one winner, and the other
+    sees the winner's change and answers as it would have afterwards, without an audit row.
+    Order: this lock, then the rows (two actions locking in the other order can deadlock);
+    held_cases is the exception: a purge locks it first, and a hold or release follows.
+    """
+    conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK,))
+
+
 def append(conn: Conn, key: str, actor: str, action: str, details: dict[str, Any]) -> AuditRow:
     """Add a row inside the caller's transaction: if it fails, the action fails with it."""
     # Round-trip the details through JSON so the hash covers exactly what jsonb returns.
     details = json.loads(json.dumps(details, default=str))
-    conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK,))
+    lock(conn)
     last = conn.execute("SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1").fetchone()
     row_id = int(last["id"]) + 1 if last else 1
     prev = str(last["hash"]) if last else GENESIS

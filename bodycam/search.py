@@ -13,7 +13,7 @@ import numpy as np
 from pgvector import Vector
 
 from bodycam import audit, policy
-from bodycam.accounts import Scope, case_of
+from bodycam.accounts import Scope, User, case_of, require_now
 from bodycam.case_vectors import FINGERPRINT_SQL, CaseVectors
 from bodycam.config import Settings
 from bodycam.context import Context
@@ -414,16 +414,32 @@ def appearances(cands: Sequence[Candidate], merge_gap_s: float) -> list[Appearan
     return sorted(out, key=lambda a: (-a.similarity, a.video_id, a.start_s))
 
 
-def search(ctx: Context, probe: Probe | Query, case_id: str, purpose: str, actor: str,
-           threshold: float | None = None, limit: int | None = None,
+def record_check(conn: Conn, key: str, by: User | str, case: str, query: Query) -> None:
+    """Before a search is recorded: an account that was disabled, lost its role or its case,
+    or a probe subject removed or lapsed while it ran, refuses it as a new search would be
+    (401, 403 audited, 404). Read under the audit log's lock, which those changes hold until
+    they commit, so one made later waits until this search is recorded."""
+    audit.lock(conn)
+    if isinstance(by, User):
+        require_now(conn, key, by.name, "search", case)
+    if query.subject_id is not None:
+        get_subject(conn, query.subject_id)
+
+
+def search(ctx: Context, probe: Probe | Query, case_id: str, purpose: str,
+           by: User | str, threshold: float | None = None, limit: int | None = None,
            filters: Filters | None = None) -> SearchResult:
-    """Run and record one search bound to a case and a purpose.
+    """Run and record one search bound to a case and a purpose, by an account (`by` a User)
+    or by a tool acting under its own name (evaluation).
 
     In order: the case and purpose are required; the policy must allow identification and a
     requested threshold must be valid *before* any face is detected or embedded; every id
     (subject, track, video filter) must belong to the case, else the attempt is refused and
-    audited; then the search runs and is recorded with its results.
+    audited; then the search runs and is recorded with its results. What it depends on and
+    others may change meanwhile (the account, its case, the probe subject) is read again
+    under the audit log's lock in the transaction that records it (`record_check`).
     """
+    actor = by.name if isinstance(by, User) else by
     if not case_id or not case_id.strip():
         raise InvalidInputError("missing --case: every search is bound to a case")
     if not purpose or not purpose.strip():
@@ -467,6 +483,7 @@ def search(ctx: Context, probe: Probe | Query, case_id: str, purpose: str, actor
                                  k=max(200, lim * 20), rivals=rival_vectors(conn, query, case),
                                  cache=ctx.vectors, floor=thr)
         results = appearances(leads(cands, thr), ctx.settings.search.merge_gap_s)[:lim]
+        record_check(conn, ctx.audit_key, by, case, query)
         track_ids = [t for a in results for t in a.track_ids]
         row = conn.execute(
             "INSERT INTO searches (actor, case_id, purpose, query_kind, query_fingerprint,"

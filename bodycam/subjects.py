@@ -14,7 +14,14 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from bodycam import audit, policy
-from bodycam.accounts import User, case_of, require, require_visible, visible_cases
+from bodycam.accounts import (
+    User,
+    case_of,
+    require,
+    require_now,
+    require_visible,
+    visible_cases,
+)
 from bodycam.config import Settings
 from bodycam.context import Context
 from bodycam.db import Conn, uid, uids
@@ -178,14 +185,18 @@ class Subject:
                 "faces": self.n_faces}
 
 
-def enroll(ctx: Context, name: str, photos: list[str], case_id: str, reason: str, actor: str,
-           expires_at: datetime | None = None, face: int | None = None
+def enroll(ctx: Context, name: str, photos: list[str], case_id: str, reason: str,
+           by: User | str, expires_at: datetime | None = None, face: int | None = None
            ) -> tuple[str, list[str]]:
-    """Enrol a subject from one or more photos; returns (subject_id, notes).
+    """Enrol a subject from one or more photos, by an account (`by` a User) or a tool acting
+    under its own name; returns (subject_id, notes).
 
     Every photo is checked before anything is stored; the photos are kept in the object
-    store by SHA-256 as the record of what was enrolled.
+    store by SHA-256 as the record of what was enrolled. An account is checked again in the
+    transaction that stores the subject (`accounts.require_now`): one disabled or taken off
+    the case while the photos were processed stores nothing.
     """
+    actor = by.name if isinstance(by, User) else by
     if not case_id.strip():
         raise InvalidInputError("missing --case: a subject belongs to a case")
     if not reason.strip():
@@ -203,6 +214,8 @@ def enroll(ctx: Context, name: str, photos: list[str], case_id: str, reason: str
             stored = ctx.store.put_original(f, sha256_file(p), ctx.settings.limits.max_bytes)
         keys.append(stored.key)
     with ctx.db() as conn:
+        if isinstance(by, User):
+            require_now(conn, ctx.audit_key, actor, "subjects.enroll", case_id.strip())
         # Under a profile that requires it, a supervisor approves before any matching.
         approved = not policy.current(conn).enrolment_approval
         row = conn.execute(
@@ -266,6 +279,7 @@ def remove_subject(conn: Conn, key: str, subject_id: str, user: User) -> None:
     require_visible(conn, key, user, "subjects.remove", "subject", subject_id,
                     case_of(conn, "subject", subject_id))
     actor = user.name
+    audit.lock(conn)  # of two removals at once, the second finds it removed (audit.lock)
     subject = get_subject(conn, subject_id)
     audit.append(conn, key, actor, "subject.remove",
                  {"subject_id": subject_id, "case": subject.case_id})
@@ -291,6 +305,7 @@ def approve_subject(conn: Conn, key: str, subject_id: str, user: User) -> None:
                            case_of(conn, "subject", subject_id))
     policy.require_identify(conn, "enrolment approval")
     actor = user.name
+    audit.lock(conn)  # of two approvals at once, the second finds it approved (audit.lock)
     row = conn.execute("SELECT created_by, approved_at FROM subjects WHERE id = %s"
                        " AND removed_at IS NULL", (uid(subject_id),)).fetchone()
     if row is None:

@@ -32,8 +32,9 @@ def test_an_auditor_sees_the_chain_intact_and_filters_the_log_by_action(
     aud = make_account(api_url, operator_token, ["auditor"])
     while not _api("GET", api_url + V + "/audit", aud.token,  # more than one page of rows
                    params={"limit": "1", "offset": "60"}).json()["items"]:
-        _api("POST", f"{api_url}{V}/cases/T-WEB-AUD-PAD/release", operator_token,
-             json={"reason": "padding"})
+        for op in ("hold", "release"):  # a release of a case not on hold is refused
+            _api("POST", f"{api_url}{V}/cases/T-WEB-AUD-PAD/{op}", operator_token,
+                 json={"reason": "padding"})
     verdict = _api("POST", api_url + V + "/audit/verify", aud.token).json()
     assert verdict["ok"], verdict
     sign_in(page, api_url, aud)

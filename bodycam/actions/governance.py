@@ -5,7 +5,7 @@ from __future__ import annotations
 from bodycam import accounts, audit, fixity, jobs, policy, retention, text
 from bodycam.accounts import User, require
 from bodycam.context import Context
-from bodycam.errors import InvalidInputError
+from bodycam.errors import ConflictError, InvalidInputError
 from bodycam.queue import PROCESS_UNIT
 from bodycam.search import DIMS, set_thresholds
 
@@ -71,27 +71,39 @@ def list_cases(ctx: Context, user: User) -> list[dict[str, object]]:
 
 
 def hold_case(ctx: Context, user: User, case: str, reason: str) -> dict[str, object]:
-    """Put a case on legal hold (supervisor, admin): its biometric data outlives retention."""
+    """Put a case on legal hold (supervisor, admin): its biometric data outlives retention.
+    Audited (`case.hold`); a case already on hold is refused (ConflictError, naming who holds
+    it and why), unaudited: its hold stays as placed."""
     if not reason or not reason.strip():
         raise InvalidInputError("missing --reason: a legal hold must say why")
     case = accounts.case_number(case)
     with ctx.db() as conn:
         require(conn, ctx.audit_key, user, "cases.hold")
-        conn.execute("INSERT INTO held_cases (case_id, held_by, reason) VALUES (%s, %s, %s)"
-                     " ON CONFLICT (case_id) DO NOTHING", (case, user.name, reason))
+        # The row decides (a second hold at once waits for the first to commit, then inserts
+        # nothing); the audit row follows the row, as in a purge, which locks held_cases first.
+        if conn.execute("INSERT INTO held_cases (case_id, held_by, reason) VALUES (%s, %s, %s)"
+                        " ON CONFLICT (case_id) DO NOTHING RETURNING case_id",
+                        (case, user.name, reason)).fetchone() is None:
+            held = conn.execute("SELECT held_by, reason FROM held_cases WHERE case_id = %s",
+                                (case,)).fetchone()
+            who = f" (by {held['held_by']}, reason {held['reason']!r})" if held else ""
+            raise ConflictError(f"case {case} is already on hold{who}")
         audit.append(conn, ctx.audit_key, user.name, "case.hold", {"case": case,
                                                                    "reason": reason})
     return {"case": case, "held": True}
 
 
 def release_case(ctx: Context, user: User, case: str, reason: str) -> dict[str, object]:
-    """Lift a legal hold (supervisor, admin); audited."""
+    """Lift a legal hold (supervisor, admin); audited. A case not on hold is refused
+    (ConflictError), unaudited."""
     if not reason or not reason.strip():
         raise InvalidInputError("missing --reason: lifting a legal hold must say why")
     case = accounts.case_number(case)
     with ctx.db() as conn:
         require(conn, ctx.audit_key, user, "cases.hold")
-        conn.execute("DELETE FROM held_cases WHERE case_id = %s", (case,))
+        if conn.execute("DELETE FROM held_cases WHERE case_id = %s RETURNING case_id",
+                        (case,)).fetchone() is None:
+            raise ConflictError(f"case {case} is not on hold")
         audit.append(conn, ctx.audit_key, user.name, "case.release", {"case": case,
                                                                       "reason": reason})
     return {"case": case, "held": False}

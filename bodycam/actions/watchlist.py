@@ -36,8 +36,7 @@ def enroll(ctx: Context, user: User, name: str, photos: list[str], case: str | N
     with refusals_audited(ctx, user, "subjects.enroll"):
         with ctx.db() as conn:
             policy.require_identify(conn, "enrolment")
-        sid, notes = subjects.enroll(ctx, name, photos, case, reason, user.name, expires_at,
-                                     face)
+        sid, notes = subjects.enroll(ctx, name, photos, case, reason, user, expires_at, face)
     with ctx.db() as conn:
         made = matching.match_subject(conn, ctx.settings, ctx.audit_key, sid)
     return {"subject_id": sid, "pending_matches": made, "notes": notes}
@@ -83,7 +82,7 @@ def search(ctx: Context, user: User, case: str | None, purpose: str | None,
     with ctx.db() as conn:
         require(conn, ctx.audit_key, user, "search", case)
     with refusals_audited(ctx, user, "search"):
-        return s.search(ctx, probe, case, purpose, user.name, threshold, limit, filters)
+        return s.search(ctx, probe, case, purpose, user, threshold, limit, filters)
 
 
 def photo_faces(ctx: Context, user: User, case: str | None, path: str | None

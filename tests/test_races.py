@@ -1,0 +1,320 @@
+"""Two requests at once: one change wins and is audited once, the other gets the answer it
+would get afterwards; a search or an enrolment never completes after its right was taken."""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from urllib.parse import quote
+
+import httpx
+import pytest
+
+from bodycam import accounts, audit, subjects
+from bodycam.accounts import User
+from bodycam.db import Conn
+from tests.conftest import TESTDATA, StackHandle
+
+P06 = TESTDATA / "faces" / "identities" / "p06" / "01.png"
+V = "/api/v1"
+CASE = "T-RACE"
+
+
+class Api:
+    """The server, called as one account or another."""
+
+    def __init__(self, url: str, tokens: dict[str, str]) -> None:
+        self.url, self.tokens = url, tokens
+
+    def call(self, who: str, method: str, path: str, **kw: object) -> httpx.Response:
+        return httpx.request(method, self.url + V + path, timeout=300,  # type: ignore[arg-type]
+                             headers={"Authorization": f"Bearer {self.tokens[who]}"}, **kw)
+
+    def add(self, who: str, *roles: str, case: str | None = None) -> str:
+        """A new account with a unique name; returns the name (its token kept)."""
+        name = f"race-{who}-{secrets.token_hex(3)}"
+        r = self.call("op", "POST", "/users", json={"name": name, "roles": list(roles)})
+        assert r.status_code == 201, r.text
+        self.tokens[name] = str(r.json()["token"])
+        if case is not None:
+            r = self.call("op", "POST", f"/users/{name}/cases", json={"case": case})
+            assert r.status_code == 200, r.text
+        return name
+
+    def enroll(self, who: str, case: str = CASE) -> httpx.Response:
+        return self.call(who, "POST", "/subjects", data={"name": "P06", "case": case,
+                                                         "reason": "race test"},
+                         files={"photo": ("p06.png", P06.read_bytes(), "image/png")})
+
+    def search(self, who: str, case: str = CASE, subject: str | None = None
+               ) -> httpx.Response:
+        data = {"case": case, "purpose": "race test"}
+        if subject is not None:
+            return self.call(who, "POST", "/search", data={**data, "subject": subject})
+        return self.call(who, "POST", "/search", data=data,
+                         files={"photo": ("p06.png", P06.read_bytes(), "image/png")})
+
+
+@pytest.fixture(scope="module")
+def api(stack: StackHandle, api_url: str, operator_token: str) -> Api:
+    return Api(api_url, {"op": operator_token})
+
+
+def _waiting(stack: StackHandle) -> int:
+    """Backends waiting for a lock (the audit log's, or a row another one has written)."""
+    with stack.ctx.db() as conn:
+        row = conn.execute("SELECT count(DISTINCT pid) AS n FROM pg_locks"
+                           " WHERE NOT granted").fetchone()
+    return int(row["n"]) if row else 0
+
+
+@contextmanager
+def window(stack: StackHandle, act: Callable[[Conn], object] | None = None
+           ) -> Iterator[Callable[[int], None]]:
+    """A transaction holding the audit log's lock (after `act`, an audited change made in it)
+    until the block ends, then committed: requests started inside the block run up to their
+    first wait for it. Yields `wait(n)`: until n backends wait."""
+    def wait(n: int) -> None:
+        deadline = time.monotonic() + 120
+        while _waiting(stack) < n:
+            assert time.monotonic() < deadline, f"{n} requests did not reach a lock"
+            time.sleep(0.1)
+        time.sleep(0.3)  # nothing else to wait for: they stay waiting
+
+    with stack.ctx.db() as conn:
+        audit.lock(conn)
+        if act is not None:
+            act(conn)
+        yield wait
+
+
+class _Call(threading.Thread):
+    """A request running in a thread."""
+
+    def __init__(self, call: Callable[[], httpx.Response]) -> None:
+        super().__init__(daemon=True)
+        self.call = call
+        self.response: httpx.Response | None = None
+
+    def run(self) -> None:
+        self.response = self.call()
+
+
+def _start(call: Callable[[], httpx.Response]) -> _Call:
+    t = _Call(call)
+    t.start()
+    return t
+
+
+def each(who: list[str], call: Callable[[str], httpx.Response]) -> list[_Call]:
+    """The same request by each account, all started at once."""
+    return [_start(lambda w=w: call(w)) for w in who]  # type: ignore[misc]
+
+
+def answers(threads: list[_Call]) -> list[tuple[int, str]]:
+    """(status, problem detail) of each finished request, sorted."""
+    out = []
+    for t in threads:
+        t.join(300)
+        assert t.response is not None, "the request finished"
+        r = t.response
+        out.append((r.status_code, r.json().get("detail", "") if r.status_code >= 300 else ""))
+    return sorted(out)
+
+
+def rows(stack: StackHandle, action: str, key: str, value: str) -> list[dict[str, object]]:
+    with stack.ctx.db() as conn:
+        found = conn.execute("SELECT id, actor, details FROM audit_log WHERE action = %s"
+                             " AND details ->> %s = %s ORDER BY id",
+                             (action, key, value)).fetchall()
+    return [dict(r) for r in found]
+
+
+# --- two changes at once: one winner --------------------------------------------------------
+
+def test_the_same_account_created_twice_at_once_is_created_once_and_the_other_told_so(
+        stack: StackHandle, api: Api) -> None:
+    name = f"race-twin-{secrets.token_hex(3)}"
+    body = {"name": name, "roles": ["clerk"]}
+    with window(stack) as wait:
+        calls = each(["op", "op"], lambda w: api.call(w, "POST", "/users", json=body))
+        wait(2)
+    got = answers(calls)
+    assert got == [(201, ""), (409, f"user {name} already exists")], got
+    assert len(rows(stack, "user.create", "user", name)) == 1
+    again = api.call("op", "POST", "/users", json=body)
+    assert again.status_code == 409 and again.json()["detail"] == f"user {name} already exists"
+
+
+def test_two_unassignments_at_once_remove_and_audit_once(stack: StackHandle, api: Api) -> None:
+    inv = api.add("unassign", "investigator", case=CASE)
+    admins = [api.add(f"admin{i}", "admin") for i in (1, 2)]
+    path = f"/users/{inv}/cases/{quote(CASE, safe='')}"
+    with window(stack) as wait:
+        calls = each(admins, lambda a: api.call(a, "DELETE", path))
+        wait(2)
+    got = answers(calls)
+    assert got == [(200, ""), (404, f"user {inv} is not assigned to case {CASE}")], got
+    [row] = rows(stack, "case.unassign", "user", inv)
+    assert row["actor"] in admins
+    assert api.call(admins[0], "DELETE", path).status_code == 404
+    assert len(rows(stack, "case.unassign", "user", inv)) == 1
+
+
+def test_an_assignment_that_exists_is_refused_and_not_audited_again(
+        stack: StackHandle, api: Api) -> None:
+    inv = api.add("assign", "investigator", case=CASE)
+    r = api.call("op", "POST", f"/users/{inv}/cases", json={"case": CASE})
+    assert r.status_code == 409 and r.json()["detail"] == \
+        f"user {inv} is already assigned to case {CASE}", r.text
+    assert len(rows(stack, "case.assign", "user", inv)) == 1
+    other = api.call("op", "POST", f"/users/{inv}/cases", json={"case": CASE + "-2"})
+    assert other.status_code == 200, "another case is assigned"
+
+
+def test_a_case_is_held_and_released_once_and_a_second_hold_names_the_first(
+        stack: StackHandle, api: Api) -> None:
+    case = f"T-RACE-HOLD-{secrets.token_hex(2)}"
+    sups = [api.add(f"sup{i}", "supervisor") for i in (1, 2)]
+    hold = f"/cases/{case}/hold"
+    with window(stack) as wait:
+        calls = each(sups, lambda s: api.call(s, "POST", hold, json={"reason": f"order {s}"}))
+        wait(2)
+    got = answers(calls)
+    [held] = rows(stack, "case.hold", "case", case)
+    first = str(held["actor"])
+    assert got == [(200, ""), (409, f"case {case} is already on hold (by {first}, reason "
+                                    f"'order {first}')")], got
+    assert held["details"] == {"case": case, "reason": f"order {first}"}  # type: ignore[comparison-overlap]
+    listed = {c["case"]: c for c in api.call("op", "GET", "/cases").json()["items"]}
+    assert listed[case]["held_by"] == first and listed[case]["hold_reason"] == f"order {first}"
+    # A hold and a release of a case in the other state say so and leave no audit row.
+    again = api.call(sups[0], "POST", hold, json={"reason": "another order"})
+    assert again.status_code == 409 and f"already on hold (by {first}" in again.json()["detail"]
+    release = f"/cases/{case}/release"
+    with window(stack) as wait:
+        calls = each(sups, lambda s: api.call(s, "POST", release, json={"reason": "over"}))
+        wait(2)
+    assert answers(calls) == [(200, ""), (409, f"case {case} is not on hold")]
+    never = api.call("op", "POST", "/cases/T-RACE-NEVER-HELD/release", json={"reason": "x"})
+    assert never.status_code == 409 and never.json()["detail"] == \
+        "case T-RACE-NEVER-HELD is not on hold"
+    assert len(rows(stack, "case.hold", "case", case)) == 1
+    assert len(rows(stack, "case.release", "case", case)) == 1
+    assert not rows(stack, "case.release", "case", "T-RACE-NEVER-HELD")
+
+
+def test_a_subject_removed_twice_at_once_is_removed_and_audited_once(
+        stack: StackHandle, api: Api) -> None:
+    inv = api.add("remove", "investigator", case=CASE)
+    sup = api.add("remove-sup", "supervisor")
+    r = api.enroll(inv)
+    assert r.status_code == 201, r.text
+    sid = str(r.json()["subject_id"])
+    with window(stack) as wait:
+        calls = each([inv, sup], lambda w: api.call(w, "DELETE", f"/subjects/{sid}"))
+        wait(2)
+    assert answers(calls) == [(200, ""), (404, f"no active subject {sid}")]
+    assert len(rows(stack, "subject.remove", "subject_id", sid)) == 1
+    assert api.call(sup, "DELETE", f"/subjects/{sid}").status_code == 404
+
+
+@pytest.fixture
+def approval_required(stack: StackHandle, api: Api) -> Iterator[None]:
+    before = api.call("op", "GET", "/policy").json()
+    r = api.call("op", "PUT", "/policy", json={"profile": "identify-eu", "reason": "race test"})
+    assert r.status_code == 200, r.text
+    yield
+    back = {"profile": before["profile"], "reason": "race test over"}
+    if before["reviewers_explicit"]:
+        back["reviewers"] = before["reviewers_required"]
+    r = api.call("op", "PUT", "/policy", json=back)
+    assert r.status_code == 200, r.text
+
+
+def test_two_supervisors_approving_at_once_record_one_approval_by_its_approver(
+        stack: StackHandle, api: Api, approval_required: None) -> None:
+    inv = api.add("approve", "investigator", case=CASE)
+    sups = [api.add(f"approver{i}", "supervisor") for i in (1, 2)]
+    r = api.enroll(inv)
+    assert r.status_code == 201, r.text
+    sid = str(r.json()["subject_id"])
+    with window(stack) as wait:
+        calls = each(sups, lambda s: api.call(s, "POST", f"/subjects/{sid}/approve"))
+        wait(2)
+    got = answers(calls)
+    assert [c for c, _ in got] == [200, 422] and \
+        got[1][1] == f"subject {sid} is already approved", got
+    [row] = rows(stack, "subject.approve", "subject_id", sid)
+    with stack.ctx.db() as conn:
+        got = conn.execute("SELECT approved_by FROM subjects WHERE id = %s", (sid,)).fetchone()
+    assert got is not None and got["approved_by"] == row["actor"]
+
+
+# --- a right taken while a search or an enrolment runs --------------------------------------
+
+def _recorded(stack: StackHandle, actor: str) -> tuple[int, list[str]]:
+    with stack.ctx.db() as conn:
+        n = conn.execute("SELECT count(*) AS n FROM searches WHERE actor = %s",
+                         (actor,)).fetchone()
+        acts = [str(r["action"]) for r in conn.execute(
+            "SELECT action FROM audit_log WHERE actor = %s ORDER BY id", (actor,)).fetchall()]
+    return int(n["n"]) if n else 0, acts
+
+
+def test_a_search_whose_account_is_disabled_meanwhile_is_refused_and_stores_nothing(
+        stack: StackHandle, api: Api) -> None:
+    inv = api.add("search-disabled", "investigator", case=CASE)
+    key = stack.ctx.audit_key
+    with window(stack, lambda c: accounts.disable_user(c, key, inv, "race-admin")) as wait:
+        call = _start(lambda: api.search(inv))
+        wait(1)
+    assert answers([call]) == [(401, f"account {inv} is disabled")]
+    assert _recorded(stack, inv) == (0, [])
+
+
+def test_a_search_whose_case_is_taken_away_meanwhile_is_refused_and_stores_nothing(
+        stack: StackHandle, api: Api) -> None:
+    inv = api.add("search-unassigned", "investigator", case=CASE)
+    key = stack.ctx.audit_key
+    with window(stack, lambda c: accounts.unassign_case(c, key, inv, CASE, "race-admin")) \
+            as wait:
+        call = _start(lambda: api.search(inv))
+        wait(1)
+    assert answers([call]) == [(403, f"refused: {inv} is not assigned to case {CASE}")]
+    assert _recorded(stack, inv) == (0, ["refused"])
+
+
+def test_an_enrolment_whose_case_is_taken_away_meanwhile_is_refused_and_stores_nothing(
+        stack: StackHandle, api: Api) -> None:
+    inv = api.add("enrol-unassigned", "investigator", case=CASE)
+    key = stack.ctx.audit_key
+    with window(stack, lambda c: accounts.unassign_case(c, key, inv, CASE, "race-admin")) \
+            as wait:
+        call = _start(lambda: api.enroll(inv))
+        wait(1)
+    assert answers([call]) == [(403, f"refused: {inv} is not assigned to case {CASE}")]
+    assert _recorded(stack, inv) == (0, ["refused"])
+    with stack.ctx.db() as conn:
+        assert conn.execute("SELECT 1 FROM subjects WHERE created_by = %s",
+                            (inv,)).fetchone() is None
+
+
+def test_a_search_by_a_subject_removed_meanwhile_answers_as_after_the_removal(
+        stack: StackHandle, api: Api) -> None:
+    inv = api.add("search-removed", "investigator", case=CASE)
+    r = api.enroll(inv)
+    assert r.status_code == 201, r.text
+    sid = str(r.json()["subject_id"])
+    assert api.search(inv, subject=sid).status_code == 200, "searchable while on the list"
+    sup = User("race-supervisor", ("supervisor",))
+    key = stack.ctx.audit_key
+    with window(stack, lambda c: subjects.remove_subject(c, key, sid, sup)) as wait:
+        call = _start(lambda: api.search(inv, subject=sid))
+        wait(1)
+    assert answers([call]) == [(404, f"no active subject {sid}")]
+    assert _recorded(stack, inv)[0] == 1, "only the search made before the removal"
+
