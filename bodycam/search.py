@@ -12,7 +12,7 @@ from datetime import datetime
 import numpy as np
 from pgvector import Vector
 
-from bodycam import audit, policy
+from bodycam import audit, policy, text
 from bodycam.accounts import Scope, User, case_of, require_now
 from bodycam.case_vectors import FINGERPRINT_SQL, CaseVectors
 from bodycam.config import Settings
@@ -157,8 +157,7 @@ def set_thresholds(conn: Conn, key: str, settings: Settings, actor: str, model: 
         raise InvalidInputError(f"unknown model {model}: choose from {', '.join(DIMS)}")
     check_similarity(default, "--default")
     check_similarity(floor, "--floor")
-    if not reason or not reason.strip():
-        raise InvalidInputError("missing --reason: a threshold change must say why")
+    reason = text.required(reason, "--reason", "a threshold change must say why")
     if not 0 < floor <= default <= 1:
         raise InvalidInputError("need 0 < --floor <= --default <= 1 (cosine similarity)")
     calibrated = settings.search.threshold_floor.get(model)
@@ -180,7 +179,11 @@ def set_thresholds(conn: Conn, key: str, settings: Settings, actor: str, model: 
 def query_from_photo(settings: Settings, path: str, face: int | None = None) -> Query:
     """Embed the face of a probe photo with the configured embedder."""
     pf = face_from_photo(settings, path, face)
-    return Query("photo", [pf.embedding], pf.model, f"sha256:{pf.sha256}", pf.note)
+    # Which face of the photo was searched for, and where it is: searches for two people of
+    # one group photo were recorded alike.
+    box = ",".join(str(round(v)) for v in pf.detection.box_px)
+    return Query("photo", [pf.embedding], pf.model,
+                 f"sha256:{pf.sha256}#face={pf.face_index}@{box}", pf.note)
 
 
 def query_from_subject(conn: Conn, settings: Settings, subject_id: str, scope: Scope) -> Query:
@@ -442,8 +445,7 @@ def search(ctx: Context, probe: Probe | Query, case_id: str, purpose: str,
     actor = by.name if isinstance(by, User) else by
     if not case_id or not case_id.strip():
         raise InvalidInputError("missing --case: every search is bound to a case")
-    if not purpose or not purpose.strip():
-        raise InvalidInputError("missing --purpose: say why you are searching")
+    purpose = text.required(purpose, "--purpose", "say why you are searching")
     case = case_id.strip()
     scope = Scope(actor, case, ctx.audit_key)
     filters = filters or Filters()

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from bodycam import audit, policy
+from bodycam import audit, policy, text
 from bodycam.accounts import (
     User,
     case_of,
@@ -199,10 +199,8 @@ def enroll(ctx: Context, name: str, photos: list[str], case_id: str, reason: str
     actor = by.name if isinstance(by, User) else by
     if not case_id.strip():
         raise InvalidInputError("missing --case: a subject belongs to a case")
-    if not reason.strip():
-        raise InvalidInputError("missing --reason: say why this person is enrolled")
-    if not name.strip():
-        raise InvalidInputError("missing --name")
+    reason = text.required(reason, "--reason", "say why this person is enrolled")
+    name = text.required(name, "--name", "give the person's name")
     if not photos:
         raise InvalidInputError("at least one --photo is needed")
     with ctx.db() as conn:  # before any face is detected or embedded

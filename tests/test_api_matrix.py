@@ -609,6 +609,19 @@ def test_odd_values_get_one_clean_line_and_are_not_stored(world: World) -> None:
             "limit": "0"}), inv, 422, "--limit 0: between 1 and 1000"),
         ("unknown match status", Req("GET", V + "/matches", params={"status": "bogus"}), sup,
          422, "choose from pending, confirmed, rejected"),
+        # A zero-width space was a stated purpose; an escape sequence in a name acted on the
+        # terminal of whoever listed it; a right-to-left override reorders what is read.
+        ("invisible purpose", Req("POST", V + "/search", data={
+            "case": CASE_A, "purpose": "\u200b\u200d\ufeff", "subject": world.a["subject"]}),
+         inv, 422, "missing --purpose"),
+        ("escape in a name", Req("POST", V + "/subjects", data={
+            "name": "Eve\x1b]0;T\x07\x1b[2J", "case": CASE_A, "reason": "r"},
+            files=_photo()), inv, 422, "--name holds the control character U+001B"),
+        ("override in a note", Req("POST", f"{V}/matches/{world.a['match']}/review",
+                                   json={"decision": "reject", "note": "ok \u202edesrever"}),
+         sup, 422, "--note holds the control character U+202E"),
+        ("punctuation reason", Req("PUT", V + "/policy", json={"reason": ". . ."}),
+         world.tokens["admin"], 422, "missing --reason"),
         ("endless region", Req("POST", f"{V}/videos/{world.a['video']}/redactions",
                                content=region, headers={"Content-Type": "application/json"}),
          inv, 422, "end_s"),

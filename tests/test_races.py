@@ -16,7 +16,7 @@ import pytest
 from bodycam import accounts, audit, subjects
 from bodycam.accounts import User
 from bodycam.db import Conn
-from tests.conftest import TESTDATA, StackHandle
+from tests.conftest import HAMILTON, TESTDATA, StackHandle
 
 P06 = TESTDATA / "faces" / "identities" / "p06" / "01.png"
 V = "/api/v1"
@@ -318,3 +318,32 @@ def test_a_search_by_a_subject_removed_meanwhile_answers_as_after_the_removal(
     assert answers([call]) == [(404, f"no active subject {sid}")]
     assert _recorded(stack, inv)[0] == 1, "only the search made before the removal"
 
+
+
+def test_a_review_racing_the_removal_of_its_entry_answers_as_after_it(
+        stack: StackHandle, api: Api, processed: object) -> None:
+    """A review locked the match's row and then waited for the audit log's lock, which the
+    removal held while it waited for that row: a deadlock, a 500 after a second."""
+    case = "T-RACE-REVIEW"
+    processed(HAMILTON, case)  # type: ignore[operator]
+    inv = api.add("review-enrol", "investigator", case=case)
+    other = api.add("review-other", "investigator", case=case)
+    r = api.enroll(inv, case)
+    assert r.status_code == 201 and r.json()["pending_matches"], r.text
+    sid = str(r.json()["subject_id"])
+    with stack.ctx.db() as conn:
+        mid = str(conn.execute("SELECT id FROM matches WHERE subject_id = %s LIMIT 1",
+                               (sid,)).fetchone()["id"])
+    sup = User("race-supervisor", ("supervisor",))
+    with stack.ctx.db() as conn:
+        audit.lock(conn)
+        call = _start(lambda: api.call(other, "POST", f"/matches/{mid}/review",
+                                       json={"decision": "confirm", "note": "race test"}))
+        deadline = time.monotonic() + 120
+        while _waiting(stack) < 1:
+            assert time.monotonic() < deadline, "the review did not reach a lock"
+            time.sleep(0.1)
+        time.sleep(0.3)
+        subjects.remove_subject(conn, stack.ctx.audit_key, sid, sup)  # deletes its leads
+    assert answers([call]) == [(404, f"no match {mid}")]
+    assert not rows(stack, "review", "match_id", mid)

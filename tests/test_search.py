@@ -370,6 +370,24 @@ def test_a_group_photo_enrols_the_largest_face_and_says_so(stack: StackHandle) -
     assert "3 faces" in proc.stderr and "largest" in proc.stderr
 
 
+def test_a_search_by_one_face_of_a_group_photo_records_which_face(stack: StackHandle) -> None:
+    """Searches for different people of one group photo were recorded alike (the photo's
+    SHA-256 only): the log could not say for whom each was made."""
+    inv = investigator(stack, "group-searcher", HAM_CASE)
+    prints = []
+    for face in ("0", "1"):
+        res = stack.cli.json("search", "--photo", str(GROUP), "--face", face, "--case",
+                             HAM_CASE, "--purpose", "which face", extra_env=inv)
+        with stack.ctx.db() as conn:
+            row = conn.execute("SELECT details FROM audit_log WHERE action = 'search' AND"
+                               " details->>'search_id' = %s",
+                               (res["search_id"],)).fetchone()  # type: ignore[index]
+        prints.append(row["details"]["query_fingerprint"])
+    assert prints[0] != prints[1] and prints[0].split("#")[0] == prints[1].split("#")[0]
+    assert prints[0].split("#")[1].startswith("face=0@") and \
+        prints[1].split("#")[1].startswith("face=1@"), prints
+
+
 # --- quality on synthetic footage with exact truth -------------------------------------------
 
 Intervals = list[tuple[float, float]]

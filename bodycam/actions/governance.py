@@ -5,7 +5,7 @@ from __future__ import annotations
 from bodycam import accounts, audit, fixity, jobs, policy, retention, text
 from bodycam.accounts import User, require
 from bodycam.context import Context
-from bodycam.errors import ConflictError, InvalidInputError
+from bodycam.errors import ConflictError
 from bodycam.queue import PROCESS_UNIT
 from bodycam.search import DIMS, set_thresholds
 
@@ -74,8 +74,7 @@ def hold_case(ctx: Context, user: User, case: str, reason: str) -> dict[str, obj
     """Put a case on legal hold (supervisor, admin): its biometric data outlives retention.
     Audited (`case.hold`); a case already on hold is refused (ConflictError, naming who holds
     it and why), unaudited: its hold stays as placed."""
-    if not reason or not reason.strip():
-        raise InvalidInputError("missing --reason: a legal hold must say why")
+    reason = text.required(reason, "--reason", "a legal hold must say why")
     case = accounts.case_number(case)
     with ctx.db() as conn:
         require(conn, ctx.audit_key, user, "cases.hold")
@@ -96,8 +95,7 @@ def hold_case(ctx: Context, user: User, case: str, reason: str) -> dict[str, obj
 def release_case(ctx: Context, user: User, case: str, reason: str) -> dict[str, object]:
     """Lift a legal hold (supervisor, admin); audited. A case not on hold is refused
     (ConflictError), unaudited."""
-    if not reason or not reason.strip():
-        raise InvalidInputError("missing --reason: lifting a legal hold must say why")
+    reason = text.required(reason, "--reason", "lifting a legal hold must say why")
     case = accounts.case_number(case)
     with ctx.db() as conn:
         require(conn, ctx.audit_key, user, "cases.hold")

@@ -6,7 +6,7 @@ import hashlib
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bodycam import audit, matching, policy, subjects
+from bodycam import audit, matching, policy, subjects, text
 from bodycam import search as s
 from bodycam.accounts import User, case_of, require, require_visible
 from bodycam.actions._common import refusals_audited
@@ -75,8 +75,7 @@ def search(ctx: Context, user: User, case: str | None, purpose: str | None,
     the case); every id must belong to the case; audited (`search`)."""
     if not case or not case.strip():
         raise InvalidInputError("missing --case: every search is bound to a case")
-    if not purpose or not purpose.strip():
-        raise InvalidInputError("missing --purpose: every search records why it was made")
+    purpose = text.required(purpose, "--purpose", "every search records why it was made")
     probe = s.Probe(photo, face, subject, track)
     filters = s.Filters(video, parse_when(date_from, "--from"), parse_until(date_to))
     with ctx.db() as conn:
