@@ -231,7 +231,10 @@ def resolve(url: str | None = None) -> Target:
     if not found:
         raise InvalidInputError(NO_SERVER)
     found = str(found).rstrip("/")
-    if urlsplit(found).scheme == "http" and not _on_this_machine(found) \
+    # This home's own stack through its socket: nothing crosses a network.
+    via_socket = home is not None and home.socket is not None and home.url is not None \
+        and home.url.rstrip("/") == found
+    if urlsplit(found).scheme == "http" and not _on_this_machine(found) and not via_socket \
             and os.environ.get("BODYCAM_INSECURE_HTTP") != "1":
         # Every call sends a token (login sends the account's).
         raise InvalidInputError(f"refusing to send a token in clear text to {found}: use "

@@ -337,6 +337,14 @@ def test_the_operator_token_goes_through_the_homes_socket_not_whatever_has_the_p
                if k not in ("BODYCAM_TOKEN", "BODYCAM_URL")}
         rc, out, errs = _run(stack, env, "whoami")
         assert rc == 0 and out.startswith("operator"), errs
+        # A network-bound stack's own home: plain http to its address is no concern, since
+        # nothing crosses the network.
+        (home / "client.json").write_text(json.dumps({"url": "http://10.77.0.2:8080",
+                                                      "socket": "run/api.sock"}))
+        rc, out, errs = _run(stack, env, "whoami")
+        assert rc == 0 and out.startswith("operator"), errs
+        (home / "client.json").write_text(json.dumps({"url": squatter.url,
+                                                      "socket": "run/api.sock"}))
         # The server gone: the CLI says so, and the port's listener still gets nothing.
         (home / "run" / "api.sock").unlink()
         (home / "run" / "api.sock").symlink_to(tmp_path / "no-such.sock")
