@@ -276,25 +276,14 @@ def test_a_search_whose_account_is_disabled_meanwhile_is_refused_and_stores_noth
     assert _recorded(stack, inv) == (0, [])
 
 
-def test_a_search_whose_case_is_taken_away_meanwhile_is_refused_and_stores_nothing(
-        stack: StackHandle, api: Api) -> None:
-    inv = api.add("search-unassigned", "investigator", case=CASE)
+@pytest.mark.parametrize("what", ["search", "enrol"])
+def test_a_search_or_enrolment_whose_case_is_taken_away_meanwhile_is_refused_and_stores_nothing(
+        stack: StackHandle, api: Api, what: str) -> None:
+    inv = api.add(f"{what}-unassigned", "investigator", case=CASE)
     key = stack.ctx.audit_key
     with window(stack, lambda c: accounts.unassign_case(c, key, inv, CASE, "race-admin")) \
             as wait:
-        call = _start(lambda: api.search(inv))
-        wait(1)
-    assert answers([call]) == [(403, f"refused: {inv} is not assigned to case {CASE}")]
-    assert _recorded(stack, inv) == (0, ["refused"])
-
-
-def test_an_enrolment_whose_case_is_taken_away_meanwhile_is_refused_and_stores_nothing(
-        stack: StackHandle, api: Api) -> None:
-    inv = api.add("enrol-unassigned", "investigator", case=CASE)
-    key = stack.ctx.audit_key
-    with window(stack, lambda c: accounts.unassign_case(c, key, inv, CASE, "race-admin")) \
-            as wait:
-        call = _start(lambda: api.enroll(inv))
+        call = _start(lambda: api.search(inv) if what == "search" else api.enroll(inv))
         wait(1)
     assert answers([call]) == [(403, f"refused: {inv} is not assigned to case {CASE}")]
     assert _recorded(stack, inv) == (0, ["refused"])
