@@ -141,7 +141,9 @@ def serve_with(stack: StackHandle, env: dict[str, str]) -> Iterator[dict[str, st
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise AssertionError(f"bodycam serve with {env} did not start")
             time.sleep(0.3)
-        yield {"BODYCAM_URL": url}
+        # The operator's token named: a home's token goes only to the home's own server.
+        yield {"BODYCAM_URL": url,
+               "BODYCAM_TOKEN": (stack.home / "operator.token").read_text().strip()}
     finally:
         proc.terminate()
         proc.wait(timeout=30)

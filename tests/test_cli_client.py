@@ -128,7 +128,8 @@ def test_a_token_never_crosses_the_network_in_clear_text_nor_leaves_for_another_
         assert rc == 1 and out == "" and len(lines) == 1, errs
         assert "refusing to send a token in clear text to http://bodycam.example.invalid" \
             in lines[0] and "bct_not-to-be-sent" not in errs
-    # The operator token of a home goes to its own stack (or this machine) only.
+    # The operator token of a home goes to its own stack only, through the home's socket:
+    # not to another port of this machine, which any account can listen on.
     from bodycam.client import resolve
 
     monkeypatch.setenv("BODYCAM_HOME", str(stack.home))
@@ -137,7 +138,8 @@ def test_a_token_never_crosses_the_network_in_clear_text_nor_leaves_for_another_
         monkeypatch.delenv(name, raising=False)
     operator = (stack.home / "operator.token").read_text().strip()
     assert resolve().token == operator
-    assert resolve("http://127.0.0.1:9").token == operator
+    assert resolve().socket == str((stack.home / "run" / "api.sock").absolute())
+    assert resolve("http://127.0.0.1:9").token is None
     assert resolve("https://bodycam.example.invalid").token is None
     monkeypatch.setenv("BODYCAM_INSECURE_HTTP", "1")  # a network the user trusts
     assert resolve("http://bodycam.example.invalid").token is None
