@@ -78,7 +78,8 @@ def test_each_secret_lives_in_one_file_and_the_audit_key_never_beside_the_superu
     assert set(admin) == {"admin_database_url", "pg_superuser_password"}
     assert "audit_key" in server and "admin_database_url" not in server
     assert json.loads((home / "client.json").read_text()) == {
-        "url": json.loads((home / "stack.json").read_text())["api_url"]}
+        "url": json.loads((home / "stack.json").read_text())["api_url"],
+        "socket": "run/api.sock"}
     secrets = _secrets(tb)
     for public in ("stack.json", "client.json"):
         text = (home / public).read_text()
