@@ -25,21 +25,21 @@ def run_demo(settings: Settings, testdata: str, case: str, out: Console) -> None
     videos = sorted(Path(testdata, "video").glob("*.mp4"))
     if not videos:
         raise InvalidInputError(f"no .mp4 clips in {testdata}/video (set BODYCAM_TESTDATA)")
-    out.print(f"[bold]1. Starting the embedded stack[/bold] in {settings.home_dir}")
+    out.print(f"1. Starting the embedded stack in {settings.home_dir}")
     Stack(settings).up(progress=lambda m: out.print(f"   {m}"))
     # From here on the demo is a client of the server it just started, with the same URL
     # and token as the CLI (the bootstrap operator unless BODYCAM_USER/BODYCAM_TOKEN say).
     client = Client.connect()
     try:
         me = client.get("/api/v1/auth/me")
-        out.print(f"[bold]2. Uploading {len(videos)} clips[/bold] to {client.target.url} as "
+        out.print(f"2. Uploading {len(videos)} clips to {client.target.url} as "
                   f"{me['user']} into case {case} (embedder: {settings.pipeline.embedder})")
         results = [_upload(client, v, case) for v in videos]
         for r in results:
             dup = " (duplicate: already ingested)" if r["duplicate"] else ""
             out.print(f"   {r['filename']}: video {r['video_id']} sha256 "
                       f"{r['sha256'][:16]}…{dup}")
-        out.print("[bold]3. Processing[/bold] (scenes, sampled frames, MTCNN, embeddings, tracks)")
+        out.print("3. Processing (scenes, sampled frames, MTCNN, embeddings, tracks)")
         t0 = time.monotonic()
         pending = {r["video_id"] for r in results}
         while pending:
@@ -51,7 +51,7 @@ def run_demo(settings: Settings, testdata: str, case: str, out: Console) -> None
                               + (f" ({job['error']})" if job["error"] else ""))
                     pending.discard(vid)
             time.sleep(0.5)
-        out.print("[bold]4. Face tracks found[/bold]")
+        out.print("4. Face tracks found")
         for r in results:
             rows = client.pages(f"/api/v1/videos/{quote(r['video_id'], safe='')}/tracks")
             table = Table(title=f"{r['filename']} ({len(rows)} tracks)")
@@ -64,7 +64,7 @@ def run_demo(settings: Settings, testdata: str, case: str, out: Console) -> None
         _demo_search(client, testdata, case, out)
         sizes = {v.name: v.stat().st_size for v in videos}
         _demo_redact(client, settings, results, sizes, out)
-        out.print(f"[bold]Web app:[/bold] {client.target.url}/ (sign in as {me['user']}; the "
+        out.print(f"Web app: {client.target.url}/ (sign in as {me['user']}; the "
                   f"bootstrap operator's token is in {settings.home_dir}/operator.token)")
         out.print(f"Stack still running: `bodycam status`, `bodycam jobs`, `bodycam down` "
                   f"(BODYCAM_HOME={settings.home_dir}).")
@@ -86,7 +86,7 @@ def _demo_search(client: Client, testdata: str, case: str, out: Console) -> None
     photo = Path(testdata, "faces", "identities", "p06", "01.png")
     if not photo.exists():
         return
-    out.print("[bold]5. Where does this person appear?[/bold] (enrolment photo p06/01, "
+    out.print("5. Where does this person appear? (enrolment photo p06/01, "
               "search bound to the case with a recorded purpose)")
     name = "p06 (demo)"
     known = [s for s in client.pages("/api/v1/subjects", case=case) if s["name"] == name]
@@ -118,7 +118,7 @@ def _demo_redact(client: Client, settings: Settings, results: list[dict[str, Any
     pick = min(done, key=lambda r: sizes.get(r["filename"], 0))
     dest = settings.home_dir / "redacted" / f"{pick['video_id']}.mp4"
     dest.parent.mkdir(parents=True, exist_ok=True)
-    out.print(f"[bold]6. Redaction for release[/bold] of {pick['filename']} (every face hidden;"
+    out.print(f"6. Redaction for release of {pick['filename']} (every face hidden;"
               " the plan is computed once, then re-rendered without models)")
     t0 = time.monotonic()
     made, files = redact_to(client, pick["video_id"], {}, dest)
