@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -16,6 +17,8 @@ from bodycam.services import Services, resolve
 from bodycam.storage import ObjectStore
 
 OPERATOR_TOKEN = "operator.token"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -109,6 +112,17 @@ class Context:
             queue.send(self.services.redis_url, task, *args)
         except TransientError as exc:
             raise TransientError(f"{exc}: {self.remedy('redis_url')}") from exc
+
+    def queue_units(self, video_id: str, idxs: Iterable[int]) -> None:
+        """Send a video's units, recorded pending in the database, to the workers. A broker
+        that cannot be reached loses nothing: the reaper sends pending units it finds
+        unsent once the broker is back, so the caller's answer stands."""
+        try:
+            for idx in idxs:
+                self.send(queue.PROCESS_UNIT, video_id, idx)
+        except TransientError as exc:
+            log.warning("video %s: queueing its units failed (%s): the reaper queues them",
+                        video_id, exc)
 
 
 @lru_cache(maxsize=1)

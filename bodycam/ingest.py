@@ -19,7 +19,6 @@ from bodycam.domain import MediaInfo
 from bodycam.errors import InvalidInputError, InvalidMediaError, PermanentError, TransientError
 from bodycam.media.files import private_copy, safe_name, sha256_file
 from bodycam.media.probe import probe
-from bodycam.queue import PROCESS_UNIT
 from bodycam.storage import INCOMING, OriginalUpload, StoredObject
 from bodycam.timeparse import parse_recorded_at
 
@@ -152,14 +151,7 @@ def _store_and_record(ctx: Context, path: Path, sha256: str, filename: str, info
         assert found is not None
         return _duplicate(ctx, found, sha256, filename, custody)
     log.info("ingested video %s (%d units)", video_id, len(units))
-    try:
-        for idx in units:
-            ctx.send(PROCESS_UNIT, video_id, idx)
-    except TransientError as exc:
-        # Recorded, stored and audited: the answer must not say otherwise. The reaper sends
-        # pending units it finds unsent once the broker is back.
-        log.warning("video %s recorded; queueing its units failed (%s): the reaper queues"
-                    " them", video_id, exc)
+    ctx.queue_units(video_id, units)  # recorded, stored and audited whatever the broker says
     return IngestResult(video_id, sha256, "queued", False, filename)
 
 

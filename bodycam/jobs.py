@@ -361,14 +361,21 @@ def requeue_unembedded(conn: Conn) -> dict[tuple[str, str], list[int]]:
     for r in rows:
         units.setdefault((str(r["video_id"]), str(r["case_id"])), []).append(int(r["idx"]))
     for (video_id, _), idxs in units.items():
-        conn.execute(
-            "UPDATE work_units SET state = 'pending', attempts = 0, service_failures = 0,"
-            " lease_token = NULL, lease_until = NULL, not_before = NULL, updated_at = now()"
-            " WHERE video_id = %s AND idx = ANY(%s)", (video_id, idxs))
-        conn.execute(
-            "UPDATE videos SET status = 'queued', stage = 'queued', progress = 0, error = NULL,"
-            " attempts = 0, updated_at = now() WHERE id = %s", (video_id,))
+        _queue_again(conn, video_id, idxs)
     return units
+
+
+def _queue_again(conn: Conn, video_id: str, idxs: list[int]) -> None:
+    """Set these units of a video pending with their attempts spent on nothing, and the
+    video queued: the one reset behind a retry and a re-analysis."""
+    conn.execute(
+        "UPDATE work_units SET state = 'pending', attempts = 0, service_failures = 0,"
+        " progress = 0, lease_token = NULL, lease_until = NULL, not_before = NULL,"
+        " updated_at = now() WHERE video_id = %s AND idx = ANY(%s)", (video_id, idxs))
+    conn.execute(
+        "UPDATE videos SET status = 'queued', stage = 'queued', error = NULL, attempts = 0,"
+        " progress = (SELECT avg(CASE WHEN state = 'done' THEN 1 ELSE 0 END) FROM work_units"
+        " WHERE video_id = %s), updated_at = now() WHERE id = %s", (video_id, video_id))
 
 
 def retry_video(conn: Conn, video_id: str) -> list[int]:
@@ -382,15 +389,8 @@ def retry_video(conn: Conn, video_id: str) -> list[int]:
     if row["status"] not in ("failed", "quarantined"):
         raise ConflictError(f"video {video_id} is {row['status']}: only a failed or "
                             "quarantined video can be retried")
-    conn.execute(
-        "UPDATE work_units SET state = 'pending', attempts = 0, service_failures = 0,"
-        " lease_token = NULL, lease_until = NULL, not_before = NULL, updated_at = now()"
-        " WHERE video_id = %s AND state <> 'done'",
-        (video_id,),
-    )
-    conn.execute(
-        "UPDATE videos SET status = 'queued', stage = 'queued', error = NULL, attempts = 0,"
-        " updated_at = now() WHERE id = %s",
-        (video_id,),
-    )
-    return pending_units(conn, video_id)
+    idxs = [int(r["idx"]) for r in conn.execute(
+        "SELECT idx FROM work_units WHERE video_id = %s AND state <> 'done' ORDER BY idx",
+        (video_id,)).fetchall()]
+    _queue_again(conn, video_id, idxs)
+    return idxs

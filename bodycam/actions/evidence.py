@@ -20,7 +20,6 @@ from bodycam.evidence import TrackRow, list_tracks
 from bodycam.ingest import Custody, IngestResult, ingest_private
 from bodycam.ingest import begin_upload as begin_upload  # the upload route's, re-exported
 from bodycam.media.files import printable, safe_name
-from bodycam.queue import PROCESS_UNIT
 from bodycam.storage import OriginalUpload
 from bodycam.timeparse import parse_recorded_at
 
@@ -151,8 +150,7 @@ def retry(ctx: Context, user: User, video_id: str) -> dict[str, object]:
         units = jobs.retry_video(conn, video_id)
         audit.append(conn, ctx.audit_key, user.name, "retry", {"video_id": video_id,
                                                                 "case": case})
-    for idx in units:
-        ctx.send(PROCESS_UNIT, video_id, idx)
+    ctx.queue_units(video_id, units)
     return {"video_id": video_id, "units_queued": len(units)}
 
 

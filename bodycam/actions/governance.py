@@ -6,7 +6,6 @@ from bodycam import accounts, audit, fixity, jobs, policy, retention, text
 from bodycam.accounts import User, require
 from bodycam.context import Context
 from bodycam.errors import ConflictError
-from bodycam.queue import PROCESS_UNIT
 from bodycam.search import DIMS, set_thresholds
 
 
@@ -181,8 +180,7 @@ def reprocess(ctx: Context, user: User, reason: str) -> dict[str, object]:
         audit.append(conn, ctx.audit_key, user.name, "reprocess",
                      {"reason": reason, "videos": videos})
     for (video_id, _), idxs in units.items():
-        for idx in idxs:
-            ctx.send(PROCESS_UNIT, video_id, idx)
+        ctx.queue_units(video_id, idxs)
     return {"videos": videos, "units_queued": sum(len(i) for i in units.values())}
 
 
