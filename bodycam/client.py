@@ -231,15 +231,6 @@ def resolve(url: str | None = None) -> Target:
     if not found:
         raise InvalidInputError(NO_SERVER)
     found = str(found).rstrip("/")
-    # This home's own stack through its socket: nothing crosses a network.
-    via_socket = home is not None and home.socket is not None and home.url is not None \
-        and home.url.rstrip("/") == found
-    if urlsplit(found).scheme == "http" and not _on_this_machine(found) and not via_socket \
-            and os.environ.get("BODYCAM_INSECURE_HTTP") != "1":
-        # Every call sends a token (login sends the account's).
-        raise InvalidInputError(f"refusing to send a token in clear text to {found}: use "
-                                "https://, or set BODYCAM_INSECURE_HTTP=1 on a network you "
-                                "trust")
     token = os.environ.get("BODYCAM_TOKEN") or None
     if token is None and creds.get("token") and str(creds.get("url", "")).rstrip("/") == found \
             and user in (None, creds.get("user")):
@@ -249,14 +240,23 @@ def resolve(url: str | None = None) -> Target:
     # machine), never for a server elsewhere.
     if home is None and token is None and user in (None, "operator"):
         home = stack_home()
-    ours = home is not None and home.url is not None and home.url.rstrip("/") == found
+    own = home if home is not None and home.url is not None \
+        and home.url.rstrip("/") == found else None  # this home's own stack
+    # This home's own stack through its socket: nothing crosses a network.
+    if urlsplit(found).scheme == "http" and not _on_this_machine(found) \
+            and (own is None or own.socket is None) \
+            and os.environ.get("BODYCAM_INSECURE_HTTP") != "1":
+        # Every call sends a token (login sends the account's).
+        raise InvalidInputError(f"refusing to send a token in clear text to {found}: use "
+                                "https://, or set BODYCAM_INSECURE_HTTP=1 on a network you "
+                                "trust")
     # To this home's stack through its socket where it has one: a loopback port is no
     # identity (another account can listen on it once the server stops); a socket in the
     # 0700 home is. To another server on this machine only from a home without one.
     if token is None and user in (None, "operator") and home is not None and (
-            ours or (_on_this_machine(found) and home.socket is None)):
+            own is not None or (_on_this_machine(found) and home.socket is None)):
         token = home.operator_token
-    return Target(found, token, user, home.socket if ours and home is not None else None)
+    return Target(found, token, user, own.socket if own is not None else None)
 
 
 def _on_this_machine(url: str) -> bool:
