@@ -429,6 +429,19 @@ def record_check(conn: Conn, key: str, by: User | str, case: str, query: Query) 
         get_subject(conn, query.subject_id)
 
 
+def bound_case(case_id: str | None) -> str:
+    """The case a search or a look at a probe photo is bound to; refused when none is named."""
+    if not case_id or not case_id.strip():
+        raise InvalidInputError("missing --case: every search is bound to a case")
+    return case_id.strip()
+
+
+def bound(case_id: str | None, purpose: str | None) -> tuple[str, str]:
+    """A search's case and purpose, both required (the one rule for every caller)."""
+    return bound_case(case_id), text.required(purpose, "--purpose",
+                                              "every search records why it was made")
+
+
 def search(ctx: Context, probe: Probe | Query, case_id: str, purpose: str,
            by: User | str, threshold: float | None = None, limit: int | None = None,
            filters: Filters | None = None) -> SearchResult:
@@ -443,10 +456,7 @@ def search(ctx: Context, probe: Probe | Query, case_id: str, purpose: str,
     under the audit log's lock in the transaction that records it (`record_check`).
     """
     actor = by.name if isinstance(by, User) else by
-    if not case_id or not case_id.strip():
-        raise InvalidInputError("missing --case: every search is bound to a case")
-    purpose = text.required(purpose, "--purpose", "say why you are searching")
-    case = case_id.strip()
+    case, purpose = bound(case_id, purpose)
     scope = Scope(actor, case, ctx.audit_key)
     filters = filters or Filters()
     lim = limit if limit is not None else ctx.settings.search.default_limit

@@ -6,7 +6,7 @@ import hashlib
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bodycam import audit, matching, policy, subjects, text
+from bodycam import audit, matching, policy, subjects
 from bodycam import search as s
 from bodycam.accounts import User, case_of, require, require_visible
 from bodycam.actions._common import refusals_audited
@@ -73,9 +73,7 @@ def search(ctx: Context, user: User, case: str | None, purpose: str | None,
            face: int | None = None) -> s.SearchResult:
     """Where does this person appear, in one case, for a recorded purpose (investigator of
     the case); every id must belong to the case; audited (`search`)."""
-    if not case or not case.strip():
-        raise InvalidInputError("missing --case: every search is bound to a case")
-    purpose = text.required(purpose, "--purpose", "every search records why it was made")
+    case, purpose = s.bound(case, purpose)  # refused before the role is looked at
     probe = s.Probe(photo, face, subject, track)
     filters = s.Filters(video, parse_when(date_from, "--from"), parse_until(date_to))
     with ctx.db() as conn:
@@ -88,10 +86,9 @@ def photo_faces(ctx: Context, user: User, case: str | None, path: str | None
                 ) -> dict[str, object]:
     """The faces of a probe photo, largest first with the index `search` and `enroll` take as
     `face` (investigator of the case; nothing is stored); audited (`photo.faces`)."""
-    if not case or not case.strip():
-        raise InvalidInputError("missing --case: every search is bound to a case")
+    case = s.bound_case(case)
     with ctx.db() as conn:
-        require(conn, ctx.audit_key, user, "search", case.strip())
+        require(conn, ctx.audit_key, user, "search", case)
     if path is None:
         raise InvalidInputError("missing --photo: send the probe photo as file `photo`")
     with refusals_audited(ctx, user, "search"):
@@ -104,7 +101,7 @@ def photo_faces(ctx: Context, user: User, case: str | None, path: str | None
               "height_px": round(d.height_px, 1), "probability": round(d.probability, 3)}
              for i, d in enumerate(found)]
     sha = hashlib.sha256(data).hexdigest()
-    ctx.audit(user.name, "photo.faces", {"case": case.strip(), "photo_sha256": sha,
+    ctx.audit(user.name, "photo.faces", {"case": case, "photo_sha256": sha,
                                          "faces": len(faces)})
     width = image.shape[1] / _scale
     height = image.shape[0] / _scale
