@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -145,28 +146,44 @@ def match_subject(conn: Conn, settings: Settings, key: str, subject_id: str) -> 
                         (settings.pipeline.embedder, row["case_id"]))
 
 
+# Which matches a listing holds: by status, case, and the cases a user may see; a lapsed
+# entry's leads are no longer pending, as a removed one's (deleted) are not.
+_LISTED_FROM = " FROM matches m JOIN subjects s ON s.id = m.subject_id"
+_LISTED = (" WHERE (%(status)s::text IS NULL OR m.status = %(status)s)"
+           " AND (%(case)s::text IS NULL OR m.case_id = %(case)s)"
+           " AND (%(cases)s::text[] IS NULL OR m.case_id = ANY(%(cases)s::text[]))"
+           " AND (m.status <> 'pending' OR s.expires_at IS NULL OR s.expires_at > now())")
+
+
 def list_matches(conn: Conn, status: str | None = None, case_id: str | None = None,
-                 cases: list[str] | None = None) -> list[Match]:
-    """Matches, newest first; `cases` limits them to the cases a user may see."""
+                 cases: list[str] | None = None, offset: int = 0, limit: int | None = None
+                 ) -> list[Match]:
+    """Matches, newest first, from `offset`, at most `limit`; `cases` limits them to the
+    cases a user may see. The page is cut by the database, whose reviewers are read for
+    the page's rows only."""
     if status is not None and status not in STATUSES:
         raise InvalidInputError(f"--status {status[:40]!r}: choose from {', '.join(STATUSES)}")
     rows = conn.execute(
         "SELECT m.id::text AS id, m.subject_id::text AS sid, s.name, m.track_id::text AS tid,"
         " m.video_id::text AS vid, m.case_id, t.start_s, t.end_s, m.similarity, m.threshold,"
         " m.model, m.status, m.created_at,"
-        " COALESCE(array_agg(r.reviewer ORDER BY r.id) FILTER (WHERE r.id IS NOT NULL), '{}')"
-        " AS reviewers FROM matches m JOIN subjects s ON s.id = m.subject_id"
-        " JOIN tracks t ON t.id = m.track_id LEFT JOIN reviews r ON r.match_id = m.id"
-        " WHERE (%s::text IS NULL OR m.status = %s) AND (%s::text IS NULL OR m.case_id = %s)"
-        " AND (%s::text[] IS NULL OR m.case_id = ANY(%s::text[]))"
-        # A lapsed entry's leads are no longer pending, as a removed one's (deleted) are not.
-        " AND (m.status <> 'pending' OR s.expires_at IS NULL OR s.expires_at > now())"
-        " GROUP BY m.id, s.name, t.start_s, t.end_s ORDER BY m.created_at DESC, m.id",
-        (status, status, case_id, case_id, cases, cases)).fetchall()
+        " ARRAY(SELECT r.reviewer FROM reviews r WHERE r.match_id = m.id ORDER BY r.id)"
+        " AS reviewers" + _LISTED_FROM + " JOIN tracks t ON t.id = m.track_id" + _LISTED
+        + " ORDER BY m.created_at DESC, m.id OFFSET %(offset)s LIMIT %(limit)s",
+        {"status": status, "case": case_id, "cases": cases, "offset": offset,
+         "limit": limit}).fetchall()
     return [Match(r["id"], r["sid"], r["name"], r["tid"], r["vid"], r["case_id"],
                   float(r["start_s"]), float(r["end_s"]), float(r["similarity"]),
                   float(r["threshold"]), r["model"], r["status"], r["created_at"],
                   tuple(r["reviewers"])) for r in rows]
+
+
+def count_matches(conn: Conn, status: str | None, case_id: str | None,
+                  cases: list[str] | None) -> int:
+    """How many matches `list_matches` would list without a page."""
+    row = conn.execute("SELECT count(*) AS n" + _LISTED_FROM + _LISTED,
+                       {"status": status, "case": case_id, "cases": cases}).fetchone()
+    return int(row["n"]) if row else 0
 
 
 def view_matches(conn: Conn, key: str, user: User, status: str | None = None,
@@ -177,12 +194,13 @@ def view_matches(conn: Conn, key: str, user: User, status: str | None = None,
     used to record every lead the user could see: listing N leads page by page wrote N^2
     ids, and claimed leads were shown that were not.)"""
     require(conn, key, user, "matches", case_id)  # role, and the case when one is named
-    rows = list_matches(conn, status, case_id, visible_cases(conn, user))
-    shown = rows[offset:offset + limit if limit is not None else None]
+    cases = visible_cases(conn, user)
+    shown = list_matches(conn, status, case_id, cases, offset, limit)
+    total = count_matches(conn, status, case_id, cases)
     audit.append(conn, key, user.name, "matches.list", {
-        "case": case_id, "status": status, "count": len(rows), "offset": offset,
+        "case": case_id, "status": status, "count": total, "offset": offset,
         "match_ids": [m.match_id for m in shown]})
-    return shown, len(rows)
+    return shown, total
 
 
 def review(conn: Conn, key: str, match_id: str, user: User, confirm: bool, note: str
@@ -272,9 +290,10 @@ def cluster_tracks(vectors: np.ndarray, cannot_link: set[tuple[int, int]], thres
     sims = vectors @ vectors.T if n else np.zeros((0, 0))
     groups: dict[int, list[int]] = {i: [i] for i in range(n)}
     owner = list(range(n))
-    pairs = sorted(((float(sims[i, j]), i, j) for i in range(n) for j in range(i + 1, n)
-                    if sims[i, j] >= threshold), reverse=True)
-    for _s, i, j in pairs:
+    # The pairs at least `threshold` similar, most similar first (ties: later tracks first).
+    iu, ju = np.nonzero(np.triu(sims >= threshold, k=1))
+    order = np.lexsort((-ju, -iu, -sims[iu, ju].astype(np.float64)))
+    for i, j in zip(iu[order].tolist(), ju[order].tolist(), strict=True):
         gi, gj = owner[i], owner[j]
         if gi == gj:
             continue
@@ -293,15 +312,15 @@ def cluster_tracks(vectors: np.ndarray, cannot_link: set[tuple[int, int]], thres
 def persons(conn: Conn, key: str, settings: Settings, case_id: str, purpose: str,
             actor: str, offset: int = 0, limit: int | None = None
             ) -> tuple[list[Person], int]:
-    """One page of a case's tracks grouped into persons (recomputed from the stored tracks
-    each time) and how many persons there are.
+    """One page of a case's tracks grouped into persons (grouped again whenever the stored
+    tracks or the threshold changed) and how many persons there are.
 
     Grouping faces across videos is biometric processing like a search: it needs a purpose
     and is audited with what it returned (the page's tracks).
     """
     purpose = text.required(purpose, "--purpose", "say why you are grouping this case's faces")
     policy.require_identify(conn, "persons")
-    found = _persons(conn, settings, case_id)
+    found = _grouped(conn, settings, case_id)
     shown = found[offset:offset + limit if limit is not None else None]
     audit.append(conn, key, actor, "persons", {
         "case": case_id, "purpose": purpose, "persons": len(found), "offset": offset,
@@ -309,17 +328,47 @@ def persons(conn: Conn, key: str, settings: Settings, case_id: str, purpose: str
     return shown, len(found)
 
 
-def _persons(conn: Conn, settings: Settings, case_id: str) -> list[Person]:
+# The tracks grouped into unknown persons: a case's searchable tracks of the model in use,
+# retention not purged; a track a reviewer confirmed as a watchlist entry's is known.
+_UNKNOWN = (" FROM tracks t JOIN videos v ON v.id = t.video_id"
+            " WHERE v.case_id = %s AND t.model = %s AND t.embedding IS NOT NULL"
+            " AND t.purged_at IS NULL AND NOT EXISTS (SELECT 1 FROM matches m"
+            " WHERE m.track_id = t.id AND m.status = 'confirmed')")
+# The last grouping of a few cases, with what it was computed from: a page of persons reads
+# the tracks' ids, not their vectors, and groups again only when they or the threshold
+# changed. One entry per case: a grouping of tracks since purged is dropped when its case
+# is next grouped, or pushed out by other cases.
+_GROUPINGS: OrderedDict[str, tuple[tuple[str, float, str], list[Person]]] = OrderedDict()
+_GROUPINGS_KEPT = 8
+_GROUPINGS_LOCK = threading.Lock()
+
+
+def _grouped(conn: Conn, settings: Settings, case_id: str) -> list[Person]:
+    """The case's unknown persons, largest first: the grouping kept for the same tracks and
+    threshold, else grouped now."""
     model = settings.pipeline.embedder
     thr = resolve_threshold(settings, model, None, conn)
+    row = conn.execute("SELECT md5(string_agg(t.id::text, ',' ORDER BY t.id)) AS d"
+                       + _UNKNOWN, (case_id, model)).fetchone()
+    basis = (model, thr, str(row["d"]) if row else "")
+    with _GROUPINGS_LOCK:
+        kept = _GROUPINGS.get(case_id)
+        if kept is not None and kept[0] == basis:
+            _GROUPINGS.move_to_end(case_id)
+            return kept[1]
+    found = _persons(conn, case_id, model, thr)
+    with _GROUPINGS_LOCK:
+        _GROUPINGS[case_id] = (basis, found)
+        _GROUPINGS.move_to_end(case_id)
+        while len(_GROUPINGS) > _GROUPINGS_KEPT:
+            _GROUPINGS.popitem(last=False)
+    return found
+
+
+def _persons(conn: Conn, case_id: str, model: str, thr: float) -> list[Person]:
     rows = conn.execute(
         "SELECT t.id::text AS id, t.video_id::text AS vid, t.start_s, t.end_s, t.quality,"
-        " t.thumbnail_key, t.embedding FROM tracks t JOIN videos v ON v.id = t.video_id"
-        " WHERE v.case_id = %s AND t.model = %s AND t.embedding IS NOT NULL"
-        " AND t.purged_at IS NULL"
-        # Unknown: a track a reviewer confirmed as a watchlist entry's is known.
-        " AND NOT EXISTS (SELECT 1 FROM matches m WHERE m.track_id = t.id"
-        " AND m.status = 'confirmed') ORDER BY t.video_id, t.start_s, t.id",
+        " t.thumbnail_key, t.embedding" + _UNKNOWN + " ORDER BY t.video_id, t.start_s, t.id",
         (case_id, model)).fetchall()
     if not rows:
         return []
