@@ -79,27 +79,33 @@ def open_photo(data: bytes, name: str) -> Image.Image:
     return img
 
 
-def load_photo(data: bytes, name: str) -> np.ndarray:
-    """Decode an image (EXIF rotation applied, its first frame) to RGB; raises
-    PhotoRefusedError if it is not one."""
-    img = open_photo(data, name)
+def _rgb(img: Image.Image, name: str, side_px: int | None = None) -> Image.Image:
+    """An opened photo decoded upright (EXIF rotation applied, its first frame) in RGB, at
+    most side_px a side when given (a JPEG is then decoded at a fraction of its size);
+    raises PhotoRefusedError if its pixels cannot be read."""
     try:
+        if side_px is not None:
+            img.thumbnail((side_px, side_px))
         img = ImageOps.exif_transpose(img)
         if img.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit grey: its top 8 bits
             # (Pillow's own conversion clips at 255: a photo's face went white.)
             img = Image.fromarray((np.asarray(img, dtype=np.uint32) >> 8).astype(np.uint8))
-        return np.asarray(img.convert("RGB"))
+        return img.convert("RGB")
     except (OSError, ValueError):
         raise PhotoRefusedError(f"{name}: not a readable image (use a JPEG, PNG or WebP photo)"
                                 ) from None
 
 
+def load_photo(data: bytes, name: str) -> np.ndarray:
+    """Decode an image (EXIF rotation applied, its first frame) to RGB; raises
+    PhotoRefusedError if it is not one."""
+    return np.asarray(_rgb(open_photo(data, name), name))
+
+
 def preview_jpeg(data: bytes, name: str, side_px: int) -> bytes:
     """A photo as a JPEG of at most side_px a side, upright, without its metadata."""
     with _DECODING:
-        img = open_photo(data, name)
-        img.thumbnail((side_px, side_px))  # a JPEG is decoded at a fraction of its size
-        img = ImageOps.exif_transpose(img).convert("RGB")
+        img = _rgb(open_photo(data, name), name, side_px)
         buf = io.BytesIO()
         img.save(buf, "JPEG", quality=90)
         return buf.getvalue()

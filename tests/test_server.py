@@ -682,6 +682,17 @@ def test_a_photo_is_a_jpeg_png_or_webp_and_a_16_bit_one_keeps_its_face(
     found = server.call("POST", "/api/v1/photos/faces", investigator, data={"case": "T-SRV"},
                         files={"photo": ("p06-16bit.png", buf.getvalue(), "image/png")})
     assert found.status_code == 200 and found.json()["faces"], found.text
+    # The enrolment photo reviewers are shown is decoded the same way (it was white).
+    enrolled = server.call("POST", "/api/v1/subjects", investigator,
+                           data={"name": "Sixteen", "case": "T-SRV", "reason": "16-bit"},
+                           files={"photo": ("p06-16bit.png", buf.getvalue(), "image/png")})
+    assert enrolled.status_code < 300, enrolled.text
+    shown = server.call("GET", f"/api/v1/subjects/{enrolled.json()['subject_id']}/photo",
+                        investigator)
+    assert shown.status_code == 200 and shown.headers["content-type"] == "image/jpeg"
+    preview = np.asarray(Image.open(io.BytesIO(shown.content)).convert("L"), dtype=float)
+    assert abs(preview.mean() - np.asarray(grey, dtype=float).mean()) < 10, \
+        "the preview keeps the photo's brightness"
 
 
 def _png_header(width: int, height: int) -> bytes:
