@@ -169,6 +169,29 @@ def face_from_photo(settings: Settings, path: str, face: int | None = None,
                      emb.name, emb.version, emb.weights_sha256)
 
 
+def one_person(settings: Settings, names: list[str], faces: list[PhotoFace]) -> None:
+    """Refuse an enrolment whose photos do not all show one person: every two of its faces
+    must be at least the embedder's calibrated floor similar, where every pair of photos of
+    one person measured is (docs/thresholds.md; most pairs of two people are not). A
+    subject enrolled from two people's photos would bring leads for both under one name."""
+    if len(faces) < 2:
+        return
+    model = faces[0].model
+    floor = settings.search.threshold_floor.get(model)
+    if floor is None:
+        raise PhotoRefusedError(f"{model} has no calibrated floor, so photos cannot be checked"
+                                " to show one person: enrol from one photo")
+    vecs = np.stack([np.asarray(f.embedding, np.float64) for f in faces])
+    sims = vecs @ vecs.T
+    i, j = np.unravel_index(int(np.argmin(sims)), sims.shape)
+    if sims[i, j] < floor:
+        a, b = sorted((int(i), int(j)))
+        raise PhotoRefusedError(
+            f"photo {a + 1} ({names[a]}) and photo {b + 1} ({names[b]}) do not show the same"
+            f" person (similarity {sims[a, b]:.3f}, below {model}'s floor {floor}): enrol"
+            " each person as a subject of their own, or leave that photo out")
+
+
 @dataclass(frozen=True)
 class Subject:
     """A watchlist entry."""
@@ -197,10 +220,11 @@ def enroll(ctx: Context, name: str, photos: list[str], case_id: str, reason: str
     """Enrol a subject from one or more photos, by an account (`by` a User) or a tool acting
     under its own name; returns (subject_id, notes).
 
-    Every photo is checked before anything is stored; the photos are kept in the object
-    store by SHA-256 as the record of what was enrolled. An account is checked again in the
-    transaction that stores the subject (`accounts.require_now`): one disabled or taken off
-    the case while the photos were processed stores nothing.
+    Every photo is checked, and that they show one person (`one_person`), before anything
+    is stored; the photos are kept in the object store by SHA-256 as the record of what was
+    enrolled. An account is checked again in the transaction that stores the subject
+    (`accounts.require_now`): one disabled or taken off the case while the photos were
+    processed stores nothing.
     """
     actor = by.name if isinstance(by, User) else by
     if not case_id.strip():
@@ -212,6 +236,7 @@ def enroll(ctx: Context, name: str, photos: list[str], case_id: str, reason: str
     with ctx.db() as conn:  # before any face is detected or embedded
         policy.require_identify(conn, "enrolment")
     faces = [face_from_photo(ctx.settings, p, face) for p in photos]
+    one_person(ctx.settings, [Path(p).name for p in photos], faces)
     keys = []
     for p in photos:
         with open(p, "rb") as f:

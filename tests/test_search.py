@@ -370,6 +370,32 @@ def test_a_group_photo_enrols_the_largest_face_and_says_so(stack: StackHandle) -
     assert "3 faces" in proc.stderr and "largest" in proc.stderr
 
 
+def test_an_enrolment_from_photos_of_two_people_is_refused_and_stores_nothing(
+        stack: StackHandle) -> None:
+    """Photos of two people enrolled under one name brought leads for both (nothing compared
+    an enrolment's photos); photos of one person are still taken together."""
+    case = "T-SEARCH-ONE-PERSON"
+    p01, p02 = IDENTITIES / "p01", IDENTITIES / "p02"
+    with stack.ctx.db() as conn:
+        keys_before = conn.execute("SELECT count(*) AS n FROM subject_faces").fetchone()["n"]
+    proc = stack.cli.run("subjects", "enroll", "--name", "two", "--photo", str(p01 / "01.jpg"),
+                         "--photo", str(p01 / "02.jpg"), "--photo", str(p02 / "01.jpg"),
+                         "--case", case, "--reason", "t")
+    assert proc.returncode != 0
+    assert "do not show the same person" in proc.stderr and "(01.jpg)" in proc.stderr \
+        and "photo 3" in proc.stderr and "below dlib-resnet's floor 0.92" in proc.stderr, \
+        proc.stderr
+    assert stack.cli.json("subjects", "list", "--case", case) == []
+    with stack.ctx.db() as conn:
+        assert conn.execute("SELECT count(*) AS n FROM subject_faces").fetchone()["n"] \
+            == keys_before
+    sid = stack.cli.json("subjects", "enroll", "--name", "one", "--photo", str(p01 / "01.jpg"),
+                         "--photo", str(p01 / "02.jpg"), "--photo", str(p01 / "03.jpg"),
+                         "--case", case, "--reason", "t")["subject_id"]  # type: ignore[index]
+    assert [s["faces"] for s in stack.cli.json("subjects", "list", "--case", case)
+            if s["subject_id"] == sid] == [3]
+
+
 def test_a_search_by_one_face_of_a_group_photo_records_which_face(stack: StackHandle) -> None:
     """Searches for different people of one group photo were recorded alike (the photo's
     SHA-256 only): the log could not say for whom each was made."""
