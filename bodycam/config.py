@@ -266,6 +266,11 @@ class SearchSettings(_Section):
     enroll_min_face_px: int = Field(60, ge=20, description="smallest face accepted at enrolment")
     enroll_min_sharpness: float = Field(60.0, ge=0, description="blurrier faces are refused")
     default_limit: int = Field(20, ge=1, le=1000, description="appearances returned by default")
+    # Searches are batch work bound to a case and a purpose, each audited; a script running
+    # an account's searches one after another is what the audit log alone would only record.
+    max_per_hour: int = Field(
+        120, ge=1, description="searches one account may run in an hour (429 past it, with"
+                               " Retry-After; tools in the server's own process are exempt)")
 
     @model_validator(mode="after")
     def _floor_below_default(self) -> SearchSettings:

@@ -14,6 +14,7 @@ from pgvector import Vector
 
 from bodycam import audit, policy, text
 from bodycam.accounts import Scope, User, case_of, require_now
+from bodycam.auth import RateLimitedError
 from bodycam.case_vectors import FINGERPRINT_SQL, CaseVectors
 from bodycam.config import Settings
 from bodycam.context import Context
@@ -417,14 +418,37 @@ def appearances(cands: Sequence[Candidate], merge_gap_s: float) -> list[Appearan
     return sorted(out, key=lambda a: (-a.similarity, a.video_id, a.start_s))
 
 
-def record_check(conn: Conn, key: str, by: User | str, case: str, query: Query) -> None:
+def require_rate(conn: Conn, settings: Settings, by: User | str) -> None:
+    """Refuse an account's search past `search.max_per_hour` in the last hour (429, saying
+    when the next one is allowed). A tool in the server's own process (`by` a name) is not
+    counted against: it has the database already."""
+    if not isinstance(by, User):
+        return
+    per_hour = settings.search.max_per_hour
+    row = conn.execute(
+        "SELECT count(*) AS n, ceil(extract(epoch FROM min(created_at) + interval '1 hour'"
+        " - now())) AS wait_s FROM (SELECT created_at FROM searches WHERE actor = %s"
+        " AND created_at > now() - interval '1 hour' ORDER BY created_at DESC LIMIT %s) s",
+        (by.name, per_hour)).fetchone()
+    if row is not None and int(row["n"]) >= per_hour:
+        wait = max(1, int(row["wait_s"] or 1))
+        raise RateLimitedError(f"{by.name} has run {per_hour} searches in the last hour, the"
+                               f" most allowed (search.max_per_hour): the next one in {wait} s",
+                               wait)
+
+
+def record_check(conn: Conn, key: str, settings: Settings, by: User | str, case: str,
+                 query: Query) -> None:
     """Before a search is recorded: an account that was disabled, lost its role or its case,
     or a probe subject removed or lapsed while it ran, refuses it as a new search would be
-    (401, 403 audited, 404). Read under the audit log's lock, which those changes hold until
-    they commit, so one made later waits until this search is recorded."""
+    (401, 403 audited, 404), as does the account's hourly number of searches reached
+    meanwhile (429, audited). Read under the audit log's lock, which those changes and other
+    searches' records hold until they commit, so one made later waits until this search is
+    recorded."""
     audit.lock(conn)
     if isinstance(by, User):
         require_now(conn, key, by.name, "search", case)
+    require_rate(conn, settings, by)
     if query.subject_id is not None:
         get_subject(conn, query.subject_id)
 
@@ -467,6 +491,7 @@ def search(ctx: Context, probe: Probe | Query, case_id: str, purpose: str,
         assert isinstance(probe, Probe)
         with ctx.db() as conn:
             policy.require_identify(conn, "search")
+            require_rate(conn, ctx.settings, by)  # and again where it is recorded
             if filters.video_id is not None:
                 scope.require(conn, "search", "video", filters.video_id,
                               case_of(conn, "video", filters.video_id))
@@ -495,7 +520,7 @@ def search(ctx: Context, probe: Probe | Query, case_id: str, purpose: str,
                                  k=max(200, lim * 20), rivals=rival_vectors(conn, query, case),
                                  cache=ctx.vectors, floor=thr)
         results = appearances(leads(cands, thr), ctx.settings.search.merge_gap_s)[:lim]
-        record_check(conn, ctx.audit_key, by, case, query)
+        record_check(conn, ctx.audit_key, ctx.settings, by, case, query)
         track_ids = [t for a in results for t in a.track_ids]
         row = conn.execute(
             "INSERT INTO searches (actor, case_id, purpose, query_kind, query_fingerprint,"

@@ -1,4 +1,4 @@
-"""Helpers shared by the actions: audited policy / four-eyes refusals."""
+"""Helpers shared by the actions: audited policy, four-eyes and rate refusals."""
 
 from __future__ import annotations
 
@@ -6,16 +6,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from bodycam.accounts import User
+from bodycam.auth import RateLimitedError
 from bodycam.context import Context
 from bodycam.policy import PolicyRefusedError, ReviewRefusedError
 
-REFUSALS = (PolicyRefusedError, ReviewRefusedError)
+REFUSALS = (PolicyRefusedError, ReviewRefusedError, RateLimitedError)
 
 
 @contextmanager
 def refusals_audited(ctx: Context, user: User, action: str) -> Iterator[None]:
-    """Audit (`refused`, with the reason) a policy or four-eyes refusal raised inside, in its
-    own transaction because the action's own transaction is rolled back; then re-raise."""
+    """Audit (`refused`, with the reason) a policy, four-eyes or rate refusal raised inside,
+    in its own transaction because the action's own transaction is rolled back; re-raise."""
     try:
         yield
     except REFUSALS as exc:
