@@ -14,11 +14,14 @@ REFUSALS = (PolicyRefusedError, ReviewRefusedError, RateLimitedError)
 
 
 @contextmanager
-def refusals_audited(ctx: Context, user: User, action: str) -> Iterator[None]:
-    """Audit (`refused`, with the reason) a policy, four-eyes or rate refusal raised inside,
-    in its own transaction because the action's own transaction is rolled back; re-raise."""
+def refusals_audited(ctx: Context, user: User, action: str, case: str | None = None
+                     ) -> Iterator[None]:
+    """Audit (`refused`, with the reason, and the case when the action names one) a policy,
+    four-eyes or rate refusal raised inside, in its own transaction because the action's own
+    transaction is rolled back; re-raise."""
     try:
         yield
     except REFUSALS as exc:
-        ctx.audit(user.name, "refused", {"attempted": action, "reason": str(exc)})
+        ctx.audit(user.name, "refused", {"attempted": action, "reason": str(exc),
+                                         **({"case": case} if case is not None else {})})
         raise

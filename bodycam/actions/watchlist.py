@@ -33,7 +33,7 @@ def enroll(ctx: Context, user: User, name: str, photos: list[str], case: str | N
                                 "before it could match")
     with ctx.db() as conn:
         require(conn, ctx.audit_key, user, "subjects.enroll", case)
-    with refusals_audited(ctx, user, "subjects.enroll"):
+    with refusals_audited(ctx, user, "subjects.enroll", case):
         with ctx.db() as conn:
             policy.require_identify(conn, "enrolment")
         sid, notes = subjects.enroll(ctx, name, photos, case, reason, user, expires_at, face)
@@ -78,7 +78,7 @@ def search(ctx: Context, user: User, case: str | None, purpose: str | None,
     filters = s.Filters(video, parse_when(date_from, "--from"), parse_until(date_to))
     with ctx.db() as conn:
         require(conn, ctx.audit_key, user, "search", case)
-    with refusals_audited(ctx, user, "search"):
+    with refusals_audited(ctx, user, "search", case):
         return s.search(ctx, probe, case, purpose, user, threshold, limit, filters)
 
 
@@ -91,7 +91,7 @@ def photo_faces(ctx: Context, user: User, case: str | None, path: str | None
         require(conn, ctx.audit_key, user, "search", case)
     if path is None:
         raise InvalidInputError("missing --photo: send the probe photo as file `photo`")
-    with refusals_audited(ctx, user, "search"):
+    with refusals_audited(ctx, user, "search", case):
         with ctx.db() as conn:
             policy.require_identify(conn, "face detection")
         data, image, _scale, found = subjects.detect_faces(ctx.settings, path)
@@ -147,7 +147,7 @@ def persons(ctx: Context, user: User, case: str, purpose: str | None, offset: in
     purpose, and how many there are."""
     with ctx.db() as conn:
         require(conn, ctx.audit_key, user, "persons", case)
-    with refusals_audited(ctx, user, "persons"), ctx.db() as conn:
+    with refusals_audited(ctx, user, "persons", case), ctx.db() as conn:
         return matching.persons(conn, ctx.audit_key, ctx.settings, case, purpose or "",
                                 user.name, offset, limit)
 
