@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 
 from bodycam import audit
 from bodycam.accounts import User, token_hash
-from bodycam.config import AuthSettings
+from bodycam.config import AuthSettings, Settings
 from bodycam.db import Conn, uid
 from bodycam.errors import BodycamError, PermanentError
 
@@ -38,6 +38,29 @@ class RateLimitedError(BodycamError):
     def __init__(self, message: str, retry_after_s: int) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+def require_rate(conn: Conn, settings: Settings, by: User | str) -> None:
+    """Refuse an account's search or enrolment past `search.max_per_hour` of them in the
+    last hour (429, saying when the next one is allowed): each puts a face against the
+    case's footage (an enrolment is matched at once), so a script must not run either
+    without end. A tool in the server's own process (`by` a name) is not counted: it has
+    the database already. Read again under the audit log's lock where the result is
+    recorded, so requests sent at once cannot pass the limit together."""
+    if not isinstance(by, User):
+        return
+    per_hour = settings.search.max_per_hour
+    row = conn.execute(
+        "SELECT count(*) AS n, ceil(extract(epoch FROM min(at) + interval '1 hour' - now()))"
+        " AS wait_s FROM ((SELECT created_at AS at FROM searches WHERE actor = %(who)s"
+        " AND created_at > now() - interval '1 hour') UNION ALL (SELECT created_at FROM"
+        " subjects WHERE created_by = %(who)s AND created_at > now() - interval '1 hour')"
+        " ORDER BY at DESC LIMIT %(n)s) recent", {"who": by.name, "n": per_hour}).fetchone()
+    if row is not None and int(row["n"]) >= per_hour:
+        wait = max(1, int(row["wait_s"] or 1))
+        raise RateLimitedError(f"{by.name} has run {per_hour} searches and enrolments in the"
+                               " last hour, the most allowed (search.max_per_hour): the next"
+                               f" one in {wait} s", wait)
 
 
 @dataclass(frozen=True)

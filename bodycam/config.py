@@ -268,9 +268,11 @@ class SearchSettings(_Section):
     default_limit: int = Field(20, ge=1, le=1000, description="appearances returned by default")
     # Searches are batch work bound to a case and a purpose, each audited; a script running
     # an account's searches one after another is what the audit log alone would only record.
+    # An enrolment counts as one: it is matched against the case's footage at once.
     max_per_hour: int = Field(
-        120, ge=1, description="searches one account may run in an hour (429 past it, with"
-                               " Retry-After; tools in the server's own process are exempt)")
+        120, ge=1, description="searches and enrolments one account may make in an hour (429"
+                               " past it, with Retry-After; tools in the server's own process"
+                               " are exempt)")
 
     @model_validator(mode="after")
     def _floor_below_default(self) -> SearchSettings:

@@ -14,7 +14,7 @@ from pgvector import Vector
 
 from bodycam import audit, policy, text
 from bodycam.accounts import Scope, User, case_of, require_now
-from bodycam.auth import RateLimitedError
+from bodycam.auth import require_rate
 from bodycam.case_vectors import FINGERPRINT_SQL, CaseVectors
 from bodycam.config import Settings
 from bodycam.context import Context
@@ -416,25 +416,6 @@ def appearances(cands: Sequence[Candidate], merge_gap_s: float) -> list[Appearan
         if group:
             flush(group)
     return sorted(out, key=lambda a: (-a.similarity, a.video_id, a.start_s))
-
-
-def require_rate(conn: Conn, settings: Settings, by: User | str) -> None:
-    """Refuse an account's search past `search.max_per_hour` in the last hour (429, saying
-    when the next one is allowed). A tool in the server's own process (`by` a name) is not
-    counted against: it has the database already."""
-    if not isinstance(by, User):
-        return
-    per_hour = settings.search.max_per_hour
-    row = conn.execute(
-        "SELECT count(*) AS n, ceil(extract(epoch FROM min(created_at) + interval '1 hour'"
-        " - now())) AS wait_s FROM (SELECT created_at FROM searches WHERE actor = %s"
-        " AND created_at > now() - interval '1 hour' ORDER BY created_at DESC LIMIT %s) s",
-        (by.name, per_hour)).fetchone()
-    if row is not None and int(row["n"]) >= per_hour:
-        wait = max(1, int(row["wait_s"] or 1))
-        raise RateLimitedError(f"{by.name} has run {per_hour} searches in the last hour, the"
-                               f" most allowed (search.max_per_hour): the next one in {wait} s",
-                               wait)
 
 
 def record_check(conn: Conn, key: str, settings: Settings, by: User | str, case: str,

@@ -22,6 +22,7 @@ from bodycam.accounts import (
     require_visible,
     visible_cases,
 )
+from bodycam.auth import require_rate
 from bodycam.config import Settings
 from bodycam.context import Context
 from bodycam.db import Conn, uid, uids
@@ -235,6 +236,7 @@ def enroll(ctx: Context, name: str, photos: list[str], case_id: str, reason: str
         raise InvalidInputError("at least one --photo is needed")
     with ctx.db() as conn:  # before any face is detected or embedded
         policy.require_identify(conn, "enrolment")
+        require_rate(conn, ctx.settings, by)
     faces = [face_from_photo(ctx.settings, p, face) for p in photos]
     one_person(ctx.settings, [Path(p).name for p in photos], faces)
     keys = []
@@ -245,6 +247,7 @@ def enroll(ctx: Context, name: str, photos: list[str], case_id: str, reason: str
     with ctx.db() as conn:
         if isinstance(by, User):
             require_now(conn, ctx.audit_key, actor, "subjects.enroll", case_id.strip())
+        require_rate(conn, ctx.settings, by)  # under the audit log's lock
         # Under a profile that requires it, a supervisor approves before any matching.
         approved = not policy.current(conn).enrolment_approval
         row = conn.execute(

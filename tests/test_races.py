@@ -338,12 +338,13 @@ def test_a_review_racing_the_removal_of_its_entry_answers_as_after_it(
     assert not rows(stack, "review", "match_id", mid)
 
 
-def test_an_accounts_searches_past_its_hourly_number_are_refused_even_when_sent_at_once(
+def test_an_accounts_searches_and_enrolments_past_its_hourly_number_are_refused_even_at_once(
         stack: StackHandle, api: Api) -> None:
     """Searches were audited, never limited: a script could run one account's searches one
     after another without end. Past `search.max_per_hour` a search is a 429 with Retry-After,
-    audited; four sent at once with two left run two (each counted where it is recorded,
-    under the audit log's lock); another account is not held back."""
+    audited with its case; four sent at once with two left run two (each counted where it is
+    recorded, under the audit log's lock); an enrolment, matched against the footage at once,
+    counts and is refused as well; another account is not held back."""
     inv = api.add("rate", "investigator", case=CASE)
     other = api.add("rate-other", "investigator", case=CASE)
     with serve_with(stack, {"BODYCAM_SEARCH__MAX_PER_HOUR": "3"}) as env:
@@ -352,18 +353,22 @@ def test_an_accounts_searches_past_its_hourly_number_are_refused_even_when_sent_
         with window(stack) as wait:
             calls = [_start(lambda: limited.search(inv)) for _ in range(4)]
             wait(4)
-        told = f"{inv} has run 3 searches in the last hour, the most allowed"
+        told = f"{inv} has run 3 searches and enrolments in the last hour, the most allowed"
         got = answers(calls)
         assert [s for s, _ in got] == [200, 200, 429, 429], got
         assert all(told in d for s, d in got if s == 429), got
         late = limited.search(inv)  # refused before the photo is looked at
         assert late.status_code == 429 and told in late.json()["detail"], late.text
         assert 1 <= int(late.headers["retry-after"]) <= 3600, late.headers
+        enrolled = limited.enroll(inv)  # it would list where the person appears
+        assert enrolled.status_code == 429 and told in enrolled.json()["detail"], enrolled.text
         assert limited.search(other).status_code == 200
     with stack.ctx.db() as conn:
         ran = conn.execute("SELECT count(*) AS n FROM searches WHERE actor = %s",
                            (inv,)).fetchone()["n"]
         refused = conn.execute("SELECT count(*) AS n FROM audit_log WHERE action = 'refused'"
-                               " AND actor = %s AND details ->> 'attempted' = 'search'",
-                               (inv,)).fetchone()["n"]
-    assert (ran, refused) == (3, 3)
+                               " AND actor = %s AND details ->> 'case' = %s",
+                               (inv, CASE)).fetchone()["n"]
+        subjects_made = conn.execute("SELECT count(*) AS n FROM subjects WHERE created_by ="
+                                     " %s", (inv,)).fetchone()["n"]
+    assert (ran, refused, subjects_made) == (3, 4, 0)
