@@ -370,8 +370,9 @@ def _queue_again(conn: Conn, video_id: str, idxs: list[int]) -> None:
     video queued: the one reset behind a retry and a re-analysis."""
     conn.execute(
         "UPDATE work_units SET state = 'pending', attempts = 0, service_failures = 0,"
-        " progress = 0, lease_token = NULL, lease_until = NULL, not_before = NULL,"
-        " updated_at = now() WHERE video_id = %s AND idx = ANY(%s)", (video_id, idxs))
+        " progress = 0, last_error = NULL, lease_token = NULL, lease_until = NULL,"
+        " not_before = NULL, updated_at = now() WHERE video_id = %s AND idx = ANY(%s)",
+        (video_id, idxs))
     conn.execute(
         "UPDATE videos SET status = 'queued', stage = 'queued', error = NULL, attempts = 0,"
         " progress = (SELECT avg(CASE WHEN state = 'done' THEN 1 ELSE 0 END) FROM work_units"
