@@ -695,6 +695,21 @@ def test_a_photo_is_a_jpeg_png_or_webp_and_a_16_bit_one_keeps_its_face(
         "the preview keeps the photo's brightness"
 
 
+def test_enrolment_photos_sharing_a_name_keep_the_names_they_were_sent_with(
+        server: Server) -> None:
+    """Photos sent as 2-x.jpg, x.jpg, x.jpg: the third was a 500 (the second had been saved
+    as 2-x.jpg, taken), and messages named the server's renamed copy, a file the client
+    never sent."""
+    _, investigator = server.account(["investigator"], ("T-SRV",))
+    ids = TESTDATA / "faces" / "identities"
+    sent = [("2-x.jpg", ids / "p01" / "01.jpg"), ("x.jpg", ids / "p01" / "02.jpg"),
+            ("x.jpg", ids / "p02" / "01.jpg")]
+    r = server.call("POST", "/api/v1/subjects", investigator,
+                    data={"name": "Shared names", "case": "T-SRV", "reason": "names"},
+                    files=[("photo", (n, p.read_bytes(), "image/jpeg")) for n, p in sent])
+    assert_problem(r, 422, "and photo 3 (x.jpg) do not show the same person")
+
+
 def _png_header(width: int, height: int) -> bytes:
     """A PNG's signature and header chunk claiming width x height (1-bit grey), no pixels."""
     ihdr = b"IHDR" + struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)

@@ -40,8 +40,9 @@ MAX_PHOTOS = 20
 
 
 def _save_photos(photos: list[UploadFile]) -> tuple[Path, list[str]]:
-    """Write uploaded photos into a new private folder (0700, files 0600) under their own
-    (escaped) names, so messages name the client's file; returns the folder and paths."""
+    """Write uploaded photos into a new private folder (0700, files 0600), each in a folder
+    of its own under its own (escaped) name, so messages name the client's file even when
+    two share a name; returns the folder and paths."""
     if len(photos) > MAX_PHOTOS:
         raise ProblemError(422, f"at most {MAX_PHOTOS} photos per request")
     folder = Path(tempfile.mkdtemp(prefix="photos-", dir=upload_dir(context().settings)))
@@ -50,9 +51,8 @@ def _save_photos(photos: list[UploadFile]) -> tuple[Path, list[str]]:
         for i, photo in enumerate(photos):
             base = safe_name(Path(photo.filename or f"photo{i}").name).replace("/", "_")
             name = base if base not in (".", "..", "") else f"photo{i}"
-            target = folder / name
-            if target.exists():
-                target = folder / f"{i}-{name}"
+            (folder / str(i)).mkdir(mode=0o700)
+            target = folder / str(i) / name
             fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             size = 0
             with os.fdopen(fd, "wb") as out:
