@@ -31,6 +31,7 @@ PERMISSIONS: dict[str, tuple[str, ...]] = {
     "search": ("investigator",),
     "matches": ("investigator", "supervisor"),
     "review": ("investigator", "supervisor"),
+    "matches.reopen": ("supervisor",),
     "persons": ("investigator",),
     "thresholds.set": ("supervisor",),
     "cases.hold": ("supervisor", "admin"),

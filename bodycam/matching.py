@@ -8,6 +8,7 @@ import uuid
 from collections import OrderedDict, defaultdict
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import numpy as np
 
@@ -15,7 +16,7 @@ from bodycam import audit, policy, text
 from bodycam.accounts import User, case_of, require, require_visible, visible_cases
 from bodycam.config import Settings
 from bodycam.db import Conn, uid
-from bodycam.errors import InvalidInputError, NotFoundError
+from bodycam.errors import ConflictError, InvalidInputError, NotFoundError
 from bodycam.search import best_subjects, case_gallery, resolve_threshold
 
 log = logging.getLogger(__name__)
@@ -167,7 +168,8 @@ def list_matches(conn: Conn, status: str | None = None, case_id: str | None = No
         "SELECT m.id::text AS id, m.subject_id::text AS sid, s.name, m.track_id::text AS tid,"
         " m.video_id::text AS vid, m.case_id, t.start_s, t.end_s, m.similarity, m.threshold,"
         " m.model, m.status, m.created_at,"
-        " ARRAY(SELECT r.reviewer FROM reviews r WHERE r.match_id = m.id ORDER BY r.id)"
+        " ARRAY(SELECT r.reviewer FROM reviews r WHERE r.match_id = m.id"
+        " AND r.review_round = m.review_round ORDER BY r.id)"
         " AS reviewers" + _LISTED_FROM + " JOIN tracks t ON t.id = m.track_id" + _LISTED
         + " ORDER BY m.created_at DESC, m.id OFFSET %(offset)s LIMIT %(limit)s",
         {"status": status, "case": case_id, "cases": cases, "offset": offset,
@@ -220,49 +222,80 @@ def review(conn: Conn, key: str, match_id: str, user: User, confirm: bool, note:
     # The audit log's lock before the match's row, as a removal of the entry takes them: in
     # the other order a review racing a removal deadlocked (a 500 after a second).
     audit.lock(conn)
-    row = conn.execute(
-        "SELECT m.status, s.created_by, s.expires_at, s.expires_at <= now() AS lapsed"
-        " FROM matches m JOIN subjects s ON s.id = m.subject_id"
-        " WHERE m.id = %s FOR UPDATE OF m", (uid(match_id),)).fetchone()
-    if row is None:
-        raise NotFoundError(f"no match {match_id}")
+    row = _decidable(conn, match_id)
     if row["status"] != "pending":
         raise policy.ReviewRefusedError(f"match {match_id} is already {row['status']}")
-    if row["lapsed"]:  # its legal basis ended: the lead goes as a removed entry's do
-        raise policy.ReviewRefusedError(
-            f"match {match_id}: its watchlist entry lapsed at {row['expires_at'].isoformat()}"
-            " and its leads can no longer be decided")
-    already = conn.execute("SELECT 1 FROM reviews WHERE match_id = %s AND reviewer = %s",
-                           (match_id, reviewer)).fetchone()
+    rnd = int(row["review_round"])  # a reopened match's earlier reviews no longer count
+    already = conn.execute("SELECT 1 FROM reviews WHERE match_id = %s AND reviewer = %s"
+                           " AND review_round = %s", (match_id, reviewer, rnd)).fetchone()
     if already:
         raise policy.ReviewRefusedError(f"{reviewer} has already reviewed match {match_id}")
     needed = policy.current(conn).reviewers_required
     if confirm and reviewer == row["created_by"]:
         others = conn.execute(
-            "SELECT count(*) AS n FROM reviews WHERE match_id = %s AND decision = 'confirm'",
-            (match_id,)).fetchone()
+            "SELECT count(*) AS n FROM reviews WHERE match_id = %s AND decision = 'confirm'"
+            " AND review_round = %s", (match_id, rnd)).fetchone()
         if others is None or int(others["n"]) < needed:
             raise policy.ReviewRefusedError(
                 f"{reviewer} enrolled this subject and cannot be the only confirmer: "
                 f"{needed} other reviewer(s) must confirm first")
-    conn.execute("INSERT INTO reviews (match_id, reviewer, decision, note)"
-                 " VALUES (%s, %s, %s, %s)",
-                 (match_id, reviewer, "confirm" if confirm else "reject", note))
+    conn.execute("INSERT INTO reviews (match_id, reviewer, decision, note, review_round)"
+                 " VALUES (%s, %s, %s, %s, %s)",
+                 (match_id, reviewer, "confirm" if confirm else "reject", note, rnd))
     audit.append(conn, key, reviewer, "review", {
         "match_id": match_id, "case": case, "decision": "confirm" if confirm else "reject",
-        "note": note})
+        "note": note, **({"round": rnd} if rnd else {})})
     if not confirm:
         status = "rejected"
     else:
         n = conn.execute(
-            "SELECT count(*) AS n FROM reviews r JOIN matches m ON m.id = r.match_id"
-            " JOIN subjects s ON s.id = m.subject_id WHERE r.match_id = %s"
-            " AND r.decision = 'confirm' AND r.reviewer <> s.created_by", (match_id,)).fetchone()
+            "SELECT count(*) AS n FROM reviews WHERE match_id = %s AND decision = 'confirm'"
+            " AND review_round = %s AND reviewer <> %s",
+            (match_id, rnd, row["created_by"])).fetchone()
         status = "confirmed" if n is not None and int(n["n"]) >= needed else "pending"
     if status != "pending":
         conn.execute("UPDATE matches SET status = %s, decided_at = now() WHERE id = %s",
                      (status, uid(match_id)))
     return status
+
+
+def _decidable(conn: Conn, match_id: str) -> dict[str, Any]:
+    """A match's row locked for a decision (status, round, enroller); refused when it is
+    gone (404) or its watchlist entry lapsed (its legal basis ended: the lead goes as a
+    removed entry's do). Taken after the audit log's lock, as a removal of the entry is."""
+    row = conn.execute(
+        "SELECT m.status, m.review_round, s.created_by, s.expires_at,"
+        " s.expires_at <= now() AS lapsed FROM matches m JOIN subjects s ON s.id = m.subject_id"
+        " WHERE m.id = %s FOR UPDATE OF m", (uid(match_id),)).fetchone()
+    if row is None:
+        raise NotFoundError(f"no match {match_id}")
+    if row["lapsed"]:
+        raise policy.ReviewRefusedError(
+            f"match {match_id}: its watchlist entry lapsed at {row['expires_at'].isoformat()}"
+            " and its leads can no longer be decided")
+    return dict(row)
+
+
+def reopen(conn: Conn, key: str, match_id: str, user: User, reason: str) -> int:
+    """Put a decided match back to pending, in a new review round, for a supervisor of its
+    case with a reason (a confirmation found wrong, a rejection made in haste); returns the
+    round. The earlier reviews stay as the record; only the new round's count. Not under
+    the redact-only profile; audited (`match.reopen`, with what it was)."""
+    reason = text.required(reason, "--reason", "say why this decision is reopened")
+    case = require_visible(conn, key, user, "matches.reopen", "match", match_id,
+                           case_of(conn, "match", match_id))
+    policy.require_identify(conn, "match review")
+    audit.lock(conn)
+    row = _decidable(conn, match_id)
+    if row["status"] == "pending":
+        raise ConflictError(f"match {match_id} is pending: there is no decision to reopen")
+    rnd = int(row["review_round"]) + 1
+    conn.execute("UPDATE matches SET status = 'pending', decided_at = NULL, review_round = %s"
+                 " WHERE id = %s", (rnd, uid(match_id)))
+    audit.append(conn, key, user.name, "match.reopen", {
+        "match_id": match_id, "case": case, "was": row["status"], "round": rnd,
+        "reason": reason})
+    return rnd
 
 
 @dataclass(frozen=True)

@@ -75,6 +75,7 @@ def commands(tmp: Path) -> dict[str, list[str]]:
         "search": ["search", "--photo", str(tmp / "x.jpg"), "--case", CASE, "--purpose", "p"],
         "matches": ["matches", "--json"],
         "review": ["review", ZERO, "--confirm", "--note", "n"],
+        "matches.reopen": ["matches", "reopen", ZERO, "--reason", "r"],
         "persons": ["persons", "--case", CASE, "--purpose", "p", "--json"],
         "thresholds.set": ["thresholds", "set", "--model", "dlib-resnet", "--default",
                            str(s.default_threshold["dlib-resnet"]), "--floor",

@@ -185,6 +185,8 @@ MATRIX: list[Route] = [
     _r("GET", V + "/matches", "matches",
        lambda w, r, f: Req("GET", V + "/matches", params={"case": CASE_A})),
     _r("POST", V + "/matches/{}/review", "review", _review),
+    _r("POST", V + "/matches/{}/reopen", "matches.reopen", lambda w, r, f: Req(
+        "POST", f"{V}/matches/{w.a['match']}/reopen", json={"reason": f"matrix {r}"})),
     _r("GET", V + "/persons", "persons", lambda w, r, f: Req(
         "GET", V + "/persons", params={"case": CASE_A, "purpose": "matrix"})),
     _r("POST", V + "/exports/matches", "matches.export", lambda w, r, f: Req(

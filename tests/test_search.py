@@ -289,6 +289,52 @@ def test_the_enroller_alone_cannot_confirm_a_match_but_a_second_reviewer_can(
     assert done["status"] == "confirmed" and done["reviewers"] == ["reviewer-b"]
 
 
+def test_a_supervisor_reopens_a_decided_match_for_a_new_round_and_the_old_reviews_stay(
+        stack: StackHandle, hamilton: tuple[str, str]) -> None:
+    """A confirmation found wrong (or a hasty rejection) could not be undone: a decided lead
+    stayed decided, its track kept for good. A supervisor reopens it with a reason; the
+    earlier reviews stay on record and no longer count; nobody else may reopen."""
+    sid = enrol(stack, "p06 reopened", P06, HAM_CASE)
+    mid = str(next(m for m in matches_of(stack, HAM_CASE, sid)
+                   if _covers_close_up(float(m["start_s"]), float(m["end_s"])))  # type: ignore[arg-type]
+              ["match_id"])
+    rev = investigator(stack, "reopen-reviewer", HAM_CASE)
+    assert stack.cli.run("review", mid, "--confirm", "--note", "looked alike",
+                         extra_env=rev).returncode == 0
+    denied = stack.cli.run("matches", "reopen", mid, "--reason", "mine", extra_env=rev)
+    assert denied.returncode != 0 and "needs the supervisor role" in denied.stderr, \
+        denied.stderr
+    token = stack.cli.run("users", "add", "reopen-sup", "--role", "supervisor",
+                          check=True).stdout.strip()
+    sup = {"BODYCAM_USER": "reopen-sup", "BODYCAM_TOKEN": token}
+    unexplained = stack.cli.run("matches", "reopen", mid, extra_env=sup)
+    assert unexplained.returncode != 0 and "--reason" in unexplained.stderr
+    ok = stack.cli.run("matches", "reopen", mid, "--reason", "a second look: another man",
+                       extra_env=sup)
+    assert ok.returncode == 0 and "pending (review round 1)" in ok.stdout, ok.stderr
+    [again] = [m for m in matches_of(stack, HAM_CASE, sid) if m["match_id"] == mid]
+    assert again["status"] == "pending" and again["reviewers"] == [], again
+    twice = stack.cli.run("matches", "reopen", mid, "--reason", "again", extra_env=sup)
+    assert twice.returncode != 0 and "no decision to reopen" in twice.stderr
+    alone = stack.cli.run("review", mid, "--confirm", "--note", "it is p06")  # the enroller
+    assert alone.returncode != 0 and "enrolled this subject" in alone.stderr
+    redo = stack.cli.run("review", mid, "--reject", "--note", "another man", extra_env=rev)
+    assert redo.returncode == 0 and "rejected" in redo.stdout, redo.stderr
+    with stack.ctx.db() as conn:
+        reviews = conn.execute("SELECT reviewer, decision, review_round FROM reviews WHERE"
+                               " match_id = %s ORDER BY id", (mid,)).fetchall()
+        audited = conn.execute("SELECT actor, details FROM audit_log WHERE action ="
+                               " 'match.reopen' AND details->>'match_id' = %s",
+                               (mid,)).fetchall()
+        refused = conn.execute("SELECT count(*) AS n FROM audit_log WHERE action = 'refused'"
+                               " AND actor = 'reopen-reviewer'").fetchone()["n"]
+    assert [tuple(r.values()) for r in reviews] == [
+        ("reopen-reviewer", "confirm", 0), ("reopen-reviewer", "reject", 1)]
+    assert [(r["actor"], r["details"]["was"], r["details"]["round"], r["details"]["reason"])
+            for r in audited] == [("reopen-sup", "confirmed", 1, "a second look: another man")]
+    assert refused >= 1
+
+
 def test_enrolling_after_processing_matches_existing_tracks_and_a_rejection_closes_it(
         stack: StackHandle, hamilton: tuple[str, str]) -> None:
     # The same person enrolled again (a duplicate entry) ties with the first enrolment and

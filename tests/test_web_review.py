@@ -74,7 +74,7 @@ def _audit(stack: StackHandle, actor: str, action: str) -> list[dict[str, Any]]:
 
 
 def _item(page: Page, match_id: str) -> Any:
-    return page.locator(f'article[data-match="{match_id}"]')
+    return page.locator(f'article.review-item[data-match="{match_id}"]')
 
 
 def test_the_enroller_sees_photo_crop_clip_and_the_four_eyes_rule_and_cannot_confirm_alone(
@@ -162,6 +162,38 @@ def test_a_second_investigator_confirms_with_a_note_and_the_match_leaves_the_que
     r = httpx.get(api_url + V + "/matches", params={"case": queue.case, "status": "pending"},
                   headers=_h(queue.second), timeout=60)
     assert m["match_id"] not in {x["match_id"] for x in r.json()["items"]}
+
+
+def test_a_supervisor_reopens_the_confirmed_match_with_a_reason_and_it_is_pending_again(
+        page: Page, api_url: str, queue: Queue, stack: StackHandle,
+        operator_token: str) -> None:
+    m = queue.matches[0]  # confirmed by the second investigator above
+    assert _status(stack, m["match_id"]) == "confirmed"
+    sign_in(page, api_url, queue.second)  # an investigator is offered no reopening
+    page.goto(f"{api_url}/app/review?case={queue.case}")
+    expect(page.locator("#summary")).not_to_contain_text("Loading", timeout=30_000)
+    assert page.locator("#decided-sec").count() == 0
+    sup = make_account(api_url, operator_token, ["supervisor"])
+    page.context.clear_cookies()
+    sign_in(page, api_url, sup)
+    page.goto(f"{api_url}/app/review?case={queue.case}")
+    card = page.locator(f'article.decided-item[data-match="{m["match_id"]}"]')
+    expect(card).to_be_visible(timeout=30_000)
+    expect(card.locator(".status")).to_have_text("confirmed")
+    card.get_by_role("button", name="Reopen match").click()
+    expect(card.get_by_role("alert")).to_contain_text("Write a reason first")
+    assert _status(stack, m["match_id"]) == "confirmed"
+    reason = "the clip shows another man at 3 s"
+    card.get_by_label("Reason (required): why this decision is reviewed again").fill(reason)
+    card.get_by_role("button", name="Reopen match").click()
+    expect(page.locator("#flash")).to_contain_text("review round 1", timeout=30_000)
+    expect(_item(page, m["match_id"])).to_be_visible()  # back in the queue
+    expect(card).to_have_count(0)
+    assert _status(stack, m["match_id"]) == "pending"
+    assert _audit(stack, sup.name, "match.reopen") == [
+        {"match_id": m["match_id"], "case": queue.case, "was": "confirmed", "round": 1,
+         "reason": reason}]
+    shot(page, "review-reopen")
 
 
 def test_the_enrolment_photo_is_not_cached_and_is_refused_outside_the_subjects_case(

@@ -1,4 +1,5 @@
-"""Watchlist actions: enrol, list, remove and approve subjects; search; matches; review; persons."""
+"""Watchlist actions: enrol, list, remove and approve subjects; search; matches; review and
+reopen; persons."""
 
 from __future__ import annotations
 
@@ -141,6 +142,16 @@ def review(ctx: Context, user: User, match_id: str, decision: str, note: str
     return {"match_id": match_id, "status": status}
 
 
+def reopen(ctx: Context, user: User, match_id: str, reason: str) -> dict[str, object]:
+    """Put a decided match of a case the supervisor sees back to pending for a new review
+    round, with a reason; audited (`match.reopen`; a refusal as `refused`)."""
+    with ctx.db() as conn:
+        require(conn, ctx.audit_key, user, "matches.reopen")
+    with refusals_audited(ctx, user, "matches.reopen"), ctx.db() as conn:
+        rnd = matching.reopen(conn, ctx.audit_key, match_id, user, reason)
+    return {"match_id": match_id, "status": "pending", "round": rnd}
+
+
 def persons(ctx: Context, user: User, case: str, purpose: str | None, offset: int = 0,
             limit: int | None = None) -> tuple[list[Person], int]:
     """A page of the unknown persons of a case (investigator of the case), with a recorded
@@ -169,6 +180,7 @@ def match_items(ctx: Context, user: User, status: str | None = None, case: str |
             "SELECT m.id::text AS id, s.created_by, count(r.id) FILTER (WHERE"
             " r.decision = 'confirm' AND r.reviewer <> s.created_by) AS n FROM matches m"
             " JOIN subjects s ON s.id = m.subject_id LEFT JOIN reviews r ON r.match_id = m.id"
+            " AND r.review_round = m.review_round"
             " WHERE m.id = ANY(%s) GROUP BY m.id, s.created_by",
             (uids(ids),)).fetchall()} if ids else {}
     out = []

@@ -1,4 +1,5 @@
-"""Routes: subjects (enrol, list, remove, approve), search, photo faces, review, persons."""
+"""Routes: subjects (enrol, list, remove, approve), search, photo faces, review and reopen,
+persons."""
 
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ from bodycam.api.schemas import (
     PersonOut,
     PhotoFacesOut,
     RemovedOut,
+    ReopenIn,
+    ReopenOut,
     ReviewIn,
     ReviewOut,
     SearchOut,
@@ -179,6 +182,14 @@ async def review(match_id: str, body: ReviewIn, user: UserDep) -> dict[str, obje
     """The reviewer and why are recorded; four-eyes rules apply (403 when refused)."""
     return await run_in_threadpool(watchlist.review, context(), user, match_id, body.decision,
                                    body.note)
+
+
+@router.post("/matches/{match_id}/reopen", response_model=ReopenOut,
+             summary="Reopen a decided match for a new review round (supervisor)")
+async def reopen(match_id: str, body: ReopenIn, user: UserDep) -> dict[str, object]:
+    """Pending again, with a reason; the earlier reviews stay on record and no longer count
+    (409 when it is pending); audited."""
+    return await run_in_threadpool(watchlist.reopen, context(), user, match_id, body.reason)
 
 
 @router.get("/persons", response_model=PageOf[PersonOut],

@@ -189,6 +189,20 @@ class ReviewOut(Out):
     status: str
 
 
+class ReopenIn(Body):
+    """Why a decided match is reviewed again."""
+
+    reason: str = Field("", max_length=TEXT_MAX)
+
+
+class ReopenOut(Out):
+    """The reopened match: pending, in its new review round."""
+
+    match_id: str
+    status: str
+    round: int
+
+
 class FaceBoxOut(Out):
     """One face of a photo: its `face` index (largest first) and box `[x, y, w, h]`."""
 

@@ -129,7 +129,7 @@ def search_cmd(
                   f"sha256 {a['sha256'][:12]}…")
 
 
-matches_app = typer.Typer(help="Watchlist matches (leads): list and export.")
+matches_app = typer.Typer(help="Watchlist matches (leads): list, export and reopen.")
 app.add_typer(matches_app, name="matches")
 
 
@@ -181,6 +181,18 @@ def review(
     res = client_call(lambda c: c.post(f"/api/v1/matches/{quote(match_id, safe='')}/review",
                                        body))
     out.print(f"match {match_id}: {res['status']}")
+
+
+@matches_app.command("reopen")
+def matches_reopen(
+    match_id: str,
+    reason: Annotated[str | None, typer.Option("--reason", help="why (recorded)")] = None,
+) -> None:
+    """Put a decided match back to pending for a new review round (supervisor); the earlier
+    reviews stay on record and no longer count."""
+    res = client_call(lambda c: c.post(f"/api/v1/matches/{quote(match_id, safe='')}/reopen",
+                                       {"reason": reason or ""}))
+    out.print(f"match {match_id}: {res['status']} (review round {res['round']})")
 
 
 @app.command("persons")

@@ -1,4 +1,5 @@
-"""Review: pending matches confirmed or rejected with a note."""
+"""Review: pending matches confirmed or rejected with a note; decided ones reopened by a
+supervisor with a reason."""
 
 from __future__ import annotations
 

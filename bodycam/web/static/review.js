@@ -1,4 +1,5 @@
-// Review: pending matches confirmed or rejected with a note; the four-eyes rule shown per item.
+// Review: pending matches confirmed or rejected with a note; the four-eyes rule shown per item;
+// for supervisors, decided matches reopened with a reason.
 import { api, ApiError, esc, flash, pages, seconds } from "/static/app.js";
 
 const queue = document.getElementById("queue");
@@ -105,33 +106,91 @@ function item(m, i) {
   return el;
 }
 
-async function decide(ev, m) {
-  ev.preventDefault();
-  const form = ev.target;
-  const decision = ev.submitter?.value;
-  const note = form.note.value.trim();
+// A form whose one text field is required: refused before sending when it is empty, its
+// buttons held while the server answers, a refusal shown in the form's alert.
+async function sendForm(form, field, missing, send) {
+  const value = form[field].value.trim();
   const err = form.querySelector(".error");
   err.textContent = "";
-  if (!note) {
-    err.textContent = "Write a note first: every confirmation or rejection records why.";
-    form.note.focus();
+  if (!value) {
+    err.textContent = missing;
+    form[field].focus();
     return;
   }
-  for (const b of form.querySelectorAll("button")) b.disabled = true;
+  const buttons = form.querySelectorAll("button");
+  for (const b of buttons) b.disabled = true;
   try {
-    const out = await api("POST", `/matches/${encodeURIComponent(m.match_id)}/review`,
-                          { decision, note });
-    if (out.status === "pending") {
-      flash(`Your confirmation of ${m.subject} is recorded; the match still needs another reviewer.`, "ok");
-    } else {
-      flash(`Match of ${m.subject} ${out.status}.`, "ok");
-    }
-    await load();
+    await send(value);
   } catch (exc) {
     err.textContent = exc instanceof ApiError ? `Refused by the server: ${exc.message}` : String(exc);
-    for (const b of form.querySelectorAll("button")) b.disabled = false;
-    form.note.focus();
+    for (const b of buttons) b.disabled = false;
+    form[field].focus();
   }
+}
+
+function decide(ev, m) {
+  ev.preventDefault();
+  const decision = ev.submitter?.value;
+  return sendForm(ev.target, "note",
+    "Write a note first: every confirmation or rejection records why.", async (note) => {
+      const out = await api("POST", `/matches/${encodeURIComponent(m.match_id)}/review`,
+                            { decision, note });
+      if (out.status === "pending") {
+        flash(`Your confirmation of ${m.subject} is recorded; the match still needs another reviewer.`, "ok");
+      } else {
+        flash(`Match of ${m.subject} ${out.status}.`, "ok");
+      }
+      await load();
+    });
+}
+
+// Decided matches, for supervisors: each may be reopened with a reason (the server checks
+// the role and records the reason; the earlier reviews stay on record).
+const decided = document.getElementById("decided");
+
+function decidedItem(m, i) {
+  const el = document.createElement("article");
+  el.className = "card decided-item";
+  el.dataset.match = m.match_id;
+  el.setAttribute("aria-labelledby", `dh-${i}`);
+  const reviewers = m.reviewers.length ? m.reviewers.join(", ") : "none";
+  el.innerHTML = `
+    <h3 id="dh-${i}">${esc(m.subject)} <small class="muted">case ${esc(m.case)}</small>:
+      <span class="status">${esc(m.status)}</span></h3>
+    <p>Video ${esc(m.video_id)}, ${esc(seconds(m.start_s))}–${esc(seconds(m.end_s))};
+      similarity ${esc(Number(m.similarity).toFixed(2))}; decided by ${esc(reviewers)}.</p>
+    <form class="reopen" novalidate>
+      <label for="reason-${i}">Reason (required): why this decision is reviewed again</label>
+      <textarea id="reason-${i}" name="reason" rows="2" required aria-required="true"
+                aria-describedby="rerr-${i}"></textarea>
+      <p id="rerr-${i}" class="error" role="alert"></p>
+      <button type="submit" class="secondary">Reopen match</button>
+    </form>`;
+  el.querySelector("form.reopen").addEventListener("submit", (ev) => reopen(ev, m));
+  return el;
+}
+
+function reopen(ev, m) {
+  ev.preventDefault();
+  return sendForm(ev.target, "reason",
+    "Write a reason first: reopening a decision records why.", async (reason) => {
+      const out = await api("POST", `/matches/${encodeURIComponent(m.match_id)}/reopen`,
+                            { reason });
+      flash(`Match of ${m.subject} reopened: pending again (review round ${out.round}).`, "ok");
+      await load();
+    });
+}
+
+async function loadDecided(wanted) {
+  const text = document.getElementById("decided-summary");
+  const items = [];
+  for (const status of ["confirmed", "rejected"]) {
+    items.push(...await pages("/matches", { status, case: wanted }));
+  }
+  decided.replaceChildren(...items.map(decidedItem));
+  text.textContent = items.length
+    ? `${items.length} decided match(es)${wanted ? ` in case ${wanted}` : ""}.`
+    : `No decided matches${wanted ? ` in case ${wanted}` : ""}.`;
 }
 
 async function load() {
@@ -143,6 +202,7 @@ async function load() {
     summary.textContent = items.length
       ? `${items.length} pending match(es)${wanted ? ` in case ${wanted}` : ""}.`
       : `No pending matches${wanted ? ` in case ${wanted}` : " in your cases"}.`;
+    if (decided) await loadDecided(wanted);
   } catch (exc) {
     queue.replaceChildren();
     summary.textContent = "";
