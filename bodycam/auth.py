@@ -33,7 +33,7 @@ class UnauthenticatedError(PermanentError):
 
 class RateLimitedError(BodycamError):
     """Too many failed authentications from one client or for one name, or too many searches
-    by one account (HTTP 429, with Retry-After)."""
+    and enrolments by one account (HTTP 429, with Retry-After)."""
 
     def __init__(self, message: str, retry_after_s: int) -> None:
         super().__init__(message)

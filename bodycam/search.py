@@ -422,8 +422,8 @@ def record_check(conn: Conn, key: str, settings: Settings, by: User | str, case:
                  query: Query) -> None:
     """Before a search is recorded: an account that was disabled, lost its role or its case,
     or a probe subject removed or lapsed while it ran, refuses it as a new search would be
-    (401, 403 audited, 404), as does the account's hourly number of searches reached
-    meanwhile (429, audited). Read under the audit log's lock, which those changes and other
+    (401, 403 audited, 404), as does the account's hourly number of searches and enrolments
+    reached meanwhile (429, audited). Read under the audit log's lock, which those changes and other
     searches' records hold until they commit, so one made later waits until this search is
     recorded."""
     audit.lock(conn)
