@@ -150,6 +150,21 @@ def resolve_threshold(settings: Settings, model: str, requested: float | None,
     return requested
 
 
+def probe_threshold(settings: Settings, query: Query, requested: float | None,
+                    conn: Conn) -> float:
+    """The threshold a search runs at: `resolve_threshold`'s, and for a track probe with none
+    requested at least the linker's `pipeline.track_relink_similarity`, the similarity at
+    which two tracks apart in time are taken for one person. Two video faces of different
+    people in like conditions (the same camera, night, tilt) score higher than a photo and a
+    video face do: at the photo default, track searches were the least precise path (0.927
+    on test seeds 7500-7529, photo searches 0.973), and one pair of people 0.9302 alike
+    joined at 0.93 or not with the machine's floating point (docs/thresholds.md)."""
+    thr = resolve_threshold(settings, query.model, requested, conn)
+    if requested is None and query.track_id is not None:
+        thr = max(thr, settings.pipeline.track_relink_similarity.get(query.model, thr))
+    return thr
+
+
 def set_thresholds(conn: Conn, key: str, settings: Settings, actor: str, model: str,
                    default: float, floor: float, reason: str) -> None:
     """Record a supervisor-approved default and floor for a model (role checked by the
@@ -487,7 +502,7 @@ def search(ctx: Context, probe: Probe | Query, case_id: str, purpose: str,
             query = query_from_photo(ctx.settings, probe.photo, probe.face)
     with ctx.db() as conn:
         policy.require_identify(conn, "search")
-        thr = resolve_threshold(ctx.settings, query.model, threshold, conn)
+        thr = probe_threshold(ctx.settings, query, threshold, conn)
         if query.subject_id is not None:
             scope.require(conn, "search", "subject", query.subject_id,
                           case_of(conn, "subject", query.subject_id))
