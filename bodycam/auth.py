@@ -1,4 +1,5 @@
-"""Bearer tokens of the HTTP API: issue, authenticate, revoke, log in; failures audited and limited.
+"""Bearer tokens of the HTTP API: issue, authenticate, revoke, log in; failures audited (and
+limited by bodycam.limits).
 
 Only SHA-256 hashes of tokens are stored (table `api_tokens`); a token is looked up by its hash
 and the stored hash is compared again with hmac.compare_digest. Account tokens are printed once
@@ -10,18 +11,15 @@ from __future__ import annotations
 
 import hmac
 import secrets
-import threading
-import time
 import uuid
-from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from bodycam import audit
 from bodycam.accounts import User, token_hash
-from bodycam.config import AuthSettings, Settings
+from bodycam.config import AuthSettings
 from bodycam.db import Conn, uid
-from bodycam.errors import BodycamError, PermanentError
+from bodycam.errors import PermanentError
 
 TOKEN_PREFIX = "bct_"
 KINDS = ("account", "session")
@@ -29,38 +27,6 @@ KINDS = ("account", "session")
 
 class UnauthenticatedError(PermanentError):
     """No token, or one that is unknown, expired, revoked or of a disabled account (HTTP 401)."""
-
-
-class RateLimitedError(BodycamError):
-    """Too many failed authentications from one client or for one name, or too many searches
-    and enrolments by one account (HTTP 429, with Retry-After)."""
-
-    def __init__(self, message: str, retry_after_s: int) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
-
-
-def require_rate(conn: Conn, settings: Settings, by: User | str) -> None:
-    """Refuse an account's search or enrolment past `search.max_per_hour` of them in the
-    last hour (429, saying when the next one is allowed): each puts a face against the
-    case's footage (an enrolment is matched at once), so a script must not run either
-    without end. A tool in the server's own process (`by` a name) is not counted: it has
-    the database already. Read again under the audit log's lock where the result is
-    recorded, so requests sent at once cannot pass the limit together."""
-    if not isinstance(by, User):
-        return
-    per_hour = settings.search.max_per_hour
-    row = conn.execute(
-        "SELECT count(*) AS n, ceil(extract(epoch FROM min(at) + interval '1 hour' - now()))"
-        " AS wait_s FROM ((SELECT created_at AS at FROM searches WHERE actor = %(who)s"
-        " AND created_at > now() - interval '1 hour') UNION ALL (SELECT created_at FROM"
-        " subjects WHERE created_by = %(who)s AND created_at > now() - interval '1 hour')"
-        " ORDER BY at DESC LIMIT %(n)s) recent", {"who": by.name, "n": per_hour}).fetchone()
-    if row is not None and int(row["n"]) >= per_hour:
-        wait = max(1, int(row["wait_s"] or 1))
-        raise RateLimitedError(f"{by.name} has run {per_hour} searches and enrolments in the"
-                               " last hour, the most allowed (search.max_per_hour): the next"
-                               f" one in {wait} s", wait)
 
 
 @dataclass(frozen=True)
@@ -200,68 +166,3 @@ def revoke(conn: Conn, key: str, token_id: str, by: str) -> None:
     """Revoke one token (logout); audited."""
     row = audit.append(conn, key, by, "logout", {"token_id": token_id})
     conn.execute("SELECT bodycam_token_revoke(%s::bigint, %s::uuid)", (row.id, token_id))
-
-
-class FailureLimiter:
-    """Sliding-window count of failed authentications per claimed name and per client address.
-
-    A name is blocked after `max_per_name` failures within `window_s`, a client address after
-    `max_per_client` (higher: several people may share an address); while blocked, attempts
-    are answered 429 before any token is looked at. In-process: each server process keeps its
-    own counts and they are lost on restart, so with N server processes an attacker gets N
-    times the allowance; put a shared limiter (at the reverse proxy, or in Redis) in front of
-    a multi-process deployment.
-    """
-
-    def __init__(self, max_per_name: int, max_per_client: int, window_s: float) -> None:
-        self.limits = {"name": max_per_name, "client": max_per_client}
-        self.window_s = window_s
-        self._failures: dict[tuple[str, str], deque[float]] = {}
-        self._lock = threading.Lock()
-
-    @staticmethod
-    def _keys(client: str | None, name: str | None) -> list[tuple[str, str]]:
-        keys = [("client", client)] if client else []
-        if name:
-            keys.append(("name", name[:64]))
-        return keys
-
-    def _live(self, key: tuple[str, str], now: float) -> deque[float]:
-        q = self._failures.setdefault(key, deque())
-        while q and q[0] <= now - self.window_s:
-            q.popleft()
-        return q
-
-    def reserve(self, client: str | None, name: str | None) -> float:
-        """Count an attempt as a failure before it is checked, and return its stamp for
-        `release` once it succeeds; RateLimitedError when the client or the name has used up
-        its failures. (Counted only after failing, 60 guesses sent at once were all checked
-        against a limit of 10.)"""
-        now = time.monotonic()
-        with self._lock:
-            keys = self._keys(client, name)
-            for key in keys:
-                q = self._live(key, now)
-                if len(q) >= self.limits[key[0]]:
-                    wait = max(1, int(q[0] + self.window_s - now + 0.999))
-                    who = "this client" if key[0] == "client" else key[1]
-                    raise RateLimitedError(
-                        f"too many failed logins for {who} ({len(q)} in "
-                        f"{self.window_s:.0f} s): try again in {wait} s", wait)
-            if len(self._failures) > 100_000:  # bound memory under a spray of names
-                for k in [k for k, q in self._failures.items()
-                          if not q or q[-1] <= now - self.window_s]:
-                    del self._failures[k]
-            for key in keys:
-                self._live(key, now).append(now)
-        return now
-
-    def release(self, client: str | None, name: str | None, stamp: float) -> None:
-        """Forget a reserved attempt that did not fail."""
-        with self._lock:
-            for key in self._keys(client, name):
-                q = self._failures.get(key)
-                if q is not None and stamp in q:
-                    q.remove(stamp)
-                    if not q:
-                        del self._failures[key]

@@ -14,12 +14,12 @@ from pgvector import Vector
 
 from bodycam import audit, policy, text
 from bodycam.accounts import Scope, User, case_of, require_now
-from bodycam.auth import require_rate
 from bodycam.case_vectors import FINGERPRINT_SQL, CaseVectors
 from bodycam.config import Settings
 from bodycam.context import Context
 from bodycam.db import Conn, uid
 from bodycam.errors import InvalidInputError, NotFoundError
+from bodycam.limits import require_rate
 from bodycam.subjects import face_from_photo, get_subject, subject_vectors
 
 MAX_LIMIT = 1000  # appearances one search returns at most (a page of a list: 1000)

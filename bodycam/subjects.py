@@ -22,12 +22,12 @@ from bodycam.accounts import (
     require_visible,
     visible_cases,
 )
-from bodycam.auth import require_rate
 from bodycam.config import Settings
 from bodycam.context import Context
 from bodycam.db import Conn, uid, uids
 from bodycam.domain import FaceDetection, SampledFrame
 from bodycam.errors import InvalidInputError, NotFoundError, PermanentError
+from bodycam.limits import require_rate
 from bodycam.media.files import sha256_file
 from bodycam.pipeline.faces import FaceEmbedder, Registry
 

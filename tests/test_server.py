@@ -25,7 +25,7 @@ import psycopg
 import pytest
 from PIL import Image
 
-from bodycam.auth import FailureLimiter, RateLimitedError
+from bodycam.limits import FailureLimiter, RateLimitedError
 from bodycam.services import home_admin_url
 from bodycam.storage import PART_BYTES, original_key
 from tests.conftest import HAMILTON, TESTDATA, StackHandle, serve_with

@@ -6,8 +6,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from bodycam.accounts import User
-from bodycam.auth import RateLimitedError
 from bodycam.context import Context
+from bodycam.limits import RateLimitedError
 from bodycam.policy import PolicyRefusedError, ReviewRefusedError
 
 REFUSALS = (PolicyRefusedError, ReviewRefusedError, RateLimitedError)

@@ -15,8 +15,9 @@ from bodycam import auth
 from bodycam.accounts import AccessDeniedError, User
 from bodycam.api.problems import ProblemError
 from bodycam.api.schemas import NUL
-from bodycam.auth import FailureLimiter, UnauthenticatedError
+from bodycam.auth import UnauthenticatedError
 from bodycam.context import Context, shared
+from bodycam.limits import FailureLimiter
 
 _limiter: FailureLimiter | None = None
 

@@ -13,7 +13,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bodycam.accounts import AccessDeniedError
-from bodycam.auth import RateLimitedError, UnauthenticatedError
+from bodycam.auth import UnauthenticatedError
 from bodycam.errors import (
     BodycamError,
     ConflictError,
@@ -21,6 +21,7 @@ from bodycam.errors import (
     PermanentError,
     TransientError,
 )
+from bodycam.limits import RateLimitedError
 from bodycam.policy import PolicyRefusedError, ReviewRefusedError
 
 log = logging.getLogger(__name__)

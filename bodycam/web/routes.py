@@ -13,6 +13,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from bodycam import auth
 from bodycam.actions import sessions
 from bodycam.api.deps import client_of, context, limiter
+from bodycam.limits import RateLimitedError
 from bodycam.web.core import (
     CSRF_FIELD,
     LOGIN_COOKIE,
@@ -69,7 +70,7 @@ async def login(request: Request, user: str = Form(""), token: str = Form(""),
     client = client_of(request)
     try:
         stamp = limiter().reserve(client, user)
-    except auth.RateLimitedError as exc:
+    except RateLimitedError as exc:
         return _login_page(request, str(exc), user, 429)
     try:
         found = await run_in_threadpool(sessions.login, context(), user.strip(),
