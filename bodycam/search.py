@@ -121,12 +121,21 @@ def check_similarity(value: float, flag: str) -> float:
 
 
 def resolve_threshold(settings: Settings, model: str, requested: float | None,
-                      conn: Conn | None = None) -> float:
+                      conn: Conn | None = None, *, video_probe: bool = False) -> float:
     """The default, or a requested value that may not go below the floor.
 
     A supervisor-approved change recorded in the database (`bodycam thresholds set`) takes
     precedence over the configured values, but never goes below the calibrated floor
     (configured per model, measured in docs/thresholds.md).
+
+    `video_probe`: the probe is a face from video too (a track search, the grouping of
+    unknown persons). Its default is at least the linker's `pipeline.track_relink_similarity`,
+    the similarity at which two tracks apart in time are taken for one person. Two video
+    faces of different people in like conditions (the same camera, night, tilt) score higher
+    than a photo and a video face do: at the photo default, track searches were the least
+    precise path (0.927 on test seeds 7500-7529, photo searches 0.973), and one pair of
+    people 0.9302 alike joined at 0.93 or not with the machine's floating point
+    (docs/thresholds.md). A requested value is taken as asked.
     """
     default = settings.search.default_threshold.get(model)
     calibrated = floor = settings.search.threshold_floor.get(model)
@@ -141,6 +150,8 @@ def resolve_threshold(settings: Settings, model: str, requested: float | None,
         raise InvalidInputError(f"no calibrated threshold for model {model}: calibrate it first "
                                 "(python -m bodycam.calibration) and set BODYCAM_SEARCH__...")
     if requested is None:
+        if video_probe:
+            return max(default, settings.pipeline.track_relink_similarity.get(model, default))
         return default
     check_similarity(requested, "--threshold")
     if requested < floor:
@@ -148,21 +159,6 @@ def resolve_threshold(settings: Settings, model: str, requested: float | None,
             f"--threshold {requested} is below the floor {floor} for {model}: thresholds can be "
             "raised to be stricter, never lowered below the calibrated floor")
     return requested
-
-
-def probe_threshold(settings: Settings, query: Query, requested: float | None,
-                    conn: Conn) -> float:
-    """The threshold a search runs at: `resolve_threshold`'s, and for a track probe with none
-    requested at least the linker's `pipeline.track_relink_similarity`, the similarity at
-    which two tracks apart in time are taken for one person. Two video faces of different
-    people in like conditions (the same camera, night, tilt) score higher than a photo and a
-    video face do: at the photo default, track searches were the least precise path (0.927
-    on test seeds 7500-7529, photo searches 0.973), and one pair of people 0.9302 alike
-    joined at 0.93 or not with the machine's floating point (docs/thresholds.md)."""
-    thr = resolve_threshold(settings, query.model, requested, conn)
-    if requested is None and query.track_id is not None:
-        thr = max(thr, settings.pipeline.track_relink_similarity.get(query.model, thr))
-    return thr
 
 
 def set_thresholds(conn: Conn, key: str, settings: Settings, actor: str, model: str,
@@ -502,7 +498,8 @@ def search(ctx: Context, probe: Probe | Query, case_id: str, purpose: str,
             query = query_from_photo(ctx.settings, probe.photo, probe.face)
     with ctx.db() as conn:
         policy.require_identify(conn, "search")
-        thr = probe_threshold(ctx.settings, query, threshold, conn)
+        thr = resolve_threshold(ctx.settings, query.model, threshold, conn,
+                                video_probe=query.track_id is not None)
         if query.subject_id is not None:
             scope.require(conn, "search", "subject", query.subject_id,
                           case_of(conn, "subject", query.subject_id))
