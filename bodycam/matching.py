@@ -40,7 +40,9 @@ class Match:
     model: str
     status: str
     created_at: datetime
-    reviewers: tuple[str, ...]
+    reviewers: tuple[str, ...]  # of the current review round
+    review_round: int  # one more each time a supervisor reopens it
+    earlier_reviews: tuple[str, ...]  # "reviewer decision (round N)", of earlier rounds
 
     def as_json(self) -> dict[str, object]:
         """JSON for the CLI and exports."""
@@ -50,10 +52,12 @@ class Match:
                 "start_s": round(self.start_s, 3), "end_s": round(self.end_s, 3),
                 "similarity": round(self.similarity, 4), "threshold": self.threshold,
                 "model": self.model, "status": self.status,
-                "created_at": self.created_at.isoformat(), "reviewers": list(self.reviewers)}
+                "created_at": self.created_at.isoformat(), "reviewers": list(self.reviewers),
+                "round": self.review_round, "earlier_reviews": list(self.earlier_reviews)}
 
 
 STATUSES = ("pending", "confirmed", "rejected")  # of a match
+DECIDED = "decided"  # a listing's filter: confirmed or rejected
 
 SYSTEM_ACTOR = "system:matching"  # who puts automatic leads before reviewers
 
@@ -150,7 +154,8 @@ def match_subject(conn: Conn, settings: Settings, key: str, subject_id: str) -> 
 # Which matches a listing holds: by status, case, and the cases a user may see; a lapsed
 # entry's leads are no longer pending, as a removed one's (deleted) are not.
 _LISTED_FROM = " FROM matches m JOIN subjects s ON s.id = m.subject_id"
-_LISTED = (" WHERE (%(status)s::text IS NULL OR m.status = %(status)s)"
+_LISTED = (" WHERE (%(status)s::text IS NULL OR m.status = %(status)s"
+           " OR (%(status)s = 'decided' AND m.status <> 'pending'))"
            " AND (%(case)s::text IS NULL OR m.case_id = %(case)s)"
            " AND (%(cases)s::text[] IS NULL OR m.case_id = ANY(%(cases)s::text[]))"
            " AND (m.status <> 'pending' OR s.expires_at IS NULL OR s.expires_at > now())")
@@ -159,25 +164,30 @@ _LISTED = (" WHERE (%(status)s::text IS NULL OR m.status = %(status)s)"
 def list_matches(conn: Conn, status: str | None = None, case_id: str | None = None,
                  cases: list[str] | None = None, offset: int = 0, limit: int | None = None
                  ) -> list[Match]:
-    """Matches, newest first, from `offset`, at most `limit`; `cases` limits them to the
-    cases a user may see. The page is cut by the database, whose reviewers are read for
-    the page's rows only."""
-    if status is not None and status not in STATUSES:
-        raise InvalidInputError(f"--status {status[:40]!r}: choose from {', '.join(STATUSES)}")
+    """Matches, newest first, from `offset`, at most `limit`, of a status or `decided` (confirmed
+    or rejected); `cases` limits them to the cases a user may see. The page is cut by the
+    database, whose reviewers are read for the page's rows only."""
+    if status is not None and status not in (*STATUSES, DECIDED):
+        raise InvalidInputError(f"--status {status[:40]!r}: choose from "
+                                f"{', '.join((*STATUSES, DECIDED))}")
     rows = conn.execute(
         "SELECT m.id::text AS id, m.subject_id::text AS sid, s.name, m.track_id::text AS tid,"
         " m.video_id::text AS vid, m.case_id, t.start_s, t.end_s, m.similarity, m.threshold,"
         " m.model, m.status, m.created_at,"
         " ARRAY(SELECT r.reviewer FROM reviews r WHERE r.match_id = m.id"
         " AND r.review_round = m.review_round ORDER BY r.id)"
-        " AS reviewers" + _LISTED_FROM + " JOIN tracks t ON t.id = m.track_id" + _LISTED
+        " AS reviewers, m.review_round, ARRAY(SELECT r.reviewer || ' ' || r.decision"
+        " || ' (round ' || r.review_round || ')' FROM reviews r WHERE r.match_id = m.id"
+        " AND r.review_round < m.review_round ORDER BY r.id) AS earlier"
+        + _LISTED_FROM + " JOIN tracks t ON t.id = m.track_id" + _LISTED
         + " ORDER BY m.created_at DESC, m.id OFFSET %(offset)s LIMIT %(limit)s",
         {"status": status, "case": case_id, "cases": cases, "offset": offset,
          "limit": limit}).fetchall()
     return [Match(r["id"], r["sid"], r["name"], r["tid"], r["vid"], r["case_id"],
                   float(r["start_s"]), float(r["end_s"]), float(r["similarity"]),
                   float(r["threshold"]), r["model"], r["status"], r["created_at"],
-                  tuple(r["reviewers"])) for r in rows]
+                  tuple(r["reviewers"]), int(r["review_round"]), tuple(r["earlier"]))
+            for r in rows]
 
 
 def count_matches(conn: Conn, status: str | None, case_id: str | None,

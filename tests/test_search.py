@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -290,7 +291,7 @@ def test_the_enroller_alone_cannot_confirm_a_match_but_a_second_reviewer_can(
 
 
 def test_a_supervisor_reopens_a_decided_match_for_a_new_round_and_the_old_reviews_stay(
-        stack: StackHandle, hamilton: tuple[str, str]) -> None:
+        stack: StackHandle, hamilton: tuple[str, str], tmp_path: Path) -> None:
     """A confirmation found wrong (or a hasty rejection) could not be undone: a decided lead
     stayed decided, its track kept for good. A supervisor reopens it with a reason; the
     earlier reviews stay on record and no longer count; nobody else may reopen."""
@@ -314,6 +315,10 @@ def test_a_supervisor_reopens_a_decided_match_for_a_new_round_and_the_old_review
     assert ok.returncode == 0 and "pending (review round 1)" in ok.stdout, ok.stderr
     [again] = [m for m in matches_of(stack, HAM_CASE, sid) if m["match_id"] == mid]
     assert again["status"] == "pending" and again["reviewers"] == [], again
+    assert again["round"] == 1 and again["earlier_reviews"] == [
+        "reopen-reviewer confirm (round 0)"], again
+    decided = stack.cli.json("matches", "--case", HAM_CASE, "--status", "decided")
+    assert mid not in {m["match_id"] for m in decided}  # pending again
     twice = stack.cli.run("matches", "reopen", mid, "--reason", "again", extra_env=sup)
     assert twice.returncode != 0 and "no decision to reopen" in twice.stderr
     alone = stack.cli.run("review", mid, "--confirm", "--note", "it is p06")  # the enroller
@@ -333,6 +338,18 @@ def test_a_supervisor_reopens_a_decided_match_for_a_new_round_and_the_old_review
     assert [(r["actor"], r["details"]["was"], r["details"]["round"], r["details"]["reason"])
             for r in audited] == [("reopen-sup", "confirmed", 1, "a second look: another man")]
     assert refused >= 1
+    # Decided again: listed among the decided, and the export shows both rounds.
+    assert mid in {m["match_id"] for m in stack.cli.json("matches", "--case", HAM_CASE,
+                                                          "--status", "decided")}
+    out = tmp_path / "m.jsonl"
+    stack.cli.run("matches", "export", "--status", "decided", "--case", HAM_CASE, "--format",
+                  "jsonl", "-o", str(out), check=True)
+    [row] = [r for r in map(json.loads, out.read_text().splitlines()) if r["match_id"] == mid]
+    assert (row["status"], row["reviewers"], row["round"], row["earlier_reviews"]) == (
+        "rejected", ["reopen-reviewer"], 1, ["reopen-reviewer confirm (round 0)"]), row
+    bad = stack.cli.run("matches", "--status", "undecided")
+    assert bad.returncode != 0 and "choose from pending, confirmed, rejected, decided" in \
+        bad.stderr, bad.stderr
 
 
 def test_enrolling_after_processing_matches_existing_tracks_and_a_rejection_closes_it(

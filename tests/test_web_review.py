@@ -188,8 +188,14 @@ def test_a_supervisor_reopens_the_confirmed_match_with_a_reason_and_it_is_pendin
     card.get_by_role("button", name="Reopen match").click()
     expect(page.locator("#flash")).to_contain_text("review round 1", timeout=30_000)
     expect(_item(page, m["match_id"])).to_be_visible()  # back in the queue
+    expect(_item(page, m["match_id"]).locator(".earlier")).to_contain_text(
+        f"review round 1); earlier reviews, no longer counted: {queue.second.name} confirm"
+        " (round 0)")
     expect(card).to_have_count(0)
     assert _status(stack, m["match_id"]) == "pending"
+    # Each load asks for the decided matches once (it asked for confirmed, then rejected).
+    listed = [r["status"] for r in _audit(stack, sup.name, "matches.list")]
+    assert listed and set(listed) == {"pending", "decided"}, listed
     assert _audit(stack, sup.name, "match.reopen") == [
         {"match_id": m["match_id"], "case": queue.case, "was": "confirmed", "round": 1,
          "reason": reason}]

@@ -136,7 +136,9 @@ app.add_typer(matches_app, name="matches")
 @matches_app.callback(invoke_without_command=True)
 def matches_cmd(
     tctx: typer.Context,
-    status_filter: Annotated[str | None, typer.Option("--status")] = None,
+    status_filter: Annotated[str | None, typer.Option(
+        "--status", help="pending, confirmed, rejected, or decided (confirmed or rejected)")
+    ] = None,
     case: Annotated[str | None, typer.Option("--case")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
@@ -157,7 +159,9 @@ def matches_cmd(
 def matches_export(
     output: Annotated[str, typer.Option("-o", "--output", help="file to write")],
     fmt: Annotated[str, typer.Option("--format", help="jsonl or csv")] = "jsonl",
-    status_filter: Annotated[str | None, typer.Option("--status")] = None,
+    status_filter: Annotated[str | None, typer.Option(
+        "--status", help="pending, confirmed, rejected, or decided (confirmed or rejected)")
+    ] = None,
     case: Annotated[str | None, typer.Option("--case")] = None,
 ) -> None:
     """Export matches and reviews with a manifest (rows, SHA-256, audit chain head)."""

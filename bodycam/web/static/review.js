@@ -54,6 +54,8 @@ function item(m, i) {
              aria-label="similarity ${esc(sim.toFixed(2))} against threshold ${esc(thr.toFixed(2))}">
           <span></span><i class="thr"></i></div>
         <p>Reviewers so far: <span class="reviewers">${esc(reviewers)}</span></p>
+        ${m.round ? `<p class="earlier">Reopened (review round ${esc(m.round)}); earlier
+          reviews, no longer counted: ${esc(m.earlier_reviews.join(", ") || "none")}.</p>` : ""}
         <p class="foureyes warn">${esc(fourEyes(m))}</p>
       </div>
     </div>
@@ -158,7 +160,8 @@ function decidedItem(m, i) {
     <h3 id="dh-${i}">${esc(m.subject)} <small class="muted">case ${esc(m.case)}</small>:
       <span class="status">${esc(m.status)}</span></h3>
     <p>Video ${esc(m.video_id)}, ${esc(seconds(m.start_s))}–${esc(seconds(m.end_s))};
-      similarity ${esc(Number(m.similarity).toFixed(2))}; decided by ${esc(reviewers)}.</p>
+      similarity ${esc(Number(m.similarity).toFixed(2))}; decided by ${esc(reviewers)}${
+      m.round ? ` in review round ${esc(m.round)} (earlier: ${esc(m.earlier_reviews.join(", ") || "none")})` : ""}.</p>
     <form class="reopen" novalidate>
       <label for="reason-${i}">Reason (required): why this decision is reviewed again</label>
       <textarea id="reason-${i}" name="reason" rows="2" required aria-required="true"
@@ -183,10 +186,7 @@ function reopen(ev, m) {
 
 async function loadDecided(wanted) {
   const text = document.getElementById("decided-summary");
-  const items = [];
-  for (const status of ["confirmed", "rejected"]) {
-    items.push(...await pages("/matches", { status, case: wanted }));
-  }
+  const items = await pages("/matches", { status: "decided", case: wanted });
   decided.replaceChildren(...items.map(decidedItem));
   text.textContent = items.length
     ? `${items.length} decided match(es)${wanted ? ` in case ${wanted}` : ""}.`
