@@ -232,9 +232,7 @@ def review(conn: Conn, key: str, match_id: str, user: User, confirm: bool, note:
     # The audit log's lock before the match's row, as a removal of the entry takes them: in
     # the other order a review racing a removal deadlocked (a 500 after a second).
     audit.lock(conn)
-    row = _decidable(conn, match_id)
-    if row["status"] != "pending":
-        raise policy.ReviewRefusedError(f"match {match_id} is already {row['status']}")
+    row = _decidable(conn, match_id, pending=True)
     rnd = int(row["review_round"])  # a reopened match's earlier reviews no longer count
     already = conn.execute("SELECT 1 FROM reviews WHERE match_id = %s AND reviewer = %s"
                            " AND review_round = %s", (match_id, reviewer, rnd)).fetchone()
@@ -269,16 +267,21 @@ def review(conn: Conn, key: str, match_id: str, user: User, confirm: bool, note:
     return status
 
 
-def _decidable(conn: Conn, match_id: str) -> dict[str, Any]:
-    """A match's row locked for a decision (status, round, enroller); refused when it is
-    gone (404) or its watchlist entry lapsed (its legal basis ended: the lead goes as a
-    removed entry's do). Taken after the audit log's lock, as a removal of the entry is."""
+def _decidable(conn: Conn, match_id: str, pending: bool) -> dict[str, Any]:
+    """A match's row locked for a decision (status, round, enroller): a review's (`pending`)
+    or a reopening's (decided). Refused when it is gone (404), in the other state, or its
+    watchlist entry lapsed (its legal basis ended: the lead goes as a removed entry's do).
+    Taken after the audit log's lock, as a removal of the entry is."""
     row = conn.execute(
         "SELECT m.status, m.review_round, s.created_by, s.expires_at,"
         " s.expires_at <= now() AS lapsed FROM matches m JOIN subjects s ON s.id = m.subject_id"
         " WHERE m.id = %s FOR UPDATE OF m", (uid(match_id),)).fetchone()
     if row is None:
         raise NotFoundError(f"no match {match_id}")
+    if pending and row["status"] != "pending":
+        raise policy.ReviewRefusedError(f"match {match_id} is already {row['status']}")
+    if not pending and row["status"] == "pending":
+        raise ConflictError(f"match {match_id} is pending: there is no decision to reopen")
     if row["lapsed"]:
         raise policy.ReviewRefusedError(
             f"match {match_id}: its watchlist entry lapsed at {row['expires_at'].isoformat()}"
@@ -296,9 +299,7 @@ def reopen(conn: Conn, key: str, match_id: str, user: User, reason: str) -> int:
                            case_of(conn, "match", match_id))
     policy.require_identify(conn, "match review")
     audit.lock(conn)
-    row = _decidable(conn, match_id)
-    if row["status"] == "pending":
-        raise ConflictError(f"match {match_id} is pending: there is no decision to reopen")
+    row = _decidable(conn, match_id, pending=False)
     rnd = int(row["review_round"]) + 1
     conn.execute("UPDATE matches SET status = 'pending', decided_at = NULL, review_round = %s"
                  " WHERE id = %s", (rnd, uid(match_id)))
