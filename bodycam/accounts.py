@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import NoReturn
 
@@ -54,10 +54,12 @@ class AccessDeniedError(PermanentError):
 
 @dataclass(frozen=True)
 class User:
-    """An authenticated account."""
+    """An authenticated account, with the bearer token its request came with (None for a
+    tool in the server's own process): `require_now` reads it again."""
 
     name: str
     roles: tuple[str, ...]
+    token_id: str | None = field(default=None, compare=False)
 
     def has(self, role: str) -> bool:
         """Whether the account holds a role."""
@@ -190,25 +192,31 @@ def require(conn: Conn, key: str, user: User, action: str, case_id: str | None =
                case_id)
 
 
-def require_now(conn: Conn, key: str, name: str, action: str, case_id: str | None = None
+def require_now(conn: Conn, key: str, user: User, action: str, case_id: str | None = None
                 ) -> User:
     """`require` again, for an action about to store its result: call it first in the
     transaction that writes the result and its audit row. The account (disabled or not, its
-    roles) and its case are read as they stand now, under the audit log's lock, which a
-    disabling, a role change or an unassignment holds until it commits: one committed while
-    the request ran refuses the action, and one made later waits until the action has
-    committed. Raises UnauthenticatedError (disabled, as a new request would be answered) or
-    AccessDeniedError (audited)."""
+    roles), its case, and the token the request came with (revoked by a logout, expired) are
+    read as they stand now, under the audit log's lock, which a disabling, a role change, an
+    unassignment or a logout holds until it commits: one committed while the request ran
+    refuses the action, and one made later waits until the action has committed. Raises
+    UnauthenticatedError (as a new request would be answered) or AccessDeniedError
+    (audited)."""
     from bodycam.auth import UnauthenticatedError
 
     audit.lock(conn)
     row = conn.execute("SELECT roles FROM users WHERE name = %s AND disabled_at IS NULL",
-                       (name,)).fetchone()
+                       (user.name,)).fetchone()
     if row is None:
-        raise UnauthenticatedError(f"account {name} is disabled")
-    user = User(name, tuple(row["roles"]))
-    require(conn, key, user, action, case_id)
-    return user
+        raise UnauthenticatedError(f"account {user.name} is disabled")
+    if user.token_id is not None and conn.execute(
+            "SELECT 1 FROM api_tokens WHERE id = %s AND revoked_at IS NULL"
+            " AND expires_at > now()", (uid(user.token_id),)).fetchone() is None:
+        raise UnauthenticatedError(f"the token of {user.name} was revoked or expired while"
+                                   " the request ran: log in again")
+    now = User(user.name, tuple(row["roles"]), user.token_id)
+    require(conn, key, now, action, case_id)
+    return now
 
 
 def refuse(conn: Conn, key: str, user: User | str, action: str, reason: str,

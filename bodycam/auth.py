@@ -103,7 +103,7 @@ def authenticate(conn: Conn, key: str, token: str | None, claimed: str | None = 
     if row["expired"]:
         login_failed(conn, key, label, "token expired", client)
         raise UnauthenticatedError(f"token of {label} has expired: log in again")
-    return Session(User(str(row["name"]), tuple(row["roles"])), str(row["id"]),
+    return Session(User(str(row["name"]), tuple(row["roles"]), str(row["id"])), str(row["id"]),
                    str(row["kind"]), row["expires_at"])
 
 
@@ -120,7 +120,7 @@ def still_valid(conn: Conn, session: Session) -> User:
     if row is None:
         raise UnauthenticatedError(
             f"the token of {session.user.name} is no longer valid: log in again")
-    return User(str(row["name"]), tuple(row["roles"]))
+    return User(str(row["name"]), tuple(row["roles"]), session.token_id)
 
 
 _CONTROLS = dict.fromkeys([*range(32), 127], "\ufffd")

@@ -439,7 +439,7 @@ def record_check(conn: Conn, key: str, settings: Settings, by: User | str, case:
     recorded."""
     audit.lock(conn)
     if isinstance(by, User):
-        require_now(conn, key, by.name, "search", case)
+        require_now(conn, key, by, "search", case)
     require_rate(conn, settings, by)
     if query.subject_id is not None:
         get_subject(conn, query.subject_id)

@@ -246,7 +246,7 @@ def enroll(ctx: Context, name: str, photos: list[str], case_id: str, reason: str
         keys.append(stored.key)
     with ctx.db() as conn:
         if isinstance(by, User):
-            require_now(conn, ctx.audit_key, actor, "subjects.enroll", case_id.strip())
+            require_now(conn, ctx.audit_key, by, "subjects.enroll", case_id.strip())
         require_rate(conn, ctx.settings, by)  # under the audit log's lock
         # Under a profile that requires it, a supervisor approves before any matching.
         approved = not policy.current(conn).enrolment_approval

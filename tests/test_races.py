@@ -13,7 +13,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from bodycam import accounts, audit, subjects
+from bodycam import accounts, audit, auth, subjects
 from bodycam.accounts import User
 from bodycam.db import Conn
 from tests.conftest import HAMILTON, TESTDATA, StackHandle, serve_with
@@ -274,6 +274,27 @@ def test_a_search_whose_account_is_disabled_meanwhile_is_refused_and_stores_noth
         wait(1)
     assert answers([call]) == [(401, f"account {inv} is disabled")]
     assert _recorded(stack, inv) == (0, [])
+
+
+@pytest.mark.parametrize("what", ["search", "enrol"])
+def test_a_search_or_enrolment_whose_token_is_revoked_meanwhile_is_refused_and_stores_nothing(
+        stack: StackHandle, api: Api, what: str) -> None:
+    # A logout while the faces were worked on was not read again: the result was stored and
+    # answered to a token no longer valid.
+    inv = api.add(f"{what}-logout", "investigator", case=CASE)
+    with stack.ctx.db() as conn:
+        [tid] = [str(r["id"]) for r in conn.execute(
+            "SELECT id FROM api_tokens WHERE user_name = %s", (inv,)).fetchall()]
+    key = stack.ctx.audit_key
+    with window(stack, lambda c: auth.revoke(c, key, tid, inv)) as wait:
+        call = _start(lambda: api.search(inv) if what == "search" else api.enroll(inv))
+        wait(1)
+    assert answers([call]) == [(401, f"the token of {inv} was revoked or expired while the"
+                                     " request ran: log in again")]
+    assert _recorded(stack, inv) == (0, ["logout"])
+    with stack.ctx.db() as conn:
+        assert conn.execute("SELECT 1 FROM subjects WHERE created_by = %s",
+                            (inv,)).fetchone() is None
 
 
 @pytest.mark.parametrize("what", ["search", "enrol"])
