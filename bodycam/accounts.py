@@ -180,13 +180,20 @@ def list_users(conn: Conn) -> list[dict[str, object]]:
              "cases": list(r["cases"])} for r in rows]
 
 
-def require(conn: Conn, key: str, user: User, action: str, case_id: str | None = None) -> None:
-    """Refuse (and audit the refusal) unless the user's roles allow the action on the case."""
+def require_role(conn: Conn, key: str, user: User, action: str,
+                 case_id: str | None = None) -> None:
+    """Refuse (and audit the refusal, naming `case_id` for the auditor: the case of the object
+    acted on) unless the user's roles allow the action."""
     allowed = PERMISSIONS[action]
     if not any(user.has(r) for r in allowed):
         reason = (f"`{action}` needs the {' or '.join(allowed)} role; {user.name} has "
                   f"{', '.join(user.roles)}")
         refuse(conn, key, user, action, reason, case_id)
+
+
+def require(conn: Conn, key: str, user: User, action: str, case_id: str | None = None) -> None:
+    """Refuse (and audit the refusal) unless the user's roles allow the action on the case."""
+    require_role(conn, key, user, action, case_id)
     if case_id is not None and not can_see_case(conn, user, case_id):
         refuse(conn, key, user, action, f"{user.name} is not assigned to case {case_id}",
                case_id)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bodycam import accounts, audit, jobs
-from bodycam.accounts import User, case_of, require, require_visible
+from bodycam.accounts import User, case_of, require, require_role, require_visible
 from bodycam.context import Context
 from bodycam.db import Conn, uid
 from bodycam.errors import (
@@ -191,9 +191,9 @@ def thumbnail(ctx: Context, user: User, track_id: str) -> bytes:
     """A track's thumbnail JPEG (investigator of the track's case): a picture of someone's
     face, so each one served is audited (`track.thumbnail`), as each read of an original is."""
     with ctx.db() as conn:
-        require(conn, ctx.audit_key, user, "tracks")
-        case = require_visible(conn, ctx.audit_key, user, "tracks", "track", track_id,
-                               case_of(conn, "track", track_id))
+        found = case_of(conn, "track", track_id)
+        require_role(conn, ctx.audit_key, user, "tracks", found)
+        case = require_visible(conn, ctx.audit_key, user, "tracks", "track", track_id, found)
         row = conn.execute("SELECT thumbnail_key FROM tracks WHERE id = %s",
                            (uid(track_id),)).fetchone()
         if row is None or not row["thumbnail_key"]:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from bodycam import audit, matching, policy, subjects
 from bodycam import search as s
-from bodycam.accounts import User, case_of, require, require_visible
+from bodycam.accounts import User, case_of, require, require_role, require_visible
 from bodycam.actions._common import refusals_audited
 from bodycam.context import Context
 from bodycam.db import uid, uids
@@ -52,7 +52,8 @@ def list_subjects(ctx: Context, user: User, case: str | None = None) -> list[Sub
 def remove_subject(ctx: Context, user: User, subject_id: str) -> dict[str, object]:
     """Take a subject off the watchlist (its templates deleted); audited."""
     with ctx.db() as conn:
-        require(conn, ctx.audit_key, user, "subjects.remove")
+        require_role(conn, ctx.audit_key, user, "subjects.remove",
+                     case_of(conn, "subject", subject_id))
         subjects.remove_subject(conn, ctx.audit_key, subject_id, user)
     return {"subject_id": subject_id, "removed": True}
 
@@ -60,8 +61,9 @@ def remove_subject(ctx: Context, user: User, subject_id: str) -> dict[str, objec
 def approve_subject(ctx: Context, user: User, subject_id: str) -> dict[str, object]:
     """A supervisor approves an enrolment (never their own); matching then runs."""
     with ctx.db() as conn:
-        require(conn, ctx.audit_key, user, "subjects.approve")
-    with refusals_audited(ctx, user, "subjects.approve"), ctx.db() as conn:
+        case = case_of(conn, "subject", subject_id)  # named in a refusal's audit row only
+        require_role(conn, ctx.audit_key, user, "subjects.approve", case)
+    with refusals_audited(ctx, user, "subjects.approve", case), ctx.db() as conn:
         subjects.approve_subject(conn, ctx.audit_key, subject_id, user)
         made = matching.match_subject(conn, ctx.settings, ctx.audit_key, subject_id)
     return {"subject_id": subject_id, "pending_matches": made}
@@ -135,8 +137,9 @@ def review(ctx: Context, user: User, match_id: str, decision: str, note: str
     if decision not in ("confirm", "reject"):
         raise InvalidInputError("give exactly one of --confirm or --reject")
     with ctx.db() as conn:
-        require(conn, ctx.audit_key, user, "review")
-    with refusals_audited(ctx, user, "review"), ctx.db() as conn:
+        case = case_of(conn, "match", match_id)  # named in a refusal's audit row only
+        require_role(conn, ctx.audit_key, user, "review", case)
+    with refusals_audited(ctx, user, "review", case), ctx.db() as conn:
         status = matching.review(conn, ctx.audit_key, match_id, user, decision == "confirm",
                                  note or "")
     return {"match_id": match_id, "status": status}
@@ -146,8 +149,9 @@ def reopen(ctx: Context, user: User, match_id: str, reason: str) -> dict[str, ob
     """Put a decided match of a case the supervisor sees back to pending for a new review
     round, with a reason; audited (`match.reopen`; a refusal as `refused`)."""
     with ctx.db() as conn:
-        require(conn, ctx.audit_key, user, "matches.reopen")
-    with refusals_audited(ctx, user, "matches.reopen"), ctx.db() as conn:
+        case = case_of(conn, "match", match_id)  # named in a refusal's audit row only
+        require_role(conn, ctx.audit_key, user, "matches.reopen", case)
+    with refusals_audited(ctx, user, "matches.reopen", case), ctx.db() as conn:
         rnd = matching.reopen(conn, ctx.audit_key, match_id, user, reason)
     return {"match_id": match_id, "status": "pending", "round": rnd}
 
