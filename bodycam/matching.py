@@ -17,6 +17,7 @@ from bodycam.accounts import User, case_of, require, require_visible, visible_ca
 from bodycam.config import Settings
 from bodycam.db import Conn, uid
 from bodycam.errors import ConflictError, InvalidInputError, NotFoundError
+from bodycam.leads import WITHDRAWN
 from bodycam.search import best_subjects, case_gallery, resolve_threshold
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,9 @@ class Match:
     reviewers: tuple[str, ...]  # of the current review round
     review_round: int  # one more each time a supervisor reopens it
     earlier_reviews: tuple[str, ...]  # "reviewer decision (round N)", of earlier rounds
+    reopened_by: str | None  # who reopened the current round, and why
+    reopen_reason: str | None
+    entry: str  # the watchlist entry: active, lapsed or removed
 
     def as_json(self) -> dict[str, object]:
         """JSON for the CLI and exports."""
@@ -53,10 +57,12 @@ class Match:
                 "similarity": round(self.similarity, 4), "threshold": self.threshold,
                 "model": self.model, "status": self.status,
                 "created_at": self.created_at.isoformat(), "reviewers": list(self.reviewers),
-                "round": self.review_round, "earlier_reviews": list(self.earlier_reviews)}
+                "round": self.review_round, "earlier_reviews": list(self.earlier_reviews),
+                "reopened_by": self.reopened_by, "reopen_reason": self.reopen_reason,
+                "entry": self.entry}
 
 
-STATUSES = ("pending", "confirmed", "rejected")  # of a match
+STATUSES = ("pending", "confirmed", "rejected", WITHDRAWN)  # of a match
 DECIDED = "decided"  # a listing's filter: confirmed or rejected
 
 SYSTEM_ACTOR = "system:matching"  # who puts automatic leads before reviewers
@@ -155,7 +161,7 @@ def match_subject(conn: Conn, settings: Settings, key: str, subject_id: str) -> 
 # entry's leads are no longer pending, as a removed one's (deleted) are not.
 _LISTED_FROM = " FROM matches m JOIN subjects s ON s.id = m.subject_id"
 _LISTED = (" WHERE (%(status)s::text IS NULL OR m.status = %(status)s"
-           " OR (%(status)s = 'decided' AND m.status <> 'pending'))"
+           " OR (%(status)s = 'decided' AND m.status IN ('confirmed', 'rejected')))"
            " AND (%(case)s::text IS NULL OR m.case_id = %(case)s)"
            " AND (%(cases)s::text[] IS NULL OR m.case_id = ANY(%(cases)s::text[]))"
            " AND (m.status <> 'pending' OR s.expires_at IS NULL OR s.expires_at > now())")
@@ -178,7 +184,9 @@ def list_matches(conn: Conn, status: str | None = None, case_id: str | None = No
         " AND r.review_round = m.review_round ORDER BY r.id)"
         " AS reviewers, m.review_round, ARRAY(SELECT r.reviewer || ' ' || r.decision"
         " || ' (round ' || r.review_round || ')' FROM reviews r WHERE r.match_id = m.id"
-        " AND r.review_round < m.review_round ORDER BY r.id) AS earlier"
+        " AND r.review_round < m.review_round ORDER BY r.id) AS earlier, m.reopened_by,"
+        " m.reopen_reason, CASE WHEN s.removed_at IS NOT NULL THEN 'removed'"
+        " WHEN s.expires_at <= now() THEN 'lapsed' ELSE 'active' END AS entry"
         + _LISTED_FROM + " JOIN tracks t ON t.id = m.track_id" + _LISTED
         + " ORDER BY m.created_at DESC, m.id OFFSET %(offset)s LIMIT %(limit)s",
         {"status": status, "case": case_id, "cases": cases, "offset": offset,
@@ -186,7 +194,8 @@ def list_matches(conn: Conn, status: str | None = None, case_id: str | None = No
     return [Match(r["id"], r["sid"], r["name"], r["tid"], r["vid"], r["case_id"],
                   float(r["start_s"]), float(r["end_s"]), float(r["similarity"]),
                   float(r["threshold"]), r["model"], r["status"], r["created_at"],
-                  tuple(r["reviewers"]), int(r["review_round"]), tuple(r["earlier"]))
+                  tuple(r["reviewers"]), int(r["review_round"]), tuple(r["earlier"]),
+                  r["reopened_by"], r["reopen_reason"], str(r["entry"]))
             for r in rows]
 
 
@@ -239,28 +248,31 @@ def review(conn: Conn, key: str, match_id: str, user: User, confirm: bool, note:
     if already:
         raise policy.ReviewRefusedError(f"{reviewer} has already reviewed match {match_id}")
     needed = policy.current(conn).reviewers_required
-    if confirm and reviewer == row["created_by"]:
-        others = conn.execute(
+    # Neither who enrolled the subject nor who reopened the round is enough on their own: a
+    # supervisor who reopened a colleague's rejection could confirm it alone.
+    interested = [n for n in (row["created_by"], row["reopened_by"]) if n is not None]
+
+    def independent() -> int:
+        n = conn.execute(
             "SELECT count(*) AS n FROM reviews WHERE match_id = %s AND decision = 'confirm'"
-            " AND review_round = %s", (match_id, rnd)).fetchone()
-        if others is None or int(others["n"]) < needed:
-            raise policy.ReviewRefusedError(
-                f"{reviewer} enrolled this subject and cannot be the only confirmer: "
-                f"{needed} other reviewer(s) must confirm first")
+            " AND review_round = %s AND reviewer <> ALL(%s)",
+            (uid(match_id), rnd, interested)).fetchone()
+        return int(n["n"]) if n is not None else 0
+
+    if confirm and reviewer in interested and independent() < needed:
+        why = ("enrolled this subject" if reviewer == row["created_by"]
+               else "reopened this match")
+        raise policy.ReviewRefusedError(
+            f"{reviewer} {why} and cannot be the only confirmer: "
+            f"{needed} other reviewer(s) must confirm first")
     conn.execute("INSERT INTO reviews (match_id, reviewer, decision, note, review_round)"
                  " VALUES (%s, %s, %s, %s, %s)",
                  (match_id, reviewer, "confirm" if confirm else "reject", note, rnd))
     audit.append(conn, key, reviewer, "review", {
         "match_id": match_id, "case": case, "decision": "confirm" if confirm else "reject",
         "note": note, **({"round": rnd} if rnd else {})})
-    if not confirm:
-        status = "rejected"
-    else:
-        n = conn.execute(
-            "SELECT count(*) AS n FROM reviews WHERE match_id = %s AND decision = 'confirm'"
-            " AND review_round = %s AND reviewer <> %s",
-            (match_id, rnd, row["created_by"])).fetchone()
-        status = "confirmed" if n is not None and int(n["n"]) >= needed else "pending"
+    status = ("rejected" if not confirm
+              else "confirmed" if independent() >= needed else "pending")
     if status != "pending":
         conn.execute("UPDATE matches SET status = %s, decided_at = now() WHERE id = %s",
                      (status, uid(match_id)))
@@ -268,13 +280,15 @@ def review(conn: Conn, key: str, match_id: str, user: User, confirm: bool, note:
 
 
 def _decidable(conn: Conn, match_id: str, pending: bool) -> dict[str, Any]:
-    """A match's row locked for a decision (status, round, enroller): a review's (`pending`)
-    or a reopening's (decided). Refused when it is gone (404), in the other state, or its
-    watchlist entry lapsed (its legal basis ended: the lead goes as a removed entry's do).
-    Taken after the audit log's lock, as a removal of the entry is."""
+    """A match's row locked for a decision (status, round, enroller, reopener): a review's
+    (`pending`) or a reopening's (confirmed or rejected). Refused when it is gone (404), in
+    another state, or its watchlist entry was removed or lapsed (its legal basis ended: its
+    leads can no longer be decided, nor decided again). Taken after the audit log's lock, as
+    a removal of the entry is."""
     row = conn.execute(
-        "SELECT m.status, m.review_round, s.created_by, s.expires_at,"
-        " s.expires_at <= now() AS lapsed FROM matches m JOIN subjects s ON s.id = m.subject_id"
+        "SELECT m.status, m.review_round, m.reopened_by, s.created_by, s.expires_at,"
+        " s.removed_at IS NOT NULL AS removed, s.expires_at <= now() AS lapsed"
+        " FROM matches m JOIN subjects s ON s.id = m.subject_id"
         " WHERE m.id = %s FOR UPDATE OF m", (uid(match_id),)).fetchone()
     if row is None:
         raise NotFoundError(f"no match {match_id}")
@@ -282,6 +296,14 @@ def _decidable(conn: Conn, match_id: str, pending: bool) -> dict[str, Any]:
         raise policy.ReviewRefusedError(f"match {match_id} is already {row['status']}")
     if not pending and row["status"] == "pending":
         raise ConflictError(f"match {match_id} is pending: there is no decision to reopen")
+    if not pending and row["status"] == WITHDRAWN:
+        raise policy.ReviewRefusedError(
+            f"match {match_id} was withdrawn undecided (its entry removed or face matching"
+            " turned off) and cannot be reopened")
+    if row["removed"]:
+        raise policy.ReviewRefusedError(
+            f"match {match_id}: its watchlist entry was removed and its leads can no longer"
+            " be decided")
     if row["lapsed"]:
         raise policy.ReviewRefusedError(
             f"match {match_id}: its watchlist entry lapsed at {row['expires_at'].isoformat()}"
@@ -301,8 +323,9 @@ def reopen(conn: Conn, key: str, match_id: str, user: User, reason: str) -> int:
     audit.lock(conn)
     row = _decidable(conn, match_id, pending=False)
     rnd = int(row["review_round"]) + 1
-    conn.execute("UPDATE matches SET status = 'pending', decided_at = NULL, review_round = %s"
-                 " WHERE id = %s", (rnd, uid(match_id)))
+    conn.execute("UPDATE matches SET status = 'pending', decided_at = NULL, review_round = %s,"
+                 " reopened_by = %s, reopen_reason = %s WHERE id = %s",
+                 (rnd, user.name, reason, uid(match_id)))
     audit.append(conn, key, user.name, "match.reopen", {
         "match_id": match_id, "case": case, "was": row["status"], "round": rnd,
         "reason": reason})

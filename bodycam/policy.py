@@ -8,6 +8,7 @@ from typing import Any
 from bodycam import audit, text
 from bodycam.db import Conn
 from bodycam.errors import InvalidInputError, PermanentError
+from bodycam.leads import end_pending
 
 # Each profile's defaults: reviewers needed to confirm a match, and whether a supervisor must
 # approve an enrolment before it is matched. identify-eu follows the stricter EU-style rules.
@@ -116,9 +117,9 @@ def change(conn: Conn, key: str, by: str, reason: str, profile: str | None = Non
 
 
 def purge_biometrics(conn: Conn) -> dict[str, Any]:
-    """Delete every face embedding and enrolment template, and the pending matches that can
-    no longer be reviewed; returns how many of each (originals, crops and decided matches
-    stay: they are evidence, not templates).
+    """Delete every face embedding and enrolment template, and end the pending matches that
+    can no longer be reviewed (`leads.end_pending`); returns how many of each (originals,
+    crops and decided matches stay: they are evidence, not templates).
 
     Cases on legal hold lose theirs too: a ban on face matching leaves no template anywhere,
     and a hold keeps the evidence (the originals, from which a later lawful profile can
@@ -133,10 +134,10 @@ def purge_biometrics(conn: Conn) -> dict[str, Any]:
     detections = conn.execute("UPDATE detections SET embedding = NULL"
                               " WHERE embedding IS NOT NULL").rowcount
     templates = conn.execute("DELETE FROM subject_faces").rowcount
-    pending = conn.execute("DELETE FROM matches WHERE status = 'pending'").rowcount
+    pending, withdrawn = end_pending(conn)
     return {"track_embeddings": tracks, "detection_embeddings": detections,
             "subject_templates": templates, "pending_matches": pending,
-            "held_cases_purged": held}
+            "withdrawn_matches": withdrawn, "held_cases_purged": held}
 
 
 def embeddings_allowed(conn: Conn) -> bool:

@@ -39,12 +39,13 @@ class PurgePlan:
 
 
 # Tracks past the period that no pending or confirmed match names (a rejected match is a
-# bystander's: it keeps nothing) and whose case is not on legal hold.
+# bystander's, a withdrawn one ended undecided: they keep nothing) and whose case is not on
+# legal hold.
 _EXPIRED = (
     "SELECT t.id, t.thumbnail_key, v.sha256 FROM tracks t JOIN videos v ON v.id = t.video_id"
     " WHERE t.purged_at IS NULL AND t.created_at < now() - make_interval(days => %s)"
     " AND NOT EXISTS (SELECT 1 FROM matches m WHERE m.track_id = t.id"
-    " AND m.status <> 'rejected')"
+    " AND m.status IN ('pending', 'confirmed'))"
     " AND NOT EXISTS (SELECT 1 FROM held_cases h WHERE h.case_id = v.case_id)")
 # Detections that joined no track, past the period, outside held cases.
 _LOOSE = (

@@ -27,6 +27,7 @@ from bodycam.context import Context
 from bodycam.db import Conn, uid, uids
 from bodycam.domain import FaceDetection, SampledFrame
 from bodycam.errors import InvalidInputError, NotFoundError, PermanentError
+from bodycam.leads import end_pending
 from bodycam.limits import require_rate
 from bodycam.media.files import sha256_file
 from bodycam.pipeline.faces import FaceEmbedder, Registry
@@ -313,21 +314,22 @@ def remove_subject(conn: Conn, key: str, subject_id: str, user: User) -> None:
     actor = user.name
     audit.lock(conn)  # of two removals at once, the second finds it removed (audit.lock)
     subject = get_subject(conn, subject_id)
+    dropped, withdrawn = retire(conn, [subject_id], actor)
     audit.append(conn, key, actor, "subject.remove",
-                 {"subject_id": subject_id, "case": subject.case_id})
-    retire(conn, [subject_id], actor)
+                 {"subject_id": subject_id, "case": subject.case_id,
+                  "pending_matches": dropped, "withdrawn_matches": withdrawn})
 
 
-def retire(conn: Conn, subject_ids: Sequence[object], actor: str) -> None:
+def retire(conn: Conn, subject_ids: Sequence[object], actor: str) -> tuple[int, int]:
     """Take subjects off the watchlist (on removal, or by a purge once lapsed): the record
     stays, marked removed; their biometric templates are deleted and their pending matches
-    dropped. The caller audits."""
+    ended (`leads.end_pending`: returns how many were deleted and withdrawn). The caller
+    audits."""
     ids = uids(subject_ids)
     conn.execute("UPDATE subjects SET removed_at = now(), removed_by = %s WHERE id = ANY(%s)",
                  (actor, ids))
     conn.execute("DELETE FROM subject_faces WHERE subject_id = ANY(%s)", (ids,))
-    conn.execute("DELETE FROM matches WHERE subject_id = ANY(%s) AND status = 'pending'",
-                 (ids,))
+    return end_pending(conn, ids)
 
 
 def approve_subject(conn: Conn, key: str, subject_id: str, user: User) -> None:

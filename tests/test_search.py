@@ -348,8 +348,63 @@ def test_a_supervisor_reopens_a_decided_match_for_a_new_round_and_the_old_review
     assert (row["status"], row["reviewers"], row["round"], row["earlier_reviews"]) == (
         "rejected", ["reopen-reviewer"], 1, ["reopen-reviewer confirm (round 0)"]), row
     bad = stack.cli.run("matches", "--status", "undecided")
-    assert bad.returncode != 0 and "choose from pending, confirmed, rejected, decided" in \
-        bad.stderr, bad.stderr
+    assert bad.returncode != 0 and \
+        "choose from pending, confirmed, rejected, withdrawn, decided" in bad.stderr, bad.stderr
+
+
+def test_a_reopened_round_needs_more_than_its_reopener_and_ends_withdrawn_with_its_entry(
+        stack: StackHandle, hamilton: tuple[str, str]) -> None:
+    """Found by attacking the reopening: its supervisor alone confirmed a colleague's
+    rejection; removing the entry deleted a reopened match with every earlier round's
+    reviews; a removed entry's decided matches were reopened and decided again; refusals
+    were audited without their case."""
+    sid = enrol(stack, "p06 withdrawn", P06, HAM_CASE)
+    rows = matches_of(stack, HAM_CASE, sid)
+    assert len(rows) >= 2, rows
+    mid, other = str(rows[0]["match_id"]), str(rows[1]["match_id"])
+    rev = investigator(stack, "withdraw-reviewer", HAM_CASE)
+    for m in (mid, other):
+        assert stack.cli.run("review", m, "--reject", "--note", "not him",
+                             extra_env=rev).returncode == 0
+    token = stack.cli.run("users", "add", "withdraw-sup", "--role", "supervisor",
+                          check=True).stdout.strip()
+    sup = {"BODYCAM_USER": "withdraw-sup", "BODYCAM_TOKEN": token}
+    reason = "the reviewer was unsure"
+    assert stack.cli.run("matches", "reopen", mid, "--reason", reason,
+                         extra_env=sup).returncode == 0
+    [m] = [m for m in matches_of(stack, HAM_CASE, sid) if m["match_id"] == mid]
+    assert (m["status"], m["reopened_by"], m["reopen_reason"], m["entry"]) == (
+        "pending", "withdraw-sup", reason, "active"), m
+    alone = stack.cli.run("review", mid, "--confirm", "--note", "it is him", extra_env=sup)
+    assert alone.returncode != 0 and "withdraw-sup reopened this match and cannot be the" \
+        " only confirmer" in alone.stderr, alone.stderr
+    denied = stack.cli.run("matches", "reopen", other, "--reason", "mine", extra_env=rev)
+    assert denied.returncode != 0
+    with stack.ctx.db() as conn:
+        refusals = conn.execute(
+            "SELECT details FROM audit_log WHERE action = 'refused' AND actor = %s"
+            " ORDER BY id", ("withdraw-reviewer",)).fetchall()
+    assert [(r["details"]["attempted"], r["details"]["case"]) for r in refusals] == [
+        ("matches.reopen", HAM_CASE)]
+    assert stack.cli.run("subjects", "remove", sid).returncode == 0
+    [w] = [m for m in matches_of(stack, HAM_CASE, sid) if m["match_id"] == mid]
+    assert (w["status"], w["round"], w["earlier_reviews"], w["entry"]) == (
+        "withdrawn", 1, ["withdraw-reviewer reject (round 0)"], "removed"), w
+    with stack.ctx.db() as conn:
+        kept = conn.execute("SELECT reviewer, decision FROM reviews WHERE match_id = %s",
+                            (mid,)).fetchall()
+        [removal] = conn.execute("SELECT details FROM audit_log WHERE action ="
+                                 " 'subject.remove' AND details->>'subject_id' = %s",
+                                 (sid,)).fetchall()
+    assert [tuple(r.values()) for r in kept] == [("withdraw-reviewer", "reject")]
+    assert removal["details"]["withdrawn_matches"] == 1, removal
+    again = stack.cli.run("matches", "reopen", mid, "--reason", "once more", extra_env=sup)
+    assert again.returncode != 0 and "withdrawn undecided" in again.stderr, again.stderr
+    gone = stack.cli.run("matches", "reopen", other, "--reason", "once more", extra_env=sup)
+    assert gone.returncode != 0 and "its watchlist entry was removed" in gone.stderr, \
+        gone.stderr
+    [o] = [m for m in matches_of(stack, HAM_CASE, sid) if m["match_id"] == other]
+    assert o["status"] == "rejected", o
 
 
 def test_enrolling_after_processing_matches_existing_tracks_and_a_rejection_closes_it(

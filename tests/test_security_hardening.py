@@ -605,7 +605,9 @@ def test_redact_only_purges_every_template_refuses_approval_and_face_processing(
             "SELECT (SELECT count(*) FROM tracks WHERE embedding IS NOT NULL) AS t,"
             " (SELECT count(*) FROM detections WHERE embedding IS NOT NULL) AS d,"
             " (SELECT count(*) FROM subject_faces) AS f,"
-            " (SELECT count(*) FROM matches WHERE status = 'pending') AS m").fetchone()
+            " (SELECT count(*) FROM matches WHERE status = 'pending') AS m,"
+            " (SELECT count(*) FROM matches m WHERE status = 'pending' AND EXISTS"
+            " (SELECT 1 FROM reviews r WHERE r.match_id = m.id)) AS w").fetchone()
     assert before["t"] > 0 and before["f"] > 0
     stack.cli.run("cases", "hold", CASE_B, "--reason", "court order", check=True)
     try:
@@ -618,7 +620,8 @@ def test_redact_only_purges_every_template_refuses_approval_and_face_processing(
         assert CASE_B in details.pop("held_cases_purged"), purge
         assert details == {
             "track_embeddings": before["t"], "detection_embeddings": before["d"],
-            "subject_templates": before["f"], "pending_matches": before["m"],
+            "subject_templates": before["f"], "pending_matches": before["m"] - before["w"],
+            "withdrawn_matches": before["w"],
             "reason": "the redact-only profile allows no face embeddings"}
         with stack.ctx.db() as conn:
             after = conn.execute(

@@ -189,8 +189,10 @@ def test_a_supervisor_reopens_the_confirmed_match_with_a_reason_and_it_is_pendin
     expect(page.locator("#flash")).to_contain_text("review round 1", timeout=30_000)
     expect(_item(page, m["match_id"])).to_be_visible()  # back in the queue
     expect(_item(page, m["match_id"]).locator(".earlier")).to_contain_text(
-        f"review round 1); earlier reviews, no longer counted: {queue.second.name} confirm"
-        " (round 0)")
+        f"Reopened by {sup.name} (review round 1): “{reason}”. Earlier reviews, no longer"
+        f" counted: {queue.second.name} confirm (round 0).")
+    expect(_item(page, m["match_id"]).locator(".foureyes")).to_contain_text(
+        "You reopened this match: your confirmation cannot be the only one")
     expect(card).to_have_count(0)
     assert _status(stack, m["match_id"]) == "pending"
     # Each load asks for the decided matches once (it asked for confirmed, then rejected).

@@ -182,7 +182,8 @@ def match_items(ctx: Context, user: User, status: str | None = None, case: str |
         ids = [m.match_id for m in rows]
         info = {str(r["id"]): r for r in conn.execute(
             "SELECT m.id::text AS id, s.created_by, count(r.id) FILTER (WHERE"
-            " r.decision = 'confirm' AND r.reviewer <> s.created_by) AS n FROM matches m"
+            " r.decision = 'confirm' AND r.reviewer <> s.created_by"
+            " AND r.reviewer IS DISTINCT FROM m.reopened_by) AS n FROM matches m"
             " JOIN subjects s ON s.id = m.subject_id LEFT JOIN reviews r ON r.match_id = m.id"
             " AND r.review_round = m.review_round"
             " WHERE m.id = ANY(%s) GROUP BY m.id, s.created_by",

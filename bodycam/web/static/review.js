@@ -15,6 +15,10 @@ function fourEyes(m) {
     return `You enrolled this subject: your confirmation cannot be the only one; ${missing} ` +
       `more reviewer(s) other than you needed.`;
   }
+  if (m.reopened_by && m.reopened_by === me) {
+    return `You reopened this match: your confirmation cannot be the only one; ${missing} ` +
+      `more reviewer(s) other than you needed.`;
+  }
   const who = m.enrolled_by ? `Enrolled by ${m.enrolled_by}` : "Enroller unknown";
   return `${who}: the enroller cannot be the only confirmer. The policy requires ` +
     `${m.reviewers_required} confirmation(s) by others than the enroller; ${more}.`;
@@ -54,8 +58,9 @@ function item(m, i) {
              aria-label="similarity ${esc(sim.toFixed(2))} against threshold ${esc(thr.toFixed(2))}">
           <span></span><i class="thr"></i></div>
         <p>Reviewers so far: <span class="reviewers">${esc(reviewers)}</span></p>
-        ${m.round ? `<p class="earlier">Reopened (review round ${esc(m.round)}); earlier
-          reviews, no longer counted: ${esc(m.earlier_reviews.join(", ") || "none")}.</p>` : ""}
+        ${m.round ? `<p class="earlier">Reopened by ${esc(m.reopened_by)} (review round
+          ${esc(m.round)}): “${esc(m.reopen_reason)}”. Earlier reviews, no longer counted:
+          ${esc(m.earlier_reviews.join(", ") || "none")}.</p>` : ""}
         <p class="foureyes warn">${esc(fourEyes(m))}</p>
       </div>
     </div>
@@ -162,14 +167,15 @@ function decidedItem(m, i) {
     <p>Video ${esc(m.video_id)}, ${esc(seconds(m.start_s))}–${esc(seconds(m.end_s))};
       similarity ${esc(Number(m.similarity).toFixed(2))}; decided by ${esc(reviewers)}${
       m.round ? ` in review round ${esc(m.round)} (earlier: ${esc(m.earlier_reviews.join(", ") || "none")})` : ""}.</p>
-    <form class="reopen" novalidate>
+    ${m.entry === "active" ? `<form class="reopen" novalidate>
       <label for="reason-${i}">Reason (required): why this decision is reviewed again</label>
       <textarea id="reason-${i}" name="reason" rows="2" required aria-required="true"
                 aria-describedby="rerr-${i}"></textarea>
       <p id="rerr-${i}" class="error" role="alert"></p>
       <button type="submit" class="secondary">Reopen match</button>
-    </form>`;
-  el.querySelector("form.reopen").addEventListener("submit", (ev) => reopen(ev, m));
+    </form>` : `<p class="muted">Its watchlist entry ${esc(m.entry)}: the decision stands and
+      cannot be reopened.</p>`}`;
+  el.querySelector("form.reopen")?.addEventListener("submit", (ev) => reopen(ev, m));
   return el;
 }
 
