@@ -236,6 +236,9 @@ def test_every_error_is_a_problem_document(server: Server) -> None:
                    404, "no video")
     for bad in ("not-a-uuid", "1'%20OR%20'1'='1"):  # malformed ids are unknown ones, not 500s
         assert_problem(server.op("GET", f"/api/v1/videos/{bad}"), 404, "no video")
+    long = server.op("POST", f"/api/v1/matches/{'a' * 5000}/reopen", json={"reason": "r"})
+    assert_problem(long, 404, "no match aaa")  # the id was echoed whole: 5,009 characters
+    assert len(long.json()["detail"]) == 500 and long.json()["detail"].endswith("…")
     assert_problem(server.op("GET", "/api/v1/jobs", params={"limit": 0}), 422, "limit")
     assert_problem(server.op("POST", "/api/v1/users", json={"name": "x"}), 422, "roles")
     assert_problem(server.op("POST", "/api/v1/users", json={"name": "x", "roles": ["clerk"],

@@ -57,8 +57,14 @@ class ProblemError(Exception):
         self.headers = headers or {}
 
 
+DETAIL_MAX = 500  # characters of a detail: messages name ids the client sent, of any length
+
+
 def problem(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    """A problem+json response."""
+    """A problem+json response; a detail past DETAIL_MAX is cut (an id of 5,000 characters
+    was echoed whole)."""
+    if len(detail) > DETAIL_MAX:
+        detail = detail[:DETAIL_MAX - 1] + "…"
     slug, title = SLUGS.get(status, ("error", "Error"))
     body = {"type": BASE + slug, "title": title, "status": status, "detail": detail}
     return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_JSON)
