@@ -312,7 +312,7 @@ def ingest_incoming(ctx: Context, key: str, etag: str) -> IngestResult | None:
         raise
     _mark_incoming(ctx, key, etag, "ingested", result.video_id, None)
     ctx.audit(INCOMING_ACTOR, "ingest.incoming", {
-        "video_id": result.video_id, "object": key, "etag": etag,
+        "video_id": result.video_id, "case": custody.case_id, "object": key, "etag": etag,
         "duplicate": result.duplicate,
         "claimed_uploader": claimed_uploader[:200] if claimed_uploader else None,
         "claim_verified": False})
