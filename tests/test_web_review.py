@@ -204,6 +204,35 @@ def test_a_supervisor_reopens_the_confirmed_match_with_a_reason_and_it_is_pendin
     shot(page, "review-reopen")
 
 
+def test_a_removed_entrys_decision_is_shown_as_standing_with_no_reopening_offered(
+        page: Page, api_url: str, queue: Queue, operator_token: str) -> None:
+    # The page offered a reopening that the server refuses for a removed or lapsed entry.
+    r = httpx.post(api_url + V + "/subjects", headers=_h(queue.enroller), timeout=300,
+                   data={"name": "Removed P06", "case": queue.case, "reason": "web test"},
+                   files=[("photo", ("p06.png", P06.read_bytes(), "image/png"))])
+    assert r.status_code == 201, r.text
+    sid = str(r.json()["subject_id"])
+    r = httpx.get(api_url + V + "/matches", params={"case": queue.case, "status": "pending"},
+                  headers=_h(queue.second), timeout=60)
+    [mid, *_] = [m["match_id"] for m in r.json()["items"] if m["subject_id"] == sid]
+    r = httpx.post(f"{api_url}{V}/matches/{mid}/review", headers=_h(queue.second), timeout=60,
+                   json={"decision": "reject", "note": "another man"})
+    assert r.status_code == 200 and r.json()["status"] == "rejected", r.text
+    op = {"Authorization": f"Bearer {operator_token}"}
+    assert httpx.delete(f"{api_url}{V}/subjects/{sid}", headers=op,
+                        timeout=60).status_code == 200
+    sup = make_account(api_url, operator_token, ["supervisor"])
+    sign_in(page, api_url, sup)
+    page.goto(f"{api_url}/app/review?case={queue.case}")
+    card = page.locator(f'article.decided-item[data-match="{mid}"]')
+    expect(card).to_contain_text("Its watchlist entry was removed: the decision stands",
+                                 timeout=30_000)
+    expect(card.get_by_role("button", name="Reopen match")).to_have_count(0)
+    r = httpx.post(f"{api_url}{V}/matches/{mid}/reopen", headers=_h(sup), timeout=60,
+                   json={"reason": "a second look"})
+    assert r.status_code == 403 and "was removed" in r.json()["detail"], r.text
+
+
 def test_the_enrolment_photo_is_not_cached_and_is_refused_outside_the_subjects_case(
         api_url: str, queue: Queue, stack: StackHandle) -> None:
     url = f"{api_url}{V}/subjects/{queue.subject_id}/photo"

@@ -173,8 +173,8 @@ function decidedItem(m, i) {
                 aria-describedby="rerr-${i}"></textarea>
       <p id="rerr-${i}" class="error" role="alert"></p>
       <button type="submit" class="secondary">Reopen match</button>
-    </form>` : `<p class="muted">Its watchlist entry ${esc(m.entry)}: the decision stands and
-      cannot be reopened.</p>`}`;
+    </form>` : `<p class="muted">Its watchlist entry ${m.entry === "removed" ? "was removed"
+      : "lapsed"}: the decision stands and cannot be reopened.</p>`}`;
   el.querySelector("form.reopen")?.addEventListener("submit", (ev) => reopen(ev, m));
   return el;
 }
