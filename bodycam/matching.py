@@ -158,7 +158,7 @@ def match_subject(conn: Conn, settings: Settings, key: str, subject_id: str) -> 
 
 
 # Which matches a listing holds: by status, case, and the cases a user may see; a lapsed
-# entry's leads are no longer pending, as a removed one's (deleted) are not.
+# entry's leads are no longer pending, as a removed one's (ended: leads.end_pending) are not.
 _LISTED_FROM = " FROM matches m JOIN subjects s ON s.id = m.subject_id"
 _LISTED = (" WHERE (%(status)s::text IS NULL OR m.status = %(status)s"
            " OR (%(status)s = 'decided' AND m.status IN ('confirmed', 'rejected')))"
