@@ -12,7 +12,8 @@ from bodycam.matching import list_matches
 
 MATCH_COLUMNS = ("match_id", "subject_id", "subject", "case", "video_id", "track_id", "start_s",
                  "end_s", "similarity", "threshold", "model", "status", "created_at",
-                 "reviewers", "round", "earlier_reviews")
+                 "reviewers", "round", "earlier_reviews", "reopened_by", "reopen_reason",
+                 "reopened_from", "entry")
 
 
 def _head(ctx: Context) -> dict[str, Any] | None:

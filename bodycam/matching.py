@@ -44,8 +44,9 @@ class Match:
     reviewers: tuple[str, ...]  # of the current review round
     review_round: int  # one more each time a supervisor reopens it
     earlier_reviews: tuple[str, ...]  # "reviewer decision (round N)", of earlier rounds
-    reopened_by: str | None  # who reopened the current round, and why
+    reopened_by: str | None  # who reopened the current round, why, and from which decision
     reopen_reason: str | None
+    reopened_from: str | None
     entry: str  # the watchlist entry: active, lapsed or removed
 
     def as_json(self) -> dict[str, object]:
@@ -59,7 +60,7 @@ class Match:
                 "created_at": self.created_at.isoformat(), "reviewers": list(self.reviewers),
                 "round": self.review_round, "earlier_reviews": list(self.earlier_reviews),
                 "reopened_by": self.reopened_by, "reopen_reason": self.reopen_reason,
-                "entry": self.entry}
+                "reopened_from": self.reopened_from, "entry": self.entry}
 
 
 STATUSES = ("pending", "confirmed", "rejected", WITHDRAWN)  # of a match
@@ -185,7 +186,7 @@ def list_matches(conn: Conn, status: str | None = None, case_id: str | None = No
         " AS reviewers, m.review_round, ARRAY(SELECT r.reviewer || ' ' || r.decision"
         " || ' (round ' || r.review_round || ')' FROM reviews r WHERE r.match_id = m.id"
         " AND r.review_round < m.review_round ORDER BY r.id) AS earlier, m.reopened_by,"
-        " m.reopen_reason, CASE WHEN s.removed_at IS NOT NULL THEN 'removed'"
+        " m.reopen_reason, m.reopened_from, CASE WHEN s.removed_at IS NOT NULL THEN 'removed'"
         " WHEN s.expires_at <= now() THEN 'lapsed' ELSE 'active' END AS entry"
         + _LISTED_FROM + " JOIN tracks t ON t.id = m.track_id" + _LISTED
         + " ORDER BY m.created_at DESC, m.id OFFSET %(offset)s LIMIT %(limit)s",
@@ -195,7 +196,7 @@ def list_matches(conn: Conn, status: str | None = None, case_id: str | None = No
                   float(r["start_s"]), float(r["end_s"]), float(r["similarity"]),
                   float(r["threshold"]), r["model"], r["status"], r["created_at"],
                   tuple(r["reviewers"]), int(r["review_round"]), tuple(r["earlier"]),
-                  r["reopened_by"], r["reopen_reason"], str(r["entry"]))
+                  r["reopened_by"], r["reopen_reason"], r["reopened_from"], str(r["entry"]))
             for r in rows]
 
 
@@ -324,8 +325,8 @@ def reopen(conn: Conn, key: str, match_id: str, user: User, reason: str) -> int:
     row = _decidable(conn, match_id, pending=False)
     rnd = int(row["review_round"]) + 1
     conn.execute("UPDATE matches SET status = 'pending', decided_at = NULL, review_round = %s,"
-                 " reopened_by = %s, reopen_reason = %s WHERE id = %s",
-                 (rnd, user.name, reason, uid(match_id)))
+                 " reopened_by = %s, reopen_reason = %s, reopened_from = %s WHERE id = %s",
+                 (rnd, user.name, reason, row["status"], uid(match_id)))
     audit.append(conn, key, user.name, "match.reopen", {
         "match_id": match_id, "case": case, "was": row["status"], "round": rnd,
         "reason": reason})

@@ -110,13 +110,13 @@ def change(conn: Conn, key: str, by: str, reason: str, profile: str | None = Non
     audit.append(conn, key, by, "policy.change", {"from": old.as_json(), "to": new.as_json(),
                                                    "reason": reason})
     if new.profile == "redact-only":
-        purged = purge_biometrics(conn)
+        purged = purge_biometrics(conn, key, by)
         audit.append(conn, key, by, "policy.purge_biometrics",
                      {**purged, "reason": "the redact-only profile allows no face embeddings"})
     return new
 
 
-def purge_biometrics(conn: Conn) -> dict[str, Any]:
+def purge_biometrics(conn: Conn, key: str, by: str) -> dict[str, Any]:
     """Delete every face embedding and enrolment template, and end the pending matches that
     can no longer be reviewed (`leads.end_pending`); returns how many of each (originals,
     crops and decided matches stay: they are evidence, not templates).
@@ -134,7 +134,8 @@ def purge_biometrics(conn: Conn) -> dict[str, Any]:
     detections = conn.execute("UPDATE detections SET embedding = NULL"
                               " WHERE embedding IS NOT NULL").rowcount
     templates = conn.execute("DELETE FROM subject_faces").rowcount
-    pending, withdrawn = end_pending(conn)
+    pending, withdrawn = end_pending(conn, key, by, "face matching was turned off"
+                                     " (the redact-only profile)")
     return {"track_embeddings": tracks, "detection_embeddings": detections,
             "subject_templates": templates, "pending_matches": pending,
             "withdrawn_matches": withdrawn, "held_cases_purged": held}

@@ -39,13 +39,15 @@ class PurgePlan:
 
 
 # Tracks past the period that no pending or confirmed match names (a rejected match is a
-# bystander's, a withdrawn one ended undecided: they keep nothing) and whose case is not on
-# legal hold.
+# bystander's, a withdrawn one ended undecided: they keep nothing, unless it was withdrawn
+# while a confirmation was reopened: one supervisor's reopening and a removal of the entry
+# made the track of a two-person confirmation purgeable) and whose case is not on legal hold.
 _EXPIRED = (
     "SELECT t.id, t.thumbnail_key, v.sha256 FROM tracks t JOIN videos v ON v.id = t.video_id"
     " WHERE t.purged_at IS NULL AND t.created_at < now() - make_interval(days => %s)"
     " AND NOT EXISTS (SELECT 1 FROM matches m WHERE m.track_id = t.id"
-    " AND m.status IN ('pending', 'confirmed'))"
+    " AND (m.status IN ('pending', 'confirmed')"
+    " OR (m.status = 'withdrawn' AND m.reopened_from = 'confirmed')))"
     " AND NOT EXISTS (SELECT 1 FROM held_cases h WHERE h.case_id = v.case_id)")
 # Detections that joined no track, past the period, outside held cases.
 _LOOSE = (
@@ -85,7 +87,8 @@ def purge(ctx: Context, actor: str, dry_run: bool, audit_empty: bool = True) -> 
                          int(loose["n"] if loose else 0), len(thumbs), len(lapsed),
                          int(templates["n"] if templates else 0), dry_run)
         if not dry_run:
-            subjects.retire(conn, lapsed, actor)
+            subjects.retire(conn, ctx.audit_key, lapsed, actor,
+                            "its watchlist entry lapsed and was purged")
             conn.execute("UPDATE tracks SET embedding = NULL, thumbnail_key = NULL,"
                          " purged_at = now() WHERE id = ANY(%s)", (ids,))
             conn.execute("UPDATE detections SET embedding = NULL WHERE track_id = ANY(%s)",

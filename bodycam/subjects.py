@@ -314,22 +314,22 @@ def remove_subject(conn: Conn, key: str, subject_id: str, user: User) -> None:
     actor = user.name
     audit.lock(conn)  # of two removals at once, the second finds it removed (audit.lock)
     subject = get_subject(conn, subject_id)
-    dropped, withdrawn = retire(conn, [subject_id], actor)
     audit.append(conn, key, actor, "subject.remove",
-                 {"subject_id": subject_id, "case": subject.case_id,
-                  "pending_matches": dropped, "withdrawn_matches": withdrawn})
+                 {"subject_id": subject_id, "case": subject.case_id})
+    retire(conn, key, [subject_id], actor, "its watchlist entry was removed")
 
 
-def retire(conn: Conn, subject_ids: Sequence[object], actor: str) -> tuple[int, int]:
+def retire(conn: Conn, key: str, subject_ids: Sequence[object], actor: str, why: str
+           ) -> tuple[int, int]:
     """Take subjects off the watchlist (on removal, or by a purge once lapsed): the record
     stays, marked removed; their biometric templates are deleted and their pending matches
-    ended (`leads.end_pending`: returns how many were deleted and withdrawn). The caller
-    audits."""
+    ended (`leads.end_pending`, which audits them and returns how many were deleted and
+    withdrawn). The caller audits the removal."""
     ids = uids(subject_ids)
     conn.execute("UPDATE subjects SET removed_at = now(), removed_by = %s WHERE id = ANY(%s)",
                  (actor, ids))
     conn.execute("DELETE FROM subject_faces WHERE subject_id = ANY(%s)", (ids,))
-    return end_pending(conn, ids)
+    return end_pending(conn, key, actor, why, ids)
 
 
 def approve_subject(conn: Conn, key: str, subject_id: str, user: User) -> None:

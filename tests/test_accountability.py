@@ -525,6 +525,47 @@ def test_the_scheduler_purges_and_a_rejected_match_keeps_nothing(
                             " action = 'purge'", (last,)).fetchone()["n"] == 1
 
 
+def test_a_reopened_confirmation_ended_with_its_entry_keeps_its_track_and_says_so_by_case(
+        stack: StackHandle, processed: object, accounts: dict[str, dict[str, str]]) -> None:
+    """Found by attacking: one supervisor's reopening and a removal of the entry made a
+    two-person confirmation withdrawn and its track purgeable, and no audit row under the
+    case said which leads had ended."""
+    case = "T-PURGE-WITHDRAWN"
+    video = processed(HAMILTON, case)  # type: ignore[operator]
+    sid = str(stack.cli.json("subjects", "enroll", "--name", "p06", "--photo", str(P06),
+                             "--case", case, "--reason", "withdrawal test")["subject_id"])  # type: ignore[index]
+    with stack.ctx.db() as conn:
+        matches = [(str(r["id"]), str(r["track_id"])) for r in conn.execute(
+            "SELECT id::text AS id, track_id::text AS track_id FROM matches"
+            " WHERE video_id = %s ORDER BY id", (video,)).fetchall()]
+    assert len(matches) >= 2, "p06 matched at least two tracks"
+    (kept, kept_track), (gone, gone_track) = matches[0], matches[1]
+    sup = accounts["supervisor"]
+    done = stack.cli.run("review", kept, "--confirm", "--note", "it is p06", extra_env=sup)
+    assert done.returncode == 0 and "confirmed" in done.stdout, done.stderr
+    assert stack.cli.run("review", gone, "--reject", "--note", "another man",
+                         extra_env=sup).returncode == 0
+    for m in (kept, gone):
+        assert stack.cli.run("matches", "reopen", m, "--reason", "a second look",
+                             extra_env=sup).returncode == 0
+    stack.cli.run("subjects", "remove", sid, check=True)
+    with stack.ctx.db() as conn:
+        status = {str(r["id"]): (r["status"], r["reopened_from"]) for r in conn.execute(
+            "SELECT id::text AS id, status, reopened_from FROM matches WHERE video_id = %s",
+            (video,)).fetchall()}
+        [ended] = conn.execute("SELECT details FROM audit_log WHERE action = 'matches.end'"
+                               " AND details->>'case' = %s", (case,)).fetchall()
+    assert status == {kept: ("withdrawn", "confirmed"), gone: ("withdrawn", "rejected")}, status
+    assert ended["details"] == {"case": case, "withdrawn_match_ids": sorted([kept, gone]),
+                                "deleted_pending": len(matches) - 2,
+                                "reason": "its watchlist entry was removed"}, ended
+    tracks = _backdate(stack, video)
+    retention.purge(stack.ctx, retention.SCHEDULED_ACTOR, dry_run=False)
+    purged = _purged(stack, tracks)
+    assert kept_track not in purged, "a confirmation reopened, then ended, keeps its track"
+    assert gone_track in purged, "a rejection reopened, then ended, keeps nothing"
+
+
 def test_a_hold_placed_while_a_purge_runs_waits_for_it_and_is_never_ignored(
         stack: StackHandle, processed: object) -> None:
     case = "T-PURGE-RACE"

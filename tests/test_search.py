@@ -373,8 +373,8 @@ def test_a_reopened_round_needs_more_than_its_reopener_and_ends_withdrawn_with_i
     assert stack.cli.run("matches", "reopen", mid, "--reason", reason,
                          extra_env=sup).returncode == 0
     [m] = [m for m in matches_of(stack, HAM_CASE, sid) if m["match_id"] == mid]
-    assert (m["status"], m["reopened_by"], m["reopen_reason"], m["entry"]) == (
-        "pending", "withdraw-sup", reason, "active"), m
+    assert (m["status"], m["reopened_by"], m["reopen_reason"], m["reopened_from"],
+            m["entry"]) == ("pending", "withdraw-sup", reason, "rejected", "active"), m
     alone = stack.cli.run("review", mid, "--confirm", "--note", "it is him", extra_env=sup)
     assert alone.returncode != 0 and "withdraw-sup reopened this match and cannot be the" \
         " only confirmer" in alone.stderr, alone.stderr
@@ -393,11 +393,11 @@ def test_a_reopened_round_needs_more_than_its_reopener_and_ends_withdrawn_with_i
     with stack.ctx.db() as conn:
         kept = conn.execute("SELECT reviewer, decision FROM reviews WHERE match_id = %s",
                             (mid,)).fetchall()
-        [removal] = conn.execute("SELECT details FROM audit_log WHERE action ="
-                                 " 'subject.remove' AND details->>'subject_id' = %s",
-                                 (sid,)).fetchall()
+        ended = conn.execute("SELECT details FROM audit_log WHERE action = 'matches.end'"
+                             " AND details->'withdrawn_match_ids' ? %s", (mid,)).fetchall()
     assert [tuple(r.values()) for r in kept] == [("withdraw-reviewer", "reject")]
-    assert removal["details"]["withdrawn_matches"] == 1, removal
+    assert [(r["details"]["case"], r["details"]["reason"]) for r in ended] == [
+        (HAM_CASE, "its watchlist entry was removed")], ended
     again = stack.cli.run("matches", "reopen", mid, "--reason", "once more", extra_env=sup)
     assert again.returncode != 0 and "withdrawn undecided" in again.stderr, again.stderr
     gone = stack.cli.run("matches", "reopen", other, "--reason", "once more", extra_env=sup)
