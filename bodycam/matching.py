@@ -260,12 +260,12 @@ def review(conn: Conn, key: str, match_id: str, user: User, confirm: bool, note:
             (uid(match_id), rnd, interested)).fetchone()
         return int(n["n"]) if n is not None else 0
 
-    if confirm and reviewer in interested and independent() < needed:
+    if confirm and reviewer in interested and (have := independent()) < needed:
         why = ("enrolled this subject" if reviewer == row["created_by"]
                else "reopened this match")
         raise policy.ReviewRefusedError(
             f"{reviewer} {why} and cannot be the only confirmer: "
-            f"{needed} other reviewer(s) must confirm first")
+            f"{needed - have} other reviewer(s) must confirm first")
     conn.execute("INSERT INTO reviews (match_id, reviewer, decision, note, review_round)"
                  " VALUES (%s, %s, %s, %s, %s)",
                  (match_id, reviewer, "confirm" if confirm else "reject", note, rnd))

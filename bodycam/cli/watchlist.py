@@ -137,7 +137,8 @@ app.add_typer(matches_app, name="matches")
 def matches_cmd(
     tctx: typer.Context,
     status_filter: Annotated[str | None, typer.Option(
-        "--status", help="pending, confirmed, rejected, or decided (confirmed or rejected)")
+        "--status", help="pending, confirmed, rejected, withdrawn, or decided (confirmed or"
+        " rejected)")
     ] = None,
     case: Annotated[str | None, typer.Option("--case")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
@@ -160,7 +161,8 @@ def matches_export(
     output: Annotated[str, typer.Option("-o", "--output", help="file to write")],
     fmt: Annotated[str, typer.Option("--format", help="jsonl or csv")] = "jsonl",
     status_filter: Annotated[str | None, typer.Option(
-        "--status", help="pending, confirmed, rejected, or decided (confirmed or rejected)")
+        "--status", help="pending, confirmed, rejected, withdrawn, or decided (confirmed or"
+        " rejected)")
     ] = None,
     case: Annotated[str | None, typer.Option("--case")] = None,
 ) -> None:
