@@ -320,16 +320,15 @@ def remove_subject(conn: Conn, key: str, subject_id: str, user: User) -> None:
 
 
 def retire(conn: Conn, key: str, subject_ids: Sequence[object], actor: str, why: str
-           ) -> tuple[int, int]:
+           ) -> None:
     """Take subjects off the watchlist (on removal, or by a purge once lapsed): the record
     stays, marked removed; their biometric templates are deleted and their pending matches
-    ended (`leads.end_pending`, which audits them and returns how many were deleted and
-    withdrawn). The caller audits the removal."""
+    ended (`leads.end_pending`, which audits them). The caller audits the removal."""
     ids = uids(subject_ids)
     conn.execute("UPDATE subjects SET removed_at = now(), removed_by = %s WHERE id = ANY(%s)",
                  (actor, ids))
     conn.execute("DELETE FROM subject_faces WHERE subject_id = ANY(%s)", (ids,))
-    return end_pending(conn, key, actor, why, ids)
+    end_pending(conn, key, actor, why, ids)
 
 
 def approve_subject(conn: Conn, key: str, subject_id: str, user: User) -> None:
