@@ -61,15 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     seeds = ev.parse_seeds(args.seeds)
     out: dict[str, Any] = {"seeds": seeds, "clip_s": args.clip_s}
     with ev.temporary_stack(ev.log) as h:
-        tool = ev.generator(args.testdata.resolve())
         specs = [ev.DRAWS["drawn"](s, args.clip_s) for s in seeds]
-        made = [ev.generate(spec, args.cache.resolve(), tool) for spec in specs]
+        made = ev.generate_all(specs, args.cache.resolve(), args.testdata.resolve(), ev.log)
         case = f"{ev.CASE_PREFIX}-persons-{uuid.uuid4().hex[:8]}"
-        res = h.cli("ingest", *(str(path) for path, _ in made), "--case", case, "--officer",
-                    "eval", "--device", "eval", "--wait")
-        by_name = {r["filename"]: r for r in res}
-        clips = {by_name[path.name]["video_id"]: ev.ClipTruth.from_json(spec, truth)
-                 for (path, truth), spec in zip(made, specs, strict=True)}
+        clips = ev.ingest_all(h, specs, made, case)
         model = h.ctx.settings.pipeline.embedder
         with h.ctx.db() as conn:
             tracks = ev.track_identities(conn, clips)

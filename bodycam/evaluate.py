@@ -345,6 +345,35 @@ def generator(testdata: Path) -> Path:
     return tool
 
 
+def generate_all(specs: list[ClipSpec], cache: Path, testdata: Path, log: Any = print
+                 ) -> list[tuple[Path, dict[str, Any]]]:
+    """The clips of these specs and their truths, from the cache or generated into it."""
+    tool = generator(testdata)
+    made = []
+    for spec in specs:
+        log(f"clip {spec.seed}: {spec.size} at {spec.fps} fps, up to {spec.max_people} people,"
+            f" tilt {spec.tilt:g}, night {spec.night_prob:g}, fisheye {spec.fisheye:g},"
+            f" crf {spec.crf}")
+        made.append(generate(spec, cache, tool))
+    return made
+
+
+def ingest_all(h: Harness, specs: list[ClipSpec], made: list[tuple[Path, dict[str, Any]]],
+               case: str) -> dict[str, ClipTruth]:
+    """Ingest generated clips into a case and wait for them; their truths by video id
+    (SystemExit when one does not end done)."""
+    res = h.cli("ingest", *(str(p) for p, _ in made), "--case", case, "--officer", "eval",
+                "--device", "eval", "--wait")
+    by_name = {r["filename"]: r for r in res}
+    clips: dict[str, ClipTruth] = {}
+    for (path, truth), spec in zip(made, specs, strict=True):
+        r = by_name[path.name]
+        if r["status"] != "done":
+            raise SystemExit(f"clip {spec.seed} ended {r['status']}: see `bodycam jobs`")
+        clips[r["video_id"]] = ClipTruth.from_json(spec, truth)
+    return clips
+
+
 def generate(spec: ClipSpec, cache: Path, tool: Path) -> tuple[Path, dict[str, Any]]:
     """The clip of a spec and its truth, from the cache or generated into it."""
     cache.mkdir(parents=True, exist_ok=True)
@@ -701,14 +730,8 @@ def evaluate(h: Harness, seeds: list[int], split: str, clip_s: float, cache: Pat
     from bodycam.pipeline.faces import Registry
 
     t_start = time.perf_counter()
-    tool = generator(testdata)
     specs = [DRAWS[conditions](s, clip_s) for s in seeds]
-    made = []
-    for spec in specs:
-        log(f"clip {spec.seed}: {spec.size} at {spec.fps} fps, up to {spec.max_people} people,"
-            f" tilt {spec.tilt:g}, night {spec.night_prob:g}, fisheye {spec.fisheye:g},"
-            f" crf {spec.crf}")
-        made.append(generate(spec, cache, tool))
+    made = generate_all(specs, cache, testdata, log)
     case = f"{CASE_PREFIX}-{split}-{uuid.uuid4().hex[:8]}"
     enroll_photos: dict[str, str] = {}
     for _, truth in made:
@@ -731,18 +754,8 @@ def evaluate(h: Harness, seeds: list[int], split: str, clip_s: float, cache: Pat
 
     log(f"ingesting {len(made)} clips")
     t_ingest = time.perf_counter()
-    res = h.cli("ingest", *(str(p) for p, _ in made), "--case", case, "--officer", "eval",
-                "--device", "eval", "--wait")
+    clips = ingest_all(h, specs, made, case)
     ingest_s = time.perf_counter() - t_ingest
-    by_name = {r["filename"]: r for r in res}
-    clips: dict[str, ClipTruth] = {}
-    statuses = {}
-    for (path, truth), spec in zip(made, specs, strict=True):
-        r = by_name[path.name]
-        statuses[spec.seed] = r["status"]
-        if r["status"] != "done":
-            raise SystemExit(f"clip {spec.seed} ended {r['status']}: see `bodycam jobs`")
-        clips[r["video_id"]] = ClipTruth.from_json(spec, truth)
     log(f"processed in {ingest_s:.0f} s")
     seed_of = {vid: c.spec.seed for vid, c in clips.items()}
 
@@ -830,7 +843,7 @@ def evaluate(h: Harness, seeds: list[int], split: str, clip_s: float, cache: Pat
         named = {ident_of[s]: v for s, v in gallery.items() if s in ident_of}
         embedder = Registry.embedder(h.ctx.settings.pipeline)
         mtcnn = MTCNN(keep_all=True)
-        path_of = {by_name[p.name]["video_id"]: p for p, _ in made}
+        path_of = dict(zip(clips, (p for p, _ in made), strict=True))  # in ingest's order
         got_ref = {vid: reference_ranges(path_of[vid], clips[vid], named, embedder, mtcnn,
                                          REFERENCE_COSINE) for vid in clips}
         thresholds["reference"] = REFERENCE_COSINE
@@ -848,7 +861,7 @@ def evaluate(h: Harness, seeds: list[int], split: str, clip_s: float, cache: Pat
         "model": h.ctx.settings.pipeline.embedder,
         "thresholds": thresholds, "tolerance_s": tolerance_s,
         "min_face_px": MIN_FACE_PX, "small_face_px": [MIN_FACE_PX, SMALL_FACE_PX],
-        "clips": [{**asdict(c.spec), "video_id": vid, "status": statuses[c.spec.seed],
+        "clips": [{**asdict(c.spec), "video_id": vid, "status": "done",
                    "identities": c.identities(), "night_s": round(measure(c.night), 2),
                    "truth_s": round(sum(measure(frames_to_intervals(f, c.fps))
                                         for f in c.big.values()), 2),
