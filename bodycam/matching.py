@@ -48,6 +48,8 @@ class Match:
     reopen_reason: str | None
     reopened_from: str | None
     entry: str  # the watchlist entry: active, lapsed or removed
+    enrolled_by: str  # who enrolled the subject
+    confirmations: int  # of the current round that count (`_INDEPENDENT`)
 
     def as_json(self) -> dict[str, object]:
         """JSON for the CLI and exports."""
@@ -158,6 +160,13 @@ def match_subject(conn: Conn, settings: Settings, key: str, subject_id: str) -> 
                         (settings.pipeline.embedder, row["case_id"]))
 
 
+# The confirmations of a match's current round that count toward its reviewers: by neither
+# the subject's enroller nor the round's reopener (four eyes). Over `matches m` joined to
+# `subjects s`; the one rule for a review's outcome and a listing's missing confirmations.
+_INDEPENDENT = ("(SELECT count(*) FROM reviews r WHERE r.match_id = m.id"
+                " AND r.review_round = m.review_round AND r.decision = 'confirm'"
+                " AND r.reviewer <> s.created_by AND r.reviewer IS DISTINCT FROM m.reopened_by)")
+
 # Which matches a listing holds: by status, case, and the cases a user may see; a lapsed
 # entry's leads are no longer pending, as a removed one's (ended: leads.end_pending) are not.
 _LISTED_FROM = " FROM matches m JOIN subjects s ON s.id = m.subject_id"
@@ -187,7 +196,8 @@ def list_matches(conn: Conn, status: str | None = None, case_id: str | None = No
         " || ' (round ' || r.review_round || ')' FROM reviews r WHERE r.match_id = m.id"
         " AND r.review_round < m.review_round ORDER BY r.id) AS earlier, m.reopened_by,"
         " m.reopen_reason, m.reopened_from, CASE WHEN s.removed_at IS NOT NULL THEN 'removed'"
-        " WHEN s.expires_at <= now() THEN 'lapsed' ELSE 'active' END AS entry"
+        " WHEN s.expires_at <= now() THEN 'lapsed' ELSE 'active' END AS entry,"
+        " s.created_by, " + _INDEPENDENT + " AS confirmations"
         + _LISTED_FROM + " JOIN tracks t ON t.id = m.track_id" + _LISTED
         + " ORDER BY m.created_at DESC, m.id OFFSET %(offset)s LIMIT %(limit)s",
         {"status": status, "case": case_id, "cases": cases, "offset": offset,
@@ -196,7 +206,8 @@ def list_matches(conn: Conn, status: str | None = None, case_id: str | None = No
                   float(r["start_s"]), float(r["end_s"]), float(r["similarity"]),
                   float(r["threshold"]), r["model"], r["status"], r["created_at"],
                   tuple(r["reviewers"]), int(r["review_round"]), tuple(r["earlier"]),
-                  r["reopened_by"], r["reopen_reason"], r["reopened_from"], str(r["entry"]))
+                  r["reopened_by"], r["reopen_reason"], r["reopened_from"], str(r["entry"]),
+                  str(r["created_by"]), int(r["confirmations"]))
             for r in rows]
 
 
@@ -254,10 +265,8 @@ def review(conn: Conn, key: str, match_id: str, user: User, confirm: bool, note:
     interested = [n for n in (row["created_by"], row["reopened_by"]) if n is not None]
 
     def independent() -> int:
-        n = conn.execute(
-            "SELECT count(*) AS n FROM reviews WHERE match_id = %s AND decision = 'confirm'"
-            " AND review_round = %s AND reviewer <> ALL(%s)",
-            (uid(match_id), rnd, interested)).fetchone()
+        n = conn.execute("SELECT " + _INDEPENDENT + " AS n" + _LISTED_FROM
+                         + " WHERE m.id = %s", (uid(match_id),)).fetchone()
         return int(n["n"]) if n is not None else 0
 
     if confirm and reviewer in interested and (have := independent()) < needed:

@@ -12,7 +12,7 @@ from bodycam import search as s
 from bodycam.accounts import User, case_of, require, require_role, require_visible
 from bodycam.actions._common import refusals_audited
 from bodycam.context import Context
-from bodycam.db import uid, uids
+from bodycam.db import uid
 from bodycam.errors import InvalidInputError, NotFoundError
 from bodycam.matching import Person
 from bodycam.subjects import Subject
@@ -179,23 +179,9 @@ def match_items(ctx: Context, user: User, status: str | None = None, case: str |
         rows, total = matching.view_matches(conn, ctx.audit_key, user, status, case, offset,
                                             limit)
         needed = policy.current(conn).reviewers_required
-        ids = [m.match_id for m in rows]
-        info = {str(r["id"]): r for r in conn.execute(
-            "SELECT m.id::text AS id, s.created_by, count(r.id) FILTER (WHERE"
-            " r.decision = 'confirm' AND r.reviewer <> s.created_by"
-            " AND r.reviewer IS DISTINCT FROM m.reopened_by) AS n FROM matches m"
-            " JOIN subjects s ON s.id = m.subject_id LEFT JOIN reviews r ON r.match_id = m.id"
-            " AND r.review_round = m.review_round"
-            " WHERE m.id = ANY(%s) GROUP BY m.id, s.created_by",
-            (uids(ids),)).fetchall()} if ids else {}
-    out = []
-    for m in rows:
-        row = info.get(m.match_id)
-        done = int(row["n"]) if row else 0
-        out.append({**m.as_json(), "enrolled_by": row["created_by"] if row else None,
-                    "reviewers_required": needed,
-                    "confirmations_missing": max(0, needed - done)
-                    if m.status == "pending" else 0})
+    out = [{**m.as_json(), "enrolled_by": m.enrolled_by, "reviewers_required": needed,
+            "confirmations_missing": max(0, needed - m.confirmations)
+            if m.status == "pending" else 0} for m in rows]
     return out, total
 
 
