@@ -488,16 +488,21 @@ def test_a_lapsed_entrys_leads_are_no_longer_pending_nor_decided(
     assert row["status"] == "pending", "nothing decided; the next purge deletes it"
 
 
+def _matches_of(stack: StackHandle, video_id: str) -> list[tuple[str, str]]:
+    """(match id, track id) of a video's matches, by match id."""
+    with stack.ctx.db() as conn:
+        return [(str(r["id"]), str(r["track_id"])) for r in conn.execute(
+            "SELECT id::text AS id, track_id::text AS track_id FROM matches"
+            " WHERE video_id = %s ORDER BY id", (video_id,)).fetchall()]
+
+
 def test_the_scheduler_purges_and_a_rejected_match_keeps_nothing(
         stack: StackHandle, processed: object) -> None:
     case = "T-PURGE-REJECT"
     video = processed(HAMILTON, case)  # type: ignore[operator]
     stack.cli.run("subjects", "enroll", "--name", "p06", "--photo", str(P06), "--case", case,
                   "--reason", "retention test", check=True)
-    with stack.ctx.db() as conn:
-        matches = [(str(r["id"]), str(r["track_id"])) for r in conn.execute(
-            "SELECT id::text AS id, track_id::text AS track_id FROM matches"
-            " WHERE video_id = %s ORDER BY id", (video,)).fetchall()]
+    matches = _matches_of(stack, video)
     assert len(matches) >= 2, "p06 matched at least two tracks"
     (rejected, rejected_track), (_, pending_track) = matches[0], matches[1]
     stack.cli.run("review", rejected, "--reject", "--note", "not the same person", check=True)
@@ -534,10 +539,7 @@ def test_a_reopened_confirmation_ended_with_its_entry_keeps_its_track_and_says_s
     video = processed(HAMILTON, case)  # type: ignore[operator]
     sid = str(stack.cli.json("subjects", "enroll", "--name", "p06", "--photo", str(P06),
                              "--case", case, "--reason", "withdrawal test")["subject_id"])  # type: ignore[index]
-    with stack.ctx.db() as conn:
-        matches = [(str(r["id"]), str(r["track_id"])) for r in conn.execute(
-            "SELECT id::text AS id, track_id::text AS track_id FROM matches"
-            " WHERE video_id = %s ORDER BY id", (video,)).fetchall()]
+    matches = _matches_of(stack, video)
     assert len(matches) >= 2, "p06 matched at least two tracks"
     (kept, kept_track), (gone, gone_track) = matches[0], matches[1]
     sup = accounts["supervisor"]
