@@ -128,11 +128,12 @@ def resolve_threshold(settings: Settings, model: str, requested: float | None,
     precedence over the configured values, but never goes below the calibrated floor
     (configured per model, measured in docs/thresholds.md).
 
-    `video_probe`: the probe is a face from video too (a track search, the grouping of
-    unknown persons). Its default is at least the linker's `pipeline.track_relink_similarity`,
-    the similarity at which two tracks apart in time are taken for one person. Two video
-    faces of different people in like conditions (the same camera, night, tilt) score higher
-    than a photo and a video face do: at the photo default, track searches were the least
+    `video_probe`: the probe is a face from video too (a track search; the grouping of
+    unknown persons keeps the photo default, measured in docs/thresholds.md). Its default is
+    at least the linker's `pipeline.track_relink_similarity`, the similarity at which two
+    tracks apart in time are taken for one person. Two video faces of different people in
+    like conditions (the same camera, night, tilt) score higher than a photo and a video
+    face do: at the photo default, track searches were the least
     precise path (0.927 on test seeds 7500-7529, photo searches 0.973), and one pair of
     people 0.9302 alike joined at 0.93 or not with the machine's floating point
     (docs/thresholds.md). A requested value is taken as asked.
