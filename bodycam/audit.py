@@ -3,7 +3,8 @@
 Each row's `hash` is SHA-256 over its canonical content (id, at, actor, action, details) and
 the previous row's hash, so anyone can re-check a chain, offline too. Each row's `seal` is an
 HMAC of its hash with a key the database never holds: a database superuser who edits a row
-and recomputes the chain still cannot forge the seals.
+and recomputes the chain still cannot forge the seals. The server holds the audit key; worker
+hosts hold only a key derived from it (`worker_key`), which seals rows of system actors alone.
 
 Rows deleted from the end of the log leave a valid chain behind, so the head is recorded in
 two places the verifier cross-checks, neither of which can be rolled back by replaying an
@@ -11,11 +12,12 @@ older state:
 
 - **Object store anchors, one object per row id** (`audit/anchors/<id, 12 digits>.json`),
   written after every commit and never overwritten or deleted by the application. Each holds
-  the row's id and hash, sealed with the audit key. The verifier lists the anchors above the
-  log's last row: a validly sealed one means rows were deleted from the end (putting back an
-  older anchor cannot hide a newer one, because the newer object is still there); an anchor
-  whose seal is wrong is reported as forged and ignored for the head, so a bogus anchor with
-  a huge id never stops valid anchoring (anchoring writes its own object and reads nothing).
+  the row's id and hash, sealed with the audit key (or the workers'). The verifier lists the
+  anchors above the log's last row: a validly sealed one means rows were deleted from the end
+  (putting back an older anchor cannot hide a newer one, because the newer object is still
+  there); an anchor whose seal is wrong is reported as forged and ignored for the head, so a
+  bogus anchor with a huge id never stops valid anchoring (anchoring writes its own object
+  and reads nothing).
 - **A database high-water mark** (`audit_head`, one row, updated in the same transaction as
   every append; a trigger lets it only move forward). An attacker must roll back both this row
   and every later anchor object to hide a deletion.
@@ -101,8 +103,33 @@ def row_hash(row_id: int, at: datetime | str, actor: str, action: str,
 
 
 def seal(key: str, hash_hex: str) -> str:
-    """HMAC-SHA-256 of a row hash with the audit key."""
+    """HMAC-SHA-256 of a row hash with the audit key (or the workers' key, `worker_key`)."""
     return hmac.new(key.encode(), hash_hex.encode(), hashlib.sha256).hexdigest()
+
+
+SYSTEM_ACTORS = "system:"  # the prefix of every actor a worker writes rows as
+
+
+def worker_key(audit_key: str) -> str:
+    """The key worker hosts seal their rows with, derived one-way from the audit key.
+
+    A worker host is given this key, never the audit key: the rows and anchors it seals verify
+    (the verifier derives the same key), but only rows of a `system:` actor (the processing,
+    matching, incoming, retention and fixity rows workers write). A worker host that is taken
+    over can therefore append no row in a person's name, and no login, account change or
+    search, that verifies: the server holds the audit key alone.
+    """
+    return derive_key(audit_key, "worker seal")
+
+
+def sealed_by(key: str, digest: str, actor: str, sealed: str) -> bool:
+    """Whether a row's seal is valid: made with `key`, or with the workers' key derived from
+    it on a row of a system actor. (A worker, holding only the workers' key, checks its own
+    rows' seals with it and cannot check the server's.)"""
+    if hmac.compare_digest(seal(key, digest), sealed):
+        return True
+    return actor.startswith(SYSTEM_ACTORS) and hmac.compare_digest(
+        seal(worker_key(key), digest), sealed)
 
 
 def lock(conn: Conn) -> None:
@@ -186,7 +213,7 @@ def _anchor_or_log(store: Any, key: str, head: tuple[int, str]) -> None:
     """Anchor a committed row; a failure is logged, not raised. The action is committed:
     answering 503 told the user it failed, and their retry was then refused as done already.
     Until the store is back the row is covered by the chain alone; the next action's anchor,
-    or the scheduler's (anchor_head), covers it."""
+    or the server's backstop (anchor_head), covers it."""
     try:
         _write_anchor(store, key, head)
     except TransientError as exc:
@@ -195,20 +222,21 @@ def _anchor_or_log(store: Any, key: str, head: tuple[int, str]) -> None:
 
 def anchor_head(conn: Conn, store: Any, key: str) -> bool:
     """Anchor the log's last row if no anchor object names it yet and its seal is valid (the
-    scheduler's backstop for an anchor that failed while the object store was down); True
-    when one was written."""
-    last = conn.execute("SELECT id, hash, seal FROM audit_log ORDER BY id DESC LIMIT 1"
+    server's backstop, run every `jobs.reconcile_interval_s`, for an anchor that failed while
+    the object store was down); True when one was written. `key` is the audit key: the
+    workers' key cannot check the server's rows."""
+    last = conn.execute("SELECT id, actor, hash, seal FROM audit_log ORDER BY id DESC LIMIT 1"
                         ).fetchone()
     if last is None or store.exists(anchor_key(int(last["id"]))):
         return False
-    if not hmac.compare_digest(seal(key, str(last["hash"])), str(last["seal"])):
+    if not sealed_by(key, str(last["hash"]), str(last["actor"]), str(last["seal"])):
         # Not written by the application (one inserted in the database): anchoring it would
         # vouch for it, and deleting it afterwards would then look like a lost row.
         log.error("audit row %d has no valid seal: not anchored; run `bodycam audit verify`",
                   int(last["id"]))
         return False
     _write_anchor(store, key, (int(last["id"]), str(last["hash"])))
-    log.warning("audit row %d anchored by the scheduler", int(last["id"]))
+    log.warning("audit row %d anchored by the server's backstop", int(last["id"]))
     return True
 
 
@@ -228,7 +256,7 @@ class Anchor:
     object_key: str
     id: int
     hash: str
-    valid: bool  # its seal checks out with the audit key
+    valid: bool  # its seal checks out with the audit key or the workers' key
 
 
 def _anchor_keys_above(store: Any, row_id: int) -> Iterator[str]:
@@ -253,7 +281,8 @@ def _load_anchor(store: Any, object_key: str, key: str) -> Anchor:
     except (ValueError, KeyError, TypeError):
         return Anchor(object_key, -1, "", False)
     named = object_key == LEGACY_ANCHOR_KEY or object_key == anchor_key(aid)
-    valid = named and hmac.compare_digest(anchor_seal(key, aid, digest), sealed)
+    valid = named and any(hmac.compare_digest(anchor_seal(k, aid, digest), sealed)
+                          for k in (key, worker_key(key)))
     return Anchor(object_key, aid, digest, valid)
 
 
@@ -327,9 +356,12 @@ def _verify_chain(conn: Conn, key: str, store: Any | None) -> Verdict:
             if digest != r["hash"]:
                 return Verdict(False, count, rid, f"row {rid} content does not match its hash:"
                                                   " changed")
-            if not hmac.compare_digest(seal(key, digest), str(r["seal"])):
-                return Verdict(False, count, rid, f"row {rid} has an invalid seal: written or"
-                                                  " rewritten outside the application")
+            if not sealed_by(key, digest, str(r["actor"]), str(r["seal"])):
+                why = ("sealed with the workers' key but not a system row: a worker host"
+                       " wrote it in another's name"
+                       if hmac.compare_digest(seal(worker_key(key), digest), str(r["seal"]))
+                       else "written or rewritten outside the application")
+                return Verdict(False, count, rid, f"row {rid} has an invalid seal: {why}")
             prev = digest
             expected_id += 1
             count += 1

@@ -41,8 +41,8 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
+from bodycam.db import APP_ROLE, WORKER_ROLE
 from bodycam.evaluate import generator
-from bodycam.stack import APP_ROLE
 
 KINDS = ("kill-worker", "stop-past-lease", "term-worker", "kill-pg-backend", "restart-redis",
          "restart-s3")
@@ -214,15 +214,17 @@ class FaultRun:
             self.up()
             return name
         if kind == "kill-pg-backend":
-            # The app holds a connection per transaction: terminate every backend of its role
-            # for a few seconds, so heartbeats, claims and result commits are cut mid-way.
+            # The app holds a connection per transaction: terminate every backend of its roles
+            # (the server's and the workers') for a few seconds, so heartbeats, claims and
+            # result commits are cut mid-way.
             killed = 0
             with self.db() as conn:
                 end = time.monotonic() + 3
                 while time.monotonic() < end:
                     n = conn.execute(
                         "SELECT count(pg_terminate_backend(pid)) AS n FROM pg_stat_activity"
-                        " WHERE usename = %s AND pid <> pg_backend_pid()", (APP_ROLE,)).fetchone()
+                        " WHERE usename = ANY(%s) AND pid <> pg_backend_pid()",
+                        ([APP_ROLE, WORKER_ROLE],)).fetchone()
                     killed += int(n["n"]) if n else 0
                     time.sleep(0.02)
             return f"{killed} app backends"

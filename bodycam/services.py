@@ -5,8 +5,11 @@ The embedded stack's home keeps each secret with the processes that need it (all
 
 - `stack.json`: non-secret state (ports, pids, URLs without passwords);
 - `client.json`: `{"url": ...}`, the server's address for clients (no secret);
-- `secrets/server.json`: what the server and the workers use (the application's database
-  URL, S3 keys, Redis URL, audit key);
+- `secrets/server.json`: what the server uses (its database URL, S3 keys, Redis URL, the
+  audit key, the export signing key);
+- `secrets/worker.json`: what the workers and the scheduler use (`worker_secrets`: the
+  workers' database role, S3 keys, Redis URL, and the workers' sealing key, derived from the
+  audit key, in place of it);
 - `secrets/admin.json`: the database superuser URL, alone; read only by `up`, `migrate` and
   `down` (`admin_database_url`), never by `resolve`, and hidden from the server and workers.
 """
@@ -25,12 +28,15 @@ STATE_FILE = "stack.json"
 CLIENT_FILE = "client.json"
 SECRETS_DIR = "secrets"
 SERVER_SECRETS = "server.json"
+WORKER_SECRETS = "worker.json"
 ADMIN_SECRETS = "admin.json"
 # Which state keys live in which secrets file (everything else is in stack.json).
 ADMIN_KEYS = frozenset({"admin_database_url", "pg_superuser_password"})
 SERVER_KEYS = frozenset({"database_url", "pg_app_password", "s3_access_key", "s3_secret_key",
                          "redis_password", "redis_url", "audit_key",
-                         "export_signing_key"})
+                         "export_signing_key", "worker_database_url", "pg_worker_password"})
+# What the workers are given of them (the database URL and the key as `worker_secrets` says).
+_WORKER_SHARED = ("s3_access_key", "s3_secret_key", "redis_password", "redis_url")
 
 
 @dataclass(frozen=True)
@@ -62,17 +68,35 @@ def _load(path: Path) -> dict[str, object]:
     return loaded if isinstance(loaded, dict) else {}
 
 
+def worker_secrets(state: dict[str, object]) -> dict[str, object]:
+    """The secrets file of the workers and the scheduler, from the stack's state: the
+    workers' database role in place of the server's, the S3 keys, the broker, and the
+    workers' sealing key (`audit.worker_key`) in place of the audit key. A key or URL the
+    environment gives instead (an external service) is not in it."""
+    from bodycam.audit import worker_key
+
+    out = {k: v for k, v in state.items() if k in _WORKER_SHARED}
+    if isinstance(url := state.get("worker_database_url"), str):
+        out["database_url"] = url
+    if isinstance(key := state.get("audit_key"), str):
+        out["audit_key"] = worker_key(key)
+    return out
+
+
 def read_state(settings: Settings) -> dict[str, object]:
-    """The stack's non-secret state and the server's secrets (what the files this process can
-    read hold), or an empty dict before the first `bodycam up`. Never the superuser URL: a home
-    written by an earlier version (secrets in stack.json) has it dropped here."""
+    """The stack's non-secret state and the secrets this process can read (the server's, or
+    a worker's in its own view of the home: see bodycam.stack._app_exec; the server's win
+    where both are readable), or an empty dict before the first `bodycam up`. Never the
+    superuser URL: a home written by an earlier version (secrets in stack.json) has it
+    dropped here."""
     home = settings.home_dir
     state = {k: v for k, v in _load(home / STATE_FILE).items() if k not in ADMIN_KEYS}
-    try:
-        server = _load(secrets_dir(home) / SERVER_SECRETS)
-    except PermissionError:
-        server = {}
-    state.update({k: v for k, v in server.items() if k in SERVER_KEYS})
+    for name in (WORKER_SECRETS, SERVER_SECRETS):
+        try:
+            found = _load(secrets_dir(home) / name)
+        except PermissionError:
+            found = {}
+        state.update({k: v for k, v in found.items() if k in SERVER_KEYS})
     return state
 
 

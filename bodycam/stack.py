@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 import psutil
 
 from bodycam.config import Settings, env_for_children
+from bodycam.db import APP_ROLE, WORKER_ROLE
 from bodycam.errors import StackError
 from bodycam.services import (
     ADMIN_KEYS,
@@ -37,7 +38,9 @@ from bodycam.services import (
     SERVER_KEYS,
     SERVER_SECRETS,
     STATE_FILE,
+    WORKER_SECRETS,
     secrets_dir,
+    worker_secrets,
 )
 
 if TYPE_CHECKING:
@@ -47,7 +50,6 @@ PG_SUPERUSER = "postgres"
 PG_USER = "pgserver"  # the account postgres runs as when the stack runs as root
 PG_NS_DATADIR = "/tmp/pgdata"  # its data directory, as postgres sees it then (own mounts)
 PG_NS_INSTALL = "/tmp/pginstall"  # and its binaries, so no directory above them is opened
-APP_ROLE = "bodycam_app"
 DATABASE = "bodycam"
 # Clients of the stack's Postgres prove the password by SCRAM and never send it: another
 # account listening on the port after a crash asked for it in clear text and got it.
@@ -260,8 +262,9 @@ class Stack:
 
     def _save(self, state: dict[str, object]) -> None:
         """Write each part of the state where it belongs (see bodycam.services): the superuser
-        URL alone in secrets/admin.json, the server's secrets in secrets/server.json, the rest
-        in stack.json, the server's address in client.json. Secrets left in a stack.json by
+        URL alone in secrets/admin.json, the server's secrets in secrets/server.json, the
+        workers' in secrets/worker.json, the rest in stack.json, the server's address in
+        client.json. Secrets left in a stack.json by
         an earlier version are removed from it here."""
         _private_dir(self.home)
         _private_dir(self.secrets_dir)
@@ -275,7 +278,8 @@ class Stack:
             admin = {k: v for k, v in legacy.items() if k in ADMIN_KEYS}
         parts = {self.secrets_dir / ADMIN_SECRETS: admin,
                  self.secrets_dir / SERVER_SECRETS: {k: v for k, v in state.items()
-                                                     if k in SERVER_KEYS}}
+                                                     if k in SERVER_KEYS},
+                 self.secrets_dir / WORKER_SECRETS: worker_secrets(state)}
         for path, part in parts.items():
             if part:
                 _write_secret(path, json.dumps(part, indent=2, sort_keys=True))
@@ -294,15 +298,16 @@ class Stack:
 
     def _spawn(
         self, name: str, argv: list[str], marker: str, user: str | None = None,
-        app: bool = False,
+        app: str | None = None,
     ) -> ManagedProcess:
-        """Start a process; an `app` process (server, scheduler, worker) runs through
-        `app-exec`, which hides the superuser URL from it (see _app_exec)."""
+        """Start a process; an `app` process runs through `app-exec`, which shows it only the
+        secrets file of its kind: SERVER_SECRETS (the server) or WORKER_SECRETS (a worker,
+        the scheduler); see _app_exec."""
         _private_dir(self.log_dir)
-        if app:
+        if app is not None:
             unshare = [] if os.geteuid() == 0 else ["unshare", "--user", "--map-root-user", "--"]
             argv = [*unshare, sys.executable, "-m", "bodycam.stack", "app-exec", str(self.home),
-                    "--", *argv]
+                    app, "--", *argv]
         log = self.log_dir / f"{name}.log"
         with open(log, "ab") as out:
             proc = subprocess.Popen(
@@ -363,6 +368,10 @@ class Stack:
             restarted.append(started(self._start_redis(state)))
         if not s.audit_key and "audit_key" not in state:
             state["audit_key"] = secrets.token_urlsafe(32)
+        if not s.database_url:  # a home of an earlier version has no worker role yet
+            state.setdefault("pg_worker_password", secrets.token_urlsafe(24))
+            state["worker_database_url"] = _as_role(str(state["database_url"]), WORKER_ROLE,
+                                                    str(state["pg_worker_password"]))
         if not s.export_signing_key and "export_signing_key" not in state:
             state["export_signing_key"] = secrets.token_urlsafe(32)
         stale = [p for name, p in running.items()
@@ -388,8 +397,9 @@ class Stack:
         if not s.s3_endpoint_url:
             _wait_s3_writable(store, self.home / "s3data")
         progress("applying migrations")  # they write audit rows, anchored in the store
-        app_role = None if s.database_url else (APP_ROLE, str(state["pg_app_password"]))
-        migrate(admin_database_url(s), app_role=app_role)
+        migrate(admin_database_url(s), passwords=None if s.database_url else {
+            APP_ROLE: str(state["pg_app_password"]),
+            WORKER_ROLE: str(state["pg_worker_password"])})
         _make_private(self.home / "s3data")  # volumes the bucket created (see _s3_gateway)
         self._bootstrap_operator()
 
@@ -405,7 +415,7 @@ class Stack:
                 "api",
                 [sys.executable, "-m", "bodycam", "serve", "--host", self.host,
                  "--port", str(port), "--socket", str(self.home / API_SOCKET)],
-                marker="bodycam serve", app=True,
+                marker="bodycam serve", app=SERVER_SECRETS,
             )
             started(api)
             _wait_port(port, 60, "API", self.log_dir / "api.log", self.host)
@@ -415,7 +425,8 @@ class Stack:
                 if name in running:
                     continue
                 progress(f"starting {name}")
-                started(self._spawn(name, worker_argv(queue, name), marker=f"{name}@", app=True))
+                started(self._spawn(name, worker_argv(queue, name), marker=f"{name}@",
+                                    app=WORKER_SECRETS))
         if "beat" not in running:
             progress("starting scheduler")
             started(
@@ -423,7 +434,7 @@ class Stack:
                     "beat",
                     [*CELERY, "beat", "--loglevel", "INFO",
                      "-s", str(self.run_dir / "beat-schedule")],
-                    marker="workers.celery_app beat", app=True,
+                    marker="workers.celery_app beat", app=WORKER_SECRETS,
                 )
             )
         self._save(state)
@@ -681,8 +692,18 @@ def _service_urls(state: dict[str, object]) -> str:
     a change means restart them. A digest, so that stack.json holds no password."""
     import hashlib
 
-    urls = {k: state.get(k) for k in ("database_url", "s3_endpoint_url", "redis_url")}
+    urls = {k: state.get(k) for k in ("database_url", "worker_database_url", "s3_endpoint_url",
+                                      "redis_url")}
     return hashlib.sha256(json.dumps(urls, sort_keys=True).encode()).hexdigest()
+
+
+def _as_role(url: str, role: str, password: str) -> str:
+    """A database URL with another role and password (the same server and options)."""
+    from urllib.parse import quote, urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    where = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit(parts._replace(netloc=f"{quote(role)}:{quote(password, safe='')}@{where}"))
 
 
 def _redacted(url: str) -> str:
@@ -893,23 +914,27 @@ def _as_pg_user(pgdata: str, argv: list[str]) -> None:
 _CAP_SYS_PTRACE, _CAP_SYS_ADMIN, _PR_CAPBSET_DROP = 19, 21, 24
 
 
-def _app_exec(home: str, argv: list[str]) -> None:
+def _app_exec(home: str, kind: str, argv: list[str]) -> None:
     """Exec an app process (server, scheduler, worker) that cannot obtain the superuser URL.
 
     In a mount namespace of its own, HOME/secrets is replaced by a private read-only tmpfs
-    that holds only server.json (what the server and workers need: application database URL,
-    S3 keys, Redis URL, audit key); admin.json is not there. The services' data directories
-    (SERVICE_DIRS: Postgres's, with its pg_hba.conf, Redis's, SeaweedFS's) are hidden the same
-    way, empty and read-only. The process then drops
+    that holds only the secrets file of its `kind`: SERVER_SECRETS for the server (its
+    database role's URL, S3 keys, Redis URL, the audit key, the export signing key), or
+    WORKER_SECRETS for a worker and the scheduler (the workers' database role, S3 keys, Redis
+    URL, and the workers' sealing key in place of the audit key); admin.json is in neither.
+    The services' data directories (SERVICE_DIRS: Postgres's, with its pg_hba.conf, Redis's,
+    SeaweedFS's) are hidden the same way, empty and read-only. The process then drops
     CAP_SYS_ADMIN and CAP_SYS_PTRACE from its bounding set, so it can neither undo the mount
     nor read the home through another process's /proc/PID/root. A non-root stack runs this in
     a user namespace of its own (`unshare --user --map-root-user`), which works the same way.
     """
     import ctypes
 
+    if kind not in (SERVER_SECRETS, WORKER_SECRETS):
+        raise SystemExit(f"app-exec: unknown secrets file {kind}")
     secrets = Path(home) / "secrets"
-    server_file = secrets / SERVER_SECRETS
-    server = server_file.read_bytes() if server_file.exists() else None
+    own_file = secrets / kind
+    own = own_file.read_bytes() if own_file.exists() else None
     clone_newns, ms_rec, ms_private = 0x00020000, 16384, 1 << 18
     ms_rdonly, ms_nosuid, ms_nodev, ms_noexec, ms_remount = 1, 2, 4, 8, 32
     flags = ms_nosuid | ms_nodev | ms_noexec
@@ -917,10 +942,10 @@ def _app_exec(home: str, argv: list[str]) -> None:
     _libc_call("mount", None, b"/", None, ms_rec | ms_private, None)
     secrets.mkdir(mode=0o700, exist_ok=True)
     _libc_call("mount", b"tmpfs", str(secrets).encode(), b"tmpfs", flags, b"mode=0700,size=64k")
-    if server is not None:
-        fd = os.open(server_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    if own is not None:
+        fd = os.open(own_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as f:
-            f.write(server)
+            f.write(own)
     _libc_call("mount", None, str(secrets).encode(), None, ms_remount | ms_rdonly | flags, None)
     # The services' own files: the app reaches them over their ports only. Root's
     # DAC_OVERRIDE would otherwise let it add a `trust` line to pg_hba.conf and reload.
@@ -1075,7 +1100,7 @@ def main(args: list[str]) -> None:
     if cmd == "as-pg-user":
         _as_pg_user(opts[0], argv)
     elif cmd == "app-exec":
-        _app_exec(opts[0], argv)
+        _app_exec(opts[0], opts[1], argv)
     elif cmd == "netns-exec":
         _netns_exec(opts[0], argv)
     elif cmd == "s3-gateway":

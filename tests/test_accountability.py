@@ -276,7 +276,8 @@ def test_a_row_inserted_in_sql_is_caught_even_with_a_recomputed_hash(
         (last_id + 1, at, json.dumps(details), prev, digest, "0" * 64))
     code, text = verify(stack)
     assert code != 0 and f"first bad row {last_id + 1}" in text and "seal" in text
-    # The scheduler, which anchors a head whose own anchor failed, does not vouch for it.
+    # The server's backstop, which anchors a head whose own anchor failed, does not vouch
+    # for it.
     with stack.ctx.db() as conn:
         assert not audit.anchor_head(conn, stack.ctx.store, stack.ctx.audit_key)
     assert not stack.ctx.store.exists(audit.anchor_key(last_id + 1))

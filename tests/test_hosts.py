@@ -220,8 +220,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
                             stdin=subprocess.DEVNULL)
         assert up.returncode == 0, f"bodycam up failed:\n{up.stderr[-3000:]}"
         state = json.loads((home / "stack.json").read_text())
-        secrets = json.loads((home / "secrets" / "server.json").read_text())
-        # What a compose or Kubernetes worker is given: the services' addresses and secrets.
+        secrets = json.loads((home / "secrets" / "worker.json").read_text())
+        # What a compose or Kubernetes worker is given: the services' addresses and the
+        # workers' secrets (their database role, their sealing key: never the audit key).
         worker_env = {**base, **{k: v for k, v in STACK_ENV.items() if "WORKERS" not in k},
                       "BODYCAM_DATABASE_URL": secrets["database_url"],
                       "BODYCAM_REDIS_URL": secrets["redis_url"],

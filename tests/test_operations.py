@@ -253,11 +253,13 @@ def test_the_home_is_0700_and_everything_the_stack_wrote_is_owner_only(
     checked = {p.name for p in ops.home.iterdir()}
     assert {"stack.json", "client.json", "secrets", "operator.token", "logs", "cache", "pgdata",
             "s3data", "redis", "run"} <= checked
-    assert {p.name for p in (ops.home / "secrets").iterdir()} == {"admin.json", "server.json"}
+    assert {p.name for p in (ops.home / "secrets").iterdir()} == {"admin.json", "server.json",
+                                                                   "worker.json"}
     # Another account of the machine can neither list the home nor read what is in it.
     tried = _as_nobody(f"import os; print(os.listdir({str(ops.home)!r}))")
     assert tried.returncode != 0 and "PermissionError" in tried.stderr
-    for name in ("stack.json", "secrets/server.json", "secrets/admin.json"):
+    for name in ("stack.json", "secrets/server.json", "secrets/admin.json",
+                 "secrets/worker.json"):
         tried = _as_nobody(f"print(open({str(ops.home / name)!r}).read())")
         assert tried.returncode != 0 and "PermissionError" in tried.stderr
 
@@ -324,7 +326,7 @@ def test_up_after_a_service_was_killed_heals_the_stack_and_processing_resumes(
             return max((int(o.key[len(ANCHOR_PREFIX):].split(".")[0])
                         for o in ops.ctx.store.list(ANCHOR_PREFIX)), default=0)
         _wait(lambda: top_anchor() >= anchored, 120,
-              "the row committed while the store was down was anchored by the scheduler")
+              "the row committed while the store was down was anchored by the server")
     res = _ingest(ops, f"OPS-AFTER-{service.upper()}")
     assert res["status"] == "done"
     if early is not None:

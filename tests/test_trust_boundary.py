@@ -40,11 +40,12 @@ def tb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackHandle]:
 
 
 def _secrets(tb: StackHandle) -> dict[str, str]:
-    """Every secret value the stack generated, by name."""
+    """Every secret value the stack generated, by name (the workers' as `worker.NAME`)."""
     out: dict[str, str] = {}
-    for name in ("server.json", "admin.json"):
+    for name in ("server.json", "admin.json", "worker.json"):
+        prefix = "worker." if name == "worker.json" else ""
         for k, v in json.loads((tb.home / "secrets" / name).read_text()).items():
-            out[k] = str(v)
+            out[prefix + k] = str(v)
     out["operator_token"] = (tb.home / "operator.token").read_text().strip()
     return out
 
@@ -181,12 +182,17 @@ def test_up_moves_the_secrets_of_a_home_made_by_the_previous_version_out_of_stac
     state = stack.state(admin=True)
     assert "admin_database_url" not in stack.state()  # only `up` asks for it
 
+    worker_keys = ("worker_database_url", "pg_worker_password")
+
     def make_legacy() -> None:
-        # The previous version's layout: every secret in stack.json, no secrets/ or client.json.
-        legacy = {**state, "app_services": {k: state.get(k) for k in
-                                            ("database_url", "s3_endpoint_url", "redis_url")}}
+        # An earlier version's layout: every secret in stack.json, no secrets/ or client.json,
+        # no workers' role (the workers used the server's).
+        legacy = {**{k: v for k, v in state.items() if k not in worker_keys},
+                  "app_services": {k: state.get(k) for k in
+                                   ("database_url", "s3_endpoint_url", "redis_url")}}
         (tb.home / "stack.json").write_text(json.dumps(legacy))
-        for name in ("secrets/server.json", "secrets/admin.json", "client.json"):
+        for name in ("secrets/server.json", "secrets/admin.json", "secrets/worker.json",
+                     "client.json"):
             (tb.home / name).unlink()
         (tb.home / "secrets").rmdir()
 
@@ -204,13 +210,17 @@ def test_up_moves_the_secrets_of_a_home_made_by_the_previous_version_out_of_stac
     public = json.loads((tb.home / "stack.json").read_text())
     assert not {"admin_database_url", "pg_superuser_password", "database_url", "audit_key",
                 "s3_secret_key", "redis_url", "redis_password"} & set(public)
-    assert Stack(tb.ctx.settings).state(admin=True) | {"app_services": None, "processes": None} == (
-        state | {"app_services": None, "processes": None})
+    ignored = {"app_services": None, "processes": None} | dict.fromkeys(worker_keys)
+    assert Stack(tb.ctx.settings).state(admin=True) | ignored == state | ignored
     assert (tb.home / "secrets").stat().st_mode & 0o777 == 0o700
-    # The app processes started with the old layout were restarted into the new one.
+    # The app processes started with the old layout were restarted into the new one, the
+    # workers with a role of their own.
     for name, pid in _app_pids(tb).items():
         seen = Path(f"/proc/{pid}/root") / str(tb.home).lstrip("/") / "secrets"
-        assert sorted(p.name for p in seen.iterdir()) == ["server.json"], name
+        own = "server.json" if name == "api" else "worker.json"
+        assert sorted(p.name for p in seen.iterdir()) == [own], name
+    assert "bodycam_worker:" in json.loads(
+        (tb.home / "secrets" / "worker.json").read_text())["database_url"]
     assert tb.cli.run("users", "list", "--json").returncode == 0
     assert tb.cli.run("audit", "verify").returncode == 0
 
@@ -263,15 +273,22 @@ def test_server_and_workers_cannot_obtain_the_superuser_url(tb: StackHandle) -> 
         proc = psutil.Process(pid)
         env = Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace")
         assert not any(s in env for s in admin_secrets), name
-        # Its view of the home's secrets: server.json only, read-only.
+        # Its view of the home's secrets, read-only: the server's file for the server, the
+        # workers' for the workers and the scheduler (no audit key, no server database role).
         seen = Path(f"/proc/{pid}/root") / str(tb.home).lstrip("/") / "secrets"
-        assert sorted(p.name for p in seen.iterdir()) == ["server.json"], name
+        own = "server.json" if name == "api" else "worker.json"
+        assert sorted(p.name for p in seen.iterdir()) == [own], name
+        if own == "worker.json":
+            text = (seen / own).read_text()
+            assert secrets["audit_key"] not in text and secrets["database_url"] not in text
+            assert secrets["worker.audit_key"] == audit.worker_key(secrets["audit_key"])
         capbnd = int(next(line.split()[1] for line in Path(f"/proc/{pid}/status").read_text()
                           .splitlines() if line.startswith("CapBnd:")), 16)
         assert not capbnd & (1 << 21) and not capbnd & (1 << 19), f"{name}: {capbnd:x}"
         assert proc.is_running()
     # Try to break it the way a compromised worker would: from inside the same confinement,
-    # read the file, unmount the view, remount it writable, go through another process's root.
+    # read the file, unmount the view, remount it writable, go through another process's root,
+    # read the server's secrets.
     redis_pid = json.loads((tb.home / "stack.json").read_text())["processes"]
     [redis_pid] = [p["pid"] for p in redis_pid if p["name"] == "redis"]
     admin = tb.home / "secrets" / "admin.json"
@@ -284,7 +301,8 @@ def test_server_and_workers_cannot_obtain_the_superuser_url(tb: StackHandle) -> 
         "    try: out[name] = fn()\n"
         "    except Exception as exc: out[name] = 'refused: ' + type(exc).__name__\n"
         "attempt('read', lambda: open(admin).read())\n"
-        "attempt('server', lambda: 'server.json' in os.listdir(secrets) and 'visible')\n"
+        "attempt('own', lambda: 'worker.json' in os.listdir(secrets) and 'visible')\n"
+        "attempt('server', lambda: open(secrets + '/server.json').read())\n"
         "libc = ctypes.CDLL(None, use_errno=True)\n"
         "def umount():\n"
         "    if libc.umount2(secrets.encode(), 2) != 0:\n"
@@ -301,13 +319,13 @@ def test_server_and_workers_cannot_obtain_the_superuser_url(tb: StackHandle) -> 
         f"attempt('redis_dir', lambda: os.listdir({str(tb.home / 'redis')!r}) and 'listed')\n"
         "print(json.dumps(out))\n")
     got = subprocess.run(
-        [sys.executable, "-m", "bodycam.stack", "app-exec", str(tb.home), "--",
+        [sys.executable, "-m", "bodycam.stack", "app-exec", str(tb.home), "worker.json", "--",
          sys.executable, "-c", attack], capture_output=True, text=True, timeout=60,
         cwd=tb.home, env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
     assert got.returncode == 0, got.stderr
     result = json.loads(got.stdout)
-    assert result["server"] == "visible"
-    for name in ("read", "umount", "via_proc", "write", "pg_hba"):
+    assert result["own"] == "visible"
+    for name in ("read", "server", "umount", "via_proc", "write", "pg_hba"):
         assert str(result[name]).startswith("refused"), (name, result[name])
     assert result["pg_list"] == [] and result["redis_dir"] == [], "hidden: empty"
     assert "pg_hba.conf" in os.listdir(tb.home / "pgdata"), "there outside the confinement"
@@ -439,6 +457,58 @@ def test_the_app_role_is_refused_every_direct_write_to_accounts_and_the_journal(
     assert verified.returncode == 0, verified.stdout + verified.stderr
 
 
+def _worker_conn(tb: StackHandle) -> psycopg.Connection[tuple[object, ...]]:
+    """A connection as the workers' role: the database URL a worker host is given."""
+    url = json.loads((tb.home / "secrets" / "worker.json").read_text())["database_url"]
+    return psycopg.connect(url, autocommit=True)
+
+
+def test_a_worker_host_can_touch_no_account_and_no_decision_of_the_servers(
+        tb: StackHandle) -> None:
+    """What a worker host taken over holds (its database role, its sealing key) makes no
+    account or token, reads none, and changes no policy, threshold, review or search."""
+    with _app_conn(tb) as conn:
+        conn.execute("SELECT 1 FROM api_tokens LIMIT 1")  # the server's role reads them
+    refused = [
+        "SELECT name, roles FROM users", "SELECT sha256 FROM api_tokens",
+        "SELECT * FROM case_assignments", "SELECT * FROM account_changes",
+        "SELECT bodycam_user_create(1, 'mallory', '{admin}', 'x')",
+        "SELECT bodycam_token_issue(1, gen_random_uuid(), 'operator', repeat('a', 64),"
+        " 'account', now() + interval '1 day', 'x')",
+        "SELECT bodycam_case_assign(1, 'operator', 'X', 'x')",
+        "INSERT INTO policy (profile, reviewers_required, retention_days, enrolment_approval,"
+        " reviewers_explicit, changed_by, reason) VALUES ('standard', 1, 30, false, false,"
+        " 'mallory', 'x')",
+        "UPDATE policy SET reviewers_required = 1",
+        "INSERT INTO thresholds (model, default_threshold, floor, changed_by, reason)"
+        " VALUES ('dlib-resnet', 0.1, 0.1, 'mallory', 'x')",
+        "INSERT INTO reviews (match_id, reviewer, decision, note, review_round)"
+        " SELECT id, 'mallory', 'confirmed', 'x', 1 FROM matches LIMIT 1",
+        "UPDATE searches SET purpose = 'x'", "DELETE FROM searches",
+        "UPDATE audit_log SET actor = 'x'", "DELETE FROM audit_log", "TRUNCATE audit_log",
+    ]
+    for statement in refused:
+        with _worker_conn(tb) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(statement)
+    with _worker_conn(tb) as conn:  # what it needs, it has
+        assert conn.execute("SELECT count(*) FROM videos").fetchone() is not None
+        assert conn.execute("SELECT count(*) FROM policy").fetchone() is not None
+    # The workers sealed their rows with their own key, not the audit key, and they verify.
+    key = json.loads((tb.home / "secrets" / "server.json").read_text())["audit_key"]
+    with psycopg.connect(home_admin_url(tb.home)) as su:
+        rows = su.execute("SELECT hash, seal FROM audit_log WHERE actor = 'system:worker'"
+                          " AND action = 'processing.done'").fetchall()
+    assert rows, "a video was processed earlier in this module"
+    for digest, sealed in rows:
+        assert sealed == audit.seal(audit.worker_key(key), str(digest))
+        assert sealed != audit.seal(key, str(digest))
+    # What a deployment gives its worker hosts in place of the audit key (infra/DEPLOY.md).
+    given = json.loads((tb.home / "secrets" / "worker.json").read_text())["audit_key"]
+    assert tb.cli.run("worker-key", check=True).stdout.strip() == given != key
+    verified = tb.cli.run("audit", "verify")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
 def test_the_audited_functions_change_accounts_and_leave_journal_and_audit_rows(
         tb: StackHandle) -> None:
     before = _last_change(tb)
@@ -500,3 +570,21 @@ def test_a_change_made_as_superuser_behind_the_apps_back_makes_audit_verify_fail
     text = " ".join((proc.stdout + proc.stderr).split())
     assert proc.returncode == 1, text
     assert "3 account change(s) with no audit row" in text and "tb-sneak" in text
+
+
+def test_a_row_a_worker_host_seals_in_a_persons_name_makes_audit_verify_fail(
+        tb: StackHandle) -> None:
+    """The workers' key seals rows of system actors only: one naming a person (a login, a
+    search, an account change) fails verification, naming the workers' key. (Last: the log
+    is append-only, so it stays failed.)"""
+    wkey = json.loads((tb.home / "secrets" / "worker.json").read_text())["audit_key"]
+    with _worker_conn(tb) as conn:
+        conn.autocommit = False
+        conn.row_factory = psycopg.rows.dict_row  # type: ignore[assignment]
+        row = audit.append(conn, wkey, "operator", "login",  # type: ignore[arg-type]
+                           {"token_id": "forged"})
+        conn.commit()
+    proc = tb.cli.run("audit", "verify")
+    text = " ".join((proc.stdout + proc.stderr).split())
+    assert proc.returncode == 1, text
+    assert f"first bad row {row.id}" in text and "the workers' key" in text, text

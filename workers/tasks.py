@@ -8,7 +8,7 @@ from typing import TypeVar
 
 from celery import Task
 
-from bodycam import audit, fixity, ingest, jobs, processing, retention
+from bodycam import fixity, ingest, jobs, processing, retention
 from bodycam.context import shared
 from bodycam.errors import PermanentError
 from bodycam.queue import FINALIZE_VIDEO, INGEST_OBJECT, PROCESS_UNIT, REAP, RECONCILE_INCOMING
@@ -84,11 +84,9 @@ def reap() -> int:
 
 @app.task(name=RECONCILE_INCOMING)
 def reconcile_incoming() -> int:
-    """List incoming/ so that an object whose S3 event was lost is still ingested, and
-    anchor the audit log's head if its own anchor failed (see audit.anchor_head)."""
+    """List incoming/ so that an object whose S3 event was lost is still ingested. (The
+    server anchors the audit log's head when its own anchor failed: bodycam.api.app.)"""
     c = ctx()
-    with c.db() as conn:  # and anchor the audit log's head if its anchor failed
-        audit.anchor_head(conn, c.store, c.audit_key)
     found = ingest.unhandled_incoming(c)
     for key, etag in found:
         c.send(INGEST_OBJECT, key, etag)

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import APIRouter, Depends, FastAPI
 from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from bodycam import audit
 from bodycam.api import (
     problems,
     routes_audit,
@@ -20,11 +26,38 @@ from bodycam.api import (
 from bodycam.api.deps import refuse_nul
 from bodycam.api.s3events import events_token
 from bodycam.api.schemas import Health
+from bodycam.config import get_settings
 from bodycam.context import shared
 from bodycam.web import routes as web_routes
 from bodycam.web.core import HERE as WEB
 
 __all__ = ["app", "create_app", "events_token"]
+log = logging.getLogger(__name__)
+
+
+def _anchor_backstop(stop: threading.Event) -> None:
+    """Anchor the audit log's head where its own anchor failed (the object store was down
+    when the row committed, and nothing was appended since: audit.anchor_head). The server's
+    rows are sealed with the audit key, which the server alone holds, so the server does
+    this for them; the workers' scheduled task does it for theirs."""
+    while not stop.wait(get_settings().jobs.reconcile_interval_s):
+        try:
+            c = shared()
+            with c.db() as conn:
+                audit.anchor_head(conn, c.store, c.audit_key)
+        except Exception as exc:  # noqa: BLE001 - a service down: the next round tries again
+            log.warning("anchoring the audit log's head: %s", type(exc).__name__)
+
+
+@asynccontextmanager
+async def _lifespan(_: FastAPI) -> AsyncIterator[None]:
+    stop = threading.Event()
+    threading.Thread(target=_anchor_backstop, args=(stop,), name="audit-anchor",
+                     daemon=True).start()
+    try:
+        yield
+    finally:
+        stop.set()
 
 class ResponseHeaders:
     """Headers every response gets unless its route set them: `nosniff` (no browser reads a
@@ -74,7 +107,7 @@ def create_app() -> FastAPI:
                   # No Swagger UI or ReDoc pages: FastAPI's load their scripts from a CDN into
                   # this origin, where a script could act with a signed-in user's cookie.
                   # The contract is /openapi.json, for any OpenAPI viewer.
-                  docs_url=None, redoc_url=None)
+                  docs_url=None, redoc_url=None, lifespan=_lifespan)
     problems.install(api)
     for module in _routers():
         api.include_router(module)

@@ -1,5 +1,5 @@
-"""Commands that manage the embedded stack here: up, down, status, migrate, serve, demo, bench,
-eval."""
+"""Commands that manage the embedded stack here: up, down, status, migrate, worker-key, serve,
+demo, bench, eval."""
 
 from __future__ import annotations
 
@@ -70,6 +70,15 @@ def migrate() -> None:
     ctx = context()
     applied = guarded(lambda: run(admin_database_url(ctx.settings)))
     err.print(f"applied {len(applied)} migrations" if applied else "schema is up to date")
+
+
+@app.command(name="worker-key")
+def worker_key() -> None:
+    """Print the workers' sealing key, derived from this server's audit key: what worker
+    hosts are given as BODYCAM_AUDIT_KEY, never the audit key itself (infra/DEPLOY.md)."""
+    from bodycam.audit import worker_key as derive
+
+    typer.echo(derive(context().audit_key))
 
 
 @app.command()

@@ -144,11 +144,17 @@ def _migration_files() -> list[tuple[int, str, str]]:
     return sorted(out)
 
 
-def migrate(admin_url: str, app_role: tuple[str, str] | None = None) -> list[str]:
+APP_ROLE = "bodycam_app"  # the server's database role
+WORKER_ROLE = "bodycam_worker"  # the workers' and the scheduler's: less again (_grant_app_role)
+
+
+def migrate(admin_url: str, passwords: dict[str, str] | None = None) -> list[str]:
     """Apply pending migrations in order, under an advisory lock; returns the names applied.
 
-    app_role, (name, password), is the least-privileged role the application connects as on
-    the embedded stack: it is created if missing and granted what the application needs.
+    Then grant the application's roles (APP_ROLE, WORKER_ROLE) what their processes need,
+    again on every run. A role given a password in `passwords` is created if missing (the
+    embedded stack's); one without is granted only if it exists (a deployment's database
+    administrator made it: infra/postgres/init.sql).
     """
     applied: list[str] = []
     with psycopg.connect(admin_url, autocommit=True) as conn:
@@ -170,20 +176,30 @@ def migrate(admin_url: str, app_role: tuple[str, str] | None = None) -> list[str
                         (version, name),
                     )
                 applied.append(name)
-            if app_role is not None:
-                _grant_app_role(conn, *app_role)
+            for role, worker in ((APP_ROLE, False), (WORKER_ROLE, True)):
+                _grant_app_role(conn, role, (passwords or {}).get(role), worker)
         finally:
             conn.execute("SELECT pg_advisory_unlock(727001)")
     return applied
 
 
-def _grant_app_role(conn: psycopg.Connection[tuple[object, ...]], name: str, password: str) -> None:
+def _grant_app_role(conn: psycopg.Connection[tuple[object, ...]], name: str,
+                password: str | None, worker: bool) -> None:
+    """Grant a login role of the application what it needs (created, or its password set,
+    when `password` is given; left alone if it does not exist and none is): rows of every
+    table, the audit log append-only, the account tables through the audited functions only.
+    The workers' role (`worker`) has no access at all to the account tables and cannot run
+    the account functions (a worker never reads an account or a token), and only reads what
+    the server alone decides (WORKER_READ_ONLY): a worker host taken over can neither make an
+    account or a token nor change the policy, a threshold, a review or a search record."""
     role = sql.Identifier(name)
     exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)).fetchone()
-    verb = "ALTER" if exists else "CREATE"
-    conn.execute(
-        sql.SQL(verb + " ROLE {} LOGIN PASSWORD {}").format(role, sql.Literal(password))
-    )
+    if password is None and not exists:
+        return
+    if password is not None:
+        verb = "ALTER" if exists else "CREATE"
+        conn.execute(
+            sql.SQL(verb + " ROLE {} LOGIN PASSWORD {}").format(role, sql.Literal(password)))
     conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(
         sql.Identifier(conn.info.dbname), role))
     conn.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(role))
@@ -198,18 +214,27 @@ def _grant_app_role(conn: psycopg.Connection[tuple[object, ...]], name: str, pas
         conn.execute(sql.SQL("REVOKE UPDATE, DELETE, TRUNCATE ON audit_log FROM {}").format(role))
     # Accounts, case assignments and tokens change only through the audited functions of
     # migration 011 (which journal every change in account_changes).
+    revoked = "ALL" if worker else "INSERT, UPDATE, DELETE, TRUNCATE"
     for table in ACCOUNT_TABLES:
+        if conn.execute("SELECT to_regclass(%s)", (f"public.{table}",)).fetchone() != (None,):
+            conn.execute(sql.SQL("REVOKE " + revoked + " ON {} FROM {}")
+                         .format(sql.Identifier(table), role))
+    for table in WORKER_READ_ONLY if worker else ():
         if conn.execute("SELECT to_regclass(%s)", (f"public.{table}",)).fetchone() != (None,):
             conn.execute(sql.SQL("REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON {} FROM {}")
                          .format(sql.Identifier(table), role))
     for signature in ACCOUNT_FUNCTIONS:
         name = signature.split("(", 1)[0]
         if conn.execute("SELECT 1 FROM pg_proc WHERE proname = %s", (name,)).fetchone():
-            conn.execute(sql.SQL("GRANT EXECUTE ON FUNCTION " + signature + " TO {}")
-                         .format(role))
+            verb = "REVOKE EXECUTE ON FUNCTION {} FROM {}" if worker else \
+                "GRANT EXECUTE ON FUNCTION {} TO {}"
+            conn.execute(sql.SQL(verb).format(sql.SQL(signature), role))
 
 
 ACCOUNT_TABLES = ("users", "case_assignments", "api_tokens", "account_changes")
+# What the server alone writes and a worker only reads.
+WORKER_READ_ONLY = ("policy", "thresholds", "reviews", "searches", "redactions",
+                    "redaction_plans")
 ACCOUNT_FUNCTIONS = (
     "bodycam_user_create(bigint, text, text[], text)",
     "bodycam_user_set_roles(bigint, text, text[])",
