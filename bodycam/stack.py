@@ -308,6 +308,15 @@ class Stack:
             unshare = [] if os.geteuid() == 0 else ["unshare", "--user", "--map-root-user", "--"]
             argv = [*unshare, sys.executable, "-m", "bodycam.stack", "app-exec", str(self.home),
                     app, "--", *argv]
+        env = env_for_children(self.settings)
+        if app == WORKER_SECRETS:
+            # Keys the environment gives in place of the home's reach a worker as the
+            # workers' key, and the export signing key not at all.
+            from bodycam.audit import worker_key
+
+            env.pop("BODYCAM_EXPORT_SIGNING_KEY", None)
+            if env.get("BODYCAM_AUDIT_KEY"):
+                env["BODYCAM_AUDIT_KEY"] = worker_key(env["BODYCAM_AUDIT_KEY"])
         log = self.log_dir / f"{name}.log"
         with open(log, "ab") as out:
             proc = subprocess.Popen(
@@ -316,7 +325,7 @@ class Stack:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,  # survives the CLI; `down` stops it
-                env=env_for_children(self.settings),
+                env=env,
                 user=user,
                 cwd=self.home,
             )
