@@ -19,6 +19,7 @@ import httpx
 import numpy as np
 import pytest
 
+from bodycam import accounts
 from bodycam.media.files import sha256_file
 from bodycam.pipeline.tracks import iou
 from bodycam.redaction import (
@@ -31,7 +32,9 @@ from bodycam.redaction import (
     _ffmpeg,
     frame_regions,
 )
+from bodycam.storage import REDACTIONS
 from tests.conftest import StackHandle
+from tests.test_races import _start, answers, window
 
 CASE_A, CASE_B, CASE_RO = "T-RED-A", "T-RED-B", "T-RED-RO"
 MIN_PX = 40
@@ -376,6 +379,34 @@ def test_a_user_of_another_case_can_neither_redact_nor_download(
                                  " 'redaction.download' AND actor = %s",
                                  (users["a"]["BODYCAM_USER"],)).fetchone()["n"]
     assert refused >= 6 and downloads >= 4
+
+
+def test_a_redaction_whose_case_is_taken_away_while_it_renders_is_refused_and_kept_nowhere(
+        stack: StackHandle, video: str, api_url: str,
+        hide_all: tuple[Path, dict[str, Any]]) -> None:
+    """The account is read again where the derivative is recorded: one taken off the case
+    while the video rendered gets the refusal, and neither a record nor the rendered files
+    stay (they were stored and recorded under the old right)."""
+    name = "red-inv-late"
+    token = stack.cli.run("users", "add", name, "--role", "investigator",
+                          check=True).stdout.strip()
+    stack.cli.run("users", "assign", name, "--case", CASE_A, check=True)
+    before = {o.key for o in stack.ctx.store.list(f"{REDACTIONS}{video}/")}
+    key = stack.ctx.audit_key
+    with window(stack, lambda c: accounts.unassign_case(c, key, name, CASE_A, "red-admin")
+                ) as wait:
+        call = _start(lambda: httpx.post(
+            f"{api_url}/api/v1/videos/{video}/redactions", json={}, timeout=300,
+            headers={"Authorization": f"Bearer {token}"}))
+        wait(1)  # rendered, and waiting to record it
+    assert answers([call]) == [(403, f"refused: {name} is not assigned to case {CASE_A}")]
+    with stack.ctx.db() as conn:
+        assert conn.execute("SELECT count(*) AS n FROM redactions WHERE reviewer = %s",
+                            (name,)).fetchone()["n"] == 0
+        acts = [r["action"] for r in conn.execute(
+            "SELECT action FROM audit_log WHERE actor = %s ORDER BY id", (name,)).fetchall()]
+    assert acts == ["refused"]
+    assert {o.key for o in stack.ctx.store.list(f"{REDACTIONS}{video}/")} == before
 
 
 def test_redact_only_mode_redacts_with_no_embedding_stored(

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from bodycam import audit, fixity
-from bodycam.accounts import User, case_of, require, require_visible
+from bodycam.accounts import AccessDeniedError, User, case_of, require, require_now, require_visible
+from bodycam.auth import UnauthenticatedError
 from bodycam.context import Context
 from bodycam.db import Conn, uid
 from bodycam.errors import ConflictError, InvalidInputError, NotFoundError
@@ -143,6 +144,8 @@ def ensure_plan(ctx: Context, user: User, video_id: str) -> Plan:
         plan = compute_plan(path, video.info, video_id, video.sha256, cfg, red,
                             plan_detector(cfg, red), stored)
         with ctx.db() as conn:
+            # The account, its case and its token as they stand now (the plan took a while).
+            require_now(conn, ctx.audit_key, user, "redact", case_of(conn, "video", video_id))
             conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"plan:{video_id}",))
             row = conn.execute("SELECT COALESCE(max(version), 0) + 1 AS v FROM redaction_plans"
                                " WHERE video_id = %s", (video_id,)).fetchone()
@@ -294,27 +297,38 @@ def redact(ctx: Context, user: User, video_id: str, req: RedactRequest) -> dict[
     ctx.store.put_bytes(keys["report"], report_bytes, "application/json")
     ctx.store.put_bytes(keys["pdf"], pdf, "application/pdf")
     ctx.store.put_bytes(keys["sheet"], sheet, "image/jpeg")
-    with ctx.db() as conn:
-        row = audit.append(conn, ctx.audit_key, user.name, "redaction.create", {
-            "derivative_id": derivative_id, "video_id": video_id, "case": case,
-            "sha256": sha256, "original_sha256": video.sha256, "plan_version": plan.version,
-            "algorithm": ALGORITHM, "settings": settings, "reviewer": user.name,
-            "object_key": keys["video"],
-            "report_sha256": hashlib.sha256(report_bytes).hexdigest(),
-            "redacted_regions": len(report["redacted_regions"]),
-            "kept_tracks": [k["track"] for k in report["kept_tracks"]]})
-        conn.execute(
-            "INSERT INTO redactions (id, video_id, case_id, plan_version, object_key, sha256,"
-            " size_bytes, original_sha256, settings, report_key, pdf_key, sheet_key, reviewer,"
-            " audit_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-            (derivative_id, video_id, case, plan.version, keys["video"], sha256, size,
-             video.sha256, json.dumps(settings), keys["report"], keys["pdf"], keys["sheet"],
-             user.name, row.id))
-        for name in ("report", "pdf", "sheet"):
-            data = {"report": report_bytes, "pdf": pdf, "sheet": sheet}[name]
-            fixity.record(conn, keys[name], data)
-        conn.execute("INSERT INTO object_hashes (key, sha256, size_bytes) VALUES (%s, %s, %s)"
-                     " ON CONFLICT (key) DO NOTHING", (keys["video"], sha256, size))
+    try:
+        with ctx.db() as conn:
+            # The account, its case and its token as they stand now (it rendered a while).
+            require_now(conn, ctx.audit_key, user, "redact", case)
+            row = audit.append(conn, ctx.audit_key, user.name, "redaction.create", {
+                "derivative_id": derivative_id, "video_id": video_id, "case": case,
+                "sha256": sha256, "original_sha256": video.sha256,
+                "plan_version": plan.version, "algorithm": ALGORITHM, "settings": settings,
+                "reviewer": user.name, "object_key": keys["video"],
+                "report_sha256": hashlib.sha256(report_bytes).hexdigest(),
+                "redacted_regions": len(report["redacted_regions"]),
+                "kept_tracks": [k["track"] for k in report["kept_tracks"]]})
+            conn.execute(
+                "INSERT INTO redactions (id, video_id, case_id, plan_version, object_key,"
+                " sha256, size_bytes, original_sha256, settings, report_key, pdf_key, sheet_key,"
+                " reviewer, audit_id)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                (derivative_id, video_id, case, plan.version, keys["video"], sha256, size,
+                 video.sha256, json.dumps(settings), keys["report"], keys["pdf"],
+                 keys["sheet"], user.name, row.id))
+            for name in ("report", "pdf", "sheet"):
+                data = {"report": report_bytes, "pdf": pdf, "sheet": sheet}[name]
+                fixity.record(conn, keys[name], data)
+            conn.execute("INSERT INTO object_hashes (key, sha256, size_bytes)"
+                         " VALUES (%s, %s, %s) ON CONFLICT (key) DO NOTHING",
+                         (keys["video"], sha256, size))
+    except (AccessDeniedError, UnauthenticatedError):
+        # Refused where it would be recorded (the account, its case or its token changed
+        # while it rendered): nothing of it is kept.
+        for stored in keys.values():
+            ctx.store.delete(stored)
+        raise
     return {"derivative_id": derivative_id, "sha256": sha256,
             "original_sha256": video.sha256, "report": report}
 
