@@ -107,28 +107,38 @@ def seal(key: str, hash_hex: str) -> str:
     return hmac.new(key.encode(), hash_hex.encode(), hashlib.sha256).hexdigest()
 
 
-SYSTEM_ACTORS = "system:"  # the prefix of every actor a worker writes rows as
+# The rows workers write, by actor and action: the only ones the workers' key seals. A row
+# a worker would write with another actor or action (a new task) must be named here.
+WORKER_ROWS = {
+    "system:worker": frozenset({"processing.done", "processing.failed",
+                                "processing.quarantined"}),
+    "system:matching": frozenset({"matches.create"}),
+    "system:incoming": frozenset({"ingest", "ingest.duplicate", "ingest.incoming",
+                                  "ingest.rejected"}),
+    "system:retention": frozenset({"purge", "matches.end"}),
+    "system:fixity": frozenset({"fixity.ok", "fixity.failed", "fixity.mismatch"}),
+}
 
 
 def worker_key(audit_key: str) -> str:
     """The key worker hosts seal their rows with, derived one-way from the audit key.
 
     A worker host is given this key, never the audit key: the rows and anchors it seals verify
-    (the verifier derives the same key), but only rows of a `system:` actor (the processing,
-    matching, incoming, retention and fixity rows workers write). A worker host that is taken
-    over can therefore append no row in a person's name, and no login, account change or
-    search, that verifies: the server holds the audit key alone.
+    (the verifier derives the same key), but only the rows workers write (WORKER_ROWS: the
+    processing, matching, incoming, retention and fixity rows of their system actors). A
+    worker host that is taken over can therefore append no row in a person's name, and no
+    login, account change or search, that verifies: the server holds the audit key alone.
     """
     return derive_key(audit_key, "worker seal")
 
 
-def sealed_by(key: str, digest: str, actor: str, sealed: str) -> bool:
+def sealed_by(key: str, digest: str, actor: str, action: str, sealed: str) -> bool:
     """Whether a row's seal is valid: made with `key`, or with the workers' key derived from
-    it on a row of a system actor. (A worker, holding only the workers' key, checks its own
-    rows' seals with it and cannot check the server's.)"""
+    it on a row workers write (WORKER_ROWS). (A worker, holding only the workers' key, checks
+    its own rows' seals with it and cannot check the server's.)"""
     if hmac.compare_digest(seal(key, digest), sealed):
         return True
-    return actor.startswith(SYSTEM_ACTORS) and hmac.compare_digest(
+    return action in WORKER_ROWS.get(actor, ()) and hmac.compare_digest(
         seal(worker_key(key), digest), sealed)
 
 
@@ -225,11 +235,12 @@ def anchor_head(conn: Conn, store: Any, key: str) -> bool:
     server's backstop, run every `jobs.reconcile_interval_s`, for an anchor that failed while
     the object store was down); True when one was written. `key` is the audit key: the
     workers' key cannot check the server's rows."""
-    last = conn.execute("SELECT id, actor, hash, seal FROM audit_log ORDER BY id DESC LIMIT 1"
-                        ).fetchone()
+    last = conn.execute("SELECT id, actor, action, hash, seal FROM audit_log"
+                        " ORDER BY id DESC LIMIT 1").fetchone()
     if last is None or store.exists(anchor_key(int(last["id"]))):
         return False
-    if not sealed_by(key, str(last["hash"]), str(last["actor"]), str(last["seal"])):
+    if not sealed_by(key, str(last["hash"]), str(last["actor"]), str(last["action"]),
+                     str(last["seal"])):
         # Not written by the application (one inserted in the database): anchoring it would
         # vouch for it, and deleting it afterwards would then look like a lost row.
         log.error("audit row %d has no valid seal: not anchored; run `bodycam audit verify`",
@@ -356,9 +367,9 @@ def _verify_chain(conn: Conn, key: str, store: Any | None) -> Verdict:
             if digest != r["hash"]:
                 return Verdict(False, count, rid, f"row {rid} content does not match its hash:"
                                                   " changed")
-            if not sealed_by(key, digest, str(r["actor"]), str(r["seal"])):
-                why = ("sealed with the workers' key but not a system row: a worker host"
-                       " wrote it in another's name"
+            if not sealed_by(key, digest, str(r["actor"]), str(r["action"]), str(r["seal"])):
+                why = ("sealed with the workers' key but not a row workers write: a worker"
+                       " host wrote it in another's name"
                        if hmac.compare_digest(seal(worker_key(key), digest), str(r["seal"]))
                        else "written or rewritten outside the application")
                 return Verdict(False, count, rid, f"row {rid} has an invalid seal: {why}")

@@ -16,8 +16,6 @@ from bodycam.errors import ConfigError, TransientError
 from bodycam.services import Services, resolve
 from bodycam.storage import ObjectStore
 
-OPERATOR_TOKEN = "operator.token"
-
 log = logging.getLogger(__name__)
 
 

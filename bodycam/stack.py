@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 
 import psutil
 
+from bodycam.client import OPERATOR_TOKEN
 from bodycam.config import Settings, env_for_children
 from bodycam.db import APP_ROLE, WORKER_ROLE
 from bodycam.errors import StackError
@@ -452,7 +453,7 @@ class Stack:
     def _bootstrap_operator(self) -> None:
         """Create the `operator` account (every role) once; its token goes in the home, 0600."""
         from bodycam.accounts import bootstrap_operator
-        from bodycam.context import OPERATOR_TOKEN, Context
+        from bodycam.context import Context
 
         ctx = Context.load(self.settings)
         with ctx.db() as conn:
@@ -945,7 +946,7 @@ def _app_exec(home: str, kind: str, argv: list[str]) -> None:
     own_file = secrets / kind
     own = own_file.read_bytes() if own_file.exists() else None
     clone_newns, ms_rec, ms_private = 0x00020000, 16384, 1 << 18
-    ms_rdonly, ms_nosuid, ms_nodev, ms_noexec, ms_remount = 1, 2, 4, 8, 32
+    ms_rdonly, ms_nosuid, ms_nodev, ms_noexec, ms_remount, ms_bind = 1, 2, 4, 8, 32, 4096
     flags = ms_nosuid | ms_nodev | ms_noexec
     _libc_call("unshare", clone_newns)
     _libc_call("mount", None, b"/", None, ms_rec | ms_private, None)
@@ -956,6 +957,11 @@ def _app_exec(home: str, kind: str, argv: list[str]) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(own)
     _libc_call("mount", None, str(secrets).encode(), None, ms_remount | ms_rdonly | flags, None)
+    # The operator's token (every role) is the operator's CLI's alone: an app process sees an
+    # empty file there (a worker read it and made itself an admin through the server).
+    token = Path(home) / OPERATOR_TOKEN
+    if token.is_file():
+        _libc_call("mount", b"/dev/null", str(token).encode(), None, ms_bind, None)
     # The services' own files: the app reaches them over their ports only. Root's
     # DAC_OVERRIDE would otherwise let it add a `trust` line to pg_hba.conf and reload.
     for name in SERVICE_DIRS:
@@ -969,6 +975,16 @@ def _app_exec(home: str, kind: str, argv: list[str]) -> None:
             err = ctypes.get_errno()
             raise OSError(err, f"dropping capability {cap}: {os.strerror(err)}")
     os.execv(argv[0], argv)
+
+
+def undumpable() -> None:
+    """Make this process undumpable (`prctl(PR_SET_DUMPABLE, 0)`, until it execs): processes
+    of the same account without CAP_SYS_PTRACE (the workers, as _app_exec confines them) can
+    then open neither its /proc/PID/root, where its view of the home holds the server's
+    secrets, nor its memory, environment or files. The server calls it as it starts (a worker
+    read server.json through the server's /proc/PID/root)."""
+    if sys.platform == "linux":
+        _libc_call("prctl", 4, 0, 0, 0, 0)  # PR_SET_DUMPABLE
 
 
 def _netns_exec(keep: str, argv: list[str]) -> None:

@@ -71,6 +71,18 @@ def _last_change(tb: StackHandle) -> int:
 
 # --- who holds which secret ------------------------------------------------------------------
 
+def test_the_workers_key_seals_only_the_rows_workers_write() -> None:
+    key, digest = "k" * 32, "d" * 64
+    by_worker = audit.seal(audit.worker_key(key), digest)
+    assert audit.sealed_by(key, digest, "system:worker", "processing.done", by_worker)
+    assert audit.sealed_by(key, digest, "operator", "login", audit.seal(key, digest))
+    for actor, action in (("operator", "login"), ("system:worker", "user.create"),
+                          ("system:accounts", "user.create"), ("System:worker", "processing.done"),
+                          ("system:worker\u202e", "processing.done"), ("system:fixity", "search")):
+        assert not audit.sealed_by(key, digest, actor, action, by_worker), (actor, action)
+
+
+
 def test_each_secret_lives_in_one_file_and_the_audit_key_never_beside_the_superuser_url(
         tb: StackHandle) -> None:
     home = tb.home
@@ -273,6 +285,8 @@ def test_server_and_workers_cannot_obtain_the_superuser_url(tb: StackHandle) -> 
         proc = psutil.Process(pid)
         env = Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace")
         assert not any(s in env for s in admin_secrets), name
+        # (A worker on this kernel can read the server's environment: it holds no secret.)
+        assert secrets["audit_key"] not in env and secrets["database_url"] not in env, name
         # Its view of the home's secrets, read-only: the server's file for the server, the
         # workers' for the workers and the scheduler (no audit key, no server database role).
         seen = Path(f"/proc/{pid}/root") / str(tb.home).lstrip("/") / "secrets"
@@ -317,6 +331,12 @@ def test_server_and_workers_cannot_obtain_the_superuser_url(tb: StackHandle) -> 
         "attempt('pg_hba', lambda: open(pgdata + '/pg_hba.conf', 'a').write('# x'))\n"
         "attempt('pg_list', lambda: os.listdir(pgdata) and 'listed')\n"
         f"attempt('redis_dir', lambda: os.listdir({str(tb.home / 'redis')!r}) and 'listed')\n"
+        # A worker read server.json through the server's /proc/PID/root (same account, same
+        # capabilities), and took the operator's token from the home to make itself an admin.
+        f"attempt('via_api', lambda: open('/proc/{pids['api']}/root' + secrets"
+        " + '/server.json').read())\n"
+        f"attempt('api_mem', lambda: open('/proc/{pids['api']}/mem', 'rb') and 'opened')\n"
+        f"attempt('operator_token', lambda: open({str(tb.home / 'operator.token')!r}).read())\n"
         "print(json.dumps(out))\n")
     got = subprocess.run(
         [sys.executable, "-m", "bodycam.stack", "app-exec", str(tb.home), "worker.json", "--",
@@ -325,7 +345,9 @@ def test_server_and_workers_cannot_obtain_the_superuser_url(tb: StackHandle) -> 
     assert got.returncode == 0, got.stderr
     result = json.loads(got.stdout)
     assert result["own"] == "visible"
-    for name in ("read", "server", "umount", "via_proc", "write", "pg_hba"):
+    assert result["operator_token"] == "", "an empty file in an app process's view"
+    for name in ("read", "server", "umount", "via_proc", "write", "pg_hba", "via_api",
+                 "api_mem"):
         assert str(result[name]).startswith("refused"), (name, result[name])
     assert result["pg_list"] == [] and result["redis_dir"] == [], "hidden: empty"
     assert "pg_hba.conf" in os.listdir(tb.home / "pgdata"), "there outside the confinement"
@@ -486,10 +508,53 @@ def test_a_worker_host_can_touch_no_account_and_no_decision_of_the_servers(
         " SELECT id, 'mallory', 'confirmed', 'x', 1 FROM matches LIMIT 1",
         "UPDATE searches SET purpose = 'x'", "DELETE FROM searches",
         "UPDATE audit_log SET actor = 'x'", "DELETE FROM audit_log", "TRUNCATE audit_log",
+        # A hold, a watchlist entry or its faces, a decision: found changed by a worker role.
+        "DELETE FROM held_cases", f"INSERT INTO held_cases (case_id, held_by, reason)"
+        f" VALUES ('{OTHER}', 'mallory', 'x')",
+        "INSERT INTO subjects (case_id, name, reason, created_by) VALUES ('X', 'n', 'r', 'm')",
+        "UPDATE subjects SET name = 'x', created_by = 'mallory'",
+        "INSERT INTO subject_faces (subject_id) SELECT id FROM subjects LIMIT 1",
+        "UPDATE matches SET subject_id = subject_id, similarity = 1",
+        "ALTER ROLE bodycam_worker SUPERUSER",
     ]
     for statement in refused:
         with _worker_conn(tb) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute(statement)
+    # The log's order and its high-water mark, which the role must write: a mark a million
+    # rows ahead stopped every audited action; a row past the end left a gap for good.
+    with psycopg.connect(home_admin_url(tb.home)) as su:
+        last = su.execute("SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1").fetchone()
+        assert last is not None
+        subject = su.execute("INSERT INTO subjects (case_id, name, reason, created_by)"
+                             " VALUES (%s, 'tb-entry', 'x', 'tb') RETURNING id",
+                             (CASE,)).fetchone()
+        track = su.execute("SELECT id, video_id FROM tracks LIMIT 1").fetchone()
+        assert subject is not None and track is not None
+    broken = [("UPDATE audit_head SET last_id = last_id + 1000000", ()),
+              ("INSERT INTO audit_log (id, at, actor, action, details, prev_hash, hash, seal)"
+               " VALUES (%s, now(), 'system:worker', 'processing.done', '{}', %s, 'h', 's')",
+               (int(last[0]) + 1000, last[1])),
+              ("INSERT INTO audit_log (id, at, actor, action, details, prev_hash, hash, seal)"
+               " VALUES (%s, now(), 'system:worker', 'processing.done', '{}', 'x', 'h', 's')",
+               (int(last[0]) + 1,)),
+              ("INSERT INTO matches (subject_id, track_id, video_id, case_id, similarity,"
+               " threshold, model, status) VALUES (%s, %s, %s, %s, 0.9, 0.5, 'm', 'confirmed')",
+               (subject[0], track[0], track[1], CASE))]
+    for statement, args in broken:
+        with _worker_conn(tb) as conn, pytest.raises(psycopg.errors.RaiseException):
+            conn.execute(statement, args)
+    with _worker_conn(tb) as conn:  # a lead it makes is pending; it can end it, not decide it
+        [match] = conn.execute(
+            "INSERT INTO matches (subject_id, track_id, video_id, case_id, similarity,"
+            " threshold, model) VALUES (%s, %s, %s, %s, 0.9, 0.5, 'm') RETURNING id",
+            (subject[0], track[0], track[1], CASE)).fetchone() or (None,)
+        for decided in ("confirmed", "rejected"):
+            with pytest.raises(psycopg.errors.RaiseException):
+                conn.execute("UPDATE matches SET status = %s WHERE id = %s", (decided, match))
+        conn.execute("UPDATE matches SET status = 'withdrawn', decided_at = now()"
+                     " WHERE id = %s", (match,))
+        conn.execute("UPDATE subjects SET removed_at = now(), removed_by = 'system:retention'"
+                     " WHERE id = %s", (subject[0],))
     with _worker_conn(tb) as conn:  # what it needs, it has
         assert conn.execute("SELECT count(*) FROM videos").fetchone() is not None
         assert conn.execute("SELECT count(*) FROM policy").fetchone() is not None
@@ -574,15 +639,16 @@ def test_a_change_made_as_superuser_behind_the_apps_back_makes_audit_verify_fail
 
 def test_a_row_a_worker_host_seals_in_a_persons_name_makes_audit_verify_fail(
         tb: StackHandle) -> None:
-    """The workers' key seals rows of system actors only: one naming a person (a login, a
-    search, an account change) fails verification, naming the workers' key. (Last: the log
-    is append-only, so it stays failed.)"""
+    """The workers' key seals the rows workers write only (their actors, their actions): one
+    naming a person (a login, a search) or another action (an account made under a system
+    actor verified until the action was checked too) fails verification, naming the workers'
+    key. (Last: the log is append-only, so it stays failed.)"""
     wkey = json.loads((tb.home / "secrets" / "worker.json").read_text())["audit_key"]
     with _worker_conn(tb) as conn:
         conn.autocommit = False
         conn.row_factory = psycopg.rows.dict_row  # type: ignore[assignment]
-        row = audit.append(conn, wkey, "operator", "login",  # type: ignore[arg-type]
-                           {"token_id": "forged"})
+        row = audit.append(conn, wkey, "system:worker", "user.create",  # type: ignore[arg-type]
+                           {"user": "mallory", "roles": ["admin"]})
         conn.commit()
     proc = tb.cli.run("audit", "verify")
     text = " ".join((proc.stdout + proc.stderr).split())

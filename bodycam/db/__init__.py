@@ -184,14 +184,16 @@ def migrate(admin_url: str, passwords: dict[str, str] | None = None) -> list[str
 
 
 def _grant_app_role(conn: psycopg.Connection[tuple[object, ...]], name: str,
-                password: str | None, worker: bool) -> None:
+                    password: str | None, worker: bool) -> None:
     """Grant a login role of the application what it needs (created, or its password set,
     when `password` is given; left alone if it does not exist and none is): rows of every
     table, the audit log append-only, the account tables through the audited functions only.
     The workers' role (`worker`) has no access at all to the account tables and cannot run
-    the account functions (a worker never reads an account or a token), and only reads what
-    the server alone decides (WORKER_READ_ONLY): a worker host taken over can neither make an
-    account or a token nor change the policy, a threshold, a review or a search record."""
+    the account functions (a worker never reads an account or a token), only reads what the
+    server alone decides (WORKER_READ_ONLY), and writes no more than its job on
+    WORKER_LIMITED: a worker host taken over can neither make an account or a token nor
+    change the policy, a threshold, a review, a search record, a hold, a watchlist entry or a
+    decision on a lead. Settings a role gave itself (`ALTER ROLE ... SET`) are reset."""
     role = sql.Identifier(name)
     exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)).fetchone()
     if password is None and not exists:
@@ -200,6 +202,7 @@ def _grant_app_role(conn: psycopg.Connection[tuple[object, ...]], name: str,
         verb = "ALTER" if exists else "CREATE"
         conn.execute(
             sql.SQL(verb + " ROLE {} LOGIN PASSWORD {}").format(role, sql.Literal(password)))
+    conn.execute(sql.SQL("ALTER ROLE {} RESET ALL").format(role))
     conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(
         sql.Identifier(conn.info.dbname), role))
     conn.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(role))
@@ -219,10 +222,8 @@ def _grant_app_role(conn: psycopg.Connection[tuple[object, ...]], name: str,
         if conn.execute("SELECT to_regclass(%s)", (f"public.{table}",)).fetchone() != (None,):
             conn.execute(sql.SQL("REVOKE " + revoked + " ON {} FROM {}")
                          .format(sql.Identifier(table), role))
-    for table in WORKER_READ_ONLY if worker else ():
-        if conn.execute("SELECT to_regclass(%s)", (f"public.{table}",)).fetchone() != (None,):
-            conn.execute(sql.SQL("REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON {} FROM {}")
-                         .format(sql.Identifier(table), role))
+    if worker:
+        _limit_worker(conn, role)
     for signature in ACCOUNT_FUNCTIONS:
         name = signature.split("(", 1)[0]
         if conn.execute("SELECT 1 FROM pg_proc WHERE proname = %s", (name,)).fetchone():
@@ -231,10 +232,41 @@ def _grant_app_role(conn: psycopg.Connection[tuple[object, ...]], name: str,
             conn.execute(sql.SQL(verb).format(sql.SQL(signature), role))
 
 
+def _limit_worker(conn: psycopg.Connection[tuple[object, ...]], role: sql.Identifier) -> None:
+    """Take from the workers' role what the server alone decides (WORKER_READ_ONLY) and all
+    but its job's reach on WORKER_LIMITED."""
+    maintain = conn.info.server_version >= 170000  # MAINTAIN is PostgreSQL 17's
+    for table in (*WORKER_READ_ONLY, *WORKER_LIMITED):
+        if conn.execute("SELECT to_regclass(%s)", (f"public.{table}",)).fetchone() == (None,):
+            continue
+        name = sql.Identifier(table)
+        conn.execute(sql.SQL("REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON {} FROM {}")
+                     .format(name, role))
+        privileges, columns = WORKER_LIMITED.get(table, ("", ()))
+        if privileges and (maintain or "MAINTAIN" not in privileges):
+            conn.execute(sql.SQL("GRANT " + privileges + " ON {} TO {}").format(name, role))
+        elif privileges:  # before PostgreSQL 17 only a write right lets a purge lock holds out
+            conn.execute(sql.SQL("GRANT DELETE ON {} TO {}").format(name, role))
+        if columns:
+            conn.execute(sql.SQL("GRANT UPDATE ({}) ON {} TO {}").format(
+                sql.SQL(", ").join(map(sql.Identifier, columns)), name, role))
+
+
 ACCOUNT_TABLES = ("users", "case_assignments", "api_tokens", "account_changes")
 # What the server alone writes and a worker only reads.
 WORKER_READ_ONLY = ("policy", "thresholds", "reviews", "searches", "redactions",
                     "redaction_plans")
+# Where a worker needs some writes, these only (privileges, columns it may update):
+WORKER_LIMITED = {
+    # retention retires lapsed entries (never adds one) and deletes their templates
+    "subjects": ("", ("removed_at", "removed_by")),
+    "subject_faces": ("DELETE", ()),
+    # matching makes leads, retention ends unreviewed ones (migration 019 holds the statuses
+    # to pending and withdrawn)
+    "matches": ("INSERT, DELETE", ("status", "decided_at")),
+    # a purge locks holds and releases out while it runs (LOCK ... SHARE needs MAINTAIN)
+    "held_cases": ("MAINTAIN", ()),
+}
 ACCOUNT_FUNCTIONS = (
     "bodycam_user_create(bigint, text, text[], text)",
     "bodycam_user_set_roles(bigint, text, text[])",

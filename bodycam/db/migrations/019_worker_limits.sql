@@ -1,0 +1,55 @@
+-- What no role that writes the audit log may do to it, and what the workers' role may do to
+-- the leads. Found by attacking a worker host's secrets (2026-12-05): its role pushed the
+-- high-water mark a million rows ahead, which stopped every audited action and made the
+-- intact log read as deleted, and it confirmed a match no one had reviewed.
+
+-- A row is appended right after the log's last one and links to its hash (audit.append does
+-- so under the log's lock): no gap, no row put in the middle.
+CREATE FUNCTION audit_log_append_in_order() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    prev_id bigint;
+    prev_digest text;
+BEGIN
+    SELECT a.id, a.hash INTO prev_id, prev_digest FROM audit_log a ORDER BY a.id DESC LIMIT 1;
+    IF NEW.id <> COALESCE(prev_id, 0) + 1
+       OR NEW.prev_hash <> COALESCE(prev_digest, repeat('0', 64)) THEN
+        RAISE EXCEPTION 'audit row % must follow row % and link to its hash', NEW.id,
+            COALESCE(prev_id, 0);
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER audit_log_append_in_order BEFORE INSERT ON audit_log
+    FOR EACH ROW EXECUTE FUNCTION audit_log_append_in_order();
+
+-- The high-water mark names a row of the log, as it stands (it already only moves forward).
+CREATE FUNCTION audit_head_names_a_row() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM audit_log a WHERE a.id = NEW.last_id
+                   AND a.hash = NEW.last_hash) THEN
+        RAISE EXCEPTION 'audit_head must name a row of the log (row % with its hash)',
+            NEW.last_id;
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER audit_head_names_a_row BEFORE INSERT OR UPDATE ON audit_head
+    FOR EACH ROW EXECUTE FUNCTION audit_head_names_a_row();
+
+-- The workers make leads (pending) and end unreviewed ones (withdrawn); a decision is a
+-- reviewer's, through the server. (The role's column grants: bodycam.db._grant_app_role.)
+CREATE FUNCTION matches_worker_guard() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF current_user <> 'bodycam_worker' THEN
+        RETURN NEW;
+    END IF;
+    IF TG_OP = 'INSERT' AND (NEW.status <> 'pending' OR NEW.decided_at IS NOT NULL) THEN
+        RAISE EXCEPTION 'a worker makes a match pending, never %', NEW.status;
+    END IF;
+    IF TG_OP = 'UPDATE' AND NEW.status IS DISTINCT FROM OLD.status
+       AND NOT (OLD.status = 'pending' AND NEW.status = 'withdrawn') THEN
+        RAISE EXCEPTION 'a worker only withdraws a pending match, never % -> %', OLD.status,
+            NEW.status;
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER matches_worker_guard BEFORE INSERT OR UPDATE ON matches
+    FOR EACH ROW EXECUTE FUNCTION matches_worker_guard();
