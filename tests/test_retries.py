@@ -5,12 +5,14 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
+import psycopg
 import pytest
 
 from bodycam import jobs, queue
 from bodycam.config import JobSettings
 from bodycam.errors import ModelUnavailableError, TransientError
 from bodycam.processing import failure_kind
+from bodycam.services import home_admin_url
 from tests.conftest import HAMILTON, StackHandle
 
 
@@ -200,14 +202,16 @@ def test_a_claim_cut_off_by_a_killed_backend_is_queued_again_without_the_reaper(
         while pid is None:  # a worker's claim, waiting behind the lock
             assert time.monotonic() < deadline, "no worker tried to claim the unit"
             time.sleep(0.1)
-            with stack.ctx.db() as conn:  # a new snapshot of pg_stat_activity each time
-                row = conn.execute(
+            # The workers' backends are another role's: the superuser sees and ends them. A
+            # new connection each time: pg_stat_activity is a snapshot per transaction.
+            with psycopg.connect(home_admin_url(stack.home), autocommit=True) as admin:
+                row = admin.execute(
                     "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
                     " AND query LIKE 'UPDATE work_units SET state = ''running''%%'").fetchone()
-                pid = row["pid"] if row else None
-        with stack.ctx.db() as conn:
-            assert conn.execute("SELECT pg_terminate_backend(%s) AS ok", (pid,)
-                                ).fetchone()["ok"]
+                pid = row[0] if row else None
+        with psycopg.connect(home_admin_url(stack.home), autocommit=True) as admin:
+            ended = admin.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone()
+            assert ended is not None and ended[0]
         holder.rollback()
     killed = time.monotonic()
     while _unit(stack, vid)["attempts"] == 0:
