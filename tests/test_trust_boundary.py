@@ -515,7 +515,7 @@ def test_a_worker_host_can_touch_no_account_and_no_decision_of_the_servers(
         "UPDATE subjects SET name = 'x', created_by = 'mallory'",
         "INSERT INTO subject_faces (subject_id) SELECT id FROM subjects LIMIT 1",
         "UPDATE matches SET subject_id = subject_id, similarity = 1",
-        "ALTER ROLE bodycam_worker SUPERUSER",
+        "ALTER ROLE bodycam_worker SUPERUSER", "DELETE FROM videos",
     ]
     for statement in refused:
         with _worker_conn(tb) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
@@ -553,6 +553,11 @@ def test_a_worker_host_can_touch_no_account_and_no_decision_of_the_servers(
                 conn.execute("UPDATE matches SET status = %s WHERE id = %s", (decided, match))
         conn.execute("UPDATE matches SET status = 'withdrawn', decided_at = now()"
                      " WHERE id = %s", (match,))
+        # Nor does it delete an ended lead, or the track that carries one (with its reviews).
+        for statement, arg in (("DELETE FROM matches WHERE id = %s", match),
+                               ("DELETE FROM tracks WHERE id = %s", track[0])):
+            with pytest.raises(psycopg.errors.RaiseException):
+                conn.execute(statement, (arg,))
         conn.execute("UPDATE subjects SET removed_at = now(), removed_by = 'system:retention'"
                      " WHERE id = %s", (subject[0],))
     with _worker_conn(tb) as conn:  # what it needs, it has

@@ -266,6 +266,8 @@ WORKER_LIMITED = {
     "matches": ("INSERT, DELETE", ("status", "decided_at")),
     # a purge locks holds and releases out while it runs (LOCK ... SHARE needs MAINTAIN)
     "held_cases": ("MAINTAIN", ()),
+    # ingest from incoming/ records videos and processing updates them; none is ever deleted
+    "videos": ("INSERT, UPDATE", ()),
 }
 ACCOUNT_FUNCTIONS = (
     "bodycam_user_create(bigint, text, text[], text)",

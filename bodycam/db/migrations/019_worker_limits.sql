@@ -53,3 +53,26 @@ BEGIN
 END $$;
 CREATE TRIGGER matches_worker_guard BEFORE INSERT OR UPDATE ON matches
     FOR EACH ROW EXECUTE FUNCTION matches_worker_guard();
+
+-- Nor does a worker delete a decision: a lead only while it is pending and unreviewed
+-- (leads.end_pending), and no track that carries a decided or reviewed lead (deleting it
+-- would take the lead and its reviews with it).
+CREATE FUNCTION worker_keeps_decisions() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF current_user <> 'bodycam_worker' THEN
+        RETURN OLD;
+    END IF;
+    IF EXISTS (SELECT 1 FROM matches m
+               WHERE (CASE TG_TABLE_NAME WHEN 'matches' THEN m.id = OLD.id
+                      ELSE m.track_id = OLD.id END)
+                 AND (m.status <> 'pending'
+                      OR EXISTS (SELECT 1 FROM reviews r WHERE r.match_id = m.id))) THEN
+        RAISE EXCEPTION 'a worker deletes no decided or reviewed lead (% %)', TG_TABLE_NAME,
+            OLD.id;
+    END IF;
+    RETURN OLD;
+END $$;
+CREATE TRIGGER matches_worker_keeps_decisions BEFORE DELETE ON matches
+    FOR EACH ROW EXECUTE FUNCTION worker_keeps_decisions();
+CREATE TRIGGER tracks_worker_keeps_decisions BEFORE DELETE ON tracks
+    FOR EACH ROW EXECUTE FUNCTION worker_keeps_decisions();
