@@ -443,7 +443,7 @@ class Stack:
                 self._spawn(
                     "beat",
                     [*CELERY, "beat", "--loglevel", "INFO",
-                     "-s", str(self.run_dir / "beat-schedule")],
+                     "-s", str(self.home / "beat" / "beat-schedule")],
                     marker="workers.celery_app beat", app=WORKER_SECRETS,
                 )
             )
@@ -922,6 +922,9 @@ def _as_pg_user(pgdata: str, argv: list[str]) -> None:
 # Capabilities an app process gives up for good (bounding set): with them it could unmount
 # the view of secrets/ it was given, or reach other processes' files through /proc/PID/root.
 _CAP_SYS_PTRACE, _CAP_SYS_ADMIN, _PR_CAPBSET_DROP = 19, 21, 24
+_WORKER_ONLY_DROPS = (16, 17, 22)  # CAP_SYS_MODULE, CAP_SYS_RAWIO, CAP_SYS_BOOT
+# What a worker and the scheduler write in the home (the rest of it is read-only to them).
+WORKER_WRITES = ("cache", "beat")
 
 
 def _app_exec(home: str, kind: str, argv: list[str]) -> None:
@@ -969,8 +972,28 @@ def _app_exec(home: str, kind: str, argv: list[str]) -> None:
         if data.is_dir():
             _libc_call("mount", b"tmpfs", str(data).encode(), b"tmpfs", flags | ms_rdonly,
                        b"mode=0500,size=4k")
+    # The home itself is read-only to a worker and the scheduler, but for the folders they
+    # write (WORKER_WRITES): a worker pointed client.json at a listener of its own and took
+    # the operator's token from the CLI (black-box pass), and run/ holds the server's socket,
+    # which the CLI trusts. (The server's own view stays writable: it links each upload into
+    # the cache, which separate mounts would refuse.)
+    if kind == WORKER_SECRETS:
+        home_b = str(home).encode()
+        for name in WORKER_WRITES:
+            folder = Path(home) / name
+            folder.mkdir(mode=0o700, exist_ok=True)
+            _libc_call("mount", str(folder).encode(), str(folder).encode(), None, ms_bind, None)
+        _libc_call("mount", home_b, home_b, None, ms_bind | ms_rec, None)
+        _libc_call("mount", None, home_b, None, ms_remount | ms_bind | ms_rdonly, None)
     libc = ctypes.CDLL(None, use_errno=True)
-    for cap in (_CAP_SYS_ADMIN, _CAP_SYS_PTRACE):
+    # A worker gives up capabilities the server keeps: the kernel then lets it open none of
+    # the server's /proc/PID/root, memory or files (ptrace access needs the target's
+    # capabilities to be a subset of the caller's), from the server's first instant on. The
+    # server made itself undumpable only once Python had started, and a worker that killed
+    # it read server.json through that window as `up` restarted it (black-box pass).
+    drops = (_CAP_SYS_ADMIN, _CAP_SYS_PTRACE) + (
+        _WORKER_ONLY_DROPS if kind == WORKER_SECRETS else ())
+    for cap in drops:
         if libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
             err = ctypes.get_errno()
             raise OSError(err, f"dropping capability {cap}: {os.strerror(err)}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import select
+import shutil
 import socket
 import struct
 import subprocess
@@ -306,6 +307,17 @@ def test_server_and_workers_cannot_obtain_the_superuser_url(tb: StackHandle) -> 
     redis_pid = json.loads((tb.home / "stack.json").read_text())["processes"]
     [redis_pid] = [p["pid"] for p in redis_pid if p["name"] == "redis"]
     admin = tb.home / "secrets" / "admin.json"
+    # A server-kind process that has not made itself undumpable (as the server is at its
+    # first instant, which a worker that killed it could catch as `up` restarted it).
+    starting = subprocess.Popen(
+        [sys.executable, "-m", "bodycam.stack", "app-exec", str(tb.home), "server.json", "--",
+         str(shutil.which("sleep")), "120"], cwd=tb.home, stdin=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
+    deadline = time.monotonic() + 30
+    while psutil.Process(starting.pid).cmdline()[:1] != [shutil.which("sleep")]:
+        assert time.monotonic() < deadline, "app-exec never ran the command"
+        time.sleep(0.1)
+    home = str(tb.home)
     attack = (
         "import ctypes, json, os, subprocess\n"
         "out = {}\n"
@@ -337,17 +349,30 @@ def test_server_and_workers_cannot_obtain_the_superuser_url(tb: StackHandle) -> 
         " + '/server.json').read())\n"
         f"attempt('api_mem', lambda: open('/proc/{pids['api']}/mem', 'rb') and 'opened')\n"
         f"attempt('operator_token', lambda: open({str(tb.home / 'operator.token')!r}).read())\n"
+        f"attempt('server_starting', lambda: open('/proc/{starting.pid}/root' + secrets"
+        " + '/server.json').read())\n"
+        # The files and the socket the operator's CLI trusts (a worker pointed client.json at
+        # a listener of its own and took the operator's token); the cache stays writable.
+        f"attempt('client_json', lambda: open({home!r} + '/client.json', 'a').write(' '))\n"
+        f"attempt('stack_json', lambda: open({home!r} + '/stack.json', 'a').write(' '))\n"
+        f"attempt('run_dir', lambda: open({home!r} + '/run/api.sock.x', 'w').write('x'))\n"
+        f"attempt('home_dir', lambda: open({home!r} + '/client.json.x', 'w').write('x'))\n"
+        f"attempt('cache', lambda: open({home!r} + '/cache/.probe', 'w').write('x') and 'ok')\n"
         "print(json.dumps(out))\n")
     got = subprocess.run(
         [sys.executable, "-m", "bodycam.stack", "app-exec", str(tb.home), "worker.json", "--",
          sys.executable, "-c", attack], capture_output=True, text=True, timeout=60,
         cwd=tb.home, env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
+    starting.kill()
     assert got.returncode == 0, got.stderr
     result = json.loads(got.stdout)
+    assert result["cache"] == "ok", result["cache"]
+    (tb.home / "cache" / ".probe").unlink()
     assert result["own"] == "visible"
     assert result["operator_token"] == "", "an empty file in an app process's view"
     for name in ("read", "server", "umount", "via_proc", "write", "pg_hba", "via_api",
-                 "api_mem"):
+                 "api_mem", "server_starting", "client_json", "stack_json", "run_dir",
+                 "home_dir"):
         assert str(result[name]).startswith("refused"), (name, result[name])
     assert result["pg_list"] == [] and result["redis_dir"] == [], "hidden: empty"
     assert "pg_hba.conf" in os.listdir(tb.home / "pgdata"), "there outside the confinement"
@@ -551,6 +576,16 @@ def test_a_worker_host_can_touch_no_account_and_no_decision_of_the_servers(
         for decided in ("confirmed", "rejected"):
             with pytest.raises(psycopg.errors.RaiseException):
                 conn.execute("UPDATE matches SET status = %s WHERE id = %s", (decided, match))
+        # Nor a decision's time, nor a reopening no supervisor made (it put a deleted
+        # rejection back in the queue as reopened by a colleague).
+        with pytest.raises(psycopg.errors.RaiseException):
+            conn.execute("UPDATE matches SET decided_at = now() WHERE id = %s", (match,))
+        with pytest.raises(psycopg.errors.RaiseException):
+            conn.execute(
+                "INSERT INTO matches (subject_id, track_id, video_id, case_id, similarity,"
+                " threshold, model, review_round, reopened_by, reopen_reason, reopened_from)"
+                " VALUES (%s, %s, %s, %s, 0.9, 0.5, 'm', 1, 'bob', 'x', 'rejected')",
+                (subject[0], track[0], track[1], CASE))
         conn.execute("UPDATE matches SET status = 'withdrawn', decided_at = now()"
                      " WHERE id = %s", (match,))
         # Nor does it delete an ended lead, or the track that carries one (with its reviews).

@@ -41,10 +41,15 @@ BEGIN
     IF current_user <> 'bodycam_worker' THEN
         RETURN NEW;
     END IF;
-    IF TG_OP = 'INSERT' AND (NEW.status <> 'pending' OR NEW.decided_at IS NOT NULL) THEN
-        RAISE EXCEPTION 'a worker makes a match pending, never %', NEW.status;
+    IF TG_OP = 'INSERT' AND (NEW.status <> 'pending' OR NEW.decided_at IS NOT NULL
+                             OR NEW.review_round <> 0 OR NEW.reopened_by IS NOT NULL
+                             OR NEW.reopen_reason IS NOT NULL
+                             OR NEW.reopened_from IS NOT NULL) THEN
+        RAISE EXCEPTION 'a worker makes a new pending match, never % or a reopened one',
+            NEW.status;
     END IF;
-    IF TG_OP = 'UPDATE' AND NEW.status IS DISTINCT FROM OLD.status
+    IF TG_OP = 'UPDATE' AND (NEW.status IS DISTINCT FROM OLD.status
+                             OR NEW.decided_at IS DISTINCT FROM OLD.decided_at)
        AND NOT (OLD.status = 'pending' AND NEW.status = 'withdrawn') THEN
         RAISE EXCEPTION 'a worker only withdraws a pending match, never % -> %', OLD.status,
             NEW.status;
