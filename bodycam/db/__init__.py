@@ -235,7 +235,6 @@ def _grant_app_role(conn: psycopg.Connection[tuple[object, ...]], name: str,
 def _limit_worker(conn: psycopg.Connection[tuple[object, ...]], role: sql.Identifier) -> None:
     """Take from the workers' role what the server alone decides (WORKER_READ_ONLY) and all
     but its job's reach on WORKER_LIMITED."""
-    maintain = conn.info.server_version >= 170000  # MAINTAIN is PostgreSQL 17's
     for table in (*WORKER_READ_ONLY, *WORKER_LIMITED):
         if conn.execute("SELECT to_regclass(%s)", (f"public.{table}",)).fetchone() == (None,):
             continue
@@ -243,10 +242,8 @@ def _limit_worker(conn: psycopg.Connection[tuple[object, ...]], role: sql.Identi
         conn.execute(sql.SQL("REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON {} FROM {}")
                      .format(name, role))
         privileges, columns = WORKER_LIMITED.get(table, ("", ()))
-        if privileges and (maintain or "MAINTAIN" not in privileges):
+        if privileges:
             conn.execute(sql.SQL("GRANT " + privileges + " ON {} TO {}").format(name, role))
-        elif privileges:  # before PostgreSQL 17 only a write right lets a purge lock holds out
-            conn.execute(sql.SQL("GRANT DELETE ON {} TO {}").format(name, role))
         if columns:
             conn.execute(sql.SQL("GRANT UPDATE ({}) ON {} TO {}").format(
                 sql.SQL(", ").join(map(sql.Identifier, columns)), name, role))
@@ -264,7 +261,8 @@ WORKER_LIMITED = {
     # matching makes leads, retention ends unreviewed ones (migration 019 holds the statuses
     # to pending and withdrawn)
     "matches": ("INSERT, DELETE", ("status", "decided_at")),
-    # a purge locks holds and releases out while it runs (LOCK ... SHARE needs MAINTAIN)
+    # a purge locks holds and releases out while it runs (LOCK ... SHARE needs MAINTAIN,
+    # PostgreSQL 17 on: the embedded 18 and compose's 17)
     "held_cases": ("MAINTAIN", ()),
     # ingest from incoming/ records videos and processing updates them; none is ever deleted
     "videos": ("INSERT, UPDATE", ()),

@@ -36,11 +36,9 @@ CREATE TRIGGER audit_head_names_a_row BEFORE INSERT OR UPDATE ON audit_head
 
 -- The workers make leads (pending) and end unreviewed ones (withdrawn); a decision is a
 -- reviewer's, through the server. (The role's column grants: bodycam.db._grant_app_role.)
+-- These guards fire for the workers' role only (WHEN), never on the server's writes.
 CREATE FUNCTION matches_worker_guard() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    IF current_user <> 'bodycam_worker' THEN
-        RETURN NEW;
-    END IF;
     IF TG_OP = 'INSERT' AND (NEW.status <> 'pending' OR NEW.decided_at IS NOT NULL
                              OR NEW.review_round <> 0 OR NEW.reopened_by IS NOT NULL
                              OR NEW.reopen_reason IS NOT NULL
@@ -57,16 +55,14 @@ BEGIN
     RETURN NEW;
 END $$;
 CREATE TRIGGER matches_worker_guard BEFORE INSERT OR UPDATE ON matches
-    FOR EACH ROW EXECUTE FUNCTION matches_worker_guard();
+    FOR EACH ROW WHEN (current_user = 'bodycam_worker')
+    EXECUTE FUNCTION matches_worker_guard();
 
 -- Nor does a worker delete a decision: a lead only while it is pending and unreviewed
 -- (leads.end_pending), and no track that carries a decided or reviewed lead (deleting it
 -- would take the lead and its reviews with it).
 CREATE FUNCTION worker_keeps_decisions() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    IF current_user <> 'bodycam_worker' THEN
-        RETURN OLD;
-    END IF;
     IF EXISTS (SELECT 1 FROM matches m
                WHERE (CASE TG_TABLE_NAME WHEN 'matches' THEN m.id = OLD.id
                       ELSE m.track_id = OLD.id END)
@@ -78,6 +74,8 @@ BEGIN
     RETURN OLD;
 END $$;
 CREATE TRIGGER matches_worker_keeps_decisions BEFORE DELETE ON matches
-    FOR EACH ROW EXECUTE FUNCTION worker_keeps_decisions();
+    FOR EACH ROW WHEN (current_user = 'bodycam_worker')
+    EXECUTE FUNCTION worker_keeps_decisions();
 CREATE TRIGGER tracks_worker_keeps_decisions BEFORE DELETE ON tracks
-    FOR EACH ROW EXECUTE FUNCTION worker_keeps_decisions();
+    FOR EACH ROW WHEN (current_user = 'bodycam_worker')
+    EXECUTE FUNCTION worker_keeps_decisions();
