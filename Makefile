@@ -129,9 +129,9 @@ hosts: install netns
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q -s -ra -m hosts tests/test_hosts.py \
 		--basetemp="$$(mktemp -d /tmp/bodycam-hosts.XXXXXX)"
 
-# The long fault-injection run (RELIABILITY.md): 36 faults, six of each kind, about 25 min.
+# The long fault-injection run (RELIABILITY.md): 40 faults, four of each kind, about 30 min.
 faults: install
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m bodycam.faults --faults 36 --clips 3 \
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m bodycam.faults --faults 40 --clips 3 \
 		--clip-s 40 --seed 11 --out faults-report.json
 
 # The whole hostile-media corpus (seeded, ~370 files) through `bodycam ingest` against a fresh

@@ -10,7 +10,10 @@ while it injects faults one at a time into work in flight:
 - stop-past-lease: SIGSTOP of that worker for longer than its lease, then SIGCONT;
 - term-worker: SIGTERM (warm shutdown) of that worker, then `bodycam up`;
 - kill-pg-backend: pg_terminate_backend of every connection of the application role;
-- restart-redis / restart-s3: SIGKILL of Redis / SeaweedFS, then `bodycam up`.
+- restart-redis / restart-s3 / restart-postgres: SIGKILL of Redis / SeaweedFS / the Postgres
+  postmaster, then `bodycam up`;
+- pause-postgres / pause-redis / pause-s3: SIGSTOP of that service's whole process group (a
+  paused VM or container) for longer than a lease, then SIGCONT; nothing is restarted.
 
 A fault's recovery time runs from the fault until every unit that was running when it struck
 is done. The run passes when every video ends `done` without a manual retry, each video's tracks
@@ -45,7 +48,7 @@ from bodycam.db import APP_ROLE, WORKER_ROLE
 from bodycam.evaluate import generator
 
 KINDS = ("kill-worker", "stop-past-lease", "term-worker", "kill-pg-backend", "restart-redis",
-         "restart-s3")
+         "restart-s3", "restart-postgres", "pause-postgres", "pause-redis", "pause-s3")
 # Short leases make recovery observable in minutes; the heartbeat keeps a 5x margin.
 STACK_ENV = {
     "BODYCAM_PIPELINE__EMBEDDER": "dlib-resnet",
@@ -76,8 +79,11 @@ class Fault:
 class FaultRun:
     """A private embedded stack, a corpus of clips, and the faults injected into its work."""
 
-    def __init__(self, home: Path, testdata: Path, seed: int) -> None:
+    def __init__(self, home: Path, testdata: Path, seed: int,
+                 pause_s: float | None = None) -> None:
         self.home = home
+        # How long a paused process stays stopped: past a lease by default.
+        self.pause_s = pause_s or float(STACK_ENV["BODYCAM_JOBS__LEASE_S"]) + 4
         self.testdata = testdata
         self.rng = random.Random(seed)
         self.seed = seed
@@ -197,7 +203,6 @@ class FaultRun:
     def inject(self, kind: str, unit: dict[str, Any]) -> str:
         """Inject one fault aimed at the worker running `unit`; returns what was hit."""
         name, pid = self._worker_of(str(unit["lease_owner"]))
-        lease_s = float(STACK_ENV["BODYCAM_JOBS__LEASE_S"])
         if kind == "kill-worker":
             os.kill(pid, signal.SIGKILL)
             _wait_dead(pid)
@@ -205,7 +210,7 @@ class FaultRun:
             return name
         if kind == "stop-past-lease":
             os.kill(pid, signal.SIGSTOP)
-            time.sleep(lease_s + 4)
+            time.sleep(self.pause_s)
             os.kill(pid, signal.SIGCONT)
             return name
         if kind == "term-worker":
@@ -228,13 +233,22 @@ class FaultRun:
                     killed += int(n["n"]) if n else 0
                     time.sleep(0.02)
             return f"{killed} app backends"
-        if kind in ("restart-redis", "restart-s3"):
+        if kind in ("restart-redis", "restart-s3", "restart-postgres"):
             svc = kind.split("-", 1)[1]
             target = self.pid(svc)
             os.kill(target, signal.SIGKILL)
             _wait_dead(target)
             time.sleep(1)
             self.up()
+            return svc
+        if kind in ("pause-postgres", "pause-redis", "pause-s3"):
+            svc = kind.split("-", 1)[1]
+            group = os.getpgid(self.pid(svc))  # the service and every process it forked
+            os.killpg(group, signal.SIGSTOP)
+            try:
+                time.sleep(self.pause_s)
+            finally:
+                os.killpg(group, signal.SIGCONT)
             return svc
         raise ValueError(f"unknown fault kind {kind}")
 
@@ -357,12 +371,14 @@ def summarise(faults: list[Fault]) -> dict[str, dict[str, float | int | None]]:
 
 
 def run(n_faults: int, n_clips: int, duration_s: float, seed: int, testdata: Path,
-        kinds: tuple[str, ...] = KINDS, keep: bool = False) -> dict[str, Any]:
+        kinds: tuple[str, ...] = KINDS, keep: bool = False,
+        pause_s: float | None = None) -> dict[str, Any]:
     """The whole run; returns the report (its `ok` says whether every check passed)."""
     tmp = Path(tempfile.mkdtemp(prefix="bodycam-faults-"))
     home = tmp / "home"
-    fr = FaultRun(home, testdata, seed)
-    report: dict[str, Any] = {"seed": seed, "clips": n_clips, "clip_s": duration_s}
+    fr = FaultRun(home, testdata, seed, pause_s)
+    report: dict[str, Any] = {"seed": seed, "clips": n_clips, "clip_s": duration_s,
+                              "pause_s": fr.pause_s}
     try:
         fr.up()
         clips = fr.make_corpus(n_clips, duration_s, tmp)
@@ -419,6 +435,8 @@ def main() -> None:
     ap.add_argument("--testdata", type=Path,
                     default=Path(os.environ.get("BODYCAM_TESTDATA", "../shared/testdata")))
     ap.add_argument("--kinds", default=",".join(KINDS), help="comma list, in turn")
+    ap.add_argument("--pause-s", type=float, default=None,
+                    help="how long SIGSTOP lasts (stop-past-lease, pause-*); default lease + 4 s")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--keep", action="store_true", help="keep the stack's home for a look")
     args = ap.parse_args()
@@ -427,7 +445,7 @@ def main() -> None:
         ap.error(f"unknown fault kinds {sorted(unknown)}: choose from {', '.join(KINDS)}")
     generator(args.testdata)  # one line, before a stack starts, when the generator is missing
     report = run(args.faults, args.clips, args.clip_s, args.seed, args.testdata.resolve(),
-                 kinds=kinds, keep=args.keep)
+                 kinds=kinds, keep=args.keep, pause_s=args.pause_s)
     text = json.dumps(report, indent=2)
     print(text)
     if args.out:
