@@ -32,6 +32,7 @@ breaks the signature. CSV cells that a spreadsheet would run as a formula are pr
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import hmac
 import io
@@ -120,6 +121,7 @@ WORKER_ROWS = {
 }
 
 
+@functools.lru_cache(maxsize=4)  # verify derives it for every worker row and anchor
 def worker_key(audit_key: str) -> str:
     """The key worker hosts seal their rows with, derived one-way from the audit key.
 
