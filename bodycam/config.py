@@ -32,6 +32,16 @@ class LimitsSettings(_Section):
         7680 * 4320, gt=0,
         description="most pixels in one frame; every decoded frame is checked, and FFmpeg "
                     "refuses to allocate a larger picture")
+    max_fps: float = Field(
+        240.0, gt=0, description="most frames a second, on average over the video (every "
+        "frame is decoded: a 2-MB file of 1,000 frames a second held a worker for half an hour)")
+    max_streams: int = Field(
+        8, ge=1, le=1000, description="most streams (video, audio, data) in one file; FFmpeg "
+        "opens a decoder for each while it probes")
+    probe_timeout_s: float = Field(
+        30.0, gt=0, le=600, description="longest a probe may take, plus 1 s per 100 MB")
+    probe_memory_mib: int = Field(
+        1024, ge=128, description="most memory FFmpeg may take while a file is probed")
     containers: tuple[str, ...] = Field(
         ("mov", "matroska", "avi", "mpegts"),
         description="accepted containers (FFmpeg demuxer names; `mov` covers MP4, `matroska` "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from fractions import Fraction
+from typing import Any
 
 import numpy as np
 
@@ -22,6 +23,17 @@ class MediaInfo:
     rotation_deg: int
     time_base: Fraction
     start_pts: int
+    mirrored: bool = False  # shown mirrored left to right, after rotation_deg (display matrix)
+
+    @classmethod
+    def from_json(cls, m: dict[str, Any]) -> MediaInfo:
+        """The inverse of as_json."""
+        return cls(
+            container=m["container"], codec=m["codec"], width_px=m["width_px"],
+            height_px=m["height_px"], duration_s=m["duration_s"],
+            frame_rate=Fraction(m["frame_rate"]), n_frames=m["n_frames"],
+            rotation_deg=m["rotation_deg"], time_base=Fraction(m["time_base"]),
+            start_pts=m["start_pts"], mirrored=bool(m.get("mirrored", False)))
 
     def as_json(self) -> dict[str, object]:
         """Plain JSON for the database."""
@@ -36,6 +48,7 @@ class MediaInfo:
             "rotation_deg": self.rotation_deg,
             "time_base": str(self.time_base),
             "start_pts": self.start_pts,
+            "mirrored": self.mirrored,
         }
 
 

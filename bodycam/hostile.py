@@ -183,6 +183,33 @@ def fuzz_boxes(data: bytes, rng: random.Random) -> tuple[bytes, str]:
     return bytes(buf), f"box {kind} body scrambled"
 
 
+def repeat_edit_list(data: bytes, times: int) -> bytes:
+    """The MP4 (one track, moov last) with its edit list's one entry repeated `times` times:
+    FFmpeg then lists the whole media once per entry, so a small file plays millions of
+    frames. The movie's and the track's durations say so (capped at 32 bits)."""
+    buf = bytearray(data)
+    moov = mp4_boxes(data)[-1]
+    assert moov[2] == "moov", "moov must be last"
+    inner = _children(data, moov)
+    mvhd = next(b for b in inner if b[2] == "mvhd")
+    trak = next(b for b in inner if b[2] == "trak")
+    in_trak = _children(data, trak)
+    edts = next(b for b in in_trak if b[2] == "edts")
+    tkhd = next(b for b in in_trak if b[2] == "tkhd")
+    segment, media_time, rate = struct.unpack(">IiI", data[edts[0] + 24:edts[0] + 36])
+    entries = struct.pack(">IiI", segment, media_time, rate) * times
+    elst = struct.pack(">I4sII", 16 + len(entries), b"elst", 0, times) + entries
+    new = struct.pack(">I4s", 8 + len(elst), b"edts") + elst
+    grow = len(new) - edts[1]
+    buf[edts[0]:edts[0] + edts[1]] = new
+    struct.pack_into(">I", buf, trak[0], trak[1] + grow)
+    struct.pack_into(">I", buf, moov[0], moov[1] + grow)
+    total = min(times * segment, 0xFFFFFFFF)
+    struct.pack_into(">I", buf, mvhd[0] + 24, total)
+    struct.pack_into(">I", buf, tkhd[0] + 28, total)
+    return bytes(buf)
+
+
 def _patch_box_field(data: bytes, kind: str, rel: int, fmt: str, value: int) -> bytes:
     buf = bytearray(data)
     for off, _size, k in all_boxes(data):
@@ -314,12 +341,24 @@ def _bombs(c: Corpus, base: bytes) -> None:
           "either", _patch_box_field(base, "mdhd", 20, ">I", 1))
     c.add("bombs/long_still.mp4", "bomb", "stts: every frame lasts 2^31 ticks (days)",
           "refused", _patch_box_field(base, "stts", 20, ">I", 0x7FFFFFFF))
-    dense = c.add("bombs/dense_fps.mp4", "bomb", "1000 frames per second for 3 s", "either")
+    dense = c.add("bombs/dense_fps.mp4", "bomb", "1000 frames per second for 3 s", "refused")
     _ff(*_src("64x64", 1000, 3.0), "-c:v", "libx264", "-preset", "ultrafast", str(dense))
     sizes = c.add("bombs/huge_dims.mkv", "bomb", "16384x64 frames (over the width limit)",
                   "refused")
     _ff(*_src("16384x64", 5, 0.4, "color=c=red"), "-c:v", "libx264", "-preset", "ultrafast",
         "-x264-params", "level=6.2", str(sizes))
+    # An edit list that repeats its media (the probe counted 21.6 million frames for 80 s),
+    # and more streams than a camera writes (a decoder each while probed): both refused.
+    src500 = tmp / "fps500.mp4"
+    _ff(*_src("320x240", 500, 1.0), "-pix_fmt", "yuv420p", "-c:v", "libx264", "-preset",
+        "ultrafast", "-bf", "0", "-g", "500", str(src500))
+    c.add("bombs/elst_repeat.mp4", "bomb",
+          "an edit list plays its 500 frames 43,300 times (21.6 million frames)", "refused",
+          repeat_edit_list(src500.read_bytes(), 43300))
+    seed = tmp / "seed.mp4"
+    seed.write_bytes(base)
+    many = c.add("bombs/streams_20.mp4", "bomb", "20 video streams", "refused")
+    _ff("-i", str(seed), *(["-map", "0:v"] * 20), "-c", "copy", str(many))
 
 
 def _playlists(c: Corpus, seed: Path, canary: dict[str, str]) -> None:
@@ -456,6 +495,20 @@ def _valid_variants(c: Corpus) -> None:
         rot = c.add(f"valid/rotated_{deg}.mp4", "valid-variant", f"display matrix {deg} deg",
                     "done")
         _ff("-display_rotation", str(deg), "-i", str(tmp), "-c", "copy", str(rot))
+    # The footage beside larger cover art, and behind a smaller video stream placed first.
+    clip, small, cover = (c.root / "work" / n for n in ("face.mp4", "small.mp4", "cover.jpg"))
+    _ff(*_src("320x240", 15, 1.0), "-pix_fmt", "yuv420p", "-c:v", "libx264", str(clip))
+    _ff(*_src("64x64", 15, 1.0, "color=c=black"), "-pix_fmt", "yuv420p", "-c:v", "libx264",
+        str(small))
+    _ff(*_src("640x480", 1, 1.0, "color=c=blue"), "-frames:v", "1", str(cover))
+    art = c.add("valid/cover_art.mp4", "valid-variant", "cover art larger than the footage",
+                "done")
+    _ff("-i", str(cover), "-i", str(clip), "-map", "0", "-map", "1", "-c", "copy",
+        "-disposition:v:0", "attached_pic", str(art))
+    hidden = c.add("valid/small_first.mp4", "valid-variant",
+                   "a 64x64 stream first, the footage second", "done")
+    _ff("-i", str(small), "-i", str(clip), "-map", "0:v", "-map", "1:v", "-c", "copy",
+        str(hidden))
     fragmented = c.add("valid/fragmented.mp4", "valid-variant", "fragmented MP4", "done")
     _ff(*_src("192x144", 15, 1.0), "-pix_fmt", "yuv420p", "-c:v", "libx264", "-movflags",
         "frag_keyframe+empty_moov", str(fragmented))

@@ -11,7 +11,6 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -82,15 +81,8 @@ def load_video(conn: Conn, video_id: str) -> VideoRow:
         " WHERE id = %s", (video_id,)).fetchone()
     if r is None:
         raise PermanentError(f"video {video_id} does not exist")
-    m = r["media"]
-    info = MediaInfo(
-        container=m["container"], codec=m["codec"], width_px=m["width_px"],
-        height_px=m["height_px"], duration_s=m["duration_s"],
-        frame_rate=Fraction(m["frame_rate"]), n_frames=m["n_frames"],
-        rotation_deg=m["rotation_deg"], time_base=Fraction(m["time_base"]),
-        start_pts=m["start_pts"])
     return VideoRow(str(r["id"]), str(r["sha256"]), str(r["object_key"]),
-                    str(r["original_filename"]), info)
+                    str(r["original_filename"]), MediaInfo.from_json(r["media"]))
 
 
 def local_copy(ctx: Context, video: VideoRow) -> Path:

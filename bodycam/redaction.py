@@ -35,7 +35,7 @@ from bodycam import text
 from bodycam.config import LimitsSettings, PipelineSettings, RedactionSettings
 from bodycam.domain import MediaInfo
 from bodycam.errors import InvalidInputError, PermanentError
-from bodycam.media.source import check_frame, open_video
+from bodycam.media.source import check_frame, open_video, orientation, upright
 from bodycam.pipeline.faces import FaceDetector
 from bodycam.pipeline.tracks import iou
 
@@ -381,9 +381,9 @@ def render(src: Path, info: MediaInfo, plan: Plan, choices: Choices, out: Path,
                 t_s = float((pts - info.start_pts) * tb)
                 idx = round(t_s * float(fps))
                 img: np.ndarray = frame.to_ndarray(format="rgb24")
-                rot = int(frame.rotation or info.rotation_deg) % 360
-                if rot:
-                    img = np.ascontiguousarray(np.rot90(img, k=rot // 90))
+                turns, mirrored = orientation(frame) or (info.rotation_deg // 90,
+                                                         info.mirrored)
+                img = upright(img, turns, mirrored)
                 if proc is None:
                     result.height_px, result.width_px = img.shape[:2]
                     proc = _encoder(src, out, img.shape[1], img.shape[0], fps, choices,

@@ -31,7 +31,7 @@ FAST = {
     "playlists/concat:a.mp4",
     "types/text.mp4", "types/jpeg.mp4", "types/audio_only.mp4",
     "valid/vp9.webm", "valid/h264.ts", "valid/rotated_90.mp4", "valid/vfr.mp4",
-    "valid/ffv1.mkv",
+    "valid/ffv1.mkv", "valid/small_first.mp4", "bombs/elst_repeat.mp4", "bombs/streams_20.mp4",
     "fs/link.mp4", "fs/loopdir/x.mp4", "fs/fifo.mp4", "fs/dev_zero",
     "names/[/red]closing.mp4", "names/two\nlines.mp4",
 }
@@ -153,6 +153,127 @@ def test_a_resolution_bomb_in_the_middle_is_refused_by_the_decoder_before_memory
     assert int(out["RSS"]) * 1024 < 2 * 1024**3, out["RSS"]
 
 
+def test_the_probe_refuses_fast_what_would_hold_a_worker_or_the_server(corpus: Path) -> None:
+    """Found by the black-box round of 2026-12-05 evening: an edit list repeated 43,300 times
+    was counted frame by frame for 2 min 42 s before its refusal; 1,000 frames a second were
+    accepted (a 2-MB file held the worker half an hour); 70 streams took the API to 4 GiB."""
+    limits = LimitsSettings()
+    for rel, reason in (("bombs/elst_repeat.mp4", "over the limit of 240.0 frames a second"),
+                        ("bombs/dense_fps.mp4", "over the limit of 240.0 frames a second"),
+                        ("bombs/streams_20.mp4", "more than 8 streams")):
+        t = time.monotonic()
+        with pytest.raises(InvalidMediaError, match=reason):
+            probe(corpus / rel, limits)
+        assert time.monotonic() - t < 15, rel
+    # the same files within raised limits: the bounds are what refused them
+    assert probe(corpus / "bombs/streams_20.mp4", LimitsSettings(max_streams=32)).width_px
+    assert probe(corpus / "bombs/dense_fps.mp4", LimitsSettings(max_fps=1000)).n_frames == 3000
+
+
+def test_the_footage_is_the_largest_video_stream_not_cover_art(corpus: Path) -> None:
+    """A 64x64 stream placed first hid the footage (0 tracks); cover art is never footage,
+    even larger. The probe and the worker's decoder pick the same stream."""
+    from bodycam.config import PipelineSettings
+    from bodycam.pipeline.frames import ChunkDecoder
+
+    for rel in ("valid/small_first.mp4", "valid/cover_art.mp4"):
+        info = probe(corpus / rel, LimitsSettings())
+        assert (info.codec, info.width_px, info.height_px, info.n_frames) == (
+            "h264", 320, 240, 15), rel
+        frames = list(ChunkDecoder(corpus / rel, info, 0.0, info.duration_s,
+                                   PipelineSettings()))
+        assert frames and all(f.image.shape == (240, 320, 3) for f in frames), rel
+    with av.open(str(corpus / "valid/cover_art.mp4")) as c:  # the file is what it says
+        assert [s.width for s in c.streams.video] == [320, 640]
+    with av.open(str(corpus / "valid/small_first.mp4")) as c:
+        assert [s.width for s in c.streams.video] == [64, 320]
+
+
+@pytest.mark.parametrize("matrix", [["-display_hflip"], ["-display_vflip"],
+                                    ["-display_rotation", "90"],
+                                    ["-display_rotation", "90", "-display_hflip"],
+                                    ["-display_rotation", "270", "-display_vflip"],
+                                    ["-display_rotation", "180", "-display_hflip"]])
+def test_frames_are_analysed_as_players_show_them_mirrored_or_turned(
+        tmp_path: Path, matrix: list[str]) -> None:
+    """A mirrored display matrix was read as a half turn: faces upside down, 0 tracks. The
+    decoder's frames now equal FFmpeg's own autorotation of the same file."""
+    from bodycam.config import PipelineSettings
+    from bodycam.pipeline.frames import ChunkDecoder
+
+    ff = hostile.ffmpeg_exe()
+    plain, tagged = tmp_path / "plain.mp4", tmp_path / "tagged.mp4"
+    subprocess.run([ff, "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=160x96:rate=5",
+                    "-t", "0.4", "-pix_fmt", "yuv444p", "-c:v", "libx264", "-qp", "0",
+                    str(plain)], check=True)
+    subprocess.run([ff, "-v", "error", *matrix, "-i", str(plain), "-c", "copy", str(tagged)],
+                   check=True)
+    shown = subprocess.run([ff, "-v", "error", "-i", str(tagged), "-frames:v", "1", "-f",
+                            "rawvideo", "-pix_fmt", "rgb24", "-"], capture_output=True,
+                           check=True).stdout
+    info = probe(tagged, LimitsSettings())
+    first = next(iter(ChunkDecoder(tagged, info, 0.0, info.duration_s, PipelineSettings())))
+    assert first.image.tobytes() == shown, (matrix, info.rotation_deg, info.mirrored)
+
+
+def test_the_probe_runs_in_a_child_bounded_in_time_and_memory(tmp_path: Path) -> None:
+    """Whatever FFmpeg takes to open a file is a child's: past the bounds, one refusal."""
+    with pytest.raises(InvalidMediaError, match="took longer than 0 s"):
+        probe(HAMILTON, LimitsSettings(probe_timeout_s=0.001))
+    big = tmp_path / "8k.mp4"
+    subprocess.run([hostile.ffmpeg_exe(), "-v", "error", "-f", "lavfi", "-i",
+                    "color=c=gray:size=7680x4320:rate=10", "-t", "0.3", "-pix_fmt", "yuv420p",
+                    "-c:v", "libx264", "-preset", "ultrafast", "-x264-params", "level=6.2",
+                    str(big)], check=True)
+    with pytest.raises(InvalidMediaError):  # too little for FFmpeg's 8K decoder
+        probe(big, LimitsSettings(probe_memory_mib=128))
+    assert probe(big, LimitsSettings(probe_memory_mib=512)).width_px == 7680
+
+
+def test_a_young_scene_holds_few_frames_of_a_fast_large_video(tmp_path: Path) -> None:
+    """A scene's first frames are held until its samples can be planned: 0.8 s of 8K at
+    60 fps took a worker to 3.1 GiB, 1,000 fps of 1080p to 2.6 GiB. Now at most
+    frames.HOLD_BYTES of them, every second one of the rest dropped, the grid kept."""
+    from bodycam.pipeline import frames
+
+    clip = tmp_path / "k4_120.mp4"
+    subprocess.run([hostile.ffmpeg_exe(), "-v", "error", "-f", "lavfi", "-i",
+                    "color=c=gray:size=3840x2160:rate=120", "-t", "0.6", "-pix_fmt", "yuv420p",
+                    "-c:v", "libx264", "-preset", "ultrafast", str(clip)], check=True)
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from bodycam.config import LimitsSettings, PipelineSettings\n"
+        "from bodycam.media.probe import probe\n"
+        "from bodycam.pipeline.frames import ChunkDecoder\n"
+        f"p = Path({str(clip)!r})\n"
+        "info = probe(p, LimitsSettings())\n"
+        "n = sum(1 for _ in ChunkDecoder(p, info, 0.0, info.duration_s, PipelineSettings()))\n"
+        "print('SAMPLED', n)\n"
+        "print('RSS', next(line.split()[1] for line in open('/proc/self/status')"
+        " if line.startswith('VmHWM:')))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PYTHONPATH": str(Path.cwd())})
+    assert proc.returncode == 0, proc.stderr
+    out = dict(line.split(" ", 1) for line in proc.stdout.splitlines())
+    assert out["SAMPLED"] == "3"
+    # 72 held 4K frames were 1,014 MiB here; at most ten now (344 MiB)
+    assert int(out["RSS"]) * 1024 < 600 * 2**20, out["RSS"]
+    # Thinning keeps the grid: a scene that grows old samples what it would have sampled.
+    for fps in (120, 240, 1000):
+        times = [i / fps for i in range(int(0.8 * fps))]
+        held: list[frames._Pending] = []
+        for i, t in enumerate(times):
+            held.append(frames._Pending(i, i, t, None))  # type: ignore[arg-type]
+            if len(held) > 10:
+                held = frames.thin(held, 5.0)
+        kept = [h.t_s for h in held]
+        assert len(kept) <= 11
+        assert [kept[i] for i in frames.plan_samples(kept, 5.0, 3)] == \
+            [times[i] for i in frames.plan_samples(times, 5.0, 3)], fps
+
+
 def test_the_private_copy_is_what_is_probed_even_if_the_path_is_swapped(tmp_path: Path) -> None:
     src = tmp_path / "clip.mp4"
     src.write_bytes(HAMILTON.read_bytes())
@@ -204,10 +325,11 @@ def test_a_fast_sample_of_the_corpus_is_done_or_refused_cleanly_and_reads_nothin
     assert summary["problems"] == [], json.dumps(summary["problems"], indent=1)
     outcomes = {o["path"]: o for o in summary["outcomes"]}
     for path in ("valid/vp9.webm", "valid/h264.ts", "valid/rotated_90.mp4", "valid/vfr.mp4",
-                 "playlists/concat:a.mp4", "names/two\nlines.mp4"):
+                 "playlists/concat:a.mp4", "names/two\nlines.mp4", "valid/small_first.mp4"):
         assert outcomes[path]["outcome"] == "done", outcomes[path]
     for path in ("playlists/hls_fifo.m3u8", "playlists/ffconcat_fifo.ffconcat",
-                 "fs/loopdir/x.mp4", "bombs/huge_dims.mkv", "valid/ffv1.mkv"):
+                 "fs/loopdir/x.mp4", "bombs/huge_dims.mkv", "valid/ffv1.mkv",
+                 "bombs/elst_repeat.mp4", "bombs/streams_20.mp4"):
         assert outcomes[path]["outcome"] == "refused", outcomes[path]
     # The mid-stream bomb passes the probe; the worker refuses it once, permanently.
     mid = outcomes["bombs/res_mid.mp4"]

@@ -1,7 +1,21 @@
-"""Probe and validate a video file with PyAV (FFmpeg's libraries): container, codec, integrity."""
+"""Probe and validate a video file with PyAV (FFmpeg's libraries): container, codec, integrity.
+
+Probing reads a file nobody has vetted yet, so it runs in a child process bounded in memory
+and time (`limits.probe_memory_mib`, `limits.probe_timeout_s`): what FFmpeg allocates while
+it opens a hostile file (a stream-info probe of many 8K streams took the API server to 4 GiB)
+or how long it takes (an MP4 edit list repeated thousands of times lists millions of frames)
+is the child's, and the caller gets one clean refusal. The child sees none of the caller's
+`BODYCAM_` settings (which may hold keys) and gets the limits on its stdin. It costs an
+interpreter start (about 0.4 s) per probe.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import resource
+import subprocess
+import sys
 from fractions import Fraction
 from pathlib import Path
 
@@ -10,14 +24,15 @@ import av
 from bodycam.config import LimitsSettings
 from bodycam.domain import MediaInfo
 from bodycam.errors import InvalidMediaError
-from bodycam.media.source import OpenVideo, check_frame, open_video, why
+from bodycam.media.source import OpenVideo, check_frame, open_video, orientation, why
 
 
 def probe(path: Path, limits: LimitsSettings, name: str | None = None) -> MediaInfo:
     """Open a video, check it against the limits and that it decodes from start to end.
 
     Demuxes every packet (cheap: no decoding) to count frames and find truncation, decodes the
-    first frames and the last group of pictures. Raises InvalidMediaError with the reason.
+    first frames and the last group of pictures, in a child process bounded in memory and time
+    (see the module). Raises InvalidMediaError with the reason.
     """
     label = name or path.name
     size = path.stat().st_size
@@ -25,59 +40,142 @@ def probe(path: Path, limits: LimitsSettings, name: str | None = None) -> MediaI
         raise InvalidMediaError(label, "empty file (0 bytes)")
     if size > limits.max_bytes:
         raise InvalidMediaError(label, f"{size} bytes is over the limit of {limits.max_bytes}")
-    with open_video(path, limits, label) as media:
+    # Reading the file is part of probing it: a large file gets time for its bytes.
+    timeout_s = limits.probe_timeout_s + size / PROBE_BYTES_PER_S
+    request = json.dumps({"path": str(path.resolve()), "label": label,
+                          "limits": limits.model_dump(mode="json")})
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BODYCAM_")}
+    try:
+        done = subprocess.run([sys.executable, "-m", "bodycam.media.probe"], input=request,
+                              capture_output=True, text=True, timeout=timeout_s, env=env,
+                              check=False)
+    except subprocess.TimeoutExpired:
+        raise InvalidMediaError(
+            label, f"probing it took longer than {timeout_s:.0f} s: refused unread") from None
+    try:
+        answer = json.loads(done.stdout.strip().rsplit("\n", 1)[-1])
+    except ValueError:  # the child died: a decoder crashed or the memory bound stopped it
+        raise InvalidMediaError(
+            label, f"probing it failed (it needs more than {limits.probe_memory_mib} MiB or "
+                   f"crashed the decoder; exit {done.returncode})") from None
+    if "refused" in answer:
+        raise InvalidMediaError(label, str(answer["refused"]))
+    return MediaInfo.from_json(answer["info"])
+
+
+PROBE_BYTES_PER_S = 100e6  # time allowed per byte on top of probe_timeout_s: 100 MB/s
+RATE_SLACK_S = 10.0  # seconds of frames at max_fps a stretch may run ahead of the average
+
+
+def _child() -> None:
+    """The child's side (`python -m bodycam.media.probe`, the request on stdin): bound its own
+    memory, probe, print {"info": ...} or {"refused": reason} as one line."""
+    request = json.loads(sys.stdin.read())
+    limits = LimitsSettings(**request["limits"])
+    with open("/proc/self/statm") as f:
+        mapped = int(f.read().split()[0]) * resource.getpagesize()
+    budget = mapped + limits.probe_memory_mib * 2**20
+    resource.setrlimit(resource.RLIMIT_AS, (budget, budget))
+    answer: dict[str, object]
+    try:
+        answer = {"info": _probe(Path(request["path"]), limits, request["label"]).as_json()}
+    except InvalidMediaError as exc:
+        answer = {"refused": exc.reason}
+    except MemoryError:
+        answer = {"refused": f"opening it needs more than {limits.probe_memory_mib} MiB"}
+    print(json.dumps(answer), flush=True)
+
+
+def _probe(path: Path, limits: LimitsSettings, label: str) -> MediaInfo:
+    """What `probe` does, in the child."""
+    # One decoding thread: the probe decodes a few frames, and its memory bound must not
+    # depend on how many cores FFmpeg would give threads (and stacks) to.
+    with open_video(path, limits, label, threads=1) as media:
         container, stream = media.container, media.stream
         codec = stream.codec_context.codec.canonical_name
         fmt = container.format.name
         width, height = stream.codec_context.width, stream.codec_context.height
         time_base = stream.time_base or Fraction(1, 90000)
-        pts_list, keys = _demux_pts(container, stream, label)
-        if not pts_list:
+        max_frames = int(limits.max_duration_s * limits.max_fps)
+        declared_s = float(stream.duration * time_base) if stream.duration else 0.0
+        if declared_s > limits.max_duration_s:
+            raise InvalidMediaError(
+                label, f"it declares {declared_s:.0f} s, longer than the limit of "
+                       f"{limits.max_duration_s:.0f} s")
+        if stream.frames > max_frames:
+            raise InvalidMediaError(
+                label, f"its index lists {stream.frames} frames, more than the limit's "
+                       f"{max_frames} ({limits.max_duration_s:.0f} s at {limits.max_fps} fps)")
+        n, start_pts, last, keys = _demux_pts(container, stream, label, time_base, limits)
+        if not n:
             raise InvalidMediaError(label, "no video frames (empty or truncated file)")
-        start_pts = min(pts_list)
         rate = stream.average_rate or stream.guessed_rate or Fraction(30)
-        last = max(pts_list)
         duration_s = float((last - start_pts) * time_base) + float(1 / rate)
-        if stream.frames and len(pts_list) < 0.98 * stream.frames:
+        if stream.frames and n < 0.98 * stream.frames:
             raise InvalidMediaError(
                 label, f"truncated: the index lists {stream.frames} frames but only "
-                       f"{len(pts_list)} are present")
+                       f"{n} are present")
         if duration_s > limits.max_duration_s:
             raise InvalidMediaError(
                 label,
                 f"{duration_s:.0f} s is longer than the limit of {limits.max_duration_s:.0f} s")
         if duration_s < limits.min_duration_s:
             raise InvalidMediaError(label, f"{duration_s:.3f} s is too short to process")
-        rotation = _decode_ends(media, (width, height), keys)
+        if n > max(2, duration_s * limits.max_fps):
+            raise InvalidMediaError(
+                label, f"{n} frames in {duration_s:.2f} s, over the limit of "
+                       f"{limits.max_fps} frames a second")
+        turns, mirrored = _decode_ends(media, (width, height), keys)
     return MediaInfo(
         container=fmt, codec=codec, width_px=width, height_px=height, duration_s=duration_s,
-        frame_rate=Fraction(rate), n_frames=len(pts_list), rotation_deg=rotation,
-        time_base=Fraction(time_base), start_pts=start_pts,
+        frame_rate=Fraction(rate), n_frames=n, rotation_deg=turns * 90,
+        time_base=Fraction(time_base), start_pts=start_pts, mirrored=mirrored,
     )
 
 
-def _demux_pts(container: av.container.InputContainer, stream: av.VideoStream,
-               label: str) -> tuple[list[int], list[int]]:
-    """Every packet's PTS, and the PTS of the last two keyframes (where the last GOPs start)."""
-    pts: list[int] = []
+def _demux_pts(container: av.container.InputContainer, stream: av.VideoStream, label: str,
+               time_base: Fraction, limits: LimitsSettings) -> tuple[int, int, int, list[int]]:
+    """How many packets have a PTS, the first and last PTS, and the PTS of the last two
+    keyframes (where the last GOPs start). Stops, refusing, once the packets span more than
+    the longest accepted video, or outnumber the highest frame rate over the time they span by
+    RATE_SLACK_S of frames (an edit list repeated 43,300 times played 21.6 million frames of a
+    500-frame file: 80 s to count them all)."""
+    n, first, last = 0, 0, 0
     keys: list[int] = []
+    span = int(limits.max_duration_s / time_base)
+    per_tick = float(time_base) * limits.max_fps  # frames allowed per PTS tick
+    slack = RATE_SLACK_S * limits.max_fps
     try:
         for packet in container.demux(stream):
             if packet.size == 0:
                 continue  # the flush packet
             if packet.is_corrupt:
                 raise InvalidMediaError(label, "corrupt video data (damaged packet)")
-            if packet.pts is not None:
-                pts.append(packet.pts)
-                if packet.is_keyframe:
-                    keys = [*keys[-1:], packet.pts]
+            pts = packet.pts
+            if pts is None:
+                continue
+            if n == 0:
+                first = last = pts
+            first, last = min(first, pts), max(last, pts)
+            n += 1
+            if packet.is_keyframe:
+                keys = [*keys[-1:], pts]
+            if last - first > span:
+                raise InvalidMediaError(
+                    label, f"longer than the limit of {limits.max_duration_s:.0f} s")
+            if n > slack + (last - first) * per_tick:
+                raise InvalidMediaError(
+                    label, f"{n} frames in {float((last - first) * time_base):.2f} s, over the "
+                           f"limit of {limits.max_fps} frames a second")
     except av.FFmpegError as exc:
         raise InvalidMediaError(label, f"corrupt or truncated video ({why(exc)})") from None
-    return pts, keys
+    return n, first, last, keys
 
 
-def _decode_ends(media: OpenVideo, size: tuple[int, int], keys: list[int]) -> int:
-    """Decode the first frame and the last group of pictures; return the rotation in degrees."""
+def _decode_ends(media: OpenVideo, size: tuple[int, int], keys: list[int]
+                 ) -> tuple[int, bool]:
+    """Decode the first frame and the last group of pictures; return the first's orientation
+    (quarter turns counter-clockwise, mirrored)."""
     container, stream, limits, label = media.container, media.stream, media.limits, media.label
     try:
         container.seek(0, stream=stream)
@@ -85,7 +183,7 @@ def _decode_ends(media: OpenVideo, size: tuple[int, int], keys: list[int]) -> in
         if first is None:
             raise InvalidMediaError(label, "the first frame does not decode")
         check_frame(first, size, limits, label)
-        rotation = int(first.rotation or 0)
+        turned = orientation(first) or (0, False)
         if keys:
             # Seek to the last keyframe; some demuxers (MPEG-TS) land after it, so earlier
             # starting points follow. Only frames of the last group of pictures count.
@@ -103,4 +201,8 @@ def _decode_ends(media: OpenVideo, size: tuple[int, int], keys: list[int]) -> in
                 raise InvalidMediaError(label, "truncated: the end of the video does not decode")
     except av.FFmpegError as exc:
         raise media.refusal(exc, "corrupt video data") from None
-    return rotation % 360
+    return turned
+
+
+if __name__ == "__main__":
+    _child()

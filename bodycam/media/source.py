@@ -20,10 +20,11 @@ decoded from its own bytes only, so every open here:
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from functools import cache, lru_cache
 from pathlib import Path
@@ -31,7 +32,10 @@ from pathlib import Path
 import av
 import av.container
 import av.logging
+import numpy as np
 from av.codec.hwaccel import HWAccel
+from av.sidedata.sidedata import SideData
+from av.stream import Disposition
 
 from bodycam.config import LimitsSettings
 from bodycam.errors import InvalidMediaError
@@ -93,6 +97,7 @@ def open_options(limits: LimitsSettings) -> dict[str, str]:
         "format_whitelist": ",".join(limits.containers),
         "codec_whitelist": _decoder_names(tuple(limits.codecs)),
         "max_pixels": str(limits.max_pixels),  # for the decoders stream-info probing opens
+        "max_streams": str(limits.max_streams),  # each gets a decoder while it is probed
         "threads": "1",  # stream-info probing decodes on the calling thread
     }
 
@@ -105,7 +110,7 @@ def decoder_options(limits: LimitsSettings) -> dict[str, str]:
 
 @dataclass
 class OpenVideo:
-    """An opened video: its container and first video stream, and how to explain a failure."""
+    """An opened video: its container and footage stream, and how to explain a failure."""
 
     path: Path
     container: av.container.InputContainer
@@ -141,6 +146,9 @@ class OpenVideo:
             av.logging.set_level(level)
         for _level, _name, message in reversed(logs[-50:]):
             found = _PIXELS.search(message)
+            if found and found[3] == "is invalid":  # 0x0, or a side over FFmpeg's bound
+                return InvalidMediaError(
+                    self.label, f"a frame has an invalid size, {found[1]}x{found[2]}")
             if found:
                 return InvalidMediaError(
                     self.label, f"a frame is {found[1]}x{found[2]}, over the limit of "
@@ -153,7 +161,7 @@ class OpenVideo:
 # default: without a handler Python would print them to stderr under the CLI's one error line.
 logging.getLogger("libav").addHandler(logging.NullHandler())
 log = logging.getLogger(__name__)
-_PIXELS = re.compile(r"Picture size (\d+)x(\d+) (?:exceeds|is invalid)")
+_PIXELS = re.compile(r"Picture size (\d+)x(\d+) (exceeds|is invalid)")
 
 
 @cache
@@ -174,7 +182,8 @@ def hardware_decoding(device_type: str) -> bool:
 @contextmanager
 def open_video(path: Path, limits: LimitsSettings, label: str, threads: int | None = None,
                hw_device: str | None = None) -> Iterator[OpenVideo]:
-    """Open a local video file for decoding its first video stream; closes it on exit.
+    """Open a local video file for decoding its footage (its largest video stream, cover art
+    aside); closes it on exit.
 
     Raises InvalidMediaError (permanent) when the file is not an accepted container, has no
     video stream, or its codec or frame size is outside the limits. `threads` 1 decodes on
@@ -197,6 +206,8 @@ def open_video(path: Path, limits: LimitsSettings, label: str, threads: int | No
         raise InvalidMediaError(
             label, "not an accepted video container (accepted: "
                    f"{', '.join(limits.containers)})") from None
+    except MemoryError:  # FFmpeg's ENOMEM, which its bound on streams gives too
+        raise InvalidMediaError(label, _out_of_memory(url, limits)) from None
     except (av.FFmpegError, UnicodeDecodeError) as exc:
         raise InvalidMediaError(
             label, f"not a readable video container ({why(exc)})") from None
@@ -210,14 +221,36 @@ def open_video(path: Path, limits: LimitsSettings, label: str, threads: int | No
         container.close()
 
 
+def _out_of_memory(url: str, limits: LimitsSettings) -> str:
+    """Why opening `url` ran out of memory: more streams than max_streams (which FFmpeg says
+    only in its log, so the open is tried again with the log captured; stream-info probing
+    decodes on the calling thread), or the memory itself."""
+    level = av.logging.get_level()
+    av.logging.set_level(av.logging.ERROR)
+    try:
+        with av.logging.Capture(local=True) as logs, \
+                suppress(av.FFmpegError, MemoryError, UnicodeDecodeError):
+            av.open(url, options=open_options(limits), metadata_errors="ignore").close()
+    finally:
+        av.logging.set_level(level)
+    if any("max_streams" in message for _level, _name, message in logs):
+        return f"more than {limits.max_streams} streams (the limit): not a camera's recording"
+    return "opening it takes more memory than it is allowed"
+
+
 def _video_stream(container: av.container.InputContainer, limits: LimitsSettings,
                   label: str) -> av.VideoStream:
     fmt = container.format.name
     if not _format_ok(fmt, limits):  # libavformat enforces this; a second look is cheap
         raise InvalidMediaError(label, f"container '{fmt}' is not accepted")
-    if not container.streams.video:
+    # Cover art and thumbnails are video streams of one picture: never the footage.
+    videos = [s for s in container.streams.video if not s.disposition & Disposition.attached_pic]
+    if not videos:
         raise InvalidMediaError(label, f"no video stream in this {fmt.split(',')[0]} file")
-    stream = container.streams.video[0]
+    # The footage is the largest picture (the first of equals): a small stream placed first
+    # hid a file's face video.
+    stream = max(videos, key=lambda s: (s.codec_context.width * s.codec_context.height
+                                        if s.codec_context is not None else 0, -s.index))
     ctx = stream.codec_context
     # The codec's canonical name (`av1`), not its decoder's (`libdav1d`).
     name = ctx.codec.canonical_name if ctx is not None else "unknown"
@@ -250,6 +283,33 @@ def check_frame(frame: av.VideoFrame, expected: tuple[int, int], limits: LimitsS
         raise InvalidMediaError(
             label, f"the frame size changes from {expected[0]}x{expected[1]} to "
                    f"{size[0]}x{size[1]}{t}: videos that change resolution are not accepted")
+
+
+def orientation(frame: av.VideoFrame) -> tuple[int, bool] | None:
+    """How a player shows the frame, from its display matrix: (quarter turns counter-clockwise,
+    then mirrored left to right), as FFmpeg's own autorotation does; None without a matrix or
+    with one that is no quarter turn (all zeros, say). A mirrored matrix was read as a half
+    turn (PyAV's `rotation` ignores the flip), and the faces came out upside down."""
+    side = frame.side_data.get("DISPLAYMATRIX")
+    if not isinstance(side, SideData):
+        return None
+    m = [int(v) for v in np.frombuffer(bytes(side), dtype="<i4")]
+    a, b, c, d = m[0], m[1], m[3], m[4]
+    mirrored = a * d - b * c < 0
+    if mirrored:  # undo the flip (FFmpeg's av_display_matrix_flip) to read the turn
+        a, c = -a, -c
+    if a == b == 0:
+        return None
+    return round(-math.degrees(math.atan2(b, a)) / 90) % 4, mirrored
+
+
+def upright(img: np.ndarray, turns: int, mirrored: bool) -> np.ndarray:
+    """An image as `orientation` says a player shows it."""
+    if turns:
+        img = np.rot90(img, k=turns)
+    if mirrored:
+        img = img[:, ::-1]
+    return np.ascontiguousarray(img) if turns or mirrored else img
 
 
 def why(exc: BaseException) -> str:

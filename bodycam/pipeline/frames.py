@@ -19,7 +19,7 @@ import numpy as np
 
 from bodycam.config import LimitsSettings, PipelineSettings, get_settings
 from bodycam.domain import MediaInfo, SampledFrame, Scene
-from bodycam.media.source import check_frame, open_video
+from bodycam.media.source import check_frame, open_video, orientation, upright
 from bodycam.pipeline.scenes import SceneCutter
 
 
@@ -32,6 +32,15 @@ def plan_samples(times_s: Sequence[float], sample_fps: float, min_samples: int) 
     """
     if not times_s:
         return []
+    grid = _grid(times_s, sample_fps)
+    if len(grid) >= min_samples:
+        return grid
+    n = min(min_samples, len(times_s))
+    return sorted({round(k * (len(times_s) - 1) / max(n - 1, 1)) for k in range(n)})
+
+
+def _grid(times_s: Sequence[float], sample_fps: float) -> list[int]:
+    """The frames on a regular grid at sample_fps anchored on the first (see plan_samples)."""
     t0 = times_s[0]
     step = 1.0 / sample_fps
     grid: list[int] = []
@@ -40,10 +49,24 @@ def plan_samples(times_s: Sequence[float], sample_fps: float, min_samples: int) 
         if t - t0 >= next_t - 1e-6:
             grid.append(i)
             next_t = (int((t - t0) / step + 1e-6) + 1) * step
-    if len(grid) >= min_samples:
-        return grid
-    n = min(min_samples, len(times_s))
-    return sorted({round(k * (len(times_s) - 1) / max(n - 1, 1)) for k in range(n)})
+    return grid
+
+
+def thin(held: list[_Pending], sample_fps: float) -> list[_Pending]:
+    """Every second frame of a young scene's held frames, its grid frames all kept.
+
+    The grid over what is kept is the grid over them all (each grid frame is the first at or
+    after its time, and every frame before it is earlier), so a scene that grows old samples
+    the same frames; only a scene too short for a grid picks its few among fewer.
+    """
+    keep = set(_grid([h.t_s for h in held], sample_fps))
+    return [h for i, h in enumerate(held) if i in keep or i % 2 == 0]
+
+
+# Decoded frames a young scene may hold (the frames of its first min_scene_samples /
+# sample_fps seconds, before its samples can be planned): 1,000 frames a second of 1080p, or
+# 60 of 8K, held 2-3 GiB in a worker.
+HOLD_BYTES = 256 * 2**20
 
 
 @dataclass
@@ -82,6 +105,9 @@ class ChunkDecoder:
         cutter = SceneCutter(cfg, fps, tb, info.width_px, info.height_px)
         lag = cutter.lag_frames
         young_s = cfg.min_scene_samples / cfg.sample_fps
+        # A decoded frame's bytes, counted as 8-bit 4:4:4 so deeper or fuller formats fit too.
+        hold_max = max(cfg.min_scene_samples + 1,
+                       HOLD_BYTES // (info.width_px * info.height_px * 3))
         scale = min(1.0, cfg.max_frame_side_px / max(info.width_px, info.height_px))
         det_w = max(2, round(info.width_px * scale / 2) * 2)
         det_h = max(2, round(info.height_px * scale / 2) * 2)
@@ -103,10 +129,8 @@ class ChunkDecoder:
             img: np.ndarray = (frame.to_ndarray(format="rgb24") if scale == 1.0 else
                                frame.to_ndarray(format="rgb24", width=det_w, height=det_h,
                                                 interpolation="BILINEAR"))
-            rot = int(p.frame.rotation or info.rotation_deg) % 360
-            if rot:
-                # PyAV reports the display matrix rotation counter-clockwise in degrees.
-                img = np.ascontiguousarray(np.rot90(img, k=rot // 90))
+            turns, mirrored = orientation(p.frame) or (info.rotation_deg // 90, info.mirrored)
+            img = upright(img, turns, mirrored)
             return SampledFrame(p.index, p.pts, p.t_s, len(self.scenes), img, scale)
 
         def close_scene(end: _Pending | None) -> Iterator[SampledFrame]:
@@ -142,6 +166,8 @@ class ChunkDecoder:
                     yield rgb(p)
                 return
             held.append(p)
+            if len(held) > hold_max:
+                held = thin(held, cfg.sample_fps)
             if rel >= young_s:  # the scene is long enough: the grid plan holds, emit it
                 times = [h.t_s for h in held]
                 for i in plan_samples(times, cfg.sample_fps, cfg.min_scene_samples):
