@@ -230,6 +230,36 @@ def test_the_probe_runs_in_a_child_bounded_in_time_and_memory(tmp_path: Path) ->
     assert probe(big, LimitsSettings(probe_memory_mib=512)).width_px == 7680
 
 
+def test_at_most_two_probes_run_at_once_in_a_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each probe may take probe_memory_mib: twenty uploads at once must not take twenty."""
+    from bodycam.media import probe as probe_module
+
+    real, lock = subprocess.run, threading.Lock()
+    running, peak = [0], [0]
+
+    def counted(*args: object, **kwargs: object) -> object:
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        try:
+            time.sleep(0.3)
+            return real(*args, **kwargs)  # type: ignore[call-overload]
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(probe_module.subprocess, "run", counted)
+    got: list[int] = []
+    threads = [threading.Thread(target=lambda: got.append(probe(HAMILTON, LimitsSettings())
+                                                          .n_frames)) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(got) == 6 and len(set(got)) == 1
+    assert peak[0] == 2, peak
+
+
 def test_a_young_scene_holds_few_frames_of_a_fast_large_video(tmp_path: Path) -> None:
     """A scene's first frames are held until its samples can be planned: 0.8 s of 8K at
     60 fps took a worker to 3.1 GiB, 1,000 fps of 1080p to 2.6 GiB. Now at most

@@ -16,6 +16,7 @@ import os
 import resource
 import subprocess
 import sys
+import threading
 from fractions import Fraction
 from pathlib import Path
 
@@ -46,9 +47,10 @@ def probe(path: Path, limits: LimitsSettings, name: str | None = None) -> MediaI
                           "limits": limits.model_dump(mode="json")})
     env = {k: v for k, v in os.environ.items() if not k.startswith("BODYCAM_")}
     try:
-        done = subprocess.run([sys.executable, "-m", "bodycam.media.probe"], input=request,
-                              capture_output=True, text=True, timeout=timeout_s, env=env,
-                              check=False)
+        with _PROBES:
+            done = subprocess.run([sys.executable, "-m", "bodycam.media.probe"],
+                                  input=request, capture_output=True, text=True,
+                                  timeout=timeout_s, env=env, check=False)
     except subprocess.TimeoutExpired:
         raise InvalidMediaError(
             label, f"probing it took longer than {timeout_s:.0f} s: refused unread") from None
@@ -64,6 +66,9 @@ def probe(path: Path, limits: LimitsSettings, name: str | None = None) -> MediaI
 
 
 PROBE_BYTES_PER_S = 100e6  # time allowed per byte on top of probe_timeout_s: 100 MB/s
+# Probes at once in one process: each may take probe_memory_mib, so twenty uploads at once
+# must not take twenty times that. The others wait their turn (each turn is bounded in time).
+_PROBES = threading.BoundedSemaphore(2)
 RATE_SLACK_S = 10.0  # seconds of frames at max_fps a stretch may run ahead of the average
 
 
