@@ -32,6 +32,10 @@ class LimitsSettings(_Section):
         7680 * 4320, gt=0,
         description="most pixels in one frame; every decoded frame is checked, and FFmpeg "
                     "refuses to allocate a larger picture")
+    max_frame_bytes: int = Field(
+        7680 * 4320 * 3 // 2, gt=0,
+        description="largest decoded picture in bytes (8K at 8-bit 4:2:0 by default): 8K at "
+                    "10-bit 4:4:4 is four times that, and took a worker past 3 GiB")
     max_fps: float = Field(
         240.0, gt=0, description="most frames a second, on average over the video (every "
         "frame is decoded: a 2-MB file of 1,000 frames a second held a worker for half an hour)")

@@ -355,6 +355,12 @@ def _bombs(c: Corpus, base: bytes) -> None:
     c.add("bombs/elst_repeat.mp4", "bomb",
           "an edit list plays its 500 frames 43,300 times (21.6 million frames)", "refused",
           repeat_edit_list(src500.read_bytes(), 43300))
+    src240 = tmp / "fps240.mp4"
+    _ff(*_src("320x240", 240, 1.0), "-pix_fmt", "yuv420p", "-c:v", "libx264", "-preset",
+        "ultrafast", "-bf", "0", "-g", "240", str(src240))
+    c.add("bombs/elst_repeat_240.mp4", "bomb",
+          "an edit list plays 1 s of 240 fps 6,000 times (within the frame rate)", "refused",
+          repeat_edit_list(src240.read_bytes(), 6000))
     seed = tmp / "seed.mp4"
     seed.write_bytes(base)
     many = c.add("bombs/streams_20.mp4", "bomb", "20 video streams", "refused")

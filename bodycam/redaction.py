@@ -35,7 +35,7 @@ from bodycam import text
 from bodycam.config import LimitsSettings, PipelineSettings, RedactionSettings
 from bodycam.domain import MediaInfo
 from bodycam.errors import InvalidInputError, PermanentError
-from bodycam.media.source import check_frame, open_video, orientation, upright
+from bodycam.media.source import check_frame, frame_threads, open_video, upright
 from bodycam.pipeline.faces import FaceDetector
 from bodycam.pipeline.tracks import iou
 
@@ -372,7 +372,7 @@ def render(src: Path, info: MediaInfo, plan: Plan, choices: Choices, out: Path,
     proc: subprocess.Popen[bytes] | None = None
     with tempfile.TemporaryFile() as errors, open_video(src, limits, src.name) as media:
         stream = media.stream
-        stream.thread_type = "AUTO"
+        frame_threads(stream)
         expected = (info.width_px, info.height_px)
         try:
             for frame in media.container.decode(stream):
@@ -381,9 +381,8 @@ def render(src: Path, info: MediaInfo, plan: Plan, choices: Choices, out: Path,
                 t_s = float((pts - info.start_pts) * tb)
                 idx = round(t_s * float(fps))
                 img: np.ndarray = frame.to_ndarray(format="rgb24")
-                turns, mirrored = orientation(frame) or (info.rotation_deg // 90,
-                                                         info.mirrored)
-                img = upright(img, turns, mirrored)
+                # One orientation for the whole video, as the analysis (pipeline.frames).
+                img = upright(img, info.rotation_deg // 90, info.mirrored)
                 if proc is None:
                     result.height_px, result.width_px = img.shape[:2]
                     proc = _encoder(src, out, img.shape[1], img.shape[0], fps, choices,

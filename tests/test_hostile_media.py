@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 import threading
@@ -158,7 +159,8 @@ def test_the_probe_refuses_fast_what_would_hold_a_worker_or_the_server(corpus: P
     was counted frame by frame for 2 min 42 s before its refusal; 1,000 frames a second were
     accepted (a 2-MB file held the worker half an hour); 70 streams took the API to 4 GiB."""
     limits = LimitsSettings()
-    for rel, reason in (("bombs/elst_repeat.mp4", "over the limit of 240.0 frames a second"),
+    for rel, reason in (("bombs/elst_repeat.mp4", "plays the same data again"),
+                        ("bombs/elst_repeat_240.mp4", "plays the same data again"),
                         ("bombs/dense_fps.mp4", "over the limit of 240.0 frames a second"),
                         ("bombs/streams_20.mp4", "more than 8 streams")):
         t = time.monotonic()
@@ -228,6 +230,84 @@ def test_the_probe_runs_in_a_child_bounded_in_time_and_memory(tmp_path: Path) ->
     with pytest.raises(InvalidMediaError):  # too little for FFmpeg's 8K decoder
         probe(big, LimitsSettings(probe_memory_mib=128))
     assert probe(big, LimitsSettings(probe_memory_mib=512)).width_px == 7680
+    # an 8K picture is decoded on few frame threads, whatever the cores (16 took 1.6 GiB)
+    from bodycam.media.source import frame_threads, open_video
+
+    with open_video(big, LimitsSettings(), "8k.mp4") as media:
+        frame_threads(media.stream)
+        assert media.stream.codec_context.thread_count <= 2
+    with open_video(HAMILTON, LimitsSettings(), "hamilton") as media:
+        frame_threads(media.stream)
+        assert media.stream.codec_context.thread_count == os.cpu_count()
+
+
+def test_a_picture_is_bounded_in_bytes_not_only_in_pixels(tmp_path: Path) -> None:
+    """8K at 10-bit 4:4:4 passed the pixel bound at four times the bytes of 8K 4:2:0 and took
+    a worker past 3 GiB; limits.max_frame_bytes bounds the picture in its own format."""
+    deep = tmp_path / "deep.mp4"
+    subprocess.run([hostile.ffmpeg_exe(), "-v", "error", "-f", "lavfi", "-i",
+                    "testsrc2=size=320x240:rate=5", "-t", "0.6", "-pix_fmt", "yuv444p10le",
+                    "-c:v", "libx264", str(deep)], check=True)
+    bound = LimitsSettings(max_frame_bytes=320 * 240 * 3)  # what 8-bit 4:4:4 takes
+    with pytest.raises(InvalidMediaError, match="in yuv444p10le is 460800 bytes a picture"):
+        probe(deep, bound)
+    assert probe(HAMILTON, LimitsSettings(max_frame_bytes=640 * 360 * 3 // 2)).n_frames > 0
+    assert probe(deep, LimitsSettings()).n_frames == 3
+
+
+def test_a_turn_for_a_probe_is_waited_for_a_bounded_time() -> None:
+    """Two slow files took both turns and six at once were refused after 66-99 s (a plain
+    clip behind them waited 68 s): a turn is waited for at most probe_timeout_s, then 503."""
+    from bodycam.errors import TransientError
+    from bodycam.media import probe as probe_module
+
+    held = [probe_module._PROBES.acquire(timeout=60) for _ in range(2)]
+    try:
+        assert all(held)
+        t = time.monotonic()
+        with pytest.raises(TransientError, match="busy probing other files"):
+            probe(HAMILTON, LimitsSettings(probe_timeout_s=0.5))
+        assert time.monotonic() - t < 5
+    finally:
+        for _ in held:
+            probe_module._PROBES.release()
+    assert probe(HAMILTON, LimitsSettings(probe_timeout_s=0.5 + 5)).n_frames > 0
+
+
+def test_a_frame_that_turns_mid_way_keeps_the_video_s_orientation(tmp_path: Path) -> None:
+    """An H.264 display-orientation SEI from frame 60 on turned the later frames to another
+    size under the tracks; the video keeps its first frame's orientation throughout."""
+    from bodycam.config import PipelineSettings
+    from bodycam.pipeline.frames import ChunkDecoder
+
+    ff = hostile.ffmpeg_exe()
+    raw, turned, clip = tmp_path / "a.h264", tmp_path / "b.h264", tmp_path / "turns.mp4"
+    subprocess.run([ff, "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=160x96:rate=30",
+                    "-t", "4", "-pix_fmt", "yuv420p", "-c:v", "libx264", "-bf", "0",
+                    "-f", "h264", str(raw)], check=True)
+    # display orientation SEI (payload 47): 90 degrees, persistent, before each frame from 60
+    rot = format(round(90 / 360 * 65536) & 0xFFFF, "016b")
+    payload = int("000" + rot + "010" + "0" + "1", 2).to_bytes(3, "big")
+    sei = b"\x00\x00\x00\x01\x06" + bytes([47, len(payload)]) + payload + b"\x80"
+    data, out, frame, prev = raw.read_bytes(), bytearray(), -1, 0
+    for m in re.finditer(b"\x00\x00\x01", data):
+        s = m.start()
+        z = s - 1 if s > 0 and data[s - 1] == 0 else s
+        if data[s + 3] & 0x1F in (1, 5) and data[s + 4] & 0x80:  # a frame's first slice
+            frame += 1
+            if frame >= 60:
+                out += data[prev:z] + sei
+                prev = z
+    turned.write_bytes(bytes(out + data[prev:]))
+    subprocess.run([ff, "-v", "error", "-r", "30", "-f", "h264", "-i", str(turned), "-c",
+                    "copy", str(clip)], check=True)
+    with av.open(str(clip)) as c:  # the file turns mid-way as built
+        rotations = {int(f.rotation or 0) for f in c.decode(video=0)}
+    assert len(rotations) == 2, rotations
+    info = probe(clip, LimitsSettings())
+    shapes = {f.image.shape for f in ChunkDecoder(clip, info, 0.0, info.duration_s,
+                                                  PipelineSettings())}
+    assert shapes == {(96, 160, 3)}, shapes
 
 
 def test_at_most_two_probes_run_at_once_in_a_process(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -24,7 +24,7 @@ import av
 
 from bodycam.config import LimitsSettings
 from bodycam.domain import MediaInfo
-from bodycam.errors import InvalidMediaError
+from bodycam.errors import InvalidMediaError, TransientError
 from bodycam.media.source import OpenVideo, check_frame, open_video, orientation, why
 
 
@@ -46,14 +46,19 @@ def probe(path: Path, limits: LimitsSettings, name: str | None = None) -> MediaI
     request = json.dumps({"path": str(path.resolve()), "label": label,
                           "limits": limits.model_dump(mode="json")})
     env = {k: v for k, v in os.environ.items() if not k.startswith("BODYCAM_")}
+    # A turn is waited for at most probe_timeout_s: six slow files at once were refused after
+    # 66-99 s, and a plain clip behind them waited 68 s. Past it, try again later (503).
+    if not _PROBES.acquire(timeout=limits.probe_timeout_s):
+        raise TransientError(f"{label}: the server is busy probing other files: try again")
     try:
-        with _PROBES:
-            done = subprocess.run([sys.executable, "-m", "bodycam.media.probe"],
-                                  input=request, capture_output=True, text=True,
-                                  timeout=timeout_s, env=env, check=False)
+        done = subprocess.run([sys.executable, "-m", "bodycam.media.probe"], input=request,
+                              capture_output=True, text=True, timeout=timeout_s, env=env,
+                              check=False)
     except subprocess.TimeoutExpired:
         raise InvalidMediaError(
             label, f"probing it took longer than {timeout_s:.0f} s: refused unread") from None
+    finally:
+        _PROBES.release()
     try:
         answer = json.loads(done.stdout.strip().rsplit("\n", 1)[-1])
     except ValueError:  # the child died: a decoder crashed or the memory bound stopped it
@@ -67,9 +72,10 @@ def probe(path: Path, limits: LimitsSettings, name: str | None = None) -> MediaI
 
 PROBE_BYTES_PER_S = 100e6  # time allowed per byte on top of probe_timeout_s: 100 MB/s
 # Probes at once in one process: each may take probe_memory_mib, so twenty uploads at once
-# must not take twenty times that. The others wait their turn (each turn is bounded in time).
+# must not take twenty times that. The others wait their turn, at most probe_timeout_s.
 _PROBES = threading.BoundedSemaphore(2)
 RATE_SLACK_S = 10.0  # seconds of frames at max_fps a stretch may run ahead of the average
+REPLAYED_PACKETS = 1000  # frames whose data was read before, allowed (edited QuickTime files)
 
 
 def _child() -> None:
@@ -145,7 +151,7 @@ def _demux_pts(container: av.container.InputContainer, stream: av.VideoStream, l
     the longest accepted video, or outnumber the highest frame rate over the time they span by
     RATE_SLACK_S of frames (an edit list repeated 43,300 times played 21.6 million frames of a
     500-frame file: 80 s to count them all)."""
-    n, first, last = 0, 0, 0
+    n, first, last, again, end = 0, 0, 0, 0, -1
     keys: list[int] = []
     span = int(limits.max_duration_s / time_base)
     per_tick = float(time_base) * limits.max_fps  # frames allowed per PTS tick
@@ -165,6 +171,17 @@ def _demux_pts(container: av.container.InputContainer, stream: av.VideoStream, l
             n += 1
             if packet.is_keyframe:
                 keys = [*keys[-1:], pts]
+            # A camera writes each frame once, on from the last: data read again is an edit
+            # list playing it over (1 s of 240 fps 6,000 times: within the rate, and a
+            # 620-kB file held the worker half an hour).
+            pos = packet.pos if packet.pos is not None else -1
+            if 0 <= pos <= end:
+                again += 1
+                if again > REPLAYED_PACKETS:
+                    raise InvalidMediaError(
+                        label, f"it plays the same data again ({again} frames read twice): an "
+                               "edit list that repeats it, not a camera's recording")
+            end = max(end, pos)
             if last - first > span:
                 raise InvalidMediaError(
                     label, f"longer than the limit of {limits.max_duration_s:.0f} s")

@@ -19,7 +19,7 @@ import numpy as np
 
 from bodycam.config import LimitsSettings, PipelineSettings, get_settings
 from bodycam.domain import MediaInfo, SampledFrame, Scene
-from bodycam.media.source import check_frame, open_video, orientation, upright
+from bodycam.media.source import check_frame, frame_threads, open_video, upright
 from bodycam.pipeline.scenes import SceneCutter
 
 
@@ -129,8 +129,9 @@ class ChunkDecoder:
             img: np.ndarray = (frame.to_ndarray(format="rgb24") if scale == 1.0 else
                                frame.to_ndarray(format="rgb24", width=det_w, height=det_h,
                                                 interpolation="BILINEAR"))
-            turns, mirrored = orientation(p.frame) or (info.rotation_deg // 90, info.mirrored)
-            img = upright(img, turns, mirrored)
+            # One orientation for the whole video (the first frame's, probed at ingest): a
+            # frame that turned mid-way would change the picture's size under the tracks.
+            img = upright(img, info.rotation_deg // 90, info.mirrored)
             return SampledFrame(p.index, p.pts, p.t_s, len(self.scenes), img, scale)
 
         def close_scene(end: _Pending | None) -> Iterator[SampledFrame]:
@@ -205,7 +206,7 @@ class ChunkDecoder:
             self.decoded_on = media.decoded_on
             try:
                 if media.decoded_on == "cpu":  # frame threads; NVDEC has its own engines
-                    stream.thread_type = "AUTO"
+                    frame_threads(stream)
                 if self.start_s > 0:
                     container.seek(info.start_pts + int(self.start_s / tb), stream=stream,
                                    backward=True, any_frame=False)
