@@ -349,18 +349,14 @@ def _bombs(c: Corpus, base: bytes) -> None:
         "-x264-params", "level=6.2", str(sizes))
     # An edit list that repeats its media (the probe counted 21.6 million frames for 80 s),
     # and more streams than a camera writes (a decoder each while probed): both refused.
-    src500 = tmp / "fps500.mp4"
-    _ff(*_src("320x240", 500, 1.0), "-pix_fmt", "yuv420p", "-c:v", "libx264", "-preset",
-        "ultrafast", "-bf", "0", "-g", "500", str(src500))
-    c.add("bombs/elst_repeat.mp4", "bomb",
-          "an edit list plays its 500 frames 43,300 times (21.6 million frames)", "refused",
-          repeat_edit_list(src500.read_bytes(), 43300))
-    src240 = tmp / "fps240.mp4"
-    _ff(*_src("320x240", 240, 1.0), "-pix_fmt", "yuv420p", "-c:v", "libx264", "-preset",
-        "ultrafast", "-bf", "0", "-g", "240", str(src240))
-    c.add("bombs/elst_repeat_240.mp4", "bomb",
-          "an edit list plays 1 s of 240 fps 6,000 times (within the frame rate)", "refused",
-          repeat_edit_list(src240.read_bytes(), 6000))
+    for name, rate, times, note in (
+            ("elst_repeat", 500, 43300, "its 500 frames 43,300 times (21.6 million frames)"),
+            ("elst_repeat_240", 240, 6000, "1 s of 240 fps 6,000 times (within the rate)")):
+        src = tmp / f"{name}.src.mp4"
+        _ff(*_src("320x240", rate, 1.0), "-pix_fmt", "yuv420p", "-c:v", "libx264", "-preset",
+            "ultrafast", "-bf", "0", "-g", str(rate), str(src))
+        c.add(f"bombs/{name}.mp4", "bomb", f"an edit list plays {note}", "refused",
+              repeat_edit_list(src.read_bytes(), times))
     seed = tmp / "seed.mp4"
     seed.write_bytes(base)
     many = c.add("bombs/streams_20.mp4", "bomb", "20 video streams", "refused")

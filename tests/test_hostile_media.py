@@ -117,14 +117,27 @@ def test_a_resolution_bomb_in_the_middle_is_refused_by_the_decoder_before_memory
         corpus: Path) -> None:
     """Probe sees only the start and end; the worker's decoder must refuse the middle."""
     bomb = corpus / "bombs" / "res_mid.mp4"
+    out = _decode_in_child(bomb)
+    assert "REFUSED" in out, out
+    assert "over the limit" in out["REFUSED"] and "res_mid.mp4" in out["REFUSED"]
+    assert int(out["RSS"]) * 1024 < 1024**3, out["RSS"]
+    # with room for the big frames, the change of size itself is refused
+    out = _decode_in_child(bomb, "LimitsSettings(max_height_px=7680, max_pixels=7680 * 7680)")
+    assert "frame size changes from 320x240 to 7680x7680" in out.get("REFUSED", ""), out
+    assert int(out["RSS"]) * 1024 < 2 * 1024**3, out["RSS"]
+
+
+def _decode_in_child(clip: Path, limits: str = "LimitsSettings()") -> dict[str, str]:
+    """Probe and decode a clip in a fresh process: DECODED (sampled frames) or REFUSED, and
+    RSS, the process's own peak in kB (VmHWM belongs to the new address space, whereas
+    getrusage's ru_maxrss survives execve and so reports the parent's, pytest's, peak)."""
     code = (
-        "import sys\n"
         "from pathlib import Path\n"
         "from bodycam.config import LimitsSettings, PipelineSettings\n"
         "from bodycam.errors import InvalidMediaError\n"
         "from bodycam.media.probe import probe\n"
         "from bodycam.pipeline.frames import ChunkDecoder\n"
-        f"p = Path({str(bomb)!r}); limits = LimitsSettings()\n"
+        f"p = Path({str(clip)!r}); limits = {limits}\n"
         "info = probe(p, limits)\n"
         "try:\n"
         "    n = sum(1 for _ in ChunkDecoder(p, info, 0.0, info.duration_s, PipelineSettings(),"
@@ -132,26 +145,13 @@ def test_a_resolution_bomb_in_the_middle_is_refused_by_the_decoder_before_memory
         "    print('DECODED', n)\n"
         "except InvalidMediaError as e:\n"
         "    print('REFUSED', e)\n"
-        # This process's own peak (kB): VmHWM belongs to the new address space, whereas
-        # getrusage's ru_maxrss survives execve and so reports the parent's (pytest's) peak.
         "print('RSS', next(line.split()[1] for line in open('/proc/self/status')"
         " if line.startswith('VmHWM:')))\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=120, env={**os.environ, "PYTHONPATH": str(Path.cwd())})
-    assert proc.returncode == 0, proc.stderr
-    out = dict(line.split(" ", 1) for line in proc.stdout.splitlines())
-    assert "REFUSED" in out, proc.stdout
-    assert "over the limit" in out["REFUSED"] and "res_mid.mp4" in out["REFUSED"]
-    assert int(out["RSS"]) * 1024 < 1024**3, out["RSS"]
-    # with room for the big frames, the change of size itself is refused
-    code2 = code.replace("limits = LimitsSettings()",
-                         "limits = LimitsSettings(max_height_px=7680, max_pixels=7680 * 7680)")
-    proc = subprocess.run([sys.executable, "-c", code2], capture_output=True, text=True,
                           timeout=300, env={**os.environ, "PYTHONPATH": str(Path.cwd())})
-    out = dict(line.split(" ", 1) for line in proc.stdout.splitlines())
-    assert "frame size changes from 320x240 to 7680x7680" in out.get("REFUSED", ""), proc
-    assert int(out["RSS"]) * 1024 < 2 * 1024**3, out["RSS"]
+    assert proc.returncode == 0, proc.stderr
+    return dict(line.split(" ", 1) for line in proc.stdout.splitlines())
 
 
 def test_the_probe_refuses_fast_what_would_hold_a_worker_or_the_server(corpus: Path) -> None:
@@ -350,24 +350,8 @@ def test_a_young_scene_holds_few_frames_of_a_fast_large_video(tmp_path: Path) ->
     subprocess.run([hostile.ffmpeg_exe(), "-v", "error", "-f", "lavfi", "-i",
                     "color=c=gray:size=3840x2160:rate=120", "-t", "0.6", "-pix_fmt", "yuv420p",
                     "-c:v", "libx264", "-preset", "ultrafast", str(clip)], check=True)
-    code = (
-        "import sys\n"
-        "from pathlib import Path\n"
-        "from bodycam.config import LimitsSettings, PipelineSettings\n"
-        "from bodycam.media.probe import probe\n"
-        "from bodycam.pipeline.frames import ChunkDecoder\n"
-        f"p = Path({str(clip)!r})\n"
-        "info = probe(p, LimitsSettings())\n"
-        "n = sum(1 for _ in ChunkDecoder(p, info, 0.0, info.duration_s, PipelineSettings()))\n"
-        "print('SAMPLED', n)\n"
-        "print('RSS', next(line.split()[1] for line in open('/proc/self/status')"
-        " if line.startswith('VmHWM:')))\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=120, env={**os.environ, "PYTHONPATH": str(Path.cwd())})
-    assert proc.returncode == 0, proc.stderr
-    out = dict(line.split(" ", 1) for line in proc.stdout.splitlines())
-    assert out["SAMPLED"] == "3"
+    out = _decode_in_child(clip)
+    assert out["DECODED"] == "3", out
     # 72 held 4K frames were 1,014 MiB here; at most ten now (344 MiB)
     assert int(out["RSS"]) * 1024 < 600 * 2**20, out["RSS"]
     # Thinning keeps the grid: a scene that grows old samples what it would have sampled.

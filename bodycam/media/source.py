@@ -304,15 +304,16 @@ def check_size(width: int, height: int, limits: LimitsSettings, label: str) -> N
 
 def check_frame(frame: av.VideoFrame, expected: tuple[int, int], limits: LimitsSettings,
                 label: str) -> None:
-    """Refuse a decoded frame whose size is not the validated one (a mid-stream change)."""
+    """Refuse a decoded frame whose size is not the validated one (a mid-stream change), or
+    whose pixel format makes it larger than limits.max_frame_bytes."""
     size = (frame.width, frame.height)
-    check_bytes(frame.format, frame.width, frame.height, limits, label)
     if size != expected:
         t = f" at {float(frame.time):.2f} s" if frame.time is not None else ""
         check_size(frame.width, frame.height, limits, label)
         raise InvalidMediaError(
             label, f"the frame size changes from {expected[0]}x{expected[1]} to "
                    f"{size[0]}x{size[1]}{t}: videos that change resolution are not accepted")
+    check_bytes(frame.format, frame.width, frame.height, limits, label)
 
 
 def orientation(frame: av.VideoFrame) -> tuple[int, bool] | None:
