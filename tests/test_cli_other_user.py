@@ -61,7 +61,9 @@ def _as_other(home: Path, argv: list[str], env: dict[str, str]) -> subprocess.Co
     return subprocess.run(
         ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", bind_then_run,
          "sh", str(REPO / "bodycam"), str(code / "bodycam"), _site_packages(), str(site),
-         str(SYSTEM_PYTHON), *argv],
+         # -S: the venv's packages only, never the system's dist-packages (Debian's pyOpenSSL
+         # 23 warned on stderr against the venv's cryptography 51, under every command)
+         str(SYSTEM_PYTHON), "-S", *argv],
         env={**full, "UID_OTHER": str(pw.pw_uid), "GID_OTHER": str(pw.pw_gid)},
         cwd=str(home), capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
 
