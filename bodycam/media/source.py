@@ -23,7 +23,7 @@ import logging
 import math
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from functools import cache, lru_cache
@@ -129,22 +129,16 @@ class OpenVideo:
         captured; the frame-size bound still holds, so nothing large is allocated.
         """
         self.container.close()  # its decoder threads must be gone before the log is on
-        level = av.logging.get_level()
-        av.logging.set_level(av.logging.ERROR)
-        try:
-            with av.logging.Capture(local=True) as logs:
-                try:
-                    with open_video(self.path, self.limits, self.label, threads=1) as again:
-                        if start_pts is not None:
-                            again.container.seek(start_pts, stream=again.stream,
-                                                 backward=True, any_frame=False)
-                        for _frame in again.container.decode(again.stream):
-                            pass
-                except (av.FFmpegError, InvalidMediaError):
+
+        def again() -> None:
+            with open_video(self.path, self.limits, self.label, threads=1) as media:
+                if start_pts is not None:
+                    media.container.seek(start_pts, stream=media.stream, backward=True,
+                                         any_frame=False)
+                for _frame in media.container.decode(media.stream):
                     pass
-        finally:
-            av.logging.set_level(level)
-        for _level, _name, message in reversed(logs[-50:]):
+
+        for message in reversed(_logged(again)[-50:]):
             found = _PIXELS.search(message)
             if found and found[3] == "is invalid":  # 0x0, or a side over FFmpeg's bound
                 return InvalidMediaError(
@@ -221,19 +215,27 @@ def open_video(path: Path, limits: LimitsSettings, label: str, threads: int | No
         container.close()
 
 
-def _out_of_memory(url: str, limits: LimitsSettings) -> str:
-    """Why opening `url` ran out of memory: more streams than max_streams (which FFmpeg says
-    only in its log, so the open is tried again with the log captured; stream-info probing
-    decodes on the calling thread), or the memory itself."""
+def _logged(action: Callable[[], object]) -> list[str]:
+    """FFmpeg's error lines while `action` runs on this thread alone (no frame threads: see
+    OpenVideo.refusal), its failure ignored: FFmpeg gives its reasons only in its log."""
     level = av.logging.get_level()
     av.logging.set_level(av.logging.ERROR)
     try:
         with av.logging.Capture(local=True) as logs, \
-                suppress(av.FFmpegError, MemoryError, UnicodeDecodeError):
-            av.open(url, options=open_options(limits), metadata_errors="ignore").close()
+                suppress(av.FFmpegError, InvalidMediaError, MemoryError, UnicodeDecodeError):
+            action()
     finally:
         av.logging.set_level(level)
-    if any("max_streams" in message for _level, _name, message in logs):
+    return [message for _level, _name, message in logs]
+
+
+def _out_of_memory(url: str, limits: LimitsSettings) -> str:
+    """Why opening `url` ran out of memory: more streams than max_streams (which FFmpeg says
+    only in its log, so the open is tried again with the log captured; stream-info probing
+    decodes on the calling thread), or the memory itself."""
+    logs = _logged(lambda: av.open(url, options=open_options(limits),
+                                   metadata_errors="ignore").close())
+    if any("max_streams" in message for message in logs):
         return f"more than {limits.max_streams} streams (the limit): not a camera's recording"
     return "opening it takes more memory than it is allowed"
 
@@ -271,10 +273,11 @@ def frame_bytes(fmt: av.VideoFormat, width: int, height: int) -> int:
 def check_bytes(fmt: av.VideoFormat | None, width: int, height: int, limits: LimitsSettings,
                 label: str) -> None:
     """Refuse a pixel format that makes a picture larger than limits.max_frame_bytes."""
-    if fmt is not None and frame_bytes(fmt, width, height) > limits.max_frame_bytes:
+    size = 0 if fmt is None else frame_bytes(fmt, width, height)
+    if size > limits.max_frame_bytes:
         raise InvalidMediaError(
-            label, f"{width}x{height} in {fmt.name} is {frame_bytes(fmt, width, height)} bytes "
-                   f"a picture, over the limit of {limits.max_frame_bytes}")
+            label, f"{width}x{height} in {fmt.name if fmt else '?'} is {size} bytes a picture, "
+                   f"over the limit of {limits.max_frame_bytes}")
 
 
 # What a decoder's frame threads may hold at once, counted as four pictures a thread.
