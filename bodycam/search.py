@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import math
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 
 import numpy as np
 from pgvector import Vector
@@ -20,6 +18,7 @@ from bodycam.context import Context
 from bodycam.db import Conn, uid
 from bodycam.errors import InvalidInputError, NotFoundError
 from bodycam.limits import require_rate
+from bodycam.search_args import Filters, Probe, check_similarity
 from bodycam.subjects import face_from_photo, get_subject, subject_vectors
 
 MAX_LIMIT = 1000  # appearances one search returns at most (a page of a list: 1000)
@@ -38,37 +37,6 @@ class Query:
     note: str | None = None
     subject_id: str | None = None  # set for subject searches: open-set identification
     track_id: str | None = None  # set for track searches
-
-
-@dataclass(frozen=True)
-class Probe:
-    """What a user searches with, as given: a photo (and face index), an enrolled subject's
-    id or a stored track's id. `search` checks the policy and the threshold before any
-    face in a photo is detected or embedded, and resolves ids only inside the search's case."""
-
-    photo: str | None = None
-    face: int | None = None
-    subject_id: str | None = None
-    track_id: str | None = None
-
-    def __post_init__(self) -> None:
-        if sum(x is not None for x in (self.photo, self.subject_id, self.track_id)) != 1:
-            raise InvalidInputError("give exactly one of --photo, --subject or --track")
-
-
-@dataclass(frozen=True)
-class Filters:
-    """Optional limits on where to look."""
-
-    video_id: str | None = None
-    date_from: datetime | None = None
-    date_to: datetime | None = None
-
-    def as_json(self) -> dict[str, str | None]:
-        """For the search record."""
-        return {"video_id": self.video_id,
-                "from": self.date_from.isoformat() if self.date_from else None,
-                "to": self.date_to.isoformat() if self.date_to else None}
 
 
 @dataclass(frozen=True)
@@ -107,17 +75,6 @@ class SearchResult:
         """The `search --json` contract."""
         return {"search_id": self.search_id, "results": [a.as_json() for a in self.results],
                 "threshold": self.threshold, "model": self.model}
-
-
-def check_similarity(value: float, flag: str) -> float:
-    """A finite cosine similarity in [-1, 1]; raises InvalidInputError otherwise (NaN and
-    infinities compare false with every bound, so they are refused by name first)."""
-    if not math.isfinite(value):
-        raise InvalidInputError(f"{flag} {value} is not a number: give a cosine similarity"
-                                " between the floor and 1.0")
-    if not -1.0 <= value <= 1.0:
-        raise InvalidInputError(f"{flag} {value} is a cosine similarity: between -1.0 and 1.0")
-    return value
 
 
 def resolve_threshold(settings: Settings, model: str, requested: float | None,

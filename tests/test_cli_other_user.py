@@ -1,4 +1,5 @@
-"""The CLI run by another OS user with only a URL and a token: its role, its cases, no secret."""
+"""The CLI run by another OS user with only a URL and a token: its role, its cases, no secret,
+and none of the server's packages (each made to fail on import)."""
 
 from __future__ import annotations
 
@@ -43,6 +44,26 @@ def _site_packages() -> str:
     return sysconfig.get_paths()["purelib"]
 
 
+# What the server, the workers and the stack need and a client never does: a CLI command that
+# imports one of them fails here (a thin client installs without them and holds no secret).
+SERVER_ONLY = ("psycopg", "psycopg_pool", "pgvector", "boto3", "botocore", "celery", "kombu",
+               "redis", "numpy", "torch", "cv2", "av", "dlib", "scenedetect", "PIL", "fastapi",
+               "starlette", "uvicorn")
+
+
+def _server_only(home: Path) -> Path:
+    """A folder, first on the other user's path, where each server-only package fails to
+    import, naming itself."""
+    folder = home / ".server-only"
+    for name in SERVER_ONLY:
+        pkg = folder / name
+        pkg.mkdir(mode=0o755, parents=True, exist_ok=True)
+        (pkg / "__init__.py").write_text(
+            f"raise ImportError('the CLI is a client: it does not import {name}')\n")
+    folder.chmod(0o755)
+    return folder
+
+
 def _as_other(home: Path, argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     """Run the system python as the other user with the repository and the venv's packages
     on its path. They are bound (read-only) into its HOME in a mount namespace of its own,
@@ -54,7 +75,7 @@ def _as_other(home: Path, argv: list[str], env: dict[str, str]) -> subprocess.Co
         target.mkdir(mode=0o755, parents=True, exist_ok=True)
     code.chmod(0o755)
     full = {"PATH": "/usr/bin:/bin", "HOME": str(home), "LANG": "C.UTF-8",
-            "PYTHONPATH": f"{code}:{site}", **env}
+            "PYTHONPATH": f"{_server_only(home)}:{code}:{site}", **env}
     bind_then_run = ('mount --bind -o ro "$1" "$2" && mount --bind -o ro "$3" "$4" && shift 4'
                      ' && exec setpriv --reuid="$UID_OTHER" --regid="$GID_OTHER"'
                      ' --clear-groups -- "$@"')

@@ -125,7 +125,7 @@ def thresholds_set(
     """Record a supervisor-approved change of a model's default threshold and floor."""
     import math
 
-    from bodycam.search import check_similarity
+    from bodycam.search_args import check_similarity
 
     for value, flag in ((default, "--default"), (floor, "--floor")):
         if not math.isfinite(value):  # JSON cannot carry it: the server's line, said here

@@ -99,7 +99,7 @@ def search_cmd(
 ) -> None:
     """Where does this person appear? Ranked leads with similarity, threshold and model."""
 
-    from bodycam import search as s
+    from bodycam import search_args as s
 
     if not case or not case.strip():
         fail("missing --case: every search is bound to a case")
