@@ -38,6 +38,7 @@ from av.sidedata.sidedata import SideData
 from av.stream import Disposition
 
 from bodycam.config import LimitsSettings
+from bodycam.cpus import usable_cpus
 from bodycam.errors import InvalidMediaError
 
 # First bytes of inputs that FFmpeg would follow to other files or URLs, or that are plainly
@@ -285,12 +286,13 @@ DECODE_BYTES = 512 * 2**20
 
 
 def frame_threads(stream: av.VideoStream) -> None:
-    """Decode on frame threads, as many as the cores but no more than DECODE_BYTES allows
-    for the picture's size: 8K on sixteen threads took 1.6 GiB before any model loaded."""
+    """Decode on frame threads, as many as the CPUs this process may use but no more than
+    DECODE_BYTES allows for the picture's size: 8K on sixteen threads took 1.6 GiB before any
+    model loaded."""
     ctx = stream.codec_context
     fmt = ctx.format or av.VideoFormat("yuv420p")
     stream.thread_type = "AUTO"
-    ctx.thread_count = max(1, min(os.cpu_count() or 1,
+    ctx.thread_count = max(1, min(usable_cpus(),
                                   DECODE_BYTES // (4 * frame_bytes(fmt, ctx.width, ctx.height))))
 
 

@@ -7,7 +7,6 @@ batches; every output records which model made it. facenet-pytorch and dlib shap
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 
 from bodycam.config import PipelineSettings
+from bodycam.cpus import usable_cpus
 from bodycam.domain import FaceDetection, SampledFrame
 from bodycam.errors import ModelUnavailableError
 from bodycam.media.files import sha256_file
@@ -178,7 +178,7 @@ class MtcnnDetector:
 
             device = torch_device(self.cfg.device)
             if device == "cpu":
-                cores = os.cpu_count() or 1
+                cores = usable_cpus()
                 self._concurrency = self.cfg.detect_threads or max(1, min(2, cores))
                 torch.set_num_threads(max(1, cores // self._concurrency))
             model = MTCNN(
