@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:  # the probe's child process reads MediaInfo without loading numpy
+    import numpy as np
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,8 @@ class FaceTrack:
 
     def representative_embedding(self) -> np.ndarray | None:
         """Quality-weighted mean of the detection embeddings, re-normalised to unit length."""
+        import numpy as np
+
         vecs = [(d.embedding, d.quality) for d in self.detections if d.embedding is not None]
         if not vecs:
             return None

@@ -231,6 +231,7 @@ def test_the_probe_runs_in_a_child_bounded_in_time_and_memory(tmp_path: Path) ->
         probe(big, LimitsSettings(probe_memory_mib=128))
     assert probe(big, LimitsSettings(probe_memory_mib=512)).width_px == 7680
     # an 8K picture is decoded on few frame threads, whatever the cores (16 took 1.6 GiB)
+    from bodycam.cpus import usable_cpus
     from bodycam.media.source import frame_threads, open_video
 
     with open_video(big, LimitsSettings(), "8k.mp4") as media:
@@ -238,7 +239,16 @@ def test_the_probe_runs_in_a_child_bounded_in_time_and_memory(tmp_path: Path) ->
         assert media.stream.codec_context.thread_count <= 2
     with open_video(HAMILTON, LimitsSettings(), "hamilton") as media:
         frame_threads(media.stream)
-        assert media.stream.codec_context.thread_count == os.cpu_count()
+        assert media.stream.codec_context.thread_count == usable_cpus()
+
+
+def test_the_probe_s_child_starts_without_the_settings_loader_or_numpy() -> None:
+    """Every ingest starts one: pydantic-settings and numpy took half of its 0.45 s start."""
+    code = ("import sys; import bodycam.media.probe; print(sorted(m for m in ('numpy', "
+            "'pydantic_settings', 'bodycam.config', 'torch') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=True)
+    assert done.stdout.strip() == "[]", done.stdout
 
 
 def test_a_picture_is_bounded_in_bytes_not_only_in_pixels(tmp_path: Path) -> None:

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import av
 
-from bodycam.config import LimitsSettings
 from bodycam.domain import MediaInfo
 from bodycam.errors import InvalidMediaError, TransientError
+from bodycam.media.limits import LimitsSettings
 from bodycam.media.source import OpenVideo, check_frame, open_video, orientation, why
 
 

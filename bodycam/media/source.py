@@ -23,23 +23,27 @@ import logging
 import math
 import os
 import re
+import struct
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from functools import cache, lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import av
 import av.container
 import av.logging
-import numpy as np
 from av.codec.hwaccel import HWAccel
 from av.sidedata.sidedata import SideData
 from av.stream import Disposition
 
-from bodycam.config import LimitsSettings
 from bodycam.cpus import usable_cpus
 from bodycam.errors import InvalidMediaError
+from bodycam.media.limits import LimitsSettings
+
+if TYPE_CHECKING:  # the probe's child loads this module without numpy
+    import numpy as np
 
 # First bytes of inputs that FFmpeg would follow to other files or URLs, or that are plainly
 # not video: named so the refusal says what the file is. The format allow-list is what
@@ -329,7 +333,10 @@ def orientation(frame: av.VideoFrame) -> tuple[int, bool] | None:
     side = frame.side_data.get("DISPLAYMATRIX")
     if not isinstance(side, SideData):
         return None
-    m = [int(v) for v in np.frombuffer(bytes(side), dtype="<i4")]
+    raw = bytes(side)
+    if len(raw) < 36:  # nine 32-bit numbers
+        return None
+    m = struct.unpack("<9i", raw[:36])
     a, b, c, d = m[0], m[1], m[3], m[4]
     mirrored = a * d - b * c < 0
     if mirrored:  # undo the flip (FFmpeg's av_display_matrix_flip) to read the turn
@@ -341,6 +348,8 @@ def orientation(frame: av.VideoFrame) -> tuple[int, bool] | None:
 
 def upright(img: np.ndarray, turns: int, mirrored: bool) -> np.ndarray:
     """An image as `orientation` says a player shows it."""
+    import numpy as np  # not at the top: the probe's child loads this module without numpy
+
     if turns:
         img = np.rot90(img, k=turns)
     if mirrored:
