@@ -76,7 +76,7 @@ def ingest_file(ctx: Context, name: str, custody: Custody) -> IngestResult:
     limits = ctx.settings.limits
     label = safe_name(name)
     with private_copy(name, limits.max_bytes) as copy:
-        info = probe(copy.path, limits, name=label)
+        info = probe(copy.path, limits, name=label, owner=custody.uploader)
         return _store_and_record(ctx, copy.path, copy.sha256, safe_name(Path(name).name), info,
                                  custody)
 
@@ -96,7 +96,7 @@ def ingest_private(ctx: Context, path: Path, filename: str, custody: Custody,
     """
     label = safe_name(Path(filename).name) or "upload"
     try:
-        info = probe(path, ctx.settings.limits, name=label)
+        info = probe(path, ctx.settings.limits, name=label, owner=custody.uploader)
         return _store_and_record(ctx, path, sha256 or sha256_file(path), label, info, custody,
                                  sent)
     finally:

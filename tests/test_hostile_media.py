@@ -284,6 +284,43 @@ def test_a_turn_for_a_probe_is_waited_for_a_bounded_time() -> None:
     assert probe(HAMILTON, LimitsSettings(probe_timeout_s=0.5 + 5)).n_frames > 0
 
 
+def test_one_account_s_uploads_take_one_probe_turn_not_every_other_account_s(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """One account's slow files held both turns, and every other account's upload waited,
+    then got a 503: an account probes one file at a time, and the others keep a turn."""
+    from bodycam.errors import TransientError
+    from bodycam.media import probe as probe_module
+
+    real = subprocess.run
+
+    def slow(*args: object, **kwargs: object) -> object:
+        time.sleep(3)  # a file that takes long to probe
+        return real(*args, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(probe_module.subprocess, "run", slow)
+    limits = LimitsSettings(probe_timeout_s=2.0)
+    outcome: dict[str, str] = {}
+
+    def upload(key: str, owner: str) -> None:
+        try:
+            probe(HAMILTON, limits, owner=owner)
+            outcome[key] = "probed"
+        except TransientError as exc:
+            outcome[key] = str(exc)
+
+    flood = [threading.Thread(target=upload, args=(f"flood{i}", "flooder")) for i in range(4)]
+    for t in flood:
+        t.start()
+    time.sleep(0.5)
+    upload("other", "someone-else")
+    for t in flood:
+        t.join()
+    assert outcome.pop("other") == "probed"
+    assert sorted(outcome.values()).count("probed") == 1, outcome
+    assert all("your other uploads are being probed" in v for v in outcome.values()
+               if v != "probed"), outcome
+
+
 def test_a_frame_that_turns_mid_way_keeps_the_video_s_orientation(tmp_path: Path) -> None:
     """An H.264 display-orientation SEI from frame 60 on turned the later frames to another
     size under the tracks; the video keeps its first frame's orientation throughout."""

@@ -17,6 +17,10 @@ import resource
 import subprocess
 import sys
 import threading
+import time
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path
 
@@ -28,12 +32,15 @@ from bodycam.media.limits import LimitsSettings
 from bodycam.media.source import OpenVideo, check_frame, open_video, orientation, why
 
 
-def probe(path: Path, limits: LimitsSettings, name: str | None = None) -> MediaInfo:
+def probe(path: Path, limits: LimitsSettings, name: str | None = None,
+          owner: str | None = None) -> MediaInfo:
     """Open a video, check it against the limits and that it decodes from start to end.
 
     Demuxes every packet (cheap: no decoding) to count frames and find truncation, decodes the
     first frames and the last group of pictures, in a child process bounded in memory and time
-    (see the module). Raises InvalidMediaError with the reason.
+    (see the module). Raises InvalidMediaError with the reason. `owner` (the uploading
+    account) probes one file at a time: its other uploads wait their turn without taking
+    the turns of other accounts.
     """
     label = name or path.name
     size = path.stat().st_size
@@ -48,17 +55,15 @@ def probe(path: Path, limits: LimitsSettings, name: str | None = None) -> MediaI
     env = {k: v for k, v in os.environ.items() if not k.startswith("BODYCAM_")}
     # A turn is waited for at most probe_timeout_s: six slow files at once were refused after
     # 66-99 s, and a plain clip behind them waited 68 s. Past it, try again later (503).
-    if not _PROBES.acquire(timeout=limits.probe_timeout_s):
-        raise TransientError(f"{label}: the server is busy probing other files: try again")
-    try:
-        done = subprocess.run([sys.executable, "-m", "bodycam.media.probe"], input=request,
-                              capture_output=True, text=True, timeout=timeout_s, env=env,
-                              check=False)
-    except subprocess.TimeoutExpired:
-        raise InvalidMediaError(
-            label, f"probing it took longer than {timeout_s:.0f} s: refused unread") from None
-    finally:
-        _PROBES.release()
+    with _turn(owner, label, limits.probe_timeout_s):
+        try:
+            done = subprocess.run([sys.executable, "-m", "bodycam.media.probe"],
+                                  input=request, capture_output=True, text=True,
+                                  timeout=timeout_s, env=env, check=False)
+        except subprocess.TimeoutExpired:
+            raise InvalidMediaError(
+                label, f"probing it took longer than {timeout_s:.0f} s: refused unread"
+            ) from None
     try:
         answer = json.loads(done.stdout.strip().rsplit("\n", 1)[-1])
     except ValueError:  # the child died: a decoder crashed or the memory bound stopped it
@@ -74,6 +79,37 @@ PROBE_BYTES_PER_S = 100e6  # time allowed per byte on top of probe_timeout_s: 10
 # Probes at once in one process: each may take probe_memory_mib, so twenty uploads at once
 # must not take twenty times that. The others wait their turn, at most probe_timeout_s.
 _PROBES = threading.BoundedSemaphore(2)
+# One probe at a time per uploading account (per process), within the two: one account's
+# six slow files held both turns, and every other account's uploads waited, then got a 503.
+_OWNERS: weakref.WeakValueDictionary[str, threading.Semaphore] = weakref.WeakValueDictionary()
+_OWNERS_LOCK = threading.Lock()
+
+
+@contextmanager
+def _turn(owner: str | None, label: str, wait_s: float) -> Iterator[None]:
+    """Hold the owner's turn, then one of the process's, both waited for within wait_s in
+    all; TransientError (503) past it."""
+    deadline = time.monotonic() + wait_s
+    mine: threading.Semaphore | None = None
+    if owner is not None:
+        with _OWNERS_LOCK:
+            mine = _OWNERS.get(owner)
+            if mine is None:
+                mine = _OWNERS[owner] = threading.Semaphore(1)
+        if not mine.acquire(timeout=wait_s):
+            raise TransientError(f"{label}: your other uploads are being probed: try again")
+    try:
+        if not _PROBES.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            raise TransientError(f"{label}: the server is busy probing other files: try again")
+        try:
+            yield
+        finally:
+            _PROBES.release()
+    finally:
+        if mine is not None:
+            mine.release()
+
+
 RATE_SLACK_S = 10.0  # seconds of frames at max_fps a stretch may run ahead of the average
 REPLAYED_PACKETS = 1000  # frames whose data was read before, allowed (edited QuickTime files)
 
