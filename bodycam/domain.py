@@ -26,6 +26,14 @@ class MediaInfo:
     start_pts: int
     mirrored: bool = False  # shown mirrored left to right, after rotation_deg (display matrix)
 
+    @property
+    def shown_size(self) -> tuple[int, int]:
+        """(width, height) of a frame as a player shows it: a quarter turn swaps the sides
+        (the analysis and redaction work on frames so turned)."""
+        if self.rotation_deg % 180 == 90:
+            return self.height_px, self.width_px
+        return self.width_px, self.height_px
+
     @classmethod
     def from_json(cls, m: dict[str, Any]) -> MediaInfo:
         """The inverse of as_json."""

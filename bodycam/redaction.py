@@ -16,6 +16,7 @@ at 1080p was still found by CenterFace at 80 px and more.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import itertools
 import json
@@ -26,8 +27,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
+import av
 import numpy as np
 from PIL import Image, ImageDraw
 
@@ -39,7 +41,9 @@ from bodycam.media.source import check_frame, frame_threads, open_video, upright
 from bodycam.pipeline.faces import FaceDetector
 from bodycam.pipeline.tracks import iou
 
-ALGORITHM = "dense-union-overlap-tracks/2"
+# /3: the plan's frame size is the size a player shows (a quarter turn swaps the sides; /2
+# plans of turned videos clipped boxes to the stored height, and faces below it showed).
+ALGORITHM = "dense-union-overlap-tracks/3"
 Box = tuple[float, float, float, float]
 # One detection of a plan track: frame, x1, y1, x2, y2, probability, detector name.
 PlanDetection = tuple[int, float, float, float, float, float, str]
@@ -188,8 +192,9 @@ def compute_plan(path: Path, info: MediaInfo, video_id: str, sha256: str,
               "frames_decoded": result.frames_decoded,
               "frames_detected": result.frames_sampled,
               "scenes": [[s.start_frame, s.end_frame] for s in result.scenes]}
-    return Plan(video_id, sha256, info.frame_rate, info.n_frames, info.width_px,
-                info.height_px, info.duration_s, tuple(tracks), params)
+    width, height = info.shown_size
+    return Plan(video_id, sha256, info.frame_rate, info.n_frames, width, height,
+                info.duration_s, tuple(tracks), params)
 
 
 # -- choices --------------------------------------------------------------------------------
@@ -285,12 +290,15 @@ def frame_regions(plan: Plan, choices: Choices) -> dict[int, list[Region]]:
         if t.id in choices.keep or t.id in choices.remove:
             continue
         for f, box in track_boxes(plan, t):
-            out.setdefault(f, []).append(Region(t.id, box))
+            if box[2] > box[0] and box[3] > box[1]:  # none left inside the frame otherwise
+                out.setdefault(f, []).append(Region(t.id, box))
     fps = float(plan.frame_rate)
     for i, m in enumerate(choices.regions, 1):
         x1, y1, x2, y2 = m.box_px
         box = (max(0, int(x1)), max(0, int(y1)), min(plan.width_px, math.ceil(x2)),
                min(plan.height_px, math.ceil(y2)))
+        if box[2] <= box[0] or box[3] <= box[1]:
+            continue  # outside the frame (the request is refused before it gets here)
         first = max(0, math.floor(m.start_s * fps))
         last = min(plan.n_frames - 1, math.ceil(m.end_s * fps))
         for f in range(first, last + 1):
@@ -361,19 +369,34 @@ def render(src: Path, info: MediaInfo, plan: Plan, choices: Choices, out: Path,
            limits: LimitsSettings, red: RedactionSettings) -> RenderResult:
     """Write the redacted MP4: every decoded frame, masked per the plan and the choices.
 
-    Frames are piped as raw RGB to the ffmpeg binary (x264, yuv420p, faststart), at the
-    original's frame rate, so the frame count and the duration are the original's. Audio is
-    taken from the original (AAC), dropped (`strip`) or silenced in `mute_ranges`.
+    Frames go to the ffmpeg binary (x264, yuv420p, faststart) as raw RGB in NUT packets that
+    carry each frame's own time, so the frame count, every frame's time (a variable frame rate
+    too) and the duration are the original's. A side of odd length gets one black row or
+    column (4:2:0 needs even sides); the pixel aspect ratio is kept. Audio is the original's
+    (AAC) from the first frame's time on, so sound keeps its place against the picture; it is
+    dropped (`strip`) or silenced in `mute_ranges` (seconds from the first frame). Nothing else
+    of the original is copied: no metadata, no chapter, no other stream.
     """
     regions = frame_regions(plan, choices)
     wanted = set(sheet_frames(plan, regions, choices))
     tb, fps = info.time_base, info.frame_rate
     result = RenderResult(0, 0, 0)
     proc: subprocess.Popen[bytes] | None = None
+    frames: _FramePipe | None = None
     with tempfile.TemporaryFile() as errors, open_video(src, limits, src.name) as media:
         stream = media.stream
         frame_threads(stream)
         expected = (info.width_px, info.height_px)
+        sar = stream.codec_context.sample_aspect_ratio or Fraction(1)
+        if info.rotation_deg % 180 == 90:
+            sar = 1 / sar
+        # Where the first frame is in the file's own timeline, which the ffmpeg binary counts
+        # from the file's start: audio that began a second before the picture was laid a
+        # second late against it.
+        start = media.container.start_time
+        audio_from_s = max(0.0, float(info.start_pts * tb)
+                           - (start / av.time_base if start is not None else 0.0))
+        last = -1
         try:
             for frame in media.container.decode(stream):
                 check_frame(frame, expected, limits, src.name)
@@ -383,50 +406,111 @@ def render(src: Path, info: MediaInfo, plan: Plan, choices: Choices, out: Path,
                 img: np.ndarray = frame.to_ndarray(format="rgb24")
                 # One orientation for the whole video, as the analysis (pipeline.frames).
                 img = upright(img, info.rotation_deg // 90, info.mirrored)
-                if proc is None:
-                    result.height_px, result.width_px = img.shape[:2]
-                    proc = _encoder(src, out, img.shape[1], img.shape[0], fps, choices,
-                                    red.crf, errors)
+                if frames is None:
+                    height, width = img.shape[:2]
+                    if (width, height) != (plan.width_px, plan.height_px):
+                        raise PermanentError(
+                            f"{src.name}: the redaction plan is for {plan.width_px}x"
+                            f"{plan.height_px} frames and the video shows {width}x{height}")
+                    result.height_px, result.width_px = height, width
+                    proc = _encoder(src, out, sar, audio_from_s, choices, red.crf, errors)
+                    assert proc.stdin is not None
+                    frames = _FramePipe(proc.stdin, width, height, tb, fps)
                 for r in regions.get(idx, ()):
                     mask(img, r.box, choices.style, red.blocks)
                     result.masked_boxes += 1
                 if idx in wanted and idx not in {f for f, _ in result.sheet}:
                     result.sheet.append((idx, _sheet_tile(img, regions.get(idx, []), plan,
                                                           choices, idx)))
-                assert proc.stdin is not None
-                proc.stdin.write(img.tobytes())
+                last = max(last + 1, pts - info.start_pts)  # times only go forward
+                frames.send(img, last)
                 result.n_frames += 1
-        except BrokenPipeError:
-            pass
+            if frames is not None:
+                frames.close()
+        except (BrokenPipeError, av.FFmpegError):
+            if proc is None:
+                raise
         finally:
             if proc is not None:
                 if proc.stdin is not None:
-                    proc.stdin.close()
+                    with contextlib.suppress(BrokenPipeError):
+                        proc.stdin.close()
                 rc = proc.wait(timeout=600)
                 if rc != 0:
                     errors.seek(0)
-                    tail = errors.read()[-600:].decode(errors="replace")
-                    raise PermanentError(f"ffmpeg could not write the redacted video: {tail}")
+                    tail = errors.read()[-2000:].decode(errors="replace")
+                    raise PermanentError(f"ffmpeg could not write the redacted video: "
+                                         f"{_last_line(tail)}")
     if proc is None:
         raise PermanentError(f"{src.name}: no frame could be decoded")
     return result
 
 
-def _encoder(src: Path, out: Path, w: int, h: int, fps: Fraction, choices: Choices, crf: int,
-             errors: Any) -> subprocess.Popen[bytes]:
-    cmd = [_ffmpeg(), "-hide_banner", "-loglevel", "error", "-y", "-f", "rawvideo",
-           "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", f"{fps.numerator}/{fps.denominator}",
-           "-i", "-"]
+def _last_line(log: str) -> str:
+    """FFmpeg's last complete, non-empty log line, at most 300 characters."""
+    lines = [line.strip() for line in log.splitlines()[1:] or log.splitlines() if line.strip()]
+    return (lines[-1] if lines else "no message")[:300]
+
+
+class _FramePipe:
+    """Raw RGB frames to the encoder's stdin in NUT packets, each with its time."""
+
+    def __init__(self, sink: IO[bytes], width: int, height: int, time_base: Fraction,
+                 rate: Fraction) -> None:
+        self._out = av.open(_WriteOnly(sink), mode="w", format="nut")
+        self._stream = self._out.add_stream("rawvideo", rate=rate)
+        self._stream.width, self._stream.height = width, height
+        self._stream.pix_fmt = "rgb24"
+        self._stream.time_base = time_base
+        self._stream.codec_context.time_base = time_base
+        self._time_base = time_base
+
+    def send(self, img: np.ndarray, pts: int) -> None:
+        """One frame at `pts` (time_base ticks from the first frame)."""
+        frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+        frame.pts, frame.time_base = pts, self._time_base
+        for packet in self._stream.encode(frame):
+            self._out.mux(packet)
+
+    def close(self) -> None:
+        """Flush and end the stream."""
+        for packet in self._stream.encode(None):
+            self._out.mux(packet)
+        self._out.close()
+
+
+class _WriteOnly:
+    """A pipe as PyAV's output: write only (a pipe cannot seek, and PyAV would try)."""
+
+    def __init__(self, sink: IO[bytes]) -> None:
+        self._sink = sink
+
+    def write(self, data: bytes) -> int:
+        return self._sink.write(data)
+
+
+def _encoder(src: Path, out: Path, sar: Fraction, audio_from_s: float, choices: Choices,
+             crf: int, errors: Any) -> subprocess.Popen[bytes]:
+    """The ffmpeg binary reading NUT frames on stdin (and, for audio, the original)."""
+    cmd = [_ffmpeg(), "-hide_banner", "-loglevel", "error", "-y", "-f", "nut", "-i", "-"]
     if choices.audio == "strip":
         cmd += ["-map", "0:v:0", "-an"]
     else:
+        if audio_from_s > 0:
+            cmd += ["-ss", f"{audio_from_s:.6f}"]
         cmd += ["-i", str(src), "-map", "0:v:0", "-map", "1:a:0?", "-c:a", "aac", "-b:a", "128k"]
         if choices.audio == "mute-ranges" and choices.mute_ranges:
             # Per sample, not per audio frame: a frame's switch (1,024 samples, 23 ms at
             # 44.1 kHz and 128 ms at 8 kHz) left the start of each range audible.
             spans = "+".join(f"between(t,{a:.4f},{b:.4f})" for a, b in choices.mute_ranges)
             cmd += ["-af", f"aeval='val(ch)*not({spans})':c=same"]
-    cmd += ["-c:v", "libx264", "-preset", "veryfast", "-crf", str(crf), "-pix_fmt", "yuv420p",
+    # Nothing of the original's but its masked picture and its sound: its chapters (with
+    # their titles and a text track) and the audio stream's title, handler and language were
+    # copied by default.
+    cmd += ["-map_metadata", "-1", "-map_metadata:s:a", "-1", "-map_chapters", "-1",
+            "-fps_mode", "passthrough", "-enc_time_base:v", "demux",
+            "-vf", f"pad=ceil(iw/2)*2:ceil(ih/2)*2,setsar={sar.numerator}/{sar.denominator}",
+            "-c:v", "libx264", "-preset", "veryfast", "-crf", str(crf), "-pix_fmt", "yuv420p",
             "-movflags", "+faststart", "-f", "mp4", str(out)]
     return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                             stderr=errors)

@@ -10,6 +10,7 @@ import json
 import subprocess
 import tempfile
 from collections.abc import Callable
+from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,10 @@ import numpy as np
 import pytest
 
 from bodycam import accounts
+from bodycam.config import Settings
+from bodycam.domain import MediaInfo
 from bodycam.media.files import sha256_file
+from bodycam.media.probe import probe
 from bodycam.pipeline.tracks import iou
 from bodycam.redaction import (
     Choices,
@@ -30,7 +34,11 @@ from bodycam.redaction import (
     PlanTrack,
     _encoder,
     _ffmpeg,
+    _FramePipe,
+    compute_plan,
+    dense_pipeline,
     frame_regions,
+    render,
 )
 from bodycam.storage import REDACTIONS
 from tests.conftest import StackHandle
@@ -171,11 +179,13 @@ def test_a_muted_range_is_silent_from_its_first_sample(tmp_path: Path, rate: int
                     "-c:a", "aac", "-shortest", str(src)], check=True)
     ranges = ((1.0, 2.0), (2.43, 2.61))
     with tempfile.TemporaryFile() as errors:
-        proc = _encoder(src, out, 64, 48, Fraction(10), Choices(
+        proc = _encoder(src, out, Fraction(1), 0.0, Choices(
             audio="mute-ranges", mute_ranges=ranges), 23, errors)
         assert proc.stdin is not None
-        for _ in range(30):
-            proc.stdin.write(bytes(64 * 48 * 3))
+        frames = _FramePipe(proc.stdin, 64, 48, Fraction(1, 10), Fraction(10))
+        for i in range(30):
+            frames.send(np.zeros((48, 64, 3), np.uint8), i)
+        frames.close()
         proc.stdin.close()
         assert proc.wait(60) == 0
     with av.open(str(out)) as media:
@@ -190,6 +200,115 @@ def test_a_muted_range_is_silent_from_its_first_sample(tmp_path: Path, rate: int
     for a, b in ranges:
         inside = np.abs(samples[(t >= a) & (t < b)])
         assert float(inside.max()) < 0.02 * loud, (a, b, float(inside.max()), loud)
+
+
+def _ff(*args: str) -> None:
+    subprocess.run([_ffmpeg(), "-v", "error", "-y", *args], check=True, timeout=120)
+
+
+def _plan_of(src: Path, boxes: dict[int, Box]) -> tuple[MediaInfo, Plan]:
+    """The video's probe and its plan (made by compute_plan), its tracks replaced by one box
+    per frame given, unpadded."""
+    from bodycam.pipeline.faces import MtcnnDetector
+
+    settings = Settings()
+    info = probe(src, settings.limits)
+    red = settings.redaction
+    cfg = dense_pipeline(settings.pipeline, red, info)
+    plan = compute_plan(src, info, "v", "0" * 64, cfg, red, MtcnnDetector(cfg))
+    tracks = tuple(PlanTrack(f"P{f}", 0, ((f, *b, 0.99, "mtcnn"),)) for f, b in boxes.items())
+    return info, replace(plan, tracks=tracks, params={**plan.params, "pad": 0.0,
+                                                       "lead_frames": 0, "tail_frames": 0})
+
+
+def _decoded(path: Path) -> list[tuple[float, np.ndarray]]:
+    with av.open(str(path)) as c:
+        return [(float(f.time or 0), f.to_ndarray(format="rgb24")) for f in c.decode(video=0)]
+
+
+def test_a_turned_video_is_hidden_over_the_whole_frame_a_player_shows(tmp_path: Path) -> None:
+    """A quarter-turned video (320x240 stored, 240x320 shown): boxes were clipped to the
+    stored height, and a face below it showed in every frame (a manual region too)."""
+    stored, turned, out = tmp_path / "s.mp4", tmp_path / "t.mp4", tmp_path / "o.mp4"
+    _ff("-f", "lavfi", "-i", "testsrc2=size=320x240:rate=10", "-t", "1", "-pix_fmt", "yuv420p",
+        str(stored))
+    _ff("-display_rotation", "90", "-i", str(stored), "-c", "copy", str(turned))
+    box = (20.0, 250.0, 200.0, 310.0)  # below the stored height
+    info, plan = _plan_of(turned, {f: box for f in range(10)})
+    assert info.shown_size == (240, 320) and (plan.width_px, plan.height_px) == (240, 320)
+    who = Decision("a missed face", "privacy of third parties", "ann")
+    settings = Settings()
+    render(turned, info, plan, Choices(style="box", regions=(
+        ManualRegion((20.0, 200.0, 200.0, 245.0), 0.0, 1.0, who),)), out, settings.limits,
+        settings.redaction)
+    frames = _decoded(out)
+    assert len(frames) == 10 and frames[0][1].shape[:2] == (320, 240)
+    for _, img in frames:
+        assert img[254:306, 24:196].mean() < 8, "the track's box, below the stored height"
+        assert img[204:241, 24:196].mean() < 8, "the manual region across it"
+        assert img[4:60, 24:196].mean() > 40, "the rest is shown"
+
+
+def test_a_release_keeps_every_frame_s_time_the_sound_s_place_and_nothing_else(
+        tmp_path: Path) -> None:
+    """A variable frame rate (was re-timed to the average rate: 1.5 s off), sound that began
+    a second before the picture (was laid a second late against it), odd sides (could not be
+    encoded), non-square pixels (were lost), chapters and the audio's title and language
+    (were copied into the release)."""
+    part, meta, src, out = (tmp_path / n for n in ("v.mp4", "meta.txt", "src.mp4", "o.mp4"))
+    _ff("-f", "lavfi", "-i", "testsrc2=size=161x121:rate=30:duration=3",
+        "-vf", "scale=161:121,select='lt(t\\,1)+not(mod(n\\,3))',setsar=4/3", "-fps_mode", "vfr",
+        "-pix_fmt", "yuv444p", "-c:v", "libx264", str(part))  # 4:4:4: odd sides encode
+    meta.write_text(";FFMETADATA1\ntitle=SECRET-T\n[CHAPTER]\nTIMEBASE=1/1000\nSTART=0\n"
+                    "END=1500\ntitle=SECRET-C\n")
+    # the picture from 1 s on; the sound from 0, silent from 1.5 s to 2 s of its own time
+    _ff("-itsoffset", "1", "-i", str(part), "-f", "lavfi", "-i",
+        "aevalsrc='0.5*sin(440*2*PI*t)*not(between(t,1.5,2))':s=44100:d=4", "-f",
+        "ffmetadata", "-i", str(meta), "-map", "0:v", "-map", "1:a", "-map_metadata", "2",
+        "-map_chapters", "2", "-metadata:s:a:0", "title=SECRET-A", "-metadata:s:a:0",
+        "language=fra", "-c:v", "copy", "-c:a", "aac", str(src))
+    info, plan = _plan_of(src, {})
+    settings = Settings()
+    render(src, info, plan, Choices(), out, settings.limits, settings.redaction)
+    before, after = _decoded(src), _decoded(out)
+    assert len(after) == len(before) == info.n_frames
+    t0 = before[0][0]
+    assert max(abs((a - a0) - (b - t0)) for (a, _), (b, _), a0 in
+               zip(after, before, [after[0][0]] * len(after), strict=True)) < 0.002
+    with av.open(str(out)) as c:
+        assert [st.type for st in c.streams] == ["video", "audio"]
+        v = c.streams.video[0]
+        assert (v.codec_context.width, v.codec_context.height) == (162, 122)
+        assert v.codec_context.sample_aspect_ratio == Fraction(4, 3)
+        assert not c.metadata.get("title") and not c.chapters()
+        assert c.streams.audio[0].metadata.get("language", "und") == "und"
+        chunks = [(float(f.time or 0), f.to_ndarray().mean(axis=0)) for f in c.decode(audio=0)]
+        rate = c.streams.audio[0].rate
+    assert b"SECRET" not in out.read_bytes()
+    samples = np.concatenate([c for _, c in chunks])
+    t = chunks[0][0] + np.arange(len(samples)) / rate
+    loud = float(np.abs(samples[(t > 0.2) & (t < 0.4)]).max())
+    assert loud > 0.1
+    assert float(np.abs(samples[(t > 0.55) & (t < 0.95)]).max()) < 0.05 * loud, \
+        "the sound's silence from 1.5 s lies 0.5 s after the first frame, as in the original"
+    assert float(np.abs(samples[(t > 1.2) & (t < 1.4)]).max()) > 0.5 * loud
+
+
+def test_frames_an_edit_list_hides_are_not_counted_as_shown(tmp_path: Path) -> None:
+    """A stream copy cut from 0.5 s keeps the frames before it for decoding, hidden by an
+    edit list: counted, they put the first frame 0.5 s early and a manual region landed
+    that much early in the release."""
+    whole, cut = tmp_path / "w.mp4", tmp_path / "c.mp4"
+    _ff("-f", "lavfi", "-i", "testsrc2=size=160x96:rate=30", "-t", "2", "-g", "60",
+        "-pix_fmt", "yuv420p", "-c:v", "libx264", str(whole))
+    _ff("-ss", "0.5", "-i", str(whole), "-c", "copy", str(cut))
+    info = probe(cut, Settings().limits)
+    with av.open(str(cut)) as c:
+        packets = sum(1 for p in c.demux(video=0) if p.size)
+        c.seek(0)
+        shown = [f.pts for f in c.decode(video=0)]
+    assert packets > len(shown), "the cut keeps hidden frames before its start"
+    assert info.n_frames == len(shown) and info.start_pts == shown[0]
 
 
 def test_every_face_is_hidden_in_every_frame_and_the_video_keeps_its_frames(
@@ -285,13 +404,18 @@ def test_a_kept_track_stays_visible_and_a_manual_region_hides_what_it_covers(
     assert not (tmp_path / "bad.mp4").exists()
     # A region outside the frame (was a 500 drawing the contact sheet) or after the end (was
     # accepted and covered nothing): one line each, nothing rendered.
-    for spec, why in ((f"{truth['width'] + 10},0,{truth['width'] + 50},40@0-1", "outside"),
-                      ("0,0,40,40@9000-9001", "the video ends at")):
-        bad = stack.cli.run("redact", video, "-o", str(tmp_path / "bad.mp4"), "--region", spec,
+    # A time of nan or inf (was a 200-line traceback: JSON cannot carry it): one line.
+    for args, why in (
+            (["--region", f"{truth['width'] + 10},0,{truth['width'] + 50},40@0-1"], "outside"),
+            (["--region", "0,0,40,40@9000-9001"], "the video ends at"),
+            (["--region", "0,0,40,40@nan-1"], "finite"), (["--region", "0,0,inf,40@0-1"],
+                                                          "finite"),
+            (["--audio", "mute-ranges", "--mute", "1-inf"], "finite")):
+        bad = stack.cli.run("redact", video, "-o", str(tmp_path / "bad.mp4"), *args,
                             "--region-reason", "r", "--region-basis",
                             "privacy of third parties", extra_env=users["a"])
         assert bad.returncode != 0 and why in bad.stderr, bad.stderr
-        assert len(bad.stderr.strip().splitlines()) == 1
+        assert len(bad.stderr.strip().splitlines()) == 1, bad.stderr
         assert not (tmp_path / "bad.mp4").exists()
 
 

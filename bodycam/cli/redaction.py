@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -11,14 +12,23 @@ import typer
 from bodycam.cli.base import app, client_call, emit_json, err, fail
 
 
+def _finite(text: str) -> float:
+    """A number as typed; ValueError for one that is not finite (nan, inf: JSON cannot carry
+    them, and the request failed with a traceback)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(text)
+    return value
+
+
 def _region(text: str, reason: str | None, basis: str | None) -> dict[str, Any]:
     """`X1,Y1,X2,Y2@START-END` (pixels, seconds) as the API's region."""
     try:
         box_s, span = text.split("@", 1)
-        box = [float(v) for v in box_s.split(",")]
-        start, end = (float(v) for v in span.split("-", 1))
+        box = [_finite(v) for v in box_s.split(",")]
+        start, end = (_finite(v) for v in span.split("-", 1))
     except ValueError:
-        fail(f"--region {text!r}: give X1,Y1,X2,Y2@START-END (pixels, seconds)")
+        fail(f"--region {text!r}: give X1,Y1,X2,Y2@START-END (pixels, seconds, finite)")
     if len(box) != 4:
         fail(f"--region {text!r}: the box needs four numbers X1,Y1,X2,Y2")
     if not reason or not basis:
@@ -29,9 +39,9 @@ def _region(text: str, reason: str | None, basis: str | None) -> dict[str, Any]:
 
 def _span(text: str) -> list[float]:
     try:
-        a, b = (float(v) for v in text.split("-", 1))
+        a, b = (_finite(v) for v in text.split("-", 1))
     except ValueError:
-        fail(f"--mute {text!r}: give START-END in seconds")
+        fail(f"--mute {text!r}: give START-END in seconds (finite)")
     return [a, b]
 
 

@@ -153,24 +153,25 @@ def _probe(path: Path, limits: LimitsSettings, label: str) -> MediaInfo:
             raise InvalidMediaError(
                 label, f"its index lists {stream.frames} frames, more than the limit's "
                        f"{max_frames} ({limits.max_duration_s:.0f} s at {limits.max_fps} fps)")
-        n, start_pts, last, keys = _demux_pts(container, stream, label, time_base, limits)
+        n, start_pts, last, keys, decoded = _demux_pts(container, stream, label, time_base,
+                                                       limits)
         if not n:
             raise InvalidMediaError(label, "no video frames (empty or truncated file)")
         rate = stream.average_rate or stream.guessed_rate or Fraction(30)
         duration_s = float((last - start_pts) * time_base) + float(1 / rate)
-        if stream.frames and n < 0.98 * stream.frames:
+        if stream.frames and decoded < 0.98 * stream.frames:
             raise InvalidMediaError(
                 label, f"truncated: the index lists {stream.frames} frames but only "
-                       f"{n} are present")
+                       f"{decoded} are present")
         if duration_s > limits.max_duration_s:
             raise InvalidMediaError(
                 label,
                 f"{duration_s:.0f} s is longer than the limit of {limits.max_duration_s:.0f} s")
         if duration_s < limits.min_duration_s:
             raise InvalidMediaError(label, f"{duration_s:.3f} s is too short to process")
-        if n > max(2, duration_s * limits.max_fps):
+        if decoded > max(2, duration_s * limits.max_fps):  # every one is decoded
             raise InvalidMediaError(
-                label, f"{n} frames in {duration_s:.2f} s, over the limit of "
+                label, f"{decoded} frames in {duration_s:.2f} s, over the limit of "
                        f"{limits.max_fps} frames a second")
         turns, mirrored = _decode_ends(media, (width, height), keys)
     return MediaInfo(
@@ -181,13 +182,18 @@ def _probe(path: Path, limits: LimitsSettings, label: str) -> MediaInfo:
 
 
 def _demux_pts(container: av.container.InputContainer, stream: av.VideoStream, label: str,
-               time_base: Fraction, limits: LimitsSettings) -> tuple[int, int, int, list[int]]:
-    """How many packets have a PTS, the first and last PTS, and the PTS of the last two
-    keyframes (where the last GOPs start). Stops, refusing, once the packets span more than
-    the longest accepted video, or outnumber the highest frame rate over the time they span by
-    RATE_SLACK_S of frames (an edit list repeated 43,300 times played 21.6 million frames of a
-    500-frame file: 80 s to count them all)."""
+               time_base: Fraction, limits: LimitsSettings
+               ) -> tuple[int, int, int, list[int], int]:
+    """How many frames are shown (packets with a PTS that an edit list does not discard), the
+    first and last shown PTS, the PTS of the last two keyframes (where the last GOPs start),
+    and how many packets have a PTS in all. Stops, refusing, once the packets span more than
+    the longest accepted video, or outnumber the highest frame rate over the time they span
+    by RATE_SLACK_S of frames (an edit list repeated 43,300 times played 21.6 million frames
+    of a 500-frame file: 80 s to count them all). Frames an edit list discards are decoded
+    (later frames refer to them) but never shown: counted, they put the first frame 0.53 s
+    before the one shown, and a manual region of a redaction landed that much early."""
     n, first, last, again, end = 0, 0, 0, 0, -1
+    shown, first_shown, last_shown = 0, 0, 0
     keys: list[int] = []
     span = int(limits.max_duration_s / time_base)
     per_tick = float(time_base) * limits.max_fps  # frames allowed per PTS tick
@@ -205,6 +211,11 @@ def _demux_pts(container: av.container.InputContainer, stream: av.VideoStream, l
                 first = last = pts
             first, last = min(first, pts), max(last, pts)
             n += 1
+            if not packet.is_discard:
+                if shown == 0:
+                    first_shown = last_shown = pts
+                first_shown, last_shown = min(first_shown, pts), max(last_shown, pts)
+                shown += 1
             if packet.is_keyframe:
                 keys = [*keys[-1:], pts]
             # A camera writes each frame once, on from the last: data read again is an edit
@@ -227,7 +238,7 @@ def _demux_pts(container: av.container.InputContainer, stream: av.VideoStream, l
                            f"limit of {limits.max_fps} frames a second")
     except av.FFmpegError as exc:
         raise InvalidMediaError(label, f"corrupt or truncated video ({why(exc)})") from None
-    return n, first, last, keys
+    return shown, first_shown, last_shown, keys, n
 
 
 def _decode_ends(media: OpenVideo, size: tuple[int, int], keys: list[int]
