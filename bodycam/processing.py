@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import errno
 import logging
 import os
 import socket
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import av
 import kombu.exceptions
 import psycopg
 
@@ -183,7 +185,17 @@ def failure_kind(exc: BaseException) -> jobs.Failure:
     if isinstance(exc, TransientError | psycopg.OperationalError | psycopg.InterfaceError
                   | kombu.exceptions.OperationalError | ConnectionError | TimeoutError):
         return jobs.Failure.SERVICE
+    # The worker's host out of disk, descriptors or memory: a full scratch disk on one host
+    # quarantined every video it took, three attempts each within seconds. FFmpeg's own
+    # errors (PyAV's are OSErrors too) are about the file it reads.
+    if isinstance(exc, OSError) and not isinstance(exc, av.FFmpegError) \
+            and exc.errno in HOST_ERRNOS:
+        return jobs.Failure.SERVICE
     return jobs.Failure.ERROR
+
+
+HOST_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EMFILE, errno.ENFILE, errno.ENOMEM,
+                         errno.EROFS, errno.EIO, errno.EAGAIN})
 
 
 def embedder_for(ctx: Context) -> FaceEmbedder | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 
@@ -33,6 +34,16 @@ def test_failures_are_classified_by_who_is_at_fault() -> None:
     assert failure_kind(ValueError("bug")) is jobs.Failure.ERROR
     from bodycam.errors import InvalidMediaError
     assert failure_kind(InvalidMediaError("a.mp4", "corrupt")) is jobs.Failure.PERMANENT
+    # the worker's host out of disk or descriptors is not the video's fault: a full scratch
+    # disk on one host quarantined every video it took
+    import errno
+
+    import av
+
+    for code in (errno.ENOSPC, errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EDQUOT):
+        assert failure_kind(OSError(code, os.strerror(code))) is jobs.Failure.SERVICE, code
+    assert failure_kind(OSError(errno.ENOENT, "gone")) is jobs.Failure.ERROR
+    assert failure_kind(av.error.InvalidDataError(errno.EINVAL, "bad")) is jobs.Failure.ERROR
 
 
 @pytest.fixture
