@@ -861,9 +861,10 @@ def _private_tmp(mode: int, binds: dict[str, str]) -> None:
     the private /tmp); directories above a target are made with `mode`.
 
     A home or a checkout under /tmp (a clone in `mktemp -d`) would otherwise vanish under the
-    new mount.
+    new mount. The bind is recursive: a filesystem mounted inside the home (SeaweedFS's data
+    on a disk of its own) was left out, and the store started on the empty folder under it.
     """
-    ms_bind = 4096
+    ms_bind, ms_rec = 4096, 16384
     opened = {target: os.open(source, os.O_PATH | os.O_DIRECTORY)
               for target, source in binds.items()}
     try:
@@ -874,7 +875,7 @@ def _private_tmp(mode: int, binds: dict[str, str]) -> None:
                 if not os.path.isdir(target):
                     os.makedirs(target, mode=mode)
                     _libc_call("mount", f"/proc/self/fd/{fd}".encode(), target.encode(), None,
-                               ms_bind, None)
+                               ms_bind | ms_rec, None)
         finally:
             os.umask(umask)
     finally:

@@ -512,3 +512,32 @@ def test_up_on_a_nearly_full_disk_says_so_in_one_line_and_down_stops_what_it_sta
             time.sleep(0.5)
     finally:
         subprocess.run(["umount", "-l", str(small)], check=False)
+
+
+def test_a_home_under_tmp_keeps_the_filesystems_mounted_inside_it(tmp_path: Path) -> None:
+    """The services run with a private /tmp; a home under /tmp is bound back into it. A disk
+    mounted inside the home (SeaweedFS's data on a volume of its own) was left out: the
+    store started on the empty folder under it and `up` said nothing."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare")
+    home = Path("/tmp") / f"bc-home-{os.getpid()}"
+    code = f"""
+import os, subprocess, sys
+from pathlib import Path
+home = Path({str(home)!r})
+(home / "s3data").mkdir(parents=True)
+subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(home / "s3data")], check=True)
+(home / "s3data" / "marker").write_text("on its own disk")
+from bodycam.stack import _private_tmp
+_private_tmp(0o755, {{str(home): str(home)}})
+print((home / "s3data" / "marker").read_text() if (home / "s3data" / "marker").exists()
+      else "missing")
+"""
+    try:
+        done = subprocess.run(["unshare", "--mount", "--propagation", "private",
+                               sys.executable, "-c", code], capture_output=True, text=True,
+                              timeout=60, cwd=Path(__file__).resolve().parent.parent)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "on its own disk"
