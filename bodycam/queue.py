@@ -35,3 +35,25 @@ def send(redis_url: str, task: str, *args: str | int) -> None:
         client(redis_url).send_task(task, args=list(args), queue=QUEUE_FOR[task])
     except Exception as exc:  # kombu raises several types for an unreachable broker
         raise TransientError(f"broker unreachable: {exc.__class__.__name__}") from exc
+
+
+def due(redis_url: str, name: str, interval_s: float, owner: str) -> bool:
+    """Whether a scheduled task runs now: at most once in 0.8 of its interval across every
+    worker, by the broker's clock (a key set only where absent, expiring with the interval).
+
+    Scheduled tasks carry no expiry of Celery's: it is a time stamped by the scheduler's
+    clock and read by the worker's, and a worker ten minutes fast dropped every reap and
+    reconcile as expired, so stale leases went unreaped (bb14). Without one, a backlog built
+    while no worker ran, or a second scheduler, would run each message: this runs one. A
+    broker that cannot answer lets the task run (every scheduled task is idempotent)."""
+    import redis
+
+    try:
+        client = redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
+        try:
+            return bool(client.set(f"bodycam:due:{name}", owner, nx=True,
+                                   px=max(1, int(interval_s * 800))))
+        finally:
+            client.close()
+    except redis.RedisError:
+        return True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 from collections.abc import Iterator
 
 import psycopg
@@ -44,6 +45,23 @@ def test_failures_are_classified_by_who_is_at_fault() -> None:
         assert failure_kind(OSError(code, os.strerror(code))) is jobs.Failure.SERVICE, code
     assert failure_kind(OSError(errno.ENOENT, "gone")) is jobs.Failure.ERROR
     assert failure_kind(av.error.InvalidDataError(errno.EINVAL, "bad")) is jobs.Failure.ERROR
+
+
+def test_a_scheduled_task_runs_once_an_interval_whatever_the_clocks(
+        stack: StackHandle) -> None:
+    """Celery's expiry compared the scheduler's clock with the worker's: a worker ten minutes
+    fast dropped every reap and reconcile. A run is gated by the broker's clock instead: once
+    an interval across workers, so a backlog of messages runs once."""
+    from workers.celery_app import app
+
+    assert all("expires" not in entry.get("options", {})
+               for entry in app.conf.beat_schedule.values())
+    url, name = stack.ctx.services.redis_url, f"test-{uuid.uuid4().hex}"
+    assert queue.due(url, name, 1.0, "w1")
+    assert not any(queue.due(url, name, 1.0, f"w{i}") for i in range(2, 20))
+    time.sleep(0.9)
+    assert queue.due(url, name, 1.0, "w2"), "due again after 0.8 of the interval"
+    assert queue.due("redis://127.0.0.1:9/0", name, 1.0, "w3"), "no broker: it runs"
 
 
 @pytest.fixture

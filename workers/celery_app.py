@@ -31,18 +31,18 @@ app.conf.update(
     worker_prefetch_multiplier=1,
     broker_connection_retry_on_startup=True,
     worker_hijack_root_logger=False,
+    # No `expires`: Celery stamps it with the scheduler's clock and the worker reads it with
+    # its own, so a skewed worker dropped every run. Each task asks `queue.due` instead.
     beat_schedule={
         "reap-leases": {"task": REAP, "schedule": _settings.jobs.reap_interval_s,
-                        "options": {"queue": "cpu", "expires": _settings.jobs.reap_interval_s}},
-        "reconcile-incoming": {
-            "task": RECONCILE_INCOMING,
-            "schedule": _settings.jobs.reconcile_interval_s,
-            "options": {"queue": "cpu", "expires": _settings.jobs.reconcile_interval_s},
-        },
+                        "options": {"queue": "cpu"}},
+        "reconcile-incoming": {"task": RECONCILE_INCOMING,
+                               "schedule": _settings.jobs.reconcile_interval_s,
+                               "options": {"queue": "cpu"}},
         "purge": {"task": PURGE_TASK, "schedule": _settings.jobs.purge_interval_s,
-                  "options": {"queue": "cpu", "expires": _settings.jobs.purge_interval_s}},
+                  "options": {"queue": "cpu"}},
         "fixity": {"task": FIXITY_TASK, "schedule": _settings.jobs.fixity_interval_s,
-                   "options": {"queue": "cpu", "expires": _settings.jobs.fixity_interval_s}},
+                   "options": {"queue": "cpu"}},
     },
 )
 

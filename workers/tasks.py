@@ -8,7 +8,7 @@ from typing import TypeVar
 
 from celery import Task
 
-from bodycam import fixity, ingest, jobs, processing, retention
+from bodycam import fixity, ingest, jobs, processing, queue, retention
 from bodycam.context import shared
 from bodycam.errors import PermanentError
 from bodycam.queue import FINALIZE_VIDEO, INGEST_OBJECT, PROCESS_UNIT, REAP, RECONCILE_INCOMING
@@ -71,6 +71,8 @@ def reap() -> int:
     """Re-queue units whose worker died or whose message was lost; quarantine repeat crashes."""
     c = ctx()
     cfg = c.settings.jobs
+    if not _due(REAP, cfg.reap_interval_s):
+        return 0
     with c.db() as conn:
         again = jobs.reap(conn, c.audit_key, cfg, stale_pending_s=max(60.0, 4 * cfg.lease_s))
         stuck = jobs.stale_finalizing(conn, stale_s=max(60.0, 4 * cfg.lease_s))
@@ -87,6 +89,8 @@ def reconcile_incoming() -> int:
     """List incoming/ so that an object whose S3 event was lost is still ingested. (The
     server anchors the audit log's head when its own anchor failed: bodycam.api.app.)"""
     c = ctx()
+    if not _due(RECONCILE_INCOMING, c.settings.jobs.reconcile_interval_s):
+        return 0
     found = ingest.unhandled_incoming(c)
     for key, etag in found:
         c.send(INGEST_OBJECT, key, etag)
@@ -98,6 +102,8 @@ def scheduled_purge() -> int:
     """Expire bystanders' biometric data and lapsed watchlist entries on schedule (cpu queue):
     the policy's retention holds without an admin running `bodycam purge`."""
     c = ctx()
+    if not _due(retention.PURGE_TASK, c.settings.jobs.purge_interval_s):
+        return 0
     plan = retention.purge(c, retention.SCHEDULED_ACTOR, dry_run=False, audit_empty=False)
     # And multipart uploads of originals begun a day ago and never completed or aborted.
     if aborted := c.store.abort_stale_uploads(STALE_UPLOAD_S):
@@ -108,4 +114,14 @@ def scheduled_purge() -> int:
 @app.task(name=fixity.FIXITY_TASK)
 def fixity_check() -> int:
     """Re-hash stored originals and derivatives; mismatches are audited (cpu queue)."""
+    if not _due(fixity.FIXITY_TASK, ctx().settings.jobs.fixity_interval_s):
+        return 0
     return len(fixity.run(ctx(), fixity.SCHEDULED_ACTOR).mismatches)
+
+
+def _due(name: str, interval_s: float) -> bool:
+    """Whether this scheduled run is the one due now (`queue.due`)."""
+    due = queue.due(ctx().services.redis_url, name, interval_s, processing.worker_name())
+    if not due:
+        log.debug("%s: run already within its interval: skipped", name)
+    return due
