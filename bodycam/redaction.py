@@ -427,9 +427,8 @@ def render(src: Path, info: MediaInfo, plan: Plan, choices: Choices, out: Path,
                 result.n_frames += 1
             if frames is not None:
                 frames.close()
-        except (BrokenPipeError, av.FFmpegError):
-            if proc is None:
-                raise
+        except BrokenPipeError:  # the encoder stopped: its exit status says why, below
+            pass
         finally:
             if proc is not None:
                 if proc.stdin is not None:
@@ -466,17 +465,24 @@ class _FramePipe:
         self._time_base = time_base
 
     def send(self, img: np.ndarray, pts: int) -> None:
-        """One frame at `pts` (time_base ticks from the first frame)."""
+        """One frame at `pts` (time_base ticks from the first frame); BrokenPipeError once
+        the encoder has stopped reading."""
         frame = av.VideoFrame.from_ndarray(img, format="rgb24")
         frame.pts, frame.time_base = pts, self._time_base
-        for packet in self._stream.encode(frame):
-            self._out.mux(packet)
+        try:
+            for packet in self._stream.encode(frame):
+                self._out.mux(packet)
+        except (av.FFmpegError, OSError) as exc:  # writing to the pipe, not decoding
+            raise BrokenPipeError(str(exc)) from exc
 
     def close(self) -> None:
-        """Flush and end the stream."""
-        for packet in self._stream.encode(None):
-            self._out.mux(packet)
-        self._out.close()
+        """Flush and end the stream (BrokenPipeError as `send`)."""
+        try:
+            for packet in self._stream.encode(None):
+                self._out.mux(packet)
+            self._out.close()
+        except (av.FFmpegError, OSError) as exc:
+            raise BrokenPipeError(str(exc)) from exc
 
 
 class _WriteOnly:
