@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path
+from typing import NamedTuple
 
 import av
 
@@ -153,12 +154,13 @@ def _probe(path: Path, limits: LimitsSettings, label: str) -> MediaInfo:
             raise InvalidMediaError(
                 label, f"its index lists {stream.frames} frames, more than the limit's "
                        f"{max_frames} ({limits.max_duration_s:.0f} s at {limits.max_fps} fps)")
-        n, start_pts, last, keys, decoded = _demux_pts(container, stream, label, time_base,
-                                                       limits)
+        found = _demux_pts(container, stream, label, time_base, limits)
+        n, start_pts, keys, decoded = found.shown, found.first, found.keys, found.decoded
         if not n:
             raise InvalidMediaError(label, "no video frames (empty or truncated file)")
         rate = stream.average_rate or stream.guessed_rate or Fraction(30)
-        duration_s = float((last - start_pts) * time_base) + float(1 / rate)
+        duration_s = float((found.last - start_pts) * time_base) + float(1 / rate)
+        decoded_s = float(found.decoded_ticks * time_base) + float(1 / rate)
         if stream.frames and decoded < 0.98 * stream.frames:
             raise InvalidMediaError(
                 label, f"truncated: the index lists {stream.frames} frames but only "
@@ -169,9 +171,9 @@ def _probe(path: Path, limits: LimitsSettings, label: str) -> MediaInfo:
                 f"{duration_s:.0f} s is longer than the limit of {limits.max_duration_s:.0f} s")
         if duration_s < limits.min_duration_s:
             raise InvalidMediaError(label, f"{duration_s:.3f} s is too short to process")
-        if decoded > max(2, duration_s * limits.max_fps):  # every one is decoded
+        if decoded > max(2, decoded_s * limits.max_fps):  # every one is decoded
             raise InvalidMediaError(
-                label, f"{decoded} frames in {duration_s:.2f} s, over the limit of "
+                label, f"{decoded} frames in {decoded_s:.2f} s, over the limit of "
                        f"{limits.max_fps} frames a second")
         turns, mirrored = _decode_ends(media, (width, height), keys)
     return MediaInfo(
@@ -181,12 +183,18 @@ def _probe(path: Path, limits: LimitsSettings, label: str) -> MediaInfo:
     )
 
 
+class _Demuxed(NamedTuple):
+    shown: int  # packets with a PTS that an edit list does not discard
+    first: int  # the first and last shown PTS
+    last: int
+    keys: list[int]  # the PTS of the last two keyframes (where the last GOPs start)
+    decoded: int  # packets with a PTS, shown or not: each is decoded
+    decoded_ticks: int  # the PTS they span
+
+
 def _demux_pts(container: av.container.InputContainer, stream: av.VideoStream, label: str,
-               time_base: Fraction, limits: LimitsSettings
-               ) -> tuple[int, int, int, list[int], int]:
-    """How many frames are shown (packets with a PTS that an edit list does not discard), the
-    first and last shown PTS, the PTS of the last two keyframes (where the last GOPs start),
-    and how many packets have a PTS in all. Stops, refusing, once the packets span more than
+               time_base: Fraction, limits: LimitsSettings) -> _Demuxed:
+    """Count the packets (`_Demuxed`). Stops, refusing, once the packets span more than
     the longest accepted video, or outnumber the highest frame rate over the time they span
     by RATE_SLACK_S of frames (an edit list repeated 43,300 times played 21.6 million frames
     of a 500-frame file: 80 s to count them all). Frames an edit list discards are decoded
@@ -238,7 +246,7 @@ def _demux_pts(container: av.container.InputContainer, stream: av.VideoStream, l
                            f"limit of {limits.max_fps} frames a second")
     except av.FFmpegError as exc:
         raise InvalidMediaError(label, f"corrupt or truncated video ({why(exc)})") from None
-    return shown, first_shown, last_shown, keys, n
+    return _Demuxed(shown, first_shown, last_shown, keys, n, last - first)
 
 
 def _decode_ends(media: OpenVideo, size: tuple[int, int], keys: list[int]
