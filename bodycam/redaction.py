@@ -388,6 +388,8 @@ def render(src: Path, info: MediaInfo, plan: Plan, choices: Choices, out: Path,
         frame_threads(stream)
         expected = (info.width_px, info.height_px)
         sar = stream.codec_context.sample_aspect_ratio or Fraction(1)
+        if not Fraction(1, 10) <= sar <= 10:  # no camera's: shown square, as before
+            sar = Fraction(1)
         if info.rotation_deg % 180 == 90:
             sar = 1 / sar
         # Where the first frame is in the file's own timeline, which the ffmpeg binary counts
