@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Any
 
 from celery import Celery
 
@@ -49,11 +50,16 @@ def due(redis_url: str, name: str, interval_s: float, owner: str) -> bool:
     import redis
 
     try:
-        client = redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
-        try:
-            return bool(client.set(f"bodycam:due:{name}", owner, nx=True,
-                                   px=max(1, int(interval_s * 800))))
-        finally:
-            client.close()
+        return bool(_redis(redis_url).set(f"bodycam:due:{name}", owner, nx=True,
+                                          px=max(1, int(interval_s * 800))))
     except redis.RedisError:
         return True
+
+
+@lru_cache(maxsize=4)
+def _redis(redis_url: str) -> Any:
+    """One client (a pool of connections) per broker URL and process: a scheduled task runs
+    every few seconds, and a connection each time was a login each time."""
+    import redis
+
+    return redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)

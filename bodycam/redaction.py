@@ -245,11 +245,28 @@ def check_basis(red: RedactionSettings, legal_basis: str, reason: str, what: str
 
 # -- expanding the plan to frames ---------------------------------------------------------
 
+def _clamp(box: Box, w: int, h: int) -> tuple[int, int, int, int]:
+    """A box in whole pixels, outward, cut to a w x h frame (empty when outside it)."""
+    x1, y1, x2, y2 = box
+    return (max(0, math.floor(x1)), max(0, math.floor(y1)), min(w, math.ceil(x2)),
+            min(h, math.ceil(y2)))
+
+
+def _empty(box: tuple[int, int, int, int]) -> bool:
+    return box[2] <= box[0] or box[3] <= box[1]
+
+
 def _pad(box: Box, pad: float, w: int, h: int) -> tuple[int, int, int, int]:
     x1, y1, x2, y2 = box
     dx, dy = (x2 - x1) * pad, (y2 - y1) * pad
-    return (max(0, math.floor(x1 - dx)), max(0, math.floor(y1 - dy)),
-            min(w, math.ceil(x2 + dx)), min(h, math.ceil(y2 + dy)))
+    return _clamp((x1 - dx, y1 - dy, x2 + dx, y2 + dy), w, h)
+
+
+def _region_frames(plan: Plan, m: ManualRegion) -> range:
+    """The frames a manual region covers, its ends included."""
+    fps = float(plan.frame_rate)
+    return range(max(0, math.floor(m.start_s * fps)),
+                 min(plan.n_frames - 1, math.ceil(m.end_s * fps)) + 1)
 
 
 def _box(d: PlanDetection) -> Box:
@@ -290,18 +307,13 @@ def frame_regions(plan: Plan, choices: Choices) -> dict[int, list[Region]]:
         if t.id in choices.keep or t.id in choices.remove:
             continue
         for f, box in track_boxes(plan, t):
-            if box[2] > box[0] and box[3] > box[1]:  # none left inside the frame otherwise
+            if not _empty(box):  # none of it inside the frame otherwise
                 out.setdefault(f, []).append(Region(t.id, box))
-    fps = float(plan.frame_rate)
     for i, m in enumerate(choices.regions, 1):
-        x1, y1, x2, y2 = m.box_px
-        box = (max(0, int(x1)), max(0, int(y1)), min(plan.width_px, math.ceil(x2)),
-               min(plan.height_px, math.ceil(y2)))
-        if box[2] <= box[0] or box[3] <= box[1]:
+        box = _clamp(m.box_px, plan.width_px, plan.height_px)
+        if _empty(box):
             continue  # outside the frame (the request is refused before it gets here)
-        first = max(0, math.floor(m.start_s * fps))
-        last = min(plan.n_frames - 1, math.ceil(m.end_s * fps))
-        for f in range(first, last + 1):
+        for f in _region_frames(plan, m):
             out.setdefault(f, []).append(Region(f"manual-{i}", box))
     return out
 
@@ -572,12 +584,11 @@ def build_report(plan: Plan, choices: Choices, auto: Decision, head: dict[str, A
             removed.append({**row, **choices.remove[t.id].as_json()})
         else:
             redacted.append({"kind": "face", **row, **auto.as_json()})
-    fps = float(plan.frame_rate)
     for i, m in enumerate(choices.regions, 1):
-        first = max(0, math.floor(m.start_s * fps))
-        last = min(plan.n_frames - 1, math.ceil(m.end_s * fps))
+        covered = _region_frames(plan, m)
         redacted.append({"kind": "manual", "track": f"manual-{i}",
-                         "box_px": [round(v, 1) for v in m.box_px], **_span(plan, [first, last]),
+                         "box_px": [round(v, 1) for v in m.box_px],
+                         **_span(plan, [covered.start, covered.stop - 1]),
                          **m.decision.as_json()})
     low = plan.low_confidence_frames()
     return {**head, "plan_version": plan.version, "algorithm": ALGORITHM,

@@ -34,6 +34,7 @@ def client_home() -> Iterator[Path]:
     home = Path(tempfile.mkdtemp(prefix="bc-client-", dir="/tmp"))
     pw = pwd.getpwnam(USER)
     os.chown(home, pw.pw_uid, pw.pw_gid)
+    _server_only(home)
     yield home
     shutil.rmtree(home, ignore_errors=True)
 
@@ -51,17 +52,19 @@ SERVER_ONLY = ("psycopg", "psycopg_pool", "pgvector", "boto3", "botocore", "cele
                "starlette", "uvicorn")
 
 
-def _server_only(home: Path) -> Path:
-    """A folder, first on the other user's path, where each server-only package fails to
-    import, naming itself."""
-    folder = home / ".server-only"
+SERVER_ONLY_DIR = ".server-only"
+
+
+def _server_only(home: Path) -> None:
+    """A folder in the other user's HOME, first on its path, where each server-only package
+    fails to import, naming itself."""
+    folder = home / SERVER_ONLY_DIR
     for name in SERVER_ONLY:
         pkg = folder / name
         pkg.mkdir(mode=0o755, parents=True, exist_ok=True)
         (pkg / "__init__.py").write_text(
             f"raise ImportError('the CLI is a client: it does not import {name}')\n")
     folder.chmod(0o755)
-    return folder
 
 
 def _as_other(home: Path, argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -75,7 +78,7 @@ def _as_other(home: Path, argv: list[str], env: dict[str, str]) -> subprocess.Co
         target.mkdir(mode=0o755, parents=True, exist_ok=True)
     code.chmod(0o755)
     full = {"PATH": "/usr/bin:/bin", "HOME": str(home), "LANG": "C.UTF-8",
-            "PYTHONPATH": f"{_server_only(home)}:{code}:{site}", **env}
+            "PYTHONPATH": f"{home / SERVER_ONLY_DIR}:{code}:{site}", **env}
     bind_then_run = ('mount --bind -o ro "$1" "$2" && mount --bind -o ro "$3" "$4" && shift 4'
                      ' && exec setpriv --reuid="$UID_OTHER" --regid="$GID_OTHER"'
                      ' --clear-groups -- "$@"')
