@@ -276,6 +276,7 @@ CASE_OF = {
     "track": "SELECT v.case_id FROM tracks t JOIN videos v ON v.id = t.video_id"
              " WHERE t.id = %s",
     "redaction": "SELECT case_id FROM redactions WHERE id = %s",
+    "redaction job": "SELECT case_id FROM redaction_jobs WHERE id = %s",
 }
 
 

@@ -11,6 +11,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -124,17 +125,20 @@ def local_copy(ctx: Context, video: VideoRow) -> Path:
     return path
 
 
-class _Heartbeat(threading.Thread):
-    """Renews the lease while the unit makes progress; remembers if the lease was lost.
+class Heartbeat(threading.Thread):
+    """Renews a lease while its work makes progress; remembers if the lease was lost.
 
-    A unit whose progress has not moved for jobs.stall_s is taken as hung: the beat stops
-    renewing, so the lease runs out and the reaper gives the unit to another worker, instead
-    of a stuck worker holding it for ever while its heartbeat says it is alive.
+    Work whose progress has not moved for jobs.stall_s is taken as hung: the beat stops
+    renewing, so the lease runs out and the reaper gives the work to another worker, instead
+    of a stuck worker holding it for ever while its heartbeat says it is alive. `renew` takes
+    a connection, the progress and the stage, and raises LeaseLostError once the lease is
+    another's (a work unit's, or a redaction job's).
     """
 
-    def __init__(self, ctx: Context, lease: jobs.Lease) -> None:
+    def __init__(self, ctx: Context, label: str,
+                 renew: Callable[[Conn, float, str], None]) -> None:
         super().__init__(name="lease-heartbeat", daemon=True)
-        self.ctx, self.lease = ctx, lease
+        self.ctx, self.label, self._renew = ctx, label, renew
         self._progress = 0.0
         self._moved_at = time.monotonic()
         self.stage = "decoding"
@@ -143,7 +147,7 @@ class _Heartbeat(threading.Thread):
 
     @property
     def progress(self) -> float:
-        """The fraction of the unit done."""
+        """The fraction of the work done."""
         return self._progress
 
     @progress.setter
@@ -155,19 +159,18 @@ class _Heartbeat(threading.Thread):
         cfg = self.ctx.settings.jobs
         while not self._stop_event.wait(cfg.heartbeat_s):
             if time.monotonic() - self._moved_at > cfg.stall_s:
-                log.error("video %s unit %d: no progress for %.0f s; lease left to expire",
-                          self.lease.video_id, self.lease.idx, cfg.stall_s)
+                log.error("%s: no progress for %.0f s; lease left to expire", self.label,
+                          cfg.stall_s)
                 self.lost = True
                 return
             try:
                 with self.ctx.db() as conn:
-                    jobs.heartbeat(conn, self.lease, cfg.lease_s, self._progress, self.stage)
+                    self._renew(conn, self._progress, self.stage)
             except LeaseLostError:
                 self.lost = True
                 return
             except Exception:  # noqa: BLE001 - a missed beat is retried on the next tick
-                log.warning("lease heartbeat failed for video %s unit %d",
-                            self.lease.video_id, self.lease.idx)
+                log.warning("%s: lease heartbeat failed", self.label)
 
     def stop(self) -> None:
         self._stop_event.set()
@@ -187,7 +190,7 @@ def failure_kind(exc: BaseException) -> jobs.Failure:
         return jobs.Failure.SERVICE
     # The worker's host out of disk, descriptors or memory: a full scratch disk on one host
     # quarantined every video it took, three attempts each within seconds. FFmpeg's own
-    # errors (PyAV's are OSErrors too) are about the file it reads.
+    # errors (several of PyAV's error classes are OSErrors too) are about the file it reads.
     if isinstance(exc, OSError) and not isinstance(exc, av.FFmpegError) \
             and exc.errno in HOST_ERRNOS:
         return jobs.Failure.SERVICE
@@ -216,7 +219,9 @@ def run_unit(ctx: Context, video_id: str, idx: int, owner: str | None = None) ->
     if lease is None:
         log.info("video %s unit %d: not claimable (done or leased): skipped", video_id, idx)
         return "skipped"
-    beat = _Heartbeat(ctx, lease)
+    beat = Heartbeat(ctx, f"video {video_id} unit {idx}",
+                     lambda conn, progress, stage: jobs.heartbeat(
+                         conn, lease, ctx.settings.jobs.lease_s, progress, stage))
     beat.start()
     try:
         t0 = time.perf_counter()

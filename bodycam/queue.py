@@ -14,8 +14,10 @@ FINALIZE_VIDEO = "bodycam.finalize_video"
 INGEST_OBJECT = "bodycam.ingest_object"
 REAP = "bodycam.reap"
 RECONCILE_INCOMING = "bodycam.reconcile_incoming"
+REDACTION_JOB = "bodycam.redaction_job"
+# A redaction job runs detectors (a plan) or decodes every frame (a render): the gpu queue's.
 QUEUE_FOR = {PROCESS_UNIT: "gpu", FINALIZE_VIDEO: "cpu", INGEST_OBJECT: "cpu", REAP: "cpu",
-             RECONCILE_INCOMING: "cpu"}
+             RECONCILE_INCOMING: "cpu", REDACTION_JOB: "gpu"}
 
 
 @lru_cache(maxsize=4)

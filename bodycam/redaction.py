@@ -23,7 +23,7 @@ import json
 import math
 import subprocess
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -148,7 +148,8 @@ def dense_pipeline(cfg: PipelineSettings, red: RedactionSettings, info: MediaInf
 
 def compute_plan(path: Path, info: MediaInfo, video_id: str, sha256: str,
                  cfg: PipelineSettings, red: RedactionSettings, detector: FaceDetector,
-                 stored: Sequence[tuple[str, int, Box]] = ()) -> Plan:
+                 stored: Sequence[tuple[str, int, Box]] = (),
+                 progress: Callable[[float], None] = lambda _f: None) -> Plan:
     """Detect faces densely over the whole video and link them into tracks (no embedding).
 
     `stored` are the search analysis's detections (track id, frame, box): each plan track
@@ -156,7 +157,7 @@ def compute_plan(path: Path, info: MediaInfo, video_id: str, sha256: str,
     """
     from bodycam.pipeline.analyze import analyze_chunk
 
-    result = analyze_chunk(path, info, 0.0, info.duration_s, cfg, detector, None)
+    result = analyze_chunk(path, info, 0.0, info.duration_s, cfg, detector, None, progress)
     by_key: dict[int, list[PlanDetection]] = {}
     scene_of: dict[int, int] = {}
     loose = 0
@@ -233,6 +234,30 @@ class Choices:
     style: Style = "blur"
     audio: Audio = "keep"
     mute_ranges: tuple[tuple[float, float], ...] = ()
+
+    def as_json(self) -> dict[str, Any]:
+        """Plain JSON, as a render job carries it to a worker (`from_json` reads it back)."""
+        return {"keep": {k: d.as_json() for k, d in self.keep.items()},
+                "remove": {k: d.as_json() for k, d in self.remove.items()},
+                "regions": [{"box_px": list(r.box_px), "start_s": r.start_s, "end_s": r.end_s,
+                             "decision": r.decision.as_json()} for r in self.regions],
+                "style": self.style, "audio": self.audio,
+                "mute_ranges": [list(m) for m in self.mute_ranges]}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Choices:
+        """The choices `as_json` wrote."""
+        def decision(d: dict[str, str]) -> Decision:
+            return Decision(d["reason"], d["legal_basis"], d["decided_by"])
+
+        return cls(keep={k: decision(d) for k, d in data["keep"].items()},
+                   remove={k: decision(d) for k, d in data["remove"].items()},
+                   regions=tuple(ManualRegion(
+                       (float(r["box_px"][0]), float(r["box_px"][1]), float(r["box_px"][2]),
+                        float(r["box_px"][3])), float(r["start_s"]), float(r["end_s"]),
+                       decision(r["decision"])) for r in data["regions"]),
+                   style=data["style"], audio=data["audio"],
+                   mute_ranges=tuple((float(a), float(b)) for a, b in data["mute_ranges"]))
 
 
 def check_basis(red: RedactionSettings, legal_basis: str, reason: str, what: str) -> None:
@@ -378,7 +403,8 @@ def sheet_frames(plan: Plan, regions: dict[int, list[Region]], choices: Choices)
 
 
 def render(src: Path, info: MediaInfo, plan: Plan, choices: Choices, out: Path,
-           limits: LimitsSettings, red: RedactionSettings) -> RenderResult:
+           limits: LimitsSettings, red: RedactionSettings,
+           progress: Callable[[float], None] = lambda _f: None) -> RenderResult:
     """Write the redacted MP4: every decoded frame, masked per the plan and the choices.
 
     Frames go to the ffmpeg binary (x264, yuv420p, faststart) as raw RGB in NUT packets that
@@ -439,6 +465,7 @@ def render(src: Path, info: MediaInfo, plan: Plan, choices: Choices, out: Path,
                 last = max(last + 1, pts - info.start_pts)  # times only go forward
                 frames.send(img, last)
                 result.n_frames += 1
+                progress(min(1.0, result.n_frames / max(1, plan.n_frames)))
             if frames is not None:
                 frames.close()
         except BrokenPipeError:  # the encoder stopped: its exit status says why, below

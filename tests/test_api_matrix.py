@@ -244,6 +244,8 @@ MATRIX: list[Route] = [
         json={"keep_tracks": [{"id": "P1", "legal_basis": "matrix: not a listed basis"}]})),
     _r("GET", V + "/videos/{}/redaction-plan", "redact",
        lambda w, r, f: Req("GET", f"{V}/videos/{ZERO_ID}/redaction-plan")),
+    _r("GET", V + "/redaction-jobs/{}", "redact",
+       lambda w, r, f: Req("GET", f"{V}/redaction-jobs/{ZERO_ID}")),
     _r("GET", V + "/redactions/{}", "redact",
        lambda w, r, f: Req("GET", f"{V}/redactions/{ZERO_ID}")),
     _r("POST", V + "/redactions/{}/verify", "redact",

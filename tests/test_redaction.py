@@ -7,8 +7,11 @@ refused."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from fractions import Fraction
@@ -42,7 +45,6 @@ from bodycam.redaction import (
 )
 from bodycam.storage import REDACTIONS
 from tests.conftest import StackHandle
-from tests.test_races import _start, answers, window
 
 CASE_A, CASE_B, CASE_RO = "T-RED-A", "T-RED-B", "T-RED-RO"
 MIN_PX = 40
@@ -505,32 +507,97 @@ def test_a_user_of_another_case_can_neither_redact_nor_download(
     assert refused >= 6 and downloads >= 4
 
 
-def test_a_redaction_whose_case_is_taken_away_while_it_renders_is_refused_and_kept_nowhere(
-        stack: StackHandle, video: str, api_url: str,
+def _follow(api_url: str, token: str, job_id: str, timeout_s: float = 300) -> dict[str, Any]:
+    """A redaction job as `GET /redaction-jobs/ID` shows it, once it has ended."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        r = httpx.get(f"{api_url}/api/v1/redaction-jobs/{job_id}", timeout=60,
+                      headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 200, r.text
+        job: dict[str, Any] = r.json()
+        if job["state"] not in ("queued", "running", "computed"):
+            return job
+        assert time.monotonic() < deadline, job
+        time.sleep(0.5)
+
+
+def test_a_redaction_whose_case_is_taken_away_before_it_is_recorded_is_refused_and_kept_nowhere(
+        stack: StackHandle, video: str, api_url: str, operator_token: str,
         hide_all: tuple[Path, dict[str, Any]]) -> None:
-    """The account is read again where the derivative is recorded: one taken off the case
-    while the video rendered gets the refusal, and neither a record nor the rendered files
-    stay (they were stored and recorded under the old right)."""
+    """The account is read again where the server records the derivative a worker rendered:
+    one taken off the case after asking gets the refusal, and neither a record nor the
+    rendered files stay (they were stored under the old right)."""
     name = "red-inv-late"
     token = stack.cli.run("users", "add", name, "--role", "investigator",
                           check=True).stdout.strip()
     stack.cli.run("users", "assign", name, "--case", CASE_A, check=True)
     before = {o.key for o in stack.ctx.store.list(f"{REDACTIONS}{video}/")}
-    key = stack.ctx.audit_key
-    with window(stack, lambda c: accounts.unassign_case(c, key, name, CASE_A, "red-admin")
-                ) as wait:
-        call = _start(lambda: httpx.post(
-            f"{api_url}/api/v1/videos/{video}/redactions", json={}, timeout=300,
-            headers={"Authorization": f"Bearer {token}"}))
-        wait(1)  # rendered, and waiting to record it
-    assert answers([call]) == [(403, f"refused: {name} is not assigned to case {CASE_A}")]
+    asked = httpx.post(f"{api_url}/api/v1/videos/{video}/redactions", json={}, timeout=60,
+                       headers={"Authorization": f"Bearer {token}"})
+    assert asked.status_code == 202, asked.text
+    assert asked.json()["state"] == "queued" and asked.json()["derivative_id"] is None
+    with stack.ctx.db() as conn:
+        accounts.unassign_case(conn, stack.ctx.audit_key, name, CASE_A, "red-admin")
+    job = _follow(api_url, operator_token, asked.json()["job_id"])
+    assert (job["state"], job["error"]) == ("refused",
+                                            f"refused: {name} is not assigned to case {CASE_A}")
     with stack.ctx.db() as conn:
         assert conn.execute("SELECT count(*) AS n FROM redactions WHERE reviewer = %s",
                             (name,)).fetchone()["n"] == 0
         acts = [r["action"] for r in conn.execute(
             "SELECT action FROM audit_log WHERE actor = %s ORDER BY id", (name,)).fetchall()]
-    assert acts == ["refused"]
+    assert acts == ["redaction.request", "refused"]
     assert {o.key for o in stack.ctx.store.list(f"{REDACTIONS}{video}/")} == before
+    # Its own look at the job is refused too, and audited.
+    r = httpx.get(f"{api_url}/api/v1/redaction-jobs/{job['job_id']}", timeout=60,
+                  headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 403
+
+
+@pytest.mark.slow
+def test_a_worker_killed_while_it_plans_leaves_the_plan_to_another_and_it_is_recorded_once(
+        stack: StackHandle, make_clip: Any, processed: Any, api_url: str,
+        operator_token: str) -> None:
+    """The plan runs on a worker, not in the request: the first ask is answered at once
+    (202, the job), a worker killed mid-plan gives the job back when its lease runs out, and
+    the plan is recorded once, under the account that asked."""
+    path, _truth = make_clip("--seed", "13", "--duration", "6", "--size", "960x540",
+                             "--min-scene", "2", "--max-scene", "4")
+    vid = str(processed(path, CASE_A))
+    headers = {"Authorization": f"Bearer {operator_token}"}
+    t0 = time.monotonic()
+    first = httpx.get(f"{api_url}/api/v1/videos/{vid}/redaction-plan", timeout=60,
+                      headers=headers)
+    assert first.status_code == 202 and time.monotonic() - t0 < 10, first.text
+    job_id = first.json()["job_id"]
+    again = httpx.get(f"{api_url}/api/v1/videos/{vid}/redaction-plan", timeout=60,
+                      headers=headers)
+    assert again.status_code == 202 and again.json()["job_id"] == job_id, "one plan at a time"
+    killed = None
+    deadline = time.monotonic() + 180
+    while killed is None and time.monotonic() < deadline:
+        with stack.ctx.db() as conn:
+            row = conn.execute("SELECT state, lease_owner, progress FROM redaction_jobs"
+                               " WHERE id = %s", (job_id,)).fetchone()
+        assert row["state"] in ("queued", "running"), row
+        if row["state"] == "running" and row["lease_owner"]:
+            os.kill(int(str(row["lease_owner"]).rsplit(":", 1)[1]), signal.SIGKILL)
+            killed = row["lease_owner"]
+            stack.cli.run("up", check=True)  # replace the killed worker
+        time.sleep(0.1)
+    assert killed is not None, "no worker was killed while it planned"
+    job = _follow(api_url, operator_token, job_id)
+    assert job["state"] == "done" and job["attempts"] >= 2, job
+    plan = httpx.get(f"{api_url}/api/v1/videos/{vid}/redaction-plan", timeout=60,
+                     headers=headers)
+    assert plan.status_code == 200 and plan.json()["version"] == 1, plan.text
+    with stack.ctx.db() as conn:
+        rows = conn.execute("SELECT actor, details->>'job_id' AS job FROM audit_log WHERE"
+                            " action = 'redaction.plan' AND details->>'video_id' = %s",
+                            (vid,)).fetchall()
+        plans = conn.execute("SELECT count(*) AS n FROM redaction_plans WHERE video_id = %s",
+                             (vid,)).fetchone()["n"]
+    assert plans == 1 and [(r["actor"], r["job"]) for r in rows] == [("operator", job_id)]
 
 
 def test_redact_only_mode_redacts_with_no_embedding_stored(

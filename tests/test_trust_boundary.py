@@ -541,6 +541,12 @@ def test_a_worker_host_can_touch_no_account_and_no_decision_of_the_servers(
         "INSERT INTO subject_faces (subject_id) SELECT id FROM subjects LIMIT 1",
         "UPDATE matches SET subject_id = subject_id, similarity = 1",
         "ALTER ROLE bodycam_worker SUPERUSER", "DELETE FROM videos",
+        # A redaction job is the server's to ask for and to record (migration 020).
+        "INSERT INTO redaction_jobs (id, video_id, case_id, kind, requested_by) SELECT"
+        " gen_random_uuid(), id, case_id, 'render', 'mallory' FROM videos LIMIT 1",
+        "UPDATE redaction_jobs SET requested_by = 'mallory', request = '{}'",
+        "UPDATE redaction_jobs SET derivative_id = gen_random_uuid()",
+        "DELETE FROM redaction_jobs",
     ]
     for statement in refused:
         with _worker_conn(tb) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
@@ -595,6 +601,21 @@ def test_a_worker_host_can_touch_no_account_and_no_decision_of_the_servers(
                 conn.execute(statement, (arg,))
         conn.execute("UPDATE subjects SET removed_at = now(), removed_by = 'system:retention'"
                      " WHERE id = %s", (subject[0],))
+    # A job it computes it ends computed or failed, never done or refused, and one ended it
+    # does not reopen (a done render's record is the server's, sealed).
+    with psycopg.connect(home_admin_url(tb.home)) as su:
+        for state in ("queued", "done"):
+            su.execute("INSERT INTO redaction_jobs (id, video_id, case_id, kind, requested_by,"
+                       " state) VALUES (gen_random_uuid(), %s, %s, 'plan', 'tb', %s)"
+                       " ON CONFLICT DO NOTHING", (track[1], CASE, state))
+    with _worker_conn(tb) as conn:
+        for statement in ("UPDATE redaction_jobs SET state = 'done' WHERE state = 'queued'",
+                          "UPDATE redaction_jobs SET state = 'refused' WHERE state = 'queued'",
+                          "UPDATE redaction_jobs SET state = 'queued' WHERE state = 'done'"):
+            with pytest.raises(psycopg.errors.RaiseException):
+                conn.execute(statement)
+        conn.execute("UPDATE redaction_jobs SET state = 'running', lease_owner = 'w'"
+                     " WHERE state = 'queued' AND requested_by = 'tb'")
     with _worker_conn(tb) as conn:  # what it needs, it has
         assert conn.execute("SELECT count(*) FROM videos").fetchone() is not None
         assert conn.execute("SELECT count(*) FROM policy").fetchone() is not None

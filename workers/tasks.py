@@ -8,10 +8,17 @@ from typing import TypeVar
 
 from celery import Task
 
-from bodycam import fixity, ingest, jobs, processing, queue, retention
+from bodycam import fixity, ingest, jobs, processing, queue, redaction_jobs, retention
 from bodycam.context import shared
 from bodycam.errors import PermanentError
-from bodycam.queue import FINALIZE_VIDEO, INGEST_OBJECT, PROCESS_UNIT, REAP, RECONCILE_INCOMING
+from bodycam.queue import (
+    FINALIZE_VIDEO,
+    INGEST_OBJECT,
+    PROCESS_UNIT,
+    REAP,
+    RECONCILE_INCOMING,
+    REDACTION_JOB,
+)
 from workers.celery_app import app
 
 log = logging.getLogger(__name__)
@@ -56,6 +63,17 @@ def finalize_video(self: Task, video_id: str) -> None:
              lambda: processing.finalize_video(ctx(), video_id))
 
 
+@app.task(name=REDACTION_JOB, bind=True)
+def redaction_job(self: Task, job_id: str) -> str:
+    """Compute a redaction plan or render a derivative (gpu queue); the server records it.
+    An attempt that failed with attempts left is sent again at once."""
+    state = _retried(self, f"redaction job {job_id}",
+                     lambda: redaction_jobs.run(ctx(), job_id))
+    if state == "queued":
+        ctx().send(REDACTION_JOB, job_id)
+    return state
+
+
 @app.task(name=INGEST_OBJECT)
 def ingest_object(key: str, etag: str) -> str | None:
     """Ingest an object put into incoming/ (from an S3 event or the reconciler)."""
@@ -68,7 +86,8 @@ def ingest_object(key: str, etag: str) -> str | None:
 
 @app.task(name=REAP)
 def reap() -> int:
-    """Re-queue units whose worker died or whose message was lost; quarantine repeat crashes."""
+    """Re-queue units and redaction jobs whose worker died or whose message was lost;
+    quarantine repeat crashes."""
     c = ctx()
     cfg = c.settings.jobs
     if not _due(REAP, cfg.reap_interval_s):
@@ -76,11 +95,14 @@ def reap() -> int:
     with c.db() as conn:
         again = jobs.reap(conn, c.audit_key, cfg, stale_pending_s=max(60.0, 4 * cfg.lease_s))
         stuck = jobs.stale_finalizing(conn, stale_s=max(60.0, 4 * cfg.lease_s))
+        redactions = redaction_jobs.reap(conn, cfg, stale_queued_s=max(60.0, 4 * cfg.lease_s))
     for video_id, idx in again:
         log.info("re-queued video %s unit %d", video_id, idx)
         c.send(PROCESS_UNIT, video_id, idx)
     for video_id in stuck:
         c.send(FINALIZE_VIDEO, video_id)
+    for job_id in redactions:
+        c.send(REDACTION_JOB, job_id)
     return len(again)
 
 

@@ -1,25 +1,29 @@
-"""Redaction actions: the per-video plan (computed once), renders, derivatives and downloads."""
+"""Redaction actions: the per-video plan and renders (computed by the workers as jobs,
+recorded here), derivatives and downloads."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import tempfile
-import threading
+import logging
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from pathlib import Path
+from datetime import datetime
 from typing import Any
 
-from bodycam import audit, fixity
+from bodycam import audit, fixity, redaction_jobs
 from bodycam.accounts import AccessDeniedError, User, case_of, require, require_now, require_visible
 from bodycam.auth import UnauthenticatedError
 from bodycam.context import Context
 from bodycam.db import Conn, uid
-from bodycam.errors import ConflictError, InvalidInputError, NotFoundError
-from bodycam.media.files import sha256_file
-from bodycam.pipeline.centerface import plan_detector
+from bodycam.errors import (
+    ConflictError,
+    InvalidInputError,
+    NotFoundError,
+    PermanentError,
+    TransientError,
+)
+from bodycam.queue import REDACTION_JOB
 from bodycam.redaction import (
     ALGORITHM,
     AUDIO,
@@ -28,19 +32,10 @@ from bodycam.redaction import (
     Decision,
     ManualRegion,
     Plan,
-    build_report,
     check_basis,
-    compute_plan,
-    contact_sheet,
-    dense_pipeline,
-    pdf_report,
-    render,
-    report_lines,
 )
-from bodycam.storage import REDACTIONS
 
-_plan_locks: dict[str, threading.Lock] = {}
-_plan_locks_guard = threading.Lock()
+log = logging.getLogger(__name__)
 KEEP_REASON = "shown at the reviewer's decision"
 KEEP_BASIS = "public interest"
 REMOVE_REASON = "not a face"
@@ -81,11 +76,6 @@ class RedactRequest:
     mute_ranges: tuple[tuple[float, float], ...] = ()
 
 
-def _lock_for(video_id: str) -> threading.Lock:
-    with _plan_locks_guard:
-        return _plan_locks.setdefault(video_id, threading.Lock())
-
-
 def _check_request(ctx: Context, req: RedactRequest) -> None:
     """Refuse a request whose choices lack a reason or cite an unlisted legal basis."""
     red = ctx.settings.redaction
@@ -119,47 +109,36 @@ def load_plan(conn: Conn, video_id: str) -> Plan | None:
     return Plan.from_json(row["plan"], int(row["version"])) if row else None
 
 
-def ensure_plan(ctx: Context, user: User, video_id: str) -> Plan:
-    """The video's plan: the stored one, or computed now (once; concurrent requests for the
-    same video in this server wait for the first) and stored as the next version; audited
-    (`redaction.plan`). No embedding is computed for it in any policy profile."""
-    from bodycam.processing import load_video, local_copy
-
-    with _lock_for(video_id):
+def _plan_or_job(ctx: Context, user: User, video_id: str, case: str) -> Plan | str:
+    """The video's recorded plan, or the id of the job computing it (queued now if none
+    is open; one at a time per video). A job a worker finished is recorded first."""
+    with ctx.db() as conn:
+        found = load_plan(conn, video_id)
+        if found is not None:
+            return found
+        open_job = redaction_jobs.open_plan_job(conn, video_id)
+    if open_job is not None:
+        record_job(ctx, open_job)
         with ctx.db() as conn:
             found = load_plan(conn, video_id)
             if found is not None:
                 return found
-            video = load_video(conn, video_id)
-            stored = [(str(r["track_id"]), int(r["frame_index"]),
-                       (float(r["box_px"][0]), float(r["box_px"][1]), float(r["box_px"][2]),
-                        float(r["box_px"][3])))
-                      for r in conn.execute(
-                          "SELECT track_id::text AS track_id, frame_index, box_px FROM"
-                          " detections WHERE video_id = %s AND track_id IS NOT NULL",
-                          (video_id,)).fetchall()]
-        path = local_copy(ctx, video)
-        red = ctx.settings.redaction
-        cfg = dense_pipeline(ctx.settings.pipeline, red, video.info)
-        plan = compute_plan(path, video.info, video_id, video.sha256, cfg, red,
-                            plan_detector(cfg, red), stored)
-        with ctx.db() as conn:
-            # The account, its case and its token as they stand now (the plan took a while).
-            require_now(conn, ctx.audit_key, user, "redact", case_of(conn, "video", video_id))
-            conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"plan:{video_id}",))
-            row = conn.execute("SELECT COALESCE(max(version), 0) + 1 AS v FROM redaction_plans"
-                               " WHERE video_id = %s", (video_id,)).fetchone()
-            version = int(row["v"]) if row else 1
-            conn.execute("INSERT INTO redaction_plans (video_id, version, algorithm,"
-                         " original_sha256, plan, created_by) VALUES (%s, %s, %s, %s, %s, %s)",
-                         (video_id, version, ALGORITHM, video.sha256,
-                          json.dumps(plan.as_json()), user.name))
-            audit.append(conn, ctx.audit_key, user.name, "redaction.plan",
-                         {"video_id": video_id, "case": case_of(conn, "video", video_id),
-                          "version": version, "algorithm": ALGORITHM,
-                          "tracks": len(plan.tracks),
-                          "frames_detected": plan.params["frames_detected"]})
-        return Plan.from_json(plan.as_json(), version)
+            open_job = redaction_jobs.open_plan_job(conn, video_id)
+    if open_job is not None:
+        return open_job
+    with ctx.db() as conn:
+        job_id = redaction_jobs.create(conn, video_id, case, redaction_jobs.PLAN, user.name)
+    _send(ctx, job_id)
+    return job_id
+
+
+def _send(ctx: Context, job_id: str) -> None:
+    """Queue a job's message; a broker that cannot be reached leaves it to the reaper,
+    which sends queued jobs whose message was lost."""
+    try:
+        ctx.send(REDACTION_JOB, job_id)
+    except TransientError:
+        log.warning("redaction job %s: broker unreachable; the reaper will send it", job_id)
 
 
 def _resolve_tracks(conn: Conn, plan: Plan, video_id: str, target: str, what: str
@@ -253,84 +232,169 @@ def _processed_video(conn: Conn, key: str, user: User, video_id: str) -> str:
 
 
 def redact(ctx: Context, user: User, video_id: str, req: RedactRequest) -> dict[str, Any]:
-    """Render a redacted derivative of a processed video (redact role, the video's case).
+    """Ask for a redacted derivative of a processed video (redact role, the video's case):
+    the request is checked against the video's plan now, and a worker renders it (a job:
+    `job` follows it). Raises ConflictError while the plan is still being computed (its job
+    is queued by the first ask).
 
-    The plan is computed on the first request and reused after; the render runs no model.
-    The derivative, its report (JSON, PDF, contact sheet) are stored under their own keys;
-    the derivative's and the original's SHA-256, the plan version, the settings and the
-    reviewer are recorded with a sealed audit row (`redaction.create`) in one transaction.
-    The original is only read (and its SHA-256 verified on the way).
+    Once rendered, the derivative and its report (JSON, PDF, contact sheet) are recorded by
+    the server with the derivative's and the original's SHA-256, the plan version, the
+    settings and the reviewer, in a sealed audit row (`redaction.create`), if the account
+    may still redact in the case then (`record_job`). The original is only read.
     """
-    from bodycam.processing import load_video, local_copy
-
     with ctx.db() as conn:
         case = _processed_video(conn, ctx.audit_key, user, video_id)
         _check_request(ctx, req)
-    plan = ensure_plan(ctx, user, video_id)
+    plan = _plan_or_job(ctx, user, video_id, case)
+    if isinstance(plan, str):
+        raise ConflictError(f"video {video_id}: its redaction plan is being computed (job "
+                            f"{plan}); ask again once it is done")
+    derivative_id = str(uuid.uuid4())
+    red = ctx.settings.redaction
     with ctx.db() as conn:
         choices = _choices(conn, ctx.audit_key, user, plan, video_id, req)
-        video = load_video(conn, video_id)
-    red = ctx.settings.redaction
-    derivative_id = str(uuid.uuid4())
-    prefix = f"{REDACTIONS}{video_id}/{derivative_id}"
-    keys = {"video": f"{prefix}.mp4", "report": f"{prefix}/report.json",
-            "pdf": f"{prefix}/report.pdf", "sheet": f"{prefix}/contact-sheet.jpg"}
-    settings = _settings_json(req, choices)
-    src = local_copy(ctx, video)
-    with tempfile.TemporaryDirectory(prefix="redact-") as tmp:
-        out = Path(tmp) / "redacted.mp4"
-        result = render(src, video.info, plan, choices, out, ctx.settings.limits, red)
-        sha256 = sha256_file(out)
-        size = out.stat().st_size
-        ctx.store.put_file(keys["video"], str(out), "video/mp4")
-    head = {"derivative_id": derivative_id, "video_id": video_id, "case": case,
-            "original_sha256": video.sha256, "sha256": sha256, "size_bytes": size,
-            "reviewer": user.name, "created_at": datetime.now(UTC).isoformat(),
-            "settings": settings, "rendered_frames": result.n_frames,
-            "masked_boxes": result.masked_boxes}
-    auto = Decision(red.default_reason, red.default_legal_basis,
-                    f"automatic (hide everyone), accepted by {user.name}")
-    report = build_report(plan, choices, auto, head)
-    sheet = contact_sheet(result.sheet)
-    pdf = pdf_report(report_lines(report), sheet)
-    report_bytes = json.dumps(report, indent=2).encode()
-    ctx.store.put_bytes(keys["report"], report_bytes, "application/json")
-    ctx.store.put_bytes(keys["pdf"], pdf, "application/pdf")
-    ctx.store.put_bytes(keys["sheet"], sheet, "image/jpeg")
-    try:
-        with ctx.db() as conn:
-            # The account, its case and its token as they stand now (it rendered a while).
-            require_now(conn, ctx.audit_key, user, "redact", case)
-            row = audit.append(conn, ctx.audit_key, user.name, "redaction.create", {
-                "derivative_id": derivative_id, "video_id": video_id, "case": case,
-                "sha256": sha256, "original_sha256": video.sha256,
-                "plan_version": plan.version, "algorithm": ALGORITHM, "settings": settings,
-                "reviewer": user.name, "object_key": keys["video"],
-                "report_sha256": hashlib.sha256(report_bytes).hexdigest(),
-                "redacted_regions": len(report["redacted_regions"]),
-                "kept_tracks": [k["track"] for k in report["kept_tracks"]]})
-            conn.execute(
-                "INSERT INTO redactions (id, video_id, case_id, plan_version, object_key,"
-                " sha256, size_bytes, original_sha256, settings, report_key, pdf_key, sheet_key,"
-                " reviewer, audit_id)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                (derivative_id, video_id, case, plan.version, keys["video"], sha256, size,
-                 video.sha256, json.dumps(settings), keys["report"], keys["pdf"],
-                 keys["sheet"], user.name, row.id))
-            for name in ("report", "pdf", "sheet"):
-                data = {"report": report_bytes, "pdf": pdf, "sheet": sheet}[name]
-                fixity.record(conn, keys[name], data)
-            conn.execute("INSERT INTO object_hashes (key, sha256, size_bytes)"
-                         " VALUES (%s, %s, %s) ON CONFLICT (key) DO NOTHING",
-                         (keys["video"], sha256, size))
-    except (AccessDeniedError, UnauthenticatedError):
-        # Refused where it would be recorded (the account, its case or its token changed
-        # while it rendered): nothing of it is kept.
-        for stored in keys.values():
-            ctx.store.delete(stored)
-        raise
-    return {"derivative_id": derivative_id, "sha256": sha256,
-            "original_sha256": video.sha256, "report": report}
+        settings = _settings_json(req, choices)
+        # The account, its case and its token as they stand now, under the log's lock.
+        require_now(conn, ctx.audit_key, user, "redact", case)
+        job_id = redaction_jobs.create(
+            conn, video_id, case, redaction_jobs.RENDER, user.name,
+            {"plan_version": plan.version, "derivative_id": derivative_id,
+             "choices": choices.as_json(), "settings": settings,
+             # why the faces no one chose are hidden: the server's configured texts
+             "auto": Decision(red.default_reason, red.default_legal_basis,
+                              f"automatic (hide everyone), accepted by {user.name}").as_json()})
+        audit.append(conn, ctx.audit_key, user.name, "redaction.request", {
+            "job_id": job_id, "derivative_id": derivative_id, "video_id": video_id,
+            "case": case, "plan_version": plan.version, "settings": settings})
+        job = redaction_jobs.load(conn, job_id)
+    assert job is not None
+    _send(ctx, job_id)
+    return redaction_jobs.as_json(job)
+
+
+def job(ctx: Context, user: User, job_id: str) -> dict[str, Any]:
+    """A redaction job's state (redact role, its video's case); a job a worker finished is
+    recorded first, so a done render names its derivative."""
+    with ctx.db() as conn:
+        require(conn, ctx.audit_key, user, "redact")
+        require_visible(conn, ctx.audit_key, user, "redact", "redaction job", job_id,
+                        case_of(conn, "redaction job", job_id))
+    record_job(ctx, job_id)
+    with ctx.db() as conn:
+        found = redaction_jobs.load(conn, job_id)
+    assert found is not None
+    return redaction_jobs.as_json(found)
+
+
+def record_job(ctx: Context, job_id: str) -> str | None:
+    """Record a job a worker computed (the server's alone: it holds the audit key): a plan as
+    the video's next version (`redaction.plan`), a render as a derivative with its custody
+    row (`redaction.create`), each under the account that asked, if it may still redact in
+    the case (its account enabled, its role, its case assigned); otherwise the job is
+    `refused` and what the worker stored is deleted. Returns the job's new state, or None
+    when it was not waiting to be recorded. Run when a client asks after a job and by the
+    server's backstop (`jobs.reconcile_interval_s`)."""
+    files: list[str] = []
+    with ctx.db() as conn:
+        found = redaction_jobs.load(conn, job_id, lock=True)
+        if found is None or found["state"] != "computed":
+            return None
+        video_id, case = str(found["video_id"]), str(found["case_id"])
+        result = dict(found["result"] or {})
+        if found["kind"] == redaction_jobs.RENDER:
+            files = list(redaction_jobs.derivative_keys(
+                video_id, str(found["request"]["derivative_id"])).values())
+        try:
+            # The account as it stands now (the job took a while); its session may have
+            # ended since it asked: a release asked for is not undone by a logout.
+            require_now(conn, ctx.audit_key, User(str(found["requested_by"]), ()), "redact",
+                        case)
+        except (AccessDeniedError, UnauthenticatedError) as exc:
+            state, why = "refused", str(exc)
+        else:
+            try:
+                if found["kind"] == redaction_jobs.PLAN:
+                    _record_plan(conn, ctx.audit_key, found, result)
+                else:
+                    _record_render(ctx, conn, found, result)
+                return "done"
+            except (PermanentError, NotFoundError) as exc:  # what it stored does not fit
+                conn.rollback()
+                state, why = "failed", str(exc)
+    with ctx.db() as conn:
+        conn.execute("UPDATE redaction_jobs SET state = %s, error = %s,"
+                     " updated_at = now() WHERE id = %s AND state = 'computed'",
+                     (state, why[:2000], job_id))
+    for key in files:
+        ctx.store.delete(key)
+    log.warning("redaction job %s: not recorded (%s): %s; its files deleted", job_id, why,
+                state)
+    return state
+
+
+def _record_plan(conn: Conn, key: str, job_row: dict[str, Any], result: dict[str, Any]
+                 ) -> None:
+    video_id = str(job_row["video_id"])
+    plan = Plan.from_json(result["plan"], 0)
+    original = conn.execute("SELECT sha256 FROM videos WHERE id = %s", (video_id,)).fetchone()
+    if plan.video_id != video_id or original is None or plan.original_sha256 != original["sha256"]:
+        raise PermanentError(f"redaction job {job_row['id']}: its plan is of another video")
+    if result["plan"].get("algorithm") != ALGORITHM:
+        raise PermanentError(f"redaction job {job_row['id']}: the worker planned with "
+                             f"{str(result['plan'].get('algorithm'))[:60]}, the server uses "
+                             f"{ALGORITHM}: run one version of Bodycam on every host")
+    conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"plan:{video_id}",))
+    row = conn.execute("SELECT COALESCE(max(version), 0) + 1 AS v FROM redaction_plans"
+                       " WHERE video_id = %s", (video_id,)).fetchone()
+    version = int(row["v"]) if row else 1
+    conn.execute("INSERT INTO redaction_plans (video_id, version, algorithm,"
+                 " original_sha256, plan, created_by) VALUES (%s, %s, %s, %s, %s, %s)",
+                 (video_id, version, ALGORITHM, plan.original_sha256, json.dumps(result["plan"]),
+                  job_row["requested_by"]))
+    audit.append(conn, key, str(job_row["requested_by"]), "redaction.plan",
+                 {"video_id": video_id, "case": job_row["case_id"], "version": version,
+                  "algorithm": ALGORITHM, "tracks": len(plan.tracks), "job_id": str(job_row["id"]),
+                  "frames_detected": plan.params["frames_detected"]})
+    conn.execute("UPDATE redaction_jobs SET state = 'done', updated_at = now() WHERE id = %s",
+                 (job_row["id"],))
+
+
+def _record_render(ctx: Context, conn: Conn, job_row: dict[str, Any],
+                   result: dict[str, Any]) -> None:
+    req = dict(job_row["request"])
+    video_id, derivative_id = str(job_row["video_id"]), str(req["derivative_id"])
+    keys = redaction_jobs.derivative_keys(video_id, derivative_id)
+    if result.get("derivative_id") != derivative_id:
+        raise PermanentError(f"redaction job {job_row['id']}: its result is of another render")
+    # The report, PDF and sheet are hashed here as the server reads them; the video's
+    # SHA-256 is the worker's, which `verify` and the fixity check re-hash.
+    parts = {name: ctx.store.get_bytes(keys[name]) for name in ("report", "pdf", "sheet")}
+    report = json.loads(parts["report"])
+    row = audit.append(conn, ctx.audit_key, str(job_row["requested_by"]), "redaction.create", {
+        "derivative_id": derivative_id, "video_id": video_id, "case": job_row["case_id"],
+        "sha256": result["sha256"], "original_sha256": result["original_sha256"],
+        "plan_version": req["plan_version"], "algorithm": ALGORITHM,
+        "settings": req["settings"], "reviewer": job_row["requested_by"],
+        "object_key": keys["video"], "job_id": str(job_row["id"]),
+        "report_sha256": hashlib.sha256(parts["report"]).hexdigest(),
+        "redacted_regions": len(report["redacted_regions"]),
+        "kept_tracks": [k["track"] for k in report["kept_tracks"]]})
+    conn.execute(
+        "INSERT INTO redactions (id, video_id, case_id, plan_version, object_key,"
+        " sha256, size_bytes, original_sha256, settings, report_key, pdf_key, sheet_key,"
+        " reviewer, audit_id)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        (derivative_id, video_id, job_row["case_id"], req["plan_version"], keys["video"],
+         result["sha256"], result["size_bytes"], result["original_sha256"],
+         json.dumps(req["settings"]), keys["report"], keys["pdf"], keys["sheet"],
+         job_row["requested_by"], row.id))
+    for name, data in parts.items():
+        fixity.record(conn, keys[name], data)
+    conn.execute("INSERT INTO object_hashes (key, sha256, size_bytes)"
+                 " VALUES (%s, %s, %s) ON CONFLICT (key) DO NOTHING",
+                 (keys["video"], result["sha256"], result["size_bytes"]))
+    conn.execute("UPDATE redaction_jobs SET state = 'done', derivative_id = %s,"
+                 " updated_at = now() WHERE id = %s", (derivative_id, job_row["id"]))
 
 
 @dataclass(frozen=True)
@@ -441,10 +505,16 @@ def verify(ctx: Context, user: User, derivative_id: str) -> dict[str, Any]:
 def plan_summary(ctx: Context, user: User, video_id: str) -> dict[str, Any]:
     """The video's plan for a reviewer (redact role, its case): tracks with their frames,
     times and stored track ids, low-confidence frames and the legal bases to choose from.
-    Computed (and audited) on first use, like a render's."""
+    Until a worker has computed it (queued on the first ask, audited when recorded), the
+    job computing it (`pending` holds the job as `job` shows it)."""
     with ctx.db() as conn:
-        _processed_video(conn, ctx.audit_key, user, video_id)
-    plan = ensure_plan(ctx, user, video_id)
+        case = _processed_video(conn, ctx.audit_key, user, video_id)
+    plan = _plan_or_job(ctx, user, video_id, case)
+    if isinstance(plan, str):
+        with ctx.db() as conn:
+            found = redaction_jobs.load(conn, plan)
+        assert found is not None
+        return {"pending": redaction_jobs.as_json(found)}
     red = ctx.settings.redaction
     return {"video_id": video_id, "version": plan.version, "algorithm": ALGORITHM,
             "frame_rate": str(plan.frame_rate), "n_frames": plan.n_frames,

@@ -35,24 +35,37 @@ __all__ = ["app", "create_app", "events_token"]
 log = logging.getLogger(__name__)
 
 
-def _anchor_backstop(stop: threading.Event) -> None:
-    """Anchor the audit log's head where its own anchor failed (the object store was down
-    when the row committed, and nothing was appended since: audit.anchor_head). The server's
-    rows are sealed with the audit key, which the server alone holds, so the server does
-    this for them; the workers' scheduled task does it for theirs."""
+def _backstop(stop: threading.Event) -> None:
+    """What the server alone can do, every `jobs.reconcile_interval_s`, since it alone holds
+    the audit key:
+    - anchor the audit log's head where its own anchor failed (the object store was down
+      when the row committed, and nothing was appended since: audit.anchor_head); the
+      workers' scheduled task does it for their rows;
+    - record the redaction jobs the workers computed that no client has asked after
+      (a client's next look records one at once: actions.redaction.record_job)."""
+    from bodycam import redaction_jobs
+    from bodycam.actions.redaction import record_job
+
     while not stop.wait(get_settings().jobs.reconcile_interval_s):
+        c = shared()
         try:
-            c = shared()
             with c.db() as conn:
                 audit.anchor_head(conn, c.store, c.audit_key)
         except Exception as exc:  # noqa: BLE001 - a service down: the next round tries again
             log.warning("anchoring the audit log's head: %s", type(exc).__name__)
+        try:
+            with c.db() as conn:
+                computed = redaction_jobs.computed(conn)
+            for job_id in computed:
+                record_job(c, job_id)
+        except Exception as exc:  # noqa: BLE001 - as above
+            log.warning("recording computed redaction jobs: %s", type(exc).__name__)
 
 
 @asynccontextmanager
 async def _lifespan(_: FastAPI) -> AsyncIterator[None]:
     stop = threading.Event()
-    threading.Thread(target=_anchor_backstop, args=(stop,), name="audit-anchor",
+    threading.Thread(target=_backstop, args=(stop,), name="server-backstop",
                      daemon=True).start()
     try:
         yield

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import Field
 
 from bodycam.actions import redaction
@@ -51,16 +51,6 @@ class RedactIn(Body):
     style: str = Field("blur", description="blur (default), pixelate or box")
     audio: str = Field("keep", description="keep, strip or mute-ranges")
     mute_ranges: list[tuple[float, float]] = Field(default_factory=list, max_length=1000)
-
-
-class RedactOut(Out):
-    """The derivative's id and hashes, and the report (regions, kept tracks, low-confidence
-    frames, custody head)."""
-
-    derivative_id: str
-    sha256: str
-    original_sha256: str
-    report: dict[str, Any]
 
 
 class DerivativeOut(Out):
@@ -107,22 +97,57 @@ class PlanOut(Out):
     legal_bases: list[str]
 
 
+class JobOut(Out):
+    """A redaction job: a plan or a render, computed by a worker and recorded by the server.
+    `state`: queued, running, computed (recorded at the next look), done, failed (`error`
+    says why) or refused (the account may no longer redact in the case). A done render
+    names its derivative, both SHA-256s and its report."""
+
+    job_id: str
+    video_id: str
+    kind: str
+    state: str
+    progress: float
+    attempts: int
+    error: str | None
+    requested_by: str
+    created_at: str
+    updated_at: str
+    derivative_id: str | None
+    sha256: str | None
+    original_sha256: str | None
+    report: dict[str, Any] | None
+
+
 @router.get("/videos/{video_id}/redaction-plan", response_model=PlanOut,
-            summary="A video's redaction plan (computed on first use)")
-async def plan(video_id: str, user: UserDep) -> dict[str, Any]:
+            responses={202: {"model": JobOut, "description": "The plan is being computed"}},
+            summary="A video's redaction plan (computed by a worker on first use)")
+async def plan(video_id: str, user: UserDep) -> Any:
     """Every face track the plan found (plan id, frames, times, the `tracks` ids it overlaps),
-    for choosing what to keep; computed and stored on the first request."""
-    return await run_in_threadpool(redaction.plan_summary, context(), user, video_id)
+    for choosing what to keep. The first request queues its computation on a worker and is
+    answered 202 with the job (follow it at `/redaction-jobs/{job_id}`, then ask again)."""
+    found = await run_in_threadpool(redaction.plan_summary, context(), user, video_id)
+    if "pending" in found:
+        return JSONResponse(found["pending"], status_code=202)
+    return found
 
 
-@router.post("/videos/{video_id}/redactions", status_code=201, response_model=RedactOut,
-             summary="Render a redacted derivative of a processed video")
+@router.post("/videos/{video_id}/redactions", status_code=202, response_model=JobOut,
+             summary="Ask for a redacted derivative of a processed video")
 async def create(video_id: str, body: RedactIn, user: UserDep) -> dict[str, Any]:
-    """The plan (every face region in every frame) is computed on the first request for the
-    video and stored; renders reuse it without running a model. The derivative, its report,
-    PDF and contact sheet are stored under their own keys and recorded with the reviewer,
-    the settings, the plan version and both SHA-256s in a sealed audit row."""
+    """Checked against the video's plan now (409 while the plan is still being computed) and
+    rendered by a worker: the answer is the job (`/redaction-jobs/{job_id}`). The
+    derivative, its report, PDF and contact sheet are stored under their own keys and
+    recorded with the reviewer, the settings, the plan version and both SHA-256s in a sealed
+    audit row when the job is done."""
     return await run_in_threadpool(redaction.redact, context(), user, video_id, _request(body))
+
+
+@router.get("/redaction-jobs/{job_id}", response_model=JobOut,
+            summary="A redaction job's state (a done render names its derivative)")
+async def job(job_id: str, user: UserDep) -> dict[str, Any]:
+    """Case checked like the video's own."""
+    return await run_in_threadpool(redaction.job, context(), user, job_id)
 
 
 @router.get("/redactions/{derivative_id}", response_model=DerivativeOut,

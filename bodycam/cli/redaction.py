@@ -1,8 +1,10 @@
-"""`bodycam redact`: a redacted derivative for release, rendered by the server from its plan."""
+"""`bodycam redact`: a redacted derivative for release, rendered by a worker from the video's
+plan and recorded by the server."""
 
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -45,6 +47,22 @@ def _span(text: str) -> list[float]:
     return [a, b]
 
 
+def wait_for_job(c: Any, job: dict[str, Any]) -> dict[str, Any]:
+    """Follow a redaction job (a worker computes it, the server records it) until it ends;
+    the done job, or InvalidInputError naming why it failed or was refused."""
+    from bodycam.errors import InvalidInputError
+
+    delay = 0.25
+    while job["state"] in ("queued", "running", "computed"):
+        time.sleep(delay)
+        delay = min(delay * 1.5, 5.0)
+        job = c.get(f"/api/v1/redaction-jobs/{quote(str(job['job_id']), safe='')}")
+    if job["state"] != "done":
+        raise InvalidInputError(f"redaction job {job['job_id']} ({job['kind']}) "
+                                f"{job['state']}: {job['error']}")
+    return dict(job)
+
+
 def redact_to(c: Any, video_id: str, body: dict[str, Any], dest: Path
               ) -> tuple[dict[str, Any], dict[str, Path]]:
     """Ask the server for a derivative, download it to dest (kept only when its SHA-256 is
@@ -55,7 +73,11 @@ def redact_to(c: Any, video_id: str, body: dict[str, Any], dest: Path
     stem = dest.with_suffix("")
     files = {"report": Path(f"{stem}.report.json"), "pdf": Path(f"{stem}.report.pdf"),
              "sheet": Path(f"{stem}.contact.jpg")}
-    made = c.post(f"/api/v1/videos/{quote(video_id, safe='')}/redactions", body)
+    vid = quote(video_id, safe="")
+    plan = c.get(f"/api/v1/videos/{vid}/redaction-plan")
+    if "job_id" in plan:  # computed by a worker on first use
+        wait_for_job(c, plan)
+    made = wait_for_job(c, c.post(f"/api/v1/videos/{vid}/redactions", body))
     did = quote(str(made["derivative_id"]), safe="")
     part = dest.with_name(dest.name + ".part")
     try:

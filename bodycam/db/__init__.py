@@ -266,6 +266,10 @@ WORKER_LIMITED = {
     "held_cases": ("MAINTAIN", ()),
     # ingest from incoming/ records videos and processing updates them; none is ever deleted
     "videos": ("INSERT, UPDATE", ()),
+    # a worker claims a redaction job, renews its lease and ends it computed or failed
+    # (migration 020 holds the states); the server asks for it and records it
+    "redaction_jobs": ("", ("state", "attempts", "lease_owner", "lease_token", "lease_until",
+                            "progress", "error", "result", "updated_at")),
 }
 ACCOUNT_FUNCTIONS = (
     "bodycam_user_create(bigint, text, text[], text)",

@@ -47,10 +47,29 @@ function row(t, i) {
   return el;
 }
 
+// Follow a redaction job (a worker computes it, the server records it) until it ends.
+async function follow(job, say) {
+  let delay = 250;
+  while (["queued", "running", "computed"].includes(job.state)) {
+    say(`${job.kind === "plan" ? "Computing the plan" : "Rendering"}: ${job.state}, ` +
+        `${Math.round(job.progress * 100)} %…`);
+    await new Promise((ok) => setTimeout(ok, delay));
+    delay = Math.min(delay * 1.5, 3000);
+    job = await api("GET", `/redaction-jobs/${encodeURIComponent(job.job_id)}`);
+  }
+  if (job.state !== "done") throw new ApiError(409, `The ${job.kind} job ${job.state}: ${job.error}`);
+  return job;
+}
+
 async function load(videoId) {
-  summary.textContent = "Loading the plan (computed once per video: this can take a while)…";
+  summary.textContent = "Loading the plan (computed once per video by a worker: this can take a while)…";
+  const path = `/videos/${encodeURIComponent(videoId)}/redaction-plan`;
   try {
-    plan = await api("GET", `/videos/${encodeURIComponent(videoId)}/redaction-plan`);
+    plan = await api("GET", path);
+    if (plan.job_id) {
+      await follow(plan, (text) => { summary.textContent = text; });
+      plan = await api("GET", path);
+    }
   } catch (e) {
     summary.textContent = "";
     flash(e instanceof ApiError ? e.message : String(e), "error");
@@ -94,6 +113,7 @@ document.getElementById("render").addEventListener("submit", async (ev) => {
   let made;
   try {
     made = await api("POST", `/videos/${encodeURIComponent(plan.video_id)}/redactions`, body);
+    made = await follow(made, (text) => flash(text));
   } catch (e) {
     flash(e instanceof ApiError ? e.message : String(e), "error");
     return;

@@ -1,0 +1,309 @@
+"""Redaction plans and renders as durable jobs run by the workers.
+
+A plan runs two detectors on every second frame of a video and a render decodes and encodes
+every frame: minutes to hours of CPU for real footage. They run on the workers (gpu queue),
+not in the server: the server holds the audit and export keys and decodes no uploaded
+media, a request is never held for the length of a video, and a server restart loses no
+work. State lives in Postgres (`redaction_jobs`, migration 020), as for work units: a
+worker claims a job with a lease it renews while it makes progress, stores what it made in
+the object store and ends the job `computed` with its result, only while its lease holds.
+A job whose worker died goes back to the queue when its lease expires (the reaper), and
+fails after `jobs.max_attempts`; a service's failure does not count as an attempt. The
+server alone records a computed job (bodycam.actions.redaction.record_job): the plan, or the
+derivative's custody row and its sealed audit row, under the account that asked for it as it
+stands then.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bodycam import jobs
+from bodycam.config import JobSettings
+from bodycam.context import Context
+from bodycam.db import Conn, uid
+from bodycam.errors import LeaseLostError
+from bodycam.media.files import sha256_file
+from bodycam.pipeline.centerface import plan_detector
+from bodycam.redaction import (
+    Choices,
+    Decision,
+    Plan,
+    build_report,
+    compute_plan,
+    contact_sheet,
+    dense_pipeline,
+    pdf_report,
+    render,
+    report_lines,
+)
+from bodycam.storage import REDACTIONS
+
+log = logging.getLogger(__name__)
+PLAN, RENDER = "plan", "render"
+OPEN = ("queued", "running", "computed")
+
+
+@dataclass(frozen=True)
+class JobLease:
+    """A claimed redaction job."""
+
+    job_id: str
+    token: uuid.UUID
+    attempt: int
+    kind: str
+    video_id: str
+    case_id: str
+    requested_by: str
+    request: dict[str, Any]
+
+
+def create(conn: Conn, video_id: str, case_id: str, kind: str, requested_by: str,
+           request: dict[str, Any] | None = None) -> str:
+    """Queue a job; a plan job for a video that has one open already is that one (one plan
+    is computed at a time per video). Returns the job's id; the caller sends it."""
+    job_id = str(uuid.uuid4())
+    row = conn.execute(
+        "INSERT INTO redaction_jobs (id, video_id, case_id, kind, requested_by, request)"
+        " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING id::text AS id",
+        (job_id, video_id, case_id, kind, requested_by, json.dumps(request or {}))).fetchone()
+    if row is not None:
+        return str(row["id"])
+    found = open_plan_job(conn, video_id)
+    assert found is not None, "a plan job conflicted and none is open"
+    return found
+
+
+def open_plan_job(conn: Conn, video_id: str) -> str | None:
+    """The id of the video's plan job still queued, running or not yet recorded."""
+    row = conn.execute("SELECT id::text AS id FROM redaction_jobs WHERE video_id = %s AND"
+                       " kind = 'plan' AND state = ANY(%s)", (video_id, list(OPEN))).fetchone()
+    return str(row["id"]) if row else None
+
+
+def load(conn: Conn, job_id: str, lock: bool = False) -> dict[str, Any] | None:
+    """A job's row (locked for the caller's transaction with `lock`), or None."""
+    if uid(job_id) is None:
+        return None
+    row = conn.execute("SELECT * FROM redaction_jobs WHERE id = %s"
+                       + (" FOR UPDATE" if lock else ""), (job_id,)).fetchone()
+    return dict(row) if row else None
+
+
+def claim(conn: Conn, job_id: str, owner: str, lease_s: float) -> JobLease | None:
+    """Take a queued job; None when it is taken, ended or unknown."""
+    row = conn.execute(
+        "UPDATE redaction_jobs SET state = 'running', attempts = attempts + 1,"
+        " lease_owner = %s, lease_token = gen_random_uuid(),"
+        " lease_until = now() + make_interval(secs => %s), progress = 0, updated_at = now()"
+        " WHERE id = %s AND state = 'queued' RETURNING *", (owner, lease_s, job_id)).fetchone()
+    if row is None:
+        return None
+    return JobLease(str(row["id"]), row["lease_token"], int(row["attempts"]), str(row["kind"]),
+                    str(row["video_id"]), str(row["case_id"]), str(row["requested_by"]),
+                    dict(row["request"]))
+
+
+def heartbeat(conn: Conn, lease: JobLease, lease_s: float, progress: float) -> None:
+    """Renew the lease and record progress; raises LeaseLostError once it is another's."""
+    row = conn.execute(
+        "UPDATE redaction_jobs SET lease_until = now() + make_interval(secs => %s),"
+        " progress = %s, updated_at = now() WHERE id = %s AND lease_token = %s"
+        " AND state = 'running' RETURNING id", (lease_s, progress, lease.job_id, lease.token)
+    ).fetchone()
+    if row is None:
+        raise LeaseLostError(f"redaction job {lease.job_id}: lease lost")
+
+
+def complete(conn: Conn, lease: JobLease, result: dict[str, Any]) -> None:
+    """End the job `computed` with its result; raises LeaseLostError once it is another's."""
+    row = conn.execute(
+        "UPDATE redaction_jobs SET state = 'computed', result = %s, progress = 1, error = NULL,"
+        " lease_until = NULL, updated_at = now() WHERE id = %s AND lease_token = %s"
+        " AND state = 'running' RETURNING id", (json.dumps(result), lease.job_id, lease.token)
+    ).fetchone()
+    if row is None:
+        raise LeaseLostError(f"redaction job {lease.job_id}: lease lost before its result")
+
+
+def fail(conn: Conn, lease: JobLease, error: str, kind: jobs.Failure, cfg: JobSettings) -> str:
+    """Record a failed attempt; returns the job's state: `queued` again (a service failed,
+    which spends no attempt; or attempts are left) or `failed` (bad input, or the last
+    attempt). `lost` when the lease was another's already."""
+    ended = kind is jobs.Failure.PERMANENT or (
+        kind is jobs.Failure.ERROR and lease.attempt >= cfg.max_attempts)
+    row = conn.execute(
+        "UPDATE redaction_jobs SET state = %s, error = %s, lease_until = NULL,"
+        " lease_token = NULL, attempts = attempts - %s, updated_at = now()"
+        " WHERE id = %s AND lease_token = %s AND state = 'running' RETURNING state",
+        ("failed" if ended else "queued", error[:2000],
+         1 if kind is jobs.Failure.SERVICE else 0, lease.job_id, lease.token)).fetchone()
+    return str(row["state"]) if row else "lost"
+
+
+def reap(conn: Conn, cfg: JobSettings, stale_queued_s: float) -> list[str]:
+    """Jobs to send again: those whose worker stopped renewing its lease (failed after
+    max_attempts), and queued ones whose message was lost (none sent for stale_queued_s)."""
+    again: list[str] = []
+    for r in conn.execute(
+            "SELECT id::text AS id, attempts, lease_owner FROM redaction_jobs WHERE"
+            " state = 'running' AND lease_until < now() FOR UPDATE SKIP LOCKED").fetchall():
+        reason = f"worker {r['lease_owner']} stopped renewing its lease (attempt {r['attempts']})"
+        state = "failed" if int(r["attempts"]) >= cfg.max_attempts else "queued"
+        conn.execute("UPDATE redaction_jobs SET state = %s, error = %s, lease_until = NULL,"
+                     " lease_token = NULL, updated_at = now() WHERE id = %s",
+                     (state, reason, r["id"]))
+        log.warning("redaction job %s: %s: %s", r["id"], reason, state)
+        if state == "queued":
+            again.append(str(r["id"]))
+    stale = conn.execute(
+        "UPDATE redaction_jobs SET updated_at = now() WHERE id IN (SELECT id FROM"
+        " redaction_jobs WHERE state = 'queued' AND updated_at < now() - make_interval(secs"
+        " => %s) FOR UPDATE SKIP LOCKED) RETURNING id::text AS id", (stale_queued_s,)
+    ).fetchall()
+    return again + [str(r["id"]) for r in stale]
+
+
+def computed(conn: Conn, limit: int = 20) -> list[str]:
+    """Jobs a worker finished that the server has not recorded yet, oldest first."""
+    return [str(r["id"]) for r in conn.execute(
+        "SELECT id::text AS id FROM redaction_jobs WHERE state = 'computed'"
+        " ORDER BY updated_at LIMIT %s", (limit,)).fetchall()]
+
+
+def as_json(job: dict[str, Any]) -> dict[str, Any]:
+    """What a client sees of a job: its state, progress and error; once a render is done, the
+    derivative's id, both SHA-256s and its report."""
+    result = job.get("result") or {}
+    done_render = job["kind"] == RENDER and job["state"] == "done"
+    return {"job_id": str(job["id"]), "video_id": str(job["video_id"]), "kind": job["kind"],
+            "state": job["state"], "progress": round(float(job["progress"]), 3),
+            "attempts": int(job["attempts"]), "error": job["error"],
+            "requested_by": job["requested_by"], "created_at": job["created_at"].isoformat(),
+            "updated_at": job["updated_at"].isoformat(),
+            "derivative_id": str(job["derivative_id"]) if job["derivative_id"] else None,
+            "sha256": result.get("sha256") if done_render else None,
+            "original_sha256": result.get("original_sha256") if done_render else None,
+            "report": result.get("report") if done_render else None}
+
+
+# -- the worker's side ----------------------------------------------------------------------
+
+def run(ctx: Context, job_id: str, owner: str | None = None) -> str:
+    """Run a redaction job on this worker; returns what happened ('computed', 'skipped',
+    'queued' or 'failed'). A service's failure is raised after it is recorded, for the task
+    to send the job again after its backoff."""
+    from bodycam.processing import Heartbeat, failure_kind, worker_name
+
+    owner = owner or worker_name()
+    lease_s = ctx.settings.jobs.lease_s
+    with ctx.db() as conn:
+        lease = claim(conn, job_id, owner, lease_s)
+    if lease is None:
+        log.info("redaction job %s: not claimable (taken or ended): skipped", job_id)
+        return "skipped"
+    beat = Heartbeat(ctx, f"redaction job {job_id}",
+                     lambda conn, progress, _stage: heartbeat(conn, lease, lease_s, progress))
+    beat.start()
+
+    def progress(fraction: float) -> None:
+        beat.progress = fraction
+        if beat.lost:
+            raise LeaseLostError(f"redaction job {job_id}: lease lost")
+
+    try:
+        result = (_plan if lease.kind == PLAN else _render)(ctx, lease, progress)
+        with ctx.db() as conn:
+            complete(conn, lease, result)
+    except LeaseLostError:
+        log.warning("redaction job %s: lease lost; result discarded", job_id)
+        return "skipped"
+    except Exception as exc:
+        kind = failure_kind(exc)
+        error = str(exc) if kind is jobs.Failure.PERMANENT else f"{type(exc).__name__}: {exc}"
+        with ctx.db() as conn:
+            state = fail(conn, lease, error, kind, ctx.settings.jobs)
+        log.warning("redaction job %s attempt %d failed (%s, %s): %s", job_id, lease.attempt,
+                    kind.value, type(exc).__name__, state)
+        if kind is jobs.Failure.SERVICE:
+            raise
+        return state
+    finally:
+        beat.stop()
+    log.info("redaction job %s (%s of video %s): computed", job_id, lease.kind, lease.video_id)
+    return "computed"
+
+
+def _plan(ctx: Context, lease: JobLease, progress: Any) -> dict[str, Any]:
+    """Every face region in every frame (no embedding, in any policy profile), each plan
+    track linked to the stored tracks it overlaps."""
+    from bodycam.processing import load_video, local_copy
+
+    with ctx.db() as conn:
+        video = load_video(conn, lease.video_id)
+        stored = [(str(r["track_id"]), int(r["frame_index"]),
+                   (float(r["box_px"][0]), float(r["box_px"][1]), float(r["box_px"][2]),
+                    float(r["box_px"][3])))
+                  for r in conn.execute(
+                      "SELECT track_id::text AS track_id, frame_index, box_px FROM"
+                      " detections WHERE video_id = %s AND track_id IS NOT NULL",
+                      (lease.video_id,)).fetchall()]
+    path = local_copy(ctx, video)
+    red = ctx.settings.redaction
+    cfg = dense_pipeline(ctx.settings.pipeline, red, video.info)
+    plan = compute_plan(path, video.info, lease.video_id, video.sha256, cfg, red,
+                        plan_detector(cfg, red), stored, progress)
+    return {"plan": plan.as_json()}
+
+
+def _render(ctx: Context, lease: JobLease, progress: Any) -> dict[str, Any]:
+    """The redacted MP4, its report (JSON, PDF) and contact sheet, stored under the
+    derivative's keys; the result names them with the derivative's SHA-256."""
+    from bodycam.processing import load_video, local_copy
+
+    req = lease.request
+    with ctx.db() as conn:
+        video = load_video(conn, lease.video_id)
+        row = conn.execute("SELECT plan FROM redaction_plans WHERE video_id = %s AND"
+                           " version = %s", (lease.video_id, req["plan_version"])).fetchone()
+    assert row is not None, "a render job names a recorded plan"
+    plan = Plan.from_json(row["plan"], int(req["plan_version"]))
+    choices = Choices.from_json(req["choices"])
+    derivative_id = str(req["derivative_id"])
+    keys = derivative_keys(lease.video_id, derivative_id)
+    red = ctx.settings.redaction
+    src = local_copy(ctx, video)
+    with tempfile.TemporaryDirectory(prefix="redact-") as tmp:
+        out = Path(tmp) / "redacted.mp4"
+        made = render(src, video.info, plan, choices, out, ctx.settings.limits, red, progress)
+        sha256 = sha256_file(out)
+        size = out.stat().st_size
+        ctx.store.put_file(keys["video"], str(out), "video/mp4")
+    head = {"derivative_id": derivative_id, "video_id": lease.video_id, "case": lease.case_id,
+            "original_sha256": video.sha256, "sha256": sha256, "size_bytes": size,
+            "reviewer": lease.requested_by, "created_at": datetime.now(UTC).isoformat(),
+            "settings": req["settings"], "rendered_frames": made.n_frames,
+            "masked_boxes": made.masked_boxes}
+    auto = Decision(**req["auto"])
+    report = build_report(plan, choices, auto, head)
+    sheet = contact_sheet(made.sheet)
+    ctx.store.put_bytes(keys["report"], json.dumps(report, indent=2).encode(),
+                        "application/json")
+    ctx.store.put_bytes(keys["pdf"], pdf_report(report_lines(report), sheet), "application/pdf")
+    ctx.store.put_bytes(keys["sheet"], sheet, "image/jpeg")
+    return {"derivative_id": derivative_id, "sha256": sha256, "size_bytes": size,
+            "original_sha256": video.sha256, "report": report}
+
+
+def derivative_keys(video_id: str, derivative_id: str) -> dict[str, str]:
+    """Where a derivative's parts are stored."""
+    prefix = f"{REDACTIONS}{video_id}/{derivative_id}"
+    return {"video": f"{prefix}.mp4", "report": f"{prefix}/report.json",
+            "pdf": f"{prefix}/report.pdf", "sheet": f"{prefix}/contact-sheet.jpg"}
