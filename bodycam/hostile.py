@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import itertools
 import json
 import os
 import random
@@ -29,6 +30,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -273,6 +275,7 @@ def generate(out: Path, seed: int, count: int | None = None) -> list[Item]:
     _playlists(c, seeds["mp4"], canary)
     _wrong_types(c)
     _valid_variants(c)
+    _timestamps(c)
     _filesystem(c, seeds["mp4"])
     _names(c, base)
 
@@ -507,13 +510,100 @@ def _valid_variants(c: Corpus) -> None:
                 "done")
     _ff("-i", str(cover), "-i", str(clip), "-map", "0", "-map", "1", "-c", "copy",
         "-disposition:v:0", "attached_pic", str(art))
-    hidden = c.add("valid/small_first.mp4", "valid-variant",
-                   "a 64x64 stream first, the footage second", "done")
+    hidden = c.add("decoys/small_first.mp4", "decoy",
+                   "a 64x64 stream first, the footage second: which is footage?", "refused")
     _ff("-i", str(small), "-i", str(clip), "-map", "0:v", "-map", "1:v", "-c", "copy",
         str(hidden))
     fragmented = c.add("valid/fragmented.mp4", "valid-variant", "fragmented MP4", "done")
     _ff(*_src("192x144", 15, 1.0), "-pix_fmt", "yuv420p", "-c:v", "libx264", "-movflags",
         "frag_keyframe+empty_moov", str(fragmented))
+
+
+def _timestamps(c: Corpus) -> None:
+    """Files whose frames a player shows but whose times cannot place each frame once
+    (black-box round bb16, 2026-12-06): each hid footage from the analysis and left faces
+    unmasked in a redaction. And one video stream too many, where Matroska hid it."""
+    import av
+
+    work = c.root / "work"
+    segs = [work / f"seg{i}.ts" for i in range(2)]
+    for seg, pattern in zip(segs, ("testsrc2", "color=c=gray"), strict=True):
+        _ff(*_src("192x144", 15, 2.0, pattern), "-pix_fmt", "yuv420p", "-c:v", "libx264",
+            "-bf", "0", "-g", "15", str(seg))
+    joined = c.add("timestamps/joined_segments.ts", "timestamps",
+                   "two segments joined, each with its own times (they go back)", "refused")
+    joined.write_bytes(ts_join([s.read_bytes() for s in segs]))
+    untimed = c.add("timestamps/untimed_frames.ts", "timestamps",
+                    "a time stamp on every 10th frame only (MPEG-TS allows 0.7 s)", "refused")
+    untimed.write_bytes(ts_strip_pts(segs[0].read_bytes(), keep_every=10))
+    shared = c.add("timestamps/shared_times.mkv", "timestamps",
+                   "every 5 frames share one time stamp", "refused")
+    with av.open(str(segs[0])) as src, av.open(str(shared), "w", format="matroska") as dst:
+        out = dst.add_stream_from_template(src.streams.video[0])
+        out.time_base = Fraction(1, 1000)
+        n = 0
+        for packet in src.demux(src.streams.video[0]):
+            if packet.size:
+                packet.stream, packet.time_base = out, Fraction(1, 1000)
+                packet.pts = packet.dts = (n // 5) * 333
+                dst.mux(packet)
+                n += 1
+    many = c.add("bombs/mkv_9_streams.mkv", "bomb", "a video and 8 audio tracks (Matroska)",
+                 "refused")
+    _ff("-i", str(segs[0]), "-f", "lavfi", "-i", "anullsrc=r=8000:cl=mono",
+        *itertools.chain.from_iterable(("-map", m) for m in ["0:v", *["1:a"] * 8]),
+        "-c:v", "copy", "-c:a", "pcm_s16le", "-t", "2", str(many))
+
+
+def ts_join(parts: list[bytes]) -> bytes:
+    """MPEG-TS files joined byte for byte, each PID's continuity counter carried on (a
+    recorder's segments written one after the other): no packet looks damaged, and each
+    part keeps its own times."""
+    last: dict[int, int] = {}
+    out = bytearray()
+    for data in parts:
+        shift: dict[int, int] = {}
+        for i in range(0, len(data) - 187, 188):
+            pkt = bytearray(data[i:i + 188])
+            pid = ((pkt[1] & 0x1F) << 8) | pkt[2]
+            if pid != 0x1FFF and pkt[3] & 0x10:  # a payload: the counter counts it
+                cc = pkt[3] & 0x0F
+                shift.setdefault(pid, (last.get(pid, -1) + 1 - cc) % 16)
+                cc = (cc + shift[pid]) % 16
+                pkt[3] = (pkt[3] & 0xF0) | cc
+                last[pid] = cc
+            out += pkt
+    return bytes(out)
+
+
+def ts_strip_pts(data: bytes, keep_every: int, pid: int = 0x100) -> bytes:
+    """MPEG-TS with the PTS (and DTS) taken out of the video PES headers but every
+    `keep_every`-th (the bytes freed become adaptation-field stuffing)."""
+    out = bytearray()
+    seen = 0
+    for i in range(0, len(data) - 187, 188):
+        p = bytearray(data[i:i + 188])
+        if ((p[1] & 0x1F) << 8 | p[2]) == pid and p[1] & 0x40:  # a PES starts here
+            afc = (p[3] >> 4) & 3
+            off = 5 + p[4] if afc & 2 else 4
+            flags, header_len = p[off + 7] >> 6, p[off + 8]
+            seen += 1
+            if (seen - 1) % keep_every and flags:
+                n = 5 if flags == 2 else 10
+                pes_len = int.from_bytes(p[off + 4:off + 6], "big")
+                if pes_len:
+                    p[off + 4:off + 6] = (pes_len - n).to_bytes(2, "big")
+                p[off + 7] &= 0x3F
+                p[off + 8] = header_len - n
+                del p[off + 9:off + 9 + n]
+                if afc & 2:
+                    p[4] += n
+                    p[5 + p[4] - n:5 + p[4] - n] = b"\xff" * n
+                else:
+                    p[3] |= 0x20
+                    p[4:4] = bytes([n - 1]) + b"\x00" + b"\xff" * (n - 2)
+        out += p
+    return bytes(out)
 
 
 def _filesystem(c: Corpus, seed: Path) -> None:

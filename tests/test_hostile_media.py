@@ -32,7 +32,8 @@ FAST = {
     "playlists/concat:a.mp4",
     "types/text.mp4", "types/jpeg.mp4", "types/audio_only.mp4",
     "valid/vp9.webm", "valid/h264.ts", "valid/rotated_90.mp4", "valid/vfr.mp4",
-    "valid/ffv1.mkv", "valid/small_first.mp4", "bombs/elst_repeat.mp4", "bombs/streams_20.mp4",
+    "valid/ffv1.mkv", "decoys/small_first.mp4", "bombs/elst_repeat.mp4", "bombs/streams_20.mp4",
+    "timestamps/joined_segments.ts", "timestamps/untimed_frames.ts", "bombs/mkv_9_streams.mkv",
     "fs/link.mp4", "fs/loopdir/x.mp4", "fs/fifo.mp4", "fs/dev_zero",
     "names/[/red]closing.mp4", "names/two\nlines.mp4",
 }
@@ -56,7 +57,7 @@ def test_the_corpus_has_every_category_and_is_reproduced_from_its_seed(
     assert len(items) >= 300
     cats = {i.category for i in items}
     assert cats >= {"truncation", "bitflip", "boxes", "bomb", "playlist", "wrong-type",
-                    "valid-variant", "filesystem", "filename"}
+                    "valid-variant", "filesystem", "filename", "timestamps", "decoy"}
     again = hostile.generate(tmp_path / "again", seed=1, count=None)
     assert [(i.path, i.note.replace(str(tmp_path / "again"), "ROOT")) for i in again] == \
         [(i.path, i.note.replace(str(corpus), "ROOT")) for i in items]
@@ -168,27 +169,54 @@ def test_the_probe_refuses_fast_what_would_hold_a_worker_or_the_server(corpus: P
             probe(corpus / rel, limits)
         assert time.monotonic() - t < 15, rel
     # the same files within raised limits: the bounds are what refused them
-    assert probe(corpus / "bombs/streams_20.mp4", LimitsSettings(max_streams=32)).width_px
+    with pytest.raises(InvalidMediaError, match=r"20 video streams \(192x144, 192x144, "
+                                                r"192x144, 192x144, \.\.\.\): one is analysed"):
+        probe(corpus / "bombs/streams_20.mp4", LimitsSettings(max_streams=32))
     assert probe(corpus / "bombs/dense_fps.mp4", LimitsSettings(max_fps=1000)).n_frames == 3000
 
 
-def test_the_footage_is_the_largest_video_stream_not_cover_art(corpus: Path) -> None:
-    """A 64x64 stream placed first hid the footage (0 tracks); cover art is never footage,
-    even larger. The probe and the worker's decoder pick the same stream."""
+def test_the_footage_is_the_one_video_stream_not_cover_art_and_two_are_refused(
+        corpus: Path) -> None:
+    """Cover art is never footage, even larger; the probe and the worker's decoder pick the
+    same stream. Two video streams are refused: the largest was taken, and a one-frame
+    still beside the footage, or an equal first stream while the default flag marked the
+    other, was analysed instead (done, no face: black-box round bb16)."""
     from bodycam.config import PipelineSettings
     from bodycam.pipeline.frames import ChunkDecoder
 
-    for rel in ("valid/small_first.mp4", "valid/cover_art.mp4"):
-        info = probe(corpus / rel, LimitsSettings())
-        assert (info.codec, info.width_px, info.height_px, info.n_frames) == (
-            "h264", 320, 240, 15), rel
-        frames = list(ChunkDecoder(corpus / rel, info, 0.0, info.duration_s,
-                                   PipelineSettings()))
-        assert frames and all(f.image.shape == (240, 320, 3) for f in frames), rel
+    info = probe(corpus / "valid/cover_art.mp4", LimitsSettings())
+    assert (info.codec, info.width_px, info.height_px, info.n_frames) == ("h264", 320, 240, 15)
+    frames = list(ChunkDecoder(corpus / "valid/cover_art.mp4", info, 0.0, info.duration_s,
+                               PipelineSettings()))
+    assert frames and all(f.image.shape == (240, 320, 3) for f in frames)
     with av.open(str(corpus / "valid/cover_art.mp4")) as c:  # the file is what it says
         assert [s.width for s in c.streams.video] == [320, 640]
-    with av.open(str(corpus / "valid/small_first.mp4")) as c:
-        assert [s.width for s in c.streams.video] == [64, 320]
+    with pytest.raises(InvalidMediaError, match=r"2 video streams \(64x64, 320x240\): one is "
+                                                r"analysed, so split them"):
+        probe(corpus / "decoys/small_first.mp4", LimitsSettings())
+
+
+def test_every_frame_needs_a_time_of_its_own_and_times_never_go_back(corpus: Path) -> None:
+    """Found by the black-box round bb16 (2026-12-06): frames without a time stamp, frames
+    sharing one, and segments joined with their own times were never analysed (the video
+    recorded at half its length, done with no face) and a redaction released them unmasked;
+    a Matroska file with one stream over the limit was analysed as its first two frames.
+    FFmpeg plays each of them whole (the files are what they say)."""
+    limits = LimitsSettings()
+    for rel, reason in (
+            ("timestamps/joined_segments.ts", r"time stamps go back by 1\.933 s \(from "
+                                              r"3\.333 s to 1\.400 s\): segments joined"),
+            ("timestamps/untimed_frames.ts", r"frame 2 \(in file order\) carries no time stamp"),
+            ("timestamps/shared_times.mkv", r"frames 1 and 2 share the time stamp 0\.000 s"),
+            ("bombs/mkv_9_streams.mkv", r"more than 8 streams \(the limit\)")):
+        with pytest.raises(InvalidMediaError, match=reason):
+            probe(corpus / rel, limits)
+        with av.open(str(corpus / rel)) as c:
+            frames = sum(1 for _ in c.decode(video=0))
+        assert frames == (60 if "joined" in rel else 30), (rel, frames)
+    # The same pictures with times of their own are footage.
+    with av.open(str(corpus / "timestamps/shared_times.mkv")) as c:
+        assert len({p.pts for p in c.demux(video=0) if p.size}) == 6
 
 
 @pytest.mark.parametrize("matrix", [["-display_hflip"], ["-display_vflip"],
@@ -466,11 +494,13 @@ def test_a_fast_sample_of_the_corpus_is_done_or_refused_cleanly_and_reads_nothin
     assert summary["problems"] == [], json.dumps(summary["problems"], indent=1)
     outcomes = {o["path"]: o for o in summary["outcomes"]}
     for path in ("valid/vp9.webm", "valid/h264.ts", "valid/rotated_90.mp4", "valid/vfr.mp4",
-                 "playlists/concat:a.mp4", "names/two\nlines.mp4", "valid/small_first.mp4"):
+                 "playlists/concat:a.mp4", "names/two\nlines.mp4"):
         assert outcomes[path]["outcome"] == "done", outcomes[path]
     for path in ("playlists/hls_fifo.m3u8", "playlists/ffconcat_fifo.ffconcat",
                  "fs/loopdir/x.mp4", "bombs/huge_dims.mkv", "valid/ffv1.mkv",
-                 "bombs/elst_repeat.mp4", "bombs/streams_20.mp4"):
+                 "bombs/elst_repeat.mp4", "bombs/streams_20.mp4", "decoys/small_first.mp4",
+                 "timestamps/joined_segments.ts", "timestamps/untimed_frames.ts",
+                 "bombs/mkv_9_streams.mkv"):
         assert outcomes[path]["outcome"] == "refused", outcomes[path]
     # The mid-stream bomb passes the probe; the worker refuses it once, permanently.
     mid = outcomes["bombs/res_mid.mp4"]

@@ -11,6 +11,7 @@ interpreter start (about 0.4 s) per probe.
 
 from __future__ import annotations
 
+import heapq
 import json
 import os
 import resource
@@ -203,6 +204,7 @@ def _demux_pts(container: av.container.InputContainer, stream: av.VideoStream, l
     n, first, last, again, end = 0, 0, 0, 0, -1
     shown, first_shown, last_shown = 0, 0, 0
     keys: list[int] = []
+    order = _TimeOrder(label, time_base)
     span = int(limits.max_duration_s / time_base)
     per_tick = float(time_base) * limits.max_fps  # frames allowed per PTS tick
     slack = RATE_SLACK_S * limits.max_fps
@@ -213,6 +215,7 @@ def _demux_pts(container: av.container.InputContainer, stream: av.VideoStream, l
             if packet.is_corrupt:
                 raise InvalidMediaError(label, "corrupt video data (damaged packet)")
             pts = packet.pts
+            order.add(pts)
             if pts is None:
                 continue
             if n == 0:
@@ -246,7 +249,65 @@ def _demux_pts(container: av.container.InputContainer, stream: av.VideoStream, l
                            f"limit of {limits.max_fps} frames a second")
     except av.FFmpegError as exc:
         raise InvalidMediaError(label, f"corrupt or truncated video ({why(exc)})") from None
+    order.finish()
     return _Demuxed(shown, first_shown, last_shown, keys, n, last - first)
+
+
+# Frames a decoder may hold back to show them in order (H.264 and HEVC allow 16).
+REORDER_FRAMES = 16
+
+
+class _TimeOrder:
+    """Every frame is found, timed and masked by its presentation time (PTS), so each must
+    have one, and once reordered as a decoder reorders them (REORDER_FRAMES at most) the
+    times must rise. Refused otherwise, in one line naming the first offending frame:
+    - a frame with no time (MPEG-TS needs one only every 0.7 s): it was never analysed, and
+      a redaction released it unmasked;
+    - two frames with the same time (each run of 150 frames of an MKV shared one): all but
+      one were never analysed, and the first run was released unmasked;
+    - times that go back (segments joined with their own times): the footage after the
+      join was never analysed, the video recorded at half its length, and a redaction
+      released it unmasked (black-box round bb16, 2026-12-06).
+    Holds REORDER_FRAMES times at once, whatever the file's length."""
+
+    def __init__(self, label: str, time_base: Fraction) -> None:
+        self.label, self.time_base = label, time_base
+        self.held: list[int] = []
+        self.shown = -1  # frames released in order so far, less one
+        self.last: int | None = None
+        self.top: int | None = None  # the latest time seen
+
+    def add(self, pts: int | None) -> None:
+        if pts is None:
+            raise InvalidMediaError(
+                self.label, f"frame {self.shown + len(self.held) + 2} (in file order) carries "
+                            "no time stamp (PTS): every frame needs its own; remux it with "
+                            "time stamps (e.g. ffmpeg -fflags +genpts -i IN -c copy OUT.mp4)")
+        self.top = pts if self.top is None else max(self.top, pts)
+        heapq.heappush(self.held, pts)
+        if len(self.held) > REORDER_FRAMES:
+            self._release(heapq.heappop(self.held))
+
+    def finish(self) -> None:
+        while self.held:
+            self._release(heapq.heappop(self.held))
+
+    def _release(self, pts: int) -> None:
+        self.shown += 1
+        last, self.last = self.last, pts
+        if last is None or pts > last:
+            return
+        at = f"{float(pts * self.time_base):.3f} s"
+        if pts == last:
+            raise InvalidMediaError(
+                self.label, f"frames {self.shown} and {self.shown + 1} share the time stamp "
+                            f"{at}: every frame needs a time of its own")
+        top = self.top if self.top is not None else last
+        raise InvalidMediaError(
+            self.label, f"its time stamps go back by {float((top - pts) * self.time_base):.3f}"
+                        f" s (from {float(top * self.time_base):.3f} s to {at}): segments "
+                        "joined with their own times; ingest each segment alone, or remux "
+                        "them into one timeline")
 
 
 def _decode_ends(media: OpenVideo, size: tuple[int, int], keys: list[int]

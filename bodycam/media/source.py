@@ -102,7 +102,11 @@ def open_options(limits: LimitsSettings) -> dict[str, str]:
         "format_whitelist": ",".join(limits.containers),
         "codec_whitelist": _decoder_names(tuple(limits.codecs)),
         "max_pixels": str(limits.max_pixels),  # for the decoders stream-info probing opens
-        "max_streams": str(limits.max_streams),  # each gets a decoder while it is probed
+        # Each gets a decoder while it is probed. One over the limit, so that a file with
+        # more is seen to have more: Matroska stops making streams at the bound without an
+        # error, and then stopped returning the video's packets too (an 8-s video with eight
+        # audio tracks was analysed as its first two frames).
+        "max_streams": str(limits.max_streams + 1),
         "threads": "1",  # stream-info probing decodes on the calling thread
     }
 
@@ -241,8 +245,13 @@ def _out_of_memory(url: str, limits: LimitsSettings) -> str:
     logs = _logged(lambda: av.open(url, options=open_options(limits),
                                    metadata_errors="ignore").close())
     if any("max_streams" in message for message in logs):
-        return f"more than {limits.max_streams} streams (the limit): not a camera's recording"
+        return too_many_streams(limits)
     return "opening it takes more memory than it is allowed"
+
+
+def too_many_streams(limits: LimitsSettings) -> str:
+    """Why a file with more streams than the limit is refused."""
+    return f"more than {limits.max_streams} streams (the limit): not a camera's recording"
 
 
 def _video_stream(container: av.container.InputContainer, limits: LimitsSettings,
@@ -250,14 +259,24 @@ def _video_stream(container: av.container.InputContainer, limits: LimitsSettings
     fmt = container.format.name
     if not _format_ok(fmt, limits):  # libavformat enforces this; a second look is cheap
         raise InvalidMediaError(label, f"container '{fmt}' is not accepted")
+    if len(container.streams) > limits.max_streams:
+        raise InvalidMediaError(label, too_many_streams(limits))
     # Cover art and thumbnails are video streams of one picture: never the footage.
     videos = [s for s in container.streams.video if not s.disposition & Disposition.attached_pic]
     if not videos:
         raise InvalidMediaError(label, f"no video stream in this {fmt.split(',')[0]} file")
-    # The footage is the largest picture (the first of equals): a small stream placed first
-    # hid a file's face video.
-    stream = max(videos, key=lambda s: (s.codec_context.width * s.codec_context.height
-                                        if s.codec_context is not None else 0, -s.index))
+    # One footage stream: which of two a player shows is not the file's to decide for
+    # Bodycam (the largest picture was taken, and a one-frame still beside the footage, or
+    # a first stream of equal size while the default flag marked the other, was analysed
+    # instead: done, no face). The clerk splits them and each is analysed.
+    if len(videos) > 1:
+        sizes = ", ".join([f"{v.codec_context.width}x{v.codec_context.height}"
+                           if v.codec_context is not None else "?" for v in videos[:4]]
+                          + ["..."] * (len(videos) > 4))
+        raise InvalidMediaError(
+            label, f"{len(videos)} video streams ({sizes}): one is analysed, so split them "
+                   "and ingest each (ffmpeg -i IN -map 0:v:N -c copy OUT_N.mp4)")
+    stream = videos[0]
     ctx = stream.codec_context
     # The codec's canonical name (`av1`), not its decoder's (`libdav1d`).
     name = ctx.codec.canonical_name if ctx is not None else "unknown"
