@@ -25,14 +25,29 @@ class MediaInfo:
     time_base: Fraction
     start_pts: int
     mirrored: bool = False  # shown mirrored left to right, after rotation_deg (display matrix)
+    # A stored pixel's width over its height (the sample aspect ratio): anamorphic footage
+    # (DV, HDV, DVD) stores a wide picture in narrow pixels. 1 for square pixels, and for
+    # videos probed before 2026-12-06 (analysed as stored).
+    pixel_aspect: Fraction = Fraction(1)
+
+    @property
+    def square_size(self) -> tuple[int, int]:
+        """(width, height) of the stored frame in square pixels, before any turn: a side is
+        stretched by the pixel aspect ratio as a player stretches it (never shrunk)."""
+        w, h = self.width_px, self.height_px
+        if self.pixel_aspect > 1:
+            w = round(w * self.pixel_aspect)
+        elif self.pixel_aspect < 1:
+            h = round(h / self.pixel_aspect)
+        return w, h
 
     @property
     def shown_size(self) -> tuple[int, int]:
-        """(width, height) of a frame as a player shows it: a quarter turn swaps the sides
-        (the analysis and redaction work on frames so turned)."""
-        if self.rotation_deg % 180 == 90:
-            return self.height_px, self.width_px
-        return self.width_px, self.height_px
+        """(width, height) of a frame as a player shows it: in square pixels, and a quarter
+        turn swaps the sides (the analysis and redaction work on frames so shown, and boxes
+        are in these pixels)."""
+        w, h = self.square_size
+        return (h, w) if self.rotation_deg % 180 == 90 else (w, h)
 
     @classmethod
     def from_json(cls, m: dict[str, Any]) -> MediaInfo:
@@ -42,7 +57,8 @@ class MediaInfo:
             height_px=m["height_px"], duration_s=m["duration_s"],
             frame_rate=Fraction(m["frame_rate"]), n_frames=m["n_frames"],
             rotation_deg=m["rotation_deg"], time_base=Fraction(m["time_base"]),
-            start_pts=m["start_pts"], mirrored=bool(m.get("mirrored", False)))
+            start_pts=m["start_pts"], mirrored=bool(m.get("mirrored", False)),
+            pixel_aspect=Fraction(m.get("pixel_aspect", "1")))
 
     def as_json(self) -> dict[str, object]:
         """Plain JSON for the database."""
@@ -58,6 +74,7 @@ class MediaInfo:
             "time_base": str(self.time_base),
             "start_pts": self.start_pts,
             "mirrored": self.mirrored,
+            "pixel_aspect": str(self.pixel_aspect),
         }
 
 

@@ -425,8 +425,13 @@ def render(src: Path, info: MediaInfo, plan: Plan, choices: Choices, out: Path,
         stream = media.stream
         frame_threads(stream)
         expected = (info.width_px, info.height_px)
+        # Frames are masked as they were analysed: in square pixels (info.square_size)
+        # where the probe recorded a pixel aspect ratio, and released so. A video probed
+        # before it recorded one was analysed as stored: its pixels are released as they
+        # are, with their aspect ratio.
+        square = info.square_size if info.pixel_aspect != 1 else None
         sar = stream.codec_context.sample_aspect_ratio or Fraction(1)
-        if not Fraction(1, 10) <= sar <= 10:  # no camera's: shown square, as before
+        if square is not None or not Fraction(1, 10) <= sar <= 10:  # no camera's: square
             sar = Fraction(1)
         if info.rotation_deg % 180 == 90:
             sar = 1 / sar
@@ -443,7 +448,10 @@ def render(src: Path, info: MediaInfo, plan: Plan, choices: Choices, out: Path,
                 pts = frame.pts if frame.pts is not None else info.start_pts
                 t_s = float((pts - info.start_pts) * tb)
                 idx = round(t_s * float(fps))
-                img: np.ndarray = frame.to_ndarray(format="rgb24")
+                img: np.ndarray = (
+                    frame.to_ndarray(format="rgb24") if square is None else
+                    frame.to_ndarray(format="rgb24", width=square[0], height=square[1],
+                                     interpolation="BICUBIC"))
                 # One orientation for the whole video, as the analysis (pipeline.frames).
                 img = upright(img, info.rotation_deg // 90, info.mirrored)
                 if frames is None:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from collections import Counter, defaultdict
 from dataclasses import replace
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -772,6 +773,41 @@ def test_synthetic_clip_faces_of_40px_are_covered_and_tracks_are_pure(
     assert covered / len(big) >= 0.95, f"{covered}/{len(big)} appearances covered"
     assert fps > 0
     assert hashlib.sha256(clip.read_bytes()).hexdigest()
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg on PATH")
+def test_non_square_pixels_are_analysed_as_a_player_shows_them(tmp_path: Path) -> None:
+    """Anamorphic footage (4:3 pixels, as HDV): the faces were detected squeezed to three
+    quarters of their width, and a photo search missed the person (black-box round bb16).
+    Analysed in square pixels, the face is where and what it is in the square original."""
+    ffmpeg = str(shutil.which("ffmpeg"))
+    square, narrow = tmp_path / "square.mp4", tmp_path / "narrow.mp4"
+    for out, vf in ((square, "null"), (narrow, "scale=480:360,setsar=4/3")):
+        subprocess.run([ffmpeg, "-v", "error", "-y", "-ss", "3", "-i", str(HAMILTON), "-t", "1",
+                        "-vf", vf, "-c:v", "libx264", "-crf", "18", str(out)], check=True)
+    cfg = PipelineSettings(embedder="dlib-resnet")
+    detector, embedder = Registry.detector(cfg), Registry.embedder(cfg)
+    seen: dict[str, dict[int, tuple[FaceDetection, np.ndarray]]] = {}
+    for path in (square, narrow):
+        info = probe(path, LimitsSettings())
+        assert info.pixel_aspect == (1 if path == square else Fraction(4, 3))
+        assert info.shown_size == (640, 360) and info.width_px == (640 if path == square else 480)
+        frames = list(ChunkDecoder(path, info, 0.0, info.duration_s, cfg))
+        assert frames and frames[0].image.shape[:2] == (360, 640), path.name
+        seen[path.name] = {}
+        for frame, faces in zip(frames, detector.detect(frames), strict=True):
+            if faces:
+                face = max(faces, key=lambda d: d.box_px[3] - d.box_px[1])
+                seen[path.name][frame.frame_index] = (
+                    face, embedder.embed(frame.image, [face], frame.scale)[0])
+    both = sorted(set(seen["square.mp4"]) & set(seen["narrow.mp4"]))
+    assert len(both) >= 3, both
+    idx = max(both, key=lambda i: seen["square.mp4"][i][0].box_px[3])
+    (sq_face, sq_vec), (nr_face, nr_vec) = seen["square.mp4"][idx], seen["narrow.mp4"][idx]
+    sq_w, nr_w = (f.box_px[2] - f.box_px[0] for f in (sq_face, nr_face))
+    assert abs(nr_w / sq_w - 1) < 0.15, (sq_face.box_px, nr_face.box_px)
+    assert abs(nr_face.box_px[0] - sq_face.box_px[0]) < 0.15 * sq_w, (sq_face, nr_face)
+    assert float(np.dot(sq_vec, nr_vec)) > 0.95
 
 
 @pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg on PATH")

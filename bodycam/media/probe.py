@@ -177,11 +177,20 @@ def _probe(path: Path, limits: LimitsSettings, label: str) -> MediaInfo:
                 label, f"{decoded} frames in {decoded_s:.2f} s, over the limit of "
                        f"{limits.max_fps} frames a second")
         turns, mirrored = _decode_ends(media, (width, height), keys)
+        # Known once a frame is decoded for some codecs; the container's (an MP4 `pasp`
+        # box) otherwise. One no camera gives is taken as square, as the release does.
+        sar = stream.codec_context.sample_aspect_ratio or stream.sample_aspect_ratio
+        aspect = Fraction(sar) if sar and PIXEL_ASPECT[0] <= sar <= PIXEL_ASPECT[1] \
+            else Fraction(1)
     return MediaInfo(
         container=fmt, codec=codec, width_px=width, height_px=height, duration_s=duration_s,
         frame_rate=Fraction(rate), n_frames=n, rotation_deg=turns * 90,
         time_base=Fraction(time_base), start_pts=start_pts, mirrored=mirrored,
+        pixel_aspect=aspect,
     )
+
+
+PIXEL_ASPECT = (Fraction(1, 10), Fraction(10))  # pixel aspect ratios taken as they are
 
 
 class _Demuxed(NamedTuple):

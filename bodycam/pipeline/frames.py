@@ -108,9 +108,14 @@ class ChunkDecoder:
         # A decoded frame's bytes, counted as 8-bit 4:4:4 so deeper or fuller formats fit too.
         hold_max = max(cfg.min_scene_samples + 1,
                        HOLD_BYTES // (info.width_px * info.height_px * 3))
-        scale = min(1.0, cfg.max_frame_side_px / max(info.width_px, info.height_px))
-        det_w = max(2, round(info.width_px * scale / 2) * 2)
-        det_h = max(2, round(info.height_px * scale / 2) * 2)
+        # Frames are analysed in square pixels (as a player shows anamorphic footage: faces
+        # squeezed to three quarters of their width were tracked, but no photo matched them)
+        # and at most max_frame_side_px on their longer side.
+        square_w, square_h = info.square_size
+        scale = min(1.0, cfg.max_frame_side_px / max(square_w, square_h))
+        det_w = max(2, round(square_w * scale / 2) * 2)
+        det_h = max(2, round(square_h * scale / 2) * 2)
+        resize = scale < 1.0 or (square_w, square_h) != (info.width_px, info.height_px)
 
         window: list[_Pending] = []  # decoded, not yet settled against late cut reports
         held: list[_Pending] = []  # settled frames of a young scene
@@ -126,9 +131,9 @@ class ChunkDecoder:
             frame = p.frame.reformat(format="yuv420p") if p.frame.format.name == "nv12" \
                 else p.frame
             # Unscaled, swscale's plain conversion (the same pixels at a third of the cost).
-            img: np.ndarray = (frame.to_ndarray(format="rgb24") if scale == 1.0 else
-                               frame.to_ndarray(format="rgb24", width=det_w, height=det_h,
-                                                interpolation="BILINEAR"))
+            img: np.ndarray = (frame.to_ndarray(format="rgb24", width=det_w, height=det_h,
+                                                interpolation="BILINEAR") if resize else
+                               frame.to_ndarray(format="rgb24"))
             # One orientation for the whole video (the first frame's, probed at ingest): a
             # frame that turned mid-way would change the picture's size under the tracks.
             img = upright(img, info.rotation_deg // 90, info.mirrored)
