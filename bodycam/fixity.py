@@ -123,8 +123,11 @@ def run(ctx: Context, actor: str) -> FixityReport:
         for key, sha, size in baseline:
             conn.execute("INSERT INTO object_hashes (key, sha256, size_bytes)"
                          " VALUES (%s, %s, %s) ON CONFLICT (key) DO NOTHING", (key, sha, size))
-        for m in mismatches:
-            audit.append(conn, ctx.audit_key, actor, "fixity.mismatch", m.as_json())
+        for m in mismatches:  # under the video's case, for the auditor's case filter
+            case = conn.execute("SELECT case_id FROM videos WHERE id = %s",
+                                (m.video_id,)).fetchone()
+            audit.append(conn, ctx.audit_key, actor, "fixity.mismatch",
+                         {**m.as_json(), "case": case["case_id"] if case else None})
         audit.append(conn, ctx.audit_key, actor, "fixity.ok" if report.ok else "fixity.failed",
                      report.summary())
     for m in mismatches:

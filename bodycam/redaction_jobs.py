@@ -224,10 +224,12 @@ def run(ctx: Context, job_id: str, owner: str | None = None) -> str:
             complete(conn, lease, result)
     except LeaseLostError:
         log.warning("redaction job %s: lease lost; result discarded", job_id)
+        _discard(ctx, lease)
         return "skipped"
     except Exception as exc:
         kind = failure_kind(exc)
         error = str(exc) if kind is jobs.Failure.PERMANENT else f"{type(exc).__name__}: {exc}"
+        _discard(ctx, lease)
         with ctx.db() as conn:
             state = fail(conn, lease, error, kind, ctx.settings.jobs)
         log.warning("redaction job %s attempt %d failed (%s, %s): %s", job_id, lease.attempt,
@@ -239,6 +241,19 @@ def run(ctx: Context, job_id: str, owner: str | None = None) -> str:
         beat.stop()
     log.info("redaction job %s (%s of video %s): computed", job_id, lease.kind, lease.video_id)
     return "computed"
+
+
+def _discard(ctx: Context, lease: JobLease) -> None:
+    """Delete what this claim of a render stored (nothing is recorded of it): a failed or
+    lost attempt leaves no file behind. A store that cannot be reached keeps them."""
+    if lease.kind != RENDER:
+        return
+    keys = derivative_keys(lease.video_id, str(lease.request["derivative_id"]), lease.token)
+    for key in keys.values():
+        try:
+            ctx.store.delete(key)
+        except Exception:  # noqa: BLE001 - the attempt's failure is what is reported
+            log.warning("redaction job %s: could not delete %s", lease.job_id, key)
 
 
 def _plan(ctx: Context, lease: JobLease, progress: Any) -> dict[str, Any]:
@@ -277,7 +292,7 @@ def _render(ctx: Context, lease: JobLease, progress: Any) -> dict[str, Any]:
     plan = Plan.from_json(row["plan"], int(req["plan_version"]))
     choices = Choices.from_json(req["choices"])
     derivative_id = str(req["derivative_id"])
-    keys = derivative_keys(lease.video_id, derivative_id)
+    keys = derivative_keys(lease.video_id, derivative_id, lease.token)
     red = ctx.settings.redaction
     src = local_copy(ctx, video)
     with tempfile.TemporaryDirectory(prefix="redact-") as tmp:
@@ -298,12 +313,15 @@ def _render(ctx: Context, lease: JobLease, progress: Any) -> dict[str, Any]:
                         "application/json")
     ctx.store.put_bytes(keys["pdf"], pdf_report(report_lines(report), sheet), "application/pdf")
     ctx.store.put_bytes(keys["sheet"], sheet, "image/jpeg")
-    return {"derivative_id": derivative_id, "sha256": sha256, "size_bytes": size,
-            "original_sha256": video.sha256, "report": report}
+    return {"derivative_id": derivative_id, "claim": str(lease.token), "sha256": sha256,
+            "size_bytes": size, "original_sha256": video.sha256, "report": report}
 
 
-def derivative_keys(video_id: str, derivative_id: str) -> dict[str, str]:
-    """Where a derivative's parts are stored."""
-    prefix = f"{REDACTIONS}{video_id}/{derivative_id}"
+def derivative_keys(video_id: str, derivative_id: str, claim: uuid.UUID | str
+                    ) -> dict[str, str]:
+    """Where a claim of a render job stores the derivative's parts: keys of its own, so a
+    worker that lost its lease and goes on cannot overwrite what another claim stored and
+    the server recorded (one did: the recorded PDF no longer matched its hash, bb17)."""
+    prefix = f"{REDACTIONS}{video_id}/{derivative_id}/{claim}"
     return {"video": f"{prefix}.mp4", "report": f"{prefix}/report.json",
             "pdf": f"{prefix}/report.pdf", "sheet": f"{prefix}/contact-sheet.jpg"}

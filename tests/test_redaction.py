@@ -12,6 +12,7 @@ import signal
 import subprocess
 import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import replace
 from fractions import Fraction
@@ -445,7 +446,10 @@ def test_the_derivative_hash_and_lineage_verify_and_tampering_is_found(
         assert row["details"]["reviewer"] == users["a"]["BODYCAM_USER"]
         assert stack.cli.run("audit", "verify").returncode == 0
         # Breaking it: other bytes under the derivative's key no longer verify.
-        key = f"redactions/{video}/{did}.mp4"
+        with stack.ctx.db() as conn:
+            key = conn.execute("SELECT object_key FROM redactions WHERE id = %s",
+                               (did,)).fetchone()["object_key"]
+        assert key.startswith(f"redactions/{video}/{did}/") and key.endswith(".mp4")
         original = stack.ctx.store.get_bytes(key)
         stack.ctx.store.put_bytes(key, original[:-10] + b"0123456789", "video/mp4")
         try:
@@ -459,6 +463,11 @@ def test_the_derivative_hash_and_lineage_verify_and_tampering_is_found(
             proc = stack.cli.run("fixity", "--json")
             fix = json.loads(proc.stdout)
             assert proc.returncode != 0 and key in {m["key"] for m in fix["mismatched"]}
+            with stack.ctx.db() as conn:  # for the auditor's case filter (it missed them)
+                cases = {r["c"] for r in conn.execute(
+                    "SELECT details->>'case' AS c FROM audit_log WHERE action ="
+                    " 'fixity.mismatch' AND details->>'key' = %s", (key,)).fetchall()}
+            assert cases == {CASE_A}, cases
         finally:
             stack.ctx.store.put_bytes(key, original, "video/mp4")
         assert http.post(f"/api/v1/redactions/{did}/verify").json()["ok"]
@@ -530,31 +539,81 @@ def test_a_redaction_whose_case_is_taken_away_before_it_is_recorded_is_refused_a
     """The account is read again where the server records the derivative a worker rendered:
     one taken off the case after asking gets the refusal, and neither a record nor the
     rendered files stay (they were stored under the old right)."""
-    name = "red-inv-late"
-    token = stack.cli.run("users", "add", name, "--role", "investigator",
-                          check=True).stdout.strip()
-    stack.cli.run("users", "assign", name, "--case", CASE_A, check=True)
+    key = stack.ctx.audit_key
     before = {o.key for o in stack.ctx.store.list(f"{REDACTIONS}{video}/")}
-    asked = httpx.post(f"{api_url}/api/v1/videos/{video}/redactions", json={}, timeout=60,
-                       headers={"Authorization": f"Bearer {token}"})
-    assert asked.status_code == 202, asked.text
-    assert asked.json()["state"] == "queued" and asked.json()["derivative_id"] is None
-    with stack.ctx.db() as conn:
-        accounts.unassign_case(conn, stack.ctx.audit_key, name, CASE_A, "red-admin")
-    job = _follow(api_url, operator_token, asked.json()["job_id"])
-    assert (job["state"], job["error"]) == ("refused",
-                                            f"refused: {name} is not assigned to case {CASE_A}")
-    with stack.ctx.db() as conn:
-        assert conn.execute("SELECT count(*) AS n FROM redactions WHERE reviewer = %s",
-                            (name,)).fetchone()["n"] == 0
-        acts = [r["action"] for r in conn.execute(
-            "SELECT action FROM audit_log WHERE actor = %s ORDER BY id", (name,)).fetchall()]
-    assert acts == ["redaction.request", "refused"]
-    assert {o.key for o in stack.ctx.store.list(f"{REDACTIONS}{video}/")} == before
-    # Its own look at the job is refused too, and audited.
-    r = httpx.get(f"{api_url}/api/v1/redaction-jobs/{job['job_id']}", timeout=60,
-                  headers={"Authorization": f"Bearer {token}"})
-    assert r.status_code == 403
+    for name, take, why in (
+            ("red-inv-late", lambda c, n: accounts.unassign_case(c, key, n, CASE_A, "red-admin"),
+             f"refused: red-inv-late is not assigned to case {CASE_A}"),
+            ("red-inv-gone", lambda c, n: accounts.disable_user(c, key, n, "red-admin"),
+             "account red-inv-gone is disabled")):
+        token = stack.cli.run("users", "add", name, "--role", "investigator",
+                              check=True).stdout.strip()
+        stack.cli.run("users", "assign", name, "--case", CASE_A, check=True)
+        asked = httpx.post(f"{api_url}/api/v1/videos/{video}/redactions", json={}, timeout=60,
+                           headers={"Authorization": f"Bearer {token}"})
+        assert asked.status_code == 202, asked.text
+        assert asked.json()["state"] == "queued" and asked.json()["derivative_id"] is None
+        with stack.ctx.db() as conn:
+            take(conn, name)
+        job = _follow(api_url, operator_token, asked.json()["job_id"])
+        assert (job["state"], job["error"]) == ("refused", why)
+        with stack.ctx.db() as conn:
+            assert conn.execute("SELECT count(*) AS n FROM redactions WHERE reviewer = %s",
+                                (name,)).fetchone()["n"] == 0
+            rows = conn.execute("SELECT action, details FROM audit_log WHERE actor = %s"
+                                " ORDER BY id", (name,)).fetchall()
+        # Audited by job, whether the account lost its case or was disabled (the disabling
+        # left no row of the refusal until bb17 found it).
+        refusal = rows[-1]["details"]
+        assert rows[0]["action"] == "redaction.request" and rows[-1]["action"] == \
+            "redaction.refused", [r["action"] for r in rows]
+        assert (refusal["job_id"], refusal["reason"], refusal["files_deleted"]) == (
+            job["job_id"], why, 4)
+        assert {o.key for o in stack.ctx.store.list(f"{REDACTIONS}{video}/")} == before
+        # Its own look at the job is refused too.
+        r = httpx.get(f"{api_url}/api/v1/redaction-jobs/{job['job_id']}", timeout=60,
+                      headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code in (401, 403)
+
+
+def test_a_render_a_stalled_worker_finishes_late_touches_nothing_another_recorded(
+        stack: StackHandle, video: str, api_url: str, operator_token: str,
+        hide_all: tuple[Path, dict[str, Any]]) -> None:
+    """A worker paused past its lease woke after another claim's derivative was recorded and
+    stored its files over it: the recorded PDF no longer matched its hash (bb17). Each claim
+    stores under keys of its own, and only the claim that completed is recorded."""
+    from bodycam import redaction_jobs
+    from bodycam.actions.redaction import load_plan, record_job
+    from bodycam.errors import LeaseLostError
+
+    ctx = stack.ctx
+    with ctx.db() as conn:
+        plan = load_plan(conn, video)
+        assert plan is not None
+        # Made here, not sent: this test plays both workers.
+        job_id = redaction_jobs.create(conn, video, CASE_A, redaction_jobs.RENDER, "operator", {
+            "plan_version": plan.version, "derivative_id": str(uuid.uuid4()),
+            "choices": Choices(style="box").as_json(), "settings": {"style": "box"},
+            "auto": Decision("r", "b", "operator").as_json()})
+        stalled = redaction_jobs.claim(conn, job_id, "stalled:1", 15)
+        # Its lease runs out and the reaper gives the job back, as it does.
+        conn.execute("UPDATE redaction_jobs SET state = 'queued', lease_token = NULL,"
+                     " lease_until = NULL WHERE id = %s", (job_id,))
+        second = redaction_jobs.claim(conn, job_id, "second:2", 15)
+    assert stalled is not None and second is not None
+    made = redaction_jobs._render(ctx, second, lambda _f: None)
+    with ctx.db() as conn:
+        redaction_jobs.complete(conn, second, made)
+    record_job(ctx, job_id)  # or the server's backstop, whichever comes first
+    with ctx.db() as conn:
+        assert conn.execute("SELECT state FROM redaction_jobs WHERE id = %s",
+                            (job_id,)).fetchone()["state"] == "done"
+    late = redaction_jobs._render(ctx, stalled, lambda _f: None)  # it wakes, and stores
+    with ctx.db() as conn, pytest.raises(LeaseLostError):
+        redaction_jobs.complete(conn, stalled, late)
+    checked = httpx.post(f"{api_url}/api/v1/redactions/{made['derivative_id']}/verify",
+                         timeout=120, headers={"Authorization": f"Bearer {operator_token}"})
+    assert checked.status_code == 200 and checked.json()["ok"], checked.text
 
 
 @pytest.mark.slow

@@ -303,7 +303,8 @@ def record_job(ctx: Context, job_id: str) -> str | None:
         result = dict(found["result"] or {})
         if found["kind"] == redaction_jobs.RENDER:
             files = list(redaction_jobs.derivative_keys(
-                video_id, str(found["request"]["derivative_id"])).values())
+                video_id, str(found["request"]["derivative_id"]),
+                str(found["lease_token"])).values())
         try:
             # The account as it stands now (the job took a while); its session may have
             # ended since it asked: a release asked for is not undone by a logout.
@@ -322,9 +323,18 @@ def record_job(ctx: Context, job_id: str) -> str | None:
                 conn.rollback()
                 state, why = "failed", str(exc)
     with ctx.db() as conn:
-        conn.execute("UPDATE redaction_jobs SET state = %s, error = %s,"
-                     " updated_at = now() WHERE id = %s AND state = 'computed'",
-                     (state, why[:2000], job_id))
+        ended = conn.execute("UPDATE redaction_jobs SET state = %s, error = %s,"
+                             " updated_at = now() WHERE id = %s AND state = 'computed'"
+                             " RETURNING id", (state, why[:2000], job_id)).fetchone()
+        if ended is not None:
+            # What was not recorded, and why, by job (a disabled account's refusal has no
+            # other row; a role's or a case's names neither the job nor its files).
+            audit.append(conn, ctx.audit_key, str(found["requested_by"]), f"redaction.{state}",
+                         {"job_id": job_id, "kind": found["kind"], "video_id": video_id,
+                          "case": case, "reason": why[:500],
+                          "derivative_id": (str(found["request"].get("derivative_id"))
+                                            if files else None),
+                          "files_deleted": len(files)})
     for key in files:
         ctx.store.delete(key)
     log.warning("redaction job %s: not recorded (%s): %s; its files deleted", job_id, why,
@@ -363,8 +373,9 @@ def _record_render(ctx: Context, conn: Conn, job_row: dict[str, Any],
                    result: dict[str, Any]) -> None:
     req = dict(job_row["request"])
     video_id, derivative_id = str(job_row["video_id"]), str(req["derivative_id"])
-    keys = redaction_jobs.derivative_keys(video_id, derivative_id)
-    if result.get("derivative_id") != derivative_id:
+    claim = str(job_row["lease_token"])
+    keys = redaction_jobs.derivative_keys(video_id, derivative_id, claim)
+    if result.get("derivative_id") != derivative_id or result.get("claim") != claim:
         raise PermanentError(f"redaction job {job_row['id']}: its result is of another render")
     # The report, PDF and sheet are hashed here as the server reads them; the video's
     # SHA-256 is the worker's, which `verify` and the fixity check re-hash.

@@ -50,13 +50,20 @@ def _span(text: str) -> list[float]:
 def wait_for_job(c: Any, job: dict[str, Any]) -> dict[str, Any]:
     """Follow a redaction job (a worker computes it, the server records it) until it ends;
     the done job, or InvalidInputError naming why it failed or was refused."""
-    from bodycam.errors import InvalidInputError
+    from bodycam.errors import InvalidInputError, TransientError
 
     delay = 0.25
+    misses = 0
     while job["state"] in ("queued", "running", "computed"):
         time.sleep(delay)
         delay = min(delay * 1.5, 5.0)
-        job = c.get(f"/api/v1/redaction-jobs/{quote(str(job['job_id']), safe='')}")
+        try:
+            job = c.get(f"/api/v1/redaction-jobs/{quote(str(job['job_id']), safe='')}")
+            misses = 0
+        except TransientError:  # the job goes on on a worker: a server restart is waited out
+            misses += 1
+            if misses > 40:
+                raise
     if job["state"] != "done":
         raise InvalidInputError(f"redaction job {job['job_id']} ({job['kind']}) "
                                 f"{job['state']}: {job['error']}")

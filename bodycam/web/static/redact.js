@@ -50,12 +50,20 @@ function row(t, i) {
 // Follow a redaction job (a worker computes it, the server records it) until it ends.
 async function follow(job, say) {
   let delay = 250;
+  let misses = 0;
   while (["queued", "running", "computed"].includes(job.state)) {
     say(`${job.kind === "plan" ? "Computing the plan" : "Rendering"}: ${job.state}, ` +
-        `${Math.round(job.progress * 100)} %…`);
+        `${Math.round(job.progress * 100)} %${misses ? " (the server did not answer: trying again)" : ""}…`);
     await new Promise((ok) => setTimeout(ok, delay));
     delay = Math.min(delay * 1.5, 3000);
-    job = await api("GET", `/redaction-jobs/${encodeURIComponent(job.job_id)}`);
+    try {
+      job = await api("GET", `/redaction-jobs/${encodeURIComponent(job.job_id)}`);
+      misses = 0;
+    } catch (e) {
+      // The job goes on on a worker: a server restarting or a network drop is waited out;
+      // a refusal (4xx) is not.
+      if ((e instanceof ApiError && e.status < 500) || ++misses > 40) throw e;
+    }
   }
   if (job.state !== "done") throw new ApiError(409, `The ${job.kind} job ${job.state}: ${job.error}`);
   return job;
