@@ -112,24 +112,25 @@ def load_plan(conn: Conn, video_id: str) -> Plan | None:
 def _plan_or_job(ctx: Context, user: User, video_id: str, case: str) -> Plan | str:
     """The video's recorded plan, or the id of the job computing it (queued now if none
     is open; one at a time per video). A job a worker finished is recorded first."""
-    with ctx.db() as conn:
-        found = load_plan(conn, video_id)
-        if found is not None:
-            return found
-        open_job = redaction_jobs.open_plan_job(conn, video_id)
-    if open_job is not None:
+    found, open_job = _plan_state(ctx, video_id)
+    if found is None and open_job is not None:
         record_job(ctx, open_job)
-        with ctx.db() as conn:
-            found = load_plan(conn, video_id)
-            if found is not None:
-                return found
-            open_job = redaction_jobs.open_plan_job(conn, video_id)
+        found, open_job = _plan_state(ctx, video_id)
+    if found is not None:
+        return found
     if open_job is not None:
         return open_job
     with ctx.db() as conn:
         job_id = redaction_jobs.create(conn, video_id, case, redaction_jobs.PLAN, user.name)
     _send(ctx, job_id)
     return job_id
+
+
+def _plan_state(ctx: Context, video_id: str) -> tuple[Plan | None, str | None]:
+    """The video's recorded plan, or else its open plan job's id (or neither)."""
+    with ctx.db() as conn:
+        found = load_plan(conn, video_id)
+        return found, None if found is not None else redaction_jobs.open_plan_job(conn, video_id)
 
 
 def _send(ctx: Context, job_id: str) -> None:
@@ -377,6 +378,9 @@ def _record_render(ctx: Context, conn: Conn, job_row: dict[str, Any],
     keys = redaction_jobs.derivative_keys(video_id, derivative_id, claim)
     if result.get("derivative_id") != derivative_id or result.get("claim") != claim:
         raise PermanentError(f"redaction job {job_row['id']}: its result is of another render")
+    if missing := [name for name, key in keys.items() if not ctx.store.exists(key)]:
+        raise PermanentError(f"redaction job {job_row['id']}: its {', '.join(missing)} "
+                             "are not in the object store")
     # The report, PDF and sheet are hashed here as the server reads them; the video's
     # SHA-256 is the worker's, which `verify` and the fixity check re-hash.
     parts = {name: ctx.store.get_bytes(keys[name]) for name in ("report", "pdf", "sheet")}
