@@ -16,6 +16,7 @@ at 1080p was still found by CenterFace at 80 px and more.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import io
 import itertools
@@ -371,6 +372,23 @@ def mask(img: np.ndarray, box: tuple[int, int, int, int], style: Style, blocks: 
 
 
 @dataclass
+class Shown:
+    """The frames a render wrote, in order: each one's frame on the plan's grid (its time
+    times the plan's frame rate) and its time. With a variable frame rate the two numberings
+    differ, and a reviewer stepping to a frame the report named by the grid landed on
+    another (bb15): the report names the release's frames."""
+
+    grid: list[int] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)
+
+    def span(self, first: int, last: int) -> tuple[int, int] | None:
+        """The release's frames whose grid frame lies in [first, last], or None."""
+        lo = bisect.bisect_left(self.grid, first)
+        hi = bisect.bisect_right(self.grid, last) - 1
+        return (lo, hi) if lo <= hi else None
+
+
+@dataclass
 class RenderResult:
     """What a render wrote: frame count and the contact sheet's frames (masked, small)."""
 
@@ -379,6 +397,7 @@ class RenderResult:
     height_px: int
     sheet: list[tuple[int, Image.Image]] = field(default_factory=list)
     masked_boxes: int = 0
+    shown: Shown = field(default_factory=Shown)
 
 
 def _ffmpeg() -> str:
@@ -469,7 +488,9 @@ def render(src: Path, info: MediaInfo, plan: Plan, choices: Choices, out: Path,
                     result.masked_boxes += 1
                 if idx in wanted and idx not in {f for f, _ in result.sheet}:
                     result.sheet.append((idx, _sheet_tile(img, regions.get(idx, []), plan,
-                                                          choices, idx)))
+                                                          choices, idx, result.n_frames, t_s)))
+                result.shown.grid.append(idx)
+                result.shown.times.append(t_s)
                 last = max(last + 1, pts - info.start_pts)  # times only go forward
                 frames.send(img, last)
                 result.n_frames += 1
@@ -572,7 +593,7 @@ def _encoder(src: Path, out: Path, sar: Fraction, audio_from_s: float, choices: 
 
 
 def _sheet_tile(img: np.ndarray, regions: list[Region], plan: Plan, choices: Choices,
-                idx: int) -> Image.Image:
+                idx: int, number: int, t_s: float) -> Image.Image:
     """A small copy of a masked frame with its regions outlined: red hidden, blue manual,
     green kept."""
     tile = Image.fromarray(img)
@@ -593,26 +614,31 @@ def _sheet_tile(img: np.ndarray, regions: list[Region], plan: Plan, choices: Cho
     tile.thumbnail((360, 360))
     draw = ImageDraw.Draw(tile)
     draw.rectangle((0, 0, 150, 14), fill=(0, 0, 0))
-    draw.text((3, 2), f"frame {idx}  {plan.time_s(idx):.2f} s", fill=(255, 255, 255))
+    draw.text((3, 2), f"frame {number}  {t_s:.2f} s", fill=(255, 255, 255))
     return tile
 
 
 # -- the report -----------------------------------------------------------------------------
 
-def _span(plan: Plan, frames: Sequence[int]) -> dict[str, Any]:
+def _span(plan: Plan, frames: Sequence[int], shown: Shown | None) -> dict[str, Any]:
     a, b = min(frames), max(frames)
+    if shown is not None and (found := shown.span(a, b)) is not None:
+        lo, hi = found
+        return {"frames": [lo, hi],
+                "time_s": [round(shown.times[lo], 3), round(shown.times[hi], 3)]}
     return {"frames": [a, b], "time_s": [plan.time_s(a), plan.time_s(b)]}
 
 
-def build_report(plan: Plan, choices: Choices, auto: Decision, head: dict[str, Any]
-                 ) -> dict[str, Any]:
+def build_report(plan: Plan, choices: Choices, auto: Decision, head: dict[str, Any],
+                 shown: Shown | None = None) -> dict[str, Any]:
     """The release report: every redacted region, the kept and removed tracks, the frames a
-    person should look at, and the custody head (ids, hashes, settings, reviewer)."""
+    person should look at, and the custody head (ids, hashes, settings, reviewer). Frames
+    and times are the release's (`shown`, what the render wrote), else the plan's grid."""
     redacted, kept, removed = [], [], []
     for t in plan.tracks:
         frames = [f for f, _b in track_boxes(plan, t)]
-        row = {"track": t.id, "db_track_ids": list(t.db_track_ids), **_span(plan, frames),
-               "detections": len(t.detections)}
+        row = {"track": t.id, "db_track_ids": list(t.db_track_ids),
+               **_span(plan, frames, shown), "detections": len(t.detections)}
         if t.id in choices.keep:
             kept.append({**row, **choices.keep[t.id].as_json()})
         elif t.id in choices.remove:
@@ -623,14 +649,18 @@ def build_report(plan: Plan, choices: Choices, auto: Decision, head: dict[str, A
         covered = _region_frames(plan, m)
         redacted.append({"kind": "manual", "track": f"manual-{i}",
                          "box_px": [round(v, 1) for v in m.box_px],
-                         **_span(plan, [covered.start, covered.stop - 1]),
+                         **_span(plan, [covered.start, covered.stop - 1], shown),
                          **m.decision.as_json()})
-    low = plan.low_confidence_frames()
+    low = [(f, plan.time_s(f)) for f in plan.low_confidence_frames()]
+    if shown is not None:  # the release's frames on those grid frames, the first of each
+        low = [(n, round(shown.times[n], 3)) for f, _t in low
+               if (found := shown.span(f, f)) is not None for n in found[:1]]
     return {**head, "plan_version": plan.version, "algorithm": ALGORITHM,
-            "frames": plan.n_frames, "duration_s": plan.duration_s,
+            "frames": len(shown.grid) if shown is not None else plan.n_frames,
+            "duration_s": plan.duration_s,
             "redacted_regions": redacted, "kept_tracks": kept, "removed_false_positives": removed,
-            "low_confidence_frames": low,
-            "low_confidence_times_s": [plan.time_s(f) for f in low],
+            "low_confidence_frames": [f for f, _t in low],
+            "low_confidence_times_s": [t for _f, t in low],
             "audio": {"mode": choices.audio, "muted_s": [list(r) for r in choices.mute_ranges]}}
 
 

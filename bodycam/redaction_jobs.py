@@ -307,7 +307,7 @@ def _render(ctx: Context, lease: JobLease, progress: Any) -> dict[str, Any]:
             "settings": req["settings"], "rendered_frames": made.n_frames,
             "masked_boxes": made.masked_boxes}
     auto = Decision(**req["auto"])
-    report = build_report(plan, choices, auto, head)
+    report = build_report(plan, choices, auto, head, made.shown)
     sheet = contact_sheet(made.sheet)
     ctx.store.put_bytes(keys["report"], json.dumps(report, indent=2).encode(),
                         "application/json")

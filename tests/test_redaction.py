@@ -39,6 +39,7 @@ from bodycam.redaction import (
     _encoder,
     _ffmpeg,
     _FramePipe,
+    build_report,
     compute_plan,
     dense_pipeline,
     frame_regions,
@@ -273,12 +274,26 @@ def test_a_release_keeps_every_frame_s_time_the_sound_s_place_and_nothing_else(
         "language=fra", "-c:v", "copy", "-c:a", "aac", str(src))
     info, plan = _plan_of(src, {})
     settings = Settings()
-    render(src, info, plan, Choices(), out, settings.limits, settings.redaction)
+    region = ManualRegion((0, 0, 40, 40), 1.0, 1.5, Decision("plate", "b", "t"))
+    choices = Choices(regions=(region,), style="box")
+    made = render(src, info, plan, choices, out, settings.limits, settings.redaction)
     before, after = _decoded(src), _decoded(out)
     assert len(after) == len(before) == info.n_frames
     t0 = before[0][0]
     assert max(abs((a - a0) - (b - t0)) for (a, _), (b, _), a0 in
                zip(after, before, [after[0][0]] * len(after), strict=True)) < 0.002
+    # The report names the release's frames and times, those the region blacked out (with
+    # 30 fps for a second and 10 fps after, it named frames on a grid at the average rate,
+    # which were other frames of the release: bb15).
+    report = build_report(plan, choices, Decision("r", "b", "t"), {}, made.shown)
+    [row] = report["redacted_regions"]
+    lo, hi = row["frames"]
+    black = [n for n, (_t, img) in enumerate(after) if img[2:38, 2:38].max() < 20]
+    assert black == list(range(lo, hi + 1)), (row, black)
+    times = [a - after[0][0] for a, _ in after]
+    assert row["time_s"] == [round(times[lo], 3), round(times[hi], 3)]
+    assert times[lo] < 1.0 < 1.5 <= times[hi] + 0.05, row
+    assert report["frames"] == len(after)
     with av.open(str(out)) as c:
         assert [st.type for st in c.streams] == ["video", "audio"]
         v = c.streams.video[0]
