@@ -2,6 +2,18 @@
 
 from __future__ import annotations
 
+import errno
+
+# A host out of disk, descriptors or memory (or a read-only or failing disk): the host's
+# condition, not the input's. Work that meets one is retried, and a request answered 503.
+HOST_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EMFILE, errno.ENFILE, errno.ENOMEM,
+                         errno.EROFS, errno.EIO, errno.EAGAIN})
+
+
+def host_error(exc: BaseException) -> bool:
+    """Whether an error is the host's condition (HOST_ERRNOS) rather than a fault."""
+    return isinstance(exc, OSError) and exc.errno in HOST_ERRNOS
+
 
 class BodycamError(Exception):
     """Base of every error Bodycam raises on purpose; the message is shown to the user."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import errno
 import logging
 import os
 import socket
@@ -24,7 +23,13 @@ from bodycam import fixity, jobs
 from bodycam.context import Context
 from bodycam.db import Conn
 from bodycam.domain import MediaInfo
-from bodycam.errors import InvalidMediaError, LeaseLostError, PermanentError, TransientError
+from bodycam.errors import (
+    InvalidMediaError,
+    LeaseLostError,
+    PermanentError,
+    TransientError,
+    host_error,
+)
 from bodycam.media.files import sha256_file
 from bodycam.pipeline.analyze import ChunkResult, analyze_chunk
 from bodycam.pipeline.faces import FaceDetector, FaceEmbedder, Registry
@@ -191,14 +196,9 @@ def failure_kind(exc: BaseException) -> jobs.Failure:
     # The worker's host out of disk, descriptors or memory: a full scratch disk on one host
     # quarantined every video it took, three attempts each within seconds. FFmpeg's own
     # errors (several of PyAV's error classes are OSErrors too) are about the file it reads.
-    if isinstance(exc, OSError) and not isinstance(exc, av.FFmpegError) \
-            and exc.errno in HOST_ERRNOS:
+    if host_error(exc) and not isinstance(exc, av.FFmpegError):
         return jobs.Failure.SERVICE
     return jobs.Failure.ERROR
-
-
-HOST_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EMFILE, errno.ENFILE, errno.ENOMEM,
-                         errno.EROFS, errno.EIO, errno.EAGAIN})
 
 
 def embedder_for(ctx: Context) -> FaceEmbedder | None:

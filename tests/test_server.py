@@ -772,3 +772,50 @@ def test_a_client_address_is_limited_across_claimed_names(strict_server: Server)
     assert int(limited.headers["retry-after"]) <= 30
     # Even the right token waits: the limiter answers before any token is looked up.
     assert_problem(strict_server.op("GET", "/api/v1/jobs"), 429)
+
+
+def test_a_server_out_of_descriptors_logs_it_once_a_while_and_answers_503(
+        stack: StackHandle, tmp_path: Path) -> None:
+    """Out of file descriptors (a limit of 24 and 60 clients at once), the server logged
+    asyncio's accept error with a traceback at every retry (91 MB in seconds: a flood of
+    clients became a full disk), and an ingest then got "internal error" (bb14)."""
+    import errno
+    import socket
+    import sys
+
+    from bodycam.api import problems
+
+    answer = problems.internal(OSError(errno.EMFILE, "Too many open files"))
+    assert answer.status_code == 503 and b"too many open files" in answer.body
+    assert answer.headers["retry-after"] == "10"
+    assert problems.internal(ValueError("x")).status_code == 500
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = tmp_path / "api.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(["prlimit", "--nofile=64:64", sys.executable, "-m", "bodycam",
+                                 "serve", "--host", "127.0.0.1", "--port", str(port)],
+                                env=stack.cli.env, stdout=out, stderr=out)
+    held: list[socket.socket] = []
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
+            time.sleep(0.3)
+        for _ in range(120):  # every descriptor the server has, and more, held open
+            held.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        time.sleep(4)
+        text = log.read_text(errors="replace")
+        assert 1 <= text.count("out of system resource") <= 2, text[-2000:]
+        assert len(text) < 20_000
+    finally:
+        for s in held:
+            s.close()
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import psycopg
@@ -20,6 +21,7 @@ from bodycam.errors import (
     NotFoundError,
     PermanentError,
     TransientError,
+    host_error,
 )
 from bodycam.limits import RateLimitedError
 from bodycam.policy import PolicyRefusedError, ReviewRefusedError
@@ -72,7 +74,15 @@ def problem(status: int, detail: str, headers: dict[str, str] | None = None) -> 
 
 def internal(exc: BaseException) -> JSONResponse:
     """The answer to an error no handler knows, logged with its traceback (the middleware in
-    bodycam.api.app gives it, inside the one that sets every response's headers)."""
+    bodycam.api.app gives it, inside the one that sets every response's headers). The
+    server's host out of descriptors, disk or memory is a 503 naming it (an ingest got
+    "internal error" when the server had run out of file descriptors: bb14)."""
+    if host_error(exc):
+        assert isinstance(exc, OSError)
+        reason = os.strerror(exc.errno) if exc.errno else type(exc).__name__
+        log.error("the server's host: %s", reason)
+        return problem(503, f"the server's host is out of resources ({reason.lower()}); "
+                            "nothing was stored: try again later", {"Retry-After": "10"})
     log.error("unhandled %s", type(exc).__name__, exc_info=exc)
     return problem(500, "internal error")
 

@@ -3,7 +3,10 @@ demo, bench, eval."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -81,6 +84,38 @@ def worker_key() -> None:
     typer.echo(derive(context().audit_key))
 
 
+def _more_descriptors() -> None:
+    """Raise this process's soft limit on open files to its hard limit: a connection, a
+    spooled upload and a database socket each take one, and a default soft limit of 1,024
+    is the first to run out under many clients."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+class _AcceptErrors(logging.Filter):
+    """One line in ten seconds of asyncio's "socket.accept() out of system resource": out of
+    descriptors, it logs each retry with a traceback (91 MB of log in seconds, which a
+    client flood turned into a full disk: bb14)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.last = 0.0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "out of system resource" not in record.getMessage():
+            return True
+        now = time.monotonic()
+        if now - self.last < 10.0:
+            return False
+        self.last = now
+        record.exc_info = None  # the reason, once, without the traceback each time
+        return True
+
+
 @app.command()
 def serve(host: str = "127.0.0.1", port: int = 8000,
           unix_socket: Annotated[str | None, typer.Option(
@@ -95,6 +130,8 @@ def serve(host: str = "127.0.0.1", port: int = 8000,
     from bodycam.stack import undumpable
 
     undumpable()  # the workers cannot reach its view of the home's secrets through /proc
+    _more_descriptors()
+    logging.getLogger("asyncio").addFilter(_AcceptErrors())
     proxies = get_settings().server.trusted_proxies.strip()
     # uvicorn believes X-Forwarded-For from 127.0.0.1 by default: any local process could
     # then name any client in the audit log and spend another address's failed logins.
