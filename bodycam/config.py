@@ -280,7 +280,8 @@ class ServerSettings(Section):
         "upload or a form of photos (413 past it, read no further): a 500-MB JSON body took "
         "the server from 160 MB to 1.16 GB before its 401")
     max_form_bytes: int = Field(
-        64 * 2**20, ge=2**20, description="the largest multipart form (photos of a face)")
+        256 * 2**20, ge=2**20, description="the largest multipart form (photos of a face: "
+        "twenty phone photos of 12 MB)")
     trusted_proxies: str = Field(
         "", max_length=1000, description="addresses of the reverse proxies whose "
         "X-Forwarded-For the server believes, comma-separated (default none: the client is "

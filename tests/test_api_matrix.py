@@ -735,7 +735,7 @@ def test_one_account_holds_at_most_eight_progress_streams(world: World) -> None:
 def test_a_body_over_its_limit_is_refused_413_before_it_is_read(world: World) -> None:
     """A 500-MB JSON body without a token took the server (which holds the audit and export
     keys) from 160 MB to 1.16 GB before its 401 (black-box round bb17). Bodies are bounded:
-    2 MiB for JSON and the like, 64 MiB for a form of photos; a video upload by its own
+    2 MiB for JSON and the like, 256 MiB for a form of photos; a video upload by its own
     limit. A declared length over the limit is refused unread; a body that grows past it
     (chunked, or a length that lied) when it does."""
     url = f"{world.url}{V}/videos/{world.a['video']}/redactions"
@@ -744,7 +744,7 @@ def test_a_body_over_its_limit_is_refused_413_before_it_is_read(world: World) ->
     for headers in ({}, token):  # without a token, and with one
         r = world.http.post(url, content=big, headers={**headers,
                                                        "Content-Type": "application/json"})
-        assert "over the limit of 2097152 bytes" in str(_problem(r, 413)["detail"])
+        assert "over the limit of 2 MiB" in str(_problem(r, 413)["detail"])
 
     def chunks() -> Iterator[bytes]:  # no length declared: counted as it comes
         yield b'{"style": "'

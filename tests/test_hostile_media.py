@@ -196,6 +196,23 @@ def test_the_footage_is_the_one_video_stream_not_cover_art_and_two_are_refused(
         probe(corpus / "decoys/small_first.mp4", LimitsSettings())
 
 
+def test_attachments_are_not_counted_as_streams(corpus: Path, tmp_path: Path) -> None:
+    """Fonts or pictures attached to a Matroska file get no decoder: ten of them beside the
+    footage are no reason to refuse it (they were once the stream limit was enforced)."""
+    args: list[str] = []
+    for k in range(10):
+        (tmp_path / f"a{k}.bin").write_bytes(bytes(range(256)) * 8)
+        args += ["-attach", str(tmp_path / f"a{k}.bin"), f"-metadata:s:t:{k}",
+                 "mimetype=application/octet-stream"]
+    out = tmp_path / "attached.mkv"
+    subprocess.run([hostile.ffmpeg_exe(), "-v", "error", "-i",
+                    str(corpus / "valid/cover_art.mp4"), "-map", "0:v:0", "-c", "copy", *args,
+                    str(out)], check=True)
+    with av.open(str(out)) as c:
+        assert [st.type for st in c.streams].count("attachment") == 10
+    assert probe(out, LimitsSettings()).n_frames == 15
+
+
 def test_every_frame_needs_a_time_of_its_own_and_times_never_go_back(corpus: Path) -> None:
     """Found by the black-box round bb16 (2026-12-06): frames without a time stamp, frames
     sharing one, and segments joined with their own times were never analysed (the video
@@ -347,6 +364,30 @@ def test_one_account_s_uploads_take_one_probe_turn_not_every_other_account_s(
     assert sorted(outcome.values()).count("probed") == 1, outcome
     assert all("your other uploads are being probed" in v for v in outcome.values()
                if v != "probed"), outcome
+
+
+@pytest.mark.parametrize("before_wrap_s", [30.0, 1000.0])
+def test_mpeg_ts_is_probed_and_each_chunk_decoded_from_its_start(tmp_path: Path,
+                                                                 before_wrap_s: float) -> None:
+    """MPEG-TS that began 30 s before its 33-bit clock wrapped has only negative times in
+    FFmpeg: a seek to 0 for the first frame landed past the end, and the valid file was
+    refused ("the first frame does not decode"). And a seek in MPEG-TS lands up to a group
+    of pictures after its target: a chunk from 2 s began at 3.8 s, so every chunk but the
+    first lost its first frames to the analysis (black-box round bb18)."""
+    from bodycam.config import PipelineSettings
+    from bodycam.pipeline.frames import ChunkDecoder
+
+    path = tmp_path / "camera.ts"
+    subprocess.run([hostile.ffmpeg_exe(), "-v", "error", "-f", "lavfi", "-i",
+                    "testsrc2=size=320x240:rate=15", "-t", "8", "-c:v", "libx264", "-bf", "3",
+                    "-g", "30", "-pix_fmt", "yuv420p", "-output_ts_offset",
+                    str(2**33 / 90000 - before_wrap_s), str(path)], check=True)
+    info = probe(path, LimitsSettings())
+    assert (info.n_frames, round(info.duration_s, 3)) == (120, 8.0)
+    for start in (2.0, 4.0, 6.0):
+        decoder = ChunkDecoder(path, info, start, info.duration_s, PipelineSettings())
+        frames = list(decoder)
+        assert frames[0].t_s == start and decoder.frames_decoded == round((8 - start) * 15)
 
 
 def test_a_frame_that_turns_mid_way_keeps_the_video_s_orientation(tmp_path: Path) -> None:

@@ -78,7 +78,7 @@ class BodyTooLargeError(StarletteHTTPException):
     reading it answers 413 (FastAPI turns any other error of a body into a 400)."""
 
     def __init__(self, limit: int) -> None:
-        super().__init__(413, f"the request's body is over the limit of {limit} bytes")
+        super().__init__(413, f"the request's body is over the limit of {limit / 2**20:g} MiB")
 
 
 class BodyLimit:
@@ -94,7 +94,7 @@ class BodyLimit:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or (scope["method"] == "POST"
-                                       and scope["path"] == "/api/v1/videos"):
+                                       and scope["path"].rstrip("/") == "/api/v1/videos"):
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
@@ -131,8 +131,7 @@ class BodyLimit:
 
     @staticmethod
     async def _refuse(limit: int, scope: Scope, receive: Receive, send: Send) -> None:
-        await problems.problem(413, f"the request's body is over the limit of {limit} bytes"
-                               )(scope, receive, send)
+        await problems.problem(413, BodyTooLargeError(limit).detail)(scope, receive, send)
 
 
 class ResponseHeaders:

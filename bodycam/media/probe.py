@@ -325,12 +325,15 @@ def _decode_ends(media: OpenVideo, size: tuple[int, int], keys: list[int]
     (quarter turns counter-clockwise, mirrored)."""
     container, stream, limits, label = media.container, media.stream, media.limits, media.label
     try:
-        container.seek(0, stream=stream)
-        first = next(container.decode(stream), None)
-        if first is None:
-            raise InvalidMediaError(label, "the first frame does not decode")
-        check_frame(first, size, limits, label)
-        turned = orientation(first) or (0, False)
+        # From the file's start, opened again: a seek to time 0 lands past the end of a file
+        # whose times are all negative (MPEG-TS that began in the minute before its 33-bit
+        # clock wrapped: FFmpeg takes 2^33 off every time), and a valid file was refused.
+        with open_video(media.path, limits, label, threads=1) as again:
+            first = next(again.container.decode(again.stream), None)
+            if first is None:
+                raise InvalidMediaError(label, "the first frame does not decode")
+            check_frame(first, size, limits, label)
+            turned = orientation(first) or (0, False)
         if keys:
             # Seek to the last keyframe; some demuxers (MPEG-TS) land after it, so earlier
             # starting points follow. Only frames of the last group of pictures count.

@@ -259,7 +259,8 @@ def _video_stream(container: av.container.InputContainer, limits: LimitsSettings
     fmt = container.format.name
     if not _format_ok(fmt, limits):  # libavformat enforces this; a second look is cheap
         raise InvalidMediaError(label, f"container '{fmt}' is not accepted")
-    if len(container.streams) > limits.max_streams:
+    # Attachments (fonts, a picture) get no decoder: streams that decode count.
+    if sum(1 for st in container.streams if st.type != "attachment") > limits.max_streams:
         raise InvalidMediaError(label, too_many_streams(limits))
     # Cover art and thumbnails are video streams of one picture: never the footage.
     videos = [s for s in container.streams.video if not s.disposition & Disposition.attached_pic]

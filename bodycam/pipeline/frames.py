@@ -212,10 +212,9 @@ class ChunkDecoder:
             try:
                 if media.decoded_on == "cpu":  # frame threads; NVDEC has its own engines
                     frame_threads(stream)
-                if self.start_s > 0:
-                    container.seek(info.start_pts + int(self.start_s / tb), stream=stream,
-                                   backward=True, any_frame=False)
-                for frame in container.decode(stream):
+                frames = (self._from_start_s(container, stream) if self.start_s > 0 else
+                          container.decode(stream))
+                for frame in frames:
                     check_frame(frame, expected, limits, label)
                     if frame.pts is None:
                         continue
@@ -228,6 +227,32 @@ class ChunkDecoder:
             except av.FFmpegError as exc:
                 start = info.start_pts + int(self.start_s / tb) if self.start_s > 0 else None
                 raise media.refusal(exc, "decoding failed", start) from None
+
+
+    def _from_start_s(self, container: av.container.InputContainer, stream: av.VideoStream
+                      ) -> Iterator[av.VideoFrame]:
+        """Frames decoded from a keyframe at or before start_s. A seek lands there in MP4 or
+        Matroska; in MPEG-TS it landed up to a group of pictures after its target, and a
+        chunk's first 1.8 s were never analysed. So a landing after the target is sought
+        again from earlier, the file's start last."""
+        tb = self.info.time_base
+        target = self.info.start_pts + int(self.start_s / tb)
+        for back_s in SEEK_BACK_S:
+            container.seek(target - int(back_s / tb), stream=stream, backward=True,
+                           any_frame=False)
+            frames = container.decode(stream)
+            first = next(frames, None)
+            if first is None:
+                continue
+            if first.pts is None or first.pts <= target or back_s == SEEK_BACK_S[-1]:
+                yield first
+                yield from frames
+                return
+
+
+# How far before a chunk's start a seek is tried again (seconds), the last one past any
+# file's start (a day: the limit on a video's length is hours).
+SEEK_BACK_S = (0.0, 2.0, 10.0, 60.0, 86400.0)
 
 
 def _frame_at(t_s: float, fps: Fraction) -> int:
