@@ -81,6 +81,12 @@ class PlanTrack:
                                for d in self.detections]}
 
 
+def box_from_json(v: Sequence[Any]) -> Box:
+    """A box read back from stored JSON (four numbers)."""
+    x1, y1, x2, y2 = v
+    return float(x1), float(y1), float(x2), float(y2)
+
+
 @dataclass(frozen=True)
 class Plan:
     """Every face region of a video: tracks of dense detections and how to cover them."""
@@ -109,8 +115,8 @@ class Plan:
         """The stored form back."""
         tracks = tuple(PlanTrack(
             t["id"], int(t["scene"]),
-            tuple((int(d[0]), float(d[1]), float(d[2]), float(d[3]), float(d[4]), float(d[5]),
-                   str(d[6])) for d in t["detections"]),
+            tuple((int(d[0]), *box_from_json(d[1:5]), float(d[5]), str(d[6]))
+                  for d in t["detections"]),
             tuple(t.get("db_track_ids", ()))) for t in data["tracks"])
         return cls(str(data["video_id"]), str(data["original_sha256"]),
                    Fraction(data["frame_rate"]), int(data["n_frames"]), int(data["width_px"]),
@@ -254,8 +260,7 @@ class Choices:
         return cls(keep={k: decision(d) for k, d in data["keep"].items()},
                    remove={k: decision(d) for k, d in data["remove"].items()},
                    regions=tuple(ManualRegion(
-                       (float(r["box_px"][0]), float(r["box_px"][1]), float(r["box_px"][2]),
-                        float(r["box_px"][3])), float(r["start_s"]), float(r["end_s"]),
+                       box_from_json(r["box_px"]), float(r["start_s"]), float(r["end_s"]),
                        decision(r["decision"])) for r in data["regions"]),
                    style=data["style"], audio=data["audio"],
                    mute_ranges=tuple((float(a), float(b)) for a, b in data["mute_ranges"]))

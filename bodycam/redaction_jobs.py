@@ -36,6 +36,7 @@ from bodycam.redaction import (
     Choices,
     Decision,
     Plan,
+    box_from_json,
     build_report,
     compute_plan,
     contact_sheet,
@@ -263,9 +264,7 @@ def _plan(ctx: Context, lease: JobLease, progress: Any) -> dict[str, Any]:
 
     with ctx.db() as conn:
         video = load_video(conn, lease.video_id)
-        stored = [(str(r["track_id"]), int(r["frame_index"]),
-                   (float(r["box_px"][0]), float(r["box_px"][1]), float(r["box_px"][2]),
-                    float(r["box_px"][3])))
+        stored = [(str(r["track_id"]), int(r["frame_index"]), box_from_json(r["box_px"]))
                   for r in conn.execute(
                       "SELECT track_id::text AS track_id, frame_index, box_px FROM"
                       " detections WHERE video_id = %s AND track_id IS NOT NULL",
