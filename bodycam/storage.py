@@ -6,6 +6,7 @@ import contextlib
 import functools
 import hashlib
 import io
+import logging
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -18,8 +19,9 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from botocore.utils import determine_content_length
 
-from bodycam.errors import TransientError
+from bodycam.errors import NotFoundError, TransientError
 
+log = logging.getLogger(__name__)
 ORIGINALS = "originals/"
 INCOMING = "incoming/"
 THUMBNAILS = "thumbnails/"
@@ -97,6 +99,11 @@ def _unreachable(endpoint: str | None, exc: Exception) -> TransientError | None:
         return None
     return TransientError(f"object store (S3) at {endpoint} {what}: start it (`bodycam up` for "
                           "the embedded stack) or check BODYCAM_S3_ENDPOINT_URL, then retry")
+
+
+def _missing(exc: ClientError) -> bool:
+    """Whether the store answered that the object does not exist."""
+    return exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound")
 
 
 def _guarded(fn: Callable[P, R]) -> Callable[P, R]:
@@ -209,7 +216,7 @@ class ObjectStore:
         try:
             return int(self._client.head_object(Bucket=self.bucket, Key=key)["ContentLength"])
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            if _missing(exc):
                 return None
             raise TransientError(f"cannot read {key}: {exc}") from exc
 
@@ -237,7 +244,7 @@ class ObjectStore:
         try:
             body = self._client.get_object(Bucket=self.bucket, Key=key)["Body"]
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            if _missing(exc):
                 return None
             raise
         digest = hashlib.sha256()
@@ -265,9 +272,17 @@ class ObjectStore:
 
     @_guarded
     def get_bytes(self, key: str) -> bytes:
-        """Read a small object."""
+        """Read a small object; NotFoundError when it is not in the store (the key is logged,
+        not put in the message, which may reach a client)."""
         buf = io.BytesIO()
-        self._client.download_fileobj(self.bucket, key, buf)
+        try:
+            self._client.download_fileobj(self.bucket, key, buf)
+        except ClientError as exc:
+            if _missing(exc):
+                log.warning("object store: %s is missing", key)
+                raise NotFoundError("an object it names is missing from the object store"
+                                    ) from None
+            raise
         return buf.getvalue()
 
     @_guarded

@@ -631,6 +631,45 @@ def test_a_render_a_stalled_worker_finishes_late_touches_nothing_another_recorde
     assert checked.status_code == 200 and checked.json()["ok"], checked.text
 
 
+def test_a_render_whose_stored_part_is_gone_ends_failed_and_leaves_no_file(
+        stack: StackHandle, video: str, api_url: str, operator_token: str,
+        hide_all: tuple[Path, dict[str, Any]]) -> None:
+    """A computed render is recorded from what its worker stored: a part gone from the store
+    (deleted, or a store that lost it) ends the job `failed`, naming the part, with nothing
+    recorded and the other parts deleted; every look after that answers the same."""
+    from bodycam import redaction_jobs
+    from bodycam.actions.redaction import load_plan, record_job
+
+    ctx = stack.ctx
+    with ctx.db() as conn:
+        plan = load_plan(conn, video)
+        assert plan is not None
+        derivative_id = str(uuid.uuid4())
+        job_id = redaction_jobs.create(conn, video, CASE_A, redaction_jobs.RENDER, "operator", {
+            "plan_version": plan.version, "derivative_id": derivative_id,
+            "choices": Choices(style="box").as_json(), "settings": {"style": "box"},
+            "auto": Decision("r", "b", "operator").as_json()})
+        lease = redaction_jobs.claim(conn, job_id, "parts:1", 15)
+    assert lease is not None
+    made = redaction_jobs._render(ctx, lease, lambda _f: None)
+    keys = redaction_jobs.derivative_keys(video, derivative_id, str(lease.token))
+    ctx.store.delete(keys["pdf"])  # before it is computed: the backstop may record it at once
+    with ctx.db() as conn:
+        redaction_jobs.complete(conn, lease, made)
+    record_job(ctx, job_id)  # or the server's backstop, whichever comes first
+    job = _follow(api_url, operator_token, job_id)
+    assert (job["state"], job["error"]) == (
+        "failed", f"redaction job {job_id}: its pdf is not in the object store"), job
+    assert _follow(api_url, operator_token, job_id) == job
+    with ctx.db() as conn:
+        assert conn.execute("SELECT count(*) AS n FROM redactions WHERE id = %s",
+                            (derivative_id,)).fetchone()["n"] == 0
+        failed = conn.execute("SELECT details FROM audit_log WHERE action = 'redaction.failed'"
+                              " AND details->>'job_id' = %s", (job_id,)).fetchone()
+    assert failed is not None and failed["details"]["files_deleted"] == 4
+    assert not any(ctx.store.exists(k) for k in keys.values())
+
+
 @pytest.mark.slow
 def test_a_worker_killed_while_it_plans_leaves_the_plan_to_another_and_it_is_recorded_once(
         stack: StackHandle, make_clip: Any, processed: Any, api_url: str,

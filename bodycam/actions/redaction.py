@@ -378,12 +378,20 @@ def _record_render(ctx: Context, conn: Conn, job_row: dict[str, Any],
     keys = redaction_jobs.derivative_keys(video_id, derivative_id, claim)
     if result.get("derivative_id") != derivative_id or result.get("claim") != claim:
         raise PermanentError(f"redaction job {job_row['id']}: its result is of another render")
-    if missing := [name for name, key in keys.items() if not ctx.store.exists(key)]:
-        raise PermanentError(f"redaction job {job_row['id']}: its {', '.join(missing)} "
-                             "are not in the object store")
     # The report, PDF and sheet are hashed here as the server reads them; the video's
     # SHA-256 is the worker's, which `verify` and the fixity check re-hash.
-    parts = {name: ctx.store.get_bytes(keys[name]) for name in ("report", "pdf", "sheet")}
+    def missing(name: str) -> PermanentError:
+        return PermanentError(f"redaction job {job_row['id']}: its {name} is not in the"
+                              " object store")
+
+    if not ctx.store.exists(keys["video"]):
+        raise missing("video")
+    parts: dict[str, bytes] = {}
+    for name in ("report", "pdf", "sheet"):
+        try:
+            parts[name] = ctx.store.get_bytes(keys[name])
+        except NotFoundError:
+            raise missing(name) from None
     report = json.loads(parts["report"])
     row = audit.append(conn, ctx.audit_key, str(job_row["requested_by"]), "redaction.create", {
         "derivative_id": derivative_id, "video_id": video_id, "case": job_row["case_id"],
