@@ -24,6 +24,7 @@ from bodycam import audit
 from bodycam.config import JobSettings
 from bodycam.db import Conn
 from bodycam.errors import ConflictError, LeaseLostError, NotFoundError
+from bodycam.leases import WORK_UNITS
 
 
 @dataclass(frozen=True)
@@ -85,15 +86,8 @@ def pending_units(conn: Conn, video_id: str) -> list[int]:
 
 def claim(conn: Conn, video_id: str, idx: int, owner: str, lease_s: float) -> Lease | None:
     """Take a pending unit; None when it is done, quarantined, leased, or waiting to retry."""
-    row = conn.execute(
-        "UPDATE work_units SET state = 'running', attempts = attempts + 1, lease_owner = %s,"
-        " lease_token = gen_random_uuid(), lease_until = now() + make_interval(secs => %s),"
-        " updated_at = now()"
-        " WHERE video_id = %s AND idx = %s AND state = 'pending'"
-        " AND (not_before IS NULL OR not_before <= now())"
-        " RETURNING lease_token, attempts, start_s, end_s",
-        (owner, lease_s, video_id, idx),
-    ).fetchone()
+    row = WORK_UNITS.claim(conn, (video_id, idx), owner, lease_s,
+                           ready="not_before IS NULL OR not_before <= now()")
     if row is None:
         return None
     conn.execute(
@@ -110,13 +104,7 @@ def claim(conn: Conn, video_id: str, idx: int, owner: str, lease_s: float) -> Le
 
 def heartbeat(conn: Conn, lease: Lease, lease_s: float, progress: float, stage: str) -> None:
     """Renew the lease and record progress; raises LeaseLostError if another worker took over."""
-    row = conn.execute(
-        "UPDATE work_units SET lease_until = now() + make_interval(secs => %s), progress = %s,"
-        " updated_at = now() WHERE video_id = %s AND idx = %s AND lease_token = %s"
-        " AND state = 'running' RETURNING idx",
-        (lease_s, progress, lease.video_id, lease.idx, lease.token),
-    ).fetchone()
-    if row is None:
+    if not WORK_UNITS.renew(conn, (lease.video_id, lease.idx), lease.token, lease_s, progress):
         raise LeaseLostError(f"video {lease.video_id} unit {lease.idx}: lease lost")
     # The video's progress is shown, not relied on: a beat skips it while another session
     # holds the row (a unit finishing, or a lost host's backend not yet dropped), so the
@@ -137,13 +125,9 @@ def complete(conn: Conn, lease: Lease, computed_on: str) -> bool:
     Returns True when this was the video's last unit. Raises LeaseLostError (the caller's
     transaction then rolls back, so nothing is written twice) if the lease no longer holds.
     """
-    row = conn.execute(
-        "UPDATE work_units SET state = 'done', progress = 1, lease_until = NULL,"
-        " last_error = NULL, computed_on = %s, updated_at = now() WHERE video_id = %s"
-        " AND idx = %s AND lease_token = %s AND state = 'running' RETURNING idx",
-        (computed_on, lease.video_id, lease.idx, lease.token),
-    ).fetchone()
-    if row is None:
+    if WORK_UNITS.end(conn, (lease.video_id, lease.idx), lease.token,
+                      "state = 'done', progress = 1, last_error = NULL, computed_on = %s",
+                      (computed_on,)) is None:
         raise LeaseLostError(f"video {lease.video_id} unit {lease.idx}: lease lost before commit")
     # Lock the video row so two last units finishing at once agree on who finalizes.
     conn.execute("SELECT 1 FROM videos WHERE id = %s FOR UPDATE", (lease.video_id,))
@@ -188,11 +172,7 @@ def fail(conn: Conn, key: str, lease: Lease, error: str, kind: Failure,
     queues the unit again, and quarantines the video when its budget is spent. Returns
     'lost' when another worker owns the unit now (nothing is changed).
     """
-    row = conn.execute(
-        "SELECT attempts, service_failures FROM work_units WHERE video_id = %s AND idx = %s"
-        " AND lease_token = %s AND state = 'running' FOR UPDATE",
-        (lease.video_id, lease.idx, lease.token),
-    ).fetchone()
+    row = WORK_UNITS.held(conn, (lease.video_id, lease.idx), lease.token)
     if row is None:
         return "lost"
     attempts, service = int(row["attempts"]), int(row["service_failures"])
@@ -251,11 +231,7 @@ def reap(conn: Conn, key: str, cfg: JobSettings, stale_pending_s: float
     times is quarantined, and its video with it; otherwise it waits (backoff_s) like any
     failed attempt and is queued by a later call.
     """
-    expired = conn.execute(
-        "SELECT video_id::text AS video_id, idx, attempts, lease_owner FROM work_units"
-        " WHERE state = 'running' AND lease_until < now() FOR UPDATE SKIP LOCKED"
-    ).fetchall()
-    for r in expired:
+    for r in WORK_UNITS.expired(conn):
         vid, idx = str(r["video_id"]), int(r["idx"])
         reason = f"worker {r['lease_owner']} stopped renewing its lease (attempt {r['attempts']})"
         if int(r["attempts"]) >= cfg.max_attempts:
@@ -271,8 +247,7 @@ def reap(conn: Conn, key: str, cfg: JobSettings, stale_pending_s: float
                 " lease_token = NULL, not_before = now() + make_interval(secs => %s),"
                 " updated_at = now() WHERE video_id = %s AND idx = %s",
                 (reason, backoff_s(int(r["attempts"]), cfg), vid, idx))
-    # Rows another session locks are skipped, not waited for: that session may be a lost
-    # host's, alive on the server until its connection is found dead (infra/DEPLOY.md).
+    # Rows another session locks are skipped, not waited for (as `expired` does).
     due = conn.execute(
         "UPDATE work_units SET not_before = NULL, updated_at = now()"
         " WHERE (video_id, idx) IN (SELECT video_id, idx FROM work_units"

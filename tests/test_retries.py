@@ -236,7 +236,8 @@ def test_a_claim_cut_off_by_a_killed_backend_is_queued_again_without_the_reaper(
             with psycopg.connect(home_admin_url(stack.home), autocommit=True) as admin:
                 row = admin.execute(
                     "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                    " AND query LIKE 'UPDATE work_units SET state = ''running''%%'").fetchone()
+                    " AND query LIKE 'UPDATE %%work_units%% SET state = ''running''%%'"
+                ).fetchone()
                 pid = row[0] if row else None
         with psycopg.connect(home_admin_url(stack.home), autocommit=True) as admin:
             ended = admin.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone()
