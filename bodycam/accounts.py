@@ -181,14 +181,14 @@ def list_users(conn: Conn) -> list[dict[str, object]]:
 
 
 def require_role(conn: Conn, key: str, user: User, action: str,
-                 case_id: str | None = None) -> None:
+                 case_id: str | None = None, about: str | None = None) -> None:
     """Refuse (and audit the refusal, naming `case_id` for the auditor: the case of the object
-    acted on) unless the user's roles allow the action."""
+    acted on, and the object, `about`) unless the user's roles allow the action."""
     allowed = PERMISSIONS[action]
     if not any(user.has(r) for r in allowed):
         reason = (f"`{action}` needs the {' or '.join(allowed)} role; {user.name} has "
                   f"{', '.join(user.roles)}")
-        refuse(conn, key, user, action, reason, case_id)
+        refuse(conn, key, user, action, reason, case_id, about)
 
 
 def require(conn: Conn, key: str, user: User, action: str, case_id: str | None = None) -> None:
@@ -207,31 +207,39 @@ def require_now(conn: Conn, key: str, user: User, action: str, case_id: str | No
     read as they stand now, under the audit log's lock, which a disabling, a role change, an
     unassignment or a logout holds until it commits: one committed while the request ran
     refuses the action, and one made later waits until the action has committed. Raises
-    UnauthenticatedError (as a new request would be answered) or AccessDeniedError
-    (audited)."""
+    UnauthenticatedError (as a new request would be answered) or AccessDeniedError; either
+    is audited (a search cut off by a disabling left no row: bb19)."""
     from bodycam.auth import UnauthenticatedError
+
+    def lapsed(reason: str) -> NoReturn:
+        audit.append(conn, key, user.name, "refused", {"attempted": action, "reason": reason,
+                                                       "case": case_id})
+        audit.commit(conn)
+        raise UnauthenticatedError(reason)
 
     audit.lock(conn)
     row = conn.execute("SELECT roles FROM users WHERE name = %s AND disabled_at IS NULL",
                        (user.name,)).fetchone()
     if row is None:
-        raise UnauthenticatedError(f"account {user.name} is disabled")
+        lapsed(f"account {user.name} is disabled")
     if user.token_id is not None and conn.execute(
             "SELECT 1 FROM api_tokens WHERE id = %s AND revoked_at IS NULL"
             " AND expires_at > now()", (uid(user.token_id),)).fetchone() is None:
-        raise UnauthenticatedError(f"the token of {user.name} was revoked or expired while"
-                                   " the request ran: log in again")
+        lapsed(f"the token of {user.name} was revoked or expired while the request ran:"
+               " log in again")
     now = User(user.name, tuple(row["roles"]), user.token_id)
     require(conn, key, now, action, case_id)
     return now
 
 
 def refuse(conn: Conn, key: str, user: User | str, action: str, reason: str,
-           case_id: str | None) -> NoReturn:
-    """Audit a refused attempt, commit it, and raise AccessDeniedError."""
+           case_id: str | None, about: str | None = None) -> NoReturn:
+    """Audit a refused attempt (the object it was about, where there is one), commit it, and
+    raise AccessDeniedError."""
     name = user.name if isinstance(user, User) else user
     audit.append(conn, key, name, "refused", {"attempted": action, "reason": reason,
-                                              "case": case_id})
+                                              "case": case_id,
+                                              **({"object": about} if about else {})})
     audit.commit(conn)
     raise AccessDeniedError(f"refused: {reason}")
 
@@ -258,14 +266,19 @@ class Scope:
 
 def require_visible(conn: Conn, key: str, user: User, action: str, kind: str,
                     object_id: str, found_case: str | None) -> str:
-    """The case of an object the user names by id, when they may see it; otherwise the
-    attempt is refused and audited. Raises NotFoundError when the id names nothing."""
+    """The case of an object the user names by id, when their role allows the action and
+    they may see the case; otherwise the attempt is refused and audited, naming the object
+    and its case (a clerk's or an auditor's probes of evidence ids were audited with neither:
+    bb19). Raises NotFoundError when the id names nothing (after the role: a role that may
+    not act learns nothing of which ids exist)."""
+    about = f"{kind} {object_id}"
+    require_role(conn, key, user, action, found_case, about)
     if found_case is None:
-        raise NotFoundError(f"no {kind} {object_id}")
+        raise NotFoundError(f"no {about}")
     if not can_see_case(conn, user, found_case):
         # The audit row names the object's case for the auditor; the message does not.
-        refuse(conn, key, user, action, f"{kind} {object_id} is in a case {user.name} is not"
-                                        " assigned to", found_case)
+        refuse(conn, key, user, action, f"{about} is in a case {user.name} is not"
+                                        " assigned to", found_case, about)
     return found_case
 
 

@@ -163,8 +163,12 @@ def lock(conn: Conn) -> None:
 
 def append(conn: Conn, key: str, actor: str, action: str, details: dict[str, Any]) -> AuditRow:
     """Add a row inside the caller's transaction: if it fails, the action fails with it."""
-    # Round-trip the details through JSON so the hash covers exactly what jsonb returns.
-    details = json.loads(json.dumps(details, default=str))
+    # The hash covers the details as jsonb gives them back, so they are made jsonb first:
+    # a round trip through Python's JSON alone kept 1e16 a float and -0.0 negative, where
+    # jsonb gives 10000000000000000 and 0.0, and every later `verify` failed at that row.
+    made = conn.execute("SELECT %s::jsonb AS d", (json.dumps(details, default=str),)).fetchone()
+    assert made is not None
+    details = made["d"]
     lock(conn)
     last = conn.execute("SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1").fetchone()
     row_id = int(last["id"]) + 1 if last else 1

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from bodycam import audit
+from bodycam.accounts import User, require_now
 from bodycam.context import Context
 from bodycam.matching import list_matches
 
@@ -22,10 +23,19 @@ def _head(ctx: Context) -> dict[str, Any] | None:
     return {"id": int(row["id"]), "hash": str(row["hash"])} if row else None
 
 
-def export_audit(ctx: Context, actor: str, fmt: str, path: Path,
+def _record(ctx: Context, user: User, action: str, details: dict[str, Any]) -> None:
+    """Audit an export once it is written, if the account may still make it (`require_now`:
+    one disabled or its role taken while the file was written is refused, audited)."""
+    with ctx.db() as conn:
+        require_now(conn, ctx.audit_key, user, action)
+        audit.append(conn, ctx.audit_key, user.name, "export", details)
+
+
+def export_audit(ctx: Context, user: User, action: str, fmt: str, path: Path,
                  date_from: datetime | None = None, date_to: datetime | None = None
                  ) -> dict[str, Any]:
-    """Write the audit log (optionally a time window) and its manifest; the export is audited."""
+    """Write the audit log (optionally a time window) and its manifest; the export is audited
+    (`action` names the right it needs)."""
     with ctx.db() as conn:
         records = [r.as_json() for r in audit.rows(conn, date_from, date_to)]
     # The exported range's ends in the live chain, signed with the manifest: rows removed
@@ -37,24 +47,24 @@ def export_audit(ctx: Context, actor: str, fmt: str, path: Path,
         path, "audit", fmt, records, audit.CSV_COLUMNS, _head(ctx),
         {"first_row": first, "last_row": last,
          "from": date_from.isoformat() if date_from else None,
-         "to": date_to.isoformat() if date_to else None, "exported_by": actor,
+         "to": date_to.isoformat() if date_to else None, "exported_by": user.name,
          "exported_at": datetime.now(UTC).isoformat()}, ctx.export_signing_key)
-    ctx.audit(actor, "export", {"kind": "audit", "format": fmt, "rows": manifest["rows"],
+    _record(ctx, user, action, {"kind": "audit", "format": fmt, "rows": manifest["rows"],
                                 "sha256": manifest["sha256"], "from": manifest["from"],
                                 "to": manifest["to"]})
     return manifest
 
 
-def export_matches(ctx: Context, actor: str, fmt: str, path: Path, status: str | None = None,
-                   case_id: str | None = None) -> dict[str, Any]:
+def export_matches(ctx: Context, user: User, action: str, fmt: str, path: Path,
+                   status: str | None = None, case_id: str | None = None) -> dict[str, Any]:
     """Write matches with their review state and a manifest; the export is audited."""
     with ctx.db() as conn:
         records = [{k: m.as_json()[k] for k in MATCH_COLUMNS}
                    for m in list_matches(conn, status, case_id)]
     manifest = audit.write_export(
         path, "matches", fmt, records, MATCH_COLUMNS, _head(ctx),
-        {"status": status, "case": case_id, "exported_by": actor,
+        {"status": status, "case": case_id, "exported_by": user.name,
          "exported_at": datetime.now(UTC).isoformat()}, ctx.export_signing_key)
-    ctx.audit(actor, "export", {"kind": "matches", "format": fmt, "rows": manifest["rows"],
+    _record(ctx, user, action, {"kind": "matches", "format": fmt, "rows": manifest["rows"],
                                 "sha256": manifest["sha256"], "case": case_id})
     return manifest

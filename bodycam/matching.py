@@ -13,7 +13,14 @@ from typing import Any
 import numpy as np
 
 from bodycam import audit, policy, text
-from bodycam.accounts import User, case_of, require, require_visible, visible_cases
+from bodycam.accounts import (
+    User,
+    case_of,
+    require,
+    require_now,
+    require_visible,
+    visible_cases,
+)
 from bodycam.config import Settings
 from bodycam.db import Conn, uid
 from bodycam.errors import ConflictError, InvalidInputError, NotFoundError
@@ -251,8 +258,10 @@ def review(conn: Conn, key: str, match_id: str, user: User, confirm: bool, note:
     policy.require_identify(conn, "match review")
     reviewer = user.name
     # The audit log's lock before the match's row, as a removal of the entry takes them: in
-    # the other order a review racing a removal deadlocked (a 500 after a second).
-    audit.lock(conn)
+    # the other order a review racing a removal deadlocked (a 500 after a second). Under it,
+    # the account as it stands now: one taken off the case (or disabled) since the check
+    # above was recorded after it (bb19).
+    require_now(conn, key, user, "review", case)
     row = _decidable(conn, match_id, pending=True)
     rnd = int(row["review_round"])  # a reopened match's earlier reviews no longer count
     already = conn.execute("SELECT 1 FROM reviews WHERE match_id = %s AND reviewer = %s"
@@ -330,7 +339,7 @@ def reopen(conn: Conn, key: str, match_id: str, user: User, reason: str) -> int:
     case = require_visible(conn, key, user, "matches.reopen", "match", match_id,
                            case_of(conn, "match", match_id))
     policy.require_identify(conn, "match review")
-    audit.lock(conn)
+    require_now(conn, key, user, "matches.reopen", case)  # the lock, then the account now
     row = _decidable(conn, match_id, pending=False)
     rnd = int(row["review_round"]) + 1
     conn.execute("UPDATE matches SET status = 'pending', decided_at = NULL, review_round = %s,"

@@ -24,6 +24,7 @@ import json
 import math
 import subprocess
 import tempfile
+import textwrap
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -698,19 +699,18 @@ def report_lines(report: dict[str, Any]) -> list[str]:
              f"Reviewer {report.get('reviewer')}  at {report.get('created_at')}",
              f"Settings: {json.dumps(report.get('settings', {}), sort_keys=True)}", "",
              f"Redacted regions ({len(report['redacted_regions'])}):"]
-    for r in report["redacted_regions"]:
-        lines.append(f"  {r['track']:>9}  frames {r['frames'][0]}-{r['frames'][1]}  "
-                     f"{r['time_s'][0]:.2f}-{r['time_s'][1]:.2f} s  {r['reason']}  "
-                     f"[{r['legal_basis']}]  by {r['decided_by']}")
+    # Who decided and on what basis come before the reason, which is free text: a long
+    # reason cut at the margin hid them, and a padded one could fake them (bb19).
+    def decided(r: dict[str, Any], times: bool = True) -> str:
+        span = f"  {r['time_s'][0]:.2f}-{r['time_s'][1]:.2f} s" if times else ""
+        return (f"  {r['track']:>9}  frames {r['frames'][0]}-{r['frames'][1]}{span}"
+                f"  by {r['decided_by']} [{r['legal_basis']}]: {r['reason']}")
+
+    lines += [decided(r) for r in report["redacted_regions"]]
     lines += ["", f"Kept (shown) tracks ({len(report['kept_tracks'])}):"]
-    for r in report["kept_tracks"]:
-        lines.append(f"  {r['track']:>9}  frames {r['frames'][0]}-{r['frames'][1]}  "
-                     f"{r['time_s'][0]:.2f}-{r['time_s'][1]:.2f} s  {r['reason']}  "
-                     f"[{r['legal_basis']}]  by {r['decided_by']}")
+    lines += [decided(r) for r in report["kept_tracks"]]
     lines += ["", f"Removed false positives ({len(report['removed_false_positives'])}):"]
-    for r in report["removed_false_positives"]:
-        lines.append(f"  {r['track']:>9}  frames {r['frames'][0]}-{r['frames'][1]}  "
-                     f"{r['reason']}  [{r['legal_basis']}]  by {r['decided_by']}")
+    lines += [decided(r, times=False) for r in report["removed_false_positives"]]
     low = report["low_confidence_frames"]
     lines += ["", f"Low-confidence frames for a person to check ({len(low)}):"]
     for i in range(0, len(low), 16):
@@ -724,9 +724,17 @@ def _pdf_text(s: str) -> str:
     return s.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
 
 
+PDF_COLUMNS = 108
+
+
 def pdf_report(lines: Sequence[str], jpeg: bytes) -> bytes:
     """A minimal PDF (1.4): the report's lines in Courier on A4 pages, then the contact sheet
     on a page of its own. No PDF library is a dependency; this writes the objects directly."""
+    # Courier at 8 pt is 4.8 pt a character: 108 fit the page's 523 pt. A longer line is
+    # wrapped, never cut (the cut lost who decided and the settings' end: bb19).
+    lines = [part for line in lines
+             for part in (textwrap.wrap(line, PDF_COLUMNS, subsequent_indent=" " * 14,
+                                        drop_whitespace=False) or [""])]
     per_page = 64
     pages_text = [lines[i:i + per_page] for i in range(0, max(1, len(lines)), per_page)]
     img = Image.open(io.BytesIO(jpeg))
@@ -746,7 +754,7 @@ def pdf_report(lines: Sequence[str], jpeg: bytes) -> bytes:
     kids = []
     for chunk in pages_text:
         ops = ["BT /F1 8 Tf 10 TL 36 806 Td"]
-        ops += [f"({_pdf_text(line[:130])}) Tj T*" for line in chunk]
+        ops += [f"({_pdf_text(line)}) Tj T*" for line in chunk]
         ops.append("ET")
         data = "\n".join(ops).encode("latin-1")
         content = add(b"<< /Length %d >>\nstream\n" % len(data) + data + b"\nendstream")

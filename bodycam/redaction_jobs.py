@@ -30,6 +30,7 @@ from bodycam.config import JobSettings
 from bodycam.context import Context
 from bodycam.db import Conn, uid
 from bodycam.errors import LeaseLostError
+from bodycam.leases import REDACTION_JOBS
 from bodycam.media.files import sha256_file
 from bodycam.pipeline.centerface import plan_detector
 from bodycam.redaction import (
@@ -82,6 +83,14 @@ def create(conn: Conn, video_id: str, case_id: str, kind: str, requested_by: str
     return found
 
 
+def open_renders(conn: Conn, requested_by: str) -> int:
+    """How many renders an account asked for that are not recorded or ended yet."""
+    row = conn.execute("SELECT count(*) AS n FROM redaction_jobs WHERE requested_by = %s AND"
+                       " kind = 'render' AND state = ANY(%s)",
+                       (requested_by, list(OPEN))).fetchone()
+    return int(row["n"]) if row else 0
+
+
 def open_plan_job(conn: Conn, video_id: str) -> str | None:
     """The id of the video's plan job still queued, running or not yet recorded."""
     row = conn.execute("SELECT id::text AS id FROM redaction_jobs WHERE video_id = %s AND"
@@ -100,11 +109,7 @@ def load(conn: Conn, job_id: str, lock: bool = False) -> dict[str, Any] | None:
 
 def claim(conn: Conn, job_id: str, owner: str, lease_s: float) -> JobLease | None:
     """Take a queued job; None when it is taken, ended or unknown."""
-    row = conn.execute(
-        "UPDATE redaction_jobs SET state = 'running', attempts = attempts + 1,"
-        " lease_owner = %s, lease_token = gen_random_uuid(),"
-        " lease_until = now() + make_interval(secs => %s), progress = 0, updated_at = now()"
-        " WHERE id = %s AND state = 'queued' RETURNING *", (owner, lease_s, job_id)).fetchone()
+    row = REDACTION_JOBS.claim(conn, (job_id,), owner, lease_s, also=", progress = 0")
     if row is None:
         return None
     return JobLease(str(row["id"]), row["lease_token"], int(row["attempts"]), str(row["kind"]),
@@ -114,23 +119,15 @@ def claim(conn: Conn, job_id: str, owner: str, lease_s: float) -> JobLease | Non
 
 def heartbeat(conn: Conn, lease: JobLease, lease_s: float, progress: float) -> None:
     """Renew the lease and record progress; raises LeaseLostError once it is another's."""
-    row = conn.execute(
-        "UPDATE redaction_jobs SET lease_until = now() + make_interval(secs => %s),"
-        " progress = %s, updated_at = now() WHERE id = %s AND lease_token = %s"
-        " AND state = 'running' RETURNING id", (lease_s, progress, lease.job_id, lease.token)
-    ).fetchone()
-    if row is None:
+    if not REDACTION_JOBS.renew(conn, (lease.job_id,), lease.token, lease_s, progress):
         raise LeaseLostError(f"redaction job {lease.job_id}: lease lost")
 
 
 def complete(conn: Conn, lease: JobLease, result: dict[str, Any]) -> None:
     """End the job `computed` with its result; raises LeaseLostError once it is another's."""
-    row = conn.execute(
-        "UPDATE redaction_jobs SET state = 'computed', result = %s, progress = 1, error = NULL,"
-        " lease_until = NULL, updated_at = now() WHERE id = %s AND lease_token = %s"
-        " AND state = 'running' RETURNING id", (json.dumps(result), lease.job_id, lease.token)
-    ).fetchone()
-    if row is None:
+    if REDACTION_JOBS.end(conn, (lease.job_id,), lease.token,
+                          "state = 'computed', result = %s, progress = 1, error = NULL",
+                          (json.dumps(result),)) is None:
         raise LeaseLostError(f"redaction job {lease.job_id}: lease lost before its result")
 
 
@@ -140,12 +137,10 @@ def fail(conn: Conn, lease: JobLease, error: str, kind: jobs.Failure, cfg: JobSe
     attempt). `lost` when the lease was another's already."""
     ended = kind is jobs.Failure.PERMANENT or (
         kind is jobs.Failure.ERROR and lease.attempt >= cfg.max_attempts)
-    row = conn.execute(
-        "UPDATE redaction_jobs SET state = %s, error = %s, lease_until = NULL,"
-        " lease_token = NULL, attempts = attempts - %s, updated_at = now()"
-        " WHERE id = %s AND lease_token = %s AND state = 'running' RETURNING state",
-        ("failed" if ended else "queued", error[:2000],
-         1 if kind is jobs.Failure.SERVICE else 0, lease.job_id, lease.token)).fetchone()
+    row = REDACTION_JOBS.end(
+        conn, (lease.job_id,), lease.token,
+        "state = %s, error = %s, lease_token = NULL, attempts = attempts - %s",
+        ("failed" if ended else "queued", error[:2000], 1 if kind is jobs.Failure.SERVICE else 0))
     return str(row["state"]) if row else "lost"
 
 
@@ -153,9 +148,7 @@ def reap(conn: Conn, cfg: JobSettings, stale_queued_s: float) -> list[str]:
     """Jobs to send again: those whose worker stopped renewing its lease (failed after
     max_attempts), and queued ones whose message was lost (none sent for stale_queued_s)."""
     again: list[str] = []
-    for r in conn.execute(
-            "SELECT id::text AS id, attempts, lease_owner FROM redaction_jobs WHERE"
-            " state = 'running' AND lease_until < now() FOR UPDATE SKIP LOCKED").fetchall():
+    for r in REDACTION_JOBS.expired(conn):
         reason = f"worker {r['lease_owner']} stopped renewing its lease (attempt {r['attempts']})"
         state = "failed" if int(r["attempts"]) >= cfg.max_attempts else "queued"
         conn.execute("UPDATE redaction_jobs SET state = %s, error = %s, lease_until = NULL,"
@@ -181,7 +174,8 @@ def computed(conn: Conn, limit: int = 20) -> list[str]:
 
 def as_json(job: dict[str, Any]) -> dict[str, Any]:
     """What a client sees of a job: its state, progress and error; once a render is done, the
-    derivative's id, both SHA-256s and its report."""
+    derivative's id and both SHA-256s. Not its report, which names who was kept and why: that
+    is read where reading it is audited (`GET /redactions/ID/report`; bb19)."""
     result = job.get("result") or {}
     done_render = job["kind"] == RENDER and job["state"] == "done"
     return {"job_id": str(job["id"]), "video_id": str(job["video_id"]), "kind": job["kind"],
@@ -191,8 +185,7 @@ def as_json(job: dict[str, Any]) -> dict[str, Any]:
             "updated_at": job["updated_at"].isoformat(),
             "derivative_id": str(job["derivative_id"]) if job["derivative_id"] else None,
             "sha256": result.get("sha256") if done_render else None,
-            "original_sha256": result.get("original_sha256") if done_render else None,
-            "report": result.get("report") if done_render else None}
+            "original_sha256": result.get("original_sha256") if done_render else None}
 
 
 # -- the worker's side ----------------------------------------------------------------------

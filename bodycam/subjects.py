@@ -309,10 +309,12 @@ def view_subjects(conn: Conn, key: str, user: User, case_id: str | None = None
 def remove_subject(conn: Conn, key: str, subject_id: str, user: User) -> None:
     """Take a subject off the watchlist; its biometric templates are deleted, the record kept.
     Only a subject of a case the user may see (others are refused and audited)."""
-    require_visible(conn, key, user, "subjects.remove", "subject", subject_id,
-                    case_of(conn, "subject", subject_id))
+    case = require_visible(conn, key, user, "subjects.remove", "subject", subject_id,
+                           case_of(conn, "subject", subject_id))
     actor = user.name
-    audit.lock(conn)  # of two removals at once, the second finds it removed (audit.lock)
+    # Of two removals at once, the second finds it removed (the audit log's lock); under it,
+    # the account as it stands now (one taken off the case meanwhile was recorded after it).
+    require_now(conn, key, user, "subjects.remove", case)
     subject = get_subject(conn, subject_id)
     audit.append(conn, key, actor, "subject.remove",
                  {"subject_id": subject_id, "case": subject.case_id})
@@ -338,7 +340,9 @@ def approve_subject(conn: Conn, key: str, subject_id: str, user: User) -> None:
                            case_of(conn, "subject", subject_id))
     policy.require_identify(conn, "enrolment approval")
     actor = user.name
-    audit.lock(conn)  # of two approvals at once, the second finds it approved (audit.lock)
+    # Of two approvals at once, the second finds it approved (the audit log's lock); under
+    # it, the account as it stands now.
+    require_now(conn, key, user, "subjects.approve", case)
     row = conn.execute("SELECT created_by, approved_at FROM subjects WHERE id = %s"
                        " AND removed_at IS NULL", (uid(subject_id),)).fetchone()
     if row is None:

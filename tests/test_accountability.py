@@ -173,6 +173,24 @@ def test_the_application_role_cannot_change_or_delete_audit_rows(stack: StackHan
             conn.execute(statement)  # type: ignore[arg-type]
 
 
+def test_numbers_jsonb_spells_otherwise_keep_the_chain_verifying(stack: StackHandle) -> None:
+    """A row is hashed as jsonb gives its details back: 1e16 (Python's JSON writes 1e+16,
+    jsonb gives 10000000000000000) and -0.0 (jsonb: 0.0), reachable by any investigator in
+    a render's mute range, made every later `audit verify` fail at that row (bb19)."""
+    from bodycam import audit
+
+    odd = {"mute_ranges": [[-0.0, 1e16], [1.5e300, 1e-7]], "big": 2**70, "third": 1 / 3,
+           "nested": {"z": [0.1, -0.0, 12345678901234567890.0]}}
+    with stack.ctx.db() as conn:
+        row = audit.append(conn, stack.ctx.audit_key, "operator", "test.numbers", odd)
+    with stack.ctx.db() as conn:
+        stored = conn.execute("SELECT details FROM audit_log WHERE id = %s",
+                              (row.id,)).fetchone()["details"]
+    assert stored == row.details
+    code, text = verify(stack)
+    assert code == 0, text
+
+
 @contextmanager
 def tampering(stack: StackHandle) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
     """A superuser connection with triggers bypassed; the chain is intact before and after."""
@@ -561,12 +579,38 @@ def test_a_reopened_confirmation_ended_with_its_entry_keeps_its_track_and_says_s
     assert status == {kept: ("withdrawn", "confirmed"), gone: ("withdrawn", "rejected")}, status
     assert ended["details"] == {"case": case, "withdrawn_match_ids": sorted([kept, gone]),
                                 "deleted_pending": len(matches) - 2,
+                                "deleted_match_ids": sorted(m for m, _t in matches[2:]),
                                 "reason": "its watchlist entry was removed"}, ended
     tracks = _backdate(stack, video)
     retention.purge(stack.ctx, retention.SCHEDULED_ACTOR, dry_run=False)
     purged = _purged(stack, tracks)
     assert kept_track not in purged, "a confirmation reopened, then ended, keeps its track"
     assert gone_track in purged, "a rejection reopened, then ended, keeps nothing"
+
+
+def test_an_entry_removed_while_its_case_is_held_keeps_its_leads_as_withdrawn(
+        stack: StackHandle, processed: object) -> None:
+    """A legal hold preserves what a case found: removing a watchlist entry deleted its
+    unreviewed leads outright, even on a held case, and the row gave only a count (bb19)."""
+    case = "T-HOLD-REMOVE"
+    video = processed(HAMILTON, case)  # type: ignore[operator]
+    sid = str(stack.cli.json("subjects", "enroll", "--name", "p06", "--photo", str(P06),
+                             "--case", case, "--reason", "hold test")["subject_id"])  # type: ignore[index]
+    matches = sorted(m for m, _t in _matches_of(stack, video))
+    assert matches, "p06 matched"
+    stack.cli.run("cases", "hold", case, "--reason", "court order", check=True)
+    try:
+        stack.cli.run("subjects", "remove", sid, check=True)
+    finally:
+        stack.cli.run("cases", "release", case, "--reason", "test over", check=True)
+    with stack.ctx.db() as conn:
+        status = {r["status"] for r in conn.execute(
+            "SELECT status FROM matches WHERE id = ANY(%s::uuid[])", (matches,)).fetchall()}
+        [ended] = conn.execute("SELECT details FROM audit_log WHERE action = 'matches.end'"
+                               " AND details->>'case' = %s", (case,)).fetchall()
+    assert status == {"withdrawn"}, status
+    assert (ended["details"]["withdrawn_match_ids"], ended["details"]["deleted_match_ids"]) \
+        == (matches, []), ended
 
 
 def test_a_hold_placed_while_a_purge_runs_waits_for_it_and_is_never_ignored(

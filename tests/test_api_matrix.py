@@ -577,6 +577,33 @@ def test_every_audit_row_about_an_object_of_a_case_names_the_case(world: World) 
     assert r.status_code == 200 and any(sid in str(i) for i in r.json()["items"]), r.text[:300]
 
 
+def test_a_refusal_by_role_names_the_object_and_its_case(world: World) -> None:
+    """A clerk's or an auditor's probes of case A's evidence by id were audited as `refused`
+    with `case: null` and no id (bb19): the auditor's case filter missed them. Each names
+    the object and its case now; the answer names neither."""
+    a, failures = world.a, []
+    for role, req, about in [
+        ("auditor", Req("GET", f"{V}/videos/{a['video']}/original"), f"video {a['video']}"),
+        ("auditor", Req("GET", f"{V}/videos/{a['video']}/tracks"), f"video {a['video']}"),
+        ("auditor", Req("POST", f"{V}/videos/{a['video']}/retry"), f"video {a['video']}"),
+        ("clerk", Req("GET", f"{V}/tracks/{a['track']}/thumbnail"), f"track {a['track']}"),
+        ("clerk", Req("GET", f"{V}/subjects/{a['subject']}/photo"),
+         f"subject {a['subject']}"),
+        ("clerk", Req("GET", f"{V}/videos/{a['video']}/redaction-plan"),
+         f"video {a['video']}"),
+        ("auditor", Req("DELETE", f"{V}/subjects/{a['subject']}"), f"subject {a['subject']}"),
+    ]:
+        r = world.send(req, world.tokens[role])
+        with world.stack.ctx.db() as conn:
+            row = conn.execute("SELECT details FROM audit_log WHERE actor = %s AND action ="
+                               " 'refused' ORDER BY id DESC LIMIT 1",
+                               (world.names[role],)).fetchone()
+        got = row and (row["details"].get("case"), row["details"].get("object"))
+        if r.status_code != 403 or got != (CASE_A, about) or CASE_A in r.text:
+            failures.append(f"{req.method} {req.path} as {role}: {r.status_code} {got}")
+    assert not failures, failures
+
+
 def test_odd_values_get_one_clean_line_and_are_not_stored(world: World) -> None:
     """Each of these was stored and broke later reads, or was a 500 (a black-box pass, with
     reproductions kept by the session that fixed them)."""

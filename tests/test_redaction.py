@@ -6,8 +6,10 @@ refused."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
 import signal
 import subprocess
 import tempfile
@@ -43,7 +45,9 @@ from bodycam.redaction import (
     compute_plan,
     dense_pipeline,
     frame_regions,
+    pdf_report,
     render,
+    report_lines,
 )
 from bodycam.storage import REDACTIONS
 from tests.conftest import StackHandle
@@ -133,6 +137,38 @@ def test_the_plan_covers_every_frame_between_detections_and_around_a_track() -> 
         ManualRegion((0, 0, 20, 20), 1.0, 1.1, who),)))
     assert {r.source for rs in kept.values() for r in rs} == {"manual-1"}
     assert sorted(kept) == [30, 31, 32, 33], "1.0 s to 1.1 s at 30 fps, ends included"
+
+
+def test_the_pdf_report_wraps_long_lines_and_names_who_decided_before_the_reason() -> None:
+    """Every line was cut at 130 characters (past the page's 108): who decided never showed,
+    and a reason padded to the margin could put a false "[basis] by NAME" in its place
+    (bb19). The decider and the basis come first, and long lines wrap."""
+    from PIL import Image
+
+    fake = "shown at the request of the person   [consent of the person shown]  by sup" + \
+        " " * 60
+    row = {"track": "P1", "frames": [0, 26], "time_s": [0.0, 0.87], "reason": fake,
+           "legal_basis": "public interest", "decided_by": "ia6"}
+    report = {"derivative_id": "d", "video_id": "v", "case": "C", "original_sha256": "0" * 64,
+              "sha256": "1" * 64, "plan_version": 1, "algorithm": "a", "frames": 27,
+              "duration_s": 0.9, "reviewer": "ia6", "created_at": "now",
+              "settings": {"keep_tracks": ["P1"], "tail": "the settings' last words"},
+              "redacted_regions": [{**row, "track": "P2", "reason": "x " * 200,
+                                    "decided_by": "automatic (hide every face)"}],
+              "kept_tracks": [row], "removed_false_positives": [],
+              "low_confidence_frames": [], "audio": {"mode": "keep", "muted_s": None}}
+    lines = report_lines(report)
+    assert any(line.startswith("         P1  frames 0-26  0.00-0.87 s  by ia6 [public interest]:")
+               for line in lines), lines
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buf, "JPEG")
+    pdf = pdf_report(lines, buf.getvalue())
+    shown = re.findall(rb"\((.*?)\) Tj", pdf)
+    assert shown and all(len(re.sub(rb"\\(.)", rb"\1", t)) <= 108 for t in shown)
+    text = b" ".join(t.strip() for t in shown)
+    for part in (b"by automatic \\(hide every face\\) [public interest]",
+                 b"the settings' last words"):
+        assert part in text, part
 
 
 @pytest.fixture(scope="module")
@@ -431,13 +467,44 @@ def test_a_kept_track_stays_visible_and_a_manual_region_hides_what_it_covers(
             (["--region", "0,0,40,40@9000-9001"], "the video ends at"),
             (["--region", "0,0,40,40@nan-1"], "finite"), (["--region", "0,0,inf,40@0-1"],
                                                           "finite"),
-            (["--audio", "mute-ranges", "--mute", "1-inf"], "finite")):
+            (["--audio", "mute-ranges", "--mute", "1-inf"], "finite"),
+            # Kept and removed at once (was rendered, sealed with P-ids in both lists).
+            (["--keep-track", keep, "--remove-track", keep], "both kept and removed")):
         bad = stack.cli.run("redact", video, "-o", str(tmp_path / "bad.mp4"), *args,
                             "--region-reason", "r", "--region-basis",
                             "privacy of third parties", extra_env=users["a"])
         assert bad.returncode != 0 and why in bad.stderr, bad.stderr
         assert len(bad.stderr.strip().splitlines()) == 1, bad.stderr
         assert not (tmp_path / "bad.mp4").exists()
+
+
+def test_a_region_or_mute_range_past_the_frame_or_the_end_is_cut_there_and_recorded_so(
+        stack: StackHandle, video: str, api_url: str, users: dict[str, dict[str, str]],
+        hide_all: tuple[Path, dict[str, Any]]) -> None:
+    """A box to 1e308 failed each render attempt (OverflowError); a mute range to 1e16 was
+    sealed in a `redaction.request` row that no `audit verify` passed again (bb19). Both are
+    cut at the frame and the end, and recorded as cut."""
+    body = {"regions": [{"box_px": [0, 0, 1e308, 1e308], "start_s": 0, "end_s": 1e308,
+                         "reason": "r", "legal_basis": "privacy of third parties"}],
+            "audio": "mute-ranges", "mute_ranges": [[-0.0, 1e16]], "style": "box"}
+    headers = {"Authorization": f"Bearer {users['a']['BODYCAM_TOKEN']}"}
+    asked = httpx.post(f"{api_url}/api/v1/videos/{video}/redactions", json=body, timeout=60,
+                       headers=headers)
+    assert asked.status_code == 202, asked.text
+    job = _follow(api_url, users["a"]["BODYCAM_TOKEN"], asked.json()["job_id"])
+    assert job["state"] == "done", job
+    record = httpx.get(f"{api_url}/api/v1/redactions/{job['derivative_id']}", timeout=60,
+                       headers=headers).json()
+    with stack.ctx.db() as conn:
+        duration = float(conn.execute("SELECT duration_s FROM videos WHERE id = %s",
+                                      (video,)).fetchone()["duration_s"])
+    assert record["settings"]["mute_ranges"] == [[0.0, duration]], record["settings"]
+    report = httpx.get(f"{api_url}/api/v1/redactions/{job['derivative_id']}/report",
+                       timeout=60, headers=headers).json()
+    [manual] = [r for r in report["redacted_regions"] if r["kind"] == "manual"]
+    assert manual["time_s"][1] <= duration and manual["box_px"] == [0, 0, 960, 540], manual
+    verified = stack.cli.run("audit", "verify")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
 
 
 def test_the_derivative_hash_and_lineage_verify_and_tampering_is_found(
@@ -591,6 +658,37 @@ def test_a_redaction_whose_case_is_taken_away_before_it_is_recorded_is_refused_a
         assert r.status_code in (401, 403)
 
 
+def test_an_account_may_have_only_so_many_renders_queued_or_running(
+        stack: StackHandle, video: str, api_url: str, operator_token: str,
+        hide_all: tuple[Path, dict[str, Any]]) -> None:
+    """Renders share the workers with processing: twenty asked at once by one investigator
+    held another case's new video for 53 s (bb19). Past `redaction.max_open_renders` (2)
+    open renders, an account's next ask is 429; once one has ended, it is taken."""
+    from bodycam import redaction_jobs
+
+    name = "red-inv-many"
+    token = stack.cli.run("users", "add", name, "--role", "investigator",
+                          check=True).stdout.strip()
+    stack.cli.run("users", "assign", name, "--case", CASE_A, check=True)
+    headers = {"Authorization": f"Bearer {token}"}
+    with stack.ctx.db() as conn:  # two asked and not ended (made here, not sent)
+        held = [redaction_jobs.create(conn, video, CASE_A, redaction_jobs.RENDER, name, {})
+                for _ in range(2)]
+    try:
+        r = httpx.post(f"{api_url}/api/v1/videos/{video}/redactions", json={}, timeout=60,
+                       headers=headers)
+        assert r.status_code == 429, r.text
+        assert f"{name} has 2 renders queued or running" in r.json()["detail"]
+    finally:
+        with stack.ctx.db() as conn:
+            conn.execute("UPDATE redaction_jobs SET state = 'failed', error = 'test'"
+                         " WHERE id = ANY(%s)", ([uuid.UUID(j) for j in held],))
+    r = httpx.post(f"{api_url}/api/v1/videos/{video}/redactions", json={}, timeout=60,
+                   headers=headers)
+    assert r.status_code == 202, r.text
+    assert _follow(api_url, operator_token, r.json()["job_id"])["state"] == "done"
+
+
 def test_a_render_a_stalled_worker_finishes_late_touches_nothing_another_recorded(
         stack: StackHandle, video: str, api_url: str, operator_token: str,
         hide_all: tuple[Path, dict[str, Any]]) -> None:
@@ -623,6 +721,10 @@ def test_a_render_a_stalled_worker_finishes_late_touches_nothing_another_recorde
     with ctx.db() as conn:
         assert conn.execute("SELECT state FROM redaction_jobs WHERE id = %s",
                             (job_id,)).fetchone()["state"] == "done"
+    # The job names the derivative, not its report: who was kept and why is read where the
+    # reading is audited (the job's look served it unaudited: bb19).
+    polled = _follow(api_url, operator_token, job_id)
+    assert polled["derivative_id"] == made["derivative_id"] and "report" not in polled
     late = redaction_jobs._render(ctx, stalled, lambda _f: None)  # it wakes, and stores
     with ctx.db() as conn, pytest.raises(LeaseLostError):
         redaction_jobs.complete(conn, stalled, late)

@@ -116,7 +116,8 @@ def make_matches_export(ctx: Context, user: User, fmt: str, status: str | None,
                         case: str | None) -> dict[str, object]:
     """Export matches with a signed manifest on the server (auditor); audited (`export`)."""
     return _export(ctx, user, "matches.export", fmt,
-                   lambda path: export_matches(ctx, user.name, fmt, path, status, case))
+                   lambda path: export_matches(ctx, user, "matches.export", fmt, path, status,
+                                               case))
 
 
 def make_audit_export(ctx: Context, user: User, fmt: str, date_from: str | None,
@@ -124,7 +125,7 @@ def make_audit_export(ctx: Context, user: User, fmt: str, date_from: str | None,
     """Export the audit log (a window) with a signed manifest (auditor); audited."""
     start, end = parse_when(date_from, "--from"), parse_until(date_to)
     return _export(ctx, user, "audit.export", fmt,
-                   lambda path: export_audit(ctx, user.name, fmt, path, start, end))
+                   lambda path: export_audit(ctx, user, "audit.export", fmt, path, start, end))
 
 
 def _export(ctx: Context, user: User, action: str, fmt: str,
@@ -133,7 +134,11 @@ def _export(ctx: Context, user: User, action: str, fmt: str,
     with ctx.db() as conn:
         require(conn, ctx.audit_key, user, action)
     export_id, path = _new_export(ctx, user, fmt)
-    manifest = write(path)
+    try:
+        manifest = write(path)
+    except BaseException:  # refused at the end (the account changed meanwhile), or failed
+        shutil.rmtree(path.parent, ignore_errors=True)
+        raise
     _owner_only(path.parent)
     return {"export_id": export_id, "manifest": manifest}
 

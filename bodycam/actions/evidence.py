@@ -98,14 +98,13 @@ def _video_case(conn: Conn, key: str, user: User, action: str, video_id: str,
                 uploader_may: bool) -> str:
     """The case of a video the user may act on: role first, then the case (or, where
     `uploader_may`, their own upload); refusals audited, unknown ids NotFoundError."""
-    require(conn, key, user, action)
     row = conn.execute("SELECT case_id, uploader FROM videos WHERE id = %s",
                        (uid(video_id),)).fetchone()
-    if row is None:
-        raise NotFoundError(f"no video {video_id}")
-    if uploader_may and row["uploader"] == user.name:
+    if uploader_may and row is not None and row["uploader"] == user.name:
+        require_role(conn, key, user, action, str(row["case_id"]), f"video {video_id}")
         return str(row["case_id"])
-    return require_visible(conn, key, user, action, "video", video_id, str(row["case_id"]))
+    return require_visible(conn, key, user, action, "video", video_id,
+                           str(row["case_id"]) if row else None)
 
 
 def list_jobs(ctx: Context, user: User, status: str | None = None,
@@ -191,9 +190,8 @@ def thumbnail(ctx: Context, user: User, track_id: str) -> bytes:
     """A track's thumbnail JPEG (investigator of the track's case): a picture of someone's
     face, so each one served is audited (`track.thumbnail`), as each read of an original is."""
     with ctx.db() as conn:
-        found = case_of(conn, "track", track_id)
-        require_role(conn, ctx.audit_key, user, "tracks", found)
-        case = require_visible(conn, ctx.audit_key, user, "tracks", "track", track_id, found)
+        case = require_visible(conn, ctx.audit_key, user, "tracks", "track", track_id,
+                               case_of(conn, "track", track_id))
         row = conn.execute("SELECT thumbnail_key FROM tracks WHERE id = %s",
                            (uid(track_id),)).fetchone()
         if row is None or not row["thumbnail_key"]:

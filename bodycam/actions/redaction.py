@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from bodycam import audit, fixity, redaction_jobs
-from bodycam.accounts import AccessDeniedError, User, case_of, require, require_now, require_visible
+from bodycam.accounts import AccessDeniedError, User, case_of, require_now, require_visible
 from bodycam.auth import UnauthenticatedError
 from bodycam.context import Context
 from bodycam.db import Conn, uid
@@ -23,6 +23,7 @@ from bodycam.errors import (
     PermanentError,
     TransientError,
 )
+from bodycam.limits import RateLimitedError
 from bodycam.queue import REDACTION_JOB
 from bodycam.redaction import (
     ALGORITHM,
@@ -189,30 +190,37 @@ def _choices(conn: Conn, key: str, user: User, plan: Plan, video_id: str,
     for c in req.remove_tracks:
         for tid in _resolve_tracks(conn, plan, video_id, c.target, "remove track"):
             remove[tid] = decision(c, REMOVE_REASON, REMOVE_BASIS)
-    for r in req.regions:  # the request's own checks passed; now against this video
+    if both := sorted(set(keep) & set(remove)):
+        raise InvalidInputError(f"track {', '.join(both)} is both kept and removed as a false"
+                                " positive: choose one")
+    # The request's own checks passed; now against this video. What reaches past the frame
+    # or the end is cut there (a region dragged past the edge; "to the end"), so the record
+    # and the report say what was done (a box to 1e308 failed every render: bb19).
+    end = plan.duration_s
+    regions = []
+    for r in req.regions:
         x1, y1, x2, y2 = r.box_px
         if x1 >= plan.width_px or y1 >= plan.height_px:
             raise InvalidInputError(
                 f"manual region {x1:g},{y1:g},{x2:g},{y2:g}: outside the video's"
                 f" {plan.width_px}x{plan.height_px} frame")
-        if r.start_s >= plan.duration_s:
+        if r.start_s >= end:
             raise InvalidInputError(f"manual region from {r.start_s:g} s: the video ends at"
-                                    f" {plan.duration_s:.2f} s")
+                                    f" {end:.2f} s")
+        regions.append(ManualRegion(
+            (x1, y1, min(x2, float(plan.width_px)), min(y2, float(plan.height_px))),
+            r.start_s, min(r.end_s, end), Decision(r.reason, r.legal_basis, user.name)))
     for a, _b in req.mute_ranges:
-        if a >= plan.duration_s:
-            raise InvalidInputError(f"mute range from {a:g} s: the video ends at"
-                                    f" {plan.duration_s:.2f} s")
-    regions = tuple(ManualRegion(r.box_px, r.start_s, r.end_s,
-                                 Decision(r.reason, r.legal_basis, user.name))
-                    for r in req.regions)
-    return Choices(keep=keep, remove=remove, regions=regions,
+        if a >= end:
+            raise InvalidInputError(f"mute range from {a:g} s: the video ends at {end:.2f} s")
+    return Choices(keep=keep, remove=remove, regions=tuple(regions),
                    style=req.style, audio=req.audio,  # type: ignore[arg-type]
-                   mute_ranges=req.mute_ranges)
+                   mute_ranges=tuple((a, min(b, end)) for a, b in req.mute_ranges))
 
 
 def _settings_json(req: RedactRequest, choices: Choices) -> dict[str, Any]:
     return {"style": req.style, "audio": req.audio,
-            "mute_ranges": [list(r) for r in req.mute_ranges],
+            "mute_ranges": [list(r) for r in choices.mute_ranges],
             "keep_tracks": sorted(choices.keep), "remove_tracks": sorted(choices.remove),
             "keep_subjects": [c.target for c in req.keep_subjects],
             "manual_regions": len(choices.regions)}
@@ -221,7 +229,6 @@ def _settings_json(req: RedactRequest, choices: Choices) -> dict[str, Any]:
 def _processed_video(conn: Conn, key: str, user: User, video_id: str) -> str:
     """The case of a video the user may redact (redact role, its case; refusals audited),
     once it has been processed; raises ConflictError before that."""
-    require(conn, key, user, "redact")
     case = require_visible(conn, key, user, "redact", "video", video_id,
                            case_of(conn, "video", video_id))
     status = conn.execute("SELECT status FROM videos WHERE id = %s",
@@ -257,6 +264,9 @@ def redact(ctx: Context, user: User, video_id: str, req: RedactRequest) -> dict[
         settings = _settings_json(req, choices)
         # The account, its case and its token as they stand now, under the log's lock.
         require_now(conn, ctx.audit_key, user, "redact", case)
+        if (n := redaction_jobs.open_renders(conn, user.name)) >= red.max_open_renders:
+            raise RateLimitedError(f"{user.name} has {n} renders queued or running, the most"
+                                   " one account may: ask again once one has ended", 10)
         job_id = redaction_jobs.create(
             conn, video_id, case, redaction_jobs.RENDER, user.name,
             {"plan_version": plan.version, "derivative_id": derivative_id,
@@ -277,7 +287,6 @@ def job(ctx: Context, user: User, job_id: str) -> dict[str, Any]:
     """A redaction job's state (redact role, its video's case); a job a worker finished is
     recorded first, so a done render names its derivative."""
     with ctx.db() as conn:
-        require(conn, ctx.audit_key, user, "redact")
         require_visible(conn, ctx.audit_key, user, "redact", "redaction job", job_id,
                         case_of(conn, "redaction job", job_id))
     record_job(ctx, job_id)
@@ -455,9 +464,6 @@ def derivative(ctx: Context, user: User, derivative_id: str, part: str | None = 
     """A derivative's record (redact role, its case); fetching a part (`video`, `report`,
     `pdf`, `sheet`) is audited (`redaction.download`)."""
     with ctx.db() as conn:
-        require(conn, ctx.audit_key, user, "redact")
-        if uid(derivative_id) is None:
-            raise NotFoundError(f"no redaction {derivative_id[:40]}")
         case = require_visible(conn, ctx.audit_key, user, "redact", "redaction", derivative_id,
                                case_of(conn, "redaction", derivative_id))
         r = conn.execute("SELECT * FROM redactions WHERE id = %s", (derivative_id,)).fetchone()

@@ -52,8 +52,6 @@ def list_subjects(ctx: Context, user: User, case: str | None = None) -> list[Sub
 def remove_subject(ctx: Context, user: User, subject_id: str) -> dict[str, object]:
     """Take a subject off the watchlist (its templates deleted); audited."""
     with ctx.db() as conn:
-        require_role(conn, ctx.audit_key, user, "subjects.remove",
-                     case_of(conn, "subject", subject_id))
         subjects.remove_subject(conn, ctx.audit_key, subject_id, user)
     return {"subject_id": subject_id, "removed": True}
 
@@ -62,7 +60,7 @@ def approve_subject(ctx: Context, user: User, subject_id: str) -> dict[str, obje
     """A supervisor approves an enrolment (never their own); matching then runs."""
     with ctx.db() as conn:
         case = case_of(conn, "subject", subject_id)  # named in a refusal's audit row only
-        require_role(conn, ctx.audit_key, user, "subjects.approve", case)
+        require_role(conn, ctx.audit_key, user, "subjects.approve", case, f"subject {subject_id}")
     with refusals_audited(ctx, user, "subjects.approve", case), ctx.db() as conn:
         subjects.approve_subject(conn, ctx.audit_key, subject_id, user)
         made = matching.match_subject(conn, ctx.settings, ctx.audit_key, subject_id)
@@ -138,7 +136,7 @@ def review(ctx: Context, user: User, match_id: str, decision: str, note: str
         raise InvalidInputError("give exactly one of --confirm or --reject")
     with ctx.db() as conn:
         case = case_of(conn, "match", match_id)  # named in a refusal's audit row only
-        require_role(conn, ctx.audit_key, user, "review", case)
+        require_role(conn, ctx.audit_key, user, "review", case, f"match {match_id}")
     with refusals_audited(ctx, user, "review", case), ctx.db() as conn:
         status = matching.review(conn, ctx.audit_key, match_id, user, decision == "confirm",
                                  note or "")
@@ -150,7 +148,7 @@ def reopen(ctx: Context, user: User, match_id: str, reason: str) -> dict[str, ob
     round, with a reason; audited (`match.reopen`; a refusal as `refused`)."""
     with ctx.db() as conn:
         case = case_of(conn, "match", match_id)  # named in a refusal's audit row only
-        require_role(conn, ctx.audit_key, user, "matches.reopen", case)
+        require_role(conn, ctx.audit_key, user, "matches.reopen", case, f"match {match_id}")
     with refusals_audited(ctx, user, "matches.reopen", case), ctx.db() as conn:
         rnd = matching.reopen(conn, ctx.audit_key, match_id, user, reason)
     return {"match_id": match_id, "status": "pending", "round": rnd}
@@ -189,7 +187,6 @@ def subject_photo(ctx: Context, user: User, subject_id: str) -> bytes:
     """A subject's first enrolment photo as a JPEG (EXIF dropped, at most 640 px a side), for
     an investigator or supervisor of the subject's case; audited (`subject.photo`)."""
     with ctx.db() as conn:
-        require(conn, ctx.audit_key, user, "subjects.list")
         case = require_visible(conn, ctx.audit_key, user, "subjects.list", "subject",
                                subject_id, case_of(conn, "subject", subject_id))
         row = conn.execute(

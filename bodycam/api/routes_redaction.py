@@ -101,7 +101,8 @@ class JobOut(Out):
     """A redaction job: a plan or a render, computed by a worker and recorded by the server.
     `state`: queued, running, computed (recorded at the next look), done, failed (`error`
     says why) or refused (the account may no longer redact in the case). A done render
-    names its derivative, both SHA-256s and its report."""
+    names its derivative and both SHA-256s; its report is read (audited) from
+    `GET /redactions/{id}/report`."""
 
     job_id: str
     video_id: str
@@ -116,7 +117,6 @@ class JobOut(Out):
     derivative_id: str | None
     sha256: str | None
     original_sha256: str | None
-    report: dict[str, Any] | None
 
 
 @router.get("/videos/{video_id}/redaction-plan", response_model=PlanOut,

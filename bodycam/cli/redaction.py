@@ -3,6 +3,7 @@ plan and recorded by the server."""
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
@@ -143,7 +144,7 @@ def redact(
         "style": style, "audio": audio, "mute_ranges": [_span(m) for m in mute or []],
     }
     made, files = client_call(lambda c: redact_to(c, video_id, body, dest))
-    report = made["report"]
+    report = json.loads(files["report"].read_text())  # as downloaded (audited)
     summary = {"json": str(files["report"]), "pdf": str(files["pdf"]),
                "contact_sheet": str(files["sheet"]),
                "redacted_regions": len(report["redacted_regions"]),

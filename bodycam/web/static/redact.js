@@ -128,7 +128,7 @@ document.getElementById("render").addEventListener("submit", async (ev) => {
   }
   flash(`Derivative ${made.derivative_id} rendered.`);
   const base = `/api/v1/redactions/${encodeURIComponent(made.derivative_id)}`;
-  const r = made.report;
+  const r = await api("GET", `/redactions/${encodeURIComponent(made.derivative_id)}/report`);
   document.getElementById("result-facts").textContent =
     `SHA-256 ${made.sha256} (original ${made.original_sha256}); ` +
     `${r.redacted_regions.length} region(s) hidden; kept: ${r.kept_tracks.map((k) => k.track).join(", ") || "none"}.`;
