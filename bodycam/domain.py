@@ -7,6 +7,8 @@ from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the probe's child process reads MediaInfo without loading numpy
+    from collections.abc import Callable
+
     import numpy as np
 
 
@@ -101,6 +103,15 @@ class SampledFrame:
     scene_index: int
     image: np.ndarray = field(repr=False, compare=False)  # RGB uint8, H x W x 3
     scale: float = 1.0  # image pixels per original (display) pixel
+    # Where `image` was scaled down for detection: the frame at full size, made on demand
+    # for the faces' crops (`embedding_view`; a 55-px face of 4K footage was embedded from
+    # 27 px and no photo matched it: bb20).
+    full: Callable[[], np.ndarray] | None = field(default=None, repr=False, compare=False)
+
+    def embedding_view(self) -> tuple[np.ndarray, float]:
+        """The image faces are cut from for embedding, and its scale: full size where there
+        is one."""
+        return (self.full(), 1.0) if self.full is not None else (self.image, self.scale)
 
 
 @dataclass(frozen=True)

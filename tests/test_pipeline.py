@@ -810,6 +810,51 @@ def test_non_square_pixels_are_analysed_as_a_player_shows_them(tmp_path: Path) -
     assert float(np.dot(sq_vec, nr_vec)) > 0.95
 
 
+def test_faces_of_footage_larger_than_the_detection_size_are_embedded_at_full_size(
+        tmp_path: Path) -> None:
+    """Frames over `max_frame_side_px` are scaled down for detection; their faces were also
+    embedded from the scaled-down frame, so a 55-px face of 4K footage was described from
+    27 px and no photo matched it (bb20). The same 50-px faces padded into a 4K frame are
+    embedded as in the small original (0.983-0.997 here; from the scaled-down frame
+    0.950-0.970)."""
+    ffmpeg = str(shutil.which("ffmpeg"))
+    small, large = tmp_path / "small.mp4", tmp_path / "large.mp4"
+    for out, vf in ((small, "scale=320:180"), (large, "scale=320:180,pad=3840:2160:1600:900")):
+        subprocess.run([ffmpeg, "-v", "error", "-y", "-ss", "3", "-i", str(HAMILTON), "-t", "2",
+                        "-vf", vf, "-c:v", "libx264", "-crf", "12", str(out)], check=True)
+    cfg = PipelineSettings(embedder="dlib-resnet")
+    detector, embedder = Registry.detector(cfg), Registry.embedder(cfg)
+    seen: dict[str, dict[int, list[np.ndarray]]] = {}
+    for path in (small, large):
+        info = probe(path, LimitsSettings())
+        frames = list(ChunkDecoder(path, info, 0.0, info.duration_s, cfg))
+        assert frames[0].scale == (1.0 if path == small else 0.5)
+        seen[path.name] = {}
+        for frame, faces in zip(frames, detector.detect(frames), strict=True):
+            if faces:
+                face = max(faces, key=lambda d: d.box_px[3] - d.box_px[1])
+                image, scale = frame.embedding_view()  # full size, and as detected
+                seen[path.name][frame.frame_index] = [
+                    embedder.embed(image, [face], scale)[0],
+                    embedder.embed(frame.image, [face], frame.scale)[0]]
+    s, g = seen["small.mp4"], seen["large.mp4"]
+    pairs = [(i, j) for i in s for j in g if abs(i - j) <= 1]  # the samples' grids differ
+    assert len(pairs) >= 4, (sorted(s), sorted(g))
+    full = [float(np.dot(s[i][0], g[j][0])) for i, j in pairs]
+    scaled = [float(np.dot(s[i][0], g[j][1])) for i, j in pairs]
+    assert min(full) > max(scaled) and float(np.median(full)) > 0.985, (full, scaled)
+    # And so the analysis embeds them (its stored vectors are those of the small original).
+    runs = {}
+    for path in (small, large):
+        info = probe(path, LimitsSettings())
+        res = analyze_chunk(path, info, 0.0, info.duration_s, cfg, detector, embedder)
+        runs[path.name] = {d.frame_index: d.embedding for _k, d in res.detections
+                           if d.embedding is not None}
+    s2, g2 = runs["small.mp4"], runs["large.mp4"]
+    stored = [float(np.dot(s2[i], g2[j])) for i in s2 for j in g2 if abs(i - j) <= 1]
+    assert stored and float(np.median(stored)) > 0.985, stored
+
+
 @pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg on PATH")
 def test_rotation_metadata_is_honoured_so_faces_come_out_upright(tmp_path: Path) -> None:
     """A phone-style file: pixels stored sideways plus a display rotation that undoes it."""

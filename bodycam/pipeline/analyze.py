@@ -213,8 +213,10 @@ def _embed_ahead(embedder: FaceEmbedder, frames: Sequence[SampledFrame],
             if (w := [i for i, n in enumerate(need) if n])]
     ready: list[dict[int, np.ndarray]] = [{} for _f in frames]
     if todo:
-        vecs = embedder.embed_frames([(frames[j].image, [found[j][i] for i in w],
-                                       frames[j].scale) for j, w in todo])
+        views = [frames[j].embedding_view() for j, _w in todo]
+        vecs = embedder.embed_frames([(image, [found[j][i] for i in w], scale)
+                                      for (j, w), (image, scale) in zip(todo, views,
+                                                                          strict=True)])
         for (j, w), v in zip(todo, vecs, strict=True):
             ready[j] = dict(zip(w, v, strict=True))
     return ready
@@ -225,8 +227,11 @@ def _embed_some(embedder: FaceEmbedder, frame: SampledFrame, dets: list[FaceDete
     """Replace dets[i] for i in `which` with a copy carrying its embedding: from `ready`
     where it was computed ahead, the others in one call."""
     late = [i for i in which if i not in ready]
-    vecs = dict(zip(late, embedder.embed(frame.image, [dets[i] for i in late], frame.scale),
-                    strict=True)) if late else {}
+    vecs: dict[int, np.ndarray] = {}
+    if late:
+        image, scale = frame.embedding_view()
+        vecs = dict(zip(late, embedder.embed(image, [dets[i] for i in late], scale),
+                        strict=True))
     for i in which:
         dets[i] = replace(dets[i], embedding=ready[i] if i in ready else vecs[i])
 

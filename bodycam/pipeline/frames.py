@@ -9,6 +9,7 @@ H.264 must be decoded in full either way (GUIDE: decode touches every frame).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -137,7 +138,9 @@ class ChunkDecoder:
             # One orientation for the whole video (the first frame's, probed at ingest): a
             # frame that turned mid-way would change the picture's size under the tracks.
             img = upright(img, info.rotation_deg // 90, info.mirrored)
-            return SampledFrame(p.index, p.pts, p.t_s, len(self.scenes), img, scale)
+            return SampledFrame(p.index, p.pts, p.t_s, len(self.scenes), img, scale,
+                                functools.partial(_full_rgb, frame, info) if scale < 1.0
+                                else None)
 
         def close_scene(end: _Pending | None) -> Iterator[SampledFrame]:
             nonlocal held, scene_start, old
@@ -253,6 +256,17 @@ class ChunkDecoder:
 # How far before a chunk's start a seek is tried again (seconds), the last one past any
 # file's start (a day: the limit on a video's length is hours).
 SEEK_BACK_S = (0.0, 2.0, 10.0, 60.0, 86400.0)
+
+
+def _full_rgb(frame: av.VideoFrame, info: MediaInfo) -> np.ndarray:
+    """A decoded frame as RGB at its full size, in square pixels and upright, as a sampled
+    frame's image is before it is scaled down (`SampledFrame.full`)."""
+    w, h = info.square_size
+    img: np.ndarray = (frame.to_ndarray(format="rgb24", width=w, height=h,
+                                        interpolation="BILINEAR")
+                       if (w, h) != (info.width_px, info.height_px)
+                       else frame.to_ndarray(format="rgb24"))
+    return upright(img, info.rotation_deg // 90, info.mirrored)
 
 
 def _frame_at(t_s: float, fps: Fraction) -> int:
