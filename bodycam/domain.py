@@ -80,6 +80,20 @@ class MediaInfo:
         }
 
 
+# A video's first frame in the file's own timeline (`media.start_pts` x `media.time_base`),
+# selected beside each row that a player seeks in: times are seconds from the first frame,
+# and a player's are the file's (a video stream that starts at 1 s, after its sound, or an
+# MPEG-TS clock, opened every lead that much early in the web app: bb20).
+FIRST_FRAME_COLUMNS = "v.media->>'start_pts' AS start_pts, v.media->>'time_base' AS time_base"
+
+
+def first_frame_s(row: dict[str, Any]) -> float:
+    """The first frame's time in its file from a row with FIRST_FRAME_COLUMNS."""
+    if row.get("start_pts") is None or row.get("time_base") is None:
+        return 0.0
+    return round(float(int(row["start_pts"]) * Fraction(str(row["time_base"]))), 6)
+
+
 @dataclass(frozen=True)
 class Scene:
     """A shot between two cuts: [start, end) in seconds, frames and PTS."""

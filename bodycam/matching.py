@@ -23,6 +23,7 @@ from bodycam.accounts import (
 )
 from bodycam.config import Settings
 from bodycam.db import Conn, uid
+from bodycam.domain import FIRST_FRAME_COLUMNS, first_frame_s
 from bodycam.errors import ConflictError, InvalidInputError, NotFoundError
 from bodycam.leads import WITHDRAWN
 from bodycam.search import best_subjects, case_gallery, resolve_threshold
@@ -57,6 +58,7 @@ class Match:
     entry: str  # the watchlist entry: active, lapsed or removed
     enrolled_by: str  # who enrolled the subject
     confirmations: int  # of the current round that count (`_INDEPENDENT`)
+    first_frame_s: float = 0.0  # the video's first frame in its file: a player adds it
 
     def as_json(self) -> dict[str, object]:
         """JSON for the CLI and exports."""
@@ -69,7 +71,8 @@ class Match:
                 "created_at": self.created_at.isoformat(), "reviewers": list(self.reviewers),
                 "round": self.review_round, "earlier_reviews": list(self.earlier_reviews),
                 "reopened_by": self.reopened_by, "reopen_reason": self.reopen_reason,
-                "reopened_from": self.reopened_from, "entry": self.entry}
+                "reopened_from": self.reopened_from, "entry": self.entry,
+                "first_frame_s": self.first_frame_s}
 
 
 STATUSES = ("pending", "confirmed", "rejected", WITHDRAWN)  # of a match
@@ -204,8 +207,9 @@ def list_matches(conn: Conn, status: str | None = None, case_id: str | None = No
         " AND r.review_round < m.review_round ORDER BY r.id) AS earlier, m.reopened_by,"
         " m.reopen_reason, m.reopened_from, CASE WHEN s.removed_at IS NOT NULL THEN 'removed'"
         " WHEN s.expires_at <= now() THEN 'lapsed' ELSE 'active' END AS entry,"
-        " s.created_by, " + _INDEPENDENT + " AS confirmations"
-        + _LISTED_FROM + " JOIN tracks t ON t.id = m.track_id" + _LISTED
+        " s.created_by, " + _INDEPENDENT + " AS confirmations, " + FIRST_FRAME_COLUMNS
+        + _LISTED_FROM + " JOIN tracks t ON t.id = m.track_id"
+        " JOIN videos v ON v.id = m.video_id" + _LISTED
         + " ORDER BY m.created_at DESC, m.id OFFSET %(offset)s LIMIT %(limit)s",
         {"status": status, "case": case_id, "cases": cases, "offset": offset,
          "limit": limit}).fetchall()
@@ -214,7 +218,7 @@ def list_matches(conn: Conn, status: str | None = None, case_id: str | None = No
                   float(r["threshold"]), r["model"], r["status"], r["created_at"],
                   tuple(r["reviewers"]), int(r["review_round"]), tuple(r["earlier"]),
                   r["reopened_by"], r["reopen_reason"], r["reopened_from"], str(r["entry"]),
-                  str(r["created_by"]), int(r["confirmations"]))
+                  str(r["created_by"]), int(r["confirmations"]), first_frame_s(r))
             for r in rows]
 
 

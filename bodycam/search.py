@@ -16,6 +16,7 @@ from bodycam.case_vectors import FINGERPRINT_SQL, CaseVectors
 from bodycam.config import Settings
 from bodycam.context import Context
 from bodycam.db import Conn, uid
+from bodycam.domain import FIRST_FRAME_COLUMNS, first_frame_s
 from bodycam.errors import InvalidInputError, NotFoundError
 from bodycam.limits import require_rate
 from bodycam.search_args import Filters, Probe, check_similarity
@@ -52,13 +53,15 @@ class Appearance:
     track_ids: tuple[str, ...]
     thumbnail: str | None
     quality: float = 0.0  # of the best-matching track: size, sharpness, confidence (0-1)
+    first_frame_s: float = 0.0  # the video's first frame in its file: a player adds it
 
     def as_json(self) -> dict[str, object]:
         """JSON object for the CLI."""
         return {"video_id": self.video_id, "filename": self.filename, "sha256": self.sha256,
                 "start_s": round(self.start_s, 3), "end_s": round(self.end_s, 3),
                 "similarity": round(self.similarity, 4), "quality": round(self.quality, 3),
-                "track_ids": list(self.track_ids), "thumbnail": self.thumbnail}
+                "track_ids": list(self.track_ids), "thumbnail": self.thumbnail,
+                "first_frame_s": self.first_frame_s}
 
 
 @dataclass(frozen=True)
@@ -201,6 +204,7 @@ class Candidate:
     sha256: str
     quality: float
     rival: float | None = None  # best similarity to another enrolled subject (subject search)
+    first_frame_s: float = 0.0  # the video's first frame in its file (domain.first_frame_s)
 
 
 def candidate_tracks(conn: Conn, settings: Settings, query: Query, case_id: str,
@@ -254,7 +258,8 @@ def candidate_tracks(conn: Conn, settings: Settings, query: Query, case_id: str,
     sim = "(SELECT max(1 - (t.embedding <=> x)) FROM unnest(qv.qs) x)"
     rival = "(SELECT max(1 - (t.embedding <=> x)) FROM unnest(qv.rs) x)"
     cols = ("t.id::text AS id, t.video_id::text AS video_id, t.start_s, t.end_s,"
-            " t.thumbnail_key, t.quality, v.original_filename, v.sha256")
+            " t.thumbnail_key, t.quality, v.original_filename, v.sha256, "
+            + FIRST_FRAME_COLUMNS)
     matrix = (cache.matrix(conn, case_id, query.model, dim, where, params,
                            (int(fp["n"]), int(fp["s"]), int(fp["x"])))
               if cache is not None and copyable and exact else None)
@@ -296,7 +301,7 @@ def candidate_tracks(conn: Conn, settings: Settings, query: Query, case_id: str,
             str(r["id"]), float(r["sim"]), str(r["video_id"]), float(r["start_s"]),
             float(r["end_s"]), str(r["thumbnail_key"]) if r["thumbnail_key"] else None,
             str(r["original_filename"]), str(r["sha256"]), float(r["quality"]),
-            None if r["rival"] is None else float(r["rival"]))
+            None if r["rival"] is None else float(r["rival"]), first_frame_s(r))
     return sorted(best.values(), key=lambda c: (-c.similarity, c.track_id))[:k]
 
 
@@ -374,7 +379,8 @@ def appearances(cands: Sequence[Candidate], merge_gap_s: float) -> list[Appearan
                 video_id=vid, filename=best.filename, sha256=best.sha256,
                 start_s=min(g.start_s for g in group), end_s=max(g.end_s for g in group),
                 similarity=best.similarity, track_ids=tuple(g.track_id for g in group),
-                thumbnail=best.thumbnail, quality=best.quality))
+                thumbnail=best.thumbnail, quality=best.quality,
+                first_frame_s=best.first_frame_s))
 
         for t in tracks:
             if group and t.start_s > end + merge_gap_s:

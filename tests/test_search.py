@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
+import subprocess
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -15,7 +17,8 @@ from PIL import Image, ImageFilter
 
 from bodycam import db, search, subjects
 from bodycam.case_vectors import CaseMatrix, CaseVectors
-from bodycam.config import Settings
+from bodycam.config import LimitsSettings, Settings
+from bodycam.media.probe import probe
 from tests.conftest import HAMILTON, TESTDATA, StackHandle
 
 IDENTITIES = TESTDATA / "faces" / "identities"
@@ -125,6 +128,33 @@ def test_p06_enrolled_from_one_photo_is_found_first_in_the_hamilton_close_up(
                               "find p06")
     assert isinstance(by_photo, dict)
     assert _covers_close_up(by_photo["results"][0]["start_s"], by_photo["results"][0]["end_s"])
+
+
+def test_a_lead_says_where_its_video_starts_in_the_file_for_a_player_to_seek(
+        stack: StackHandle, processed: object, tmp_path: Path) -> None:
+    """Times count from a video's first frame; a player's from the file's start. A file whose
+    video starts later (after its sound, an MPEG-TS clock, a stream-copied cut) opened every
+    lead that much early in the web app (bb20: 1 s and 3.5 s). A lead names that start."""
+    case = "T-SEARCH-OFFSET"
+    shifted = tmp_path / "shifted.mp4"
+    subprocess.run([str(shutil.which("ffmpeg")), "-v", "error", "-y", "-i", str(HAMILTON),
+                    "-c", "copy", "-output_ts_offset", "3.5", str(shifted)], check=True)
+    # The clip's own video starts 0.852 s into its file (after its sound), the copy 3.5 s
+    # later than that.
+    first = {}
+    for path in (HAMILTON, shifted):
+        info = probe(path, LimitsSettings())
+        first[path] = float(info.start_pts * info.time_base)
+    assert abs(first[shifted] - first[HAMILTON] - 3.5) < 0.05, first
+    vid = processed(shifted, case)  # type: ignore[operator]
+    sid = enrol(stack, "p06 offset", P06, case)
+    res = stack.cli.json("search", "--photo", str(P06), "--case", case, "--purpose", "offset")
+    assert isinstance(res, dict) and res["results"], res
+    assert {(a["video_id"], a["first_frame_s"]) for a in res["results"]} == {
+        (vid, round(first[shifted], 6))}, res["results"]
+    assert _covers_close_up(res["results"][0]["start_s"], res["results"][0]["end_s"])
+    found = matches_of(stack, case, sid)
+    assert found and {m["first_frame_s"] for m in found} == {round(first[shifted], 6)}, found
 
 
 def test_both_candidate_paths_return_the_cases_nearest_tracks_with_exact_similarity(

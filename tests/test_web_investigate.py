@@ -133,7 +133,7 @@ def test_a_photo_search_shows_a_timeline_with_threshold_and_model_and_a_mark_pla
     page.wait_for_function(
         "start => { const v = document.getElementById('player');"
         " return v.readyState >= 1 && !v.seeking && Math.abs(v.currentTime - start) < 1; }",
-        arg=latest["start_s"], timeout=60_000)
+        arg=latest["start_s"] + latest["first_frame_s"], timeout=60_000)
     assert 206 in ranges, f"the original is served by range requests: {ranges}"
     opened = _audit(stack, "video.original", world.inv.name)
     assert any(d["video_id"] == world.video and d["range"] for d in opened)

@@ -103,7 +103,7 @@ def test_the_enroller_sees_photo_crop_clip_and_the_four_eyes_rule_and_cannot_con
     assert f"/videos/{m['video_id']}/original" in str(video.get_attribute("src"))
     page.wait_for_function("v => v.readyState >= 1", arg=video.element_handle(),
                            timeout=60_000)
-    assert abs(video.evaluate("v => v.currentTime") - m["start_s"]) < 0.5
+    assert abs(video.evaluate("v => v.currentTime") - m["start_s"] - m["first_frame_s"]) < 0.5
     shot(page, "review-queue")
 
     note = item.get_by_label("Note (required): why you confirm or reject this match")

@@ -268,7 +268,9 @@ function initSearch() {
     $("#player-card").hidden = false;
     $("#player-what").textContent = `${a.filename} from ${seconds(a.start_s)} (appearance ${range(a)})`;
     const seek = () => {
-      v.currentTime = a.start_s;
+      // Appearance times count from the video's first frame; the player's from the file's
+      // start, where a video may begin later (after its sound; an MPEG-TS clock).
+      v.currentTime = a.start_s + (a.first_frame_s || 0);
       v.play().catch(() => {});
     };
     if (v.dataset.video === vid && v.readyState >= 1) {

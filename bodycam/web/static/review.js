@@ -31,6 +31,8 @@ function item(m, i) {
   el.setAttribute("aria-labelledby", `h-${i}`);
   const sim = Number(m.similarity), thr = Number(m.threshold);
   const cmp = sim >= thr ? "≥" : "<";
+  // The track's time counts from the video's first frame; the player's from the file's start.
+  const at = Number(m.start_s) + Number(m.first_frame_s || 0);
   const reviewers = m.reviewers.length ? m.reviewers.join(", ") : "none yet";
   el.innerHTML = `
     <h2 id="h-${i}">${esc(m.subject)} <small class="muted">case ${esc(m.case)}</small></h2>
@@ -46,9 +48,9 @@ function item(m, i) {
         <figcaption>Face in the footage</figcaption>
       </figure>
       <figure>
-        <video controls preload="metadata" width="320" data-start="${esc(m.start_s)}"
+        <video controls preload="metadata" width="320" data-start="${esc(at)}"
                aria-label="Clip of the footage from ${esc(seconds(m.start_s))}"
-               src="/api/v1/videos/${encodeURIComponent(m.video_id)}/original#t=${esc(m.start_s)}"></video>
+               src="/api/v1/videos/${encodeURIComponent(m.video_id)}/original#t=${esc(at)}"></video>
         <figcaption>Clip ${esc(seconds(m.start_s))}–${esc(seconds(m.end_s))}</figcaption>
       </figure>
       <div class="facts">
@@ -96,7 +98,7 @@ function item(m, i) {
     video.replaceWith(p);
   });
   video.addEventListener("loadedmetadata", () => {
-    if (video.currentTime < m.start_s) video.currentTime = Number(m.start_s);
+    if (video.currentTime < at) video.currentTime = at;
   });
   el.querySelector(".facts").style.flex = "1";
   const form = el.querySelector("form.decide");
