@@ -271,10 +271,10 @@ def require_visible(conn: Conn, key: str, user: User, action: str, kind: str,
     and its case (a clerk's or an auditor's probes of evidence ids were audited with neither:
     bb19). Raises NotFoundError when the id names nothing (after the role: a role that may
     not act learns nothing of which ids exist)."""
-    about = f"{kind} {object_id}"
+    about = f"{kind} {object_id[:80]}"  # an id as sent: bounded where it is recorded
     require_role(conn, key, user, action, found_case, about)
     if found_case is None:
-        raise NotFoundError(f"no {about}")
+        raise NotFoundError(f"no {kind} {object_id}")
     if not can_see_case(conn, user, found_case):
         # The audit row names the object's case for the auditor; the message does not.
         refuse(conn, key, user, action, f"{about} is in a case {user.name} is not"

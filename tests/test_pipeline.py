@@ -775,16 +775,25 @@ def test_synthetic_clip_faces_of_40px_are_covered_and_tracks_are_pure(
     assert hashlib.sha256(clip.read_bytes()).hexdigest()
 
 
+def _hamilton_variants(tmp_path: Path, seconds: int, crf: int, **filters: str) -> list[Path]:
+    """The Hamilton clip from its third second, through each named video filter (H.264)."""
+    out = []
+    for name, vf in filters.items():
+        path = tmp_path / f"{name}.mp4"
+        subprocess.run([str(shutil.which("ffmpeg")), "-v", "error", "-y", "-ss", "3", "-i",
+                        str(HAMILTON), "-t", str(seconds), "-vf", vf, "-c:v", "libx264", "-crf",
+                        str(crf), str(path)], check=True)
+        out.append(path)
+    return out
+
+
 @pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg on PATH")
 def test_non_square_pixels_are_analysed_as_a_player_shows_them(tmp_path: Path) -> None:
     """Anamorphic footage (4:3 pixels, as HDV): the faces were detected squeezed to three
     quarters of their width, and a photo search missed the person (black-box round bb16).
     Analysed in square pixels, the face is where and what it is in the square original."""
-    ffmpeg = str(shutil.which("ffmpeg"))
-    square, narrow = tmp_path / "square.mp4", tmp_path / "narrow.mp4"
-    for out, vf in ((square, "null"), (narrow, "scale=480:360,setsar=4/3")):
-        subprocess.run([ffmpeg, "-v", "error", "-y", "-ss", "3", "-i", str(HAMILTON), "-t", "1",
-                        "-vf", vf, "-c:v", "libx264", "-crf", "18", str(out)], check=True)
+    square, narrow = _hamilton_variants(tmp_path, 1, 18, square="null",
+                                        narrow="scale=480:360,setsar=4/3")
     cfg = PipelineSettings(embedder="dlib-resnet")
     detector, embedder = Registry.detector(cfg), Registry.embedder(cfg)
     seen: dict[str, dict[int, tuple[FaceDetection, np.ndarray]]] = {}
@@ -817,11 +826,8 @@ def test_faces_of_footage_larger_than_the_detection_size_are_embedded_at_full_si
     27 px and no photo matched it (bb20). The same 50-px faces padded into a 4K frame are
     embedded as in the small original (0.983-0.997 here; from the scaled-down frame
     0.950-0.970)."""
-    ffmpeg = str(shutil.which("ffmpeg"))
-    small, large = tmp_path / "small.mp4", tmp_path / "large.mp4"
-    for out, vf in ((small, "scale=320:180"), (large, "scale=320:180,pad=3840:2160:1600:900")):
-        subprocess.run([ffmpeg, "-v", "error", "-y", "-ss", "3", "-i", str(HAMILTON), "-t", "2",
-                        "-vf", vf, "-c:v", "libx264", "-crf", "12", str(out)], check=True)
+    small, large = _hamilton_variants(tmp_path, 2, 12, small="scale=320:180",
+                                      large="scale=320:180,pad=3840:2160:1600:900")
     cfg = PipelineSettings(embedder="dlib-resnet")
     detector, embedder = Registry.detector(cfg), Registry.embedder(cfg)
     seen: dict[str, dict[int, list[np.ndarray]]] = {}
