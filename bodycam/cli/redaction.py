@@ -74,7 +74,8 @@ def wait_for_job(c: Any, job: dict[str, Any]) -> dict[str, Any]:
 def redact_to(c: Any, video_id: str, body: dict[str, Any], dest: Path
               ) -> tuple[dict[str, Any], dict[str, Path]]:
     """Ask the server for a derivative, download it to dest (kept only when its SHA-256 is
-    the one the server recorded) and its report beside it; (the server's answer, files)."""
+    the one the server recorded) and its report beside it; (the server's answer with the
+    report as downloaded, files)."""
     from bodycam.client import sha256_of
     from bodycam.errors import InvalidInputError
 
@@ -102,7 +103,8 @@ def redact_to(c: Any, video_id: str, body: dict[str, Any], dest: Path
         raise InvalidInputError(f"{dest}: cannot write ({exc.strerror or exc})") from None
     finally:
         part.unlink(missing_ok=True)
-    return dict(made), files
+    # The report as downloaded (its reading audited): the job names only the derivative.
+    return {**made, "report": json.loads(files["report"].read_text())}, files
 
 
 @app.command()
@@ -144,7 +146,7 @@ def redact(
         "style": style, "audio": audio, "mute_ranges": [_span(m) for m in mute or []],
     }
     made, files = client_call(lambda c: redact_to(c, video_id, body, dest))
-    report = json.loads(files["report"].read_text())  # as downloaded (audited)
+    report = made["report"]
     summary = {"json": str(files["report"]), "pdf": str(files["pdf"]),
                "contact_sheet": str(files["sheet"]),
                "redacted_regions": len(report["redacted_regions"]),

@@ -59,3 +59,26 @@ export function seconds(s) {
 }
 
 export const csrf = CSRF;
+
+// Seek a player to a time in its file. Chromium first takes the duration from the file's
+// header, which can end before the last frames of a video that starts late in its file, and
+// clamps a seek past it; once reading the file gives the true duration, the seek is made
+// again (bb21: a lead opened 2.1 s early, in another scene). A target not reached within
+// 10 s is dropped, so that a later seek of the viewer's own is left alone.
+export function seekTo(v, t) {
+  v.dataset.seekTo = String(t);
+  v.dataset.seekAt = String(Date.now());
+  if (!v.dataset.seeker) {
+    v.dataset.seeker = "1";
+    const again = () => {
+      const want = Number(v.dataset.seekTo);
+      if (!v.dataset.seekTo || Date.now() - Number(v.dataset.seekAt) > 10000) return;
+      if (Math.abs(v.currentTime - want) < 0.25) delete v.dataset.seekTo;
+      else if (v.duration >= want) v.currentTime = want;
+    };
+    v.addEventListener("durationchange", again);
+    v.addEventListener("seeked", again);
+    v.addEventListener("loadeddata", again);
+  }
+  v.currentTime = t;
+}

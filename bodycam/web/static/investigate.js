@@ -1,5 +1,5 @@
 // Investigator: cases, search by photo, subject or track, unknown persons, enrolment.
-import { api, flash, pages, seconds } from "/static/app.js";
+import { api, flash, pages, seconds, seekTo } from "/static/app.js";
 
 const root = document.getElementById("investigate");
 const $ = (sel) => document.querySelector(sel);
@@ -270,7 +270,7 @@ function initSearch() {
     const seek = () => {
       // Appearance times count from the video's first frame; the player's from the file's
       // start, where a video may begin later (after its sound; an MPEG-TS clock).
-      v.currentTime = a.start_s + (a.first_frame_s || 0);
+      seekTo(v, a.start_s + (a.first_frame_s || 0));
       v.play().catch(() => {});
     };
     if (v.dataset.video === vid && v.readyState >= 1) {

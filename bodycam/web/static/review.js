@@ -1,6 +1,6 @@
 // Review: pending matches confirmed or rejected with a note; the four-eyes rule shown per item;
 // for supervisors, decided matches reopened with a reason.
-import { api, ApiError, esc, flash, pages, seconds } from "/static/app.js";
+import { api, ApiError, esc, flash, pages, seconds, seekTo } from "/static/app.js";
 
 const queue = document.getElementById("queue");
 const summary = document.getElementById("summary");
@@ -98,7 +98,7 @@ function item(m, i) {
     video.replaceWith(p);
   });
   video.addEventListener("loadedmetadata", () => {
-    if (video.currentTime < at) video.currentTime = at;
+    if (video.currentTime < at) seekTo(video, at);
   });
   el.querySelector(".facts").style.flex = "1";
   const form = el.querySelector("form.decide");
