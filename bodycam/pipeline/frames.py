@@ -117,6 +117,8 @@ class ChunkDecoder:
         det_w = max(2, round(square_w * scale / 2) * 2)
         det_h = max(2, round(square_h * scale / 2) * 2)
         resize = scale < 1.0 or (square_w, square_h) != (info.width_px, info.height_px)
+        full_size = ((square_w, square_h)
+                     if (square_w, square_h) != (info.width_px, info.height_px) else None)
 
         window: list[_Pending] = []  # decoded, not yet settled against late cut reports
         held: list[_Pending] = []  # settled frames of a young scene
@@ -131,16 +133,12 @@ class ChunkDecoder:
             # planar frame the CPU decoder gives for the same pixels.
             frame = p.frame.reformat(format="yuv420p") if p.frame.format.name == "nv12" \
                 else p.frame
-            # Unscaled, swscale's plain conversion (the same pixels at a third of the cost).
-            img: np.ndarray = (frame.to_ndarray(format="rgb24", width=det_w, height=det_h,
-                                                interpolation="BILINEAR") if resize else
-                               frame.to_ndarray(format="rgb24"))
-            # One orientation for the whole video (the first frame's, probed at ingest): a
-            # frame that turned mid-way would change the picture's size under the tracks.
-            img = upright(img, info.rotation_deg // 90, info.mirrored)
-            return SampledFrame(p.index, p.pts, p.t_s, len(self.scenes), img, scale,
-                                functools.partial(_full_rgb, frame, info) if scale < 1.0
-                                else None)
+            img = _to_rgb(frame, info, (det_w, det_h) if resize else None)
+            # The full size is converted at most once, and only for a frame whose faces are
+            # embedded (some are embedded ahead of their batch, the rest with it).
+            full = (functools.cache(functools.partial(_to_rgb, frame, info, full_size))
+                    if scale < 1.0 else None)
+            return SampledFrame(p.index, p.pts, p.t_s, len(self.scenes), img, scale, full)
 
         def close_scene(end: _Pending | None) -> Iterator[SampledFrame]:
             nonlocal held, scene_start, old
@@ -258,14 +256,16 @@ class ChunkDecoder:
 SEEK_BACK_S = (0.0, 2.0, 10.0, 60.0, 86400.0)
 
 
-def _full_rgb(frame: av.VideoFrame, info: MediaInfo) -> np.ndarray:
-    """A decoded frame as RGB at its full size, in square pixels and upright, as a sampled
-    frame's image is before it is scaled down (`SampledFrame.full`)."""
-    w, h = info.square_size
-    img: np.ndarray = (frame.to_ndarray(format="rgb24", width=w, height=h,
-                                        interpolation="BILINEAR")
-                       if (w, h) != (info.width_px, info.height_px)
+def _to_rgb(frame: av.VideoFrame, info: MediaInfo, size: tuple[int, int] | None) -> np.ndarray:
+    """A decoded frame as upright RGB, scaled to `size` (width, height) or, with None, at
+    its stored size: the sampled frame's image (`size` the detection size) and its full
+    size in square pixels (`SampledFrame.full`)."""
+    # Unscaled, swscale's plain conversion (the same pixels at a third of the cost).
+    img: np.ndarray = (frame.to_ndarray(format="rgb24", width=size[0], height=size[1],
+                                        interpolation="BILINEAR") if size is not None
                        else frame.to_ndarray(format="rgb24"))
+    # One orientation for the whole video (the first frame's, probed at ingest): a frame
+    # that turned mid-way would change the picture's size under the tracks.
     return upright(img, info.rotation_deg // 90, info.mirrored)
 
 
