@@ -212,10 +212,7 @@ def require_now(conn: Conn, key: str, user: User, action: str, case_id: str | No
     from bodycam.auth import UnauthenticatedError
 
     def lapsed(reason: str) -> NoReturn:
-        audit.append(conn, key, user.name, "refused", {"attempted": action, "reason": reason,
-                                                       "case": case_id})
-        audit.commit(conn)
-        raise UnauthenticatedError(reason)
+        refuse(conn, key, user, action, reason, case_id, error=UnauthenticatedError(reason))
 
     audit.lock(conn)
     row = conn.execute("SELECT roles FROM users WHERE name = %s AND disabled_at IS NULL",
@@ -233,15 +230,16 @@ def require_now(conn: Conn, key: str, user: User, action: str, case_id: str | No
 
 
 def refuse(conn: Conn, key: str, user: User | str, action: str, reason: str,
-           case_id: str | None, about: str | None = None) -> NoReturn:
+           case_id: str | None, about: str | None = None,
+           error: PermanentError | None = None) -> NoReturn:
     """Audit a refused attempt (the object it was about, where there is one), commit it, and
-    raise AccessDeniedError."""
+    raise `error`, by default AccessDeniedError."""
     name = user.name if isinstance(user, User) else user
     audit.append(conn, key, name, "refused", {"attempted": action, "reason": reason,
                                               "case": case_id,
                                               **({"object": about} if about else {})})
     audit.commit(conn)
-    raise AccessDeniedError(f"refused: {reason}")
+    raise error if error is not None else AccessDeniedError(f"refused: {reason}")
 
 
 @dataclass(frozen=True)
