@@ -44,6 +44,12 @@ class MediaInfo:
         return w, h
 
     @property
+    def first_frame_s(self) -> float:
+        """The first frame's time in the file's own timeline (a player's clock: times in
+        Bodycam count from the first frame, and a video stream can start after its sound)."""
+        return _pts_s(self.start_pts, self.time_base)
+
+    @property
     def shown_size(self) -> tuple[int, int]:
         """(width, height) of a frame as a player shows it: in square pixels, and a quarter
         turn swaps the sides (the analysis and redaction work on frames so shown, and boxes
@@ -88,10 +94,15 @@ FIRST_FRAME_COLUMNS = "v.media->>'start_pts' AS start_pts, v.media->>'time_base'
 
 
 def first_frame_s(row: dict[str, Any]) -> float:
-    """The first frame's time in its file from a row with FIRST_FRAME_COLUMNS."""
+    """The first frame's time in its file from a row with FIRST_FRAME_COLUMNS (0 for a
+    video not probed), as `MediaInfo.first_frame_s` gives it."""
     if row.get("start_pts") is None or row.get("time_base") is None:
         return 0.0
-    return round(float(int(row["start_pts"]) * Fraction(str(row["time_base"]))), 6)
+    return _pts_s(int(row["start_pts"]), Fraction(str(row["time_base"])))
+
+
+def _pts_s(pts: int, time_base: Fraction) -> float:
+    return round(float(pts * time_base), 6)
 
 
 @dataclass(frozen=True)

@@ -464,7 +464,7 @@ def render(src: Path, info: MediaInfo, plan: Plan, choices: Choices, out: Path,
         # from the file's start: audio that began a second before the picture was laid a
         # second late against it.
         start = media.container.start_time
-        audio_from_s = max(0.0, float(info.start_pts * tb)
+        audio_from_s = max(0.0, info.first_frame_s
                            - (start / av.time_base if start is not None else 0.0))
         last = -1
         try:
