@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -116,8 +117,7 @@ def make_matches_export(ctx: Context, user: User, fmt: str, status: str | None,
                         case: str | None) -> dict[str, object]:
     """Export matches with a signed manifest on the server (auditor); audited (`export`)."""
     return _export(ctx, user, "matches.export", fmt,
-                   lambda path: export_matches(ctx, user, "matches.export", fmt, path, status,
-                                               case))
+                   functools.partial(export_matches, status=status, case_id=case))
 
 
 def make_audit_export(ctx: Context, user: User, fmt: str, date_from: str | None,
@@ -125,17 +125,19 @@ def make_audit_export(ctx: Context, user: User, fmt: str, date_from: str | None,
     """Export the audit log (a window) with a signed manifest (auditor); audited."""
     start, end = parse_when(date_from, "--from"), parse_until(date_to)
     return _export(ctx, user, "audit.export", fmt,
-                   lambda path: export_audit(ctx, user, "audit.export", fmt, path, start, end))
+                   functools.partial(export_audit, date_from=start, date_to=end))
 
 
 def _export(ctx: Context, user: User, action: str, fmt: str,
-            write: Callable[[Path], dict[str, Any]]) -> dict[str, object]:
-    """Check the role, write the export and its manifest into a new owner-only folder."""
+            write: Callable[[Context, User, str, str, Path], dict[str, Any]]
+            ) -> dict[str, object]:
+    """Check the role, write the export and its manifest into a new owner-only folder
+    (`write(ctx, user, action, fmt, path)`: the right is named once)."""
     with ctx.db() as conn:
         require(conn, ctx.audit_key, user, action)
     export_id, path = _new_export(ctx, user, fmt)
     try:
-        manifest = write(path)
+        manifest = write(ctx, user, action, fmt, path)
     except BaseException:  # refused at the end (the account changed meanwhile), or failed
         shutil.rmtree(path.parent, ignore_errors=True)
         raise
