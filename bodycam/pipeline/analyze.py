@@ -48,12 +48,15 @@ class ChunkResult:
 
 
 def _thumbnail(frame: SampledFrame, det: FaceDetection, height_px: int) -> np.ndarray:
-    """A face crop with a margin, resized to height_px (kept small: frames never leave)."""
-    h, w = frame.image.shape[:2]
-    x1, y1, x2, y2 = (v * frame.scale for v in det.box_px)
+    """A face crop with a margin, resized to height_px (kept small: frames never leave), cut
+    as faces are embedded: from the frame at full size where the detection image was scaled
+    down (a 4K face was cut at half its pixels)."""
+    image, scale = frame.embedding_view()
+    h, w = image.shape[:2]
+    x1, y1, x2, y2 = (v * scale for v in det.box_px)
     m = 0.25 * (y2 - y1)
     box = (max(0, int(x1 - m)), max(0, int(y1 - m)), min(w, int(x2 + m)), min(h, int(y2 + m)))
-    crop = Image.fromarray(frame.image[box[1]:box[3], box[0]:box[2]])
+    crop = Image.fromarray(image[box[1]:box[3], box[0]:box[2]])
     ratio = height_px / max(crop.height, 1)
     return np.asarray(crop.resize((max(1, int(crop.width * ratio)), height_px)))
 
