@@ -44,6 +44,14 @@ PERMISSIONS: dict[str, tuple[str, ...]] = {
     "purge": ("admin",),
     "reprocess": ("admin",),
 }
+# Reads recorded under a name of their own, allowed to the roles of the permission they fall
+# under: a refused one is audited under its own name (a refused download of an original was
+# recorded as an attempt to list tracks: bb23).
+ACTS_UNDER: dict[str, str] = {
+    "video.original": "tracks",
+    "track.thumbnail": "tracks",
+    "subject.photo": "subjects.list",
+}
 SEE_ALL_CASES = ("supervisor", "admin")
 NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
 
@@ -184,7 +192,7 @@ def require_role(conn: Conn, key: str, user: User, action: str,
                  case_id: str | None = None, about: str | None = None) -> None:
     """Refuse (and audit the refusal, naming `case_id` for the auditor: the case of the object
     acted on, and the object, `about`) unless the user's roles allow the action."""
-    allowed = PERMISSIONS[action]
+    allowed = PERMISSIONS[ACTS_UNDER.get(action, action)]
     if not any(user.has(r) for r in allowed):
         reason = (f"`{action}` needs the {' or '.join(allowed)} role; {user.name} has "
                   f"{', '.join(user.roles)}")
@@ -258,8 +266,11 @@ class Scope:
         if found_case is None:
             raise NotFoundError(f"no {kind} {object_id}")
         if found_case != self.case_id:
+            # Recorded under the object's case, as every refusal about an object is: its
+            # auditor's case filter missed a probe of it from another case (bb23).
             refuse(conn, self.audit_key, self.actor, action,
-                   f"{kind} {object_id} is not in case {self.case_id}", self.case_id)
+                   f"{kind} {object_id} is not in case {self.case_id}", found_case,
+                   f"{kind} {object_id[:80]}")
 
 
 def require_visible(conn: Conn, key: str, user: User, action: str, kind: str,

@@ -14,7 +14,7 @@ from bodycam.matching import list_matches
 MATCH_COLUMNS = ("match_id", "subject_id", "subject", "case", "video_id", "track_id", "start_s",
                  "end_s", "similarity", "threshold", "model", "status", "created_at",
                  "reviewers", "round", "earlier_reviews", "reopened_by", "reopen_reason",
-                 "reopened_from", "entry")
+                 "reopened_from", "entry", "enrolled_by", "reviews", "decided_at")
 
 
 def _head(ctx: Context) -> dict[str, Any] | None:
@@ -31,11 +31,11 @@ def _record(ctx: Context, user: User, action: str, details: dict[str, Any]) -> N
         audit.append(conn, ctx.audit_key, user.name, "export", details)
 
 
-def export_audit(ctx: Context, user: User, action: str, fmt: str, path: Path,
+def export_audit(ctx: Context, user: User, action: str, fmt: str, path: Path, export_id: str,
                  date_from: datetime | None = None, date_to: datetime | None = None
                  ) -> dict[str, Any]:
     """Write the audit log (optionally a time window) and its manifest; the export is audited
-    (`action` names the right it needs)."""
+    (`action` names the right it needs; the row names `export_id`, as its downloads do)."""
     with ctx.db() as conn:
         records = [r.as_json() for r in audit.rows(conn, date_from, date_to)]
     # The exported range's ends in the live chain, signed with the manifest: rows removed
@@ -49,22 +49,27 @@ def export_audit(ctx: Context, user: User, action: str, fmt: str, path: Path,
          "from": date_from.isoformat() if date_from else None,
          "to": date_to.isoformat() if date_to else None, "exported_by": user.name,
          "exported_at": datetime.now(UTC).isoformat()}, ctx.export_signing_key)
-    _record(ctx, user, action, {"kind": "audit", "format": fmt, "rows": manifest["rows"],
-                                "sha256": manifest["sha256"], "from": manifest["from"],
-                                "to": manifest["to"]})
+    _record(ctx, user, action, {"export_id": export_id, "kind": "audit", "format": fmt,
+                                "rows": manifest["rows"], "sha256": manifest["sha256"],
+                                "from": manifest["from"], "to": manifest["to"]})
     return manifest
 
 
 def export_matches(ctx: Context, user: User, action: str, fmt: str, path: Path,
-                   status: str | None = None, case_id: str | None = None) -> dict[str, Any]:
-    """Write matches with their review state and a manifest; the export is audited."""
+                   export_id: str, status: str | None = None, case_id: str | None = None
+                   ) -> dict[str, Any]:
+    """Write matches with their review state and a manifest; the export is audited, naming
+    every case whose matches it holds (`cases`: an export of all cases was recorded with no
+    case, and the auditor's case filter missed it: bb23)."""
     with ctx.db() as conn:
-        records = [{k: m.as_json()[k] for k in MATCH_COLUMNS}
-                   for m in list_matches(conn, status, case_id)]
+        records = [{k: j[k] for k in MATCH_COLUMNS}
+                   for j in (m.export_json() for m in list_matches(conn, status, case_id))]
     manifest = audit.write_export(
         path, "matches", fmt, records, MATCH_COLUMNS, _head(ctx),
         {"status": status, "case": case_id, "exported_by": user.name,
          "exported_at": datetime.now(UTC).isoformat()}, ctx.export_signing_key)
-    _record(ctx, user, action, {"kind": "matches", "format": fmt, "rows": manifest["rows"],
-                                "sha256": manifest["sha256"], "case": case_id})
+    _record(ctx, user, action, {"export_id": export_id, "kind": "matches", "format": fmt,
+                                "rows": manifest["rows"], "sha256": manifest["sha256"],
+                                "case": case_id,
+                                "cases": sorted({str(r["case"]) for r in records})})
     return manifest

@@ -39,6 +39,10 @@ def require_rate(conn: Conn, settings: Settings, by: User | str) -> None:
         " AS wait_s FROM ((SELECT created_at AS at FROM searches WHERE actor = %(who)s"
         " AND created_at > now() - interval '1 hour') UNION ALL (SELECT created_at FROM"
         " subjects WHERE created_by = %(who)s AND created_at > now() - interval '1 hour')"
+        # An enrolment refused for photos of two people compared them, and said how alike.
+        " UNION ALL (SELECT at FROM audit_log WHERE action = 'refused' AND actor = %(who)s"
+        " AND at > now() - interval '1 hour' AND details->>'attempted' = 'subjects.enroll'"
+        " AND details ? 'photos_sha256')"
         " ORDER BY at DESC LIMIT %(n)s) recent", {"who": by.name, "n": per_hour}).fetchone()
     if row is not None and int(row["n"]) >= per_hour:
         wait = max(1, int(row["wait_s"] or 1))

@@ -59,6 +59,11 @@ class Match:
     enrolled_by: str  # who enrolled the subject
     confirmations: int  # of the current round that count (`_INDEPENDENT`)
     first_frame_s: float = 0.0  # the video's first frame in its file: a player adds it
+    # Every review of every round, oldest first ({reviewer, decision, note, at, round}), and
+    # when the match was decided: the export's proof of who decided what (it listed the
+    # round's reviewers without their decisions: bb23).
+    reviews: tuple[dict[str, Any], ...] = ()
+    decided_at: datetime | None = None
 
     def as_json(self) -> dict[str, object]:
         """JSON for the CLI and exports."""
@@ -73,6 +78,13 @@ class Match:
                 "reopened_by": self.reopened_by, "reopen_reason": self.reopen_reason,
                 "reopened_from": self.reopened_from, "entry": self.entry,
                 "first_frame_s": self.first_frame_s}
+
+    def export_json(self) -> dict[str, object]:
+        """as_json, with what an auditor's export adds: each review with its note and time,
+        when the match was decided, and who enrolled the subject (the four-eyes rule)."""
+        return {**self.as_json(), "reviews": list(self.reviews),
+                "decided_at": self.decided_at.isoformat() if self.decided_at else None,
+                "enrolled_by": self.enrolled_by}
 
 
 STATUSES = ("pending", "confirmed", "rejected", WITHDRAWN)  # of a match
@@ -207,7 +219,11 @@ def list_matches(conn: Conn, status: str | None = None, case_id: str | None = No
         " AND r.review_round < m.review_round ORDER BY r.id) AS earlier, m.reopened_by,"
         " m.reopen_reason, m.reopened_from, CASE WHEN s.removed_at IS NOT NULL THEN 'removed'"
         " WHEN s.expires_at <= now() THEN 'lapsed' ELSE 'active' END AS entry,"
-        " s.created_by, " + _INDEPENDENT + " AS confirmations, " + FIRST_FRAME_COLUMNS
+        " s.created_by, " + _INDEPENDENT + " AS confirmations, m.decided_at,"
+        " ARRAY(SELECT jsonb_build_object('reviewer', r.reviewer, 'decision', r.decision,"
+        " 'note', r.note, 'at', replace(to_char(r.created_at AT TIME ZONE 'UTC',"
+        " 'YYYY-MM-DD HH24:MI:SS.US+00:00'), ' ', 'T'), 'round', r.review_round) FROM reviews r"
+        " WHERE r.match_id = m.id ORDER BY r.id) AS reviews, " + FIRST_FRAME_COLUMNS
         + _LISTED_FROM + " JOIN tracks t ON t.id = m.track_id"
         " JOIN videos v ON v.id = m.video_id" + _LISTED
         + " ORDER BY m.created_at DESC, m.id OFFSET %(offset)s LIMIT %(limit)s",
@@ -218,7 +234,8 @@ def list_matches(conn: Conn, status: str | None = None, case_id: str | None = No
                   float(r["threshold"]), r["model"], r["status"], r["created_at"],
                   tuple(r["reviewers"]), int(r["review_round"]), tuple(r["earlier"]),
                   r["reopened_by"], r["reopen_reason"], r["reopened_from"], str(r["entry"]),
-                  str(r["created_by"]), int(r["confirmations"]), first_frame_s(r))
+                  str(r["created_by"]), int(r["confirmations"]), first_frame_s(r),
+                  tuple(r["reviews"]), r["decided_at"])
             for r in rows]
 
 
@@ -242,8 +259,8 @@ def view_matches(conn: Conn, key: str, user: User, status: str | None = None,
     shown = list_matches(conn, status, case_id, cases, offset, limit)
     total = count_matches(conn, status, case_id, cases)
     audit.append(conn, key, user.name, "matches.list", {
-        "case": case_id, "status": status, "count": total, "offset": offset,
-        "match_ids": [m.match_id for m in shown]})
+        "case": case_id, "cases": sorted({m.case_id for m in shown}), "status": status,
+        "count": total, "offset": offset, "match_ids": [m.match_id for m in shown]})
     return shown, total
 
 

@@ -492,5 +492,11 @@ def search(ctx: Context, probe: Probe | Query, case_id: str, purpose: str,
             "query": query.kind, "query_fingerprint": query.fingerprint, "threshold": thr,
             "model": query.model, "filters": filters.as_json(), "result_count": len(results),
             "result_track_ids": track_ids,
-            "result_video_ids": sorted({a.video_id for a in results})})
+            "result_video_ids": sorted({a.video_id for a in results}),
+            # What the investigator was shown, as it was ranked (the ids alone could not say
+            # it once retention purged the tracks), and how many results were asked for.
+            "limit": lim, "results": [
+                {"video_id": a.video_id, "start_s": round(a.start_s, 3),
+                 "end_s": round(a.end_s, 3), "similarity": round(a.similarity, 4)}
+                for a in results]})
     return SearchResult(str(row["id"]), results, thr, query.model, query.note)

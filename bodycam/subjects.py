@@ -239,7 +239,15 @@ def enroll(ctx: Context, name: str, photos: list[str], case_id: str, reason: str
         policy.require_identify(conn, "enrolment")
         require_rate(conn, ctx.settings, by)
     faces = [face_from_photo(ctx.settings, p, face) for p in photos]
-    one_person(ctx.settings, [Path(p).name for p in photos], faces)
+    try:
+        one_person(ctx.settings, [Path(p).name for p in photos], faces)
+    except PhotoRefusedError as exc:
+        # The refusal gives the two faces' similarity: a comparison of faces, recorded as a
+        # search is (it was neither recorded nor counted: bb23).
+        ctx.audit(actor, "refused", {
+            "attempted": "subjects.enroll", "reason": str(exc), "case": case_id.strip(),
+            "photos_sha256": [f.sha256 for f in faces], "model": faces[0].model})
+        raise
     keys = []
     for p in photos:
         with open(p, "rb") as f:
@@ -302,7 +310,8 @@ def view_subjects(conn: Conn, key: str, user: User, case_id: str | None = None
     visible = visible_cases(conn, user)
     rows = [s for s in list_subjects(conn, case_id) if visible is None or s.case_id in visible]
     audit.append(conn, key, user.name, "subjects.list", {
-        "case": case_id, "count": len(rows), "subject_ids": [s.subject_id for s in rows]})
+        "case": case_id, "cases": sorted({s.case_id for s in rows}), "count": len(rows),
+        "subject_ids": [s.subject_id for s in rows]})
     return rows
 
 

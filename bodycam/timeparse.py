@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 from bodycam.errors import InvalidInputError
 
@@ -30,14 +30,28 @@ def parse_when(text: str | None, flag: str, example: str = "2026-03-14") -> date
     return when
 
 
-def parse_until(text: str | None, flag: str = "--to") -> datetime | None:
-    """The inclusive end of a period: a date alone means the whole of that day (UTC), so
-    `--from 2026-12-05 --to 2026-12-05` is that day (it was the day's first instant, and an
-    export of that day had no rows)."""
-    when = parse_when(text, flag)
-    if when is not None and text is not None and len(text.strip()) == len("2026-12-05"):
-        when += timedelta(days=1, microseconds=-1)
-    return when
+def parse_period(date_from: str | None, date_to: str | None
+                 ) -> tuple[datetime | None, datetime | None]:
+    """A period's start and inclusive end (`--from`, `--to`; either may be missing). The end
+    takes in the whole of what it names: a date alone, in any ISO 8601 spelling (2026-12-05,
+    20261205, 2026-W49-6, 2026-12-05Z), the whole of that day, so `--from 2026-12-05 --to
+    2026-12-05` is that day; a time without a fraction of a second, the whole of that second
+    (rows are stamped to the microsecond). A spelling other than 2026-12-05 ended at the
+    day's first instant, and a signed export of a busy day held no rows (bb23). An end
+    before the start is refused."""
+    start, end = parse_when(date_from, "--from"), parse_when(date_to, "--to")
+    if end is not None and date_to is not None:
+        typed = date_to.strip().upper().removesuffix("Z")
+        try:
+            date.fromisoformat(typed)
+            end += timedelta(days=1, microseconds=-1)
+        except ValueError:  # a time
+            if "." not in typed and "," not in typed:
+                end += timedelta(seconds=1, microseconds=-1)
+    if start is not None and end is not None and end < start:
+        raise InvalidInputError(f"--to {date_to!r} is before --from {date_from!r}: the period"
+                                " would be empty")
+    return start, end
 
 
 def parse_recorded_at(text: str | None) -> datetime | None:

@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -22,8 +22,9 @@ from bodycam.accounts import PERMISSIONS, ROLES
 from bodycam.config import Settings
 from bodycam.context import Context
 from bodycam.db import Pool
+from bodycam.errors import InvalidInputError
 from bodycam.services import home_admin_url
-from bodycam.timeparse import parse_until, parse_when
+from bodycam.timeparse import parse_period
 from tests.conftest import FACENET_CLIP, HAMILTON, TESTDATA, StackHandle
 
 ZERO = "00000000-0000-0000-0000-000000000000"
@@ -305,19 +306,36 @@ def test_a_row_inserted_in_sql_is_caught_even_with_a_recomputed_hash(
 def test_a_period_named_by_dates_holds_the_whole_of_its_last_day(
         stack: StackHandle, tmp_path: Path) -> None:
     # `--to 2026-12-05` meant that day's first instant: an export of one day had no rows, and
-    # its signed manifest verified. A time without a zone was the database's, not UTC.
-    assert parse_until("2026-12-05") == datetime(2026, 12, 5, 23, 59, 59, 999999, tzinfo=UTC)
-    assert parse_until("2026-12-05T10:00") == datetime(2026, 12, 5, 10, tzinfo=UTC)
-    assert parse_when("2026-12-05T10:00", "--from") == datetime(2026, 12, 5, 10, tzinfo=UTC)
+    # its signed manifest verified. A time without a zone was the database's, not UTC. The
+    # other spellings of a date alone still did so (bb23), and `--to ...T23:59:59` left out
+    # the rows of that second's fraction.
+    end_of_day = datetime(2026, 12, 5, 23, 59, 59, 999999, tzinfo=UTC)
+    for spelling in ("2026-12-05", "20261205", "2026-W49-6", "2026W496", "2026-12-05Z"):
+        assert parse_period(None, spelling) == (None, end_of_day), spelling
+    assert parse_period(None, "2026-12-05T23:59:59Z") == (None, end_of_day)
+    assert parse_period(None, "2026-12-05T10:00:00.25") == (
+        None, datetime(2026, 12, 5, 10, 0, 0, 250000, tzinfo=UTC))
+    assert parse_period("2026-12-05T10:00", None) == (
+        datetime(2026, 12, 5, 10, tzinfo=UTC), None)
+    with pytest.raises(InvalidInputError, match="before --from"):
+        parse_period("2026-12-06", "2026-12-05")
     with stack.ctx.db() as conn:
         last = conn.execute("SELECT at FROM audit_log ORDER BY id DESC LIMIT 1").fetchone()["at"]
-    day = last.astimezone(UTC).date().isoformat()
-    out = tmp_path / "day.jsonl"
-    stack.cli.run("audit", "export", "--from", day, "--to", day, "-o", str(out), check=True)
-    manifest = json.loads((tmp_path / "day.jsonl.manifest.json").read_text())
-    rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert manifest["rows"] == len(rows) > 0
-    assert all(r["at"].startswith(day) for r in rows), {r["at"][:10] for r in rows}
+    day = last.astimezone(UTC).date()
+    for to in (day.isoformat(), day.strftime("%Y%m%d")):
+        out = tmp_path / f"day-{to}.jsonl"
+        stack.cli.run("audit", "export", "--from", day.isoformat(), "--to", to, "-o", str(out),
+                      check=True)
+        manifest = json.loads(out.with_name(out.name + ".manifest.json").read_text())
+        rows = [json.loads(line) for line in out.read_text().splitlines()]
+        assert manifest["rows"] == len(rows) > 0, to
+        assert all(r["at"].startswith(day.isoformat()) for r in rows), {r["at"][:10]
+                                                                       for r in rows}
+    # A period that ends before it starts is refused, not exported as a signed empty file.
+    res = stack.cli.run("audit", "export", "--from", (day + timedelta(days=1)).isoformat(),
+                        "--to", day.isoformat(), "-o", str(tmp_path / "none.jsonl"))
+    assert res.returncode != 0 and "before --from" in res.stderr, res.stderr
+    assert not (tmp_path / "none.jsonl").exists()
 
 
 def test_exports_older_than_their_keep_days_are_swept_when_the_next_is_made(

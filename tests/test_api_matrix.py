@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import secrets
 import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 import pytest
@@ -84,6 +86,12 @@ class World:
         with self.stack.ctx.db() as conn:
             return int(conn.execute("SELECT count(*) AS n FROM audit_log WHERE action ="
                                     " 'refused' AND actor = %s", (actor,)).fetchone()["n"])
+
+    def last_refusal(self, actor: str) -> dict[str, Any]:
+        with self.stack.ctx.db() as conn:
+            return dict(conn.execute("SELECT details FROM audit_log WHERE action = 'refused'"
+                                     " AND actor = %s ORDER BY id DESC LIMIT 1",
+                                     (actor,)).fetchone()["details"])
 
 
 def _photo() -> list[tuple[str, tuple[str, bytes, str]]]:
@@ -407,7 +415,10 @@ def _leaks(w: World, text: str) -> list[str]:
         [B_NAME] if B_NAME in text else []) + ([CASE_B] if CASE_B in text else [])
 
 
-def _isolated(w: World, role: str, req: Req, what: str, failures: list[str]) -> None:
+def _isolated(w: World, role: str, req: Req, what: str, failures: list[str],
+              attempted: str | None = None) -> None:
+    """`req` of case B's object as `role` of case A: refused and audited (as `attempted`,
+    where given), leaking nothing of case B."""
     name = w.names[role]
     before = w.refused(name)
     r = w.send(req, w.tokens[role])
@@ -422,16 +433,25 @@ def _isolated(w: World, role: str, req: Req, what: str, failures: list[str]) -> 
         failures.append(f"{what} as {role}: leaks {leaked}")
     elif w.refused(name) <= before:
         failures.append(f"{what} as {role}: {r.status_code} without a `refused` audit row")
+    elif attempted and w.last_refusal(name).get("attempted") != attempted:
+        # A refused download of an original was recorded as an attempt to list tracks (bb23).
+        failures.append(f"{what} as {role}: refusal recorded as {w.last_refusal(name)}")
 
 
 def test_ids_of_another_case_are_refused_on_every_object_kind_and_audited(world: World) -> None:
     b, f = world.b, []  # type: ignore[var-annotated]
     failures: list[str] = f
     inv = "investigator"
+    for what, req, attempted in [
+        ("video tracks", Req("GET", f"{V}/videos/{b['video']}/tracks"), "tracks"),
+        ("video original", Req("GET", f"{V}/videos/{b['video']}/original"), "video.original"),
+        ("thumbnail", Req("GET", f"{V}/tracks/{b['track']}/thumbnail"), "track.thumbnail"),
+        ("subject photo", Req("GET", f"{V}/subjects/{b['subject']}/photo"), "subject.photo"),
+        ("match review", Req("POST", f"{V}/matches/{b['match']}/review",
+                             json={"decision": "confirm", "note": "probe"}), "review"),
+    ]:
+        _isolated(world, inv, req, what, failures, attempted)
     for what, req in [
-        ("video tracks", Req("GET", f"{V}/videos/{b['video']}/tracks")),
-        ("video original", Req("GET", f"{V}/videos/{b['video']}/original")),
-        ("thumbnail", Req("GET", f"{V}/tracks/{b['track']}/thumbnail")),
         ("search subject", Req("POST", V + "/search", data={
             "case": CASE_A, "purpose": "probe", "subject": b["subject"]})),
         ("search track", Req("POST", V + "/search", data={
@@ -445,11 +465,8 @@ def test_ids_of_another_case_are_refused_on_every_object_kind_and_audited(world:
         ("videos of B", Req("GET", f"{V}/cases/{CASE_B}/videos")),
         ("subject remove", Req("DELETE", f"{V}/subjects/{b['subject']}")),
         ("subjects of B", Req("GET", V + "/subjects", params={"case": CASE_B})),
-        ("match review", Req("POST", f"{V}/matches/{b['match']}/review",
-                             json={"decision": "confirm", "note": "probe"})),
         ("matches of B", Req("GET", V + "/matches", params={"case": CASE_B})),
         ("persons of B", Req("GET", V + "/persons", params={"case": CASE_B, "purpose": "p"})),
-        ("subject photo", Req("GET", f"{V}/subjects/{b['subject']}/photo")),
         ("video redaction", Req("POST", f"{V}/videos/{b['video']}/redactions", json={})),
     ]:
         _isolated(world, inv, req, what, failures)
@@ -475,6 +492,77 @@ def test_ids_of_another_case_are_refused_on_every_object_kind_and_audited(world:
                                                      "subject": b["subject"]}), world.op)
     assert ok.status_code == 200 and ok.json()["results"], ok.text
     assert not failures, "\n".join(failures)
+
+
+def test_reads_of_evidence_and_of_the_log_are_on_record_under_every_case_they_touch(
+        world: World) -> None:
+    """What bb23 found the log could not prove: a listing of a video's tracks left no row; an
+    unsatisfiable range was recorded as a read of the original; lists of several cases, the
+    matches export and a probe of another case's subject were recorded under no case or the
+    asker's, so the auditor's case filter missed them; an export's row and its downloads
+    could not be tied together; the export did not say who decided what; reading the log
+    itself left no row."""
+    inv, sup, aud = (world.tokens[r] for r in ("investigator", "supervisor", "auditor"))
+    a, b = world.a, world.b
+    with world.stack.ctx.db() as conn:
+        since = int(conn.execute("SELECT max(id) AS n FROM audit_log").fetchone()["n"])
+
+    def since_rows(action: str) -> list[dict[str, Any]]:
+        with world.stack.ctx.db() as conn:
+            return [dict(r) for r in conn.execute(
+                "SELECT actor, details FROM audit_log WHERE id > %s AND action = %s"
+                " ORDER BY id", (since, action))]
+
+    r = world.send(Req("GET", f"{V}/videos/{a['video']}/tracks", params={"limit": "500"}),
+                   inv)
+    assert r.status_code == 200, r.text
+    shown = [t["track_id"] for t in r.json()["items"]]
+    [row] = since_rows("tracks")
+    assert row["actor"] == world.names["investigator"] and row["details"] == {
+        "video_id": a["video"], "case": CASE_A, "count": len(shown), "track_ids": shown}
+    r = world.send(Req("GET", f"{V}/videos/{a['video']}/original",
+                       headers={"Range": "bytes=999999999-"}), inv)
+    assert r.status_code == 416 and not since_rows("video.original"), r.text
+    r = world.send(Req("GET", f"{V}/videos/{a['video']}/original",
+                       headers={"Range": "bytes=0-9"}), inv)
+    assert r.status_code == 206 and len(since_rows("video.original")) == 1
+    # A supervisor's list of every case names the cases it showed.
+    r = world.send(Req("GET", V + "/matches", params={"limit": "500"}), sup)
+    assert r.status_code == 200, r.text
+    [row] = since_rows("matches.list")
+    assert row["details"]["case"] is None
+    assert {CASE_A, CASE_B} <= set(row["details"]["cases"]), row
+    # A probe of case B's subject from case A is recorded under case B, the object's.
+    r = world.send(Req("POST", V + "/search", data={"case": CASE_A, "purpose": "probe",
+                                                    "subject": b["subject"]}), inv)
+    assert r.status_code == 403, r.text
+    probe = [x for x in since_rows("refused") if x["actor"] == world.names["investigator"]]
+    assert probe[-1]["details"]["case"] == CASE_B, probe
+    assert probe[-1]["details"]["object"] == f"subject {b['subject']}", probe
+    for actor, action in ((world.names["supervisor"], "matches.list"),
+                          (world.names["investigator"], "refused")):
+        r = world.send(Req("GET", V + "/audit", params={
+            "case": CASE_B, "actor": actor, "action": action, "limit": "500"}), aud)
+        assert r.status_code == 200 and r.json()["items"], (actor, action, r.text)
+    [row] = since_rows("audit.list")[-1:]
+    assert row["actor"] == world.names["auditor"] and row["details"]["filters"]["case"] == CASE_B
+    # An export and its download name each other, what was delivered and every case in it;
+    # each match carries its reviews (who decided what, why and when).
+    r = world.send(Req("POST", V + "/exports/matches", json={"format": "jsonl"}), aud)
+    assert r.status_code == 201, r.text
+    export_id, manifest = str(r.json()["export_id"]), r.json()["manifest"]
+    got = world.send(Req("GET", f"{V}/exports/{export_id}"), aud)
+    assert got.status_code == 200, got.text
+    [made] = [x for x in since_rows("export") if x["details"].get("export_id") == export_id]
+    assert {CASE_A, CASE_B} <= set(made["details"]["cases"]), made
+    [down] = since_rows("export.download")
+    assert down["details"] == {"export_id": export_id, "kind": "matches",
+                               "sha256": manifest["sha256"], "rows": manifest["rows"]}, down
+    assert made["details"]["sha256"] == manifest["sha256"]
+    records = [json.loads(line) for line in got.text.splitlines()]
+    assert records and all({"reviews", "decided_at", "enrolled_by"} <= set(m)
+                           for m in records), records[:1]
+    assert all(isinstance(m["reviews"], list) and m["enrolled_by"] for m in records)
 
 
 def test_a_retry_of_a_video_that_did_not_fail_is_refused_and_leaves_it_as_it_was(

@@ -815,7 +815,14 @@ def test_a_worker_killed_while_it_plans_leaves_the_plan_to_another_and_it_is_rec
                             (vid,)).fetchall()
         plans = conn.execute("SELECT count(*) AS n FROM redaction_plans WHERE video_id = %s",
                              (vid,)).fetchone()["n"]
+        # Each view of the computed plan (every face track, with its frames) is recorded,
+        # as a listing of the tracks is (bb23); the 202 answers showed none.
+        views = conn.execute("SELECT details FROM audit_log WHERE action ="
+                             " 'redaction.plan.view' AND details->>'video_id' = %s",
+                             (vid,)).fetchall()
     assert plans == 1 and [(r["actor"], r["job"]) for r in rows] == [("operator", job_id)]
+    assert [(v["details"]["case"], v["details"]["plan_version"], v["details"]["tracks"])
+            for v in views] == [(CASE_A, 1, len(plan.json()["tracks"]))], views
 
 
 def test_redact_only_mode_redacts_with_no_embedding_stored(

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import time
 from collections import defaultdict
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +17,10 @@ from pgvector import Vector
 from PIL import Image, ImageFilter
 
 from bodycam import db, search, subjects
+from bodycam.accounts import User
 from bodycam.case_vectors import CaseMatrix, CaseVectors
 from bodycam.config import LimitsSettings, Settings
+from bodycam.limits import RateLimitedError, require_rate
 from bodycam.media.probe import probe
 from tests.conftest import HAMILTON, TESTDATA, StackHandle
 
@@ -377,6 +380,13 @@ def test_a_supervisor_reopens_a_decided_match_for_a_new_round_and_the_old_review
     [row] = [r for r in map(json.loads, out.read_text().splitlines()) if r["match_id"] == mid]
     assert (row["status"], row["reviewers"], row["round"], row["earlier_reviews"]) == (
         "rejected", ["reopen-reviewer"], 1, ["reopen-reviewer confirm (round 0)"]), row
+    # Who decided what in each round, why and when, and who enrolled the subject (bb23: the
+    # export listed the round's reviewers without their decisions).
+    assert [(x["reviewer"], x["decision"], x["round"]) for x in row["reviews"]] == [
+        ("reopen-reviewer", "confirm", 0), ("reopen-reviewer", "reject", 1)], row
+    assert all(x["note"] and datetime.fromisoformat(x["at"]).utcoffset() == timedelta(0)
+               for x in row["reviews"]), row
+    assert row["decided_at"] and row["enrolled_by"], row
     bad = stack.cli.run("matches", "--status", "undecided")
     assert bad.returncode != 0 and \
         "choose from pending, confirmed, rejected, withdrawn, decided" in bad.stderr, bad.stderr
@@ -537,6 +547,27 @@ def test_an_enrolment_from_photos_of_two_people_is_refused_and_stores_nothing(
     with stack.ctx.db() as conn:
         assert conn.execute("SELECT count(*) AS n FROM subject_faces").fetchone()["n"] \
             == keys_before
+    # The refusal compared faces and said how alike they are: it is recorded, and counted
+    # against the account's hourly searches and enrolments (bb23: neither).
+    env = investigator(stack, "two-photo-prober", case)
+    one_hour = stack.ctx.settings.model_copy(update={
+        "search": stack.ctx.settings.search.model_copy(update={"max_per_hour": 1})})
+    prober = User("two-photo-prober", ("investigator",))
+    with stack.ctx.db() as conn:
+        require_rate(conn, one_hour, prober)  # nothing run yet
+    proc = stack.cli.run("subjects", "enroll", "--name", "two", "--photo", str(p01 / "01.jpg"),
+                         "--photo", str(p02 / "01.jpg"), "--case", case, "--reason", "t",
+                         extra_env=env)
+    assert proc.returncode != 0 and "do not show the same person" in proc.stderr
+    with stack.ctx.db() as conn:
+        [row] = conn.execute("SELECT details FROM audit_log WHERE action = 'refused' AND"
+                             " actor = 'two-photo-prober'").fetchall()
+        with pytest.raises(RateLimitedError):
+            require_rate(conn, one_hour, prober)
+    assert row["details"]["attempted"] == "subjects.enroll" and row["details"]["case"] == case
+    assert row["details"]["photos_sha256"] == [
+        hashlib.sha256((p / "01.jpg").read_bytes()).hexdigest() for p in (p01, p02)]
+    assert "similarity" in row["details"]["reason"], row
     sid = stack.cli.json("subjects", "enroll", "--name", "one", "--photo", str(p01 / "01.jpg"),
                          "--photo", str(p01 / "02.jpg"), "--photo", str(p01 / "03.jpg"),
                          "--case", case, "--reason", "t")["subject_id"]  # type: ignore[index]

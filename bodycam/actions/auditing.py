@@ -19,7 +19,7 @@ from bodycam.accounts import User, refuse, require
 from bodycam.context import Context
 from bodycam.errors import InvalidInputError, NotFoundError
 from bodycam.exports import export_audit, export_matches
-from bodycam.timeparse import parse_until, parse_when
+from bodycam.timeparse import parse_period
 
 log = logging.getLogger(__name__)
 
@@ -54,19 +54,28 @@ def rows(ctx: Context, user: User, limit: int, offset: int, actor: str | None = 
          action: str | None = None, case: str | None = None, date_from: str | None = None,
          date_to: str | None = None) -> tuple[list[dict[str, Any]], bool]:
     """A page of audit rows (auditor), oldest first, with whether more follow."""
-    start, end = parse_when(date_from, "--from"), parse_until(date_to)
+    start, end = parse_period(date_from, date_to)
     with ctx.db() as conn:
         require(conn, ctx.audit_key, user, "audit.export")
         found = conn.execute(
             "SELECT id, at, actor, action, details, prev_hash, hash FROM audit_log"
             " WHERE (%(actor)s::text IS NULL OR actor = %(actor)s)"
             " AND (%(action)s::text IS NULL OR action = %(action)s)"
-            " AND (%(case)s::text IS NULL OR details->>'case' = %(case)s)"
+            " AND (%(case)s::text IS NULL OR details->>'case' = %(case)s"
+            " OR details->'cases' ? %(case)s)"
             " AND (%(from)s::timestamptz IS NULL OR at >= %(from)s)"
             " AND (%(to)s::timestamptz IS NULL OR at <= %(to)s)"
             " ORDER BY id LIMIT %(limit)s OFFSET %(offset)s",
             {"actor": actor, "action": action, "case": case, "from": start, "to": end,
              "limit": limit + 1, "offset": offset}).fetchall()
+        # The log names who searched for which subject, and why: reading it is on record
+        # too, as exporting it is (bb23).
+        shown = [int(r["id"]) for r in found[:limit]]
+        audit.append(conn, ctx.audit_key, user.name, "audit.list", {
+            "filters": {"actor": actor, "action": action, "case": case, "from": date_from,
+                        "to": date_to},
+            "offset": offset, "count": len(shown), "first_id": shown[0] if shown else None,
+            "last_id": shown[-1] if shown else None})
     out = [audit.AuditRow(int(r["id"]), r["at"], r["actor"], r["action"], r["details"],
                           r["prev_hash"], r["hash"]).as_json() for r in found[:limit]]
     return out, len(found) > limit
@@ -123,21 +132,21 @@ def make_matches_export(ctx: Context, user: User, fmt: str, status: str | None,
 def make_audit_export(ctx: Context, user: User, fmt: str, date_from: str | None,
                       date_to: str | None) -> dict[str, object]:
     """Export the audit log (a window) with a signed manifest (auditor); audited."""
-    start, end = parse_when(date_from, "--from"), parse_until(date_to)
+    start, end = parse_period(date_from, date_to)
     return _export(ctx, user, "audit.export", fmt,
                    functools.partial(export_audit, date_from=start, date_to=end))
 
 
 def _export(ctx: Context, user: User, action: str, fmt: str,
-            write: Callable[[Context, User, str, str, Path], dict[str, Any]]
+            write: Callable[[Context, User, str, str, Path, str], dict[str, Any]]
             ) -> dict[str, object]:
     """Check the role, write the export and its manifest into a new owner-only folder
-    (`write(ctx, user, action, fmt, path)`: the right is named once)."""
+    (`write(ctx, user, action, fmt, path, export_id)`: the right is named once)."""
     with ctx.db() as conn:
         require(conn, ctx.audit_key, user, action)
     export_id, path = _new_export(ctx, user, fmt)
     try:
-        manifest = write(ctx, user, action, fmt, path)
+        manifest = write(ctx, user, action, fmt, path, export_id)
     except BaseException:  # refused at the end (the account changed meanwhile), or failed
         shutil.rmtree(path.parent, ignore_errors=True)
         raise
@@ -179,7 +188,11 @@ def export_file(ctx: Context, user: User, export_id: str, manifest: bool) -> Exp
         data = files[0]
         if manifest:
             return ExportFile(audit.manifest_path(data), "application/json")
-        audit.append(conn, ctx.audit_key, user.name, "export.download",
-                     {"export_id": export_id})
+        # What was delivered, as the export's own row names it (its id alone could not be
+        # tied to a content or a case: bb23).
+        made = json.loads(audit.manifest_path(data).read_text())
+        audit.append(conn, ctx.audit_key, user.name, "export.download", {
+            "export_id": export_id, "kind": made.get("kind"), "sha256": made.get("sha256"),
+            "rows": made.get("rows"), **({"case": made["case"]} if made.get("case") else {})})
     kind = "text/csv" if data.suffix == ".csv" else "application/x-ndjson"
     return ExportFile(data, kind)

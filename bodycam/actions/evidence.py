@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -154,10 +155,15 @@ def retry(ctx: Context, user: User, video_id: str) -> dict[str, object]:
 
 
 def tracks(ctx: Context, user: User, video_id: str) -> list[TrackRow]:
-    """A video's face tracks (investigator of the video's case)."""
+    """A video's face tracks (investigator of the video's case): where faces appear in
+    evidence, so each listing is audited (`tracks`, with the ids shown), as a search is."""
     with ctx.db() as conn:
-        _video_case(conn, ctx.audit_key, user, "tracks", video_id, uploader_may=False)
-        return list_tracks(conn, video_id)
+        case = _video_case(conn, ctx.audit_key, user, "tracks", video_id, uploader_may=False)
+        rows = list_tracks(conn, video_id)
+        audit.append(conn, ctx.audit_key, user.name, "tracks", {
+            "video_id": video_id, "case": case, "count": len(rows),
+            "track_ids": [r.track_id for r in rows]})
+        return rows
 
 
 @dataclass(frozen=True)
@@ -169,29 +175,35 @@ class Original:
     size_bytes: int
     filename: str
     sha256: str
+    span: tuple[int, int] | None  # (first, last) byte asked for; None: the whole file
 
 
-def original(ctx: Context, user: User, video_id: str, byte_range: str | None = None
+def original(ctx: Context, user: User, video_id: str, byte_range: str | None = None,
+             span_of: Callable[[int], tuple[int, int] | None] = lambda _size: None
              ) -> Original:
     """The stored original of a video (investigator of its case); each access is audited
-    (`video.original`, with the range asked for)."""
+    (`video.original`, with the range asked for). `span_of(size)` reads the range, and
+    refuses one the file cannot satisfy before anything is recorded (an unsatisfiable
+    range was audited as a read of the file: bb23)."""
     with ctx.db() as conn:
-        case = _video_case(conn, ctx.audit_key, user, "tracks", video_id, uploader_may=False)
+        case = _video_case(conn, ctx.audit_key, user, "video.original", video_id,
+                           uploader_may=False)
         row = conn.execute("SELECT object_key, size_bytes, original_filename, sha256"
                            " FROM videos WHERE id = %s", (uid(video_id),)).fetchone()
         assert row is not None
+        span = span_of(int(row["size_bytes"]))
         audit.append(conn, ctx.audit_key, user.name, "video.original",
                      {"video_id": video_id, "case": case, "range": byte_range})
     return Original(video_id, str(row["object_key"]), int(row["size_bytes"]),
-                    str(row["original_filename"]), str(row["sha256"]))
+                    str(row["original_filename"]), str(row["sha256"]), span)
 
 
 def thumbnail(ctx: Context, user: User, track_id: str) -> bytes:
     """A track's thumbnail JPEG (investigator of the track's case): a picture of someone's
     face, so each one served is audited (`track.thumbnail`), as each read of an original is."""
     with ctx.db() as conn:
-        case = require_visible(conn, ctx.audit_key, user, "tracks", "track", track_id,
-                               case_of(conn, "track", track_id))
+        case = require_visible(conn, ctx.audit_key, user, "track.thumbnail", "track",
+                               track_id, case_of(conn, "track", track_id))
         row = conn.execute("SELECT thumbnail_key FROM tracks WHERE id = %s",
                            (uid(track_id),)).fetchone()
         if row is None or not row["thumbnail_key"]:

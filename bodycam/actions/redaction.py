@@ -544,6 +544,11 @@ def plan_summary(ctx: Context, user: User, video_id: str) -> dict[str, Any]:
             found = redaction_jobs.load(conn, plan)
         assert found is not None
         return {"pending": redaction_jobs.as_json(found)}
+    # Every face track of the video with its frames: each view is audited, as a listing of
+    # its tracks is (bb23).
+    ctx.audit(user.name, "redaction.plan.view", {
+        "video_id": video_id, "case": case, "plan_version": plan.version,
+        "tracks": len(plan.tracks)})
     red = ctx.settings.redaction
     return {"video_id": video_id, "version": plan.version, "algorithm": ALGORITHM,
             "frame_rate": str(plan.frame_rate), "n_frames": plan.n_frames,

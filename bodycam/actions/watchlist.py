@@ -16,7 +16,7 @@ from bodycam.db import uid
 from bodycam.errors import InvalidInputError, NotFoundError
 from bodycam.matching import Person
 from bodycam.subjects import Subject
-from bodycam.timeparse import parse_until, parse_when
+from bodycam.timeparse import parse_period, parse_when
 
 
 def enroll(ctx: Context, user: User, name: str, photos: list[str], case: str | None,
@@ -76,7 +76,7 @@ def search(ctx: Context, user: User, case: str | None, purpose: str | None,
     the case); every id must belong to the case; audited (`search`)."""
     case, purpose = s.bound(case, purpose)  # refused before the role is looked at
     probe = s.Probe(photo, face, subject, track)
-    filters = s.Filters(video, parse_when(date_from, "--from"), parse_until(date_to))
+    filters = s.Filters(video, *parse_period(date_from, date_to))
     with ctx.db() as conn:
         require(conn, ctx.audit_key, user, "search", case)
     with refusals_audited(ctx, user, "search", case):
@@ -187,7 +187,7 @@ def subject_photo(ctx: Context, user: User, subject_id: str) -> bytes:
     """A subject's first enrolment photo as a JPEG (EXIF dropped, at most 640 px a side), for
     an investigator or supervisor of the subject's case; audited (`subject.photo`)."""
     with ctx.db() as conn:
-        case = require_visible(conn, ctx.audit_key, user, "subjects.list", "subject",
+        case = require_visible(conn, ctx.audit_key, user, "subject.photo", "subject",
                                subject_id, case_of(conn, "subject", subject_id))
         row = conn.execute(
             "SELECT f.photo_key, f.photo_sha256 FROM subject_faces f JOIN subjects s"

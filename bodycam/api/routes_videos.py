@@ -219,8 +219,9 @@ async def original(video_id: str, user: UserDep,
                    ) -> StreamingResponse:
     """The evidence file as ingested, after the case check; each access is audited."""
     ctx = context()
-    found = await run_in_threadpool(evidence.original, ctx, user, video_id, range_)
-    span = parse_range(range_, found.size_bytes)
+    found = await run_in_threadpool(evidence.original, ctx, user, video_id, range_,
+                                    lambda size: parse_range(range_, size))
+    span = found.span
     first, last = span if span is not None else (0, found.size_bytes - 1)
     body = await run_in_threadpool(ctx.store.open_stream, found.key,
                                    first if span is not None else None,
