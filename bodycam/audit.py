@@ -114,7 +114,7 @@ def seal(key: str, hash_hex: str) -> str:
 # a worker would write with another actor or action (a new task) must be named here.
 WORKER_ROWS = {
     "system:worker": frozenset({"processing.done", "processing.failed",
-                                "processing.quarantined"}),
+                                "processing.quarantined", "redaction.failed"}),
     "system:matching": frozenset({"matches.create"}),
     "system:incoming": frozenset({"ingest", "ingest.duplicate", "ingest.incoming",
                                   "ingest.rejected"}),

@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bodycam import jobs
+from bodycam import audit, jobs
 from bodycam.config import JobSettings
 from bodycam.context import Context
 from bodycam.db import Conn, uid
@@ -46,7 +46,7 @@ from bodycam.redaction import (
     render,
     report_lines,
 )
-from bodycam.storage import REDACTIONS
+from bodycam.storage import REDACTIONS, ObjectStore
 
 log = logging.getLogger(__name__)
 PLAN, RENDER = "plan", "render"
@@ -131,22 +131,37 @@ def complete(conn: Conn, lease: JobLease, result: dict[str, Any]) -> None:
         raise LeaseLostError(f"redaction job {lease.job_id}: lease lost before its result")
 
 
-def fail(conn: Conn, lease: JobLease, error: str, kind: jobs.Failure, cfg: JobSettings) -> str:
+def fail(conn: Conn, key: str, lease: JobLease, error: str, kind: jobs.Failure,
+         cfg: JobSettings) -> str:
     """Record a failed attempt; returns the job's state: `queued` again (a service failed,
     which spends no attempt; or attempts are left) or `failed` (bad input, or the last
-    attempt). `lost` when the lease was another's already."""
+    attempt; audited). `lost` when the lease was another's already."""
     ended = kind is jobs.Failure.PERMANENT or (
         kind is jobs.Failure.ERROR and lease.attempt >= cfg.max_attempts)
     row = REDACTION_JOBS.end(
         conn, (lease.job_id,), lease.token,
         "state = %s, error = %s, lease_token = NULL, attempts = attempts - %s",
         ("failed" if ended else "queued", error[:2000], 1 if kind is jobs.Failure.SERVICE else 0))
+    if row is not None and row["state"] == "failed":
+        _audit_failed(conn, key, row, error)
     return str(row["state"]) if row else "lost"
 
 
-def reap(conn: Conn, cfg: JobSettings, stale_queued_s: float) -> list[str]:
+def _audit_failed(conn: Conn, key: str, job: dict[str, Any], error: str) -> None:
+    """A job that ended failed is on record, as a video's failed processing is (a render
+    whose workers died ended failed with only its request in the log: bb22)."""
+    audit.append(conn, key, "system:worker", "redaction.failed", {
+        "job_id": str(job["id"]), "kind": job["kind"], "video_id": str(job["video_id"]),
+        "case": job["case_id"], "requested_by": job["requested_by"], "error": error[:500]})
+
+
+def reap(conn: Conn, store: ObjectStore, key: str, cfg: JobSettings, stale_queued_s: float
+         ) -> list[str]:
     """Jobs to send again: those whose worker stopped renewing its lease (failed after
-    max_attempts), and queued ones whose message was lost (none sent for stale_queued_s)."""
+    max_attempts; audited), and queued ones whose message was lost (none sent for
+    stale_queued_s). What the lost claim of a render stored is deleted: no one else deletes
+    it (a worker killed after storing the MP4 left it in the store, unrecorded, for good:
+    bb22)."""
     again: list[str] = []
     for r in REDACTION_JOBS.expired(conn):
         reason = f"worker {r['lease_owner']} stopped renewing its lease (attempt {r['attempts']})"
@@ -155,7 +170,12 @@ def reap(conn: Conn, cfg: JobSettings, stale_queued_s: float) -> list[str]:
                      " lease_token = NULL, updated_at = now() WHERE id = %s",
                      (state, reason, r["id"]))
         log.warning("redaction job %s: %s: %s", r["id"], reason, state)
-        if state == "queued":
+        if r["kind"] == RENDER and r["lease_token"] is not None:
+            _discard(store, str(r["id"]), str(r["video_id"]), dict(r["request"]),
+                     r["lease_token"])
+        if state == "failed":
+            _audit_failed(conn, key, r, reason)
+        else:
             again.append(str(r["id"]))
     stale = conn.execute(
         "UPDATE redaction_jobs SET updated_at = now() WHERE id IN (SELECT id FROM"
@@ -218,14 +238,14 @@ def run(ctx: Context, job_id: str, owner: str | None = None) -> str:
             complete(conn, lease, result)
     except LeaseLostError:
         log.warning("redaction job %s: lease lost; result discarded", job_id)
-        _discard(ctx, lease)
+        _discard_claim(ctx, lease)
         return "skipped"
     except Exception as exc:
         kind = failure_kind(exc)
         error = str(exc) if kind is jobs.Failure.PERMANENT else f"{type(exc).__name__}: {exc}"
-        _discard(ctx, lease)
+        _discard_claim(ctx, lease)
         with ctx.db() as conn:
-            state = fail(conn, lease, error, kind, ctx.settings.jobs)
+            state = fail(conn, ctx.audit_key, lease, error, kind, ctx.settings.jobs)
         log.warning("redaction job %s attempt %d failed (%s, %s): %s", job_id, lease.attempt,
                     kind.value, type(exc).__name__, state)
         if kind is jobs.Failure.SERVICE:
@@ -237,17 +257,22 @@ def run(ctx: Context, job_id: str, owner: str | None = None) -> str:
     return "computed"
 
 
-def _discard(ctx: Context, lease: JobLease) -> None:
+def _discard_claim(ctx: Context, lease: JobLease) -> None:
     """Delete what this claim of a render stored (nothing is recorded of it): a failed or
-    lost attempt leaves no file behind. A store that cannot be reached keeps them."""
-    if lease.kind != RENDER:
-        return
-    keys = derivative_keys(lease.video_id, str(lease.request["derivative_id"]), lease.token)
-    for key in keys.values():
+    lost attempt leaves no file behind."""
+    if lease.kind == RENDER:
+        _discard(ctx.store, lease.job_id, lease.video_id, lease.request, lease.token)
+
+
+def _discard(store: ObjectStore, job_id: str, video_id: str, request: dict[str, Any],
+             claim: uuid.UUID | str) -> None:
+    """Delete the parts one claim of a render stored (by the claim's worker, or by the
+    reaper once the claim's lease ran out). A store that cannot be reached keeps them."""
+    for key in derivative_keys(video_id, str(request["derivative_id"]), claim).values():
         try:
-            ctx.store.delete(key)
+            store.delete(key)
         except Exception:  # noqa: BLE001 - the attempt's failure is what is reported
-            log.warning("redaction job %s: could not delete %s", lease.job_id, key)
+            log.warning("redaction job %s: could not delete %s", job_id, key)
 
 
 def _plan(ctx: Context, lease: JobLease, progress: Any) -> dict[str, Any]:

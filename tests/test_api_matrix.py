@@ -565,6 +565,26 @@ def test_reads_of_evidence_and_of_the_log_are_on_record_under_every_case_they_to
     assert all(isinstance(m["reviews"], list) and m["enrolled_by"] for m in records)
 
 
+def test_a_read_is_recorded_once_its_bytes_are_read(world: World) -> None:
+    """A thumbnail, or an original, was recorded as served before the store was read: with
+    the store unreachable, or the object gone, the answer was an error and the audit log said
+    it was seen (bb22)."""
+    inv = world.tokens["investigator"]
+    with world.stack.ctx.db() as conn:
+        row = conn.execute("SELECT id::text AS id, thumbnail_key FROM tracks WHERE video_id ="
+                           " %s AND id <> %s AND thumbnail_key IS NOT NULL ORDER BY id LIMIT 1",
+                           (world.a["video"], world.a["track"])).fetchone()
+    assert row is not None, "a second track with a thumbnail"
+    world.stack.ctx.store.delete(row["thumbnail_key"])  # lost by the store
+    r = world.send(Req("GET", f"{V}/tracks/{row['id']}/thumbnail"), inv)
+    assert r.status_code in (404, 503), r.text
+    with world.stack.ctx.db() as conn:
+        seen = conn.execute("SELECT count(*) AS n FROM audit_log WHERE action ="
+                            " 'track.thumbnail' AND details->>'track_id' = %s",
+                            (row["id"],)).fetchone()["n"]
+    assert seen == 0
+
+
 def test_a_retry_of_a_video_that_did_not_fail_is_refused_and_leaves_it_as_it_was(
         world: World) -> None:
     """A done video re-queued with every unit done would wait forever as `queued`."""

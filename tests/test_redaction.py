@@ -539,9 +539,20 @@ def test_the_derivative_hash_and_lineage_verify_and_tampering_is_found(
             assert not bad["ok"] and not bad["checks"]["stored_sha256"], bad
             # ... nor are they served (the web app downloads through this route), and the
             # scheduled fixity check finds them.
+            def downloads() -> int:
+                with stack.ctx.db() as conn:
+                    return int(conn.execute(
+                        "SELECT count(*) AS n FROM audit_log WHERE action ="
+                        " 'redaction.download' AND details->>'derivative_id' = %s",
+                        (did,)).fetchone()["n"])
+
+            before = downloads()
             served = http.get(f"/api/v1/redactions/{did}/video")
             assert served.status_code == 409 and "not served" in served.json()["detail"]
             assert b"0123456789" not in served.content
+            # Nothing was served, so no download is recorded (it was, before the bytes were
+            # checked or read: a store that could not be reached was recorded as one, bb22).
+            assert downloads() == before
             proc = stack.cli.run("fixity", "--json")
             fix = json.loads(proc.stdout)
             assert proc.returncode != 0 and key in {m["key"] for m in fix["mismatched"]}
@@ -554,6 +565,7 @@ def test_the_derivative_hash_and_lineage_verify_and_tampering_is_found(
             stack.ctx.store.put_bytes(key, original, "video/mp4")
         assert http.post(f"/api/v1/redactions/{did}/verify").json()["ok"]
         assert http.get(f"/api/v1/redactions/{did}/video").content == original
+        assert downloads() == before + 1
         # The report's PDF: the same for each part of the release.
         with stack.ctx.db() as conn:
             pdf_key = conn.execute("SELECT pdf_key FROM redactions WHERE id = %s",
@@ -770,6 +782,57 @@ def test_a_render_whose_stored_part_is_gone_ends_failed_and_leaves_no_file(
                               " AND details->>'job_id' = %s", (job_id,)).fetchone()
     assert failed is not None and failed["details"]["files_deleted"] == 4
     assert not any(ctx.store.exists(k) for k in keys.values())
+
+
+def test_a_render_claim_whose_worker_died_leaves_no_file_and_a_failed_job_is_on_record(
+        stack: StackHandle, video: str, hide_all: tuple[Path, dict[str, Any]]) -> None:
+    """Only the worker deleted what its claim of a render stored: one killed after storing
+    the MP4 left it in the store for good, recorded nowhere (fixity checks recorded files
+    only), and a render that ended failed after its workers died had no audit row (bb22).
+    The reaper deletes an expired claim's files, and a job it ends failed is audited."""
+    from bodycam import redaction_jobs
+    from bodycam.actions.redaction import load_plan
+
+    ctx, cfg = stack.ctx, stack.ctx.settings.jobs
+    with ctx.db() as conn:
+        plan = load_plan(conn, video)
+        assert plan is not None
+        derivative_id = str(uuid.uuid4())
+        # Made here, not sent: this test plays the worker that dies.
+        job_id = redaction_jobs.create(conn, video, CASE_A, redaction_jobs.RENDER, "operator", {
+            "plan_version": plan.version, "derivative_id": derivative_id,
+            "choices": Choices(style="box").as_json(), "settings": {"style": "box"},
+            "auto": Decision("r", "b", "operator").as_json()})
+        lease = redaction_jobs.claim(conn, job_id, "dead:1", 15)
+    assert lease is not None
+    redaction_jobs._render(ctx, lease, lambda _f: None)  # it stores its parts, then dies
+    keys = redaction_jobs.derivative_keys(video, derivative_id, str(lease.token))
+    assert all(ctx.store.exists(k) for k in keys.values())
+    with ctx.db() as conn:  # its lease runs out; reaped in the same transaction (the stack's
+        # own reaper cannot see it expire first)
+        conn.execute("UPDATE redaction_jobs SET lease_until = now() - interval '1 second'"
+                     " WHERE id = %s", (job_id,))
+        again = redaction_jobs.reap(conn, ctx.store, ctx.audit_key, cfg, stale_queued_s=3600)
+    assert job_id in again
+    assert not any(ctx.store.exists(k) for k in keys.values()), keys
+    with ctx.db() as conn:  # the last attempt's worker dies too: the job ends failed
+        last = redaction_jobs.claim(conn, job_id, "dead:2", 15)
+        assert last is not None
+        conn.execute("UPDATE redaction_jobs SET attempts = %s, lease_until = now() - interval"
+                     " '1 second' WHERE id = %s", (cfg.max_attempts, job_id))
+        assert job_id not in redaction_jobs.reap(conn, ctx.store, ctx.audit_key, cfg,
+                                                 stale_queued_s=3600)
+    with ctx.db() as conn:
+        state = conn.execute("SELECT state FROM redaction_jobs WHERE id = %s",
+                             (job_id,)).fetchone()["state"]
+        rows = conn.execute("SELECT actor, details FROM audit_log WHERE action ="
+                            " 'redaction.failed' AND details->>'job_id' = %s",
+                            (job_id,)).fetchall()
+    assert state == "failed"
+    assert [(r["actor"], r["details"]["case"], r["details"]["requested_by"]) for r in rows] \
+        == [("system:worker", CASE_A, "operator")], rows
+    assert "stopped renewing its lease" in rows[0]["details"]["error"]
+    assert stack.cli.run("audit", "verify").returncode == 0
 
 
 @pytest.mark.slow

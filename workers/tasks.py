@@ -95,7 +95,8 @@ def reap() -> int:
     with c.db() as conn:
         again = jobs.reap(conn, c.audit_key, cfg, stale_pending_s=max(60.0, 4 * cfg.lease_s))
         stuck = jobs.stale_finalizing(conn, stale_s=max(60.0, 4 * cfg.lease_s))
-        redactions = redaction_jobs.reap(conn, cfg, stale_queued_s=max(60.0, 4 * cfg.lease_s))
+        redactions = redaction_jobs.reap(conn, c.store, c.audit_key, cfg,
+                                         stale_queued_s=max(60.0, 4 * cfg.lease_s))
     for video_id, idx in again:
         log.info("re-queued video %s unit %d", video_id, idx)
         c.send(PROCESS_UNIT, video_id, idx)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from bodycam import accounts, audit, jobs
 from bodycam.accounts import User, case_of, require, require_role, require_visible
@@ -176,15 +177,17 @@ class Original:
     filename: str
     sha256: str
     span: tuple[int, int] | None  # (first, last) byte asked for; None: the whole file
+    body: IO[bytes]  # the stream of those bytes
 
 
 def original(ctx: Context, user: User, video_id: str, byte_range: str | None = None,
              span_of: Callable[[int], tuple[int, int] | None] = lambda _size: None
              ) -> Original:
     """The stored original of a video (investigator of its case); each access is audited
-    (`video.original`, with the range asked for). `span_of(size)` reads the range, and
-    refuses one the file cannot satisfy before anything is recorded (an unsatisfiable
-    range was audited as a read of the file: bb23)."""
+    (`video.original`, with the range asked for) once its stream is open. `span_of(size)`
+    reads the range, and refuses one the file cannot satisfy before anything is recorded (an
+    unsatisfiable range was audited as a read of the file: bb23; a store that could not be
+    reached, as a read: bb22)."""
     with ctx.db() as conn:
         case = _video_case(conn, ctx.audit_key, user, "video.original", video_id,
                            uploader_may=False)
@@ -192,10 +195,15 @@ def original(ctx: Context, user: User, video_id: str, byte_range: str | None = N
                            " FROM videos WHERE id = %s", (uid(video_id),)).fetchone()
         assert row is not None
         span = span_of(int(row["size_bytes"]))
-        audit.append(conn, ctx.audit_key, user.name, "video.original",
-                     {"video_id": video_id, "case": case, "range": byte_range})
+        body = ctx.store.open_stream(str(row["object_key"]), *(span or (None, None)))
+        try:
+            audit.append(conn, ctx.audit_key, user.name, "video.original",
+                         {"video_id": video_id, "case": case, "range": byte_range})
+        except BaseException:
+            body.close()
+            raise
     return Original(video_id, str(row["object_key"]), int(row["size_bytes"]),
-                    str(row["original_filename"]), str(row["sha256"]), span)
+                    str(row["original_filename"]), str(row["sha256"]), span, body)
 
 
 def thumbnail(ctx: Context, user: User, track_id: str) -> bytes:
@@ -208,6 +216,7 @@ def thumbnail(ctx: Context, user: User, track_id: str) -> bytes:
                            (uid(track_id),)).fetchone()
         if row is None or not row["thumbnail_key"]:
             raise NotFoundError(f"track {track_id} has no thumbnail (purged or not made)")
+        data = ctx.store.get_bytes(str(row["thumbnail_key"]))  # recorded once it is read
         audit.append(conn, ctx.audit_key, user.name, "track.thumbnail",
                      {"track_id": track_id, "case": case})
-    return ctx.store.get_bytes(str(row["thumbnail_key"]))
+    return data

@@ -9,7 +9,7 @@ import logging
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import IO, Any
 
 from bodycam import audit, fixity, redaction_jobs
 from bodycam.accounts import AccessDeniedError, User, case_of, require_now, require_visible
@@ -459,28 +459,43 @@ class Derivative:
 PARTS = {"video": "object_key", "report": "report_key", "pdf": "pdf_key", "sheet": "sheet_key"}
 
 
-def derivative(ctx: Context, user: User, derivative_id: str, part: str | None = None
-               ) -> Derivative:
-    """A derivative's record (redact role, its case); fetching a part (`video`, `report`,
-    `pdf`, `sheet`) is audited (`redaction.download`)."""
+def derivative(ctx: Context, user: User, derivative_id: str) -> Derivative:
+    """A derivative's record (redact role, its case)."""
     with ctx.db() as conn:
-        case = require_visible(conn, ctx.audit_key, user, "redact", "redaction", derivative_id,
-                               case_of(conn, "redaction", derivative_id))
+        require_visible(conn, ctx.audit_key, user, "redact", "redaction", derivative_id,
+                        case_of(conn, "redaction", derivative_id))
         r = conn.execute("SELECT * FROM redactions WHERE id = %s", (derivative_id,)).fetchone()
         assert r is not None
         keys = {k: str(r[c]) for k, c in PARTS.items()}
         recorded = {str(h["key"]): str(h["sha256"]) for h in conn.execute(
             "SELECT key, sha256 FROM object_hashes WHERE key = ANY(%s)",
             (list(keys.values()),)).fetchall()}
-        if part is not None:
-            audit.append(conn, ctx.audit_key, user.name, "redaction.download",
-                         {"derivative_id": derivative_id, "case": case, "part": part})
     return Derivative(str(r["id"]), str(r["video_id"]), str(r["case_id"]),
                       int(r["plan_version"]), str(r["sha256"]), int(r["size_bytes"]),
                       str(r["original_sha256"]), dict(r["settings"]), str(r["reviewer"]),
                       r["created_at"], keys, int(r["audit_id"]),
                       {**{k: recorded.get(key) for k, key in keys.items()},
                        "video": str(r["sha256"])})
+
+
+def download(ctx: Context, user: User, derivative_id: str, part: str
+             ) -> tuple[Derivative, IO[bytes]]:
+    """A part of a derivative (`video`, `report`, `pdf`, `sheet`) to stream, its bytes
+    checked against their recorded SHA-256 (`check_stored`); audited (`redaction.download`)
+    once it can be served, by an account that may still redact in the case (a store that
+    could not be reached answered 503 after the download was recorded: bb22)."""
+    d = derivative(ctx, user, derivative_id)
+    check_stored(ctx, user, d, part)
+    body = ctx.store.open_stream(d.keys[part])
+    try:
+        with ctx.db() as conn:
+            require_now(conn, ctx.audit_key, user, "redact", d.case_id)
+            audit.append(conn, ctx.audit_key, user.name, "redaction.download",
+                         {"derivative_id": derivative_id, "case": d.case_id, "part": part})
+    except BaseException:
+        body.close()
+        raise
+    return d, body
 
 
 def check_stored(ctx: Context, user: User, d: Derivative, part: str) -> None:

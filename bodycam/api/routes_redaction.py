@@ -182,9 +182,7 @@ async def download(derivative_id: str, user: UserDep,
     """The redacted MP4 (`video`), the report as JSON (`report`), PDF (`pdf`) or the contact
     sheet (`sheet`); case checked and each download audited."""
     ctx = context()
-    d = await run_in_threadpool(redaction.derivative, ctx, user, derivative_id, part)
-    await run_in_threadpool(redaction.check_stored, ctx, user, d, part)
-    body = await run_in_threadpool(ctx.store.open_stream, d.keys[part], None, None)
+    d, body = await run_in_threadpool(redaction.download, ctx, user, derivative_id, part)
 
     name = re.sub(r"[^\w.-]", "_", f"{d.derivative_id}-{NAMES[part]}")
     headers = {"Cache-Control": "no-store", "Content-Disposition": f'attachment; filename="{name}"'}

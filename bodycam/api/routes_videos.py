@@ -223,9 +223,7 @@ async def original(video_id: str, user: UserDep,
                                     lambda size: parse_range(range_, size))
     span = found.span
     first, last = span if span is not None else (0, found.size_bytes - 1)
-    body = await run_in_threadpool(ctx.store.open_stream, found.key,
-                                   first if span is not None else None,
-                                   last if span is not None else None)
+    body = found.body
 
     quoted = re.sub(r"[^\w.-]", "_", found.filename)[:200] or "original"
     headers = {"Accept-Ranges": "bytes", "Content-Length": str(last - first + 1),

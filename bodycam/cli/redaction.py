@@ -50,12 +50,19 @@ def _span(text: str) -> list[float]:
 
 def wait_for_job(c: Any, job: dict[str, Any]) -> dict[str, Any]:
     """Follow a redaction job (a worker computes it, the server records it) until it ends;
-    the done job, or InvalidInputError naming why it failed or was refused."""
+    the done job, or InvalidInputError naming why it failed or was refused. While it waits
+    for another try, what held the last one up is said once (with the object store down
+    the command waited without a word: bb22)."""
     from bodycam.errors import InvalidInputError, TransientError
 
     delay = 0.25
     misses = 0
+    said = None
     while job["state"] in ("queued", "running", "computed"):
+        if job.get("error") and job["error"] != said and job["state"] == "queued":
+            said = job["error"]
+            err.print(f"redaction job {job['job_id']}: waiting for another try (attempt "
+                      f"{job['attempts']} so far): {said}")
         time.sleep(delay)
         delay = min(delay * 1.5, 5.0)
         try:
