@@ -152,7 +152,7 @@ def _audit_failed(conn: Conn, key: str, job: dict[str, Any], error: str) -> None
     whose workers died ended failed with only its request in the log: bb22)."""
     audit.append(conn, key, "system:worker", "redaction.failed", {
         "job_id": str(job["id"]), "kind": job["kind"], "video_id": str(job["video_id"]),
-        "case": job["case_id"], "requested_by": job["requested_by"], "error": error[:500]})
+        "case": job["case_id"], "requested_by": job["requested_by"], "reason": error[:500]})
 
 
 def reap(conn: Conn, store: ObjectStore, key: str, cfg: JobSettings, stale_queued_s: float

@@ -701,6 +701,22 @@ def test_an_account_may_have_only_so_many_renders_queued_or_running(
     assert _follow(api_url, operator_token, r.json()["job_id"])["state"] == "done"
 
 
+def _unsent_render(conn: Any, video: str) -> tuple[str, str]:
+    """A render job of the video's plan (box style, the operator's), made and not sent: the
+    test plays the workers. Returns (job id, derivative id)."""
+    from bodycam import redaction_jobs
+    from bodycam.actions.redaction import load_plan
+
+    plan = load_plan(conn, video)
+    assert plan is not None
+    derivative_id = str(uuid.uuid4())
+    job_id = redaction_jobs.create(conn, video, CASE_A, redaction_jobs.RENDER, "operator", {
+        "plan_version": plan.version, "derivative_id": derivative_id,
+        "choices": Choices(style="box").as_json(), "settings": {"style": "box"},
+        "auto": Decision("r", "b", "operator").as_json()})
+    return job_id, derivative_id
+
+
 def test_a_render_a_stalled_worker_finishes_late_touches_nothing_another_recorded(
         stack: StackHandle, video: str, api_url: str, operator_token: str,
         hide_all: tuple[Path, dict[str, Any]]) -> None:
@@ -708,18 +724,12 @@ def test_a_render_a_stalled_worker_finishes_late_touches_nothing_another_recorde
     stored its files over it: the recorded PDF no longer matched its hash (bb17). Each claim
     stores under keys of its own, and only the claim that completed is recorded."""
     from bodycam import redaction_jobs
-    from bodycam.actions.redaction import load_plan, record_job
+    from bodycam.actions.redaction import record_job
     from bodycam.errors import LeaseLostError
 
     ctx = stack.ctx
     with ctx.db() as conn:
-        plan = load_plan(conn, video)
-        assert plan is not None
-        # Made here, not sent: this test plays both workers.
-        job_id = redaction_jobs.create(conn, video, CASE_A, redaction_jobs.RENDER, "operator", {
-            "plan_version": plan.version, "derivative_id": str(uuid.uuid4()),
-            "choices": Choices(style="box").as_json(), "settings": {"style": "box"},
-            "auto": Decision("r", "b", "operator").as_json()})
+        job_id, _derivative_id = _unsent_render(conn, video)  # this test plays both workers
         stalled = redaction_jobs.claim(conn, job_id, "stalled:1", 15)
         # Its lease runs out and the reaper gives the job back, as it does.
         conn.execute("UPDATE redaction_jobs SET state = 'queued', lease_token = NULL,"
@@ -752,17 +762,11 @@ def test_a_render_whose_stored_part_is_gone_ends_failed_and_leaves_no_file(
     (deleted, or a store that lost it) ends the job `failed`, naming the part, with nothing
     recorded and the other parts deleted; every look after that answers the same."""
     from bodycam import redaction_jobs
-    from bodycam.actions.redaction import load_plan, record_job
+    from bodycam.actions.redaction import record_job
 
     ctx = stack.ctx
     with ctx.db() as conn:
-        plan = load_plan(conn, video)
-        assert plan is not None
-        derivative_id = str(uuid.uuid4())
-        job_id = redaction_jobs.create(conn, video, CASE_A, redaction_jobs.RENDER, "operator", {
-            "plan_version": plan.version, "derivative_id": derivative_id,
-            "choices": Choices(style="box").as_json(), "settings": {"style": "box"},
-            "auto": Decision("r", "b", "operator").as_json()})
+        job_id, derivative_id = _unsent_render(conn, video)
         lease = redaction_jobs.claim(conn, job_id, "parts:1", 15)
     assert lease is not None
     made = redaction_jobs._render(ctx, lease, lambda _f: None)
@@ -791,18 +795,10 @@ def test_a_render_claim_whose_worker_died_leaves_no_file_and_a_failed_job_is_on_
     only), and a render that ended failed after its workers died had no audit row (bb22).
     The reaper deletes an expired claim's files, and a job it ends failed is audited."""
     from bodycam import redaction_jobs
-    from bodycam.actions.redaction import load_plan
 
     ctx, cfg = stack.ctx, stack.ctx.settings.jobs
     with ctx.db() as conn:
-        plan = load_plan(conn, video)
-        assert plan is not None
-        derivative_id = str(uuid.uuid4())
-        # Made here, not sent: this test plays the worker that dies.
-        job_id = redaction_jobs.create(conn, video, CASE_A, redaction_jobs.RENDER, "operator", {
-            "plan_version": plan.version, "derivative_id": derivative_id,
-            "choices": Choices(style="box").as_json(), "settings": {"style": "box"},
-            "auto": Decision("r", "b", "operator").as_json()})
+        job_id, derivative_id = _unsent_render(conn, video)  # this test plays the worker
         lease = redaction_jobs.claim(conn, job_id, "dead:1", 15)
     assert lease is not None
     redaction_jobs._render(ctx, lease, lambda _f: None)  # it stores its parts, then dies
@@ -831,7 +827,7 @@ def test_a_render_claim_whose_worker_died_leaves_no_file_and_a_failed_job_is_on_
     assert state == "failed"
     assert [(r["actor"], r["details"]["case"], r["details"]["requested_by"]) for r in rows] \
         == [("system:worker", CASE_A, "operator")], rows
-    assert "stopped renewing its lease" in rows[0]["details"]["error"]
+    assert "stopped renewing its lease" in rows[0]["details"]["reason"]
     assert stack.cli.run("audit", "verify").returncode == 0
 
 
