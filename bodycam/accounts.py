@@ -51,6 +51,7 @@ ACTS_UNDER: dict[str, str] = {
     "video.original": "tracks",
     "track.thumbnail": "tracks",
     "subject.photo": "subjects.list",
+    "redaction.download": "redact",
 }
 SEE_ALL_CASES = ("supervisor", "admin")
 NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")

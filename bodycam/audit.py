@@ -636,7 +636,9 @@ def check_live(conn: Conn, manifest: dict[str, Any]) -> str | None:
 
 def _parse(data: bytes, fmt: str, columns: tuple[str, ...]) -> list[dict[str, Any]]:
     if fmt == "jsonl":
-        return [json.loads(line) for line in data.decode().splitlines() if line.strip()]
+        # Records end at "\n" alone: splitlines() also splits at U+2028 and other separators
+        # a note may hold, and one such note made every later export unverifiable (bb24).
+        return [json.loads(line) for line in data.decode().split("\n") if line.strip()]
     reader = csv.reader(io.StringIO(data.decode()))
     header = next(reader, None)
     if header is None or tuple(header) != columns:

@@ -66,10 +66,10 @@ def export_matches(ctx: Context, user: User, action: str, fmt: str, path: Path,
                    for j in (m.export_json() for m in list_matches(conn, status, case_id))]
     manifest = audit.write_export(
         path, "matches", fmt, records, MATCH_COLUMNS, _head(ctx),
-        {"status": status, "case": case_id, "exported_by": user.name,
-         "exported_at": datetime.now(UTC).isoformat()}, ctx.export_signing_key)
+        {"status": status, "case": case_id, "cases": sorted({str(r["case"]) for r in records}),
+         "exported_by": user.name, "exported_at": datetime.now(UTC).isoformat()},
+        ctx.export_signing_key)
     _record(ctx, user, action, {"export_id": export_id, "kind": "matches", "format": fmt,
                                 "rows": manifest["rows"], "sha256": manifest["sha256"],
-                                "case": case_id,
-                                "cases": sorted({str(r["case"]) for r in records})})
+                                "case": case_id, "cases": manifest["cases"]})
     return manifest

@@ -519,7 +519,13 @@ def test_reads_of_evidence_and_of_the_log_are_on_record_under_every_case_they_to
     shown = [t["track_id"] for t in r.json()["items"]]
     [row] = since_rows("tracks")
     assert row["actor"] == world.names["investigator"] and row["details"] == {
-        "video_id": a["video"], "case": CASE_A, "count": len(shown), "track_ids": shown}
+        "video_id": a["video"], "case": CASE_A, "count": len(shown), "offset": 0,
+        "track_ids": shown}
+    # Page by page, each row names the page's ids.
+    r = world.send(Req("GET", f"{V}/videos/{a['video']}/tracks",
+                       params={"limit": "1", "offset": "1"}), inv)
+    assert [t["track_id"] for t in r.json()["items"]] == shown[1:2]
+    assert since_rows("tracks")[-1]["details"]["track_ids"] == shown[1:2]
     r = world.send(Req("GET", f"{V}/videos/{a['video']}/original",
                        headers={"Range": "bytes=999999999-"}), inv)
     assert r.status_code == 416 and not since_rows("video.original"), r.text
@@ -557,7 +563,8 @@ def test_reads_of_evidence_and_of_the_log_are_on_record_under_every_case_they_to
     assert {CASE_A, CASE_B} <= set(made["details"]["cases"]), made
     [down] = since_rows("export.download")
     assert down["details"] == {"export_id": export_id, "kind": "matches",
-                               "sha256": manifest["sha256"], "rows": manifest["rows"]}, down
+                               "sha256": manifest["sha256"], "rows": manifest["rows"],
+                               "cases": made["details"]["cases"]}, down
     assert made["details"]["sha256"] == manifest["sha256"]
     records = [json.loads(line) for line in got.text.splitlines()]
     assert records and all({"reviews", "decided_at", "enrolled_by"} <= set(m)
@@ -566,9 +573,9 @@ def test_reads_of_evidence_and_of_the_log_are_on_record_under_every_case_they_to
 
 
 def test_a_read_is_recorded_once_its_bytes_are_read(world: World) -> None:
-    """A thumbnail, or an original, was recorded as served before the store was read: with
-    the store unreachable, or the object gone, the answer was an error and the audit log said
-    it was seen (bb22)."""
+    """A thumbnail or an enrolment photo was recorded as served before the store was read:
+    with the store unreachable, or the object gone, the answer was an error and the audit
+    log said it was seen (bb22, bb24)."""
     inv = world.tokens["investigator"]
     with world.stack.ctx.db() as conn:
         row = conn.execute("SELECT id::text AS id, thumbnail_key FROM tracks WHERE video_id ="
@@ -578,10 +585,24 @@ def test_a_read_is_recorded_once_its_bytes_are_read(world: World) -> None:
     world.stack.ctx.store.delete(row["thumbnail_key"])  # lost by the store
     r = world.send(Req("GET", f"{V}/tracks/{row['id']}/thumbnail"), inv)
     assert r.status_code in (404, 503), r.text
+    # An enrolment photo alike (a photo of its own: the store keeps one object per photo).
+    photo = TESTDATA / "faces" / "identities" / "p20" / "02.jpg"
+    sid = str(world.as_op("POST", "/api/v1/subjects",
+                          data={"name": "Lost-Photo", "case": CASE_A, "reason": "matrix"},
+                          files=[("photo", ("p.jpg", photo.read_bytes(), "image/jpeg"))]
+                          ).json()["subject_id"])
     with world.stack.ctx.db() as conn:
-        seen = conn.execute("SELECT count(*) AS n FROM audit_log WHERE action ="
-                            " 'track.thumbnail' AND details->>'track_id' = %s",
-                            (row["id"],)).fetchone()["n"]
+        key = conn.execute("SELECT photo_key FROM subject_faces WHERE subject_id = %s",
+                           (sid,)).fetchone()["photo_key"]
+    store = world.stack.ctx.store  # lost by the store (the application never deletes it)
+    store._client.delete_object(Bucket=store.bucket, Key=key)
+    r = world.send(Req("GET", f"{V}/subjects/{sid}/photo"), inv)
+    assert r.status_code in (404, 503), r.text
+    with world.stack.ctx.db() as conn:
+        seen = conn.execute("SELECT count(*) AS n FROM audit_log WHERE action IN"
+                            " ('track.thumbnail', 'subject.photo') AND (details->>'track_id'"
+                            " = %s OR details->>'subject_id' = %s)",
+                            (row["id"], sid)).fetchone()["n"]
     assert seen == 0
 
 

@@ -193,6 +193,7 @@ def export_file(ctx: Context, user: User, export_id: str, manifest: bool) -> Exp
         made = json.loads(audit.manifest_path(data).read_text())
         audit.append(conn, ctx.audit_key, user.name, "export.download", {
             "export_id": export_id, "kind": made.get("kind"), "sha256": made.get("sha256"),
-            "rows": made.get("rows"), **({"case": made["case"]} if made.get("case") else {})})
+            "rows": made.get("rows"),
+            **{k: made[k] for k in ("case", "cases") if made.get(k)}})
     kind = "text/csv" if data.suffix == ".csv" else "application/x-ndjson"
     return ExportFile(data, kind)

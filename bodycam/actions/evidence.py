@@ -155,16 +155,19 @@ def retry(ctx: Context, user: User, video_id: str) -> dict[str, object]:
     return {"video_id": video_id, "units_queued": len(units)}
 
 
-def tracks(ctx: Context, user: User, video_id: str) -> list[TrackRow]:
-    """A video's face tracks (investigator of the video's case): where faces appear in
-    evidence, so each listing is audited (`tracks`, with the ids shown), as a search is."""
+def tracks(ctx: Context, user: User, video_id: str, offset: int = 0, limit: int | None = None
+           ) -> tuple[list[TrackRow], int]:
+    """A page of a video's face tracks (investigator of the video's case) and how many it
+    has: where faces appear in evidence, so each page is audited (`tracks`, with the ids
+    shown), as a search is."""
     with ctx.db() as conn:
         case = _video_case(conn, ctx.audit_key, user, "tracks", video_id, uploader_may=False)
         rows = list_tracks(conn, video_id)
+        shown = rows[offset:None if limit is None else offset + limit]
         audit.append(conn, ctx.audit_key, user.name, "tracks", {
-            "video_id": video_id, "case": case, "count": len(rows),
-            "track_ids": [r.track_id for r in rows]})
-        return rows
+            "video_id": video_id, "case": case, "count": len(rows), "offset": offset,
+            "track_ids": [r.track_id for r in shown]})
+        return shown, len(rows)
 
 
 @dataclass(frozen=True)

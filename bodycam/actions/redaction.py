@@ -459,10 +459,11 @@ class Derivative:
 PARTS = {"video": "object_key", "report": "report_key", "pdf": "pdf_key", "sheet": "sheet_key"}
 
 
-def derivative(ctx: Context, user: User, derivative_id: str) -> Derivative:
-    """A derivative's record (redact role, its case)."""
+def derivative(ctx: Context, user: User, derivative_id: str, action: str = "redact"
+               ) -> Derivative:
+    """A derivative's record (redact role, its case; a refusal recorded as `action`)."""
     with ctx.db() as conn:
-        require_visible(conn, ctx.audit_key, user, "redact", "redaction", derivative_id,
+        require_visible(conn, ctx.audit_key, user, action, "redaction", derivative_id,
                         case_of(conn, "redaction", derivative_id))
         r = conn.execute("SELECT * FROM redactions WHERE id = %s", (derivative_id,)).fetchone()
         assert r is not None
@@ -484,7 +485,7 @@ def download(ctx: Context, user: User, derivative_id: str, part: str
     checked against their recorded SHA-256 (`check_stored`); audited (`redaction.download`)
     once it can be served, by an account that may still redact in the case (a store that
     could not be reached answered 503 after the download was recorded: bb22)."""
-    d = derivative(ctx, user, derivative_id)
+    d = derivative(ctx, user, derivative_id, "redaction.download")
     check_stored(ctx, user, d, part)
     body = ctx.store.open_stream(d.keys[part])
     try:

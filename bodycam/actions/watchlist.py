@@ -197,7 +197,10 @@ def subject_photo(ctx: Context, user: User, subject_id: str) -> bytes:
         if row is None:
             raise NotFoundError(f"subject {subject_id} has no enrolment photo (removed or"
                                 " lapsed)")
+        # Recorded once it can be served (a store that could not be reached, or a photo
+        # gone from it, was recorded as a view: bb24).
+        preview = subjects.preview_jpeg(ctx.store.get_bytes(str(row["photo_key"])),
+                                        "the enrolment photo", 640)
         audit.append(conn, ctx.audit_key, user.name, "subject.photo", {
             "subject_id": subject_id, "case": case, "photo_sha256": row["photo_sha256"]})
-    data = ctx.store.get_bytes(str(row["photo_key"]))
-    return subjects.preview_jpeg(data, "the enrolment photo", 640)
+    return preview

@@ -15,7 +15,15 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from bodycam import auth
 from bodycam.accounts import User
 from bodycam.actions import evidence
-from bodycam.api.deps import PageDep, SessionDep, UserDep, chunks, context, paginate
+from bodycam.api.deps import (
+    PageDep,
+    SessionDep,
+    UserDep,
+    chunks,
+    context,
+    page_of,
+    paginate,
+)
 from bodycam.api.problems import PROBLEM_RESPONSES, ProblemError
 from bodycam.api.schemas import IngestOut, JobOut, PageOf, RetryOut
 from bodycam.api.uploads import Tee, spool
@@ -184,8 +192,9 @@ async def retry(video_id: str, user: UserDep) -> dict[str, object]:
             summary="A video's face tracks")
 async def tracks(video_id: str, user: UserDep, p: PageDep) -> dict[str, object]:
     """Paginated `tracks --json` items in time order."""
-    rows = await run_in_threadpool(evidence.tracks, context(), user, video_id)
-    return paginate([r.as_json() for r in rows], p)
+    rows, total = await run_in_threadpool(evidence.tracks, context(), user, video_id,
+                                          p.offset, p.limit)
+    return page_of([r.as_json() for r in rows], total, p)
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:

@@ -48,21 +48,33 @@ def _span(text: str) -> list[float]:
     return [a, b]
 
 
+QUEUED_NOTICE_S = 30.0  # a job queued this long with no worker taking it is said to be
+
+
 def wait_for_job(c: Any, job: dict[str, Any]) -> dict[str, Any]:
     """Follow a redaction job (a worker computes it, the server records it) until it ends;
     the done job, or InvalidInputError naming why it failed or was refused. While it waits
-    for another try, what held the last one up is said once (with the object store down
-    the command waited without a word: bb22)."""
+    for another try, what held the last one up is said once; a job no worker has taken for
+    QUEUED_NOTICE_S is said to be so, once (with the object store down, or every worker of
+    the GPU queue down, the command waited without a word: bb22, bb24)."""
     from bodycam.errors import InvalidInputError, TransientError
 
     delay = 0.25
     misses = 0
     said = None
+    queued_since = time.monotonic()
     while job["state"] in ("queued", "running", "computed"):
-        if job.get("error") and job["error"] != said and job["state"] == "queued":
+        if job["state"] != "queued":
+            queued_since = time.monotonic()
+        elif job.get("error") and job["error"] != said:
             said = job["error"]
             err.print(f"redaction job {job['job_id']}: waiting for another try (attempt "
                       f"{job['attempts']} so far): {said}")
+        elif said is None and time.monotonic() - queued_since > QUEUED_NOTICE_S:
+            said = ""
+            err.print(f"redaction job {job['job_id']}: no worker has taken it for "
+                      f"{QUEUED_NOTICE_S:.0f} s; still waiting (are the GPU-queue workers up? "
+                      "`bodycam status`)")
         time.sleep(delay)
         delay = min(delay * 1.5, 5.0)
         try:
