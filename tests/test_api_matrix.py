@@ -606,6 +606,26 @@ def test_a_read_is_recorded_once_its_bytes_are_read(world: World) -> None:
     assert seen == 0
 
 
+def test_an_original_named_in_any_script_is_served_under_its_name(world: World) -> None:
+    """Headers are Latin-1: a file name with an em dash or CJK made every read of its video
+    a 500, in every player of the web app, each one audited as a read (bb25)."""
+    name = "crowd \u2014 \u00dcn\u00efcode \u9577\u3044\u540d\u524d \"q\";x.mp4"
+    r = world.as_op("POST", V + "/videos", params={
+        "case": f"T-MX-NAME-{secrets.token_hex(2)}", "officer": "O", "device": "D",
+        "filename": name}, content=HAMILTON.read_bytes(),
+        headers={"Content-Type": "application/octet-stream"})
+    vid = str(r.json()["video_id"])
+    got = world.send(Req("GET", f"{V}/videos/{vid}/original", headers={"Range": "bytes=0-9"}),
+                     world.op)
+    assert got.status_code == 206 and len(got.content) == 10, got.text
+    disposition = got.headers["content-disposition"]
+    plain = re.search(r'filename="([^"]*)"', disposition)
+    assert plain is not None and plain.group(1).isascii() and plain.group(1).endswith(".mp4")
+    stored = world.send(Req("GET", f"{V}/videos/{vid}"), world.op).json()["filename"]
+    assert "\u9577" in stored and "\u2014" in stored, stored
+    assert httpx.QueryParams("n=" + disposition.split("filename*=UTF-8''", 1)[1])["n"] == stored
+
+
 def test_a_retry_of_a_video_that_did_not_fail_is_refused_and_leaves_it_as_it_was(
         world: World) -> None:
     """A done video re-queued with every unit done would wait forever as `queued`."""

@@ -70,10 +70,16 @@ def test_a_page_of_another_role_is_refused_with_the_role_needed_and_audited(
         page: Page, api_url: str, operator_token: str, stack: StackHandle) -> None:
     clerk = make_account(api_url, operator_token, ["clerk"])
     sign_in(page, api_url, clerk)
-    for path, role in (("audit", "auditor"), ("search", "investigator"), ("accounts", "admin")):
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    for path, role in (("audit", "auditor"), ("search", "investigator"), ("accounts", "admin"),
+                       ("review", "investigator")):
         resp = page.goto(f"{api_url}/app/{path}")
         assert resp is not None and resp.status == 403
         assert role in page.locator("#refusal").inner_text()
+        page.wait_for_load_state("load")
+    # The refused page runs none of the page's script (it threw on the missing page: bb25).
+    assert not errors, errors
     refused = [r["details"] for r in _audit(stack, "refused", clerk.name)]
     assert {d["attempted"] for d in refused} >= {"audit.verify", "search", "users"}  # type: ignore[index]
     # And the API behind those pages refuses the cookie just as it refuses the token.

@@ -223,6 +223,12 @@ def test_the_case_page_lists_the_cases_videos_subjects_and_pending_matches(
     page.locator("#case-subjects table").wait_for()
     assert page.locator("#case-videos tbody tr").count() == len(videos) >= 1
     assert videos[0]["filename"] in page.locator("#case-videos").inner_text()
+    # Each processed video links to its redaction (no page showed the id it asks for: bb25).
+    done = [v for v in videos if v["status"] == "done"]
+    redact = page.locator("#case-videos").get_by_role("link", name="Redact")
+    assert redact.count() == len(done) >= 1
+    assert {redact.nth(i).get_attribute("href") for i in range(redact.count())} == {
+        f"/app/redact?video={v['video_id']}" for v in done}
     assert page.locator("#case-subjects tbody tr").count() == len(subjects) >= 1
     if pending:
         page.locator("#case-matches table").wait_for()

@@ -3,9 +3,11 @@ pagination."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, Annotated
+from urllib.parse import quote
 
 from fastapi import Depends, Header, Query, Request, Security
 from fastapi.concurrency import run_in_threadpool
@@ -145,6 +147,15 @@ PageDep = Annotated[Page, Depends(page)]
 
 
 READ_BYTES = 1 << 20
+
+
+def attachment(filename: str, fallback: str) -> str:
+    """A Content-Disposition header naming a download: an ASCII name any client reads, and
+    the name itself, UTF-8 and percent-encoded (RFC 6266). Headers are Latin-1: a file name
+    in another script made every read of its video a 500, in every player (bb25)."""
+    name = filename[:200]
+    plain = re.sub(r"[^A-Za-z0-9._-]", "_", name) or fallback
+    return f"attachment; filename=\"{plain}\"; filename*=UTF-8''{quote(name, safe='')}"
 
 
 def chunks(body: IO[bytes]) -> Iterator[bytes]:

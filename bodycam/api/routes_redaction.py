@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path
@@ -12,7 +11,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import Field
 
 from bodycam.actions import redaction
-from bodycam.api.deps import UserDep, chunks, context
+from bodycam.api.deps import UserDep, attachment, chunks, context
 from bodycam.api.problems import PROBLEM_RESPONSES
 from bodycam.api.schemas import Body, Out
 
@@ -184,8 +183,8 @@ async def download(derivative_id: str, user: UserDep,
     ctx = context()
     d, body = await run_in_threadpool(redaction.download, ctx, user, derivative_id, part)
 
-    name = re.sub(r"[^\w.-]", "_", f"{d.derivative_id}-{NAMES[part]}")
-    headers = {"Cache-Control": "no-store", "Content-Disposition": f'attachment; filename="{name}"'}
+    headers = {"Cache-Control": "no-store",
+               "Content-Disposition": attachment(f"{d.derivative_id}-{NAMES[part]}", part)}
     if part == "video":
         headers["ETag"] = json.dumps(d.sha256)
     return StreamingResponse(chunks(body), media_type=MEDIA[part], headers=headers)

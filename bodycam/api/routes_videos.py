@@ -19,6 +19,7 @@ from bodycam.api.deps import (
     PageDep,
     SessionDep,
     UserDep,
+    attachment,
     chunks,
     context,
     page_of,
@@ -234,10 +235,9 @@ async def original(video_id: str, user: UserDep,
     first, last = span if span is not None else (0, found.size_bytes - 1)
     body = found.body
 
-    quoted = re.sub(r"[^\w.-]", "_", found.filename)[:200] or "original"
     headers = {"Accept-Ranges": "bytes", "Content-Length": str(last - first + 1),
                "Cache-Control": "no-store", "ETag": f'"{found.sha256}"',
-               "Content-Disposition": f'attachment; filename="{quoted}"'}
+               "Content-Disposition": attachment(found.filename, "original")}
     if span is not None:
         headers["Content-Range"] = f"bytes {first}-{last}/{found.size_bytes}"
     return StreamingResponse(chunks(body), status_code=206 if span is not None else 200,

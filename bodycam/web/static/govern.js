@@ -50,6 +50,10 @@ function initAccounts() {
   $("add-form").addEventListener("submit", async (ev) => {
     ev.preventDefault();
     okFlash();
+    // The last account's one-time token is not left beside another's outcome (a refused
+    // creation showed it under the new name's form: bb25).
+    $("new-token").hidden = true;
+    $("new-token-value").value = "";
     const f = ev.target;
     const roles = [...f.querySelectorAll('input[name="roles"]:checked')].map((c) => c.value);
     if (!roles.length) { flash("Choose at least one role.", "error"); return; }

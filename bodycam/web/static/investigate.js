@@ -347,10 +347,12 @@ async function openCase(c) {
   const fail = (el) => (e) => { el.replaceChildren(Object.assign(none(e.message), { className: "error" })); };
   const vids = $("#case-videos");
   pages(`/cases/${q}/videos`).then((items) => {
-    vids.replaceChildren(items.length ? table(["File", "Status", "Duration", "Face tracks", "Recorded", "Officer"],
+    // Each processed video links to its redaction (the page asked for an id no page showed: bb25).
+    vids.replaceChildren(items.length ? table(["File", "Status", "Duration", "Face tracks", "Recorded", "Officer", ""],
       items.map((v) => [v.filename, v.status === "done" ? "processed" : `${v.status} (${v.stage}, ${Math.round(100 * v.progress)}%)`,
         seconds(v.duration_s), v.tracks, v.recorded_at ? v.recorded_at.slice(0, 16).replace("T", " ") : "unknown",
-        v.officer])) : none("No video in this case yet."));
+        v.officer, v.status === "done" ? link("Redact", `/app/redact?video=${encodeURIComponent(v.video_id)}`) : ""])) :
+      none("No video in this case yet."));
   }).catch(fail(vids));
   const subs = $("#case-subjects");
   pages("/subjects", { case: c }).then((items) => {

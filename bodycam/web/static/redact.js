@@ -69,7 +69,19 @@ async function follow(job, say) {
   return job;
 }
 
+// A plan's choices are its own: a new load starts with no manual box, no kept track and no
+// render shown (a box drawn for one video was rendered into the next one's release: bb25).
+function clearChoices() {
+  regions.length = 0;
+  regionsEl.replaceChildren();
+  tracksEl.replaceChildren();
+  planEl.hidden = true;
+  document.getElementById("result").hidden = true;
+}
+
 async function load(videoId) {
+  flash("");
+  clearChoices();
   summary.textContent = "Loading the plan (computed once per video by a worker: this can take a while)…";
   const path = `/videos/${encodeURIComponent(videoId)}/redaction-plan`;
   try {
@@ -103,9 +115,29 @@ document.getElementById("region").addEventListener("submit", (ev) => {
   const r = { box_px: [v("r-x1"), v("r-y1"), v("r-x2"), v("r-y2")].map(Number),
               start_s: Number(v("r-start")), end_s: Number(v("r-end")),
               reason: v("r-reason"), legal_basis: v("r-basis") };
+  // Checked as the server checks it, before it joins the list (a bad box was listed, could
+  // not be taken out, and failed every render until the page was reloaded: bb25).
+  const [x1, y1, x2, y2] = r.box_px;
+  if (![x1, y1, x2, y2, r.start_s, r.end_s].every(Number.isFinite) || x1 < 0 || y1 < 0 ||
+      x1 >= x2 || y1 >= y2 || r.start_s < 0 || r.start_s > r.end_s) {
+    flash("A box needs x1 < x2 and y1 < y2 (pixels, 0 or more) and a start no later than its end.",
+          "error");
+    return;
+  }
+  flash("");
   regions.push(r);
   const li = document.createElement("li");
-  li.textContent = `box ${r.box_px.join(",")} from ${r.start_s} s to ${r.end_s} s: ${r.reason} [${r.legal_basis}]`;
+  const text = document.createElement("span");
+  text.textContent = `box ${r.box_px.join(",")} from ${r.start_s} s to ${r.end_s} s: ${r.reason} [${r.legal_basis}] `;
+  const remove = document.createElement("button");
+  remove.type = "button";
+  remove.textContent = "Remove";
+  remove.setAttribute("aria-label", `Remove the box ${r.box_px.join(",")}`);
+  remove.addEventListener("click", () => {
+    regions.splice(regions.indexOf(r), 1);
+    li.remove();
+  });
+  li.append(text, remove);
   regionsEl.append(li);
 });
 
