@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import IO, Any
@@ -479,24 +480,39 @@ def derivative(ctx: Context, user: User, derivative_id: str, action: str = "reda
                        "video": str(r["sha256"])})
 
 
-def download(ctx: Context, user: User, derivative_id: str, part: str
-             ) -> tuple[Derivative, IO[bytes]]:
+@dataclass(frozen=True)
+class Download:
+    """A part of a derivative being served."""
+
+    derivative: Derivative
+    body: IO[bytes]  # its bytes, or those of the range asked for
+    span: tuple[int, int] | None  # (first, last) byte of a range of the video; None: whole
+
+
+def download(ctx: Context, user: User, derivative_id: str, part: str,
+             byte_range: str | None = None,
+             span_of: Callable[[int], tuple[int, int] | None] = lambda _size: None
+             ) -> Download:
     """A part of a derivative (`video`, `report`, `pdf`, `sheet`) to stream, its bytes
-    checked against their recorded SHA-256 (`check_stored`); audited (`redaction.download`)
-    once it can be served, by an account that may still redact in the case (a store that
-    could not be reached answered 503 after the download was recorded: bb22)."""
+    checked against their recorded SHA-256 (`check_stored`); audited (`redaction.download`,
+    with the range asked for) once it can be served, by an account that may still redact in
+    the case (a store that could not be reached answered 503 after the download was
+    recorded: bb22). `span_of(size)` reads a range of the video (a player seeks with them:
+    the whole file was sent for each: bb23)."""
     d = derivative(ctx, user, derivative_id, "redaction.download")
+    span = span_of(d.size_bytes) if part == "video" else None
     check_stored(ctx, user, d, part)
-    body = ctx.store.open_stream(d.keys[part])
+    body = ctx.store.open_stream(d.keys[part], *(span or (None, None)))
     try:
         with ctx.db() as conn:
             require_now(conn, ctx.audit_key, user, "redact", d.case_id)
-            audit.append(conn, ctx.audit_key, user.name, "redaction.download",
-                         {"derivative_id": derivative_id, "case": d.case_id, "part": part})
+            audit.append(conn, ctx.audit_key, user.name, "redaction.download", {
+                "derivative_id": derivative_id, "case": d.case_id, "part": part,
+                **({"range": byte_range} if span is not None else {})})
     except BaseException:
         body.close()
         raise
-    return d, body
+    return Download(d, body, span)
 
 
 def check_stored(ctx: Context, user: User, d: Derivative, part: str) -> None:

@@ -158,6 +158,30 @@ def attachment(filename: str, fallback: str) -> str:
     return f"attachment; filename=\"{plain}\"; filename*=UTF-8''{quote(name, safe='')}"
 
 
+_RANGE = re.compile(r"^bytes=(\d{0,19})-(\d{0,19})$")  # 19 digits: any size there is
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """(first, last) of a single `bytes=` range, None for the whole file; 416 when it cannot
+    be satisfied."""
+    if header is None:
+        return None
+    m = _RANGE.match(header.strip())
+    if m is None or (not m.group(1) and not m.group(2)):
+        raise ProblemError(416, f"unsupported range {header[:100]!r}: give one bytes=FIRST-LAST",
+                           {"Content-Range": f"bytes */{size}"})
+    if not m.group(1):  # the last N bytes
+        n = int(m.group(2))
+        first, last = max(0, size - n), size - 1
+    else:
+        first = int(m.group(1))
+        last = min(int(m.group(2)), size - 1) if m.group(2) else size - 1
+    if first >= size or last < first:
+        raise ProblemError(416, f"range {header[:100]!r} is outside the file ({size} bytes)",
+                           {"Content-Range": f"bytes */{size}"})
+    return first, last
+
+
 def chunks(body: IO[bytes]) -> Iterator[bytes]:
     """A stored object's body as a streamed response's chunks; closed when done."""
     try:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Header, Path
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import Field
 
 from bodycam.actions import redaction
-from bodycam.api.deps import UserDep, attachment, chunks, context
+from bodycam.api.deps import UserDep, attachment, chunks, context, parse_range
 from bodycam.api.problems import PROBLEM_RESPONSES
 from bodycam.api.schemas import Body, Out
 
@@ -173,18 +173,28 @@ NAMES = {"video": "redacted.mp4", "report": "report.json", "pdf": "report.pdf",
 
 @router.get("/redactions/{derivative_id}/{part}", summary="Download a derivative or its report",
             response_class=StreamingResponse,
-            responses={200: {"content": {m: {} for m in MEDIA.values()}}})
+            responses={200: {"content": {m: {} for m in MEDIA.values()}},
+                       206: {"description": "the range of the video asked for"},
+                       416: {"description": "range not satisfiable"}})
 async def download(derivative_id: str, user: UserDep,
                    part: Annotated[str, Path(pattern="^(video|report|pdf|sheet)$",
                                              description="video, report, pdf or sheet")],
+                   range_: Annotated[str | None, Header(alias="range")] = None,
                    ) -> Response:
-    """The redacted MP4 (`video`), the report as JSON (`report`), PDF (`pdf`) or the contact
-    sheet (`sheet`); case checked and each download audited."""
+    """The redacted MP4 (`video`, HTTP range requests supported), the report as JSON
+    (`report`), PDF (`pdf`) or the contact sheet (`sheet`); case checked and each download
+    audited."""
     ctx = context()
-    d, body = await run_in_threadpool(redaction.download, ctx, user, derivative_id, part)
-
+    got = await run_in_threadpool(redaction.download, ctx, user, derivative_id, part, range_,
+                                  lambda size: parse_range(range_, size))
+    d, span = got.derivative, got.span
     headers = {"Cache-Control": "no-store",
                "Content-Disposition": attachment(f"{d.derivative_id}-{NAMES[part]}", part)}
     if part == "video":
-        headers["ETag"] = json.dumps(d.sha256)
-    return StreamingResponse(chunks(body), media_type=MEDIA[part], headers=headers)
+        first, last = span if span is not None else (0, d.size_bytes - 1)
+        headers.update({"ETag": json.dumps(d.sha256), "Accept-Ranges": "bytes",
+                        "Content-Length": str(last - first + 1)})
+        if span is not None:
+            headers["Content-Range"] = f"bytes {first}-{last}/{d.size_bytes}"
+    return StreamingResponse(chunks(got.body), status_code=206 if span is not None else 200,
+                             media_type=MEDIA[part], headers=headers)

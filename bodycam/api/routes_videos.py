@@ -24,6 +24,7 @@ from bodycam.api.deps import (
     context,
     page_of,
     paginate,
+    parse_range,
 )
 from bodycam.api.problems import PROBLEM_RESPONSES, ProblemError
 from bodycam.api.schemas import IngestOut, JobOut, PageOf, RetryOut
@@ -33,7 +34,6 @@ from bodycam.errors import BodycamError
 from bodycam.evidence import TrackRow
 
 router = APIRouter(prefix="/api/v1", tags=["videos"], responses=PROBLEM_RESPONSES)
-_RANGE = re.compile(r"^bytes=(\d{0,19})-(\d{0,19})$")  # 19 digits: any size there is
 # Progress streams one account may hold open in this server process at once. Each open
 # stream polls the database through the server's worker threads: 1,500 streams of one
 # account slowed every other user's requests (/healthz included) to 5-7 s.
@@ -196,27 +196,6 @@ async def tracks(video_id: str, user: UserDep, p: PageDep) -> dict[str, object]:
     rows, total = await run_in_threadpool(evidence.tracks, context(), user, video_id,
                                           p.offset, p.limit)
     return page_of([r.as_json() for r in rows], total, p)
-
-
-def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
-    """(first, last) of a single `bytes=` range, None for the whole file; 416 when it cannot
-    be satisfied."""
-    if header is None:
-        return None
-    m = _RANGE.match(header.strip())
-    if m is None or (not m.group(1) and not m.group(2)):
-        raise ProblemError(416, f"unsupported range {header[:100]!r}: give one bytes=FIRST-LAST",
-                           {"Content-Range": f"bytes */{size}"})
-    if not m.group(1):  # the last N bytes
-        n = int(m.group(2))
-        first, last = max(0, size - n), size - 1
-    else:
-        first = int(m.group(1))
-        last = min(int(m.group(2)), size - 1) if m.group(2) else size - 1
-    if first >= size or last < first:
-        raise ProblemError(416, f"range {header[:100]!r} is outside the file ({size} bytes)",
-                           {"Content-Range": f"bytes */{size}"})
-    return first, last
 
 
 @router.get("/videos/{video_id}/original", summary="The stored original (HTTP ranges)",
