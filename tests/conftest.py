@@ -39,6 +39,12 @@ EXTERNAL = ("BODYCAM_DATABASE_URL", "BODYCAM_S3_ENDPOINT_URL", "BODYCAM_REDIS_UR
             "BODYCAM_API_URL")
 
 
+def jsonl(text: str) -> list[dict[str, object]]:
+    """The records of a JSONL export: one per line feed, as `audit verify-export` reads them
+    (a note may hold U+2028, at which str.splitlines() splits too)."""
+    return [json.loads(line) for line in text.split("\n") if line.strip()]
+
+
 @dataclass
 class Cli:
     """Runs the real `bodycam` command in the test stack's environment."""

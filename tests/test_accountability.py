@@ -25,7 +25,7 @@ from bodycam.db import Pool
 from bodycam.errors import InvalidInputError
 from bodycam.services import home_admin_url
 from bodycam.timeparse import parse_period
-from tests.conftest import FACENET_CLIP, HAMILTON, TESTDATA, StackHandle
+from tests.conftest import FACENET_CLIP, HAMILTON, TESTDATA, StackHandle, jsonl
 
 ZERO = "00000000-0000-0000-0000-000000000000"
 CASE = "T-ROLES"
@@ -110,7 +110,7 @@ def test_every_command_is_checked_against_every_role(
                 assert f"needs the {needed} role" in text, (role, action, text)
     exported = tmp_path / "all.jsonl"
     stack.cli.run("audit", "export", "--format", "jsonl", "-o", str(exported), check=True)
-    refused = [json.loads(line) for line in exported.read_text().splitlines()]
+    refused = jsonl(exported.read_text())
     refused = [r for r in refused if r["action"] == "refused"]
     assert any(r["actor"] == "user-auditor" and r["details"]["attempted"] == "search"
                for r in refused), "the auditor's refused search is on record"
@@ -152,7 +152,7 @@ def test_a_search_is_audited_with_case_purpose_threshold_model_and_results(
     assert isinstance(res, dict)
     out = tmp_path / "audit.jsonl"
     stack.cli.run("audit", "export", "--format", "jsonl", "-o", str(out), check=True)
-    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    rows = jsonl(out.read_text())
     [row] = [r for r in rows if r["action"] == "search"
              and r["details"]["purpose"] == "robbery 2026-118 suspect check"]
     d = row["details"]
@@ -338,7 +338,7 @@ def test_a_period_named_by_dates_holds_the_whole_of_its_last_day(
         stack.cli.run("audit", "export", "--from", day.isoformat(), "--to", to, "-o", str(out),
                       check=True)
         manifest = json.loads(out.with_name(out.name + ".manifest.json").read_text())
-        rows = [json.loads(line) for line in out.read_text().splitlines()]
+        rows = jsonl(out.read_text())
         assert manifest["rows"] == len(rows) > 0, to
         assert all(r["at"].startswith(day.isoformat()) for r in rows), {r["at"][:10]
                                                                        for r in rows}

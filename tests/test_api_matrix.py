@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import re
 import secrets
 import socket
@@ -16,7 +15,7 @@ import httpx
 import pytest
 
 from bodycam.accounts import PERMISSIONS, ROLES
-from tests.conftest import HAMILTON, TESTDATA, StackHandle
+from tests.conftest import HAMILTON, TESTDATA, StackHandle, jsonl
 
 CASE_A = "T-API-A"  # every role account is assigned here
 CASE_B = "T-API-B"  # nobody's case but the operator's
@@ -566,7 +565,7 @@ def test_reads_of_evidence_and_of_the_log_are_on_record_under_every_case_they_to
                                "sha256": manifest["sha256"], "rows": manifest["rows"],
                                "cases": made["details"]["cases"]}, down
     assert made["details"]["sha256"] == manifest["sha256"]
-    records = [json.loads(line) for line in got.text.splitlines()]
+    records = jsonl(got.text)
     assert records and all({"reviews", "decided_at", "enrolled_by"} <= set(m)
                            for m in records), records[:1]
     assert all(isinstance(m["reviews"], list) and m["enrolled_by"] for m in records)

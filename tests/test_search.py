@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 import subprocess
 import time
@@ -22,7 +21,7 @@ from bodycam.case_vectors import CaseMatrix, CaseVectors
 from bodycam.config import LimitsSettings, Settings
 from bodycam.limits import RateLimitedError, require_rate
 from bodycam.media.probe import probe
-from tests.conftest import HAMILTON, TESTDATA, StackHandle
+from tests.conftest import HAMILTON, TESTDATA, StackHandle, jsonl
 
 IDENTITIES = TESTDATA / "faces" / "identities"
 P06 = IDENTITIES / "p06" / "01.png"
@@ -377,7 +376,7 @@ def test_a_supervisor_reopens_a_decided_match_for_a_new_round_and_the_old_review
     out = tmp_path / "m.jsonl"
     stack.cli.run("matches", "export", "--status", "decided", "--case", HAM_CASE, "--format",
                   "jsonl", "-o", str(out), check=True)
-    [row] = [r for r in map(json.loads, out.read_text().splitlines()) if r["match_id"] == mid]
+    [row] = [r for r in jsonl(out.read_text()) if r["match_id"] == mid]
     assert (row["status"], row["reviewers"], row["round"], row["earlier_reviews"]) == (
         "rejected", ["reopen-reviewer"], 1, ["reopen-reviewer confirm (round 0)"]), row
     # Who decided what in each round, why and when, and who enrolled the subject (bb23: the

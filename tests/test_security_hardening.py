@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from bodycam import audit, search
 from bodycam.accounts import AccessDeniedError, Scope
 from bodycam.config import Settings
-from tests.conftest import HAMILTON, TESTDATA, StackHandle
+from tests.conftest import HAMILTON, TESTDATA, StackHandle, jsonl
 from tests.test_accountability import tampering, verify
 
 P06 = TESTDATA / "faces" / "identities" / "p06" / "01.png"
@@ -446,7 +446,7 @@ def test_an_export_with_rows_removed_and_everything_recomputed_fails_verificatio
     assert unkeyed.returncode != 0 and "--key-file" in one_line(unkeyed)
     original = out.read_bytes()
     manifest = json.loads(audit.manifest_path(out).read_text())
-    records = [json.loads(line) for line in original.decode().splitlines()]
+    records = jsonl(original.decode())
     forged_key = hashlib.sha256(b"a guess").hexdigest()
     attacks = {
         "a middle row removed": records[:3] + records[4:],
