@@ -172,10 +172,9 @@ def tracks(ctx: Context, user: User, video_id: str, offset: int = 0, limit: int 
 
 @dataclass(frozen=True)
 class Original:
-    """Where a video's original is stored and what the client should call it."""
+    """A video's original being served, and what the client should call it."""
 
     video_id: str
-    key: str
     size_bytes: int
     filename: str
     sha256: str
@@ -205,7 +204,7 @@ def original(ctx: Context, user: User, video_id: str, byte_range: str | None = N
         except BaseException:
             body.close()
             raise
-    return Original(video_id, str(row["object_key"]), int(row["size_bytes"]),
+    return Original(video_id, int(row["size_bytes"]),
                     str(row["original_filename"]), str(row["sha256"]), span, body)
 
 
