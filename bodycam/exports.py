@@ -63,7 +63,8 @@ def export_matches(ctx: Context, user: User, action: str, fmt: str, path: Path,
     case, and the auditor's case filter missed it: bb23)."""
     with ctx.db() as conn:
         records = [{k: j[k] for k in MATCH_COLUMNS}
-                   for j in (m.export_json() for m in list_matches(conn, status, case_id))]
+                   for j in (m.export_json() for m in
+                             list_matches(conn, status, case_id, with_reviews=True))]
     manifest = audit.write_export(
         path, "matches", fmt, records, MATCH_COLUMNS, _head(ctx),
         {"status": status, "case": case_id, "cases": sorted({str(r["case"]) for r in records}),

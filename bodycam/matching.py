@@ -61,7 +61,7 @@ class Match:
     first_frame_s: float = 0.0  # the video's first frame in its file: a player adds it
     # Every review of every round, oldest first ({reviewer, decision, note, at, round}), and
     # when the match was decided: the export's proof of who decided what (it listed the
-    # round's reviewers without their decisions: bb23).
+    # round's reviewers without their decisions: bb23). Read for the export only.
     reviews: tuple[dict[str, Any], ...] = ()
     decided_at: datetime | None = None
 
@@ -199,12 +199,19 @@ _LISTED = (" WHERE (%(status)s::text IS NULL OR m.status = %(status)s"
            " AND (m.status <> 'pending' OR s.expires_at IS NULL OR s.expires_at > now())")
 
 
+_REVIEWS = (" ARRAY(SELECT jsonb_build_object('reviewer', r.reviewer, 'decision', r.decision,"
+            " 'note', r.note, 'at', replace(to_char(r.created_at AT TIME ZONE 'UTC',"
+            " 'YYYY-MM-DD HH24:MI:SS.US+00:00'), ' ', 'T'), 'round', r.review_round)"
+            " FROM reviews r WHERE r.match_id = m.id ORDER BY r.id)")
+
+
 def list_matches(conn: Conn, status: str | None = None, case_id: str | None = None,
-                 cases: list[str] | None = None, offset: int = 0, limit: int | None = None
-                 ) -> list[Match]:
+                 cases: list[str] | None = None, offset: int = 0, limit: int | None = None,
+                 with_reviews: bool = False) -> list[Match]:
     """Matches, newest first, from `offset`, at most `limit`, of a status or `decided` (confirmed
     or rejected); `cases` limits them to the cases a user may see. The page is cut by the
-    database, whose reviewers are read for the page's rows only."""
+    database, whose reviewers are read for the page's rows only. Every review's record (note,
+    time) is read only `with_reviews`: the export's, not each listing's."""
     if status is not None and status not in (*STATUSES, DECIDED):
         raise InvalidInputError(f"--status {status[:40]!r}: choose from "
                                 f"{', '.join((*STATUSES, DECIDED))}")
@@ -220,10 +227,7 @@ def list_matches(conn: Conn, status: str | None = None, case_id: str | None = No
         " m.reopen_reason, m.reopened_from, CASE WHEN s.removed_at IS NOT NULL THEN 'removed'"
         " WHEN s.expires_at <= now() THEN 'lapsed' ELSE 'active' END AS entry,"
         " s.created_by, " + _INDEPENDENT + " AS confirmations, m.decided_at,"
-        " ARRAY(SELECT jsonb_build_object('reviewer', r.reviewer, 'decision', r.decision,"
-        " 'note', r.note, 'at', replace(to_char(r.created_at AT TIME ZONE 'UTC',"
-        " 'YYYY-MM-DD HH24:MI:SS.US+00:00'), ' ', 'T'), 'round', r.review_round) FROM reviews r"
-        " WHERE r.match_id = m.id ORDER BY r.id) AS reviews, " + FIRST_FRAME_COLUMNS
+        + (_REVIEWS if with_reviews else " '{}'::jsonb[]") + " AS reviews, " + FIRST_FRAME_COLUMNS
         + _LISTED_FROM + " JOIN tracks t ON t.id = m.track_id"
         " JOIN videos v ON v.id = m.video_id" + _LISTED
         + " ORDER BY m.created_at DESC, m.id OFFSET %(offset)s LIMIT %(limit)s",
