@@ -221,6 +221,20 @@ class ObjectStore:
             raise TransientError(f"cannot read {key}: {exc}") from exc
 
     @_guarded
+    def version_of(self, key: str) -> str | None:
+        """What the store says identifies an object's current bytes (its ETag, which the store
+        computes from them, with the size and time written), or None when it gives no ETag
+        or the object does not exist: bytes written again under the key change it."""
+        try:
+            head = self._client.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if _missing(exc):
+                return None
+            raise TransientError(f"cannot read {key}: {exc}") from exc
+        etag = head.get("ETag")
+        return f"{etag}/{head['ContentLength']}/{head.get('LastModified')}" if etag else None
+
+    @_guarded
     def download_to(self, key: str, path: str) -> None:
         """Copy an object to a local file."""
         try:

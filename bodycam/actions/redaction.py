@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -501,7 +503,7 @@ def download(ctx: Context, user: User, derivative_id: str, part: str,
     the whole file was sent for each: bb23)."""
     d = derivative(ctx, user, derivative_id, "redaction.download")
     span = span_of(d.size_bytes) if part == "video" else None
-    check_stored(ctx, user, d, part)
+    check_stored(ctx, user, d, part, ranged=span is not None)
     body = ctx.store.open_stream(d.keys[part], *(span or (None, None)))
     try:
         with ctx.db() as conn:
@@ -515,16 +517,45 @@ def download(ctx: Context, user: User, derivative_id: str, part: str,
     return Download(d, body, span)
 
 
-def check_stored(ctx: Context, user: User, d: Derivative, part: str) -> None:
+# Parts re-hashed lately, by key: (the store's version of the bytes hashed, when). A player
+# seeks in a release with range requests, and each re-read the whole part (bb23's review).
+_CHECKED: dict[str, tuple[str, float]] = {}
+_CHECKED_LOCK = threading.Lock()
+CHECKED_FOR_S = 600.0  # how long a range may rely on the last full re-hash
+
+
+def check_stored(ctx: Context, user: User, d: Derivative, part: str, ranged: bool = False
+                 ) -> None:
     """Re-hash a part before it is served: bytes that no longer have the SHA-256 recorded when
     they were written are not released (ConflictError), and the mismatch is audited as the
-    fixity check audits it. A part written before hashes were recorded is served as it is."""
+    fixity check audits it. A part written before hashes were recorded is served as it is.
+
+    A range (`ranged`) of a part re-hashed in the last CHECKED_FOR_S is served on the store's
+    word that the bytes are the same ones (`Store.version_of`, read before and after that
+    re-hash): any bytes written since under the key are re-hashed before a byte is served."""
     expected = d.hashes.get(part)
     if expected is None:
         return
-    found = ctx.store.sha256_of(d.keys[part])
+    key = d.keys[part]
+    if ranged:
+        version = ctx.store.version_of(key)
+        with _CHECKED_LOCK:
+            seen = _CHECKED.get(key)
+        if version is not None and seen is not None and seen[0] == version \
+                and time.monotonic() - seen[1] < CHECKED_FOR_S:
+            return
+    before = ctx.store.version_of(key)
+    found = ctx.store.sha256_of(key)
     if found is not None and found[0] == expected:
+        if before is not None and ctx.store.version_of(key) == before:
+            with _CHECKED_LOCK:
+                now = time.monotonic()
+                for old in [k for k, (_v, at) in _CHECKED.items() if now - at >= CHECKED_FOR_S]:
+                    del _CHECKED[old]
+                _CHECKED[key] = (before, now)
         return
+    with _CHECKED_LOCK:
+        _CHECKED.pop(key, None)
     mismatch = fixity.Mismatch(d.keys[part], "derivative", d.video_id, expected,
                                found[0] if found else None)
     with ctx.db() as conn:
