@@ -27,11 +27,12 @@ def parse_period(date_from: str | None, date_to: str | None
     """A period's start and inclusive end (`--from`, `--to`; either may be missing). The end
     takes in the whole of what it names: a date alone, in any ISO 8601 spelling (2026-12-05,
     20261205, 2026-W49-6, 2026-12-05Z, 2026-12-05+02:00), the whole of that day, so `--from
-    2026-12-05 --to 2026-12-05` is that day; a time without a fraction of a second, the whole
-    of its last unit (10 the hour, 10:30 the minute, 10:30:15 the second; rows are stamped to
-    the microsecond). A spelling other than 2026-12-05 ended at the day's first instant, and
-    a signed export of a busy day held no rows (bb23, bb24). An end before the start is
-    refused."""
+    2026-12-05 --to 2026-12-05` is that day; a week (2026-W49) or a month (2026-12) the whole
+    week or month (a week ended on its Monday: bb27); a time without a fraction of a second,
+    the whole of its last unit (10 the hour, 10:30 the minute, 10:30:15 the second; rows are
+    stamped to the microsecond). A spelling other than 2026-12-05 ended at the day's first
+    instant, and a signed export of a busy day held no rows (bb23, bb24). An end before the
+    start is refused."""
     start = parse_when(date_from, "--from")
     end = None
     if date_to:
@@ -49,6 +50,8 @@ _ZONE = re.compile(r"(Z|[+-]\d{2}(:?\d{2})?)$", re.IGNORECASE)
 # The ISO 8601 spellings of a date (2026-12-05, 20261205, 2026-W49-6, 2026W496, 2026-W49),
 # as they begin a time (Python's own reader takes 20261206T0 for a date).
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}|\d{8}|\d{4}-?W\d{2}(-?\d)?")
+_WEEK = re.compile(r"\d{4}-?W\d{2}")  # a week alone: seven days
+_MONTH = re.compile(r"(\d{4})-(\d{2})")  # a month alone (ISO 8601's reduced precision)
 
 
 def _read(text: str, flag: str, example: str) -> tuple[datetime, timedelta]:
@@ -57,7 +60,7 @@ def _read(text: str, flag: str, example: str) -> tuple[datetime, timedelta]:
     typed = text.strip()
     day = _date_alone(typed)
     if day is not None:
-        when, named = day, timedelta(days=1)
+        when, named = day
     else:
         try:
             when = datetime.fromisoformat(typed.replace("Z", "+00:00").replace("z", "+00:00"))
@@ -71,24 +74,29 @@ def _read(text: str, flag: str, example: str) -> tuple[datetime, timedelta]:
     return when, named
 
 
-def _date_alone(typed: str) -> datetime | None:
-    """The first instant of a date typed without a time, in the zone it names (UTC if none);
-    None for a time. Python reads any character between a date and a time, so 2026-12-05+05:00
-    was read as 05:00 that day (bb24)."""
+def _date_alone(typed: str) -> tuple[datetime, timedelta] | None:
+    """The first instant of a date, week or month typed without a time, in the zone it names
+    (UTC if none), and how long it is; None for a time. Python reads any character between a
+    date and a time, so 2026-12-05+05:00 was read as 05:00 that day (bb24)."""
     readings: list[tuple[str, str | None]] = [(typed, None)]
     zone = _ZONE.search(typed)
     if zone and zone.start():
         readings.append((typed[:zone.start()], zone.group()))
     for day_text, zone_text in readings:
-        if not _DATE.fullmatch(day_text):
+        month = _MONTH.fullmatch(day_text)
+        if not (month or _DATE.fullmatch(day_text)):
             continue
         try:
-            day = date.fromisoformat(day_text)
+            day = (date(int(month[1]), int(month[2]), 1) if month
+                   else date.fromisoformat(day_text))
         except ValueError:
             continue
         tz = UTC if zone_text is None else datetime.fromisoformat(
             "2000-01-01T00:00" + ("+00:00" if zone_text.upper() == "Z" else zone_text)).tzinfo
-        return datetime.combine(day, time(0), tz)
+        named = (timedelta(days=7) if _WEEK.fullmatch(day_text)
+                 else date(day.year + day.month // 12, day.month % 12 + 1, 1) - day if month
+                 else timedelta(days=1))
+        return datetime.combine(day, time(0), tz), named
     return None
 
 

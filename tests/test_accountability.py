@@ -330,6 +330,16 @@ def test_a_period_named_by_dates_holds_the_whole_of_its_last_day(
         datetime(2026, 12, 5, 10, tzinfo=UTC), None)
     with pytest.raises(InvalidInputError, match="before --from"):
         parse_period("2026-12-06", "2026-12-05")
+    # A week alone was its Monday: an export of `2026-W49` held one day of seven (bb27). A
+    # week or a month alone is the whole of it.
+    week = (datetime(2026, 11, 30, tzinfo=UTC), end_of_day + timedelta(days=1))
+    assert parse_period("2026-W49", "2026-W49") == parse_period("2026W49", "2026W49") == week
+    assert parse_period("2026-12", "2026-12") == (
+        datetime(2026, 12, 1, tzinfo=UTC), datetime(2026, 12, 31, 23, 59, 59, 999999, tzinfo=UTC))
+    assert parse_period(None, "2028-02")[1] == datetime(2028, 2, 29, 23, 59, 59, 999999,
+                                                        tzinfo=UTC)
+    with pytest.raises(InvalidInputError, match="not an ISO 8601 date"):
+        parse_period(None, "2026-13")
     with stack.ctx.db() as conn:
         last = conn.execute("SELECT at FROM audit_log ORDER BY id DESC LIMIT 1").fetchone()["at"]
     day = last.astimezone(UTC).date()
