@@ -52,6 +52,7 @@ ACTS_UNDER: dict[str, str] = {
     "track.thumbnail": "tracks",
     "subject.photo": "subjects.list",
     "redaction.download": "redact",
+    "export.download": "audit.export",
 }
 SEE_ALL_CASES = ("supervisor", "admin")
 NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
@@ -240,13 +241,15 @@ def require_now(conn: Conn, key: str, user: User, action: str, case_id: str | No
 
 def refuse(conn: Conn, key: str, user: User | str, action: str, reason: str,
            case_id: str | None, about: str | None = None,
-           error: PermanentError | None = None) -> NoReturn:
-    """Audit a refused attempt (the object it was about, where there is one), commit it, and
-    raise `error`, by default AccessDeniedError."""
+           error: PermanentError | None = None, cases: list[str] | None = None) -> NoReturn:
+    """Audit a refused attempt (the object it was about, where there is one, and every case
+    it holds, `cases`, where it holds several), commit it, and raise `error`, by default
+    AccessDeniedError."""
     name = user.name if isinstance(user, User) else user
     audit.append(conn, key, name, "refused", {"attempted": action, "reason": reason,
                                               "case": case_id,
-                                              **({"object": about} if about else {})})
+                                              **({"object": about} if about else {}),
+                                              **({"cases": cases} if cases else {})})
     audit.commit(conn)
     raise error if error is not None else AccessDeniedError(f"refused: {reason}")
 

@@ -561,7 +561,7 @@ def test_reads_of_evidence_and_of_the_log_are_on_record_under_every_case_they_to
     [made] = [x for x in since_rows("export") if x["details"].get("export_id") == export_id]
     assert {CASE_A, CASE_B} <= set(made["details"]["cases"]), made
     [down] = since_rows("export.download")
-    assert down["details"] == {"export_id": export_id, "kind": "matches",
+    assert down["details"] == {"export_id": export_id, "part": "export", "kind": "matches",
                                "sha256": manifest["sha256"], "rows": manifest["rows"],
                                "cases": made["details"]["cases"]}, down
     assert made["details"]["sha256"] == manifest["sha256"]
@@ -569,6 +569,31 @@ def test_reads_of_evidence_and_of_the_log_are_on_record_under_every_case_they_to
     assert records and all({"reviews", "decided_at", "enrolled_by"} <= set(m)
                            for m in records), records[:1]
     assert all(isinstance(m["reviews"], list) and m["enrolled_by"] for m in records)
+    # An export is read by ranges as every file is (deps.parse_range): each range recorded as
+    # that range, an unsatisfiable one refused unrecorded, several answered whole; its
+    # manifest's downloads are recorded too. (Ranges were served outside parse_range and each
+    # recorded as the whole export; a 416 as well: bb27.)
+    part = world.send(Req("GET", f"{V}/exports/{export_id}", headers={"Range": "bytes=5-14"}),
+                      aud)
+    assert part.status_code == 206 and part.content == got.content[5:15], part.status_code
+    assert part.headers["content-range"] == f"bytes 5-14/{len(got.content)}"
+    far = world.send(Req("GET", f"{V}/exports/{export_id}",
+                         headers={"Range": f"bytes={len(got.content)}-"}), aud)
+    several = world.send(Req("GET", f"{V}/exports/{export_id}",
+                             headers={"Range": "bytes=0-1,5-6"}), aud)
+    assert far.status_code == 416 and several.status_code == 200, (far.text, several.text)
+    assert several.content == got.content
+    signed = world.send(Req("GET", f"{V}/exports/{export_id}/manifest"), aud)
+    assert signed.status_code == 200 and signed.json()["sha256"] == manifest["sha256"]
+    assert [(x["details"]["part"], x["details"].get("range"))
+            for x in since_rows("export.download")] == [
+        ("export", None), ("export", "bytes=5-14"), ("export", None), ("manifest", None)]
+    # Another account's export: refused under the export and the cases it holds.
+    r = world.send(Req("GET", f"{V}/exports/{b['export']}"), aud)
+    assert r.status_code == 403, r.text
+    [no] = [x for x in since_rows("refused") if x["actor"] == world.names["auditor"]]
+    assert (no["details"]["attempted"], no["details"]["object"], no["details"]["case"]) == (
+        "export.download", b["export"], CASE_B), no
 
 
 def test_a_read_is_recorded_once_its_bytes_are_read(world: World) -> None:

@@ -88,7 +88,7 @@ def test_a_page_of_another_role_is_refused_with_the_role_needed_and_audited(
 
 
 def test_a_change_with_the_cookie_needs_the_pages_csrf_token(
-        page: Page, api_url: str, operator_token: str) -> None:
+        page: Page, api_url: str, operator_token: str, stack: StackHandle) -> None:
     clerk = make_account(api_url, operator_token, ["clerk"])
     sign_in(page, api_url, clerk)
     page.goto(api_url + "/app/videos")
@@ -98,6 +98,14 @@ def test_a_change_with_the_cookie_needs_the_pages_csrf_token(
     status, detail = page.evaluate(post, [retry, {}])
     assert status == 403 and "X-CSRF-Token" in detail
     assert page.evaluate(post, [retry, {"X-CSRF-Token": "f" * 64}])[0] == 403
+    # Each refusal is audited, as every 403 is (they left no row: bb27); so is a sign-out
+    # form posted without the session's token.
+    out = page.evaluate("fetch('/logout', {method: 'POST', body: new URLSearchParams("
+                        "{csrf: 'forged'})}).then(r => r.status)")
+    assert out == 403
+    assert [(r["details"]["attempted"], r["details"]["object"])  # type: ignore[index]
+            for r in _audit(stack, "refused", clerk.name)] == [
+        ("csrf", f"POST {retry}"), ("csrf", f"POST {retry}"), ("csrf", "POST /logout")]
     own = page.locator('meta[name="csrf-token"]').get_attribute("content")
     assert page.evaluate(post, [retry, {"X-CSRF-Token": own}])[0] == 404, \
         "past the CSRF check, the server looks for the video"

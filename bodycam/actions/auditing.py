@@ -12,10 +12,10 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from bodycam import audit
-from bodycam.accounts import User, refuse, require
+from bodycam.accounts import User, refuse, require, require_role
 from bodycam.context import Context
 from bodycam.errors import InvalidInputError, NotFoundError
 from bodycam.exports import export_audit, export_matches
@@ -161,39 +161,57 @@ def _owner_only(folder: Path) -> None:
 
 @dataclass(frozen=True)
 class ExportFile:
-    """An export's file on the server."""
+    """An export's file, or its manifest, being served."""
 
-    path: Path
+    name: str
     media_type: str
+    body: IO[bytes]  # open at its start; the route reads `span` of it
+    size: int
+    span: tuple[int, int] | None  # (first, last) byte of a range; None: the whole file
 
 
-def export_file(ctx: Context, user: User, export_id: str, manifest: bool) -> ExportFile:
-    """An export or its manifest, only to the account that made it (others refused, audited)."""
+def export_file(ctx: Context, user: User, export_id: str, manifest: bool,
+                byte_range: str | None = None,
+                span_of: Callable[[int], tuple[int, int] | None] = lambda _size: None
+                ) -> ExportFile:
+    """An export or its manifest, only to the account that made it (others refused, audited
+    under the export and every case it holds); each download audited (`export.download`, its
+    part and the range asked for, `span_of(size)`) once the file is open, and a range that
+    cannot be served refused before anything is recorded. (Ranges were served outside
+    `deps.parse_range` and each request recorded as the whole export, a 416 too; manifests
+    were not recorded; a refusal named no export or case: bb27.)"""
     with ctx.db() as conn:
-        require(conn, ctx.audit_key, user, "audit.export")
+        require_role(conn, ctx.audit_key, user, "export.download")
         try:
             folder = export_dir(ctx) / str(uuid.UUID(export_id))
         except ValueError:
             raise NotFoundError(f"no export {export_id[:64]}") from None
         owner_file = folder / OWNER
-        if not owner_file.is_file():
-            raise NotFoundError(f"no export {export_id}")
-        if json.loads(owner_file.read_text()).get("user") != user.name:
-            refuse(conn, ctx.audit_key, user, "audit.export",
-                   f"export {export_id} was made by another account", None)
         files = [p for p in folder.iterdir() if p.name.startswith("export.")
-                 and not p.name.endswith(".manifest.json")]
+                 and not p.name.endswith(".manifest.json")] if owner_file.is_file() else []
         if not files:
             raise NotFoundError(f"no export {export_id}")
         data = files[0]
-        if manifest:
-            return ExportFile(audit.manifest_path(data), "application/json")
         # What was delivered, as the export's own row names it (its id alone could not be
         # tied to a content or a case: bb23).
         made = json.loads(audit.manifest_path(data).read_text())
-        audit.append(conn, ctx.audit_key, user.name, "export.download", {
-            "export_id": export_id, "kind": made.get("kind"), "sha256": made.get("sha256"),
-            "rows": made.get("rows"),
-            **{k: made[k] for k in ("case", "cases") if made.get(k)}})
-    kind = "text/csv" if data.suffix == ".csv" else "application/x-ndjson"
-    return ExportFile(data, kind)
+        if json.loads(owner_file.read_text()).get("user") != user.name:
+            refuse(conn, ctx.audit_key, user, "export.download",
+                   f"export {export_id} was made by another account", made.get("case"),
+                   about=export_id, cases=made.get("cases"))
+        path = audit.manifest_path(data) if manifest else data
+        body = path.open("rb")
+        try:
+            size = os.fstat(body.fileno()).st_size
+            span = span_of(size)
+            audit.append(conn, ctx.audit_key, user.name, "export.download", {
+                "export_id": export_id, "part": "manifest" if manifest else "export",
+                "kind": made.get("kind"), "sha256": made.get("sha256"), "rows": made.get("rows"),
+                **{k: made[k] for k in ("case", "cases") if made.get(k)},
+                **({"range": byte_range} if span is not None else {})})
+        except BaseException:
+            body.close()
+            raise
+    kind = ("application/json" if manifest else "text/csv" if data.suffix == ".csv"
+            else "application/x-ndjson")
+    return ExportFile(path.name, kind, body, size, span)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Header, Query
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse
+from fastapi.responses import StreamingResponse
 
+from bodycam.accounts import User
 from bodycam.actions import auditing
-from bodycam.api.deps import PageDep, UserDep, context
+from bodycam.api.deps import PageDep, UserDep, attachment, context, parse_range, ranged
 from bodycam.api.problems import PROBLEM_RESPONSES
 from bodycam.api.schemas import (
     AuditExportIn,
@@ -76,18 +77,34 @@ async def export_audit(body: AuditExportIn, user: UserDep) -> dict[str, object]:
                                    body.from_, body.to)
 
 
-@router.get("/exports/{export_id}", response_class=FileResponse, summary="An export's file")
-async def export_file(export_id: str, user: UserDep) -> FileResponse:
-    """Only to the account that made it (others: 403, audited)."""
-    found = await run_in_threadpool(auditing.export_file, context(), user, export_id, False)
-    return FileResponse(found.path, media_type=found.media_type, filename=found.path.name,
-                        headers={"Cache-Control": "no-store"})
+@router.get("/exports/{export_id}", response_class=StreamingResponse,
+            summary="An export's file (HTTP ranges)",
+            responses={200: {"content": {"application/x-ndjson": {}, "text/csv": {}}},
+                       206: {"description": "the range asked for"},
+                       416: {"description": "range not satisfiable"}})
+async def export_file(export_id: str, user: UserDep,
+                      range_: Annotated[str | None, Header(alias="range")] = None
+                      ) -> StreamingResponse:
+    """Only to the account that made it (others: 403, audited); each download audited."""
+    return await _export_part(export_id, user, False, range_)
 
 
-@router.get("/exports/{export_id}/manifest", response_class=FileResponse,
-            summary="An export's signed manifest")
-async def export_manifest(export_id: str, user: UserDep) -> FileResponse:
-    """Only to the account that made it (others: 403, audited)."""
-    found = await run_in_threadpool(auditing.export_file, context(), user, export_id, True)
-    return FileResponse(found.path, media_type=found.media_type, filename=found.path.name,
-                        headers={"Cache-Control": "no-store"})
+@router.get("/exports/{export_id}/manifest", response_class=StreamingResponse,
+            summary="An export's signed manifest (HTTP ranges)",
+            responses={200: {"content": {"application/json": {}}},
+                       206: {"description": "the range asked for"},
+                       416: {"description": "range not satisfiable"}})
+async def export_manifest(export_id: str, user: UserDep,
+                          range_: Annotated[str | None, Header(alias="range")] = None
+                          ) -> StreamingResponse:
+    """Only to the account that made it (others: 403, audited); each download audited."""
+    return await _export_part(export_id, user, True, range_)
+
+
+async def _export_part(export_id: str, user: User, manifest: bool, range_: str | None
+                       ) -> StreamingResponse:
+    found = await run_in_threadpool(auditing.export_file, context(), user, export_id, manifest,
+                                    range_, lambda size: parse_range(range_, size))
+    return ranged(found.body, found.size, found.span, found.media_type,
+                  {"Cache-Control": "no-store",
+                   "Content-Disposition": attachment(found.name, "export")}, seek=True)

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import Field
 
 from bodycam.actions import redaction
-from bodycam.api.deps import UserDep, attachment, chunks, context, parse_range
+from bodycam.api.deps import UserDep, attachment, chunks, context, parse_range, ranged
 from bodycam.api.problems import PROBLEM_RESPONSES
 from bodycam.api.schemas import Body, Out
 
@@ -187,14 +187,10 @@ async def download(derivative_id: str, user: UserDep,
     ctx = context()
     got = await run_in_threadpool(redaction.download, ctx, user, derivative_id, part, range_,
                                   lambda size: parse_range(range_, size))
-    d, span = got.derivative, got.span
+    d = got.derivative
     headers = {"Cache-Control": "no-store",
                "Content-Disposition": attachment(f"{d.derivative_id}-{NAMES[part]}", part)}
     if part == "video":
-        first, last = span if span is not None else (0, d.size_bytes - 1)
-        headers.update({"ETag": json.dumps(d.sha256), "Accept-Ranges": "bytes",
-                        "Content-Length": str(last - first + 1)})
-        if span is not None:
-            headers["Content-Range"] = f"bytes {first}-{last}/{d.size_bytes}"
-    return StreamingResponse(chunks(got.body), status_code=206 if span is not None else 200,
-                             media_type=MEDIA[part], headers=headers)
+        return ranged(got.body, d.size_bytes, got.span, MEDIA[part],
+                      {**headers, "ETag": json.dumps(d.sha256)})
+    return StreamingResponse(chunks(got.body), media_type=MEDIA[part], headers=headers)

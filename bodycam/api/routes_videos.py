@@ -20,11 +20,11 @@ from bodycam.api.deps import (
     SessionDep,
     UserDep,
     attachment,
-    chunks,
     context,
     page_of,
     paginate,
     parse_range,
+    ranged,
 )
 from bodycam.api.problems import PROBLEM_RESPONSES, ProblemError
 from bodycam.api.schemas import IngestOut, JobOut, PageOf, RetryOut
@@ -210,17 +210,9 @@ async def original(video_id: str, user: UserDep,
     ctx = context()
     found = await run_in_threadpool(evidence.original, ctx, user, video_id, range_,
                                     lambda size: parse_range(range_, size))
-    span = found.span
-    first, last = span if span is not None else (0, found.size_bytes - 1)
-    body = found.body
-
-    headers = {"Accept-Ranges": "bytes", "Content-Length": str(last - first + 1),
-               "Cache-Control": "no-store", "ETag": f'"{found.sha256}"',
-               "Content-Disposition": attachment(found.filename, "original")}
-    if span is not None:
-        headers["Content-Range"] = f"bytes {first}-{last}/{found.size_bytes}"
-    return StreamingResponse(chunks(body), status_code=206 if span is not None else 200,
-                             media_type="application/octet-stream", headers=headers)
+    return ranged(found.body, found.size_bytes, found.span, "application/octet-stream",
+                  {"Cache-Control": "no-store", "ETag": f'"{found.sha256}"',
+                   "Content-Disposition": attachment(found.filename, "original")})
 
 
 @router.get("/tracks/{track_id}/thumbnail", summary="A track's thumbnail (JPEG)",

@@ -11,8 +11,9 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from bodycam import auth
+from bodycam.accounts import AccessDeniedError
 from bodycam.actions import sessions
-from bodycam.api.deps import client_of, context, limiter
+from bodycam.api.deps import client_of, context, limiter, refuse_forged
 from bodycam.limits import RateLimitedError
 from bodycam.web.core import (
     CSRF_FIELD,
@@ -96,7 +97,12 @@ async def logout(request: Request, csrf: str = Form("")) -> Response:
     if token is None or found is None:
         resp = RedirectResponse("/", status_code=303)
     elif not csrf_ok(token, csrf):
-        return HTMLResponse("refused: sign out from the app's own page", 403, headers=NO_STORE)
+        try:
+            await run_in_threadpool(refuse_forged, context(), found.user, request,
+                                    "the app's own sign-out form")
+        except AccessDeniedError:
+            return HTMLResponse("refused: sign out from the app's own page", 403,
+                                headers=NO_STORE)
     else:
         await run_in_threadpool(sessions.logout, context(), found.user, found)
         resp = RedirectResponse("/", status_code=303)
