@@ -367,6 +367,35 @@ def test_a_review_racing_the_removal_of_its_entry_answers_as_after_it(
     assert not rows(stack, "review", "match_id", mid)
 
 
+@pytest.mark.parametrize("what", ["original", "thumbnail", "photo"])
+def test_a_read_of_evidence_whose_case_is_taken_meanwhile_is_refused_and_not_recorded(
+        stack: StackHandle, api: Api, processed: object, what: str) -> None:
+    """A read of an original, a thumbnail or an enrolment photo checked the account when the
+    request began: taken off the case before the read was recorded, it was still served and
+    recorded after the unassignment (bb27 asked). It is read again where it is recorded."""
+    case = "T-RACE-READ"
+    sid, mid = _a_pending_lead(stack, api, processed, what, case)
+    with stack.ctx.db() as conn:
+        m = conn.execute("SELECT video_id::text AS v, track_id::text AS t FROM matches"
+                         " WHERE id = %s", (mid,)).fetchone()
+    who = api.add(f"{what}-reader", "investigator", case=case)
+    path, action = {"original": (f"/videos/{m['v']}/original", "video.original"),
+                    "thumbnail": (f"/tracks/{m['t']}/thumbnail", "track.thumbnail"),
+                    "photo": (f"/subjects/{sid}/photo", "subject.photo")}[what]
+    assert api.call(who, "GET", path).status_code == 200  # allowed before
+    key = stack.ctx.audit_key
+    with window(stack, lambda c: accounts.unassign_case(c, key, who, case, "admin")) as wait:
+        call = _start(lambda: api.call(who, "GET", path))
+        wait(1)
+    assert answers([call]) == [(403, f"refused: {who} is not assigned to case {case}")]
+    assert len([r for r in rows(stack, "refused", "attempted", action)
+                if r["actor"] == who]) == 1
+    with stack.ctx.db() as conn:
+        reads = conn.execute("SELECT count(*) AS n FROM audit_log WHERE actor = %s AND action"
+                             " = %s", (who, action)).fetchone()["n"]
+    assert reads == 1, "only the read made before the unassignment is on record"
+
+
 @pytest.mark.parametrize("what", ["review", "remove", "export"])
 def test_a_review_removal_or_export_whose_right_is_taken_meanwhile_is_refused_and_not_done(
         stack: StackHandle, api: Api, processed: object, what: str) -> None:

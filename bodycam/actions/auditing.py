@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from bodycam import audit
-from bodycam.accounts import User, refuse, require, require_role
+from bodycam.accounts import User, refuse, require, require_now, require_role
 from bodycam.context import Context
 from bodycam.errors import InvalidInputError, NotFoundError
 from bodycam.exports import export_audit, export_matches
@@ -204,6 +204,7 @@ def export_file(ctx: Context, user: User, export_id: str, manifest: bool,
         try:
             size = os.fstat(body.fileno()).st_size
             span = span_of(size)
+            require_now(conn, ctx.audit_key, user, "export.download")
             audit.append(conn, ctx.audit_key, user.name, "export.download", {
                 "export_id": export_id, "part": "manifest" if manifest else "export",
                 "kind": made.get("kind"), "sha256": made.get("sha256"), "rows": made.get("rows"),

@@ -8,7 +8,14 @@ from pathlib import Path
 from typing import IO
 
 from bodycam import accounts, audit, jobs
-from bodycam.accounts import User, case_of, require, require_role, require_visible
+from bodycam.accounts import (
+    User,
+    case_of,
+    require,
+    require_now,
+    require_role,
+    require_visible,
+)
 from bodycam.context import Context
 from bodycam.db import Conn, uid
 from bodycam.errors import (
@@ -189,7 +196,8 @@ def original(ctx: Context, user: User, video_id: str, byte_range: str | None = N
     (`video.original`, with the range asked for) once its stream is open. `span_of(size)`
     reads the range, and refuses one the file cannot satisfy before anything is recorded (an
     unsatisfiable range was audited as a read of the file: bb23; a store that could not be
-    reached, as a read: bb22)."""
+    reached, as a read: bb22). The account is read again where the read is recorded
+    (`require_now`): taken off the case meanwhile, it is refused (bb27's question)."""
     with ctx.db() as conn:
         case = _video_case(conn, ctx.audit_key, user, "video.original", video_id,
                            uploader_may=False)
@@ -199,6 +207,7 @@ def original(ctx: Context, user: User, video_id: str, byte_range: str | None = N
         span = span_of(int(row["size_bytes"]))
         body = ctx.store.open_stream(str(row["object_key"]), *(span or (None, None)))
         try:
+            require_now(conn, ctx.audit_key, user, "video.original", case)
             audit.append(conn, ctx.audit_key, user.name, "video.original",
                          {"video_id": video_id, "case": case, "range": byte_range})
         except BaseException:
@@ -219,6 +228,7 @@ def thumbnail(ctx: Context, user: User, track_id: str) -> bytes:
         if row is None or not row["thumbnail_key"]:
             raise NotFoundError(f"track {track_id} has no thumbnail (purged or not made)")
         data = ctx.store.get_bytes(str(row["thumbnail_key"]))  # recorded once it is read
+        require_now(conn, ctx.audit_key, user, "track.thumbnail", case)
         audit.append(conn, ctx.audit_key, user.name, "track.thumbnail",
                      {"track_id": track_id, "case": case})
     return data

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from bodycam import audit, matching, policy, subjects
 from bodycam import search as s
-from bodycam.accounts import User, case_of, require, require_role, require_visible
+from bodycam.accounts import User, case_of, require, require_now, require_role, require_visible
 from bodycam.actions._common import refusals_audited
 from bodycam.context import Context
 from bodycam.db import uid
@@ -201,6 +201,7 @@ def subject_photo(ctx: Context, user: User, subject_id: str) -> bytes:
         # gone from it, was recorded as a view: bb24).
         preview = subjects.preview_jpeg(ctx.store.get_bytes(str(row["photo_key"])),
                                         "the enrolment photo", 640)
+        require_now(conn, ctx.audit_key, user, "subject.photo", case)
         audit.append(conn, ctx.audit_key, user.name, "subject.photo", {
             "subject_id": subject_id, "case": case, "photo_sha256": row["photo_sha256"]})
     return preview
