@@ -174,6 +174,42 @@ def test_a_group_photo_shows_a_face_picker_whose_choice_is_the_face_searched(
     assert boxes.nth(1).get_attribute("aria-pressed") == "true"
 
 
+def test_a_group_photo_is_enrolled_only_once_its_face_is_chosen(
+        page: Page, world: World, stack: StackHandle) -> None:
+    """The web enrolment took a group photo's largest face without a word (bb25): it now
+    shows the search's face picker, and among several photos each must show one person."""
+    page.add_init_script(RECORD_FORMS)
+    sign_in(page, world.url, world.inv)
+    page.goto(f"{world.url}/app/enrol?case={CASE}")
+    name = f"Web-Group-{secrets.token_hex(2)}"
+    page.get_by_label("Name").fill(name)
+    page.get_by_label("Reason").fill("web test: a group photo")
+    # Among several photos, a group photo is refused on the page: nothing is sent.
+    page.get_by_label("Photos of the face").set_input_files([str(P06), str(GROUP)])
+    page.get_by_role("button", name="Enrol").click()
+    page.wait_for_function("() => document.querySelector('#flash').textContent"
+                           ".includes('two_people.jpg shows')")
+    assert "enrol from it alone" in _flash(page)
+    assert not [u for u, _f in page.evaluate("window.__sent") if u.endswith("/subjects")]
+    # Alone, its faces are shown; the one chosen is the one enrolled.
+    page.get_by_label("Photos of the face").set_input_files(str(GROUP))
+    page.get_by_role("button", name="Enrol").click()
+    picker = page.get_by_role("region", name="Choose a face")
+    picker.wait_for()
+    assert picker.get_by_role("button").count() >= 2
+    assert not [u for u, _f in page.evaluate("window.__sent") if u.endswith("/subjects")]
+    picker.get_by_role("button").nth(1).click()
+    page.locator("#enrol-lines li.ok").wait_for()
+    [body] = [f for u, f in page.evaluate("window.__sent") if u.endswith("/subjects")]
+    assert body["face"] == "1" and body["name"] == name
+    [mine] = [s for s in world.api("GET", "/subjects", params={"case": CASE}).json()["items"]
+              if s["name"] == name]
+    with stack.ctx.db() as conn:
+        [row] = conn.execute("SELECT face_index FROM subject_faces WHERE subject_id = %s",
+                             (mine["subject_id"],)).fetchall()
+    assert row["face_index"] == 1
+
+
 def test_case_and_purpose_are_required_before_sending_and_a_refusal_for_another_case_is_shown(
         page: Page, world: World, stack: StackHandle) -> None:
     sent: list[str] = []

@@ -58,6 +58,71 @@ function range(a) {
   return `${seconds(a.start_s)}–${seconds(a.end_s)}`;
 }
 
+// ---------------------------------------------------------------- face picker
+// The faces of a group photo (POST /photos/faces, largest first), drawn over the photo as it
+// is in the browser (never sent back); choosing one calls onChoose(index). Search and
+// enrolment share it: a group photo enrolled the largest face with no choice (bb25).
+function facePicker(input, verb, onChoose) {
+  let blobUrl = null;
+  let chosen = null;
+  input.addEventListener("change", () => {
+    chosen = null;
+    $("#picker").hidden = true;
+    if (blobUrl) URL.revokeObjectURL(blobUrl);
+    blobUrl = input.files.length ? URL.createObjectURL(input.files[0]) : null;
+  });
+  function markChosen() {
+    for (const b of document.querySelectorAll("#picker-stage .face")) {
+      const on = Number(b.dataset.index) === chosen;
+      b.setAttribute("aria-pressed", String(on));
+      b.style.borderColor = on ? "#1d6b1d" : "#f2a900";
+      b.style.borderWidth = on ? "5px" : "3px";
+    }
+  }
+  function show(found) {
+    const stage = $("#picker-stage");
+    const img = $("#picker-img");
+    stage.style.position = "relative";
+    stage.style.display = "inline-block";
+    img.style.maxWidth = "100%";
+    img.style.maxHeight = "480px";
+    img.style.display = "block";
+    img.src = blobUrl;
+    for (const old of stage.querySelectorAll(".face")) old.remove();
+    for (const f of found.faces) {
+      const [x, y, w, h] = f.box;
+      const b = button("", () => { chosen = f.index; markChosen(); onChoose(f.index); }, "face");
+      b.setAttribute("aria-label", `Face ${f.index + 1} of ${found.faces.length}` +
+        (f.index === 0 ? " (largest)" : ""));
+      b.setAttribute("aria-pressed", "false");
+      b.dataset.index = String(f.index);
+      Object.assign(b.style, {
+        position: "absolute", left: `${(100 * x) / found.width}%`, top: `${(100 * y) / found.height}%`,
+        width: `${(100 * w) / found.width}%`, height: `${(100 * h) / found.height}%`,
+        background: "transparent", border: "3px solid #f2a900", borderRadius: "4px",
+        margin: "0", padding: "0", color: "#fff", fontWeight: "700",
+        textShadow: "0 0 3px #000", alignItems: "flex-start", justifyContent: "flex-start",
+      });
+      b.textContent = String(f.index + 1);
+      stage.appendChild(b);
+    }
+    $("#picker-help").textContent = `This photo shows ${found.faces.length} faces. ` +
+      `Choose the one to ${verb} (numbered largest first); it then goes ahead.`;
+    $("#picker").hidden = false;
+    flash(`The photo shows ${found.faces.length} faces: choose one below.`, "warn");
+    stage.querySelector(".face").focus();
+  }
+  return { show };
+}
+
+// The faces the server finds in a photo (largest first), for the picker.
+async function facesOf(caseId, file) {
+  const pf = new FormData();
+  pf.append("case", caseId);
+  pf.append("photo", file);
+  return api("POST", "/photos/faces", pf);
+}
+
 // ---------------------------------------------------------------- search
 function initSearch() {
   const form = $("#search-form");
@@ -65,7 +130,6 @@ function initSearch() {
   const subject = $("#subject");
   const caseIn = $("#case");
   let face = null; // the chosen face index of the current photo
-  let blobUrl = null;
   let durations = {}; // video id -> seconds, from the case's videos
 
   const by = () => form.querySelector('input[name="by"]:checked').value;
@@ -91,53 +155,8 @@ function initSearch() {
   caseIn.addEventListener("change", loadSubjects);
   offerCases().then(loadSubjects);
 
-  photo.addEventListener("change", () => {
-    face = null;
-    $("#picker").hidden = true;
-    if (blobUrl) URL.revokeObjectURL(blobUrl);
-    blobUrl = photo.files.length ? URL.createObjectURL(photo.files[0]) : null;
-  });
-
-  function showPicker(found) {
-    const stage = $("#picker-stage");
-    const img = $("#picker-img");
-    stage.style.position = "relative";
-    stage.style.display = "inline-block";
-    img.style.maxWidth = "100%";
-    img.style.maxHeight = "480px";
-    img.style.display = "block";
-    img.src = blobUrl;
-    for (const old of stage.querySelectorAll(".face")) old.remove();
-    for (const f of found.faces) {
-      const [x, y, w, h] = f.box;
-      const b = button("", () => { face = f.index; markChosen(); run(); }, "face");
-      b.setAttribute("aria-label", `Face ${f.index + 1} of ${found.faces.length}` +
-        (f.index === 0 ? " (largest)" : ""));
-      b.setAttribute("aria-pressed", "false");
-      b.dataset.index = String(f.index);
-      Object.assign(b.style, {
-        position: "absolute", left: `${(100 * x) / found.width}%`, top: `${(100 * y) / found.height}%`,
-        width: `${(100 * w) / found.width}%`, height: `${(100 * h) / found.height}%`,
-        background: "transparent", border: "3px solid #f2a900", borderRadius: "4px",
-        margin: "0", padding: "0", color: "#fff", fontWeight: "700",
-        textShadow: "0 0 3px #000", alignItems: "flex-start", justifyContent: "flex-start",
-      });
-      b.textContent = String(f.index + 1);
-      stage.appendChild(b);
-    }
-    $("#picker-help").textContent = `This photo shows ${found.faces.length} faces. ` +
-      "Choose the one to search for (numbered largest first); the search then runs.";
-    $("#picker").hidden = false;
-  }
-
-  function markChosen() {
-    for (const b of document.querySelectorAll("#picker-stage .face")) {
-      const on = Number(b.dataset.index) === face;
-      b.setAttribute("aria-pressed", String(on));
-      b.style.borderColor = on ? "#1d6b1d" : "#f2a900";
-      b.style.borderWidth = on ? "5px" : "3px";
-    }
-  }
+  const picker = facePicker(photo, "search for", (index) => { face = index; run(); });
+  photo.addEventListener("change", () => { face = null; });
 
   async function run() {
     const fields = [[caseIn, "Case"], [$("#purpose"), "Purpose"]];
@@ -155,18 +174,13 @@ function initSearch() {
       if (mode === "photo") {
         if (face === null) {
           flash("Finding the faces in the photo…");
-          const pf = new FormData();
-          pf.append("case", c);
-          pf.append("photo", photo.files[0]);
-          const found = await api("POST", "/photos/faces", pf);
+          const found = await facesOf(c, photo.files[0]);
           if (!found.faces.length) {
             flash("No face was found in this photo: use a frontal photo of the face.", "error");
             return;
           }
           if (found.faces.length > 1) {
-            showPicker(found);
-            flash(`The photo shows ${found.faces.length} faces: choose one below.`, "warn");
-            document.querySelector("#picker-stage .face").focus();
+            picker.show(found);
             return;
           }
           face = 0;
@@ -418,17 +432,44 @@ async function initPersons() {
 // ---------------------------------------------------------------- enrol
 async function initEnrol() {
   const form = $("#enrol-form");
+  const photos = $("#photos");
+  let face = null; // the face chosen in a group photo
   offerCases();
-  form.addEventListener("submit", async (ev) => {
-    ev.preventDefault();
-    const photos = $("#photos");
+  const picker = facePicker(photos, "enrol", (index) => { face = index; enrol(); });
+  photos.addEventListener("change", () => { face = null; });
+  form.addEventListener("submit", (ev) => { ev.preventDefault(); enrol(); });
+
+  // A photo showing several people is enrolled only once its face is chosen: the largest
+  // one was taken without a word. Among several photos, each must show the person alone.
+  async function chooseFace(c) {
+    if (face !== null) return true;
+    for (const file of photos.files) {
+      flash("Finding the faces in the photos…");
+      // A photo the server cannot read, or a refusal: the enrolment itself lists the reasons.
+      const found = await facesOf(c, file).catch(() => null);
+      if (found === null) return true;
+      if (found.faces.length <= 1) continue; // none: the server says why it refuses
+      if (photos.files.length === 1) {
+        picker.show(found);
+        return false;
+      }
+      flash(`${file.name} shows ${found.faces.length} faces: enrol from it alone to choose ` +
+        "the face, or use photos that show only this person.", "error");
+      return false;
+    }
+    return true;
+  }
+
+  async function enrol() {
     if (!required([[$("#name"), "Name"], [$("#case"), "Case"], [$("#reason"), "Reason"], [photos, "A photo"]])) return;
+    if (!(await chooseFace($("#case").value.trim()))) return;
     const fd = new FormData();
     fd.append("name", $("#name").value.trim());
     fd.append("case", $("#case").value.trim());
     fd.append("reason", $("#reason").value.trim());
     if ($("#expires").value) fd.append("expires", $("#expires").value);
     for (const f of photos.files) fd.append("photo", f);
+    if (face !== null) fd.append("face", String(face));
     const lines = $("#enrol-lines");
     const out = $("#enrol-out");
     const line = (text, cls = "") => {
@@ -452,7 +493,7 @@ async function initEnrol() {
       flash("The enrolment was refused: nothing was stored.", "error");
     }
     out.hidden = false;
-  });
+  }
 }
 
 const views = { search: initSearch, case: initCase, persons: initPersons, enrol: initEnrol };
