@@ -27,6 +27,7 @@ from bodycam.domain import FIRST_FRAME_COLUMNS, first_frame_s
 from bodycam.errors import ConflictError, InvalidInputError, NotFoundError
 from bodycam.leads import WITHDRAWN
 from bodycam.search import best_subjects, case_gallery, resolve_threshold
+from bodycam.subjects import subject_vectors
 
 log = logging.getLogger(__name__)
 PERSON_NS = uuid.UUID("0c9a8f3e-51b7-4f8e-a0d4-6d2b7f9e1c42")
@@ -144,6 +145,39 @@ def _match_pairs(conn: Conn, settings: Settings, key: str, cause: dict[str, str]
                           "model": model})
             made += len(new)
     return made
+
+
+def resembling(conn: Conn, settings: Settings, key: str, actor: str, subject_id: str
+               ) -> list[str]:
+    """Notes naming the case's other active subjects whose enrolment photos match this
+    subject's at the case's threshold: the same person enrolled twice splits their leads
+    between two entries (bb25 enrolled one twice without a word). Each comparison shown is
+    audited (`subject.resembles`); nothing is refused: two people may look alike."""
+    model = settings.pipeline.embedder
+    row = conn.execute("SELECT case_id FROM subjects WHERE id = %s", (subject_id,)).fetchone()
+    mine = np.stack(subject_vectors(conn, subject_id, model) or [np.zeros(0, np.float32)])
+    if row is None or mine.size == 0:
+        return []
+    try:
+        thr = resolve_threshold(settings, model, None, conn)
+    except InvalidInputError:
+        return []
+    case_id = str(row["case_id"])
+    alike = sorted(((float(np.max(mine @ vectors.T)), sid)
+                    for sid, vectors in case_gallery(conn, case_id, model).items()
+                    if sid != subject_id), reverse=True)
+    alike = [(sim, sid) for sim, sid in alike if sim >= thr]
+    if not alike:
+        return []
+    names = {str(r["id"]): str(r["name"]) for r in conn.execute(
+        "SELECT id::text AS id, name FROM subjects WHERE id = ANY(%s::uuid[])",
+        ([sid for _sim, sid in alike],)).fetchall()}
+    audit.append(conn, key, actor, "subject.resembles", {
+        "subject_id": subject_id, "case": case_id, "threshold": thr, "model": model,
+        "resembles": [{"subject_id": sid, "similarity": round(sim, 4)} for sim, sid in alike]})
+    return [f"the photos match subject {sid} ({names.get(sid, '?')}) of case {case_id} at "
+            f"{sim:.3f} (threshold {thr}): if it is the same person, remove one of the two "
+            "entries, or each lead goes to one of them" for sim, sid in alike]
 
 
 _TRACKS = ("SELECT t.id, t.video_id, v.case_id, t.embedding FROM tracks t JOIN videos v"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import subprocess
 import time
@@ -525,6 +526,31 @@ def test_a_group_photo_enrols_the_largest_face_and_says_so(stack: StackHandle) -
                          "T-SEARCH-ENROL", "--reason", "t", "--json")
     assert proc.returncode == 0, proc.stderr
     assert "3 faces" in proc.stderr and "largest" in proc.stderr
+
+
+def test_a_person_enrolled_again_in_the_case_is_named_and_the_comparison_recorded(
+        stack: StackHandle) -> None:
+    """The same person could be enrolled twice without a word (bb25): each lead then goes to
+    one of the two entries. The enrolment names the entry its photos match."""
+    case = "T-SEARCH-TWICE"
+
+    def enrol_noting(name: str, photo: Path) -> tuple[str, str]:
+        proc = stack.cli.run("subjects", "enroll", "--name", name, "--photo", str(photo),
+                             "--case", case, "--reason", "t", "--json", check=True)
+        return str(json.loads(proc.stdout)["subject_id"]), proc.stderr
+
+    first, said = enrol_noting("p10", IDENTITIES / "p10" / "01.jpg")
+    assert "the photos match" not in said
+    other, said = enrol_noting("p01", IDENTITIES / "p01" / "01.jpg")
+    assert "the photos match" not in said, "another person is not named"
+    again, said = enrol_noting("p10 again", IDENTITIES / "p10" / "02.jpg")
+    assert f"the photos match subject {first} (p10) of case {case}" in said, said
+    assert other not in said
+    with stack.ctx.db() as conn:
+        [row] = conn.execute("SELECT actor, details FROM audit_log WHERE action ="
+                             " 'subject.resembles' AND details->>'case' = %s", (case,)).fetchall()
+    assert row["details"]["subject_id"] == again
+    assert [r["subject_id"] for r in row["details"]["resembles"]] == [first]
 
 
 def test_an_enrolment_from_photos_of_two_people_is_refused_and_stores_nothing(

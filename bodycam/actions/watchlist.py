@@ -39,6 +39,7 @@ def enroll(ctx: Context, user: User, name: str, photos: list[str], case: str | N
             policy.require_identify(conn, "enrolment")
         sid, notes = subjects.enroll(ctx, name, photos, case, reason, user, expires_at, face)
     with ctx.db() as conn:
+        notes += matching.resembling(conn, ctx.settings, ctx.audit_key, user.name, sid)
         made = matching.match_subject(conn, ctx.settings, ctx.audit_key, sid)
     return {"subject_id": sid, "pending_matches": made, "notes": notes}
 
