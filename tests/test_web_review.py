@@ -164,6 +164,27 @@ def test_a_second_investigator_confirms_with_a_note_and_the_match_leaves_the_que
     assert m["match_id"] not in {x["match_id"] for x in r.json()["items"]}
 
 
+def test_a_match_decided_by_another_reviewer_meanwhile_leaves_the_queue_with_the_reason(
+        page: Page, api_url: str, queue: Queue, stack: StackHandle) -> None:
+    """A review overtaken by another reviewer's stayed in the queue, refused at each try,
+    until a reload (bb25)."""
+    assert len(queue.matches) >= 2, "HAMILTON makes two pending p06 matches"
+    m = queue.matches[-1]
+    sign_in(page, api_url, queue.second)
+    page.goto(f"{api_url}/app/review?case={queue.case}")
+    item = _item(page, m["match_id"])
+    expect(item).to_be_visible(timeout=30_000)
+    r = httpx.post(f"{api_url}{V}/matches/{m['match_id']}/review", headers=_h(queue.enroller),
+                   json={"decision": "reject", "note": "not him"}, timeout=60)
+    assert r.status_code == 200, r.text
+    item.get_by_label("Note (required): why you confirm or reject this match").fill("him")
+    item.get_by_role("button", name="Confirm match").click()
+    expect(item).to_have_count(0, timeout=30_000)
+    expect(page.locator("#flash")).to_contain_text("already rejected")
+    expect(page.locator("#flash")).to_contain_text("as it stands now")
+    assert _status(stack, m["match_id"]) == "rejected"
+
+
 def test_a_supervisor_reopens_the_confirmed_match_with_a_reason_and_it_is_pending_again(
         page: Page, api_url: str, queue: Queue, stack: StackHandle,
         operator_token: str) -> None:

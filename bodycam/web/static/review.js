@@ -142,8 +142,18 @@ function decide(ev, m) {
   const decision = ev.submitter?.value;
   return sendForm(ev.target, "note",
     "Write a note first: every confirmation or rejection records why.", async (note) => {
-      const out = await api("POST", `/matches/${encodeURIComponent(m.match_id)}/review`,
-                            { decision, note });
+      let out;
+      try {
+        out = await api("POST", `/matches/${encodeURIComponent(m.match_id)}/review`,
+                        { decision, note });
+      } catch (exc) {
+        // Decided by another reviewer since the page loaded (or its entry ended): the queue
+        // is shown as it stands now; it kept the match until a reload (bb25).
+        if (!(exc instanceof ApiError) || await stillPending(m)) throw exc;
+        flash(`Refused by the server: ${exc.message}. The queue is shown as it stands now.`, "warn");
+        await load();
+        return;
+      }
       if (out.status === "pending") {
         flash(`Your confirmation of ${m.subject} is recorded; the match still needs another reviewer.`, "ok");
       } else {
@@ -151,6 +161,11 @@ function decide(ev, m) {
       }
       await load();
     });
+}
+
+async function stillPending(m) {
+  const items = await pages("/matches", { status: "pending", case: m.case });
+  return items.some((x) => x.match_id === m.match_id);
 }
 
 // Decided matches, for supervisors: each may be reopened with a reason (the server checks
