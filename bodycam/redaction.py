@@ -6,7 +6,8 @@ by overlap alone so that no embedding is ever computed for it) and stored; each 
 re-reads it without running a model. Between two detections of a track its box is
 interpolated, every box is padded, and a track is covered `lead_frames` before its first
 detection and `tail_frames` after its last, so a face does not flash through at a cut, an
-entry or an exit.
+entry or an exit; one that starts or ends away from the frame's edge is held toward its
+scene's start or end (`hold_s`), since a face does not vanish inside the picture.
 
 Masks are irreversible: the box is reduced to a handful of blocks (`blocks` across), so at
 most a few dozen colour values of the face survive, then smoothed (`blur`) or shown as blocks
@@ -45,7 +46,10 @@ from bodycam.pipeline.tracks import iou
 
 # /3: the plan's frame size is the size a player shows (a quarter turn swaps the sides; /2
 # plans of turned videos clipped boxes to the stored height, and faces below it showed).
-ALGORITHM = "dense-union-overlap-tracks/3"
+# /4: CenterFace also scans a frame wider than its scan width at its own size, and a track
+# lost inside the picture is held toward its scene's ends (bb26: small night faces at 1080p
+# and the frames before a cut were shown); a video's next redaction makes a new plan.
+ALGORITHM = "dense-union-overlap-tracks/4"
 Box = tuple[float, float, float, float]
 # One detection of a plan track: frame, x1, y1, x2, y2, probability, detector name.
 PlanDetection = tuple[int, float, float, float, float, float, str]
@@ -194,8 +198,10 @@ def compute_plan(path: Path, info: MediaInfo, video_id: str, sha256: str,
               "detector": {"name": detector.name, "version": detector.version,
                            "threshold": red.detector_threshold,
                            "centerface_threshold": red.centerface_threshold,
-                           "centerface_width_px": red.centerface_width_px},
+                           "centerface_width_px": red.centerface_width_px,
+                           "centerface_full_size": red.centerface_full_size},
               "pad": red.pad, "lead_frames": red.lead_frames, "tail_frames": red.tail_frames,
+              "hold_frames": round(red.hold_s * float(info.frame_rate or 30)),
               "low_confidence": {"mtcnn": red.low_confidence,
                                  "centerface": red.centerface_low_confidence},
               "frames_decoded": result.frames_decoded,
@@ -305,13 +311,30 @@ def _box(d: PlanDetection) -> Box:
     return d[1], d[2], d[3], d[4]
 
 
+def _at_edge(box: Box, w: int, h: int) -> bool:
+    """Whether a face's box lies within half its height of the frame's edge (where a face
+    leaves or enters the picture)."""
+    m = 0.5 * (box[3] - box[1])
+    return box[0] <= m or box[1] <= m or box[2] >= w - m or box[3] >= h - m
+
+
 def track_boxes(plan: Plan, track: PlanTrack) -> Iterator[tuple[int, tuple[int, int, int, int]]]:
-    """(frame, padded box) for every frame the track covers, lead and tail included."""
+    """(frame, padded box) for every frame the track covers, lead and tail included. A track
+    that starts (ends) away from the frame's edge has its first (last) box held toward its
+    scene's start (end), at most `hold_frames` (plans computed before record none)."""
     p = plan.params
     pad, lead, tail = float(p["pad"]), int(p["lead_frames"]), int(p["tail_frames"])
     dets = track.detections
     last_frame = max(plan.n_frames, track.last_frame + 1) - 1
     w, h = plan.width_px, plan.height_px
+    hold = int(p.get("hold_frames", 0))
+    scenes = p.get("scenes") or []
+    if hold and 0 <= track.scene < len(scenes):
+        start, end = (int(v) for v in scenes[track.scene])
+        if not _at_edge(_box(dets[0]), w, h):
+            lead = max(lead, min(hold, track.first_frame - start))
+        if not _at_edge(_box(dets[-1]), w, h):
+            tail = max(tail, min(hold, end - 1 - track.last_frame))
     for f in range(max(0, track.first_frame - lead), track.first_frame):
         yield f, _pad(_box(dets[0]), pad, w, h)
     for a, b in itertools.pairwise(dets):

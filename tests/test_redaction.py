@@ -50,7 +50,7 @@ from bodycam.redaction import (
     report_lines,
 )
 from bodycam.storage import REDACTIONS
-from tests.conftest import StackHandle
+from tests.conftest import TESTDATA, StackHandle
 
 CASE_A, CASE_B, CASE_RO = "T-RED-A", "T-RED-B", "T-RED-RO"
 MIN_PX = 40
@@ -137,6 +137,70 @@ def test_the_plan_covers_every_frame_between_detections_and_around_a_track() -> 
         ManualRegion((0, 0, 20, 20), 1.0, 1.1, who),)))
     assert {r.source for rs in kept.values() for r in rs} == {"manual-1"}
     assert sorted(kept) == [30, 31, 32, 33], "1.0 s to 1.1 s at 30 fps, ends included"
+
+
+def test_a_track_lost_inside_the_picture_is_held_to_its_scene_and_one_at_the_edge_is_not(
+        ) -> None:
+    """Pure. A face does not vanish inside the picture: a 76-px night face was shown for the
+    13 frames between its track's end and the cut (bb26). A track that starts or ends away
+    from the edge has its box held toward its scene's start or end (at most hold_frames); one
+    at the edge (leaving the picture) keeps the plain lead and tail, as plans computed before
+    the hold (no hold_frames) do."""
+    inside = PlanTrack("P1", 1, ((50, 140.0, 100.0, 180.0, 150.0, 0.9, "centerface"),
+                                 (60, 140.0, 100.0, 180.0, 150.0, 0.9, "centerface")))
+    edge = PlanTrack("P2", 1, ((50, 2.0, 100.0, 40.0, 150.0, 0.9, "centerface"),
+                               (60, 2.0, 100.0, 40.0, 150.0, 0.9, "centerface")))
+    params = {"pad": 0.0, "lead_frames": 8, "tail_frames": 8, "hold_frames": 30,
+              "scenes": [[0, 30], [30, 75], [75, 120]],
+              "low_confidence": {"centerface": 0.5}}
+
+    def covered(plan_params: dict[str, Any]) -> dict[str, list[int]]:
+        plan = Plan("v", "0" * 64, Fraction(30), 120, 320, 240, 4.0, (inside, edge),
+                    plan_params, 1)
+        regions = frame_regions(plan, Choices())
+        return {t: sorted(f for f, rs in regions.items() for r in rs if r.source == t)
+                for t in ("P1", "P2")}
+
+    held = covered(params)
+    assert held["P1"] == list(range(30, 75)), "held to the scene's first and last frame"
+    assert held["P2"] == list(range(42, 69)), "at the edge: 8 frames of lead and tail"
+    assert covered({**params, "hold_frames": 5})["P1"] == list(range(42, 69))
+    before = {k: v for k, v in params.items() if k != "hold_frames"}
+    assert covered(before) == {"P1": list(range(42, 69)), "P2": list(range(42, 69))}
+
+
+def test_a_small_dark_face_of_a_wide_frame_is_found_by_scanning_it_at_its_own_size() -> None:
+    """A 1080p frame scaled to CenterFace's 1280 px made a 30-px face 20 px: a night face of
+    29-37 px was found on 1 of 36 frames and shown on 55 of 72 (bb26). A frame wider than
+    centerface_width_px is also scanned at its own size."""
+    from PIL import Image
+
+    from bodycam.config import get_settings
+    from bodycam.pipeline.centerface import CenterFaceDetector
+    from bodycam.subjects import detect_faces
+
+    photo = TESTDATA / "faces" / "identities" / "p10" / "01.jpg"
+    _data, _image, _scale, faces = detect_faces(get_settings(), str(photo))
+    x1, y1, x2, y2 = faces[0].box_px
+    m = 0.6 * (y2 - y1)
+    head = Image.open(photo).convert("RGB").crop((int(x1 - m), int(y1 - m), int(x2 + m),
+                                                  int(y2 + m)))
+    k = 22 / (y2 - y1)  # a 22-px face
+    canvas = Image.new("RGB", (1920, 1080), (40, 40, 40))
+    canvas.paste(head.resize((int(head.width * k), int(head.height * k)), Image.BILINEAR),
+                 (900, 500))
+    night = np.asarray(canvas).astype(np.float32) * 0.3
+    night += np.random.default_rng(0).normal(0, 3, night.shape)
+    buf = io.BytesIO()
+    Image.fromarray(np.clip(night, 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=30)
+    frame = np.asarray(Image.open(buf).convert("RGB"))
+    assert len(CenterFaceDetector(0.2, 1280, full_size=False).raw(frame)[0]) == 0
+    [found] = CenterFaceDetector(0.2, 1280, full_size=True).raw(frame)[0]
+    assert 880 <= found[0] <= 930 and 480 <= found[1] <= 530, found
+    # At 1280 px wide or less, one scan at its own size, as before.
+    part = frame[:720, :1280]
+    assert np.array_equal(CenterFaceDetector(0.2, 1280, full_size=True).raw(part)[0],
+                          CenterFaceDetector(0.2, 1280, full_size=False).raw(part)[0])
 
 
 def test_the_pdf_report_wraps_long_lines_and_names_who_decided_before_the_reason() -> None:

