@@ -115,6 +115,8 @@ function initCases() {
     const op = ev.submitter?.value === "release" ? "release" : "hold";
     const c = $("hold-case").value.trim(), reason = $("hold-reason").value.trim();
     if (!reason) { flash("Give the reason: it is recorded in the audit log.", "error"); return; }
+    // Releasing a hold lets retention delete what the hold kept: asked once more (bb25).
+    if (op === "release" && !window.confirm(`Release the legal hold on case ${c}? What the hold kept from retention may then be deleted when its time is up.`)) return;
     const out = await change(() => api("POST", `/cases/${enc(c)}/${op}`, { reason }),
       (o) => o.held ? `Case ${o.case} is on legal hold.` : `The hold on case ${o.case} is released.`);
     if (out) { ev.target.reset(); loadCases(); }
