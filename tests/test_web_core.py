@@ -25,7 +25,12 @@ def test_the_root_serves_the_login_page_and_a_wrong_token_is_refused_and_audited
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
     assert "Sign in" in r.text and r.headers["cache-control"] == "no-store"
     clerk = make_account(api_url, operator_token, ["clerk"])
+    missing: list[str] = []
+    page.on("response", lambda resp: missing.append(resp.url) if resp.status >= 400 else None)
     page.goto(api_url + "/")
+    page.wait_for_load_state("networkidle")
+    assert not missing, missing  # the page's icon, style and script too (no favicon: bb25)
+    assert page.locator('link[rel="icon"]').count() == 1
     shot(page, "login")
     page.get_by_label("Account name").fill(clerk.name)
     page.get_by_label("Token").fill("bct_wrong")
