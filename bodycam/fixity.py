@@ -1,4 +1,5 @@
-"""Fixity: re-hash stored originals and derivatives against their recorded SHA-256, and audit."""
+"""Fixity: re-hash stored originals, enrolment photos and derivatives against their recorded
+SHA-256, and audit."""
 
 from __future__ import annotations
 
@@ -22,14 +23,16 @@ class Mismatch:
     """A stored object whose bytes no longer have the SHA-256 recorded when it was written."""
 
     key: str
-    kind: str  # "original" or "derivative"
-    video_id: str
+    kind: str  # "original", "derivative" or "enrolment photo"
+    video_id: str | None  # the video it is or comes from; None for an enrolment photo
     expected_sha256: str
     actual_sha256: str | None  # None: the object is missing
+    subject_id: str | None = None  # the watchlist entry an enrolment photo belongs to
 
     def as_json(self) -> dict[str, object]:
         """JSON for the CLI and the audit row (ids and hashes only)."""
         return {"key": self.key, "kind": self.kind, "video_id": self.video_id,
+                **({"subject_id": self.subject_id} if self.subject_id else {}),
                 "expected_sha256": self.expected_sha256, "actual_sha256": self.actual_sha256,
                 "missing": self.actual_sha256 is None}
 
@@ -44,6 +47,7 @@ class FixityReport:
     bytes_hashed: int
     duration_s: float
     mismatches: list[Mismatch] = field(default_factory=list)
+    photos: int = 0  # enrolment photos (fixity did not read them: the record of who is sought)
 
     @property
     def ok(self) -> bool:
@@ -52,8 +56,9 @@ class FixityReport:
 
     def summary(self) -> dict[str, object]:
         """Counts for the `fixity.ok` / `fixity.failed` audit row."""
-        return {"originals": self.originals, "derivatives": self.derivatives,
-                "baselined": self.baselined, "bytes_hashed": self.bytes_hashed,
+        return {"originals": self.originals, "photos": self.photos,
+                "derivatives": self.derivatives, "baselined": self.baselined,
+                "bytes_hashed": self.bytes_hashed,
                 "mismatches": len(self.mismatches), "duration_s": round(self.duration_s, 3)}
 
     def as_json(self) -> dict[str, object]:
@@ -73,9 +78,10 @@ def record(conn: Conn, key: str, data: bytes) -> None:
 
 
 def run(ctx: Context, actor: str) -> FixityReport:
-    """Re-hash every original (against videos.sha256) and every referenced derivative (track
-    thumbnails; redacted videos, their reports, PDFs and contact sheets) against
-    object_hashes; audit each mismatch (`fixity.mismatch`) and the run (`fixity.ok` or
+    """Re-hash every original (against videos.sha256), every enrolment photo of the watchlist
+    (against subject_faces.photo_sha256: they are stored by it) and every referenced
+    derivative (track thumbnails; redacted videos, their reports, PDFs and contact sheets)
+    against object_hashes; audit each mismatch (`fixity.mismatch`) and the run (`fixity.ok` or
     `fixity.failed`).
 
     A derivative written before hashes were recorded gets its current hash as a baseline.
@@ -86,6 +92,10 @@ def run(ctx: Context, actor: str) -> FixityReport:
         videos = conn.execute(
             "SELECT id::text AS id, sha256, object_key FROM videos ORDER BY ingested_at, id"
         ).fetchall()
+        photos = conn.execute(
+            "SELECT DISTINCT f.photo_key AS key, f.photo_sha256 AS sha256,"
+            " f.subject_id::text AS subject_id, s.case_id FROM subject_faces f"
+            " JOIN subjects s ON s.id = f.subject_id ORDER BY 1, 3").fetchall()
         derived = conn.execute(
             "SELECT t.thumbnail_key AS key, t.video_id::text AS video_id, h.sha256"
             " FROM tracks t LEFT JOIN object_hashes h ON h.key = t.thumbnail_key"
@@ -106,6 +116,16 @@ def run(ctx: Context, actor: str) -> FixityReport:
         if found is None or found[0] != v["sha256"]:
             mismatches.append(Mismatch(key, "original", str(v["id"]), str(v["sha256"]),
                                        found[0] if found else None))
+    for ph in photos:
+        key = str(ph["key"])
+        if key not in seen:
+            got = seen[key] = ctx.store.sha256_of(key)
+            hashed += got[1] if got else 0
+        found = seen[key]
+        if found is None or found[0] != ph["sha256"]:
+            mismatches.append(Mismatch(key, "enrolment photo", None, str(ph["sha256"]),
+                                       found[0] if found else None, str(ph["subject_id"])))
+    photo_case = {str(ph["subject_id"]): ph["case_id"] for ph in photos}
     baseline: list[tuple[str, str, int]] = []
     for d in derived:
         found = ctx.store.sha256_of(str(d["key"]))
@@ -118,21 +138,23 @@ def run(ctx: Context, actor: str) -> FixityReport:
             mismatches.append(Mismatch(str(d["key"]), "derivative", str(d["video_id"]),
                                        str(d["sha256"]), found[0] if found else None))
     report = FixityReport(len(videos), len(derived), len(baseline), hashed,
-                          time.monotonic() - started, mismatches)
+                          time.monotonic() - started, mismatches, len(photos))
     with ctx.db() as conn:
         for key, sha, size in baseline:
             conn.execute("INSERT INTO object_hashes (key, sha256, size_bytes)"
                          " VALUES (%s, %s, %s) ON CONFLICT (key) DO NOTHING", (key, sha, size))
-        for m in mismatches:  # under the video's case, for the auditor's case filter
-            case = conn.execute("SELECT case_id FROM videos WHERE id = %s",
-                                (m.video_id,)).fetchone()
+        for m in mismatches:  # under the video's or the entry's case, for the case filter
+            case = (photo_case.get(m.subject_id) if m.subject_id else
+                    (row := conn.execute("SELECT case_id FROM videos WHERE id = %s",
+                                         (m.video_id,)).fetchone()) and row["case_id"])
             audit.append(conn, ctx.audit_key, actor, "fixity.mismatch",
-                         {**m.as_json(), "case": case["case_id"] if case else None})
+                         {**m.as_json(), "case": case or None})
         audit.append(conn, ctx.audit_key, actor, "fixity.ok" if report.ok else "fixity.failed",
                      report.summary())
     for m in mismatches:
-        log.error("fixity: %s %s of video %s does not match its recorded SHA-256", m.kind,
-                  m.key, m.video_id)
-    log.info("fixity: %d originals, %d derivatives, %d mismatches in %.1fs", report.originals,
-             report.derivatives, len(mismatches), report.duration_s)
+        log.error("fixity: %s %s of %s does not match its recorded SHA-256", m.kind, m.key,
+                  f"subject {m.subject_id}" if m.subject_id else f"video {m.video_id}")
+    log.info("fixity: %d originals, %d enrolment photos, %d derivatives, %d mismatches in"
+             " %.1fs", report.originals, report.photos, report.derivatives, len(mismatches),
+             report.duration_s)
     return report

@@ -31,6 +31,8 @@ from bodycam.services import home_admin_url
 from bodycam.storage import original_key
 from tests.conftest import EXTERNAL, HAMILTON, TESTDATA, Cli, StackHandle
 
+P06 = TESTDATA / "faces" / "identities" / "p06" / "01.png"
+
 # A stack of this module's own: its tests kill services, flip stored bytes and run the fixity
 # job every few seconds, which must not disturb the session's shared stack.
 OPS_ENV = {
@@ -410,17 +412,24 @@ def test_fixity_reports_and_audits_a_flipped_byte_in_an_original_and_a_thumbnail
         ops: StackHandle) -> None:
     res = _ingest(ops, "OPS-FIXITY")
     sha = str(res["sha256"])
+    # An enrolment photo is the record of who is sought: re-hashed too (it was not).
+    enrolled = ops.cli.run("subjects", "enroll", "--name", "p06", "--photo", str(P06),
+                           "--case", "OPS-FIXITY", "--reason", "fixity test", "--json")
+    assert enrolled.returncode == 0, enrolled.stderr
+    subject = str(json.loads(enrolled.stdout)["subject_id"])
     clean = ops.cli.run("fixity", "--json")
     assert clean.returncode == 0, clean.stdout + clean.stderr
-    assert json.loads(clean.stdout)["ok"] is True
+    assert json.loads(clean.stdout)["ok"] is True and json.loads(clean.stdout)["photos"] >= 1
     with ops.ctx.db() as conn:
         thumb = str(conn.execute("SELECT thumbnail_key FROM tracks WHERE video_id = %s"
                                  " AND thumbnail_key IS NOT NULL LIMIT 1",
                                  (res["video_id"],)).fetchone()["thumbnail_key"])
+        photo = str(conn.execute("SELECT photo_key FROM subject_faces WHERE subject_id = %s",
+                                 (subject,)).fetchone()["photo_key"])
     admin = _admin_s3(ops)
     bucket = ops.ctx.services.s3.bucket
     okey = original_key(sha)
-    saved = {k: ops.ctx.store.get_bytes(k) for k in (okey, thumb)}
+    saved = {k: ops.ctx.store.get_bytes(k) for k in (okey, thumb, photo)}
     flipped: dict[str, str] = {}
     try:
         for key, data in saved.items():
@@ -443,8 +452,11 @@ def test_fixity_reports_and_audits_a_flipped_byte_in_an_original_and_a_thumbnail
         assert audited[okey]["details"]["actual_sha256"] == flipped[okey]  # type: ignore[index]
         assert audited[okey]["details"]["expected_sha256"] == sha  # type: ignore[index]
         assert audited[thumb]["details"]["actual_sha256"] == flipped[thumb]  # type: ignore[index]
+        assert (got[photo]["kind"], got[photo]["subject_id"]) == ("enrolment photo", subject)
+        assert audited[photo]["details"]["case"] == "OPS-FIXITY"  # type: ignore[index]
         text = ops.cli.run("fixity")
         assert text.returncode == 1 and f"MISMATCH original {okey}" in text.stdout
+        assert f"MISMATCH enrolment photo {photo} (subject {subject})" in text.stdout
     finally:
         for key, data in saved.items():
             admin.put_object(Bucket=bucket, Key=key, Body=data)  # type: ignore[attr-defined]

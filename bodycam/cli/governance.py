@@ -172,10 +172,13 @@ def fixity(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     else:
         for m in report["mismatched"]:
             found = m["actual_sha256"] or "missing"
-            out.print(f"MISMATCH {m['kind']} {m['key']} (video {m['video_id']}): recorded "
+            of = (f"subject {m['subject_id']}" if m.get("subject_id")
+                  else f"video {m['video_id']}")
+            out.print(f"MISMATCH {m['kind']} {m['key']} ({of}): recorded "
                       f"{m['expected_sha256']}, stored {found}")
         out.print(f"fixity {'ok' if report['ok'] else 'FAILED'}: {report['originals']} "
-                  f"originals, {report['derivatives']} derivatives, "
+                  f"originals, {report.get('photos', 0)} enrolment photos, "
+                  f"{report['derivatives']} derivatives, "
                   f"{len(report['mismatched'])} mismatches")
     if not report["ok"]:
         raise typer.Exit(1)
