@@ -191,14 +191,16 @@ def list_users(conn: Conn) -> list[dict[str, object]]:
 
 
 def require_role(conn: Conn, key: str, user: User, action: str,
-                 case_id: str | None = None, about: str | None = None) -> None:
+                 case_id: str | None = None, about: str | None = None,
+                 cases: list[str] | None = None) -> None:
     """Refuse (and audit the refusal, naming `case_id` for the auditor: the case of the object
-    acted on, and the object, `about`) unless the user's roles allow the action."""
+    acted on, and the object, `about`, and the cases it holds) unless the user's roles allow
+    the action."""
     allowed = PERMISSIONS[ACTS_UNDER.get(action, action)]
     if not any(user.has(r) for r in allowed):
         reason = (f"`{action}` needs the {' or '.join(allowed)} role; {user.name} has "
                   f"{', '.join(user.roles)}")
-        refuse(conn, key, user, action, reason, case_id, about)
+        refuse(conn, key, user, action, reason, case_id, about, cases=cases)
 
 
 def require(conn: Conn, key: str, user: User, action: str, case_id: str | None = None) -> None:

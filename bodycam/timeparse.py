@@ -52,6 +52,7 @@ _ZONE = re.compile(r"(Z|[+-]\d{2}(:?\d{2})?)$", re.IGNORECASE)
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}|\d{8}|\d{4}-?W\d{2}(-?\d)?")
 _WEEK = re.compile(r"\d{4}-?W\d{2}")  # a week alone: seven days
 _MONTH = re.compile(r"(\d{4})-(\d{2})")  # a month alone (ISO 8601's reduced precision)
+_FULL_ZONE = re.compile(r"Z|[+-]\d{2}:?\d{2}", re.IGNORECASE)
 
 
 def _read(text: str, flag: str, example: str) -> tuple[datetime, timedelta]:
@@ -83,16 +84,20 @@ def _date_alone(typed: str) -> tuple[datetime, timedelta] | None:
     if zone and zone.start():
         readings.append((typed[:zone.start()], zone.group()))
     for day_text, zone_text in readings:
-        month = _MONTH.fullmatch(day_text)
+        # A month takes a zone only in full (+05:00, -0500, Z): 2026-02-30 is no month of
+        # February at -30 hours, and 2026-12-00 no December (bb28).
+        month = _MONTH.fullmatch(day_text) if zone_text is None \
+            or _FULL_ZONE.fullmatch(zone_text) else None
         if not (month or _DATE.fullmatch(day_text)):
             continue
         try:
             day = (date(int(month[1]), int(month[2]), 1) if month
                    else date.fromisoformat(day_text))
+            tz = UTC if zone_text is None else datetime.fromisoformat(
+                "2000-01-01T00:00" + ("+00:00" if zone_text.upper() == "Z" else zone_text)
+            ).tzinfo
         except ValueError:
             continue
-        tz = UTC if zone_text is None else datetime.fromisoformat(
-            "2000-01-01T00:00" + ("+00:00" if zone_text.upper() == "Z" else zone_text)).tzinfo
         named = (timedelta(days=7) if _WEEK.fullmatch(day_text)
                  else date(day.year + day.month // 12, day.month % 12 + 1, 1) - day if month
                  else timedelta(days=1))

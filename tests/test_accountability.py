@@ -338,8 +338,11 @@ def test_a_period_named_by_dates_holds_the_whole_of_its_last_day(
         datetime(2026, 12, 1, tzinfo=UTC), datetime(2026, 12, 31, 23, 59, 59, 999999, tzinfo=UTC))
     assert parse_period(None, "2028-02")[1] == datetime(2028, 2, 29, 23, 59, 59, 999999,
                                                         tzinfo=UTC)
-    with pytest.raises(InvalidInputError, match="not an ISO 8601 date"):
-        parse_period(None, "2026-13")
+    # An impossible day was read as a month at a zone of -30 hours (a 500) or, -00, as the
+    # whole month (bb28): each is refused in one line.
+    for bad in ("2026-13", "2026-02-30", "2026-04-31", "2026-12-00", "2026-12-06+25:00"):
+        with pytest.raises(InvalidInputError, match="not an ISO 8601 date"):
+            parse_period(None, bad)
     with stack.ctx.db() as conn:
         last = conn.execute("SELECT at FROM audit_log ORDER BY id DESC LIMIT 1").fetchone()["at"]
     day = last.astimezone(UTC).date()

@@ -531,6 +531,11 @@ def test_reads_of_evidence_and_of_the_log_are_on_record_under_every_case_they_to
     r = world.send(Req("GET", f"{V}/videos/{a['video']}/original",
                        headers={"Range": "bytes=0-9"}), inv)
     assert r.status_code == 206 and len(since_rows("video.original")) == 1
+    # Several ranges are served whole, and recorded so (the range asked was: bb28).
+    r = world.send(Req("GET", f"{V}/videos/{a['video']}/original",
+                       headers={"Range": "bytes=0-1,3-4"}), inv)
+    assert r.status_code == 200
+    assert [x["details"]["range"] for x in since_rows("video.original")] == ["bytes=0-9", None]
     # A supervisor's list of every case names the cases it showed.
     r = world.send(Req("GET", V + "/matches", params={"limit": "500"}), sup)
     assert r.status_code == 200, r.text
@@ -583,17 +588,32 @@ def test_reads_of_evidence_and_of_the_log_are_on_record_under_every_case_they_to
                              headers={"Range": "bytes=0-1,5-6"}), aud)
     assert far.status_code == 416 and several.status_code == 200, (far.text, several.text)
     assert several.content == got.content
+    # The unit is case-insensitive; a unit other than bytes is ignored (bb28: both were 416).
+    upper = world.send(Req("GET", f"{V}/exports/{export_id}", headers={"Range": "BYTES=5-14"}),
+                       aud)
+    items = world.send(Req("GET", f"{V}/exports/{export_id}", headers={"Range": "items=0-1"}),
+                       aud)
+    assert (upper.status_code, upper.content) == (206, got.content[5:15])
+    assert (items.status_code, items.content) == (200, got.content)
     signed = world.send(Req("GET", f"{V}/exports/{export_id}/manifest"), aud)
     assert signed.status_code == 200 and signed.json()["sha256"] == manifest["sha256"]
     assert [(x["details"]["part"], x["details"].get("range"))
             for x in since_rows("export.download")] == [
-        ("export", None), ("export", "bytes=5-14"), ("export", None), ("manifest", None)]
-    # Another account's export: refused under the export and the cases it holds.
+        ("export", None), ("export", "bytes=5-14"), ("export", None), ("export", "BYTES=5-14"),
+        ("export", None), ("manifest", None)]
+    # Another account's export: refused under the export and the cases it holds; so is a
+    # role's refusal (it named neither: bb28).
     r = world.send(Req("GET", f"{V}/exports/{b['export']}"), aud)
     assert r.status_code == 403, r.text
     [no] = [x for x in since_rows("refused") if x["actor"] == world.names["auditor"]]
     assert (no["details"]["attempted"], no["details"]["object"], no["details"]["case"]) == (
         "export.download", b["export"], CASE_B), no
+    r = world.send(Req("GET", f"{V}/exports/{export_id}"), inv)
+    assert r.status_code == 403, r.text
+    [no] = [x for x in since_rows("refused") if x["actor"] == world.names["investigator"]
+            and x["details"]["attempted"] == "export.download"]
+    assert no["details"]["object"] == export_id
+    assert set(no["details"]["cases"]) == set(made["details"]["cases"]), no
 
 
 def test_a_read_is_recorded_once_its_bytes_are_read(world: World) -> None:

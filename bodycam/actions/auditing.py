@@ -181,24 +181,26 @@ def export_file(ctx: Context, user: User, export_id: str, manifest: bool,
     `deps.parse_range` and each request recorded as the whole export, a 416 too; manifests
     were not recorded; a refusal named no export or case: bb27.)"""
     with ctx.db() as conn:
-        require_role(conn, ctx.audit_key, user, "export.download")
         try:
             folder = export_dir(ctx) / str(uuid.UUID(export_id))
         except ValueError:
-            raise NotFoundError(f"no export {export_id[:64]}") from None
-        owner_file = folder / OWNER
+            folder = None
+        owner_file = folder / OWNER if folder is not None else None
         files = [p for p in folder.iterdir() if p.name.startswith("export.")
-                 and not p.name.endswith(".manifest.json")] if owner_file.is_file() else []
-        if not files:
-            raise NotFoundError(f"no export {export_id}")
-        data = files[0]
+                 and not p.name.endswith(".manifest.json")] \
+            if folder is not None and owner_file is not None and owner_file.is_file() else []
         # What was delivered, as the export's own row names it (its id alone could not be
-        # tied to a content or a case: bb23).
-        made = json.loads(audit.manifest_path(data).read_text())
+        # tied to a content or a case: bb23); a refusal names it too, a role's as well (bb28).
+        made = json.loads(audit.manifest_path(files[0]).read_text()) if files else {}
+        case, cases, about = made.get("case"), made.get("cases"), export_id if files else None
+        require_role(conn, ctx.audit_key, user, "export.download", case, about, cases)
+        if not files or owner_file is None:
+            raise NotFoundError(f"no export {export_id[:64]}")
+        data = files[0]
         if json.loads(owner_file.read_text()).get("user") != user.name:
             refuse(conn, ctx.audit_key, user, "export.download",
-                   f"export {export_id} was made by another account", made.get("case"),
-                   about=export_id, cases=made.get("cases"))
+                   f"export {export_id} was made by another account", case, about,
+                   cases=cases)
         path = audit.manifest_path(data) if manifest else data
         body = path.open("rb")
         try:

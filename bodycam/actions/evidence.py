@@ -208,8 +208,9 @@ def original(ctx: Context, user: User, video_id: str, byte_range: str | None = N
         body = ctx.store.open_stream(str(row["object_key"]), *(span or (None, None)))
         try:
             require_now(conn, ctx.audit_key, user, "video.original", case)
-            audit.append(conn, ctx.audit_key, user.name, "video.original",
-                         {"video_id": video_id, "case": case, "range": byte_range})
+            audit.append(conn, ctx.audit_key, user.name, "video.original",  # the range served
+                         {"video_id": video_id, "case": case,
+                          "range": byte_range if span is not None else None})
         except BaseException:
             body.close()
             raise

@@ -169,15 +169,18 @@ def attachment(filename: str, fallback: str) -> str:
     return f"attachment; filename=\"{plain}\"; filename*=UTF-8''{quote(name, safe='')}"
 
 
-_RANGE = re.compile(r"^bytes=(\d{0,19})-(\d{0,19})$")  # 19 digits: any size there is
-_RANGES = re.compile(r"^bytes=\d{0,19}-\d{0,19}(\s*,\s*\d{0,19}-\d{0,19})+$")
+# 19 digits: any size there is. The unit is case-insensitive (RFC 9110, 14.1).
+_RANGE = re.compile(r"^bytes=(\d{0,19})-(\d{0,19})$", re.IGNORECASE)
+_RANGES = re.compile(r"^bytes=\d{0,19}-\d{0,19}(\s*,\s*\d{0,19}-\d{0,19})+$", re.IGNORECASE)
+_UNIT = re.compile(r"^\s*bytes\s*=", re.IGNORECASE)
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     """(first, last) of a single `bytes=` range, None for the whole file; 416 when it cannot
-    be satisfied. Several ranges are answered with the whole file, as HTTP lets a server
-    that sends no multipart answer do (RFC 9110, 14.2; they were a 416: bb27)."""
-    if header is None or _RANGES.match(header.strip()):
+    be satisfied. Several ranges, or a unit other than bytes, are answered with the whole
+    file, as HTTP lets a server that sends no multipart answer do and asks of one that does
+    not know the unit (RFC 9110, 14.2; they were a 416: bb27, bb28)."""
+    if header is None or not _UNIT.match(header) or _RANGES.match(header.strip()):
         return None
     m = _RANGE.match(header.strip())
     if m is None or (not m.group(1) and not m.group(2)):
