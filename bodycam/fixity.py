@@ -47,7 +47,7 @@ class FixityReport:
     bytes_hashed: int
     duration_s: float
     mismatches: list[Mismatch] = field(default_factory=list)
-    photos: int = 0  # enrolment photos (fixity did not read them: the record of who is sought)
+    photos: int = 0  # enrolment photos re-hashed (the record of who is sought)
 
     @property
     def ok(self) -> bool:
