@@ -106,6 +106,13 @@ def _missing(exc: ClientError) -> bool:
     return exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound")
 
 
+def _version(answer: dict[str, Any]) -> str | None:
+    """What identifies an object's bytes in a HEAD or GET answer (ETag, size, time written),
+    or None when the store gives no ETag."""
+    etag = answer.get("ETag")
+    return f"{etag}/{answer['ContentLength']}/{answer.get('LastModified')}" if etag else None
+
+
 def _guarded(fn: Callable[P, R]) -> Callable[P, R]:
     """Turn a failing store into a TransientError with one clean line (no boto3 traceback).
 
@@ -231,8 +238,7 @@ class ObjectStore:
             if _missing(exc):
                 return None
             raise TransientError(f"cannot read {key}: {exc}") from exc
-        etag = head.get("ETag")
-        return f"{etag}/{head['ContentLength']}/{head.get('LastModified')}" if etag else None
+        return _version(head)
 
     @_guarded
     def download_to(self, key: str, path: str) -> None:
@@ -252,22 +258,28 @@ class ObjectStore:
         body = self._client.get_object(Bucket=self.bucket, Key=key, **extra)["Body"]
         return body
 
-    @_guarded
     def sha256_of(self, key: str) -> tuple[str, int] | None:
         """Re-read an object and hash it: (SHA-256, size), or None when it does not exist."""
+        found = self.hash_object(key)
+        return (found[0], found[1]) if found is not None else None
+
+    @_guarded
+    def hash_object(self, key: str) -> tuple[str, int, str | None] | None:
+        """Re-read an object and hash it: (SHA-256, size, `version_of` the bytes read, from
+        the same read), or None when it does not exist."""
         try:
-            body = self._client.get_object(Bucket=self.bucket, Key=key)["Body"]
+            got = self._client.get_object(Bucket=self.bucket, Key=key)
         except ClientError as exc:
             if _missing(exc):
                 return None
             raise
         digest = hashlib.sha256()
         size = 0
-        with contextlib.closing(body):
+        with contextlib.closing(got["Body"]) as body:
             while chunk := body.read(PART_BYTES):
                 digest.update(chunk)
                 size += len(chunk)
-        return digest.hexdigest(), size
+        return digest.hexdigest(), size, _version(got)
 
     @_guarded
     def put_bytes(self, key: str, data: bytes, content_type: str) -> None:

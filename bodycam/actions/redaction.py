@@ -531,8 +531,8 @@ def check_stored(ctx: Context, user: User, d: Derivative, part: str, ranged: boo
     fixity check audits it. A part written before hashes were recorded is served as it is.
 
     A range (`ranged`) of a part re-hashed in the last CHECKED_FOR_S is served on the store's
-    word that the bytes are the same ones (`Store.version_of`, read before and after that
-    re-hash): any bytes written since under the key are re-hashed before a byte is served."""
+    word that the bytes are the same ones (`Store.version_of`, given by the read that hashed
+    them): any bytes written since under the key are re-hashed before a byte is served."""
     expected = d.hashes.get(part)
     if expected is None:
         return
@@ -544,15 +544,14 @@ def check_stored(ctx: Context, user: User, d: Derivative, part: str, ranged: boo
         if version is not None and seen is not None and seen[0] == version \
                 and time.monotonic() - seen[1] < CHECKED_FOR_S:
             return
-    before = ctx.store.version_of(key)
-    found = ctx.store.sha256_of(key)
+    found = ctx.store.hash_object(key)
     if found is not None and found[0] == expected:
-        if before is not None and ctx.store.version_of(key) == before:
+        if found[2] is not None:
             with _CHECKED_LOCK:
                 now = time.monotonic()
                 for old in [k for k, (_v, at) in _CHECKED.items() if now - at >= CHECKED_FOR_S]:
                     del _CHECKED[old]
-                _CHECKED[key] = (before, now)
+                _CHECKED[key] = (found[2], now)
         return
     with _CHECKED_LOCK:
         _CHECKED.pop(key, None)
