@@ -106,25 +106,22 @@ def run(ctx: Context, actor: str) -> FixityReport:
             " ORDER BY key").fetchall()
     mismatches: list[Mismatch] = []
     hashed = 0
-    seen: dict[str, tuple[str, int] | None] = {}  # one file ingested into several cases
-    for v in videos:
-        key = str(v["object_key"] or original_key(str(v["sha256"])))
+    # Stored by their SHA-256, each once: one file ingested into several cases, one photo
+    # enrolled for several subjects.
+    seen: dict[str, tuple[str, int] | None] = {}
+    stored: list[tuple[str, str, str | None, str, str | None]] = [
+        (str(v["object_key"] or original_key(str(v["sha256"]))), "original", str(v["id"]),
+         str(v["sha256"]), None) for v in videos]
+    stored += [(str(ph["key"]), "enrolment photo", None, str(ph["sha256"]),
+                str(ph["subject_id"])) for ph in photos]
+    for key, kind, video_id, expected, subject_id in stored:
         if key not in seen:
             got = seen[key] = ctx.store.sha256_of(key)
             hashed += got[1] if got else 0
         found = seen[key]
-        if found is None or found[0] != v["sha256"]:
-            mismatches.append(Mismatch(key, "original", str(v["id"]), str(v["sha256"]),
-                                       found[0] if found else None))
-    for ph in photos:
-        key = str(ph["key"])
-        if key not in seen:
-            got = seen[key] = ctx.store.sha256_of(key)
-            hashed += got[1] if got else 0
-        found = seen[key]
-        if found is None or found[0] != ph["sha256"]:
-            mismatches.append(Mismatch(key, "enrolment photo", None, str(ph["sha256"]),
-                                       found[0] if found else None, str(ph["subject_id"])))
+        if found is None or found[0] != expected:
+            mismatches.append(Mismatch(key, kind, video_id, expected,
+                                       found[0] if found else None, subject_id))
     photo_case = {str(ph["subject_id"]): ph["case_id"] for ph in photos}
     baseline: list[tuple[str, str, int]] = []
     for d in derived:
