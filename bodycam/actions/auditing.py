@@ -170,6 +170,18 @@ class ExportFile:
     span: tuple[int, int] | None  # (first, last) byte of a range; None: the whole file
 
 
+def _export_data(ctx: Context, export_id: str) -> Path | None:
+    """The data file of a finished export (its owner recorded), or None."""
+    try:
+        folder = export_dir(ctx) / str(uuid.UUID(export_id))
+    except ValueError:
+        return None
+    if not (folder / OWNER).is_file():
+        return None
+    return next((p for p in folder.iterdir() if p.name.startswith("export.")
+                 and not p.name.endswith(".manifest.json")), None)
+
+
 def export_file(ctx: Context, user: User, export_id: str, manifest: bool,
                 byte_range: str | None = None,
                 span_of: Callable[[int], tuple[int, int] | None] = lambda _size: None
@@ -181,23 +193,15 @@ def export_file(ctx: Context, user: User, export_id: str, manifest: bool,
     `deps.parse_range` and each request recorded as the whole export, a 416 too; manifests
     were not recorded; a refusal named no export or case: bb27.)"""
     with ctx.db() as conn:
-        try:
-            folder = export_dir(ctx) / str(uuid.UUID(export_id))
-        except ValueError:
-            folder = None
-        owner_file = folder / OWNER if folder is not None else None
-        files = [p for p in folder.iterdir() if p.name.startswith("export.")
-                 and not p.name.endswith(".manifest.json")] \
-            if folder is not None and owner_file is not None and owner_file.is_file() else []
+        data = _export_data(ctx, export_id)
         # What was delivered, as the export's own row names it (its id alone could not be
         # tied to a content or a case: bb23); a refusal names it too, a role's as well (bb28).
-        made = json.loads(audit.manifest_path(files[0]).read_text()) if files else {}
-        case, cases, about = made.get("case"), made.get("cases"), export_id if files else None
+        made = json.loads(audit.manifest_path(data).read_text()) if data else {}
+        case, cases, about = made.get("case"), made.get("cases"), export_id if data else None
         require_role(conn, ctx.audit_key, user, "export.download", case, about, cases)
-        if not files or owner_file is None:
+        if data is None:
             raise NotFoundError(f"no export {export_id[:64]}")
-        data = files[0]
-        if json.loads(owner_file.read_text()).get("user") != user.name:
+        if json.loads((data.parent / OWNER).read_text()).get("user") != user.name:
             refuse(conn, ctx.audit_key, user, "export.download",
                    f"export {export_id} was made by another account", case, about,
                    cases=cases)
