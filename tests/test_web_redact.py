@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import re
 import secrets
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import httpx
+from imageio_ffmpeg import get_ffmpeg_exe
 from playwright.sync_api import Page, expect
 
 from tests.web import make_account, shot, sign_in
@@ -17,13 +20,19 @@ V = "/api/v1"
 
 def test_a_reviewer_keeps_a_track_adds_a_box_renders_and_sees_the_preview_and_report(
         page: Page, api_url: str, operator_token: str, processed: Any,
-        make_clip: Any) -> None:
+        make_clip: Any, tmp_path: Path) -> None:
     case = f"web-redact-{secrets.token_hex(3)}"
     inv = make_account(api_url, operator_token, ["investigator"], (case,))
     outsider = make_account(api_url, operator_token, ["investigator"],
                             (f"other-{secrets.token_hex(3)}",))
-    path, _truth = make_clip("--seed", "11", "--duration", "4", "--size", "960x540",
+    made, _truth = make_clip("--seed", "11", "--duration", "4", "--size", "960x540",
                              "--min-scene", "1.5", "--max-scene", "3", "--boxes")
+    # The picture starts a second after the sound: the player's clock is a second ahead of
+    # the plan's times, which count from the first frame.
+    path = tmp_path / "late-picture.mp4"
+    subprocess.run([get_ffmpeg_exe(), "-v", "error", "-itsoffset", "1", "-i", str(made), "-f",
+                    "lavfi", "-i", "sine=frequency=440:duration=5", "-map", "0:v", "-map", "1:a",
+                    "-c:v", "copy", "-c:a", "aac", str(path)], check=True, timeout=120)
     vid = str(processed(path, case))
     r = httpx.get(f"{api_url}{V}/videos/{vid}/redaction-plan", timeout=600,
                   headers={"Authorization": f"Bearer {outsider.token}"})
@@ -37,6 +46,23 @@ def test_a_reviewer_keeps_a_track_adds_a_box_renders_and_sees_the_preview_and_re
     expect(page.locator("#tracks img").first).to_have_attribute(
         "alt", re.compile(r"^Face of track P\d+$"))
     assert page.locator("#summary").inner_text().startswith("Plan version")
+    plan = httpx.get(f"{api_url}{V}/videos/{vid}/redaction-plan", timeout=60,
+                     headers={"Authorization": f"Bearer {inv.token}"}).json()
+    assert abs(plan["first_frame_s"] - 1.0) < 0.05, plan["first_frame_s"]
+    # A track played from the list starts at its first frame in the file; a box's time taken
+    # from the player is in the plan's times (it was typed from the player's clock, a second
+    # late).
+    first = plan["tracks"][0]
+    rows.first.get_by_role("button", name=f"Play {first['id']}").click()
+    page.wait_for_function(
+        "t => { const v = document.getElementById('player');"
+        " return v.readyState >= 1 && !v.seeking && Math.abs(v.currentTime - t) < 0.1; }",
+        arg=first["start_s"] + plan["first_frame_s"], timeout=60_000)
+    page.get_by_role("button", name="From the player's time").click()
+    at = float(page.locator("#r-start").input_value())
+    player_s = page.evaluate("document.getElementById('player').currentTime")
+    assert abs(at - (player_s - plan["first_frame_s"])) < 0.02 and abs(at - first["start_s"]) < 0.1
+    expect(page.locator("#clock")).to_contain_text(f"Video time {at:.2f} s")
 
     def add_box(x1: str, y1: str, x2: str, y2: str) -> None:
         for field, value in (("r-x1", x1), ("r-y1", y1), ("r-x2", x2), ("r-y2", y2),

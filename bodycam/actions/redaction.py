@@ -19,6 +19,7 @@ from bodycam.accounts import AccessDeniedError, User, case_of, require_now, requ
 from bodycam.auth import UnauthenticatedError
 from bodycam.context import Context
 from bodycam.db import Conn, uid
+from bodycam.domain import FIRST_FRAME_COLUMNS, first_frame_s
 from bodycam.errors import (
     ConflictError,
     InvalidInputError,
@@ -600,6 +601,8 @@ def plan_summary(ctx: Context, user: User, video_id: str) -> dict[str, Any]:
     job computing it (`pending` holds the job as `job` shows it)."""
     with ctx.db() as conn:
         case = _processed_video(conn, ctx.audit_key, user, video_id)
+        media = conn.execute(f"SELECT {FIRST_FRAME_COLUMNS} FROM videos v WHERE v.id = %s",
+                             (uid(video_id),)).fetchone()
     plan = _plan_or_job(ctx, user, video_id, case)
     if isinstance(plan, str):
         with ctx.db() as conn:
@@ -615,7 +618,8 @@ def plan_summary(ctx: Context, user: User, video_id: str) -> dict[str, Any]:
     return {"video_id": video_id, "version": plan.version, "algorithm": ALGORITHM,
             "frame_rate": str(plan.frame_rate), "n_frames": plan.n_frames,
             "width_px": plan.width_px, "height_px": plan.height_px,
-            "duration_s": plan.duration_s, "legal_bases": list(red.legal_bases),
+            "duration_s": plan.duration_s, "first_frame_s": first_frame_s(media or {}),
+            "legal_bases": list(red.legal_bases),
             "default_legal_basis": red.default_legal_basis,
             "low_confidence_frames": plan.low_confidence_frames(),
             "tracks": [{"id": t.id, "scene": t.scene, "first_frame": t.first_frame,

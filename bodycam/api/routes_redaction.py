@@ -92,6 +92,7 @@ class PlanOut(Out):
     version: int
     n_frames: int
     duration_s: float
+    first_frame_s: float  # the first frame's time in the file: a player's clock minus it
     tracks: list[dict[str, Any]]
     legal_bases: list[str]
 

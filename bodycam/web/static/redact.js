@@ -1,6 +1,6 @@
 // Redaction: the plan's tracks on a timeline with keep/hide toggles and thumbnails, manual
 // boxes, a render through the API and its preview (contact sheet, video) and report.
-import { api, ApiError, esc, flash, seconds } from "/static/app.js";
+import { api, ApiError, esc, flash, seconds, seekTo } from "/static/app.js";
 
 const form = document.getElementById("pick");
 const videoInput = document.getElementById("video");
@@ -8,8 +8,29 @@ const summary = document.getElementById("summary");
 const planEl = document.getElementById("plan");
 const tracksEl = document.getElementById("tracks");
 const regionsEl = document.getElementById("regions");
+const player = document.getElementById("player");
+const clock = document.getElementById("clock");
 const regions = [];
 let plan = null;
+
+// The plan's times count from the video's first frame; the player's clock counts from the
+// file's start, which is earlier where the picture starts after the sound (a box typed from
+// the player's clock landed that much late).
+function videoTime() {
+  return Math.max(0, player.currentTime - ((plan && plan.first_frame_s) || 0));
+}
+
+function showClock() {
+  if (!plan) return;
+  clock.textContent = `Video time ${videoTime().toFixed(2)} s; boxes in pixels of the ` +
+    `${plan.width_px}x${plan.height_px} frame`;
+}
+for (const ev of ["timeupdate", "seeked", "loadedmetadata"]) player.addEventListener(ev, showClock);
+for (const [button, field] of [["r-start-now", "r-start"], ["r-end-now", "r-end"]]) {
+  document.getElementById(button).addEventListener("click", () => {
+    document.getElementById(field).value = videoTime().toFixed(2);
+  });
+}
 
 function options(select, bases, chosen) {
   select.innerHTML = bases.map((b) =>
@@ -30,7 +51,11 @@ function row(t, i) {
     ${thumb}
     <span class="bar" role="img" aria-label="${esc(t.id)} from ${esc(seconds(t.start_s))} to ${esc(seconds(t.end_s))}"><span></span></span>
     <span class="muted">${esc(seconds(t.start_s))}–${esc(seconds(t.end_s))}, ${esc(t.detections)} detections
-      (${esc((t.detectors || []).join(", "))}), ${esc(t.low_confidence_detections)} of low confidence</span>`;
+      (${esc((t.detectors || []).join(", "))}), ${esc(t.low_confidence_detections)} of low confidence</span>
+    <button type="button" class="play">Play ${esc(t.id)}</button>`;
+  el.querySelector("button.play").addEventListener("click", () => {
+    seekTo(player, t.start_s + (plan.first_frame_s || 0));
+  });
   const bar = el.querySelector(".bar");
   Object.assign(bar.style, { display: "inline-block", position: "relative", width: "320px",
                              height: "12px", background: "#ddd", verticalAlign: "middle" });
@@ -97,7 +122,8 @@ async function load(videoId) {
   }
   summary.textContent = `Plan version ${plan.version}: ${plan.tracks.length} face track(s) in ` +
     `${plan.n_frames} frames; ${plan.low_confidence_frames.length} low-confidence frame(s) to check.`;
-  document.getElementById("player").src = `/api/v1/videos/${encodeURIComponent(videoId)}/original`;
+  player.src = `/api/v1/videos/${encodeURIComponent(videoId)}/original`;
+  showClock();
   tracksEl.replaceChildren(...plan.tracks.map(row));
   options(document.getElementById("keep-basis"), plan.legal_bases, "public interest");
   options(document.getElementById("r-basis"), plan.legal_bases, plan.default_legal_basis);
