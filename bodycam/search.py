@@ -80,6 +80,25 @@ class SearchResult:
                 "threshold": self.threshold, "model": self.model}
 
 
+def threshold_bounds(settings: Settings, model: str, conn: Conn | None = None
+                     ) -> tuple[float, float]:
+    """(default, floor) of a model: the configured calibration, or a supervisor-approved
+    change recorded in the database, which never goes below the calibrated floor."""
+    default = settings.search.default_threshold.get(model)
+    calibrated = floor = settings.search.threshold_floor.get(model)
+    if conn is not None:
+        row = conn.execute("SELECT default_threshold, floor FROM thresholds WHERE model = %s"
+                           " ORDER BY id DESC LIMIT 1", (model,)).fetchone()
+        if row is not None:
+            default, floor = float(row["default_threshold"]), float(row["floor"])
+            if calibrated is not None:
+                floor, default = max(floor, calibrated), max(default, calibrated)
+    if default is None or floor is None:
+        raise InvalidInputError(f"no calibrated threshold for model {model}: calibrate it first "
+                                "(python -m bodycam.calibration) and set BODYCAM_SEARCH__...")
+    return default, floor
+
+
 def resolve_threshold(settings: Settings, model: str, requested: float | None,
                       conn: Conn | None = None, *, video_probe: bool = False) -> float:
     """The default, or a requested value that may not go below the floor.
@@ -98,18 +117,7 @@ def resolve_threshold(settings: Settings, model: str, requested: float | None,
     people 0.9302 alike joined at 0.93 or not with the machine's floating point
     (docs/thresholds.md). A requested value is taken as asked.
     """
-    default = settings.search.default_threshold.get(model)
-    calibrated = floor = settings.search.threshold_floor.get(model)
-    if conn is not None:
-        row = conn.execute("SELECT default_threshold, floor FROM thresholds WHERE model = %s"
-                           " ORDER BY id DESC LIMIT 1", (model,)).fetchone()
-        if row is not None:
-            default, floor = float(row["default_threshold"]), float(row["floor"])
-            if calibrated is not None:
-                floor, default = max(floor, calibrated), max(default, calibrated)
-    if default is None or floor is None:
-        raise InvalidInputError(f"no calibrated threshold for model {model}: calibrate it first "
-                                "(python -m bodycam.calibration) and set BODYCAM_SEARCH__...")
+    default, floor = threshold_bounds(settings, model, conn)
     if requested is None:
         if video_probe:
             return max(default, settings.pipeline.track_relink_similarity.get(model, default))
@@ -203,7 +211,7 @@ class Candidate:
     filename: str
     sha256: str
     quality: float
-    rival: float | None = None  # best similarity to another enrolled subject (subject search)
+    rival: float | None = None  # best similarity to a rival subject (rival_vectors)
     first_frame_s: float = 0.0  # the video's first frame in its file (domain.first_frame_s)
 
 
@@ -346,15 +354,39 @@ def best_subjects(track_vectors: np.ndarray, gallery: dict[str, np.ndarray]
             for row, best in zip(scores, top, strict=True)]
 
 
-def rival_vectors(conn: Conn, query: Query, case_id: str) -> list[np.ndarray]:
-    """For a subject search, the enrolment vectors of the case's other subjects: a track is
-    a lead only when the subject matches it at least as well as any of them (best_subjects'
-    rule, applied in candidate_tracks)."""
-    if query.subject_id is None:
-        return []
-    gallery = case_gallery(conn, case_id, query.model)
-    gallery.pop(query.subject_id, None)
-    return [v for vecs in gallery.values() for v in vecs]
+def rival_vectors(conn: Conn, settings: Settings, query: Query, case_id: str
+                  ) -> list[np.ndarray]:
+    """The enrolment vectors a track must not match better than the query (best_subjects'
+    rule, applied in candidate_tracks): a track is a lead only when the query explains it
+    at least as well as any of them.
+
+    For a subject search, the case's other subjects. For a photo search, the case's
+    subjects the photo may be a picture of left out (photo_rivals): a photo of a person
+    nobody enrolled returned a lookalike's tracks (bb29: 0.934-0.946, two of them above the
+    0.94 at which no photo pair matched) that the lookalike's own entry in the case matched
+    better. A track search has none: its probe is a face from video, too poor a picture to
+    tell which entries it might be.
+    """
+    if query.subject_id is not None:
+        gallery = case_gallery(conn, case_id, query.model)
+        gallery.pop(query.subject_id, None)
+        return [v for vecs in gallery.values() for v in vecs]
+    if query.kind == "photo":
+        gallery = case_gallery(conn, case_id, query.model)
+        if gallery:
+            _default, floor = threshold_bounds(settings, query.model, conn)
+            return photo_rivals(np.stack(query.vectors), gallery, floor)
+    return []
+
+
+def photo_rivals(probe: np.ndarray, gallery: dict[str, np.ndarray], floor: float
+                 ) -> list[np.ndarray]:
+    """The enrolment vectors of the subjects a probe photo is not a picture of: those whose
+    every photo scores under the calibrated floor against it. Every genuine pair of photos
+    calibrated scored above the floor (docs/thresholds.md), so a photo of an enrolled person
+    never makes that person's own entry its rival and loses their tracks to it."""
+    return [v for vecs in gallery.values() if float(np.max(probe @ vecs.T)) < floor
+            for v in vecs]
 
 
 def leads(cands: Sequence[Candidate], threshold: float) -> list[Candidate]:
@@ -473,9 +505,10 @@ def search(ctx: Context, probe: Probe | Query, case_id: str, purpose: str,
         if filters.video_id is not None:
             scope.require(conn, "search", "video", filters.video_id,
                           case_of(conn, "video", filters.video_id))
+        rivals = rival_vectors(conn, ctx.settings, query, case)
         cands = candidate_tracks(conn, ctx.settings, query, case, filters,
-                                 k=max(200, lim * 20), rivals=rival_vectors(conn, query, case),
-                                 cache=ctx.vectors, floor=thr)
+                                 k=max(200, lim * 20), rivals=rivals, cache=ctx.vectors,
+                                 floor=thr)
         results = appearances(leads(cands, thr), ctx.settings.search.merge_gap_s)[:lim]
         record_check(conn, ctx.audit_key, ctx.settings, by, case, query)
         track_ids = [t for a in results for t in a.track_ids]

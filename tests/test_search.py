@@ -87,6 +87,21 @@ def test_a_track_is_a_lead_only_for_the_enrolled_subject_it_resembles_most() -> 
     assert search.best_subjects(tracks, {}) == [{}, {}, {}]
 
 
+def test_a_photo_s_rivals_are_the_entries_it_is_not_a_picture_of() -> None:
+    gallery = {"same": np.stack([_unit(1, 0, 0), _unit(0, 0, 1)]),
+               "lookalike": np.stack([_unit(1, 0.5, 0)]), "other": np.stack([_unit(0, 1, 0)])}
+    probe = np.stack([_unit(1, 0.02, 0)])
+    assert float(np.max(probe @ gallery["lookalike"].T)) < 0.92
+    rivals = search.photo_rivals(probe, gallery, floor=0.92)
+    # an entry with one photo at the floor or above may be this person: never a rival, or
+    # their own tracks would be lost to their own entry
+    assert len(rivals) == 2 and not any(np.allclose(r, v) for r in rivals
+                                        for v in gallery["same"])
+    low = search.photo_rivals(probe, gallery, floor=0.5)
+    assert len(low) == 1 and np.allclose(low[0], gallery["other"][0]), "only the stranger"
+    assert search.photo_rivals(probe, {}, 0.92) == []
+
+
 def test_leads_keep_what_reaches_the_threshold_and_no_other_subject_explains_better() -> None:
     def cand(tid: str, sim: float, rival: float | None, start: float = 0.0) -> search.Candidate:
         return search.Candidate(tid, sim, "v1", start, start + 1, None, "f.mp4", "ab", 0.5, rival)
