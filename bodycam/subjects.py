@@ -33,6 +33,8 @@ from bodycam.media.files import sha256_file
 from bodycam.pipeline.faces import FaceEmbedder, Registry
 
 MAX_PHOTO_SIDE_PX = 1920
+# The smallest face looked for in a photo, in its pixels once scaled to MAX_PHOTO_SIDE_PX.
+PHOTO_MIN_FACE_PX = 20
 # A photo's pixels at most (a 48-Mpx phone photo passes): it is decoded whole before it is
 # scaled to MAX_PHOTO_SIDE_PX, three bytes a pixel and a copy or two.
 MAX_PHOTO_PIXELS = 50_000_000
@@ -78,6 +80,12 @@ def open_photo(data: bytes, name: str) -> Image.Image:
     if w * h > MAX_PHOTO_PIXELS:
         raise PhotoRefusedError(f"{name}: the image is {w}x{h} pixels, over the limit of "
                                 f"{MAX_PHOTO_PIXELS:,}: send a smaller photo")
+    # A side that holds no face once the photo is scaled to MAX_PHOTO_SIDE_PX: refused from
+    # the header (a 3841x1 PNG of 91 bytes scaled to no rows, a 500; one of 50,000,000x1
+    # was decoded first, 300-500 MB: bb30).
+    if min(w, h) * min(1.0, MAX_PHOTO_SIDE_PX / max(w, h)) < PHOTO_MIN_FACE_PX:
+        raise PhotoRefusedError(f"{name}: the image is {w}x{h} pixels, too small or too narrow"
+                                " to hold a face: send a photo of the face")
     return img
 
 
@@ -127,9 +135,10 @@ def detect_faces(settings: Settings, path: str
         scale = min(1.0, MAX_PHOTO_SIDE_PX / max(image.shape[:2]))
         if scale < 1.0:
             image = np.asarray(Image.fromarray(image).resize(
-                (int(image.shape[1] * scale), int(image.shape[0] * scale)),
+                (max(1, int(image.shape[1] * scale)), max(1, int(image.shape[0] * scale))),
                 Image.Resampling.LANCZOS))
-    detector = Registry.detector(settings.pipeline.model_copy(update={"min_face_px": 20}))
+    detector = Registry.detector(
+        settings.pipeline.model_copy(update={"min_face_px": PHOTO_MIN_FACE_PX}))
     frame = SampledFrame(0, 0, 0.0, 0, image, scale)
     return data, image, scale, sorted(detector.detect([frame])[0], key=lambda d: -d.height_px)
 

@@ -638,6 +638,39 @@ def test_search_and_enrolment_take_photos_as_multipart_and_keep_the_cli_messages
         else:
             assert_problem(bomb, 422, f"bomb.png: the image is {side}x{side} pixels, over the"
                            " limit of 50,000,000")
+    # A side that holds no face once the photo is scaled down is refused from its header: a
+    # 3841x1 PNG scaled to no rows was a 500, and 50,000,000x1 was decoded first (bb30).
+    def grey_png(w: int, h: int) -> bytes:
+        buf = io.BytesIO()
+        Image.new("RGB", (w, h), (128, 128, 128)).save(buf, "PNG")
+        return buf.getvalue()
+
+    for (w, h), png, route, data in (
+            ((3841, 1), grey_png(3841, 1), "/api/v1/photos/faces", {"case": "T-SRV"}),
+            ((1, 49_000_000), _png_header(1, 49_000_000), "/api/v1/search",
+             {"case": "T-SRV", "purpose": "p"}),
+            ((50_000, 20), grey_png(50_000, 20), "/api/v1/subjects",
+             {"name": "X", "case": "T-SRV", "reason": "r"})):
+        thin = server.call("POST", route, investigator, data=data,
+                           files={"photo": ("thin.png", png, "image/png")})
+        assert_problem(thin, 422, f"thin.png: the image is {w}x{h} pixels, too small or too "
+                       "narrow to hold a face")
+    # A field given twice is refused, not taken at its last value: the first of two probe
+    # photos was never searched; a list of photos is an enrolment's alone (bb30).
+    photo = P06.read_bytes()
+    two = server.call("POST", "/api/v1/search", investigator,
+                      data={"case": "T-SRV", "purpose": "p"},
+                      files=[("photo", ("a.png", photo, "image/png")),
+                             ("photo", ("b.png", photo, "image/png"))])
+    assert_problem(two, 422, "the form gives 'photo' more than once")
+    cases = server.call("GET", "/api/v1/matches?case=T-SRV&case=T-SRV-ELSEWHERE", investigator)
+    assert_problem(cases, 422, "the query gives 'case' more than once")
+    _, elsewhere = server.account(["investigator"], ("T-SRV-PHOTOS",))
+    enrolled = server.call("POST", "/api/v1/subjects", elsewhere,
+                           data={"name": "p06 twice", "case": "T-SRV-PHOTOS", "reason": "r"},
+                           files=[("photo", ("a.png", photo, "image/png")),
+                                  ("photo", ("b.png", photo, "image/png"))])
+    assert enrolled.status_code == 201, enrolled.text
 
 
 def test_an_error_no_handler_knows_is_a_500_with_every_header_on_a_connection_kept_open(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from collections.abc import AsyncIterator
@@ -11,6 +12,7 @@ from fastapi import APIRouter, Depends, FastAPI
 from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bodycam import audit
@@ -24,7 +26,7 @@ from bodycam.api import (
     routes_watchlist,
     s3events,
 )
-from bodycam.api.deps import refuse_nul
+from bodycam.api.deps import refuse_nul, refuse_repeats
 from bodycam.api.s3events import events_token
 from bodycam.api.schemas import Health
 from bodycam.config import get_settings
@@ -81,13 +83,26 @@ class BodyTooLargeError(StarletteHTTPException):
         super().__init__(413, f"the request's body is over the limit of {limit / 2**20:g} MiB")
 
 
+class BodyIdleError(StarletteHTTPException):
+    """No byte of a request's body arrived for `server.upload_idle_s`: an HTTP error, so a
+    route reading the body answers 408."""
+
+    def __init__(self, idle_s: float) -> None:
+        super().__init__(408, f"no byte of the request's body arrived for {idle_s:g} s: it "
+                              "was dropped and nothing was stored")
+
+
 class BodyLimit:
     """Bodies are bounded before a route reads them: a video upload by `limits.max_bytes`
     (its route streams it to disk), a multipart form of photos by `server.max_form_bytes`,
     any other by `server.max_body_bytes`. A declared length over the limit is answered 413
     at once, unread; a body that grows past it (chunked, or a length that lied) is answered
     413 when it does. (A 500-MB JSON body without a token took the server, which holds the
-    audit and export keys, from 160 MB to 1.16 GB before its 401: black-box round bb17.)"""
+    audit and export keys, from 160 MB to 1.16 GB before its 401: black-box round bb17.)
+
+    A body that stops arriving is answered 408 after `server.upload_idle_s`, as a video
+    upload is (its route times its own chunks): a photo form that promised more bytes than
+    it sent held its connection unanswered for good, 300 of them at once (bb30)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -107,14 +122,21 @@ class BodyLimit:
             return
         seen = 0
         started = False
+        whole = False  # the body has all arrived: a later receive waits for a disconnect
 
         async def counted() -> Message:
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, whole
+            if whole:
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), server.upload_idle_s)
+            except TimeoutError:
+                raise BodyIdleError(server.upload_idle_s) from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
                     raise BodyTooLargeError(limit)
+                whole = not message.get("more_body", False)
             return message
 
         async def sending(message: Message) -> None:
@@ -124,10 +146,10 @@ class BodyLimit:
 
         try:
             await self.app(scope, counted, sending)
-        except BodyTooLargeError:
+        except (BodyTooLargeError, BodyIdleError) as exc:
             if started:
                 raise
-            await self._refuse(limit, scope, receive, send)
+            await problems.problem(exc.status_code, exc.detail)(scope, receive, send)
 
     @staticmethod
     async def _refuse(limit: int, scope: Scope, receive: Receive, send: Send) -> None:
@@ -167,6 +189,9 @@ class ResponseHeaders:
 
         try:
             await self.app(scope, receive, with_headers)
+        except ClientDisconnect:  # the client left mid-body: no one to answer, no fault here
+            log.warning("%s %s: the client left before its body was read", scope["method"],
+                        scope["path"])
         except Exception as exc:
             if started:  # part of an answer is out: nothing else can be said
                 raise
@@ -178,7 +203,7 @@ def create_app() -> FastAPI:
     api = FastAPI(title="Bodycam", version="1.0.0",
                   description="Batch body-camera footage in, auditable face evidence out. "
                               "Bearer tokens; errors are RFC 7807 problem documents.",
-                  dependencies=[Depends(refuse_nul)],
+                  dependencies=[Depends(refuse_nul), Depends(refuse_repeats)],
                   # No Swagger UI or ReDoc pages: FastAPI's load their scripts from a CDN into
                   # this origin, where a script could act with a signed-in user's cookie.
                   # The contract is /openapi.json, for any OpenAPI viewer.

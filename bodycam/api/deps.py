@@ -4,9 +4,10 @@ pagination."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import IO, Annotated, NoReturn
+from typing import IO, Annotated, NoReturn, get_origin
 from urllib.parse import quote
 
 from fastapi import Depends, Header, Query, Request, Security
@@ -56,6 +57,32 @@ async def refuse_nul(request: Request) -> None:
         return
     raise ProblemError(400, f"the request's {where} holds a NUL character (%00), which no "
                             "field accepts")
+
+
+async def refuse_repeats(request: Request) -> None:
+    """A query or form field given more than once is refused (422) unless the route takes it
+    as a list (an enrolment's photos). The last value won without a word: a video stored in
+    the second of two cases named, the first of two probe photos never searched (bb30).
+    A form is read only for a route that reads one (FastAPI has parsed it already; a video
+    upload's body is its own stream)."""
+    twice = _twice(k for k, _ in request.query_params.multi_items())
+    where = "query"
+    route = getattr(request.scope.get("route"), "dependant", None)
+    if not twice and route is not None and route.body_params:
+        lists = {p.alias for p in route.body_params
+                 if get_origin(p.field_info.annotation) is list}
+        form = await request.form()
+        twice = [k for k in _twice(k for k, _ in form.multi_items()) if k not in lists]
+        where = "form"
+    if twice:
+        raise ProblemError(422, f"the {where} gives {twice[0][:40]!r} more than once: give "
+                                "each field once")
+
+
+def _twice(keys: Iterable[str]) -> list[str]:
+    """The keys given more than once, in order."""
+    counts = Counter(keys)
+    return [k for k, n in counts.items() if n > 1]
 
 
 def client_of(request: Request) -> str:
