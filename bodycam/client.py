@@ -8,7 +8,8 @@ import json
 import os
 import stat
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -27,6 +28,8 @@ from bodycam.errors import (
 OPERATOR_TOKEN = "operator.token"
 CLIENT_FILE = "client.json"
 CHUNK_BYTES = 1 << 20
+POLL_TIMEOUT_S = 15.0  # a poll of a job's state not answered in this long is asked again
+OUTAGE_S = 600.0  # how long a command waiting on work rides out a server that does not answer
 NO_SERVER = ("no server: set BODYCAM_URL (or run `bodycam up`) and log in with "
              "`bodycam login`")
 
@@ -294,6 +297,12 @@ class Client:
         self._http.close()
 
     def _unreachable(self, exc: Exception) -> ServerUnavailableError:
+        if isinstance(exc, httpx.TimeoutException) and not isinstance(exc,
+                                                                      httpx.ConnectTimeout):
+            return ServerUnavailableError(
+                f"the Bodycam server at {self.target.url} did not answer in time "
+                f"({type(exc).__name__}): it may be overloaded or stopped; see `bodycam "
+                "status`", 503, "unreachable")
         return ServerUnavailableError(
             f"cannot reach the Bodycam server at {self.target.url} ({type(exc).__name__}): "
             "start it with `bodycam up`, or check BODYCAM_URL", 503, "unreachable")
@@ -317,8 +326,8 @@ class Client:
         """One call; problems raise ServerError subclasses carrying `detail`."""
         try:
             resp = self._http.request(method, path, **kwargs)
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError,
-                httpx.ReadError) as exc:
+        except (httpx.ConnectError, httpx.TimeoutException, httpx.RemoteProtocolError,
+                httpx.ReadError, httpx.WriteError) as exc:
             raise self._unreachable(exc) from None
         return self._check(resp)
 
@@ -335,6 +344,12 @@ class Client:
     def get(self, path: str, **params: Any) -> Any:
         """GET with query parameters (None values dropped)."""
         return self.json("GET", path, params=_clean(params))
+
+    def poll(self, path: str) -> Any:
+        """GET a job's state while waiting on it: a short read timeout (POLL_TIMEOUT_S), so
+        that a server that stopped answering is noticed and asked again (Outage), rather
+        than waited on for the whole timeout of a long call."""
+        return self.json("GET", path, timeout=httpx.Timeout(POLL_TIMEOUT_S, connect=10.0))
 
     def post(self, path: str, body: dict[str, Any] | None = None, **params: Any) -> Any:
         """POST a JSON body."""
@@ -398,9 +413,42 @@ class Client:
                     for chunk in resp.iter_bytes(CHUNK_BYTES):
                         f.write(chunk)
                         size += len(chunk)
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+        except (httpx.ConnectError, httpx.TimeoutException, httpx.RemoteProtocolError,
+                httpx.ReadError) as exc:
             raise self._unreachable(exc) from None
         return size
+
+
+class Outage:
+    """How a command that waits on work rides out a server that stops answering (restarted
+    by `bodycam up`, paused, or its connection dropped): the work goes on on the workers, so
+    a poll that fails for such a reason is tried again. The first failure is said once
+    (`say`), and the return of answers too; after OUTAGE_S without an answer the wait gives
+    up with the last error. (`ingest --wait` failed after a 5-s pause of the server though
+    the video went on to `done`, and a paused server held it silent for the whole read
+    timeout: bb31.)"""
+
+    def __init__(self, say: Callable[[str], None], limit_s: float | None = None) -> None:
+        self.say = say
+        self.limit_s = OUTAGE_S if limit_s is None else limit_s
+        self.since: float | None = None
+
+    def poll(self, client: Client, path: str) -> Any | None:
+        """The answer to `client.poll(path)`, or None while the server does not answer."""
+        try:
+            answer = client.poll(path)
+        except TransientError as exc:
+            now = time.monotonic()
+            if self.since is None:
+                self.since = now
+                self.say(f"{exc}; still waiting (the work goes on on the workers)")
+            elif now - self.since > self.limit_s:
+                raise
+            return None
+        if self.since is not None:
+            self.say(f"the server answers again after {time.monotonic() - self.since:.0f} s")
+            self.since = None
+        return answer
 
 
 def _clean(params: dict[str, Any]) -> dict[str, Any]:

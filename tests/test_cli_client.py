@@ -379,3 +379,46 @@ def test_a_homes_plain_http_url_elsewhere_never_gets_a_token(
         resolve()
     monkeypatch.setenv("BODYCAM_INSECURE_HTTP", "1")  # a network the user trusts
     assert resolve().token == "bct_PLANTED", "the home's own stack on a trusted network"
+
+
+def test_a_wait_on_work_rides_out_a_server_that_stops_answering(stack: StackHandle) -> None:
+    """`ingest --wait` while the server is paused for 20 s: the work goes on on the workers,
+    and the wait says once that the server does not answer, then ends with the video done.
+    It failed after a 5-s pause ("cannot reach the Bodycam server", ReadError: the server
+    closed the kept connection it had found idle), and a paused server held it silent for
+    the whole read timeout of 600 s (bb31)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    from bodycam.stack import Stack
+    from tests.conftest import HAMILTON
+
+    case = f"T-PAUSE-{os.getpid()}"
+    proc = subprocess.Popen([sys.executable, "-m", "bodycam", "ingest", str(HAMILTON), "--case",
+                             case, "--officer", "O", "--device", "D", "--wait", "--json"],
+                            env=stack.cli.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, text=True)
+    deadline = time.monotonic() + 120
+    with stack.ctx.db() as conn:  # the upload is recorded: the command now waits
+        while conn.execute("SELECT 1 FROM videos WHERE case_id = %s", (case,)).fetchone() is None:
+            assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+            time.sleep(0.2)
+    [api] = [p for p in Stack(stack.ctx.settings).processes() if p.name == "api"]
+    top = psutil.Process(api.pid)
+    paused = [top, *top.children(recursive=True)]
+    for p in paused:
+        p.send_signal(signal.SIGSTOP)
+    try:
+        time.sleep(20)
+    finally:
+        for p in paused:
+            p.send_signal(signal.SIGCONT)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    [res] = json.loads(out)
+    assert res["status"] == "done", res
+    assert "still waiting" in err and "the server answers again" in err, err

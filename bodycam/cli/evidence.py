@@ -102,20 +102,25 @@ def _ingest(client: Any, files: list[str], case: str, officer: str | None,
 def _wait_for(client: Any, video_ids: list[str], names: dict[str, str], quiet: bool
               ) -> dict[str, str]:
     """Poll each video's job row on the server until every one ends; rich progress bars
-    per file on stderr. Labels are server text: printable, never read as markup."""
+    per file on stderr. Labels are server text: printable, never read as markup. A server
+    that stops answering meanwhile is waited out (client.Outage)."""
+    from bodycam.client import Outage
     from bodycam.media.files import printable
 
     final: dict[str, str] = {}
     with Progress(TextColumn("{task.description}", markup=False), BarColumn(),
                   TextColumn("{task.fields[stage]}", markup=False),
                   TimeElapsedColumn(), console=err, disable=quiet) as bars:
+        outage = Outage(lambda text: bars.console.print(text, markup=False, highlight=False))
         tasks = {v: bars.add_task(printable(names[v]), total=1.0, stage="queued")
                  for v in video_ids}
         while len(final) < len(video_ids):
             for vid in video_ids:
                 if vid in final:
                     continue
-                job = client.get(f"/api/v1/videos/{vid}")
+                job = outage.poll(client, f"/api/v1/videos/{quote(vid, safe='')}")
+                if job is None:
+                    break
                 bars.update(tasks[vid], completed=job["progress"],
                             stage=printable(str(job["stage"])))
                 if job["status"] in TERMINAL:

@@ -56,11 +56,13 @@ def wait_for_job(c: Any, job: dict[str, Any]) -> dict[str, Any]:
     the done job, or InvalidInputError naming why it failed or was refused. While it waits
     for another try, what held the last one up is said once; a job no worker has taken for
     QUEUED_NOTICE_S is said to be so, once (with the object store down, or every worker of
-    the GPU queue down, the command waited without a word: bb22, bb24)."""
-    from bodycam.errors import InvalidInputError, TransientError
+    the GPU queue down, the command waited without a word: bb22, bb24). A server that
+    stops answering meanwhile is waited out (client.Outage)."""
+    from bodycam.client import Outage
+    from bodycam.errors import InvalidInputError
 
     delay = 0.25
-    misses = 0
+    outage = Outage(lambda text: err.print(text, markup=False, highlight=False))
     said = None
     queued_since = time.monotonic()
     while job["state"] in ("queued", "running", "computed"):
@@ -77,13 +79,8 @@ def wait_for_job(c: Any, job: dict[str, Any]) -> dict[str, Any]:
                       "`bodycam status`)")
         time.sleep(delay)
         delay = min(delay * 1.5, 5.0)
-        try:
-            job = c.get(f"/api/v1/redaction-jobs/{quote(str(job['job_id']), safe='')}")
-            misses = 0
-        except TransientError:  # the job goes on on a worker: a server restart is waited out
-            misses += 1
-            if misses > 40:
-                raise
+        job = outage.poll(c, f"/api/v1/redaction-jobs/{quote(str(job['job_id']), safe='')}"
+                          ) or job
     if job["state"] != "done":
         raise InvalidInputError(f"redaction job {job['job_id']} ({job['kind']}) "
                                 f"{job['state']}: {job['error']}")
