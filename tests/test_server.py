@@ -663,6 +663,13 @@ def test_search_and_enrolment_take_photos_as_multipart_and_keep_the_cli_messages
                       files=[("photo", ("a.png", photo, "image/png")),
                              ("photo", ("b.png", photo, "image/png"))])
     assert_problem(two, 422, "the form gives 'photo' more than once")
+    # The framework's words are not the answer: a photo sent as text, an enrolment without one.
+    text = server.call("POST", "/api/v1/search", investigator,
+                       data={"case": "T-SRV", "purpose": "p", "photo": "p06.png"})
+    assert_problem(text, 422, "invalid photo: send it as a file part of a multipart form")
+    none = server.call("POST", "/api/v1/subjects", investigator,
+                       data={"name": "X", "case": "T-SRV", "reason": "r"})
+    assert_problem(none, 422, "missing photo: the request needs it")
     cases = server.call("GET", "/api/v1/matches?case=T-SRV&case=T-SRV-ELSEWHERE", investigator)
     assert_problem(cases, 422, "the query gives 'case' more than once")
     _, elsewhere = server.account(["investigator"], ("T-SRV-PHOTOS",))

@@ -109,6 +109,12 @@ def status_of(exc: BodycamError) -> int:
 def _validation_detail(exc: RequestValidationError) -> str:
     first: dict[str, Any] = exc.errors()[0] if exc.errors() else {}
     where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "request"
+    # The framework's own words where they would puzzle a client ("Field required";
+    # "Value error, Expected UploadFile, received: <class 'str'>" for a photo sent as text).
+    if first.get("type") == "missing":
+        return f"missing {where}: the request needs it"
+    if "UploadFile" in str(first.get("msg", "")):
+        return f"invalid {where}: send it as a file part of a multipart form"
     return f"invalid {where}: {first.get('msg', 'invalid value')}"
 
 
