@@ -428,9 +428,8 @@ class Outage:
     the video went on to `done`, and a paused server held it silent for the whole read
     timeout: bb31.)"""
 
-    def __init__(self, say: Callable[[str], None], limit_s: float | None = None) -> None:
+    def __init__(self, say: Callable[[str], None]) -> None:
         self.say = say
-        self.limit_s = OUTAGE_S if limit_s is None else limit_s
         self.since: float | None = None
 
     def poll(self, client: Client, path: str) -> Any | None:
@@ -442,7 +441,7 @@ class Outage:
             if self.since is None:
                 self.since = now
                 self.say(f"{exc}; still waiting (the work goes on on the workers)")
-            elif now - self.since > self.limit_s:
+            elif now - self.since > OUTAGE_S:
                 raise
             return None
         if self.since is not None:
