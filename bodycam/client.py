@@ -30,6 +30,9 @@ CLIENT_FILE = "client.json"
 CHUNK_BYTES = 1 << 20
 POLL_TIMEOUT_S = 15.0  # a poll of a job's state not answered in this long is asked again
 OUTAGE_S = 600.0  # how long a command waiting on work rides out a server that does not answer
+# What a call that got no answer raises (the server down, stopped, or its connection dropped).
+_NO_ANSWER = (httpx.ConnectError, httpx.TimeoutException, httpx.RemoteProtocolError,
+              httpx.ReadError, httpx.WriteError)
 NO_SERVER = ("no server: set BODYCAM_URL (or run `bodycam up`) and log in with "
              "`bodycam login`")
 
@@ -326,8 +329,7 @@ class Client:
         """One call; problems raise ServerError subclasses carrying `detail`."""
         try:
             resp = self._http.request(method, path, **kwargs)
-        except (httpx.ConnectError, httpx.TimeoutException, httpx.RemoteProtocolError,
-                httpx.ReadError, httpx.WriteError) as exc:
+        except _NO_ANSWER as exc:
             raise self._unreachable(exc) from None
         return self._check(resp)
 
@@ -413,8 +415,7 @@ class Client:
                     for chunk in resp.iter_bytes(CHUNK_BYTES):
                         f.write(chunk)
                         size += len(chunk)
-        except (httpx.ConnectError, httpx.TimeoutException, httpx.RemoteProtocolError,
-                httpx.ReadError) as exc:
+        except _NO_ANSWER as exc:
             raise self._unreachable(exc) from None
         return size
 
