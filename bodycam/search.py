@@ -367,16 +367,16 @@ def rival_vectors(conn: Conn, settings: Settings, query: Query, case_id: str
     better. A track search has none: its probe is a face from video, too poor a picture to
     tell which entries it might be.
     """
+    if query.subject_id is None and query.kind != "photo":
+        return []
+    gallery = case_gallery(conn, case_id, query.model)
     if query.subject_id is not None:
-        gallery = case_gallery(conn, case_id, query.model)
         gallery.pop(query.subject_id, None)
         return [v for vecs in gallery.values() for v in vecs]
-    if query.kind == "photo":
-        gallery = case_gallery(conn, case_id, query.model)
-        if gallery:
-            _default, floor = threshold_bounds(settings, query.model, conn)
-            return photo_rivals(np.stack(query.vectors), gallery, floor)
-    return []
+    if not gallery:
+        return []
+    _default, floor = threshold_bounds(settings, query.model, conn)
+    return photo_rivals(np.stack(query.vectors), gallery, floor)
 
 
 def photo_rivals(probe: np.ndarray, gallery: dict[str, np.ndarray], floor: float
