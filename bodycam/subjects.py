@@ -135,7 +135,7 @@ def detect_faces(settings: Settings, path: str
         scale = min(1.0, MAX_PHOTO_SIDE_PX / max(image.shape[:2]))
         if scale < 1.0:
             image = np.asarray(Image.fromarray(image).resize(
-                (max(1, int(image.shape[1] * scale)), max(1, int(image.shape[0] * scale))),
+                (int(image.shape[1] * scale), int(image.shape[0] * scale)),
                 Image.Resampling.LANCZOS))
     detector = Registry.detector(
         settings.pipeline.model_copy(update={"min_face_px": PHOTO_MIN_FACE_PX}))
