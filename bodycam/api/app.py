@@ -118,7 +118,7 @@ class BodyLimit:
         limit = server.max_form_bytes if form else server.max_body_bytes
         declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
-            await self._refuse(limit, scope, receive, send)
+            await self._refuse(BodyTooLargeError(limit), scope, receive, send)
             return
         seen = 0
         started = False
@@ -149,11 +149,12 @@ class BodyLimit:
         except (BodyTooLargeError, BodyIdleError) as exc:
             if started:
                 raise
-            await problems.problem(exc.status_code, exc.detail)(scope, receive, send)
+            await self._refuse(exc, scope, receive, send)
 
     @staticmethod
-    async def _refuse(limit: int, scope: Scope, receive: Receive, send: Send) -> None:
-        await problems.problem(413, BodyTooLargeError(limit).detail)(scope, receive, send)
+    async def _refuse(exc: StarletteHTTPException, scope: Scope, receive: Receive,
+                      send: Send) -> None:
+        await problems.problem(exc.status_code, exc.detail)(scope, receive, send)
 
 
 class ResponseHeaders:
