@@ -67,6 +67,17 @@ class Cli:
         return json.loads(proc.stdout)
 
 
+def api_pids(stack: StackHandle) -> list[int]:
+    """The stack's server process and its children."""
+    import psutil
+
+    from bodycam.stack import Stack
+
+    [api] = [p for p in Stack(stack.ctx.settings).processes() if p.name == "api"]
+    proc = psutil.Process(api.pid)
+    return [proc.pid] + [c.pid for c in proc.children(recursive=True)]
+
+
 @dataclass
 class StackHandle:
     """The running test stack."""

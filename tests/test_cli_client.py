@@ -394,8 +394,7 @@ def test_a_wait_on_work_rides_out_a_server_that_stops_answering(stack: StackHand
 
     import psutil
 
-    from bodycam.stack import Stack
-    from tests.conftest import HAMILTON
+    from tests.conftest import HAMILTON, api_pids
 
     case = f"T-PAUSE-{os.getpid()}"
     proc = subprocess.Popen([sys.executable, "-m", "bodycam", "ingest", str(HAMILTON), "--case",
@@ -407,9 +406,7 @@ def test_a_wait_on_work_rides_out_a_server_that_stops_answering(stack: StackHand
         while conn.execute("SELECT 1 FROM videos WHERE case_id = %s", (case,)).fetchone() is None:
             assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
             time.sleep(0.2)
-    [api] = [p for p in Stack(stack.ctx.settings).processes() if p.name == "api"]
-    top = psutil.Process(api.pid)
-    paused = [top, *top.children(recursive=True)]
+    paused = [psutil.Process(pid) for pid in api_pids(stack)]
     for p in paused:
         p.send_signal(signal.SIGSTOP)
     try:

@@ -12,10 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import psutil
 
-from bodycam.stack import Stack
-from tests.conftest import HAMILTON, TESTDATA, StackHandle
+from tests.conftest import HAMILTON, TESTDATA, StackHandle, api_pids
 
 TOTAL = 2 * 1024**3
 CHUNK = 1024**2
@@ -23,12 +21,6 @@ MAX_GROWTH_KB = 150 * 1024
 
 
 P06 = TESTDATA / "faces" / "identities" / "p06" / "01.png"
-
-
-def _api_pids(stack: StackHandle) -> list[int]:
-    [api] = [p for p in Stack(stack.ctx.settings).processes() if p.name == "api"]
-    proc = psutil.Process(api.pid)
-    return [proc.pid] + [c.pid for c in proc.children(recursive=True)]
 
 
 def _status_kb(pid: int, field: str) -> int:
@@ -69,7 +61,7 @@ def test_a_2gb_upload_keeps_server_memory_flat_is_refused_cleanly_and_leaves_not
                       headers={"Authorization": f"Bearer {operator_token}"})
         assert r.status_code == 201, r.text
         clerk = str(r.json()["token"])
-        pids = _api_pids(stack)
+        pids = api_pids(stack)
         for pid in pids:
             Path(f"/proc/{pid}/clear_refs").write_text("5")  # VmHWM := current RSS
         base = {pid: _status_kb(pid, "VmRSS") for pid in pids}
