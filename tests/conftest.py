@@ -67,15 +67,17 @@ class Cli:
         return json.loads(proc.stdout)
 
 
-def api_pids(stack: StackHandle) -> list[int]:
-    """The stack's server process and its children."""
+def stack_pids(stack: StackHandle, name: str) -> list[int]:
+    """The processes of the stack's service `name` (a name ending in `-`: every one it
+    begins, e.g. `worker-`) and their children."""
     import psutil
 
     from bodycam.stack import Stack
 
-    [api] = [p for p in Stack(stack.ctx.settings).processes() if p.name == "api"]
-    proc = psutil.Process(api.pid)
-    return [proc.pid] + [c.pid for c in proc.children(recursive=True)]
+    tops = [psutil.Process(p.pid) for p in Stack(stack.ctx.settings).processes()
+            if p.name == name or (name.endswith("-") and p.name.startswith(name))]
+    assert tops, f"no {name} process in the stack"
+    return [q.pid for top in tops for q in (top, *top.children(recursive=True))]
 
 
 @dataclass

@@ -382,11 +382,12 @@ def test_a_homes_plain_http_url_elsewhere_never_gets_a_token(
 
 
 def test_a_wait_on_work_rides_out_a_server_that_stops_answering(stack: StackHandle) -> None:
-    """`ingest --wait` while the server is paused for 20 s: the work goes on on the workers,
-    and the wait says once that the server does not answer, then ends with the video done.
-    It failed after a 5-s pause ("cannot reach the Bodycam server", ReadError: the server
-    closed the kept connection it had found idle), and a paused server held it silent for
-    the whole read timeout of 600 s (bb31)."""
+    """`ingest --wait` while the server is paused for 20 s: the wait says once that the
+    server does not answer, then ends with the video done. It failed after a 5-s pause
+    ("cannot reach the Bodycam server", ReadError: the server closed the kept connection it
+    had found idle), and a paused server held it silent for the whole read timeout of 600 s
+    (bb31). The workers are held until the server answers again, so that the video cannot
+    be done before the pause."""
     import signal
     import subprocess
     import sys
@@ -394,26 +395,39 @@ def test_a_wait_on_work_rides_out_a_server_that_stops_answering(stack: StackHand
 
     import psutil
 
-    from tests.conftest import HAMILTON, api_pids
+    from tests.conftest import HAMILTON, stack_pids
+
+    def signal_all(pids: list[int], sig: signal.Signals) -> None:
+        for pid in pids:
+            psutil.Process(pid).send_signal(sig)
 
     case = f"T-PAUSE-{os.getpid()}"
-    proc = subprocess.Popen([sys.executable, "-m", "bodycam", "ingest", str(HAMILTON), "--case",
-                             case, "--officer", "O", "--device", "D", "--wait", "--json"],
-                            env=stack.cli.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            stdin=subprocess.DEVNULL, text=True)
-    deadline = time.monotonic() + 120
-    with stack.ctx.db() as conn:  # the upload is recorded: the command now waits
-        while conn.execute("SELECT 1 FROM videos WHERE case_id = %s", (case,)).fetchone() is None:
-            assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
-            time.sleep(0.2)
-    paused = [psutil.Process(pid) for pid in api_pids(stack)]
-    for p in paused:
-        p.send_signal(signal.SIGSTOP)
+    workers, server = stack_pids(stack, "worker-"), stack_pids(stack, "api")
+    signal_all(workers, signal.SIGSTOP)
     try:
-        time.sleep(20)
+        proc = subprocess.Popen([sys.executable, "-m", "bodycam", "ingest", str(HAMILTON),
+                                 "--case", case, "--officer", "O", "--device", "D", "--wait",
+                                 "--json"], env=stack.cli.env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+        deadline = time.monotonic() + 120
+        with stack.ctx.db() as conn:  # the upload is recorded
+            while conn.execute("SELECT 1 FROM videos WHERE case_id = %s",
+                               (case,)).fetchone() is None:
+                assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+                time.sleep(0.2)
+        # The row is written before the upload's answer is sent: the command polls once it
+        # has the answer (a pause before that held the upload, not the wait). The workers
+        # are held, so nothing ends meanwhile.
+        time.sleep(3)
+        assert proc.poll() is None
+        signal_all(server, signal.SIGSTOP)
+        try:
+            time.sleep(20)
+        finally:
+            signal_all(server, signal.SIGCONT)
+        time.sleep(3)  # the next poll finds the server again, the video still queued
     finally:
-        for p in paused:
-            p.send_signal(signal.SIGCONT)
+        signal_all(workers, signal.SIGCONT)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     [res] = json.loads(out)

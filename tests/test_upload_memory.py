@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import HAMILTON, TESTDATA, StackHandle, api_pids
+from tests.conftest import HAMILTON, TESTDATA, StackHandle, stack_pids
 
 TOTAL = 2 * 1024**3
 CHUNK = 1024**2
@@ -61,7 +61,7 @@ def test_a_2gb_upload_keeps_server_memory_flat_is_refused_cleanly_and_leaves_not
                       headers={"Authorization": f"Bearer {operator_token}"})
         assert r.status_code == 201, r.text
         clerk = str(r.json()["token"])
-        pids = api_pids(stack)
+        pids = stack_pids(stack, "api")
         for pid in pids:
             Path(f"/proc/{pid}/clear_refs").write_text("5")  # VmHWM := current RSS
         base = {pid: _status_kb(pid, "VmRSS") for pid in pids}
