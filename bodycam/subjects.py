@@ -96,20 +96,14 @@ def _rgb(img: Image.Image, name: str, side_px: int | None = None) -> Image.Image
     try:
         if side_px is not None:
             img.thumbnail((side_px, side_px))
-        img = ImageOps.exif_transpose(img)
+        ImageOps.exif_transpose(img, in_place=True)  # no copy of an upright photo
         if img.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit grey: its top 8 bits
             # (Pillow's own conversion clips at 255: a photo's face went white.)
             img = Image.fromarray((np.asarray(img, dtype=np.uint32) >> 8).astype(np.uint8))
-        return img.convert("RGB")
+        return img if img.mode == "RGB" else img.convert("RGB")
     except (OSError, ValueError):
         raise PhotoRefusedError(f"{name}: not a readable image (use a JPEG, PNG or WebP photo)"
                                 ) from None
-
-
-def load_photo(data: bytes, name: str) -> np.ndarray:
-    """Decode an image (EXIF rotation applied, its first frame) to RGB; raises
-    PhotoRefusedError if it is not one."""
-    return np.asarray(_rgb(open_photo(data, name), name))
 
 
 def preview_jpeg(data: bytes, name: str, side_px: int) -> bytes:
@@ -131,12 +125,12 @@ def detect_faces(settings: Settings, path: str
     except OSError:
         raise PhotoRefusedError(f"{name}: cannot read the file") from None
     with _DECODING:  # a photo's full size is held only while it is scaled down
-        image = load_photo(data, name)
-        scale = min(1.0, MAX_PHOTO_SIDE_PX / max(image.shape[:2]))
-        if scale < 1.0:
-            image = np.asarray(Image.fromarray(image).resize(
-                (int(image.shape[1] * scale), int(image.shape[0] * scale)),
-                Image.Resampling.LANCZOS))
+        img = _rgb(open_photo(data, name), name)
+        scale = min(1.0, MAX_PHOTO_SIDE_PX / max(img.size))
+        if scale < 1.0:  # scaled as decoded, without an array copy of its full size
+            img = img.resize((int(img.width * scale), int(img.height * scale)),
+                             Image.Resampling.LANCZOS)
+        image = np.asarray(img)
     detector = Registry.detector(
         settings.pipeline.model_copy(update={"min_face_px": PHOTO_MIN_FACE_PX}))
     frame = SampledFrame(0, 0, 0.0, 0, image, scale)
