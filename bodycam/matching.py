@@ -25,7 +25,7 @@ from bodycam.config import Settings
 from bodycam.db import Conn, uid
 from bodycam.domain import FIRST_FRAME_COLUMNS, first_frame_s
 from bodycam.errors import ConflictError, InvalidInputError, NotFoundError
-from bodycam.leads import WITHDRAWN
+from bodycam.leads import WITHDRAWN, end_pending
 from bodycam.search import best_subjects, case_gallery, resolve_threshold
 from bodycam.subjects import subject_vectors
 
@@ -104,6 +104,11 @@ def _match_pairs(conn: Conn, settings: Settings, key: str, cause: dict[str, str]
     best-matching enrolled subject for it (open-set identification, see
     search.best_subjects) and the similarity reaches the threshold: a poor face that
     resembles many people is not put in front of reviewers once per subject.
+
+    The rule holds for the leads already pending on these tracks too: one of an active
+    subject that is no longer the track's best match (an entry enrolled since matches it
+    better) is ended (leads.end_pending). Before, it stayed pending beside the better
+    entry's lead, and one face was confirmed as two entries (bb32).
     """
     model = settings.pipeline.embedder
     tracks = conn.execute(track_sql, params).fetchall()
@@ -127,7 +132,9 @@ def _match_pairs(conn: Conn, settings: Settings, key: str, cause: dict[str, str]
             continue
         tmat = np.stack([np.asarray(r["embedding"].to_numpy(), np.float32)
                          for r in rows])
-        for r, best in zip(rows, best_subjects(tmat, gallery), strict=True):
+        bests = best_subjects(tmat, gallery)
+        _end_outmatched(conn, key, rows, bests, gallery)
+        for r, best in zip(rows, bests, strict=True):
             for sid, sim in best.items():
                 if sid not in wanted or sim < thr:
                     continue
@@ -145,6 +152,24 @@ def _match_pairs(conn: Conn, settings: Settings, key: str, cause: dict[str, str]
                           "model": model})
             made += len(new)
     return made
+
+
+def _end_outmatched(conn: Conn, key: str, rows: list[dict[str, Any]],
+                    bests: list[dict[str, float]], gallery: dict[str, np.ndarray]) -> None:
+    """End the pending leads on these tracks of active subjects that are not the track's
+    best match (a lapsed entry's leads wait for it, as listings do). Under the audit log's
+    lock, taken before the leads' rows as a review takes them (end_pending ends only those
+    still pending then)."""
+    best_of = {str(r["id"]): set(best) for r, best in zip(rows, bests, strict=True)}
+    pending = conn.execute(
+        "SELECT id::text AS id, track_id::text AS tid, subject_id::text AS sid FROM matches"
+        " WHERE status = 'pending' AND track_id = ANY(%s)", (list(best_of),)).fetchall()
+    outmatched = [p["id"] for p in pending
+                  if p["sid"] in gallery and p["sid"] not in best_of[p["tid"]]]
+    if outmatched:
+        audit.lock(conn)
+        end_pending(conn, key, SYSTEM_ACTOR, "another watchlist entry of the case matches "
+                    "the track better", match_ids=outmatched)
 
 
 def resembling(conn: Conn, settings: Settings, key: str, actor: str, subject_id: str
@@ -326,7 +351,7 @@ def review(conn: Conn, key: str, match_id: str, user: User, confirm: bool, note:
     already = conn.execute("SELECT 1 FROM reviews WHERE match_id = %s AND reviewer = %s"
                            " AND review_round = %s", (match_id, reviewer, rnd)).fetchone()
     if already:
-        raise policy.ReviewRefusedError(f"{reviewer} has already reviewed match {match_id}")
+        raise ConflictError(f"{reviewer} has already reviewed match {match_id}")
     needed = policy.current(conn).reviewers_required
     # Neither who enrolled the subject nor who reopened the round is enough on their own: a
     # supervisor who reopened a colleague's rejection could confirm it alone.
@@ -341,8 +366,10 @@ def review(conn: Conn, key: str, match_id: str, user: User, confirm: bool, note:
         why = ("enrolled this subject" if reviewer == row["created_by"]
                else "reopened this match")
         raise policy.ReviewRefusedError(
-            f"{reviewer} {why} and cannot be the only confirmer: "
-            f"{needed - have} other reviewer(s) must confirm first")
+            f"{reviewer} {why}, so their confirmation does not count (they cannot be the "
+            f"only confirmer): {needed - have} more by other reviewers needed")
+    if confirm:
+        _one_identity(conn, match_id)
     conn.execute("INSERT INTO reviews (match_id, reviewer, decision, note, review_round)"
                  " VALUES (%s, %s, %s, %s, %s)",
                  (match_id, reviewer, "confirm" if confirm else "reject", note, rnd))
@@ -355,6 +382,20 @@ def review(conn: Conn, key: str, match_id: str, user: User, confirm: bool, note:
         conn.execute("UPDATE matches SET status = %s, decided_at = now() WHERE id = %s",
                      (status, uid(match_id)))
     return status
+
+
+def _one_identity(conn: Conn, match_id: str) -> None:
+    """Refuse to confirm a match whose face is confirmed as another watchlist entry: one face
+    is one person (a track was confirmed as two entries: bb32). The decision that stands is
+    reopened first, by a supervisor, if it was wrong."""
+    other = conn.execute(
+        "SELECT o.id::text AS id, o.subject_id::text AS sid FROM matches m JOIN matches o"
+        " ON o.track_id = m.track_id AND o.id <> m.id WHERE m.id = %s AND o.status ="
+        " 'confirmed' ORDER BY o.id LIMIT 1", (uid(match_id),)).fetchone()
+    if other is not None:
+        raise ConflictError(
+            f"match {match_id}: its face is already confirmed as subject {other['sid']} "
+            f"(match {other['id']}); a supervisor reopens that match first if it is wrong")
 
 
 def _decidable(conn: Conn, match_id: str, pending: bool) -> dict[str, Any]:
@@ -371,7 +412,7 @@ def _decidable(conn: Conn, match_id: str, pending: bool) -> dict[str, Any]:
     if row is None:
         raise NotFoundError(f"no match {match_id}")
     if pending and row["status"] != "pending":
-        raise policy.ReviewRefusedError(f"match {match_id} is already {row['status']}")
+        raise ConflictError(f"match {match_id} is already {row['status']}")
     if not pending and row["status"] == "pending":
         raise ConflictError(f"match {match_id} is pending: there is no decision to reopen")
     if not pending and row["status"] == WITHDRAWN:

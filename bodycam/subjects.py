@@ -26,7 +26,7 @@ from bodycam.config import Settings
 from bodycam.context import Context
 from bodycam.db import Conn, uid, uids
 from bodycam.domain import FaceDetection, SampledFrame
-from bodycam.errors import InvalidInputError, NotFoundError, PermanentError
+from bodycam.errors import ConflictError, InvalidInputError, NotFoundError, PermanentError
 from bodycam.leads import end_pending
 from bodycam.limits import require_rate
 from bodycam.media.files import sha256_file
@@ -360,7 +360,7 @@ def approve_subject(conn: Conn, key: str, subject_id: str, user: User) -> None:
     if row is None:
         raise NotFoundError(f"no active subject {subject_id}")
     if row["approved_at"] is not None:
-        raise InvalidInputError(f"subject {subject_id} is already approved")
+        raise ConflictError(f"subject {subject_id} is already approved")
     if row["created_by"] == actor:
         raise policy.ReviewRefusedError(
             "an enrolment must be approved by someone other than its author")

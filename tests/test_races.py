@@ -246,7 +246,7 @@ def test_two_supervisors_approving_at_once_record_one_approval_by_its_approver(
         calls = each(sups, lambda s: api.call(s, "POST", f"/subjects/{sid}/approve"))
         wait(2)
     got = answers(calls)
-    assert [c for c, _ in got] == [200, 422] and \
+    assert [c for c, _ in got] == [200, 409] and \
         got[1][1] == f"subject {sid} is already approved", got
     [row] = rows(stack, "subject.approve", "subject_id", sid)
     with stack.ctx.db() as conn:

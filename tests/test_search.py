@@ -339,15 +339,19 @@ def test_the_enroller_alone_cannot_confirm_a_match_but_a_second_reviewer_can(
 
 
 def test_a_supervisor_reopens_a_decided_match_for_a_new_round_and_the_old_reviews_stay(
-        stack: StackHandle, hamilton: tuple[str, str], tmp_path: Path) -> None:
+        stack: StackHandle, processed: object, tmp_path: Path) -> None:
     """A confirmation found wrong (or a hasty rejection) could not be undone: a decided lead
     stayed decided, its track kept for good. A supervisor reopens it with a reason; the
-    earlier reviews stay on record and no longer count; nobody else may reopen."""
-    sid = enrol(stack, "p06 reopened", P06, HAM_CASE)
-    mid = str(next(m for m in matches_of(stack, HAM_CASE, sid)
+    earlier reviews stay on record and no longer count; nobody else may reopen. (A case of
+    its own: the close-up is confirmed as another entry in the shared case, and a face is
+    confirmed as one entry only.)"""
+    case = "T-SEARCH-REOPEN"
+    processed(HAMILTON, case)  # type: ignore[operator]
+    sid = enrol(stack, "p06 reopened", P06, case)
+    mid = str(next(m for m in matches_of(stack, case, sid)
                    if _covers_close_up(float(m["start_s"]), float(m["end_s"])))  # type: ignore[arg-type]
               ["match_id"])
-    rev = investigator(stack, "reopen-reviewer", HAM_CASE)
+    rev = investigator(stack, "reopen-reviewer", case)
     assert stack.cli.run("review", mid, "--confirm", "--note", "looked alike",
                          extra_env=rev).returncode == 0
     denied = stack.cli.run("matches", "reopen", mid, "--reason", "mine", extra_env=rev)
@@ -361,11 +365,11 @@ def test_a_supervisor_reopens_a_decided_match_for_a_new_round_and_the_old_review
     ok = stack.cli.run("matches", "reopen", mid, "--reason", "a second look: another man",
                        extra_env=sup)
     assert ok.returncode == 0 and "pending (review round 1)" in ok.stdout, ok.stderr
-    [again] = [m for m in matches_of(stack, HAM_CASE, sid) if m["match_id"] == mid]
+    [again] = [m for m in matches_of(stack, case, sid) if m["match_id"] == mid]
     assert again["status"] == "pending" and again["reviewers"] == [], again
     assert again["round"] == 1 and again["earlier_reviews"] == [
         "reopen-reviewer confirm (round 0)"], again
-    decided = stack.cli.json("matches", "--case", HAM_CASE, "--status", "decided")
+    decided = stack.cli.json("matches", "--case", case, "--status", "decided")
     assert mid not in {m["match_id"] for m in decided}  # pending again
     twice = stack.cli.run("matches", "reopen", mid, "--reason", "again", extra_env=sup)
     assert twice.returncode != 0 and "no decision to reopen" in twice.stderr
@@ -387,10 +391,10 @@ def test_a_supervisor_reopens_a_decided_match_for_a_new_round_and_the_old_review
             for r in audited] == [("reopen-sup", "confirmed", 1, "a second look: another man")]
     assert refused >= 1
     # Decided again: listed among the decided, and the export shows both rounds.
-    assert mid in {m["match_id"] for m in stack.cli.json("matches", "--case", HAM_CASE,
+    assert mid in {m["match_id"] for m in stack.cli.json("matches", "--case", case,
                                                           "--status", "decided")}
     out = tmp_path / "m.jsonl"
-    stack.cli.run("matches", "export", "--status", "decided", "--case", HAM_CASE, "--format",
+    stack.cli.run("matches", "export", "--status", "decided", "--case", case, "--format",
                   "jsonl", "-o", str(out), check=True)
     [row] = [r for r in jsonl(out.read_text()) if r["match_id"] == mid]
     assert (row["status"], row["reviewers"], row["round"], row["earlier_reviews"]) == (
@@ -431,8 +435,8 @@ def test_a_reopened_round_needs_more_than_its_reopener_and_ends_withdrawn_with_i
     assert (m["status"], m["reopened_by"], m["reopen_reason"], m["reopened_from"],
             m["entry"]) == ("pending", "withdraw-sup", reason, "rejected", "active"), m
     alone = stack.cli.run("review", mid, "--confirm", "--note", "it is him", extra_env=sup)
-    assert alone.returncode != 0 and "withdraw-sup reopened this match and cannot be the" \
-        " only confirmer" in alone.stderr, alone.stderr
+    assert alone.returncode != 0 and "withdraw-sup reopened this match, so their" \
+        " confirmation does not count" in alone.stderr, alone.stderr
     denied = stack.cli.run("matches", "reopen", other, "--reason", "mine", extra_env=rev)
     assert denied.returncode != 0
     with stack.ctx.db() as conn:
@@ -482,6 +486,64 @@ def test_enrolling_after_processing_matches_existing_tracks_and_a_rejection_clos
     assert after["status"] == "rejected"
     again = stack.cli.run("review", str(match["match_id"]), "--confirm", "--note", "x")
     assert again.returncode != 0 and "already rejected" in again.stderr
+
+
+def test_an_entry_that_matches_a_face_better_takes_its_lead_and_a_face_is_confirmed_once(
+        stack: StackHandle, processed: object, tmp_path: Path) -> None:
+    """Found by bb32: a lead made before a better-matching entry was enrolled stayed pending
+    beside that entry's lead, and one face was confirmed as two entries. The refusals named
+    no match in the audit log."""
+    case = "T-SEARCH-BEST"
+    processed(HAMILTON, case)  # type: ignore[operator]
+
+    def close_up(sid: str) -> list[dict[str, object]]:
+        return [m for m in matches_of(stack, case, sid)
+                if _covers_close_up(float(m["start_s"]), float(m["end_s"]))]  # type: ignore[arg-type]
+
+    first = enrol(stack, "p06", P06, case)
+    [old] = close_up(first)
+    # p06's photo in grey, softened, is more like the close-up (it is in soft stage light).
+    grey = tmp_path / "p06-grey.png"
+    Image.open(P06).convert("L").filter(ImageFilter.GaussianBlur(1)).convert("RGB").save(grey)
+    better = enrol(stack, "p06 grey", grey, case)
+    [lead] = close_up(better)
+    assert float(lead["similarity"]) > float(old["similarity"]), (lead, old)  # type: ignore[arg-type]
+    assert close_up(first) == [], "the outmatched entry's lead ended"
+    with stack.ctx.db() as conn:
+        [ended] = conn.execute("SELECT details FROM audit_log WHERE action = 'matches.end'"
+                               " AND details->'deleted_match_ids' ? %s",
+                               (str(old["match_id"]),)).fetchall()
+    assert (ended["details"]["case"], ended["details"]["reason"]) == (
+        case, "another watchlist entry of the case matches the track better"), ended
+    # The same person enrolled twice ties: both keep the lead, and one face is confirmed once.
+    twin = enrol(stack, "p06 twin", grey, case)
+    [other] = close_up(twin)
+    rev = investigator(stack, "once-reviewer", case)
+    assert stack.cli.run("review", str(lead["match_id"]), "--confirm", "--note", "it is him",
+                         extra_env=rev).returncode == 0
+    second = stack.cli.run("review", str(other["match_id"]), "--confirm", "--note", "him too",
+                           extra_env=rev)
+    assert second.returncode != 0 and (
+        f"its face is already confirmed as subject {better} (match {lead['match_id']})"
+        in second.stderr), second.stderr
+    again = stack.cli.run("review", str(lead["match_id"]), "--reject", "--note", "no",
+                          extra_env=rev)
+    assert again.returncode != 0 and f"match {lead['match_id']} is already confirmed" in \
+        again.stderr, again.stderr
+    with stack.ctx.db() as conn:
+        refused = conn.execute("SELECT details FROM audit_log WHERE action = 'refused'"
+                               " AND actor = 'once-reviewer' ORDER BY id").fetchall()
+    assert [(r["details"]["attempted"], r["details"]["case"], r["details"]["object"])
+            for r in refused] == [("review", case, f"match {other['match_id']}"),
+                                  ("review", case, f"match {lead['match_id']}")], refused
+    # Reopened by a supervisor, the first decision no longer stands in the way.
+    token = stack.cli.run("users", "add", "once-sup", "--role", "supervisor",
+                          check=True).stdout.strip()
+    sup = {"BODYCAM_USER": "once-sup", "BODYCAM_TOKEN": token}
+    assert stack.cli.run("matches", "reopen", str(lead["match_id"]), "--reason", "twin entry",
+                         extra_env=sup).returncode == 0
+    assert stack.cli.run("review", str(other["match_id"]), "--confirm", "--note", "him",
+                         extra_env=rev).returncode == 0
 
 
 # --- unknown persons ----------------------------------------------------------------------

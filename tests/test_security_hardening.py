@@ -591,7 +591,7 @@ def test_redact_only_purges_every_template_refuses_approval_and_face_processing(
     [refused] = audit_rows(stack, "refused")[-1:]
     assert refused["actor"] == "operator", refused
     assert refused["details"] == {  # type: ignore[comparison-overlap]
-        "attempted": "subjects.approve", "case": CASE_B,
+        "attempted": "subjects.approve", "case": CASE_B, "object": f"subject {sid}",
         "reason": "an enrolment must be approved by someone other than its author"}
     # Nor is the pending enrolment searched for, as it is not matched, until it is approved.
     early = stack.cli.run("search", "--subject", sid, "--case", CASE_B, "--purpose", "too soon")

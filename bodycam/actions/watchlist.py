@@ -62,7 +62,8 @@ def approve_subject(ctx: Context, user: User, subject_id: str) -> dict[str, obje
     with ctx.db() as conn:
         case = case_of(conn, "subject", subject_id)  # named in a refusal's audit row only
         require_role(conn, ctx.audit_key, user, "subjects.approve", case, f"subject {subject_id}")
-    with refusals_audited(ctx, user, "subjects.approve", case), ctx.db() as conn:
+    with refusals_audited(ctx, user, "subjects.approve", case, f"subject {subject_id}"), \
+            ctx.db() as conn:
         subjects.approve_subject(conn, ctx.audit_key, subject_id, user)
         made = matching.match_subject(conn, ctx.settings, ctx.audit_key, subject_id)
     return {"subject_id": subject_id, "pending_matches": made}
@@ -138,7 +139,7 @@ def review(ctx: Context, user: User, match_id: str, decision: str, note: str
     with ctx.db() as conn:
         case = case_of(conn, "match", match_id)  # named in a refusal's audit row only
         require_role(conn, ctx.audit_key, user, "review", case, f"match {match_id}")
-    with refusals_audited(ctx, user, "review", case), ctx.db() as conn:
+    with refusals_audited(ctx, user, "review", case, f"match {match_id}"), ctx.db() as conn:
         status = matching.review(conn, ctx.audit_key, match_id, user, decision == "confirm",
                                  note or "")
     return {"match_id": match_id, "status": status}
@@ -150,7 +151,8 @@ def reopen(ctx: Context, user: User, match_id: str, reason: str) -> dict[str, ob
     with ctx.db() as conn:
         case = case_of(conn, "match", match_id)  # named in a refusal's audit row only
         require_role(conn, ctx.audit_key, user, "matches.reopen", case, f"match {match_id}")
-    with refusals_audited(ctx, user, "matches.reopen", case), ctx.db() as conn:
+    with refusals_audited(ctx, user, "matches.reopen", case, f"match {match_id}"), \
+            ctx.db() as conn:
         rnd = matching.reopen(conn, ctx.audit_key, match_id, user, reason)
     return {"match_id": match_id, "status": "pending", "round": rnd}
 
