@@ -8,8 +8,12 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 from bodycam.accounts import User
+from bodycam.auth import UnauthenticatedError
 from bodycam.config import Settings
 from bodycam.db import Conn
 from bodycam.errors import BodycamError
@@ -54,9 +58,12 @@ def require_rate(conn: Conn, settings: Settings, by: User | str) -> None:
 class FailureLimiter:
     """Sliding-window count of failed authentications per claimed name and per client address.
 
-    A name is blocked after `max_per_name` failures within `window_s`, a client address after
-    `max_per_client` (higher: several people may share an address); while blocked, attempts
-    are answered 429 before any token is looked at. In-process: each server process keeps its
+    A client address is blocked after `max_per_client` failures within `window_s`: its
+    attempts are then answered 429 before any token is looked at. A name, after
+    `max_per_name`, has its failed attempts answered 429 instead of 401, but a valid token
+    claiming it is never refused: anyone who knew an account's name could lock its holder out
+    with ten bad logins (bb33), and the name guards nothing a token guess needs (a token is
+    looked up whatever name is claimed, or none). In-process: each server process keeps its
     own counts and they are lost on restart, so with N server processes an attacker gets N
     times the allowance; put a shared limiter (at the reverse proxy, or in Redis) in front of
     a multi-process deployment.
@@ -81,36 +88,71 @@ class FailureLimiter:
             q.popleft()
         return q
 
-    def reserve(self, client: str | None, name: str | None) -> float:
-        """Count an attempt as a failure before it is checked, and return its stamp for
-        `release` once it succeeds; RateLimitedError when the client or the name has used up
-        its failures. (Counted only after failing, 60 guesses sent at once were all checked
-        against a limit of 10.)"""
+    def reserve(self, client: str | None, name: str | None) -> Attempt:
+        """Count an attempt as a failure before it is checked, and return it for `release`
+        once it succeeds; RateLimitedError when the client has used up its failures. (Counted
+        only after failing, 60 guesses sent at once were all checked against a limit of 10.)
+        The attempt carries the name's refusal, for its answer should it fail."""
         now = time.monotonic()
         with self._lock:
             keys = self._keys(client, name)
+            refusals = {}
             for key in keys:
                 q = self._live(key, now)
                 if len(q) >= self.limits[key[0]]:
                     wait = max(1, int(q[0] + self.window_s - now + 0.999))
                     who = "this client" if key[0] == "client" else key[1]
-                    raise RateLimitedError(
+                    refusals[key[0]] = RateLimitedError(
                         f"too many failed logins for {who} ({len(q)} in "
                         f"{self.window_s:.0f} s): try again in {wait} s", wait)
+            if "client" in refusals:
+                raise refusals["client"]
             if len(self._failures) > 100_000:  # bound memory under a spray of names
                 for k in [k for k, q in self._failures.items()
                           if not q or q[-1] <= now - self.window_s]:
                     del self._failures[k]
-            for key in keys:
+            counted = [k for k in keys if k[0] not in refusals]  # a full name's stays full
+            for key in counted:
                 self._live(key, now).append(now)
-        return now
+        return Attempt(now, tuple(counted), refusals.get("name"))
 
-    def release(self, client: str | None, name: str | None, stamp: float) -> None:
+    def release(self, attempt: Attempt) -> None:
         """Forget a reserved attempt that did not fail."""
         with self._lock:
-            for key in self._keys(client, name):
+            for key in attempt.keys:
                 q = self._failures.get(key)
-                if q is not None and stamp in q:
-                    q.remove(stamp)
+                if q is not None and attempt.stamp in q:
+                    q.remove(attempt.stamp)
                     if not q:
                         del self._failures[key]
+
+    @contextmanager
+    def attempt(self, client: str | None, name: str | None, counted: bool = True
+                ) -> Iterator[None]:
+        """One authentication checked inside: refused (429) before it is checked when the
+        client has used up its failures; a failure (UnauthenticatedError) stays counted when
+        `counted`, and is answered 429 when the name had used up its failures; anything
+        else is forgotten."""
+        attempt = self.reserve(client, name)
+        try:
+            yield
+        except UnauthenticatedError:
+            if not counted:
+                self.release(attempt)
+            elif attempt.name_refusal is not None:
+                raise attempt.name_refusal from None
+            raise
+        except BaseException:
+            self.release(attempt)
+            raise
+        self.release(attempt)
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """A reserved authentication: its stamp, the keys it was counted under, and the name's
+    refusal when the name had used up its failures."""
+
+    stamp: float
+    keys: tuple[tuple[str, str], ...]
+    name_refusal: RateLimitedError | None

@@ -19,7 +19,6 @@ from bodycam import auth
 from bodycam.accounts import User, refuse
 from bodycam.api.problems import ProblemError
 from bodycam.api.schemas import NUL
-from bodycam.auth import UnauthenticatedError
 from bodycam.context import Context, shared
 from bodycam.limits import FailureLimiter
 
@@ -96,17 +95,8 @@ def authenticate(ctx: Context, client: str, token: str | None, claimed: str | No
     """Authenticate a bearer token, rate-limited per client and claimed name (429). Every
     failure is audited; those with a token are counted (a request that sends none guesses
     nothing, so it is audited but not counted)."""
-    stamp = limiter().reserve(client, claimed)
-    failed = False
-    try:
-        with ctx.db() as conn:
-            return auth.authenticate(conn, ctx.audit_key, token, claimed, client)
-    except UnauthenticatedError:
-        failed = bool(token)  # counted (its reservation stays) when it guessed a token
-        raise
-    finally:
-        if not failed:
-            limiter().release(client, claimed, stamp)
+    with limiter().attempt(client, claimed, counted=bool(token)), ctx.db() as conn:
+        return auth.authenticate(conn, ctx.audit_key, token, claimed, client)
 
 
 BEARER = HTTPBearer(auto_error=False, scheme_name="bearer",

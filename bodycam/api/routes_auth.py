@@ -9,7 +9,6 @@ from bodycam.actions import sessions
 from bodycam.api.deps import SessionDep, UserDep, client_of, context, limiter
 from bodycam.api.problems import PROBLEM_RESPONSES
 from bodycam.api.schemas import LoginIn, LogoutOut, MeOut, SessionOut
-from bodycam.auth import UnauthenticatedError
 
 router = APIRouter(prefix="/api/v1/auth", tags=["auth"], responses=PROBLEM_RESPONSES)
 
@@ -20,16 +19,8 @@ async def login(body: LoginIn, request: Request) -> dict[str, object]:
     """A session token that expires after `auth.session_ttl_s` (default 12 h). Failures are
     audited (`login.failed`) and rate-limited per client address and per name (429)."""
     client = client_of(request)
-    stamp = limiter().reserve(client, body.user)
-    failed = False
-    try:
+    with limiter().attempt(client, body.user):
         return await run_in_threadpool(sessions.login, context(), body.user, body.token, client)
-    except UnauthenticatedError:
-        failed = True  # counted: its reservation stays
-        raise
-    finally:
-        if not failed:
-            limiter().release(client, body.user, stamp)
 
 
 @router.post("/logout", response_model=LogoutOut, summary="Revoke the bearer token")

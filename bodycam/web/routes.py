@@ -70,18 +70,13 @@ async def login(request: Request, user: str = Form(""), token: str = Form(""),
         return _login_page(request, "Enter your account name and token.", user, 422)
     client = client_of(request)
     try:
-        stamp = limiter().reserve(client, user)
+        with limiter().attempt(client, user):
+            found = await run_in_threadpool(sessions.login, context(), user.strip(),
+                                            token.strip(), client)
     except RateLimitedError as exc:
         return _login_page(request, str(exc), user, 429)
-    try:
-        found = await run_in_threadpool(sessions.login, context(), user.strip(),
-                                        token.strip(), client)
     except auth.UnauthenticatedError:  # counted: its reservation stays
         return _login_page(request, "Wrong account name or token.", user, 401)
-    except BaseException:
-        limiter().release(client, user, stamp)
-        raise
-    limiter().release(client, user, stamp)
     resp = RedirectResponse("/app", status_code=303)
     ttl = context().settings.auth.session_ttl_s
     resp.set_cookie(SESSION_COOKIE, str(found["token"]), **cookie_args(request, int(ttl)))
