@@ -23,7 +23,7 @@ from datetime import datetime
 from bodycam import audit
 from bodycam.config import JobSettings
 from bodycam.db import Conn
-from bodycam.errors import ConflictError, LeaseLostError, NotFoundError
+from bodycam.errors import ConflictError, InvalidInputError, LeaseLostError, NotFoundError
 from bodycam.leases import WORK_UNITS
 
 
@@ -292,8 +292,16 @@ def stale_finalizing(conn: Conn, stale_s: float) -> list[str]:
     return [str(r["id"]) for r in rows]
 
 
+# A video's states (the videos table's CHECK).
+VIDEO_STATUSES = ("queued", "processing", "done", "failed", "quarantined")
+
+
 def list_jobs(conn: Conn, status: str | None = None, limit: int = 500) -> list[JobRow]:
-    """Videos with their processing state, newest first."""
+    """Videos with their processing state, newest first; a status that is none of
+    VIDEO_STATUSES is refused (it listed nothing, as if no video were in it: bb33)."""
+    if status is not None and status not in VIDEO_STATUSES:
+        raise InvalidInputError(f"--status {status[:40]!r}: choose from "
+                                f"{', '.join(VIDEO_STATUSES)}")
     rows = conn.execute(
         "SELECT v.id::text AS video_id, v.case_id, v.original_filename, v.status, v.stage,"
         " v.progress, GREATEST(v.attempts, COALESCE(max(u.attempts), 0)) AS attempts,"
@@ -312,32 +320,40 @@ def list_jobs(conn: Conn, status: str | None = None, limit: int = 500) -> list[J
 NO_EMBEDDING = "no embedding"  # how `computed_on` ends for a unit analysed under redact-only
 
 
-def requeue_unembedded(conn: Conn) -> dict[tuple[str, str], list[int]]:
+Units = dict[tuple[str, str], list[int]]  # unit indexes by (video, case)
+
+
+def requeue_unembedded(conn: Conn) -> tuple[Units, Units]:
     """Queue again the units of done videos whose faces have no embeddings because of the
     redact-only profile (analysed under it, or stored before it and emptied by the switch),
-    so that they can be searched; returns them by (video, case).
+    so that they can be searched; returns them, and the units of that kind left as they are,
+    by (video, case).
 
     Left alone: a unit whose tracks carry a match (re-analysis replaces a unit's tracks, and
-    a decided match is a record), and a unit with a track retention purged (its bystanders'
-    data expired; nothing brings it back). Videos still in work finish as they are."""
+    a decided match is a record; its other faces stay unsearchable, so the caller names it),
+    and a unit with a track retention purged (its bystanders' data expired; nothing brings
+    it back). Videos still in work finish as they are."""
     rows = conn.execute(
-        "SELECT u.video_id::text AS video_id, v.case_id, u.idx FROM work_units u"
-        " JOIN videos v ON v.id = u.video_id"
+        "SELECT u.video_id::text AS video_id, v.case_id, u.idx, EXISTS (SELECT 1 FROM tracks t"
+        " WHERE t.video_id = u.video_id AND t.chunk_idx = u.idx AND t.purged_at IS NULL"
+        " AND EXISTS (SELECT 1 FROM matches m WHERE m.track_id = t.id)) AS matched"
+        " FROM work_units u JOIN videos v ON v.id = u.video_id"
         " WHERE v.status = 'done' AND u.state = 'done'"
         " AND (u.computed_on LIKE %s OR EXISTS (SELECT 1 FROM detections d"  # emptied:
         " WHERE d.video_id = u.video_id AND d.chunk_idx = u.idx AND d.track_id IS NOT NULL"
         " AND d.model IS NOT NULL AND d.embedding IS NULL))"  # a model named, no vector
         " AND NOT EXISTS (SELECT 1 FROM tracks t WHERE t.video_id = u.video_id"
-        " AND t.chunk_idx = u.idx AND (t.purged_at IS NOT NULL"
-        " OR EXISTS (SELECT 1 FROM matches m WHERE m.track_id = t.id)))"
+        " AND t.chunk_idx = u.idx AND t.purged_at IS NOT NULL)"
         " ORDER BY v.ingested_at, v.id, u.idx FOR UPDATE OF v, u",
         (f"%; {NO_EMBEDDING}",)).fetchall()
-    units: dict[tuple[str, str], list[int]] = {}
+    units: Units = {}
+    left: Units = {}
     for r in rows:
-        units.setdefault((str(r["video_id"]), str(r["case_id"])), []).append(int(r["idx"]))
+        (left if r["matched"] else units).setdefault(
+            (str(r["video_id"]), str(r["case_id"])), []).append(int(r["idx"]))
     for (video_id, _), idxs in units.items():
         _queue_again(conn, video_id, idxs)
-    return units
+    return units, left
 
 
 def _queue_again(conn: Conn, video_id: str, idxs: list[int]) -> None:

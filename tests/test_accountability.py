@@ -84,6 +84,8 @@ def commands(tmp: Path) -> dict[str, list[str]]:
         "cases.hold": ["cases", "hold", "T-ROLES-HOLD", "--reason", "r"],
         "cases.assign": ["users", "assign", "user-clerk", "--case", "T-ROLES-2"],
         "audit.verify": ["audit", "verify"],
+        "fixity": ["fixity"],
+        "events.token": ["events-token"],
         "audit.export": ["audit", "export", "--format", "jsonl", "-o", str(tmp / "a.jsonl")],
         "matches.export": ["matches", "export", "--format", "csv", "-o", str(tmp / "m.csv")],
         "users": ["users", "list", "--json"],
@@ -785,6 +787,13 @@ def test_redact_only_stores_no_embeddings_and_refuses_face_matching(
     assert row["actor"] == "operator" and row["details"]["reason"] == "the ban was lifted"
     assert {"video_id": res["video_id"], "case": "T-REDACT", "units": 1} in (
         row["details"]["videos"])
+    # The row names its cases, for an auditor's case filter (bb33: it named them only inside
+    # its videos, and the filter missed it); the units left for their matched tracks are
+    # named in it and in the answer, not left unsaid (bb33).
+    assert "T-REDACT" in row["details"]["cases"], row
+    left = {v["video_id"] for v in row["details"]["left_with_matches"]}
+    assert not left & set(queued)
+    assert all(f"left: {v}" in done for v in left), done
     assert "0 videos, 0 units queued" in stack.cli.run(
         "reprocess", "--reason", "again", check=True).stdout
 

@@ -532,6 +532,7 @@ def test_a_kept_track_stays_visible_and_a_manual_region_hides_what_it_covers(
             (["--region", "0,0,40,40@nan-1"], "finite"), (["--region", "0,0,inf,40@0-1"],
                                                           "finite"),
             (["--audio", "mute-ranges", "--mute", "1-inf"], "finite"),
+            (["--audio", "mute-ranges"], "needs at least one mute range"),  # muted nothing
             # Kept and removed at once (was rendered, sealed with P-ids in both lists).
             (["--keep-track", keep, "--remove-track", keep], "both kept and removed")):
         bad = stack.cli.run("redact", video, "-o", str(tmp_path / "bad.mp4"), *args,

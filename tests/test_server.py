@@ -264,6 +264,9 @@ def test_every_error_is_a_problem_document(server: Server) -> None:
     assert_problem(long, 404, "no match aaa")  # the id was echoed whole: 5,009 characters
     assert len(long.json()["detail"]) == 500 and long.json()["detail"].endswith("…")
     assert_problem(server.op("GET", "/api/v1/jobs", params={"limit": 0}), 422, "limit")
+    # A status no video has listed nothing, as if none were in it (bb33).
+    assert_problem(server.op("GET", "/api/v1/jobs", params={"status": "bogus"}), 422,
+                   "choose from queued, processing, done, failed, quarantined")
     assert_problem(server.op("POST", "/api/v1/users", json={"name": "x"}), 422, "roles")
     assert_problem(server.op("POST", "/api/v1/users", json={"name": "x", "roles": ["clerk"],
                                                             "token": "mine"}), 422)

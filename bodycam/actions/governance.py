@@ -174,20 +174,23 @@ def reprocess(ctx: Context, user: User, reason: str) -> dict[str, object]:
     with ctx.db() as conn:
         require(conn, ctx.audit_key, user, "reprocess")
         policy.require_identify(conn, "reprocess")
-        units = jobs.requeue_unembedded(conn)
-        videos = [{"video_id": v, "case": case, "units": len(idx)}
-                  for (v, case), idx in units.items()]
+        units, left = jobs.requeue_unembedded(conn)
+        videos, kept = ([{"video_id": v, "case": case, "units": len(idx)}
+                         for (v, case), idx in found.items()] for found in (units, left))
+        cases = sorted({case for _v, case in (*units, *left)})
         audit.append(conn, ctx.audit_key, user.name, "reprocess",
-                     {"reason": reason, "videos": videos})
+                     {"reason": reason, "videos": videos, "left_with_matches": kept,
+                      **({"cases": cases} if cases else {})})
     for (video_id, _), idxs in units.items():
         ctx.queue_units(video_id, idxs)
-    return {"videos": videos, "units_queued": sum(len(i) for i in units.values())}
+    return {"videos": videos, "units_queued": sum(len(i) for i in units.values()),
+            "left_with_matches": kept}
 
 
 def run_fixity(ctx: Context, user: User) -> dict[str, object]:
     """Re-hash every stored original and derivative now (auditor); audited."""
     with ctx.db() as conn:
-        require(conn, ctx.audit_key, user, "audit.verify")
+        require(conn, ctx.audit_key, user, "fixity")
     return fixity.run(ctx, user.name).as_json()
 
 
@@ -206,6 +209,6 @@ def notifier_token(ctx: Context) -> str:
 def events_token(ctx: Context, user: User) -> str:
     """The S3 notifier's bearer token (admin); each reveal is audited (`events.token`)."""
     with ctx.db() as conn:
-        require(conn, ctx.audit_key, user, "users")
+        require(conn, ctx.audit_key, user, "events.token")
         audit.append(conn, ctx.audit_key, user.name, "events.token", {})
     return notifier_token(ctx)

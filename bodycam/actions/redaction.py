@@ -90,6 +90,9 @@ def _check_request(ctx: Context, req: RedactRequest) -> None:
         raise InvalidInputError(f"audio {req.audio[:20]!r}: choose {', '.join(AUDIO)}")
     if req.mute_ranges and req.audio != "mute-ranges":
         raise InvalidInputError("mute ranges need audio mode mute-ranges")
+    if req.audio == "mute-ranges" and not req.mute_ranges:  # muted nothing, said done: bb33
+        raise InvalidInputError("audio mode mute-ranges needs at least one mute range "
+                                "(START-END seconds)")
     for a, b in req.mute_ranges:
         if not 0 <= a < b:
             raise InvalidInputError(f"mute range {a}-{b}: give START < END, seconds")

@@ -198,8 +198,9 @@ def subject_photo(ctx: Context, user: User, subject_id: str) -> bytes:
             " AND (s.expires_at IS NULL OR s.expires_at > now())"
             " ORDER BY f.id LIMIT 1", (uid(subject_id),)).fetchone()
         if row is None:
-            raise NotFoundError(f"subject {subject_id} has no enrolment photo (removed or"
-                                " lapsed)")
+            raise NotFoundError(f"subject {subject_id} has no enrolment photo on show: the "
+                                "entry was removed or lapsed, or its templates were deleted "
+                                "(the redact-only switch)")
         # Recorded once it can be served (a store that could not be reached, or a photo
         # gone from it, was recorded as a view: bb24).
         preview = subjects.preview_jpeg(ctx.store.get_bytes(str(row["photo_key"])),

@@ -122,10 +122,13 @@ class ReprocessedVideo(Out):
 
 
 class ReprocessOut(Out):
-    """The videos queued again for analysis with embeddings."""
+    """The videos queued again for analysis with embeddings, and those whose units with a
+    matched track were left (re-analysis would replace the tracks a decided match names), so
+    that their other faces stay unsearchable."""
 
     videos: list[ReprocessedVideo]
     units_queued: int
+    left_with_matches: list[ReprocessedVideo]
 
 
 class EnrolOut(Out):

@@ -27,8 +27,8 @@ from bodycam.errors import BodycamError
 def ingest(
     files: Annotated[list[str], typer.Argument(help="recorded video files (no streams or URLs)")],
     case: Annotated[str | None, typer.Option("--case", help="case number (required)")] = None,
-    officer: Annotated[str | None, typer.Option(help="officer who recorded")] = None,
-    device: Annotated[str | None, typer.Option(help="camera device id")] = None,
+    officer: Annotated[str | None, typer.Option(help="officer who recorded (required)")] = None,
+    device: Annotated[str | None, typer.Option(help="camera device id (required)")] = None,
     recorded_at: Annotated[str | None, typer.Option(help="ISO 8601 recording time")] = None,
     wait: Annotated[bool, typer.Option("--wait", help="show progress until processed")] = False,
     as_json: Annotated[bool, typer.Option("--json")] = False,

@@ -160,6 +160,10 @@ def reprocess(
     for v in res["videos"]:
         out.print(f"{v['video_id']}  case {v['case']}  {v['units']} units queued")
     out.print(f"{len(res['videos'])} videos, {res['units_queued']} units queued")
+    for v in res["left_with_matches"]:
+        out.print(f"left: {v['video_id']}  case {v['case']}  {v['units']} units hold a "
+                  "matched track (re-analysis would replace it): their other faces stay "
+                  "unsearchable")
 
 
 @app.command()

@@ -154,7 +154,8 @@ def serve(host: str = "127.0.0.1", port: int = 8000,
 
 @app.command()
 def demo(
-    testdata: Annotated[str, typer.Option(help="folder with video/ (the shared test data)")],
+    testdata: Annotated[str, typer.Option(help="folder with video/ (the shared test data)",
+                                          envvar="BODYCAM_TESTDATA")],
     case: str = "DEMO-1",
 ) -> None:
     """Start the stack, ingest the sample clips, process them and print what was found."""
@@ -165,7 +166,8 @@ def demo(
 
 @app.command()
 def bench(
-    testdata: Annotated[str, typer.Option(help="the shared test data folder")],
+    testdata: Annotated[str, typer.Option(help="the shared test data folder",
+                                          envvar="BODYCAM_TESTDATA")],
     clip_s: Annotated[float, typer.Option(help="length of the synthetic 720p30 clip")] = 120.0,
 ) -> None:
     """Measure the face pipeline per stage against the naive baseline; write BENCHMARKS figures."""
