@@ -11,6 +11,7 @@ import struct
 import subprocess
 import threading
 import time
+import uuid
 import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -635,6 +636,15 @@ def test_search_and_enrolment_take_photos_as_multipart_and_keep_the_cli_messages
     name, investigator = server.account(["investigator"], ("T-SRV",))
     missing = server.call("POST", "/api/v1/search", investigator, data={"case": "T-SRV"})
     assert_problem(missing, 422, "missing --purpose")
+    # A JSON body was told "missing --case"; a review's body that is not JSON was "invalid 0:
+    # JSON decode error" (bb32).
+    as_json = server.call("POST", "/api/v1/search", investigator,
+                          json={"case": "T-SRV", "purpose": "p", "track": "x"})
+    assert_problem(as_json, 415, "/api/v1/search takes a form (multipart/form-data), not "
+                                 "application/json")
+    garbled = server.call("POST", f"/api/v1/matches/{uuid.uuid4()}/review", investigator,
+                          content=b"{not json", headers={"Content-Type": "application/json"})
+    assert_problem(garbled, 422, "the body is not valid JSON")
     with P06.open("rb") as f:
         found = server.call("POST", "/api/v1/search", investigator,
                             data={"case": "T-SRV", "purpose": "server test"},

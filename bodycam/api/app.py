@@ -26,7 +26,7 @@ from bodycam.api import (
     routes_watchlist,
     s3events,
 )
-from bodycam.api.deps import refuse_nul, refuse_repeats
+from bodycam.api.deps import refuse_nul, refuse_repeats, refuse_unformed
 from bodycam.api.s3events import events_token
 from bodycam.api.schemas import Health
 from bodycam.config import get_settings
@@ -204,7 +204,8 @@ def create_app() -> FastAPI:
     api = FastAPI(title="Bodycam", version="1.0.0",
                   description="Batch body-camera footage in, auditable face evidence out. "
                               "Bearer tokens; errors are RFC 7807 problem documents.",
-                  dependencies=[Depends(refuse_nul), Depends(refuse_repeats)],
+                  dependencies=[Depends(refuse_nul), Depends(refuse_unformed),
+                                Depends(refuse_repeats)],
                   # No Swagger UI or ReDoc pages: FastAPI's load their scripts from a CDN into
                   # this origin, where a script could act with a signed-in user's cookie.
                   # The contract is /openapi.json, for any OpenAPI viewer.

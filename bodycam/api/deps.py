@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import IO, Annotated, NoReturn, get_origin
 from urllib.parse import quote
 
-from fastapi import Depends, Header, Query, Request, Security
+from fastapi import Depends, Header, Query, Request, Security, params
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -56,6 +56,23 @@ async def refuse_nul(request: Request) -> None:
         return
     raise ProblemError(400, f"the request's {where} holds a NUL character (%00), which no "
                             "field accepts")
+
+
+FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
+
+
+async def refuse_unformed(request: Request) -> None:
+    """A route that takes a form refuses any other body (415) naming what it takes: a JSON
+    body sent to the search route was told "missing --case" (bb32)."""
+    route = getattr(request.scope.get("route"), "dependant", None)
+    if route is None or not any(isinstance(p.field_info, params.Form)
+                                for p in route.body_params):
+        return
+    sent = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if sent not in FORM_TYPES:
+        raise ProblemError(415, f"{request.url.path[:80]} takes a form (multipart/form-data), "
+                                f"not {sent[:60] or 'a body without a type'}: send each field "
+                                "as a part of it")
 
 
 async def refuse_repeats(request: Request) -> None:

@@ -113,6 +113,8 @@ def _validation_detail(exc: RequestValidationError) -> str:
     # "Value error, Expected UploadFile, received: <class 'str'>" for a photo sent as text).
     if first.get("type") == "missing":
         return f"missing {where}: the request needs it"
+    if first.get("type") == "json_invalid":  # was "invalid 0: JSON decode error" (bb32)
+        return "the body is not valid JSON"
     if "UploadFile" in str(first.get("msg", "")):
         return f"invalid {where}: send it as a file part of a multipart form"
     return f"invalid {where}: {first.get('msg', 'invalid value')}"

@@ -46,7 +46,7 @@ def subjects_enroll(
     for n in res.get("notes", []):
         err.print(f"note: {n}")
     if as_json:
-        emit_json({"subject_id": res["subject_id"], "pending_matches": res["pending_matches"]})
+        emit_json(res)  # the API's object, its notes with it (bb33: a script missed them)
     else:
         out.print(f"subject {res['subject_id']} enrolled; {res['pending_matches']} pending "
                   "matches to review")
