@@ -79,10 +79,10 @@ def record(conn: Conn, key: str, data: bytes) -> None:
 
 def run(ctx: Context, actor: str) -> FixityReport:
     """Re-hash every original (against videos.sha256), every enrolment photo of the watchlist
-    (against subject_faces.photo_sha256: they are stored by it) and every referenced
-    derivative (track thumbnails; redacted videos, their reports, PDFs and contact sheets)
-    against object_hashes; audit each mismatch (`fixity.mismatch`) and the run (`fixity.ok` or
-    `fixity.failed`).
+    (against subject_photos.photo_sha256: they are stored by it; a removed entry's too) and
+    every referenced derivative (track thumbnails; redacted videos, their reports, PDFs and
+    contact sheets) against object_hashes; audit each mismatch (`fixity.mismatch`) and the
+    run (`fixity.ok` or `fixity.failed`).
 
     A derivative written before hashes were recorded gets its current hash as a baseline.
     Raises TransientError when the database or the store is unreachable (nothing is audited).
@@ -94,7 +94,7 @@ def run(ctx: Context, actor: str) -> FixityReport:
         ).fetchall()
         photos = conn.execute(
             "SELECT DISTINCT f.photo_key AS key, f.photo_sha256 AS sha256,"
-            " f.subject_id::text AS subject_id, s.case_id FROM subject_faces f"
+            " f.subject_id::text AS subject_id, s.case_id FROM subject_photos f"
             " JOIN subjects s ON s.id = f.subject_id ORDER BY 1, 3").fetchall()
         derived = conn.execute(
             "SELECT t.thumbnail_key AS key, t.video_id::text AS video_id, h.sha256"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import tempfile
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -272,17 +273,26 @@ def enroll(ctx: Context, name: str, photos: list[str], case_id: str, reason: str
         sid = str(row["id"])
         for pf, key in zip(faces, keys, strict=True):
             conn.execute(
-                "INSERT INTO subject_faces (subject_id, photo_sha256, photo_key, face_index,"
-                " box_px, quality, model, model_version, weights_sha256, embedding)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                (sid, pf.sha256, key, pf.face_index, list(pf.detection.box_px),
-                 pf.detection.quality, pf.model, pf.model_version, pf.weights_sha256,
-                 pf.embedding))
+                "INSERT INTO subject_photos (subject_id, photo_sha256, photo_key, face_index,"
+                " box_px) VALUES (%s, %s, %s, %s, %s)",
+                (sid, pf.sha256, key, pf.face_index, list(pf.detection.box_px)))
+            store_template(conn, sid, key, pf)
         audit.append(conn, ctx.audit_key, actor, "subject.enroll", {
             "subject_id": sid, "case": case_id.strip(), "reason": reason.strip(),
             "photos_sha256": [f.sha256 for f in faces], "model": faces[0].model,
             "expires_at": expires_at.isoformat() if expires_at else None})
     return sid, [f.note for f in faces if f.note]
+
+
+def store_template(conn: Conn, subject_id: str, photo_key: str, pf: PhotoFace) -> None:
+    """Store the template of one enrolment photo's face (its photo is on record apart, in
+    subject_photos, and outlives the template)."""
+    conn.execute(
+        "INSERT INTO subject_faces (subject_id, photo_sha256, photo_key, face_index,"
+        " box_px, quality, model, model_version, weights_sha256, embedding)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        (subject_id, pf.sha256, photo_key, pf.face_index, list(pf.detection.box_px),
+         pf.detection.quality, pf.model, pf.model_version, pf.weights_sha256, pf.embedding))
 
 
 def list_subjects(conn: Conn, case_id: str | None = None) -> list[Subject]:
@@ -343,6 +353,51 @@ def retire(conn: Conn, key: str, subject_ids: Sequence[object], actor: str, why:
                  (actor, ids))
     conn.execute("DELETE FROM subject_faces WHERE subject_id = ANY(%s)", (ids,))
     end_pending(conn, key, actor, why, ids)
+
+
+def enrol_again(ctx: Context) -> tuple[list[str], list[str]]:
+    """Compute again, from their photos on record, the templates of the active entries that
+    have none for the embedder (the redact-only switch deleted them: they stayed listed and
+    matched nothing, bb33), each photo's face the one chosen at its enrolment; returns the
+    entries given templates, and those whose photos no longer yield the face (named, not
+    refused: the caller reports them). Not under the redact-only profile (its trigger
+    refuses a template)."""
+    model = ctx.settings.pipeline.embedder
+    with ctx.db() as conn:
+        rows = conn.execute(
+            "SELECT p.subject_id::text AS sid, p.photo_key, p.photo_sha256, p.face_index"
+            " FROM subject_photos p JOIN subjects s ON s.id = p.subject_id"
+            " WHERE s.removed_at IS NULL AND (s.expires_at IS NULL OR s.expires_at > now())"
+            " AND NOT EXISTS (SELECT 1 FROM subject_faces f WHERE f.subject_id = s.id"
+            " AND f.model = %s) ORDER BY s.created_at, s.id, p.id", (model,)).fetchall()
+    done: dict[str, list[tuple[str, PhotoFace]]] = {}
+    failed: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="bodycam-enrol-") as tmp:
+        for r in rows:
+            sid = str(r["sid"])
+            if sid in failed:
+                continue
+            path = Path(tmp) / f"{r['photo_sha256']}.photo"
+            path.write_bytes(ctx.store.get_bytes(str(r["photo_key"])))
+            try:
+                pf = face_from_photo(ctx.settings, str(path), int(r["face_index"]))
+            except (PhotoRefusedError, InvalidInputError):
+                failed.append(sid)
+                done.pop(sid, None)
+                continue
+            done.setdefault(sid, []).append((str(r["photo_key"]), pf))
+    with ctx.db() as conn:
+        audit.lock(conn)  # one reprocess at a time stores them: an entry gets them once
+        for sid, faces in list(done.items()):
+            if conn.execute(
+                    "SELECT 1 FROM subjects s WHERE s.id = %s AND s.removed_at IS NULL AND NOT"
+                    " EXISTS (SELECT 1 FROM subject_faces f WHERE f.subject_id = s.id AND"
+                    " f.model = %s)", (uid(sid), model)).fetchone() is None:
+                del done[sid]  # removed, or given them by another run, meanwhile
+                continue
+            for key, pf in faces:
+                store_template(conn, sid, key, pf)
+    return list(done), failed
 
 
 def approve_subject(conn: Conn, key: str, subject_id: str, user: User) -> None:

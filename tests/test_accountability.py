@@ -728,6 +728,18 @@ def test_a_hold_names_its_case_as_ingest_does(stack: StackHandle, processed: obj
 
 def test_redact_only_stores_no_embeddings_and_refuses_face_matching(
         stack: StackHandle) -> None:
+    # Watchlist entries from before the switch: one kept, one removed (bb33: the switch left
+    # the kept one nothing to match with for good, and a removed entry's photo left fixity).
+    def enrolled(name: str) -> str:
+        res = stack.cli.json("subjects", "enroll", "--name", name, "--photo", str(P06),
+                             "--case", "T-REDACT", "--reason", "before the ban")
+        assert isinstance(res, dict)
+        return str(res["subject_id"])
+
+    kept, gone = enrolled("p06 kept"), enrolled("p06 removed")
+    photos = stack.cli.json("fixity", "--json")["photos"]  # type: ignore[call-overload,index]
+    stack.cli.run("subjects", "remove", gone, check=True)
+    assert stack.cli.json("fixity", "--json")["photos"] == photos  # type: ignore[call-overload,index]
     stack.cli.run("policy", "set", "--profile", "redact-only", "--reason",
                   "jurisdiction bans face matching", check=True)
     try:
@@ -794,6 +806,18 @@ def test_redact_only_stores_no_embeddings_and_refuses_face_matching(
     left = {v["video_id"] for v in row["details"]["left_with_matches"]}
     assert not left & set(queued)
     assert all(f"left: {v}" in done for v in left), done
+    # The entry kept through the switch is enrolled again from its photo, and found; the
+    # removed one is not, and its photo is still re-hashed.
+    assert kept in row["details"]["templates_rebuilt"], row
+    assert gone not in row["details"]["templates_rebuilt"], row
+    assert "watchlist entries enrolled again from their photos" in done, done
+    [entry] = [s for s in stack.cli.json("subjects", "list", "--case", "T-REDACT")  # type: ignore[union-attr]
+               if s["subject_id"] == kept]
+    assert entry["faces"] == 1, entry
+    found = stack.cli.run("search", "--subject", kept, "--case", "T-REDACT", "--purpose",
+                          "after the ban")
+    assert found.returncode == 0, found.stderr
+    assert stack.cli.json("fixity", "--json")["photos"] == photos  # type: ignore[call-overload,index]
     assert "0 videos, 0 units queued" in stack.cli.run(
         "reprocess", "--reason", "again", check=True).stdout
 

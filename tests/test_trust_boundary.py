@@ -539,6 +539,9 @@ def test_a_worker_host_can_touch_no_account_and_no_decision_of_the_servers(
         "INSERT INTO subjects (case_id, name, reason, created_by) VALUES ('X', 'n', 'r', 'm')",
         "UPDATE subjects SET name = 'x', created_by = 'mallory'",
         "INSERT INTO subject_faces (subject_id) SELECT id FROM subjects LIMIT 1",
+        # An enrolment photo's record is the server's (migration 021).
+        "INSERT INTO subject_photos (subject_id) SELECT id FROM subjects LIMIT 1",
+        "DELETE FROM subject_photos", "UPDATE subject_photos SET photo_key = 'x'",
         "UPDATE matches SET subject_id = subject_id, similarity = 1",
         "ALTER ROLE bodycam_worker SUPERUSER", "DELETE FROM videos",
         # A redaction job is the server's to ask for and to record (migration 020).

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bodycam import accounts, audit, fixity, jobs, policy, retention, text
+from bodycam import accounts, audit, fixity, jobs, matching, policy, retention, subjects, text
 from bodycam.accounts import User, require
 from bodycam.context import Context
 from bodycam.errors import ConflictError
@@ -174,17 +174,26 @@ def reprocess(ctx: Context, user: User, reason: str) -> dict[str, object]:
     with ctx.db() as conn:
         require(conn, ctx.audit_key, user, "reprocess")
         policy.require_identify(conn, "reprocess")
+    # The watchlist first, so that the videos analysed again are matched against it.
+    rebuilt, unrebuilt = subjects.enrol_again(ctx)
+    with ctx.db() as conn:
+        policy.require_identify(conn, "reprocess")
         units, left = jobs.requeue_unembedded(conn)
         videos, kept = ([{"video_id": v, "case": case, "units": len(idx)}
                          for (v, case), idx in found.items()] for found in (units, left))
         cases = sorted({case for _v, case in (*units, *left)})
         audit.append(conn, ctx.audit_key, user.name, "reprocess",
                      {"reason": reason, "videos": videos, "left_with_matches": kept,
+                      "templates_rebuilt": rebuilt, "templates_not_rebuilt": unrebuilt,
                       **({"cases": cases} if cases else {})})
+    for sid in rebuilt:  # the tracks that kept or have their embeddings
+        with ctx.db() as conn:
+            matching.match_subject(conn, ctx.settings, ctx.audit_key, sid)
     for (video_id, _), idxs in units.items():
         ctx.queue_units(video_id, idxs)
     return {"videos": videos, "units_queued": sum(len(i) for i in units.values()),
-            "left_with_matches": kept}
+            "left_with_matches": kept, "templates_rebuilt": rebuilt,
+            "templates_not_rebuilt": unrebuilt}
 
 
 def run_fixity(ctx: Context, user: User) -> dict[str, object]:

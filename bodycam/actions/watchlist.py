@@ -193,14 +193,13 @@ def subject_photo(ctx: Context, user: User, subject_id: str) -> bytes:
         case = require_visible(conn, ctx.audit_key, user, "subject.photo", "subject",
                                subject_id, case_of(conn, "subject", subject_id))
         row = conn.execute(
-            "SELECT f.photo_key, f.photo_sha256 FROM subject_faces f JOIN subjects s"
+            "SELECT f.photo_key, f.photo_sha256 FROM subject_photos f JOIN subjects s"
             " ON s.id = f.subject_id WHERE s.id = %s AND s.removed_at IS NULL"
             " AND (s.expires_at IS NULL OR s.expires_at > now())"
             " ORDER BY f.id LIMIT 1", (uid(subject_id),)).fetchone()
         if row is None:
             raise NotFoundError(f"subject {subject_id} has no enrolment photo on show: the "
-                                "entry was removed or lapsed, or its templates were deleted "
-                                "(the redact-only switch)")
+                                "entry was removed or lapsed")
         # Recorded once it can be served (a store that could not be reached, or a photo
         # gone from it, was recorded as a view: bb24).
         preview = subjects.preview_jpeg(ctx.store.get_bytes(str(row["photo_key"])),

@@ -129,6 +129,8 @@ class ReprocessOut(Out):
     videos: list[ReprocessedVideo]
     units_queued: int
     left_with_matches: list[ReprocessedVideo]
+    templates_rebuilt: list[str]  # watchlist entries given templates again from their photos
+    templates_not_rebuilt: list[str]  # entries whose photos no longer yield the face
 
 
 class EnrolOut(Out):

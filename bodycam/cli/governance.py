@@ -160,6 +160,11 @@ def reprocess(
     for v in res["videos"]:
         out.print(f"{v['video_id']}  case {v['case']}  {v['units']} units queued")
     out.print(f"{len(res['videos'])} videos, {res['units_queued']} units queued")
+    if res["templates_rebuilt"]:
+        out.print(f"{len(res['templates_rebuilt'])} watchlist entries enrolled again from "
+                  "their photos")
+    for sid in res["templates_not_rebuilt"]:
+        out.print(f"subject {sid}: its photos no longer yield its face: enrol it again")
     for v in res["left_with_matches"]:
         out.print(f"left: {v['video_id']}  case {v['case']}  {v['units']} units hold a "
                   "matched track (re-analysis would replace it): their other faces stay "

@@ -63,7 +63,7 @@ def subjects_list(
         emit_json(rows)
         return
     for s in rows:
-        out.print(f"{s['subject_id']}  case {s['case']}  {s['name']}  ({s['faces']} photos) "
+        out.print(f"{s['subject_id']}  case {s['case']}  {s['name']}  ({s['faces']} templates) "
                   f"by {s['created_by']}: {s['reason']}")
 
 

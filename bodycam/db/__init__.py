@@ -252,7 +252,7 @@ def _limit_worker(conn: psycopg.Connection[tuple[object, ...]], role: sql.Identi
 ACCOUNT_TABLES = ("users", "case_assignments", "api_tokens", "account_changes")
 # What the server alone writes and a worker only reads.
 WORKER_READ_ONLY = ("policy", "thresholds", "reviews", "searches", "redactions",
-                    "redaction_plans")
+                    "redaction_plans", "subject_photos")
 # Where a worker needs some writes, these only (privileges, columns it may update):
 WORKER_LIMITED = {
     # retention retires lapsed entries (never adds one) and deletes their templates

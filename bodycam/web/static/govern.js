@@ -195,7 +195,10 @@ function initPolicy() {
     ev.preventDefault();
     okFlash();
     const out = await change(() => api("POST", "/reprocess", { reason: ev.target.reason.value }),
-      (o) => `${o.videos.length} videos queued again (${o.units_queued} units).`);
+      (o) => `${o.videos.length} videos queued again (${o.units_queued} units); ` +
+        `${o.templates_rebuilt.length} watchlist entries enrolled again from their photos` +
+        (o.left_with_matches.length ? `; ${o.left_with_matches.length} videos left, their ` +
+          "parts with a matched face kept as they are." : "."));
     if (out) ev.target.reset();
   });
 }
