@@ -12,6 +12,8 @@ CREATE TABLE subject_photos (
     box_px real[] NOT NULL
 );
 CREATE INDEX subject_photos_subject ON subject_photos (subject_id);
+-- One row per photo and face, whatever the number of models that made templates of it.
 INSERT INTO subject_photos (subject_id, photo_sha256, photo_key, face_index, box_px)
-    SELECT subject_id, photo_sha256, photo_key, face_index, box_px FROM subject_faces
-    ORDER BY id;
+    SELECT DISTINCT ON (subject_id, photo_key, face_index) subject_id, photo_sha256,
+        photo_key, face_index, box_px FROM subject_faces
+    ORDER BY subject_id, photo_key, face_index, id;
