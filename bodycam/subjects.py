@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import tempfile
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -116,13 +115,14 @@ def preview_jpeg(data: bytes, name: str, side_px: int) -> bytes:
         return buf.getvalue()
 
 
-def detect_faces(settings: Settings, path: str
+def detect_faces(settings: Settings, path: str, data: bytes | None = None
                  ) -> tuple[bytes, np.ndarray, float, list[FaceDetection]]:
-    """Read and decode a photo and detect its faces, largest first (the order of `face`
-    indexes everywhere): (bytes, image as detected, scale, faces in original pixels)."""
+    """Read (unless its bytes are given: `path` then only names it) and decode a photo and
+    detect its faces, largest first (the order of `face` indexes everywhere): (bytes, image
+    as detected, scale, faces in original pixels)."""
     name = Path(path).name
     try:
-        data = Path(path).read_bytes()
+        data = Path(path).read_bytes() if data is None else data
     except OSError:
         raise PhotoRefusedError(f"{name}: cannot read the file") from None
     with _DECODING:  # a photo's full size is held only while it is scaled down
@@ -139,14 +139,15 @@ def detect_faces(settings: Settings, path: str
 
 
 def face_from_photo(settings: Settings, path: str, face: int | None = None,
-                    embedder: FaceEmbedder | None = None) -> PhotoFace:
-    """Detect, check and embed the face of a photo.
+                    embedder: FaceEmbedder | None = None, data: bytes | None = None
+                    ) -> PhotoFace:
+    """Detect, check and embed the face of a photo (its bytes read from `path`, or given).
 
     The largest face is used unless `face` picks another (faces are numbered largest first).
     Raises PhotoRefusedError when there is no face, or it is too small or too blurred.
     """
     name = Path(path).name
-    data, image, scale, faces = detect_faces(settings, path)
+    data, image, scale, faces = detect_faces(settings, path, data)
     cfg, scfg = settings.pipeline, settings.search
     if not faces:
         raise PhotoRefusedError(
@@ -372,20 +373,18 @@ def enrol_again(ctx: Context) -> tuple[list[str], list[str]]:
             " AND f.model = %s) ORDER BY s.created_at, s.id, p.id", (model,)).fetchall()
     done: dict[str, list[tuple[str, PhotoFace]]] = {}
     failed: list[str] = []
-    with tempfile.TemporaryDirectory(prefix="bodycam-enrol-") as tmp:
-        for r in rows:
-            sid = str(r["sid"])
-            if sid in failed:
-                continue
-            path = Path(tmp) / f"{r['photo_sha256']}.photo"
-            path.write_bytes(ctx.store.get_bytes(str(r["photo_key"])))
-            try:
-                pf = face_from_photo(ctx.settings, str(path), int(r["face_index"]))
-            except (PhotoRefusedError, InvalidInputError):
-                failed.append(sid)
-                done.pop(sid, None)
-                continue
-            done.setdefault(sid, []).append((str(r["photo_key"]), pf))
+    for r in rows:
+        sid, key = str(r["sid"]), str(r["photo_key"])
+        if sid in failed:
+            continue
+        try:
+            pf = face_from_photo(ctx.settings, f"photo {str(r['photo_sha256'])[:12]}",
+                                 int(r["face_index"]), data=ctx.store.get_bytes(key))
+        except (PhotoRefusedError, InvalidInputError):
+            failed.append(sid)
+            done.pop(sid, None)
+            continue
+        done.setdefault(sid, []).append((key, pf))
     with ctx.db() as conn:
         audit.lock(conn)  # one reprocess at a time stores them: an entry gets them once
         for sid, faces in list(done.items()):
