@@ -360,8 +360,9 @@ def enrol_again(ctx: Context) -> tuple[list[str], list[str]]:
     """Compute again, from their photos on record, the templates of the active entries that
     have none for the embedder (the redact-only switch deleted them: they stayed listed and
     matched nothing, bb33), each photo's face the one chosen at its enrolment; returns the
-    entries given templates, and those whose photos no longer yield the face (named, not
-    refused: the caller reports them). Not under the redact-only profile (its trigger
+    entries given templates, and those whose photos are gone from the store or no longer
+    yield the face (named, not refused: the caller reports them; one such photo failed the
+    whole reprocess). Not under the redact-only profile (its trigger
     refuses a template)."""
     model = ctx.settings.pipeline.embedder
     with ctx.db() as conn:
@@ -380,7 +381,7 @@ def enrol_again(ctx: Context) -> tuple[list[str], list[str]]:
         try:
             pf = face_from_photo(ctx.settings, f"photo {str(r['photo_sha256'])[:12]}",
                                  int(r["face_index"]), data=ctx.store.get_bytes(key))
-        except (PhotoRefusedError, InvalidInputError):
+        except (PhotoRefusedError, InvalidInputError, NotFoundError):  # or gone from the store
             failed.append(sid)
             done.pop(sid, None)
             continue

@@ -736,7 +736,7 @@ def test_redact_only_stores_no_embeddings_and_refuses_face_matching(
         assert isinstance(res, dict)
         return str(res["subject_id"])
 
-    kept, gone = enrolled("p06 kept"), enrolled("p06 removed")
+    kept, gone, lost = enrolled("p06 kept"), enrolled("p06 removed"), enrolled("p06 lost")
     photos = stack.cli.json("fixity", "--json")["photos"]  # type: ignore[call-overload,index]
     stack.cli.run("subjects", "remove", gone, check=True)
     assert stack.cli.json("fixity", "--json")["photos"] == photos  # type: ignore[call-overload,index]
@@ -770,7 +770,17 @@ def test_redact_only_stores_no_embeddings_and_refuses_face_matching(
     # can be searched; done once, it is not queued again.
     proc = stack.cli.run("reprocess", "--reason", " ")
     assert proc.returncode != 0 and "reason" in proc.stderr
-    done = stack.cli.run("reprocess", "--reason", "the ban was lifted", check=True).stdout
+    with stack.ctx.db() as conn:  # one entry's photo gone from the store (the suite met one)
+        key = conn.execute("SELECT photo_key FROM subject_photos WHERE subject_id = %s",
+                           (lost,)).fetchone()["photo_key"]
+        conn.execute("UPDATE subject_photos SET photo_key = 'originals/no/such-photo'"
+                     " WHERE subject_id = %s", (lost,))
+    try:
+        done = stack.cli.run("reprocess", "--reason", "the ban was lifted", check=True).stdout
+    finally:
+        with stack.ctx.db() as conn:
+            conn.execute("UPDATE subject_photos SET photo_key = %s WHERE subject_id = %s",
+                         (key, lost))
     assert f"{res['video_id']}  case T-REDACT  1 units queued" in done, done
     queued = [line.split()[0] for line in done.splitlines() if "units queued" in line
               and "case" in line]
@@ -810,6 +820,7 @@ def test_redact_only_stores_no_embeddings_and_refuses_face_matching(
     # removed one is not, and its photo is still re-hashed.
     assert kept in row["details"]["templates_rebuilt"], row
     assert gone not in row["details"]["templates_rebuilt"], row
+    assert row["details"]["templates_not_rebuilt"] == [lost], row
     assert "watchlist entries enrolled again from their photos" in done, done
     [entry] = [s for s in stack.cli.json("subjects", "list", "--case", "T-REDACT")  # type: ignore[union-attr]
                if s["subject_id"] == kept]

@@ -164,7 +164,8 @@ def reprocess(
         out.print(f"{len(res['templates_rebuilt'])} watchlist entries enrolled again from "
                   "their photos")
     for sid in res["templates_not_rebuilt"]:
-        out.print(f"subject {sid}: its photos no longer yield its face: enrol it again")
+        out.print(f"subject {sid}: its photos are gone or no longer yield its face: enrol it"
+                  " again")
     for v in res["left_with_matches"]:
         out.print(f"left: {v['video_id']}  case {v['case']}  {v['units']} units hold a "
                   "matched track (re-analysis would replace it): their other faces stay "
