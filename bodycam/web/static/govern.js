@@ -4,8 +4,14 @@ import { api, esc, flash, pages } from "/static/app.js";
 const $ = (id) => document.getElementById(id);
 const enc = encodeURIComponent;
 
-// Run a change; the server's refusal is shown as its one line (role=alert).
-async function change(fn, done) {
+// Run a change; the server's refusal is shown as its one line (role=alert). While it runs, the
+// flash says so (the last outcome stayed up, as if the click had done nothing) and the form's
+// buttons are disabled (a second click would send it again).
+async function change(fn, done, form = null, busy = "Working…") {
+  const buttons = form ? [...form.querySelectorAll("button")] : [];
+  for (const b of buttons) b.disabled = true;
+  okFlash();
+  flash(busy);
   try {
     const out = await fn();
     flash(done(out), "ok");
@@ -14,6 +20,8 @@ async function change(fn, done) {
     flash(e.message, "error");
     $("flash").setAttribute("role", "alert");
     return null;
+  } finally {
+    for (const b of buttons) b.disabled = false;
   }
 }
 
@@ -59,7 +67,7 @@ function initAccounts() {
     if (!roles.length) { flash("Choose at least one role.", "error"); return; }
     const name = $("add-name").value.trim();
     const out = await change(() => api("POST", "/users", { name, roles }),
-      (o) => `Account ${o.name} created with roles ${o.roles.join(", ")}. Copy its token now.`);
+      (o) => `Account ${o.name} created with roles ${o.roles.join(", ")}. Copy its token now.`, f);
     if (!out) return;
     $("new-token-name").textContent = out.name;
     $("new-token-value").value = out.token;
@@ -80,7 +88,7 @@ function initAccounts() {
     okFlash();
     const name = $("assign-user").value, c = $("assign-case").value.trim();
     const out = await change(() => api("POST", `/users/${enc(name)}/cases`, { case: c }),
-      (o) => `${o.name} is assigned to case ${o.case}.`);
+      (o) => `${o.name} is assigned to case ${o.case}.`, ev.target);
     if (out) { ev.target.reset(); loadAccounts(); }
   });
 }
@@ -105,8 +113,8 @@ function initCases() {
     const op = ev.submitter?.value || "assign";
     const name = $("ca-user").value.trim(), c = $("ca-case").value.trim();
     const out = op === "unassign"
-      ? await change(() => api("DELETE", `/users/${enc(name)}/cases/${enc(c)}`), (o) => `${o.name} no longer sees case ${o.case}.`)
-      : await change(() => api("POST", `/users/${enc(name)}/cases`, { case: c }), (o) => `${o.name} is assigned to case ${o.case}.`);
+      ? await change(() => api("DELETE", `/users/${enc(name)}/cases/${enc(c)}`), (o) => `${o.name} no longer sees case ${o.case}.`, ev.target)
+      : await change(() => api("POST", `/users/${enc(name)}/cases`, { case: c }), (o) => `${o.name} is assigned to case ${o.case}.`, ev.target);
     if (out) loadCases();
   });
   $("hold-form").addEventListener("submit", async (ev) => {
@@ -118,7 +126,7 @@ function initCases() {
     // Releasing a hold lets retention delete what the hold kept: asked once more (bb25).
     if (op === "release" && !window.confirm(`Release the legal hold on case ${c}? What the hold kept from retention may then be deleted when its time is up.`)) return;
     const out = await change(() => api("POST", `/cases/${enc(c)}/${op}`, { reason }),
-      (o) => o.held ? `Case ${o.case} is on legal hold.` : `The hold on case ${o.case} is released.`);
+      (o) => o.held ? `Case ${o.case} is on legal hold.` : `The hold on case ${o.case} is released.`, ev.target);
     if (out) { ev.target.reset(); loadCases(); }
   });
 }
@@ -150,7 +158,7 @@ function initThresholds() {
     // Sent as typed: the server parses and judges every value (NaN, range, calibrated floor).
     const body = { default: f.default.value.trim(), floor: f.floor.value.trim(), reason: f.reason.value };
     const out = await change(() => api("PUT", `/thresholds/${enc(model)}`, body),
-      (o) => `${o.model}: default ${o.default}, floor ${o.floor}.`);
+      (o) => `${o.model}: default ${o.default}, floor ${o.floor}.`, f);
     if (out) { f.reason.value = ""; loadThresholds(); }
   });
 }
@@ -188,7 +196,7 @@ function initPolicy() {
     const body = { profile, reason: f.reason.value };
     if (f.reviewers.value !== "") body.reviewers = Number(f.reviewers.value);
     if (f.retention_days.value !== "") body.retention_days = Number(f.retention_days.value);
-    const out = await change(() => api("PUT", "/policy", body), (o) => `Policy is now ${o.profile}.`);
+    const out = await change(() => api("PUT", "/policy", body), (o) => `Policy is now ${o.profile}.`, f);
     if (out) { f.reason.value = ""; f.reviewers.value = ""; f.retention_days.value = ""; $("pol-confirm").checked = false; loadPolicy(); }
   });
   $("reprocess-form").addEventListener("submit", async (ev) => {
@@ -198,7 +206,10 @@ function initPolicy() {
       (o) => `${o.videos.length} videos queued again (${o.units_queued} units); ` +
         `${o.templates_rebuilt.length} watchlist entries enrolled again from their photos` +
         (o.left_with_matches.length ? `; ${o.left_with_matches.length} videos left, their ` +
-          "parts with a matched face kept as they are." : "."));
+          "parts with a matched face kept as they are." : "."), ev.target,
+      // Each watchlist entry without templates is enrolled again from its photos first.
+      "Enrolling the watchlist again from its photos, then queuing the footage: this takes " +
+        "a moment per watchlist entry…");
     if (out) ev.target.reset();
   });
 }
