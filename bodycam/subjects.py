@@ -211,6 +211,7 @@ class Subject:
     created_at: datetime
     expires_at: datetime | None
     n_faces: int
+    approved: bool  # false: enrolled under enrolment approval; not matched until approved
 
     def as_json(self) -> dict[str, object]:
         """JSON for the CLI."""
@@ -218,7 +219,7 @@ class Subject:
                 "reason": self.reason, "created_by": self.created_by,
                 "created_at": self.created_at.isoformat(),
                 "expires_at": self.expires_at.isoformat() if self.expires_at else None,
-                "faces": self.n_faces}
+                "faces": self.n_faces, "approved": self.approved}
 
 
 def enroll(ctx: Context, name: str, photos: list[str], case_id: str, reason: str,
@@ -300,13 +301,15 @@ def list_subjects(conn: Conn, case_id: str | None = None) -> list[Subject]:
     """Active subjects (not removed, not expired), optionally of one case."""
     rows = conn.execute(
         "SELECT s.id::text AS id, s.case_id, s.name, s.reason, s.created_by, s.created_at,"
-        " s.expires_at, count(f.id) AS n FROM subjects s LEFT JOIN subject_faces f"
+        " s.expires_at, s.approved_at IS NOT NULL AS approved, count(f.id) AS n"
+        " FROM subjects s LEFT JOIN subject_faces f"
         " ON f.subject_id = s.id WHERE s.removed_at IS NULL"
         " AND (s.expires_at IS NULL OR s.expires_at > now())"
         " AND (%s::text IS NULL OR s.case_id = %s) GROUP BY s.id ORDER BY s.created_at, s.id",
         (case_id, case_id)).fetchall()
     return [Subject(r["id"], r["case_id"], r["name"], r["reason"], r["created_by"],
-                    r["created_at"], r["expires_at"], int(r["n"])) for r in rows]
+                    r["created_at"], r["expires_at"], int(r["n"]), bool(r["approved"]))
+            for r in rows]
 
 
 def get_subject(conn: Conn, subject_id: str) -> Subject:

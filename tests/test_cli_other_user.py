@@ -207,7 +207,9 @@ def test_the_watchlist_and_governance_commands_of_another_os_user_go_through_the
                     "--photo", str(P06), "--case", CASE_A, "--reason", "cli test", "--json")
     assert enrolled.returncode == 0, enrolled.stderr
     sid = json.loads(enrolled.stdout)["subject_id"]
-    assert set(json.loads(enrolled.stdout)) == {"subject_id", "pending_matches", "notes"}
+    assert set(json.loads(enrolled.stdout)) == {"subject_id", "pending_matches", "notes",
+                                                "awaiting_approval"}
+    assert json.loads(enrolled.stdout)["awaiting_approval"] is False
     listed = _cli(client_home, api_url, tok, "subjects", "list", "--json")
     assert listed.returncode == 0, listed.stderr
     rows = json.loads(listed.stdout)

@@ -9,6 +9,7 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import httpx
 import psycopg
@@ -583,7 +584,16 @@ def test_redact_only_purges_every_template_refuses_approval_and_face_processing(
     pending = stack.cli.json("subjects", "enroll", "--name", "p06 again", "--photo", str(P06),
                              "--case", CASE_B, "--reason", "awaits approval")
     assert isinstance(pending, dict) and pending["pending_matches"] == 0
+    assert pending["awaiting_approval"] is True
     sid = str(pending["subject_id"])
+    # Listed as awaiting approval, in JSON and in words (it read as enrolled with no match: bb33)
+    [row] = [r for r in cast(list[dict[str, Any]],
+                             stack.cli.json("subjects", "list", "--case", CASE_B))
+             if r["subject_id"] == sid]
+    assert row["approved"] is False
+    [line] = [ln for ln in stack.cli.run("subjects", "list", "--case", CASE_B,
+                                         check=True).stdout.splitlines() if ln.startswith(sid)]
+    assert "[awaiting approval]" in line, line
     # Its author holds the supervisor role too (the operator holds every role): four eyes
     # still refuse, 403 like every refusal, and the attempt is audited.
     own = stack.cli.run("subjects", "approve", sid)
@@ -665,3 +675,7 @@ def test_redact_only_purges_every_template_refuses_approval_and_face_processing(
     # Back under identify, approving the subject finds no template to match with.
     approved = stack.cli.run("subjects", "approve", sid, extra_env=users["sup"])
     assert approved.returncode == 0 and "0 pending matches" in approved.stdout
+    [row] = [r for r in cast(list[dict[str, Any]],
+                             stack.cli.json("subjects", "list", "--case", CASE_B))
+             if r["subject_id"] == sid]
+    assert row["approved"] is True

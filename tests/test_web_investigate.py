@@ -69,12 +69,17 @@ def _flash(page: Page) -> str:
     return page.locator("#flash").inner_text()
 
 
-def test_enrolling_through_the_page_shows_the_photo_checks_reason_then_the_subject_and_its_matches(
-        page: Page, world: World) -> None:
+def _enrol_form(page: Page, world: World, name: str, reason: str) -> None:
+    """The investigator signed in on the case's enrolment page, its name and reason filled."""
     sign_in(page, world.url, world.inv)
     page.goto(f"{world.url}/app/enrol?case={CASE}")
-    page.get_by_label("Name").fill(NAME)
-    page.get_by_label("Reason").fill("web test: wanted for questioning")
+    page.get_by_label("Name").fill(name)
+    page.get_by_label("Reason").fill(reason)
+
+
+def test_enrolling_through_the_page_shows_the_photo_checks_reason_then_the_subject_and_its_matches(
+        page: Page, world: World) -> None:
+    _enrol_form(page, world, NAME, "web test: wanted for questioning")
     # A file that is not a photo: refused with the check's reason, nothing stored.
     page.get_by_label("Photos of the face").set_input_files(str(HAMILTON))
     page.get_by_role("button", name="Enrol").click()
@@ -360,3 +365,36 @@ def test_a_clerk_is_refused_the_search_page(page: Page, world: World) -> None:
     assert resp is not None and resp.status == 403
     assert "investigator" in page.locator("#refusal").inner_text()
     assert page.locator("#search-form").count() == 0
+
+
+def test_an_enrolment_awaiting_approval_says_so_on_the_enrol_and_case_pages(
+        page: Page, world: World) -> None:
+    """Under enrolment approval the page said "0 pending matches made", as if the face had been
+    found nowhere, and the case page listed the entry like any other (bb33)."""
+    name = f"Web-Awaiting-{secrets.token_hex(2)}"
+    before = world.api("GET", "/policy").json()["profile"]
+    assert world.api("PUT", "/policy", world.op, json={
+        "profile": "identify-eu", "reason": "web test: approval first"}).status_code == 200
+    try:
+        _enrol_form(page, world, name, "web test: awaits approval")
+        page.get_by_label("Photos of the face").set_input_files(str(P06))
+        page.get_by_role("button", name="Enrol").click()
+        page.locator("#enrol-lines li.ok").wait_for()
+        text = page.locator("#enrol-lines").inner_text()
+        assert "Awaiting a supervisor's approval" in text and "pending match" not in text, text
+        [mine] = [s for s in world.api("GET", "/subjects", params={"case": CASE}).json()["items"]
+                  if s["name"] == name]
+        assert mine["approved"] is False
+        page.goto(f"{world.url}/app/case?case={CASE}")
+        row = page.locator("#case-subjects tr", has_text=name)
+        row.wait_for()
+        assert "(awaiting a supervisor's approval)" in row.inner_text()
+        others = page.locator("#case-subjects tbody tr").filter(has_not_text=name)
+        # the case's other entries (approved; the first test's, in this module) are not marked
+        assert "awaiting" not in " ".join(others.all_inner_texts())
+    finally:
+        world.api("PUT", "/policy", world.op, json={"profile": before,
+                                                    "reason": "web test: restore"})
+        for s in world.api("GET", "/subjects", params={"case": CASE}).json()["items"]:
+            if s["name"] == name:
+                world.api("DELETE", f"/subjects/{s['subject_id']}")

@@ -41,7 +41,9 @@ def enroll(ctx: Context, user: User, name: str, photos: list[str], case: str | N
     with ctx.db() as conn:
         notes += matching.resembling(conn, ctx.settings, ctx.audit_key, user.name, sid)
         made = matching.match_subject(conn, ctx.settings, ctx.audit_key, sid)
-    return {"subject_id": sid, "pending_matches": made, "notes": notes}
+        awaiting = not subjects.get_subject(conn, sid).approved
+    return {"subject_id": sid, "pending_matches": made, "notes": notes,
+            "awaiting_approval": awaiting}
 
 
 def list_subjects(ctx: Context, user: User, case: str | None = None) -> list[Subject]:

@@ -139,6 +139,9 @@ class EnrolOut(Out):
     subject_id: str
     pending_matches: int
     notes: list[str] = []
+    awaiting_approval: bool = Field(
+        description="enrolled under enrolment approval: not matched until a supervisor "
+                    "other than its author approves it")
 
 
 class SubjectOut(Out):
@@ -147,6 +150,9 @@ class SubjectOut(Out):
     subject_id: str
     case: str
     name: str
+    faces: int = Field(description="its face templates for the models in use")
+    approved: bool = Field(description="false: awaiting a supervisor's approval; not matched "
+                                       "until then")
 
 
 class RemovedOut(Out):

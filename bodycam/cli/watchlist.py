@@ -8,6 +8,7 @@ from urllib.parse import quote
 import typer
 
 from bodycam.cli.base import (
+    JsonFlag,
     app,
     client_call,
     date_option,
@@ -28,11 +29,13 @@ app.add_typer(subjects_app, name="subjects")
 def subjects_enroll(
     name: Annotated[str, typer.Option("--name", help="the person's name")],
     photo: Annotated[list[str], typer.Option("--photo", help="a photo of the face (repeatable)")],
-    case: Annotated[str | None, typer.Option("--case")] = None,
-    reason: Annotated[str | None, typer.Option("--reason", help="why they are enrolled")] = None,
+    case: Annotated[str | None, typer.Option("--case", help="case the entry is for (required)")
+                    ] = None,
+    reason: Annotated[str | None, typer.Option("--reason",
+                                               help="why they are enrolled (required)")] = None,
     expires: Annotated[str | None, typer.Option("--expires", help="ISO date it lapses")] = None,
     face: Annotated[int | None, typer.Option("--face", help="face index, largest first")] = None,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """Enrol a subject for a case; their photos are checked for one usable face."""
     if not case:
@@ -47,6 +50,9 @@ def subjects_enroll(
         err.print(f"note: {n}")
     if as_json:
         emit_json(res)  # the API's object, its notes with it (bb33: a script missed them)
+    elif res.get("awaiting_approval"):  # "0 pending matches" read as if none were found (bb33)
+        out.print(f"subject {res['subject_id']} enrolled; awaiting a supervisor's approval "
+                  "(`bodycam subjects approve`): not matched until then")
     else:
         out.print(f"subject {res['subject_id']} enrolled; {res['pending_matches']} pending "
                   "matches to review")
@@ -55,7 +61,7 @@ def subjects_enroll(
 @subjects_app.command("list")
 def subjects_list(
     case: Annotated[str | None, typer.Option("--case")] = None,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """Active subjects."""
     rows = client_call(lambda c: c.pages("/api/v1/subjects", case=case))
@@ -63,8 +69,9 @@ def subjects_list(
         emit_json(rows)
         return
     for s in rows:
-        out.print(f"{s['subject_id']}  case {s['case']}  {s['name']}  ({s['faces']} templates) "
-                  f"by {s['created_by']}: {s['reason']}")
+        waits = "" if s["approved"] else "  [awaiting approval]"
+        out.print(f"{s['subject_id']}  case {s['case']}  {s['name']}  ({s['faces']} templates)"
+                  f"{waits} by {s['created_by']}: {s['reason']}")
 
 
 @subjects_app.command("remove")
@@ -87,15 +94,17 @@ def search_cmd(
     photo: Annotated[str | None, typer.Option("--photo", help="probe photo")] = None,
     subject: Annotated[str | None, typer.Option("--subject", help="enrolled subject id")] = None,
     track: Annotated[str | None, typer.Option("--track", help="start from a stored track")] = None,
-    case: Annotated[str | None, typer.Option("--case", help="case the search is for")] = None,
-    purpose: Annotated[str | None, typer.Option("--purpose", help="why (recorded)")] = None,
+    case: Annotated[str | None, typer.Option("--case", help="case the search is for (required)")
+                    ] = None,
+    purpose: Annotated[str | None, typer.Option("--purpose", help="why (recorded; required)")
+                       ] = None,
     threshold: Annotated[float | None, typer.Option(help="stricter than the default")] = None,
     limit: Annotated[int | None, typer.Option(help="most appearances returned")] = None,
     video: Annotated[str | None, typer.Option("--video", help="only this video")] = None,
     date_from: Annotated[str | None, typer.Option("--from", help="recorded on/after")] = None,
     date_to: Annotated[str | None, typer.Option("--to", help="recorded on/before")] = None,
     face: Annotated[int | None, typer.Option("--face", help="face index in --photo")] = None,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """Where does this person appear? Ranked leads with similarity, threshold and model."""
 
@@ -141,7 +150,7 @@ def matches_cmd(
         " rejected)")
     ] = None,
     case: Annotated[str | None, typer.Option("--case")] = None,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """Watchlist matches (leads) and their review state."""
     if tctx.invoked_subcommand is not None:
@@ -192,7 +201,8 @@ def review(
 @matches_app.command("reopen")
 def matches_reopen(
     match_id: str,
-    reason: Annotated[str | None, typer.Option("--reason", help="why (recorded)")] = None,
+    reason: Annotated[str | None, typer.Option("--reason", help="why (recorded; required)")
+                      ] = None,
 ) -> None:
     """Put a decided match back to pending for a new review round (supervisor); the earlier
     reviews stay on record and no longer count."""
@@ -204,8 +214,9 @@ def matches_reopen(
 @app.command("persons")
 def persons_cmd(
     case: Annotated[str, typer.Option("--case")],
-    purpose: Annotated[str | None, typer.Option("--purpose", help="why (recorded)")] = None,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    purpose: Annotated[str | None, typer.Option("--purpose", help="why (recorded; required)")
+                       ] = None,
+    as_json: JsonFlag = False,
 ) -> None:
     """Unknown persons in a case: tracks of the same face grouped across videos (audited,
     with the purpose)."""

@@ -12,7 +12,9 @@ async function offerCases() {
     if (list && Array.isArray(me.cases)) {
       list.replaceChildren(...me.cases.map((c) => Object.assign(document.createElement("option"), { value: c })));
       const input = $("#case");
-      if (input && !input.value && me.cases.length === 1) input.value = me.cases[0];
+      // Not into a field being typed in: its text and this one were run together
+      // ("T-WEB-INVT-WEB-INV", a typist who began before this answer came).
+      if (input && !input.value && document.activeElement !== input && me.cases.length === 1) input.value = me.cases[0];
     }
     return me;
   } catch (e) {
@@ -370,8 +372,9 @@ async function openCase(c) {
   }).catch(fail(vids));
   const subs = $("#case-subjects");
   pages("/subjects", { case: c }).then((items) => {
-    subs.replaceChildren(items.length ? table(["Name", "Enrolled by", "Reason", "Expires", "Photos", ""],
-      items.map((s) => [s.name, s.created_by, s.reason, s.expires_at ? s.expires_at.slice(0, 10) : "never", s.faces,
+    subs.replaceChildren(items.length ? table(["Name", "Enrolled by", "Reason", "Expires", "Templates", ""],
+      items.map((s) => [s.approved ? s.name : `${s.name} (awaiting a supervisor's approval)`, s.created_by, s.reason,
+        s.expires_at ? s.expires_at.slice(0, 10) : "never", s.faces,
         link("Search", `/app/search?case=${q}&subject=${encodeURIComponent(s.subject_id)}`)])) : none("No subject enrolled in this case."));
   }).catch(fail(subs));
   const ms = $("#case-matches");
@@ -484,7 +487,9 @@ async function initEnrol() {
       const r = await api("POST", "/subjects", fd);
       $("#enrol-title").textContent = "Enrolled";
       line(`Subject ${r.subject_id} enrolled in case ${$("#case").value.trim()}.`, "ok");
-      line(`${r.pending_matches} pending match${r.pending_matches === 1 ? "" : "es"} made against the case's tracks, waiting for review.`);
+      line(r.awaiting_approval
+        ? "Awaiting a supervisor's approval: it is matched against the case's tracks once approved."
+        : `${r.pending_matches} pending match${r.pending_matches === 1 ? "" : "es"} made against the case's tracks, waiting for review.`);
       for (const n of r.notes || []) line(n, "warn");
       flash("Enrolled.", "ok");
     } catch (e) {
