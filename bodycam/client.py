@@ -323,6 +323,11 @@ class Client:
             pass
         if not detail:
             detail = f"the server answered {resp.status_code} {resp.reason_phrase}"
+        if resp.status_code == 401 and self.target.token is None:
+            # The server's line asks for a header; this client sent none (after a logout, or
+            # with no login): say what its user does (bb33).
+            detail = (f"not logged in to {self.target.url}: run `bodycam login` (or set "
+                      "BODYCAM_TOKEN)")
         raise _problem_class(resp.status_code)(detail, resp.status_code, slug)
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:

@@ -1030,9 +1030,9 @@ def log(msg: str) -> None:
     print(f"{datetime.now():%H:%M:%S} {msg}", file=sys.stderr, flush=True)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m bodycam.evaluate") -> int:
     """Parse arguments, run the evaluation on a temporary stack, write the report."""
-    p = argparse.ArgumentParser(prog="python -m bodycam.evaluate",
+    p = argparse.ArgumentParser(prog=prog,
                                 description=(__doc__ or "").split("\n")[0])
     p.add_argument("seeds", nargs="+", help="seeds or ranges: 7000-7029 (test), 5000-5099"
                    " (tuning)")

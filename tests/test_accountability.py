@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any, cast
 
 import httpx
 import psycopg
@@ -127,6 +128,58 @@ def test_investigators_see_only_cases_assigned_to_them(
     ok = stack.cli.run("search", "--photo", str(P06), "--case", CASE, "--purpose", "p",
                        "--json", extra_env=env)
     assert ok.returncode == 0, ok.stderr
+
+
+def test_supervisors_list_cases_thresholds_and_the_policy_and_unassign_through_the_cli(
+        stack: StackHandle, accounts: dict[str, dict[str, str]]) -> None:
+    """The web app had these views and the CLI had not (bb33): cases with their accounts and
+    holds, taking a case away, each model's thresholds, and the policy as text (it printed a
+    Python dict). Each is the server's rule: an investigator is refused them."""
+    sup, inv, case = accounts["supervisor"], accounts["investigator"], "T-UNASSIGN"
+    stack.cli.run("users", "assign", "user-investigator", "--case", case, extra_env=sup,
+                  check=True)
+    stack.cli.run("cases", "hold", case, "--reason", "court order 11", extra_env=sup,
+                  check=True)
+    try:
+        cases = cast(list[dict[str, Any]], stack.cli.json("cases", "list", extra_env=sup))
+        [row] = [r for r in cases if r["case"] == case]
+        assert row["users"] == ["user-investigator"] and row["held"]
+        assert row["held_by"] == "user-supervisor" and row["hold_reason"] == "court order 11"
+        shown = stack.cli.run("cases", "list", extra_env=sup, check=True).stdout
+        [line] = [ln for ln in shown.splitlines() if ln.startswith(case + " ")]
+        assert "accounts: user-investigator" in line and "held by user-supervisor" in line
+        assert "court order 11" in line
+        for argv in (["cases", "list"], ["users", "unassign", "user-investigator", "--case",
+                                         case]):
+            proc = stack.cli.run(*argv, extra_env=inv)
+            assert proc.returncode != 0, argv
+            assert "needs the supervisor or admin role" in " ".join(proc.stderr.split())
+        ok = stack.cli.run("search", "--photo", str(P06), "--case", case, "--purpose", "p",
+                           "--json", extra_env=inv)
+        assert ok.returncode == 0, ok.stderr
+        stack.cli.run("users", "unassign", "user-investigator", "--case", case, extra_env=sup,
+                      check=True)
+        gone = stack.cli.run("search", "--photo", str(P06), "--case", case, "--purpose", "p",
+                             extra_env=inv)
+        assert gone.returncode != 0 and f"not assigned to case {case}" in gone.stderr
+        [row] = [r for r in cast(list[dict[str, Any]],
+                                 stack.cli.json("cases", "list", extra_env=sup))
+                 if r["case"] == case]
+        assert row["users"] == []
+    finally:
+        stack.cli.run("cases", "release", case, "--reason", "test over", extra_env=sup,
+                      check=True)
+    s = Settings().search
+    rows = cast(list[dict[str, Any]], stack.cli.json("thresholds", "list", extra_env=inv))
+    [dlib] = [r for r in rows if r["model"] == "dlib-resnet"]
+    assert dlib["calibrated_floor"] == s.threshold_floor["dlib-resnet"]
+    shown = stack.cli.run("thresholds", "list", extra_env=inv, check=True).stdout
+    [line] = [ln for ln in shown.splitlines() if ln.startswith("dlib-resnet ")]
+    assert f"default {dlib['default']}" in line and f"floor {dlib['floor']}" in line
+    policy = cast(dict[str, Any], stack.cli.json("policy", "show", extra_env=inv))
+    shown = stack.cli.run("policy", "show", extra_env=inv, check=True).stdout
+    assert "{" not in shown
+    assert shown.splitlines()[0].split() == ["profile", str(policy["profile"])]
 
 
 def test_tokens_are_stored_only_as_hashes_and_disabled_accounts_are_refused(

@@ -64,6 +64,10 @@ def test_login_stores_a_0600_session_whoami_uses_it_and_logout_revokes_it(
     rc, _, errs = _run(stack, env, "logout")
     assert rc == 0, errs
     assert not creds.exists()
+    # with no session left, the server's refusal is put as what to do (it asked for a header)
+    rc, _, errs = _run(stack, {**env, "BODYCAM_URL": url}, "whoami")
+    assert rc == 1 and errs.strip() == (
+        f"error: not logged in to {url}: run `bodycam login` (or set BODYCAM_TOKEN)")
     # the revoked session no longer works, even when someone kept a copy of it
     rc, _, errs = _run(stack, {**env, "BODYCAM_URL": url, "BODYCAM_TOKEN": stored["token"]},
                        "whoami")
@@ -221,7 +225,8 @@ def test_a_hostile_or_broken_server_gets_inert_text_and_one_error_line(
                                     "progress": 1.0, "attempts": 1, "filename": HOSTILE,
                                     "error": HOSTILE_REASON}], "next_offset": None},
         "/api/v1/subjects": {"items": [{"subject_id": "s1", "case": "C", "name": "n",
-                                        "faces": 1, "created_by": "x"}], "next_offset": None},
+                                        "faces": 1, "approved": True, "created_by": "x"}],
+                             "next_offset": None},
         "/api/v1/videos/v1/tracks": {"items": ["not an object"], "next_offset": None},
         "/api/v1/users": {"no_items": []},
         "/api/v1/audit/export-key": {"key": HOSTILE},

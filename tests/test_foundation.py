@@ -39,6 +39,13 @@ def test_status_reports_every_service_and_the_database_url(stack: StackHandle) -
     assert st["disk"]["free_mib"] >= 2 * 512 and st["ok"] is True
     state = stack.home / "stack.json"
     assert state.stat().st_mode & 0o777 == 0o600
+    # as text, one line a field, in words (it printed Python dicts: bb33)
+    lines = {ln.split()[0]: ln.split(None, 1)[1] for ln in
+             stack.cli.run("status", check=True).stdout.splitlines()}
+    assert lines["workers"] == "cpu 1, gpu 2" and lines["ok"] == "True"
+    assert lines["services"] == ("postgres running, s3 running, redis running, api running, "
+                                 "scheduler running")
+    assert not any("{" in v or "'" in v for v in lines.values()), lines
 
 
 def test_second_up_changes_nothing(stack: StackHandle) -> None:

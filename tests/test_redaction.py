@@ -568,6 +568,10 @@ def test_a_region_or_mute_range_past_the_frame_or_the_end_is_cut_there_and_recor
                        timeout=60, headers=headers).json()
     [manual] = [r for r in report["redacted_regions"] if r["kind"] == "manual"]
     assert manual["time_s"][1] <= duration and manual["box_px"] == [0, 0, 960, 540], manual
+    bogus = httpx.get(f"{api_url}/api/v1/redactions/{job['derivative_id']}/bogus",
+                      timeout=60, headers=headers)
+    assert bogus.status_code == 404 and bogus.json()["detail"] == (
+        "no part 'bogus' of a redaction: video, report, pdf or sheet"), bogus.text
     verified = stack.cli.run("audit", "verify")
     assert verified.returncode == 0, verified.stdout + verified.stderr
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
-from typing import Any, NoReturn, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 from urllib.parse import quote
 
 import typer
@@ -88,6 +88,30 @@ def context() -> Any:
     from bodycam.context import Context
 
     return guarded(lambda: Context.load(settings()))
+
+
+# The one `--json` flag of every command that prints results.
+JsonFlag = Annotated[bool, typer.Option("--json", help="machine-readable: JSON on stdout")]
+
+
+def print_rows(rows: list[Any], as_json: bool, line: Callable[[Any], str]) -> None:
+    """A listing: JSON on stdout, or one line a row."""
+    if as_json:
+        emit_json(rows)
+        return
+    for r in rows:
+        out.print(line(r))
+
+
+def plain(value: object) -> str:
+    """A value as text for people: a mapping as `key value, ...` (nested in parentheses), a
+    list comma-separated (not a Python repr: bb33)."""
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {f'({plain(v)})' if isinstance(v, dict) else plain(v)}"
+                         for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return ", ".join(plain(v) for v in value) or "-"
+    return "-" if value is None else str(value)
 
 
 def emit_json(data: object) -> None:

@@ -11,6 +11,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from bodycam.cli.base import (
     TERMINAL,
+    JsonFlag,
     app,
     client_call,
     emit_json,
@@ -31,7 +32,7 @@ def ingest(
     device: Annotated[str | None, typer.Option(help="camera device id (required)")] = None,
     recorded_at: Annotated[str | None, typer.Option(help="ISO 8601 recording time")] = None,
     wait: Annotated[bool, typer.Option("--wait", help="show progress until processed")] = False,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """Store videos with chain of custody (SHA-256, who, what, when) and queue processing."""
     from bodycam.client import Client
@@ -132,7 +133,7 @@ def _wait_for(client: Any, video_ids: list[str], names: dict[str, str], quiet: b
 @app.command("jobs")
 def jobs_cmd(
     status_filter: Annotated[str | None, typer.Option("--status")] = None,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """Videos with status, stage, progress, attempts and error."""
     rows = client_call(lambda c: c.pages("/api/v1/jobs", status=status_filter))
@@ -155,7 +156,7 @@ def retry(video_id: str) -> None:
 @app.command()
 def tracks(
     video_id: str,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """A video's face tracks: time range, detections, quality, thumbnail."""
     rows = client_call(lambda c: c.pages(f"/api/v1/videos/{quote(video_id, safe='')}/tracks"))

@@ -8,12 +8,15 @@ from urllib.parse import quote
 import typer
 
 from bodycam.cli.base import (
+    JsonFlag,
     app,
     client_call,
     emit_json,
     err,
     fail,
     out,
+    plain,
+    print_rows,
 )
 from bodycam.errors import BodycamError
 
@@ -35,16 +38,11 @@ def users_add(
 
 
 @users_app.command("list")
-def users_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+def users_list(as_json: JsonFlag = False) -> None:
     """Accounts, roles, state and assigned cases."""
-    rows = client_call(lambda c: c.pages("/api/v1/users"))
-    if as_json:
-        emit_json(rows)
-        return
-    for r in rows:
-        state = "disabled" if r["disabled"] else "active"
-        out.print(f"{r['name']:16} {state:8} {', '.join(r['roles'])}  cases: "
-                  f"{', '.join(r['cases']) or '-'}")
+    print_rows(client_call(lambda c: c.pages("/api/v1/users")), as_json, lambda r: (
+        f"{r['name']:16} {'disabled' if r['disabled'] else 'active':8} "
+        f"{', '.join(r['roles'])}  cases: {', '.join(r['cases']) or '-'}"))
 
 
 @users_app.command("disable")
@@ -62,8 +60,27 @@ def users_assign(name: str, case: Annotated[str, typer.Option("--case")]) -> Non
     err.print(f"{name} assigned to case {case}")
 
 
-cases_app = typer.Typer(no_args_is_help=True, help="Legal holds on cases.")
+@users_app.command("unassign")
+def users_unassign(name: str, case: Annotated[str, typer.Option("--case")]) -> None:
+    """Take a case from an account (it no longer sees the case's footage, tracks or leads)."""
+    client_call(lambda c: c.delete(f"/api/v1/users/{quote(name, safe='')}/cases/"
+                                   f"{quote(case, safe='')}"))
+    err.print(f"{name} no longer sees case {case}")
+
+
+cases_app = typer.Typer(no_args_is_help=True,
+                        help="Cases: their accounts and legal holds (supervisor, admin).")
 app.add_typer(cases_app, name="cases")
+
+
+@cases_app.command("list")
+def cases_list(as_json: JsonFlag = False) -> None:
+    """Every case assigned, held, or holding footage or watchlist entries: its accounts and
+    its legal hold (who, why, since when)."""
+    print_rows(client_call(lambda c: c.pages("/api/v1/cases")), as_json, lambda r: (
+        f"{r['case']:16} accounts: {', '.join(r['users']) or '-'}  " + (
+            f"held by {r['held_by']} since {r['held_at']}: {r['hold_reason']}"
+            if r["held"] else "not held")))
 
 
 @cases_app.command("hold")
@@ -86,14 +103,20 @@ policy_app = typer.Typer(no_args_is_help=True, help="Policy profiles (admin).")
 app.add_typer(policy_app, name="policy")
 
 
+def _print_policy(p: dict[str, object]) -> None:
+    """The policy's fields, one per line (was a Python dict's repr: bb33)."""
+    for key in ("profile", "reviewers_required", "retention_days", "enrolment_approval"):
+        out.print(f"{key:20} {p.get(key)}")
+
+
 @policy_app.command("show")
-def policy_show(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+def policy_show(as_json: JsonFlag = False) -> None:
     """The policy in force."""
     current = client_call(lambda c: c.get("/api/v1/policy"))
     if as_json:
         emit_json(current)
     else:
-        out.print(current)
+        _print_policy(current)
 
 
 @policy_app.command("set")
@@ -108,11 +131,23 @@ def policy_set(
     body = {"reason": reason, "profile": profile, "reviewers": reviewers,
             "retention_days": retention_days}
     new = client_call(lambda c: c.put("/api/v1/policy", body))
-    out.print(f"policy now {new}")
+    err.print("policy changed; now in force:")
+    _print_policy(new)
 
 
 thresholds_app = typer.Typer(no_args_is_help=True, help="Match thresholds (supervisor).")
 app.add_typer(thresholds_app, name="thresholds")
+
+
+@thresholds_app.command("list")
+def thresholds_list(as_json: JsonFlag = False) -> None:
+    """Each model's default threshold and floor in force, its calibrated floor, and the last
+    recorded change (who, when, why)."""
+    print_rows(client_call(lambda c: c.get("/api/v1/thresholds")), as_json, lambda r: (
+        f"{r['model']:16} default {r['default']}  floor {r['floor']}  calibrated floor "
+        f"{plain(r['calibrated_floor'])}  " + (
+            f"changed by {r['changed_by']} at {r['changed_at']}: {r['reason']}"
+            if r["changed_by"] else "configured values")))
 
 
 @thresholds_app.command("set")
@@ -173,7 +208,7 @@ def reprocess(
 
 
 @app.command()
-def fixity(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+def fixity(as_json: JsonFlag = False) -> None:
     """Re-hash every stored original and derivative against its recorded SHA-256 now; each
     mismatch is audited. Exit 1 when any object changed or is missing."""
     report = client_call(lambda c: c.post("/api/v1/fixity"))

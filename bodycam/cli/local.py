@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from bodycam.cli.base import (
+    JsonFlag,
     app,
     context,
     emit_json,
@@ -20,6 +21,7 @@ from bodycam.cli.base import (
     fail,
     guarded,
     out,
+    plain,
     settings,
 )
 
@@ -33,7 +35,7 @@ def up() -> None:
     guarded(lambda: stack.up(progress=lambda m: err.print(f"  {m}")))
     st = stack.status()
     if not st["ok"]:
-        fail(f"stack in {st['home']} is not fully up: {st['services']}, "
+        fail(f"stack in {st['home']} is not fully up: {plain(st['services'])}, "
              f"{st['workers']} workers: see its logs/")
     err.print(f"stack up in {st['home']}: database, S3, broker, "
               f"{st['workers']} workers")
@@ -49,8 +51,7 @@ def down() -> None:
 
 
 @app.command()
-def status(as_json: Annotated[bool, typer.Option("--json", help="machine-readable")] = False
-           ) -> None:
+def status(as_json: JsonFlag = False) -> None:
     """Each service's state, URLs, worker counts and queue depths; exit 1 unless all are up."""
     from bodycam.stack import Stack
 
@@ -59,7 +60,7 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="machine-readabl
         emit_json(st)
     else:
         for key, value in st.items():
-            out.print(f"{key:16} {value}")
+            out.print(f"{key:16} {plain(value)}")
     if not st["ok"]:
         raise typer.Exit(1)
 
@@ -184,4 +185,4 @@ def eval_cmd(ctx: typer.Context) -> None:
     eval.json [--benchmarks BENCHMARKS.md]` (all options: `bodycam eval --help`)."""
     from bodycam.evaluate import main
 
-    raise typer.Exit(main(list(ctx.args)))
+    raise typer.Exit(main(list(ctx.args), prog="bodycam eval"))

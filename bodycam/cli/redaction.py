@@ -12,7 +12,7 @@ from urllib.parse import quote
 
 import typer
 
-from bodycam.cli.base import app, client_call, emit_json, err, fail
+from bodycam.cli.base import JsonFlag, app, client_call, emit_json, err, fail
 
 
 def _finite(text: str) -> float:
@@ -133,8 +133,12 @@ def redact(
         "--keep-subject", help="a subject left visible (their confirmed matches)")] = None,
     remove_track: Annotated[list[str] | None, typer.Option(
         "--remove-track", help="a false positive: not hidden")] = None,
-    keep_reason: Annotated[str | None, typer.Option(help="why the kept faces are shown")] = None,
-    keep_basis: Annotated[str | None, typer.Option(help="legal basis for showing them")] = None,
+    keep_reason: Annotated[str | None, typer.Option(
+        help="why the kept faces are shown (default: \"shown at the reviewer's decision\", "
+             "recorded as such)")] = None,
+    keep_basis: Annotated[str | None, typer.Option(
+        help="legal basis for showing them, one of BODYCAM_REDACTION__LEGAL_BASES (default: "
+             "public interest)")] = None,
     remove_reason: Annotated[str | None, typer.Option(help="why the removed are no faces")
                              ] = None,
     region: Annotated[list[str] | None, typer.Option(
@@ -145,7 +149,7 @@ def redact(
     audio: Annotated[str, typer.Option(help="keep, strip or mute-ranges")] = "keep",
     mute: Annotated[list[str] | None, typer.Option(
         "--mute", help="with --audio mute-ranges: START-END seconds")] = None,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """Hide every face except those kept; write the MP4 and its report (JSON, PDF, contact
     sheet) beside it. The original is never changed."""

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from bodycam.cli.base import (
+    JsonFlag,
     app,
     client_call,
     emit_json,
@@ -75,7 +76,7 @@ def logout() -> None:
 
 
 @app.command()
-def whoami(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+def whoami(as_json: JsonFlag = False) -> None:
     """The account the CLI acts as, its roles and cases."""
     me = client_call(lambda c: c.get("/api/v1/auth/me"))
     if as_json:
@@ -83,4 +84,4 @@ def whoami(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
         return
     cases = "all" if me.get("cases") is None else (", ".join(me["cases"]) or "-")
     out.print(f"{me['user']}  roles: {', '.join(me['roles'])}  cases: {cases}  "
-              f"session until {me.get('expires_at') or '-'}")
+              f"credential valid until {me.get('expires_at') or '-'}")
