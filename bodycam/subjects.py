@@ -297,27 +297,30 @@ def store_template(conn: Conn, subject_id: str, photo_key: str, pf: PhotoFace) -
          pf.detection.quality, pf.model, pf.model_version, pf.weights_sha256, pf.embedding))
 
 
-def list_subjects(conn: Conn, case_id: str | None = None) -> list[Subject]:
-    """Active subjects (not removed, not expired), optionally of one case."""
+def list_subjects(conn: Conn, case_id: str | None = None, subject_id: str | None = None
+                  ) -> list[Subject]:
+    """Active subjects (not removed, not expired), optionally of one case, or the one named."""
     rows = conn.execute(
         "SELECT s.id::text AS id, s.case_id, s.name, s.reason, s.created_by, s.created_at,"
         " s.expires_at, s.approved_at IS NOT NULL AS approved, count(f.id) AS n"
         " FROM subjects s LEFT JOIN subject_faces f"
         " ON f.subject_id = s.id WHERE s.removed_at IS NULL"
         " AND (s.expires_at IS NULL OR s.expires_at > now())"
-        " AND (%s::text IS NULL OR s.case_id = %s) GROUP BY s.id ORDER BY s.created_at, s.id",
-        (case_id, case_id)).fetchall()
+        " AND (%s::text IS NULL OR s.case_id = %s) AND (%s::text IS NULL OR s.id::text = %s)"
+        " GROUP BY s.id ORDER BY s.created_at, s.id",
+        (case_id, case_id, subject_id, subject_id)).fetchall()
     return [Subject(r["id"], r["case_id"], r["name"], r["reason"], r["created_by"],
                     r["created_at"], r["expires_at"], int(r["n"]), bool(r["approved"]))
             for r in rows]
 
 
 def get_subject(conn: Conn, subject_id: str) -> Subject:
-    """One active subject; raises NotFoundError."""
-    for s in list_subjects(conn):
-        if s.subject_id == subject_id:
-            return s
-    raise NotFoundError(f"no active subject {subject_id}")
+    """One active subject; raises NotFoundError. (It read the whole watchlist to find one:
+    on every search by subject and enrolment.)"""
+    found = list_subjects(conn, subject_id=subject_id)
+    if not found:
+        raise NotFoundError(f"no active subject {subject_id}")
+    return found[0]
 
 
 def view_subjects(conn: Conn, key: str, user: User, case_id: str | None = None
