@@ -217,6 +217,7 @@ class Target:
     token: str | None
     user: str | None
     socket: str | None = None  # the home stack's unix socket: no other account can listen there
+    bootstrap: bool = False  # the token is the stack home's bootstrap operator token
 
 
 def resolve(url: str | None = None) -> Target:
@@ -261,7 +262,8 @@ def resolve(url: str | None = None) -> Target:
     # 0700 home is. To another server on this machine only from a home without one.
     if token is None and user in (None, "operator") and home is not None and (
             own is not None or (_on_this_machine(found) and home.socket is None)):
-        token = home.operator_token
+        return Target(found, home.operator_token, user, own.socket if own is not None else None,
+                      bootstrap=home.operator_token is not None)
     return Target(found, token, user, own.socket if own is not None else None)
 
 
@@ -328,6 +330,11 @@ class Client:
             # with no login): say what its user does (bb33).
             detail = (f"not logged in to {self.target.url}: run `bodycam login` (or set "
                       "BODYCAM_TOKEN)")
+        elif resp.status_code == 401 and self.target.bootstrap:
+            # No account was named: the home's bootstrap token was sent, and refused (disabled
+            # or revoked by an admin): say how to name another account (bb33).
+            detail += (" (the stack's bootstrap operator token was used: run `bodycam login`, "
+                       "or set BODYCAM_USER and BODYCAM_TOKEN, to use your own account)")
         raise _problem_class(resp.status_code)(detail, resp.status_code, slug)
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:

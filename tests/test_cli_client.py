@@ -74,6 +74,23 @@ def test_login_stores_a_0600_session_whoami_uses_it_and_logout_revokes_it(
     assert rc == 1 and errs.startswith("error:") and len(errs.strip().splitlines()) == 1
 
 
+def test_a_refused_bootstrap_token_says_how_to_name_another_account(
+        stack: StackHandle, tmp_path: Path) -> None:
+    """With no account named, the CLI sends the stack home's bootstrap operator token; once an
+    admin disables that account, the refusal said only "account operator is disabled" (bb33)."""
+    token = _account(stack, "cli-boot", "auditor")
+    stack.cli.run("users", "disable", "cli-boot", check=True)
+    home = _plant_home(tmp_path, _server_url(stack), 0o700)
+    (home / "operator.token").write_text(token + "\n")  # this home's bootstrap account
+    rc, out, errs = _run(stack, _client_env(stack, tmp_path), "whoami")
+    assert rc == 1 and out == "" and errs.strip() == (
+        "error: account cli-boot is disabled (the stack's bootstrap operator token was used: "
+        "run `bodycam login`, or set BODYCAM_USER and BODYCAM_TOKEN, to use your own account)")
+    # a token the user named gets the server's line alone
+    rc, _, errs = _run(stack, _client_env(stack, tmp_path, BODYCAM_TOKEN=token), "whoami")
+    assert rc == 1 and errs.strip() == "error: account cli-boot is disabled"
+
+
 def test_a_wrong_token_at_login_is_refused_and_stores_nothing(
         stack: StackHandle, tmp_path: Path) -> None:
     _account(stack, "cli-bob", "clerk")
