@@ -531,12 +531,13 @@ def test_a_case_number_with_a_slash_is_listed_held_released_and_unassigned(
     videos = server.call("GET", f"/api/v1/cases/{quoted}/videos", investigator)
     assert videos.status_code == 200 and videos.json() == {"items": [], "next_offset": None}
     held = server.op("POST", f"/api/v1/cases/{quoted}/hold", json={"reason": "litigation"})
-    assert held.status_code == 200 and held.json() == {"case": case, "held": True}
+    assert held.status_code == 200 and held.json() == {"case": case, "held": True, "videos": 0}
     [listed] = [c for c in server.op("GET", "/api/v1/cases", params={"limit": 1000}
                                      ).json()["items"] if c["case"] == case]
     assert listed["held"] and listed["users"] == [name], listed
     released = server.op("POST", f"/api/v1/cases/{quoted}/release", json={"reason": "over"})
-    assert released.status_code == 200 and released.json() == {"case": case, "held": False}
+    assert released.status_code == 200 and released.json() == {"case": case, "held": False,
+                                                          "videos": 0}
     gone = server.op("DELETE", f"/api/v1/users/{name}/cases/{quoted}")
     assert gone.status_code == 200 and gone.json() == {"name": name, "case": case}
     assert_problem(server.call("GET", f"/api/v1/cases/{quoted}/videos", investigator), 403,
@@ -544,9 +545,9 @@ def test_a_case_number_with_a_slash_is_listed_held_released_and_unassigned(
     # The rest of the path still decides the route: a case named like a route's tail.
     odd = "T-SRV/hold"
     assert server.op("POST", f"/api/v1/cases/{quote(odd, safe='')}/hold",
-                     json={"reason": "r"}).json() == {"case": odd, "held": True}
+                     json={"reason": "r"}).json() == {"case": odd, "held": True, "videos": 0}
     assert server.op("POST", f"/api/v1/cases/{quote(odd, safe='')}/release",
-                     json={"reason": "r"}).json() == {"case": odd, "held": False}
+                     json={"reason": "r"}).json() == {"case": odd, "held": False, "videos": 0}
 
 
 def test_lists_are_paginated_with_next_offset(

@@ -119,6 +119,10 @@ def test_an_admin_holds_a_case_with_a_reason_the_audit_log_keeps_then_releases_i
     row = page.locator(f'#cases tr[data-case="{case}"]')
     expect(row).to_contain_text("held")
     expect(row).to_contain_text(reason)
+    # no footage in the case: the page says so, as a mistyped number would look (bb33)
+    expect(page.locator("#flash")).to_have_text(
+        f"Case {case} is on legal hold. It holds no footage yet: the hold covers what arrives "
+        "(check the case number).")
     assert {"case": case, "reason": reason} in _audit(stack, "case.hold", admin.name)
     # Assign an account on the same page, release the hold, then unassign the account.
     form = page.locator("#case-assign-form")

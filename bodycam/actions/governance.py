@@ -5,6 +5,7 @@ from __future__ import annotations
 from bodycam import accounts, audit, fixity, jobs, matching, policy, retention, subjects, text
 from bodycam.accounts import User, require
 from bodycam.context import Context
+from bodycam.db import Conn
 from bodycam.errors import ConflictError
 from bodycam.search import DIMS, set_thresholds
 
@@ -72,7 +73,9 @@ def list_cases(ctx: Context, user: User) -> list[dict[str, object]]:
 def hold_case(ctx: Context, user: User, case: str, reason: str) -> dict[str, object]:
     """Put a case on legal hold (supervisor, admin): its biometric data outlives retention.
     Audited (`case.hold`); a case already on hold is refused (ConflictError, naming who holds
-    it and why), unaudited: its hold stays as placed."""
+    it and why), unaudited: its hold stays as placed. A case with no footage yet may be held
+    (a hold may come before the footage); the answer counts its videos, so that a mistyped
+    case number shows (bb33)."""
     reason = text.required(reason, "--reason", "a legal hold must say why")
     case = accounts.case_number(case)
     with ctx.db() as conn:
@@ -88,7 +91,13 @@ def hold_case(ctx: Context, user: User, case: str, reason: str) -> dict[str, obj
             raise ConflictError(f"case {case} is already on hold{who}")
         audit.append(conn, ctx.audit_key, user.name, "case.hold", {"case": case,
                                                                    "reason": reason})
-    return {"case": case, "held": True}
+        return {"case": case, "held": True, "videos": _videos_in(conn, case)}
+
+
+def _videos_in(conn: Conn, case: str) -> int:
+    """How many videos a case holds."""
+    row = conn.execute("SELECT count(*) AS n FROM videos WHERE case_id = %s", (case,)).fetchone()
+    return int(row["n"]) if row else 0
 
 
 def release_case(ctx: Context, user: User, case: str, reason: str) -> dict[str, object]:
@@ -103,7 +112,7 @@ def release_case(ctx: Context, user: User, case: str, reason: str) -> dict[str, 
             raise ConflictError(f"case {case} is not on hold")
         audit.append(conn, ctx.audit_key, user.name, "case.release", {"case": case,
                                                                       "reason": reason})
-    return {"case": case, "held": False}
+        return {"case": case, "held": False, "videos": _videos_in(conn, case)}
 
 
 def show_policy(ctx: Context, user: User) -> dict[str, object]:

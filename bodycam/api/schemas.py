@@ -358,10 +358,11 @@ class ReasonIn(Body):
 
 
 class HoldOut(Out):
-    """A case's legal hold state."""
+    """A case's legal hold state, and how many videos the case holds (0: none yet)."""
 
     case: str
     held: bool
+    videos: int
 
 
 class PolicyIn(Body):

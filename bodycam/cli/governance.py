@@ -86,9 +86,11 @@ def cases_list(as_json: JsonFlag = False) -> None:
 @cases_app.command("hold")
 def cases_hold(case: str, reason: Annotated[str, typer.Option("--reason")]) -> None:
     """Put a case on legal hold: its biometric data is kept past the retention period."""
-    client_call(lambda c: c.post(f"/api/v1/cases/{quote(case, safe='')}/hold",
-                                 {"reason": reason}))
-    err.print(f"case {case} on hold")
+    held = client_call(lambda c: c.post(f"/api/v1/cases/{quote(case, safe='')}/hold",
+                                        {"reason": reason}))
+    err.print(f"case {held['case']} on hold" + ("" if held["videos"] else
+                                         ": it holds no footage yet (the hold covers what "
+                                         "arrives; check the case number)"))
 
 
 @cases_app.command("release")

@@ -126,7 +126,7 @@ function initCases() {
     // Releasing a hold lets retention delete what the hold kept: asked once more (bb25).
     if (op === "release" && !window.confirm(`Release the legal hold on case ${c}? What the hold kept from retention may then be deleted when its time is up.`)) return;
     const out = await change(() => api("POST", `/cases/${enc(c)}/${op}`, { reason }),
-      (o) => o.held ? `Case ${o.case} is on legal hold.` : `The hold on case ${o.case} is released.`, ev.target);
+      (o) => o.held ? `Case ${o.case} is on legal hold.${o.videos ? "" : " It holds no footage yet: the hold covers what arrives (check the case number)."}` : `The hold on case ${o.case} is released.`, ev.target);
     if (out) { ev.target.reset(); loadCases(); }
   });
 }
