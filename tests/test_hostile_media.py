@@ -390,6 +390,41 @@ def test_mpeg_ts_is_probed_and_each_chunk_decoded_from_its_start(tmp_path: Path,
         assert frames[0].t_s == start and decoder.frames_decoded == round((8 - start) * 15)
 
 
+def test_an_avi_s_empty_frames_are_gaps_not_a_truncation(tmp_path: Path) -> None:
+    """An AVI whose picture starts after its sound (or that dropped frames) holds empty chunks
+    that its index counts and no demuxer yields: the valid file was refused "truncated: the
+    index lists 90 frames but only 65 are present" (bb35). A file cut short still is."""
+    path = tmp_path / "late.avi"
+    subprocess.run([hostile.ffmpeg_exe(), "-v", "error", "-f", "lavfi", "-i",
+                    "testsrc2=size=320x240:rate=30", "-f", "lavfi", "-i",
+                    "sine=frequency=440:duration=4", "-filter_complex",
+                    "[0:v]trim=duration=3,setpts=PTS-STARTPTS+1/TB[v]", "-map", "[v]", "-map",
+                    "1:a", "-c:v", "mjpeg", "-q:v", "5", "-c:a", "pcm_s16le", str(path)],
+                   check=True)
+    with av.open(str(path)) as c:  # the file is what the case is about
+        listed = c.streams.video[0].frames
+        present = sum(1 for p in c.demux(c.streams.video[0]) if p.size)
+    assert present == 90 and listed > 110, (present, listed)
+    info = probe(path, LimitsSettings())
+    assert info.n_frames == 90
+    data = path.read_bytes()
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(data[:len(data) // 2])
+    with pytest.raises(InvalidMediaError):
+        probe(cut, LimitsSettings())
+
+
+def test_frames_stamped_all_at_once_are_refused_for_their_rate(tmp_path: Path) -> None:
+    """Every frame stamped 0: the MP4 writer puts them a tick apart, and the refusal said the
+    video was too short, not what is wrong with it (bb35)."""
+    path = tmp_path / "zero.mp4"
+    subprocess.run([hostile.ffmpeg_exe(), "-v", "error", "-f", "lavfi", "-i",
+                    "testsrc2=size=320x240:rate=30", "-t", "2", "-c:v", "libx264", "-bsf:v",
+                    "setts=pts=0:dts=0", str(path)], check=True)
+    with pytest.raises(InvalidMediaError, match=r"60 frames in 0\.\d+ s, over the limit of"):
+        probe(path, LimitsSettings())
+
+
 def test_a_frame_that_turns_mid_way_keeps_the_video_s_orientation(tmp_path: Path) -> None:
     """An H.264 display-orientation SEI from frame 60 on turned the later frames to another
     size under the tracks; the video keeps its first frame's orientation throughout."""

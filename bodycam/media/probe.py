@@ -162,7 +162,13 @@ def _probe(path: Path, limits: LimitsSettings, label: str) -> MediaInfo:
         rate = stream.average_rate or stream.guessed_rate or Fraction(30)
         duration_s = float((found.last - start_pts) * time_base) + float(1 / rate)
         decoded_s = float(found.decoded_ticks * time_base) + float(1 / rate)
-        if stream.frames and decoded < 0.98 * stream.frames:
+        # An AVI's index also counts the empty chunks that stand for a dropped frame, or for
+        # the wait before the picture starts: no demuxer yields them, and the frames present
+        # still reach the end of the time the index spans. A valid file was refused as
+        # truncated (bb35); a truncated one ends early.
+        listed_s = float(stream.duration * time_base) if stream.duration else 0.0
+        reaches_end = bool(listed_s) and duration_s >= 0.98 * listed_s
+        if stream.frames and decoded < 0.98 * stream.frames and not reaches_end:
             raise InvalidMediaError(
                 label, f"truncated: the index lists {stream.frames} frames but only "
                        f"{decoded} are present")
@@ -170,12 +176,14 @@ def _probe(path: Path, limits: LimitsSettings, label: str) -> MediaInfo:
             raise InvalidMediaError(
                 label,
                 f"{duration_s:.0f} s is longer than the limit of {limits.max_duration_s:.0f} s")
-        if duration_s < limits.min_duration_s:
-            raise InvalidMediaError(label, f"{duration_s:.3f} s is too short to process")
+        # The rate before the length: 65 frames stamped 0 are written one tick apart, which is
+        # the real defect, not that their 5 ms are too short (bb35).
         if decoded > max(2, decoded_s * limits.max_fps):  # every one is decoded
             raise InvalidMediaError(
-                label, f"{decoded} frames in {decoded_s:.2f} s, over the limit of "
+                label, f"{decoded} frames in {decoded_s:.3f} s, over the limit of "
                        f"{limits.max_fps} frames a second")
+        if duration_s < limits.min_duration_s:
+            raise InvalidMediaError(label, f"{duration_s:.3f} s is too short to process")
         turns, mirrored = _decode_ends(media, (width, height), keys)
         # Known once a frame is decoded for some codecs; the container's (an MP4 `pasp`
         # box) otherwise. One no camera gives is taken as square, as the release does.
