@@ -269,16 +269,18 @@ class Scope:
 
     def require(self, conn: Conn, action: str, kind: str, object_id: str,
                 found_case: str | None) -> None:
-        """Refuse (audited) unless the object (`kind` `object_id`, found in `found_case`)
-        belongs to this case; raise NotFoundError when the id names nothing."""
+        """NotFoundError unless the object (`kind` `object_id`, found in `found_case`)
+        belongs to this case: an id of another case is answered as one that names nothing
+        (the answer told which ids exist elsewhere: bb32), and its refusal is audited."""
+        unknown = NotFoundError(f"no {kind} {object_id} in case {self.case_id}")
         if found_case is None:
-            raise NotFoundError(f"no {kind} {object_id}")
+            raise unknown
         if found_case != self.case_id:
             # Recorded under the object's case, as every refusal about an object is: its
             # auditor's case filter missed a probe of it from another case (bb23).
             refuse(conn, self.audit_key, self.actor, action,
                    f"{kind} {object_id} is not in case {self.case_id}", found_case,
-                   f"{kind} {object_id[:80]}")
+                   f"{kind} {object_id[:80]}", unknown)
 
 
 def require_visible(conn: Conn, key: str, user: User, action: str, kind: str,
@@ -287,15 +289,18 @@ def require_visible(conn: Conn, key: str, user: User, action: str, kind: str,
     they may see the case; otherwise the attempt is refused and audited, naming the object
     and its case (a clerk's or an auditor's probes of evidence ids were audited with neither:
     bb19). Raises NotFoundError when the id names nothing (after the role: a role that may
-    not act learns nothing of which ids exist)."""
+    not act learns nothing of which ids exist), and the same NotFoundError for an id of a
+    case the user is not assigned to (a 403 there told which ids exist: bb32)."""
     about = f"{kind} {object_id[:80]}"  # an id as sent: bounded where it is recorded
     require_role(conn, key, user, action, found_case, about)
+    unknown = NotFoundError(f"no {kind} {object_id}")
     if found_case is None:
-        raise NotFoundError(f"no {kind} {object_id}")
+        raise unknown
     if not can_see_case(conn, user, found_case):
-        # The audit row names the object's case for the auditor; the message does not.
+        # The audit row names the object's case for the auditor; the answer is the one for
+        # an id that names nothing.
         refuse(conn, key, user, action, f"{about} is in a case {user.name} is not"
-                                        " assigned to", found_case, about)
+                                        " assigned to", found_case, about, unknown)
     return found_case
 
 

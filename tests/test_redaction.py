@@ -681,15 +681,15 @@ def test_a_user_of_another_case_can_neither_redact_nor_download(
         hide_all: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
     did = hide_all[1]["derivative_id"]
     proc = stack.cli.run("redact", video, "-o", str(tmp_path / "x.mp4"), extra_env=users["b"])
-    assert proc.returncode != 0 and "refused" in proc.stderr
+    assert proc.returncode != 0 and f"no video {video}" in proc.stderr
     assert not (tmp_path / "x.mp4").exists()
-    for who, expect in (("b", 403), ("a", 200)):  # the same call works in its own case
+    for who, expect in (("b", 404), ("a", 200)):  # the same call works in its own case
         headers = {"Authorization": f"Bearer {users[who]['BODYCAM_TOKEN']}"}
         for part in ("video", "report", "pdf", "sheet"):
             r = httpx.get(f"{api_url}/api/v1/redactions/{did}/{part}", headers=headers,
                           timeout=60)
             assert r.status_code == expect, (who, part, r.status_code, r.text[:200])
-            if expect == 403:
+            if expect == 404:  # as for an id that names nothing (bb32)
                 assert hide_all[1]["sha256"] not in r.text
         r = httpx.get(f"{api_url}/api/v1/redactions/{did}", headers=headers, timeout=60)
         assert r.status_code == expect
@@ -756,10 +756,11 @@ def test_a_redaction_whose_case_is_taken_away_before_it_is_recorded_is_refused_a
         assert (refusal["job_id"], refusal["reason"], refusal["files_deleted"]) == (
             job["job_id"], why, 4)
         assert {o.key for o in stack.ctx.store.list(f"{REDACTIONS}{video}/")} == before
-        # Its own look at the job is refused too.
+        # Its own look at the job is refused too (disabled: 401; out of the case: 404, as
+        # for a job that does not exist).
         r = httpx.get(f"{api_url}/api/v1/redaction-jobs/{job['job_id']}", timeout=60,
                       headers={"Authorization": f"Bearer {token}"})
-        assert r.status_code in (401, 403)
+        assert r.status_code in (401, 404)
 
 
 def test_an_account_may_have_only_so_many_renders_queued_or_running(

@@ -514,7 +514,7 @@ def test_a_progress_stream_ends_once_a_new_request_would_be_refused(
         got = _stream_until_it_ends(server, clerk, video_id, lambda: server.op(
             "DELETE", f"/api/v1/users/{name}/cases/T-SRV").raise_for_status())
         assert [k for k, _ in got] == ["progress", "error"], got
-        assert "not assigned" in str(got[1][1])
+        assert f"no video {video_id}" in str(got[1][1])
         assert [r["actor"] for r in audit_rows(stack, "refused", since)] == [name]
     finally:
         with stack.ctx.db() as conn:
@@ -584,8 +584,8 @@ def test_an_original_is_served_with_ranges_only_inside_the_case(
         assert_problem(server.call("GET", path, investigator,
                                    headers={"Range": f"bytes={huge}"}), 416, "unsupported range")
     _, outsider = server.account(["investigator"], ("T-SRV-ELSEWHERE",))
-    assert_problem(server.call("GET", path, outsider, headers={"Range": "bytes=0-9"}), 403,
-                   "not assigned")
+    assert_problem(server.call("GET", path, outsider, headers={"Range": "bytes=0-9"}), 404,
+                   f"no video {video_id}")
     _, clerk = server.account(["clerk"], ("T-SRV",))
     assert_problem(server.call("GET", path, clerk), 403, "investigator")
 
@@ -605,10 +605,10 @@ def test_a_thumbnail_is_never_cached_and_only_shown_inside_the_case(
     assert r.status_code == 200 and r.headers["cache-control"] == "no-store"
     assert r.headers["content-type"] == "image/jpeg" and r.content[:3] == b"\xff\xd8\xff"
     _, outsider = server.account(["investigator"], ("T-SRV-ELSEWHERE",))
-    assert_problem(server.call("GET", path, outsider), 403, "not assigned")
-    # The video's case is not named to someone not assigned to it.
+    assert_problem(server.call("GET", path, outsider), 404, f"no track {track['track_id']}")
+    # Nor is it told that the video exists (bb32), nor its case named.
     refused = server.call("GET", f"/api/v1/videos/{video_id}/tracks", outsider)
-    assert_problem(refused, 403, f"video {video_id} is in a case")
+    assert_problem(refused, 404, f"no video {video_id}")
     assert "T-SRV" not in refused.text
     # A face picture served is audited with its case; the refused one is not served.
     served = [(r["actor"], r["details"]) for r in audit_rows(stack, "track.thumbnail", since)]

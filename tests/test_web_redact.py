@@ -36,7 +36,7 @@ def test_a_reviewer_keeps_a_track_adds_a_box_renders_and_sees_the_preview_and_re
     vid = str(processed(path, case))
     r = httpx.get(f"{api_url}{V}/videos/{vid}/redaction-plan", timeout=600,
                   headers={"Authorization": f"Bearer {outsider.token}"})
-    assert r.status_code == 403, "another case's investigator sees no plan"
+    assert r.status_code == 404, "another case's investigator sees no plan, nor that it exists"
     sign_in(page, api_url, inv)
     page.goto(f"{api_url}/app/redact?video={vid}")
     rows = page.locator("#tracks .track-row")
@@ -107,4 +107,4 @@ def test_a_reviewer_keeps_a_track_adds_a_box_renders_and_sees_the_preview_and_re
     # Breaking it: the outsider's session cannot fetch this derivative.
     r = httpx.get(api_url + href, timeout=60,
                   headers={"Authorization": f"Bearer {outsider.token}"})
-    assert r.status_code == 403
+    assert r.status_code == 404

@@ -266,7 +266,7 @@ def test_the_enrolment_photo_is_not_cached_and_is_refused_outside_the_subjects_c
     # An investigator of another case, a clerk of this case, nobody, an unknown id: refused.
     before = len(_audit(stack, queue.outsider.name, "refused"))
     out = httpx.get(url, headers=_h(queue.outsider), timeout=60)
-    assert out.status_code == 403 and out.headers["content-type"].startswith(
+    assert out.status_code == 404 and out.headers["content-type"].startswith(
         "application/problem+json") and b"\xff\xd8" not in out.content
     assert len(_audit(stack, queue.outsider.name, "refused")) == before + 1
     assert httpx.get(url, headers=_h(queue.clerk), timeout=60).status_code == 403
