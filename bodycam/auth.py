@@ -14,6 +14,7 @@ import secrets
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from bodycam import audit
 from bodycam.accounts import User, token_hash
@@ -82,6 +83,26 @@ def authenticate(conn: Conn, key: str, token: str | None, claimed: str | None = 
     if not token:
         login_failed(conn, key, name or "(none)", "no token given", client)
         raise UnauthenticatedError("no credentials: send Authorization: Bearer TOKEN")
+    row, label, refusal = _check(conn, token, name)
+    if refusal is not None:
+        login_failed(conn, key, label, refusal[0], client)
+        raise UnauthenticatedError(refusal[1])
+    assert row is not None
+    return Session(User(str(row["name"]), tuple(row["roles"]), str(row["id"])), str(row["id"]),
+                   str(row["kind"]), row["expires_at"])
+
+
+def accepted(conn: Conn, token: str | None, claimed: str | None = None) -> bool:
+    """Whether `authenticate` would accept the token for the claimed name; nothing audited.
+    A client address blocked for its failures still serves the valid tokens sent from it
+    (bb34: a spray of made-up tokens locked every user behind the address out)."""
+    return bool(token) and _check(conn, str(token), (claimed or "").strip())[2] is None
+
+
+def _check(conn: Conn, token: str, name: str
+           ) -> tuple[dict[str, Any] | None, str, tuple[str, str] | None]:
+    """The token's row, the name to record, and why it is refused (the audit's reason and
+    the answer), None when it is accepted."""
     digest = token_hash(token.strip())
     row = conn.execute(
         "SELECT t.id::text AS id, t.sha256, t.kind, t.expires_at, t.revoked_at,"
@@ -92,19 +113,14 @@ def authenticate(conn: Conn, key: str, token: str | None, claimed: str | None = 
     stored = str(row["sha256"]) if row else token_hash("")
     label = name or (str(row["name"]) if row else "(unknown)")
     if row is None or not hmac.compare_digest(stored, digest) or (name and name != row["name"]):
-        login_failed(conn, key, label, "invalid credentials", client)
-        raise UnauthenticatedError(f"invalid credentials for {label}")
+        return row, label, ("invalid credentials", f"invalid credentials for {label}")
     if row["disabled_at"] is not None:
-        login_failed(conn, key, label, "account disabled", client)
-        raise UnauthenticatedError(f"account {label} is disabled")
+        return row, label, ("account disabled", f"account {label} is disabled")
     if row["revoked_at"] is not None:
-        login_failed(conn, key, label, "token revoked", client)
-        raise UnauthenticatedError(f"token of {label} was revoked: log in again")
+        return row, label, ("token revoked", f"token of {label} was revoked: log in again")
     if row["expired"]:
-        login_failed(conn, key, label, "token expired", client)
-        raise UnauthenticatedError(f"token of {label} has expired: log in again")
-    return Session(User(str(row["name"]), tuple(row["roles"]), str(row["id"])), str(row["id"]),
-                   str(row["kind"]), row["expires_at"])
+        return row, label, ("token expired", f"token of {label} has expired: log in again")
+    return row, label, None
 
 
 def still_valid(conn: Conn, session: Session) -> User:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -59,7 +59,9 @@ class FailureLimiter:
     """Sliding-window count of failed authentications per claimed name and per client address.
 
     A client address is blocked after `max_per_client` failures within `window_s`: its
-    attempts are then answered 429 before any token is looked at. A name, after
+    attempts are then answered 429 unless the caller's `vouch` (a look-up of the token, not
+    audited) finds a valid one: made-up tokens from one address locked every user behind it
+    (a proxy, a NAT, the embedded stack's loopback) out, valid tokens too (bb34). A name, after
     `max_per_name`, has its failed attempts answered 429 instead of 401, but a valid token
     claiming it is never refused: anyone who knew an account's name could lock its holder out
     with ten bad logins (bb33), and the name guards nothing a token guess needs (a token is
@@ -127,13 +129,20 @@ class FailureLimiter:
                         del self._failures[key]
 
     @contextmanager
-    def attempt(self, client: str | None, name: str | None, counted: bool = True
-                ) -> Iterator[None]:
+    def attempt(self, client: str | None, name: str | None, counted: bool = True,
+                vouch: Callable[[], bool] | None = None) -> Iterator[None]:
         """One authentication checked inside: refused (429) before it is checked when the
-        client has used up its failures; a failure (UnauthenticatedError) stays counted when
+        client has used up its failures, unless `vouch()` says its token is valid (then it
+        is checked, and counted nowhere); a failure (UnauthenticatedError) stays counted when
         `counted`, and is answered 429 when the name had used up its failures; anything
         else is forgotten."""
-        attempt = self.reserve(client, name)
+        try:
+            attempt = self.reserve(client, name)
+        except RateLimitedError:
+            if vouch is None or not vouch():
+                raise
+            yield  # a valid token from a blocked address: served
+            return
         try:
             yield
         except UnauthenticatedError:

@@ -3,9 +3,10 @@ pagination."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO, Annotated, NoReturn, get_origin
 from urllib.parse import quote
@@ -17,6 +18,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from bodycam import auth
 from bodycam.accounts import User, refuse
+from bodycam.actions import sessions
 from bodycam.api.problems import ProblemError
 from bodycam.api.schemas import NUL
 from bodycam.context import Context, shared
@@ -109,11 +111,27 @@ def client_of(request: Request) -> str:
 
 def authenticate(ctx: Context, client: str, token: str | None, claimed: str | None
                  ) -> auth.Session:
-    """Authenticate a bearer token, rate-limited per client and claimed name (429). Every
-    failure is audited; those with a token are counted (a request that sends none guesses
-    nothing, so it is audited but not counted)."""
-    with limiter().attempt(client, claimed, counted=bool(token)), ctx.db() as conn:
+    """Authenticate a bearer token, rate-limited per client and claimed name (429; a valid
+    token is served from a blocked client). Every failure is audited; those with a token are
+    counted (a request that sends none guesses nothing, so it is audited but not counted)."""
+    with limiter().attempt(client, claimed, counted=bool(token),
+                           vouch=_vouch(ctx, token, claimed)), ctx.db() as conn:
         return auth.authenticate(conn, ctx.audit_key, token, claimed, client)
+
+
+def login_limited(ctx: Context, client: str, name: str, token: str) -> dict[str, object]:
+    """A session token for an account's token (`sessions.login`), rate-limited as
+    `authenticate` is; the API's and the web app's sign-in."""
+    with limiter().attempt(client, name, vouch=_vouch(ctx, token, name)):
+        return sessions.login(ctx, name, token, client)
+
+
+def _vouch(ctx: Context, token: str | None, claimed: str | None) -> Callable[[], bool]:
+    """Whether a token is valid, looked up only when its client is blocked (not audited)."""
+    def vouch() -> bool:
+        with ctx.db() as conn:
+            return auth.accepted(conn, token, claimed)
+    return vouch
 
 
 BEARER = HTTPBearer(auto_error=False, scheme_name="bearer",

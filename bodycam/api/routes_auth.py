@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 
 from bodycam.actions import sessions
-from bodycam.api.deps import SessionDep, UserDep, client_of, context, limiter
+from bodycam.api.deps import SessionDep, UserDep, client_of, context, login_limited
 from bodycam.api.problems import PROBLEM_RESPONSES
 from bodycam.api.schemas import LoginIn, LogoutOut, MeOut, SessionOut
 
@@ -18,9 +18,8 @@ router = APIRouter(prefix="/api/v1/auth", tags=["auth"], responses=PROBLEM_RESPO
 async def login(body: LoginIn, request: Request) -> dict[str, object]:
     """A session token that expires after `auth.session_ttl_s` (default 12 h). Failures are
     audited (`login.failed`) and rate-limited per client address and per name (429)."""
-    client = client_of(request)
-    with limiter().attempt(client, body.user):
-        return await run_in_threadpool(sessions.login, context(), body.user, body.token, client)
+    return await run_in_threadpool(login_limited, context(), client_of(request), body.user,
+                                   body.token)
 
 
 @router.post("/logout", response_model=LogoutOut, summary="Revoke the bearer token")

@@ -13,7 +13,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from bodycam import auth
 from bodycam.accounts import AccessDeniedError
 from bodycam.actions import sessions
-from bodycam.api.deps import client_of, context, limiter, refuse_forged
+from bodycam.api.deps import client_of, context, login_limited, refuse_forged
 from bodycam.limits import RateLimitedError
 from bodycam.web.core import (
     CSRF_FIELD,
@@ -70,9 +70,8 @@ async def login(request: Request, user: str = Form(""), token: str = Form(""),
         return _login_page(request, "Enter your account name and token.", user, 422)
     client = client_of(request)
     try:
-        with limiter().attempt(client, user):
-            found = await run_in_threadpool(sessions.login, context(), user.strip(),
-                                            token.strip(), client)
+        found = await run_in_threadpool(login_limited, context(), client, user.strip(),
+                                        token.strip())
     except RateLimitedError as exc:
         return _login_page(request, str(exc), user, 429)
     except auth.UnauthenticatedError:  # counted: its reservation stays
