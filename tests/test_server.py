@@ -730,6 +730,16 @@ def test_search_and_enrolment_take_photos_as_multipart_and_keep_the_cli_messages
     assert_problem(none, 422, "missing photo: the request needs it")
     cases = server.call("GET", "/api/v1/matches?case=T-SRV&case=T-SRV-ELSEWHERE", investigator)
     assert_problem(cases, 422, "the query gives 'case' more than once")
+    # So is a key given twice in a JSON object, at any depth (the last one won: bb34).
+    name, _ = server.account(["investigator"])
+    for body in ('{"case": "T-SRV-A", "case": "T-SRV-B"}',
+                 '{"case": "T-SRV-A", "x": {"y": 1, "y": 2}}'):
+        twice = server.op("POST", f"/api/v1/users/{name}/cases", content=body,
+                          headers={"Content-Type": "application/json"})
+        assert_problem(twice, 422, "the JSON body gives")
+    for case in ("T-SRV-B", "T-SRV-A"):  # nothing was assigned (a second assign is a 409)
+        ok = server.op("POST", f"/api/v1/users/{name}/cases", json={"case": case})
+        assert ok.status_code == 200, ok.text
     _, elsewhere = server.account(["investigator"], ("T-SRV-PHOTOS",))
     enrolled = server.call("POST", "/api/v1/subjects", elsewhere,
                            data={"name": "p06 twice", "case": "T-SRV-PHOTOS", "reason": "r"},

@@ -82,19 +82,41 @@ async def refuse_repeats(request: Request) -> None:
     as a list (an enrolment's photos). The last value won without a word: a video stored in
     the second of two cases named, the first of two probe photos never searched (bb30).
     A form is read only for a route that reads one (FastAPI has parsed it already; a video
-    upload's body is its own stream)."""
+    upload's body is its own stream). A key given twice in a JSON object is refused as well:
+    a proxy reading the first of two `case` keys and the server the last would judge two
+    different requests (bb34)."""
     twice = _twice(k for k, _ in request.query_params.multi_items())
     where = "query"
     route = getattr(request.scope.get("route"), "dependant", None)
     if not twice and route is not None and route.body_params:
-        lists = {p.alias for p in route.body_params
-                 if get_origin(p.field_info.annotation) is list}
-        form = await request.form()
-        twice = [k for k in _twice(k for k, _ in form.multi_items()) if k not in lists]
-        where = "form"
+        if request.headers.get("content-type", "").split(";")[0].strip().lower() \
+                == "application/json":
+            twice, where = _json_repeats(await request.body()), "JSON body"
+        else:
+            lists = {p.alias for p in route.body_params
+                     if get_origin(p.field_info.annotation) is list}
+            form = await request.form()
+            twice = [k for k in _twice(k for k, _ in form.multi_items()) if k not in lists]
+            where = "form"
     if twice:
         raise ProblemError(422, f"the {where} gives {twice[0][:40]!r} more than once: give "
                                 "each field once")
+
+
+def _json_repeats(body: bytes) -> list[str]:
+    """The keys that an object of a JSON body gives more than once, at any depth (none for a
+    body that is not JSON: the route answers that itself)."""
+    found: list[str] = []
+
+    def pairs(items: list[tuple[str, object]]) -> dict[str, object]:
+        found.extend(_twice(k for k, _ in items))
+        return dict(items)
+
+    try:
+        json.loads(body, object_pairs_hook=pairs)
+    except (ValueError, RecursionError):
+        return []
+    return found
 
 
 def _twice(keys: Iterable[str]) -> list[str]:
