@@ -159,14 +159,25 @@ def test_supervisors_list_cases_thresholds_and_the_policy_and_unassign_through_t
             proc = stack.cli.run(*argv, extra_env=inv)
             assert proc.returncode != 0, argv
             assert "needs the supervisor or admin role" in " ".join(proc.stderr.split())
-        ok = stack.cli.run("search", "--photo", str(P06), "--case", case, "--purpose", "p",
-                           "--json", extra_env=inv)
+        # A case number is trimmed wherever it is named, as the assignment stored it (an
+        # unassign with the spaces an assign had stripped left the access in place: bb34).
+        ok = stack.cli.run("search", "--photo", str(P06), "--case", f"{case} ", "--purpose",
+                           "p", "--json", extra_env=inv)
         assert ok.returncode == 0, ok.stderr
-        stack.cli.run("users", "unassign", "user-investigator", "--case", case, extra_env=sup,
-                      check=True)
-        gone = stack.cli.run("search", "--photo", str(P06), "--case", case, "--purpose", "p",
-                             extra_env=inv)
+        gone = stack.cli.run("users", "unassign", "user-investigator", "--case", f"  {case}",
+                             extra_env=sup, check=True)
+        assert gone.stderr.strip() == f"user-investigator no longer sees case {case}"
+        gone = stack.cli.run("search", "--photo", str(P06), "--case", f"{case} ", "--purpose",
+                             "p", extra_env=inv)
         assert gone.returncode != 0 and f"not assigned to case {case}" in gone.stderr
+        with stack.ctx.db() as conn:
+            refused = conn.execute("SELECT details FROM audit_log WHERE action = 'refused'"
+                                   " ORDER BY id DESC LIMIT 1").fetchone()["details"]
+        assert (refused["attempted"], refused["case"]) == ("search", case), refused
+        # nor does a disabled account see it (the list named it: bb34)
+        stack.cli.run("users", "add", "user-gone", "--role", "investigator", check=True)
+        stack.cli.run("users", "assign", "user-gone", "--case", case, check=True)
+        stack.cli.run("users", "disable", "user-gone", check=True)
         [row] = [r for r in cast(list[dict[str, Any]],
                                  stack.cli.json("cases", "list", extra_env=sup))
                  if r["case"] == case]

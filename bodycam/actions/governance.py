@@ -45,6 +45,7 @@ def assign_case(ctx: Context, user: User, name: str, case: str) -> dict[str, obj
 
 def unassign_case(ctx: Context, user: User, name: str, case: str) -> dict[str, object]:
     """Take a case away from an account (supervisor, admin); audited (`case.unassign`)."""
+    case = accounts.case_number(case)
     with ctx.db() as conn:
         require(conn, ctx.audit_key, user, "cases.assign")
         accounts.unassign_case(conn, ctx.audit_key, name, case, user.name)
@@ -52,8 +53,9 @@ def unassign_case(ctx: Context, user: User, name: str, case: str) -> dict[str, o
 
 
 def list_cases(ctx: Context, user: User) -> list[dict[str, object]]:
-    """Every case known (assigned, held, or holding footage or subjects) with its assigned
-    accounts and hold (supervisor, admin: they see every case)."""
+    """Every case known (assigned, held, or holding footage or subjects) with the accounts
+    that see it (a disabled account is not one: bb34) and its hold (supervisor, admin: they
+    see every case)."""
     with ctx.db() as conn:
         require(conn, ctx.audit_key, user, "cases.assign")
         rows = conn.execute(
@@ -63,7 +65,8 @@ def list_cases(ctx: Context, user: User) -> list[dict[str, object]]:
             " COALESCE(array_agg(a.user_name ORDER BY a.user_name)"
             " FILTER (WHERE a.user_name IS NOT NULL), '{}') AS users"
             " FROM c LEFT JOIN held_cases h ON h.case_id = c.case_id"
-            " LEFT JOIN case_assignments a ON a.case_id = c.case_id"
+            " LEFT JOIN case_assignments a ON a.case_id = c.case_id AND a.user_name IN"
+            " (SELECT name FROM users WHERE disabled_at IS NULL)"
             " GROUP BY c.case_id, h.held_by, h.held_at, h.reason ORDER BY c.case_id").fetchall()
     return [{"case": r["case_id"], "users": list(r["users"]), "held": r["held_by"] is not None,
              "held_by": r["held_by"], "hold_reason": r["reason"],

@@ -13,6 +13,7 @@ from bodycam.actions import auditing
 from bodycam.api.deps import PageDep, UserDep, attachment, context, parse_range, ranged
 from bodycam.api.problems import PROBLEM_RESPONSES
 from bodycam.api.schemas import (
+    CASE,
     AuditExportIn,
     AuditRowOut,
     CheckLiveIn,
@@ -37,7 +38,7 @@ async def verify(user: UserDep) -> dict[str, object]:
 async def rows(user: UserDep, p: PageDep,
                actor: Annotated[str | None, Query()] = None,
                action: Annotated[str | None, Query()] = None,
-               case: Annotated[str | None, Query()] = None,
+               case: Annotated[str | None, Query(), CASE] = None,
                date_from: Annotated[str | None, Query(alias="from")] = None,
                date_to: Annotated[str | None, Query(alias="to")] = None) -> dict[str, object]:
     """Paginated, oldest first, filtered by actor, action, case and time."""

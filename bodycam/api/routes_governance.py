@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
@@ -10,6 +12,7 @@ from bodycam.actions import governance
 from bodycam.api.deps import PageDep, UserDep, context, paginate
 from bodycam.api.problems import PROBLEM_RESPONSES
 from bodycam.api.schemas import (
+    CASE,
     AssignIn,
     AssignOut,
     CaseOut,
@@ -62,7 +65,8 @@ async def users_assign(name: str, body: AssignIn, user: UserDep) -> dict[str, ob
 
 @router.delete("/users/{name}/cases/{case:path}", response_model=AssignOut,
                summary="Take a case away from an account")
-async def users_unassign(name: str, case: str, user: UserDep) -> dict[str, object]:
+async def users_unassign(name: str, case: Annotated[str, CASE], user: UserDep
+                         ) -> dict[str, object]:
     """The account no longer sees the case; audited (`case.unassign`)."""
     return await run_in_threadpool(governance.unassign_case, context(), user, name, case)
 

@@ -18,6 +18,7 @@ from bodycam.actions import watchlist
 from bodycam.api.deps import PageDep, UserDep, context, page_of, paginate
 from bodycam.api.problems import PROBLEM_RESPONSES, ProblemError
 from bodycam.api.schemas import (
+    CASE,
     TEXT_MAX,
     ApprovedOut,
     CaseVideoOut,
@@ -86,7 +87,7 @@ def _photos(photos: list[UploadFile]) -> Iterator[list[str]]:
 def enroll(user: UserDep, name: Annotated[str, Form(max_length=TEXT_MAX)],
            photo: Annotated[list[UploadFile],
                             File(description="a photo of the face (repeatable)")],
-           case: Annotated[str | None, Form(max_length=TEXT_MAX)] = None,
+           case: Annotated[str | None, Form(max_length=TEXT_MAX), CASE] = None,
            reason: Annotated[str | None, Form(max_length=TEXT_MAX)] = None,
            expires: Annotated[str | None, Form(description="ISO date it lapses")] = None,
            face: Annotated[int | None, Form(description="face index, largest first")] = None,
@@ -100,7 +101,7 @@ def enroll(user: UserDep, name: Annotated[str, Form(max_length=TEXT_MAX)],
 @router.get("/subjects", response_model=PageOf[SubjectOut],
             summary="Active subjects of the cases the caller sees")
 async def subjects(user: UserDep, p: PageDep,
-                   case: Annotated[str | None, Query()] = None) -> dict[str, object]:
+                   case: Annotated[str | None, Query(), CASE] = None) -> dict[str, object]:
     """Paginated `subjects list --json` items; audited."""
     rows = await run_in_threadpool(watchlist.list_subjects, context(), user, case)
     return paginate([r.as_json() for r in rows], p)
@@ -122,7 +123,7 @@ async def approve(subject_id: str, user: UserDep) -> dict[str, object]:
 
 @router.post("/search", response_model=SearchOut, summary="Where does this person appear?")
 def search(user: UserDep,
-           case: Annotated[str | None, Form(max_length=TEXT_MAX)] = None,
+           case: Annotated[str | None, Form(max_length=TEXT_MAX), CASE] = None,
            purpose: Annotated[str | None, Form(max_length=TEXT_MAX)] = None,
            subject: Annotated[str | None, Form()] = None,
            track: Annotated[str | None, Form()] = None,
@@ -148,7 +149,7 @@ def search(user: UserDep,
 
 @router.post("/photos/faces", response_model=PhotoFacesOut,
              summary="The faces of a probe photo, to choose one (`face`)")
-def photo_faces(user: UserDep, case: Annotated[str | None, Form()] = None,
+def photo_faces(user: UserDep, case: Annotated[str | None, Form(), CASE] = None,
                 photo: Annotated[UploadFile | None, File(description="probe photo")] = None,
                 ) -> dict[str, object]:
     """Boxes `[x, y, w, h]` in the photo's pixels, largest first: `index` is the `face` that
@@ -159,7 +160,8 @@ def photo_faces(user: UserDep, case: Annotated[str | None, Form()] = None,
 
 @router.get("/cases/{case:path}/videos", response_model=PageOf[CaseVideoOut],
             summary="The videos of a case, with duration and state (investigator)")
-async def case_videos(case: str, user: UserDep, p: PageDep) -> dict[str, object]:
+async def case_videos(case: Annotated[str, CASE], user: UserDep, p: PageDep
+                      ) -> dict[str, object]:
     """Paginated, newest first; investigator of the case."""
     rows = await run_in_threadpool(watchlist.case_videos, context(), user, case)
     return paginate(rows, p)
@@ -168,7 +170,7 @@ async def case_videos(case: str, user: UserDep, p: PageDep) -> dict[str, object]
 @router.get("/matches", response_model=PageOf[MatchOut],
             summary="Watchlist matches of the cases the caller sees")
 async def matches(user: UserDep, p: PageDep, status: Annotated[str | None, Query()] = None,
-                  case: Annotated[str | None, Query()] = None) -> dict[str, object]:
+                  case: Annotated[str | None, Query(), CASE] = None) -> dict[str, object]:
     """Paginated `matches --json` items, each with `enrolled_by`, `reviewers_required` and
     `confirmations_missing` (by others than the enroller); audited."""
     rows, total = await run_in_threadpool(watchlist.match_items, context(), user, status, case,
@@ -194,7 +196,7 @@ async def reopen(match_id: str, body: ReopenIn, user: UserDep) -> dict[str, obje
 
 @router.get("/persons", response_model=PageOf[PersonOut],
             summary="Unknown persons of a case, grouped across videos")
-async def persons(user: UserDep, p: PageDep, case: Annotated[str, Query()],
+async def persons(user: UserDep, p: PageDep, case: Annotated[str, Query(), CASE],
                   purpose: Annotated[str | None, Query(max_length=TEXT_MAX)] = None,
                   ) -> dict[str, object]:
     """Paginated `persons --json` items; needs a purpose; audited."""

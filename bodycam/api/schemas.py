@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 T = TypeVar("T")
 NUL = "\x00"
 TEXT_MAX = 2000  # characters of a free-text field (a reason, a note, a purpose) at most
+
+
+def _trimmed(value: str | None) -> str | None:
+    return value.strip() if value is not None else None
+
+
+# A case number wherever a request names one: trimmed, as ingest, assignment and holds store
+# it (an unassign or a filter sent with the spaces an assignment had stripped missed the case,
+# and its refusals were recorded under the untrimmed text: bb34).
+CASE = AfterValidator(_trimmed)
 
 
 def has_nul(value: object) -> bool:
@@ -251,7 +261,7 @@ class MatchesExportIn(Body):
 
     format: Literal["jsonl", "csv"] = "jsonl"
     status: str | None = None
-    case: str | None = None
+    case: Annotated[str | None, CASE] = None
 
 
 class AuditExportIn(Body):

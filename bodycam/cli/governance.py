@@ -55,17 +55,17 @@ def users_disable(name: str) -> None:
 @users_app.command("assign")
 def users_assign(name: str, case: Annotated[str, typer.Option("--case")]) -> None:
     """Assign a case to an account (investigators see only their cases)."""
-    client_call(lambda c: c.post(f"/api/v1/users/{quote(name, safe='')}/cases",
-                                 {"case": case}))
-    err.print(f"{name} assigned to case {case}")
+    done = client_call(lambda c: c.post(f"/api/v1/users/{quote(name, safe='')}/cases",
+                                        {"case": case}))
+    err.print(f"{name} assigned to case {done['case']}")  # as the server stored it
 
 
 @users_app.command("unassign")
 def users_unassign(name: str, case: Annotated[str, typer.Option("--case")]) -> None:
     """Take a case from an account (it no longer sees the case's footage, tracks or leads)."""
-    client_call(lambda c: c.delete(f"/api/v1/users/{quote(name, safe='')}/cases/"
-                                   f"{quote(case, safe='')}"))
-    err.print(f"{name} no longer sees case {case}")
+    done = client_call(lambda c: c.delete(f"/api/v1/users/{quote(name, safe='')}/cases/"
+                                          f"{quote(case, safe='')}"))
+    err.print(f"{name} no longer sees case {done['case']}")
 
 
 cases_app = typer.Typer(no_args_is_help=True,
