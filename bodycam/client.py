@@ -260,11 +260,12 @@ def resolve(url: str | None = None) -> Target:
     # To this home's stack through its socket where it has one: a loopback port is no
     # identity (another account can listen on it once the server stops); a socket in the
     # 0700 home is. To another server on this machine only from a home without one.
+    bootstrap = False
     if token is None and user in (None, "operator") and home is not None and (
             own is not None or (_on_this_machine(found) and home.socket is None)):
-        return Target(found, home.operator_token, user, own.socket if own is not None else None,
-                      bootstrap=home.operator_token is not None)
-    return Target(found, token, user, own.socket if own is not None else None)
+        token = home.operator_token
+        bootstrap = token is not None
+    return Target(found, token, user, own.socket if own is not None else None, bootstrap)
 
 
 def _on_this_machine(url: str) -> bool:

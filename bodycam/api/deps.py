@@ -70,7 +70,7 @@ async def refuse_unformed(request: Request) -> None:
     if route is None or not any(isinstance(p.field_info, params.Form)
                                 for p in route.body_params):
         return
-    sent = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    sent = _media_type(request)
     if sent not in FORM_TYPES:
         raise ProblemError(415, f"{request.url.path[:80]} takes a form (multipart/form-data), "
                                 f"not {sent[:60] or 'a body without a type'}: send each field "
@@ -89,8 +89,7 @@ async def refuse_repeats(request: Request) -> None:
     where = "query"
     route = getattr(request.scope.get("route"), "dependant", None)
     if not twice and route is not None and route.body_params:
-        if request.headers.get("content-type", "").split(";")[0].strip().lower() \
-                == "application/json":
+        if _media_type(request) == "application/json":
             twice, where = _json_repeats(await request.body()), "JSON body"
         else:
             lists = {p.alias for p in route.body_params
@@ -101,6 +100,11 @@ async def refuse_repeats(request: Request) -> None:
     if twice:
         raise ProblemError(422, f"the {where} gives {twice[0][:40]!r} more than once: give "
                                 "each field once")
+
+
+def _media_type(request: Request) -> str:
+    """The request body's media type, without its parameters (`; boundary=...`)."""
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
 def _json_repeats(body: bytes) -> list[str]:

@@ -166,8 +166,7 @@ def _probe(path: Path, limits: LimitsSettings, label: str) -> MediaInfo:
         # the wait before the picture starts: no demuxer yields them, and the frames present
         # still reach the end of the time the index spans. A valid file was refused as
         # truncated (bb35); a truncated one ends early.
-        listed_s = float(stream.duration * time_base) if stream.duration else 0.0
-        reaches_end = bool(listed_s) and duration_s >= 0.98 * listed_s
+        reaches_end = bool(declared_s) and duration_s >= 0.98 * declared_s
         if stream.frames and decoded < 0.98 * stream.frames and not reaches_end:
             raise InvalidMediaError(
                 label, f"truncated: the index lists {stream.frames} frames but only "
