@@ -20,6 +20,8 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
+from psycopg.types.json import Jsonb
+
 from bodycam import audit
 from bodycam.config import JobSettings
 from bodycam.db import Conn
@@ -52,6 +54,7 @@ class JobRow:
     attempts: int
     error: str | None
     updated_at: datetime
+    notice: str | None = None  # what a done video's reader should know (orientation.notice)
 
     def as_json(self) -> dict[str, object]:
         """The `jobs --json` contract plus a few helpful fields."""
@@ -59,7 +62,7 @@ class JobRow:
             "video_id": self.video_id, "status": self.status, "stage": self.stage,
             "attempts": self.attempts, "error": self.error, "progress": round(self.progress, 3),
             "case": self.case_id, "filename": self.filename,
-            "updated_at": self.updated_at.isoformat(),
+            "updated_at": self.updated_at.isoformat(), "notice": self.notice,
         }
 
 
@@ -118,16 +121,18 @@ def heartbeat(conn: Conn, lease: Lease, lease_s: float, progress: float, stage: 
     )
 
 
-def complete(conn: Conn, lease: Lease, computed_on: str) -> bool:
+def complete(conn: Conn, lease: Lease, computed_on: str,
+             turned: dict[str, int] | None = None) -> bool:
     """Mark the unit done inside the caller's results transaction, with what computed its
-    results (`computed_on`, e.g. 'decode cpu; detect mtcnn on cuda float32; ...').
+    results (`computed_on`, e.g. 'decode cpu; detect mtcnn on cuda float32; ...') and, where
+    it found no face, what its picture turned showed (`turned`, orientation.Turned's JSON).
 
     Returns True when this was the video's last unit. Raises LeaseLostError (the caller's
     transaction then rolls back, so nothing is written twice) if the lease no longer holds.
     """
     if WORK_UNITS.end(conn, (lease.video_id, lease.idx), lease.token,
-                      "state = 'done', progress = 1, last_error = NULL, computed_on = %s",
-                      (computed_on,)) is None:
+                      "state = 'done', progress = 1, last_error = NULL, computed_on = %s,"
+                      " turned = %s", (computed_on, Jsonb(turned) if turned else None)) is None:
         raise LeaseLostError(f"video {lease.video_id} unit {lease.idx}: lease lost before commit")
     # Lock the video row so two last units finishing at once agree on who finalizes.
     conn.execute("SELECT 1 FROM videos WHERE id = %s FOR UPDATE", (lease.video_id,))
@@ -264,8 +269,10 @@ def reap(conn: Conn, key: str, cfg: JobSettings, stale_pending_s: float
     return [(str(r["video_id"]), int(r["idx"])) for r in (*due, *stale)]
 
 
-def finish_video(conn: Conn, key: str, video_id: str, details: dict[str, object]) -> None:
-    """Mark a video done once every unit is done and finalization has run."""
+def finish_video(conn: Conn, key: str, video_id: str, details: dict[str, object],
+                 notice: str | None = None) -> None:
+    """Mark a video done once every unit is done and finalization has run, with what its
+    reader should know (`notice`, or none)."""
     row = conn.execute("SELECT status, case_id FROM videos WHERE id = %s",
                        (video_id,)).fetchone()
     if row is None or row["status"] != "processing":
@@ -274,9 +281,9 @@ def finish_video(conn: Conn, key: str, video_id: str, details: dict[str, object]
                  {"video_id": video_id, "case": row["case_id"], **details})
     conn.execute(
         "UPDATE videos SET status = 'done', stage = 'done', progress = 1, error = NULL,"
-        " stage_times = stage_times || jsonb_build_object('done', now()), updated_at = now()"
-        " WHERE id = %s AND status = 'processing'",
-        (video_id,),
+        " notice = %s, stage_times = stage_times || jsonb_build_object('done', now()),"
+        " updated_at = now() WHERE id = %s AND status = 'processing'",
+        (notice, video_id),
     )
 
 
@@ -305,7 +312,7 @@ def list_jobs(conn: Conn, status: str | None = None, limit: int = 500) -> list[J
     rows = conn.execute(
         "SELECT v.id::text AS video_id, v.case_id, v.original_filename, v.status, v.stage,"
         " v.progress, GREATEST(v.attempts, COALESCE(max(u.attempts), 0)) AS attempts,"
-        " COALESCE(v.error, max(u.last_error)) AS error, v.updated_at"
+        " COALESCE(v.error, max(u.last_error)) AS error, v.updated_at, v.notice"
         " FROM videos v LEFT JOIN work_units u ON u.video_id = v.id"
         " WHERE (%s::text IS NULL OR v.status = %s) GROUP BY v.id"
         " ORDER BY v.ingested_at DESC, v.id LIMIT %s",
@@ -313,7 +320,7 @@ def list_jobs(conn: Conn, status: str | None = None, limit: int = 500) -> list[J
     ).fetchall()
     return [JobRow(str(r["video_id"]), str(r["case_id"]), str(r["original_filename"]),
                    str(r["status"]), str(r["stage"]), float(r["progress"]),
-                   int(r["attempts"]), r["error"], r["updated_at"])
+                   int(r["attempts"]), r["error"], r["updated_at"], r["notice"])
             for r in rows]
 
 

@@ -33,6 +33,7 @@ from bodycam.errors import (
 from bodycam.media.files import sha256_file
 from bodycam.pipeline.analyze import ChunkResult, analyze_chunk
 from bodycam.pipeline.faces import FaceDetector, FaceEmbedder, Registry
+from bodycam.pipeline.orientation import Turned, notice
 from bodycam.queue import FINALIZE_VIDEO
 from bodycam.storage import THUMBNAILS
 
@@ -339,7 +340,8 @@ def store_results(ctx: Context, lease: jobs.Lease, video: VideoRow, result: Chun
                   version if d.embedding is not None else None,
                   weights if d.embedding is not None else None, d.embedding)
                  for k, d in result.detections])
-        return jobs.complete(conn, lease, computed)
+        return jobs.complete(conn, lease, computed,
+                             result.turned.as_json() if result.turned else None)
 
 
 def finalize_video(ctx: Context, video_id: str) -> None:
@@ -351,7 +353,15 @@ def finalize_video(ctx: Context, video_id: str) -> None:
         made = match_video(conn, ctx.settings, ctx.audit_key, video_id)
         n = conn.execute("SELECT count(*) AS n FROM tracks WHERE video_id = %s",
                          (video_id,)).fetchone()
+        tracks = int(n["n"]) if n else 0
+        turned = [] if tracks else [
+            Turned(int(r["t"]["deg"]), int(r["t"]["frames"]), int(r["t"]["of"]))
+            for r in conn.execute("SELECT turned AS t FROM work_units WHERE video_id = %s"
+                                  " AND turned IS NOT NULL ORDER BY idx", (video_id,))]
+        said = notice(turned)
         jobs.finish_video(conn, ctx.audit_key, video_id,
-                          {"tracks": int(n["n"]) if n else 0, "new_matches": made})
+                          {"tracks": tracks, "new_matches": made,
+                           **({"turned": [t.as_json() for t in turned]} if said else {})},
+                          said)
     log.info("video %s done; %d new pending matches; finalized in %.2f s", video_id, made,
              time.perf_counter() - t0)

@@ -168,6 +168,22 @@ def serve_with(stack: StackHandle, env: dict[str, str]) -> Iterator[dict[str, st
         proc.wait(timeout=30)
 
 
+def turned_clips(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """p06 recorded turned a quarter clockwise and counter-clockwise, with no rotation in the
+    files, and a picture with no face."""
+    from bodycam.hostile import ffmpeg_exe
+
+    ff = ffmpeg_exe()
+    cw, ccw, empty = tmp_path / "cw.mp4", tmp_path / "ccw.mp4", tmp_path / "empty.mp4"
+    for out, turn in ((cw, "transpose=1"), (ccw, "transpose=2")):
+        subprocess.run([ff, "-v", "error", "-y", "-ss", "2.8", "-i", str(HAMILTON), "-t", "3",
+                        "-vf", turn, "-an", "-c:v", "libx264", "-crf", "20", str(out)],
+                       check=True)
+    subprocess.run([ff, "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=360x640:rate=30",
+                    "-t", "3", "-c:v", "libx264", str(empty)], check=True)
+    return cw, ccw, empty
+
+
 @pytest.fixture(scope="session")
 def make_clip(tmp_path_factory: pytest.TempPathFactory) -> object:
     """Generate a synthetic body-cam clip with exact truth (cached per arguments)."""

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 
+from bodycam import hostile
 from bodycam.config import LimitsSettings, PipelineSettings
 from bodycam.domain import FaceDetection
 from bodycam.errors import ModelUnavailableError
@@ -37,7 +38,7 @@ from bodycam.pipeline.frames import ChunkDecoder, plan_samples
 from bodycam.pipeline.mtcnn import MtcnnCascade, area_resize, search_regions
 from bodycam.pipeline.scenes import scene_size, small_bgr
 from bodycam.pipeline.tracks import Tracker, build_tracks
-from tests.conftest import HAMILTON, TESTDATA, StackHandle
+from tests.conftest import HAMILTON, TESTDATA, StackHandle, turned_clips
 
 # The clip's hard cuts, checked frame by frame. The scene detector may add a cut where the
 # camera pans fast (2.002 s with swscale's small frames, 9.042 s with area-averaged planes).
@@ -867,6 +868,63 @@ def test_faces_of_footage_larger_than_the_detection_size_are_embedded_at_full_si
     stored = [float(np.dot(s2[i], g2[j])) for i in s2 for j in g2 if abs(i - j) <= 1]
     assert stored and float(np.median(stored)) > 0.985, stored
     assert detail["large.mp4"] > 0.7 * detail["small.mp4"], detail
+
+
+def test_a_picture_turned_with_no_rotation_in_its_file_is_said_not_silently_faceless(
+        tmp_path: Path) -> None:
+    """A camera worn sideways with no rotation in its file gave 0 faces and nothing said
+    (bb35). A unit with no face now looks at a few frames turned and says which turn showed
+    faces; following its advice (a copy with that display rotation) finds them."""
+    from bodycam.pipeline.orientation import notice
+
+    cfg = PipelineSettings(embedder="dlib-resnet")
+    detector = Registry.detector(cfg)
+    cw, ccw, empty = turned_clips(tmp_path)
+    said = {}
+    for path, deg in ((cw, 90), (ccw, 270)):
+        info = probe(path, LimitsSettings())
+        res = analyze_chunk(path, info, 0.0, info.duration_s, cfg, detector, None)
+        assert not res.tracks, path.name  # a stray detection at most
+        assert res.turned is not None and res.turned.deg == deg, (path.name, res.turned)
+        assert 2 <= res.turned.frames <= res.turned.of <= 4, res.turned
+        said[deg] = notice([res.turned])
+        assert said[deg] and f"-display_rotation {deg} " in said[deg], said[deg]
+    info = probe(empty, LimitsSettings())
+    res = analyze_chunk(empty, info, 0.0, info.duration_s, cfg, detector, None)
+    assert not res.tracks and res.turned is None, "no face either way: nothing to say"
+    assert notice([]) is None
+    # The copy the notice suggests is analysed upright, and says nothing more.
+    fixed = tmp_path / "fixed.mp4"
+    subprocess.run([hostile.ffmpeg_exe(), "-v", "error", "-display_rotation", "90", "-i", str(cw),
+                    "-c", "copy", str(fixed)], check=True)
+    info = probe(fixed, LimitsSettings())
+    res = analyze_chunk(fixed, info, 0.0, info.duration_s, cfg, detector, None)
+    assert res.tracks and res.turned is None
+
+
+def test_a_turned_video_s_job_carries_the_notice_to_its_reader(
+        stack: StackHandle, tmp_path: Path) -> None:
+    """Through the stack: the job row (API, `jobs`, `ingest --wait`) carries the notice, and
+    the processing.done audit row what the turned frames showed."""
+    cw, _ccw, empty = turned_clips(tmp_path)
+    [res] = stack.cli.json("ingest", str(cw), "--case", "T-TURN", "--officer", "O",  # type: ignore[misc]
+                           "--device", "D", "--wait")
+    assert res["status"] == "done" and "-display_rotation 90 " in str(res["notice"]), res
+    [job] = [j for j in stack.cli.json("jobs")  # type: ignore[union-attr]
+             if j["video_id"] == res["video_id"]]
+    assert job["notice"] == res["notice"]
+    listed = stack.cli.run("jobs", check=True).stdout
+    assert "note: no face was found in the picture as the file shows it" in listed
+    done = stack.cli.run("ingest", str(empty), "--case", "T-TURN", "--officer", "O",
+                         "--device", "D", "--wait", check=True)
+    assert "note:" not in done.stderr + done.stdout
+    with stack.ctx.db() as conn:
+        row = conn.execute("SELECT details FROM audit_log WHERE action = 'processing.done'"
+                           " AND details->>'video_id' = %s", (res["video_id"],)).fetchone()
+        units = conn.execute("SELECT turned FROM work_units WHERE video_id = %s",
+                             (res["video_id"],)).fetchall()
+    assert row["details"]["tracks"] == 0 and row["details"]["turned"][0]["deg"] == 90, row
+    assert [u["turned"]["deg"] for u in units] == [90]
 
 
 @pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg on PATH")

@@ -17,7 +17,7 @@ from playwright.sync_api import Browser, Page, expect
 
 from bodycam import jobs, queue
 from bodycam.config import JobSettings
-from tests.conftest import HAMILTON, StackHandle
+from tests.conftest import HAMILTON, StackHandle, turned_clips
 from tests.web import Account, make_account, shot, sign_in
 
 DONE_WITHIN_MS = 360_000
@@ -316,3 +316,24 @@ def test_an_investigator_opening_the_upload_page_is_refused(
     sign_in(page, api_url, clerk)
     ok = page.goto(api_url + "/app/upload")
     assert ok is not None and ok.status == 200, "the same page opens for a clerk"
+
+
+def test_a_done_video_s_notice_is_in_its_row(
+        page: Page, api_url: str, clerk: Account, tmp_path: Path) -> None:
+    """A camera worn sideways: the video is done with no track, and its row says why faces
+    may be there all the same (the job's notice), as text."""
+    cw, _ccw, _empty = turned_clips(tmp_path)
+    r = httpx.post(f"{api_url}/api/v1/videos", content=cw.read_bytes(),
+                   headers={"Authorization": f"Bearer {clerk.token}"},
+                   params={"case": CASE, "officer": "O", "device": "D",
+                           "filename": MARKUP + "sideways.mp4"}, timeout=120)
+    assert r.status_code == 201, r.text
+    vid = r.json()["video_id"]
+    sign_in(page, api_url, clerk)
+    page.goto(f"{api_url}/app/videos?case={CASE}")
+    row = page.locator(f'tr[data-video-id="{vid}"]')
+    expect(row).to_have_attribute("data-status", "done", timeout=DONE_WITHIN_MS)
+    note = row.locator("td.problem .notice")
+    expect(note).to_contain_text("faces were in")
+    expect(note).to_contain_text("-display_rotation 90 -i IN -c copy OUT.mp4")
+    assert row.locator("td.problem .error").count() == 0, "a notice is not an error"

@@ -36,7 +36,7 @@ TERMINAL = ("done", "failed", "quarantined")
 _JOB_SQL = (
     "SELECT v.id::text AS video_id, v.case_id, v.original_filename, v.status, v.stage,"
     " v.progress, GREATEST(v.attempts, COALESCE(max(u.attempts), 0)) AS attempts,"
-    " COALESCE(v.error, max(u.last_error)) AS error, v.updated_at"
+    " COALESCE(v.error, max(u.last_error)) AS error, v.updated_at, v.notice"
     " FROM videos v LEFT JOIN work_units u ON u.video_id = v.id"
     " WHERE v.id = %s GROUP BY v.id")
 
@@ -139,7 +139,7 @@ def job_row(conn: Conn, video_id: str) -> jobs.JobRow:
         raise NotFoundError(f"no video {video_id}")
     return jobs.JobRow(str(r["video_id"]), str(r["case_id"]), str(r["original_filename"]),
                        str(r["status"]), str(r["stage"]), float(r["progress"]),
-                       int(r["attempts"]), r["error"], r["updated_at"])
+                       int(r["attempts"]), r["error"], r["updated_at"], r["notice"])
 
 
 def get_video(ctx: Context, user: User, video_id: str) -> jobs.JobRow:

@@ -114,6 +114,9 @@ class JobOut(Out):
     case: str
     filename: str
     updated_at: str
+    notice: str | None = Field(None, description=(
+        "what the reader of a done video should know, e.g. that no face was found as the file"
+        " shows the picture but some were with it turned"))
 
 
 class RetryOut(Out):

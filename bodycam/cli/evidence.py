@@ -72,7 +72,7 @@ def _upload_one(client: Any, name: str, params: dict[str, Any]) -> dict[str, Any
 
 def _ingest(client: Any, files: list[str], case: str, officer: str | None,
             device: str | None, recorded_at: str | None, wait: bool, as_json: bool) -> None:
-    from bodycam.media.files import safe_name
+    from bodycam.media.files import printable, safe_name
 
     params = {"case": case, "officer": officer, "device": device, "recorded_at": recorded_at}
     results: list[dict[str, Any]] = []
@@ -89,26 +89,32 @@ def _ingest(client: Any, files: list[str], case: str, officer: str | None,
             dup = " (already ingested in this case)" if res["duplicate"] else ""
             err.print(f"{safe_name(name)}: video {res['video_id']} sha256 "
                       f"{res['sha256'][:16]}… {res['status']}{dup}")
-    final = {r["video_id"]: r["status"] for r in results}
+    final: dict[str, dict[str, Any]] = {}
     if wait and results:
         final = guarded(lambda: _wait_for(
             client, [r["video_id"] for r in results],
             {r["video_id"]: str(r["filename"]) for r in results}, quiet=as_json))
+        for r in results:
+            notice = final[r["video_id"]].get("notice")
+            if notice and not as_json:
+                err.print(f"{safe_name(str(r['filename']))}: note: {printable(str(notice))}")
     if as_json:
-        emit_json([{**r, "status": final.get(r["video_id"], r["status"])} for r in results])
+        emit_json([{**r, **{k: final[r["video_id"]][k] for k in ("status", "notice")
+                            if r["video_id"] in final}} for r in results])
     if failures:
         raise typer.Exit(1)
 
 
 def _wait_for(client: Any, video_ids: list[str], names: dict[str, str], quiet: bool
-              ) -> dict[str, str]:
-    """Poll each video's job row on the server until every one ends; rich progress bars
+              ) -> dict[str, dict[str, Any]]:
+    """Poll each video's job row on the server until every one ends, and return the last;
+    rich progress bars
     per file on stderr. Labels are server text: printable, never read as markup. A server
     that stops answering meanwhile is waited out (client.Outage)."""
     from bodycam.client import Outage
     from bodycam.media.files import printable
 
-    final: dict[str, str] = {}
+    final: dict[str, dict[str, Any]] = {}
     with Progress(TextColumn("{task.description}", markup=False), BarColumn(),
                   TextColumn("{task.fields[stage]}", markup=False),
                   TimeElapsedColumn(), console=err, disable=quiet) as bars:
@@ -125,7 +131,7 @@ def _wait_for(client: Any, video_ids: list[str], names: dict[str, str], quiet: b
                 bars.update(tasks[vid], completed=job["progress"],
                             stage=printable(str(job["stage"])))
                 if job["status"] in TERMINAL:
-                    final[vid] = job["status"]
+                    final[vid] = job
             time.sleep(0.5)
     return final
 
@@ -144,6 +150,10 @@ def jobs_cmd(
         out.print(f"{r['video_id']}  {r['status']:11} {r['stage']:10} "
                   f"{r['progress'] * 100:5.1f}%  attempts {r['attempts']}  {r['filename']}  "
                   f"{r['error'] or ''}")
+        if r.get("notice"):
+            from bodycam.media.files import printable
+
+            out.print(f"  note: {printable(str(r['notice']))}")
 
 
 @app.command()

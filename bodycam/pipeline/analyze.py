@@ -20,6 +20,7 @@ from bodycam.config import PipelineSettings
 from bodycam.domain import FaceDetection, FaceTrack, MediaInfo, SampledFrame, Scene
 from bodycam.pipeline.faces import FaceDetector, FaceEmbedder
 from bodycam.pipeline.frames import ChunkDecoder
+from bodycam.pipeline.orientation import CHECKED, Spread, Turned, keepable, turned_faces
 from bodycam.pipeline.tracks import Tracker, center_distance, iou, size_ratio
 
 
@@ -45,6 +46,7 @@ class ChunkResult:
     frames_sampled: int = 0
     stage_s: dict[str, float] = field(default_factory=dict)
     decoded_on: str = "cpu"  # 'cuda' where NVDEC decoded it (decode_device)
+    turned: Turned | None = None  # with no track found: what a turned picture showed
 
 
 def _thumbnail(frame: SampledFrame, det: FaceDetection, height_px: int) -> np.ndarray:
@@ -366,6 +368,7 @@ def analyze_chunk(
     producer.start()
     linker.start()
     sampled = 0
+    spread = Spread(CHECKED)  # frames to look at turned, should none show a face
     timing_lock = threading.Lock()
 
     def detect(frames: list[SampledFrame]) -> list[list[FaceDetection]]:
@@ -392,6 +395,8 @@ def analyze_chunk(
             if isinstance(item, BaseException):
                 raise item
             sampled += len(item)
+            for f in item:
+                spread.offer(keepable(f))
             in_flight.append((item, pool.submit(detect, item)))
             while len(in_flight) >= detector.concurrency and not errors:
                 hand_over(in_flight.popleft())
@@ -430,9 +435,14 @@ def analyze_chunk(
             end_s=min(scene.end_s, trk.end_s + half),
             thumbnail_jpeg=_jpeg(best[key][1]),
         ))
+    turned = None
+    if not tracks:  # a stray detection or two is no face seen
+        t0 = time.perf_counter()
+        turned = turned_faces(detector, spread.kept)
+        timing["detect"] += time.perf_counter() - t0
     return ChunkResult(
         scenes=decoder.scenes, tracks=tracks,
         detections=[(k if k in kept else None, d) for k, d in detections],
         frames_decoded=decoder.frames_decoded, frames_sampled=sampled, stage_s=timing,
-        decoded_on=decoder.decoded_on,
+        decoded_on=decoder.decoded_on, turned=turned,
     )

@@ -210,7 +210,7 @@ function jobRow(job) {
     <td class="stage">${esc(job.stage)}</td>
     <td><progress max="100" value="${pct}" aria-label="Processing of ${esc(job.filename)}"></progress> ${pct}%</td>
     <td class="attempts">${esc(job.attempts)}</td>
-    <td class="problem">${why ? `<span class="error">${esc(why)}</span>` : ""}${detail}</td>
+    <td class="problem">${why ? `<span class="error">${esc(why)}</span>` : ""}${detail}${job.notice ? `<span class="notice">Note: ${esc(job.notice)}</span>` : ""}</td>
     <td>${retry}</td></tr>`;
 }
 
