@@ -684,9 +684,15 @@ def build_report(plan: Plan, choices: Choices, auto: Decision, head: dict[str, A
     if shown is not None:  # the release's frames on those grid frames, the first of each
         low = [(n, round(shown.times[n], 3)) for f, _t in low
                if (found := shown.span(f, f)) is not None for n in found[:1]]
+    w, h = plan.width_px, plan.height_px
     return {**head, "plan_version": plan.version, "algorithm": ALGORITHM,
             "frames": len(shown.grid) if shown is not None else plan.n_frames,
             "duration_s": plan.duration_s,
+            # The boxes' pixels, and the release's: a side of odd length gets one black row
+            # or column at the bottom or right (4:2:0 needs even sides), so a 641x361
+            # picture came out 642x362 and nothing said why (bb35).
+            "picture": {"width_px": w, "height_px": h, "written_width_px": w + w % 2,
+                        "written_height_px": h + h % 2},
             "redacted_regions": redacted, "kept_tracks": kept, "removed_false_positives": removed,
             "low_confidence_frames": [f for f, _t in low],
             "low_confidence_times_s": [t for _f, t in low],
@@ -710,6 +716,19 @@ def contact_sheet(tiles: Sequence[tuple[int, Image.Image]]) -> bytes:
     return buf.getvalue()
 
 
+def _picture_line(picture: dict[str, int] | None) -> list[str]:
+    """The picture's size in the boxes' pixels and, where it differs, the release's."""
+    if not picture:  # a report written before it recorded the picture
+        return []
+    w, h = picture["width_px"], picture["height_px"]
+    ww, wh = picture["written_width_px"], picture["written_height_px"]
+    added = [what for what, n in (("a black column at the right", ww - w),
+                                  ("a black row at the bottom", wh - h)) if n]
+    return [f"Picture {w}x{h} px (the boxes' pixels)"
+            + (f"; written {ww}x{wh} with {' and '.join(added)} (4:2:0 needs even sides)"
+               if added else "")]
+
+
 def report_lines(report: dict[str, Any]) -> list[str]:
     """The report as plain lines (for the PDF)."""
     lines = ["Bodycam redaction report", "",
@@ -719,6 +738,7 @@ def report_lines(report: dict[str, Any]) -> list[str]:
              f"Derivative SHA-256 {report.get('sha256')}",
              f"Plan version {report['plan_version']} ({report['algorithm']}), "
              f"{report['frames']} frames, {report['duration_s']:.2f} s",
+             *_picture_line(report.get("picture")),
              f"Reviewer {report.get('reviewer')}  at {report.get('created_at')}",
              f"Settings: {json.dumps(report.get('settings', {}), sort_keys=True)}", "",
              f"Redacted regions ({len(report['redacted_regions'])}):"]

@@ -394,6 +394,11 @@ def test_a_release_keeps_every_frame_s_time_the_sound_s_place_and_nothing_else(
     assert row["time_s"] == [round(times[lo], 3), round(times[hi], 3)]
     assert times[lo] < 1.0 < 1.5 <= times[hi] + 0.05, row
     assert report["frames"] == len(after)
+    assert report["picture"] == {"width_px": 215, "height_px": 121, "written_width_px": 216,
+                                 "written_height_px": 122}, "the padding is said"
+    assert ("Picture 215x121 px (the boxes' pixels); written 216x122 with a black column at the"
+            " right and a black row at the bottom (4:2:0 needs even sides)"
+            in report_lines({**report, "settings": {}}))
     with av.open(str(out)) as c:
         assert [st.type for st in c.streams] == ["video", "audio"]
         v = c.streams.video[0]
