@@ -49,7 +49,11 @@ from bodycam.pipeline.tracks import iou
 # /4: CenterFace also scans a frame wider than its scan width at its own size, and a track
 # lost inside the picture is held toward its scene's ends (bb26: small night faces at 1080p
 # and the frames before a cut were shown); a video's next redaction makes a new plan.
-ALGORITHM = "dense-union-overlap-tracks/4"
+# /5: with no face embedded, a face that moved too far to overlap its last box keeps its track
+# at the next sample (a face running across the picture showed between samples), and a box
+# is held at the frame's edge as inside it and carried on along its motion (a face leaving
+# slowly, or running out of the picture, showed: bb37).
+ALGORITHM = "dense-union-overlap-tracks/5"
 Box = tuple[float, float, float, float]
 # One detection of a plan track: frame, x1, y1, x2, y2, probability, detector name.
 PlanDetection = tuple[int, float, float, float, float, float, str]
@@ -166,10 +170,14 @@ def compute_plan(path: Path, info: MediaInfo, video_id: str, sha256: str,
 
     `stored` are the search analysis's detections (track id, frame, box): each plan track
     records the stored tracks it overlaps, so a kept `bodycam tracks` id keeps its face.
+    Turned faces (a camera worn sideways, no rotation in its file), which the analysis
+    misses, are found by the plan's denser, more sensitive detectors (test_redaction), so no
+    frame is looked at turned (`look_turned` 0).
     """
     from bodycam.pipeline.analyze import analyze_chunk
 
-    result = analyze_chunk(path, info, 0.0, info.duration_s, cfg, detector, None, progress)
+    result = analyze_chunk(path, info, 0.0, info.duration_s, cfg, detector, None, progress,
+                           look_turned=0)
     by_key: dict[int, list[PlanDetection]] = {}
     scene_of: dict[int, int] = {}
     loose = 0
@@ -311,17 +319,13 @@ def _box(d: PlanDetection) -> Box:
     return d[1], d[2], d[3], d[4]
 
 
-def _at_edge(box: Box, w: int, h: int) -> bool:
-    """Whether a face's box lies within half its height of the frame's edge (where a face
-    leaves or enters the picture)."""
-    m = 0.5 * (box[3] - box[1])
-    return box[0] <= m or box[1] <= m or box[2] >= w - m or box[3] >= h - m
-
-
 def track_boxes(plan: Plan, track: PlanTrack) -> Iterator[tuple[int, tuple[int, int, int, int]]]:
-    """(frame, padded box) for every frame the track covers, lead and tail included. A track
-    that starts (ends) away from the frame's edge has its first (last) box held toward its
-    scene's start (end), at most `hold_frames` (plans computed before record none)."""
+    """(frame, padded box) for every frame the track covers, lead and tail included. A track's
+    first (last) box is held toward its scene's start (end), at most `hold_frames` (plans
+    computed before record none). At the frame's edge too: a face half out of the picture
+    is seldom found, and one leaving slowly showed in the frames after its last box (bb37).
+    Where the track moved, the held box is also carried on along its first (last) step's
+    motion: a face running out of the picture showed ahead of its last box (bb37)."""
     p = plan.params
     pad, lead, tail = float(p["pad"]), int(p["lead_frames"]), int(p["tail_frames"])
     dets = track.detections
@@ -331,12 +335,14 @@ def track_boxes(plan: Plan, track: PlanTrack) -> Iterator[tuple[int, tuple[int, 
     scenes = p.get("scenes") or []
     if hold and 0 <= track.scene < len(scenes):
         start, end = (int(v) for v in scenes[track.scene])
-        if not _at_edge(_box(dets[0]), w, h):
-            lead = max(lead, min(hold, track.first_frame - start))
-        if not _at_edge(_box(dets[-1]), w, h):
-            tail = max(tail, min(hold, end - 1 - track.last_frame))
+        lead = max(lead, min(hold, track.first_frame - start))
+        tail = max(tail, min(hold, end - 1 - track.last_frame))
+    first_step = _step(dets[0], dets[1]) if len(dets) > 1 else None
+    last_step = _step(dets[-2], dets[-1]) if len(dets) > 1 else None
     for f in range(max(0, track.first_frame - lead), track.first_frame):
         yield f, _pad(_box(dets[0]), pad, w, h)
+        if first_step is not None:
+            yield f, _pad(_moved(_box(dets[0]), first_step, f - track.first_frame), pad, w, h)
     for a, b in itertools.pairwise(dets):
         ba, bb = _box(a), _box(b)
         for f in range(a[0], b[0]):
@@ -345,6 +351,21 @@ def track_boxes(plan: Plan, track: PlanTrack) -> Iterator[tuple[int, tuple[int, 
                            ba[2] + k * (bb[2] - ba[2]), ba[3] + k * (bb[3] - ba[3])), pad, w, h)
     for f in range(track.last_frame, min(last_frame, track.last_frame + tail) + 1):
         yield f, _pad(_box(dets[-1]), pad, w, h)
+        if last_step is not None and f > track.last_frame:
+            yield f, _pad(_moved(_box(dets[-1]), last_step, f - track.last_frame), pad, w, h)
+
+
+def _step(a: PlanDetection, b: PlanDetection) -> tuple[float, float] | None:
+    """How far a track's box moved a frame between two of its detections (x, y); None
+    where it did not move."""
+    n = max(1, b[0] - a[0])
+    step = ((b[1] + b[3] - a[1] - a[3]) / 2 / n, (b[2] + b[4] - a[2] - a[4]) / 2 / n)
+    return step if step != (0.0, 0.0) else None
+
+
+def _moved(box: Box, step: tuple[float, float], frames: int) -> Box:
+    dx, dy = step[0] * frames, step[1] * frames
+    return box[0] + dx, box[1] + dy, box[2] + dx, box[3] + dy
 
 
 @dataclass(frozen=True)

@@ -127,10 +127,18 @@ def test_the_plan_covers_every_frame_between_detections_and_around_a_track() -> 
                 {"pad": 0.25, "lead_frames": 3, "tail_frames": 2,
                  "low_confidence": {"mtcnn": 0.95, "centerface": 0.5}}, 1)
     regions = frame_regions(plan, Choices())
-    p1 = {f: r.box for f, rs in regions.items() for r in rs if r.source == "P1"}
-    assert sorted(p1) == list(range(7, 17)), "3 frames before, every frame, 2 after"
-    assert p1[12] == (100, 87, 160, 163), "halfway box, padded a quarter per side, outward"
-    assert p1[7] == p1[10] and p1[16] == p1[14]
+    p1: dict[int, list[tuple[int, int, int, int]]] = {}
+    for f, rs in regions.items():
+        p1.setdefault(f, []).extend(r.box for r in rs if r.source == "P1")
+    assert sorted(f for f in p1 if p1[f]) == list(range(7, 17)), "3 before, every frame, 2 after"
+    assert p1[12] == [(100, 87, 160, 163)], "halfway box, padded a quarter per side, outward"
+    # Before and after, the end boxes held, and carried on along the track's motion (5 px a
+    # frame to the right): a face running out of the picture showed ahead of its last box.
+    (x1, y1, x2, y2), = p1[10]
+    assert p1[7] == [(x1, y1, x2, y2), (x1 - 15, y1, x2 - 15, y2)]
+    (x1, y1, x2, y2), = p1[14]
+    assert p1[16] == [(x1, y1, x2, y2), (x1 + 10, y1, x2 + 10, y2)]
+    assert p1[14] == [(x1, y1, x2, y2)], "the last detection's own frame: its box only"
     assert plan.low_confidence_frames() == [14, 32], "each detector against its own line"
     who = Decision("r", "public interest", "ann")
     kept = frame_regions(plan, Choices(keep={"P1": who}, remove={"P2": who}, regions=(
@@ -139,13 +147,12 @@ def test_the_plan_covers_every_frame_between_detections_and_around_a_track() -> 
     assert sorted(kept) == [30, 31, 32, 33], "1.0 s to 1.1 s at 30 fps, ends included"
 
 
-def test_a_track_lost_inside_the_picture_is_held_to_its_scene_and_one_at_the_edge_is_not(
-        ) -> None:
+def test_a_track_lost_inside_the_picture_or_at_its_edge_is_held_to_its_scene() -> None:
     """Pure. A face does not vanish inside the picture: a 76-px night face was shown for the
-    13 frames between its track's end and the cut (bb26). A track that starts or ends away
-    from the edge has its box held toward its scene's start or end (at most hold_frames); one
-    at the edge (leaving the picture) keeps the plain lead and tail, as plans computed before
-    the hold (no hold_frames) do."""
+    13 frames between its track's end and the cut (bb26). Nor at the edge: a face leaving
+    slowly, half out and no longer found, showed in the last frame (bb37). A track's first
+    and last boxes are held toward its scene's start and end (at most hold_frames); plans
+    computed before the hold (no hold_frames) keep the plain lead and tail."""
     inside = PlanTrack("P1", 1, ((50, 140.0, 100.0, 180.0, 150.0, 0.9, "centerface"),
                                  (60, 140.0, 100.0, 180.0, 150.0, 0.9, "centerface")))
     edge = PlanTrack("P2", 1, ((50, 2.0, 100.0, 40.0, 150.0, 0.9, "centerface"),
@@ -163,10 +170,68 @@ def test_a_track_lost_inside_the_picture_is_held_to_its_scene_and_one_at_the_edg
 
     held = covered(params)
     assert held["P1"] == list(range(30, 75)), "held to the scene's first and last frame"
-    assert held["P2"] == list(range(42, 69)), "at the edge: 8 frames of lead and tail"
+    assert held["P2"] == list(range(30, 75)), "at the edge as well"
     assert covered({**params, "hold_frames": 5})["P1"] == list(range(42, 69))
     before = {k: v for k, v in params.items() if k != "hold_frames"}
     assert covered(before) == {"P1": list(range(42, 69)), "P2": list(range(42, 69))}
+
+
+def _faces_shown(path: Path, turns: int = 0) -> list[int]:
+    """The frames of a video where MTCNN finds a face (turned `turns` quarters first)."""
+    from bodycam.config import PipelineSettings
+    from bodycam.domain import SampledFrame
+    from bodycam.pipeline.faces import MtcnnDetector
+
+    detector = MtcnnDetector(PipelineSettings(min_face_px=20))
+    frames = [SampledFrame(i, i, 0.0, i, np.ascontiguousarray(np.rot90(img, turns)))
+              for i, (_t, img) in enumerate(_decoded(path))]
+    return [i for i, found in enumerate(detector.detect(frames)) if found]
+
+
+def _released(src: Path, out: Path) -> Plan:
+    """The video's plan as a worker makes it, and its release with every face hidden."""
+    from bodycam.redaction_jobs import plan_detector
+
+    settings = Settings()
+    red = settings.redaction
+    info = probe(src, settings.limits)
+    cfg = dense_pipeline(settings.pipeline, red, info)
+    plan = compute_plan(src, info, "v", "0" * 64, cfg, red, plan_detector(cfg, red))
+    render(src, info, plan, Choices(), out, settings.limits, red)
+    return plan
+
+
+def test_a_face_running_across_the_picture_is_hidden_in_every_frame(tmp_path: Path) -> None:
+    """A face 75 px wide moving 90 px a frame at 25 fps (a whip pan, a runner) was found at
+    every sample, each find a track of its own, and showed in every frame between two
+    samples (bb37). With no face embedded, a face that moved keeps its track at the next
+    sample, and its box is interpolated between."""
+    src, out = tmp_path / "run.mp4", tmp_path / "o.mp4"
+    photo = TESTDATA / "faces" / "identities" / "p05" / "01.jpg"
+    _ff("-f", "lavfi", "-i", "color=c=0x406080:s=1280x720:r=25:d=3", "-i", str(photo),
+        "-filter_complex", "[1:v]scale=-2:200[f];[0:v][f]overlay=x='-100+90*(n-10)':y=300:"
+        "enable='between(n,10,24)'[v]", "-map", "[v]", "-c:v", "libx264", "-pix_fmt",
+        "yuv420p", str(src))
+    plan = _released(src, out)
+    before = _faces_shown(src)
+    assert len(before) >= 8 and any(f % 2 for f in before), before
+    assert _faces_shown(out) == [], "hidden in every frame, between the samples too"
+    assert max(len(t.detections) for t in plan.tracks) >= 5, "one track follows the face"
+
+
+def test_a_video_recorded_turned_with_no_rotation_in_its_file_is_hidden_all_the_same(
+        tmp_path: Path) -> None:
+    """A camera worn sideways, no rotation in its file: the analysis sees no face there (its
+    job says so), but the plan's denser, more sensitive detectors find the turned faces, and
+    every face of the release is hidden."""
+    from tests.conftest import turned_clips
+
+    cw, ccw, _empty = turned_clips(tmp_path)
+    for path, turns in ((cw, 1), (ccw, 3)):
+        out = tmp_path / f"o-{path.name}"
+        _released(path, out)
+        assert len(_faces_shown(path, turns)) >= 30
+        assert _faces_shown(out, turns) == [], path.name
 
 
 def test_a_small_dark_face_of_a_wide_frame_is_found_by_scanning_it_at_its_own_size() -> None:

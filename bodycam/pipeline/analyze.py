@@ -46,7 +46,7 @@ class ChunkResult:
     frames_sampled: int = 0
     stage_s: dict[str, float] = field(default_factory=dict)
     decoded_on: str = "cpu"  # 'cuda' where NVDEC decoded it (decode_device)
-    turned: Turned | None = None  # with no track found: what a turned picture showed
+    turned: Turned | None = None  # with no track of 2 faces: what a turned picture showed
 
 
 def _thumbnail(frame: SampledFrame, det: FaceDetection, height_px: int) -> np.ndarray:
@@ -250,6 +250,7 @@ def analyze_chunk(
     detector: FaceDetector,
     embedder: FaceEmbedder | None,
     progress: Callable[[float], None] = lambda _f: None,
+    look_turned: int = CHECKED,
 ) -> ChunkResult:
     """Run the pipeline over [start_s, end_s) of a video file.
 
@@ -263,6 +264,9 @@ def analyze_chunk(
     computed and not asked for are dropped, so the results are those of one call per face.
     With embedder None (redact-only policy) faces are detected and tracked by overlap alone
     and no embedding is computed.
+
+    Where no track holds two faces, `look_turned` of the sampled frames, spread over the
+    chunk, are looked at turned (orientation.turned_faces): a camera worn sideways.
 
     `stage_s` reports each stage's busy seconds (time blocked on a queue excluded): the
     stages overlap, so they add up to more than the wall time.
@@ -319,7 +323,7 @@ def analyze_chunk(
         finally:
             timing["decode"] = time.perf_counter() - t0 - waited
 
-    tracker = Tracker(cfg)
+    tracker = Tracker(cfg, motion=embedder is None)
     planner = EmbedPlanner(cfg)
     best: dict[int, tuple[float, np.ndarray]] = {}
     detections: list[tuple[int, FaceDetection]] = []
@@ -368,7 +372,7 @@ def analyze_chunk(
     producer.start()
     linker.start()
     sampled = 0
-    spread = Spread(CHECKED)  # frames to look at turned, should none show a face
+    spread = Spread(look_turned)  # frames to look at turned, should none show a face
     timing_lock = threading.Lock()
 
     def detect(frames: list[SampledFrame]) -> list[list[FaceDetection]]:
@@ -436,7 +440,7 @@ def analyze_chunk(
             thumbnail_jpeg=_jpeg(best[key][1]),
         ))
     turned = None
-    if not tracks:  # a stray detection or two is no face seen
+    if not any(len(t.track.detections) >= 2 for t in tracks):  # a stray one is no face seen
         t0 = time.perf_counter()
         turned = turned_faces(detector, spread.kept)
         timing["detect"] += time.perf_counter() - t0

@@ -47,7 +47,7 @@ class Spread:
         self.kept: list[Any] = []
 
     def offer(self, item: Any) -> None:
-        if self.seen % self.stride == 0:
+        if self.limit and self.seen % self.stride == 0:
             self.kept.append(item)
             if len(self.kept) > self.limit:
                 self.kept = self.kept[::2]

@@ -10,6 +10,10 @@ import numpy as np
 from bodycam.config import PipelineSettings
 from bodycam.domain import FaceDetection, FaceTrack
 
+# How far (in face heights) a face may move between two samples and keep its track where
+# no face is embedded (Tracker's `motion`).
+MOTION_HEIGHTS = 3.0
+
 
 def iou(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
     """Intersection over union of two boxes (x1, y1, x2, y2)."""
@@ -65,10 +69,17 @@ class Tracker:
     typically at a cut the scene detector missed). Assignment is greedy by score and
     one-to-one, so two faces of one frame never share a track. A scene change closes every
     track.
+
+    With `motion` (no face is embedded: redaction plans, the redact-only profile), a face
+    that moved too far to overlap its last box joins the track at the next sample if it is
+    within MOTION_HEIGHTS of it, ranked below every overlapping link: a face running across
+    the picture (90 px a frame) was a row of one-frame tracks, and the frames between the
+    samples, where no box is interpolated between two tracks, showed it (bb37).
     """
 
-    def __init__(self, cfg: PipelineSettings) -> None:
+    def __init__(self, cfg: PipelineSettings, motion: bool = False) -> None:
         self.cfg = cfg
+        self._motion_gap_s = 1.5 / cfg.sample_fps if motion else 0.0
         self._join, self._relink = cfg.link_similarity()
         self._active: list[_Active] = []
         self._done: list[_Active] = []
@@ -121,6 +132,10 @@ class Tracker:
             return overlap + (sim if sim is not None else 0.0)
         if sim is not None and sim >= self._relink and near:
             return sim - 0.5  # fast motion or a short occlusion: rank below overlapping links
+        if sim is None and det.t_s - last.t_s <= self._motion_gap_s:
+            moved = center_distance(last.box_px, det.box_px)
+            if moved < MOTION_HEIGHTS:
+                return -moved  # below every overlap and every similar face, nearest first
         return None
 
     def _expire(self, t_s: float, scene: int) -> None:
