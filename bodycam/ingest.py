@@ -9,6 +9,7 @@ import tempfile
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -19,7 +20,7 @@ from bodycam.domain import MediaInfo
 from bodycam.errors import InvalidInputError, InvalidMediaError, PermanentError, TransientError
 from bodycam.media.files import private_copy, safe_name, sha256_file
 from bodycam.media.probe import probe
-from bodycam.storage import INCOMING, OriginalUpload, StoredObject
+from bodycam.storage import INCOMING, ObjectInfo, OriginalUpload, StoredObject
 from bodycam.timeparse import parse_recorded_at
 
 log = logging.getLogger(__name__)
@@ -217,6 +218,9 @@ def _record(ctx: Context, stored: StoredObject, filename: str, info: MediaInfo,
 INCOMING_ACTOR = "system:incoming"  # who ingests what arrives in incoming/ (nobody verified)
 MAX_SIDECAR_BYTES = 64 * 1024
 MAX_INCOMING_ATTEMPTS = 5  # unexpected failures of one object before it is given up
+# A claim left `working` this long was dropped (a worker killed, the database lost before the
+# outcome was written): the object is handled again, by the reconciler too (bb36).
+STALE_CLAIM_S = 600
 
 
 def incoming_metadata(ctx: Context, key: str) -> dict[str, str]:
@@ -248,37 +252,64 @@ def incoming_metadata(ctx: Context, key: str) -> dict[str, str]:
     return meta
 
 
-def _current_etag(ctx: Context, key: str) -> str | None:
-    return next((o.etag for o in ctx.store.list(key) if o.key == key), None)
+def _arrival(objects: dict[str, ObjectInfo], key: str) -> str:
+    """When the store says an object and its sidecar were last put: a new put of either is
+    a new drop of the object, whatever its bytes (the etag of the same bytes is the same)."""
+    obj, sidecar = objects.get(key), objects.get(f"{key}.json")
+    return f"{obj.modified if obj else ''}|{sidecar.modified if sidecar else ''}"
+
+
+def current_drop(ctx: Context, key: str) -> tuple[str, str] | None:
+    """(etag, arrival) of an object in incoming/ now; None where there is none."""
+    objects = {o.key: o for o in ctx.store.list(key) if o.key in (key, f"{key}.json")}
+    if key not in objects:
+        return None
+    return objects[key].etag, _arrival(objects, key)
 
 
 def ingest_incoming(ctx: Context, key: str, etag: str) -> IngestResult | None:
     """Ingest one object put straight into incoming/ (by an S3 event or the reconciler).
 
     Only an object that exists now with that etag is handled (a forged or stale request does
-    nothing and records nothing). Each (key, etag) is handled once: the outcome is recorded in
-    incoming_objects, a rejected object stays where it is with its reason and is not retried,
-    an accepted one moves into the evidence store. An unexpected failure is retried by the
-    reconciler at most MAX_INCOMING_ATTEMPTS times, then rejected with its reason.
+    nothing and records nothing). Each drop of an object (key, etag, and when it and its
+    sidecar were put) is handled once: the outcome is recorded in incoming_objects, a
+    rejected object stays where it is with its reason and is not retried until it or its
+    sidecar is put again, an accepted one moves into the evidence store (unless it was put
+    again meanwhile: that drop keeps its own turn). An unexpected failure is retried by the
+    reconciler at most MAX_INCOMING_ATTEMPTS times, then rejected with its reason; a claim
+    left `working` for STALE_CLAIM_S is taken over. A sidecar's key stands for its video.
 
     Nobody authenticated the upload, so the audit actor is `system:incoming`; an `uploader`
     named in the sidecar or tags is recorded only as an unverified claim.
     """
-    if not key.startswith(INCOMING) or key.endswith(".json") or key.endswith("/"):
+    if key.endswith(".json"):  # a sidecar put (after its video, say): its video's turn
+        video = key[:-len(".json")]
+        now = None if video.endswith(".json") else current_drop(ctx, video)
+        if now is None:
+            return None
+        key, etag = video, now[0]
+    if not key.startswith(INCOMING) or key.endswith("/"):
         return None
-    if _current_etag(ctx, key) != etag:
+    now = current_drop(ctx, key)
+    if now is None or now[0] != etag:
         log.info("incoming object %s: no such object with that etag now; nothing to do", key)
         return None
+    arrival = now[1]
     with ctx.db() as conn:
         claimed = conn.execute(
-            "INSERT INTO incoming_objects (key, etag, state, attempts)"
-            " VALUES (%s, %s, 'working', 1)"
+            "INSERT INTO incoming_objects (key, etag, state, attempts, arrival)"
+            " VALUES (%s, %s, 'working', 1, %s)"
             " ON CONFLICT (key, etag) DO UPDATE SET state = 'working', updated_at = now(),"
-            " attempts = incoming_objects.attempts + 1"
+            " attempts = CASE WHEN incoming_objects.state IN ('ingested', 'rejected') THEN 1"
+            "                 ELSE incoming_objects.attempts + 1 END,"
+            " arrival = EXCLUDED.arrival"
             " WHERE (incoming_objects.state = 'working'"
-            "        AND incoming_objects.updated_at < now() - interval '10 minutes')"
+            "        AND incoming_objects.updated_at < now() - make_interval(secs => %s))"
             " OR incoming_objects.state = 'error'"
-            " RETURNING attempts", (key, etag),
+            " OR (incoming_objects.state IN ('ingested', 'rejected')"
+            "     AND incoming_objects.arrival <> ''"
+            "     AND incoming_objects.arrival <> EXCLUDED.arrival)"
+            " RETURNING attempts", (key, etag, arrival, STALE_CLAIM_S),
         ).fetchone()
     if claimed is None:
         return None  # already handled, or being handled
@@ -316,11 +347,23 @@ def ingest_incoming(ctx: Context, key: str, etag: str) -> IngestResult | None:
         "duplicate": result.duplicate,
         "claimed_uploader": claimed_uploader[:200] if claimed_uploader else None,
         "claim_verified": False})
+    remove_drop(ctx, key, etag, arrival)
+    return result
+
+
+def remove_drop(ctx: Context, key: str, etag: str, arrival: str) -> bool:
+    """Delete an ingested object and its sidecar, unless either was put again while it was
+    read (a dock re-sending, two cameras' files of one name): that drop is left for its own
+    turn. The new footage was deleted unseen (bb36). Returns whether it was deleted."""
+    if current_drop(ctx, key) != (etag, arrival):
+        log.info("incoming object %s was put again while it was ingested: kept for its turn",
+                 key)
+        return False
     ctx.store.delete(key)
     sidecar = f"{key}.json"
     if ctx.store.exists(sidecar):
         ctx.store.delete(sidecar)
-    return result
+    return True
 
 
 def _reject_incoming(ctx: Context, key: str, etag: str, reason: str) -> None:
@@ -341,14 +384,27 @@ def _mark_incoming(ctx: Context, key: str, etag: str, state: str, video_id: str 
 
 
 def unhandled_incoming(ctx: Context) -> list[tuple[str, str]]:
-    """(key, etag) of objects in incoming/ that no event or earlier pass has handled, and of
-    those whose earlier attempts failed unexpectedly (state `error`: retried, bounded)."""
-    listed = [(o.key, o.etag) for o in ctx.store.list(INCOMING)
-              if not o.key.endswith(".json") and not o.key.endswith("/")]
+    """(key, etag) of objects in incoming/ that no event or earlier pass has handled: new
+    ones, those put again (or given a sidecar) since they were handled, those whose earlier
+    attempts failed unexpectedly (state `error`: retried, bounded), and those whose claim
+    was left `working` by a dead worker or a lost database (STALE_CLAIM_S)."""
+    objects = {o.key: o for o in ctx.store.list(INCOMING)}
+    listed = [(key, o.etag, _arrival(objects, key)) for key, o in objects.items()
+              if not key.endswith(".json") and not key.endswith("/")]
     if not listed:
         return []
     with ctx.db() as conn:
-        seen = {(str(r["key"]), str(r["etag"])) for r in conn.execute(
-            "SELECT key, etag FROM incoming_objects WHERE key = ANY(%s) AND state <> 'error'",
-            ([k for k, _ in listed],)).fetchall()}
-    return [item for item in listed if item not in seen]
+        rows = {(str(r["key"]), str(r["etag"])): r for r in conn.execute(
+            "SELECT key, etag, state, arrival,"
+            " updated_at < now() - make_interval(secs => %s) AS stale"
+            " FROM incoming_objects WHERE key = ANY(%s)",
+            (STALE_CLAIM_S, [k for k, _e, _a in listed])).fetchall()}
+
+    def due(row: dict[str, Any] | None, arrival: str) -> bool:
+        if row is None or row["state"] == "error":
+            return True
+        if row["state"] == "working":
+            return bool(row["stale"])
+        return bool(row["arrival"]) and row["arrival"] != arrival
+
+    return [(key, etag) for key, etag, arrival in listed if due(rows.get((key, etag)), arrival)]

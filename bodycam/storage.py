@@ -79,6 +79,7 @@ class ObjectInfo:
     key: str
     size_bytes: int
     etag: str
+    modified: str = ""  # when it was last put, as the store says (ISO 8601)
 
 
 P = ParamSpec("P")
@@ -344,8 +345,10 @@ class ObjectStore:
         try:
             for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
                 for obj in page.get("Contents", []):
+                    modified = obj.get("LastModified")
                     yield ObjectInfo(key=obj["Key"], size_bytes=int(obj["Size"]),
-                                     etag=str(obj.get("ETag", "")).strip('"'))
+                                     etag=str(obj.get("ETag", "")).strip('"'),
+                                     modified=modified.isoformat() if modified else "")
         except (BotoCoreError, ClientError) as exc:
             mapped = _unreachable(self.cfg.endpoint_url, exc)
             if mapped is None:

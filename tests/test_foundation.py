@@ -407,3 +407,87 @@ def test_repeated_crashes_quarantine_the_video_with_its_reason(stack: StackHandl
         control.add_consumer("gpu", reply=True, timeout=5)
     assert stack.cli.run("retry", vid).returncode == 0
     assert stack.wait_status(vid)["status"] == "done"
+
+
+def _wait_incoming(stack: StackHandle, key: str, state: str, timeout_s: float = 90
+                   ) -> dict[str, object]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with stack.ctx.db() as conn:
+            row = conn.execute("SELECT state, error, attempts FROM incoming_objects"
+                               " WHERE key = %s ORDER BY updated_at DESC LIMIT 1",
+                               (key,)).fetchone()
+        if row and row["state"] == state:
+            return dict(row)
+        time.sleep(1)
+    raise AssertionError(f"{key} never became {state}")
+
+
+def test_an_incoming_drop_put_again_or_given_its_sidecar_later_is_handled_again(
+        stack: StackHandle) -> None:
+    """The same bytes at the same key have the same etag: once handled, a sidecar that came
+    after its video's rejection, and the same file put again for another case, were ignored
+    for good (bb36). A drop is (key, etag, when it and its sidecar were put); a sidecar's
+    S3 event stands for its video."""
+    store = stack.ctx.store
+    key = "incoming/again/clip.mp4"
+    store._client.put_object(Bucket=store.bucket, Key=key, Body=HAMILTON.read_bytes(),
+                             Tagging="case=T-AGAIN-A&officer=O")
+    assert "--device" in str(_wait_incoming(stack, key, "rejected")["error"])
+    time.sleep(1.1)  # the store's times are in whole seconds
+    store.put_bytes(key + ".json", json.dumps({"device": "D"}).encode(), "application/json")
+    token = stack.cli.run("events-token", check=True).stdout.strip()
+    api = json.loads((stack.home / "stack.json").read_text())["api_url"]
+    event = {"Records": [{"eventName": "s3:ObjectCreated:Put",
+                          "s3": {"bucket": {"name": store.bucket},
+                                 "object": {"key": key + ".json"}}}]}
+    reply = httpx.post(f"{api}/s3/events", json=event, timeout=10,
+                       headers={"Authorization": f"Bearer {token}"})
+    assert reply.status_code == 200 and reply.json() == {"queued": 1}, "the video's turn"
+    _wait_for_case(stack, "T-AGAIN-A")
+    assert _wait_incoming(stack, key, "ingested")["attempts"] == 1
+    assert not store.exists(key) and not store.exists(key + ".json")
+    # The same file at the same key again, for another case: ingested there too.
+    store._client.put_object(Bucket=store.bucket, Key=key, Body=HAMILTON.read_bytes(),
+                             Tagging="case=T-AGAIN-B&officer=O&device=D")
+    _wait_for_case(stack, "T-AGAIN-B")
+    deadline = time.monotonic() + 30
+    while store.exists(key) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not store.exists(key)
+
+
+def test_an_incoming_claim_left_working_is_taken_over_and_a_drop_put_over_is_kept(
+        stack: StackHandle) -> None:
+    """A worker killed mid-ingest (or the database lost before the outcome was written) left
+    the object `working` for good: the reconciler skipped it (bb36). After STALE_CLAIM_S it
+    is handled again. And an object put again while it was read was deleted unseen: now
+    only the drop that was read is removed."""
+    from bodycam import ingest
+
+    store = stack.ctx.store
+    key = "incoming/stale/clip.mp4"
+    body = FACENET_CLIP.read_bytes()
+    etag = hashlib.md5(body).hexdigest()  # a single-part put's etag
+    with stack.ctx.db() as conn:  # a claim a dead worker left, fresh
+        conn.execute("INSERT INTO incoming_objects (key, etag, state, attempts)"
+                     " VALUES (%s, %s, 'working', 1)", (key, etag))
+    store._client.put_object(Bucket=store.bucket, Key=key, Body=body,
+                             Tagging="case=T-STALE&officer=O&device=D")
+    assert (key, etag) not in ingest.unhandled_incoming(stack.ctx), "being handled"
+    with stack.ctx.db() as conn:
+        conn.execute("UPDATE incoming_objects SET updated_at = now() - make_interval(secs => %s)"
+                     " WHERE key = %s", (ingest.STALE_CLAIM_S + 1, key))
+    assert (key, etag) in ingest.unhandled_incoming(stack.ctx), "left by a dead worker"
+    _wait_for_case(stack, "T-STALE")
+    # The guard on removal, on a key the reconciler does not read.
+    guarded = "tmp/guard/clip.mp4"
+    store.put_bytes(guarded, b"first drop", "application/octet-stream")
+    read = ingest.current_drop(stack.ctx, guarded)
+    assert read is not None
+    time.sleep(1.1)
+    store.put_bytes(guarded, b"first drop", "application/octet-stream")  # same bytes again
+    assert not ingest.remove_drop(stack.ctx, guarded, *read) and store.exists(guarded)
+    again = ingest.current_drop(stack.ctx, guarded)
+    assert again is not None and again[0] == read[0] and again != read
+    assert ingest.remove_drop(stack.ctx, guarded, *again) and not store.exists(guarded)

@@ -78,12 +78,16 @@ def s3_events(payload: dict[str, Any],
             continue
         if bucket != c.services.s3.bucket:
             continue
-        if not key.startswith(INCOMING) or key.endswith((".json", "/")):
+        if not key.startswith(INCOMING) or key.endswith("/"):
             continue
+        claimed = str(obj.get("eTag") or obj.get("etag") or "").strip('"')
+        if key.endswith(".json"):  # a sidecar, put after its video say: the video's turn
+            key, claimed = key[:-len(".json")], ""
+            if key.endswith(".json"):
+                continue
         if key in seen:
             continue  # the object is listed once per notification, however often it is named
         seen.add(key)
-        claimed = str(obj.get("eTag") or obj.get("etag") or "").strip('"')
         etag = next((o.etag for o in c.store.list(key) if o.key == key), "")
         if not etag or (claimed and claimed != etag):
             continue  # no such object (now), or another version than the event names
