@@ -98,6 +98,17 @@ class ManagedProcess:
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             return False
 
+    def paused(self) -> bool:
+        """Whether the process, or one it started (the S3 gateway's SeaweedFS), is stopped
+        (SIGSTOP, a debugger, a frozen cgroup): alive, its port still taking connections into
+        the kernel's backlog, and answering nothing; `status` said all was well (bb36)."""
+        try:
+            proc = psutil.Process(self.pid)
+            return any(p.status() in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP)
+                       for p in (proc, *proc.children(recursive=True)))
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            return False
+
 
 CELERY = [sys.executable, "-m", "celery", "-A", "workers.celery_app"]
 
@@ -649,6 +660,9 @@ class Stack:
         s = self.settings
         state = self.state()
         procs = {p.name: p.alive() for p in self.processes()}
+        paused = sorted(p.name for p in self.processes() if procs.get(p.name) and p.paused())
+        for name in paused:  # alive, but answering nothing
+            procs[name] = False
         ports = state.get("ports") if isinstance(state.get("ports"), dict) else {}
         assert isinstance(ports, dict)
         out: dict[str, object] = {"home": str(self.home)}
@@ -656,6 +670,8 @@ class Stack:
 
         def probe(name: str, key: str) -> str:
             # A live pid is not enough: a service must also answer on its port.
+            if key in paused:
+                return "paused"
             if not procs.get(key):
                 return "stopped"
             port = ports.get(key)
@@ -666,14 +682,17 @@ class Stack:
                                ("redis", s.redis_url)):
             services[name] = "external" if external else probe(name, name)
         services["api"] = probe("api", "api")
-        services["scheduler"] = "running" if procs.get("beat") else "stopped"
+        services["scheduler"] = ("paused" if "beat" in paused else
+                                 "running" if procs.get("beat") else "stopped")
         if state.get("app_services") not in (None, _service_urls(state)):
             for name in ("api", "scheduler"):  # started against a service URL that changed
                 services[name] = "stale" if services[name] == "running" else services[name]
         out["services"] = services
         workers = {q: sum(1 for n, alive in procs.items() if n.startswith(f"worker-{q}-") and alive)
                    for q in ("cpu", "gpu")}
-        out["workers"] = workers
+        out["workers"] = workers  # those alive and not paused
+        if paused:
+            out["paused"] = paused
         wanted = {"cpu": s.cpu_workers, "gpu": s.gpu_workers}
         out["ok"] = (all(v in ("running", "external") for v in services.values())
                      and workers == wanted)

@@ -18,7 +18,14 @@ from bodycam import jobs, queue
 from bodycam.api.uploads import Tee
 from bodycam.errors import TransientError
 from bodycam.storage import PART_BYTES, SMALL_PUT, original_key
-from tests.conftest import FACENET_CLIP, HAMILTON, TESTDATA, StackHandle, serve_with
+from tests.conftest import (
+    FACENET_CLIP,
+    HAMILTON,
+    TESTDATA,
+    StackHandle,
+    serve_with,
+    stack_pids,
+)
 
 FFMPEG = shutil.which("ffmpeg")
 
@@ -46,6 +53,32 @@ def test_status_reports_every_service_and_the_database_url(stack: StackHandle) -
     assert lines["services"] == ("postgres running, s3 running, redis running, api running, "
                                  "scheduler running")
     assert not any("{" in v or "'" in v for v in lines.values()), lines
+
+
+def test_status_names_a_paused_service_or_worker_and_fails(stack: StackHandle) -> None:
+    """A stopped process (SIGSTOP) keeps its pid and its port takes connections into the
+    kernel's backlog: `status` said `ok True` with the scheduler, a worker or SeaweedFS
+    frozen (bb36). It now names them paused and exits 1."""
+    from bodycam.stack import Stack
+
+    gpu = next(p for p in Stack(stack.ctx.settings).processes() if p.name.startswith("worker-gpu"))
+    weed = [pid for pid in stack_pids(stack, "s3") if pid not in
+            {p.pid for p in Stack(stack.ctx.settings).processes()}]
+    assert weed, "the S3 gateway's SeaweedFS"
+    frozen = [*stack_pids(stack, "beat")[:1], gpu.pid, weed[0]]
+    for pid in frozen:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        proc = stack.cli.run("status", "--json")
+        st = json.loads(proc.stdout)
+    finally:
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)
+    assert proc.returncode == 1 and st["ok"] is False
+    assert st["services"]["scheduler"] == "paused" and st["services"]["s3"] == "paused"
+    assert st["workers"]["gpu"] == 1 and st["paused"] == sorted(["beat", "s3", gpu.name])
+    again = stack.cli.json("status")
+    assert isinstance(again, dict) and again["ok"] is True and "paused" not in again
 
 
 def test_second_up_changes_nothing(stack: StackHandle) -> None:
