@@ -141,13 +141,23 @@ def test_a_stalled_upload_is_dropped_a_full_disk_is_one_line_and_orphans_are_swe
     assert refused.value.status == 507 and "no space left" in refused.value.detail
     spool = tmp_path / "spool"
     spool.mkdir(mode=0o700)
+    # A server killed mid-upload a minute ago left `orphan` (it was kept for an hour, and
+    # only an upload swept it: bb36); `live` is locked by a live process, as a server locks
+    # the files it spools.
+    import fcntl
+
     orphan, live = spool / "upload-orphan.part", spool / "upload-live.part"
     for f in (orphan, live):
         f.write_bytes(b"footage of a server that was killed")
-    old = time.time() - 7200
-    os.utime(orphan, (old, old))
+        old = time.time() - 60
+        os.utime(f, (old, old))
+    held = os.open(live, os.O_RDONLY)
+    fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
     env = {"BODYCAM_SERVER__UPLOAD_IDLE_S": "2", "BODYCAM_SERVER__UPLOAD_DIR": str(spool)}
     with serve_with(stack, env) as cli_env:
+        assert not orphan.exists() and live.exists(), "swept at the server's start"
+        orphan.write_bytes(b"footage of another server that was killed")
+        os.utime(orphan, (old, old))
         url = urlsplit(cli_env["BODYCAM_URL"])
         before = stack.counts()
         data = HAMILTON.read_bytes()
@@ -175,8 +185,9 @@ def test_a_stalled_upload_is_dropped_a_full_disk_is_one_line_and_orphans_are_swe
         detail, waited = stalled(head + data[: len(data) // 2])
         assert "no byte of the upload arrived for 2 s" in detail and waited < 20
         assert stack.counts() == before, "nothing stored"
-        assert not orphan.exists() and live.exists(), "only the spool file nobody writes"
+        assert not orphan.exists() and live.exists(), "only the spool file nobody holds"
         assert [p.name for p in spool.iterdir()] == [live.name]
+        os.close(held)
         # A form of photos that stops is dropped the same way: one that promised more bytes
         # than it sent was never answered, 300 of them held at once (bb30).
         form = (b"--b\r\nContent-Disposition: form-data; name=\"case\"\r\n\r\nT-UP-STALL\r\n"

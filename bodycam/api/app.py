@@ -67,6 +67,12 @@ def _backstop(stop: threading.Event) -> None:
 
 @asynccontextmanager
 async def _lifespan(_: FastAPI) -> AsyncIterator[None]:
+    from bodycam.api.uploads import sweep_orphans, upload_dir
+
+    try:  # no upload of this process is in flight yet: what a killed one left goes now
+        sweep_orphans(upload_dir(get_settings()))
+    except Exception as exc:  # noqa: BLE001 - the next upload sweeps again
+        log.warning("sweeping the upload folder: %s", type(exc).__name__)
     stop = threading.Event()
     threading.Thread(target=_backstop, args=(stop,), name="server-backstop",
                      daemon=True).start()

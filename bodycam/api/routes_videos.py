@@ -100,7 +100,7 @@ async def upload(request: Request, user: UserDep, s: SessionDep,
                 evidence.ingest_upload, ctx, user, spooled.path, name, custody, spooled.sha256,
                 tee.upload if tee is not None else None)
         finally:
-            spooled.path.unlink(missing_ok=True)
+            spooled.release()
     finally:
         if tee is not None and tee.upload is not None:
             await run_in_threadpool(tee.upload.abort)  # a no-op once completed

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import fcntl
 import hashlib
 import logging
 import os
@@ -26,17 +27,27 @@ FLUSH_BYTES = 1 << 20
 
 @dataclass(frozen=True)
 class Spooled:
-    """A spooled upload: its private path, SHA-256 and size."""
+    """A spooled upload: its private path, SHA-256 and size, and the descriptor whose lock
+    says a live server holds it (`release` it once the file is removed)."""
 
     path: Path
     sha256: str
     size_bytes: int
+    fd: int = -1
+
+    def release(self) -> None:
+        """Remove the spool file, then drop its lock."""
+        self.path.unlink(missing_ok=True)
+        if self.fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
 
 
-# A spool file untouched this long belongs to no live upload (one that stalls is dropped
-# after server.upload_idle_s): a server killed mid-upload left it, and the next upload sweeps
-# it away. It holds footage nobody recorded.
-ORPHAN_PART_S = 3600.0
+# Every spool file is locked (flock) by the server process that writes it, until it is
+# removed: a file no live process holds a lock on was left by a server killed mid-upload, and
+# holds footage nobody recorded. The server's start and every upload sweep such files away
+# (it was an hour, swept only by the next upload: bb36). One this young may not be locked yet.
+ORPHAN_GRACE_S = 10.0
 
 
 def upload_dir(settings: Settings) -> Path:
@@ -47,22 +58,32 @@ def upload_dir(settings: Settings) -> Path:
     return folder
 
 
-def sweep_orphans(folder: Path, older_than_s: float = ORPHAN_PART_S) -> int:
-    """Remove spool files no upload has written to for `older_than_s`; returns how many."""
-    cutoff = time.time() - older_than_s
+def sweep_orphans(folder: Path, grace_s: float = ORPHAN_GRACE_S) -> int:
+    """Remove the spool files no live process holds (their lock is free), those younger than
+    `grace_s` aside; returns how many."""
+    cutoff = time.time() - grace_s
     removed = 0
     for path in folder.glob("upload-*.part"):
         with contextlib.suppress(FileNotFoundError):
-            if path.stat().st_mtime < cutoff:
-                path.unlink()
-                removed += 1
+            if path.stat().st_mtime >= cutoff:
+                continue
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a live upload's
+            finally:
+                os.close(fd)  # (a lock taken here goes with it)
+            path.unlink()
+            removed += 1
     if removed:
         log.warning("removed %d spooled upload file(s) left by a server that stopped", removed)
     return removed
 
 
 def new_private_file(folder: Path) -> tuple[int, Path]:
-    """A new empty file only this process's user can read (O_EXCL, 0600)."""
+    """A new empty file only this process's user can read (O_EXCL, 0600), locked by this
+    process while its descriptor is open (sweep_orphans)."""
     for _ in range(10):
         path = folder / f"upload-{os.urandom(12).hex()}.part"
         try:
@@ -70,6 +91,7 @@ def new_private_file(folder: Path) -> tuple[int, Path]:
                          0o600)
         except FileExistsError:
             continue
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return fd, path
     raise OSError("cannot create a private upload file")
 
@@ -103,7 +125,7 @@ async def spool(chunks: AsyncIterator[bytes], settings: Settings, max_bytes: int
     while sending it to the object store).
 
     Over max_bytes: 413 while streaming. A digest that differs from `expected_sha256`: 422.
-    The file is removed on every failure; on success the caller removes it.
+    The file is removed on every failure; on success the caller removes it (`release`).
     """
     folder = upload_dir(settings)
     await run_in_threadpool(sweep_orphans, folder)
@@ -142,11 +164,11 @@ async def spool(chunks: AsyncIterator[bytes], settings: Settings, max_bytes: int
             raise ProblemError(422, f"upload SHA-256 {got} does not match X-Content-SHA256 "
                                     f"{expected_sha256.strip()[:64]}: nothing was stored")
         ok = True
-        return Spooled(path, got, size)
+        return Spooled(path, got, size, fd)
     finally:
-        os.close(fd)
         if not ok:
             path.unlink(missing_ok=True)
+            os.close(fd)
 
 
 def _write_all(fd: int, data: bytes, tee: Tee | None) -> None:
