@@ -223,15 +223,15 @@ MAX_INCOMING_ATTEMPTS = 5  # unexpected failures of one object before it is give
 STALE_CLAIM_S = 600
 
 
-def incoming_metadata(ctx: Context, key: str) -> dict[str, str]:
-    """Custody fields of an object in incoming/: its sidecar JSON first, then its tags.
+def incoming_metadata(ctx: Context, key: str, found: ObjectInfo | None) -> dict[str, str]:
+    """Custody fields of an object in incoming/: its sidecar JSON first (`found`, as listed
+    with the object), then its tags.
 
     Raises InvalidInputError (permanent: the object is rejected once, kept, never retried)
     when the sidecar is too large, not valid JSON, or not a JSON object of plain values.
     """
     meta = ctx.store.get_tags(key)
     sidecar = f"{key}.json"
-    found = next((o for o in ctx.store.list(sidecar) if o.key == sidecar), None)
     if found is not None:
         if found.size_bytes > MAX_SIDECAR_BYTES:
             raise InvalidInputError(f"{sidecar}: sidecar is {found.size_bytes} bytes, more than"
@@ -259,12 +259,18 @@ def _arrival(objects: dict[str, ObjectInfo], key: str) -> str:
     return f"{obj.modified if obj else ''}|{sidecar.modified if sidecar else ''}"
 
 
+def _listed(ctx: Context, key: str) -> dict[str, ObjectInfo]:
+    """An object and its sidecar as the store lists them now (one listing)."""
+    return {o.key: o for o in ctx.store.list(key) if o.key in (key, f"{key}.json")}
+
+
+def _drop(objects: dict[str, ObjectInfo], key: str) -> tuple[str, str] | None:
+    return (objects[key].etag, _arrival(objects, key)) if key in objects else None
+
+
 def current_drop(ctx: Context, key: str) -> tuple[str, str] | None:
     """(etag, arrival) of an object in incoming/ now; None where there is none."""
-    objects = {o.key: o for o in ctx.store.list(key) if o.key in (key, f"{key}.json")}
-    if key not in objects:
-        return None
-    return objects[key].etag, _arrival(objects, key)
+    return _drop(_listed(ctx, key), key)
 
 
 def ingest_incoming(ctx: Context, key: str, etag: str) -> IngestResult | None:
@@ -290,7 +296,8 @@ def ingest_incoming(ctx: Context, key: str, etag: str) -> IngestResult | None:
         key, etag = video, now[0]
     if not key.startswith(INCOMING) or key.endswith("/"):
         return None
-    now = current_drop(ctx, key)
+    objects = _listed(ctx, key)
+    now = _drop(objects, key)
     if now is None or now[0] != etag:
         log.info("incoming object %s: no such object with that etag now; nothing to do", key)
         return None
@@ -317,7 +324,7 @@ def ingest_incoming(ctx: Context, key: str, etag: str) -> IngestResult | None:
     filename = key[len(INCOMING):].rsplit("/", 1)[-1]
     claimed_uploader: str | None = None
     try:
-        meta = incoming_metadata(ctx, key)
+        meta = incoming_metadata(ctx, key, objects.get(f"{key}.json"))
         claimed_uploader = meta.get("uploader")
         custody = Custody(
             case_id=meta.get("case", meta.get("case_id", "")),
@@ -355,14 +362,14 @@ def remove_drop(ctx: Context, key: str, etag: str, arrival: str) -> bool:
     """Delete an ingested object and its sidecar, unless either was put again while it was
     read (a dock re-sending, two cameras' files of one name): that drop is left for its own
     turn. The new footage was deleted unseen (bb36). Returns whether it was deleted."""
-    if current_drop(ctx, key) != (etag, arrival):
+    objects = _listed(ctx, key)
+    if _drop(objects, key) != (etag, arrival):
         log.info("incoming object %s was put again while it was ingested: kept for its turn",
                  key)
         return False
     ctx.store.delete(key)
-    sidecar = f"{key}.json"
-    if ctx.store.exists(sidecar):
-        ctx.store.delete(sidecar)
+    if f"{key}.json" in objects:
+        ctx.store.delete(f"{key}.json")
     return True
 
 

@@ -355,9 +355,9 @@ def finalize_video(ctx: Context, video_id: str) -> None:
                          (video_id,)).fetchone()
         tracks = int(n["n"]) if n else 0
         turned = [] if tracks else [
-            Turned(int(r["t"]["deg"]), int(r["t"]["frames"]), int(r["t"]["of"]))
-            for r in conn.execute("SELECT turned AS t FROM work_units WHERE video_id = %s"
-                                  " AND turned IS NOT NULL ORDER BY idx", (video_id,))]
+            Turned(**r["t"]) for r in conn.execute(
+                "SELECT turned AS t FROM work_units WHERE video_id = %s"
+                " AND turned IS NOT NULL ORDER BY idx", (video_id,))]
         said = notice(turned)
         jobs.finish_video(conn, ctx.audit_key, video_id,
                           {"tracks": tracks, "new_matches": made,

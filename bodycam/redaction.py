@@ -530,7 +530,8 @@ def render(src: Path, info: MediaInfo, plan: Plan, choices: Choices, out: Path,
                             f"{src.name}: the redaction plan is for {plan.width_px}x"
                             f"{plan.height_px} frames and the video shows {width}x{height}")
                     result.height_px, result.width_px = height, width
-                    proc = _encoder(src, out, sar, audio_from_s, choices, red.crf, errors)
+                    proc = _encoder(src, out, (width, height), sar, audio_from_s, choices,
+                                    red.crf, errors)
                     assert proc.stdin is not None
                     frames = _FramePipe(proc.stdin, width, height, tb, fps)
                 for r in regions.get(idx, ()):
@@ -615,8 +616,14 @@ class _WriteOnly:
         return self._sink.write(data)
 
 
-def _encoder(src: Path, out: Path, sar: Fraction, audio_from_s: float, choices: Choices,
-             crf: int, errors: Any) -> subprocess.Popen[bytes]:
+def written_size(width: int, height: int) -> tuple[int, int]:
+    """The release's size for a picture of this size: a side of odd length gets one black
+    row or column at the bottom or right (4:2:0 needs even sides)."""
+    return width + width % 2, height + height % 2
+
+
+def _encoder(src: Path, out: Path, size: tuple[int, int], sar: Fraction, audio_from_s: float,
+             choices: Choices, crf: int, errors: Any) -> subprocess.Popen[bytes]:
     """The ffmpeg binary reading NUT frames on stdin (and, for audio, the original)."""
     cmd = [_ffmpeg(), "-hide_banner", "-loglevel", "error", "-y", "-f", "nut", "-i", "-"]
     if choices.audio == "strip":
@@ -635,7 +642,8 @@ def _encoder(src: Path, out: Path, sar: Fraction, audio_from_s: float, choices: 
     # copied by default.
     cmd += ["-map_metadata", "-1", "-map_metadata:s:a", "-1", "-map_chapters", "-1",
             "-fps_mode", "passthrough", "-enc_time_base:v", "demux",
-            "-vf", f"pad=ceil(iw/2)*2:ceil(ih/2)*2,setsar={sar.numerator}/{sar.denominator}",
+            "-vf", "pad={}:{},setsar={}/{}".format(*written_size(*size), sar.numerator,
+                                                   sar.denominator),
             "-c:v", "libx264", "-preset", "veryfast", "-crf", str(crf), "-pix_fmt", "yuv420p",
             "-movflags", "+faststart", "-f", "mp4", str(out)]
     return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
@@ -706,14 +714,15 @@ def build_report(plan: Plan, choices: Choices, auto: Decision, head: dict[str, A
         low = [(n, round(shown.times[n], 3)) for f, _t in low
                if (found := shown.span(f, f)) is not None for n in found[:1]]
     w, h = plan.width_px, plan.height_px
+    ww, wh = written_size(w, h)
     return {**head, "plan_version": plan.version, "algorithm": ALGORITHM,
             "frames": len(shown.grid) if shown is not None else plan.n_frames,
             "duration_s": plan.duration_s,
             # The boxes' pixels, and the release's: a side of odd length gets one black row
             # or column at the bottom or right (4:2:0 needs even sides), so a 641x361
             # picture came out 642x362 and nothing said why (bb35).
-            "picture": {"width_px": w, "height_px": h, "written_width_px": w + w % 2,
-                        "written_height_px": h + h % 2},
+            "picture": {"width_px": w, "height_px": h, "written_width_px": ww,
+                        "written_height_px": wh},
             "redacted_regions": redacted, "kept_tracks": kept, "removed_false_positives": removed,
             "low_confidence_frames": [f for f, _t in low],
             "low_confidence_times_s": [t for _f, t in low],

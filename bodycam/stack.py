@@ -659,8 +659,9 @@ class Stack:
 
         s = self.settings
         state = self.state()
-        procs = {p.name: p.alive() for p in self.processes()}
-        paused = sorted(p.name for p in self.processes() if procs.get(p.name) and p.paused())
+        managed = self.processes()
+        procs = {p.name: p.alive() for p in managed}
+        paused = sorted(p.name for p in managed if procs[p.name] and p.paused())
         for name in paused:  # alive, but answering nothing
             procs[name] = False
         ports = state.get("ports") if isinstance(state.get("ports"), dict) else {}

@@ -348,7 +348,7 @@ def test_a_muted_range_is_silent_from_its_first_sample(tmp_path: Path, rate: int
                     "-c:a", "aac", "-shortest", str(src)], check=True)
     ranges = ((1.0, 2.0), (2.43, 2.61))
     with tempfile.TemporaryFile() as errors:
-        proc = _encoder(src, out, Fraction(1), 0.0, Choices(
+        proc = _encoder(src, out, (64, 48), Fraction(1), 0.0, Choices(
             audio="mute-ranges", mute_ranges=ranges), 23, errors)
         assert proc.stdin is not None
         frames = _FramePipe(proc.stdin, 64, 48, Fraction(1, 10), Fraction(10))

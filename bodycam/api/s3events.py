@@ -13,6 +13,7 @@ from pydantic import BaseModel
 from bodycam.actions.governance import notifier_token
 from bodycam.api.problems import ProblemError
 from bodycam.context import Context, shared
+from bodycam.ingest import current_drop
 from bodycam.queue import INGEST_OBJECT
 from bodycam.storage import INCOMING
 
@@ -88,7 +89,8 @@ def s3_events(payload: dict[str, Any],
         if key in seen:
             continue  # the object is listed once per notification, however often it is named
         seen.add(key)
-        etag = next((o.etag for o in c.store.list(key) if o.key == key), "")
+        now = current_drop(c, key)
+        etag = now[0] if now is not None else ""
         if not etag or (claimed and claimed != etag):
             continue  # no such object (now), or another version than the event names
         c.send(INGEST_OBJECT, key, etag)

@@ -108,9 +108,8 @@ def _ingest(client: Any, files: list[str], case: str, officer: str | None,
 def _wait_for(client: Any, video_ids: list[str], names: dict[str, str], quiet: bool
               ) -> dict[str, dict[str, Any]]:
     """Poll each video's job row on the server until every one ends, and return the last;
-    rich progress bars
-    per file on stderr. Labels are server text: printable, never read as markup. A server
-    that stops answering meanwhile is waited out (client.Outage)."""
+    rich progress bars per file on stderr. Labels are server text: printable, never read as
+    markup. A server that stops answering meanwhile is waited out (client.Outage)."""
     from bodycam.client import Outage
     from bodycam.media.files import printable
 
@@ -142,6 +141,8 @@ def jobs_cmd(
     as_json: JsonFlag = False,
 ) -> None:
     """Videos with status, stage, progress, attempts and error."""
+    from bodycam.media.files import printable
+
     rows = client_call(lambda c: c.pages("/api/v1/jobs", status=status_filter))
     if as_json:
         emit_json(rows)
@@ -151,8 +152,6 @@ def jobs_cmd(
                   f"{r['progress'] * 100:5.1f}%  attempts {r['attempts']}  {r['filename']}  "
                   f"{r['error'] or ''}")
         if r.get("notice"):
-            from bodycam.media.files import printable
-
             out.print(f"  note: {printable(str(r['notice']))}")
 
 
