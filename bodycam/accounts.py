@@ -157,10 +157,30 @@ def case_number(text: str | None) -> str:
     return case
 
 
+# Every case number in use: assigned, held, or holding footage or subjects.
+KNOWN_CASES = ("SELECT case_id FROM case_assignments UNION SELECT case_id FROM held_cases"
+               " UNION SELECT case_id FROM videos UNION SELECT case_id FROM subjects")
+
+
+def spelled_as_known(conn: Conn, case: str) -> None:
+    """Refuse a case number that differs from one in use only in letter case (ConflictError,
+    naming the one to use). `case-a` beside `CASE-A` split a case in two: a hold, an assignment
+    or footage under the one was not under the other, and a hold on the wrong one left the
+    other to be purged on schedule (bb34). Within the caller's transaction, two new spellings
+    of one case wait for each other (an advisory lock on the folded number)."""
+    conn.execute("SELECT pg_advisory_xact_lock(hashtext('case:' || lower(%s)))", (case,))
+    row = conn.execute(f"SELECT case_id FROM ({KNOWN_CASES}) c WHERE lower(case_id) = lower(%s)"
+                       " AND case_id <> %s LIMIT 1", (case, case)).fetchone()
+    if row is not None:
+        raise ConflictError(f"case {case} is case {row['case_id']}: case numbers that differ "
+                            f"only in letter case name one case; use {row['case_id']}")
+
+
 def assign_case(conn: Conn, key: str, name: str, case_id: str, by: str) -> None:
     """Let an investigator see a case; raises ConflictError (unaudited) when the account has
-    it already."""
+    it already, or when the case number is another's in other letter case."""
     audit.lock(conn)
+    spelled_as_known(conn, case_id)
     if not conn.execute("SELECT 1 FROM users WHERE name = %s", (name,)).fetchone():
         raise NotFoundError(f"no user {name}")
     if _assigned(conn, name, case_id):

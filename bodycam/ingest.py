@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 
 from bodycam import audit, jobs
-from bodycam.accounts import case_number
+from bodycam.accounts import case_number, spelled_as_known
 from bodycam.context import Context
 from bodycam.domain import MediaInfo
 from bodycam.errors import InvalidInputError, InvalidMediaError, PermanentError, TransientError
@@ -130,6 +130,8 @@ def _store_and_record(ctx: Context, path: Path, sha256: str, filename: str, info
     existing = _find(ctx, custody.case_id, sha256)
     if existing is not None:
         return _duplicate(ctx, existing, sha256, filename, custody)
+    with ctx.db() as conn:  # before storing anything; _record asks again, under a lock
+        spelled_as_known(conn, custody.case_id)
     stored = None
     if sent is not None and sent.sha256 == sha256:
         try:
@@ -190,6 +192,7 @@ def _find(ctx: Context, case_id: str, sha256: str) -> tuple[str, str] | None:
 def _record(ctx: Context, stored: StoredObject, filename: str, info: MediaInfo,
             custody: Custody) -> tuple[str, list[int]]:
     with ctx.db() as conn:
+        spelled_as_known(conn, custody.case_id)
         row = conn.execute(
             "INSERT INTO videos (case_id, sha256, object_key, original_filename, size_bytes,"
             " container, codec, width_px, height_px, duration_s, media, uploader, officer,"

@@ -797,6 +797,54 @@ def test_a_hold_names_its_case_as_ingest_does(stack: StackHandle, processed: obj
     assert _purged(stack, tracks) == set(tracks), "released: the case expires"
 
 
+def test_case_numbers_in_other_letter_case_are_refused_as_another_case(
+        stack: StackHandle, accounts: dict[str, dict[str, str]], api_url: str,
+        operator_token: str) -> None:
+    """`case-a` beside `CASE-A` was a second case: a hold on the one left the other's
+    bystanders to be purged, and footage filed under it was not under the case's hold (bb34).
+    A new spelling of a case in use is refused wherever a case number first appears (ingest,
+    assignment, hold), naming the one to use, and nothing is stored or audited for it."""
+    case, other = "T-Spelling-9", "t-SPELLING-9"
+    stack.cli.run("users", "assign", "user-investigator", "--case", case, check=True)
+    try:
+        with stack.ctx.db() as conn:
+            before = conn.execute("SELECT max(id) AS n FROM audit_log").fetchone()["n"]
+        told = f"case {other} is case {case}: case numbers that differ only in letter case" \
+               f" name one case; use {case}"
+        for argv in (["cases", "hold", other, "--reason", "court order 12"],
+                     ["users", "assign", "user-investigator", "--case", other],
+                     ["ingest", str(HAMILTON), "--case", other, "--officer", "O1",
+                      "--device", "D1"]):
+            proc = stack.cli.run(*argv)
+            assert proc.returncode != 0, argv
+            assert told in " ".join(proc.stderr.split()), (argv, proc.stderr)
+        # over the API too: the server decides, not the client
+        refused = httpx.post(f"{api_url}/api/v1/cases/{other.lower()}/hold", timeout=30,
+                             json={"reason": "court order 12"},
+                             headers={"Authorization": f"Bearer {operator_token}"})
+        assert refused.status_code == 409, refused.text
+        assert f"use {case}" in refused.json()["detail"]
+        with stack.ctx.db() as conn:
+            assert conn.execute(
+                "SELECT count(*) AS n FROM videos WHERE lower(case_id) = lower(%s)",
+                (case,)).fetchone()["n"] == 0
+            assert conn.execute("SELECT count(*) AS n FROM held_cases WHERE lower(case_id) ="
+                                " lower(%s)", (case,)).fetchone()["n"] == 0
+            assert [r["case_id"] for r in conn.execute(
+                "SELECT case_id FROM case_assignments WHERE lower(case_id) = lower(%s)",
+                (case,)).fetchall()] == [case]
+            assert conn.execute("SELECT count(*) AS n FROM audit_log WHERE id > %s AND action"
+                                " IN ('ingest', 'case.hold', 'case.assign')",
+                                (before,)).fetchone()["n"] == 0
+        # the case's own spelling is taken, and another case is still another case
+        stack.cli.run("cases", "hold", case, "--reason", "court order 12", check=True)
+        stack.cli.run("cases", "release", case, "--reason", "test over", check=True)
+        stack.cli.run("cases", "hold", case + "0", "--reason", "court order 12", check=True)
+        stack.cli.run("cases", "release", case + "0", "--reason", "test over", check=True)
+    finally:
+        stack.cli.run("users", "unassign", "user-investigator", "--case", case, check=True)
+
+
 def test_redact_only_stores_no_embeddings_and_refuses_face_matching(
         stack: StackHandle) -> None:
     # Watchlist entries from before the switch: one kept, one removed (bb33: the switch left

@@ -59,8 +59,7 @@ def list_cases(ctx: Context, user: User) -> list[dict[str, object]]:
     with ctx.db() as conn:
         require(conn, ctx.audit_key, user, "cases.assign")
         rows = conn.execute(
-            "WITH c AS (SELECT case_id FROM case_assignments UNION SELECT case_id FROM"
-            " held_cases UNION SELECT case_id FROM videos UNION SELECT case_id FROM subjects)"
+            f"WITH c AS ({accounts.KNOWN_CASES})"
             " SELECT c.case_id, h.held_by, h.held_at, h.reason,"
             " COALESCE(array_agg(a.user_name ORDER BY a.user_name)"
             " FILTER (WHERE a.user_name IS NOT NULL), '{}') AS users"
@@ -76,13 +75,15 @@ def list_cases(ctx: Context, user: User) -> list[dict[str, object]]:
 def hold_case(ctx: Context, user: User, case: str, reason: str) -> dict[str, object]:
     """Put a case on legal hold (supervisor, admin): its biometric data outlives retention.
     Audited (`case.hold`); a case already on hold is refused (ConflictError, naming who holds
-    it and why), unaudited: its hold stays as placed. A case with no footage yet may be held
-    (a hold may come before the footage); the answer counts its videos, so that a mistyped
-    case number shows (bb33)."""
+    it and why), unaudited: its hold stays as placed, and so is a case number that is a known
+    case's in other letter case (bb34). A case with no footage yet may be held (a hold may
+    come before the footage); the answer counts its videos, so that a mistyped case number
+    shows (bb33)."""
     reason = text.required(reason, "--reason", "a legal hold must say why")
     case = accounts.case_number(case)
     with ctx.db() as conn:
         require(conn, ctx.audit_key, user, "cases.hold")
+        accounts.spelled_as_known(conn, case)
         # The row decides (a second hold at once waits for the first to commit, then inserts
         # nothing); the audit row follows the row, as in a purge, which locks held_cases first.
         if conn.execute("INSERT INTO held_cases (case_id, held_by, reason) VALUES (%s, %s, %s)"
