@@ -166,14 +166,16 @@ def spelled_as_known(conn: Conn, case: str) -> None:
     """Refuse a case number that differs from one in use only in letter case (ConflictError,
     naming the one to use). `case-a` beside `CASE-A` split a case in two: a hold, an assignment
     or footage under the one was not under the other, and a hold on the wrong one left the
-    other to be purged on schedule (bb34). Within the caller's transaction, two new spellings
-    of one case wait for each other (an advisory lock on the folded number)."""
+    other to be purged on schedule (bb34). A spelling in use is taken (a database from before
+    this rule may hold two). Within the caller's transaction, two new spellings of one case
+    wait for each other (an advisory lock on the folded number)."""
     conn.execute("SELECT pg_advisory_xact_lock(hashtext('case:' || lower(%s)))", (case,))
-    row = conn.execute(f"SELECT case_id FROM ({KNOWN_CASES}) c WHERE lower(case_id) = lower(%s)"
-                       " AND case_id <> %s LIMIT 1", (case, case)).fetchone()
-    if row is not None:
-        raise ConflictError(f"case {case} is case {row['case_id']}: case numbers that differ "
-                            f"only in letter case name one case; use {row['case_id']}")
+    known = [str(r["case_id"]) for r in conn.execute(
+        f"SELECT DISTINCT case_id FROM ({KNOWN_CASES}) c WHERE lower(case_id) = lower(%s)"
+        " ORDER BY case_id", (case,)).fetchall()]
+    if known and case not in known:
+        raise ConflictError(f"case {case} is case {known[0]}: case numbers that differ "
+                            f"only in letter case name one case; use {known[0]}")
 
 
 def assign_case(conn: Conn, key: str, name: str, case_id: str, by: str) -> None:

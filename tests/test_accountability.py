@@ -841,6 +841,15 @@ def test_case_numbers_in_other_letter_case_are_refused_as_another_case(
         stack.cli.run("cases", "release", case, "--reason", "test over", check=True)
         stack.cli.run("cases", "hold", case + "0", "--reason", "court order 12", check=True)
         stack.cli.run("cases", "release", case + "0", "--reason", "test over", check=True)
+        # a database from before the rule may hold both spellings: each is still taken
+        with stack.ctx.db() as conn:
+            conn.execute("INSERT INTO held_cases (case_id, held_by, reason) VALUES"
+                         " (%s, 'operator', 'from before')", (other,))
+        stack.cli.run("cases", "hold", case, "--reason", "court order 12", check=True)
+        stack.cli.run("users", "assign", "user-investigator", "--case", other, check=True)
+        stack.cli.run("users", "unassign", "user-investigator", "--case", other, check=True)
+        for held in (case, other):
+            stack.cli.run("cases", "release", held, "--reason", "test over", check=True)
     finally:
         stack.cli.run("users", "unassign", "user-investigator", "--case", case, check=True)
 
