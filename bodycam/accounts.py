@@ -157,11 +157,6 @@ def case_number(text: str | None) -> str:
     return case
 
 
-# Every case number in use: assigned, held, or holding footage or subjects.
-KNOWN_CASES = ("SELECT case_id FROM case_assignments UNION SELECT case_id FROM held_cases"
-               " UNION SELECT case_id FROM videos UNION SELECT case_id FROM subjects")
-
-
 def spelled_as_known(conn: Conn, case: str) -> None:
     """Refuse a case number that differs from one in use only in letter case (ConflictError,
     naming the one to use). `case-a` beside `CASE-A` split a case in two: a hold, an assignment
@@ -171,8 +166,8 @@ def spelled_as_known(conn: Conn, case: str) -> None:
     wait for each other (an advisory lock on the folded number)."""
     conn.execute("SELECT pg_advisory_xact_lock(hashtext('case:' || lower(%s)))", (case,))
     known = [str(r["case_id"]) for r in conn.execute(
-        f"SELECT DISTINCT case_id FROM ({KNOWN_CASES}) c WHERE lower(case_id) = lower(%s)"
-        " ORDER BY case_id", (case,)).fetchall()]
+        "SELECT case_id FROM known_cases WHERE lower(case_id) = lower(%s) ORDER BY case_id",
+        (case,)).fetchall()]
     if known and case not in known:
         raise ConflictError(f"case {case} is case {known[0]}: case numbers that differ "
                             f"only in letter case name one case; use {known[0]}")

@@ -59,11 +59,10 @@ def list_cases(ctx: Context, user: User) -> list[dict[str, object]]:
     with ctx.db() as conn:
         require(conn, ctx.audit_key, user, "cases.assign")
         rows = conn.execute(
-            f"WITH c AS ({accounts.KNOWN_CASES})"
-            " SELECT c.case_id, h.held_by, h.held_at, h.reason,"
+            "SELECT c.case_id, h.held_by, h.held_at, h.reason,"
             " COALESCE(array_agg(a.user_name ORDER BY a.user_name)"
             " FILTER (WHERE a.user_name IS NOT NULL), '{}') AS users"
-            " FROM c LEFT JOIN held_cases h ON h.case_id = c.case_id"
+            " FROM known_cases c LEFT JOIN held_cases h ON h.case_id = c.case_id"
             " LEFT JOIN case_assignments a ON a.case_id = c.case_id AND a.user_name IN"
             " (SELECT name FROM users WHERE disabled_at IS NULL)"
             " GROUP BY c.case_id, h.held_by, h.held_at, h.reason ORDER BY c.case_id").fetchall()
