@@ -43,13 +43,18 @@ class Custody:
         for name in ("case_id", "officer", "device", "uploader"):
             value = getattr(self, name)
             if not value or not str(value).strip():
-                flag = "--case" if name == "case_id" else f"--{name}"
+                field = "case" if name == "case_id" else name
+                flag = incoming_field(field) if self.source == "incoming" else f"--{field}"
                 raise InvalidInputError(f"missing {flag}: every video must be bound to a case, "
                                         "an officer and a device")
+            # Trimmed and stored as every other path names them (bb38: incoming/ kept
+            # " C-1 " and "C-1\n", a case of its own that no hold, search or list reached).
             if name == "case_id":
-                case_number(str(value))
-            elif not _FIELD.match(str(value)):
+                object.__setattr__(self, name, case_number(str(value)))
+            elif not _FIELD.fullmatch(str(value).strip()):
                 raise InvalidInputError(f"{name} has characters that are not allowed: {value!r}")
+            else:
+                object.__setattr__(self, name, str(value).strip())
 
 
 @dataclass(frozen=True)

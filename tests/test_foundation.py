@@ -442,6 +442,30 @@ def test_repeated_crashes_quarantine_the_video_with_its_reason(stack: StackHandl
     assert stack.wait_status(vid)["status"] == "done"
 
 
+def test_an_incoming_drop_names_its_case_as_every_other_path_does(stack: StackHandle) -> None:
+    """A sidecar's `" T-TRIM "` or `"T-TRIM\\n"` was stored as it came (bb38): a case of its
+    own that no hold, search or assignment of T-TRIM reached, and the same file in it was
+    not a duplicate. Its case, officer and device are trimmed as the API's are."""
+    store = stack.ctx.store
+    ids = []
+    for key, case in (("incoming/trim/a.mp4", " T-TRIM \n"), ("incoming/trim/b.mp4",
+                                                                "T-TRIM\t")):
+        store._client.put_object(Bucket=store.bucket, Key=key, Body=FACENET_CLIP.read_bytes())
+        store.put_bytes(key + ".json", json.dumps(
+            {"case": case, "officer": " Off. Lee ", "device": "CAM-3\n"}).encode(),
+                        "application/json")
+        _wait_incoming(stack, key, "ingested")
+        with stack.ctx.db() as conn:
+            ids.append(conn.execute("SELECT video_id::text AS v FROM incoming_objects"
+                                    " WHERE key = %s", (key,)).fetchone()["v"])
+    assert ids[0] == ids[1], "the same bytes in the same case are one video"
+    with stack.ctx.db() as conn:
+        rows = conn.execute("SELECT id::text AS id, case_id, officer, device FROM videos"
+                            " WHERE lower(trim(case_id)) LIKE 't-trim%'").fetchall()
+    assert [(r["id"], r["case_id"], r["officer"], r["device"]) for r in rows] == [
+        (ids[0], "T-TRIM", "Off. Lee", "CAM-3")]
+
+
 def _wait_incoming(stack: StackHandle, key: str, state: str, timeout_s: float = 90
                    ) -> dict[str, object]:
     deadline = time.monotonic() + timeout_s

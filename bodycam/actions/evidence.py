@@ -21,7 +21,6 @@ from bodycam.db import Conn, uid
 from bodycam.errors import (
     BodycamError,
     ConflictError,
-    InvalidInputError,
     NotFoundError,
     TransientError,
 )
@@ -44,9 +43,7 @@ _JOB_SQL = (
 def custody_for(user: User, case: str | None, officer: str | None, device: str | None,
                 recorded_at: str | None, source: str = "api") -> Custody:
     """The chain-of-custody record of an upload by this user; raises InvalidInputError."""
-    if not case or not case.strip():
-        raise InvalidInputError("missing --case: every video must be bound to a case number")
-    return Custody(case_id=case.strip(), officer=officer or "", device=device or "",
+    return Custody(case_id=case or "", officer=officer or "", device=device or "",
                    uploader=user.name, recorded_at=parse_recorded_at(recorded_at),
                    source=source)
 
