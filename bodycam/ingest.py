@@ -223,6 +223,13 @@ def _record(ctx: Context, stored: StoredObject, filename: str, info: MediaInfo,
 
 # --- the incoming/ prefix ------------------------------------------------------------------
 
+
+def incoming_field(name: str) -> str:
+    """How a rejection names a custody field of an incoming/ object: it has no command line
+    (a rejection said `missing --device` to whoever dropped the file)."""
+    return f"{name} (an object tag, or a key of its sidecar JSON)"
+
+
 INCOMING_ACTOR = "system:incoming"  # who ingests what arrives in incoming/ (nobody verified)
 MAX_SIDECAR_BYTES = 64 * 1024
 MAX_INCOMING_ATTEMPTS = 5  # unexpected failures of one object before it is given up
@@ -338,7 +345,9 @@ def ingest_incoming(ctx: Context, key: str, etag: str) -> IngestResult | None:
             case_id=meta.get("case", meta.get("case_id", "")),
             officer=meta.get("officer", ""), device=meta.get("device", ""),
             uploader=INCOMING_ACTOR,
-            recorded_at=parse_recorded_at(meta.get("recorded_at")), source="incoming",
+            recorded_at=parse_recorded_at(meta.get("recorded_at"),
+                                          incoming_field("recorded_at")),
+            source="incoming",
         )
         with tempfile.NamedTemporaryFile(suffix=Path(filename).suffix) as tmp:
             ctx.store.download_to(key, tmp.name)

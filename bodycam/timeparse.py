@@ -117,6 +117,7 @@ def _time_named(typed: str) -> timedelta:
             else timedelta(seconds=1))
 
 
-def parse_recorded_at(text: str | None) -> datetime | None:
-    """When footage was recorded (ISO 8601), or None; InvalidInputError otherwise."""
-    return parse_when(text, "--recorded-at", "2026-03-14T09:30:00Z")
+def parse_recorded_at(text: str | None, flag: str = "--recorded-at") -> datetime | None:
+    """When footage was recorded (ISO 8601), or None; InvalidInputError otherwise, naming
+    it as `flag`."""
+    return parse_when(text, flag, "2026-03-14T09:30:00Z")

@@ -340,7 +340,10 @@ def test_an_incoming_object_without_a_case_is_rejected_and_kept(stack: StackHand
         if row and row["state"] == "rejected":
             break
         time.sleep(1)
-    assert row is not None and row["state"] == "rejected" and "--case" in row["error"]
+    assert row is not None and row["state"] == "rejected"
+    assert row["error"].startswith(
+        "missing case (an object tag, or a key of its sidecar JSON): every video must be bound"
+        " to a case"), row["error"]
     assert store.exists(key), "a rejected upload is never deleted"
 
 
@@ -353,7 +356,9 @@ def _wait_for_case(stack: StackHandle, case: str, timeout_s: float = 120) -> dic
         if row:
             return dict(row)
         time.sleep(1)
-    raise AssertionError(f"nothing was ingested for case {case}")
+    with stack.ctx.db() as conn:
+        seen = conn.execute("SELECT key, state, error, attempts FROM incoming_objects").fetchall()
+    raise AssertionError(f"nothing was ingested for case {case}; incoming/: {seen}")
 
 
 @pytest.mark.slow
@@ -490,7 +495,8 @@ def test_an_incoming_drop_put_again_or_given_its_sidecar_later_is_handled_again(
     key = "incoming/again/clip.mp4"
     store._client.put_object(Bucket=store.bucket, Key=key, Body=HAMILTON.read_bytes(),
                              Tagging="case=T-AGAIN-A&officer=O")
-    assert "--device" in str(_wait_incoming(stack, key, "rejected")["error"])
+    assert "missing device (an object tag, or a key of its sidecar JSON)" in str(
+        _wait_incoming(stack, key, "rejected")["error"])
     token = stack.cli.run("events-token", check=True).stdout.strip()
     api = json.loads((stack.home / "stack.json").read_text())["api_url"]
     event = {"Records": [{"eventName": "s3:ObjectCreated:Put",
