@@ -288,16 +288,19 @@ class Scope:
                 found_case: str | None) -> None:
         """NotFoundError unless the object (`kind` `object_id`, found in `found_case`)
         belongs to this case: an id of another case is answered as one that names nothing
-        (the answer told which ids exist elsewhere: bb32), and its refusal is audited."""
+        (the answer told which ids exist elsewhere: bb32). Both refusals are audited, the
+        same way: only the other case's was, and its audit row's time told it apart (bb38)."""
         unknown = NotFoundError(f"no {kind} {object_id} in case {self.case_id}")
+        about = f"{kind} {object_id[:80]}"
         if found_case is None:
-            raise unknown
+            refuse(conn, self.audit_key, self.actor, action, f"{about} names nothing",
+                   self.case_id, about, unknown)
         if found_case != self.case_id:
             # Recorded under the object's case, as every refusal about an object is: its
             # auditor's case filter missed a probe of it from another case (bb23).
             refuse(conn, self.audit_key, self.actor, action,
-                   f"{kind} {object_id} is not in case {self.case_id}", found_case,
-                   f"{kind} {object_id[:80]}", unknown)
+                   f"{kind} {object_id} is not in case {self.case_id}", found_case, about,
+                   unknown)
 
 
 def require_visible(conn: Conn, key: str, user: User, action: str, kind: str,
@@ -307,12 +310,14 @@ def require_visible(conn: Conn, key: str, user: User, action: str, kind: str,
     and its case (a clerk's or an auditor's probes of evidence ids were audited with neither:
     bb19). Raises NotFoundError when the id names nothing (after the role: a role that may
     not act learns nothing of which ids exist), and the same NotFoundError for an id of a
-    case the user is not assigned to (a 403 there told which ids exist: bb32)."""
+    case the user is not assigned to (a 403 there told which ids exist: bb32). Both are
+    audited the same way: only the other case's was, and the time its audit row took told
+    the two apart (bb38)."""
     about = f"{kind} {object_id[:80]}"  # an id as sent: bounded where it is recorded
     require_role(conn, key, user, action, found_case, about)
     unknown = NotFoundError(f"no {kind} {object_id}")
     if found_case is None:
-        raise unknown
+        refuse(conn, key, user, action, f"{about} names nothing", None, about, unknown)
     if not can_see_case(conn, user, found_case):
         # The audit row names the object's case for the auditor; the answer is the one for
         # an id that names nothing.

@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
@@ -179,6 +180,19 @@ def test_tracks_and_retry_of_a_video_in_another_case_are_refused(
                 if r["details"]["video_id"] == case_b["video"]]  # type: ignore[index]
     # The rule is the case, not the command: an account that sees every case may.
     assert stack.cli.run("tracks", case_b["video"], "--json").returncode == 0
+    # An id that names nothing is answered and audited as another case's is: only the other
+    # case's was audited, and the time its audit row took told which ids exist (bb38).
+    nothing = str(uuid.uuid4())
+    for argv, kind in ((["tracks", nothing, "--json"], "video"),
+                       (["search", "--track", nothing, "--case", CASE_A, "--purpose", "probe"],
+                        "track")):
+        refused_before = len(audit_rows(stack, "refused"))
+        proc = stack.cli.run(*argv, extra_env=users["inv"])
+        assert proc.returncode != 0 and f"no {kind} {nothing}" in one_line(proc)
+        [row] = audit_rows(stack, "refused")[refused_before:]
+        assert (row["actor"], row["details"]["object"]) == (  # type: ignore[index]
+            "sec-inv", f"{kind} {nothing}")
+        assert row["details"]["reason"] == f"{kind} {nothing} names nothing"  # type: ignore[index]
 
 
 # --- auditing of reads and failed logins -------------------------------------------------
