@@ -16,6 +16,7 @@ import psycopg
 from bodycam import audit, jobs
 from bodycam.accounts import case_number, spelled_as_known
 from bodycam.context import Context
+from bodycam.db import Conn
 from bodycam.domain import MediaInfo
 from bodycam.errors import InvalidInputError, InvalidMediaError, PermanentError, TransientError
 from bodycam.media.files import private_copy, safe_name, sha256_file
@@ -132,11 +133,12 @@ def _store_and_record(ctx: Context, path: Path, sha256: str, filename: str, info
     """Record a validated private file that hashed to `sha256`, storing it first unless this
     case has it already (then the duplicate is audited and nothing is written). With `sent`
     (these bytes, already sent while they arrived), storing is completing that upload."""
-    existing = _find(ctx, custody.case_id, sha256)
+    with ctx.db() as conn:
+        existing = _find(conn, custody.case_id, sha256)
+        if existing is None:  # before storing anything; _record asks again, under a lock
+            spelled_as_known(conn, custody.case_id)
     if existing is not None:
         return _duplicate(ctx, existing, sha256, filename, custody)
-    with ctx.db() as conn:  # before storing anything; _record asks again, under a lock
-        spelled_as_known(conn, custody.case_id)
     stored = None
     if sent is not None and sent.sha256 == sha256:
         try:
@@ -155,7 +157,8 @@ def _store_and_record(ctx: Context, path: Path, sha256: str, filename: str, info
     try:
         video_id, units = _record(ctx, stored, filename, info, custody)
     except psycopg.errors.UniqueViolation:  # the same file ingested concurrently
-        found = _find(ctx, custody.case_id, sha256)
+        with ctx.db() as conn:
+            found = _find(conn, custody.case_id, sha256)
         assert found is not None
         return _duplicate(ctx, found, sha256, filename, custody)
     log.info("ingested video %s (%d units)", video_id, len(units))
@@ -185,12 +188,11 @@ def _cache_upload(ctx: Context, path: Path, sha256: str) -> None:
         originals.evict(folder, ctx.settings.jobs.cache_max_bytes, running | {sha256})
 
 
-def _find(ctx: Context, case_id: str, sha256: str) -> tuple[str, str] | None:
-    with ctx.db() as conn:
-        row = conn.execute(
-            "SELECT id::text AS id, status FROM videos WHERE case_id = %s AND sha256 = %s",
-            (case_id, sha256),
-        ).fetchone()
+def _find(conn: Conn, case_id: str, sha256: str) -> tuple[str, str] | None:
+    row = conn.execute(
+        "SELECT id::text AS id, status FROM videos WHERE case_id = %s AND sha256 = %s",
+        (case_id, sha256),
+    ).fetchone()
     return (str(row["id"]), str(row["status"])) if row else None
 
 

@@ -20,7 +20,7 @@ from bodycam.config import PipelineSettings
 from bodycam.domain import FaceDetection, FaceTrack, MediaInfo, SampledFrame, Scene
 from bodycam.pipeline.faces import FaceDetector, FaceEmbedder
 from bodycam.pipeline.frames import ChunkDecoder
-from bodycam.pipeline.orientation import CHECKED, Spread, Turned, keepable, turned_faces
+from bodycam.pipeline.orientation import CHECKED, Spread, Turned, turned_faces
 from bodycam.pipeline.tracks import Tracker, center_distance, iou, size_ratio
 
 
@@ -400,7 +400,7 @@ def analyze_chunk(
                 raise item
             sampled += len(item)
             for f in item:
-                spread.offer(keepable(f))
+                spread.offer(f)
             in_flight.append((item, pool.submit(detect, item)))
             while len(in_flight) >= detector.concurrency and not errors:
                 hand_over(in_flight.popleft())

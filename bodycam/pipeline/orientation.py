@@ -12,7 +12,6 @@ own (its own hash and custody).
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
 
 import numpy as np
 
@@ -39,26 +38,22 @@ class Turned:
 
 
 class Spread:
-    """At most `limit` of the items offered, spread evenly over them all: every stride-th is
-    kept, and when too many are, every other one goes and the stride doubles."""
+    """At most `limit` of the sampled frames offered, spread evenly over them all: every
+    stride-th is kept, and when too many are, every other one goes and the stride doubles.
+    A frame is kept with its detection image only (the full-size frame it can make holds a
+    decoded picture)."""
 
     def __init__(self, limit: int) -> None:
         self.limit, self.stride, self.seen = limit, 1, 0
-        self.kept: list[Any] = []
+        self.kept: list[SampledFrame] = []
 
-    def offer(self, item: Any) -> None:
+    def offer(self, frame: SampledFrame) -> None:
         if self.limit and self.seen % self.stride == 0:
-            self.kept.append(item)
+            self.kept.append(replace(frame, full=None))
             if len(self.kept) > self.limit:
                 self.kept = self.kept[::2]
                 self.stride *= 2
         self.seen += 1
-
-
-def keepable(frame: SampledFrame) -> SampledFrame:
-    """A sampled frame to look at again later: its detection image only (the full-size
-    frame it can make holds a decoded picture)."""
-    return replace(frame, full=None)
 
 
 def turned_faces(detector: FaceDetector, frames: list[SampledFrame]) -> Turned | None:
