@@ -150,7 +150,7 @@ def case_number(text: str | None) -> str:
     unassigned)."""
     case = (text or "").strip()
     if not case:
-        raise InvalidInputError("missing --case: name the case number")
+        raise InvalidInputError("missing case: name the case number")
     if not CASE_NUMBER.match(case) or set(case) == {"."}:
         raise InvalidInputError(f"case {case!r} is not a case number: use ASCII letters, "
                                 "digits, spaces and . : / # @ + - _")

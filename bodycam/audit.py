@@ -471,7 +471,7 @@ def _serialise(records: Iterable[dict[str, Any]], fmt: str, columns: tuple[str, 
                                  if isinstance(r[c], dict | list) else r[c])
                         for c in columns])
         return buf.getvalue().encode()
-    raise InvalidInputError(f"--format {fmt}: use jsonl or csv")
+    raise InvalidInputError(f"format {fmt}: use jsonl or csv")
 
 
 def derive_key(audit_key: str, purpose: str) -> str:

@@ -45,8 +45,8 @@ class Custody:
             value = getattr(self, name)
             if not value or not str(value).strip():
                 field = "case" if name == "case_id" else name
-                flag = incoming_field(field) if self.source == "incoming" else f"--{field}"
-                raise InvalidInputError(f"missing {flag}: every video must be bound to a case, "
+                named = incoming_field(field) if self.source == "incoming" else field
+                raise InvalidInputError(f"missing {named}: every video must be bound to a case, "
                                         "an officer and a device")
             # Trimmed and stored as every other path names them (bb38: incoming/ kept
             # " C-1 " and "C-1\n", a case of its own that no hold, search or list reached).

@@ -307,7 +307,7 @@ def list_jobs(conn: Conn, status: str | None = None, limit: int = 500) -> list[J
     """Videos with their processing state, newest first; a status that is none of
     VIDEO_STATUSES is refused (it listed nothing, as if no video were in it: bb33)."""
     if status is not None and status not in VIDEO_STATUSES:
-        raise InvalidInputError(f"--status {status[:40]!r}: choose from "
+        raise InvalidInputError(f"status {status[:40]!r}: choose from "
                                 f"{', '.join(VIDEO_STATUSES)}")
     rows = conn.execute(
         "SELECT v.id::text AS video_id, v.case_id, v.original_filename, v.status, v.stage,"

@@ -272,7 +272,7 @@ def list_matches(conn: Conn, status: str | None = None, case_id: str | None = No
     database, whose reviewers are read for the page's rows only. Every review's record (note,
     time) is read only `with_reviews`: the export's, not each listing's."""
     if status is not None and status not in (*STATUSES, DECIDED):
-        raise InvalidInputError(f"--status {status[:40]!r}: choose from "
+        raise InvalidInputError(f"status {status[:40]!r}: choose from "
                                 f"{', '.join((*STATUSES, DECIDED))}")
     rows = conn.execute(
         "SELECT m.id::text AS id, m.subject_id::text AS sid, s.name, m.track_id::text AS tid,"
@@ -336,7 +336,7 @@ def review(conn: Conn, key: str, match_id: str, user: User, confirm: bool, note:
     per reviewer; the match is confirmed when the policy's number of reviewers have
     confirmed, and the person who enrolled the subject is never enough on their own.
     """
-    note = text.required(note, "--note", "record why you confirm or reject this match")
+    note = text.required(note, "note", "record why you confirm or reject this match")
     case = require_visible(conn, key, user, "review", "match", match_id,
                            case_of(conn, "match", match_id))
     policy.require_identify(conn, "match review")
@@ -435,7 +435,7 @@ def reopen(conn: Conn, key: str, match_id: str, user: User, reason: str) -> int:
     case with a reason (a confirmation found wrong, a rejection made in haste); returns the
     round. The earlier reviews stay as the record; only the new round's count. Not under
     the redact-only profile; audited (`match.reopen`, with what it was)."""
-    reason = text.required(reason, "--reason", "say why this decision is reopened")
+    reason = text.required(reason, "reason", "say why this decision is reopened")
     case = require_visible(conn, key, user, "matches.reopen", "match", match_id,
                            case_of(conn, "match", match_id))
     policy.require_identify(conn, "match review")
@@ -504,7 +504,7 @@ def persons(conn: Conn, key: str, settings: Settings, case_id: str, purpose: str
     Grouping faces across videos is biometric processing like a search: it needs a purpose
     and is audited with what it returned (the page's tracks).
     """
-    purpose = text.required(purpose, "--purpose", "say why you are grouping this case's faces")
+    purpose = text.required(purpose, "purpose", "say why you are grouping this case's faces")
     policy.require_identify(conn, "persons")
     found = _grouped(conn, settings, case_id)
     shown = found[offset:offset + limit if limit is not None else None]

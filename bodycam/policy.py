@@ -74,12 +74,12 @@ def change(conn: Conn, key: str, by: str, reason: str, profile: str | None = Non
     same transaction, audited with the counts; from then on the database
     refuses to store new ones (migration 007).
     """
-    reason = text.required(reason, "--reason", "a policy change must say why")
+    reason = text.required(reason, "reason", "a policy change must say why")
     if reviewers is not None and not 1 <= reviewers <= 5:
-        raise InvalidInputError(f"--reviewers {reviewers}: between 1 and 5")
+        raise InvalidInputError(f"reviewers {reviewers}: between 1 and 5")
     if retention_days is not None and not 1 <= retention_days <= MAX_RETENTION_DAYS:
         raise InvalidInputError(
-            f"--retention-days {retention_days}: between 1 and {MAX_RETENTION_DAYS}")
+            f"retention_days {retention_days}: between 1 and {MAX_RETENTION_DAYS}")
     old = current(conn)
     name = profile or old.profile
     if name not in PROFILES:

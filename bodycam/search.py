@@ -122,10 +122,10 @@ def resolve_threshold(settings: Settings, model: str, requested: float | None,
         if video_probe:
             return max(default, settings.pipeline.track_relink_similarity.get(model, default))
         return default
-    check_similarity(requested, "--threshold")
+    check_similarity(requested, "threshold")
     if requested < floor:
         raise InvalidInputError(
-            f"--threshold {requested} is below the floor {floor} for {model}: thresholds can be "
+            f"threshold {requested} is below the floor {floor} for {model}: thresholds can be "
             "raised to be stricter, never lowered below the calibrated floor")
     return requested
 
@@ -136,18 +136,18 @@ def set_thresholds(conn: Conn, key: str, settings: Settings, actor: str, model: 
     caller). Neither may go below the model's calibrated floor; the change is audited."""
     if model not in DIMS:
         raise InvalidInputError(f"unknown model {model}: choose from {', '.join(DIMS)}")
-    check_similarity(default, "--default")
-    check_similarity(floor, "--floor")
-    reason = text.required(reason, "--reason", "a threshold change must say why")
+    check_similarity(default, "default")
+    check_similarity(floor, "floor")
+    reason = text.required(reason, "reason", "a threshold change must say why")
     if not 0 < floor <= default <= 1:
-        raise InvalidInputError("need 0 < --floor <= --default <= 1 (cosine similarity)")
+        raise InvalidInputError("need 0 < floor <= default <= 1 (cosine similarity)")
     calibrated = settings.search.threshold_floor.get(model)
     if calibrated is None:
         raise InvalidInputError(f"no calibrated floor for model {model}: calibrate it first "
                                 "(python -m bodycam.calibration, docs/thresholds.md)")
     if floor < calibrated:
         raise InvalidInputError(
-            f"--floor {floor} is below the calibrated floor {calibrated} for {model} "
+            f"floor {floor} is below the calibrated floor {calibrated} for {model} "
             "(docs/thresholds.md): a floor can be raised, never lowered below calibration")
     conn.execute("INSERT INTO thresholds (model, default_threshold, floor, changed_by,"
                  " reason) VALUES (%s, %s, %s, %s, %s)",
@@ -444,13 +444,13 @@ def record_check(conn: Conn, key: str, settings: Settings, by: User | str, case:
 def bound_case(case_id: str | None) -> str:
     """The case a search or a look at a probe photo is bound to; refused when none is named."""
     if not case_id or not case_id.strip():
-        raise InvalidInputError("missing --case: every search is bound to a case")
+        raise InvalidInputError("missing case: every search is bound to a case")
     return case_id.strip()
 
 
 def bound(case_id: str | None, purpose: str | None) -> tuple[str, str]:
     """A search's case and purpose, both required (the one rule for every caller)."""
-    return bound_case(case_id), text.required(purpose, "--purpose",
+    return bound_case(case_id), text.required(purpose, "purpose",
                                               "every search records why it was made")
 
 
@@ -473,7 +473,7 @@ def search(ctx: Context, probe: Probe | Query, case_id: str, purpose: str,
     filters = filters or Filters()
     lim = limit if limit is not None else ctx.settings.search.default_limit
     if not 1 <= lim <= MAX_LIMIT:
-        raise InvalidInputError(f"--limit {lim}: between 1 and {MAX_LIMIT}")
+        raise InvalidInputError(f"limit {lim}: between 1 and {MAX_LIMIT}")
     query = probe if isinstance(probe, Query) else None
     if query is None:  # a probe: checked before any face is detected or vector read
         assert isinstance(probe, Probe)

@@ -24,10 +24,10 @@ class Probe:
 
     def __post_init__(self) -> None:
         if sum(x is not None for x in (self.photo, self.subject_id, self.track_id)) != 1:
-            raise InvalidInputError("give exactly one of --photo, --subject or --track")
+            raise InvalidInputError("give exactly one of photo, subject or track")
         if self.face is not None and self.photo is None:  # was ignored without a word: bb32
-            raise InvalidInputError("--face picks a face of a --photo: a subject or a track"
-                                    " has one face")
+            raise InvalidInputError("face picks a face of a photo: a subject or a track has one"
+                                    " face")
 
 
 @dataclass(frozen=True)

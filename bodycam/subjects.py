@@ -154,7 +154,7 @@ def face_from_photo(settings: Settings, path: str, face: int | None = None,
             f"no face found in {name}: use a frontal photo with the face at least "
             f"{scfg.enroll_min_face_px} px tall")
     if face is not None and not 0 <= face < len(faces):
-        raise InvalidInputError(f"--face {face}: {name} has {len(faces)} faces (0 to "
+        raise InvalidInputError(f"face {face}: {name} has {len(faces)} faces (0 to "
                                 f"{len(faces) - 1}, largest first)")
     index = face if face is not None else 0
     chosen = faces[index]
@@ -169,7 +169,7 @@ def face_from_photo(settings: Settings, path: str, face: int | None = None,
     note = None
     if len(faces) > 1 and face is None:
         note = (f"{name} shows {len(faces)} faces: using the largest (index 0); "
-                "pass --face INDEX to choose another")
+                "give the face index to choose another")
     emb = embedder or Registry.embedder(cfg)
     vec = emb.embed(image, [chosen], scale)[0]
     return PhotoFace(vec, chosen, index, len(faces), hashlib.sha256(data).hexdigest(), note,
@@ -236,11 +236,11 @@ def enroll(ctx: Context, name: str, photos: list[str], case_id: str, reason: str
     """
     actor = by.name if isinstance(by, User) else by
     if not case_id.strip():
-        raise InvalidInputError("missing --case: a subject belongs to a case")
-    reason = text.required(reason, "--reason", "say why this person is enrolled")
-    name = text.required(name, "--name", "give the person's name")
+        raise InvalidInputError("missing case: a subject belongs to a case")
+    reason = text.required(reason, "reason", "say why this person is enrolled")
+    name = text.required(name, "name", "give the person's name")
     if not photos:
-        raise InvalidInputError("at least one --photo is needed")
+        raise InvalidInputError("at least one photo is needed")
     with ctx.db() as conn:  # before any face is detected or embedded
         policy.require_identify(conn, "enrolment")
         require_rate(conn, ctx.settings, by)

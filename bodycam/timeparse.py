@@ -33,15 +33,15 @@ def parse_period(date_from: str | None, date_to: str | None
     stamped to the microsecond). A spelling other than 2026-12-05 ended at the day's first
     instant, and a signed export of a busy day held no rows (bb23, bb24). An end before the
     start is refused."""
-    start = parse_when(date_from, "--from")
+    start = parse_when(date_from, "from")
     end = None
     if date_to:
-        end, named = _read(date_to, "--to", "2026-03-14")
+        end, named = _read(date_to, "to", "2026-03-14")
         if named:
             end += named - timedelta(microseconds=1)
     if start is not None and end is not None and end < start:
-        raise InvalidInputError(f"--to {date_to!r} is before --from {date_from!r}: the period"
-                                " would be empty")
+        raise InvalidInputError(f"to {date_to!r} is before its start, from {date_from!r}: the"
+                                " period would be empty")
     return start, end
 
 
@@ -117,7 +117,7 @@ def _time_named(typed: str) -> timedelta:
             else timedelta(seconds=1))
 
 
-def parse_recorded_at(text: str | None, flag: str = "--recorded-at") -> datetime | None:
+def parse_recorded_at(text: str | None, flag: str = "recorded_at") -> datetime | None:
     """When footage was recorded (ISO 8601), or None; InvalidInputError otherwise, naming
     it as `flag`."""
     return parse_when(text, flag, "2026-03-14T09:30:00Z")

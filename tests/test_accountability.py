@@ -399,7 +399,7 @@ def test_a_period_named_by_dates_holds_the_whole_of_its_last_day(
         2026, 12, 5, 10, 59, 59, 999999, tzinfo=UTC)
     assert parse_period("2026-12-05T10:00", None) == (
         datetime(2026, 12, 5, 10, tzinfo=UTC), None)
-    with pytest.raises(InvalidInputError, match="before --from"):
+    with pytest.raises(InvalidInputError, match="before its start, from"):
         parse_period("2026-12-06", "2026-12-05")
     # A week alone was its Monday: an export of `2026-W49` held one day of seven (bb27). A
     # week or a month alone is the whole of it.
@@ -429,7 +429,7 @@ def test_a_period_named_by_dates_holds_the_whole_of_its_last_day(
     # A period that ends before it starts is refused, not exported as a signed empty file.
     res = stack.cli.run("audit", "export", "--from", (day + timedelta(days=1)).isoformat(),
                         "--to", day.isoformat(), "-o", str(tmp_path / "none.jsonl"))
-    assert res.returncode != 0 and "before --from" in res.stderr, res.stderr
+    assert res.returncode != 0 and "before its start, from" in res.stderr, res.stderr
     assert not (tmp_path / "none.jsonl").exists()
 
 

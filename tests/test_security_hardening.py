@@ -221,7 +221,7 @@ def test_failed_logins_listings_and_person_grouping_are_audited(
 
     before = len(audit_rows(stack, "persons"))
     missing = stack.cli.run("persons", "--case", CASE_B)
-    assert missing.returncode != 0 and "missing --purpose" in one_line(missing)
+    assert missing.returncode != 0 and "missing purpose: " in one_line(missing)
     assert len(audit_rows(stack, "persons")) == before, "no purpose, no grouping"
     people = stack.cli.json("persons", "--case", CASE_B, "--purpose", "who else was there")
     assert isinstance(people, list) and people

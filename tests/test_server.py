@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import secrets
 import struct
 import subprocess
@@ -83,6 +84,7 @@ def assert_problem(r: httpx.Response, status: int, *needles: str) -> dict[str, o
         "https://bodycam.invalid/problems/")
     for needle in needles:
         assert needle in str(body["detail"]), body
+    assert not re.search(r"(^|\W)--[a-z]", str(body["detail"])), body  # a field, not a flag
     return dict(body)
 
 
@@ -340,7 +342,7 @@ def test_a_digest_mismatch_or_bad_media_stores_nothing_and_is_audited(
     assert_problem(r, 422, "does not match X-Content-SHA256", "nothing was stored")
     assert_problem(upload(server, server.token, b"not a video at all", "T-SRV-BAD"), 422,
                    "clip.mp4")
-    assert_problem(upload(server, server.token, HAMILTON, ""), 422, "missing --case")
+    assert_problem(upload(server, server.token, HAMILTON, ""), 422, "missing case: ")
     _, investigator = server.account(["investigator"], ("T-SRV-BAD",))
     assert_problem(upload(server, investigator, HAMILTON, "T-SRV-BAD"), 403,
                    "`ingest` needs the clerk role")
@@ -652,11 +654,11 @@ def test_an_export_is_served_only_to_the_account_that_made_it(server: Server) ->
     assert_problem(server.call("GET", "/api/v1/exports/not-an-id", alice), 404)
 
 
-def test_search_and_enrolment_take_photos_as_multipart_and_keep_the_cli_messages(
+def test_search_and_enrolment_take_photos_as_multipart_and_name_missing_fields(
         server: Server, served_video: tuple[str, dict[str, object]]) -> None:
     name, investigator = server.account(["investigator"], ("T-SRV",))
     missing = server.call("POST", "/api/v1/search", investigator, data={"case": "T-SRV"})
-    assert_problem(missing, 422, "missing --purpose")
+    assert_problem(missing, 422, "missing purpose: ")
     # A JSON body was told "missing --case"; a review's body that is not JSON was "invalid 0:
     # JSON decode error" (bb32).
     as_json = server.call("POST", "/api/v1/search", investigator,

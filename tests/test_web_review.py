@@ -145,8 +145,15 @@ def test_a_second_investigator_confirms_with_a_note_and_the_match_leaves_the_que
     item.get_by_role("button", name="Reject match").click()
     expect(item.get_by_role("alert")).to_contain_text("Write a note first")
     assert _status(stack, m["match_id"]) == "pending"
-    note = f"matches the custody photo <i>{secrets.token_hex(2)}</i>"
+    # A note of punctuation alone is refused by the server, which names the note box, not the
+    # CLI's flag (it said "missing --note" here).
     box = item.get_by_label("Note (required): why you confirm or reject this match")
+    box.fill(". . .")
+    item.get_by_role("button", name="Reject match").click()
+    expect(item.get_by_role("alert")).to_have_text(
+        "Refused by the server: missing note: record why you confirm or reject this match")
+    assert _status(stack, m["match_id"]) == "pending"
+    note = f"matches the custody photo <i>{secrets.token_hex(2)}</i>"
     box.fill(note)
     # By keyboard: from the note, the next stop is the Confirm button.
     box.press("Tab")

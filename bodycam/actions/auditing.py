@@ -111,7 +111,7 @@ def sweep_exports(ctx: Context) -> int:
 
 def _new_export(ctx: Context, user: User, fmt: str) -> tuple[str, Path]:
     if fmt not in FORMATS:
-        raise InvalidInputError(f"--format {fmt}: choose jsonl or csv")
+        raise InvalidInputError(f"format {fmt}: choose jsonl or csv")
     sweep_exports(ctx)  # here, where exports live: the server's host
     export_id = str(uuid.uuid4())
     folder = export_dir(ctx) / export_id

@@ -78,7 +78,7 @@ def hold_case(ctx: Context, user: User, case: str, reason: str) -> dict[str, obj
     case's in other letter case (bb34). A case with no footage yet may be held (a hold may
     come before the footage); the answer counts its videos, so that a mistyped case number
     shows (bb33)."""
-    reason = text.required(reason, "--reason", "a legal hold must say why")
+    reason = text.required(reason, "reason", "a legal hold must say why")
     case = accounts.case_number(case)
     with ctx.db() as conn:
         require(conn, ctx.audit_key, user, "cases.hold")
@@ -106,7 +106,7 @@ def _videos_in(conn: Conn, case: str) -> int:
 def release_case(ctx: Context, user: User, case: str, reason: str) -> dict[str, object]:
     """Lift a legal hold (supervisor, admin); audited. A case not on hold is refused
     (ConflictError), unaudited."""
-    reason = text.required(reason, "--reason", "lifting a legal hold must say why")
+    reason = text.required(reason, "reason", "lifting a legal hold must say why")
     case = accounts.case_number(case)
     with ctx.db() as conn:
         require(conn, ctx.audit_key, user, "cases.hold")
@@ -182,7 +182,7 @@ def reprocess(ctx: Context, user: User, reason: str) -> dict[str, object]:
     """Queue again every done video analysed without embeddings (stored while the redact-only
     profile was in force), so that its faces can be searched and matched (admin, with a
     reason; not under redact-only); audited (`reprocess`, with each video and its case)."""
-    reason = text.required(reason, "--reason", "re-analysing footage must say why")
+    reason = text.required(reason, "reason", "re-analysing footage must say why")
     with ctx.db() as conn:
         require(conn, ctx.audit_key, user, "reprocess")
         policy.require_identify(conn, "reprocess")

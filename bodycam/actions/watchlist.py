@@ -25,12 +25,12 @@ def enroll(ctx: Context, user: User, name: str, photos: list[str], case: str | N
     """Enrol a subject in a case (investigator of the case) from photo files private to the
     server, then match it against the case's tracks; audited (`subject.enroll`)."""
     if not case:
-        raise InvalidInputError("missing --case: a subject belongs to a case")
+        raise InvalidInputError("missing case: a subject belongs to a case")
     if not reason:
-        raise InvalidInputError("missing --reason: say why this person is enrolled")
-    expires_at = parse_when(expires, "--expires")
+        raise InvalidInputError("missing reason: say why this person is enrolled")
+    expires_at = parse_when(expires, "expires")
     if expires_at is not None and expires_at <= datetime.now(UTC):
-        raise InvalidInputError(f"--expires {expires}: already past; an entry would lapse "
+        raise InvalidInputError(f"expires {expires}: already past; an entry would lapse "
                                 "before it could match")
     with ctx.db() as conn:
         require(conn, ctx.audit_key, user, "subjects.enroll", case)
@@ -95,7 +95,7 @@ def photo_faces(ctx: Context, user: User, case: str | None, path: str | None
     with ctx.db() as conn:
         require(conn, ctx.audit_key, user, "search", case)
     if path is None:
-        raise InvalidInputError("missing --photo: send the probe photo as file `photo`")
+        raise InvalidInputError("missing photo: send the probe photo as the file field `photo`")
     with refusals_audited(ctx, user, "search", case):
         with ctx.db() as conn:
             policy.require_identify(conn, "face detection")
@@ -137,7 +137,7 @@ def review(ctx: Context, user: User, match_id: str, decision: str, note: str
            ) -> dict[str, object]:
     """Confirm or reject a match of a case the reviewer sees (four-eyes rules); audited."""
     if decision not in ("confirm", "reject"):
-        raise InvalidInputError("give exactly one of --confirm or --reject")
+        raise InvalidInputError("decision: give confirm or reject")
     with ctx.db() as conn:
         case = case_of(conn, "match", match_id)  # named in a refusal's audit row only
         require_role(conn, ctx.audit_key, user, "review", case, f"match {match_id}")
