@@ -224,10 +224,11 @@ def resolve(url: str | None = None) -> Target:
     """URL: argument, BODYCAM_URL, the credentials file, the stack home's client.json. Token:
     BODYCAM_TOKEN, the credentials file (only for its own URL), else the bootstrap
     `operator.token` when BODYCAM_USER is unset or `operator` and the server is this home's
-    stack or on this machine. The home is read only when needed, and only when private to
-    this account (`stack_home`). Raises InvalidInputError when no server is named anywhere,
-    and for a plain http:// server not on this machine, wherever its URL came from (a token
-    would cross the network in clear text), unless BODYCAM_INSECURE_HTTP=1."""
+    stack, through the socket in the home (refused where its client.json names none). The
+    home is read only when needed, and only when private to this account (`stack_home`).
+    Raises InvalidInputError when no server is named anywhere, and for a plain http:// server
+    not on this machine, wherever its URL came from (a token would cross the network in clear
+    text), unless BODYCAM_INSECURE_HTTP=1."""
     creds = read_credentials() or {}
     user = os.environ.get("BODYCAM_USER") or None
     home: StackHome | None = None
@@ -257,14 +258,19 @@ def resolve(url: str | None = None) -> Target:
         raise InvalidInputError(f"refusing to send a token in clear text to {found}: use "
                                 "https://, or set BODYCAM_INSECURE_HTTP=1 on a network you "
                                 "trust")
-    # To this home's stack through its socket where it has one: a loopback port is no
-    # identity (another account can listen on it once the server stops); a socket in the
-    # 0700 home is. To another server on this machine only from a home without one.
+    # To this home's stack through its socket only: a loopback port is no identity (another
+    # account can listen on it once the server stops); a socket in the 0700 home is. A home
+    # whose client.json names no socket (written before there was one, or by hand) sent the
+    # token to whatever held the port (bb40).
     bootstrap = False
-    if token is None and user in (None, "operator") and home is not None and (
-            own is not None or (_on_this_machine(found) and home.socket is None)):
-        token = home.operator_token
-        bootstrap = token is not None
+    if token is None and user in (None, "operator") and own is not None \
+            and own.operator_token is not None:
+        if own.socket is None:
+            raise InvalidInputError(
+                f"{_home().absolute()}/{CLIENT_FILE} names no server socket, and the operator "
+                "token goes to the stack only through the socket in its home: restart the "
+                "stack (`bodycam down`, `bodycam up`), or log in as your own account")
+        token, bootstrap = own.operator_token, True
     return Target(found, token, user, own.socket if own is not None else None, bootstrap)
 
 

@@ -82,6 +82,7 @@ def test_a_refused_bootstrap_token_says_how_to_name_another_account(
     stack.cli.run("users", "disable", "cli-boot", check=True)
     home = _plant_home(tmp_path, _server_url(stack), 0o700)
     (home / "operator.token").write_text(token + "\n")  # this home's bootstrap account
+    _give_socket(home, stack)
     rc, out, errs = _run(stack, _client_env(stack, tmp_path), "whoami")
     assert rc == 1 and out == "" and errs.strip() == (
         "error: account cli-boot is disabled (the stack's bootstrap operator token was used: "
@@ -270,6 +271,14 @@ def test_a_hostile_or_broken_server_gets_inert_text_and_one_error_line(
         fake.close()
 
 
+def _give_socket(home: Path, stack: StackHandle) -> None:
+    """`home`'s client.json names the socket run/api.sock, a link to `stack`'s server's."""
+    (home / "client.json").write_text(json.dumps({
+        **json.loads((home / "client.json").read_text()), "socket": "run/api.sock"}))
+    (home / "run").mkdir(mode=0o700)
+    (home / "run" / "api.sock").symlink_to(stack.home / "run" / "api.sock")
+
+
 def _plant_home(where: Path, url: str, mode: int, uid: int | None = None) -> Path:
     """A `.bodycam` with client.json naming `url` and an operator.token, as another account
     (or a cloned repository) could leave it in a working directory."""
@@ -329,13 +338,20 @@ def test_a_stack_home_another_account_could_have_planted_is_refused(
         (tmp_path / "link").symlink_to(other)
         with pytest.raises(InvalidInputError, match="owned by another account"):
             resolve()
-        # The caller's own private home is used: its URL and its operator token.
+        # The caller's own private home is used: its URL, and its operator token only
+        # through the socket in the home. One whose client.json names none (written before
+        # there was one, or by hand) sent the token to whatever held the port (bb40).
         monkeypatch.delenv("BODYCAM_HOME")
-        assert resolve() == resolve(fake.url)
-        assert resolve().token == "bct_PLANTED" and resolve().url == fake.url
+        for _ in (resolve, lambda: resolve(fake.url)):
+            with pytest.raises(InvalidInputError, match="names no server socket"):
+                _()
         rc, out, errs = _run(stack, {**env, "BODYCAM_TOKEN": ""}, "whoami")
+        assert rc == 1 and out == "" and "names no server socket" in errs, errs
+        assert len(errs.strip().splitlines()) == 1 and "bct_" not in errs
+        assert fake.tokens == [], "the port's listener got the operator token"
+        rc, out, errs = _run(stack, env, "whoami")  # the caller's own token still goes
         assert rc == 0 and out.startswith("eve"), errs
-        assert fake.tokens == ["Bearer bct_PLANTED"]
+        assert fake.tokens == ["Bearer bct_VICTIM"]
     finally:
         fake.close()
 
@@ -400,7 +416,8 @@ def test_a_homes_plain_http_url_elsewhere_never_gets_a_token(
     with pytest.raises(InvalidInputError, match="clear text"):
         resolve()
     monkeypatch.setenv("BODYCAM_INSECURE_HTTP", "1")  # a network the user trusts
-    assert resolve().token == "bct_PLANTED", "the home's own stack on a trusted network"
+    with pytest.raises(InvalidInputError, match="names no server socket"):
+        resolve()  # still, the operator token goes only through a socket in the home
 
 
 def test_a_wait_on_work_rides_out_a_server_that_stops_answering(stack: StackHandle) -> None:
