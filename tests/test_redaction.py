@@ -833,6 +833,49 @@ def test_a_redaction_whose_case_is_taken_away_before_it_is_recorded_is_refused_a
         assert r.status_code in (401, 404)
 
 
+def test_a_render_keeping_a_person_whose_match_is_reopened_meanwhile_is_refused(
+        stack: StackHandle, video: str, api_url: str, operator_token: str,
+        users: dict[str, dict[str, str]], hide_all: tuple[Path, dict[str, Any]]) -> None:
+    """A render kept an enrolled person visible on their confirmed match; a supervisor reopened
+    the match ("another man") while it ran, and the release, recorded after, still showed the
+    face, while the same request made anew was refused (bb41). The server checks the keep
+    decisions again where it records the render."""
+    photo = TESTDATA / "faces" / "identities" / "p16" / "01.jpg"
+    subject = stack.cli.json("subjects", "enroll", "--name", "red-keep", "--photo", str(photo),
+                             "--case", CASE_A, "--reason", "a witness who consented")
+    assert isinstance(subject, dict)
+    sid = str(subject["subject_id"])
+    found = stack.cli.json("matches", "--case", CASE_A, "--status", "pending",
+                           extra_env=users["a"])
+    assert isinstance(found, list)
+    [mid] = [m["match_id"] for m in found if m["subject_id"] == sid and m["video_id"] == video]
+    stack.cli.run("review", mid, "--confirm", "--note", "it is the witness",
+                  extra_env=users["a"], check=True)
+    before = {o.key for o in stack.ctx.store.list(f"{REDACTIONS}{video}/")}
+    op = {"Authorization": f"Bearer {operator_token}"}
+    inv = {"Authorization": f"Bearer {users['a']['BODYCAM_TOKEN']}"}
+    asked = httpx.post(f"{api_url}/api/v1/videos/{video}/redactions", headers=inv,
+                       json={"keep_subjects": [{"id": sid}]}, timeout=60)
+    assert asked.status_code == 202, asked.text
+    reopened = httpx.post(f"{api_url}/api/v1/matches/{mid}/reopen", headers=op,
+                          json={"reason": "the clip shows another man"}, timeout=60)
+    assert reopened.status_code == 200, reopened.text
+    job = _follow(api_url, operator_token, asked.json()["job_id"])
+    assert job["state"] == "refused" and f"subject {sid}" in job["error"] \
+        and "no longer confirmed" in job["error"], job
+    with stack.ctx.db() as conn:
+        [row] = conn.execute("SELECT details FROM audit_log WHERE action = 'redaction.refused'"
+                             " AND details->>'job_id' = %s", (job["job_id"],)).fetchall()
+        assert conn.execute("SELECT count(*) AS n FROM redactions WHERE id = %s",
+                            (row["details"]["derivative_id"],)).fetchone()["n"] == 0
+    assert row["details"]["files_deleted"] == 4, row
+    assert {o.key for o in stack.ctx.store.list(f"{REDACTIONS}{video}/")} == before
+    # Asked anew, it is refused at once, as before.
+    again = httpx.post(f"{api_url}/api/v1/videos/{video}/redactions", headers=inv,
+                       json={"keep_subjects": [{"id": sid}]}, timeout=60)
+    assert again.status_code == 422 and "no confirmed match" in again.text, again.text
+
+
 def test_an_account_may_have_only_so_many_renders_queued_or_running(
         stack: StackHandle, video: str, api_url: str, operator_token: str,
         hide_all: tuple[Path, dict[str, Any]]) -> None:

@@ -109,11 +109,13 @@ def _check_request(ctx: Context, req: RedactRequest) -> None:
         check_basis(red, r.legal_basis, r.reason, "manual region")
 
 
-def load_plan(conn: Conn, video_id: str) -> Plan | None:
-    """The newest stored plan of a video made by the current algorithm, or None."""
+def load_plan(conn: Conn, video_id: str, version: int | None = None) -> Plan | None:
+    """The newest stored plan of a video made by the current algorithm (or that version of
+    it), or None."""
     row = conn.execute("SELECT version, plan FROM redaction_plans WHERE video_id = %s AND"
-                       " algorithm = %s ORDER BY version DESC LIMIT 1",
-                       (video_id, ALGORITHM)).fetchone()
+                       " algorithm = %s AND (%s::int IS NULL OR version = %s::int)"
+                       " ORDER BY version DESC LIMIT 1",
+                       (video_id, ALGORITHM, version, version)).fetchone()
     return Plan.from_json(row["plan"], int(row["version"])) if row else None
 
 
@@ -171,14 +173,34 @@ def _subject_tracks(conn: Conn, key: str, user: User, plan: Plan, video_id: str,
     """Plan tracks of a subject: its confirmed matches in this video (case checked)."""
     require_visible(conn, key, user, "redact", "subject", subject_id,
                     case_of(conn, "subject", subject_id))
-    rows = conn.execute("SELECT track_id::text AS t FROM matches WHERE subject_id = %s"
-                        " AND video_id = %s AND status = 'confirmed'",
-                        (uid(subject_id), uid(video_id))).fetchall()
-    ids = {t.id for r in rows for t in plan.tracks if r["t"] in t.db_track_ids}
+    ids = _confirmed_tracks(conn, plan, video_id, subject_id)
     if not ids:
         raise InvalidInputError(f"subject {subject_id}: no confirmed match of theirs in video "
                                 f"{video_id} is in the redaction plan; keep tracks by id")
     return sorted(ids)
+
+
+def _confirmed_tracks(conn: Conn, plan: Plan, video_id: str, subject_id: str) -> set[str]:
+    """The plan tracks that hold a subject's confirmed matches in the video."""
+    rows = conn.execute("SELECT track_id::text AS t FROM matches WHERE subject_id = %s"
+                        " AND video_id = %s AND status = 'confirmed'",
+                        (uid(subject_id), uid(video_id))).fetchall()
+    return {t.id for r in rows for t in plan.tracks if r["t"] in t.db_track_ids}
+
+
+def _keeps_still_decided(conn: Conn, job_row: dict[str, Any]) -> None:
+    """Raises ConflictError when a subject a render keeps visible has lost a confirmed match
+    it was kept for (reopened since the request): the release, recorded after, showed a face
+    the decisions then said to hide, and the same request made anew was refused (bb41)."""
+    req, video_id = job_row["request"], str(job_row["video_id"])
+    kept: dict[str, list[str]] = req.get("subject_tracks") or {}
+    plan = load_plan(conn, video_id, int(req["plan_version"])) if kept else None
+    for subject_id, tracks in kept.items():
+        if plan is None or not set(tracks) <= _confirmed_tracks(conn, plan, video_id,
+                                                                 subject_id):
+            raise ConflictError(f"subject {subject_id}: a confirmed match it was kept visible"
+                                f" for in video {video_id} is no longer confirmed (reopened"
+                                " while the render ran): ask again")
 
 
 def _choices(conn: Conn, key: str, user: User, plan: Plan, video_id: str,
@@ -269,6 +291,9 @@ def redact(ctx: Context, user: User, video_id: str, req: RedactRequest) -> dict[
     with ctx.db() as conn:
         choices = _choices(conn, ctx.audit_key, user, plan, video_id, req)
         settings = _settings_json(req, choices)
+        # What each kept subject's confirmed matches held: checked again at recording.
+        subject_tracks = {c.target: sorted(_confirmed_tracks(conn, plan, video_id, c.target))
+                          for c in req.keep_subjects}
         # The account, its case and its token as they stand now, under the log's lock.
         require_now(conn, ctx.audit_key, user, "redact", case)
         if (n := redaction_jobs.open_renders(conn, user.name)) >= red.max_open_renders:
@@ -278,6 +303,7 @@ def redact(ctx: Context, user: User, video_id: str, req: RedactRequest) -> dict[
             conn, video_id, case, redaction_jobs.RENDER, user.name,
             {"plan_version": plan.version, "derivative_id": derivative_id,
              "choices": choices.as_json(), "settings": settings,
+             "subject_tracks": subject_tracks,
              # why the faces no one chose are hidden: the server's configured texts
              "auto": Decision(red.default_reason, red.default_legal_basis,
                               f"automatic (hide everyone), accepted by {user.name}").as_json()})
@@ -307,7 +333,8 @@ def record_job(ctx: Context, job_id: str) -> str | None:
     """Record a job a worker computed (the server's alone: it holds the audit key): a plan as
     the video's next version (`redaction.plan`), a render as a derivative with its custody
     row (`redaction.create`), each under the account that asked, if it may still redact in
-    the case (its account enabled, its role, its case assigned); otherwise the job is
+    the case (its account enabled, its role, its case assigned) and, for a render, each
+    subject it keeps visible still has the confirmed matches it was kept for; otherwise the job is
     `refused` and what the worker stored is deleted. Returns the job's new state, or None
     when it was not waiting to be recorded. Run when a client asks after a job and by the
     server's backstop (`jobs.reconcile_interval_s`)."""
@@ -327,7 +354,9 @@ def record_job(ctx: Context, job_id: str) -> str | None:
             # ended since it asked: a release asked for is not undone by a logout.
             require_now(conn, ctx.audit_key, User(str(found["requested_by"]), ()), "redact",
                         case)
-        except (AccessDeniedError, UnauthenticatedError) as exc:
+            if found["kind"] == redaction_jobs.RENDER:
+                _keeps_still_decided(conn, found)
+        except (AccessDeniedError, UnauthenticatedError, ConflictError) as exc:
             state, why = "refused", str(exc)
         else:
             try:
