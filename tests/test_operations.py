@@ -61,6 +61,18 @@ def _settings(env: dict[str, str]) -> Settings:
         os.environ.update(saved)
 
 
+def test_a_setting_joined_to_its_section_by_one_underscore_is_refused() -> None:
+    """`BODYCAM_SEARCH_DEFAULT_THRESHOLD` (one underscore) named no setting, and the default
+    stood with no word (bb40); its spelling with two is read."""
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=r"BODYCAM_PIPELINE_SAMPLE_FPS names no setting.*"
+                                              r"BODYCAM_PIPELINE__SAMPLE_FPS"):
+        _settings({"BODYCAM_PIPELINE_SAMPLE_FPS": "2"})
+    assert _settings({"BODYCAM_PIPELINE__SAMPLE_FPS": "2"}).pipeline.sample_fps == 2
+    assert _settings({"BODYCAM_CPU_WORKERS": "2"}).cpu_workers == 2  # no section's name
+
+
 def own_stack(home: Path, extra: dict[str, str] | None = None,
               umask: int | None = None) -> Iterator[StackHandle]:
     """A real embedded stack in its own BODYCAM_HOME (the operations settings plus `extra`),
