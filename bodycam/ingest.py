@@ -228,8 +228,9 @@ def _record(ctx: Context, stored: StoredObject, filename: str, info: MediaInfo,
 
 def incoming_field(name: str) -> str:
     """How a rejection names a custody field of an incoming/ object: it has no command line
-    (a rejection said `missing --device` to whoever dropped the file)."""
-    return f"{name} (an object tag, or a key of its sidecar JSON)"
+    (a rejection said `missing --device` to whoever dropped the file), and its sidecar is
+    named as the object plus `.json` (gen1.json beside gen1.mp4 was not read: bb40)."""
+    return f"{name} (an object tag, or a key of its sidecar JSON, the object's name + .json)"
 
 
 INCOMING_ACTOR = "system:incoming"  # who ingests what arrives in incoming/ (nobody verified)

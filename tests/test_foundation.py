@@ -342,8 +342,8 @@ def test_an_incoming_object_without_a_case_is_rejected_and_kept(stack: StackHand
         time.sleep(1)
     assert row is not None and row["state"] == "rejected"
     assert row["error"].startswith(
-        "missing case (an object tag, or a key of its sidecar JSON): every video must be bound"
-        " to a case"), row["error"]
+        "missing case (an object tag, or a key of its sidecar JSON, the object's name + .json):"
+        " every video must be bound to a case"), row["error"]
     assert store.exists(key), "a rejected upload is never deleted"
 
 
@@ -495,8 +495,8 @@ def test_an_incoming_drop_put_again_or_given_its_sidecar_later_is_handled_again(
     key = "incoming/again/clip.mp4"
     store._client.put_object(Bucket=store.bucket, Key=key, Body=HAMILTON.read_bytes(),
                              Tagging="case=T-AGAIN-A&officer=O")
-    assert "missing device (an object tag, or a key of its sidecar JSON)" in str(
-        _wait_incoming(stack, key, "rejected")["error"])
+    assert "missing device (an object tag, or a key of its sidecar JSON, the object's name +" \
+        in str(_wait_incoming(stack, key, "rejected")["error"])
     token = stack.cli.run("events-token", check=True).stdout.strip()
     api = json.loads((stack.home / "stack.json").read_text())["api_url"]
     event = {"Records": [{"eventName": "s3:ObjectCreated:Put",
