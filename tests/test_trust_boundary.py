@@ -699,6 +699,7 @@ def test_a_change_made_as_superuser_behind_the_apps_back_makes_audit_verify_fail
     text = " ".join((proc.stdout + proc.stderr).split())
     assert proc.returncode == 1, text
     assert "3 account change(s) with no audit row" in text and "tb-sneak" in text
+    assert "first bad row" not in text, text  # no row is bad: it said "first bad row None"
 
 
 def test_a_row_a_worker_host_seals_in_a_persons_name_makes_audit_verify_fail(

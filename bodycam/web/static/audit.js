@@ -17,7 +17,7 @@ async function verifyChain() {
     } else {
       el.className = "error chain";
       el.setAttribute("role", "alert");
-      el.innerHTML = `<strong>Audit log NOT intact</strong>: first bad row ${esc(v.first_bad_id ?? "?")}: ${esc(v.reason)}`;
+      el.innerHTML = `<strong>Audit log NOT intact</strong>: ${v.first_bad_id == null ? "" : `first bad row ${esc(v.first_bad_id)}: `}${esc(v.reason)}`;
     }
   } catch (e) {
     el.className = "error chain";
