@@ -366,8 +366,9 @@ def review(conn: Conn, key: str, match_id: str, user: User, confirm: bool, note:
         why = ("enrolled this subject" if reviewer == row["created_by"]
                else "reopened this match")
         raise policy.ReviewRefusedError(
-            f"{reviewer} {why}, so their confirmation does not count (they cannot be the "
-            f"only confirmer): {needed - have} more by other reviewers needed")
+            f"{reviewer} {why}, so their confirmation does not count (only reviewers other "
+            f"than the enroller and the round's reopener confirm): {needed - have} more by "
+            "other reviewers needed")
     if confirm:
         _one_identity(conn, match_id)
     conn.execute("INSERT INTO reviews (match_id, reviewer, decision, note, review_round)"

@@ -120,14 +120,14 @@ def test_the_enroller_sees_photo_crop_clip_and_the_four_eyes_rule_and_cannot_con
     note.fill("same scar over the left eye")
     item.get_by_role("button", name="Confirm match").click()
     expect(alert).to_contain_text("Refused by the server:")
-    expect(alert).to_contain_text("cannot be the only confirmer")
+    expect(alert).to_contain_text("so their confirmation does not count")
     with stack.ctx.db() as conn:
         after = conn.execute("SELECT count(*) AS n FROM reviews WHERE match_id::text = %s",
                              (m["match_id"],)).fetchone()["n"]
     assert after == before, "no review was recorded, from the page or the server"
     assert _status(stack, m["match_id"]) == "pending"
     refused = _audit(stack, queue.enroller.name, "refused")
-    assert any(d.get("attempted") == "review" and "only confirmer" in str(d.get("reason"))
+    assert any(d.get("attempted") == "review" and "does not count" in str(d.get("reason"))
                for d in refused), refused
 
 
