@@ -209,7 +209,7 @@ def reprocess(ctx: Context, user: User, reason: str) -> dict[str, object]:
 
 
 def run_fixity(ctx: Context, user: User) -> dict[str, object]:
-    """Re-hash every stored original and derivative now (auditor); audited."""
+    """Re-hash every stored original, enrolment photo and derivative now (auditor); audited."""
     with ctx.db() as conn:
         require(conn, ctx.audit_key, user, "fixity")
     return fixity.run(ctx, user.name).as_json()

@@ -133,7 +133,8 @@ async def reprocess(body: ReasonIn, user: UserDep) -> dict[str, object]:
     return await run_in_threadpool(governance.reprocess, context(), user, body.reason)
 
 
-@router.post("/fixity", summary="Re-hash every stored original and derivative (auditor)")
+@router.post("/fixity",
+             summary="Re-hash every stored original, enrolment photo and derivative (auditor)")
 async def fixity(user: UserDep) -> JSONResponse:
     """The `fixity --json` report; each mismatch is audited."""
     return JSONResponse(await run_in_threadpool(governance.run_fixity, context(), user))

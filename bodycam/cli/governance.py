@@ -211,8 +211,8 @@ def reprocess(
 
 @app.command()
 def fixity(as_json: JsonFlag = False) -> None:
-    """Re-hash every stored original and derivative against its recorded SHA-256 now; each
-    mismatch is audited. Exit 1 when any object changed or is missing."""
+    """Re-hash every stored original, enrolment photo and derivative against its recorded
+    SHA-256 now; each mismatch is audited. Exit 1 when any object changed or is missing."""
     report = client_call(lambda c: c.post("/api/v1/fixity"))
     if as_json:
         emit_json(report)

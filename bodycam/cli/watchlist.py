@@ -98,7 +98,9 @@ def search_cmd(
                     ] = None,
     purpose: Annotated[str | None, typer.Option("--purpose", help="why (recorded; required)")
                        ] = None,
-    threshold: Annotated[float | None, typer.Option(help="stricter than the default")] = None,
+    threshold: Annotated[float | None, typer.Option(
+        help="cosine similarity a lead needs: the model's default unless given, never below "
+             "its floor (`thresholds list`)")] = None,
     limit: Annotated[int | None, typer.Option(help="most appearances returned")] = None,
     video: Annotated[str | None, typer.Option("--video", help="only this video")] = None,
     date_from: Annotated[str | None, typer.Option("--from", help="recorded on/after")] = None,
