@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import IO, Any, ParamSpec, TypeVar
 
 import boto3
+from boto3.exceptions import S3UploadFailedError
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from botocore.utils import determine_content_length
@@ -88,18 +89,22 @@ R = TypeVar("R")
 
 def _unreachable(endpoint: str | None, exc: Exception) -> TransientError | None:
     """A TransientError naming the store and what to do, for errors of a store that is down
-    or failing (connection refused or reset, timeouts, 5xx); None for anything else."""
+    or failing (connection refused or reset, timeouts, 5xx); None for anything else. A
+    store that answers is running: its 5xx (a full disk's among them) is named with its code,
+    not taken for one that is down (`bodycam up` was the advice, and `up` repeated it: bb41)."""
     if isinstance(exc, ClientError):
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
         if status < 500:
             return None
-        what = f"answered HTTP {status}"
-    elif isinstance(exc, BotoCoreError):
-        what = f"unreachable ({type(exc).__name__})"
-    else:
-        return None
-    return TransientError(f"object store (S3) at {endpoint} {what}: start it (`bodycam up` for "
-                          "the embedded stack) or check BODYCAM_S3_ENDPOINT_URL, then retry")
+        code = str(exc.response.get("Error", {}).get("Code") or "no error code")[:60]
+        return TransientError(f"object store (S3) at {endpoint} answered HTTP {status} ({code}):"
+                              " it is failing or out of disk space (`bodycam status` shows the"
+                              " embedded store's disk); retry once it stores again")
+    if isinstance(exc, BotoCoreError):
+        return TransientError(f"object store (S3) at {endpoint} unreachable "
+                              f"({type(exc).__name__}): start it (`bodycam up` for the embedded"
+                              " stack) or check BODYCAM_S3_ENDPOINT_URL, then retry")
+    return None
 
 
 def _missing(exc: ClientError) -> bool:
@@ -124,10 +129,14 @@ def _guarded(fn: Callable[P, R]) -> Callable[P, R]:
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return fn(*args, **kwargs)
-        except (BotoCoreError, ClientError) as exc:
+        except (BotoCoreError, ClientError, S3UploadFailedError) as exc:
             store = getattr(args[0], "store", args[0])
             assert isinstance(store, ObjectStore)
-            mapped = _unreachable(store.cfg.endpoint_url, exc)
+            # A file sent in parts wraps the store's answer (its message names a temporary
+            # file): a full store failed a render's three attempts in two minutes (bb41).
+            cause = exc.__context__ if isinstance(exc, S3UploadFailedError) else exc
+            mapped = (_unreachable(store.cfg.endpoint_url, cause)
+                      if isinstance(cause, BotoCoreError | ClientError) else None)
             if mapped is None:
                 raise
             raise mapped from exc

@@ -6,6 +6,7 @@ import os
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -45,6 +46,37 @@ def test_failures_are_classified_by_who_is_at_fault() -> None:
         assert failure_kind(OSError(code, os.strerror(code))) is jobs.Failure.SERVICE, code
     assert failure_kind(OSError(errno.ENOENT, "gone")) is jobs.Failure.ERROR
     assert failure_kind(av.error.InvalidDataError(errno.EINVAL, "bad")) is jobs.Failure.ERROR
+
+
+def test_a_store_that_fails_a_file_sent_in_parts_is_a_service_failure_named_in_one_line(
+        tmp_path: Path) -> None:
+    """A full store failed a render's upload of its MP4: boto3 wrapped the store's HTTP 500
+    in S3UploadFailedError, naming a temporary file, which counted as the render's own error;
+    three attempts were spent in two minutes (bb41). And a store that answers 500 was said
+    to be down: "start it (`bodycam up`)"."""
+    from boto3.exceptions import S3UploadFailedError
+    from botocore.exceptions import ClientError
+
+    from bodycam.storage import ObjectStore, S3Config
+
+    store = ObjectStore(S3Config("http://127.0.0.1:9", "k", "s", "bucket"))
+
+    def full(filename: str, *_: object, **__: object) -> None:
+        try:
+            raise ClientError({"Error": {"Code": "InternalError", "Message": "no space"},
+                               "ResponseMetadata": {"HTTPStatusCode": 500}}, "PutObject")
+        except ClientError as exc:
+            raise S3UploadFailedError(f"Failed to upload {filename} to bucket/k: {exc}") from None
+
+    store._client.upload_file = full  # type: ignore[method-assign]
+    path = tmp_path / "redacted.mp4"
+    path.write_bytes(b"x")
+    with pytest.raises(TransientError) as failed:
+        store.put_file("redactions/v/d.mp4", str(path), "video/mp4")
+    line = str(failed.value)
+    assert "answered HTTP 500 (InternalError)" in line and "out of disk space" in line, line
+    assert str(tmp_path) not in line and "start it" not in line and "\n" not in line
+    assert failure_kind(failed.value) is jobs.Failure.SERVICE
 
 
 def test_a_scheduled_task_runs_once_an_interval_whatever_the_clocks(
