@@ -180,10 +180,14 @@ def _subject_tracks(conn: Conn, key: str, user: User, plan: Plan, video_id: str,
     return sorted(ids)
 
 
-def _confirmed_tracks(conn: Conn, plan: Plan, video_id: str, subject_id: str) -> set[str]:
-    """The plan tracks that hold a subject's confirmed matches in the video."""
+def _confirmed_tracks(conn: Conn, plan: Plan, video_id: str, subject_id: str,
+                      hold: bool = False) -> set[str]:
+    """The plan tracks that hold a subject's confirmed matches in the video; with `hold`, the
+    matches are held as they are until the transaction ends (a reopening waits for a render's
+    record). Only under the audit log's lock, which a reopening takes before its update."""
     rows = conn.execute("SELECT track_id::text AS t FROM matches WHERE subject_id = %s"
-                        " AND video_id = %s AND status = 'confirmed'",
+                        " AND video_id = %s AND status = 'confirmed'"
+                        + (" FOR SHARE" if hold else ""),
                         (uid(subject_id), uid(video_id))).fetchall()
     return {t.id for r in rows for t in plan.tracks if r["t"] in t.db_track_ids}
 
@@ -191,13 +195,14 @@ def _confirmed_tracks(conn: Conn, plan: Plan, video_id: str, subject_id: str) ->
 def _keeps_still_decided(conn: Conn, job_row: dict[str, Any]) -> None:
     """Raises ConflictError when a subject a render keeps visible has lost a confirmed match
     it was kept for (reopened since the request): the release, recorded after, showed a face
-    the decisions then said to hide, and the same request made anew was refused (bb41)."""
+    the decisions then said to hide, and the same request made anew was refused (bb41). Run
+    under the audit log's lock (`require_now`)."""
     req, video_id = job_row["request"], str(job_row["video_id"])
     kept: dict[str, list[str]] = req.get("subject_tracks") or {}
     plan = load_plan(conn, video_id, int(req["plan_version"])) if kept else None
     for subject_id, tracks in kept.items():
         if plan is None or not set(tracks) <= _confirmed_tracks(conn, plan, video_id,
-                                                                 subject_id):
+                                                                 subject_id, hold=True):
             raise ConflictError(f"subject {subject_id}: a confirmed match it was kept visible"
                                 f" for in video {video_id} is no longer confirmed (reopened"
                                 " while the render ran): ask again")
