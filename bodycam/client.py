@@ -198,7 +198,9 @@ def stack_home() -> StackHome:
             except ValueError:
                 continue
             if isinstance(data, dict) and data.get(key):
-                sock = data.get("socket") if name == CLIENT_FILE else None
+                # stack.json names the socket too (as api_socket): a home of the version
+                # before client.json keeps reaching its stack through it.
+                sock = data.get("socket" if name == CLIENT_FILE else "api_socket")
                 path = None
                 if isinstance(sock, str) and sock and not Path(sock).is_absolute() \
                         and ".." not in Path(sock).parts:  # in the home, nowhere else
