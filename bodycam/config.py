@@ -75,16 +75,6 @@ class PipelineSettings(Section):
     # to 0.950 (faces of 40-79 px: 0.757 to 0.883), precision 0.943 to 0.947, track coverage
     # 0.939 to 0.986; processing took about a third longer.
     min_face_px: int = Field(32, ge=12, description="smallest face height detected, pixels")
-    # Night footage (grey, dim, grainy) and dim scenes: MTCNN normalises pixels by fixed
-    # constants, so a face in a frame of mean level 50 keeps a third of its daylight contrast
-    # and falls under the cascade's thresholds. The detector sees such frames with their
-    # levels stretched (`levelled`); embedding, thumbnails and releases use them as recorded.
-    # 80: at 110 a dim fisheye day clip lost faces (recall 0.962 to 0.823); below 80 no clip
-    # did (BENCHMARKS.md, night detection).
-    dark_level: int = Field(
-        80, ge=0, le=255,
-        description="frames darker than this mean level (0-255) are levelled for face "
-                    "detection only (0: never)")
     # The pyramid's finest level (faces from 0.9 x min_face_px to 1.41 times that, 29-41 px by
     # default) holds half of PNet's pixels. Whole frames, with it, are scanned on every Nth
     # sampled frame; on CPU a sample between two scans is searched only around the faces they

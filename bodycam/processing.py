@@ -283,8 +283,7 @@ def computed_on(result: ChunkResult, detector: FaceDetector,
     device and precision (a GPU worker's FaceNet vectors are fp16 ones)."""
     embedded = (f"embed {embedder.name} on {embedder.compute}" if embedder is not None
                 else jobs.NO_EMBEDDING)
-    return (f"decode {result.decoded_on}; detect {detector.name} {detector.version} on "
-            f"{detector.compute}; {embedded}")
+    return f"decode {result.decoded_on}; detect {detector.name} on {detector.compute}; {embedded}"
 
 
 def store_results(ctx: Context, lease: jobs.Lease, video: VideoRow, result: ChunkResult,

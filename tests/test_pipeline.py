@@ -33,7 +33,6 @@ from bodycam.pipeline.faces import (
     FacenetEmbedder,
     MtcnnDetector,
     Registry,
-    levelled,
 )
 from bodycam.pipeline.frames import ChunkDecoder, plan_samples
 from bodycam.pipeline.mtcnn import MtcnnCascade, area_resize, search_regions
@@ -112,67 +111,6 @@ def test_gpu_decoding_gives_the_cpu_decoders_frames_or_decodes_on_the_cpu_with_a
         assert (i, t) == (j, u) and np.array_equal(a, b), (i, t)
     warned = [r for r in caplog.records if "decoding on the CPU" in r.getMessage()]
     assert len(warned) == (0 if hardware_decoding("cuda") else 1)
-
-
-def test_a_dark_frame_is_levelled_for_detection_and_a_bright_one_is_left_as_it_is() -> None:
-    rng = np.random.default_rng(5)
-    grey = rng.normal(50, 20, (120, 160)).clip(0, 255).astype(np.uint8)
-    night = np.repeat(grey[..., None], 3, axis=2)  # infrared footage: grey, dim
-    out = levelled(night, 80)
-    assert out is not night and out.dtype == np.uint8 and out.shape == night.shape
-    assert (out[..., 0] == out[..., 1]).all() and (out[..., 1] == out[..., 2]).all()  # grey
-    lo, hi = np.percentile(out, (1, 99.5))
-    assert lo <= 2 and hi >= 250, (lo, hi)  # its levels stretched...
-    flat = 40 + night % 10  # ...by at most 3x: ten levels become at most thirty-one
-    assert np.ptp(levelled(flat, 80)) <= 31 and np.ptp(levelled(flat, 80)) >= 27
-    assert np.diff(out.reshape(-1)[np.argsort(night.reshape(-1), kind="stable")].astype(int)
-                   ).min() >= 0, "the order of levels is kept"
-    day = (night.astype(int) * 2).clip(0, 255).astype(np.uint8)  # mean about 90
-    assert levelled(day, 80) is day and levelled(night, 0) is night
-
-
-def test_night_faces_are_found_on_dark_frames_levelled_that_the_frames_as_recorded_hide(
-        make_clip: Any) -> None:
-    """Night footage (grey, dim, grainy, compressed): MTCNN sees pixels normalised by fixed
-    constants, so a dim face kept a third of its contrast and the cascade passed it by. Each
-    sampled frame's true faces of 32 px or more, found by the detector as configured and with
-    levelling off (tuning seed 5412's settings: 720p, crf 32, tilt 40, fisheye 0.6)."""
-    path, truth = make_clip("--seed", "5412", "--duration", "8", "--size", "1280x720",
-                            "--fps", "25", "--crf", "32", "--max-people", "5",
-                            "--night-prob", "1.0", "--tilt", "40", "--fisheye", "0.6",
-                            "--boxes")
-    from bodycam.domain import SampledFrame
-
-    boxes: dict[int, list[list[float]]] = defaultdict(list)
-    for fno, _who, *box in truth["boxes"]:
-        if box[3] - box[1] >= 32:
-            boxes[fno].append(box)
-    cap, frames = cv2.VideoCapture(str(path)), []
-    for i in range(int(truth["duration"] * 25)):
-        ok, bgr = cap.read()
-        if ok and i % 5 == 0 and boxes.get(i):
-            frames.append(SampledFrame(i, i, i / 25, 0, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)))
-    assert len(frames) >= 10 and all(f.image.mean() < 80 for f in frames)
-
-    def found(dark_level: int) -> int:
-        cfg = PipelineSettings(scan_every=1, dark_level=dark_level)
-        det, hits = MtcnnDetector(cfg), 0
-        for k in range(0, len(frames), 8):
-            for frame, faces in zip(frames[k:k + 8], det.detect(frames[k:k + 8]), strict=True):
-                hits += sum(any(_iou(b, f.box_px) >= 0.4 for f in faces)
-                            for b in boxes[frame.frame_index])
-        return hits
-
-    n = sum(len(boxes[f.frame_index]) for f in frames)
-    as_recorded, level = found(0), found(PipelineSettings().dark_level)
-    assert level >= as_recorded + 0.15 * n, (as_recorded, level, n)
-
-
-def _iou(a: Any, b: Any) -> float:
-    x1, y1, x2, y2 = max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])
-    inter = max(0.0, x2 - x1) * max(0.0, y2 - y1)
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def test_sampling_follows_pts_and_gives_short_scenes_a_minimum() -> None:
@@ -425,10 +363,9 @@ def test_hamilton_close_ups_have_tracks_and_no_track_spans_a_cut(
     for t in tracks:
         assert set(t) >= {"track_id", "video_id", "start_s", "end_s", "n_detections",
                           "quality", "thumbnail"}
-        # Every result says what computed it: here the CPU decoder and both models on the CPU,
-        # the detector's version with the level under which it levels dark frames.
-        assert t["computed_on"] == ("decode cpu; detect mtcnn facenet-pytorch-2.5.3+level<80 "
-                                    f"on cpu float32; embed {t['model']} on cpu float32"), t
+        # Every result says what computed it: here the CPU decoder and both models on the CPU.
+        assert t["computed_on"] == (f"decode cpu; detect mtcnn on cpu float32; "
+                                    f"embed {t['model']} on cpu float32"), t
         for cut in HAMILTON_CUTS:
             assert not (t["start_s"] < cut - 0.02 and t["end_s"] > cut + 0.02), (t, cut)
     p06 = max((min(t["end_s"], 7.04) - max(t["start_s"], 2.74)) for t in tracks)

@@ -26,9 +26,6 @@ log = logging.getLogger(__name__)
 
 # Share of min_face_px the MTCNN pyramid searches down to (see MtcnnDetector.detect).
 SEARCH_MARGIN = 0.9
-# How far `levelled` stretches a dark frame at most: grain grows with it (at 2x, half the
-# gain in night recall; at 4x, no more than at 3x).
-LEVEL_MAX_GAIN = 3.0
 
 # One frame's share of an embedding call: the RGB image, its faces, and the image's scale
 # against the original (the faces' boxes are in original pixels).
@@ -64,24 +61,6 @@ def sharpness(gray: np.ndarray) -> float:
                    interpolation=cv2.INTER_AREA)
     lap = (g[1:-1, :-2] + g[1:-1, 2:] + g[:-2, 1:-1] + g[2:, 1:-1] - 4 * g[1:-1, 1:-1])
     return float(lap.var())
-
-
-def levelled(image: np.ndarray, dark: int) -> np.ndarray:
-    """An RGB frame whose mean level (green, on a 1-in-16 sample) is under `dark`, with its
-    levels stretched for face detection: its darkest 1% to black, its brightest 0.5% to
-    white, by at most LEVEL_MAX_GAIN (one lookup table, the same for every channel, so a grey
-    night frame stays grey); brighter frames, and all with `dark` 0, as they are."""
-    import cv2
-
-    sample = image[::4, ::4, 1]
-    if not dark or sample.size == 0 or float(sample.mean()) >= dark:
-        return image
-    lo, hi = (float(v) for v in np.percentile(sample, (1.0, 99.5)))
-    gain = min(LEVEL_MAX_GAIN, 255.0 / max(1.0, hi - lo))
-    if gain <= 1.05:
-        return image
-    lut = np.clip((np.arange(256, dtype=np.float32) - lo) * gain, 0, 255).astype(np.uint8)
-    return cv2.LUT(np.ascontiguousarray(image), lut)
 
 
 class FaceDetector(Protocol):
@@ -161,13 +140,10 @@ class MtcnnDetector:
     """
 
     name = "mtcnn"
+    version = "facenet-pytorch-2.5.3"
 
     def __init__(self, cfg: PipelineSettings) -> None:
         self.cfg = cfg
-        # What detected, as recorded with every result: the weights' release, and whether
-        # dark frames are levelled first (and below which mean level).
-        self.version = "facenet-pytorch-2.5.3" + (f"+level<{cfg.dark_level}"
-                                                  if cfg.dark_level else "")
         self._model: Any = None
         self._cascade: MtcnnCascade | None = None
         self._lock = threading.Lock()
@@ -232,9 +208,6 @@ class MtcnnDetector:
         self.load()
         assert self._cascade is not None
         out: list[list[FaceDetection]] = [[] for _ in frames]
-        # What the cascade sees: dark frames levelled (the boxes' sharpness is measured on
-        # the frame as recorded).
-        seen = [levelled(f.image, self.cfg.dark_level) for f in frames]
         groups: dict[tuple[tuple[int, ...], float], list[int]] = {}
         for i, frame in enumerate(frames):
             groups.setdefault((frame.image.shape, frame.scale), []).append(i)
@@ -249,7 +222,7 @@ class MtcnnDetector:
                     if self._cascade.device.type == "cpu" else [None] * len(idx))
             whole = [j for j, p in enumerate(plan) if p is None]
             raw = dict(zip(whole, self._cascade.detect(
-                [seen[idx[j]] for j in whole], min_px, [due[j] for j in whole]),
+                [frames[idx[j]].image for j in whole], min_px, [due[j] for j in whole]),
                 strict=True))
             between = {j: p for j, p in enumerate(plan) if p is not None}
             if between:
@@ -257,7 +230,7 @@ class MtcnnDetector:
                 regions = [search_regions(np.concatenate([raw[k].boxes for k in p]), w, h)
                            for p in between.values()]
                 raw.update(zip(between, self._cascade.detect(
-                    [seen[idx[j]] for j in between], min_px, [False] * len(between),
+                    [frames[idx[j]].image for j in between], min_px, [False] * len(between),
                     regions), strict=True))
             for j, i in enumerate(idx):
                 out[i] = self._convert(frames[i], raw[j].boxes, raw[j].probs, raw[j].points)
