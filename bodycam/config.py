@@ -370,12 +370,11 @@ class Settings(BaseSettings):
     def _sections_joined_by_two_underscores(self) -> Settings:
         """`BODYCAM_SEARCH_DEFAULT_THRESHOLD` (one underscore) named no setting, and the
         default stood with no word (bb40); an unknown key of a section is refused already."""
+        heads = [f"BODYCAM_{name.upper()}_" for name, info in type(self).model_fields.items()
+                 if isinstance(info.annotation, type) and issubclass(info.annotation, Section)]
         for var in os.environ:
-            for name, info in type(self).model_fields.items():
-                head = f"BODYCAM_{name.upper()}_"
-                if isinstance(info.annotation, type) and issubclass(info.annotation, Section) \
-                        and var.upper().startswith(head) and not var.upper().startswith(
-                            head + "_"):
+            for head in heads:
+                if var.upper().startswith(head) and not var.upper().startswith(head + "_"):
                     raise ValueError(f"{var} names no setting: a section's settings are "
                                      f"joined by two underscores, {head}_{var[len(head):]}")
         return self

@@ -703,11 +703,7 @@ class Stack:
             out["disk"] = {"free_mib": free_mib, "store_stops_at_mib": WEED_RESERVE_MB}
             out["ok"] = bool(out["ok"]) and free_mib >= WEED_NEEDS_MB
             if free_mib < WEED_NEEDS_MB:  # the reason, in a line of its own (bb41)
-                out["disk_problem"] = (
-                    f"{free_mib} MiB free under {self.home / 's3data'}: the object store "
-                    + (f"stores nothing below {WEED_RESERVE_MB} MiB" if free_mib < WEED_RESERVE_MB
-                       else f"stops storing at {WEED_RESERVE_MB} MiB")
-                    + ": free space there")
+                out["disk_problem"] = _store_disk(self.home / "s3data", free_mib)
         try:
             svc = resolve(s)
         except Exception as exc:  # noqa: BLE001 - status reports, it does not fail
@@ -821,6 +817,13 @@ def _wait_s3_ready(state: dict[str, object]) -> None:
             time.sleep(0.5)
 
 
+def _store_disk(data: Path, free_mib: int) -> str:
+    """What the embedded store's free disk means, in one line."""
+    return (f"{free_mib} MiB free under {data}: the object store "
+            + (f"stores nothing below {WEED_RESERVE_MB} MiB" if free_mib < WEED_RESERVE_MB
+               else f"stops storing at {WEED_RESERVE_MB} MiB") + ": free space there")
+
+
 def _wait_s3_writable(store: ObjectStore, data: Path, timeout_s: float = 90) -> None:
     """The embedded store lists buckets before its volume server has joined its master; until
     then, and on a disk it judges full, every put fails. Wait for a probe object to be written,
@@ -828,9 +831,8 @@ def _wait_s3_writable(store: ObjectStore, data: Path, timeout_s: float = 90) -> 
     deadline = time.monotonic() + timeout_s
     while True:
         if (free := _free_mib(data)) < WEED_RESERVE_MB:  # it waited 90 s for nothing: bb41
-            raise StackError(f"the object store's disk is full: {free} MiB free under {data},"
-                             f" and it stores nothing below {WEED_RESERVE_MB} MiB: free space "
-                             "there, then `bodycam up`")
+            raise StackError(f"the object store's disk is full: {_store_disk(data, free)}, "
+                             "then `bodycam up`")
         try:
             # Not empty: SeaweedFS keeps an empty object in its filer, on no volume.
             store.put_bytes(S3_PROBE_KEY, secrets.token_bytes(4096), "application/octet-stream")

@@ -368,11 +368,8 @@ def test_the_operator_token_goes_through_the_homes_socket_not_whatever_has_the_p
     squatter = _FakeServer({"/api/v1/auth/me": {"user": "eve", "roles": [], "cases": None}})
     try:
         home = _plant_home(tmp_path, squatter.url, 0o700)  # the squatter has the port
-        (home / "client.json").write_text(json.dumps({"url": squatter.url,
-                                                      "socket": "run/api.sock"}))
+        _give_socket(home, stack)
         (home / "operator.token").write_text((stack.home / "operator.token").read_text())
-        (home / "run").mkdir(mode=0o700)
-        (home / "run" / "api.sock").symlink_to(real)
         env = {k: v for k, v in _client_env(stack, tmp_path).items()
                if k not in ("BODYCAM_TOKEN", "BODYCAM_URL")}
         rc, out, errs = _run(stack, env, "whoami")

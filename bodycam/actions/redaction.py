@@ -209,7 +209,7 @@ def _keeps_still_decided(conn: Conn, job_row: dict[str, Any]) -> None:
 
 
 def _choices(conn: Conn, key: str, user: User, plan: Plan, video_id: str,
-             req: RedactRequest) -> Choices:
+             req: RedactRequest, subject_tracks: dict[str, list[str]]) -> Choices:
     def decision(c: Choice, reason: str, basis: str) -> Decision:
         return Decision(c.reason or reason, c.legal_basis or basis, user.name)
 
@@ -218,7 +218,7 @@ def _choices(conn: Conn, key: str, user: User, plan: Plan, video_id: str,
         for tid in _resolve_tracks(conn, plan, video_id, c.target, "keep track"):
             keep[tid] = decision(c, KEEP_REASON, KEEP_BASIS)
     for c in req.keep_subjects:
-        for tid in _subject_tracks(conn, key, user, plan, video_id, c.target):
+        for tid in subject_tracks[c.target]:
             keep[tid] = decision(c, KEEP_REASON, KEEP_BASIS)
     remove: dict[str, Decision] = {}
     for c in req.remove_tracks:
@@ -294,11 +294,11 @@ def redact(ctx: Context, user: User, video_id: str, req: RedactRequest) -> dict[
     derivative_id = str(uuid.uuid4())
     red = ctx.settings.redaction
     with ctx.db() as conn:
-        choices = _choices(conn, ctx.audit_key, user, plan, video_id, req)
+        # What each kept subject's confirmed matches hold: checked again at recording.
+        subject_tracks = {c.target: _subject_tracks(conn, ctx.audit_key, user, plan, video_id,
+                                                    c.target) for c in req.keep_subjects}
+        choices = _choices(conn, ctx.audit_key, user, plan, video_id, req, subject_tracks)
         settings = _settings_json(req, choices)
-        # What each kept subject's confirmed matches held: checked again at recording.
-        subject_tracks = {c.target: sorted(_confirmed_tracks(conn, plan, video_id, c.target))
-                          for c in req.keep_subjects}
         # The account, its case and its token as they stand now, under the log's lock.
         require_now(conn, ctx.audit_key, user, "redact", case)
         if (n := redaction_jobs.open_renders(conn, user.name)) >= red.max_open_renders:
