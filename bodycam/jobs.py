@@ -234,24 +234,32 @@ def reap(conn: Conn, key: str, cfg: JobSettings, stale_pending_s: float
 
     Returns (video_id, idx) pairs to queue again. A unit whose lease expired max_attempts
     times is quarantined, and its video with it; otherwise it waits (backoff_s) like any
-    failed attempt and is queued by a later call.
+    failed attempt and is queued by a later call. A lease that lapsed across a restart of the
+    database counts as a service failure, as its worker would have recorded it: a Postgres
+    restart healed by `bodycam up` cost the unit in flight one of its attempts (bb41).
     """
     for r in WORK_UNITS.expired(conn):
         vid, idx = str(r["video_id"]), int(r["idx"])
-        reason = f"worker {r['lease_owner']} stopped renewing its lease (attempt {r['attempts']})"
-        if int(r["attempts"]) >= cfg.max_attempts:
-            conn.execute(
-                "UPDATE work_units SET state = 'quarantined', last_error = %s, lease_until = NULL,"
-                " lease_token = NULL, updated_at = now() WHERE video_id = %s AND idx = %s",
-                (reason, vid, idx))
-            _end_video(conn, key, vid, "quarantined",
-                       f"unit {idx}: {cfg.max_attempts} attempts failed; last: {reason}")
+        attempts, service = int(r["attempts"]), int(r["service_failures"])
+        if r["in_restart"]:  # as fail() counts a SERVICE failure its worker could not record
+            reason = (f"the database restarted while worker {r['lease_owner']} held the unit"
+                      f" (attempt {attempts}): a service failure")
+            attempts, service = max(0, attempts - 1), service + 1
+            spent, wait = service >= cfg.max_service_failures, backoff_s(service, cfg)
+            why = f"{service} service failures"
         else:
-            conn.execute(
-                "UPDATE work_units SET state = 'pending', last_error = %s, lease_until = NULL,"
-                " lease_token = NULL, not_before = now() + make_interval(secs => %s),"
-                " updated_at = now() WHERE video_id = %s AND idx = %s",
-                (reason, backoff_s(int(r["attempts"]), cfg), vid, idx))
+            reason = f"worker {r['lease_owner']} stopped renewing its lease (attempt {attempts})"
+            spent, wait = attempts >= cfg.max_attempts, backoff_s(attempts, cfg)
+            why = f"{cfg.max_attempts} attempts failed"
+        conn.execute(
+            "UPDATE work_units SET state = %s, attempts = %s, service_failures = %s,"
+            " last_error = %s, lease_until = NULL, lease_token = NULL,"
+            " not_before = CASE WHEN %s THEN NULL ELSE now() + make_interval(secs => %s) END,"
+            " updated_at = now() WHERE video_id = %s AND idx = %s",
+            ("quarantined" if spent else "pending", attempts, service, reason, spent, wait,
+             vid, idx))
+        if spent:
+            _end_video(conn, key, vid, "quarantined", f"unit {idx}: {why}; last: {reason}")
     # Rows another session locks are skipped, not waited for (as `expired` does).
     due = conn.execute(
         "UPDATE work_units SET not_before = NULL, updated_at = now()"

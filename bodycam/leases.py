@@ -75,10 +75,15 @@ class LeasedTable:
     def expired(self, conn: Conn) -> list[dict[str, Any]]:
         """Running rows whose deadline passed (their worker stopped renewing), locked; rows
         another session locks are skipped, not waited for: that session may be a lost host's,
-        alive on the server until its connection is found dead (infra/DEPLOY.md)."""
+        alive on the server until its connection is found dead (infra/DEPLOY.md).
+
+        Each row says `in_restart` when its lease was last renewed before the database
+        server started: its worker could not renew it, and whatever the worker recorded of
+        its failure was lost with the server (a service's failure, not the work's; bb41)."""
         return [dict(r) for r in conn.execute(self._sql(
-            "SELECT * FROM {table} WHERE state = 'running' AND lease_until < now()"
-            " FOR UPDATE SKIP LOCKED")).fetchall()]
+            "SELECT *, updated_at < pg_postmaster_start_time() AS in_restart FROM {table}"
+            " WHERE state = 'running' AND lease_until < now() FOR UPDATE SKIP LOCKED")
+            ).fetchall()]
 
 
 WORK_UNITS = LeasedTable("work_units", ("video_id", "idx"), "pending")

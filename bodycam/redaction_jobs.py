@@ -164,11 +164,17 @@ def reap(conn: Conn, store: ObjectStore, key: str, cfg: JobSettings, stale_queue
     bb22)."""
     again: list[str] = []
     for r in REDACTION_JOBS.expired(conn):
-        reason = f"worker {r['lease_owner']} stopped renewing its lease (attempt {r['attempts']})"
-        state = "failed" if int(r["attempts"]) >= cfg.max_attempts else "queued"
-        conn.execute("UPDATE redaction_jobs SET state = %s, error = %s, lease_until = NULL,"
-                     " lease_token = NULL, updated_at = now() WHERE id = %s",
-                     (state, reason, r["id"]))
+        attempts = int(r["attempts"])
+        if r["in_restart"]:  # a service failure, which spends no attempt (as in fail())
+            reason = (f"the database restarted while worker {r['lease_owner']} held the job"
+                      f" (attempt {attempts}): a service failure")
+            attempts, state = max(0, attempts - 1), "queued"
+        else:
+            reason = f"worker {r['lease_owner']} stopped renewing its lease (attempt {attempts})"
+            state = "failed" if attempts >= cfg.max_attempts else "queued"
+        conn.execute("UPDATE redaction_jobs SET state = %s, error = %s, attempts = %s,"
+                     " lease_until = NULL, lease_token = NULL, updated_at = now() WHERE id = %s",
+                     (state, reason, attempts, r["id"]))
         log.warning("redaction job %s: %s: %s", r["id"], reason, state)
         if r["kind"] == RENDER and r["lease_token"] is not None:
             _discard(store, str(r["id"]), str(r["video_id"]), dict(r["request"]),

@@ -1037,6 +1037,33 @@ def test_a_render_claim_whose_worker_died_leaves_no_file_and_a_failed_job_is_on_
     assert stack.cli.run("audit", "verify").returncode == 0
 
 
+def test_a_render_claim_that_lapsed_while_the_database_restarted_spends_no_attempt(
+        stack: StackHandle, video: str, hide_all: tuple[Path, dict[str, Any]]) -> None:
+    """A render on its last attempt whose lease lapsed across a Postgres restart is queued
+    again, its attempt given back, not failed as a crash (bb41); a crash still fails it."""
+    from bodycam import redaction_jobs
+
+    ctx, cfg = stack.ctx, stack.ctx.settings.jobs
+    with ctx.db() as conn:
+        job_id, _derivative_id = _unsent_render(conn, video)  # this test plays the worker
+        for moved, want in (("pg_postmaster_start_time() - interval '1 s'", "queued"),
+                            ("now() - interval '2 s'", "failed")):
+            assert redaction_jobs.claim(conn, job_id, "dead:restart", 15) is not None
+            conn.execute("UPDATE redaction_jobs SET attempts = %s, lease_until = now()"
+                         " - interval '1 second', updated_at = " + moved + " WHERE id = %s",
+                         (cfg.max_attempts, job_id))
+            again = redaction_jobs.reap(conn, ctx.store, ctx.audit_key, cfg,
+                                        stale_queued_s=3600)
+            row = conn.execute("SELECT state, attempts, error FROM redaction_jobs"
+                               " WHERE id = %s", (job_id,)).fetchone()
+            assert row["state"] == want, (moved, row)
+            if want == "queued":
+                assert job_id in again and row["attempts"] == cfg.max_attempts - 1, row
+                assert "the database restarted while worker dead:restart" in row["error"]
+            else:
+                assert "stopped renewing its lease" in row["error"], row
+
+
 @pytest.mark.slow
 def test_a_worker_killed_while_it_plans_leaves_the_plan_to_another_and_it_is_recorded_once(
         stack: StackHandle, make_clip: Any, processed: Any, api_url: str,

@@ -162,6 +162,47 @@ def test_other_errors_count_attempts_and_quarantine_at_the_limit(
                          cfg) == "lost"
 
 
+def test_a_lease_that_lapsed_while_the_database_restarted_spends_no_attempt(
+        stack: StackHandle, parked_video: str) -> None:
+    """A worker whose database was restarted under it cannot renew its lease or record its
+    failure; the reaper counted the lapse as the worker's crash, so a Postgres restart healed
+    by `up` cost the unit in flight one of its 3 attempts (bb41). A lease last renewed before
+    the server started is a service failure; one that lapsed after is still a crash."""
+    vid = parked_video
+    cfg = JobSettings(max_attempts=3, max_service_failures=2)
+
+    def lapse(before_start: bool) -> dict[str, object]:
+        with stack.ctx.db() as conn:  # reaped in the transaction that let it lapse, so the
+            # stack's own reaper cannot see it first
+            conn.execute("UPDATE work_units SET not_before = NULL WHERE video_id = %s", (vid,))
+            lease = jobs.claim(conn, vid, 0, "ghost:lapsed", lease_s=60)
+            assert lease is not None
+            conn.execute(
+                "UPDATE work_units SET lease_until = now() - interval '1 s', updated_at = "
+                + ("pg_postmaster_start_time() - interval '1 s'" if before_start
+                   else "now() - interval '2 s'")
+                + " WHERE video_id = %s", (vid,))
+            jobs.reap(conn, stack.ctx.audit_key, cfg, stale_pending_s=3600)
+            return dict(conn.execute(
+                "SELECT state, attempts, service_failures, last_error FROM work_units"
+                " WHERE video_id = %s AND idx = 0", (vid,)).fetchone())
+
+    crashed = lapse(before_start=False)
+    assert (crashed["state"], crashed["attempts"], crashed["service_failures"]) == (
+        "pending", 1, 0), crashed
+    assert "stopped renewing its lease" in str(crashed["last_error"])
+    restarted = lapse(before_start=True)
+    assert (restarted["state"], restarted["attempts"], restarted["service_failures"]) == (
+        "pending", 1, 1), restarted
+    assert "the database restarted while worker ghost:lapsed held the unit" in str(
+        restarted["last_error"])
+    # The service budget still ends it: the second restart quarantines the video, saying why.
+    assert lapse(before_start=True)["state"] == "quarantined"
+    [job] = [j for j in stack.cli.json("jobs")  # type: ignore[union-attr]
+             if j["video_id"] == vid]
+    assert job["status"] == "quarantined" and "2 service failures" in job["error"], job
+
+
 def test_the_reaper_queues_a_unit_once_its_wait_is_over(
         stack: StackHandle, parked_video: str) -> None:
     vid = parked_video
