@@ -590,8 +590,12 @@ def test_a_kept_track_stays_visible_and_a_manual_region_hides_what_it_covers(
     assert saved["kept_tracks"][0]["decided_by"] == users["a"]["BODYCAM_USER"]
     # Breaking it: a legal basis outside the configured list is refused, nothing rendered.
     bad = stack.cli.run("redact", video, "-o", str(tmp_path / "bad.mp4"), "--keep-track", keep,
-                        "--keep-basis", "because I say so", extra_env=users["a"])
+                        "--keep-reason", "r", "--keep-basis", "because I say so",
+                        extra_env=users["a"])
     assert bad.returncode != 0 and "legal basis" in bad.stderr
+    bad = stack.cli.run("redact", video, "-o", str(tmp_path / "bad.mp4"), "--keep-track", keep,
+                        extra_env=users["a"])  # no reason stated: none is supplied
+    assert bad.returncode != 0 and "need --keep-reason and --keep-basis" in bad.stderr
     assert not (tmp_path / "bad.mp4").exists()
     # A region outside the frame (was a 500 drawing the contact sheet) or after the end (was
     # accepted and covered nothing): one line each, nothing rendered.
@@ -604,7 +608,8 @@ def test_a_kept_track_stays_visible_and_a_manual_region_hides_what_it_covers(
             (["--audio", "mute-ranges", "--mute", "1-inf"], "finite"),
             (["--audio", "mute-ranges"], "needs at least one mute range"),  # muted nothing
             # Kept and removed at once (was rendered, sealed with P-ids in both lists).
-            (["--keep-track", keep, "--remove-track", keep], "both kept and removed")):
+            (["--keep-track", keep, "--keep-reason", "r", "--keep-basis", "public interest",
+              "--remove-track", keep], "both kept and removed")):
         bad = stack.cli.run("redact", video, "-o", str(tmp_path / "bad.mp4"), *args,
                             "--region-reason", "r", "--region-basis",
                             "privacy of third parties", extra_env=users["a"])
@@ -854,12 +859,37 @@ def test_a_render_keeping_a_person_whose_match_is_reopened_meanwhile_is_refused(
     before = {o.key for o in stack.ctx.store.list(f"{REDACTIONS}{video}/")}
     op = {"Authorization": f"Bearer {operator_token}"}
     inv = {"Authorization": f"Bearer {users['a']['BODYCAM_TOKEN']}"}
+    # A face is shown only for a reason and on a legal basis its requester states (the server
+    # filled in "public interest", decided by an account that had given neither: bb42).
+    keep = {"id": sid, "reason": "the witness consented", "legal_basis": "consent of the person"
+            " shown"}
+    for unstated, why in (({"id": sid}, "missing legal_basis"),
+                          ({"id": sid, "legal_basis": "public interest"}, "missing the reason"),
+                          ({"id": sid, "reason": " ? ", "legal_basis": "public interest"},
+                           "missing the reason")):
+        r = httpx.post(f"{api_url}/api/v1/videos/{video}/redactions", headers=inv,
+                       json={"keep_subjects": [unstated]}, timeout=60)
+        assert r.status_code == 422 and why in r.json()["detail"], (unstated, r.text)
+    # A track a reviewer confirmed is a person's face is no false positive: removing it (as
+    # "not a face", shown unhidden in the release) is refused; so while its lead is pending.
+    with stack.ctx.db() as conn:
+        track = str(conn.execute("SELECT track_id FROM matches WHERE id = %s",
+                                 (mid,)).fetchone()["track_id"])
+
+    def remove(status: str) -> None:
+        r = httpx.post(f"{api_url}/api/v1/videos/{video}/redactions", headers=inv,
+                       json={"remove_tracks": [{"id": track}]}, timeout=60)
+        assert r.status_code == 409 and f"holds a {status} match ({mid})" in r.json()[
+            "detail"], r.text
+
+    remove("confirmed")
     asked = httpx.post(f"{api_url}/api/v1/videos/{video}/redactions", headers=inv,
-                       json={"keep_subjects": [{"id": sid}]}, timeout=60)
+                       json={"keep_subjects": [keep]}, timeout=60)
     assert asked.status_code == 202, asked.text
     reopened = httpx.post(f"{api_url}/api/v1/matches/{mid}/reopen", headers=op,
                           json={"reason": "the clip shows another man"}, timeout=60)
     assert reopened.status_code == 200, reopened.text
+    remove("pending")
     job = _follow(api_url, operator_token, asked.json()["job_id"])
     assert job["state"] == "refused" and f"subject {sid}" in job["error"] \
         and "no longer confirmed" in job["error"], job
@@ -872,7 +902,7 @@ def test_a_render_keeping_a_person_whose_match_is_reopened_meanwhile_is_refused(
     assert {o.key for o in stack.ctx.store.list(f"{REDACTIONS}{video}/")} == before
     # Asked anew, it is refused at once, as before.
     again = httpx.post(f"{api_url}/api/v1/videos/{video}/redactions", headers=inv,
-                       json={"keep_subjects": [{"id": sid}]}, timeout=60)
+                       json={"keep_subjects": [keep]}, timeout=60)
     assert again.status_code == 422 and "no confirmed match" in again.text, again.text
 
 

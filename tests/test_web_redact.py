@@ -90,6 +90,12 @@ def test_a_reviewer_keeps_a_track_adds_a_box_renders_and_sees_the_preview_and_re
     expect(rows.first).to_be_visible(timeout=600_000)
     keep = rows.nth(1).get_attribute("data-track")
     rows.nth(1).get_by_role("checkbox").check()
+    # A kept face is shown for the reason stated: none is filled in (bb42).
+    expect(page.locator("#keep-reason")).to_have_value("")
+    page.get_by_role("button", name="Render redacted video").click()
+    expect(page.locator("#flash")).to_contain_text("missing", timeout=60_000)
+    page.locator("#keep-reason").fill("the requester, shown at their request")
+    page.locator("#keep-basis").select_option("requester shown")
     add_box("10", "10", "200", "120")
     expect(page.locator("#regions li")).to_have_count(1)
     page.get_by_role("button", name="Render redacted video").click()
@@ -102,6 +108,8 @@ def test_a_reviewer_keeps_a_track_adds_a_box_renders_and_sees_the_preview_and_re
                        headers={"Authorization": f"Bearer {inv.token}"}).json()
     assert [k["track"] for k in report["kept_tracks"]] == [keep]
     assert report["kept_tracks"][0]["decided_by"] == inv.name
+    assert (report["kept_tracks"][0]["reason"], report["kept_tracks"][0]["legal_basis"]) == (
+        "the requester, shown at their request", "requester shown")
     manual = [x for x in report["redacted_regions"] if x["kind"] == "manual"]
     assert manual and manual[0]["reason"] == "a licence plate"
     # Breaking it: the outsider's session cannot fetch this derivative.

@@ -41,8 +41,6 @@ from bodycam.redaction import (
 )
 
 log = logging.getLogger(__name__)
-KEEP_REASON = "shown at the reviewer's decision"
-KEEP_BASIS = "public interest"
 REMOVE_REASON = "not a face"
 REMOVE_BASIS = "false positive: not a face"
 
@@ -97,7 +95,14 @@ def _check_request(ctx: Context, req: RedactRequest) -> None:
         if not 0 <= a < b:
             raise InvalidInputError(f"mute range {a}-{b}: give START < END, seconds")
     for c in req.keep_tracks + req.keep_subjects:
-        check_basis(red, c.legal_basis or KEEP_BASIS, c.reason or KEEP_REASON, f"keep {c.target}")
+        # A face shown in a release is shown for the reason and on the legal basis its
+        # requester states: none is supplied for them (the report said "public interest",
+        # decided by an account that had given neither: bb42).
+        if not c.legal_basis:
+            raise InvalidInputError(f"keep {c.target}: missing legal_basis: name the legal"
+                                    " basis for showing this face, one of: "
+                                    f"{'; '.join(red.legal_bases)}")
+        check_basis(red, c.legal_basis, c.reason or "", f"keep {c.target}")
     for c in req.remove_tracks:
         check_basis(red, c.legal_basis or REMOVE_BASIS, c.reason or REMOVE_REASON,
                     f"remove {c.target}")
@@ -208,21 +213,39 @@ def _keeps_still_decided(conn: Conn, job_row: dict[str, Any]) -> None:
                                 " while the render ran): ask again")
 
 
+def _refuse_removing_a_lead(conn: Conn, plan: Plan, video_id: str, track: str) -> None:
+    """A track removed is shown as "not a face". One that holds a confirmed match was decided
+    to be a person's face, and one with a pending lead is not reviewed yet: either was
+    removed on request and released unhidden, recorded as a false positive (bb42)."""
+    ids = [d for t in plan.tracks if t.id == track for d in t.db_track_ids]
+    row = conn.execute("SELECT id::text AS id, status FROM matches WHERE video_id = %s"
+                       " AND track_id = ANY(%s::uuid[]) AND status IN ('confirmed', 'pending')"
+                       " ORDER BY status, id LIMIT 1", (uid(video_id), ids)).fetchone()
+    if row is not None:
+        raise ConflictError(
+            f"remove track {track}: it holds a {row['status']} match ({row['id']}), "
+            + ("which a reviewer decided is a person's face: it is no false positive; keep it"
+               " with a reason and a legal basis, or leave it hidden"
+               if row["status"] == "confirmed" else
+               "a lead not reviewed yet: reject it in review before removing the track"))
+
+
 def _choices(conn: Conn, key: str, user: User, plan: Plan, video_id: str,
              req: RedactRequest, subject_tracks: dict[str, list[str]]) -> Choices:
-    def decision(c: Choice, reason: str, basis: str) -> Decision:
+    def decision(c: Choice, reason: str = "", basis: str = "") -> Decision:
         return Decision(c.reason or reason, c.legal_basis or basis, user.name)
 
     keep: dict[str, Decision] = {}
     for c in req.keep_tracks:
         for tid in _resolve_tracks(conn, plan, video_id, c.target, "keep track"):
-            keep[tid] = decision(c, KEEP_REASON, KEEP_BASIS)
+            keep[tid] = decision(c)
     for c in req.keep_subjects:
         for tid in subject_tracks[c.target]:
-            keep[tid] = decision(c, KEEP_REASON, KEEP_BASIS)
+            keep[tid] = decision(c)
     remove: dict[str, Decision] = {}
     for c in req.remove_tracks:
         for tid in _resolve_tracks(conn, plan, video_id, c.target, "remove track"):
+            _refuse_removing_a_lead(conn, plan, video_id, tid)
             remove[tid] = decision(c, REMOVE_REASON, REMOVE_BASIS)
     if both := sorted(set(keep) & set(remove)):
         raise InvalidInputError(f"track {', '.join(both)} is both kept and removed as a false"

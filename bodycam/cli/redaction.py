@@ -134,13 +134,14 @@ def redact(
     remove_track: Annotated[list[str] | None, typer.Option(
         "--remove-track", help="a false positive: not hidden")] = None,
     keep_reason: Annotated[str | None, typer.Option(
-        help="why the kept faces are shown (default: \"shown at the reviewer's decision\", "
-             "recorded as such)")] = None,
+        help="why the kept faces are shown (needed with --keep-track or --keep-subject; "
+             "recorded as given)")] = None,
     keep_basis: Annotated[str | None, typer.Option(
-        help="legal basis for showing them, one of BODYCAM_REDACTION__LEGAL_BASES (default: "
-             "public interest)")] = None,
-    remove_reason: Annotated[str | None, typer.Option(help="why the removed are no faces")
-                             ] = None,
+        help="legal basis for showing them, one of BODYCAM_REDACTION__LEGAL_BASES (needed "
+             "with --keep-track or --keep-subject)")] = None,
+    remove_reason: Annotated[str | None, typer.Option(
+        help="why the removed are no faces (default: \"not a face\"); a track with a "
+             "confirmed or pending match cannot be removed")] = None,
     region: Annotated[list[str] | None, typer.Option(
         "--region", help="hide X1,Y1,X2,Y2@START-END (pixels, seconds)")] = None,
     region_reason: Annotated[str | None, typer.Option(help="why the regions are hidden")] = None,
@@ -156,6 +157,9 @@ def redact(
     dest = Path(output)
     if dest.exists() and dest.is_dir():
         fail(f"{output}: is a directory; give the MP4 file to write")
+    if (keep_track or keep_subject) and not (keep_reason and keep_basis):
+        fail("--keep-track and --keep-subject need --keep-reason and --keep-basis (a configured"
+             " legal basis): a face shown in a release is shown for the reason you state")
     body = {
         "keep_tracks": [{"id": t, "reason": keep_reason, "legal_basis": keep_basis}
                         for t in keep_track or []],

@@ -33,7 +33,8 @@ for (const [button, field] of [["r-start-now", "r-start"], ["r-end-now", "r-end"
 }
 
 function options(select, bases, chosen) {
-  select.innerHTML = bases.map((b) =>
+  const none = chosen ? "" : `<option value="" selected>choose a legal basis</option>`;
+  select.innerHTML = none + bases.map((b) =>
     `<option value="${esc(b)}"${b === chosen ? " selected" : ""}>${esc(b)}</option>`).join("");
 }
 
@@ -125,7 +126,7 @@ async function load(videoId) {
   player.src = `/api/v1/videos/${encodeURIComponent(videoId)}/original`;
   showClock();
   tracksEl.replaceChildren(...plan.tracks.map(row));
-  options(document.getElementById("keep-basis"), plan.legal_bases, "public interest");
+  options(document.getElementById("keep-basis"), plan.legal_bases, "");
   options(document.getElementById("r-basis"), plan.legal_bases, plan.default_legal_basis);
   planEl.hidden = false;
 }
