@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import dataclasses
 import io
 import itertools
 import json
@@ -53,7 +54,10 @@ from bodycam.pipeline.tracks import iou
 # at the next sample (a face running across the picture showed between samples), and a box
 # is held at the frame's edge as inside it and carried on along its motion (a face leaving
 # slowly, or running out of the picture, showed: bb37).
-ALGORITHM = "dense-union-overlap-tracks/5"
+# /6: a video whose frames come unevenly (a variable frame rate, a pause in its time stamps) is
+# planned on a grid at its frames' own finest rate, not their average: frames shared an index,
+# were detected a few times a second or not at all, and faces showed in releases (bb43).
+ALGORITHM = "dense-union-overlap-tracks/6"
 Box = tuple[float, float, float, float]
 # One detection of a plan track: frame, x1, y1, x2, y2, probability, detector name.
 PlanDetection = tuple[int, float, float, float, float, float, str]
@@ -151,6 +155,39 @@ class Plan:
 
 
 # -- computing the plan -------------------------------------------------------------------
+
+def plan_grid(path: Path, info: MediaInfo, limits: LimitsSettings) -> MediaInfo:
+    """The video as its plan indexes it: frame `i` is the time `i / frame_rate` from the first.
+
+    The analysis numbers frames on a grid at their average rate, so that chunks seeking into
+    the video agree. A plan must cover every frame: where frames come unevenly (a variable
+    frame rate; a camera that paused, with a gap in its time stamps) the average rate put up
+    to 20 frames on one index and detected a burst a few times a second (bb43). Such a video
+    is planned on a grid at its frames' finest rate (the 2nd percentile of the steps between
+    their time stamps, at most `limits.max_fps`), read from the packets alone; an even one
+    keeps its own rate, and so its plan."""
+    with open_video(path, limits, path.name) as media:
+        pts = np.unique(np.fromiter(
+            (p.pts for p in media.container.demux(media.stream)
+             if p.pts is not None and p.size), dtype=np.int64))
+    steps = np.diff(pts) * float(info.time_base)
+    steps = steps[steps >= 1 / limits.max_fps]
+    if steps.size < 2:
+        return info
+    rate = Fraction(1 / float(np.percentile(steps, 2))).limit_denominator(1001)
+    if rate <= info.frame_rate * Fraction(105, 100):
+        return info
+    rate = min(rate, Fraction(limits.max_fps))
+    last = round(float((int(pts[-1]) - info.start_pts) * info.time_base) * float(rate))
+    return dataclasses.replace(info, frame_rate=rate, n_frames=max(info.n_frames, last + 1))
+
+
+def on_grid(frame: int, analysed: MediaInfo, planned: MediaInfo) -> int:
+    """A frame of the analysis (the stored detections) on the plan's grid."""
+    if analysed.frame_rate == planned.frame_rate:
+        return frame
+    return round(frame * float(planned.frame_rate / analysed.frame_rate))
+
 
 def dense_pipeline(cfg: PipelineSettings, red: RedactionSettings, info: MediaInfo
                    ) -> PipelineSettings:
@@ -516,7 +553,7 @@ def render(src: Path, info: MediaInfo, plan: Plan, choices: Choices, out: Path,
                 check_frame(frame, expected, limits, src.name)
                 pts = frame.pts if frame.pts is not None else info.start_pts
                 t_s = float((pts - info.start_pts) * tb)
-                idx = round(t_s * float(fps))
+                idx = round(t_s * float(plan.frame_rate))  # the plan's grid (plan_grid)
                 img: np.ndarray = (
                     frame.to_ndarray(format="rgb24") if square is None else
                     frame.to_ndarray(format="rgb24", width=square[0], height=square[1],
@@ -545,7 +582,7 @@ def render(src: Path, info: MediaInfo, plan: Plan, choices: Choices, out: Path,
                 last = max(last + 1, pts - info.start_pts)  # times only go forward
                 frames.send(img, last)
                 result.n_frames += 1
-                progress(min(1.0, result.n_frames / max(1, plan.n_frames)))
+                progress(min(1.0, result.n_frames / max(1, info.n_frames)))
             if frames is not None:
                 frames.close()
         except BrokenPipeError:  # the encoder stopped: its exit status says why, below

@@ -42,7 +42,9 @@ from bodycam.redaction import (
     compute_plan,
     contact_sheet,
     dense_pipeline,
+    on_grid,
     pdf_report,
+    plan_grid,
     render,
     report_lines,
 )
@@ -295,9 +297,11 @@ def _plan(ctx: Context, lease: JobLease, progress: Any) -> dict[str, Any]:
                       (lease.video_id,)).fetchall()]
     path = local_copy(ctx, video)
     red = ctx.settings.redaction
-    cfg = dense_pipeline(ctx.settings.pipeline, red, video.info)
-    plan = compute_plan(path, video.info, lease.video_id, video.sha256, cfg, red,
-                        plan_detector(cfg, red), stored, progress)
+    info = plan_grid(path, video.info, ctx.settings.limits)
+    cfg = dense_pipeline(ctx.settings.pipeline, red, info)
+    plan = compute_plan(path, info, lease.video_id, video.sha256, cfg, red,
+                        plan_detector(cfg, red),
+                        [(t, on_grid(f, video.info, info), b) for t, f, b in stored], progress)
     return {"plan": plan.as_json()}
 
 

@@ -46,11 +46,12 @@ from bodycam.redaction import (
     dense_pipeline,
     frame_regions,
     pdf_report,
+    plan_grid,
     render,
     report_lines,
 )
 from bodycam.storage import REDACTIONS
-from tests.conftest import TESTDATA, StackHandle
+from tests.conftest import HAMILTON, TESTDATA, StackHandle
 
 CASE_A, CASE_B, CASE_RO = "T-RED-A", "T-RED-B", "T-RED-RO"
 MIN_PX = 40
@@ -483,6 +484,51 @@ def test_a_release_keeps_every_frame_s_time_the_sound_s_place_and_nothing_else(
     assert float(np.abs(samples[(t > 0.55) & (t < 0.95)]).max()) < 0.05 * loud, \
         "the sound's silence from 1.5 s lies 0.5 s after the first frame, as in the original"
     assert float(np.abs(samples[(t > 1.2) & (t < 1.4)]).max()) > 0.5 * loud
+
+
+def test_frames_that_come_unevenly_are_planned_each_on_its_own_index_and_hidden(
+        tmp_path: Path) -> None:
+    """The plan numbered frames on a grid at their average rate: with a variable frame rate
+    the last frame fell past the plan's last index and showed its face, and a file whose
+    camera paused (a gap in its time stamps) was detected on 5 frames of 90 (bb43). A video
+    whose frames come unevenly is planned at its frames' finest rate."""
+    from bodycam.pipeline.centerface import plan_detector
+
+    base, vfr, gap = tmp_path / "base.mp4", tmp_path / "vfr.mp4", tmp_path / "gap.mp4"
+    _ff("-ss", "2", "-t", "3", "-i", str(HAMILTON), "-an", "-c:v", "libx264", "-preset",
+        "ultrafast", str(base))
+    _ff("-i", str(base), "-vf", r"select='not(mod(n\,3))+lt(n\,10)'", "-fps_mode", "vfr",
+        "-c:v", "libx264", "-preset", "ultrafast", str(vfr))
+    _ff("-i", str(base), "-vf", "setpts='if(gte(N,45),PTS+60/TB,PTS)'", "-fps_mode",
+        "passthrough", "-c:v", "libx264", "-preset", "ultrafast", str(gap))
+    settings = Settings()
+    red = settings.redaction
+    plans = {}
+    for src in (base, vfr, gap):
+        probed = probe(src, settings.limits)
+        info = plan_grid(src, probed, settings.limits)
+        cfg = dense_pipeline(settings.pipeline, red, info)
+        plan = compute_plan(src, info, "v", "0" * 64, cfg, red, plan_detector(cfg, red))
+        plans[src] = (probed, info, plan)
+    assert plans[base][1] is plans[base][0], "an even video keeps its own rate and plan"
+    for src in (vfr, gap):
+        probed, info, plan = plans[src]
+        assert probed.frame_rate < Fraction(25) and plan.frame_rate == Fraction(2997, 100), (
+            probed.frame_rate, plan.frame_rate)
+    # Detected as densely as the even file (was 5 frames for the gap's, 18 for the vfr's 36).
+    assert plans[gap][2].params["frames_detected"] >= 0.9 * plans[base][2].params[
+        "frames_detected"]
+    assert plans[vfr][2].params["frames_detected"] >= 27
+    probed, _info, plan = plans[vfr]
+    out = tmp_path / "out.mp4"
+    made = render(vfr, probed, plan, Choices(style="box"), out, settings.limits, red)
+    n, after = centerface(out)
+    assert made.n_frames == n == probed.n_frames == 36
+    # Breaking it: the original's faces are found (the last frame's too).
+    _n, before = centerface(vfr)
+    assert big(before[-1]) and sum(1 for f in before if big(f)) >= 30
+    leaks = [(i, big(f)) for i, f in enumerate(after) if big(f)]
+    assert not leaks, f"faces of {MIN_PX} px+ found in the redacted output: {leaks[:5]}"
 
 
 def test_frames_an_edit_list_hides_are_not_counted_as_shown(tmp_path: Path) -> None:
