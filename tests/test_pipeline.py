@@ -26,7 +26,7 @@ from bodycam.domain import FaceDetection
 from bodycam.errors import ModelUnavailableError
 from bodycam.media.probe import probe
 from bodycam.media.source import hardware_decoding
-from bodycam.pipeline.analyze import ChunkResult, EmbedPlanner, analyze_chunk
+from bodycam.pipeline.analyze import ChunkResult, EmbedPlanner, analyze_chunk, bridged
 from bodycam.pipeline.faces import (
     SEARCH_MARGIN,
     DlibResnetEmbedder,
@@ -868,6 +868,25 @@ def test_faces_of_footage_larger_than_the_detection_size_are_embedded_at_full_si
     stored = [float(np.dot(s2[i], g2[j])) for i in s2 for j in g2 if abs(i - j) <= 1]
     assert stored and float(np.median(stored)) > 0.985, stored
     assert detail["large.mp4"] > 0.7 * detail["small.mp4"], detail
+
+
+def test_a_video_of_under_a_frame_a_second_keeps_its_faces(tmp_path: Path) -> None:
+    """At 0.5 frames a second each face was 2 s from the next, past the 1-s gap a track
+    bridges: every face was a one-detection track dropped as noise, and the video was done
+    with no face (bb43). A track bridges at least 2.5 of the video's own intervals."""
+    slow = tmp_path / "slow.mp4"
+    subprocess.run([hostile.ffmpeg_exe(), "-v", "error", "-i", str(HAMILTON), "-vf", "fps=0.5",
+                    "-an", "-c:v", "libx264", "-preset", "ultrafast", str(slow)], check=True)
+    cfg = PipelineSettings(embedder="dlib-resnet")
+    info = probe(slow, LimitsSettings())
+    assert info.frame_rate == Fraction(1, 2) and info.n_frames == 5
+    res = analyze_chunk(slow, info, 0.0, info.duration_s, cfg, Registry.detector(cfg),
+                        Registry.embedder(cfg))
+    assert res.tracks and all(t.end_s - t.start_s >= 2.0 for t in res.tracks), res.tracks
+    # The bridge follows the video's rate: 5 s at 0.5 fps; at 30 fps the setting stands.
+    fixed = cfg.model_copy(update={"track_max_gap_s": 1.0})
+    assert bridged(fixed, info).track_max_gap_s == 5.0
+    assert bridged(fixed, replace(info, frame_rate=Fraction(30))) is fixed
 
 
 def test_a_picture_turned_with_no_rotation_in_its_file_is_said_not_silently_faceless(

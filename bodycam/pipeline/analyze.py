@@ -241,6 +241,17 @@ def _embed_some(embedder: FaceEmbedder, frame: SampledFrame, dets: list[FaceDete
         dets[i] = replace(dets[i], embedding=ready[i] if i in ready else vecs[i])
 
 
+def bridged(cfg: PipelineSettings, info: MediaInfo) -> PipelineSettings:
+    """The settings for this video: a track bridges at least 2.5 of its sampling intervals.
+    A video of under a frame a second (time-lapse, a low-rate mode) had every face 2 s from
+    the next, past `track_max_gap_s`: each was a one-detection track dropped as noise, and
+    the video was done with no face at all (bb43)."""
+    step = 1 / max(1e-6, min(cfg.sample_fps, float(info.frame_rate)))
+    if cfg.track_max_gap_s >= 2.5 * step:
+        return cfg
+    return cfg.model_copy(update={"track_max_gap_s": 2.5 * step})
+
+
 def analyze_chunk(
     path: Path,
     info: MediaInfo,
@@ -271,6 +282,7 @@ def analyze_chunk(
     `stage_s` reports each stage's busy seconds (time blocked on a queue excluded): the
     stages overlap, so they add up to more than the wall time.
     """
+    cfg = bridged(cfg, info)
     # Progress follows detection, not decoding: the decoder runs ahead by up to two batches.
     decoder = ChunkDecoder(path, info, start_s, end_s, cfg)
     span = max(end_s - start_s, 1e-6)
