@@ -128,6 +128,23 @@ def test_a_resolution_bomb_in_the_middle_is_refused_by_the_decoder_before_memory
     assert int(out["RSS"]) * 1024 < 2 * 1024**3, out["RSS"]
 
 
+def test_ingest_wait_says_why_a_video_failed_and_exits_1(stack: StackHandle,
+                                                          corpus: Path) -> None:
+    """`ingest --wait` printed "failed" on its progress line and exited 0: a script saw
+    success (bb43). The bomb in the middle passes the probe and fails on the worker."""
+    bomb = corpus / "bombs" / "res_mid.mp4"
+    case = f"T-WAIT-{time.time_ns()}"
+    proc = stack.cli.run("ingest", str(bomb), "--case", case, "--officer", "O", "--device",
+                         "D", "--wait", timeout=300)
+    assert proc.returncode == 1, (proc.returncode, proc.stderr)
+    [line] = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
+    assert "res_mid.mp4: video " in line and " failed: " in line and "over the limit" in line, \
+        line
+    listed = stack.cli.run("ingest", str(bomb), "--case", case, "--officer", "O", "--device",
+                           "D", "--wait", "--json", timeout=300)
+    assert listed.returncode == 1 and json.loads(listed.stdout)[0]["status"] == "failed"
+
+
 def _decode_in_child(clip: Path, limits: str = "LimitsSettings()") -> dict[str, str]:
     """Probe and decode a clip in a fresh process: DECODED (sampled frames) or REFUSED, and
     RSS, the process's own peak in kB (VmHWM belongs to the new address space, whereas

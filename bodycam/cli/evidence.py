@@ -31,7 +31,8 @@ def ingest(
     officer: Annotated[str | None, typer.Option(help="officer who recorded (required)")] = None,
     device: Annotated[str | None, typer.Option(help="camera device id (required)")] = None,
     recorded_at: Annotated[str | None, typer.Option(help="ISO 8601 recording time")] = None,
-    wait: Annotated[bool, typer.Option("--wait", help="show progress until processed")] = False,
+    wait: Annotated[bool, typer.Option(
+        "--wait", help="show progress until processed; exit 1 if a video ends failed")] = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Store videos with chain of custody (SHA-256, who, what, when) and queue processing."""
@@ -95,7 +96,13 @@ def _ingest(client: Any, files: list[str], case: str, officer: str | None,
             client, [r["video_id"] for r in results],
             {r["video_id"]: str(r["filename"]) for r in results}, quiet=as_json))
         for r in results:
-            notice = final[r["video_id"]].get("notice")
+            job = final[r["video_id"]]
+            if job["status"] != "done":  # failed or quarantined: said, and the exit says so
+                failures += 1           # (a script saw success: bb43)
+                if not as_json:
+                    error_line(f"{safe_name(str(r['filename']))}: video {r['video_id']} "
+                               f"{job['status']}: {job.get('error') or 'no reason recorded'}")
+            notice = job.get("notice")
             if notice and not as_json:
                 err.print(f"{safe_name(str(r['filename']))}: note: {printable(str(notice))}")
     if as_json:
