@@ -166,14 +166,16 @@ def _store_and_record(ctx: Context, path: Path, sha256: str, filename: str, info
     return IngestResult(video_id, sha256, "queued", False, filename)
 
 
-def _duplicate(ctx: Context, existing: tuple[str, str], sha256: str, filename: str,
+def _duplicate(ctx: Context, existing: tuple[str, str, str], sha256: str, filename: str,
                custody: Custody) -> IngestResult:
     """The case has these bytes already: audited, nothing written (also for the loser of two
-    concurrent uploads, which was answered without an audit row)."""
+    concurrent uploads, which was answered without an audit row). The answer names the video
+    as its record does (it named the new upload's name, which no record holds: bb43); the
+    audit row keeps the name this upload came under."""
     ctx.audit(custody.uploader, "ingest.duplicate",
               {"video_id": existing[0], "case": custody.case_id, "sha256": sha256,
                "filename": filename})
-    return IngestResult(existing[0], sha256, existing[1], True, filename)
+    return IngestResult(existing[0], sha256, existing[1], True, existing[2])
 
 
 def _cache_upload(ctx: Context, path: Path, sha256: str) -> None:
@@ -188,12 +190,13 @@ def _cache_upload(ctx: Context, path: Path, sha256: str) -> None:
         originals.evict(folder, ctx.settings.jobs.cache_max_bytes, running | {sha256})
 
 
-def _find(conn: Conn, case_id: str, sha256: str) -> tuple[str, str] | None:
+def _find(conn: Conn, case_id: str, sha256: str) -> tuple[str, str, str] | None:
+    """The case's video of these bytes: (id, status, the file name it was recorded under)."""
     row = conn.execute(
-        "SELECT id::text AS id, status FROM videos WHERE case_id = %s AND sha256 = %s",
-        (case_id, sha256),
+        "SELECT id::text AS id, status, original_filename FROM videos WHERE case_id = %s"
+        " AND sha256 = %s", (case_id, sha256),
     ).fetchone()
-    return (str(row["id"]), str(row["status"])) if row else None
+    return (str(row["id"]), str(row["status"]), str(row["original_filename"])) if row else None
 
 
 def _record(ctx: Context, stored: StoredObject, filename: str, info: MediaInfo,

@@ -108,12 +108,23 @@ def test_ingest_keeps_the_sha256_and_custody_and_processes_the_video(stack: Stac
     assert {"ingested", "processing", "done"} <= set(row["stage_times"])
 
 
-def test_the_same_file_in_the_same_case_is_a_duplicate(stack: StackHandle) -> None:
+def test_the_same_file_in_the_same_case_is_a_duplicate(stack: StackHandle,
+                                                        tmp_path: Path) -> None:
     [first] = stack.cli.json("ingest", str(HAMILTON), "--case", "T-DUP", "--officer", "O",
                              "--device", "D")
-    [again] = stack.cli.json("ingest", str(HAMILTON), "--case", "T-DUP", "--officer", "O",
+    renamed = tmp_path / "passwd"
+    shutil.copyfile(HAMILTON, renamed)
+    [again] = stack.cli.json("ingest", str(renamed), "--case", "T-DUP", "--officer", "O",
                              "--device", "D")
     assert again["duplicate"] is True and again["video_id"] == first["video_id"]
+    # The answer names the video as recorded, not as sent again (it said "passwd": bb43);
+    # the audit row keeps the name the duplicate came under.
+    assert again["filename"] == first["filename"] == HAMILTON.name, again
+    with stack.ctx.db() as conn:
+        row = conn.execute("SELECT details FROM audit_log WHERE action = 'ingest.duplicate'"
+                           " AND details->>'video_id' = %s ORDER BY id DESC LIMIT 1",
+                           (first["video_id"],)).fetchone()
+    assert row["details"]["filename"] == "passwd"
     [other] = stack.cli.json("ingest", str(HAMILTON), "--case", "T-DUP-2", "--officer", "O",
                              "--device", "D")
     assert other["duplicate"] is False and other["video_id"] != first["video_id"]
