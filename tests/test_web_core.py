@@ -55,6 +55,13 @@ def test_a_login_form_posted_without_its_own_nonce_is_refused(api_url: str,
     r = httpx.post(api_url + "/login", data={"user": "operator", "token": operator_token,
                                              "csrf": "forged"}, timeout=30)
     assert r.status_code == 403 and "bodycam_session" not in r.headers.get("set-cookie", "")
+    # The name it carried is shown back in the form's field only, never as the signed-in
+    # account (with a sign-out button) another site could write into the page (bb42).
+    posted = "supervisor Jane Doe - call 555-0100"
+    r = httpx.post(api_url + "/login", data={"user": posted, "token": "x", "csrf": "forged"},
+                   timeout=30)
+    assert r.status_code == 403 and r.text.count(posted) == 1, r.text
+    assert 'action="/logout"' not in r.text and f'value="{posted}"' in r.text
 
 
 def test_signing_in_sets_an_httponly_strict_cookie_and_shows_the_roles_pages(

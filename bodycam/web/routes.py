@@ -43,7 +43,9 @@ def _login_page(request: Request, error: str | None = None, user: str = "",
                 status: int = 200) -> Response:
     nonce = new_login_nonce()
     resp = templates.TemplateResponse(request, "login.html", {
-        "error": error, "user": user, "nonce": nonce, "title": "Sign in"},
+        # Not `user`: the base page shows that as the signed-in account, with a sign-out
+        # button, and another site's form could post any text there (bb42).
+        "error": error, "typed_name": user, "nonce": nonce, "title": "Sign in"},
         status_code=status, headers=NO_STORE)
     resp.set_cookie(LOGIN_COOKIE, nonce, **cookie_args(request, 900))
     return resp
