@@ -615,12 +615,15 @@ def check_live(conn: Conn, manifest: dict[str, Any]) -> str | None:
     Only an audit export's manifest is checked (InvalidInputError otherwise): one that names
     both ends, each by a row id and a hash, or neither (an export of no rows, which holds
     nothing to compare). Anything else once passed as "no problem": `{}`, one end alone, an
-    id of 1.9 or true."""
+    id of 1.9 or true; and (bb42) a manifest of 49 rows that named neither end."""
     if manifest.get("kind") != "audit":
         raise InvalidInputError("not the manifest of an audit export (kind must be audit)")
     ends = {end: manifest.get(end) for end in ("first_row", "last_row")}
     if all(row is None for row in ends.values()):
-        return None
+        if manifest.get("rows") == 0 and type(manifest.get("rows")) is int:
+            return None
+        raise InvalidInputError("the manifest names no first_row and last_row: only an export"
+                                " of no rows (rows 0) has none")
     for end, row in ends.items():
         if not (isinstance(row, dict) and type(row.get("id")) is int
                 and 0 < row["id"] < 2 ** 63 and isinstance(row.get("hash"), str)):

@@ -855,6 +855,11 @@ def test_odd_values_get_one_clean_line_and_are_not_stored(world: World) -> None:
          inv, 422, "end_s"),
         ("empty manifest", Req("POST", V + "/audit/check-live", json={"manifest": {}}), aud,
          422, "not the manifest of an audit export"),
+        ("rows, no ends", Req("POST", V + "/audit/check-live", json={"manifest": {
+            "kind": "audit", "rows": 49, "first_row": None, "last_row": None}}), aud, 422,
+         "names no first_row and last_row"),
+        ("no rows named", Req("POST", V + "/audit/check-live", json={"manifest": {
+            "kind": "audit"}}), aud, 422, "names no first_row and last_row"),
         ("one end", Req("POST", V + "/audit/check-live", json={"manifest": {
             "kind": "audit", "first_row": {"id": 1, "hash": "x"}, "last_row": None}}), aud,
          422, "last_row must name a row"),
