@@ -100,8 +100,14 @@ def create_user(conn: Conn, key: str, name: str, roles: list[str], by: str,
     # every other account change holds until it commits: of two at once, one wins and the
     # other gets the sequential answer (here 409, not the primary key's violation).
     audit.lock(conn)
-    if conn.execute("SELECT 1 FROM users WHERE name = %s", (name,)).fetchone():
+    same = conn.execute("SELECT name FROM users WHERE lower(name) = lower(%s) ORDER BY name"
+                        " LIMIT 1", (name,)).fetchone()
+    if same is not None and same["name"] == name:
         raise ConflictError(f"user {name} already exists")
+    if same is not None:  # `Operator` beside `operator` read as one account to a reader of
+        # reviews, `decided_by` and the audit log (bb42)
+        raise ConflictError(f"user {name} would read as user {same['name']}: account names"
+                            " that differ only in letter case are refused; choose another")
     # The sealed audit row first: the database function that makes the change refuses
     # unless this transaction appended it (migration 011), and journals the change with it.
     row = audit.append(conn, key, by, "user.create", {"user": name, "roles": sorted(set(roles))})

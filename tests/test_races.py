@@ -147,6 +147,12 @@ def test_the_same_account_created_twice_at_once_is_created_once_and_the_other_to
     assert len(rows(stack, "user.create", "user", name)) == 1
     again = api.call("op", "POST", "/users", json=body)
     assert again.status_code == 409 and again.json()["detail"] == f"user {name} already exists"
+    # Nor in other letter case: `Operator` beside `operator` read as one account in reviews
+    # and the audit log (bb42).
+    upper = api.call("op", "POST", "/users", json={**body, "name": name.upper()})
+    assert upper.status_code == 409 and upper.json()["detail"].startswith(
+        f"user {name.upper()} would read as user {name}"), upper.text
+    assert rows(stack, "user.create", "user", name.upper()) == []
 
 
 def test_two_unassignments_at_once_remove_and_audit_once(stack: StackHandle, api: Api) -> None:
