@@ -171,12 +171,25 @@ def spelled_as_known(conn: Conn, case: str) -> None:
     this rule may hold two). Within the caller's transaction, two new spellings of one case
     wait for each other (an advisory lock on the folded number)."""
     conn.execute("SELECT pg_advisory_xact_lock(hashtext('case:' || lower(%s)))", (case,))
-    known = [str(r["case_id"]) for r in conn.execute(
-        "SELECT case_id FROM known_cases WHERE lower(case_id) = lower(%s) ORDER BY case_id",
-        (case,)).fetchall()]
+    known = _spellings(conn, case)
     if known and case not in known:
         raise ConflictError(f"case {case} is case {known[0]}: case numbers that differ "
                             f"only in letter case name one case; use {known[0]}")
+
+
+def _spellings(conn: Conn, case: str) -> list[str]:
+    """The case numbers in use that differ from `case` at most in letter case."""
+    return [str(r["case_id"]) for r in conn.execute(
+        "SELECT case_id FROM known_cases WHERE lower(case_id) = lower(%s) ORDER BY case_id",
+        (case,)).fetchall()]
+
+
+def as_spelled(conn: Conn, case: str) -> str:
+    """A case number as it is in use, for a read that names it: `case-a` read an empty log
+    and made a signed export of no rows for case CASE-A (bb42), where a change is told the
+    spelling to use (spelled_as_known). A spelling in use, or a case not in use, is as given."""
+    known = _spellings(conn, case)
+    return case if not known or case in known else known[0]
 
 
 def assign_case(conn: Conn, key: str, name: str, case_id: str, by: str) -> None:

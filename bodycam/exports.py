@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from bodycam import audit
-from bodycam.accounts import User, require_now
+from bodycam.accounts import User, as_spelled, require_now
 from bodycam.context import Context
 from bodycam.matching import list_matches
 
@@ -62,6 +62,7 @@ def export_matches(ctx: Context, user: User, action: str, fmt: str, path: Path,
     every case whose matches it holds (`cases`: an export of all cases was recorded with no
     case, and the auditor's case filter missed it: bb23)."""
     with ctx.db() as conn:
+        case_id = as_spelled(conn, case_id) if case_id is not None else None
         records = [{k: j[k] for k in MATCH_COLUMNS}
                    for j in (m.export_json() for m in
                              list_matches(conn, status, case_id, with_reviews=True))]

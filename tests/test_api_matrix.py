@@ -559,6 +559,25 @@ def test_reads_of_evidence_and_of_the_log_are_on_record_under_every_case_they_to
         assert r.status_code == 200 and r.json()["items"], (actor, action, r.text)
     [row] = since_rows("audit.list")[-1:]
     assert row["actor"] == world.names["auditor"] and row["details"]["filters"]["case"] == CASE_B
+    # A case named in other letter case is that case: a probe spelled so is found under its
+    # case, and the log and the export read the case's rows (an empty log and a signed export
+    # of no rows answered: bb42).
+    r = world.send(Req("GET", V + "/persons", params={"case": CASE_B.lower(),
+                                                      "purpose": "probe"}), inv)
+    assert r.status_code == 403, r.text
+    r = world.send(Req("GET", V + "/audit", params={
+        "case": CASE_B, "action": "refused", "actor": world.names["investigator"],
+        "limit": "500"}), aud)
+    assert CASE_B.lower() in [x["details"].get("case") for x in r.json()["items"]], r.text
+    listed = {spelling: [x["id"] for x in world.send(Req("GET", V + "/audit", params={
+        "case": spelling, "limit": "500"}), aud).json()["items"]]
+        for spelling in (CASE_A, CASE_A.lower())}
+    assert listed[CASE_A] and listed[CASE_A] == listed[CASE_A.lower()], listed
+    made = {spelling: world.send(Req("POST", V + "/exports/matches", json={
+        "format": "jsonl", "case": spelling}), aud).json()["manifest"]
+        for spelling in (CASE_A, CASE_A.lower())}
+    assert made[CASE_A]["rows"] and made[CASE_A.lower()]["rows"] == made[CASE_A]["rows"]
+    assert made[CASE_A.lower()]["case"] == CASE_A, made
     # An export and its download name each other, what was delivered and every case in it;
     # each match carries its reviews (who decided what, why and when).
     r = world.send(Req("POST", V + "/exports/matches", json={"format": "jsonl"}), aud)

@@ -61,8 +61,12 @@ def rows(ctx: Context, user: User, limit: int, offset: int, actor: str | None = 
             "SELECT id, at, actor, action, details, prev_hash, hash FROM audit_log"
             " WHERE (%(actor)s::text IS NULL OR actor = %(actor)s)"
             " AND (%(action)s::text IS NULL OR action = %(action)s)"
-            " AND (%(case)s::text IS NULL OR details->>'case' = %(case)s"
-            " OR details->'cases' ? %(case)s)"
+            # In any letter case: the rows of a case are found however it was spelled,
+            # a refused probe of `case-b` under CASE-B too (bb42).
+            " AND (%(case)s::text IS NULL OR lower(details->>'case') = lower(%(case)s)"
+            " OR EXISTS (SELECT 1 FROM jsonb_array_elements_text(CASE WHEN jsonb_typeof("
+            "details->'cases') = 'array' THEN details->'cases' ELSE '[]' END) AS c(name)"
+            " WHERE lower(c.name) = lower(%(case)s)))"
             " AND (%(from)s::timestamptz IS NULL OR at >= %(from)s)"
             " AND (%(to)s::timestamptz IS NULL OR at <= %(to)s)"
             " ORDER BY id LIMIT %(limit)s OFFSET %(offset)s",
