@@ -145,6 +145,18 @@ def test_ingest_wait_says_why_a_video_failed_and_exits_1(stack: StackHandle,
     assert listed.returncode == 1 and json.loads(listed.stdout)[0]["status"] == "failed"
 
 
+def test_a_frame_size_the_decoder_would_not_keep_is_not_called_too_small() -> None:
+    """A 16000x16000 MJPEG left the decoder at 0x0, refused as "0x0 is too small to hold
+    faces" (bb43)."""
+    from bodycam.media.source import check_size
+
+    limits = LimitsSettings()
+    with pytest.raises(InvalidMediaError, match="its frame size cannot be read"):
+        check_size(0, 0, limits, "big.mov")
+    with pytest.raises(InvalidMediaError, match="16x16 is too small to hold faces"):
+        check_size(16, 16, limits, "small.mov")
+
+
 def _decode_in_child(clip: Path, limits: str = "LimitsSettings()") -> dict[str, str]:
     """Probe and decode a clip in a fresh process: DECODED (sampled frames) or REFUSED, and
     RSS, the process's own peak in kB (VmHWM belongs to the new address space, whereas

@@ -327,6 +327,10 @@ def check_size(width: int, height: int, limits: LimitsSettings, label: str) -> N
         raise InvalidMediaError(
             label, f"{width}x{height} is larger than the limit "
                    f"{limits.max_width_px}x{limits.max_height_px}")
+    if min(width, height) <= 0:  # the decoder kept none: a size it refuses (16000x16000
+        # MJPEG) or a damaged header; "0x0 is too small to hold faces" named no cause (bb43)
+        raise InvalidMediaError(label, "its frame size cannot be read (the decoder refuses"
+                                " the size the file gives, or the header is damaged)")
     if min(width, height) < limits.min_side_px:
         raise InvalidMediaError(label, f"{width}x{height} is too small to hold faces")
 
