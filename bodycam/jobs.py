@@ -122,17 +122,21 @@ def heartbeat(conn: Conn, lease: Lease, lease_s: float, progress: float, stage: 
 
 
 def complete(conn: Conn, lease: Lease, computed_on: str,
-             turned: dict[str, int] | None = None) -> bool:
+             turned: dict[str, int] | None = None,
+             damaged: dict[str, float] | None = None) -> bool:
     """Mark the unit done inside the caller's results transaction, with what computed its
     results (`computed_on`, e.g. 'decode cpu; detect mtcnn on cuda float32; ...') and, where
-    it found no face, what its picture turned showed (`turned`, orientation.Turned's JSON).
+    it found no face, what its picture turned showed (`turned`, orientation.Turned's JSON),
+    and the frames the decoder marked corrupt (`damaged`, ChunkDecoder.damaged).
 
     Returns True when this was the video's last unit. Raises LeaseLostError (the caller's
     transaction then rolls back, so nothing is written twice) if the lease no longer holds.
     """
     if WORK_UNITS.end(conn, (lease.video_id, lease.idx), lease.token,
                       "state = 'done', progress = 1, last_error = NULL, computed_on = %s,"
-                      " turned = %s", (computed_on, Jsonb(turned) if turned else None)) is None:
+                      " turned = %s, damaged = %s",
+                      (computed_on, Jsonb(turned) if turned else None,
+                       Jsonb(damaged) if damaged else None)) is None:
         raise LeaseLostError(f"video {lease.video_id} unit {lease.idx}: lease lost before commit")
     # Lock the video row so two last units finishing at once agree on who finalizes.
     conn.execute("SELECT 1 FROM videos WHERE id = %s FOR UPDATE", (lease.video_id,))

@@ -341,7 +341,22 @@ def store_results(ctx: Context, lease: jobs.Lease, video: VideoRow, result: Chun
                   weights if d.embedding is not None else None, d.embedding)
                  for k, d in result.detections])
         return jobs.complete(conn, lease, computed,
-                             result.turned.as_json() if result.turned else None)
+                             result.turned.as_json() if result.turned else None,
+                             result.damaged)
+
+
+def damaged_notice(units: list[dict[str, float]]) -> tuple[int, str] | None:
+    """The frames the decoder marked corrupt in a video's units (ChunkDecoder.damaged), and
+    what its reader is told: a video whose damage hid its only face was `done` with 0 faces,
+    nothing said (bb43). None where no frame was damaged."""
+    if not units:
+        return None
+    frames = int(sum(u["frames"] for u in units))
+    start, end = min(u["from_s"] for u in units), max(u["to_s"] for u in units)
+    return frames, (f"{frames} frame{'s' if frames != 1 else ''} between {start:.2f} s and"
+                    f" {end:.2f} s hold damaged data the decoder filled in: faces there may"
+                    " be missed or wrong; the original's bytes are as received (check the"
+                    " copy it came from)")
 
 
 def finalize_video(ctx: Context, video_id: str) -> None:
@@ -359,9 +374,14 @@ def finalize_video(ctx: Context, video_id: str) -> None:
                 "SELECT turned AS t FROM work_units WHERE video_id = %s"
                 " AND turned IS NOT NULL ORDER BY idx", (video_id,))]
         said = notice(turned)
+        damage = damaged_notice([r["d"] for r in conn.execute(
+            "SELECT damaged AS d FROM work_units WHERE video_id = %s AND damaged IS NOT NULL"
+            " ORDER BY idx", (video_id,))])
         jobs.finish_video(conn, ctx.audit_key, video_id,
                           {"tracks": tracks, "new_matches": made,
-                           **({"turned": [t.as_json() for t in turned]} if said else {})},
-                          said)
+                           **({"turned": [t.as_json() for t in turned]} if said else {}),
+                           **({"damaged_frames": damage[0]} if damage else {})},
+                          " ".join(x for x in (damage[1] if damage else None, said) if x)
+                          or None)
     log.info("video %s done; %d new pending matches; finalized in %.2f s", video_id, made,
              time.perf_counter() - t0)

@@ -145,6 +145,36 @@ def test_ingest_wait_says_why_a_video_failed_and_exits_1(stack: StackHandle,
     assert listed.returncode == 1 and json.loads(listed.stdout)[0]["status"] == "failed"
 
 
+def test_frames_with_damaged_data_are_said_on_the_job_and_in_its_audit_row(
+        stack: StackHandle, tmp_path: Path) -> None:
+    """Bytes flipped through the middle of a file, its container intact: the decoder fills
+    the damage in, and the video was `done` with its face lost, nothing said and nothing
+    audited (bb43). The frames it marks corrupt are counted and said. (Denser damage, one byte
+    in 997 here, fails decoding: refused in one line, as before.)"""
+    data = bytearray(HAMILTON.read_bytes())
+    for k in range(int(len(data) * 0.3), int(len(data) * 0.7), 4999):
+        data[k] ^= 0xFF
+    damaged = tmp_path / "damaged.mp4"
+    damaged.write_bytes(bytes(data))
+    case = f"T-DAMAGE-{time.time_ns()}"
+    [res] = stack.cli.json("ingest", str(damaged), "--case", case, "--officer", "O",  # type: ignore[misc]
+                           "--device", "D")
+    job = stack.wait_status(str(res["video_id"]))
+    assert job["status"] == "done", job
+    assert "hold damaged data the decoder filled in" in str(job["notice"]), job
+    with stack.ctx.db() as conn:
+        [row] = conn.execute("SELECT details FROM audit_log WHERE action = 'processing.done'"
+                             " AND details->>'video_id' = %s", (res["video_id"],)).fetchall()
+    frames = row["details"]["damaged_frames"]
+    assert 0 < frames < 275, row
+    assert f"{frames} frames between " in str(job["notice"])
+    # Breaking it: the clean file says nothing of the kind.
+    [clean] = stack.cli.json("ingest", str(HAMILTON), "--case", case, "--officer", "O",  # type: ignore[misc]
+                             "--device", "D")
+    job = stack.wait_status(str(clean["video_id"]))
+    assert job["status"] == "done" and "damaged" not in str(job["notice"]), job
+
+
 def test_a_frame_size_the_decoder_would_not_keep_is_not_called_too_small() -> None:
     """A 16000x16000 MJPEG left the decoder at 0x0, refused as "0x0 is too small to hold
     faces" (bb43)."""

@@ -47,6 +47,7 @@ class ChunkResult:
     stage_s: dict[str, float] = field(default_factory=dict)
     decoded_on: str = "cpu"  # 'cuda' where NVDEC decoded it (decode_device)
     turned: Turned | None = None  # with no track of 2 faces: what a turned picture showed
+    damaged: dict[str, float] | None = None  # frames the decoder marked corrupt (ChunkDecoder)
 
 
 def _thumbnail(frame: SampledFrame, det: FaceDetection, height_px: int) -> np.ndarray:
@@ -460,5 +461,5 @@ def analyze_chunk(
         scenes=decoder.scenes, tracks=tracks,
         detections=[(k if k in kept else None, d) for k, d in detections],
         frames_decoded=decoder.frames_decoded, frames_sampled=sampled, stage_s=timing,
-        decoded_on=decoder.decoded_on, turned=turned,
+        decoded_on=decoder.decoded_on, turned=turned, damaged=decoder.damaged,
     )

@@ -95,6 +95,8 @@ class ChunkDecoder:
     scenes: list[Scene] = field(default_factory=list)
     frames_decoded: int = 0
     decoded_on: str = "cpu"  # 'cuda' once NVDEC decodes it (decode_device, where usable)
+    # Frames the decoder marked corrupt (damaged data it filled in): how many, from, to (s).
+    damaged: dict[str, float] | None = None
 
     def __iter__(self) -> Iterator[SampledFrame]:
         return self._run()
@@ -194,6 +196,12 @@ class ChunkDecoder:
             yield from settle(p)
         yield from close_scene(None)
 
+    def _damaged_at(self, t_s: float) -> None:
+        d = self.damaged
+        self.damaged = ({"frames": 1, "from_s": round(t_s, 3), "to_s": round(t_s, 3)}
+                        if d is None else {"frames": d["frames"] + 1, "from_s": d["from_s"],
+                                           "to_s": round(t_s, 3)})
+
     def _decode(self) -> Iterator[_Pending]:
         """Decode the chunk through the shared opener; every frame's size is checked.
 
@@ -224,6 +232,8 @@ class ChunkDecoder:
                         continue
                     if t_s >= self.end_s - 1e-6 and self.end_s < info.duration_s - 1e-6:
                         break
+                    if frame.is_corrupt:
+                        self._damaged_at(t_s)
                     yield _Pending(_frame_at(t_s, fps), frame.pts, t_s, frame)
             except av.FFmpegError as exc:
                 start = info.start_pts + int(self.start_s / tb) if self.start_s > 0 else None
