@@ -568,7 +568,7 @@ def render(src: Path, info: MediaInfo, plan: Plan, choices: Choices, out: Path,
                             f"{plan.height_px} frames and the video shows {width}x{height}")
                     result.height_px, result.width_px = height, width
                     proc = _encoder(src, out, (width, height), sar, audio_from_s, choices,
-                                    red.crf, errors)
+                                    red.crf, errors, _timescale(tb, info.duration_s))
                     assert proc.stdin is not None
                     frames = _FramePipe(proc.stdin, width, height, tb, fps)
                 for r in regions.get(idx, ()):
@@ -659,9 +659,20 @@ def written_size(width: int, height: int) -> tuple[int, int]:
     return width + width % 2, height + height % 2
 
 
+def _timescale(time_base: Fraction, duration_s: float) -> int:
+    """The release's video timescale (ticks a second): the original's, so every frame keeps
+    its time to the tick, unless a step as long as the video would not fit a 32-bit sample
+    duration, then milliseconds. FFmpeg's own choice (8 times the original's) overflowed on a
+    10-hour pause in the time stamps, and such a video could never be released (bb43)."""
+    den = time_base.denominator if time_base.numerator == 1 else 0
+    return den if den > 0 and duration_s * den < 2**31 - 1 else 1000
+
+
 def _encoder(src: Path, out: Path, size: tuple[int, int], sar: Fraction, audio_from_s: float,
-             choices: Choices, crf: int, errors: Any) -> subprocess.Popen[bytes]:
-    """The ffmpeg binary reading NUT frames on stdin (and, for audio, the original)."""
+             choices: Choices, crf: int, errors: Any, timescale: int = 0
+             ) -> subprocess.Popen[bytes]:
+    """The ffmpeg binary reading NUT frames on stdin (and, for audio, the original); with a
+    `timescale`, the video track's (_timescale)."""
     cmd = [_ffmpeg(), "-hide_banner", "-loglevel", "error", "-y", "-f", "nut", "-i", "-"]
     if choices.audio == "strip":
         cmd += ["-map", "0:v:0", "-an"]
@@ -682,6 +693,7 @@ def _encoder(src: Path, out: Path, size: tuple[int, int], sar: Fraction, audio_f
             "-vf", "pad={}:{},setsar={}/{}".format(*written_size(*size), sar.numerator,
                                                    sar.denominator),
             "-c:v", "libx264", "-preset", "veryfast", "-crf", str(crf), "-pix_fmt", "yuv420p",
+            *(["-video_track_timescale", str(timescale)] if timescale else []),
             "-movflags", "+faststart", "-f", "mp4", str(out)]
     return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                             stderr=errors)

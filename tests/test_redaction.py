@@ -490,8 +490,9 @@ def test_frames_that_come_unevenly_are_planned_each_on_its_own_index_and_hidden(
         tmp_path: Path) -> None:
     """The plan numbered frames on a grid at their average rate: with a variable frame rate
     the last frame fell past the plan's last index and showed its face, and a file whose
-    camera paused (a gap in its time stamps) was detected on 5 frames of 90 (bb43). A video
-    whose frames come unevenly is planned at its frames' finest rate."""
+    camera paused (a gap in its time stamps) was detected on 5 frames of 90, and after a
+    10-hour pause could not be rendered at all (bb43). A video whose frames come unevenly is
+    planned at its frames' finest rate, and released in its original's timescale."""
     from bodycam.pipeline.centerface import plan_detector
 
     base, vfr, gap = tmp_path / "base.mp4", tmp_path / "vfr.mp4", tmp_path / "gap.mp4"
@@ -499,7 +500,7 @@ def test_frames_that_come_unevenly_are_planned_each_on_its_own_index_and_hidden(
         "ultrafast", str(base))
     _ff("-i", str(base), "-vf", r"select='not(mod(n\,3))+lt(n\,10)'", "-fps_mode", "vfr",
         "-c:v", "libx264", "-preset", "ultrafast", str(vfr))
-    _ff("-i", str(base), "-vf", "setpts='if(gte(N,45),PTS+60/TB,PTS)'", "-fps_mode",
+    _ff("-i", str(base), "-vf", "setpts='if(gte(N,45),PTS+36000/TB,PTS)'", "-fps_mode",
         "passthrough", "-c:v", "libx264", "-preset", "ultrafast", str(gap))
     settings = Settings()
     red = settings.redaction
@@ -515,7 +516,7 @@ def test_frames_that_come_unevenly_are_planned_each_on_its_own_index_and_hidden(
         probed, info, plan = plans[src]
         assert probed.frame_rate < Fraction(25) and plan.frame_rate == Fraction(2997, 100), (
             probed.frame_rate, plan.frame_rate)
-    # Detected as densely as the even file (was 5 frames for the gap's, 18 for the vfr's 36).
+    # Detected as densely as the even file (was 3 frames for the gap's, 18 for the vfr's 36).
     assert plans[gap][2].params["frames_detected"] >= 0.9 * plans[base][2].params[
         "frames_detected"]
     assert plans[vfr][2].params["frames_detected"] >= 27
@@ -529,6 +530,14 @@ def test_frames_that_come_unevenly_are_planned_each_on_its_own_index_and_hidden(
     assert big(before[-1]) and sum(1 for f in before if big(f)) >= 30
     leaks = [(i, big(f)) for i, f in enumerate(after) if big(f)]
     assert not leaks, f"faces of {MIN_PX} px+ found in the redacted output: {leaks[:5]}"
+    # The 10-hour pause is released, every frame at its own time (FFmpeg's own timescale
+    # overflowed there: "Not yet implemented in FFmpeg").
+    probed, _info, plan = plans[gap]
+    made = render(gap, probed, plan, Choices(style="box"), out, settings.limits, red)
+    before, after_t = ([t - ts[0][0] for t, _ in ts] for ts in (_decoded(gap), _decoded(out)))
+    assert made.n_frames == len(after_t) == len(before) == 90
+    assert max(abs(a - b) for a, b in zip(after_t, before, strict=True)) < 1e-3
+    assert before[-1] > 36000
 
 
 def test_frames_an_edit_list_hides_are_not_counted_as_shown(tmp_path: Path) -> None:
