@@ -19,6 +19,7 @@ import random
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from psycopg.types.json import Jsonb
 
@@ -184,32 +185,51 @@ def fail(conn: Conn, key: str, lease: Lease, error: str, kind: Failure,
     row = WORK_UNITS.held(conn, (lease.video_id, lease.idx), lease.token)
     if row is None:
         return "lost"
-    attempts, service = int(row["attempts"]), int(row["service_failures"])
     if kind is Failure.PERMANENT:
-        state, wait = "failed", 0.0
-    elif kind is Failure.SERVICE:
+        _release(conn, lease.video_id, lease.idx, "failed", int(row["attempts"]),
+                 int(row["service_failures"]), error, 0.0)
+        _end_video(conn, key, lease.video_id, "failed", f"unit {lease.idx}: {error}")
+        return "failed"
+    state = _released(conn, key, row, error, kind, cfg)
+    if state == "pending":
+        conn.execute("UPDATE videos SET error = %s, updated_at = now() WHERE id = %s",
+                     (error[:2000], lease.video_id))
+    return state
+
+
+def _released(conn: Conn, key: str, row: dict[str, Any], error: str, kind: Failure,
+              cfg: JobSettings) -> str:
+    """Count a unit's failed attempt against its budget (SERVICE: a service failure, the
+    attempt given back; ERROR: the attempt) and release it to wait (backoff_s), or quarantine
+    it and its video once that budget is spent; returns 'pending' or 'quarantined'. The one
+    accounting of a failure its worker recorded (fail) and of a lease that ran out (reap)."""
+    attempts, service = int(row["attempts"]), int(row["service_failures"])
+    if kind is Failure.SERVICE:
         attempts, service = max(0, attempts - 1), service + 1
-        state = "quarantined" if service >= cfg.max_service_failures else "pending"
-        wait = backoff_s(service, cfg)
+        spent, wait = service >= cfg.max_service_failures, backoff_s(service, cfg)
+        why = f"{service} service failures"
     else:
-        state = "quarantined" if attempts >= cfg.max_attempts else "pending"
-        wait = backoff_s(attempts, cfg)
+        spent, wait = attempts >= cfg.max_attempts, backoff_s(attempts, cfg)
+        why = f"{attempts} attempts failed"
+    vid, idx = str(row["video_id"]), int(row["idx"])
+    state = "quarantined" if spent else "pending"
+    _release(conn, vid, idx, state, attempts, service, error, wait)
+    if spent:
+        _end_video(conn, key, vid, state, f"unit {idx}: {why}; last: {error}")
+    return state
+
+
+def _release(conn: Conn, video_id: str, idx: int, state: str, attempts: int, service: int,
+             error: str, wait: float) -> None:
+    """Clear a unit's lease and record its state, budget and last error; a pending unit
+    waits `wait` seconds before the reaper queues it."""
     conn.execute(
         "UPDATE work_units SET state = %s, attempts = %s, service_failures = %s,"
         " last_error = %s, lease_until = NULL, lease_token = NULL,"
         " not_before = CASE WHEN %s = 'pending' THEN now() + make_interval(secs => %s) END,"
         " updated_at = now() WHERE video_id = %s AND idx = %s",
-        (state, attempts, service, error[:2000], state, wait, lease.video_id, lease.idx),
+        (state, attempts, service, error[:2000], state, wait, video_id, idx),
     )
-    if state == "pending":
-        conn.execute("UPDATE videos SET error = %s, updated_at = now() WHERE id = %s",
-                     (error[:2000], lease.video_id))
-        return state
-    why = error if state == "failed" else (
-        f"{service} service failures" if kind is Failure.SERVICE
-        else f"{attempts} attempts failed") + f"; last: {error}"
-    _end_video(conn, key, lease.video_id, state, f"unit {lease.idx}: {why}")
-    return state
 
 
 def _end_video(conn: Conn, key: str, video_id: str, status: str, error: str) -> None:
@@ -243,27 +263,15 @@ def reap(conn: Conn, key: str, cfg: JobSettings, stale_pending_s: float
     restart healed by `bodycam up` cost the unit in flight one of its attempts (bb41).
     """
     for r in WORK_UNITS.expired(conn):
-        vid, idx = str(r["video_id"]), int(r["idx"])
-        attempts, service = int(r["attempts"]), int(r["service_failures"])
-        if r["in_restart"]:  # as fail() counts a SERVICE failure its worker could not record
-            reason = (f"the database restarted while worker {r['lease_owner']} held the unit"
-                      f" (attempt {attempts}): a service failure")
-            attempts, service = max(0, attempts - 1), service + 1
-            spent, wait = service >= cfg.max_service_failures, backoff_s(service, cfg)
-            why = f"{service} service failures"
+        # A lease that lapsed in a database restart is the failure its worker would have
+        # recorded, of a service; any other, the worker's own.
+        if r["in_restart"]:
+            _released(conn, key, r, f"the database restarted while worker {r['lease_owner']}"
+                      f" held the unit (attempt {r['attempts']}): a service failure",
+                      Failure.SERVICE, cfg)
         else:
-            reason = f"worker {r['lease_owner']} stopped renewing its lease (attempt {attempts})"
-            spent, wait = attempts >= cfg.max_attempts, backoff_s(attempts, cfg)
-            why = f"{cfg.max_attempts} attempts failed"
-        conn.execute(
-            "UPDATE work_units SET state = %s, attempts = %s, service_failures = %s,"
-            " last_error = %s, lease_until = NULL, lease_token = NULL,"
-            " not_before = CASE WHEN %s THEN NULL ELSE now() + make_interval(secs => %s) END,"
-            " updated_at = now() WHERE video_id = %s AND idx = %s",
-            ("quarantined" if spent else "pending", attempts, service, reason, spent, wait,
-             vid, idx))
-        if spent:
-            _end_video(conn, key, vid, "quarantined", f"unit {idx}: {why}; last: {reason}")
+            _released(conn, key, r, f"worker {r['lease_owner']} stopped renewing its lease"
+                      f" (attempt {r['attempts']})", Failure.ERROR, cfg)
     # Rows another session locks are skipped, not waited for (as `expired` does).
     due = conn.execute(
         "UPDATE work_units SET not_before = NULL, updated_at = now()"
