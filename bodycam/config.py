@@ -298,6 +298,11 @@ class ServerSettings(Section):
     max_form_bytes: int = Field(
         256 * 2**20, ge=2**20, description="the largest multipart form (photos of a face: "
         "twenty phone photos of 12 MB)")
+    allowed_hosts: str = Field(
+        "", max_length=1000, description="host names the server answers to beside localhost, "
+        "comma-separated (the public name a reverse proxy passes on); a request to an address "
+        "is always answered, one to a name not listed gets 400: a web page whose own name is "
+        "pointed at this server (DNS rebinding) cannot read it")
     trusted_proxies: str = Field(
         "", max_length=1000, description="addresses of the reverse proxies whose "
         "X-Forwarded-For the server believes, comma-separated (default none: the client is "

@@ -839,8 +839,37 @@ def strict_server(stack: StackHandle, server: Server) -> Iterator[Server]:
     failure limit of 3 (the stack's own server keeps the defaults)."""
     with serve_with(stack, {"BODYCAM_LIMITS__MAX_BYTES": "200000",
                             "BODYCAM_AUTH__MAX_CLIENT_FAILURES": "3",
-                            "BODYCAM_AUTH__FAILURE_WINDOW_S": "30"}) as env:
+                            "BODYCAM_AUTH__FAILURE_WINDOW_S": "30",
+                            "BODYCAM_SERVER__ALLOWED_HOSTS": " evidence.agency.example ,x.example"
+                            }) as env:
         yield Server(env["BODYCAM_URL"], server.token, server.http)
+
+
+def test_a_request_to_a_name_the_server_was_not_given_is_refused(server: Server,
+                                                                  strict_server: Server
+                                                                  ) -> None:
+    """Any Host was served (bb42): a page whose name is pointed at the server after it loads
+    (DNS rebinding) would read the server's pages as its own origin. An address, localhost,
+    and the names in `server.allowed_hosts` are answered; any other name gets 400."""
+    port = httpx.URL(server.url).port
+    for host in ("rebind.attacker.example", f"rebind.attacker.example:{port}",
+                 "localhost.attacker.example", "evidence.agency.example"):
+        for path in ("/healthz", "/", "/api/v1/jobs"):
+            r = server.http.get(server.url + path, headers={
+                "Host": host, "Authorization": f"Bearer {server.token}"})
+            assert_problem(r, 400, f"does not answer to the host {host!r}",
+                           "BODYCAM_SERVER__ALLOWED_HOSTS")
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", "LocalHost.", "[::1]:80",
+                 "10.0.0.7"):
+        r = server.http.get(server.url + "/api/v1/jobs", headers={
+            "Host": host, "Authorization": f"Bearer {server.token}"})
+        assert r.status_code == 200, (host, r.text)
+    for host in ("evidence.agency.example", "EVIDENCE.Agency.example.:443", "x.example"):
+        assert strict_server.http.get(strict_server.url + "/healthz",
+                                      headers={"Host": host}).status_code == 200, host
+    for host in ("evidence.agency.example.attacker.example", "agency.example", "example"):
+        assert_problem(strict_server.http.get(strict_server.url + "/healthz",
+                                              headers={"Host": host}), 400, host)
 
 
 def test_an_upload_over_the_limit_is_refused_while_streaming_and_leaves_nothing(

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Depends, FastAPI
 from fastapi.staticfiles import StaticFiles
@@ -29,7 +31,7 @@ from bodycam.api import (
 from bodycam.api.deps import refuse_nul, refuse_repeats, refuse_unformed
 from bodycam.api.s3events import events_token
 from bodycam.api.schemas import Health
-from bodycam.config import get_settings
+from bodycam.config import Settings, get_settings
 from bodycam.context import shared
 from bodycam.web import routes as web_routes
 from bodycam.web.core import HERE as WEB
@@ -163,6 +165,50 @@ class BodyLimit:
         await problems.problem(exc.status_code, exc.detail)(scope, receive, send)
 
 
+class HostCheck:
+    """A request must name this server: an address (no page can be served under one by
+    pointing a name at it), `localhost`, the host of `api_url`, or a name in
+    `server.allowed_hosts`. Any other Host was served (bb42): a web page whose name its
+    owner points at this server's address after it loads (DNS rebinding) is, to the browser,
+    the same origin as the server, and could read what the server answers without a
+    session. It gets 400, one line naming the host and the setting."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            host = Headers(scope=scope).get("host")
+            if host is not None and not host_allowed(host, get_settings()):
+                shown = host.encode("ascii", "backslashreplace").decode()[:200]
+                await problems.problem(
+                    400, f"this server does not answer to the host {shown!r}; a name it "
+                    "should answer to goes in BODYCAM_SERVER__ALLOWED_HOSTS"
+                )(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def host_allowed(host: str, settings: Settings) -> bool:
+    """Whether a Host header (`name[:port]`, `[v6]:port`) names this server."""
+    name = host.strip().lower()
+    if name.startswith("["):
+        name = name[1:].partition("]")[0]
+    elif name.count(":") == 1:
+        name = name.partition(":")[0]
+    name = name.rstrip(".")
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        pass
+    names = {"localhost"} | {n.strip().lower().rstrip(".")
+                             for n in settings.server.allowed_hosts.split(",") if n.strip()}
+    if settings.api_url:
+        names.add((urlsplit(settings.api_url).hostname or "").rstrip("."))
+    return name in names
+
+
 class ResponseHeaders:
     """Headers every response gets unless its route set them: `nosniff` (no browser reads a
     JSON answer or a stored file as a script or a page), and on the API `no-store` (its
@@ -227,6 +273,7 @@ def create_app() -> FastAPI:
         return Health(status="ok")
 
     api.add_middleware(BodyLimit)
+    api.add_middleware(HostCheck)
     api.add_middleware(ResponseHeaders)
     api.include_router(web_routes.router)
     api.mount("/static", StaticFiles(directory=str(WEB / "static")), name="static")
