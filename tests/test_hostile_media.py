@@ -425,6 +425,28 @@ def test_one_account_s_uploads_take_one_probe_turn_not_every_other_account_s(
                if v != "probed"), outcome
 
 
+def test_a_cropped_picture_is_decoded_as_players_show_it(tmp_path: Path) -> None:
+    """An H.264 picture cropped 30 px at the left and 14 at the top: FFmpeg's decoder skips
+    a crop that leaves planes unaligned unless allowed to, so the valid file (400x226 shown)
+    was refused as changing size to 430x226 (bb44). The frames now equal FFmpeg's own."""
+    from bodycam.config import PipelineSettings
+    from bodycam.pipeline.frames import ChunkDecoder
+
+    ff = hostile.ffmpeg_exe()
+    path = tmp_path / "cropped.mp4"
+    subprocess.run([ff, "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=432x240:rate=5",
+                    "-t", "1", "-pix_fmt", "yuv444p", "-c:v", "libx264", "-qp", "0", "-bsf:v",
+                    "h264_metadata=crop_left=30:crop_top=14:crop_right=2", str(path)],
+                   check=True)
+    shown = subprocess.run([ff, "-v", "error", "-i", str(path), "-frames:v", "1", "-f",
+                            "rawvideo", "-pix_fmt", "rgb24", "-"], capture_output=True,
+                           check=True).stdout
+    info = probe(path, LimitsSettings())
+    assert (info.width_px, info.height_px) == (400, 226)
+    first = next(iter(ChunkDecoder(path, info, 0.0, info.duration_s, PipelineSettings())))
+    assert first.image.shape[:2] == (226, 400) and first.image.tobytes() == shown
+
+
 @pytest.mark.parametrize("before_wrap_s", [30.0, 1000.0])
 def test_mpeg_ts_is_probed_and_each_chunk_decoded_from_its_start(tmp_path: Path,
                                                                  before_wrap_s: float) -> None:

@@ -216,6 +216,10 @@ def open_video(path: Path, limits: LimitsSettings, label: str, threads: int | No
             label, f"not a readable video container ({why(exc)})") from None
     try:
         stream = _video_stream(container, limits, label)
+        # The picture the file shows: H.264/HEVC crop their coded frame, and FFmpeg skips a
+        # left or top crop that would leave planes unaligned unless told it may. Such a file
+        # (400x226 shown, 430x226 coded) was refused as changing size (bb44).
+        stream.codec_context.flags |= av.codec.context.Flags.unaligned
         if threads is not None:
             stream.codec_context.thread_count = threads
         yield OpenVideo(path, container, stream, label, limits,
@@ -341,7 +345,8 @@ def check_frame(frame: av.VideoFrame, expected: tuple[int, int], limits: LimitsS
     whose pixel format makes it larger than limits.max_frame_bytes."""
     size = (frame.width, frame.height)
     if size != expected:
-        t = f" at {float(frame.time):.2f} s" if frame.time is not None else ""
+        # "by": a unit that seeks in past the change meets it first, later than it happened
+        t = f" by {float(frame.time):.2f} s" if frame.time is not None else ""
         check_size(frame.width, frame.height, limits, label)
         raise InvalidMediaError(
             label, f"the frame size changes from {expected[0]}x{expected[1]} to "
