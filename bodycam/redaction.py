@@ -57,7 +57,7 @@ from bodycam.pipeline.tracks import iou
 # /6: a video whose frames come unevenly (a variable frame rate, a pause in its time stamps) is
 # planned on a grid at its frames' own finest rate, not their average: frames shared an index,
 # were detected a few times a second or not at all, and faces showed in releases (bb43).
-ALGORITHM = "dense-union-overlap-tracks/6"
+ALGORITHM = "dense-union-overlap-tracks/7"
 Box = tuple[float, float, float, float]
 # One detection of a plan track: frame, x1, y1, x2, y2, probability, detector name.
 PlanDetection = tuple[int, float, float, float, float, float, str]
@@ -228,17 +228,12 @@ def compute_plan(path: Path, info: MediaInfo, video_id: str, sha256: str,
     stored_at: dict[int, list[tuple[str, Box]]] = {}
     for tid, frame, box in stored:
         stored_at.setdefault(frame, []).append((tid, box))
-    tracks = []
-    order = sorted(by_key, key=lambda k: (by_key[k][0][0], k))
-    for n, key in enumerate(order, 1):
-        dets = sorted(by_key[key])
-        votes: dict[str, int] = {}
-        for d in dets:
-            for f in (d[0] - 1, d[0], d[0] + 1):
-                for tid, box in stored_at.get(f, ()):
-                    if iou(box, d[1:5]) >= 0.3:
-                        votes[tid] = votes.get(tid, 0) + 1
-        tracks.append(PlanTrack(f"P{n}", scene_of[key], tuple(dets), tuple(sorted(votes))))
+    reach = _stored_reach(stored)
+    pieces = [(scene_of[key], run, tid) for key in by_key
+              for run, tid in split_by_stored(sorted(by_key[key]), stored_at, reach)]
+    pieces.sort(key=lambda p: (p[1][0][0], p[1][0][1:5]))
+    tracks = [PlanTrack(f"P{n}", scene, tuple(run), (tid,) if tid else ())
+              for n, (scene, run, tid) in enumerate(pieces, 1)]
     params = {"detect_every_frames": red.detect_every_frames, "min_face_px": red.min_face_px,
               "detector": {"name": detector.name, "version": detector.version,
                            "threshold": red.detector_threshold,
@@ -255,6 +250,67 @@ def compute_plan(path: Path, info: MediaInfo, video_id: str, sha256: str,
     width, height = info.shown_size
     return Plan(video_id, sha256, info.frame_rate, info.n_frames, width, height,
                 info.duration_s, tuple(tracks), params)
+
+
+def _stored_reach(stored: Sequence[tuple[str, int, Box]]) -> int:
+    """Frames from a stored detection that its track's face still holds: the analysis's
+    usual step between a track's sampled frames (it samples sparser than the plan), and the
+    one frame either side a plan detection is matched over."""
+    frames: dict[str, set[int]] = {}
+    for tid, frame, _box in stored:
+        frames.setdefault(tid, set()).add(frame)
+    steps = [b - a for fs in frames.values() for a, b in itertools.pairwise(sorted(fs))]
+    return (int(np.median(steps)) if steps else 1) + 1
+
+
+def split_by_stored(dets: Sequence[PlanDetection], stored_at: dict[int, list[tuple[str, Box]]],
+                    reach: int) -> list[tuple[list[PlanDetection], str | None]]:
+    """A plan track (detections in frame order) in runs that each follow one stored track.
+
+    The plan links faces by overlap alone: one person who takes another's place with no
+    frame between them (a cut that keeps the background, a dissolve) is one plan track, and
+    a keep or a removal of the first person's track showed the second, named by no one
+    (bb44). The analysis that made the stored tracks compared the faces and split them
+    there: each plan detection takes the stored track it overlaps (IoU >= 0.3, a frame
+    either side); one between two detections of the same stored track takes it too; one
+    within `reach` frames of a stored track's first or last detection, with no other
+    stored track on that side, takes it; any other (between two stored tracks, or far
+    from any) follows none, and a run that follows none is hidden unless kept by its own
+    plan id."""
+    label: list[str | None] = []
+    for d in dets:
+        best, best_iou = None, 0.3
+        for f in (d[0] - 1, d[0], d[0] + 1):
+            for tid, box in stored_at.get(f, ()):
+                if (o := iou(box, d[1:5])) >= best_iou:
+                    best, best_iou = tid, o
+        label.append(best)
+    seen = [i for i, t in enumerate(label) if t is not None]
+    if not seen:
+        return [(list(dets), None)]
+    resolved: list[str | None] = []
+    k = 0  # seen[k] is the next labelled detection at or after i
+    for i, d in enumerate(dets):
+        while k < len(seen) and seen[k] < i:
+            k += 1
+        before = seen[k - 1] if k > 0 else None
+        after = seen[k] if k < len(seen) else None
+        if after == i:
+            resolved.append(label[i])
+        elif before is not None and after is not None:
+            resolved.append(label[before] if label[before] == label[after] else None)
+        elif before is not None:
+            resolved.append(label[before] if d[0] - dets[before][0] <= reach else None)
+        else:
+            assert after is not None
+            resolved.append(label[after] if dets[after][0] - d[0] <= reach else None)
+    runs: list[tuple[list[PlanDetection], str | None]] = []
+    for d, who in zip(dets, resolved, strict=True):
+        if runs and runs[-1][1] == who:
+            runs[-1][0].append(d)
+        else:
+            runs.append(([d], who))
+    return runs
 
 
 # -- choices --------------------------------------------------------------------------------

@@ -673,6 +673,84 @@ def test_a_kept_track_stays_visible_and_a_manual_region_hides_what_it_covers(
         assert not (tmp_path / "bad.mp4").exists()
 
 
+def test_a_plan_track_is_split_where_the_stored_tracks_change() -> None:
+    """Pure: runs follow the stored track each detection overlaps; a detection between two
+    different stored tracks, or far past the last, follows none (fail closed)."""
+    from bodycam.redaction import split_by_stored
+
+    box = (100.0, 100.0, 160.0, 170.0)
+    dets = [(f, *box, 0.99, "mtcnn") for f in range(0, 60)]
+    # The analysis sampled every 6th frame: person A to frame 24, B from frame 36.
+    stored_at = {f: [("A" if f <= 24 else "B", box)] for f in range(0, 60, 6) if f != 30}
+    runs = split_by_stored(dets, stored_at, 7)
+    got = [(r[0][0], r[-1][0], tid) for r, tid in runs]
+    assert got == [(0, 25, "A"), (26, 34, None), (35, 59, "B")], got
+    # A trailing stretch with no stored track near it follows none.
+    stored_at = {f: [("A", box)] for f in range(0, 24, 6)}
+    got = [(r[0][0], r[-1][0], tid) for r, tid in split_by_stored(dets, stored_at, 7)]
+    assert got == [(0, 26, "A"), (27, 59, None)], got
+    assert [t for _r, t in split_by_stored(dets, {}, 7)] == [None]
+
+
+def _swap_clip(path: Path) -> int:
+    """15 fps, 7 s: p01's face, then at frame 52 p03's in its place, the background as it
+    was (a cut that keeps the scene, recordings joined); the frame of the swap."""
+    from PIL import Image
+
+    boxes = json.loads((TESTDATA / "faces.json").read_text())
+
+    def face(name: str) -> np.ndarray:
+        x1, y1, x2, y2, _p = boxes[f"faces/identities/{name}"]["faces"][0]
+        cx, cy, side = (x1 + x2) / 2, (y1 + y2) / 2, max(x2 - x1, y2 - y1) * 1.6
+        img = Image.open(TESTDATA / "faces" / "identities" / name).convert("RGB")
+        return np.asarray(img.crop((int(cx - side / 2), int(cy - side / 2), int(cx + side / 2),
+                                    int(cy + side / 2))).resize((200, 200)))
+
+    a, b, swap = face("p01/01.jpg"), face("p03/01.jpg"), 52
+    proc = subprocess.Popen([_ffmpeg(), "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt",
+                             "rgb24", "-s", "640x360", "-r", "15", "-i", "-", "-c:v", "libx264",
+                             "-crf", "18", "-pix_fmt", "yuv420p", str(path)],
+                            stdin=subprocess.PIPE)
+    assert proc.stdin is not None
+    for i in range(105):
+        frame = np.full((360, 640, 3), 100, np.uint8)
+        frame[:, :, 0] = np.linspace(60, 140, 640).astype(np.uint8)[None, :]
+        x = 220 + int(8 * np.sin(i / 7))
+        frame[80:280, x:x + 200] = a if i < swap else b
+        proc.stdin.write(frame.tobytes())
+    proc.stdin.close()
+    assert proc.wait() == 0
+    return swap
+
+
+def test_keeping_or_removing_one_person_never_shows_who_took_their_place(
+        stack: StackHandle, processed: Any, users: dict[str, dict[str, str]],
+        tmp_path: Path) -> None:
+    """One person in another's place with no frame between them was one plan track (faces
+    linked by overlap): keeping the first person's track, or removing it as no face, showed
+    the second, named by no one, in every frame after the swap (bb44). The stored tracks
+    (the faces compared) split there, and so does the plan."""
+    src = tmp_path / "swap.mp4"
+    swap = _swap_clip(src)
+    video = str(processed(src, CASE_A))
+    tracks = stack.cli.json("tracks", video, "--json", extra_env=users["a"])
+    assert isinstance(tracks, list)
+    first = [t for t in tracks if t["start_s"] < 1.0]
+    assert len(first) == 1 and len(tracks) >= 2, tracks
+    keep = str(first[0]["track_id"])
+    for name, args in (("kept", ["--keep-track", keep, "--keep-reason", "the requester",
+                                 "--keep-basis", "requester shown"]),
+                       ("removed", ["--remove-track", keep])):
+        out = tmp_path / f"{name}.mp4"
+        made = stack.cli.json("redact", video, "-o", str(out), *args, extra_env=users["a"])
+        assert isinstance(made, dict)
+        _n, after = centerface(out)
+        shown = [f for f in range(swap, len(after)) if big(after[f])]
+        assert not shown, f"{name}: the second person's face is shown in frames {shown}"
+        before = [f for f in range(swap - 12) if big(after[f])]
+        assert len(before) >= 0.8 * (swap - 12), f"{name}: the first person is shown in {before}"
+
+
 def test_a_region_or_mute_range_past_the_frame_or_the_end_is_cut_there_and_recorded_so(
         stack: StackHandle, video: str, api_url: str, users: dict[str, dict[str, str]],
         hide_all: tuple[Path, dict[str, Any]]) -> None:
