@@ -776,6 +776,42 @@ def test_an_error_no_handler_knows_is_a_500_with_every_header_on_a_connection_ke
     assert text.count("unhandled UndefinedTable") >= 1, "logged once, by name"
 
 
+def test_a_database_connection_lost_mid_request_is_a_503_naming_it(server: Server,
+                                                                   stack: StackHandle) -> None:
+    """Postgres killed while a request's query ran was answered 500 "internal error" (an
+    OperationalError no handler knew: bb45). The request waits on the audit log's lock,
+    held here, and its backend is ended: 503, one line naming the database and the remedy,
+    and nothing of it is kept; the next request is served."""
+    from bodycam.audit import _LOCK
+
+    name = f"srv-lost-{secrets.token_hex(3)}"
+    got: list[httpx.Response] = []
+    with stack.ctx.db() as holder:
+        holder.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK,))
+        asked = threading.Thread(target=lambda: got.append(server.op(
+            "POST", "/api/v1/users", json={"name": name, "roles": ["clerk"]})))
+        asked.start()
+        deadline, pid = time.monotonic() + 30, None
+        while pid is None:
+            assert time.monotonic() < deadline, "the request never waited on the lock"
+            time.sleep(0.1)
+            with psycopg.connect(home_admin_url(stack.home), autocommit=True) as admin:
+                row = admin.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE wait_event = 'advisory'"
+                    " AND pid <> %s", (holder.info.backend_pid,)).fetchone()
+                pid = row[0] if row else None
+        with psycopg.connect(home_admin_url(stack.home), autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        asked.join(60)
+        holder.rollback()
+    [r] = got
+    assert_problem(r, 503, "the database connection failed during the request",
+                   "then retry")
+    assert r.headers["retry-after"] == "5"
+    users = server.op("GET", "/api/v1/users", params={"limit": 500})
+    assert users.status_code == 200 and name not in users.text
+
+
 def test_a_photo_is_a_jpeg_png_or_webp_and_a_16_bit_one_keeps_its_face(
         server: Server) -> None:
     """Every Pillow decoder used to read probe and enrolment photos (EPS runs Ghostscript

@@ -160,6 +160,18 @@ def install(app: FastAPI) -> None:
         return problem(503, "the request collided with a concurrent change and was undone: "
                             "send it again", {"Retry-After": "1"})
 
+    @app.exception_handler(psycopg.OperationalError)
+    @app.exception_handler(psycopg.InterfaceError)
+    async def _lost(_: Request, exc: psycopg.Error) -> JSONResponse:
+        # The connection failed mid-request (the database killed, restarting, a backend
+        # ended): a 503 naming it as an unreachable one is, not "internal error" (bb45).
+        from bodycam.context import shared
+
+        log.error("the database connection failed during a request: %s", type(exc).__name__)
+        return problem(503, f"the database connection failed during the request "
+                            f"({type(exc).__name__}); nothing it had not committed is kept: "
+                            f"{shared().remedy('database_url')}", {"Retry-After": "5"})
+
     @app.exception_handler(psycopg.errors.RaiseException)
     async def _raised(_: Request, exc: psycopg.errors.RaiseException) -> JSONResponse:
         # The database's own guard (migration 007) when the profile switched to redact-only
