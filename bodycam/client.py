@@ -8,6 +8,7 @@ import json
 import os
 import stat
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -400,16 +401,27 @@ class Client:
             offset = page.get("next_offset")
         return items
 
-    def upload(self, path: str, stream: IO[bytes], sha256: str, **params: Any) -> Any:
+    def upload(self, path: str, stream: IO[bytes], sha256: str,
+               say: Callable[[str], None] | None = None, **params: Any) -> Any:
         """POST a file's bytes streamed from an open file (never read whole), with the
-        SHA-256 computed beforehand so that the server can refuse a changed body."""
+        SHA-256 computed beforehand so that the server can refuse a changed body. With
+        `say`, an upload that stalls is said once (Stalled)."""
+        total = os.fstat(stream.fileno()).st_size
+        stalled = Stalled(say, total)
+
         def body() -> Iterator[bytes]:
-            while chunk := stream.read(CHUNK_BYTES):
+            while True:
+                stalled.moved()  # the chunk before this one is taken
+                chunk = stream.read(CHUNK_BYTES)
+                if not chunk:
+                    return
+                stalled.sent += len(chunk)
                 yield chunk
 
-        return self.json("POST", path, content=body(), params=_clean(params),
-                         headers={"Content-Type": "application/octet-stream",
-                                  "X-Content-SHA256": sha256})
+        with stalled:
+            return self.json("POST", path, content=body(), params=_clean(params),
+                             headers={"Content-Type": "application/octet-stream",
+                                      "X-Content-SHA256": sha256})
 
     def multipart(self, path: str, fields: dict[str, Any], photos: list[str]) -> Any:
         """POST a multipart form with photo files (opened, streamed by httpx)."""
@@ -439,6 +451,49 @@ class Client:
         except _NO_ANSWER as exc:
             raise self._unreachable(exc) from None
         return size
+
+
+STALL_NOTICE_S = 15.0  # an upload neither taking bytes nor answered this long is said to be
+
+
+class Stalled:
+    """Says once that an upload has stalled: the server has taken no byte and given no
+    answer for STALL_NOTICE_S, and again when it answers. The server streams what it
+    receives into the object store, so a paused or full store holds the upload; it was
+    held for the whole pause without a word (144 s: bb41, bb45)."""
+
+    def __init__(self, say: Callable[[str], None] | None, total: int) -> None:
+        self.say, self.total, self.sent = say, total, 0
+        self.last = self.since = time.monotonic()
+        self.said = False
+        self._done = threading.Event()
+        self._watch = threading.Thread(target=self._run, name="upload-stall", daemon=True)
+
+    def moved(self) -> None:
+        """The server took the bytes sent so far."""
+        self.last = time.monotonic()
+
+    def _run(self) -> None:
+        while not self._done.wait(1.0):
+            quiet = time.monotonic() - self.last
+            if self.say is not None and not self.said and quiet >= STALL_NOTICE_S:
+                self.said = True
+                self.say(f"the server has taken no byte and given no answer for {quiet:.0f} s"
+                         f" ({self.sent / 2**20:.1f} of {self.total / 2**20:.1f} MiB sent); "
+                         "still waiting (it stores the file as it arrives: a paused or full "
+                         "object store holds it; see `bodycam status`)")
+
+    def __enter__(self) -> Stalled:
+        if self.say is not None:
+            self._watch.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        if self._watch.is_alive():
+            self._watch.join()
+        if self.said and self.say is not None:
+            self.say(f"the server answered after {time.monotonic() - self.since:.0f} s")
 
 
 class Outage:

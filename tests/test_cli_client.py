@@ -469,3 +469,46 @@ def test_a_wait_on_work_rides_out_a_server_that_stops_answering(stack: StackHand
     [res] = json.loads(out)
     assert res["status"] == "done", res
     assert "still waiting" in err and "the server answers again" in err, err
+
+
+def test_an_upload_held_by_a_paused_object_store_is_said_and_then_lands(
+        stack: StackHandle) -> None:
+    """The server streams an upload into the object store: with the store paused, `ingest`
+    waited for the whole pause without a word (144 s: bb41, bb45). It now says once that the
+    server has taken no byte and given no answer, and again when it answers; nothing is
+    lost."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    from bodycam.client import STALL_NOTICE_S
+    from tests.conftest import HAMILTON, stack_pids
+
+    store = stack_pids(stack, "s3")
+    case = f"T-STORE-PAUSE-{os.getpid()}"
+    for pid in store:
+        psutil.Process(pid).send_signal(signal.SIGSTOP)
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "bodycam", "ingest", str(HAMILTON),
+                                 "--case", case, "--officer", "O", "--device", "D", "--json"],
+                                env=stack.cli.env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+        time.sleep(STALL_NOTICE_S + 5)
+        assert proc.poll() is None, proc.communicate()
+    finally:
+        for pid in store:
+            psutil.Process(pid).send_signal(signal.SIGCONT)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    [res] = json.loads(out)
+    assert res["status"] == "queued" and not res["duplicate"], res
+    lines = err.strip().splitlines()
+    assert len(lines) == 2, err
+    assert lines[0].startswith(f"{HAMILTON}: the server has taken no byte and given no "
+                               "answer for 1"), err
+    assert "MiB sent); still waiting" in lines[0], err
+    assert "a paused or full object store holds it" in lines[0], err
+    assert lines[1].startswith(f"{HAMILTON}: the server answered after "), err

@@ -67,8 +67,10 @@ def _upload_one(client: Any, name: str, params: dict[str, Any]) -> dict[str, Any
         digest, size = sha256_of(f)
         if size == 0:  # needs no server: the same line the server's probe gives
             raise InvalidMediaError(safe_name(name), "empty file (0 bytes)")
-        return dict(client.upload("/api/v1/videos", f, digest, **params,
-                                  filename=safe_name(Path(name).name)))
+        return dict(client.upload(
+            "/api/v1/videos", f, digest, **params, filename=safe_name(Path(name).name),
+            say=lambda text: err.print(f"{safe_name(name)}: {text}", markup=False,
+                                       highlight=False)))
 
 
 def _ingest(client: Any, files: list[str], case: str, officer: str | None,
