@@ -512,3 +512,44 @@ def test_an_upload_held_by_a_paused_object_store_is_said_and_then_lands(
     assert "MiB sent); still waiting" in lines[0], err
     assert "a paused or full object store holds it" in lines[0], err
     assert lines[1].startswith(f"{HAMILTON}: the server answered after "), err
+
+
+def test_a_render_wait_says_a_stall_and_an_attempt_that_failed_while_it_was_running(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Pure (the job's states as the server gives them): a render held by a paused store,
+    its attempt then failed and taken again before the next poll, waited without a word for
+    115 s (bb45): the error was said only while the job was queued, and a running job that
+    did not move was never said. Each is said once; a queued job's notice names the broker
+    and the store beside the workers (it blamed the workers while the broker was down)."""
+    import time
+
+    from bodycam.cli import redaction
+
+    monkeypatch.setattr(redaction, "STALL_NOTICE_S", 0.0)
+    monkeypatch.setattr(redaction, "QUEUED_NOTICE_S", 0.0)
+    monkeypatch.setattr(time, "sleep", lambda _s: None)
+    lost = "object store (S3) at http://127.0.0.1:1 unreachable (EndpointConnectionError)"
+
+    def job(state: str, progress: float, attempts: int, error: str | None) -> dict[str, object]:
+        return {"job_id": "j1", "kind": "render", "state": state, "progress": progress,
+                "attempts": attempts, "error": error}
+
+    states = iter([job("queued", 0, 0, None), job("running", 0.66, 1, None),
+                   job("running", 0.66, 1, None), job("running", 0.66, 1, None),
+                   job("running", 0.1, 2, lost), job("running", 0.5, 2, lost),
+                   job("done", 1.0, 2, None)])
+
+    class Server:
+        def poll(self, _path: str) -> object:
+            return next(states)
+
+    done = redaction.wait_for_job(Server(), next(states))
+    assert done["state"] == "done"
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == [
+        "redaction job j1: no worker has taken it for 0 s; still waiting (`bodycam status` "
+        "says whether the GPU-queue workers, the broker and the object store are up)",
+        "redaction job j1: no progress for 0 s at 66 % (attempt 1); still waiting (a paused "
+        "object store or database holds its worker; a stopped worker's lease runs out and "
+        "another takes the job over: `bodycam status`)",
+        f"redaction job j1: attempt 2 running; the one before failed: {lost}"], lines

@@ -49,6 +49,7 @@ def _span(text: str) -> list[float]:
 
 
 QUEUED_NOTICE_S = 30.0  # a job queued this long with no worker taking it is said to be
+STALL_NOTICE_S = 60.0  # a running job whose progress has not moved this long is said to be
 
 
 def wait_for_job(c: Any, job: dict[str, Any]) -> dict[str, Any]:
@@ -64,18 +65,34 @@ def wait_for_job(c: Any, job: dict[str, Any]) -> dict[str, Any]:
     delay = 0.25
     outage = Outage(lambda text: err.print(text, markup=False, highlight=False))
     said = None
-    queued_since = time.monotonic()
+    queued_since = moved_at = time.monotonic()
+    moved: tuple[Any, ...] = ()
+    stall_said = False
     while job["state"] in ("queued", "running", "computed"):
+        now = time.monotonic()
+        if (where := (job["state"], job["progress"], job["attempts"])) != moved:
+            moved, moved_at, stall_said = where, now, False
         if job["state"] != "queued":
-            queued_since = time.monotonic()
-        elif job.get("error") and job["error"] != said:
+            queued_since = now
+        if job.get("error") and job["error"] != said:
+            # A running job's error is its last attempt's (a running one was not said: bb45)
             said = job["error"]
-            err.print(f"redaction job {job['job_id']}: waiting for another try (attempt "
-                      f"{job['attempts']} so far): {said}")
-        elif said is None and time.monotonic() - queued_since > QUEUED_NOTICE_S:
+            err.print(f"redaction job {job['job_id']}: " + (
+                f"waiting for another try (attempt {job['attempts']} so far)"
+                if job["state"] == "queued" else
+                f"attempt {job['attempts']} {job['state']}; the one before failed")
+                + f": {said}", markup=False, highlight=False)
+        elif said is None and now - queued_since > QUEUED_NOTICE_S:
             said = ""
             err.print(f"redaction job {job['job_id']}: no worker has taken it for "
-                      f"{QUEUED_NOTICE_S:.0f} s; still waiting (are the GPU-queue workers up? "
+                      f"{QUEUED_NOTICE_S:.0f} s; still waiting (`bodycam status` says whether "
+                      "the GPU-queue workers, the broker and the object store are up)")
+        if job["state"] == "running" and not stall_said and now - moved_at > STALL_NOTICE_S:
+            stall_said = True
+            err.print(f"redaction job {job['job_id']}: no progress for {STALL_NOTICE_S:.0f} s"
+                      f" at {100 * float(job['progress']):.0f} % (attempt {job['attempts']}); "
+                      "still waiting (a paused object store or database holds its worker; a"
+                      " stopped worker's lease runs out and another takes the job over: "
                       "`bodycam status`)")
         time.sleep(delay)
         delay = min(delay * 1.5, 5.0)
