@@ -201,12 +201,13 @@ def dense_pipeline(cfg: PipelineSettings, red: RedactionSettings, info: MediaInf
 
 def compute_plan(path: Path, info: MediaInfo, video_id: str, sha256: str,
                  cfg: PipelineSettings, red: RedactionSettings, detector: FaceDetector,
-                 stored: Sequence[tuple[str, int, Box]] = (),
+                 stored: Sequence[tuple[str, int, Box, bool]] = (),
                  progress: Callable[[float], None] = lambda _f: None) -> Plan:
     """Detect faces densely over the whole video and link them into tracks (no embedding).
 
-    `stored` are the search analysis's detections (track id, frame, box): each plan track
-    records the stored tracks it overlaps, so a kept `bodycam tracks` id keeps its face.
+    `stored` are the search analysis's detections (track id, frame, box, whether the face
+    was embedded there): each plan track records the stored track it overlaps, so a kept
+    `bodycam tracks` id keeps its face (split_by_stored).
     Turned faces (a camera worn sideways, no rotation in its file), which the analysis
     misses, are found by the plan's denser, more sensitive detectors (test_redaction), so no
     frame is looked at turned (`look_turned` 0).
@@ -225,9 +226,9 @@ def compute_plan(path: Path, info: MediaInfo, video_id: str, sha256: str,
         by_key.setdefault(key, []).append((det.frame_index, *det.box_px, det.probability,
                                            det.detector))
         scene_of[key] = det.scene_index
-    stored_at: dict[int, list[tuple[str, Box]]] = {}
-    for tid, frame, box in stored:
-        stored_at.setdefault(frame, []).append((tid, box))
+    stored_at: dict[int, list[tuple[str, Box, bool]]] = {}
+    for tid, frame, box, checked in stored:
+        stored_at.setdefault(frame, []).append((tid, box, checked))
     reach = _stored_reach(stored)
     pieces = [(scene_of[key], run, tid) for key in by_key
               for run, tid in split_by_stored(sorted(by_key[key]), stored_at, reach)]
@@ -252,19 +253,20 @@ def compute_plan(path: Path, info: MediaInfo, video_id: str, sha256: str,
                 info.duration_s, tuple(tracks), params)
 
 
-def _stored_reach(stored: Sequence[tuple[str, int, Box]]) -> int:
+def _stored_reach(stored: Sequence[tuple[str, int, Box, bool]]) -> int:
     """Frames from a stored detection that its track's face still holds: the analysis's
     usual step between a track's sampled frames (it samples sparser than the plan), and the
     one frame either side a plan detection is matched over."""
     frames: dict[str, set[int]] = {}
-    for tid, frame, _box in stored:
+    for tid, frame, _box, _checked in stored:
         frames.setdefault(tid, set()).add(frame)
     steps = [b - a for fs in frames.values() for a, b in itertools.pairwise(sorted(fs))]
     return (int(np.median(steps)) if steps else 1) + 1
 
 
-def split_by_stored(dets: Sequence[PlanDetection], stored_at: dict[int, list[tuple[str, Box]]],
-                    reach: int) -> list[tuple[list[PlanDetection], str | None]]:
+def split_by_stored(dets: Sequence[PlanDetection],
+                    stored_at: dict[int, list[tuple[str, Box, bool]]], reach: int
+                    ) -> list[tuple[list[PlanDetection], str | None]]:
     """A plan track (detections in frame order) in runs that each follow one stored track.
 
     The plan links faces by overlap alone: one person who takes another's place with no
@@ -276,15 +278,22 @@ def split_by_stored(dets: Sequence[PlanDetection], stored_at: dict[int, list[tup
     within `reach` frames of a stored track's first or last detection, with no other
     stored track on that side, takes it; any other (between two stored tracks, or far
     from any) follows none, and a run that follows none is hidden unless kept by its own
-    plan id."""
+    plan id.
+
+    The analysis compares a face already tracked only now and then (every
+    EMBED_REFRESH_SAMPLES samples): a stored track goes on over the next person's face
+    until the next comparison, up to 2 s (bb46). So where a run gives way to another stored
+    track, its detections after its last compared face follow none either."""
     label: list[str | None] = []
+    checked: list[bool] = []
     for d in dets:
-        best, best_iou = None, 0.3
+        best, best_iou, seen_face = None, 0.3, False
         for f in (d[0] - 1, d[0], d[0] + 1):
-            for tid, box in stored_at.get(f, ()):
+            for tid, box, compared in stored_at.get(f, ()):
                 if (o := iou(box, d[1:5])) >= best_iou:
-                    best, best_iou = tid, o
+                    best, best_iou, seen_face = tid, o, compared
         label.append(best)
+        checked.append(seen_face)
     seen = [i for i, t in enumerate(label) if t is not None]
     if not seen:
         return [(list(dets), None)]
@@ -304,6 +313,22 @@ def split_by_stored(dets: Sequence[PlanDetection], stored_at: dict[int, list[tup
         else:
             assert after is not None
             resolved.append(label[after] if dets[after][0] - d[0] <= reach else None)
+    # A run's stretch after its last compared face, where another stored track follows.
+    runs_of = list(resolved)
+    follower: str | None = None  # the stored track of the next run that follows one
+    open_tail = False
+    for i in range(len(dets) - 1, -1, -1):
+        who = runs_of[i]
+        if who is None:
+            continue
+        if i + 1 == len(dets) or runs_of[i + 1] != who:  # the last of its run
+            open_tail = follower is not None and follower != who
+        if open_tail:
+            if label[i] == who and checked[i]:
+                open_tail = False  # compared here: this face and those before it are theirs
+            else:
+                resolved[i] = None
+        follower = who
     runs: list[tuple[list[PlanDetection], str | None]] = []
     for d, who in zip(dets, resolved, strict=True):
         if runs and runs[-1][1] == who:

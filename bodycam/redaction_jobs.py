@@ -290,18 +290,20 @@ def _plan(ctx: Context, lease: JobLease, progress: Any) -> dict[str, Any]:
 
     with ctx.db() as conn:
         video = load_video(conn, lease.video_id)
-        stored = [(str(r["track_id"]), int(r["frame_index"]), box_from_json(r["box_px"]))
-                  for r in conn.execute(
-                      "SELECT track_id::text AS track_id, frame_index, box_px FROM"
-                      " detections WHERE video_id = %s AND track_id IS NOT NULL",
-                      (lease.video_id,)).fetchall()]
+        # `model` is kept when retention drops a vector: it says the face was compared
+        stored = [(str(r["track_id"]), int(r["frame_index"]), box_from_json(r["box_px"]),
+                   bool(r["checked"])) for r in conn.execute(
+                      "SELECT track_id::text AS track_id, frame_index, box_px,"
+                      " model IS NOT NULL AS checked FROM detections WHERE video_id = %s"
+                      " AND track_id IS NOT NULL", (lease.video_id,)).fetchall()]
     path = local_copy(ctx, video)
     red = ctx.settings.redaction
     info = plan_grid(path, video.info, ctx.settings.limits)
     cfg = dense_pipeline(ctx.settings.pipeline, red, info)
     plan = compute_plan(path, info, lease.video_id, video.sha256, cfg, red,
                         plan_detector(cfg, red),
-                        [(t, on_grid(f, video.info, info), b) for t, f, b in stored], progress)
+                        [(t, on_grid(f, video.info, info), b, c) for t, f, b, c in stored],
+                        progress)
     return {"plan": plan.as_json()}
 
 

@@ -681,19 +681,30 @@ def test_a_plan_track_is_split_where_the_stored_tracks_change() -> None:
     box = (100.0, 100.0, 160.0, 170.0)
     dets = [(f, *box, 0.99, "mtcnn") for f in range(0, 60)]
     # The analysis sampled every 6th frame: person A to frame 24, B from frame 36.
-    stored_at = {f: [("A" if f <= 24 else "B", box)] for f in range(0, 60, 6) if f != 30}
+    stored_at = {f: [("A" if f <= 24 else "B", box, True)] for f in range(0, 60, 6) if f != 30}
     runs = split_by_stored(dets, stored_at, 7)
     got = [(r[0][0], r[-1][0], tid) for r, tid in runs]
     assert got == [(0, 25, "A"), (26, 34, None), (35, 59, "B")], got
     # A trailing stretch with no stored track near it follows none.
-    stored_at = {f: [("A", box)] for f in range(0, 24, 6)}
+    stored_at = {f: [("A", box, f == 0)] for f in range(0, 24, 6)}
     got = [(r[0][0], r[-1][0], tid) for r, tid in split_by_stored(dets, stored_at, 7)]
     assert got == [(0, 26, "A"), (27, 59, None)], got
     assert [t for _r, t in split_by_stored(dets, {}, 7)] == [None]
+    # The analysis compared A's face at frames 0 and 24 only, and found B at 48: A's track
+    # went on over B's face in between (bb46), so from A's last comparison on, none.
+    stored_at = {f: [("A" if f < 48 else "B", box, f in (0, 24, 48))] for f in range(0, 60, 6)}
+    got = [(r[0][0], r[-1][0], tid) for r, tid in split_by_stored(dets, stored_at, 7)]
+    assert got == [(0, 25, "A"), (26, 46, None), (47, 59, "B")], got
+    # A, B, then A again (a track of its own): B's stretch after its last comparison too.
+    stored_at = {f: [("A1" if f < 24 else "B" if f < 42 else "A2", box, f in (0, 24, 30, 42))]
+                 for f in range(0, 60, 6)}
+    got = [(r[0][0], r[-1][0], tid) for r, tid in split_by_stored(dets, stored_at, 7)]
+    assert got == [(0, 1, "A1"), (2, 22, None), (23, 31, "B"), (32, 40, None),
+                   (41, 59, "A2")], got
 
 
 def _swap_clip(path: Path) -> int:
-    """15 fps, 7 s: p01's face, then at frame 52 p03's in its place, the background as it
+    """15 fps, 7 s: p01's face, then at frame 32 p03's in its place, the background as it
     was (a cut that keeps the scene, recordings joined); the frame of the swap."""
     from PIL import Image
 
@@ -706,7 +717,7 @@ def _swap_clip(path: Path) -> int:
         return np.asarray(img.crop((int(cx - side / 2), int(cy - side / 2), int(cx + side / 2),
                                     int(cy + side / 2))).resize((200, 200)))
 
-    a, b, swap = face("p01/01.jpg"), face("p03/01.jpg"), 52
+    a, b, swap = face("p01/01.jpg"), face("p03/01.jpg"), 32
     proc = subprocess.Popen([_ffmpeg(), "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt",
                              "rgb24", "-s", "640x360", "-r", "15", "-i", "-", "-c:v", "libx264",
                              "-crf", "18", "-pix_fmt", "yuv420p", str(path)],
