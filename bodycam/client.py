@@ -406,7 +406,10 @@ class Client:
         """POST a file's bytes streamed from an open file (never read whole), with the
         SHA-256 computed beforehand so that the server can refuse a changed body. With
         `say`, an upload that stalls is said once (Stalled)."""
-        total = os.fstat(stream.fileno()).st_size
+        try:
+            total: int | None = os.fstat(stream.fileno()).st_size
+        except (OSError, ValueError):  # not a file: its size is not known beforehand
+            total = None
         stalled = Stalled(say, total)
 
         def body() -> Iterator[bytes]:
@@ -462,7 +465,7 @@ class Stalled:
     receives into the object store, so a paused or full store holds the upload; it was
     held for the whole pause without a word (144 s: bb41, bb45)."""
 
-    def __init__(self, say: Callable[[str], None] | None, total: int) -> None:
+    def __init__(self, say: Callable[[str], None] | None, total: int | None) -> None:
         self.say, self.total, self.sent = say, total, 0
         self.last = self.since = time.monotonic()
         self.said = False
@@ -478,8 +481,9 @@ class Stalled:
             quiet = time.monotonic() - self.last
             if self.say is not None and not self.said and quiet >= STALL_NOTICE_S:
                 self.said = True
+                of = f" of {self.total / 2**20:.1f}" if self.total is not None else ""
                 self.say(f"the server has taken no byte and given no answer for {quiet:.0f} s"
-                         f" ({self.sent / 2**20:.1f} of {self.total / 2**20:.1f} MiB sent); "
+                         f" ({self.sent / 2**20:.1f}{of} MiB sent); "
                          "still waiting (it stores the file as it arrives: a paused or full "
                          "object store holds it; see `bodycam status`)")
 
@@ -488,11 +492,11 @@ class Stalled:
             self._watch.start()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *_exc: object) -> None:
         self._done.set()
         if self._watch.is_alive():
             self._watch.join()
-        if self.said and self.say is not None:
+        if self.said and self.say is not None and exc_type is None:  # else its error says
             self.say(f"the server answered after {time.monotonic() - self.since:.0f} s")
 
 

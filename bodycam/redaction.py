@@ -57,6 +57,9 @@ from bodycam.pipeline.tracks import iou
 # /6: a video whose frames come unevenly (a variable frame rate, a pause in its time stamps) is
 # planned on a grid at its frames' own finest rate, not their average: frames shared an index,
 # were detected a few times a second or not at all, and faces showed in releases (bb43).
+# /7: a plan track is split where the stored track it overlaps changes, and a stretch the
+# analysis did not tell apart follows none: a keep or a removal showed another person (bb44,
+# bb46).
 ALGORITHM = "dense-union-overlap-tracks/7"
 Box = tuple[float, float, float, float]
 # One detection of a plan track: frame, x1, y1, x2, y2, probability, detector name.
