@@ -317,27 +317,18 @@ def split_by_stored(dets: Sequence[PlanDetection],
             assert after is not None
             resolved.append(label[after] if dets[after][0] - d[0] <= reach else None)
     # A run's stretch after its last compared face, where another stored track follows.
-    runs_of = list(resolved)
-    follower: str | None = None  # the stored track of the next run that follows one
-    open_tail = False
-    for i in range(len(dets) - 1, -1, -1):
-        who = runs_of[i]
-        if who is None:
+    spans = [(idx[0], idx[-1], who) for who, group in
+             itertools.groupby(range(len(dets)), key=lambda i: resolved[i])
+             for idx in [list(group)]]
+    for n, (first, last, who) in enumerate(spans):
+        follower = next((w for _f, _l, w in spans[n + 1:] if w is not None), None)
+        if who is None or follower in (None, who):
             continue
-        if i + 1 == len(dets) or runs_of[i + 1] != who:  # the last of its run
-            open_tail = follower is not None and follower != who
-        if open_tail:
-            if label[i] == who and checked[i]:
-                open_tail = False  # compared here: this face and those before it are theirs
-            else:
-                resolved[i] = None
-        follower = who
-    runs: list[tuple[list[PlanDetection], str | None]] = []
-    for d, who in zip(dets, resolved, strict=True):
-        if runs and runs[-1][1] == who:
-            runs[-1][0].append(d)
-        else:
-            runs.append(([d], who))
+        upto = max((i for i in range(first, last + 1) if label[i] == who and checked[i]),
+                   default=first - 1)
+        resolved[upto + 1:last + 1] = [None] * (last - upto)
+    runs = [([d for d, _w in group], who) for who, group in
+            itertools.groupby(zip(dets, resolved, strict=True), key=lambda p: p[1])]
     return runs
 
 
