@@ -8,7 +8,7 @@ from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from bodycam import queue
+from bodycam import jobs, queue
 from bodycam.case_vectors import CaseVectors
 from bodycam.config import Settings, get_settings
 from bodycam.db import Conn, Pool, connect
@@ -113,14 +113,18 @@ class Context:
 
     def queue_units(self, video_id: str, idxs: Iterable[int]) -> None:
         """Send a video's units, recorded pending in the database, to the workers. A broker
-        that cannot be reached loses nothing: the reaper sends pending units it finds
-        unsent once the broker is back, so the caller's answer stands."""
+        that cannot be reached loses nothing: the units not sent are marked, and the
+        reaper's next run once the broker is back sends them, so the caller's answer stands."""
+        left = list(idxs)
         try:
-            for idx in idxs:
-                self.send(queue.PROCESS_UNIT, video_id, idx)
+            while left:
+                self.send(queue.PROCESS_UNIT, video_id, left[0])
+                left.pop(0)
         except TransientError as exc:
             log.warning("video %s: queueing its units failed (%s): the reaper queues them",
                         video_id, exc)
+            with self.db() as conn:
+                jobs.mark_unsent(conn, video_id, left)
 
 
 @lru_cache(maxsize=1)

@@ -251,6 +251,14 @@ def _end_video(conn: Conn, key: str, video_id: str, status: str, error: str) -> 
     )
 
 
+def mark_unsent(conn: Conn, video_id: str, idxs: list[int]) -> None:
+    """Pending units whose message could not be sent (the broker was down): the reaper's
+    next run sends them, as units whose wait is over, not its stale re-send minutes on."""
+    conn.execute("UPDATE work_units SET not_before = now() WHERE video_id = %s AND"
+                 " idx = ANY(%s) AND state = 'pending' AND not_before IS NULL",
+                 (video_id, idxs))
+
+
 def reap(conn: Conn, key: str, cfg: JobSettings, stale_pending_s: float
          ) -> list[tuple[str, int]]:
     """Recover units whose worker died (lease expired), whose wait is over, or whose message

@@ -29,10 +29,11 @@ from bodycam import audit, jobs
 from bodycam.config import JobSettings
 from bodycam.context import Context
 from bodycam.db import Conn, uid
-from bodycam.errors import LeaseLostError
+from bodycam.errors import LeaseLostError, TransientError
 from bodycam.leases import REDACTION_JOBS
 from bodycam.media.files import sha256_file
 from bodycam.pipeline.centerface import plan_detector
+from bodycam.queue import REDACTION_JOB
 from bodycam.redaction import (
     Choices,
     Decision,
@@ -83,6 +84,19 @@ def create(conn: Conn, video_id: str, case_id: str, kind: str, requested_by: str
     found = open_plan_job(conn, video_id)
     assert found is not None, "a plan job conflicted and none is open"
     return found
+
+
+def send(ctx: Context, job_id: str) -> None:
+    """Queue a job's message. One the broker could not take is marked, and the reaper's next
+    run once the broker is back sends it (it waited for the stale re-send, four leases after
+    it was asked, however soon the broker was back: bb45)."""
+    try:
+        ctx.send(REDACTION_JOB, job_id)
+    except TransientError:
+        log.warning("redaction job %s: broker unreachable; the reaper will send it", job_id)
+        with ctx.db() as conn:
+            conn.execute("UPDATE redaction_jobs SET unsent = true WHERE id = %s AND"
+                         " state = 'queued'", (job_id,))
 
 
 def open_renders(conn: Conn, requested_by: str) -> int:
@@ -160,10 +174,10 @@ def _audit_failed(conn: Conn, key: str, job: dict[str, Any], error: str) -> None
 def reap(conn: Conn, store: ObjectStore, key: str, cfg: JobSettings, stale_queued_s: float
          ) -> list[str]:
     """Jobs to send again: those whose worker stopped renewing its lease (failed after
-    max_attempts; audited), and queued ones whose message was lost (none sent for
-    stale_queued_s). What the lost claim of a render stored is deleted: no one else deletes
-    it (a worker killed after storing the MP4 left it in the store, unrecorded, for good:
-    bb22)."""
+    max_attempts; audited), queued ones whose message could not be sent (`send`), and
+    queued ones whose message was lost (none sent for stale_queued_s). What the lost claim of
+    a render stored is deleted: no one else deletes it (a worker killed after storing the MP4
+    left it in the store, unrecorded, for good: bb22)."""
     again: list[str] = []
     for r in REDACTION_JOBS.expired(conn):
         attempts = int(r["attempts"])
@@ -186,9 +200,10 @@ def reap(conn: Conn, store: ObjectStore, key: str, cfg: JobSettings, stale_queue
         else:
             again.append(str(r["id"]))
     stale = conn.execute(
-        "UPDATE redaction_jobs SET updated_at = now() WHERE id IN (SELECT id FROM"
-        " redaction_jobs WHERE state = 'queued' AND updated_at < now() - make_interval(secs"
-        " => %s) FOR UPDATE SKIP LOCKED) RETURNING id::text AS id", (stale_queued_s,)
+        "UPDATE redaction_jobs SET unsent = false, updated_at = now() WHERE id IN (SELECT id"
+        " FROM redaction_jobs WHERE state = 'queued' AND (unsent OR updated_at < now()"
+        " - make_interval(secs => %s)) FOR UPDATE SKIP LOCKED) RETURNING id::text AS id",
+        (stale_queued_s,)
     ).fetchall()
     return again + [str(r["id"]) for r in stale]
 

@@ -23,7 +23,7 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from bodycam import cache
+from bodycam import cache, jobs, redaction_jobs
 from bodycam.audit import ANCHOR_PREFIX
 from bodycam.config import Settings
 from bodycam.context import Context
@@ -319,6 +319,21 @@ def test_up_after_a_service_was_killed_heals_the_stack_and_processing_resumes(
                              "--officer", "O", "--device", "D")
         assert res["status"] == "queued" and not res["duplicate"], res
         early = str(res["video_id"])
+        # What the broker could not take is marked, and the reaper's next run sends it: it
+        # waited for the stale re-send, four leases after it was asked, however soon the
+        # broker was back (bb45). Shown here without sending (rolled back).
+        with ops.ctx.db() as conn:
+            job = redaction_jobs.create(conn, early, "OPS-DURING-REDIS", redaction_jobs.PLAN,
+                                        "operator")
+        redaction_jobs.send(ops.ctx, job)
+        cfg = ops.ctx.settings.jobs
+        with ops.ctx.db() as conn, conn.transaction(force_rollback=True):
+            units = jobs.reap(conn, ops.ctx.audit_key, cfg, stale_pending_s=3600)
+            sent = redaction_jobs.reap(conn, ops.ctx.store, ops.ctx.audit_key, cfg,
+                                       stale_queued_s=3600)
+        assert {v for v, _ in units} == {early} and sent == [job], (units, sent)
+        with ops.ctx.db() as conn:  # no one asks a plan of a video still being processed
+            conn.execute("DELETE FROM redaction_jobs WHERE id = %s", (job,))
     anchored = None
     if service == "s3":
         # Committed with the object store down: the answer says done (it was 503, and a

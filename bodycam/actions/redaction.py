@@ -25,10 +25,8 @@ from bodycam.errors import (
     InvalidInputError,
     NotFoundError,
     PermanentError,
-    TransientError,
 )
 from bodycam.limits import RateLimitedError
-from bodycam.queue import REDACTION_JOB
 from bodycam.redaction import (
     ALGORITHM,
     AUDIO,
@@ -137,7 +135,7 @@ def _plan_or_job(ctx: Context, user: User, video_id: str, case: str) -> Plan | s
         return open_job
     with ctx.db() as conn:
         job_id = redaction_jobs.create(conn, video_id, case, redaction_jobs.PLAN, user.name)
-    _send(ctx, job_id)
+    redaction_jobs.send(ctx, job_id)
     return job_id
 
 
@@ -146,15 +144,6 @@ def _plan_state(ctx: Context, video_id: str) -> tuple[Plan | None, str | None]:
     with ctx.db() as conn:
         found = load_plan(conn, video_id)
         return found, None if found is not None else redaction_jobs.open_plan_job(conn, video_id)
-
-
-def _send(ctx: Context, job_id: str) -> None:
-    """Queue a job's message; a broker that cannot be reached leaves it to the reaper,
-    which sends queued jobs whose message was lost."""
-    try:
-        ctx.send(REDACTION_JOB, job_id)
-    except TransientError:
-        log.warning("redaction job %s: broker unreachable; the reaper will send it", job_id)
 
 
 def _resolve_tracks(conn: Conn, plan: Plan, video_id: str, target: str, what: str
@@ -340,7 +329,7 @@ def redact(ctx: Context, user: User, video_id: str, req: RedactRequest) -> dict[
             "case": case, "plan_version": plan.version, "settings": settings})
         job = redaction_jobs.load(conn, job_id)
     assert job is not None
-    _send(ctx, job_id)
+    redaction_jobs.send(ctx, job_id)
     return redaction_jobs.as_json(job)
 
 

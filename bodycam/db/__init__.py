@@ -269,7 +269,7 @@ WORKER_LIMITED = {
     # a worker claims a redaction job, renews its lease and ends it computed or failed
     # (migration 020 holds the states); the server asks for it and records it
     "redaction_jobs": ("", ("state", "attempts", "lease_owner", "lease_token", "lease_until",
-                            "progress", "error", "result", "updated_at")),
+                            "progress", "error", "result", "updated_at", "unsent")),
 }
 ACCOUNT_FUNCTIONS = (
     "bodycam_user_create(bigint, text, text[], text)",
