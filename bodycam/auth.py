@@ -23,7 +23,8 @@ from bodycam.db import Conn, uid
 from bodycam.errors import PermanentError
 
 TOKEN_PREFIX = "bct_"
-KINDS = ("account", "session")
+SESSION_KIND = "session"  # what a sign-in issues (12 h); the web app's cookie holds one
+KINDS = ("account", SESSION_KIND)
 
 
 class UnauthenticatedError(PermanentError):
@@ -72,18 +73,20 @@ def account_ttl(cfg: AuthSettings) -> timedelta:
 
 
 def authenticate(conn: Conn, key: str, token: str | None, claimed: str | None = None,
-                 client: str | None = None) -> Session:
+                 client: str | None = None, kind: str | None = None) -> Session:
     """The account and token behind a bearer token; raises UnauthenticatedError otherwise.
 
     `claimed` (the X-Bodycam-User header, or the name given at login) must be the token's
-    account: a token of another account is refused like a wrong one. Every failure is audited
+    account: a token of another account is refused like a wrong one. `kind`, when given, is
+    the only kind accepted (the web app's cookie holds a session, never an account's
+    365-day token: bb47). Every failure is audited
     (`login.failed`, the claimed name and why, never the token) and committed before raising.
     """
     name = (claimed or "").strip()
     if not token:
         login_failed(conn, key, name or "(none)", "no token given", client)
         raise UnauthenticatedError("no credentials: send Authorization: Bearer TOKEN")
-    row, label, refusal = _check(conn, token, name)
+    row, label, refusal = _check(conn, token, name, kind)
     if refusal is not None:
         login_failed(conn, key, label, refusal[0], client)
         raise UnauthenticatedError(refusal[1])
@@ -92,14 +95,15 @@ def authenticate(conn: Conn, key: str, token: str | None, claimed: str | None = 
                    str(row["kind"]), row["expires_at"])
 
 
-def accepted(conn: Conn, token: str | None, claimed: str | None = None) -> bool:
+def accepted(conn: Conn, token: str | None, claimed: str | None = None,
+             kind: str | None = None) -> bool:
     """Whether `authenticate` would accept the token for the claimed name; nothing audited.
     A client address blocked for its failures still serves the valid tokens sent from it
     (bb34: a spray of made-up tokens locked every user behind the address out)."""
-    return bool(token) and _check(conn, str(token), (claimed or "").strip())[2] is None
+    return bool(token) and _check(conn, str(token), (claimed or "").strip(), kind)[2] is None
 
 
-def _check(conn: Conn, token: str, name: str
+def _check(conn: Conn, token: str, name: str, kind: str | None = None
            ) -> tuple[dict[str, Any] | None, str, tuple[str, str] | None]:
     """The token's row, the name to record, and why it is refused (the audit's reason and
     the answer), None when it is accepted."""
@@ -120,6 +124,9 @@ def _check(conn: Conn, token: str, name: str
         return row, label, ("token revoked", f"token of {label} was revoked: log in again")
     if row["expired"]:
         return row, label, ("token expired", f"token of {label} has expired: log in again")
+    if kind is not None and row["kind"] != kind:
+        return row, label, (f"{row['kind']} token where a {kind} token is taken",
+                            f"an {row['kind']} token of {label} is not a {kind}: sign in")
     return row, label, None
 
 

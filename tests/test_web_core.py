@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import httpx
 from playwright.sync_api import Page
+from starlette.requests import Request
 
+from bodycam.web.core import SESSION_COOKIE, cookie_args, cookie_name, csrf_for, session_of
 from tests.conftest import StackHandle
 from tests.web import make_account, shot, sign_in
 
@@ -169,6 +171,43 @@ def test_signing_out_revokes_the_session_on_the_server(
     assert again.status_code == 401, "the old cookie no longer works anywhere"
     assert page.goto(api_url + "/app/audit") is not None
     assert page.url == api_url + "/", "back to the login page"
+
+
+def test_the_cookie_takes_only_a_session_never_an_accounts_token(
+        page: Page, api_url: str, operator_token: str) -> None:
+    """A sign-in puts a 12-hour session in the cookie. An account's 365-day token put there
+    (by a sibling host of the site, say: the user's work would be filed under the planter's
+    account) was taken as a session, and signing out revoked it (bb47)."""
+    clerk = make_account(api_url, operator_token, ["clerk"])
+    jar = {"bodycam_session": clerk.token}
+    assert httpx.get(api_url + "/api/v1/auth/me", cookies=jar, timeout=30).status_code == 401
+    r = httpx.get(api_url + "/app", cookies=jar, timeout=30, follow_redirects=False)
+    assert r.status_code in (302, 303, 307) or "Sign in" in r.text, "a page asks to sign in"
+    httpx.post(api_url + "/logout", cookies=jar, data={"csrf": csrf_for(clerk.token)},
+               timeout=30)
+    bearer = {"Authorization": f"Bearer {clerk.token}"}
+    assert httpx.get(api_url + "/api/v1/auth/me", headers=bearer, timeout=30).status_code \
+        == 200, "a sign-out of the web app leaves the account's token alone"
+    sign_in(page, api_url, clerk)
+    [cookie] = [c for c in page.context.cookies() if c["name"] == "bodycam_session"]
+    assert httpx.get(api_url + "/api/v1/auth/me", cookies={"bodycam_session": cookie["value"]},
+                     timeout=30).status_code == 200, "the session a sign-in gave works"
+
+
+def test_under_tls_the_cookies_are_named_for_this_host_only() -> None:
+    """`__Host-` cookies are taken by a browser only from this very host (Secure, Path=/, no
+    Domain): a sibling host of the site cannot plant one. Under TLS the app sets and reads
+    only those (behind a proxy: `server.trusted_proxies` and X-Forwarded-Proto)."""
+    def request(scheme: str, cookie: str) -> Request:
+        return Request({"type": "http", "scheme": scheme, "method": "GET", "path": "/",
+                        "headers": [(b"cookie", cookie.encode())], "server": ("h", 443)})
+
+    tls = request("https", "bodycam_session=planted")
+    assert cookie_name(tls, SESSION_COOKIE) == "__Host-bodycam_session"
+    assert cookie_args(tls, 60)["secure"] and cookie_args(tls, 60)["path"] == "/"
+    assert session_of(tls) is None, "a cookie without the prefix is not read under TLS"
+    assert session_of(request("https", "__Host-bodycam_session=s")) == "s"
+    assert session_of(request("http", "bodycam_session=s")) == "s"
 
 
 def test_every_page_labels_its_controls_describes_its_images_and_fits_1280x720(

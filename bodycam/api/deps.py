@@ -135,28 +135,30 @@ def client_of(request: Request) -> str:
     return request.client.host if request.client else "unix socket"
 
 
-def authenticate(ctx: Context, client: str, token: str | None, claimed: str | None
-                 ) -> auth.Session:
+def authenticate(ctx: Context, client: str, token: str | None, claimed: str | None,
+                 kind: str | None = None) -> auth.Session:
     """Authenticate a bearer token, rate-limited per client and claimed name (429; a valid
     token is served from a blocked client). Every failure is audited; those with a token are
-    counted (a request that sends none guesses nothing, so it is audited but not counted)."""
+    counted (a request that sends none guesses nothing, so it is audited but not counted).
+    `kind`: the only kind of token taken (`auth.authenticate`)."""
     with limiter().attempt(client, claimed, counted=bool(token),
-                           vouch=_vouch(ctx, token, claimed)), ctx.db() as conn:
-        return auth.authenticate(conn, ctx.audit_key, token, claimed, client)
+                           vouch=_vouch(ctx, token, claimed, kind)), ctx.db() as conn:
+        return auth.authenticate(conn, ctx.audit_key, token, claimed, client, kind)
 
 
 def login_limited(ctx: Context, client: str, name: str, token: str) -> dict[str, object]:
     """A session token for an account's token (`sessions.login`), rate-limited as
     `authenticate` is; the API's and the web app's sign-in."""
-    with limiter().attempt(client, name, vouch=_vouch(ctx, token, name)):
+    with limiter().attempt(client, name, vouch=_vouch(ctx, token, name, None)):
         return sessions.login(ctx, name, token, client)
 
 
-def _vouch(ctx: Context, token: str | None, claimed: str | None) -> Callable[[], bool]:
+def _vouch(ctx: Context, token: str | None, claimed: str | None, kind: str | None
+           ) -> Callable[[], bool]:
     """Whether a token is valid, looked up only when its client is blocked (not audited)."""
     def vouch() -> bool:
         with ctx.db() as conn:
-            return auth.accepted(conn, token, claimed)
+            return auth.accepted(conn, token, claimed, kind)
     return vouch
 
 
@@ -171,14 +173,15 @@ async def session(request: Request,
                       description="who the caller claims to be (optional)")] = None,
                   ) -> auth.Session:
     """The authenticated token of the request (401 otherwise): the bearer token, else the web
-    app's session cookie. A cookie is sent by the browser on its own, so every call that
-    changes something with it must also carry the session's CSRF token (403 otherwise)."""
+    app's session cookie (a session token only). A cookie is sent by the browser on its own,
+    so every call that changes something with it must also carry the session's CSRF token
+    (403 otherwise)."""
     from bodycam.web.core import CSRF_HEADER, SAFE_METHODS, csrf_ok, session_of
 
     token = credentials.credentials.strip() or None if credentials else None
     cookie = session_of(request) if credentials is None else None
     s = await run_in_threadpool(authenticate, context(), client_of(request), token or cookie,
-                                x_bodycam_user)
+                                x_bodycam_user, None if token else auth.SESSION_KIND)
     if cookie is not None and request.method not in SAFE_METHODS \
             and not csrf_ok(cookie, request.headers.get(CSRF_HEADER)):
         await run_in_threadpool(refuse_forged, context(), s.user, request,

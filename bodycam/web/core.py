@@ -19,6 +19,10 @@ from bodycam.accounts import PERMISSIONS, User
 
 SESSION_COOKIE = "bodycam_session"
 LOGIN_COOKIE = "bodycam_login"
+# Under TLS the cookies are named `__Host-...`: a browser takes such a cookie only from this
+# very host, sent Secure with Path=/ and no Domain, so a sibling host of the site cannot plant
+# one (a session of the attacker's account, under which the user's work would be filed: bb47).
+HOST_PREFIX = "__Host-"
 CSRF_HEADER = "X-CSRF-Token"
 CSRF_FIELD = "csrf"
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
@@ -43,6 +47,11 @@ def csrf_ok(session_token: str, sent: str | None) -> bool:
 def new_login_nonce() -> str:
     """The double-submit value of the login form (cookie and hidden field must agree)."""
     return secrets.token_urlsafe(24)
+
+
+def cookie_name(request: Request, name: str) -> str:
+    """The name of one of the app's cookies on this request: `__Host-` prefixed under TLS."""
+    return HOST_PREFIX + name if request.url.scheme == "https" else name
 
 
 def cookie_args(request: Request, max_age: int) -> dict[str, Any]:
@@ -104,18 +113,19 @@ def session_of(request: Request) -> str | None:
     if any(site.strip().lower() not in COOKIE_FETCH_SITES
            for site in request.headers.getlist("sec-fetch-site")):
         return None
-    return request.cookies.get(SESSION_COOKIE) or None
+    return request.cookies.get(cookie_name(request, SESSION_COOKIE)) or None
 
 
 def authenticate_cookie(ctx: Any, request: Request) -> auth.Session | None:
     """The session of the cookie, or None when there is none or it no longer works (expired,
-    revoked, account disabled). Failures are audited and rate-limited as the API's are."""
+    revoked, account disabled) or is no session (an account's token, which a sign-in never
+    puts there). Failures are audited and rate-limited as the API's are."""
     from bodycam.api.deps import authenticate, client_of
 
     token = session_of(request)
     if token is None:
         return None
     try:
-        return authenticate(ctx, client_of(request), token, None)
+        return authenticate(ctx, client_of(request), token, None, auth.SESSION_KIND)
     except auth.UnauthenticatedError:
         return None

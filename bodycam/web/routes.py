@@ -23,6 +23,7 @@ from bodycam.web.core import (
     audited_refusal,
     authenticate_cookie,
     cookie_args,
+    cookie_name,
     csrf_for,
     csrf_ok,
     new_login_nonce,
@@ -47,7 +48,7 @@ def _login_page(request: Request, error: str | None = None, user: str = "",
         # button, and another site's form could post any text there (bb42).
         "error": error, "typed_name": user, "nonce": nonce, "title": "Sign in"},
         status_code=status, headers=NO_STORE)
-    resp.set_cookie(LOGIN_COOKIE, nonce, **cookie_args(request, 900))
+    resp.set_cookie(cookie_name(request, LOGIN_COOKIE), nonce, **cookie_args(request, 900))
     return resp
 
 
@@ -65,7 +66,7 @@ async def login(request: Request, user: str = Form(""), token: str = Form(""),
                 csrf: str = Form("")) -> Response:
     """Exchange the account's token for a session cookie (12 h); failures are audited and
     rate-limited exactly as `POST /api/v1/auth/login`."""
-    nonce = request.cookies.get(LOGIN_COOKIE)
+    nonce = request.cookies.get(cookie_name(request, LOGIN_COOKIE))
     if not nonce or not csrf or nonce != csrf:
         return _login_page(request, "The sign-in form expired; please try again.", user, 403)
     if not user.strip() or not token.strip():
@@ -80,8 +81,9 @@ async def login(request: Request, user: str = Form(""), token: str = Form(""),
         return _login_page(request, "Wrong account name or token.", user, 401)
     resp = RedirectResponse("/app", status_code=303)
     ttl = context().settings.auth.session_ttl_s
-    resp.set_cookie(SESSION_COOKIE, str(found["token"]), **cookie_args(request, int(ttl)))
-    resp.delete_cookie(LOGIN_COOKIE, path="/")
+    resp.set_cookie(cookie_name(request, SESSION_COOKIE), str(found["token"]),
+                    **cookie_args(request, int(ttl)))
+    _forget(request, resp, LOGIN_COOKIE)
     return resp
 
 
@@ -102,8 +104,15 @@ async def logout(request: Request, csrf: str = Form("")) -> Response:
     else:
         await run_in_threadpool(sessions.logout, context(), found.user, found)
         resp = RedirectResponse("/", status_code=303)
-    resp.delete_cookie(SESSION_COOKIE, path="/")
+    _forget(request, resp, SESSION_COOKIE)
     return resp
+
+
+def _forget(request: Request, resp: Response, name: str) -> None:
+    """Delete one of the app's cookies (a `__Host-` cookie is deleted only as it was set)."""
+    args = cookie_args(request, 0)
+    resp.delete_cookie(cookie_name(request, name), path="/", secure=args["secure"],
+                       httponly=True, samesite="strict")
 
 
 def _shell(request: Request, template: str, found: auth.Session, token: str, title: str,
