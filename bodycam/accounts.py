@@ -192,18 +192,21 @@ def as_spelled(conn: Conn, case: str) -> str:
     return case if not known or case in known else known[0]
 
 
-def assign_case(conn: Conn, key: str, name: str, case_id: str, by: str) -> None:
+def assign_case(conn: Conn, key: str, name: str, case_id: str, by: str) -> list[str]:
     """Let an investigator see a case; raises ConflictError (unaudited) when the account has
-    it already, or when the case number is another's in other letter case."""
+    it already, or when the case number is another's in other letter case. Returns the
+    account's roles that see every case anyway (SEE_ALL_CASES): for them it limits nothing."""
     audit.lock(conn)
     spelled_as_known(conn, case_id)
-    if not conn.execute("SELECT 1 FROM users WHERE name = %s", (name,)).fetchone():
+    found = conn.execute("SELECT roles FROM users WHERE name = %s", (name,)).fetchone()
+    if not found:
         raise NotFoundError(f"no user {name}")
     if _assigned(conn, name, case_id):
         raise ConflictError(f"user {name} is already assigned to case {case_id}")
     row = audit.append(conn, key, by, "case.assign", {"user": name, "case": case_id})
     conn.execute("SELECT bodycam_case_assign(%s::bigint, %s::text, %s::text, %s::text)",
                  (row.id, name, case_id, by))
+    return [r for r in found["roles"] if r in SEE_ALL_CASES]
 
 
 def unassign_case(conn: Conn, key: str, name: str, case_id: str, by: str) -> None:

@@ -182,6 +182,12 @@ def test_supervisors_list_cases_thresholds_and_the_policy_and_unassign_through_t
                                  stack.cli.json("cases", "list", extra_env=sup))
                  if r["case"] == case]
         assert row["users"] == []
+        # A supervisor sees every case: an assignment that limits nothing says so (bb47).
+        wide = stack.cli.run("users", "assign", "user-admin", "--case", case, extra_env=sup,
+                             check=True)
+        assert " ".join(wide.stderr.split()) == (
+            f"user-admin assigned to case {case} user-admin has the admin role, which sees"
+            " every case: this assignment limits nothing")
     finally:
         stack.cli.run("cases", "release", case, "--reason", "test over", extra_env=sup,
                       check=True)

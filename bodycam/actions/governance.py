@@ -35,12 +35,17 @@ def disable_user(ctx: Context, user: User, name: str) -> dict[str, object]:
 
 
 def assign_case(ctx: Context, user: User, name: str, case: str) -> dict[str, object]:
-    """Let an account see a case (supervisor, admin); audited."""
+    """Let an account see a case (supervisor, admin); audited. The answer's `note` says when
+    the account sees every case anyway (a supervisor "assigned only to C2" read C1: bb47)."""
     case = accounts.case_number(case)
     with ctx.db() as conn:
         require(conn, ctx.audit_key, user, "cases.assign")
-        accounts.assign_case(conn, ctx.audit_key, name, case, user.name)
-    return {"name": name, "case": case}
+        wide = accounts.assign_case(conn, ctx.audit_key, name, case, user.name)
+    if not wide:
+        return {"name": name, "case": case}
+    return {"name": name, "case": case,
+            "note": f"{name} has the {' and '.join(wide)} role, which sees every case: this"
+                    " assignment limits nothing"}
 
 
 def unassign_case(ctx: Context, user: User, name: str, case: str) -> dict[str, object]:

@@ -358,10 +358,12 @@ class AssignIn(Body):
 
 
 class AssignOut(Out):
-    """An account assigned to a case."""
+    """An account assigned to a case; `note`: why the assignment limits nothing (a
+    supervisor or admin sees every case)."""
 
     name: str
     case: str
+    note: str | None = None
 
 
 class ReasonIn(Body):

@@ -58,6 +58,8 @@ def users_assign(name: str, case: Annotated[str, typer.Option("--case")]) -> Non
     done = client_call(lambda c: c.post(f"/api/v1/users/{quote(name, safe='')}/cases",
                                         {"case": case}))
     err.print(f"{name} assigned to case {done['case']}")  # as the server stored it
+    if done.get("note"):
+        err.print(done["note"])
 
 
 @users_app.command("unassign")
