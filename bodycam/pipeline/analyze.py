@@ -19,7 +19,7 @@ from PIL import Image
 from bodycam.config import PipelineSettings
 from bodycam.domain import FaceDetection, FaceTrack, MediaInfo, SampledFrame, Scene
 from bodycam.pipeline.faces import FaceDetector, FaceEmbedder
-from bodycam.pipeline.frames import ChunkDecoder
+from bodycam.pipeline.frames import ChunkDecoder, batch_frames
 from bodycam.pipeline.orientation import CHECKED, Spread, Turned, turned_faces
 from bodycam.pipeline.tracks import Tracker, center_distance, iou, size_ratio
 
@@ -285,7 +285,10 @@ def analyze_chunk(
     """
     cfg = bridged(cfg, info)
     # Progress follows detection, not decoding: the decoder runs ahead by up to two batches.
-    decoder = ChunkDecoder(path, info, start_s, end_s, cfg)
+    # Without an embedder (a redaction plan, redact-only) no face is cut at full size, so no
+    # sampled frame pins its decoded picture: an 8K plan took a worker to 5.5 GB (bb48).
+    decoder = ChunkDecoder(path, info, start_s, end_s, cfg, keep_full=embedder is not None)
+    batch_size = batch_frames(cfg, info, decoder.keep_full)
     span = max(end_s - start_s, 1e-6)
     batches: queue.Queue[list[SampledFrame] | BaseException | None] = queue.Queue(maxsize=2)
     found_q: queue.Queue[_Found] = queue.Queue(maxsize=2)
@@ -325,7 +328,7 @@ def analyze_chunk(
                 if stop.is_set():
                     return
                 batch.append(frame)
-                if len(batch) >= cfg.batch_size:
+                if len(batch) >= batch_size:
                     waited += put(batches, batch)
                     batch = []
             if batch:

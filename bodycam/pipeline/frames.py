@@ -68,6 +68,10 @@ def thin(held: list[_Pending], sample_fps: float) -> list[_Pending]:
 # sample_fps seconds, before its samples can be planned): 1,000 frames a second of 1080p, or
 # 60 of 8K, held 2-3 GiB in a worker.
 HOLD_BYTES = 256 * 2**20
+# Decoded frames a batch of sampled frames may pin for the faces' crops at full size (up to
+# six batches are in flight: being built, queued, detected, tracked). Eight 8K frames a batch
+# took a worker from 1.1 to 5.5 GB (bb48); 1080p and 4K batches are not cut by it.
+BATCH_BYTES = 256 * 2**20
 
 
 @dataclass
@@ -76,6 +80,14 @@ class _Pending:
     pts: int
     t_s: float
     frame: av.VideoFrame = field(repr=False)
+
+
+def batch_frames(cfg: PipelineSettings, info: MediaInfo, keep_full: bool) -> int:
+    """Frames a detection batch: cfg.batch_size, fewer where frames that keep their decoded
+    picture would pin more than BATCH_BYTES (counted as 8-bit 4:4:4)."""
+    if not keep_full:
+        return cfg.batch_size
+    return max(1, min(cfg.batch_size, BATCH_BYTES // (info.width_px * info.height_px * 3)))
 
 
 @dataclass
@@ -92,6 +104,9 @@ class ChunkDecoder:
     end_s: float
     cfg: PipelineSettings
     limits: LimitsSettings | None = None  # None: the configured limits
+    # Whether a sampled frame scaled down for detection keeps its decoded frame, for the
+    # faces' crops at full size (`SampledFrame.full`): only an analysis that embeds needs it.
+    keep_full: bool = True
     scenes: list[Scene] = field(default_factory=list)
     frames_decoded: int = 0
     decoded_on: str = "cpu"  # 'cuda' once NVDEC decodes it (decode_device, where usable)
@@ -139,7 +154,7 @@ class ChunkDecoder:
             # The full size is converted at most once, and only for a frame whose faces are
             # embedded (some are embedded ahead of their batch, the rest with it).
             full = (functools.cache(functools.partial(_to_rgb, frame, info, full_size))
-                    if scale < 1.0 else None)
+                    if scale < 1.0 and self.keep_full else None)
             return SampledFrame(p.index, p.pts, p.t_s, len(self.scenes), img, scale, full)
 
         def close_scene(end: _Pending | None) -> Iterator[SampledFrame]:
