@@ -60,7 +60,10 @@ from bodycam.pipeline.tracks import iou
 # /7: a plan track is split where the stored track it overlaps changes, and a stretch the
 # analysis did not tell apart follows none: a keep or a removal showed another person (bb44,
 # bb46).
-ALGORITHM = "dense-union-overlap-tracks/7"
+# /8: a piece of a split plan track holds no box toward the piece it continues (its face was
+# found there, in that piece): a kept person was hidden up to 1 s before and after each split
+# (the kept-tracks benchmark: 21 of 105 boxes shown on facenet_example).
+ALGORITHM = "dense-union-overlap-tracks/8"
 Box = tuple[float, float, float, float]
 # One detection of a plan track: frame, x1, y1, x2, y2, probability, detector name.
 PlanDetection = tuple[int, float, float, float, float, float, str]
@@ -79,6 +82,9 @@ class PlanTrack:
     scene: int
     detections: tuple[PlanDetection, ...]
     db_track_ids: tuple[str, ...] = ()
+    # Whether its first (last) detection continues another piece of one face that
+    # split_by_stored split: no box is held toward it (track_boxes).
+    joined: tuple[bool, bool] = (False, False)
 
     @property
     def first_frame(self) -> int:
@@ -93,6 +99,7 @@ class PlanTrack:
     def as_json(self) -> dict[str, Any]:
         """Plain JSON for the stored plan."""
         return {"id": self.id, "scene": self.scene, "db_track_ids": list(self.db_track_ids),
+                "joined": list(self.joined),
                 "detections": [[d[0], *(round(v, 1) for v in d[1:5]), round(d[5], 4), d[6]]
                                for d in self.detections]}
 
@@ -133,7 +140,9 @@ class Plan:
             t["id"], int(t["scene"]),
             tuple((int(d[0]), *box_from_json(d[1:5]), float(d[5]), str(d[6]))
                   for d in t["detections"]),
-            tuple(t.get("db_track_ids", ()))) for t in data["tracks"])
+            tuple(t.get("db_track_ids", ())),
+            (bool(t.get("joined", (0, 0))[0]), bool(t.get("joined", (0, 0))[1])))
+            for t in data["tracks"])
         return cls(str(data["video_id"]), str(data["original_sha256"]),
                    Fraction(data["frame_rate"]), int(data["n_frames"]), int(data["width_px"]),
                    int(data["height_px"]), float(data["duration_s"]), tracks,
@@ -233,11 +242,12 @@ def compute_plan(path: Path, info: MediaInfo, video_id: str, sha256: str,
     for tid, frame, box, checked in stored:
         stored_at.setdefault(frame, []).append((tid, box, checked))
     reach = _stored_reach(stored)
-    pieces = [(scene_of[key], run, tid) for key in by_key
-              for run, tid in split_by_stored(sorted(by_key[key]), stored_at, reach)]
+    pieces = [(scene_of[key], run, tid, (i > 0, i < len(runs) - 1)) for key in by_key
+              for runs in [split_by_stored(sorted(by_key[key]), stored_at, reach)]
+              for i, (run, tid) in enumerate(runs)]
     pieces.sort(key=lambda p: (p[1][0][0], p[1][0][1:5]))
-    tracks = [PlanTrack(f"P{n}", scene, tuple(run), (tid,) if tid else ())
-              for n, (scene, run, tid) in enumerate(pieces, 1)]
+    tracks = [PlanTrack(f"P{n}", scene, tuple(run), (tid,) if tid else (), joined)
+              for n, (scene, run, tid, joined) in enumerate(pieces, 1)]
     params = {"detect_every_frames": red.detect_every_frames, "min_face_px": red.min_face_px,
               "detector": {"name": detector.name, "version": detector.version,
                            "threshold": red.detector_threshold,
@@ -437,7 +447,9 @@ def track_boxes(plan: Plan, track: PlanTrack) -> Iterator[tuple[int, tuple[int, 
     computed before record none). At the frame's edge too: a face half out of the picture
     is seldom found, and one leaving slowly showed in the frames after its last box (bb37).
     Where the track moved, the held box is also carried on along its first (last) step's
-    motion: a face running out of the picture showed ahead of its last box (bb37)."""
+    motion: a face running out of the picture showed ahead of its last box (bb37). A piece
+    of a split track holds nothing toward the piece it continues (`joined`), whose face was
+    found there: only its lead (tail) covers it."""
     p = plan.params
     pad, lead, tail = float(p["pad"]), int(p["lead_frames"]), int(p["tail_frames"])
     dets = track.detections
@@ -447,8 +459,10 @@ def track_boxes(plan: Plan, track: PlanTrack) -> Iterator[tuple[int, tuple[int, 
     scenes = p.get("scenes") or []
     if hold and 0 <= track.scene < len(scenes):
         start, end = (int(v) for v in scenes[track.scene])
-        lead = max(lead, min(hold, track.first_frame - start))
-        tail = max(tail, min(hold, end - 1 - track.last_frame))
+        if not track.joined[0]:
+            lead = max(lead, min(hold, track.first_frame - start))
+        if not track.joined[1]:
+            tail = max(tail, min(hold, end - 1 - track.last_frame))
     first_step = _step(dets[0], dets[1]) if len(dets) > 1 else None
     last_step = _step(dets[-2], dets[-1]) if len(dets) > 1 else None
     for f in range(max(0, track.first_frame - lead), track.first_frame):

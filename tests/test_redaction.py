@@ -6,6 +6,7 @@ refused."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -175,6 +176,17 @@ def test_a_track_lost_inside_the_picture_or_at_its_edge_is_held_to_its_scene() -
     assert covered({**params, "hold_frames": 5})["P1"] == list(range(42, 69))
     before = {k: v for k, v in params.items() if k != "hold_frames"}
     assert covered(before) == {"P1": list(range(42, 69)), "P2": list(range(42, 69))}
+    # A piece of a split track (one face, two stored tracks) holds nothing toward the piece
+    # it continues, whose face was found there: the hold hid a kept person up to 1 s before
+    # and after each split (/8). Its lead and tail still cover the frames next to it, and
+    # its other end is held as any track's.
+    later = dataclasses.replace(inside, id="P3", joined=(True, False), detections=tuple(
+        (d[0] + 10, *d[1:]) for d in inside.detections))  # frames 60 and 70
+    plan = Plan("v", "0" * 64, Fraction(30), 120, 320, 240, 4.0, (later,), params, 1)
+    frames = sorted(f for f, rs in frame_regions(plan, Choices()).items() for r in rs)
+    assert frames == list(range(52, 79)), frames  # lead 8; held to 74 and 8 of tail
+    assert Plan.from_json(plan.as_json(), 1).tracks[0].joined == (True, False)
+    assert PlanTrack.__dataclass_fields__["joined"].default == (False, False)
 
 
 def _faces_shown(path: Path, turns: int = 0) -> list[int]:
