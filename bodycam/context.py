@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
+
+import psycopg
 
 from bodycam import jobs, queue
 from bodycam.case_vectors import CaseVectors
@@ -123,8 +125,18 @@ class Context:
         except TransientError as exc:
             log.warning("video %s: queueing its units failed (%s): the reaper queues them",
                         video_id, exc)
+            self.mark_unsent(f"video {video_id}",
+                             lambda conn: jobs.mark_unsent(conn, video_id, left))
+
+    def mark_unsent(self, what: str, mark: Callable[[Conn], object]) -> None:
+        """Mark work the broker could not take, for the reaper's next run to send. Where the
+        database cannot be reached either, the reaper's stale re-send sends it later."""
+        try:
             with self.db() as conn:
-                jobs.mark_unsent(conn, video_id, left)
+                mark(conn)
+        except (TransientError, psycopg.Error) as exc:
+            log.warning("%s: not marked unsent (%s): the reaper's stale re-send sends it",
+                        what, exc.__class__.__name__)
 
 
 @lru_cache(maxsize=1)

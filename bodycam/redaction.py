@@ -141,8 +141,8 @@ class Plan:
             tuple((int(d[0]), *box_from_json(d[1:5]), float(d[5]), str(d[6]))
                   for d in t["detections"]),
             tuple(t.get("db_track_ids", ())),
-            (bool(t.get("joined", (0, 0))[0]), bool(t.get("joined", (0, 0))[1])))
-            for t in data["tracks"])
+            (bool(before), bool(after)))
+            for t in data["tracks"] for before, after in [t.get("joined", (False, False))])
         return cls(str(data["video_id"]), str(data["original_sha256"]),
                    Fraction(data["frame_rate"]), int(data["n_frames"]), int(data["width_px"]),
                    int(data["height_px"]), float(data["duration_s"]), tracks,

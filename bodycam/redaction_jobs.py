@@ -94,9 +94,9 @@ def send(ctx: Context, job_id: str) -> None:
         ctx.send(REDACTION_JOB, job_id)
     except TransientError:
         log.warning("redaction job %s: broker unreachable; the reaper will send it", job_id)
-        with ctx.db() as conn:
-            conn.execute("UPDATE redaction_jobs SET unsent = true WHERE id = %s AND"
-                         " state = 'queued'", (job_id,))
+        ctx.mark_unsent(f"redaction job {job_id}", lambda conn: conn.execute(
+            "UPDATE redaction_jobs SET unsent = true WHERE id = %s AND state = 'queued'",
+            (job_id,)))
 
 
 def open_renders(conn: Conn, requested_by: str) -> int:
