@@ -13,6 +13,7 @@ from bodycam.api.deps import PageDep, UserDep, context, paginate
 from bodycam.api.problems import PROBLEM_RESPONSES
 from bodycam.api.schemas import (
     CASE,
+    AssignedOut,
     AssignIn,
     AssignOut,
     CaseOut,
@@ -56,7 +57,7 @@ async def users_disable(name: str, user: UserDep) -> dict[str, object]:
     return await run_in_threadpool(governance.disable_user, context(), user, name)
 
 
-@router.post("/users/{name}/cases", response_model=AssignOut,
+@router.post("/users/{name}/cases", response_model=AssignedOut, response_model_exclude_none=True,
              summary="Assign a case to an account")
 async def users_assign(name: str, body: AssignIn, user: UserDep) -> dict[str, object]:
     """Investigators see only the cases assigned to them; audited."""

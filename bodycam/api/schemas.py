@@ -358,11 +358,16 @@ class AssignIn(Body):
 
 
 class AssignOut(Out):
-    """An account assigned to a case; `note`: why the assignment limits nothing (a
-    supervisor or admin sees every case)."""
+    """An account assigned to a case, or no longer."""
 
     name: str
     case: str
+
+
+class AssignedOut(AssignOut):
+    """An account assigned to a case; `note` (only then): why the assignment limits nothing
+    (a supervisor or admin sees every case)."""
+
     note: str | None = None
 
 
