@@ -149,11 +149,11 @@ def authenticate(ctx: Context, client: str, token: str | None, claimed: str | No
 def login_limited(ctx: Context, client: str, name: str, token: str) -> dict[str, object]:
     """A session token for an account's token (`sessions.login`), rate-limited as
     `authenticate` is; the API's and the web app's sign-in."""
-    with limiter().attempt(client, name, vouch=_vouch(ctx, token, name, None)):
+    with limiter().attempt(client, name, vouch=_vouch(ctx, token, name)):
         return sessions.login(ctx, name, token, client)
 
 
-def _vouch(ctx: Context, token: str | None, claimed: str | None, kind: str | None
+def _vouch(ctx: Context, token: str | None, claimed: str | None, kind: str | None = None
            ) -> Callable[[], bool]:
     """Whether a token is valid, looked up only when its client is blocked (not audited)."""
     def vouch() -> bool:

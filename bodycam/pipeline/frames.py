@@ -20,7 +20,7 @@ import numpy as np
 
 from bodycam.config import LimitsSettings, PipelineSettings, get_settings
 from bodycam.domain import MediaInfo, SampledFrame, Scene
-from bodycam.media.source import check_frame, frame_threads, open_video, upright
+from bodycam.media.source import check_frame, frame_bytes, frame_threads, open_video, upright
 from bodycam.pipeline.scenes import SceneCutter
 
 
@@ -72,6 +72,9 @@ HOLD_BYTES = 256 * 2**20
 # six batches are in flight: being built, queued, detected, tracked). Eight 8K frames a batch
 # took a worker from 1.1 to 5.5 GB (bb48); 1080p and 4K batches are not cut by it.
 BATCH_BYTES = 256 * 2**20
+# What HOLD_BYTES and BATCH_BYTES count a decoded frame as: 8-bit 4:4:4 (3 bytes a pixel), so
+# deeper or fuller formats fit too.
+COUNTED_AS = av.VideoFormat("rgb24")
 
 
 @dataclass
@@ -84,10 +87,11 @@ class _Pending:
 
 def batch_frames(cfg: PipelineSettings, info: MediaInfo, keep_full: bool) -> int:
     """Frames a detection batch: cfg.batch_size, fewer where frames that keep their decoded
-    picture would pin more than BATCH_BYTES (counted as 8-bit 4:4:4)."""
+    picture would pin more than BATCH_BYTES."""
     if not keep_full:
         return cfg.batch_size
-    return max(1, min(cfg.batch_size, BATCH_BYTES // (info.width_px * info.height_px * 3)))
+    return max(1, min(cfg.batch_size, BATCH_BYTES // frame_bytes(COUNTED_AS, info.width_px,
+                                                                   info.height_px)))
 
 
 @dataclass
@@ -123,9 +127,8 @@ class ChunkDecoder:
         cutter = SceneCutter(cfg, fps, tb, info.width_px, info.height_px)
         lag = cutter.lag_frames
         young_s = cfg.min_scene_samples / cfg.sample_fps
-        # A decoded frame's bytes, counted as 8-bit 4:4:4 so deeper or fuller formats fit too.
         hold_max = max(cfg.min_scene_samples + 1,
-                       HOLD_BYTES // (info.width_px * info.height_px * 3))
+                       HOLD_BYTES // frame_bytes(COUNTED_AS, info.width_px, info.height_px))
         # Frames are analysed in square pixels (as a player shows anamorphic footage: faces
         # squeezed to three quarters of their width were tracked, but no photo matched them)
         # and at most max_frame_side_px on their longer side.
