@@ -63,7 +63,10 @@ from bodycam.pipeline.tracks import iou
 # /8: a piece of a split plan track holds no box toward the piece it continues (its face was
 # found there, in that piece): a kept person was hidden up to 1 s before and after each split
 # (the kept-tracks benchmark: 21 of 105 boxes shown on facenet_example).
-ALGORITHM = "dense-union-overlap-tracks/8"
+# /9: a hidden track's lead, tail or hold is not drawn where it lies mostly on a kept face
+# found in that frame: held boxes of the faces around a kept person hid that person
+# (facenet_example: 31 of 105 boxes shown).
+ALGORITHM = "dense-union-overlap-tracks/9"
 Box = tuple[float, float, float, float]
 # One detection of a plan track: frame, x1, y1, x2, y2, probability, detector name.
 PlanDetection = tuple[int, float, float, float, float, float, str]
@@ -72,6 +75,9 @@ Audio = Literal["keep", "strip", "mute-ranges"]
 STYLES: tuple[str, ...] = ("blur", "pixelate", "box")
 AUDIO: tuple[str, ...] = ("keep", "strip", "mute-ranges")
 CONTACT_FRAMES = 12
+# The share of a guessed box (a hidden track's lead, tail or hold) on a kept face found in the
+# same frame above which it is not drawn (frame_regions).
+BEHIND_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -442,19 +448,27 @@ def _box(d: PlanDetection) -> Box:
 
 
 def track_boxes(plan: Plan, track: PlanTrack) -> Iterator[tuple[int, tuple[int, int, int, int]]]:
-    """(frame, padded box) for every frame the track covers, lead and tail included. A track's
-    first (last) box is held toward its scene's start (end), at most `hold_frames` (plans
-    computed before record none). At the frame's edge too: a face half out of the picture
-    is seldom found, and one leaving slowly showed in the frames after its last box (bb37).
-    Where the track moved, the held box is also carried on along its first (last) step's
-    motion: a face running out of the picture showed ahead of its last box (bb37). A piece
-    of a split track holds nothing toward the piece it continues (`joined`), whose face was
-    found there: only its lead (tail) covers it."""
+    """(frame, padded box) for every frame the track covers, lead and tail included
+    (track_path)."""
+    pad, w, h = float(plan.params["pad"]), plan.width_px, plan.height_px
+    for f, box, _guessed in track_path(plan, track):
+        yield f, _pad(box, pad, w, h)
+
+
+def track_path(plan: Plan, track: PlanTrack) -> Iterator[tuple[int, Box, bool]]:
+    """(frame, box, guessed) for every frame the track covers: between its detections the
+    box is interpolated; before its first and after its last (`guessed`) it is a lead and a
+    tail. A track's first (last) box is held toward its scene's start (end), at most
+    `hold_frames` (plans computed before record none). At the frame's edge too: a face half
+    out of the picture is seldom found, and one leaving slowly showed in the frames after
+    its last box (bb37). Where the track moved, the held box is also carried on along its
+    first (last) step's motion: a face running out of the picture showed ahead of its last
+    box (bb37). A piece of a split track holds nothing toward the piece it continues
+    (`joined`), whose face was found there: only its lead (tail) covers it."""
     p = plan.params
-    pad, lead, tail = float(p["pad"]), int(p["lead_frames"]), int(p["tail_frames"])
+    lead, tail = int(p["lead_frames"]), int(p["tail_frames"])
     dets = track.detections
     last_frame = max(plan.n_frames, track.last_frame + 1) - 1
-    w, h = plan.width_px, plan.height_px
     hold = int(p.get("hold_frames", 0))
     scenes = p.get("scenes") or []
     if hold and 0 <= track.scene < len(scenes):
@@ -466,19 +480,19 @@ def track_boxes(plan: Plan, track: PlanTrack) -> Iterator[tuple[int, tuple[int, 
     first_step = _step(dets[0], dets[1]) if len(dets) > 1 else None
     last_step = _step(dets[-2], dets[-1]) if len(dets) > 1 else None
     for f in range(max(0, track.first_frame - lead), track.first_frame):
-        yield f, _pad(_box(dets[0]), pad, w, h)
+        yield f, _box(dets[0]), True
         if first_step is not None:
-            yield f, _pad(_moved(_box(dets[0]), first_step, f - track.first_frame), pad, w, h)
+            yield f, _moved(_box(dets[0]), first_step, f - track.first_frame), True
     for a, b in itertools.pairwise(dets):
         ba, bb = _box(a), _box(b)
         for f in range(a[0], b[0]):
             k = (f - a[0]) / max(1, b[0] - a[0])
-            yield f, _pad((ba[0] + k * (bb[0] - ba[0]), ba[1] + k * (bb[1] - ba[1]),
-                           ba[2] + k * (bb[2] - ba[2]), ba[3] + k * (bb[3] - ba[3])), pad, w, h)
+            yield f, (ba[0] + k * (bb[0] - ba[0]), ba[1] + k * (bb[1] - ba[1]),
+                      ba[2] + k * (bb[2] - ba[2]), ba[3] + k * (bb[3] - ba[3])), False
     for f in range(track.last_frame, min(last_frame, track.last_frame + tail) + 1):
-        yield f, _pad(_box(dets[-1]), pad, w, h)
+        yield f, _box(dets[-1]), f > track.last_frame
         if last_step is not None and f > track.last_frame:
-            yield f, _pad(_moved(_box(dets[-1]), last_step, f - track.last_frame), pad, w, h)
+            yield f, _moved(_box(dets[-1]), last_step, f - track.last_frame), True
 
 
 def _step(a: PlanDetection, b: PlanDetection) -> tuple[float, float] | None:
@@ -502,13 +516,47 @@ class Region:
     box: tuple[int, int, int, int]
 
 
+def _kept_faces(plan: Plan, choices: Choices) -> dict[int, list[Box]]:
+    """Per frame, the boxes of the kept tracks' faces: between their first and last
+    detections only (a lead, a tail or a hold is a guess, not a face found)."""
+    faces: dict[int, list[Box]] = {}
+    for t in plan.tracks:
+        if t.id in choices.keep:
+            for f, box, guessed in track_path(plan, t):
+                if not guessed:
+                    faces.setdefault(f, []).append(box)
+    return faces
+
+
+def _behind(box: Box, faces: Sequence[Box]) -> bool:
+    """Whether most of a guessed face's box (BEHIND_SHARE) lies on a face found there: a
+    face hidden behind it shows nothing, and one in front of it would have been found."""
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    return area > 0 and any(
+        max(0.0, min(box[2], f[2]) - max(box[0], f[0]))
+        * max(0.0, min(box[3], f[3]) - max(box[1], f[1])) >= BEHIND_SHARE * area
+        for f in faces)
+
+
 def frame_regions(plan: Plan, choices: Choices) -> dict[int, list[Region]]:
-    """Every box to hide per frame: tracks not kept or removed, then the manual regions."""
+    """Every box to hide per frame: tracks not kept or removed, then the manual regions.
+
+    A hidden track's guessed box (its lead, tail or hold: its face was not found there)
+    that lies mostly on a kept face found in that frame is left out: held boxes of faces
+    near a kept person hid that person for up to a second at a time (the kept-tracks
+    benchmark: 31 of 105 boxes shown on facenet_example). Where that face is, a face
+    behind it is covered by it, and one in front of it would have been found there.
+    """
     out: dict[int, list[Region]] = {}
+    shown = _kept_faces(plan, choices)
+    pad, w, h = float(plan.params["pad"]), plan.width_px, plan.height_px
     for t in plan.tracks:
         if t.id in choices.keep or t.id in choices.remove:
             continue
-        for f, box in track_boxes(plan, t):
+        for f, raw, guessed in track_path(plan, t):
+            if guessed and _behind(raw, shown.get(f, ())):
+                continue
+            box = _pad(raw, pad, w, h)
             if not _empty(box):  # none of it inside the frame otherwise
                 out.setdefault(f, []).append(Region(t.id, box))
     for i, m in enumerate(choices.regions, 1):
