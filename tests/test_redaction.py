@@ -1100,7 +1100,8 @@ def test_an_account_may_have_only_so_many_renders_queued_or_running(
         hide_all: tuple[Path, dict[str, Any]]) -> None:
     """Renders share the workers with processing: twenty asked at once by one investigator
     held another case's new video for 53 s (bb19). Past `redaction.max_open_renders` (2)
-    open renders, an account's next ask is 429; once one has ended, it is taken."""
+    open renders, an account's next ask is 429; once one has ended, it is taken. The 429
+    comes before a plan is asked for: a refused ask waited minutes for one (bb45)."""
     from bodycam import redaction_jobs
 
     name = "red-inv-many"
@@ -1111,15 +1112,22 @@ def test_an_account_may_have_only_so_many_renders_queued_or_running(
     with stack.ctx.db() as conn:  # two asked and not ended (made here, not sent)
         held = [redaction_jobs.create(conn, video, CASE_A, redaction_jobs.RENDER, name, {})
                 for _ in range(2)]
+        # The video's plan made by an older algorithm: an ask would have one computed.
+        conn.execute("UPDATE redaction_plans SET algorithm = 'old/' || algorithm"
+                     " WHERE video_id = %s", (video,))
     try:
         r = httpx.post(f"{api_url}/api/v1/videos/{video}/redactions", json={}, timeout=60,
                        headers=headers)
         assert r.status_code == 429, r.text
         assert f"{name} has 2 renders queued or running" in r.json()["detail"]
+        with stack.ctx.db() as conn:
+            assert redaction_jobs.open_plan_job(conn, video) is None, "no plan asked for"
     finally:
         with stack.ctx.db() as conn:
             conn.execute("UPDATE redaction_jobs SET state = 'failed', error = 'test'"
                          " WHERE id = ANY(%s)", ([uuid.UUID(j) for j in held],))
+            conn.execute("UPDATE redaction_plans SET algorithm = substr(algorithm, 5)"
+                         " WHERE video_id = %s AND algorithm LIKE 'old/%%'", (video,))
     r = httpx.post(f"{api_url}/api/v1/videos/{video}/redactions", json={}, timeout=60,
                    headers=headers)
     assert r.status_code == 202, r.text

@@ -285,6 +285,15 @@ def _processed_video(conn: Conn, key: str, user: User, video_id: str) -> str:
     return case
 
 
+def _check_open_renders(ctx: Context, conn: Conn, user: User) -> None:
+    """Raises RateLimitedError where the account has as many renders queued or running as
+    one account may (`redaction.max_open_renders`)."""
+    n = redaction_jobs.open_renders(conn, user.name)
+    if n >= ctx.settings.redaction.max_open_renders:
+        raise RateLimitedError(f"{user.name} has {n} renders queued or running, the most"
+                               " one account may: ask again once one has ended", 10)
+
+
 def redact(ctx: Context, user: User, video_id: str, req: RedactRequest) -> dict[str, Any]:
     """Ask for a redacted derivative of a processed video (redact role, the video's case):
     the request is checked against the video's plan now, and a worker renders it (a job:
@@ -299,6 +308,8 @@ def redact(ctx: Context, user: User, video_id: str, req: RedactRequest) -> dict[
     with ctx.db() as conn:
         case = _processed_video(conn, ctx.audit_key, user, video_id)
         _check_request(ctx, req)
+        # Before the plan too: a request that will be refused does not wait for one (bb45).
+        _check_open_renders(ctx, conn, user)
     plan = _plan_or_job(ctx, user, video_id, case)
     if isinstance(plan, str):
         raise ConflictError(f"video {video_id}: its redaction plan is being computed (job "
@@ -313,9 +324,7 @@ def redact(ctx: Context, user: User, video_id: str, req: RedactRequest) -> dict[
         settings = _settings_json(req, choices)
         # The account, its case and its token as they stand now, under the log's lock.
         require_now(conn, ctx.audit_key, user, "redact", case)
-        if (n := redaction_jobs.open_renders(conn, user.name)) >= red.max_open_renders:
-            raise RateLimitedError(f"{user.name} has {n} renders queued or running, the most"
-                                   " one account may: ask again once one has ended", 10)
+        _check_open_renders(ctx, conn, user)
         job_id = redaction_jobs.create(
             conn, video_id, case, redaction_jobs.RENDER, user.name,
             {"plan_version": plan.version, "derivative_id": derivative_id,
