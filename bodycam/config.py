@@ -9,9 +9,10 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from bodycam.errors import ConfigError
 from bodycam.media.limits import LimitsSettings, Section
 
 
@@ -390,10 +391,22 @@ class Settings(BaseSettings):
         return self.home.expanduser().resolve()
 
 
+def settings_problem(exc: ValidationError) -> str:
+    """One line naming the first refused setting and why, and no value read: pydantic's own
+    message repeats the values (a refused `serve` printed most of the audit key: bb50)."""
+    first = exc.errors()[0]
+    name = "__".join(str(p).upper() for p in first["loc"])
+    why = str(first["msg"]).removeprefix("Value error, ")
+    return f"invalid setting BODYCAM_{name}: {why}" if name else f"invalid settings: {why}"
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """Settings read once per process."""
-    return Settings()
+    """Settings read once per process; ConfigError (settings_problem) where one is refused."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise ConfigError(settings_problem(exc)) from None
 
 
 def reload_settings() -> Settings:

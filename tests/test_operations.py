@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -71,6 +72,28 @@ def test_a_setting_joined_to_its_section_by_one_underscore_is_refused() -> None:
         _settings({"BODYCAM_PIPELINE_SAMPLE_FPS": "2"})
     assert _settings({"BODYCAM_PIPELINE__SAMPLE_FPS": "2"}).pipeline.sample_fps == 2
     assert _settings({"BODYCAM_CPU_WORKERS": "2"}).cpu_workers == 2  # no section's name
+
+
+@pytest.mark.parametrize("command", [("serve", "--port", "0"), ("migrate",), ("status",)])
+def test_a_refused_setting_is_one_line_that_repeats_no_value_read(
+        tmp_path: Path, command: tuple[str, ...]) -> None:
+    """`bodycam serve` (compose's api service) refused a production setting with pydantic's
+    traceback, whose input repeated 22 characters of the audit key into the service's log
+    (bb50). Every command refuses in one line naming the setting, and no value read."""
+    key = "audit-" + secrets.token_hex(16)
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path),
+           "BODYCAM_HOME": str(tmp_path / "home"), "BODYCAM_ENV": "production",
+           "BODYCAM_DATABASE_URL": "postgresql://u:dbsecret42@127.0.0.1:1/db",
+           "BODYCAM_S3_ENDPOINT_URL": "http://127.0.0.1:1", "BODYCAM_REDIS_URL":
+           "redis://127.0.0.1:1/0", "BODYCAM_S3_SECRET_KEY": "short", "BODYCAM_AUDIT_KEY": key}
+    if "PYTHONPATH" in os.environ:
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    proc = Cli(env).run(*command, timeout=120)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1, proc.stderr
+    assert "BODYCAM_S3_SECRET_KEY is a placeholder or too short" in lines[0], lines
+    assert not any(key[i:i + 6] in proc.stderr + proc.stdout for i in range(len(key) - 5))
+    assert "dbsecret42" not in proc.stderr
 
 
 def own_stack(home: Path, extra: dict[str, str] | None = None,

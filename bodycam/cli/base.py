@@ -9,7 +9,6 @@ from typing import Annotated, Any, NoReturn, TypeVar
 from urllib.parse import quote
 
 import typer
-from pydantic import ValidationError
 from rich.console import Console
 
 from bodycam.config import Settings, get_settings
@@ -66,13 +65,8 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 
 def settings() -> Settings:
-    """Settings, or a clear error naming the bad variable."""
-    try:
-        return get_settings()
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = "BODYCAM_" + "__".join(str(p).upper() for p in first["loc"])
-        fail(f"invalid setting {where}: {first['msg']}")
+    """Settings, or one line naming the refused setting (config.get_settings)."""
+    return guarded(get_settings)
 
 
 def guarded(fn: Callable[[], T]) -> T:

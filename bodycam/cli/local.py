@@ -127,13 +127,12 @@ def serve(host: str = "127.0.0.1", port: int = 8000,
 
     import uvicorn
 
-    from bodycam.config import get_settings
     from bodycam.stack import undumpable
 
     undumpable()  # the workers cannot reach its view of the home's secrets through /proc
     _more_descriptors()
     logging.getLogger("asyncio").addFilter(_AcceptErrors())
-    proxies = get_settings().server.trusted_proxies.strip()
+    proxies = settings().server.trusted_proxies.strip()
     # uvicorn believes X-Forwarded-For from 127.0.0.1 by default: any local process could
     # then name any client in the audit log and spend another address's failed logins.
     config = uvicorn.Config("bodycam.api.app:app", host=host, port=port, log_level="warning",
