@@ -137,6 +137,9 @@ def disable_user(conn: Conn, key: str, name: str, by: str) -> None:
     if not conn.execute("SELECT 1 FROM users WHERE name = %s AND disabled_at IS NULL",
                         (name,)).fetchone():
         raise NotFoundError(f"no active user {name}")
+    if enabled_admins(conn) == [name]:  # no account could then be added, enabled or assigned
+        raise ConflictError(f"{name} is the last enabled admin: add another admin first (a "
+                            "disabled account is never enabled again)")
     live = conn.execute("SELECT count(*) AS n FROM api_tokens WHERE user_name = %s"
                         " AND revoked_at IS NULL", (name,)).fetchone()
     row = audit.append(conn, key, by, "user.disable",
@@ -382,6 +385,23 @@ def visible_cases(conn: Conn, user: User) -> list[str] | None:
     rows = conn.execute("SELECT case_id FROM case_assignments WHERE user_name = %s",
                         (user.name,)).fetchall()
     return [str(r["case_id"]) for r in rows]
+
+
+def enabled_admins(conn: Conn) -> list[str]:
+    """The names of the enabled accounts with the admin role."""
+    return [str(r["name"]) for r in conn.execute(
+        "SELECT name FROM users WHERE 'admin' = ANY(roles) AND disabled_at IS NULL"
+        " ORDER BY name").fetchall()]
+
+
+def bootstrap_admin(conn: Conn, key: str, name: str) -> str:
+    """Create the first admin account where no enabled one exists (a deployment that
+    `bodycam up` did not start has none); returns its token, shown once."""
+    audit.lock(conn)
+    if admins := enabled_admins(conn):
+        raise ConflictError(f"an enabled admin account exists ({', '.join(admins[:3])}): "
+                            "accounts are added by an admin (`bodycam users add`)")
+    return create_user(conn, key, name, ["admin"], "bodycam bootstrap-admin")
 
 
 def bootstrap_operator(conn: Conn, key: str) -> str | None:

@@ -603,3 +603,48 @@ print((home / "s3data" / "marker").read_text() if (home / "s3data" / "marker").e
         shutil.rmtree(home, ignore_errors=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "on its own disk"
+
+
+def test_the_last_admin_cannot_be_disabled_and_a_deployment_with_none_bootstraps_one(
+        ops: StackHandle) -> None:
+    """Disabling is for good: disabling the last enabled admin left a stack where no account
+    could ever be added, assigned or disabled again (bb50), so it is refused. A deployment
+    not started by `bodycam up` (compose) has no account at all: `bodycam bootstrap-admin`,
+    run where the server's secrets are, creates the first admin, and only where no enabled
+    admin exists. Runs last in this module: it disables `operator`."""
+    from bodycam import accounts, audit
+
+    refused = ops.cli.run("bootstrap-admin", "first")
+    assert refused.returncode == 1 and "an enabled admin account exists (operator)" in \
+        refused.stderr, refused.stderr
+    token = ops.cli.run("users", "add", "ops-adm", "--role", "admin",
+                        check=True).stdout.strip()
+    as_adm = {"BODYCAM_USER": "ops-adm", "BODYCAM_TOKEN": token}
+    ops.cli.run("users", "disable", "operator", check=True, extra_env=as_adm)
+    last = ops.cli.run("users", "disable", "ops-adm", extra_env=as_adm)
+    assert last.returncode == 1 and "ops-adm is the last enabled admin" in last.stderr, \
+        last.stderr
+    assert ops.cli.run("whoami", extra_env=as_adm).returncode == 0
+    # A database where no admin is left (made before this rule): disabled as the server
+    # would, with its sealed audit row.
+    with ops.ctx.db() as conn:
+        audit.lock(conn)
+        row = audit.append(conn, ops.ctx.audit_key, "test", "user.disable",
+                           {"user": "ops-adm", "tokens_revoked": 1})
+        conn.execute("SELECT bodycam_user_disable(%s::bigint, %s::text)", (row.id, "ops-adm"))
+    made = ops.cli.run("bootstrap-admin", "first", check=True)
+    first = {"BODYCAM_USER": "first", "BODYCAM_TOKEN": made.stdout.strip()}
+    me = json.loads(ops.cli.run("whoami", "--json", check=True, extra_env=first).stdout)
+    assert me["roles"] == ["admin"], me
+    again = ops.cli.run("bootstrap-admin", "second")
+    assert again.returncode == 1 and "exists (first)" in again.stderr, again.stderr
+    with ops.ctx.db() as conn:
+        assert accounts.enabled_admins(conn) == ["first"]
+        entry = conn.execute("SELECT actor, action FROM audit_log WHERE details->>'user' ="
+                             " 'first'").fetchone()
+    assert (entry["actor"], entry["action"]) == ("bodycam bootstrap-admin", "user.create")
+    # The new admin adds accounts; the log, read by one of them, is intact.
+    aud = ops.cli.run("users", "add", "ops-aud", "--role", "auditor", check=True,
+                      extra_env=first).stdout.strip()
+    ops.cli.run("audit", "verify", check=True,
+                extra_env={"BODYCAM_USER": "ops-aud", "BODYCAM_TOKEN": aud})

@@ -47,7 +47,8 @@ def users_list(as_json: JsonFlag = False) -> None:
 
 @users_app.command("disable")
 def users_disable(name: str) -> None:
-    """Disable an account (the bootstrap `operator` too, once named accounts exist)."""
+    """Disable an account and revoke its tokens, for good: there is no enable (the bootstrap
+    `operator` too, once named accounts exist; the last enabled admin is refused)."""
     client_call(lambda c: c.post(f"/api/v1/users/{quote(name, safe='')}/disable"))
     err.print(f"user {name} disabled")
 

@@ -76,6 +76,25 @@ def migrate() -> None:
     err.print(f"applied {len(applied)} migrations" if applied else "schema is up to date")
 
 
+@app.command(name="bootstrap-admin")
+def bootstrap_admin(name: Annotated[str, typer.Argument(help="the new admin's user name")]
+                    ) -> None:
+    """Create the first admin account, where no enabled admin exists (a deployment not
+    started by `bodycam up`): run where the server's secrets are, e.g. `docker compose exec
+    api bodycam bootstrap-admin NAME`. Prints its token once; audited."""
+    from bodycam.accounts import bootstrap_admin as create
+
+    ctx = context()
+
+    def run() -> str:
+        with ctx.db() as conn:
+            return create(conn, ctx.audit_key, name)
+
+    token = guarded(run)
+    err.print(f"admin {name} created; its token (shown once) is on stdout: `bodycam login`")
+    typer.echo(token)
+
+
 @app.command(name="worker-key")
 def worker_key() -> None:
     """Print the workers' sealing key, derived from this server's audit key: what worker
