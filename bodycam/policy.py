@@ -69,7 +69,9 @@ def change(conn: Conn, key: str, by: str, reason: str, profile: str | None = Non
     """Record a policy change (admins only, checked by the caller) with its reason.
 
     A profile switch brings the profile's defaults, except for a reviewer count an admin
-    set explicitly (`--reviewers`): that is kept as it is until an admin changes it.
+    set explicitly (`--reviewers`): that is kept until an admin changes it, but never below
+    the profile's own count: a count of 1 set under `identify` left `identify-eu` with one
+    confirmation, which its users take to need two (bb50); fewer is refused.
     Switching to redact-only purges every stored face embedding and enrolment template in the
     same transaction, audited with the counts; from then on the database
     refuses to store new ones (migration 007).
@@ -85,12 +87,15 @@ def change(conn: Conn, key: str, by: str, reason: str, profile: str | None = Non
     if name not in PROFILES:
         raise InvalidInputError(f"unknown profile {name}: choose from {', '.join(PROFILES)}")
     default_reviewers, approval = PROFILES[name]
+    if reviewers is not None and reviewers < default_reviewers:
+        raise InvalidInputError(f"reviewers {reviewers}: the {name} profile needs at least "
+                                f"{default_reviewers} confirmations of a match")
     if reviewers is not None:
         count, explicit = reviewers, True
     elif profile and not old.reviewers_explicit:
         count, explicit = default_reviewers, False
     else:
-        count, explicit = old.reviewers_required, old.reviewers_explicit
+        count, explicit = max(old.reviewers_required, default_reviewers), old.reviewers_explicit
     new = Policy(
         profile=name,
         reviewers_required=count,

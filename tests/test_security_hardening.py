@@ -590,6 +590,16 @@ def test_a_profile_switch_keeps_an_explicit_reviewer_count(stack: StackHandle) -
         switch("--profile", "identify-eu")
         switch("--profile", "identify")
         assert policy()["reviewers_required"] == 2, "kept, not reset to identify's 1"
+        # Never below a profile's own count: 1 set under identify left identify-eu with one
+        # confirmation (bb50); asking for fewer under it is refused.
+        switch("--reviewers", "1")
+        switch("--profile", "identify-eu")
+        assert policy()["reviewers_required"] == 2, policy()
+        for argv in (("--reviewers", "1"), ("--profile", "identify-eu", "--reviewers", "1")):
+            proc = stack.cli.run("policy", "set", *argv, "--reason", "x")
+            assert proc.returncode == 1 and "identify-eu profile needs at least 2" in \
+                one_line(proc), proc.stderr
+        assert policy()["reviewers_required"] == 2
     finally:
         switch("--profile", "identify", "--reviewers", str(start["reviewers_required"]))
 

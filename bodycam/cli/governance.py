@@ -129,8 +129,11 @@ def policy_set(
     reason: Annotated[str, typer.Option("--reason", help="why (recorded)")],
     profile: Annotated[str | None, typer.Option(help="identify, identify-eu or redact-only")
                        ] = None,
-    reviewers: Annotated[int | None, typer.Option(help="confirmations needed per match")] = None,
-    retention_days: Annotated[int | None, typer.Option(help="bystander data kept, days")] = None,
+    reviewers: Annotated[int | None, typer.Option(
+        help="confirmations needed per match, 1-5 and not below the profile's own; kept across "
+             "later profile switches")] = None,
+    retention_days: Annotated[int | None, typer.Option(
+        help="bystander data kept, days (1-36500)")] = None,
 ) -> None:
     """Change the policy profile or its parameters (admin, with a recorded reason)."""
     body = {"reason": reason, "profile": profile, "reviewers": reviewers,
