@@ -104,7 +104,7 @@ def cases_release(case: str, reason: Annotated[str, typer.Option("--reason")]) -
     err.print(f"case {case} released")
 
 
-policy_app = typer.Typer(no_args_is_help=True, help="Policy profiles (admin).")
+policy_app = typer.Typer(no_args_is_help=True, help="Policy profiles (show: any role; set: admin).")
 app.add_typer(policy_app, name="policy")
 
 
@@ -143,7 +143,8 @@ def policy_set(
     _print_policy(new)
 
 
-thresholds_app = typer.Typer(no_args_is_help=True, help="Match thresholds (supervisor).")
+thresholds_app = typer.Typer(no_args_is_help=True,
+                             help="Match thresholds (list: any role; set: supervisor).")
 app.add_typer(thresholds_app, name="thresholds")
 
 

@@ -161,8 +161,10 @@ def redact(
              "confirmed or pending match cannot be removed")] = None,
     region: Annotated[list[str] | None, typer.Option(
         "--region", help="hide X1,Y1,X2,Y2@START-END (pixels, seconds)")] = None,
-    region_reason: Annotated[str | None, typer.Option(help="why the regions are hidden")] = None,
-    region_basis: Annotated[str | None, typer.Option(help="legal basis for the regions")] = None,
+    region_reason: Annotated[str | None, typer.Option(
+        help="why the regions are hidden (needed with --region)")] = None,
+    region_basis: Annotated[str | None, typer.Option(
+        help="legal basis for the regions (needed with --region)")] = None,
     style: Annotated[str, typer.Option(help="blur, pixelate or box")] = "blur",
     audio: Annotated[str, typer.Option(help="keep, strip or mute-ranges")] = "keep",
     mute: Annotated[list[str] | None, typer.Option(

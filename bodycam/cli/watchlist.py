@@ -189,7 +189,7 @@ def review(
     match_id: str,
     confirm: Annotated[bool, typer.Option("--confirm")] = False,
     reject: Annotated[bool, typer.Option("--reject")] = False,
-    note: Annotated[str | None, typer.Option("--note", help="why (recorded)")] = None,
+    note: Annotated[str | None, typer.Option("--note", help="why (recorded; required)")] = None,
 ) -> None:
     """Confirm or reject a match after looking at it; the reviewer is recorded."""
     if confirm == reject:
