@@ -6,16 +6,24 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
+
+import psycopg
 
 from bodycam import audit
 from bodycam.context import Context
-from bodycam.db import Conn
+from bodycam.db import Conn, autocommit
+from bodycam.errors import ConflictError
 from bodycam.storage import original_key
 
 log = logging.getLogger(__name__)
 FIXITY_TASK = "bodycam.fixity"
 SCHEDULED_ACTOR = "system:fixity"
+FIXITY_LOCK = 727003  # pg advisory lock held by the one fixity run (727001 migrate, 727002 audit)
+# How long a check asked on demand waits for one running (a small store's takes seconds).
+ASKED_WAIT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -77,7 +85,39 @@ def record(conn: Conn, key: str, data: bytes) -> None:
         (key, hashlib.sha256(data).hexdigest(), len(data)))
 
 
-def run(ctx: Context, actor: str) -> FixityReport:
+class FixityRunningError(ConflictError):
+    """Another fixity check is running (FIXITY_LOCK)."""
+
+
+@contextmanager
+def _one_at_a_time(ctx: Context, wait_s: float) -> Iterator[None]:
+    """Hold FIXITY_LOCK for a run, waiting up to `wait_s` for a run that holds it; raises
+    FixityRunningError past that. The lock is a session's, on a connection of its own with
+    no transaction open (a run takes hours on a large store, and an open snapshot would hold
+    back vacuum). A run reads every stored byte: three asked at once read the store three
+    times over (bb42)."""
+    with autocommit(ctx.services.database_url) as conn:
+        try:
+            conn.execute(f"SET lock_timeout = '{max(1, round(wait_s * 1000))}ms'")
+            conn.execute("SELECT pg_advisory_lock(%s)", (FIXITY_LOCK,))
+        except psycopg.errors.LockNotAvailable:
+            raise FixityRunningError("a fixity check is running: ask again once it has "
+                                     "ended") from None
+        try:
+            yield
+        finally:
+            with suppress(psycopg.Error):
+                conn.execute("SELECT pg_advisory_unlock(%s)", (FIXITY_LOCK,))
+
+
+def run(ctx: Context, actor: str, wait_s: float = ASKED_WAIT_S) -> FixityReport:
+    """One fixity run at a time (`_one_at_a_time`): see `_run`. The scheduler's does not
+    wait (`wait_s` 0): a run asked meanwhile is that interval's check."""
+    with _one_at_a_time(ctx, wait_s):
+        return _run(ctx, actor)
+
+
+def _run(ctx: Context, actor: str) -> FixityReport:
     """Re-hash every original (against videos.sha256), every enrolment photo of the watchlist
     (against subject_photos.photo_sha256: they are stored by it; a removed entry's too) and
     every referenced derivative (track thumbnails; redacted videos, their reports, PDFs and

@@ -516,6 +516,30 @@ def test_fixity_reports_and_audits_a_flipped_byte_in_an_original_and_a_thumbnail
     assert verified.returncode == 0, verified.stdout + verified.stderr
 
 
+def test_one_fixity_check_runs_at_a_time(ops: StackHandle) -> None:
+    """A check reads every stored byte, and an auditor's asked at once each ran (bb42): while
+    one runs (its lock held here), another waits ASKED_WAIT_S for it and is then refused in
+    one line, auditing nothing; once it has ended, the next runs."""
+    from bodycam import fixity
+    from bodycam.db import autocommit
+
+    def runs() -> int:  # asked ones (the scheduler's, every 5 s here, are system:fixity)
+        return len([r for a in ("fixity.ok", "fixity.failed") for r in _audit_rows(ops, a)
+                    if r["actor"] != fixity.SCHEDULED_ACTOR])
+
+    before = runs()
+    with autocommit(ops.ctx.services.database_url) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (fixity.FIXITY_LOCK,))
+        busy = ops.cli.run("fixity")
+        assert busy.returncode == 1 and busy.stderr.strip().endswith(
+            "a fixity check is running: ask again once it has ended"), busy.stderr
+        assert len(busy.stderr.strip().splitlines()) == 1, busy.stderr
+        assert runs() == before
+    done = ops.cli.run("fixity", "--json")
+    assert done.returncode == 0 and json.loads(done.stdout)["ok"] is True, done.stderr
+    assert runs() == before + 1
+
+
 def test_the_scheduler_runs_fixity_and_audits_each_run(ops: StackHandle) -> None:
     before = len([r for r in _audit_rows(ops, "fixity.ok") if r["actor"] == "system:fixity"])
     _wait(lambda: len([r for r in _audit_rows(ops, "fixity.ok")

@@ -53,6 +53,15 @@ def _open(url: str) -> Conn:
     return conn
 
 
+def autocommit(url: str) -> Conn:
+    """A connection outside any transaction, each statement its own: for a session's
+    advisory lock held for long (an open snapshot would hold back vacuum). Raises
+    TransientError when the database cannot be reached."""
+    conn = _open(url)
+    conn.autocommit = True
+    return conn
+
+
 class Pool:
     """Idle connections kept for reuse by a long-running process (the API server).
 
