@@ -20,12 +20,23 @@ QUEUE_FOR = {PROCESS_UNIT: "gpu", FINALIZE_VIDEO: "cpu", INGEST_OBJECT: "cpu", R
              RECONCILE_INCOMING: "cpu", REDACTION_JOB: "gpu"}
 
 
+# Seconds a send waits on the broker's socket, and the sends tried: a broker that stopped
+# answering (paused, or a host cut off) held an ingest's answer for as long as it did, 600 s
+# and more (bb49); now the send fails in about 10 s and the work is marked for the reaper.
+SEND_TIMEOUT_S = 3.0
+SEND_TRIES = 3
+
+
 @lru_cache(maxsize=4)
 def client(redis_url: str) -> Celery:
     """A Celery client for sending only (no result backend: state lives in Postgres)."""
     app = Celery("bodycam-client", broker=redis_url)
     app.conf.broker_connection_retry_on_startup = True
-    app.conf.broker_transport_options = {"max_retries": 3}
+    app.conf.broker_transport_options = {
+        "max_retries": 3, "socket_timeout": SEND_TIMEOUT_S,
+        "socket_connect_timeout": SEND_TIMEOUT_S}
+    app.conf.task_publish_retry_policy = {"max_retries": SEND_TRIES - 1, "interval_start": 0,
+                                          "interval_step": 0.2, "interval_max": 0.5}
     return app
 
 

@@ -322,6 +322,27 @@ def test_ingest_during_an_s3_outage_prints_one_line_and_leaves_nothing(
     assert ops.counts() == before
 
 
+def test_an_ingest_while_the_broker_is_paused_is_answered_and_processed_once_it_resumes(
+        ops: StackHandle) -> None:
+    """A broker that stops answering (paused, a host cut off) held an ingest's answer as long
+    as it did, 600 s until the client gave up, and the client then said it failed though the
+    video was stored (bb49). A send gives up in about 10 s (queue.SEND_TIMEOUT_S): the answer
+    is `queued`, and the reaper sends the unit once the broker answers again."""
+    redis = psutil.Process(_pid(ops, "redis"))
+    redis.suspend()
+    try:  # the command's own limit: without the bound it waits as long as the pause
+        proc = ops.cli.run("ingest", str(HAMILTON), "--case", "OPS-REDIS-PAUSED", "--officer",
+                           "O", "--device", "D", "--json", timeout=90)
+    finally:
+        redis.resume()
+    assert proc.returncode == 0, proc.stderr
+    [res] = json.loads(proc.stdout)
+    assert res["status"] == "queued" and not res["duplicate"], res
+    video = str(res["video_id"])
+    _wait(lambda: _video_status(ops, video) == "done", 240,
+          "the video stored while the broker was paused was processed")
+
+
 @pytest.mark.parametrize("service", ["redis", "s3", "postgres"])
 def test_up_after_a_service_was_killed_heals_the_stack_and_processing_resumes(
         ops: StackHandle, service: str) -> None:
