@@ -293,6 +293,9 @@ class Client:
 
     def __init__(self, target: Target, timeout_s: float = 600.0) -> None:
         self.target = target
+        # Told once that a call has not been answered for ANSWER_NOTICE_S, and again when it
+        # is (the CLI's stderr): a search held by a paused database was silent for 45 s (bb49).
+        self.say: Callable[[str], None] | None = None
         headers = {"Accept": "application/json"}
         if target.token:
             headers["Authorization"] = f"Bearer {target.token}"
@@ -347,17 +350,20 @@ class Client:
                        "or set BODYCAM_USER and BODYCAM_TOKEN, to use your own account)")
         raise _problem_class(resp.status_code)(detail, resp.status_code, slug)
 
-    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        """One call; problems raise ServerError subclasses carrying `detail`."""
+    def request(self, method: str, path: str, notice: bool = True,
+                **kwargs: Any) -> httpx.Response:
+        """One call; problems raise ServerError subclasses carrying `detail`. With `say` set
+        and `notice`, a call not answered in ANSWER_NOTICE_S is said to be (Unanswered)."""
         try:
-            resp = self._http.request(method, path, **kwargs)
+            with Unanswered(self.say if notice else None):
+                resp = self._http.request(method, path, **kwargs)
         except _NO_ANSWER as exc:
             raise self._unreachable(exc) from None
         return self._check(resp)
 
-    def json(self, method: str, path: str, **kwargs: Any) -> Any:
+    def json(self, method: str, path: str, notice: bool = True, **kwargs: Any) -> Any:
         """The JSON body of one call; its objects are `Answer`s."""
-        resp = self.request(method, path, **kwargs)
+        resp = self.request(method, path, notice, **kwargs)
         try:
             return resp.json(object_hook=Answer)
         except ValueError:
@@ -373,7 +379,8 @@ class Client:
         """GET a job's state while waiting on it: a short read timeout (POLL_TIMEOUT_S), so
         that a server that stopped answering is noticed and asked again (Outage), rather
         than waited on for the whole timeout of a long call."""
-        return self.json("GET", path, timeout=httpx.Timeout(POLL_TIMEOUT_S, connect=10.0))
+        return self.json("GET", path, notice=False,  # its waits say it (Outage)
+                         timeout=httpx.Timeout(POLL_TIMEOUT_S, connect=10.0))
 
     def post(self, path: str, body: dict[str, Any] | None = None, **params: Any) -> Any:
         """POST a JSON body."""
@@ -422,7 +429,7 @@ class Client:
                 yield chunk
 
         with stalled:
-            return self.json("POST", path, content=body(), params=_clean(params),
+            return self.json("POST", path, notice=False, content=body(), params=_clean(params),
                              headers={"Content-Type": "application/octet-stream",
                                       "X-Content-SHA256": sha256})
 
@@ -457,13 +464,44 @@ class Client:
 
 
 STALL_NOTICE_S = 15.0  # an upload neither taking bytes nor answered this long is said to be
+ANSWER_NOTICE_S = 15.0  # a call not answered this long is said to be (Unanswered)
+
+
+class Unanswered:
+    """Says once that a call has had no answer for ANSWER_NOTICE_S, and again when it has
+    one; with `say` None, nothing."""
+
+    def __init__(self, say: Callable[[str], None] | None) -> None:
+        self.say, self.said, self.since = say, False, time.monotonic()
+        self._timer: threading.Timer | None = None
+
+    def _tell(self) -> None:
+        if self.say is not None:
+            self.said = True
+            self.say(f"the server has not answered for {ANSWER_NOTICE_S:.0f} s; still waiting "
+                     "(it may be busy, or a paused database, broker or object store holds "
+                     "it; see `bodycam status`)")
+
+    def __enter__(self) -> Unanswered:
+        if self.say is not None:
+            self._timer = threading.Timer(ANSWER_NOTICE_S, self._tell)
+            self._timer.daemon = True
+            self._timer.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_exc: object) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self.said and self.say is not None and exc_type is None:  # else its error says
+            self.say(f"the server answered after {time.monotonic() - self.since:.0f} s")
 
 
 class Stalled:
     """Says once that an upload has stalled: the server has taken no byte and given no
     answer for STALL_NOTICE_S, and again when it answers. The server streams what it
     receives into the object store, so a paused or full store holds the upload; it was
-    held for the whole pause without a word (144 s: bb41, bb45)."""
+    held for the whole pause without a word (144 s: bb41, bb45). A paused database or broker
+    holds its answer after the last byte (bb49: the notice named the store alone)."""
 
     def __init__(self, say: Callable[[str], None] | None, total: int | None) -> None:
         self.say, self.total, self.sent = say, total, 0
@@ -484,8 +522,9 @@ class Stalled:
                 of = f" of {self.total / 2**20:.1f}" if self.total is not None else ""
                 self.say(f"the server has taken no byte and given no answer for {quiet:.0f} s"
                          f" ({self.sent / 2**20:.1f}{of} MiB sent); "
-                         "still waiting (it stores the file as it arrives: a paused or full "
-                         "object store holds it; see `bodycam status`)")
+                         "still waiting (it stores the file as it arrives and then records "
+                         "and queues it: a paused or full object store, or a paused database"
+                         " or broker, holds it; see `bodycam status`)")
 
     def __enter__(self) -> Stalled:
         if self.say is not None:

@@ -204,8 +204,9 @@ def test_server_text_with_terminal_escapes_and_markup_is_printed_inert(
 class _FakeServer:
     """A hostile or broken server on loopback: answers each GET path with a fixed JSON body."""
 
-    def __init__(self, answers: dict[str, object]) -> None:
+    def __init__(self, answers: dict[str, object], delay_s: float = 0.0) -> None:
         import threading
+        import time
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
         self.tokens: list[str] = []  # the Authorization header of each request
@@ -214,6 +215,7 @@ class _FakeServer:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 tokens.append(self.headers.get("Authorization", ""))
+                time.sleep(delay_s)
                 body = json.dumps(answers.get(self.path.split("?")[0], {})).encode()
                 self.send_response(200 if self.path.split("?")[0] in answers else 404)
                 self.send_header("Content-Type", "application/json")
@@ -231,6 +233,36 @@ class _FakeServer:
     def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def test_a_call_the_server_holds_is_said_once_and_again_when_answered(
+        monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str],
+        tmp_path: Path) -> None:
+    """A search held by a paused database printed nothing for the 45 s of the pause (bb49):
+    a call not answered in ANSWER_NOTICE_S is said once, on stderr, and again when it is
+    answered; a prompt answer says nothing."""
+    from bodycam import client
+    from bodycam.cli.base import client_call
+
+    monkeypatch.setattr(client, "ANSWER_NOTICE_S", 0.3)
+    monkeypatch.delenv("BODYCAM_USER", raising=False)
+    me = {"user": "ann", "roles": ["auditor"], "cases": None, "expires_at": None}
+    for delay, said in ((1.2, 2), (0.0, 0)):
+        fake = _FakeServer({"/api/v1/auth/me": me}, delay_s=delay)
+        monkeypatch.setenv("BODYCAM_URL", fake.url)
+        monkeypatch.setenv("BODYCAM_TOKEN", "bct_x")
+        monkeypatch.setenv("BODYCAM_HOME", str(tmp_path))
+        try:
+            got = client_call(lambda c: c.get("/api/v1/auth/me"))
+        finally:
+            fake.close()
+        assert got["user"] == "ann"
+        lines = capfd.readouterr().err.strip().splitlines()
+        assert len(lines) == said, lines
+        if said:
+            assert lines[0].startswith("the server has not answered for 0 s; still waiting ("
+                                       "it may be busy, or a paused database"), lines
+            assert lines[1] == "the server answered after 1 s", lines
 
 
 def test_a_hostile_or_broken_server_gets_inert_text_and_one_error_line(
@@ -510,7 +542,8 @@ def test_an_upload_held_by_a_paused_object_store_is_said_and_then_lands(
     assert lines[0].startswith(f"{HAMILTON}: the server has taken no byte and given no "
                                "answer for 1"), err
     assert "MiB sent); still waiting" in lines[0], err
-    assert "a paused or full object store holds it" in lines[0], err
+    assert "a paused or full object store, or a paused database or broker, holds it" in \
+        lines[0], err
     assert lines[1].startswith(f"{HAMILTON}: the server answered after "), err
 
 

@@ -118,6 +118,7 @@ def client_call(fn: Callable[[Any], T], url: str | None = None) -> T:
     from bodycam.client import Client
 
     c = guarded(lambda: Client.connect(url))
+    c.say = lambda text: err.print(text, markup=False, highlight=False)
     try:
         return guarded(lambda: fn(c))
     finally:
