@@ -27,6 +27,7 @@ import math
 import subprocess
 import tempfile
 import textwrap
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -65,7 +66,8 @@ from bodycam.pipeline.tracks import iou
 # (the kept-tracks benchmark: 21 of 105 boxes shown on facenet_example).
 # /9: a hidden track's lead, tail or hold is not drawn where it lies mostly on a kept face
 # found in that frame: held boxes of the faces around a kept person hid that person
-# (facenet_example: 31 of 105 boxes shown).
+# (facenet_example: 31 of 105 boxes shown). Not within one detection step of the track's own
+# detections, nor for a face moving fast (bb51: those showed faces on the kept face).
 ALGORITHM = "dense-union-overlap-tracks/9"
 Box = tuple[float, float, float, float]
 # One detection of a plan track: frame, x1, y1, x2, y2, probability, detector name.
@@ -78,6 +80,9 @@ CONTACT_FRAMES = 12
 # The share of a guessed box (a hidden track's lead, tail or hold) on a kept face found in the
 # same frame above which it is not drawn (frame_regions).
 BEHIND_SHARE = 0.5
+# A track whose face moves more than this share of its width a frame has its guesses drawn
+# whatever lies under them (frame_regions).
+STILL_SHARE = 0.25
 
 
 @dataclass(frozen=True)
@@ -528,6 +533,26 @@ def _kept_faces(plan: Plan, choices: Choices) -> dict[int, list[Box]]:
     return faces
 
 
+def _detect_step(plan: Plan) -> int:
+    """Frames from one detected frame to the next: `detect_every_frames`, or the gap seen
+    most often between a track's detections where that is wider (a plan's sampling rate is
+    capped, so a fast grid is detected more sparsely)."""
+    gaps = Counter(b[0] - a[0] for t in plan.tracks
+                   for a, b in itertools.pairwise(t.detections))
+    seen = gaps.most_common(1)[0][0] if gaps else 1
+    return max(1, int(plan.params.get("detect_every_frames", 1)), seen)
+
+
+def _still(track: PlanTrack) -> bool:
+    """Whether the track's face moved less than STILL_SHARE of its width a frame at both
+    ends: a face crossing fast in front of a kept face is the one the detectors miss, and
+    a guess of it was left out where it showed (bb51: 80 px a frame, a 200-px face)."""
+    d = track.detections
+    width = max(1.0, min(x[3] - x[1] for x in d))
+    steps = [_step(d[0], d[1]), _step(d[-2], d[-1])] if len(d) > 1 else []
+    return all(math.hypot(*st) < STILL_SHARE * width for st in steps if st is not None)
+
+
 def _behind(box: Box, faces: Sequence[Box]) -> bool:
     """Whether most of a guessed face's box (BEHIND_SHARE) lies on a face found there: a
     face hidden behind it shows nothing, and one in front of it would have been found."""
@@ -545,16 +570,24 @@ def frame_regions(plan: Plan, choices: Choices) -> dict[int, list[Region]]:
     that lies mostly on a kept face found in that frame is left out: held boxes of faces
     near a kept person hid that person for up to a second at a time (the kept-tracks
     benchmark: 31 of 105 boxes shown on facenet_example). Where that face is, a face
-    behind it is covered by it, and one in front of it would have been found there.
+    behind it is covered by it, and one in front of it would have been found there, on a
+    frame the detectors looked at: a guess less than one detection step (`detect_every_
+    frames`) from the track's own detections is always drawn, for the face may have come
+    or gone on a frame between (bb51).
     """
     out: dict[int, list[Region]] = {}
     shown = _kept_faces(plan, choices)
     pad, w, h = float(plan.params["pad"]), plan.width_px, plan.height_px
+    # Frames between two detected frames were not looked at: a face may have come or gone
+    # there unseen (bb51: a face appearing on a kept face on such a frame was shown).
+    step = _detect_step(plan)
     for t in plan.tracks:
         if t.id in choices.keep or t.id in choices.remove:
             continue
+        still = _still(t)
         for f, raw, guessed in track_path(plan, t):
-            if guessed and _behind(raw, shown.get(f, ())):
+            if (guessed and still and min(abs(f - t.first_frame), abs(f - t.last_frame)) >= step
+                    and _behind(raw, shown.get(f, ()))):
                 continue
             box = _pad(raw, pad, w, h)
             if not _empty(box):  # none of it inside the frame otherwise
