@@ -67,7 +67,8 @@ from bodycam.pipeline.tracks import iou
 # /9: a hidden track's lead, tail or hold is not drawn where it lies mostly on a kept face
 # found in that frame: held boxes of the faces around a kept person hid that person
 # (facenet_example: 31 of 105 boxes shown). Not within one detection step of the track's own
-# detections, nor for a face moving fast (bb51: those showed faces on the kept face).
+# detections, nor for a face moving fast, nor across a gap in the kept face's detections
+# (bb51: the first two showed faces on the kept face).
 ALGORITHM = "dense-union-overlap-tracks/9"
 Box = tuple[float, float, float, float]
 # One detection of a plan track: frame, x1, y1, x2, y2, probability, detector name.
@@ -521,15 +522,24 @@ class Region:
     box: tuple[int, int, int, int]
 
 
-def _kept_faces(plan: Plan, choices: Choices) -> dict[int, list[Box]]:
-    """Per frame, the boxes of the kept tracks' faces: between their first and last
-    detections only (a lead, a tail or a hold is a guess, not a face found)."""
+def _kept_faces(plan: Plan, choices: Choices, step: int) -> dict[int, list[Box]]:
+    """Per frame, the boxes of the kept tracks' faces where they were found: at each
+    detection, and between two detections at most `step` frames apart. Not across a longer
+    gap (the face was not found there: a face in front of it may have hidden it), nor in a
+    lead, a tail or a hold (guesses)."""
     faces: dict[int, list[Box]] = {}
     for t in plan.tracks:
-        if t.id in choices.keep:
-            for f, box, guessed in track_path(plan, t):
-                if not guessed:
-                    faces.setdefault(f, []).append(box)
+        if t.id not in choices.keep:
+            continue
+        dets = t.detections
+        for a, b in itertools.pairwise(dets):
+            ba, bb = _box(a), _box(b)
+            for f in range(a[0], b[0] if b[0] - a[0] <= step else a[0] + 1):
+                k = (f - a[0]) / max(1, b[0] - a[0])
+                faces.setdefault(f, []).append((
+                    ba[0] + k * (bb[0] - ba[0]), ba[1] + k * (bb[1] - ba[1]),
+                    ba[2] + k * (bb[2] - ba[2]), ba[3] + k * (bb[3] - ba[3])))
+        faces.setdefault(dets[-1][0], []).append(_box(dets[-1]))
     return faces
 
 
@@ -573,14 +583,16 @@ def frame_regions(plan: Plan, choices: Choices) -> dict[int, list[Region]]:
     behind it is covered by it, and one in front of it would have been found there, on a
     frame the detectors looked at: a guess less than one detection step (`detect_every_
     frames`) from the track's own detections is always drawn, for the face may have come
-    or gone on a frame between (bb51).
+    or gone on a frame between, and so is any guess of a face moving more than STILL_SHARE
+    of its width a frame, which the detectors miss (bb51). A kept face counts where it was
+    found (`_kept_faces`), not across a gap in its detections.
     """
     out: dict[int, list[Region]] = {}
-    shown = _kept_faces(plan, choices)
     pad, w, h = float(plan.params["pad"]), plan.width_px, plan.height_px
     # Frames between two detected frames were not looked at: a face may have come or gone
     # there unseen (bb51: a face appearing on a kept face on such a frame was shown).
     step = _detect_step(plan)
+    shown = _kept_faces(plan, choices, step)
     for t in plan.tracks:
         if t.id in choices.keep or t.id in choices.remove:
             continue

@@ -237,6 +237,26 @@ def test_a_guessed_box_of_a_hidden_face_is_not_drawn_over_a_kept_face_found_ther
     assert shown["P5"] == [*range(0, 20), *range(25, 34), *range(41, 60)], shown["P5"]
 
 
+def test_a_kept_face_not_found_for_a_while_lets_no_guess_over_it_be_left_out() -> None:
+    """Pure. A kept face counts as found at its detections and between two a detection step
+    apart, not across a longer gap: there a face in front of it may have hidden it, and a
+    guess of that face lying on the kept face's interpolated box is drawn all the same."""
+    def det(f: int, x: float, size: float) -> PlanDetection:
+        return (f, x, 100.0, x + size, 100.0 + size, 0.9, "mtcnn")
+
+    kept = PlanTrack("P1", 0, (det(20, 100.0, 40.0), det(22, 100.0, 40.0),
+                               det(40, 100.0, 40.0), det(42, 100.0, 40.0)))
+    other = PlanTrack("P2", 0, (det(10, 105.0, 30.0),))  # held to frame 40 on the kept face
+    plan = Plan("v", "0" * 64, Fraction(30), 60, 320, 240, 2.0, (kept, other),
+                {"pad": 0.0, "lead_frames": 2, "tail_frames": 2, "hold_frames": 30,
+                 "detect_every_frames": 2, "scenes": [[0, 60]],
+                 "low_confidence": {"mtcnn": 0.9}}, 1)
+    regions = frame_regions(plan, Choices(keep={"P1": Decision("r", "consent", "ann")}))
+    frames = sorted({f for f, rs in regions.items() for r in rs if r.source == "P2"})
+    # Found at 20-22 (a step apart) and at 40: left out there; 23-39 is a gap: drawn.
+    assert frames == [*range(0, 20), *range(23, 40)], frames
+
+
 def _faces_shown(path: Path, turns: int = 0) -> list[int]:
     """The frames of a video where MTCNN finds a face (turned `turns` quarters first)."""
     from bodycam.config import PipelineSettings
