@@ -43,6 +43,9 @@ class Policy:
     retention_days: int = 30
     enrolment_approval: bool = False
     reviewers_explicit: bool = False  # set by an admin, kept across profile switches
+    # The count as set (an admin's, or a profile's default), which the profile's own count
+    # raises to `reviewers_required`; stored, so a switch back finds it (not in the JSON).
+    reviewers_set: int = 1
 
     def as_json(self) -> dict[str, object]:
         """JSON for the CLI and the audit log."""
@@ -59,9 +62,10 @@ def current(conn: Conn) -> Policy:
         " reviewers_explicit FROM policy ORDER BY id DESC LIMIT 1").fetchone()
     if row is None:
         return Policy()
-    return Policy(str(row["profile"]), int(row["reviewers_required"]),
+    profile, count = str(row["profile"]), int(row["reviewers_required"])
+    return Policy(profile, max(count, PROFILES.get(profile, (1, False))[0]),
                   int(row["retention_days"]), bool(row["enrolment_approval"]),
-                  bool(row["reviewers_explicit"]))
+                  bool(row["reviewers_explicit"]), count)
 
 
 def change(conn: Conn, key: str, by: str, reason: str, profile: str | None = None,
@@ -69,9 +73,10 @@ def change(conn: Conn, key: str, by: str, reason: str, profile: str | None = Non
     """Record a policy change (admins only, checked by the caller) with its reason.
 
     A profile switch brings the profile's defaults, except for a reviewer count an admin
-    set explicitly (`--reviewers`): that is kept until an admin changes it, but never below
-    the profile's own count: a count of 1 set under `identify` left `identify-eu` with one
-    confirmation, which its users take to need two (bb50); fewer is refused.
+    set explicitly (`--reviewers`): that is kept until an admin changes it, but a profile
+    never needs fewer than its own count: a count of 1 set under `identify` left
+    `identify-eu` with one confirmation, which its users take to need two (bb50). The count
+    as set is stored, so a switch back finds it; fewer than a profile's own is refused.
     Switching to redact-only purges every stored face embedding and enrolment template in the
     same transaction, audited with the counts; from then on the database
     refuses to store new ones (migration 007).
@@ -95,13 +100,14 @@ def change(conn: Conn, key: str, by: str, reason: str, profile: str | None = Non
     elif profile and not old.reviewers_explicit:
         count, explicit = default_reviewers, False
     else:
-        count, explicit = max(old.reviewers_required, default_reviewers), old.reviewers_explicit
+        count, explicit = old.reviewers_set, old.reviewers_explicit
     new = Policy(
         profile=name,
-        reviewers_required=count,
+        reviewers_required=max(count, default_reviewers),
         retention_days=retention_days if retention_days is not None else old.retention_days,
         enrolment_approval=approval if profile else old.enrolment_approval,
         reviewers_explicit=explicit,
+        reviewers_set=count,
     )
     if new.profile == "redact-only":
         # Wait for transactions writing embeddings to finish, so that none commits one after
@@ -110,7 +116,7 @@ def change(conn: Conn, key: str, by: str, reason: str, profile: str | None = Non
     conn.execute("INSERT INTO policy (profile, reviewers_required, retention_days,"
                  " enrolment_approval, reviewers_explicit, changed_by, reason)"
                  " VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                 (new.profile, new.reviewers_required, new.retention_days,
+                 (new.profile, new.reviewers_set, new.retention_days,
                   new.enrolment_approval, new.reviewers_explicit, by, reason))
     audit.append(conn, key, by, "policy.change", {"from": old.as_json(), "to": new.as_json(),
                                                    "reason": reason})

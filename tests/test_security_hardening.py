@@ -600,6 +600,8 @@ def test_a_profile_switch_keeps_an_explicit_reviewer_count(stack: StackHandle) -
             assert proc.returncode == 1 and "identify-eu profile needs at least 2" in \
                 one_line(proc), proc.stderr
         assert policy()["reviewers_required"] == 2
+        switch("--profile", "identify")  # the count as set, found again (not the raised 2)
+        assert policy()["reviewers_required"] == 1, policy()
     finally:
         switch("--profile", "identify", "--reviewers", str(start["reviewers_required"]))
 
