@@ -490,15 +490,20 @@ def track_path(plan: Plan, track: PlanTrack) -> Iterator[tuple[int, Box, bool]]:
         if first_step is not None:
             yield f, _moved(_box(dets[0]), first_step, f - track.first_frame), True
     for a, b in itertools.pairwise(dets):
-        ba, bb = _box(a), _box(b)
         for f in range(a[0], b[0]):
-            k = (f - a[0]) / max(1, b[0] - a[0])
-            yield f, (ba[0] + k * (bb[0] - ba[0]), ba[1] + k * (bb[1] - ba[1]),
-                      ba[2] + k * (bb[2] - ba[2]), ba[3] + k * (bb[3] - ba[3])), False
+            yield f, _between(a, b, f), False
     for f in range(track.last_frame, min(last_frame, track.last_frame + tail) + 1):
         yield f, _box(dets[-1]), f > track.last_frame
         if last_step is not None and f > track.last_frame:
             yield f, _moved(_box(dets[-1]), last_step, f - track.last_frame), True
+
+
+def _between(a: PlanDetection, b: PlanDetection, f: int) -> Box:
+    """The box at frame f between two detections of a track, interpolated."""
+    (ax1, ay1, ax2, ay2), (bx1, by1, bx2, by2) = _box(a), _box(b)
+    k = (f - a[0]) / max(1, b[0] - a[0])
+    return (ax1 + k * (bx1 - ax1), ay1 + k * (by1 - ay1), ax2 + k * (bx2 - ax2),
+            ay2 + k * (by2 - ay2))
 
 
 def _step(a: PlanDetection, b: PlanDetection) -> tuple[float, float] | None:
@@ -533,12 +538,8 @@ def _kept_faces(plan: Plan, choices: Choices, step: int) -> dict[int, list[Box]]
             continue
         dets = t.detections
         for a, b in itertools.pairwise(dets):
-            ba, bb = _box(a), _box(b)
             for f in range(a[0], b[0] if b[0] - a[0] <= step else a[0] + 1):
-                k = (f - a[0]) / max(1, b[0] - a[0])
-                faces.setdefault(f, []).append((
-                    ba[0] + k * (bb[0] - ba[0]), ba[1] + k * (bb[1] - ba[1]),
-                    ba[2] + k * (bb[2] - ba[2]), ba[3] + k * (bb[3] - ba[3])))
+                faces.setdefault(f, []).append(_between(a, b, f))
         faces.setdefault(dets[-1][0], []).append(_box(dets[-1]))
     return faces
 
