@@ -39,13 +39,17 @@ class Policy:
     """The active profile and its parameters."""
 
     profile: str = "identify"
-    reviewers_required: int = 1
+    # The reviewer count as set (an admin's, or a profile's default): stored, so a switch
+    # back finds it; the profile's own count raises it (`reviewers_required`).
+    reviewers_set: int = 1
     retention_days: int = 30
     enrolment_approval: bool = False
     reviewers_explicit: bool = False  # set by an admin, kept across profile switches
-    # The count as set (an admin's, or a profile's default), which the profile's own count
-    # raises to `reviewers_required`; stored, so a switch back finds it (not in the JSON).
-    reviewers_set: int = 1
+
+    @property
+    def reviewers_required(self) -> int:
+        """Confirmations a match needs: the count as set, at least the profile's own."""
+        return max(self.reviewers_set, PROFILES.get(self.profile, (1, False))[0])
 
     def as_json(self) -> dict[str, object]:
         """JSON for the CLI and the audit log."""
@@ -62,10 +66,9 @@ def current(conn: Conn) -> Policy:
         " reviewers_explicit FROM policy ORDER BY id DESC LIMIT 1").fetchone()
     if row is None:
         return Policy()
-    profile, count = str(row["profile"]), int(row["reviewers_required"])
-    return Policy(profile, max(count, PROFILES.get(profile, (1, False))[0]),
+    return Policy(str(row["profile"]), int(row["reviewers_required"]),
                   int(row["retention_days"]), bool(row["enrolment_approval"]),
-                  bool(row["reviewers_explicit"]), count)
+                  bool(row["reviewers_explicit"]))
 
 
 def change(conn: Conn, key: str, by: str, reason: str, profile: str | None = None,
@@ -103,11 +106,10 @@ def change(conn: Conn, key: str, by: str, reason: str, profile: str | None = Non
         count, explicit = old.reviewers_set, old.reviewers_explicit
     new = Policy(
         profile=name,
-        reviewers_required=max(count, default_reviewers),
+        reviewers_set=count,
         retention_days=retention_days if retention_days is not None else old.retention_days,
         enrolment_approval=approval if profile else old.enrolment_approval,
         reviewers_explicit=explicit,
-        reviewers_set=count,
     )
     if new.profile == "redact-only":
         # Wait for transactions writing embeddings to finish, so that none commits one after
