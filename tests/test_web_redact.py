@@ -100,7 +100,7 @@ def test_a_reviewer_keeps_a_track_adds_a_box_renders_and_sees_the_preview_and_re
     expect(page.locator("#regions li")).to_have_count(1)
     page.get_by_role("button", name="Render redacted video").click()
     expect(page.locator("#result")).to_be_visible(timeout=600_000)
-    page.wait_for_function("document.getElementById('sheet').naturalWidth > 0")
+    page.wait_for_function("() => document.getElementById('sheet').naturalWidth > 0")
     shot(page, "redact")
     href = page.locator("#report-json").get_attribute("href")
     assert href is not None and href.endswith("/report")
