@@ -69,7 +69,10 @@ from bodycam.pipeline.tracks import iou
 # (facenet_example: 31 of 105 boxes shown). Not within one detection step of the track's own
 # detections, nor for a face moving fast, nor across a gap in the kept face's detections
 # (bb51: the first two showed faces on the kept face).
-ALGORITHM = "dense-union-overlap-tracks/9"
+# /10: of a fast face's guesses, only the box carried on along its motion is always drawn;
+# its held box is left out over a kept face as any other's (bb52: after a fast crossing it
+# hid the kept person for up to 0.84 s, with no one there).
+ALGORITHM = "dense-union-overlap-tracks/10"
 Box = tuple[float, float, float, float]
 # One detection of a plan track: frame, x1, y1, x2, y2, probability, detector name.
 PlanDetection = tuple[int, float, float, float, float, float, str]
@@ -81,9 +84,13 @@ CONTACT_FRAMES = 12
 # The share of a guessed box (a hidden track's lead, tail or hold) on a kept face found in the
 # same frame above which it is not drawn (frame_regions).
 BEHIND_SHARE = 0.5
-# A track whose face moves more than this share of its width a frame has its guesses drawn
-# whatever lies under them (frame_regions).
+# A track whose face moves more than this share of its width a frame has its carried guesses
+# drawn whatever lies under them (frame_regions).
 STILL_SHARE = 0.25
+# How a box of a track's path was come by (track_path): where its face was found (at a
+# detection or between two), or guessed: held where it was first (last) found, or carried
+# on from there along its motion.
+Found = Literal["found", "held", "carried"]
 
 
 @dataclass(frozen=True)
@@ -457,20 +464,21 @@ def track_boxes(plan: Plan, track: PlanTrack) -> Iterator[tuple[int, tuple[int, 
     """(frame, padded box) for every frame the track covers, lead and tail included
     (track_path)."""
     pad, w, h = float(plan.params["pad"]), plan.width_px, plan.height_px
-    for f, box, _guessed in track_path(plan, track):
+    for f, box, _how in track_path(plan, track):
         yield f, _pad(box, pad, w, h)
 
 
-def track_path(plan: Plan, track: PlanTrack) -> Iterator[tuple[int, Box, bool]]:
-    """(frame, box, guessed) for every frame the track covers: between its detections the
-    box is interpolated; before its first and after its last (`guessed`) it is a lead and a
-    tail. A track's first (last) box is held toward its scene's start (end), at most
-    `hold_frames` (plans computed before record none). At the frame's edge too: a face half
-    out of the picture is seldom found, and one leaving slowly showed in the frames after
-    its last box (bb37). Where the track moved, the held box is also carried on along its
-    first (last) step's motion: a face running out of the picture showed ahead of its last
-    box (bb37). A piece of a split track holds nothing toward the piece it continues
-    (`joined`), whose face was found there: only its lead (tail) covers it."""
+def track_path(plan: Plan, track: PlanTrack) -> Iterator[tuple[int, Box, Found]]:
+    """(frame, box, how it was come by) for every frame the track covers: between its
+    detections the box is interpolated (`found`); before its first and after its last it
+    is a lead and a tail (`held`). A track's first (last) box is held toward its scene's
+    start (end), at most `hold_frames` (plans computed before record none). At the frame's
+    edge too: a face half out of the picture is seldom found, and one leaving slowly showed
+    in the frames after its last box (bb37). Where the track moved, the held box is also
+    carried on along its first (last) step's motion (`carried`): a face running out of the
+    picture showed ahead of its last box (bb37). A piece of a split track holds nothing
+    toward the piece it continues (`joined`), whose face was found there: only its lead
+    (tail) covers it."""
     p = plan.params
     lead, tail = int(p["lead_frames"]), int(p["tail_frames"])
     dets = track.detections
@@ -486,16 +494,16 @@ def track_path(plan: Plan, track: PlanTrack) -> Iterator[tuple[int, Box, bool]]:
     first_step = _step(dets[0], dets[1]) if len(dets) > 1 else None
     last_step = _step(dets[-2], dets[-1]) if len(dets) > 1 else None
     for f in range(max(0, track.first_frame - lead), track.first_frame):
-        yield f, _box(dets[0]), True
+        yield f, _box(dets[0]), "held"
         if first_step is not None:
-            yield f, _moved(_box(dets[0]), first_step, f - track.first_frame), True
+            yield f, _moved(_box(dets[0]), first_step, f - track.first_frame), "carried"
     for a, b in itertools.pairwise(dets):
         for f in range(a[0], b[0]):
-            yield f, _between(a, b, f), False
+            yield f, _between(a, b, f), "found"
     for f in range(track.last_frame, min(last_frame, track.last_frame + tail) + 1):
-        yield f, _box(dets[-1]), f > track.last_frame
+        yield f, _box(dets[-1]), "held" if f > track.last_frame else "found"
         if last_step is not None and f > track.last_frame:
-            yield f, _moved(_box(dets[-1]), last_step, f - track.last_frame), True
+            yield f, _moved(_box(dets[-1]), last_step, f - track.last_frame), "carried"
 
 
 def _between(a: PlanDetection, b: PlanDetection, f: int) -> Box:
@@ -584,9 +592,11 @@ def frame_regions(plan: Plan, choices: Choices) -> dict[int, list[Region]]:
     behind it is covered by it, and one in front of it would have been found there, on a
     frame the detectors looked at: a guess less than one detection step (`detect_every_
     frames`) from the track's own detections is always drawn, for the face may have come
-    or gone on a frame between, and so is any guess of a face moving more than STILL_SHARE
-    of its width a frame, which the detectors miss (bb51). A kept face counts where it was
-    found (`_kept_faces`), not across a gap in its detections.
+    or gone on a frame between, and so is the carried guess of a face moving more than
+    STILL_SHARE of its width a frame, which the detectors miss (bb51). Such a face's held
+    box is left out there as any other: it stands where the face was, not where it went,
+    and drawn it hid the kept person for up to 0.84 s after a fast crossing (bb52). A kept
+    face counts where it was found (`_kept_faces`), not across a gap in its detections.
     """
     out: dict[int, list[Region]] = {}
     pad, w, h = float(plan.params["pad"]), plan.width_px, plan.height_px
@@ -598,8 +608,9 @@ def frame_regions(plan: Plan, choices: Choices) -> dict[int, list[Region]]:
         if t.id in choices.keep or t.id in choices.remove:
             continue
         still = _still(t)
-        for f, raw, guessed in track_path(plan, t):
-            if (guessed and still and min(abs(f - t.first_frame), abs(f - t.last_frame)) >= step
+        for f, raw, how in track_path(plan, t):
+            if ((how == "held" or (how == "carried" and still))
+                    and min(abs(f - t.first_frame), abs(f - t.last_frame)) >= step
                     and _behind(raw, shown.get(f, ()))):
                 continue
             box = _pad(raw, pad, w, h)

@@ -197,7 +197,9 @@ def test_a_guessed_box_of_a_hidden_face_is_not_drawn_over_a_kept_face_found_ther
     guessed box lying mostly on a kept face found in that frame is not drawn (/9); its
     detections, and guesses elsewhere or larger than the kept face, still are. So is a guess
     within one detection step of the track's own detections: a face that came or went on a
-    frame the detectors skipped showed there, on the kept face, for a frame (bb51)."""
+    frame the detectors skipped showed there, on the kept face, for a frame (bb51), and so
+    is the carried guess of a fast face (bb51); not its held box, which stays where the face
+    was and hid the kept person for up to 0.84 s after a fast crossing (bb52)."""
     def det(f: int, x: float, size: float = 40.0) -> PlanDetection:
         return (f, x, 100.0, x + size, 100.0 + size, 0.9, "centerface")
 
@@ -211,8 +213,10 @@ def test_a_guessed_box_of_a_hidden_face_is_not_drawn_over_a_kept_face_found_ther
     # Runs onto the kept face at 15 px a frame (three-quarters of its width): a fast face is
     # the one the detectors miss, so its guesses stay (bb51: 80 px a frame showed a face).
     fast = PlanTrack("P6", 0, (det(22, 140.0, 20.0), det(24, 110.0, 20.0)))
+    # Found at the right at 15 px a frame, last at 22: carried on, it runs over the kept face.
+    faster = PlanTrack("P7", 0, (det(20, 220.0, 20.0), det(22, 190.0, 20.0)))
     plan = Plan("v", "0" * 64, Fraction(30), 60, 320, 240, 2.0,
-                (kept, near, away, big, brief, fast),
+                (kept, near, away, big, brief, fast, faster),
                 {"pad": 0.0, "lead_frames": 2, "tail_frames": 2, "hold_frames": 30,
                  "detect_every_frames": 2, "scenes": [[0, 60]],
                  "low_confidence": {"centerface": 0.5}}, 1)
@@ -232,7 +236,14 @@ def test_a_guessed_box_of_a_hidden_face_is_not_drawn_over_a_kept_face_found_ther
     # face's frames (to 40) does not; after the kept face's last detection it does.
     assert shown["P2"] == [*range(0, 32), *range(41, 60)], shown["P2"]
     assert shown["P3"] == everyone["P3"] and shown["P4"] == everyone["P4"]
-    assert shown["P6"] == everyone["P6"]
+    # P6: its box carried on at 15 px a frame is drawn until it leaves the picture (32),
+    # and so is its held box a step from its last detection (25); the held box is left out
+    # where the kept face was found (26-40), and drawn after it (41 on, to its hold's end).
+    assert shown["P6"] == [*range(0, 33), *range(41, 55)], shown["P6"]
+    at_28 = frame_regions(plan, Choices(keep={"P1": Decision("r", "consent", "ann")}))[28]
+    assert [r.box for r in at_28 if r.source == "P6"] == [(50, 100, 70, 120)], "carried only"
+    assert [r.box for r in at_28 if r.source == "P7"] == [(190, 100, 210, 120),
+                                                          (100, 100, 120, 120)], "both"
     # P5: the frame before its first detection and the one after its last stay.
     assert shown["P5"] == [*range(0, 20), *range(25, 34), *range(41, 60)], shown["P5"]
 
