@@ -6,6 +6,7 @@ import csv
 import hashlib
 import io
 import json
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -604,6 +605,41 @@ def test_a_profile_switch_keeps_an_explicit_reviewer_count(stack: StackHandle) -
         assert policy()["reviewers_required"] == 1, policy()
     finally:
         switch("--profile", "identify", "--reviewers", str(start["reviewers_required"]))
+
+
+def test_two_policy_changes_made_at_once_are_both_kept(stack: StackHandle) -> None:
+    """Each change is made on the one before: a switch to identify-eu sent beside a reviewer
+    count was lost 2 times in 10, and the count 6 times (bb53). The first change holds its
+    transaction open while the second is made; both are in force after."""
+    from bodycam import policy
+
+    start = stack.cli.json("policy", "show")
+    assert isinstance(start, dict) and start["profile"] == "identify", start
+    key, made = stack.ctx.audit_key, {}
+
+    def second() -> None:
+        with stack.ctx.db() as conn:
+            made["second"] = policy.change(conn, key, "admin", "test: the count", reviewers=3)
+
+    try:
+        with stack.ctx.db() as conn:
+            first = policy.change(conn, key, "admin", "test: the profile", profile="identify-eu")
+            t = threading.Thread(target=second)
+            t.start()
+            t.join(1.0)
+        t.join(30)
+        assert not t.is_alive()
+        now = stack.cli.json("policy", "show")
+        assert isinstance(now, dict)
+        assert (now["profile"], now["reviewers_required"]) == ("identify-eu", 3), now
+        assert made["second"].profile == first.profile == "identify-eu"
+        with stack.ctx.db() as conn:
+            rows = conn.execute("SELECT details FROM audit_log WHERE action = 'policy.change'"
+                                " ORDER BY id DESC LIMIT 2").fetchall()
+        assert rows[0]["details"]["from"] == rows[1]["details"]["to"], "each from the last"
+    finally:
+        stack.cli.run("policy", "set", "--profile", "identify", "--reviewers",
+                      str(start["reviewers_required"]), "--reason", "restore", check=True)
 
 
 def test_redact_only_purges_every_template_refuses_approval_and_face_processing(
