@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import psutil
+import psycopg
 
 from bodycam.client import OPERATOR_TOKEN
 from bodycam.config import Settings, env_for_children
@@ -681,7 +682,10 @@ class Stack:
 
         for name, external in (("postgres", s.database_url), ("s3", s.s3_endpoint_url),
                                ("redis", s.redis_url)):
-            services[name] = "external" if external else probe(name, name)
+            # An external service is not this home's to start, but it must answer: status
+            # said all was well with an external database nothing listened for (bb53).
+            services[name] = (probe(name, name) if not external else "external"
+                              if _external_answers(name, external) else "external, not answering")
         services["api"] = probe("api", "api")
         services["scheduler"] = ("paused" if "beat" in paused else
                                  "running" if procs.get("beat") else "stopped")
@@ -739,14 +743,57 @@ def _as_role(url: str, role: str, password: str) -> str:
 
 
 def _redacted(url: str) -> str:
-    """A URL without its password (status output)."""
-    from urllib.parse import urlsplit, urlunsplit
+    """A service location without its password (status output): a URL's, its query's
+    `password=`, or a libpq key=value string's; one that is neither is not shown (a key=value
+    database setting was printed whole, password and all: bb53)."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = f"{parts.username}:***@" if parts.username else ":***@"
-    return urlunsplit(parts._replace(netloc=user + parts.netloc.rsplit("@", 1)[1]))
+    if "://" not in url:
+        from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+        try:
+            kv = conninfo_to_dict(url)
+        except psycopg.Error:
+            return "(not shown: neither a URL nor a key=value connection string)"
+        return make_conninfo("", **{k: "***" if k == "password" else v for k, v in kv.items()})
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return "(not shown: not a valid URL)"
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    if any(k == "password" for k, _v in query):
+        parts = parts._replace(query=urlencode(
+            [(k, "***" if k == "password" else v) for k, v in query], safe="*"))
+    if password is not None:
+        user = f"{parts.username}:***@" if parts.username else ":***@"
+        parts = parts._replace(netloc=user + parts.netloc.rsplit("@", 1)[1])
+    return urlunsplit(parts)
+
+
+def _external_answers(kind: str, url: str) -> bool:
+    """Whether an external service accepts connections where its setting points (a TCP
+    connect, as for the embedded services; a database's Unix socket where it names one)."""
+    from urllib.parse import urlsplit
+
+    default = {"postgres": 5432, "redis": 6379}
+    try:
+        if kind == "postgres" and "://" not in url:
+            from psycopg.conninfo import conninfo_to_dict
+
+            kv = conninfo_to_dict(url)
+            host, port = str(kv.get("host") or "/run/postgresql"), int(kv.get("port") or 5432)
+        else:
+            parts = urlsplit(url)
+            host = parts.hostname or ("127.0.0.1" if kind != "postgres" else "/run/postgresql")
+            port = parts.port or default.get(kind) or (443 if parts.scheme == "https" else 80)
+        if host.startswith("/"):
+            with socket.socket(socket.AF_UNIX) as u:
+                u.settimeout(1.0)
+                return u.connect_ex(f"{host}/.s.PGSQL.{port}") == 0
+        return _answers(port, host)
+    except (ValueError, OSError, psycopg.Error):
+        return False
 
 
 def _owner_only(path: Path) -> None:

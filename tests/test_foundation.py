@@ -55,6 +55,37 @@ def test_status_reports_every_service_and_the_database_url(stack: StackHandle) -
     assert not any("{" in v or "'" in v for v in lines.values()), lines
 
 
+def test_status_checks_external_services_and_never_shows_a_password(
+        stack: StackHandle) -> None:
+    """External services are not this home's to start, but status said `ok True` with an
+    external database nothing listened for, and printed a key=value database setting whole,
+    password and all (bb53)."""
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    svc = stack.ctx.services
+    kv = conninfo_to_dict(svc.database_url)
+    password = str(kv["password"])
+    assert len(password) >= 8
+    external = {"BODYCAM_DATABASE_URL": make_conninfo("", **kv),
+                "BODYCAM_S3_ENDPOINT_URL": str(svc.s3.endpoint_url),
+                "BODYCAM_REDIS_URL": svc.redis_url}
+    up = stack.cli.run("status", "--json", extra_env=external)
+    st = json.loads(up.stdout)
+    assert {k: st["services"][k] for k in ("postgres", "s3", "redis")} == dict.fromkeys(
+        ("postgres", "s3", "redis"), "external"), st
+    assert up.returncode == 0 and st["ok"] is True, st
+    assert "password=***" in st["database_url"]
+    for env in (external, {**external, "BODYCAM_DATABASE_URL": f"{svc.database_url}x y"}):
+        for argv in (("status",), ("status", "--json")):
+            proc = stack.cli.run(*argv, extra_env=env)
+            assert password not in proc.stdout + proc.stderr, argv
+    down = stack.cli.run("status", "--json", extra_env={
+        **external, "BODYCAM_DATABASE_URL": make_conninfo("", **{**kv, "port": "1"})})
+    st = json.loads(down.stdout)
+    assert down.returncode == 1 and st["ok"] is False
+    assert st["services"]["postgres"] == "external, not answering", st
+
+
 def test_status_names_a_paused_service_or_worker_and_fails(stack: StackHandle) -> None:
     """A stopped process (SIGSTOP) keeps its pid and its port takes connections into the
     kernel's backlog: `status` said `ok True` with the scheduler, a worker or SeaweedFS
