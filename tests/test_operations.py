@@ -96,6 +96,26 @@ def test_a_refused_setting_is_one_line_that_repeats_no_value_read(
     assert "dbsecret42" not in proc.stderr
 
 
+@pytest.mark.parametrize("command", [("migrate",), ("bootstrap-admin", "first")])
+def test_a_local_command_whose_database_does_not_answer_says_so_in_one_line(
+        tmp_path: Path, command: tuple[str, ...]) -> None:
+    """`bodycam migrate` against a database that refused the connection printed a traceback
+    of 60 lines (bb53): one line, as every command's, naming what to check."""
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path),
+           "BODYCAM_HOME": str(tmp_path / "home"),
+           "BODYCAM_DATABASE_URL": "postgresql://u:dbsecret42@127.0.0.1:1/db",
+           "BODYCAM_S3_ENDPOINT_URL": "http://127.0.0.1:1", "BODYCAM_REDIS_URL":
+           "redis://127.0.0.1:1/0", "BODYCAM_AUDIT_KEY": "audit-" + secrets.token_hex(16)}
+    if "PYTHONPATH" in os.environ:
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    proc = Cli(env).run(*command, timeout=120)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1, proc.stderr
+    assert lines[0] == ("error: database unreachable: OperationalError: check that it runs"
+                        " and BODYCAM_DATABASE_URL, then retry"), lines
+    assert "dbsecret42" not in proc.stderr + proc.stdout
+
+
 def own_stack(home: Path, extra: dict[str, str] | None = None,
               umask: int | None = None) -> Iterator[StackHandle]:
     """A real embedded stack in its own BODYCAM_HOME (the operations settings plus `extra`),

@@ -69,10 +69,18 @@ def status(as_json: JsonFlag = False) -> None:
 def migrate() -> None:
     """Apply database migrations (production: run once before starting workers)."""
     from bodycam.db import migrate as run
+    from bodycam.errors import TransientError
     from bodycam.services import admin_database_url
 
     ctx = context()
-    applied = guarded(lambda: run(admin_database_url(ctx.settings)))
+
+    def apply() -> list[str]:
+        try:
+            return run(admin_database_url(ctx.settings))
+        except TransientError as exc:  # as any command's database (Context.db)
+            raise TransientError(f"{exc}: {ctx.remedy('database_url')}") from exc
+
+    applied = guarded(apply)
     err.print(f"applied {len(applied)} migrations" if applied else "schema is up to date")
 
 

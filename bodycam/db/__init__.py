@@ -44,13 +44,19 @@ def _open(url: str) -> Conn:
         conn = psycopg.connect(url, row_factory=dict_row, connect_timeout=10,
                                tcp_user_timeout=10_000)
     except psycopg.OperationalError as exc:
-        raise TransientError(f"database unreachable: {exc.__class__.__name__}") from exc
+        raise unreachable(exc) from exc
     try:
         register_vector(conn)
         conn.commit()
     except psycopg.ProgrammingError:
         conn.rollback()  # before the first migration the extension does not exist yet
     return conn
+
+
+def unreachable(exc: psycopg.OperationalError) -> TransientError:
+    """The error for a database that refused or dropped a new connection (its reason can
+    name the server, never a password; the caller adds what to check)."""
+    return TransientError(f"database unreachable: {exc.__class__.__name__}")
 
 
 def autocommit(url: str) -> Conn:
@@ -166,7 +172,11 @@ def migrate(admin_url: str, passwords: dict[str, str] | None = None) -> list[str
     administrator made it: infra/postgres/init.sql).
     """
     applied: list[str] = []
-    with psycopg.connect(admin_url, autocommit=True) as conn:
+    try:
+        admin = psycopg.connect(admin_url, autocommit=True, connect_timeout=10)
+    except psycopg.OperationalError as exc:  # a traceback of 60 lines (bb53)
+        raise unreachable(exc) from exc
+    with admin as conn:
         conn.execute("SELECT pg_advisory_lock(727001)")
         try:
             conn.execute(
