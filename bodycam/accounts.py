@@ -57,7 +57,8 @@ ACTS_UNDER: dict[str, str] = {
     "export.download": "audit.export",
 }
 SEE_ALL_CASES = ("supervisor", "admin")
-NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
+# Not starting with `-`: a command given such a name took it for an option (bb53: `-rf`).
+NAME = re.compile(r"^[A-Za-z0-9_.@][A-Za-z0-9_.@-]{0,63}$")
 
 
 class AccessDeniedError(PermanentError):
@@ -95,7 +96,7 @@ def create_user(conn: Conn, key: str, name: str, roles: list[str], by: str,
                                 f"choose from {', '.join(ROLES)}")
     if not NAME.match(name):
         raise InvalidInputError(f"user name {name[:64]!r} is not allowed: use 1 to 64 letters,"
-                                " digits and . _ @ -")
+                                " digits and . _ @ - (not starting with -)")
     # Every account change checks the state it depends on under the audit log's lock, which
     # every other account change holds until it commits: of two at once, one wins and the
     # other gets the sequential answer (here 409, not the primary key's violation).

@@ -670,6 +670,7 @@ def test_the_audited_functions_change_accounts_and_leave_journal_and_audit_rows(
 def test_bad_account_input_is_refused_with_one_line_and_leaves_no_row(tb: StackHandle) -> None:
     before = _last_change(tb)
     for args in (["users", "add", "tb-bad", "--role", "sheriff"],
+                 ["users", "add", "--role", "clerk", "--", "-rf"],  # an option's look (bb53)
                  ["users", "assign", "nobody-here", "--case", CASE],
                  ["users", "disable", "nobody-here"]):
         proc = tb.cli.run(*args)
