@@ -134,7 +134,7 @@ faults: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m bodycam.faults --faults 40 --clips 3 \
 		--clip-s 40 --seed 11 --out faults-report.json
 
-# The whole hostile-media corpus (seeded, ~370 files) through `bodycam ingest` against a fresh
+# The whole hostile-media corpus (seeded, ~400 files) through `bodycam ingest` against a fresh
 # stack in a temporary home; the summary (counts by category, max time and RSS, reasons) is
 # written to hostile-summary.json. Exits non-zero when any file breaks the contract.
 HOSTILE_SEED ?= 1

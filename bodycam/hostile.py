@@ -548,6 +548,13 @@ def _timestamps(c: Corpus) -> None:
                 packet.pts = packet.dts = (n // 5) * 333
                 dst.mux(packet)
                 n += 1
+    # A camera that pauses and resumes inside one file: the gap's frames never come (bb43:
+    # detected on 5 frames of 90, and after a 10-hour pause the release could not be made).
+    for name, gap_s in (("paused_5s", 5), ("paused_10h", 36000)):
+        paused = c.add(f"timestamps/{name}.mp4", "timestamps",
+                       f"the camera paused {gap_s} s after 1 s of frames", "done")
+        _ff("-i", str(segs[0]), "-vf", f"setpts='if(gte(N,15),PTS+{gap_s}/TB,PTS)'",
+            "-fps_mode", "passthrough", "-c:v", "libx264", str(paused))
     many = c.add("bombs/mkv_9_streams.mkv", "bomb", "a video and 8 audio tracks (Matroska)",
                  "refused")
     _ff("-i", str(segs[0]), "-f", "lavfi", "-i", "anullsrc=r=8000:cl=mono",

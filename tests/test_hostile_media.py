@@ -35,6 +35,7 @@ FAST = {
     "valid/vp9.webm", "valid/h264.ts", "valid/rotated_90.mp4", "valid/vfr.mp4",
     "valid/ffv1.mkv", "decoys/small_first.mp4", "bombs/elst_repeat.mp4", "bombs/streams_20.mp4",
     "timestamps/joined_segments.ts", "timestamps/untimed_frames.ts", "bombs/mkv_9_streams.mkv",
+    "timestamps/paused_10h.mp4",
     "fs/link.mp4", "fs/loopdir/x.mp4", "fs/fifo.mp4", "fs/dev_zero",
     "names/[/red]closing.mp4", "names/two\nlines.mp4",
 }
@@ -693,7 +694,7 @@ def test_a_fast_sample_of_the_corpus_is_done_or_refused_cleanly_and_reads_nothin
     assert summary["problems"] == [], json.dumps(summary["problems"], indent=1)
     outcomes = {o["path"]: o for o in summary["outcomes"]}
     for path in ("valid/vp9.webm", "valid/h264.ts", "valid/rotated_90.mp4", "valid/vfr.mp4",
-                 "playlists/concat:a.mp4", "names/two\nlines.mp4"):
+                 "playlists/concat:a.mp4", "names/two\nlines.mp4", "timestamps/paused_10h.mp4"):
         assert outcomes[path]["outcome"] == "done", outcomes[path]
     for path in ("playlists/hls_fifo.m3u8", "playlists/ffconcat_fifo.ffconcat",
                  "fs/loopdir/x.mp4", "bombs/huge_dims.mkv", "valid/ffv1.mkv",
