@@ -684,8 +684,11 @@ class Stack:
                                ("redis", s.redis_url)):
             # An external service is not this home's to start, but it must answer: status
             # said all was well with an external database nothing listened for (bb53).
-            services[name] = (probe(name, name) if not external else "external"
-                              if _external_answers(name, external) else "external, not answering")
+            if not external:
+                services[name] = probe(name, name)
+            else:
+                answers = _external_answers(name, external)
+                services[name] = "external" if answers else "external, not answering"
         services["api"] = probe("api", "api")
         services["scheduler"] = ("paused" if "beat" in paused else
                                  "running" if procs.get("beat") else "stopped")
@@ -776,17 +779,18 @@ def _external_answers(kind: str, url: str) -> bool:
     connect, as for the embedded services; a database's Unix socket where it names one)."""
     from urllib.parse import urlsplit
 
-    default = {"postgres": 5432, "redis": 6379}
     try:
-        if kind == "postgres" and "://" not in url:
+        if kind == "postgres":  # a URL or key=value, its host in the query or listed first
             from psycopg.conninfo import conninfo_to_dict
 
             kv = conninfo_to_dict(url)
-            host, port = str(kv.get("host") or "/run/postgresql"), int(kv.get("port") or 5432)
+            host = str(kv.get("host") or "/run/postgresql").split(",")[0]
+            port = int(str(kv.get("port") or 5432).split(",")[0])
         else:
             parts = urlsplit(url)
-            host = parts.hostname or ("127.0.0.1" if kind != "postgres" else "/run/postgresql")
-            port = parts.port or default.get(kind) or (443 if parts.scheme == "https" else 80)
+            host = parts.hostname or "127.0.0.1"
+            port = parts.port or (6379 if kind == "redis" else
+                                  443 if parts.scheme == "https" else 80)
         if host.startswith("/"):
             with socket.socket(socket.AF_UNIX) as u:
                 u.settimeout(1.0)
