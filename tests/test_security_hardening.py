@@ -506,9 +506,9 @@ def test_an_export_with_rows_removed_and_everything_recomputed_fails_verificatio
 def test_no_csv_export_cell_starts_a_spreadsheet_formula_and_csv_exports_still_verify(
         stack: StackHandle, users: dict[str, dict[str, str]], case_b: dict[str, str],
         tmp_path: Path) -> None:
-    for name in ("@sec-formula", "-sec-formula"):
-        env = env_of(stack, name, "clerk")
-        stack.cli.run("purge", "--dry-run", extra_env=env)  # refused, audited with the name
+    # A name that starts a formula (`@`; one starting with `-` is refused: test_trust_boundary)
+    env = env_of(stack, "@sec-formula", "clerk")
+    stack.cli.run("purge", "--dry-run", extra_env=env)  # refused, audited with the name
     aud = users["aud"]
     for kind in ("audit", "matches"):
         out = tmp_path / f"{kind}.csv"
