@@ -89,8 +89,12 @@ class Context:
             try:
                 conn = stack.enter_context(cm)
             except TransientError as exc:
-                raise TransientError(f"{exc}: {self.remedy('database_url')}") from exc
+                raise self.database_unreachable(exc) from exc
             yield conn
+
+    def database_unreachable(self, exc: TransientError) -> TransientError:
+        """A database that did not answer (db.unreachable), with what to do about it."""
+        return TransientError(f"{exc}: {self.remedy('database_url')}")
 
     def remedy(self, setting: str) -> str:
         """What an operator does about an unreachable service: start the embedded stack, or

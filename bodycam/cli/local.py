@@ -78,7 +78,7 @@ def migrate() -> None:
         try:
             return run(admin_database_url(ctx.settings))
         except TransientError as exc:  # as any command's database (Context.db)
-            raise TransientError(f"{exc}: {ctx.remedy('database_url')}") from exc
+            raise ctx.database_unreachable(exc) from exc
 
     applied = guarded(apply)
     err.print(f"applied {len(applied)} migrations" if applied else "schema is up to date")
