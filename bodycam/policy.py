@@ -92,7 +92,9 @@ def change(conn: Conn, key: str, by: str, reason: str, profile: str | None = Non
             f"retention_days {retention_days}: between 1 and {MAX_RETENTION_DAYS}")
     # One change at a time, each from the one before: two made at once each read the same
     # policy and the later row dropped the other's change (bb53: a switch to identify-eu sent
-    # beside a reviewer count was lost 2 times in 10). Readers are not held.
+    # beside a reviewer count was lost 2 times in 10). Readers are not held. Not the audit
+    # log's lock: a switch to redact-only locks the embedding tables below before its audit
+    # row, in the order of the workers that write embeddings and then audit.
     conn.execute("LOCK TABLE policy IN SHARE ROW EXCLUSIVE MODE")
     old = current(conn)
     name = profile or old.profile
