@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, Any, Literal, NamedTuple
 
 import av
 import numpy as np
@@ -72,7 +72,10 @@ from bodycam.pipeline.tracks import iou
 # /10: of a fast face's guesses, only the box carried on along its motion is always drawn;
 # its held box is left out over a kept face as any other's (bb52: after a fast crossing it
 # hid the kept person for up to 0.84 s, with no one there).
-ALGORITHM = "dense-union-overlap-tracks/10"
+# /11: a kept or removed track is cut where another face took it over (a face moving fast,
+# found beside it, ends and its motion lands on the track's next detection): the rest is
+# hidden (bb54: a face arriving fast and stopping on the kept face showed for 5 frames).
+ALGORITHM = "dense-union-overlap-tracks/11"
 Box = tuple[float, float, float, float]
 # One detection of a plan track: frame, x1, y1, x2, y2, probability, detector name.
 PlanDetection = tuple[int, float, float, float, float, float, str]
@@ -91,6 +94,22 @@ STILL_SHARE = 0.25
 # detection or between two), or guessed: held where it was first (last) found, or carried
 # on from there along its motion.
 Found = Literal["found", "held", "carried"]
+# A decided track's detection is another face's where a moving face that ends between it
+# and the track's previous detection is carried by its motion onto it with at least this
+# IoU, and by HANDOVER_MARGIN more than the track's own last box or motion (handover).
+HANDOVER_IOU = 0.5
+HANDOVER_MARGIN = 0.2
+
+
+class TakenOver(NamedTuple):
+    """A stretch of a kept or removed track that another face took over (_handovers)."""
+
+    track: str  # the decided track
+    by: str  # the track of the face that took it over
+    # Frames its path goes on after its last detection: up to the track's next detection
+    # where the decided face is back (its taker then has a track of its own there), else
+    # the tail of the track's end.
+    tail: int | None
 
 
 @dataclass(frozen=True)
@@ -104,6 +123,9 @@ class PlanTrack:
     # Whether its first (last) detection continues another piece of one face that
     # split_by_stored split: no box is held toward it (track_boxes).
     joined: tuple[bool, bool] = (False, False)
+    # Where this piece is a stretch of a decided track another face took over
+    # (decided_plan); never stored.
+    taken_over: TakenOver | None = None
 
     @property
     def first_frame(self) -> int:
@@ -478,9 +500,14 @@ def track_path(plan: Plan, track: PlanTrack) -> Iterator[tuple[int, Box, Found]]
     carried on along its first (last) step's motion (`carried`): a face running out of the
     picture showed ahead of its last box (bb37). A piece of a split track holds nothing
     toward the piece it continues (`joined`), whose face was found there: only its lead
-    (tail) covers it."""
+    (tail) covers it. A stretch another face took over (decided_plan) has no lead, and no
+    tail past the decided face's return: that face's own track covers it there, and the
+    decided face was found there."""
     p = plan.params
     lead, tail = int(p["lead_frames"]), int(p["tail_frames"])
+    if track.taken_over is not None:
+        lead = 0
+        tail = tail if track.taken_over.tail is None else track.taken_over.tail
     dets = track.detections
     last_frame = max(plan.n_frames, track.last_frame + 1) - 1
     hold = int(p.get("hold_frames", 0))
@@ -582,6 +609,97 @@ def _behind(box: Box, faces: Sequence[Box]) -> bool:
         for f in faces)
 
 
+def _handovers(plan: Plan, track: PlanTrack) -> list[tuple[int, int, str]]:
+    """The stretches of the track's detections that another face took over: (first, end
+    (exclusive), that face's track). A stretch starts where a face found beside the track
+    at its previous detection, moving, ends and its last box carried on along its motion
+    lands on the detection (HANDOVER_IOU), better (HANDOVER_MARGIN) than the track's own
+    last box, held or carried, does. The plan links a detection to the box it overlaps most
+    in the frame before: a face arriving fast and stopping on the kept face (which it hides)
+    was linked to the kept track, and shown (bb54). The stretch ends where the track is
+    back on its face's box and the face that took it over is found elsewhere, where its
+    motion carried it (a face crossing fast in front); else it runs to the track's end. A
+    piece of a split track (`joined`) goes on in its next piece and takes nothing over."""
+    ending: dict[int, list[PlanTrack]] = {}
+    found: dict[int, list[Box]] = {}
+    for t in plan.tracks:
+        if t.id == track.id or t.scene != track.scene:
+            continue
+        if not t.joined[1] and len(t.detections) > 1:
+            ending.setdefault(t.last_frame, []).append(t)
+        for d in t.detections:
+            found.setdefault(d[0], []).append(_box(d))
+    dets = track.detections
+
+    def taken(i: int) -> tuple[str, tuple[float, float]] | None:
+        prev, d = dets[i - 1], dets[i]
+        own = [_box(prev)]
+        if i > 1 and (st := _step(dets[i - 2], prev)) is not None:
+            own.append(_moved(_box(prev), st, d[0] - prev[0]))
+        mine = max(iou(b, _box(d)) for b in own)
+        for f in range(prev[0], d[0]):
+            for t in ending.get(f, ()):
+                last = t.detections[-1]
+                if (st := _step(t.detections[-2], last)) is None:
+                    continue
+                o = iou(_moved(_box(last), st, d[0] - f), _box(d))
+                if o >= HANDOVER_IOU and o >= mine + HANDOVER_MARGIN:
+                    return t.id, st
+        return None
+
+    def back(home: Box, stretch: Sequence[PlanDetection], motion: tuple[float, float],
+             d: PlanDetection) -> bool:
+        if iou(_box(d), home) < HANDOVER_IOU:
+            return False
+        # From each detection of the stretch along the taker's motion, and from its last
+        # along its own: a stretch's detection may be the decided face half hidden.
+        ways = [(x, motion) for x in stretch]
+        if len(stretch) > 1 and (st := _step(stretch[-2], stretch[-1])) is not None:
+            ways.append((stretch[-1], st))
+        return any(iou(_moved(_box(x), st, f - x[0]), box) >= HANDOVER_IOU
+                   for x, st in ways for f in range(stretch[-1][0] + 1, d[0] + 1)
+                   for box in found.get(f, ()))
+
+    out: list[tuple[int, int, str]] = []
+    i = 1
+    while i < len(dets):
+        if (hit := taken(i)) is None:
+            i += 1
+            continue
+        by, motion = hit
+        j = i + 1
+        while j < len(dets) and not back(_box(dets[i - 1]), dets[i:j], motion, dets[j]):
+            j += 1
+        out.append((i, j, by))
+        i = j + 1
+    return out
+
+
+def decided_plan(plan: Plan, choices: Choices) -> Plan:
+    """The plan with each kept or removed track cut where another face took it over
+    (_handovers): such a stretch, `<id>/<that face's track>`, is hidden as any track no one
+    decided on, for the choice named the face before it; the track's pieces around it keep
+    its id and its choice."""
+    tracks: list[PlanTrack] = []
+    for t in plan.tracks:
+        cuts = (_handovers(plan, t) if t.id in choices.keep or t.id in choices.remove
+                else [])
+        start = 0
+        for i, j, by in cuts:
+            tracks.append(dataclasses.replace(t, detections=t.detections[start:i],
+                                              joined=(t.joined[0] or start > 0, True)))
+            back = t.detections[j][0] - t.detections[j - 1][0] - 1 if j < len(t.detections) \
+                else None
+            tracks.append(PlanTrack(f"{t.id}/{by}", t.scene, t.detections[i:j],
+                                    t.db_track_ids, (True, t.joined[1] or back is not None),
+                                    TakenOver(t.id, by, back)))
+            start = j
+        if start < len(t.detections):
+            tracks.append(dataclasses.replace(t, detections=t.detections[start:],
+                                              joined=(t.joined[0] or start > 0, t.joined[1])))
+    return dataclasses.replace(plan, tracks=tuple(tracks))
+
+
 def frame_regions(plan: Plan, choices: Choices) -> dict[int, list[Region]]:
     """Every box to hide per frame: tracks not kept or removed, then the manual regions.
 
@@ -597,7 +715,9 @@ def frame_regions(plan: Plan, choices: Choices) -> dict[int, list[Region]]:
     box is left out there as any other: it stands where the face was, not where it went,
     and drawn it hid the kept person for up to 0.84 s after a fast crossing (bb52). A kept
     face counts where it was found (`_kept_faces`), not across a gap in its detections.
+    A kept or removed track counts up to where another face took it over (decided_plan).
     """
+    plan = decided_plan(plan, choices)
     out: dict[int, list[Region]] = {}
     pad, w, h = float(plan.params["pad"]), plan.width_px, plan.height_px
     # Frames between two detected frames were not looked at: a face may have come or gone
@@ -716,6 +836,7 @@ def render(src: Path, info: MediaInfo, plan: Plan, choices: Choices, out: Path,
     of the original is copied: no metadata, no chapter, no other stream.
     """
     regions = frame_regions(plan, choices)
+    plan = decided_plan(plan, choices)  # what the sheet outlines as kept
     wanted = set(sheet_frames(plan, regions, choices))
     tb, fps = info.time_base, info.frame_rate
     result = RenderResult(0, 0, 0)
@@ -904,14 +1025,13 @@ def _sheet_tile(img: np.ndarray, regions: list[Region], plan: Plan, choices: Cho
         colour = (40, 90, 255) if r.source.startswith("manual") else (255, 40, 40)
         draw.rectangle(r.box, outline=colour, width=width)
         draw.text((r.box[0] + 3, r.box[1] + 3), r.source, fill=colour)
-    for tid in choices.keep:
-        t = plan.track(tid)
-        if t is None:
+    for t in plan.tracks:
+        if t.id not in choices.keep:
             continue
         for f, box in track_boxes(plan, t):
             if f == idx:
                 draw.rectangle(box, outline=(40, 220, 40), width=width)
-                draw.text((box[0] + 3, box[1] + 3), f"{tid} kept", fill=(40, 220, 40))
+                draw.text((box[0] + 3, box[1] + 3), f"{t.id} kept", fill=(40, 220, 40))
     tile.thumbnail((360, 360))
     draw = ImageDraw.Draw(tile)
     draw.rectangle((0, 0, 150, 14), fill=(0, 0, 0))
@@ -936,10 +1056,14 @@ def build_report(plan: Plan, choices: Choices, auto: Decision, head: dict[str, A
     person should look at, and the custody head (ids, hashes, settings, reviewer). Frames
     and times are the release's (`shown`, what the render wrote), else the plan's grid."""
     redacted, kept, removed = [], [], []
+    plan = decided_plan(plan, choices)
     for t in plan.tracks:
         frames = [f for f, _b in track_boxes(plan, t)]
         row = {"track": t.id, "db_track_ids": list(t.db_track_ids),
                **_span(plan, frames, shown), "detections": len(t.detections)}
+        if t.taken_over is not None:
+            row["taken_over"] = {"from_track": t.taken_over.track,
+                                 "by_track": t.taken_over.by}
         if t.id in choices.keep:
             kept.append({**row, **choices.keep[t.id].as_json()})
         elif t.id in choices.remove:
@@ -1019,8 +1143,11 @@ def report_lines(report: dict[str, Any]) -> list[str]:
     # reason cut at the margin hid them, and a padded one could fake them (bb19).
     def decided(r: dict[str, Any], times: bool = True) -> str:
         span = f"  {r['time_s'][0]:.2f}-{r['time_s'][1]:.2f} s" if times else ""
+        taken = r.get("taken_over")
+        why = (f"  ({taken['from_track']} was decided on; its boxes from here follow the face"
+               f" of {taken['by_track']}, which came onto it: hidden)" if taken else "")
         return (f"  {r['track']:>9}  frames {r['frames'][0]}-{r['frames'][1]}{span}"
-                f"  by {r['decided_by']} [{r['legal_basis']}]: {r['reason']}")
+                f"  by {r['decided_by']} [{r['legal_basis']}]{why}: {r['reason']}")
 
     lines += [decided(r) for r in report["redacted_regions"]]
     lines += ["", f"Kept (shown) tracks ({len(report['kept_tracks'])}):"]

@@ -248,6 +248,58 @@ def test_a_guessed_box_of_a_hidden_face_is_not_drawn_over_a_kept_face_found_ther
     assert shown["P5"] == [*range(0, 20), *range(25, 34), *range(41, 60)], shown["P5"]
 
 
+def test_a_kept_track_another_face_took_over_is_hidden_until_its_face_is_back() -> None:
+    """Pure. The plan links a detection to the box it overlaps most a detection before: a
+    face arriving fast and stopping on the kept face (hiding it) was linked to the kept
+    track and shown for 5 frames at 71 % (bb54). Where a face found beside a decided track,
+    moving, ends and its motion carries it onto the track's next detection, that stretch is
+    hidden (/11), to the track's end; or, where the face crossed in front, only up to the
+    track's return to its face's box with the crossing face found on along its way."""
+    def det(f: int, x: float, y: float = 100.0) -> PlanDetection:
+        return (f, x, y, x + 40.0, y + 40.0, 0.9, "centerface")
+
+    params = {"pad": 0.0, "lead_frames": 2, "tail_frames": 2, "hold_frames": 30,
+              "detect_every_frames": 2, "scenes": [[0, 60]], "low_confidence": {}}
+    who = Decision("r", "consent", "ann")
+    # Arrival: P2 runs in at 25 px a frame; from 16 the kept track follows it, onto and
+    # then standing on the kept face's place to the end.
+    arriving = PlanTrack("P2", 0, (det(10, 250.0, 110.0), det(12, 200.0, 110.0),
+                                   det(14, 150.0, 110.0)))
+    kept = PlanTrack("P1", 0, (*(det(f, 100.0) for f in range(6, 16, 2)),
+                               *(det(f, 100.0, 110.0) for f in range(16, 40, 2))))
+    plan = Plan("v", "0" * 64, Fraction(30), 60, 320, 240, 2.0, (kept, arriving), params, 1)
+    choices = Choices(keep={"P1": who})
+    regions = frame_regions(plan, choices)
+    taken = sorted({f for f, rs in regions.items() for r in rs if r.source == "P1/P2"})
+    assert taken == list(range(16, 60)), taken  # its detections and its hold to the end
+    assert not [r for f in range(6, 16) for r in regions.get(f, ()) if r.source[:2] == "P1"]
+    report = build_report(plan, choices, Decision("a", "b", "c"), {})
+    assert [(r["track"], r["frames"]) for r in report["kept_tracks"]] == [("P1", [0, 16])]
+    assert [r["taken_over"] for r in report["redacted_regions"] if "taken_over" in r] == [
+        {"from_track": "P1", "by_track": "P2"}]
+    assert any("follow the face of P2" in line for line in report_lines(report))
+    # Removed as a false positive, the stretch is hidden all the same.
+    removed = frame_regions(plan, Choices(remove={"P1": who}))
+    assert {f for f, rs in removed.items() for r in rs if r.source == "P1/P2"} == set(taken)
+
+    # Crossing: the kept track follows P2 at 16 and 18 and is back at 20, where P3 finds
+    # the crossing face on its way; the kept face is shown again from 20.
+    crossing = PlanTrack("P1", 0, (*(det(f, 100.0) for f in range(6, 16, 2)),
+                                   det(16, 100.0, 110.0), det(18, 50.0, 110.0),
+                                   *(det(f, 100.0) for f in range(20, 40, 2))))
+    on_its_way = PlanTrack("P3", 0, (det(20, 0.0, 110.0), det(22, -50.0, 110.0)))
+    plan = dataclasses.replace(plan, tracks=(crossing, arriving, on_its_way))
+    regions = frame_regions(plan, choices)
+    taken = sorted({f for f, rs in regions.items() for r in rs if r.source == "P1/P2"})
+    assert taken == [16, 17, 18, 19], taken
+    report = build_report(plan, choices, Decision("a", "b", "c"), {})
+    assert [r["frames"] for r in report["kept_tracks"]] == [[0, 16], [18, 59]]
+    # With nothing found on its way, the stretch runs to the track's end.
+    plan = dataclasses.replace(plan, tracks=(crossing, arriving))
+    regions = frame_regions(plan, choices)
+    assert max(f for f, rs in regions.items() for r in rs if r.source == "P1/P2") == 59
+
+
 def test_a_kept_face_not_found_for_a_while_lets_no_guess_over_it_be_left_out() -> None:
     """Pure. A kept face counts as found at its detections and between two a detection step
     apart, not across a longer gap: there a face in front of it may have hidden it, and a

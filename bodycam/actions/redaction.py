@@ -472,7 +472,8 @@ def _record_render(ctx: Context, conn: Conn, job_row: dict[str, Any],
         "object_key": keys["video"], "job_id": str(job_row["id"]),
         "report_sha256": hashlib.sha256(parts["report"]).hexdigest(),
         "redacted_regions": len(report["redacted_regions"]),
-        "kept_tracks": [k["track"] for k in report["kept_tracks"]]})
+        "kept_tracks": list(dict.fromkeys(k["track"] for k in report["kept_tracks"])),
+        "taken_over": [r["track"] for r in report["redacted_regions"] if "taken_over" in r]})
     conn.execute(
         "INSERT INTO redactions (id, video_id, case_id, plan_version, object_key,"
         " sha256, size_bytes, original_sha256, settings, report_key, pdf_key, sheet_key,"

@@ -193,7 +193,10 @@ def redact(
     summary = {"json": str(files["report"]), "pdf": str(files["pdf"]),
                "contact_sheet": str(files["sheet"]),
                "redacted_regions": len(report["redacted_regions"]),
-               "kept_tracks": [k["track"] for k in report["kept_tracks"]],
+               "kept_tracks": list(dict.fromkeys(k["track"] for k in report["kept_tracks"])),
+               # stretches of kept tracks another face took over: hidden
+               "taken_over": [r["track"] for r in report["redacted_regions"]
+                              if "taken_over" in r],
                "low_confidence_frames": len(report["low_confidence_frames"]),
                "plan_version": report["plan_version"]}
     if as_json:
@@ -202,5 +205,8 @@ def redact(
         return
     err.print(f"{dest}: derivative {made['derivative_id']} sha256 {made['sha256'][:16]}… "
               f"({summary['redacted_regions']} regions hidden, kept "
-              f"{', '.join(summary['kept_tracks']) or 'none'}); report {files['report']}, "
+              f"{', '.join(summary['kept_tracks']) or 'none'}"
+              + (f"; hidden where another face took a track over: "
+                 f"{', '.join(summary['taken_over'])}" if summary["taken_over"] else "")
+              + f"); report {files['report']}, "
               f"{files['pdf']}, {files['sheet']}")

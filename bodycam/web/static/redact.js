@@ -188,9 +188,11 @@ document.getElementById("render").addEventListener("submit", async (ev) => {
   flash(`Derivative ${made.derivative_id} rendered.`);
   const base = `/api/v1/redactions/${encodeURIComponent(made.derivative_id)}`;
   const r = await api("GET", `/redactions/${encodeURIComponent(made.derivative_id)}/report`);
+  const taken = r.redacted_regions.filter((x) => x.taken_over).map((x) => x.track);
   document.getElementById("result-facts").textContent =
     `SHA-256 ${made.sha256} (original ${made.original_sha256}); ` +
-    `${r.redacted_regions.length} region(s) hidden; kept: ${r.kept_tracks.map((k) => k.track).join(", ") || "none"}.`;
+    `${r.redacted_regions.length} region(s) hidden; kept: ${[...new Set(r.kept_tracks.map((k) => k.track))].join(", ") || "none"}` +
+    (taken.length ? `; hidden where another face took a kept track over: ${taken.join(", ")}.` : ".");
   const sheet = document.getElementById("sheet");
   sheet.src = `${base}/sheet`;
   Object.assign(sheet.style, { maxWidth: "100%" });
