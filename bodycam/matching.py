@@ -385,6 +385,36 @@ def review(conn: Conn, key: str, match_id: str, user: User, confirm: bool, note:
     return status
 
 
+def settle_pending(conn: Conn, key: str, by: str) -> list[str]:
+    """Confirm the pending matches that the confirmations already given now settle, after
+    an admin lowered the policy's reviewer count; returns their ids. Counted as a review
+    counts them (not the enroller, not the round's reopener), each audited; one whose face
+    is confirmed as another entry stays pending (`_one_identity`). Lowered from 3 to 1, a
+    match one reviewer had confirmed stayed pending, "waiting for 0 more" (bb56). Taken
+    after the audit log's lock, as a review takes the match's row."""
+    needed = policy.current(conn).reviewers_required
+    rows = conn.execute(
+        "SELECT m.id::text AS id, m.case_id, " + _INDEPENDENT + " AS n" + _LISTED_FROM
+        + " WHERE m.status = 'pending' AND s.removed_at IS NULL"
+        " AND (s.expires_at IS NULL OR s.expires_at > now())"
+        " AND " + _INDEPENDENT + " >= %s ORDER BY m.id FOR UPDATE OF m",
+        (needed,)).fetchall()
+    settled: list[str] = []
+    for r in rows:
+        try:
+            _one_identity(conn, r["id"])
+        except ConflictError:
+            continue
+        conn.execute("UPDATE matches SET status = 'confirmed', decided_at = now() WHERE id = %s",
+                     (uid(r["id"]),))
+        audit.append(conn, key, by, "review.settle", {
+            "match_id": r["id"], "case": r["case_id"], "decision": "confirm",
+            "confirmations": int(r["n"]), "reviewers_required": needed,
+            "reason": "the policy's reviewer count was lowered: the confirmations given meet it"})
+        settled.append(r["id"])
+    return settled
+
+
 def _one_identity(conn: Conn, match_id: str) -> None:
     """Refuse to confirm a match whose face is confirmed as another watchlist entry: one face
     is one person (a track was confirmed as two entries: bb32). The decision that stands is

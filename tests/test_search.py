@@ -347,6 +347,51 @@ def test_the_enroller_alone_cannot_confirm_a_match_but_a_second_reviewer_can(
     assert done["status"] == "confirmed" and done["reviewers"] == ["reviewer-b"]
 
 
+def test_lowering_the_reviewer_count_settles_the_matches_the_confirmations_given_meet(
+        stack: StackHandle, processed: object) -> None:
+    """Lowered from 3 to 1, a match one reviewer had confirmed stayed pending, the review
+    page saying it "waits for 0 more reviewer(s)" (bb56). The policy change confirms it,
+    audited; it confirms no match on a confirmation that does not count (the enroller's is
+    refused) or that no one confirmed."""
+    case = "T-SEARCH-SETTLE"
+    processed(HAMILTON, case)  # type: ignore[operator]
+    sid = enrol(stack, "p06 settled", P06, case)
+    mid = str(next(m for m in matches_of(stack, case, sid)
+                   if _covers_close_up(float(m["start_s"]), float(m["end_s"])))  # type: ignore[arg-type]
+              ["match_id"])
+    start = stack.cli.json("policy", "show")
+    assert isinstance(start, dict)
+    rev = investigator(stack, "settle-reviewer", case)
+    try:
+        stack.cli.run("policy", "set", "--reviewers", "2", "--reason", "two", check=True)
+        ok = stack.cli.run("review", mid, "--confirm", "--note", "same face", extra_env=rev)
+        assert ok.returncode == 0 and "pending" in ok.stdout, ok.stderr
+        alone = stack.cli.run("review", mid, "--confirm", "--note", "it is p06")  # enroller
+        assert alone.returncode != 0 and "enrolled this subject" in alone.stderr
+        stack.cli.run("policy", "set", "--reviewers", "3", "--reason", "three", check=True)
+        [still] = [m for m in matches_of(stack, case, sid) if m["match_id"] == mid]
+        assert still["status"] == "pending", "raising the count settles nothing"
+        lowered = stack.cli.run("policy", "set", "--reviewers", "1", "--reason", "one")
+        assert lowered.returncode == 0 and "1 pending match(es) confirmed" in lowered.stderr \
+            and mid in lowered.stderr, lowered.stderr
+        [done] = [m for m in matches_of(stack, case, sid) if m["match_id"] == mid]
+        assert done["status"] == "confirmed" and done["reviewers"] == ["settle-reviewer"]
+        with stack.ctx.db() as conn:
+            rows = conn.execute("SELECT details FROM audit_log WHERE action = 'review.settle'"
+                                " AND details->>'match_id' = %s", (mid,)).fetchall()
+            unreviewed = conn.execute(
+                "SELECT count(*) AS n FROM matches m WHERE case_id = %s AND status ="
+                " 'confirmed' AND NOT EXISTS (SELECT 1 FROM reviews r WHERE r.match_id = m.id"
+                " AND r.decision = 'confirm' AND r.review_round = m.review_round)",
+                (case,)).fetchone()["n"]
+        assert [(r["details"]["case"], r["details"]["confirmations"],
+                 r["details"]["reviewers_required"]) for r in rows] == [(case, 1, 1)]
+        assert unreviewed == 0, "a match no one confirmed was confirmed"
+    finally:
+        stack.cli.run("policy", "set", "--reviewers", str(start["reviewers_required"]),
+                      "--reason", "test done", check=True)
+
+
 def test_a_supervisor_reopens_a_decided_match_for_a_new_round_and_the_old_reviews_stay(
         stack: StackHandle, processed: object, tmp_path: Path) -> None:
     """A confirmation found wrong (or a hasty rejection) could not be undone: a decided lead

@@ -132,11 +132,16 @@ def show_policy(ctx: Context, user: User) -> dict[str, object]:
 def set_policy(ctx: Context, user: User, reason: str, profile: str | None = None,
                reviewers: int | None = None, retention_days: int | None = None
                ) -> dict[str, object]:
-    """Change the policy profile or its parameters (admin, with a reason); audited."""
+    """Change the policy profile or its parameters (admin, with a reason); audited. Pending
+    matches the confirmations given now settle (a lowered reviewer count) are confirmed
+    (`settled_matches`)."""
     with ctx.db() as conn:
         require(conn, ctx.audit_key, user, "policy.set")
-        return policy.change(conn, ctx.audit_key, user.name, reason, profile, reviewers,
-                             retention_days).as_json()
+        new = policy.change(conn, ctx.audit_key, user.name, reason, profile, reviewers,
+                            retention_days)
+        settled = matching.settle_pending(conn, ctx.audit_key, user.name) \
+            if new.profile != "redact-only" else []
+        return {**new.as_json(), "settled_matches": settled}
 
 
 def list_thresholds(ctx: Context, user: User) -> list[dict[str, object]]:

@@ -141,6 +141,9 @@ def policy_set(
     new = client_call(lambda c: c.put("/api/v1/policy", body))
     err.print("policy changed; now in force:")
     _print_policy(new)
+    if settled := new.get("settled_matches"):
+        err.print(f"{len(settled)} pending match(es) confirmed: the confirmations already "
+                  f"given meet the new count: {', '.join(settled)}")
 
 
 thresholds_app = typer.Typer(no_args_is_help=True,

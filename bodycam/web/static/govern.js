@@ -196,7 +196,8 @@ function initPolicy() {
     const body = { profile, reason: f.reason.value };
     if (f.reviewers.value !== "") body.reviewers = Number(f.reviewers.value);
     if (f.retention_days.value !== "") body.retention_days = Number(f.retention_days.value);
-    const out = await change(() => api("PUT", "/policy", body), (o) => `Policy is now ${o.profile}.`, f);
+    const out = await change(() => api("PUT", "/policy", body), (o) => `Policy is now ${o.profile}.` +
+      (o.settled_matches.length ? ` ${o.settled_matches.length} pending match(es) confirmed: the confirmations already given meet the new count.` : ""), f);
     if (out) { f.reason.value = ""; f.reviewers.value = ""; f.retention_days.value = ""; $("pol-confirm").checked = false; loadPolicy(); }
   });
   $("reprocess-form").addEventListener("submit", async (ev) => {
