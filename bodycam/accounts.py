@@ -198,13 +198,16 @@ def as_spelled(conn: Conn, case: str) -> str:
 
 def assign_case(conn: Conn, key: str, name: str, case_id: str, by: str) -> list[str]:
     """Let an investigator see a case; raises ConflictError (unaudited) when the account has
-    it already, or when the case number is another's in other letter case. Returns the
+    it already, is disabled, or when the case number is another's in other letter case. Returns the
     account's roles that see every case anyway (SEE_ALL_CASES): for them it limits nothing."""
     audit.lock(conn)
     spelled_as_known(conn, case_id)
-    found = conn.execute("SELECT roles FROM users WHERE name = %s", (name,)).fetchone()
+    found = conn.execute("SELECT roles, disabled_at FROM users WHERE name = %s",
+                         (name,)).fetchone()
     if not found:
         raise NotFoundError(f"no user {name}")
+    if found["disabled_at"] is not None:  # the web app's form offers none (bb56)
+        raise ConflictError(f"user {name} is disabled")
     if _assigned(conn, name, case_id):
         raise ConflictError(f"user {name} is already assigned to case {case_id}")
     row = audit.append(conn, key, by, "case.assign", {"user": name, "case": case_id})

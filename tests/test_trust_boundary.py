@@ -650,6 +650,9 @@ def test_the_audited_functions_change_accounts_and_leave_journal_and_audit_rows(
     assert tb.cli.run("jobs", "--json", extra_env=env).returncode == 0
     tb.cli.run("users", "disable", "tb-clerk", check=True)
     assert tb.cli.run("jobs", "--json", extra_env=env).returncode != 0
+    # A disabled account is given no case (bb56: it was, though the web app offers none).
+    refused = tb.cli.run("users", "assign", "tb-clerk", "--case", CASE + "-2")
+    assert refused.returncode != 0 and "tb-clerk is disabled" in refused.stderr, refused.stderr
     changes = _journal(tb, before)
     got = [(c["action"], c["audit_action"]) for c in changes]
     assert got == [("users.insert", "user.create"), ("api_tokens.insert", "user.create"),
