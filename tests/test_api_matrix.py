@@ -869,6 +869,9 @@ def test_odd_values_get_one_clean_line_and_are_not_stored(world: World) -> None:
          sup, 422, "note holds the control character U+202E"),
         ("punctuation reason", Req("PUT", V + "/policy", json={"reason": ". . ."}),
          world.tokens["admin"], 422, "missing reason: "),
+        # `true` was taken for a count of 1 (bb53).
+        ("true for a count", Req("PUT", V + "/policy", json={"reason": "r", "reviewers": True}),
+         world.tokens["admin"], 422, "reviewers: true or false is not a value of this field"),
         ("endless region", Req("POST", f"{V}/videos/{world.a['video']}/redactions",
                                content=region, headers={"Content-Type": "application/json"}),
          inv, 422, "end_s"),

@@ -34,8 +34,9 @@ def has_nul(value: object) -> bool:
 
 class Body(BaseModel):
     """A request body: unknown fields are refused, text is at most 2,000 characters unless
-    a field says otherwise, no string holds a NUL character (PostgreSQL stores none), and
-    every number is finite (an end time of 1e309 overflowed where it was used)."""
+    a field says otherwise, no string holds a NUL character (PostgreSQL stores none), every
+    number is finite (an end time of 1e309 overflowed where it was used), and true or false
+    is taken by boolean fields only."""
 
     model_config = ConfigDict(extra="forbid", str_max_length=TEXT_MAX, allow_inf_nan=False)
 
@@ -44,6 +45,19 @@ class Body(BaseModel):
     def _no_nul(cls, data: Any) -> Any:
         if has_nul(data):
             raise ValueError("a string holds a NUL character (\\u0000), which no field accepts")
+        return data
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_for_others(cls, data: Any) -> Any:
+        # A JSON true or false where a number or text is asked is refused: lax parsing took
+        # `"reviewers": true` for a count of 1 (bb53).
+        if isinstance(data, dict):
+            for name, value in data.items():
+                field = cls.model_fields.get(name)
+                if isinstance(value, bool) and field is not None \
+                        and "bool" not in str(field.annotation):
+                    raise ValueError(f"{name}: true or false is not a value of this field")
         return data
 
 
