@@ -88,3 +88,29 @@ class LeasedTable:
 
 WORK_UNITS = LeasedTable("work_units", ("video_id", "idx"), "pending")
 REDACTION_JOBS = LeasedTable("redaction_jobs", ("id",), "queued")
+
+
+def after_outage(conn: Conn, lease_s: float, reap_interval_s: float) -> float | None:
+    """Seconds since the reaper's last run against the database, when that was longer ago
+    than it runs (three intervals) and than half a lease: the database (or the scheduler)
+    did not answer meanwhile. The leases in flight then get a lease's time to be renewed
+    before any is taken back: a database paused past a lease let every lease lapse, and the
+    reaper's first run on waking took each back as its worker's crash before the worker,
+    waiting on the same database, could renew it (bb55: three pauses quarantined a video).
+    A lease last renewed before the database server started gets none: its worker's
+    connection went with the server (`expired`: in_restart). Call it first in each run, in
+    the run's transaction; None when the last run was recent."""
+    row = conn.execute(
+        "WITH prev AS (SELECT seen_at FROM reaper_clock WHERE id = 1 FOR UPDATE)"
+        " UPDATE reaper_clock r SET seen_at = greatest(prev.seen_at, now()) FROM prev"
+        " WHERE r.id = 1 RETURNING extract(epoch FROM now() - prev.seen_at)::float8 AS gap"
+        ).fetchone()
+    gap = float(row["gap"]) if row is not None else 0.0
+    if gap <= max(3 * reap_interval_s, lease_s / 2):
+        return None
+    for table in (WORK_UNITS, REDACTION_JOBS):
+        conn.execute(table._sql(
+            "UPDATE {table} SET lease_until = greatest(lease_until,"
+            " now() + make_interval(secs => %s)) WHERE state = 'running'"
+            " AND updated_at >= pg_postmaster_start_time()"), (lease_s,))
+    return gap

@@ -11,7 +11,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from bodycam import jobs, queue
+from bodycam import jobs, leases, queue
 from bodycam.config import JobSettings
 from bodycam.errors import ModelUnavailableError, TransientError
 from bodycam.processing import failure_kind
@@ -160,6 +160,43 @@ def test_other_errors_count_attempts_and_quarantine_at_the_limit(
     with stack.ctx.db() as conn:
         assert jobs.fail(conn, stack.ctx.audit_key, lease, "late", jobs.Failure.ERROR,
                          cfg) == "lost"
+
+
+def test_a_lease_that_lapsed_while_the_database_did_not_answer_gets_a_lease_to_be_renewed(
+        stack: StackHandle, parked_video: str) -> None:
+    """A database paused past a lease let the lease in flight lapse, and the reaper's first
+    run on waking took it back as its worker's crash before the worker, waiting on the same
+    database, could renew it: three such pauses quarantined a video (bb55). A run that finds
+    the reaper's last run long ago gives the leases in flight a lease to be renewed; with its
+    last run recent, a lapsed lease is taken back at once, as before."""
+    vid = parked_video
+    cfg = JobSettings(max_attempts=3, lease_s=30, reap_interval_s=5)
+
+    def lapse(last_run_s_ago: float) -> tuple[float | None, dict[str, object]]:
+        with stack.ctx.db() as conn, conn.transaction(force_rollback=True):
+            # In the run's transaction: the stack's own reaper cannot see it first.
+            conn.execute("UPDATE work_units SET not_before = NULL WHERE video_id = %s", (vid,))
+            lease = jobs.claim(conn, vid, 0, "ghost:paused", lease_s=30)
+            assert lease is not None
+            # Last renewed since the database server started (not a restart: `in_restart`).
+            conn.execute("UPDATE work_units SET lease_until = now() - interval '8 s',"
+                         " updated_at = now() - interval '1 s' WHERE video_id = %s", (vid,))
+            conn.execute("UPDATE reaper_clock SET seen_at = now() - make_interval(secs => %s)",
+                         (last_run_s_ago,))
+            gap = leases.after_outage(conn, cfg.lease_s, cfg.reap_interval_s)
+            jobs.reap(conn, stack.ctx.audit_key, cfg, stale_pending_s=3600)
+            row = conn.execute(
+                "SELECT state, attempts, lease_owner, lease_until > now() + interval '25 s'"
+                " AS extended FROM work_units WHERE video_id = %s AND idx = 0",
+                (vid,)).fetchone()
+            return gap, dict(row)
+
+    gap, paused = lapse(40.0)
+    assert gap is not None and 39 < gap < 60, gap
+    assert paused == {"state": "running", "attempts": 1, "lease_owner": "ghost:paused",
+                      "extended": True}, paused
+    gap, crashed = lapse(5.0)
+    assert gap is None and (crashed["state"], crashed["attempts"]) == ("pending", 1), crashed
 
 
 def test_a_lease_that_lapsed_while_the_database_restarted_spends_no_attempt(

@@ -8,7 +8,7 @@ from typing import TypeVar
 
 from celery import Task
 
-from bodycam import fixity, ingest, jobs, processing, queue, redaction_jobs, retention
+from bodycam import fixity, ingest, jobs, leases, processing, queue, redaction_jobs, retention
 from bodycam.context import shared
 from bodycam.errors import PermanentError
 from bodycam.queue import (
@@ -93,6 +93,9 @@ def reap() -> int:
     if not _due(REAP, cfg.reap_interval_s):
         return 0
     with c.db() as conn:
+        if (gap := leases.after_outage(conn, cfg.lease_s, cfg.reap_interval_s)) is not None:
+            log.warning("the reaper last ran %.0f s ago (the database or the scheduler did not"
+                        " answer): leases in flight get %.0f s to be renewed", gap, cfg.lease_s)
         again = jobs.reap(conn, c.audit_key, cfg, stale_pending_s=max(60.0, 4 * cfg.lease_s))
         stuck = jobs.stale_finalizing(conn, stale_s=max(60.0, 4 * cfg.lease_s))
         redactions = redaction_jobs.reap(conn, c.store, c.audit_key, cfg,
