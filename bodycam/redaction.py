@@ -1029,7 +1029,7 @@ def _sheet_tile(img: np.ndarray, regions: list[Region], plan: Plan, choices: Cho
         if t.id not in choices.keep:
             continue
         for f, box in track_boxes(plan, t):
-            if f == idx:
+            if f == idx and not _empty(box):  # carried out of the picture (bb57)
                 draw.rectangle(box, outline=(40, 220, 40), width=width)
                 draw.text((box[0] + 3, box[1] + 3), f"{t.id} kept", fill=(40, 220, 40))
     tile.thumbnail((360, 360))

@@ -43,6 +43,7 @@ from bodycam.redaction import (
     _encoder,
     _ffmpeg,
     _FramePipe,
+    _sheet_tile,
     build_report,
     compute_plan,
     dense_pipeline,
@@ -298,6 +299,21 @@ def test_a_kept_track_another_face_took_over_is_hidden_until_its_face_is_back() 
     plan = dataclasses.replace(plan, tracks=(crossing, arriving))
     regions = frame_regions(plan, choices)
     assert max(f for f, rs in regions.items() for r in rs if r.source == "P1/P2") == 59
+
+
+def test_the_contact_sheet_survives_a_kept_face_carried_out_of_the_picture() -> None:
+    """Pure. A kept face running out at the left edge has its tail carried past it; the
+    sheet outlined that box, inverted by the cut to the picture, and the whole release
+    failed in PIL (bb57)."""
+    det = [(f, 60.0 - 45 * (f - 10), 100.0, 100.0 - 45 * (f - 10), 140.0, 0.9, "mtcnn")
+           for f in (10, 11)]
+    plan = Plan("v", "0" * 64, Fraction(30), 40, 320, 240, 1.3,
+                (PlanTrack("P1", 0, tuple(det)),),
+                {"pad": 0.0, "lead_frames": 2, "tail_frames": 8, "hold_frames": 0,
+                 "detect_every_frames": 1, "scenes": [[0, 40]], "low_confidence": {}}, 1)
+    choices = Choices(keep={"P1": Decision("r", "consent", "ann")})
+    tile = _sheet_tile(np.zeros((240, 320, 3), np.uint8), [], plan, choices, 15, 15, 0.5)
+    assert tile.width > 0
 
 
 def test_a_kept_face_not_found_for_a_while_lets_no_guess_over_it_be_left_out() -> None:
