@@ -621,14 +621,14 @@ def _handovers(plan: Plan, track: PlanTrack) -> list[tuple[int, int, str]]:
     motion carried it (a face crossing fast in front); else it runs to the track's end. A
     piece of a split track (`joined`) goes on in its next piece and takes nothing over."""
     ending: dict[int, list[PlanTrack]] = {}
-    found: dict[int, list[Box]] = {}
+    found: dict[int, list[tuple[int, Box]]] = {}  # frame: (its track's first frame, box)
     for t in plan.tracks:
         if t.id == track.id or t.scene != track.scene:
             continue
         if not t.joined[1] and len(t.detections) > 1:
             ending.setdefault(t.last_frame, []).append(t)
         for d in t.detections:
-            found.setdefault(d[0], []).append(_box(d))
+            found.setdefault(d[0], []).append((t.first_frame, _box(d)))
     dets = track.detections
 
     def taken(i: int) -> tuple[str, tuple[float, float]] | None:
@@ -652,13 +652,15 @@ def _handovers(plan: Plan, track: PlanTrack) -> list[tuple[int, int, str]]:
         if iou(_box(d), home) < HANDOVER_IOU:
             return False
         # From each detection of the stretch along the taker's motion, and from its last
-        # along its own: a stretch's detection may be the decided face half hidden.
+        # along its own: a stretch's detection may be the decided face half hidden. Only a
+        # track begun since the stretch began is the taker found on: a face standing on its
+        # line all along ended the stretch at once, the taker still on the kept face (bb57).
         ways = [(x, motion) for x in stretch]
         if len(stretch) > 1 and (st := _step(stretch[-2], stretch[-1])) is not None:
             ways.append((stretch[-1], st))
         return any(iou(_moved(_box(x), st, f - x[0]), box) >= HANDOVER_IOU
                    for x, st in ways for f in range(stretch[-1][0] + 1, d[0] + 1)
-                   for box in found.get(f, ()))
+                   for began, box in found.get(f, ()) if began >= stretch[0][0])
 
     out: list[tuple[int, int, str]] = []
     i = 1

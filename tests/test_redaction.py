@@ -279,6 +279,12 @@ def test_a_kept_track_another_face_took_over_is_hidden_until_its_face_is_back() 
     assert [r["taken_over"] for r in report["redacted_regions"] if "taken_over" in r] == [
         {"from_track": "P1", "by_track": "P2"}]
     assert any("follow the face of P2" in line for line in report_lines(report))
+    # A face standing on the arriving face's line all along is not that face found on its
+    # way: the stretch runs on (bb57: it ended at once, the arriving face shown again).
+    standing = PlanTrack("P3", 0, tuple(det(f, 50.0, 110.0) for f in range(0, 60, 2)))
+    regions = frame_regions(dataclasses.replace(plan, tracks=(kept, arriving, standing)),
+                            choices)
+    assert sorted({f for f, rs in regions.items() for r in rs if r.source == "P1/P2"}) == taken
     # Removed as a false positive, the stretch is hidden all the same.
     removed = frame_regions(plan, Choices(remove={"P1": who}))
     assert {f for f, rs in removed.items() for r in rs if r.source == "P1/P2"} == set(taken)
