@@ -72,6 +72,14 @@ class LeasedTable:
             " FOR UPDATE"), (*key, token)).fetchone()
         return dict(row) if row else None
 
+    def extend_running(self, conn: Conn, lease_s: float) -> None:
+        """Give every running row renewed since the database server started at least
+        `lease_s` more (after_outage); `updated_at` is left as it is (`expired`)."""
+        conn.execute(self._sql(
+            "UPDATE {table} SET lease_until = greatest(lease_until,"
+            " now() + make_interval(secs => %s)) WHERE state = 'running'"
+            " AND updated_at >= pg_postmaster_start_time()"), (lease_s,))
+
     def expired(self, conn: Conn) -> list[dict[str, Any]]:
         """Running rows whose deadline passed (their worker stopped renewing), locked; rows
         another session locks are skipped, not waited for: that session may be a lost host's,
@@ -109,8 +117,5 @@ def after_outage(conn: Conn, lease_s: float, reap_interval_s: float) -> float | 
     if gap <= max(3 * reap_interval_s, lease_s / 2):
         return None
     for table in (WORK_UNITS, REDACTION_JOBS):
-        conn.execute(table._sql(
-            "UPDATE {table} SET lease_until = greatest(lease_until,"
-            " now() + make_interval(secs => %s)) WHERE state = 'running'"
-            " AND updated_at >= pg_postmaster_start_time()"), (lease_s,))
+        table.extend_running(conn, lease_s)
     return gap

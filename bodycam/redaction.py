@@ -719,7 +719,11 @@ def frame_regions(plan: Plan, choices: Choices) -> dict[int, list[Region]]:
     face counts where it was found (`_kept_faces`), not across a gap in its detections.
     A kept or removed track counts up to where another face took it over (decided_plan).
     """
-    plan = decided_plan(plan, choices)
+    return _regions(decided_plan(plan, choices), choices)
+
+
+def _regions(plan: Plan, choices: Choices) -> dict[int, list[Region]]:
+    """frame_regions of a plan decided_plan already cut."""
     out: dict[int, list[Region]] = {}
     pad, w, h = float(plan.params["pad"]), plan.width_px, plan.height_px
     # Frames between two detected frames were not looked at: a face may have come or gone
@@ -837,8 +841,8 @@ def render(src: Path, info: MediaInfo, plan: Plan, choices: Choices, out: Path,
     dropped (`strip`) or silenced in `mute_ranges` (seconds from the first frame). Nothing else
     of the original is copied: no metadata, no chapter, no other stream.
     """
-    regions = frame_regions(plan, choices)
-    plan = decided_plan(plan, choices)  # what the sheet outlines as kept
+    plan = decided_plan(plan, choices)  # cut once: for the regions and the sheet's outlines
+    regions = _regions(plan, choices)
     wanted = set(sheet_frames(plan, regions, choices))
     tb, fps = info.time_base, info.frame_rate
     result = RenderResult(0, 0, 0)

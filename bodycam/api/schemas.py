@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
@@ -56,7 +56,7 @@ class Body(BaseModel):
             for name, value in data.items():
                 field = cls.model_fields.get(name)
                 if isinstance(value, bool) and field is not None \
-                        and "bool" not in str(field.annotation):
+                        and bool not in (field.annotation, *get_args(field.annotation)):
                     raise ValueError(f"{name}: true or false is not a value of this field")
         return data
 
